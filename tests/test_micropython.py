@@ -1,0 +1,24 @@
+"""Run every module in tests/common under the MicroPython unix port.
+
+The same files run under CPython through pytest's normal collection; here each
+one runs again, unchanged, with the `micropython` binary. Never skipped in CI.
+"""
+import pathlib
+import subprocess
+
+import pytest
+
+from tests.support import micropython_binary
+
+HERE = pathlib.Path(__file__).parent
+MODULES = sorted(p.stem for p in (HERE / "common").glob("test_*.py"))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_passes_under_micropython(module):
+    result = subprocess.run(
+        [micropython_binary(), "-X", "heapsize=4M", str(HERE / "mp_runner.py"), module],
+        capture_output=True, text=True, timeout=600, cwd=HERE.parent,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, "MicroPython: %s failed:\n%s" % (module, output)

@@ -1,0 +1,56 @@
+"""`upbx`: one command, one subcommand per job.
+
+Each subcommand lives in its own module, which defines `add_arguments(parser)`
+and `run(args) -> int`. Modules are imported only when their subcommand runs,
+so a broken or heavy module never slows down the others.
+"""
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS = {
+    "main": ("host.main_cli", "run the main host daemon"),
+    "remote": ("host.remote_cli", "run a remote host daemon"),
+    "phone": ("tools.phone", "run a virtual handset (the real firmware on the unix port)"),
+    "demo": ("tools.demo", "run the local demo of behaviours B1-B3"),
+    "admin": ("host.admin", "manage sites, remote hosts, extensions, sysinfo, call records"),
+    "status": ("tools.status", "ask a running daemon for its state"),
+    "netlab": ("tools.netlab", "build the network lab (namespaces with NAT)"),
+    "impair": ("tools.impair", "run the impairment relay (loss, jitter, reordering)"),
+    "build": ("tools.build", "compile common/ and firmware/ for the ESP32"),
+    "flash": ("tools.flash", "write a MicroPython image to an ESP32"),
+    "deploy": ("tools.deploy", "copy the firmware and configuration to a handset"),
+    "console": ("tools.console", "serial debug console for a handset"),
+    "bench": ("tools.bench", "run the benchmarks"),
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="upbx", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error("unknown command %r" % argv[0])
+        parser.print_help()
+        return 0 if argv else 2
+    name = argv[0]
+    module_name, help_text = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print("upbx %s: not available in this build (%s missing)" % (name, module_name), file=sys.stderr)
+        return 2
+    cmd_parser = argparse.ArgumentParser(prog="upbx " + name, description=help_text)
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    return module.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
