@@ -1,0 +1,325 @@
+"""G.711 mu-law and A-law, bit-exact with ITU-T G.711 (Sun's reference g711.c).
+
+PCM is 16-bit signed little-endian bytes, one G.711 byte per sample. The
+encoders quantise the top 14 bits (mu-law) or 13 bits (A-law) of each sample,
+as the reference code and CPython's audioop do.
+
+Allocating API:  ulaw_encode(pcm) -> bytes     ulaw_decode(data) -> bytes
+                 alaw_encode(pcm) -> bytes     alaw_decode(data) -> bytes
+Audio path API:  *_encode_into(pcm, out) and *_decode_into(data, out) write into
+a caller's preallocated bytearray or memoryview, return the number of bytes
+written (len(pcm) // 2, or 2 * len(data)) and allocate nothing on MicroPython.
+
+One implementation is chosen at import and named by IMPLEMENTATION:
+  "viper"   MicroPython: @micropython.viper loops over ptr8/ptr16 buffers that
+            compute the codes directly (a 64 KiB encode table does not fit an
+            ESP32 heap); decoding reads a 256-entry (512-byte) table.
+  "python"  CPython: 64 KiB encode tables read through memoryview casts and
+            256-byte decode tables applied with bytes.translate.
+The *_portable functions are the same algorithms in plain bytecode; they run on
+both interpreters and are what the benchmark compares the viper path against.
+"""
+from array import array
+
+try:
+    import micropython
+except ImportError:
+    micropython = None
+
+_BIAS = 0x84  # mu-law bias, added to the magnitude before finding the segment
+_CLIP = 8159  # largest 14-bit magnitude mu-law can code
+
+
+def _check_room(out, needed, what):
+    """ValueError naming the function when out is too small."""
+    if len(out) < needed:
+        raise ValueError("%s: out holds %d bytes, needs %d" % (what, len(out), needed))
+
+
+def _samples(pcm):
+    """Number of samples in a PCM buffer; ValueError names an odd length."""
+    n = len(pcm)
+    if n & 1:
+        raise ValueError("PCM length %d is odd: samples are 2 bytes" % n)
+    return n >> 1
+
+
+# --- portable bytecode: the reference algorithms, sample by sample ----------
+
+def _ulaw_code(u):
+    """mu-law code of one sample given as an unsigned 16-bit value."""
+    if u & 0x8000:
+        mag = 16384 - (u >> 2)  # -(sample >> 2) with an arithmetic shift
+        mask = 0x7F
+    else:
+        mag = u >> 2
+        mask = 0xFF
+    if mag > _CLIP:
+        mag = _CLIP
+    mag += _BIAS >> 2
+    seg = 0
+    t = mag >> 6
+    while t:
+        t >>= 1
+        seg += 1
+    if seg > 7:
+        return 0x7F ^ mask
+    return ((seg << 4) | ((mag >> (seg + 1)) & 0xF)) ^ mask
+
+
+def _alaw_code(u):
+    """A-law code of one sample given as an unsigned 16-bit value."""
+    if u & 0x8000:
+        mag = 8191 - (u >> 3)  # -(sample >> 3) - 1 with an arithmetic shift
+        mask = 0x55
+    else:
+        mag = u >> 3
+        mask = 0xD5
+    seg = 0
+    t = mag >> 5
+    while t:
+        t >>= 1
+        seg += 1
+    shift = seg if seg > 1 else 1
+    return ((seg << 4) | ((mag >> shift) & 0xF)) ^ mask
+
+
+def _ulaw_linear(code):
+    """Linear value (as unsigned 16-bit) of one mu-law code."""
+    code ^= 0xFF
+    t = (((code & 0xF) << 3) + _BIAS) << ((code >> 4) & 7)
+    return (_BIAS - t if code & 0x80 else t - _BIAS) & 0xFFFF
+
+
+def _alaw_linear(code):
+    """Linear value (as unsigned 16-bit) of one A-law code."""
+    code ^= 0x55
+    seg = (code >> 4) & 7
+    t = ((code & 0xF) << 4) + (8 if seg == 0 else 0x108)
+    if seg > 1:
+        t <<= seg - 1
+    return (t if code & 0x80 else -t) & 0xFFFF
+
+
+# Decode tables: sample (unsigned 16-bit, native order) for each code, 512 bytes each.
+_ULAW_TABLE = array("H", [_ulaw_linear(c) for c in range(256)])
+_ALAW_TABLE = array("H", [_alaw_linear(c) for c in range(256)])
+
+
+def _encode_portable(code_of, pcm, out):
+    n = _samples(pcm)
+    _check_room(out, n, "encode")
+    for i in range(n):
+        out[i] = code_of(pcm[2 * i] | (pcm[2 * i + 1] << 8))
+    return n
+
+
+def _decode_portable(table, data, out):
+    n = len(data)
+    _check_room(out, 2 * n, "decode")
+    for i in range(n):
+        v = table[data[i]]
+        out[2 * i] = v & 0xFF
+        out[2 * i + 1] = v >> 8
+    return 2 * n
+
+
+def ulaw_encode_into_portable(pcm, out):
+    """ulaw_encode_into in plain bytecode."""
+    return _encode_portable(_ulaw_code, pcm, out)
+
+
+def alaw_encode_into_portable(pcm, out):
+    """alaw_encode_into in plain bytecode."""
+    return _encode_portable(_alaw_code, pcm, out)
+
+
+def ulaw_decode_into_portable(data, out):
+    """ulaw_decode_into in plain bytecode."""
+    return _decode_portable(_ULAW_TABLE, data, out)
+
+
+def alaw_decode_into_portable(data, out):
+    """alaw_decode_into in plain bytecode."""
+    return _decode_portable(_ALAW_TABLE, data, out)
+
+
+# --- the implementation for this interpreter ---------------------------------
+
+if micropython:
+    IMPLEMENTATION = "viper"
+
+    @micropython.viper
+    def _ulaw_encode_viper(pcm, out, n: int):
+        src = ptr8(pcm)
+        dst = ptr8(out)
+        for i in range(n):
+            u = src[2 * i] | (src[2 * i + 1] << 8)
+            if u & 0x8000:
+                mag = 16384 - (u >> 2)
+                mask = 0x7F
+            else:
+                mag = u >> 2
+                mask = 0xFF
+            if mag >= 8159:
+                dst[i] = 0x7F ^ mask  # clipped: 8159 + 33 is past segment 7
+                continue
+            mag += 33
+            seg = 0
+            t = mag >> 6
+            while t:
+                t >>= 1
+                seg += 1
+            dst[i] = ((seg << 4) | ((mag >> (seg + 1)) & 0xF)) ^ mask
+
+    @micropython.viper
+    def _alaw_encode_viper(pcm, out, n: int):
+        src = ptr8(pcm)
+        dst = ptr8(out)
+        for i in range(n):
+            u = src[2 * i] | (src[2 * i + 1] << 8)
+            if u & 0x8000:
+                mag = 8191 - (u >> 3)
+                mask = 0x55
+            else:
+                mag = u >> 3
+                mask = 0xD5
+            seg = 0
+            t = mag >> 5
+            while t:
+                t >>= 1
+                seg += 1
+            if seg > 1:
+                dst[i] = ((seg << 4) | ((mag >> seg) & 0xF)) ^ mask
+            else:
+                dst[i] = ((seg << 4) | ((mag >> 1) & 0xF)) ^ mask
+
+    @micropython.viper
+    def _decode_viper(data, out, table, n: int):
+        src = ptr8(data)
+        dst = ptr8(out)  # bytewise: little-endian output, no alignment needed
+        tab = ptr16(table)
+        for i in range(n):
+            v = tab[src[i]]
+            dst[2 * i] = v
+            dst[2 * i + 1] = v >> 8
+
+    def ulaw_encode_into(pcm, out):
+        """Encode PCM into out as mu-law; returns the number of bytes written."""
+        n = _samples(pcm)
+        _check_room(out, n, "ulaw_encode_into")
+        _ulaw_encode_viper(pcm, out, n)
+        return n
+
+    def alaw_encode_into(pcm, out):
+        """Encode PCM into out as A-law; returns the number of bytes written."""
+        n = _samples(pcm)
+        _check_room(out, n, "alaw_encode_into")
+        _alaw_encode_viper(pcm, out, n)
+        return n
+
+    def ulaw_decode_into(data, out):
+        """Decode mu-law into out as PCM; returns the number of bytes written."""
+        n = len(data)
+        _check_room(out, 2 * n, "ulaw_decode_into")
+        _decode_viper(data, out, _ULAW_TABLE, n)
+        return 2 * n
+
+    def alaw_decode_into(data, out):
+        """Decode A-law into out as PCM; returns the number of bytes written."""
+        n = len(data)
+        _check_room(out, 2 * n, "alaw_decode_into")
+        _decode_viper(data, out, _ALAW_TABLE, n)
+        return 2 * n
+
+    def ulaw_encode(pcm):
+        """mu-law bytes of PCM."""
+        out = bytearray(_samples(pcm))
+        ulaw_encode_into(pcm, out)
+        return bytes(out)
+
+    def alaw_encode(pcm):
+        """A-law bytes of PCM."""
+        out = bytearray(_samples(pcm))
+        alaw_encode_into(pcm, out)
+        return bytes(out)
+
+    def ulaw_decode(data):
+        """PCM bytes of mu-law data."""
+        out = bytearray(2 * len(data))
+        ulaw_decode_into(data, out)
+        return bytes(out)
+
+    def alaw_decode(data):
+        """PCM bytes of A-law data."""
+        out = bytearray(2 * len(data))
+        alaw_decode_into(data, out)
+        return bytes(out)
+
+else:
+    IMPLEMENTATION = "python"
+
+    def _encode_table(code_of, shift):
+        """64 KiB table: code of each sample as memoryview.cast("H") reads PCM here."""
+        # The code depends only on sample >> shift, so compute each once and repeat it.
+        codes = bytes(code_of(k << shift) for k in range(65536 >> shift))
+        step = 1 << shift
+        table = bytearray(65536)
+        for r in range(step):
+            table[r::step] = codes
+        if array("H", [1]).tobytes()[0] == 0:
+            # Big-endian machine: native index (lo << 8 | hi) holds the sample (hi << 8 | lo).
+            swapped = bytearray(65536)
+            for hi in range(256):
+                swapped[hi::256] = table[hi << 8:(hi + 1) << 8]
+            table = swapped
+        return bytes(table)
+
+    def _byte_tables(table):
+        lo = bytes(v & 0xFF for v in table)
+        hi = bytes(v >> 8 for v in table)
+        return lo, hi
+
+    _ULAW_ENC = _encode_table(_ulaw_code, 2)
+    _ALAW_ENC = _encode_table(_alaw_code, 3)
+    _ULAW_LO, _ULAW_HI = _byte_tables(_ULAW_TABLE)
+    _ALAW_LO, _ALAW_HI = _byte_tables(_ALAW_TABLE)
+
+    def _as_samples(pcm):
+        _samples(pcm)
+        return memoryview(pcm).cast("B").cast("H")
+
+    def _encoder(table):
+        lookup = table.__getitem__
+
+        def encode(pcm):
+            return bytes(map(lookup, _as_samples(pcm)))
+
+        def encode_into(pcm, out):
+            samples = _as_samples(pcm)
+            n = len(samples)
+            _check_room(out, n, "encode_into")
+            out[:n] = bytes(map(lookup, samples))
+            return n
+        return encode, encode_into
+
+    def _decoder(lo_table, hi_table):
+        def decode_into(data, out):
+            if not isinstance(data, (bytes, bytearray)):
+                data = bytes(data)
+            n = 2 * len(data)
+            _check_room(out, n, "decode_into")
+            out[0:n:2] = data.translate(lo_table)
+            out[1:n:2] = data.translate(hi_table)
+            return n
+
+        def decode(data):
+            out = bytearray(2 * len(data))
+            decode_into(data, out)
+            return bytes(out)
+        return decode, decode_into
+
+    ulaw_encode, ulaw_encode_into = _encoder(_ULAW_ENC)
+    alaw_encode, alaw_encode_into = _encoder(_ALAW_ENC)
+    ulaw_decode, ulaw_decode_into = _decoder(_ULAW_LO, _ULAW_HI)
+    alaw_decode, alaw_decode_into = _decoder(_ALAW_LO, _ALAW_HI)
