@@ -1,0 +1,281 @@
+"""`upbx admin`: manage the main host's directory, system information and call records.
+
+    upbx admin --config main.toml site add north --uplink-kbps 512
+    upbx admin --config main.toml host add north-pi --site north     # prints the secret once
+    upbx admin --config main.toml ext add 201 --site north --name "Front desk"
+
+A refused change prints one line on stderr and exits 1; the database is left as it was.
+"""
+import datetime
+import json
+import sqlite3
+import sys
+
+from host.config import ConfigError, load_main_config
+from host.directory import Directory, DirectoryError, SYSINFO_KEYS
+
+
+class AdminError(Exception):
+    """One line for stderr, then exit 1."""
+
+
+def add_arguments(parser):
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", metavar="MAIN.toml", help="the main host's configuration (its database key)")
+    where.add_argument("--database", metavar="PATH", help="the main host's SQLite database")
+    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,calls,sysinfo}", required=True)
+
+    site = _actions(things, "site", "sites (shops, farms, schools...)")
+    p = _leaf(site, "add", "add a site")
+    p.add_argument("name")
+    p.add_argument("--uplink-kbps", type=int, default=0, metavar="N", help="uplink budget (0 = no limit)")
+    p.add_argument("--no-local-calls", action="store_true", help="refuse calls between the site's own phones")
+    p.add_argument("--local-call-quota", type=int, default=0, metavar="N",
+                   help="most concurrent local calls (0 = unlimited)")
+    _leaf(site, "list", "list sites")
+    _leaf(site, "remove", "remove a site with no remote host and no extensions").add_argument("name")
+
+    host = _actions(things, "host", "remote hosts (one per site)")
+    p = _leaf(host, "add", "add a site's remote host and print its secret (shown once)")
+    p.add_argument("name")
+    p.add_argument("--site", required=True)
+    _leaf(host, "list", "list remote hosts")
+    _leaf(host, "remove", "remove a remote host").add_argument("name")
+
+    ext = _actions(things, "ext", "extensions (handsets)")
+    p = _leaf(ext, "add", "add an extension and print its secret (shown once)")
+    p.add_argument("number")
+    p.add_argument("--site", required=True)
+    p.add_argument("--name", default="", help="name shown in the directory")
+    _leaf(ext, "list", "list extensions").add_argument("--site", help="only this site's")
+    _leaf(ext, "remove", "remove an extension").add_argument("number")
+    _leaf(ext, "bar", "bar an extension from local calls").add_argument("number")
+    _leaf(ext, "unbar", "allow an extension local calls again").add_argument("number")
+
+    p = _leaf(things, "calls", "show call records, newest first")
+    p.add_argument("--limit", type=int, default=100, metavar="N")
+
+    info = _actions(things, "sysinfo", "system information sent to every remote host and phone")
+    _leaf(info, "show", "show the system information and its version")
+    keys = ", ".join(SYSINFO_KEYS) + ", settings.NAME"
+    p = _leaf(info, "set", "set one key (%s)" % keys)
+    p.add_argument("key")
+    p.add_argument("value")
+    _leaf(info, "unset", "remove one key").add_argument("key")
+
+
+def _actions(things, name, help_text):
+    parser = things.add_parser(name, help=help_text)
+    return parser.add_subparsers(dest="action", required=True)
+
+
+def _leaf(actions, name, help_text):
+    parser = actions.add_parser(name, help=help_text)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def run(args):
+    try:
+        directory = _open(args)
+    except AdminError as exc:
+        return _fail(exc)
+    try:
+        with directory:
+            handler = HANDLERS[(args.thing, getattr(args, "action", None))]
+            handler(directory, args)
+    except (AdminError, DirectoryError) as exc:
+        return _fail(exc)
+    except sqlite3.Error as exc:
+        return _fail("database %s: %s" % (directory.path, exc))
+    return 0
+
+
+def _fail(message):
+    print("upbx admin: %s" % message, file=sys.stderr)
+    return 1
+
+
+def _open(args):
+    path = args.database
+    if args.config:
+        try:
+            path = load_main_config(args.config).database
+        except ConfigError as exc:
+            raise AdminError(str(exc)) from None
+        if path == ":memory:":
+            raise AdminError("%s: key 'main.database' is \":memory:\"; nothing to administer" % args.config)
+    try:
+        return Directory(path)
+    except sqlite3.Error as exc:
+        raise AdminError("cannot open database %s: %s" % (path, exc)) from None
+
+
+# subcommands
+
+def site_add(d, args):
+    d.add_site(args.name, uplink_kbps=args.uplink_kbps, local_calls=not args.no_local_calls,
+               local_call_quota=args.local_call_quota)
+    _done(args, "site %r added" % args.name, d.site(args.name)._asdict())
+
+
+def site_list(d, args):
+    rows = []
+    for site in d.sites():
+        host = d.remote_host_of_site(site.name)
+        row = site._asdict()
+        row["remote_host"] = host.name if host else None
+        row["extensions"] = len(d.extensions(site.name))
+        rows.append(row)
+    _table(args, rows, [("name", "SITE"), ("uplink_kbps", "UPLINK_KBPS"), ("local_calls", "LOCAL_CALLS"),
+                        ("local_call_quota", "QUOTA"), ("remote_host", "REMOTE_HOST"), ("extensions", "EXTENSIONS")])
+
+
+def site_remove(d, args):
+    d.remove_site(args.name)
+    _done(args, "site %r removed" % args.name, {"name": args.name})
+
+
+def host_add(d, args):
+    secret = d.add_remote_host(args.name, args.site)
+    _secret(args, "remote host %r added to site %r" % (args.name, args.site),
+            {"name": args.name, "site": args.site, "secret": secret.hex()})
+
+
+def host_list(d, args):
+    rows = [{"name": h.name, "site": h.site} for h in d.remote_hosts()]
+    _table(args, rows, [("name", "REMOTE_HOST"), ("site", "SITE")])
+
+
+def host_remove(d, args):
+    d.remove_remote_host(args.name)
+    _done(args, "remote host %r removed" % args.name, {"name": args.name})
+
+
+def ext_add(d, args):
+    secret = d.add_extension(args.number, args.site, args.name)
+    _secret(args, "extension %s added to site %r" % (args.number, args.site),
+            {"number": args.number, "site": args.site, "name": args.name, "secret": secret.hex()})
+
+
+def ext_list(d, args):
+    if args.site is not None and d.site(args.site) is None:
+        raise AdminError("unknown site %r" % args.site)
+    rows = [{"number": e.number, "site": e.site, "name": e.name, "barred": e.barred}
+            for e in d.extensions(args.site)]
+    _table(args, rows, [("number", "NUMBER"), ("site", "SITE"), ("name", "NAME"), ("barred", "BARRED")])
+
+
+def ext_remove(d, args):
+    d.remove_extension(args.number)
+    _done(args, "extension %s removed" % args.number, {"number": args.number})
+
+
+def ext_bar(d, args):
+    d.set_barred(args.number, True)
+    _done(args, "extension %s barred from local calls" % args.number, {"number": args.number, "barred": True})
+
+
+def ext_unbar(d, args):
+    d.set_barred(args.number, False)
+    _done(args, "extension %s may make local calls" % args.number, {"number": args.number, "barred": False})
+
+
+def calls(d, args):
+    if args.limit < 1:
+        raise AdminError("bad --limit %d: use a number >= 1" % args.limit)
+    records = [r._asdict() for r in d.call_records(args.limit)]
+    if args.json:
+        return _print_json(records)
+    rows = []
+    for r in records:
+        talk = None
+        if r["answered_ms"] is not None and r["ended_ms"] is not None:
+            talk = "%.1f" % ((r["ended_ms"] - r["answered_ms"]) / 1000)
+        rows.append(dict(r, started=_time(r["started_ms"]), talk_s=talk))
+    _table(args, rows, [("started", "STARTED (UTC)"), ("origin", "ORIGIN"), ("caller", "CALLER"),
+                        ("callee", "CALLEE"), ("path", "PATH"), ("setup_ms", "SETUP_MS"), ("talk_s", "TALK_S"),
+                        ("cause", "CAUSE"), ("uid", "UID")])
+
+
+def sysinfo_show(d, args):
+    version, data = d.sysinfo()
+    if args.json:
+        return _print_json({"version": version, "data": data})
+    print("version %d" % version)
+    for key, value in _flatten(data):
+        print("%s = %s" % (key, json.dumps(value) if not isinstance(value, str) else value))
+
+
+def sysinfo_set(d, args):
+    version = d.set_sysinfo(args.key, args.value)
+    _done(args, "%s set; sysinfo version %d" % (args.key, version), {"key": args.key, "version": version})
+
+
+def sysinfo_unset(d, args):
+    version = d.set_sysinfo(args.key, None)
+    _done(args, "%s removed; sysinfo version %d" % (args.key, version), {"key": args.key, "version": version})
+
+
+HANDLERS = {
+    ("site", "add"): site_add, ("site", "list"): site_list, ("site", "remove"): site_remove,
+    ("host", "add"): host_add, ("host", "list"): host_list, ("host", "remove"): host_remove,
+    ("ext", "add"): ext_add, ("ext", "list"): ext_list, ("ext", "remove"): ext_remove,
+    ("ext", "bar"): ext_bar, ("ext", "unbar"): ext_unbar,
+    ("calls", None): calls,
+    ("sysinfo", "show"): sysinfo_show, ("sysinfo", "set"): sysinfo_set, ("sysinfo", "unset"): sysinfo_unset,
+}
+
+
+# output
+
+def _print_json(value):
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _done(args, message, value):
+    if args.json:
+        _print_json(value)
+    else:
+        print(message)
+
+
+def _secret(args, message, value):
+    """The secret alone on stdout (for scripts), the explanation on stderr."""
+    if args.json:
+        return _print_json(value)
+    print("%s; its secret, shown only this once:" % message, file=sys.stderr)
+    print(value["secret"])
+
+
+def _table(args, rows, columns):
+    if args.json:
+        return _print_json(rows)
+    cells = [[title for _, title in columns]]
+    for row in rows:
+        cells.append([_cell(row[key]) for key, _ in columns])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _time(ms):
+    if ms is None:
+        return None
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _flatten(data, prefix=""):
+    for key in sorted(data):
+        if isinstance(data[key], dict):
+            yield from _flatten(data[key], prefix + key + ".")
+        else:
+            yield prefix + key, data[key]

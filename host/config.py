@@ -1,0 +1,401 @@
+"""TOML configuration of the host daemons and the virtual handset.
+
+Every key is declared once in `SECTIONS` (type, default, one-line doc); the
+loaders, the validation and docs/config.md (`python -m host.config --markdown`)
+all come from that table. A bad file raises one `ConfigError` naming the file,
+the key and the problem.
+"""
+import difflib
+import ipaddress
+import os
+import re
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+REQUIRED = object()  # default of a key that has none
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+
+
+class ConfigError(Exception):
+    """A configuration file is unreadable or a key in it is wrong."""
+
+    def __init__(self, path, key, problem):
+        super().__init__(path, key, problem)
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+
+    def __str__(self):
+        if self.key is None:
+            return "%s: %s" % (self.path, self.problem)
+        return "%s: key '%s': %s" % (self.path, self.key, self.problem)
+
+
+class Key:
+    """One configuration key: its kind, default and the line that documents it."""
+
+    def __init__(self, name, kind, default, doc, **limits):
+        self.name = name
+        self.kind = kind  # a name in _CHECKS
+        self.default = default
+        self.doc = doc
+        self.limits = limits  # min, max, choices, min_bytes
+
+
+def _log_keys():
+    return [
+        Key("log_level", "choice", "info", "least severe message logged", choices=LOG_LEVELS),
+        Key("log_format", "choice", "text", '"text" for people, "json" for one JSON object per line', choices=LOG_FORMATS),
+    ]
+
+
+SECTIONS = {
+    "main": [
+        Key("listen", "hostport", "0.0.0.0:4569", "UDP address for signalling and media of all remote hosts and phones"),
+        Key("database", "database", "upbx-main.sqlite",
+            'SQLite directory and call records, relative to the config file; ":memory:" for tests'),
+        Key("control_socket", "path", "", "unix socket answering `upbx status`; empty for none"),
+    ] + _log_keys() + [
+        Key("ring_timeout_s", "int", 30, "an unanswered call is given up after this many seconds", positive=True),
+        Key("registration_ttl_s", "int", 120, "lifetime of a phone's registration unless renewed", positive=True),
+        Key("punch_timeout_s", "float", 2.0, "time allowed for UDP hole punching before relaying media", positive=True),
+        Key("keepalive_timeout_s", "int", 75, "a remote host is considered gone after this long without packets", positive=True),
+    ],
+    "remote": [
+        Key("name", "name", REQUIRED, "this remote host's name, as given to `upbx admin host add`"),
+        Key("secret", "secret", REQUIRED, "hex secret printed by `upbx admin host add` (at least 16 bytes)", min_bytes=16),
+        Key("main", "hostport", REQUIRED, "the main host's public address"),
+        Key("listen", "hostport", "0.0.0.0:4570", "UDP address for the site's phones and for other remote hosts"),
+        Key("keepalive_s", "int", 20, "keepalive interval towards the main host; keeps the NAT binding open", min=1, max=25),
+        Key("uplink_kbps", "int", 0, "uplink budget for call admission; 0 for no limit", min=0),
+        Key("records_database", "path", "upbx-remote-NAME.sqlite",
+            "call records kept on disk until the main host has them; NAME is replaced by `name`"),
+        Key("directory_cache", "path", "upbx-remote-NAME.cache.json",
+            "last system information from the main host, for local calls while it is unreachable"),
+        Key("control_socket", "path", "", "unix socket answering `upbx status`; empty for none"),
+    ] + _log_keys() + [
+        Key("registration_ttl_s", "int", 120, "lifetime of a phone's registration unless renewed", positive=True),
+        Key("login_backoff_initial_s", "float", 1, "first wait before logging in again to the main host", positive=True),
+        Key("login_backoff_max_s", "float", 30, "longest wait between login attempts (the wait doubles up to this)", positive=True),
+    ],
+    "phone": [
+        Key("extension", "digits", REQUIRED, "this handset's extension number"),
+        Key("secret", "secret", REQUIRED, "hex secret printed by `upbx admin ext add` (at least 16 bytes)", min_bytes=16),
+        Key("host", "hostport", REQUIRED, "the remote host of the site, or the main host where the site has none"),
+        Key("audio_in", "audio_in", "", 'microphone: a WAV file, "tone:HZ" for a sine tone, or empty for silence'),
+        Key("audio_out", "path", "", "speaker: a WAV file to write, or empty to discard"),
+    ] + _log_keys()[:1],
+}
+
+
+def secret_from_hex(text, min_bytes=16):
+    """Bytes of a hex secret; ValueError when it is not hex or too short."""
+    if not isinstance(text, str):
+        raise ValueError("expected a hex string")
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("not hex") from None
+    if len(secret) < min_bytes:
+        raise ValueError("%d bytes, at least %d needed" % (len(secret), min_bytes))
+    return secret
+
+
+def parse_hostport(text):
+    """("host", port) from "HOST:PORT" (IPv4 address or name); ValueError otherwise."""
+    if not isinstance(text, str) or text.count(":") != 1:
+        raise ValueError(text)
+    host, port = text.split(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(text)
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host) or host.replace(".", "").isdigit():
+            raise ValueError(text) from None
+    return host, int(port)
+
+
+def _show(value):
+    """A value as it would be written in TOML, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"%s"' % value.replace("\\", "\\\\").replace('"', '\\"')
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+class _Bad(Exception):
+    """A value does not fit its key; carries what was expected."""
+
+
+def _check_int(key, value, base):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad("expected an integer")
+    return _check_range(key, value)
+
+
+def _check_float(key, value, base):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad("expected a number")
+    return _check_range(key, float(value))
+
+
+def _check_range(key, value):
+    low, high = key.limits.get("min"), key.limits.get("max")
+    if high is not None and not low <= value <= high:
+        raise _Bad("expected %s..%s" % (low, high))
+    if key.limits.get("positive") and value <= 0:
+        raise _Bad("expected a positive number")
+    if low is not None and value < low:
+        raise _Bad("expected a number >= %s" % low)
+    return value
+
+
+def _check_str(key, value, base):
+    if not isinstance(value, str):
+        raise _Bad("expected a string")
+    return value
+
+
+def _check_choice(key, value, base):
+    choices = key.limits["choices"]
+    if value not in choices:
+        raise _Bad("expected one of %s" % ", ".join(_show(c) for c in choices))
+    return value
+
+
+def _check_hostport(key, value, base):
+    try:
+        return parse_hostport(value)
+    except ValueError:
+        raise _Bad('expected "HOST:PORT"') from None
+
+
+def _check_path(key, value, base):
+    _check_str(key, value, base)
+    return os.path.join(base, value) if value else ""
+
+
+def _check_database(key, value, base):
+    if value == ":memory:":
+        return value
+    if not value:
+        raise _Bad('expected a file name or ":memory:"')
+    return _check_path(key, value, base)
+
+
+def _check_secret(key, value, base):
+    if not isinstance(value, str):
+        raise _Bad("expected a hex string")
+    try:
+        return secret_from_hex(value, key.limits["min_bytes"])
+    except ValueError as exc:
+        raise _Bad("expected a hex secret of at least %d bytes (%s)" % (key.limits["min_bytes"], exc)) from None
+
+
+def _check_digits(key, value, base):
+    if not isinstance(value, str) or not value.isdigit() or not value.isascii() or len(value) > 15:
+        raise _Bad('expected a string of digits such as "201"')
+    return value
+
+
+def _check_name(key, value, base):
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise _Bad("expected a name of letters, digits, '_', '.', '-' (at most 32)")
+    return value
+
+
+def _check_audio_in(key, value, base):
+    _check_str(key, value, base)
+    if value.startswith("tone:"):
+        try:
+            hz = float(value[5:])
+        except ValueError:
+            hz = 0
+        if not 0 < hz < 4000:
+            raise _Bad('expected "tone:HZ" with 0 < HZ < 4000')
+        return value
+    return _check_path(key, value, base)
+
+
+_CHECKS = {
+    "int": _check_int, "float": _check_float, "str": _check_str, "choice": _check_choice,
+    "hostport": _check_hostport, "path": _check_path, "database": _check_database,
+    "secret": _check_secret, "digits": _check_digits, "name": _check_name, "audio_in": _check_audio_in,
+}
+
+
+class Config:
+    """Loaded configuration: one attribute per key, plus `path` of the file."""
+
+    section = None
+
+    def __init__(self, path, values):
+        self.path = str(path)
+        self.__dict__.update(values)
+
+    def __repr__(self):
+        shown = ", ".join("%s=%r" % (k.name, "<secret>" if k.kind == "secret" else getattr(self, k.name))
+                          for k in SECTIONS[self.section])
+        return "%s(%s)" % (type(self).__name__, shown)
+
+
+class MainConfig(Config):
+    section = "main"
+
+
+class RemoteConfig(Config):
+    section = "remote"
+
+
+class PhoneConfig(Config):
+    section = "phone"
+
+
+def _unknown_key(path, name, known):
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = " (did you mean '%s'?)" % close[0] if close else ""
+    return ConfigError(path, name, "unknown key%s" % hint)
+
+
+def _read(path, section):
+    """The TOML table of one section; unknown sections and TOML errors raise ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(path, None, "cannot read: %s" % (exc.strerror or exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, "not valid TOML: %s" % exc) from None
+    for name, value in doc.items():
+        if name != section and not isinstance(value, dict):
+            raise ConfigError(path, name, "outside any table; put it under [%s]" % section)
+        if name != section:
+            close = difflib.get_close_matches(name, [section], n=1)
+            hint = "did you mean '%s'?" % section if close else "this file takes only [%s]" % section
+            raise ConfigError(path, name, "unknown section (%s)" % hint)
+    table = doc.get(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(path, section, "expected a table [%s]" % section)
+    return table
+
+
+def _load(path, cls):
+    section = cls.section
+    table = _read(path, section)
+    keys = {k.name: k for k in SECTIONS[section]}
+    for name in table:
+        if name not in keys:
+            raise _unknown_key(path, "%s.%s" % (section, name), ["%s.%s" % (section, k) for k in keys])
+    base = os.path.dirname(os.path.abspath(path))
+    values = {}
+    for key in SECTIONS[section]:
+        full = "%s.%s" % (section, key.name)
+        if key.name not in table:
+            if key.default is REQUIRED:
+                raise ConfigError(path, full, "required but missing")
+            raw = key.default
+        else:
+            raw = table[key.name]
+        if isinstance(raw, str) and "NAME" in raw and key.name not in table and "name" in values:
+            raw = raw.replace("NAME", values["name"])
+        try:
+            values[key.name] = _CHECKS[key.kind](key, raw, base)
+        except _Bad as exc:
+            raise ConfigError(path, full, "%s, got %s" % (exc, _show(raw))) from None
+    return cls(path, values)
+
+
+def load_main_config(path):
+    """MainConfig from a TOML file with a [main] table."""
+    return _load(path, MainConfig)
+
+
+def load_remote_config(path):
+    """RemoteConfig from a TOML file with a [remote] table."""
+    config = _load(path, RemoteConfig)
+    if config.login_backoff_initial_s > config.login_backoff_max_s:
+        raise ConfigError(path, "remote.login_backoff_initial_s",
+                          "expected at most login_backoff_max_s (%s), got %s"
+                          % (config.login_backoff_max_s, config.login_backoff_initial_s))
+    return config
+
+
+def load_phone_config(path):
+    """PhoneConfig from a TOML file with a [phone] table."""
+    return _load(path, PhoneConfig)
+
+
+FILES = {"main": "main.toml", "remote": "remote.toml", "phone": "phone.toml"}
+_KIND_NAMES = {
+    "int": "integer", "float": "number", "str": "string", "choice": "string", "hostport": '"HOST:PORT"',
+    "path": "path", "database": "path", "secret": "hex string", "digits": "digits", "name": "name",
+    "audio_in": "path or tone:HZ",
+}
+
+
+def markdown():
+    """docs/config.md, generated from SECTIONS."""
+    out = [
+        "# Configuration",
+        "",
+        "<!-- generated by `python -m host.config --markdown > docs/config.md`; edit host/config.py -->",
+        "",
+        "Each daemon reads one TOML file with one table: `upbx main --config main.toml` reads `[main]`,",
+        "`upbx remote --config remote.toml` reads `[remote]`, `upbx phone --config phone.toml` reads `[phone]`.",
+        "Paths are relative to the directory of the configuration file. An unknown key, a missing",
+        "required key or a value of the wrong kind stops the daemon with one line naming the file,",
+        "the key and the problem, for example:",
+        "",
+        "    main.toml: key 'main.listen': expected \"HOST:PORT\", got 4569",
+        "",
+        "`HOST:PORT` takes an IPv4 address or a host name and a port 1..65535. Secrets are hex",
+        "strings of at least 16 bytes, printed once by `upbx admin` (see docs/admin.md).",
+    ]
+    for section, keys in SECTIONS.items():
+        out += ["", "## [%s] (%s)" % (section, FILES[section]), "",
+                "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key in keys:
+            if key.default is REQUIRED:
+                default = "required"
+            else:
+                default = "`%s`" % _show(key.default)
+            kind = _KIND_NAMES[key.kind]
+            if key.kind == "choice":
+                kind = " or ".join('"%s"' % c for c in key.limits["choices"])
+            elif "max" in key.limits:
+                kind += " %s..%s" % (key.limits["min"], key.limits["max"])
+            elif key.limits.get("positive"):
+                kind += " > 0"
+            elif "min" in key.limits:
+                kind += " >= %s" % key.limits["min"]
+            out.append("| `%s` | %s | %s | %s |" % (key.name, kind, default, key.doc))
+    out += ["", "## Example", "", "```toml", "[remote]", 'name = "north"',
+            'secret = "00112233445566778899aabbccddeeff"', 'main = "198.18.0.1:4569"', "uplink_kbps = 512",
+            "```", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(markdown())
+    elif len(sys.argv) == 3 and sys.argv[1] in ("main", "remote", "phone"):
+        loader = {"main": load_main_config, "remote": load_remote_config, "phone": load_phone_config}[sys.argv[1]]
+        try:
+            print(loader(sys.argv[2]))
+        except ConfigError as exc:
+            sys.exit(str(exc))
+    else:
+        sys.exit("usage: python -m host.config --markdown | {main,remote,phone} FILE")

@@ -1,0 +1,339 @@
+"""The main host's directory: sites, remote hosts, extensions, system information, call records.
+
+One SQLite database (stdlib sqlite3), written by `upbx admin` and read and
+written by the main host daemon, possibly at the same time: file databases use
+WAL mode and a busy timeout, and every change is one transaction.
+
+Rows come back as small named tuples (`Site`, `RemoteHostEntry`, `Extension`,
+`CallRecord`): read them by attribute, turn them into dicts with `_asdict()`.
+Secrets are bytes in rows and hex in the database.
+
+Any change to sites, remote hosts, extensions or system information bumps the
+system information version, because the directory is part of what the main host
+fans out (B6): the daemon polls `sysinfo()[0]` and resends when it changes.
+"""
+import collections
+import json
+import re
+import secrets
+import sqlite3
+
+Site = collections.namedtuple("Site", "name uplink_kbps local_calls local_call_quota")
+RemoteHostEntry = collections.namedtuple("RemoteHostEntry", "name site secret")
+Extension = collections.namedtuple("Extension", "number site name secret barred")
+CallRecord = collections.namedtuple(
+    "CallRecord", "id uid origin caller callee path started_ms answered_ms ended_ms cause setup_ms")
+
+CALL_RECORD_FIELDS = CallRecord._fields[1:]  # what add_call_record accepts (id is assigned)
+CALL_PATHS = ("relay", "direct", "local")
+SYSINFO_KEYS = ("announcement", "dial_plan", "firmware_version")  # and settings.NAME
+MAIN_ORIGIN = "main"  # origin of call records the main host switched itself
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_SETTING = re.compile(r"^settings\.[A-Za-z0-9_]{1,32}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (
+    name TEXT PRIMARY KEY,
+    uplink_kbps INTEGER NOT NULL DEFAULT 0,
+    local_calls INTEGER NOT NULL DEFAULT 1,
+    local_call_quota INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS remote_hosts (
+    name TEXT PRIMARY KEY,
+    site TEXT NOT NULL UNIQUE REFERENCES sites(name),
+    secret TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS extensions (
+    number TEXT PRIMARY KEY,
+    site TEXT NOT NULL REFERENCES sites(name),
+    name TEXT NOT NULL DEFAULT '',
+    secret TEXT NOT NULL,
+    barred INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS call_records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid TEXT NOT NULL UNIQUE,
+    origin TEXT NOT NULL,
+    caller TEXT,
+    callee TEXT,
+    path TEXT,
+    started_ms INTEGER,
+    answered_ms INTEGER,
+    ended_ms INTEGER,
+    cause TEXT,
+    setup_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS sysinfo (
+    version INTEGER PRIMARY KEY,
+    data TEXT NOT NULL
+);
+"""
+
+
+class DirectoryError(ValueError):
+    """A change the directory refuses; str() is one line for the operator."""
+
+
+def check_name(what, name):
+    """Site and remote host names: letters, digits, '_', '.', '-'; at most 32."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DirectoryError("bad %s name %r: use letters, digits, '_', '.', '-' (at most 32)" % (what, name))
+
+
+def check_number(number):
+    """Extension numbers: 1 to 15 ASCII digits."""
+    if not isinstance(number, str) or not (number.isascii() and number.isdigit()) or len(number) > 15:
+        raise DirectoryError("bad extension number %r: use 1 to 15 digits" % (number,))
+
+
+def check_count(what, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DirectoryError("bad %s %r: use a whole number >= 0" % (what, value))
+
+
+class Directory:
+    """The main host's SQLite directory; `path` is a file name or ":memory:"."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        self.db.execute("PRAGMA foreign_keys = ON")
+        if self.path != ":memory:":
+            self.db.execute("PRAGMA journal_mode = WAL")
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+
+    def close(self):
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _transaction(self):
+        return _Transaction(self.db)
+
+    def _one(self, sql, args=()):
+        return self.db.execute(sql, args).fetchone()
+
+    def _bump(self, change=None):
+        """Store the next sysinfo version; `change(data)` edits its dict. Call inside a transaction."""
+        version, data = self._sysinfo()
+        if change:
+            change(data)
+        self.db.execute("INSERT INTO sysinfo (version, data) VALUES (?, ?)",
+                        (version + 1, json.dumps(data, sort_keys=True)))
+        return version + 1
+
+    # sites
+
+    def add_site(self, name, uplink_kbps=0, local_calls=True, local_call_quota=0):
+        """Add a site; DirectoryError if the name is taken or a value is bad."""
+        check_name("site", name)
+        check_count("uplink_kbps", uplink_kbps)
+        check_count("local call quota", local_call_quota)
+        with self._transaction():
+            if self._one("SELECT 1 FROM sites WHERE name = ?", (name,)):
+                raise DirectoryError("site %r already exists" % name)
+            self.db.execute("INSERT INTO sites VALUES (?, ?, ?, ?)",
+                            (name, uplink_kbps, 1 if local_calls else 0, local_call_quota))
+            self._bump()
+
+    def site(self, name):
+        """Site row, or None."""
+        row = self._one("SELECT * FROM sites WHERE name = ?", (name,))
+        return _site(row) if row else None
+
+    def sites(self):
+        """All sites, by name."""
+        return [_site(r) for r in self.db.execute("SELECT * FROM sites ORDER BY name")]
+
+    def remove_site(self, name):
+        """Remove a site that has no remote host and no extensions left."""
+        with self._transaction():
+            self._require_site(name)
+            hosts = self._one("SELECT count(*) FROM remote_hosts WHERE site = ?", (name,))[0]
+            exts = self._one("SELECT count(*) FROM extensions WHERE site = ?", (name,))[0]
+            if hosts or exts:
+                raise DirectoryError("site %r still has %d remote host(s) and %d extension(s); remove them first"
+                                     % (name, hosts, exts))
+            self.db.execute("DELETE FROM sites WHERE name = ?", (name,))
+            self._bump()
+
+    def _require_site(self, name):
+        if not self._one("SELECT 1 FROM sites WHERE name = ?", (name,)):
+            raise DirectoryError("unknown site %r" % (name,))
+
+    # remote hosts
+
+    def add_remote_host(self, name, site):
+        """Add the remote host of a site (one per site); returns its new secret, 16 bytes."""
+        check_name("remote host", name)
+        if name == MAIN_ORIGIN:
+            raise DirectoryError("remote host name %r is reserved for the main host" % name)
+        secret = secrets.token_bytes(16)
+        with self._transaction():
+            self._require_site(site)
+            if self._one("SELECT 1 FROM remote_hosts WHERE name = ?", (name,)):
+                raise DirectoryError("remote host %r already exists" % name)
+            other = self._one("SELECT name FROM remote_hosts WHERE site = ?", (site,))
+            if other:
+                raise DirectoryError("site %r already has remote host %r" % (site, other[0]))
+            self.db.execute("INSERT INTO remote_hosts VALUES (?, ?, ?)", (name, site, secret.hex()))
+            self._bump()
+        return secret
+
+    def remote_host(self, name):
+        """RemoteHostEntry (with its secret), or None."""
+        row = self._one("SELECT * FROM remote_hosts WHERE name = ?", (name,))
+        return _remote_host(row) if row else None
+
+    def remote_host_of_site(self, site):
+        """The RemoteHostEntry serving a site, or None where phones attach to the main host."""
+        row = self._one("SELECT * FROM remote_hosts WHERE site = ?", (site,))
+        return _remote_host(row) if row else None
+
+    def remote_hosts(self):
+        """All remote hosts, by name."""
+        return [_remote_host(r) for r in self.db.execute("SELECT * FROM remote_hosts ORDER BY name")]
+
+    def remove_remote_host(self, name):
+        with self._transaction():
+            if not self.db.execute("DELETE FROM remote_hosts WHERE name = ?", (name,)).rowcount:
+                raise DirectoryError("unknown remote host %r" % (name,))
+            self._bump()
+
+    # extensions
+
+    def add_extension(self, number, site, name=""):
+        """Add an extension to a site; returns its new secret, 16 bytes."""
+        check_number(number)
+        if not isinstance(name, str):
+            raise DirectoryError("bad extension name %r" % (name,))
+        secret = secrets.token_bytes(16)
+        with self._transaction():
+            self._require_site(site)
+            if self._one("SELECT 1 FROM extensions WHERE number = ?", (number,)):
+                raise DirectoryError("extension %s already exists" % number)
+            self.db.execute("INSERT INTO extensions (number, site, name, secret) VALUES (?, ?, ?, ?)",
+                            (number, site, name, secret.hex()))
+            self._bump()
+        return secret
+
+    def extension(self, number):
+        """Extension row (with its secret), or None."""
+        row = self._one("SELECT * FROM extensions WHERE number = ?", (number,))
+        return _extension(row) if row else None
+
+    def extensions(self, site=None):
+        """Extensions of one site, or of all sites, by number."""
+        if site is None:
+            rows = self.db.execute("SELECT * FROM extensions ORDER BY length(number), number")
+        else:
+            rows = self.db.execute("SELECT * FROM extensions WHERE site = ? ORDER BY length(number), number",
+                                   (site,))
+        return [_extension(r) for r in rows]
+
+    def remove_extension(self, number):
+        with self._transaction():
+            if not self.db.execute("DELETE FROM extensions WHERE number = ?", (number,)).rowcount:
+                raise DirectoryError("unknown extension %r" % (number,))
+            self._bump()
+
+    def set_barred(self, number, flag):
+        """Bar (True) or allow (False) an extension's local calls."""
+        with self._transaction():
+            if not self.db.execute("UPDATE extensions SET barred = ? WHERE number = ?",
+                                   (1 if flag else 0, number)).rowcount:
+                raise DirectoryError("unknown extension %r" % (number,))
+            self._bump()
+
+    def site_of_extension(self, number):
+        """Name of the extension's site, or None for an unknown number."""
+        row = self._one("SELECT site FROM extensions WHERE number = ?", (number,))
+        return row[0] if row else None
+
+    # call records
+
+    def add_call_record(self, record):
+        """Store one call record (a dict with CALL_RECORD_FIELDS); False if its uid is already stored."""
+        unknown = set(record) - set(CALL_RECORD_FIELDS)
+        if unknown:
+            raise ValueError("unknown call record field(s): %s" % ", ".join(sorted(unknown)))
+        for field in ("uid", "origin"):
+            if not record.get(field):
+                raise ValueError("call record without %s" % field)
+        if record.get("path") not in CALL_PATHS + (None,):
+            raise ValueError("call record path %r is not one of %s" % (record["path"], ", ".join(CALL_PATHS)))
+        values = [record.get(f) for f in CALL_RECORD_FIELDS]
+        with self._transaction():
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO call_records (%s) VALUES (%s)"
+                % (", ".join(CALL_RECORD_FIELDS), ", ".join("?" * len(CALL_RECORD_FIELDS))), values)
+        return cursor.rowcount == 1
+
+    def call_records(self, limit=100):
+        """The `limit` most recently stored call records, newest first."""
+        rows = self.db.execute("SELECT %s FROM call_records ORDER BY id DESC LIMIT ?"
+                               % ", ".join(CallRecord._fields), (limit,))
+        return [CallRecord(*r) for r in rows]
+
+    # system information
+
+    def sysinfo(self):
+        """(version, dict) of the operator's system information; (0, {}) before any change."""
+        return self._sysinfo()
+
+    def _sysinfo(self):
+        row = self._one("SELECT version, data FROM sysinfo ORDER BY version DESC LIMIT 1")
+        return (row[0], json.loads(row[1])) if row else (0, {})
+
+    def set_sysinfo(self, key, value):
+        """Set (or, with value None, remove) one key; settings.NAME goes under data["settings"]."""
+        if key not in SYSINFO_KEYS and not _SETTING.match(key or ""):
+            raise DirectoryError("unknown sysinfo key %r: use %s or settings.NAME"
+                                 % (key, ", ".join(SYSINFO_KEYS)))
+
+        def change(data):
+            table, name = data, key
+            if key.startswith("settings."):
+                table, name = data.setdefault("settings", {}), key[len("settings."):]
+            if value is None:
+                table.pop(name, None)
+                if not data.get("settings", True):
+                    del data["settings"]
+            else:
+                table[name] = value
+
+        with self._transaction():
+            return self._bump(change)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK when the block raises."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, exc, tb):
+        self.db.execute("ROLLBACK" if kind else "COMMIT")
+
+
+def _site(row):
+    return Site(row[0], row[1], bool(row[2]), row[3])
+
+
+def _remote_host(row):
+    return RemoteHostEntry(row[0], row[1], bytes.fromhex(row[2]))
+
+
+def _extension(row):
+    return Extension(row[0], row[1], row[2], bytes.fromhex(row[3]), bool(row[4]))
