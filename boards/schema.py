@@ -85,7 +85,8 @@ def check_board(board, chips, stem=None):
     if not isinstance(board, dict):
         return [("(file)", "top level must be an object")]
     _check_keys(board, TOP_KEYS, "", out)
-    if out and any(k in ("chip", "i2s_mic", "i2s_speaker") for k, _ in out):
+    structural = ("name", "chip", "flash_offset", "full_duplex", "i2s_mic", "i2s_speaker")
+    if any(k in structural for k, _ in out):
         return out
     chip_name = board["chip"]
     if chip_name not in chips:
@@ -177,13 +178,15 @@ def _check_types(board, chip, stem, out):
     pa = board.get("pa_enable")
     if pa is not None and not (isinstance(pa, dict) and _is_int(pa.get("pin")) and isinstance(pa.get("active_high"), bool)):
         out.append(("pa_enable", "must be {\"pin\": N, \"active_high\": true|false}"))
-    if not (isinstance(board["mip_packages"], list) and all(isinstance(p, str) and p for p in board["mip_packages"])):
+    packages = board.get("mip_packages", [])
+    if not (isinstance(packages, list) and all(isinstance(p, str) and p for p in packages)):
         out.append(("mip_packages", "must be a list of micropython-lib package names"))
-    if display is not None and display.get("type") not in board["mip_packages"]:
+    elif display is not None and display.get("type") not in packages:
         out.append(("mip_packages", "the display needs the %r package" % display.get("type")))
-    if not (isinstance(board["sources"], list) and board["sources"] and all(isinstance(s, str) and s for s in board["sources"])):
+    sources = board.get("sources", ["(missing: reported above)"])
+    if not (isinstance(sources, list) and sources and all(isinstance(s, str) and s for s in sources)):
         out.append(("sources", "must cite at least one document (list of strings)"))
-    if not (isinstance(board["notes"], str) and board["notes"].strip()):
+    if not (isinstance(board.get("notes", "-"), str) and board.get("notes", "-").strip()):
         out.append(("notes", "must say what was and was not verified"))
     used = board.get("strapping_pins_used", {})
     if not isinstance(used, dict) or not all(isinstance(v, str) and v.strip() for v in used.values()):
