@@ -257,6 +257,8 @@ if micropython:
         return bytes(out)
 
 else:
+    from operator import itemgetter
+
     IMPLEMENTATION = "python"
 
     def _encode_table(code_of, shift):
@@ -292,14 +294,19 @@ else:
     def _encoder(table):
         lookup = table.__getitem__
 
+        def codes(samples):
+            if len(samples) > 1:  # itemgetter of many indices returns a tuple
+                return bytes(itemgetter(*samples)(table))
+            return bytes(map(lookup, samples))
+
         def encode(pcm):
-            return bytes(map(lookup, _as_samples(pcm)))
+            return codes(_as_samples(pcm))
 
         def encode_into(pcm, out):
             samples = _as_samples(pcm)
             n = len(samples)
             _check_room(out, n, "encode_into")
-            out[:n] = bytes(map(lookup, samples))
+            out[:n] = codes(samples)
             return n
         return encode, encode_into
 

@@ -229,3 +229,12 @@ def test_bad_lengths_raise_value_error():
         except ValueError:
             continue
         assert False, "no ValueError"
+
+
+def test_empty_and_single_sample_frames():
+    assert g711.ulaw_encode(b"") == b"" and g711.alaw_decode(b"") == b""
+    assert g711.ulaw_encode(pcm_of([-32768])) == b"\x00"
+    assert g711.alaw_encode(pcm_of([32767])) == b"\xaa"
+    out = bytearray(2)
+    assert g711.ulaw_decode_into(b"\x80", out) == 2 and samples_of(out) == [32124]
+    assert g711.alaw_encode_into(b"", out) == 0

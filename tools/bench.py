@@ -1,0 +1,236 @@
+"""`upbx bench [NAME ...] [--json]`: the benchmarks, with the machine they ran on.
+
+To add a benchmark, write a function that returns a dict of results (plain
+JSON types) and register it in BENCHMARKS; optionally register a function that
+renders that dict as text in TABLES (otherwise its keys are listed as they are).
+"""
+import json
+import math
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+FRAME_SAMPLES = 160  # 20 ms at 8 kHz
+CODEC_OPS = ("ulaw_encode", "ulaw_decode", "alaw_encode", "alaw_decode")
+
+
+# --- the machine -------------------------------------------------------------
+
+def machine():
+    """What the figures were measured on: CPU model, architecture, OS, CPU count."""
+    uname = platform.uname()
+    return {
+        "cpu_model": _cpu_model(),
+        "processor": platform.processor() or uname.machine,
+        "architecture": uname.machine,
+        "system": "%s %s" % (uname.system, uname.release),
+        "cpus": os.cpu_count(),
+    }
+
+
+def _cpu_model():
+    """CPU model from /proc/cpuinfo (x86 "model name", Raspberry Pi "Model"), else ''."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return platform.processor()
+    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+        for line in lines:
+            name, _, value = line.partition(":")
+            if name.strip() == key and value.strip():
+                return value.strip()
+    return ""
+
+
+# --- codec: G.711 per 20 ms frame on both interpreters ------------------------
+
+def codec_frame():
+    """One 20 ms frame of a 1 kHz tone at -12 dBFS, 16-bit little-endian PCM."""
+    samples = (round(8192 * math.sin(2 * math.pi * 1000 * i / 8000)) for i in range(FRAME_SAMPLES))
+    return b"".join(s.to_bytes(2, "little", signed=True) for s in samples)
+
+
+def _best_us(fn, src, dst, loops, repeats=5):
+    fn(src, dst)
+    best = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(loops):
+            fn(src, dst)
+        elapsed = time.perf_counter() - start
+        best = elapsed if best is None else min(best, elapsed)
+    return round(best * 1e6 / loops, 3)
+
+
+def _codec_cpython(pcm):
+    from common import g711
+
+    codes = bytearray(FRAME_SAMPLES)
+    playout = bytearray(2 * FRAME_SAMPLES)
+    calls = {
+        "ulaw_encode": (g711.ulaw_encode_into, pcm, codes),
+        "ulaw_decode": (g711.ulaw_decode_into, g711.ulaw_encode(pcm), playout),
+        "alaw_encode": (g711.alaw_encode_into, pcm, codes),
+        "alaw_decode": (g711.alaw_decode_into, g711.alaw_encode(pcm), playout),
+    }
+    return {
+        "version": platform.python_version(),
+        "implementation": g711.IMPLEMENTATION,
+        "us_per_frame": {op: _best_us(fn, src, dst, 2000) for op, (fn, src, dst) in calls.items()},
+    }
+
+
+# Runs under MicroPython: times the into-variants with ticks_us, best of 5 runs.
+_MICROPYTHON_SCRIPT = """
+import sys, json, time
+sys.path.insert(0, %(root)r)
+from common import g711
+pcm = %(pcm)r
+codes = bytearray(%(n)d)
+playout = bytearray(%(n2)d)
+def best_us(fn, src, dst, loops):
+    fn(src, dst)
+    best = None
+    for _ in range(5):
+        t = time.ticks_us()
+        for _ in range(loops):
+            fn(src, dst)
+        dt = time.ticks_diff(time.ticks_us(), t)
+        best = dt if best is None or dt < best else best
+    return round(best / loops, 3)
+def measure(suffix, loops):
+    out = {}
+    for law in ("ulaw", "alaw"):
+        encode = getattr(g711, law + "_encode_into" + suffix)
+        decode = getattr(g711, law + "_decode_into" + suffix)
+        data = getattr(g711, law + "_encode")(pcm)
+        out[law + "_encode"] = best_us(encode, pcm, codes, loops)
+        out[law + "_decode"] = best_us(decode, data, playout, loops)
+    return out
+print(json.dumps({
+    "version": ".".join(str(v) for v in sys.implementation.version[:3]),
+    "implementation": g711.IMPLEMENTATION,
+    "us_per_frame": measure("", 2000),
+    "bytecode_us_per_frame": measure("_portable", 200),
+}))
+"""
+
+
+def micropython_binary():
+    """The unix port next to this interpreter (the same venv), else on PATH, else None."""
+    here = pathlib.Path(sys.executable).parent / "micropython"
+    return str(here) if here.exists() else shutil.which("micropython")
+
+
+def _codec_micropython(pcm):
+    binary = micropython_binary()
+    if not binary:
+        return {"error": "micropython binary not found next to %s or on PATH" % sys.executable}
+    import common
+
+    root = str(pathlib.Path(common.__file__).resolve().parent.parent)
+    script = _MICROPYTHON_SCRIPT % {"root": root, "pcm": pcm, "n": FRAME_SAMPLES, "n2": 2 * FRAME_SAMPLES}
+    # The heap of an ESP32 without PSRAM: the codec must run in it.
+    result = subprocess.run([binary, "-X", "heapsize=110K", "-c", script],
+                            capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        return {"binary": binary, "error": (result.stdout + result.stderr).strip()[-2000:]}
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures["binary"] = binary
+    figures["viper_speedup"] = {
+        op: round(figures["bytecode_us_per_frame"][op] / max(figures["us_per_frame"][op], 1e-3), 1)
+        for op in CODEC_OPS
+    }
+    return figures
+
+
+def bench_codec():
+    """G.711 encode/decode of one 20 ms frame (into-variants) on CPython and MicroPython."""
+    pcm = codec_frame()
+    return {
+        "frame": {"samples": FRAME_SAMPLES, "ms": 20, "signal": "1 kHz tone, -12 dBFS"},
+        "unit": "microseconds per frame",
+        "cpython": _codec_cpython(pcm),
+        "micropython": _codec_micropython(pcm),
+    }
+
+
+def table_codec(result):
+    """The codec figures as a table, one row per operation."""
+    cp = result["cpython"]
+    mp = result["micropython"]
+    lines = ["codec: G.711, %s (%d samples = %d ms)" % (
+        result["unit"], result["frame"]["samples"], result["frame"]["ms"])]
+    if "error" in mp:
+        lines.append("  MicroPython: %s" % mp["error"])
+        mp = None
+    head = ["", "CPython %s (%s)" % (cp["version"], cp["implementation"])]
+    if mp:
+        head += ["MicroPython %s (%s)" % (mp["version"], mp["implementation"]),
+                 "MicroPython (bytecode)", "viper speedup"]
+    rows = [head]
+    for op in CODEC_OPS:
+        row = [op.replace("_", " "), "%.2f" % cp["us_per_frame"][op]]
+        if mp:
+            row += ["%.2f" % mp["us_per_frame"][op], "%.2f" % mp["bytecode_us_per_frame"][op],
+                    "%.1fx" % mp["viper_speedup"][op]]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        lines.append("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+# --- registry and command -----------------------------------------------------
+
+BENCHMARKS = {
+    "codec": bench_codec,
+}
+
+TABLES = {
+    "codec": table_codec,
+}
+
+
+def _table_generic(name, result, indent="  "):
+    lines = [name + ":"] if name else []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            lines.append("%s%s:" % (indent, key))
+            lines.extend(_table_generic("", value, indent + "  "))
+        else:
+            lines.append("%s%s: %s" % (indent, key, value))
+    return lines if not name else "\n".join(lines)
+
+
+def add_arguments(parser):
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="benchmarks to run (default: all): %s" % ", ".join(BENCHMARKS))
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: {\"machine\": {...}, NAME: {...}, ...}")
+
+
+def run(args):
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        print("upbx bench: unknown benchmark %s (have: %s)" % (
+            ", ".join(unknown), ", ".join(BENCHMARKS)), file=sys.stderr)
+        return 2
+    results = {"machine": machine()}
+    for name in args.names or list(BENCHMARKS):
+        results[name] = BENCHMARKS[name]()
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    m = results.pop("machine")
+    print("machine: %s (%s), %s, %s CPUs" % (m["cpu_model"] or m["processor"], m["architecture"],
+                                             m["system"], m["cpus"]))
+    for name, result in results.items():
+        print()
+        print(TABLES.get(name, lambda r: _table_generic(name, r))(result))
+    return 0
