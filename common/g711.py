@@ -300,9 +300,11 @@ else:
             return bytes(map(lookup, samples))
 
         def encode(pcm):
+            """G.711 bytes of PCM."""
             return codes(_as_samples(pcm))
 
         def encode_into(pcm, out):
+            """Encode PCM into out; returns the number of bytes written."""
             samples = _as_samples(pcm)
             n = len(samples)
             _check_room(out, n, "encode_into")
@@ -312,6 +314,7 @@ else:
 
     def _decoder(lo_table, hi_table):
         def decode_into(data, out):
+            """Decode G.711 into out as PCM; returns the number of bytes written."""
             if not isinstance(data, (bytes, bytearray)):
                 data = bytes(data)
             n = 2 * len(data)
@@ -321,6 +324,7 @@ else:
             return n
 
         def decode(data):
+            """PCM bytes of G.711 data."""
             out = bytearray(2 * len(data))
             decode_into(data, out)
             return bytes(out)
