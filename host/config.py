@@ -4,6 +4,10 @@ Every key is declared once in `SECTIONS` (type, default, one-line doc); the
 loaders, the validation and docs/config.md (`python -m host.config --markdown`)
 all come from that table. A bad file raises one `ConfigError` naming the file,
 the key and the problem.
+
+Loaded values: "HOST:PORT" keys become ("host", port) tuples, secrets bytes,
+paths absolute (relative to the config file's directory; "" stays ""), the
+database ":memory:" stays as is, seconds of float keys are floats.
 """
 import difflib
 import ipaddress
