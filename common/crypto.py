@@ -1,0 +1,154 @@
+"""HMAC-SHA256, HKDF, AES-128 counter mode on ECB, and the replay window.
+
+Pure functions and small objects; the same code runs on the handset and the hosts.
+"""
+from common.compat import Aes128, compare_digest, hmac_digest, sha256
+
+BLOCK = 64  # SHA-256 block size in bytes
+_IPAD = bytes(0x36 for _ in range(BLOCK))
+_OPAD = bytes(0x5C for _ in range(BLOCK))
+
+
+def _xor(a, b):
+    return bytes(x ^ y for x, y in zip(a, b))
+
+
+def hmac_sha256_portable(key, msg):
+    """HMAC-SHA256 (RFC 2104) written out; used as is on MicroPython."""
+    key = bytes(key)
+    if len(key) > BLOCK:
+        key = sha256(key).digest()
+    key = key + bytes(BLOCK - len(key))
+    inner = sha256(_xor(key, _IPAD))
+    inner.update(msg)
+    outer = sha256(_xor(key, _OPAD))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+hmac_sha256 = hmac_digest or hmac_sha256_portable
+
+
+def hkdf(secret, salt, info, length):
+    """HKDF-SHA256 (RFC 5869): extract with salt, expand with info to length bytes."""
+    prk = hmac_sha256(salt or bytes(32), secret)
+    out = b""
+    block = b""
+    counter = 1
+    while len(out) < length:
+        block = hmac_sha256(prk, block + info + bytes((counter,)))
+        out += block
+        counter += 1
+    return out[:length]
+
+
+class HmacKey:
+    """An HMAC-SHA256 key with its padded blocks computed once (per session, per call leg)."""
+
+    def __init__(self, key):
+        key = bytes(key)
+        self.key = key
+        if hmac_digest is None:
+            if len(key) > BLOCK:
+                key = sha256(key).digest()
+            key = key + bytes(BLOCK - len(key))
+            self._inner = _xor(key, _IPAD)
+            self._outer = _xor(key, _OPAD)
+
+    def digest(self, msg):
+        if hmac_digest is not None:
+            return hmac_digest(self.key, msg)
+        inner = sha256(self._inner)
+        inner.update(msg)
+        outer = sha256(self._outer)
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def tag(self, msg, size):
+        """Truncated tag over msg."""
+        return self.digest(msg)[:size]
+
+    def verify(self, msg, received):
+        return compare_digest(self.digest(msg)[:len(received)], received)
+
+
+class CounterMode:
+    """AES-128-CTR built on ECB: keystream block i = AES(nonce12 || be32(i)).
+
+    Buffers are allocated once; `crypt` XORs in place, so sealing a media frame
+    allocates nothing beyond what the AES primitive itself does.
+    """
+
+    def __init__(self, key, max_len=256):
+        self._aes = Aes128(key)
+        blocks = (max_len + 15) // 16
+        self._counter = bytearray(16 * blocks)
+        self._stream = bytearray(16 * blocks)
+        self.max_len = 16 * blocks
+
+    def crypt(self, nonce, buf, start, end):
+        """XOR buf[start:end] with the keystream for nonce (12 bytes), in place."""
+        n = end - start
+        if n <= 0:
+            return
+        if n > self.max_len:
+            raise ValueError("payload longer than counter-mode buffer")
+        blocks = (n + 15) // 16
+        counter = self._counter
+        for i in range(blocks):
+            o = i * 16
+            counter[o:o + 12] = nonce
+            counter[o + 12] = 0
+            counter[o + 13] = 0
+            counter[o + 14] = (i >> 8) & 0xFF
+            counter[o + 15] = i & 0xFF
+        size = blocks * 16
+        self._aes.encrypt_blocks(memoryview(counter)[:size], self._stream)
+        stream = self._stream
+        for i in range(n):
+            buf[start + i] ^= stream[i]
+
+
+class ReplayWindow:
+    """Sliding window over packet numbers (RFC 6479 style): one byte per slot, no bignums."""
+
+    SIZE = 64
+
+    def __init__(self):
+        self.highest = -1
+        self._seen = bytearray(self.SIZE)
+
+    def check(self, number):
+        """True when number is new: not seen and not older than the window."""
+        if number > self.highest:
+            return True
+        if self.highest - number >= self.SIZE:
+            return False
+        return not self._seen[number % self.SIZE]
+
+    def mark(self, number):
+        """Record number as seen; call only after the packet authenticated."""
+        seen = self._seen
+        if number > self.highest:
+            gap = number - self.highest
+            if gap >= self.SIZE:
+                for i in range(self.SIZE):
+                    seen[i] = 0
+            else:
+                for n in range(self.highest + 1, number):
+                    seen[n % self.SIZE] = 0
+            self.highest = number
+        seen[number % self.SIZE] = 1
+
+
+def extend16(highest, value):
+    """The 64-bit number whose low 16 bits are value, closest to highest (SRTP-style)."""
+    if highest < 0:
+        return value
+    base = highest & ~0xFFFF
+    candidate = base | value
+    if candidate - highest > 0x8000 and candidate >= 0x10000:
+        candidate -= 0x10000
+    elif highest - candidate > 0x8000:
+        candidate += 0x10000
+    return candidate

@@ -1,0 +1,161 @@
+"""Client side of a session: log in, keep it alive, log in again with backoff.
+
+Used by phones (to their remote host or the main host) and by remote hosts
+(to the main host). Sans-IO: bytes and integer milliseconds in, bytes and
+timers out. Randomness (nonces, backoff jitter) comes from `random_bytes`.
+"""
+from common import wire
+from common.reliable import Channel
+from common.session import (SessionCrypto, handshake_key, parse_handshake, seal_handshake,
+                            session_keys, verify_handshake)
+
+IDLE = "idle"
+HELLO_SENT = "hello"
+RESPONSE_SENT = "response"
+UP = "up"
+BACKOFF = "backoff"
+
+HANDSHAKE_RETRY_MS = 1000
+HANDSHAKE_TRIES = 4
+
+
+class Login:
+    """One client association with a server, identified by our receive index."""
+
+    def __init__(self, identity_ie, identity, secret, local_index, random_bytes,
+                 keepalive_ms=20000, backoff_initial_ms=1000, backoff_max_ms=30000):
+        self.identity_ie = identity_ie
+        self.identity = identity
+        self.secret = bytes(secret)
+        self.local_index = local_index
+        self.random_bytes = random_bytes
+        self.keepalive_ms = keepalive_ms
+        self.backoff_initial_ms = backoff_initial_ms
+        self.backoff_max_ms = backoff_max_ms
+        self._hs_key = handshake_key(self.secret)
+        self.state = IDLE
+        self.channel = None
+        self.events = []            # ("up", welcome_ies) / ("down", reason)
+        self._out = []
+        self._timer = None
+        self._tries = 0
+        self._backoff_ms = backoff_initial_ms
+        self._nonce = None
+        self._cookie = None
+        self._keepalive_at = None
+        self.logins = 0
+
+    # control
+
+    def start(self, now):
+        self._nonce = self.random_bytes(16)
+        self._cookie = None
+        self.channel = None
+        self.state = HELLO_SENT
+        self._tries = 0
+        self._send_hello(now)
+
+    def _identity_ies(self):
+        return {self.identity_ie: self.identity, wire.IE_SESSION_INDEX: self.local_index,
+                wire.IE_NONCE: self._nonce}
+
+    def _send_hello(self, now):
+        self._tries += 1
+        self._out.append(seal_handshake(self._hs_key, 0, wire.HELLO, self._identity_ies()))
+        self._timer = now + HANDSHAKE_RETRY_MS
+
+    def _send_response(self, now):
+        self._tries += 1
+        ies = self._identity_ies()
+        ies[wire.IE_COOKIE] = self._cookie
+        self._out.append(seal_handshake(self._hs_key, 0, wire.RESPONSE, ies))
+        self._timer = now + HANDSHAKE_RETRY_MS
+
+    def send(self, msg_type, ies, now):
+        """Queue a signalling message on the session; False when not logged in."""
+        if self.state != UP:
+            return False
+        self.channel.send(msg_type, ies, now)
+        return True
+
+    def _down(self, reason, now):
+        self.events.append(("down", reason))
+        self.state = BACKOFF
+        self.channel = None
+        jitter = self.random_bytes(1)[0] * self._backoff_ms // 1024  # up to +25 %
+        self._timer = now + self._backoff_ms + jitter
+        self._backoff_ms = min(self._backoff_ms * 2, self.backoff_max_ms)
+
+    # I/O
+
+    def receive(self, datagram, now):
+        """Messages [(type, ies)] from the server; handshake frames are consumed here.
+
+        Raises wire.DecodeError for malformed input; returns [] for frames that
+        fail authentication (the caller counts them).
+        """
+        msg_type = wire.parse_full(datagram)[3]
+        if msg_type == wire.CHALLENGE:
+            if self.state != HELLO_SENT:
+                return []
+            index, _t, ies = parse_handshake(datagram)
+            if index != self.local_index or not verify_handshake(self._hs_key, datagram):
+                return []
+            if wire.IE_COOKIE not in ies:
+                raise wire.DecodeError("cookie", wire.FULL_HEADER, "missing in CHALLENGE")
+            self._cookie = ies[wire.IE_COOKIE]
+            keys = session_keys(self.secret, self._nonce, self._cookie, True)
+            self.channel = Channel(SessionCrypto(*keys), 0)
+            self.state = RESPONSE_SENT
+            self._tries = 0
+            self._send_response(now)
+            return []
+        if self.channel is None or msg_type in wire.HANDSHAKE_TYPES:
+            return []
+        messages = self.channel.receive(datagram, now)
+        out = []
+        for msg_type, ies in messages:
+            if msg_type == wire.WELCOME and self.state == RESPONSE_SENT:
+                self.channel.peer_index = ies.get(wire.IE_SESSION_INDEX, 0)
+                self.state = UP
+                self.logins += 1
+                self._backoff_ms = self.backoff_initial_ms
+                self._keepalive_at = now + self.keepalive_ms
+                self._timer = None
+                self.events.append(("up", ies))
+            elif self.state == UP:
+                out.append((msg_type, ies))
+        return out
+
+    def datagrams_to_send(self, now):
+        out = self._out
+        self._out = []
+        if self.channel is not None and self.state in (UP, RESPONSE_SENT):
+            out.extend(self.channel.datagrams_to_send(now))
+        return out
+
+    def next_timer(self):
+        timers = [t for t in (self._timer, self._keepalive_at if self.state == UP else None) if t is not None]
+        if self.channel is not None and self.state == UP:
+            t = self.channel.next_timer()
+            if t is not None:
+                timers.append(t)
+        return min(timers) if timers else None
+
+    def handle_timer(self, now):
+        if self.state in (HELLO_SENT, RESPONSE_SENT) and self._timer is not None and now >= self._timer:
+            if self._tries >= HANDSHAKE_TRIES:
+                self._down("no answer to login", now)
+            elif self.state == HELLO_SENT:
+                self._send_hello(now)
+            else:
+                self._send_response(now)
+        elif self.state == BACKOFF and now >= self._timer:
+            self.start(now)
+        elif self.state == UP:
+            if now >= self._keepalive_at:
+                self._keepalive_at = now + self.keepalive_ms
+                self.channel.send(wire.PING, {}, now)
+            self.channel.handle_timer(now)
+            if self.channel.failed:
+                self._down(self.channel.error, now)

@@ -1,0 +1,141 @@
+"""Media call legs: sealing and opening mini frames and trunk entries.
+
+A call leg is one hop of a call's media (phone <-> host, host <-> host, or
+phone <-> phone on the LAN). Whoever sets the leg up issues a random 16-byte
+media key in the (encrypted) signalling; both ends derive directional keys from
+it, so no two legs ever share a keystream. The timestamp, extended to 64 bits,
+is the packet number: it makes the counter-mode nonce and drives the replay window.
+"""
+from common import wire
+from common.crypto import CounterMode, HmacKey, ReplayWindow, extend16, hkdf
+
+_MAX_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG
+
+
+def leg_keys(media_key, role):
+    """(send_auth, send_enc, recv_auth, recv_enc) for the end with this role (0 = set-up side)."""
+    material = hkdf(media_key, b"", b"upbx v1 media", 96)
+    mine = material[48 * role:48 * role + 48]
+    theirs = material[48 * (1 - role):48 * (1 - role) + 48]
+    return mine[:32], mine[32:], theirs[:32], theirs[32:]
+
+
+class MediaLeg:
+    """One end of a call leg. `peer_call_no` addresses frames we send; `call_no` ours."""
+
+    def __init__(self, media_key, role, call_no, peer_call_no):
+        send_auth, send_enc, recv_auth, recv_enc = leg_keys(media_key, role)
+        self.role = role
+        self.call_no = call_no
+        self.peer_call_no = peer_call_no
+        self._send_auth = HmacKey(send_auth)
+        self._recv_auth = HmacKey(recv_auth)
+        self._send_ctr = CounterMode(send_enc, wire.VOICE_BYTES)
+        self._recv_ctr = CounterMode(recv_enc, wire.VOICE_BYTES)
+        self._send_nonce = bytearray(12)
+        self._recv_nonce = bytearray(12)
+        self._send_nonce[0] = self._recv_nonce[0] = 1  # domain: media
+        self._send_nonce[1] = role
+        self._recv_nonce[1] = 1 - role
+        self.replay = ReplayWindow()
+        self.out = bytearray(_MAX_FRAME)
+        self.sent = 0
+        self.received = 0
+        self.rejected = 0
+
+    def seal_mini(self, ts, payload):
+        """A mini frame (memoryview of an internal buffer) carrying payload at timestamp ts (ms)."""
+        n = len(payload)
+        out = self.out
+        wire.pack_mini_header(out, self.peer_call_no, ts & 0xFFFF)
+        end = wire.MINI_HEADER + n
+        out[wire.MINI_HEADER:end] = payload
+        _put_ts(self._send_nonce, ts)
+        self._send_ctr.crypt(self._send_nonce, out, wire.MINI_HEADER, end)
+        view = memoryview(out)
+        out[end:end + wire.MEDIA_TAG] = self._send_auth.tag(view[:end], wire.MEDIA_TAG)
+        self.sent += 1
+        return view[:end + wire.MEDIA_TAG]
+
+    def open_mini(self, frame):
+        """Timestamp (extended) of an authentic, new mini frame, decrypted in place; else None.
+
+        frame must be a writable buffer (bytearray or memoryview of one).
+        """
+        n = len(frame)
+        end = n - wire.MEDIA_TAG
+        _call_no, ts16 = wire.parse_mini(frame)
+        view = memoryview(frame)
+        if not self._recv_auth.verify(view[:end], view[end:n]):
+            self.rejected += 1
+            return None
+        ts = extend16(self.replay.highest, ts16)
+        if not self.replay.check(ts):
+            self.rejected += 1
+            return None
+        self.replay.mark(ts)
+        _put_ts(self._recv_nonce, ts)
+        self._recv_ctr.crypt(self._recv_nonce, frame, wire.MINI_HEADER, end)
+        self.received += 1
+        return ts
+
+    def seal_entry(self, buf, offset, ts, payload):
+        """Append this leg's trunk entry at offset (encrypted; the trunk carries the tag)."""
+        start = wire.pack_trunk_entry(buf, offset, self.peer_call_no, ts & 0xFFFF,
+                                      len(payload) == wire.CN_BYTES)
+        end = start + len(payload)
+        buf[start:end] = payload
+        _put_ts(self._send_nonce, ts)
+        self._send_ctr.crypt(self._send_nonce, buf, start, end)
+        self.sent += 1
+        return end
+
+    def open_entry(self, buf, ts16, start, end):
+        """Decrypt a trunk entry in place after the trunk's tag was checked; extended ts or None."""
+        ts = extend16(self.replay.highest, ts16)
+        if not self.replay.check(ts):
+            self.rejected += 1
+            return None
+        self.replay.mark(ts)
+        _put_ts(self._recv_nonce, ts)
+        self._recv_ctr.crypt(self._recv_nonce, buf, start, end)
+        self.received += 1
+        return ts
+
+
+def _put_ts(nonce, ts):
+    for i in range(8):
+        nonce[11 - i] = (ts >> (8 * i)) & 0xFF
+
+
+def seal_trunk(session_auth, session_index, entries, buf):
+    """Pack a trunk frame into buf from [(leg, ts, payload)]; returns a memoryview of it.
+
+    session_auth is the HmacKey of the host-to-host session; session_index the peer's.
+    """
+    wire.pack_trunk_header(buf, session_index)
+    offset = wire.TRUNK_HEADER
+    for leg, ts, payload in entries:
+        offset = leg.seal_entry(buf, offset, ts, payload)
+    view = memoryview(buf)
+    buf[offset:offset + wire.MEDIA_TAG] = session_auth.tag(view[:offset], wire.MEDIA_TAG)
+    return view[:offset + wire.MEDIA_TAG]
+
+
+def trunk_capacity(calls):
+    """Bytes of a trunk frame carrying `calls` voice entries."""
+    return wire.TRUNK_HEADER + calls * (wire.TRUNK_ENTRY_HEADER + wire.VOICE_BYTES) + wire.MEDIA_TAG
+
+
+def open_trunk(session_auth, frame):
+    """Entries [(call_no, ts16, start, end)] of an authentic trunk frame, else None.
+
+    Raises wire.DecodeError for a malformed frame. Payloads stay encrypted until
+    the owning leg's open_entry decrypts them.
+    """
+    entries = wire.parse_trunk(frame)
+    n = len(frame)
+    view = memoryview(frame)
+    if not session_auth.verify(view[:n - wire.MEDIA_TAG], view[n - wire.MEDIA_TAG:n]):
+        return None
+    return entries

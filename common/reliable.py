@@ -1,0 +1,139 @@
+"""Reliable, ordered delivery of signalling messages over datagrams (sans-IO).
+
+    channel.send(msg_type, ies, now)       queue a message
+    channel.receive(datagram, now)         -> messages delivered in order
+    channel.datagrams_to_send(now)         -> frames to put on the wire
+    channel.next_timer() / handle_timer(now)
+
+Time is integer milliseconds, passed in. Every data frame carries a 16-bit
+sequence number and a cumulative acknowledgement; a frame is resent with
+doubling timeouts until acknowledged and the channel gives up after MAX_TRIES,
+setting `failed`. Duplicates are acknowledged again and never delivered twice.
+The frame crypto (authentication, encryption) is passed in: see common.session.
+"""
+from common import wire
+from common.compat import const
+from common.crypto import extend16
+
+WINDOW = const(32)          # messages in flight before the rest wait in the queue
+RTO_INITIAL_MS = const(250)
+RTO_MAX_MS = const(4000)
+MAX_TRIES = const(8)        # about 15 s from first send to giving up
+REORDER_LIMIT = const(64)   # how far ahead of the expected number a frame may be buffered
+
+
+class Channel:
+    def __init__(self, crypto, peer_index=0):
+        self.crypto = crypto
+        self.peer_index = peer_index
+        self.next_seq = 0          # extended sequence number of our next data frame
+        self.expected = 0          # extended sequence number we deliver next
+        self._unacked = {}         # seq -> [type, payload, next_send_ms, rto_ms, tries]
+        self._queue = []           # (type, payload) waiting for window space
+        self._early = {}           # seq -> (type, payload) received ahead of expected
+        self._ack_due = False
+        self._out = []
+        self.failed = False
+        self.error = None
+        self.retransmissions = 0
+        self.duplicates = 0
+        self.last_receive_ms = None
+
+    # sending
+
+    def send(self, msg_type, ies, now):
+        """Queue one message; ies is a dict {IE type: value}."""
+        payload = wire.encode_ies(ies)
+        if len(self._unacked) < WINDOW:
+            self._transmit_new(msg_type, payload, now)
+        else:
+            self._queue.append((msg_type, payload))
+
+    def _transmit_new(self, msg_type, payload, now):
+        seq = self.next_seq
+        self.next_seq += 1
+        self._unacked[seq] = [msg_type, payload, now + RTO_INITIAL_MS, RTO_INITIAL_MS, 1]
+        self._emit(seq, msg_type, payload)
+
+    def _emit(self, seq, msg_type, payload):
+        self._out.append(self.crypto.seal(self.peer_index, seq, self.expected & 0xFFFF, msg_type, payload))
+        self._ack_due = False
+
+    def datagrams_to_send(self, now):
+        if self._ack_due:
+            self._out.append(self.crypto.seal(self.peer_index, self.next_seq, self.expected & 0xFFFF,
+                                              wire.ACK, b""))
+            self._ack_due = False
+        out = self._out
+        self._out = []
+        return out
+
+    def pending(self):
+        """Messages sent and not yet acknowledged, plus those waiting."""
+        return len(self._unacked) + len(self._queue)
+
+    # timers
+
+    def next_timer(self):
+        if not self._unacked or self.failed:
+            return None
+        return min(entry[2] for entry in self._unacked.values())
+
+    def handle_timer(self, now):
+        if self.failed:
+            return
+        for seq in sorted(self._unacked):
+            entry = self._unacked[seq]
+            if entry[2] > now:
+                continue
+            if entry[4] >= MAX_TRIES:
+                self.failed = True
+                self.error = "no acknowledgement for %s after %d tries" % (
+                    wire.MESSAGE_NAMES.get(entry[0], entry[0]), entry[4])
+                return
+            entry[3] = min(entry[3] * 2, RTO_MAX_MS)
+            entry[2] = now + entry[3]
+            entry[4] += 1
+            self.retransmissions += 1
+            self._emit(seq, entry[0], entry[1])
+
+    # receiving
+
+    def receive(self, datagram, now):
+        """Messages [(type, ies)] delivered in order; [] for a frame that fails authentication.
+
+        Raises wire.DecodeError for a malformed frame (caller counts and drops it).
+        """
+        _index, seq16, ack16, msg_type = wire.parse_full(datagram)
+        seq = extend16(self.expected - 1, seq16)
+        opened = self.crypto.open(datagram, seq)
+        if opened is None:
+            return []
+        payload = opened
+        self.last_receive_ms = now
+        self._acknowledged(extend16(self.next_seq - 1, ack16), now)
+        if msg_type == wire.ACK:
+            return []
+        ies = wire.decode_ies(payload, wire.FULL_HEADER)
+        self._ack_due = True
+        if seq < self.expected:
+            self.duplicates += 1
+            return []
+        if seq > self.expected:
+            if seq - self.expected < REORDER_LIMIT:
+                self._early[seq] = (msg_type, ies)
+            return []
+        delivered = [(msg_type, ies)]
+        self.expected += 1
+        while self.expected in self._early:
+            delivered.append(self._early.pop(self.expected))
+            self.expected += 1
+        return delivered
+
+    def _acknowledged(self, ack, now):
+        # ack is the peer's next expected sequence number: everything below it arrived
+        for seq in [s for s in self._unacked if s < ack]:
+            del self._unacked[seq]
+        while self._queue and len(self._unacked) < WINDOW:
+            msg_type, payload = self._queue.pop(0)
+            self._transmit_new(msg_type, payload, now)

@@ -1,0 +1,117 @@
+"""Authenticated sessions: the login handshake and the frame crypto of a session.
+
+Handshake (all frames are full frames tagged with the handshake key, which both
+sides derive from the device secret; nothing is encrypted, nothing secret is sent):
+
+    client                                   server
+    HELLO(identity, client index, Nc)  -->   (no state: cookie = MAC(server key, ...))
+                                       <--   CHALLENGE(cookie)        to the client index
+    RESPONSE(identity, index, Nc, cookie) -> verify cookie and tag, create the session
+                                       <--   WELCOME(server index, ttl, time), first
+                                             reliable message of the new session
+
+Session keys: HKDF(secret, salt = Nc || cookie, "upbx v1 session") -> 96 bytes:
+client-to-server auth (32) and enc (16), then server-to-client auth and enc.
+A session is identified by its receiver index, never by address (B7).
+"""
+from common import wire
+from common.crypto import CounterMode, HmacKey, hkdf, hmac_sha256
+
+COOKIE_BUCKET_MS = 30000  # a cookie is valid in its 30 s bucket and the next
+
+
+def handshake_key(secret):
+    return HmacKey(hkdf(secret, b"", b"upbx v1 handshake", 32))
+
+
+def session_keys(secret, client_nonce, cookie, is_client):
+    """(send_auth, send_enc, recv_auth, recv_enc) for one side of a new session."""
+    m = hkdf(secret, client_nonce + cookie, b"upbx v1 session", 96)
+    c2s = (m[0:32], m[32:48])
+    s2c = (m[48:80], m[80:96])
+    send, recv = (c2s, s2c) if is_client else (s2c, c2s)
+    return send[0], send[1], recv[0], recv[1]
+
+
+class SessionCrypto:
+    """Seals and opens full frames of one session (encrypt-then-MAC, 8-byte tag)."""
+
+    def __init__(self, send_auth, send_enc, recv_auth, recv_enc):
+        self.send_auth = HmacKey(send_auth)
+        self.recv_auth = HmacKey(recv_auth)
+        self._send_ctr = CounterMode(send_enc, 512)
+        self._recv_ctr = CounterMode(recv_enc, 512)
+        self._nonce = bytearray(12)
+        self._nonce[0] = 2  # domain: signalling
+
+    def _set_nonce(self, seq):
+        nonce = self._nonce
+        for i in range(8):
+            nonce[11 - i] = (seq >> (8 * i)) & 0xFF
+        return nonce
+
+    def seal(self, peer_index, seq, ack16, msg_type, payload):
+        n = len(payload)
+        buf = bytearray(wire.FULL_HEADER + n + wire.FULL_TAG)
+        wire.pack_full_header(buf, peer_index, seq & 0xFFFF, ack16, msg_type)
+        end = wire.FULL_HEADER + n
+        buf[wire.FULL_HEADER:end] = payload
+        self._send_ctr.crypt(self._set_nonce(seq), buf, wire.FULL_HEADER, end)
+        buf[end:] = self.send_auth.tag(memoryview(buf)[:end], wire.FULL_TAG)
+        return bytes(buf)
+
+    def open(self, datagram, seq):
+        """Decrypted payload of an authentic frame with extended sequence seq, else None."""
+        end = len(datagram) - wire.FULL_TAG
+        view = memoryview(datagram)
+        if not self.recv_auth.verify(view[:end], view[end:]):
+            return None
+        payload = bytearray(view[wire.FULL_HEADER:end])
+        if payload:
+            self._recv_ctr.crypt(self._set_nonce(seq), payload, 0, len(payload))
+        return payload
+
+
+def seal_handshake(key, peer_index, msg_type, ies):
+    """A handshake frame (HELLO, CHALLENGE, RESPONSE) tagged with the handshake key."""
+    payload = wire.encode_ies(ies)
+    buf = bytearray(wire.FULL_HEADER + len(payload))
+    wire.pack_full_header(buf, peer_index, 0, 0, msg_type)
+    buf[wire.FULL_HEADER:] = payload
+    return bytes(buf) + key.tag(buf, wire.FULL_TAG)
+
+
+def parse_handshake(datagram):
+    """(receiver index, type, ies) of a handshake frame, before its tag is checked.
+
+    The caller looks up the identity's secret, then calls verify_handshake.
+    Raises wire.DecodeError when the frame is not a well-formed handshake frame.
+    """
+    index, _seq, _ack, msg_type = wire.parse_full(datagram)
+    if msg_type not in wire.HANDSHAKE_TYPES:
+        raise wire.DecodeError("message type", 7, "0x%02x is not a handshake message" % msg_type)
+    ies = wire.decode_ies(memoryview(datagram)[wire.FULL_HEADER:len(datagram) - wire.FULL_TAG],
+                          wire.FULL_HEADER)
+    return index, msg_type, ies
+
+
+def verify_handshake(key, datagram):
+    end = len(datagram) - wire.FULL_TAG
+    view = memoryview(datagram)
+    return key.verify(view[:end], view[end:])
+
+
+def make_cookie(server_secret, identity, client_nonce, client_index, address, now_ms, previous=False):
+    """Stateless challenge: binds identity, nonce, index and source address to a time bucket."""
+    bucket = now_ms // COOKIE_BUCKET_MS - (1 if previous else 0)
+    material = "%s|%d|%s|%d" % (identity, client_index, address, bucket)
+    return hmac_sha256(server_secret, material.encode() + client_nonce)[:16]
+
+
+def identity_of(ies):
+    """('ext', number) or ('host', name) named by a handshake's IEs, else None."""
+    if wire.IE_EXTENSION in ies:
+        return ("ext", ies[wire.IE_EXTENSION])
+    if wire.IE_HOST_NAME in ies:
+        return ("host", ies[wire.IE_HOST_NAME])
+    return None

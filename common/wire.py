@@ -1,0 +1,335 @@
+"""upbx wire format v1: frame layouts, message types, information elements.
+
+Pure encoding and decoding; authentication and encryption live in
+common.session and common.media. Byte diagrams: docs/protocol.md.
+
+    mini frame    0ccccccc cccccccc tttttttt tttttttt payload... tag(4)
+    full frame    10ssssss ssssssss ssssssss seq(2) ack(2) type(1) IEs... tag(8)
+    trunk frame   11ssssss ssssssss ssssssss {Fccccccc cccccccc ts(2) payload}... tag(4)
+"""
+from common.compat import const
+
+VERSION = const(1)
+
+KIND_MINI = const(0)
+KIND_FULL = const(2)
+KIND_TRUNK = const(3)
+
+MINI_HEADER = const(4)
+FULL_HEADER = const(8)
+TRUNK_HEADER = const(3)
+TRUNK_ENTRY_HEADER = const(4)
+MEDIA_TAG = const(4)
+FULL_TAG = const(8)
+
+VOICE_BYTES = const(160)  # G.711, 20 ms at 8 kHz
+CN_BYTES = const(1)       # comfort noise: one level byte (G.711 Appendix II style)
+MAX_CALL_NO = const(0x7FFF)
+MAX_SESSION = const(0x3FFFFF)
+
+# message types
+HELLO = const(0x01)
+CHALLENGE = const(0x02)
+RESPONSE = const(0x03)
+WELCOME = const(0x04)
+ACK = const(0x06)
+PING = const(0x07)
+BYE = const(0x08)
+SETUP = const(0x10)
+ALERTING = const(0x12)
+ANSWER = const(0x13)
+RELEASE = const(0x14)
+DTMF = const(0x16)
+MEDIA_PEER = const(0x17)
+LOCAL_REQUEST = const(0x20)
+LOCAL_GRANT = const(0x21)
+LOCAL_REFUSE = const(0x22)
+PUNCH_OFFER = const(0x30)
+PUNCH = const(0x31)
+PUNCH_RESULT = const(0x32)
+SYSINFO = const(0x40)
+SYSINFO_ACK = const(0x41)
+RECORDS = const(0x50)
+PHONE_STATE = const(0x60)
+DIRECTORY = const(0x70)
+
+HANDSHAKE_TYPES = (HELLO, CHALLENGE, RESPONSE)
+
+MESSAGE_NAMES = {
+    HELLO: "HELLO", CHALLENGE: "CHALLENGE", RESPONSE: "RESPONSE", WELCOME: "WELCOME",
+    ACK: "ACK", PING: "PING", BYE: "BYE", SETUP: "SETUP", ALERTING: "ALERTING",
+    ANSWER: "ANSWER", RELEASE: "RELEASE", DTMF: "DTMF", MEDIA_PEER: "MEDIA_PEER",
+    LOCAL_REQUEST: "LOCAL_REQUEST", LOCAL_GRANT: "LOCAL_GRANT", LOCAL_REFUSE: "LOCAL_REFUSE",
+    PUNCH_OFFER: "PUNCH_OFFER", PUNCH: "PUNCH", PUNCH_RESULT: "PUNCH_RESULT",
+    SYSINFO: "SYSINFO", SYSINFO_ACK: "SYSINFO_ACK", RECORDS: "RECORDS",
+    PHONE_STATE: "PHONE_STATE", DIRECTORY: "DIRECTORY",
+}
+
+# information elements: type -> (name, kind); kinds: u8 u16 u32 u64 idx str bytes addr
+IE_EXTENSION = const(0x01)
+IE_HOST_NAME = const(0x02)
+IE_SESSION_INDEX = const(0x03)
+IE_NONCE = const(0x04)
+IE_COOKIE = const(0x05)
+IE_TTL = const(0x06)
+IE_TIME = const(0x07)
+IE_CALL_NO = const(0x10)
+IE_PEER_CALL_NO = const(0x11)
+IE_CALLED = const(0x12)
+IE_CALLING = const(0x13)
+IE_CALLING_NAME = const(0x14)
+IE_CAUSE = const(0x15)
+IE_CALL_ID = const(0x16)
+IE_MEDIA_KEY = const(0x17)
+IE_DIGIT = const(0x18)
+IE_ADDRESS = const(0x19)
+IE_PATH = const(0x1A)
+IE_CODEC = const(0x1B)
+IE_ROLE = const(0x1C)
+IE_VERSION = const(0x20)
+IE_CHUNK = const(0x21)
+IE_DATA = const(0x22)
+IE_PEER_NAME = const(0x23)
+IE_PEER_KEY = const(0x24)
+IE_STATE = const(0x25)
+
+IE_SPEC = {
+    IE_EXTENSION: ("extension", "str", 1, 15),
+    IE_HOST_NAME: ("host_name", "str", 1, 63),
+    IE_SESSION_INDEX: ("session_index", "idx", 3, 3),
+    IE_NONCE: ("nonce", "bytes", 16, 16),
+    IE_COOKIE: ("cookie", "bytes", 16, 16),
+    IE_TTL: ("ttl", "u16", 2, 2),
+    IE_TIME: ("time", "u64", 8, 8),
+    IE_CALL_NO: ("call_no", "u16", 2, 2),
+    IE_PEER_CALL_NO: ("peer_call_no", "u16", 2, 2),
+    IE_CALLED: ("called", "str", 1, 31),
+    IE_CALLING: ("calling", "str", 1, 31),
+    IE_CALLING_NAME: ("calling_name", "str", 0, 63),
+    IE_CAUSE: ("cause", "u8", 1, 1),
+    IE_CALL_ID: ("call_id", "bytes", 8, 8),
+    IE_MEDIA_KEY: ("media_key", "bytes", 16, 16),
+    IE_DIGIT: ("digit", "str", 1, 1),
+    IE_ADDRESS: ("address", "addr", 6, 6),
+    IE_PATH: ("path", "u8", 1, 1),
+    IE_CODEC: ("codec", "u8", 1, 1),
+    IE_ROLE: ("role", "u8", 1, 1),
+    IE_VERSION: ("version", "u32", 4, 4),
+    IE_CHUNK: ("chunk", "u32", 4, 4),
+    IE_DATA: ("data", "bytes", 0, 255),
+    IE_PEER_NAME: ("peer_name", "str", 1, 63),
+    IE_PEER_KEY: ("peer_key", "bytes", 32, 32),
+    IE_STATE: ("state", "u8", 1, 1),
+}
+
+# release causes, shown on the phone
+CAUSE_NORMAL = const(0)
+CAUSE_BUSY = const(1)
+CAUSE_NO_ANSWER = const(2)
+CAUSE_UNKNOWN_EXTENSION = const(3)
+CAUSE_NOT_PERMITTED = const(4)
+CAUSE_NETWORK_BUSY = const(5)
+CAUSE_UNREACHABLE = const(6)
+CAUSE_PROTOCOL_ERROR = const(7)
+
+CAUSE_TEXT = {
+    CAUSE_NORMAL: "normal clearing",
+    CAUSE_BUSY: "busy",
+    CAUSE_NO_ANSWER: "no answer",
+    CAUSE_UNKNOWN_EXTENSION: "unknown extension",
+    CAUSE_NOT_PERMITTED: "not permitted",
+    CAUSE_NETWORK_BUSY: "network busy",
+    CAUSE_UNREACHABLE: "unreachable",
+    CAUSE_PROTOCOL_ERROR: "protocol error",
+}
+
+PATH_RELAY = const(0)
+PATH_DIRECT = const(1)
+PATH_LOCAL = const(2)
+PATH_NAMES = ("relay", "direct", "local")
+
+CODEC_ULAW = const(0)
+CODEC_ALAW = const(8)
+
+
+class DecodeError(ValueError):
+    """A datagram that is not valid upbx v1; says which field and at what offset."""
+
+    def __init__(self, field, offset, problem):
+        super().__init__("%s at offset %d: %s" % (field, offset, problem))
+        self.field = field
+        self.offset = offset
+        self.problem = problem
+
+
+def frame_kind(data):
+    if len(data) < 1:
+        raise DecodeError("frame", 0, "empty datagram")
+    first = data[0]
+    if first & 0x80 == 0:
+        return KIND_MINI
+    return KIND_FULL if first & 0x40 == 0 else KIND_TRUNK
+
+
+def session_of(data):
+    """Receiver session index of a full or trunk frame."""
+    return ((data[0] & 0x3F) << 16) | (data[1] << 8) | data[2]
+
+
+def pack_full_header(buf, session, seq, ack, msg_type):
+    buf[0] = 0x80 | ((session >> 16) & 0x3F)
+    buf[1] = (session >> 8) & 0xFF
+    buf[2] = session & 0xFF
+    buf[3] = (seq >> 8) & 0xFF
+    buf[4] = seq & 0xFF
+    buf[5] = (ack >> 8) & 0xFF
+    buf[6] = ack & 0xFF
+    buf[7] = msg_type
+
+
+def parse_full(data):
+    """(session, seq, ack, type) of a full frame; IEs are data[8:-8], tag data[-8:]."""
+    if len(data) < FULL_HEADER + FULL_TAG:
+        raise DecodeError("full frame", len(data), "shorter than header and tag (%d bytes)" % len(data))
+    if data[0] & 0xC0 != 0x80:
+        raise DecodeError("frame kind", 0, "not a full frame")
+    return (session_of(data), (data[3] << 8) | data[4], (data[5] << 8) | data[6], data[7])
+
+
+def pack_mini_header(buf, call_no, ts):
+    buf[0] = (call_no >> 8) & 0x7F
+    buf[1] = call_no & 0xFF
+    buf[2] = (ts >> 8) & 0xFF
+    buf[3] = ts & 0xFF
+
+
+def parse_mini(data):
+    """(call_no, ts16) of a mini frame; payload is data[4:-4], tag data[-4:]."""
+    n = len(data)
+    if n < MINI_HEADER + CN_BYTES + MEDIA_TAG:
+        raise DecodeError("mini frame", n, "shorter than header, payload and tag (%d bytes)" % n)
+    if data[0] & 0x80:
+        raise DecodeError("frame kind", 0, "not a mini frame")
+    payload = n - MINI_HEADER - MEDIA_TAG
+    if payload != VOICE_BYTES and payload != CN_BYTES:
+        raise DecodeError("mini payload", MINI_HEADER, "length %d is neither voice nor comfort noise" % payload)
+    call_no = (data[0] << 8) | data[1]
+    if call_no == 0:
+        raise DecodeError("call number", 0, "call number 0 is reserved")
+    return call_no, (data[2] << 8) | data[3]
+
+
+def pack_trunk_header(buf, session):
+    buf[0] = 0xC0 | ((session >> 16) & 0x3F)
+    buf[1] = (session >> 8) & 0xFF
+    buf[2] = session & 0xFF
+
+
+def pack_trunk_entry(buf, offset, call_no, ts, comfort_noise):
+    buf[offset] = ((call_no >> 8) & 0x7F) | (0x80 if comfort_noise else 0)
+    buf[offset + 1] = call_no & 0xFF
+    buf[offset + 2] = (ts >> 8) & 0xFF
+    buf[offset + 3] = ts & 0xFF
+    return offset + TRUNK_ENTRY_HEADER
+
+
+def parse_trunk(data):
+    """List of (call_no, ts16, payload_start, payload_end) of a trunk frame."""
+    n = len(data)
+    if n < TRUNK_HEADER + TRUNK_ENTRY_HEADER + CN_BYTES + MEDIA_TAG:
+        raise DecodeError("trunk frame", n, "shorter than one entry (%d bytes)" % n)
+    if data[0] & 0xC0 != 0xC0:
+        raise DecodeError("frame kind", 0, "not a trunk frame")
+    end = n - MEDIA_TAG
+    offset = TRUNK_HEADER
+    entries = []
+    while offset < end:
+        if offset + TRUNK_ENTRY_HEADER > end:
+            raise DecodeError("trunk entry", offset, "truncated entry header")
+        first = data[offset]
+        call_no = ((first & 0x7F) << 8) | data[offset + 1]
+        if call_no == 0:
+            raise DecodeError("trunk entry call number", offset, "call number 0 is reserved")
+        ts = (data[offset + 2] << 8) | data[offset + 3]
+        start = offset + TRUNK_ENTRY_HEADER
+        stop = start + (CN_BYTES if first & 0x80 else VOICE_BYTES)
+        if stop > end:
+            raise DecodeError("trunk entry payload", start, "runs past the tag")
+        entries.append((call_no, ts, start, stop))
+        offset = stop
+    return entries
+
+
+def encode_ies(items):
+    """Bytes of IEs from a dict {IE type: value}, in ascending type order."""
+    out = bytearray()
+    for ie in sorted(items):
+        value = items[ie]
+        name, kind, lo, hi = IE_SPEC[ie]
+        if kind == "str":
+            raw = value.encode()
+        elif kind == "bytes":
+            raw = bytes(value)
+        elif kind == "addr":
+            host, port = value
+            raw = bytes(int(p) for p in host.split(".")) + bytes(((port >> 8) & 0xFF, port & 0xFF))
+        else:
+            raw = _uint_bytes(value, hi)
+        if not lo <= len(raw) <= hi:
+            raise ValueError("IE %s: length %d outside %d..%d" % (name, len(raw), lo, hi))
+        out.append(ie)
+        out.append(len(raw))
+        out.extend(raw)
+    return bytes(out)
+
+
+def _uint_bytes(value, size):
+    if value < 0 or value >> (8 * size):
+        raise ValueError("value %d does not fit in %d bytes" % (value, size))
+    return bytes((value >> (8 * (size - 1 - i))) & 0xFF for i in range(size))
+
+
+def decode_ies(data, base=0):
+    """Dict {IE type: value} from IE bytes; base is their offset in the frame, for errors.
+
+    Unknown IE types are skipped (a newer peer may send them); a known IE with a
+    bad length or value, a repeated IE, or a truncated IE raises DecodeError.
+    """
+    items = {}
+    offset = 0
+    n = len(data)
+    while offset < n:
+        if offset + 2 > n:
+            raise DecodeError("IE header", base + offset, "truncated")
+        ie = data[offset]
+        length = data[offset + 1]
+        start = offset + 2
+        end = start + length
+        if end > n:
+            raise DecodeError("IE 0x%02x" % ie, base + offset, "length %d runs past the frame" % length)
+        if ie in items:
+            raise DecodeError("IE 0x%02x" % ie, base + offset, "repeated")
+        spec = IE_SPEC.get(ie)
+        if spec is not None:
+            items[ie] = _ie_value(spec, ie, data[start:end], base + offset)
+        offset = end
+    return items
+
+
+def _ie_value(spec, ie, raw, offset):
+    name, kind, lo, hi = spec
+    if not lo <= len(raw) <= hi:
+        raise DecodeError(name, offset, "length %d outside %d..%d" % (len(raw), lo, hi))
+    if kind == "str":
+        try:
+            return bytes(raw).decode()
+        except UnicodeError:
+            raise DecodeError(name, offset, "not UTF-8")
+    if kind == "bytes":
+        return bytes(raw)
+    if kind == "addr":
+        return ("%d.%d.%d.%d" % (raw[0], raw[1], raw[2], raw[3]), (raw[4] << 8) | raw[5])
+    value = 0
+    for b in raw:
+        value = (value << 8) | b
+    return value

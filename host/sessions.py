@@ -1,0 +1,126 @@
+"""Server side of sessions: answers logins, owns each peer's channel and address.
+
+A peer is its session (its keys), not its address: the address is updated from
+every authenticated frame, so a NAT rebinding or a new public address costs
+nothing (B7). Nothing is allocated for a datagram until it authenticates.
+"""
+import os
+import secrets
+
+from common import wire
+from common.reliable import Channel
+from common.session import (SessionCrypto, handshake_key, identity_of, make_cookie,
+                            parse_handshake, seal_handshake, session_keys, verify_handshake)
+
+
+class Peer:
+    """One logged-in client: a phone or a remote host."""
+
+    def __init__(self, index, kind, name, channel, address, now_ms, client_nonce):
+        self.index = index
+        self.kind = kind            # "ext" or "host"
+        self.name = name
+        self.channel = channel
+        self.address = address
+        self.last_seen_ms = now_ms
+        self.logged_in_ms = now_ms
+        self.client_nonce = client_nonce
+        self.address_changes = 0
+
+    def __repr__(self):
+        return "<Peer %s:%s #%d at %s>" % (self.kind, self.name, self.index, self.address)
+
+
+class SessionTable:
+    """Logins and live sessions of one host, keyed by our receive index."""
+
+    def __init__(self, lookup_secret, stats, ttl_ms):
+        self.lookup_secret = lookup_secret   # (kind, name) -> secret bytes or None
+        self.stats = stats
+        self.ttl_ms = ttl_ms
+        self._cookie_secret = secrets.token_bytes(32)
+        self.peers = {}                     # index -> Peer
+        self.by_identity = {}               # (kind, name) -> Peer
+        self._next_index = int.from_bytes(os.urandom(2), "big") + 1
+
+    def _allocate_index(self):
+        while True:
+            self._next_index = self._next_index % wire.MAX_SESSION + 1
+            if self._next_index not in self.peers:
+                return self._next_index
+
+    def handle_handshake(self, datagram, address, now):
+        """Reply datagram for a HELLO or RESPONSE (or None); returns (reply, new_peer_or_None)."""
+        _index, msg_type, ies = parse_handshake(datagram)
+        identity = identity_of(ies)
+        if identity is None or wire.IE_SESSION_INDEX not in ies or wire.IE_NONCE not in ies:
+            self.stats.drop("handshake missing IEs")
+            return None, None
+        secret = self.lookup_secret(identity)
+        if secret is None:
+            self.stats.drop("unknown identity")
+            return None, None
+        key = handshake_key(secret)
+        if not verify_handshake(key, datagram):
+            self.stats.drop("bad tag")
+            return None, None
+        client_index = ies[wire.IE_SESSION_INDEX]
+        nonce = ies[wire.IE_NONCE]
+        addr_text = "%s:%d" % address
+        if msg_type == wire.HELLO:
+            cookie = make_cookie(self._cookie_secret, identity, nonce, client_index, addr_text, now)
+            return seal_handshake(key, client_index, wire.CHALLENGE, {wire.IE_COOKIE: cookie}), None
+        if msg_type != wire.RESPONSE or wire.IE_COOKIE not in ies:
+            self.stats.drop("unexpected handshake")
+            return None, None
+        cookie = ies[wire.IE_COOKIE]
+        if cookie not in (make_cookie(self._cookie_secret, identity, nonce, client_index, addr_text, now),
+                          make_cookie(self._cookie_secret, identity, nonce, client_index, addr_text, now,
+                                      previous=True)):
+            self.stats.drop("stale cookie")
+            return None, None
+        old = self.by_identity.get(identity)
+        if old is not None and old.client_nonce == nonce:
+            return None, None  # a retransmitted RESPONSE: WELCOME is already on its way
+        keys = session_keys(secret, nonce, cookie, False)
+        channel = Channel(SessionCrypto(*keys), client_index)
+        index = self._allocate_index()
+        peer = Peer(index, identity[0], identity[1], channel, address, now, nonce)
+        if old is not None:
+            self.remove(old)
+        self.peers[index] = peer
+        self.by_identity[identity] = peer
+        channel.send(wire.WELCOME, {wire.IE_SESSION_INDEX: index, wire.IE_TTL: self.ttl_ms // 1000,
+                                    wire.IE_TIME: int(now)}, now)
+        return None, peer
+
+    def receive(self, datagram, address, now):
+        """(peer, messages) for a session frame; (None, []) when dropped (counted)."""
+        peer = self.peers.get(wire.session_of(datagram))
+        if peer is None:
+            self.stats.drop("unknown session")
+            return None, []
+        before = peer.channel.last_receive_ms
+        messages = peer.channel.receive(datagram, now)
+        if peer.channel.last_receive_ms == before:
+            self.stats.drop("bad tag")
+            return None, []
+        self.touch(peer, address, now)
+        return peer, messages
+
+    def touch(self, peer, address, now):
+        """Note an authenticated packet from peer: roaming updates its address (B7)."""
+        peer.last_seen_ms = now
+        if address != peer.address:
+            peer.address = address
+            peer.address_changes += 1
+            return True
+        return False
+
+    def remove(self, peer):
+        self.peers.pop(peer.index, None)
+        if self.by_identity.get((peer.kind, peer.name)) is peer:
+            del self.by_identity[(peer.kind, peer.name)]
+
+    def expired(self, now):
+        return [p for p in self.peers.values() if now - p.last_seen_ms > self.ttl_ms or p.channel.failed]
