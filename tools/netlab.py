@@ -525,6 +525,7 @@ def _print_status(st):
 
 def run(args):
     try:
+        _require_root()
         lab = Lab(args.prefix)
         if args.action == "up":
             sites = _split(args.sites)
@@ -534,7 +535,6 @@ def run(args):
             _print_status(lab.status())
             print("built in %.1f s" % (time.monotonic() - start))
         elif args.action == "down":
-            _require_root()
             gone = lab.namespaces()
             lab.down()
             print("netlab %s: removed %d namespaces" % (lab.prefix, len(gone)))
@@ -545,7 +545,6 @@ def run(args):
             else:
                 _print_status(st)
         elif args.action == "exec":
-            _require_root()
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             if not cmd:
                 print("upbx netlab exec: give a command after --", file=sys.stderr)
