@@ -1,0 +1,200 @@
+"""Adaptive jitter buffer for 20 ms G.711 frames with 16-bit timestamps.
+
+put() copies each payload into a preallocated slot ring; get() is called once
+per 20 ms playout tick and hands out the frame due now, or says MISSING (the
+caller conceals) or EMPTY (not playing yet). Time is passed in (integer ms).
+
+Playout delay adapts between MIN_DELAY_MS and MAX_DELAY_MS: the target is
+frame_ms + 3 x the RFC 3550 interarrival jitter estimate, in whole frames. The
+buffer grows by holding the play position when it runs dry (late frames then
+still play) and shrinks by skipping one frame when, for a whole second, it
+never held fewer frames than target + 1.
+"""
+from common.compat import const
+
+FRAME = const(0)
+MISSING = const(1)
+EMPTY = const(2)
+
+# put() results
+ACCEPTED = const(0)
+LATE = const(1)
+DUPLICATE = const(2)
+BAD_SIZE = const(3)
+
+MIN_DELAY_MS = const(20)
+MAX_DELAY_MS = const(120)
+_DRY_TICKS_TO_REPRIME = const(6)   # 120 ms without any frame: stop and buffer afresh
+_SHRINK_WINDOW_TICKS = const(50)   # one second of surplus before dropping a frame
+
+
+class JitterBuffer:
+    """Slot ring of `slots` frames of `frame_bytes` each; ts advances `ts_per_frame` per frame."""
+
+    def __init__(self, frame_bytes=160, frame_ms=20, ts_per_frame=160, slots=16,
+                 initial_delay_ms=40):
+        self.frame_bytes = frame_bytes
+        self.frame_ms = frame_ms
+        self.ts_per_frame = ts_per_frame
+        self._ts_per_ms = ts_per_frame // frame_ms
+        self._n = slots
+        self._store = bytearray(slots * frame_bytes)
+        mv = memoryview(self._store)
+        # preallocated results: returning them allocates nothing
+        self._frames = [(FRAME, mv[i * frame_bytes:(i + 1) * frame_bytes]) for i in range(slots)]
+        self._missing = (MISSING, None)
+        self._empty = (EMPTY, None)
+        self._full = bytearray(slots)
+        self._ts = [0] * slots
+        self.received = 0
+        self.late = 0
+        self.duplicate = 0
+        self.concealed = 0
+        self.dropped = 0     # frames skipped to shrink the delay
+        self.resyncs = 0
+        self.bad_size = 0
+        self.jitter_x16 = 0  # RFC 3550 estimate, ms x 16
+        self.target_ms = self._clamp(initial_delay_ms)
+        self.delay_ms = 0    # buffered audio after the last get()
+        self.reset()
+
+    def reset(self):
+        """Forget all frames and timing (a new call or stream)."""
+        for i in range(self._n):
+            self._full[i] = 0
+        self.playing = False
+        self._primed = False
+        self._head = 0          # slot of the next frame to play
+        self._head_ts = 0       # its 16-bit timestamp
+        self._newest = -1       # offset from head of the newest frame held
+        self._prime_ms = 0
+        self._dry = 0
+        self._min_depth = 255
+        self._window = 0
+        self._last_arrival = 0
+        self._last_ts = 0
+        self._have_last = False
+
+    def _clamp(self, ms):
+        f = self.frame_ms
+        ms = (ms + f - 1) // f * f
+        if ms < MIN_DELAY_MS:
+            return MIN_DELAY_MS
+        if ms > MAX_DELAY_MS:
+            return MAX_DELAY_MS
+        return ms
+
+    def _offset(self, ts16):
+        d = (ts16 - self._head_ts) & 0xFFFF
+        if d >= 0x8000:
+            d -= 0x10000
+        step = self.ts_per_frame
+        return (d + (step >> 1)) // step
+
+    def _estimate_jitter(self, ts16, now_ms):
+        if self._have_last:
+            dts = (ts16 - self._last_ts) & 0xFFFF
+            if dts >= 0x8000:
+                dts -= 0x10000
+            d = (now_ms - self._last_arrival) - dts // self._ts_per_ms
+            if d < 0:
+                d = -d
+            if d > 1000:
+                d = 1000  # one outlier (a stall, a resync) must not dominate
+            self.jitter_x16 += d - ((self.jitter_x16 + 8) >> 4)
+            self.target_ms = self._clamp(self.frame_ms + 3 * self.jitter_x16 // 16)
+        self._last_arrival = now_ms
+        self._last_ts = ts16
+        self._have_last = True
+
+    def put(self, ts16, payload, now_ms):
+        """Store one frame; returns ACCEPTED, LATE, DUPLICATE or BAD_SIZE."""
+        n = len(payload)
+        if n != self.frame_bytes:
+            self.bad_size += 1
+            return BAD_SIZE
+        if not self._primed:
+            self._primed = True
+            self._prime_ms = now_ms
+            self._head_ts = ts16
+        off = self._offset(ts16)
+        if off <= -self._n:
+            off = self._n  # far behind anything held: the sender restarted its clock
+        if off < 0:
+            if self.playing or self._newest - off >= self._n:
+                self.late += 1
+                return LATE
+            # still buffering: an earlier frame arrived second, so start from it
+            self._head = (self._head + off) % self._n
+            self._head_ts = (self._head_ts + off * self.ts_per_frame) & 0xFFFF
+            self._newest -= off
+            off = 0
+        elif off >= self._n:
+            # far ahead or behind (sender restarted, long gap): start again from this frame
+            self.resyncs += 1
+            self.reset()
+            self._primed = True
+            self._prime_ms = now_ms
+            self._head_ts = ts16
+            off = 0
+        slot = (self._head + off) % self._n
+        if self._full[slot] and self._ts[slot] == ts16:
+            self.duplicate += 1
+            return DUPLICATE
+        self._estimate_jitter(ts16, now_ms)
+        self._frames[slot][1][0:n] = payload  # memoryview store: no allocation
+        self._full[slot] = 1
+        self._ts[slot] = ts16
+        if off > self._newest:
+            self._newest = off
+        self.received += 1
+        return ACCEPTED
+
+    def get(self, now_ms):
+        """(status, payload) for this playout tick; payload is valid until the next put()."""
+        if not self.playing:
+            if not self._primed or now_ms - self._prime_ms < self.target_ms - self.frame_ms:
+                return self._empty
+            self.playing = True
+        if self._newest < 0:
+            # dry: hold the play position so a late frame still plays (the delay grows)
+            self._dry += 1
+            if self._dry >= _DRY_TICKS_TO_REPRIME:
+                self.reset()
+                return self._empty
+            self.concealed += 1
+            self.delay_ms = 0
+            return self._missing
+        self._dry = 0
+        depth = self._newest + 1
+        if depth < self._min_depth:
+            self._min_depth = depth
+        self._window += 1
+        if self._window >= _SHRINK_WINDOW_TICKS:
+            if self._min_depth * self.frame_ms > self.target_ms + self.frame_ms and depth > 1:
+                self._advance()
+                self.dropped += 1
+            self._window = 0
+            self._min_depth = 255
+        slot = self._head
+        had = self._full[slot]
+        self._advance()
+        self.delay_ms = (self._newest + 1) * self.frame_ms
+        if had:
+            return self._frames[slot]
+        self.concealed += 1
+        return self._missing
+
+    def _advance(self):
+        self._full[self._head] = 0
+        self._head = (self._head + 1) % self._n
+        self._head_ts = (self._head_ts + self.ts_per_frame) & 0xFFFF
+        self._newest -= 1
+
+    def stats(self):
+        """Counters as a dict (allocates: for reports, not for the audio path)."""
+        return {"received": self.received, "late": self.late, "duplicate": self.duplicate,
+                "concealed": self.concealed, "dropped": self.dropped,
+                "resyncs": self.resyncs, "bad_size": self.bad_size,
+                "delay_ms": self.delay_ms, "target_ms": self.target_ms,
+                "jitter_ms": self.jitter_x16 // 16}

@@ -1,0 +1,201 @@
+"""Packet loss concealment in the style of ITU-T G.711 Appendix I.
+
+Concealer keeps HISTORY samples (48.75 ms) of the decoded signal and plays it
+out OVERLAP samples (3.75 ms) late, so that a loss can still be blended into
+audio not yet heard. On the first lost frame it finds the pitch period by
+normalised autocorrelation (coarse search on every other sample, then refined),
+repeats the last pitch period, after 10 ms the last two, after 20 ms the last
+three (each change blended over a quarter period), attenuates 20 % per 10 ms
+after the first 10 ms and is silent after 60 ms. The first good frame after a
+loss is blended with the continued synthetic signal over 4 ms per 10 ms lost
+(at most 10 ms). Concealer(enabled=False) plays silence for lost frames instead.
+
+All buffers are bytearrays of int16 samples allocated at construction.
+"""
+from common.compat import const
+from firmware.audio import dsp
+
+FRAME = const(160)        # samples per 20 ms frame
+SUBFRAME = const(80)      # 10 ms: attenuation and period-count steps
+HISTORY = const(390)      # 48.75 ms, as Appendix I
+OVERLAP = const(30)       # playout delay = longest quarter period (PITCH_MAX / 4)
+PITCH_MIN = const(40)     # 200 Hz
+PITCH_MAX = const(120)    # 66.7 Hz
+CORRLEN = const(160)      # 20 ms correlation window
+_MAX_LOOP = const(360)    # three periods of PITCH_MAX
+_MIN_ENERGY = const(250)  # per correlated sample, at full scale: below it assume PITCH_MAX
+
+
+def find_pitch(hist, end=HISTORY):
+    """Pitch period (samples) of the CORRLEN samples ending at `end` in hist, by normalised autocorrelation."""
+    start = end - CORRLEN
+    peak = dsp.peak(hist, start - PITCH_MAX, CORRLEN + PITCH_MAX)
+    shift = 0
+    while (peak >> shift) > 2047:  # keeps every sum inside 31 bits
+        shift += 1
+    best, best_score = PITCH_MAX, 0
+    for lag in range(PITCH_MIN, PITCH_MAX + 1, 2):
+        score = _score(hist, start, lag, 2, shift)
+        if score > best_score:
+            best, best_score = lag, score
+    coarse = best
+    best_score = 0
+    for lag in range(coarse - 1, coarse + 2):
+        if PITCH_MIN <= lag <= PITCH_MAX:
+            score = _score(hist, start, lag, 1, shift)
+            if score > best_score:
+                best, best_score = lag, score
+    # a periodic signal correlates as well at 2 and 3 periods: prefer the shortest
+    top = best
+    for div in (3, 2):
+        for lag in range(top // div - 1, top // div + 2):
+            if PITCH_MIN <= lag:
+                score = _score(hist, start, lag, 1, shift)
+                if score * 8 >= best_score * 7 and lag < best:
+                    return lag
+    return best
+
+
+def _score(hist, start, lag, step, shift):
+    energy = dsp.dot(hist, start - lag, start - lag, CORRLEN, step, shift)
+    if energy < (_MIN_ENERGY * (CORRLEN // step)) >> (2 * shift):
+        return 0
+    corr = dsp.dot(hist, start, start - lag, CORRLEN, step, shift)
+    if corr <= 0:
+        return 0
+    return (corr << 4) // (dsp.isqrt(energy) + 1) if corr < (1 << 26) else corr // ((dsp.isqrt(energy) >> 4) + 1)
+
+
+class Concealer:
+    """Turns a stream of good and lost 20 ms PCM frames into continuous audio."""
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled
+        self._hist = bytearray(2 * HISTORY)
+        self._orig = bytearray(2 * HISTORY)   # the real signal at the start of a loss
+        self._loop = bytearray(2 * _MAX_LOOP)
+        self._next = bytearray(2 * _MAX_LOOP)
+        self._tail = bytearray(2 * SUBFRAME)  # synthetic continuation for the recovery blend
+        self._fade = bytearray(2 * (PITCH_MAX >> 2))  # old loop's continuation when periods change
+        self._subframe_pos = 0  # samples into the current 10 ms step
+        self.lost_run = 0       # 10 ms subframes concealed in the current loss
+        self.pitch = 0
+        self.concealed = 0      # frames concealed in total
+        self._periods = 0
+        self._pos = 0
+
+    def reset(self):
+        """Forget the history (a new call)."""
+        for i in range(len(self._hist)):
+            self._hist[i] = 0
+        self.lost_run = 0
+        self._subframe_pos = 0
+
+    def good(self, pcm, out):
+        """Feed one decoded 20 ms frame; writes 20 ms of output into out (may be pcm itself)."""
+        if not self.enabled:
+            if out is not pcm:
+                dsp.copy(out, 0, pcm, 0, FRAME)
+            self.lost_run = 0
+            return
+        h = self._hist
+        dsp.copy(h, 0, h, FRAME, HISTORY - FRAME)
+        dsp.copy(h, HISTORY - FRAME, pcm, 0, FRAME)
+        if self.lost_run:
+            olen = 32 * self.lost_run  # 4 ms per 10 ms lost, at most 10 ms
+            if olen > SUBFRAME:
+                olen = SUBFRAME
+            self._synthesise(self._tail, 0, olen)
+            # fade the synthetic signal out and the real one in: crossfade fades dst out
+            dsp.crossfade(self._tail, 0, h, HISTORY - FRAME, olen)
+            dsp.copy(h, HISTORY - FRAME, self._tail, 0, olen)
+            self.lost_run = 0
+        dsp.copy(out, 0, h, HISTORY - FRAME - OVERLAP, FRAME)
+
+    def lost(self, out):
+        """Conceal one lost 20 ms frame; writes 20 ms of output into out."""
+        self.concealed += 1
+        if not self.enabled:
+            dsp.fill(out, 0, FRAME, 0)
+            return
+        h = self._hist
+        if self.lost_run == 0:
+            self._start_loss()
+        dsp.copy(h, 0, h, FRAME, HISTORY - FRAME)
+        self._synthesise(h, HISTORY - FRAME, FRAME)
+        dsp.copy(out, 0, h, HISTORY - FRAME - OVERLAP, FRAME)
+
+    def _start_loss(self):
+        h = self._hist
+        self.pitch = find_pitch(h)
+        dsp.copy(self._orig, 0, h, 0, HISTORY)
+        self._periods = 1
+        self._build_loop(self._loop, 1)
+        # the not-yet-played tail of the history now leads seamlessly into the loop
+        q = self.pitch >> 2
+        dsp.copy(h, HISTORY - q, self._loop, self.pitch - q, q)
+        self._pos = 0
+        self._subframe_pos = 0
+
+    def _build_loop(self, loop, periods):
+        """loop = the last `periods` pitch periods of the real signal, its end blended into its start."""
+        p = self.pitch
+        q = p >> 2
+        n = periods * p
+        o = self._orig
+        dsp.copy(loop, 0, o, HISTORY - n, n)
+        dsp.crossfade(loop, n - q, o, HISTORY - n - q, q)
+
+    def _synthesise(self, dst, off, n):
+        """Next n synthetic samples into dst from off, in 10 ms steps of period count and gain."""
+        while n > 0:
+            sub = self.lost_run  # 10 ms step within the loss, 0-based
+            inside = self._subframe_pos
+            take = SUBFRAME - inside
+            if take > n:
+                take = n
+            if sub >= 6:
+                dsp.fill(dst, off, take, 0)
+            else:
+                if inside == 0 and 1 <= sub <= 2:
+                    self._add_period(dst, off, take)
+                else:
+                    self._read_loop(dst, off, take)
+                if sub >= 1:
+                    g0 = 32768 * (6 - sub) // 5 - 6553 * inside // SUBFRAME
+                    g1 = 32768 * (6 - sub) // 5 - 6553 * (inside + take) // SUBFRAME
+                    dsp.ramp(dst, off, take, g0, g1)
+            off += take
+            n -= take
+            inside += take
+            if inside == SUBFRAME:
+                inside = 0
+                self.lost_run += 1
+            self._subframe_pos = inside
+
+    def _read_loop(self, dst, off, n):
+        length = self._periods * self.pitch
+        while n > 0:
+            take = length - self._pos
+            if take > n:
+                take = n
+            dsp.copy(dst, off, self._loop, self._pos, take)
+            self._pos += take
+            if self._pos == length:
+                self._pos = 0
+            off += take
+            n -= take
+
+    def _add_period(self, dst, off, n):
+        """Switch to one more period, blending the old loop into the new over a quarter period."""
+        q = self.pitch >> 2
+        pos = self._pos
+        self._read_loop(self._fade, 0, q)
+        self._periods += 1
+        self._build_loop(self._next, self._periods)
+        self._loop, self._next = self._next, self._loop
+        self._pos = pos  # same phase, one period further back in the signal
+        self._read_loop(dst, off, n)
+        # dst starts with the new loop; fade from the old continuation into it
+        dsp.crossfade(self._fade, 0, dst, off, q)
+        dsp.copy(dst, off, self._fade, 0, q)

@@ -1,0 +1,179 @@
+"""JitterBuffer: order, loss, duplicates, lateness, timestamp wrap, adaptive delay."""
+from firmware.audio import jitter
+from firmware.audio.jitter import JitterBuffer, FRAME, MISSING, EMPTY
+
+
+def payload(n):
+    return bytes([n & 0xFF]) * 160
+
+
+def play(jb, ticks, start_ms, out):
+    """Run `ticks` playout ticks from start_ms; append the first byte of each frame (or 'M'/'E')."""
+    for t in range(ticks):
+        status, data = jb.get(start_ms + 20 * t)
+        out.append(data[0] if status == FRAME else ("M" if status == MISSING else "E"))
+
+
+def test_empty_until_first_frame_and_target_delay():
+    jb = JitterBuffer()
+    assert jb.get(0)[0] == EMPTY
+    jb.put(1000, payload(1), 0)
+    assert jb.get(0)[0] == EMPTY           # 40 ms target: keep buffering
+    jb.put(1160, payload(2), 20)
+    status, data = jb.get(20)
+    assert status == FRAME and bytes(data) == payload(1)
+
+
+def test_in_order_stream_plays_every_frame_once():
+    jb = JitterBuffer()
+    got = []
+    for i in range(50):
+        jb.put((i * 160) & 0xFFFF, payload(i), 20 * i)
+        status, data = jb.get(20 * i + 10)
+        if status == FRAME:
+            got.append(data[0])
+    assert got == list(range(len(got))) and len(got) >= 48
+    assert jb.received == 50 and jb.late == 0 and jb.concealed == 0
+
+
+def test_reordered_frames_play_in_timestamp_order():
+    jb = JitterBuffer(initial_delay_ms=60)
+    order = [0, 2, 1, 3, 5, 4, 6, 7, 9, 8, 10, 11]
+    got = []
+    for t, i in enumerate(order):
+        jb.put(i * 160, payload(i), 20 * t)
+        play(jb, 1, 20 * t + 10, got)
+    play(jb, 4, 20 * len(order) + 10, got)
+    frames = [g for g in got if g not in ("E", "M")]
+    assert frames == list(range(12)), got
+
+
+def test_lost_frame_is_reported_missing_once():
+    jb = JitterBuffer()
+    got = []
+    for i in range(10):
+        if i != 4:
+            jb.put(i * 160, payload(i), 20 * i)
+        play(jb, 1, 20 * i + 10, got)
+    play(jb, 3, 210, got)
+    assert [g for g in got if g != "E"][:10] == [0, 1, 2, 3, "M", 5, 6, 7, 8, 9]
+    assert jb.concealed == 1 + got[-3:].count("M")  # after the stream ends it conceals too
+
+
+def test_duplicates_are_counted_and_played_once():
+    jb = JitterBuffer()
+    assert jb.put(0, payload(0), 0) == jitter.ACCEPTED
+    assert jb.put(0, payload(0), 5) == jitter.DUPLICATE
+    jb.put(160, payload(1), 20)
+    assert jb.put(160, payload(1), 21) == jitter.DUPLICATE
+    got = []
+    play(jb, 4, 30, got)
+    assert [g for g in got if g not in ("E", "M")] == [0, 1]
+    assert jb.duplicate == 2 and jb.received == 2
+
+
+def test_frame_after_its_playout_is_late():
+    jb = JitterBuffer(initial_delay_ms=20)
+    for i in range(4):
+        jb.put(i * 160, payload(i), 20 * i)
+        jb.get(20 * i + 10)
+    assert jb.put(1 * 160, payload(1), 90) == jitter.LATE
+    assert jb.late == 1
+
+
+def test_timestamps_wrap_at_16_bits():
+    jb = JitterBuffer()
+    start = 0xFFFF - 5 * 160 + 1
+    got = []
+    for i in range(20):
+        jb.put((start + i * 160) & 0xFFFF, payload(i), 20 * i)
+        play(jb, 1, 20 * i + 10, got)
+    assert [g for g in got if g != "E"] == list(range(19))
+    assert jb.late == 0 and jb.resyncs == 0
+
+
+def test_wrong_payload_size_is_rejected():
+    jb = JitterBuffer()
+    assert jb.put(0, bytes(80), 0) == jitter.BAD_SIZE
+    assert jb.bad_size == 1 and jb.received == 0
+
+
+def lcg(seed):
+    state = [seed]
+
+    def rand(n):
+        state[0] = (state[0] * 1103515245 + 12345) & 0x7FFFFFFF
+        return state[0] % n
+    return rand
+
+
+def run_stream(jb, frames, start, jitter_ms, rand):
+    """Frames sent every 20 ms, each delayed 0..jitter_ms; playout ticks every 20 ms at +5 ms."""
+    arrivals = []
+    for i in range(frames):
+        arrivals.append((20 * (start + i) + (rand(jitter_ms + 1) if jitter_ms else 0), start + i))
+    arrivals.sort()
+    a = 0
+    played = 0
+    for tick in range(start, start + frames + 10):
+        now = 20 * tick + 5
+        while a < len(arrivals) and arrivals[a][0] <= now:
+            t, i = arrivals[a]
+            jb.put((i * 160) & 0xFFFF, payload(i), t)
+            a += 1
+        if jb.get(now)[0] == FRAME:
+            played += 1
+    return played
+
+
+def test_delay_grows_with_jitter_and_stays_within_bounds():
+    jb = JitterBuffer()
+    rand = lcg(7)
+    run_stream(jb, 100, 0, 0, rand)
+    calm = jb.target_ms
+    assert calm == 20
+    run_stream(jb, 300, 110, 80, rand)
+    assert jb.target_ms > calm and jb.target_ms <= jitter.MAX_DELAY_MS
+    late_before = jb.late
+    played = run_stream(jb, 300, 420, 80, rand)
+    assert played >= 290, played          # once adapted, few frames arrive too late
+    assert jb.late - late_before <= 10, jb.late - late_before
+
+
+def test_delay_shrinks_when_jitter_subsides():
+    jb = JitterBuffer()
+    rand = lcg(3)
+    run_stream(jb, 300, 0, 100, rand)
+    high = jb.target_ms
+    run_stream(jb, 600, 310, 0, rand)
+    assert jb.target_ms < high
+    assert jb.dropped > 0
+    assert jb.delay_ms <= jb.target_ms + 20
+
+
+def test_long_silence_reprimes_and_new_stream_resyncs():
+    jb = JitterBuffer()
+    got = []
+    for i in range(5):
+        jb.put(i * 160, payload(i), 20 * i)
+        play(jb, 1, 20 * i + 10, got)
+    play(jb, 10, 110, got)
+    assert jb.get(400)[0] == EMPTY
+    assert got[-4:] == ["E"] * 4           # stopped concealing, buffering afresh
+    jb.put(30000, payload(77), 500)        # a new talkspurt
+    jb.put(30160, payload(78), 520)
+    status, data = jb.get(530)
+    assert status == FRAME and data[0] == 77
+
+
+def test_timestamp_jump_while_playing_resyncs():
+    jb = JitterBuffer()
+    got = []
+    for i in range(5):
+        jb.put(i * 160, payload(i), 20 * i)
+        play(jb, 1, 20 * i + 10, got)
+    jb.put(40000, payload(50), 100)        # the sender restarted its clock
+    jb.put(40160, payload(51), 120)
+    play(jb, 3, 110, got)
+    assert jb.resyncs == 1
+    assert 50 in got and 51 in got
