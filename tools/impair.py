@@ -171,6 +171,8 @@ class Relay:
         self.idle_timeout = idle_timeout
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.bind(listen)
+        with contextlib.suppress(OSError):  # bursts must not be lost before the relay decides
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
         self._sock.setblocking(False)
         self.address = self._sock.getsockname()[:2]
         self._target_family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
@@ -264,6 +266,8 @@ class Relay:
             if entry is None:
                 upstream = socket.socket(self._target_family, socket.SOCK_DGRAM)
                 upstream.setblocking(False)
+                with contextlib.suppress(OSError):
+                    upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
                 upstream.connect(self.target)
                 entry = self._upstream[client] = [upstream, now]
                 self._selector.register(upstream, selectors.EVENT_READ, client)
