@@ -48,11 +48,14 @@ def find_pitch(hist, end=HISTORY):
     # a periodic signal correlates as well at 2 and 3 periods: prefer the shortest
     top = best
     for div in (3, 2):
+        cand, cand_score = 0, 0
         for lag in range(top // div - 1, top // div + 2):
-            if PITCH_MIN <= lag:
+            if lag >= PITCH_MIN:
                 score = _score(hist, start, lag, 1, shift)
-                if score * 8 >= best_score * 7 and lag < best:
-                    return lag
+                if score > cand_score:
+                    cand, cand_score = lag, score
+        if cand and cand_score * 8 >= best_score * 7:
+            return cand
     return best
 
 

@@ -1,0 +1,138 @@
+"""Packet loss concealment: pitch, continuation, fade-out, recovery, and the viper kernels."""
+import math
+
+from firmware.audio import dsp, plc
+
+
+def sample(buf, i):
+    v = buf[2 * i] | (buf[2 * i + 1] << 8)
+    return v - 0x10000 if v & 0x8000 else v
+
+
+def voiced(n, period, amp=8000):
+    """A vowel-like periodic signal: fundamental plus two harmonics."""
+    w = 2 * math.pi * n / period
+    return int(amp * (math.sin(w) + 0.5 * math.sin(2 * w + 0.3) + 0.25 * math.sin(3 * w + 1.0)) / 1.75)
+
+
+def frame_of(start, period):
+    buf = bytearray(320)
+    for i in range(160):
+        v = voiced(start + i, period)
+        buf[2 * i] = v & 0xFF
+        buf[2 * i + 1] = (v >> 8) & 0xFF
+    return buf
+
+
+def feed(c, frames, period, out_samples, first=0):
+    out = bytearray(320)
+    for f in range(first, first + frames):
+        c.good(frame_of(160 * f, period), out)
+        out_samples.extend(sample(out, i) for i in range(160))
+
+
+def snr_db(got, want):
+    sig = sum(w * w for w in want)
+    err = sum((g - w) * (g - w) for g, w in zip(got, want)) or 1
+    return 10 * math.log10(sig / err)
+
+
+def test_pitch_of_a_periodic_signal_is_found():
+    for period in (45, 53, 80, 100, 117):
+        hist = bytearray(2 * plc.HISTORY)
+        for i in range(plc.HISTORY):
+            v = voiced(i, period)
+            hist[2 * i] = v & 0xFF
+            hist[2 * i + 1] = (v >> 8) & 0xFF
+        assert plc.find_pitch(hist) == period, (period, plc.find_pitch(hist))
+
+
+def test_first_lost_frame_continues_the_waveform():
+    c = plc.Concealer()
+    got = []
+    feed(c, 5, 80, got)
+    out = bytearray(320)
+    c.lost(out)
+    got.extend(sample(out, i) for i in range(160))
+    # output runs OVERLAP samples late: sample k of the stream is signal k - OVERLAP
+    want = [voiced(k - plc.OVERLAP, 80) for k in range(800, 880)]
+    assert c.pitch == 80
+    assert snr_db(got[800:880], want) > 15
+
+
+def test_concealment_fades_out_and_is_silent_after_60_ms():
+    c = plc.Concealer()
+    got = []
+    feed(c, 5, 64, got)
+    out = bytearray(320)
+    peaks = []
+    for _ in range(5):
+        c.lost(out)
+        peaks.append(dsp.peak(out, 0, 160))
+    assert peaks[0] > 6000
+    assert peaks[0] >= peaks[1] >= peaks[2] > peaks[3]
+    assert peaks[4] == 0          # 80..100 ms into the loss: silence
+    assert c.concealed == 5
+
+
+def test_no_click_at_loss_and_recovery():
+    c = plc.Concealer()
+    got = []
+    feed(c, 5, 71, got)
+    out = bytearray(320)
+    for _ in range(2):
+        c.lost(out)
+        got.extend(sample(out, i) for i in range(160))
+    feed(c, 3, 71, got, first=7)
+    steps = [abs(got[k] - got[k - 1]) for k in range(1, len(got))]
+    normal = max(steps[:700])
+    assert max(steps) <= normal * 1.6, (max(steps), normal)
+    # after the recovery blend the output is the real signal again
+    tail = [voiced(k - plc.OVERLAP, 71) for k in range(7 * 160 + 120, 10 * 160)]
+    assert got[7 * 160 + 120:] == tail
+
+
+def test_plc_off_plays_silence_for_lost_frames():
+    c = plc.Concealer(enabled=False)
+    out = bytearray(320)
+    c.good(frame_of(0, 80), out)
+    assert out == frame_of(0, 80)   # no delay when off
+    c.lost(out)
+    assert out == bytearray(320)
+
+
+def test_silent_history_conceals_with_silence():
+    c = plc.Concealer()
+    out = bytearray(320)
+    c.good(bytearray(320), out)
+    c.lost(out)
+    assert out == bytearray(320)
+
+
+def test_viper_kernels_match_portable_ones():
+    a = bytearray(640)
+    for i in range(320):
+        v = voiced(i, 37, 30000) if i % 7 else -32768
+        a[2 * i] = v & 0xFF
+        a[2 * i + 1] = (v >> 8) & 0xFF
+    for shift in (0, 4):
+        assert dsp.dot(a, 10, 50, 160, 2, shift) == dsp.dot_portable(a, 10, 50, 160, 2, shift)
+    assert dsp.peak(a, 0, 320) == dsp.peak_portable(a, 0, 320) == 32768
+    b1, b2 = bytearray(a), bytearray(a)
+    dsp.crossfade(b1, 3, a, 100, 60)
+    dsp.crossfade_portable(b2, 3, a, 100, 60)
+    assert b1 == b2
+    dsp.ramp(b1, 5, 80, 32768, 6553)
+    dsp.ramp_portable(b2, 5, 80, 32768, 6553)
+    assert b1 == b2
+    dsp.copy(b1, 10, b1, 0, 200)        # overlapping, forwards
+    dsp.copy_portable(b2, 10, b2, 0, 200)
+    assert b1 == b2
+    dsp.copy(b1, 0, b1, 10, 200)        # overlapping, backwards
+    dsp.copy_portable(b2, 0, b2, 10, 200)
+    assert b1 == b2
+    slots = bytearray(range(256)) + bytearray(range(256))
+    dsp.slots32_to_pcm16(b1, 1, slots, 2, 100)
+    dsp.slots32_to_pcm16_portable(b2, 1, slots, 2, 100)
+    assert b1 == b2 and b1[2:4] == slots[10:12]
+    assert dsp.isqrt(10 ** 8) == 10 ** 4 and dsp.isqrt(99) == 9
