@@ -1,5 +1,4 @@
 """The impairment relay: seeded decisions, and real UDP through the relay on loopback."""
-import os
 import re
 import signal
 import socket
