@@ -132,15 +132,14 @@ class Console:
                     except OSError:
                         data = b""
                     if not data:
-                        self.device_bytes(b"\n") if self.partial else None
+                        if self.partial:
+                            self.device_bytes(b"\n")
                         self.show("console: %s closed" % getattr(self.link, "port", "the port"), "W")
                         return 1
                     self.device_bytes(data)
                 for ch in keys.read(ready):
                     if not self.key(ch):
                         return 0
-                if keys.finished():
-                    return 0
                 self.flush_partial()
         except KeyboardInterrupt:
             return 0
@@ -178,12 +177,12 @@ class TerminalKeys:
             return os.read(self.fd, 64).decode("utf-8", "replace")
         return ""
 
-    def finished(self):
-        return False
-
 
 class ScriptKeys:
-    """Keys from a string, one every 50 ms; '~' pauses half a second."""
+    """Keys from a string, one every 50 ms; '~' pauses half a second.
+
+    A script that does not end with 'q' leaves the console open, as a person would.
+    """
 
     STEP, PAUSE = 0.05, 0.5
 
@@ -215,7 +214,3 @@ class ScriptKeys:
                 keys += ch
                 self.next_at = time.monotonic() + self.STEP
         return keys
-
-    def finished(self):
-        # a script that does not end with 'q' keeps the console open, as a person would
-        return False
