@@ -71,6 +71,8 @@ SECTIONS = {
         Key("registration_ttl_s", "int", 120, "lifetime of a phone's registration unless renewed", positive=True),
         Key("punch_timeout_s", "float", 2.0, "time allowed for UDP hole punching before relaying media", positive=True),
         Key("keepalive_timeout_s", "int", 75, "a remote host is considered gone after this long without packets", positive=True),
+        Key("direct_media", "bool", True, "let remote hosts exchange media directly (B2); false relays all media"),
+        Key("trunk_mtu", "int", 1472, "largest trunk datagram (UDP payload bytes); more calls go in further datagrams", min=200, max=65000),
     ],
     "remote": [
         Key("name", "name", REQUIRED, "this remote host's name, as given to `upbx admin host add`"),
@@ -88,6 +90,7 @@ SECTIONS = {
         Key("registration_ttl_s", "int", 120, "lifetime of a phone's registration unless renewed", positive=True),
         Key("login_backoff_initial_s", "float", 1, "first wait before logging in again to the main host", positive=True),
         Key("login_backoff_max_s", "float", 30, "longest wait between login attempts (the wait doubles up to this)", positive=True),
+        Key("trunk_mtu", "int", 1472, "largest trunk datagram (UDP payload bytes); more calls go in further datagrams", min=200, max=65000),
     ],
     "phone": [
         Key("extension", "digits", REQUIRED, "this handset's extension number"),
@@ -167,6 +170,12 @@ def _check_range(key, value):
     return value
 
 
+def _check_bool(key, value, base):
+    if not isinstance(value, bool):
+        raise _Bad("expected true or false")
+    return value
+
+
 def _check_str(key, value, base):
     if not isinstance(value, str):
         raise _Bad("expected a string")
@@ -235,7 +244,7 @@ def _check_audio_in(key, value, base):
 
 
 _CHECKS = {
-    "int": _check_int, "float": _check_float, "str": _check_str, "choice": _check_choice,
+    "bool": _check_bool, "int": _check_int, "float": _check_float, "str": _check_str, "choice": _check_choice,
     "hostport": _check_hostport, "path": _check_path, "database": _check_database,
     "secret": _check_secret, "digits": _check_digits, "name": _check_name, "audio_in": _check_audio_in,
 }
@@ -344,7 +353,7 @@ def load_phone_config(path):
 
 FILES = {"main": "main.toml", "remote": "remote.toml", "phone": "phone.toml"}
 _KIND_NAMES = {
-    "int": "integer", "float": "number", "str": "string", "choice": "string", "hostport": '"HOST:PORT"',
+    "bool": "true/false", "int": "integer", "float": "number", "str": "string", "choice": "string", "hostport": '"HOST:PORT"',
     "path": "path", "database": "path", "secret": "hex string", "digits": "digits", "name": "name",
     "audio_in": "path or tone:HZ",
 }

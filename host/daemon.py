@@ -1,0 +1,222 @@
+"""What both host daemons share: one UDP socket, timers, stats, logs, control socket.
+
+The protocol logic lives in common/ and in host/switch.py; this module only
+moves bytes and time, and makes sure no datagram can stop the daemon.
+"""
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from common import wire
+
+DSCP_EF = 46 << 2    # voice
+DSCP_CS3 = 24 << 2   # signalling
+
+
+def now_ms():
+    return int(time.monotonic() * 1000)
+
+
+class Stats:
+    """Counters of a daemon: packets in/out by kind and drops by reason."""
+
+    def __init__(self):
+        self.counters = {}
+        self.drops = {}
+
+    def count(self, name, n=1):
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def drop(self, reason):
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def as_dict(self):
+        return {"counters": dict(self.counters), "drops": dict(self.drops),
+                "dropped": sum(self.drops.values())}
+
+
+class StructuredLog:
+    """`log.info("event", key=value)` -> text or one JSON object per line."""
+
+    def __init__(self, name, level="info", fmt="text"):
+        self.name = name
+        self.fmt = fmt
+        self.logger = logging.getLogger(name)
+        if not self.logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            self.logger.addHandler(handler)
+            self.logger.propagate = False
+        self.logger.setLevel(getattr(logging, level.upper()))
+
+    def _emit(self, level, event, fields):
+        if not self.logger.isEnabledFor(level):
+            return
+        stamp = time.strftime("%H:%M:%S") + ".%03d" % (int(time.time() * 1000) % 1000)
+        if self.fmt == "json":
+            record = {"t": time.time(), "daemon": self.name, "level": logging.getLevelName(level).lower(),
+                      "event": event}
+            record.update(fields)
+            self.logger.log(level, json.dumps(record, default=str))
+        else:
+            text = " ".join("%s=%s" % (k, v) for k, v in fields.items())
+            self.logger.log(level, "%s %s %-5s %s %s" % (stamp, self.name, logging.getLevelName(level),
+                                                         event, text))
+
+    def debug(self, event, **fields):
+        self._emit(logging.DEBUG, event, fields)
+
+    def info(self, event, **fields):
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event, **fields):
+        self._emit(logging.WARNING, event, fields)
+
+    def error(self, event, **fields):
+        self._emit(logging.ERROR, event, fields)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, daemon):
+        self.daemon = daemon
+
+    def datagram_received(self, data, addr):
+        self.daemon._datagram(data, addr)
+
+    def error_received(self, exc):
+        self.daemon.stats.count("socket errors")
+
+
+class Daemon:
+    """Base of MainHost and RemoteHost. Subclasses implement on_datagram, on_tick, status."""
+
+    TICK_MS = 20
+
+    def __init__(self, name, listen, log, control_socket=""):
+        self.name = name
+        self.listen = listen
+        self.log = log
+        self.control_socket = control_socket
+        self.stats = Stats()
+        self.transport = None
+        self._stopping = None
+        self.started_ms = now_ms()
+
+    # sending: voice marked EF, signalling CS3 (per datagram, via the socket's TOS)
+
+    def send(self, data, address, voice=False):
+        sock = self.transport.get_extra_info("socket")
+        tos = DSCP_EF if voice else DSCP_CS3
+        if self._tos != tos:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+            self._tos = tos
+        self.transport.sendto(bytes(data), address)
+        self.stats.count("media out" if voice else "signalling out")
+        self.stats.count("bytes out", len(data))
+
+    def _datagram(self, data, addr):
+        now = now_ms()
+        self.stats.count("datagrams in")
+        self.stats.count("bytes in", len(data))
+        try:
+            self.on_datagram(bytearray(data), addr, now)
+        except wire.DecodeError as exc:
+            self.stats.drop("malformed: " + exc.field)
+            self.log.debug("drop", reason=str(exc), source="%s:%d" % addr)
+        except Exception as exc:  # a bug must not stop the exchange; count it and keep going
+            self.stats.drop("internal error")
+            self.log.error("internal-error", error=repr(exc), source="%s:%d" % addr)
+            logging.getLogger(self.name).exception("while handling a datagram")
+
+    async def _ticker(self):
+        next_at = time.monotonic()
+        while True:
+            next_at += self.TICK_MS / 1000
+            await asyncio.sleep(max(0, next_at - time.monotonic()))
+            try:
+                self.on_tick(now_ms())
+            except Exception as exc:
+                self.stats.drop("internal error")
+                self.log.error("internal-error", error=repr(exc), where="tick")
+                logging.getLogger(self.name).exception("in tick")
+
+    async def _control(self, reader, writer):
+        try:
+            line = (await reader.readline()).decode().strip() or "status"
+            if line == "status":
+                reply = self.status()
+            else:
+                reply = {"error": "unknown request %r" % line}
+            writer.write((json.dumps(reply, default=str) + "\n").encode())
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def run(self):
+        loop = asyncio.get_running_loop()
+        self._tos = None
+        self.transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=self.listen)
+        self.address = self.transport.get_extra_info("sockname")
+        self._stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stopping.set)
+        server = None
+        if self.control_socket:
+            if os.path.exists(self.control_socket):
+                os.unlink(self.control_socket)
+            server = await asyncio.start_unix_server(self._control, path=self.control_socket)
+        self.log.info("started", listen="%s:%d" % self.address[:2], pid=os.getpid())
+        self.on_start(now_ms())
+        ticker = asyncio.ensure_future(self._ticker())
+        try:
+            await self._stopping.wait()
+        finally:
+            ticker.cancel()
+            self.on_stop(now_ms())
+            if server is not None:
+                server.close()
+                if os.path.exists(self.control_socket):
+                    os.unlink(self.control_socket)
+            self.transport.close()
+            self.log.info("stopped", stats=json.dumps(self.stats.as_dict()))
+
+    def stop(self):
+        if self._stopping is not None:
+            self._stopping.set()
+
+    # for subclasses
+    def on_start(self, now):
+        pass
+
+    def on_stop(self, now):
+        pass
+
+    def on_datagram(self, data, addr, now):
+        raise NotImplementedError
+
+    def on_tick(self, now):
+        pass
+
+    def status(self):
+        return {"name": self.name, "stats": self.stats.as_dict()}
+
+
+def query_status(path, timeout=5):
+    """Ask a daemon's control socket for its status (used by `upbx status` and tests)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(b"status\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)

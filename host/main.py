@@ -1,0 +1,373 @@
+"""The main host: directory, logins, routing, relay, permissions, call records (B1-B3)."""
+import json
+import os
+
+from common import wire
+from host.daemon import Daemon, StructuredLog, now_ms
+from host.directory import Directory
+from host.sessions import SessionTable
+from host.switch import Link, Switch
+
+PUNCH_OFFER_REFRESH_MS = 60000
+
+
+class MainHost(Daemon):
+    def __init__(self, config):
+        log = StructuredLog("main", config.log_level, config.log_format)
+        Daemon.__init__(self, "main", config.listen, log, config.control_socket)
+        self.config = config
+        self.directory = Directory(config.database)
+        self.sessions = SessionTable(self._secret_of, self.stats, config.registration_ttl_s * 1000)
+        self.switch = Switch(self, config.trunk_mtu)
+        self.links = {}          # Peer.index -> Link
+        self.pair_keys = {}      # frozenset of two host names -> 32-byte key
+        self.local_calls = {}    # site -> set of call ids granted and not yet ended
+        self._last_expiry_ms = 0
+        self._sysinfo_version = None
+
+    # directory
+
+    def _secret_of(self, identity):
+        kind, name = identity
+        row = self.directory.extension(name) if kind == "ext" else self.directory.remote_host(name)
+        if row is None:
+            return None
+        if kind == "ext" and self.directory.remote_host_of_site(row.site) is not None:
+            return None  # phones of a site with a remote host register there, not here
+        return row.secret
+
+    def _site_directory(self, site):
+        """The extensions of a site with their secrets, for its remote host's cache."""
+        site_row = self.directory.site(site)
+        return {
+            "site": site,
+            "local_calls": bool(site_row.local_calls),
+            "local_call_quota": site_row.local_call_quota,
+            "extensions": {e.number: {"name": e.name, "secret": e.secret.hex(), "barred": bool(e.barred)}
+                           for e in self.directory.extensions(site)},
+        }
+
+    # datagrams
+
+    def on_datagram(self, data, addr, now):
+        kind = wire.frame_kind(data)
+        if kind == wire.KIND_MINI:
+            self.switch.mini_in(data, addr, now)
+        elif kind == wire.KIND_TRUNK:
+            peer = self.sessions.peers.get(wire.session_of(data))
+            link = self.links.get(peer.index) if peer else None
+            if link is None:
+                self.stats.drop("unknown session")
+                return
+            if self.switch.trunk_in(data, link, now):
+                self._touch(peer, addr, now)
+        else:
+            msg_type = wire.parse_full(data)[3]
+            if msg_type in wire.HANDSHAKE_TYPES:
+                reply, peer = self.sessions.handle_handshake(data, addr, now)
+                if reply:
+                    self.send(reply, addr)
+                if peer:
+                    self._logged_in(peer, now)
+                return
+            peer, messages = self.sessions.receive(data, addr, now)
+            if peer is None:
+                return
+            self._touch(peer, addr, now)
+            for msg_type, ies in messages:
+                self._message(self.links[peer.index], msg_type, ies, now)
+            self._flush_signalling(peer, now)
+
+    def _touch(self, peer, addr, now):
+        if self.sessions.touch(peer, addr, now):
+            self.log.info("address-changed", peer=peer.name, address="%s:%d" % addr)
+            link = self.links.get(peer.index)
+            if link is not None and link.kind == "host":
+                self._reoffer_pairs(link, now)
+
+    def _logged_in(self, peer, now):
+        for index, link in list(self.links.items()):
+            if link.name == peer.name and link.kind == ("phone" if peer.kind == "ext" else "host"):
+                self._link_down(link, now, "logged in again")
+        link = Link(peer.name, "phone" if peer.kind == "ext" else "host", session=peer)
+        self.links[peer.index] = link
+        self.log.info("login", kind=link.kind, name=peer.name, address="%s:%d" % peer.address)
+        if link.kind == "host":
+            site = self.directory.remote_host(peer.name).site
+            self._send_blob(link, wire.DIRECTORY, 0, self._site_directory(site), now)
+        self._send_sysinfo(link, now)
+        self._flush_signalling(peer, now)
+
+    def _flush_signalling(self, peer, now):
+        for datagram in peer.channel.datagrams_to_send(now):
+            self.send(datagram, peer.address)
+
+    def _send_blob(self, link, msg_type, version, obj, now):
+        data = json.dumps(obj, separators=(",", ":")).encode()
+        chunks = [data[i:i + 250] for i in range(0, len(data), 250)] or [b""]
+        for i, chunk in enumerate(chunks):
+            link.send_signal(msg_type, {wire.IE_VERSION: version, wire.IE_CHUNK: (i << 16) | len(chunks),
+                                        wire.IE_DATA: chunk}, now)
+        self.stats.count("%s copies sent" % wire.MESSAGE_NAMES[msg_type].lower())
+
+    def _sysinfo(self):
+        version, data = self.directory.sysinfo()
+        info = dict(data)
+        info["directory"] = {e.number: e.name for e in self.directory.extensions()}
+        info["time"] = int(__import__("time").time())
+        return version, info
+
+    def _send_sysinfo(self, link, now):
+        version, info = self._sysinfo()
+        self._send_blob(link, wire.SYSINFO, version, info, now)
+
+    # signalling
+
+    def _message(self, link, msg_type, ies, now):
+        self.stats.count("msg " + wire.MESSAGE_NAMES.get(msg_type, "0x%02x" % msg_type))
+        if msg_type in (wire.PING, wire.ACK, wire.SYSINFO_ACK, wire.PHONE_STATE):
+            return
+        if msg_type == wire.SETUP:
+            self._setup(link, ies, now)
+        elif msg_type == wire.LOCAL_REQUEST:
+            self._local_request(link, ies, now)
+        elif msg_type == wire.RECORDS:
+            self._records(link, ies, now)
+        elif msg_type == wire.PUNCH_RESULT:
+            self._punch_result(link, ies, now)
+        elif msg_type == wire.BYE:
+            self._link_down(link, now, "logged out")
+            self.sessions.remove(link.session)
+        elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
+            leg = self.switch.leg_for(ies, link)
+            if leg is None:
+                self.stats.drop("unknown call")
+                return
+            self._call_event(leg, msg_type, ies, now)
+        else:
+            self.stats.drop("unexpected message")
+
+    def _release(self, link, ies, cause, now):
+        """Refuse a SETUP that created no call, with a cause the phone shows."""
+        link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies.get(wire.IE_CALL_NO, 0) or 1,
+                                        wire.IE_CAUSE: cause}, now)
+        self.log.info("call-refused", caller=ies.get(wire.IE_CALLING, link.name),
+                      called=ies.get(wire.IE_CALLED), cause=wire.CAUSE_TEXT[cause])
+
+    def _target_link(self, number):
+        ext = self.directory.extension(number)
+        if ext is None:
+            return None, wire.CAUSE_UNKNOWN_EXTENSION
+        host = self.directory.remote_host_of_site(ext.site)
+        if host is not None:
+            peer = self.sessions.by_identity.get(("host", host.name))
+        else:
+            peer = self.sessions.by_identity.get(("ext", number))
+        if peer is None or peer.index not in self.links:
+            return None, wire.CAUSE_UNREACHABLE
+        return self.links[peer.index], None
+
+    def _setup(self, link, ies, now):
+        if wire.IE_CALL_NO not in ies or wire.IE_CALLED not in ies or wire.IE_MEDIA_KEY not in ies:
+            self.stats.drop("setup missing IEs")
+            return
+        caller = link.name if link.kind == "phone" else ies.get(wire.IE_CALLING, "")
+        called = ies[wire.IE_CALLED]
+        target, cause = self._target_link(called)
+        if target is None:
+            return self._release(link, ies, cause, now)
+        if target is link:
+            return self._release(link, ies, wire.CAUSE_NOT_PERMITTED, now)
+        if target.kind == "phone" and self.switch.calls_of(target):
+            return self._release(link, ies, wire.CAUSE_BUSY, now)
+        call = self.switch.new_call(caller, called, now, ies.get(wire.IE_CALL_ID))
+        call.a = self.switch.new_leg(link, ies[wire.IE_MEDIA_KEY], 1, call)
+        call.a.learn_peer(ies[wire.IE_CALL_NO])
+        call.b = self.switch.new_leg(target, os.urandom(16), 0, call)
+        caller_ext = self.directory.extension(caller)
+        call.b.send(wire.SETUP, {wire.IE_CALLED: called, wire.IE_CALLING: caller,
+                                 wire.IE_CALLING_NAME: caller_ext.name if caller_ext else "",
+                                 wire.IE_MEDIA_KEY: call.b.media_key, wire.IE_CALL_ID: call.call_id}, now)
+        call.b2 = link.kind == "host" and target.kind == "host"
+        call.punch = {}
+        if call.b2 and self.config.direct_media:
+            self._offer_pair(link, target, now)
+        self.log.info("call-setup", call=call.uid, caller=caller, called=called,
+                      via="%s->%s" % (link.name, target.name))
+        self._flush_links(now)
+
+    def _call_event(self, leg, msg_type, ies, now):
+        call = leg.call
+        other = leg.other()
+        if msg_type == wire.ALERTING and call.state == "setup":
+            call.state = "alerting"
+            call.alerted_ms = now
+            other.send(wire.ALERTING, {}, now)
+            if call.b2 and self.config.direct_media:
+                self._media_peers(call, now)
+        elif msg_type == wire.ANSWER and call.state in ("setup", "alerting"):
+            call.state = "answered"
+            call.answered_ms = now
+            other.send(wire.ANSWER, {}, now)
+            self.log.info("call-answered", call=call.uid, setup_ms=now - call.started_ms)
+        elif msg_type == wire.DTMF and wire.IE_DIGIT in ies:
+            other.send(wire.DTMF, {wire.IE_DIGIT: ies[wire.IE_DIGIT]}, now)
+        elif msg_type == wire.RELEASE:
+            cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
+            other.send(wire.RELEASE, {wire.IE_CAUSE: cause}, now)
+            self._ended(call, cause, now)
+        self._flush_links(now)
+
+    def _ended(self, call, cause, now):
+        if not self.switch.end_call(call, cause, now):
+            return
+        if call.b2 and call.punch:
+            call.path = "direct" if all(v == wire.PATH_DIRECT for v in call.punch.values()) and len(call.punch) == 2 else "relay"
+        self.directory.add_call_record({
+            "uid": call.uid, "origin": "main", "caller": call.caller, "callee": call.callee,
+            "path": call.path, "started_ms": call.started_ms, "answered_ms": call.answered_ms,
+            "ended_ms": now, "cause": wire.CAUSE_TEXT.get(cause, str(cause)),
+            "setup_ms": (call.alerted_ms - call.started_ms) if call.alerted_ms else None})
+        self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path,
+                      frames=call.frames)
+
+    def _flush_links(self, now):
+        for peer in list(self.sessions.peers.values()):
+            self._flush_signalling(peer, now)
+
+    # B2: hole punching between remote hosts
+
+    def _offer_pair(self, a, b, now):
+        key = self.pair_keys.setdefault(frozenset((a.name, b.name)), os.urandom(32))
+        first, second = sorted((a, b), key=lambda link: link.name)
+        for role, link, peer in ((0, first, second), (1, second, first)):
+            link.send_signal(wire.PUNCH_OFFER, {wire.IE_PEER_NAME: peer.name, wire.IE_ADDRESS: peer.address,
+                                                wire.IE_PEER_KEY: key, wire.IE_ROLE: role}, now)
+        self.log.info("punch-offer", a=first.name, b=second.name)
+
+    def _reoffer_pairs(self, link, now):
+        for pair in list(self.pair_keys):
+            if link.name in pair:
+                other_name = next(n for n in pair if n != link.name)
+                other = next((l for l in self.links.values() if l.name == other_name and l.kind == "host"), None)
+                if other is not None:
+                    self._offer_pair(link, other, now)
+
+    def _media_peers(self, call, now):
+        key = os.urandom(16)
+        a, b = call.a, call.b
+        a.link.send_signal(wire.MEDIA_PEER, {wire.IE_PEER_CALL_NO: a.peer_call_no, wire.IE_CALL_NO: b.peer_call_no,
+                                             wire.IE_MEDIA_KEY: key, wire.IE_ROLE: 0,
+                                             wire.IE_PEER_NAME: b.link.name}, now)
+        b.link.send_signal(wire.MEDIA_PEER, {wire.IE_PEER_CALL_NO: b.peer_call_no, wire.IE_CALL_NO: a.peer_call_no,
+                                             wire.IE_MEDIA_KEY: key, wire.IE_ROLE: 1,
+                                             wire.IE_PEER_NAME: a.link.name}, now)
+
+    def _punch_result(self, link, ies, now):
+        peer_name = ies.get(wire.IE_PEER_NAME)
+        path = ies.get(wire.IE_PATH, wire.PATH_RELAY)
+        self.log.info("punch-result", host=link.name, peer=peer_name, path=wire.PATH_NAMES[path % 3])
+        for call in self.switch.calls.values():
+            if getattr(call, "b2", False) and {call.a.link.name, call.b.link.name} == {link.name, peer_name}:
+                call.punch[link.name] = path
+                if len(call.punch) == 2:
+                    call.path = "direct" if all(v == wire.PATH_DIRECT for v in call.punch.values()) else "relay"
+                    self.log.info("call-path", call=call.uid, path=call.path)
+
+    # B3: permission for local calls
+
+    def _local_request(self, link, ies, now):
+        calling, called = ies.get(wire.IE_CALLING), ies.get(wire.IE_CALLED)
+        call_id = ies.get(wire.IE_CALL_ID)
+        host = self.directory.remote_host(link.name) if link.kind == "host" else None
+        cause = None
+        a, b = self.directory.extension(calling or ""), self.directory.extension(called or "")
+        if host is None or a is None or b is None or a.site != host.site or b.site != host.site:
+            cause = wire.CAUSE_UNKNOWN_EXTENSION
+        else:
+            site = self.directory.site(host.site)
+            active = self.local_calls.setdefault(host.site, set())
+            if not site.local_calls or a.barred:
+                cause = wire.CAUSE_NOT_PERMITTED
+            elif site.local_call_quota and len(active) >= site.local_call_quota:
+                cause = wire.CAUSE_NETWORK_BUSY
+            else:
+                active.add(call_id)
+        reply = {wire.IE_CALL_ID: call_id}
+        if cause is None:
+            link.send_signal(wire.LOCAL_GRANT, reply, now)
+        else:
+            reply[wire.IE_CAUSE] = cause
+            link.send_signal(wire.LOCAL_REFUSE, reply, now)
+        self.log.info("local-call", site=host.site if host else None, caller=calling, called=called,
+                      granted=cause is None, cause=wire.CAUSE_TEXT.get(cause))
+
+    def _records(self, link, ies, now):
+        """A call record uploaded by a remote host; stored once per uid, acknowledged always."""
+        try:
+            record = json.loads(bytes(ies.get(wire.IE_DATA, b"")))
+            record["origin"] = link.name
+            fields = ("uid", "origin", "caller", "callee", "path", "started_ms", "answered_ms",
+                      "ended_ms", "cause", "setup_ms")
+            stored = self.directory.add_call_record({k: record.get(k) for k in fields})
+        except (ValueError, TypeError, KeyError) as exc:
+            self.stats.drop("bad record")
+            self.log.warning("bad-record", host=link.name, error=str(exc))
+            return
+        self.stats.count("records stored" if stored else "records duplicate")
+        site = self.directory.remote_host(link.name).site if link.kind == "host" else None
+        if site and record.get("path") == "local":
+            self.local_calls.get(site, set()).discard(bytes.fromhex(record["uid"]))
+        link.send_signal(wire.RECORDS, {wire.IE_CALL_ID: bytes.fromhex(record["uid"])}, now)
+
+    # timers
+
+    def on_tick(self, now):
+        self.switch.flush(now)
+        ring_ms = self.config.ring_timeout_s * 1000
+        for call in list(self.switch.calls.values()):
+            if call.state in ("setup", "alerting") and now - call.started_ms > ring_ms:
+                call.a.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NO_ANSWER}, now)
+                call.b.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NO_ANSWER}, now)
+                self._ended(call, wire.CAUSE_NO_ANSWER, now)
+        for peer in list(self.sessions.peers.values()):
+            channel = peer.channel
+            timer = channel.next_timer()
+            if timer is not None and timer <= now:
+                channel.handle_timer(now)
+            self._flush_signalling(peer, now)
+        if now - self._last_expiry_ms > 1000:
+            self._last_expiry_ms = now
+            for peer in self.sessions.expired(now):
+                link = self.links.get(peer.index)
+                if link is not None:
+                    self._link_down(link, now, "expired" if not peer.channel.failed else peer.channel.error)
+                self.sessions.remove(peer)
+            version = self.directory.sysinfo()[0]
+            if self._sysinfo_version is not None and version != self._sysinfo_version:
+                for link in list(self.links.values()):
+                    self._send_sysinfo(link, now)
+            self._sysinfo_version = version
+
+    def _link_down(self, link, now, reason):
+        self.links.pop(link.session.index, None)
+        link.up = False
+        self.log.info("logout", kind=link.kind, name=link.name, reason=reason)
+        for call in self.switch.calls_of(link):
+            other = call.b if call.a.link is link else call.a
+            other.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_UNREACHABLE}, now)
+            self._ended(call, wire.CAUSE_UNREACHABLE, now)
+
+    def status(self):
+        return {
+            "name": "main",
+            "pid": os.getpid(),
+            "remote_hosts": [{"name": l.name, "address": "%s:%d" % l.address[:2]} for l in self.links.values()
+                             if l.kind == "host"],
+            "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.links.values()
+                       if l.kind == "phone"],
+            "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
+                       "frames": c.frames} for c in self.switch.calls.values()],
+            "stats": self.stats.as_dict(),
+            "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
+        }

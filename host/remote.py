@@ -1,0 +1,544 @@
+"""A remote host: serves its site's phones, logs into the main host, switches local calls.
+
+Local calls (B3) are granted by the main host and then run phone to phone on the
+LAN; when the main host is unreachable the cached directory decides (B4).
+Calls to other sites go to the main host, or directly to the other remote host
+once the main host has arranged a hole-punched path (B2).
+"""
+import json
+import os
+
+from common import wire
+from common.login import UP, Login
+from common.session import seal_handshake
+from common.crypto import HmacKey
+from host.daemon import Daemon, StructuredLog
+from host.records import RecordStore
+from host.sessions import SessionTable
+from host.switch import Link, Switch, pair_keys
+
+PUNCH_INTERVAL_MS = 100
+CALL_KBPS = 67  # uplink cost of one G.711 20 ms call, trunked (docs/protocol.md)
+
+
+class Blob:
+    """Reassembles a chunked DIRECTORY or SYSINFO transfer."""
+
+    def __init__(self):
+        self.version = None
+        self.chunks = {}
+
+    def add(self, ies):
+        version = ies.get(wire.IE_VERSION, 0)
+        chunk = ies.get(wire.IE_CHUNK, 1)
+        index, count = chunk >> 16, chunk & 0xFFFF
+        if version != self.version:
+            self.version, self.chunks = version, {}
+        self.chunks[index] = ies.get(wire.IE_DATA, b"")
+        if count and len(self.chunks) == count:
+            data = b"".join(self.chunks[i] for i in range(count))
+            self.chunks = {}
+            return json.loads(data)
+        return None
+
+
+class Pair:
+    """A direct path to another remote host, proven by authenticated PUNCH frames both ways."""
+
+    def __init__(self, name, key, role, address, local_index, now):
+        self.name = name
+        self.key = key
+        self.role = role
+        self.link = Link(name, "pair", address=address)
+        self.link.trunk_auth, self.link.trunk_recv_auth = pair_keys(key, role)
+        self.link.up = False
+        self.handshake = HmacKey(key)
+        self.local_index = local_index
+        self.heard = False
+        self.started_ms = now
+        self.next_punch_ms = now
+        self.reported = None
+        self.last_time = -1
+
+
+class RemoteHost(Daemon):
+    def __init__(self, config, punch_timeout_ms=2000):
+        log = StructuredLog(config.name, config.log_level, config.log_format)
+        Daemon.__init__(self, config.name, config.listen, log, config.control_socket)
+        self.config = config
+        self.punch_timeout_ms = punch_timeout_ms
+        self.directory = self._load_cache()
+        self.sessions = SessionTable(self._secret_of, self.stats, config.registration_ttl_s * 1000)
+        self.switch = Switch(self, config.trunk_mtu)
+        self.main_address = config.main
+        self.login = Login(wire.IE_HOST_NAME, config.name, config.secret, int.from_bytes(os.urandom(2), "big") + 1,
+                           os.urandom, keepalive_ms=config.keepalive_s * 1000,
+                           backoff_initial_ms=int(config.login_backoff_initial_s * 1000),
+                           backoff_max_ms=int(config.login_backoff_max_s * 1000))
+        self.main_link = Link("main", "main", login=self.login, address=config.main)
+        self.main_link.up = False
+        self.records = RecordStore(config.records_database)
+        self.phone_links = {}        # Peer.index -> Link
+        self.pairs = {}              # host name -> Pair
+        self.pairs_by_index = {}
+        self.pending_local = {}      # call id -> (call) waiting for LOCAL_GRANT
+        self.blobs = {wire.DIRECTORY: Blob(), wire.SYSINFO: Blob()}
+        self.sysinfo = self.directory.get("sysinfo") or {"version": None, "info": None}
+        self.sysinfo_acked = {}      # extension -> version
+        self.uploading = set()
+
+    # cached directory (B4)
+
+    def _load_cache(self):
+        try:
+            with open(self.config.directory_cache) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {"extensions": {}, "local_calls": True}
+
+    def _save_cache(self):
+        tmp = self.config.directory_cache + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.directory, f)
+        os.replace(tmp, self.config.directory_cache)
+
+    def _secret_of(self, identity):
+        kind, name = identity
+        ext = self.directory["extensions"].get(name) if kind == "ext" else None
+        return bytes.fromhex(ext["secret"]) if ext else None
+
+    # lifecycle
+
+    def on_start(self, now):
+        self.login.start(now)
+        self._flush_main(now)
+
+    def on_stop(self, now):
+        self.records.close()
+
+    # datagrams
+
+    def on_datagram(self, data, addr, now):
+        kind = wire.frame_kind(data)
+        if kind == wire.KIND_MINI:
+            self.switch.mini_in(data, addr, now)
+            return
+        if kind == wire.KIND_TRUNK:
+            index = wire.session_of(data)
+            pair = self.pairs_by_index.get(index)
+            if pair is not None:
+                if self.switch.trunk_in(data, pair.link, now, direct=True):
+                    pair.link.address = addr
+            elif index == self.login.local_index and self.login.state == UP:
+                self.switch.trunk_in(data, self.main_link, now)
+            else:
+                self.stats.drop("unknown session")
+            return
+        index, _seq, _ack, msg_type = wire.parse_full(data)
+        if msg_type == wire.PUNCH:
+            self._punch_in(data, addr, now)
+        elif index == self.login.local_index and addr == self.main_address:
+            self._from_main(data, now)
+        elif index == self.login.local_index and self.login.state == UP and msg_type not in wire.HANDSHAKE_TYPES:
+            self._from_main(data, now)  # main host frames authenticate by session, not address
+        elif msg_type in wire.HANDSHAKE_TYPES:
+            reply, peer = self.sessions.handle_handshake(data, addr, now)
+            if reply:
+                self.send(reply, addr)
+            if peer:
+                self._phone_registered(peer, now)
+        else:
+            peer, messages = self.sessions.receive(data, addr, now)
+            if peer is None:
+                return
+            link = self.phone_links[peer.index]
+            for msg_type, ies in messages:
+                self._from_phone(link, msg_type, ies, now)
+            self._flush_phone(peer, now)
+        self._flush_main(now)
+
+    # main host side
+
+    def _from_main(self, data, now):
+        messages = self.login.receive(data, now)
+        self._login_events(now)
+        for msg_type, ies in messages:
+            self._main_message(msg_type, ies, now)
+
+    def _login_events(self, now):
+        for event, detail in self.login.events:
+            if event == "up":
+                self.main_link.up = True
+                self.log.info("logged-in", main="%s:%d" % self.main_address, logins=self.login.logins)
+                self._upload_records(now)
+                for link in self.phone_links.values():
+                    self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: link.name, wire.IE_STATE: 1}, now)
+            else:
+                self.main_link.up = False
+                self.log.warning("main-unreachable", reason=detail)
+                self.uploading.clear()
+                for call in list(self.switch.calls.values()):
+                    if call.path != "local":
+                        for leg in (call.a, call.b):
+                            if leg.link.kind == "phone":
+                                leg.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_UNREACHABLE}, now)
+                        self._ended(call, wire.CAUSE_UNREACHABLE, now)
+        self.login.events = []
+
+    def _flush_main(self, now):
+        for datagram in self.login.datagrams_to_send(now):
+            self.send(datagram, self.main_address)
+
+    def _main_message(self, msg_type, ies, now):
+        self.stats.count("msg " + wire.MESSAGE_NAMES.get(msg_type, "0x%02x" % msg_type))
+        if msg_type in (wire.DIRECTORY, wire.SYSINFO):
+            obj = self.blobs[msg_type].add(ies)
+            if obj is None:
+                return
+            if msg_type == wire.DIRECTORY:
+                obj["sysinfo"] = self.sysinfo
+                self.directory = obj
+                self.log.info("directory", extensions=len(obj["extensions"]))
+            else:
+                self.sysinfo = {"version": ies.get(wire.IE_VERSION, 0), "info": obj}
+                self.directory["sysinfo"] = self.sysinfo
+                self.stats.count("sysinfo versions received")
+                for link in self.phone_links.values():
+                    self._send_sysinfo(link, now)
+            self._save_cache()
+        elif msg_type == wire.SETUP:
+            self._incoming(ies, now)
+        elif msg_type in (wire.LOCAL_GRANT, wire.LOCAL_REFUSE):
+            call = self.pending_local.pop(ies.get(wire.IE_CALL_ID), None)
+            if call is not None:
+                if msg_type == wire.LOCAL_GRANT:
+                    self._connect_local(call, now)
+                else:
+                    self._refuse(call, ies.get(wire.IE_CAUSE, wire.CAUSE_NOT_PERMITTED), now)
+        elif msg_type == wire.PUNCH_OFFER:
+            self._punch_offer(ies, now)
+        elif msg_type == wire.MEDIA_PEER:
+            leg = self.switch.legs.get(ies.get(wire.IE_PEER_CALL_NO))
+            pair = self.pairs.get(ies.get(wire.IE_PEER_NAME))
+            if leg is not None and pair is not None and leg.link is self.main_link:
+                from common.media import MediaLeg
+                leg.direct = (MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), leg.call_no,
+                                       ies[wire.IE_CALL_NO]), pair.link)
+        elif msg_type == wire.RECORDS:
+            uid = ies.get(wire.IE_CALL_ID, b"").hex()
+            self.records.mark_uploaded([uid])
+            self.uploading.discard(uid)
+            self.stats.count("records uploaded")
+        elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
+            leg = self.switch.leg_for(ies, self.main_link)
+            if leg is None:
+                # a refusal of our SETUP names our phone-side leg by the call number we sent
+                if msg_type == wire.RELEASE:
+                    leg = self.switch.legs.get(ies.get(wire.IE_PEER_CALL_NO))
+                if leg is None or leg.link is not self.main_link:
+                    self.stats.drop("unknown call")
+                    return
+            self._call_event(leg, msg_type, ies, now)
+
+    # phones
+
+    def _phone_registered(self, peer, now):
+        for index, link in list(self.phone_links.items()):
+            if link.name == peer.name:
+                self._phone_gone(link, now, "registered again")
+        link = Link(peer.name, "phone", session=peer)
+        self.phone_links[peer.index] = link
+        self.log.info("registered", extension=peer.name, address="%s:%d" % peer.address)
+        self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: peer.name, wire.IE_STATE: 1}, now)
+        self._send_sysinfo(link, now)
+        self._flush_phone(peer, now)
+
+    def _send_sysinfo(self, link, now):
+        if self.sysinfo.get("info") is None:
+            return
+        data = json.dumps(self.sysinfo["info"], separators=(",", ":")).encode()
+        chunks = [data[i:i + 250] for i in range(0, len(data), 250)] or [b""]
+        for i, chunk in enumerate(chunks):
+            link.send_signal(wire.SYSINFO, {wire.IE_VERSION: self.sysinfo["version"],
+                                            wire.IE_CHUNK: (i << 16) | len(chunks), wire.IE_DATA: chunk}, now)
+        self.stats.count("sysinfo copies to phones")
+
+    def _flush_phone(self, peer, now):
+        for datagram in peer.channel.datagrams_to_send(now):
+            self.send(datagram, peer.address)
+
+    def _phone_link(self, number):
+        peer = self.sessions.by_identity.get(("ext", number))
+        return self.phone_links.get(peer.index) if peer else None
+
+    def _from_phone(self, link, msg_type, ies, now):
+        self.stats.count("msg " + wire.MESSAGE_NAMES.get(msg_type, "0x%02x" % msg_type))
+        if msg_type in (wire.PING, wire.ACK):
+            return
+        if msg_type == wire.SYSINFO_ACK:
+            self.sysinfo_acked[link.name] = ies.get(wire.IE_VERSION)
+        elif msg_type == wire.SETUP:
+            self._outgoing(link, ies, now)
+        elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
+            leg = self.switch.leg_for(ies, link)
+            if leg is None:
+                self.stats.drop("unknown call")
+                return
+            self._call_event(leg, msg_type, ies, now)
+        else:
+            self.stats.drop("unexpected message")
+
+    def _busy(self, link):
+        return bool(self.switch.calls_of(link)) or any(
+            c.a.link is link for c in self.pending_local.values())
+
+    def _outgoing(self, link, ies, now):
+        if wire.IE_CALL_NO not in ies or wire.IE_CALLED not in ies or wire.IE_MEDIA_KEY not in ies:
+            self.stats.drop("setup missing IEs")
+            return
+        called = ies[wire.IE_CALLED]
+        call = self.switch.new_call(link.name, called, now)
+        call.a = self.switch.new_leg(link, ies[wire.IE_MEDIA_KEY], 1, call)
+        call.a.learn_peer(ies[wire.IE_CALL_NO])
+        if called in self.directory["extensions"]:
+            call.path = "local"
+            if self.main_link.up:
+                self.pending_local[call.call_id] = call
+                self.main_link.send_signal(wire.LOCAL_REQUEST, {wire.IE_CALLING: link.name, wire.IE_CALLED: called,
+                                                                wire.IE_CALL_ID: call.call_id}, now)
+            else:
+                cause = self._local_decision(link.name)
+                if cause is None:
+                    self._connect_local(call, now)
+                else:
+                    self._refuse(call, cause, now)
+            return
+        if not self.main_link.up:
+            return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
+        budget = self.config.uplink_kbps
+        if budget and (self._uplink_calls() + 1) * CALL_KBPS > budget:
+            return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
+        call.b = self.switch.new_leg(self.main_link, os.urandom(16), 0, call)
+        call.b.send(wire.SETUP, {wire.IE_CALLED: called, wire.IE_CALLING: link.name,
+                                 wire.IE_MEDIA_KEY: call.b.media_key, wire.IE_CALL_ID: call.call_id}, now)
+        self.log.info("call-setup", call=call.uid, caller=link.name, called=called, via="main")
+
+    def _uplink_calls(self):
+        return sum(1 for c in self.switch.calls.values() if c.path != "local" and c.b is not None)
+
+    def _local_decision(self, caller):
+        """Permission for a local call from the cached directory, when the main host is away (B4)."""
+        ext = self.directory["extensions"].get(caller, {})
+        if not self.directory.get("local_calls", True) or ext.get("barred"):
+            return wire.CAUSE_NOT_PERMITTED
+        return None
+
+    def _refuse(self, call, cause, now):
+        call.a.send(wire.RELEASE, {wire.IE_CAUSE: cause}, now)
+        self.log.info("call-refused", caller=call.caller, called=call.callee, cause=wire.CAUSE_TEXT[cause])
+        self._ended(call, cause, now, record=False)
+
+    def _connect_local(self, call, now):
+        target = self._phone_link(call.callee)
+        if target is None:
+            return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
+        if self._busy(target):
+            return self._refuse(call, wire.CAUSE_BUSY, now)
+        call.b = self.switch.new_leg(target, os.urandom(16), 0, call)
+        name = self.directory["extensions"].get(call.caller, {}).get("name", "")
+        call.b.send(wire.SETUP, {wire.IE_CALLED: call.callee, wire.IE_CALLING: call.caller,
+                                 wire.IE_CALLING_NAME: name, wire.IE_MEDIA_KEY: call.b.media_key,
+                                 wire.IE_CALL_ID: call.call_id, wire.IE_PATH: wire.PATH_LOCAL}, now)
+        self.log.info("call-setup", call=call.uid, caller=call.caller, called=call.callee, via="local")
+        self._flush_phone(target.session, now)
+
+    def _incoming(self, ies, now):
+        called = ies.get(wire.IE_CALLED)
+        if wire.IE_CALL_NO not in ies or wire.IE_MEDIA_KEY not in ies or called is None:
+            self.stats.drop("setup missing IEs")
+            return
+        target = self._phone_link(called)
+        cause = wire.CAUSE_UNREACHABLE if target is None else (wire.CAUSE_BUSY if self._busy(target) else None)
+        if cause is not None:
+            self.main_link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies[wire.IE_CALL_NO],
+                                                      wire.IE_CAUSE: cause}, now)
+            return
+        call = self.switch.new_call(ies.get(wire.IE_CALLING, ""), called, now, ies.get(wire.IE_CALL_ID))
+        call.a = self.switch.new_leg(self.main_link, ies[wire.IE_MEDIA_KEY], 1, call)
+        call.a.learn_peer(ies[wire.IE_CALL_NO])
+        call.b = self.switch.new_leg(target, os.urandom(16), 0, call)
+        call.b.send(wire.SETUP, {wire.IE_CALLED: called, wire.IE_CALLING: call.caller,
+                                 wire.IE_CALLING_NAME: ies.get(wire.IE_CALLING_NAME, ""),
+                                 wire.IE_MEDIA_KEY: call.b.media_key, wire.IE_CALL_ID: call.call_id}, now)
+        self._flush_phone(target.session, now)
+
+    def _call_event(self, leg, msg_type, ies, now):
+        call = leg.call
+        other = leg.other()
+        if other is None:
+            return
+        if msg_type == wire.ALERTING and call.state == "setup":
+            call.state = "alerting"
+            call.alerted_ms = now
+            other.send(wire.ALERTING, {}, now)
+            if call.path == "local":
+                self._local_media(call, now)
+        elif msg_type == wire.ANSWER and call.state in ("setup", "alerting"):
+            call.state = "answered"
+            call.answered_ms = now
+            other.send(wire.ANSWER, {}, now)
+        elif msg_type == wire.DTMF and wire.IE_DIGIT in ies:
+            other.send(wire.DTMF, {wire.IE_DIGIT: ies[wire.IE_DIGIT]}, now)
+        elif msg_type == wire.RELEASE:
+            cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
+            other.send(wire.RELEASE, {wire.IE_CAUSE: cause}, now)
+            self._ended(call, cause, now)
+        for l in (leg.link, other.link):
+            if l.session is not None:
+                self._flush_phone(l.session, now)
+
+    def _local_media(self, call, now):
+        """B3: both phones send media to each other on the LAN; no host carries it."""
+        key = os.urandom(16)
+        a, b = call.a, call.b
+        for leg, other, role in ((a, b, 0), (b, a, 1)):
+            leg.link.send_signal(wire.MEDIA_PEER, {
+                wire.IE_PEER_CALL_NO: leg.peer_call_no, wire.IE_CALL_NO: other.peer_call_no,
+                wire.IE_MEDIA_KEY: key, wire.IE_ROLE: role, wire.IE_ADDRESS: other.link.address,
+                wire.IE_PATH: wire.PATH_LOCAL}, now)
+
+    def _ended(self, call, cause, now, record=True):
+        if not self.switch.end_call(call, cause, now):
+            return
+        self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path)
+        if record and call.path == "local":
+            self.records.add({"uid": call.uid, "origin": self.config.name, "caller": call.caller,
+                              "callee": call.callee, "path": "local", "started_ms": call.started_ms,
+                              "answered_ms": call.answered_ms, "ended_ms": now,
+                              "cause": wire.CAUSE_TEXT.get(cause, str(cause)),
+                              "setup_ms": (call.alerted_ms - call.started_ms) if call.alerted_ms else None})
+            self._upload_records(now)
+
+    def _upload_records(self, now):
+        if not self.main_link.up:
+            return
+        for record in self.records.pending():
+            record = dict(record)
+            if record["uid"] in self.uploading:
+                continue
+            record.pop("origin", None)
+            record.pop("id", None)
+            data = json.dumps(record, separators=(",", ":")).encode()
+            if self.main_link.send_signal(wire.RECORDS, {wire.IE_DATA: data[:255]}, now):
+                self.uploading.add(record["uid"])
+
+    # B2: hole punching
+
+    def _punch_offer(self, ies, now):
+        name = ies.get(wire.IE_PEER_NAME)
+        if name is None or wire.IE_PEER_KEY not in ies or wire.IE_ADDRESS not in ies:
+            self.stats.drop("punch offer missing IEs")
+            return
+        pair = self.pairs.get(name)
+        if pair is None or pair.key != ies[wire.IE_PEER_KEY]:
+            index = int.from_bytes(os.urandom(3), "big") & wire.MAX_SESSION or 1
+            pair = Pair(name, ies[wire.IE_PEER_KEY], ies.get(wire.IE_ROLE, 0), ies[wire.IE_ADDRESS], index, now)
+            self.pairs[name] = pair
+            self.pairs_by_index[index] = pair
+        else:
+            pair.link.address = ies[wire.IE_ADDRESS]
+            pair.started_ms = now
+            pair.reported = None if not pair.link.up else pair.reported
+        self.log.info("punch-start", peer=name, address="%s:%d" % pair.link.address)
+
+    def _punch_out(self, pair, now):
+        ies = {wire.IE_HOST_NAME: self.config.name, wire.IE_SESSION_INDEX: pair.local_index,
+               wire.IE_STATE: 1 if pair.heard else 0, wire.IE_TIME: now}
+        frame = seal_handshake(pair.handshake, pair.link.peer_index, wire.PUNCH, ies)
+        self.send(frame, pair.link.address)
+
+    def _punch_in(self, data, addr, now):
+        from common.session import verify_handshake
+        ies = wire.decode_ies(memoryview(data)[wire.FULL_HEADER:len(data) - wire.FULL_TAG], wire.FULL_HEADER)
+        pair = self.pairs.get(ies.get(wire.IE_HOST_NAME))
+        if pair is None or not verify_handshake(pair.handshake, data):
+            self.stats.drop("punch rejected")
+            return
+        sent_at = ies.get(wire.IE_TIME, 0)
+        if sent_at <= pair.last_time:
+            self.stats.drop("punch replayed")
+            return
+        pair.last_time = sent_at
+        pair.link.peer_index = ies.get(wire.IE_SESSION_INDEX, 0)
+        pair.link.address = addr
+        first = not pair.heard
+        pair.heard = True
+        if ies.get(wire.IE_STATE) == 1 and not pair.link.up:
+            pair.link.up = True
+            self.log.info("direct-path", peer=pair.name, address="%s:%d" % addr)
+            self._report_pair(pair, wire.PATH_DIRECT, now)
+        if first or not pair.link.up:
+            self._punch_out(pair, now)
+
+    def _report_pair(self, pair, path, now):
+        if pair.reported != path:
+            pair.reported = path
+            self.main_link.send_signal(wire.PUNCH_RESULT, {wire.IE_PEER_NAME: pair.name, wire.IE_PATH: path}, now)
+
+    # timers
+
+    def on_tick(self, now):
+        self.switch.flush(now)
+        for pair in self.pairs.values():
+            if not pair.link.up and now - pair.started_ms < self.punch_timeout_ms:
+                if now >= pair.next_punch_ms:
+                    pair.next_punch_ms = now + PUNCH_INTERVAL_MS
+                    self._punch_out(pair, now)
+            elif not pair.link.up and pair.reported is None:
+                self.log.info("relay-path", peer=pair.name, reason="no direct path within %d ms" % self.punch_timeout_ms)
+                self._report_pair(pair, wire.PATH_RELAY, now)
+            elif pair.link.up and now >= pair.next_punch_ms:
+                pair.next_punch_ms = now + 15000   # keeps the direct NAT bindings open
+                self._punch_out(pair, now)
+        timer = self.login.next_timer()
+        if timer is not None and timer <= now:
+            self.login.handle_timer(now)
+            self._login_events(now)
+        self._flush_main(now)
+        for peer in list(self.sessions.peers.values()):
+            timer = peer.channel.next_timer()
+            if timer is not None and timer <= now:
+                peer.channel.handle_timer(now)
+            self._flush_phone(peer, now)
+        for peer in self.sessions.expired(now):
+            link = self.phone_links.get(peer.index)
+            if link is not None:
+                self._phone_gone(link, now, "expired")
+            self.sessions.remove(peer)
+
+    def _phone_gone(self, link, now, reason):
+        self.phone_links.pop(link.session.index, None)
+        link.up = False
+        self.log.info("unregistered", extension=link.name, reason=reason)
+        self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: link.name, wire.IE_STATE: 0}, now)
+        for call in self.switch.calls_of(link):
+            other = call.b if call.a.link is link else call.a
+            if other is not None:
+                other.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_UNREACHABLE}, now)
+            self._ended(call, wire.CAUSE_UNREACHABLE, now)
+
+    def status(self):
+        return {
+            "name": self.config.name,
+            "pid": os.getpid(),
+            "main": {"state": self.login.state, "logins": self.login.logins},
+            "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
+            "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
+                       "frames": c.frames} for c in self.switch.calls.values()],
+            "pairs": {p.name: {"up": p.link.up, "address": "%s:%d" % p.link.address[:2]} for p in self.pairs.values()},
+            "records_pending": len(self.records.pending()),
+            "sysinfo_version": self.sysinfo.get("version"),
+            "sysinfo_acked": dict(self.sysinfo_acked),
+            "stats": self.stats.as_dict(),
+            "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
+        }

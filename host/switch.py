@@ -1,0 +1,250 @@
+"""Call switching shared by the main host and the remote hosts.
+
+Each host is a back-to-back switch: a call is two legs, each leg one hop with
+its own call numbers (ours and the peer's) and its own media keys. Signalling
+is forwarded leg to leg; media is opened on one leg and sealed on the other,
+keeping the timestamp. Frames to the same peer host within one 20 ms tick are
+packed into one trunk frame.
+"""
+import os
+
+from common import wire
+from common.crypto import HmacKey, hkdf
+from common.media import MediaLeg, open_trunk, seal_trunk
+
+
+class Link:
+    """The far end of legs: a logged-in peer (server side) or our own login (client side)."""
+
+    def __init__(self, name, kind, session=None, login=None, address=None):
+        self.name = name
+        self.kind = kind            # "phone", "host" (a remote host at the main host), "main", "pair"
+        self.session = session      # host.sessions.Peer
+        self.login = login          # common.login.Login
+        self._address = address
+        self.trunk_auth = None      # pair links set these
+        self.trunk_recv_auth = None
+        self.peer_index = 0
+        self.up = True
+
+    @property
+    def address(self):
+        if self.session is not None:
+            return self.session.address
+        return self._address
+
+    @address.setter
+    def address(self, value):
+        self._address = value
+
+    def send_signal(self, msg_type, ies, now):
+        if self.session is not None:
+            self.session.channel.send(msg_type, ies, now)
+            return True
+        if self.login is not None:
+            return self.login.send(msg_type, ies, now)
+        return False
+
+    @property
+    def trunked(self):
+        return self.kind in ("host", "main", "pair")
+
+    def trunk_keys(self):
+        """(send HmacKey, peer's session index) for trunk frames on this link."""
+        if self.kind == "pair":
+            return self.trunk_auth, self.peer_index
+        channel = self.session.channel if self.session is not None else self.login.channel
+        return channel.crypto.send_auth, channel.peer_index
+
+    def __repr__(self):
+        return "<Link %s %s>" % (self.kind, self.name)
+
+
+class Leg:
+    def __init__(self, call_no, link, media_key, role):
+        self.call_no = call_no
+        self.link = link
+        self.peer_call_no = None
+        self.media = MediaLeg(media_key, role, call_no, 0)
+        self.media_key = media_key
+        self.direct = None          # (MediaLeg, Link or address) for B2 direct media
+        self.call = None
+
+    def learn_peer(self, call_no):
+        if call_no and self.peer_call_no is None:
+            self.peer_call_no = call_no
+            self.media.peer_call_no = call_no
+
+    def other(self):
+        return self.call.b if self.call.a is self else self.call.a
+
+    def send(self, msg_type, ies, now):
+        ies = dict(ies)
+        ies[wire.IE_CALL_NO] = self.call_no
+        if self.peer_call_no:
+            ies[wire.IE_PEER_CALL_NO] = self.peer_call_no
+        return self.link.send_signal(msg_type, ies, now)
+
+
+class Call:
+    def __init__(self, call_id, caller, callee, now):
+        self.call_id = call_id
+        self.caller = caller
+        self.callee = callee
+        self.a = None
+        self.b = None
+        self.state = "setup"
+        self.started_ms = now
+        self.alerted_ms = None
+        self.answered_ms = None
+        self.ended_ms = None
+        self.cause = None
+        self.path = "relay"
+        self.frames = 0
+
+    @property
+    def uid(self):
+        return self.call_id.hex()
+
+
+class Switch:
+    """Legs by our call number, trunk queues by link, media forwarding."""
+
+    def __init__(self, daemon, trunk_mtu=1472):
+        self.daemon = daemon
+        self.legs = {}
+        self.calls = {}
+        self._next = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
+        self._trunks = {}           # link -> [(media leg, ts, payload bytes)]
+        self.trunk_mtu = trunk_mtu
+        self._buf = bytearray(65536)
+        self.bytes_out_by_link = {}
+
+    def allocate_call_no(self):
+        while True:
+            self._next = self._next % wire.MAX_CALL_NO + 1
+            if self._next not in self.legs:
+                return self._next
+
+    def new_leg(self, link, media_key, role, call):
+        leg = Leg(self.allocate_call_no(), link, media_key, role)
+        leg.call = call
+        self.legs[leg.call_no] = leg
+        return leg
+
+    def new_call(self, caller, callee, now, call_id=None):
+        call = Call(call_id or os.urandom(8), caller, callee, now)
+        self.calls[call.call_id] = call
+        return call
+
+    def end_call(self, call, cause, now):
+        if call.state == "released":
+            return False
+        call.state = "released"
+        call.cause = cause
+        call.ended_ms = now
+        for leg in (call.a, call.b):
+            if leg is not None:
+                self.legs.pop(leg.call_no, None)
+        self.calls.pop(call.call_id, None)
+        return True
+
+    def leg_for(self, ies, link):
+        """Our leg named by a message's peer call number, if it belongs to this link."""
+        leg = self.legs.get(ies.get(wire.IE_PEER_CALL_NO))
+        if leg is None or leg.link is not link:
+            return None
+        leg.learn_peer(ies.get(wire.IE_CALL_NO))
+        return leg
+
+    def calls_of(self, link):
+        return [c for c in list(self.calls.values()) if (c.a and c.a.link is link) or (c.b and c.b.link is link)]
+
+    # media in
+
+    def mini_in(self, frame, address, now):
+        call_no, _ts = wire.parse_mini(frame)
+        leg = self.legs.get(call_no)
+        if leg is None:
+            self.daemon.stats.drop("unknown call number")
+            return
+        ts = leg.media.open_mini(frame)
+        if ts is None:
+            self.daemon.stats.drop("media rejected")
+            return
+        self.daemon.stats.count("media in")
+        if leg.link.kind == "phone" and leg.link.session is not None:
+            self.daemon.sessions.touch(leg.link.session, address, now)
+        self.forward(leg, ts, bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]), now)
+
+    def trunk_in(self, frame, link, now, direct=False):
+        auth = link.trunk_recv_auth if link.kind == "pair" else (
+            link.session.channel.crypto.recv_auth if link.session is not None else link.login.channel.crypto.recv_auth)
+        entries = open_trunk(auth, frame)
+        if entries is None:
+            self.daemon.stats.drop("trunk rejected")
+            return False
+        self.daemon.stats.count("trunks in")
+        for call_no, ts16, start, end in entries:
+            leg = self.legs.get(call_no)
+            if leg is None:
+                self.daemon.stats.drop("unknown call number")
+                continue
+            media = leg.direct[0] if direct and leg.direct else leg.media
+            ts = media.open_entry(frame, ts16, start, end)
+            if ts is None:
+                self.daemon.stats.drop("media rejected")
+                continue
+            self.daemon.stats.count("media in")
+            self.forward(leg, ts, bytes(frame[start:end]), now)
+        return True
+
+    # media out
+
+    def forward(self, leg, ts, payload, now):
+        call = leg.call
+        if call.state != "answered" and call.state != "alerting":
+            self.daemon.stats.drop("media before answer")
+            return
+        out = leg.other()
+        if out.peer_call_no is None:
+            return
+        call.frames += 1
+        self.send_media(out, ts, payload)
+
+    def send_media(self, leg, ts, payload):
+        direct = leg.direct
+        if direct is not None and direct[1].up:
+            self._trunks.setdefault(direct[1], []).append((direct[0], ts, payload))
+            return
+        link = leg.link
+        if link.trunked:
+            self._trunks.setdefault(link, []).append((leg.media, ts, payload))
+        else:
+            self.daemon.send(leg.media.seal_mini(ts, payload), link.address, voice=True)
+
+    def flush(self, now):
+        """Send every queued frame, one trunk datagram per peer host per tick (MTU permitting)."""
+        trunks = self._trunks
+        self._trunks = {}
+        for link, entries in trunks.items():
+            auth, index = link.trunk_keys()
+            while entries:
+                size = wire.TRUNK_HEADER + wire.MEDIA_TAG
+                batch = []
+                while entries and size + wire.TRUNK_ENTRY_HEADER + len(entries[0][2]) <= self.trunk_mtu:
+                    size += wire.TRUNK_ENTRY_HEADER + len(entries[0][2])
+                    batch.append(entries.pop(0))
+                if not batch:
+                    batch.append(entries.pop(0))
+                frame = seal_trunk(auth, index, batch, self._buf)
+                self.daemon.send(frame, link.address, voice=True)
+                self.daemon.stats.count("trunks out")
+                self.bytes_out_by_link[link.name] = self.bytes_out_by_link.get(link.name, 0) + len(frame) + 28
+
+
+def pair_keys(pair_key, role):
+    """(send HmacKey, recv HmacKey) for trunk frames between two remote hosts."""
+    m = hkdf(pair_key, b"", b"upbx v1 pair", 64)
+    mine, theirs = (m[:32], m[32:]) if role == 0 else (m[32:], m[:32])
+    return HmacKey(mine), HmacKey(theirs)
