@@ -50,6 +50,7 @@ class App:
                         "dtmf_received": ""}
         self.current = None
         self.started = None
+        self._peer_key = self._peer_addr = None
 
     def log(self, level, msg):
         self.hal.log(level, "phone", msg)
@@ -208,6 +209,10 @@ class App:
             frame, addr = self.phone.seal_media(self.call_ts, self.pipeline.tx_payload)
             self.call_ts += FRAME_MS
             if frame is not None:
+                if addr is not None:
+                    if self._peer_key != addr:  # resolve the LAN peer's address once per call
+                        self._peer_key, self._peer_addr = addr, socket.getaddrinfo(addr[0], addr[1])[0][-1]
+                    addr = self._peer_addr
                 self.sock.sendto(frame, addr if addr is not None else self.host_addr)
                 self.summary["frames_sent"] += 1
                 if self.current is not None:

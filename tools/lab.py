@@ -1,0 +1,239 @@
+"""A whole exchange on loopback: main host, remote hosts, virtual handsets as processes.
+
+Used by `upbx demo` and the end-to-end tests. Everything it starts is a real
+process on real sockets; `close()` stops them all, also after a failure.
+"""
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+from host.daemon import query_status
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def upbx(*args):
+    return [sys.executable, "-m", "tools.cli"] + list(args)
+
+
+def write_noise_wav(path, seconds, seed):
+    """A deterministic noise-like signal: every 20 ms frame differs, so frames can be matched."""
+    rng = random.Random(seed)
+    n = 8000 * seconds
+    samples = bytearray()
+    level = 0
+    for _ in range(n):
+        level = int(level * 0.6 + rng.randint(-6000, 6000))
+        samples += struct.pack("<h", max(-32768, min(32767, level)))
+    header = b"RIFF" + struct.pack("<I", 36 + len(samples)) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16) + b"data" + struct.pack("<I", len(samples))
+    with open(path, "wb") as f:
+        f.write(header + samples)
+
+
+def wav_frames_g711(path):
+    """The set of G.711 (mu-law) payloads of a WAV's 20 ms frames, in order."""
+    from common.g711 import ulaw_encode
+    with open(path, "rb") as f:
+        data = f.read()[44:]
+    return [ulaw_encode(data[i:i + 320]) for i in range(0, len(data) - 319, 320)]
+
+
+def read_g711_record(path):
+    frames = []
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return frames
+    for i in range(0, len(data) - 163, 164):
+        frames.append((struct.unpack(">I", data[i:i + 4])[0], data[i + 4:i + 164]))
+    return frames
+
+
+def audio_match(sent_wav, record_path):
+    """True when the received frames are the sender's frames, in order (at least 95 % of them)."""
+    sent = wav_frames_g711(sent_wav)
+    index = {payload: i for i, payload in enumerate(sent)}
+    received = read_g711_record(record_path)
+    if not received:
+        return False, 0
+    positions = [index.get(payload) for _ts, payload in received]
+    found = [p for p in positions if p is not None]
+    in_order = all(b > a for a, b in zip(found, found[1:]))
+    return len(found) >= 0.95 * len(received) and in_order, len(found)
+
+
+class LoopbackExchange:
+    """Main host + remote hosts for sites a, b + site c with phones straight at the main host."""
+
+    def __init__(self, workdir=None, direct_media=True, ring_timeout_s=30, uplink_kbps=None, log_level="info"):
+        self.dir = workdir or tempfile.mkdtemp(prefix="upbx-lab-")
+        self.procs = []
+        self.secrets = {}
+        self.direct_media = direct_media
+        self.ring_timeout_s = ring_timeout_s
+        self.uplink_kbps = uplink_kbps or {}
+        self.log_level = log_level
+        self.main_port = free_port()
+        self.remote_ports = {}
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def admin(self, *args):
+        out = subprocess.run(upbx("admin", "--database", self.path("main.sqlite"), *args), cwd=ROOT,
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    def provision(self, sites=("a", "b", "c"), remote_sites=("a", "b"), phones=None):
+        phones = phones or {"a": ["101", "102"], "b": ["201", "202"], "c": ["301", "302"]}
+        for site in sites:
+            self.admin("site", "add", site)
+            if site in remote_sites:
+                self.secrets["site-" + site] = self.admin("host", "add", "site-" + site, "--site", site)
+            for number in phones.get(site, []):
+                self.secrets[number] = self.admin("ext", "add", number, "--site", site, "--name", "Phone " + number)
+        self.phone_site = {n: s for s, ns in phones.items() for n in ns}
+        self.remote_sites = remote_sites
+
+    def start(self):
+        with open(self.path("main.toml"), "w") as f:
+            f.write('[main]\nlisten = "127.0.0.1:%d"\ndatabase = "main.sqlite"\ncontrol_socket = "%s"\n'
+                    'ring_timeout_s = %d\ndirect_media = %s\nlog_level = "%s"\n'
+                    % (self.main_port, self.path("main.sock"), self.ring_timeout_s,
+                       "true" if self.direct_media else "false", self.log_level))
+        self.spawn("main", upbx("main", "--config", self.path("main.toml")))
+        for site in self.remote_sites:
+            port = self.remote_ports[site] = free_port()
+            name = "site-" + site
+            with open(self.path(name + ".toml"), "w") as f:
+                f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "127.0.0.1:%d"\nlisten = "127.0.0.1:%d"\n'
+                        'control_socket = "%s"\nuplink_kbps = %d\nlog_level = "%s"\n'
+                        % (name, self.secrets[name], self.main_port, port, self.path(name + ".sock"),
+                           self.uplink_kbps.get(site, 0), self.log_level))
+            self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
+        self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
+                      "remote hosts logged in")
+
+    def spawn(self, name, argv, **kwargs):
+        log = open(self.path(name + ".log"), "ab")
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+        proc.upbx_name = name
+        self.procs.append(proc)
+        return proc
+
+    def status(self, daemon):
+        sock = self.path(("main" if daemon == "main" else daemon) + ".sock")
+        return query_status(sock)
+
+    def wait_for(self, predicate, what, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if predicate():
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("timed out waiting for " + what)
+
+    def host_of(self, number):
+        site = self.phone_site[number]
+        port = self.remote_ports.get(site, self.main_port)
+        return "127.0.0.1:%d" % port
+
+    def phone(self, number, *args, tag=None):
+        """Start a virtual handset (the firmware under the MicroPython unix port)."""
+        tag = tag or number
+        argv = upbx("phone", "--extension", number, "--secret", self.secrets[number], "--host",
+                    self.host_of(number), "--bind", "127.0.0.1", "--summary", self.path(tag + ".summary.json"),
+                    *args)
+        return self.spawn("phone-" + tag, argv, stdin=subprocess.PIPE)
+
+    def summary(self, tag):
+        with open(self.path(tag + ".summary.json")) as f:
+            return json.load(f)
+
+    def wait_registered(self, number, timeout=10):
+        site = self.phone_site[number]
+        if site in self.remote_ports:
+            check = lambda: any(p["extension"] == number for p in self.status("site-" + site)["phones"])
+        else:
+            check = lambda: any(p["extension"] == number for p in self.status("main")["phones"])
+        self.wait_for(check, "phone %s registered" % number, timeout)
+
+    def media_counters(self):
+        out = {}
+        for daemon in ["main"] + ["site-" + s for s in self.remote_sites]:
+            counters = self.status(daemon)["stats"]["counters"]
+            out[daemon] = counters.get("media in", 0)
+        return out
+
+    def kill(self, name, sig=signal.SIGKILL):
+        for proc in self.procs:
+            if proc.upbx_name == name and proc.poll() is None:
+                proc.send_signal(sig)
+                proc.wait(5)
+
+    def close(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + 5
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def place_call(lab, caller, callee, behaviour, seconds=2.0, answer=True, caller_args=(), callee_args=()):
+    """One scripted call between two virtual handsets; returns the demo's row for it."""
+    tag = "%s-%s-%s" % (behaviour, caller, callee)
+    wav = lab.path(caller + ".wav")
+    if not os.path.exists(wav):
+        write_noise_wav(wav, 20, int(caller))
+    record = lab.path(tag + ".rx.g711")
+    before = lab.media_counters()
+    callee_proc = lab.phone(callee, *(["--answer"] if answer else []), "--record-g711", record,
+                            "--exit-after-call", "--exit-after", str(seconds + 15), *callee_args, tag=tag + "-callee")
+    lab.wait_registered(callee)
+    caller_proc = lab.phone(caller, "--send", wav, "--call", callee, "--call-after", "0.8", "--duration",
+                            str(seconds), "--exit-after-call", "--exit-after", str(seconds + 12), *caller_args,
+                            tag=tag + "-caller")
+    caller_proc.wait(seconds + 20)
+    callee_proc.wait(seconds + 20)
+    after = lab.media_counters()
+    summary = lab.summary(tag + "-caller")
+    callee_summary = lab.summary(tag + "-callee")
+    call = summary["calls"][0] if summary["calls"] else {}
+    match, matched = audio_match(wav, record)
+    return {
+        "behaviour": behaviour, "from": caller, "to": callee, "path": call.get("path"),
+        "setup_ms": call.get("setup_ms"), "frames_sent": call.get("frames_sent", 0),
+        "frames_received": callee_summary["frames_received"], "frames_lost":
+            max(0, call.get("frames_sent", 0) - callee_summary["frames_received"]),
+        "audio_match": match, "cause": call.get("cause"),
+        "media_at_hosts": {k: after[k] - before.get(k, 0) for k in after},
+    }
