@@ -66,6 +66,12 @@ class Phone:
     def start(self, now):
         self.login.start(now)
 
+    def stop(self, now):
+        """Log out (BYE) so the host forgets this registration at once."""
+        if self.call is not None:
+            self.hangup(now)
+        self.login.send(wire.BYE, {}, now)
+
     def dial(self, number, now):
         if self.call is not None or not self.registered:
             return False

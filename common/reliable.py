@@ -38,6 +38,7 @@ class Channel:
         self.retransmissions = 0
         self.duplicates = 0
         self.last_receive_ms = None
+        self.authenticated = 0     # frames that passed authentication
 
     # sending
 
@@ -110,6 +111,7 @@ class Channel:
         if opened is None:
             return []
         payload = opened
+        self.authenticated += 1
         self.last_receive_ms = now
         self._acknowledged(extend16(self.next_seq - 1, ack16), now)
         if msg_type == wire.ACK:

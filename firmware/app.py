@@ -266,6 +266,10 @@ class App:
         self.finish()
 
     def finish(self):
+        now = self.hal.ticks_ms()
+        self.phone.stop(now)
+        self.events(now)
+        self.flush(now)
         if self.current is not None:
             self.current["cause"] = "in progress"
             self.summary["calls"].append(self.current)

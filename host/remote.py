@@ -277,6 +277,9 @@ class RemoteHost(Daemon):
             return
         if msg_type == wire.SYSINFO_ACK:
             self.sysinfo_acked[link.name] = ies.get(wire.IE_VERSION)
+        elif msg_type == wire.BYE:
+            self._phone_gone(link, now, "logged out")
+            self.sessions.remove(link.session)
         elif msg_type == wire.SETUP:
             self._outgoing(link, ies, now)
         elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):

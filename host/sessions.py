@@ -100,9 +100,9 @@ class SessionTable:
         if peer is None:
             self.stats.drop("unknown session")
             return None, []
-        before = peer.channel.last_receive_ms
+        before = peer.channel.authenticated
         messages = peer.channel.receive(datagram, now)
-        if peer.channel.last_receive_ms == before:
+        if peer.channel.authenticated == before:
             self.stats.drop("bad tag")
             return None, []
         self.touch(peer, address, now)
