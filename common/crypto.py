@@ -2,7 +2,7 @@
 
 Pure functions and small objects; the same code runs on the handset and the hosts.
 """
-from common.compat import Aes128, compare_digest, hmac_digest, sha256
+from common.compat import MICROPYTHON, Aes128, compare_digest, hmac_digest, sha256
 
 BLOCK = 64  # SHA-256 block size in bytes
 _IPAD = bytes(0x36 for _ in range(BLOCK))
@@ -88,6 +88,8 @@ class CounterMode:
 
     def crypt(self, nonce, buf, start, end):
         """XOR buf[start:end] with the keystream for nonce (12 bytes), in place."""
+        if not MICROPYTHON:
+            return self._crypt_wide(nonce, buf, start, end)
         n = end - start
         if n <= 0:
             return
@@ -107,6 +109,26 @@ class CounterMode:
         stream = self._stream
         for i in range(n):
             buf[start + i] ^= stream[i]
+
+    # CPython: the per-byte loops above cost ~15 us a frame in bytecode, so the host
+    # builds the counter blocks with one join and XORs as one big integer (~2 us).
+    # Same keystream, same result; MicroPython keeps the allocation-free loops.
+    _suffixes = None
+
+    def _crypt_wide(self, nonce, buf, start, end):
+        n = end - start
+        if n <= 0:
+            return
+        if n > self.max_len:
+            raise ValueError("payload longer than counter-mode buffer")
+        suffixes = self._suffixes
+        if suffixes is None:
+            suffixes = self._suffixes = [b""] + [i.to_bytes(4, "big") for i in range(self.max_len // 16)]
+        blocks = (n + 15) >> 4
+        counter = bytes(nonce).join(suffixes[:blocks + 1])
+        self._aes.encrypt_blocks(counter, self._stream)
+        x = int.from_bytes(buf[start:end], "big") ^ int.from_bytes(self._stream[:n], "big")
+        buf[start:end] = x.to_bytes(n, "big")
 
 
 class ReplayWindow:
