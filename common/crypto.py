@@ -64,6 +64,17 @@ class HmacKey:
         outer.update(inner.digest())
         return outer.digest()
 
+    def digest2(self, prefix, msg):
+        """HMAC over prefix || msg without joining them (no copy on MicroPython)."""
+        if hmac_digest is not None:
+            return hmac_digest(self.key, bytes(prefix) + bytes(msg))
+        inner = sha256(self._inner)
+        inner.update(prefix)
+        inner.update(msg)
+        outer = sha256(self._outer)
+        outer.update(inner.digest())
+        return outer.digest()
+
     def tag(self, msg, size):
         """Truncated tag over msg."""
         return self.digest(msg)[:size]
@@ -132,9 +143,13 @@ class CounterMode:
 
 
 class ReplayWindow:
-    """Sliding window over packet numbers (RFC 6479 style): one byte per slot, no bignums."""
+    """Sliding window over packet numbers (RFC 6479 style): one byte per slot, no bignums.
 
-    SIZE = 64
+    Media numbers are timestamps in ms, 20 apart: 1024 slots accept a frame up to
+    about one second late (more than the jitter buffer's 120 ms holds anyway).
+    """
+
+    SIZE = 1024
 
     def __init__(self):
         self.highest = -1

@@ -7,6 +7,7 @@ it, so no two legs ever share a keystream. The timestamp, extended to 64 bits,
 is the packet number: it makes the counter-mode nonce and drives the replay window.
 """
 from common import wire
+from common.compat import compare_digest
 from common.crypto import CounterMode, HmacKey, ReplayWindow, extend16, hkdf
 
 _MAX_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG
@@ -53,7 +54,9 @@ class MediaLeg:
         _put_ts(self._send_nonce, ts)
         self._send_ctr.crypt(self._send_nonce, out, wire.MINI_HEADER, end)
         view = memoryview(out)
-        out[end:end + wire.MEDIA_TAG] = self._send_auth.tag(view[:end], wire.MEDIA_TAG)
+        # the tag covers the 64-bit timestamp, so a frame replayed after the 16-bit wrap fails
+        out[end:end + wire.MEDIA_TAG] = self._send_auth.digest2(
+            memoryview(self._send_nonce)[4:], view[:end])[:wire.MEDIA_TAG]
         self.sent += 1
         return view[:end + wire.MEDIA_TAG]
 
@@ -66,15 +69,16 @@ class MediaLeg:
         end = n - wire.MEDIA_TAG
         _call_no, ts16 = wire.parse_mini(frame)
         view = memoryview(frame)
-        if not self._recv_auth.verify(view[:end], view[end:n]):
-            self.rejected += 1
-            return None
         ts = extend16(self.replay.highest, ts16)
         if not self.replay.check(ts):
             self.rejected += 1
             return None
-        self.replay.mark(ts)
         _put_ts(self._recv_nonce, ts)
+        expected = self._recv_auth.digest2(memoryview(self._recv_nonce)[4:], view[:end])
+        if not compare_digest(expected[:wire.MEDIA_TAG], view[end:n]):
+            self.rejected += 1
+            return None
+        self.replay.mark(ts)
         self._recv_ctr.crypt(self._recv_nonce, frame, wire.MINI_HEADER, end)
         self.received += 1
         return ts
@@ -90,9 +94,12 @@ class MediaLeg:
         self.sent += 1
         return end
 
-    def open_entry(self, buf, ts16, start, end):
-        """Decrypt a trunk entry in place after the trunk's tag was checked; extended ts or None."""
-        ts = extend16(self.replay.highest, ts16)
+    def extend(self, ts16):
+        """The 64-bit timestamp this leg reads for a received 16-bit one."""
+        return extend16(self.replay.highest, ts16)
+
+    def open_entry(self, buf, ts, start, end):
+        """Decrypt a trunk entry (64-bit ts from open_trunk) in place; ts, or None for a replay."""
         if not self.replay.check(ts):
             self.rejected += 1
             return None
@@ -108,17 +115,24 @@ def _put_ts(nonce, ts):
         nonce[11 - i] = (ts >> (8 * i)) & 0xFF
 
 
+def _ts64(ts):
+    return bytes((ts >> (8 * (7 - i))) & 0xFF for i in range(8))
+
+
 def seal_trunk(session_auth, session_index, entries, buf):
     """Pack a trunk frame into buf from [(leg, ts, payload)]; returns a memoryview of it.
 
     session_auth is the HmacKey of the host-to-host session; session_index the peer's.
+    The tag covers the frame and the 64-bit timestamp of every entry, in order.
     """
     wire.pack_trunk_header(buf, session_index)
     offset = wire.TRUNK_HEADER
+    stamps = bytearray()
     for leg, ts, payload in entries:
         offset = leg.seal_entry(buf, offset, ts, payload)
+        stamps += _ts64(ts)
     view = memoryview(buf)
-    buf[offset:offset + wire.MEDIA_TAG] = session_auth.tag(view[:offset], wire.MEDIA_TAG)
+    buf[offset:offset + wire.MEDIA_TAG] = session_auth.digest2(stamps, view[:offset])[:wire.MEDIA_TAG]
     return view[:offset + wire.MEDIA_TAG]
 
 
@@ -127,15 +141,42 @@ def trunk_capacity(calls):
     return wire.TRUNK_HEADER + calls * (wire.TRUNK_ENTRY_HEADER + wire.VOICE_BYTES) + wire.MEDIA_TAG
 
 
-def open_trunk(session_auth, frame):
-    """Entries [(call_no, ts16, start, end)] of an authentic trunk frame, else None.
+def open_trunk(session_auth, frame, extend):
+    """Entries [(call_no, ts64, start, end)] of an authentic trunk frame, else None.
 
+    extend(call_no, ts16) gives the receiver's 64-bit reading of an entry's
+    timestamp (None when the call is unknown: the frame cannot be checked).
     Raises wire.DecodeError for a malformed frame. Payloads stay encrypted until
     the owning leg's open_entry decrypts them.
     """
     entries = wire.parse_trunk(frame)
+    stamps = bytearray()
+    opened = []
+    for call_no, ts16, start, end in entries:
+        ts = extend(call_no, ts16)
+        if ts is None:
+            return None
+        stamps += _ts64(ts)
+        opened.append((call_no, ts, start, end))
     n = len(frame)
     view = memoryview(frame)
-    if not session_auth.verify(view[:n - wire.MEDIA_TAG], view[n - wire.MEDIA_TAG:n]):
+    expected = session_auth.digest2(stamps, view[:n - wire.MEDIA_TAG])[:wire.MEDIA_TAG]
+    if not compare_digest(expected, view[n - wire.MEDIA_TAG:n]):
         return None
-    return entries
+    return opened
+
+
+CODEC_BYTES_PER_MS = {"g711": 8}   # G.711 mu-law or A-law: 8000 samples/s, one byte each
+IP_UDP_HEADERS = 28                # IPv4 (20) + UDP (8)
+
+
+def call_kbps(calls, trunks=1, codec="g711", ptime_ms=20):
+    """Wire kbps, one direction, of `calls` calls carried as trunk entries in `trunks` datagrams per ptime_ms.
+
+    Each call adds an entry (4-byte header + payload) per packet; each trunk
+    datagram adds its header, tag and IPv4+UDP headers (docs/bandwidth.md).
+    """
+    payload = CODEC_BYTES_PER_MS[codec] * ptime_ms
+    per_packet = (calls * (wire.TRUNK_ENTRY_HEADER + payload)
+                  + trunks * (wire.TRUNK_HEADER + wire.MEDIA_TAG + IP_UDP_HEADERS))
+    return per_packet * 8 / ptime_ms

@@ -96,6 +96,7 @@ class SessionTable:
 
     def receive(self, datagram, address, now):
         """(peer, messages) for a session frame; (None, []) when dropped (counted)."""
+        wire.parse_full(datagram)  # raises DecodeError for anything too short to name a session
         peer = self.peers.get(wire.session_of(datagram))
         if peer is None:
             self.stats.drop("unknown session")

@@ -9,7 +9,7 @@ packed into one trunk frame.
 import os
 
 from common import wire
-from common.crypto import HmacKey, hkdf
+from common.crypto import HmacKey, extend16, hkdf
 from common.media import MediaLeg, open_trunk, seal_trunk
 
 
@@ -116,6 +116,7 @@ class Switch:
         self.calls = {}
         self._next = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
         self._trunks = {}           # link -> [(media leg, ts, payload bytes)]
+        self._ended = {}            # call number -> highest timestamp, for frames still in flight
         self.trunk_mtu = trunk_mtu
         self._buf = bytearray(65536)
         self.bytes_out_by_link = {}
@@ -143,9 +144,13 @@ class Switch:
         call.state = "released"
         call.cause = cause
         call.ended_ms = now
+        if len(self._ended) > 4096:
+            self._ended.clear()
         for leg in (call.a, call.b):
             if leg is not None:
                 self.legs.pop(leg.call_no, None)
+                media = leg.direct[0] if leg.direct else leg.media
+                self._ended[leg.call_no] = max(media.replay.highest, leg.media.replay.highest)
         self.calls.pop(call.call_id, None)
         return True
 
@@ -177,22 +182,33 @@ class Switch:
             self.daemon.sessions.touch(leg.link.session, address, now)
         self.forward(leg, ts, bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]), now)
 
+    def _media_of(self, leg, direct):
+        return leg.direct[0] if direct and leg.direct else leg.media
+
     def trunk_in(self, frame, link, now, direct=False):
         auth = link.trunk_recv_auth if link.kind == "pair" else (
             link.session.channel.crypto.recv_auth if link.session is not None else link.login.channel.crypto.recv_auth)
-        entries = open_trunk(auth, frame)
+        legs = self.legs
+        ended = self._ended
+
+        def extend(call_no, ts16):
+            leg = legs.get(call_no)
+            if leg is not None:
+                return self._media_of(leg, direct).extend(ts16)
+            highest = ended.get(call_no)  # a call that just ended: its frames still authenticate
+            return None if highest is None else extend16(highest, ts16)
+
+        entries = open_trunk(auth, frame, extend)
         if entries is None:
             self.daemon.stats.drop("trunk rejected")
             return False
         self.daemon.stats.count("trunks in")
-        for call_no, ts16, start, end in entries:
-            leg = self.legs.get(call_no)
+        for call_no, ts, start, end in entries:
+            leg = legs.get(call_no)
             if leg is None:
                 self.daemon.stats.drop("unknown call number")
                 continue
-            media = leg.direct[0] if direct and leg.direct else leg.media
-            ts = media.open_entry(frame, ts16, start, end)
-            if ts is None:
+            if self._media_of(leg, direct).open_entry(frame, ts, start, end) is None:
                 self.daemon.stats.drop("media rejected")
                 continue
             self.daemon.stats.count("media in")

@@ -227,7 +227,7 @@ def mini_frame_vectors():
         frame = bytes(leg.seal_mini(ts, payload))
         nonce = bytes([1, 0, 0, 0]) + ts.to_bytes(8, "big")
         check(name + " ciphertext", frame[4:-4], ref_ctr(keys[1], nonce, payload))
-        check(name + " tag", frame[-4:], ref_hmac(keys[0], frame[:-4])[:4])
+        check(name + " tag", frame[-4:], ref_hmac(keys[0], ts.to_bytes(8, "big") + frame[:-4])[:4])
         out["frames"].append({"name": name, "role": 0, "call_no": 0x0123, "peer_call_no": 0x0456, "ts64": ts,
                               "receiver_highest": ts - 20, "payload": h(payload), "nonce": h(nonce),
                               "frame": h(frame)})
@@ -246,7 +246,8 @@ def trunk_frame_vector():
         entries.append((media.MediaLeg(key, 0, 1, peer_call_no), ts, payload))
     buf = bytearray(1024)
     frame = bytes(media.seal_trunk(crypto.HmacKey(TRUNK_AUTH), SERVER_INDEX, entries, buf))
-    check("trunk tag", frame[-4:], ref_hmac(TRUNK_AUTH, frame[:-4])[:4])
+    stamps = b"".join(ts.to_bytes(8, "big") for _k, _c, ts, _p in calls)
+    check("trunk tag", frame[-4:], ref_hmac(TRUNK_AUTH, stamps + frame[:-4])[:4])
     offset = 3
     for key, peer_call_no, ts, payload in calls:
         send_enc = media.leg_keys(key, 0)[1]

@@ -136,13 +136,27 @@ def test_trunk_frame_carries_many_calls():
     buf = bytearray(1700)
     frame = bytearray(seal_trunk(session_auth, 9, [(leg, 20, bytes([leg.call_no & 0xFF]) * 160) for leg in senders], buf))
     assert len(frame) == 3 + 10 * 164 + 4
-    entries = open_trunk(session_auth, frame)
+    by_call = dict((leg.call_no, leg) for leg in receivers)
+    extend = lambda call_no, ts16: by_call[call_no].extend(ts16) if call_no in by_call else None
+    entries = open_trunk(session_auth, frame, extend)
     assert [e[0] for e in entries] == [200 + i for i in range(1, 11)]
-    for (call_no, ts16, start, end), leg in zip(entries, receivers):
-        assert leg.open_entry(frame, ts16, start, end) == 20
+    for (call_no, ts, start, end), leg in zip(entries, receivers):
+        assert leg.open_entry(frame, ts, start, end) == 20
         assert bytes(frame[start:end]) == bytes([(call_no - 100) & 0xFF]) * 160
     frame[5] ^= 1
-    assert open_trunk(session_auth, frame) is None
+    assert open_trunk(session_auth, frame, extend) is None
+
+
+def test_media_replayed_after_the_timestamp_wraps_is_rejected():
+    key = bytes(16)
+    a = MediaLeg(key, 0, 11, 22)
+    b = MediaLeg(key, 1, 22, 11)
+    payload = bytes(160)
+    old = bytearray(a.seal_mini(1000, payload))
+    assert b.open_mini(bytearray(old)) == 1000
+    for ts in range(1020, 65536 + 900, 20):  # the call goes on past the 16-bit wrap
+        assert b.open_mini(bytearray(a.seal_mini(ts, payload))) == ts
+    assert b.open_mini(old) is None          # same low 16 bits as 66536, but the tag covers 1000
 
 
 def test_replay_window_and_timestamp_extension():

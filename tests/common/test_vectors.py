@@ -216,17 +216,27 @@ def test_trunk_frame_with_three_calls_seal_open_and_decode():
     assert wire.frame_kind(frame) == wire.KIND_TRUNK
     assert wire.session_of(frame) == t["receiver_index"]
     buf = bytearray(frame)
-    parsed = media.open_trunk(auth, buf)
-    assert [(c, ts) for c, ts, _s, _e in parsed] == [(e["peer_call_no"], e["ts64"] & 0xFFFF) for e in t["entries"]]
-    for (call_no, ts16, start, end), e in zip(parsed, t["entries"]):
+    legs = {}
+    for e in t["entries"]:
+        leg = media.MediaLeg(b(e["media_key"]), 1 - e["role"], e["peer_call_no"], 1)
+        leg.replay.highest = e["ts64"] - 20      # the receiver has seen the frame before
+        legs[e["peer_call_no"]] = leg
+    extend = lambda call_no, ts16: legs[call_no].extend(ts16) if call_no in legs else None
+    parsed = media.open_trunk(auth, buf, extend)
+    assert [(c, ts) for c, ts, _s, _e in parsed] == [(e["peer_call_no"], e["ts64"]) for e in t["entries"]]
+    for (call_no, ts, start, end), e in zip(parsed, t["entries"]):
         assert (buf[start - wire.TRUNK_ENTRY_HEADER] & 0x80 != 0) == e["comfort_noise"]
-        leg = media.MediaLeg(b(e["media_key"]), 1 - e["role"], call_no, 1)
-        assert leg.open_entry(buf, ts16, start, end) == e["ts64"]
+        leg = legs[call_no]
+        assert leg.open_entry(buf, ts, start, end) == e["ts64"]
         assert bytes(buf[start:end]) == b(e["payload"])
-        assert leg.open_entry(buf, ts16, start, end) is None     # replay
+        assert leg.open_entry(buf, ts, start, end) is None     # replay
     bad = bytearray(frame)
     bad[3] ^= 0x01
-    assert media.open_trunk(auth, bad) is None
+    assert media.open_trunk(auth, bad, extend) is None
+    # the same frame read 65.536 s later (the 16-bit timestamps wrapped) fails its tag
+    for leg in legs.values():
+        leg.replay.highest += 0x10000
+    assert media.open_trunk(auth, bytearray(frame), extend) is None
 
 
 # --- framing and IEs -----------------------------------------------------------
