@@ -591,7 +591,7 @@ def appendix_markdown(v):
     for highest, value, result in v["extend16"]:
         out.append("| %s | 0x%04x | 0x%x |" % ("-1 (none yet)" if highest < 0 else "0x%x" % highest, value, result))
     out.append("")
-    out.append("### A.12 Replay window (64 slots)\n")
+    out.append("### A.12 Replay window (1024 slots)\n")
     out.append("Each number is checked, and marked when accepted (+) ; rejected numbers (-) are not marked.\n")
     for c in v["replay_window"]:
         out.append("- %s: %s" % (c["name"], " ".join("%d%s" % (n, "+" if ok else "-") for n, ok in c["ops"])))
