@@ -371,8 +371,8 @@ def replay_vectors():
     sequences = [
         ("in order, then a duplicate", [0, 1, 2, 3, 2]),
         ("out of order inside the window", [10, 5, 7, 6, 5, 11, 9]),
-        ("63 behind is inside, 64 behind is too old", [100, 37, 36, 37]),
-        ("a jump of 64 or more clears the window", [5, 3, 70, 69, 5, 70, 3, 6, 200, 137, 136]),
+        ("1023 behind is inside, 1024 behind is too old", [2000, 977, 976, 977]),
+        ("a jump of 1024 or more clears the window", [5, 3, 1030, 1029, 5, 1030, 3, 6, 3000, 1977, 1976]),
         ("the example of tests/common/test_protocol.py", [5, 3, 70, 69, 5, 70, 3, 68]),
     ]
     out = []
