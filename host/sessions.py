@@ -9,7 +9,7 @@ import secrets
 
 from common import wire
 from common.reliable import Channel
-from common.session import (SessionCrypto, handshake_key, identity_of, make_cookie,
+from common.session import (COOKIE_BUCKET_MS, SessionCrypto, handshake_key, identity_of, make_cookie,
                             parse_handshake, seal_handshake, session_keys, verify_handshake)
 
 
@@ -40,6 +40,7 @@ class SessionTable:
         self.ttl_ms = ttl_ms
         self._cookie_secret = secrets.token_bytes(32)
         self.peers = {}                     # index -> Peer
+        self._used_nonces = {}              # client nonce -> time, while its cookie could still be valid
         self.by_identity = {}               # (kind, name) -> Peer
         self._next_index = int.from_bytes(os.urandom(2), "big") + 1
 
@@ -82,6 +83,14 @@ class SessionTable:
         old = self.by_identity.get(identity)
         if old is not None and old.client_nonce == nonce:
             return None, None  # a retransmitted RESPONSE: WELCOME is already on its way
+        if nonce in self._used_nonces:
+            # a RESPONSE replayed while its cookie is still valid must not replace a newer session
+            self.stats.drop("replayed login")
+            return None, None
+        self._used_nonces[nonce] = now
+        if len(self._used_nonces) > 1024:
+            horizon = now - 2 * COOKIE_BUCKET_MS
+            self._used_nonces = {n: t for n, t in self._used_nonces.items() if t >= horizon}
         keys = session_keys(secret, nonce, cookie, False)
         channel = Channel(SessionCrypto(*keys), client_index)
         index = self._allocate_index()

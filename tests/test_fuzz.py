@@ -317,3 +317,23 @@ def test_media_frame_replayed_after_the_16_bit_wrap_is_rejected():
         assert rx.open_mini(frame) == ts
     assert rx.replay.highest == ts
     assert rx.open_mini(bytearray(captured)) is None
+
+
+def test_replayed_login_response_does_not_replace_a_newer_session():
+    """A RESPONSE recorded from an earlier login, replayed within its cookie's life, creates nothing."""
+    w = World()
+    first_response = w.response
+    peer = w.table.by_identity[("ext", "201")]
+    # the phone logs in again (new nonce): a new session replaces the first
+    again = Login(wire.IE_EXTENSION, "201", SECRET, 9, lambda n: bytes([7]) * n)
+    again.start(60)
+    hello = again.datagrams_to_send(60)[0]
+    challenge, _ = w.table.handle_handshake(hello, CLIENT_ADDR, 60)
+    again.receive(challenge, 60)
+    response = again.datagrams_to_send(60)[0]
+    _reply, newer = w.table.handle_handshake(response, CLIENT_ADDR, 60)
+    assert newer is not None and newer is not peer
+    # the old RESPONSE comes back: the newer session stays
+    reply, created = w.table.handle_handshake(first_response, CLIENT_ADDR, 70)
+    assert created is None and reply is None
+    assert w.table.by_identity[("ext", "201")] is newer
