@@ -40,6 +40,63 @@ class Stats:
                 "dropped": sum(self.drops.values())}
 
 
+class BandwidthMeter:
+    """Bytes on the wire per peer group, as kbps over a sliding window, with the peak seen.
+
+    Every datagram counts its UDP payload plus 28 bytes of IPv4 and UDP headers.
+    Bytes are counted by address as they pass; every INTERVAL_MS they are handed
+    to the groups that own the address then (a peer's address may change, B7).
+    """
+
+    INTERVAL_MS = 250
+    WINDOW = 4                 # intervals: a one-second sliding window
+    HEADERS = 28               # IPv4 (20) + UDP (8)
+
+    def __init__(self):
+        self._pending = {}     # address -> [bytes in, bytes out] since the last sample
+        self._last_ms = None
+        self.groups = {}       # name -> {"ring": [(ms, in, out)], "in_kbps", "out_kbps", "peak_*"}
+
+    def add(self, address, n, out):
+        counts = self._pending.get(address)
+        if counts is None:
+            counts = self._pending[address] = [0, 0]
+        counts[1 if out else 0] += n + self.HEADERS
+
+    def sample(self, now, owners):
+        """Close an interval when due; owners maps (host, port) -> names of the groups it belongs to."""
+        if self._last_ms is None:
+            self._last_ms = now
+            return
+        elapsed = now - self._last_ms
+        if elapsed < self.INTERVAL_MS:
+            return
+        self._last_ms = now
+        pending, self._pending = self._pending, {}
+        totals = {}
+        for address, (n_in, n_out) in pending.items():
+            for name in owners.get(tuple(address[:2]), ("unattributed",)):
+                t = totals.setdefault(name, [0, 0])
+                t[0] += n_in
+                t[1] += n_out
+        for name in set(self.groups) | set(totals):
+            group = self.groups.setdefault(name, {"ring": [], "in_kbps": 0.0, "out_kbps": 0.0,
+                                                  "peak_in_kbps": 0.0, "peak_out_kbps": 0.0})
+            ring = group["ring"]
+            n_in, n_out = totals.get(name, (0, 0))
+            ring.append((elapsed, n_in, n_out))
+            del ring[:-self.WINDOW]
+            span = max(sum(r[0] for r in ring), self.INTERVAL_MS * self.WINDOW)  # bytes * 8 / ms = kbit/s
+            group["in_kbps"] = sum(r[1] for r in ring) * 8.0 / span
+            group["out_kbps"] = sum(r[2] for r in ring) * 8.0 / span
+            group["peak_in_kbps"] = max(group["peak_in_kbps"], group["in_kbps"])
+            group["peak_out_kbps"] = max(group["peak_out_kbps"], group["out_kbps"])
+
+    def as_dict(self):
+        return {name: {k: round(v, 1) for k, v in g.items() if k != "ring"}
+                for name, g in sorted(self.groups.items())}
+
+
 class StructuredLog:
     """`log.info("event", key=value)` -> text or one JSON object per line."""
 
@@ -103,6 +160,7 @@ class Daemon:
         self.log = log
         self.control_socket = control_socket
         self.stats = Stats()
+        self.meter = BandwidthMeter()
         self.transport = None
         self._stopping = None
         self.started_ms = now_ms()
@@ -118,11 +176,13 @@ class Daemon:
         self.transport.sendto(bytes(data), address)
         self.stats.count("media out" if voice else "signalling out")
         self.stats.count("bytes out", len(data))
+        self.meter.add(address, len(data), True)
 
     def _datagram(self, data, addr):
         now = now_ms()
         self.stats.count("datagrams in")
         self.stats.count("bytes in", len(data))
+        self.meter.add(addr, len(data), False)
         try:
             self.on_datagram(bytearray(data), addr, now)
         except wire.DecodeError as exc:
@@ -139,7 +199,9 @@ class Daemon:
             next_at += self.TICK_MS / 1000
             await asyncio.sleep(max(0, next_at - time.monotonic()))
             try:
-                self.on_tick(now_ms())
+                now = now_ms()
+                self.on_tick(now)
+                self.meter.sample(now, self.bandwidth_owners())
             except Exception as exc:
                 self.stats.drop("internal error")
                 self.log.error("internal-error", error=repr(exc), where="tick")
@@ -203,8 +265,12 @@ class Daemon:
     def on_tick(self, now):
         pass
 
+    def bandwidth_owners(self):
+        """{(host, port): (group names)} for the bandwidth meter; subclasses name their peers."""
+        return {}
+
     def status(self):
-        return {"name": self.name, "stats": self.stats.as_dict()}
+        return {"name": self.name, "stats": self.stats.as_dict(), "bandwidth": self.meter.as_dict()}
 
 
 def query_status(path, timeout=5):

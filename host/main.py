@@ -24,6 +24,8 @@ class MainHost(Daemon):
         self.local_calls = {}    # site -> set of call ids granted and not yet ended
         self._last_expiry_ms = 0
         self._sysinfo_version = None
+        self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
+        self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
 
     # directory
 
@@ -109,6 +111,8 @@ class MainHost(Daemon):
             link.send_signal(msg_type, {wire.IE_VERSION: version, wire.IE_CHUNK: (i << 16) | len(chunks),
                                         wire.IE_DATA: chunk}, now)
         self.stats.count("%s copies sent" % wire.MESSAGE_NAMES[msg_type].lower())
+        return len(chunks)
+        return len(chunks)
 
     def _sysinfo(self):
         version, data = self.directory.sysinfo()
@@ -119,7 +123,10 @@ class MainHost(Daemon):
 
     def _send_sysinfo(self, link, now):
         version, info = self._sysinfo()
-        self._send_blob(link, wire.SYSINFO, version, info, now)
+        chunks = self._send_blob(link, wire.SYSINFO, version, info, now)
+        sent = self.sysinfo_sent.setdefault(link.name, {"copies": 0, "datagrams": 0})
+        sent["copies"] += 1
+        sent["datagrams"] += chunks
 
     # signalling
 
@@ -358,16 +365,30 @@ class MainHost(Daemon):
             other.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_UNREACHABLE}, now)
             self._ended(call, wire.CAUSE_UNREACHABLE, now)
 
+    def _site_of(self, link):
+        site = getattr(link, "site", None)
+        if site is None:
+            row = self.directory.remote_host(link.name) if link.kind == "host" else self.directory.extension(link.name)
+            site = link.site = row.site if row is not None else "?"
+        return site
+
+    def bandwidth_owners(self):
+        """Each logged-in peer's current address -> its site (per-site bandwidth in status)."""
+        return {tuple(l.address[:2]): ("site " + self._site_of(l),) for l in self.links.values()}
+
     def status(self):
         return {
             "name": "main",
             "pid": os.getpid(),
-            "remote_hosts": [{"name": l.name, "address": "%s:%d" % l.address[:2]} for l in self.links.values()
-                             if l.kind == "host"],
+            "bandwidth": self.meter.as_dict(),
+            "remote_hosts": [{"name": l.name, "site": self._site_of(l), "address": "%s:%d" % l.address[:2]}
+                             for l in self.links.values() if l.kind == "host"],
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.links.values()
                        if l.kind == "phone"],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
                        "frames": c.frames} for c in self.switch.calls.values()],
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
+            "sysinfo_version": self._sysinfo_version,
+            "sysinfo_sent": {k: dict(v) for k, v in self.sysinfo_sent.items()},
         }

@@ -12,13 +12,27 @@ from common import wire
 from common.login import UP, Login
 from common.session import seal_handshake
 from common.crypto import HmacKey
+from common.media import call_kbps
 from host.daemon import Daemon, StructuredLog
 from host.records import RecordStore
 from host.sessions import SessionTable
 from host.switch import Link, Switch, pair_keys
 
 PUNCH_INTERVAL_MS = 100
-CALL_KBPS = 67  # uplink cost of one G.711 20 ms call, trunked (docs/protocol.md)
+# B4: how fast the main host's loss is noticed. Idle: the keepalive_s PING must be answered
+# within IDLE_DEAD_MS. While calls through the main host are up: a PING every second and
+# nothing (signalling or trunk) heard for CALL_KEEPALIVE_MS + CALL_DEAD_MS = 3 s ends them.
+IDLE_DEAD_MS = 5000
+CALL_KEEPALIVE_MS = 1000
+CALL_DEAD_MS = 2000
+LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
+# B4: how fast the main host's loss is noticed. Idle: the keepalive_s PING must be answered
+# within IDLE_DEAD_MS. While calls through the main host are up: a PING every second and
+# nothing (signalling or trunk) heard for CALL_KEEPALIVE_MS + CALL_DEAD_MS = 3 s ends them.
+IDLE_DEAD_MS = 5000
+CALL_KEEPALIVE_MS = 1000
+CALL_DEAD_MS = 2000
+LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
 
 
 class Blob:
@@ -74,7 +88,7 @@ class RemoteHost(Daemon):
         self.login = Login(wire.IE_HOST_NAME, config.name, config.secret, int.from_bytes(os.urandom(2), "big") + 1,
                            os.urandom, keepalive_ms=config.keepalive_s * 1000,
                            backoff_initial_ms=int(config.login_backoff_initial_s * 1000),
-                           backoff_max_ms=int(config.login_backoff_max_s * 1000))
+                           backoff_max_ms=int(config.login_backoff_max_s * 1000), dead_ms=IDLE_DEAD_MS)
         self.main_link = Link("main", "main", login=self.login, address=config.main)
         self.main_link.up = False
         self.records = RecordStore(config.records_database)
@@ -130,7 +144,8 @@ class RemoteHost(Daemon):
                 if self.switch.trunk_in(data, pair.link, now, direct=True):
                     pair.link.address = addr
             elif index == self.login.local_index and self.login.state == UP:
-                self.switch.trunk_in(data, self.main_link, now)
+                if self.switch.trunk_in(data, self.main_link, now):
+                    self.login.heard(now)
             else:
                 self.stats.drop("unknown session")
             return
@@ -177,6 +192,10 @@ class RemoteHost(Daemon):
                 self.main_link.up = False
                 self.log.warning("main-unreachable", reason=detail)
                 self.uploading.clear()
+                for call in list(self.pending_local.values()):
+                    self._decide_locally(call, now)
+                for call in list(self.pending_local.values()):
+                    self._decide_locally(call, now)
                 for call in list(self.switch.calls.values()):
                     if call.path != "local":
                         for leg in (call.a, call.b):
@@ -200,11 +219,14 @@ class RemoteHost(Daemon):
                 self.directory = obj
                 self.log.info("directory", extensions=len(obj["extensions"]))
             else:
-                self.sysinfo = {"version": ies.get(wire.IE_VERSION, 0), "info": obj}
+                version = ies.get(wire.IE_VERSION, 0)
+                known = version == self.sysinfo.get("version")  # again after a login: phones have it
+                self.sysinfo = {"version": version, "info": obj}
                 self.directory["sysinfo"] = self.sysinfo
                 self.stats.count("sysinfo versions received")
-                for link in self.phone_links.values():
-                    self._send_sysinfo(link, now)
+                if not known:
+                    for link in self.phone_links.values():
+                        self._send_sysinfo(link, now)
             self._save_cache()
         elif msg_type == wire.SETUP:
             self._incoming(ies, now)
@@ -310,16 +332,11 @@ class RemoteHost(Daemon):
                 self.main_link.send_signal(wire.LOCAL_REQUEST, {wire.IE_CALLING: link.name, wire.IE_CALLED: called,
                                                                 wire.IE_CALL_ID: call.call_id}, now)
             else:
-                cause = self._local_decision(link.name)
-                if cause is None:
-                    self._connect_local(call, now)
-                else:
-                    self._refuse(call, cause, now)
+                self._decide_locally(call, now)
             return
         if not self.main_link.up:
             return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
-        budget = self.config.uplink_kbps
-        if budget and (self._uplink_calls() + 1) * CALL_KBPS > budget:
+        if not self._admits():
             return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
         call.b = self.switch.new_leg(self.main_link, os.urandom(16), 0, call)
         call.b.send(wire.SETUP, {wire.IE_CALLED: called, wire.IE_CALLING: link.name,
@@ -328,6 +345,41 @@ class RemoteHost(Daemon):
 
     def _uplink_calls(self):
         return sum(1 for c in self.switch.calls.values() if c.path != "local" and c.b is not None)
+
+    def _uplink_kbps(self, extra=0):
+        """Uplink the site's calls cost (common.media.call_kbps): one trunk per peer host per tick."""
+        peers = {"main"}
+        for c in self.switch.calls.values():
+            if c.path != "local" and c.b is not None:
+                for leg in (c.a, c.b):
+                    if leg.direct is not None and leg.direct[1].up:
+                        peers.add(leg.direct[1].name)
+        return call_kbps(self._uplink_calls() + extra, len(peers))
+
+    def _admits(self):
+        """Call admission (B5): one more call in or out must fit the uplink budget; local calls never count."""
+        budget = self.config.uplink_kbps
+        return not budget or self._uplink_kbps(1) <= budget
+
+    def _decide_locally(self, call, now):
+        self.pending_local.pop(call.call_id, None)
+        cause = self._local_decision(call.caller)
+        self.log.info("local-decision", caller=call.caller, called=call.callee,
+                      granted=cause is None, cause=wire.CAUSE_TEXT.get(cause))
+        if cause is None:
+            self._connect_local(call, now)
+        else:
+            self._refuse(call, cause, now)
+
+    def _decide_locally(self, call, now):
+        self.pending_local.pop(call.call_id, None)
+        cause = self._local_decision(call.caller)
+        self.log.info("local-decision", caller=call.caller, called=call.callee,
+                      granted=cause is None, cause=wire.CAUSE_TEXT.get(cause))
+        if cause is None:
+            self._connect_local(call, now)
+        else:
+            self._refuse(call, cause, now)
 
     def _local_decision(self, caller):
         """Permission for a local call from the cached directory, when the main host is away (B4)."""
@@ -362,7 +414,10 @@ class RemoteHost(Daemon):
             return
         target = self._phone_link(called)
         cause = wire.CAUSE_UNREACHABLE if target is None else (wire.CAUSE_BUSY if self._busy(target) else None)
+        if cause is None and not self._admits():
+            cause = wire.CAUSE_NETWORK_BUSY  # the media would go up the uplink too
         if cause is not None:
+            self.log.info("call-refused", caller=ies.get(wire.IE_CALLING), called=called, cause=wire.CAUSE_TEXT[cause])
             self.main_link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies[wire.IE_CALL_NO],
                                                       wire.IE_CAUSE: cause}, now)
             return
@@ -492,6 +547,20 @@ class RemoteHost(Daemon):
 
     def on_tick(self, now):
         self.switch.flush(now)
+        for call in list(self.pending_local.values()):
+            if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:
+                self._decide_locally(call, now)
+        if any(c.path != "local" for c in self.switch.calls.values()):
+            self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
+        else:
+            self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
+        for call in list(self.pending_local.values()):
+            if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:
+                self._decide_locally(call, now)
+        if any(c.path != "local" for c in self.switch.calls.values()):
+            self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
+        else:
+            self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
         for pair in self.pairs.values():
             if not pair.link.up and now - pair.started_ms < self.punch_timeout_ms:
                 if now >= pair.next_punch_ms:
@@ -530,10 +599,22 @@ class RemoteHost(Daemon):
                 other.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_UNREACHABLE}, now)
             self._ended(call, wire.CAUSE_UNREACHABLE, now)
 
+    def bandwidth_owners(self):
+        """The WAN (main host and direct peers) and the LAN (phones), by current address."""
+        owners = {tuple(self.main_address[:2]): ("wan", "main")}
+        for pair in self.pairs.values():
+            owners[tuple(pair.link.address[:2])] = ("wan", "pair " + pair.name)
+        for link in self.phone_links.values():
+            owners[tuple(link.address[:2])] = ("lan",)
+        return owners
+
     def status(self):
         return {
             "name": self.config.name,
             "pid": os.getpid(),
+            "bandwidth": self.meter.as_dict(),
+            "uplink": {"budget_kbps": self.config.uplink_kbps, "calls": self._uplink_calls(),
+                       "committed_kbps": round(self._uplink_kbps(), 1) if self._uplink_calls() else 0.0},
             "main": {"state": self.login.state, "logins": self.login.logins},
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
