@@ -1,0 +1,86 @@
+"""Registrations expire when a phone goes silent and stay while its keepalives arrive.
+
+The server side (host.sessions.SessionTable) and the phone side (common.login.Login)
+are driven through hours of simulated time in memory: time is passed in.
+"""
+import os
+
+from common import wire
+from common.login import UP, Login
+from host.daemon import Stats
+from host.sessions import SessionTable
+
+SECRET = bytes(range(16))
+ADDR = ("192.0.2.10", 40000)
+TTL_MS = 120000
+
+
+def _pair(keepalive_ms):
+    table = SessionTable(lambda ident: SECRET if ident == ("ext", "201") else None, Stats(), TTL_MS)
+    phone = Login(wire.IE_EXTENSION, "201", SECRET, 7, os.urandom, keepalive_ms=keepalive_ms)
+    return table, phone
+
+
+def _exchange(table, phone, now, deliver_to_server=True):
+    for _ in range(4):
+        moved = False
+        for datagram in phone.datagrams_to_send(now):
+            moved = True
+            if not deliver_to_server:
+                continue
+            if wire.parse_full(datagram)[3] in wire.HANDSHAKE_TYPES:
+                reply, peer = table.handle_handshake(datagram, ADDR, now)
+                replies = [reply] if reply else []
+                if peer:
+                    replies += peer.channel.datagrams_to_send(now)
+            else:
+                peer, _messages = table.receive(datagram, ADDR, now)
+                replies = peer.channel.datagrams_to_send(now) if peer else []
+            for r in replies:
+                phone.receive(r, now)
+        if not moved:
+            return
+
+
+def _run(table, phone, start, end, step=1000, deliver=True):
+    now = start
+    while now < end:
+        now += step
+        timer = phone.next_timer()
+        if timer is not None and timer <= now:
+            phone.handle_timer(now)
+        _exchange(table, phone, now, deliver)
+        for peer in table.expired(now):
+            table.remove(peer)
+    return now
+
+
+def test_keepalives_refresh_the_registration_for_hours():
+    table, phone = _pair(keepalive_ms=20000)
+    phone.start(0)
+    _exchange(table, phone, 0)
+    assert phone.state == UP and ("ext", "201") in table.by_identity
+    _run(table, phone, 0, 3 * 3600 * 1000, step=5000)
+    assert phone.state == UP and phone.logins == 1
+    assert ("ext", "201") in table.by_identity
+
+
+def test_a_silent_phone_expires_after_the_ttl():
+    table, phone = _pair(keepalive_ms=20000)
+    phone.start(0)
+    _exchange(table, phone, 0)
+    # the phone's packets stop reaching the host (it was unplugged)
+    _run(table, phone, 0, TTL_MS - 5000, deliver=False)
+    assert ("ext", "201") in table.by_identity
+    _run(table, phone, TTL_MS - 5000, TTL_MS + 5000, deliver=False)
+    assert ("ext", "201") not in table.by_identity
+
+
+def test_a_phone_registers_again_after_its_session_is_lost():
+    table, phone = _pair(keepalive_ms=20000)
+    phone.start(0)
+    _exchange(table, phone, 0)
+    table.remove(table.by_identity[("ext", "201")])  # the host restarted and forgot it
+    end = _run(table, phone, 0, 5 * 60 * 1000)
+    assert phone.state == UP and phone.logins == 2
+    assert ("ext", "201") in table.by_identity
