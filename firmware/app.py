@@ -4,11 +4,13 @@ The protocol is common.phone (sans-IO); audio is firmware.audio.pipeline; the
 HAL (unix or esp32) owns the devices. Runs unchanged on an ESP32 and, with the
 unix HAL, as a virtual handset under the MicroPython unix port (`upbx phone`).
 """
+import gc
 import json
 import os
 import select
 import socket
 import struct
+import sys
 
 try:
     import asyncio
@@ -16,12 +18,29 @@ except ImportError:
     import uasyncio as asyncio
 
 from common import wire
-from common.phone import CONNECTED, Phone, RINGING
+from common.phone import CONNECTED, IDLE, Phone, RINGING
+from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
+from firmware.audio.vad import ComfortNoise, VoiceActivityDetector
 
 FRAME_MS = 20
+# the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
 TONES = {"busy": "busy", "unreachable": "reorder", "network busy": "reorder", "not permitted": "reorder",
          "unknown extension": "reorder", "no answer": "reorder"}
+RING_TONE = "ringback"     # the ringer: the speaker plays the ring-back cadence (2 s on, 4 s off)
+KEY_OFF_HOOK = "A"         # lift: dial tone when idle, answers a ringing call
+KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
+TONE_TIMEOUT_MS = 30000    # busy and reorder stop by themselves after this
+RX_BYTES = 1600
+# DSCP in the IP TOS byte: voice EF, signalling CS3. The unix port takes IP_TOS (Linux numbers
+# when the module lacks the names); stock ESP32 MicroPython's setsockopt has no IP_TOS (it prints
+# "option not implemented" and does nothing), so the handset does not mark there.
+TOS_EF = 46 << 2
+TOS_CS3 = 24 << 2
+_IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
+_IP_TOS = getattr(socket, "IP_TOS", 1)
+_mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
+_mem_free = getattr(gc, "mem_free", None)
 
 
 class App:
@@ -36,21 +55,41 @@ class App:
         self.sock.setblocking(False)
         self.poller = select.poll()
         self.poller.register(self.sock, select.POLLIN)
+        # a short keepalive with a liveness limit: a restarted host is noticed within about 4 s (B4)
         self.phone = Phone(config["extension"], bytes.fromhex(config["secret"]), os.urandom,
-                           keepalive_ms=int(config.get("keepalive_ms", 20000)))
+                           keepalive_ms=int(config.get("keepalive_ms", 2000)),
+                           dead_ms=int(config.get("dead_ms", 2000)),
+                           backoff_max_ms=int(config.get("backoff_max_ms", 5000)))
         self.pipeline = AudioPipeline(config.get("codec", "ulaw"), config.get("plc", True), FRAME_MS)
         self.pcm = bytearray(320)
+        self.vad = VoiceActivityDetector() if config.get("vad") else None   # silence suppression
+        self.comfort = ComfortNoise()
+        self._cn = bytearray(wire.CN_BYTES)
+        self._tos = None
+        self._mark = config.get("dscp", sys.platform != "esp32")
+        self._rx = bytearray(RX_BYTES)     # every media datagram lands here: no allocation per frame
+        self._rx_view = memoryview(self._rx)
+        self._ipoll = getattr(self.poller, "ipoll", None) or self.poller.poll
         self.digits = ""
+        self.tone_stop_at = None
+        self.power_save = True
         self.call_ts = 0
         self.connected_at = None
         self.running = True
         self.record = open(self.script["record_g711"], "wb") if self.script.get("record_g711") else None
         self.summary = {"extension": config["extension"], "registered": False, "frames_sent": 0,
                         "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
-                        "dtmf_received": ""}
+                        "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
+                        "frames_suppressed": 0}
+        self.heap_peak = 0
+        self.heap_live_peak = 0
+        self.heap_free_min = None
+        self._collect_at = 0
         self.current = None
         self.started = None
         self._peer_key = self._peer_addr = None
+        self.load_sysinfo()
+        self.load_sysinfo()
 
     def log(self, level, msg):
         self.hal.log(level, "phone", msg)
@@ -70,7 +109,7 @@ class App:
         if cmd.startswith("!call "):
             self.dial(cmd[6:].strip(), now)
         elif cmd == "!hangup":
-            self.phone.hangup(now)
+            self.key(KEY_ON_HOOK, now)
         elif cmd == "!answer":
             self.phone.answer(now)
         elif cmd.startswith("!dtmf "):
@@ -78,29 +117,53 @@ class App:
             if self.phone.dtmf(digit, now):
                 self.pipeline.tone.dtmf(digit)
         elif cmd == "!state":
-            self.log("I", "state " + json.dumps({"state": self.phone.state, "registered": self.phone.registered,
-                                                  "extension": self.config["extension"],
-                                                  "sysinfo_version": self.phone.sysinfo_version}))
+            self.hal.log("I", "state", json.dumps(self.state(now)))
         elif cmd == "!reset" or cmd == "!quit":
             self.running = False
         elif len(cmd) == 1:
             self.key(cmd, now)
 
+    def state(self, now):
+        """What `!state` reports: protocol state, dialed digits, tone, heap."""
+        return {"state": self.phone.state, "registered": self.phone.registered,
+                "extension": self.config["extension"], "sysinfo_version": self.phone.sysinfo_version,
+                "digits": self.digits, "tone": self.pipeline.tone.name, "power_save": self.power_save,
+                "caller": self.current and self.current.get("from"), "heap": self.heap()}
+
     def key(self, key, now):
-        if self.phone.state == RINGING:
-            self.phone.answer(now)
-        elif self.phone.state == CONNECTED and key in "0123456789*#":
-            self.command("!dtmf " + key, now)
-        elif key == "#":
-            if self.digits:
-                self.dial(self.digits, now)
+        """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
+        tone = self.pipeline.tone
+        state = self.phone.state
+        if key == KEY_ON_HOOK:
             self.digits = ""
-        elif key == "*":
-            self.digits = ""
+            tone.stop()
+            self.tone_stop_at = None
             if self.phone.call is not None:
                 self.phone.hangup(now)
-        else:
+            else:
+                self.hal.display("idle", None)
+        elif state == RINGING:
+            self.phone.answer(now)  # any other key answers
+        elif state == CONNECTED:
+            if key in "0123456789*#":
+                self.command("!dtmf " + key, now)
+        elif state != IDLE:
+            return  # dialing or ring-back: only D (hang up) means anything
+        elif key == KEY_OFF_HOOK or key == "*":
+            self.digits = ""
+            tone.start("dial")
+            self.tone_stop_at = None
+            self.hal.display("dial tone", None)
+        elif key == "#":
+            if self.digits:
+                tone.stop()
+                self.dial(self.digits, now)
+            self.digits = ""
+        elif key in "0123456789":
             self.digits += key
+            tone.dtmf(key, 60)  # the key click; it also ends the dial tone
+            self.tone_stop_at = None
+            self.hal.display("dial", self.digits)
 
     # events from the protocol
 
@@ -115,11 +178,13 @@ class App:
                 self.log("W", "registration lost: %s" % event[1])
             elif name == "incoming":
                 self.log("I", "incoming call from %s %s" % (event[1], event[2]))
-                self.hal.display("ringing", event[1])
+                self.hal.display("ringing", ("%s %s" % (event[1], event[2])).strip())
                 self.current = {"from": event[1], "to": self.config["extension"], "dialed_ms": now,
                                 "setup_ms": None, "path": None, "cause": None, "frames_sent": 0,
                                 "frames_received": 0}
-                self.pipeline.tone.start("ring") if "ring" in dir(self.pipeline.tone) else None
+                self.digits = ""
+                self.pipeline.tone.start(RING_TONE)
+                self.tone_stop_at = None
                 if self.script.get("answer"):
                     self.answer_at = now + int(self.script.get("answer_after_ms", 300))
             elif name == "ringback":
@@ -127,7 +192,10 @@ class App:
                 self.hal.display("ringback", self.current and self.current["to"])
             elif name == "connected":
                 self.pipeline.reset()
-                self.hal.set_power_save(False)
+                self.comfort.level = None
+                if self.vad is not None:
+                    self.vad.reset()
+                self.set_power_save(False)
                 self.connected_at = now
                 self.call_ts = 0
                 if self.current is not None:
@@ -141,21 +209,23 @@ class App:
             elif name == "ended":
                 cause = wire.CAUSE_TEXT.get(event[1], str(event[1]))
                 self.log("I", "call ended: %s" % cause)
-                self.hal.set_power_save(True)
+                self.set_power_save(True)
                 self.pipeline.reset()
                 tone = TONES.get(cause)
                 if tone:
                     self.pipeline.tone.start(tone)
+                    self.tone_stop_at = now + TONE_TIMEOUT_MS
                 self.hal.display("ended: " + cause, None)
                 if self.current is not None:
                     self.current["cause"] = cause
+                    self.current["tone"] = tone  # what the speaker plays now (None: silence)
                     if self.current["path"] is None and self.phone.call is None:
                         pass
                     self.summary["calls"].append(self.current)
                     self.current = None
                 self.connected_at = None
                 if self.script.get("exit_after_call"):
-                    self.exit_at = now + 300
+                    self.exit_at = now + (1500 if tone else 300)  # long enough to hear the tone
             elif name == "dtmf":
                 self.summary["dtmf_received"] += event[1]
                 self.log("I", "dtmf %s" % event[1])
@@ -165,31 +235,81 @@ class App:
                 self.save_sysinfo(event[1], event[2])
         self.phone.events = []
 
+    def set_power_save(self, flag):
+        self.power_save = flag
+        self.hal.set_power_save(flag)
+
+    def heap(self):
+        """Heap figures (bytes) on MicroPython: in use now, peak seen by the loop, least free, total."""
+        if _mem_alloc is None:
+            return None
+        return {"alloc": _mem_alloc(), "peak_alloc": self.heap_peak, "peak_live": self.heap_live_peak,
+                "min_free": self.heap_free_min, "total": _mem_alloc() + _mem_free()}
+
     def save_sysinfo(self, version, data):
+        """Keep the last system information in flash: {"version": N, "info": {...}} (B6)."""
         path = self.config.get("sysinfo_file", "sysinfo.json")
+        tmp = path + ".tmp"
         try:
-            with open(path, "wb") as f:
+            with open(tmp, "wb") as f:
+                f.write(('{"version":%d,"info":' % version).encode())
                 f.write(data)
+                f.write(b"}")
+            os.rename(tmp, path)
+            self.log("I", "system information version %d kept in %s" % (version, path))
         except OSError as exc:
             self.log("W", "cannot keep system information: %s" % exc)
 
+    def load_sysinfo(self):
+        try:
+            with open(self.config.get("sysinfo_file", "sysinfo.json")) as f:
+                kept = json.load(f)
+            self.phone.sysinfo_version = kept["version"]
+            self.summary["sysinfo_version"] = kept["version"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
     # I/O
 
+    def _readable(self):
+        for _ in self._ipoll(0):  # ipoll does not allocate a result list
+            return True
+        return False
+
     def receive(self, now):
+        # recv, not recvfrom: no address tuple per datagram. Not readinto either: MicroPython's
+        # stream readinto keeps reading until the buffer is full or the socket would block, so
+        # on a non-blocking UDP socket it glues queued datagrams together (docs/handset.md).
+        # Media (mini frames) are copied into a buffer made once and opened in place there;
+        # signalling (rare) gets its own bytearray, since the protocol may keep parts of it.
+        rx = self._rx_view
         for _ in range(32):
-            if not self.poller.poll(0):
+            if not self._readable():
                 return
             try:
-                data, addr = self.sock.recvfrom(1600)
+                data = self.sock.recv(RX_BYTES)
             except OSError:
                 return
+            n = len(data)
+            if not n:
+                continue
+            if data[0] & 0x80 == 0:
+                rx[:n] = data
+                frame = rx[:n]
+            else:
+                frame = bytearray(data)
             try:
-                media = self.phone.receive(bytearray(data), now)
+                media = self.phone.receive(frame, now)
             except wire.DecodeError:
                 self.summary["frames_rejected"] += 1
                 continue
             if media is not None:
                 ts, payload = media
+                if len(payload) == wire.CN_BYTES:  # comfort noise: the far end is silent at this level
+                    self.comfort.level = payload[0]
+                    self.summary["cn_received"] += 1
+                    continue
+                self.comfort.level = None
                 self.pipeline.receive(ts & 0xFFFF, payload, now)
                 self.summary["frames_received"] += 1
                 if self.current is not None:
@@ -200,24 +320,53 @@ class App:
 
     def flush(self, now):
         for datagram in self.phone.datagrams_to_send(now):
-            self.sock.sendto(datagram, self.host_addr)
+            self.sendto(datagram, self.host_addr, TOS_CS3)
+
+    def sendto(self, data, addr, tos):
+        """Send one datagram marked with tos (DSCP << 2), where the platform lets us mark."""
+        if self._mark and self._tos != tos:
+            try:
+                self.sock.setsockopt(_IPPROTO_IP, _IP_TOS, tos)
+                self._tos = tos
+            except (OSError, ValueError, TypeError):
+                self._mark = False
+        self.sock.sendto(data, addr)
 
     def audio_tick(self, now):
         if self.phone.state == CONNECTED:
             self.hal.read_frame(self.pcm)
             self.pipeline.encode(self.pcm)
-            frame, addr = self.phone.seal_media(self.call_ts, self.pipeline.tx_payload)
+            payload = self.pipeline.tx_payload
+            if self.vad is not None and not self.vad.update(self.pcm):
+                payload = None  # silence: nothing, or a comfort-noise frame with the level
+                if self.vad.cn_due():
+                    self._cn[0] = self.vad.level
+                    payload = self._cn
+            if payload is None:
+                frame = None
+                self.summary["frames_suppressed"] += 1
+            else:
+                frame, addr = self.phone.seal_media(self.call_ts, payload)
             self.call_ts += FRAME_MS
             if frame is not None:
                 if addr is not None:
                     if self._peer_key != addr:  # resolve the LAN peer's address once per call
                         self._peer_key, self._peer_addr = addr, socket.getaddrinfo(addr[0], addr[1])[0][-1]
                     addr = self._peer_addr
-                self.sock.sendto(frame, addr if addr is not None else self.host_addr)
-                self.summary["frames_sent"] += 1
-                if self.current is not None:
-                    self.current["frames_sent"] += 1
-            self.hal.write_frame(self.pipeline.playout(now))
+                self.sendto(frame, addr if addr is not None else self.host_addr, TOS_EF)
+                if payload is self._cn:
+                    self.summary["cn_sent"] += 1
+                else:
+                    self.summary["frames_sent"] += 1
+                    if self.current is not None:
+                        self.current["frames_sent"] += 1
+            out = self.pipeline.playout(now)
+            if self.comfort.level is not None and self.pipeline.last_status != FRAME and self.pipeline.tone.name is None:
+                self.comfort.fill(out, self.comfort.level)  # the far end is silent: its background, not dead air
+            self.hal.write_frame(out)
+        elif self.pipeline.tone.name is not None:  # dial tone, ring, ring-back, busy, reorder, key clicks
+            self.pipeline.tone.fill(self.pipeline.speaker)
+            self.hal.write_frame(self.pipeline.speaker)
 
     async def run(self):
         hal = self.hal
@@ -228,9 +377,37 @@ class App:
         call_at = now + int(script.get("call_after_ms", 0)) if script.get("call") else None
         stop_at = now + int(script["exit_after_ms"]) if script.get("exit_after_ms") else None
         self.phone.start(now)
+        try:
+            await self._loop(now, call_at, stop_at)
+        finally:  # also on KeyboardInterrupt (Ctrl-C from the console or mpremote)
+            self.finish()
+
+    def _housekeeping(self, now):
+        """Heap high-water marks; once a second a collection measures what is really live and
+        the HAL gets the chance to rejoin Wi-Fi."""
+        if _mem_alloc is None:
+            return
+        used = _mem_alloc()
+        if used > self.heap_peak:
+            self.heap_peak = used
+        free = _mem_free()
+        if self.heap_free_min is None or free < self.heap_free_min:
+            self.heap_free_min = free
+        if now - self._collect_at >= 1000:  # short, regular pauses instead of one long one
+            self._collect_at = now
+            self.hal.network_up()
+            gc.collect()
+            live = _mem_alloc()
+            if live > self.heap_live_peak:
+                self.heap_live_peak = live
+
+    async def _loop(self, now, call_at, stop_at):
+        hal = self.hal
+        script = self.script
         next_frame = now
         while self.running:
             now = hal.ticks_ms()
+            self._housekeeping(now)
             self.receive(now)
             timer = self.phone.next_timer()
             if timer is not None and now >= timer:
@@ -245,6 +422,9 @@ class App:
             if self.hangup_at is not None and now >= self.hangup_at:
                 self.hangup_at = None
                 self.phone.hangup(now)
+            if self.tone_stop_at is not None and now >= self.tone_stop_at:
+                self.tone_stop_at = None
+                self.pipeline.tone.stop()
             if script.get("dtmf") and self.connected_at is not None and now - self.connected_at > 500:
                 for digit in script.pop("dtmf"):
                     self.command("!dtmf " + digit, now)
@@ -263,9 +443,12 @@ class App:
                 break
             wait = next_frame - hal.ticks_ms()
             await asyncio.sleep_ms(max(1, min(wait, 10)))
-        self.finish()
 
     def finish(self):
+        if not self.running and self.started is None:
+            return  # already finished
+        self.running = False
+        self.started = None
         now = self.hal.ticks_ms()
         self.phone.stop(now)
         self.events(now)
@@ -277,6 +460,7 @@ class App:
         self.summary["frames_rejected"] += self.phone.dropped
         if self.record is not None:
             self.record.close()
+        self.summary["heap"] = self.heap()
         if self.script.get("summary"):
             with open(self.script["summary"], "w") as f:
                 f.write(json.dumps(self.summary))

@@ -37,6 +37,10 @@ def add_arguments(parser):
     parser.add_argument("--exit-after-call", action="store_true", help="quit when the first call ends")
     parser.add_argument("--summary", help="write a JSON summary of the run here")
     parser.add_argument("--no-plc", action="store_true", help="turn packet loss concealment off")
+    parser.add_argument("--vad", action="store_true",
+                        help="silence suppression: no voice frames in silence, comfort-noise frames instead")
+    parser.add_argument("--heapsize", default="2M",
+                        help="MicroPython heap, e.g. 100K for an ESP32-WROOM without PSRAM (default 2M)")
 
 
 def device_config(args):
@@ -60,6 +64,8 @@ def device_config(args):
         raise ValueError("missing %s (give --config or the flags)" % ", ".join(missing))
     values["bind"] = args.bind
     values["plc"] = not args.no_plc
+    if args.vad:
+        values["vad"] = True
     script = {}
     if args.call:
         script["call"] = args.call
@@ -94,8 +100,8 @@ def run(args):
     with open(path, "w") as f:
         json.dump(values, f)
     env = dict(os.environ, MICROPYPATH=ROOT + ":.frozen")
-    argv = [micropython(), "-X", "heapsize=2M", os.path.join(ROOT, "firmware", "main.py"), path]
-    proc = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL if not sys.stdin.isatty() else None)
+    argv = [micropython(), "-X", "heapsize=" + args.heapsize, os.path.join(ROOT, "firmware", "main.py"), path]
+    proc = subprocess.Popen(argv, env=env, cwd=workdir)
     try:
         return proc.wait()
     except KeyboardInterrupt:
