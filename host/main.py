@@ -1,6 +1,7 @@
 """The main host: directory, logins, routing, relay, permissions, call records (B1-B3)."""
 import json
 import os
+import time
 
 from common import wire
 from host.daemon import Daemon, StructuredLog, now_ms
@@ -118,7 +119,7 @@ class MainHost(Daemon):
         version, data = self.directory.sysinfo()
         info = dict(data)
         info["directory"] = {e.number: e.name for e in self.directory.extensions()}
-        info["time"] = int(__import__("time").time())
+        info["time"] = int(time.time())
         return version, info
 
     def _send_sysinfo(self, link, now):
@@ -196,7 +197,6 @@ class MainHost(Daemon):
                                  wire.IE_CALLING_NAME: caller_ext.name if caller_ext else "",
                                  wire.IE_MEDIA_KEY: call.b.media_key, wire.IE_CALL_ID: call.call_id}, now)
         call.b2 = link.kind == "host" and target.kind == "host"
-        call.punch = {}
         if call.b2 and self.config.direct_media:
             self._offer_pair(link, target, now)
         self.log.info("call-setup", call=call.uid, caller=caller, called=called,
@@ -275,7 +275,7 @@ class MainHost(Daemon):
         path = ies.get(wire.IE_PATH, wire.PATH_RELAY)
         self.log.info("punch-result", host=link.name, peer=peer_name, path=wire.PATH_NAMES[path % 3])
         for call in self.switch.calls.values():
-            if getattr(call, "b2", False) and {call.a.link.name, call.b.link.name} == {link.name, peer_name}:
+            if call.b2 and {call.a.link.name, call.b.link.name} == {link.name, peer_name}:
                 call.punch[link.name] = path
                 if len(call.punch) == 2:
                     call.path = "direct" if all(v == wire.PATH_DIRECT for v in call.punch.values()) else "relay"

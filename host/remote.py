@@ -10,7 +10,8 @@ import os
 
 from common import wire
 from common.login import UP, Login
-from common.session import seal_handshake
+from common.media import MediaLeg
+from common.session import seal_handshake, verify_handshake
 from common.crypto import HmacKey
 from common.media import call_kbps
 from host.daemon import Daemon, StructuredLog
@@ -243,7 +244,6 @@ class RemoteHost(Daemon):
             leg = self.switch.legs.get(ies.get(wire.IE_PEER_CALL_NO))
             pair = self.pairs.get(ies.get(wire.IE_PEER_NAME))
             if leg is not None and pair is not None and leg.link is self.main_link:
-                from common.media import MediaLeg
                 leg.direct = (MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), leg.call_no,
                                        ies[wire.IE_CALL_NO]), pair.link)
         elif msg_type == wire.RECORDS:
@@ -516,7 +516,6 @@ class RemoteHost(Daemon):
         self.send(frame, pair.link.address)
 
     def _punch_in(self, data, addr, now):
-        from common.session import verify_handshake
         ies = wire.decode_ies(memoryview(data)[wire.FULL_HEADER:len(data) - wire.FULL_TAG], wire.FULL_HEADER)
         pair = self.pairs.get(ies.get(wire.IE_HOST_NAME))
         if pair is None or not verify_handshake(pair.handshake, data):

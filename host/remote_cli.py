@@ -7,11 +7,8 @@ from host.config import ConfigError, load_remote_config
 
 def add_arguments(parser):
     parser.add_argument("--config", required=True, help="TOML file with a [remote] table")
-    parser.add_argument("--punch-timeout-ms", type=int, default=2000, help=argparse_help())
-
-
-def argparse_help():
-    return "time allowed for a direct path before media stays relayed"
+    parser.add_argument("--punch-timeout-ms", type=int, default=2000,
+                        help="time allowed for a direct path before media stays relayed")
 
 
 def run(args):

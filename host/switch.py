@@ -101,6 +101,8 @@ class Call:
         self.cause = None
         self.path = "relay"
         self.frames = 0
+        self.b2 = False             # both legs go to remote hosts: a direct path may be punched
+        self.punch = {}             # remote host name -> path it reported (B2)
 
     @property
     def uid(self):
