@@ -23,7 +23,7 @@ class Login:
     """One client association with a server, identified by our receive index."""
 
     def __init__(self, identity_ie, identity, secret, local_index, random_bytes,
-                 keepalive_ms=20000, backoff_initial_ms=1000, backoff_max_ms=30000):
+                 keepalive_ms=20000, backoff_initial_ms=1000, backoff_max_ms=30000, dead_ms=None):
         self.identity_ie = identity_ie
         self.identity = identity
         self.secret = bytes(secret)
@@ -32,6 +32,10 @@ class Login:
         self.keepalive_ms = keepalive_ms
         self.backoff_initial_ms = backoff_initial_ms
         self.backoff_max_ms = backoff_max_ms
+        # liveness: when UP and nothing authenticated was heard from the server for
+        # keepalive_ms + dead_ms, the session is down (None: only when the channel gives up, ~15 s)
+        self.dead_ms = dead_ms
+        self.last_heard_ms = None
         self._hs_key = handshake_key(self.secret)
         self.state = IDLE
         self.channel = None
@@ -78,12 +82,32 @@ class Login:
         self.channel.send(msg_type, ies, now)
         return True
 
+    def heard(self, now):
+        """Note an authenticated frame from the server that bypassed the channel (a trunk frame)."""
+        self.last_heard_ms = now
+
+    def set_keepalive(self, keepalive_ms, dead_ms, now):
+        """Change the keepalive interval and liveness limit (e.g. tighter while calls are up).
+
+        Tightening sends a PING at once and counts the silence only from now on.
+        """
+        if keepalive_ms == self.keepalive_ms and dead_ms == self.dead_ms:
+            return
+        if keepalive_ms < self.keepalive_ms and self.state == UP:
+            self._keepalive_at = now
+            self.last_heard_ms = max(self.last_heard_ms or now, now - keepalive_ms)
+        self.keepalive_ms = keepalive_ms
+        self.dead_ms = dead_ms
+
+    def backoff_wait_ms(self):
+        """The next wait before logging in again: the backoff minus up to 25 % jitter (never above the cap)."""
+        return self._backoff_ms - self.random_bytes(1)[0] * self._backoff_ms // 1024
+
     def _down(self, reason, now):
         self.events.append(("down", reason))
         self.state = BACKOFF
         self.channel = None
-        jitter = self.random_bytes(1)[0] * self._backoff_ms // 1024  # up to +25 %
-        self._timer = now + self._backoff_ms + jitter
+        self._timer = now + self.backoff_wait_ms()
         self._backoff_ms = min(self._backoff_ms * 2, self.backoff_max_ms)
 
     # I/O
@@ -112,7 +136,10 @@ class Login:
             return []
         if self.channel is None or msg_type in wire.HANDSHAKE_TYPES:
             return []
+        before = self.channel.authenticated
         messages = self.channel.receive(datagram, now)
+        if self.channel.authenticated != before:
+            self.last_heard_ms = now
         out = []
         for msg_type, ies in messages:
             if msg_type == wire.WELCOME and self.state == RESPONSE_SENT:
@@ -121,6 +148,7 @@ class Login:
                 self.logins += 1
                 self._backoff_ms = self.backoff_initial_ms
                 self._keepalive_at = now + self.keepalive_ms
+                self.last_heard_ms = now
                 self._timer = None
                 self.events.append(("up", ies))
             elif self.state == UP:
@@ -136,6 +164,8 @@ class Login:
 
     def next_timer(self):
         timers = [t for t in (self._timer, self._keepalive_at if self.state == UP else None) if t is not None]
+        if self.state == UP and self.dead_ms is not None:
+            timers.append(self.last_heard_ms + self.keepalive_ms + self.dead_ms)
         if self.channel is not None and self.state == UP:
             t = self.channel.next_timer()
             if t is not None:
@@ -159,3 +189,5 @@ class Login:
             self.channel.handle_timer(now)
             if self.channel.failed:
                 self._down(self.channel.error, now)
+            elif self.dead_ms is not None and now - self.last_heard_ms >= self.keepalive_ms + self.dead_ms:
+                self._down("nothing heard for %d ms" % (now - self.last_heard_ms), now)

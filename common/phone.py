@@ -41,12 +41,12 @@ class PhoneCall:
 
 
 class Phone:
-    def __init__(self, extension, secret, random_bytes, keepalive_ms=20000):
+    def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
         self.random_bytes = random_bytes
         index = (random_bytes(2)[0] << 8 | random_bytes(1)[0]) + 1
-        self.login = Login(wire.IE_EXTENSION, extension, secret, index, random_bytes,
-                           keepalive_ms=keepalive_ms, backoff_initial_ms=1000, backoff_max_ms=10000)
+        self.login = Login(wire.IE_EXTENSION, extension, secret, index, random_bytes, keepalive_ms=keepalive_ms,
+                           backoff_initial_ms=1000, backoff_max_ms=backoff_max_ms, dead_ms=dead_ms)
         self.call = None
         self.state = IDLE
         self.events = []

@@ -80,7 +80,8 @@ def audio_match(sent_wav, record_path):
 class LoopbackExchange:
     """Main host + remote hosts for sites a, b + site c with phones straight at the main host."""
 
-    def __init__(self, workdir=None, direct_media=True, ring_timeout_s=30, uplink_kbps=None, log_level="info"):
+    def __init__(self, workdir=None, direct_media=True, ring_timeout_s=30, uplink_kbps=None, log_level="info",
+                 remote_settings=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="upbx-lab-")
         self.procs = []
         self.secrets = {}
@@ -90,6 +91,8 @@ class LoopbackExchange:
         self.log_level = log_level
         self.main_port = free_port()
         self.remote_ports = {}
+        self.remote_settings = remote_settings or {}   # extra [remote] keys, e.g. {"login_backoff_max_s": 2}
+        self.argv = {}
 
     def path(self, name):
         return os.path.join(self.dir, name)
@@ -125,15 +128,29 @@ class LoopbackExchange:
                         'control_socket = "%s"\nuplink_kbps = %d\nlog_level = "%s"\n'
                         % (name, self.secrets[name], self.main_port, port, self.path(name + ".sock"),
                            self.uplink_kbps.get(site, 0), self.log_level))
+                for key, value in self.remote_settings.items():
+                    f.write("%s = %s\n" % (key, json.dumps(value)))
             self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
         self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
                       "remote hosts logged in")
 
     def spawn(self, name, argv, **kwargs):
         log = open(self.path(name + ".log"), "ab")
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+        # own process group: a phone's wrapper and its MicroPython child are stopped together
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                **kwargs)
         proc.upbx_name = name
         self.procs.append(proc)
+        self.argv[name] = (argv, kwargs)
+        return proc
+
+    def restart(self, name, wait=True):
+        """Start a daemon ("main" or "site-X") again with the same config and databases (after kill())."""
+        self.kill(name)
+        argv, kwargs = self.argv[name]
+        proc = self.spawn(name, argv, **kwargs)
+        if wait:
+            self.wait_for(lambda: self.status(name)["pid"] == proc.pid, name + " restarted")
         return proc
 
     def status(self, daemon):
@@ -179,27 +196,38 @@ class LoopbackExchange:
     def media_counters(self):
         out = {}
         for daemon in ["main"] + ["site-" + s for s in self.remote_sites]:
-            counters = self.status(daemon)["stats"]["counters"]
+            try:
+                counters = self.status(daemon)["stats"]["counters"]
+            except OSError:
+                continue   # a daemon killed on purpose (B4 tests)
             out[daemon] = counters.get("media in", 0)
         return out
+
+    @staticmethod
+    def _signal(proc, sig):
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            pass
 
     def kill(self, name, sig=signal.SIGKILL):
         for proc in self.procs:
             if proc.upbx_name == name and proc.poll() is None:
-                proc.send_signal(sig)
+                self._signal(proc, sig)
                 proc.wait(5)
 
     def close(self):
         for proc in self.procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                self._signal(proc, signal.SIGTERM)
         deadline = time.time() + 5
         for proc in self.procs:
             try:
                 proc.wait(max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                proc.kill()
+                self._signal(proc, signal.SIGKILL)
                 proc.wait()
+            self._signal(proc, signal.SIGKILL)  # children of a finished wrapper
 
     def __enter__(self):
         return self
@@ -240,5 +268,5 @@ def place_call(lab, caller, callee, behaviour, seconds=2.0, answer=True, caller_
         "frames_received": callee_summary["frames_received"], "frames_lost":
             max(0, call.get("frames_sent", 0) - callee_summary["frames_received"]),
         "audio_match": match, "cause": call.get("cause"),
-        "media_at_hosts": {k: after[k] - before.get(k, 0) for k in after},
+        "media_at_hosts": {k: after[k] - before.get(k, 0) for k in after if k in before},
     }
