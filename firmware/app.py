@@ -89,8 +89,6 @@ class App:
         self.started = None
         self._peer_key = self._peer_addr = None
         self.load_sysinfo()
-        self.load_sysinfo()
-        self.load_sysinfo()
 
     def log(self, level, msg):
         self.hal.log(level, "phone", msg)

@@ -26,8 +26,6 @@ class MainHost(Daemon):
         self._last_expiry_ms = 0
         self._sysinfo_version = None
         self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
-        self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
-        self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
 
     # directory
 
@@ -113,8 +111,6 @@ class MainHost(Daemon):
             link.send_signal(msg_type, {wire.IE_VERSION: version, wire.IE_CHUNK: (i << 16) | len(chunks),
                                         wire.IE_DATA: chunk}, now)
         self.stats.count("%s copies sent" % wire.MESSAGE_NAMES[msg_type].lower())
-        return len(chunks)
-        return len(chunks)
         return len(chunks)
 
     def _sysinfo(self):

@@ -27,20 +27,6 @@ IDLE_DEAD_MS = 5000
 CALL_KEEPALIVE_MS = 1000
 CALL_DEAD_MS = 2000
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
-# B4: how fast the main host's loss is noticed. Idle: the keepalive_s PING must be answered
-# within IDLE_DEAD_MS. While calls through the main host are up: a PING every second and
-# nothing (signalling or trunk) heard for CALL_KEEPALIVE_MS + CALL_DEAD_MS = 3 s ends them.
-IDLE_DEAD_MS = 5000
-CALL_KEEPALIVE_MS = 1000
-CALL_DEAD_MS = 2000
-LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
-# B4: how fast the main host's loss is noticed. Idle: the keepalive_s PING must be answered
-# within IDLE_DEAD_MS. While calls through the main host are up: a PING every second and
-# nothing (signalling or trunk) heard for CALL_KEEPALIVE_MS + CALL_DEAD_MS = 3 s ends them.
-IDLE_DEAD_MS = 5000
-CALL_KEEPALIVE_MS = 1000
-CALL_DEAD_MS = 2000
-LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
 
 
 class Blob:
@@ -200,10 +186,6 @@ class RemoteHost(Daemon):
                 self.main_link.up = False
                 self.log.warning("main-unreachable", reason=detail)
                 self.uploading.clear()
-                for call in list(self.pending_local.values()):
-                    self._decide_locally(call, now)
-                for call in list(self.pending_local.values()):
-                    self._decide_locally(call, now)
                 for call in list(self.pending_local.values()):
                     self._decide_locally(call, now)
                 for call in list(self.switch.calls.values()):
@@ -380,26 +362,6 @@ class RemoteHost(Daemon):
         else:
             self._refuse(call, cause, now)
 
-    def _decide_locally(self, call, now):
-        self.pending_local.pop(call.call_id, None)
-        cause = self._local_decision(call.caller)
-        self.log.info("local-decision", caller=call.caller, called=call.callee,
-                      granted=cause is None, cause=wire.CAUSE_TEXT.get(cause))
-        if cause is None:
-            self._connect_local(call, now)
-        else:
-            self._refuse(call, cause, now)
-
-    def _decide_locally(self, call, now):
-        self.pending_local.pop(call.call_id, None)
-        cause = self._local_decision(call.caller)
-        self.log.info("local-decision", caller=call.caller, called=call.callee,
-                      granted=cause is None, cause=wire.CAUSE_TEXT.get(cause))
-        if cause is None:
-            self._connect_local(call, now)
-        else:
-            self._refuse(call, cause, now)
-
     def _local_decision(self, caller):
         """Permission for a local call from the cached directory, when the main host is away (B4)."""
         ext = self.directory["extensions"].get(caller, {})
@@ -565,20 +527,6 @@ class RemoteHost(Daemon):
 
     def on_tick(self, now):
         self.switch.flush(now)
-        for call in list(self.pending_local.values()):
-            if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:
-                self._decide_locally(call, now)
-        if any(c.path != "local" for c in self.switch.calls.values()):
-            self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
-        else:
-            self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
-        for call in list(self.pending_local.values()):
-            if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:
-                self._decide_locally(call, now)
-        if any(c.path != "local" for c in self.switch.calls.values()):
-            self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
-        else:
-            self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
         for call in list(self.pending_local.values()):
             if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:
                 self._decide_locally(call, now)
