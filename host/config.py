@@ -98,6 +98,7 @@ SECTIONS = {
         Key("host", "hostport", REQUIRED, "the remote host of the site, or the main host where the site has none"),
         Key("audio_in", "audio_in", "", 'microphone: a WAV file, "tone:HZ" for a sine tone, or empty for silence'),
         Key("audio_out", "path", "", "speaker: a WAV file to write, or empty to discard"),
+        Key("vad", "bool", False, "silence suppression: no voice frames in pauses, comfort noise instead"),
     ] + _log_keys()[:1],
 }
 
