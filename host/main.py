@@ -351,6 +351,9 @@ class MainHost(Daemon):
             version = self.directory.sysinfo()[0]
             if self._sysinfo_version is not None and version != self._sysinfo_version:
                 for link in list(self.links.values()):
+                    if link.kind == "host":  # the directory may have changed too: new phones' secrets
+                        site = self.directory.remote_host(link.name).site
+                        self._send_blob(link, wire.DIRECTORY, 0, self._site_directory(site), now)
                     self._send_sysinfo(link, now)
             self._sysinfo_version = version
 

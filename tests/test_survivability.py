@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from common import wire
+from common.login import BACKOFF, UP, Login
 from host.records import RecordStore
 from tools.lab import LoopbackExchange, audio_match, place_call, read_g711_record, write_noise_wav
 
@@ -30,7 +32,8 @@ SYNTHETIC_RECORDS = 1500
 def lab():
     settings = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": BACKOFF_MAX_S}
     with LoopbackExchange(remote_settings=settings) as lab:
-        lab.provision(sites=("a", "b"), phones={"a": ["101", "102", "103", "104"], "b": ["201", "202"]})
+        lab.provision(sites=("a", "b"), phones={"a": ["101", "102", "103", "104", "105"], "b": ["201", "202"]})
+        lab.admin("ext", "bar", "105")
         lab.start()
         lab.local_uids = set()
         yield lab
@@ -110,6 +113,8 @@ def test_local_calls_work_from_the_cached_directory_while_main_is_down(lab):
     for row in rows.values():
         assert row["path"] == "local" and row["cause"] == "normal clearing" and row["audio_match"], row
         assert row["media_at_hosts"]["site-a"] == 0 and row["media_at_hosts"]["site-b"] == 0
+    # the cached directory still bars 105
+    assert place_call(lab, "105", "101", "B4b-barred", 1, callee_phone=False)["cause"] == "not permitted"
     # kept on disk: (a)'s call and this one at site a, this one at site b
     assert len(remote_records(lab, "a")) == 2 and len(remote_records(lab, "b")) == 1
     assert lab.status("site-a")["records_pending"] == 2
@@ -168,3 +173,35 @@ def test_main_back_every_remote_logs_in_and_uploads_once(lab):
     print("upload interrupted after %d of %d records; duplicates absorbed by the main host: %d"
           % (first_round, len(expected), lab.status("main")["stats"]["counters"].get("records duplicate", 0)))
     assert 0 < first_round < len(expected), "the second kill did not land mid-upload"
+
+
+def test_login_backoff_is_capped_with_jitter_and_silence_is_noticed():
+    """Sans-IO: waits between login attempts double up to the cap, jitter only shortens them."""
+    login = Login(wire.IE_HOST_NAME, "site-a", b"k" * 16, 7, os.urandom, keepalive_ms=20000,
+                  backoff_initial_ms=500, backoff_max_ms=2000, dead_ms=5000)
+    now, waits = 0, []
+    login.start(now)
+    for _ in range(200):
+        now = login.next_timer()
+        was = login.state
+        login.handle_timer(now)
+        login.datagrams_to_send(now)
+        if was == BACKOFF:
+            waits.append(now - backoff_started)
+        if login.state == BACKOFF and was != BACKOFF:
+            backoff_started = now
+    assert waits[:3] and all(w <= 2000 for w in waits), waits
+    assert waits[0] <= 500 and min(waits[3:]) >= 1500 and len(set(waits)) > 3, waits
+    # keepalive and liveness: set_keepalive tightens at once; silence past keepalive + dead is "down"
+    login.state, login.last_heard_ms, login._keepalive_at = UP, now, now + 20000
+    from common.reliable import Channel
+    from common.session import SessionCrypto
+    login.channel = Channel(SessionCrypto(b"a" * 32, b"b" * 16, b"c" * 32, b"d" * 16), 1)
+    login.set_keepalive(1000, 2000, now + 100)
+    assert login.next_timer() == now + 100                # a PING at once
+    login.handle_timer(now + 100)
+    assert login.state == UP
+    login.handle_timer(now + 2999)  # heard at now: down at now + 1000 + 2000
+    assert login.state == UP
+    login.handle_timer(now + 3000)
+    assert login.state == BACKOFF and login.events[-1][0] == "down"

@@ -172,6 +172,15 @@ def test_one_copy_per_remote_host_fanned_out_to_50_phones(lab):
         assert kept["version"] == version and kept["info"]["announcement"] == text
         late.wait(15)
         assert lab.summary("fw-" + LATE)["sysinfo_version"] == version
+
+        # an extension added while everything runs reaches the remote host's cache and registers there
+        lab.secrets["160"] = lab.admin("ext", "add", "160", "--site", "a").split()[-1]
+        lab.phone_site["160"] = "a"
+        lab.wait_for(lambda: lab.status("site-a")["sysinfo_version"] > version, "directory fanned out", 5)
+        new = lab.phone("160", "--exit-after", "4", tag="fw-160")
+        lab.wait_registered("160", timeout=8)
+        new.wait(10)
+        assert json.load(open(lab.path("upbx-remote-site-a.cache.json")))["extensions"]["160"]["name"] == ""
     finally:
         sims.stop()
         for proc in firmware:
