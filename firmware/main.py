@@ -1,6 +1,12 @@
-"""Handset entry point: `micropython firmware/main.py CONFIG.json` on the unix port, main.py on a device."""
+"""Handset entry point: `micropython firmware/main.py CONFIG.json` on the unix port, main.py on a device.
+
+On a device (or a virtual handset's device directory) it reads upbx_config.json as
+`upbx deploy` writes it: {"version": 1, "board", "wifi_ssid", "wifi_password", "host",
+"port", "extension", "secret"}, and the board file board.json.
+"""
 import json
 import sys
+import time
 
 try:
     import asyncio
@@ -8,9 +14,20 @@ except ImportError:
     import uasyncio as asyncio
 
 
+CONFIG_VERSION = 1
+REQUIRED = ("host", "port", "extension", "secret")
+
+
 def load_config(path):
+    """The device configuration; ValueError names the file and the missing or bad key."""
     with open(path) as f:
-        return json.load(f)
+        config = json.load(f)
+    if config.get("version", CONFIG_VERSION) != CONFIG_VERSION:
+        raise ValueError("%s: version %r, this firmware reads %d" % (path, config.get("version"), CONFIG_VERSION))
+    for key in REQUIRED:
+        if key not in config:
+            raise ValueError("%s: missing %r (run upbx deploy with --host, --extension, --secret)" % (path, key))
+    return config
 
 
 def make_hal(config):
@@ -21,7 +38,18 @@ def make_hal(config):
     from firmware.hal import esp32
     with open("board.json") as f:
         board = json.load(f)
-    return esp32.Hal(board, config)
+    wifi = (config["wifi_ssid"], config.get("wifi_password", "")) if config.get("wifi_ssid") else None
+    return esp32.Hal(board, wifi)
+
+
+def wait_for_network(hal, timeout_ms=30000):
+    """Join Wi-Fi before the first socket is made (getaddrinfo needs it); the HAL retries every 5 s."""
+    start = hal.ticks_ms()
+    while not hal.network_up():
+        if hal.ticks_diff(hal.ticks_ms(), start) > timeout_ms:
+            hal.log("W", "wifi", "no network after %d s, still trying" % (timeout_ms // 1000))
+            start = hal.ticks_ms()
+        time.sleep_ms(100)
 
 
 def main():
@@ -29,7 +57,15 @@ def main():
     config = load_config(path)
     from firmware.app import App
     hal = make_hal(config)
-    asyncio.run(App(config, hal).run())
+    app = None
+    try:
+        wait_for_network(hal)
+        app = App(config, hal)
+        asyncio.run(app.run())
+    except KeyboardInterrupt:  # Ctrl-C from the console or mpremote
+        hal.log("I", "phone", "stopped by Ctrl-C")
+        if app is not None:
+            app.finish()  # log out, write the summary, close the devices (a no-op if run() got to it)
 
 
 main()

@@ -198,6 +198,8 @@ class Hal:
             self.log("I", "display", "%s %s" % (state, caller or ""))
 
     def set_power_save(self, flag):
+        if bool(flag) != self.power_save:
+            self.log("I", "wifi", "power save %s" % ("on" if flag else "off"))
         self.power_save = bool(flag)
 
     def network_up(self):
