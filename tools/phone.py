@@ -5,6 +5,8 @@ the script flags (--call, --answer, --duration ...) drive it without a person.
 """
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,39 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def micropython():
     here = os.path.join(os.path.dirname(sys.executable), "micropython")
     return here if os.path.exists(here) else "micropython"
+
+
+# mpy-cross -march for this machine's unix port (viper needs native code); None: run from source
+NATIVE_MARCH = {"x86_64": "x64", "amd64": "x64", "i686": "x86", "i386": "x86", "armv7l": "armv7m"}.get(
+    platform.machine().lower())
+
+
+def compiled_tree():
+    """common/ and firmware/ as .mpy for this machine, as a handset holds them (cached, rebuilt when a source
+    is newer). Compiling source at import takes more heap than a small heap has: the unix port then
+    imports .mpy, as an ESP32 does. Returns the directory, or None when mpy-cross cannot target this CPU."""
+    if NATIVE_MARCH is None:
+        return None
+    from tools import build as build_tool
+    out = os.path.join(ROOT, "build", "unix-" + NATIVE_MARCH)
+    stamp = os.path.join(out, build_tool.MARKER)
+    newest = max(os.path.getmtime(os.path.join(ROOT, rel)) for rel, _ in build_tool.sources(ROOT))
+    if os.path.exists(stamp) and os.path.getmtime(stamp) >= newest:
+        return out
+    fresh = "%s.%d" % (out, os.getpid())
+    saved = build_tool.MARCH
+    build_tool.MARCH = NATIVE_MARCH  # the same build as `upbx build`, for this CPU instead of the ESP32
+    try:
+        build_tool.build(ROOT, fresh, log=lambda *a: None)
+    finally:
+        build_tool.MARCH = saved
+    # swap the new tree in whole: another phone may be starting from the old one
+    old = fresh + ".old"
+    if os.path.exists(out):
+        os.rename(out, old)
+    os.rename(fresh, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
 
 
 def add_arguments(parser):
@@ -41,6 +76,8 @@ def add_arguments(parser):
                         help="silence suppression: no voice frames in silence, comfort-noise frames instead")
     parser.add_argument("--heapsize", default="2M",
                         help="MicroPython heap, e.g. 100K for an ESP32-WROOM without PSRAM (default 2M)")
+    parser.add_argument("--mpy", action="store_true",
+                        help="run the firmware compiled to .mpy (as on a handset) instead of from source")
 
 
 def device_config(args):
@@ -99,7 +136,8 @@ def run(args):
     path = os.path.join(workdir, "upbx_config.json")
     with open(path, "w") as f:
         json.dump(values, f)
-    env = dict(os.environ, MICROPYPATH=ROOT + ":.frozen")
+    tree = compiled_tree() if args.mpy else None
+    env = dict(os.environ, MICROPYPATH=(tree or ROOT) + ":.frozen")
     argv = [micropython(), "-X", "heapsize=" + args.heapsize, os.path.join(ROOT, "firmware", "main.py"), path]
     proc = subprocess.Popen(argv, env=env, cwd=workdir)
     try:
