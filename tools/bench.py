@@ -196,6 +196,9 @@ TABLES = {
     "codec": table_codec,
 }
 
+from tools.quality import bench_quality, table_quality  # noqa: E402  (voice quality: PESQ, tools/quality.py)
+BENCHMARKS["quality"], TABLES["quality"] = bench_quality, table_quality
+
 
 def _table_generic(name, result, indent="  "):
     lines = [name + ":"] if name else []
