@@ -103,11 +103,12 @@ class Login:
         """The next wait before logging in again: the backoff minus up to 25 % jitter (never above the cap)."""
         return self._backoff_ms - self.random_bytes(1)[0] * self._backoff_ms // 1024
 
-    def _down(self, reason, now):
+    def _down(self, reason, now, since=None):
+        """Wait, then log in again; `since` (the last HELLO) keeps HELLOs at most one backoff apart."""
         self.events.append(("down", reason))
         self.state = BACKOFF
         self.channel = None
-        self._timer = now + self.backoff_wait_ms()
+        self._timer = max(now, (now if since is None else since) + self.backoff_wait_ms())
         self._backoff_ms = min(self._backoff_ms * 2, self.backoff_max_ms)
 
     # I/O
@@ -175,7 +176,7 @@ class Login:
     def handle_timer(self, now):
         if self.state in (HELLO_SENT, RESPONSE_SENT) and self._timer is not None and now >= self._timer:
             if self._tries >= HANDSHAKE_TRIES:
-                self._down("no answer to login", now)
+                self._down("no answer to login", now, self._timer - HANDSHAKE_RETRY_MS)
             elif self.state == HELLO_SENT:
                 self._send_hello(now)
             else:

@@ -138,13 +138,12 @@ def test_one_copy_per_remote_host_fanned_out_to_50_phones(lab):
         assert version > v0
         lab.wait_for(lambda: acked(version, online), "new version acknowledged by 49 phones", 20)
         took = time.time() - changed_at
-        print("version %d (%d-byte announcement) acknowledged by %d phones %.2f s after the change"
-              % (version, len(text), len(online), took))
-
         main_after = lab.status("main")["sysinfo_sent"]
         remote = lab.status("site-a")
         counters = remote["stats"]["counters"]
         datagrams = main_after["site-a"]["datagrams"] - main_before["site-a"]["datagrams"]
+        print("version %d (%d-byte announcement, %d datagrams) acknowledged by %d phones %.2f s after the change"
+              % (version, len(text), datagrams, len(online), took))
         # one copy per remote host, chunked: more than one datagram, each arriving once
         assert main_after["site-a"]["copies"] - main_before["site-a"]["copies"] == 1
         assert main_after["site-b"]["copies"] - main_before["site-b"]["copies"] == 1
