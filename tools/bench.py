@@ -188,16 +188,83 @@ def table_codec(result):
 
 # --- registry and command -----------------------------------------------------
 
+# --- network: trunking, relay, latency, registrations (tools/bench_net.py) ------
+
+def bench_wan(quick=False):
+    """WAN kbps per call on the wire at 1..30 trunked calls, default and jumbo trunk_mtu."""
+    from tools import bench_net
+    return bench_net.bench_trunking(quick)
+
+
+def bench_relay(quick=False):
+    """Relayed calls per core at <= 0.1 % loss, and the one-way latency of a relay hop."""
+    from tools import bench_net
+    return bench_net.bench_relay(quick)
+
+
+def bench_registrations(quick=False):
+    """Registrations per second and RSS bytes per registered phone with 10,000 phones."""
+    from tools import bench_net
+    return bench_net.bench_registrations(quick)
+
+
+def table_wan(r):
+    lines = ["wan: kbps per call on the wire (payload + 28 bytes IPv4/UDP per datagram), G.711 20 ms, "
+             "authenticated and encrypted"]
+    head = ["calls", "upbx (mtu 1472)", "datagrams/tick", "upbx (jumbo mtu)", "IAX2 trunk", "RTP"]
+    rows = [head] + [[n, "%.2f" % r["wan_kbps_per_call"][n], "%.2f" % r["datagrams_per_tick"][n],
+                      "%.2f" % r["wan_kbps_per_call_jumbo"][n], "%.2f" % r["iax2_trunk_kbps_per_call"][n],
+                      "%.1f" % r["rtp_kbps_per_call"]] for n in r["wan_kbps_per_call"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.append("  target <= 67 kbps at 10 calls: default mtu %s, jumbo mtu %s" % (
+        "met" if r["meets_target_default_mtu"] else "missed", "met" if r["meets_target_jumbo_mtu"] else "missed"))
+    return "\n".join(lines)
+
+
+def table_relay(r):
+    lines = ["relay: %s" % r["load"],
+             "  relay_calls_per_core: %s (target 500)" % r["relay_calls_per_core"],
+             "  hop latency at %s calls: p50 %s ms, p99 %s ms (target p99 < 1 ms; %s)" % (
+                 r["latency_load_calls"], r["hop_latency_p50_ms"], r["hop_latency_p99_ms"], r["latency_note"])]
+    for step in r["steps"]:
+        lines.append("  %(calls)5d calls: loss %(loss_pct).3f %%, main host CPU %(main_cpu).2f" % step)
+    return "\n".join(lines)
+
+
 BENCHMARKS = {
     "codec": bench_codec,
+    "wan": bench_wan,
+    "relay": bench_relay,
+    "registrations": bench_registrations,
 }
 
 TABLES = {
     "codec": table_codec,
+    "wan": table_wan,
+    "relay": table_relay,
 }
 
 from tools.quality import bench_quality, table_quality  # noqa: E402  (voice quality: PESQ, tools/quality.py)
 BENCHMARKS["quality"], TABLES["quality"] = bench_quality, table_quality
+
+# the keys of the issue's summary: where each one comes from in the results
+SUMMARY = (("wan_kbps_per_call", "wan", "wan_kbps_per_call"),
+           ("relay_calls_per_core", "relay", "relay_calls_per_core"),
+           ("hop_latency_p50_ms", "relay", "hop_latency_p50_ms"),
+           ("hop_latency_p99_ms", "relay", "hop_latency_p99_ms"),
+           ("registrations_per_s", "registrations", "registrations_per_s"),
+           ("bytes_per_registered_phone", "registrations", "bytes_per_registered_phone"))
+
+
+def _call(fn, quick):
+    """Run one benchmark; those that know a quick mode get it."""
+    import inspect
+    try:
+        takes_quick = "quick" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_quick = False
+    return fn(quick=quick) if takes_quick else fn()
 
 
 def _table_generic(name, result, indent="  "):
@@ -216,6 +283,8 @@ def add_arguments(parser):
                         help="benchmarks to run (default: all): %s" % ", ".join(BENCHMARKS))
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: {\"machine\": {...}, NAME: {...}, ...}")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs with small loads (for tests); figures are not the benchmark's")
 
 
 def run(args):
@@ -226,10 +295,15 @@ def run(args):
         return 2
     results = {"machine": machine()}
     for name in args.names or list(BENCHMARKS):
-        results[name] = BENCHMARKS[name]()
+        results[name] = _call(BENCHMARKS[name], getattr(args, "quick", False))
+    for key, name, field in SUMMARY:
+        if name in results and field in results[name]:
+            results[key] = results[name][field]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
+    for key, _name, _field in SUMMARY:
+        results.pop(key, None)
     m = results.pop("machine")
     print("machine: %s (%s), %s, %s CPUs" % (m["cpu_model"] or m["processor"], m["architecture"],
                                              m["system"], m["cpus"]))

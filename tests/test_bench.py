@@ -1,0 +1,98 @@
+"""`upbx bench`: every benchmark runs in quick mode and reports sane figures; trunking on the wire (B5).
+
+No timing assertions: speed targets are measured by the benchmarks, not by timed tests.
+"""
+import json
+import subprocess
+import sys
+
+from tools import bench_net
+
+ROOT = bench_net.ROOT
+
+
+def _trunk_datagrams(calls, mtu, seconds=1.0):
+    """Entries of each trunk datagram the main host sent to emulated remote host B."""
+    main = bench_net.MainUnderTest({"a": ["1%05d" % i for i in range(calls)],
+                                    "b": ["2%05d" % i for i in range(calls)]}, trunk_mtu=mtu)
+    try:
+        pair = bench_net.TrunkPair(main, calls)
+        seen = []
+        original = pair.b.sock.recv
+
+        class Spy:
+            def __init__(self, sock):
+                self.sock = sock
+
+            def __getattr__(self, name):
+                return getattr(self.sock, name)
+
+            def recv(self, n):
+                data = original(n)
+                if data and data[0] & 0xC0 == 0xC0:
+                    seen.append(len(bench_net.wire.parse_trunk(data)))
+                return data
+
+        pair.b.sock = Spy(pair.b.sock)
+        try:
+            result = bench_net.run_trunk_load(pair, pair.calls, seconds, mtu)
+        finally:
+            pair.b.sock = pair.b.sock.sock
+            pair.close()
+        return seen, result
+    finally:
+        main.close()
+
+
+def test_all_frames_to_one_peer_in_one_tick_share_one_trunk_datagram():
+    seen, result = _trunk_datagrams(5, 1472)
+    assert result["received"] >= 0.99 * result["sent"]   # loopback, but CI machines are busy
+    # one datagram per tick carrying all five calls (two ticks' frames may meet in one flush)
+    assert seen and all(n % 5 == 0 for n in seen)
+    assert sum(seen) == result["sent"] // 2 - result["lost"][1]
+    assert len(seen) >= 0.8 * result["ticks"]
+
+
+def test_trunk_mtu_splits_ten_calls_into_two_datagrams():
+    seen, result = _trunk_datagrams(10, 1472)
+    assert result["received"] >= 0.99 * result["sent"]
+    assert max(seen) == 8          # (1472 - 7) // 164 entries fit
+    assert sum(seen) == result["sent"] // 2 - result["lost"][1]
+
+
+def test_computed_figures_match_the_protocol():
+    assert bench_net.upbx_trunk_kbps(1) == 79.6                   # (3 + 4 + 160 + 4 + 28) * 400 / 1000
+    assert bench_net.upbx_trunk_kbps(10, 65000) == 67.0
+    assert bench_net.iax2_trunk_kbps(10) == 67.84
+    assert bench_net.RTP_KBPS == 80.0
+
+
+def test_bench_quick_json_has_every_key_with_sane_values():
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "--json", "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert r["machine"]["cpus"] >= 1
+    assert set(r["wan_kbps_per_call"]) == {"1", "2", "5", "10", "30"}
+    for n, kbps in r["wan_kbps_per_call"].items():
+        # measured on the wire: never below the payload itself, and near the computed figure
+        assert 64.0 < kbps < 90.0, (n, kbps)
+        assert abs(kbps - r["wan"]["computed_kbps_per_call"][n]) < 3.0
+    assert r["wan_kbps_per_call"]["1"] > r["wan_kbps_per_call"]["30"]
+    assert r["wan"]["datagrams_per_tick"]["10"] > r["wan"]["datagrams_per_tick_jumbo"]["10"]
+    assert isinstance(r["relay_calls_per_core"], int) and r["relay_calls_per_core"] > 0
+    assert r["hop_latency_p99_ms"] >= r["hop_latency_p50_ms"] > 0
+    assert r["registrations_per_s"] > 0
+    assert 0 < r["bytes_per_registered_phone"] < 10 ** 7
+    assert r["registrations"]["phones"] > 0
+    assert "cpython" in r["codec"]
+
+
+def test_bench_runs_one_benchmark_by_name_and_refuses_unknown_ones():
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "wan", "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "IAX2 trunk" in out.stdout and "machine:" in out.stdout and "codec" not in out.stdout
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "nonesuch"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown benchmark" in out.stderr
