@@ -72,16 +72,20 @@ class MainHost(Daemon):
                 if peer:
                     self._logged_in(peer, now)
                 return
+            # SessionTable.receive updates the address itself: note the move before it does
+            known = self.sessions.peers.get(wire.session_of(data))
+            moved = known is not None and known.address != addr
             peer, messages = self.sessions.receive(data, addr, now)
             if peer is None:
                 return
-            self._touch(peer, addr, now)
+            self._touch(peer, addr, now, moved)
             for msg_type, ies in messages:
                 self._message(self.links[peer.index], msg_type, ies, now)
             self._flush_signalling(peer, now)
 
-    def _touch(self, peer, addr, now):
-        if self.sessions.touch(peer, addr, now):
+    def _touch(self, peer, addr, now, moved=False):
+        """An authenticated packet from peer: a new address (B7) is logged and re-offered to pairs."""
+        if self.sessions.touch(peer, addr, now) or moved:
             self.log.info("address-changed", peer=peer.name, address="%s:%d" % addr)
             link = self.links.get(peer.index)
             if link is not None and link.kind == "host":

@@ -20,6 +20,7 @@ from host.sessions import SessionTable
 from host.switch import Link, Switch, pair_keys
 
 PUNCH_INTERVAL_MS = 100
+PAIR_SILENCE_MS = 300   # no direct media for this long in an answered call: tell main where we are (B7)
 # B4: how fast the main host's loss is noticed. Idle: the keepalive_s PING must be answered
 # within IDLE_DEAD_MS. While calls through the main host are up: a PING every second and
 # nothing (signalling or trunk) heard for CALL_KEEPALIVE_MS + CALL_DEAD_MS = 3 s ends them.
@@ -67,6 +68,8 @@ class Pair:
         self.next_punch_ms = now
         self.reported = None
         self.last_time = -1
+        self.last_heard_ms = now     # last authenticated frame (trunk or PUNCH) from the peer
+        self.probe_ms = 0            # last PING to the main host because this pair went silent
 
 
 class RemoteHost(Daemon):
@@ -137,6 +140,7 @@ class RemoteHost(Daemon):
             if pair is not None:
                 if self.switch.trunk_in(data, pair.link, now, direct=True):
                     pair.link.address = addr
+                    pair.last_heard_ms = now
             elif index == self.login.local_index and self.login.state == UP:
                 if self.switch.trunk_in(data, self.main_link, now):
                     self.login.heard(now)
@@ -509,6 +513,7 @@ class RemoteHost(Daemon):
         pair.last_time = sent_at
         pair.link.peer_index = ies.get(wire.IE_SESSION_INDEX, 0)
         pair.link.address = addr
+        pair.last_heard_ms = now
         first = not pair.heard
         pair.heard = True
         if ies.get(wire.IE_STATE) == 1 and not pair.link.up:
@@ -522,6 +527,24 @@ class RemoteHost(Daemon):
         if pair.reported != path:
             pair.reported = path
             self.main_link.send_signal(wire.PUNCH_RESULT, {wire.IE_PEER_NAME: pair.name, wire.IE_PATH: path}, now)
+
+    def _probe_if_silent(self, pair, now):
+        """B7: direct media from the pair stopped in an answered call (a router's public address
+        changed, most likely ours or theirs). PING the main host at once: the PING shows main
+        our current public address, main re-offers the pair to both sides with the addresses it
+        sees (host/main.py _reoffer_pairs), and both send media to the right place again."""
+        if now - pair.last_heard_ms < PAIR_SILENCE_MS or now - pair.probe_ms < PAIR_SILENCE_MS:
+            return
+        for call in self.switch.calls.values():
+            if call.state != "answered" or now - call.answered_ms < PAIR_SILENCE_MS:
+                continue
+            if any(leg is not None and leg.direct is not None and leg.direct[1] is pair.link
+                   for leg in (call.a, call.b)):
+                pair.probe_ms = now
+                self.stats.count("pair silence probes")
+                self.log.info("pair-silent", peer=pair.name, silent_ms=now - pair.last_heard_ms)
+                self.login.send(wire.PING, {}, now)
+                return
 
     # timers
 
@@ -545,6 +568,8 @@ class RemoteHost(Daemon):
             elif pair.link.up and now >= pair.next_punch_ms:
                 pair.next_punch_ms = now + 15000   # keeps the direct NAT bindings open
                 self._punch_out(pair, now)
+            if pair.link.up:
+                self._probe_if_silent(pair, now)
         timer = self.login.next_timer()
         if timer is not None and timer <= now:
             self.login.handle_timer(now)

@@ -1,0 +1,138 @@
+"""B2 through real NAT and B7 dynamic addresses, in the network lab (root only).
+
+The main host, the remote hosts and the virtual handsets (the real firmware under the
+MicroPython unix port) each run in their own namespace of tools.netlab.Lab, behind
+nftables masquerade routers. Paths are proven with the daemons' packet counters (read
+through their control sockets), audio with the frames the far phone recorded, and the
+B7 recovery time with the gap in those recordings (frames carry the sender's timestamp).
+"""
+import json
+import os
+import time
+
+import pytest
+
+from tests.support import require_root
+from tools.netlab_exchange import NetlabExchange, talk
+
+KEEPALIVE_S = 3   # idle keepalive of the remote hosts in these tests (docs/nat-and-roaming.md)
+
+
+def lab_prefix():
+    return "upxn%s-" % os.urandom(2).hex()
+
+
+@pytest.fixture(scope="module")
+def cone():
+    require_root()
+    from tools.netlab import Lab
+    lab = Lab(lab_prefix())
+    try:
+        lab.up(nat="cone", phones=2)
+        with NetlabExchange(lab, keepalive_s=KEEPALIVE_S, ring_timeout_s=15) as ex:
+            ex.provision()
+            ex.start()
+            yield ex
+    finally:
+        lab.down()
+
+
+def last_call_path(ex):
+    return json.loads(ex.admin("calls", "--json", "--limit", "1"))[0]["path"]
+
+
+def change_and_watch(site, address):
+    """during() for talk(): move the site's public address, then time until main knows it."""
+    def during(ex):
+        started = time.monotonic()
+        ex.lab.change_wan_address(site, address)
+        while time.monotonic() - started < 5:
+            seen = ex.host_address_at_main(site)
+            if seen and seen.split(":")[0] == address:
+                return int((time.monotonic() - started) * 1000)
+            time.sleep(0.01)
+        return None
+    return during
+
+
+def assert_both_ways(row, a, b, seconds, max_gap_ms=0):
+    for direction in ("%s->%s" % (a, b), "%s->%s" % (b, a)):
+        leg = row[direction]
+        assert leg["match"] and leg["frames"] >= seconds * 50 * 0.95 - max_gap_ms // 20, (direction, leg)
+        assert leg["gap_ms"] <= max_gap_ms, (direction, leg)
+
+
+def test_b2_media_flows_directly_between_cone_nat_sites(cone):
+    row = talk(cone, "101", "201", seconds=3)
+    assert_both_ways(row, "101", "201", 3)
+    assert row["media_at_hosts"]["main"] == 0
+    assert row["media_at_hosts"]["site-a"] >= 140 and row["media_at_hosts"]["site-b"] >= 140
+    assert last_call_path(cone) == "direct"
+    # the path the remote hosts punched runs between the routers' public addresses
+    assert cone.status("site-a")["pairs"]["site-b"] == {"up": True, "address": "198.18.2.1:4570"}
+
+
+def test_b7_address_change_during_a_relayed_call(cone):
+    """Site A (remote host) <-> site C (phone at the main host): media crosses the main host."""
+    row = talk(cone, "101", "301", seconds=4, during=change_and_watch("a", "198.18.1.101"))
+    learned_ms = row["during"]
+    assert learned_ms is not None and learned_ms < 500, learned_ms
+    assert_both_ways(row, "101", "301", 4, max_gap_ms=1000)
+    assert row["media_at_hosts"]["main"] >= 300
+    assert any("peer=site-a address=198.18.1.101:" in line for line in cone.log_lines("main", "address-changed"))
+    assert cone.status("site-a")["main"]["logins"] == 1
+    print("B7 relayed call: main learned in %d ms; gaps %d ms (C->A), %d ms (A->C)"
+          % (learned_ms, row["301->101"]["gap_ms"], row["101->301"]["gap_ms"]))
+
+
+def test_b7_address_change_during_a_direct_call(cone):
+    """Site A <-> site B directly: both remote hosts must learn the new address (re-offered pair)."""
+    row = talk(cone, "102", "202", seconds=4, during=change_and_watch("a", "198.18.1.102"))
+    learned_ms = row["during"]
+    assert learned_ms is not None and learned_ms < 1000, learned_ms
+    assert_both_ways(row, "102", "202", 4, max_gap_ms=1000)
+    assert row["media_at_hosts"]["main"] == 0           # the direct path came back; no relay
+    assert cone.status("site-b")["pairs"]["site-a"]["address"] == "198.18.1.102:4570"
+    assert cone.status("site-a")["main"]["logins"] == 1
+    assert cone.status("site-b")["main"]["logins"] == 1
+    print("B7 direct call: main learned in %d ms; gaps %d ms (B->A), %d ms (A->B)"
+          % (learned_ms, row["202->102"]["gap_ms"], row["102->202"]["gap_ms"]))
+
+
+def test_b7_idle_site_stays_reachable_after_an_address_change(cone):
+    """The phone at site A is registered and idle; A's address moves; site C calls it at once."""
+    def move(ex):
+        time.sleep(0.5)   # the registration's PHONE_STATE has reached main: site A is idle now
+        ex.lab.change_wan_address("a", "198.18.1.103")
+        return time.monotonic()
+    row = talk(cone, "302", "101", seconds=2, before_call=move)
+    assert_both_ways(row, "302", "101", 2)
+    assert row["call"]["cause"] == "normal clearing"
+    assert cone.host_address_at_main("a").startswith("198.18.1.103:")
+    assert any("peer=site-a address=198.18.1.103:" in line for line in cone.log_lines("main", "address-changed"))
+    assert cone.status("site-a")["main"]["logins"] == 1
+    # the SETUP to the old address is lost; main resends it to the address A's next
+    # keepalive shows, so the ring comes at most a keepalive plus a resend interval late
+    assert row["call"]["setup_ms"] < (KEEPALIVE_S + 4.5) * 1000, row["call"]
+    print("B7 idle: call from site C alerted at site A after %d ms (keepalive %d s)"
+          % (row["call"]["setup_ms"], KEEPALIVE_S))
+
+
+def test_b2_falls_back_to_relay_when_one_site_has_symmetric_nat():
+    require_root()
+    from tools.netlab import Lab
+    lab = Lab(lab_prefix())
+    try:
+        lab.up(nat={"a": "cone", "b": "symmetric"}, sites=("a", "b"), phones=1)
+        with NetlabExchange(lab, keepalive_s=KEEPALIVE_S) as ex:
+            ex.provision(sites=("a", "b"), phones={"a": ["101"], "b": ["201"]})
+            ex.start()
+            row = talk(ex, "101", "201", seconds=3)
+            assert_both_ways(row, "101", "201", 3)
+            assert row["media_at_hosts"]["main"] >= 280
+            assert last_call_path(ex) == "relay"
+            assert ex.status("site-a")["pairs"]["site-b"]["up"] is False
+            relay = ex.log_lines("site-a", "relay-path") + ex.log_lines("site-b", "relay-path")
+            assert relay and all("within 2000 ms" in line for line in relay)
+    finally:
+        lab.down()
