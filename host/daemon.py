@@ -16,6 +16,7 @@ from common import wire
 
 DSCP_EF = 46 << 2    # voice
 DSCP_CS3 = 24 << 2   # signalling
+SOCKET_BUFFER = 4 << 20  # bytes; the kernel caps it at net.core.rmem_max / wmem_max
 
 
 def now_ms():
@@ -225,6 +226,14 @@ class Daemon:
         self.transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), local_addr=self.listen)
         self.address = self.transport.get_extra_info("sockname")
+        # Room for bursts (every site's trunk frames of one tick can arrive together):
+        # the default ~200 KB holds fewer than 100 full trunk frames.
+        sock = self.transport.get_extra_info("socket")
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass
         self._stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
