@@ -86,7 +86,7 @@ def device_config(args):
     if args.config:
         cfg = load_phone_config(args.config)
         values = {"extension": cfg.extension, "secret": cfg.secret.hex(), "host": cfg.host[0],
-                  "port": cfg.host[1], "audio_in": cfg.audio_in, "audio_out": cfg.audio_out}
+                  "port": cfg.host[1], "audio_in": cfg.audio_in, "audio_out": cfg.audio_out, "vad": cfg.vad}
     if args.extension:
         values["extension"] = args.extension
     if args.secret:
