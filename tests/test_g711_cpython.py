@@ -84,7 +84,7 @@ def test_bench_codec_reports_both_interpreters_and_viper_beats_bytecode():
 
 
 def test_bench_without_json_prints_the_machine_and_a_table():
-    result = _upbx_bench()
+    result = _upbx_bench("codec")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("machine: ")
     assert "ulaw encode" in result.stdout and "viper speedup" in result.stdout
