@@ -25,6 +25,7 @@ class MainHost(Daemon):
         self.local_calls = {}    # site -> set of call ids granted and not yet ended
         self._last_expiry_ms = 0
         self._sysinfo_version = None
+        self._sysinfo_cache = {}  # (version, site) -> encoded system information
         self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
 
     # directory
@@ -109,7 +110,7 @@ class MainHost(Daemon):
             self.send(datagram, peer.address)
 
     def _send_blob(self, link, msg_type, version, obj, now):
-        data = json.dumps(obj, separators=(",", ":")).encode()
+        data = obj if isinstance(obj, bytes) else json.dumps(obj, separators=(",", ":")).encode()
         chunks = [data[i:i + 250] for i in range(0, len(data), 250)] or [b""]
         for i, chunk in enumerate(chunks):
             link.send_signal(msg_type, {wire.IE_VERSION: version, wire.IE_CHUNK: (i << 16) | len(chunks),
@@ -117,15 +118,29 @@ class MainHost(Daemon):
         self.stats.count("%s copies sent" % wire.MESSAGE_NAMES[msg_type].lower())
         return len(chunks)
 
-    def _sysinfo(self):
+    def _sysinfo(self, site):
+        """(version, encoded JSON) of the system information for one site, built once per version.
+
+        The directory in it is the site's own extensions (number -> name) and the
+        list of sites: a handset with 100 KB of heap cannot hold a whole
+        organisation's directory, and a login must not cost the size of it.
+        """
         version, data = self.directory.sysinfo()
-        info = dict(data)
-        info["directory"] = {e.number: e.name for e in self.directory.extensions()}
-        info["time"] = int(time.time())
-        return version, info
+        key = (version, site)
+        cached = self._sysinfo_cache.get(key)
+        if cached is None:
+            if len(self._sysinfo_cache) > 1024 or any(v != version for v, _s in self._sysinfo_cache):
+                self._sysinfo_cache.clear()
+            info = dict(data)
+            info["site"] = site
+            info["sites"] = [s.name for s in self.directory.sites()]
+            info["directory"] = {e.number: e.name for e in self.directory.extensions(site)}
+            info["time"] = int(time.time())
+            cached = self._sysinfo_cache[key] = json.dumps(info, separators=(",", ":")).encode()
+        return version, cached
 
     def _send_sysinfo(self, link, now):
-        version, info = self._sysinfo()
+        version, info = self._sysinfo(self._site_of(link))
         chunks = self._send_blob(link, wire.SYSINFO, version, info, now)
         sent = self.sysinfo_sent.setdefault(link.name, {"copies": 0, "datagrams": 0})
         sent["copies"] += 1

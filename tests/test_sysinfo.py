@@ -163,6 +163,9 @@ def test_one_copy_per_remote_host_fanned_out_to_50_phones(lab):
             kept = kept_sysinfo(lab, "fw-" + number)
             assert kept["version"] == version and kept["info"]["announcement"] == text
             assert kept["info"]["directory"]["110"] == "Sim 110"
+            # the directory a handset keeps is its own site's; the other sites are named only
+            assert kept["info"]["site"] == "a" and sorted(kept["info"]["sites"]) == ["a", "b"]
+            assert "201" not in kept["info"]["directory"]
 
         # a phone that was off gets the current version when it registers
         late = lab.phone(LATE, "--exit-after", "8", tag="fw-" + LATE)
