@@ -79,7 +79,7 @@ SECTIONS = {
         Key("secret", "secret", REQUIRED, "hex secret printed by `upbx admin host add` (at least 16 bytes)", min_bytes=16),
         Key("main", "hostport", REQUIRED, "the main host's public address"),
         Key("listen", "hostport", "0.0.0.0:4570", "UDP address for the site's phones and for other remote hosts"),
-        Key("keepalive_s", "int", 20, "keepalive interval towards the main host; keeps the NAT binding open", min=1, max=25),
+        Key("keepalive_s", "int", 10, "keepalive interval towards the main host; keeps the NAT binding open and bounds how long the site is unreachable after its public address changes while idle (B7)", min=1, max=25),
         Key("uplink_kbps", "int", 0, "uplink budget for call admission; 0 for no limit", min=0),
         Key("records_database", "path", "upbx-remote-NAME.sqlite",
             "call records kept on disk until the main host has them; NAME is replaced by `name`"),

@@ -127,7 +127,7 @@ def test_remote_config_defaults_fill_in_the_name(tmp_path):
     assert config.secret == bytes.fromhex(SECRET)
     assert config.main == ("198.18.0.1", 4569)
     assert config.listen == ("0.0.0.0", 4570)
-    assert config.keepalive_s == 20 and config.uplink_kbps == 0
+    assert config.keepalive_s == 10 and config.uplink_kbps == 0
     assert config.records_database == str(tmp_path / "upbx-remote-north.sqlite")
     assert config.directory_cache == str(tmp_path / "upbx-remote-north.cache.json")
     assert (config.login_backoff_initial_s, config.login_backoff_max_s) == (1.0, 30.0)
