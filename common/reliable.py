@@ -98,6 +98,11 @@ class Channel:
             self.retransmissions += 1
             self._emit(seq, entry[0], entry[1])
 
+    def resend_now(self, now):
+        """Resend everything unacknowledged at the next timer (the peer moved to a new address)."""
+        for entry in self._unacked.values():
+            entry[2] = now
+
     # receiving
 
     def receive(self, datagram, now):

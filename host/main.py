@@ -88,6 +88,7 @@ class MainHost(Daemon):
         """An authenticated packet from peer: a new address (B7) is logged and re-offered to pairs."""
         if self.sessions.touch(peer, addr, now) or moved:
             self.log.info("address-changed", peer=peer.name, address="%s:%d" % addr)
+            peer.channel.resend_now(now)  # what went to the old address is lost: send it again now
             link = self.links.get(peer.index)
             if link is not None and link.kind == "host":
                 self._reoffer_pairs(link, now)

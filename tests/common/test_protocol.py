@@ -191,3 +191,16 @@ def test_decoder_rejects_malformed_frames_with_field_and_offset():
         assert exc.offset == 0
     else:
         raise AssertionError("accepted truncated IE")
+
+
+def test_resend_now_sends_unacknowledged_messages_at_once():
+    client, server = _login()
+    client.send(wire.DTMF, {wire.IE_DIGIT: "4"}, 0)
+    client.datagrams_to_send(0)            # lost on the way
+    client.handle_timer(10)
+    assert client.datagrams_to_send(10) == []
+    client.channel.resend_now(10)
+    client.handle_timer(10)
+    frames = client.datagrams_to_send(10)
+    assert len(frames) == 1
+    assert [ies[wire.IE_DIGIT] for t, ies in server.channel.receive(frames[0], 10)] == ["4"]
