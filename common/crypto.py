@@ -48,16 +48,33 @@ class HmacKey:
     def __init__(self, key):
         key = bytes(key)
         self.key = key
-        if hmac_digest is None:
-            if len(key) > BLOCK:
-                key = sha256(key).digest()
-            key = key + bytes(BLOCK - len(key))
-            self._inner = _xor(key, _IPAD)
-            self._outer = _xor(key, _OPAD)
+        if len(key) > BLOCK:
+            key = sha256(key).digest()
+        key = key + bytes(BLOCK - len(key))
+        self._inner = _xor(key, _IPAD)
+        self._outer = _xor(key, _OPAD)
+        if not MICROPYTHON:
+            # CPython's hash objects can be copied: the padded key blocks are hashed
+            # once per key, which halves the cost of a media tag (1.5 us vs 3.2 us)
+            self._inner_state = sha256(self._inner)
+            self._outer_state = sha256(self._outer)
+
+    def _digest_copy(self, msg):
+        inner = self._inner_state.copy()
+        inner.update(msg)
+        outer = self._outer_state.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def _digest2_copy(self, prefix, msg):
+        inner = self._inner_state.copy()
+        inner.update(prefix)
+        inner.update(msg)
+        outer = self._outer_state.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def digest(self, msg):
-        if hmac_digest is not None:
-            return hmac_digest(self.key, msg)
         inner = sha256(self._inner)
         inner.update(msg)
         outer = sha256(self._outer)
@@ -66,8 +83,6 @@ class HmacKey:
 
     def digest2(self, prefix, msg):
         """HMAC over prefix || msg without joining them (no copy on MicroPython)."""
-        if hmac_digest is not None:
-            return hmac_digest(self.key, bytes(prefix) + bytes(msg))
         inner = sha256(self._inner)
         inner.update(prefix)
         inner.update(msg)
@@ -81,6 +96,11 @@ class HmacKey:
 
     def verify(self, msg, received):
         return compare_digest(self.digest(msg)[:len(received)], received)
+
+
+if not MICROPYTHON:
+    HmacKey.digest = HmacKey._digest_copy
+    HmacKey.digest2 = HmacKey._digest2_copy
 
 
 class CounterMode:
@@ -122,24 +142,36 @@ class CounterMode:
             buf[start + i] ^= stream[i]
 
     # CPython: the per-byte loops above cost ~15 us a frame in bytecode, so the host
-    # builds the counter blocks with one join and XORs as one big integer (~2 us).
+    # builds the counter blocks with one join and XORs as one big integer (~1.5 us).
     # Same keystream, same result; MicroPython keeps the allocation-free loops.
-    _suffixes = None
+
+    def keystream_int(self, nonce, n):
+        """CPython only: the first n keystream bytes for nonce as one big-endian integer."""
+        if n > self.max_len:
+            raise ValueError("payload longer than counter-mode buffer")
+        stream = self._stream
+        self._aes.encrypt_blocks(bytes(nonce).join(_CTR_SUFFIXES[:((n + 15) >> 4) + 1]), stream)
+        return int.from_bytes(stream[:n] if n < len(stream) else stream, "big")
+
+    def crypt_bytes(self, nonce, src):
+        """src XORed with the keystream for nonce, as a new buffer (src is left as it is)."""
+        n = len(src)
+        if not MICROPYTHON:
+            return (int.from_bytes(src, "big") ^ self.keystream_int(nonce, n)).to_bytes(n, "big") if n else b""
+        out = bytearray(src)
+        self.crypt(nonce, out, 0, n)
+        return out
 
     def _crypt_wide(self, nonce, buf, start, end):
         n = end - start
         if n <= 0:
             return
-        if n > self.max_len:
-            raise ValueError("payload longer than counter-mode buffer")
-        suffixes = self._suffixes
-        if suffixes is None:
-            suffixes = self._suffixes = [b""] + [i.to_bytes(4, "big") for i in range(self.max_len // 16)]
-        blocks = (n + 15) >> 4
-        counter = bytes(nonce).join(suffixes[:blocks + 1])
-        self._aes.encrypt_blocks(counter, self._stream)
-        x = int.from_bytes(buf[start:end], "big") ^ int.from_bytes(self._stream[:n], "big")
+        x = int.from_bytes(buf[start:end], "big") ^ self.keystream_int(nonce, n)
         buf[start:end] = x.to_bytes(n, "big")
+
+
+# counter block suffixes be32(i) for CPython's counter mode, enough for 4 KB payloads
+_CTR_SUFFIXES = None if MICROPYTHON else [b""] + [i.to_bytes(4, "big") for i in range(256)]
 
 
 class ReplayWindow:
@@ -171,9 +203,19 @@ class ReplayWindow:
             if gap >= self.SIZE:
                 for i in range(self.SIZE):
                     seen[i] = 0
-            else:
+            elif MICROPYTHON:
                 for n in range(self.highest + 1, number):
                     seen[n % self.SIZE] = 0
+            else:
+                # CPython: clear the skipped slots with slice assignments, not a bytecode loop
+                # (media numbers are ms, 20 apart: 19 slots a frame)
+                a = (self.highest + 1) % self.SIZE
+                b = number % self.SIZE
+                if a <= b:
+                    seen[a:b] = bytes(b - a)
+                else:
+                    seen[a:] = bytes(self.SIZE - a)
+                    seen[:b] = bytes(b)
             self.highest = number
         seen[number % self.SIZE] = 1
 

@@ -7,7 +7,7 @@ it, so no two legs ever share a keystream. The timestamp, extended to 64 bits,
 is the packet number: it makes the counter-mode nonce and drives the replay window.
 """
 from common import wire
-from common.compat import compare_digest
+from common.compat import MICROPYTHON, compare_digest
 from common.crypto import CounterMode, HmacKey, ReplayWindow, extend16, hkdf
 
 _MAX_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG
@@ -85,12 +85,15 @@ class MediaLeg:
 
     def seal_entry(self, buf, offset, ts, payload):
         """Append this leg's trunk entry at offset (encrypted; the trunk carries the tag)."""
-        start = wire.pack_trunk_entry(buf, offset, self.peer_call_no, ts & 0xFFFF,
-                                      len(payload) == wire.CN_BYTES)
-        end = start + len(payload)
-        buf[start:end] = payload
+        n = len(payload)
+        start = wire.pack_trunk_entry(buf, offset, self.peer_call_no, ts & 0xFFFF, n == wire.CN_BYTES)
+        end = start + n
         _put_ts(self._send_nonce, ts)
-        self._send_ctr.crypt(self._send_nonce, buf, start, end)
+        if MICROPYTHON:
+            buf[start:end] = payload
+            self._send_ctr.crypt(self._send_nonce, buf, start, end)
+        else:
+            buf[start:end] = self._send_ctr.crypt_bytes(self._send_nonce, payload)
         self.sent += 1
         return end
 
@@ -109,14 +112,35 @@ class MediaLeg:
         self.received += 1
         return ts
 
+    def open_entry_bytes(self, buf, ts, start, end):
+        """Like open_entry, but the decrypted payload comes back as a new buffer and buf stays as it is.
 
-def _put_ts(nonce, ts):
-    for i in range(8):
-        nonce[11 - i] = (ts >> (8 * i)) & 0xFF
+        A relaying host forwards the payload to another leg anyway: this saves
+        writing it back into the received frame only to copy it out again.
+        """
+        if not self.replay.check(ts):
+            self.rejected += 1
+            return None
+        self.replay.mark(ts)
+        _put_ts(self._recv_nonce, ts)
+        self.received += 1
+        return self._recv_ctr.crypt_bytes(self._recv_nonce, buf[start:end])
 
 
-def _ts64(ts):
-    return bytes((ts >> (8 * (7 - i))) & 0xFF for i in range(8))
+if MICROPYTHON:
+    def _put_ts(nonce, ts):
+        for i in range(8):
+            nonce[11 - i] = (ts >> (8 * i)) & 0xFF
+
+    def _ts64(ts):
+        return bytes((ts >> (8 * (7 - i))) & 0xFF for i in range(8))
+else:
+    # CPython: one C call instead of an 8-step bytecode loop (twice per relayed frame)
+    def _put_ts(nonce, ts):
+        nonce[4:12] = ts.to_bytes(8, "big")
+
+    def _ts64(ts):
+        return ts.to_bytes(8, "big")
 
 
 def seal_trunk(session_auth, session_index, entries, buf):
@@ -127,12 +151,12 @@ def seal_trunk(session_auth, session_index, entries, buf):
     """
     wire.pack_trunk_header(buf, session_index)
     offset = wire.TRUNK_HEADER
-    stamps = bytearray()
+    stamps = []
     for leg, ts, payload in entries:
         offset = leg.seal_entry(buf, offset, ts, payload)
-        stamps += _ts64(ts)
+        stamps.append(_ts64(ts))
     view = memoryview(buf)
-    buf[offset:offset + wire.MEDIA_TAG] = session_auth.digest2(stamps, view[:offset])[:wire.MEDIA_TAG]
+    buf[offset:offset + wire.MEDIA_TAG] = session_auth.digest2(b"".join(stamps), view[:offset])[:wire.MEDIA_TAG]
     return view[:offset + wire.MEDIA_TAG]
 
 
@@ -150,17 +174,17 @@ def open_trunk(session_auth, frame, extend):
     the owning leg's open_entry decrypts them.
     """
     entries = wire.parse_trunk(frame)
-    stamps = bytearray()
+    stamps = []
     opened = []
     for call_no, ts16, start, end in entries:
         ts = extend(call_no, ts16)
         if ts is None:
             return None
-        stamps += _ts64(ts)
+        stamps.append(_ts64(ts))
         opened.append((call_no, ts, start, end))
     n = len(frame)
     view = memoryview(frame)
-    expected = session_auth.digest2(stamps, view[:n - wire.MEDIA_TAG])[:wire.MEDIA_TAG]
+    expected = session_auth.digest2(b"".join(stamps), view[:n - wire.MEDIA_TAG])[:wire.MEDIA_TAG]
     if not compare_digest(expected, view[n - wire.MEDIA_TAG:n]):
         return None
     return opened
