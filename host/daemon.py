@@ -23,6 +23,11 @@ def now_ms():
     return int(time.monotonic() * 1000)
 
 
+def wall_ms():
+    """Wall-clock milliseconds, for call records (the protocol runs on now_ms)."""
+    return int(time.time() * 1000)
+
+
 class Stats:
     """Counters of a daemon: packets in/out by kind and drops by reason."""
 

@@ -4,8 +4,9 @@ import os
 import time
 
 from common import wire
-from host.daemon import Daemon, StructuredLog, now_ms
-from host.directory import Directory
+from host.daemon import Daemon, StructuredLog, now_ms, wall_ms
+from host.directory import MAIN_ORIGIN, Directory
+from host.records import call_record, decode_upload
 from host.sessions import SessionTable
 from host.switch import Link, Switch
 
@@ -248,11 +249,7 @@ class MainHost(Daemon):
             return
         if call.b2 and call.punch:
             call.path = "direct" if all(v == wire.PATH_DIRECT for v in call.punch.values()) and len(call.punch) == 2 else "relay"
-        self.directory.add_call_record({
-            "uid": call.uid, "origin": "main", "caller": call.caller, "callee": call.callee,
-            "path": call.path, "started_ms": call.started_ms, "answered_ms": call.answered_ms,
-            "ended_ms": now, "cause": wire.CAUSE_TEXT.get(cause, str(cause)),
-            "setup_ms": (call.alerted_ms - call.started_ms) if call.alerted_ms else None})
+        self.directory.add_call_record(call_record(call, MAIN_ORIGIN, cause, now, wall_ms()))
         self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path,
                       frames=call.frames)
 
@@ -330,11 +327,8 @@ class MainHost(Daemon):
     def _records(self, link, ies, now):
         """A call record uploaded by a remote host; stored once per uid, acknowledged always."""
         try:
-            record = json.loads(bytes(ies.get(wire.IE_DATA, b"")))
-            record["origin"] = link.name
-            fields = ("uid", "origin", "caller", "callee", "path", "started_ms", "answered_ms",
-                      "ended_ms", "cause", "setup_ms")
-            stored = self.directory.add_call_record({k: record.get(k) for k in fields})
+            record = decode_upload(ies.get(wire.IE_DATA, b""), link.name)
+            stored = self.directory.add_call_record(record)
         except (ValueError, TypeError, KeyError) as exc:
             self.stats.drop("bad record")
             self.log.warning("bad-record", host=link.name, error=str(exc))

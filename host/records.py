@@ -8,6 +8,8 @@ killed or powered-off remote host loses no finished call; after a restart,
 import json
 import sqlite3
 
+from common.wire import CAUSE_TEXT
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,3 +72,51 @@ class RecordStore:
 
     def __len__(self):
         return self.db.execute("SELECT count(*) FROM records").fetchone()[0]
+
+
+# The upload format: one call record in one RECORDS message (IE_DATA holds at most
+# 255 bytes), so a list in a fixed order with the cause as its code, not a dict.
+UPLOAD_FIELDS = ("uid", "caller", "callee", "path", "started_ms", "answered_ms", "ended_ms", "cause", "setup_ms")
+
+
+def call_record(call, origin, cause, now, wall_ms):
+    """The record of a finished call (host.switch.Call); times are wall-clock ms.
+
+    now is the daemon's monotonic clock and wall_ms the wall clock at that moment,
+    so records from hosts whose monotonic clocks differ line up.
+    """
+    def wall(t):
+        return None if t is None else wall_ms - (now - t)
+
+    return {"uid": call.uid, "origin": origin, "caller": call.caller, "callee": call.callee,
+            "path": call.path, "started_ms": wall(call.started_ms), "answered_ms": wall(call.answered_ms),
+            "ended_ms": wall_ms, "cause": CAUSE_TEXT.get(cause, str(cause)),
+            "setup_ms": (call.alerted_ms - call.started_ms) if call.alerted_ms else None}
+
+
+def encode_upload(record):
+    """Bytes of a record for a RECORDS message (always within one IE)."""
+    codes = {text: code for code, text in CAUSE_TEXT.items()}
+    values = [record.get(k) for k in UPLOAD_FIELDS]
+    values[UPLOAD_FIELDS.index("cause")] = codes.get(record.get("cause"), record.get("cause"))
+    values[1] = str(values[1])[:15]
+    values[2] = str(values[2])[:15]
+    data = json.dumps(values, separators=(",", ":")).encode()
+    if len(data) > 255:
+        raise ValueError("call record %s does not fit one RECORDS message" % record.get("uid"))
+    return data
+
+
+def decode_upload(data, origin):
+    """The record dict of an uploaded RECORDS payload; ValueError when it is not one."""
+    values = json.loads(bytes(data))
+    if not isinstance(values, list) or len(values) != len(UPLOAD_FIELDS):
+        raise ValueError("expected a list of %d fields" % len(UPLOAD_FIELDS))
+    record = dict(zip(UPLOAD_FIELDS, values))
+    if not isinstance(record["uid"], str) or len(record["uid"]) != 16:
+        raise ValueError("bad uid")
+    bytes.fromhex(record["uid"])
+    cause = record["cause"]
+    record["cause"] = CAUSE_TEXT.get(cause, str(cause)) if isinstance(cause, int) else str(cause)
+    record["origin"] = origin
+    return record

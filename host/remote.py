@@ -14,8 +14,8 @@ from common.media import MediaLeg
 from common.session import seal_handshake, verify_handshake
 from common.crypto import HmacKey
 from common.media import call_kbps
-from host.daemon import Daemon, StructuredLog
-from host.records import RecordStore
+from host.daemon import Daemon, StructuredLog, wall_ms
+from host.records import RecordStore, call_record, encode_upload
 from host.sessions import SessionTable
 from host.switch import Link, Switch, pair_keys
 
@@ -455,24 +455,17 @@ class RemoteHost(Daemon):
             return
         self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path)
         if record and call.path == "local":
-            self.records.add({"uid": call.uid, "origin": self.config.name, "caller": call.caller,
-                              "callee": call.callee, "path": "local", "started_ms": call.started_ms,
-                              "answered_ms": call.answered_ms, "ended_ms": now,
-                              "cause": wire.CAUSE_TEXT.get(cause, str(cause)),
-                              "setup_ms": (call.alerted_ms - call.started_ms) if call.alerted_ms else None})
+            self.records.add(call_record(call, self.config.name, cause, now, wall_ms()))
             self._upload_records(now)
 
     def _upload_records(self, now):
         if not self.main_link.up:
             return
         for record in self.records.pending():
-            record = dict(record)
             if record["uid"] in self.uploading:
                 continue
-            record.pop("origin", None)
-            record.pop("id", None)
-            data = json.dumps(record, separators=(",", ":")).encode()
-            if self.main_link.send_signal(wire.RECORDS, {wire.IE_DATA: data[:255]}, now):
+            data = encode_upload(record)
+            if self.main_link.send_signal(wire.RECORDS, {wire.IE_DATA: data}, now):
                 self.uploading.add(record["uid"])
 
     # B2: hole punching
