@@ -175,17 +175,18 @@ _CTR_SUFFIXES = None if MICROPYTHON else [b""] + [i.to_bytes(4, "big") for i in 
 
 
 class ReplayWindow:
-    """Sliding window over packet numbers (RFC 6479 style): one byte per slot, no bignums.
+    """Sliding window over packet numbers (RFC 6479 style): one bit per slot, no bignums.
 
     Media numbers are timestamps in ms, 20 apart: 1024 slots accept a frame up to
-    about one second late (more than the jitter buffer's 120 ms holds anyway).
+    about one second late (more than the jitter buffer's 120 ms holds anyway). The
+    1024 slots take 128 bytes: a handset's heap holds one window per media leg.
     """
 
     SIZE = 1024
 
     def __init__(self):
         self.highest = -1
-        self._seen = bytearray(self.SIZE)
+        self._seen = bytearray(self.SIZE >> 3)
 
     def check(self, number):
         """True when number is new: not seen and not older than the window."""
@@ -193,7 +194,8 @@ class ReplayWindow:
             return True
         if self.highest - number >= self.SIZE:
             return False
-        return not self._seen[number % self.SIZE]
+        slot = number % self.SIZE
+        return not self._seen[slot >> 3] & (1 << (slot & 7))
 
     def mark(self, number):
         """Record number as seen; call only after the packet authenticated."""
@@ -201,23 +203,15 @@ class ReplayWindow:
         if number > self.highest:
             gap = number - self.highest
             if gap >= self.SIZE:
-                for i in range(self.SIZE):
+                for i in range(len(seen)):
                     seen[i] = 0
-            elif MICROPYTHON:
-                for n in range(self.highest + 1, number):
-                    seen[n % self.SIZE] = 0
             else:
-                # CPython: clear the skipped slots with slice assignments, not a bytecode loop
-                # (media numbers are ms, 20 apart: 19 slots a frame)
-                a = (self.highest + 1) % self.SIZE
-                b = number % self.SIZE
-                if a <= b:
-                    seen[a:b] = bytes(b - a)
-                else:
-                    seen[a:] = bytes(self.SIZE - a)
-                    seen[:b] = bytes(b)
+                for n in range(self.highest + 1, number):
+                    slot = n % self.SIZE
+                    seen[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
             self.highest = number
-        seen[number % self.SIZE] = 1
+        slot = number % self.SIZE
+        seen[slot >> 3] |= 1 << (slot & 7)
 
 
 def extend16(highest, value):

@@ -55,17 +55,13 @@ DIRECTORY = const(0x70)
 
 HANDSHAKE_TYPES = (HELLO, CHALLENGE, RESPONSE)
 
-MESSAGE_NAMES = {
-    HELLO: "HELLO", CHALLENGE: "CHALLENGE", RESPONSE: "RESPONSE", WELCOME: "WELCOME",
-    ACK: "ACK", PING: "PING", BYE: "BYE", SETUP: "SETUP", ALERTING: "ALERTING",
-    ANSWER: "ANSWER", RELEASE: "RELEASE", DTMF: "DTMF", MEDIA_PEER: "MEDIA_PEER",
-    LOCAL_REQUEST: "LOCAL_REQUEST", LOCAL_GRANT: "LOCAL_GRANT", LOCAL_REFUSE: "LOCAL_REFUSE",
-    PUNCH_OFFER: "PUNCH_OFFER", PUNCH: "PUNCH", PUNCH_RESULT: "PUNCH_RESULT",
-    SYSINFO: "SYSINFO", SYSINFO_ACK: "SYSINFO_ACK", RECORDS: "RECORDS",
-    PHONE_STATE: "PHONE_STATE", DIRECTORY: "DIRECTORY",
-}
+# MESSAGE_NAMES {type: "NAME"} is built on first use (module __getattr__ below) from this text:
+# a handset never needs it, and one string costs less heap than a dict of two dozen names.
+_MESSAGES = """01 HELLO 02 CHALLENGE 03 RESPONSE 04 WELCOME 06 ACK 07 PING 08 BYE 10 SETUP 12 ALERTING
+13 ANSWER 14 RELEASE 16 DTMF 17 MEDIA_PEER 20 LOCAL_REQUEST 21 LOCAL_GRANT 22 LOCAL_REFUSE 30 PUNCH_OFFER
+31 PUNCH 32 PUNCH_RESULT 40 SYSINFO 41 SYSINFO_ACK 50 RECORDS 60 PHONE_STATE 70 DIRECTORY"""
 
-# information elements: type -> (name, kind); kinds: u8 u16 u32 u64 idx str bytes addr
+# information elements (their layouts: _IES below)
 IE_EXTENSION = const(0x01)
 IE_HOST_NAME = const(0x02)
 IE_SESSION_INDEX = const(0x03)
@@ -93,34 +89,76 @@ IE_PEER_NAME = const(0x23)
 IE_PEER_KEY = const(0x24)
 IE_STATE = const(0x25)
 
-IE_SPEC = {
-    IE_EXTENSION: ("extension", "str", 1, 15),
-    IE_HOST_NAME: ("host_name", "str", 1, 63),
-    IE_SESSION_INDEX: ("session_index", "idx", 3, 3),
-    IE_NONCE: ("nonce", "bytes", 16, 16),
-    IE_COOKIE: ("cookie", "bytes", 16, 16),
-    IE_TTL: ("ttl", "u16", 2, 2),
-    IE_TIME: ("time", "u64", 8, 8),
-    IE_CALL_NO: ("call_no", "u16", 2, 2),
-    IE_PEER_CALL_NO: ("peer_call_no", "u16", 2, 2),
-    IE_CALLED: ("called", "str", 1, 31),
-    IE_CALLING: ("calling", "str", 1, 31),
-    IE_CALLING_NAME: ("calling_name", "str", 0, 63),
-    IE_CAUSE: ("cause", "u8", 1, 1),
-    IE_CALL_ID: ("call_id", "bytes", 8, 8),
-    IE_MEDIA_KEY: ("media_key", "bytes", 16, 16),
-    IE_DIGIT: ("digit", "str", 1, 1),
-    IE_ADDRESS: ("address", "addr", 6, 6),
-    IE_PATH: ("path", "u8", 1, 1),
-    IE_CODEC: ("codec", "u8", 1, 1),
-    IE_ROLE: ("role", "u8", 1, 1),
-    IE_VERSION: ("version", "u32", 4, 4),
-    IE_CHUNK: ("chunk", "u32", 4, 4),
-    IE_DATA: ("data", "bytes", 0, 255),
-    IE_PEER_NAME: ("peer_name", "str", 1, 63),
-    IE_PEER_KEY: ("peer_key", "bytes", 32, 32),
-    IE_STATE: ("state", "u8", 1, 1),
-}
+# IE type, name, kind, least and most value bytes. IE_SPEC {type: (name, kind, lo, hi)} is built
+# from this text on first use (hosts, tests, docs); the codec reads _LAYOUT, 3 bytes per type.
+_IES = """01 extension str 1 15
+02 host_name str 1 63
+03 session_index idx 3 3
+04 nonce bytes 16 16
+05 cookie bytes 16 16
+06 ttl u16 2 2
+07 time u64 8 8
+10 call_no u16 2 2
+11 peer_call_no u16 2 2
+12 called str 1 31
+13 calling str 1 31
+14 calling_name str 0 63
+15 cause u8 1 1
+16 call_id bytes 8 8
+17 media_key bytes 16 16
+18 digit str 1 1
+19 address addr 6 6
+1a path u8 1 1
+1b codec u8 1 1
+1c role u8 1 1
+20 version u32 4 4
+21 chunk u32 4 4
+22 data bytes 0 255
+23 peer_name str 1 63
+24 peer_key bytes 32 32
+25 state u8 1 1"""
+_KINDS = ("str", "bytes", "addr")  # codes 1, 2, 3 in _LAYOUT; any other kind is an unsigned integer (4)
+_UINT = const(4)
+_MAX_IE = const(0x25)
+
+
+def _ie_rows():
+    for line in _IES.split("\n"):
+        ie, name, kind, lo, hi = line.split()
+        yield int(ie, 16), name, kind, int(lo), int(hi)
+
+
+def _layout():
+    table = bytearray(3 * (_MAX_IE + 1))  # kind 0: not a known IE
+    for ie, _, kind, lo, hi in _ie_rows():
+        table[3 * ie] = _KINDS.index(kind) + 1 if kind in _KINDS else _UINT
+        table[3 * ie + 1] = lo
+        table[3 * ie + 2] = hi
+    return bytes(table)
+
+
+_LAYOUT = _layout()
+
+
+def ie_name(ie):
+    """The name of a known IE type ("extension"), for errors and logs."""
+    for row in _ie_rows():
+        if row[0] == ie:
+            return row[1]
+    return "IE 0x%02x" % ie
+
+
+def __getattr__(name):
+    """MESSAGE_NAMES and IE_SPEC, built on first use and kept."""
+    if name == "MESSAGE_NAMES":
+        words = _MESSAGES.split()
+        value = {int(words[i], 16): words[i + 1] for i in range(0, len(words), 2)}
+    elif name == "IE_SPEC":
+        value = {row[0]: row[1:] for row in _ie_rows()}
+    else:
+        raise AttributeError(name)
+    globals()[name] = value
+    return value
 
 # release causes, shown on the phone
 CAUSE_NORMAL = const(0)
@@ -265,18 +303,21 @@ def encode_ies(items):
     out = bytearray()
     for ie in sorted(items):
         value = items[ie]
-        name, kind, lo, hi = IE_SPEC[ie]
-        if kind == "str":
+        kind = _LAYOUT[3 * ie] if 0 <= ie <= _MAX_IE else 0
+        if not kind:
+            raise KeyError(ie)
+        lo, hi = _LAYOUT[3 * ie + 1], _LAYOUT[3 * ie + 2]
+        if kind == 1:  # str
             raw = value.encode()
-        elif kind == "bytes":
+        elif kind == 2:  # bytes
             raw = bytes(value)
-        elif kind == "addr":
+        elif kind == 3:  # addr
             host, port = value
             raw = bytes(int(p) for p in host.split(".")) + bytes(((port >> 8) & 0xFF, port & 0xFF))
         else:
             raw = _uint_bytes(value, hi)
         if not lo <= len(raw) <= hi:
-            raise ValueError("IE %s: length %d outside %d..%d" % (name, len(raw), lo, hi))
+            raise ValueError("IE %s: length %d outside %d..%d" % (ie_name(ie), len(raw), lo, hi))
         out.append(ie)
         out.append(len(raw))
         out.extend(raw)
@@ -309,25 +350,24 @@ def decode_ies(data, base=0):
             raise DecodeError("IE 0x%02x" % ie, base + offset, "length %d runs past the frame" % length)
         if ie in items:
             raise DecodeError("IE 0x%02x" % ie, base + offset, "repeated")
-        spec = IE_SPEC.get(ie)
-        if spec is not None:
-            items[ie] = _ie_value(spec, ie, data[start:end], base + offset)
+        if ie <= _MAX_IE and _LAYOUT[3 * ie]:
+            items[ie] = _ie_value(ie, data[start:end], base + offset)
         offset = end
     return items
 
 
-def _ie_value(spec, ie, raw, offset):
-    name, kind, lo, hi = spec
+def _ie_value(ie, raw, offset):
+    kind, lo, hi = _LAYOUT[3 * ie], _LAYOUT[3 * ie + 1], _LAYOUT[3 * ie + 2]
     if not lo <= len(raw) <= hi:
-        raise DecodeError(name, offset, "length %d outside %d..%d" % (len(raw), lo, hi))
-    if kind == "str":
+        raise DecodeError(ie_name(ie), offset, "length %d outside %d..%d" % (len(raw), lo, hi))
+    if kind == 1:  # str
         try:
             return bytes(raw).decode()
         except UnicodeError:
-            raise DecodeError(name, offset, "not UTF-8")
-    if kind == "bytes":
+            raise DecodeError(ie_name(ie), offset, "not UTF-8")
+    if kind == 2:  # bytes
         return bytes(raw)
-    if kind == "addr":
+    if kind == 3:  # addr
         return ("%d.%d.%d.%d" % (raw[0], raw[1], raw[2], raw[3]), (raw[4] << 8) | raw[5])
     value = 0
     for b in raw:

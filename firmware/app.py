@@ -31,7 +31,10 @@ RING_TONE = "ringback"     # the ringer: the speaker plays the ring-back cadence
 KEY_OFF_HOOK = "A"         # lift: dial tone when idle, answers a ringing call
 KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
 TONE_TIMEOUT_MS = 30000    # busy and reorder stop by themselves after this
-RX_BYTES = 1600
+# recv(n) takes n contiguous bytes from the heap for every datagram (then gives back the rest):
+# 1600 failed on a fragmented 160 KB heap. The largest v1 frame a phone gets is a full frame
+# holding every IE at its longest (about 720 bytes); media frames are 168.
+RX_BYTES = 768
 # DSCP in the IP TOS byte: voice EF, signalling CS3. The unix port takes IP_TOS (Linux numbers
 # when the module lacks the names); stock ESP32 MicroPython's setsockopt has no IP_TOS (it prints
 # "option not implemented" and does nothing), so the handset does not mark there.

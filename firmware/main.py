@@ -4,6 +4,7 @@ On a device (or a virtual handset's device directory) it reads upbx_config.json 
 `upbx deploy` writes it: {"version": 1, "board", "wifi_ssid", "wifi_password", "host",
 "port", "extension", "secret"}, and the board file board.json.
 """
+import gc
 import json
 import sys
 import time
@@ -56,11 +57,13 @@ def main():
     path = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1].endswith(".json") else "upbx_config.json"
     config = load_config(path)
     from firmware.app import App
+    gc.collect()  # importing leaves garbage: collect it before the long-lived objects are made
     hal = make_hal(config)
     app = None
     try:
         wait_for_network(hal)
         app = App(config, hal)
+        gc.collect()
         asyncio.run(app.run())
     except KeyboardInterrupt:  # Ctrl-C from the console or mpremote
         hal.log("I", "phone", "stopped by Ctrl-C")

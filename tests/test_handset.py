@@ -13,7 +13,7 @@ import wave
 
 import pytest
 
-from firmware.audio.tones import goertzel_power
+from firmware.audio.dtmf import goertzel_power
 from tests.support import ROOT, micropython_binary
 from tools.lab import LoopbackExchange, audio_match, place_call, write_noise_wav
 from tools.phone import compiled_tree
