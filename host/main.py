@@ -1,9 +1,9 @@
 """The main host: directory, logins, routing, relay, permissions, call records (B1-B3)."""
-import json
 import os
 import time
 
 from common import wire
+from host.chunks import encode, send_chunked
 from host.daemon import Daemon, StructuredLog, now_ms, wall_ms
 from host.directory import MAIN_ORIGIN, Directory
 from host.records import call_record, decode_upload
@@ -112,13 +112,9 @@ class MainHost(Daemon):
             self.send(datagram, peer.address)
 
     def _send_blob(self, link, msg_type, version, obj, now):
-        data = obj if isinstance(obj, bytes) else json.dumps(obj, separators=(",", ":")).encode()
-        chunks = [data[i:i + 250] for i in range(0, len(data), 250)] or [b""]
-        for i, chunk in enumerate(chunks):
-            link.send_signal(msg_type, {wire.IE_VERSION: version, wire.IE_CHUNK: (i << 16) | len(chunks),
-                                        wire.IE_DATA: chunk}, now)
+        count = send_chunked(link, msg_type, version, obj, now)
         self.stats.count("%s copies sent" % wire.MESSAGE_NAMES[msg_type].lower())
-        return len(chunks)
+        return count
 
     def _sysinfo(self, site):
         """(version, encoded JSON) of the system information for one site, built once per version.
@@ -138,7 +134,7 @@ class MainHost(Daemon):
             info["sites"] = [s.name for s in self.directory.sites()]
             info["directory"] = {e.number: e.name for e in self.directory.extensions(site)}
             info["time"] = int(time.time())
-            cached = self._sysinfo_cache[key] = json.dumps(info, separators=(",", ":")).encode()
+            cached = self._sysinfo_cache[key] = encode(info)
         return version, cached
 
     def _send_sysinfo(self, link, now):
@@ -340,6 +336,11 @@ class MainHost(Daemon):
         link.send_signal(wire.RECORDS, {wire.IE_CALL_ID: bytes.fromhex(record["uid"])}, now)
 
     # timers
+
+    def on_burst(self, now):
+        # relayed trunk frames leave as soon as the datagrams that were waiting are handled
+        # (docs/protocol.md, trunking): the relay hop adds no wait for the next tick
+        self.switch.flush_relayed(now)
 
     def on_tick(self, now):
         self.switch.flush(now)

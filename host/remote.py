@@ -14,6 +14,7 @@ from common.media import MediaLeg
 from common.session import seal_handshake, verify_handshake
 from common.crypto import HmacKey
 from common.media import call_kbps
+from host.chunks import Reassembly, send_chunked
 from host.daemon import Daemon, StructuredLog, wall_ms
 from host.records import RecordStore, call_record, encode_upload
 from host.sessions import SessionTable
@@ -28,27 +29,6 @@ IDLE_DEAD_MS = 5000
 CALL_KEEPALIVE_MS = 1000
 CALL_DEAD_MS = 2000
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
-
-
-class Blob:
-    """Reassembles a chunked DIRECTORY or SYSINFO transfer."""
-
-    def __init__(self):
-        self.version = None
-        self.chunks = {}
-
-    def add(self, ies):
-        version = ies.get(wire.IE_VERSION, 0)
-        chunk = ies.get(wire.IE_CHUNK, 1)
-        index, count = chunk >> 16, chunk & 0xFFFF
-        if version != self.version:
-            self.version, self.chunks = version, {}
-        self.chunks[index] = ies.get(wire.IE_DATA, b"")
-        if count and len(self.chunks) == count:
-            data = b"".join(self.chunks[i] for i in range(count))
-            self.chunks = {}
-            return json.loads(data)
-        return None
 
 
 class Pair:
@@ -93,7 +73,7 @@ class RemoteHost(Daemon):
         self.pairs = {}              # host name -> Pair
         self.pairs_by_index = {}
         self.pending_local = {}      # call id -> (call) waiting for LOCAL_GRANT
-        self.blobs = {wire.DIRECTORY: Blob(), wire.SYSINFO: Blob()}
+        self.blobs = {wire.DIRECTORY: Reassembly(), wire.SYSINFO: Reassembly()}
         self.sysinfo = self.directory.get("sysinfo") or {"version": None, "info": None}
         self.sysinfo_acked = {}      # extension -> version
         self.uploading = set()
@@ -273,11 +253,7 @@ class RemoteHost(Daemon):
     def _send_sysinfo(self, link, now):
         if self.sysinfo.get("info") is None:
             return
-        data = json.dumps(self.sysinfo["info"], separators=(",", ":")).encode()
-        chunks = [data[i:i + 250] for i in range(0, len(data), 250)] or [b""]
-        for i, chunk in enumerate(chunks):
-            link.send_signal(wire.SYSINFO, {wire.IE_VERSION: self.sysinfo["version"],
-                                            wire.IE_CHUNK: (i << 16) | len(chunks), wire.IE_DATA: chunk}, now)
+        send_chunked(link, wire.SYSINFO, self.sysinfo["version"], self.sysinfo["info"], now)
         self.stats.count("sysinfo copies to phones")
 
     def _flush_phone(self, peer, now):
