@@ -11,16 +11,14 @@ import os
 from common import wire
 from common.login import UP, Login
 from common.media import MediaLeg
-from common.session import seal_handshake, verify_handshake
-from common.crypto import HmacKey
 from common.media import call_kbps
 from host.chunks import Reassembly, send_chunked
 from host.daemon import Daemon, StructuredLog, wall_ms
 from host.records import RecordStore, call_record, encode_upload
 from host.sessions import SessionTable
-from host.switch import Link, Switch, pair_keys
+from host.punch import Pairs
+from host.switch import Link, Switch
 
-PUNCH_INTERVAL_MS = 100
 PAIR_SILENCE_MS = 300   # no direct media for this long in an answered call: tell main where we are (B7)
 # B4: how fast the main host's loss is noticed. Idle: the keepalive_s PING must be answered
 # within IDLE_DEAD_MS. While calls through the main host are up: a PING every second and
@@ -29,27 +27,6 @@ IDLE_DEAD_MS = 5000
 CALL_KEEPALIVE_MS = 1000
 CALL_DEAD_MS = 2000
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
-
-
-class Pair:
-    """A direct path to another remote host, proven by authenticated PUNCH frames both ways."""
-
-    def __init__(self, name, key, role, address, local_index, now):
-        self.name = name
-        self.key = key
-        self.role = role
-        self.link = Link(name, "pair", address=address)
-        self.link.trunk_auth, self.link.trunk_recv_auth = pair_keys(key, role)
-        self.link.up = False
-        self.handshake = HmacKey(key)
-        self.local_index = local_index
-        self.heard = False
-        self.started_ms = now
-        self.next_punch_ms = now
-        self.reported = None
-        self.last_time = -1
-        self.last_heard_ms = now     # last authenticated frame (trunk or PUNCH) from the peer
-        self.probe_ms = 0            # last PING to the main host because this pair went silent
 
 
 class RemoteHost(Daemon):
@@ -70,8 +47,7 @@ class RemoteHost(Daemon):
         self.main_link.up = False
         self.records = RecordStore(config.records_database)
         self.phone_links = {}        # Peer.index -> Link
-        self.pairs = {}              # host name -> Pair
-        self.pairs_by_index = {}
+        self.pairs = Pairs(config.name, self, self._report_pair, punch_timeout_ms)
         self.pending_local = {}      # call id -> (call) waiting for LOCAL_GRANT
         self.blobs = {wire.DIRECTORY: Reassembly(), wire.SYSINFO: Reassembly()}
         self.sysinfo = self.directory.get("sysinfo") or {"version": None, "info": None}
@@ -116,11 +92,10 @@ class RemoteHost(Daemon):
             return
         if kind == wire.KIND_TRUNK:
             index = wire.session_of(data)
-            pair = self.pairs_by_index.get(index)
+            pair = self.pairs.by_index.get(index)
             if pair is not None:
                 if self.switch.trunk_in(data, pair.link, now, direct=True):
-                    pair.link.address = addr
-                    pair.last_heard_ms = now
+                    self.pairs.heard(pair, addr, now)
             elif index == self.login.local_index and self.login.state == UP:
                 if self.switch.trunk_in(data, self.main_link, now):
                     self.login.heard(now)
@@ -129,7 +104,7 @@ class RemoteHost(Daemon):
             return
         index, _seq, _ack, msg_type = wire.parse_full(data)
         if msg_type == wire.PUNCH:
-            self._punch_in(data, addr, now)
+            self.pairs.receive(data, addr, now)
         elif index == self.login.local_index and addr == self.main_address:
             self._from_main(data, now)
         elif index == self.login.local_index and self.login.state == UP and msg_type not in wire.HANDSHAKE_TYPES:
@@ -214,7 +189,7 @@ class RemoteHost(Daemon):
                 else:
                     self._refuse(call, ies.get(wire.IE_CAUSE, wire.CAUSE_NOT_PERMITTED), now)
         elif msg_type == wire.PUNCH_OFFER:
-            self._punch_offer(ies, now)
+            self.pairs.offer(ies, now)
         elif msg_type == wire.MEDIA_PEER:
             leg = self.switch.legs.get(ies.get(wire.IE_PEER_CALL_NO))
             pair = self.pairs.get(ies.get(wire.IE_PEER_NAME))
@@ -446,52 +421,6 @@ class RemoteHost(Daemon):
 
     # B2: hole punching
 
-    def _punch_offer(self, ies, now):
-        name = ies.get(wire.IE_PEER_NAME)
-        if name is None or wire.IE_PEER_KEY not in ies or wire.IE_ADDRESS not in ies:
-            self.stats.drop("punch offer missing IEs")
-            return
-        pair = self.pairs.get(name)
-        if pair is None or pair.key != ies[wire.IE_PEER_KEY]:
-            index = int.from_bytes(os.urandom(3), "big") & wire.MAX_SESSION or 1
-            pair = Pair(name, ies[wire.IE_PEER_KEY], ies.get(wire.IE_ROLE, 0), ies[wire.IE_ADDRESS], index, now)
-            self.pairs[name] = pair
-            self.pairs_by_index[index] = pair
-        else:
-            pair.link.address = ies[wire.IE_ADDRESS]
-            pair.started_ms = now
-            pair.reported = None if not pair.link.up else pair.reported
-        self.log.info("punch-start", peer=name, address="%s:%d" % pair.link.address)
-
-    def _punch_out(self, pair, now):
-        ies = {wire.IE_HOST_NAME: self.config.name, wire.IE_SESSION_INDEX: pair.local_index,
-               wire.IE_STATE: 1 if pair.heard else 0, wire.IE_TIME: now}
-        frame = seal_handshake(pair.handshake, pair.link.peer_index, wire.PUNCH, ies)
-        self.send(frame, pair.link.address)
-
-    def _punch_in(self, data, addr, now):
-        ies = wire.decode_ies(memoryview(data)[wire.FULL_HEADER:len(data) - wire.FULL_TAG], wire.FULL_HEADER)
-        pair = self.pairs.get(ies.get(wire.IE_HOST_NAME))
-        if pair is None or not verify_handshake(pair.handshake, data):
-            self.stats.drop("punch rejected")
-            return
-        sent_at = ies.get(wire.IE_TIME, 0)
-        if sent_at <= pair.last_time:
-            self.stats.drop("punch replayed")
-            return
-        pair.last_time = sent_at
-        pair.link.peer_index = ies.get(wire.IE_SESSION_INDEX, 0)
-        pair.link.address = addr
-        pair.last_heard_ms = now
-        first = not pair.heard
-        pair.heard = True
-        if ies.get(wire.IE_STATE) == 1 and not pair.link.up:
-            pair.link.up = True
-            self.log.info("direct-path", peer=pair.name, address="%s:%d" % addr)
-            self._report_pair(pair, wire.PATH_DIRECT, now)
-        if first or not pair.link.up:
-            self._punch_out(pair, now)
-
     def _report_pair(self, pair, path, now):
         if pair.reported != path:
             pair.reported = path
@@ -526,17 +455,8 @@ class RemoteHost(Daemon):
             self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
         else:
             self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
+        self.pairs.tick(now)
         for pair in self.pairs.values():
-            if not pair.link.up and now - pair.started_ms < self.punch_timeout_ms:
-                if now >= pair.next_punch_ms:
-                    pair.next_punch_ms = now + PUNCH_INTERVAL_MS
-                    self._punch_out(pair, now)
-            elif not pair.link.up and pair.reported is None:
-                self.log.info("relay-path", peer=pair.name, reason="no direct path within %d ms" % self.punch_timeout_ms)
-                self._report_pair(pair, wire.PATH_RELAY, now)
-            elif pair.link.up and now >= pair.next_punch_ms:
-                pair.next_punch_ms = now + 15000   # keeps the direct NAT bindings open
-                self._punch_out(pair, now)
             if pair.link.up:
                 self._probe_if_silent(pair, now)
         timer = self.login.next_timer()
