@@ -4,6 +4,7 @@ The protocol logic lives in common/ and in host/switch.py; this module only
 moves bytes and time, and makes sure no datagram can stop the daemon.
 """
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -144,21 +145,12 @@ class StructuredLog:
         self._emit(logging.ERROR, event, fields)
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, daemon):
-        self.daemon = daemon
-
-    def datagram_received(self, data, addr):
-        self.daemon._datagram(data, addr)
-
-    def error_received(self, exc):
-        self.daemon.stats.count("socket errors")
-
-
 class Daemon:
     """Base of MainHost and RemoteHost. Subclasses implement on_datagram, on_tick, status."""
 
     TICK_MS = 20
+    RX_BURST = 64            # datagrams read per wake-up before timers get a turn
+    TX_QUEUE = 4096          # datagrams held while the send buffer is full
 
     def __init__(self, name, listen, log, control_socket=""):
         self.name = name
@@ -167,30 +159,91 @@ class Daemon:
         self.control_socket = control_socket
         self.stats = Stats()
         self.meter = BandwidthMeter()
-        self.transport = None
+        self.sock = None
+        self._rx = bytearray(65536)
+        self._tx_queue = collections.deque()
         self._stopping = None
         self.started_ms = now_ms()
 
     # sending: voice marked EF, signalling CS3 (per datagram, via the socket's TOS)
 
     def send(self, data, address, voice=False):
-        sock = self.transport.get_extra_info("socket")
         tos = DSCP_EF if voice else DSCP_CS3
-        if self._tos != tos:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
-            self._tos = tos
-        self.transport.sendto(bytes(data), address)
-        self.stats.count("media out" if voice else "signalling out")
-        self.stats.count("bytes out", len(data))
+        if self._tx_queue:
+            self._queue(data, address, tos)
+        else:
+            if self._tos != tos:
+                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+                self._tos = tos
+            try:
+                self.sock.sendto(data, address)
+            except (BlockingIOError, InterruptedError):
+                self._queue(data, address, tos)
+            except OSError:
+                self.stats.count("socket errors")
+        counters = self.stats.counters
+        key = "media out" if voice else "signalling out"
+        counters[key] = counters.get(key, 0) + 1
+        counters["bytes out"] = counters.get("bytes out", 0) + len(data)
         self.meter.add(address, len(data), True)
+
+    def _queue(self, data, address, tos):
+        """Hold a datagram (with its DSCP) until the socket can take it; order is kept."""
+        if len(self._tx_queue) >= self.TX_QUEUE:
+            self.stats.drop("send queue full")
+            return
+        if not self._tx_queue:
+            asyncio.get_running_loop().add_writer(self.sock.fileno(), self._writable)
+        self._tx_queue.append((bytes(data), address, tos))
+
+    def _writable(self):
+        queue = self._tx_queue
+        while queue:
+            data, address, tos = queue[0]
+            if self._tos != tos:
+                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+                self._tos = tos
+            try:
+                self.sock.sendto(data, address)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.stats.count("socket errors")
+            queue.popleft()
+        asyncio.get_running_loop().remove_writer(self.sock.fileno())
+
+    def _readable(self):
+        """Read the datagrams that are waiting (up to RX_BURST), then let the host end the burst.
+
+        One recvfrom_into per datagram into a buffer allocated once, instead of
+        asyncio's datagram transport (a callback and a new bytes object each).
+        """
+        sock = self.sock
+        rx = self._rx
+        for _ in range(self.RX_BURST):
+            try:
+                n, addr = sock.recvfrom_into(rx)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.stats.count("socket errors")
+                continue
+            self._datagram(rx[:n], addr)
+        try:
+            self.on_burst(now_ms())
+        except Exception as exc:
+            self.stats.drop("internal error")
+            self.log.error("internal-error", error=repr(exc), where="burst")
+            logging.getLogger(self.name).exception("after a burst")
 
     def _datagram(self, data, addr):
         now = now_ms()
-        self.stats.count("datagrams in")
-        self.stats.count("bytes in", len(data))
+        counters = self.stats.counters
+        counters["datagrams in"] = counters.get("datagrams in", 0) + 1
+        counters["bytes in"] = counters.get("bytes in", 0) + len(data)
         self.meter.add(addr, len(data), False)
         try:
-            self.on_datagram(bytearray(data), addr, now)
+            self.on_datagram(data, addr, now)
         except wire.DecodeError as exc:
             self.stats.drop("malformed: " + exc.field)
             self.log.debug("drop", reason=str(exc), source="%s:%d" % addr)
@@ -228,12 +281,14 @@ class Daemon:
     async def run(self):
         loop = asyncio.get_running_loop()
         self._tos = None
-        self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=self.listen)
-        self.address = self.transport.get_extra_info("sockname")
+        family, _type, _proto, _name, sockaddr = socket.getaddrinfo(
+            self.listen[0], self.listen[1], type=socket.SOCK_DGRAM)[0]
+        sock = self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(sockaddr)
+        self.address = sock.getsockname()
         # Room for bursts (every site's trunk frames of one tick can arrive together):
         # the default ~200 KB holds fewer than 100 full trunk frames.
-        sock = self.transport.get_extra_info("socket")
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
@@ -249,6 +304,7 @@ class Daemon:
             server = await asyncio.start_unix_server(self._control, path=self.control_socket)
         self.log.info("started", listen="%s:%d" % self.address[:2], pid=os.getpid())
         self.on_start(now_ms())
+        loop.add_reader(sock.fileno(), self._readable)
         ticker = asyncio.ensure_future(self._ticker())
         try:
             await self._stopping.wait()
@@ -259,7 +315,11 @@ class Daemon:
                 server.close()
                 if os.path.exists(self.control_socket):
                     os.unlink(self.control_socket)
-            self.transport.close()
+            loop.remove_reader(sock.fileno())
+            if self._tx_queue:
+                loop.remove_writer(sock.fileno())
+                self._tx_queue.clear()
+            sock.close()
             self.log.info("stopped", stats=json.dumps(self.stats.as_dict()))
 
     def stop(self):
@@ -277,6 +337,10 @@ class Daemon:
         raise NotImplementedError
 
     def on_tick(self, now):
+        pass
+
+    def on_burst(self, now):
+        """The datagrams that were waiting have been handled (a relaying host flushes its trunks here)."""
         pass
 
     def bandwidth_owners(self):
