@@ -463,8 +463,9 @@ class App:
         if self.record is not None:
             self.record.close()
         self.summary["heap"] = self.heap()
+        self.summary["jitter"] = self.pipeline.jitter.stats()  # receive path: late, concealed, delay (docs/handset.md)
         if self.script.get("summary"):
             with open(self.script["summary"], "w") as f:
-                f.write(json.dumps(self.summary))
+                json.dump(self.summary, f)  # streamed: no copy of the whole summary on a small heap
         self.log("I", "summary " + json.dumps(self.summary))
         self.hal.close()

@@ -1,23 +1,42 @@
 """Voice quality end to end: spoken audio through the real firmware, the hosts and a lossy,
-jittery link, scored with PESQ narrowband. Concealment must beat silence substitution."""
+jittery link, scored with PESQ narrowband. A clean call must sound as good as G.711 itself
+(the transport adds nothing), jitter alone must not lose frames, and concealment must beat
+silence substitution by a clear margin."""
 import shutil
 import time
 
 import pytest
 
 pytest.importorskip("pesq", reason="pip install pesq (in pyproject.toml dependencies)")
+pytest.importorskip("scipy", reason="pip install scipy (in pyproject.toml dependencies)")
 if not shutil.which("espeak-ng"):
     pytest.skip("espeak-ng not installed", allow_module_level=True)
 
-from tools.quality import run_calls  # noqa: E402
+from tools.quality import LEVEL_DBOV, active_level_dbov, codec_ceiling, corpus, run_calls  # noqa: E402
 
 
-def test_concealment_beats_silence_at_5_percent_loss_and_clean_calls_sound_good(tmp_path):
+def test_corpus_is_speech_at_the_p56_level_pesq_expects():
+    samples = corpus(2)
+    for s in samples:
+        assert 7.5 <= len(s) / 8000 <= 12                    # P.862: 8-20 s with pauses
+        assert abs(active_level_dbov(s) - LEVEL_DBOV) < 0.3
+        assert abs(int(s[:800].astype(int).sum())) == 0          # starts in silence
+
+
+def test_concealment_beats_silence_at_5_percent_loss_and_clean_calls_sound_like_g711(tmp_path):
     started = time.monotonic()
-    mos = run_calls([(0, True), (5, True), (5, False)], workdir=str(tmp_path))
+    samples = corpus(2)  # a male and a female voice, about 17 s of speech per call
+    runs = run_calls([(0, True, 1), (5, True, 1050), (5, False, 1050)], workdir=str(tmp_path),
+                     samples=samples, concurrent=3)
     elapsed = time.monotonic() - started
-    print("MOS-LQO: clean %.2f; 5 %% loss + 30 ms jitter: PLC %.2f, no PLC %.2f (%.0f s)" % (
-        mos[(0, True)], mos[(5, True)], mos[(5, False)], elapsed))
-    assert mos[(0, True)] >= 3.5
-    assert mos[(5, True)] > mos[(5, False)] + 0.3
+    ceiling = sum(codec_ceiling(samples)) / len(samples)
+    clean, plc, silence = runs[(0, True, 1)], runs[(5, True, 1050)], runs[(5, False, 1050)]
+    print("MOS-LQO: G.711 alone %.2f, clean call %.2f; 5 %% loss (%.1f %% lost) + 30 ms jitter: PLC %.2f, "
+          "no PLC %.2f (%.0f s); clean call jitter buffer %s" % (
+              ceiling, clean["mos"], plc["lost_pct"], plc["mos"], silence["mos"], elapsed, clean["jitter"]))
+    assert clean["mos"] >= 4.0
+    assert clean["mos"] >= ceiling - 0.05           # the network and firmware add nothing audible
+    assert clean["jitter"]["late"] <= 2 and clean["jitter"]["resyncs"] == 0
+    assert plc["mos"] > silence["mos"] + 0.3
+    assert plc["mos"] >= 2.9
     assert elapsed < 90
