@@ -102,8 +102,8 @@ def _alaw_linear(code):
 
 
 # Decode tables: sample (unsigned 16-bit, native order) for each code, 512 bytes each.
-_ULAW_TABLE = array("H", [_ulaw_linear(c) for c in range(256)])
-_ALAW_TABLE = array("H", [_alaw_linear(c) for c in range(256)])
+_ULAW_TABLE = array("H", (_ulaw_linear(c) for c in range(256)))
+_ALAW_TABLE = array("H", (_alaw_linear(c) for c in range(256)))
 
 
 def _encode_portable(code_of, pcm, out):

@@ -1,74 +1,8 @@
 """Handset entry point: `micropython firmware/main.py CONFIG.json` on the unix port, main.py on a device.
 
-On a device (or a virtual handset's device directory) it reads upbx_config.json as
-`upbx deploy` writes it: {"version": 1, "board", "wifi_ssid", "wifi_password", "host",
-"port", "extension", "secret"}, and the board file board.json.
+MicroPython compiles this file from source at boot, on the heap: it stays two lines and the
+start-up code lives in firmware/start.py, which arrives as .mpy (docs/handset.md, Memory).
 """
-import gc
-import json
-import sys
-import time
-
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
-
-
-CONFIG_VERSION = 1
-REQUIRED = ("host", "port", "extension", "secret")
-
-
-def load_config(path):
-    """The device configuration; ValueError names the file and the missing or bad key."""
-    with open(path) as f:
-        config = json.load(f)
-    if config.get("version", CONFIG_VERSION) != CONFIG_VERSION:
-        raise ValueError("%s: version %r, this firmware reads %d" % (path, config.get("version"), CONFIG_VERSION))
-    for key in REQUIRED:
-        if key not in config:
-            raise ValueError("%s: missing %r (run upbx deploy with --host, --extension, --secret)" % (path, key))
-    return config
-
-
-def make_hal(config):
-    if sys.platform == "linux":
-        from firmware.hal import unix
-        return unix.Hal(source=config.get("audio_in") or None, sink=config.get("audio_out") or None,
-                        name=config.get("extension", "phone"))
-    from firmware.hal import esp32
-    with open("board.json") as f:
-        board = json.load(f)
-    wifi = (config["wifi_ssid"], config.get("wifi_password", "")) if config.get("wifi_ssid") else None
-    return esp32.Hal(board, wifi)
-
-
-def wait_for_network(hal, timeout_ms=30000):
-    """Join Wi-Fi before the first socket is made (getaddrinfo needs it); the HAL retries every 5 s."""
-    start = hal.ticks_ms()
-    while not hal.network_up():
-        if hal.ticks_diff(hal.ticks_ms(), start) > timeout_ms:
-            hal.log("W", "wifi", "no network after %d s, still trying" % (timeout_ms // 1000))
-            start = hal.ticks_ms()
-        time.sleep_ms(100)
-
-
-def main():
-    path = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1].endswith(".json") else "upbx_config.json"
-    config = load_config(path)
-    from firmware.app import App
-    gc.collect()  # importing leaves garbage: collect it before the long-lived objects are made
-    hal = make_hal(config)
-    app = None
-    try:
-        wait_for_network(hal)
-        app = App(config, hal)
-        gc.collect()
-        asyncio.run(app.run())
-    except KeyboardInterrupt:  # Ctrl-C from the console or mpremote
-        hal.log("I", "phone", "stopped by Ctrl-C")
-        if app is not None:
-            app.finish()  # log out, write the summary, close the devices (a no-op if run() got to it)
-
+from firmware.start import main
 
 main()

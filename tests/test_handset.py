@@ -200,14 +200,17 @@ def test_ctrl_c_ends_the_loop_cleanly(lab):
     assert summary["registered"] is True and summary["heap"]["total"] > 0
 
 
-# The unix port is 64-bit: every object pointer and dict slot is twice an ESP32's, and importing
-# the firmware alone takes about 100 KB of its heap (docs/handset.md has the figures). A call
-# completes at 200K and not at 160K here; the test runs the .mpy tree, as a handset does.
-HEAP = "200K"
+# The unix port is 64-bit: pointers, dict slots and qstr entries are twice an ESP32's and the
+# heap's blocks are 32 bytes, not 16. Here the firmware imports into about 95 KB, holds about
+# 120 KB live before a call and 128 KB in one; a call completes at 150K and dies of a MemoryError
+# at 145K (docs/handset.md, Memory). The test keeps 10 KB above that edge and runs the .mpy tree,
+# as a handset does.
+HEAP = "160K"
+PEAK_LIVE_LIMIT = 136 * 1024   # measured 128.4 KB: fails when the firmware grows by 8 KB
 
 
 def test_a_whole_call_fits_a_small_heap(lab):
-    """The real App from .mpy, registered, a 3 s call with audio both ways, under -X heapsize=200K."""
+    """The real App from .mpy, registered, a 3 s call with audio both ways, under -X heapsize=160K."""
     compiled_tree()  # once, before two phones start from it
     back = lab.path("mem-301.wav")
     write_noise_wav(back, 10, 301)
@@ -219,8 +222,8 @@ def test_a_whole_call_fits_a_small_heap(lab):
     assert audio_match(back, record_back)[0]
     for tag in ("mem-101-301-caller", "mem-101-301-callee"):
         heap = lab.summary(tag)["heap"]
-        assert heap["total"] <= 200 * 1024
-        assert heap["peak_live"] < heap["total"]
+        assert heap["total"] <= 160 * 1024
+        assert heap["peak_live"] < PEAK_LIVE_LIMIT, heap
         print("%s: heap %d, peak in use %d (live after collection %d), least free %d" % (
             tag, heap["total"], heap["peak_alloc"], heap["peak_live"], heap["min_free"]))
 

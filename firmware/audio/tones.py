@@ -26,8 +26,9 @@ DTMF_COLS = (1209, 1336, 1477, 1633)
 DTMF_KEYS = ("123A", "456B", "789C", "*0#D")
 
 LEVEL = 0.25  # each component at -12 dBFS: a pair never clips
-_SINE = array("h", [int(32767 * LEVEL * math.sin(2 * math.pi * i / _TABLE_SIZE))
-                    for i in range(_TABLE_SIZE)])
+# a generator, not a list: a list of 1024 ints is an 8 KB block (on 64 bits) that a small heap may not have
+_SINE = array("h", (int(32767 * LEVEL * math.sin(2 * math.pi * i / _TABLE_SIZE))
+                    for i in range(_TABLE_SIZE)))
 
 
 def phase_increment(hz):

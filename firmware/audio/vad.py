@@ -34,7 +34,7 @@ def _energy_at(db):
 
 
 # energy thresholds, falling with the level byte: level = first d with energy >= _ENERGY_AT_DB[d]
-_ENERGY_AT_DB = array("i", [_energy_at(d) for d in range(SILENT_LEVEL + 1)])
+_ENERGY_AT_DB = array("i", (_energy_at(d) for d in range(SILENT_LEVEL + 1)))
 _MIN_SPEECH_ENERGY = _ENERGY_AT_DB[_MIN_SPEECH_DB]
 
 
@@ -127,7 +127,7 @@ class ComfortNoise:
             self._table[2 * i] = v & 0xFF
             self._table[2 * i + 1] = (v >> 8) & 0xFF
         # Q15 gain giving rms 32768 * 10^(-d/20) from rms 8192, capped at 1.0 (-12 dBov)
-        self._gain = array("i", [min(32768, int(4 * 32768 * 10 ** (-d / 20.0))) for d in range(SILENT_LEVEL + 1)])
+        self._gain = array("i", (min(32768, int(4 * 32768 * 10 ** (-d / 20.0))) for d in range(SILENT_LEVEL + 1)))
         self.level = None         # None: no comfort noise to play
 
     def _next(self):

@@ -1,0 +1,92 @@
+"""The reference kernels of firmware.audio.dsp in plain bytecode, sample by sample.
+
+CPython's audio path runs these (dsp.copy is copy_portable there); on MicroPython the viper
+kernels replace them and only the tests (viper against portable, sample for sample) and the
+benchmarks import this module, so a handset's heap does not hold both. Indexing is in
+samples of native-endian int16.
+"""
+
+
+def _get(buf, i):
+    v = buf[2 * i] | (buf[2 * i + 1] << 8)
+    return (v ^ 0x8000) - 0x8000
+
+
+def _put(buf, i, v):
+    buf[2 * i] = v & 0xFF
+    buf[2 * i + 1] = (v >> 8) & 0xFF
+
+
+def copy_portable(dst, doff, src, soff, n):
+    """dst[doff:doff+n] = src[soff:soff+n] (samples); overlapping ranges allowed."""
+    if dst is src and doff > soff:
+        rng = range(n - 1, -1, -1)
+    else:
+        rng = range(n)
+    for k in rng:
+        dst[2 * (doff + k)] = src[2 * (soff + k)]
+        dst[2 * (doff + k) + 1] = src[2 * (soff + k) + 1]
+
+
+def fill_portable(dst, doff, n, value):
+    """Set n samples from doff to value."""
+    for k in range(doff, doff + n):
+        _put(dst, k, value)
+
+
+def dot_portable(buf, i, j, n, step, shift):
+    """Sum over k = 0, step, 2*step... < n of (x[i+k] >> shift) * (x[j+k] >> shift)."""
+    s = 0
+    for k in range(0, n, step):
+        s += (_get(buf, i + k) >> shift) * (_get(buf, j + k) >> shift)
+    return s
+
+
+def peak_portable(buf, off, n):
+    """Largest absolute sample value in n samples from off."""
+    m = 0
+    for k in range(off, off + n):
+        v = _get(buf, k)
+        if v < 0:
+            v = -v
+        if v > m:
+            m = v
+    return m
+
+
+def crossfade_portable(dst, doff, src, soff, n):
+    """Fade dst out and src in linearly over n samples, in place in dst."""
+    d = n + 1
+    for k in range(n):
+        w = k + 1
+        v = (_get(dst, doff + k) * (d - w) + _get(src, soff + k) * w) // d
+        _put(dst, doff + k, v)
+
+
+def ramp_portable(buf, off, n, g0, g1):
+    """Scale n samples by a gain going linearly from g0 to g1 (Q15, 32768 = 1.0)."""
+    for k in range(n):
+        g = g0 + (g1 - g0) * k // n
+        _put(buf, off + k, (_get(buf, off + k) * g) >> 15)
+
+
+def add_tone_portable(dst, off, n, table, phase, inc):
+    """Add n samples (from off) of a 1024-entry int16 table oscillator into dst; returns the new phase.
+
+    phase and inc are 24-bit fixed point (the table index is phase >> 14)."""
+    for k in range(off, off + n):
+        v = _get(dst, k) + table[phase >> 14]
+        if v > 32767:
+            v = 32767
+        elif v < -32768:
+            v = -32768
+        _put(dst, k, v)
+        phase = (phase + inc) & 0xFFFFFF
+    return phase
+
+
+def slots32_to_pcm16_portable(dst, doff, src, soff, n):
+    """Top 16 bits of n little-endian 32-bit I2S slots (from slot soff) into samples from doff."""
+    for k in range(n):
+        dst[2 * (doff + k)] = src[4 * (soff + k) + 2]
+        dst[2 * (doff + k) + 1] = src[4 * (soff + k) + 3]
