@@ -284,7 +284,7 @@ def bench_quality(quick=False):
     samples = corpus(2 if quick else None)
     seeds = lambda loss: (1,) if loss == 0 or quick else (1, 2)
     cases = [(loss, plc, 1000 * s + int(loss * 10)) for loss in losses for s in seeds(loss) for plc in (True, False)]
-    runs = run_calls(cases, samples=samples, concurrent=2)
+    runs = run_calls(cases, samples=samples, concurrent=3)
     ceiling = codec_ceiling(samples)
     rows = []
     for loss in losses:

@@ -177,3 +177,15 @@ def test_timestamp_jump_while_playing_resyncs():
     play(jb, 3, 110, got)
     assert jb.resyncs == 1
     assert 50 in got and 51 in got
+
+
+def test_30_ms_uniform_jitter_alone_loses_no_frame_once_adapted():
+    # the quality benchmark's impairment: every frame delayed 0..30 ms, none lost
+    jb = JitterBuffer()
+    rand = lcg(11)
+    run_stream(jb, 100, 0, 30, rand)                  # adapting (starts at 40 ms)
+    assert 40 <= jb.target_ms <= 80, jb.target_ms
+    late, concealed, dropped = jb.late, jb.concealed, jb.dropped
+    played = run_stream(jb, 500, 110, 30, rand)
+    assert jb.late == late and jb.dropped == dropped and jb.resyncs == 0
+    assert played == 500 and jb.concealed - concealed <= 10  # only the 10 ticks after each stream ends
