@@ -149,7 +149,7 @@ class Daemon:
     """Base of MainHost and RemoteHost. Subclasses implement on_datagram, on_tick, status."""
 
     TICK_MS = 20
-    RX_BURST = 64            # datagrams read per wake-up before timers get a turn
+    RX_BURST = 16            # datagrams read per wake-up: bounds how long relayed frames wait for the flush
     TX_QUEUE = 4096          # datagrams held while the send buffer is full
 
     def __init__(self, name, listen, log, control_socket=""):
