@@ -94,6 +94,17 @@ if MICROPYTHON:
             p[off + k] = (v * g) >> 15
 
     @micropython.viper
+    def add_ramp(buf, off: int, n: int, d0: int, d1: int):
+        p = ptr16(buf)
+        for k in range(n):
+            v = ((p[off + k] ^ 0x8000) - 0x8000) + d0 + (d1 - d0) * (k + 1) // n
+            if v > 32767:
+                v = 32767
+            elif v < -32768:
+                v = -32768
+            p[off + k] = v
+
+    @micropython.viper
     def add_tone(dst, off: int, n: int, table, phase: int, inc: int) -> int:
         d = ptr16(dst)
         t = ptr16(table)
@@ -115,7 +126,8 @@ if MICROPYTHON:
             d[doff + k] = s[2 * (soff + k) + 1]
 
 else:
-    from firmware.audio.dsp_portable import (add_tone_portable as add_tone, copy_portable as copy,
+    from firmware.audio.dsp_portable import (add_ramp_portable as add_ramp, add_tone_portable as add_tone,
+                                             copy_portable as copy,
                                              crossfade_portable as crossfade, dot_portable as dot,
                                              fill_portable as fill, peak_portable as peak,
                                              ramp_portable as ramp,

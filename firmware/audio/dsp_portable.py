@@ -70,6 +70,17 @@ def ramp_portable(buf, off, n, g0, g1):
         _put(buf, off + k, (_get(buf, off + k) * g) >> 15)
 
 
+def add_ramp_portable(buf, off, n, d0, d1):
+    """Add to n samples an offset going linearly from d0 towards d1 (the last sample gets d1), clipped."""
+    for k in range(n):
+        v = _get(buf, off + k) + d0 + (d1 - d0) * (k + 1) // n
+        if v > 32767:
+            v = 32767
+        elif v < -32768:
+            v = -32768
+        _put(buf, off + k, v)
+
+
 def add_tone_portable(dst, off, n, table, phase, inc):
     """Add n samples (from off) of a 1024-entry int16 table oscillator into dst; returns the new phase.
 

@@ -8,7 +8,9 @@ Playout delay adapts between MIN_DELAY_MS and MAX_DELAY_MS: the target is
 frame_ms + 3 x the RFC 3550 interarrival jitter estimate, in whole frames. The
 buffer grows by holding the play position when it runs dry (late frames then
 still play) and shrinks by skipping one frame when, for a whole second, it
-never held fewer frames than target + 1.
+never held fewer frames than target + 1. peek() shows the frame the next get()
+will play (the concealer bridges a lost frame into it) and changes nothing but
+this: that frame is not the one skipped to shrink.
 """
 from common.compat import const
 
@@ -74,6 +76,7 @@ class JitterBuffer:
         self._last_arrival = 0
         self._last_ts = 0
         self._have_last = False
+        self._peeked = False    # the head frame was shown by peek(): do not skip it
 
     def _clamp(self, ms):
         f = self.frame_ms
@@ -171,11 +174,13 @@ class JitterBuffer:
             self._min_depth = depth
         self._window += 1
         if self._window >= _SHRINK_WINDOW_TICKS:
-            if self._min_depth * self.frame_ms > self.target_ms + self.frame_ms and depth > 1:
+            if (self._min_depth * self.frame_ms > self.target_ms + self.frame_ms and depth > 1
+                    and not self._peeked):
                 self._advance()
                 self.dropped += 1
             self._window = 0
             self._min_depth = 255
+        self._peeked = False
         slot = self._head
         had = self._full[slot]
         self._advance()
@@ -184,6 +189,13 @@ class JitterBuffer:
             return self._frames[slot]
         self.concealed += 1
         return self._missing
+
+    def peek(self):
+        """The payload the next get() will return as FRAME, or None if that frame is not here yet."""
+        if self.playing and self._newest >= 0 and self._full[self._head]:
+            self._peeked = True
+            return self._frames[self._head][1]
+        return None
 
     def _advance(self):
         self._full[self._head] = 0

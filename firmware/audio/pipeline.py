@@ -3,6 +3,8 @@
     mic frame (PCM) --encode()--> tx payload (G.711)          the caller frames and sends it
     rx payload --receive()--> JitterBuffer
     20 ms tick --playout()--> JitterBuffer.get --> decode | conceal --> speaker frame (PCM)
+                              (a lost frame whose successor is buffered is bridged into it:
+                               JitterBuffer.peek, Concealer.lost(out, ahead))
                               (a local tone, when one is playing, replaces the far end)
 """
 from common import g711
@@ -35,6 +37,7 @@ class AudioPipeline:
         self.tx_ts = 0           # 16-bit timestamp of the next frame encode() produces
         self._ts_step = ts_per_frame
         self.last_status = jitter.EMPTY
+        self.bridge = True       # two-sided concealment when the next frame is buffered
 
     def encode(self, pcm):
         """G.711 of one 320-byte PCM frame into tx_payload; returns its timestamp and advances it."""
@@ -56,7 +59,12 @@ class AudioPipeline:
             self._decode_into(payload, self._decoded)
             self.concealer.good(self._decoded, out)
         elif status == jitter.MISSING:
-            self.concealer.lost(out)
+            ahead = self.jitter.peek() if self.concealer.enabled and self.bridge else None
+            if ahead is not None:
+                self._decode_into(ahead, self._decoded)  # decoded again when it plays
+                self.concealer.lost(out, self._decoded)
+            else:
+                self.concealer.lost(out)
         else:
             self.tone.fill(out)  # silence unless a tone plays
             return out

@@ -10,6 +10,14 @@ after the first 10 ms and is silent after 60 ms. The first good frame after a
 loss is blended with the continued synthetic signal over 4 ms per 10 ms lost
 (at most 10 ms). Concealer(enabled=False) plays silence for lost frames instead.
 
+Two-sided concealment: when the frame after the lost one is already at hand
+(the jitter buffer holds it), lost(out, ahead) bridges the gap instead. The
+forward continuation above is cross-faded across the whole 20 ms into a
+backward one: the first pitch period of the next frame repeated back in time
+(its start blended with the period after it so the repeats join smoothly, its
+end pulled onto the next frame's first sample by a ramped offset). The gap then
+ends where the next frame begins, and that frame plays unmodified.
+
 All buffers are bytearrays of int16 samples allocated at construction.
 """
 from common.compat import const
@@ -24,6 +32,15 @@ PITCH_MAX = const(120)    # 66.7 Hz
 CORRLEN = const(160)      # 20 ms correlation window
 _MAX_LOOP = const(360)    # three periods of PITCH_MAX
 _MIN_ENERGY = const(250)  # per correlated sample, at full scale: below it assume PITCH_MAX
+
+
+_RAMP = const(80)         # samples over which a bridged gap's end is pulled onto the next frame
+PITCH_WINDOW = const(40)  # 5 ms: a bridged gap's pitch periods come from its edges
+
+
+def _sample(buf, i):
+    v = buf[2 * i] | (buf[2 * i + 1] << 8)
+    return v - 0x10000 if v & 0x8000 else v
 
 
 def find_pitch(hist, end=HISTORY):
@@ -69,6 +86,28 @@ def _score(hist, start, lag, step, shift):
     return (corr << 4) // (dsp.isqrt(energy) + 1) if corr < (1 << 26) else corr // ((dsp.isqrt(energy) >> 4) + 1)
 
 
+def local_pitch(buf, ref, direction):
+    """Pitch period (samples) of the PITCH_WINDOW samples at ref in buf, matched against those
+    `direction` (1 later, -1 earlier) a lag away, by normalised correlation; 0 if nothing matches."""
+    lo = ref if direction > 0 else ref - PITCH_MAX
+    peak = dsp.peak(buf, lo, PITCH_WINDOW + PITCH_MAX)
+    shift = 0
+    while (peak >> shift) > 2047:  # keeps every sum inside 31 bits
+        shift += 1
+    best, best_score = 0, 0
+    for lag in range(PITCH_MIN, PITCH_MAX + 1):
+        j = ref + direction * lag
+        energy = dsp.dot(buf, j, j, PITCH_WINDOW, 1, shift)
+        if energy < (_MIN_ENERGY * PITCH_WINDOW) >> (2 * shift):
+            continue
+        corr = dsp.dot(buf, ref, j, PITCH_WINDOW, 1, shift)
+        if corr > 0:
+            score = (corr << 4) // (dsp.isqrt(energy) + 1)
+            if score > best_score:
+                best, best_score = lag, score
+    return best
+
+
 class Concealer:
     """Turns a stream of good and lost 20 ms PCM frames into continuous audio."""
 
@@ -84,6 +123,7 @@ class Concealer:
         self.lost_run = 0       # 10 ms subframes concealed in the current loss
         self.pitch = 0
         self.concealed = 0      # frames concealed in total
+        self.bridged = 0        # of those, concealed from both sides
         self._periods = 0
         self._pos = 0
 
@@ -115,22 +155,65 @@ class Concealer:
             self.lost_run = 0
         dsp.copy(out, 0, h, HISTORY - FRAME - OVERLAP, FRAME)
 
-    def lost(self, out):
-        """Conceal one lost 20 ms frame; writes 20 ms of output into out."""
+    def lost(self, out, ahead=None):
+        """Conceal one lost 20 ms frame; writes 20 ms of output into out.
+
+        ahead: the decoded frame that follows the lost one, if it is already here; it must
+        then be the next frame given to good()."""
         self.concealed += 1
         if not self.enabled:
             dsp.fill(out, 0, FRAME, 0)
             return
         h = self._hist
         if self.lost_run == 0:
-            self._start_loss()
+            self._start_loss(ahead is not None)
         dsp.copy(h, 0, h, FRAME, HISTORY - FRAME)
-        self._synthesise(h, HISTORY - FRAME, FRAME)
+        if ahead is None:
+            self._synthesise(h, HISTORY - FRAME, FRAME)
+        elif self.lost_run == 0:
+            self._read_loop(h, HISTORY - FRAME, FRAME)  # one lost frame: the past at full level
+            self._bridge(ahead)
+        else:
+            self._synthesise(h, HISTORY - FRAME, FRAME)  # the last frame of a longer loss
+            self._bridge(ahead)
         dsp.copy(out, 0, h, HISTORY - FRAME - OVERLAP, FRAME)
 
-    def _start_loss(self):
+    def _bridge(self, ahead):
+        """Cross-fade the synthetic frame at the end of the history into ahead's first pitch
+        period repeated back in time, which ends where ahead begins; the loss is over."""
+        p = local_pitch(ahead, 0, 1) or self.pitch
+        q = p >> 2
+        back = self._next   # scratch: the forward state ends with this frame
+        # ahead's first period as a loop at back[FRAME:], its start blended from the period after it
+        dsp.copy(back, FRAME, ahead, p, q)
+        dsp.crossfade(back, FRAME, ahead, 0, q)
+        dsp.copy(back, FRAME + q, ahead, q, p - q)
+        # back[0:FRAME] = the loop repeated backwards in time from ahead[0]
+        k, j = 0, (p - FRAME % p) % p
+        while k < FRAME:
+            take = p - j
+            if take > FRAME - k:
+                take = FRAME - k
+            dsp.copy(back, k, back, FRAME + j, take)
+            k += take
+            j = 0
+        # the repeats end on ahead[p-1]: pull the end onto the sample that would precede ahead[0]
+        want = 2 * _sample(ahead, 0) - _sample(ahead, 1)
+        if want > 32767:
+            want = 32767
+        elif want < -32768:
+            want = -32768
+        dsp.add_ramp(back, FRAME - _RAMP, _RAMP, 0, want - _sample(back, FRAME - 1))
+        dsp.crossfade(self._hist, HISTORY - FRAME, back, 0, FRAME)
+        self.lost_run = 0
+        self._subframe_pos = 0
+        self.bridged += 1
+
+    def _start_loss(self, bridged=False):
         h = self._hist
         self.pitch = find_pitch(h)
+        if bridged:  # the gap's start follows the most recent period, not the last 20 ms's
+            self.pitch = local_pitch(h, HISTORY - PITCH_WINDOW, -1) or self.pitch
         dsp.copy(self._orig, 0, h, 0, HISTORY)
         self._periods = 1
         self._build_loop(self._loop, 1)
