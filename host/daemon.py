@@ -149,7 +149,8 @@ class Daemon:
     """Base of MainHost and RemoteHost. Subclasses implement on_datagram, on_tick, status."""
 
     TICK_MS = 20
-    RX_BURST = 16            # datagrams read per wake-up: bounds how long relayed frames wait for the flush
+    RX_BURST = 16            # datagrams read per wake-up before timers get a turn
+    BURST_HOLD_S = 0.0003    # on_burst at least this often while reading: relayed frames wait no longer
     TX_QUEUE = 4096          # datagrams held while the send buffer is full
 
     def __init__(self, name, listen, log, control_socket=""):
@@ -220,6 +221,8 @@ class Daemon:
         """
         sock = self.sock
         rx = self._rx
+        clock = time.monotonic
+        started = clock()
         for _ in range(self.RX_BURST):
             try:
                 n, addr = sock.recvfrom_into(rx)
@@ -229,6 +232,12 @@ class Daemon:
                 self.stats.count("socket errors")
                 continue
             self._datagram(rx[:n], addr)
+            if clock() - started >= self.BURST_HOLD_S:
+                self._end_burst()
+                started = clock()
+        self._end_burst()
+
+    def _end_burst(self):
         try:
             self.on_burst(now_ms())
         except Exception as exc:
