@@ -1,7 +1,7 @@
 """Voice quality end to end: spoken audio through the real firmware, the hosts and a lossy,
 jittery link, scored with PESQ narrowband. A clean call must sound as good as G.711 itself
 (the transport adds nothing), jitter alone must not lose frames, and concealment must beat
-silence substitution by a clear margin."""
+silence substitution by a clear margin, bridging most lost frames into the frame after them."""
 import shutil
 import time
 
@@ -32,11 +32,16 @@ def test_concealment_beats_silence_at_5_percent_loss_and_clean_calls_sound_like_
     ceiling = sum(codec_ceiling(samples)) / len(samples)
     clean, plc, silence = runs[(0, True, 1)], runs[(5, True, 1050)], runs[(5, False, 1050)]
     print("MOS-LQO: G.711 alone %.2f, clean call %.2f; 5 %% loss (%.1f %% lost) + 30 ms jitter: PLC %.2f, "
-          "no PLC %.2f (%.0f s); clean call jitter buffer %s" % (
-              ceiling, clean["mos"], plc["lost_pct"], plc["mos"], silence["mos"], elapsed, clean["jitter"]))
+          "no PLC %.2f (%.0f s); clean call jitter buffer %s; 5 %% with PLC %s" % (
+              ceiling, clean["mos"], plc["lost_pct"], plc["mos"], silence["mos"], elapsed, clean["jitter"],
+              plc["jitter"]))
     assert clean["mos"] >= 4.0
     assert clean["mos"] >= ceiling - 0.05           # the network and firmware add nothing audible
     assert clean["jitter"]["late"] <= 2 and clean["jitter"]["resyncs"] == 0
-    assert plc["mos"] > silence["mos"] + 0.3
-    assert plc["mos"] >= 2.9
+    # measured (AMD EPYC, 2 CPUs): 3.72 against 3.10; forward-only concealment gave 3.62
+    assert plc["mos"] > silence["mos"] + 0.4
+    assert plc["mos"] >= 3.5
+    # most losses are single frames with the next one already buffered: those are bridged
+    assert plc["jitter"]["peeked"] >= 0.7 * plc["jitter"]["concealed"], plc["jitter"]
+    assert silence["jitter"]["peeked"] == 0
     assert elapsed < 90

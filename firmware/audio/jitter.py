@@ -55,6 +55,7 @@ class JitterBuffer:
         self.dropped = 0     # frames skipped to shrink the delay
         self.resyncs = 0
         self.bad_size = 0
+        self.peeked = 0      # frames shown by peek() before they played (a loss bridged into them)
         self.jitter_x16 = 0  # RFC 3550 estimate, ms x 16
         self.target_ms = self._clamp(initial_delay_ms)
         self.delay_ms = 0    # buffered audio after the last get()
@@ -193,7 +194,9 @@ class JitterBuffer:
     def peek(self):
         """The payload the next get() will return as FRAME, or None if that frame is not here yet."""
         if self.playing and self._newest >= 0 and self._full[self._head]:
-            self._peeked = True
+            if not self._peeked:
+                self._peeked = True
+                self.peeked += 1
             return self._frames[self._head][1]
         return None
 
@@ -207,6 +210,6 @@ class JitterBuffer:
         """Counters as a dict (allocates: for reports, not for the audio path)."""
         return {"received": self.received, "late": self.late, "duplicate": self.duplicate,
                 "concealed": self.concealed, "dropped": self.dropped,
-                "resyncs": self.resyncs, "bad_size": self.bad_size,
+                "resyncs": self.resyncs, "bad_size": self.bad_size, "peeked": self.peeked,
                 "delay_ms": self.delay_ms, "target_ms": self.target_ms,
                 "jitter_ms": self.jitter_x16 // 16}

@@ -189,3 +189,45 @@ def test_30_ms_uniform_jitter_alone_loses_no_frame_once_adapted():
     played = run_stream(jb, 500, 110, 30, rand)
     assert jb.late == late and jb.dropped == dropped and jb.resyncs == 0
     assert played == 500 and jb.concealed - concealed <= 10  # only the 10 ticks after each stream ends
+
+
+def test_peek_shows_the_frame_the_next_get_plays_and_changes_nothing():
+    jb = JitterBuffer()
+    assert jb.peek() is None                   # nothing held
+    got, peeked = [], []
+    for i in range(12):
+        if i not in (4, 8, 9):
+            jb.put(i * 160, payload(i), 20 * i)
+        status, data = jb.get(20 * i + 10)
+        got.append(data[0] if status == FRAME else ("M" if status == MISSING else "E"))
+        if status == MISSING:
+            ahead = jb.peek()
+            peeked.append(None if ahead is None else ahead[0])
+            assert jb.peek() is ahead or bytes(jb.peek()) == bytes(ahead)   # peeking twice is the same
+    frames = [g for g in got if g != "E"]
+    assert frames[:9] == [0, 1, 2, 3, "M", 5, 6, 7, "M"], got
+    # 5 was buffered when 4 was missing; when 8 was, 9 was lost too and the buffer, dry, held
+    # its position a tick; when 9 was due again, 10 was here
+    assert peeked == [5, None, None, 10], peeked
+    assert jb.received == 9 and jb.concealed == got.count("M")
+    assert jb.peeked == 2 and jb.stats()["peeked"] == 2
+
+
+def test_a_peeked_frame_is_never_the_one_skipped_to_shrink():
+    plain, peeking = JitterBuffer(), JitterBuffer()
+    shown = []
+    for jb in (plain, peeking):
+        for i in range(4):                     # a burst: the buffer holds a surplus afterwards
+            jb.put(i * 160, payload(i), 0)
+    for t in range(150):
+        for jb in (plain, peeking):
+            jb.put(((t + 4) * 160) & 0xFFFF, payload(t + 4), 20 * t)
+        ahead = peeking.peek()
+        if ahead is not None:
+            shown.append(ahead[0])
+        status, data = peeking.get(20 * t + 10)
+        if ahead is not None:
+            assert status == FRAME and data[0] == shown[-1]
+        plain.get(20 * t + 10)
+    assert plain.dropped >= 1           # the plain buffer shrinks by skipping a frame
+    assert peeking.dropped == 0 and len(shown) >= 140

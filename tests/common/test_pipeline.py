@@ -70,6 +70,21 @@ def test_lost_frames_are_concealed_not_silent():
     assert concealed[0] > 6000 and concealed[1] > 4000
 
 
+def test_a_lost_frame_whose_successor_is_buffered_is_bridged_and_the_successor_plays_intact():
+    for codec, decode, encode in (("ulaw", g711.ulaw_decode, g711.ulaw_encode),
+                                  ("alaw", g711.alaw_decode, g711.alaw_encode)):
+        a, b, heard = call(codec, lose=(12,))
+        assert b.jitter.concealed == 1 and b.concealer.bridged == 1, codec
+        # frame 12 played at tick 13; frames 13.. exactly as decoded, from the first sample on
+        start = 160 * 12 + 30
+        for f in (13, 14, 20):
+            ref = decode(encode(bytes(sine_frame(160 * f))))
+            at = start + 160 * (f - 12)
+            assert heard[at:at + 160] == [sample(ref, k) for k in range(160)], (codec, f)
+        gap = heard[start:start + 160]
+        assert min(gap) < -6000 and max(gap) > 6000    # a 400 Hz tone through the gap, not a dip
+
+
 def test_plc_off_plays_silence_for_lost_frames():
     a = pipeline.AudioPipeline(plc_enabled=False)
     b = pipeline.AudioPipeline(plc_enabled=False)
