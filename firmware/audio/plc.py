@@ -11,12 +11,14 @@ loss is blended with the continued synthetic signal over 4 ms per 10 ms lost
 (at most 10 ms). Concealer(enabled=False) plays silence for lost frames instead.
 
 Two-sided concealment: when the frame after the lost one is already at hand
-(the jitter buffer holds it), lost(out, ahead) bridges the gap instead. The
-forward continuation above is cross-faded across the whole 20 ms into a
-backward one: the first pitch period of the next frame repeated back in time
+(the jitter buffer holds it), lost(out, ahead) bridges the gap instead: the last
+pitch period of the past, repeated at full level, is cross-faded across the
+whole 20 ms into the first pitch period of the next frame repeated back in time
 (its start blended with the period after it so the repeats join smoothly, its
-end pulled onto the next frame's first sample by a ramped offset). The gap then
-ends where the next frame begins, and that frame plays unmodified.
+end pulled onto the next frame's first sample by a ramped offset); each period
+is measured on the 5 ms at its edge of the gap. The gap then ends where the next
+frame begins, and that frame plays unmodified. The last frame of a longer loss
+is bridged the same way from the attenuated continuation.
 
 All buffers are bytearrays of int16 samples allocated at construction.
 """
@@ -32,10 +34,8 @@ PITCH_MAX = const(120)    # 66.7 Hz
 CORRLEN = const(160)      # 20 ms correlation window
 _MAX_LOOP = const(360)    # three periods of PITCH_MAX
 _MIN_ENERGY = const(250)  # per correlated sample, at full scale: below it assume PITCH_MAX
-
-
-_RAMP = const(80)         # samples over which a bridged gap's end is pulled onto the next frame
 PITCH_WINDOW = const(40)  # 5 ms: a bridged gap's pitch periods come from its edges
+_RAMP = const(80)         # samples over which a bridged gap's end is pulled onto the next frame
 
 
 def _sample(buf, i):
