@@ -22,6 +22,7 @@ class MainHost(Daemon):
         self.sessions = SessionTable(self._secret_of, self.stats, config.registration_ttl_s * 1000)
         self.switch = Switch(self, config.trunk_mtu)
         self.links = {}          # Peer.index -> Link
+        self.links_by_name = {}  # (kind, name) -> Link
         self.pair_keys = {}      # frozenset of two host names -> 32-byte key
         self.local_calls = {}    # site -> set of call ids granted and not yet ended
         self._last_expiry_ms = 0
@@ -95,11 +96,13 @@ class MainHost(Daemon):
                 self._reoffer_pairs(link, now)
 
     def _logged_in(self, peer, now):
-        for index, link in list(self.links.items()):
-            if link.name == peer.name and link.kind == ("phone" if peer.kind == "ext" else "host"):
-                self._link_down(link, now, "logged in again")
-        link = Link(peer.name, "phone" if peer.kind == "ext" else "host", session=peer)
+        kind = "phone" if peer.kind == "ext" else "host"
+        old = self.links_by_name.get((kind, peer.name))
+        if old is not None:
+            self._link_down(old, now, "logged in again")
+        link = Link(peer.name, kind, session=peer)
         self.links[peer.index] = link
+        self.links_by_name[(kind, peer.name)] = link
         self.log.info("login", kind=link.kind, name=peer.name, address="%s:%d" % peer.address)
         if link.kind == "host":
             site = self.directory.remote_host(peer.name).site
@@ -110,6 +113,7 @@ class MainHost(Daemon):
     def _flush_signalling(self, peer, now):
         for datagram in peer.channel.datagrams_to_send(now):
             self.send(datagram, peer.address)
+        self.sessions.schedule(peer)
 
     def _send_blob(self, link, msg_type, version, obj, now):
         count = send_chunked(link, msg_type, version, obj, now)
@@ -250,7 +254,8 @@ class MainHost(Daemon):
                       frames=call.frames)
 
     def _flush_links(self, now):
-        for peer in list(self.sessions.peers.values()):
+        """Send what this turn queued, to every peer it was queued for (and only those)."""
+        for peer in self.sessions.take_dirty():
             self._flush_signalling(peer, now)
 
     # B2: hole punching between remote hosts
@@ -267,7 +272,7 @@ class MainHost(Daemon):
         for pair in list(self.pair_keys):
             if link.name in pair:
                 other_name = next(n for n in pair if n != link.name)
-                other = next((l for l in self.links.values() if l.name == other_name and l.kind == "host"), None)
+                other = self.links_by_name.get(("host", other_name))
                 if other is not None:
                     self._offer_pair(link, other, now)
 
@@ -350,12 +355,10 @@ class MainHost(Daemon):
                 call.a.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NO_ANSWER}, now)
                 call.b.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NO_ANSWER}, now)
                 self._ended(call, wire.CAUSE_NO_ANSWER, now)
-        for peer in list(self.sessions.peers.values()):
-            channel = peer.channel
-            timer = channel.next_timer()
-            if timer is not None and timer <= now:
-                channel.handle_timer(now)
+        for peer in self.sessions.due(now):
+            peer.channel.handle_timer(now)
             self._flush_signalling(peer, now)
+        self._flush_links(now)
         if now - self._last_expiry_ms > 1000:
             self._last_expiry_ms = now
             for peer in self.sessions.expired(now):
@@ -374,6 +377,8 @@ class MainHost(Daemon):
 
     def _link_down(self, link, now, reason):
         self.links.pop(link.session.index, None)
+        if self.links_by_name.get((link.kind, link.name)) is link:
+            del self.links_by_name[(link.kind, link.name)]
         link.up = False
         self.log.info("logout", kind=link.kind, name=link.name, reason=reason)
         for call in self.switch.calls_of(link):

@@ -234,6 +234,7 @@ class RemoteHost(Daemon):
     def _flush_phone(self, peer, now):
         for datagram in peer.channel.datagrams_to_send(now):
             self.send(datagram, peer.address)
+        self.sessions.schedule(peer)
 
     def _phone_link(self, number):
         peer = self.sessions.by_identity.get(("ext", number))
@@ -464,10 +465,10 @@ class RemoteHost(Daemon):
             self.login.handle_timer(now)
             self._login_events(now)
         self._flush_main(now)
-        for peer in list(self.sessions.peers.values()):
-            timer = peer.channel.next_timer()
-            if timer is not None and timer <= now:
-                peer.channel.handle_timer(now)
+        for peer in self.sessions.due(now):
+            peer.channel.handle_timer(now)
+            self._flush_phone(peer, now)
+        for peer in self.sessions.take_dirty():
             self._flush_phone(peer, now)
         for peer in self.sessions.expired(now):
             link = self.phone_links.get(peer.index)

@@ -4,6 +4,7 @@ A peer is its session (its keys), not its address: the address is updated from
 every authenticated frame, so a NAT rebinding or a new public address costs
 nothing (B7). Nothing is allocated for a datagram until it authenticates.
 """
+import heapq
 import os
 import secrets
 
@@ -16,8 +17,9 @@ from common.session import (COOKIE_BUCKET_MS, SessionCrypto, handshake_key, iden
 class Peer:
     """One logged-in client: a phone or a remote host."""
 
-    def __init__(self, index, kind, name, channel, address, now_ms, client_nonce):
+    def __init__(self, index, kind, name, channel, address, now_ms, client_nonce, dirty=None):
         self.index = index
+        self._dirty = dirty if dirty is not None else set()
         self.kind = kind            # "ext" or "host"
         self.name = name
         self.channel = channel
@@ -26,6 +28,11 @@ class Peer:
         self.logged_in_ms = now_ms
         self.client_nonce = client_nonce
         self.address_changes = 0
+
+    def send(self, msg_type, ies, now):
+        """Queue a message on this peer's channel; the daemon flushes it at the end of the turn."""
+        self.channel.send(msg_type, ies, now)
+        self._dirty.add(self)
 
     def __repr__(self):
         return "<Peer %s:%s #%d at %s>" % (self.kind, self.name, self.index, self.address)
@@ -40,6 +47,8 @@ class SessionTable:
         self.ttl_ms = ttl_ms
         self._cookie_secret = secrets.token_bytes(32)
         self.peers = {}                     # index -> Peer
+        self.dirty = set()                  # peers with messages queued since the last flush
+        self._timers = []                   # heap of (time, index): when a channel's timer may be due
         self._used_nonces = {}              # client nonce -> time, while its cookie could still be valid
         self.by_identity = {}               # (kind, name) -> Peer
         self._next_index = int.from_bytes(os.urandom(2), "big") + 1
@@ -94,13 +103,13 @@ class SessionTable:
         keys = session_keys(secret, nonce, cookie, False)
         channel = Channel(SessionCrypto(*keys), client_index)
         index = self._allocate_index()
-        peer = Peer(index, identity[0], identity[1], channel, address, now, nonce)
+        peer = Peer(index, identity[0], identity[1], channel, address, now, nonce, self.dirty)
         if old is not None:
             self.remove(old)
         self.peers[index] = peer
         self.by_identity[identity] = peer
-        channel.send(wire.WELCOME, {wire.IE_SESSION_INDEX: index, wire.IE_TTL: self.ttl_ms // 1000,
-                                    wire.IE_TIME: int(now)}, now)
+        peer.send(wire.WELCOME, {wire.IE_SESSION_INDEX: index, wire.IE_TTL: self.ttl_ms // 1000,
+                                 wire.IE_TIME: int(now)}, now)
         return None, peer
 
     def receive(self, datagram, address, now):
@@ -127,8 +136,41 @@ class SessionTable:
             return True
         return False
 
+    def take_dirty(self):
+        """The peers with something queued, once each; the set starts afresh."""
+        dirty = [p for p in self.dirty if p.index in self.peers]
+        self.dirty.clear()  # the same set object: every Peer holds a reference to it
+        return dirty
+
+    def schedule(self, peer):
+        """Note when peer's channel next needs its timer (retransmission)."""
+        when = peer.channel.next_timer()
+        if when is not None:
+            heapq.heappush(self._timers, (when, peer.index))
+
+    def due(self, now):
+        """Peers whose channel timer is due, each once, in time order (O(due), not O(peers))."""
+        out = []
+        seen = set()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _when, index = heapq.heappop(timers)
+            peer = self.peers.get(index)
+            if peer is None or index in seen:
+                continue
+            when = peer.channel.next_timer()
+            if when is None:
+                continue
+            if when > now:
+                heapq.heappush(timers, (when, index))
+                continue
+            seen.add(index)
+            out.append(peer)
+        return out
+
     def remove(self, peer):
         self.peers.pop(peer.index, None)
+        self.dirty.discard(peer)
         if self.by_identity.get((peer.kind, peer.name)) is peer:
             del self.by_identity[(peer.kind, peer.name)]
 

@@ -39,7 +39,7 @@ class Link:
 
     def send_signal(self, msg_type, ies, now):
         if self.session is not None:
-            self.session.channel.send(msg_type, ies, now)
+            self.session.send(msg_type, ies, now)
             return True
         if self.login is not None:
             return self.login.send(msg_type, ies, now)

@@ -84,3 +84,32 @@ def test_a_phone_registers_again_after_its_session_is_lost():
     end = _run(table, phone, 0, 5 * 60 * 1000)
     assert phone.state == UP and phone.logins == 2
     assert ("ext", "201") in table.by_identity
+
+
+def test_only_peers_with_due_timers_or_queued_messages_are_visited():
+    """The main host's tick visits what is due, not every registered phone."""
+    table = SessionTable(lambda ident: SECRET, Stats(), TTL_MS)
+    phones = []
+    for i in range(50):
+        phone = Login(wire.IE_EXTENSION, "2%02d" % i, SECRET, 100 + i, os.urandom)
+        phone.start(0)
+        _exchange(table, phone, 0)
+        phones.append(phone)
+    assert len(table.peers) == 50
+    table.take_dirty()
+    for peer in list(table.peers.values())[:20]:
+        peer.send(wire.PING, {}, 1000)
+        peer.channel.datagrams_to_send(1000)   # sent, never acknowledged
+        table.schedule(peer)
+    assert len(table.take_dirty()) == 20
+    # only those 20 are due for a resend, 250 ms later
+    assert table.due(1100) == []
+    assert len(table.due(1300)) == 20
+    assert table.due(1300) == []
+    # a message queued on one peer marks just that one for the next flush
+    peer = next(iter(table.peers.values()))
+    peer.send(wire.PING, {}, 400)
+    assert table.take_dirty() == [peer]
+    assert table.take_dirty() == []
+    peer.send(wire.PING, {}, 410)           # the set is still shared after being emptied
+    assert table.take_dirty() == [peer]
