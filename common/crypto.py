@@ -113,9 +113,15 @@ class CounterMode:
     def __init__(self, key, max_len=256):
         self._aes = Aes128(key)
         blocks = (max_len + 15) // 16
-        self._counter = bytearray(16 * blocks)
-        self._stream = bytearray(16 * blocks)
         self.max_len = 16 * blocks
+        if MICROPYTHON:
+            self._counter = bytearray(16 * blocks)
+            self._stream = bytearray(16 * blocks)
+        else:
+            # a host holds thousands of sessions: they share one keystream scratch buffer
+            # (used and consumed within one call, single-threaded), 1 KB less per session
+            self._counter = None
+            self._stream = _SCRATCH
 
     def crypt(self, nonce, buf, start, end):
         """XOR buf[start:end] with the keystream for nonce (12 bytes), in place."""
@@ -179,6 +185,7 @@ class CounterMode:
 
 # counter block suffixes be32(i) for CPython's counter mode, enough for 4 KB payloads
 _CTR_SUFFIXES = None if MICROPYTHON else [b""] + [i.to_bytes(4, "big") for i in range(256)]
+_SCRATCH = None if MICROPYTHON else bytearray(16 * 256)
 
 
 class ReplayWindow:
