@@ -224,24 +224,13 @@ class MainHost(Daemon):
 
     def _call_event(self, leg, msg_type, ies, now):
         call = leg.call
-        other = leg.other()
-        if msg_type == wire.ALERTING and call.state == "setup":
-            call.state = "alerting"
-            call.alerted_ms = now
-            other.send(wire.ALERTING, {}, now)
-            if call.b2 and self.config.direct_media:
-                self._media_peers(call, now)
-        elif msg_type == wire.ANSWER and call.state in ("setup", "alerting"):
-            call.state = "answered"
-            call.answered_ms = now
-            other.send(wire.ANSWER, {}, now)
+        event = self.switch.pass_on(leg, msg_type, ies, now)
+        if event == "alerting" and call.b2 and self.config.direct_media:
+            self._media_peers(call, now)
+        elif event == "answered":
             self.log.info("call-answered", call=call.uid, setup_ms=now - call.started_ms)
-        elif msg_type == wire.DTMF and wire.IE_DIGIT in ies:
-            other.send(wire.DTMF, {wire.IE_DIGIT: ies[wire.IE_DIGIT]}, now)
-        elif msg_type == wire.RELEASE:
-            cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
-            other.send(wire.RELEASE, {wire.IE_CAUSE: cause}, now)
-            self._ended(call, cause, now)
+        elif event == "released":
+            self._ended(call, call.cause, now)
         self._flush_links(now)
 
     def _ended(self, call, cause, now):

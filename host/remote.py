@@ -231,6 +231,11 @@ class RemoteHost(Daemon):
         send_chunked(link, wire.SYSINFO, self.sysinfo["version"], self.sysinfo["info"], now)
         self.stats.count("sysinfo copies to phones")
 
+    def _flush_phones(self, now):
+        """Send what this turn queued for phones, to those phones only."""
+        for peer in self.sessions.take_dirty():
+            self._flush_phone(peer, now)
+
     def _flush_phone(self, peer, now):
         for datagram in peer.channel.datagrams_to_send(now):
             self.send(datagram, peer.address)
@@ -369,28 +374,12 @@ class RemoteHost(Daemon):
 
     def _call_event(self, leg, msg_type, ies, now):
         call = leg.call
-        other = leg.other()
-        if other is None:
-            return
-        if msg_type == wire.ALERTING and call.state == "setup":
-            call.state = "alerting"
-            call.alerted_ms = now
-            other.send(wire.ALERTING, {}, now)
-            if call.path == "local":
-                self._local_media(call, now)
-        elif msg_type == wire.ANSWER and call.state in ("setup", "alerting"):
-            call.state = "answered"
-            call.answered_ms = now
-            other.send(wire.ANSWER, {}, now)
-        elif msg_type == wire.DTMF and wire.IE_DIGIT in ies:
-            other.send(wire.DTMF, {wire.IE_DIGIT: ies[wire.IE_DIGIT]}, now)
-        elif msg_type == wire.RELEASE:
-            cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
-            other.send(wire.RELEASE, {wire.IE_CAUSE: cause}, now)
-            self._ended(call, cause, now)
-        for l in (leg.link, other.link):
-            if l.session is not None:
-                self._flush_phone(l.session, now)
+        event = self.switch.pass_on(leg, msg_type, ies, now)
+        if event == "alerting" and call.path == "local":
+            self._local_media(call, now)
+        elif event == "released":
+            self._ended(call, call.cause, now)
+        self._flush_phones(now)
 
     def _local_media(self, call, now):
         """B3: both phones send media to each other on the LAN; no host carries it."""
@@ -468,8 +457,7 @@ class RemoteHost(Daemon):
         for peer in self.sessions.due(now):
             peer.channel.handle_timer(now)
             self._flush_phone(peer, now)
-        for peer in self.sessions.take_dirty():
-            self._flush_phone(peer, now)
+        self._flush_phones(now)
         for peer in self.sessions.expired(now):
             link = self.phone_links.get(peer.index)
             if link is not None:

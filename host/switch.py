@@ -157,6 +157,32 @@ class Switch:
         self.calls.pop(call.call_id, None)
         return True
 
+    def pass_on(self, leg, msg_type, ies, now):
+        """Apply ALERTING, ANSWER, DTMF or RELEASE from leg to its call and forward it to the
+        other leg; returns what happened ("alerting", "answered", "dtmf", "released" or None)."""
+        call = leg.call
+        other = leg.other()
+        if other is None:
+            return None
+        if msg_type == wire.ALERTING and call.state == "setup":
+            call.state = "alerting"
+            call.alerted_ms = now
+            other.send(wire.ALERTING, {}, now)
+            return "alerting"
+        if msg_type == wire.ANSWER and call.state in ("setup", "alerting"):
+            call.state = "answered"
+            call.answered_ms = now
+            other.send(wire.ANSWER, {}, now)
+            return "answered"
+        if msg_type == wire.DTMF and wire.IE_DIGIT in ies:
+            other.send(wire.DTMF, {wire.IE_DIGIT: ies[wire.IE_DIGIT]}, now)
+            return "dtmf"
+        if msg_type == wire.RELEASE:
+            call.cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
+            other.send(wire.RELEASE, {wire.IE_CAUSE: call.cause}, now)
+            return "released"
+        return None
+
     def leg_for(self, ies, link):
         """Our leg named by a message's peer call number, if it belongs to this link."""
         leg = self.legs.get(ies.get(wire.IE_PEER_CALL_NO))
