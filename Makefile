@@ -6,7 +6,7 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.upbx-setup
-DEBS   := iproute2 nftables socat espeak-ng
+DEBS   := python3-venv python3-dev build-essential iproute2 nftables socat espeak-ng
 
 .PHONY: setup demo test bench clean
 
