@@ -145,6 +145,8 @@ class Login:
         for msg_type, ies in messages:
             if msg_type == wire.WELCOME and self.state == RESPONSE_SENT:
                 self.channel.peer_index = ies.get(wire.IE_SESSION_INDEX, 0)
+                if wire.IE_KEEPALIVE in ies:  # the host knows what it needs: fast on a LAN, sparing at scale
+                    self.keepalive_ms = max(500, ies[wire.IE_KEEPALIVE])
                 self.state = UP
                 self.logins += 1
                 self._backoff_ms = self.backoff_initial_ms

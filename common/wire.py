@@ -88,6 +88,7 @@ IE_DATA = const(0x22)
 IE_PEER_NAME = const(0x23)
 IE_PEER_KEY = const(0x24)
 IE_STATE = const(0x25)
+IE_KEEPALIVE = const(0x26)
 
 # IE type, name, kind, least and most value bytes. IE_SPEC {type: (name, kind, lo, hi)} is built
 # from this text on first use (hosts, tests, docs); the codec reads _LAYOUT, 3 bytes per type.
@@ -116,10 +117,11 @@ _IES = """01 extension str 1 15
 22 data bytes 0 255
 23 peer_name str 1 63
 24 peer_key bytes 32 32
-25 state u8 1 1"""
+25 state u8 1 1
+26 keepalive u16 2 2"""
 _KINDS = ("str", "bytes", "addr")  # codes 1, 2, 3 in _LAYOUT; any other kind is an unsigned integer (4)
 _UINT = const(4)
-_MAX_IE = const(0x25)
+_MAX_IE = const(0x26)
 
 
 def _ie_rows():

@@ -27,6 +27,7 @@ IDLE_DEAD_MS = 5000
 CALL_KEEPALIVE_MS = 1000
 CALL_DEAD_MS = 2000
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
+PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is noticed within ~4 s (B4)
 
 
 class RemoteHost(Daemon):
@@ -36,7 +37,8 @@ class RemoteHost(Daemon):
         self.config = config
         self.punch_timeout_ms = punch_timeout_ms
         self.directory = self._load_cache()
-        self.sessions = SessionTable(self._secret_of, self.stats, config.registration_ttl_s * 1000)
+        self.sessions = SessionTable(self._secret_of, self.stats, config.registration_ttl_s * 1000,
+                                     phone_keepalive_ms=PHONE_KEEPALIVE_MS)
         self.switch = Switch(self, config.trunk_mtu)
         self.main_address = config.main
         self.login = Login(wire.IE_HOST_NAME, config.name, config.secret, int.from_bytes(os.urandom(2), "big") + 1,

@@ -41,10 +41,11 @@ class Peer:
 class SessionTable:
     """Logins and live sessions of one host, keyed by our receive index."""
 
-    def __init__(self, lookup_secret, stats, ttl_ms):
+    def __init__(self, lookup_secret, stats, ttl_ms, phone_keepalive_ms=None):
         self.lookup_secret = lookup_secret   # (kind, name) -> secret bytes or None
         self.stats = stats
         self.ttl_ms = ttl_ms
+        self.phone_keepalive_ms = phone_keepalive_ms  # told to phones in WELCOME (None: theirs)
         self._cookie_secret = secrets.token_bytes(32)
         self.peers = {}                     # index -> Peer
         self.dirty = set()                  # peers with messages queued since the last flush
@@ -108,8 +109,10 @@ class SessionTable:
             self.remove(old)
         self.peers[index] = peer
         self.by_identity[identity] = peer
-        peer.send(wire.WELCOME, {wire.IE_SESSION_INDEX: index, wire.IE_TTL: self.ttl_ms // 1000,
-                                 wire.IE_TIME: int(now)}, now)
+        welcome = {wire.IE_SESSION_INDEX: index, wire.IE_TTL: self.ttl_ms // 1000, wire.IE_TIME: int(now)}
+        if identity[0] == "ext" and self.phone_keepalive_ms:
+            welcome[wire.IE_KEEPALIVE] = self.phone_keepalive_ms
+        peer.send(wire.WELCOME, welcome, now)
         return None, peer
 
     def receive(self, datagram, address, now):

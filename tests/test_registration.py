@@ -113,3 +113,25 @@ def test_only_peers_with_due_timers_or_queued_messages_are_visited():
     assert table.take_dirty() == []
     peer.send(wire.PING, {}, 410)           # the set is still shared after being emptied
     assert table.take_dirty() == [peer]
+
+
+def test_the_host_sets_the_phones_keepalive_in_welcome():
+    """A phone straight at the main host keeps alive every 20 s; one on a LAN every 2 s."""
+    for wanted in (20000, 2000):
+        table = SessionTable(lambda ident: SECRET, Stats(), TTL_MS, phone_keepalive_ms=wanted)
+        phone = Login(wire.IE_EXTENSION, "201", SECRET, 7, os.urandom, keepalive_ms=5000)
+        phone.start(0)
+        _exchange(table, phone, 0)
+        assert phone.state == UP and phone.keepalive_ms == wanted
+        pings = []
+        now = 0
+        while now < 60000:
+            now += 500
+            if phone.next_timer() is not None and phone.next_timer() <= now:
+                phone.handle_timer(now)
+            pings += phone.datagrams_to_send(now)
+            for d in pings[-1:]:
+                peer, _ = table.receive(d, ADDR, now)
+                for r in peer.channel.datagrams_to_send(now) if peer else []:
+                    phone.receive(r, now)
+        assert len(pings) == 60000 // wanted

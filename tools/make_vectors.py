@@ -271,6 +271,7 @@ IE_EXAMPLES = {
     wire.IE_CODEC: wire.CODEC_ALAW, wire.IE_ROLE: 1, wire.IE_VERSION: 42, wire.IE_CHUNK: (2 << 16) | 5,
     wire.IE_DATA: seq_bytes(0, 12), wire.IE_PEER_NAME: "clinic", wire.IE_PEER_KEY: seq_bytes(0x30, 32),
     wire.IE_STATE: 1,
+    wire.IE_KEEPALIVE: 20000,
 }
 
 
