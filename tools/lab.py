@@ -178,7 +178,7 @@ class LoopbackExchange:
         tag = tag or number
         argv = upbx("phone", "--extension", number, "--secret", self.secrets[number], "--host",
                     self.host_of(number), "--bind", "127.0.0.1", "--summary", self.path(tag + ".summary.json"),
-                    *args)
+                    "--flash-dir", self.path("flash-" + tag), *args)
         return self.spawn("phone-" + tag, argv, stdin=subprocess.PIPE)
 
     def summary(self, tag):

@@ -71,6 +71,8 @@ def add_arguments(parser):
     parser.add_argument("--exit-after", type=float, help="quit after this many seconds")
     parser.add_argument("--exit-after-call", action="store_true", help="quit when the first call ends")
     parser.add_argument("--summary", help="write a JSON summary of the run here")
+    parser.add_argument("--flash-dir", help="keep the handset's flash (config, system information) in this "
+                                            "directory; default: a temporary one, removed at exit")
     parser.add_argument("--no-plc", action="store_true", help="turn packet loss concealment off")
     parser.add_argument("--vad", action="store_true",
                         help="silence suppression: no voice frames in silence, comfort-noise frames instead")
@@ -131,7 +133,10 @@ def run(args):
     except (ConfigError, ValueError) as exc:
         print("upbx phone: %s" % exc, file=sys.stderr)
         return 2
-    workdir = tempfile.mkdtemp(prefix="upbx-phone-")
+    # the handset's flash: kept where --flash-dir says (it survives restarts, like a device's),
+    # else a temporary directory removed when the phone stops
+    workdir = args.flash_dir or tempfile.mkdtemp(prefix="upbx-phone-")
+    os.makedirs(workdir, exist_ok=True)
     values["sysinfo_file"] = os.path.join(workdir, "sysinfo.json")
     path = os.path.join(workdir, "upbx_config.json")
     with open(path, "w") as f:
@@ -145,3 +150,6 @@ def run(args):
     except KeyboardInterrupt:
         proc.terminate()
         return proc.wait()
+    finally:
+        if not args.flash_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
