@@ -330,6 +330,9 @@ class RemoteHost(Daemon):
         ext = self.directory["extensions"].get(caller, {})
         if not self.directory.get("local_calls", True) or ext.get("barred"):
             return wire.CAUSE_NOT_PERMITTED
+        quota = self.directory.get("local_call_quota", 0)
+        if quota and sum(1 for c in self.switch.calls.values() if c.path == "local" and c.b is not None) >= quota:
+            return wire.CAUSE_NETWORK_BUSY  # the site's quota, as the main host would have said
         return None
 
     def _refuse(self, call, cause, now):
