@@ -4,7 +4,7 @@ import time
 
 from common import wire
 from host.chunks import encode, send_chunked
-from host.daemon import Daemon, StructuredLog, now_ms, wall_ms
+from host.daemon import Daemon, StructuredLog, wall_ms
 from host.directory import MAIN_ORIGIN, Directory
 from host.records import call_record, decode_upload
 from host.sessions import SessionTable
@@ -78,13 +78,10 @@ class MainHost(Daemon):
                 if peer:
                     self._logged_in(peer, now)
                 return
-            # SessionTable.receive updates the address itself: note the move before it does
-            known = self.sessions.peers.get(wire.session_of(data))
-            moved = known is not None and known.address != addr
             peer, messages = self.sessions.receive(data, addr, now)
             if peer is None:
                 return
-            self._touch(peer, addr, now, moved)
+            self._touch(peer, addr, now, peer.moved)
             for msg_type, ies in messages:
                 self._message(self.links[peer.index], msg_type, ies, now)
             self._flush_signalling(peer, now)

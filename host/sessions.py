@@ -28,6 +28,7 @@ class Peer:
         self.logged_in_ms = now_ms
         self.client_nonce = client_nonce
         self.address_changes = 0
+        self.moved = False          # the last authenticated frame came from a new address
 
     def send(self, msg_type, ies, now):
         """Queue a message on this peer's channel; the daemon flushes it at the end of the turn."""
@@ -127,7 +128,7 @@ class SessionTable:
         if peer.channel.authenticated == before:
             self.stats.drop("bad tag")
             return None, []
-        self.touch(peer, address, now)
+        peer.moved = self.touch(peer, address, now)  # the daemon reacts to a move (B7)
         return peer, messages
 
     def touch(self, peer, address, now):
