@@ -6,6 +6,7 @@ real firmware under the MicroPython unix port), prints what happened and stops
 everything it started.
 """
 import json
+import os
 import shutil
 import sys
 
@@ -23,12 +24,28 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each call")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, recordings)")
+    parser.add_argument("--micropython", metavar="PATH",
+                        help="the MicroPython binary every handset runs (e.g. a 32-bit image from upbx build)")
+    parser.add_argument("--heapsize", help="each handset's MicroPython heap, e.g. 64K (default 2M)")
+    parser.add_argument("--mpy", action="store_true", help="handsets load the firmware as .mpy files, not source")
 
 
-def run_demo(seconds=2.0, lab=None):
+def phone_args(args):
+    """The `upbx phone` flags the demo's handsets get from the demo's own flags."""
+    out = []
+    if args.micropython:
+        out += ["--micropython", os.path.abspath(args.micropython)]
+    if args.heapsize:
+        out += ["--heapsize", args.heapsize]
+    if args.mpy:
+        out.append("--mpy")
+    return out
+
+
+def run_demo(seconds=2.0, lab=None, phone_args=()):
     rows = []
     own = lab is None
-    lab = lab or LoopbackExchange()
+    lab = lab or LoopbackExchange(phone_args=phone_args)
     try:
         if own:
             lab.provision()
@@ -48,7 +65,7 @@ def run_demo(seconds=2.0, lab=None):
 
 def run(args):
     print("starting main host, remote hosts for sites A and B, phones at sites A, B, C ...", file=sys.stderr)
-    rows, lab = run_demo(args.seconds)
+    rows, lab = run_demo(args.seconds, phone_args=phone_args(args))
     if args.json:
         print(json.dumps({"calls": [{k: r[k] for k in ("behaviour", "from", "to", "path", "setup_ms",
                                                         "frames_sent", "frames_received", "audio_match")}

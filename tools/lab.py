@@ -81,7 +81,7 @@ class LoopbackExchange:
     """Main host + remote hosts for sites a, b + site c with phones straight at the main host."""
 
     def __init__(self, workdir=None, direct_media=True, ring_timeout_s=30, uplink_kbps=None, log_level="info",
-                 remote_settings=None):
+                 remote_settings=None, phone_args=()):
         self.dir = workdir or tempfile.mkdtemp(prefix="upbx-lab-")
         self.procs = []
         self.secrets = {}
@@ -93,6 +93,7 @@ class LoopbackExchange:
         self.remote_ports = {}
         self.remote_settings = remote_settings or {}   # extra [remote] keys, e.g. {"login_backoff_max_s": 2}
         self.argv = {}
+        self.phone_args = list(phone_args)  # flags every virtual handset gets, e.g. --micropython, --heapsize
 
     def path(self, name):
         return os.path.join(self.dir, name)
@@ -178,7 +179,7 @@ class LoopbackExchange:
         tag = tag or number
         argv = upbx("phone", "--extension", number, "--secret", self.secrets[number], "--host",
                     self.host_of(number), "--bind", "127.0.0.1", "--summary", self.path(tag + ".summary.json"),
-                    "--flash-dir", self.path("flash-" + tag), *args)
+                    "--flash-dir", self.path("flash-" + tag), *self.phone_args, *args)
         return self.spawn("phone-" + tag, argv, stdin=subprocess.PIPE)
 
     def summary(self, tag):

@@ -24,23 +24,38 @@ def micropython():
 # mpy-cross -march for this machine's unix port (viper needs native code); None: run from source
 NATIVE_MARCH = {"x86_64": "x64", "amd64": "x64", "i686": "x86", "i386": "x86", "armv7l": "armv7m"}.get(
     platform.machine().lower())
+# the native architecture field of sys.implementation._mpy (bits 10 and up; py/persistentcode.h)
+MPY_ARCH = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp",
+            8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc"}
 
 
-def compiled_tree():
-    """common/ and firmware/ as .mpy for this machine, as a handset holds them (cached, rebuilt when a source
-    is newer). Compiling source at import takes more heap than a small heap has: the unix port then
-    imports .mpy, as an ESP32 does. Returns the directory, or None when mpy-cross cannot target this CPU."""
-    if NATIVE_MARCH is None:
+def binary_march(binary):
+    """The mpy-cross -march that a MicroPython binary loads (from its sys.implementation._mpy)."""
+    try:
+        out = subprocess.run([binary, "-c", "import sys; print(sys.implementation._mpy)"],
+                             capture_output=True, text=True, timeout=20)
+        return MPY_ARCH.get(int(out.stdout.strip()) >> 10)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def compiled_tree(march=None):
+    """common/ and firmware/ as .mpy for a unix port (this machine's by default), as a handset holds them
+    (cached, rebuilt when a source is newer). Compiling source at import takes more heap than a small heap
+    has: the unix port then imports .mpy, as an ESP32 does. Returns the directory, or None when mpy-cross
+    cannot target the CPU."""
+    march = march or NATIVE_MARCH
+    if march is None:
         return None
     from tools import build as build_tool
-    out = os.path.join(ROOT, "build", "unix-" + NATIVE_MARCH)
+    out = os.path.join(ROOT, "build", "unix-" + march)
     stamp = os.path.join(out, build_tool.MARKER)
     newest = max(os.path.getmtime(os.path.join(ROOT, rel)) for rel, _ in build_tool.sources(ROOT))
     if os.path.exists(stamp) and os.path.getmtime(stamp) >= newest:
         return out
     fresh = "%s.%d" % (out, os.getpid())
     saved = build_tool.MARCH
-    build_tool.MARCH = NATIVE_MARCH  # the same build as `upbx build`, for this CPU instead of the ESP32
+    build_tool.MARCH = march  # the same build as `upbx build`, for this CPU instead of the ESP32
     try:
         build_tool.build(ROOT, fresh, log=lambda *a: None)
     finally:
@@ -80,6 +95,9 @@ def add_arguments(parser):
                         help="MicroPython heap, e.g. 100K for an ESP32-WROOM without PSRAM (default 2M)")
     parser.add_argument("--mpy", action="store_true",
                         help="run the firmware compiled to .mpy (as on a handset) instead of from source")
+    parser.add_argument("--micropython", metavar="PATH",
+                        help="the MicroPython binary the handset runs (default: the unix port in this venv), "
+                             "e.g. a 32-bit build from `upbx build --image unix32`")
 
 
 def device_config(args):
@@ -141,9 +159,19 @@ def run(args):
     path = os.path.join(workdir, "upbx_config.json")
     with open(path, "w") as f:
         json.dump(values, f)
-    tree = compiled_tree() if args.mpy else None
+    binary = args.micropython or micropython()
+    if args.micropython and not os.access(args.micropython, os.X_OK):
+        print("upbx phone: --micropython %s: not an executable file" % args.micropython, file=sys.stderr)
+        return 2
+    tree = None
+    if args.mpy:
+        march = binary_march(binary) if args.micropython else NATIVE_MARCH
+        tree = compiled_tree(march)
+        if tree is None:
+            print("upbx phone: --mpy: cannot tell which .mpy architecture %s loads" % binary, file=sys.stderr)
+            return 2
     env = dict(os.environ, MICROPYPATH=(tree or ROOT) + ":.frozen")
-    argv = [micropython(), "-X", "heapsize=" + args.heapsize, os.path.join(ROOT, "firmware", "main.py"), path]
+    argv = [binary, "-X", "heapsize=" + args.heapsize, os.path.join(ROOT, "firmware", "main.py"), path]
     proc = subprocess.Popen(argv, env=env, cwd=workdir)
     try:
         return proc.wait()
