@@ -10,6 +10,7 @@ not decrypted again (the main host authenticates and decrypts every frame).
 """
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,6 +64,7 @@ class MainUnderTest:
 
     def __init__(self, sites, phones=0, trunk_mtu=1472, cpu=0, workdir=None):
         from host.directory import Directory
+        self._own_dir = workdir is None
         self.dir = workdir or tempfile.mkdtemp(prefix="upbx-bench-")
         self.secrets = {}
         db = os.path.join(self.dir, "main.sqlite")
@@ -93,12 +95,16 @@ class MainUnderTest:
         self.log = open(os.path.join(self.dir, "main.log"), "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "main", "--config", config], cwd=ROOT,
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        self.pinned = pin(self.proc.pid, cpu)
-        deadline = time.time() + 10
-        while not os.path.exists(self.sock_path):
-            if time.time() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("main host did not start; see %s" % self.log.name)
-            time.sleep(0.02)
+        try:
+            self.pinned = pin(self.proc.pid, cpu)
+            deadline = time.time() + 10
+            while not os.path.exists(self.sock_path):
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("main host did not start; see %s" % self.log.name)
+                time.sleep(0.02)
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: stop it, leave nothing
+            self.close()
+            raise
 
     def status(self):
         from host.daemon import query_status
@@ -121,6 +127,8 @@ class MainUnderTest:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --- protocol clients -----------------------------------------------------------

@@ -6,6 +6,7 @@ so a broken or heavy module never slows down the others.
 """
 import argparse
 import importlib
+import signal
 import sys
 
 # subcommand -> (module, one-line help)
@@ -26,8 +27,28 @@ COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what timeout, systemd and CI send), handled like Ctrl-C: every `finally` runs."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    # the daemons install their own handlers once their loop runs; everything else (demo, bench,
+    # phone) stops the processes it started and removes its temporary files on the way out
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(argv)
+    except Terminated:
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+def _main(argv):
     parser = argparse.ArgumentParser(prog="upbx", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():

@@ -65,7 +65,13 @@ def run_demo(seconds=2.0, lab=None, phone_args=()):
 
 def run(args):
     print("starting main host, remote hosts for sites A and B, phones at sites A, B, C ...", file=sys.stderr)
-    rows, lab = run_demo(args.seconds, phone_args=phone_args(args))
+    lab = LoopbackExchange(phone_args=phone_args(args))
+    try:
+        rows, _ = run_demo(args.seconds, lab=_started(lab))
+    finally:
+        lab.close()
+        if not args.keep:
+            shutil.rmtree(lab.dir, ignore_errors=True)
     if args.json:
         print(json.dumps({"calls": [{k: r[k] for k in ("behaviour", "from", "to", "path", "setup_ms",
                                                         "frames_sent", "frames_received", "audio_match")}
@@ -80,7 +86,12 @@ def run(args):
                 r["behaviour"], r["from"], r["to"], r["path"], r["setup_ms"], r["frames_sent"],
                 r["frames_received"], r["frames_lost"], "ok" if r["audio_match"] else "BAD",
                 " ".join("%s=%d" % kv for kv in sorted(r["media_at_hosts"].items()))))
-        print("\nlogs and recordings: %s" % lab.dir if args.keep else "")
-    if not args.keep:
-        shutil.rmtree(lab.dir, ignore_errors=True)
+        if args.keep:
+            print("\nlogs and recordings: %s" % lab.dir)
     return 0 if all(r["audio_match"] for r in rows) else 1
+
+
+def _started(lab):
+    lab.provision()
+    lab.start()
+    return lab

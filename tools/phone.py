@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,16 @@ def compiled_tree(march=None):
     os.rename(fresh, out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def stop_handset(proc, grace_s=3.0):
+    """Ctrl-C to the firmware (it logs out and writes its summary), then SIGKILL if it does not end."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def add_arguments(parser):
@@ -175,9 +186,9 @@ def run(args):
     proc = subprocess.Popen(argv, env=env, cwd=workdir)
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (tools.cli): the handset logs out and writes its summary
+        stop_handset(proc)
+        raise
     finally:
         if not args.flash_dir:
             shutil.rmtree(workdir, ignore_errors=True)

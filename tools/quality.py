@@ -224,7 +224,16 @@ def run_calls(cases, workdir=None, samples=None, concurrent=2):
     way up, "jitter": the callee's JitterBuffer.stats()}}. Each case is its own caller/callee
     pair (1xx -> 3xx) with its own relay; cases with the same loss and seed meet the same
     relay decisions (packet k's fate depends on the seed and k only)."""
+    own_dir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="upbx-quality-")
+    try:
+        return _run_calls(cases, workdir, samples, concurrent)
+    finally:
+        if own_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_calls(cases, workdir, samples, concurrent):
     samples = samples if samples is not None else corpus()
     signal, offsets = call_signal(samples)
     ref_path = os.path.join(workdir, "speech.wav")
