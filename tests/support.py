@@ -21,6 +21,15 @@ def micropython_binary():
 
 
 def require_root():
-    """Skip with a printed reason unless running as root (namespaces, nftables)."""
+    """Skip with a printed reason unless running as root (namespaces, nftables); fails in CI."""
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces and nftables")
+
+
+def require_tool(name, install):
+    """The path of a program the test needs; skips with how to install it (a failure under CI=true,
+    see conftest.py)."""
+    path = shutil.which(name)
+    if not path:
+        pytest.skip("%s is not installed (%s)" % (name, install))
+    return path

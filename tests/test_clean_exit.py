@@ -5,13 +5,10 @@ Each command runs with TMPDIR pointing at an empty directory of the test's own; 
 means a process whose command line or working directory is in there, or a file in there.
 """
 import os
-import pathlib
 import signal
 import subprocess
 import sys
 import time
-
-import pytest
 
 from tests.support import ROOT, micropython_binary
 

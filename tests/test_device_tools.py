@@ -6,7 +6,6 @@ import json
 import os
 import pty
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +15,10 @@ import time
 
 import pytest
 
-from tests.support import ROOT, micropython_binary
+from tests.support import ROOT, micropython_binary, require_tool
 from tools import build, deploy
 from tools.vhandset import VirtualHandset
 
-pytestmark = pytest.mark.skipif(not shutil.which("socat"), reason="socat not installed")
 PY = sys.executable
 REF_BOARD = "esp32-devkitc-inmp441"
 STAMP = r"\d\d:\d\d:\d\d\.\d\d\d"
@@ -31,9 +29,14 @@ def upbx(*args, timeout=60, **kw):
                           text=True, timeout=timeout, **kw)
 
 
+def socat():
+    return require_tool("socat", "apt-get install socat; make test does it as root")
+
+
 @pytest.fixture
 def handset(tmp_path):
     micropython_binary()  # skips with a reason when the unix port is missing
+    socat()
     with VirtualHandset(tmp_path / "device") as h:
         yield h
 
@@ -112,6 +115,7 @@ def test_flash_to_a_missing_port_says_so(tmp_path):
 
 
 def test_flash_to_a_silent_port_gives_up_quickly(tmp_path):
+    socat()
     image = tmp_path / "mp.bin"
     image.write_bytes(b"\xe9" + bytes(255))
     link = tmp_path / "tty"
@@ -261,6 +265,7 @@ while True:
 @pytest.fixture
 def stand_in(tmp_path):
     micropython_binary()
+    socat()
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
     with VirtualHandset(tmp_path / "device", script=script) as h:

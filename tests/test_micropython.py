@@ -3,7 +3,9 @@
 The same files run under CPython through pytest's normal collection; here each
 one runs again, unchanged, with the `micropython` binary. Never skipped in CI.
 """
+import ast
 import pathlib
+import re
 import subprocess
 
 import pytest
@@ -22,3 +24,9 @@ def test_module_passes_under_micropython(module):
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, "MicroPython: %s failed:\n%s" % (module, output)
+    # every test the module defines ran and passed there: none silently missing or skipped
+    tree = ast.parse((HERE / "common" / (module + ".py")).read_text())
+    defined = sum(1 for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"))
+    ran = re.search(r"^%s: (\d+) passed, 0 failed$" % module, result.stdout, re.M)
+    assert ran and int(ran.group(1)) == defined, "MicroPython ran %s of %d tests in %s:\n%s" % (
+        ran and ran.group(1), defined, module, output)

@@ -2,17 +2,17 @@
 jittery link, scored with PESQ narrowband. A clean call must sound as good as G.711 itself
 (the transport adds nothing), jitter alone must not lose frames, and concealment must beat
 silence substitution by a clear margin, bridging most lost frames into the frame after them."""
-import shutil
 import time
 
 import pytest
 
-pytest.importorskip("pesq", reason="pip install pesq (in pyproject.toml dependencies)")
-pytest.importorskip("scipy", reason="pip install scipy (in pyproject.toml dependencies)")
-if not shutil.which("espeak-ng"):
-    pytest.skip("espeak-ng not installed", allow_module_level=True)
+from tests.support import require_tool
+from tools.quality import LEVEL_DBOV, active_level_dbov, codec_ceiling, corpus, run_calls
 
-from tools.quality import LEVEL_DBOV, active_level_dbov, codec_ceiling, corpus, run_calls  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def espeak():
+    require_tool("espeak-ng", "apt-get install espeak-ng; make test does it as root")
 
 
 def test_corpus_is_speech_at_the_p56_level_pesq_expects():

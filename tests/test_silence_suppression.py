@@ -9,13 +9,11 @@ in the pauses instead of dead air.
 import array
 import math
 import random
-import shutil
 import subprocess
 import wave
 
-import pytest
-
 from firmware.audio import vad
+from tests.support import require_tool
 from tools.lab import LoopbackExchange
 
 PHRASES = ["Hello, this is the front desk.", "Can you hear me?", "The delivery came in this morning.",
@@ -28,8 +26,7 @@ CN_WIRE = 4 + 1 + 4 + 28               # ... and of a comfort-noise one
 
 def speech_wav(path, seed=1):
     """8 kHz 16-bit mono conversation side: espeak-ng phrases separated by pauses, over low room noise."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    require_tool("espeak-ng", "apt-get install espeak-ng; make test does it as root")
     samples = array.array("h")
     for phrase, pause in zip(PHRASES, PAUSES_S):
         raw = str(path) + ".22k.wav"

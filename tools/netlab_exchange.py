@@ -147,9 +147,12 @@ def talk(ex, caller, callee, seconds=4.0, during=None, during_after_s=1.5, befor
     out = {"call": summary["calls"][0] if summary["calls"] else {}, "during": during_result,
            "before_call": before_result,
            "media_at_hosts": {k: after[k] - before.get(k, 0) for k in after}}
+    callee_calls = ex.summary(tag + "-callee")["calls"]
+    sent = {caller: out["call"].get("frames_sent", 0),
+            callee: callee_calls[0].get("frames_sent", 0) if callee_calls else 0}
     for listener, speaker in ((callee, caller), (caller, callee)):
-        match, matched = audio_match(wavs[speaker], records[listener])
         gap, gap_at, frames = gaps_ms(records[listener])
+        match, matched = audio_match(wavs[speaker], records[listener], sent[speaker], gap // 20)
         out["%s->%s" % (speaker, listener)] = {"match": match, "frames": frames, "matched": matched,
                                                 "gap_ms": gap, "gap_at_ms": gap_at}
     return out

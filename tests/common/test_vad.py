@@ -65,26 +65,40 @@ def test_talkspurts_are_voice_silence_is_not_and_the_hangover_keeps_word_endings
     assert detector.voice_frames == 50 + vad.HANGOVER_FRAMES
 
 
-def test_comfort_noise_frames_start_each_silence_then_every_200_ms_and_on_level_change():
-    detector = vad.VoiceActivityDetector()
+def _steady_then(detector, louder):
+    """2 s of steady background (rms 100, about -50 dBov), up to the frame just after a CN frame;
+    then 4 frames of background at rms 170 (louder: about -46 dBov, still below any speech) or
+    at rms 100 again. Returns ([(frame, level) of CN frames in the steady part], [levels in the last 4])."""
     pcm = bytearray(320)
     state = 3
     sent = []
-    for n in range(100):   # 2 s of steady background
+    n = 0
+    while n < 100 or not sent or sent[-1][0] != n - 1:
         state = _noise_frame(pcm, 100, state)
         if not detector.update(pcm) and detector.cn_due():
             sent.append((n, detector.level))
+        n += 1
+    after = []
+    for _ in range(4):
+        state = _noise_frame(pcm, 170 if louder else 100, state)
+        assert not detector.update(pcm)            # not speech
+        if detector.cn_due():
+            after.append(detector.level)
+    return sent, after
+
+
+def test_comfort_noise_frames_start_each_silence_then_every_200_ms_and_on_level_change():
+    sent, unchanged = _steady_then(vad.VoiceActivityDetector(), louder=False)
     assert sent[0][0] == 0
     gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:])]
-    assert gaps and max(gaps) <= vad.CN_REFRESH_FRAMES and len(sent) <= 100 // vad.CN_REFRESH_FRAMES + 3
+    assert gaps and max(gaps) <= vad.CN_REFRESH_FRAMES and len(sent) <= 110 // vad.CN_REFRESH_FRAMES + 3
     assert all(abs(level - 50) <= 3 for _n, level in sent)
-    # the room gets 12 dB louder (still no speech): a new level goes out before the next refresh
-    before = detector.cn_frames
-    for n in range(4):
-        state = _noise_frame(pcm, 60, state)  # quieter by about 4.4 dB: not speech
-        if not detector.update(pcm):
-            detector.cn_due()
-    assert detector.cn_frames > before
+    # a refresh is 10 frames away: with the same background nothing goes out in the next 4 ...
+    assert unchanged == []
+    # ... but when the room gets about 4.6 dB louder a frame with the new level goes out at once
+    _sent, changed = _steady_then(vad.VoiceActivityDetector(), louder=True)
+    assert len(changed) == 1, changed
+    assert changed[0] <= sent[-1][1] - vad.CN_LEVEL_STEP
 
 
 def test_comfort_noise_plays_at_the_level_it_was_told():
