@@ -44,4 +44,3 @@ def test_concealment_beats_silence_at_5_percent_loss_and_clean_calls_sound_like_
     # most losses are single frames with the next one already buffered: those are bridged
     assert plc["jitter"]["peeked"] >= 0.7 * plc["jitter"]["concealed"], plc["jitter"]
     assert silence["jitter"]["peeked"] == 0
-    assert elapsed < 90
