@@ -10,23 +10,26 @@ sides derive from the device secret; nothing is encrypted, nothing secret is sen
                                        <--   WELCOME(server index, ttl, time), first
                                              reliable message of the new session
 
-Session keys: HKDF(secret, salt = Nc || cookie, "upbx v1 session") -> 96 bytes:
+Session keys: HKDF(secret, salt = Nc || cookie, "upbx v2 session") -> 96 bytes:
 client-to-server auth (32) and enc (16), then server-to-client auth and enc.
-A session is identified by its receiver index, never by address (B7).
+A session is identified by its receiver index, never by address (B7). The tag of
+a session frame covers its 64-bit sequence number, of which only 16 bits are on
+the wire: a frame recorded 65,536 messages ago never verifies again.
 """
 from common import wire
+from common.compat import compare_digest
 from common.crypto import CounterMode, HmacKey, hkdf, hmac_sha256
 
 COOKIE_BUCKET_MS = 30000  # a cookie is valid in its 30 s bucket and the next
 
 
 def handshake_key(secret):
-    return HmacKey(hkdf(secret, b"", b"upbx v1 handshake", 32))
+    return HmacKey(hkdf(secret, b"", b"upbx v2 handshake", 32))
 
 
 def session_keys(secret, client_nonce, cookie, is_client):
     """(send_auth, send_enc, recv_auth, recv_enc) for one side of a new session."""
-    m = hkdf(secret, client_nonce + cookie, b"upbx v1 session", 96)
+    m = hkdf(secret, client_nonce + cookie, b"upbx v2 session", 96)
     c2s = (m[0:32], m[32:48])
     s2c = (m[48:80], m[80:96])
     send, recv = (c2s, s2c) if is_client else (s2c, c2s)
@@ -56,19 +59,23 @@ class SessionCrypto:
         wire.pack_full_header(buf, peer_index, seq & 0xFFFF, ack16, msg_type)
         end = wire.FULL_HEADER + n
         buf[wire.FULL_HEADER:end] = payload
-        self._send_ctr.crypt(self._set_nonce(seq), buf, wire.FULL_HEADER, end)
-        buf[end:] = self.send_auth.tag(memoryview(buf)[:end], wire.FULL_TAG)
+        nonce = self._set_nonce(seq)
+        self._send_ctr.crypt(nonce, buf, wire.FULL_HEADER, end)
+        # tag = HMAC(seq64 || frame): bytes 4..11 of the nonce are seq64
+        buf[end:] = self.send_auth.digest2(memoryview(nonce)[4:], memoryview(buf)[:end])[:wire.FULL_TAG]
         return bytes(buf)
 
     def open(self, datagram, seq):
         """Decrypted payload of an authentic frame with extended sequence seq, else None."""
         end = len(datagram) - wire.FULL_TAG
         view = memoryview(datagram)
-        if not self.recv_auth.verify(view[:end], view[end:]):
+        nonce = self._set_nonce(seq)
+        expected = self.recv_auth.digest2(memoryview(nonce)[4:], view[:end])
+        if not compare_digest(expected[:wire.FULL_TAG], view[end:]):
             return None
         payload = bytearray(view[wire.FULL_HEADER:end])
         if payload:
-            self._recv_ctr.crypt(self._set_nonce(seq), payload, 0, len(payload))
+            self._recv_ctr.crypt(nonce, payload, 0, len(payload))
         return payload
 
 
@@ -98,7 +105,7 @@ def parse_handshake(datagram):
 def verify_handshake(key, datagram):
     end = len(datagram) - wire.FULL_TAG
     view = memoryview(datagram)
-    return key.verify(view[:end], view[end:])
+    return key.verify(view[:end], view[end:], wire.FULL_TAG)
 
 
 def make_cookie(server_secret, identity, client_nonce, client_index, address, now_ms, previous=False):
