@@ -63,13 +63,12 @@ class Channel:
         self._emit(seq, msg_type, payload)
 
     def _emit(self, seq, msg_type, payload):
-        self._out.append(self.crypto.seal(self.peer_index, seq, self.expected & 0xFFFF, msg_type, payload))
+        self._out.append(self.crypto.seal(self.peer_index, seq, self.expected, msg_type, payload))
         self._ack_due = False
 
     def datagrams_to_send(self, now):
         if self._ack_due:
-            self._out.append(self.crypto.seal(self.peer_index, self.next_seq, self.expected & 0xFFFF,
-                                              wire.ACK, b""))
+            self._out.append(self.crypto.seal(self.peer_index, self.next_seq, self.expected, wire.ACK, b""))
             self._ack_due = False
         out = self._out
         self._out = []
@@ -118,7 +117,8 @@ class Channel:
         """
         _index, seq16, ack16, msg_type = wire.parse_full(datagram)
         seq = extend16(self.expected - 1, seq16)
-        opened = self.crypto.open(datagram, seq)
+        ack = extend16(self.next_seq - 1, ack16)   # the tag covers both as the sender meant them
+        opened = self.crypto.open(datagram, seq, ack)
         if opened is None:
             return []
         payload = opened
@@ -127,7 +127,7 @@ class Channel:
         # new: acknowledges something not acknowledged before, or carries a sequence number not
         # received before. Only a new frame may move the peer's address (WireGuard's rule): an
         # old frame replayed from elsewhere authenticates but proves nothing about where the peer is.
-        fresh = self._acknowledged(extend16(self.next_seq - 1, ack16), now)
+        fresh = self._acknowledged(ack, now)
         if msg_type == wire.ACK:
             if fresh:
                 self.new += 1

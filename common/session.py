@@ -13,8 +13,9 @@ sides derive from the device secret; nothing is encrypted, nothing secret is sen
 Session keys: HKDF(secret, salt = Nc || cookie, "upbx v2 session") -> 96 bytes:
 client-to-server auth (32) and enc (16), then server-to-client auth and enc.
 A session is identified by its receiver index, never by address (B7). The tag of
-a session frame covers its 64-bit sequence number, of which only 16 bits are on
-the wire: a frame recorded 65,536 messages ago never verifies again.
+a session frame covers its 64-bit sequence number and acknowledgement, of which
+only the low 16 bits are on the wire: a frame recorded 65,536 messages ago never
+verifies again, and an old ACK cannot acknowledge what was sent since.
 """
 from common import wire
 from common.compat import compare_digest
@@ -37,7 +38,11 @@ def session_keys(secret, client_nonce, cookie, is_client):
 
 
 class SessionCrypto:
-    """Seals and opens full frames of one session (encrypt-then-MAC, 8-byte tag)."""
+    """Seals and opens full frames of one session (encrypt-then-MAC, 8-byte tag).
+
+    tag = HMAC(auth, seq64 || ack64 || frame)[:8]: both 64-bit numbers, of which
+    the header carries the low 16 bits, as the sender meant them.
+    """
 
     def __init__(self, send_auth, send_enc, recv_auth, recv_enc):
         self.send_auth = HmacKey(send_auth)
@@ -46,6 +51,7 @@ class SessionCrypto:
         self._recv_ctr = CounterMode(recv_enc, 512)
         self._nonce = bytearray(12)
         self._nonce[0] = 2  # domain: signalling
+        self._numbers = bytearray(16)   # seq64 || ack64, the prefix the tag covers
 
     def _set_nonce(self, seq):
         nonce = self._nonce
@@ -53,29 +59,34 @@ class SessionCrypto:
             nonce[11 - i] = (seq >> (8 * i)) & 0xFF
         return nonce
 
-    def seal(self, peer_index, seq, ack16, msg_type, payload):
+    def _set_numbers(self, seq, ack):
+        numbers = self._numbers
+        for i in range(8):
+            numbers[7 - i] = (seq >> (8 * i)) & 0xFF
+            numbers[15 - i] = (ack >> (8 * i)) & 0xFF
+        return numbers
+
+    def seal(self, peer_index, seq, ack, msg_type, payload):
+        """A full frame: seq and ack are the 64-bit sequence number and acknowledgement."""
         n = len(payload)
         buf = bytearray(wire.FULL_HEADER + n + wire.FULL_TAG)
-        wire.pack_full_header(buf, peer_index, seq & 0xFFFF, ack16, msg_type)
+        wire.pack_full_header(buf, peer_index, seq & 0xFFFF, ack & 0xFFFF, msg_type)
         end = wire.FULL_HEADER + n
         buf[wire.FULL_HEADER:end] = payload
-        nonce = self._set_nonce(seq)
-        self._send_ctr.crypt(nonce, buf, wire.FULL_HEADER, end)
-        # tag = HMAC(seq64 || frame): bytes 4..11 of the nonce are seq64
-        buf[end:] = self.send_auth.digest2(memoryview(nonce)[4:], memoryview(buf)[:end])[:wire.FULL_TAG]
+        self._send_ctr.crypt(self._set_nonce(seq), buf, wire.FULL_HEADER, end)
+        buf[end:] = self.send_auth.digest2(self._set_numbers(seq, ack), memoryview(buf)[:end])[:wire.FULL_TAG]
         return bytes(buf)
 
-    def open(self, datagram, seq):
-        """Decrypted payload of an authentic frame with extended sequence seq, else None."""
+    def open(self, datagram, seq, ack):
+        """Decrypted payload of an authentic frame with extended sequence seq and ack, else None."""
         end = len(datagram) - wire.FULL_TAG
         view = memoryview(datagram)
-        nonce = self._set_nonce(seq)
-        expected = self.recv_auth.digest2(memoryview(nonce)[4:], view[:end])
+        expected = self.recv_auth.digest2(self._set_numbers(seq, ack), view[:end])
         if not compare_digest(expected[:wire.FULL_TAG], view[end:]):
             return None
         payload = bytearray(view[wire.FULL_HEADER:end])
         if payload:
-            self._recv_ctr.crypt(nonce, payload, 0, len(payload))
+            self._recv_ctr.crypt(self._set_nonce(seq), payload, 0, len(payload))
         return payload
 
 

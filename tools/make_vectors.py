@@ -187,7 +187,8 @@ def full_frame_vectors(keys):
     cases = [
         ("WELCOME from the server, its first reliable message", server, "s2c", CLIENT_INDEX, 0, 0, wire.WELCOME,
          {wire.IE_SESSION_INDEX: SERVER_INDEX, wire.IE_TTL: 60, wire.IE_TIME: NOW_MS}),
-        ("SETUP from the client, seq64 0x10002 (seq16 2 on the wire)", client, "c2s", SERVER_INDEX, 0x10002, 1,
+        ("SETUP from the client, seq64 0x10002 (seq16 2 on the wire), ack64 1", client, "c2s", SERVER_INDEX,
+         0x10002, 1,
          wire.SETUP, {wire.IE_CALL_NO: 0x0123, wire.IE_CALLED: "3105", wire.IE_CALLING: "201",
                       wire.IE_CALLING_NAME: "Front desk", wire.IE_CALL_ID: seq_bytes(0xE0, 8),
                       wire.IE_CODEC: wire.CODEC_ULAW}),
@@ -202,10 +203,11 @@ def full_frame_vectors(keys):
         auth = c2s_auth if direction == "c2s" else s2c_auth
         nonce = bytes([2, 0, 0, 0]) + seq.to_bytes(8, "big")
         check(name + " ciphertext", frame[8:-8], ref_ctr(enc, nonce, payload))
-        # v2: the tag covers the 64-bit sequence number, of which the header carries 16 bits
-        check(name + " tag", frame[-8:], ref_hmac(auth, seq.to_bytes(8, "big") + frame[:-8])[:8])
+        # v2: the tag covers the 64-bit sequence number and ack, of which the header carries 16 bits each
+        check(name + " tag", frame[-8:], ref_hmac(auth, seq.to_bytes(8, "big") + ack.to_bytes(8, "big")
+                                                  + frame[:-8])[:8])
         out.append({"name": name, "direction": direction, "receiver_index": index, "seq64": seq,
-                    "ack16": ack, "type": msg_type, "ies": ies_to_json(ies), "plaintext": h(payload),
+                    "ack64": ack, "type": msg_type, "ies": ies_to_json(ies), "plaintext": h(payload),
                     "nonce": h(nonce), "frame": h(frame)})
     return out
 
@@ -565,8 +567,8 @@ def appendix_markdown(v):
         block("session key %s" % name, hs["session_keys"][name])
     out.append("### A.5 Sealed full frames\n")
     for f in v["full_frames"]:
-        out.append("**%s** (%s, to index 0x%06x, seq64 0x%x, ack16 %d, type 0x%02x)\n" % (
-            f["name"], f["direction"], f["receiver_index"], f["seq64"], f["ack16"], f["type"]))
+        out.append("**%s** (%s, to index 0x%06x, seq64 0x%x, ack64 0x%x, type 0x%02x)\n" % (
+            f["name"], f["direction"], f["receiver_index"], f["seq64"], f["ack64"], f["type"]))
         block("plaintext IEs", f["plaintext"])
         block("nonce", f["nonce"])
         block("frame", f["frame"])

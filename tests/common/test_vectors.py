@@ -147,21 +147,22 @@ def test_sealed_full_frames_seal_open_and_decode():
         ies = ies_from_json(f["ies"])
         payload = wire.encode_ies(ies)
         assert payload == b(f["plaintext"])
-        frame = sender.seal(f["receiver_index"], f["seq64"], f["ack16"], f["type"], payload)
+        frame = sender.seal(f["receiver_index"], f["seq64"], f["ack64"], f["type"], payload)
         assert frame == b(f["frame"]), f["name"]
         assert wire.frame_kind(frame) == wire.KIND_FULL
-        assert wire.parse_full(frame) == (f["receiver_index"], f["seq64"] & 0xFFFF, f["ack16"], f["type"])
+        assert wire.parse_full(frame) == (f["receiver_index"], f["seq64"] & 0xFFFF, f["ack64"] & 0xFFFF, f["type"])
         assert b(f["nonce"]) == bytes([2, 0, 0, 0]) + bytes((f["seq64"] >> (8 * (7 - i))) & 0xFF for i in range(8))
-        opened = receiver.open(frame, f["seq64"])
+        opened = receiver.open(frame, f["seq64"], f["ack64"])
         assert bytes(opened) == payload
-        # v2: the tag covers all 64 bits of the sequence number, not just the 16 on the wire
-        assert receiver.open(frame, f["seq64"] + 0x10000) is None
+        # v2: the tag covers all 64 bits of the sequence number and ack, not just the 16 on the wire
+        assert receiver.open(frame, f["seq64"] + 0x10000, f["ack64"]) is None
+        assert receiver.open(frame, f["seq64"], f["ack64"] + 0x10000) is None
         assert wire.decode_ies(opened) == ies
         # the wrong direction's keys, or a flipped bit, do not open it
-        assert sender.open(frame, f["seq64"]) is None
+        assert sender.open(frame, f["seq64"], f["ack64"]) is None
         bad = bytearray(frame)
         bad[len(bad) // 2] ^= 0x10
-        assert receiver.open(bytes(bad), f["seq64"]) is None
+        assert receiver.open(bytes(bad), f["seq64"], f["ack64"]) is None
 
 
 def test_channel_delivers_the_setup_vector_once_and_acks_it():
