@@ -13,6 +13,7 @@ import threading
 import time
 
 from common import wire
+from common.crypto import extend16
 from common.login import UP, Login
 
 
@@ -33,7 +34,8 @@ class Intruder:
             secret = bytes.fromhex(secret)
         self.login = Login(identity_ie, identity, secret, int.from_bytes(os.urandom(2), "big") + 1, os.urandom)
         self.inbox = []          # (type, ies) the host sent us
-        self.sent = 0            # authenticated messages and frames sent (for the property counts)
+        self.sent = 0            # authenticated messages and frames sent
+        self.acked = 0           # the host's acknowledgement: every sequence number below it arrived
 
     @classmethod
     def host(cls, name, secret, server):
@@ -81,12 +83,20 @@ class Intruder:
                         break
                     try:
                         if wire.frame_kind(data) == wire.KIND_FULL:
-                            self.inbox.extend(self.login.receive(data, now_ms()))
+                            self._receive(data)
                     except wire.DecodeError:
                         pass
                 self._flush(now_ms())
             if time.time() >= deadline:
                 return
+
+    def _receive(self, data):
+        channel = self.login.channel
+        before = channel.authenticated if channel is not None else 0
+        self.inbox.extend(self.login.receive(data, now_ms()))
+        channel = self.login.channel
+        if channel is not None and channel.authenticated != before:
+            self.acked = max(self.acked, extend16(channel.next_seq - 1, wire.parse_full(data)[2]))
 
     def _flush(self, now):
         for datagram in self.login.datagrams_to_send(now):
@@ -100,24 +110,32 @@ class Intruder:
         self.sent += 1
         self._flush(now_ms())
 
-    def blast(self, messages, per_ms=2):
-        """Messages [(type, ies)] sealed with consecutive sequence numbers and sent without
-        waiting for any acknowledgement (the attacker has the keys; it need not follow the
-        window), at about per_ms a millisecond so the host's socket keeps up."""
+    def blast(self, messages, chunk=256, timeout=10):
+        """Messages [(type, ies)] sealed with consecutive sequence numbers and sent without the
+        window (the attacker has the keys: it need not wait), `chunk` at a time, each chunk
+        followed by a PING and a wait until the host has acknowledged all of it (so the host's
+        socket never overflows, and a host that stops acknowledging is noticed)."""
         channel = self.login.channel
-        started = time.monotonic()
-        for i, (msg_type, ies) in enumerate(messages):
-            seq = channel.next_seq
-            channel.next_seq += 1
-            frame = channel.crypto.seal(channel.peer_index, seq, channel.expected, msg_type,
-                                        wire.encode_ies(ies))
-            self.sock.sendto(frame, self.server)
-            self.sent += 1
-            if i % 64 == 63:
-                self.pump(0)
-                ahead = (i + 1) / per_ms / 1000 - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
+        for start in range(0, len(messages), chunk):
+            for msg_type, ies in messages[start:start + chunk] + [(wire.PING, {})]:
+                seq = channel.next_seq
+                channel.next_seq += 1
+                self.sock.sendto(channel.crypto.seal(channel.peer_index, seq, channel.expected, msg_type,
+                                                     wire.encode_ies(ies)), self.server)
+                self.sent += 1
+            deadline = time.time() + timeout
+            while self.acked < channel.next_seq:
+                if time.time() > deadline:
+                    raise TimeoutError("the host stopped acknowledging after %d of %d messages"
+                                       % (start, len(messages)))
+                self.pump(0.002)
+            # and take (acknowledge) the host's answers until they stop for a moment: an attacker
+            # that never did would only get its own session dropped (the host's queue is bounded)
+            quiet_since, seen = time.time(), len(self.inbox)
+            while time.time() - quiet_since < 0.05 and time.time() < deadline:
+                self.pump(0.005)
+                if len(self.inbox) != seen:
+                    quiet_since, seen = time.time(), len(self.inbox)
 
     def trunk(self, entries):
         """A trunk frame on our session carrying raw entries [(call_no, ts16, payload)], tagged with
