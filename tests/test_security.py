@@ -9,6 +9,7 @@ flowing, the phone stays where it is, the records are right. docs/security.md
 lists the findings and their fixes; each test here failed before its fix.
 """
 import json
+import sqlite3
 import os
 import socket
 import stat
@@ -442,3 +443,74 @@ def test_forged_hellos_are_limited_per_source_and_cost_no_key_derivation():
         assert derived <= 3          # 301's key once (302's at its login), however many HELLOs named it
         from host import limits
         assert (limits.BURST, limits.RATE_PER_S, limits.FAILURE_COST) == (400, 50, 10)
+
+
+# 10. Low ------------------------------------------------------------------------------------------
+
+def test_a_phone_never_gets_the_session_index_of_the_remote_hosts_own_login(tmp_path):
+    """remote.py sent frames to our login's index to the main host's channel: a phone given that
+    index (the two come from one 22-bit space) could log in but never place a call."""
+    from tests.inprocess import World
+    world = World(tmp_path)
+    try:
+        world.start_remote()
+        table = world.a.sessions
+        table._next_index = world.a.login.local_index - 1     # the next phone would get the login's index
+        caller, callee = world.add_phone("101", 11), world.add_phone("102", 12)
+        world.run(500)
+        assert caller.phone.registered and callee.phone.registered
+        caller.phone.dial("102", world.net.now)
+        for _ in range(50):
+            world.tick()
+            if any(e[0] == "incoming" for e in callee.events()):
+                callee.phone.answer(world.net.now)
+        world.run(1000)
+        assert caller.phone.state == "connected" and callee.phone.state == "connected"
+        assert len(callee.received) >= 45 and callee.received == caller.sent[:len(callee.received)]
+        assert world.a.login.local_index not in table.peers
+    finally:
+        world.close()
+
+
+def test_extension_names_are_limited_to_what_setup_can_carry():
+    with _lab() as lab:
+        long_name = "Zoë's desk " * 6      # 66 bytes of UTF-8: SETUP's calling_name carries 63
+        out = subprocess.run(upbx("admin", "--database", lab.path("main.sqlite"), "ext", "add", "103", "--site",
+                                  "a", "--name", long_name), capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 1
+        assert out.stderr.startswith("upbx admin: bad extension name") and "at most 63 bytes" in out.stderr
+        # a name written before the limit (an older database): calls from it still go through
+        db = sqlite3.connect(lab.path("main.sqlite"))
+        db.execute("UPDATE extensions SET name = ? WHERE number = '302'", (long_name,))
+        db.commit()
+        db.close()
+        lab.start()
+        _call_works(lab, "302", "301", "long-name")
+        assert "internal error" not in lab.status("main")["stats"]["drops"]
+
+
+def test_a_direct_path_comes_back_after_a_remote_host_reboots():
+    """The main host kept a pair's key for ever; a rebooted remote host's clock (which PUNCH
+    carries, increasing) starts again from zero, so its partner dropped every PUNCH as a replay
+    and the pair stayed on the relay path. A reboot is a monotonic clock that goes back: site-b
+    first runs a day ahead in a time namespace, then again without one."""
+    if subprocess.run(["unshare", "--time", "--monotonic", "86400", "--fork", "true"]).returncode != 0:
+        pytest.skip("needs root for a time namespace (unshare --time)")
+    with LoopbackExchange() as lab:
+        lab.provision(sites=("a", "b"), phones={"a": ["101", "102"], "b": ["201", "202"]})
+        lab.start()
+        argv, kwargs = lab.argv["site-b"]
+
+        def start_b(prefix):
+            lab.kill("site-b")
+            lab.spawn("site-b", prefix + argv, **kwargs)
+            lab.wait_for(lambda: lab.status("site-b")["main"]["state"] == "up", "site-b logged in", 15)
+
+        start_b(["unshare", "--time", "--monotonic", "86400", "--fork"])
+        first = place_call(lab, "101", "201", "B2-first")
+        assert first["audio_match"] and first["media_at_hosts"]["main"] == 0
+        start_b([])                                  # rebooted: its clock is a day behind what site-a saw
+        second = place_call(lab, "102", "202", "B2-after")
+        assert second["audio_match"], second
+        assert second["media_at_hosts"]["main"] == 0, second    # direct again, not relayed
+        assert json.loads(lab.admin("calls", "--json", "--limit", "1"))[0]["path"] == "direct"
