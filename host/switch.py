@@ -11,6 +11,8 @@ of the link the trunk frame came from (its tag proves only that link), a link
 holds at most `max_legs[kind]` legs at once, and when no call number is free a
 call is refused ("network busy") instead of waiting for one.
 """
+import collections
+import itertools
 import os
 
 from common import wire
@@ -18,10 +20,16 @@ from common.crypto import HmacKey, extend16, hkdf
 from common.media import MediaLeg, open_trunk, seal_trunk
 
 
+_SERIALS = itertools.count(1)
+ENDED_KEEP_MS = 2000   # how long frames of an ended call may still arrive (and authenticate a trunk)
+ENDED_MAX = 4096
+
+
 class Link:
     """The far end of legs: a logged-in peer (server side) or our own login (client side)."""
 
     def __init__(self, name, kind, session=None, login=None, address=None):
+        self.serial = next(_SERIALS)  # never reused: what ended calls remember instead of the link
         self.name = name
         self.kind = kind            # "phone", "host" (a remote host at the main host), "main", "pair"
         self.session = session      # host.sessions.Peer
@@ -126,7 +134,8 @@ class Switch:
         self._next = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
         self._trunks = {}           # link -> [(media leg, ts, payload bytes)]
         self._relayed = set()       # links queued to from received trunk frames (flush_relayed)
-        self._ended = {}            # call number -> highest timestamp, for frames still in flight
+        self._ended = {}            # call number -> (highest timestamp, link serial, direct link serial)
+        self._ended_order = collections.deque()   # (time ended, call number), oldest first
         self.trunk_mtu = trunk_mtu
         self._buf = bytearray(65536)
         self.bytes_out_by_link = {}
@@ -180,17 +189,25 @@ class Switch:
         call.state = "released"
         call.cause = cause
         call.ended_ms = now
-        if len(self._ended) > 4096:
-            self._ended.clear()
+        self._forget_ended(now)
         for leg in (call.a, call.b):
             if leg is not None and self.legs.get(leg.call_no) is leg:
                 del self.legs[leg.call_no]
                 leg.link.legs -= 1
                 media = leg.direct[0] if leg.direct else leg.media
-                self._ended[leg.call_no] = (max(media.replay.highest, leg.media.replay.highest), leg.link,
-                                            leg.direct[1] if leg.direct else None)
+                self._ended[leg.call_no] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
+                                            leg.direct[1].serial if leg.direct else None)
+                self._ended_order.append((now, leg.call_no))
         self.calls.pop(call.call_id, None)
         return True
+
+    def _forget_ended(self, now):
+        """Ended calls are remembered for ENDED_KEEP_MS (frames in flight), never more than ENDED_MAX."""
+        order, ended = self._ended_order, self._ended
+        while order and (now - order[0][0] > ENDED_KEEP_MS or len(order) >= ENDED_MAX):
+            _when, call_no = order.popleft()
+            if call_no not in self.legs:     # a number given to a new leg since is not an ended call's
+                ended.pop(call_no, None)
 
     def pass_on(self, leg, msg_type, ies, now):
         """Apply ALERTING, ANSWER, DTMF or RELEASE from leg to its call and forward it to the
@@ -275,7 +292,7 @@ class Switch:
             if media is not None:
                 return extend16(media.replay.highest, ts16)   # media.extend(ts16), inlined
             gone = ended.get(call_no)  # a call that just ended: its frames still authenticate
-            if gone is None or (gone[2] if direct else gone[1]) is not link:
+            if gone is None or (gone[2] if direct else gone[1]) != link.serial:
                 return None
             return extend16(gone[0], ts16)
 

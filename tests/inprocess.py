@@ -33,6 +33,7 @@ class Net:
         self.endpoints = {}         # address -> handler(data, source)
         self.queue = collections.deque()
         self.delivered = 0
+        self.errors = []            # exceptions a host raised on a datagram (internal errors)
 
     def send(self, data, source, destination):
         self.queue.append((bytes(data), source, tuple(destination[:2])))
@@ -76,6 +77,9 @@ def attach_host(net, host, address):
             host.on_datagram(bytearray(data), source, net.now)
         except wire.DecodeError as exc:
             host.stats.drop("malformed: " + exc.field)
+        except Exception as exc:       # as Daemon._datagram: counted (and the tests assert there are none)
+            host.stats.drop("internal error")
+            net.errors.append(repr(exc))
         return host
 
     net.endpoints[address] = handler
@@ -93,7 +97,7 @@ class PhoneEnd:
         self.ts = 0
         self.sent = []              # payloads sent in the current call
         self.received = []          # payloads received in the current call
-        self.connected = False
+        self.log = []               # events the test has looked at
         net.endpoints[address] = self._receive
 
     def _receive(self, data, source):
