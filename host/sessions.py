@@ -10,6 +10,7 @@ Handshakes are unauthenticated work: each source address has a token bucket
 until the directory changes (forget_keys), so a forged HELLO costs one HMAC.
 """
 import heapq
+import hmac
 import os
 import secrets
 
@@ -20,6 +21,22 @@ from common.session import (COOKIE_BUCKET_MS, SessionCrypto, handshake_key, iden
 from host.limits import FAILURE_COST, TokenBuckets
 
 KEY_CACHE = 65536   # identities whose handshake key (or absence) is kept; more and the cache starts afresh
+
+
+class HandshakeKey:
+    """A handshake key kept as its 32 bytes (a third of an HmacKey's memory: 10,000 phones
+    cost 1.8 MB, not 5.4), tagging and verifying with the stdlib's HMAC (C)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def tag(self, msg, size):
+        return hmac.digest(self.key, bytes(msg), "sha256")[:size]
+
+    def verify(self, msg, received, size):
+        return len(received) == size and hmac.compare_digest(self.tag(msg, size), bytes(received))
 
 
 class Peer:
@@ -90,7 +107,7 @@ class SessionTable:
         if identity in self._keys:
             return self._keys[identity]
         secret = self.lookup_secret(identity)
-        entry = None if secret is None else (secret, handshake_key(secret))
+        entry = None if secret is None else (secret, HandshakeKey(handshake_key(secret).key))
         if entry is not None:
             self.stats.count("handshake keys derived")
         if len(self._keys) >= KEY_CACHE:
