@@ -134,7 +134,7 @@ class Switch:
         self._next = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
         self._trunks = {}           # link -> [(media leg, ts, payload bytes)]
         self._relayed = set()       # links queued to from received trunk frames (flush_relayed)
-        self._ended = {}            # call number -> (highest timestamp, link serial, direct link serial)
+        self._ended = {}            # call number -> (highest timestamp, link serial, direct serial, when ended)
         self._ended_order = collections.deque()   # (time ended, call number), oldest first
         self.trunk_mtu = trunk_mtu
         self._buf = bytearray(65536)
@@ -196,7 +196,7 @@ class Switch:
                 leg.link.legs -= 1
                 media = leg.direct[0] if leg.direct else leg.media
                 self._ended[leg.call_no] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
-                                            leg.direct[1].serial if leg.direct else None)
+                                            leg.direct[1].serial if leg.direct else None, now)
                 self._ended_order.append((now, leg.call_no))
         self.calls.pop(call.call_id, None)
         return True
@@ -205,9 +205,10 @@ class Switch:
         """Ended calls are remembered for ENDED_KEEP_MS (frames in flight), never more than ENDED_MAX."""
         order, ended = self._ended_order, self._ended
         while order and (now - order[0][0] > ENDED_KEEP_MS or len(order) >= ENDED_MAX):
-            _when, call_no = order.popleft()
-            if call_no not in self.legs:     # a number given to a new leg since is not an ended call's
-                ended.pop(call_no, None)
+            when, call_no = order.popleft()
+            entry = ended.get(call_no)
+            if entry is not None and entry[3] == when:   # not a later call's that ended with this number
+                del ended[call_no]
 
     def pass_on(self, leg, msg_type, ies, now):
         """Apply ALERTING, ANSWER, DTMF or RELEASE from leg to its call and forward it to the
