@@ -80,7 +80,7 @@ class SessionTable:
         self.by_identity = {}               # (kind, name) -> Peer
         self._next_index = int.from_bytes(os.urandom(2), "big") + 1
         self._reserved = set()              # our indices used by something else (a login, a pair)
-        self._keys = {}                     # (kind, name) -> (secret, handshake HmacKey) or None
+        self._keys = {}                     # (kind, name) -> (secret, HandshakeKey) or None
         self.buckets = TokenBuckets()       # handshakes per source address
 
     def _allocate_index(self):
