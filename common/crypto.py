@@ -94,8 +94,9 @@ class HmacKey:
         """Truncated tag over msg."""
         return self.digest(msg)[:size]
 
-    def verify(self, msg, received):
-        return compare_digest(self.digest(msg)[:len(received)], received)
+    def verify(self, msg, received, size):
+        """True when received is exactly size bytes and is the tag of msg (a short or empty tag never is)."""
+        return len(received) == size and compare_digest(self.digest(msg)[:size], received)
 
 
 if not MICROPYTHON:
@@ -201,6 +202,22 @@ class ReplayWindow:
     def __init__(self):
         self.highest = -1
         self._seen = bytearray(self.SIZE >> 3)
+        self._held = -1  # the last authentic number that jumped more than SIZE ahead
+
+    def jump_ok(self, number):
+        """After authentication: may number move the window? False holds a far jump.
+
+        A number more than SIZE above the highest would push every number the
+        sender is still sending out of the window. A 4-byte media tag lets one
+        forgery in 2**32 through, so such a jump is held until a second
+        authentic number follows it (at most SIZE above it): a legitimate sender
+        loses one frame after a long gap, a lucky forger moves nothing.
+        """
+        if self.highest < 0 or number - self.highest <= self.SIZE:
+            return True
+        held = self._held
+        self._held = number
+        return held < number <= held + self.SIZE
 
     def check(self, number):
         """True when number is new: not seen and not older than the window."""

@@ -11,11 +11,12 @@ from common.compat import MICROPYTHON, compare_digest
 from common.crypto import CounterMode, HmacKey, ReplayWindow, extend16, hkdf
 
 _MAX_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG
+_JUMP = ReplayWindow.SIZE  # a timestamp further ahead than this must be confirmed (ReplayWindow.jump_ok)
 
 
 def leg_keys(media_key, role):
     """(send_auth, send_enc, recv_auth, recv_enc) for the end with this role (0 = set-up side)."""
-    material = hkdf(media_key, b"", b"upbx v1 media", 96)
+    material = hkdf(media_key, b"", b"upbx v2 media", 96)
     mine = material[48 * role:48 * role + 48]
     theirs = material[48 * (1 - role):48 * (1 - role) + 48]
     return mine[:32], mine[32:], theirs[:32], theirs[32:]
@@ -78,6 +79,9 @@ class MediaLeg:
         if not compare_digest(expected[:wire.MEDIA_TAG], view[end:n]):
             self.rejected += 1
             return None
+        if ts - self.replay.highest > _JUMP and not self.replay.jump_ok(ts):
+            self.rejected += 1
+            return None
         self.replay.mark(ts)
         self._recv_ctr.crypt(self._recv_nonce, frame, wire.MINI_HEADER, end)
         self.received += 1
@@ -103,7 +107,7 @@ class MediaLeg:
 
     def open_entry(self, buf, ts, start, end):
         """Decrypt a trunk entry (64-bit ts from open_trunk) in place; ts, or None for a replay."""
-        if not self.replay.check(ts):
+        if not self.replay.check(ts) or (ts - self.replay.highest > _JUMP and not self.replay.jump_ok(ts)):
             self.rejected += 1
             return None
         self.replay.mark(ts)
@@ -118,7 +122,7 @@ class MediaLeg:
         A relaying host forwards the payload to another leg anyway: this saves
         writing it back into the received frame only to copy it out again.
         """
-        if not self.replay.check(ts):
+        if not self.replay.check(ts) or (ts - self.replay.highest > _JUMP and not self.replay.jump_ok(ts)):
             self.rejected += 1
             return None
         self.replay.mark(ts)

@@ -20,6 +20,7 @@ RTO_INITIAL_MS = const(250)
 RTO_MAX_MS = const(4000)
 MAX_TRIES = const(8)        # about 15 s from first send to giving up
 REORDER_LIMIT = const(64)   # how far ahead of the expected number a frame may be buffered
+MAX_QUEUE = const(4096)     # messages waiting for window space; more and the channel fails
 
 
 class Channel:
@@ -39,6 +40,7 @@ class Channel:
         self.duplicates = 0
         self.last_receive_ms = None
         self.authenticated = 0     # frames that passed authentication
+        self.new = 0               # of those, frames that were new: not a replay or a duplicate
 
     # sending
 
@@ -47,8 +49,12 @@ class Channel:
         payload = wire.encode_ies(ies)
         if len(self._unacked) < WINDOW:
             self._transmit_new(msg_type, payload, now)
-        else:
+        elif len(self._queue) < MAX_QUEUE:
             self._queue.append((msg_type, payload))
+        elif not self.failed:
+            # a peer that never acknowledges must not make us hold messages without end
+            self.failed = True
+            self.error = "more than %d messages waiting for acknowledgement" % MAX_QUEUE
 
     def _transmit_new(self, msg_type, payload, now):
         seq = self.next_seq
@@ -57,13 +63,12 @@ class Channel:
         self._emit(seq, msg_type, payload)
 
     def _emit(self, seq, msg_type, payload):
-        self._out.append(self.crypto.seal(self.peer_index, seq, self.expected & 0xFFFF, msg_type, payload))
+        self._out.append(self.crypto.seal(self.peer_index, seq, self.expected, msg_type, payload))
         self._ack_due = False
 
     def datagrams_to_send(self, now):
         if self._ack_due:
-            self._out.append(self.crypto.seal(self.peer_index, self.next_seq, self.expected & 0xFFFF,
-                                              wire.ACK, b""))
+            self._out.append(self.crypto.seal(self.peer_index, self.next_seq, self.expected, wire.ACK, b""))
             self._ack_due = False
         out = self._out
         self._out = []
@@ -112,24 +117,33 @@ class Channel:
         """
         _index, seq16, ack16, msg_type = wire.parse_full(datagram)
         seq = extend16(self.expected - 1, seq16)
-        opened = self.crypto.open(datagram, seq)
+        ack = extend16(self.next_seq - 1, ack16)   # the tag covers both as the sender meant them
+        opened = self.crypto.open(datagram, seq, ack)
         if opened is None:
             return []
         payload = opened
         self.authenticated += 1
         self.last_receive_ms = now
-        self._acknowledged(extend16(self.next_seq - 1, ack16), now)
+        # new: acknowledges something not acknowledged before, or carries a sequence number not
+        # received before. Only a new frame may move the peer's address (WireGuard's rule): an
+        # old frame replayed from elsewhere authenticates but proves nothing about where the peer is.
+        fresh = self._acknowledged(ack, now)
         if msg_type == wire.ACK:
+            if fresh:
+                self.new += 1
             return []
         ies = wire.decode_ies(payload, wire.FULL_HEADER)
         self._ack_due = True
-        if seq < self.expected:
-            self.duplicates += 1
-            return []
-        if seq > self.expected:
-            if seq - self.expected < REORDER_LIMIT:
+        if seq != self.expected:
+            if seq < self.expected or seq in self._early:
+                self.duplicates += 1
+            elif seq - self.expected < REORDER_LIMIT:
                 self._early[seq] = (msg_type, ies)
+                fresh = True  # not delivered yet, but received for the first time
+            if fresh:
+                self.new += 1
             return []
+        self.new += 1
         delivered = [(msg_type, ies)]
         self.expected += 1
         while self.expected in self._early:
@@ -138,9 +152,11 @@ class Channel:
         return delivered
 
     def _acknowledged(self, ack, now):
-        # ack is the peer's next expected sequence number: everything below it arrived
-        for seq in [s for s in self._unacked if s < ack]:
+        """Drop what ack (the peer's next expected sequence number) covers; True when anything was."""
+        done = [s for s in self._unacked if s < ack]
+        for seq in done:
             del self._unacked[seq]
         while self._queue and len(self._unacked) < WINDOW:
             msg_type, payload = self._queue.pop(0)
             self._transmit_new(msg_type, payload, now)
+        return bool(done)

@@ -10,23 +10,27 @@ sides derive from the device secret; nothing is encrypted, nothing secret is sen
                                        <--   WELCOME(server index, ttl, time), first
                                              reliable message of the new session
 
-Session keys: HKDF(secret, salt = Nc || cookie, "upbx v1 session") -> 96 bytes:
+Session keys: HKDF(secret, salt = Nc || cookie, "upbx v2 session") -> 96 bytes:
 client-to-server auth (32) and enc (16), then server-to-client auth and enc.
-A session is identified by its receiver index, never by address (B7).
+A session is identified by its receiver index, never by address (B7). The tag of
+a session frame covers its 64-bit sequence number and acknowledgement, of which
+only the low 16 bits are on the wire: a frame recorded 65,536 messages ago never
+verifies again, and an old ACK cannot acknowledge what was sent since.
 """
 from common import wire
+from common.compat import compare_digest
 from common.crypto import CounterMode, HmacKey, hkdf, hmac_sha256
 
 COOKIE_BUCKET_MS = 30000  # a cookie is valid in its 30 s bucket and the next
 
 
 def handshake_key(secret):
-    return HmacKey(hkdf(secret, b"", b"upbx v1 handshake", 32))
+    return HmacKey(hkdf(secret, b"", b"upbx v2 handshake", 32))
 
 
 def session_keys(secret, client_nonce, cookie, is_client):
     """(send_auth, send_enc, recv_auth, recv_enc) for one side of a new session."""
-    m = hkdf(secret, client_nonce + cookie, b"upbx v1 session", 96)
+    m = hkdf(secret, client_nonce + cookie, b"upbx v2 session", 96)
     c2s = (m[0:32], m[32:48])
     s2c = (m[48:80], m[80:96])
     send, recv = (c2s, s2c) if is_client else (s2c, c2s)
@@ -34,7 +38,11 @@ def session_keys(secret, client_nonce, cookie, is_client):
 
 
 class SessionCrypto:
-    """Seals and opens full frames of one session (encrypt-then-MAC, 8-byte tag)."""
+    """Seals and opens full frames of one session (encrypt-then-MAC, 8-byte tag).
+
+    tag = HMAC(auth, seq64 || ack64 || frame)[:8]: both 64-bit numbers, of which
+    the header carries the low 16 bits, as the sender meant them.
+    """
 
     def __init__(self, send_auth, send_enc, recv_auth, recv_enc):
         self.send_auth = HmacKey(send_auth)
@@ -43,6 +51,7 @@ class SessionCrypto:
         self._recv_ctr = CounterMode(recv_enc, 512)
         self._nonce = bytearray(12)
         self._nonce[0] = 2  # domain: signalling
+        self._numbers = bytearray(16)   # seq64 || ack64, the prefix the tag covers
 
     def _set_nonce(self, seq):
         nonce = self._nonce
@@ -50,21 +59,30 @@ class SessionCrypto:
             nonce[11 - i] = (seq >> (8 * i)) & 0xFF
         return nonce
 
-    def seal(self, peer_index, seq, ack16, msg_type, payload):
+    def _set_numbers(self, seq, ack):
+        numbers = self._numbers
+        for i in range(8):
+            numbers[7 - i] = (seq >> (8 * i)) & 0xFF
+            numbers[15 - i] = (ack >> (8 * i)) & 0xFF
+        return numbers
+
+    def seal(self, peer_index, seq, ack, msg_type, payload):
+        """A full frame: seq and ack are the 64-bit sequence number and acknowledgement."""
         n = len(payload)
         buf = bytearray(wire.FULL_HEADER + n + wire.FULL_TAG)
-        wire.pack_full_header(buf, peer_index, seq & 0xFFFF, ack16, msg_type)
+        wire.pack_full_header(buf, peer_index, seq & 0xFFFF, ack & 0xFFFF, msg_type)
         end = wire.FULL_HEADER + n
         buf[wire.FULL_HEADER:end] = payload
         self._send_ctr.crypt(self._set_nonce(seq), buf, wire.FULL_HEADER, end)
-        buf[end:] = self.send_auth.tag(memoryview(buf)[:end], wire.FULL_TAG)
+        buf[end:] = self.send_auth.digest2(self._set_numbers(seq, ack), memoryview(buf)[:end])[:wire.FULL_TAG]
         return bytes(buf)
 
-    def open(self, datagram, seq):
-        """Decrypted payload of an authentic frame with extended sequence seq, else None."""
+    def open(self, datagram, seq, ack):
+        """Decrypted payload of an authentic frame with extended sequence seq and ack, else None."""
         end = len(datagram) - wire.FULL_TAG
         view = memoryview(datagram)
-        if not self.recv_auth.verify(view[:end], view[end:]):
+        expected = self.recv_auth.digest2(self._set_numbers(seq, ack), view[:end])
+        if not compare_digest(expected[:wire.FULL_TAG], view[end:]):
             return None
         payload = bytearray(view[wire.FULL_HEADER:end])
         if payload:
@@ -98,7 +116,7 @@ def parse_handshake(datagram):
 def verify_handshake(key, datagram):
     end = len(datagram) - wire.FULL_TAG
     view = memoryview(datagram)
-    return key.verify(view[:end], view[end:])
+    return key.verify(view[:end], view[end:], wire.FULL_TAG)
 
 
 def make_cookie(server_secret, identity, client_nonce, client_index, address, now_ms, previous=False):

@@ -1,4 +1,4 @@
-"""upbx wire format v1: frame layouts, message types, information elements.
+"""upbx wire format v2: frame layouts, message types, information elements.
 
 Pure encoding and decoding; authentication and encryption live in
 common.session and common.media. Byte diagrams: docs/protocol.md.
@@ -9,7 +9,7 @@ common.session and common.media. Byte diagrams: docs/protocol.md.
 """
 from common.compat import const
 
-VERSION = const(1)
+VERSION = const(2)  # v2: session tags cover the 64-bit sequence number (docs/protocol.md)
 
 KIND_MINI = const(0)
 KIND_FULL = const(2)
@@ -193,7 +193,7 @@ CODEC_ALAW = const(8)
 
 
 class DecodeError(ValueError):
-    """A datagram that is not valid upbx v1; says which field and at what offset."""
+    """A datagram that is not valid upbx v2; says which field and at what offset."""
 
     def __init__(self, field, offset, problem):
         super().__init__("%s at offset %d: %s" % (field, offset, problem))

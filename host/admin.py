@@ -106,9 +106,12 @@ def _open(args):
         if path == ":memory:":
             raise AdminError("%s: key 'main.database' is \":memory:\"; nothing to administer" % args.config)
     try:
-        return Directory(path)
-    except sqlite3.Error as exc:
+        directory = Directory(path)
+    except (sqlite3.Error, OSError) as exc:
         raise AdminError("cannot open database %s: %s" % (path, exc)) from None
+    for warning in directory.warnings:
+        print("upbx admin: warning: %s" % warning, file=sys.stderr)
+    return directory
 
 
 # subcommands

@@ -15,6 +15,8 @@ import os
 import re
 import sys
 
+from host.files import loose_secret_file
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -73,6 +75,9 @@ SECTIONS = {
         Key("keepalive_timeout_s", "int", 75, "a remote host is considered gone after this long without packets", positive=True),
         Key("direct_media", "bool", True, "let remote hosts exchange media directly (B2); false relays all media"),
         Key("trunk_mtu", "int", 1472, "largest trunk datagram (UDP payload bytes); more calls go in further datagrams", min=200, max=65000),
+        Key("max_calls_per_host", "int", 1000,
+            'most calls one remote host may be in at once (and local calls granted to it); more are refused with "network busy", so no host can use up the 32,767 call numbers',
+            min=1, max=16383),
     ],
     "remote": [
         Key("name", "name", REQUIRED, "this remote host's name, as given to `upbx admin host add`"),
@@ -258,6 +263,7 @@ class Config:
 
     def __init__(self, path, values):
         self.path = str(path)
+        self.warnings = []   # problems that do not stop the daemon (it logs them at start)
         self.__dict__.update(values)
 
     def __repr__(self):
@@ -329,7 +335,12 @@ def _load(path, cls):
             values[key.name] = _CHECKS[key.kind](key, raw, base)
         except _Bad as exc:
             raise ConfigError(path, full, "%s, got %s" % (exc, _show(raw))) from None
-    return cls(path, values)
+    config = cls(path, values)
+    if any(k.kind == "secret" for k in SECTIONS[section]):
+        loose = loose_secret_file(path)
+        if loose:
+            config.warnings.append(loose)
+    return config
 
 
 def load_main_config(path):

@@ -18,6 +18,9 @@ import re
 import secrets
 import sqlite3
 
+from common import wire
+from host.files import private_database
+
 Site = collections.namedtuple("Site", "name uplink_kbps local_calls local_call_quota")
 RemoteHostEntry = collections.namedtuple("RemoteHostEntry", "name site secret")
 Extension = collections.namedtuple("Extension", "number site name secret barred")
@@ -30,6 +33,7 @@ SYSINFO_KEYS = ("announcement", "dial_plan", "firmware_version")  # and settings
 MAIN_ORIGIN = "main"  # origin of call records the main host switched itself
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+NAME_BYTES = wire.IE_SPEC[wire.IE_CALLING_NAME][3]   # an extension's name goes in SETUP's calling_name
 _SETTING = re.compile(r"^settings\.[A-Za-z0-9_]{1,32}$")
 
 _SCHEMA = """
@@ -53,7 +57,7 @@ CREATE TABLE IF NOT EXISTS extensions (
 );
 CREATE TABLE IF NOT EXISTS call_records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    uid TEXT NOT NULL UNIQUE,
+    uid TEXT NOT NULL,
     origin TEXT NOT NULL,
     caller TEXT,
     callee TEXT,
@@ -62,7 +66,8 @@ CREATE TABLE IF NOT EXISTS call_records (
     answered_ms INTEGER,
     ended_ms INTEGER,
     cause TEXT,
-    setup_ms INTEGER
+    setup_ms INTEGER,
+    UNIQUE (origin, uid)
 );
 CREATE TABLE IF NOT EXISTS sysinfo (
     version INTEGER PRIMARY KEY,
@@ -87,6 +92,17 @@ def check_number(number):
         raise DirectoryError("bad extension number %r: use 1 to 15 digits" % (number,))
 
 
+def check_extension_name(name):
+    """Extension names: text of at most NAME_BYTES bytes in UTF-8 (what SETUP can carry)."""
+    if not isinstance(name, str) or len(name.encode()) > NAME_BYTES:
+        raise DirectoryError("bad extension name %r: at most %d bytes of UTF-8" % (name, NAME_BYTES))
+
+
+def wire_text(text, limit):
+    """text cut to at most limit bytes of UTF-8, never inside a character (names from older databases)."""
+    return text.encode()[:limit].decode("utf-8", "ignore")
+
+
 def check_count(what, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise DirectoryError("bad %s %r: use a whole number >= 0" % (what, value))
@@ -97,14 +113,27 @@ class Directory:
 
     def __init__(self, path):
         self.path = str(path)
+        # every device secret is in here: 0600 (its -wal and -shm follow), 0700 for a new directory
+        self.warnings = private_database(self.path)
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
         self.db.execute("PRAGMA foreign_keys = ON")
         if self.path != ":memory:":
             self.db.execute("PRAGMA journal_mode = WAL")
         with self._transaction():
+            self._migrate_call_records()
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
+
+    def _migrate_call_records(self):
+        """Databases of protocol v1 keyed call records by uid alone; now it is (origin, uid)."""
+        row = self._one("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'call_records'")
+        if row is None or "uid TEXT NOT NULL UNIQUE" not in row[0]:
+            return
+        self.db.execute("ALTER TABLE call_records RENAME TO call_records_v1")
+        self.db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS call_records"):].split(";")[0])
+        self.db.execute("INSERT INTO call_records SELECT * FROM call_records_v1")
+        self.db.execute("DROP TABLE call_records_v1")
 
     def close(self):
         self.db.close()
@@ -213,8 +242,7 @@ class Directory:
     def add_extension(self, number, site, name=""):
         """Add an extension to a site; returns its new secret, 16 bytes."""
         check_number(number)
-        if not isinstance(name, str):
-            raise DirectoryError("bad extension name %r" % (name,))
+        check_extension_name(name)
         secret = secrets.token_bytes(16)
         with self._transaction():
             self._require_site(site)
@@ -233,6 +261,7 @@ class Directory:
         out = {}
         for number, site, name in rows:
             check_number(number)
+            check_extension_name(name)
             out[number] = secrets.token_bytes(16)
         with self._transaction():
             for site in {site for _n, site, _name in rows}:
@@ -281,7 +310,7 @@ class Directory:
     # call records
 
     def add_call_record(self, record):
-        """Store one call record (a dict with CALL_RECORD_FIELDS); False if its uid is already stored."""
+        """Store one call record (a dict with CALL_RECORD_FIELDS); False if its (origin, uid) is already stored."""
         unknown = set(record) - set(CALL_RECORD_FIELDS)
         if unknown:
             raise ValueError("unknown call record field(s): %s" % ", ".join(sorted(unknown)))

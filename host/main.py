@@ -5,12 +5,13 @@ import time
 from common import wire
 from host.chunks import encode, send_chunked
 from host.daemon import Daemon, StructuredLog, wall_ms
-from host.directory import MAIN_ORIGIN, Directory
+from host.directory import MAIN_ORIGIN, Directory, wire_text
 from host.records import call_record, decode_upload
 from host.sessions import SessionTable
 from host.switch import Link, Switch
 
 PHONE_KEEPALIVE_MS = 20000
+MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
 
 class MainHost(Daemon):
@@ -19,11 +20,14 @@ class MainHost(Daemon):
         Daemon.__init__(self, "main", config.listen, log, config.control_socket)
         self.config = config
         self.directory = Directory(config.database)
+        for warning in self.directory.warnings:
+            self.log.warning("file-permissions", problem=warning)
         # phones straight at the main host only need their NAT binding kept open: 20 s, not the
         # 2 s a LAN phone uses to notice its remote host restarting (10,000 phones x 2 s is a load)
         self.sessions = SessionTable(self._secret_of, self.stats, config.registration_ttl_s * 1000,
                                      phone_keepalive_ms=min(PHONE_KEEPALIVE_MS, config.registration_ttl_s * 250))
-        self.switch = Switch(self, config.trunk_mtu)
+        self.switch = Switch(self, config.trunk_mtu,
+                             max_legs={"phone": MAX_CALLS_PER_PHONE, "host": config.max_calls_per_host})
         self.links = {}          # Peer.index -> Link
         self.links_by_name = {}  # (kind, name) -> Link
         self.pair_keys = {}      # frozenset of two host names -> 32-byte key
@@ -67,7 +71,7 @@ class MainHost(Daemon):
             if link is None:
                 self.stats.drop("unknown session")
                 return
-            if self.switch.trunk_in(data, link, now):
+            if self.switch.trunk_in(data, link, now):   # True only when it carried new media
                 self._touch(peer, addr, now)
         else:
             msg_type = wire.parse_full(data)[3]
@@ -81,19 +85,24 @@ class MainHost(Daemon):
             peer, messages = self.sessions.receive(data, addr, now)
             if peer is None:
                 return
-            self._touch(peer, addr, now, peer.moved)
+            if peer.moved:   # only a new frame moves a peer; a replayed one never does
+                self._moved(peer, now)
             for msg_type, ies in messages:
                 self._message(self.links[peer.index], msg_type, ies, now)
             self._flush_signalling(peer, now)
 
-    def _touch(self, peer, addr, now, moved=False):
-        """An authenticated packet from peer: a new address (B7) is logged and re-offered to pairs."""
-        if self.sessions.touch(peer, addr, now) or moved:
-            self.log.info("address-changed", peer=peer.name, address="%s:%d" % addr)
-            peer.channel.resend_now(now)  # what went to the old address is lost: send it again now
-            link = self.links.get(peer.index)
-            if link is not None and link.kind == "host":
-                self._reoffer_pairs(link, now)
+    def _touch(self, peer, addr, now):
+        """A new authenticated trunk frame from peer: its address is noted (B7)."""
+        if self.sessions.touch(peer, addr, now):
+            self._moved(peer, now)
+
+    def _moved(self, peer, now):
+        """peer's address changed (B7): logged, signalling resent there, its pairs re-offered."""
+        self.log.info("address-changed", peer=peer.name, address="%s:%d" % peer.address)
+        peer.channel.resend_now(now)  # what went to the old address is lost: send it again now
+        link = self.links.get(peer.index)
+        if link is not None and link.kind == "host":
+            self._reoffer_pairs(link, now)
 
     def _logged_in(self, peer, now):
         kind = "phone" if peer.kind == "ext" else "host"
@@ -105,6 +114,10 @@ class MainHost(Daemon):
         self.links_by_name[(kind, peer.name)] = link
         self.log.info("login", kind=link.kind, name=peer.name, address="%s:%d" % peer.address)
         if link.kind == "host":
+            # a new login may be a rebooted host: it has forgotten its pairs and its clock (PUNCH
+            # time) may have started again from zero. New pair keys make both sides start afresh.
+            for pair in [p for p in self.pair_keys if peer.name in p]:
+                del self.pair_keys[pair]
             site = self.directory.remote_host(peer.name).site
             self._send_blob(link, wire.DIRECTORY, 0, self._site_directory(site), now)
         self._send_sysinfo(link, now)
@@ -195,25 +208,37 @@ class MainHost(Daemon):
         return self.links[peer.index], None
 
     def _setup(self, link, ies, now):
+        """Route a SETUP from a phone or a remote host. It is checked completely first: a refused
+        SETUP leaves no call, no leg and no call number behind."""
         if wire.IE_CALL_NO not in ies or wire.IE_CALLED not in ies or wire.IE_MEDIA_KEY not in ies:
             self.stats.drop("setup missing IEs")
             return
-        caller = link.name if link.kind == "phone" else ies.get(wire.IE_CALLING, "")
+        if link.kind == "phone":
+            caller = link.name
+        else:
+            # a remote host places calls for its own site's extensions only: no caller id from elsewhere
+            caller = ies.get(wire.IE_CALLING)
+            if caller is None or self.directory.site_of_extension(caller) != self._site_of(link):
+                self.stats.drop("caller not of the host's site")
+                return self._release(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         called = ies[wire.IE_CALLED]
         target, cause = self._target_link(called)
         if target is None:
             return self._release(link, ies, cause, now)
         if target is link:
             return self._release(link, ies, wire.CAUSE_NOT_PERMITTED, now)
-        if target.kind == "phone" and self.switch.calls_of(target):
+        if target.kind == "phone" and target.legs:
             return self._release(link, ies, wire.CAUSE_BUSY, now)
-        call = self.switch.new_call(caller, called, now, ies.get(wire.IE_CALL_ID))
+        cause = self.switch.admit(link, target)   # call numbers left, calls per peer
+        if cause is not None:
+            return self._release(link, ies, cause, now)
+        caller_ext = self.directory.extension(caller)
+        name = wire_text(caller_ext.name if caller_ext else "", wire.IE_SPEC[wire.IE_CALLING_NAME][3])
+        call = self.switch.new_call(caller, called, now)   # the main host chooses the call id
         call.a = self.switch.new_leg(link, ies[wire.IE_MEDIA_KEY], 1, call)
         call.a.learn_peer(ies[wire.IE_CALL_NO])
         call.b = self.switch.new_leg(target, os.urandom(16), 0, call)
-        caller_ext = self.directory.extension(caller)
-        call.b.send(wire.SETUP, {wire.IE_CALLED: called, wire.IE_CALLING: caller,
-                                 wire.IE_CALLING_NAME: caller_ext.name if caller_ext else "",
+        call.b.send(wire.SETUP, {wire.IE_CALLED: called, wire.IE_CALLING: caller, wire.IE_CALLING_NAME: name,
                                  wire.IE_MEDIA_KEY: call.b.media_key, wire.IE_CALL_ID: call.call_id}, now)
         call.b2 = link.kind == "host" and target.kind == "host"
         if call.b2 and self.config.direct_media:
@@ -278,7 +303,10 @@ class MainHost(Daemon):
     def _punch_result(self, link, ies, now):
         peer_name = ies.get(wire.IE_PEER_NAME)
         path = ies.get(wire.IE_PATH, wire.PATH_RELAY)
-        self.log.info("punch-result", host=link.name, peer=peer_name, path=wire.PATH_NAMES[path % 3])
+        if link.kind != "host" or peer_name is None or path not in (wire.PATH_RELAY, wire.PATH_DIRECT):
+            self.stats.drop("bad punch result")
+            return
+        self.log.info("punch-result", host=link.name, peer=peer_name, path=wire.PATH_NAMES[path])
         for call in self.switch.calls.values():
             if call.b2 and {call.a.link.name, call.b.link.name} == {link.name, peer_name}:
                 call.punch[link.name] = path
@@ -291,9 +319,12 @@ class MainHost(Daemon):
     def _local_request(self, link, ies, now):
         calling, called = ies.get(wire.IE_CALLING), ies.get(wire.IE_CALLED)
         call_id = ies.get(wire.IE_CALL_ID)
-        host = self.directory.remote_host(link.name) if link.kind == "host" else None
+        if link.kind != "host" or calling is None or called is None or call_id is None:
+            self.stats.drop("bad local request")
+            return
+        host = self.directory.remote_host(link.name)
         cause = None
-        a, b = self.directory.extension(calling or ""), self.directory.extension(called or "")
+        a, b = self.directory.extension(calling), self.directory.extension(called)
         if host is None or a is None or b is None or a.site != host.site or b.site != host.site:
             cause = wire.CAUSE_UNKNOWN_EXTENSION
         else:
@@ -301,7 +332,12 @@ class MainHost(Daemon):
             active = self.local_calls.setdefault(host.site, set())
             if not site.local_calls or a.barred:
                 cause = wire.CAUSE_NOT_PERMITTED
+            elif call_id in active:
+                pass   # asked again: the same grant
             elif site.local_call_quota and len(active) >= site.local_call_quota:
+                cause = wire.CAUSE_NETWORK_BUSY
+            elif len(active) >= self.config.max_calls_per_host:
+                self.stats.drop("calls per peer")   # grants held for a host are bounded even without a quota
                 cause = wire.CAUSE_NETWORK_BUSY
             else:
                 active.add(call_id)
@@ -315,18 +351,25 @@ class MainHost(Daemon):
                       granted=cause is None, cause=wire.CAUSE_TEXT.get(cause))
 
     def _records(self, link, ies, now):
-        """A call record uploaded by a remote host; stored once per uid, acknowledged always."""
+        """A call record uploaded by a remote host, about its own site; stored once per (host, uid).
+
+        Anything else (a phone uploading, another site's extensions, a field of the
+        wrong type or out of range) is dropped, counted and logged, and not acknowledged.
+        """
+        if link.kind != "host":
+            self.stats.drop("records from a phone")
+            return
+        site = self._site_of(link)
         try:
-            record = decode_upload(ies.get(wire.IE_DATA, b""), link.name)
+            record = decode_upload(ies.get(wire.IE_DATA, b""), link.name, site, self.directory.site_of_extension,
+                                   wall_ms())
             stored = self.directory.add_call_record(record)
         except (ValueError, TypeError, KeyError) as exc:
             self.stats.drop("bad record")
             self.log.warning("bad-record", host=link.name, error=str(exc))
             return
         self.stats.count("records stored" if stored else "records duplicate")
-        site = self.directory.remote_host(link.name).site if link.kind == "host" else None
-        if site and record.get("path") == "local":
-            self.local_calls.get(site, set()).discard(bytes.fromhex(record["uid"]))
+        self.local_calls.get(site, set()).discard(bytes.fromhex(record["uid"]))
         link.send_signal(wire.RECORDS, {wire.IE_CALL_ID: bytes.fromhex(record["uid"])}, now)
 
     # timers
@@ -356,6 +399,8 @@ class MainHost(Daemon):
                     self._link_down(link, now, "expired" if not peer.channel.failed else peer.channel.error)
                 self.sessions.remove(peer)
             version = self.directory.sysinfo()[0]
+            if version != self._sysinfo_version:
+                self.sessions.forget_keys()   # secrets may have changed: derive handshake keys afresh
             if self._sysinfo_version is not None and version != self._sysinfo_version:
                 for link in list(self.links.values()):
                     if link.kind == "host":  # the directory may have changed too: new phones' secrets

@@ -6,8 +6,11 @@ each other every 100 ms, tagged with the pair key and carrying a heard-you flag;
 a side's path is up once it receives a PUNCH whose flag says the other side
 heard it, so both directions are proven. A path not up within the punch timeout
 is reported as relay, and media stays with the main host.
+
+The main host makes a new pair key whenever either side logs in again, so a
+peer that rebooted (its clock, which PUNCH's time IE carries, may restart from
+zero) is met with a new Pair here, not with the replay check of the old one.
 """
-import os
 
 from common import wire
 from common.crypto import HmacKey
@@ -42,8 +45,9 @@ class Pair:
 class Pairs:
     """The pairs of one remote host, by peer name and by our receive index."""
 
-    def __init__(self, host_name, daemon, report, punch_timeout_ms):
+    def __init__(self, host_name, daemon, report, punch_timeout_ms, sessions):
         self.host_name = host_name
+        self.sessions = sessions          # our receive indices come from its table (one port, one space)
         self.daemon = daemon              # send(), stats, log
         self.report = report              # report(pair, path, now): tell the main host
         self.punch_timeout_ms = punch_timeout_ms
@@ -64,7 +68,11 @@ class Pairs:
             return
         pair = self.by_name.get(name)
         if pair is None or pair.key != ies[wire.IE_PEER_KEY]:
-            index = int.from_bytes(os.urandom(3), "big") & wire.MAX_SESSION or 1
+            if pair is not None:   # a new key: the peer or we logged in again; start afresh
+                self.by_index.pop(pair.local_index, None)
+                self.sessions.release_index(pair.local_index)
+                pair.link.up = False
+            index = self.sessions.reserve_index()
             pair = Pair(name, ies[wire.IE_PEER_KEY], ies.get(wire.IE_ROLE, 0), ies[wire.IE_ADDRESS], index, now)
             self.by_name[name] = pair
             self.by_index[index] = pair

@@ -6,9 +6,11 @@ killed or powered-off remote host loses no finished call; after a restart,
 `pending()` gives back what the main host has not acknowledged yet.
 """
 import json
+import re
 import sqlite3
 
 from common.wire import CAUSE_TEXT
+from host.files import private_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -24,6 +26,7 @@ class RecordStore:
 
     def __init__(self, path):
         self.path = str(path)
+        self.warnings = private_database(self.path)   # who called whom, when: 0600
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
         if self.path != ":memory:":
             self.db.execute("PRAGMA journal_mode = WAL")
@@ -107,16 +110,58 @@ def encode_upload(record):
     return data
 
 
-def decode_upload(data, origin):
-    """The record dict of an uploaded RECORDS payload; ValueError when it is not one."""
-    values = json.loads(bytes(data))
+_UID = re.compile(r"^[0-9a-f]{16}$")
+_NUMBER = re.compile(r"^[0-9]{1,15}$")
+EARLIEST_MS = 1577836800000          # 2020-01-01: no upbx record is older
+FUTURE_MS = 24 * 3600 * 1000         # a remote host's clock may run ahead of ours by up to a day
+LONGEST_CALL_MS = 31 * 24 * 3600 * 1000
+
+
+def decode_upload(data, origin, site, site_of_extension, now_wall_ms):
+    """The record dict of a RECORDS payload from remote host `origin` of `site`; ValueError when it is not one.
+
+    Every field is checked for its type and range. A remote host uploads records
+    of its own site's local calls only (the main host records everything else
+    itself): caller and callee must be numbers of `site` (a number no longer in
+    the directory is accepted: it may have been removed since the call), and the
+    path "local". site_of_extension(number) gives a number's site or None.
+    """
+    try:
+        values = json.loads(bytes(data))
+    except ValueError:
+        raise ValueError("not JSON") from None
     if not isinstance(values, list) or len(values) != len(UPLOAD_FIELDS):
         raise ValueError("expected a list of %d fields" % len(UPLOAD_FIELDS))
     record = dict(zip(UPLOAD_FIELDS, values))
-    if not isinstance(record["uid"], str) or len(record["uid"]) != 16:
-        raise ValueError("bad uid")
-    bytes.fromhex(record["uid"])
+    if not isinstance(record["uid"], str) or not _UID.match(record["uid"]):
+        raise ValueError("uid: expected 16 lowercase hex digits")
+    for field in ("caller", "callee"):
+        number = record[field]
+        if not isinstance(number, str) or not _NUMBER.match(number):
+            raise ValueError("%s: expected 1 to 15 digits" % field)
+        other = site_of_extension(number)
+        if other is not None and other != site:
+            raise ValueError("%s: %s is an extension of site %r, not of %r" % (field, number, other, site))
+    if record["path"] != "local":
+        raise ValueError("path: a remote host uploads local calls only, got %r" % (record["path"],))
+    started, answered, ended = record["started_ms"], record["answered_ms"], record["ended_ms"]
+    for field, value in (("started_ms", started), ("ended_ms", ended)):
+        if not _whole(value) or not EARLIEST_MS <= value <= now_wall_ms + FUTURE_MS:
+            raise ValueError("%s: expected a time in ms between 2020 and tomorrow" % field)
+    if not started <= ended <= started + LONGEST_CALL_MS:
+        raise ValueError("ended_ms: expected from started_ms to a month after it")
+    if answered is not None and (not _whole(answered) or not started <= answered <= ended):
+        raise ValueError("answered_ms: expected null or a time from started_ms to ended_ms")
+    setup = record["setup_ms"]
+    if setup is not None and (not _whole(setup) or not 0 <= setup <= ended - started):
+        raise ValueError("setup_ms: expected null or 0 to the call's length")
     cause = record["cause"]
-    record["cause"] = CAUSE_TEXT.get(cause, str(cause)) if isinstance(cause, int) else str(cause)
+    if not _whole(cause) or cause not in CAUSE_TEXT:
+        raise ValueError("cause: expected one of the cause codes %s" % sorted(CAUSE_TEXT))
+    record["cause"] = CAUSE_TEXT[cause]
     record["origin"] = origin
     return record
+
+
+def _whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -14,6 +14,7 @@ from common.media import MediaLeg
 from common.media import call_kbps
 from host.chunks import Reassembly, send_chunked
 from host.daemon import Daemon, StructuredLog, wall_ms
+from host.files import private_file, write_private
 from host.records import RecordStore, call_record, encode_upload
 from host.sessions import SessionTable
 from host.punch import Pairs
@@ -28,6 +29,7 @@ CALL_KEEPALIVE_MS = 1000
 CALL_DEAD_MS = 2000
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
 PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is noticed within ~4 s (B4)
+MAX_CALLS_PER_PHONE = 2           # one call, and one that may ring in while the phone dials out
 
 
 class RemoteHost(Daemon):
@@ -35,21 +37,27 @@ class RemoteHost(Daemon):
         log = StructuredLog(config.name, config.log_level, config.log_format)
         Daemon.__init__(self, config.name, config.listen, log, config.control_socket)
         self.config = config
+        for warning in config.warnings:
+            self.log.warning("config", problem=warning)
         self.punch_timeout_ms = punch_timeout_ms
         self.directory = self._load_cache()
         self.sessions = SessionTable(self._secret_of, self.stats, config.registration_ttl_s * 1000,
                                      phone_keepalive_ms=PHONE_KEEPALIVE_MS)
-        self.switch = Switch(self, config.trunk_mtu)
+        self.switch = Switch(self, config.trunk_mtu, max_legs={"phone": MAX_CALLS_PER_PHONE})
         self.main_address = config.main
-        self.login = Login(wire.IE_HOST_NAME, config.name, config.secret, int.from_bytes(os.urandom(2), "big") + 1,
+        # our index towards the main host is reserved in the session table: no phone can get it,
+        # or its frames would be taken for the main host's (one port, one index space)
+        self.login = Login(wire.IE_HOST_NAME, config.name, config.secret, self.sessions.reserve_index(),
                            os.urandom, keepalive_ms=config.keepalive_s * 1000,
                            backoff_initial_ms=int(config.login_backoff_initial_s * 1000),
                            backoff_max_ms=int(config.login_backoff_max_s * 1000), dead_ms=IDLE_DEAD_MS)
         self.main_link = Link("main", "main", login=self.login, address=config.main)
         self.main_link.up = False
         self.records = RecordStore(config.records_database)
+        for warning in self.records.warnings:
+            self.log.warning("file-permissions", problem=warning)
         self.phone_links = {}        # Peer.index -> Link
-        self.pairs = Pairs(config.name, self, self._report_pair, punch_timeout_ms)
+        self.pairs = Pairs(config.name, self, self._report_pair, punch_timeout_ms, self.sessions)
         self.pending_local = {}      # call id -> (call) waiting for LOCAL_GRANT
         self.blobs = {wire.DIRECTORY: Reassembly(), wire.SYSINFO: Reassembly()}
         self.sysinfo = self.directory.get("sysinfo") or {"version": None, "info": None}
@@ -61,15 +69,18 @@ class RemoteHost(Daemon):
     def _load_cache(self):
         try:
             with open(self.config.directory_cache) as f:
-                return json.load(f)
+                cache = json.load(f)
         except (OSError, ValueError):
             return {"extensions": {}, "local_calls": True}
+        warning = private_file(self.config.directory_cache)   # the site's phone secrets: 0600
+        if warning:
+            self.log.warning("file-permissions", problem=warning)
+        return cache
 
     def _save_cache(self):
-        tmp = self.config.directory_cache + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.directory, f)
-        os.replace(tmp, self.config.directory_cache)
+        """The cache holds the site's phone secrets: written 0600, in a 0700 directory if we make it."""
+        private_file(self.config.directory_cache)
+        write_private(self.config.directory_cache, json.dumps(self.directory).encode())
 
     def _secret_of(self, identity):
         kind, name = identity
@@ -170,6 +181,7 @@ class RemoteHost(Daemon):
             if msg_type == wire.DIRECTORY:
                 obj["sysinfo"] = self.sysinfo
                 self.directory = obj
+                self.sessions.forget_keys()   # phones' secrets may have changed
                 self.log.info("directory", extensions=len(obj["extensions"]))
             else:
                 version = ies.get(wire.IE_VERSION, 0)
@@ -276,6 +288,11 @@ class RemoteHost(Daemon):
             self.stats.drop("setup missing IEs")
             return
         called = ies[wire.IE_CALLED]
+        cause = self.switch.admit(link)   # call numbers left, calls per phone: refused before any state
+        if cause is not None:
+            self.log.info("call-refused", caller=link.name, called=called, cause=wire.CAUSE_TEXT[cause])
+            link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies[wire.IE_CALL_NO], wire.IE_CAUSE: cause}, now)
+            return
         call = self.switch.new_call(link.name, called, now)
         call.a = self.switch.new_leg(link, ies[wire.IE_MEDIA_KEY], 1, call)
         call.a.learn_peer(ies[wire.IE_CALL_NO])
@@ -290,11 +307,12 @@ class RemoteHost(Daemon):
             return
         if not self.main_link.up:
             return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
-        if not self._admits():
+        if not self._admits() or self.switch.admit(self.main_link) is not None:
             return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
         call.b = self.switch.new_leg(self.main_link, os.urandom(16), 0, call)
+        # no call_id: the main host chooses the ids of the calls it switches
         call.b.send(wire.SETUP, {wire.IE_CALLED: called, wire.IE_CALLING: link.name,
-                                 wire.IE_MEDIA_KEY: call.b.media_key, wire.IE_CALL_ID: call.call_id}, now)
+                                 wire.IE_MEDIA_KEY: call.b.media_key}, now)
         self.log.info("call-setup", call=call.uid, caller=link.name, called=called, via="main")
 
     def _uplink_calls(self):
@@ -346,6 +364,9 @@ class RemoteHost(Daemon):
             return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
         if self._busy(target):
             return self._refuse(call, wire.CAUSE_BUSY, now)
+        cause = self.switch.admit(target)
+        if cause is not None:
+            return self._refuse(call, cause, now)
         call.b = self.switch.new_leg(target, os.urandom(16), 0, call)
         name = self.directory["extensions"].get(call.caller, {}).get("name", "")
         call.b.send(wire.SETUP, {wire.IE_CALLED: call.callee, wire.IE_CALLING: call.caller,
@@ -363,6 +384,8 @@ class RemoteHost(Daemon):
         cause = wire.CAUSE_UNREACHABLE if target is None else (wire.CAUSE_BUSY if self._busy(target) else None)
         if cause is None and not self._admits():
             cause = wire.CAUSE_NETWORK_BUSY  # the media would go up the uplink too
+        if cause is None:
+            cause = self.switch.admit(self.main_link, target)
         if cause is not None:
             self.log.info("call-refused", caller=ies.get(wire.IE_CALLING), called=called, cause=wire.CAUSE_TEXT[cause])
             self.main_link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies[wire.IE_CALL_NO],

@@ -5,7 +5,14 @@ its own call numbers (ours and the peer's) and its own media keys. Signalling
 is forwarded leg to leg; media is opened on one leg and sealed on the other,
 keeping the timestamp. Frames to the same peer host within one 20 ms tick are
 packed into one trunk frame.
+
+A peer is trusted with its own legs only: a trunk entry is opened only for a leg
+of the link the trunk frame came from (its tag proves only that link), a link
+holds at most `max_legs[kind]` legs at once, and when no call number is free a
+call is refused ("network busy") instead of waiting for one.
 """
+import collections
+import itertools
 import os
 
 from common import wire
@@ -13,10 +20,16 @@ from common.crypto import HmacKey, extend16, hkdf
 from common.media import MediaLeg, open_trunk, seal_trunk
 
 
+_SERIALS = itertools.count(1)
+ENDED_KEEP_MS = 2000   # how long frames of an ended call may still arrive (and authenticate a trunk)
+ENDED_MAX = 4096
+
+
 class Link:
     """The far end of legs: a logged-in peer (server side) or our own login (client side)."""
 
     def __init__(self, name, kind, session=None, login=None, address=None):
+        self.serial = next(_SERIALS)  # never reused: what ended calls remember instead of the link
         self.name = name
         self.kind = kind            # "phone", "host" (a remote host at the main host), "main", "pair"
         self.session = session      # host.sessions.Peer
@@ -26,6 +39,7 @@ class Link:
         self.trunk_recv_auth = None
         self.peer_index = 0
         self.up = True
+        self.legs = 0               # live legs on this link (Switch.new_leg / end_call)
 
     @property
     def address(self):
@@ -112,32 +126,60 @@ class Call:
 class Switch:
     """Legs by our call number, trunk queues by link, media forwarding."""
 
-    def __init__(self, daemon, trunk_mtu=1472):
+    def __init__(self, daemon, trunk_mtu=1472, max_legs=None):
         self.daemon = daemon
+        self.max_legs = max_legs or {}  # link kind -> most live legs one link may hold (absent: no cap)
         self.legs = {}
         self.calls = {}
         self._next = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
         self._trunks = {}           # link -> [(media leg, ts, payload bytes)]
         self._relayed = set()       # links queued to from received trunk frames (flush_relayed)
-        self._ended = {}            # call number -> highest timestamp, for frames still in flight
+        self._ended = {}            # call number -> (highest timestamp, link serial, direct serial, when ended)
+        self._ended_order = collections.deque()   # (time ended, call number), oldest first
         self.trunk_mtu = trunk_mtu
         self._buf = bytearray(65536)
         self.bytes_out_by_link = {}
 
     def allocate_call_no(self):
+        """A free call number, or None when all 32,767 are taken (never waits for one)."""
+        if len(self.legs) >= wire.MAX_CALL_NO:
+            return None
         while True:
             self._next = self._next % wire.MAX_CALL_NO + 1
             if self._next not in self.legs:
                 return self._next
 
+    def admit(self, *links):
+        """None when a call with one new leg on each of links can be set up, else the cause to refuse it.
+
+        Checked before anything is created, so a refused SETUP leaves no state.
+        """
+        if len(self.legs) + len(links) > wire.MAX_CALL_NO:
+            self.daemon.stats.drop("no free call number")
+            return wire.CAUSE_NETWORK_BUSY
+        for link in links:
+            cap = self.max_legs.get(link.kind)
+            if cap is not None and link.legs + links.count(link) > cap:
+                self.daemon.stats.drop("calls per peer")
+                return wire.CAUSE_NETWORK_BUSY
+        return None
+
     def new_leg(self, link, media_key, role, call):
-        leg = Leg(self.allocate_call_no(), link, media_key, role)
+        """A leg of call on link; call admit() first (raises RuntimeError when no number is free)."""
+        call_no = self.allocate_call_no()
+        if call_no is None:
+            raise RuntimeError("no free call number: admit() was not asked")
+        leg = Leg(call_no, link, media_key, role)
         leg.call = call
-        self.legs[leg.call_no] = leg
+        self.legs[call_no] = leg
+        link.legs += 1
         return leg
 
     def new_call(self, caller, callee, now, call_id=None):
-        call = Call(call_id or os.urandom(8), caller, callee, now)
+        """A call keyed by call_id; None, or an id already in use, gets a fresh random one."""
+        while call_id is None or call_id in self.calls:
+            call_id = os.urandom(8)
+        call = Call(call_id, caller, callee, now)
         self.calls[call.call_id] = call
         return call
 
@@ -147,15 +189,26 @@ class Switch:
         call.state = "released"
         call.cause = cause
         call.ended_ms = now
-        if len(self._ended) > 4096:
-            self._ended.clear()
+        self._forget_ended(now)
         for leg in (call.a, call.b):
-            if leg is not None:
-                self.legs.pop(leg.call_no, None)
+            if leg is not None and self.legs.get(leg.call_no) is leg:
+                del self.legs[leg.call_no]
+                leg.link.legs -= 1
                 media = leg.direct[0] if leg.direct else leg.media
-                self._ended[leg.call_no] = max(media.replay.highest, leg.media.replay.highest)
+                self._ended[leg.call_no] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
+                                            leg.direct[1].serial if leg.direct else None, now)
+                self._ended_order.append((now, leg.call_no))
         self.calls.pop(call.call_id, None)
         return True
+
+    def _forget_ended(self, now):
+        """Ended calls are remembered for ENDED_KEEP_MS (frames in flight), never more than ENDED_MAX."""
+        order, ended = self._ended_order, self._ended
+        while order and (now - order[0][0] > ENDED_KEEP_MS or len(order) >= ENDED_MAX):
+            when, call_no = order.popleft()
+            entry = ended.get(call_no)
+            if entry is not None and entry[3] == when:   # not a later call's that ended with this number
+                del ended[call_no]
 
     def pass_on(self, leg, msg_type, ies, now):
         """Apply ALERTING, ANSWER, DTMF or RELEASE from leg to its call and forward it to the
@@ -202,6 +255,9 @@ class Switch:
         if leg is None:
             self.daemon.stats.drop("unknown call number")
             return
+        if leg.link.trunked:
+            self.daemon.stats.drop("mini frame for a trunked leg")  # host links send trunk frames only
+            return
         ts = leg.media.open_mini(frame)
         if ts is None:
             self.daemon.stats.drop("media rejected")
@@ -211,22 +267,35 @@ class Switch:
             self.daemon.sessions.touch(leg.link.session, address, now)
         self.forward(leg, ts, bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]), now)
 
-    def _media_of(self, leg, direct):
-        return leg.direct[0] if direct and leg.direct else leg.media
-
     def trunk_in(self, frame, link, now, direct=False):
+        """Open a trunk frame from link and forward its entries; True when it carried new media.
+
+        Only legs of link are opened (with direct, legs whose direct path is link):
+        the frame's tag proves who sent it, not that the sender is party to the
+        calls it names. False for a frame that fails, or whose entries were all
+        replays: such a frame says nothing about where the peer is (B7).
+        """
         auth = link.trunk_recv_auth if link.kind == "pair" else (
             link.session.channel.crypto.recv_auth if link.session is not None else link.login.channel.crypto.recv_auth)
         legs = self.legs
         ended = self._ended
 
-        def extend(call_no, ts16):
+        def media_of(call_no):
             leg = legs.get(call_no)
-            if leg is not None:
-                media = leg.direct[0] if direct and leg.direct else leg.media
+            if leg is None:
+                return None
+            if direct:
+                return leg.direct[0] if leg.direct is not None and leg.direct[1] is link else None
+            return leg.media if leg.link is link else None
+
+        def extend(call_no, ts16):
+            media = media_of(call_no)
+            if media is not None:
                 return extend16(media.replay.highest, ts16)   # media.extend(ts16), inlined
-            highest = ended.get(call_no)  # a call that just ended: its frames still authenticate
-            return None if highest is None else extend16(highest, ts16)
+            gone = ended.get(call_no)  # a call that just ended: its frames still authenticate
+            if gone is None or (gone[2] if direct else gone[1]) != link.serial:
+                return None
+            return extend16(gone[0], ts16)
 
         entries = open_trunk(auth, frame, extend)
         stats = self.daemon.stats
@@ -237,21 +306,20 @@ class Switch:
         opened = 0
         relayed = self._relayed
         for call_no, ts, start, end in entries:
-            leg = legs.get(call_no)
-            if leg is None:
+            media = media_of(call_no)
+            if media is None:
                 stats.drop("unknown call number")
                 continue
-            media = leg.direct[0] if direct and leg.direct else leg.media
             payload = media.open_entry_bytes(frame, ts, start, end)
             if payload is None:
                 stats.drop("media rejected")
                 continue
             opened += 1
-            out = self.forward(leg, ts, payload, now)
+            out = self.forward(legs[call_no], ts, payload, now)
             if out is not None:
                 relayed.add(out)
         stats.count("media in", opened)
-        return True
+        return opened > 0
 
     # media out
 

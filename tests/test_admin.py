@@ -180,7 +180,8 @@ def test_config_file_selects_the_database_and_config_errors_are_reported(tmp_pat
 
 
 def test_unopenable_database_is_one_line(tmp_path, capsys):
-    assert upbx(["admin", "--database", str(tmp_path / "no" / "such" / "dir.sqlite"), "site", "list"]) == 1
+    (tmp_path / "file").write_text("")   # a missing directory is made (0700); under a file it cannot be
+    assert upbx(["admin", "--database", str(tmp_path / "file" / "dir.sqlite"), "site", "list"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("upbx admin: cannot open database ") and err.count("\n") == 1
 

@@ -231,15 +231,17 @@ def test_record_store_survives_kill_9_of_its_writer(tmp_path):
 def test_a_call_record_upload_fits_one_message_and_comes_back_whole():
     from host.records import decode_upload, encode_upload
     record = {"uid": "0123456789abcdef", "origin": "site-a", "caller": "123456789012345",
-              "callee": "987654321098765", "path": "direct", "started_ms": 1795000000000,
+              "callee": "987654321098765", "path": "local", "started_ms": 1795000000000,
               "answered_ms": 1795000000300, "ended_ms": 1795003600000, "cause": "unknown extension",
               "setup_ms": 65535}
     data = encode_upload(record)
     assert len(data) <= 255
-    assert decode_upload(data, "site-a") == record
+    sites = {"123456789012345": "a"}.get    # the callee is no longer in the directory: accepted
+    now = 1795003600000
+    assert decode_upload(data, "site-a", "a", sites, now) == record
     for bad in (b"{}", b"[1,2]", b"not json", b'["zz",1,2,3,4,5,6,7,8]'):
         try:
-            decode_upload(bad, "site-a")
+            decode_upload(bad, "site-a", "a", sites, now)
         except ValueError:
             pass
         else:

@@ -55,9 +55,13 @@ def test_enough_cases_in_total():
 class Stats:
     def __init__(self):
         self.drops = {}
+        self.counters = {}
 
     def drop(self, reason):
         self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def count(self, name, n=1):
+        self.counters[name] = self.counters.get(name, 0) + n
 
 
 def _lookup(identity):

@@ -247,6 +247,8 @@ TABLES = {
 
 from tools.quality import bench_quality, table_quality  # noqa: E402  (voice quality: PESQ, tools/quality.py)
 BENCHMARKS["quality"], TABLES["quality"] = bench_quality, table_quality
+from tools.bench_security import bench_handshake, table_handshake  # noqa: E402  (forged HELLOs, docs/security.md)
+BENCHMARKS["handshake"], TABLES["handshake"] = bench_handshake, table_handshake
 
 # the keys of the summary: where each one comes from in the results
 SUMMARY = (("wan_kbps_per_call", "wan", "wan_kbps_per_call"),

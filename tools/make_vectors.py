@@ -1,4 +1,4 @@
-"""Generate the protocol v1 test vectors and the generated parts of docs/protocol.md.
+"""Generate the protocol v2 test vectors and the generated parts of docs/protocol.md.
 
     python -m tools.make_vectors          write tests/vectors/protocol_vectors.json and
                                           the two generated sections of docs/protocol.md
@@ -110,8 +110,8 @@ def hkdf_vectors():
     cases = [
         ("RFC 5869 case 1", b"\x0b" * 22, seq_bytes(0, 13), seq_bytes(0xF0, 10), 42),
         ("RFC 5869 case 3: no salt, no info", b"\x0b" * 22, b"", b"", 42),
-        ("handshake key", seq_bytes(0, 16), b"", b"upbx v1 handshake", 32),
-        ("media leg material", seq_bytes(0x10, 16), b"", b"upbx v1 media", 96),
+        ("handshake key", seq_bytes(0, 16), b"", b"upbx v2 handshake", 32),
+        ("media leg material", seq_bytes(0x10, 16), b"", b"upbx v2 media", 96),
     ]
     out = []
     for name, secret, salt, info, length in cases:
@@ -151,7 +151,7 @@ NOW_MS = 3600000
 
 def handshake_vectors():
     key = session.handshake_key(SECRET)
-    check("handshake key", key.key, ref_hkdf(SECRET, b"", b"upbx v1 handshake", 32))
+    check("handshake key", key.key, ref_hkdf(SECRET, b"", b"upbx v2 handshake", 32))
     identity = ("ext", "201")
     cookie = session.make_cookie(COOKIE_SECRET, identity, CLIENT_NONCE, CLIENT_INDEX, CLIENT_ADDRESS, NOW_MS)
     check("cookie", cookie, ref_hmac(COOKIE_SECRET, ("%s|%d|%s|%d" % (
@@ -170,7 +170,7 @@ def handshake_vectors():
                        "frame": h(frame)})
     keys = session.session_keys(SECRET, CLIENT_NONCE, cookie, True)
     check("session keys", b"".join(keys[:2]) + b"".join(keys[2:]),
-          ref_hkdf(SECRET, CLIENT_NONCE + cookie, b"upbx v1 session", 96))
+          ref_hkdf(SECRET, CLIENT_NONCE + cookie, b"upbx v2 session", 96))
     return {
         "secret": h(SECRET), "identity": "201", "client_nonce": h(CLIENT_NONCE),
         "cookie_secret": h(COOKIE_SECRET), "client_address": CLIENT_ADDRESS, "now_ms": NOW_MS,
@@ -187,7 +187,8 @@ def full_frame_vectors(keys):
     cases = [
         ("WELCOME from the server, its first reliable message", server, "s2c", CLIENT_INDEX, 0, 0, wire.WELCOME,
          {wire.IE_SESSION_INDEX: SERVER_INDEX, wire.IE_TTL: 60, wire.IE_TIME: NOW_MS}),
-        ("SETUP from the client, seq64 0x10002 (seq16 2 on the wire)", client, "c2s", SERVER_INDEX, 0x10002, 1,
+        ("SETUP from the client, seq64 0x10002 (seq16 2 on the wire), ack64 1", client, "c2s", SERVER_INDEX,
+         0x10002, 1,
          wire.SETUP, {wire.IE_CALL_NO: 0x0123, wire.IE_CALLED: "3105", wire.IE_CALLING: "201",
                       wire.IE_CALLING_NAME: "Front desk", wire.IE_CALL_ID: seq_bytes(0xE0, 8),
                       wire.IE_CODEC: wire.CODEC_ULAW}),
@@ -202,9 +203,11 @@ def full_frame_vectors(keys):
         auth = c2s_auth if direction == "c2s" else s2c_auth
         nonce = bytes([2, 0, 0, 0]) + seq.to_bytes(8, "big")
         check(name + " ciphertext", frame[8:-8], ref_ctr(enc, nonce, payload))
-        check(name + " tag", frame[-8:], ref_hmac(auth, frame[:-8])[:8])
+        # v2: the tag covers the 64-bit sequence number and ack, of which the header carries 16 bits each
+        check(name + " tag", frame[-8:], ref_hmac(auth, seq.to_bytes(8, "big") + ack.to_bytes(8, "big")
+                                                  + frame[:-8])[:8])
         out.append({"name": name, "direction": direction, "receiver_index": index, "seq64": seq,
-                    "ack16": ack, "type": msg_type, "ies": ies_to_json(ies), "plaintext": h(payload),
+                    "ack64": ack, "type": msg_type, "ies": ies_to_json(ies), "plaintext": h(payload),
                     "nonce": h(nonce), "frame": h(frame)})
     return out
 
@@ -214,7 +217,7 @@ MEDIA_KEY = seq_bytes(0x10, 16)
 
 def mini_frame_vectors():
     leg = media.MediaLeg(MEDIA_KEY, 0, 0x0123, 0x0456)
-    material = crypto.hkdf(MEDIA_KEY, b"", b"upbx v1 media", 96)
+    material = crypto.hkdf(MEDIA_KEY, b"", b"upbx v2 media", 96)
     keys = media.leg_keys(MEDIA_KEY, 0)
     check("leg keys", b"".join(keys), material)
     voice = bytes((i * 37 + 5) & 0xFF for i in range(wire.VOICE_BYTES))
@@ -389,6 +392,27 @@ def replay_vectors():
     return out
 
 
+def media_jump_vectors():
+    """A media leg's window (check, then jump_ok after the tag, then mark): far jumps wait for a second frame."""
+    sequences = [
+        ("steps up to 1024 ahead move the window at once", [1000, 1020, 2044, 2064]),
+        ("a lone frame 1025 or more ahead is held, the stream goes on", [1000, 1020, 33000, 1040, 1060]),
+        ("a far jump confirmed by the next frame moves the window", [1000, 1020, 40000, 40020, 1040, 40040]),
+        ("a frame that does not follow the held one is held instead", [1000, 40000, 60000, 1020, 60020]),
+    ]
+    out = []
+    for name, numbers in sequences:
+        window = crypto.ReplayWindow()
+        ops = []
+        for n in numbers:
+            accepted = window.check(n) and window.jump_ok(n)
+            if accepted:
+                window.mark(n)
+            ops.append([n, accepted])
+        out.append({"name": name, "ops": ops})
+    return out
+
+
 def retransmit_vector():
     """Send times of one unacknowledged message, and when the channel gives up (reliable.py)."""
     keys = (seq_bytes(0, 32), seq_bytes(32, 16), seq_bytes(48, 32), seq_bytes(80, 16))
@@ -408,7 +432,7 @@ def build_vectors():
     handshake, keys = handshake_vectors()
     malformed, skipped = malformed_vectors()
     return {
-        "protocol": "upbx v1",
+        "protocol": "upbx v%d" % wire.VERSION,
         "generated_by": "tools/make_vectors.py (fixed inputs; do not edit by hand)",
         "hmac_sha256": hmac_vectors(),
         "hkdf_sha256": hkdf_vectors(),
@@ -424,6 +448,7 @@ def build_vectors():
         "malformed": malformed,
         "extend16": extend16_vectors(),
         "replay_window": replay_vectors(),
+        "media_jump": media_jump_vectors(),
         "retransmit_schedule_ms": retransmit_vector(),
     }
 
@@ -534,7 +559,7 @@ def appendix_markdown(v):
     block("device secret", hs["secret"])
     block("client nonce Nc", hs["client_nonce"])
     block("server cookie secret", hs["cookie_secret"])
-    block("handshake key = HKDF(secret, \"\", \"upbx v1 handshake\", 32)", hs["handshake_key"])
+    block("handshake key = HKDF(secret, \"\", \"upbx v2 handshake\", 32)", hs["handshake_key"])
     block("cookie", hs["cookie"])
     for f in hs["frames"]:
         block("%s frame (to index 0x%06x)" % (f["name"], f["receiver_index"]), f["frame"])
@@ -542,8 +567,8 @@ def appendix_markdown(v):
         block("session key %s" % name, hs["session_keys"][name])
     out.append("### A.5 Sealed full frames\n")
     for f in v["full_frames"]:
-        out.append("**%s** (%s, to index 0x%06x, seq64 0x%x, ack16 %d, type 0x%02x)\n" % (
-            f["name"], f["direction"], f["receiver_index"], f["seq64"], f["ack16"], f["type"]))
+        out.append("**%s** (%s, to index 0x%06x, seq64 0x%x, ack64 0x%x, type 0x%02x)\n" % (
+            f["name"], f["direction"], f["receiver_index"], f["seq64"], f["ack64"], f["type"]))
         block("plaintext IEs", f["plaintext"])
         block("nonce", f["nonce"])
         block("frame", f["frame"])
@@ -595,6 +620,11 @@ def appendix_markdown(v):
     out.append("### A.12 Replay window (1024 slots)\n")
     out.append("Each number is checked, and marked when accepted (+) ; rejected numbers (-) are not marked.\n")
     for c in v["replay_window"]:
+        out.append("- %s: %s" % (c["name"], " ".join("%d%s" % (n, "+" if ok else "-") for n, ok in c["ops"])))
+    out.append("")
+    out.append("A media leg also holds a timestamp more than 1024 above the highest until a second one "
+               "follows it (`ReplayWindow.jump_ok`, section 5):\n")
+    for c in v["media_jump"]:
         out.append("- %s: %s" % (c["name"], " ".join("%d%s" % (n, "+" if ok else "-") for n, ok in c["ops"])))
     out.append("")
     r = v["retransmit_schedule_ms"]

@@ -1,4 +1,4 @@
-"""The protocol v1 test vectors, recomputed with common/ and decoded back (both interpreters).
+"""The protocol v2 test vectors, recomputed with common/ and decoded back (both interpreters).
 
 The vectors come from tools/make_vectors.py (tests/vectors/protocol_vectors.json)
 and are printed in docs/protocol.md, appendix A; this module also checks the
@@ -62,8 +62,10 @@ def test_hmac_sha256_vectors_including_long_key():
         hk = crypto.HmacKey(key)
         assert hk.digest(msg) == mac
         assert hk.tag(msg, 8) == mac[:8]
-        assert hk.verify(msg, mac[:4])
-        assert not hk.verify(msg, bytes([mac[0] ^ 1]) + mac[1:4])
+        assert hk.verify(msg, mac[:4], 4)
+        assert not hk.verify(msg, bytes([mac[0] ^ 1]) + mac[1:4], 4)
+        # fixed tag lengths: an empty, short or long tag never verifies, even a prefix of the right one
+        assert not hk.verify(msg, b"", 8) and not hk.verify(msg, mac[:4], 8) and not hk.verify(msg, mac[:9], 8)
 
 
 def test_hkdf_vectors():
@@ -145,19 +147,22 @@ def test_sealed_full_frames_seal_open_and_decode():
         ies = ies_from_json(f["ies"])
         payload = wire.encode_ies(ies)
         assert payload == b(f["plaintext"])
-        frame = sender.seal(f["receiver_index"], f["seq64"], f["ack16"], f["type"], payload)
+        frame = sender.seal(f["receiver_index"], f["seq64"], f["ack64"], f["type"], payload)
         assert frame == b(f["frame"]), f["name"]
         assert wire.frame_kind(frame) == wire.KIND_FULL
-        assert wire.parse_full(frame) == (f["receiver_index"], f["seq64"] & 0xFFFF, f["ack16"], f["type"])
+        assert wire.parse_full(frame) == (f["receiver_index"], f["seq64"] & 0xFFFF, f["ack64"] & 0xFFFF, f["type"])
         assert b(f["nonce"]) == bytes([2, 0, 0, 0]) + bytes((f["seq64"] >> (8 * (7 - i))) & 0xFF for i in range(8))
-        opened = receiver.open(frame, f["seq64"])
+        opened = receiver.open(frame, f["seq64"], f["ack64"])
         assert bytes(opened) == payload
+        # v2: the tag covers all 64 bits of the sequence number and ack, not just the 16 on the wire
+        assert receiver.open(frame, f["seq64"] + 0x10000, f["ack64"]) is None
+        assert receiver.open(frame, f["seq64"], f["ack64"] + 0x10000) is None
         assert wire.decode_ies(opened) == ies
         # the wrong direction's keys, or a flipped bit, do not open it
-        assert sender.open(frame, f["seq64"]) is None
+        assert sender.open(frame, f["seq64"], f["ack64"]) is None
         bad = bytearray(frame)
         bad[len(bad) // 2] ^= 0x10
-        assert receiver.open(bytes(bad), f["seq64"]) is None
+        assert receiver.open(bytes(bad), f["seq64"], f["ack64"]) is None
 
 
 def test_channel_delivers_the_setup_vector_once_and_acks_it():
@@ -300,6 +305,16 @@ def test_replay_window_sequences():
         w = crypto.ReplayWindow()
         for n, accepted in c["ops"]:
             assert w.check(n) == accepted, (c["name"], n)
+            if accepted:
+                w.mark(n)
+
+
+def test_media_jump_sequences():
+    assert V["protocol"] == "upbx v%d" % wire.VERSION
+    for c in V["media_jump"]:
+        w = crypto.ReplayWindow()
+        for n, accepted in c["ops"]:
+            assert (w.check(n) and w.jump_ok(n)) == accepted, (c["name"], n)
             if accepted:
                 w.mark(n)
 

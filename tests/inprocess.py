@@ -1,0 +1,251 @@
+"""The real host objects in one process, on a virtual network with a virtual clock.
+
+`World` builds a MainHost and a RemoteHost from real configuration files and a
+real SQLite directory, gives each a socket object that puts datagrams on `Net`
+instead of the wire, and drives them as their daemon loop would: every datagram
+goes to `on_datagram` (a DecodeError is counted as the daemon counts it; any
+other exception fails the test, which is stricter than the daemon), `on_burst`
+after each batch, `on_tick` every 20 ms. Phones are common.phone.Phone (the
+handset's protocol core) and attackers common.login.Login, on the same network.
+Nothing is mocked but the socket and the clock: hours of calls run in seconds.
+"""
+import collections
+import os
+
+from common import wire
+from common.login import UP, Login
+from common.phone import CONNECTED, Phone
+from host.config import load_main_config, load_remote_config
+from host.directory import Directory
+from host.main import MainHost
+from host.remote import RemoteHost
+
+MAIN = ("198.18.0.1", 4569)
+SITE_A = ("198.18.1.1", 4570)
+TICK_MS = 20
+
+
+class Net:
+    """Datagrams between endpoints by address, delivered in order; time in ms."""
+
+    def __init__(self):
+        self.now = 1000
+        self.endpoints = {}         # address -> handler(data, source)
+        self.queue = collections.deque()
+        self.delivered = 0
+        self.errors = []            # exceptions a host raised on a datagram (internal errors)
+
+    def send(self, data, source, destination):
+        self.queue.append((bytes(data), source, tuple(destination[:2])))
+
+    def run(self):
+        """Deliver until nothing is left in flight; returns the hosts that received something."""
+        touched = set()
+        while self.queue:
+            data, source, destination = self.queue.popleft()
+            handler = self.endpoints.get(destination)
+            if handler is not None:
+                self.delivered += 1
+                owner = handler(data, source)
+                if owner is not None:
+                    touched.add(owner)
+        return touched
+
+
+class FakeSocket:
+    """What Daemon.send needs of a socket; datagrams go onto the Net."""
+
+    def __init__(self, net, address):
+        self.net = net
+        self.address = address
+
+    def sendto(self, data, address):
+        self.net.send(data, self.address, address)
+
+    def setsockopt(self, *args):
+        pass
+
+
+def attach_host(net, host, address):
+    host.sock = FakeSocket(net, address)
+    host._tos = None
+    host.address = address
+
+    def handler(data, source):
+        host.stats.count("datagrams in")
+        try:
+            host.on_datagram(bytearray(data), source, net.now)
+        except wire.DecodeError as exc:
+            host.stats.drop("malformed: " + exc.field)
+        except Exception as exc:       # as Daemon._datagram: counted (and the tests assert there are none)
+            host.stats.drop("internal error")
+            net.errors.append(repr(exc))
+        return host
+
+    net.endpoints[address] = handler
+
+
+class PhoneEnd:
+    """A handset's protocol core on the Net; sends numbered voice frames while connected."""
+
+    def __init__(self, net, number, secret, address, host):
+        self.net = net
+        self.number = number
+        self.address = address
+        self.host = host
+        self.phone = Phone(number, secret, os.urandom, keepalive_ms=2000)
+        self.ts = 0
+        self.sent = []              # payloads sent in the current call
+        self.received = []          # payloads received in the current call
+        self.log = []               # events the test has looked at
+        net.endpoints[address] = self._receive
+
+    def _receive(self, data, source):
+        got = self.phone.receive(bytearray(data), self.net.now)
+        if got is not None:
+            self.received.append(bytes(got[1]))
+        self.flush()
+
+    def flush(self):
+        for datagram in self.phone.datagrams_to_send(self.net.now):
+            self.net.send(datagram, self.address, self.host)
+
+    def tick(self):
+        now = self.net.now
+        timer = self.phone.next_timer()
+        if timer is not None and timer <= now:
+            self.phone.handle_timer(now)
+        if self.phone.state == CONNECTED:
+            payload = ("%s %d" % (self.number, self.ts)).encode().ljust(wire.VOICE_BYTES, b".")
+            frame, address = self.phone.seal_media(self.ts, payload)
+            if frame is not None:
+                self.sent.append(payload)
+                self.net.send(frame, self.address, address or self.host)
+            self.ts += TICK_MS
+        self.flush()
+
+    def events(self):
+        events, self.phone.events = self.phone.events, []
+        return events
+
+
+class LoginEnd:
+    """A Login (an attacker's stolen identity) on the Net; keeps every message the host sends it."""
+
+    def __init__(self, net, identity_ie, identity, secret, address, host):
+        self.net = net
+        self.address = address
+        self.host = host
+        self.identity_ie = identity_ie
+        self.identity = identity
+        self.secret = secret
+        self.login = None
+        self.inbox = []
+        self.frames_in = []          # other datagrams sent to us (PUNCH, trunk, mini)
+        net.endpoints[address] = self._receive
+
+    def start(self):
+        self.login = Login(self.identity_ie, self.identity, self.secret,
+                           int.from_bytes(os.urandom(3), "big") % wire.MAX_SESSION + 1, os.urandom)
+        self.login.start(self.net.now)
+        self.flush()
+
+    @property
+    def up(self):
+        return self.login is not None and self.login.state == UP
+
+    def _receive(self, data, source):
+        if wire.frame_kind(data) == wire.KIND_FULL and wire.parse_full(data)[3] != wire.PUNCH:
+            self.inbox.extend(self.login.receive(data, self.net.now))
+            self.flush()
+        else:
+            self.frames_in.append((data, source))
+
+    def flush(self):
+        for datagram in self.login.datagrams_to_send(self.net.now):
+            self.net.send(datagram, self.address, self.host)
+
+    def tick(self):
+        now = self.net.now
+        timer = self.login.next_timer()
+        if timer is not None and timer <= now:
+            self.login.handle_timer(now)
+        self.flush()
+
+
+class World:
+    """Main host, site a's remote host with phones 101 and 102, phones 301-303 at the main host,
+    and site x (remote host site-x, extensions 401 and 402) for an attacker to log in as."""
+
+    def __init__(self, tmp_path, ring_timeout_s=30):
+        self.tmp = tmp_path
+        self.net = Net()
+        directory = Directory(tmp_path / "main.sqlite")
+        self.secrets = {}
+        for site in ("a", "c", "x"):
+            directory.add_site(site)
+        self.secrets["site-a"] = directory.add_remote_host("site-a", "a")
+        self.secrets["site-x"] = directory.add_remote_host("site-x", "x")
+        for number, site in (("101", "a"), ("102", "a"), ("301", "c"), ("302", "c"), ("303", "c"),
+                             ("401", "x"), ("402", "x")):
+            self.secrets[number] = directory.add_extension(number, site, "Phone " + number)
+        directory.close()
+        (tmp_path / "main.toml").write_text(
+            '[main]\nlisten = "%s:%d"\ndatabase = "main.sqlite"\nlog_level = "error"\nring_timeout_s = %d\n'
+            % (MAIN[0], MAIN[1], ring_timeout_s))
+        self.main = MainHost(load_main_config(str(tmp_path / "main.toml")))
+        attach_host(self.net, self.main, MAIN)
+        (tmp_path / "site-a.toml").write_text(
+            '[remote]\nname = "site-a"\nsecret = "%s"\nmain = "%s:%d"\nlisten = "%s:%d"\nlog_level = "error"\n'
+            % (self.secrets["site-a"].hex(), MAIN[0], MAIN[1], SITE_A[0], SITE_A[1]))
+        os.chmod(tmp_path / "site-a.toml", 0o600)
+        self.a = RemoteHost(load_remote_config(str(tmp_path / "site-a.toml")))
+        attach_host(self.net, self.a, SITE_A)
+        self.hosts = (self.main, self.a)
+        self.phones = {}
+        self.others = []            # LoginEnds
+
+    def start_remote(self):
+        self.a.on_start(self.net.now)
+        self.settle()
+        assert self.a.login.state == UP
+
+    def add_phone(self, number, index):
+        host = SITE_A if number.startswith("1") else MAIN
+        end = PhoneEnd(self.net, number, self.secrets[number], ("198.18.%d.%d" % (2, index), 40000), host)
+        self.phones[number] = end
+        end.phone.start(self.net.now)
+        end.flush()
+        return end
+
+    def add_login(self, identity_ie, identity, address, host=MAIN):
+        end = LoginEnd(self.net, identity_ie, identity, self.secrets[identity], address, host)
+        self.others.append(end)
+        end.start()
+        return end
+
+    def settle(self):
+        """Deliver everything in flight, letting each host end its burst."""
+        while self.net.queue:
+            for host in self.net.run():
+                host.on_burst(self.net.now)
+
+    def tick(self):
+        """20 ms: phones and logins act, then every host's tick, then deliver."""
+        self.net.now += TICK_MS
+        for end in self.phones.values():
+            end.tick()
+        for end in self.others:
+            end.tick()
+        self.settle()
+        for host in self.hosts:
+            host.on_tick(self.net.now)
+        self.settle()
+
+    def run(self, ms):
+        for _ in range(ms // TICK_MS):
+            self.tick()
+
+    def close(self):
+        self.main.directory.close()
+        self.a.records.close()
