@@ -382,8 +382,7 @@ def _drain(poller, by_fd, on_media, timeout, pair):
                 break
             t = time.monotonic()
             if data and wire.frame_kind(data) == wire.KIND_FULL:
-                on_media(client, data, t)
-                client.signal(data, int(t * 1000))
+                client.signal(data, int(t * 1000))   # signalling: not part of a call's media on the wire
             else:
                 on_media(client, data, t)
 
@@ -478,7 +477,7 @@ def bench_trunking(quick=False):
     """Entries per trunk datagram per tick on the wire, and WAN kbps per call at 1..30 calls."""
     seconds = 1.0 if quick else 3.0
     out = {"method": "emulated remote hosts A and B log into the main host; calls A->B relayed by the "
-                     "main host; bytes and datagrams counted at B's socket (+28 per datagram), "
+                     "main host; media datagrams and their bytes counted at B's socket (+28 per datagram; signalling apart), "
                      "authentication and encryption on",
            "wan_kbps_per_call": {}, "wan_kbps_per_call_jumbo": {}, "datagrams_per_tick": {},
            "datagrams_per_tick_jumbo": {}, "entries_per_datagram": {}}
