@@ -6,8 +6,8 @@
 #
 # `upbx build --image unix32|esp32` runs these (docs/handset.md, "The firmware image"). main.py is
 # not frozen: it stays the two-line file on the device's filesystem, which MicroPython runs at boot.
-# The environment variable UPBX_BOARD (a board file, boards/*.json) adds that board's
-# micropython-lib packages (its "mip_packages", e.g. ssd1306 for a display).
+# The environment variable UPBX_BOARD (the absolute path of a board file, boards/*.json) adds that
+# board's micropython-lib packages (its "mip_packages", e.g. ssd1306 for a display).
 import json
 import os
 
@@ -40,6 +40,8 @@ package("firmware", files=sorted(firmware_files), base_path="..")
 # 3. The board's micropython-lib packages (upbx deploy installs them with mip otherwise).
 board_file = os.environ.get("UPBX_BOARD")
 if board_file:
+    if not os.path.isabs(board_file):  # a manifest runs in its own directory: a relative path would mislead
+        raise ValueError("UPBX_BOARD=%s: give the board file's absolute path" % board_file)
     with open(board_file) as f:
         for name in json.load(f).get("mip_packages", []):
             require(name)

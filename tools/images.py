@@ -150,22 +150,40 @@ def _check_toolchain():
                          "apt-get install gcc-multilib)" % (proc.stderr.strip().splitlines() or ["failed"])[-1])
 
 
-def _make(argv, log_file):
+def _make(argv, log_file, src):
     with open(log_file, "a") as out:
         out.write("$ %s\n" % " ".join(argv))
         out.flush()
-        proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=_make_env())
+        proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=_make_env(src))
     if proc.returncode != 0:
         tail = pathlib.Path(log_file).read_text().splitlines()[-15:]
         raise ImageError("%s failed (exit %d); the end of %s:\n%s" % (
             " ".join(argv[:3]), proc.returncode, log_file, "\n".join(tail)))
 
 
-def _make_env():
+def _make_env(src):
     env = dict(os.environ)
     for var in ("FROZEN_MANIFEST", "BUILD", "VARIANT", "MICROPY_MPYCROSS"):  # ours are on the command line
         env.pop(var, None)
+    # the version in the image's banner (what `upbx flash` reads): the source's, not what git would
+    # find above the copy (this repository)
+    env["MICROPY_GIT_TAG"] = git_tag(src)
     return env
+
+
+def git_tag(src):
+    """The MicroPython version of src as its build names it: `git describe` where src is a checkout of
+    its own (v1.28.0, or v1.28.0-12-gabcdef for a commit after the tag), else v + py/mpconfig.h's."""
+    src = pathlib.Path(src)
+    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(src.parent))   # src itself, never a repository above it
+    try:
+        out = subprocess.run(["git", "describe", "--tags", "--dirty", "--always", "--match", "v[1-9].*"],
+                             cwd=src, env=env, capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.strip().startswith("v"):
+            return out.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return "v" + source_version(src)
 
 
 def unix32_image(frozen=True, micropython_src=None, log=print):
@@ -182,7 +200,7 @@ def unix32_image(frozen=True, micropython_src=None, log=print):
     binary = out / "micropython"
     entries = _unix_tree(src)
     source_key = _fingerprint(entries)
-    key = hashlib.sha256(json.dumps([source_key, UNIX32_MAKE_FLAGS, frozen]).encode())
+    key = hashlib.sha256(json.dumps([source_key, git_tag(src), UNIX32_MAKE_FLAGS, frozen]).encode())
     if frozen:
         for path in frozen_sources():
             key.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
@@ -205,12 +223,12 @@ def unix32_image(frozen=True, micropython_src=None, log=print):
         log_file.write_text("")
         jobs = "-j%d" % (os.cpu_count() or 1)
         log("build: %s from MicroPython %s (log: %s)" % (name, source_version(src), os.path.relpath(log_file, ROOT)))
-        _make(["make", "-C", str(copy / "mpy-cross"), jobs], log_file)
+        _make(["make", "-C", str(copy / "mpy-cross"), jobs], log_file, src)
         argv = ["make", "-C", str(copy / "ports" / "unix"), jobs, "BUILD=build-32-" + name.split("-")[1]]
         argv += list(UNIX32_MAKE_FLAGS)
         if frozen:
             argv.append("FROZEN_MANIFEST=%s" % MANIFEST)
-        _make(argv, log_file)
+        _make(argv, log_file, src)
         built = copy / "ports" / "unix" / ("build-32-" + name.split("-")[1]) / "micropython"
         tmp = binary.with_name("micropython.new")
         shutil.copy2(built, tmp)
