@@ -174,6 +174,18 @@ def test_deploy_rejects_bad_provisioning_before_touching_the_handset(handset, tm
     assert list(handset.device_dir.iterdir()) == []
 
 
+def test_deploy_frozen_refuses_an_image_without_the_frozen_firmware(handset, tmp_path):
+    # the PyPI unix port has nothing of upbx frozen in: --frozen must refuse before it removes anything
+    (handset.device_dir / "firmware").mkdir()
+    (handset.device_dir / "firmware" / "app.mpy").write_bytes(b"M\x06")
+    r = upbx("deploy", "--port", handset.link, "--board", REF_BOARD, "--frozen")
+    assert r.returncode == 1
+    assert ("deploy: --frozen: the MicroPython image on %s has no upbx firmware frozen in (no firmware/start, "
+            "firmware/app, common/phone among its modules): flash one built by `upbx build --image esp32 --board %s`"
+            % (handset.link, REF_BOARD)) in r.stderr
+    assert sorted(p.name for p in handset.device_dir.rglob("*")) == ["app.mpy", "firmware"]
+
+
 class MipIndex:
     """A micropython-lib style index on 127.0.0.1: /package/6/NAME/latest.json and /file/xx/HASH."""
 
