@@ -299,8 +299,8 @@ def esp32_image(board, micropython_src, out_dir, log=print, run=subprocess.run):
 def image_version(path):
     """(major, minor, micro) of the MicroPython in an image (its banner), or None when there is none."""
     data = pathlib.Path(path).read_bytes()
-    match = re.search(rb"MicroPython v(\d+)\.(\d+)\.(\d+)", data)
-    return tuple(int(g) for g in match.groups()) if match else None
+    match = re.search(rb"MicroPython v(\d+)\.(\d+)(?:\.(\d+))?[ -]", data)   # releases before v1.19 had no .micro
+    return tuple(int(g or 0) for g in match.groups()) if match else None
 
 
 def has_frozen_upbx(path):
