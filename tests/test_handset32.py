@@ -7,7 +7,10 @@ really was that small and that the live heap stays under a limit a few KB above 
 measured (docs/handset.md, Memory), so a firmware change that grows it fails here first.
 """
 import os
+import subprocess
+import sys
 
+from tests.support import ROOT
 from tools.demo import run_demo
 from tools.lab import LoopbackExchange
 
@@ -59,3 +62,11 @@ def test_every_demo_call_completes_at_100k_with_mpy_files_on_the_32bit_build(tmp
     rows, heaps, flash = demo_calls(tmp_path, ["--micropython", unix32_plain, "--heapsize", "100K", "--mpy"])
     check(rows, heaps, 100 * 1024, MPY_LIVE_LIMIT)
     assert flash == ["common", "firmware", "main.py", "sysinfo.json", "upbx_config.json"]
+
+
+def test_a_frozen_image_loads_no_mpy_files(tmp_path, unix32_frozen):
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "phone", "--micropython", unix32_frozen, "--mpy",
+                        "--extension", "101", "--secret", "00" * 16, "--host", "127.0.0.1:9"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "upbx phone: --mpy: %s has the firmware frozen in; it loads no .mpy files" % unix32_frozen in r.stderr
