@@ -73,7 +73,7 @@ def check_image(path, log=print):
 def _first_release(mpy):
     """The oldest MicroPython release that loads this .mpy version."""
     since = [v for v, m in images.MPY_VERSIONS if m == mpy]
-    return "v%d.%d" % min(since) if since else "(none known)"
+    return "v%d.%d" % min(since)[:2] if since else "(none known)"
 
 
 def run(args):

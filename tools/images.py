@@ -40,8 +40,8 @@ UNIX_LIBS = ("axtls", "crypto-algorithms", "libm", "libm_dbl", "littlefs", "mbed
 SKIP_TOP = ("ports", "lib", "tests", "docs", "examples", ".git", ".github")
 # .mpy format per MicroPython release (py/persistentcode.h: MPY_VERSION, MPY_SUB_VERSION): bytecode
 # loads when the version matches, native code (our viper kernels) only when the sub-version does too.
-MPY_VERSIONS = (((1, 23), (6, 3)), ((1, 22), (6, 2)), ((1, 20), (6, 1)), ((1, 19), (6, 0)), ((1, 12), (5, 0)),
-                ((0, 0), (4, 0)))
+MPY_VERSIONS = (((1, 23, 0), (6, 3)), ((1, 22, 0), (6, 2)), ((1, 20, 0), (6, 1)), ((1, 19, 0), (6, 0)),
+                ((1, 12, 0), (5, 0)), ((1, 11, 0), (4, 0)), ((1, 9, 3), (3, 0)), ((0, 0, 0), (2, 0)))
 NEWEST_KNOWN = (1, 29)   # the newest release checked against the table above
 FROZEN_MARK = b"firmware/start.py\x00"   # a frozen module's name, as mp_frozen_names holds it
 
@@ -311,7 +311,7 @@ def has_frozen_upbx(path):
 def mpy_version_loaded(version):
     """(mpy version, sub-version) that MicroPython `version` loads, per py/persistentcode.h."""
     for since, mpy in MPY_VERSIONS:
-        if tuple(version[:2]) >= since:
+        if tuple(version) >= since:
             return mpy
     return MPY_VERSIONS[-1][1]
 
