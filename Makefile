@@ -1,23 +1,32 @@
 # The two commands a fresh Debian/Ubuntu machine needs (see README.md):
 #   make demo   set everything up, then run the local demo (upbx demo)
-#   make test   set everything up, then run every test
-# Set-up is idempotent: a stamp file skips it when pyproject.toml has not changed.
+#   make test   set everything up, build the 32-bit MicroPython images, then run every test
+# Set-up is idempotent: a stamp file skips it when pyproject.toml has not changed. Under CI=true a
+# Debian package that cannot be installed (not root, no apt-get, apt-get failing) fails the set-up;
+# elsewhere the tests that need it skip.
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.upbx-setup
-DEBS   := python3-venv python3-dev build-essential iproute2 nftables socat espeak-ng
+# gcc-multilib: the 32-bit MicroPython unix port (tools/images.py) that CI runs the handset on
+DEBS   := python3-venv python3-dev build-essential gcc-multilib iproute2 nftables socat espeak-ng
 
-.PHONY: setup demo test bench clean
+.PHONY: setup images demo test bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || echo "apt-get failed installing:$$missing"; \
 	  missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
-	else echo "not root: skipping Debian packages ($(DEBS)); tests that need them will skip"; fi
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$CI" = true ]; then echo "CI: Debian packages not installed:$$missing (the set-up needs root and apt-get)"; exit 1; fi; \
+	  echo "Debian packages not installed:$$missing; the tests that need them will skip"; \
+	fi
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -26,7 +35,10 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/upbx demo
 
-test: setup
+images: setup
+	$(PY) -m tools.images
+
+test: setup images
 	$(VENV)/bin/pytest -q
 
 bench: setup

@@ -17,12 +17,14 @@ TOP_KEYS = {
     # key: required
     "name": True, "chip": True, "flash_offset": True, "full_duplex": True,
     "i2s_mic": True, "i2s_speaker": True, "mip_packages": True, "sources": True, "notes": True,
+    "micropython_image": True,
     "description": False, "keypad": False, "keys": False, "ptt_key": False, "display": False,
     "codec": False, "pa_enable": False, "strapping_pins_used": False, "wiring": False,
 }
 I2S_KEYS = {"id": True, "sck": True, "ws": True, "sd": True, "bits": True, "format": True,
             "rate": True, "ibuf": False}
 I2C_KEYS = {"id": True, "scl": True, "sda": True, "freq": False}
+IMAGE_KEYS = {"board": True, "variant": False, "needs_frozen": True}
 DISPLAY_TYPES = ("ssd1306",)
 CODEC_TYPES = ("es8388",)
 
@@ -135,6 +137,8 @@ def _check_types(board, chip, stem, out):
             out.append((bus + ".format", "must be \"mono\" or \"stereo\""))
         if not _is_int(i2s.get("rate")):
             out.append((bus + ".rate", "must be an integer (Hz)"))
+    if "micropython_image" in board:  # missing: reported with the other keys
+        _check_image(board["micropython_image"], board["chip"], chip, out)
     keypad = board.get("keypad")
     if keypad is not None:
         _check_keys(keypad, {"rows": True, "cols": True, "keys": True}, "keypad.", out)
@@ -191,6 +195,35 @@ def _check_types(board, chip, stem, out):
     used = board.get("strapping_pins_used", {})
     if not isinstance(used, dict) or not all(isinstance(v, str) and v.strip() for v in used.values()):
         out.append(("strapping_pins_used", "must map each strapping pin used (as a string) to a justification"))
+
+
+def _is_name(v):
+    return isinstance(v, str) and v != "" and all(c.isupper() or c.isdigit() or c == "_" for c in v)
+
+
+def _check_image(image, chip_name, chip, out):
+    """micropython_image: the MicroPython board (and variant) `upbx build --image esp32` builds, and
+    whether the handset needs its modules frozen in (no PSRAM: a .mpy deployment leaves too little heap)."""
+    if not isinstance(image, dict):
+        out.append(("micropython_image", "must be {\"board\": NAME, \"variant\": NAME (optional), "
+                                         "\"needs_frozen\": true|false}"))
+        return
+    _check_keys(image, IMAGE_KEYS, "micropython_image.", out)
+    if not _is_name(image.get("board")):
+        out.append(("micropython_image.board", "must be a MicroPython board name (ports/esp32/boards), e.g. %r"
+                    % chip["micropython_board"]))
+        return
+    if "variant" in image and not _is_name(image["variant"]):
+        out.append(("micropython_image.variant", "must be a variant name (mpconfigvariant_NAME.cmake), e.g. \"SPIRAM\""))
+    if not isinstance(image.get("needs_frozen"), bool):
+        out.append(("micropython_image.needs_frozen", "must be true or false"))
+    generic = image["board"] == chip["micropython_board"]
+    if image["board"].startswith("ESP32_GENERIC") and not generic:
+        out.append(("micropython_image.board", "%s is not the generic image for %s (%s is)"
+                    % (image["board"], chip_name, chip["micropython_board"])))
+    elif generic and image.get("variant") not in [None] + chip["micropython_variants"]:
+        out.append(("micropython_image.variant", "%s has no variant %r (MicroPython v1.28.0 has %s)"
+                    % (image["board"], image.get("variant"), ", ".join(chip["micropython_variants"]))))
 
 
 def _check_i2c(i2c, where, chip, out):

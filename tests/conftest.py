@@ -27,3 +27,18 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
     outcome = yield
     _skip_is_failure(outcome.get_result())
+
+
+from tests.support import unix32_binary  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def unix32_frozen():
+    """Path of the 32-bit unix port with common/ and firmware/ frozen in (firmware/manifest.py)."""
+    return unix32_binary(frozen=True)
+
+
+@pytest.fixture(scope="session")
+def unix32_plain():
+    """Path of the plain 32-bit unix port (nothing of upbx frozen in)."""
+    return unix32_binary(frozen=False)

@@ -20,6 +20,18 @@ def micropython_binary():
     return path
 
 
+def unix32_binary(frozen):
+    """The 32-bit unix port (tools.build.unix32_image: frozen image or plain), built once and cached
+    under build/; fails in CI when it cannot be built (gcc-multilib, MicroPython source), skips elsewhere."""
+    from tools.images import ImageError, unix32_image
+    try:
+        return str(unix32_image(frozen=frozen, log=lambda *a: None))
+    except ImageError as exc:
+        if os.environ.get("CI"):
+            pytest.fail("the 32-bit unix port cannot be built: %s" % exc)
+        pytest.skip("the 32-bit unix port cannot be built here: %s" % exc)
+
+
 def require_root():
     """Skip with a printed reason unless running as root (namespaces, nftables); fails in CI."""
     if os.geteuid() != 0:

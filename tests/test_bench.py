@@ -94,6 +94,8 @@ def test_bench_quick_json_has_every_key_with_sane_values():
     assert 0 < r["bytes_per_registered_phone"] < 10 ** 7
     assert r["registrations"]["phones"] > 0
     assert "cpython" in r["codec"]
+    for case in ("frozen", "mpy"):   # the handset's heap on the 32-bit build (tests/test_handset32.py asserts more)
+        assert 0 < r["memory"][case]["import_bytes"] < r["memory"][case]["call_peak_live"]["B1"], r["memory"]
 
 
 def test_bench_runs_one_benchmark_by_name_and_refuses_unknown_ones():

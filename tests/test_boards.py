@@ -13,7 +13,8 @@ _spec.loader.exec_module(schema)
 
 CHIPS = schema.load_chips()
 BOARDS = schema.board_names()
-REQUIRED = ["esp32-devkitc-inmp441", "esp32s3-devkitc-inmp441", "esp32-lyrat-v4.3", "esp32-a1s-audiokit"]
+REQUIRED = ["esp32-devkitc-inmp441", "esp32s3-devkitc-inmp441", "esp32-lyrat-v4.3", "esp32-a1s-audiokit",
+            "esp32-wrover-devkitc-inmp441", "esp32s3-n8r8-devkitc-inmp441"]
 
 
 def board(name):
@@ -68,6 +69,37 @@ def test_duplex_matches_the_i2s_buses(name):
 def test_flash_offset_follows_the_chip(name):
     b = board(name)
     assert b["flash_offset"] == {"esp32": 0x1000, "esp32s3": 0}[b["chip"]]
+
+
+@pytest.mark.parametrize("name", BOARDS)
+def test_each_board_names_its_image_and_only_boards_without_psram_need_it_frozen(name):
+    image = board(name)["micropython_image"]
+    assert image["board"] == CHIPS[board(name)["chip"]]["micropython_board"]
+    psram = image.get("variant") in ("SPIRAM", "SPIRAM_OCT")
+    assert image["needs_frozen"] is (image["board"] == "ESP32_GENERIC" and not psram)
+
+
+def test_the_psram_boards_take_the_psram_images():
+    assert board("esp32-wrover-devkitc-inmp441")["micropython_image"] == {
+        "board": "ESP32_GENERIC", "variant": "SPIRAM", "needs_frozen": False}
+    assert board("esp32s3-n8r8-devkitc-inmp441")["micropython_image"] == {
+        "board": "ESP32_GENERIC_S3", "variant": "SPIRAM_OCT", "needs_frozen": False}
+    # same wiring as the boards without PSRAM: every pin keeps off the PSRAM lines
+    for psram, plain in (("esp32-wrover-devkitc-inmp441", "esp32-devkitc-inmp441"),
+                         ("esp32s3-n8r8-devkitc-inmp441", "esp32s3-devkitc-inmp441")):
+        assert schema.board_pins(board(psram)) == schema.board_pins(board(plain))
+
+
+def test_a_wrong_image_is_rejected():
+    assert broken(micropython_image__variant="SPIRAM_OCT") == [
+        "micropython_image.variant: ESP32_GENERIC has no variant 'SPIRAM_OCT' (MicroPython v1.28.0 has D2WD, "
+        "OTA, SPIRAM, UNICORE)"]
+    assert broken(micropython_image__board="ESP32_GENERIC_S3") == [
+        "micropython_image.board: ESP32_GENERIC_S3 is not the generic image for esp32 (ESP32_GENERIC is)"]
+    assert broken(micropython_image__needs_frozen="yes") == ["micropython_image.needs_frozen: must be true or false"]
+    assert broken(micropython_image=KeyError) == ["micropython_image: missing"]
+    assert broken(micropython_image__board="esp32 generic") == [
+        "micropython_image.board: must be a MicroPython board name (ports/esp32/boards), e.g. 'ESP32_GENERIC'"]
 
 
 def test_codec_boards_say_mclk_is_unavailable():

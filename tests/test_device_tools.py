@@ -97,27 +97,74 @@ def test_build_compiles_this_repository(tmp_path):
 
 # --- upbx flash ----------------------------------------------------------------
 
-@pytest.mark.parametrize("chip,offset", [("esp32", "0x1000"), ("esp32s3", "0x0")])
-def test_flash_writes_the_image_at_the_chip_offset(chip, offset):
-    r = upbx("flash", "--port", "/dev/ttyUSB9", "--firmware", "mp.bin", "--chip", chip, "--dry-run")
-    assert r.returncode == 0
-    erase, write = r.stdout.splitlines()
+def image(path, banner=b"MicroPython v1.28.0 on 2026-03-02; Generic ESP32 module with ESP32", frozen=False):
+    """A synthetic image: an ESP image header, then the strings MicroPython keeps in one (the banner,
+    and the frozen modules' names when the firmware is frozen in)."""
+    data = b"\xe9\x03\x02\x20" + bytes(60) + banner + b"\x00" + bytes(100)
+    if frozen:
+        data += b"common/phone.py\x00firmware/app.py\x00firmware/start.py\x00"
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("board,chip,offset", [(REF_BOARD, "esp32", "0x1000"),
+                                               ("esp32s3-n8r8-devkitc-inmp441", "esp32s3", "0x0")])
+def test_flash_takes_chip_and_offset_from_the_board_file(tmp_path, board, chip, offset):
+    bin_ = image(tmp_path / "mp.bin")
+    r = upbx("flash", "--port", "/dev/ttyUSB9", "--firmware", bin_, "--board", board, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "is MicroPython v1.28.0: it loads the .mpy v6.3 files upbx deploy writes" in r.stdout
+    erase, write = r.stdout.splitlines()[-2:]
     assert erase.endswith("--chip %s --port /dev/ttyUSB9 --baud 460800 --connect-attempts 2 erase-flash" % chip)
-    assert write.endswith("write-flash %s mp.bin" % offset)
+    assert write.endswith("write-flash %s %s" % (offset, bin_))
+
+
+@pytest.mark.parametrize("banner,release,loads", [   # py/persistentcode.h of each release
+    (b"MicroPython v1.19.1 on 2022-06-18", "v1.19.1", "6.0"), (b"MicroPython v1.22.2 on 2024-02-22", "v1.22.2", "6.2"),
+    (b"MicroPython v1.17 on 2021-09-02", "v1.17.0", "5.0")])
+def test_flash_refuses_an_image_that_cannot_load_the_deployed_mpy_files(tmp_path, banner, release, loads):
+    bin_ = image(tmp_path / "old.bin", banner)
+    r = upbx("flash", "--port", str(tmp_path / "ttyUSB0"), "--firmware", bin_, "--board", REF_BOARD)
+    assert r.returncode == 1
+    assert ("flash: %s is MicroPython %s, which loads .mpy v%s; upbx deploy writes .mpy v6.3 with native code"
+            % (bin_, release, loads)) in r.stderr
+    assert "flash MicroPython v1.23 or later (upbx is tested with v1.28.0)" in r.stderr
+    assert "no serial port" not in r.stderr   # refused before the port was looked at
+
+
+def test_flash_accepts_a_frozen_image_of_any_version_and_says_it_needs_no_mpy(tmp_path):
+    bin_ = image(tmp_path / "frozen.bin", b"MicroPython v1.22.0 on 2024-01-01", frozen=True)
+    r = upbx("flash", "--port", "/dev/ttyUSB9", "--firmware", bin_, "--board", REF_BOARD, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "has the upbx firmware frozen in (MicroPython v1.22.0): it needs no .mpy files" in r.stdout
+
+
+def test_flash_takes_a_release_newer_than_it_knows_to_load_what_the_newest_known_loads(tmp_path):
+    bin_ = image(tmp_path / "new.bin", b"MicroPython v1.31.0 on 2027-04-01")
+    r = upbx("flash", "--port", "/dev/ttyUSB9", "--firmware", bin_, "--board", REF_BOARD, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "MicroPython v1.31.0 is newer than the releases upbx knows (v1.29): taking it to load .mpy v6.3" in r.stdout
+
+
+def test_flash_refuses_what_is_not_a_micropython_image(tmp_path):
+    r = upbx("flash", "--port", "/dev/ttyUSB9", "--firmware", image(tmp_path / "x.bin", b"hello"), "--board", REF_BOARD)
+    assert r.returncode == 1 and "no MicroPython version in it" in r.stderr
+    r = upbx("flash", "--port", "/dev/ttyUSB9", "--firmware", str(tmp_path / "none.bin"), "--board", REF_BOARD)
+    assert r.returncode == 1 and "no firmware image %s" % (tmp_path / "none.bin") in r.stderr
+    r = upbx("flash", "--port", "/dev/ttyUSB9", "--firmware", image(tmp_path / "y.bin"), "--board", "no-such")
+    assert r.returncode == 1 and "no-such.json: no such board file" in r.stderr
 
 
 def test_flash_to_a_missing_port_says_so(tmp_path):
-    image = tmp_path / "mp.bin"
-    image.write_bytes(b"\xe9" + bytes(255))
-    r = upbx("flash", "--port", str(tmp_path / "ttyUSB0"), "--firmware", str(image), timeout=20)
+    r = upbx("flash", "--port", str(tmp_path / "ttyUSB0"), "--firmware", image(tmp_path / "mp.bin"), "--board",
+             REF_BOARD, timeout=20)
     assert r.returncode == 1
     assert "no serial port %s: is the handset plugged in?" % (tmp_path / "ttyUSB0") in r.stderr
 
 
 def test_flash_to_a_silent_port_gives_up_quickly(tmp_path):
     socat()
-    image = tmp_path / "mp.bin"
-    image.write_bytes(b"\xe9" + bytes(255))
+    bin_ = image(tmp_path / "mp.bin")
     link = tmp_path / "tty"
     silent = subprocess.Popen(["socat", "PTY,link=%s,raw,echo=0" % link, "EXEC:sleep 60,pty,raw,echo=0"],
                               start_new_session=True)
@@ -126,7 +173,7 @@ def test_flash_to_a_silent_port_gives_up_quickly(tmp_path):
         while not link.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         started = time.monotonic()
-        r = upbx("flash", "--port", str(link), "--firmware", str(image), timeout=30)
+        r = upbx("flash", "--port", str(link), "--firmware", bin_, "--board", REF_BOARD, timeout=30)
         elapsed = time.monotonic() - started
     finally:
         os.killpg(silent.pid, signal.SIGTERM)
@@ -176,6 +223,18 @@ def test_deploy_rejects_bad_provisioning_before_touching_the_handset(handset, tm
     r = upbx("deploy", "--port", handset.link, "--board", "no-such-board", "--offline")
     assert r.returncode == 1 and "no-such-board.json: no such board file" in r.stderr
     assert list(handset.device_dir.iterdir()) == []
+
+
+def test_deploy_frozen_refuses_an_image_without_the_frozen_firmware(handset, tmp_path):
+    # the PyPI unix port has nothing of upbx frozen in: --frozen must refuse before it removes anything
+    (handset.device_dir / "firmware").mkdir()
+    (handset.device_dir / "firmware" / "app.mpy").write_bytes(b"M\x06")
+    r = upbx("deploy", "--port", handset.link, "--board", REF_BOARD, "--frozen")
+    assert r.returncode == 1
+    assert ("deploy: --frozen: the MicroPython image on %s has no upbx firmware frozen in (no firmware/start, "
+            "firmware/app, common/phone among its modules): flash one built by `upbx build --image esp32 --board %s`"
+            % (handset.link, REF_BOARD)) in r.stderr
+    assert sorted(p.name for p in handset.device_dir.rglob("*")) == ["app.mpy", "firmware"]
 
 
 class MipIndex:

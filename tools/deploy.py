@@ -3,9 +3,12 @@
 Builds the firmware tree (upbx build), copies it to the device, writes the board
 file as /board.json and the device configuration as /upbx_config.json, then
 installs the board's micropython-lib packages with `mpremote mip install`
-(unless --offline). Every mpremote call uses `resume`: it never soft-resets the
-device (the unix-port virtual handset exits on a soft reset; a real handset's
-running main.py is interrupted with Ctrl-C instead).
+(unless --offline). With --frozen the handset runs an image with the firmware
+frozen in (upbx build --image esp32): only main.py, board.json and the
+configuration are written, and /common and /firmware are removed, since modules
+on the filesystem shadow frozen ones. Every mpremote call uses `resume`: it never
+soft-resets the device (the unix-port virtual handset exits on a soft reset; a
+real handset's running main.py is interrupted with Ctrl-C instead).
 """
 import importlib.util
 import json
@@ -51,15 +54,21 @@ def add_arguments(parser):
     parser.add_argument("--build-dir", default=str(build_tool.DEFAULT_OUT), help="where upbx build puts the tree")
     parser.add_argument("--src-root", default=str(ROOT), help="tree holding common/ and firmware/ (default: this repository)")
     parser.add_argument("--no-build", action="store_true", help="deploy the existing --build-dir as it is")
+    parser.add_argument("--frozen", action="store_true",
+                        help="the handset runs an image with the firmware frozen in (upbx build --image esp32): "
+                             "write only main.py, board.json and the configuration, remove /common and /firmware")
     parser.add_argument("--reset", action="store_true",
                         help="hard-reset the handset afterwards so it starts the new firmware (real hardware only)")
 
 
 def run(args):
     try:
-        deploy(args.port, args.board, build_dir=args.build_dir, src_root=args.src_root,
-               config=config_from_args(args), offline=args.offline, index=args.index,
-               rebuild=not args.no_build, reset=args.reset)
+        if args.frozen:
+            deploy_frozen(args.port, args.board, config=config_from_args(args), reset=args.reset)
+        else:
+            deploy(args.port, args.board, build_dir=args.build_dir, src_root=args.src_root,
+                   config=config_from_args(args), offline=args.offline, index=args.index,
+                   rebuild=not args.no_build, reset=args.reset)
     except (DeployError, build_tool.BuildError) as exc:
         print("deploy: %s" % exc, file=sys.stderr)
         return 1
@@ -124,6 +133,61 @@ def _mpremote_binary():
     if not path:
         raise DeployError("mpremote not found: pip install mpremote")
     return path
+
+
+# removes the packages a .mpy deployment left on the device, which would shadow the frozen ones;
+# prints how many files and directories went (paths relative: the cwd is / on an ESP32)
+REMOVE_PACKAGES = """import os
+def _rm(p):
+    try:
+        mode = os.stat(p)[0]
+    except OSError:
+        return 0
+    n = 1
+    if mode & 0x4000:
+        for name in os.listdir(p):
+            n += _rm(p + "/" + name)
+        os.rmdir(p)
+    else:
+        os.remove(p)
+    return n
+print("removed", _rm("common"), _rm("firmware"))
+"""
+FROZEN_MODULES = ("firmware/start", "firmware/app", "common/phone")
+
+
+def deploy_frozen(port, board, config=None, reset=False, log=print):
+    """Provision a handset whose image has the firmware frozen in: main.py, board.json, configuration."""
+    board_data = board_schema().load_board(board)
+    if not pathlib.Path(port).exists():
+        raise DeployError("no serial port %s: is the handset plugged in?" % port)
+    modules = mpremote(port, "exec", "help('modules')").split()
+    missing = [m for m in FROZEN_MODULES if m not in modules]
+    if missing:
+        raise DeployError("--frozen: the MicroPython image on %s has no upbx firmware frozen in (no %s among its "
+                          "modules): flash one built by `upbx build --image esp32 --board %s`, or deploy without "
+                          "--frozen" % (port, ", ".join(missing), board_data["name"]))
+    removed = mpremote(port, "exec", REMOVE_PACKAGES).split()
+    log("deploy: removed /common and /firmware (%s files and directories): they would shadow the frozen modules"
+        % (int(removed[1]) + int(removed[2])))
+    with tempfile.TemporaryDirectory(prefix="upbx-deploy-") as stage:
+        stage = pathlib.Path(stage)
+        (stage / BOARD_FILE).write_text(json.dumps(board_data, indent=1) + "\n")
+        files = [(ROOT / "firmware" / "main.py", "main.py"), (stage / BOARD_FILE, BOARD_FILE)]
+        if config is not None:
+            config = dict(config, board=board_data["name"])
+            (stage / CONFIG_FILE).write_text(json.dumps(config) + "\n")
+            files.append((stage / CONFIG_FILE, CONFIG_FILE))
+        for local, remote in files:
+            mpremote(port, "fs", "cp", str(local), ":" + remote)
+        log("deploy: %s -> %s (the rest is frozen in the image)" % (", ".join(r for _, r in files), port))
+    if board_data["mip_packages"]:
+        log("deploy: not installing %s: the image has the board's packages frozen in"
+            % " ".join(board_data["mip_packages"]))
+    if reset:
+        mpremote(port, "reset")
+    log("deploy: done")
+    return board_data
 
 
 def deploy(port, board, build_dir=build_tool.DEFAULT_OUT, src_root=ROOT, config=None, offline=False,
