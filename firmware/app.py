@@ -91,6 +91,11 @@ class App:
         self.current = None
         self.started = None
         self._peer_key = self._peer_addr = None
+        self.profile = None   # per-tick CPU time (config "profile": ticks to record; firmware/profile.py)
+        if config.get("profile"):
+            from firmware.profile import DEFAULT_TICKS, TickProfile
+            ticks = config["profile"]
+            self.profile = TickProfile(DEFAULT_TICKS if ticks is True else int(ticks))
         self.load_sysinfo()
 
     def log(self, level, msg):
@@ -363,6 +368,8 @@ class App:
                     if self.current is not None:
                         self.current["frames_sent"] += 1
             out = self.pipeline.playout(now)
+            if self.profile is not None:
+                self.profile.classify(payload is self.pipeline.tx_payload, self.pipeline)
             if self.comfort.level is not None and self.pipeline.last_status != FRAME and self.pipeline.tone.name is None:
                 self.comfort.fill(out, self.comfort.level)  # the far end is silent: its background, not dead air
             self.hal.write_frame(out)
@@ -407,7 +414,10 @@ class App:
         hal = self.hal
         script = self.script
         next_frame = now
+        profile = self.profile
         while self.running:
+            if profile is not None:
+                profile.resume()
             now = hal.ticks_ms()
             self._housekeeping(now)
             self.receive(now)
@@ -436,6 +446,8 @@ class App:
                 key = hal.poll_keys()
             self.events(now)
             while now - next_frame >= 0:
+                if profile is not None:
+                    profile.tick()
                 self.audio_tick(now)
                 next_frame += FRAME_MS
                 if now - next_frame > 200:
@@ -444,6 +456,8 @@ class App:
             if (self.exit_at is not None and now >= self.exit_at) or (stop_at is not None and now >= stop_at):
                 break
             wait = next_frame - hal.ticks_ms()
+            if profile is not None:
+                profile.pause()
             await asyncio.sleep_ms(max(1, min(wait, 10)))
 
     def finish(self):
@@ -464,6 +478,8 @@ class App:
             self.record.close()
         self.summary["heap"] = self.heap()
         self.summary["jitter"] = self.pipeline.jitter.stats()  # receive path: late, concealed, delay (docs/handset.md)
+        if self.profile is not None:
+            self.summary["profile"] = self.profile.report()
         if self.script.get("summary"):
             with open(self.script["summary"], "w") as f:
                 json.dump(self.summary, f)  # streamed: no copy of the whole summary on a small heap
