@@ -392,20 +392,24 @@ class App:
             self.finish()
 
     def _housekeeping(self, now):
-        """Heap high-water marks; once a second a collection measures what is really live and
-        the HAL gets the chance to rejoin Wi-Fi."""
+        """Once a second: heap figures, a collection that measures what is really live, and the
+        HAL's chance to rejoin Wi-Fi. gc.mem_alloc() and gc.mem_free() each walk the whole heap's
+        allocation table, so they run here, not every loop: just before the collection the heap
+        holds the most garbage of the second (the high-water mark)."""
         if _mem_alloc is None:
             return
-        used = _mem_alloc()
-        if used > self.heap_peak:
-            self.heap_peak = used
-        free = _mem_free()
-        if self.heap_free_min is None or free < self.heap_free_min:
-            self.heap_free_min = free
         if now - self._collect_at >= 1000:  # short, regular pauses instead of one long one
             self._collect_at = now
+            used = _mem_alloc()
+            if used > self.heap_peak:
+                self.heap_peak = used
+            free = _mem_free()
+            if self.heap_free_min is None or free < self.heap_free_min:
+                self.heap_free_min = free
             self.hal.network_up()
             gc.collect()
+            if self.profile is not None:
+                self.profile.collected()
             live = _mem_alloc()
             if live > self.heap_live_peak:
                 self.heap_live_peak = live
