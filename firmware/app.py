@@ -96,6 +96,7 @@ class App:
             from firmware.profile import DEFAULT_TICKS, TickProfile
             ticks = config["profile"]
             self.profile = TickProfile(DEFAULT_TICKS if ticks is True else int(ticks))
+            self.sock, self._ipoll, self.hal = self.profile.time_io(self.sock, self._ipoll, hal)
         self.load_sysinfo()
 
     def log(self, level, msg):
