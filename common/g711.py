@@ -16,8 +16,10 @@ One implementation is chosen at import and named by IMPLEMENTATION:
             ESP32 heap); decoding reads a 256-entry (512-byte) table.
   "python"  CPython: 64 KiB encode tables read through memoryview casts and
             256-byte decode tables applied with bytes.translate.
-The *_portable functions are the same algorithms in plain bytecode; they run on
-both interpreters and are what the benchmark compares the viper path against.
+The *_portable functions (common/g711_portable.py, reachable here by their names) are the
+same algorithms in plain bytecode; they run on both interpreters and are what the benchmark
+compares the viper path against. The CPython implementation is common/g711_cpython.py: a
+handset loads neither module, which keeps 2 KB of bytecode off its heap.
 """
 from array import array
 
@@ -44,7 +46,7 @@ def _samples(pcm):
     return n >> 1
 
 
-# --- portable bytecode: the reference algorithms, sample by sample ----------
+# --- the reference algorithms, one sample at a time ------------------------
 
 def _ulaw_code(u):
     """mu-law code of one sample given as an unsigned 16-bit value."""
@@ -104,44 +106,6 @@ def _alaw_linear(code):
 # Decode tables: sample (unsigned 16-bit, native order) for each code, 512 bytes each.
 _ULAW_TABLE = array("H", (_ulaw_linear(c) for c in range(256)))
 _ALAW_TABLE = array("H", (_alaw_linear(c) for c in range(256)))
-
-
-def _encode_portable(code_of, pcm, out):
-    n = _samples(pcm)
-    _check_room(out, n, "encode")
-    for i in range(n):
-        out[i] = code_of(pcm[2 * i] | (pcm[2 * i + 1] << 8))
-    return n
-
-
-def _decode_portable(table, data, out):
-    n = len(data)
-    _check_room(out, 2 * n, "decode")
-    for i in range(n):
-        v = table[data[i]]
-        out[2 * i] = v & 0xFF
-        out[2 * i + 1] = v >> 8
-    return 2 * n
-
-
-def ulaw_encode_into_portable(pcm, out):
-    """ulaw_encode_into in plain bytecode."""
-    return _encode_portable(_ulaw_code, pcm, out)
-
-
-def alaw_encode_into_portable(pcm, out):
-    """alaw_encode_into in plain bytecode."""
-    return _encode_portable(_alaw_code, pcm, out)
-
-
-def ulaw_decode_into_portable(data, out):
-    """ulaw_decode_into in plain bytecode."""
-    return _decode_portable(_ULAW_TABLE, data, out)
-
-
-def alaw_decode_into_portable(data, out):
-    """alaw_decode_into in plain bytecode."""
-    return _decode_portable(_ALAW_TABLE, data, out)
 
 
 # --- the implementation for this interpreter ---------------------------------
@@ -257,80 +221,18 @@ if micropython:
         return bytes(out)
 
 else:
-    from operator import itemgetter
+    from common.g711_cpython import (IMPLEMENTATION, alaw_decode, alaw_decode_into, alaw_encode,  # noqa: F401
+                                     alaw_encode_into, ulaw_decode, ulaw_decode_into, ulaw_encode,
+                                     ulaw_encode_into)
 
-    IMPLEMENTATION = "python"
 
-    def _encode_table(code_of, shift):
-        """64 KiB table: code of each sample as memoryview.cast("H") reads PCM here."""
-        # The code depends only on sample >> shift, so compute each once and repeat it.
-        codes = bytes(code_of(k << shift) for k in range(65536 >> shift))
-        step = 1 << shift
-        table = bytearray(65536)
-        for r in range(step):
-            table[r::step] = codes
-        if array("H", [1]).tobytes()[0] == 0:
-            # Big-endian machine: native index (lo << 8 | hi) holds the sample (hi << 8 | lo).
-            swapped = bytearray(65536)
-            for hi in range(256):
-                swapped[hi::256] = table[hi << 8:(hi + 1) << 8]
-            table = swapped
-        return bytes(table)
+_PORTABLE = ("ulaw_encode_into_portable", "alaw_encode_into_portable", "ulaw_decode_into_portable",
+             "alaw_decode_into_portable")
 
-    def _byte_tables(table):
-        lo = bytes(v & 0xFF for v in table)
-        hi = bytes(v >> 8 for v in table)
-        return lo, hi
 
-    _ULAW_ENC = _encode_table(_ulaw_code, 2)
-    _ALAW_ENC = _encode_table(_alaw_code, 3)
-    _ULAW_LO, _ULAW_HI = _byte_tables(_ULAW_TABLE)
-    _ALAW_LO, _ALAW_HI = _byte_tables(_ALAW_TABLE)
-
-    def _as_samples(pcm):
-        _samples(pcm)
-        return memoryview(pcm).cast("B").cast("H")
-
-    def _encoder(table):
-        lookup = table.__getitem__
-
-        def codes(samples):
-            if len(samples) > 1:  # itemgetter of many indices returns a tuple
-                return bytes(itemgetter(*samples)(table))
-            return bytes(map(lookup, samples))
-
-        def encode(pcm):
-            """G.711 bytes of PCM."""
-            return codes(_as_samples(pcm))
-
-        def encode_into(pcm, out):
-            """Encode PCM into out; returns the number of bytes written."""
-            samples = _as_samples(pcm)
-            n = len(samples)
-            _check_room(out, n, "encode_into")
-            out[:n] = codes(samples)
-            return n
-        return encode, encode_into
-
-    def _decoder(lo_table, hi_table):
-        def decode_into(data, out):
-            """Decode G.711 into out as PCM; returns the number of bytes written."""
-            if not isinstance(data, (bytes, bytearray)):
-                data = bytes(data)
-            n = 2 * len(data)
-            _check_room(out, n, "decode_into")
-            out[0:n:2] = data.translate(lo_table)
-            out[1:n:2] = data.translate(hi_table)
-            return n
-
-        def decode(data):
-            """PCM bytes of G.711 data."""
-            out = bytearray(2 * len(data))
-            decode_into(data, out)
-            return bytes(out)
-        return decode, decode_into
-
-    ulaw_encode, ulaw_encode_into = _encoder(_ULAW_ENC)
-    alaw_encode, alaw_encode_into = _encoder(_ALAW_ENC)
-    ulaw_decode, ulaw_decode_into = _decoder(_ULAW_LO, _ULAW_HI)
-    alaw_decode, alaw_decode_into = _decoder(_ALAW_LO, _ALAW_HI)
+def __getattr__(name):
+    """The *_portable reference functions live in common.g711_portable; reachable here by name."""
+    if name in _PORTABLE:
+        from common import g711_portable
+        return getattr(g711_portable, name)
+    raise AttributeError(name)

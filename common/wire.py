@@ -55,13 +55,7 @@ DIRECTORY = const(0x70)
 
 HANDSHAKE_TYPES = (HELLO, CHALLENGE, RESPONSE)
 
-# MESSAGE_NAMES {type: "NAME"} is built on first use (module __getattr__ below) from this text:
-# a handset never needs it, and one string costs less heap than a dict of two dozen names.
-_MESSAGES = """01 HELLO 02 CHALLENGE 03 RESPONSE 04 WELCOME 06 ACK 07 PING 08 BYE 10 SETUP 12 ALERTING
-13 ANSWER 14 RELEASE 16 DTMF 17 MEDIA_PEER 20 LOCAL_REQUEST 21 LOCAL_GRANT 22 LOCAL_REFUSE 30 PUNCH_OFFER
-31 PUNCH 32 PUNCH_RESULT 40 SYSINFO 41 SYSINFO_ACK 50 RECORDS 60 PHONE_STATE 70 DIRECTORY"""
-
-# information elements (their layouts: _IES below)
+# information elements (names and layouts: common/wire_names.py)
 IE_EXTENSION = const(0x01)
 IE_HOST_NAME = const(0x02)
 IE_SESSION_INDEX = const(0x03)
@@ -90,77 +84,36 @@ IE_PEER_KEY = const(0x24)
 IE_STATE = const(0x25)
 IE_KEEPALIVE = const(0x26)
 
-# IE type, name, kind, least and most value bytes. IE_SPEC {type: (name, kind, lo, hi)} is built
-# from this text on first use (hosts, tests, docs); the codec reads _LAYOUT, 3 bytes per type.
-_IES = """01 extension str 1 15
-02 host_name str 1 63
-03 session_index idx 3 3
-04 nonce bytes 16 16
-05 cookie bytes 16 16
-06 ttl u16 2 2
-07 time u64 8 8
-10 call_no u16 2 2
-11 peer_call_no u16 2 2
-12 called str 1 31
-13 calling str 1 31
-14 calling_name str 0 63
-15 cause u8 1 1
-16 call_id bytes 8 8
-17 media_key bytes 16 16
-18 digit str 1 1
-19 address addr 6 6
-1a path u8 1 1
-1b codec u8 1 1
-1c role u8 1 1
-20 version u32 4 4
-21 chunk u32 4 4
-22 data bytes 0 255
-23 peer_name str 1 63
-24 peer_key bytes 32 32
-25 state u8 1 1
-26 keepalive u16 2 2"""
-_KINDS = ("str", "bytes", "addr")  # codes 1, 2, 3 in _LAYOUT; any other kind is an unsigned integer (4)
-_UINT = const(4)
+# How the codec reads each IE type: 3 bytes per type, (kind, least value bytes, most value bytes);
+# kind 0: not a known IE, 1 str, 2 bytes, 3 addr, 4 unsigned integer. It is the table in
+# common/wire_names.py in compact form (tests/common/test_vectors.py checks that they agree): the
+# names and the message names are only for errors, logs and hosts, and a handset imports
+# wire_names only when it needs one (an error message), which keeps 1.3 KB off its heap.
+_LAYOUT = (  # 8 IE types a line, from type 0x00
+    b"\x00\x00\x00\x01\x01\x0f\x01\x01\x3f\x04\x03\x03\x02\x10\x10\x02\x10\x10\x04\x02\x02\x04\x08\x08"
+    b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+    b"\x04\x02\x02\x04\x02\x02\x01\x01\x1f\x01\x01\x1f\x01\x00\x3f\x04\x01\x01\x02\x08\x08\x02\x10\x10"
+    b"\x01\x01\x01\x03\x06\x06\x04\x01\x01\x04\x01\x01\x04\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+    b"\x04\x04\x04\x04\x04\x04\x02\x00\xff\x01\x01\x3f\x02\x20\x20\x04\x01\x01\x04\x02\x02"
+)
 _MAX_IE = const(0x26)
-
-
-def _ie_rows():
-    for line in _IES.split("\n"):
-        ie, name, kind, lo, hi = line.split()
-        yield int(ie, 16), name, kind, int(lo), int(hi)
-
-
-def _layout():
-    table = bytearray(3 * (_MAX_IE + 1))  # kind 0: not a known IE
-    for ie, _, kind, lo, hi in _ie_rows():
-        table[3 * ie] = _KINDS.index(kind) + 1 if kind in _KINDS else _UINT
-        table[3 * ie + 1] = lo
-        table[3 * ie + 2] = hi
-    return bytes(table)
-
-
-_LAYOUT = _layout()
 
 
 def ie_name(ie):
     """The name of a known IE type ("extension"), for errors and logs."""
-    for row in _ie_rows():
-        if row[0] == ie:
-            return row[1]
-    return "IE 0x%02x" % ie
+    from common import wire_names
+    return wire_names.ie_name(ie)
 
 
 def __getattr__(name):
-    """MESSAGE_NAMES and IE_SPEC, built on first use and kept."""
-    if name == "MESSAGE_NAMES":
-        words = _MESSAGES.split()
-        value = {int(words[i], 16): words[i + 1] for i in range(0, len(words), 2)}
-    elif name == "IE_SPEC":
-        value = {row[0]: row[1:] for row in _ie_rows()}
-    else:
+    """MESSAGE_NAMES {type: "NAME"} and IE_SPEC {type: (name, kind, lo, hi)}, from common.wire_names."""
+    if name not in ("MESSAGE_NAMES", "IE_SPEC"):
         raise AttributeError(name)
+    from common import wire_names
+    value = getattr(wire_names, name.lower())()
     globals()[name] = value
     return value
+
 
 # release causes, shown on the phone
 CAUSE_NORMAL = const(0)

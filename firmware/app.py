@@ -21,7 +21,6 @@ from common import wire
 from common.phone import CONNECTED, IDLE, Phone, RINGING
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
-from firmware.audio.vad import ComfortNoise, VoiceActivityDetector
 
 FRAME_MS = 20
 # the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
@@ -65,8 +64,14 @@ class App:
                            backoff_max_ms=int(config.get("backoff_max_ms", 5000)))
         self.pipeline = AudioPipeline(config.get("codec", "ulaw"), config.get("plc", True), FRAME_MS)
         self.pcm = bytearray(320)
-        self.vad = VoiceActivityDetector() if config.get("vad") else None   # silence suppression
-        self.comfort = ComfortNoise()
+        # firmware.audio.vad is imported only where it is used: silence suppression configured, or
+        # the first comfort-noise frame from the far end (docs/handset.md, Memory)
+        self.vad = None
+        if config.get("vad"):
+            from firmware.audio.vad import VoiceActivityDetector
+            self.vad = VoiceActivityDetector()
+        self.comfort = None       # the ComfortNoise generator, made on the first comfort-noise frame
+        self.cn_level = None      # the far end's background level while it sends comfort noise
         self._cn = bytearray(wire.CN_BYTES)
         self._tos = None
         self._mark = config.get("dscp", sys.platform != "esp32")
@@ -200,7 +205,7 @@ class App:
                 self.hal.display("ringback", self.current and self.current["to"])
             elif name == "connected":
                 self.pipeline.reset()
-                self.comfort.level = None
+                self.cn_level = None
                 if self.vad is not None:
                     self.vad.reset()
                 self.set_power_save(False)
@@ -314,10 +319,10 @@ class App:
             if media is not None:
                 ts, payload = media
                 if len(payload) == wire.CN_BYTES:  # comfort noise: the far end is silent at this level
-                    self.comfort.level = payload[0]
+                    self.cn_level = payload[0]
                     self.summary["cn_received"] += 1
                     continue
-                self.comfort.level = None
+                self.cn_level = None
                 self.pipeline.receive(ts & 0xFFFF, payload, now)
                 self.summary["frames_received"] += 1
                 if self.current is not None:
@@ -371,8 +376,11 @@ class App:
             out = self.pipeline.playout(now)
             if self.profile is not None:
                 self.profile.classify(payload is self.pipeline.tx_payload, self.pipeline)
-            if self.comfort.level is not None and self.pipeline.last_status != FRAME and self.pipeline.tone.name is None:
-                self.comfort.fill(out, self.comfort.level)  # the far end is silent: its background, not dead air
+            if self.cn_level is not None and self.pipeline.last_status != FRAME and self.pipeline.tone.name is None:
+                if self.comfort is None:
+                    from firmware.audio.vad import ComfortNoise
+                    self.comfort = ComfortNoise()
+                self.comfort.fill(out, self.cn_level)  # the far end is silent: its background, not dead air
             self.hal.write_frame(out)
         elif self.pipeline.tone.name is not None:  # dial tone, ring, ring-back, busy, reorder, key clicks
             self.pipeline.tone.fill(self.pipeline.speaker)

@@ -66,6 +66,11 @@ def main():
         wait_for_network(hal)
         app = App(config, hal)
         gc.collect()
+        # collect whenever a quarter of what is free now has been allocated, not only when the heap
+        # is full: garbage then never spreads over the whole free space, and what lives long (a
+        # session's or a call's keys and buffers) lands low instead of splitting the free space
+        # that each datagram's recv() needs in one piece (docs/handset.md, Memory)
+        gc.threshold(gc.mem_free() // 4)
         asyncio.run(app.run())
     except KeyboardInterrupt:  # Ctrl-C from the console or mpremote
         hal.log("I", "phone", "stopped by Ctrl-C")

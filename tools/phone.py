@@ -12,6 +12,7 @@ import sys
 import tempfile
 
 from host.config import ConfigError, load_phone_config, parse_hostport
+from tools.images import has_frozen_upbx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +51,8 @@ def compiled_tree(march=None):
     from tools import build as build_tool
     out = os.path.join(ROOT, "build", "unix-" + march)
     stamp = os.path.join(out, build_tool.MARKER)
-    newest = max(os.path.getmtime(os.path.join(ROOT, rel)) for rel, _ in build_tool.sources(ROOT))
+    newest = max([os.path.getmtime(os.path.join(ROOT, rel)) for rel, _ in build_tool.sources(ROOT)]
+                 + [os.path.getmtime(build_tool.__file__)])  # the build's flags are part of the tree
     if os.path.exists(stamp) and os.path.getmtime(stamp) >= newest:
         return out
     fresh = "%s.%d" % (out, os.getpid())
@@ -67,6 +69,31 @@ def compiled_tree(march=None):
     os.rename(fresh, out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def flash_layout(workdir, frozen, tree):
+    """(script, MICROPYPATH) for a handset whose flash is workdir.
+
+    Source (the default): the repository's firmware/main.py, modules from the repository. A frozen
+    image or .mpy files (tree): the flash holds main.py and, for .mpy, common/ and firmware/ as links
+    to the compiled tree, as `upbx deploy` lays out a device, and main.py runs from there, so module
+    paths are the device's ("firmware/app.mpy"). A frozen image gets no module on the flash: one
+    there would shadow its frozen twin.
+    """
+    source_main = os.path.join(ROOT, "firmware", "main.py")
+    if not frozen and tree is None:
+        return source_main, ROOT + ":.frozen"
+    for package in ("common", "firmware"):
+        link = os.path.join(workdir, package)
+        if os.path.islink(link):
+            os.unlink(link)
+        elif os.path.exists(link):
+            raise ValueError("%s is not a link this tool made: remove it (modules in the flash shadow "
+                             "frozen ones)" % link)
+        if tree is not None:
+            os.symlink(os.path.join(tree, package), link)
+    shutil.copyfile(source_main, os.path.join(workdir, "main.py"))
+    return "main.py", ":.frozen"
 
 
 def add_arguments(parser):
@@ -164,9 +191,13 @@ def run(args):
     path = os.path.join(workdir, "upbx_config.json")
     with open(path, "w") as f:
         json.dump(values, f)
-    binary = args.micropython or micropython()
+    binary = os.path.abspath(args.micropython) if args.micropython else micropython()  # it runs in the flash dir
     if args.micropython and not os.access(args.micropython, os.X_OK):
         print("upbx phone: --micropython %s: not an executable file" % args.micropython, file=sys.stderr)
+        return 2
+    frozen = bool(args.micropython) and has_frozen_upbx(binary)
+    if frozen and args.mpy:
+        print("upbx phone: --mpy: %s has the firmware frozen in; it loads no .mpy files" % binary, file=sys.stderr)
         return 2
     tree = None
     if args.mpy:
@@ -175,8 +206,13 @@ def run(args):
         if tree is None:
             print("upbx phone: --mpy: cannot tell which .mpy architecture %s loads" % binary, file=sys.stderr)
             return 2
-    env = dict(os.environ, MICROPYPATH=(tree or ROOT) + ":.frozen")
-    argv = [binary, "-X", "heapsize=" + args.heapsize, os.path.join(ROOT, "firmware", "main.py"), path]
+    try:
+        main_py, path_env = flash_layout(workdir, frozen, tree)
+    except ValueError as exc:
+        print("upbx phone: %s" % exc, file=sys.stderr)
+        return 2
+    env = dict(os.environ, MICROPYPATH=path_env)
+    argv = [binary, "-X", "heapsize=" + args.heapsize, main_py, path]
     proc = subprocess.Popen(argv, env=env, cwd=workdir)
     try:
         return proc.wait()

@@ -116,19 +116,28 @@ class VoiceActivityDetector:
 
 
 class ComfortNoise:
-    """Noise at a level byte into a speaker frame: a random slice of a unit-noise table, scaled."""
+    """Noise at a level byte into a speaker frame: a random slice of a unit-noise table, scaled.
+
+    The table and the gains (2.5 KB) are made on the first fill(): a handset whose far end
+    never sends comfort noise never holds them.
+    """
 
     def __init__(self, seed=0x2F6B):
-        self._table = bytearray(2 * _NOISE_TABLE)
         self._x = seed & 0xFFFF or 1
+        self._table = None
+        self._gain = None
+        self.level = None         # None: no comfort noise to play
+
+    def _make_tables(self):
+        table = bytearray(2 * _NOISE_TABLE)
         # uniform noise of rms 8192 (amplitude 14189), made once
         for i in range(_NOISE_TABLE):
             v = ((self._next() & 0x7FFF) - 16384) * 14189 >> 14
-            self._table[2 * i] = v & 0xFF
-            self._table[2 * i + 1] = (v >> 8) & 0xFF
+            table[2 * i] = v & 0xFF
+            table[2 * i + 1] = (v >> 8) & 0xFF
+        self._table = table
         # Q15 gain giving rms 32768 * 10^(-d/20) from rms 8192, capped at 1.0 (-12 dBov)
         self._gain = array("i", (min(32768, int(4 * 32768 * 10 ** (-d / 20.0))) for d in range(SILENT_LEVEL + 1)))
-        self.level = None         # None: no comfort noise to play
 
     def _next(self):
         x = self._x  # xorshift16: small ints only
@@ -140,6 +149,8 @@ class ComfortNoise:
 
     def fill(self, pcm, level):
         """Write one frame of noise at level (-dBov) into pcm (320 bytes)."""
+        if self._table is None:
+            self._make_tables()
         off = self._next() % (_NOISE_TABLE - FRAME_SAMPLES)
         dsp.copy(pcm, 0, self._table, off, FRAME_SAMPLES)
         g = self._gain[level if level <= SILENT_LEVEL else SILENT_LEVEL]

@@ -99,6 +99,26 @@ def test_comfort_noise_plays_at_the_level_it_was_told():
     assert bytes(pcm) != first  # noise, not a repeated frame
 
 
+def test_comfort_noise_tables_are_made_on_the_first_fill():
+    # a handset whose far end never sends comfort noise never holds the 2.5 KB of tables
+    try:
+        import gc
+        import micropython  # noqa: F401  (MicroPython only: CPython has no heap counter)
+    except ImportError:
+        return
+    gc.collect()
+    before = gc.mem_alloc()
+    noise = vad.ComfortNoise()
+    gc.collect()
+    made = gc.mem_alloc() - before
+    pcm = bytearray(320)
+    noise.fill(pcm, 40)
+    gc.collect()
+    filled = gc.mem_alloc() - before
+    assert made < 256 and filled > 2048 + 512, (made, filled)
+    assert abs(_db(max(1, _rms(pcm))) - 40) <= 2.5
+
+
 def test_no_allocation_per_frame():
     try:
         import gc

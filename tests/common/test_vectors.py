@@ -363,6 +363,17 @@ def test_document_tables_match_wire():
         assert "| %d | %s |" % (i, name) in doc
 
 
+def test_the_codec_layout_is_the_ie_table():
+    # common.wire keeps the IE table's lengths and kinds in compact form (a handset's heap holds
+    # no names); it must say what common.wire_names' table says, IE by IE
+    from common import wire_names
+    assert wire._LAYOUT == wire_names.layout()
+    assert wire.ie_name(wire.IE_MEDIA_KEY) == "media_key" and wire.ie_name(0x3F) == "IE 0x3f"
+    for ie, (name, kind, lo, hi) in wire.IE_SPEC.items():
+        value = {"str": "x" * lo, "bytes": bytes(lo), "addr": ("10.0.0.1", 9)}.get(kind, 0)
+        assert wire.decode_ies(wire.encode_ies({ie: value})) == {ie: value}, name
+
+
 def _bandwidth_table():
     doc = _doc()
     begin = doc.index("<!-- BEGIN generated:bandwidth -->")

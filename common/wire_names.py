@@ -1,0 +1,86 @@
+"""The names of upbx v1 message types and information elements, and each IE's layout.
+
+The table the wire format is specified by (docs/protocol.md shows it): hosts, tests and tools read
+MESSAGE_NAMES and IE_SPEC through common.wire; a handset imports this module only to name an IE
+in an error. common.wire's codec reads LAYOUT in compact form (`python -m common.wire_names`
+prints it; tests/common/test_vectors.py checks that the two agree).
+"""
+
+MESSAGES = """01 HELLO 02 CHALLENGE 03 RESPONSE 04 WELCOME 06 ACK 07 PING 08 BYE 10 SETUP 12 ALERTING
+13 ANSWER 14 RELEASE 16 DTMF 17 MEDIA_PEER 20 LOCAL_REQUEST 21 LOCAL_GRANT 22 LOCAL_REFUSE 30 PUNCH_OFFER
+31 PUNCH 32 PUNCH_RESULT 40 SYSINFO 41 SYSINFO_ACK 50 RECORDS 60 PHONE_STATE 70 DIRECTORY"""
+
+# IE type, name, kind, least and most value bytes
+IES = """01 extension str 1 15
+02 host_name str 1 63
+03 session_index idx 3 3
+04 nonce bytes 16 16
+05 cookie bytes 16 16
+06 ttl u16 2 2
+07 time u64 8 8
+10 call_no u16 2 2
+11 peer_call_no u16 2 2
+12 called str 1 31
+13 calling str 1 31
+14 calling_name str 0 63
+15 cause u8 1 1
+16 call_id bytes 8 8
+17 media_key bytes 16 16
+18 digit str 1 1
+19 address addr 6 6
+1a path u8 1 1
+1b codec u8 1 1
+1c role u8 1 1
+20 version u32 4 4
+21 chunk u32 4 4
+22 data bytes 0 255
+23 peer_name str 1 63
+24 peer_key bytes 32 32
+25 state u8 1 1
+26 keepalive u16 2 2"""
+KINDS = ("str", "bytes", "addr")  # codes 1, 2, 3 in the layout; any other kind is an unsigned integer (4)
+
+
+def rows():
+    """(type, name, kind, lo, hi) of every IE."""
+    for line in IES.split("\n"):
+        ie, name, kind, lo, hi = line.split()
+        yield int(ie, 16), name, kind, int(lo), int(hi)
+
+
+def layout():
+    """common.wire's codec table: 3 bytes per IE type (kind code, lo, hi), kind 0 for an unknown type."""
+    top = max(row[0] for row in rows())
+    table = bytearray(3 * (top + 1))
+    for ie, _, kind, lo, hi in rows():
+        table[3 * ie] = KINDS.index(kind) + 1 if kind in KINDS else 4
+        table[3 * ie + 1] = lo
+        table[3 * ie + 2] = hi
+    return bytes(table)
+
+
+def ie_name(ie):
+    """The name of a known IE type ("extension"), else "IE 0xNN"."""
+    for row in rows():
+        if row[0] == ie:
+            return row[1]
+    return "IE 0x%02x" % ie
+
+
+def message_names():
+    """{type: "NAME"} of every message type."""
+    words = MESSAGES.split()
+    return {int(words[i], 16): words[i + 1] for i in range(0, len(words), 2)}
+
+
+def ie_spec():
+    """{type: (name, kind, lo, hi)} of every IE."""
+    return {row[0]: row[1:] for row in rows()}
+
+
+if __name__ == "__main__":
+    data = layout()
+    print("_LAYOUT = (")
+    for i in range(0, len(data), 24):
+        print('    b"%s"' % "".join("\\x%02x" % b for b in data[i:i + 24]))
+    print(")")
