@@ -44,8 +44,10 @@ class TickProfile:
     """Durations (us) and kinds of up to `capacity` call ticks."""
 
     def __init__(self, capacity=DEFAULT_TICKS):
-        self.us = array("I", bytes(4 * capacity))
-        self.io_us = array("H", bytes(2 * capacity))   # the I/O part (at most 65535)
+        # 16 bits a figure (a tick of 65.5 ms or more is stored as 65535): the collector scans
+        # this storage at every collection, so it is kept small
+        self.us = array("H", bytes(2 * capacity))
+        self.io_us = array("H", bytes(2 * capacity))
         self.kinds = bytearray(capacity)
         self.count = 0
         self.dropped = 0     # ticks after the storage was full
@@ -84,7 +86,7 @@ class TickProfile:
         if self.kind & 0x7F:
             n = self.count
             if n < len(self.kinds):
-                self.us[n] = busy
+                self.us[n] = busy if busy < 65535 else 65535
                 self.io_us[n] = self.io if self.io < 65535 else 65535
                 self.kinds[n] = self.kind
                 self._ended = True   # until classify() shows the call still up
