@@ -41,6 +41,7 @@ TOS_EF = 46 << 2
 TOS_CS3 = 24 << 2
 _IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
 _IP_TOS = getattr(socket, "IP_TOS", 1)
+_HEAP_SAMPLE_LEAD_MS = 25   # the heap's use is sampled this long (more than a tick) before each collection
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
 
@@ -93,6 +94,7 @@ class App:
         self.heap_live_peak = 0
         self.heap_free_min = None
         self._collect_at = 0
+        self._sampled_at = None   # when the heap's use was sampled for the coming collection
         self.current = None
         self.started = None
         self._peer_key = self._peer_addr = None
@@ -401,20 +403,25 @@ class App:
             self.finish()
 
     def _housekeeping(self, now):
-        """Once a second: heap figures, a collection that measures what is really live, and the
-        HAL's chance to rejoin Wi-Fi. gc.mem_alloc() and gc.mem_free() each walk the whole heap's
-        allocation table, so they run here, not every loop: just before the collection the heap
-        holds the most garbage of the second (the high-water mark)."""
+        """Once a second: the heap's use and free space, then, at least a tick later, a collection
+        that measures what is really live and the HAL's chance to rejoin Wi-Fi. gc.mem_alloc() and
+        gc.mem_free() each walk the heap's whole allocation table: run here, not every loop, and not
+        in the collection's tick, so no tick holds more than one walk besides the collection. The
+        high-water mark is sampled 25 ms before the collection, when the second's garbage is there."""
         if _mem_alloc is None:
             return
-        if now - self._collect_at >= 1000:  # short, regular pauses instead of one long one
+        if self._sampled_at is None:
+            if now - self._collect_at >= 1000 - _HEAP_SAMPLE_LEAD_MS:
+                self._sampled_at = now
+                used = _mem_alloc()
+                if used > self.heap_peak:
+                    self.heap_peak = used
+                free = _mem_free()
+                if self.heap_free_min is None or free < self.heap_free_min:
+                    self.heap_free_min = free
+        elif now - self._sampled_at >= _HEAP_SAMPLE_LEAD_MS:  # short, regular pauses instead of one long one
+            self._sampled_at = None
             self._collect_at = now
-            used = _mem_alloc()
-            if used > self.heap_peak:
-                self.heap_peak = used
-            free = _mem_free()
-            if self.heap_free_min is None or free < self.heap_free_min:
-                self.heap_free_min = free
             self.hal.network_up()
             gc.collect()
             if self.profile is not None:
