@@ -6,7 +6,7 @@ media key in the (encrypted) signalling; both ends derive directional keys from
 it, so no two legs ever share a keystream. The timestamp, extended to 64 bits,
 is the packet number: it makes the counter-mode nonce and drives the replay window.
 """
-from common import wire
+from common import kernels, wire
 from common.compat import MICROPYTHON, compare_digest
 from common.crypto import CounterMode, HmacKey, ReplayWindow, extend16, hkdf
 
@@ -39,8 +39,11 @@ class MediaLeg:
         self._send_nonce[0] = self._recv_nonce[0] = 1  # domain: media
         self._send_nonce[1] = role
         self._recv_nonce[1] = 1 - role
+        self._send_ts = memoryview(self._send_nonce)[4:]   # the 64-bit timestamp the tags cover
+        self._recv_ts = memoryview(self._recv_nonce)[4:]
         self.replay = ReplayWindow()
         self.out = bytearray(_MAX_FRAME)
+        self._views = {}   # frame length -> view of out: made once, not per frame
         self.sent = 0
         self.received = 0
         self.rejected = 0
@@ -54,12 +57,14 @@ class MediaLeg:
         out[wire.MINI_HEADER:end] = payload
         _put_ts(self._send_nonce, ts)
         self._send_ctr.crypt(self._send_nonce, out, wire.MINI_HEADER, end)
-        view = memoryview(out)
         # the tag covers the 64-bit timestamp, so a frame replayed after the 16-bit wrap fails
-        out[end:end + wire.MEDIA_TAG] = self._send_auth.digest2(
-            memoryview(self._send_nonce)[4:], view[:end])[:wire.MEDIA_TAG]
+        self._send_auth.mac_into(self._send_ts, out, end, out, end, wire.MEDIA_TAG)
         self.sent += 1
-        return view[:end + wire.MEDIA_TAG]
+        end += wire.MEDIA_TAG
+        view = self._views.get(end)
+        if view is None:
+            view = self._views[end] = memoryview(out)[:end]
+        return view
 
     def open_mini(self, frame):
         """Timestamp (extended) of an authentic, new mini frame, decrypted in place; else None.
@@ -68,15 +73,13 @@ class MediaLeg:
         """
         n = len(frame)
         end = n - wire.MEDIA_TAG
-        _call_no, ts16 = wire.parse_mini(frame)
-        view = memoryview(frame)
-        ts = extend16(self.replay.highest, ts16)
+        wire.check_mini(frame)
+        ts = extend16(self.replay.highest, (frame[2] << 8) | frame[3])
         if not self.replay.check(ts):
             self.rejected += 1
             return None
         _put_ts(self._recv_nonce, ts)
-        expected = self._recv_auth.digest2(memoryview(self._recv_nonce)[4:], view[:end])
-        if not compare_digest(expected[:wire.MEDIA_TAG], view[end:n]):
+        if not self._recv_auth.verify_into(self._recv_ts, frame, end, frame, end, wire.MEDIA_TAG):
             self.rejected += 1
             return None
         if ts - self.replay.highest > _JUMP and not self.replay.jump_ok(ts):
@@ -133,8 +136,12 @@ class MediaLeg:
 
 if MICROPYTHON:
     def _put_ts(nonce, ts):
-        for i in range(8):
-            nonce[11 - i] = (ts >> (8 * i)) & 0xFF
+        if ts >> 30:  # no longer a small int (a call of 12.4 days): byte by byte
+            for i in range(8):
+                nonce[11 - i] = (ts >> (8 * i)) & 0xFF
+        else:
+            kernels.put_be32(nonce, 4, 0)
+            kernels.put_be32(nonce, 8, ts)
 
     def _ts64(ts):
         return bytes((ts >> (8 * (7 - i))) & 0xFF for i in range(8))

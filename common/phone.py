@@ -135,8 +135,7 @@ class Phone:
         if call is None:
             self.dropped += 1
             return None
-        call_no, _ts = wire.parse_mini(frame)
-        if call_no != call.call_no:
+        if wire.check_mini(frame) != call.call_no:
             self.dropped += 1
             return None
         legs = (call.direct[0], call.media) if call.direct is not None else (call.media,)

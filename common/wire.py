@@ -198,6 +198,11 @@ def pack_mini_header(buf, call_no, ts):
 
 def parse_mini(data):
     """(call_no, ts16) of a mini frame; payload is data[4:-4], tag data[-4:]."""
+    return check_mini(data), (data[2] << 8) | data[3]
+
+
+def check_mini(data):
+    """The call number of a valid mini frame (DecodeError otherwise); no tuple made, for the media path."""
     n = len(data)
     if n < MINI_HEADER + CN_BYTES + MEDIA_TAG:
         raise DecodeError("mini frame", n, "shorter than header, payload and tag (%d bytes)" % n)
@@ -209,7 +214,7 @@ def parse_mini(data):
     call_no = (data[0] << 8) | data[1]
     if call_no == 0:
         raise DecodeError("call number", 0, "call number 0 is reserved")
-    return call_no, (data[2] << 8) | data[3]
+    return call_no
 
 
 def pack_trunk_header(buf, session):

@@ -41,6 +41,7 @@ TOS_EF = 46 << 2
 TOS_CS3 = 24 << 2
 _IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
 _IP_TOS = getattr(socket, "IP_TOS", 1)
+_HEAP_SAMPLE_LEAD_MS = 25   # the heap's use is sampled this long (more than a tick) before each collection
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
 
@@ -93,9 +94,16 @@ class App:
         self.heap_live_peak = 0
         self.heap_free_min = None
         self._collect_at = 0
+        self._sampled_at = None   # when the heap's use was sampled for the coming collection
         self.current = None
         self.started = None
         self._peer_key = self._peer_addr = None
+        self.profile = None   # per-tick CPU time (config "profile": ticks to record; firmware/profile.py)
+        if config.get("profile"):
+            from firmware.profile import DEFAULT_TICKS, TickProfile
+            ticks = config["profile"]
+            self.profile = TickProfile(DEFAULT_TICKS if ticks is True else int(ticks))
+            self.sock, self._ipoll, self.hal = self.profile.time_io(self.sock, self._ipoll, hal)
         self.load_sysinfo()
 
     def log(self, level, msg):
@@ -368,6 +376,8 @@ class App:
                     if self.current is not None:
                         self.current["frames_sent"] += 1
             out = self.pipeline.playout(now)
+            if self.profile is not None:
+                self.profile.classify(payload is self.pipeline.tx_payload, self.pipeline)
             if self.cn_level is not None and self.pipeline.last_status != FRAME and self.pipeline.tone.name is None:
                 if self.comfort is None:
                     from firmware.audio.vad import ComfortNoise
@@ -393,20 +403,29 @@ class App:
             self.finish()
 
     def _housekeeping(self, now):
-        """Heap high-water marks; once a second a collection measures what is really live and
-        the HAL gets the chance to rejoin Wi-Fi."""
+        """Once a second: the heap's use and free space, then, at least a tick later, a collection
+        that measures what is really live and the HAL's chance to rejoin Wi-Fi. gc.mem_alloc() and
+        gc.mem_free() each walk the heap's whole allocation table: run here, not every loop, and not
+        in the collection's tick, so no tick holds more than one walk besides the collection. The
+        high-water mark is sampled 25 ms before the collection, when the second's garbage is there."""
         if _mem_alloc is None:
             return
-        used = _mem_alloc()
-        if used > self.heap_peak:
-            self.heap_peak = used
-        free = _mem_free()
-        if self.heap_free_min is None or free < self.heap_free_min:
-            self.heap_free_min = free
-        if now - self._collect_at >= 1000:  # short, regular pauses instead of one long one
+        if self._sampled_at is None:
+            if now - self._collect_at >= 1000 - _HEAP_SAMPLE_LEAD_MS:
+                self._sampled_at = now
+                used = _mem_alloc()
+                if used > self.heap_peak:
+                    self.heap_peak = used
+                free = _mem_free()
+                if self.heap_free_min is None or free < self.heap_free_min:
+                    self.heap_free_min = free
+        elif now - self._sampled_at >= _HEAP_SAMPLE_LEAD_MS:  # short, regular pauses instead of one long one
+            self._sampled_at = None
             self._collect_at = now
             self.hal.network_up()
             gc.collect()
+            if self.profile is not None:
+                self.profile.collected()
             live = _mem_alloc()
             if live > self.heap_live_peak:
                 self.heap_live_peak = live
@@ -415,7 +434,10 @@ class App:
         hal = self.hal
         script = self.script
         next_frame = now
+        profile = self.profile
         while self.running:
+            if profile is not None:
+                profile.resume()
             now = hal.ticks_ms()
             self._housekeeping(now)
             self.receive(now)
@@ -444,6 +466,8 @@ class App:
                 key = hal.poll_keys()
             self.events(now)
             while now - next_frame >= 0:
+                if profile is not None:
+                    profile.tick()
                 self.audio_tick(now)
                 next_frame += FRAME_MS
                 if now - next_frame > 200:
@@ -452,6 +476,8 @@ class App:
             if (self.exit_at is not None and now >= self.exit_at) or (stop_at is not None and now >= stop_at):
                 break
             wait = next_frame - hal.ticks_ms()
+            if profile is not None:
+                profile.pause()
             await asyncio.sleep_ms(max(1, min(wait, 10)))
 
     def finish(self):
@@ -472,6 +498,8 @@ class App:
             self.record.close()
         self.summary["heap"] = self.heap()
         self.summary["jitter"] = self.pipeline.jitter.stats()  # receive path: late, concealed, delay (docs/handset.md)
+        if self.profile is not None:
+            self.summary["profile"] = self.profile.report()
         if self.script.get("summary"):
             with open(self.script["summary"], "w") as f:
                 json.dump(self.summary, f)  # streamed: no copy of the whole summary on a small heap

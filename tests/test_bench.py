@@ -106,3 +106,48 @@ def test_bench_runs_one_benchmark_by_name_and_refuses_unknown_ones():
     out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "nonesuch"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown benchmark" in out.stderr
+
+
+def test_bench_handset_quick_reports_consistent_figures():
+    """`upbx bench handset --json --quick`: a profiled call on the frozen 32-bit image and the perf_bench
+    calibration; figures positive and consistent with each other (never a speed threshold)."""
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "handset", "--json", "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    top = json.loads(out.stdout)
+    r = top["handset"]
+    assert top["esp32_ms_per_tick_p50"] == r["esp32_ms_per_tick_p50"] > 0
+    assert top["esp32_ms_worst_tick"] == r["esp32_ms_worst_tick"] > 0
+    cal = r["calibration"]
+    assert cal["benchmarks"] and set(cal["scores"]) == set(cal["benchmarks"])
+    ratios = []
+    for name in cal["benchmarks"]:
+        s = cal["scores"][name]
+        assert s["here"] > 0 and s["esp32_240mhz"] >= s["esp32_published_160mhz"] > 0
+        assert abs(s["ratio"] - s["here"] / s["esp32_240mhz"]) < 0.01
+        ratios.append(s["here"] / s["esp32_240mhz"])
+    product = 1.0
+    for x in ratios:
+        product *= x
+    assert abs(cal["ratio"] - product ** (1.0 / len(ratios))) < 0.01     # the geometric mean of the listed scores
+    assert cal["ratio_min"] <= cal["ratio"] <= cal["ratio_max"]
+    # a real call: frames went both ways, some were lost on the way to the profiled handset and concealed
+    call = r["call"]
+    assert call["frames_received"] > 100 and call["frames_sent"] > 50 and call["lost_by_relay"] > 0
+    assert call["frames_suppressed"] > 0                                   # the VAD heard the pauses
+    assert r["ticks"] == sum(c["ticks"] for c in r["cases"].values())
+    for name in ("normal", "silence"):
+        assert r["cases"][name]["ticks"] > 0, name
+    for name, c in r["cases"].items():
+        assert 0 < c["host_us_p50"] <= c["host_us_p99"] <= c["host_us_max"] <= r["host_us_worst_tick"], name
+        assert 0 <= c["host_io_us_p50"] <= c["host_us_p50"] + c["host_us_max"], name
+        assert c["esp32_ms_p50"] <= c["esp32_ms_p99"] <= c["esp32_ms_max"] <= r["esp32_ms_worst_tick"], name
+        assert c["esp32_ms_p50_without_io"] <= c["esp32_ms_p50"], name
+        assert abs(c["esp32_ms_p50"] - c["host_us_p50"] * cal["ratio"] / 1000) < 0.01, name
+    assert 0 < r["host_us_per_tick_p50"] <= r["host_us_per_tick_p99"] <= r["host_us_worst_tick"]
+    assert r["esp32_ms_per_tick_p50"] <= r["esp32_ms_worst_tick"]
+    assert r["esp32_ms_per_tick_p50_range"][0] <= r["esp32_ms_per_tick_p50"] <= r["esp32_ms_per_tick_p50_range"][1]
+    cold = r["cold_start"]
+    assert 0 < cold["warm_us"] and cold["penalty_us"] == max(cold["after_sleep_us"] - cold["warm_us"], 0)
+    assert r["esp32_ms_per_tick_p50_warm_without_io"] <= r["esp32_ms_per_tick_p50_without_io"]
+    assert r["meets_targets"] == (r["esp32_ms_per_tick_p50"] <= 5.0 and r["esp32_ms_worst_tick"] <= 12.0)

@@ -249,6 +249,8 @@ from tools.quality import bench_quality, table_quality  # noqa: E402  (voice qua
 BENCHMARKS["quality"], TABLES["quality"] = bench_quality, table_quality
 from tools.bench_security import bench_handshake, table_handshake  # noqa: E402  (forged HELLOs, docs/security.md)
 BENCHMARKS["handshake"], TABLES["handshake"] = bench_handshake, table_handshake
+from tools.bench_handset import bench_handset, table_handset  # noqa: E402  (handset CPU per tick, ESP32 estimate)
+BENCHMARKS["handset"], TABLES["handset"] = bench_handset, table_handset
 
 # the keys of the summary: where each one comes from in the results
 SUMMARY = (("wan_kbps_per_call", "wan", "wan_kbps_per_call"),
@@ -256,7 +258,9 @@ SUMMARY = (("wan_kbps_per_call", "wan", "wan_kbps_per_call"),
            ("hop_latency_p50_ms", "relay", "hop_latency_p50_ms"),
            ("hop_latency_p99_ms", "relay", "hop_latency_p99_ms"),
            ("registrations_per_s", "registrations", "registrations_per_s"),
-           ("bytes_per_registered_phone", "registrations", "bytes_per_registered_phone"))
+           ("bytes_per_registered_phone", "registrations", "bytes_per_registered_phone"),
+           ("esp32_ms_per_tick_p50", "handset", "esp32_ms_per_tick_p50"),
+           ("esp32_ms_worst_tick", "handset", "esp32_ms_worst_tick"))
 
 
 def _call(fn, quick):

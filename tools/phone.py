@@ -129,6 +129,9 @@ def add_arguments(parser):
     parser.add_argument("--no-plc", action="store_true", help="turn packet loss concealment off")
     parser.add_argument("--vad", action="store_true",
                         help="silence suppression: no voice frames in silence, comfort-noise frames instead")
+    parser.add_argument("--profile", type=int, metavar="TICKS",
+                        help="measure the firmware's CPU time per 20 ms call tick (up to TICKS ticks) and put "
+                             "median, p99 and worst per kind of tick in the summary (docs/benchmarks.md)")
     parser.add_argument("--heapsize", default="2M",
                         help="MicroPython heap, e.g. 100K for an ESP32-WROOM without PSRAM (default 2M)")
     parser.add_argument("--mpy", action="store_true",
@@ -161,6 +164,8 @@ def device_config(args):
     values["plc"] = not args.no_plc
     if args.vad:
         values["vad"] = True
+    if getattr(args, "profile", None):
+        values["profile"] = args.profile
     script = {}
     if args.call:
         script["call"] = args.call

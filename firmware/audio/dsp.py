@@ -13,19 +13,6 @@ wire's PCM order.
 """
 from common.compat import MICROPYTHON
 
-
-def isqrt(n):
-    """Integer square root (floor) of a non-negative int, without floats."""
-    if n <= 0:
-        return 0
-    x = n
-    y = (x + 1) >> 1
-    while y < x:
-        x = y
-        y = (x + n // x) >> 1
-    return x
-
-
 if MICROPYTHON:
     import micropython
 
@@ -125,11 +112,77 @@ if MICROPYTHON:
         for k in range(n):
             d[doff + k] = s[2 * (soff + k) + 1]
 
+    @micropython.viper
+    def isqrt(n: int) -> int:
+        # digit by digit: exact for 0 <= n < 2**32 (plc's energies stay below 2**31)
+        if n <= 0:
+            return 0
+        x = uint(n)
+        r = uint(0)
+        bit = uint(1) << 30
+        while bit > x:
+            bit >>= 2
+        while bit != uint(0):
+            if x >= r + bit:
+                x -= r + bit
+                r = (r >> 1) + bit
+            else:
+                r >>= 1
+            bit >>= 2
+        return int(r)
+
+    @micropython.viper
+    def best_lag(buf, ref: int, direction: int, lo: int, hi: int, lag_step: int, n: int, step: int,
+                 shift: int, floor: int, wide: int, out) -> int:
+        p = ptr16(buf)
+        best = 0
+        best_score = 0
+        lag = lo
+        while lag <= hi:
+            j = ref + direction * lag
+            energy = 0
+            corr = 0
+            k = 0
+            while k < n:
+                a = ((p[ref + k] ^ 0x8000) - 0x8000) >> shift
+                b = ((p[j + k] ^ 0x8000) - 0x8000) >> shift
+                energy += b * b
+                corr += a * b
+                k += step
+            if energy >= floor and corr > 0:
+                # isqrt(energy), as above
+                x = uint(energy)
+                r = uint(0)
+                bit = uint(1) << 30
+                while bit > x:
+                    bit >>= 2
+                while bit != uint(0):
+                    if x >= r + bit:
+                        x -= r + bit
+                        r = (r >> 1) + bit
+                    else:
+                        r >>= 1
+                    bit >>= 2
+                root = int(r)
+                if wide and corr >= (1 << 26):
+                    score = corr // ((root >> 4) + 1)
+                else:
+                    # (corr << 4) // d without overflowing 32 bits: corr = q * d + rem
+                    d = root + 1
+                    q = corr // d
+                    score = (q << 4) + (((corr - q * d) << 4) // d)
+                if score > best_score:
+                    best = lag
+                    best_score = score
+            lag += lag_step
+        ptr32(out)[0] = best_score
+        return best
+
 else:
     from firmware.audio.dsp_portable import (add_ramp_portable as add_ramp, add_tone_portable as add_tone,
-                                             copy_portable as copy,
+                                             best_lag_portable as best_lag, copy_portable as copy,
                                              crossfade_portable as crossfade, dot_portable as dot,
-                                             fill_portable as fill, peak_portable as peak,
+                                             fill_portable as fill, isqrt_portable as isqrt, peak_portable as peak,
                                              ramp_portable as ramp,
                                              slots32_to_pcm16_portable as slots32_to_pcm16)
 

@@ -101,3 +101,43 @@ def slots32_to_pcm16_portable(dst, doff, src, soff, n):
     for k in range(n):
         dst[2 * (doff + k)] = src[4 * (soff + k) + 2]
         dst[2 * (doff + k) + 1] = src[4 * (soff + k) + 3]
+
+
+def isqrt_portable(n):
+    """Integer square root (floor) of a non-negative int, without floats."""
+    if n <= 0:
+        return 0
+    x = n
+    y = (x + 1) >> 1
+    while y < x:
+        x = y
+        y = (x + n // x) >> 1
+    return x
+
+
+def best_lag_portable(buf, ref, direction, lo, hi, lag_step, n, step, shift, floor, wide, out):
+    """The lag (lo, lo + lag_step, ... <= hi) whose n samples from ref + direction * lag best match
+    the n samples from ref, by normalised correlation; returns 0 when none scores, and puts the
+    best score in out[0].
+
+    Every step-th sample counts, shifted right by shift. A lag whose energy is below floor, or
+    whose correlation is not positive, scores 0; otherwise its score is (corr << 4) //
+    (isqrt(energy) + 1), or with wide, once corr >= 2**26, corr // ((isqrt(energy) >> 4) + 1).
+    The first of equal best scores wins."""
+    best, best_score = 0, 0
+    for lag in range(lo, hi + 1, lag_step):
+        j = ref + direction * lag
+        energy = dot_portable(buf, j, j, n, step, shift)
+        if energy < floor:
+            continue
+        corr = dot_portable(buf, ref, j, n, step, shift)
+        if corr <= 0:
+            continue
+        if wide and corr >= (1 << 26):
+            score = corr // ((isqrt_portable(energy) >> 4) + 1)
+        else:
+            score = (corr << 4) // (isqrt_portable(energy) + 1)
+        if score > best_score:
+            best, best_score = lag, score
+    out[0] = best_score
+    return best

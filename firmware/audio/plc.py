@@ -22,6 +22,8 @@ is bridged the same way from the attenuated continuation.
 
 All buffers are bytearrays of int16 samples allocated at construction.
 """
+from array import array
+
 from common.compat import const
 from firmware.audio import dsp
 
@@ -36,6 +38,7 @@ _MAX_LOOP = const(360)    # three periods of PITCH_MAX
 _MIN_ENERGY = const(250)  # per correlated sample, at full scale: below it assume PITCH_MAX
 PITCH_WINDOW = const(40)  # 5 ms: a bridged gap's pitch periods come from its edges
 _RAMP = const(80)         # samples over which a bridged gap's end is pulled onto the next frame
+_SCORE = array("i", [0])  # dsp.best_lag's best score (scratch: no allocation per search)
 
 
 def _sample(buf, i):
@@ -43,69 +46,42 @@ def _sample(buf, i):
     return v - 0x10000 if v & 0x8000 else v
 
 
+def _shift(peak):
+    """Right shift that keeps samples of this peak within 2047, so every sum stays inside 31 bits."""
+    shift = 0
+    while (peak >> shift) > 2047:
+        shift += 1
+    return shift
+
+
 def find_pitch(hist, end=HISTORY):
     """Pitch period (samples) of the CORRLEN samples ending at `end` in hist, by normalised autocorrelation."""
     start = end - CORRLEN
-    peak = dsp.peak(hist, start - PITCH_MAX, CORRLEN + PITCH_MAX)
-    shift = 0
-    while (peak >> shift) > 2047:  # keeps every sum inside 31 bits
-        shift += 1
-    best, best_score = PITCH_MAX, 0
-    for lag in range(PITCH_MIN, PITCH_MAX + 1, 2):
-        score = _score(hist, start, lag, 2, shift)
-        if score > best_score:
-            best, best_score = lag, score
-    coarse = best
-    best_score = 0
-    for lag in range(coarse - 1, coarse + 2):
-        if PITCH_MIN <= lag <= PITCH_MAX:
-            score = _score(hist, start, lag, 1, shift)
-            if score > best_score:
-                best, best_score = lag, score
+    shift = _shift(dsp.peak(hist, start - PITCH_MAX, CORRLEN + PITCH_MAX))
+    score = _SCORE
+    # coarse: every other lag on every other sample
+    coarse = dsp.best_lag(hist, start, -1, PITCH_MIN, PITCH_MAX, 2, CORRLEN, 2, shift,
+                          (_MIN_ENERGY * (CORRLEN // 2)) >> (2 * shift), 1, score) or PITCH_MAX
+    floor = (_MIN_ENERGY * CORRLEN) >> (2 * shift)
+    best = dsp.best_lag(hist, start, -1, max(coarse - 1, PITCH_MIN), min(coarse + 1, PITCH_MAX), 1, CORRLEN, 1,
+                        shift, floor, 1, score) or coarse
+    best_score = score[0]
     # a periodic signal correlates as well at 2 and 3 periods: prefer the shortest
-    top = best
     for div in (3, 2):
-        cand, cand_score = 0, 0
-        for lag in range(top // div - 1, top // div + 2):
-            if lag >= PITCH_MIN:
-                score = _score(hist, start, lag, 1, shift)
-                if score > cand_score:
-                    cand, cand_score = lag, score
-        if cand and cand_score * 8 >= best_score * 7:
+        cand = dsp.best_lag(hist, start, -1, max(best // div - 1, PITCH_MIN), best // div + 1, 1, CORRLEN, 1,
+                            shift, floor, 1, score)
+        if cand and score[0] * 8 >= best_score * 7:
             return cand
     return best
-
-
-def _score(hist, start, lag, step, shift):
-    energy = dsp.dot(hist, start - lag, start - lag, CORRLEN, step, shift)
-    if energy < (_MIN_ENERGY * (CORRLEN // step)) >> (2 * shift):
-        return 0
-    corr = dsp.dot(hist, start, start - lag, CORRLEN, step, shift)
-    if corr <= 0:
-        return 0
-    return (corr << 4) // (dsp.isqrt(energy) + 1) if corr < (1 << 26) else corr // ((dsp.isqrt(energy) >> 4) + 1)
 
 
 def local_pitch(buf, ref, direction):
     """Pitch period (samples) of the PITCH_WINDOW samples at ref in buf, matched against those
     `direction` (1 later, -1 earlier) a lag away, by normalised correlation; 0 if nothing matches."""
     lo = ref if direction > 0 else ref - PITCH_MAX
-    peak = dsp.peak(buf, lo, PITCH_WINDOW + PITCH_MAX)
-    shift = 0
-    while (peak >> shift) > 2047:  # keeps every sum inside 31 bits
-        shift += 1
-    best, best_score = 0, 0
-    for lag in range(PITCH_MIN, PITCH_MAX + 1):
-        j = ref + direction * lag
-        energy = dsp.dot(buf, j, j, PITCH_WINDOW, 1, shift)
-        if energy < (_MIN_ENERGY * PITCH_WINDOW) >> (2 * shift):
-            continue
-        corr = dsp.dot(buf, ref, j, PITCH_WINDOW, 1, shift)
-        if corr > 0:
-            score = (corr << 4) // (dsp.isqrt(energy) + 1)
-            if score > best_score:
-                best, best_score = lag, score
-    return best
+    shift = _shift(dsp.peak(buf, lo, PITCH_WINDOW + PITCH_MAX))
+    return dsp.best_lag(buf, ref, direction, PITCH_MIN, PITCH_MAX, 1, PITCH_WINDOW, 1, shift,
+                        (_MIN_ENERGY * PITCH_WINDOW) >> (2 * shift), 0, _SCORE)
 
 
 class Concealer:

@@ -182,6 +182,7 @@ def test_viper_kernels_match_portable_ones():
         quiet[2 * i] = v & 0xFF
         quiet[2 * i + 1] = (v >> 8) & 0xFF
     assert dsp.dot(quiet, 10, 50, 160, 1, 0) == dsp.dot_portable(quiet, 10, 50, 160, 1, 0) != 0
+    assert dsp.dot(a, 10, 50, 2, 1, 0) == dsp.dot_portable(a, 10, 50, 2, 1, 0)   # unshifted, two products
     assert dsp.peak(a, 0, 320) == dsp.peak_portable(a, 0, 320) == 32768
     b1, b2 = bytearray(a), bytearray(a)
     dsp.crossfade(b1, 3, a, 100, 60)
@@ -205,3 +206,34 @@ def test_viper_kernels_match_portable_ones():
     dsp.slots32_to_pcm16_portable(b2, 1, slots, 2, 100)
     assert b1 == b2 and b1[2:4] == slots[10:12]
     assert dsp.isqrt(10 ** 8) == 10 ** 4 and dsp.isqrt(99) == 9
+
+
+def test_lag_search_and_isqrt_kernels_match_portable_ones():
+    from array import array
+    for n in (0, 1, 2, 3, 15, 16, 17, 99, 100, 65535, 65536, 10 ** 8, 2 ** 30, 2 ** 31 - 1):
+        assert dsp.isqrt(n) == dsp.isqrt_portable(n), n
+        r = dsp.isqrt(n)
+        assert r * r <= n < (r + 1) * (r + 1), n
+    voiced_buf, full, noise = bytearray(800), bytearray(800), bytearray(800)
+    x = 7
+    for i in range(400):
+        v = voiced(i, 53, 30000)
+        voiced_buf[2 * i], voiced_buf[2 * i + 1] = v & 0xFF, (v >> 8) & 0xFF
+        v = 32767 if i % 2 else -32768   # full scale: corr << 4 would not fit 32 bits
+        full[2 * i], full[2 * i + 1] = v & 0xFF, (v >> 8) & 0xFF
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+        v = ((x >> 8) & 0xFFFF) - 32768
+        noise[2 * i], noise[2 * i + 1] = v & 0xFF, (v >> 8) & 0xFF
+    a, b = array("i", [0]), array("i", [0])
+    for buf in (voiced_buf, full, noise, bytearray(800)):
+        shift = plc._shift(dsp.peak(buf, 0, 400))   # as plc does: every sum inside 31 bits
+        for args in ((200, -1, 40, 120, 2, 160, 2, 0, 1), (200, -1, 40, 120, 1, 160, 1, 40000 >> 2 * shift, 1),
+                     (10, 1, 40, 120, 1, 40, 1, 10000 >> 2 * shift, 0), (250, -1, 40, 120, 1, 40, 1, 5000, 0),
+                     (200, -1, 39, 41, 1, 160, 1, 0, 1), (200, -1, 50, 49, 1, 160, 1, 0, 1),
+                     (200, -1, 40, 120, 1, 160, 1, 1 << 28, 1)):   # a floor no lag reaches
+            args = args[:7] + (shift,) + args[7:]
+            got = dsp.best_lag(buf, *args, a)
+            want = dsp.best_lag_portable(buf, *args, b)
+            assert (got, a[0]) == (want, b[0]), (args, got, a[0], want, b[0])
+    assert dsp.best_lag(voiced_buf, 200, -1, 40, 120, 1, 160, 1, 4, 0, 1, a) == 53 and a[0] > 0   # the period
+    assert dsp.best_lag(bytearray(800), 200, -1, 40, 120, 1, 160, 1, 0, 1, 1, a) == 0 and a[0] == 0

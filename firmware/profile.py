@@ -1,0 +1,244 @@
+"""Per-tick CPU time of the handset's own work, measured inside the firmware.
+
+Turned on by the device configuration key "profile" (a number of ticks to record, or
+true for 3000 = one minute). A tick is the 20 ms from one audio tick of a call to the
+next: the audio tick itself (microphone, encode, VAD, seal, send, playout, speaker) and
+everything the loop does until the next one (receive and open frames, timers,
+signalling, housekeeping). Busy time is summed with time.ticks_us from the top of each
+loop iteration to its sleep; the sleeps are not counted. Time inside the socket, the
+poller and the HAL's audio and key calls (on the unix port: system calls, which an ESP32
+replaces with lwIP and I2S) is also counted apart, as the tick's I/O. Each tick's
+duration, I/O and what it did (its kind) go into storage allocated here, at start-up, so
+profiling allocates nothing per tick; report() (at the end) gives the median, p99 and
+maximum per kind, with and without the I/O.
+"""
+import gc
+from array import array
+
+from common.compat import const
+from firmware.audio import jitter
+
+try:
+    from time import ticks_diff, ticks_us
+except ImportError:  # CPython, for tests of the report
+    import time as _time
+
+    def ticks_us():
+        return int(_time.perf_counter() * 1000000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+NONE = const(0)       # no call: not recorded
+NORMAL = const(1)     # a voice frame sent and a received frame played
+BRIDGED = const(2)    # a lost frame concealed from both sides (its successor was buffered)
+CONCEALED = const(3)  # a lost frame extrapolated from the past
+SILENCE = const(4)    # VAD heard silence: no voice frame sent (nothing, or comfort noise)
+OTHER = const(5)      # the rest of a call: jitter buffer priming or empty, a local tone
+KINDS = ("none", "normal", "bridged", "concealed", "silence", "other")
+COLLECTED = const(0x80)  # flag: the tick held the once-a-second garbage collection
+DEFAULT_TICKS = const(3000)
+
+
+class TickProfile:
+    """Durations (us) and kinds of up to `capacity` call ticks."""
+
+    def __init__(self, capacity=DEFAULT_TICKS):
+        # 16 bits a figure (a tick of 65.5 ms or more is stored as 65535): the collector scans
+        # this storage at every collection, so it is kept small
+        self.us = array("H", bytes(2 * capacity))
+        self.io_us = array("H", bytes(2 * capacity))
+        self.kinds = bytearray(capacity)
+        self.count = 0
+        self.dropped = 0     # ticks after the storage was full
+        self.kind = NONE     # what the open tick did, set by classify() after its audio tick
+        self.io = 0          # I/O time of the open tick so far
+        self._busy = 0
+        self._mark = ticks_us()
+        self._bridged = 0
+        self._ended = False  # the tick stored last ended the call (no classify() after it)
+
+    def time_io(self, sock, ipoll, hal):
+        """(sock, ipoll, hal) to use instead of these: the same, with the time in their I/O calls counted."""
+        return (sock and _TimedSocket(self, sock), ipoll and _timed(self, ipoll),
+                hal and _TimedHal(self, hal))
+
+    def resume(self):
+        """Top of a loop iteration: the handset is busy from here."""
+        self._mark = ticks_us()
+
+    def pause(self):
+        """Just before the loop sleeps."""
+        self._busy += ticks_diff(ticks_us(), self._mark)
+
+    def collected(self):
+        """The loop ran its garbage collection in the open tick."""
+        self.kind |= COLLECTED
+
+    def tick(self):
+        """An audio tick starts: the previous tick ends here and is stored (if it was in a call).
+
+        It counts once classify() says the call goes on; if the call ended in it, it stays
+        apart (report()'s "end": the tick that also tears the call down)."""
+        now = ticks_us()
+        busy = self._busy + ticks_diff(now, self._mark)
+        self._ended = False
+        if self.kind & 0x7F:
+            n = self.count
+            if n < len(self.kinds):
+                self.us[n] = busy if busy < 65535 else 65535
+                self.io_us[n] = self.io if self.io < 65535 else 65535
+                self.kinds[n] = self.kind
+                self._ended = True   # until classify() shows the call still up
+            else:
+                self.dropped += 1
+        self.kind = NONE
+        self.io = 0
+        self._busy = 0
+        self._mark = now
+
+    def classify(self, sent_voice, pipeline):
+        """What the audio tick just done did: sent_voice is False when the VAD heard silence."""
+        if self._ended:   # the call is still up: the tick stored last counts
+            self.count += 1
+            self._ended = False
+        bridged = pipeline.concealer.bridged
+        status = pipeline.last_status
+        if status == jitter.MISSING:
+            kind = BRIDGED if bridged != self._bridged else CONCEALED
+        elif not sent_voice:
+            kind = SILENCE
+        elif sent_voice and status == jitter.FRAME and pipeline.tone.name is None:
+            kind = NORMAL
+        else:
+            kind = OTHER
+        self._bridged = bridged
+        self.kind = kind | (self.kind & COLLECTED)
+
+    def report(self):
+        """{"ticks", "dropped", "unit", "kinds": {name: figures}, "all": figures, "with_collection": figures
+        (the ticks that held a gc.collect()), "worst": {"us", "io_us", "kind", "collected"}, "end": {"us",
+        "io_us"} (the tick in which the call ended, not among the others) or None}, where figures
+        are {"ticks", "p50_us", "p99_us", "max_us", "io_p50_us", "without_io_p50_us", "without_io_p99_us",
+        "without_io_max_us"}, and per kind "collections". Allocates (one list of ticks at a time, for a
+        small heap): call it at the end."""
+        gc.collect()   # the lists below are the largest things made on a small heap at the end
+        n = self.count
+        kinds = {}
+        for code in range(1, len(KINDS)):
+            figures = self._figures(code, 0x7F)
+            if figures["ticks"]:
+                figures["collections"] = self._figures(code | COLLECTED, 0xFF)["ticks"]
+                kinds[KINDS[code]] = figures
+        worst = 0
+        for i in range(n):
+            if self.us[i] > self.us[worst]:
+                worst = i
+        return {"ticks": n, "dropped": self.dropped, "unit": "us of handset time per 20 ms tick",
+                "kinds": kinds, "all": self._figures(0, 0), "with_collection": self._figures(COLLECTED, COLLECTED),
+                "worst": {"us": self.us[worst] if n else None, "io_us": self.io_us[worst] if n else None,
+                          "kind": KINDS[self.kinds[worst] & 0x7F] if n else None,
+                          "collected": bool(n and self.kinds[worst] & COLLECTED)},
+                "end": {"us": self.us[n], "io_us": self.io_us[n]} if self._ended else None}
+
+    def _figures(self, code, mask):
+        """Tick count, median, p99 (nearest rank) and maximum of the ticks whose kind & mask == code:
+        of their durations, their I/O, and their durations without the I/O (one list, reused)."""
+        kinds, us, io, count = self.kinds, self.us, self.io_us, self.count
+        n = 0
+        for i in range(count):
+            if kinds[i] & mask == code:
+                n += 1
+        if not n:
+            return {"ticks": 0}
+        mid, p99 = (n - 1) // 2, -(-99 * n // 100) - 1
+        out = {"ticks": n}
+        values = [0] * n
+        for key in ("", "io_", "without_io_"):
+            j = 0
+            for i in range(count):
+                if kinds[i] & mask == code:
+                    values[j] = us[i] if key == "" else io[i] if key == "io_" else max(us[i] - io[i], 0)
+                    j += 1
+            values.sort()
+            out[key + "p50_us"] = values[mid]
+            if key != "io_":
+                out[key + "p99_us"] = values[p99]
+                out[key + "max_us"] = values[-1]
+        return out
+
+
+def _timed(profile, fn):
+    """fn(arg) with its time added to profile.io (one argument: no tuple made per call)."""
+    def call(arg):
+        t = ticks_us()
+        try:
+            return fn(arg)
+        finally:
+            profile.io += ticks_diff(ticks_us(), t)
+    return call
+
+
+class _TimedSocket:
+    """The app's socket, with recv, sendto and setsockopt counted as I/O."""
+
+    def __init__(self, profile, sock):
+        self._profile = profile
+        self._sock = sock
+
+    def recv(self, n):
+        t = ticks_us()
+        try:
+            return self._sock.recv(n)
+        finally:
+            self._profile.io += ticks_diff(ticks_us(), t)
+
+    def sendto(self, data, addr):
+        t = ticks_us()
+        try:
+            return self._sock.sendto(data, addr)
+        finally:
+            self._profile.io += ticks_diff(ticks_us(), t)
+
+    def setsockopt(self, level, option, value):
+        t = ticks_us()
+        try:
+            return self._sock.setsockopt(level, option, value)
+        finally:
+            self._profile.io += ticks_diff(ticks_us(), t)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class _TimedHal:
+    """The HAL, with the audio and key calls counted as I/O; everything else passed through."""
+
+    def __init__(self, profile, hal):
+        self._profile = profile
+        self._hal = hal
+        self.ticks_ms = hal.ticks_ms   # called every loop: no __getattr__ on the way
+
+    def read_frame(self, pcm):
+        t = ticks_us()
+        try:
+            return self._hal.read_frame(pcm)
+        finally:
+            self._profile.io += ticks_diff(ticks_us(), t)
+
+    def write_frame(self, pcm):
+        t = ticks_us()
+        try:
+            return self._hal.write_frame(pcm)
+        finally:
+            self._profile.io += ticks_diff(ticks_us(), t)
+
+    def poll_keys(self):
+        t = ticks_us()
+        try:
+            return self._hal.poll_keys()
+        finally:
+            self._profile.io += ticks_diff(ticks_us(), t)
+
+    def __getattr__(self, name):
+        return getattr(self._hal, name)

@@ -1,0 +1,146 @@
+"""The byte kernels of the media path (common/kernels.py) agree with their portable versions
+byte for byte, and the allocation-free HMAC and counter mode built on them agree with
+hashlib and the reference HMAC. Runs under CPython and MicroPython (where the kernels are
+viper): lengths that are not a multiple of 16 or 64, offsets, overlapping calls."""
+from array import array
+from hashlib import sha256
+
+from common import crypto, kernels
+from common.crypto import HmacKey, hmac_sha256_portable
+
+
+def data(n, seed=1):
+    """Deterministic bytes (an LCG: no random module needed on MicroPython)."""
+    out = bytearray(n)
+    x = seed
+    for i in range(n):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+        out[i] = (x >> 16) & 0xFF
+    return out
+
+
+def test_xor_into_matches_portable_at_any_length_and_offset():
+    src = data(300, 2)
+    for n in (0, 1, 15, 16, 17, 160, 161, 255):
+        for doff, soff in ((0, 0), (3, 0), (0, 5), (7, 11)):
+            a, b = data(300, 3), data(300, 3)
+            kernels.xor_into(a, doff, src, soff, n)
+            kernels.xor_into_portable(b, doff, src, soff, n)
+            assert a == b, (n, doff, soff)
+            assert a[doff + n:] == data(300, 3)[doff + n:]   # nothing past the end is touched
+
+
+def test_copy_bytes_matches_portable():
+    src = data(200, 4)
+    for n, doff, soff in ((0, 0, 0), (1, 5, 0), (37, 3, 9), (172, 0, 8)):
+        a, b = bytearray(200), bytearray(200)
+        kernels.copy_bytes(a, doff, src, soff, n)
+        kernels.copy_bytes_portable(b, doff, src, soff, n)
+        assert a == b and a[doff:doff + n] == src[soff:soff + n]
+
+
+def test_counter_blocks_match_portable_and_the_layout():
+    nonce = data(12, 5)
+    for blocks in (0, 1, 10, 17, 300):
+        a, b = bytearray(16 * blocks + 5), bytearray(16 * blocks + 5)
+        kernels.ctr_blocks(a, nonce, blocks)
+        kernels.ctr_blocks_portable(b, nonce, blocks)
+        assert a == b, blocks
+        for i in (0, blocks - 1) if blocks else ():
+            assert a[16 * i:16 * i + 12] == nonce
+            assert a[16 * i + 12:16 * i + 16] == bytes(((i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255))
+
+
+def test_equal_finds_a_difference_in_any_byte_only_within_the_range():
+    a = data(40, 6)
+    for n in (0, 1, 4, 32):
+        b = bytearray(a)
+        assert kernels.equal(a, 3, b, 3, n) and kernels.equal_portable(a, 3, b, 3, n)
+        for i in range(n):
+            b = bytearray(a)
+            b[3 + i] ^= 0x40
+            assert not kernels.equal(a, 3, b, 3, n) and not kernels.equal_portable(a, 3, b, 3, n)
+        b = bytearray(a)
+        b[3 + n] ^= 1   # just past the range
+        assert kernels.equal(a, 3, b, 3, n)
+    shifted = bytearray(5) + a
+    assert kernels.equal(a, 0, shifted, 5, 40) and kernels.equal_portable(a, 0, shifted, 5, 40)
+
+
+def test_put_be32_matches_portable():
+    for value in (0, 1, 0x12345678, 0x3FFFFFFF, (1 << 30) + 5, 0xFFFFFFFF):
+        a, b = bytearray(9), bytearray(9)
+        kernels.put_be32(a, 3, value)
+        kernels.put_be32_portable(b, 3, value)
+        assert a == b and a[3:7] == bytes(((value >> 24) & 255, (value >> 16) & 255, (value >> 8) & 255, value & 255))
+
+
+def sha256_of(msg, blocks_fn, pad_fn, put_fn, lead=0):
+    """SHA-256 of msg through the block kernels, the message placed at buf[lead:]."""
+    buf = bytearray(lead + len(msg) + 72)
+    buf[lead:lead + len(msg)] = msg
+    nblocks = pad_fn(memoryview(buf)[lead:], len(msg), len(msg))   # blocks count from the message start
+    state = array("I", kernels.SHA256_IV)
+    blocks_fn(state, kernels.SHA256_IV, buf, lead, nblocks, array("I", bytes(256)))
+    out = bytearray(33)
+    put_fn(out, 1, state, 32)
+    return bytes(out[1:])
+
+
+def test_sha256_blocks_match_hashlib_and_portable_at_every_padding_edge():
+    for n in (0, 1, 55, 56, 57, 63, 64, 65, 119, 120, 128, 172, 250):
+        msg = data(n, n + 7)
+        want = sha256(bytes(msg)).digest()
+        assert sha256_of(msg, kernels.sha256_blocks, kernels.sha256_pad, kernels.sha256_put, 3) == want, n
+        assert sha256_of(msg, kernels.sha256_blocks_portable, kernels.sha256_pad_portable,
+                         kernels.sha256_put_portable) == want, n
+
+
+def test_sha256_pad_matches_portable():
+    for used in (0, 20, 55, 56, 63, 64, 100):
+        a, b = data(used + 72, 8), data(used + 72, 8)
+        assert kernels.sha256_pad(a, used, used + 64) == kernels.sha256_pad_portable(b, used, used + 64)
+        assert a == b, used
+
+
+def test_sha256_put_truncates_like_the_digest():
+    state = kernels.sha256_state(bytes(range(64)))
+    full = bytearray(32)
+    kernels.sha256_put(full, 0, state, 32)
+    for n in (1, 4, 5, 31):
+        a, b = bytearray(n + 2), bytearray(n + 2)
+        kernels.sha256_put(a, 2, state, n)
+        kernels.sha256_put_portable(b, 2, state, n)
+        assert a == b and a[2:] == full[:n]
+
+
+def test_mac_into_is_the_truncated_hmac_over_prefix_and_message():
+    for key_len in (16, 32, 64, 100):
+        key = data(key_len, key_len)
+        hk = HmacKey(key)
+        for n in (0, 1, 47, 48, 120, 160, 164, crypto.MAC_ROOM - 8, crypto.MAC_ROOM, 400):   # 400: the fallback
+            prefix, msg = data(8, n + 1), data(n + 10, n + 2)
+            want = hmac_sha256_portable(key, bytes(prefix) + bytes(msg[:n]))
+            out = bytearray(40)
+            hk.mac_into(memoryview(prefix), msg, n, out, 3, 4)
+            assert out[3:7] == want[:4] and out[:3] == bytes(3) and out[7:] == bytes(33), (key_len, n)
+            hk.mac_into(prefix, msg, n, out, 0, 32)
+            assert out[:32] == want
+            tag = bytearray(6) + want[:4]
+            assert hk.verify_into(prefix, msg, n, tag, 6, 4)
+            tag[9] ^= 0x01
+            assert not hk.verify_into(prefix, msg, n, tag, 6, 4)
+
+
+def test_counter_mode_is_its_own_inverse_and_leaves_the_rest_alone():
+    ctr = crypto.CounterMode(bytes(range(16)), 160)
+    nonce = data(12, 9)
+    for n in (1, 15, 16, 17, 159, 160):
+        plain = data(n + 8, n)
+        buf = bytearray(plain)
+        ctr.crypt(nonce, buf, 4, 4 + n)
+        assert buf[:4] == plain[:4] and buf[4 + n:] == plain[4 + n:]
+        if n > 8:
+            assert buf[4:4 + n] != plain[4:4 + n]
+        ctr.crypt(nonce, buf, 4, 4 + n)
+        assert buf == plain, n
