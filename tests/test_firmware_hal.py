@@ -8,13 +8,19 @@ from tests.support import ROOT, micropython_binary
 
 SCRIPT = r'''
 import sys
+import time
 sys.path.insert(0, sys.argv[1])
 from firmware.hal import unix
 hal = unix.Hal(source=sys.argv[2], sink=sys.argv[3])
 pcm = bytearray(320)
-for i in range(10):
-    hal.read_frame(pcm)
-    hal.write_frame(pcm)
+hal.mic_start()
+n = 0
+while n < 10:  # the microphone is a clock: a frame every 20 ms
+    if hal.read_frame(pcm):
+        hal.write_frame(pcm)
+        n += 1
+    else:
+        time.sleep_ms(2)
 got = []
 while True:
     k = hal.poll_keys()
@@ -60,6 +66,37 @@ def test_tone_source_hums_at_its_frequency(tmp_path):
         samples = struct.unpack("<1600h", w.readframes(1600))
     crossings = sum(1 for a, b in zip(samples, samples[1:]) if a < 0 <= b)
     assert 199 <= crossings <= 201     # 1000 Hz for 0.2 s
+
+
+PACING = r'''
+import sys
+import time
+sys.path.insert(0, sys.argv[1])
+from firmware.hal import unix
+hal = unix.Hal(source="tone:1000", control=open("/dev/null"))
+pcm = bytearray(320)
+hal.mic_start()
+first = [hal.read_frame(pcm) for _ in range(3)]     # one frame at once, then none until 20 ms passed
+start = hal.ticks_ms()
+while not hal.read_frame(pcm):
+    time.sleep_ms(1)
+waited = hal.ticks_diff(hal.ticks_ms(), start)
+time.sleep_ms(300)                                  # a stalled loop
+burst = 0
+while hal.read_frame(pcm):
+    burst += 1
+print("first", first, "waited", waited >= 15, "burst", burst)
+'''
+
+
+def test_unix_microphone_is_paced_like_a_dma_queue(tmp_path):
+    """A frame every 20 ms from mic_start(); after a stall at most 60 ms (3 frames) + the current one are queued."""
+    script = tmp_path / "pacing.py"
+    script.write_text(PACING)
+    result = subprocess.run([micropython_binary(), str(script), str(ROOT)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "first [True, False, False] waited True burst 4" in result.stdout, result.stdout
 
 
 def test_esp32_hal_and_audio_compile_for_xtensawin(tmp_path):
