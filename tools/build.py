@@ -1,6 +1,7 @@
-"""`upbx build`: compile common/ and firmware/ to .mpy for the ESP32 (xtensawin).
+"""`upbx build`: compile common/ and firmware/ to .mpy for the ESP32 (xtensawin), or build a
+MicroPython image with them frozen in (`--image unix32|esp32`, tools/images.py).
 
-The output tree is what goes onto the handset's filesystem, package layout kept:
+The .mpy output tree is what goes onto the handset's filesystem, package layout kept:
 common/*.mpy, firmware/**/*.mpy, and main.py/boot.py as source at the root
 (MicroPython runs main.py from source at boot).
 """
@@ -10,11 +11,16 @@ import shutil
 import subprocess
 import sys
 
+from tools import images
+from tools.images import ImageError, esp32_image, unix32_image  # noqa: F401 (unix32_image: the shared interface)
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "build" / "device"
+
 MARCH = "xtensawin"  # ESP32 and ESP32-S3 alike
 MARKER = ".upbx-build"  # marks a directory this tool may wipe
 SOURCE_AT_ROOT = ("main.py", "boot.py")
+NOT_ON_DEVICE = ("firmware/manifest.py",)  # read by MicroPython's build, not by the handset
 
 
 class BuildError(Exception):
@@ -26,19 +32,52 @@ class BuildError(Exception):
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default build/device)")
+    parser.add_argument("--out", help="output directory (default build/device; required with --image)")
     parser.add_argument("--src-root", default=str(ROOT), help="tree holding common/ and firmware/ (default: this repository)")
+    parser.add_argument("--image", choices=("unix32", "esp32"),
+                        help="build a MicroPython image with common/ and firmware/ frozen in: unix32 writes "
+                             "OUT/micropython (the 32-bit unix port), esp32 writes OUT/BOARD.bin (needs ESP-IDF)")
+    parser.add_argument("--board", help="with --image esp32: the board file (boards/NAME.json) naming the image")
+    parser.add_argument("--micropython", metavar="SRC",
+                        help="MicroPython %s source (default $UPBX_MICROPYTHON_SRC, else ../shared/micropython)"
+                             % images.TESTED_TAG)
 
 
 def run(args):
+    if args.image:
+        return run_image(args)
     try:
-        build(pathlib.Path(args.src_root), pathlib.Path(args.out))
+        build(pathlib.Path(args.src_root), pathlib.Path(args.out or DEFAULT_OUT))
     except BuildError as exc:
         for name, message in exc.errors.items():
             print("build: %s: %s" % (name, message), file=sys.stderr)
         print("build: %d file(s) failed to compile" % len(exc.errors), file=sys.stderr)
         return 1
     except (FileNotFoundError, FileExistsError) as exc:
+        print("build: %s" % exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_image(args):
+    """`upbx build --image unix32|esp32`."""
+    if not args.out:
+        print("build: --image %s needs --out DIR" % args.image, file=sys.stderr)
+        return 2
+    try:
+        if args.image == "unix32":
+            binary = unix32_image(frozen=True, micropython_src=args.micropython)
+            out = pathlib.Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(binary, out / "micropython")
+            print("build: %s (32-bit unix port, upbx frozen in); run a handset on it with "
+                  "upbx phone --micropython %s" % (out / "micropython", out / "micropython"))
+        else:
+            if not args.board:
+                print("build: --image esp32 needs --board BOARD (a file in boards/)", file=sys.stderr)
+                return 2
+            esp32_image(args.board, args.micropython, args.out)
+    except (ImageError, ValueError) as exc:  # BoardError is a ValueError
         print("build: %s" % exc, file=sys.stderr)
         return 1
     return 0
@@ -60,7 +99,7 @@ def sources(src_root):
     for package in ("common", "firmware"):
         for path in sorted((src_root / package).rglob("*.py")):
             rel = path.relative_to(src_root).as_posix()
-            if "__pycache__" in rel:
+            if "__pycache__" in rel or rel in NOT_ON_DEVICE:
                 continue
             found.append((rel, not (package == "firmware" and rel[len("firmware/"):] in SOURCE_AT_ROOT)))
     return found

@@ -1,0 +1,307 @@
+"""MicroPython images with upbx frozen in (firmware/manifest.py), and what an image file says.
+
+- unix32_image(): the unix port built for i386 (the ESP32's word size, heap and 2**30 ms tick
+  period), frozen or plain, built under build/ and cached. CI runs the handsets on it.
+- esp32_image(): an ESP32 image for a board file, built by ESP-IDF's idf.py where it is installed.
+- image_version(), has_frozen_upbx(): read from an image's bytes (upbx flash, upbx phone).
+
+The MicroPython source is v1.28.0 (TESTED_TAG): `--micropython SRC`, else $UPBX_MICROPYTHON_SRC,
+else ../shared/micropython beside the repository. It may be read-only: the unix port is built in
+a copy under build/ (docs/handset.md, "The firmware image").
+"""
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BUILD_DIR = ROOT / "build"
+MANIFEST = ROOT / "firmware" / "manifest.py"
+TESTED_TAG = "v1.28.0"
+SOURCE_ENV = "UPBX_MICROPYTHON_SRC"
+CHECKOUT_HINT = ("a MicroPython %s checkout: git clone -b %s https://github.com/micropython/micropython, then "
+                 "git submodule update --init lib/micropython-lib lib/axtls" % (TESTED_TAG, TESTED_TAG))
+# The i386 unix port: cryptolib from axtls (no mbedtls), no ffi or btree (they need 32-bit libraries
+# beyond gcc-multilib); frozen viper code compiled for x86, as the ESP32's is for xtensawin.
+UNIX32_MAKE_FLAGS = ("MICROPY_FORCE_32BIT=1", "MICROPY_PY_FFI=0", "MICROPY_PY_BTREE=0", "MICROPY_PY_SSL=1",
+                     "MICROPY_SSL_AXTLS=1", "MICROPY_SSL_MBEDTLS=0", "MPY_CROSS_FLAGS=-march=x86")
+# what of the source tree the unix port needs: everything but the other ports, tests, docs, and lib/
+# beyond these (a full checkout's lib/ holds hundreds of MB of SDKs for other ports)
+UNIX_LIBS = ("axtls", "crypto-algorithms", "libm", "libm_dbl", "littlefs", "mbedtls_errors", "micropython-lib",
+             "oofatfs", "re1.5", "uzlib")
+SKIP_TOP = ("ports", "lib", "tests", "docs", "examples", ".git", ".github")
+# .mpy format per MicroPython release (py/persistentcode.h: MPY_VERSION, MPY_SUB_VERSION): bytecode
+# loads when the version matches, native code (our viper kernels) only when the sub-version does too.
+MPY_VERSIONS = (((1, 23), (6, 3)), ((1, 22), (6, 2)), ((1, 20), (6, 1)), ((1, 19), (6, 0)), ((1, 12), (5, 0)),
+                ((0, 0), (4, 0)))
+NEWEST_KNOWN = (1, 29)   # the newest release checked against the table above
+FROZEN_MARK = b"firmware/start.py\x00"   # a frozen module's name, as mp_frozen_names holds it
+
+
+class ImageError(Exception):
+    """An image cannot be built or read: the message says what is missing and how to get it."""
+
+
+# --- the MicroPython source ---------------------------------------------------------------------
+
+def micropython_source(src=None, need=("ports/unix/Makefile",)):
+    """The MicroPython source directory; ImageError when it is missing or lacks a needed file."""
+    given = src or os.environ.get(SOURCE_ENV)
+    path = pathlib.Path(given or ROOT.parent / "shared" / "micropython").resolve()
+    where = ("--micropython %s" % given) if src else ("$%s=%s" % (SOURCE_ENV, given) if given else str(path))
+    if not path.is_dir():
+        raise ImageError("no MicroPython source at %s: give --micropython SRC, %s" % (where, CHECKOUT_HINT))
+    for rel in ("py/mpconfig.h", "mpy-cross/Makefile", "tools/makemanifest.py") + tuple(need):
+        if not (path / rel).exists():
+            raise ImageError("%s: not a usable MicroPython source, %s is missing (%s)" % (where, rel, CHECKOUT_HINT))
+    return path
+
+
+def source_version(src):
+    """'1.28.0' from py/mpconfig.h."""
+    text = (pathlib.Path(src) / "py" / "mpconfig.h").read_text()
+    parts = [re.search(r"#define MICROPY_VERSION_%s (\d+)" % k, text) for k in ("MAJOR", "MINOR", "MICRO")]
+    return ".".join(m.group(1) for m in parts) if all(parts) else "unknown"
+
+
+def _unix_tree(src):
+    """(relative path, stat) of every source file the unix build reads, sorted."""
+    src = pathlib.Path(src)
+    tops = [p for p in src.iterdir() if p.name not in SKIP_TOP]
+    tops += [src / "ports" / "unix"] + [src / "lib" / name for name in UNIX_LIBS if (src / "lib" / name).exists()]
+    found = []
+    for top in tops:
+        walk = [(str(top.parent), None, [top.name])] if top.is_file() else os.walk(top)
+        for folder, dirs, names in walk:
+            if dirs is not None:  # build outputs of a user's own builds are not source
+                dirs[:] = sorted(d for d in dirs if not (d == "build" or d.startswith("build-") or d == ".git"))
+            for name in names:
+                path = pathlib.Path(folder, name)
+                found.append((path.relative_to(src).as_posix(), path.lstat()))
+    return sorted(found, key=lambda item: item[0])
+
+
+def _fingerprint(entries):
+    digest = hashlib.sha256()
+    for rel, st in entries:
+        digest.update(("%s %d %d\n" % (rel, st.st_size, st.st_mtime_ns)).encode())
+    return digest.hexdigest()
+
+
+def _copy_source(src, entries, dest, log):
+    """Copy the unix port's part of src into dest (replacing what was there)."""
+    fresh = dest.with_name(dest.name + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    for rel, _st in entries:
+        target = fresh / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (src / rel).is_symlink():
+            os.symlink(os.readlink(src / rel), target)
+        else:
+            shutil.copy2(src / rel, target)
+            target.chmod(target.stat().st_mode | 0o200)   # the source may be read-only; the copy is built in
+    shutil.rmtree(dest, ignore_errors=True)
+    fresh.rename(dest)
+    log("build: copied MicroPython %s (%d files) from %s to %s" % (
+        source_version(src), len(entries), src, os.path.relpath(dest, ROOT)))
+
+
+@contextlib.contextmanager
+def _locked(name):
+    """An exclusive lock on build/NAME.lock: two processes asking at once build once."""
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with open(BUILD_DIR / (name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --- the 32-bit unix port -------------------------------------------------------------------------
+
+def frozen_sources():
+    """The files whose content the frozen image holds: the manifest and every .py of common/ and firmware/."""
+    files = [MANIFEST] + sorted(p for package in ("common", "firmware") for p in (ROOT / package).rglob("*.py")
+                                if "__pycache__" not in p.parts)
+    return files
+
+
+def _check_toolchain():
+    for tool in ("make", "gcc"):
+        if not shutil.which(tool):
+            raise ImageError("%s not found: install build-essential (Debian/Ubuntu: apt-get install build-essential "
+                             "gcc-multilib)" % tool)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = pathlib.Path(tmp, "probe.c")
+        probe.write_text("#include <stdio.h>\nint main(void) { return 0; }\n")
+        proc = subprocess.run(["gcc", "-m32", str(probe), "-o", str(probe.with_suffix(""))],
+                              capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageError("gcc cannot build 32-bit programs (gcc -m32: %s): install gcc-multilib (Debian/Ubuntu: "
+                         "apt-get install gcc-multilib)" % (proc.stderr.strip().splitlines() or ["failed"])[-1])
+
+
+def _make(argv, log_file):
+    with open(log_file, "a") as out:
+        out.write("$ %s\n" % " ".join(argv))
+        out.flush()
+        proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=_make_env())
+    if proc.returncode != 0:
+        tail = pathlib.Path(log_file).read_text().splitlines()[-15:]
+        raise ImageError("%s failed (exit %d); the end of %s:\n%s" % (
+            " ".join(argv[:3]), proc.returncode, log_file, "\n".join(tail)))
+
+
+def _make_env():
+    env = dict(os.environ)
+    for var in ("FROZEN_MANIFEST", "BUILD", "VARIANT", "MICROPY_MPYCROSS"):  # ours are on the command line
+        env.pop(var, None)
+    return env
+
+
+def unix32_image(frozen=True, micropython_src=None, log=print):
+    """Path of a 32-bit unix port binary (frozen=True: firmware/manifest.py frozen in; False: plain).
+
+    Built under build/ from a copy of the MicroPython source, rebuilt only when the source, the manifest
+    or a frozen source changed; safe when two processes ask at once. Raises ImageError.
+    """
+    # micropython-lib: the port's own manifest requires from it (frozen or not); axtls: cryptolib
+    src = micropython_source(micropython_src, need=["ports/unix/Makefile", "lib/micropython-lib/README.md",
+                                                    "lib/axtls/ssl/tls1.c"])
+    name = "unix32-" + ("frozen" if frozen else "plain")
+    out = BUILD_DIR / name
+    binary = out / "micropython"
+    entries = _unix_tree(src)
+    source_key = _fingerprint(entries)
+    key = hashlib.sha256(json.dumps([source_key, UNIX32_MAKE_FLAGS, frozen]).encode())
+    if frozen:
+        for path in frozen_sources():
+            key.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    key = key.hexdigest()
+    stamp = out / ".upbx-key"
+    if binary.exists() and stamp.exists() and stamp.read_text() == key:
+        return binary
+    with _locked("micropython"):
+        if binary.exists() and stamp.exists() and stamp.read_text() == key:
+            return binary  # another process built it while this one waited
+        _check_toolchain()
+        started = time.monotonic()
+        copy = BUILD_DIR / "micropython-src"
+        copy_stamp = copy / ".upbx-source"
+        if not (copy_stamp.exists() and copy_stamp.read_text() == source_key):
+            _copy_source(src, entries, copy, log)
+            copy_stamp.write_text(source_key)
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = out / "build.log"
+        log_file.write_text("")
+        jobs = "-j%d" % (os.cpu_count() or 1)
+        log("build: %s from MicroPython %s (log: %s)" % (name, source_version(src), os.path.relpath(log_file, ROOT)))
+        _make(["make", "-C", str(copy / "mpy-cross"), jobs], log_file)
+        argv = ["make", "-C", str(copy / "ports" / "unix"), jobs, "BUILD=build-32-" + name.split("-")[1]]
+        argv += list(UNIX32_MAKE_FLAGS)
+        if frozen:
+            argv.append("FROZEN_MANIFEST=%s" % MANIFEST)
+        _make(argv, log_file)
+        built = copy / "ports" / "unix" / ("build-32-" + name.split("-")[1]) / "micropython"
+        tmp = binary.with_name("micropython.new")
+        shutil.copy2(built, tmp)
+        tmp.rename(binary)   # a handset starting from the old binary keeps running it
+        stamp.write_text(key)
+        log("build: %s ready in %.0f s: %s" % (name, time.monotonic() - started, os.path.relpath(binary, ROOT)))
+    return binary
+
+
+# --- ESP32 images ---------------------------------------------------------------------------------
+
+def esp32_image(board, micropython_src, out_dir, log=print, run=subprocess.run):
+    """Build the ESP32 image a board file names, with upbx frozen in, and copy it to out_dir/BOARD.bin.
+
+    Runs what MicroPython's ports/esp32/Makefile runs for `make BOARD=.. BOARD_VARIANT=..
+    FROZEN_MANIFEST=..`: idf.py, then makeimg.py, which joins bootloader, partition table and
+    application into the one image written at the board's flash offset. Needs ESP-IDF's idf.py.
+    """
+    from tools.deploy import board_schema
+    board_data = board_schema().load_board(board)
+    image = board_data["micropython_image"]
+    if not micropython_src:
+        raise ImageError("--image esp32 needs --micropython SRC: %s with ports/esp32" % CHECKOUT_HINT)
+    src = micropython_source(micropython_src, need=["ports/esp32/CMakeLists.txt"])
+    port = src / "ports" / "esp32"
+    board_dir = port / "boards" / image["board"]
+    if not (board_dir / "mpconfigboard.cmake").exists():
+        raise ImageError("%s has no MicroPython board %s (board file %s names it)" % (port, image["board"], board))
+    variant = image.get("variant")
+    if variant and not (board_dir / ("mpconfigvariant_%s.cmake" % variant)).exists():
+        raise ImageError("MicroPython board %s in %s has no variant %s (board file %s names it)" % (
+            image["board"], port, variant, board))
+    if not (src / "lib" / "micropython-lib" / "README.md").exists():
+        raise ImageError("%s: lib/micropython-lib is empty: git submodule update --init lib/micropython-lib "
+                         "(or make -C ports/esp32 submodules)" % src)
+    if not shutil.which("idf.py"):
+        raise ImageError("ESP-IDF's idf.py is not on PATH: install ESP-IDF (the version %s's ports/esp32/README.md "
+                         "names) and run `. $IDF_PATH/export.sh` in this shell first" % TESTED_TAG)
+    build_name = "esp32-" + board_data["name"]
+    build = BUILD_DIR / build_name
+    defines = ["-D", "MICROPY_BOARD=" + image["board"], "-D", "MICROPY_BOARD_DIR=%s" % board_dir]
+    if variant:
+        defines += ["-D", "MICROPY_BOARD_VARIANT=" + variant]
+    defines += ["-D", "MICROPY_FROZEN_MANIFEST=%s" % MANIFEST]
+    env = dict(os.environ, UPBX_BOARD=str(board_schema().board_path(board).resolve()))
+    steps = [["idf.py"] + defines + ["-B", str(build), "build"],
+             ["python3", "makeimg.py", str(build / "sdkconfig"), str(build / "bootloader" / "bootloader.bin"),
+              str(build / "partition_table" / "partition-table.bin"), str(build / "micropython.bin"),
+              str(build / "firmware.bin"), str(build / "micropython.uf2")]]
+    log("build: ESP32 image for %s: MicroPython %s %s%s from %s" % (
+        board_data["name"], source_version(src), image["board"], " " + variant if variant else "", src))
+    for argv in steps:
+        log("build: (in %s) %s" % (port, " ".join(argv)))
+        proc = run(argv, cwd=port, env=env)
+        if proc.returncode != 0:
+            raise ImageError("%s failed (exit %d)" % (argv[0] if argv[0] == "idf.py" else argv[1], proc.returncode))
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / (board_data["name"] + ".bin")
+    shutil.copyfile(build / "firmware.bin", target)
+    log("build: %s (%d bytes); next: upbx flash --board %s --firmware %s --port PORT" % (
+        target, target.stat().st_size, board_data["name"], target))
+    return target
+
+
+# --- what an image says about itself --------------------------------------------------------------
+
+def image_version(path):
+    """(major, minor, micro) of the MicroPython in an image (its banner), or None when there is none."""
+    data = pathlib.Path(path).read_bytes()
+    match = re.search(rb"MicroPython v(\d+)\.(\d+)\.(\d+)", data)
+    return tuple(int(g) for g in match.groups()) if match else None
+
+
+def has_frozen_upbx(path):
+    """True when the image has upbx's modules frozen in (firmware/manifest.py)."""
+    return FROZEN_MARK in pathlib.Path(path).read_bytes()
+
+
+def mpy_version_loaded(version):
+    """(mpy version, sub-version) that MicroPython `version` loads, per py/persistentcode.h."""
+    for since, mpy in MPY_VERSIONS:
+        if tuple(version[:2]) >= since:
+            return mpy
+    return MPY_VERSIONS[-1][1]
+
+
+def mpy_version_written(mpy_cross):
+    """(version, sub-version) of the .mpy files an mpy-cross writes ('... mpy-cross emitting mpy v6.3')."""
+    out = subprocess.run([mpy_cross, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"mpy v(\d+)\.(\d+)", out)
+    if not match:
+        raise ImageError("cannot tell which .mpy version %s writes (--version said %r)" % (mpy_cross, out.strip()))
+    return int(match.group(1)), int(match.group(2))
