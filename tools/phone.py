@@ -97,6 +97,8 @@ def add_arguments(parser):
     parser.add_argument("--summary", help="write a JSON summary of the run here")
     parser.add_argument("--flash-dir", help="keep the handset's flash (config, system information) in this "
                                             "directory; default: a temporary one, removed at exit")
+    parser.add_argument("--tone-timeout", type=float, help="busy and reorder stop by themselves after this many "
+                                                            "seconds (default 30)")
     parser.add_argument("--no-plc", action="store_true", help="turn packet loss concealment off")
     parser.add_argument("--vad", action="store_true",
                         help="silence suppression: no voice frames in silence, comfort-noise frames instead")
@@ -146,6 +148,8 @@ def device_config(args):
         values["vad"] = True
     if args.ticks_start is not None:
         values["ticks_start"] = args.ticks_start
+    if args.tone_timeout is not None:
+        values["tone_timeout_ms"] = int(args.tone_timeout * 1000)
     if args.fault:
         values["faults"] = list(args.fault)
     script = {}
