@@ -314,6 +314,7 @@ class App:
                 kept = json.load(f)
             self.phone.sysinfo_version = kept["version"]
             self.summary["sysinfo_version"] = kept["version"]
+            self.log("I", "system information version %d from flash" % kept["version"])
             self.use_sysinfo(kept["info"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
