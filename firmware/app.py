@@ -328,6 +328,8 @@ class App:
             pair = item.split("=")
             if len(pair) == 2 and pair[0].strip() and pair[1].strip():
                 dial[pair[0].strip()] = pair[1].strip()
+            elif item.strip():
+                self.log("W", "settings.speed_dial: %r is not BUTTON=NUMBER" % item.strip())
         self.speed_dial = dial
 
     # I/O
