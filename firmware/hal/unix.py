@@ -8,7 +8,6 @@ select.poll. It runs on the MicroPython unix port (time.ticks_ms, optionally
 started near its wrap). Logs go to stdout as "I tag message" lines. The watchdog
 is `upbx phone` (tools/phone.py), fed over UDP; faults are injected here.
 """
-import errno
 import select
 import sys
 import time
@@ -170,7 +169,7 @@ class Hal:
             import socket
             self._watchdog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._watchdog_addr = socket.getaddrinfo("127.0.0.1", int(watchdog_port))[0][-1]
-        self._faults = []         # [operation, errno, count] injected, consumed in order
+        self._faults = None
         for line in faults:
             self.fault(line)
 
@@ -254,55 +253,30 @@ class Hal:
     def network_up(self):
         return True
 
-    # fault injection (docs/handset.md, Survival): the console line "!fault ..." or config "faults"
+    # fault injection (docs/handset.md, Survival): the console line "!fault ..." or config "faults";
+    # its code (firmware/hal/faults.py) is only loaded when a fault is asked for
     def fault(self, line):
-        """'sendto ERRNO N' / 'getaddrinfo ERRNO N': the next N calls raise OSError(ERRNO) (a number
-        or a name such as EAGAIN); 'hang': the loop stops in its next feed(); 'raise': an exception
-        escapes the loop from its next feed()."""
-        words = line.split()
-        try:
-            if words[0] in ("sendto", "getaddrinfo") and len(words) == 3:
-                code = int(words[1]) if words[1].isdigit() else getattr(errno, words[1])
-                self._faults.append([words[0], code, int(words[2])])
-            elif words in (["hang"], ["raise"]):
-                self._faults.append([words[0], 0, 1])
-            else:
-                raise ValueError(line)
-        except (IndexError, ValueError, AttributeError):
-            self.log("W", "fault", "not understood: %r (sendto|getaddrinfo ERRNO N, hang, raise)" % line)
-            return
-        self.log("I", "fault", "armed: " + line)
-
-    def _inject(self, operation):
-        faults = self._faults
-        if faults and faults[0][0] == operation:
-            fault = faults[0]
-            fault[2] -= 1
-            if fault[2] <= 0:
-                faults.pop(0)
-            if operation == "hang":
-                self.log("W", "fault", "hang: the loop stops here")
-                while True:
-                    time.sleep_ms(1000)
-            if operation == "raise":
-                raise RuntimeError("fault injected from the console")
-            raise OSError(fault[1])
+        if self._faults is None:
+            from firmware.hal.faults import Faults
+            self._faults = Faults(self.log)
+        self._faults.arm(line)
 
     def getaddrinfo(self, host, port):
-        self._inject("getaddrinfo")
+        if self._faults is not None:
+            self._faults.inject("getaddrinfo")
         import socket
         return socket.getaddrinfo(host, port)[0][-1]
 
     def sendto(self, sock, data, addr):
-        if self._faults:
-            self._inject("sendto")
+        if self._faults is not None:
+            self._faults.inject("sendto")
         return sock.sendto(data, addr)
 
     # watchdog: the feeds go to `upbx phone`, at most every 250 ms (a device's WDT.feed() is free)
     def feed(self):
-        if self._faults:
-            self._inject("hang")
-            self._inject("raise")
+        if self._faults is not None:
+            self._faults.inject("hang")
+            self._faults.inject("raise")
         if self._watchdog is None:
             return
         now = time.ticks_ms()
