@@ -202,15 +202,17 @@ def test_ctrl_c_ends_the_loop_cleanly(lab):
 
 # The unix port is 64-bit: pointers, dict slots and qstr entries are twice an ESP32's and the
 # heap's blocks are 32 bytes, not 16. Here the firmware imports into about 95 KB, holds about
-# 120 KB live before a call and 128 KB in one; a call completes at 150K and dies of a MemoryError
-# at 145K (docs/handset.md, Memory). The test keeps 10 KB above that edge and runs the .mpy tree,
-# as a handset does.
-HEAP = "160K"
+# 120 KB live before a call and 128 KB in one; a call completed at 150K and died of a MemoryError
+# at 145K (docs/handset.md, Memory). Issue 9's runtime (watchdog, wrap-safe time, network error
+# handling, console, speed dial) added 6.5 KB of imports on 64 bits: at 160K the deployed phone
+# then failed half of its runs (fragmentation), at 165K none. The test keeps 10 KB above the old
+# edge's new place and runs the .mpy tree, as a handset does.
+HEAP = "170K"
 PEAK_LIVE_LIMIT = 136 * 1024   # measured 128.4 KB: fails when the firmware grows by 8 KB
 
 
 def test_a_whole_call_fits_a_small_heap(lab):
-    """The real App from .mpy, registered, a 3 s call with audio both ways, under -X heapsize=160K."""
+    """The real App from .mpy, registered, a 3 s call with audio both ways, under -X heapsize=170K."""
     compiled_tree()  # once, before two phones start from it
     back = lab.path("mem-301.wav")
     write_noise_wav(back, 10, 301)
@@ -222,7 +224,7 @@ def test_a_whole_call_fits_a_small_heap(lab):
     assert audio_match(back, record_back)[0]
     for tag in ("mem-101-301-caller", "mem-101-301-callee"):
         heap = lab.summary(tag)["heap"]
-        assert heap["total"] <= 160 * 1024
+        assert heap["total"] <= 170 * 1024
         assert heap["peak_live"] < PEAK_LIVE_LIMIT, heap
         print("%s: heap %d, peak in use %d (live after collection %d), least free %d" % (
             tag, heap["total"], heap["peak_alloc"], heap["peak_live"], heap["min_free"]))
