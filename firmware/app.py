@@ -593,7 +593,12 @@ class App:
             hal.refresh()  # the display, at most once per iteration and never inside the audio
             if due(now, self.exit_at) or due(now, stop_at):
                 break
-            wait = ticks_diff(next_frame, hal.ticks_ms())
+            now = hal.ticks_ms()
+            wait = ticks_diff(next_frame, now)  # the next playout tick, or the microphone's next frame
+            if self.phone.state == CONNECTED:
+                mic = hal.mic_due()
+                if mic is not None and ticks_diff(mic, now) < wait:
+                    wait = ticks_diff(mic, now)
             await asyncio.sleep_ms(max(1, min(wait, 10)))
 
     def finish(self):

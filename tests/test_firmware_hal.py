@@ -92,13 +92,13 @@ print("first", first, "waited", waited >= 15, "burst", burst)
 
 
 def test_unix_microphone_is_paced_like_a_dma_queue(tmp_path):
-    """A frame every 20 ms from mic_start(); after a stall at most 60 ms (3 frames) + the current one are queued."""
+    """A frame every 20 ms from mic_start(); after a stall at most 200 ms (10 frames) + the current one are queued."""
     script = tmp_path / "pacing.py"
     script.write_text(PACING)
     result = subprocess.run([micropython_binary(), str(script), str(ROOT)], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stderr
-    assert "first [True, False, False] waited True burst 4" in result.stdout, result.stdout
+    assert "first [True, False, False] waited True burst 11" in result.stdout, result.stdout
 
 
 def test_esp32_hal_and_audio_compile_for_xtensawin(tmp_path):

@@ -9,6 +9,8 @@
     hal.speaker_start()             the speaker was silent and plays again (a call or a tone
                                     starts): prime it with a cushion of silence
     hal.mic_start()                 a call starts: drop the audio the microphone queued before it
+    hal.mic_due() -> ticks or None  when the microphone's next frame is complete (the loop wakes
+                                    then), None when the HAL cannot tell (it polls)
     hal.poll_keys() -> str or None  next key ("0".."9", "*", "#", "A".."D"), button
                                     ("!button NAME") or console command line ("!call 201",
                                     "!hangup", "!answer", "!dtmf 5", "!state", "!reset"); never blocks

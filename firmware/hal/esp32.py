@@ -242,6 +242,9 @@ class Hal:
             dsp.fill(pcm, 0, 160, 0)  # the mic is still settling: send silence
         return True
 
+    def mic_due(self):
+        return None  # the DMA completes a 32 ms buffer when it does: the loop polls (every <= 10 ms)
+
     def mic_start(self):
         """A call starts: what the microphone DMA queued before it (up to 64 ms) is dropped."""
         rx = self._rx

@@ -16,7 +16,10 @@ from firmware.audio import dsp, tones
 from firmware.hal.console import ConsoleLines
 
 FRAME_BYTES = 320
-MIC_BACKLOG_MS = 60   # what the ESP32's microphone DMA queue holds (docs/firmware-audio.md)
+# audio older than this is lost when the loop falls behind, as a DMA queue overwrites it (an ESP32's
+# holds 64 ms); a process on a busy PC stalls longer than a device, and the loop itself skips
+# ahead only after 200 ms, so the virtual microphone keeps that much
+MIC_BACKLOG_MS = 200
 
 
 def parse_wav_header(f):
@@ -174,9 +177,12 @@ class Hal:
             self.fault(line)
 
     # audio: the microphone is a clock too. A frame is ready every 20 ms from mic_start();
-    # a loop that falls behind finds at most MIC_BACKLOG frames queued, as a DMA queue holds.
+    # a loop that falls behind finds at most MIC_BACKLOG_MS of them (and the current one) queued.
     def mic_start(self):
         self._mic_at = self.ticks_ms()
+
+    def mic_due(self):
+        return self._mic_at
 
     def read_frame(self, pcm):
         now = self.ticks_ms()
@@ -186,7 +192,7 @@ class Hal:
         if late < 0:
             return False
         if late > MIC_BACKLOG_MS:
-            skipped = (late - MIC_BACKLOG_MS) // 20  # 60..79 ms late after this: 4 frames are there
+            skipped = (late - MIC_BACKLOG_MS) // 20  # 200..219 ms late after this: 11 frames are there
             self._mic_at = time.ticks_add(self._mic_at, 20 * skipped)
             for _ in range(skipped):  # the samples a DMA queue would have overwritten
                 self._read(pcm)
