@@ -277,6 +277,8 @@ class Hal:
     def poll_keys(self):
         """Console lines first (read from stdin without blocking, as the unix HAL does), then the
         keypad, then the buttons."""
+        if not self.full_duplex:
+            self._switch_half_duplex()  # in and out of calls: the speaker is back when push-to-talk is let go
         console = self._console
         for _ in range(_CONSOLE_CHARS):
             if console.pending or not self._stdin_ready():
