@@ -1,7 +1,13 @@
 """The one place where MicroPython and CPython differ for common/.
 
-Everything else in common/ imports `const`, `MICROPYTHON`, `sha256`, `hmac_digest`
-and `Aes128` from here and never tests the interpreter itself.
+Everything else in common/ imports `const`, `MICROPYTHON`, `sha256`, `hmac_digest`,
+`Aes128` and the tick arithmetic from here and never tests the interpreter itself.
+
+Time in common/ (and firmware/) is integer milliseconds passed in. On a handset that is
+`time.ticks_ms()`, which wraps (every 2**30 ms, 12.4 days, on 32-bit ports such as the
+ESP32); on a CPython host it is a monotonic count that never wraps. So every sum of a time
+and a delay is `ticks_add(t, ms)`, every comparison or difference of two times is
+`ticks_diff(a, b)` (a - b, signed), never `+`, `-`, `<` or `min()` on raw times.
 """
 try:
     from micropython import const
@@ -13,6 +19,27 @@ except ImportError:
         return value
 
 from hashlib import sha256
+
+try:
+    from time import ticks_add, ticks_diff  # MicroPython: modulo the port's tick period, in C
+except ImportError:
+    def ticks_add(ticks, delta):
+        """A time plus a delay (ms); CPython hosts pass a monotonic ms that never wraps."""
+        return ticks + delta
+
+    def ticks_diff(a, b):
+        """a - b in ms, signed (positive when a is later)."""
+        return a - b
+
+
+def ticks_earliest(a, b):
+    """The earlier of two times, either of which may be None (no timer)."""
+    if a is None:
+        return b
+    if b is None or ticks_diff(a, b) <= 0:
+        return a
+    return b
+
 
 try:
     import cryptolib

@@ -2,9 +2,10 @@
 
 Used by phones (to their remote host or the main host) and by remote hosts
 (to the main host). Sans-IO: bytes and integer milliseconds in, bytes and
-timers out. Randomness (nonces, backoff jitter) comes from `random_bytes`.
+timers out; times are compared with ticks_diff (a handset's clock wraps). Randomness (nonces, backoff jitter) comes from `random_bytes`.
 """
 from common import wire
+from common.compat import ticks_add, ticks_diff, ticks_earliest
 from common.reliable import Channel
 from common.session import (SessionCrypto, handshake_key, parse_handshake, seal_handshake,
                             session_keys, verify_handshake)
@@ -66,14 +67,14 @@ class Login:
     def _send_hello(self, now):
         self._tries += 1
         self._out.append(seal_handshake(self._hs_key, 0, wire.HELLO, self._identity_ies()))
-        self._timer = now + HANDSHAKE_RETRY_MS
+        self._timer = ticks_add(now, HANDSHAKE_RETRY_MS)
 
     def _send_response(self, now):
         self._tries += 1
         ies = self._identity_ies()
         ies[wire.IE_COOKIE] = self._cookie
         self._out.append(seal_handshake(self._hs_key, 0, wire.RESPONSE, ies))
-        self._timer = now + HANDSHAKE_RETRY_MS
+        self._timer = ticks_add(now, HANDSHAKE_RETRY_MS)
 
     def send(self, msg_type, ies, now):
         """Queue a signalling message on the session; False when not logged in."""
@@ -95,7 +96,9 @@ class Login:
             return
         if keepalive_ms < self.keepalive_ms and self.state == UP:
             self._keepalive_at = now
-            self.last_heard_ms = max(self.last_heard_ms or now, now - keepalive_ms)
+            floor = ticks_add(now, -keepalive_ms)
+            if self.last_heard_ms is None or ticks_diff(self.last_heard_ms, floor) < 0:
+                self.last_heard_ms = floor
         self.keepalive_ms = keepalive_ms
         self.dead_ms = dead_ms
 
@@ -108,7 +111,8 @@ class Login:
         self.events.append(("down", reason))
         self.state = BACKOFF
         self.channel = None
-        self._timer = max(now, (now if since is None else since) + self.backoff_wait_ms())
+        at = ticks_add(now if since is None else since, self.backoff_wait_ms())
+        self._timer = at if ticks_diff(at, now) > 0 else now
         self._backoff_ms = min(self._backoff_ms * 2, self.backoff_max_ms)
 
     # I/O
@@ -150,7 +154,7 @@ class Login:
                 self.state = UP
                 self.logins += 1
                 self._backoff_ms = self.backoff_initial_ms
-                self._keepalive_at = now + self.keepalive_ms
+                self._keepalive_at = ticks_add(now, self.keepalive_ms)
                 self.last_heard_ms = now
                 self._timer = None
                 self.events.append(("up", ies))
@@ -166,31 +170,31 @@ class Login:
         return out
 
     def next_timer(self):
-        timers = [t for t in (self._timer, self._keepalive_at if self.state == UP else None) if t is not None]
-        if self.state == UP and self.dead_ms is not None:
-            timers.append(self.last_heard_ms + self.keepalive_ms + self.dead_ms)
-        if self.channel is not None and self.state == UP:
-            t = self.channel.next_timer()
-            if t is not None:
-                timers.append(t)
-        return min(timers) if timers else None
+        timer = self._timer
+        if self.state == UP:
+            timer = ticks_earliest(timer, self._keepalive_at)
+            if self.dead_ms is not None:
+                timer = ticks_earliest(timer, ticks_add(self.last_heard_ms, self.keepalive_ms + self.dead_ms))
+            if self.channel is not None:
+                timer = ticks_earliest(timer, self.channel.next_timer())
+        return timer
 
     def handle_timer(self, now):
-        if self.state in (HELLO_SENT, RESPONSE_SENT) and self._timer is not None and now >= self._timer:
+        if self.state in (HELLO_SENT, RESPONSE_SENT) and self._timer is not None and ticks_diff(now, self._timer) >= 0:
             if self._tries >= HANDSHAKE_TRIES:
-                self._down("no answer to login", now, self._timer - HANDSHAKE_RETRY_MS)
+                self._down("no answer to login", now, ticks_add(self._timer, -HANDSHAKE_RETRY_MS))
             elif self.state == HELLO_SENT:
                 self._send_hello(now)
             else:
                 self._send_response(now)
-        elif self.state == BACKOFF and now >= self._timer:
+        elif self.state == BACKOFF and ticks_diff(now, self._timer) >= 0:
             self.start(now)
         elif self.state == UP:
-            if now >= self._keepalive_at:
-                self._keepalive_at = now + self.keepalive_ms
+            if ticks_diff(now, self._keepalive_at) >= 0:
+                self._keepalive_at = ticks_add(now, self.keepalive_ms)
                 self.channel.send(wire.PING, {}, now)
             self.channel.handle_timer(now)
             if self.channel.failed:
                 self._down(self.channel.error, now)
-            elif self.dead_ms is not None and now - self.last_heard_ms >= self.keepalive_ms + self.dead_ms:
-                self._down("nothing heard for %d ms" % (now - self.last_heard_ms), now)
+            elif self.dead_ms is not None and ticks_diff(now, self.last_heard_ms) >= self.keepalive_ms + self.dead_ms:
+                self._down("nothing heard for %d ms" % ticks_diff(now, self.last_heard_ms), now)

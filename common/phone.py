@@ -9,7 +9,7 @@
                   ("ended", cause) ("dtmf", digit) ("sysinfo", version, data) ("unregistered", reason)
 """
 from common import wire
-from common.compat import const
+from common.compat import const, ticks_diff
 from common.login import UP, Login
 from common.media import MediaLeg
 
@@ -245,5 +245,5 @@ class Phone:
         before = self.login.state
         self.login.handle_timer(now)
         self._login_events(before)
-        if self.state == DIALING and now - self.call.started_ms > SETUP_TIMEOUT_MS:
+        if self.state == DIALING and ticks_diff(now, self.call.started_ms) > SETUP_TIMEOUT_MS:
             self._end(wire.CAUSE_UNREACHABLE)

@@ -5,14 +5,14 @@
     channel.datagrams_to_send(now)         -> frames to put on the wire
     channel.next_timer() / handle_timer(now)
 
-Time is integer milliseconds, passed in. Every data frame carries a 16-bit
+Time is integer milliseconds, passed in, compared with ticks_diff (it may wrap). Every data frame carries a 16-bit
 sequence number and a cumulative acknowledgement; a frame is resent with
 doubling timeouts until acknowledged and the channel gives up after MAX_TRIES,
 setting `failed`. Duplicates are acknowledged again and never delivered twice.
 The frame crypto (authentication, encryption) is passed in: see common.session.
 """
 from common import wire
-from common.compat import const
+from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.crypto import extend16
 
 WINDOW = const(32)          # messages in flight before the rest wait in the queue
@@ -59,7 +59,7 @@ class Channel:
     def _transmit_new(self, msg_type, payload, now):
         seq = self.next_seq
         self.next_seq += 1
-        self._unacked[seq] = [msg_type, payload, now + RTO_INITIAL_MS, RTO_INITIAL_MS, 1]
+        self._unacked[seq] = [msg_type, payload, ticks_add(now, RTO_INITIAL_MS), RTO_INITIAL_MS, 1]
         self._emit(seq, msg_type, payload)
 
     def _emit(self, seq, msg_type, payload):
@@ -81,16 +81,19 @@ class Channel:
     # timers
 
     def next_timer(self):
-        if not self._unacked or self.failed:
+        if self.failed:
             return None
-        return min(entry[2] for entry in self._unacked.values())
+        timer = None
+        for entry in self._unacked.values():
+            timer = ticks_earliest(timer, entry[2])
+        return timer
 
     def handle_timer(self, now):
         if self.failed:
             return
         for seq in sorted(self._unacked):
             entry = self._unacked[seq]
-            if entry[2] > now:
+            if ticks_diff(entry[2], now) > 0:
                 continue
             if entry[4] >= MAX_TRIES:
                 self.failed = True
@@ -98,7 +101,7 @@ class Channel:
                     wire.MESSAGE_NAMES.get(entry[0], entry[0]), entry[4])
                 return
             entry[3] = min(entry[3] * 2, RTO_MAX_MS)
-            entry[2] = now + entry[3]
+            entry[2] = ticks_add(now, entry[3])
             entry[4] += 1
             self.retransmissions += 1
             self._emit(seq, entry[0], entry[1])

@@ -3,7 +3,13 @@
 The protocol is common.phone (sans-IO); audio is firmware.audio.pipeline; the
 HAL (unix or esp32) owns the devices. Runs unchanged on an ESP32 and, with the
 unix HAL, as a virtual handset under the MicroPython unix port (`upbx phone`).
+
+Time is the HAL's ticks_ms(), which wraps: every timer is ticks_add(now, ms) and every
+comparison ticks_diff(now, timer) >= 0 (common/compat.py). The loop feeds the watchdog
+once per iteration; network errors (sendto, getaddrinfo) are counted and retried, never
+fatal (docs/handset.md, Survival).
 """
+import errno
 import gc
 import json
 import os
@@ -18,6 +24,7 @@ except ImportError:
     import uasyncio as asyncio
 
 from common import wire
+from common.compat import ticks_add, ticks_diff
 from common.phone import CONNECTED, IDLE, Phone, RINGING
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
@@ -30,6 +37,9 @@ RING_TONE = "ringback"     # the ringer: the speaker plays the ring-back cadence
 KEY_OFF_HOOK = "A"         # lift: dial tone when idle, answers a ringing call
 KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
 TONE_TIMEOUT_MS = 30000    # busy and reorder stop by themselves after this
+CAPTURE_MAX = 3            # frames sent per loop iteration at most (a late loop catches up)
+RETRY_MAX = 8              # datagrams kept for another try after sendto failed
+RESOLVE_RETRY_MS = 1000    # getaddrinfo for the host again after this, when it failed
 # recv(n) takes n contiguous bytes from the heap for every datagram (then gives back the rest):
 # 1600 failed on a fragmented 160 KB heap. The largest v1 frame a phone gets is a full frame
 # holding every IE at its longest (about 720 bytes); media frames are 168.
@@ -41,9 +51,19 @@ TOS_EF = 46 << 2
 TOS_CS3 = 24 << 2
 _IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
 _IP_TOS = getattr(socket, "IP_TOS", 1)
-_HEAP_SAMPLE_LEAD_MS = 25   # the heap's use is sampled this long (more than a tick) before each collection
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
+_HEAP_SAMPLE_LEAD_MS = 25   # the heap's use is sampled this long (more than a tick) before each collection
+
+
+def due(now, at):
+    """Whether the timer `at` (None: not set) has come."""
+    return at is not None and ticks_diff(now, at) >= 0
+
+
+def error_name(exc):
+    code = exc.args[0] if exc.args else 0
+    return errno.errorcode.get(code, str(code)) if isinstance(code, int) else str(code)
 
 
 class App:
@@ -51,13 +71,9 @@ class App:
         self.config = config
         self.hal = hal
         self.script = config.get("script", {})
-        host, port = config["host"], int(config["port"])
-        self.host_addr = socket.getaddrinfo(host, port)[0][-1]
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(socket.getaddrinfo(config.get("bind", "0.0.0.0"), int(config.get("local_port", 0)))[0][-1])
-        self.sock.setblocking(False)
+        self.host_addr = None      # resolved by the loop (getaddrinfo may fail: counted, retried)
+        self.sock = None
         self.poller = select.poll()
-        self.poller.register(self.sock, select.POLLIN)
         # a short keepalive with a liveness limit: a restarted host is noticed within about 4 s (B4)
         self.phone = Phone(config["extension"], bytes.fromhex(config["secret"]), os.urandom,
                            keepalive_ms=int(config.get("keepalive_ms", 2000)),
@@ -73,27 +89,33 @@ class App:
             self.vad = VoiceActivityDetector()
         self.comfort = None       # the ComfortNoise generator, made on the first comfort-noise frame
         self.cn_level = None      # the far end's background level while it sends comfort noise
+        self._sent_voice = False  # the last frame captured was voice, not silence (the profile's kinds)
         self._cn = bytearray(wire.CN_BYTES)
         self._tos = None
         self._mark = config.get("dscp", sys.platform != "esp32")
         self._rx = bytearray(RX_BYTES)     # every media datagram lands here: no allocation per frame
         self._rx_view = memoryview(self._rx)
         self._ipoll = getattr(self.poller, "ipoll", None) or self.poller.poll
+        self._retry = []           # [data, addr, tos] whose sendto failed, oldest first
         self.digits = ""
         self.tone_stop_at = None
+        self.tone_timeout_ms = int(config.get("tone_timeout_ms", TONE_TIMEOUT_MS))
+        self.speed_dial = {}       # button name -> number, from the system information
+        self._speaking = False     # the speaker got a frame at the last tick
         self.power_save = True
         self.call_ts = 0
         self.connected_at = None
         self.running = True
+        self.reset_requested = False
         self.record = open(self.script["record_g711"], "wb") if self.script.get("record_g711") else None
         self.summary = {"extension": config["extension"], "registered": False, "frames_sent": 0,
                         "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
                         "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
-                        "frames_suppressed": 0}
+                        "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0}
         self.heap_peak = 0
         self.heap_live_peak = 0
         self.heap_free_min = None
-        self._collect_at = 0
+        self._collect_at = None
         self._sampled_at = None   # when the heap's use was sampled for the coming collection
         self.current = None
         self.started = None
@@ -103,7 +125,7 @@ class App:
             from firmware.profile import DEFAULT_TICKS, TickProfile
             ticks = config["profile"]
             self.profile = TickProfile(DEFAULT_TICKS if ticks is True else int(ticks))
-            self.sock, self._ipoll, self.hal = self.profile.time_io(self.sock, self._ipoll, hal)
+            _sock, self._ipoll, self.hal = self.profile.time_io(None, self._ipoll, hal)
         self.load_sysinfo()
 
     def log(self, level, msg):
@@ -134,7 +156,10 @@ class App:
         elif cmd == "!state":
             self.hal.log("I", "state", json.dumps(self.state(now)))
         elif cmd == "!reset" or cmd == "!quit":
+            self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
+        elif cmd.startswith("!button "):
+            self.button(cmd[8:].strip(), now)
         elif len(cmd) == 1:
             self.key(cmd, now)
 
@@ -143,7 +168,24 @@ class App:
         return {"state": self.phone.state, "registered": self.phone.registered,
                 "extension": self.config["extension"], "sysinfo_version": self.phone.sysinfo_version,
                 "digits": self.digits, "tone": self.pipeline.tone.name, "power_save": self.power_save,
-                "caller": self.current and self.current.get("from"), "heap": self.heap()}
+                "caller": self.current and self.current.get("from"), "heap": self.heap(),
+                "ticks": now, "net_errors": self.summary["net_errors"], "speed_dial": self.speed_dial}
+
+    def button(self, name, now):
+        """A board button (boards without a digit keypad): dial its speed-dial number when idle,
+        answer when ringing, end the call when it has a number and a call is up."""
+        number = self.speed_dial.get(name)
+        state = self.phone.state
+        if state == RINGING:
+            self.phone.answer(now)
+        elif state != IDLE:
+            if number is not None:
+                self.key(KEY_ON_HOOK, now)
+        elif number:
+            self.pipeline.tone.stop()
+            self.dial(number, now)
+        else:
+            self.log("W", "button %s has no speed-dial number (system information settings.speed_dial)" % name)
 
     def key(self, key, now):
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
@@ -201,7 +243,7 @@ class App:
                 self.pipeline.tone.start(RING_TONE)
                 self.tone_stop_at = None
                 if self.script.get("answer"):
-                    self.answer_at = now + int(self.script.get("answer_after_ms", 300))
+                    self.answer_at = ticks_add(now, int(self.script.get("answer_after_ms", 300)))
             elif name == "ringback":
                 self.pipeline.tone.start("ringback")
                 self.hal.display("ringback", self.current and self.current["to"])
@@ -211,16 +253,17 @@ class App:
                 if self.vad is not None:
                     self.vad.reset()
                 self.set_power_save(False)
+                self.hal.mic_start()  # what the microphone queued before the call is not sent
                 self.connected_at = now
                 self.call_ts = 0
                 if self.current is not None:
-                    self.current["setup_ms"] = now - self.current["dialed_ms"]
+                    self.current["setup_ms"] = ticks_diff(now, self.current["dialed_ms"])
                     self.current["path"] = event[1]
                 self.log("I", "connected (%s)" % event[1])
                 self.hal.display("connected", self.current and self.current.get("from"))
                 duration = self.script.get("duration_ms")
                 if duration and self.current and self.current["from"] == self.config["extension"]:
-                    self.hangup_at = now + int(duration)
+                    self.hangup_at = ticks_add(now, int(duration))
             elif name == "ended":
                 cause = wire.CAUSE_TEXT.get(event[1], str(event[1]))
                 self.log("I", "call ended: %s" % cause)
@@ -229,7 +272,7 @@ class App:
                 tone = TONES.get(cause)
                 if tone:
                     self.pipeline.tone.start(tone)
-                    self.tone_stop_at = now + TONE_TIMEOUT_MS
+                    self.tone_stop_at = ticks_add(now, self.tone_timeout_ms)
                 self.hal.display("ended: " + cause, None)
                 if self.current is not None:
                     self.current["cause"] = cause
@@ -240,7 +283,7 @@ class App:
                     self.current = None
                 self.connected_at = None
                 if self.script.get("exit_after_call"):
-                    self.exit_at = now + (1500 if tone else 300)  # long enough to hear the tone
+                    self.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
             elif name == "dtmf":
                 self.summary["dtmf_received"] += event[1]
                 self.log("I", "dtmf %s" % event[1])
@@ -248,6 +291,10 @@ class App:
                 self.summary["sysinfo_version"] = event[1]
                 self.log("I", "system information version %d (%d bytes)" % (event[1], len(event[2])))
                 self.save_sysinfo(event[1], event[2])
+                try:
+                    self.use_sysinfo(json.loads(event[2]))
+                except ValueError:
+                    self.log("W", "system information version %d is not JSON" % event[1])
         self.phone.events = []
 
     def set_power_save(self, flag):
@@ -281,10 +328,51 @@ class App:
                 kept = json.load(f)
             self.phone.sysinfo_version = kept["version"]
             self.summary["sysinfo_version"] = kept["version"]
+            self.log("I", "system information version %d from flash" % kept["version"])
+            self.use_sysinfo(kept["info"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
 
+    def use_sysinfo(self, info):
+        """What the handset takes from the system information: settings.speed_dial,
+        "BUTTON=NUMBER,..." (docs/sysinfo.md), for boards whose buttons dial."""
+        text = info.get("settings", {}).get("speed_dial", "") if isinstance(info, dict) else ""
+        dial = {}
+        for item in str(text).split(","):
+            pair = item.split("=")
+            if len(pair) == 2 and pair[0].strip() and pair[1].strip():
+                dial[pair[0].strip()] = pair[1].strip()
+            elif item.strip():
+                self.log("W", "settings.speed_dial: %r is not BUTTON=NUMBER" % item.strip())
+        self.speed_dial = dial
+
     # I/O
+
+    def open_socket(self, now):
+        """Resolve the host and make the socket; False (counted, logged) while getaddrinfo fails."""
+        config = self.config
+        try:
+            host_addr = self.hal.getaddrinfo(config["host"], int(config["port"]))
+            local = self.hal.getaddrinfo(config.get("bind", "0.0.0.0"), int(config.get("local_port", 0)))
+        except OSError as exc:
+            self.count_error("getaddrinfo", exc)
+            return False
+        self.host_addr = host_addr
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(local)
+        self.sock.setblocking(False)
+        self.poller.register(self.sock, select.POLLIN)
+        if self.profile is not None:
+            self.sock = self.profile.time_io(self.sock, None, None)[0]
+        return True
+
+    def count_error(self, operation, exc):
+        """One more network error of this kind (summary and !state "net_errors"); never fatal."""
+        key = "%s %s" % (operation, error_name(exc))
+        errors = self.summary["net_errors"]
+        errors[key] = errors.get(key, 0) + 1
+        if errors[key] == 1 or errors[key] % 100 == 0:
+            self.log("W", "%s failed (%d so far): %r" % (operation, errors[key], exc))
 
     def _readable(self):
         for _ in self._ipoll(0):  # ipoll does not allocate a result list
@@ -338,18 +426,55 @@ class App:
             self.sendto(datagram, self.host_addr, TOS_CS3)
 
     def sendto(self, data, addr, tos):
-        """Send one datagram marked with tos (DSCP << 2), where the platform lets us mark."""
+        """Send one datagram marked with tos (DSCP << 2), where the platform lets us mark.
+
+        When sendto fails (EAGAIN/EWOULDBLOCK, ENOMEM: lwIP out of buffers; EHOSTUNREACH ...)
+        the error is counted and a copy waits for the next loop iteration (resend()); datagrams
+        after it queue behind it, so the order holds. At most RETRY_MAX wait: then the oldest goes.
+        """
+        if self._retry:
+            self._keep(data, addr, tos)
+            return
+        try:
+            self._send(data, addr, tos)
+        except OSError as exc:
+            self.count_error("sendto", exc)
+            self._keep(data, addr, tos)
+
+    def _send(self, data, addr, tos):
         if self._mark and self._tos != tos:
             try:
                 self.sock.setsockopt(_IPPROTO_IP, _IP_TOS, tos)
                 self._tos = tos
             except (OSError, ValueError, TypeError):
                 self._mark = False
-        self.sock.sendto(data, addr)
+        self.hal.sendto(self.sock, data, addr)
 
-    def audio_tick(self, now):
-        if self.phone.state == CONNECTED:
-            self.hal.read_frame(self.pcm)
+    def _keep(self, data, addr, tos):
+        if len(self._retry) >= RETRY_MAX:
+            self._retry.pop(0)
+            self.summary["sends_dropped"] += 1
+        self._retry.append((bytes(data), addr, tos))  # media is a view of a buffer reused per frame
+
+    def resend(self):
+        """Send what failed before, oldest first, until one fails again."""
+        retry = self._retry
+        while retry:
+            data, addr, tos = retry[0]
+            try:
+                self._send(data, addr, tos)
+            except OSError as exc:
+                self.count_error("sendto", exc)
+                return
+            retry.pop(0)
+            self.summary["sends_retried"] += 1
+
+    def capture(self, now):
+        """Send every whole 20 ms frame the microphone has (the microphone's clock paces sending);
+        each frame is read, encoded, sealed and sent before anything else runs."""
+        for _ in range(CAPTURE_MAX):
+            if not self.hal.read_frame(self.pcm):
+                return
             self.pipeline.encode(self.pcm)
             payload = self.pipeline.tx_payload
             if self.vad is not None and not self.vad.update(self.pcm):
@@ -357,6 +482,7 @@ class App:
                 if self.vad.cn_due():
                     self._cn[0] = self.vad.level
                     payload = self._cn
+            self._sent_voice = payload is self.pipeline.tx_payload
             if payload is None:
                 frame = None
                 self.summary["frames_suppressed"] += 1
@@ -366,7 +492,12 @@ class App:
             if frame is not None:
                 if addr is not None:
                     if self._peer_key != addr:  # resolve the LAN peer's address once per call
-                        self._peer_key, self._peer_addr = addr, socket.getaddrinfo(addr[0], addr[1])[0][-1]
+                        try:
+                            self._peer_addr = self.hal.getaddrinfo(addr[0], addr[1])
+                        except OSError as exc:
+                            self.count_error("getaddrinfo", exc)  # this frame is lost; the next tries again
+                            continue
+                        self._peer_key = addr
                     addr = self._peer_addr
                 self.sendto(frame, addr if addr is not None else self.host_addr, TOS_EF)
                 if payload is self._cn:
@@ -375,18 +506,29 @@ class App:
                     self.summary["frames_sent"] += 1
                     if self.current is not None:
                         self.current["frames_sent"] += 1
-            out = self.pipeline.playout(now)
+
+    def audio_tick(self, now):
+        """Every 20 ms: the speaker's next frame (the far end, concealment, comfort noise or a tone)."""
+        pipeline = self.pipeline
+        if self.phone.state == CONNECTED:
+            out = pipeline.playout(now)
             if self.profile is not None:
-                self.profile.classify(payload is self.pipeline.tx_payload, self.pipeline)
-            if self.cn_level is not None and self.pipeline.last_status != FRAME and self.pipeline.tone.name is None:
+                self.profile.classify(self._sent_voice, pipeline)
+            if self.cn_level is not None and pipeline.last_status != FRAME and pipeline.tone.name is None:
                 if self.comfort is None:
                     from firmware.audio.vad import ComfortNoise
                     self.comfort = ComfortNoise()
                 self.comfort.fill(out, self.cn_level)  # the far end is silent: its background, not dead air
-            self.hal.write_frame(out)
-        elif self.pipeline.tone.name is not None:  # dial tone, ring, ring-back, busy, reorder, key clicks
-            self.pipeline.tone.fill(self.pipeline.speaker)
-            self.hal.write_frame(self.pipeline.speaker)
+        elif pipeline.tone.name is not None:  # dial tone, ring, ring-back, busy, reorder, key clicks
+            out = pipeline.speaker
+            pipeline.tone.fill(out)
+        else:
+            self._speaking = False  # the speaker drains and falls silent
+            return
+        if not self._speaking:
+            self._speaking = True
+            self.hal.speaker_start()  # a call or a tone starts: a cushion before the first frame
+        self.hal.write_frame(out)
 
     async def run(self):
         hal = self.hal
@@ -394,10 +536,17 @@ class App:
         self.started = now
         self.answer_at = self.hangup_at = self.exit_at = None
         script = self.script
-        call_at = now + int(script.get("call_after_ms", 0)) if script.get("call") else None
-        stop_at = now + int(script["exit_after_ms"]) if script.get("exit_after_ms") else None
-        self.phone.start(now)
+        call_at = ticks_add(now, int(script.get("call_after_ms", 0))) if script.get("call") else None
+        stop_at = ticks_add(now, int(script["exit_after_ms"])) if script.get("exit_after_ms") else None
         try:
+            while not self.open_socket(now):  # no address for the host yet (DNS, Wi-Fi): try again
+                for _ in range(RESOLVE_RETRY_MS // 100):
+                    hal.feed()
+                    await asyncio.sleep_ms(100)
+                now = hal.ticks_ms()
+                if due(now, stop_at):
+                    return
+            self.phone.start(now)
             await self._loop(now, call_at, stop_at)
         finally:  # also on KeyboardInterrupt (Ctrl-C from the console or mpremote)
             self.finish()
@@ -411,7 +560,7 @@ class App:
         if _mem_alloc is None:
             return
         if self._sampled_at is None:
-            if now - self._collect_at >= 1000 - _HEAP_SAMPLE_LEAD_MS:
+            if self._collect_at is None or ticks_diff(now, self._collect_at) >= 1000 - _HEAP_SAMPLE_LEAD_MS:
                 self._sampled_at = now
                 used = _mem_alloc()
                 if used > self.heap_peak:
@@ -419,7 +568,7 @@ class App:
                 free = _mem_free()
                 if self.heap_free_min is None or free < self.heap_free_min:
                     self.heap_free_min = free
-        elif now - self._sampled_at >= _HEAP_SAMPLE_LEAD_MS:  # short, regular pauses instead of one long one
+        elif ticks_diff(now, self._sampled_at) >= _HEAP_SAMPLE_LEAD_MS:  # short, regular pauses
             self._sampled_at = None
             self._collect_at = now
             self.hal.network_up()
@@ -433,31 +582,33 @@ class App:
     async def _loop(self, now, call_at, stop_at):
         hal = self.hal
         script = self.script
-        next_frame = now
         profile = self.profile
+        next_frame = now
         while self.running:
             if profile is not None:
                 profile.resume()
             now = hal.ticks_ms()
+            hal.feed()
             self._housekeeping(now)
+            if self._retry:
+                self.resend()
             self.receive(now)
-            timer = self.phone.next_timer()
-            if timer is not None and now >= timer:
+            if due(now, self.phone.next_timer()):
                 self.phone.handle_timer(now)
             self.events(now)
-            if call_at is not None and self.phone.registered and now >= call_at:
+            if call_at is not None and self.phone.registered and due(now, call_at):
                 call_at = None
                 self.dial(script["call"], now)
-            if self.answer_at is not None and now >= self.answer_at:
+            if due(now, self.answer_at):
                 self.answer_at = None
                 self.phone.answer(now)
-            if self.hangup_at is not None and now >= self.hangup_at:
+            if due(now, self.hangup_at):
                 self.hangup_at = None
                 self.phone.hangup(now)
-            if self.tone_stop_at is not None and now >= self.tone_stop_at:
+            if due(now, self.tone_stop_at):
                 self.tone_stop_at = None
                 self.pipeline.tone.stop()
-            if script.get("dtmf") and self.connected_at is not None and now - self.connected_at > 500:
+            if script.get("dtmf") and self.connected_at is not None and ticks_diff(now, self.connected_at) > 500:
                 for digit in script.pop("dtmf"):
                     self.command("!dtmf " + digit, now)
             key = hal.poll_keys()
@@ -465,17 +616,25 @@ class App:
                 self.command(key, now)
                 key = hal.poll_keys()
             self.events(now)
-            while now - next_frame >= 0:
+            while ticks_diff(now, next_frame) >= 0:
                 if profile is not None:
                     profile.tick()
                 self.audio_tick(now)
-                next_frame += FRAME_MS
-                if now - next_frame > 200:
+                next_frame = ticks_add(next_frame, FRAME_MS)
+                if ticks_diff(now, next_frame) > 200:
                     next_frame = now  # fell far behind: skip rather than burst
+            if self.phone.state == CONNECTED:
+                self.capture(now)
             self.flush(now)
-            if (self.exit_at is not None and now >= self.exit_at) or (stop_at is not None and now >= stop_at):
+            hal.refresh()  # the display, at most once per iteration and never inside the audio
+            if due(now, self.exit_at) or due(now, stop_at):
                 break
-            wait = next_frame - hal.ticks_ms()
+            now = hal.ticks_ms()
+            wait = ticks_diff(next_frame, now)  # the next playout tick, or the microphone's next frame
+            if self.phone.state == CONNECTED:
+                mic = hal.mic_due()
+                if mic is not None and ticks_diff(mic, now) < wait:
+                    wait = ticks_diff(mic, now)
             if profile is not None:
                 profile.pause()
             await asyncio.sleep_ms(max(1, min(wait, 10)))
@@ -488,7 +647,8 @@ class App:
         now = self.hal.ticks_ms()
         self.phone.stop(now)
         self.events(now)
-        self.flush(now)
+        if self.sock is not None:
+            self.flush(now)  # the BYE: a failure is counted, never raised
         if self.current is not None:
             self.current["cause"] = "in progress"
             self.summary["calls"].append(self.current)

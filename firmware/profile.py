@@ -240,5 +240,12 @@ class _TimedHal:
         finally:
             self._profile.io += ticks_diff(ticks_us(), t)
 
+    def sendto(self, sock, data, addr):
+        t = ticks_us()
+        try:
+            return self._hal.sendto(sock, data, addr)
+        finally:
+            self._profile.io += ticks_diff(ticks_us(), t)
+
     def __getattr__(self, name):
         return getattr(self._hal, name)

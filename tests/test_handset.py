@@ -202,15 +202,16 @@ def test_ctrl_c_ends_the_loop_cleanly(lab):
 
 
 # The unix port from PyPI is 64-bit: pointers, dict slots and qstr entries are twice an ESP32's and
-# the heap's blocks are 32 bytes, not 16. A 3 s call holds about 120 KB live here (docs/handset.md,
-# Memory; the 32-bit figures, an ESP32's, are tests/test_handset32.py's). The test runs the call at
-# 160K with the .mpy tree, as a handset loads it, and fails when the live heap grows by 8 KB.
-HEAP = "160K"
-PEAK_LIVE_LIMIT = 128 * 1024   # measured 120.3 KB
+# the heap's blocks are 32 bytes, not 16 (the 32-bit figures, an ESP32's, are
+# tests/test_handset32.py's). The test runs a 3 s call with the .mpy tree, as a handset loads it,
+# with 10 KB above the smallest heap that completes it (docs/handset.md, Memory), and fails when
+# the live heap grows by 8 KB.
+HEAP = "170K"
+PEAK_LIVE_LIMIT = 136 * 1024
 
 
 def test_a_whole_call_fits_a_small_heap(lab):
-    """The real App from .mpy, registered, a 3 s call with audio both ways, under -X heapsize=160K."""
+    """The real App from .mpy, registered, a 3 s call with audio both ways, under -X heapsize=170K."""
     compiled_tree()  # once, before two phones start from it
     back = lab.path("mem-301.wav")
     write_noise_wav(back, 10, 301)
@@ -223,7 +224,7 @@ def test_a_whole_call_fits_a_small_heap(lab):
     assert audio_match(back, record_back, back_sent)[0]
     for tag in ("mem-101-301-caller", "mem-101-301-callee"):
         heap = lab.summary(tag)["heap"]
-        assert heap["total"] <= 160 * 1024
+        assert heap["total"] <= 170 * 1024
         assert heap["peak_live"] < PEAK_LIVE_LIMIT, heap
         print("%s: heap %d, peak in use %d (live after collection %d), least free %d" % (
             tag, heap["total"], heap["peak_alloc"], heap["peak_live"], heap["min_free"]))

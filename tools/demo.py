@@ -28,6 +28,9 @@ def add_arguments(parser):
                         help="the MicroPython binary every handset runs (e.g. a 32-bit image from upbx build)")
     parser.add_argument("--heapsize", help="each handset's MicroPython heap, e.g. 64K (default 2M)")
     parser.add_argument("--mpy", action="store_true", help="handsets load the firmware as .mpy files, not source")
+    parser.add_argument("--ticks-start", type=int, metavar="MS",
+                        help="each handset's tick counter starts here (e.g. 1073738000: a 32-bit build's "
+                             "ticks_ms wraps 3.8 s after the phone boots, in the middle of its call)")
 
 
 def phone_args(args):
@@ -39,6 +42,8 @@ def phone_args(args):
         out += ["--heapsize", args.heapsize]
     if args.mpy:
         out.append("--mpy")
+    if args.ticks_start is not None:
+        out += ["--ticks-start", str(args.ticks_start)]
     return out
 
 

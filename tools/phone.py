@@ -2,15 +2,23 @@
 
 Settings come from a TOML file ([phone] table, see docs/config.md) or flags;
 the script flags (--call, --answer, --duration ...) drive it without a person.
+
+`upbx phone` is also the handset's watchdog and power supply: the firmware feeds it over
+UDP (127.0.0.1) from its loop; a phone that stops feeding for --watchdog-ms is killed, as a
+hardware watchdog resets a CPU, and with --restart it boots again with the same flash
+directory, as it does after a crash (exit status 1) or `!reset` (3) (docs/handset.md).
 """
 import json
 import os
 import platform
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 from host.config import ConfigError, load_phone_config, parse_hostport
 from tools.images import has_frozen_upbx
@@ -126,6 +134,8 @@ def add_arguments(parser):
     parser.add_argument("--summary", help="write a JSON summary of the run here")
     parser.add_argument("--flash-dir", help="keep the handset's flash (config, system information) in this "
                                             "directory; default: a temporary one, removed at exit")
+    parser.add_argument("--tone-timeout", type=float, help="busy and reorder stop by themselves after this many "
+                                                            "seconds (default 30)")
     parser.add_argument("--no-plc", action="store_true", help="turn packet loss concealment off")
     parser.add_argument("--vad", action="store_true",
                         help="silence suppression: no voice frames in silence, comfort-noise frames instead")
@@ -139,6 +149,18 @@ def add_arguments(parser):
     parser.add_argument("--micropython", metavar="PATH",
                         help="the MicroPython binary the handset runs (default: the unix port in this venv), "
                              "e.g. a 32-bit build from `upbx build --image unix32`")
+    parser.add_argument("--ticks-start", type=int, metavar="MS",
+                        help="start the handset's tick counter (time.ticks_ms) here, e.g. 1073738000 on a 32-bit "
+                             "build to cross its 2**30 ms wrap 3.8 s after boot (negative: back from the wrap)")
+    parser.add_argument("--restart", action="store_true",
+                        help="boot the firmware again (same flash) after a crash, !reset or a watchdog reset, "
+                             "as a device does")
+    parser.add_argument("--watchdog-ms", type=int, default=10000, metavar="MS",
+                        help="kill (reset) the firmware when its loop has not fed the watchdog for this long "
+                             "(default 10000, as on the ESP32)")
+    parser.add_argument("--fault", action="append", default=[], metavar="FAULT",
+                        help='inject a fault from boot, e.g. "getaddrinfo EHOSTUNREACH 3", "sendto EAGAIN 20", '
+                             '"hang", "raise" (repeatable; the console line "!fault ..." does it later)')
 
 
 def device_config(args):
@@ -166,6 +188,12 @@ def device_config(args):
         values["vad"] = True
     if getattr(args, "profile", None):
         values["profile"] = args.profile
+    if args.ticks_start is not None:
+        values["ticks_start"] = args.ticks_start
+    if args.tone_timeout is not None:
+        values["tone_timeout_ms"] = int(args.tone_timeout * 1000)
+    if args.fault:
+        values["faults"] = list(args.fault)
     script = {}
     if args.call:
         script["call"] = args.call
@@ -200,8 +228,6 @@ def run(args):
     os.makedirs(workdir, exist_ok=True)
     values["sysinfo_file"] = os.path.join(workdir, "sysinfo.json")
     path = os.path.join(workdir, "upbx_config.json")
-    with open(path, "w") as f:
-        json.dump(values, f)
     binary = os.path.abspath(args.micropython) if args.micropython else micropython()  # it runs in the flash dir
     if args.micropython and not os.access(args.micropython, os.X_OK):
         print("upbx phone: --micropython %s: not an executable file" % args.micropython, file=sys.stderr)
@@ -224,12 +250,59 @@ def run(args):
         return 2
     env = dict(os.environ, MICROPYPATH=path_env)
     argv = [binary, "-X", "heapsize=" + args.heapsize, main_py, path]
-    proc = subprocess.Popen(argv, env=env, cwd=workdir)
+    watchdog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    watchdog.bind(("127.0.0.1", 0))
+    values["watchdog_port"] = watchdog.getsockname()[1]
+    with open(path, "w") as f:
+        json.dump(values, f)
     try:
-        return proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (tools.cli): the handset logs out and writes its summary
-        stop_handset(proc)
-        raise
+        return supervise(argv, env, workdir, watchdog, args.watchdog_ms, args.restart)
     finally:
+        watchdog.close()
         if not args.flash_dir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+RESET_STATUS = {1: "crashed", 3: "was reset (!reset)"}
+WATCHDOG_STATUS = 4   # what `upbx phone` returns after a watchdog reset without --restart
+
+
+def supervise(argv, env, cwd, watchdog, watchdog_ms, restart):
+    """Run the firmware as a device runs: fed by its loop or reset, and booted again if asked."""
+    boots = 0
+    while True:
+        boots += 1
+        proc = subprocess.Popen(argv, env=env, cwd=cwd)
+        try:
+            status, why = watch(proc, watchdog, watchdog_ms)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (tools.cli): the handset logs out and writes its summary
+            stop_handset(proc)
+            raise
+        if status == 0:
+            return 0
+        if not restart:
+            print("upbx phone: the firmware %s (--restart boots it again)" % why, file=sys.stderr, flush=True)
+            return status
+        print("upbx phone: the firmware %s: booting it again (boot %d, same flash)" % (why, boots + 1),
+              file=sys.stderr, flush=True)
+        time.sleep(0.2)
+
+
+def watch(proc, watchdog, watchdog_ms):
+    """Wait for the firmware to end, or kill it when its feeds stop: (status, what happened).
+
+    The watchdog is armed by the first feed (a device's HAL starts its WDT) and parked by "park"
+    (the loop ended on purpose: Ctrl-C, !quit, the script's end)."""
+    fed = None
+    while True:
+        ready, _, _ = select.select([watchdog], [], [], 0.1)
+        if ready:
+            message = watchdog.recv(16)
+            fed = None if message == b"park" else time.monotonic()
+        status = proc.poll()
+        if status is not None:
+            return status, RESET_STATUS.get(status, "exited with status %d" % status)
+        if fed is not None and (time.monotonic() - fed) * 1000 > watchdog_ms:
+            proc.kill()
+            proc.wait()
+            return WATCHDOG_STATUS, "stopped feeding the watchdog for %d ms: watchdog reset" % watchdog_ms

@@ -2,7 +2,8 @@
 
 put() copies each payload into a preallocated slot ring; get() is called once
 per 20 ms playout tick and hands out the frame due now, or says MISSING (the
-caller conceals) or EMPTY (not playing yet). Time is passed in (integer ms).
+caller conceals) or EMPTY (not playing yet). Time is passed in (integer ms, the
+handset's ticks: compared with ticks_diff, so the clock may wrap).
 
 Playout delay adapts between MIN_DELAY_MS and MAX_DELAY_MS: the target is
 frame_ms + 3 x the RFC 3550 interarrival jitter estimate, in whole frames. The
@@ -12,7 +13,7 @@ never held fewer frames than target + 1. peek() shows the frame the next get()
 will play (the concealer bridges a lost frame into it) and changes nothing but
 this: that frame is not the one skipped to shrink.
 """
-from common.compat import const
+from common.compat import const, ticks_diff
 
 FRAME = const(0)
 MISSING = const(1)
@@ -100,7 +101,7 @@ class JitterBuffer:
             dts = (ts16 - self._last_ts) & 0xFFFF
             if dts >= 0x8000:
                 dts -= 0x10000
-            d = (now_ms - self._last_arrival) - dts // self._ts_per_ms
+            d = ticks_diff(now_ms, self._last_arrival) - dts // self._ts_per_ms
             if d < 0:
                 d = -d
             if d > 1000:
@@ -157,7 +158,7 @@ class JitterBuffer:
     def get(self, now_ms):
         """(status, payload) for this playout tick; payload is valid until the next put()."""
         if not self.playing:
-            if not self._primed or now_ms - self._prime_ms < self.target_ms - self.frame_ms:
+            if not self._primed or ticks_diff(now_ms, self._prime_ms) < self.target_ms - self.frame_ms:
                 return self._empty
             self.playing = True
         if self._newest < 0:

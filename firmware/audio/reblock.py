@@ -26,6 +26,11 @@ class Reblocker:
         self._settle = settle
         self.overruns = 0   # samples dropped because the ring was full (oldest first)
 
+    def clear(self):
+        """Forget what is buffered (a new call: the microphone's past is not sent)."""
+        self._read = 0
+        self._count = 0
+
     def available(self):
         """Samples buffered."""
         return self._count

@@ -3,15 +3,28 @@
     hal = unix.Hal(...) or esp32.Hal(board)      (board: the dict from boards/NAME.json)
 
     hal.read_frame(pcm) -> bool     fill pcm (320 bytes, 160 samples 16-bit LE at 8 kHz)
-                                    with the next captured 20 ms; False if none is ready
+                                    with the next captured 20 ms; False if the microphone has
+                                    no whole frame yet (never blocks longer than one frame)
     hal.write_frame(pcm)            queue 20 ms of PCM for the speaker
-    hal.poll_keys() -> str or None  next key ("0".."9", "*", "#", "A".."D") or control
-                                    command line ("!call 201", "!hangup", "!answer",
-                                    "!dtmf 5", "!state", "!reset"); never blocks
+    hal.speaker_start()             the speaker was silent and plays again (a call or a tone
+                                    starts): prime it with a cushion of silence
+    hal.mic_start()                 a call starts: drop the audio the microphone queued before it
+    hal.mic_due() -> ticks or None  when the microphone's next frame is complete (the loop wakes
+                                    then), None when the HAL cannot tell (it polls)
+    hal.poll_keys() -> str or None  next key ("0".."9", "*", "#", "A".."D"), button
+                                    ("!button NAME") or console command line ("!call 201",
+                                    "!hangup", "!answer", "!dtmf 5", "!state", "!reset"); never blocks
     hal.log(level, tag, msg)        one console line "L tag message", level one of I W E D
-    hal.display(state, caller)      show the call state and the caller id (if any)
+    hal.display(state, caller)      show the call state and the caller id (if any), at the
+    hal.refresh()                   next refresh(): the loop calls it once per iteration, after
+                                    the audio (a real display takes ~25 ms)
     hal.set_power_save(flag)        Wi-Fi power save off during calls (late packets otherwise)
     hal.network_up() -> bool        whether the network interface has an address
+    hal.getaddrinfo(host, port)     the address socket.getaddrinfo gives (OSError as it raises)
+    hal.sendto(sock, data, addr)    sock.sendto (OSError as it raises: EAGAIN, ENOMEM, ...)
+    hal.feed()                      feed the watchdog: the loop calls it once per iteration
+    hal.park_watchdog()             the loop stops on purpose (Ctrl-C): keep the watchdog quiet
+    hal.reset(why)                  restart the device ("crash" or "reset"); never returns
     hal.ticks_ms() -> int           monotonic milliseconds (wraps; use ticks_diff)
     hal.ticks_diff(a, b) -> int
     hal.close()

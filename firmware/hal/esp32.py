@@ -1,25 +1,48 @@
-"""The ESP32 HAL: I2S microphone and speaker, keypad, Wi-Fi, optional SSD1306 and ES8388.
+"""The ESP32 HAL: I2S microphone and speaker, keypad and buttons, Wi-Fi, watchdog, console,
+optional SSD1306 and ES8388.
 
-Everything is driven by the board dict (boards/NAME.json). UNVERIFIED ON
-HARDWARE: this module is only compiled here (mpy-cross -march=xtensawin); see
-docs/firmware-audio.md for what has and has not been checked.
+Everything is driven by the board dict (boards/NAME.json). UNVERIFIED ON HARDWARE: this module
+runs here only against stand-ins for machine/network/ssd1306 under the unix port
+(tests/test_firmware_hal.py) and is compiled with mpy-cross -march=xtensawin; see
+docs/firmware-audio.md and docs/handset.md for what has and has not been checked.
 
-Full-duplex boards (INMP441 + MAX98357A) use two I2S buses: I2S(id) RX with
-32-bit slots for the mic (top 16 bits kept by the re-blocker) and I2S(id) TX
-16-bit for the speaker. Half-duplex boards (ES8388 codec) share one bus: the
-HAL opens it as RX while the push-to-talk key is held and as TX otherwise.
+Full-duplex boards (INMP441 + MAX98357A) use two I2S buses: I2S(id) RX with 32-bit slots for
+the mic (top 16 bits kept by the re-blocker) and I2S(id) TX 16-bit for the speaker. Half-duplex
+boards (ES8388 codec) share one bus: the HAL opens it as RX while the push-to-talk key is held
+and as TX otherwise.
+
+Audio timing (docs/firmware-audio.md): DMA buffers sized for latency (microphone 4 KB = two
+32 ms buffers, speaker 2 KB mono / 4 KB stereo = four); the microphone is read without
+blocking (the I2S object in its asyncio mode) and never more than a frame's worth at a time;
+what it queued before a call is drained at call start; the speaker gets two frames of silence
+(40 ms) before the first frame whenever it starts again, so a late loop does not click.
 """
+import select
+import sys
 import time
 
 import machine
 import network
 
 from firmware.audio import dsp, reblock
+from firmware.hal.console import ConsoleLines
 
 FRAME_BYTES = 320
-_DMA_FRAMES = 256            # the driver's DMA buffer at 8 kHz: 32 ms
-_SETTLE_SAMPLES = 4000       # the INMP441 outputs zeros for about 0.5 s after its clock starts
+_MIC_IBUF = 4096             # RX DMA frames are always 32-bit stereo (8 bytes): 2 x 256 frames = 64 ms
+_SPEAKER_IBUF = 2048         # TX 16-bit mono: 4 x 256 frames (2 bytes) = 4 x 32 ms; stereo needs twice
+_SPEAKER_PRIME_FRAMES = 2    # silence ahead of the first frame: the cushion a late loop eats into
+_SETTLE_MS = 500             # the INMP441 outputs zeros for about 0.5 s after its clock starts
 _DEBOUNCE_MS = 30
+_WATCHDOG_PARKED_MS = 3600000  # Ctrl-C: the REPL is wanted; an hour before the WDT (which cannot be stopped) fires
+_CONSOLE_CHARS = 64          # console bytes taken per poll_keys(): typing never stalls the loop
+_REJOIN_MS = 5000
+_STAT_GOT_IP = getattr(network, "STAT_GOT_IP", 1010)
+_STAT_IDLE = getattr(network, "STAT_IDLE", 1000)
+_STAT_CONNECTING = getattr(network, "STAT_CONNECTING", 1001)
+# status() while not connected (ports/esp32/network_wlan.c, v1.28): a disconnect reason code while
+# MicroPython reconnects by itself, STAT_CONNECTING, or STAT_IDLE when nothing asked to connect
+_WIFI_REASONS = {200: "beacon timeout", 201: "no AP found", 202: "wrong password", 203: "association failed",
+                 204: "handshake timeout"}
 
 # ES8388 power-up for 16-bit I2S slave mode, ADC from LINPUT1/RINPUT1, DAC to LOUT1/ROUT1.
 # After ESP-ADF es8388_init(); register numbers from the ES8388 user guide. Best effort.
@@ -40,18 +63,31 @@ _ES8388_INIT = (
 )
 
 
-def _i2s(cfg, mode, bits):
+def _i2s(cfg, mode, bits, ibuf):
     fmt = machine.I2S.STEREO if cfg.get("format") == "stereo" else machine.I2S.MONO
     return machine.I2S(cfg["id"], sck=machine.Pin(cfg["sck"]), ws=machine.Pin(cfg["ws"]),
                        sd=machine.Pin(cfg["sd"]), mode=mode, bits=bits, format=fmt,
-                       rate=cfg.get("rate", 8000), ibuf=cfg.get("ibuf", 8192))
+                       rate=cfg.get("rate", 8000), ibuf=cfg.get("ibuf", ibuf))
+
+
+def _nonblocking(dev):
+    """Put an I2S object in its asyncio mode: readinto() then returns what the DMA holds at once
+    (extmod/machine_i2s.c: the first MP_STREAM_POLL ioctl switches io_mode to ASYNCIO)."""
+    poller = select.poll()
+    poller.register(dev, select.POLLIN)
+    poller.poll(0)
+    poller.unregister(dev)
+    return dev
 
 
 class Keypad:
-    """A row/column matrix: rows driven low one at a time, columns read with pull-ups."""
+    """A row/column matrix: rows open-drain, pulled low one at a time; columns read with pull-ups.
+
+    Open-drain: a row not being scanned floats instead of driving high, so two keys held in one
+    column join a low row to a floating one, never a low output to a high one."""
 
     def __init__(self, cfg):
-        self._rows = [machine.Pin(p, machine.Pin.OUT, value=1) for p in cfg["rows"]]
+        self._rows = [machine.Pin(p, machine.Pin.OPEN_DRAIN, value=1) for p in cfg["rows"]]
         self._cols = [machine.Pin(p, machine.Pin.IN, machine.Pin.PULL_UP) for p in cfg["cols"]]
         self._keys = cfg["keys"]
         self._seen = None      # key read at the last scan
@@ -82,10 +118,39 @@ class Keypad:
         return None
 
 
+class Button:
+    """One board button: its "pull" ("up": the internal pull-up; "none": the board's resistor) and
+    polarity ("active_low", default true) honoured; "!button NAME" once per debounced press."""
+
+    def __init__(self, cfg):
+        pull = machine.Pin.PULL_UP if cfg.get("pull") == "up" else None
+        self.name = cfg["name"]
+        self._pin = machine.Pin(cfg["pin"], machine.Pin.IN, pull)
+        self._down_level = 0 if cfg.get("active_low", True) else 1
+        self._seen = False
+        self._since = 0
+        self._reported = False
+
+    def held(self):
+        return self._pin.value() == self._down_level
+
+    def poll(self, now):
+        down = self.held()
+        if down != self._seen:
+            self._seen, self._since = down, now
+            return None
+        if down == self._reported or time.ticks_diff(now, self._since) < _DEBOUNCE_MS:
+            return None
+        self._reported = down
+        return "!button " + self.name if down else None
+
+
 class Hal:
     """The handset HAL for a board dict (see firmware/hal/__init__.py for the interface)."""
 
-    def __init__(self, board, wifi=None):
+    def __init__(self, board, wifi=None, watchdog_ms=10000):
+        # the watchdog first: a board that hangs while starting its devices is reset too
+        self._wdt = machine.WDT(timeout=watchdog_ms)
         self.board = board
         self.full_duplex = board.get("full_duplex", True)
         mic = board["i2s_mic"]
@@ -96,10 +161,10 @@ class Hal:
         if mic.get("format") == "stereo":
             slot *= 2  # keep the left sample of each pair: handled by reading 32-bit frames
         self._slot = slot
-        # ibuf holds at least 3 DMA buffers so a late tick does not lose audio
-        self._chunk = bytearray(_DMA_FRAMES * slot)
-        self._mic_ring = reblock.Reblocker(slot_bytes=4 if slot >= 4 else 2, capacity=1024,
-                                           settle=_SETTLE_SAMPLES if slot == 4 and self.full_duplex else 0)
+        self._chunk = bytearray(160 * slot)   # one frame's worth: no read asks the driver for more
+        self._mic_ring = reblock.Reblocker(slot_bytes=4 if slot >= 4 else 2, capacity=1024)
+        self._settles = slot == 4 and self.full_duplex   # an INMP441
+        self._rx_started = 0
         self._rx = None
         self._tx = None
         self._ptt = None
@@ -110,57 +175,91 @@ class Hal:
         pa = board.get("pa_enable")
         if pa:
             self._pa = machine.Pin(pa["pin"], machine.Pin.OUT, value=1 if pa.get("active_high", True) else 0)
+        self._stereo_out = self._spk_cfg.get("format") == "stereo"
+        self._speaker_ibuf = _SPEAKER_IBUF * (2 if self._stereo_out else 1)
+        self._out2 = bytearray(2 * FRAME_BYTES) if self._stereo_out else None
+        self._silence = bytearray(2 * FRAME_BYTES if self._stereo_out else FRAME_BYTES)
+        self._buttons = [Button(k) for k in board.get("keys", ()) if k.get("kind") == "button"]
         if self.full_duplex:
-            self._rx = _i2s(mic, machine.I2S.RX, self._mic_bits)
-            self._tx = _i2s(self._spk_cfg, machine.I2S.TX, 16)
+            self._open_rx()
+            self._tx = _i2s(self._spk_cfg, machine.I2S.TX, 16, self._speaker_ibuf)
         else:
-            self._tx = _i2s(self._spk_cfg, machine.I2S.TX, 16)
-            self._ptt = self._button(board.get("ptt_key"))
+            self._tx = _i2s(self._spk_cfg, machine.I2S.TX, 16, self._speaker_ibuf)
+            for b in self._buttons:
+                if b.name == board.get("ptt_key"):
+                    self._ptt = b
         self._keypad = Keypad(board["keypad"]) if "keypad" in board else None
-        self._buttons = [(k["name"], machine.Pin(k["pin"], machine.Pin.IN))
-                         for k in board.get("keys", ()) if k.get("kind") == "button"]
-        self._button_state = {}
-        self._poller = None
+        self._console = ConsoleLines()
+        self._stdin = select.poll()
+        self._stdin.register(sys.stdin, select.POLLIN)
         self._oled = self._init_display(board.get("display"))
+        self._shown = self._show = None   # (state, caller) on the display / wanted there
         self._wlan = network.WLAN(network.STA_IF)
         self._wlan.active(True)
         self._wifi = wifi      # (ssid, password) or None
+        self._joined = False   # connect() was called: from then on MicroPython reconnects by itself
         self._next_join = 0
-        self._stereo_out = self._spk_cfg.get("format") == "stereo"
-        self._out2 = bytearray(2 * FRAME_BYTES) if self._stereo_out else None
+        self._wifi_status = None
 
-    def _button(self, name):
-        for k in self.board.get("keys", ()):
-            if k["name"] == name:
-                return machine.Pin(k["pin"], machine.Pin.IN)
-        return None
+    def _open_rx(self):
+        self._rx = _nonblocking(_i2s(self._mic_cfg, machine.I2S.RX, self._mic_bits, _MIC_IBUF))
+        self._rx_started = time.ticks_ms()
+        self._mic_ring.clear()
 
     # audio
     def _switch_half_duplex(self):
-        held = self._ptt is not None and self._ptt.value() == 0
+        held = self._ptt is not None and self._ptt.held()
         if held == self._talking:
             return
         self._talking = held
         if held:
             self._tx.deinit()
             self._tx = None
-            self._rx = _i2s(self._mic_cfg, machine.I2S.RX, self._mic_bits)
+            self._open_rx()
         else:
             self._rx.deinit()
             self._rx = None
-            self._tx = _i2s(self._spk_cfg, machine.I2S.TX, 16)
+            self._tx = _i2s(self._spk_cfg, machine.I2S.TX, 16, self._speaker_ibuf)
+            self.speaker_start()
 
     def read_frame(self, pcm):
         if not self.full_duplex:
             self._switch_half_duplex()
-        if self._rx is None:
+        rx = self._rx
+        if rx is None:
             return False
-        if self._mic_ring.available() < 160:
-            n = self._rx.readinto(self._chunk)  # blocks at most one DMA buffer (32 ms)
-            self._mic_ring.push(self._chunk, n)
-        if not self._mic_ring.pop_frame(pcm):
+        ring = self._mic_ring
+        have = ring.available()
+        if have < 160:
+            # asyncio mode: returns at once with what the DMA holds, at most what this frame still needs
+            n = rx.readinto(self._chunk, (160 - have) * self._slot)
+            if n:
+                ring.push(self._chunk, n)
+            if ring.available() < 160:
+                return False
+        ring.pop_frame(pcm)
+        if self._settles and time.ticks_diff(time.ticks_ms(), self._rx_started) < _SETTLE_MS:
             dsp.fill(pcm, 0, 160, 0)  # the mic is still settling: send silence
         return True
+
+    def mic_due(self):
+        return None  # the DMA completes a 32 ms buffer when it does: the loop polls (every <= 10 ms)
+
+    def mic_start(self):
+        """A call starts: what the microphone DMA queued before it (up to 64 ms) is dropped."""
+        rx = self._rx
+        if rx is not None:
+            for _ in range(16):
+                if not rx.readinto(self._chunk):
+                    break
+        self._mic_ring.clear()
+
+    def speaker_start(self):
+        """The speaker plays again after silence: two frames of silence first, so the frames that
+        follow have 40 ms of cushion in the DMA before a late loop tick would let it run dry."""
+        if self._tx is not None:
+            for _ in range(_SPEAKER_PRIME_FRAMES):
+                self._tx.write(self._silence)
 
     def write_frame(self, pcm):
         if self._tx is None:
@@ -174,20 +273,34 @@ class Hal:
         else:
             self._tx.write(pcm)
 
-    # keys
+    # keys and console
     def poll_keys(self):
+        """Console lines first (read from stdin without blocking, as the unix HAL does), then the
+        keypad, then the buttons."""
+        if not self.full_duplex:
+            self._switch_half_duplex()  # in and out of calls: the speaker is back when push-to-talk is let go
+        console = self._console
+        for _ in range(_CONSOLE_CHARS):
+            if console.pending or not self._stdin_ready():
+                break
+            console.feed(sys.stdin.read(1))
+        if console.pending:
+            return console.next()
         now = time.ticks_ms()
         if self._keypad is not None:
             key = self._keypad.poll(now)
             if key is not None:
                 return key
-        for name, pin in self._buttons:
-            down = pin.value() == 0
-            if down != self._button_state.get(name, False):
-                self._button_state[name] = down
-                if down:
-                    return "!" + name
+        for button in self._buttons:
+            key = button.poll(now)
+            if key is not None:
+                return key
         return None
+
+    def _stdin_ready(self):
+        for _ in self._stdin.ipoll(0):  # ipoll: no result list per call
+            return True
+        return False
 
     # console, display, network
     def log(self, level, tag, msg):
@@ -197,7 +310,7 @@ class Hal:
         if not cfg or cfg.get("type") != "ssd1306":
             return None
         try:
-            import ssd1306  # micropython-lib, installed with mip
+            import ssd1306  # micropython-lib, installed with mip or frozen
             i2c_cfg = cfg["i2c"]
             i2c = machine.I2C(i2c_cfg["id"], scl=machine.Pin(i2c_cfg["scl"]), sda=machine.Pin(i2c_cfg["sda"]),
                               freq=i2c_cfg.get("freq", 400000))
@@ -208,9 +321,14 @@ class Hal:
             return None
 
     def display(self, state, caller=None):
-        if self._oled is None:
-            return
+        """Remember what to show: refresh() draws it (1 KB over I2C, ~25 ms: never inside the audio)."""
+        self._show = (state, caller)
+
+    def refresh(self):
         o = self._oled
+        if o is None or self._show == self._shown:
+            return
+        self._shown = state, caller = self._show
         o.fill(0)
         o.text("upbx", 0, 0)
         o.text(str(state)[:16], 0, 20)
@@ -242,17 +360,55 @@ class Hal:
         self._wlan.config(pm=self._wlan.PM_PERFORMANCE if flag else self._wlan.PM_NONE)
 
     def network_up(self):
-        """Join (or rejoin, at most every 5 s) the configured network; True once connected."""
-        if self._wlan.isconnected():
-            return True
+        """Join the configured network once; then watch status() and let MicroPython reconnect.
+
+        After connect(), ports/esp32/network_wlan.c reconnects by itself after every disconnect
+        (status() then gives the reason: no AP found, wrong password, beacon timeout ... or
+        STAT_CONNECTING); calling connect() again meanwhile raises "Wifi Internal Error". So
+        connect() runs again only when status() is STAT_IDLE (nothing is trying: after a
+        disconnect()), at most every 5 s. True once there is an address."""
+        wlan = self._wlan
+        status = wlan.status()
+        if status != self._wifi_status:
+            self._wifi_status = status
+            if status == _STAT_GOT_IP:
+                self.log("I", "wifi", "connected")
+            elif status == _STAT_CONNECTING:
+                self.log("I", "wifi", "connecting")
+            elif status != _STAT_IDLE:
+                self.log("W", "wifi", "not connected: %s (MicroPython retries)" % _WIFI_REASONS.get(status, status))
+        if status == _STAT_GOT_IP or not self._wifi:
+            return status == _STAT_GOT_IP
         now = time.ticks_ms()
-        if self._wifi and time.ticks_diff(now, self._next_join) >= 0:
-            self._next_join = time.ticks_add(now, 5000)
+        if not self._joined or (status == _STAT_IDLE and time.ticks_diff(now, self._next_join) >= 0):
+            self._joined = True
+            self._next_join = time.ticks_add(now, _REJOIN_MS)
             try:
-                self._wlan.connect(self._wifi[0], self._wifi[1])
+                wlan.connect(self._wifi[0], self._wifi[1])
             except OSError as exc:
                 self.log("W", "wifi", "connect: %r" % (exc,))
         return False
+
+    def getaddrinfo(self, host, port):
+        import socket
+        return socket.getaddrinfo(host, port)[0][-1]
+
+    def sendto(self, sock, data, addr):
+        return sock.sendto(data, addr)
+
+    # watchdog and reset
+    def feed(self):
+        self._wdt.feed()
+
+    def park_watchdog(self):
+        """The loop stopped on purpose (Ctrl-C, "!quit"): an ESP32 WDT cannot be stopped, so give it
+        an hour (machine.WDT again reconfigures the one task watchdog: ports/esp32/machine_wdt.c)."""
+        self._wdt = machine.WDT(timeout=_WATCHDOG_PARKED_MS)
+        self.log("W", "watchdog", "parked: the device resets in an hour unless main.py runs again")
+
+    def reset(self, why):
+        self.log("W", "phone", "machine.reset() (%s)" % why)
+        machine.reset()
 
     def ticks_ms(self):
         return time.ticks_ms()

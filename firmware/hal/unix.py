@@ -1,19 +1,25 @@
 """The unix-port HAL: a virtual handset for demos and end-to-end tests.
 
-Audio in is a WAV file (16-bit mono 8 kHz) or "tone:HZ"; audio out is a WAV
-file whose header is patched on close (or None to discard). Keys come from a
-control channel: lines on stdin or on a unix-domain/TCP socket the caller
-passes in, read without blocking through select.poll. It runs on the
-MicroPython unix port (time.ticks_ms). Logs go to stdout as
-"I tag message" lines.
+Audio in is a WAV file (16-bit mono 8 kHz) or "tone:HZ", paced like a microphone
+(a frame every 20 ms); audio out is a WAV file whose header is patched on close (or
+None to discard). Keys come from a control channel: lines on stdin or on a
+unix-domain/TCP socket the caller passes in, read without blocking through
+select.poll. It runs on the MicroPython unix port (time.ticks_ms, optionally
+started near its wrap). Logs go to stdout as "I tag message" lines. The watchdog
+is `upbx phone` (tools/phone.py), fed over UDP; faults are injected here.
 """
 import select
 import sys
 import time
 
 from firmware.audio import dsp, tones
+from firmware.hal.console import ConsoleLines
 
 FRAME_BYTES = 320
+# audio older than this is lost when the loop falls behind, as a DMA queue overwrites it (an ESP32's
+# holds 64 ms); a process on a busy PC stalls longer than a device, and the loop itself skips
+# ahead only after 200 ms, so the virtual microphone keeps that much
+MIC_BACKLOG_MS = 200
 
 
 def parse_wav_header(f):
@@ -128,25 +134,72 @@ def open_source(spec):
 
 
 class Hal:
-    """Virtual handset: source/sink specs, a control stream (file or socket object with fileno)."""
+    """Virtual handset: source/sink specs, a control stream (file or socket object with fileno).
 
-    def __init__(self, source=None, sink=None, control=None, out=None, name="phone"):
+    ticks_start: what the tick counter reads at `booted` (the time.ticks_ms() when the firmware
+    started; default now), in ms, negative counting back from the port's wrap: a test crosses the
+    wrap of `time.ticks_ms()` seconds after boot. watchdog_port: a UDP
+    port on 127.0.0.1 where `upbx phone` listens for feeds (it kills a phone that stops feeding,
+    as a hardware watchdog resets a CPU). faults: fault-injection lines (see `fault`).
+    """
+
+    def __init__(self, source=None, sink=None, control=None, out=None, name="phone", ticks_start=None,
+                 watchdog_port=None, faults=(), booted=None):
         self._source = open_source(source)
         self._sink = WavSink(sink) if sink else None
         self._control = control if control is not None else sys.stdin
         self._out = out if out is not None else sys.stdout
         self._poll = select.poll()
         self._poll.register(self._control, select.POLLIN)
-        self._line = b""
-        self._pending = []
+        self._console = ConsoleLines()
         self.name = name
         self.state = None
         self.caller = None
         self.power_save = True
         self.control_closed = False
+        self._offset = 0
+        self._last = 0
+        if ticks_start is not None:
+            period = time.ticks_add(0, -1) + 1
+            self._offset = time.ticks_diff(int(ticks_start) % period, time.ticks_ms() if booted is None else booted)
+            if self._offset == -(period // 2):
+                self._offset += 1  # ticks_add takes less than half a period
+        self._last = self.ticks_ms()
+        self._mic_at = None       # when the microphone's next 20 ms frame is complete
+        self._watchdog = None
+        self._fed_at = None
+        if watchdog_port:
+            import socket
+            self._watchdog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._watchdog_addr = socket.getaddrinfo("127.0.0.1", int(watchdog_port))[0][-1]
+        self._faults = None
+        for line in faults:
+            self.fault(line)
 
-    # audio
+    # audio: the microphone is a clock too. A frame is ready every 20 ms from mic_start();
+    # a loop that falls behind finds at most MIC_BACKLOG_MS of them (and the current one) queued.
+    def mic_start(self):
+        self._mic_at = self.ticks_ms()
+
+    def mic_due(self):
+        return self._mic_at
+
     def read_frame(self, pcm):
+        now = self.ticks_ms()
+        if self._mic_at is None:
+            self._mic_at = now
+        late = time.ticks_diff(now, self._mic_at)
+        if late < 0:
+            return False
+        if late > MIC_BACKLOG_MS:
+            skipped = (late - MIC_BACKLOG_MS) // 20  # 200..219 ms late after this: 11 frames are there
+            self._mic_at = time.ticks_add(self._mic_at, 20 * skipped)
+            for _ in range(skipped):  # the samples a DMA queue would have overwritten
+                self._read(pcm)
+        self._mic_at = time.ticks_add(self._mic_at, 20)
+        return self._read(pcm)
+
+    def _read(self, pcm):
         if self._source is None:
             dsp.fill(pcm, 0, 160, 0)
             return True
@@ -156,35 +209,32 @@ class Hal:
         if self._sink is not None:
             self._sink.write(pcm)
 
+    def speaker_start(self):
+        pass  # a file has no underrun to guard against
+
+    def speaker_frames(self):
+        """Frames written to the speaker so far."""
+        return self._sink.bytes // FRAME_BYTES if self._sink is not None else 0
+
     # keys and control commands
     def poll_keys(self):
-        if not self._pending and not self.control_closed:
+        console = self._console
+        if not console.pending and not self.control_closed:
             for _ in self._poll.poll(0):
                 self._read_control()
-        return self._pending.pop(0) if self._pending else None
+        while console.pending and console.pending[0].startswith("!fault "):
+            self.fault(console.next()[7:])
+        return console.next()
 
     def _read_control(self):
         c = self._control
         # a socket gives what it has; a stream is read a line at a time (poll said one is there)
         chunk = c.recv(256) if hasattr(c, "recv") else c.readline()
-        if isinstance(chunk, str):
-            chunk = chunk.encode()
         if not chunk:
             self.control_closed = True
             self._poll.unregister(self._control)
             chunk = b"\n"
-        self._line += chunk
-        while b"\n" in self._line:
-            line, self._line = self._line.split(b"\n", 1)
-            text = line.decode().strip()
-            if not text:
-                continue
-            if text[0] == "!":
-                self._pending.append(text)
-            else:
-                for key in text:  # plain digits are key presses
-                    if key in "0123456789*#ABCD":
-                        self._pending.append(key)
+        self._console.feed(chunk)
 
     # console, display, network
     def log(self, level, tag, msg):
@@ -193,9 +243,13 @@ class Hal:
             self._out.flush()
 
     def display(self, state, caller=None):
+        # a log line costs nothing: shown at once, so a test sees every state (refresh() is a no-op)
         if state != self.state or caller != self.caller:
             self.state, self.caller = state, caller
             self.log("I", "display", "%s %s" % (state, caller or ""))
+
+    def refresh(self):
+        pass
 
     def set_power_save(self, flag):
         if bool(flag) != self.power_save:
@@ -205,8 +259,55 @@ class Hal:
     def network_up(self):
         return True
 
+    # fault injection (docs/handset.md, Survival): the console line "!fault ..." or config "faults";
+    # its code (firmware/hal/faults.py) is only loaded when a fault is asked for
+    def fault(self, line):
+        if self._faults is None:
+            from firmware.hal.faults import Faults
+            self._faults = Faults(self.log)
+        self._faults.arm(line)
+
+    def getaddrinfo(self, host, port):
+        if self._faults is not None:
+            self._faults.inject("getaddrinfo")
+        import socket
+        return socket.getaddrinfo(host, port)[0][-1]
+
+    def sendto(self, sock, data, addr):
+        if self._faults is not None:
+            self._faults.inject("sendto")
+        return sock.sendto(data, addr)
+
+    # watchdog: the feeds go to `upbx phone`, at most every 250 ms (a device's WDT.feed() is free)
+    def feed(self):
+        if self._faults is not None:
+            self._faults.inject("hang")
+            self._faults.inject("raise")
+        if self._watchdog is None:
+            return
+        now = time.ticks_ms()
+        if self._fed_at is None or time.ticks_diff(now, self._fed_at) >= 250:
+            self._fed_at = now
+            try:
+                self._watchdog.sendto(b"feed", self._watchdog_addr)
+            except OSError:
+                pass  # the supervisor is gone: nothing to tell
+
+    def park_watchdog(self):
+        if self._watchdog is not None:
+            self._watchdog.sendto(b"park", self._watchdog_addr)
+
+    def reset(self, why):
+        """The process ends as a device resets: status 1 after a crash, 3 for "!reset" (`upbx phone
+        --restart` starts it again with the same flash)."""
+        sys.exit(1 if why == "crash" else 3)
+
     def ticks_ms(self):
-        return time.ticks_ms()
+        now = time.ticks_add(time.ticks_ms(), self._offset)
+        if now < self._last:  # only at the wrap: ticks_ms never goes back otherwise
+            self.log("I", "clock", "wrapped at speaker frame %d" % self.speaker_frames())
+        self._last = now
+        return now
 
     def ticks_diff(self, a, b):
         return time.ticks_diff(a, b)

@@ -1,0 +1,49 @@
+"""Fault injection for the virtual handset (unix HAL): what tests/test_survival.py does to a phone.
+
+    sendto ERRNO N        the next N sendto calls raise OSError(ERRNO) (a number or a name: EAGAIN)
+    getaddrinfo ERRNO N   the next N getaddrinfo calls raise OSError(ERRNO)
+    hang                  the loop stops in its next watchdog feed and never comes back
+    raise                 an exception escapes the loop from its next watchdog feed
+
+Faults are consumed in the order they were armed. Loaded only when a fault is asked for.
+"""
+import errno
+import time
+
+
+class Faults:
+    def __init__(self, log):
+        self._log = log
+        self._armed = []    # [operation, errno, count], oldest first
+
+    def arm(self, line):
+        words = line.split()
+        try:
+            if words[0] in ("sendto", "getaddrinfo") and len(words) == 3:
+                code = int(words[1]) if words[1].isdigit() else getattr(errno, words[1])
+                self._armed.append([words[0], code, int(words[2])])
+            elif words in (["hang"], ["raise"]):
+                self._armed.append([words[0], 0, 1])
+            else:
+                raise ValueError(line)
+        except (IndexError, ValueError, AttributeError):
+            self._log("W", "fault", "not understood: %r (sendto|getaddrinfo ERRNO N, hang, raise)" % line)
+            return
+        self._log("I", "fault", "armed: " + line)
+
+    def inject(self, operation):
+        """Raise (or hang) when the oldest armed fault is for this operation."""
+        armed = self._armed
+        if not armed or armed[0][0] != operation:
+            return
+        fault = armed[0]
+        fault[2] -= 1
+        if fault[2] <= 0:
+            armed.pop(0)
+        if operation == "hang":
+            self._log("W", "fault", "hang: the loop stops here")
+            while True:
+                time.sleep_ms(1000)
+        if operation == "raise":
+            raise RuntimeError("fault injected from the console")
+        raise OSError(fault[1])
