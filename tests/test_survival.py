@@ -38,7 +38,7 @@ def call_with_audio(lab, caller, callee_handset, callee, tag, seconds=2):
     proc = lab.phone(caller, "--send", wav, "--call", callee, "--call-after", "0.5", "--duration", str(seconds),
                      "--exit-after-call", "--exit-after", str(seconds + 12), tag=tag)
     assert proc.wait(seconds + 20) == 0
-    return audio_match(wav, callee_handset.record)[0]
+    return audio_match(wav, callee_handset.record, lab.summary(tag)["calls"][0]["frames_sent"])[0]
 
 
 def test_a_crash_is_logged_and_the_phone_boots_again_with_its_flash(lab):
@@ -100,7 +100,7 @@ def test_send_errors_in_a_call_are_counted_and_retried_and_the_audio_goes_on(lab
     assert summary["sends_retried"] >= 3, summary
     call = summary["calls"][0]
     assert call["cause"] == "normal clearing" and call["frames_sent"] >= 140, call
-    matched, n = audio_match(wav, callee_record)
+    matched, n = audio_match(wav, callee_record, call["frames_sent"])
     assert matched and n >= call["frames_sent"] - summary["sends_dropped"] - 5, (matched, n, summary)
 
 
