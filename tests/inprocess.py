@@ -10,6 +10,7 @@ handset's protocol core) and attackers common.login.Login, on the same network.
 Nothing is mocked but the socket and the clock: hours of calls run in seconds.
 """
 import collections
+import json
 import os
 
 from common import wire
@@ -128,6 +129,25 @@ class PhoneEnd:
         events, self.phone.events = self.phone.events, []
         return events
 
+    def take(self):
+        """The events since the last look, also kept in self.log."""
+        events = self.events()
+        self.log.extend(events)
+        return events
+
+    def causes(self):
+        """Causes of the calls this phone saw end (every call of the test, in order)."""
+        self.take()
+        return [e[1] for e in self.log if e[0] == "ended"]
+
+    @property
+    def connected(self):
+        return self.phone.state == CONNECTED
+
+    @property
+    def idle(self):
+        return self.phone.call is None
+
 
 class LoginEnd:
     """A Login (an attacker's stolen identity) on the Net; keeps every message the host sends it."""
@@ -177,7 +197,7 @@ class World:
     """Main host, site a's remote host with phones 101 and 102, phones 301-303 at the main host,
     and site x (remote host site-x, extensions 401 and 402) for an attacker to log in as."""
 
-    def __init__(self, tmp_path, ring_timeout_s=30):
+    def __init__(self, tmp_path, ring_timeout_s=30, remote_settings=None):
         self.tmp = tmp_path
         self.net = Net()
         directory = Directory(tmp_path / "main.sqlite")
@@ -193,17 +213,43 @@ class World:
         (tmp_path / "main.toml").write_text(
             '[main]\nlisten = "%s:%d"\ndatabase = "main.sqlite"\nlog_level = "error"\nring_timeout_s = %d\n'
             % (MAIN[0], MAIN[1], ring_timeout_s))
-        self.main = MainHost(load_main_config(str(tmp_path / "main.toml")))
-        attach_host(self.net, self.main, MAIN)
+        self.main = self.a = None
+        self.start_main()
         (tmp_path / "site-a.toml").write_text(
             '[remote]\nname = "site-a"\nsecret = "%s"\nmain = "%s:%d"\nlisten = "%s:%d"\nlog_level = "error"\n'
-            % (self.secrets["site-a"].hex(), MAIN[0], MAIN[1], SITE_A[0], SITE_A[1]))
+            % (self.secrets["site-a"].hex(), MAIN[0], MAIN[1], SITE_A[0], SITE_A[1])
+            + "".join("%s = %s\n" % (k, json.dumps(v)) for k, v in (remote_settings or {}).items()))
         os.chmod(tmp_path / "site-a.toml", 0o600)
         self.a = RemoteHost(load_remote_config(str(tmp_path / "site-a.toml")))
         attach_host(self.net, self.a, SITE_A)
-        self.hosts = (self.main, self.a)
         self.phones = {}
         self.others = []            # LoginEnds
+
+    @property
+    def hosts(self):
+        return tuple(h for h in (self.main, self.a) if h is not None)
+
+    def start_main(self):
+        """The main host from its configuration and database (again, after stop_main())."""
+        self.main = MainHost(load_main_config(str(self.tmp / "main.toml")))
+        attach_host(self.net, self.main, MAIN)
+
+    def stop_main(self):
+        """The main host dies at once (kill -9): nothing more reaches it, it sends nothing; its
+        database keeps what it had committed."""
+        del self.net.endpoints[MAIN]
+        self.main.directory.close()
+        self.main = None
+
+    def restart_remote(self):
+        """Remote host a dies at once (kill -9) and starts again from its configuration, records
+        database and directory cache, at the same address."""
+        del self.net.endpoints[SITE_A]
+        self.a.records.close()
+        self.a = RemoteHost(load_remote_config(str(self.tmp / "site-a.toml")))
+        attach_host(self.net, self.a, SITE_A)
+        self.a.on_start(self.net.now)
+        self.settle()
 
     def start_remote(self):
         self.a.on_start(self.net.now)
@@ -246,6 +292,36 @@ class World:
         for _ in range(ms // TICK_MS):
             self.tick()
 
+    def run_until(self, predicate, limit_ms, what):
+        """Tick until predicate() holds; returns the virtual ms it took. Fails after limit_ms."""
+        started = self.net.now
+        while not predicate():
+            if self.net.now - started >= limit_ms:
+                raise AssertionError("not within %d ms: %s" % (limit_ms, what))
+            self.tick()
+        return self.net.now - started
+
+    def call(self, caller, callee, limit_ms=5000):
+        """caller dials callee, callee answers when it rings; returns once both are connected."""
+        a, b = self.phones[caller], self.phones[callee]
+        assert a.phone.dial(callee, self.net.now), "%s cannot dial now" % caller
+        a.flush()
+
+        def up():
+            if b.phone.state == "ringing":
+                b.phone.answer(self.net.now)
+                b.flush()
+            return a.connected and b.connected
+        self.run_until(up, limit_ms, "%s -> %s connected" % (caller, callee))
+        a.sent, a.received, b.sent, b.received = [], [], [], []
+
+    def hangup(self, number):
+        end = self.phones[number]
+        assert end.phone.hangup(self.net.now)
+        end.flush()
+        self.settle()
+
     def close(self):
-        self.main.directory.close()
+        if self.main is not None:
+            self.main.directory.close()
         self.a.records.close()
