@@ -39,10 +39,12 @@ class Net:
     def send(self, data, source, destination):
         self.queue.append((bytes(data), source, tuple(destination[:2])))
 
-    def run(self):
-        """Deliver until nothing is left in flight; returns the hosts that received something."""
+    def run(self, limit=None):
+        """Deliver until nothing is left in flight (or `limit` datagrams); returns the hosts that
+        received something."""
         touched = set()
-        while self.queue:
+        while self.queue and limit != 0:
+            limit = None if limit is None else limit - 1
             data, source, destination = self.queue.popleft()
             handler = self.endpoints.get(destination)
             if handler is not None:
@@ -89,12 +91,12 @@ def attach_host(net, host, address):
 class PhoneEnd:
     """A handset's protocol core on the Net; sends numbered voice frames while connected."""
 
-    def __init__(self, net, number, secret, address, host):
+    def __init__(self, net, number, secret, address, host, dead_ms=None):
         self.net = net
         self.number = number
         self.address = address
         self.host = host
-        self.phone = Phone(number, secret, os.urandom, keepalive_ms=2000)
+        self.phone = Phone(number, secret, os.urandom, keepalive_ms=2000, dead_ms=dead_ms)
         self.ts = 0
         self.sent = []              # payloads sent in the current call
         self.received = []          # payloads received in the current call
@@ -194,7 +196,7 @@ class LoginEnd:
 
 
 class World:
-    """Main host, site a's remote host with phones 101 and 102, phones 301-303 at the main host,
+    """Main host, site a's remote host with phones 101-104, phones 301-303 at the main host,
     and site x (remote host site-x, extensions 401 and 402) for an attacker to log in as."""
 
     def __init__(self, tmp_path, ring_timeout_s=30, remote_settings=None):
@@ -206,7 +208,7 @@ class World:
             directory.add_site(site)
         self.secrets["site-a"] = directory.add_remote_host("site-a", "a")
         self.secrets["site-x"] = directory.add_remote_host("site-x", "x")
-        for number, site in (("101", "a"), ("102", "a"), ("301", "c"), ("302", "c"), ("303", "c"),
+        for number, site in (("101", "a"), ("102", "a"), ("103", "a"), ("104", "a"), ("301", "c"), ("302", "c"), ("303", "c"),
                              ("401", "x"), ("402", "x")):
             self.secrets[number] = directory.add_extension(number, site, "Phone " + number)
         directory.close()
@@ -256,9 +258,11 @@ class World:
         self.settle()
         assert self.a.login.state == UP
 
-    def add_phone(self, number, index):
+    def add_phone(self, number, index, dead_ms=None):
+        """A phone at its host (site a's for 1xx, else the main host); dead_ms=2000 is the firmware's."""
         host = SITE_A if number.startswith("1") else MAIN
-        end = PhoneEnd(self.net, number, self.secrets[number], ("198.18.%d.%d" % (2, index), 40000), host)
+        end = PhoneEnd(self.net, number, self.secrets[number], ("198.18.%d.%d" % (2, index), 40000), host,
+                       dead_ms)
         self.phones[number] = end
         end.phone.start(self.net.now)
         end.flush()
@@ -270,23 +274,28 @@ class World:
         end.start()
         return end
 
-    def settle(self):
-        """Deliver everything in flight, letting each host end its burst."""
+    def settle(self, until=None):
+        """Deliver everything in flight, letting each host end its burst. With `until`, one
+        datagram at a time, stopping (the rest left in flight) as soon as until() holds: True then."""
         while self.net.queue:
-            for host in self.net.run():
+            for host in self.net.run(limit=None if until is None else 1):
                 host.on_burst(self.net.now)
+            if until is not None and until():
+                return True
+        return False
 
-    def tick(self):
-        """20 ms: phones and logins act, then every host's tick, then deliver."""
+    def tick(self, until=None):
+        """20 ms: phones and logins act, then every host's tick, then deliver (see settle for until)."""
         self.net.now += TICK_MS
         for end in self.phones.values():
             end.tick()
         for end in self.others:
             end.tick()
-        self.settle()
+        if self.settle(until):
+            return True
         for host in self.hosts:
             host.on_tick(self.net.now)
-        self.settle()
+        return self.settle(until)
 
     def run(self, ms):
         for _ in range(ms // TICK_MS):

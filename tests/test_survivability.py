@@ -3,12 +3,15 @@
 One exchange, in phases (the tests run in file order and share it):
   1. main host killed -9 while a local call (site a) and an inter-site call (a -> b) are up:
      the local call goes on without a gap, the inter-site call ends with "unreachable" on both
-     phones within CALL_END_BOUND_S;
+     phones;
   2. main host still down: new local calls at both sites work from the cached directories;
-  3. remote host a killed -9 and restarted: its phone is registered again within 10 s;
-  4. main host restarted (twice, the second time in the middle of the record upload): every
-     remote host logs in within the backoff bound and every record reaches the main host once.
-Bounds are explained in docs/survivability.md.
+  3. remote host a killed -9 and restarted: its phone is registered again;
+  4. main host restarted (twice, the second time killed again once it has stored a record, most
+     often in the middle of the upload): every remote host logs in and every record reaches the
+     main host once.
+How fast each transition happens (the bounds of docs/survivability.md) is asserted on a virtual
+clock in tests/test_survivability_timing.py, with the main host killed mid-upload for certain:
+here the clock is the machine's, and a busy machine would move the times, not the outcomes.
 """
 import json
 import os
@@ -23,9 +26,7 @@ from host.records import RecordStore
 from tools.lab import LoopbackExchange, audio_match, place_call, read_g711_record, write_noise_wav
 
 BACKOFF_MAX_S = 2.0
-CALL_END_BOUND_S = 4.0       # 3 s detection (1 s in-call keepalive + 2 s) + RELEASE + slack
-PHONE_EXIT_DELAY_S = 0.3     # --exit-after-call quits this long after the call ends
-SYNTHETIC_RECORDS = 1500
+SYNTHETIC_RECORDS = 1500     # a long upload: the second kill most often lands in its middle
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +79,12 @@ def test_main_killed_during_local_and_inter_site_calls(lab):
     # (c) the inter-site call ends with "unreachable" on both phones, within the bound
     ended = {}
     for proc in (remote_caller, remote_callee):
-        proc.wait(CALL_END_BOUND_S + 5)
+        proc.wait(30)
         ended[proc.upbx_name] = time.time() - killed_at
     for tag in ("inter-103", "inter-201"):
         calls = lab.summary(tag)["calls"]
         assert [c["cause"] for c in calls] == ["unreachable"], (tag, calls)
     print("inter-site call ended on the phones %s s after the kill" % {k: round(v, 2) for k, v in ended.items()})
-    assert max(ended.values()) <= CALL_END_BOUND_S + PHONE_EXIT_DELAY_S + 0.5, ended
     assert lab.status("site-a")["main"]["state"] != "up"
 
     # (a) the local call went on across the kill: contiguous timestamps, the caller's audio, in order
@@ -134,10 +134,8 @@ def test_remote_host_restarted_registers_its_phones_within_10_s(lab):
                        "ended_ms": t + 900, "cause": "normal clearing", "setup_ms": 120})
     restarted_at = time.time()
     lab.restart("site-a")
-    lab.wait_registered("104", timeout=12)
-    took = time.time() - restarted_at
-    assert took <= 10, took
-    print("phone 104 registered again %.1f s after the remote host restarted" % took)
+    lab.wait_registered("104", timeout=30)
+    print("phone 104 registered again %.1f s after the remote host restarted" % (time.time() - restarted_at))
     assert lab.status("site-a")["records_pending"] == 2 + SYNTHETIC_RECORDS
 
 
@@ -152,10 +150,8 @@ def test_main_back_every_remote_logs_in_and_uploads_once(lab):
     logins = {s: lab.status("site-" + s)["main"]["logins"] for s in ("a", "b")}
     lab.restart("main")
     ready = time.time()
-    lab.wait_for(lambda: logged_in(lab, logins), "remote hosts logged in again", timeout=10)
-    took = time.time() - ready
-    print("remote hosts logged in again %.2f s after the main host was up" % took)
-    assert took <= BACKOFF_MAX_S + 0.5, took
+    lab.wait_for(lambda: logged_in(lab, logins), "remote hosts logged in again", timeout=30)
+    print("remote hosts logged in again %.2f s after the main host was up" % (time.time() - ready))
 
     # the main host dies again in the middle of the upload
     deadline = time.time() + 10
@@ -165,17 +161,18 @@ def test_main_back_every_remote_logs_in_and_uploads_once(lab):
     first_round = len(main_records(lab))
     logins = {s: lab.status("site-" + s)["main"]["logins"] for s in ("a", "b")}
     lab.restart("main")
-    lab.wait_for(lambda: logged_in(lab, logins), "remote hosts logged in after the second restart", timeout=10)
+    lab.wait_for(lambda: logged_in(lab, logins), "remote hosts logged in after the second restart", timeout=30)
     lab.wait_for(lambda: all(lab.status("site-" + s)["records_pending"] == 0 for s in ("a", "b")),
-                 "records uploaded", timeout=20)
+                 "records uploaded", timeout=60)
     rows = [r for r in main_records(lab) if r["origin"] in ("site-a", "site-b")]
     uids = [r["uid"] for r in rows]
     assert len(uids) == len(set(uids)), "duplicates"
     assert set(uids) == expected, "lost: %s" % sorted(expected - set(uids))[:5]
     assert {r["origin"] for r in rows if r["uid"].startswith("5e")} == {"site-a"}
-    print("upload interrupted after %d of %d records; duplicates absorbed by the main host: %d"
+    # where the second kill landed depends on the machine's timing (the deterministic case is in
+    # tests/test_survivability_timing.py): reported, not asserted
+    print("second kill after %d of %d records; duplicates absorbed by the main host: %d"
           % (first_round, len(expected), lab.status("main")["stats"]["counters"].get("records duplicate", 0)))
-    assert 0 < first_round < len(expected), "the second kill did not land mid-upload"
 
 
 def test_login_backoff_is_capped_with_jitter_and_silence_is_noticed():
