@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tools import bench_net
+from tools import bench, bench_net
 
 ROOT = bench_net.ROOT
 
@@ -67,11 +67,17 @@ def test_computed_figures_match_the_protocol():
     assert bench_net.RTP_KBPS == 80.0
 
 
+# `upbx bench --json --quick` with every benchmark but the two long ones, which have tests of their
+# own that run them once: handset (test_bench_handset_quick...) and quality (test_bench_quality_quick...)
+SHORT = [name for name in bench.BENCHMARKS if name not in ("handset", "quality")]
+
+
 def test_bench_quick_json_has_every_key_with_sane_values():
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "--json", "--quick"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "--json", "--quick"] + SHORT, cwd=ROOT,
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout)
+    assert set(r) == {"machine"} | set(SHORT) | {key for key, name, _f in bench.SUMMARY if name in SHORT}
     assert r["machine"]["cpus"] >= 1
     assert set(r["wan_kbps_per_call"]) == {"1", "2", "5", "10", "30"}
     for n, kbps in r["wan_kbps_per_call"].items():
@@ -94,15 +100,39 @@ def test_bench_quick_json_has_every_key_with_sane_values():
     assert 0 < r["bytes_per_registered_phone"] < 10 ** 7
     assert r["registrations"]["phones"] > 0
     assert "cpython" in r["codec"]
+    # every table renders from these results (the text the command prints without --json)
+    for name in SHORT:
+        text = bench.TABLES.get(name, lambda result, name=name: bench._table_generic(name, result))(r[name])
+        assert text.startswith(name), (name, text[:200])
+    assert "IAX2 trunk" in bench.table_wan(r["wan"])
     for case in ("frozen", "mpy"):   # the handset's heap on the 32-bit build (tests/test_handset32.py asserts more)
         assert 0 < r["memory"][case]["import_bytes"] < r["memory"][case]["call_peak_live"]["B1"], r["memory"]
 
 
+def test_bench_quality_quick_scores_the_clean_and_lossy_calls():
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "quality", "--json", "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)["quality"]
+    assert [row["loss_pct"] for row in r["rows"]] == [0, 5]
+    clean, lossy = r["rows"]
+    assert clean["lost_pct_plc"] == clean["lost_pct_no_plc"] == 0
+    assert 3.0 <= lossy["lost_pct_plc"] <= 7.0 and 3.0 <= lossy["lost_pct_no_plc"] <= 7.0, lossy
+    for row in r["rows"]:
+        for key in ("mos_plc", "min_plc", "mos_no_plc", "min_no_plc"):
+            assert 1.0 <= row[key] <= 4.6, (key, row)
+        assert row["min_plc"] <= row["mos_plc"] and row["min_no_plc"] <= row["mos_no_plc"], row
+    assert 1.0 <= r["codec_only"]["mos"] <= 4.6 and len(r["codec_only"]["per_sample"]) == len(r["corpus"]) == 2
+    assert bench.table_quality(r).startswith("quality:")
+
+
 def test_bench_runs_one_benchmark_by_name_and_refuses_unknown_ones():
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "wan", "--quick"], cwd=ROOT,
+    # a short one (the wan table's text is checked from real results in the --json test)
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "handshake", "--quick"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "IAX2 trunk" in out.stdout and "machine:" in out.stdout and "codec" not in out.stdout
+    assert out.stdout.startswith("machine:") and "\nhandshake" in out.stdout
+    assert "codec" not in out.stdout and "wan" not in out.stdout and "registrations" not in out.stdout
     out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "nonesuch"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown benchmark" in out.stderr
