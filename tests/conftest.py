@@ -29,29 +29,20 @@ def pytest_make_collect_report(collector):
     _skip_is_failure(outcome.get_result())
 
 
-# Parallel runs (pytest-xdist; `-n 4 --dist loadgroup` in pyproject.toml, docs/tests.md). Most of
-# the suite waits on real-time calls rather than the CPU. A module with a module-scoped fixture (one
-# exchange shared by its tests, some in phases) stays on one worker, in file order; the tests of
-# every other module each build their own world and are spread one by one. The longest start first
-# (LONG_FIRST, measured: docs/tests.md) so that no worker is left with one of them at the end.
-LONG_FIRST = ("test_bench.py", "test_load.py", "test_clock.py", "test_quality.py", "test_security.py",
-              "test_handset32.py", "test_fuzz.py", "test_calls.py", "test_silence_suppression.py",
-              "test_demo.py", "test_survivability.py", "test_nat.py", "test_admission.py", "test_sysinfo.py",
-              "test_handset.py", "test_survival.py")
-
-
-def _shares_a_module_fixture(item):
-    info = getattr(item, "_fixtureinfo", None)
-    return info is not None and any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs)
+# Parallel runs (pytest-xdist; `-n 4 --dist loadscope` in pyproject.toml, docs/tests.md). Most of
+# the suite waits on real-time calls rather than the CPU. Each module runs on one worker, in file
+# order (some share one exchange in a module-scoped fixture, some run in phases); the longest
+# modules start first (LONG_FIRST, measured: docs/tests.md) so that no worker is left with one of
+# them at the end.
+LONG_FIRST = ("test_security.py", "test_quality.py", "test_bench.py", "test_fuzz.py", "test_calls.py",
+              "test_clock.py", "test_nat.py", "test_load.py", "test_survivability.py", "test_handset32.py",
+              "test_handset.py", "test_survival.py", "test_silence_suppression.py", "test_admission.py",
+              "test_demo.py", "test_sysinfo.py")
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    for item in items:
-        if _shares_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
-    # stable: a module's tests keep their order
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: a module keeps its order
 
 
 from tests.support import unix32_binary  # noqa: E402

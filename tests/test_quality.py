@@ -2,11 +2,15 @@
 jittery link, scored with PESQ narrowband. A clean call must sound as good as G.711 itself
 (the transport adds nothing), jitter alone must not lose frames, and concealment must beat
 silence substitution by a clear margin, bridging most lost frames into the frame after them."""
+import json
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.support import require_tool
+from tests.support import ROOT, require_tool
+from tools import bench
 from tools.quality import LEVEL_DBOV, active_level_dbov, codec_ceiling, corpus, run_calls
 
 
@@ -44,3 +48,22 @@ def test_concealment_beats_silence_at_5_percent_loss_and_clean_calls_sound_like_
     # most losses are single frames with the next one already buffered: those are bridged
     assert plc["jitter"]["peeked"] >= 0.7 * plc["jitter"]["concealed"], plc["jitter"]
     assert silence["jitter"]["peeked"] == 0
+
+
+# `upbx bench quality --quick` here rather than in test_bench.py: its PESQ calls then never run at
+# the same time as the calls above (the test modules run in parallel, each module's tests in turn)
+def test_bench_quality_quick_scores_the_clean_and_lossy_calls():
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "quality", "--json", "--quick"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)["quality"]
+    assert [row["loss_pct"] for row in r["rows"]] == [0, 5]
+    clean, lossy = r["rows"]
+    assert clean["lost_pct_plc"] == clean["lost_pct_no_plc"] == 0
+    assert 3.0 <= lossy["lost_pct_plc"] <= 7.0 and 3.0 <= lossy["lost_pct_no_plc"] <= 7.0, lossy
+    for row in r["rows"]:
+        for key in ("mos_plc", "min_plc", "mos_no_plc", "min_no_plc"):
+            assert 1.0 <= row[key] <= 4.6, (key, row)
+        assert row["min_plc"] <= row["mos_plc"] and row["min_no_plc"] <= row["mos_no_plc"], row
+    assert 1.0 <= r["codec_only"]["mos"] <= 4.6 and len(r["codec_only"]["per_sample"]) == len(r["corpus"]) == 2
+    assert bench.table_quality(r).startswith("quality:")
