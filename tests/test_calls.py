@@ -63,46 +63,27 @@ def test_b3_local_call_media_never_touches_a_host(lab):
                              for r in json.loads(lab.admin("calls", "--json"))), "local record uploaded")
 
 
-def refused(lab, caller, callee, answer=True, callee_phone=False):
-    row = place_call(lab, caller, callee, "cause", seconds=1, answer=answer, callee_phone=callee_phone)
-    return row["cause"]
-
-
-def test_unknown_extension_is_shown_to_the_caller(lab):
-    assert refused(lab, "101", "999") == "unknown extension"
-
-
-def test_busy_when_the_called_phone_is_in_a_call(lab):
-    wav = lab.path("busy.wav")
-    write_noise_wav(wav, 10, 7)
-    talker = lab.phone("301", "--answer", "--exit-after", "12", tag="busy-301")
-    lab.wait_registered("301")
-    caller = lab.phone("302", "--send", wav, "--call", "301", "--duration", "6", "--exit-after", "10",
-                       tag="busy-302")
-    lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status("main")["calls"]), "first call up")
-    third = lab.phone("101", "--call", "301", "--exit-after-call", "--exit-after", "8", tag="busy-101")
-    third.wait(15)
-    assert lab.summary("busy-101")["calls"][0]["cause"] == "busy"
-    caller.wait(15)
-    talker.wait(15)
-
-
-def test_unreachable_when_the_called_phone_is_not_registered(lab):
-    caller = lab.phone("101", "--call", "201", "--exit-after-call", "--exit-after", "8", tag="unreach")
-    caller.wait(15)
-    assert lab.summary("unreach")["calls"][0]["cause"] == "unreachable"
-
-
-def test_not_permitted_for_a_barred_extension_local_call(lab):
-    assert refused(lab, "202", "201") == "not permitted"
+def test_each_refusal_cause_reaches_the_calling_handset(lab):
+    """Four refused calls at once, each from a firmware phone: the cause it shows. (Busy, and every
+    cause's decision frame by frame on a virtual clock: tests/test_routing.py; the tones each cause
+    plays: tests/test_handset.py, tests/test_admission.py.)"""
+    ringing = lab.phone("302", "--exit-after-call", "--exit-after", "15", tag="cause-302")   # never answers
+    lab.wait_registered("302")
+    callers = {tag: lab.phone(caller, "--call", callee, "--exit-after-call", "--exit-after", "15", tag=tag)
+               for tag, caller, callee in (("cause-unknown", "101", "999"),
+                                           ("cause-unreachable", "102", "201"),   # 201 is not running
+                                           ("cause-barred", "202", "201"),        # 202 is barred: local call
+                                           ("cause-no-answer", "301", "302"))}   # ring_timeout_s = 3
+    for proc in list(callers.values()) + [ringing]:
+        proc.wait(30)
+    shown = {tag: [c["cause"] for c in lab.summary(tag)["calls"]] for tag in callers}
+    assert shown == {"cause-unknown": ["unknown extension"], "cause-unreachable": ["unreachable"],
+                     "cause-barred": ["not permitted"], "cause-no-answer": ["no answer"]}, shown
+    assert [c["cause"] for c in lab.summary("cause-302")["calls"]] == ["no answer"]
 
 
 # "network busy" (call admission, B5) is tested in tests/test_admission.py: an uplink budget
 # counts incoming calls too, so it cannot share this lab, whose B2 calls go into site b.
-
-
-def test_no_answer_after_the_ring_timeout(lab):
-    assert refused(lab, "101", "301", answer=False, callee_phone=True) == "no answer"
 
 
 def test_dtmf_reaches_the_far_phone(lab):

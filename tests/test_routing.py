@@ -1,0 +1,137 @@
+"""Routing decisions on the real hosts in one process (tests/inprocess.py: MainHost, RemoteHost,
+their SQLite directory and configuration files, handsets' protocol cores, a virtual clock).
+
+Every cause a caller can be shown, B1/B3 paths, and B5 call admission: what the hosts decide
+and send, frame by frame. tests/test_calls.py and tests/test_admission.py place the same kinds of
+calls between real firmware phones on real sockets and check what the handset shows and plays.
+"""
+from common import wire
+from common.media import call_kbps
+from host.directory import Directory
+from tests.inprocess import World
+
+
+def _world(tmp_path, phones, **kwargs):
+    world = World(tmp_path, **kwargs)
+    world.start_remote()
+    for i, number in enumerate(phones):
+        world.add_phone(number, i + 1)
+    world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 3000, "registered")
+    return world
+
+
+def _refused(world, caller, callee, limit_ms=1000):
+    """caller dials callee; returns (cause, virtual ms until the caller's call ended)."""
+    end = world.phones[caller]
+    assert end.phone.dial(callee, world.net.now)
+    end.flush()
+    before = len(end.causes())
+    took = world.run_until(lambda: len(end.causes()) > before, limit_ms, "%s -> %s ended" % (caller, callee))
+    return end.causes()[-1], took
+
+
+def _rang(end):
+    end.take()
+    return [e for e in end.log if e[0] == "incoming"]
+
+
+def _flowing(a, b):
+    """Every frame each sent arrived at the other, once, in order, with its content."""
+    return a.sent and b.sent and b.received == a.sent and a.received == b.sent
+
+
+def test_every_cause_a_caller_can_be_shown(tmp_path):
+    world = _world(tmp_path, ("101", "102", "103", "104", "301", "302", "303"), ring_timeout_s=3)
+    try:
+        p = world.phones
+        with Directory(tmp_path / "main.sqlite") as d:
+            d.set_barred("104", True)
+        world.run(1200)        # the main host reads the change within a second and sends site a its directory
+        world.call("301", "302")
+        assert _refused(world, "101", "999")[0] == wire.CAUSE_UNKNOWN_EXTENSION
+        assert _refused(world, "101", "401")[0] == wire.CAUSE_UNREACHABLE     # site x: nobody registered
+        assert _refused(world, "102", "301")[0] == wire.CAUSE_BUSY
+        assert _refused(world, "104", "103")[0] == wire.CAUSE_NOT_PERMITTED   # barred: no local call
+        assert not _rang(p["103"]) and len(_rang(p["302"])) == 1               # refused calls rang nobody
+        cause, took = _refused(world, "101", "303", limit_ms=5000)
+        assert cause == wire.CAUSE_NO_ANSWER and 3000 <= took <= 3000 + 2 * 20, took  # ring_timeout_s = 3
+        assert len(_rang(p["303"])) == 1 and p["303"].causes() == [wire.CAUSE_NO_ANSWER] and p["303"].idle
+        # the call that made 301 busy went on through all of it
+        world.run(200)
+        assert p["301"].connected and p["302"].connected and _flowing(p["301"], p["302"])
+        world.hangup("301")
+        assert p["302"].causes() == [wire.CAUSE_NORMAL]
+        assert world.main.status()["calls"] == [] and world.a.status()["calls"] == []
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_b1_relays_through_both_hosts_and_b3_media_never_touches_a_host(tmp_path):
+    world = _world(tmp_path, ("101", "102", "301"))
+    try:
+        p = world.phones
+        media = lambda host: host.status()["stats"]["counters"].get("media in", 0)
+        world.call("101", "301")
+        assert [c["path"] for c in world.main.status()["calls"]] == ["relay"]
+        before = media(world.main), media(world.a)
+        world.run(1000)
+        assert _flowing(p["101"], p["301"])
+        # each voice frame crossed both hosts: 101's at site a (mini) then main (trunk entry), 301's at main
+        assert media(world.main) - before[0] >= len(p["101"].sent) + len(p["301"].sent) - 2
+        assert media(world.a) - before[1] >= len(p["101"].sent) - 1
+        world.hangup("301")
+        world.call("102", "101")
+        assert [c["path"] for c in world.a.status()["calls"]] == ["local"] and world.main.status()["calls"] == []
+        before = media(world.main), media(world.a)
+        world.run(1000)
+        assert _flowing(p["102"], p["101"])
+        assert (media(world.main), media(world.a)) == before            # phone to phone on the LAN
+        world.hangup("102")
+        world.run(100)
+        assert world.a.status()["records_pending"] == 0                 # its record reached the main host
+        with Directory(tmp_path / "main.sqlite") as d:
+            local = [r for r in d.call_records() if r.path == "local"]
+        assert [(r.caller, r.callee, r.origin) for r in local] == [("102", "101", "site-a")]
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_b5_call_n_plus_one_is_refused_with_network_busy_while_local_calls_work(tmp_path):
+    # the budget admits exactly two trunked calls (145.2 kbps for two, 210.8 for three)
+    assert call_kbps(2) <= 150 < call_kbps(3)
+    world = _world(tmp_path, ("101", "102", "103", "104", "301", "302", "303"), remote_settings={"uplink_kbps": 150})
+    try:
+        p = world.phones
+        world.call("101", "301")
+        world.call("102", "302")
+        uplink = world.a.status()["uplink"]
+        assert uplink["calls"] == 2 and uplink["committed_kbps"] == round(call_kbps(2), 1)
+        assert _refused(world, "103", "303")[0] == wire.CAUSE_NETWORK_BUSY    # outgoing call N+1
+        assert not _rang(p["303"])
+        assert _refused(world, "303", "104")[0] == wire.CAUSE_NETWORK_BUSY    # incoming: uses the uplink too
+        assert not _rang(p["104"])
+        world.call("104", "103")                                              # local: never counts
+        assert world.a.status()["uplink"]["calls"] == 2
+        world.run(500)
+        for a, b in (("101", "301"), ("102", "302"), ("104", "103")):
+            assert _flowing(p[a], p[b]), (a, b)
+        world.hangup("101")
+        world.call("303", "101")                                              # room again
+        assert world.a.status()["uplink"]["calls"] == 2
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_b5_a_budget_below_one_call_refuses_every_uplink_call(tmp_path):
+    world = _world(tmp_path, ("101", "102", "301"), remote_settings={"uplink_kbps": 50})
+    try:
+        assert _refused(world, "101", "301")[0] == wire.CAUSE_NETWORK_BUSY
+        assert _refused(world, "301", "102")[0] == wire.CAUSE_NETWORK_BUSY
+        world.call("101", "102")
+        world.run(200)
+        assert _flowing(world.phones["101"], world.phones["102"])
+    finally:
+        world.close()
