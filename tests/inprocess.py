@@ -35,9 +35,23 @@ class Net:
         self.queue = collections.deque()
         self.delivered = 0
         self.errors = []            # exceptions a host raised on a datagram (internal errors)
+        self.wan = set()            # addresses on the Internet side of every router
+        self.nat = {}               # inside address -> the public address its router gives it
 
     def send(self, data, source, destination):
-        self.queue.append((bytes(data), source, tuple(destination[:2])))
+        destination = tuple(destination[:2])
+        if source in self.nat and destination in self.wan:
+            source = self.nat[source]
+        self.queue.append((bytes(data), source, destination))
+
+    def _endpoint(self, destination, source):
+        if source in self.wan:      # from the Internet: a router's public address, mapped to whom it is now
+            inside = [a for a, public in self.nat.items() if public == destination]
+            if inside:
+                return self.endpoints.get(inside[0])
+            if destination in self.nat:
+                return None         # an address behind a router is not reachable from outside
+        return self.endpoints.get(destination)
 
     def run(self, limit=None):
         """Deliver until nothing is left in flight (or `limit` datagrams); returns the hosts that
@@ -46,7 +60,7 @@ class Net:
         while self.queue and limit != 0:
             limit = None if limit is None else limit - 1
             data, source, destination = self.queue.popleft()
-            handler = self.endpoints.get(destination)
+            handler = self._endpoint(destination, source)
             if handler is not None:
                 self.delivered += 1
                 owner = handler(data, source)
@@ -216,6 +230,8 @@ class World:
             '[main]\nlisten = "%s:%d"\ndatabase = "main.sqlite"\nlog_level = "error"\nring_timeout_s = %d\n'
             % (MAIN[0], MAIN[1], ring_timeout_s))
         self.main = self.a = None
+        self.net.wan.add(MAIN)
+        self.net.nat[SITE_A] = SITE_A       # site a's router: its public address (move_site_a)
         self.start_main()
         (tmp_path / "site-a.toml").write_text(
             '[remote]\nname = "site-a"\nsecret = "%s"\nmain = "%s:%d"\nlisten = "%s:%d"\nlog_level = "error"\n'
@@ -252,6 +268,18 @@ class World:
         attach_host(self.net, self.a, SITE_A)
         self.a.on_start(self.net.now)
         self.settle()
+
+    def move_site_a(self, public):
+        """Site a's router gets a new public address (B7): what the main host sends to the old one
+        is lost; what site a sends the main host comes from the new one."""
+        self.net.nat[SITE_A] = public
+
+    def move_phone(self, number, address):
+        """A phone's address (as its host sees it) changes: nothing reaches it at the old one."""
+        end = self.phones[number]
+        del self.net.endpoints[end.address]
+        end.address = address
+        self.net.endpoints[address] = end._receive
 
     def start_remote(self):
         self.a.on_start(self.net.now)
