@@ -134,9 +134,9 @@ def test_b7_idle_site_stays_reachable_after_an_address_change(cone):
     assert cone.host_address_at_main("a").startswith("198.18.1.103:")
     assert any("peer=site-a address=198.18.1.103:" in line for line in cone.log_lines("main", "address-changed"))
     assert cone.status("site-a")["main"]["logins"] == 1
-    # the SETUP to the old address is lost; main resends it to the address A's next
-    # keepalive shows, so the ring comes at most a keepalive plus a resend interval late
-    assert row["call"]["setup_ms"] < (KEEPALIVE_S + 4.5) * 1000, row["call"]
+    # the SETUP to the old address is lost; main resends it to the address A's next keepalive
+    # shows: the ring comes at most a keepalive plus a resend interval late (that bound is asserted
+    # on a virtual clock in tests/test_roaming.py; here the phone's setup time is reported)
     print("B7 idle: call from site C alerted at site A after %d ms (keepalive %d s)"
           % (row["call"]["setup_ms"], KEEPALIVE_S))
 
