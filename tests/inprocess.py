@@ -289,12 +289,19 @@ class World:
     def add_phone(self, number, index, dead_ms=None):
         """A phone at its host (site a's for 1xx, else the main host); dead_ms=2000 is the firmware's."""
         host = SITE_A if number.startswith("1") else MAIN
-        end = PhoneEnd(self.net, number, self.secrets[number], ("198.18.%d.%d" % (2, index), 40000), host,
-                       dead_ms)
+        end = PhoneEnd(self.net, number, self.secrets[number], ("198.18.%d.%d" % (2 + index // 256, index % 256),
+                                                                40000), host, dead_ms)
         self.phones[number] = end
         end.phone.start(self.net.now)
         end.flush()
         return end
+
+    def add_extensions(self, numbers, site):
+        """More extensions in the directory (site "a": behind remote host a; "c": at the main host),
+        as `upbx admin` adds them while everything runs; then add_phone each."""
+        with Directory(self.tmp / "main.sqlite") as directory:
+            for number, secret in directory.add_extensions([(n, site, "Phone " + n) for n in numbers]).items():
+                self.secrets[number] = secret
 
     def add_login(self, identity_ie, identity, address, host=MAIN):
         end = LoginEnd(self.net, identity_ie, identity, self.secrets[identity], address, host)
