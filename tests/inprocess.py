@@ -115,9 +115,14 @@ class PhoneEnd:
         self.sent = []              # payloads sent in the current call
         self.received = []          # payloads received in the current call
         self.log = []               # events the test has looked at
+        self.deaf_until = 0         # until then, what reaches this phone is lost (counted in dropped_in)
+        self.dropped_in = 0
         net.endpoints[address] = self._receive
 
     def _receive(self, data, source):
+        if self.net.now < self.deaf_until:
+            self.dropped_in += 1
+            return
         got = self.phone.receive(bytearray(data), self.net.now)
         if got is not None:
             self.received.append(bytes(got[1]))
