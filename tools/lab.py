@@ -3,6 +3,7 @@
 Used by `upbx demo` and the end-to-end tests. Everything it starts is a real
 process on real sockets; `close()` stops them all, also after a failure.
 """
+import contextlib
 import json
 import os
 import random
@@ -12,6 +13,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from host.daemon import query_status
@@ -78,6 +80,29 @@ def audio_match(sent_wav, record_path, sent, gap_frames=0):
     return sent > 0 and len(found) >= 0.95 * sent - gap_frames and in_order and not foreign, len(found)
 
 
+@contextlib.contextmanager
+def _stops_held():
+    """SIGTERM and Ctrl-C wait until the block is done: a child being started is known to close()
+    (one interrupted inside Popen ran on, unknown, after everything else was stopped)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    signums = (signal.SIGTERM, signal.SIGINT)
+    previous = {n: signal.signal(n, lambda signum, frame: held.append(signum)) for n in signums}
+    try:
+        yield
+    finally:
+        for n in signums:
+            signal.signal(n, previous[n])
+        for signum in held[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
+
+
 class LoopbackExchange:
     """Main host + remote hosts for sites a, b + site c with phones straight at the main host."""
 
@@ -139,10 +164,11 @@ class LoopbackExchange:
     def spawn(self, name, argv, **kwargs):
         log = open(self.path(name + ".log"), "ab")
         # own process group: a phone's wrapper and its MicroPython child are stopped together
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                **kwargs)
-        proc.upbx_name = name
-        self.procs.append(proc)
+        with _stops_held():
+            proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    **kwargs)
+            proc.upbx_name = name
+            self.procs.append(proc)
         self.argv[name] = (argv, kwargs)
         return proc
 
