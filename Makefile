@@ -38,6 +38,7 @@ demo: setup
 images: setup
 	$(PY) -m tools.images
 
+# 4 pytest-xdist workers, each module on one, the longest first (pyproject.toml addopts, docs/tests.md)
 test: setup images
 	$(VENV)/bin/pytest -q
 
