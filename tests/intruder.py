@@ -65,6 +65,17 @@ class Intruder:
             self.pump(0.05)
         return self
 
+    def pump_until(self, predicate, what, timeout=15, others=()):
+        """Pump (and pump `others`, other intruders that must keep acknowledging) until predicate()
+        holds; the timeout only guards against a hang."""
+        deadline = time.time() + timeout
+        while not predicate():
+            if time.time() > deadline:
+                raise TimeoutError("intruder %s: timed out waiting for %s" % (self.login.identity, what))
+            self.pump(0.02)
+            for other in others:
+                other.pump(0)
+
     def pump(self, seconds=0.0):
         """Receive for `seconds` (at least once), acknowledge, run timers, send what is due."""
         deadline = time.time() + seconds

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from common import wire
+from host.directory import Directory
 from tests.intruder import Intruder, Tap
 from tools.lab import ROOT, LoopbackExchange, audio_match, place_call, upbx, write_noise_wav
 
@@ -279,7 +280,7 @@ def test_a_remote_host_cannot_call_with_another_sites_caller_id():
             for n, calling in enumerate(("101", "301", "999")):     # site a, site c, nobody
                 x.send(wire.SETUP, {wire.IE_CALL_NO: 10 + n, wire.IE_CALLED: "302", wire.IE_CALLING: calling,
                                     wire.IE_MEDIA_KEY: bytes(16)})
-            x.pump(1.0)
+            x.pump_until(lambda: len(_causes(x)) >= 3, "three refusals")
             assert _causes(x) == [wire.CAUSE_NOT_PERMITTED] * 3
             # its own extension is a caller it may use: that call rings 302
             x.send(wire.SETUP, {wire.IE_CALL_NO: 20, wire.IE_CALLED: "302", wire.IE_CALLING: "401",
@@ -316,23 +317,28 @@ def test_a_caller_chosen_call_id_neither_hides_calls_nor_erases_records():
             y.log_in()
             lab.admin("ext", "add", "402", "--site", "x")
             lab.admin("ext", "add", "502", "--site", "y")
-            time.sleep(1.2)    # the main host reads the new extensions
+            with Directory(lab.path("main.sqlite")) as d:
+                version = d.sysinfo()[0]
+            x.pump_until(lambda: lab.status("main")["sysinfo_version"] == version, "main read the new extensions",
+                         others=(y,))
             # an honest call first: its id is now known to whoever took part (here: site-y)
             x.send(wire.SETUP, {wire.IE_CALL_NO: 1, wire.IE_CALLED: "501", wire.IE_CALLING: "401",
                                 wire.IE_MEDIA_KEY: bytes(16)})
-            y.pump(0.5)
-            known = [ies[wire.IE_CALL_ID] for t, ies in y.inbox if t == wire.SETUP][0]
+            setups = lambda: [ies[wire.IE_CALL_ID] for t, ies in y.inbox if t == wire.SETUP]
+            y.pump_until(lambda: setups(), "the honest SETUP at site-y", others=(x,))
+            known = setups()[0]
             # two concurrent calls and one later call, all claiming that id
             for n, (calling, called) in enumerate((("402", "501"), ("401", "502"))):
                 x.send(wire.SETUP, {wire.IE_CALL_NO: 2 + n, wire.IE_CALLED: called, wire.IE_CALLING: calling,
                                     wire.IE_MEDIA_KEY: bytes(16), wire.IE_CALL_ID: known})
-            y.pump(0.5)
+            y.pump_until(lambda: len(setups()) >= 3, "the two SETUPs at site-y", others=(x,))
             assert len(lab.status("main")["calls"]) == 3       # none hidden by another
             assert len({c["call"] for c in lab.status("main")["calls"]}) == 3
-            y.pump(3.0)                                        # all three ring out
+            y.pump_until(lambda: lab.status("main")["calls"] == [], "all three rang out", others=(x,))
             x.send(wire.SETUP, {wire.IE_CALL_NO: 5, wire.IE_CALLED: "501", wire.IE_CALLING: "401",
                                 wire.IE_MEDIA_KEY: bytes(16), wire.IE_CALL_ID: known})
-            y.pump(3.0)
+            y.pump_until(lambda: len(setups()) >= 4, "the later SETUP at site-y", others=(x,))
+            y.pump_until(lambda: lab.status("main")["calls"] == [], "the later call rang out", others=(x,))
         records = _records(lab)
         assert len(records) == 4, records                       # every call has its record
         assert len({r["uid"] for r in records}) == 4
@@ -366,8 +372,10 @@ def test_records_come_only_from_remote_hosts_about_their_own_site():
             _upload(x, "00000000000000a8", "401", "4020")                # good: stored
             _upload(x, "00000000000000a8", "401", "4020")                # again: stored once
             _upload(y, "00000000000000a8", "501", "5020")                # same uid, other host: its own
-            for who in (phone, x, y):
-                who.pump(0.5)
+            acks = lambda who: [t for t, _ies in who.inbox if t == wire.RECORDS]
+            # every upload answered or dropped: x's good record acknowledged twice, y's once, 7 dropped
+            phone.pump_until(lambda: len(acks(x)) >= 2 and len(acks(y)) >= 1
+                             and lab.status("main")["stats"]["dropped"] >= 7, "every upload handled", others=(x, y))
             status = lab.status("main")
         records = _records(lab)
         assert sorted((r["origin"], r["uid"], r["caller"]) for r in records) == [
