@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -345,20 +346,36 @@ def test_console_shows_timestamped_lines_and_sends_commands(stand_in):
     assert any(l.endswith("> !hangup\033[0m") for l in lines)
 
 
+def _read_until(proc, pattern, poke=None, timeout=30):
+    """The console's output up to the first match of pattern (waits for it: no fixed sleep);
+    poke() every half second meanwhile (a key typed before the console runs is flushed with the
+    terminal's settings)."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    poked = 0
+    while not re.search(pattern, out.decode(errors="replace")):
+        assert time.monotonic() < deadline and proc.poll() is None, out
+        if poke is not None and time.monotonic() - poked > 0.5:
+            poke()
+            poked = time.monotonic()
+        if select.select([proc.stdout], [], [], 0.1)[0]:
+            out += os.read(proc.stdout.fileno(), 4096)
+    return out
+
+
 def test_console_quits_on_ctrl_c_and_restores_the_terminal(stand_in):
     master, slave = pty.openpty()
     before = termios.tcgetattr(slave)
     proc = subprocess.Popen([PY, "-m", "tools.cli", "console", "--port", stand_in.link, "--color", "never"],
                             cwd=ROOT, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(1.0)
-        os.write(master, b"s")
-        time.sleep(0.7)
+        # "s" until the handset's answer shows the console runs and reads the keyboard
+        out = _read_until(proc, STAMP + r' I state \{"call": "idle"', poke=lambda: os.write(master, b"s"))
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        rest, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert termios.tcgetattr(slave) == before
-        assert re.search(STAMP + r' I state \{"call": "idle"', out.decode())
+        assert re.search(STAMP + r' I state \{"call": "idle"', (out + rest).decode())
         assert b"Traceback" not in err
     finally:
         if proc.poll() is None:
@@ -369,12 +386,12 @@ def test_console_quits_on_ctrl_c_and_restores_the_terminal(stand_in):
 
 def test_console_says_when_the_handset_goes_away(stand_in):
     proc = subprocess.Popen([PY, "-m", "tools.cli", "console", "--port", stand_in.link, "--script", "s"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = _read_until(proc, r' I state \{"call": "idle"')    # connected: the handset answered
     stand_in.stop()
-    out, err = proc.communicate(timeout=10)
+    rest, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
-    assert "console: %s closed" % stand_in.link in out
+    assert "console: %s closed" % stand_in.link in (out + rest).decode()
 
 
 def test_console_on_a_missing_port_says_so(tmp_path):
