@@ -20,10 +20,10 @@ from common.crypto import HmacKey
 from common.login import UP, Login
 from common.crypto import extend16
 from common.media import MediaLeg
-from host.sessions import SessionTable
+from host.peers import PeerTable
 
 SECRET = bytes(range(16))
-IDENTITY = ("ext", "201")
+IDENTITY = ("phone", "201")
 CLIENT_ADDR = ("198.18.0.10", 40000)
 FORGER_ADDR = ("198.18.99.99", 6666)
 
@@ -78,7 +78,7 @@ class World:
 
     def __init__(self):
         self.stats = Stats()
-        self.table = SessionTable(_lookup, self.stats, 60000)
+        self.table = PeerTable(_lookup, self.stats, 60000)
         nonce = bytes(range(0xA0, 0xB0))
         self.client = Login(wire.IE_EXTENSION, "201", SECRET, 0x105, lambda n: nonce[:n])
         self.client.start(0)
@@ -202,10 +202,10 @@ def run_receive_paths(data):
     if len(data) >= 3:  # shorter ones: see test_short_datagram_to_session_table_raises_only_decode_error
         peer, messages = _only_decode_error(W.table.receive, data, FORGER_ADDR, 50) or (None, [])
         if peer is not None or messages:
-            accepted.append(("SessionTable.receive", peer, messages))
+            accepted.append(("PeerTable.receive", peer, messages))
     result = _only_decode_error(W.table.handle_handshake, data, FORGER_ADDR, 50)
     if result is not None and result != (None, None):
-        accepted.append(("SessionTable.handle_handshake", result))
+        accepted.append(("PeerTable.handle_handshake", result))
     got = _only_decode_error(W.client.receive, data, 50)
     if got:
         accepted.append(("Login.receive", got))
@@ -256,7 +256,7 @@ def test_random_datagrams_are_rejected_by_every_receive_path(data):
 @given(mutations())
 def test_forged_handshakes_never_create_a_session(ops):
     """A fresh server (no state at all) sees forged HELLO and RESPONSE frames: no peer, no reply."""
-    table = SessionTable(_lookup, Stats(), 60000)
+    table = PeerTable(_lookup, Stats(), 60000)
     for frame in (W.hello, W.response):
         data = mutate(frame, ops)
         if data == frame:
@@ -293,7 +293,7 @@ def test_replayed_media_frames_are_rejected(order):
 # --- found by these tests (bugs since fixed): regression tests ----------------------
 
 def test_short_datagram_to_session_table_raises_only_decode_error():
-    table = SessionTable(_lookup, Stats(), 60000)
+    table = PeerTable(_lookup, Stats(), 60000)
     for data in (b"\x80", b"\xc0\x01"):
         _only_decode_error(table.receive, data, FORGER_ADDR, 0)
 
@@ -327,7 +327,7 @@ def test_replayed_login_response_does_not_replace_a_newer_session():
     """A RESPONSE recorded from an earlier login, replayed within its cookie's life, creates nothing."""
     w = World()
     first_response = w.response
-    peer = w.table.by_identity[("ext", "201")]
+    peer = w.table.by_identity[("phone", "201")]
     # the phone logs in again (new nonce): a new session replaces the first
     again = Login(wire.IE_EXTENSION, "201", SECRET, 9, lambda n: bytes([7]) * n)
     again.start(60)
@@ -340,4 +340,4 @@ def test_replayed_login_response_does_not_replace_a_newer_session():
     # the old RESPONSE comes back: the newer session stays
     reply, created = w.table.handle_handshake(first_response, CLIENT_ADDR, 70)
     assert created is None and reply is None
-    assert w.table.by_identity[("ext", "201")] is newer
+    assert w.table.by_identity[("phone", "201")] is newer
