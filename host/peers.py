@@ -193,6 +193,7 @@ class PeerTable:
         if channel.authenticated == before:
             self.stats.drop("bad tag")
             return None, []
+        self.dirty.add(peer)   # it may owe an acknowledgement, or an ACK freed room for queued messages
         if channel.new == new_before:
             # authentic but old (a duplicate, or a replay from anywhere): it may be acknowledged
             # again, but it says nothing about where the peer is or whether it is still there

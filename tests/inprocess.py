@@ -167,9 +167,10 @@ class World:
     """Main host, site a's remote host with phones 101 and 102, phones 301-303 at the main host,
     and site x (remote host site-x, extensions 401 and 402) for an attacker to log in as."""
 
-    def __init__(self, tmp_path, ring_timeout_s=30, site_a=None, extensions=(), barred=()):
+    def __init__(self, tmp_path, ring_timeout_s=30, site_a=None, extensions=(), barred=(), main_settings=""):
         """site_a: add_site keywords for site a (local_calls, local_call_quota); extensions:
-        more (number, site) pairs; barred: extensions barred from calling."""
+        more (number, site) pairs; barred: extensions barred from calling; main_settings: more
+        lines for main.toml."""
         self.tmp = tmp_path
         self.net = Net()
         directory = Directory(tmp_path / "main.sqlite")
@@ -185,8 +186,8 @@ class World:
             directory.set_barred(number, True)
         directory.close()
         (tmp_path / "main.toml").write_text(
-            '[main]\nlisten = "%s:%d"\ndatabase = "main.sqlite"\nlog_level = "error"\nring_timeout_s = %d\n'
-            % (MAIN[0], MAIN[1], ring_timeout_s))
+            '[main]\nlisten = "%s:%d"\ndatabase = "main.sqlite"\nlog_level = "error"\nring_timeout_s = %d\n%s'
+            % (MAIN[0], MAIN[1], ring_timeout_s, main_settings))
         self.main = MainHost(load_main_config(str(tmp_path / "main.toml")), StructuredLog("main", "error"))
         attach_host(self.net, self.main, MAIN)
         (tmp_path / "site-a.toml").write_text(
