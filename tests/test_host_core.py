@@ -6,7 +6,7 @@ when its timer is due, and how long a silent peer keeps its place.
 from common import wire
 from common.login import UP, Login
 from host.core import DSCP_CS3, DSCP_EF, TICK_MS
-from tests.inprocess import MAIN, SITE_A, World
+from tests.inprocess import SITE_A, World
 
 
 def test_a_core_answers_a_login_with_datagrams_to_send_and_does_nothing_on_its_own(tmp_path):
@@ -52,10 +52,6 @@ def test_media_goes_out_marked_ef_and_signalling_cs3(tmp_path):
         world.run(200)
         callee.phone.answer(world.net.now)
         world.run(200)
-        sent = []
-        original = world.net.send
-        world.net.send = lambda data, source, destination: (sent.append((bytes(data), source)),
-                                                           original(data, source, destination))
         marks = {}
         real = world.main.datagrams_to_send
 
