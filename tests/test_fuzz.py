@@ -28,10 +28,10 @@ from common import media, session, wire
 from common.crypto import HmacKey, extend16
 from common.login import UP, Login
 from common.media import MediaLeg
-from host.sessions import HandshakeKey, SessionTable
+from host.peers import HandshakeKey, PeerTable
 
 SECRET = bytes(range(16))
-IDENTITY = ("ext", "201")
+IDENTITY = ("phone", "201")
 CLIENT_ADDR = ("198.18.0.10", 40000)
 FORGER_ADDR = ("198.18.99.99", 6666)
 
@@ -112,7 +112,7 @@ class World:
         self.frames = {}           # name -> the real frame, in NAMES order
         # the server's cookie secret and first session index fixed: the same frames on every run
         with mock.patch("secrets.token_bytes", bytes), mock.patch("os.urandom", bytes):
-            self.table = SessionTable(_lookup, Stats(), 60000)
+            self.table = PeerTable(_lookup, Stats(), 60000)
         nonce = bytes(range(0xA0, 0xB0))
         self.client = Login(wire.IE_EXTENSION, "201", SECRET, 0x105, lambda n: nonce[:n])
         self.peer = None
@@ -294,10 +294,10 @@ def run_receive_paths(data):
     if len(data) >= 3:  # shorter ones: see test_short_datagram_to_session_table_raises_only_decode_error
         peer, messages = _only_decode_error(W.table.receive, data, FORGER_ADDR, 50) or (None, [])
         if peer is not None or messages:
-            accepted.append(("SessionTable.receive", peer, messages))
+            accepted.append(("PeerTable.receive", peer, messages))
     result = _only_decode_error(W.table.handle_handshake, data, FORGER_ADDR, 50)
     if result is not None and result != (None, None):
-        accepted.append(("SessionTable.handle_handshake", result))
+        accepted.append(("PeerTable.handle_handshake", result))
     got = _only_decode_error(W.client.receive, data, 50)
     if got:
         accepted.append(("Login.receive", got))
@@ -429,13 +429,13 @@ def test_enough_cases_in_total():
 # --- found by these tests (bugs since fixed): regression tests ----------------------
 
 def test_short_datagram_to_session_table_raises_only_decode_error():
-    table = SessionTable(_lookup, Stats(), 60000)
+    table = PeerTable(_lookup, Stats(), 60000)
     for data in (b"\x80", b"\xc0\x01"):
         _only_decode_error(table.receive, data, FORGER_ADDR, 0)
 
 
 def test_two_authentic_frames_in_the_same_millisecond_are_both_delivered():
-    """Regression: SessionTable once took the second frame of a millisecond for a forgery."""
+    """Regression: PeerTable once took the second frame of a millisecond for a forgery."""
     w = World()
     w.client.send(wire.DTMF, {wire.IE_DIGIT: "1"}, 100)
     w.client.send(wire.DTMF, {wire.IE_DIGIT: "2"}, 100)
@@ -463,7 +463,7 @@ def test_replayed_login_response_does_not_replace_a_newer_session():
     """A RESPONSE recorded from an earlier login, replayed within its cookie's life, creates nothing."""
     w = World()
     first_response = w.frames["response"]
-    peer = w.table.by_identity[("ext", "201")]
+    peer = w.table.by_identity[("phone", "201")]
     # the phone logs in again (new nonce): a new session replaces the first
     again = Login(wire.IE_EXTENSION, "201", SECRET, 9, lambda n: bytes([7]) * n)
     again.start(60)
@@ -476,4 +476,4 @@ def test_replayed_login_response_does_not_replace_a_newer_session():
     # the old RESPONSE comes back: the newer session stays
     reply, created = w.table.handle_handshake(first_response, CLIENT_ADDR, 70)
     assert created is None and reply is None
-    assert w.table.by_identity[("ext", "201")] is newer
+    assert w.table.by_identity[("phone", "201")] is newer
