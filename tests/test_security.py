@@ -196,10 +196,10 @@ def _causes_of_summary(lab, tag):
 
 
 # 4. Medium: the signalling tag did not cover the 64-bit sequence number -----------------------
-# (a property of common/: a phone's Login and the host's SessionTable in memory, 65,537 real messages)
+# (a property of common/: a phone's Login and the host's PeerTable in memory, 65,537 real messages)
 
 def _logged_in_phone():
-    """A phone's Login and the server's SessionTable in memory, the phone logged in."""
+    """A phone's Login and the server's PeerTable in memory, the phone logged in."""
     from common.login import UP, Login
     from host.core import Stats
     from host.peers import PeerTable

@@ -1,7 +1,7 @@
 """Bad input on both interpreters: a seeded random-mutation loop over the decoders and receive paths.
 
 The same rules as tests/test_fuzz.py (which uses hypothesis on CPython, and also
-covers host.sessions): only wire.DecodeError escapes; a forged frame is rejected
+covers host.peers): only wire.DecodeError escapes; a forged frame is rejected
 and changes nothing, both by the receiver that is about to accept the real frame
 (World: each forgery arrives just before the real frame, which must then get in)
 and by every receive path once everything is up; replayed media frames are
