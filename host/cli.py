@@ -1,5 +1,6 @@
 """`upbx main --config FILE` and `upbx remote --config FILE`: a host core in its daemon."""
 import asyncio
+import importlib
 import sys
 
 from host.config import ConfigError, load_main_config, load_remote_config
@@ -7,41 +8,30 @@ from host.daemon import Daemon
 from host.log import StructuredLog
 
 
-class MainCommand:
-    """`upbx main`"""
+class HostCommand:
+    """One of the two daemons: its configuration table and the core it runs."""
 
-    @staticmethod
-    def add_arguments(parser):
-        parser.add_argument("--config", required=True, help="TOML file with a [main] table")
+    def __init__(self, table, load, core):
+        self.table = table      # "main" or "remote"
+        self.load = load
+        self.core = core        # "module:Class"
 
-    @staticmethod
-    def run(args):
+    def add_arguments(self, parser):
+        parser.add_argument("--config", required=True, help="TOML file with a [%s] table" % self.table)
+
+    def run(self, args):
         try:
-            config = load_main_config(args.config)
+            config = self.load(args.config)
         except ConfigError as exc:
-            print("upbx main: %s" % exc, file=sys.stderr)
+            print("upbx %s: %s" % (self.table, exc), file=sys.stderr)
             return 2
-        from host.main_host import MainHost
-        core = MainHost(config, StructuredLog("main", config.log_level, config.log_format))
+        module, _, name = self.core.partition(":")
+        core_class = getattr(importlib.import_module(module), name)
+        log_name = "main" if self.table == "main" else config.name
+        core = core_class(config, StructuredLog(log_name, config.log_level, config.log_format))
         asyncio.run(Daemon(core, config.listen, config.control_socket).run())
         return 0
 
 
-class RemoteCommand:
-    """`upbx remote`"""
-
-    @staticmethod
-    def add_arguments(parser):
-        parser.add_argument("--config", required=True, help="TOML file with a [remote] table")
-
-    @staticmethod
-    def run(args):
-        try:
-            config = load_remote_config(args.config)
-        except ConfigError as exc:
-            print("upbx remote: %s" % exc, file=sys.stderr)
-            return 2
-        from host.remote_host import RemoteHost
-        core = RemoteHost(config, StructuredLog(config.name, config.log_level, config.log_format))
-        asyncio.run(Daemon(core, config.listen, config.control_socket).run())
-        return 0
+MainCommand = HostCommand("main", load_main_config, "host.main_host:MainHost")
+RemoteCommand = HostCommand("remote", load_remote_config, "host.remote_host:RemoteHost")

@@ -178,6 +178,14 @@ class HostCore:
     def wall_ms(self, now):
         return now + self.wall_offset_ms
 
+    def handshake(self, data, addr, now):
+        """A HELLO or RESPONSE: the reply (a CHALLENGE) goes back to addr; the new peer once a
+        login completes (the subclass attaches it), else None."""
+        reply, peer = self.peers.handle_handshake(data, addr, now)
+        if reply:
+            self.send(reply, addr)
+        return peer
+
     # call control both hosts share
 
     def count_message(self, msg_type):

@@ -86,9 +86,7 @@ class MainHost(HostCore):
         else:
             msg_type = wire.parse_full(data)[3]
             if msg_type in wire.HANDSHAKE_TYPES:
-                reply, peer = self.peers.handle_handshake(data, addr, now)
-                if reply:
-                    self.send(reply, addr)
+                peer = self.handshake(data, addr, now)
                 if peer:
                     self._logged_in(peer, now)
                 return

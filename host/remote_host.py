@@ -114,9 +114,7 @@ class RemoteHost(HostCore):
         elif index == self.login.local_index and self.login.state == UP and msg_type not in wire.HANDSHAKE_TYPES:
             self._from_main(data, now)  # main host frames authenticate by session, not address
         elif msg_type in wire.HANDSHAKE_TYPES:
-            reply, peer = self.peers.handle_handshake(data, addr, now)
-            if reply:
-                self.send(reply, addr)
+            peer = self.handshake(data, addr, now)
             if peer:
                 self._phone_registered(peer, now)
         else:
