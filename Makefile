@@ -8,8 +8,9 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.upbx-setup
-# gcc-multilib: the 32-bit MicroPython unix port (tools/images.py) that CI runs the handset on
-DEBS   := python3-venv python3-dev build-essential gcc-multilib iproute2 nftables socat espeak-ng
+# gcc-multilib: the 32-bit MicroPython unix port (tools/images.py) that CI runs the handset on;
+# systemd: systemd-analyze, which checks the units in host/systemd (tests/test_raspberry_pi.py)
+DEBS   := python3-venv python3-dev build-essential gcc-multilib iproute2 nftables socat espeak-ng systemd
 
 .PHONY: setup images demo test bench clean
 

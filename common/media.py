@@ -202,7 +202,6 @@ def open_trunk(session_auth, frame, extend):
 
 
 CODEC_BYTES_PER_MS = {"g711": 8}   # G.711 mu-law or A-law: 8000 samples/s, one byte each
-IP_UDP_HEADERS = 28                # IPv4 (20) + UDP (8)
 
 
 def call_kbps(calls, trunks=1, codec="g711", ptime_ms=20):
@@ -213,5 +212,5 @@ def call_kbps(calls, trunks=1, codec="g711", ptime_ms=20):
     """
     payload = CODEC_BYTES_PER_MS[codec] * ptime_ms
     per_packet = (calls * (wire.TRUNK_ENTRY_HEADER + payload)
-                  + trunks * (wire.TRUNK_HEADER + wire.MEDIA_TAG + IP_UDP_HEADERS))
+                  + trunks * (wire.TRUNK_HEADER + wire.MEDIA_TAG + wire.IP_UDP_HEADERS))
     return per_packet * 8 / ptime_ms

@@ -26,6 +26,7 @@ VOICE_BYTES = const(160)  # G.711, 20 ms at 8 kHz
 CN_BYTES = const(1)       # comfort noise: one level byte (G.711 Appendix II style)
 MAX_CALL_NO = const(0x7FFF)
 MAX_SESSION = const(0x3FFFFF)
+IP_UDP_HEADERS = const(28)  # IPv4 (20) + UDP (8): what each datagram costs on the wire beyond its payload
 
 # message types
 HELLO = const(0x01)

@@ -71,8 +71,9 @@ SECTIONS = {
     ] + _log_keys() + [
         Key("ring_timeout_s", "int", 30, "an unanswered call is given up after this many seconds", positive=True),
         Key("registration_ttl_s", "int", 120, "lifetime of a phone's registration unless renewed", positive=True),
-        Key("punch_timeout_s", "float", 2.0, "time allowed for UDP hole punching before relaying media", positive=True),
-        Key("keepalive_timeout_s", "int", 75, "a remote host is considered gone after this long without packets", positive=True),
+        Key("keepalive_timeout_s", "int", 75,
+            "a remote host is logged out after this long without a new authenticated packet (its calls end "
+            '"unreachable"); remote hosts send a keepalive every `keepalive_s`', positive=True),
         Key("direct_media", "bool", True, "let remote hosts exchange media directly (B2); false relays all media"),
         Key("trunk_mtu", "int", 1472, "largest trunk datagram (UDP payload bytes); more calls go in further datagrams", min=200, max=65000),
         Key("max_calls_per_host", "int", 1000,
@@ -96,6 +97,9 @@ SECTIONS = {
         Key("login_backoff_initial_s", "float", 1, "first wait before logging in again to the main host", positive=True),
         Key("login_backoff_max_s", "float", 30, "longest wait between login attempts (the wait doubles up to this)", positive=True),
         Key("trunk_mtu", "int", 1472, "largest trunk datagram (UDP payload bytes); more calls go in further datagrams", min=200, max=65000),
+        Key("punch_timeout_s", "float", 2.0,
+            "time allowed for UDP hole punching to another remote host before its calls' media stay relayed (B2)",
+            positive=True),
     ],
     "phone": [
         Key("extension", "digits", REQUIRED, "this handset's extension number"),

@@ -45,10 +45,12 @@ class Pair:
 class Pairs:
     """The pairs of one remote host, by peer name and by our receive index."""
 
-    def __init__(self, host_name, daemon, report, punch_timeout_ms, sessions):
+    def __init__(self, host_name, send, stats, log, report, punch_timeout_ms, peers):
         self.host_name = host_name
-        self.sessions = sessions          # our receive indices come from its table (one port, one space)
-        self.daemon = daemon              # send(), stats, log
+        self.peers = peers                # our receive indices come from its table (one port, one space)
+        self.send = send                  # send(data, address): the core's outbox
+        self.stats = stats
+        self.log = log
         self.report = report              # report(pair, path, now): tell the main host
         self.punch_timeout_ms = punch_timeout_ms
         self.by_name = {}
@@ -64,15 +66,15 @@ class Pairs:
         """A PUNCH_OFFER from the main host: start (or restart) punching towards the peer."""
         name = ies.get(wire.IE_PEER_NAME)
         if name is None or wire.IE_PEER_KEY not in ies or wire.IE_ADDRESS not in ies:
-            self.daemon.stats.drop("punch offer missing IEs")
+            self.stats.drop("punch offer missing IEs")
             return
         pair = self.by_name.get(name)
         if pair is None or pair.key != ies[wire.IE_PEER_KEY]:
             if pair is not None:   # a new key: the peer or we logged in again; start afresh
                 self.by_index.pop(pair.local_index, None)
-                self.sessions.release_index(pair.local_index)
+                self.peers.release_index(pair.local_index)
                 pair.link.up = False
-            index = self.sessions.reserve_index()
+            index = self.peers.reserve_index()
             pair = Pair(name, ies[wire.IE_PEER_KEY], ies.get(wire.IE_ROLE, 0), ies[wire.IE_ADDRESS], index, now)
             self.by_name[name] = pair
             self.by_index[index] = pair
@@ -80,23 +82,23 @@ class Pairs:
             pair.link.address = ies[wire.IE_ADDRESS]
             pair.started_ms = now
             pair.reported = None if not pair.link.up else pair.reported
-        self.daemon.log.info("punch-start", peer=name, address="%s:%d" % pair.link.address)
+        self.log.info("punch-start", peer=name, address="%s:%d" % pair.link.address)
 
     def _send(self, pair, now):
         ies = {wire.IE_HOST_NAME: self.host_name, wire.IE_SESSION_INDEX: pair.local_index,
                wire.IE_STATE: 1 if pair.heard else 0, wire.IE_TIME: now}
-        self.daemon.send(seal_handshake(pair.handshake, pair.link.peer_index, wire.PUNCH, ies), pair.link.address)
+        self.send(seal_handshake(pair.handshake, pair.link.peer_index, wire.PUNCH, ies), pair.link.address)
 
     def receive(self, data, addr, now):
         """A PUNCH frame from another remote host; forged or replayed ones are dropped and counted."""
         ies = wire.decode_ies(memoryview(data)[wire.FULL_HEADER:len(data) - wire.FULL_TAG], wire.FULL_HEADER)
         pair = self.by_name.get(ies.get(wire.IE_HOST_NAME))
         if pair is None or not verify_handshake(pair.handshake, data):
-            self.daemon.stats.drop("punch rejected")
+            self.stats.drop("punch rejected")
             return
         sent_at = ies.get(wire.IE_TIME, 0)
         if sent_at <= pair.last_time:
-            self.daemon.stats.drop("punch replayed")
+            self.stats.drop("punch replayed")
             return
         pair.last_time = sent_at
         pair.link.peer_index = ies.get(wire.IE_SESSION_INDEX, 0)
@@ -106,7 +108,7 @@ class Pairs:
         pair.heard = True
         if ies.get(wire.IE_STATE) == 1 and not pair.link.up:
             pair.link.up = True
-            self.daemon.log.info("direct-path", peer=pair.name, address="%s:%d" % addr)
+            self.log.info("direct-path", peer=pair.name, address="%s:%d" % addr)
             self.report(pair, wire.PATH_DIRECT, now)
         if first or not pair.link.up:
             self._send(pair, now)
@@ -123,7 +125,7 @@ class Pairs:
                     pair.next_punch_ms = now + PUNCH_INTERVAL_MS
                     self._send(pair, now)
             elif not pair.link.up and pair.reported is None:
-                self.daemon.log.info("relay-path", peer=pair.name,
+                self.log.info("relay-path", peer=pair.name,
                                      reason="no direct path within %d ms" % self.punch_timeout_ms)
                 self.report(pair, wire.PATH_RELAY, now)
             elif pair.link.up and now >= pair.next_punch_ms:

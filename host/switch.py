@@ -16,8 +16,11 @@ import itertools
 import os
 
 from common import wire
+from common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CONNECTED, DTMF_RECEIVED,
+                         DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, RINGBACK, SETUP_RECEIVED, SETUP_SENT, TIMEOUT,
+                         CallLeg)
 from common.crypto import HmacKey, extend16, hkdf
-from common.media import MediaLeg, open_trunk, seal_trunk
+from common.media import open_trunk, seal_trunk
 
 
 _SERIALS = itertools.count(1)
@@ -32,7 +35,7 @@ class Link:
         self.serial = next(_SERIALS)  # never reused: what ended calls remember instead of the link
         self.name = name
         self.kind = kind            # "phone", "host" (a remote host at the main host), "main", "pair"
-        self.session = session      # host.sessions.Peer
+        self.session = session      # host.peers.Peer
         self.login = login          # common.login.Login
         self._address = address
         self.trunk_auth = None      # pair links set these
@@ -74,40 +77,33 @@ class Link:
         return "<Link %s %s>" % (self.kind, self.name)
 
 
-class Leg:
-    def __init__(self, call_no, link, media_key, role):
-        self.call_no = call_no
-        self.link = link
-        self.peer_call_no = None
-        self.media = MediaLeg(media_key, role, call_no, 0)
-        self.media_key = media_key
-        self.direct = None          # (MediaLeg, Link or address) for B2 direct media
-        self.call = None
+def other_leg(leg):
+    """The call's leg on the far side of the switch from leg."""
+    call = leg.call
+    return call.b if call.a is leg else call.a
 
-    def learn_peer(self, call_no):
-        if call_no and self.peer_call_no is None:
-            self.peer_call_no = call_no
-            self.media.peer_call_no = call_no
 
-    def other(self):
-        return self.call.b if self.call.a is self else self.call.a
-
-    def send(self, msg_type, ies, now):
-        ies = dict(ies)
-        ies[wire.IE_CALL_NO] = self.call_no
-        if self.peer_call_no:
-            ies[wire.IE_PEER_CALL_NO] = self.peer_call_no
-        return self.link.send_signal(msg_type, ies, now)
+def send_on_leg(leg, msg_type, ies, now):
+    """A call message on leg's link, naming both ends' call numbers."""
+    ies = dict(ies)
+    ies[wire.IE_CALL_NO] = leg.call_no
+    if leg.peer_call_no:
+        ies[wire.IE_PEER_CALL_NO] = leg.peer_call_no
+    return leg.link.send_signal(msg_type, ies, now)
 
 
 class Call:
+    """A call through this host: leg a towards the caller (SETUP came in on it), leg b towards the
+    callee (SETUP went out on it). Its state is its legs' (common/call.py): "setup" until the callee
+    rings, "alerting", "answered", then "released"."""
+
     def __init__(self, call_id, caller, callee, now):
         self.call_id = call_id
         self.caller = caller
         self.callee = callee
         self.a = None
         self.b = None
-        self.state = "setup"
+        self.released = False
         self.started_ms = now
         self.alerted_ms = None
         self.answered_ms = None
@@ -119,15 +115,30 @@ class Call:
         self.punch = {}             # remote host name -> path it reported (B2)
 
     @property
+    def state(self):
+        if self.released:
+            return "released"
+        b = self.b.state if self.b is not None else IDLE
+        return "answered" if b == CONNECTED else "alerting" if b == RINGBACK else "setup"
+
+    @property
     def uid(self):
         return self.call_id.hex()
+
+    def punched_path(self):
+        """B2: "direct" once both remote hosts reported a direct path, "relay" once both reported
+        and one did not, None while a report is missing."""
+        if len(self.punch) < 2:
+            return None
+        return "direct" if all(v == wire.PATH_DIRECT for v in self.punch.values()) else "relay"
 
 
 class Switch:
     """Legs by our call number, trunk queues by link, media forwarding."""
 
-    def __init__(self, daemon, trunk_mtu=1472, max_legs=None):
-        self.daemon = daemon
+    def __init__(self, send, stats, trunk_mtu=1472, max_legs=None):
+        self.send = send              # send(data, address, voice): the core's outbox
+        self.stats = stats
         self.max_legs = max_legs or {}  # link kind -> most live legs one link may hold (absent: no cap)
         self.legs = {}
         self.calls = {}
@@ -155,12 +166,12 @@ class Switch:
         Checked before anything is created, so a refused SETUP leaves no state.
         """
         if len(self.legs) + len(links) > wire.MAX_CALL_NO:
-            self.daemon.stats.drop("no free call number")
+            self.stats.drop("no free call number")
             return wire.CAUSE_NETWORK_BUSY
         for link in links:
             cap = self.max_legs.get(link.kind)
             if cap is not None and link.legs + links.count(link) > cap:
-                self.daemon.stats.drop("calls per peer")
+                self.stats.drop("calls per peer")
                 return wire.CAUSE_NETWORK_BUSY
         return None
 
@@ -169,11 +180,40 @@ class Switch:
         call_no = self.allocate_call_no()
         if call_no is None:
             raise RuntimeError("no free call number: admit() was not asked")
-        leg = Leg(call_no, link, media_key, role)
+        leg = CallLeg(call_no, media_key, role)
+        leg.link = link
         leg.call = call
         self.legs[call_no] = leg
         link.legs += 1
         return leg
+
+    def incoming(self, call, link, ies):
+        """Leg a of call: the SETUP (ies) that came in on link, checked by the caller of this."""
+        leg = call.a = self.new_leg(link, ies[wire.IE_MEDIA_KEY], 1, call)
+        leg.learn_peer(ies[wire.IE_CALL_NO])
+        leg.apply(SETUP_RECEIVED)
+        return leg
+
+    def offer(self, call, link, now, name=None, local=False, call_id=True):
+        """Leg b of call: a SETUP to the callee on link with a fresh media key, the caller's name
+        (None: none), the call's id (not towards the main host, which chooses the ids of the
+        calls it switches); local: a site's own call (B3), the phones send media to each other."""
+        leg = call.b = self.new_leg(link, os.urandom(16), 0, call)
+        ies = {wire.IE_CALLED: call.callee, wire.IE_CALLING: call.caller, wire.IE_MEDIA_KEY: leg.media_key}
+        if name is not None:
+            ies[wire.IE_CALLING_NAME] = name
+        if call_id:
+            ies[wire.IE_CALL_ID] = call.call_id
+        if local:
+            ies[wire.IE_PATH] = wire.PATH_LOCAL
+        send_on_leg(leg, wire.SETUP, ies, now)
+        leg.apply(SETUP_SENT)
+        return leg
+
+    def release(self, leg, cause, now):
+        """RELEASE with cause on leg (its call ends; end_call() does the rest)."""
+        if leg.apply(RELEASE_SENT) is not None:
+            send_on_leg(leg, wire.RELEASE, {wire.IE_CAUSE: cause}, now)
 
     def new_call(self, caller, callee, now, call_id=None):
         """A call keyed by call_id; None, or an id already in use, gets a fresh random one."""
@@ -184,14 +224,15 @@ class Switch:
         return call
 
     def end_call(self, call, cause, now):
-        if call.state == "released":
+        if call.released:
             return False
-        call.state = "released"
+        call.released = True
         call.cause = cause
         call.ended_ms = now
         self._forget_ended(now)
         for leg in (call.a, call.b):
             if leg is not None and self.legs.get(leg.call_no) is leg:
+                leg.apply(TIMEOUT)    # released, whatever ended the call
                 del self.legs[leg.call_no]
                 leg.link.legs -= 1
                 media = leg.direct[0] if leg.direct else leg.media
@@ -210,31 +251,37 @@ class Switch:
             if entry is not None and entry[3] == when:   # not a later call's that ended with this number
                 del ended[call_no]
 
+    # a message from the far end of one leg, and what the switch says on the other leg
+    _PASS = {wire.ALERTING: (ALERTING_RECEIVED, ALERTING_SENT), wire.ANSWER: (ANSWER_RECEIVED, ANSWER_SENT),
+             wire.DTMF: (DTMF_RECEIVED, DTMF_SENT), wire.RELEASE: (RELEASE_RECEIVED, RELEASE_SENT)}
+
     def pass_on(self, leg, msg_type, ies, now):
-        """Apply ALERTING, ANSWER, DTMF or RELEASE from leg to its call and forward it to the
-        other leg; returns what happened ("alerting", "answered", "dtmf", "released" or None)."""
-        call = leg.call
-        other = leg.other()
-        if other is None:
+        """ALERTING, ANSWER, DTMF or RELEASE from leg's far end, passed on to the other leg when both
+        legs' state machines allow it (common/call.py); returns msg_type, or None when it was out of
+        turn (e.g. ANSWER from the caller's side, or before the other leg is set up)."""
+        other = other_leg(leg)
+        events = self._PASS.get(msg_type)
+        if other is None or events is None or (msg_type == wire.DTMF and wire.IE_DIGIT not in ies):
             return None
-        if msg_type == wire.ALERTING and call.state == "setup":
-            call.state = "alerting"
+        received, sent = events
+        if msg_type == wire.RELEASE:   # always ends the call, whatever the other leg's state
+            leg.apply(received)
+            leg.call.cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
+            self.release(other, leg.call.cause, now)
+            return msg_type
+        before = leg.state
+        if leg.apply(received) is None:
+            return None
+        if other.apply(sent) is None:
+            leg.state = before
+            return None
+        call = leg.call
+        if msg_type == wire.ALERTING:
             call.alerted_ms = now
-            other.send(wire.ALERTING, {}, now)
-            return "alerting"
-        if msg_type == wire.ANSWER and call.state in ("setup", "alerting"):
-            call.state = "answered"
+        elif msg_type == wire.ANSWER:
             call.answered_ms = now
-            other.send(wire.ANSWER, {}, now)
-            return "answered"
-        if msg_type == wire.DTMF and wire.IE_DIGIT in ies:
-            other.send(wire.DTMF, {wire.IE_DIGIT: ies[wire.IE_DIGIT]}, now)
-            return "dtmf"
-        if msg_type == wire.RELEASE:
-            call.cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
-            other.send(wire.RELEASE, {wire.IE_CAUSE: call.cause}, now)
-            return "released"
-        return None
+        send_on_leg(other, msg_type, {wire.IE_DIGIT: ies[wire.IE_DIGIT]} if msg_type == wire.DTMF else {}, now)
+        return msg_type
 
     def leg_for(self, ies, link):
         """Our leg named by a message's peer call number, if it belongs to this link."""
@@ -249,23 +296,24 @@ class Switch:
 
     # media in
 
-    def mini_in(self, frame, address, now):
+    def mini_in(self, frame, now):
+        """Open a mini frame from a phone and forward it; the leg when the frame was new (its
+        phone may have moved: the caller notes the address), else None (dropped, counted)."""
         call_no, _ts = wire.parse_mini(frame)
         leg = self.legs.get(call_no)
         if leg is None:
-            self.daemon.stats.drop("unknown call number")
-            return
+            self.stats.drop("unknown call number")
+            return None
         if leg.link.trunked:
-            self.daemon.stats.drop("mini frame for a trunked leg")  # host links send trunk frames only
-            return
+            self.stats.drop("mini frame for a trunked leg")  # host links send trunk frames only
+            return None
         ts = leg.media.open_mini(frame)
         if ts is None:
-            self.daemon.stats.drop("media rejected")
-            return
-        self.daemon.stats.count("media in")
-        if leg.link.kind == "phone" and leg.link.session is not None:
-            self.daemon.sessions.touch(leg.link.session, address, now)
+            self.stats.drop("media rejected")
+            return None
+        self.stats.count("media in")
         self.forward(leg, ts, bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]), now)
+        return leg
 
     def trunk_in(self, frame, link, now, direct=False):
         """Open a trunk frame from link and forward its entries; True when it carried new media.
@@ -298,7 +346,7 @@ class Switch:
             return extend16(gone[0], ts16)
 
         entries = open_trunk(auth, frame, extend)
-        stats = self.daemon.stats
+        stats = self.stats
         if entries is None:
             stats.drop("trunk rejected")
             return False
@@ -325,10 +373,10 @@ class Switch:
 
     def forward(self, leg, ts, payload, now):
         call = leg.call
-        if call.state != "answered" and call.state != "alerting":
-            self.daemon.stats.drop("media before answer")
-            return
-        out = leg.other()
+        if call.b is None or call.b.state not in (CONNECTED, RINGBACK):
+            self.stats.drop("media before answer")
+            return None
+        out = other_leg(leg)
         if out.peer_call_no is None:
             return None
         call.frames += 1
@@ -343,7 +391,7 @@ class Switch:
         else:
             link = leg.link
             if not link.trunked:
-                self.daemon.send(leg.media.seal_mini(ts, payload), link.address, voice=True)
+                self.send(leg.media.seal_mini(ts, payload), link.address, True)
                 return None
             media = leg.media
         queue = self._trunks.get(link)
@@ -352,7 +400,7 @@ class Switch:
         queue.append((media, ts, payload))
         return link
 
-    def flush(self, now):
+    def flush(self):
         """Send every queued frame, one trunk datagram per peer host per tick (MTU permitting)."""
         trunks = self._trunks
         self._trunks = {}
@@ -360,7 +408,7 @@ class Switch:
         for link, entries in trunks.items():
             self._send_trunks(link, entries)
 
-    def flush_relayed(self, now):
+    def flush_relayed(self):
         """Send the queues that frames of received trunk frames went to, now rather than at the tick.
 
         A relaying host calls this once it has handled the datagrams that were
@@ -394,9 +442,9 @@ class Switch:
                 j += 1
             frame = seal_trunk(auth, index, entries[i:j] if i or j < count else entries, self._buf)
             i = j
-            self.daemon.send(frame, link.address, voice=True)
-            self.daemon.stats.count("trunks out")
-            self.bytes_out_by_link[link.name] = self.bytes_out_by_link.get(link.name, 0) + len(frame) + 28
+            self.send(frame, link.address, True)
+            self.stats.count("trunks out")
+            self.bytes_out_by_link[link.name] = self.bytes_out_by_link.get(link.name, 0) + len(frame) + wire.IP_UDP_HEADERS
 
 
 def pair_keys(pair_key, role):

@@ -1,13 +1,13 @@
-"""The real host objects in one process, on a virtual network with a virtual clock.
+"""The real host cores in one process, on a virtual network with a virtual clock.
 
-`World` builds a MainHost and a RemoteHost from real configuration files and a
-real SQLite directory, gives each a socket object that puts datagrams on `Net`
-instead of the wire, and drives them as their daemon loop would: every datagram
-goes to `on_datagram` (a DecodeError is counted as the daemon counts it; any
-other exception fails the test, which is stricter than the daemon), `on_burst`
-after each batch, `on_tick` every 20 ms. Phones are common.phone.Phone (the
-handset's protocol core) and attackers common.login.Login, on the same network.
-Nothing is mocked but the socket and the clock: hours of calls run in seconds.
+`World` builds a MainHost and a RemoteHost core from real configuration files and a
+real SQLite directory and drives them through their sans-IO surface, as their daemon
+would (host/daemon.py): every datagram goes to `receive_datagram` (a DecodeError is
+counted there; any other exception fails the test, which is stricter than the daemon),
+`datagrams_to_send()` after each batch goes onto `Net`, `handle_timer` every 20 ms.
+Phones are common.phone.Phone (the handset's protocol core) and attackers
+common.login.Login, on the same network. Nothing is mocked: there is just no socket
+and no clock, so hours of calls run in seconds.
 """
 import collections
 import json
@@ -18,12 +18,14 @@ from common.login import UP, Login
 from common.phone import CONNECTED, Phone
 from host.config import load_main_config, load_remote_config
 from host.directory import Directory
-from host.main import MainHost
-from host.remote import RemoteHost
+from host.log import StructuredLog
+from host.main_host import MainHost
+from host.remote_host import RemoteHost
 
 MAIN = ("198.18.0.1", 4569)
 SITE_A = ("198.18.1.1", 4570)
 TICK_MS = 20
+WALL_MS = 1796083200000          # 2026-12-01: the wall clock when the World starts
 
 
 class Net:
@@ -69,37 +71,25 @@ class Net:
         return touched
 
 
-class FakeSocket:
-    """What Daemon.send needs of a socket; datagrams go onto the Net."""
-
-    def __init__(self, net, address):
-        self.net = net
-        self.address = address
-
-    def sendto(self, data, address):
-        self.net.send(data, self.address, address)
-
-    def setsockopt(self, *args):
-        pass
-
-
 def attach_host(net, host, address):
-    host.sock = FakeSocket(net, address)
-    host._tos = None
+    """Put a host core on the Net at address."""
     host.address = address
 
     def handler(data, source):
-        host.stats.count("datagrams in")
         try:
-            host.on_datagram(bytearray(data), source, net.now)
-        except wire.DecodeError as exc:
-            host.stats.drop("malformed: " + exc.field)
-        except Exception as exc:       # as Daemon._datagram: counted (and the tests assert there are none)
+            host.receive_datagram(bytearray(data), source, net.now)
+        except Exception as exc:       # as the daemon: counted (and the tests assert there are none)
             host.stats.drop("internal error")
             net.errors.append(repr(exc))
         return host
 
     net.endpoints[address] = handler
+
+
+def flush_host(net, host):
+    """What the host queued goes onto the Net (the daemon sends it after each burst and tick)."""
+    for data, destination, _dscp in host.datagrams_to_send():
+        net.send(data, host.address, destination)
 
 
 class PhoneEnd:
@@ -215,38 +205,43 @@ class LoginEnd:
 
 
 class World:
-    """Main host, site a's remote host with phones 101-104, phones 301-303 at the main host,
+    """Main host, site a's remote host with phones 101 and 102, phones 301-303 at the main host,
     and site x (remote host site-x, extensions 401 and 402) for an attacker to log in as."""
 
-    def __init__(self, tmp_path, ring_timeout_s=30, remote_settings=None):
+    def __init__(self, tmp_path, ring_timeout_s=30, site_a=None, extensions=(), barred=(), main_settings="",
+                 remote_settings=None):
+        """site_a: add_site keywords for site a (local_calls, local_call_quota); extensions:
+        more (number, site) pairs; barred: extensions barred from calling; main_settings: more
+        lines for main.toml; remote_settings: more [remote] keys for site a's remote host."""
         self.tmp = tmp_path
         self.net = Net()
         directory = Directory(tmp_path / "main.sqlite")
         self.secrets = {}
         for site in ("a", "c", "x"):
-            directory.add_site(site)
+            directory.add_site(site, **(site_a or {} if site == "a" else {}))
         self.secrets["site-a"] = directory.add_remote_host("site-a", "a")
         self.secrets["site-x"] = directory.add_remote_host("site-x", "x")
-        for number, site in (("101", "a"), ("102", "a"), ("103", "a"), ("104", "a"), ("301", "c"), ("302", "c"), ("303", "c"),
-                             ("401", "x"), ("402", "x")):
+        for number, site in (("101", "a"), ("102", "a"), ("301", "c"), ("302", "c"), ("303", "c"),
+                             ("401", "x"), ("402", "x")) + tuple(extensions):
             self.secrets[number] = directory.add_extension(number, site, "Phone " + number)
+        for number in barred:
+            directory.set_barred(number, True)
         directory.close()
         (tmp_path / "main.toml").write_text(
-            '[main]\nlisten = "%s:%d"\ndatabase = "main.sqlite"\nlog_level = "error"\nring_timeout_s = %d\n'
-            % (MAIN[0], MAIN[1], ring_timeout_s))
-        self.main = self.a = None
+            '[main]\nlisten = "%s:%d"\ndatabase = "main.sqlite"\nlog_level = "error"\nring_timeout_s = %d\n%s'
+            % (MAIN[0], MAIN[1], ring_timeout_s, main_settings))
         self.net.wan.add(MAIN)
         self.net.nat[SITE_A] = SITE_A       # site a's router: its public address (move_site_a)
+        self.main = self.a = None
+        self.phones = {}
+        self.others = []            # LoginEnds
         self.start_main()
         (tmp_path / "site-a.toml").write_text(
             '[remote]\nname = "site-a"\nsecret = "%s"\nmain = "%s:%d"\nlisten = "%s:%d"\nlog_level = "error"\n'
             % (self.secrets["site-a"].hex(), MAIN[0], MAIN[1], SITE_A[0], SITE_A[1])
             + "".join("%s = %s\n" % (k, json.dumps(v)) for k, v in (remote_settings or {}).items()))
         os.chmod(tmp_path / "site-a.toml", 0o600)
-        self.a = RemoteHost(load_remote_config(str(tmp_path / "site-a.toml")))
-        attach_host(self.net, self.a, SITE_A)
-        self.phones = {}
-        self.others = []            # LoginEnds
+        self._new_remote()
 
     @property
     def hosts(self):
@@ -254,8 +249,11 @@ class World:
 
     def start_main(self):
         """The main host from its configuration and database (again, after stop_main())."""
-        self.main = MainHost(load_main_config(str(self.tmp / "main.toml")))
+        self.main = MainHost(load_main_config(str(self.tmp / "main.toml")), StructuredLog("main", "error"))
         attach_host(self.net, self.main, MAIN)
+        self.main.wall_offset_ms = WALL_MS - 1000   # wall-clock time for call records: today's, not 1970's
+        self.main.start(self.net.now)
+        flush_host(self.net, self.main)
 
     def stop_main(self):
         """The main host dies at once (kill -9): nothing more reaches it, it sends nothing; its
@@ -264,14 +262,19 @@ class World:
         self.main.directory.close()
         self.main = None
 
+    def _new_remote(self):
+        self.a = RemoteHost(load_remote_config(str(self.tmp / "site-a.toml")), StructuredLog("site-a", "error"))
+        attach_host(self.net, self.a, SITE_A)
+        self.a.wall_offset_ms = WALL_MS - 1000
+
     def restart_remote(self):
         """Remote host a dies at once (kill -9) and starts again from its configuration, records
         database and directory cache, at the same address."""
         del self.net.endpoints[SITE_A]
         self.a.records.close()
-        self.a = RemoteHost(load_remote_config(str(self.tmp / "site-a.toml")))
-        attach_host(self.net, self.a, SITE_A)
-        self.a.on_start(self.net.now)
+        self._new_remote()
+        self.a.start(self.net.now)
+        flush_host(self.net, self.a)
         self.settle()
 
     def move_site_a(self, public):
@@ -286,10 +289,28 @@ class World:
         end.address = address
         self.net.endpoints[address] = end._receive
 
+    def add_extensions(self, numbers, site):
+        """More extensions in the directory (site "a": behind remote host a; "c": at the main host),
+        as `upbx admin` adds them while everything runs; then add_phone each."""
+        with Directory(self.tmp / "main.sqlite") as directory:
+            for number, secret in directory.add_extensions([(n, site, "Phone " + n) for n in numbers]).items():
+                self.secrets[number] = secret
+
     def start_remote(self):
-        self.a.on_start(self.net.now)
+        self.a.start(self.net.now)
+        flush_host(self.net, self.a)
         self.settle()
         assert self.a.login.state == UP
+
+    def main_away(self):
+        """The main host drops off the network (datagrams to it are lost); runs until site a's
+        remote host has noticed (B4)."""
+        self.net.endpoints.pop(MAIN)
+        for _ in range(30000 // TICK_MS):
+            if self.a.login.state != UP:
+                return
+            self.tick()
+        raise AssertionError("site a's remote host did not notice the main host was gone")
 
     def add_phone(self, number, index, dead_ms=None):
         """A phone at its host (site a's for 1xx, else the main host); dead_ms=2000 is the firmware's."""
@@ -301,13 +322,6 @@ class World:
         end.flush()
         return end
 
-    def add_extensions(self, numbers, site):
-        """More extensions in the directory (site "a": behind remote host a; "c": at the main host),
-        as `upbx admin` adds them while everything runs; then add_phone each."""
-        with Directory(self.tmp / "main.sqlite") as directory:
-            for number, secret in directory.add_extensions([(n, site, "Phone " + n) for n in numbers]).items():
-                self.secrets[number] = secret
-
     def add_login(self, identity_ie, identity, address, host=MAIN):
         end = LoginEnd(self.net, identity_ie, identity, self.secrets[identity], address, host)
         self.others.append(end)
@@ -315,11 +329,12 @@ class World:
         return end
 
     def settle(self, until=None):
-        """Deliver everything in flight, letting each host end its burst. With `until`, one
-        datagram at a time, stopping (the rest left in flight) as soon as until() holds: True then."""
+        """Deliver everything in flight; after each batch a host's queued datagrams go out. With
+        `until`, one datagram at a time, stopping (the rest left in flight) as soon as until()
+        holds: True then."""
         while self.net.queue:
             for host in self.net.run(limit=None if until is None else 1):
-                host.on_burst(self.net.now)
+                flush_host(self.net, host)
             if until is not None and until():
                 return True
         return False
@@ -334,7 +349,9 @@ class World:
         if self.settle(until):
             return True
         for host in self.hosts:
-            host.on_tick(self.net.now)
+            if host.get_timer() is not None and host.get_timer() <= self.net.now:
+                host.handle_timer(self.net.now)
+            flush_host(self.net, host)
         return self.settle(until)
 
     def run(self, ms):

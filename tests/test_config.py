@@ -31,7 +31,7 @@ def test_empty_main_config_gives_documented_defaults(tmp_path):
     assert config.control_socket == ""
     assert (config.log_level, config.log_format) == ("info", "text")
     assert (config.ring_timeout_s, config.registration_ttl_s) == (30, 120)
-    assert config.punch_timeout_s == 2.0 and config.keepalive_timeout_s == 75
+    assert config.keepalive_timeout_s == 75
 
 
 def test_file_without_any_table_is_all_defaults(tmp_path):
@@ -40,13 +40,13 @@ def test_file_without_any_table_is_all_defaults(tmp_path):
 
 def test_main_config_values_and_relative_paths(tmp_path):
     path = write(tmp_path, '[main]\nlisten = "198.18.0.1:5000"\ndatabase = "db/x.sqlite"\n'
-                           'control_socket = "run/main.sock"\nlog_format = "json"\npunch_timeout_s = 1\n')
+                           'control_socket = "run/main.sock"\nlog_format = "json"\nkeepalive_timeout_s = 30\n')
     config = load_main_config(path)
     assert config.listen == ("198.18.0.1", 5000)
     assert config.database == str(tmp_path / "db" / "x.sqlite")
     assert config.control_socket == str(tmp_path / "run" / "main.sock")
     assert config.log_format == "json"
-    assert config.punch_timeout_s == 1.0 and isinstance(config.punch_timeout_s, float)
+    assert config.keepalive_timeout_s == 30
 
 
 def test_memory_database_is_kept_as_is(tmp_path):
@@ -98,7 +98,7 @@ def test_numbers_must_be_positive_and_of_the_right_type(tmp_path):
     assert exc.problem == "expected an integer, got 1.5"
     exc = error_of(load_main_config, write(tmp_path, "[main]\nring_timeout_s = true\n"))
     assert exc.problem == "expected an integer, got true"
-    exc = error_of(load_main_config, write(tmp_path, '[main]\npunch_timeout_s = "2"\n'))
+    exc = error_of(load_remote_config, write(tmp_path, remote_toml(punch_timeout_s='"2"'), "remote.toml"))
     assert exc.problem == 'expected a number, got "2"'
 
 
@@ -132,6 +132,8 @@ def test_remote_config_defaults_fill_in_the_name(tmp_path):
     assert config.directory_cache == str(tmp_path / "upbx-remote-north.cache.json")
     assert (config.login_backoff_initial_s, config.login_backoff_max_s) == (1.0, 30.0)
     assert config.registration_ttl_s == 120 and config.control_socket == ""
+    assert config.punch_timeout_s == 2.0
+    assert load_remote_config(write(tmp_path, remote_toml(punch_timeout_s=1), "remote.toml")).punch_timeout_s == 1.0
     assert "<secret>" in repr(config) and SECRET not in repr(config)
 
 

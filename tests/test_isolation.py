@@ -27,7 +27,8 @@ import types
 
 from common import wire
 from common.phone import CONNECTED, IDLE
-from tests.inprocess import MAIN, FakeSocket, World
+from host.log import StructuredLog
+from tests.inprocess import MAIN, World
 
 SEED = int(os.environ.get("UPBX_ISOLATION_SEED", "10"))
 MESSAGES = 100000
@@ -38,9 +39,9 @@ VICTIMS = (("101", "301"), ("302", "102"))
 
 def retained_bytes(root):
     """Bytes of the Python objects reachable from root (sys.getsizeof), stopping at modules,
-    classes, functions and the fake socket (the way out to the rest of the test's world)."""
+    classes, functions and the log (the way out to the rest of the process)."""
     opaque = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
-              FakeSocket)
+              StructuredLog)
     seen = set()
     stack = [root]
     total = 0
@@ -291,8 +292,8 @@ def _memory(world):
     return {
         "calls": len(main.switch.calls),
         "legs": len(main.switch.legs),
-        "sessions": len(main.sessions.peers),
-        "queued": sum(p.channel.pending() for p in main.sessions.peers.values()),
+        "sessions": len(main.peers.peers),
+        "queued": sum(p.channel.pending() for p in main.peers.peers.values()),
         "local_grants": sum(len(s) for s in main.local_calls.values()),
         "bytes": retained_bytes(main),
     }

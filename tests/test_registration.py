@@ -1,14 +1,14 @@
 """Registrations expire when a phone goes silent and stay while its keepalives arrive.
 
-The server side (host.sessions.SessionTable) and the phone side (common.login.Login)
+The server side (host.peers.PeerTable) and the phone side (common.login.Login)
 are driven through hours of simulated time in memory: time is passed in.
 """
 import os
 
 from common import wire
 from common.login import UP, Login
-from host.daemon import Stats
-from host.sessions import SessionTable
+from host.core import Stats
+from host.peers import PeerTable
 
 SECRET = bytes(range(16))
 ADDR = ("192.0.2.10", 40000)
@@ -16,7 +16,7 @@ TTL_MS = 120000
 
 
 def _pair(keepalive_ms):
-    table = SessionTable(lambda ident: SECRET if ident == ("ext", "201") else None, Stats(), TTL_MS)
+    table = PeerTable(lambda ident: SECRET if ident == ("phone", "201") else None, Stats(), TTL_MS)
     phone = Login(wire.IE_EXTENSION, "201", SECRET, 7, os.urandom, keepalive_ms=keepalive_ms)
     return table, phone
 
@@ -59,10 +59,10 @@ def test_keepalives_refresh_the_registration_for_hours():
     table, phone = _pair(keepalive_ms=20000)
     phone.start(0)
     _exchange(table, phone, 0)
-    assert phone.state == UP and ("ext", "201") in table.by_identity
+    assert phone.state == UP and ("phone", "201") in table.by_identity
     _run(table, phone, 0, 3 * 3600 * 1000, step=5000)
     assert phone.state == UP and phone.logins == 1
-    assert ("ext", "201") in table.by_identity
+    assert ("phone", "201") in table.by_identity
 
 
 def test_a_silent_phone_expires_after_the_ttl():
@@ -71,24 +71,24 @@ def test_a_silent_phone_expires_after_the_ttl():
     _exchange(table, phone, 0)
     # the phone's packets stop reaching the host (it was unplugged)
     _run(table, phone, 0, TTL_MS - 5000, deliver=False)
-    assert ("ext", "201") in table.by_identity
+    assert ("phone", "201") in table.by_identity
     _run(table, phone, TTL_MS - 5000, TTL_MS + 5000, deliver=False)
-    assert ("ext", "201") not in table.by_identity
+    assert ("phone", "201") not in table.by_identity
 
 
 def test_a_phone_registers_again_after_its_session_is_lost():
     table, phone = _pair(keepalive_ms=20000)
     phone.start(0)
     _exchange(table, phone, 0)
-    table.remove(table.by_identity[("ext", "201")])  # the host restarted and forgot it
+    table.remove(table.by_identity[("phone", "201")])  # the host restarted and forgot it
     end = _run(table, phone, 0, 5 * 60 * 1000)
     assert phone.state == UP and phone.logins == 2
-    assert ("ext", "201") in table.by_identity
+    assert ("phone", "201") in table.by_identity
 
 
 def test_only_peers_with_due_timers_or_queued_messages_are_visited():
     """The main host's tick visits what is due, not every registered phone."""
-    table = SessionTable(lambda ident: SECRET, Stats(), TTL_MS)
+    table = PeerTable(lambda ident: SECRET, Stats(), TTL_MS)
     phones = []
     for i in range(50):
         phone = Login(wire.IE_EXTENSION, "2%02d" % i, SECRET, 100 + i, os.urandom)
@@ -118,7 +118,7 @@ def test_only_peers_with_due_timers_or_queued_messages_are_visited():
 def test_the_host_sets_the_phones_keepalive_in_welcome():
     """A phone straight at the main host keeps alive every 20 s; one on a LAN every 2 s."""
     for wanted in (20000, 2000):
-        table = SessionTable(lambda ident: SECRET, Stats(), TTL_MS, phone_keepalive_ms=wanted)
+        table = PeerTable(lambda ident: SECRET, Stats(), TTL_MS, phone_keepalive_ms=wanted)
         phone = Login(wire.IE_EXTENSION, "201", SECRET, 7, os.urandom, keepalive_ms=5000)
         phone.start(0)
         _exchange(table, phone, 0)

@@ -12,7 +12,7 @@ from tests.inprocess import World
 
 
 def _world(tmp_path, phones, **kwargs):
-    world = World(tmp_path, **kwargs)
+    world = World(tmp_path, extensions=(("103", "a"), ("104", "a")), **kwargs)
     world.start_remote()
     for i, number in enumerate(phones):
         world.add_phone(number, i + 1)
@@ -41,12 +41,9 @@ def _flowing(a, b):
 
 
 def test_every_cause_a_caller_can_be_shown(tmp_path):
-    world = _world(tmp_path, ("101", "102", "103", "104", "301", "302", "303"), ring_timeout_s=3)
+    world = _world(tmp_path, ("101", "102", "103", "104", "301", "302", "303"), ring_timeout_s=3, barred=("104",))
     try:
         p = world.phones
-        with Directory(tmp_path / "main.sqlite") as d:
-            d.set_barred("104", True)
-        world.run(1200)        # the main host reads the change within a second and sends site a its directory
         world.call("301", "302")
         assert _refused(world, "101", "999")[0] == wire.CAUSE_UNKNOWN_EXTENSION
         assert _refused(world, "101", "401")[0] == wire.CAUSE_UNREACHABLE     # site x: nobody registered

@@ -202,16 +202,16 @@ def _causes_of_summary(lab, tag):
 
 
 # 4. Medium: the signalling tag did not cover the 64-bit sequence number -----------------------
-# (a property of common/: a phone's Login and the host's SessionTable in memory, 65,537 real messages)
+# (a property of common/: a phone's Login and the host's PeerTable in memory, 65,537 real messages)
 
 def _logged_in_phone():
-    """A phone's Login and the server's SessionTable in memory, the phone logged in."""
+    """A phone's Login and the server's PeerTable in memory, the phone logged in."""
     from common.login import UP, Login
-    from host.daemon import Stats
-    from host.sessions import SessionTable
+    from host.core import Stats
+    from host.peers import PeerTable
 
     secret = bytes(range(16))
-    table = SessionTable(lambda ident: secret if ident == ("ext", "201") else None, Stats(), 10 ** 7)
+    table = PeerTable(lambda ident: secret if ident == ("phone", "201") else None, Stats(), 10 ** 7)
     phone = Login(wire.IE_EXTENSION, "201", secret, 7, os.urandom)
     phone.start(0)
     peer = None
@@ -467,7 +467,7 @@ def test_a_phone_never_gets_the_session_index_of_the_remote_hosts_own_login(tmp_
     world = World(tmp_path)
     try:
         world.start_remote()
-        table = world.a.sessions
+        table = world.a.peers
         table._next_index = world.a.login.local_index - 1     # the next phone would get the login's index
         caller, callee = world.add_phone("101", 11), world.add_phone("102", 12)
         world.run(500)

@@ -29,7 +29,7 @@ def in_order(end_from, end_to):
 
 
 def test_main_loss_and_return_within_the_bounds_and_an_interrupted_upload_loses_nothing(tmp_path):
-    world = World(tmp_path, remote_settings=SETTINGS)
+    world = World(tmp_path, remote_settings=SETTINGS, extensions=(("103", "a"), ("104", "a")))
     try:
         world.start_remote()
         for i, number in enumerate(("101", "102", "103", "104", "301")):

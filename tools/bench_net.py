@@ -23,7 +23,7 @@ from common.media import MediaLeg, seal_trunk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = 0.020
-IP_UDP = 28                     # IPv4 + UDP header bytes per datagram
+IP_UDP = wire.IP_UDP_HEADERS   # IPv4 + UDP header bytes per datagram
 RTP_KBPS = 80.0                 # G.711 20 ms over RTP/UDP/IPv4: (160 + 12 + 8 + 20) * 8 * 50
 VOICE = bytes(range(160))
 

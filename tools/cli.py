@@ -1,7 +1,7 @@
 """`upbx`: one command, one subcommand per job.
 
-Each subcommand lives in its own module, which defines `add_arguments(parser)`
-and `run(args) -> int`. Modules are imported only when their subcommand runs,
+Each subcommand lives in its own module (or an object in one: "module:Name"), which
+defines `add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their subcommand runs,
 so a broken or heavy module never slows down the others.
 """
 import argparse
@@ -11,8 +11,8 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
-    "main": ("host.main_cli", "run the main host daemon"),
-    "remote": ("host.remote_cli", "run a remote host daemon"),
+    "main": ("host.cli:MainCommand", "run the main host daemon"),
+    "remote": ("host.cli:RemoteCommand", "run a remote host daemon"),
     "phone": ("tools.phone", "run a virtual handset (the real firmware on the unix port)"),
     "demo": ("tools.demo", "run the local demo of behaviours B1-B3"),
     "admin": ("host.admin", "manage sites, remote hosts, extensions, sysinfo, call records"),
@@ -60,6 +60,7 @@ def _main(argv):
         return 0 if argv else 2
     name = argv[0]
     module_name, help_text = COMMANDS[name]
+    module_name, _, attribute = module_name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -67,6 +68,8 @@ def _main(argv):
             raise
         print("upbx %s: not available in this build (%s missing)" % (name, module_name), file=sys.stderr)
         return 2
+    if attribute:
+        module = getattr(module, attribute)
     cmd_parser = argparse.ArgumentParser(prog="upbx " + name, description=help_text)
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])

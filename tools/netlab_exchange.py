@@ -46,11 +46,11 @@ class NetlabExchange(LoopbackExchange):
             with open(self.path(name + ".toml"), "w") as f:
                 f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "%s:%d"\nlisten = "%s:%d"\n'
                         'control_socket = "%s"\nuplink_kbps = %d\nlog_level = "%s"\nkeepalive_s = %d\n'
+                        'punch_timeout_s = %s\n'
                         % (name, self.secrets[name], self.main_ip, MAIN_PORT, self.remote_ip(site), REMOTE_PORT,
                            self.path(name + ".sock"), self.uplink_kbps.get(site, 0), self.log_level,
-                           self.keepalive_s))
-            self.spawn(name, upbx("remote", "--config", self.path(name + ".toml"),
-                                  "--punch-timeout-ms", str(self.punch_timeout_ms)), node="site-%s/remote" % site)
+                           self.keepalive_s, self.punch_timeout_ms / 1000))
+            self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")), node="site-%s/remote" % site)
         self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
                       "remote hosts logged in")
 

@@ -14,7 +14,7 @@ SECRET = bytes(range(16))
 
 
 class _Server:
-    """Just enough of a server to answer a login (the hosts' real one is host.sessions)."""
+    """Just enough of a server to answer a login (the hosts' real one is host.peers)."""
 
     def __init__(self):
         self.key = handshake_key(SECRET)

@@ -3,7 +3,11 @@
 The vectors come from tools/make_vectors.py (tests/vectors/protocol_vectors.json)
 and are printed in docs/protocol.md, appendix A; this module also checks the
 document: every vector is in it, its IE, message and cause tables match
-common/wire.py, and its bandwidth table matches the frame sizes.
+common/wire.py, and its bandwidth table matches the frame sizes. The numbers that
+make_vectors takes from the code under test itself (extend16 results, replay
+flags, retransmission times) are also written here literally, worked out from the
+rules in docs/protocol.md; the crypto vectors are cross-checked against independent
+implementations by `python -m tools.make_vectors --check` (tests/test_make_vectors.py).
 """
 import json
 from binascii import hexlify, unhexlify
@@ -295,34 +299,84 @@ def test_malformed_inputs_raise_decode_error_naming_field_and_offset():
             raise AssertionError("%s accepted %s" % (c["decoder"], c["input"]))
 
 
+# (highest so far, 16 bits received, the 64-bit number): the closest to highest with those low
+# bits, never negative; at a tie (0x8000 either way) the one in highest's block of 0x10000
+EXTEND16 = [
+    (-1, 0x0007, 0x7), (-1, 0xFFFF, 0xFFFF),                  # nothing received yet: as it is
+    (0xFFF0, 0x0010, 0x10010), (0x10010, 0xFFF0, 0xFFF0),     # across the wrap, both ways
+    (0x12340, 0x2354, 0x12354), (0x12354, 0x2340, 0x12340),   # 20 ahead, 20 behind
+    (100, 0xFFF0, 0xFFF0),                                    # the one below would be negative
+    (0x18000, 0x0000, 0x10000), (0x18001, 0x0000, 0x20000),   # a tie: highest's block; one past it: the next
+    (0x10000, 0x8000, 0x18000), (0x10000, 0x8001, 0x8001),    # a tie; one past it: the block below
+    (0x123456789, 0x6789, 0x123456789),
+]
+
+# a ReplayWindow of 1024 slots: (number, accepted); accepted numbers are marked, rejected ones not
+REPLAY_WINDOW = {
+    "in order, then a duplicate": [(0, True), (1, True), (2, True), (3, True), (2, False)],
+    "out of order inside the window": [(10, True), (5, True), (7, True), (6, True), (5, False), (11, True),
+                                       (9, True)],
+    "1023 behind is inside, 1024 behind is too old": [(2000, True), (977, True), (976, False), (977, False)],
+    "a jump of 1024 or more clears the window": [(5, True), (3, True), (1030, True), (1029, True), (5, False),
+                                                 (1030, False), (3, False), (6, False), (3000, True),
+                                                 (1977, True), (1976, False)],
+    "the example of tests/common/test_protocol.py": [(5, True), (3, True), (70, True), (69, True), (5, False),
+                                                     (70, False), (3, False), (68, True)],
+}
+
+# a media leg's window: check, then jump_ok (after the tag), then mark; a number more than 1024
+# above the highest is held until the next one follows it (at most 1024 above it)
+MEDIA_JUMP = {
+    "steps up to 1024 ahead move the window at once": [(1000, True), (1020, True), (2044, True), (2064, True)],
+    "a lone frame 1025 or more ahead is held, the stream goes on": [(1000, True), (1020, True), (33000, False),
+                                                                    (1040, True), (1060, True)],
+    "a far jump confirmed by the next frame moves the window": [(1000, True), (1020, True), (40000, False),
+                                                                (40020, True), (1040, False), (40040, True)],
+    "a frame that does not follow the held one is held instead": [(1000, True), (40000, False), (60000, False),
+                                                                  (1020, True), (60020, True)],
+}
+
+# one message never acknowledged: sent at 0, then after 250 ms doubling to at most 4000 ms,
+# 8 sends in all; the channel fails 4000 ms after the last
+RETRANSMIT_SENDS_MS = [0, 250, 750, 1750, 3750, 7750, 11750, 15750]
+RETRANSMIT_GIVES_UP_MS = 19750
+
+
+def _ops(pairs):
+    return [[n, accepted] for n, accepted in pairs]
+
+
 def test_extend16_vectors():
-    for highest, value, result in V["extend16"]:
+    for highest, value, result in EXTEND16:
         assert crypto.extend16(highest, value) == result, (highest, value)
+    assert V["extend16"] == [[h, v, r] for h, v, r in EXTEND16]
 
 
 def test_replay_window_sequences():
-    for c in V["replay_window"]:
+    for name, ops in REPLAY_WINDOW.items():
         w = crypto.ReplayWindow()
-        for n, accepted in c["ops"]:
-            assert w.check(n) == accepted, (c["name"], n)
+        for n, accepted in ops:
+            assert w.check(n) == accepted, (name, n)
             if accepted:
                 w.mark(n)
+    assert dict((c["name"], c["ops"]) for c in V["replay_window"]) == dict(
+        (name, _ops(ops)) for name, ops in REPLAY_WINDOW.items())
 
 
 def test_media_jump_sequences():
     assert V["protocol"] == "upbx v%d" % wire.VERSION
-    for c in V["media_jump"]:
+    for name, ops in MEDIA_JUMP.items():
         w = crypto.ReplayWindow()
-        for n, accepted in c["ops"]:
-            assert (w.check(n) and w.jump_ok(n)) == accepted, (c["name"], n)
+        for n, accepted in ops:
+            assert (w.check(n) and w.jump_ok(n)) == accepted, (name, n)
             if accepted:
                 w.mark(n)
+    assert dict((c["name"], c["ops"]) for c in V["media_jump"]) == dict(
+        (name, _ops(ops)) for name, ops in MEDIA_JUMP.items())
 
 
 def test_retransmission_schedule():
-    r = V["retransmit_schedule_ms"]
-    assert (r["rto_initial_ms"], r["rto_max_ms"], r["max_tries"], r["window"]) == (
-        reliable.RTO_INITIAL_MS, reliable.RTO_MAX_MS, reliable.MAX_TRIES, reliable.WINDOW)
+    assert (reliable.RTO_INITIAL_MS, reliable.RTO_MAX_MS, reliable.MAX_TRIES, reliable.WINDOW) == (250, 4000, 8, 32)
     client, _server = _session_cryptos()
     channel = reliable.Channel(client, 1)
     channel.send(wire.PING, {}, 0)
@@ -332,9 +386,11 @@ def test_retransmission_schedule():
         now = channel.next_timer()
         channel.handle_timer(now)
         sends += [now] * len(channel.datagrams_to_send(now))
-    assert sends == r["sends_ms"]
-    assert now == r["gives_up_ms"]
-    assert len(sends) == reliable.MAX_TRIES
+    assert sends == RETRANSMIT_SENDS_MS
+    assert now == RETRANSMIT_GIVES_UP_MS
+    r = V["retransmit_schedule_ms"]
+    assert (r["sends_ms"], r["gives_up_ms"]) == (RETRANSMIT_SENDS_MS, RETRANSMIT_GIVES_UP_MS)
+    assert (r["rto_initial_ms"], r["rto_max_ms"], r["max_tries"], r["window"]) == (250, 4000, 8, 32)
 
 
 # --- the document --------------------------------------------------------------

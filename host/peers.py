@@ -1,4 +1,4 @@
-"""Server side of sessions: answers logins, owns each peer's channel and address.
+"""The peers of a host: answers their logins, owns each one's channel and address.
 
 A peer is its session (its keys), not its address: the address is updated from
 every authenticated frame that is new (not a replay or a duplicate), so a NAT
@@ -45,7 +45,7 @@ class Peer:
     def __init__(self, index, kind, name, channel, address, now_ms, client_nonce, dirty=None):
         self.index = index
         self._dirty = dirty if dirty is not None else set()
-        self.kind = kind            # "ext" or "host"
+        self.kind = kind            # "phone" or "host"
         self.name = name
         self.channel = channel
         self.address = address
@@ -64,20 +64,21 @@ class Peer:
         return "<Peer %s:%s #%d at %s>" % (self.kind, self.name, self.index, self.address)
 
 
-class SessionTable:
+class PeerTable:
     """Logins and live sessions of one host, keyed by our receive index."""
 
-    def __init__(self, lookup_secret, stats, ttl_ms, phone_keepalive_ms=None):
-        self.lookup_secret = lookup_secret   # (kind, name) -> secret bytes or None
+    def __init__(self, lookup_secret, stats, ttl_ms, phone_keepalive_ms=None, host_ttl_ms=None):
+        self.lookup_secret = lookup_secret   # ("phone" or "host", name) -> secret bytes or None
         self.stats = stats
-        self.ttl_ms = ttl_ms
+        self.ttl_ms = ttl_ms                 # a phone's registration lives this long without a new frame
+        self.host_ttl_ms = host_ttl_ms or ttl_ms   # ... and a remote host's login (keepalive_timeout_s)
         self.phone_keepalive_ms = phone_keepalive_ms  # told to phones in WELCOME (None: theirs)
         self._cookie_secret = secrets.token_bytes(32)
         self.peers = {}                     # index -> Peer
         self.dirty = set()                  # peers with messages queued since the last flush
         self._timers = []                   # heap of (time, index): when a channel's timer may be due
         self._used_nonces = {}              # client nonce -> time, while its cookie could still be valid
-        self.by_identity = {}               # (kind, name) -> Peer
+        self.by_identity = {}               # ("phone" or "host", name) -> Peer
         self._next_index = int.from_bytes(os.urandom(2), "big") + 1
         self._reserved = set()              # our indices used by something else (a login, a pair)
         self._keys = {}                     # (kind, name) -> (secret, HandshakeKey) or None
@@ -131,9 +132,10 @@ class SessionTable:
         except wire.DecodeError:
             self.buckets.charge(address[0], FAILURE_COST)
             raise
-        identity = identity_of(ies)
-        if identity is None or wire.IE_SESSION_INDEX not in ies or wire.IE_NONCE not in ies:
+        named = identity_of(ies)   # ("ext", number) or ("host", name), as the handshake names it
+        if named is None or wire.IE_SESSION_INDEX not in ies or wire.IE_NONCE not in ies:
             return self._failed(address, "handshake missing IEs")
+        identity = ("phone" if named[0] == "ext" else "host", named[1])
         entry = self._handshake_key(identity)
         if entry is None:
             return self._failed(address, "unknown identity")
@@ -144,13 +146,13 @@ class SessionTable:
         nonce = ies[wire.IE_NONCE]
         addr_text = "%s:%d" % address
         if msg_type == wire.HELLO:
-            cookie = make_cookie(self._cookie_secret, identity, nonce, client_index, addr_text, now)
+            cookie = make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now)
             return seal_handshake(key, client_index, wire.CHALLENGE, {wire.IE_COOKIE: cookie}), None
         if msg_type != wire.RESPONSE or wire.IE_COOKIE not in ies:
             return self._failed(address, "unexpected handshake")
         cookie = ies[wire.IE_COOKIE]
-        if cookie not in (make_cookie(self._cookie_secret, identity, nonce, client_index, addr_text, now),
-                          make_cookie(self._cookie_secret, identity, nonce, client_index, addr_text, now,
+        if cookie not in (make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now),
+                          make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now,
                                       previous=True)):
             return self._failed(address, "stale cookie")
         old = self.by_identity.get(identity)
@@ -171,8 +173,9 @@ class SessionTable:
             self.remove(old)
         self.peers[index] = peer
         self.by_identity[identity] = peer
-        welcome = {wire.IE_SESSION_INDEX: index, wire.IE_TTL: self.ttl_ms // 1000, wire.IE_TIME: int(now)}
-        if identity[0] == "ext" and self.phone_keepalive_ms:
+        ttl_ms = self.ttl_ms if identity[0] == "phone" else self.host_ttl_ms
+        welcome = {wire.IE_SESSION_INDEX: index, wire.IE_TTL: ttl_ms // 1000, wire.IE_TIME: int(now)}
+        if identity[0] == "phone" and self.phone_keepalive_ms:
             welcome[wire.IE_KEEPALIVE] = self.phone_keepalive_ms
         peer.send(wire.WELCOME, welcome, now)
         return None, peer
@@ -190,6 +193,7 @@ class SessionTable:
         if channel.authenticated == before:
             self.stats.drop("bad tag")
             return None, []
+        self.dirty.add(peer)   # it may owe an acknowledgement, or an ACK freed room for queued messages
         if channel.new == new_before:
             # authentic but old (a duplicate, or a replay from anywhere): it may be acknowledged
             # again, but it says nothing about where the peer is or whether it is still there
@@ -247,4 +251,6 @@ class SessionTable:
             del self.by_identity[(peer.kind, peer.name)]
 
     def expired(self, now):
-        return [p for p in self.peers.values() if now - p.last_seen_ms > self.ttl_ms or p.channel.failed]
+        """Peers silent for longer than their kind's lifetime, or whose channel gave up."""
+        return [p for p in self.peers.values() if p.channel.failed or now - p.last_seen_ms > (
+            self.ttl_ms if p.kind == "phone" else self.host_ttl_ms)]

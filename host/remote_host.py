@@ -1,23 +1,25 @@
-"""A remote host: serves its site's phones, logs into the main host, switches local calls.
+"""A remote host's core: serves its site's phones, logs into the main host, switches local calls.
 
 Local calls (B3) are granted by the main host and then run phone to phone on the
 LAN; when the main host is unreachable the cached directory decides (B4).
 Calls to other sites go to the main host, or directly to the other remote host
 once the main host has arranged a hole-punched path (B2).
+
+Sans-IO (host/core.py): datagrams and time in, datagrams out; the daemon holds it.
 """
 import json
 import os
 
 from common import wire
+from common.chunks import Reassembly, chunk_ies
 from common.login import UP, Login
-from common.media import MediaLeg
-from common.media import call_kbps
-from host.chunks import Reassembly, send_chunked
-from host.daemon import Daemon, StructuredLog, wall_ms
-from host.files import private_file, write_private
-from host.records import RecordStore, call_record, encode_upload
-from host.sessions import SessionTable
+from common.media import MediaLeg, call_kbps
+from host.core import HostCore
+from host.peers import PeerTable
+from host.policy import local_call_cause, uplink_admits
 from host.punch import Pairs
+from host.records import RecordStore, call_record, encode_upload
+from host.site_cache import SiteCache
 from host.switch import Link, Switch
 
 PAIR_SILENCE_MS = 300   # no direct media for this long in an answered call: tell main where we are (B7)
@@ -32,22 +34,22 @@ PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is notic
 MAX_CALLS_PER_PHONE = 2           # one call, and one that may ring in while the phone dials out
 
 
-class RemoteHost(Daemon):
-    def __init__(self, config, punch_timeout_ms=2000):
-        log = StructuredLog(config.name, config.log_level, config.log_format)
-        Daemon.__init__(self, config.name, config.listen, log, config.control_socket)
+class RemoteHost(HostCore):
+    def __init__(self, config, log):
+        HostCore.__init__(self, config.name, log)
         self.config = config
         for warning in config.warnings:
             self.log.warning("config", problem=warning)
-        self.punch_timeout_ms = punch_timeout_ms
-        self.directory = self._load_cache()
-        self.sessions = SessionTable(self._secret_of, self.stats, config.registration_ttl_s * 1000,
-                                     phone_keepalive_ms=PHONE_KEEPALIVE_MS)
-        self.switch = Switch(self, config.trunk_mtu, max_legs={"phone": MAX_CALLS_PER_PHONE})
+        self.cache = SiteCache(config.directory_cache)
+        for warning in self.cache.warnings:
+            self.log.warning("file-permissions", problem=warning)
+        self.peers = PeerTable(self._secret_of, self.stats, config.registration_ttl_s * 1000,
+                               phone_keepalive_ms=PHONE_KEEPALIVE_MS)
+        self.switch = Switch(self.send, self.stats, config.trunk_mtu, max_legs={"phone": MAX_CALLS_PER_PHONE})
         self.main_address = config.main
         # our index towards the main host is reserved in the session table: no phone can get it,
         # or its frames would be taken for the main host's (one port, one index space)
-        self.login = Login(wire.IE_HOST_NAME, config.name, config.secret, self.sessions.reserve_index(),
+        self.login = Login(wire.IE_HOST_NAME, config.name, config.secret, self.peers.reserve_index(),
                            os.urandom, keepalive_ms=config.keepalive_s * 1000,
                            backoff_initial_ms=int(config.login_backoff_initial_s * 1000),
                            backoff_max_ms=int(config.login_backoff_max_s * 1000), dead_ms=IDLE_DEAD_MS)
@@ -57,51 +59,40 @@ class RemoteHost(Daemon):
         for warning in self.records.warnings:
             self.log.warning("file-permissions", problem=warning)
         self.phone_links = {}        # Peer.index -> Link
-        self.pairs = Pairs(config.name, self, self._report_pair, punch_timeout_ms, self.sessions)
+        self.pairs = Pairs(config.name, self.send, self.stats, self.log, self._report_pair,
+                           int(config.punch_timeout_s * 1000), self.peers)
         self.pending_local = {}      # call id -> (call) waiting for LOCAL_GRANT
         self.blobs = {wire.DIRECTORY: Reassembly(), wire.SYSINFO: Reassembly()}
-        self.sysinfo = self.directory.get("sysinfo") or {"version": None, "info": None}
+        self._sysinfo_blob = None    # (version, encoded) of the system information, for the phones
         self.sysinfo_acked = {}      # extension -> version
         self.uploading = set()
 
-    # cached directory (B4)
-
-    def _load_cache(self):
-        try:
-            with open(self.config.directory_cache) as f:
-                cache = json.load(f)
-        except (OSError, ValueError):
-            return {"extensions": {}, "local_calls": True}
-        warning = private_file(self.config.directory_cache)   # the site's phone secrets: 0600
-        if warning:
-            self.log.warning("file-permissions", problem=warning)
-        return cache
-
-    def _save_cache(self):
-        """The cache holds the site's phone secrets: written 0600, in a 0700 directory if we make it."""
-        private_file(self.config.directory_cache)
-        write_private(self.config.directory_cache, json.dumps(self.directory).encode())
-
     def _secret_of(self, identity):
         kind, name = identity
-        ext = self.directory["extensions"].get(name) if kind == "ext" else None
-        return bytes.fromhex(ext["secret"]) if ext else None
+        return self.cache.secret(name) if kind == "phone" else None
 
     # lifecycle
 
     def on_start(self, now):
         self.login.start(now)
-        self._flush_main(now)
 
     def on_stop(self, now):
         self.records.close()
+
+    def flush_signalling(self):
+        """The phones' signalling, and ours to the main host."""
+        HostCore.flush_signalling(self)
+        for datagram in self.login.datagrams_to_send(self.now):
+            self.send(datagram, self.main_address)
 
     # datagrams
 
     def on_datagram(self, data, addr, now):
         kind = wire.frame_kind(data)
         if kind == wire.KIND_MINI:
-            self.switch.mini_in(data, addr, now)
+            leg = self.switch.mini_in(data, now)   # a new media frame: its phone is at addr (B7)
+            if leg is not None and leg.link.session is not None:
+                self.peers.touch(leg.link.session, addr, now)
             return
         if kind == wire.KIND_TRUNK:
             index = wire.session_of(data)
@@ -123,20 +114,16 @@ class RemoteHost(Daemon):
         elif index == self.login.local_index and self.login.state == UP and msg_type not in wire.HANDSHAKE_TYPES:
             self._from_main(data, now)  # main host frames authenticate by session, not address
         elif msg_type in wire.HANDSHAKE_TYPES:
-            reply, peer = self.sessions.handle_handshake(data, addr, now)
-            if reply:
-                self.send(reply, addr)
+            peer = self.handshake(data, addr, now)
             if peer:
                 self._phone_registered(peer, now)
         else:
-            peer, messages = self.sessions.receive(data, addr, now)
+            peer, messages = self.peers.receive(data, addr, now)
             if peer is None:
                 return
             link = self.phone_links[peer.index]
             for msg_type, ies in messages:
                 self._from_phone(link, msg_type, ies, now)
-            self._flush_phone(peer, now)
-        self._flush_main(now)
 
     # main host side
 
@@ -160,39 +147,32 @@ class RemoteHost(Daemon):
                 self.uploading.clear()
                 for call in list(self.pending_local.values()):
                     self._decide_locally(call, now)
-                for call in list(self.switch.calls.values()):
-                    if call.path != "local":
-                        for leg in (call.a, call.b):
-                            if leg.link.kind == "phone":
-                                leg.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_UNREACHABLE}, now)
-                        self._ended(call, wire.CAUSE_UNREACHABLE, now)
+                self.release_calls(self.main_link, wire.CAUSE_UNREACHABLE, now)
         self.login.events = []
 
-    def _flush_main(self, now):
-        for datagram in self.login.datagrams_to_send(now):
-            self.send(datagram, self.main_address)
-
     def _main_message(self, msg_type, ies, now):
-        self.stats.count("msg " + wire.MESSAGE_NAMES.get(msg_type, "0x%02x" % msg_type))
+        self.count_message(msg_type)
         if msg_type in (wire.DIRECTORY, wire.SYSINFO):
-            obj = self.blobs[msg_type].add(ies)
-            if obj is None:
+            blob = self.blobs[msg_type].add(ies)
+            if blob is None:
+                return
+            try:
+                obj = json.loads(blob)
+            except ValueError:
+                self.stats.drop("bad %s" % wire.MESSAGE_NAMES[msg_type].lower())
                 return
             if msg_type == wire.DIRECTORY:
-                obj["sysinfo"] = self.sysinfo
-                self.directory = obj
-                self.sessions.forget_keys()   # phones' secrets may have changed
-                self.log.info("directory", extensions=len(obj["extensions"]))
+                self.cache.set_directory(obj)
+                self.peers.forget_keys()   # phones' secrets may have changed
+                self.log.info("directory", extensions=len(self.cache.extensions))
             else:
                 version = ies.get(wire.IE_VERSION, 0)
-                known = version == self.sysinfo.get("version")  # again after a login: phones have it
-                self.sysinfo = {"version": version, "info": obj}
-                self.directory["sysinfo"] = self.sysinfo
+                known = version == self.cache.sysinfo["version"]  # again after a login: phones have it
+                self.cache.set_sysinfo(version, obj)
                 self.stats.count("sysinfo versions received")
                 if not known:
                     for link in self.phone_links.values():
                         self._send_sysinfo(link, now)
-            self._save_cache()
         elif msg_type == wire.SETUP:
             self._incoming(ies, now)
         elif msg_type in (wire.LOCAL_GRANT, wire.LOCAL_REFUSE):
@@ -207,24 +187,16 @@ class RemoteHost(Daemon):
         elif msg_type == wire.MEDIA_PEER:
             leg = self.switch.legs.get(ies.get(wire.IE_PEER_CALL_NO))
             pair = self.pairs.get(ies.get(wire.IE_PEER_NAME))
-            if leg is not None and pair is not None and leg.link is self.main_link:
+            if leg is not None and pair is not None and leg.link is self.main_link and wire.IE_MEDIA_KEY in ies:
                 leg.direct = (MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), leg.call_no,
-                                       ies[wire.IE_CALL_NO]), pair.link)
+                                       ies.get(wire.IE_CALL_NO, 0)), pair.link)
         elif msg_type == wire.RECORDS:
             uid = ies.get(wire.IE_CALL_ID, b"").hex()
             self.records.mark_uploaded([uid])
             self.uploading.discard(uid)
             self.stats.count("records uploaded")
         elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
-            leg = self.switch.leg_for(ies, self.main_link)
-            if leg is None:
-                # a refusal of our SETUP names our phone-side leg by the call number we sent
-                if msg_type == wire.RELEASE:
-                    leg = self.switch.legs.get(ies.get(wire.IE_PEER_CALL_NO))
-                if leg is None or leg.link is not self.main_link:
-                    self.stats.drop("unknown call")
-                    return
-            self._call_event(leg, msg_type, ies, now)
+            self.call_message(self.main_link, msg_type, ies, now)
 
     # phones
 
@@ -237,45 +209,34 @@ class RemoteHost(Daemon):
         self.log.info("registered", extension=peer.name, address="%s:%d" % peer.address)
         self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: peer.name, wire.IE_STATE: 1}, now)
         self._send_sysinfo(link, now)
-        self._flush_phone(peer, now)
 
     def _send_sysinfo(self, link, now):
-        if self.sysinfo.get("info") is None:
+        sysinfo = self.cache.sysinfo
+        if sysinfo["info"] is None:
             return
-        send_chunked(link, wire.SYSINFO, self.sysinfo["version"], self.sysinfo["info"], now)
+        if self._sysinfo_blob is None or self._sysinfo_blob[0] != sysinfo["version"]:
+            self._sysinfo_blob = (sysinfo["version"], json.dumps(sysinfo["info"], separators=(",", ":")).encode())
+        for ies in chunk_ies(*self._sysinfo_blob):
+            link.send_signal(wire.SYSINFO, ies, now)
         self.stats.count("sysinfo copies to phones")
 
-    def _flush_phones(self, now):
-        """Send what this turn queued for phones, to those phones only."""
-        for peer in self.sessions.take_dirty():
-            self._flush_phone(peer, now)
-
-    def _flush_phone(self, peer, now):
-        for datagram in peer.channel.datagrams_to_send(now):
-            self.send(datagram, peer.address)
-        self.sessions.schedule(peer)
-
     def _phone_link(self, number):
-        peer = self.sessions.by_identity.get(("ext", number))
+        peer = self.peers.by_identity.get(("phone", number))
         return self.phone_links.get(peer.index) if peer else None
 
     def _from_phone(self, link, msg_type, ies, now):
-        self.stats.count("msg " + wire.MESSAGE_NAMES.get(msg_type, "0x%02x" % msg_type))
+        self.count_message(msg_type)
         if msg_type in (wire.PING, wire.ACK):
             return
         if msg_type == wire.SYSINFO_ACK:
             self.sysinfo_acked[link.name] = ies.get(wire.IE_VERSION)
         elif msg_type == wire.BYE:
             self._phone_gone(link, now, "logged out")
-            self.sessions.remove(link.session)
+            self.peers.remove(link.session)
         elif msg_type == wire.SETUP:
             self._outgoing(link, ies, now)
         elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
-            leg = self.switch.leg_for(ies, link)
-            if leg is None:
-                self.stats.drop("unknown call")
-                return
-            self._call_event(leg, msg_type, ies, now)
+            self.call_message(link, msg_type, ies, now)
         else:
             self.stats.drop("unexpected message")
 
@@ -290,13 +251,10 @@ class RemoteHost(Daemon):
         called = ies[wire.IE_CALLED]
         cause = self.switch.admit(link)   # call numbers left, calls per phone: refused before any state
         if cause is not None:
-            self.log.info("call-refused", caller=link.name, called=called, cause=wire.CAUSE_TEXT[cause])
-            link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies[wire.IE_CALL_NO], wire.IE_CAUSE: cause}, now)
-            return
+            return self.refuse_setup(link, ies, cause, now, caller=link.name)
         call = self.switch.new_call(link.name, called, now)
-        call.a = self.switch.new_leg(link, ies[wire.IE_MEDIA_KEY], 1, call)
-        call.a.learn_peer(ies[wire.IE_CALL_NO])
-        if called in self.directory["extensions"]:
+        self.switch.incoming(call, link, ies)
+        if self.cache.extension(called) is not None:
             call.path = "local"
             if self.main_link.up:
                 self.pending_local[call.call_id] = call
@@ -309,29 +267,29 @@ class RemoteHost(Daemon):
             return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
         if not self._admits() or self.switch.admit(self.main_link) is not None:
             return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
-        call.b = self.switch.new_leg(self.main_link, os.urandom(16), 0, call)
-        # no call_id: the main host chooses the ids of the calls it switches
-        call.b.send(wire.SETUP, {wire.IE_CALLED: called, wire.IE_CALLING: link.name,
-                                 wire.IE_MEDIA_KEY: call.b.media_key}, now)
+        self.switch.offer(call, self.main_link, now, call_id=False)   # the main host chooses the call ids
         self.log.info("call-setup", call=call.uid, caller=link.name, called=called, via="main")
 
     def _uplink_calls(self):
         return sum(1 for c in self.switch.calls.values() if c.path != "local" and c.b is not None)
 
-    def _uplink_kbps(self, extra=0):
-        """Uplink the site's calls cost (common.media.call_kbps): one trunk per peer host per tick."""
+    def _uplink_peers(self):
+        """The hosts the site's inter-site calls send trunks to: the main host and direct pairs."""
         peers = {"main"}
         for c in self.switch.calls.values():
             if c.path != "local" and c.b is not None:
                 for leg in (c.a, c.b):
                     if leg.direct is not None and leg.direct[1].up:
                         peers.add(leg.direct[1].name)
-        return call_kbps(self._uplink_calls() + extra, len(peers))
+        return peers
+
+    def _uplink_kbps(self):
+        """Uplink the site's calls cost (common.media.call_kbps): one trunk per peer host per tick."""
+        return call_kbps(self._uplink_calls(), len(self._uplink_peers()))
 
     def _admits(self):
         """Call admission (B5): one more call in or out must fit the uplink budget; local calls never count."""
-        budget = self.config.uplink_kbps
-        return not budget or self._uplink_kbps(1) <= budget
+        return uplink_admits(self.config.uplink_kbps, self._uplink_calls(), len(self._uplink_peers()))
 
     def _decide_locally(self, call, now):
         self.pending_local.pop(call.call_id, None)
@@ -344,19 +302,17 @@ class RemoteHost(Daemon):
             self._refuse(call, cause, now)
 
     def _local_decision(self, caller):
-        """Permission for a local call from the cached directory, when the main host is away (B4)."""
-        ext = self.directory["extensions"].get(caller, {})
-        if not self.directory.get("local_calls", True) or ext.get("barred"):
-            return wire.CAUSE_NOT_PERMITTED
-        quota = self.directory.get("local_call_quota", 0)
-        if quota and sum(1 for c in self.switch.calls.values() if c.path == "local" and c.b is not None) >= quota:
-            return wire.CAUSE_NETWORK_BUSY  # the site's quota, as the main host would have said
-        return None
+        """Permission for a local call from the cached directory, when the main host is away (B4):
+        the same rule as the main host's (host/policy.py)."""
+        ext = self.cache.extension(caller) or {}
+        active = sum(1 for c in self.switch.calls.values() if c.path == "local" and c.b is not None)
+        return local_call_cause(self.cache.local_calls, self.cache.local_call_quota, ext.get("barred"), active)
 
     def _refuse(self, call, cause, now):
-        call.a.send(wire.RELEASE, {wire.IE_CAUSE: cause}, now)
+        """End a call that never reached its callee: the caller hears the cause; no record."""
+        self.switch.release(call.a, cause, now)
         self.log.info("call-refused", caller=call.caller, called=call.callee, cause=wire.CAUSE_TEXT[cause])
-        self._ended(call, cause, now, record=False)
+        self.end_call(call, cause, now, record=False)
 
     def _connect_local(self, call, now):
         target = self._phone_link(call.callee)
@@ -367,13 +323,9 @@ class RemoteHost(Daemon):
         cause = self.switch.admit(target)
         if cause is not None:
             return self._refuse(call, cause, now)
-        call.b = self.switch.new_leg(target, os.urandom(16), 0, call)
-        name = self.directory["extensions"].get(call.caller, {}).get("name", "")
-        call.b.send(wire.SETUP, {wire.IE_CALLED: call.callee, wire.IE_CALLING: call.caller,
-                                 wire.IE_CALLING_NAME: name, wire.IE_MEDIA_KEY: call.b.media_key,
-                                 wire.IE_CALL_ID: call.call_id, wire.IE_PATH: wire.PATH_LOCAL}, now)
+        name = (self.cache.extension(call.caller) or {}).get("name", "")
+        self.switch.offer(call, target, now, name, local=True)
         self.log.info("call-setup", call=call.uid, caller=call.caller, called=call.callee, via="local")
-        self._flush_phone(target.session, now)
 
     def _incoming(self, ies, now):
         called = ies.get(wire.IE_CALLED)
@@ -387,27 +339,14 @@ class RemoteHost(Daemon):
         if cause is None:
             cause = self.switch.admit(self.main_link, target)
         if cause is not None:
-            self.log.info("call-refused", caller=ies.get(wire.IE_CALLING), called=called, cause=wire.CAUSE_TEXT[cause])
-            self.main_link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies[wire.IE_CALL_NO],
-                                                      wire.IE_CAUSE: cause}, now)
-            return
+            return self.refuse_setup(self.main_link, ies, cause, now)
         call = self.switch.new_call(ies.get(wire.IE_CALLING, ""), called, now, ies.get(wire.IE_CALL_ID))
-        call.a = self.switch.new_leg(self.main_link, ies[wire.IE_MEDIA_KEY], 1, call)
-        call.a.learn_peer(ies[wire.IE_CALL_NO])
-        call.b = self.switch.new_leg(target, os.urandom(16), 0, call)
-        call.b.send(wire.SETUP, {wire.IE_CALLED: called, wire.IE_CALLING: call.caller,
-                                 wire.IE_CALLING_NAME: ies.get(wire.IE_CALLING_NAME, ""),
-                                 wire.IE_MEDIA_KEY: call.b.media_key, wire.IE_CALL_ID: call.call_id}, now)
-        self._flush_phone(target.session, now)
+        self.switch.incoming(call, self.main_link, ies)
+        self.switch.offer(call, target, now, ies.get(wire.IE_CALLING_NAME, ""))
 
-    def _call_event(self, leg, msg_type, ies, now):
-        call = leg.call
-        event = self.switch.pass_on(leg, msg_type, ies, now)
-        if event == "alerting" and call.path == "local":
+    def on_call_event(self, call, msg_type, now):
+        if msg_type == wire.ALERTING and call.path == "local":
             self._local_media(call, now)
-        elif event == "released":
-            self._ended(call, call.cause, now)
-        self._flush_phones(now)
 
     def _local_media(self, call, now):
         """B3: both phones send media to each other on the LAN; no host carries it."""
@@ -419,12 +358,10 @@ class RemoteHost(Daemon):
                 wire.IE_MEDIA_KEY: key, wire.IE_ROLE: role, wire.IE_ADDRESS: other.link.address,
                 wire.IE_PATH: wire.PATH_LOCAL}, now)
 
-    def _ended(self, call, cause, now, record=True):
-        if not self.switch.end_call(call, cause, now):
-            return
-        self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path)
-        if record and call.path == "local":
-            self.records.add(call_record(call, self.config.name, cause, now, wall_ms()))
+    def on_call_ended(self, call, cause, now):
+        """Local calls are this host's to record (the main host records the calls it switches)."""
+        if call.path == "local":
+            self.records.add(call_record(call, self.config.name, cause, now, self.wall_ms(now)))
             self._upload_records(now)
 
     def _upload_records(self, now):
@@ -465,7 +402,7 @@ class RemoteHost(Daemon):
     # timers
 
     def on_tick(self, now):
-        self.switch.flush(now)
+        self.switch.flush()
         for call in list(self.pending_local.values()):
             if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:
                 self._decide_locally(call, now)
@@ -481,27 +418,21 @@ class RemoteHost(Daemon):
         if timer is not None and timer <= now:
             self.login.handle_timer(now)
             self._login_events(now)
-        self._flush_main(now)
-        for peer in self.sessions.due(now):
+        for peer in self.peers.due(now):
             peer.channel.handle_timer(now)
-            self._flush_phone(peer, now)
-        self._flush_phones(now)
-        for peer in self.sessions.expired(now):
+            self.peers.dirty.add(peer)    # what it resends goes out with this turn's datagrams
+        for peer in self.peers.expired(now):
             link = self.phone_links.get(peer.index)
             if link is not None:
                 self._phone_gone(link, now, "expired")
-            self.sessions.remove(peer)
+            self.peers.remove(peer)
 
     def _phone_gone(self, link, now, reason):
         self.phone_links.pop(link.session.index, None)
         link.up = False
         self.log.info("unregistered", extension=link.name, reason=reason)
         self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: link.name, wire.IE_STATE: 0}, now)
-        for call in self.switch.calls_of(link):
-            other = call.b if call.a.link is link else call.a
-            if other is not None:
-                other.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_UNREACHABLE}, now)
-            self._ended(call, wire.CAUSE_UNREACHABLE, now)
+        self.release_calls(link, wire.CAUSE_UNREACHABLE, now)
 
     def bandwidth_owners(self):
         """The WAN (main host and direct peers) and the LAN (phones), by current address."""
@@ -515,7 +446,6 @@ class RemoteHost(Daemon):
     def status(self):
         return {
             "name": self.config.name,
-            "pid": os.getpid(),
             "bandwidth": self.meter.as_dict(),
             "uplink": {"budget_kbps": self.config.uplink_kbps, "calls": self._uplink_calls(),
                        "committed_kbps": round(self._uplink_kbps(), 1) if self._uplink_calls() else 0.0},
@@ -525,7 +455,7 @@ class RemoteHost(Daemon):
                        "frames": c.frames} for c in self.switch.calls.values()],
             "pairs": {p.name: {"up": p.link.up, "address": "%s:%d" % p.link.address[:2]} for p in self.pairs.values()},
             "records_pending": len(self.records.pending()),
-            "sysinfo_version": self.sysinfo.get("version"),
+            "sysinfo_version": self.cache.sysinfo["version"],
             "sysinfo_acked": dict(self.sysinfo_acked),
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),

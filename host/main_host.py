@@ -1,32 +1,40 @@
-"""The main host: directory, logins, routing, relay, permissions, call records (B1-B3)."""
+"""The main host's core: directory, logins, routing, relay, permissions, call records (B1-B3).
+
+Sans-IO (host/core.py): datagrams and time in, datagrams out; the daemon holds it.
+"""
+import json
 import os
-import time
 
 from common import wire
-from host.chunks import encode, send_chunked
-from host.daemon import Daemon, StructuredLog, wall_ms
+from common.chunks import chunk_ies
+from host.core import HostCore
 from host.directory import MAIN_ORIGIN, Directory, wire_text
+from host.peers import PeerTable
+from host.policy import local_call_cause
 from host.records import call_record, decode_upload
-from host.sessions import SessionTable
 from host.switch import Link, Switch
 
 PHONE_KEEPALIVE_MS = 20000
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
 
-class MainHost(Daemon):
-    def __init__(self, config):
-        log = StructuredLog("main", config.log_level, config.log_format)
-        Daemon.__init__(self, "main", config.listen, log, config.control_socket)
+def encode(obj):
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class MainHost(HostCore):
+    def __init__(self, config, log):
+        HostCore.__init__(self, "main", log)
         self.config = config
         self.directory = Directory(config.database)
         for warning in self.directory.warnings:
             self.log.warning("file-permissions", problem=warning)
         # phones straight at the main host only need their NAT binding kept open: 20 s, not the
         # 2 s a LAN phone uses to notice its remote host restarting (10,000 phones x 2 s is a load)
-        self.sessions = SessionTable(self._secret_of, self.stats, config.registration_ttl_s * 1000,
-                                     phone_keepalive_ms=min(PHONE_KEEPALIVE_MS, config.registration_ttl_s * 250))
-        self.switch = Switch(self, config.trunk_mtu,
+        self.peers = PeerTable(self._secret_of, self.stats, config.registration_ttl_s * 1000,
+                               phone_keepalive_ms=min(PHONE_KEEPALIVE_MS, config.registration_ttl_s * 250),
+                               host_ttl_ms=config.keepalive_timeout_s * 1000)
+        self.switch = Switch(self.send, self.stats, config.trunk_mtu,
                              max_legs={"phone": MAX_CALLS_PER_PHONE, "host": config.max_calls_per_host})
         self.links = {}          # Peer.index -> Link
         self.links_by_name = {}  # (kind, name) -> Link
@@ -41,10 +49,10 @@ class MainHost(Daemon):
 
     def _secret_of(self, identity):
         kind, name = identity
-        row = self.directory.extension(name) if kind == "ext" else self.directory.remote_host(name)
+        row = self.directory.extension(name) if kind == "phone" else self.directory.remote_host(name)
         if row is None:
             return None
-        if kind == "ext" and self.directory.remote_host_of_site(row.site) is not None:
+        if kind == "phone" and self.directory.remote_host_of_site(row.site) is not None:
             return None  # phones of a site with a remote host register there, not here
         return row.secret
 
@@ -64,9 +72,11 @@ class MainHost(Daemon):
     def on_datagram(self, data, addr, now):
         kind = wire.frame_kind(data)
         if kind == wire.KIND_MINI:
-            self.switch.mini_in(data, addr, now)
+            leg = self.switch.mini_in(data, now)   # a new media frame: its phone is at addr (B7)
+            if leg is not None and leg.link.session is not None:
+                self._touch(leg.link.session, addr, now)
         elif kind == wire.KIND_TRUNK:
-            peer = self.sessions.peers.get(wire.session_of(data))
+            peer = self.peers.peers.get(wire.session_of(data))
             link = self.links.get(peer.index) if peer else None
             if link is None:
                 self.stats.drop("unknown session")
@@ -76,24 +86,21 @@ class MainHost(Daemon):
         else:
             msg_type = wire.parse_full(data)[3]
             if msg_type in wire.HANDSHAKE_TYPES:
-                reply, peer = self.sessions.handle_handshake(data, addr, now)
-                if reply:
-                    self.send(reply, addr)
+                peer = self.handshake(data, addr, now)
                 if peer:
                     self._logged_in(peer, now)
                 return
-            peer, messages = self.sessions.receive(data, addr, now)
+            peer, messages = self.peers.receive(data, addr, now)
             if peer is None:
                 return
             if peer.moved:   # only a new frame moves a peer; a replayed one never does
                 self._moved(peer, now)
             for msg_type, ies in messages:
                 self._message(self.links[peer.index], msg_type, ies, now)
-            self._flush_signalling(peer, now)
 
     def _touch(self, peer, addr, now):
         """A new authenticated trunk frame from peer: its address is noted (B7)."""
-        if self.sessions.touch(peer, addr, now):
+        if self.peers.touch(peer, addr, now):
             self._moved(peer, now)
 
     def _moved(self, peer, now):
@@ -105,13 +112,12 @@ class MainHost(Daemon):
             self._reoffer_pairs(link, now)
 
     def _logged_in(self, peer, now):
-        kind = "phone" if peer.kind == "ext" else "host"
-        old = self.links_by_name.get((kind, peer.name))
+        old = self.links_by_name.get((peer.kind, peer.name))
         if old is not None:
             self._link_down(old, now, "logged in again")
-        link = Link(peer.name, kind, session=peer)
+        link = Link(peer.name, peer.kind, session=peer)
         self.links[peer.index] = link
-        self.links_by_name[(kind, peer.name)] = link
+        self.links_by_name[(peer.kind, peer.name)] = link
         self.log.info("login", kind=link.kind, name=peer.name, address="%s:%d" % peer.address)
         if link.kind == "host":
             # a new login may be a rebooted host: it has forgotten its pairs and its clock (PUNCH
@@ -119,21 +125,18 @@ class MainHost(Daemon):
             for pair in [p for p in self.pair_keys if peer.name in p]:
                 del self.pair_keys[pair]
             site = self.directory.remote_host(peer.name).site
-            self._send_blob(link, wire.DIRECTORY, 0, self._site_directory(site), now)
+            self._send_blob(link, wire.DIRECTORY, 0, encode(self._site_directory(site)), now)
         self._send_sysinfo(link, now)
-        self._flush_signalling(peer, now)
 
-    def _flush_signalling(self, peer, now):
-        for datagram in peer.channel.datagrams_to_send(now):
-            self.send(datagram, peer.address)
-        self.sessions.schedule(peer)
-
-    def _send_blob(self, link, msg_type, version, obj, now):
-        count = send_chunked(link, msg_type, version, obj, now)
+    def _send_blob(self, link, msg_type, version, data, now):
+        """data (bytes) to link in chunks (common/chunks.py); returns how many."""
+        chunks = chunk_ies(version, data)
+        for ies in chunks:
+            link.send_signal(msg_type, ies, now)
         self.stats.count("%s copies sent" % wire.MESSAGE_NAMES[msg_type].lower())
-        return count
+        return len(chunks)
 
-    def _sysinfo(self, site):
+    def _sysinfo(self, site, now):
         """(version, encoded JSON) of the system information for one site, built once per version.
 
         The directory in it is the site's own extensions (number -> name) and the
@@ -150,12 +153,12 @@ class MainHost(Daemon):
             info["site"] = site
             info["sites"] = [s.name for s in self.directory.sites()]
             info["directory"] = {e.number: e.name for e in self.directory.extensions(site)}
-            info["time"] = int(time.time())
+            info["time"] = self.wall_ms(now) // 1000
             cached = self._sysinfo_cache[key] = encode(info)
         return version, cached
 
     def _send_sysinfo(self, link, now):
-        version, info = self._sysinfo(self._site_of(link))
+        version, info = self._sysinfo(self._site_of(link), now)
         chunks = self._send_blob(link, wire.SYSINFO, version, info, now)
         sent = self.sysinfo_sent.setdefault(link.name, {"copies": 0, "datagrams": 0})
         sent["copies"] += 1
@@ -164,7 +167,7 @@ class MainHost(Daemon):
     # signalling
 
     def _message(self, link, msg_type, ies, now):
-        self.stats.count("msg " + wire.MESSAGE_NAMES.get(msg_type, "0x%02x" % msg_type))
+        self.count_message(msg_type)
         if msg_type in (wire.PING, wire.ACK, wire.SYSINFO_ACK, wire.PHONE_STATE):
             return
         if msg_type == wire.SETUP:
@@ -177,22 +180,11 @@ class MainHost(Daemon):
             self._punch_result(link, ies, now)
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
-            self.sessions.remove(link.session)
+            self.peers.remove(link.session)
         elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
-            leg = self.switch.leg_for(ies, link)
-            if leg is None:
-                self.stats.drop("unknown call")
-                return
-            self._call_event(leg, msg_type, ies, now)
+            self.call_message(link, msg_type, ies, now)
         else:
             self.stats.drop("unexpected message")
-
-    def _release(self, link, ies, cause, now):
-        """Refuse a SETUP that created no call, with a cause the phone shows."""
-        link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies.get(wire.IE_CALL_NO, 0) or 1,
-                                        wire.IE_CAUSE: cause}, now)
-        self.log.info("call-refused", caller=ies.get(wire.IE_CALLING, link.name),
-                      called=ies.get(wire.IE_CALLED), cause=wire.CAUSE_TEXT[cause])
 
     def _target_link(self, number):
         ext = self.directory.extension(number)
@@ -200,9 +192,9 @@ class MainHost(Daemon):
             return None, wire.CAUSE_UNKNOWN_EXTENSION
         host = self.directory.remote_host_of_site(ext.site)
         if host is not None:
-            peer = self.sessions.by_identity.get(("host", host.name))
+            peer = self.peers.by_identity.get(("host", host.name))
         else:
-            peer = self.sessions.by_identity.get(("ext", number))
+            peer = self.peers.by_identity.get(("phone", number))
         if peer is None or peer.index not in self.links:
             return None, wire.CAUSE_UNREACHABLE
         return self.links[peer.index], None
@@ -220,57 +212,35 @@ class MainHost(Daemon):
             caller = ies.get(wire.IE_CALLING)
             if caller is None or self.directory.site_of_extension(caller) != self._site_of(link):
                 self.stats.drop("caller not of the host's site")
-                return self._release(link, ies, wire.CAUSE_NOT_PERMITTED, now)
+                return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         called = ies[wire.IE_CALLED]
         target, cause = self._target_link(called)
         if target is None:
-            return self._release(link, ies, cause, now)
+            return self.refuse_setup(link, ies, cause, now)
         if target is link:
-            return self._release(link, ies, wire.CAUSE_NOT_PERMITTED, now)
+            return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         if target.kind == "phone" and target.legs:
-            return self._release(link, ies, wire.CAUSE_BUSY, now)
+            return self.refuse_setup(link, ies, wire.CAUSE_BUSY, now)
         cause = self.switch.admit(link, target)   # call numbers left, calls per peer
         if cause is not None:
-            return self._release(link, ies, cause, now)
+            return self.refuse_setup(link, ies, cause, now)
         caller_ext = self.directory.extension(caller)
         name = wire_text(caller_ext.name if caller_ext else "", wire.IE_SPEC[wire.IE_CALLING_NAME][3])
         call = self.switch.new_call(caller, called, now)   # the main host chooses the call id
-        call.a = self.switch.new_leg(link, ies[wire.IE_MEDIA_KEY], 1, call)
-        call.a.learn_peer(ies[wire.IE_CALL_NO])
-        call.b = self.switch.new_leg(target, os.urandom(16), 0, call)
-        call.b.send(wire.SETUP, {wire.IE_CALLED: called, wire.IE_CALLING: caller, wire.IE_CALLING_NAME: name,
-                                 wire.IE_MEDIA_KEY: call.b.media_key, wire.IE_CALL_ID: call.call_id}, now)
+        self.switch.incoming(call, link, ies)
+        self.switch.offer(call, target, now, name)
         call.b2 = link.kind == "host" and target.kind == "host"
         if call.b2 and self.config.direct_media:
             self._offer_pair(link, target, now)
         self.log.info("call-setup", call=call.uid, caller=caller, called=called,
                       via="%s->%s" % (link.name, target.name))
-        self._flush_links(now)
 
-    def _call_event(self, leg, msg_type, ies, now):
-        call = leg.call
-        event = self.switch.pass_on(leg, msg_type, ies, now)
-        if event == "alerting" and call.b2 and self.config.direct_media:
+    def on_call_event(self, call, msg_type, now):
+        if msg_type == wire.ALERTING and call.b2 and self.config.direct_media:
             self._media_peers(call, now)
-        elif event == "answered":
-            self.log.info("call-answered", call=call.uid, setup_ms=now - call.started_ms)
-        elif event == "released":
-            self._ended(call, call.cause, now)
-        self._flush_links(now)
 
-    def _ended(self, call, cause, now):
-        if not self.switch.end_call(call, cause, now):
-            return
-        if call.b2 and call.punch:
-            call.path = "direct" if all(v == wire.PATH_DIRECT for v in call.punch.values()) and len(call.punch) == 2 else "relay"
-        self.directory.add_call_record(call_record(call, MAIN_ORIGIN, cause, now, wall_ms()))
-        self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path,
-                      frames=call.frames)
-
-    def _flush_links(self, now):
-        """Send what this turn queued, to every peer it was queued for (and only those)."""
-        for peer in self.sessions.take_dirty():
-            self._flush_signalling(peer, now)
+    def on_call_ended(self, call, cause, now):
+        self.directory.add_call_record(call_record(call, MAIN_ORIGIN, cause, now, self.wall_ms(now)))
 
     # B2: hole punching between remote hosts
 
@@ -310,8 +280,8 @@ class MainHost(Daemon):
         for call in self.switch.calls.values():
             if call.b2 and {call.a.link.name, call.b.link.name} == {link.name, peer_name}:
                 call.punch[link.name] = path
-                if len(call.punch) == 2:
-                    call.path = "direct" if all(v == wire.PATH_DIRECT for v in call.punch.values()) else "relay"
+                if call.punched_path() is not None:
+                    call.path = call.punched_path()
                     self.log.info("call-path", call=call.uid, path=call.path)
 
     # B3: permission for local calls
@@ -330,17 +300,15 @@ class MainHost(Daemon):
         else:
             site = self.directory.site(host.site)
             active = self.local_calls.setdefault(host.site, set())
-            if not site.local_calls or a.barred:
-                cause = wire.CAUSE_NOT_PERMITTED
-            elif call_id in active:
+            if call_id in active:
                 pass   # asked again: the same grant
-            elif site.local_call_quota and len(active) >= site.local_call_quota:
-                cause = wire.CAUSE_NETWORK_BUSY
-            elif len(active) >= self.config.max_calls_per_host:
-                self.stats.drop("calls per peer")   # grants held for a host are bounded even without a quota
-                cause = wire.CAUSE_NETWORK_BUSY
             else:
-                active.add(call_id)
+                cause = local_call_cause(site.local_calls, site.local_call_quota, a.barred, len(active))
+                if cause is None and len(active) >= self.config.max_calls_per_host:
+                    self.stats.drop("calls per peer")   # grants held for a host are bounded even without a quota
+                    cause = wire.CAUSE_NETWORK_BUSY
+                if cause is None:
+                    active.add(call_id)
         reply = {wire.IE_CALL_ID: call_id}
         if cause is None:
             link.send_signal(wire.LOCAL_GRANT, reply, now)
@@ -362,7 +330,7 @@ class MainHost(Daemon):
         site = self._site_of(link)
         try:
             record = decode_upload(ies.get(wire.IE_DATA, b""), link.name, site, self.directory.site_of_extension,
-                                   wall_ms())
+                                   self.wall_ms(now))
             stored = self.directory.add_call_record(record)
         except (ValueError, TypeError, KeyError) as exc:
             self.stats.drop("bad record")
@@ -374,38 +342,32 @@ class MainHost(Daemon):
 
     # timers
 
-    def on_burst(self, now):
-        # relayed trunk frames leave as soon as the datagrams that were waiting are handled
-        # (docs/protocol.md, trunking): the relay hop adds no wait for the next tick
-        self.switch.flush_relayed(now)
-
     def on_tick(self, now):
-        self.switch.flush(now)
+        self.switch.flush()
         ring_ms = self.config.ring_timeout_s * 1000
         for call in list(self.switch.calls.values()):
             if call.state in ("setup", "alerting") and now - call.started_ms > ring_ms:
-                call.a.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NO_ANSWER}, now)
-                call.b.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NO_ANSWER}, now)
-                self._ended(call, wire.CAUSE_NO_ANSWER, now)
-        for peer in self.sessions.due(now):
+                self.switch.release(call.a, wire.CAUSE_NO_ANSWER, now)
+                self.switch.release(call.b, wire.CAUSE_NO_ANSWER, now)
+                self.end_call(call, wire.CAUSE_NO_ANSWER, now)
+        for peer in self.peers.due(now):
             peer.channel.handle_timer(now)
-            self._flush_signalling(peer, now)
-        self._flush_links(now)
+            self.peers.dirty.add(peer)    # what it resends goes out with this turn's datagrams
         if now - self._last_expiry_ms > 1000:
             self._last_expiry_ms = now
-            for peer in self.sessions.expired(now):
+            for peer in self.peers.expired(now):
                 link = self.links.get(peer.index)
                 if link is not None:
                     self._link_down(link, now, "expired" if not peer.channel.failed else peer.channel.error)
-                self.sessions.remove(peer)
+                self.peers.remove(peer)
             version = self.directory.sysinfo()[0]
             if version != self._sysinfo_version:
-                self.sessions.forget_keys()   # secrets may have changed: derive handshake keys afresh
+                self.peers.forget_keys()   # secrets may have changed: derive handshake keys afresh
             if self._sysinfo_version is not None and version != self._sysinfo_version:
                 for link in list(self.links.values()):
                     if link.kind == "host":  # the directory may have changed too: new phones' secrets
                         site = self.directory.remote_host(link.name).site
-                        self._send_blob(link, wire.DIRECTORY, 0, self._site_directory(site), now)
+                        self._send_blob(link, wire.DIRECTORY, 0, encode(self._site_directory(site)), now)
                     self._send_sysinfo(link, now)
             self._sysinfo_version = version
 
@@ -415,10 +377,7 @@ class MainHost(Daemon):
             del self.links_by_name[(link.kind, link.name)]
         link.up = False
         self.log.info("logout", kind=link.kind, name=link.name, reason=reason)
-        for call in self.switch.calls_of(link):
-            other = call.b if call.a.link is link else call.a
-            other.send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_UNREACHABLE}, now)
-            self._ended(call, wire.CAUSE_UNREACHABLE, now)
+        self.release_calls(link, wire.CAUSE_UNREACHABLE, now)
 
     def _site_of(self, link):
         site = getattr(link, "site", None)
@@ -434,7 +393,6 @@ class MainHost(Daemon):
     def status(self):
         return {
             "name": "main",
-            "pid": os.getpid(),
             "bandwidth": self.meter.as_dict(),
             "remote_hosts": [{"name": l.name, "site": self._site_of(l), "address": "%s:%d" % l.address[:2]}
                              for l in self.links.values() if l.kind == "host"],

@@ -1,0 +1,65 @@
+"""A remote host's copy of its site: the extensions with their secrets, the site's rules for
+local calls, and the last system information, kept on disk for when the main host is away (B4).
+
+The file holds the site's phone secrets: it is written 0600 (host/files.py).
+"""
+import json
+
+from host.files import private_file, write_private
+
+
+class SiteCache:
+    """What the main host last said about the site (its DIRECTORY and SYSINFO messages)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.warnings = []
+        self.data = {"extensions": {}, "local_calls": True}
+        try:
+            with open(path) as f:
+                self.data = json.load(f)
+        except (OSError, ValueError):
+            return
+        warning = private_file(path)
+        if warning:
+            self.warnings.append(warning)
+
+    def save(self):
+        private_file(self.path)
+        write_private(self.path, json.dumps(self.data).encode())
+
+    @property
+    def extensions(self):
+        """number -> {"name", "secret" (hex), "barred"}"""
+        return self.data["extensions"]
+
+    def extension(self, number):
+        return self.data["extensions"].get(number)
+
+    def secret(self, number):
+        ext = self.data["extensions"].get(number)
+        return bytes.fromhex(ext["secret"]) if ext else None
+
+    @property
+    def local_calls(self):
+        return self.data.get("local_calls", True)
+
+    @property
+    def local_call_quota(self):
+        return self.data.get("local_call_quota", 0)
+
+    @property
+    def sysinfo(self):
+        """{"version", "info"} of the last system information, or a version of None."""
+        return self.data.get("sysinfo") or {"version": None, "info": None}
+
+    def set_directory(self, directory):
+        """The site's directory as the main host sent it; the system information is kept."""
+        sysinfo = self.sysinfo
+        self.data = dict(directory)
+        self.data["sysinfo"] = sysinfo
+        self.save()
+
+    def set_sysinfo(self, version, info):
+        self.data["sysinfo"] = {"version": version, "info": info}
+        self.save()
