@@ -363,9 +363,21 @@ def _read_until(proc, pattern, poke=None, timeout=30):
     return out
 
 
+def _drain(fd):
+    try:
+        while os.read(fd, 1024):
+            pass
+    except OSError:
+        pass
+
+
 def test_console_quits_on_ctrl_c_and_restores_the_terminal(stand_in):
     master, slave = pty.openpty()
     before = termios.tcgetattr(slave)
+    # the terminal shows what the tty echoes (a key typed before the console set cbreak mode): read
+    # it, as a terminal does, or the console's restoring tcsetattr(TCSADRAIN) waits for it for ever
+    drain = threading.Thread(target=_drain, args=(master,), daemon=True)
+    drain.start()
     proc = subprocess.Popen([PY, "-m", "tools.cli", "console", "--port", stand_in.link, "--color", "never"],
                             cwd=ROOT, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -380,8 +392,10 @@ def test_console_quits_on_ctrl_c_and_restores_the_terminal(stand_in):
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        os.close(slave)        # the last one: the reader of the master side gets EIO and ends
+        drain.join(5)
         os.close(master)
-        os.close(slave)
 
 
 def test_console_says_when_the_handset_goes_away(stand_in):
