@@ -379,12 +379,17 @@ def test_console_quits_on_ctrl_c_and_restores_the_terminal(stand_in):
     drain = threading.Thread(target=_drain, args=(master,), daemon=True)
     drain.start()
     proc = subprocess.Popen([PY, "-m", "tools.cli", "console", "--port", stand_in.link, "--color", "never"],
-                            cwd=ROOT, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=ROOT, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONFAULTHANDLER="1"))   # SIGABRT: where it is
     try:
         # "s" until the handset's answer shows the console runs and reads the keyboard
         out = _read_until(proc, STAMP + r' I state \{"call": "idle"', poke=lambda: os.write(master, b"s"))
         proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=30)
+        try:
+            rest, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            raise AssertionError("the console did not end on Ctrl-C: %s" % proc.communicate(timeout=10)[1].decode())
         assert proc.returncode == 0, err
         assert termios.tcgetattr(slave) == before
         assert re.search(STAMP + r' I state \{"call": "idle"', (out + rest).decode())
