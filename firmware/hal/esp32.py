@@ -14,8 +14,13 @@ and as TX otherwise.
 Audio timing (docs/firmware-audio.md): DMA buffers sized for latency (microphone 4 KB = two
 32 ms buffers, speaker 2 KB mono / 4 KB stereo = four); the microphone is read without
 blocking (the I2S object in its asyncio mode) and never more than a frame's worth at a time;
-what it queued before a call is drained at call start; the speaker gets two frames of silence
-(40 ms) before the first frame whenever it starts again, so a late loop does not click.
+while a call is up it is registered in the loop's poller, so the loop wakes when its DMA has
+audio; what it queued before a call is drained at call start; the speaker gets two frames of
+silence (40 ms) before the first frame whenever it starts again, so a late loop does not click.
+
+The CPU runs at 240 MHz (machine.freq at start-up): stock MicroPython boots an ESP32 at 160 MHz
+(ESP-IDF's default), and the handset's CPU budget per 20 ms tick is reckoned at 240
+(docs/benchmarks.md).
 """
 import select
 import sys
@@ -35,6 +40,7 @@ _SETTLE_MS = 500             # the INMP441 outputs zeros for about 0.5 s after i
 _DEBOUNCE_MS = 30
 _WATCHDOG_PARKED_MS = 3600000  # Ctrl-C: the REPL is wanted; an hour before the WDT (which cannot be stopped) fires
 _CONSOLE_CHARS = 64          # console bytes taken per poll_keys(): typing never stalls the loop
+_CPU_HZ = 240000000          # the ESP32's and ESP32-S3's fastest clock
 _REJOIN_MS = 5000
 _STAT_GOT_IP = getattr(network, "STAT_GOT_IP", 1010)
 _STAT_IDLE = getattr(network, "STAT_IDLE", 1000)
@@ -151,6 +157,7 @@ class Hal:
     def __init__(self, board, wifi=None, watchdog_ms=10000):
         # the watchdog first: a board that hangs while starting its devices is reset too
         self._wdt = machine.WDT(timeout=watchdog_ms)
+        machine.freq(_CPU_HZ)
         self.board = board
         self.full_duplex = board.get("full_duplex", True)
         mic = board["i2s_mic"]
@@ -166,6 +173,8 @@ class Hal:
         self._settles = slot == 4 and self.full_duplex   # an INMP441
         self._rx_started = 0
         self._rx = None
+        self._poller = None    # the loop's poller (attach()): the microphone wakes it during calls
+        self._in_call = False
         self._tx = None
         self._ptt = None
         self._talking = False
@@ -205,6 +214,24 @@ class Hal:
         self._rx = _nonblocking(_i2s(self._mic_cfg, machine.I2S.RX, self._mic_bits, _MIC_IBUF))
         self._rx_started = time.ticks_ms()
         self._mic_ring.clear()
+        self._wake(True)
+
+    def _wake(self, on):
+        """The microphone wakes the loop (its DMA holds audio) while a call is up, and only then:
+        outside calls nobody reads it, and a poller would find it ready on every pass."""
+        rx, poller = self._rx, self._poller
+        if rx is None or poller is None:
+            return
+        if on and self._in_call:
+            poller.register(rx, select.POLLIN)
+        else:
+            try:
+                poller.unregister(rx)
+            except (KeyError, OSError):
+                pass  # it was not registered
+
+    def attach(self, poller):
+        self._poller = poller
 
     # audio
     def _switch_half_duplex(self):
@@ -217,6 +244,7 @@ class Hal:
             self._tx = None
             self._open_rx()
         else:
+            self._wake(False)
             self._rx.deinit()
             self._rx = None
             self._tx = _i2s(self._spk_cfg, machine.I2S.TX, 16, self._speaker_ibuf)
@@ -243,16 +271,23 @@ class Hal:
         return True
 
     def mic_due(self):
-        return None  # the DMA completes a 32 ms buffer when it does: the loop polls (every <= 10 ms)
+        return None  # the DMA completes a 32 ms buffer when it does: the poller wakes the loop then
 
     def mic_start(self):
-        """A call starts: what the microphone DMA queued before it (up to 64 ms) is dropped."""
+        """A call starts: what the microphone DMA queued before it (up to 64 ms) is dropped, and
+        from now on the microphone wakes the loop when its DMA holds audio."""
         rx = self._rx
         if rx is not None:
             for _ in range(16):
                 if not rx.readinto(self._chunk):
                     break
         self._mic_ring.clear()
+        self._in_call = True
+        self._wake(True)
+
+    def mic_stop(self):
+        self._in_call = False
+        self._wake(False)
 
     def speaker_start(self):
         """The speaker plays again after silence: two frames of silence first, so the frames that

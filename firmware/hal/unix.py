@@ -181,8 +181,14 @@ class Hal:
     def mic_start(self):
         self._mic_at = self.ticks_ms()
 
+    def mic_stop(self):
+        pass  # the paced microphone wakes nothing: the loop's audio tick is in step with mic_due()
+
     def mic_due(self):
         return self._mic_at
+
+    def attach(self, poller):
+        pass  # keys and console lines are polled once per tick; the microphone is paced (mic_due)
 
     def read_frame(self, pcm):
         now = self.ticks_ms()
@@ -220,8 +226,9 @@ class Hal:
     def poll_keys(self):
         console = self._console
         if not console.pending and not self.control_closed:
-            for _ in self._poll.poll(0):
+            for _ in self._poll.ipoll(0):   # ipoll: no result list per call
                 self._read_control()
+                break
         while console.pending and console.pending[0].startswith("!fault "):
             self.fault(console.next()[7:])
         return console.next()
