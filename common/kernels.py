@@ -173,11 +173,13 @@ if MICROPYTHON:
             p[doff + i] = (uint(st[i >> 2]) >> (24 - ((i & 3) << 3))) & 0xFF
 
 else:
-    from common.kernels_portable import (copy_bytes_portable as copy_bytes, ctr_blocks_portable as ctr_blocks,
-                                         equal_portable as equal, put_be32_portable as put_be32,
-                                         sha256_blocks_portable as sha256_blocks,
-                                         sha256_pad_portable as sha256_pad, sha256_put_portable as sha256_put,
-                                         xor_into_portable as xor_into)
+    # CPython: the bytecode references under the kernels' names (xor_into is xor_into_portable), named
+    # here once: an import list of the *_portable names would put them all in a handset's heap too
+    from common import kernels_portable
+    for _name in ("xor_into", "copy_bytes", "ctr_blocks", "equal", "put_be32", "sha256_blocks", "sha256_pad",
+                  "sha256_put"):
+        globals()[_name] = getattr(kernels_portable, _name + "_portable")
+    del _name
 
     IMPLEMENTATION = "python"
 

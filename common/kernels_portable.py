@@ -91,3 +91,18 @@ def sha256_put_portable(dst, doff, state, n):
     """The first n bytes (n <= 32) of the digest held in state, big-endian, into dst at doff."""
     for i in range(n):
         dst[doff + i] = (state[i >> 2] >> (24 - 8 * (i & 3))) & 0xFF
+
+
+def hmac_sha256_portable(key, msg):
+    """HMAC-SHA256 (RFC 2104) written out on hashlib: the reference the viper HMAC (common.crypto
+    on MicroPython) and the hosts' copied-state HMAC are checked against."""
+    from common.compat import sha256
+    key = bytes(key)
+    if len(key) > 64:
+        key = sha256(key).digest()
+    key = key + bytes(64 - len(key))
+    inner = sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(msg)
+    outer = sha256(bytes(b ^ 0x5C for b in key))
+    outer.update(inner.digest())
+    return outer.digest()

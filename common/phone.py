@@ -19,7 +19,7 @@ RINGBACK = "ringback"
 RINGING = "ringing"
 CONNECTED = "connected"
 
-SETUP_TIMEOUT_MS = const(20000)
+_SETUP_TIMEOUT_MS = const(20000)
 
 
 class PhoneCall:
@@ -263,5 +263,5 @@ class Phone:
         before = self.login.state
         self.login.handle_timer(now)
         self._login_events(before)
-        if self.state == DIALING and ticks_diff(now, self.call.started_ms) > SETUP_TIMEOUT_MS:
+        if self.state == DIALING and ticks_diff(now, self.call.started_ms) > _SETUP_TIMEOUT_MS:
             self._end(wire.CAUSE_UNREACHABLE)

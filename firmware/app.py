@@ -23,39 +23,39 @@ import sys
 import time
 
 from common import wire
-from common.compat import ticks_add, ticks_diff, ticks_earliest
+from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.phone import CONNECTED, IDLE, Phone, RINGING
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 
-FRAME_MS = 20
+_FRAME_MS = const(20)
 # the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
 TONES = {"busy": "busy", "unreachable": "reorder", "network busy": "reorder", "not permitted": "reorder",
          "unknown extension": "reorder", "no answer": "reorder"}
 RING_TONE = "ringback"     # the ringer: the speaker plays the ring-back cadence (2 s on, 4 s off)
 KEY_OFF_HOOK = "A"         # lift: dial tone when idle, answers a ringing call
 KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
-TONE_TIMEOUT_MS = 30000    # busy and reorder stop by themselves after this
-CAPTURE_MAX = 3            # frames sent per loop iteration at most (a late loop catches up)
-RETRY_MAX = 8              # datagrams kept for another try after sendto failed
-RESOLVE_RETRY_MS = 1000    # getaddrinfo for the host again after this, when it failed
-RESEND_MS = 5              # while datagrams wait for another try, the loop wakes at least this often
+_TONE_TIMEOUT_MS = const(30000)   # busy and reorder stop by themselves after this
+_CAPTURE_MAX = const(3)           # frames sent per loop iteration at most (a late loop catches up)
+_RETRY_MAX = const(8)             # datagrams kept for another try after sendto failed
+_RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
+_RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
 # recv(n) takes n contiguous bytes from the heap for every datagram (then gives back the rest):
 # 1600 failed on a fragmented 160 KB heap. The largest v1 frame a phone gets is a full frame
 # holding every IE at its longest (about 720 bytes); media frames are 168.
-RX_BYTES = 768
-VOICE_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG   # a mini frame's length, voice
-CN_FRAME = wire.MINI_HEADER + wire.CN_BYTES + wire.MEDIA_TAG         # and comfort noise
+_RX_BYTES = const(768)
+_VOICE_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG   # a mini frame's length, voice
+_CN_FRAME = wire.MINI_HEADER + wire.CN_BYTES + wire.MEDIA_TAG         # and comfort noise
 # DSCP in the IP TOS byte: voice EF, signalling CS3. The unix port takes IP_TOS (Linux numbers
 # when the module lacks the names); stock ESP32 MicroPython's setsockopt has no IP_TOS (it prints
 # "option not implemented" and does nothing), so the handset does not mark there.
-TOS_EF = 46 << 2
-TOS_CS3 = 24 << 2
+_TOS_EF = const(46 << 2)
+_TOS_CS3 = const(24 << 2)
 _IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
 _IP_TOS = getattr(socket, "IP_TOS", 1)
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
-_HEAP_SAMPLE_LEAD_MS = 25   # the heap's use is sampled this long (more than a tick) before each collection
+_HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
 
 
 def due(now, at):
@@ -81,7 +81,7 @@ class App:
                            keepalive_ms=int(config.get("keepalive_ms", 2000)),
                            dead_ms=int(config.get("dead_ms", 2000)),
                            backoff_max_ms=int(config.get("backoff_max_ms", 5000)))
-        self.pipeline = AudioPipeline(config.get("codec", "ulaw"), config.get("plc", True), FRAME_MS)
+        self.pipeline = AudioPipeline(config.get("codec", "ulaw"), config.get("plc", True), _FRAME_MS)
         self.pcm = bytearray(320)
         # firmware.audio.vad is imported only where it is used: silence suppression configured, or
         # the first comfort-noise frame from the far end (docs/handset.md, Memory)
@@ -95,16 +95,16 @@ class App:
         self._cn = bytearray(wire.CN_BYTES)
         self._tos = None
         self._mark = config.get("dscp", sys.platform != "esp32")
-        self._rx = bytearray(RX_BYTES)     # every media datagram lands here: no allocation per frame
+        self._rx = bytearray(_RX_BYTES)     # every media datagram lands here: no allocation per frame
         rx = self._rx_view = memoryview(self._rx)
-        self._voice_frame, self._cn_frame = rx[:VOICE_FRAME], rx[:CN_FRAME]
+        self._voice_frame, self._cn_frame = rx[:_VOICE_FRAME], rx[:_CN_FRAME]
         self._voice_payload = rx[wire.MINI_HEADER:wire.MINI_HEADER + wire.VOICE_BYTES]
         self._wait_poll = self.poller.ipoll   # the loop's sleep (ipoll: no result list)
         self._raw_sock = None
         self._retry = []           # [data, addr, tos] whose sendto failed, oldest first
         self.digits = ""
         self.tone_stop_at = None
-        self.tone_timeout_ms = int(config.get("tone_timeout_ms", TONE_TIMEOUT_MS))
+        self.tone_timeout_ms = int(config.get("tone_timeout_ms", _TONE_TIMEOUT_MS))
         self.speed_dial = {}       # button name -> number, from the system information
         self._speaking = False     # the speaker got a frame at the last tick
         self.power_save = True
@@ -411,7 +411,7 @@ class App:
         views made once; signalling (rare) gets its own bytearray, since the protocol may keep
         parts of it."""
         try:
-            data = self.sock.recv(RX_BYTES)
+            data = self.sock.recv(_RX_BYTES)
         except OSError:
             return
         n = len(data)
@@ -424,9 +424,9 @@ class App:
                 return
             rx = self._rx_view
             rx[:n] = data
-            if n == VOICE_FRAME:
+            if n == _VOICE_FRAME:
                 frame = self._voice_frame
-            elif n == CN_FRAME:
+            elif n == _CN_FRAME:
                 frame = self._cn_frame
             else:
                 frame = rx[:n]   # not a media frame's length: open_media refuses it
@@ -436,7 +436,7 @@ class App:
             return
         if ts is None:
             return
-        if n == CN_FRAME:  # comfort noise: the far end is silent at this level
+        if n == _CN_FRAME:  # comfort noise: the far end is silent at this level
             self.cn_level = self._rx[wire.MINI_HEADER]
             self.cn_received += 1
             return
@@ -451,15 +451,15 @@ class App:
 
     def flush(self, now):
         for datagram in self.phone.datagrams_to_send(now):
-            self.sendto(datagram, self.host_addr, TOS_CS3)
+            self.sendto(datagram, self.host_addr, _TOS_CS3)
 
     def sendto(self, data, addr, tos):
         """Send one datagram marked with tos (DSCP << 2), where the platform lets us mark.
 
         When sendto fails (EAGAIN/EWOULDBLOCK, ENOMEM: lwIP out of buffers; EHOSTUNREACH ...)
         the error is counted and a copy waits for the next loop iteration (resend(); the loop
-        then wakes at least every RESEND_MS); datagrams after it queue behind it, so the order
-        holds. At most RETRY_MAX wait: then the oldest goes.
+        then wakes at least every _RESEND_MS); datagrams after it queue behind it, so the order
+        holds. At most _RETRY_MAX wait: then the oldest goes.
         """
         if self._retry:
             self._keep(data, addr, tos)
@@ -480,7 +480,7 @@ class App:
         self.hal.sendto(self.sock, data, addr)
 
     def _keep(self, data, addr, tos):
-        if len(self._retry) >= RETRY_MAX:
+        if len(self._retry) >= _RETRY_MAX:
             self._retry.pop(0)
             self.summary["sends_dropped"] += 1
         self._retry.append((bytes(data), addr, tos))  # media is a view of a buffer reused per frame
@@ -501,7 +501,7 @@ class App:
     def capture(self, now):
         """Send every whole 20 ms frame the microphone has (the microphone's clock paces sending);
         each frame is read, encoded, sealed and sent before anything else runs."""
-        for _ in range(CAPTURE_MAX):
+        for _ in range(_CAPTURE_MAX):
             if not self.hal.read_frame(self.pcm):
                 return
             self.pipeline.encode(self.pcm)
@@ -517,7 +517,7 @@ class App:
                 self.frames_suppressed += 1
             else:
                 frame = self.phone.seal_frame(self.call_ts, payload)
-            self.call_ts += FRAME_MS
+            self.call_ts += _FRAME_MS
             if frame is not None:
                 addr = self.phone.frame_to
                 if addr is not None:
@@ -529,7 +529,7 @@ class App:
                             continue
                         self._peer_key = addr
                     addr = self._peer_addr
-                self.sendto(frame, addr if addr is not None else self.host_addr, TOS_EF)
+                self.sendto(frame, addr if addr is not None else self.host_addr, _TOS_EF)
                 if payload is self._cn:
                     self.cn_sent += 1
                 else:
@@ -571,7 +571,7 @@ class App:
             self._stop_at = ticks_add(now, int(script["exit_after_ms"]))
         try:
             while not self.open_socket(now):  # no address for the host yet (DNS, Wi-Fi): try again
-                for _ in range(RESOLVE_RETRY_MS // 100):
+                for _ in range(_RESOLVE_RETRY_MS // 100):
                     hal.feed()
                     time.sleep_ms(100)
                 now = hal.ticks_ms()
@@ -611,8 +611,8 @@ class App:
             wait = ticks_diff(self._frame_at, now)   # the next audio tick (the microphone's frame too)
             if self._timer_at is not None and ticks_diff(self._timer_at, now) < wait:
                 wait = ticks_diff(self._timer_at, now)
-            if self._retry and wait > RESEND_MS:
-                wait = RESEND_MS
+            if self._retry and wait > _RESEND_MS:
+                wait = _RESEND_MS
             if profile is not None:
                 profile.pause()
             if not self.running:
@@ -638,7 +638,7 @@ class App:
                 if self.profile is not None:
                     self.profile.tick()
                 self.audio_tick(now)
-                frame_at = ticks_add(frame_at, FRAME_MS)
+                frame_at = ticks_add(frame_at, _FRAME_MS)
                 if ticks_diff(now, frame_at) > 200:
                     frame_at = now  # fell far behind: skip rather than burst
             self._frame_at = frame_at

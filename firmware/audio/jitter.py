@@ -5,7 +5,7 @@ per 20 ms playout tick and hands out the frame due now, or says MISSING (the
 caller conceals) or EMPTY (not playing yet). Time is passed in (integer ms, the
 handset's ticks: compared with ticks_diff, so the clock may wrap).
 
-Playout delay adapts between MIN_DELAY_MS and MAX_DELAY_MS: the target is
+Playout delay adapts between _MIN_DELAY_MS and MAX_DELAY_MS: the target is
 frame_ms + 3 x the RFC 3550 interarrival jitter estimate, in whole frames. The
 buffer grows by holding the play position when it runs dry (late frames then
 still play) and shrinks by skipping one frame when, for a whole second, it
@@ -25,7 +25,7 @@ LATE = const(1)
 DUPLICATE = const(2)
 BAD_SIZE = const(3)
 
-MIN_DELAY_MS = const(20)
+_MIN_DELAY_MS = const(20)
 MAX_DELAY_MS = const(120)
 _DRY_TICKS_TO_REPRIME = const(6)   # 120 ms without any frame: stop and buffer afresh
 _SHRINK_WINDOW_TICKS = const(50)   # one second of surplus before dropping a frame
@@ -83,8 +83,8 @@ class JitterBuffer:
     def _clamp(self, ms):
         f = self.frame_ms
         ms = (ms + f - 1) // f * f
-        if ms < MIN_DELAY_MS:
-            return MIN_DELAY_MS
+        if ms < _MIN_DELAY_MS:
+            return _MIN_DELAY_MS
         if ms > MAX_DELAY_MS:
             return MAX_DELAY_MS
         return ms

@@ -12,6 +12,7 @@ import select
 import sys
 import time
 
+from common.compat import const
 from firmware.audio import dsp, tones
 from firmware.hal.console import ConsoleLines
 
@@ -19,7 +20,7 @@ FRAME_BYTES = 320
 # audio older than this is lost when the loop falls behind, as a DMA queue overwrites it (an ESP32's
 # holds 64 ms); a process on a busy PC stalls longer than a device, and the loop itself skips
 # ahead only after 200 ms, so the virtual microphone keeps that much
-MIC_BACKLOG_MS = 200
+_MIC_BACKLOG_MS = const(200)
 
 
 def parse_wav_header(f):
@@ -177,7 +178,7 @@ class Hal:
             self.fault(line)
 
     # audio: the microphone is a clock too. A frame is ready every 20 ms from mic_start();
-    # a loop that falls behind finds at most MIC_BACKLOG_MS of them (and the current one) queued.
+    # a loop that falls behind finds at most _MIC_BACKLOG_MS of them (and the current one) queued.
     def mic_start(self):
         self._mic_at = self.ticks_ms()
 
@@ -197,8 +198,8 @@ class Hal:
         late = time.ticks_diff(now, self._mic_at)
         if late < 0:
             return False
-        if late > MIC_BACKLOG_MS:
-            skipped = (late - MIC_BACKLOG_MS) // 20  # 200..219 ms late after this: 11 frames are there
+        if late > _MIC_BACKLOG_MS:
+            skipped = (late - _MIC_BACKLOG_MS) // 20  # 200..219 ms late after this: 11 frames are there
             self._mic_at = time.ticks_add(self._mic_at, 20 * skipped)
             for _ in range(skipped):  # the samples a DMA queue would have overwritten
                 self._read(pcm)

@@ -132,6 +132,23 @@ def test_mac_into_is_the_truncated_hmac_over_prefix_and_message():
             assert not hk.verify_into(prefix, msg, n, tag, 6, 4)
 
 
+def test_mac_into_streams_prefixes_and_messages_longer_than_its_scratch():
+    # signalling frames (up to ~720 bytes) and a trunk's timestamps (8 per entry) as the prefix:
+    # hashed MAC_ROOM bytes at a time, ending on and across every block and scratch boundary
+    key = data(32, 3)
+    hk = HmacKey(key)
+    room = crypto.MAC_ROOM
+    for p in (0, 16, 64, room - 1, room, room + 8, 2 * room + 40):
+        for n in (0, 1, room - p % room, room, 3 * room - 5, 720):
+            prefix, msg = data(p, p + 7), data(n + 3, n + 5)
+            want = hmac_sha256_portable(key, bytes(prefix) + bytes(msg[:n]))
+            out = bytearray(32)
+            hk.mac_into(prefix, msg, n, out, 0, 32)
+            assert out == want, (p, n)
+            assert hk.digest2(prefix, msg[:n]) == want and hk.verify_into(prefix, msg, n, out, 0, 32)
+    assert hk.digest(b"abc") == hmac_sha256_portable(key, b"abc") == crypto.hmac_sha256(key, b"abc")
+
+
 def test_counter_mode_is_its_own_inverse_and_leaves_the_rest_alone():
     ctr = crypto.CounterMode(bytes(range(16)), 160)
     nonce = data(12, 9)
