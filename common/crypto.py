@@ -9,7 +9,7 @@ come from common/crypto_cpython.py (hashlib copies, big-integer XOR), which a ha
 from array import array
 
 from common import kernels
-from common.compat import MICROPYTHON, sha256
+from common.compat import MICROPYTHON, const, sha256
 
 BLOCK = 64  # SHA-256 block size in bytes
 _IPAD = bytes(0x36 for _ in range(BLOCK))
@@ -127,11 +127,14 @@ if MICROPYTHON:
         return HmacKey(key).digest(msg)
 
     # counter mode's scratch, shared by every CounterMode (used and consumed within one call,
-    # single-threaded) and grown to the longest max_len asked for: the counter blocks, their
-    # encryption (the keystream), and a view of the counter blocks for each block count (cryptolib
-    # takes the length from its input, and slicing a memoryview allocates every time)
-    _ctr_blocks = _ctr_stream = None
-    _ctr_views = []
+    # single-threaded): the counter blocks of up to one voice payload (longer signalling goes
+    # through in such pieces), their encryption (the keystream), and a view of the counter blocks
+    # for each block count (cryptolib takes the length from its input, and slicing a memoryview
+    # allocates every time)
+    _CTR_PIECE = const(160)
+    _ctr_blocks = bytearray(_CTR_PIECE)
+    _ctr_stream = bytearray(_CTR_PIECE)
+    _ctr_views = [None] * (_CTR_PIECE // 16 + 1)
 
     class CounterMode:
         """AES-128-CTR built on ECB: keystream block i = AES(nonce12 || be32(i)).
@@ -140,28 +143,27 @@ if MICROPYTHON:
         scratch shared by every CounterMode; a CounterMode holds only its AES key schedule."""
 
         def __init__(self, key, max_len=256):
-            global _ctr_blocks, _ctr_stream, _ctr_views
             self._aes = cryptolib.aes(bytes(key), 1)   # ECB
-            blocks = (max_len + 15) // 16
-            self.max_len = 16 * blocks
-            if _ctr_blocks is None or len(_ctr_blocks) < self.max_len:
-                _ctr_blocks, _ctr_stream = bytearray(self.max_len), bytearray(self.max_len)
-                _ctr_views = [None] * (blocks + 1)
+            self.max_len = 16 * ((max_len + 15) // 16)
 
         def crypt(self, nonce, buf, start, end):
             """XOR buf[start:end] with the keystream for nonce (12 bytes), in place."""
             n = end - start
-            if n <= 0:
-                return
             if n > self.max_len:
                 raise ValueError("payload longer than counter-mode buffer")
-            blocks = (n + 15) >> 4
-            kernels.ctr_blocks(_ctr_blocks, nonce, blocks)
-            view = _ctr_views[blocks]
-            if view is None:
-                view = _ctr_views[blocks] = memoryview(_ctr_blocks)[:16 * blocks]
-            self._aes.encrypt(view, _ctr_stream)
-            kernels.xor_into(buf, start, _ctr_stream, 0, n)
+            first = 0
+            while n > 0:
+                take = n if n < _CTR_PIECE else _CTR_PIECE
+                blocks = (take + 15) >> 4
+                kernels.ctr_blocks(_ctr_blocks, nonce, first, blocks)
+                view = _ctr_views[blocks]
+                if view is None:
+                    view = _ctr_views[blocks] = memoryview(_ctr_blocks)[:16 * blocks]
+                self._aes.encrypt(view, _ctr_stream)
+                kernels.xor_into(buf, start, _ctr_stream, 0, take)
+                start += take
+                n -= take
+                first += blocks
 
         def crypt_bytes(self, nonce, src):
             """src XORed with the keystream for nonce, as a new buffer (src is left as it is)."""

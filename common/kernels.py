@@ -47,11 +47,12 @@ if MICROPYTHON:
             d[doff + i] = s[soff + i]
 
     @micropython.viper
-    def ctr_blocks(counter, nonce, blocks: int):
+    def ctr_blocks(counter, nonce, first: int, blocks: int):
         c = ptr8(counter)
         s = ptr8(nonce)
-        for i in range(blocks):
-            o = i << 4
+        for k in range(blocks):
+            o = k << 4
+            i = first + k
             for j in range(12):
                 c[o + j] = s[j]
             c[o + 12] = (i >> 24) & 0xFF
@@ -184,16 +185,10 @@ else:
     IMPLEMENTATION = "python"
 
 
-def sha256_state(block):
-    """The SHA-256 state (array of 8 words) after one 64-byte block from the initial value."""
-    state = array("I", SHA256_IV)
-    sha256_blocks(state, SHA256_IV, block, 0, 1, array("I", bytes(256)))
-    return state
-
-
 def __getattr__(name):
-    """xor_into_portable, sha256_blocks_portable, ...: the bytecode references, imported on first use."""
-    if name.endswith("_portable"):
+    """xor_into_portable, sha256_blocks_portable, ..., sha256_state: the bytecode references and
+    helpers only tests use, imported on first use."""
+    if name.endswith("_portable") or name == "sha256_state":
         from common import kernels_portable
         return getattr(kernels_portable, name)
     raise AttributeError(name)

@@ -37,7 +37,7 @@ class Login:
         # keepalive_ms + dead_ms, the session is down (None: only when the channel gives up, ~15 s)
         self.dead_ms = dead_ms
         self.last_heard_ms = None
-        self._hs_key = handshake_key(self.secret)
+        self._hs_key = None         # the handshake key, derived at each login and dropped once up
         self.state = IDLE
         self.channel = None
         self.events = []            # ("up", welcome_ies) / ("down", reason)
@@ -53,6 +53,7 @@ class Login:
     # control
 
     def start(self, now):
+        self._hs_key = handshake_key(self.secret)
         self._nonce = self.random_bytes(16)
         self._cookie = None
         self.channel = None
@@ -157,6 +158,7 @@ class Login:
                 self._keepalive_at = ticks_add(now, self.keepalive_ms)
                 self.last_heard_ms = now
                 self._timer = None
+                self._hs_key = None   # not needed until the next login (a handset's heap is small)
                 self.events.append(("up", ies))
             elif self.state == UP:
                 out.append((msg_type, ies))

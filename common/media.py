@@ -53,6 +53,13 @@ class MediaLeg:
         self.received = 0
         self.rejected = 0
 
+    def receive_only(self):
+        """This end sends nothing more on this leg (a handset whose call's media now goes straight
+        to the other phone, B3): its sending key, AES schedule and frame buffer are let go, which
+        on a handset's heap is room for the other leg. seal_mini cannot be used after this."""
+        self._send_auth = self._send_ctr = self.out = None
+        self._views = {}
+
     def seal_mini(self, ts, payload):
         """A mini frame (memoryview of an internal buffer) carrying payload at timestamp ts (ms)."""
         n = len(payload)

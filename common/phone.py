@@ -231,6 +231,9 @@ class Phone:
         elif msg_type == wire.DTMF:
             self.events.append(("dtmf", ies.get(wire.IE_DIGIT, "")))
         elif msg_type == wire.MEDIA_PEER and wire.IE_ADDRESS in ies and wire.IE_MEDIA_KEY in ies:
+            # from now on the host's leg only brings what the host still relays: its sending half goes
+            # first, making room for the new leg on a handset's heap
+            call.media.receive_only()
             leg = MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), call.call_no, ies.get(wire.IE_CALL_NO, 0))
             call.direct = (leg, ies[wire.IE_ADDRESS])
             call.path = "local"

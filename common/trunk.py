@@ -1,5 +1,7 @@
 """Trunk frames: the media of many calls between two hosts in one datagram per tick (B5).
 
+    trunk 11ssssss ssssssss ssssssss {Fccccccc cccccccc ts(2) payload}... tag(4)
+
     trunk = seal_trunk(session_auth, peer_index, [(leg, ts, payload), ...], buf)
     entries = open_trunk(session_auth, frame, extend)    -> [(call_no, ts64, start, end)]
     leg.open_entry(frame, ts64, start, end)               decrypts one entry in place
@@ -11,16 +13,68 @@ A handset never sends or receives a trunk frame, so it never loads this module (
 Memory): common.media imports it at its end on CPython, and on MicroPython at the first use of
 one of its names there.
 """
-from common import wire
 from common.compat import MICROPYTHON, compare_digest
 from common.crypto import extend16
 from common.media import _JUMP, MediaLeg, _put_ts
+from common.wire import CN_BYTES, MEDIA_TAG, TRUNK_ENTRY_HEADER, TRUNK_HEADER, VOICE_BYTES, DecodeError, check_mini
+
+
+# --- the codec (common.wire names these too: wire.parse_trunk ...) ---------------------------
+
+def parse_mini(data):
+    """(call_no, ts16) of a mini frame; payload is data[4:-4], tag data[-4:]."""
+    return check_mini(data), (data[2] << 8) | data[3]
+
+
+def pack_trunk_header(buf, session):
+    buf[0] = 0xC0 | ((session >> 16) & 0x3F)
+    buf[1] = (session >> 8) & 0xFF
+    buf[2] = session & 0xFF
+
+
+def pack_trunk_entry(buf, offset, call_no, ts, comfort_noise):
+    buf[offset] = ((call_no >> 8) & 0x7F) | (0x80 if comfort_noise else 0)
+    buf[offset + 1] = call_no & 0xFF
+    buf[offset + 2] = (ts >> 8) & 0xFF
+    buf[offset + 3] = ts & 0xFF
+    return offset + TRUNK_ENTRY_HEADER
+
+
+def parse_trunk(data):
+    """List of (call_no, ts16, payload_start, payload_end) of a trunk frame."""
+    n = len(data)
+    if n < TRUNK_HEADER + TRUNK_ENTRY_HEADER + CN_BYTES + MEDIA_TAG:
+        raise DecodeError("trunk frame", n, "shorter than one entry (%d bytes)" % n)
+    if data[0] & 0xC0 != 0xC0:
+        raise DecodeError("frame kind", 0, "not a trunk frame")
+    end = n - MEDIA_TAG
+    offset = TRUNK_HEADER
+    entries = []
+    while offset < end:
+        if offset + TRUNK_ENTRY_HEADER > end:
+            raise DecodeError("trunk entry", offset, "truncated entry header")
+        first = data[offset]
+        call_no = ((first & 0x7F) << 8) | data[offset + 1]
+        if call_no == 0:
+            raise DecodeError("trunk entry call number", offset, "call number 0 is reserved")
+        ts = (data[offset + 2] << 8) | data[offset + 3]
+        start = offset + TRUNK_ENTRY_HEADER
+        stop = start + (CN_BYTES if first & 0x80 else VOICE_BYTES)
+        if stop > end:
+            raise DecodeError("trunk entry payload", start, "runs past the tag")
+        entries.append((call_no, ts, start, stop))
+        offset = stop
+    return entries
+
+
+# --- the crypto: MediaLeg's trunk entries and the trunk's tag ----------------------------------
+
 
 
 def _seal_entry(self, buf, offset, ts, payload):
     """Append this leg's trunk entry at offset (encrypted; the trunk carries the tag)."""
     n = len(payload)
-    start = wire.pack_trunk_entry(buf, offset, self.peer_call_no, ts & 0xFFFF, n == wire.CN_BYTES)
+    start = pack_trunk_entry(buf, offset, self.peer_call_no, ts & 0xFFFF, n == CN_BYTES)
     end = start + n
     _put_ts(self._send_nonce, ts)
     if MICROPYTHON:
@@ -84,20 +138,20 @@ def seal_trunk(session_auth, session_index, entries, buf):
     session_auth is the HmacKey of the host-to-host session; session_index the peer's.
     The tag covers the frame and the 64-bit timestamp of every entry, in order.
     """
-    wire.pack_trunk_header(buf, session_index)
-    offset = wire.TRUNK_HEADER
+    pack_trunk_header(buf, session_index)
+    offset = TRUNK_HEADER
     stamps = []
     for leg, ts, payload in entries:
         offset = leg.seal_entry(buf, offset, ts, payload)
         stamps.append(_ts64(ts))
     view = memoryview(buf)
-    buf[offset:offset + wire.MEDIA_TAG] = session_auth.digest2(b"".join(stamps), view[:offset])[:wire.MEDIA_TAG]
-    return view[:offset + wire.MEDIA_TAG]
+    buf[offset:offset + MEDIA_TAG] = session_auth.digest2(b"".join(stamps), view[:offset])[:MEDIA_TAG]
+    return view[:offset + MEDIA_TAG]
 
 
 def trunk_capacity(calls):
     """Bytes of a trunk frame carrying `calls` voice entries."""
-    return wire.TRUNK_HEADER + calls * (wire.TRUNK_ENTRY_HEADER + wire.VOICE_BYTES) + wire.MEDIA_TAG
+    return TRUNK_HEADER + calls * (TRUNK_ENTRY_HEADER + VOICE_BYTES) + MEDIA_TAG
 
 
 def open_trunk(session_auth, frame, extend):
@@ -108,7 +162,7 @@ def open_trunk(session_auth, frame, extend):
     Raises wire.DecodeError for a malformed frame. Payloads stay encrypted until
     the owning leg's open_entry decrypts them.
     """
-    entries = wire.parse_trunk(frame)
+    entries = parse_trunk(frame)
     stamps = []
     opened = []
     for call_no, ts16, start, end in entries:
@@ -119,8 +173,8 @@ def open_trunk(session_auth, frame, extend):
         opened.append((call_no, ts, start, end))
     n = len(frame)
     view = memoryview(frame)
-    expected = session_auth.digest2(b"".join(stamps), view[:n - wire.MEDIA_TAG])[:wire.MEDIA_TAG]
-    if not compare_digest(expected, view[n - wire.MEDIA_TAG:n]):
+    expected = session_auth.digest2(b"".join(stamps), view[:n - MEDIA_TAG])[:MEDIA_TAG]
+    if not compare_digest(expected, view[n - MEDIA_TAG:n]):
         return None
     return opened
 
@@ -136,6 +190,6 @@ def call_kbps(calls, trunks=1, codec="g711", ptime_ms=20):
     datagram adds its header, tag and IPv4+UDP headers (docs/bandwidth.md).
     """
     payload = CODEC_BYTES_PER_MS[codec] * ptime_ms
-    per_packet = (calls * (wire.TRUNK_ENTRY_HEADER + payload)
-                  + trunks * (wire.TRUNK_HEADER + wire.MEDIA_TAG + IP_UDP_HEADERS))
+    per_packet = (calls * (TRUNK_ENTRY_HEADER + payload)
+                  + trunks * (TRUNK_HEADER + MEDIA_TAG + IP_UDP_HEADERS))
     return per_packet * 8 / ptime_ms

@@ -27,6 +27,7 @@ from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.phone import CONNECTED, IDLE, Phone, RINGING
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
+from firmware.hal import rarely
 
 _FRAME_MS = const(20)
 # the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
@@ -61,6 +62,14 @@ _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more t
 def due(now, at):
     """Whether the timer `at` (None: not set) has come."""
     return at is not None and ticks_diff(now, at) >= 0
+
+
+def _pack():
+    """Collect the garbage before a call's long-lived objects (keys, AES contexts, buffers) are made:
+    they then fill the heap from its lowest free block instead of landing among garbage that leaves
+    holes when it goes, and the free space stays in pieces large enough for recv() and the next
+    call (docs/handset.md, Memory). Once per call set-up, a few ms on an ESP32."""
+    gc.collect()
 
 
 def error_name(exc):
@@ -139,7 +148,7 @@ class App:
             ticks = config["profile"]
             self.profile = TickProfile(DEFAULT_TICKS if ticks is True else int(ticks))
             self.hal = self.profile.time_io(None, None, hal)[2]
-        self.load_sysinfo()
+        rarely("firmware.sysinfo").restore(self)   # the system information kept in flash
         self.hal.attach(self.poller)   # what of the HAL wakes the loop (an ESP32's microphone in a call)
 
     def log(self, level, msg):
@@ -148,6 +157,7 @@ class App:
     # actions
 
     def dial(self, number, now):
+        _pack()   # the call's keys and buffers are made now
         if self.phone.dial(number, now):
             self.current = {"to": number, "from": self.config["extension"], "dialed_ms": now, "setup_ms": None,
                             "path": None, "cause": None, "frames_sent": 0, "frames_received": 0}
@@ -307,13 +317,7 @@ class App:
                 self.summary["dtmf_received"] += event[1]
                 self.log("I", "dtmf %s" % event[1])
             elif name == "sysinfo":
-                self.summary["sysinfo_version"] = event[1]
-                self.log("I", "system information version %d (%d bytes)" % (event[1], len(event[2])))
-                self.save_sysinfo(event[1], event[2])
-                try:
-                    self.use_sysinfo(json.loads(event[2]))
-                except ValueError:
-                    self.log("W", "system information version %d is not JSON" % event[1])
+                rarely("firmware.sysinfo").received(self, event[1], event[2])
         self.phone.events = []
 
     def _close_call(self):
@@ -333,44 +337,6 @@ class App:
             return None
         return {"alloc": _mem_alloc(), "peak_alloc": self.heap_peak, "peak_live": self.heap_live_peak,
                 "min_free": self.heap_free_min, "total": _mem_alloc() + _mem_free()}
-
-    def save_sysinfo(self, version, data):
-        """Keep the last system information in flash: {"version": N, "info": {...}} (B6)."""
-        path = self.config.get("sysinfo_file", "sysinfo.json")
-        tmp = path + ".tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(('{"version":%d,"info":' % version).encode())
-                f.write(data)
-                f.write(b"}")
-            os.rename(tmp, path)
-            self.log("I", "system information version %d kept in %s" % (version, path))
-        except OSError as exc:
-            self.log("W", "cannot keep system information: %s" % exc)
-
-    def load_sysinfo(self):
-        try:
-            with open(self.config.get("sysinfo_file", "sysinfo.json")) as f:
-                kept = json.load(f)
-            self.phone.sysinfo_version = kept["version"]
-            self.summary["sysinfo_version"] = kept["version"]
-            self.log("I", "system information version %d from flash" % kept["version"])
-            self.use_sysinfo(kept["info"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-
-    def use_sysinfo(self, info):
-        """What the handset takes from the system information: settings.speed_dial,
-        "BUTTON=NUMBER,..." (docs/sysinfo.md), for boards whose buttons dial."""
-        text = info.get("settings", {}).get("speed_dial", "") if isinstance(info, dict) else ""
-        dial = {}
-        for item in str(text).split(","):
-            pair = item.split("=")
-            if len(pair) == 2 and pair[0].strip() and pair[1].strip():
-                dial[pair[0].strip()] = pair[1].strip()
-            elif item.strip():
-                self.log("W", "settings.speed_dial: %r is not BUTTON=NUMBER" % item.strip())
-        self.speed_dial = dial
 
     # I/O
 
@@ -420,6 +386,8 @@ class App:
         try:
             if data[0] & 0x80:
                 self._signalled = True
+                if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER):
+                    _pack()   # a call's keys and buffers come with it (the type is in the clear header)
                 self.phone.receive(bytearray(data), now)
                 return
             rx = self._rx_view
@@ -582,14 +550,24 @@ class App:
             if _mem_alloc is not None:
                 self._house_at = now
             self._loop(now)
-        finally:  # also on KeyboardInterrupt (Ctrl-C from the console or mpremote)
-            self.finish()
+        except BaseException:  # a crash, or Ctrl-C from the console or mpremote: start.py reports it
+            try:
+                self.finish()  # log out and write the summary if we still can
+            except Exception as again:  # a MemoryError on a full heap, say: never instead of the loop's own
+                try:
+                    self.hal.log("E", "phone", "while finishing: %r" % (again,))
+                except Exception:
+                    pass
+            raise
+        self.finish()
 
     def _loop(self, now):
         """One pass per wake-up: a datagram came (1), a HAL device such as the microphone is ready
         (2), a timer came, or the audio tick. A pass allocates nothing but the datagram it reads."""
         hal = self.hal
         profile = self.profile
+        poll = self._wait_poll
+        sock = self._raw_sock
         self._frame_at = now
         ready = 0
         while self.running:
@@ -606,7 +584,7 @@ class App:
             if ready & 2 or ticks_diff(now, self._frame_at) >= 0:
                 self._audio(now)
             if self._signalled:
-                self._signal(now)
+                self._plan(now)
             now = hal.ticks_ms()
             wait = ticks_diff(self._frame_at, now)   # the next audio tick (the microphone's frame too)
             if self._timer_at is not None and ticks_diff(self._timer_at, now) < wait:
@@ -617,15 +595,9 @@ class App:
                 profile.pause()
             if not self.running:
                 break
-            ready = self._wait(wait if wait > 0 else 1)
-
-    def _wait(self, timeout):
-        """Sleep in the poller until a datagram (1), a HAL device (2) or timeout ms."""
-        ready = 0
-        sock = self._raw_sock
-        for entry in self._wait_poll(timeout):   # ipoll: no list, one tuple reused
-            ready |= 1 if entry[0] is sock else 2
-        return ready
+            ready = 0   # sleep in the poller until a datagram (1), a HAL device (2) or the time
+            for entry in poll(wait if wait > 0 else 1):   # ipoll: no list, one tuple reused
+                ready |= 1 if entry[0] is sock else 2
 
     def _audio(self, now):
         """The 20 ms tick when it has come (keys, the speaker's frame, the display), and the
@@ -652,18 +624,15 @@ class App:
                 key = hal.poll_keys()
             hal.refresh()  # the display, at most once per iteration and never inside the audio
 
-    def _signal(self, now):
-        """After anything that moved the protocol: its events, its datagrams, the loop's timers."""
+    def _plan(self, now):
+        """After anything that moved the protocol: its events and datagrams, then the earliest of
+        the loop's timers (the protocol's, the script's, a tone's end, housekeeping), computed
+        when one may have changed, not on every pass."""
         self._signalled = False
-        if self.phone.events:
+        phone = self.phone
+        if phone.events:
             self.events(now)
         self.flush(now)
-        self._plan()
-
-    def _plan(self):
-        """The earliest of the loop's timers (the protocol's, the script's, a tone's end,
-        housekeeping): computed when one may have changed, not on every pass."""
-        phone = self.phone
         at = self._proto_at = phone.next_timer()
         for timer in (self._call_at if phone.registered else None, self.answer_at, self.hangup_at,
                       self.tone_stop_at, self._dtmf_at, self.exit_at, self._stop_at, self._house_at):

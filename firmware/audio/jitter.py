@@ -13,6 +13,7 @@ never held fewer frames than target + 1. peek() shows the frame the next get()
 will play (the concealer bridges a lost frame into it) and changes nothing but
 this: that frame is not the one skipped to shrink.
 """
+from common import kernels
 from common.compat import const, ticks_diff
 
 FRAME = const(0)
@@ -42,9 +43,12 @@ class JitterBuffer:
         self._ts_per_ms = ts_per_frame // frame_ms
         self._n = slots
         self._store = bytearray(slots * frame_bytes)
-        mv = memoryview(self._store)
-        # preallocated results: returning them allocates nothing
-        self._frames = [(FRAME, mv[i * frame_bytes:(i + 1) * frame_bytes]) for i in range(slots)]
+        # the frame handed out by get() and peek() is copied out of its slot into these (one buffer
+        # each, made once, rather than a view and a result per slot on a handset's heap): returning
+        # them allocates nothing
+        self._out = bytearray(frame_bytes)
+        self._ahead = bytearray(frame_bytes)
+        self._frame = (FRAME, memoryview(self._out))
         self._missing = (MISSING, None)
         self._empty = (EMPTY, None)
         self._full = bytearray(slots)
@@ -147,7 +151,7 @@ class JitterBuffer:
             self.duplicate += 1
             return DUPLICATE
         self._estimate_jitter(ts16, now_ms)
-        self._frames[slot][1][0:n] = payload  # memoryview store: no allocation
+        kernels.copy_bytes(self._store, slot * n, payload, 0, n)   # no allocation
         self._full[slot] = 1
         self._ts[slot] = ts16
         if off > self._newest:
@@ -156,7 +160,7 @@ class JitterBuffer:
         return ACCEPTED
 
     def get(self, now_ms):
-        """(status, payload) for this playout tick; payload is valid until the next put()."""
+        """(status, payload) for this playout tick; payload is valid until the next get()."""
         if not self.playing:
             if not self._primed or ticks_diff(now_ms, self._prime_ms) < self.target_ms - self.frame_ms:
                 return self._empty
@@ -188,17 +192,20 @@ class JitterBuffer:
         self._advance()
         self.delay_ms = (self._newest + 1) * self.frame_ms
         if had:
-            return self._frames[slot]
+            kernels.copy_bytes(self._out, 0, self._store, slot * self.frame_bytes, self.frame_bytes)
+            return self._frame
         self.concealed += 1
         return self._missing
 
     def peek(self):
-        """The payload the next get() will return as FRAME, or None if that frame is not here yet."""
+        """The payload the next get() will return as FRAME, or None if that frame is not here yet
+        (valid until the next peek())."""
         if self.playing and self._newest >= 0 and self._full[self._head]:
             if not self._peeked:
                 self._peeked = True
                 self.peeked += 1
-            return self._frames[self._head][1]
+            kernels.copy_bytes(self._ahead, 0, self._store, self._head * self.frame_bytes, self.frame_bytes)
+            return self._ahead
         return None
 
     def _advance(self):

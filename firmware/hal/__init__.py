@@ -38,3 +38,16 @@ The application loop owns sockets and timing; the HAL owns audio devices, keys,
 display, Wi-Fi and the clock. Audio methods allocate nothing per frame.
 """
 LEVELS = "IWED"
+
+
+def rarely(path):
+    """The module at `path` ("firmware.sysinfo") for one use, then forgotten again (sys.modules and
+    its package): code a handset runs rarely (at boot, on an administrator's change) is not worth
+    keeping in a small heap between uses (docs/handset.md, Memory). From a frozen image it costs no
+    heap either way."""
+    import sys
+    __import__(path)
+    module = sys.modules.pop(path)
+    package, name = path.rsplit(".", 1)
+    delattr(sys.modules[package], name)
+    return module
