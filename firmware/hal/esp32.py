@@ -140,6 +140,8 @@ class Hal:
     def __init__(self, board, wifi=None, watchdog_ms=10000):
         # the watchdog first: a board that hangs while starting its devices is reset too
         self._wdt = machine.WDT(timeout=watchdog_ms)
+        self.feed = self._wdt.feed     # called on every pass of the loop: the C method itself
+        self.ticks_ms = time.ticks_ms
         machine.freq(_CPU_HZ)
         self.board = board
         self.full_duplex = board.get("full_duplex", True)
@@ -411,22 +413,17 @@ class Hal:
     def sendto(self, sock, data, addr):
         return sock.sendto(data, addr)
 
-    # watchdog and reset
-    def feed(self):
-        self._wdt.feed()
-
+    # watchdog and reset (feed(): the WDT's own, set in __init__ and here)
     def park_watchdog(self):
         """The loop stopped on purpose (Ctrl-C, "!quit"): an ESP32 WDT cannot be stopped, so give it
         an hour (machine.WDT again reconfigures the one task watchdog: ports/esp32/machine_wdt.c)."""
         self._wdt = machine.WDT(timeout=_WATCHDOG_PARKED_MS)
+        self.feed = self._wdt.feed
         self.log("W", "watchdog", "parked: the device resets in an hour unless main.py runs again")
 
     def reset(self, why):
         self.log("W", "phone", "machine.reset() (%s)" % why)
         machine.reset()
-
-    def ticks_ms(self):
-        return time.ticks_ms()
 
     def ticks_diff(self, a, b):
         return time.ticks_diff(a, b)

@@ -165,6 +165,8 @@ class Hal:
             self._offset = time.ticks_diff(int(ticks_start) % period, time.ticks_ms() if booted is None else booted)
             if self._offset == -(period // 2):
                 self._offset += 1  # ticks_add takes less than half a period
+        else:
+            self.ticks_ms = time.ticks_ms   # the port's own clock, called directly (several times a pass)
         self._last = self.ticks_ms()
         self._mic_at = None       # when the microphone's next 20 ms frame is complete
         self._watchdog = None
