@@ -50,8 +50,7 @@ class Phone:
         self.call = None
         self.state = IDLE
         self.events = []
-        self.sysinfo_version = None
-        self.sysinfo = None
+        self.sysinfo_version = None   # the data itself goes with the "sysinfo" event, not kept here
         self._chunks = {}
         self._chunk_version = None
         self._next_call_no = (random_bytes(1)[0] % 100) + 1
@@ -250,7 +249,6 @@ class Phone:
             data = b"".join(self._chunks[i] for i in range(count))
             self._chunks = {}
             self.sysinfo_version = version
-            self.sysinfo = data
             self.login.send(wire.SYSINFO_ACK, {wire.IE_VERSION: version}, now)
             self.events.append(("sysinfo", version, data))
 

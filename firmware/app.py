@@ -43,8 +43,12 @@ _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, w
 _RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
 # recv(n) takes n contiguous bytes from the heap for every datagram (then gives back the rest):
 # 1600 failed on a fragmented 160 KB heap. The largest v1 frame a phone gets is a full frame
-# holding every IE at its longest (about 720 bytes); media frames are 168.
+# holding every IE at its longest (about 720 bytes); media frames are 168. When not even those
+# 768 bytes are free in one piece, the datagram is read into _RX_SHORT (every media frame and
+# every message a host sends a phone today, a system information chunk of 250 bytes the longest,
+# fits; a longer one is cut, fails its tag and is counted, and the host sends it again)
 _RX_BYTES = const(768)
+_RX_SHORT = const(320)
 _VOICE_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG   # a mini frame's length, voice
 _CN_FRAME = wire.MINI_HEADER + wire.CN_BYTES + wire.MEDIA_TAG         # and comfort noise
 # DSCP in the IP TOS byte: voice EF, signalling CS3. The unix port takes IP_TOS (Linux numbers
@@ -134,7 +138,8 @@ class App:
         self.summary = {"extension": config["extension"], "registered": False, "frames_sent": 0,
                         "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
                         "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
-                        "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0}
+                        "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0,
+                        "short_reads": 0}
         self.heap_peak = 0
         self.heap_live_peak = 0
         self.heap_free_min = None
@@ -183,8 +188,8 @@ class App:
         elif cmd == "!reset" or cmd == "!quit":
             self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
-        elif cmd.startswith("!button "):
-            self.button(cmd[8:].strip(), now)
+        elif cmd.startswith("!button "):   # boards without a digit keypad: speed dial (firmware/sysinfo.py)
+            rarely("firmware.sysinfo").button(self, cmd[8:].strip(), now)
         elif len(cmd) == 1:
             self.key(cmd, now)
 
@@ -195,22 +200,6 @@ class App:
                 "digits": self.digits, "tone": self.pipeline.tone.name, "power_save": self.power_save,
                 "caller": self.current and self.current.get("from"), "heap": self.heap(),
                 "ticks": now, "net_errors": self.summary["net_errors"], "speed_dial": self.speed_dial}
-
-    def button(self, name, now):
-        """A board button (boards without a digit keypad): dial its speed-dial number when idle,
-        answer when ringing, end the call when it has a number and a call is up."""
-        number = self.speed_dial.get(name)
-        state = self.phone.state
-        if state == RINGING:
-            self.phone.answer(now)
-        elif state != IDLE:
-            if number is not None:
-                self.key(KEY_ON_HOOK, now)
-        elif number:
-            self.pipeline.tone.stop()
-            self.dial(number, now)
-        else:
-            self.log("W", "button %s has no speed-dial number (system information settings.speed_dial)" % name)
 
     def key(self, key, now):
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
@@ -380,6 +369,12 @@ class App:
             data = self.sock.recv(_RX_BYTES)
         except OSError:
             return
+        except MemoryError:   # the heap has no 768-byte block now (the collector has tried): a shorter one
+            self.summary["short_reads"] += 1
+            try:
+                data = self.sock.recv(_RX_SHORT)
+            except OSError:
+                return
         n = len(data)
         if not n:
             return

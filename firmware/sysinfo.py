@@ -1,12 +1,16 @@
 """The system information a handset keeps (B6): into flash as it arrives, back at boot, and what
-the handset takes from it (settings.speed_dial).
+the handset takes from it: settings.speed_dial, the numbers its board buttons dial.
 
-Rarely run (at boot, at registration, when an administrator changes it): firmware/app.py imports
-this module for each use and forgets it again (firmware.hal.rarely), so that a handset's heap
-does not hold its code in between (docs/handset.md, Memory).
+Rarely run (at boot, at registration, when an administrator changes it, when a board button is
+pressed): firmware/app.py imports this module for each use and forgets it again
+(firmware.hal.rarely), so that a handset's heap does not hold its code in between
+(docs/handset.md, Memory).
 """
 import json
 import os
+
+from common.phone import IDLE, RINGING
+from firmware.app import KEY_ON_HOOK
 
 
 def received(app, version, data):
@@ -60,3 +64,20 @@ def use(app, info):
         elif item.strip():
             app.log("W", "settings.speed_dial: %r is not BUTTON=NUMBER" % item.strip())
     app.speed_dial = dial
+
+
+def button(app, name, now):
+    """A board button (boards without a digit keypad): dial its speed-dial number when idle,
+    answer when ringing, end the call when it has a number and a call is up."""
+    number = app.speed_dial.get(name)
+    state = app.phone.state
+    if state == RINGING:
+        app.phone.answer(now)
+    elif state != IDLE:
+        if number is not None:
+            app.key(KEY_ON_HOOK, now)
+    elif number:
+        app.pipeline.tone.stop()
+        app.dial(number, now)
+    else:
+        app.log("W", "button %s has no speed-dial number (system information settings.speed_dial)" % name)

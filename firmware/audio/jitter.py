@@ -251,7 +251,9 @@ class JitterBuffer:
 
     def stats(self):
         """Counters as a dict (allocates: for reports, not for the audio path)."""
-        gaps = [[g & 0xFFFF, _GAP_KINDS[(g >> 16) - 1]] for g in self._gaps[:min(self._gap_count, GAPS)]]
+        gaps = []
+        for i in range(self._gap_count if self._gap_count < GAPS else GAPS):
+            gaps.append([self._gaps[i] & 0xFFFF, _GAP_KINDS[(self._gaps[i] >> 16) - 1]])
         return {"received": self.received, "late": self.late, "duplicate": self.duplicate,
                 "concealed": self.concealed, "dropped": self.dropped, "resyncs": self.resyncs,
                 "reprimed": self.reprimed, "bad_size": self.bad_size, "peeked": self.peeked,

@@ -14,6 +14,7 @@ import time
 
 from common.compat import const
 from firmware.audio import dsp, tones
+from firmware.hal import rarely
 from firmware.hal.console import ConsoleLines
 
 FRAME_BYTES = 320
@@ -23,48 +24,12 @@ FRAME_BYTES = 320
 _MIC_BACKLOG_MS = const(200)
 
 
-def parse_wav_header(f):
-    """Read a RIFF/WAVE header from file f; returns the data length in bytes; ValueError says what is wrong."""
-    riff = f.read(12)
-    if len(riff) < 12 or riff[0:4] != b"RIFF" or riff[8:12] != b"WAVE":
-        raise ValueError("not a RIFF/WAVE file")
-    fmt_ok = False
-    while True:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError("WAV: no data chunk")
-        size = head[4] | head[5] << 8 | head[6] << 16 | head[7] << 24
-        if head[0:4] == b"fmt ":
-            fmt = f.read(size)
-            channels = fmt[2] | fmt[3] << 8
-            rate = fmt[4] | fmt[5] << 8 | fmt[6] << 16 | fmt[7] << 24
-            bits = fmt[14] | fmt[15] << 8
-            if (fmt[0] | fmt[1] << 8) != 1 or channels != 1 or rate != 8000 or bits != 16:
-                raise ValueError("WAV: need PCM 16-bit mono 8000 Hz, got format %d, %d ch, %d Hz, %d bit"
-                                 % (fmt[0] | fmt[1] << 8, channels, rate, bits))
-            fmt_ok = True
-        elif head[0:4] == b"data":
-            if not fmt_ok:
-                raise ValueError("WAV: data chunk before fmt chunk")
-            return size
-        else:
-            f.read(size + (size & 1))
-
-
-def wav_header(data_bytes):
-    """44-byte header of a 16-bit mono 8 kHz PCM WAV file."""
-    def le(v, n):
-        return bytes((v >> (8 * i)) & 0xFF for i in range(n))
-    return (b"RIFF" + le(36 + data_bytes, 4) + b"WAVEfmt " + le(16, 4) + le(1, 2) + le(1, 2)
-            + le(8000, 4) + le(16000, 4) + le(2, 2) + le(16, 2) + b"data" + le(data_bytes, 4))
-
-
 class WavSource:
     """Frames from a WAV file; silence after its end (or from the start again with loop=True)."""
 
     def __init__(self, path, loop=False):
         self._f = open(path, "rb")
-        self._left = self._size = parse_wav_header(self._f)
+        self._left = self._size = rarely("firmware.hal.wav").parse_header(self._f)
         self._start = self._f.tell() if hasattr(self._f, "tell") else 44
         self._loop = loop
         self.finished = False
@@ -109,7 +74,7 @@ class WavSink:
 
     def __init__(self, path):
         self._f = open(path, "wb")
-        self._f.write(wav_header(0))
+        self._f.write(rarely("firmware.hal.wav").header(0))
         self.bytes = 0
 
     def write(self, pcm):
@@ -120,7 +85,7 @@ class WavSink:
         if self._f is None:
             return
         self._f.seek(0)
-        self._f.write(wav_header(self.bytes))
+        self._f.write(rarely("firmware.hal.wav").header(self.bytes))
         self._f.close()
         self._f = None
 
