@@ -154,7 +154,9 @@ class Hal:
             slot *= 2  # keep the left sample of each pair: handled by reading 32-bit frames
         self._slot = slot
         self._chunk = bytearray(160 * slot)   # one frame's worth: no read asks the driver for more
-        self._mic_ring = reblock.Reblocker(slot_bytes=4 if slot >= 4 else 2, capacity=1024)
+        # read_frame() never asks the driver for more than the frame still needs, so the ring holds
+        # at most one frame: two frames' room (640 bytes, not the 2 KB of 1024 samples of a heap)
+        self._mic_ring = reblock.Reblocker(slot_bytes=4 if slot >= 4 else 2, capacity=320)
         self._settles = slot == 4 and self.full_duplex   # an INMP441
         self._rx_started = 0
         self._rx = None
