@@ -41,6 +41,7 @@ _CAPTURE_MAX = const(3)           # frames sent per loop iteration at most (a la
 _RETRY_MAX = const(8)             # datagrams kept for another try after sendto failed
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
 _RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
+_CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
 # recv(n) takes n contiguous bytes from the heap for every datagram (then gives back the rest):
 # 1600 failed on a fragmented 160 KB heap. The largest v1 frame a phone gets is a full frame
 # holding every IE at its longest (about 720 bytes); media frames are 168. When not even those
@@ -310,10 +311,15 @@ class App:
         self.phone.events = []
 
     def _close_call(self):
+        """The call's record into the summary, which keeps the last _CALLS_KEPT (a device runs for
+        months: an unbounded list of calls would fill its heap)."""
         current = self.current
         current["frames_sent"] = self._call_sent
         current["frames_received"] = self._call_received
-        self.summary["calls"].append(current)
+        calls = self.summary["calls"]
+        if len(calls) >= _CALLS_KEPT:
+            calls.pop(0)
+        calls.append(current)
         self.current = None
 
     def set_power_save(self, flag):
@@ -714,5 +720,6 @@ class App:
         if self.script.get("summary"):
             with open(self.script["summary"], "w") as f:
                 json.dump(self.summary, f)  # streamed: no copy of the whole summary on a small heap
-        self.log("I", "summary " + json.dumps(self.summary))
+        else:  # the console then: one line (a copy of the whole summary, which a file does not need)
+            self.log("I", "summary " + json.dumps(self.summary))
         self.hal.close()
