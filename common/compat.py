@@ -1,7 +1,8 @@
 """The one place where MicroPython and CPython differ for common/.
 
-Everything else in common/ imports `const`, `MICROPYTHON`, `sha256`, `hmac_digest`,
-`Aes128` and the tick arithmetic from here and never tests the interpreter itself.
+Everything else in common/ imports `const`, `MICROPYTHON`, `sha256`, `compare_digest` and
+the tick arithmetic from here. Where a whole implementation differs, the CPython one is a module
+of its own that a handset never loads (common/crypto_cpython.py, common/g711_cpython.py).
 
 Time in common/ (and firmware/) is integer milliseconds passed in. On a handset that is
 `time.ticks_ms()`, which wraps (every 2**30 ms, 12.4 days, on 32-bit ports such as the
@@ -39,47 +40,6 @@ def ticks_earliest(a, b):
     if b is None or ticks_diff(a, b) <= 0:
         return a
     return b
-
-
-try:
-    import cryptolib
-
-    class Aes128:
-        """AES-128 block encryption (ECB), the primitive counter mode is built on."""
-
-        def __init__(self, key):
-            self._aes = cryptolib.aes(bytes(key), 1)
-
-        def encrypt_block(self, block, out):
-            self._aes.encrypt(block, out)
-
-        def encrypt_blocks(self, blocks, out):
-            # cryptolib handles any multiple of 16 bytes in one call
-            self._aes.encrypt(blocks, out)
-
-except ImportError:
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    class Aes128:
-        """AES-128 block encryption (ECB), the primitive counter mode is built on."""
-
-        def __init__(self, key):
-            self._enc = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
-
-        def encrypt_block(self, block, out):
-            out[:16] = self._enc.update(bytes(block))
-
-        def encrypt_blocks(self, blocks, out):
-            out[:len(blocks)] = self._enc.update(bytes(blocks))
-
-if MICROPYTHON:
-    hmac_digest = None  # common.crypto uses its own HMAC
-else:
-    import hmac as _stdlib_hmac
-
-    def hmac_digest(key, msg):
-        """HMAC-SHA256 from CPython's stdlib (fast path on the hosts)."""
-        return _stdlib_hmac.digest(bytes(key), bytes(msg), "sha256")
 
 
 def compare_digest(a, b):

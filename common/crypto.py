@@ -1,42 +1,22 @@
 """HMAC-SHA256, HKDF, AES-128 counter mode on ECB, and the replay window.
 
-Pure functions and small objects; the same code runs on the handset and the hosts.
+Pure functions and small objects with one interface on the handset and the hosts. On
+MicroPython (the handset) HMAC and counter mode run on the viper kernels (common/kernels.py)
+with scratch buffers made once and shared by every key (single-threaded): nothing is allocated
+per frame and a key holds only what is its own. On CPython (the hosts) HmacKey and CounterMode
+come from common/crypto_cpython.py (hashlib copies, big-integer XOR), which a handset never loads.
 """
 from array import array
 
 from common import kernels
-from common.compat import MICROPYTHON, Aes128, compare_digest, hmac_digest, sha256
+from common.compat import MICROPYTHON, const, sha256
 
 BLOCK = 64  # SHA-256 block size in bytes
 _IPAD = bytes(0x36 for _ in range(BLOCK))
 _OPAD = bytes(0x5C for _ in range(BLOCK))
-# HmacKey.mac_into covers up to this many bytes (prefix and message) without allocating: a media
-# frame's 8-byte timestamp and 164 bytes. Scratch shared by every key (single-threaded).
+# HmacKey.mac_into hashes prefix and message MAC_ROOM bytes at a time through this scratch (a
+# media frame's 8-byte timestamp and 164 bytes fit at once), shared by every key
 MAC_ROOM = 256
-_MAC_BUF = bytearray(MAC_ROOM + 72)        # message, then its SHA-256 padding
-_MAC_STATE = array("I", bytes(32))
-_MAC_W = array("I", bytes(256))            # message schedule
-_TAG = bytearray(32)
-
-
-def _xor(a, b):
-    return bytes(x ^ y for x, y in zip(a, b))
-
-
-def hmac_sha256_portable(key, msg):
-    """HMAC-SHA256 (RFC 2104) written out; used as is on MicroPython."""
-    key = bytes(key)
-    if len(key) > BLOCK:
-        key = sha256(key).digest()
-    key = key + bytes(BLOCK - len(key))
-    inner = sha256(_xor(key, _IPAD))
-    inner.update(msg)
-    outer = sha256(_xor(key, _OPAD))
-    outer.update(inner.digest())
-    return outer.digest()
-
-
-hmac_sha256 = hmac_digest or hmac_sha256_portable
 
 
 def hkdf(secret, salt, info, length):
@@ -52,176 +32,147 @@ def hkdf(secret, salt, info, length):
     return out[:length]
 
 
-class HmacKey:
-    """An HMAC-SHA256 key with its padded blocks computed once (per session, per call leg)."""
+if MICROPYTHON:
+    import cryptolib
 
-    def __init__(self, key):
-        key = bytes(key)
-        self.key = key
-        if len(key) > BLOCK:
-            key = sha256(key).digest()
-        key = key + bytes(BLOCK - len(key))
-        self._inner = _xor(key, _IPAD)
-        self._outer = _xor(key, _OPAD)
-        if MICROPYTHON:
-            # the SHA-256 states after the padded key blocks, for mac_into (two blocks less per tag)
-            self._istate = kernels.sha256_state(self._inner)
-            self._ostate = kernels.sha256_state(self._outer)
-        else:
-            # CPython's hash objects can be copied: the padded key blocks are hashed
-            # once per key, which halves the cost of a media tag (1.5 us vs 3.2 us)
-            self._inner_state = sha256(self._inner)
-            self._outer_state = sha256(self._outer)
+    _MAC_BUF = bytearray(MAC_ROOM + 72)   # message blocks, then their SHA-256 padding
+    _MAC_STATE = array("I", bytes(32))
+    _MAC_W = array("I", bytes(256))       # message schedule
+    _TAG = bytearray(32)
 
-    def _digest_copy(self, msg):
-        inner = self._inner_state.copy()
-        inner.update(msg)
-        outer = self._outer_state.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+    class HmacKey:
+        """An HMAC-SHA256 key, kept as the SHA-256 states after its padded key blocks (computed
+        once per session or call leg): a tag costs the message's blocks and one more, in viper."""
 
-    def _digest2_copy(self, prefix, msg):
-        inner = self._inner_state.copy()
-        inner.update(prefix)
-        inner.update(msg)
-        outer = self._outer_state.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        def __init__(self, key):
+            key = self.key = bytes(key)
+            if len(key) > BLOCK:
+                key = sha256(key).digest()
+            self._istate = self._state(key, _IPAD)
+            self._ostate = self._state(key, _OPAD)
 
-    def digest(self, msg):
-        inner = sha256(self._inner)
-        inner.update(msg)
-        outer = sha256(self._outer)
-        outer.update(inner.digest())
-        return outer.digest()
+        @staticmethod
+        def _state(key, pad):
+            block = bytearray(pad)
+            kernels.xor_into(block, 0, key, 0, len(key))
+            state = array("I", bytes(32))
+            kernels.sha256_blocks(state, kernels.SHA256_IV, block, 0, 1, _MAC_W)
+            return state
 
-    def digest2(self, prefix, msg):
-        """HMAC over prefix || msg without joining them (no copy on MicroPython)."""
-        inner = sha256(self._inner)
-        inner.update(prefix)
-        inner.update(msg)
-        outer = sha256(self._outer)
-        outer.update(inner.digest())
-        return outer.digest()
+        def mac_into(self, prefix, msg, n, out, off, size):
+            """The first size bytes of the HMAC over prefix || msg[:n] into out[off:off + size].
 
-    def tag(self, msg, size):
-        """Truncated tag over msg."""
-        return self.digest(msg)[:size]
+            Allocates nothing, whatever the lengths: the message is hashed MAC_ROOM bytes at a time."""
+            state, buf, w = _MAC_STATE, _MAC_BUF, _MAC_W
+            p = len(prefix)
+            if p + n <= MAC_ROOM:   # a media frame: both at once
+                kernels.copy_bytes(buf, 0, prefix, 0, p)
+                kernels.copy_bytes(buf, p, msg, 0, n)
+                blocks = kernels.sha256_pad(buf, p + n, BLOCK + p + n)
+                kernels.sha256_blocks(state, self._istate, buf, 0, blocks, w)
+            else:
+                self._inner_long(prefix, p, msg, n)
+            kernels.sha256_put(buf, 0, state, 32)
+            kernels.sha256_pad(buf, 32, BLOCK + 32)
+            kernels.sha256_blocks(state, self._ostate, buf, 0, 1, w)
+            kernels.sha256_put(out, off, state, size)
 
-    def verify(self, msg, received, size):
-        """True when received is exactly size bytes and is the tag of msg (a short or empty tag never is)."""
-        return len(received) == size and compare_digest(self.digest(msg)[:size], received)
+        def _inner_long(self, prefix, p, msg, n):
+            """The inner hash of prefix || msg[:n] into _MAC_STATE, MAC_ROOM bytes at a time."""
+            state, buf, w = _MAC_STATE, _MAC_BUF, _MAC_W
+            init = self._istate
+            src, count, pos, have, last = prefix, p, 0, 0, False
+            while True:
+                take = count - pos
+                if take > MAC_ROOM - have:
+                    take = MAC_ROOM - have
+                kernels.copy_bytes(buf, have, src, pos, take)
+                pos += take
+                have += take
+                if have == MAC_ROOM:   # four whole blocks
+                    kernels.sha256_blocks(state, init, buf, 0, MAC_ROOM >> 6, w)
+                    init = state
+                    have = 0
+                if pos == count:
+                    if last:
+                        break
+                    src, count, pos, last = msg, n, 0, True
+            blocks = kernels.sha256_pad(buf, have, BLOCK + p + n)
+            kernels.sha256_blocks(state, init, buf, 0, blocks, w)
 
-    def mac_into(self, prefix, msg, n, out, off, size):
-        """The first size bytes of the HMAC over prefix || msg[:n] into out[off:off + size].
+        def verify_into(self, prefix, msg, n, tag, off, size):
+            """True when tag[off:off + size] is the first size bytes of the HMAC over prefix || msg[:n]
+            (compared in constant time; allocates nothing)."""
+            self.mac_into(prefix, msg, n, _TAG, 0, size)
+            return kernels.equal(_TAG, 0, tag, off, size)
 
-        On MicroPython nothing is allocated when prefix and message fit MAC_ROOM (a media
-        frame): SHA-256 runs in common.kernels from the states after the key blocks."""
-        p = len(prefix)
-        if not MICROPYTHON or p + n > MAC_ROOM:
-            out[off:off + size] = self.digest2(prefix, memoryview(msg)[:n])[:size]
-            return
-        buf, state, w = _MAC_BUF, _MAC_STATE, _MAC_W
-        kernels.copy_bytes(buf, 0, prefix, 0, p)
-        kernels.copy_bytes(buf, p, msg, 0, n)
-        blocks = kernels.sha256_pad(buf, p + n, BLOCK + p + n)
-        kernels.sha256_blocks(state, self._istate, buf, 0, blocks, w)
-        kernels.sha256_put(buf, 0, state, 32)
-        kernels.sha256_pad(buf, 32, BLOCK + 32)
-        kernels.sha256_blocks(state, self._ostate, buf, 0, 1, w)
-        kernels.sha256_put(out, off, state, size)
+        def digest2(self, prefix, msg):
+            """HMAC over prefix || msg, without joining them."""
+            out = bytearray(32)
+            self.mac_into(prefix, msg, len(msg), out, 0, 32)
+            return bytes(out)
 
-    def verify_into(self, prefix, msg, n, tag, off, size):
-        """True when tag[off:off + size] is the first size bytes of the HMAC over prefix || msg[:n]
-        (compared in constant time; allocates nothing where mac_into does not)."""
-        self.mac_into(prefix, msg, n, _TAG, 0, size)
-        return kernels.equal(_TAG, 0, tag, off, size)
+        def digest(self, msg):
+            return self.digest2(b"", msg)
 
+        def tag(self, msg, size):
+            """Truncated tag over msg."""
+            return self.digest2(b"", msg)[:size]
 
-if not MICROPYTHON:
-    HmacKey.digest = HmacKey._digest_copy
-    HmacKey.digest2 = HmacKey._digest2_copy
+        def verify(self, msg, received, size):
+            """True when received is exactly size bytes and is the tag of msg (a short or empty tag never is)."""
+            return len(received) == size and self.verify_into(b"", msg, len(msg), received, 0, size)
 
+    def hmac_sha256(key, msg):
+        return HmacKey(key).digest(msg)
 
-class CounterMode:
-    """AES-128-CTR built on ECB: keystream block i = AES(nonce12 || be32(i)).
+    # counter mode's scratch, shared by every CounterMode (used and consumed within one call,
+    # single-threaded): the counter blocks of up to one voice payload (longer signalling goes
+    # through in such pieces), their encryption (the keystream), and a view of the counter blocks
+    # for each block count (cryptolib takes the length from its input, and slicing a memoryview
+    # allocates every time)
+    _CTR_PIECE = const(160)
+    _ctr_blocks = bytearray(_CTR_PIECE)
+    _ctr_stream = bytearray(_CTR_PIECE)
+    _ctr_views = [None] * (_CTR_PIECE // 16 + 1)
 
-    Buffers are allocated once; `crypt` XORs in place, so sealing a media frame
-    allocates nothing beyond what the AES primitive itself does.
-    """
+    class CounterMode:
+        """AES-128-CTR built on ECB: keystream block i = AES(nonce12 || be32(i)).
 
-    def __init__(self, key, max_len=256):
-        self._aes = Aes128(key)
-        blocks = (max_len + 15) // 16
-        self.max_len = 16 * blocks
-        if MICROPYTHON:
-            self._counter = bytearray(16 * blocks)
-            self._stream = bytearray(16 * blocks)
-            # the counter blocks of each length as a view, made on first use: cryptolib takes
-            # the length from its input, and slicing a memoryview allocates every time
-            self._counter_views = [None] * (blocks + 1)
-        else:
-            # a host holds thousands of sessions: they share one keystream scratch buffer
-            # (used and consumed within one call, single-threaded), 1 KB less per session
-            self._counter = None
-            self._stream = _SCRATCH
+        `crypt` XORs in place and allocates nothing: the counter blocks and keystream are built in
+        scratch shared by every CounterMode; a CounterMode holds only its AES key schedule."""
 
-    def crypt(self, nonce, buf, start, end):
-        """XOR buf[start:end] with the keystream for nonce (12 bytes), in place."""
-        if not MICROPYTHON:
-            return self._crypt_wide(nonce, buf, start, end)
-        n = end - start
-        if n <= 0:
-            return
-        if n > self.max_len:
-            raise ValueError("payload longer than counter-mode buffer")
-        blocks = (n + 15) // 16
-        kernels.ctr_blocks(self._counter, nonce, blocks)
-        view = self._counter_views[blocks]
-        if view is None:
-            view = self._counter_views[blocks] = memoryview(self._counter)[:16 * blocks]
-        self._aes.encrypt_blocks(view, self._stream)
-        kernels.xor_into(buf, start, self._stream, 0, n)
+        def __init__(self, key, max_len=256):
+            self._aes = cryptolib.aes(bytes(key), 1)   # ECB
+            self.max_len = 16 * ((max_len + 15) // 16)
 
-    # CPython: per-byte loops cost ~15 us a frame in bytecode, so the host builds the
-    # counter blocks with one join and XORs as one big integer (~1.5 us). Same keystream,
-    # same result; MicroPython runs the allocation-free viper kernels (common/kernels.py).
-
-    def keystream_int(self, nonce, n):
-        """CPython only: the first n keystream bytes for nonce as one big-endian integer."""
-        if n > self.max_len:
-            raise ValueError("payload longer than counter-mode buffer")
-        stream = self._stream
-        self._aes.encrypt_blocks(bytes(nonce).join(_CTR_SUFFIXES[:((n + 15) >> 4) + 1]), stream)
-        return int.from_bytes(stream[:n] if n < len(stream) else stream, "big")
-
-    def crypt_bytes(self, nonce, src):
-        """src XORed with the keystream for nonce, as a new buffer (src is left as it is)."""
-        n = len(src)
-        if not MICROPYTHON:
-            if n == 0:
-                return b""
+        def crypt(self, nonce, buf, start, end):
+            """XOR buf[start:end] with the keystream for nonce (12 bytes), in place."""
+            n = end - start
             if n > self.max_len:
                 raise ValueError("payload longer than counter-mode buffer")
-            stream = self._stream   # keystream_int inlined: this runs twice per relayed frame
-            self._aes.encrypt_blocks(bytes(nonce).join(_CTR_SUFFIXES[:((n + 15) >> 4) + 1]), stream)
-            x = int.from_bytes(src, "big") ^ int.from_bytes(stream[:n] if n < len(stream) else stream, "big")
-            return x.to_bytes(n, "big")
-        out = bytearray(src)
-        self.crypt(nonce, out, 0, n)
-        return out
+            first = 0
+            while n > 0:
+                take = n if n < _CTR_PIECE else _CTR_PIECE
+                blocks = (take + 15) >> 4
+                kernels.ctr_blocks(_ctr_blocks, nonce, first, blocks)
+                view = _ctr_views[blocks]
+                if view is None:
+                    view = _ctr_views[blocks] = memoryview(_ctr_blocks)[:16 * blocks]
+                self._aes.encrypt(view, _ctr_stream)
+                kernels.xor_into(buf, start, _ctr_stream, 0, take)
+                start += take
+                n -= take
+                first += blocks
 
-    def _crypt_wide(self, nonce, buf, start, end):
-        n = end - start
-        if n <= 0:
-            return
-        x = int.from_bytes(buf[start:end], "big") ^ self.keystream_int(nonce, n)
-        buf[start:end] = x.to_bytes(n, "big")
+        def crypt_bytes(self, nonce, src):
+            """src XORed with the keystream for nonce, as a new buffer (src is left as it is)."""
+            out = bytearray(src)
+            self.crypt(nonce, out, 0, len(out))
+            return out
 
-
-# counter block suffixes be32(i) for CPython's counter mode, enough for 4 KB payloads
-_CTR_SUFFIXES = None if MICROPYTHON else [b""] + [i.to_bytes(4, "big") for i in range(256)]
-_SCRATCH = None if MICROPYTHON else bytearray(16 * 256)
+else:
+    from common.crypto_cpython import CounterMode, HmacKey, hmac_sha256  # noqa: F401
 
 
 class ReplayWindow:
@@ -313,3 +264,12 @@ def extend16(highest, value):
     elif highest - candidate > 0x8000:
         candidate += 0x10000
     return candidate
+
+
+def __getattr__(name):
+    """hmac_sha256_portable: HMAC-SHA256 written out on hashlib, the reference the tests check the
+    viper HMAC against (common/kernels_portable.py)."""
+    if name == "hmac_sha256_portable":
+        from common.kernels_portable import hmac_sha256_portable
+        return hmac_sha256_portable
+    raise AttributeError(name)

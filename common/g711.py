@@ -11,26 +11,21 @@ a caller's preallocated bytearray or memoryview, return the number of bytes
 written (len(pcm) // 2, or 2 * len(data)) and allocate nothing on MicroPython.
 
 One implementation is chosen at import and named by IMPLEMENTATION:
-  "viper"   MicroPython: @micropython.viper loops over ptr8/ptr16 buffers that
-            compute the codes directly (a 64 KiB encode table does not fit an
-            ESP32 heap); decoding reads a 256-entry (512-byte) table.
+  "viper"   MicroPython: @micropython.viper loops over ptr8 buffers that
+            compute the codes and the samples directly (a 64 KiB encode table does
+            not fit an ESP32 heap, and no decode table takes any of it).
   "python"  CPython: 64 KiB encode tables read through memoryview casts and
             256-byte decode tables applied with bytes.translate.
-The *_portable functions (common/g711_portable.py, reachable here by their names) are the
-same algorithms in plain bytecode; they run on both interpreters and are what the benchmark
-compares the viper path against. The CPython implementation is common/g711_cpython.py: a
-handset loads neither module, which keeps 2 KB of bytecode off its heap.
+The reference algorithms (one sample at a time, bit-exact with the reference code) and the
+*_portable buffer loops over them are in common/g711_portable.py (reachable here by name);
+they run on both interpreters and are what the benchmark compares the viper path against. The
+CPython implementation is common/g711_cpython.py: a handset loads neither module, which keeps
+3 KB of bytecode and tables off its heap.
 """
-from array import array
-
 try:
     import micropython
 except ImportError:
     micropython = None
-
-_BIAS = 0x84  # mu-law bias, added to the magnitude before finding the segment
-_CLIP = 8159  # largest 14-bit magnitude mu-law can code
-
 
 def _check_room(out, needed, what):
     """ValueError naming the function when out is too small."""
@@ -44,68 +39,6 @@ def _samples(pcm):
     if n & 1:
         raise ValueError("PCM length %d is odd: samples are 2 bytes" % n)
     return n >> 1
-
-
-# --- the reference algorithms, one sample at a time ------------------------
-
-def _ulaw_code(u):
-    """mu-law code of one sample given as an unsigned 16-bit value."""
-    if u & 0x8000:
-        mag = 16384 - (u >> 2)  # -(sample >> 2) with an arithmetic shift
-        mask = 0x7F
-    else:
-        mag = u >> 2
-        mask = 0xFF
-    if mag > _CLIP:
-        mag = _CLIP
-    mag += _BIAS >> 2
-    seg = 0
-    t = mag >> 6
-    while t:
-        t >>= 1
-        seg += 1
-    if seg > 7:
-        return 0x7F ^ mask
-    return ((seg << 4) | ((mag >> (seg + 1)) & 0xF)) ^ mask
-
-
-def _alaw_code(u):
-    """A-law code of one sample given as an unsigned 16-bit value."""
-    if u & 0x8000:
-        mag = 8191 - (u >> 3)  # -(sample >> 3) - 1 with an arithmetic shift
-        mask = 0x55
-    else:
-        mag = u >> 3
-        mask = 0xD5
-    seg = 0
-    t = mag >> 5
-    while t:
-        t >>= 1
-        seg += 1
-    shift = seg if seg > 1 else 1
-    return ((seg << 4) | ((mag >> shift) & 0xF)) ^ mask
-
-
-def _ulaw_linear(code):
-    """Linear value (as unsigned 16-bit) of one mu-law code."""
-    code ^= 0xFF
-    t = (((code & 0xF) << 3) + _BIAS) << ((code >> 4) & 7)
-    return (_BIAS - t if code & 0x80 else t - _BIAS) & 0xFFFF
-
-
-def _alaw_linear(code):
-    """Linear value (as unsigned 16-bit) of one A-law code."""
-    code ^= 0x55
-    seg = (code >> 4) & 7
-    t = ((code & 0xF) << 4) + (8 if seg == 0 else 0x108)
-    if seg > 1:
-        t <<= seg - 1
-    return (t if code & 0x80 else -t) & 0xFFFF
-
-
-# Decode tables: sample (unsigned 16-bit, native order) for each code, 512 bytes each.
-_ULAW_TABLE = array("H", (_ulaw_linear(c) for c in range(256)))
-_ALAW_TABLE = array("H", (_alaw_linear(c) for c in range(256)))
 
 
 # --- the implementation for this interpreter ---------------------------------
@@ -158,13 +91,36 @@ if micropython:
             else:
                 dst[i] = ((seg << 4) | ((mag >> 1) & 0xF)) ^ mask
 
+    # decoding computes each sample from its code (no 512-byte table per law on the heap)
     @micropython.viper
-    def _decode_viper(data, out, table, n: int):
+    def _ulaw_decode_viper(data, out, n: int):
         src = ptr8(data)
         dst = ptr8(out)  # bytewise: little-endian output, no alignment needed
-        tab = ptr16(table)
         for i in range(n):
-            v = tab[src[i]]
+            c = src[i] ^ 0xFF
+            t = (((c & 0xF) << 3) + 0x84) << ((c >> 4) & 7)
+            if c & 0x80:
+                v = 0x84 - t
+            else:
+                v = t - 0x84
+            dst[2 * i] = v
+            dst[2 * i + 1] = v >> 8
+
+    @micropython.viper
+    def _alaw_decode_viper(data, out, n: int):
+        src = ptr8(data)
+        dst = ptr8(out)
+        for i in range(n):
+            c = src[i] ^ 0x55
+            seg = (c >> 4) & 7
+            if seg:
+                t = (((c & 0xF) << 4) + 0x108) << (seg - 1)
+            else:
+                t = ((c & 0xF) << 4) + 8
+            if c & 0x80:
+                v = t
+            else:
+                v = 0 - t
             dst[2 * i] = v
             dst[2 * i + 1] = v >> 8
 
@@ -186,14 +142,14 @@ if micropython:
         """Decode mu-law into out as PCM; returns the number of bytes written."""
         n = len(data)
         _check_room(out, 2 * n, "ulaw_decode_into")
-        _decode_viper(data, out, _ULAW_TABLE, n)
+        _ulaw_decode_viper(data, out, n)
         return 2 * n
 
     def alaw_decode_into(data, out):
         """Decode A-law into out as PCM; returns the number of bytes written."""
         n = len(data)
         _check_room(out, 2 * n, "alaw_decode_into")
-        _decode_viper(data, out, _ALAW_TABLE, n)
+        _alaw_decode_viper(data, out, n)
         return 2 * n
 
     def ulaw_encode(pcm):

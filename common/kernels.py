@@ -47,11 +47,12 @@ if MICROPYTHON:
             d[doff + i] = s[soff + i]
 
     @micropython.viper
-    def ctr_blocks(counter, nonce, blocks: int):
+    def ctr_blocks(counter, nonce, first: int, blocks: int):
         c = ptr8(counter)
         s = ptr8(nonce)
-        for i in range(blocks):
-            o = i << 4
+        for k in range(blocks):
+            o = k << 4
+            i = first + k
             for j in range(12):
                 c[o + j] = s[j]
             c[o + 12] = (i >> 24) & 0xFF
@@ -173,25 +174,21 @@ if MICROPYTHON:
             p[doff + i] = (uint(st[i >> 2]) >> (24 - ((i & 3) << 3))) & 0xFF
 
 else:
-    from common.kernels_portable import (copy_bytes_portable as copy_bytes, ctr_blocks_portable as ctr_blocks,
-                                         equal_portable as equal, put_be32_portable as put_be32,
-                                         sha256_blocks_portable as sha256_blocks,
-                                         sha256_pad_portable as sha256_pad, sha256_put_portable as sha256_put,
-                                         xor_into_portable as xor_into)
+    # CPython: the bytecode references under the kernels' names (xor_into is xor_into_portable), named
+    # here once: an import list of the *_portable names would put them all in a handset's heap too
+    from common import kernels_portable
+    for _name in ("xor_into", "copy_bytes", "ctr_blocks", "equal", "put_be32", "sha256_blocks", "sha256_pad",
+                  "sha256_put"):
+        globals()[_name] = getattr(kernels_portable, _name + "_portable")
+    del _name
 
     IMPLEMENTATION = "python"
 
 
-def sha256_state(block):
-    """The SHA-256 state (array of 8 words) after one 64-byte block from the initial value."""
-    state = array("I", SHA256_IV)
-    sha256_blocks(state, SHA256_IV, block, 0, 1, array("I", bytes(256)))
-    return state
-
-
 def __getattr__(name):
-    """xor_into_portable, sha256_blocks_portable, ...: the bytecode references, imported on first use."""
-    if name.endswith("_portable"):
+    """xor_into_portable, sha256_blocks_portable, ..., sha256_state: the bytecode references and
+    helpers only tests use, imported on first use."""
+    if name.endswith("_portable") or name == "sha256_state":
         from common import kernels_portable
         return getattr(kernels_portable, name)
     raise AttributeError(name)

@@ -4,7 +4,9 @@ CPython runs these (kernels.xor_into is xor_into_portable there); on MicroPython
 kernels replace them, and only the tests (viper against portable, byte for byte) import
 this module, so a handset's heap does not hold both.
 """
-from common.kernels import SHA256_K
+from array import array
+
+from common.kernels import SHA256_IV, SHA256_K
 
 _M32 = 0xFFFFFFFF
 
@@ -21,10 +23,12 @@ def copy_bytes_portable(dst, doff, src, soff, n):
         dst[doff + i] = src[soff + i]
 
 
-def ctr_blocks_portable(counter, nonce, blocks):
-    """Counter-mode input blocks 0 .. blocks-1: nonce (12 bytes) || be32(i), 16 bytes each."""
-    for i in range(blocks):
-        o = 16 * i
+def ctr_blocks_portable(counter, nonce, first, blocks):
+    """Counter-mode input blocks first .. first+blocks-1: nonce (12 bytes) || be32(i), 16 bytes each,
+    from counter[0]."""
+    for k in range(blocks):
+        o = 16 * k
+        i = first + k
         for j in range(12):
             counter[o + j] = nonce[j]
         counter[o + 12] = (i >> 24) & 0xFF
@@ -91,3 +95,27 @@ def sha256_put_portable(dst, doff, state, n):
     """The first n bytes (n <= 32) of the digest held in state, big-endian, into dst at doff."""
     for i in range(n):
         dst[doff + i] = (state[i >> 2] >> (24 - 8 * (i & 3))) & 0xFF
+
+
+def hmac_sha256_portable(key, msg):
+    """HMAC-SHA256 (RFC 2104) written out on hashlib: the reference the viper HMAC (common.crypto
+    on MicroPython) and the hosts' copied-state HMAC are checked against."""
+    from common.compat import sha256
+    key = bytes(key)
+    if len(key) > 64:
+        key = sha256(key).digest()
+    key = key + bytes(64 - len(key))
+    inner = sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(msg)
+    outer = sha256(bytes(b ^ 0x5C for b in key))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def sha256_state(block):
+    """The SHA-256 state (array of 8 words) after one 64-byte block from the initial value, with the
+    interpreter's kernel (common.kernels names it too)."""
+    from common import kernels
+    state = array("I", SHA256_IV)
+    kernels.sha256_blocks(state, SHA256_IV, block, 0, 1, array("I", bytes(256)))
+    return state

@@ -5,7 +5,7 @@ Used by phones (to their remote host or the main host) and by remote hosts
 timers out; times are compared with ticks_diff (a handset's clock wraps). Randomness (nonces, backoff jitter) comes from `random_bytes`.
 """
 from common import wire
-from common.compat import ticks_add, ticks_diff, ticks_earliest
+from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.reliable import Channel
 from common.session import (SessionCrypto, handshake_key, parse_handshake, seal_handshake,
                             session_keys, verify_handshake)
@@ -16,8 +16,8 @@ RESPONSE_SENT = "response"
 UP = "up"
 BACKOFF = "backoff"
 
-HANDSHAKE_RETRY_MS = 1000
-HANDSHAKE_TRIES = 4
+_HANDSHAKE_RETRY_MS = const(1000)
+_HANDSHAKE_TRIES = const(4)
 
 
 class Login:
@@ -37,7 +37,7 @@ class Login:
         # keepalive_ms + dead_ms, the session is down (None: only when the channel gives up, ~15 s)
         self.dead_ms = dead_ms
         self.last_heard_ms = None
-        self._hs_key = handshake_key(self.secret)
+        self._hs_key = None         # the handshake key, derived at each login and dropped once up
         self.state = IDLE
         self.channel = None
         self.events = []            # ("up", welcome_ies) / ("down", reason)
@@ -53,6 +53,7 @@ class Login:
     # control
 
     def start(self, now):
+        self._hs_key = handshake_key(self.secret)
         self._nonce = self.random_bytes(16)
         self._cookie = None
         self.channel = None
@@ -67,14 +68,14 @@ class Login:
     def _send_hello(self, now):
         self._tries += 1
         self._out.append(seal_handshake(self._hs_key, 0, wire.HELLO, self._identity_ies()))
-        self._timer = ticks_add(now, HANDSHAKE_RETRY_MS)
+        self._timer = ticks_add(now, _HANDSHAKE_RETRY_MS)
 
     def _send_response(self, now):
         self._tries += 1
         ies = self._identity_ies()
         ies[wire.IE_COOKIE] = self._cookie
         self._out.append(seal_handshake(self._hs_key, 0, wire.RESPONSE, ies))
-        self._timer = ticks_add(now, HANDSHAKE_RETRY_MS)
+        self._timer = ticks_add(now, _HANDSHAKE_RETRY_MS)
 
     def send(self, msg_type, ies, now):
         """Queue a signalling message on the session; False when not logged in."""
@@ -157,6 +158,7 @@ class Login:
                 self._keepalive_at = ticks_add(now, self.keepalive_ms)
                 self.last_heard_ms = now
                 self._timer = None
+                self._hs_key = None   # not needed until the next login (a handset's heap is small)
                 self.events.append(("up", ies))
             elif self.state == UP:
                 out.append((msg_type, ies))
@@ -181,8 +183,8 @@ class Login:
 
     def handle_timer(self, now):
         if self.state in (HELLO_SENT, RESPONSE_SENT) and self._timer is not None and ticks_diff(now, self._timer) >= 0:
-            if self._tries >= HANDSHAKE_TRIES:
-                self._down("no answer to login", now, ticks_add(self._timer, -HANDSHAKE_RETRY_MS))
+            if self._tries >= _HANDSHAKE_TRIES:
+                self._down("no answer to login", now, ticks_add(self._timer, -_HANDSHAKE_RETRY_MS))
             elif self.state == HELLO_SENT:
                 self._send_hello(now)
             else:

@@ -19,7 +19,7 @@ RINGBACK = "ringback"
 RINGING = "ringing"
 CONNECTED = "connected"
 
-SETUP_TIMEOUT_MS = const(20000)
+_SETUP_TIMEOUT_MS = const(20000)
 
 
 class PhoneCall:
@@ -50,12 +50,12 @@ class Phone:
         self.call = None
         self.state = IDLE
         self.events = []
-        self.sysinfo_version = None
-        self.sysinfo = None
+        self.sysinfo_version = None   # the data itself goes with the "sysinfo" event, not kept here
         self._chunks = {}
         self._chunk_version = None
         self._next_call_no = (random_bytes(1)[0] % 100) + 1
         self.dropped = 0
+        self.frame_to = None     # where seal_frame's frame goes: None for the host, else the LAN peer
 
     @property
     def registered(self):
@@ -121,30 +121,47 @@ class Phone:
 
     def seal_media(self, ts, payload):
         """(frame, address) for one frame of our call; address None means the host."""
+        frame = self.seal_frame(ts, payload)
+        return frame, (self.frame_to if frame is not None else None)
+
+    def seal_frame(self, ts, payload):
+        """The mini frame (a view of a buffer reused per frame) carrying one frame of our call, or None;
+        `frame_to` is then where it goes (None: the host). Allocates nothing: the handset's media path."""
         call = self.call
         if call is None or self.state != CONNECTED:
-            return None, None
-        if call.direct is not None:
-            return call.direct[0].seal_mini(ts, payload), call.direct[1]
+            return None
+        direct = call.direct
+        if direct is not None:
+            self.frame_to = direct[1]
+            return direct[0].seal_mini(ts, payload)
         if not call.peer_call_no:
-            return None, None
-        return call.media.seal_mini(ts, payload), None
+            return None
+        self.frame_to = None
+        return call.media.seal_mini(ts, payload)
+
+    def open_media(self, frame):
+        """The extended timestamp of an authentic media frame of our call, decrypted in place (frame
+        is a writable buffer), else None (counted in `dropped`). Raises DecodeError for a malformed
+        frame. Allocates nothing: the handset's media path."""
+        call = self.call
+        if call is None or wire.check_mini(frame) != call.call_no:
+            self.dropped += 1
+            return None
+        direct = call.direct
+        if direct is not None:   # B3: the other phone straight, or the host relaying
+            ts = direct[0].open_mini(frame)
+            if ts is not None:
+                return ts
+        ts = call.media.open_mini(frame)
+        if ts is None:
+            self.dropped += 1
+        return ts
 
     def _media_in(self, frame):
-        call = self.call
-        if call is None:
-            self.dropped += 1
+        ts = self.open_media(frame)
+        if ts is None:
             return None
-        if wire.check_mini(frame) != call.call_no:
-            self.dropped += 1
-            return None
-        legs = (call.direct[0], call.media) if call.direct is not None else (call.media,)
-        for leg in legs:
-            ts = leg.open_mini(frame)
-            if ts is not None:
-                return ts, memoryview(frame)[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]
-        self.dropped += 1
-        return None
+        return ts, memoryview(frame)[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]
 
     # signalling in
 
@@ -213,6 +230,9 @@ class Phone:
         elif msg_type == wire.DTMF:
             self.events.append(("dtmf", ies.get(wire.IE_DIGIT, "")))
         elif msg_type == wire.MEDIA_PEER and wire.IE_ADDRESS in ies and wire.IE_MEDIA_KEY in ies:
+            # from now on the host's leg only brings what the host still relays: its sending half goes
+            # first, making room for the new leg on a handset's heap
+            call.media.receive_only()
             leg = MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), call.call_no, ies.get(wire.IE_CALL_NO, 0))
             call.direct = (leg, ies[wire.IE_ADDRESS])
             call.path = "local"
@@ -229,7 +249,6 @@ class Phone:
             data = b"".join(self._chunks[i] for i in range(count))
             self._chunks = {}
             self.sysinfo_version = version
-            self.sysinfo = data
             self.login.send(wire.SYSINFO_ACK, {wire.IE_VERSION: version}, now)
             self.events.append(("sysinfo", version, data))
 
@@ -245,5 +264,5 @@ class Phone:
         before = self.login.state
         self.login.handle_timer(now)
         self._login_events(before)
-        if self.state == DIALING and ticks_diff(now, self.call.started_ms) > SETUP_TIMEOUT_MS:
+        if self.state == DIALING and ticks_diff(now, self.call.started_ms) > _SETUP_TIMEOUT_MS:
             self._end(wire.CAUSE_UNREACHABLE)

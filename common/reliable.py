@@ -19,8 +19,8 @@ WINDOW = const(32)          # messages in flight before the rest wait in the que
 RTO_INITIAL_MS = const(250)
 RTO_MAX_MS = const(4000)
 MAX_TRIES = const(8)        # about 15 s from first send to giving up
-REORDER_LIMIT = const(64)   # how far ahead of the expected number a frame may be buffered
-MAX_QUEUE = const(4096)     # messages waiting for window space; more and the channel fails
+_REORDER_LIMIT = const(64)   # how far ahead of the expected number a frame may be buffered
+_MAX_QUEUE = const(4096)     # messages waiting for window space; more and the channel fails
 
 
 class Channel:
@@ -49,12 +49,12 @@ class Channel:
         payload = wire.encode_ies(ies)
         if len(self._unacked) < WINDOW:
             self._transmit_new(msg_type, payload, now)
-        elif len(self._queue) < MAX_QUEUE:
+        elif len(self._queue) < _MAX_QUEUE:
             self._queue.append((msg_type, payload))
         elif not self.failed:
             # a peer that never acknowledges must not make us hold messages without end
             self.failed = True
-            self.error = "more than %d messages waiting for acknowledgement" % MAX_QUEUE
+            self.error = "more than %d messages waiting for acknowledgement" % _MAX_QUEUE
 
     def _transmit_new(self, msg_type, payload, now):
         seq = self.next_seq
@@ -140,7 +140,7 @@ class Channel:
         if seq != self.expected:
             if seq < self.expected or seq in self._early:
                 self.duplicates += 1
-            elif seq - self.expected < REORDER_LIMIT:
+            elif seq - self.expected < _REORDER_LIMIT:
                 self._early[seq] = (msg_type, ies)
                 fresh = True  # not delivered yet, but received for the first time
             if fresh:

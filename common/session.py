@@ -16,12 +16,14 @@ A session is identified by its receiver index, never by address (B7). The tag of
 a session frame covers its 64-bit sequence number and acknowledgement, of which
 only the low 16 bits are on the wire: a frame recorded 65,536 messages ago never
 verifies again, and an old ACK cannot acknowledge what was sent since.
+
+The server's side of the handshake (stateless cookies, identities) is common/session_server.py:
+a handset never serves one and never loads it (imported here on CPython, and on MicroPython at
+the first use of one of its names).
 """
 from common import wire
-from common.compat import compare_digest
-from common.crypto import CounterMode, HmacKey, hkdf, hmac_sha256
-
-COOKIE_BUCKET_MS = 30000  # a cookie is valid in its 30 s bucket and the next
+from common.compat import MICROPYTHON, compare_digest
+from common.crypto import CounterMode, HmacKey, hkdf
 
 
 def handshake_key(secret):
@@ -119,17 +121,20 @@ def verify_handshake(key, datagram):
     return key.verify(view[:end], view[end:], wire.FULL_TAG)
 
 
-def make_cookie(server_secret, identity, client_nonce, client_index, address, now_ms, previous=False):
-    """Stateless challenge: binds identity, nonce, index and source address to a time bucket."""
-    bucket = now_ms // COOKIE_BUCKET_MS - (1 if previous else 0)
-    material = "%s|%d|%s|%d" % (identity, client_index, address, bucket)
-    return hmac_sha256(server_secret, material.encode() + client_nonce)[:16]
+_SERVER = ("make_cookie", "identity_of", "COOKIE_BUCKET_MS")
 
 
-def identity_of(ies):
-    """('ext', number) or ('host', name) named by a handshake's IEs, else None."""
-    if wire.IE_EXTENSION in ies:
-        return ("ext", ies[wire.IE_EXTENSION])
-    if wire.IE_HOST_NAME in ies:
-        return ("host", ies[wire.IE_HOST_NAME])
-    return None
+def __getattr__(name):
+    """make_cookie, identity_of, COOKIE_BUCKET_MS: the server's side, from common.session_server."""
+    if name not in _SERVER:
+        raise AttributeError(name)
+    from common import session_server
+    value = getattr(session_server, name)
+    globals()[name] = value
+    return value
+
+
+if not MICROPYTHON:   # the hosts: all of them now (named through _SERVER, not an import list a handset would load)
+    for _name in _SERVER:
+        __getattr__(_name)
+    del _name

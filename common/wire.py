@@ -28,7 +28,9 @@ MAX_CALL_NO = const(0x7FFF)
 MAX_SESSION = const(0x3FFFFF)
 IP_UDP_HEADERS = const(28)  # IPv4 (20) + UDP (8): what each datagram costs on the wire beyond its payload
 
-# message types
+# message types a handset sends or reads; the hosts' own (LOCAL_REQUEST, LOCAL_GRANT, LOCAL_REFUSE,
+# PUNCH_OFFER, PUNCH, PUNCH_RESULT, RECORDS, PHONE_STATE, DIRECTORY) are read from the table in
+# common/wire_names.py on first use (__getattr__), which keeps their names off a handset's heap
 HELLO = const(0x01)
 CHALLENGE = const(0x02)
 RESPONSE = const(0x03)
@@ -42,47 +44,32 @@ ANSWER = const(0x13)
 RELEASE = const(0x14)
 DTMF = const(0x16)
 MEDIA_PEER = const(0x17)
-LOCAL_REQUEST = const(0x20)
-LOCAL_GRANT = const(0x21)
-LOCAL_REFUSE = const(0x22)
-PUNCH_OFFER = const(0x30)
-PUNCH = const(0x31)
-PUNCH_RESULT = const(0x32)
 SYSINFO = const(0x40)
 SYSINFO_ACK = const(0x41)
-RECORDS = const(0x50)
-PHONE_STATE = const(0x60)
-DIRECTORY = const(0x70)
 
 HANDSHAKE_TYPES = (HELLO, CHALLENGE, RESPONSE)
 
-# information elements (names and layouts: common/wire_names.py)
+# information elements a handset sends or reads (names and layouts of all: common/wire_names.py;
+# the hosts' own, IE_HOST_NAME, IE_TTL, IE_TIME, IE_CALL_ID, IE_CODEC, IE_PEER_NAME, IE_PEER_KEY and
+# IE_STATE, are read from that table on first use, as the message types above)
 IE_EXTENSION = const(0x01)
-IE_HOST_NAME = const(0x02)
 IE_SESSION_INDEX = const(0x03)
 IE_NONCE = const(0x04)
 IE_COOKIE = const(0x05)
-IE_TTL = const(0x06)
-IE_TIME = const(0x07)
 IE_CALL_NO = const(0x10)
 IE_PEER_CALL_NO = const(0x11)
 IE_CALLED = const(0x12)
 IE_CALLING = const(0x13)
 IE_CALLING_NAME = const(0x14)
 IE_CAUSE = const(0x15)
-IE_CALL_ID = const(0x16)
 IE_MEDIA_KEY = const(0x17)
 IE_DIGIT = const(0x18)
 IE_ADDRESS = const(0x19)
 IE_PATH = const(0x1A)
-IE_CODEC = const(0x1B)
 IE_ROLE = const(0x1C)
 IE_VERSION = const(0x20)
 IE_CHUNK = const(0x21)
 IE_DATA = const(0x22)
-IE_PEER_NAME = const(0x23)
-IE_PEER_KEY = const(0x24)
-IE_STATE = const(0x25)
 IE_KEEPALIVE = const(0x26)
 
 # How the codec reads each IE type: 3 bytes per type, (kind, least value bytes, most value bytes);
@@ -106,12 +93,24 @@ def ie_name(ie):
     return wire_names.ie_name(ie)
 
 
+_TRUNK = ("pack_trunk_header", "pack_trunk_entry", "parse_trunk", "parse_mini")
+
+
 def __getattr__(name):
-    """MESSAGE_NAMES {type: "NAME"} and IE_SPEC {type: (name, kind, lo, hi)}, from common.wire_names."""
-    if name not in ("MESSAGE_NAMES", "IE_SPEC"):
-        raise AttributeError(name)
-    from common import wire_names
-    value = getattr(wire_names, name.lower())()
+    """What a handset does not need, made on first use and kept: MESSAGE_NAMES {type: "NAME"} and
+    IE_SPEC {type: (name, kind, lo, hi)}, the hosts' message types and IEs (LOCAL_REQUEST, IE_TTL ...)
+    from the table in common.wire_names, and the trunk frame's codec from common.trunk."""
+    if name in _TRUNK:
+        from common import trunk
+        value = getattr(trunk, name)
+    else:
+        from common import wire_names
+        if name in ("MESSAGE_NAMES", "IE_SPEC"):
+            value = getattr(wire_names, name.lower())()
+        else:
+            value = wire_names.number(name)
+            if value is None:
+                raise AttributeError(name)
     globals()[name] = value
     return value
 
@@ -197,11 +196,6 @@ def pack_mini_header(buf, call_no, ts):
     buf[3] = ts & 0xFF
 
 
-def parse_mini(data):
-    """(call_no, ts16) of a mini frame; payload is data[4:-4], tag data[-4:]."""
-    return check_mini(data), (data[2] << 8) | data[3]
-
-
 def check_mini(data):
     """The call number of a valid mini frame (DecodeError otherwise); no tuple made, for the media path."""
     n = len(data)
@@ -216,47 +210,6 @@ def check_mini(data):
     if call_no == 0:
         raise DecodeError("call number", 0, "call number 0 is reserved")
     return call_no
-
-
-def pack_trunk_header(buf, session):
-    buf[0] = 0xC0 | ((session >> 16) & 0x3F)
-    buf[1] = (session >> 8) & 0xFF
-    buf[2] = session & 0xFF
-
-
-def pack_trunk_entry(buf, offset, call_no, ts, comfort_noise):
-    buf[offset] = ((call_no >> 8) & 0x7F) | (0x80 if comfort_noise else 0)
-    buf[offset + 1] = call_no & 0xFF
-    buf[offset + 2] = (ts >> 8) & 0xFF
-    buf[offset + 3] = ts & 0xFF
-    return offset + TRUNK_ENTRY_HEADER
-
-
-def parse_trunk(data):
-    """List of (call_no, ts16, payload_start, payload_end) of a trunk frame."""
-    n = len(data)
-    if n < TRUNK_HEADER + TRUNK_ENTRY_HEADER + CN_BYTES + MEDIA_TAG:
-        raise DecodeError("trunk frame", n, "shorter than one entry (%d bytes)" % n)
-    if data[0] & 0xC0 != 0xC0:
-        raise DecodeError("frame kind", 0, "not a trunk frame")
-    end = n - MEDIA_TAG
-    offset = TRUNK_HEADER
-    entries = []
-    while offset < end:
-        if offset + TRUNK_ENTRY_HEADER > end:
-            raise DecodeError("trunk entry", offset, "truncated entry header")
-        first = data[offset]
-        call_no = ((first & 0x7F) << 8) | data[offset + 1]
-        if call_no == 0:
-            raise DecodeError("trunk entry call number", offset, "call number 0 is reserved")
-        ts = (data[offset + 2] << 8) | data[offset + 3]
-        start = offset + TRUNK_ENTRY_HEADER
-        stop = start + (CN_BYTES if first & 0x80 else VOICE_BYTES)
-        if stop > end:
-            raise DecodeError("trunk entry payload", start, "runs past the tag")
-        entries.append((call_no, ts, start, stop))
-        offset = stop
-    return entries
 
 
 def encode_ies(items):

@@ -1,8 +1,8 @@
 """The names of upbx v1 message types and information elements, and each IE's layout.
 
 The table the wire format is specified by (docs/protocol.md shows it): hosts, tests and tools read
-MESSAGE_NAMES and IE_SPEC through common.wire; a handset imports this module only to name an IE
-in an error. common.wire's codec reads LAYOUT in compact form (`python -m common.wire_names`
+MESSAGE_NAMES, IE_SPEC and the message types and IEs only hosts use (wire.LOCAL_REQUEST,
+wire.IE_TTL ...) through common.wire; a handset imports this module only to name an IE in an error. common.wire's codec reads LAYOUT in compact form (`python -m common.wire_names`
 prints it; tests/common/test_vectors.py checks that the two agree).
 """
 
@@ -65,6 +65,20 @@ def ie_name(ie):
         if row[0] == ie:
             return row[1]
     return "IE 0x%02x" % ie
+
+
+def number(name):
+    """The number of a message type ("LOCAL_REQUEST") or IE ("IE_HOST_NAME") by its name, else None
+    (common.wire gives the hosts' own message types and IEs this way)."""
+    words = MESSAGES.split()
+    for i in range(1, len(words), 2):
+        if words[i] == name:
+            return int(words[i - 1], 16)
+    if name.startswith("IE_"):
+        for row in rows():
+            if row[1] == name[3:].lower():
+                return row[0]
+    return None
 
 
 def message_names():

@@ -1,13 +1,16 @@
-"""The handset application: one asyncio task moving bytes, time and audio.
+"""The handset application: one loop moving bytes, time and audio.
 
 The protocol is common.phone (sans-IO); audio is firmware.audio.pipeline; the
 HAL (unix or esp32) owns the devices. Runs unchanged on an ESP32 and, with the
 unix HAL, as a virtual handset under the MicroPython unix port (`upbx phone`).
 
-Time is the HAL's ticks_ms(), which wraps: every timer is ticks_add(now, ms) and every
-comparison ticks_diff(now, timer) >= 0 (common/compat.py). The loop feeds the watchdog
-once per iteration; network errors (sendto, getaddrinfo) are counted and retried, never
-fatal (docs/handset.md, Survival).
+The loop sleeps in select.poll on the socket (and the HAL's devices, such as an ESP32's
+microphone) until the next 20 ms audio tick, the next timer or a datagram: in a call it
+wakes once per tick and once per datagram (docs/handset.md, The loop). Time is the HAL's
+ticks_ms(), which wraps: every timer is ticks_add(now, ms) and every comparison
+ticks_diff(now, timer) >= 0 (common/compat.py). The loop feeds the watchdog once per
+iteration; network errors (sendto, getaddrinfo) are counted and retried, never fatal
+(docs/handset.md, Survival).
 """
 import errno
 import gc
@@ -17,48 +20,61 @@ import select
 import socket
 import struct
 import sys
-
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
+import time
 
 from common import wire
-from common.compat import ticks_add, ticks_diff
+from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.phone import CONNECTED, IDLE, Phone, RINGING
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
+from firmware.hal import rarely
 
-FRAME_MS = 20
+_FRAME_MS = const(20)
 # the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
 TONES = {"busy": "busy", "unreachable": "reorder", "network busy": "reorder", "not permitted": "reorder",
          "unknown extension": "reorder", "no answer": "reorder"}
 RING_TONE = "ringback"     # the ringer: the speaker plays the ring-back cadence (2 s on, 4 s off)
 KEY_OFF_HOOK = "A"         # lift: dial tone when idle, answers a ringing call
 KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
-TONE_TIMEOUT_MS = 30000    # busy and reorder stop by themselves after this
-CAPTURE_MAX = 3            # frames sent per loop iteration at most (a late loop catches up)
-RETRY_MAX = 8              # datagrams kept for another try after sendto failed
-RESOLVE_RETRY_MS = 1000    # getaddrinfo for the host again after this, when it failed
+_TONE_TIMEOUT_MS = const(30000)   # busy and reorder stop by themselves after this
+_CAPTURE_MAX = const(3)           # frames sent per loop iteration at most (a late loop catches up)
+_RETRY_MAX = const(8)             # datagrams kept for another try after sendto failed
+_RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
+_RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
+_CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
 # recv(n) takes n contiguous bytes from the heap for every datagram (then gives back the rest):
 # 1600 failed on a fragmented 160 KB heap. The largest v1 frame a phone gets is a full frame
-# holding every IE at its longest (about 720 bytes); media frames are 168.
-RX_BYTES = 768
+# holding every IE at its longest (about 720 bytes); media frames are 168. When not even those
+# 768 bytes are free in one piece, the datagram is read into _RX_SHORT (every media frame and
+# every message a host sends a phone today, a system information chunk of 250 bytes the longest,
+# fits; a longer one is cut, fails its tag and is counted, and the host sends it again)
+_RX_BYTES = const(768)
+_RX_SHORT = const(320)
+_VOICE_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG   # a mini frame's length, voice
+_CN_FRAME = wire.MINI_HEADER + wire.CN_BYTES + wire.MEDIA_TAG         # and comfort noise
 # DSCP in the IP TOS byte: voice EF, signalling CS3. The unix port takes IP_TOS (Linux numbers
 # when the module lacks the names); stock ESP32 MicroPython's setsockopt has no IP_TOS (it prints
 # "option not implemented" and does nothing), so the handset does not mark there.
-TOS_EF = 46 << 2
-TOS_CS3 = 24 << 2
+_TOS_EF = const(46 << 2)
+_TOS_CS3 = const(24 << 2)
 _IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
 _IP_TOS = getattr(socket, "IP_TOS", 1)
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
-_HEAP_SAMPLE_LEAD_MS = 25   # the heap's use is sampled this long (more than a tick) before each collection
+_HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
 
 
 def due(now, at):
     """Whether the timer `at` (None: not set) has come."""
     return at is not None and ticks_diff(now, at) >= 0
+
+
+def _pack():
+    """Collect the garbage before a call's long-lived objects (keys, AES contexts, buffers) are made:
+    they then fill the heap from its lowest free block instead of landing among garbage that leaves
+    holes when it goes, and the free space stays in pieces large enough for recv() and the next
+    call (docs/handset.md, Memory). Once per call set-up, a few ms on an ESP32."""
+    gc.collect()
 
 
 def error_name(exc):
@@ -79,7 +95,7 @@ class App:
                            keepalive_ms=int(config.get("keepalive_ms", 2000)),
                            dead_ms=int(config.get("dead_ms", 2000)),
                            backoff_max_ms=int(config.get("backoff_max_ms", 5000)))
-        self.pipeline = AudioPipeline(config.get("codec", "ulaw"), config.get("plc", True), FRAME_MS)
+        self.pipeline = AudioPipeline(config.get("codec", "ulaw"), config.get("plc", True), _FRAME_MS)
         self.pcm = bytearray(320)
         # firmware.audio.vad is imported only where it is used: silence suppression configured, or
         # the first comfort-noise frame from the far end (docs/handset.md, Memory)
@@ -93,29 +109,41 @@ class App:
         self._cn = bytearray(wire.CN_BYTES)
         self._tos = None
         self._mark = config.get("dscp", sys.platform != "esp32")
-        self._rx = bytearray(RX_BYTES)     # every media datagram lands here: no allocation per frame
-        self._rx_view = memoryview(self._rx)
-        self._ipoll = getattr(self.poller, "ipoll", None) or self.poller.poll
+        self._rx = bytearray(_RX_BYTES)     # every media datagram lands here: no allocation per frame
+        rx = self._rx_view = memoryview(self._rx)
+        self._voice_frame, self._cn_frame = rx[:_VOICE_FRAME], rx[:_CN_FRAME]
+        self._voice_payload = rx[wire.MINI_HEADER:wire.MINI_HEADER + wire.VOICE_BYTES]
+        self._wait_poll = self.poller.ipoll   # the loop's sleep (ipoll: no result list)
+        self._raw_sock = None
         self._retry = []           # [data, addr, tos] whose sendto failed, oldest first
         self.digits = ""
         self.tone_stop_at = None
-        self.tone_timeout_ms = int(config.get("tone_timeout_ms", TONE_TIMEOUT_MS))
+        self.tone_timeout_ms = int(config.get("tone_timeout_ms", _TONE_TIMEOUT_MS))
         self.speed_dial = {}       # button name -> number, from the system information
         self._speaking = False     # the speaker got a frame at the last tick
         self.power_save = True
         self.call_ts = 0
         self.connected_at = None
+        # counted per frame as attributes (cheaper than the summary's dict), put in the summary at the end
+        self.frames_sent = self.frames_received = self.frames_rejected = 0
+        self.cn_sent = self.cn_received = self.frames_suppressed = 0
+        self._call_sent = self._call_received = 0   # the current call's frames
+        # the loop's timers; _timer_at is the earliest of them, computed when one changes (_plan)
+        self.answer_at = self.hangup_at = self.exit_at = self._dtmf_at = None
+        self._call_at = self._stop_at = self._proto_at = self._house_at = self._timer_at = None
+        self._frame_at = None     # the next 20 ms audio tick
+        self._signalled = False   # the protocol moved: its events, datagrams and timer need a look
         self.running = True
         self.reset_requested = False
         self.record = open(self.script["record_g711"], "wb") if self.script.get("record_g711") else None
         self.summary = {"extension": config["extension"], "registered": False, "frames_sent": 0,
                         "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
                         "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
-                        "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0}
+                        "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0,
+                        "short_reads": 0}
         self.heap_peak = 0
         self.heap_live_peak = 0
         self.heap_free_min = None
-        self._collect_at = None
         self._sampled_at = None   # when the heap's use was sampled for the coming collection
         self.current = None
         self.started = None
@@ -125,8 +153,9 @@ class App:
             from firmware.profile import DEFAULT_TICKS, TickProfile
             ticks = config["profile"]
             self.profile = TickProfile(DEFAULT_TICKS if ticks is True else int(ticks))
-            _sock, self._ipoll, self.hal = self.profile.time_io(None, self._ipoll, hal)
-        self.load_sysinfo()
+            self.hal = self.profile.time_io(None, None, hal)[2]
+        rarely("firmware.sysinfo").restore(self)   # the system information kept in flash
+        self.hal.attach(self.poller)   # what of the HAL wakes the loop (an ESP32's microphone in a call)
 
     def log(self, level, msg):
         self.hal.log(level, "phone", msg)
@@ -134,9 +163,11 @@ class App:
     # actions
 
     def dial(self, number, now):
+        _pack()   # the call's keys and buffers are made now
         if self.phone.dial(number, now):
             self.current = {"to": number, "from": self.config["extension"], "dialed_ms": now, "setup_ms": None,
                             "path": None, "cause": None, "frames_sent": 0, "frames_received": 0}
+            self._call_sent = self._call_received = 0
             self.log("I", "dialing %s" % number)
             self.hal.display("dialing", number)
         else:
@@ -158,8 +189,8 @@ class App:
         elif cmd == "!reset" or cmd == "!quit":
             self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
-        elif cmd.startswith("!button "):
-            self.button(cmd[8:].strip(), now)
+        elif cmd.startswith("!button "):   # boards without a digit keypad: speed dial (firmware/sysinfo.py)
+            rarely("firmware.sysinfo").button(self, cmd[8:].strip(), now)
         elif len(cmd) == 1:
             self.key(cmd, now)
 
@@ -170,22 +201,6 @@ class App:
                 "digits": self.digits, "tone": self.pipeline.tone.name, "power_save": self.power_save,
                 "caller": self.current and self.current.get("from"), "heap": self.heap(),
                 "ticks": now, "net_errors": self.summary["net_errors"], "speed_dial": self.speed_dial}
-
-    def button(self, name, now):
-        """A board button (boards without a digit keypad): dial its speed-dial number when idle,
-        answer when ringing, end the call when it has a number and a call is up."""
-        number = self.speed_dial.get(name)
-        state = self.phone.state
-        if state == RINGING:
-            self.phone.answer(now)
-        elif state != IDLE:
-            if number is not None:
-                self.key(KEY_ON_HOOK, now)
-        elif number:
-            self.pipeline.tone.stop()
-            self.dial(number, now)
-        else:
-            self.log("W", "button %s has no speed-dial number (system information settings.speed_dial)" % name)
 
     def key(self, key, now):
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
@@ -239,6 +254,7 @@ class App:
                 self.current = {"from": event[1], "to": self.config["extension"], "dialed_ms": now,
                                 "setup_ms": None, "path": None, "cause": None, "frames_sent": 0,
                                 "frames_received": 0}
+                self._call_sent = self._call_received = 0
                 self.digits = ""
                 self.pipeline.tone.start(RING_TONE)
                 self.tone_stop_at = None
@@ -254,7 +270,12 @@ class App:
                     self.vad.reset()
                 self.set_power_save(False)
                 self.hal.mic_start()  # what the microphone queued before the call is not sent
+                # the audio tick in step with the microphone's frames: one wake-up serves both
+                mic = self.hal.mic_due()
+                self._frame_at = now if mic is None else mic
                 self.connected_at = now
+                if self.script.get("dtmf"):
+                    self._dtmf_at = ticks_add(now, 501)
                 self.call_ts = 0
                 if self.current is not None:
                     self.current["setup_ms"] = ticks_diff(now, self.current["dialed_ms"])
@@ -268,6 +289,7 @@ class App:
                 cause = wire.CAUSE_TEXT.get(event[1], str(event[1]))
                 self.log("I", "call ended: %s" % cause)
                 self.set_power_save(True)
+                self.hal.mic_stop()
                 self.pipeline.reset()
                 tone = TONES.get(cause)
                 if tone:
@@ -277,25 +299,28 @@ class App:
                 if self.current is not None:
                     self.current["cause"] = cause
                     self.current["tone"] = tone  # what the speaker plays now (None: silence)
-                    if self.current["path"] is None and self.phone.call is None:
-                        pass
-                    self.summary["calls"].append(self.current)
-                    self.current = None
-                self.connected_at = None
+                    self._close_call()
+                self.connected_at = self._dtmf_at = None
                 if self.script.get("exit_after_call"):
                     self.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
             elif name == "dtmf":
                 self.summary["dtmf_received"] += event[1]
                 self.log("I", "dtmf %s" % event[1])
             elif name == "sysinfo":
-                self.summary["sysinfo_version"] = event[1]
-                self.log("I", "system information version %d (%d bytes)" % (event[1], len(event[2])))
-                self.save_sysinfo(event[1], event[2])
-                try:
-                    self.use_sysinfo(json.loads(event[2]))
-                except ValueError:
-                    self.log("W", "system information version %d is not JSON" % event[1])
+                rarely("firmware.sysinfo").received(self, event[1], event[2])
         self.phone.events = []
+
+    def _close_call(self):
+        """The call's record into the summary, which keeps the last _CALLS_KEPT (a device runs for
+        months: an unbounded list of calls would fill its heap)."""
+        current = self.current
+        current["frames_sent"] = self._call_sent
+        current["frames_received"] = self._call_received
+        calls = self.summary["calls"]
+        if len(calls) >= _CALLS_KEPT:
+            calls.pop(0)
+        calls.append(current)
+        self.current = None
 
     def set_power_save(self, flag):
         self.power_save = flag
@@ -307,44 +332,6 @@ class App:
             return None
         return {"alloc": _mem_alloc(), "peak_alloc": self.heap_peak, "peak_live": self.heap_live_peak,
                 "min_free": self.heap_free_min, "total": _mem_alloc() + _mem_free()}
-
-    def save_sysinfo(self, version, data):
-        """Keep the last system information in flash: {"version": N, "info": {...}} (B6)."""
-        path = self.config.get("sysinfo_file", "sysinfo.json")
-        tmp = path + ".tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(('{"version":%d,"info":' % version).encode())
-                f.write(data)
-                f.write(b"}")
-            os.rename(tmp, path)
-            self.log("I", "system information version %d kept in %s" % (version, path))
-        except OSError as exc:
-            self.log("W", "cannot keep system information: %s" % exc)
-
-    def load_sysinfo(self):
-        try:
-            with open(self.config.get("sysinfo_file", "sysinfo.json")) as f:
-                kept = json.load(f)
-            self.phone.sysinfo_version = kept["version"]
-            self.summary["sysinfo_version"] = kept["version"]
-            self.log("I", "system information version %d from flash" % kept["version"])
-            self.use_sysinfo(kept["info"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-
-    def use_sysinfo(self, info):
-        """What the handset takes from the system information: settings.speed_dial,
-        "BUTTON=NUMBER,..." (docs/sysinfo.md), for boards whose buttons dial."""
-        text = info.get("settings", {}).get("speed_dial", "") if isinstance(info, dict) else ""
-        dial = {}
-        for item in str(text).split(","):
-            pair = item.split("=")
-            if len(pair) == 2 and pair[0].strip() and pair[1].strip():
-                dial[pair[0].strip()] = pair[1].strip()
-            elif item.strip():
-                self.log("W", "settings.speed_dial: %r is not BUTTON=NUMBER" % item.strip())
-        self.speed_dial = dial
 
     # I/O
 
@@ -362,6 +349,7 @@ class App:
         self.sock.bind(local)
         self.sock.setblocking(False)
         self.poller.register(self.sock, select.POLLIN)
+        self._raw_sock = self.sock
         if self.profile is not None:
             self.sock = self.profile.time_io(self.sock, None, None)[0]
         return True
@@ -374,63 +362,73 @@ class App:
         if errors[key] == 1 or errors[key] % 100 == 0:
             self.log("W", "%s failed (%d so far): %r" % (operation, errors[key], exc))
 
-    def _readable(self):
-        for _ in self._ipoll(0):  # ipoll does not allocate a result list
-            return True
-        return False
-
     def receive(self, now):
-        # recv, not recvfrom: no address tuple per datagram. Not readinto either: MicroPython's
-        # stream readinto keeps reading until the buffer is full or the socket would block, so
-        # on a non-blocking UDP socket it glues queued datagrams together (docs/handset.md).
-        # Media (mini frames) are copied into a buffer made once and opened in place there;
-        # signalling (rare) gets its own bytearray, since the protocol may keep parts of it.
-        rx = self._rx_view
-        for _ in range(32):
-            if not self._readable():
-                return
+        """One datagram (the poller said one is there); the loop comes back at once for the next.
+
+        recv, not recvfrom: no address tuple per datagram. Not readinto either: MicroPython's
+        stream readinto keeps reading until the buffer is full or the socket would block, so on
+        a non-blocking UDP socket it glues queued datagrams together (docs/handset.md). Media
+        (mini frames) are copied into a buffer made once and opened in place there, through
+        views made once; signalling (rare) gets its own bytearray, since the protocol may keep
+        parts of it."""
+        try:
+            data = self.sock.recv(_RX_BYTES)
+        except OSError:
+            return
+        except MemoryError:   # the heap has no 768-byte block now (the collector has tried): a shorter one
+            self.summary["short_reads"] += 1
             try:
-                data = self.sock.recv(RX_BYTES)
+                data = self.sock.recv(_RX_SHORT)
             except OSError:
                 return
-            n = len(data)
-            if not n:
-                continue
-            if data[0] & 0x80 == 0:
-                rx[:n] = data
-                frame = rx[:n]
+        n = len(data)
+        if not n:
+            return
+        try:
+            if data[0] & 0x80:
+                self._signalled = True
+                if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER):
+                    _pack()   # a call's keys and buffers come with it (the type is in the clear header)
+                self.phone.receive(bytearray(data), now)
+                return
+            rx = self._rx_view
+            rx[:n] = data
+            if n == _VOICE_FRAME:
+                frame = self._voice_frame
+            elif n == _CN_FRAME:
+                frame = self._cn_frame
             else:
-                frame = bytearray(data)
-            try:
-                media = self.phone.receive(frame, now)
-            except wire.DecodeError:
-                self.summary["frames_rejected"] += 1
-                continue
-            if media is not None:
-                ts, payload = media
-                if len(payload) == wire.CN_BYTES:  # comfort noise: the far end is silent at this level
-                    self.cn_level = payload[0]
-                    self.summary["cn_received"] += 1
-                    continue
-                self.cn_level = None
-                self.pipeline.receive(ts & 0xFFFF, payload, now)
-                self.summary["frames_received"] += 1
-                if self.current is not None:
-                    self.current["frames_received"] += 1
-                if self.record is not None:
-                    self.record.write(struct.pack(">I", ts & 0xFFFFFFFF))
-                    self.record.write(payload)
+                frame = rx[:n]   # not a media frame's length: open_media refuses it
+            ts = self.phone.open_media(frame)
+        except wire.DecodeError:
+            self.frames_rejected += 1
+            return
+        if ts is None:
+            return
+        if n == _CN_FRAME:  # comfort noise: the far end is silent at this level
+            self.cn_level = self._rx[wire.MINI_HEADER]
+            self.cn_received += 1
+            return
+        self.cn_level = None
+        payload = self._voice_payload
+        self.pipeline.receive(ts & 0xFFFF, payload, now)
+        self.frames_received += 1
+        self._call_received += 1
+        if self.record is not None:
+            self.record.write(struct.pack(">I", ts & 0xFFFFFFFF))
+            self.record.write(payload)
 
     def flush(self, now):
         for datagram in self.phone.datagrams_to_send(now):
-            self.sendto(datagram, self.host_addr, TOS_CS3)
+            self.sendto(datagram, self.host_addr, _TOS_CS3)
 
     def sendto(self, data, addr, tos):
         """Send one datagram marked with tos (DSCP << 2), where the platform lets us mark.
 
         When sendto fails (EAGAIN/EWOULDBLOCK, ENOMEM: lwIP out of buffers; EHOSTUNREACH ...)
-        the error is counted and a copy waits for the next loop iteration (resend()); datagrams
-        after it queue behind it, so the order holds. At most RETRY_MAX wait: then the oldest goes.
+        the error is counted and a copy waits for the next loop iteration (resend(); the loop
+        then wakes at least every _RESEND_MS); datagrams after it queue behind it, so the order
+        holds. At most _RETRY_MAX wait: then the oldest goes.
         """
         if self._retry:
             self._keep(data, addr, tos)
@@ -451,7 +449,7 @@ class App:
         self.hal.sendto(self.sock, data, addr)
 
     def _keep(self, data, addr, tos):
-        if len(self._retry) >= RETRY_MAX:
+        if len(self._retry) >= _RETRY_MAX:
             self._retry.pop(0)
             self.summary["sends_dropped"] += 1
         self._retry.append((bytes(data), addr, tos))  # media is a view of a buffer reused per frame
@@ -472,7 +470,7 @@ class App:
     def capture(self, now):
         """Send every whole 20 ms frame the microphone has (the microphone's clock paces sending);
         each frame is read, encoded, sealed and sent before anything else runs."""
-        for _ in range(CAPTURE_MAX):
+        for _ in range(_CAPTURE_MAX):
             if not self.hal.read_frame(self.pcm):
                 return
             self.pipeline.encode(self.pcm)
@@ -485,11 +483,12 @@ class App:
             self._sent_voice = payload is self.pipeline.tx_payload
             if payload is None:
                 frame = None
-                self.summary["frames_suppressed"] += 1
+                self.frames_suppressed += 1
             else:
-                frame, addr = self.phone.seal_media(self.call_ts, payload)
-            self.call_ts += FRAME_MS
+                frame = self.phone.seal_frame(self.call_ts, payload)
+            self.call_ts += _FRAME_MS
             if frame is not None:
+                addr = self.phone.frame_to
                 if addr is not None:
                     if self._peer_key != addr:  # resolve the LAN peer's address once per call
                         try:
@@ -499,13 +498,12 @@ class App:
                             continue
                         self._peer_key = addr
                     addr = self._peer_addr
-                self.sendto(frame, addr if addr is not None else self.host_addr, TOS_EF)
+                self.sendto(frame, addr if addr is not None else self.host_addr, _TOS_EF)
                 if payload is self._cn:
-                    self.summary["cn_sent"] += 1
+                    self.cn_sent += 1
                 else:
-                    self.summary["frames_sent"] += 1
-                    if self.current is not None:
-                        self.current["frames_sent"] += 1
+                    self.frames_sent += 1
+                    self._call_sent += 1
 
     def audio_tick(self, now):
         """Every 20 ms: the speaker's next frame (the far end, concealment, comfort noise or a tone)."""
@@ -530,114 +528,170 @@ class App:
             self.hal.speaker_start()  # a call or a tone starts: a cushion before the first frame
         self.hal.write_frame(out)
 
-    async def run(self):
+    def run(self):
+        """Register, then loop until the script ends, `!quit`, `!reset` or Ctrl-C; finish() in any case."""
         hal = self.hal
         now = hal.ticks_ms()
         self.started = now
-        self.answer_at = self.hangup_at = self.exit_at = None
         script = self.script
-        call_at = ticks_add(now, int(script.get("call_after_ms", 0))) if script.get("call") else None
-        stop_at = ticks_add(now, int(script["exit_after_ms"])) if script.get("exit_after_ms") else None
+        if script.get("call"):
+            self._call_at = ticks_add(now, int(script.get("call_after_ms", 0)))
+        if script.get("exit_after_ms"):
+            self._stop_at = ticks_add(now, int(script["exit_after_ms"]))
         try:
             while not self.open_socket(now):  # no address for the host yet (DNS, Wi-Fi): try again
-                for _ in range(RESOLVE_RETRY_MS // 100):
+                for _ in range(_RESOLVE_RETRY_MS // 100):
                     hal.feed()
-                    await asyncio.sleep_ms(100)
+                    time.sleep_ms(100)
                 now = hal.ticks_ms()
-                if due(now, stop_at):
+                if due(now, self._stop_at):
                     return
             self.phone.start(now)
-            await self._loop(now, call_at, stop_at)
-        finally:  # also on KeyboardInterrupt (Ctrl-C from the console or mpremote)
-            self.finish()
+            self._signalled = True
+            if _mem_alloc is not None:
+                self._house_at = now
+            self._loop(now)
+        except BaseException:  # a crash, or Ctrl-C from the console or mpremote: start.py reports it
+            try:
+                self.finish()  # log out and write the summary if we still can
+            except Exception as again:  # a MemoryError on a full heap, say: never instead of the loop's own
+                try:
+                    self.hal.log("E", "phone", "while finishing: %r" % (again,))
+                except Exception:
+                    pass
+            raise
+        self.finish()
 
-    def _housekeeping(self, now):
-        """Once a second: the heap's use and free space, then, at least a tick later, a collection
-        that measures what is really live and the HAL's chance to rejoin Wi-Fi. gc.mem_alloc() and
-        gc.mem_free() each walk the heap's whole allocation table: run here, not every loop, and not
-        in the collection's tick, so no tick holds more than one walk besides the collection. The
-        high-water mark is sampled 25 ms before the collection, when the second's garbage is there."""
-        if _mem_alloc is None:
-            return
-        if self._sampled_at is None:
-            if self._collect_at is None or ticks_diff(now, self._collect_at) >= 1000 - _HEAP_SAMPLE_LEAD_MS:
-                self._sampled_at = now
-                used = _mem_alloc()
-                if used > self.heap_peak:
-                    self.heap_peak = used
-                free = _mem_free()
-                if self.heap_free_min is None or free < self.heap_free_min:
-                    self.heap_free_min = free
-        elif ticks_diff(now, self._sampled_at) >= _HEAP_SAMPLE_LEAD_MS:  # short, regular pauses
-            self._sampled_at = None
-            self._collect_at = now
-            self.hal.network_up()
-            gc.collect()
-            if self.profile is not None:
-                self.profile.collected()
-            live = _mem_alloc()
-            if live > self.heap_live_peak:
-                self.heap_live_peak = live
-
-    async def _loop(self, now, call_at, stop_at):
+    def _loop(self, now):
+        """One pass per wake-up: a datagram came (1), a HAL device such as the microphone is ready
+        (2), a timer came, or the audio tick. A pass allocates nothing but the datagram it reads."""
         hal = self.hal
-        script = self.script
         profile = self.profile
-        next_frame = now
+        poll = self._wait_poll
+        sock = self._raw_sock
+        self._frame_at = now
+        ready = 0
         while self.running:
             if profile is not None:
                 profile.resume()
             now = hal.ticks_ms()
             hal.feed()
-            self._housekeeping(now)
+            if ready & 1:
+                self.receive(now)
             if self._retry:
                 self.resend()
-            self.receive(now)
-            if due(now, self.phone.next_timer()):
-                self.phone.handle_timer(now)
-            self.events(now)
-            if call_at is not None and self.phone.registered and due(now, call_at):
-                call_at = None
-                self.dial(script["call"], now)
-            if due(now, self.answer_at):
-                self.answer_at = None
-                self.phone.answer(now)
-            if due(now, self.hangup_at):
-                self.hangup_at = None
-                self.phone.hangup(now)
-            if due(now, self.tone_stop_at):
-                self.tone_stop_at = None
-                self.pipeline.tone.stop()
-            if script.get("dtmf") and self.connected_at is not None and ticks_diff(now, self.connected_at) > 500:
-                for digit in script.pop("dtmf"):
-                    self.command("!dtmf " + digit, now)
-            key = hal.poll_keys()
-            while key is not None:
-                self.command(key, now)
-                key = hal.poll_keys()
-            self.events(now)
-            while ticks_diff(now, next_frame) >= 0:
-                if profile is not None:
-                    profile.tick()
-                self.audio_tick(now)
-                next_frame = ticks_add(next_frame, FRAME_MS)
-                if ticks_diff(now, next_frame) > 200:
-                    next_frame = now  # fell far behind: skip rather than burst
-            if self.phone.state == CONNECTED:
-                self.capture(now)
-            self.flush(now)
-            hal.refresh()  # the display, at most once per iteration and never inside the audio
-            if due(now, self.exit_at) or due(now, stop_at):
-                break
+            if self._timer_at is not None and ticks_diff(now, self._timer_at) >= 0:
+                self._timers(now)
+            if ready & 2 or ticks_diff(now, self._frame_at) >= 0:
+                self._audio(now)
+            if self._signalled:
+                self._plan(now)
             now = hal.ticks_ms()
-            wait = ticks_diff(next_frame, now)  # the next playout tick, or the microphone's next frame
-            if self.phone.state == CONNECTED:
-                mic = hal.mic_due()
-                if mic is not None and ticks_diff(mic, now) < wait:
-                    wait = ticks_diff(mic, now)
+            wait = ticks_diff(self._frame_at, now)   # the next audio tick (the microphone's frame too)
+            if self._timer_at is not None and ticks_diff(self._timer_at, now) < wait:
+                wait = ticks_diff(self._timer_at, now)
+            if self._retry and wait > _RESEND_MS:
+                wait = _RESEND_MS
             if profile is not None:
                 profile.pause()
-            await asyncio.sleep_ms(max(1, min(wait, 10)))
+            if not self.running:
+                break
+            ready = 0   # sleep in the poller until a datagram (1), a HAL device (2) or the time
+            for entry in poll(wait if wait > 0 else 1):   # ipoll: no list, one tuple reused
+                ready |= 1 if entry[0] is sock else 2
+
+    def _audio(self, now):
+        """The 20 ms tick when it has come (keys, the speaker's frame, the display), and the
+        microphone's frames whenever they are there."""
+        hal = self.hal
+        tick = ticks_diff(now, self._frame_at) >= 0
+        if tick:
+            frame_at = self._frame_at
+            while ticks_diff(now, frame_at) >= 0:
+                if self.profile is not None:
+                    self.profile.tick()
+                self.audio_tick(now)
+                frame_at = ticks_add(frame_at, _FRAME_MS)
+                if ticks_diff(now, frame_at) > 200:
+                    frame_at = now  # fell far behind: skip rather than burst
+            self._frame_at = frame_at
+        if self.phone.state == CONNECTED:
+            self.capture(now)
+        if tick:
+            key = hal.poll_keys()
+            while key is not None:
+                self._signalled = True
+                self.command(key, now)
+                key = hal.poll_keys()
+            hal.refresh()  # the display, at most once per iteration and never inside the audio
+
+    def _plan(self, now):
+        """After anything that moved the protocol: its events and datagrams, then the earliest of
+        the loop's timers (the protocol's, the script's, a tone's end, housekeeping), computed
+        when one may have changed, not on every pass."""
+        self._signalled = False
+        phone = self.phone
+        if phone.events:
+            self.events(now)
+        self.flush(now)
+        at = self._proto_at = phone.next_timer()
+        for timer in (self._call_at if phone.registered else None, self.answer_at, self.hangup_at,
+                      self.tone_stop_at, self._dtmf_at, self.exit_at, self._stop_at, self._house_at):
+            at = ticks_earliest(at, timer)
+        self._timer_at = at
+
+    def _timers(self, now):
+        """Every timer that has come; then the timers are planned again."""
+        phone = self.phone
+        self._signalled = True
+        if due(now, self._proto_at):
+            phone.handle_timer(now)
+        if self._call_at is not None and phone.registered and due(now, self._call_at):
+            self._call_at = None
+            self.dial(self.script["call"], now)
+        if due(now, self.answer_at):
+            self.answer_at = None
+            phone.answer(now)
+        if due(now, self.hangup_at):
+            self.hangup_at = None
+            phone.hangup(now)
+        if due(now, self.tone_stop_at):
+            self.tone_stop_at = None
+            self.pipeline.tone.stop()
+        if due(now, self._dtmf_at):
+            self._dtmf_at = None
+            for digit in self.script.pop("dtmf"):
+                self.command("!dtmf " + digit, now)
+        if due(now, self._house_at):
+            self._housekeeping(now)
+        if due(now, self.exit_at) or due(now, self._stop_at):
+            self.running = False
+
+    def _housekeeping(self, now):
+        """Once a second: the heap's use and free space, then, a tick later, a collection that
+        measures what is really live and the HAL's chance to rejoin Wi-Fi. gc.mem_alloc() and
+        gc.mem_free() each walk the heap's whole allocation table: run here, not every loop, and not
+        in the collection's tick, so no tick holds more than one walk besides the collection. The
+        high-water mark is sampled 25 ms before the collection, when the second's garbage is there."""
+        if self._sampled_at is None:
+            self._sampled_at = now
+            used = _mem_alloc()
+            if used > self.heap_peak:
+                self.heap_peak = used
+            free = _mem_free()
+            if self.heap_free_min is None or free < self.heap_free_min:
+                self.heap_free_min = free
+            self._house_at = ticks_add(now, _HEAP_SAMPLE_LEAD_MS)   # short, regular pauses
+            return
+        self._sampled_at = None
+        self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS)
+        self.hal.network_up()
+        gc.collect()
+        if self.profile is not None:
+            self.profile.collected()
+        live = _mem_alloc()
+        if live > self.heap_live_peak:
+            self.heap_live_peak = live
 
     def finish(self):
         if not self.running and self.started is None:
@@ -651,9 +705,12 @@ class App:
             self.flush(now)  # the BYE: a failure is counted, never raised
         if self.current is not None:
             self.current["cause"] = "in progress"
-            self.summary["calls"].append(self.current)
-            self.current = None
-        self.summary["frames_rejected"] += self.phone.dropped
+            self._close_call()
+        summary = self.summary
+        summary["frames_sent"], summary["frames_received"] = self.frames_sent, self.frames_received
+        summary["cn_sent"], summary["cn_received"] = self.cn_sent, self.cn_received
+        summary["frames_suppressed"] = self.frames_suppressed
+        summary["frames_rejected"] = self.frames_rejected + self.phone.dropped
         if self.record is not None:
             self.record.close()
         self.summary["heap"] = self.heap()
@@ -663,5 +720,6 @@ class App:
         if self.script.get("summary"):
             with open(self.script["summary"], "w") as f:
                 json.dump(self.summary, f)  # streamed: no copy of the whole summary on a small heap
-        self.log("I", "summary " + json.dumps(self.summary))
+        else:  # the console then: one line (a copy of the whole summary, which a file does not need)
+            self.log("I", "summary " + json.dumps(self.summary))
         self.hal.close()

@@ -1,4 +1,4 @@
-"""The handset's start-up: configuration, HAL, network, then the App under asyncio.
+"""The handset's start-up: configuration, HAL, network, then the App's loop.
 
 firmware/main.py (run from source at boot) only calls main() here, so this code is
 compiled to .mpy like the rest and nothing is compiled on the handset's heap. On a
@@ -13,11 +13,6 @@ import gc
 import json
 import sys
 import time
-
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
 
 
 CONFIG_VERSION = 1
@@ -91,7 +86,7 @@ def main():
         # session's or a call's keys and buffers) lands low instead of splitting the free space
         # that each datagram's recv() needs in one piece (docs/handset.md, Memory)
         gc.threshold(gc.mem_free() // 4)
-        asyncio.run(app.run())
+        app.run()
     except KeyboardInterrupt:  # Ctrl-C from the console or mpremote: the REPL is wanted
         hal.park_watchdog()
         hal.log("I", "phone", "stopped by Ctrl-C")

@@ -146,6 +146,15 @@ class PhoneEnd:
         self.log.extend(events)
         return events
 
+    def sysinfo(self):
+        """The data of the last system information this phone was handed (its "sysinfo" event:
+        the phone keeps only the version, as a handset's heap must)."""
+        self.take()
+        for event in reversed(self.log):
+            if event[0] == "sysinfo":
+                return event[2]
+        return None
+
     def causes(self):
         """Causes of the calls this phone saw end (every call of the test, in order)."""
         self.take()

@@ -240,17 +240,21 @@ from firmware.hal import esp32
 
 def make_hal(config, booted=None):
     hal = esp32.Hal(json.loads(%r), ("shop", "pw"), watchdog_ms=10000)
-    send, mic_start, speaker_start = hal.sendto, hal.mic_start, hal.speaker_start
+    send, mic_start, mic_stop, speaker_start = hal.sendto, hal.mic_start, hal.mic_stop, hal.speaker_start
     def sendto(sock, data, addr):  # what the loop sends, in the same trace as the devices
         machine.note("send", len(data), data[0] & 0x80 == 0)
         return send(sock, data, addr)
     def traced_mic_start():
         machine.note("mic_start")
         mic_start()
+    def traced_mic_stop():
+        machine.note("mic_stop")
+        mic_stop()
     def traced_speaker_start():
         machine.note("speaker_start")
         speaker_start()
-    hal.sendto, hal.mic_start, hal.speaker_start = sendto, traced_mic_start, traced_speaker_start
+    hal.sendto, hal.mic_start, hal.mic_stop, hal.speaker_start = (sendto, traced_mic_start, traced_mic_stop,
+                                                                  traced_speaker_start)
     return hal
 
 start.make_hal = make_hal
@@ -303,8 +307,8 @@ def test_esp32_hal_audio_timing_display_console_and_reset_in_a_real_call(tmp_pat
     assert "I phone connected" in out and "call ended: normal clearing" in out, out
     assert trace[-1] == ["reset"] and "W phone machine.reset() (reset)" in out
 
-    # the watchdog: made first, fed on every iteration of the loop
-    assert trace[0] == ["wdt", 10000]
+    # the watchdog: made first, fed on every iteration of the loop; then the CPU at 240 MHz (it boots at 160)
+    assert trace[0] == ["wdt", 10000] and trace[1] == ["freq", 240000000]
     feeds = sum(1 for e in trace if e == ["feed"])
     assert feeds >= 100, feeds
     # I2S buffers sized for latency: mic 4096 B = 2 DMA buffers (64 ms), speaker 2048 B = 4 (128 ms)
@@ -329,6 +333,11 @@ def test_esp32_hal_audio_timing_display_console_and_reset_in_a_real_call(tmp_pat
             break
     assert e[0] == "read" and e[3] == 0 and drained >= 640, (drained, after[:8])
     first_media = next(i for i, e in enumerate(after) if e[0] == "send" and e[2])
+    # the loop's poller watches the microphone (it wakes the loop when the DMA has audio) while the
+    # call is up, and only then: outside calls nobody reads it, so a poller would find it always ready
+    stop = trace.index(["mic_stop"])
+    polls = [i for i, e in enumerate(trace) if e == ["poll", 0]]
+    assert polls and all(m < i < stop for i in polls), (m, stop, polls[:3], polls[-3:])
     assert all(e[0] != "send" or not e[2] for e in after[:first_media])
     # the speaker: each start (the ringer, here) writes two frames of silence before the first frame
     for s in [i for i, e in enumerate(trace) if e == ["speaker_start"]]:

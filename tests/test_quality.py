@@ -1,7 +1,12 @@
 """Voice quality end to end: spoken audio through the real firmware, the hosts and a lossy,
 jittery link, scored with PESQ narrowband. A clean call must sound as good as G.711 itself
 (the transport adds nothing), jitter alone must not lose frames, and concealment must beat
-silence substitution by a clear margin, bridging most lost frames into the frame after them."""
+silence substitution by a clear margin, bridging most lost frames into the frame after them.
+
+A busy machine can stall a handset past a frame's playout time; the jitter buffer then conceals
+it, which no network did. So the clean call is held to what the code controls: every frame
+arrives bit-exact, and the recording scores as G.711 with those same frames concealed by the same
+concealer (tools.quality.played_by_firmware, from the jitter buffer's stats()["gaps"])."""
 import json
 import subprocess
 import sys
@@ -11,7 +16,7 @@ import pytest
 
 from tests.support import ROOT, require_tool
 from tools import bench
-from tools.quality import LEVEL_DBOV, active_level_dbov, codec_ceiling, corpus, run_calls
+from tools.quality import LEVEL_DBOV, active_level_dbov, codec_ceiling, corpus, reference_scores, run_calls
 
 
 @pytest.fixture(autouse=True)
@@ -35,13 +40,27 @@ def test_concealment_beats_silence_at_5_percent_loss_and_clean_calls_sound_like_
     elapsed = time.monotonic() - started
     ceiling = sum(codec_ceiling(samples)) / len(samples)
     clean, plc, silence = runs[(0, True, 1)], runs[(5, True, 1050)], runs[(5, False, 1050)]
-    print("MOS-LQO: G.711 alone %.2f, clean call %.2f; 5 %% loss (%.1f %% lost) + 30 ms jitter: PLC %.2f, "
-          "no PLC %.2f (%.0f s); clean call jitter buffer %s; 5 %% with PLC %s" % (
-              ceiling, clean["mos"], plc["lost_pct"], plc["mos"], silence["mos"], elapsed, clean["jitter"],
-              plc["jitter"]))
-    assert clean["mos"] >= 4.0
-    assert clean["mos"] >= ceiling - 0.05           # the network and firmware add nothing audible
-    assert clean["jitter"]["late"] <= 2 and clean["jitter"]["resyncs"] == 0
+    jitter = clean["jitter"]
+    if jitter["gap_count"] > len(jitter["gaps"]) or jitter["reprimed"]:
+        pytest.skip("the machine stalled the clean call's callee %d times (%d ms and more): more than the jitter "
+                    "buffer names, so its recording cannot be compared frame for frame" % (
+                        jitter["gap_count"], 20 * jitter["gap_count"]))
+    # G.711 with the frames the callee's timing made it conceal concealed the same way (none: G.711 alone)
+    reference = sum(reference_scores(samples, jitter["gaps"])) / len(samples)
+    print("MOS-LQO: G.711 alone %.2f, with the clean call's %d gaps %.2f, clean call %.2f; 5 %% loss (%.1f %% lost) "
+          "+ 30 ms jitter: PLC %.2f, no PLC %.2f (%.0f s); clean call jitter buffer %s, frames %s; 5 %% with PLC %s" % (
+              ceiling, jitter["gap_count"], reference, clean["mos"], plc["lost_pct"], plc["mos"], silence["mos"],
+              elapsed, jitter, clean["frames"], plc["jitter"]))
+    assert ceiling >= 4.0                           # this corpus through G.711 alone
+    # the network and the transport add nothing: every frame the caller sent arrived, bit-exact and in order,
+    # but for the last one or two, which the hang-up (signalling) may overtake across 30 ms of jitter
+    frames = clean["frames"]
+    assert frames["exact"] and frames["holes"] == [] and 0 <= frames["lost_at_end"] <= 2, frames
+    # and the firmware adds nothing audible but the concealment its timing forced (none on an idle machine)
+    assert clean["mos"] >= reference - 0.05
+    if not jitter["gap_count"]:
+        assert clean["mos"] >= 4.0 and abs(reference - ceiling) < 0.01
+    assert jitter["late"] <= 2 and jitter["resyncs"] == 0
     # measured (AMD EPYC, 2 CPUs): 3.72 against 3.10; forward-only concealment gave 3.62
     assert plc["mos"] > silence["mos"] + 0.4
     assert plc["mos"] >= 3.5

@@ -54,14 +54,14 @@ def test_one_copy_per_remote_host_fanned_out_to_50_phones_and_resent_until_ackno
         # the deaf phone lost the first transmission and got it from the retransmissions
         assert deaf.dropped_in >= datagrams, deaf.dropped_in
         for number in PHONES:
-            phone = world.phones[number].phone
-            assert phone.sysinfo_version == version
-            assert json.loads(bytes(phone.sysinfo))["announcement"] == text
+            end = world.phones[number]
+            assert end.phone.sysinfo_version == version
+            assert json.loads(bytes(end.sysinfo()))["announcement"] == text
 
         # a phone that was off gets the current version when it registers
         late = world.add_phone(LATE, 99)
         world.run_until(lambda: acked(version, [LATE]), 3000, "the late phone acknowledged")
-        assert json.loads(bytes(late.phone.sysinfo))["announcement"] == text
+        assert json.loads(bytes(late.sysinfo()))["announcement"] == text
         # an extension added while everything runs reaches the remote host's cache and registers there
         world.add_extensions(["1060"], "a")
         world.run_until(lambda: (world.a.status()["sysinfo_version"] or 0) > version, 1100, "directory fanned out")

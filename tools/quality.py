@@ -20,7 +20,7 @@ import tempfile
 import wave
 
 from tools.impair import Impairment, Relay
-from tools.lab import LoopbackExchange, upbx
+from tools.lab import LoopbackExchange, read_g711_record, upbx, wav_frames_g711
 
 RATE = 8000
 LEVEL_DBOV = -26.0          # P.56 active speech level PESQ expects
@@ -217,11 +217,69 @@ def codec_ceiling(samples, codec="ulaw"):
     return scores
 
 
+def played_by_firmware(signal, gaps, codec="ulaw"):
+    """signal (what a caller's microphone plays) as a callee's speaker plays it when the network
+    adds nothing: each 20 ms frame through G.711 and the firmware's concealer (firmware/audio/plc.py,
+    as firmware/audio/pipeline.py drives it), except where the callee's jitter buffer reported a
+    gap (JitterBuffer.stats()["gaps"]: [ts16, kind] with ts16 the frame's timestamp in ms):
+    "concealed" (that frame concealed instead), "bridged" (concealed into the next frame), "held"
+    (20 ms concealed before it) or "skipped" (left out). The reference a clean call is held to
+    when the machine's timing, not the network, made the handset conceal. Calls under 65 s (the
+    16-bit timestamps do not wrap)."""
+    np = _numpy()
+    from common import g711
+    from firmware.audio.plc import Concealer
+    enc, dec = ((g711.ulaw_encode_into, g711.ulaw_decode_into) if codec == "ulaw"
+                else (g711.alaw_encode_into, g711.alaw_decode_into))
+    pcm = signal.astype("<i2").tobytes()
+    pcm += bytes(-len(pcm) % 320)
+    frames = len(pcm) // 320
+    by_frame = {}
+    for ts, kind in gaps:
+        if ts % 20:
+            raise ValueError("gap at %d ms is not a 20 ms frame's timestamp" % ts)
+        by_frame.setdefault(ts // 20, []).append(kind)
+    concealer = Concealer(True)
+    payload, decoded, ahead, out = bytearray(160), bytearray(320), bytearray(320), bytearray(320)
+
+    def decode(k, into):
+        enc(pcm[320 * k:320 * k + 320], payload)
+        dec(payload, into)
+
+    played = bytearray()
+    for k in range(frames):
+        kinds = by_frame.get(k, ())
+        for _ in range(kinds.count("held")):
+            concealer.lost(out)
+            played += out
+        if "skipped" in kinds:
+            continue
+        decode(k, decoded)
+        if "concealed" in kinds:
+            concealer.lost(out)
+        elif "bridged" in kinds and k + 1 < frames:
+            decode(k + 1, ahead)
+            concealer.lost(out, ahead)
+        else:
+            concealer.good(decoded, out)
+        played += out
+    return np.frombuffer(bytes(played), dtype="<i2")
+
+
+def reference_scores(samples, gaps):
+    """Per-sample MOS of call_signal(samples) played by the firmware with these gaps (played_by_firmware),
+    cut and scored as a call's recording is (score_samples)."""
+    signal, offsets = call_signal(samples)
+    return score_samples(samples, offsets, played_by_firmware(signal, gaps))
+
+
 def run_calls(cases, workdir=None, samples=None, concurrent=2):
     """Run (loss_pct, plc, seed) cases, `concurrent` calls at a time.
 
     Returns {case: {"mos": mean, "scores": per sample, "lost_pct": realised loss on the relay's
-    way up, "jitter": the callee's JitterBuffer.stats()}}. Each case is its own caller/callee
+    way up, "jitter": the callee's JitterBuffer.stats(), "frames": {"sent": the caller's count,
+    "received": the callee's, "exact": every frame received is the caller's G.711 frame with its
+    timestamp, in order}}}. Each case is its own caller/callee
     pair (1xx -> 3xx) with its own relay; cases with the same loss and seed meet the same
     relay decisions (packet k's fate depends on the seed and k only)."""
     own_dir = workdir is None
@@ -256,11 +314,33 @@ def _run_calls(cases, workdir, samples, concurrent):
                 scores = score_samples(samples, offsets, read_wav(record))
                 try:
                     jitter = lab.summary(tag + "-callee").get("jitter")
-                except (OSError, ValueError):
-                    jitter = None
+                    calls = lab.summary(tag + "-caller")["calls"]
+                except (OSError, ValueError, KeyError):
+                    jitter, calls = None, []
                 results[case] = {"mos": sum(scores) / len(scores), "scores": scores, "jitter": jitter,
-                                 "lost_pct": 100.0 * up["dropped"] / up["in"] if up["in"] else None}
+                                 "lost_pct": 100.0 * up["dropped"] / up["in"] if up["in"] else None,
+                                 "frames": _frames_received(ref_path, lab.path(tag + ".g711"),
+                                                            calls[0].get("frames_sent") if calls else None)}
     return results
+
+
+def _frames_received(sent_wav, record_path, sent):
+    """What arrived, frame by frame (--record-g711): {"sent", "received", "exact": every frame
+    received is the sender's frame of its timestamp (20 ms apart from 0 at the call's start;
+    silence once the WAV has ended), bit-exact, and none twice, "holes": frames missing before the
+    last one, "lost_at_end": frames sent after the last one (the hang-up, signalling, can overtake
+    the last frames across a jittery link), "reordered": frames that came right after a later one}."""
+    frames = wav_frames_g711(sent_wav)
+    silence = bytes([0xFF]) * 160   # mu-law of 0: the microphone after the WAV's end
+    received = read_g711_record(record_path)
+    index = [ts // 20 for ts, _ in received]
+    exact = all(ts % 20 == 0 and (frames[ts // 20] if ts // 20 < len(frames) else silence) == payload
+                for ts, payload in received)
+    last = max(index) if index else -1
+    return {"sent": sent, "received": len(received), "exact": bool(received) and exact and len(set(index)) == len(index),
+            "holes": sorted(set(range(last + 1)) - set(index)),
+            "lost_at_end": None if sent is None else sent - (last + 1),
+            "reordered": sum(1 for i in range(1, len(index)) if index[i] < index[i - 1])}
 
 
 def _start_call(lab, case, caller, callee, speech, seconds):
@@ -271,7 +351,8 @@ def _start_call(lab, case, caller, callee, speech, seconds):
     relay.start()
     tag = "q%g-%s-s%d" % (loss, "plc" if plc else "noplc", seed)
     record = lab.path(tag + ".wav")
-    callee_args = ["--answer", "--record", record, "--exit-after-call", "--exit-after", str(seconds + 20)]
+    callee_args = ["--answer", "--record", record, "--record-g711", lab.path(tag + ".g711"), "--exit-after-call",
+                   "--exit-after", str(seconds + 20)]
     if not plc:
         callee_args.append("--no-plc")
     callee_proc = lab.phone(callee, *callee_args, tag=tag + "-callee")

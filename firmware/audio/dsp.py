@@ -96,7 +96,14 @@ if MICROPYTHON:
         d = ptr16(dst)
         t = ptr16(table)
         for k in range(off, off + n):
-            v = ((d[k] ^ 0x8000) - 0x8000) + ((t[phase >> 14] ^ 0x8000) - 0x8000)
+            i = phase >> 14          # 0..1023 over a period; table: its first quarter, 257 entries
+            j = i & 255
+            if i & 256:
+                j = 256 - j
+            s = (t[j] ^ 0x8000) - 0x8000
+            if i & 512:
+                s = 0 - s
+            v = ((d[k] ^ 0x8000) - 0x8000) + s
             if v > 32767:
                 v = 32767
             elif v < -32768:
@@ -179,12 +186,13 @@ if MICROPYTHON:
         return best
 
 else:
-    from firmware.audio.dsp_portable import (add_ramp_portable as add_ramp, add_tone_portable as add_tone,
-                                             best_lag_portable as best_lag, copy_portable as copy,
-                                             crossfade_portable as crossfade, dot_portable as dot,
-                                             fill_portable as fill, isqrt_portable as isqrt, peak_portable as peak,
-                                             ramp_portable as ramp,
-                                             slots32_to_pcm16_portable as slots32_to_pcm16)
+    # CPython: the bytecode references under the kernels' names (copy is copy_portable), named here
+    # once: an import list of the *_portable names would put them all in a handset's heap too
+    from firmware.audio import dsp_portable
+    for _name in ("copy", "fill", "dot", "peak", "crossfade", "ramp", "add_ramp", "add_tone", "slots32_to_pcm16",
+                  "isqrt", "best_lag"):
+        globals()[_name] = getattr(dsp_portable, _name + "_portable")
+    del _name
 
     IMPLEMENTATION = "python"
 

@@ -82,11 +82,17 @@ def add_ramp_portable(buf, off, n, d0, d1):
 
 
 def add_tone_portable(dst, off, n, table, phase, inc):
-    """Add n samples (from off) of a 1024-entry int16 table oscillator into dst; returns the new phase.
+    """Add n samples (from off) of a table oscillator into dst; returns the new phase.
 
-    phase and inc are 24-bit fixed point (the table index is phase >> 14)."""
+    The table holds the first quarter of a period, 257 int16 entries (0 to pi/2 inclusive); the
+    other three quarters are read by symmetry. phase and inc are 24-bit fixed point: phase >> 14
+    is the position in the period, 0..1023."""
     for k in range(off, off + n):
-        v = _get(dst, k) + table[phase >> 14]
+        i = phase >> 14
+        j = i & 255
+        if i & 256:
+            j = 256 - j
+        v = _get(dst, k) + (-table[j] if i & 512 else table[j])
         if v > 32767:
             v = 32767
         elif v < -32768:

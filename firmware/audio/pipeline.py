@@ -13,7 +13,7 @@ from firmware.audio import jitter, plc, tones
 
 FRAME_SAMPLES = const(160)
 FRAME_BYTES = const(320)     # PCM
-PAYLOAD_BYTES = const(160)   # G.711
+_PAYLOAD_BYTES = const(160)   # G.711
 
 
 class AudioPipeline:
@@ -28,10 +28,10 @@ class AudioPipeline:
         else:
             raise ValueError("codec must be 'ulaw' or 'alaw', not %r" % (codec,))
         self.codec = codec
-        self.tx_payload = bytearray(PAYLOAD_BYTES)
+        self.tx_payload = bytearray(_PAYLOAD_BYTES)
         self.speaker = bytearray(FRAME_BYTES)
         self._decoded = bytearray(FRAME_BYTES)
-        self.jitter = jitter.JitterBuffer(PAYLOAD_BYTES, 20, ts_per_frame, slots, initial_delay_ms)
+        self.jitter = jitter.JitterBuffer(_PAYLOAD_BYTES, 20, ts_per_frame, slots, initial_delay_ms)
         self.concealer = plc.Concealer(plc_enabled)
         self.tone = tones.ToneGenerator()
         self.tx_ts = 0           # 16-bit timestamp of the next frame encode() produces

@@ -28,15 +28,15 @@ from common.compat import const
 from firmware.audio import dsp
 
 FRAME = const(160)        # samples per 20 ms frame
-SUBFRAME = const(80)      # 10 ms: attenuation and period-count steps
+_SUBFRAME = const(80)      # 10 ms: attenuation and period-count steps
 HISTORY = const(390)      # 48.75 ms, as Appendix I
-OVERLAP = const(30)       # playout delay = longest quarter period (PITCH_MAX / 4)
-PITCH_MIN = const(40)     # 200 Hz
-PITCH_MAX = const(120)    # 66.7 Hz
-CORRLEN = const(160)      # 20 ms correlation window
-_MAX_LOOP = const(360)    # three periods of PITCH_MAX
-_MIN_ENERGY = const(250)  # per correlated sample, at full scale: below it assume PITCH_MAX
-PITCH_WINDOW = const(40)  # 5 ms: a bridged gap's pitch periods come from its edges
+OVERLAP = const(30)       # playout delay = longest quarter period (_PITCH_MAX / 4)
+_PITCH_MIN = const(40)     # 200 Hz
+_PITCH_MAX = const(120)    # 66.7 Hz
+_CORRLEN = const(160)      # 20 ms correlation window
+_MAX_LOOP = const(360)    # three periods of _PITCH_MAX
+_MIN_ENERGY = const(250)  # per correlated sample, at full scale: below it assume _PITCH_MAX
+_PITCH_WINDOW = const(40)  # 5 ms: a bridged gap's pitch periods come from its edges
 _RAMP = const(80)         # samples over which a bridged gap's end is pulled onto the next frame
 _SCORE = array("i", [0])  # dsp.best_lag's best score (scratch: no allocation per search)
 
@@ -55,20 +55,20 @@ def _shift(peak):
 
 
 def find_pitch(hist, end=HISTORY):
-    """Pitch period (samples) of the CORRLEN samples ending at `end` in hist, by normalised autocorrelation."""
-    start = end - CORRLEN
-    shift = _shift(dsp.peak(hist, start - PITCH_MAX, CORRLEN + PITCH_MAX))
+    """Pitch period (samples) of the _CORRLEN samples ending at `end` in hist, by normalised autocorrelation."""
+    start = end - _CORRLEN
+    shift = _shift(dsp.peak(hist, start - _PITCH_MAX, _CORRLEN + _PITCH_MAX))
     score = _SCORE
     # coarse: every other lag on every other sample
-    coarse = dsp.best_lag(hist, start, -1, PITCH_MIN, PITCH_MAX, 2, CORRLEN, 2, shift,
-                          (_MIN_ENERGY * (CORRLEN // 2)) >> (2 * shift), 1, score) or PITCH_MAX
-    floor = (_MIN_ENERGY * CORRLEN) >> (2 * shift)
-    best = dsp.best_lag(hist, start, -1, max(coarse - 1, PITCH_MIN), min(coarse + 1, PITCH_MAX), 1, CORRLEN, 1,
+    coarse = dsp.best_lag(hist, start, -1, _PITCH_MIN, _PITCH_MAX, 2, _CORRLEN, 2, shift,
+                          (_MIN_ENERGY * (_CORRLEN // 2)) >> (2 * shift), 1, score) or _PITCH_MAX
+    floor = (_MIN_ENERGY * _CORRLEN) >> (2 * shift)
+    best = dsp.best_lag(hist, start, -1, max(coarse - 1, _PITCH_MIN), min(coarse + 1, _PITCH_MAX), 1, _CORRLEN, 1,
                         shift, floor, 1, score) or coarse
     best_score = score[0]
     # a periodic signal correlates as well at 2 and 3 periods: prefer the shortest
     for div in (3, 2):
-        cand = dsp.best_lag(hist, start, -1, max(best // div - 1, PITCH_MIN), best // div + 1, 1, CORRLEN, 1,
+        cand = dsp.best_lag(hist, start, -1, max(best // div - 1, _PITCH_MIN), best // div + 1, 1, _CORRLEN, 1,
                             shift, floor, 1, score)
         if cand and score[0] * 8 >= best_score * 7:
             return cand
@@ -76,12 +76,12 @@ def find_pitch(hist, end=HISTORY):
 
 
 def local_pitch(buf, ref, direction):
-    """Pitch period (samples) of the PITCH_WINDOW samples at ref in buf, matched against those
+    """Pitch period (samples) of the _PITCH_WINDOW samples at ref in buf, matched against those
     `direction` (1 later, -1 earlier) a lag away, by normalised correlation; 0 if nothing matches."""
-    lo = ref if direction > 0 else ref - PITCH_MAX
-    shift = _shift(dsp.peak(buf, lo, PITCH_WINDOW + PITCH_MAX))
-    return dsp.best_lag(buf, ref, direction, PITCH_MIN, PITCH_MAX, 1, PITCH_WINDOW, 1, shift,
-                        (_MIN_ENERGY * PITCH_WINDOW) >> (2 * shift), 0, _SCORE)
+    lo = ref if direction > 0 else ref - _PITCH_MAX
+    shift = _shift(dsp.peak(buf, lo, _PITCH_WINDOW + _PITCH_MAX))
+    return dsp.best_lag(buf, ref, direction, _PITCH_MIN, _PITCH_MAX, 1, _PITCH_WINDOW, 1, shift,
+                        (_MIN_ENERGY * _PITCH_WINDOW) >> (2 * shift), 0, _SCORE)
 
 
 class Concealer:
@@ -93,8 +93,8 @@ class Concealer:
         self._orig = bytearray(2 * HISTORY)   # the real signal at the start of a loss
         self._loop = bytearray(2 * _MAX_LOOP)
         self._next = bytearray(2 * _MAX_LOOP)
-        self._tail = bytearray(2 * SUBFRAME)  # synthetic continuation for the recovery blend
-        self._fade = bytearray(2 * (PITCH_MAX >> 2))  # old loop's continuation when periods change
+        self._tail = bytearray(2 * _SUBFRAME)  # synthetic continuation for the recovery blend
+        self._fade = bytearray(2 * (_PITCH_MAX >> 2))  # old loop's continuation when periods change
         self._subframe_pos = 0  # samples into the current 10 ms step
         self.lost_run = 0       # 10 ms subframes concealed in the current loss
         self.pitch = 0
@@ -122,8 +122,8 @@ class Concealer:
         dsp.copy(h, HISTORY - FRAME, pcm, 0, FRAME)
         if self.lost_run:
             olen = 32 * self.lost_run  # 4 ms per 10 ms lost, at most 10 ms
-            if olen > SUBFRAME:
-                olen = SUBFRAME
+            if olen > _SUBFRAME:
+                olen = _SUBFRAME
             self._synthesise(self._tail, 0, olen)
             # fade the synthetic signal out and the real one in: crossfade fades dst out
             dsp.crossfade(self._tail, 0, h, HISTORY - FRAME, olen)
@@ -189,7 +189,7 @@ class Concealer:
         h = self._hist
         self.pitch = find_pitch(h)
         if bridged:  # the gap's start follows the most recent period, not the last 20 ms's
-            self.pitch = local_pitch(h, HISTORY - PITCH_WINDOW, -1) or self.pitch
+            self.pitch = local_pitch(h, HISTORY - _PITCH_WINDOW, -1) or self.pitch
         dsp.copy(self._orig, 0, h, 0, HISTORY)
         self._periods = 1
         self._build_loop(self._loop, 1)
@@ -213,7 +213,7 @@ class Concealer:
         while n > 0:
             sub = self.lost_run  # 10 ms step within the loss, 0-based
             inside = self._subframe_pos
-            take = SUBFRAME - inside
+            take = _SUBFRAME - inside
             if take > n:
                 take = n
             if sub >= 6:
@@ -224,13 +224,13 @@ class Concealer:
                 else:
                     self._read_loop(dst, off, take)
                 if sub >= 1:
-                    g0 = 32768 * (6 - sub) // 5 - 6553 * inside // SUBFRAME
-                    g1 = 32768 * (6 - sub) // 5 - 6553 * (inside + take) // SUBFRAME
+                    g0 = 32768 * (6 - sub) // 5 - 6553 * inside // _SUBFRAME
+                    g1 = 32768 * (6 - sub) // 5 - 6553 * (inside + take) // _SUBFRAME
                     dsp.ramp(dst, off, take, g0, g1)
             off += take
             n -= take
             inside += take
-            if inside == SUBFRAME:
+            if inside == _SUBFRAME:
                 inside = 0
                 self.lost_run += 1
             self._subframe_pos = inside

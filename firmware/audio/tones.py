@@ -1,8 +1,9 @@
 """Call-progress tones and DTMF, generated per 20 ms frame (the detector: firmware/audio/dtmf.py).
 
-ToneGenerator writes into the caller's PCM frame from one precomputed
-1024-entry sine table with 24-bit phase accumulators: nothing is allocated per
-frame. Cadences (North American precise tones) are counted in samples.
+ToneGenerator writes into the caller's PCM frame from one precomputed table
+(a quarter of a sine period, 257 entries, the rest read by symmetry) with 24-bit
+phase accumulators: nothing is allocated per frame. Cadences (North American
+precise tones) are counted in samples.
 """
 import math
 from array import array
@@ -12,7 +13,7 @@ from firmware.audio import dsp
 
 RATE = const(8000)
 _PHASE_ONE = const(1 << 24)    # one cycle in the 24-bit phase accumulator
-_TABLE_SIZE = const(1024)
+_QUARTER = const(256)          # table steps per quarter period (1024 per period)
 
 # name: (f1, f2, on_ms, off_ms); off_ms 0 = continuous
 TONES = {
@@ -26,9 +27,10 @@ DTMF_COLS = (1209, 1336, 1477, 1633)
 DTMF_KEYS = ("123A", "456B", "789C", "*0#D")
 
 LEVEL = 0.25  # each component at -12 dBFS: a pair never clips
-# a generator, not a list: a list of 1024 ints is an 8 KB block (on 64 bits) that a small heap may not have
-_SINE = array("h", (int(32767 * LEVEL * math.sin(2 * math.pi * i / _TABLE_SIZE))
-                    for i in range(_TABLE_SIZE)))
+# the first quarter of a period, 0 to pi/2 inclusive (dsp.add_tone reads the other three by
+# symmetry): 514 bytes where a whole period took 2 KB of a handset's heap. A generator, not a
+# list: a list of ints is a block of 4-8 bytes per entry that a small heap may not have.
+_SINE = array("h", (int(32767 * LEVEL * math.sin(math.pi / 2 * i / _QUARTER)) for i in range(_QUARTER + 1)))
 
 
 def phase_increment(hz):

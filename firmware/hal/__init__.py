@@ -9,14 +9,19 @@
     hal.speaker_start()             the speaker was silent and plays again (a call or a tone
                                     starts): prime it with a cushion of silence
     hal.mic_start()                 a call starts: drop the audio the microphone queued before it
-    hal.mic_due() -> ticks or None  when the microphone's next frame is complete (the loop wakes
-                                    then), None when the HAL cannot tell (it polls)
-    hal.poll_keys() -> str or None  next key ("0".."9", "*", "#", "A".."D"), button
-                                    ("!button NAME") or console command line ("!call 201",
-                                    "!hangup", "!answer", "!dtmf 5", "!state", "!reset"); never blocks
+    hal.mic_stop()                  the call ended: the microphone no longer wakes the loop
+    hal.mic_due() -> ticks or None  when the microphone's next frame is complete (the loop puts its
+                                    audio tick in step with it), None when the HAL cannot tell (its
+                                    microphone wakes the loop through the poller instead)
+    hal.attach(poller)              the loop's select.poll: the HAL registers the devices that wake the
+                                    loop when they are ready (an ESP32's microphone while a call is up)
+    hal.poll_keys() -> str or None  next key ("0".."9", "*", "#", "A".."D"), button ("!button NAME")
+                                    or console command line ("!call 201", "!hangup", "!answer",
+                                    "!dtmf 5", "!state", "!reset"); never blocks; the loop asks
+                                    once per 20 ms tick until it gives None
     hal.log(level, tag, msg)        one console line "L tag message", level one of I W E D
     hal.display(state, caller)      show the call state and the caller id (if any), at the
-    hal.refresh()                   next refresh(): the loop calls it once per iteration, after
+    hal.refresh()                   next refresh(): the loop calls it once per 20 ms tick, after
                                     the audio (a real display takes ~25 ms)
     hal.set_power_save(flag)        Wi-Fi power save off during calls (late packets otherwise)
     hal.network_up() -> bool        whether the network interface has an address
@@ -33,3 +38,16 @@ The application loop owns sockets and timing; the HAL owns audio devices, keys,
 display, Wi-Fi and the clock. Audio methods allocate nothing per frame.
 """
 LEVELS = "IWED"
+
+
+def rarely(path):
+    """The module at `path` ("firmware.sysinfo") for one use, then forgotten again (sys.modules and
+    its package): code a handset runs rarely (at boot, on an administrator's change) is not worth
+    keeping in a small heap between uses (docs/handset.md, Memory). From a frozen image it costs no
+    heap either way."""
+    import sys
+    __import__(path)
+    module = sys.modules.pop(path)
+    package, name = path.rsplit(".", 1)
+    delattr(sys.modules[package], name)
+    return module

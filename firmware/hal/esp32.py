@@ -14,8 +14,13 @@ and as TX otherwise.
 Audio timing (docs/firmware-audio.md): DMA buffers sized for latency (microphone 4 KB = two
 32 ms buffers, speaker 2 KB mono / 4 KB stereo = four); the microphone is read without
 blocking (the I2S object in its asyncio mode) and never more than a frame's worth at a time;
-what it queued before a call is drained at call start; the speaker gets two frames of silence
-(40 ms) before the first frame whenever it starts again, so a late loop does not click.
+while a call is up it is registered in the loop's poller, so the loop wakes when its DMA has
+audio; what it queued before a call is drained at call start; the speaker gets two frames of
+silence (40 ms) before the first frame whenever it starts again, so a late loop does not click.
+
+The CPU runs at 240 MHz (machine.freq at start-up): stock MicroPython boots an ESP32 at 160 MHz
+(ESP-IDF's default), and the handset's CPU budget per 20 ms tick is reckoned at 240
+(docs/benchmarks.md).
 """
 import select
 import sys
@@ -25,6 +30,7 @@ import machine
 import network
 
 from firmware.audio import dsp, reblock
+from firmware.hal import rarely
 from firmware.hal.console import ConsoleLines
 
 FRAME_BYTES = 320
@@ -35,6 +41,7 @@ _SETTLE_MS = 500             # the INMP441 outputs zeros for about 0.5 s after i
 _DEBOUNCE_MS = 30
 _WATCHDOG_PARKED_MS = 3600000  # Ctrl-C: the REPL is wanted; an hour before the WDT (which cannot be stopped) fires
 _CONSOLE_CHARS = 64          # console bytes taken per poll_keys(): typing never stalls the loop
+_CPU_HZ = 240000000          # the ESP32's and ESP32-S3's fastest clock
 _REJOIN_MS = 5000
 _STAT_GOT_IP = getattr(network, "STAT_GOT_IP", 1010)
 _STAT_IDLE = getattr(network, "STAT_IDLE", 1000)
@@ -43,24 +50,6 @@ _STAT_CONNECTING = getattr(network, "STAT_CONNECTING", 1001)
 # MicroPython reconnects by itself, STAT_CONNECTING, or STAT_IDLE when nothing asked to connect
 _WIFI_REASONS = {200: "beacon timeout", 201: "no AP found", 202: "wrong password", 203: "association failed",
                  204: "handshake timeout"}
-
-# ES8388 power-up for 16-bit I2S slave mode, ADC from LINPUT1/RINPUT1, DAC to LOUT1/ROUT1.
-# After ESP-ADF es8388_init(); register numbers from the ES8388 user guide. Best effort.
-_ES8388_INIT = (
-    (0x19, 0x04), (0x01, 0x50), (0x02, 0x00), (0x35, 0xA0), (0x37, 0xD0), (0x39, 0xD0),
-    (0x08, 0x00),              # slave mode
-    (0x04, 0xC0), (0x00, 0x12),
-    (0x17, 0x18), (0x18, 0x02),  # DAC: I2S, 16 bit; MCLK/LRCK 256
-    (0x26, 0x00), (0x27, 0x90), (0x2A, 0x90), (0x2B, 0x80), (0x2D, 0x00),
-    (0x1A, 0x00), (0x1B, 0x00),  # DAC volume 0 dB
-    (0x2E, 0x1E), (0x2F, 0x1E), (0x30, 0x1E), (0x31, 0x1E),  # LOUT1/ROUT1/LOUT2/ROUT2 volume
-    (0x04, 0x3C),              # DAC power: LOUT1/ROUT1/LOUT2/ROUT2 on
-    (0x03, 0xFF), (0x09, 0x88), (0x0A, 0x00), (0x0B, 0x02),
-    (0x0C, 0x0C), (0x0D, 0x02),  # ADC: I2S, 16 bit; MCLK/LRCK 256
-    (0x10, 0x00), (0x11, 0x00),  # ADC volume 0 dB
-    (0x03, 0x09),              # ADC power on
-    (0x02, 0xF0), (0x02, 0x00),  # reset the state machines, then start
-)
 
 
 def _i2s(cfg, mode, bits, ibuf):
@@ -151,6 +140,9 @@ class Hal:
     def __init__(self, board, wifi=None, watchdog_ms=10000):
         # the watchdog first: a board that hangs while starting its devices is reset too
         self._wdt = machine.WDT(timeout=watchdog_ms)
+        self.feed = self._wdt.feed     # called on every pass of the loop: the C method itself
+        self.ticks_ms = time.ticks_ms
+        machine.freq(_CPU_HZ)
         self.board = board
         self.full_duplex = board.get("full_duplex", True)
         mic = board["i2s_mic"]
@@ -162,10 +154,14 @@ class Hal:
             slot *= 2  # keep the left sample of each pair: handled by reading 32-bit frames
         self._slot = slot
         self._chunk = bytearray(160 * slot)   # one frame's worth: no read asks the driver for more
-        self._mic_ring = reblock.Reblocker(slot_bytes=4 if slot >= 4 else 2, capacity=1024)
+        # read_frame() never asks the driver for more than the frame still needs, so the ring holds
+        # at most one frame: two frames' room (640 bytes, not the 2 KB of 1024 samples of a heap)
+        self._mic_ring = reblock.Reblocker(slot_bytes=4 if slot >= 4 else 2, capacity=320)
         self._settles = slot == 4 and self.full_duplex   # an INMP441
         self._rx_started = 0
         self._rx = None
+        self._poller = None    # the loop's poller (attach()): the microphone wakes it during calls
+        self._in_call = False
         self._tx = None
         self._ptt = None
         self._talking = False
@@ -205,6 +201,24 @@ class Hal:
         self._rx = _nonblocking(_i2s(self._mic_cfg, machine.I2S.RX, self._mic_bits, _MIC_IBUF))
         self._rx_started = time.ticks_ms()
         self._mic_ring.clear()
+        self._wake(True)
+
+    def _wake(self, on):
+        """The microphone wakes the loop (its DMA holds audio) while a call is up, and only then:
+        outside calls nobody reads it, and a poller would find it ready on every pass."""
+        rx, poller = self._rx, self._poller
+        if rx is None or poller is None:
+            return
+        if on and self._in_call:
+            poller.register(rx, select.POLLIN)
+        else:
+            try:
+                poller.unregister(rx)
+            except (KeyError, OSError):
+                pass  # it was not registered
+
+    def attach(self, poller):
+        self._poller = poller
 
     # audio
     def _switch_half_duplex(self):
@@ -217,6 +231,7 @@ class Hal:
             self._tx = None
             self._open_rx()
         else:
+            self._wake(False)
             self._rx.deinit()
             self._rx = None
             self._tx = _i2s(self._spk_cfg, machine.I2S.TX, 16, self._speaker_ibuf)
@@ -243,16 +258,23 @@ class Hal:
         return True
 
     def mic_due(self):
-        return None  # the DMA completes a 32 ms buffer when it does: the loop polls (every <= 10 ms)
+        return None  # the DMA completes a 32 ms buffer when it does: the poller wakes the loop then
 
     def mic_start(self):
-        """A call starts: what the microphone DMA queued before it (up to 64 ms) is dropped."""
+        """A call starts: what the microphone DMA queued before it (up to 64 ms) is dropped, and
+        from now on the microphone wakes the loop when its DMA holds audio."""
         rx = self._rx
         if rx is not None:
             for _ in range(16):
                 if not rx.readinto(self._chunk):
                     break
         self._mic_ring.clear()
+        self._in_call = True
+        self._wake(True)
+
+    def mic_stop(self):
+        self._in_call = False
+        self._wake(False)
 
     def speaker_start(self):
         """The speaker plays again after silence: two frames of silence first, so the frames that
@@ -344,11 +366,8 @@ class Hal:
         try:
             i2c = machine.I2C(i2c_cfg["id"], scl=machine.Pin(i2c_cfg["scl"]), sda=machine.Pin(i2c_cfg["sda"]),
                               freq=i2c_cfg.get("freq", 100000))
-            addr = cfg.get("address", 0x10)
-            buf = bytearray(1)
-            for reg, value in _ES8388_INIT:
-                buf[0] = value
-                i2c.writeto_mem(addr, reg, buf)
+            # only codec boards need the register table, once: loaded for this and forgotten again
+            rarely("firmware.hal.es8388").init(i2c, cfg.get("address", 0x10))
         except OSError as exc:
             self.log("E", "codec", "ES8388 init failed: %r" % (exc,))
             return False
@@ -396,22 +415,17 @@ class Hal:
     def sendto(self, sock, data, addr):
         return sock.sendto(data, addr)
 
-    # watchdog and reset
-    def feed(self):
-        self._wdt.feed()
-
+    # watchdog and reset (feed(): the WDT's own, set in __init__ and here)
     def park_watchdog(self):
         """The loop stopped on purpose (Ctrl-C, "!quit"): an ESP32 WDT cannot be stopped, so give it
         an hour (machine.WDT again reconfigures the one task watchdog: ports/esp32/machine_wdt.c)."""
         self._wdt = machine.WDT(timeout=_WATCHDOG_PARKED_MS)
+        self.feed = self._wdt.feed
         self.log("W", "watchdog", "parked: the device resets in an hour unless main.py runs again")
 
     def reset(self, why):
         self.log("W", "phone", "machine.reset() (%s)" % why)
         machine.reset()
-
-    def ticks_ms(self):
-        return time.ticks_ms()
 
     def ticks_diff(self, a, b):
         return time.ticks_diff(a, b)

@@ -12,50 +12,16 @@ import select
 import sys
 import time
 
+from common.compat import const
 from firmware.audio import dsp, tones
+from firmware.hal import rarely
 from firmware.hal.console import ConsoleLines
 
 FRAME_BYTES = 320
 # audio older than this is lost when the loop falls behind, as a DMA queue overwrites it (an ESP32's
 # holds 64 ms); a process on a busy PC stalls longer than a device, and the loop itself skips
 # ahead only after 200 ms, so the virtual microphone keeps that much
-MIC_BACKLOG_MS = 200
-
-
-def parse_wav_header(f):
-    """Read a RIFF/WAVE header from file f; returns the data length in bytes; ValueError says what is wrong."""
-    riff = f.read(12)
-    if len(riff) < 12 or riff[0:4] != b"RIFF" or riff[8:12] != b"WAVE":
-        raise ValueError("not a RIFF/WAVE file")
-    fmt_ok = False
-    while True:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError("WAV: no data chunk")
-        size = head[4] | head[5] << 8 | head[6] << 16 | head[7] << 24
-        if head[0:4] == b"fmt ":
-            fmt = f.read(size)
-            channels = fmt[2] | fmt[3] << 8
-            rate = fmt[4] | fmt[5] << 8 | fmt[6] << 16 | fmt[7] << 24
-            bits = fmt[14] | fmt[15] << 8
-            if (fmt[0] | fmt[1] << 8) != 1 or channels != 1 or rate != 8000 or bits != 16:
-                raise ValueError("WAV: need PCM 16-bit mono 8000 Hz, got format %d, %d ch, %d Hz, %d bit"
-                                 % (fmt[0] | fmt[1] << 8, channels, rate, bits))
-            fmt_ok = True
-        elif head[0:4] == b"data":
-            if not fmt_ok:
-                raise ValueError("WAV: data chunk before fmt chunk")
-            return size
-        else:
-            f.read(size + (size & 1))
-
-
-def wav_header(data_bytes):
-    """44-byte header of a 16-bit mono 8 kHz PCM WAV file."""
-    def le(v, n):
-        return bytes((v >> (8 * i)) & 0xFF for i in range(n))
-    return (b"RIFF" + le(36 + data_bytes, 4) + b"WAVEfmt " + le(16, 4) + le(1, 2) + le(1, 2)
-            + le(8000, 4) + le(16000, 4) + le(2, 2) + le(16, 2) + b"data" + le(data_bytes, 4))
+_MIC_BACKLOG_MS = const(200)
 
 
 class WavSource:
@@ -63,7 +29,7 @@ class WavSource:
 
     def __init__(self, path, loop=False):
         self._f = open(path, "rb")
-        self._left = self._size = parse_wav_header(self._f)
+        self._left = self._size = rarely("firmware.hal.wav").parse_header(self._f)
         self._start = self._f.tell() if hasattr(self._f, "tell") else 44
         self._loop = loop
         self.finished = False
@@ -108,7 +74,7 @@ class WavSink:
 
     def __init__(self, path):
         self._f = open(path, "wb")
-        self._f.write(wav_header(0))
+        self._f.write(rarely("firmware.hal.wav").header(0))
         self.bytes = 0
 
     def write(self, pcm):
@@ -119,7 +85,7 @@ class WavSink:
         if self._f is None:
             return
         self._f.seek(0)
-        self._f.write(wav_header(self.bytes))
+        self._f.write(rarely("firmware.hal.wav").header(self.bytes))
         self._f.close()
         self._f = None
 
@@ -164,6 +130,8 @@ class Hal:
             self._offset = time.ticks_diff(int(ticks_start) % period, time.ticks_ms() if booted is None else booted)
             if self._offset == -(period // 2):
                 self._offset += 1  # ticks_add takes less than half a period
+        else:
+            self.ticks_ms = time.ticks_ms   # the port's own clock, called directly (several times a pass)
         self._last = self.ticks_ms()
         self._mic_at = None       # when the microphone's next 20 ms frame is complete
         self._watchdog = None
@@ -177,12 +145,18 @@ class Hal:
             self.fault(line)
 
     # audio: the microphone is a clock too. A frame is ready every 20 ms from mic_start();
-    # a loop that falls behind finds at most MIC_BACKLOG_MS of them (and the current one) queued.
+    # a loop that falls behind finds at most _MIC_BACKLOG_MS of them (and the current one) queued.
     def mic_start(self):
         self._mic_at = self.ticks_ms()
 
+    def mic_stop(self):
+        pass  # the paced microphone wakes nothing: the loop's audio tick is in step with mic_due()
+
     def mic_due(self):
         return self._mic_at
+
+    def attach(self, poller):
+        pass  # keys and console lines are polled once per tick; the microphone is paced (mic_due)
 
     def read_frame(self, pcm):
         now = self.ticks_ms()
@@ -191,8 +165,8 @@ class Hal:
         late = time.ticks_diff(now, self._mic_at)
         if late < 0:
             return False
-        if late > MIC_BACKLOG_MS:
-            skipped = (late - MIC_BACKLOG_MS) // 20  # 200..219 ms late after this: 11 frames are there
+        if late > _MIC_BACKLOG_MS:
+            skipped = (late - _MIC_BACKLOG_MS) // 20  # 200..219 ms late after this: 11 frames are there
             self._mic_at = time.ticks_add(self._mic_at, 20 * skipped)
             for _ in range(skipped):  # the samples a DMA queue would have overwritten
                 self._read(pcm)
@@ -220,8 +194,9 @@ class Hal:
     def poll_keys(self):
         console = self._console
         if not console.pending and not self.control_closed:
-            for _ in self._poll.poll(0):
+            for _ in self._poll.ipoll(0):   # ipoll: no result list per call
                 self._read_control()
+                break
         while console.pending and console.pending[0].startswith("!fault "):
             self.fault(console.next()[7:])
         return console.next()

@@ -231,3 +231,31 @@ def test_a_peeked_frame_is_never_the_one_skipped_to_shrink():
         plain.get(20 * t + 10)
     assert plain.dropped >= 1           # the plain buffer shrinks by skipping a frame
     assert peeking.dropped == 0 and len(shown) >= 140
+
+
+def test_stats_name_each_gap_in_playout_by_the_frame_due_there():
+    # frame 4 lost (concealed), frame 8 lost and bridged into 9 (peek, as the pipeline does),
+    # nothing at all for a while after frame 12 (held: concealment inserted, 13 plays late)
+    jb = JitterBuffer(initial_delay_ms=40)
+    jb.put(0, payload(0), 0)
+    jb.put(160, payload(1), 0)
+    played = []
+    now = 20
+    for i in list(range(2, 13)) + [None, None, None, None, None, 13, 14]:
+        if i is not None and i not in (4, 8):
+            jb.put(i * 160, payload(i), now)
+        status, data = jb.get(now)
+        if status == MISSING:
+            ahead = jb.peek() if played and played[-1] == 7 else None   # bridge only the gap at 8
+            played.append("B" if ahead is not None else "M")
+        else:
+            played.append(data[0])
+        now += 20
+    stats = jb.stats()
+    kinds = {ts // 160: kind for ts, kind in stats["gaps"]}
+    assert played[played.index(3) + 1] == "M" and kinds[4] == "concealed"
+    assert played[played.index(7) + 1] == "B" and kinds[8] == "bridged"
+    held = [kind for ts, kind in stats["gaps"] if ts // 160 == 13]
+    assert held and set(held) == {"held"} and len(held) == played.count("M") - 1   # each dry tick, before 13
+    assert played[-2:] == [13, 14]                                    # 13 played late, not lost
+    assert stats["gap_count"] == len(stats["gaps"]) == jb.concealed and stats["reprimed"] == 0

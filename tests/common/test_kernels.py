@@ -41,14 +41,15 @@ def test_copy_bytes_matches_portable():
 
 def test_counter_blocks_match_portable_and_the_layout():
     nonce = data(12, 5)
-    for blocks in (0, 1, 10, 17, 300):
+    for first, blocks in ((0, 0), (0, 1), (0, 10), (10, 10), (0, 17), (250, 300)):
         a, b = bytearray(16 * blocks + 5), bytearray(16 * blocks + 5)
-        kernels.ctr_blocks(a, nonce, blocks)
-        kernels.ctr_blocks_portable(b, nonce, blocks)
+        kernels.ctr_blocks(a, nonce, first, blocks)
+        kernels.ctr_blocks_portable(b, nonce, first, blocks)
         assert a == b, blocks
-        for i in (0, blocks - 1) if blocks else ():
-            assert a[16 * i:16 * i + 12] == nonce
-            assert a[16 * i + 12:16 * i + 16] == bytes(((i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255))
+        for k in (0, blocks - 1) if blocks else ():
+            i = first + k
+            assert a[16 * k:16 * k + 12] == nonce
+            assert a[16 * k + 12:16 * k + 16] == bytes(((i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255))
 
 
 def test_equal_finds_a_difference_in_any_byte_only_within_the_range():
@@ -130,6 +131,51 @@ def test_mac_into_is_the_truncated_hmac_over_prefix_and_message():
             assert hk.verify_into(prefix, msg, n, tag, 6, 4)
             tag[9] ^= 0x01
             assert not hk.verify_into(prefix, msg, n, tag, 6, 4)
+
+
+def test_mac_into_streams_prefixes_and_messages_longer_than_its_scratch():
+    # signalling frames (up to ~720 bytes) and a trunk's timestamps (8 per entry) as the prefix:
+    # hashed MAC_ROOM bytes at a time, ending on and across every block and scratch boundary
+    key = data(32, 3)
+    hk = HmacKey(key)
+    room = crypto.MAC_ROOM
+    for p in (0, 16, 64, room - 1, room, room + 8, 2 * room + 40):
+        for n in (0, 1, room - p % room, room, 3 * room - 5, 720):
+            prefix, msg = data(p, p + 7), data(n + 3, n + 5)
+            want = hmac_sha256_portable(key, bytes(prefix) + bytes(msg[:n]))
+            out = bytearray(32)
+            hk.mac_into(prefix, msg, n, out, 0, 32)
+            assert out == want, (p, n)
+            assert hk.digest2(prefix, msg[:n]) == want and hk.verify_into(prefix, msg, n, out, 0, 32)
+    assert hk.digest(b"abc") == hmac_sha256_portable(key, b"abc") == crypto.hmac_sha256(key, b"abc")
+
+
+def _aes_block(key, block):
+    """AES-128 of one block, straight from the interpreter's AES (the reference for counter mode)."""
+    try:
+        import cryptolib
+        return bytes(cryptolib.aes(key, 1).encrypt(bytes(block)))
+    except ImportError:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+        return Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(bytes(block))
+
+
+def test_counter_mode_keystream_is_aes_of_each_counter_block_at_any_length():
+    # a signalling payload longer than one voice payload goes through the shared scratch in pieces:
+    # its keystream must still be AES(nonce || be32(i)) for block i = 0, 1, 2 ...
+    key, nonce = bytes(range(16)), data(12, 11)
+    ctr = crypto.CounterMode(key, 512)
+    for n in (1, 160, 161, 320, 333, 512):
+        stream = bytearray(n)
+        ctr.crypt(nonce, stream, 0, n)
+        for i in range((n + 15) // 16):
+            block = bytes(nonce) + bytes(((i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255))
+            assert stream[16 * i:16 * i + 16] == _aes_block(key, block)[:len(stream[16 * i:16 * i + 16])], (n, i)
+    try:
+        ctr.crypt(nonce, bytearray(513), 0, 513)
+        raise AssertionError("longer than max_len")
+    except ValueError:
+        pass
 
 
 def test_counter_mode_is_its_own_inverse_and_leaves_the_rest_alone():

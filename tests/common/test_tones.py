@@ -31,6 +31,21 @@ def test_call_progress_tones_have_their_frequency_pairs():
         assert dominant(data, ALL) == pair, name
 
 
+def test_the_quarter_period_table_plays_the_whole_sine():
+    # tones keeps the first quarter of a period (257 entries); add_tone reads the rest by symmetry
+    import math
+    table = tones._SINE
+    assert len(table) == 257 and table[0] == 0 and table[256] == int(32767 * tones.LEVEL)
+    a, b = bytearray(2048), bytearray(2048)
+    step = 1 << 14    # one table position per sample: a whole period in 1024 samples
+    assert dsp.add_tone(a, 0, 1024, table, 0, step) == dsp.add_tone_portable(b, 0, 1024, table, 0, step) == 0
+    assert a == b
+    for i in range(1024):
+        got = a[2 * i] | (a[2 * i + 1] << 8)
+        got = got - 0x10000 if got & 0x8000 else got
+        assert abs(got - 32767 * tones.LEVEL * math.sin(2 * math.pi * i / 1024)) <= 1, i
+
+
 def test_busy_cadence_is_half_a_second_on_and_off():
     g = tones.ToneGenerator()
     g.start("busy")

@@ -443,6 +443,15 @@ def test_the_codec_layout_is_the_ie_table():
     for ie, (name, kind, lo, hi) in wire.IE_SPEC.items():
         value = {"str": "x" * lo, "bytes": bytes(lo), "addr": ("10.0.0.1", 9)}.get(kind, 0)
         assert wire.decode_ies(wire.encode_ies({ie: value})) == {ie: value}, name
+        assert getattr(wire, "IE_" + name.upper()) == ie, name   # those a handset uses are in wire.py
+    for number, name in wire.MESSAGE_NAMES.items():                # the rest come from the table
+        assert getattr(wire, name) == number, name
+    for missing in ("IE_NOTHING", "NOTHING", "parse_nothing"):
+        try:
+            getattr(wire, missing)
+            raise AssertionError(missing)
+        except AttributeError:
+            pass
 
 
 def _bandwidth_table():

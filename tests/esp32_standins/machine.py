@@ -7,13 +7,14 @@ models just enough of the devices for tests/test_firmware_hal.py to check the HA
   a receive DMA that completes a 256-frame (32 ms) buffer every 32 ms from its start and keeps at
   most its buffer count of them (older audio is overwritten); readinto() that blocks in blocking
   mode (recorded) and returns what is there in asyncio mode, which the first MP_STREAM_POLL ioctl
-  selects (extmod/machine_i2s.c); write() recorded (length, all zeros or not).
+  selects (extmod/machine_i2s.c; later polls are recorded); write() recorded (length, all zeros
+  or not).
 - Pin: modes, pulls and levels; a keypad matrix (KEYS_DOWN: (row pin, column pin) pairs held) in
   which a column reads low through a held key from a row pulled low, and two push-pull rows at
   different levels joined by held keys in one column are recorded as a short; buttons
   (BUTTONS_DOWN: pins held to ground) and inputs with neither an internal nor a board pull-up
   (BOARD_PULLUPS) read low, as a floating input may.
-- WDT, reset(), I2C: recorded.
+- WDT, reset(), I2C, freq(): recorded.
 """
 import io
 import json
@@ -120,6 +121,8 @@ class I2S(io.IOBase):
         if request == 3:  # MP_STREAM_POLL: machine_i2s.c switches to asyncio mode
             if not self.asyncio:
                 note("asyncio", self.id)
+            else:
+                note("poll", self.id)   # a poller asked (the loop's, when the HAL registered it)
             self.asyncio = True
             return arg & 1 if self.mode == I2S.RX and self._available() else arg & 4
         return 0
@@ -168,6 +171,19 @@ class I2C:
 
     def writeto_mem(self, addr, reg, buf):
         note("i2c_write", addr, reg)
+
+
+_FREQ = [160000000]   # stock MicroPython boots an ESP32 at 160 MHz (ESP-IDF's default)
+
+
+def freq(hz=None):
+    """machine.freq(): the CPU clock; setting it is recorded."""
+    if hz is None:
+        return _FREQ[0]
+    if hz not in (80000000, 160000000, 240000000):
+        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
+    _FREQ[0] = hz
+    note("freq", hz)
 
 
 def reset():
