@@ -424,7 +424,7 @@ def test_the_daemons_run_as_their_units_with_the_example_configuration(pi):
     for extra in pi.state.iterdir():   # -wal, -shm: whatever SQLite made, also 0600
         assert _mode(extra) == (0o600,) + service_user, extra.name
     for sock in (main_socket, remote_socket):
-        assert _mode(sock) == (0o770,) + service_user and stat.S_ISSOCK(os.stat(sock).st_mode)
+        assert _mode(sock) == (0o660,) + service_user and stat.S_ISSOCK(os.stat(sock).st_mode)
     assert _mode(remote_toml) == (0o600,) + service_user and _mode(main_toml) == (0o640, 0, pi.gid)
     assert "holds a secret" not in pi.log(remote_unit)    # the daemon's warning about a looser file
 
