@@ -37,7 +37,7 @@ demo: setup
 	$(VENV)/bin/upbx demo
 
 images: setup
-	$(PY) -m tools.images
+	$(PY) -m upbx.tools.images
 
 # 4 pytest-xdist workers, each module on one, the longest first (pyproject.toml addopts, docs/tests.md)
 test: setup images

@@ -13,8 +13,8 @@ apply() returns the new state, or None when the event is not legal in the curren
 (a message out of turn from the far end, or an action the user cannot take now): the
 leg is then unchanged and the caller decides (drop and count it, or refuse the action).
 """
-from common.compat import const
-from common.media import MediaLeg
+from .compat import const
+from .media import MediaLeg
 
 IDLE = const(0)
 CALLING = const(1)      # we sent SETUP

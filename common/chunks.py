@@ -5,8 +5,8 @@ IE_DATA (at most CHUNK bytes); the reliable channel resends each until it is ack
 and the receiver joins them once all of one version have arrived. Used by the hosts (to
 send, and by a remote host to receive) and by the phone (to receive).
 """
-from common import wire
-from common.compat import const
+from . import wire
+from .compat import const
 
 CHUNK = const(250)
 

@@ -8,8 +8,8 @@ come from common/crypto_cpython.py (hashlib copies, big-integer XOR), which a ha
 """
 from array import array
 
-from common import kernels
-from common.compat import MICROPYTHON, const, sha256
+from . import kernels
+from .compat import MICROPYTHON, const, sha256
 
 BLOCK = 64  # SHA-256 block size in bytes
 _IPAD = bytes(0x36 for _ in range(BLOCK))
@@ -172,7 +172,7 @@ if MICROPYTHON:
             return out
 
 else:
-    from common.crypto_cpython import CounterMode, HmacKey, hmac_sha256  # noqa: F401
+    from .crypto_cpython import CounterMode, HmacKey, hmac_sha256  # noqa: F401
 
 
 class ReplayWindow:
@@ -270,6 +270,6 @@ def __getattr__(name):
     """hmac_sha256_portable: HMAC-SHA256 written out on hashlib, the reference the tests check the
     viper HMAC against (common/kernels_portable.py)."""
     if name == "hmac_sha256_portable":
-        from common.kernels_portable import hmac_sha256_portable
+        from .kernels_portable import hmac_sha256_portable
         return hmac_sha256_portable
     raise AttributeError(name)

@@ -10,9 +10,9 @@ import hmac as _stdlib_hmac
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from common import kernels
-from common.compat import compare_digest, sha256
-from common.crypto import BLOCK, _IPAD, _OPAD
+from . import kernels
+from .compat import compare_digest, sha256
+from .crypto import BLOCK, _IPAD, _OPAD
 
 
 def _xor(a, b):

@@ -177,7 +177,7 @@ if micropython:
         return bytes(out)
 
 else:
-    from common.g711_cpython import (IMPLEMENTATION, alaw_decode, alaw_decode_into, alaw_encode,  # noqa: F401
+    from .g711_cpython import (IMPLEMENTATION, alaw_decode, alaw_decode_into, alaw_encode,  # noqa: F401
                                      alaw_encode_into, ulaw_decode, ulaw_decode_into, ulaw_encode,
                                      ulaw_encode_into)
 
@@ -189,6 +189,6 @@ _PORTABLE = ("ulaw_encode_into_portable", "alaw_encode_into_portable", "ulaw_dec
 def __getattr__(name):
     """The *_portable reference functions live in common.g711_portable; reachable here by name."""
     if name in _PORTABLE:
-        from common import g711_portable
+        from . import g711_portable
         return getattr(g711_portable, name)
     raise AttributeError(name)

@@ -8,8 +8,8 @@ from operator import itemgetter
 
 # common.g711 imports this module at its end, after the names taken here (import common.g711,
 # not this module)
-from common.g711 import _check_room, _samples
-from common.g711_portable import _ALAW_TABLE, _ULAW_TABLE, _alaw_code, _ulaw_code
+from .g711 import _check_room, _samples
+from .g711_portable import _ALAW_TABLE, _ULAW_TABLE, _alaw_code, _ulaw_code
 
 IMPLEMENTATION = "python"
 

@@ -7,7 +7,7 @@ imports it on first use).
 """
 from array import array
 
-from common.g711 import _check_room, _samples
+from .g711 import _check_room, _samples
 
 _BIAS = 0x84  # mu-law bias, added to the magnitude before finding the segment
 _CLIP = 8159  # largest 14-bit magnitude mu-law can code

@@ -12,7 +12,7 @@ keeps the states after its padded key blocks; hashlib there can neither copy nor
 """
 from array import array
 
-from common.compat import MICROPYTHON
+from .compat import MICROPYTHON
 
 # SHA-256 (FIPS 180-4): round constants and initial hash value
 SHA256_K = array("I", (
@@ -176,7 +176,7 @@ if MICROPYTHON:
 else:
     # CPython: the bytecode references under the kernels' names (xor_into is xor_into_portable), named
     # here once: an import list of the *_portable names would put them all in a handset's heap too
-    from common import kernels_portable
+    from . import kernels_portable
     for _name in ("xor_into", "copy_bytes", "ctr_blocks", "equal", "put_be32", "sha256_blocks", "sha256_pad",
                   "sha256_put"):
         globals()[_name] = getattr(kernels_portable, _name + "_portable")
@@ -189,6 +189,6 @@ def __getattr__(name):
     """xor_into_portable, sha256_blocks_portable, ..., sha256_state: the bytecode references and
     helpers only tests use, imported on first use."""
     if name.endswith("_portable") or name == "sha256_state":
-        from common import kernels_portable
+        from . import kernels_portable
         return getattr(kernels_portable, name)
     raise AttributeError(name)

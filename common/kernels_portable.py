@@ -6,7 +6,7 @@ this module, so a handset's heap does not hold both.
 """
 from array import array
 
-from common.kernels import SHA256_IV, SHA256_K
+from .kernels import SHA256_IV, SHA256_K
 
 _M32 = 0xFFFFFFFF
 
@@ -100,7 +100,7 @@ def sha256_put_portable(dst, doff, state, n):
 def hmac_sha256_portable(key, msg):
     """HMAC-SHA256 (RFC 2104) written out on hashlib: the reference the viper HMAC (common.crypto
     on MicroPython) and the hosts' copied-state HMAC are checked against."""
-    from common.compat import sha256
+    from .compat import sha256
     key = bytes(key)
     if len(key) > 64:
         key = sha256(key).digest()
@@ -115,7 +115,7 @@ def hmac_sha256_portable(key, msg):
 def sha256_state(block):
     """The SHA-256 state (array of 8 words) after one 64-byte block from the initial value, with the
     interpreter's kernel (common.kernels names it too)."""
-    from common import kernels
+    from . import kernels
     state = array("I", SHA256_IV)
     kernels.sha256_blocks(state, SHA256_IV, block, 0, 1, array("I", bytes(256)))
     return state

@@ -4,10 +4,10 @@ Used by phones (to their remote host or the main host) and by remote hosts
 (to the main host). Sans-IO: bytes and integer milliseconds in, bytes and
 timers out; times are compared with ticks_diff (a handset's clock wraps). Randomness (nonces, backoff jitter) comes from `random_bytes`.
 """
-from common import wire
-from common.compat import const, ticks_add, ticks_diff, ticks_earliest
-from common.reliable import Channel
-from common.session import (SessionCrypto, handshake_key, parse_handshake, seal_handshake,
+from . import wire
+from .compat import const, ticks_add, ticks_diff, ticks_earliest
+from .reliable import Channel
+from .session import (SessionCrypto, handshake_key, parse_handshake, seal_handshake,
                             session_keys, verify_handshake)
 
 IDLE = "idle"

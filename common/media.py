@@ -11,9 +11,9 @@ methods (seal_entry, open_entry, open_entry_bytes, extend). A handset never send
 a trunk frame and never loads that module; on CPython (the hosts) it is imported at the end of
 this one, and on MicroPython at the first use of one of its names here (`__getattr__`).
 """
-from common import kernels, wire
-from common.compat import MICROPYTHON
-from common.crypto import CounterMode, HmacKey, ReplayWindow, extend16, hkdf
+from . import kernels, wire
+from .compat import MICROPYTHON
+from .crypto import CounterMode, HmacKey, ReplayWindow, extend16, hkdf
 
 _MAX_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG
 _JUMP = ReplayWindow.SIZE  # a timestamp further ahead than this must be confirmed (ReplayWindow.jump_ok)
@@ -125,7 +125,7 @@ def __getattr__(name):
     """seal_trunk, open_trunk, trunk_capacity, call_kbps ...: from common.trunk, loaded on first use."""
     if name not in _TRUNK:
         raise AttributeError(name)
-    from common import trunk
+    from . import trunk
     value = getattr(trunk, name)
     globals()[name] = value
     return value

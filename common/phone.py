@@ -8,10 +8,10 @@
     phone.events: ("registered",) ("incoming", number, name) ("ringback",) ("connected", path)
                   ("ended", cause) ("dtmf", digit) ("sysinfo", version, data) ("unregistered", reason)
 """
-from common import wire
-from common.compat import const, ticks_diff
-from common.login import UP, Login
-from common.media import MediaLeg
+from . import wire
+from .compat import const, ticks_diff
+from .login import UP, Login
+from .media import MediaLeg
 
 IDLE = "idle"
 DIALING = "dialing"

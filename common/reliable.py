@@ -11,9 +11,9 @@ doubling timeouts until acknowledged and the channel gives up after MAX_TRIES,
 setting `failed`. Duplicates are acknowledged again and never delivered twice.
 The frame crypto (authentication, encryption) is passed in: see common.session.
 """
-from common import wire
-from common.compat import const, ticks_add, ticks_diff, ticks_earliest
-from common.crypto import extend16
+from . import wire
+from .compat import const, ticks_add, ticks_diff, ticks_earliest
+from .crypto import extend16
 
 WINDOW = const(32)          # messages in flight before the rest wait in the queue
 RTO_INITIAL_MS = const(250)

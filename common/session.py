@@ -21,9 +21,9 @@ The server's side of the handshake (stateless cookies, identities) is common/ses
 a handset never serves one and never loads it (imported here on CPython, and on MicroPython at
 the first use of one of its names).
 """
-from common import wire
-from common.compat import MICROPYTHON, compare_digest
-from common.crypto import CounterMode, HmacKey, hkdf
+from . import wire
+from .compat import MICROPYTHON, compare_digest
+from .crypto import CounterMode, HmacKey, hkdf
 
 
 def handshake_key(secret):
@@ -128,7 +128,7 @@ def __getattr__(name):
     """make_cookie, identity_of, COOKIE_BUCKET_MS: the server's side, from common.session_server."""
     if name not in _SERVER:
         raise AttributeError(name)
-    from common import session_server
+    from . import session_server
     value = getattr(session_server, name)
     globals()[name] = value
     return value

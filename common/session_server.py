@@ -4,8 +4,8 @@ Hosts use it (host/sessions.py); a handset only ever logs in as a client and nev
 module (docs/handset.md, Memory). common.session imports it on CPython and, on MicroPython, at
 the first use of one of its names there.
 """
-from common import wire
-from common.crypto import hmac_sha256
+from . import wire
+from .crypto import hmac_sha256
 
 COOKIE_BUCKET_MS = 30000  # a cookie is valid in its 30 s bucket and the next
 

@@ -13,10 +13,10 @@ A handset never sends or receives a trunk frame, so it never loads this module (
 Memory): common.media imports it at its end on CPython, and on MicroPython at the first use of
 one of its names there.
 """
-from common.compat import MICROPYTHON, compare_digest
-from common.crypto import extend16
-from common.media import _JUMP, MediaLeg, _put_ts
-from common.wire import CN_BYTES, IP_UDP_HEADERS, MEDIA_TAG, TRUNK_ENTRY_HEADER, TRUNK_HEADER, VOICE_BYTES, DecodeError, check_mini
+from .compat import MICROPYTHON, compare_digest
+from .crypto import extend16
+from .media import _JUMP, MediaLeg, _put_ts
+from .wire import CN_BYTES, IP_UDP_HEADERS, MEDIA_TAG, TRUNK_ENTRY_HEADER, TRUNK_HEADER, VOICE_BYTES, DecodeError, check_mini
 
 
 # --- the codec (common.wire names these too: wire.parse_trunk ...) ---------------------------

@@ -7,7 +7,7 @@ common.session and common.media. Byte diagrams: docs/protocol.md.
     full frame    10ssssss ssssssss ssssssss seq(2) ack(2) type(1) IEs... tag(8)
     trunk frame   11ssssss ssssssss ssssssss {Fccccccc cccccccc ts(2) payload}... tag(4)
 """
-from common.compat import const
+from .compat import const
 
 VERSION = const(2)  # v2: session tags cover the 64-bit sequence number (docs/protocol.md)
 
@@ -89,7 +89,7 @@ _MAX_IE = const(0x26)
 
 def ie_name(ie):
     """The name of a known IE type ("extension"), for errors and logs."""
-    from common import wire_names
+    from . import wire_names
     return wire_names.ie_name(ie)
 
 
@@ -101,10 +101,10 @@ def __getattr__(name):
     IE_SPEC {type: (name, kind, lo, hi)}, the hosts' message types and IEs (LOCAL_REQUEST, IE_TTL ...)
     from the table in common.wire_names, and the trunk frame's codec from common.trunk."""
     if name in _TRUNK:
-        from common import trunk
+        from . import trunk
         value = getattr(trunk, name)
     else:
-        from common import wire_names
+        from . import wire_names
         if name in ("MESSAGE_NAMES", "IE_SPEC"):
             value = getattr(wire_names, name.lower())()
         else:

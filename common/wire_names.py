@@ -2,7 +2,7 @@
 
 The table the wire format is specified by (docs/protocol.md shows it): hosts, tests and tools read
 MESSAGE_NAMES, IE_SPEC and the message types and IEs only hosts use (wire.LOCAL_REQUEST,
-wire.IE_TTL ...) through common.wire; a handset imports this module only to name an IE in an error. common.wire's codec reads LAYOUT in compact form (`python -m common.wire_names`
+wire.IE_TTL ...) through common.wire; a handset imports this module only to name an IE in an error. common.wire's codec reads LAYOUT in compact form (`python -m upbx.common.wire_names`
 prints it; tests/common/test_vectors.py checks that the two agree).
 """
 

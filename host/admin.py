@@ -11,8 +11,8 @@ import json
 import sqlite3
 import sys
 
-from host.config import ConfigError, load_main_config
-from host.directory import Directory, DirectoryError, SYSINFO_KEYS
+from upbx.host.config import ConfigError, load_main_config
+from upbx.host.directory import Directory, DirectoryError, SYSINFO_KEYS
 
 
 class AdminError(Exception):

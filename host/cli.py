@@ -3,9 +3,9 @@ import asyncio
 import importlib
 import sys
 
-from host.config import ConfigError, load_main_config, load_remote_config
-from host.daemon import Daemon
-from host.log import StructuredLog
+from upbx.host.config import ConfigError, load_main_config, load_remote_config
+from upbx.host.daemon import Daemon
+from upbx.host.log import StructuredLog
 
 
 class HostCommand:
@@ -33,5 +33,5 @@ class HostCommand:
         return 0
 
 
-MainCommand = HostCommand("main", load_main_config, "host.main_host:MainHost")
-RemoteCommand = HostCommand("remote", load_remote_config, "host.remote_host:RemoteHost")
+MainCommand = HostCommand("main", load_main_config, "upbx.host.main_host:MainHost")
+RemoteCommand = HostCommand("remote", load_remote_config, "upbx.host.remote_host:RemoteHost")

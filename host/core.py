@@ -8,7 +8,7 @@ A core is sans-IO, as aioquic's QuicConnection: datagrams and time go in
 (tests/inprocess.py). Time is integer milliseconds of a monotonic clock; wall-clock
 time (for call records) is that plus `wall_offset_ms`, which the daemon keeps set.
 """
-from common import wire
+from upbx.common import wire
 
 DSCP_EF = 46 << 2    # voice
 DSCP_CS3 = 24 << 2   # signalling

@@ -18,8 +18,8 @@ import re
 import secrets
 import sqlite3
 
-from common import wire
-from host.files import private_database
+from upbx.common import wire
+from upbx.host.files import private_database
 
 Site = collections.namedtuple("Site", "name uplink_kbps local_calls local_call_quota")
 RemoteHostEntry = collections.namedtuple("RemoteHostEntry", "name site secret")

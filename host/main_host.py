@@ -5,14 +5,14 @@ Sans-IO (host/core.py): datagrams and time in, datagrams out; the daemon holds i
 import json
 import os
 
-from common import wire
-from common.chunks import chunk_ies
-from host.core import HostCore
-from host.directory import MAIN_ORIGIN, Directory, wire_text
-from host.peers import PeerTable
-from host.policy import local_call_cause
-from host.records import call_record, decode_upload
-from host.switch import Link, Switch
+from upbx.common import wire
+from upbx.common.chunks import chunk_ies
+from upbx.host.core import HostCore
+from upbx.host.directory import MAIN_ORIGIN, Directory, wire_text
+from upbx.host.peers import PeerTable
+from upbx.host.policy import local_call_cause
+from upbx.host.records import call_record, decode_upload
+from upbx.host.switch import Link, Switch
 
 PHONE_KEEPALIVE_MS = 20000
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)

@@ -14,11 +14,11 @@ import hmac
 import os
 import secrets
 
-from common import wire
-from common.reliable import Channel
-from common.session import (COOKIE_BUCKET_MS, SessionCrypto, handshake_key, identity_of, make_cookie,
+from upbx.common import wire
+from upbx.common.reliable import Channel
+from upbx.common.session import (COOKIE_BUCKET_MS, SessionCrypto, handshake_key, identity_of, make_cookie,
                             parse_handshake, seal_handshake, session_keys, verify_handshake)
-from host.limits import FAILURE_COST, TokenBuckets
+from upbx.host.limits import FAILURE_COST, TokenBuckets
 
 KEY_CACHE = 65536   # identities whose handshake key (or absence) is kept; more and the cache starts afresh
 

@@ -1,6 +1,6 @@
 """The rules both hosts apply the same way, as pure functions of what they know."""
-from common import wire
-from common.media import call_kbps
+from upbx.common import wire
+from upbx.common.media import call_kbps
 
 
 def local_call_cause(local_calls, quota, caller_barred, active):

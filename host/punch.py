@@ -12,10 +12,10 @@ peer that rebooted (its clock, which PUNCH's time IE carries, may restart from
 zero) is met with a new Pair here, not with the replay check of the old one.
 """
 
-from common import wire
-from common.crypto import HmacKey
-from common.session import seal_handshake, verify_handshake
-from host.switch import Link, pair_keys
+from upbx.common import wire
+from upbx.common.crypto import HmacKey
+from upbx.common.session import seal_handshake, verify_handshake
+from upbx.host.switch import Link, pair_keys
 
 PUNCH_INTERVAL_MS = 100
 KEEP_OPEN_MS = 15000   # PUNCH on an up path this often keeps both NAT bindings open

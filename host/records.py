@@ -9,8 +9,8 @@ import json
 import re
 import sqlite3
 
-from common.wire import CAUSE_TEXT
-from host.files import private_database
+from upbx.common.wire import CAUSE_TEXT
+from upbx.host.files import private_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (

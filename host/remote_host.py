@@ -10,17 +10,17 @@ Sans-IO (host/core.py): datagrams and time in, datagrams out; the daemon holds i
 import json
 import os
 
-from common import wire
-from common.chunks import Reassembly, chunk_ies
-from common.login import UP, Login
-from common.media import MediaLeg, call_kbps
-from host.core import HostCore
-from host.peers import PeerTable
-from host.policy import local_call_cause, uplink_admits
-from host.punch import Pairs
-from host.records import RecordStore, call_record, encode_upload
-from host.site_cache import SiteCache
-from host.switch import Link, Switch
+from upbx.common import wire
+from upbx.common.chunks import Reassembly, chunk_ies
+from upbx.common.login import UP, Login
+from upbx.common.media import MediaLeg, call_kbps
+from upbx.host.core import HostCore
+from upbx.host.peers import PeerTable
+from upbx.host.policy import local_call_cause, uplink_admits
+from upbx.host.punch import Pairs
+from upbx.host.records import RecordStore, call_record, encode_upload
+from upbx.host.site_cache import SiteCache
+from upbx.host.switch import Link, Switch
 
 PAIR_SILENCE_MS = 300   # no direct media for this long in an answered call: tell main where we are (B7)
 # B4: how fast the main host's loss is noticed. Idle: the keepalive_s PING must be answered

@@ -5,7 +5,7 @@ The file holds the site's phone secrets: it is written 0600 (host/files.py).
 """
 import json
 
-from host.files import private_file, write_private
+from upbx.host.files import private_file, write_private
 
 
 class SiteCache:

@@ -15,12 +15,12 @@ import collections
 import itertools
 import os
 
-from common import wire
-from common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CONNECTED, DTMF_RECEIVED,
+from upbx.common import wire
+from upbx.common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CONNECTED, DTMF_RECEIVED,
                          DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, RINGBACK, SETUP_RECEIVED, SETUP_SENT, TIMEOUT,
                          CallLeg)
-from common.crypto import HmacKey, extend16, hkdf
-from common.media import open_trunk, seal_trunk
+from upbx.common.crypto import HmacKey, extend16, hkdf
+from upbx.common.media import open_trunk, seal_trunk
 
 
 _SERIALS = itertools.count(1)

@@ -13,14 +13,14 @@ import collections
 import json
 import os
 
-from common import wire
-from common.login import UP, Login
-from common.phone import CONNECTED, Phone
-from host.config import load_main_config, load_remote_config
-from host.directory import Directory
-from host.log import StructuredLog
-from host.main_host import MainHost
-from host.remote_host import RemoteHost
+from upbx.common import wire
+from upbx.common.login import UP, Login
+from upbx.common.phone import CONNECTED, Phone
+from upbx.host.config import load_main_config, load_remote_config
+from upbx.host.directory import Directory
+from upbx.host.log import StructuredLog
+from upbx.host.main_host import MainHost
+from upbx.host.remote_host import RemoteHost
 
 MAIN = ("198.18.0.1", 4569)
 SITE_A = ("198.18.1.1", 4570)

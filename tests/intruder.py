@@ -12,9 +12,9 @@ import socket
 import threading
 import time
 
-from common import wire
-from common.crypto import extend16
-from common.login import UP, Login
+from upbx.common import wire
+from upbx.common.crypto import extend16
+from upbx.common.login import UP, Login
 
 
 def now_ms():

@@ -23,7 +23,7 @@ def micropython_binary():
 def unix32_binary(frozen):
     """The 32-bit unix port (tools.build.unix32_image: frozen image or plain), built once and cached
     under build/; fails in CI when it cannot be built (gcc-multilib, MicroPython source), skips elsewhere."""
-    from tools.images import ImageError, unix32_image
+    from upbx.tools.images import ImageError, unix32_image
     try:
         return str(unix32_image(frozen=frozen, log=lambda *a: None))
     except ImageError as exc:

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from host.config import load_remote_config
-from host.directory import Directory
-from tools.cli import main as upbx
+from upbx.host.config import load_remote_config
+from upbx.host.directory import Directory
+from upbx.tools.cli import main as upbx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def ok(result):
 def test_real_command_line_provisions_a_site_and_its_remote_host(tmp_path):
     """The installed entry point, as an operator types it; the printed secret works in remote.toml."""
     (tmp_path / "main.toml").write_text('[main]\ndatabase = "db.sqlite"\n')
-    command = [sys.executable, "-m", "tools.cli", "admin", "--config", str(tmp_path / "main.toml")]
+    command = [sys.executable, "-m", "upbx.tools.cli", "admin", "--config", str(tmp_path / "main.toml")]
     run = lambda *a: subprocess.run(command + list(a), cwd=ROOT, capture_output=True, text=True)
     assert run("site", "add", "north", "--uplink-kbps", "512").returncode == 0
     done = run("host", "add", "north-pi", "--site", "north")

@@ -9,9 +9,9 @@ import wave
 
 import pytest
 
-from common.media import call_kbps
+from upbx.common.media import call_kbps
 from firmware.audio.tones import goertzel_power
-from tools.lab import LoopbackExchange, write_noise_wav
+from upbx.tools.lab import LoopbackExchange, write_noise_wav
 
 BUDGET = 150
 

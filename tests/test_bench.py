@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tools import bench, bench_net
+from upbx.tools import bench, bench_net
 
 ROOT = bench_net.ROOT
 
@@ -73,7 +73,7 @@ SHORT = [name for name in bench.BENCHMARKS if name not in ("handset", "quality")
 
 
 def test_bench_quick_json_has_every_key_with_sane_values():
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "--json", "--quick"] + SHORT, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "bench", "--json", "--quick"] + SHORT, cwd=ROOT,
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout)
@@ -111,12 +111,12 @@ def test_bench_quick_json_has_every_key_with_sane_values():
 
 def test_bench_runs_one_benchmark_by_name_and_refuses_unknown_ones():
     # a short one (the wan table's text is checked from real results in the --json test)
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "handshake", "--quick"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "bench", "handshake", "--quick"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("machine:") and "\nhandshake" in out.stdout
     assert "codec" not in out.stdout and "wan" not in out.stdout and "registrations" not in out.stdout
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "nonesuch"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "bench", "nonesuch"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown benchmark" in out.stderr
 
@@ -124,7 +124,7 @@ def test_bench_runs_one_benchmark_by_name_and_refuses_unknown_ones():
 def test_bench_handset_quick_reports_consistent_figures():
     """`upbx bench handset --json --quick`: a profiled call on the frozen 32-bit image and the perf_bench
     calibration; figures positive and consistent with each other (never a speed threshold)."""
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "handset", "--json", "--quick"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "bench", "handset", "--json", "--quick"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     top = json.loads(out.stdout)

@@ -7,7 +7,7 @@ for a press (tests/test_firmware_hal.py checks that side against stand-in pins).
 import time
 
 from tests.test_handset import Handset
-from tools.lab import LoopbackExchange
+from upbx.tools.lab import LoopbackExchange
 
 
 def test_a_button_dials_its_speed_dial_number_answers_and_hangs_up():

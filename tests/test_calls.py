@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
-from common import wire
+from upbx.common import wire
 from tests.intruder import Tap
-from tools.lab import LoopbackExchange, audio_match, place_call, write_noise_wav
+from upbx.tools.lab import LoopbackExchange, audio_match, place_call, write_noise_wav
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def run_then_terminate(tmp_path, argv, started, timeout=60):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = dict(os.environ, TMPDIR=str(tmpdir))
-    proc = subprocess.Popen([sys.executable, "-m", "tools.cli"] + argv, cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "upbx.tools.cli"] + argv, cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + timeout

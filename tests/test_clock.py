@@ -13,9 +13,9 @@ import pytest
 
 from firmware.audio.dtmf import goertzel_power
 from tests.test_handset import Handset
-from tools.build import unix32_image
-from tools.demo import run_demo
-from tools.lab import LoopbackExchange
+from upbx.tools.build import unix32_image
+from upbx.tools.demo import run_demo
+from upbx.tools.lab import LoopbackExchange
 
 WRAP = 2 ** 30   # the 32-bit build's tick period (the ESP32's)
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from host.config import (SECTIONS, ConfigError, load_main_config, load_phone_config, load_remote_config,
+from upbx.host.config import (SECTIONS, ConfigError, load_main_config, load_phone_config, load_remote_config,
                          markdown, parse_hostport, secret_from_hex)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -214,7 +214,7 @@ def test_secret_from_hex():
 def test_docs_config_md_is_generated_from_the_table():
     doc = (ROOT / "docs" / "config.md").read_text()
     assert doc == markdown(), "regenerate: python -m host.config --markdown > docs/config.md"
-    out = subprocess.run([sys.executable, "-m", "host.config", "--markdown"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "upbx.host.config", "--markdown"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert out == doc
     for section, keys in SECTIONS.items():

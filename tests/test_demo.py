@@ -24,7 +24,7 @@ def _processes_mentioning(text):
 
 def test_demo_json_covers_b1_b2_b3_with_matching_audio_and_stops_everything(tmp_path):
     env = dict(os.environ, TMPDIR=str(tmp_path))  # every file and process of the demo lives under here
-    result = subprocess.run([sys.executable, "-m", "tools.cli", "demo", "--json"], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "demo", "--json"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     calls = json.loads(result.stdout)["calls"]

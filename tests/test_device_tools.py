@@ -17,8 +17,8 @@ import time
 import pytest
 
 from tests.support import ROOT, micropython_binary, require_tool
-from tools import build, deploy
-from tools.vhandset import VirtualHandset
+from upbx.tools import build, deploy
+from upbx.tools.vhandset import VirtualHandset
 
 PY = sys.executable
 REF_BOARD = "esp32-devkitc-inmp441"
@@ -26,7 +26,7 @@ STAMP = r"\d\d:\d\d:\d\d\.\d\d\d"
 
 
 def upbx(*args, timeout=60, **kw):
-    return subprocess.run([PY, "-m", "tools.cli"] + list(args), cwd=ROOT, capture_output=True,
+    return subprocess.run([PY, "-m", "upbx.tools.cli"] + list(args), cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, **kw)
 
 
@@ -378,7 +378,7 @@ def test_console_quits_on_ctrl_c_and_restores_the_terminal(stand_in):
     # it, as a terminal does, or the console's restoring tcsetattr(TCSADRAIN) waits for it for ever
     drain = threading.Thread(target=_drain, args=(master,), daemon=True)
     drain.start()
-    proc = subprocess.Popen([PY, "-m", "tools.cli", "console", "--port", stand_in.link, "--color", "never"],
+    proc = subprocess.Popen([PY, "-m", "upbx.tools.cli", "console", "--port", stand_in.link, "--color", "never"],
                             cwd=ROOT, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONFAULTHANDLER="1"))   # SIGABRT: where it is
     try:
@@ -404,7 +404,7 @@ def test_console_quits_on_ctrl_c_and_restores_the_terminal(stand_in):
 
 
 def test_console_says_when_the_handset_goes_away(stand_in):
-    proc = subprocess.Popen([PY, "-m", "tools.cli", "console", "--port", stand_in.link, "--script", "s"],
+    proc = subprocess.Popen([PY, "-m", "upbx.tools.cli", "console", "--port", stand_in.link, "--script", "s"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = _read_until(proc, r' I state \{"call": "idle"')    # connected: the handset answered
     stand_in.stop()

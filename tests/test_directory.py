@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from host.directory import Directory, DirectoryError
-from host.records import RecordStore
+from upbx.host.directory import Directory, DirectoryError
+from upbx.host.records import RecordStore
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -229,7 +229,7 @@ def test_record_store_survives_kill_9_of_its_writer(tmp_path):
 
 
 def test_a_call_record_upload_fits_one_message_and_comes_back_whole():
-    from host.records import decode_upload, encode_upload
+    from upbx.host.records import decode_upload, encode_upload
     record = {"uid": "0123456789abcdef", "origin": "site-a", "caller": "123456789012345",
               "callee": "987654321098765", "path": "local", "started_ms": 1795000000000,
               "answered_ms": 1795000000300, "ended_ms": 1795003600000, "cause": "unknown extension",

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from common import wire
-from common.phone import Phone
+from upbx.common import wire
+from upbx.common.phone import Phone
 from tests.support import require_root
-from tools.lab import LoopbackExchange, write_noise_wav
+from upbx.tools.lab import LoopbackExchange, write_noise_wav
 
 EF = 46 << 2
 CS3 = 24 << 2

@@ -266,7 +266,7 @@ def test_esp32_hal_audio_timing_display_console_and_reset_in_a_real_call(tmp_pat
     """The real firmware (start.main, App) with the ESP32 HAL on stand-ins, answering a call from a
     virtual handset through real hosts; the trace shows what the HAL did, in order."""
     from tests.test_handset import Handset
-    from tools.lab import LoopbackExchange
+    from upbx.tools.lab import LoopbackExchange
     with LoopbackExchange() as lab:
         lab.provision()
         lab.start()

@@ -16,14 +16,14 @@ import sys
 import pytest
 
 from tests.support import ROOT
-from tools import images
+from upbx.tools import images
 
 PY = sys.executable
 BOARD = "esp32-wrover-devkitc-inmp441"
 
 
 def upbx(*args, env=None, timeout=300):
-    return subprocess.run([PY, "-m", "tools.cli"] + list(args), cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([PY, "-m", "upbx.tools.cli"] + list(args), cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

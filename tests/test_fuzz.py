@@ -24,11 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import media, session, trunk, wire
-from common.crypto import HmacKey, extend16
-from common.login import UP, Login
-from common.media import MediaLeg
-from host.peers import HandshakeKey, PeerTable
+from upbx.common import media, session, trunk, wire
+from upbx.common.crypto import HmacKey, extend16
+from upbx.common.login import UP, Login
+from upbx.common.media import MediaLeg
+from upbx.host.peers import HandshakeKey, PeerTable
 
 SECRET = bytes(range(16))
 IDENTITY = ("phone", "201")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import warnings
 
-from common import g711
+from upbx.common import g711
 from tests.support import micropython_binary
 
 with warnings.catch_warnings():
@@ -57,7 +57,7 @@ def test_into_variants_match_audioop_from_memoryviews():
 
 def _upbx_bench(*args):
     upbx = pathlib.Path(sys.executable).parent / "upbx"
-    command = [str(upbx)] if upbx.exists() else [sys.executable, "-m", "tools.cli"]
+    command = [str(upbx)] if upbx.exists() else [sys.executable, "-m", "upbx.tools.cli"]
     return subprocess.run(command + ["bench"] + list(args), capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
 

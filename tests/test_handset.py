@@ -16,8 +16,8 @@ import pytest
 
 from firmware.audio.dtmf import goertzel_power
 from tests.support import ROOT, micropython_binary
-from tools.lab import LoopbackExchange, audio_match, place_call, write_noise_wav
-from tools.phone import compiled_tree
+from upbx.tools.lab import LoopbackExchange, audio_match, place_call, write_noise_wav
+from upbx.tools.phone import compiled_tree
 
 WINDOW = 800  # 100 ms: 10 Hz resolution, enough to tell 440+480 from 350+440 and 480+620
 TONE_PAIRS = {"dial": (350, 440), "ringback": (440, 480), "busy": (480, 620)}
@@ -232,9 +232,9 @@ def test_a_whole_call_fits_a_small_heap(lab):
 
 def test_deployed_firmware_registers_and_calls(lab, tmp_path, monkeypatch):
     """`upbx deploy` onto a virtual handset, then that device directory runs main.py as a handset would."""
-    from tools import build as build_tool
-    from tools import deploy
-    from tools.vhandset import VirtualHandset
+    from upbx.tools import build as build_tool
+    from upbx.tools import deploy
+    from upbx.tools.vhandset import VirtualHandset
     # the unix port cannot load xtensawin native code: the same tree compiled for this machine
     monkeypatch.setattr(build_tool, "MARCH", "x64")
     device = tmp_path / "device"
@@ -271,9 +271,9 @@ def test_frozen_image_deployed_with_only_main_py_boots_registers_and_calls(lab, 
     """`upbx deploy --frozen` onto a virtual handset running the 32-bit frozen image: the packages an
     earlier .mpy deployment left are removed (they would shadow the frozen modules), main.py, board.json
     and the configuration written; the device then boots from main.py alone, registers and calls."""
-    from tools import build as build_tool
-    from tools import deploy
-    from tools.vhandset import VirtualHandset
+    from upbx.tools import build as build_tool
+    from upbx.tools import deploy
+    from upbx.tools.vhandset import VirtualHandset
     device = tmp_path / "device"
     host, port = lab.host_of("102").split(":")
     old = tmp_path / "old"

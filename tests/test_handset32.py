@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 from tests.support import ROOT
-from tools.demo import run_demo
-from tools.lab import LoopbackExchange
+from upbx.tools.demo import run_demo
+from upbx.tools.lab import LoopbackExchange
 
 CALLS = [("B1", "relay"), ("B1", "relay"), ("B2", "direct"), ("B3", "local")]
 
@@ -65,7 +65,7 @@ def test_every_demo_call_completes_at_100k_with_mpy_files_on_the_32bit_build(tmp
 
 
 def test_a_frozen_image_loads_no_mpy_files(tmp_path, unix32_frozen):
-    r = subprocess.run([sys.executable, "-m", "tools.cli", "phone", "--micropython", unix32_frozen, "--mpy",
+    r = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "phone", "--micropython", unix32_frozen, "--mpy",
                         "--extension", "101", "--secret", "00" * 16, "--host", "127.0.0.1:9"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2

@@ -3,9 +3,9 @@
 Driven in memory with a virtual clock (tests/inprocess.py): what a core sends, with which DSCP,
 when its timer is due, and how long a silent peer keeps its place.
 """
-from common import wire
-from common.login import UP, Login
-from host.core import DSCP_CS3, DSCP_EF, TICK_MS
+from upbx.common import wire
+from upbx.common.login import UP, Login
+from upbx.host.core import DSCP_CS3, DSCP_EF, TICK_MS
 from tests.inprocess import SITE_A, World
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.support import ROOT
-from tools.impair import IP_UDP_OVERHEAD, Impairment, Relay
+from upbx.tools.impair import IP_UDP_OVERHEAD, Impairment, Relay
 
 
 class Sink:
@@ -183,7 +183,7 @@ def test_each_client_gets_its_own_upstream_socket_and_its_own_replies():
 
 def test_command_line_relay_prints_its_counters_on_sigterm():
     sink = Sink()
-    cmd = [sys.executable, "-m", "tools.cli", "impair", "--listen", "127.0.0.1:0",
+    cmd = [sys.executable, "-m", "upbx.tools.cli", "impair", "--listen", "127.0.0.1:0",
            "--to", "%s:%d" % sink.address, "--loss", "30", "--seed", "9", "--direction", "up"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

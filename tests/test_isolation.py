@@ -25,9 +25,9 @@ import random
 import sys
 import types
 
-from common import wire
-from common.phone import CONNECTED, IDLE
-from host.log import StructuredLog
+from upbx.common import wire
+from upbx.common.phone import CONNECTED, IDLE
+from upbx.host.log import StructuredLog
 from tests.inprocess import MAIN, World
 
 SEED = int(os.environ.get("UPBX_ISOLATION_SEED", "10"))

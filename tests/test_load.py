@@ -10,11 +10,11 @@ import select
 import socket
 import time
 
-from common import wire
-from common.phone import CONNECTED, Phone
-from host.directory import Directory
-from tools.bench_net import rss_kb
-from tools.lab import LoopbackExchange
+from upbx.common import wire
+from upbx.common.phone import CONNECTED, Phone
+from upbx.host.directory import Directory
+from upbx.tools.bench_net import rss_kb
+from upbx.tools.lab import LoopbackExchange
 
 SITES = ("a", "b", "c", "d")          # a, b behind remote hosts; c, d straight at the main host
 PHONES_PER_SITE = 50

@@ -7,7 +7,7 @@ Both answers come from one real directory through the real message paths, in one
 (LOCAL_REQUEST, LOCAL_GRANT/REFUSE); with the main host gone, the same calls are decided from the
 cached copy. Site a: local calls allowed, at most one at a time; 103 is barred.
 """
-from common import wire
+from upbx.common import wire
 from tests.inprocess import World
 
 # (caller, callee, with a local call 101 -> 102 already up)

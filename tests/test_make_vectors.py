@@ -13,14 +13,14 @@ import sys
 
 import pytest
 
-import tools.make_vectors as make_vectors
-from common import crypto
+import upbx.tools.make_vectors as make_vectors
+from upbx.common import crypto
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_the_vectors_and_the_protocol_document_are_up_to_date_and_cross_checked():
-    result = subprocess.run([sys.executable, "-m", "tools.make_vectors", "--check"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "upbx.tools.make_vectors", "--check"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "vectors and docs/protocol.md are up to date"

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.support import require_root
-from tools.netlab_exchange import NetlabExchange, talk
+from upbx.tools.netlab_exchange import NetlabExchange, talk
 
 KEEPALIVE_S = 3   # idle keepalive of the remote hosts in these tests (docs/nat-and-roaming.md)
 
@@ -25,7 +25,7 @@ def lab_prefix():
 @pytest.fixture(scope="module")
 def cone():
     require_root()
-    from tools.netlab import Lab
+    from upbx.tools.netlab import Lab
     lab = Lab(lab_prefix())
     try:
         lab.up(nat="cone", phones=2)
@@ -143,7 +143,7 @@ def test_b7_idle_site_stays_reachable_after_an_address_change(cone):
 
 def test_b2_falls_back_to_relay_when_one_site_has_symmetric_nat():
     require_root()
-    from tools.netlab import Lab
+    from upbx.tools.netlab import Lab
     lab = Lab(lab_prefix())
     try:
         lab.up(nat={"a": "cone", "b": "symmetric"}, sites=("a", "b"), phones=1)

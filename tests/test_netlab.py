@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from tests.support import ROOT, require_root
-from tools.impair import Impairment, Relay
-from tools.netlab import NFT_TABLE, Lab
+from upbx.tools.impair import Impairment, Relay
+from upbx.tools.netlab import NFT_TABLE, Lab
 
 pytestmark = pytest.mark.root
 
@@ -148,7 +148,7 @@ def test_exec_and_popen_run_inside_the_node(lab):
                      stdout=subprocess.PIPE, text=True)
     assert proc.communicate(timeout=10)[0].strip()
     env = dict(os.environ, UPBX_NETLAB_PREFIX=lab.prefix)
-    cli = [sys.executable, "-m", "tools.cli", "netlab"]
+    cli = [sys.executable, "-m", "upbx.tools.cli", "netlab"]
     done = subprocess.run(cli + ["exec", "site-c/phone-1", "--", "sh", "-c", "ip -o -4 addr; exit 3"],
                           capture_output=True, text=True, cwd=ROOT, env=env)
     assert done.returncode == 3 and "10.3.0.11/24" in done.stdout

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from tests.support import ROOT, require_tool
-from tools import bench
-from tools.quality import LEVEL_DBOV, active_level_dbov, codec_ceiling, corpus, reference_scores, run_calls
+from upbx.tools import bench
+from upbx.tools.quality import LEVEL_DBOV, active_level_dbov, codec_ceiling, corpus, reference_scores, run_calls
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +72,7 @@ def test_concealment_beats_silence_at_5_percent_loss_and_clean_calls_sound_like_
 # `upbx bench quality --quick` here rather than in test_bench.py: its PESQ calls then never run at
 # the same time as the calls above (the test modules run in parallel, each module's tests in turn)
 def test_bench_quality_quick_scores_the_clean_and_lossy_calls():
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "quality", "--json", "--quick"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "bench", "quality", "--json", "--quick"], cwd=ROOT,
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout)["quality"]

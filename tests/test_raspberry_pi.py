@@ -43,12 +43,12 @@ import time
 
 import pytest
 
-from common import wire
-from common.login import Login
-from host.config import load_main_config, load_remote_config
-from host.daemon import query_status
+from upbx.common import wire
+from upbx.common.login import Login
+from upbx.host.config import load_main_config, load_remote_config
+from upbx.host.daemon import query_status
 from tests.support import require_root, require_tool
-from tools.lab import free_port
+from upbx.tools.lab import free_port
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -5,10 +5,10 @@ are driven through hours of simulated time in memory: time is passed in.
 """
 import os
 
-from common import wire
-from common.login import UP, Login
-from host.core import Stats
-from host.peers import PeerTable
+from upbx.common import wire
+from upbx.common.login import UP, Login
+from upbx.host.core import Stats
+from upbx.host.peers import PeerTable
 
 SECRET = bytes(range(16))
 ADDR = ("192.0.2.10", 40000)

@@ -3,8 +3,8 @@
 The host must drop each second copy of a media frame (replay window), acknowledge but
 not act on each second copy of a signalling frame, and the call must be unaffected.
 """
-from tools.impair import Impairment, Relay
-from tools.lab import LoopbackExchange, audio_match, write_noise_wav
+from upbx.tools.impair import Impairment, Relay
+from upbx.tools.lab import LoopbackExchange, audio_match, write_noise_wav
 
 
 def test_every_datagram_replayed_is_dropped_and_the_call_is_unaffected():

@@ -5,7 +5,7 @@ from the first authenticated packet, an idle site stays reachable within a keepa
 resend, and nobody logs in again. tests/test_nat.py does the same through real nftables NAT in
 network namespaces, with firmware phones, and asserts the audio and the paths.
 """
-from common import wire
+from upbx.common import wire
 from tests.inprocess import MAIN, World
 
 KEEPALIVE_S = 3      # the remote host's idle keepalive, as in tests/test_nat.py

@@ -5,9 +5,9 @@ Every cause a caller can be shown, B1/B3 paths, and B5 call admission: what the 
 and send, frame by frame. tests/test_calls.py and tests/test_admission.py place the same kinds of
 calls between real firmware phones on real sockets and check what the handset shows and plays.
 """
-from common import wire
-from common.media import call_kbps
-from host.directory import Directory
+from upbx.common import wire
+from upbx.common.media import call_kbps
+from upbx.host.directory import Directory
 from tests.inprocess import World
 
 

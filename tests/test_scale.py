@@ -4,8 +4,8 @@
 75 calls in ceil(75 / 8) trunk datagrams per 20 ms tick, every call ends normally and leaves one
 record. tests/test_load.py runs 200 phones on real sockets for 30 s (loss, memory growth).
 """
-from common import wire
-from host.directory import Directory
+from upbx.common import wire
+from upbx.host.directory import Directory
 from tests.inprocess import World
 
 SITE_A = ["1%03d" % i for i in range(150)]      # behind remote host a

@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from common import wire
-from host.directory import Directory
+from upbx.common import wire
+from upbx.host.directory import Directory
 from tests.intruder import Intruder, Tap
-from tools.lab import ROOT, LoopbackExchange, audio_match, place_call, upbx, write_noise_wav
+from upbx.tools.lab import ROOT, LoopbackExchange, audio_match, place_call, upbx, write_noise_wav
 
 
 def _lab(**kwargs):
@@ -206,9 +206,9 @@ def _causes_of_summary(lab, tag):
 
 def _logged_in_phone():
     """A phone's Login and the server's PeerTable in memory, the phone logged in."""
-    from common.login import UP, Login
-    from host.core import Stats
-    from host.peers import PeerTable
+    from upbx.common.login import UP, Login
+    from upbx.host.core import Stats
+    from upbx.host.peers import PeerTable
 
     secret = bytes(range(16))
     table = PeerTable(lambda ident: secret if ident == ("phone", "201") else None, Stats(), 10 ** 7)
@@ -425,7 +425,7 @@ def test_files_holding_secrets_are_private_and_a_loose_config_is_reported():
 # 9. Low: forged HELLOs cost a lookup and an HKDF each, with no limit per source ---------------
 
 def test_forged_hellos_are_limited_per_source_and_cost_no_key_derivation():
-    from common.session import handshake_key, seal_handshake
+    from upbx.common.session import handshake_key, seal_handshake
     with _lab() as lab:
         lab.start()
         forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -454,7 +454,7 @@ def test_forged_hellos_are_limited_per_source_and_cost_no_key_derivation():
         derived = after["counters"].get("handshake keys derived", 0) - before["counters"].get(
             "handshake keys derived", 0)
         assert derived <= 3          # 301's key once (302's at its login), however many HELLOs named it
-        from host import limits
+        from upbx.host import limits
         assert (limits.BURST, limits.RATE_PER_S, limits.FAILURE_COST) == (400, 50, 10)
 
 

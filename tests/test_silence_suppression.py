@@ -14,7 +14,7 @@ import wave
 
 from firmware.audio import vad
 from tests.support import require_tool
-from tools.lab import LoopbackExchange
+from upbx.tools.lab import LoopbackExchange
 
 PHRASES = ["Hello, this is the front desk.", "Can you hear me?", "The delivery came in this morning.",
            "I will call you back after lunch.", "Thanks, bye for now."]

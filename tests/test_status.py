@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from common.media import call_kbps
-from tools.lab import ROOT, LoopbackExchange, write_noise_wav
+from upbx.common.media import call_kbps
+from upbx.tools.lab import ROOT, LoopbackExchange, write_noise_wav
 
 MINI_KBPS = (4 + 160 + 4 + 28) * 8 / 20     # one phone's mini frames on the wire: 78.4 kbps
 
 
 def upbx_status(*args):
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "status", *args], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "status", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=10)
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -86,11 +86,11 @@ def test_text_output_is_a_readable_table(call_in_progress):
 
 
 def test_status_names_a_missing_daemon_and_a_config_without_socket(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "status", "--socket", str(tmp_path / "none.sock")],
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "status", "--socket", str(tmp_path / "none.sock")],
                          cwd=ROOT, capture_output=True, text=True, timeout=10)
     assert out.returncode == 1 and "cannot reach a daemon" in out.stderr
     config = tmp_path / "main.toml"
     config.write_text('[main]\nlisten = "127.0.0.1:4569"\n')
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "status", "--config", str(config)],
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "status", "--config", str(config)],
                          cwd=ROOT, capture_output=True, text=True, timeout=10)
     assert out.returncode == 2 and "control_socket" in out.stderr

@@ -20,10 +20,10 @@ import time
 
 import pytest
 
-from common import wire
-from common.login import BACKOFF, UP, Login
-from host.records import RecordStore
-from tools.lab import LoopbackExchange, audio_match, place_call, read_g711_record, write_noise_wav
+from upbx.common import wire
+from upbx.common.login import BACKOFF, UP, Login
+from upbx.host.records import RecordStore
+from upbx.tools.lab import LoopbackExchange, audio_match, place_call, read_g711_record, write_noise_wav
 
 BACKOFF_MAX_S = 2.0
 SYNTHETIC_RECORDS = 1500     # a long upload: the second kill most often lands in its middle
@@ -192,8 +192,8 @@ def test_login_backoff_is_capped_with_jitter_and_silence_is_noticed():
     assert len(backoffs) > 20 and len(set(backoffs)) > 10 and min(backoffs) >= 1500, backoffs
     # keepalive and liveness: set_keepalive tightens at once; silence past keepalive + dead is "down"
     login.state, login.last_heard_ms, login._keepalive_at = UP, now, now + 20000
-    from common.reliable import Channel
-    from common.session import SessionCrypto
+    from upbx.common.reliable import Channel
+    from upbx.common.session import SessionCrypto
     login.channel = Channel(SessionCrypto(b"a" * 32, b"b" * 16, b"c" * 32, b"d" * 16), 1)
     login.set_keepalive(1000, 2000, now + 100)
     assert login.next_timer() == now + 100                # a PING at once

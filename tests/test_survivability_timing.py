@@ -6,9 +6,9 @@ outcomes; how fast each transition happens is asserted here, on the real host ob
 process (tests/inprocess.py: virtual network and clock), where the time is the code's and not
 the machine's: the same bounds, and the same result on a busy machine.
 """
-from common import wire
-from host.directory import Directory
-from host.records import RecordStore
+from upbx.common import wire
+from upbx.host.directory import Directory
+from upbx.host.records import RecordStore
 from tests.inprocess import World
 
 BACKOFF_MAX_MS = 2000

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.test_handset import Handset
-from tools.lab import LoopbackExchange, audio_match, write_noise_wav
+from upbx.tools.lab import LoopbackExchange, audio_match, write_noise_wav
 
 
 @pytest.fixture(scope="module")

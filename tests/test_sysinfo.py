@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from common.phone import Phone
-from host.directory import Directory
-from tools.lab import LoopbackExchange
+from upbx.common.phone import Phone
+from upbx.host.directory import Directory
+from upbx.tools.lab import LoopbackExchange
 
 SIM = ["%d" % n for n in range(110, 157)]      # 47 in-process phones
 FIRMWARE = ["101", "102"]                      # running from the start

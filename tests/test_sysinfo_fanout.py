@@ -6,7 +6,7 @@ firmware phones that keep what they got in their flash.
 """
 import json
 
-from host.directory import Directory
+from upbx.host.directory import Directory
 from tests.inprocess import World
 
 PHONES = ["1%03d" % i for i in range(50)]

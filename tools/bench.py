@@ -68,7 +68,7 @@ def _best_us(fn, src, dst, loops, repeats=5):
 
 
 def _codec_cpython(pcm):
-    from common import g711
+    from upbx.common import g711
 
     codes = bytearray(FRAME_SAMPLES)
     playout = bytearray(2 * FRAME_SAMPLES)
@@ -131,7 +131,7 @@ def _codec_micropython(pcm):
     binary = micropython_binary()
     if not binary:
         return {"error": "micropython binary not found next to %s or on PATH" % sys.executable}
-    import common
+    from upbx import common
 
     root = str(pathlib.Path(common.__file__).resolve().parent.parent)
     script = _MICROPYTHON_SCRIPT % {"root": root, "pcm": pcm, "n": FRAME_SAMPLES, "n2": 2 * FRAME_SAMPLES}
@@ -192,19 +192,19 @@ def table_codec(result):
 
 def bench_wan(quick=False):
     """WAN kbps per call on the wire at 1..30 trunked calls, default and jumbo trunk_mtu."""
-    from tools import bench_net
+    from upbx.tools import bench_net
     return bench_net.bench_trunking(quick)
 
 
 def bench_relay(quick=False):
     """Relayed calls per core at <= 0.1 % loss, and the one-way latency of a relay hop."""
-    from tools import bench_net
+    from upbx.tools import bench_net
     return bench_net.bench_relay(quick)
 
 
 def bench_registrations(quick=False):
     """Registrations per second and RSS bytes per registered phone with 10,000 phones."""
-    from tools import bench_net
+    from upbx.tools import bench_net
     return bench_net.bench_registrations(quick)
 
 
@@ -245,11 +245,11 @@ TABLES = {
     "relay": table_relay,
 }
 
-from tools.quality import bench_quality, table_quality  # noqa: E402  (voice quality: PESQ, tools/quality.py)
+from upbx.tools.quality import bench_quality, table_quality  # noqa: E402  (voice quality: PESQ, tools/quality.py)
 BENCHMARKS["quality"], TABLES["quality"] = bench_quality, table_quality
-from tools.bench_security import bench_handshake, table_handshake  # noqa: E402  (forged HELLOs, docs/security.md)
+from upbx.tools.bench_security import bench_handshake, table_handshake  # noqa: E402  (forged HELLOs, docs/security.md)
 BENCHMARKS["handshake"], TABLES["handshake"] = bench_handshake, table_handshake
-from tools.bench_handset import bench_handset, table_handset  # noqa: E402  (handset CPU per tick, ESP32 estimate)
+from upbx.tools.bench_handset import bench_handset, table_handset  # noqa: E402  (handset CPU per tick, ESP32 estimate)
 BENCHMARKS["handset"], TABLES["handset"] = bench_handset, table_handset
 
 # the keys of the issue's summary: where each one comes from in the results
@@ -318,5 +318,5 @@ def run(args):
         print(TABLES.get(name, lambda r: _table_generic(name, r))(result))
     return 0
 
-from tools.bench_memory import bench_memory, table_memory  # noqa: E402  (a handset's heap: tools/bench_memory.py)
+from upbx.tools.bench_memory import bench_memory, table_memory  # noqa: E402  (a handset's heap: tools/bench_memory.py)
 BENCHMARKS["memory"], TABLES["memory"] = bench_memory, table_memory

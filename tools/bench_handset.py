@@ -20,8 +20,8 @@ import struct
 import subprocess
 import tempfile
 
-from tools.impair import Impairment, Relay
-from tools.lab import LoopbackExchange, upbx, write_noise_wav
+from upbx.tools.impair import Impairment, Relay
+from upbx.tools.lab import LoopbackExchange, upbx, write_noise_wav
 
 # perf_bench scores (higher is faster; N=100 M=100) for an ESP32 running MicroPython's GENERIC
 # build, from the message of commit 549448e8bb ("esp32: Enable optimisations and move code to
@@ -48,13 +48,13 @@ REALTIME_PRIORITY = 10   # SCHED_FIFO priority of the profiled handset (1-99), w
 
 def micropython_src():
     """The MicroPython source tree (the one the image is built from) whose tests/perf_bench the calibration runs."""
-    from tools.images import micropython_source
+    from upbx.tools.images import micropython_source
     return str(micropython_source(need=("tests/perf_bench/benchrun.py",)))
 
 
 def frozen_image():
     """The 32-bit unix port with the firmware frozen in (tools.build.unix32_image: built or cached)."""
-    from tools import build
+    from upbx.tools import build
     return str(build.unix32_image(frozen=True, log=lambda *a: None))
 
 

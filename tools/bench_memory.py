@@ -10,9 +10,9 @@ import shutil
 import subprocess
 import tempfile
 
-from tools.images import ImageError, unix32_image
-from tools.lab import LoopbackExchange, place_call
-from tools.phone import compiled_tree, binary_march, flash_layout
+from upbx.tools.images import ImageError, unix32_image
+from upbx.tools.lab import LoopbackExchange, place_call
+from upbx.tools.phone import compiled_tree, binary_march, flash_layout
 
 # (case, frozen image?, upbx phone flags, the heap the issue sets as the target)
 CASES = (("frozen", True, (), 64), ("mpy", False, ("--mpy",), 100))

@@ -17,9 +17,9 @@ import sys
 import tempfile
 import time
 
-from common import wire
-from common.login import UP, Login
-from common.media import MediaLeg, seal_trunk
+from upbx.common import wire
+from upbx.common.login import UP, Login
+from upbx.common.media import MediaLeg, seal_trunk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = 0.020
@@ -63,7 +63,7 @@ class MainUnderTest:
     """A provisioned main host process on loopback with a control socket."""
 
     def __init__(self, sites, phones=0, trunk_mtu=1472, cpu=0, workdir=None):
-        from host.directory import Directory
+        from upbx.host.directory import Directory
         self._own_dir = workdir is None
         self.dir = workdir or tempfile.mkdtemp(prefix="upbx-bench-")
         self.secrets = {}
@@ -93,7 +93,7 @@ class MainUnderTest:
                     'direct_media = false\nlog_level = "warning"\ntrunk_mtu = %d\nring_timeout_s = 600\n'
                     'registration_ttl_s = 600\n' % (self.port, self.sock_path, trunk_mtu))
         self.log = open(os.path.join(self.dir, "main.log"), "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "main", "--config", config], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "upbx.tools.cli", "main", "--config", config], cwd=ROOT,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         try:
             self.pinned = pin(self.proc.pid, cpu)
@@ -107,7 +107,7 @@ class MainUnderTest:
             raise
 
     def status(self):
-        from host.daemon import query_status
+        from upbx.host.daemon import query_status
         return query_status(self.sock_path)
 
     def rss_kb(self):

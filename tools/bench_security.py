@@ -22,10 +22,10 @@ N_EXTENSIONS = 1000
 
 
 def _main_host(tmp):
-    from host.config import load_main_config
-    from host.directory import Directory
-    from host.log import StructuredLog
-    from host.main_host import MainHost
+    from upbx.host.config import load_main_config
+    from upbx.host.directory import Directory
+    from upbx.host.log import StructuredLog
+    from upbx.host.main_host import MainHost
 
     directory = Directory(os.path.join(tmp, "main.sqlite"))
     directory.add_site("c")
@@ -40,15 +40,15 @@ def _main_host(tmp):
 
 
 def _hellos(key, extension, n, rng):
-    from common import wire
-    from common.session import seal_handshake
+    from upbx.common import wire
+    from upbx.common.session import seal_handshake
     return [seal_handshake(key, 0, wire.HELLO, {wire.IE_EXTENSION: extension, wire.IE_SESSION_INDEX: i + 1,
                                                 wire.IE_NONCE: rng(16)}) for i in range(n)]
 
 
 def bench_handshake(quick=False):
     """Forged and genuine HELLOs per second one core absorbs at the main host."""
-    from common.session import handshake_key
+    from upbx.common.session import handshake_key
 
     n = 3000 if quick else 30000
     results = {"extensions": N_EXTENSIONS, "hellos_per_case": n, "cases": {}}

@@ -12,8 +12,8 @@ import shutil
 import subprocess
 import sys
 
-from tools import images
-from tools.images import ImageError, esp32_image, unix32_image  # noqa: F401 (unix32_image: the shared interface)
+from upbx.tools import images
+from upbx.tools.images import ImageError, esp32_image, unix32_image  # noqa: F401 (unix32_image: the shared interface)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "build" / "device"

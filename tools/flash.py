@@ -12,8 +12,8 @@ import os
 import subprocess
 import sys
 
-from tools import images
-from tools.build import mpy_cross_binary
+from upbx.tools import images
+from upbx.tools.build import mpy_cross_binary
 
 NO_ANSWER = ("no ESP32 answered on %s: check the cable (a data cable, not a charge-only one), "
              "hold BOOT while pressing EN/RESET to enter the bootloader, and that no other "
@@ -77,7 +77,7 @@ def _first_release(mpy):
 
 
 def run(args):
-    from tools.deploy import board_schema
+    from upbx.tools.deploy import board_schema
     try:
         board = board_schema().load_board(args.board)
     except ValueError as exc:  # BoardError

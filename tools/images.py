@@ -247,7 +247,7 @@ def esp32_image(board, micropython_src, out_dir, log=print, run=subprocess.run):
     FROZEN_MANIFEST=..`: idf.py, then makeimg.py, which joins bootloader, partition table and
     application into the one image written at the board's flash offset. Needs ESP-IDF's idf.py.
     """
-    from tools.deploy import board_schema
+    from upbx.tools.deploy import board_schema
     board_data = board_schema().load_board(board)
     image = board_data["micropython_image"]
     if not micropython_src:
@@ -326,7 +326,7 @@ def mpy_version_written(mpy_cross):
 
 
 def main():
-    """`python -m tools.images`: build (or find cached) the 32-bit unix ports the tests use, frozen and plain.
+    """`python -m upbx.tools.images`: build (or find cached) the 32-bit unix ports the tests use, frozen and plain.
     Without gcc-multilib or the MicroPython source it says why and exits 0, or 1 under CI=true."""
     started = time.monotonic()
     try:

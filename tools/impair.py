@@ -21,8 +21,10 @@ import sys
 import threading
 import time
 
+from upbx.common.wire import IP_UDP_HEADERS
+
 _CLONE_NEWNET = 0x40000000
-IP_UDP_OVERHEAD = 28  # bytes the rate limit counts on top of each payload (IPv4 + UDP headers)
+IP_UDP_OVERHEAD = IP_UDP_HEADERS  # bytes the rate limit counts on top of each payload
 
 
 class Impairment:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 
-from host.daemon import query_status
+from upbx.host.daemon import query_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +28,7 @@ def free_port():
 
 
 def upbx(*args):
-    return [sys.executable, "-m", "tools.cli"] + list(args)
+    return [sys.executable, "-m", "upbx.tools.cli"] + list(args)
 
 
 def write_noise_wav(path, seconds, seed):
@@ -48,7 +48,7 @@ def write_noise_wav(path, seconds, seed):
 
 def wav_frames_g711(path):
     """The set of G.711 (mu-law) payloads of a WAV's 20 ms frames, in order."""
-    from common.g711 import ulaw_encode
+    from upbx.common.g711 import ulaw_encode
     with open(path, "rb") as f:
         data = f.read()[44:]
     return [ulaw_encode(data[i:i + 320]) for i in range(0, len(data) - 319, 320)]

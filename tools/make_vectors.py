@@ -1,8 +1,8 @@
 """Generate the protocol v2 test vectors and the generated parts of docs/protocol.md.
 
-    python -m tools.make_vectors          write tests/vectors/protocol_vectors.json and
+    python -m upbx.tools.make_vectors          write tests/vectors/protocol_vectors.json and
                                           the two generated sections of docs/protocol.md
-    python -m tools.make_vectors --check  exit 1 when either is out of date
+    python -m upbx.tools.make_vectors --check  exit 1 when either is out of date
 
 Every input is fixed (no randomness), so the output is reproducible byte for byte.
 The crypto vectors are computed with common/ and cross-checked here against
@@ -23,16 +23,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from upbx.common import crypto, media, reliable, session, wire
 
-from common import crypto, media, reliable, session, wire  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 VECTORS = ROOT / "tests" / "vectors" / "protocol_vectors.json"
 DOC = ROOT / "docs" / "protocol.md"
 
-IPV4_UDP = 28          # 20 bytes IPv4 header + 8 bytes UDP header
+IPV4_UDP = wire.IP_UDP_HEADERS   # 20 bytes IPv4 header + 8 bytes UDP header
 FRAMES_PER_S = 50      # one frame per 20 ms
 TRUNK_CALLS = (1, 2, 5, 10, 30)
 RTP_HEADER = 12
@@ -661,7 +659,7 @@ def main(argv=None):
         stale = [str(p.relative_to(ROOT)) for p, text in ((VECTORS, json_text), (DOC, doc))
                  if not p.exists() or p.read_text(encoding="utf-8") != text]
         if stale:
-            print("out of date: %s (run python -m tools.make_vectors)" % ", ".join(stale))
+            print("out of date: %s (run python -m upbx.tools.make_vectors)" % ", ".join(stale))
             return 1
         print("vectors and docs/protocol.md are up to date")
         return 0

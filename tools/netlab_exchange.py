@@ -12,8 +12,8 @@ import os
 import subprocess
 import time
 
-from tools.lab import ROOT, LoopbackExchange, audio_match, read_g711_record, upbx, write_noise_wav
-from tools.netlab import node_address
+from upbx.tools.lab import ROOT, LoopbackExchange, audio_match, read_g711_record, upbx, write_noise_wav
+from upbx.tools.netlab import node_address
 
 MAIN_PORT = 4569
 REMOTE_PORT = 4570

@@ -20,8 +20,8 @@ import sys
 import tempfile
 import time
 
-from host.config import ConfigError, load_phone_config, parse_hostport
-from tools.images import has_frozen_upbx
+from upbx.host.config import ConfigError, load_phone_config, parse_hostport
+from upbx.tools.images import has_frozen_upbx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,7 @@ def compiled_tree(march=None):
     march = march or NATIVE_MARCH
     if march is None:
         return None
-    from tools import build as build_tool
+    from upbx.tools import build as build_tool
     out = os.path.join(ROOT, "build", "unix-" + march)
     stamp = os.path.join(out, build_tool.MARKER)
     newest = max([os.path.getmtime(os.path.join(ROOT, rel)) for rel, _ in build_tool.sources(ROOT)]

@@ -19,8 +19,8 @@ import subprocess
 import tempfile
 import wave
 
-from tools.impair import Impairment, Relay
-from tools.lab import LoopbackExchange, read_g711_record, upbx, wav_frames_g711
+from upbx.tools.impair import Impairment, Relay
+from upbx.tools.lab import LoopbackExchange, read_g711_record, upbx, wav_frames_g711
 
 RATE = 8000
 LEVEL_DBOV = -26.0          # P.56 active speech level PESQ expects
@@ -201,7 +201,7 @@ def score_samples(samples, offsets, recording):
 def codec_ceiling(samples, codec="ulaw"):
     """Per-sample MOS of the samples through G.711 alone (common/g711.py, in-process)."""
     np = _numpy()
-    from common import g711
+    from upbx.common import g711
     enc, dec = ((g711.ulaw_encode_into, g711.ulaw_decode_into) if codec == "ulaw"
                 else (g711.alaw_encode_into, g711.alaw_decode_into))
     scores = []
@@ -227,7 +227,7 @@ def played_by_firmware(signal, gaps, codec="ulaw"):
     when the machine's timing, not the network, made the handset conceal. Calls under 65 s (the
     16-bit timestamps do not wrap)."""
     np = _numpy()
-    from common import g711
+    from upbx.common import g711
     from firmware.audio.plc import Concealer
     enc, dec = ((g711.ulaw_encode_into, g711.ulaw_decode_into) if codec == "ulaw"
                 else (g711.alaw_encode_into, g711.alaw_decode_into))

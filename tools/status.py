@@ -6,8 +6,8 @@ The socket comes from --socket, or from the control_socket key of the daemon's c
 import json
 import sys
 
-from host.config import ConfigError, load_main_config, load_remote_config
-from host.daemon import query_status
+from upbx.host.config import ConfigError, load_main_config, load_remote_config
+from upbx.host.daemon import query_status
 
 
 def add_arguments(parser):

@@ -8,7 +8,7 @@ and sys.path set like an ESP32's ('', '.frozen', 'lib'). mpremote drives it
 with `mpremote connect PATH resume ...`: the unix port exits on a soft reset,
 so never let mpremote reset it. pyserial opens PATH like a USB serial port.
 
-    python -m tools.vhandset --dir DEVICE_DIR [--link PATH] [--script main.py]
+    python -m upbx.tools.vhandset --dir DEVICE_DIR [--link PATH] [--script main.py]
 """
 import argparse
 import os
