@@ -163,6 +163,30 @@ def test_flash_to_a_missing_port_says_so(tmp_path):
     assert "no serial port %s: is the handset plugged in?" % (tmp_path / "ttyUSB0") in r.stderr
 
 
+def test_deploy_tries_the_raw_repl_again_then_names_the_port(tmp_path, monkeypatch):
+    """A board that does not answer Ctrl-A (here: nobody at all) makes mpremote give up after its 10 s;
+    the command never ran, so deploy tries it again (RAW_REPL_TRIES), saying so, then fails naming it."""
+    socat()
+    from upbx.tools import deploy
+    link = tmp_path / "tty"
+    silent = subprocess.Popen(["socat", "PTY,link=%s,raw,echo=0" % link, "EXEC:sleep 120,pty,raw,echo=0"],
+                              start_new_session=True)
+    monkeypatch.setattr(deploy, "RAW_REPL_TRIES", 2)
+    said = []
+    try:
+        deadline = time.monotonic() + 5
+        while not link.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(deploy.DeployError) as failed:
+            deploy.mpremote(str(link), "fs", "cp", __file__, ":x.py", log=said.append)
+    finally:
+        os.killpg(silent.pid, signal.SIGTERM)
+        silent.wait()
+    assert said == ["mpremote fs cp on %s: the board did not enter the raw REPL; trying again (2 of 2)" % link]
+    assert str(failed.value) == ("mpremote fs cp on %s failed: mpremote.transport.TransportError: could not enter "
+                                 "raw repl" % link)
+
+
 def test_flash_to_a_silent_port_gives_up_quickly(tmp_path):
     socat()
     bin_ = image(tmp_path / "mp.bin")

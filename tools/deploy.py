@@ -114,17 +114,29 @@ def make_config(wifi_ssid, wifi_password, host, extension, secret, board=None):
             "host": addr, "port": port, "extension": extension, "secret": raw.hex()}
 
 
-def mpremote(port, *command, timeout=MPREMOTE_TIMEOUT):
+# mpremote gives up when the board's answer to Ctrl-A is not there within its 10 s (a device busy
+# printing, a slow USB bridge, a loaded machine): the command then never ran, so it is tried again
+RAW_REPL_TRIES = 3
+
+
+def mpremote(port, *command, timeout=MPREMOTE_TIMEOUT, log=None):
     """Run one mpremote command against the port (never soft-resetting); returns stdout."""
     argv = [_mpremote_binary(), "connect", port, "resume"] + list(command)
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise DeployError("mpremote %s: no answer from %s within %ds" % (" ".join(command[:2]), port, timeout))
-    if proc.returncode != 0:
+    for attempt in range(1, RAW_REPL_TRIES + 1):
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DeployError("mpremote %s: no answer from %s within %ds" % (" ".join(command[:2]), port, timeout))
+        if proc.returncode == 0:
+            return proc.stdout
         detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        raise DeployError("mpremote %s on %s failed: %s" % (" ".join(command[:2]), port, detail[-1] if detail else "exit %d" % proc.returncode))
-    return proc.stdout
+        last = detail[-1] if detail else "exit %d" % proc.returncode
+        if "could not enter raw repl" not in last or attempt == RAW_REPL_TRIES:
+            break
+        if log:
+            log("mpremote %s on %s: the board did not enter the raw REPL; trying again (%d of %d)"
+                % (" ".join(command[:2]), port, attempt + 1, RAW_REPL_TRIES))
+    raise DeployError("mpremote %s on %s failed: %s" % (" ".join(command[:2]), port, last))
 
 
 def _mpremote_binary():
@@ -161,13 +173,13 @@ def deploy_frozen(port, board, config=None, reset=False, log=print):
     board_data = board_schema().load_board(board)
     if not pathlib.Path(port).exists():
         raise DeployError("no serial port %s: is the handset plugged in?" % port)
-    modules = mpremote(port, "exec", "help('modules')").split()
+    modules = mpremote(port, "exec", "help('modules')", log=log).split()
     missing = [m for m in FROZEN_MODULES if m not in modules]
     if missing:
         raise DeployError("--frozen: the MicroPython image on %s has no upbx firmware frozen in (no %s among its "
                           "modules): flash one built by `upbx build --image esp32 --board %s`, or deploy without "
                           "--frozen" % (port, ", ".join(missing), board_data["name"]))
-    removed = mpremote(port, "exec", REMOVE_PACKAGES).split()
+    removed = mpremote(port, "exec", REMOVE_PACKAGES, log=log).split()
     log("deploy: removed /common and /firmware (%s files and directories): they would shadow the frozen modules"
         % (int(removed[1]) + int(removed[2])))
     with tempfile.TemporaryDirectory(prefix="upbx-deploy-") as stage:
@@ -179,13 +191,13 @@ def deploy_frozen(port, board, config=None, reset=False, log=print):
             (stage / CONFIG_FILE).write_text(json.dumps(config) + "\n")
             files.append((stage / CONFIG_FILE, CONFIG_FILE))
         for local, remote in files:
-            mpremote(port, "fs", "cp", str(local), ":" + remote)
+            mpremote(port, "fs", "cp", str(local), ":" + remote, log=log)
         log("deploy: %s -> %s (the rest is frozen in the image)" % (", ".join(r for _, r in files), port))
     if board_data["mip_packages"]:
         log("deploy: not installing %s: the image has the board's packages frozen in"
             % " ".join(board_data["mip_packages"]))
     if reset:
-        mpremote(port, "reset")
+        mpremote(port, "reset", log=log)
     log("deploy: done")
     return board_data
 
@@ -210,23 +222,23 @@ def deploy(port, board, build_dir=build_tool.DEFAULT_OUT, src_root=ROOT, config=
         log("deploy: copying %s to %s" % (", ".join(p.name for p in entries), port))
         # ':.' and not ':' as the destination: mpremote's recursive cp tests whether
         # the destination exists, and '' does not exist on the unix port
-        mpremote(port, "fs", "cp", "-r", *copies, ":.")
-        mpremote(port, "fs", "cp", str(stage / BOARD_FILE), ":" + BOARD_FILE)
+        mpremote(port, "fs", "cp", "-r", *copies, ":.", log=log)
+        mpremote(port, "fs", "cp", str(stage / BOARD_FILE), ":" + BOARD_FILE, log=log)
         log("deploy: board %s -> %s" % (board_data["name"], BOARD_FILE))
         if config is not None:
             config = dict(config, board=board_data["name"])
             (stage / CONFIG_FILE).write_text(json.dumps(config) + "\n")
-            mpremote(port, "fs", "cp", str(stage / CONFIG_FILE), ":" + CONFIG_FILE)
+            mpremote(port, "fs", "cp", str(stage / CONFIG_FILE), ":" + CONFIG_FILE, log=log)
             log("deploy: configuration for extension %s (host %s:%d, Wi-Fi %r) -> %s"
                 % (config["extension"], config["host"], config["port"], config["wifi_ssid"], CONFIG_FILE))
     packages = board_data["mip_packages"]
     if packages and not offline:
         log("deploy: mip install %s from %s into %s/" % (" ".join(packages), index, LIB_DIR))
-        out = mpremote(port, "mip", "install", "--target", LIB_DIR, "--index", index, *packages)
+        out = mpremote(port, "mip", "install", "--target", LIB_DIR, "--index", index, *packages, log=log)
         log(out.rstrip())
     elif packages:
         log("deploy: --offline: not installing %s" % " ".join(packages))
     if reset:
-        mpremote(port, "reset")
+        mpremote(port, "reset", log=log)
     log("deploy: done")
     return board_data
