@@ -57,14 +57,14 @@ for _state in (CALLING, RINGBACK, CALLED, RINGING, CONNECTED):
 
 class CallLeg:
     """One end of one hop of a call. `call_no` is ours, `peer_call_no` the far end's (learnt from
-    its first message); frames we send carry the peer's number, frames we receive ours."""
+    its first message); frames we send carry the peer's number, frames we receive ours. The
+    phone holds one per call (common/phone.py), a host two per call it switches (host/switch.py)."""
 
-    __slots__ = ("call_no", "peer_call_no", "media_key", "media", "direct", "state",
+    __slots__ = ("call_no", "media_key", "media", "direct", "state",
                  "number", "name", "path", "started_ms", "link", "call")
 
     def __init__(self, call_no, media_key, role):
         self.call_no = call_no
-        self.peer_call_no = 0
         self.media_key = media_key        # issued by the end that sends SETUP (role 0)
         self.media = MediaLeg(media_key, role, call_no, 0)
         self.direct = None                # media that bypasses this hop: (MediaLeg, where), B2/B3
@@ -83,10 +83,14 @@ class CallLeg:
             self.state = state
         return state
 
+    @property
+    def peer_call_no(self):
+        """The far end's call number (0 until learnt): kept once, in the media leg that addresses frames with it."""
+        return self.media.peer_call_no
+
     def learn_peer(self, call_no):
         """The far end's call number, from its first message that names one."""
-        if call_no and not self.peer_call_no:
-            self.peer_call_no = call_no
+        if call_no and not self.media.peer_call_no:
             self.media.peer_call_no = call_no
 
     @property

@@ -15,7 +15,7 @@ import os
 
 from common import wire
 from common.login import UP, Login
-from common.phone import CONNECTED, Phone
+from common.phone import CONNECTED, RINGING, Ended, Phone, Sysinfo
 from host.config import load_main_config, load_remote_config
 from host.directory import Directory
 from host.log import StructuredLog
@@ -136,29 +136,25 @@ class PhoneEnd:
             self.ts += TICK_MS
         self.flush()
 
-    def events(self):
-        events, self.phone.events = self.phone.events, []
-        return events
-
     def take(self):
-        """The events since the last look, also kept in self.log."""
-        events = self.events()
+        """The phone's events since the last look (Phone.take_events), also kept in self.log."""
+        events = list(self.phone.take_events())
         self.log.extend(events)
         return events
 
     def sysinfo(self):
-        """The data of the last system information this phone was handed (its "sysinfo" event:
+        """The data of the last system information this phone was handed (its Sysinfo event:
         the phone keeps only the version, as a handset's heap must)."""
         self.take()
         for event in reversed(self.log):
-            if event[0] == "sysinfo":
-                return event[2]
+            if isinstance(event, Sysinfo):
+                return event.data
         return None
 
     def causes(self):
         """Causes of the calls this phone saw end (every call of the test, in order)."""
         self.take()
-        return [e[1] for e in self.log if e[0] == "ended"]
+        return [e.cause for e in self.log if isinstance(e, Ended)]
 
     @property
     def connected(self):
@@ -383,7 +379,7 @@ class World:
         a.flush()
 
         def up():
-            if b.phone.state == "ringing":
+            if b.phone.state == RINGING:
                 b.phone.answer(self.net.now)
                 b.flush()
             return a.connected and b.connected

@@ -11,7 +11,7 @@ import socket
 import time
 
 from common import wire
-from common.phone import CONNECTED, Phone
+from common.phone import CONNECTED, RINGING, Ended, Phone
 from host.directory import Directory
 from tools.bench_net import rss_kb
 from tools.lab import LoopbackExchange
@@ -38,10 +38,9 @@ class Handset:
             self.sock.sendto(datagram, self.host)
 
     def events(self):
-        for event in self.phone.events:
-            if event[0] == "ended":
+        for event in self.phone.take_events():
+            if isinstance(event, Ended):
                 self.ended.append(event)
-        self.phone.events = []
 
 
 def _host_address(lab, number):
@@ -134,7 +133,7 @@ def test_fifty_calls_among_200_phones_for_30_seconds():
         def answered():
             now = int(time.monotonic() * 1000)
             for _caller, callee in pairs:
-                if callee.phone.state == "ringing":
+                if callee.phone.state == RINGING:
                     callee.phone.answer(now)
                     callee.flush(now)
             return all(c.phone.state == CONNECTED and e.phone.state == CONNECTED for c, e in pairs)

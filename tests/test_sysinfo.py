@@ -76,7 +76,7 @@ class SimPhones:
                     timer = phone.next_timer()
                     if timer is not None and timer <= now:
                         phone.handle_timer(now)
-                    phone.events = []
+                    phone.take_events()
                     for datagram in phone.datagrams_to_send(now):
                         sock.sendto(datagram, self.host)
 

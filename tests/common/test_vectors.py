@@ -13,7 +13,7 @@ import json
 from binascii import hexlify, unhexlify
 
 from common import crypto, media, reliable, session, wire
-from common.login import UP, Login
+from common.login import UP, Login, LoginUp
 
 
 def _dir():
@@ -132,7 +132,7 @@ def test_login_state_machine_produces_the_handshake_vectors():
     assert client.receive(b(welcome["frame"]), 20) == []
     assert client.state == UP
     assert client.channel.peer_index == ies_from_json(welcome["ies"])[wire.IE_SESSION_INDEX]
-    assert client.events[-1] == ("up", ies_from_json(welcome["ies"]))
+    assert client.take_events() == [LoginUp(ies_from_json(welcome["ies"]))]
 
 
 def _session_cryptos():
