@@ -187,12 +187,12 @@ def test_trunk_frame_carries_many_calls():
     frame = bytearray(seal_trunk(session_auth, 9, [(leg, 20, bytes([leg.call_no & 0xFF]) * 160) for leg in senders], buf))
     assert len(frame) == 3 + 10 * 164 + 4
     by_call = dict((leg.call_no, leg) for leg in receivers)
-    extend = lambda call_no, ts16: by_call[call_no].extend(ts16) if call_no in by_call else None
+    extend = lambda call_no, ts16: extend16(by_call[call_no].replay.highest, ts16) if call_no in by_call else None
     entries = open_trunk(session_auth, frame, extend)
     assert [e[0] for e in entries] == [200 + i for i in range(1, 11)]
     for (call_no, ts, start, end), leg in zip(entries, receivers):
-        assert leg.open_entry(frame, ts, start, end) == 20
-        assert bytes(frame[start:end]) == bytes([(call_no - 100) & 0xFF]) * 160
+        assert bytes(leg.open_entry_bytes(frame, ts, start, end)) == bytes([(call_no - 100) & 0xFF]) * 160
+        assert leg.open_entry_bytes(frame, ts, start, end) is None     # replay
     frame[5] ^= 1
     assert open_trunk(session_auth, frame, extend) is None
 
