@@ -37,8 +37,8 @@ DTMF_SENT = const(9)
 DTMF_RECEIVED = const(10)
 TIMEOUT = const(11)     # no answer in time (set-up timer, ring timeout)
 
-# (state, event) -> new state. Anything not here is not legal.
-TRANSITIONS = {
+# The table: (state, event) -> new state. Anything not here is not legal.
+_TABLE = {
     (IDLE, SETUP_SENT): CALLING,
     (IDLE, SETUP_RECEIVED): CALLED,
     (CALLING, ALERTING_RECEIVED): RINGBACK,
@@ -52,7 +52,17 @@ TRANSITIONS = {
 }
 for _state in (CALLING, RINGBACK, CALLED, RINGING, CONNECTED):
     for _event in (RELEASE_SENT, RELEASE_RECEIVED, TIMEOUT):
-        TRANSITIONS[(_state, _event)] = RELEASED
+        _TABLE[(_state, _event)] = RELEASED
+
+# What apply() reads: the table as a matrix of bytes, the new state by state (row) and event
+# (column), _NONE where there is no transition. 84 bytes, where the dict and its 25 tuples take
+# 0.7 KB of a handset's heap; the dict itself goes once read.
+_EVENTS = const(12)     # events are numbered 1..11; column 0 is never legal
+_NONE = const(0xFF)
+_NEXT = bytearray(b"\xff" * (len(STATE_NAMES) * _EVENTS))
+for (_state, _event), _new in _TABLE.items():
+    _NEXT[_state * _EVENTS + _event] = _new
+del _TABLE, _state, _event, _new
 
 
 class CallLeg:
@@ -78,9 +88,12 @@ class CallLeg:
 
     def apply(self, event):
         """Take the transition for event; the new state, or None (leg unchanged) when not legal."""
-        state = TRANSITIONS.get((self.state, event))
-        if state is not None:
-            self.state = state
+        if not 0 < event < _EVENTS:
+            return None
+        state = _NEXT[self.state * _EVENTS + event]
+        if state == _NONE:
+            return None
+        self.state = state
         return state
 
     @property
@@ -92,10 +105,3 @@ class CallLeg:
         """The far end's call number, from its first message that names one."""
         if call_no and not self.media.peer_call_no:
             self.media.peer_call_no = call_no
-
-    @property
-    def live(self):
-        return self.state != IDLE and self.state != RELEASED
-
-    def __repr__(self):
-        return "<CallLeg %d->%d %s>" % (self.call_no, self.peer_call_no, STATE_NAMES[self.state])

@@ -24,15 +24,14 @@ _HANDSHAKE_TRIES = const(4)
 
 class Event:
     """What a sans-IO object tells its owner (h11's events): a small class whose fields are its
-    __slots__. Events of one kind with equal fields are equal, so tests can compare them."""
+    __slots__, given in that order (Ended(cause)). Nothing more (no __eq__, no __repr__): each
+    method is heap on a handset."""
 
     __slots__ = ()
 
-    def __eq__(self, other):
-        return type(other) is type(self) and all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
-
-    def __repr__(self):
-        return "%s(%s)" % (type(self).__name__, ", ".join(repr(getattr(self, f)) for f in self.__slots__))
+    def __init__(self, *values):
+        for name, value in zip(self.__slots__, values):   # one __init__ for all: a handset's heap
+            setattr(self, name, value)
 
 
 class LoginUp(Event):
@@ -40,17 +39,11 @@ class LoginUp(Event):
 
     __slots__ = ("welcome",)
 
-    def __init__(self, welcome):
-        self.welcome = welcome
-
 
 class LoginDown(Event):
     """The session is gone (reason: text); the login waits, then logs in again."""
 
     __slots__ = ("reason",)
-
-    def __init__(self, reason):
-        self.reason = reason
 
 
 class Login:

@@ -16,8 +16,7 @@ from common import wire
 from common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
                          DTMF_RECEIVED, DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, RINGBACK, RINGING,
                          SETUP_RECEIVED, SETUP_SENT, TIMEOUT, CallLeg)
-from common.chunks import Reassembly
-from common.compat import const, ticks_diff
+from common.compat import const, forget, ticks_diff
 from common.login import UP, Event, Login, LoginUp
 from common.media import MediaLeg
 
@@ -32,10 +31,6 @@ class Incoming(Event):
     """A call is ringing here: from number (and the caller's name, "" when none)."""
     __slots__ = ("number", "name")
 
-    def __init__(self, number, name):
-        self.number = number
-        self.name = name
-
 
 class Ringback(Event):
     """The called phone is ringing."""
@@ -46,33 +41,20 @@ class Connected(Event):
     """The call is answered; path: "relay" (through the hosts) or "local" (phone to phone, B3)."""
     __slots__ = ("path",)
 
-    def __init__(self, path):
-        self.path = path
-
 
 class Ended(Event):
     """The call is over (cause: a wire.CAUSE_* code)."""
     __slots__ = ("cause",)
-
-    def __init__(self, cause):
-        self.cause = cause
 
 
 class Dtmf(Event):
     """The far end sent a keypad digit."""
     __slots__ = ("digit",)
 
-    def __init__(self, digit):
-        self.digit = digit
-
 
 class Sysinfo(Event):
     """A new version of the system information (data: its JSON bytes, which the phone does not keep)."""
     __slots__ = ("version", "data")
-
-    def __init__(self, version, data):
-        self.version = version
-        self.data = data
 
 
 class Phone:
@@ -85,7 +67,7 @@ class Phone:
         self.call = None              # the CallLeg of the call, None when there is none
         self._events = []
         self.sysinfo_version = None   # the data itself goes with the Sysinfo event, not kept here
-        self._sysinfo = Reassembly(_SYSINFO_MAX_CHUNKS)
+        self._sysinfo = None          # a common.chunks.Reassembly while a transfer is under way
         self._next_call_no = (random_bytes(1)[0] % 100) + 1
         self.dropped = 0
         self.frame_to = None     # where seal_frame's frame goes: None for the host, else the LAN peer
@@ -297,10 +279,16 @@ class Phone:
         call.path = "local"
 
     def _sysinfo_chunk(self, ies, now):
-        data = self._sysinfo.add(ies)
+        chunks = self._sysinfo
+        if chunks is None:   # common.chunks is loaded for a transfer, and let go after it (docs/handset.md)
+            from common.chunks import Reassembly
+            chunks = self._sysinfo = Reassembly(_SYSINFO_MAX_CHUNKS)
+        data = chunks.add(ies)
         if data is None:
             return
-        version = self._sysinfo.version
+        version = chunks.version
+        self._sysinfo = None
+        forget("common.chunks")
         self.sysinfo_version = version
         self.login.send(wire.SYSINFO_ACK, {wire.IE_VERSION: version}, now)
         self._events.append(Sysinfo(version, data))
