@@ -2,20 +2,20 @@
 
     phone = Phone("201", secret, os.urandom)
     phone.start(now); phone.dial("301", now); phone.answer(now); phone.hangup(now)
-    phone.receive(datagram, now) -> (ts, payload) for an authentic media frame, else None
-    phone.seal_media(ts, payload) -> (frame, address or None for the host)
+    phone.receive(datagram, now) -> ts of an authentic media frame (decrypted in place), else None
+    phone.seal_frame(ts, payload) -> a mini frame of our call (or None); phone.frame_to: where it goes
     phone.datagrams_to_send(now) -> signalling for the host
     phone.take_events() -> the events since the last call, oldest first:
         LoginUp (registered)  LoginDown(reason) (registration lost)  Incoming(number, name)
         Ringback  Connected(path)  Ended(cause)  Dtmf(digit)  Sysinfo(version, data)
 
-The call is a common.call.CallLeg (its states are re-exported here for the firmware): its state moves only by the transitions in common/call.py's
+The call is a common.call.CallLeg (its states are common.call's): its state moves only by the transitions in common/call.py's
 table; a message the table does not allow in the call's state is dropped and counted.
 """
 from common import wire
 from common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
-                         DTMF_RECEIVED, DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, RINGBACK, RINGING,
-                         SETUP_RECEIVED, SETUP_SENT, TIMEOUT, CallLeg)
+                         DTMF_RECEIVED, DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, SETUP_RECEIVED, SETUP_SENT,
+                         TIMEOUT, CallLeg)
 from common.compat import const, forget, ticks_diff
 from common.login import UP, Event, Login, LoginUp
 from common.media import MediaLeg
@@ -155,11 +155,6 @@ class Phone:
 
     # media
 
-    def seal_media(self, ts, payload):
-        """(frame, address) for one frame of our call; address None means the host."""
-        frame = self.seal_frame(ts, payload)
-        return frame, (self.frame_to if frame is not None else None)
-
     def seal_frame(self, ts, payload):
         """The mini frame (a view of a buffer reused per frame) carrying one frame of our call, or None;
         `frame_to` is then where it goes (None: the host). Allocates nothing: the handset's media path."""
@@ -193,19 +188,14 @@ class Phone:
             self.dropped += 1
         return ts
 
-    def _media_in(self, frame):
-        ts = self.open_media(frame)
-        if ts is None:
-            return None
-        return ts, memoryview(frame)[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]
-
     # signalling in
 
     def receive(self, datagram, now):
-        """Handle one datagram; returns (ts, payload view) for media, else None. Raises DecodeError."""
+        """Handle one datagram (a writable buffer): for a media frame, open_media(datagram) (its payload is
+        then datagram[MINI_HEADER:-MEDIA_TAG]); signalling returns None. Raises DecodeError."""
         kind = wire.frame_kind(datagram)
         if kind == wire.KIND_MINI:
-            return self._media_in(datagram)
+            return self.open_media(datagram)
         if kind != wire.KIND_FULL:
             self.dropped += 1
             return None

@@ -24,9 +24,9 @@ import time
 
 from common import wire
 from common.compat import const, ticks_add, ticks_diff, ticks_earliest
-from common.call import STATE_NAMES
+from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
 from common.login import LoginDown, LoginUp
-from common.phone import CONNECTED, IDLE, Connected, Dtmf, Ended, Incoming, Phone, Ringback, RINGING, Sysinfo
+from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 from firmware.hal import rarely

@@ -15,7 +15,8 @@ import os
 
 from common import wire
 from common.login import UP, Login
-from common.phone import CONNECTED, RINGING, Ended, Phone, Sysinfo
+from common.call import CONNECTED, RINGING
+from common.phone import Ended, Phone, Sysinfo
 from host.config import load_main_config, load_remote_config
 from host.directory import Directory
 from host.log import StructuredLog
@@ -113,9 +114,9 @@ class PhoneEnd:
         if self.net.now < self.deaf_until:
             self.dropped_in += 1
             return
-        got = self.phone.receive(bytearray(data), self.net.now)
-        if got is not None:
-            self.received.append(bytes(got[1]))
+        frame = bytearray(data)
+        if self.phone.receive(frame, self.net.now) is not None:   # media, opened in place
+            self.received.append(bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]))
         self.flush()
 
     def flush(self):
@@ -129,10 +130,10 @@ class PhoneEnd:
             self.phone.handle_timer(now)
         if self.phone.state == CONNECTED:
             payload = ("%s %d" % (self.number, self.ts)).encode().ljust(wire.VOICE_BYTES, b".")
-            frame, address = self.phone.seal_media(self.ts, payload)
+            frame = self.phone.seal_frame(self.ts, payload)
             if frame is not None:
                 self.sent.append(payload)
-                self.net.send(frame, self.address, address or self.host)
+                self.net.send(frame, self.address, self.phone.frame_to or self.host)
             self.ts += TICK_MS
         self.flush()
 

@@ -26,7 +26,8 @@ import sys
 import types
 
 from common import wire
-from common.phone import CONNECTED, IDLE, Ended, Incoming
+from common.call import CONNECTED, IDLE
+from common.phone import Ended, Incoming
 from host.log import StructuredLog
 from tests.inprocess import MAIN, World
 

@@ -11,7 +11,8 @@ import socket
 import time
 
 from common import wire
-from common.phone import CONNECTED, RINGING, Ended, Phone
+from common.call import CONNECTED, RINGING
+from common.phone import Ended, Phone
 from host.directory import Directory
 from tools.bench_net import rss_kb
 from tools.lab import LoopbackExchange
@@ -82,9 +83,9 @@ def _drive(handsets, seconds, until=None, media=False, ts=None):
                     if timer is not None and timer <= now:
                         h.phone.handle_timer(now)
                     if media and h.phone.state == CONNECTED:
-                        frame, address = h.phone.seal_media(ts[0], payload)
+                        frame = h.phone.seal_frame(ts[0], payload)
                         if frame is not None:
-                            h.sock.sendto(frame, address or h.host)
+                            h.sock.sendto(frame, h.phone.frame_to or h.host)
                             h.sent += 1
                     h.flush(now)
                     h.events()

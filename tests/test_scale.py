@@ -5,7 +5,7 @@
 record. tests/test_load.py runs 200 phones on real sockets for 30 s (loss, memory growth).
 """
 from common import wire
-from common.phone import RINGING
+from common.call import RINGING
 from host.directory import Directory
 from tests.inprocess import World
 

@@ -19,7 +19,8 @@ import time
 import pytest
 
 from common import wire
-from common.phone import CONNECTED, Incoming
+from common.call import CONNECTED
+from common.phone import Incoming
 from host.directory import Directory
 from tests.intruder import Intruder, Tap
 from tools.lab import ROOT, LoopbackExchange, audio_match, place_call, upbx, write_noise_wav
