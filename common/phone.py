@@ -9,8 +9,9 @@
         LoginUp (registered)  LoginDown(reason) (registration lost)  Incoming(number, name)
         Ringback  Connected(path)  Ended(cause)  Dtmf(digit)  Sysinfo(version, data)
 
-The call is a common.call.CallLeg (its states are common.call's): its state moves only by the transitions in common/call.py's
-table; a message the table does not allow in the call's state is dropped and counted.
+The call is a common.call.CallLeg (the states are common.call's): its state moves only by the
+transitions of common/call.py's table; a call message the table does not allow in the call's
+state is dropped and counted in `dropped`.
 """
 from common import wire
 from common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
