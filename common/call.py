@@ -37,8 +37,8 @@ DTMF_SENT = const(9)
 DTMF_RECEIVED = const(10)
 TIMEOUT = const(11)     # no answer in time (set-up timer, ring timeout)
 
-# (state, event) -> new state. Anything not here is not legal.
-TRANSITIONS = {
+# The table: (state, event) -> new state. Anything not here is not legal.
+_TABLE = {
     (IDLE, SETUP_SENT): CALLING,
     (IDLE, SETUP_RECEIVED): CALLED,
     (CALLING, ALERTING_RECEIVED): RINGBACK,
@@ -52,19 +52,29 @@ TRANSITIONS = {
 }
 for _state in (CALLING, RINGBACK, CALLED, RINGING, CONNECTED):
     for _event in (RELEASE_SENT, RELEASE_RECEIVED, TIMEOUT):
-        TRANSITIONS[(_state, _event)] = RELEASED
+        _TABLE[(_state, _event)] = RELEASED
+
+# What apply() reads: the table as a matrix of bytes, the new state by state (row) and event
+# (column), _NONE where there is no transition. 84 bytes, where the dict and its 25 tuples take
+# 0.7 KB of a handset's heap; the dict itself goes once read.
+_EVENTS = const(12)     # events are numbered 1..11; column 0 is never legal
+_NONE = const(0xFF)
+_NEXT = bytearray(b"\xff" * (len(STATE_NAMES) * _EVENTS))
+for (_state, _event), _new in _TABLE.items():
+    _NEXT[_state * _EVENTS + _event] = _new
+del _TABLE, _state, _event, _new
 
 
 class CallLeg:
     """One end of one hop of a call. `call_no` is ours, `peer_call_no` the far end's (learnt from
-    its first message); frames we send carry the peer's number, frames we receive ours."""
+    its first message); frames we send carry the peer's number, frames we receive ours. The
+    phone holds one per call (common/phone.py), a host two per call it switches (host/switch.py)."""
 
-    __slots__ = ("call_no", "peer_call_no", "media_key", "media", "direct", "state",
+    __slots__ = ("call_no", "media_key", "media", "direct", "state",
                  "number", "name", "path", "started_ms", "link", "call")
 
     def __init__(self, call_no, media_key, role):
         self.call_no = call_no
-        self.peer_call_no = 0
         self.media_key = media_key        # issued by the end that sends SETUP (role 0)
         self.media = MediaLeg(media_key, role, call_no, 0)
         self.direct = None                # media that bypasses this hop: (MediaLeg, where), B2/B3
@@ -78,20 +88,20 @@ class CallLeg:
 
     def apply(self, event):
         """Take the transition for event; the new state, or None (leg unchanged) when not legal."""
-        state = TRANSITIONS.get((self.state, event))
-        if state is not None:
-            self.state = state
+        if not 0 < event < _EVENTS:
+            return None
+        state = _NEXT[self.state * _EVENTS + event]
+        if state == _NONE:
+            return None
+        self.state = state
         return state
+
+    @property
+    def peer_call_no(self):
+        """The far end's call number (0 until learnt): kept once, in the media leg that addresses frames with it."""
+        return self.media.peer_call_no
 
     def learn_peer(self, call_no):
         """The far end's call number, from its first message that names one."""
-        if call_no and not self.peer_call_no:
-            self.peer_call_no = call_no
+        if call_no and not self.media.peer_call_no:
             self.media.peer_call_no = call_no
-
-    @property
-    def live(self):
-        return self.state != IDLE and self.state != RELEASED
-
-    def __repr__(self):
-        return "<CallLeg %d->%d %s>" % (self.call_no, self.peer_call_no, STATE_NAMES[self.state])

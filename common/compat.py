@@ -1,7 +1,7 @@
 """The one place where MicroPython and CPython differ for common/.
 
-Everything else in common/ imports `const`, `MICROPYTHON`, `sha256`, `compare_digest` and
-the tick arithmetic from here. Where a whole implementation differs, the CPython one is a module
+Everything else in common/ imports `const`, `MICROPYTHON`, `sha256`, `compare_digest`,
+`forget` and the tick arithmetic from here. Where a whole implementation differs, the CPython one is a module
 of its own that a handset never loads (common/crypto_cpython.py, common/g711_cpython.py).
 
 Time in common/ (and firmware/) is integer milliseconds passed in. On a handset that is
@@ -40,6 +40,20 @@ def ticks_earliest(a, b):
     if b is None or ticks_diff(a, b) <= 0:
         return a
     return b
+
+
+def forget(name):
+    """Let the module `name` ("common.chunks") go once a handset is done with it: out of sys.modules
+    and its package, so that its code leaves the heap until the next use imports it again (code a
+    handset runs rarely is not worth keeping in a small heap). CPython keeps it: a host uses it."""
+    if MICROPYTHON:
+        import sys
+        if sys.modules.pop(name, None) is not None:
+            package, attr = name.rsplit(".", 1)
+            try:
+                delattr(sys.modules[package], attr)
+            except (KeyError, AttributeError):
+                pass
 
 
 def compare_digest(a, b):

@@ -3,6 +3,8 @@
 Used by phones (to their remote host or the main host) and by remote hosts
 (to the main host). Sans-IO: bytes and integer milliseconds in, bytes and
 timers out; times are compared with ticks_diff (a handset's clock wraps). Randomness (nonces, backoff jitter) comes from `random_bytes`.
+
+    login.take_events() -> [LoginUp(welcome ies) | LoginDown(reason)] since the last call
 """
 from . import wire
 from .compat import const, ticks_add, ticks_diff, ticks_earliest
@@ -20,6 +22,30 @@ _HANDSHAKE_RETRY_MS = const(1000)
 _HANDSHAKE_TRIES = const(4)
 
 
+class Event:
+    """What a sans-IO object tells its owner (h11's events): a small class whose fields are its
+    __slots__, given in that order (Ended(cause)). Nothing more (no __eq__, no __repr__): each
+    method is heap on a handset."""
+
+    __slots__ = ()
+
+    def __init__(self, *values):
+        for name, value in zip(self.__slots__, values):   # one __init__ for all: a handset's heap
+            setattr(self, name, value)
+
+
+class LoginUp(Event):
+    """Logged in; welcome: the IEs of the server's WELCOME. For a phone: registered."""
+
+    __slots__ = ("welcome",)
+
+
+class LoginDown(Event):
+    """The session is gone (reason: text); the login waits, then logs in again."""
+
+    __slots__ = ("reason",)
+
+
 class Login:
     """One client association with a server, identified by our receive index."""
 
@@ -33,14 +59,16 @@ class Login:
         self.keepalive_ms = keepalive_ms
         self.backoff_initial_ms = backoff_initial_ms
         self.backoff_max_ms = backoff_max_ms
-        # liveness: when UP and nothing authenticated was heard from the server for
-        # keepalive_ms + dead_ms, the session is down (None: only when the channel gives up, ~15 s)
+        # liveness: when UP and nothing new was heard from the server for keepalive_ms + dead_ms,
+        # the session is down (None: only when the channel gives up, ~15 s). New: a frame that
+        # authenticates and is not a replay or a duplicate (Channel.new), so an old frame replayed
+        # by someone on the path does not keep a dead session alive.
         self.dead_ms = dead_ms
         self.last_heard_ms = None
         self._hs_key = None         # the handshake key, derived at each login and dropped once up
         self.state = IDLE
         self.channel = None
-        self.events = []            # ("up", welcome_ies) / ("down", reason)
+        self._events = []
         self._out = []
         self._timer = None
         self._tries = 0
@@ -49,6 +77,14 @@ class Login:
         self._cookie = None
         self._keepalive_at = None
         self.logins = 0
+
+    def take_events(self):
+        """The events since the last call, oldest first ([LoginUp | LoginDown])."""
+        events = self._events
+        if not events:
+            return ()
+        self._events = []
+        return events
 
     # control
 
@@ -109,7 +145,7 @@ class Login:
 
     def _down(self, reason, now, since=None):
         """Wait, then log in again; `since` (the last HELLO) keeps HELLOs at most one backoff apart."""
-        self.events.append(("down", reason))
+        self._events.append(LoginDown(reason))
         self.state = BACKOFF
         self.channel = None
         at = ticks_add(now if since is None else since, self.backoff_wait_ms())
@@ -142,9 +178,9 @@ class Login:
             return []
         if self.channel is None or msg_type in wire.HANDSHAKE_TYPES:
             return []
-        before = self.channel.authenticated
+        before = self.channel.new
         messages = self.channel.receive(datagram, now)
-        if self.channel.authenticated != before:
+        if self.channel.new != before:
             self.last_heard_ms = now
         out = []
         for msg_type, ies in messages:
@@ -159,7 +195,7 @@ class Login:
                 self.last_heard_ms = now
                 self._timer = None
                 self._hs_key = None   # not needed until the next login (a handset's heap is small)
-                self.events.append(("up", ies))
+                self._events.append(LoginUp(ies))
             elif self.state == UP:
                 out.append((msg_type, ies))
         return out

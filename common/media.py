@@ -7,7 +7,7 @@ it, so no two legs ever share a keystream. The timestamp, extended to 64 bits,
 is the packet number: it makes the counter-mode nonce and drives the replay window.
 
 Trunk frames (host to host) live in common/trunk.py, which also gives MediaLeg its trunk-entry
-methods (seal_entry, open_entry, open_entry_bytes, extend). A handset never sends or receives
+methods (seal_entry, open_entry_bytes). A handset never sends or receives
 a trunk frame and never loads that module; on CPython (the hosts) it is imported at the end of
 this one, and on MicroPython at the first use of one of its names here (`__getattr__`).
 """

@@ -2,42 +2,60 @@
 
     phone = Phone("201", secret, os.urandom)
     phone.start(now); phone.dial("301", now); phone.answer(now); phone.hangup(now)
-    phone.receive(datagram, now) -> (ts, payload) for an authentic media frame, else None
-    phone.seal_media(ts, payload) -> (frame, address or None for the host)
+    phone.receive(datagram, now) -> ts of an authentic media frame (decrypted in place), else None
+    phone.seal_frame(ts, payload) -> a mini frame of our call (or None); phone.frame_to: where it goes
     phone.datagrams_to_send(now) -> signalling for the host
-    phone.events: ("registered",) ("incoming", number, name) ("ringback",) ("connected", path)
-                  ("ended", cause) ("dtmf", digit) ("sysinfo", version, data) ("unregistered", reason)
+    phone.take_events() -> the events since the last call, oldest first:
+        LoginUp (registered)  LoginDown(reason) (registration lost)  Incoming(number, name)
+        Ringback  Connected(path)  Ended(cause)  Dtmf(digit)  Sysinfo(version, data)
+
+The call is a common.call.CallLeg (the states are common.call's): its state moves only by the
+transitions of common/call.py's table; a call message the table does not allow in the call's
+state is dropped and counted in `dropped`.
 """
 from . import wire
-from .compat import const, ticks_diff
-from .login import UP, Login
+from .call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
+                         DTMF_RECEIVED, DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, SETUP_RECEIVED, SETUP_SENT,
+                         TIMEOUT, CallLeg)
+from .compat import const, forget, ticks_diff
+from .login import UP, Event, Login, LoginUp
 from .media import MediaLeg
 
-IDLE = "idle"
-DIALING = "dialing"
-RINGBACK = "ringback"
-RINGING = "ringing"
-CONNECTED = "connected"
-
 _SETUP_TIMEOUT_MS = const(20000)
+_SYSINFO_MAX_CHUNKS = const(64)   # 16 KB: more than a handset keeps for its system information
+# what a call message from the host is, to the call's state machine
+_RECEIVED = {wire.ALERTING: ALERTING_RECEIVED, wire.ANSWER: ANSWER_RECEIVED, wire.RELEASE: RELEASE_RECEIVED,
+             wire.DTMF: DTMF_RECEIVED}
 
 
-class PhoneCall:
-    def __init__(self, call_no, media_key, role, number, name=""):
-        self.call_no = call_no
-        self.peer_call_no = 0
-        self.media = MediaLeg(media_key, role, call_no, 0)
-        self.media_key = media_key
-        self.direct = None           # (MediaLeg, address): B3 local media straight to the other phone
-        self.number = number
-        self.name = name
-        self.path = "relay"
-        self.started_ms = 0
+class Incoming(Event):
+    """A call is ringing here: from number (and the caller's name, "" when none)."""
+    __slots__ = ("number", "name")
 
-    def learn_peer(self, call_no):
-        if call_no and not self.peer_call_no:
-            self.peer_call_no = call_no
-            self.media.peer_call_no = call_no
+
+class Ringback(Event):
+    """The called phone is ringing."""
+    __slots__ = ()
+
+
+class Connected(Event):
+    """The call is answered; path: "relay" (through the hosts) or "local" (phone to phone, B3)."""
+    __slots__ = ("path",)
+
+
+class Ended(Event):
+    """The call is over (cause: a wire.CAUSE_* code)."""
+    __slots__ = ("cause",)
+
+
+class Dtmf(Event):
+    """The far end sent a keypad digit."""
+    __slots__ = ("digit",)
+
+
+class Sysinfo(Event):
+    """A new version of the system information (data: its JSON bytes, which the phone does not keep)."""
+    __slots__ = ("version", "data")
 
 
 class Phone:
@@ -47,12 +65,10 @@ class Phone:
         index = (random_bytes(2)[0] << 8 | random_bytes(1)[0]) + 1
         self.login = Login(wire.IE_EXTENSION, extension, secret, index, random_bytes, keepalive_ms=keepalive_ms,
                            backoff_initial_ms=1000, backoff_max_ms=backoff_max_ms, dead_ms=dead_ms)
-        self.call = None
-        self.state = IDLE
-        self.events = []
-        self.sysinfo_version = None   # the data itself goes with the "sysinfo" event, not kept here
-        self._chunks = {}
-        self._chunk_version = None
+        self.call = None              # the CallLeg of the call, None when there is none
+        self._events = []
+        self.sysinfo_version = None   # the data itself goes with the Sysinfo event, not kept here
+        self._sysinfo = None          # a common.chunks.Reassembly while a transfer is under way
         self._next_call_no = (random_bytes(1)[0] % 100) + 1
         self.dropped = 0
         self.frame_to = None     # where seal_frame's frame goes: None for the host, else the LAN peer
@@ -60,6 +76,20 @@ class Phone:
     @property
     def registered(self):
         return self.login.state == UP
+
+    @property
+    def state(self):
+        """The call's state (common.call: IDLE, CALLING, RINGBACK, RINGING, CONNECTED ...); IDLE with no call."""
+        call = self.call
+        return IDLE if call is None else call.state
+
+    def take_events(self):
+        """The events since the last call, oldest first (an empty tuple, allocating nothing, when none)."""
+        events = self._events
+        if not events:
+            return ()
+        self._events = []
+        return events
 
     # user actions
 
@@ -72,35 +102,42 @@ class Phone:
             self.hangup(now)
         self.login.send(wire.BYE, {}, now)
 
+    def _new_call(self, media_key, role, now):
+        self._next_call_no = self._next_call_no % wire.MAX_CALL_NO + 1
+        call = CallLeg(self._next_call_no, media_key, role)
+        call.started_ms = now
+        return call
+
     def dial(self, number, now):
         if self.call is not None or not self.registered:
             return False
-        self._next_call_no = self._next_call_no % wire.MAX_CALL_NO + 1
-        call = PhoneCall(self._next_call_no, self.random_bytes(16), 0, number)
-        call.started_ms = now
-        self.call = call
-        self.state = DIALING
+        call = self.call = self._new_call(self.random_bytes(16), 0, now)
+        call.number = number
         self.login.send(wire.SETUP, {wire.IE_CALL_NO: call.call_no, wire.IE_CALLED: number,
                                      wire.IE_MEDIA_KEY: call.media_key}, now)
+        call.apply(SETUP_SENT)
         return True
 
     def answer(self, now):
-        if self.state != RINGING:
+        call = self.call
+        if call is None or call.apply(ANSWER_SENT) is None:
             return False
-        self.state = CONNECTED
         self._send(wire.ANSWER, {}, now)
-        self.events.append(("connected", self.call.path))
+        self._events.append(Connected(call.path))
         return True
 
     def hangup(self, now):
-        if self.call is None:
+        call = self.call
+        if call is None:
             return False
+        call.apply(RELEASE_SENT)
         self._send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NORMAL}, now)
         self._end(wire.CAUSE_NORMAL)
         return True
 
     def dtmf(self, digit, now):
-        if self.state != CONNECTED:
+        call = self.call
+        if call is None or call.apply(DTMF_SENT) is None:
             return False
         self._send(wire.DTMF, {wire.IE_DIGIT: digit}, now)
         return True
@@ -113,28 +150,23 @@ class Phone:
         self.login.send(msg_type, ies, now)
 
     def _end(self, cause):
+        """The call (already RELEASED by its last transition) is gone."""
         self.call = None
-        self.state = IDLE
-        self.events.append(("ended", cause))
+        self._events.append(Ended(cause))
 
     # media
-
-    def seal_media(self, ts, payload):
-        """(frame, address) for one frame of our call; address None means the host."""
-        frame = self.seal_frame(ts, payload)
-        return frame, (self.frame_to if frame is not None else None)
 
     def seal_frame(self, ts, payload):
         """The mini frame (a view of a buffer reused per frame) carrying one frame of our call, or None;
         `frame_to` is then where it goes (None: the host). Allocates nothing: the handset's media path."""
         call = self.call
-        if call is None or self.state != CONNECTED:
+        if call is None or call.state != CONNECTED:
             return None
         direct = call.direct
         if direct is not None:
             self.frame_to = direct[1]
             return direct[0].seal_mini(ts, payload)
-        if not call.peer_call_no:
+        if not call.media.peer_call_no:
             return None
         self.frame_to = None
         return call.media.seal_mini(ts, payload)
@@ -157,100 +189,100 @@ class Phone:
             self.dropped += 1
         return ts
 
-    def _media_in(self, frame):
-        ts = self.open_media(frame)
-        if ts is None:
-            return None
-        return ts, memoryview(frame)[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]
-
     # signalling in
 
     def receive(self, datagram, now):
-        """Handle one datagram; returns (ts, payload view) for media, else None. Raises DecodeError."""
+        """Handle one datagram (a writable buffer): for a media frame, open_media(datagram) (its payload is
+        then datagram[MINI_HEADER:-MEDIA_TAG]); signalling returns None. Raises DecodeError."""
         kind = wire.frame_kind(datagram)
         if kind == wire.KIND_MINI:
-            return self._media_in(datagram)
+            return self.open_media(datagram)
         if kind != wire.KIND_FULL:
             self.dropped += 1
             return None
-        before = self.login.state
         for msg_type, ies in self.login.receive(datagram, now):
             self._message(msg_type, ies, now)
-        self._login_events(before)
+        self._login_events()
         return None
 
-    def _login_events(self, before):
-        for event, detail in self.login.events:
-            if event == "up":
-                self.events.append(("registered",))
-            else:
-                if self.call is not None:
-                    self._end(wire.CAUSE_UNREACHABLE)
-                self.events.append(("unregistered", detail))
-        self.login.events = []
+    def _login_events(self):
+        """The login's events are the phone's (LoginUp: registered); a call does not outlive the session."""
+        for event in self.login.take_events():
+            if type(event) is not LoginUp and self.call is not None:
+                self.call.apply(TIMEOUT)
+                self._end(wire.CAUSE_UNREACHABLE)
+            self._events.append(event)
 
     def _message(self, msg_type, ies, now):
-        call = self.call
         if msg_type == wire.SYSINFO:
             self._sysinfo_chunk(ies, now)
-            return
-        if msg_type == wire.SETUP:
-            if call is not None:
-                self.login.send(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies.get(wire.IE_CALL_NO, 1),
-                                               wire.IE_CAUSE: wire.CAUSE_BUSY}, now)
+        elif msg_type == wire.SETUP:
+            self._setup(ies, now)
+        else:
+            call = self.call
+            if call is None or ies.get(wire.IE_PEER_CALL_NO) != call.call_no:
+                if msg_type != wire.PING and msg_type != wire.ACK:
+                    self.dropped += 1
                 return
-            if wire.IE_MEDIA_KEY not in ies or wire.IE_CALL_NO not in ies:
-                self.dropped += 1
-                return
-            self._next_call_no = self._next_call_no % wire.MAX_CALL_NO + 1
-            call = PhoneCall(self._next_call_no, ies[wire.IE_MEDIA_KEY], 1,
-                             ies.get(wire.IE_CALLING, ""), ies.get(wire.IE_CALLING_NAME, ""))
-            call.learn_peer(ies[wire.IE_CALL_NO])
-            call.started_ms = now
-            if ies.get(wire.IE_PATH) == wire.PATH_LOCAL:
-                call.path = "local"
-            self.call = call
-            self.state = RINGING
-            self._send(wire.ALERTING, {}, now)
-            self.events.append(("incoming", call.number, call.name))
+            call.learn_peer(ies.get(wire.IE_CALL_NO))
+            if msg_type == wire.MEDIA_PEER:
+                self._media_peer(call, ies)
+            elif call.apply(_RECEIVED.get(msg_type, 0)) is None:
+                self.dropped += 1          # not a call message, or out of turn (common/call.py)
+            elif msg_type == wire.ALERTING:
+                self._events.append(Ringback())
+            elif msg_type == wire.ANSWER:
+                self._events.append(Connected(call.path))
+            elif msg_type == wire.RELEASE:
+                self._end(ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL))
+            else:
+                self._events.append(Dtmf(ies.get(wire.IE_DIGIT, "")))
+
+    def _setup(self, ies, now):
+        if self.call is not None:
+            self.login.send(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies.get(wire.IE_CALL_NO, 1),
+                                           wire.IE_CAUSE: wire.CAUSE_BUSY}, now)
             return
-        if call is None or ies.get(wire.IE_PEER_CALL_NO) != call.call_no:
-            if msg_type not in (wire.PING, wire.ACK):
-                self.dropped += 1
+        if wire.IE_MEDIA_KEY not in ies or wire.IE_CALL_NO not in ies:
+            self.dropped += 1
             return
-        call.learn_peer(ies.get(wire.IE_CALL_NO))
-        if msg_type == wire.ALERTING and self.state == DIALING:
-            self.state = RINGBACK
-            self.events.append(("ringback",))
-        elif msg_type == wire.ANSWER and self.state in (DIALING, RINGBACK):
-            self.state = CONNECTED
-            self.events.append(("connected", call.path))
-        elif msg_type == wire.RELEASE:
-            self._end(ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL))
-        elif msg_type == wire.DTMF:
-            self.events.append(("dtmf", ies.get(wire.IE_DIGIT, "")))
-        elif msg_type == wire.MEDIA_PEER and wire.IE_ADDRESS in ies and wire.IE_MEDIA_KEY in ies:
-            # from now on the host's leg only brings what the host still relays: its sending half goes
-            # first, making room for the new leg on a handset's heap
-            call.media.receive_only()
-            leg = MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), call.call_no, ies.get(wire.IE_CALL_NO, 0))
-            call.direct = (leg, ies[wire.IE_ADDRESS])
+        call = self.call = self._new_call(ies[wire.IE_MEDIA_KEY], 1, now)
+        call.learn_peer(ies[wire.IE_CALL_NO])
+        call.number = ies.get(wire.IE_CALLING, "")
+        call.name = ies.get(wire.IE_CALLING_NAME, "")
+        if ies.get(wire.IE_PATH) == wire.PATH_LOCAL:
             call.path = "local"
+        call.apply(SETUP_RECEIVED)
+        self._send(wire.ALERTING, {}, now)
+        call.apply(ALERTING_SENT)
+        self._events.append(Incoming(call.number, call.name))
+
+    def _media_peer(self, call, ies):
+        """B3: the other phone's address and a media key of our own for the two of us."""
+        if wire.IE_ADDRESS not in ies or wire.IE_MEDIA_KEY not in ies:
+            self.dropped += 1
+            return
+        # from now on the host's leg only brings what the host still relays: its sending half goes
+        # first, making room for the new leg on a handset's heap
+        call.media.receive_only()
+        leg = MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), call.call_no, ies.get(wire.IE_CALL_NO, 0))
+        call.direct = (leg, ies[wire.IE_ADDRESS])
+        call.path = "local"
 
     def _sysinfo_chunk(self, ies, now):
-        version = ies.get(wire.IE_VERSION, 0)
-        chunk = ies.get(wire.IE_CHUNK, 1)
-        index, count = chunk >> 16, chunk & 0xFFFF
-        if version != self._chunk_version:
-            self._chunk_version = version
-            self._chunks = {}
-        self._chunks[index] = ies.get(wire.IE_DATA, b"")
-        if count and len(self._chunks) == count:
-            data = b"".join(self._chunks[i] for i in range(count))
-            self._chunks = {}
-            self.sysinfo_version = version
-            self.login.send(wire.SYSINFO_ACK, {wire.IE_VERSION: version}, now)
-            self.events.append(("sysinfo", version, data))
+        chunks = self._sysinfo
+        if chunks is None:   # common.chunks is loaded for a transfer, and let go after it (docs/handset.md)
+            from .chunks import Reassembly
+            chunks = self._sysinfo = Reassembly(_SYSINFO_MAX_CHUNKS)
+        data = chunks.add(ies)
+        if data is None:
+            return
+        version = chunks.version
+        self._sysinfo = None
+        forget("common.chunks")
+        self.sysinfo_version = version
+        self.login.send(wire.SYSINFO_ACK, {wire.IE_VERSION: version}, now)
+        self._events.append(Sysinfo(version, data))
 
     # time
 
@@ -261,8 +293,9 @@ class Phone:
         return self.login.next_timer()
 
     def handle_timer(self, now):
-        before = self.login.state
         self.login.handle_timer(now)
-        self._login_events(before)
-        if self.state == DIALING and ticks_diff(now, self.call.started_ms) > _SETUP_TIMEOUT_MS:
+        self._login_events()
+        call = self.call
+        if call is not None and call.state == CALLING and ticks_diff(now, call.started_ms) > _SETUP_TIMEOUT_MS:
+            call.apply(TIMEOUT)
             self._end(wire.CAUSE_UNREACHABLE)

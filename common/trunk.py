@@ -4,17 +4,16 @@
 
     trunk = seal_trunk(session_auth, peer_index, [(leg, ts, payload), ...], buf)
     entries = open_trunk(session_auth, frame, extend)    -> [(call_no, ts64, start, end)]
-    leg.open_entry(frame, ts64, start, end)               decrypts one entry in place
+    leg.open_entry_bytes(frame, ts64, start, end)         -> one entry's payload, decrypted
 
 The trunk's tag (the host-to-host session's key) covers the frame and every entry's 64-bit
 timestamp; each entry is encrypted with its own call leg's keys. Importing this module gives
-common.media.MediaLeg its trunk-entry methods (seal_entry, extend, open_entry, open_entry_bytes).
+common.media.MediaLeg its trunk-entry methods (seal_entry, open_entry_bytes).
 A handset never sends or receives a trunk frame, so it never loads this module (docs/handset.md,
 Memory): common.media imports it at its end on CPython, and on MicroPython at the first use of
 one of its names there.
 """
 from .compat import MICROPYTHON, compare_digest
-from .crypto import extend16
 from .media import _JUMP, MediaLeg, _put_ts
 from .wire import CN_BYTES, IP_UDP_HEADERS, MEDIA_TAG, TRUNK_ENTRY_HEADER, TRUNK_HEADER, VOICE_BYTES, DecodeError, check_mini
 
@@ -86,29 +85,9 @@ def _seal_entry(self, buf, offset, ts, payload):
     return end
 
 
-def _extend(self, ts16):
-    """The 64-bit timestamp this leg reads for a received 16-bit one."""
-    return extend16(self.replay.highest, ts16)
-
-
-def _open_entry(self, buf, ts, start, end):
-    """Decrypt a trunk entry (64-bit ts from open_trunk) in place; ts, or None for a replay."""
-    if not self.replay.check(ts) or (ts - self.replay.highest > _JUMP and not self.replay.jump_ok(ts)):
-        self.rejected += 1
-        return None
-    self.replay.mark(ts)
-    _put_ts(self._recv_nonce, ts)
-    self._recv_ctr.crypt(self._recv_nonce, buf, start, end)
-    self.received += 1
-    return ts
-
-
 def _open_entry_bytes(self, buf, ts, start, end):
-    """Like open_entry, but the decrypted payload comes back as a new buffer and buf stays as it is.
-
-    A relaying host forwards the payload to another leg anyway: this saves
-    writing it back into the received frame only to copy it out again.
-    """
+    """The decrypted payload (a new buffer; buf stays as it is) of a trunk entry, 64-bit ts from
+    open_trunk; None for a replay. A relaying host forwards the payload to another leg anyway."""
     if not self.replay.check(ts) or (ts - self.replay.highest > _JUMP and not self.replay.jump_ok(ts)):
         self.rejected += 1
         return None
@@ -119,8 +98,6 @@ def _open_entry_bytes(self, buf, ts, start, end):
 
 
 MediaLeg.seal_entry = _seal_entry
-MediaLeg.extend = _extend
-MediaLeg.open_entry = _open_entry
 MediaLeg.open_entry_bytes = _open_entry_bytes
 
 
@@ -160,7 +137,7 @@ def open_trunk(session_auth, frame, extend):
     extend(call_no, ts16) gives the receiver's 64-bit reading of an entry's
     timestamp (None when the call is unknown: the frame cannot be checked).
     Raises wire.DecodeError for a malformed frame. Payloads stay encrypted until
-    the owning leg's open_entry decrypts them.
+    the owning leg's open_entry_bytes decrypts them.
     """
     entries = parse_trunk(frame)
     stamps = []

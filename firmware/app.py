@@ -24,7 +24,9 @@ import time
 
 from common import wire
 from common.compat import const, ticks_add, ticks_diff, ticks_earliest
-from common.phone import CONNECTED, IDLE, Phone, RINGING
+from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
+from common.login import LoginDown, LoginUp
+from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 from firmware.hal import rarely
@@ -171,7 +173,7 @@ class App:
             self.log("I", "dialing %s" % number)
             self.hal.display("dialing", number)
         else:
-            self.log("W", "cannot dial %s now (state %s)" % (number, self.phone.state))
+            self.log("W", "cannot dial %s now (state %s)" % (number, STATE_NAMES[self.phone.state]))
 
     def command(self, cmd, now):
         if cmd.startswith("!call "):
@@ -196,7 +198,7 @@ class App:
 
     def state(self, now):
         """What `!state` reports: protocol state, dialed digits, tone, heap."""
-        return {"state": self.phone.state, "registered": self.phone.registered,
+        return {"state": STATE_NAMES[self.phone.state], "registered": self.phone.registered,
                 "extension": self.config["extension"], "sysinfo_version": self.phone.sysinfo_version,
                 "digits": self.digits, "tone": self.pipeline.tone.name, "power_save": self.power_save,
                 "caller": self.current and self.current.get("from"), "heap": self.heap(),
@@ -240,18 +242,19 @@ class App:
     # events from the protocol
 
     def events(self, now):
-        for event in self.phone.events:
-            name = event[0]
-            if name == "registered":
+        """What the protocol said since the last look (common/phone.py's events)."""
+        for event in self.phone.take_events():
+            kind = type(event)
+            if kind is LoginUp:
                 self.summary["registered"] = True
                 self.log("I", "registered as %s" % self.config["extension"])
                 self.hal.display("idle", None)
-            elif name == "unregistered":
-                self.log("W", "registration lost: %s" % event[1])
-            elif name == "incoming":
-                self.log("I", "incoming call from %s %s" % (event[1], event[2]))
-                self.hal.display("ringing", ("%s %s" % (event[1], event[2])).strip())
-                self.current = {"from": event[1], "to": self.config["extension"], "dialed_ms": now,
+            elif kind is LoginDown:
+                self.log("W", "registration lost: %s" % event.reason)
+            elif kind is Incoming:
+                self.log("I", "incoming call from %s %s" % (event.number, event.name))
+                self.hal.display("ringing", ("%s %s" % (event.number, event.name)).strip())
+                self.current = {"from": event.number, "to": self.config["extension"], "dialed_ms": now,
                                 "setup_ms": None, "path": None, "cause": None, "frames_sent": 0,
                                 "frames_received": 0}
                 self._call_sent = self._call_received = 0
@@ -260,10 +263,10 @@ class App:
                 self.tone_stop_at = None
                 if self.script.get("answer"):
                     self.answer_at = ticks_add(now, int(self.script.get("answer_after_ms", 300)))
-            elif name == "ringback":
+            elif kind is Ringback:
                 self.pipeline.tone.start("ringback")
                 self.hal.display("ringback", self.current and self.current["to"])
-            elif name == "connected":
+            elif kind is Connected:
                 self.pipeline.reset()
                 self.cn_level = None
                 if self.vad is not None:
@@ -279,14 +282,14 @@ class App:
                 self.call_ts = 0
                 if self.current is not None:
                     self.current["setup_ms"] = ticks_diff(now, self.current["dialed_ms"])
-                    self.current["path"] = event[1]
-                self.log("I", "connected (%s)" % event[1])
+                    self.current["path"] = event.path
+                self.log("I", "connected (%s)" % event.path)
                 self.hal.display("connected", self.current and self.current.get("from"))
                 duration = self.script.get("duration_ms")
                 if duration and self.current and self.current["from"] == self.config["extension"]:
                     self.hangup_at = ticks_add(now, int(duration))
-            elif name == "ended":
-                cause = wire.CAUSE_TEXT.get(event[1], str(event[1]))
+            elif kind is Ended:
+                cause = wire.CAUSE_TEXT.get(event.cause, str(event.cause))
                 self.log("I", "call ended: %s" % cause)
                 self.set_power_save(True)
                 self.hal.mic_stop()
@@ -303,12 +306,11 @@ class App:
                 self.connected_at = self._dtmf_at = None
                 if self.script.get("exit_after_call"):
                     self.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
-            elif name == "dtmf":
-                self.summary["dtmf_received"] += event[1]
-                self.log("I", "dtmf %s" % event[1])
-            elif name == "sysinfo":
-                rarely("firmware.sysinfo").received(self, event[1], event[2])
-        self.phone.events = []
+            elif kind is Dtmf:
+                self.summary["dtmf_received"] += event.digit
+                self.log("I", "dtmf %s" % event.digit)
+            elif kind is Sysinfo:
+                rarely("firmware.sysinfo").received(self, event.version, event.data)
 
     def _close_call(self):
         """The call's record into the summary, which keeps the last _CALLS_KEPT (a device runs for
@@ -631,8 +633,7 @@ class App:
         when one may have changed, not on every pass."""
         self._signalled = False
         phone = self.phone
-        if phone.events:
-            self.events(now)
+        self.events(now)
         self.flush(now)
         at = self._proto_at = phone.next_timer()
         for timer in (self._call_at if phone.registered else None, self.answer_at, self.hangup_at,

@@ -9,7 +9,7 @@ pressed): firmware/app.py imports this module for each use and forgets it again
 import json
 import os
 
-from common.phone import IDLE, RINGING
+from common.call import IDLE, RINGING
 from firmware.app import KEY_ON_HOOK
 
 

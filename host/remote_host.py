@@ -12,7 +12,7 @@ import os
 
 from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
-from upbx.common.login import UP, Login
+from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
 from upbx.host.core import HostCore
 from upbx.host.peers import PeerTable
@@ -134,8 +134,8 @@ class RemoteHost(HostCore):
             self._main_message(msg_type, ies, now)
 
     def _login_events(self, now):
-        for event, detail in self.login.events:
-            if event == "up":
+        for event in self.login.take_events():
+            if isinstance(event, LoginUp):
                 self.main_link.up = True
                 self.log.info("logged-in", main="%s:%d" % self.main_address, logins=self.login.logins)
                 self._upload_records(now)
@@ -143,12 +143,11 @@ class RemoteHost(HostCore):
                     self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: link.name, wire.IE_STATE: 1}, now)
             else:
                 self.main_link.up = False
-                self.log.warning("main-unreachable", reason=detail)
+                self.log.warning("main-unreachable", reason=event.reason)
                 self.uploading.clear()
                 for call in list(self.pending_local.values()):
                     self._decide_locally(call, now)
                 self.release_calls(self.main_link, wire.CAUSE_UNREACHABLE, now)
-        self.login.events = []
 
     def _main_message(self, msg_type, ies, now):
         self.count_message(msg_type)

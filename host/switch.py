@@ -339,7 +339,7 @@ class Switch:
         def extend(call_no, ts16):
             media = media_of(call_no)
             if media is not None:
-                return extend16(media.replay.highest, ts16)   # media.extend(ts16), inlined
+                return extend16(media.replay.highest, ts16)
             gone = ended.get(call_no)  # a call that just ended: its frames still authenticate
             if gone is None or (gone[2] if direct else gone[1]) != link.serial:
                 return None

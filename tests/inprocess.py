@@ -15,7 +15,8 @@ import os
 
 from upbx.common import wire
 from upbx.common.login import UP, Login
-from upbx.common.phone import CONNECTED, Phone
+from upbx.common.call import CONNECTED, RINGING
+from upbx.common.phone import Ended, Phone, Sysinfo
 from upbx.host.config import load_main_config, load_remote_config
 from upbx.host.directory import Directory
 from upbx.host.log import StructuredLog
@@ -113,9 +114,9 @@ class PhoneEnd:
         if self.net.now < self.deaf_until:
             self.dropped_in += 1
             return
-        got = self.phone.receive(bytearray(data), self.net.now)
-        if got is not None:
-            self.received.append(bytes(got[1]))
+        frame = bytearray(data)
+        if self.phone.receive(frame, self.net.now) is not None:   # media, opened in place
+            self.received.append(bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]))
         self.flush()
 
     def flush(self):
@@ -129,36 +130,32 @@ class PhoneEnd:
             self.phone.handle_timer(now)
         if self.phone.state == CONNECTED:
             payload = ("%s %d" % (self.number, self.ts)).encode().ljust(wire.VOICE_BYTES, b".")
-            frame, address = self.phone.seal_media(self.ts, payload)
+            frame = self.phone.seal_frame(self.ts, payload)
             if frame is not None:
                 self.sent.append(payload)
-                self.net.send(frame, self.address, address or self.host)
+                self.net.send(frame, self.address, self.phone.frame_to or self.host)
             self.ts += TICK_MS
         self.flush()
 
-    def events(self):
-        events, self.phone.events = self.phone.events, []
-        return events
-
     def take(self):
-        """The events since the last look, also kept in self.log."""
-        events = self.events()
+        """The phone's events since the last look (Phone.take_events), also kept in self.log."""
+        events = list(self.phone.take_events())
         self.log.extend(events)
         return events
 
     def sysinfo(self):
-        """The data of the last system information this phone was handed (its "sysinfo" event:
+        """The data of the last system information this phone was handed (its Sysinfo event:
         the phone keeps only the version, as a handset's heap must)."""
         self.take()
         for event in reversed(self.log):
-            if event[0] == "sysinfo":
-                return event[2]
+            if isinstance(event, Sysinfo):
+                return event.data
         return None
 
     def causes(self):
         """Causes of the calls this phone saw end (every call of the test, in order)."""
         self.take()
-        return [e[1] for e in self.log if e[0] == "ended"]
+        return [e.cause for e in self.log if isinstance(e, Ended)]
 
     @property
     def connected(self):
@@ -383,7 +380,7 @@ class World:
         a.flush()
 
         def up():
-            if b.phone.state == "ringing":
+            if b.phone.state == RINGING:
                 b.phone.answer(self.net.now)
                 b.flush()
             return a.connected and b.connected

@@ -10,7 +10,7 @@ import wave
 import pytest
 
 from upbx.common.media import call_kbps
-from firmware.audio.tones import goertzel_power
+from firmware.audio.dtmf import goertzel_power
 from upbx.tools.lab import LoopbackExchange, write_noise_wav
 
 BUDGET = 150

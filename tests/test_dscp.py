@@ -13,7 +13,8 @@ import time
 import pytest
 
 from upbx.common import wire
-from upbx.common.phone import Phone
+from upbx.common.login import LoginUp
+from upbx.common.phone import Ended, Incoming, Phone
 from tests.support import require_root
 from upbx.tools.lab import LoopbackExchange, write_noise_wav
 
@@ -113,15 +114,14 @@ def test_main_host_marks_what_it_sends_a_phone(lab):
             timer = phone.next_timer()
             if timer is not None and timer <= now():
                 phone.handle_timer(now())
-            for event in phone.events:
-                if event[0] == "registered" and caller is None:
+            for event in phone.take_events():
+                if isinstance(event, LoginUp) and caller is None:
                     caller = lab.phone("102", "--send", wav, "--call", "302", "--duration", "2",
                                        "--exit-after-call", "--exit-after", "10", tag="dscp-fake")
-                elif event[0] == "incoming":
+                elif isinstance(event, Incoming):
                     phone.answer(now())
-                elif event[0] == "ended":
+                elif isinstance(event, Ended):
                     deadline = min(deadline, time.time() + 0.5)
-            phone.events = []
     finally:
         phone.stop(now())
         for datagram in phone.datagrams_to_send(now()):

@@ -411,7 +411,7 @@ def test_each_receiver_would_accept_a_forgery_without_its_tag_check(name, monkey
     monkeypatch.setattr(HmacKey, "verify_into", lambda self, prefix, msg, n, tag, off, size: True)
     monkeypatch.setattr(HandshakeKey, "verify", lambda self, msg, received, size: len(received) == size)
     monkeypatch.setattr(session, "compare_digest", same_length)
-    monkeypatch.setattr(trunk, "compare_digest", same_length)
+    monkeypatch.setattr(trunk, "compare_digest", same_length)   # the trunk tag (common/trunk.py)
     assert World().frames == W.frames                            # the real frames still go through
     with pytest.raises(AssertionError, match="forged %s accepted" % name):
         World(forge=_flip_tag_of(name))

@@ -26,7 +26,8 @@ import sys
 import types
 
 from upbx.common import wire
-from upbx.common.phone import CONNECTED, IDLE
+from upbx.common.call import CONNECTED, IDLE
+from upbx.common.phone import Ended, Incoming
 from upbx.host.log import StructuredLog
 from tests.inprocess import MAIN, World
 
@@ -200,10 +201,9 @@ def _victim_round(world, attackers, rng, per_tick):
             a.answer_calls()
         world.tick()
         for end in phones.values():           # only the round's calls are answered
-            for event in end.events():
-                end.log.append(event)
-                if event[0] == "incoming":
-                    if event[1] in [c for c, _ in VICTIMS] and end.number in [d for _, d in VICTIMS]:
+            for event in end.take():
+                if isinstance(event, Incoming):
+                    if event.number in [c for c, _ in VICTIMS] and end.number in [d for _, d in VICTIMS]:
                         end.phone.answer(world.net.now)
                     else:
                         end.phone.hangup(world.net.now)
@@ -257,10 +257,10 @@ def test_compromised_host_and_phone_cannot_touch_calls_they_are_not_party_to(tmp
                     assert dst.received == src.sent[:len(dst.received)], (caller, callee, rounds)
                     assert len(dst.received) >= len(src.sent) - 2 >= TALK_TICKS - 2, (len(dst.received),
                                                                                      len(src.sent))
-                rang = [i for i, e in enumerate(b.log) if e[:2] == ("incoming", caller)]
+                rang = [i for i, e in enumerate(b.log) if isinstance(e, Incoming) and e.number == caller]
                 assert len(rang) == 1, b.log
-                ended = [e for e in b.log[rang[0]:] if e[0] == "ended"][:1]
-                assert ended == [("ended", wire.CAUSE_NORMAL)], (callee, b.log)
+                ended = [e.cause for e in b.log[rang[0]:] if isinstance(e, Ended)][:1]
+                assert ended == [wire.CAUSE_NORMAL], (callee, ended)
                 assert a.phone.state == IDLE and b.phone.state == IDLE
             records = [r for r in world.main.directory.call_records(limit=10 ** 6)
                        if r.caller in ("101", "302") and r.cause == "normal clearing"]

@@ -11,7 +11,8 @@ import socket
 import time
 
 from upbx.common import wire
-from upbx.common.phone import CONNECTED, Phone
+from upbx.common.call import CONNECTED, RINGING
+from upbx.common.phone import Ended, Phone
 from upbx.host.directory import Directory
 from upbx.tools.bench_net import rss_kb
 from upbx.tools.lab import LoopbackExchange
@@ -38,10 +39,9 @@ class Handset:
             self.sock.sendto(datagram, self.host)
 
     def events(self):
-        for event in self.phone.events:
-            if event[0] == "ended":
+        for event in self.phone.take_events():
+            if isinstance(event, Ended):
                 self.ended.append(event)
-        self.phone.events = []
 
 
 def _host_address(lab, number):
@@ -83,9 +83,9 @@ def _drive(handsets, seconds, until=None, media=False, ts=None):
                     if timer is not None and timer <= now:
                         h.phone.handle_timer(now)
                     if media and h.phone.state == CONNECTED:
-                        frame, address = h.phone.seal_media(ts[0], payload)
+                        frame = h.phone.seal_frame(ts[0], payload)
                         if frame is not None:
-                            h.sock.sendto(frame, address or h.host)
+                            h.sock.sendto(frame, h.phone.frame_to or h.host)
                             h.sent += 1
                     h.flush(now)
                     h.events()
@@ -134,7 +134,7 @@ def test_fifty_calls_among_200_phones_for_30_seconds():
         def answered():
             now = int(time.monotonic() * 1000)
             for _caller, callee in pairs:
-                if callee.phone.state == "ringing":
+                if callee.phone.state == RINGING:
                     callee.phone.answer(now)
                     callee.flush(now)
             return all(c.phone.state == CONNECTED and e.phone.state == CONNECTED for c, e in pairs)

@@ -8,6 +8,7 @@ Both answers come from one real directory through the real message paths, in one
 cached copy. Site a: local calls allowed, at most one at a time; 103 is barred.
 """
 from upbx.common import wire
+from upbx.common.phone import Ended, Incoming
 from tests.inprocess import World
 
 # (caller, callee, with a local call 101 -> 102 already up)
@@ -19,11 +20,11 @@ def _call(world, caller, callee):
     """Dial and run a second: the cause the caller's phone shows, or "rings" (the callee rang)."""
     a, b = world.phones[caller], world.phones.get(callee)
     for end in world.phones.values():
-        end.events()
+        end.take()
     a.phone.dial(callee, world.net.now)
     world.run(1000)
-    rang = b is not None and any(e[0] == "incoming" for e in b.events())
-    ended = [e[1] for e in a.events() if e[0] == "ended"]
+    rang = b is not None and any(isinstance(e, Incoming) for e in b.take())
+    ended = [e.cause for e in a.take() if isinstance(e, Ended)]
     if a.phone.call is not None:
         a.phone.hangup(world.net.now)
     world.run(200)

@@ -6,6 +6,7 @@ resend, and nobody logs in again. tests/test_nat.py does the same through real n
 network namespaces, with firmware phones, and asserts the audio and the paths.
 """
 from upbx.common import wire
+from upbx.common.phone import Incoming
 from tests.inprocess import MAIN, World
 
 KEEPALIVE_S = 3      # the remote host's idle keepalive, as in tests/test_nat.py
@@ -72,7 +73,7 @@ def test_b7_an_idle_site_that_moved_is_reachable_within_a_keepalive_and_a_resend
         assert p["302"].phone.dial("101", world.net.now)
         p["302"].flush()
         # the SETUP to the old address is lost; main resends it to the address a's next keepalive shows
-        took = world.run_until(lambda: [e for e in p["101"].take() + p["101"].log if e[0] == "incoming"],
+        took = world.run_until(lambda: [e for e in p["101"].take() + p["101"].log if isinstance(e, Incoming)],
                                (KEEPALIVE_S + 4.5) * 1000, "101 rang")
         print("idle site moved: 101 rang %d ms after the call was dialled (keepalive %d s)" % (took, KEEPALIVE_S))
         assert _site_a_at_main(world) == ["198.18.1.103:4570"]

@@ -6,6 +6,7 @@ and send, frame by frame. tests/test_calls.py and tests/test_admission.py place 
 calls between real firmware phones on real sockets and check what the handset shows and plays.
 """
 from upbx.common import wire
+from upbx.common.phone import Incoming
 from upbx.common.media import call_kbps
 from upbx.host.directory import Directory
 from tests.inprocess import World
@@ -32,7 +33,7 @@ def _refused(world, caller, callee, limit_ms=1000):
 
 def _rang(end):
     end.take()
-    return [e for e in end.log if e[0] == "incoming"]
+    return [e for e in end.log if isinstance(e, Incoming)]
 
 
 def _flowing(a, b):

@@ -5,6 +5,7 @@
 record. tests/test_load.py runs 200 phones on real sockets for 30 s (loss, memory growth).
 """
 from upbx.common import wire
+from upbx.common.call import RINGING
 from upbx.host.directory import Directory
 from tests.inprocess import World
 
@@ -40,7 +41,7 @@ def test_300_phones_112_calls_every_frame_in_order(tmp_path):
 
         def all_up():
             for _caller, callee in pairs:
-                if p[callee].phone.state == "ringing":
+                if p[callee].phone.state == RINGING:
                     p[callee].phone.answer(world.net.now)
                     p[callee].flush()
             return all(p[a].connected and p[b].connected for a, b in pairs)

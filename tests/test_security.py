@@ -19,6 +19,8 @@ import time
 import pytest
 
 from upbx.common import wire
+from upbx.common.call import CONNECTED
+from upbx.common.phone import Incoming
 from upbx.host.directory import Directory
 from tests.intruder import Intruder, Tap
 from upbx.tools.lab import ROOT, LoopbackExchange, audio_match, place_call, upbx, write_noise_wav
@@ -475,10 +477,10 @@ def test_a_phone_never_gets_the_session_index_of_the_remote_hosts_own_login(tmp_
         caller.phone.dial("102", world.net.now)
         for _ in range(50):
             world.tick()
-            if any(e[0] == "incoming" for e in callee.events()):
+            if any(isinstance(e, Incoming) for e in callee.take()):
                 callee.phone.answer(world.net.now)
         world.run(1000)
-        assert caller.phone.state == "connected" and callee.phone.state == "connected"
+        assert caller.phone.state == CONNECTED and callee.phone.state == CONNECTED
         assert len(callee.received) >= 45 and callee.received == caller.sent[:len(callee.received)]
         assert world.a.login.local_index not in table.peers
     finally:

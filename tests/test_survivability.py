@@ -21,7 +21,7 @@ import time
 import pytest
 
 from upbx.common import wire
-from upbx.common.login import BACKOFF, UP, Login
+from upbx.common.login import BACKOFF, UP, Login, LoginDown
 from upbx.host.records import RecordStore
 from upbx.tools.lab import LoopbackExchange, audio_match, place_call, read_g711_record, write_noise_wav
 
@@ -202,4 +202,4 @@ def test_login_backoff_is_capped_with_jitter_and_silence_is_noticed():
     login.handle_timer(now + 2999)  # heard at now: down at now + 1000 + 2000
     assert login.state == UP
     login.handle_timer(now + 3000)
-    assert login.state == BACKOFF and login.events[-1][0] == "down"
+    assert login.state == BACKOFF and isinstance(login.take_events()[-1], LoginDown)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from upbx.common.phone import Phone
+from upbx.common.phone import Phone, Sysinfo
 from upbx.host.directory import Directory
 from upbx.tools.lab import LoopbackExchange
 
@@ -39,7 +39,7 @@ class SimPhones:
         self.phones = {}
         self.deaf = {}
         self.dropped = {}
-        self.sysinfo = {}   # number: the data of the last "sysinfo" event (a phone keeps only the version)
+        self.sysinfo = {}     # number -> the data of the last Sysinfo event (the phone keeps only the version)
         for number in secrets:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind(("127.0.0.1", 0))
@@ -77,10 +77,9 @@ class SimPhones:
                     timer = phone.next_timer()
                     if timer is not None and timer <= now:
                         phone.handle_timer(now)
-                    for event in phone.events:
-                        if event[0] == "sysinfo":
-                            self.sysinfo[number] = event[2]
-                    phone.events = []
+                    for event in phone.take_events():
+                        if isinstance(event, Sysinfo):
+                            self.sysinfo[number] = event.data
                     for datagram in phone.datagrams_to_send(now):
                         sock.sendto(datagram, self.host)
 

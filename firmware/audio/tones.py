@@ -113,11 +113,3 @@ class ToneGenerator:
         self._pos = (pos + n) % self._cycle
         return True
 
-
-def __getattr__(name):
-    """goertzel_power, detect_dtmf, DtmfDetector live in firmware.audio.dtmf (the handset does not
-    import them: tests and tools do); they stay reachable here by their old names."""
-    if name in ("goertzel_power", "detect_dtmf", "DtmfDetector"):
-        from firmware.audio import dtmf
-        return getattr(dtmf, name)
-    raise AttributeError(name)

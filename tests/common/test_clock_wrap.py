@@ -11,11 +11,11 @@ import os
 
 from common import wire
 from common.compat import MICROPYTHON, ticks_add, ticks_diff
-from common.login import BACKOFF, HELLO_SENT, UP, Login
+from common.login import BACKOFF, HELLO_SENT, UP, Login, LoginDown, LoginUp
 from common.reliable import MAX_TRIES, Channel
 from common.session import SessionCrypto, session_keys
 from firmware.audio.jitter import FRAME, JitterBuffer
-from test_protocol import _Server  # tests/common is on the path under both interpreters
+from test_protocol import _Server, fields  # tests/common is on the path under both interpreters
 
 START = ticks_add(0, -3000) if MICROPYTHON else 2 ** 30 - 3000
 SECRET = bytes(range(16))
@@ -82,7 +82,7 @@ def _run(client, server, start_ms, end_ms, answering=True, step=50):
 def test_keepalives_keep_the_registration_up_across_the_wrap():
     client, server = _logged_in(at(0))
     sent = _run(client, server, 0, 10000)
-    assert client.state == UP and client.events[-1][0] == "up"
+    assert client.state == UP and fields(client.take_events()) == [("LoginUp", {wire.IE_SESSION_INDEX: 77})]
     # a PING every keepalive (1 s), before and after the wrap at 3 s, none missing
     after_wrap = [t for t in sent if t > 3000]
     assert len(after_wrap) >= 6, sent
@@ -96,13 +96,13 @@ def test_silence_is_noticed_across_the_wrap_and_the_phone_logs_in_again():
     assert client.state == UP
     # the server falls silent just before the wrap: keepalive + dead = 3 s later the session is down
     _run(client, server, 2050, 5500, answering=False)
-    assert client.state in (BACKOFF, HELLO_SENT) and client.events[-1][0] == "down", client.events
-    assert "nothing heard" in client.events[-1][1] or "acknowledgement" in client.events[-1][1]
+    events = client.take_events()
+    assert client.state in (BACKOFF, HELLO_SENT) and [type(e) for e in events] == [LoginUp, LoginDown], events
+    assert "nothing heard" in events[-1].reason or "acknowledgement" in events[-1].reason
     # after the backoff (at most 1 s) it says HELLO again, well after the wrap, to a server that is back
-    downs = len(client.events)
     sent = _run(client, _Server(), 5550, 8000)
     assert sent and sent[0] > 5500 and client.state == UP and client.logins == 2, (sent, client.state)
-    assert client.events[downs:][-1][0] == "up"
+    assert [type(e) for e in client.take_events()] == [LoginUp]
 
 
 def test_retransmissions_follow_their_schedule_across_the_wrap():

@@ -3,7 +3,7 @@ import os
 
 from common import wire
 from common.crypto import ReplayWindow, extend16
-from common.login import Login, UP
+from common.login import UP, Login, LoginDown, LoginUp
 from common.media import MediaLeg, open_trunk, seal_trunk
 from common.crypto import HmacKey
 from common.reliable import Channel
@@ -11,6 +11,12 @@ from common.session import (SessionCrypto, handshake_key, make_cookie, parse_han
                             seal_handshake, session_keys, verify_handshake)
 
 SECRET = bytes(range(16))
+
+
+def fields(events):
+    """Events as (class name, field, ...) tuples, which compare and print (events have no __eq__ or
+    __repr__: on a handset each method is heap)."""
+    return [(type(e).__name__,) + tuple(getattr(e, f) for f in e.__slots__) for e in events]
 
 
 class _Server:
@@ -51,7 +57,9 @@ def test_login_reaches_up_and_learns_server_index():
     client, server = _login()
     assert client.state == UP
     assert client.channel.peer_index == 77
-    assert client.events[0][0] == "up"
+    events = client.take_events()
+    assert fields(events) == [("LoginUp", {wire.IE_SESSION_INDEX: 77})], fields(events)
+    assert client.take_events() == ()     # taken: the next look finds nothing
 
 
 def test_forged_challenge_is_ignored():
@@ -100,8 +108,56 @@ def test_channel_gives_up_after_bound():
         client.handle_timer(now)
         client.datagrams_to_send(now)
     assert client.state == "backoff"
-    assert client.events[-1][0] == "down"
+    events = client.take_events()
+    assert [type(e) for e in events] == [LoginUp, LoginDown] and "no acknowledgement" in events[-1].reason, fields(events)
     assert now < 30000
+
+
+def _exchange(client, server, now, captured):
+    """The client's datagrams to the server, and each reply (kept in captured) back to the client."""
+    for d in client.datagrams_to_send(now):
+        if wire.parse_full(d)[3] in wire.HANDSHAKE_TYPES:
+            replies = server.receive(d, now)
+        else:
+            server.channel.receive(d, now)
+            replies = server.channel.datagrams_to_send(now)
+        for r in replies:
+            captured.append(bytes(r))
+            client.receive(bytearray(r), now)
+
+
+def test_a_replayed_old_frame_does_not_keep_a_login_alive():
+    """Liveness counts new frames only (Channel.new): frames the server once sent, replayed by
+    someone on the path, authenticate (they are the server's) but cannot hide that it is gone."""
+    client = Login(wire.IE_EXTENSION, "201", SECRET, 5, os.urandom, keepalive_ms=1000, dead_ms=2000)
+    server = _Server()
+    client.start(0)
+    captured = []
+    now = 0
+    while now < 2500:             # logged in, two keepalives answered
+        client.handle_timer(now)
+        _exchange(client, server, now, captured)
+        now += 50
+    assert client.state == UP and client.last_heard_ms >= 2000
+    old = [f for f in captured if wire.parse_full(f)[3] not in wire.HANDSHAKE_TYPES]
+    kinds = set(wire.parse_full(f)[3] for f in old)
+    assert wire.WELCOME in kinds and wire.ACK in kinds, kinds
+    heard = client.last_heard_ms
+    authenticated = client.channel.authenticated
+    replays = 0
+    while client.state == UP and now < 10000:   # the server is gone; its old frames come every 100 ms
+        client.handle_timer(now)
+        client.datagrams_to_send(now)
+        if now % 100 == 0:
+            for f in old:
+                assert client.receive(bytearray(f), now) == []
+                replays += 1
+            assert client.channel.authenticated == authenticated + replays   # every replay authenticates
+        now += 50
+    events = client.take_events()
+    assert client.state != UP and isinstance(events[-1], LoginDown), fields(events)
+    assert "nothing heard" in events[-1].reason, fields(events)
+    assert now - heard <= 1000 + 2000 + 50 and replays > 40, (now - heard, replays)
 
 
 def test_tampered_signalling_is_rejected():
@@ -137,12 +193,12 @@ def test_trunk_frame_carries_many_calls():
     frame = bytearray(seal_trunk(session_auth, 9, [(leg, 20, bytes([leg.call_no & 0xFF]) * 160) for leg in senders], buf))
     assert len(frame) == 3 + 10 * 164 + 4
     by_call = dict((leg.call_no, leg) for leg in receivers)
-    extend = lambda call_no, ts16: by_call[call_no].extend(ts16) if call_no in by_call else None
+    extend = lambda call_no, ts16: extend16(by_call[call_no].replay.highest, ts16) if call_no in by_call else None
     entries = open_trunk(session_auth, frame, extend)
     assert [e[0] for e in entries] == [200 + i for i in range(1, 11)]
     for (call_no, ts, start, end), leg in zip(entries, receivers):
-        assert leg.open_entry(frame, ts, start, end) == 20
-        assert bytes(frame[start:end]) == bytes([(call_no - 100) & 0xFF]) * 160
+        assert bytes(leg.open_entry_bytes(frame, ts, start, end)) == bytes([(call_no - 100) & 0xFF]) * 160
+        assert leg.open_entry_bytes(frame, ts, start, end) is None     # replay
     frame[5] ^= 1
     assert open_trunk(session_auth, frame, extend) is None
 

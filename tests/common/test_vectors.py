@@ -13,7 +13,7 @@ import json
 from binascii import hexlify, unhexlify
 
 from common import crypto, media, reliable, session, wire
-from common.login import UP, Login
+from common.login import UP, Login, LoginUp
 
 
 def _dir():
@@ -132,7 +132,8 @@ def test_login_state_machine_produces_the_handshake_vectors():
     assert client.receive(b(welcome["frame"]), 20) == []
     assert client.state == UP
     assert client.channel.peer_index == ies_from_json(welcome["ies"])[wire.IE_SESSION_INDEX]
-    assert client.events[-1] == ("up", ies_from_json(welcome["ies"]))
+    events = client.take_events()
+    assert [type(e) for e in events] == [LoginUp] and events[0].welcome == ies_from_json(welcome["ies"])
 
 
 def _session_cryptos():
@@ -230,15 +231,15 @@ def test_trunk_frame_with_three_calls_seal_open_and_decode():
         leg = media.MediaLeg(b(e["media_key"]), 1 - e["role"], e["peer_call_no"], 1)
         leg.replay.highest = e["ts64"] - 20      # the receiver has seen the frame before
         legs[e["peer_call_no"]] = leg
-    extend = lambda call_no, ts16: legs[call_no].extend(ts16) if call_no in legs else None
+    extend = lambda call_no, ts16: crypto.extend16(legs[call_no].replay.highest, ts16) if call_no in legs else None
     parsed = media.open_trunk(auth, buf, extend)
     assert [(c, ts) for c, ts, _s, _e in parsed] == [(e["peer_call_no"], e["ts64"]) for e in t["entries"]]
     for (call_no, ts, start, end), e in zip(parsed, t["entries"]):
         assert (buf[start - wire.TRUNK_ENTRY_HEADER] & 0x80 != 0) == e["comfort_noise"]
         leg = legs[call_no]
-        assert leg.open_entry(buf, ts, start, end) == e["ts64"]
-        assert bytes(buf[start:end]) == b(e["payload"])
-        assert leg.open_entry(buf, ts, start, end) is None     # replay
+        assert bytes(leg.open_entry_bytes(buf, ts, start, end)) == b(e["payload"])
+        assert leg.received == 1 and leg.replay.highest == e["ts64"]
+        assert leg.open_entry_bytes(buf, ts, start, end) is None     # replay
     bad = bytearray(frame)
     bad[3] ^= 0x01
     assert media.open_trunk(auth, bad, extend) is None
@@ -517,3 +518,50 @@ def test_bandwidth_table_matches_frame_sizes():
     # the figures the brief and the prose quote
     assert rows[0]["upbx kbps/call"] == "78.40" and rows[0]["RTP kbps/call"] == "80.00"
     assert rows[0]["IAX2 kbps/call"] == "76.80"
+
+
+CALL_EVENTS = ("SETUP_SENT", "SETUP_RECEIVED", "ALERTING_SENT", "ALERTING_RECEIVED", "ANSWER_SENT", "ANSWER_RECEIVED",
+               "RELEASE_SENT", "RELEASE_RECEIVED", "DTMF_SENT", "DTMF_RECEIVED", "TIMEOUT")
+
+
+def call_leg_rows():
+    """docs/protocol.md's call-leg table from common.call's table: one row per state, its legal
+    events grouped by the state they lead to."""
+    from common import call
+    table = {}                 # every (state, event) a leg takes, and where to: the table, read back
+    leg = call.CallLeg(1, bytes(16), 0)
+    for state in range(len(call.STATE_NAMES)):
+        for event in range(-1, 13):
+            leg.state = state
+            new = leg.apply(event)
+            if new is None:
+                assert leg.state == state, (state, event)     # not legal: the leg is unchanged
+            else:
+                assert leg.state == new, (state, event)
+                table[(state, event)] = new
+    assert len(table) == 25
+    names = dict((getattr(call, n), n) for n in CALL_EVENTS)
+    assert len(names) == len(CALL_EVENTS)
+    rows = []
+    for state, state_name in enumerate(call.STATE_NAMES):
+        targets = []
+        for event in sorted(names):
+            target = table.get((state, event))
+            if target is None:
+                continue
+            group = [g for g in targets if g[0] == target]
+            if group:
+                group[0][1].append(names[event])
+            else:
+                targets.append((target, [names[event]]))
+        legal = "; ".join("%s: %s" % (", ".join(events), call.STATE_NAMES[t]) for t, events in targets)
+        rows.append("| %s | %s |" % (state_name, legal or "(none)"))
+    return rows
+
+
+def test_document_call_leg_table_is_the_transition_table():
+    doc = _doc()
+    begin = doc.index("<!-- BEGIN generated:call-leg -->")
+    end = doc.index("<!-- END generated:call-leg -->")
+    rows = [line for line in doc[begin:end].split("\n") if line.startswith("| ") and not line.startswith("| state |")]
+    assert rows == call_leg_rows(), "\n".join(call_leg_rows())
