@@ -62,6 +62,14 @@ _IP_TOS = getattr(socket, "IP_TOS", 1)
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
 _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
+# While a call is connected the collector runs once a second (_housekeeping), not by start.py's
+# gc.threshold, which is off until the call ends: the threshold counts every allocation, and every
+# call of a bytecode function whose locals and stack take more than 11 words allocates its frame
+# on the heap and frees it at return (py/objfun.c without MICROPY_ENABLE_PYSTACK, as on the
+# ESP32): about 35 such calls a tick, 175 KB a second counted, so it collected 10 times a second in
+# a call. What stays as garbage is about 12 KB a second (each datagram's recv); a heap that fills
+# before the second is up is collected by MicroPython as usual. The threshold keeps long-lived
+# objects from landing among garbage; a call's are made at its set-up, after a collection (_pack).
 
 
 def due(now, at):
@@ -264,6 +272,8 @@ class App:
                 self.pipeline.tone.start("ringback")
                 self.hal.display("ringback", self.current and self.current["to"])
             elif name == "connected":
+                if _mem_free is not None:   # in a call the collector runs once a second (_housekeeping)
+                    gc.threshold(-1)
                 self.pipeline.reset()
                 self.cn_level = None
                 if self.vad is not None:
@@ -286,6 +296,9 @@ class App:
                 if duration and self.current and self.current["from"] == self.config["extension"]:
                     self.hangup_at = ticks_add(now, int(duration))
             elif name == "ended":
+                if _mem_free is not None:   # start.py's threshold again, set as it sets it
+                    gc.collect()
+                    gc.threshold(_mem_free() // 4)
                 cause = wire.CAUSE_TEXT.get(event[1], str(event[1]))
                 self.log("I", "call ended: %s" % cause)
                 self.set_power_save(True)
