@@ -22,9 +22,6 @@ FRAME_BYTES = 320
 # holds 64 ms); a process on a busy PC stalls longer than a device, and the loop itself skips
 # ahead only after 200 ms, so the virtual microphone keeps that much
 _MIC_BACKLOG_MS = const(200)
-# the control channel is polled (a system call here; on an ESP32 a look at the console's buffer in C)
-# at every this many poll_keys() calls: every 100 ms at the loop's one call per 20 ms tick
-_CONTROL_EVERY = const(5)
 
 
 class WavSource:
@@ -121,7 +118,6 @@ class Hal:
         self._poll = select.poll()
         self._poll.register(self._control, select.POLLIN)
         self._console = ConsoleLines()
-        self._control_in = 0      # poll_keys() calls until the control channel is polled again
         self.name = name
         self.state = None
         self.caller = None
@@ -198,10 +194,6 @@ class Hal:
     def poll_keys(self):
         console = self._console
         if not console.pending and not self.control_closed:
-            if self._control_in:
-                self._control_in -= 1
-                return None
-            self._control_in = _CONTROL_EVERY - 1
             for _ in self._poll.ipoll(0):   # ipoll: no result list per call
                 self._read_control()
                 break
