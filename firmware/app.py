@@ -63,7 +63,18 @@ _IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
 _IP_TOS = getattr(socket, "IP_TOS", 1)
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
+_CALL_GC_ROOM = const(24576)
 _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
+# While a call is connected the collector runs once a second (_housekeeping), not by start.py's
+# gc.threshold, which is off until the call ends when this much is free as the call connects (a
+# second's garbage twice over; below it, on the smallest heaps, the threshold stays: there it keeps
+# the free space in pieces recv() can use). The threshold counts every allocation, and every
+# call of a bytecode function whose locals and stack take more than 11 words allocates its frame
+# on the heap and frees it at return (py/objfun.c without MICROPY_ENABLE_PYSTACK, as on the
+# ESP32): about 35 such calls a tick, 175 KB a second counted, so it collected 10 times a second in
+# a call. What stays as garbage is about 12 KB a second (each datagram's recv); a heap that fills
+# before the second is up is collected by MicroPython as usual. The threshold keeps long-lived
+# objects from landing among garbage; a call's are made at its set-up, after a collection (_pack).
 
 
 def due(now, at):
@@ -267,6 +278,8 @@ class App:
                 self.pipeline.tone.start("ringback")
                 self.hal.display("ringback", self.current and self.current["to"])
             elif kind is Connected:
+                if _mem_free is not None and _mem_free() > _CALL_GC_ROOM:   # see _CALL_GC_ROOM
+                    gc.threshold(-1)
                 self.pipeline.reset()
                 self.cn_level = None
                 if self.vad is not None:
@@ -289,6 +302,9 @@ class App:
                 if duration and self.current and self.current["from"] == self.config["extension"]:
                     self.hangup_at = ticks_add(now, int(duration))
             elif kind is Ended:
+                if _mem_free is not None and gc.threshold() < 0:   # start.py's threshold again, as it sets it
+                    gc.collect()
+                    gc.threshold(_mem_free() // 4)
                 cause = wire.CAUSE_TEXT.get(event.cause, str(event.cause))
                 self.log("I", "call ended: %s" % cause)
                 self.set_power_save(True)

@@ -187,9 +187,9 @@ class Concealer:
 
     def _start_loss(self, bridged=False):
         h = self._hist
-        self.pitch = find_pitch(h)
-        if bridged:  # the gap's start follows the most recent period, not the last 20 ms's
-            self.pitch = local_pitch(h, HISTORY - _PITCH_WINDOW, -1) or self.pitch
+        # a bridged gap's start follows the most recent period, not the last 20 ms's: the search over
+        # the whole window (three correlation searches) runs only when that one finds nothing
+        self.pitch = (bridged and local_pitch(h, HISTORY - _PITCH_WINDOW, -1)) or find_pitch(h)
         dsp.copy(self._orig, 0, h, 0, HISTORY)
         self._periods = 1
         self._build_loop(self._loop, 1)
