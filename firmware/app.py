@@ -149,6 +149,8 @@ class App:
         self.running = True
         self.reset_requested = False
         self.record = open(self.script["record_g711"], "wb") if self.script.get("record_g711") else None
+        # the voice frames sent, as the received ones (the unix port's tests: what the transport was given)
+        self.record_sent = open(self.script["record_sent_g711"], "wb") if self.script.get("record_sent_g711") else None
         self.summary = {"extension": config["extension"], "registered": False, "frames_sent": 0,
                         "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
                         "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
@@ -504,6 +506,9 @@ class App:
                 self.frames_suppressed += 1
             else:
                 frame = self.phone.seal_frame(self.call_ts, payload)
+                if self.record_sent is not None and payload is not self._cn:
+                    self.record_sent.write(struct.pack(">I", self.call_ts & 0xFFFFFFFF))
+                    self.record_sent.write(payload)
             self.call_ts += _FRAME_MS
             if frame is not None:
                 addr = self.phone.frame_to
@@ -730,6 +735,8 @@ class App:
         summary["frames_rejected"] = self.frames_rejected + self.phone.dropped
         if self.record is not None:
             self.record.close()
+        if self.record_sent is not None:
+            self.record_sent.close()
         self.summary["heap"] = self.heap()
         self.summary["jitter"] = self.pipeline.jitter.stats()  # receive path: late, concealed, delay (docs/handset.md)
         if self.profile is not None:

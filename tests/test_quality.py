@@ -54,10 +54,14 @@ def test_concealment_beats_silence_at_5_percent_loss_and_clean_calls_sound_like_
     assert ceiling >= 4.0                           # this corpus through G.711 alone
     # the network and the transport add nothing: every frame the caller sent arrived, bit-exact and in order,
     # but for the last one or two, which the hang-up (signalling) may overtake across 30 ms of jitter
+    # (compared with the frames the caller sealed, which it records: a caller stalled longer than its
+    # microphone's 200 ms queue lost audio before the transport had it, as a device's DMA queue does)
     frames = clean["frames"]
     assert frames["exact"] and frames["holes"] == [] and 0 <= frames["lost_at_end"] <= 2, frames
-    # and the firmware adds nothing audible but the concealment its timing forced (none on an idle machine)
-    assert clean["mos"] >= reference - 0.05
+    # and the firmware adds nothing audible but the concealment its timing forced (none on an idle machine);
+    # audio the stalled caller's microphone lost is not in the recording to be scored against the WAV
+    if not frames["microphone_skipped"]:
+        assert clean["mos"] >= reference - 0.05
     if not jitter["gap_count"]:
         assert clean["mos"] >= 4.0 and abs(reference - ceiling) < 0.01
     assert jitter["late"] <= 2 and jitter["resyncs"] == 0

@@ -124,6 +124,7 @@ def add_arguments(parser):
     parser.add_argument("--send", dest="audio_in", help='microphone: a WAV file (8 kHz, 16-bit mono) or "tone:HZ"')
     parser.add_argument("--record", dest="audio_out", help="write what the speaker plays to this WAV file")
     parser.add_argument("--record-g711", help="write each received frame (4-byte timestamp + payload) here")
+    parser.add_argument("--record-sent-g711", help="write each voice frame sent (4-byte timestamp + payload) here")
     parser.add_argument("--call", help="dial this number once registered")
     parser.add_argument("--call-after", type=float, default=0.0, help="seconds to wait before dialing")
     parser.add_argument("--duration", type=float, help="hang up this many seconds after the call is answered")
@@ -212,6 +213,8 @@ def device_config(args):
         script["summary"] = os.path.abspath(args.summary)
     if args.record_g711:
         script["record_g711"] = os.path.abspath(args.record_g711)
+    if args.record_sent_g711:
+        script["record_sent_g711"] = os.path.abspath(args.record_sent_g711)
     values["script"] = script
     return values
 

@@ -278,8 +278,8 @@ def run_calls(cases, workdir=None, samples=None, concurrent=2):
 
     Returns {case: {"mos": mean, "scores": per sample, "lost_pct": realised loss on the relay's
     way up, "jitter": the callee's JitterBuffer.stats(), "frames": {"sent": the caller's count,
-    "received": the callee's, "exact": every frame received is the caller's G.711 frame with its
-    timestamp, in order}}}. Each case is its own caller/callee
+    "received": the callee's, "exact": every frame received is the frame the caller sent with its
+    timestamp, none twice, "microphone_skipped": ... (_frames_received)}}}. Each case is its own caller/callee
     pair (1xx -> 3xx) with its own relay; cases with the same loss and seed meet the same
     relay decisions (packet k's fate depends on the seed and k only)."""
     own_dir = workdir is None
@@ -319,28 +319,33 @@ def _run_calls(cases, workdir, samples, concurrent):
                     jitter, calls = None, []
                 results[case] = {"mos": sum(scores) / len(scores), "scores": scores, "jitter": jitter,
                                  "lost_pct": 100.0 * up["dropped"] / up["in"] if up["in"] else None,
-                                 "frames": _frames_received(ref_path, lab.path(tag + ".g711"),
+                                 "frames": _frames_received(ref_path, lab.path(tag + "-sent.g711"), lab.path(tag + ".g711"),
                                                             calls[0].get("frames_sent") if calls else None)}
     return results
 
 
-def _frames_received(sent_wav, record_path, sent):
-    """What arrived, frame by frame (--record-g711): {"sent", "received", "exact": every frame
-    received is the sender's frame of its timestamp (20 ms apart from 0 at the call's start;
-    silence once the WAV has ended), bit-exact, and none twice, "holes": frames missing before the
-    last one, "lost_at_end": frames sent after the last one (the hang-up, signalling, can overtake
-    the last frames across a jittery link), "reordered": frames that came right after a later one}."""
+def _frames_received(sent_wav, sent_path, record_path, sent):
+    """What arrived, frame by frame (the caller's --record-sent-g711 against the callee's
+    --record-g711): {"sent", "received", "exact": every frame received is the frame the caller sent
+    with that timestamp, bit-exact, and none twice, "holes": frames missing before the last one,
+    "lost_at_end": frames sent after the last one (the hang-up, signalling, can overtake the last
+    frames across a jittery link), "reordered": frames that came right after a later one,
+    "microphone_skipped": frames sent that are not the WAV's frame of their timestamp (the
+    caller's virtual microphone drops audio after a stall longer than its queue, as a DMA queue
+    does: not the transport's doing, and counted so that it is seen)}."""
     frames = wav_frames_g711(sent_wav)
     silence = bytes([0xFF]) * 160   # mu-law of 0: the microphone after the WAV's end
+    sent_frames = dict(read_g711_record(sent_path))
     received = read_g711_record(record_path)
     index = [ts // 20 for ts, _ in received]
-    exact = all(ts % 20 == 0 and (frames[ts // 20] if ts // 20 < len(frames) else silence) == payload
-                for ts, payload in received)
+    exact = all(sent_frames.get(ts) == payload for ts, payload in received)
     last = max(index) if index else -1
     return {"sent": sent, "received": len(received), "exact": bool(received) and exact and len(set(index)) == len(index),
             "holes": sorted(set(range(last + 1)) - set(index)),
             "lost_at_end": None if sent is None else sent - (last + 1),
-            "reordered": sum(1 for i in range(1, len(index)) if index[i] < index[i - 1])}
+            "reordered": sum(1 for i in range(1, len(index)) if index[i] < index[i - 1]),
+            "microphone_skipped": sum(1 for ts, payload in sent_frames.items()
+                                      if ts % 20 or (frames[ts // 20] if ts // 20 < len(frames) else silence) != payload)}
 
 
 def _start_call(lab, case, caller, callee, speech, seconds):
@@ -360,7 +365,8 @@ def _start_call(lab, case, caller, callee, speech, seconds):
     argv = upbx("phone", "--extension", caller, "--secret", lab.secrets[caller],
                 "--host", "%s:%d" % relay.address, "--bind", "127.0.0.1", "--send", speech, "--call", callee,
                 "--call-after", "0.3", "--duration", "%.2f" % (seconds + 0.6), "--exit-after-call",
-                "--exit-after", str(seconds + 15), "--summary", lab.path(tag + "-caller.summary.json"))
+                "--exit-after", str(seconds + 15), "--summary", lab.path(tag + "-caller.summary.json"),
+                "--record-sent-g711", lab.path(tag + "-sent.g711"))
     caller_proc = lab.spawn("phone-" + tag + "-caller", argv, stdin=subprocess.DEVNULL)
     return case, tag, relay, caller_proc, callee_proc, record
 
