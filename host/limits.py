@@ -44,10 +44,14 @@ class TokenBuckets:
         return True
 
     def charge(self, ip, cost):
-        """Take cost tokens from ip after the fact (a failure), down to an empty bucket."""
+        """Take cost tokens from ip after the fact (a failure), into debt if need be: the source earns
+        its way back before its next datagram is examined. (Stopping at an empty bucket let a source
+        that sends without pause be examined whenever one token had come in: 50 failures a second
+        instead of 5.) The debt is bounded by a burst: a flood never locks a source out for longer
+        than BURST / RATE_PER_S seconds."""
         bucket = self._buckets.get(ip)
         if bucket is not None:
-            bucket[0] = max(0.0, bucket[0] - cost)
+            bucket[0] = max(-float(self.burst), bucket[0] - cost)
 
     def _sweep(self, now):
         """Forget buckets that have refilled (an absent bucket is a full one); if none, forget all."""
