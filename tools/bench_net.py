@@ -481,7 +481,8 @@ def bench_trunking(quick=False):
                      "main host; media datagrams and their bytes counted at B's socket (+28 per datagram; signalling apart), "
                      "authentication and encryption on",
            "wan_kbps_per_call": {}, "wan_kbps_per_call_jumbo": {}, "datagrams_per_tick": {},
-           "datagrams_per_tick_jumbo": {}, "entries_per_datagram": {}}
+           "datagrams_per_tick_jumbo": {}, "entries_per_datagram": {},
+           "framing_wan_kbps_per_call": {}, "framing_wan_kbps_per_call_jumbo": {}}
     for mtu, key, dkey in ((1472, "wan_kbps_per_call", "datagrams_per_tick"),
                            (65000, "wan_kbps_per_call_jumbo", "datagrams_per_tick_jumbo")):
         main = MainUnderTest({"a": ["1%05d" % i for i in range(30)], "b": ["2%05d" % i for i in range(30)]},
@@ -496,6 +497,12 @@ def bench_trunking(quick=False):
                     # the framing costs, whatever a busy machine did to the timing of the run
                     kbps = (nbytes + IP_UDP * datagrams) * 8 / (max(1, entries) * TICK) / 1000
                     out[key][str(n)] = round(kbps, 2)
+                    # what those datagrams and entries cost by the framing (header, entries, tag): the
+                    # measured figure must be exactly this (a relay that joins two ticks' entries in
+                    # one datagram lowers both; datagrams_per_tick shows it)
+                    framing = ((wire.TRUNK_ENTRY_HEADER + wire.VOICE_BYTES) * entries
+                               + (wire.TRUNK_HEADER + wire.MEDIA_TAG + IP_UDP) * datagrams)
+                    out["framing_" + key][str(n)] = round(framing * 8 / (max(1, entries) * TICK) / 1000, 2)
                     out[dkey][str(n)] = round(datagrams / result["ticks"], 2)
                     if mtu == 1472:
                         out["entries_per_datagram"][str(n)] = round(result["received"] / 2 / max(1, datagrams), 2)
