@@ -124,6 +124,10 @@ CAUSE_NOT_PERMITTED = const(4)
 CAUSE_NETWORK_BUSY = const(5)
 CAUSE_UNREACHABLE = const(6)
 CAUSE_PROTOCOL_ERROR = const(7)
+CAUSE_FEATURE_ON = const(8)      # a star code was accepted (docs/features.md): set
+CAUSE_FEATURE_OFF = const(9)     # ... cancelled
+CAUSE_DND = const(10)            # the called phone is in do not disturb
+CAUSE_FORWARD_LOOP = const(11)   # forwarding leads back to a number already tried
 
 CAUSE_TEXT = {
     CAUSE_NORMAL: "normal clearing",
@@ -134,6 +138,10 @@ CAUSE_TEXT = {
     CAUSE_NETWORK_BUSY: "network busy",
     CAUSE_UNREACHABLE: "unreachable",
     CAUSE_PROTOCOL_ERROR: "protocol error",
+    CAUSE_FEATURE_ON: "feature on",
+    CAUSE_FEATURE_OFF: "feature off",
+    CAUSE_DND: "do not disturb",
+    CAUSE_FORWARD_LOOP: "forwarding loop",
 }
 
 PATH_RELAY = const(0)

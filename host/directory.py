@@ -19,6 +19,7 @@ import secrets
 import sqlite3
 
 from upbx.common import wire
+from upbx.host import features
 from upbx.host.files import private_database
 
 Site = collections.namedtuple("Site", "name uplink_kbps local_calls local_call_quota")
@@ -68,6 +69,10 @@ CREATE TABLE IF NOT EXISTS call_records (
     cause TEXT,
     setup_ms INTEGER,
     UNIQUE (origin, uid)
+);
+CREATE TABLE IF NOT EXISTS features (
+    number TEXT PRIMARY KEY REFERENCES extensions(number) ON DELETE CASCADE,
+    data TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sysinfo (
     version INTEGER PRIMARY KEY,
@@ -301,6 +306,29 @@ class Directory:
                                    (1 if flag else 0, number)).rowcount:
                 raise DirectoryError("unknown extension %r" % (number,))
             self._bump()
+
+    def features(self, number):
+        """An extension's feature settings (host/features.py; the defaults when none were set)."""
+        row = self._one("SELECT data FROM features WHERE number = ?", (number,))
+        return features.check(json.loads(row[0])) if row else features.defaults()
+
+    def site_features(self, site):
+        """{number: settings} of a site's extensions that have settings, for its remote host."""
+        rows = self.db.execute("SELECT f.number, f.data FROM features f JOIN extensions e ON e.number = f.number "
+                               "WHERE e.site = ?", (site,))
+        return {number: json.loads(data) for number, data in rows}
+
+    def set_features(self, number, settings, announce=False):
+        """Store an extension's settings; announce (`upbx admin`): bump the system information
+        version, so the main host sends the site's directory with them to its remote host."""
+        settings = features.check(settings)
+        with self._transaction():
+            if not self._one("SELECT 1 FROM extensions WHERE number = ?", (number,)):
+                raise DirectoryError("unknown extension %r" % (number,))
+            self.db.execute("INSERT OR REPLACE INTO features VALUES (?, ?)", (number, json.dumps(settings)))
+            if announce:
+                self._bump()
+        return settings
 
     def site_of_extension(self, number):
         """Name of the extension's site, or None for an unknown number."""

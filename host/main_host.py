@@ -7,6 +7,7 @@ import os
 
 from upbx.common import wire
 from upbx.common.chunks import chunk_ies
+from upbx.host import features
 from upbx.host.core import HostCore
 from upbx.host.directory import MAIN_ORIGIN, Directory, wire_text
 from upbx.host.peers import PeerTable
@@ -65,6 +66,7 @@ class MainHost(HostCore):
             "local_call_quota": site_row.local_call_quota,
             "extensions": {e.number: {"name": e.name, "secret": e.secret.hex(), "barred": bool(e.barred)}
                            for e in self.directory.extensions(site)},
+            "features": self.directory.site_features(site),
         }
 
     # datagrams
@@ -178,6 +180,8 @@ class MainHost(HostCore):
             self._records(link, ies, now)
         elif msg_type == wire.PUNCH_RESULT:
             self._punch_result(link, ies, now)
+        elif msg_type == wire.FEATURES:
+            self._features(link, ies, now)
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)
@@ -214,6 +218,14 @@ class MainHost(HostCore):
                 self.stats.drop("caller not of the host's site")
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         called = ies[wire.IE_CALLED]
+        if called.startswith("*"):
+            return self._star_code(link, ies, now)
+        routed, cause = features.route(called, self.directory.features, self._phone_busy)
+        if routed is None:
+            return self.refuse_setup(link, ies, cause, now, caller=caller)
+        if routed != called:
+            self.log.info("call-forwarded", caller=caller, called=called, to=routed)
+            called = routed
         target, cause = self._target_link(called)
         if target is None:
             return self.refuse_setup(link, ies, cause, now)
@@ -234,6 +246,44 @@ class MainHost(HostCore):
             self._offer_pair(link, target, now)
         self.log.info("call-setup", call=call.uid, caller=caller, called=called,
                       via="%s->%s" % (link.name, target.name))
+
+    def _phone_busy(self, number):
+        """A phone at the main host is busy when it has a leg; a remote host's phone: not known here
+        (its remote host forwards on busy, host/remote_host.py)."""
+        link = self.links_by_name.get(("phone", number))
+        return link is not None and link.legs > 0
+
+    # station features (host/features.py, docs/features.md)
+
+    def _star_code(self, link, ies, now):
+        """A star code from a phone registered here: its settings change in the directory."""
+        if link.kind != "phone":
+            return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
+        try:
+            changes, cause = features.star_code(ies[wire.IE_CALLED])
+            settings = self.directory.features(link.name)
+            settings.update(changes)
+            self.directory.set_features(link.name, settings)
+        except features.FeatureError as exc:
+            self.log.info("star-code", extension=link.name, error=str(exc))
+            return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, now)
+        self.log.info("features", extension=link.name, settings=settings)
+        self.refuse_setup(link, ies, cause, now)
+
+    def _features(self, link, ies, now):
+        """A remote host's phone changed its settings (a star code there): stored, acknowledged."""
+        number = ies.get(wire.IE_EXTENSION)
+        if link.kind != "host" or number is None or self.directory.site_of_extension(number) != self._site_of(link):
+            self.stats.drop("features not of the host's site")
+            return
+        try:
+            settings = self.directory.set_features(number, features.decode(ies.get(wire.IE_DATA, b"")))
+        except features.FeatureError as exc:
+            self.stats.drop("bad features")
+            self.log.warning("bad-features", host=link.name, error=str(exc))
+            return
+        self.log.info("features", extension=number, settings=settings, via=link.name)
+        link.send_signal(wire.FEATURES, {wire.IE_EXTENSION: number, wire.IE_DATA: features.encode(settings)}, now)
 
     def on_call_event(self, call, msg_type, now):
         if msg_type == wire.ALERTING and call.b2 and self.config.direct_media:

@@ -14,6 +14,7 @@ from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
+from upbx.host import features
 from upbx.host.core import HostCore
 from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause, uplink_admits
@@ -139,6 +140,8 @@ class RemoteHost(HostCore):
                 self.main_link.up = True
                 self.log.info("logged-in", main="%s:%d" % self.main_address, logins=self.login.logins)
                 self._upload_records(now)
+                for number in self.cache.unsent_features:
+                    self._send_features(number, now)
                 for link in self.phone_links.values():
                     self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: link.name, wire.IE_STATE: 1}, now)
             else:
@@ -189,6 +192,11 @@ class RemoteHost(HostCore):
             if leg is not None and pair is not None and leg.link is self.main_link and wire.IE_MEDIA_KEY in ies:
                 leg.direct = (MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), leg.call_no,
                                        ies.get(wire.IE_CALL_NO, 0)), pair.link)
+        elif msg_type == wire.FEATURES:
+            try:
+                self.cache.features_acknowledged(ies.get(wire.IE_EXTENSION), features.decode(ies.get(wire.IE_DATA, b"")))
+            except features.FeatureError:
+                self.stats.drop("bad features")
         elif msg_type == wire.RECORDS:
             uid = ies.get(wire.IE_CALL_ID, b"").hex()
             self.records.mark_uploaded([uid])
@@ -248,6 +256,15 @@ class RemoteHost(HostCore):
             self.stats.drop("setup missing IEs")
             return
         called = ies[wire.IE_CALLED]
+        if called.startswith("*"):
+            return self._star_code(link, ies, now)
+        if self.cache.extension(called) is not None:   # the site's own: forwarding and DND decided here
+            routed, cause = features.route(called, self._features_of, self._number_busy)
+            if routed is None:
+                return self.refuse_setup(link, ies, cause, now, caller=link.name)
+            if routed != called:
+                self.log.info("call-forwarded", caller=link.name, called=called, to=routed)
+                called = routed
         cause = self.switch.admit(link)   # call numbers left, calls per phone: refused before any state
         if cause is not None:
             return self.refuse_setup(link, ies, cause, now, caller=link.name)
@@ -268,6 +285,39 @@ class RemoteHost(HostCore):
             return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
         self.switch.offer(call, self.main_link, now, call_id=False)   # the main host chooses the call ids
         self.log.info("call-setup", call=call.uid, caller=link.name, called=called, via="main")
+
+    # station features (host/features.py, docs/features.md): this host keeps its phones' settings
+
+    def _features_of(self, number):
+        """The settings of a number: the site's own from this host's copy; another site's are the
+        main host's to apply (defaults here: the call goes there unchanged)."""
+        if self.cache.extension(number) is None:
+            return features.defaults()
+        return self.cache.features(number)
+
+    def _number_busy(self, number):
+        link = self._phone_link(number)
+        return link is not None and self._busy(link)
+
+    def _star_code(self, link, ies, now):
+        """A star code from one of our phones: the settings change here, whether or not the main
+        host is reachable, and go to the main host (now, or once it is back)."""
+        try:
+            changes, cause = features.star_code(ies[wire.IE_CALLED])
+        except features.FeatureError as exc:
+            self.log.info("star-code", extension=link.name, error=str(exc))
+            return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, now, caller=link.name)
+        settings = self.cache.features(link.name)
+        settings.update(changes)
+        self.cache.set_features(link.name, settings)
+        self.log.info("features", extension=link.name, settings=settings, main_up=self.main_link.up)
+        self._send_features(link.name, now)
+        self.refuse_setup(link, ies, cause, now, caller=link.name)
+
+    def _send_features(self, number, now):
+        if self.main_link.up:
+            self.main_link.send_signal(wire.FEATURES, {wire.IE_EXTENSION: number,
+                                                       wire.IE_DATA: features.encode(self.cache.features(number))}, now)
 
     def _uplink_calls(self):
         return sum(1 for c in self.switch.calls.values() if c.path != "local" and c.b is not None)
@@ -331,8 +381,18 @@ class RemoteHost(HostCore):
         if wire.IE_CALL_NO not in ies or wire.IE_MEDIA_KEY not in ies or called is None:
             self.stats.drop("setup missing IEs")
             return
+        cause = None
+        if self.cache.extension(called) is not None:
+            routed, cause = features.route(called, self._features_of, self._number_busy)
+            if routed is not None and routed != called:
+                if self.cache.extension(routed) is None:
+                    cause = wire.CAUSE_BUSY   # forwarded on busy to another site: the main host's to do (not yet)
+                else:
+                    self.log.info("call-forwarded", called=called, to=routed)
+                    called = routed
         target = self._phone_link(called)
-        cause = wire.CAUSE_UNREACHABLE if target is None else (wire.CAUSE_BUSY if self._busy(target) else None)
+        if cause is None:
+            cause = wire.CAUSE_UNREACHABLE if target is None else (wire.CAUSE_BUSY if self._busy(target) else None)
         if cause is None and not self._admits():
             cause = wire.CAUSE_NETWORK_BUSY  # the media would go up the uplink too
         if cause is None:

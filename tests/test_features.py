@@ -1,0 +1,176 @@
+"""Station features on the real host cores in one process (tests/inprocess.py): do not disturb and
+forwarding (docs/features.md), set by star codes from the phones' protocol cores and by the
+directory (`upbx admin ext forward`), on local calls, calls through the main host and calls to
+phones at the main host, and while the main host is unreachable.
+
+tests/test_features_handset.py proves the same with firmware phones on real sockets, by what
+the phones show and play.
+"""
+import pytest
+
+from upbx.common import wire
+from upbx.common.call import RINGING
+from upbx.host import features
+from upbx.host.directory import Directory
+from tests.inprocess import MAIN, World, attach_host
+from tests.test_routing import _flowing, _rang, _refused, _world
+
+
+def _star(world, number, code):
+    """number dials a star code; the cause its host answered with."""
+    return _refused(world, number, code)[0]
+
+
+def _call_via(world, caller, dialled, rings, limit_ms=5000):
+    """caller dials `dialled`; `rings` (where it is forwarded) answers; both end connected."""
+    a, b = world.phones[caller], world.phones[rings]
+    assert a.phone.dial(dialled, world.net.now)
+    a.flush()
+
+    def up():
+        if b.phone.state == RINGING:
+            b.phone.answer(world.net.now)
+            b.flush()
+        return a.connected and b.connected
+    world.run_until(up, limit_ms, "%s -> %s connected at %s" % (caller, dialled, rings))
+    a.sent, a.received, b.sent, b.received = [], [], [], []
+
+
+def test_star_codes_parse_to_settings_and_refuse_what_they_do_not_know():
+    assert features.star_code("*78") == ({"dnd": True}, wire.CAUSE_FEATURE_ON)
+    assert features.star_code("*79") == ({"dnd": False}, wire.CAUSE_FEATURE_OFF)
+    assert features.star_code("*72301") == ({"always": "301"}, wire.CAUSE_FEATURE_ON)
+    assert features.star_code("*90102") == ({"busy": "102"}, wire.CAUSE_FEATURE_ON)
+    assert features.star_code("*92102*20") == ({"noanswer": "102", "noanswer_s": 20}, wire.CAUSE_FEATURE_ON)
+    assert features.star_code("*73") == ({"always": None, "busy": None, "noanswer": None}, wire.CAUSE_FEATURE_OFF)
+    assert features.star_code("301") is None
+    for bad in ("*7", "*781", "*72", "*72x", "*92102*2", "*99"):
+        with pytest.raises(features.FeatureError):
+            features.star_code(bad)
+    with pytest.raises(features.FeatureError, match="unknown feature setting"):
+        features.check({"dnd": True, "colour": "red"})
+    with pytest.raises(features.FeatureError, match="bad dnd"):
+        features.decode(b'{"dnd": 1}')
+
+
+def test_forwarding_loops_and_hop_limit_are_stopped_with_a_cause():
+    table = {"1": {"always": "2"}, "2": {"always": "3"}, "3": {"always": "1"}, "4": {"dnd": True},
+             "5": {"busy": "6"}}
+    settings = lambda n: dict(features.defaults(), **table.get(n, {}))
+    assert features.route("1", settings) == (None, wire.CAUSE_FORWARD_LOOP)
+    assert features.route("4", settings) == (None, wire.CAUSE_DND)
+    assert features.route("5", settings, busy=lambda n: n == "5") == ("6", None)
+    assert features.route("5", settings, busy=lambda n: False) == ("5", None)
+    chain = {str(i): {"always": str(i + 1)} for i in range(10)}
+    assert features.route("0", lambda n: dict(features.defaults(), **chain.get(n, {}))) == \
+        (None, wire.CAUSE_FORWARD_LOOP)
+
+
+def test_dnd_refuses_calls_on_every_path_and_survives_the_main_host_being_away(tmp_path):
+    world = _world(tmp_path, ("101", "102", "103", "301", "302"))
+    try:
+        p = world.phones
+        assert _star(world, "102", "*78") == wire.CAUSE_FEATURE_ON           # at the remote host
+        assert _star(world, "302", "*78") == wire.CAUSE_FEATURE_ON           # at the main host
+        world.run(200)
+        with Directory(tmp_path / "main.sqlite") as d:                        # the main host has a copy
+            assert d.features("102")["dnd"] is True and d.features("302")["dnd"] is True
+        assert _refused(world, "101", "102")[0] == wire.CAUSE_DND            # local (B3)
+        assert _refused(world, "301", "102")[0] == wire.CAUSE_DND            # main host -> site a
+        assert _refused(world, "101", "302")[0] == wire.CAUSE_DND            # site a -> main host's phone
+        assert not _rang(p["102"]) and not _rang(p["302"])
+        world.call("101", "103")                                              # others still ring
+        world.run(300)
+        assert _flowing(p["101"], p["103"])
+        world.hangup("101")
+
+        world.main_away()
+        assert _refused(world, "101", "102")[0] == wire.CAUSE_DND            # kept by the remote host
+        assert _star(world, "102", "*79") == wire.CAUSE_FEATURE_OFF          # changed without the main host
+        world.call("101", "102")
+        world.run(300)
+        assert _flowing(p["101"], p["102"])
+        world.hangup("102")
+        assert world.a.cache.unsent_features == ["102"]
+
+        attach_host(world.net, world.main, MAIN)                             # the main host is back
+        world.run_until(lambda: world.a.cache.unsent_features == [], 30000, "features sent to main")
+        with Directory(tmp_path / "main.sqlite") as d:
+            assert d.features("102")["dnd"] is False
+        world.run(500)          # the directory the main host sent on the new login keeps 102's change
+        assert world.a.cache.features("102")["dnd"] is False
+        world.call("301", "102")
+        world.hangup("301")
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_forward_always_and_busy_reach_any_extension_and_loops_are_stopped(tmp_path):
+    world = _world(tmp_path, ("101", "102", "103", "301", "302", "303"))
+    try:
+        p = world.phones
+        assert _star(world, "102", "*72103") == wire.CAUSE_FEATURE_ON        # local to local
+        world.call("101", "103")   # warm-up: nothing forwarded yet for 103
+        world.hangup("101")
+        before = len(_rang(p["103"]))
+        _call_via(world, "101", "102", "103")                                  # 102 forwards always to 103
+        assert len(_rang(p["103"])) == before + 1 and not _rang(p["102"])
+        world.run(300)
+        assert _flowing(p["101"], p["103"])
+        world.hangup("101")
+
+        assert _star(world, "103", "*72301") == wire.CAUSE_FEATURE_ON        # site a -> main host's phone
+        world.run(200)
+        _call_via(world, "302", "103", "301")                                  # from the main host: to 301
+        world.run(300)
+        assert _flowing(p["302"], p["301"]) and len(_rang(p["103"])) == before + 1
+        world.hangup("302")
+        _call_via(world, "101", "103", "301")                                  # local number, forwarded off site
+        world.run(300)
+        assert _flowing(p["101"], p["301"])
+        world.hangup("101")
+
+        assert _star(world, "301", "*72102") == wire.CAUSE_FEATURE_ON        # 102 -> 103 -> 301 -> 102
+        assert _refused(world, "302", "102")[0] == wire.CAUSE_FORWARD_LOOP
+        assert _refused(world, "101", "301")[0] == wire.CAUSE_FORWARD_LOOP
+        assert _star(world, "301", "*73") == wire.CAUSE_FEATURE_OFF
+        assert _star(world, "103", "*73") == wire.CAUSE_FEATURE_OFF
+        assert _star(world, "102", "*73") == wire.CAUSE_FEATURE_OFF
+
+        assert _star(world, "301", "*90303") == wire.CAUSE_FEATURE_ON        # busy, at the main host
+        assert _star(world, "102", "*90103") == wire.CAUSE_FEATURE_ON        # busy, at the remote host
+        world.call("301", "302")
+        rang = len(_rang(p["303"]))
+        _call_via(world, "101", "301", "303")                                  # 301 busy: 303 rings
+        assert len(_rang(p["303"])) == rang + 1
+        world.run(300)
+        assert _flowing(p["101"], p["303"])
+        world.hangup("101")
+        world.call("303", "102")                                              # 102 idle: it rings itself
+        world.run(200)
+        rang = len(_rang(p["103"]))
+        world.phones["101"].phone.dial("102", world.net.now)                  # 102 busy: 103 rings
+        world.phones["101"].flush()
+        world.run_until(lambda: len(_rang(p["103"])) == rang + 1, 3000, "103 rings")
+        assert p["101"].causes().count(wire.CAUSE_BUSY) == 0
+        world.hangup("101")
+        world.hangup("303")
+        world.hangup("301")
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_an_admin_change_reaches_the_remote_host_and_is_applied_there(tmp_path):
+    world = _world(tmp_path, ("101", "102", "103"))
+    try:
+        with Directory(tmp_path / "main.sqlite") as d:
+            d.set_features("102", dict(features.defaults(), always="103"), announce=True)
+        world.run_until(lambda: world.a.cache.features("102")["always"] == "103", 5000, "directory with features")
+        world.main_away()
+        _call_via(world, "101", "102", "103")                                  # forwarded without the main host
+        assert world.phones["103"].connected and not _rang(world.phones["102"])
+        world.hangup("101")
+    finally:
+        world.close()
