@@ -34,7 +34,8 @@ from firmware.hal import rarely
 _FRAME_MS = const(20)
 # the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
 TONES = {"busy": "busy", "unreachable": "reorder", "network busy": "reorder", "not permitted": "reorder",
-         "unknown extension": "reorder", "no answer": "reorder"}
+         "unknown extension": "reorder", "no answer": "reorder", "do not disturb": "busy",
+         "forwarding loop": "reorder"}
 RING_TONE = "ringback"     # the ringer: the speaker plays the ring-back cadence (2 s on, 4 s off)
 KEY_OFF_HOOK = "A"         # lift: dial tone when idle, answers a ringing call
 KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
@@ -64,6 +65,29 @@ _IP_TOS = getattr(socket, "IP_TOS", 1)
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
 _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
+
+
+def star_code(cmd):
+    """The star code a `!dnd` or `!forward` console command dials (docs/features.md), else None."""
+    words = cmd.split()
+    what = words[1] if len(words) > 1 else ""
+    if words[0] == "!dnd" and len(words) == 2 and what in ("on", "off"):
+        return "*78" if what == "on" else "*79"
+    if words[0] != "!forward":
+        return None
+    if what == "off" and len(words) == 2:
+        return "*73"
+    if len(words) < 3 or not words[2].isdigit():
+        return None
+    if what == "always" and len(words) == 3:
+        return "*72" + words[2]
+    if what == "busy" and len(words) == 3:
+        return "*90" + words[2]
+    if what == "noanswer" and len(words) == 3:
+        return "*92" + words[2]
+    if what == "noanswer" and len(words) == 4 and words[3].isdigit():
+        return "*92%s*%s" % (words[2], words[3])
+    return None
 
 
 def due(now, at):
@@ -191,6 +215,12 @@ class App:
         elif cmd == "!reset" or cmd == "!quit":
             self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
+        elif cmd.startswith("!dnd ") or cmd.startswith("!forward "):
+            code = star_code(cmd)   # docs/features.md: the host answers the star code with its cause
+            if code is None:
+                self.log("W", "bad feature command %r" % cmd)
+            else:
+                self.dial(code, now)
         elif cmd.startswith("!button "):   # boards without a digit keypad: speed dial (firmware/sysinfo.py)
             rarely("firmware.sysinfo").button(self, cmd[8:].strip(), now)
         elif len(cmd) == 1:
@@ -223,6 +253,11 @@ class App:
                 self.command("!dtmf " + key, now)
         elif state != IDLE:
             return  # dialing or ring-back: only D (hang up) means anything
+        elif key == "*" and (not self.digits or self.digits[0] == "*"):
+            self.digits += key    # a star code (docs/features.md): *78#, *72301# ...
+            tone.dtmf(key, 60)
+            self.tone_stop_at = None
+            self.hal.display("dial", self.digits)
         elif key == KEY_OFF_HOOK or key == "*":
             self.digits = ""
             tone.start("dial")
@@ -298,7 +333,10 @@ class App:
                 if tone:
                     self.pipeline.tone.start(tone)
                     self.tone_stop_at = ticks_add(now, self.tone_timeout_ms)
-                self.hal.display("ended: " + cause, None)
+                if event.cause == wire.CAUSE_FEATURE_ON or event.cause == wire.CAUSE_FEATURE_OFF:
+                    self.hal.display(cause, self.current and self.current["to"])   # "feature on *78"
+                else:
+                    self.hal.display("ended: " + cause, None)
                 if self.current is not None:
                     self.current["cause"] = cause
                     self.current["tone"] = tone  # what the speaker plays now (None: silence)
