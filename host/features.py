@@ -107,15 +107,19 @@ def decode(data):
         raise FeatureError("feature settings are not JSON: %s" % exc)
 
 
-def route(number, settings_of, busy=None):
+def route(number, settings_of, busy=None, seen=None):
     """Where a call to number rings: (number, None), or (None, cause) when it must not ring.
 
     settings_of(number) gives an extension's settings; busy(number) says whether its phone is in
     a call (None: not known here, the registering host decides). Forward always is followed
     first, then forward on busy; the phone that would ring last is checked for do not disturb.
-    A number seen twice, or more than MAX_HOPS forwards, is a loop."""
-    seen = [number]
+    seen: the numbers this call was already offered to (a forward on no answer continues the
+    call's list; it is extended). A number seen twice, or more than MAX_HOPS forwards, is a loop."""
+    seen = [] if seen is None else seen
     while True:
+        if number in seen or len(seen) > MAX_HOPS:
+            return None, wire.CAUSE_FORWARD_LOOP
+        seen.append(number)
         settings = settings_of(number)
         target = settings["always"]
         if target is None and busy is not None and settings["busy"] is not None and busy(number):
@@ -124,7 +128,4 @@ def route(number, settings_of, busy=None):
             if settings["dnd"]:
                 return None, wire.CAUSE_DND
             return number, None
-        if target in seen or len(seen) > MAX_HOPS:
-            return None, wire.CAUSE_FORWARD_LOOP
-        seen.append(target)
         number = target

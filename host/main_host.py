@@ -6,6 +6,7 @@ import json
 import os
 
 from upbx.common import wire
+from upbx.common.call import RELEASE_RECEIVED
 from upbx.common.chunks import chunk_ies
 from upbx.host import features
 from upbx.host.core import HostCore
@@ -220,7 +221,8 @@ class MainHost(HostCore):
         called = ies[wire.IE_CALLED]
         if called.startswith("*"):
             return self._star_code(link, ies, now)
-        routed, cause = features.route(called, self.directory.features, self._phone_busy)
+        tried = []
+        routed, cause = features.route(called, self.directory.features, self._phone_busy, seen=tried)
         if routed is None:
             return self.refuse_setup(link, ies, cause, now, caller=caller)
         if routed != called:
@@ -238,7 +240,11 @@ class MainHost(HostCore):
             return self.refuse_setup(link, ies, cause, now)
         caller_ext = self.directory.extension(caller)
         name = wire_text(caller_ext.name if caller_ext else "", wire.IE_SPEC[wire.IE_CALLING_NAME][3])
+        if link.kind == "host":   # a local call its remote host forwarded off the site: no longer local
+            self.local_calls.get(self._site_of(link), set()).discard(ies.get(wire.IE_CALL_ID))
         call = self.switch.new_call(caller, called, now)   # the main host chooses the call id
+        call.tried = tried
+        call.noanswer = self._noanswer_of(called)
         self.switch.incoming(call, link, ies)
         self.switch.offer(call, target, now, name)
         call.b2 = link.kind == "host" and target.kind == "host"
@@ -285,8 +291,65 @@ class MainHost(HostCore):
         self.log.info("features", extension=number, settings=settings, via=link.name)
         link.send_signal(wire.FEATURES, {wire.IE_EXTENSION: number, wire.IE_DATA: features.encode(settings)}, now)
 
+    def _noanswer_of(self, number):
+        """(number, ms) where a call to number goes when it rings that long unanswered, else None."""
+        settings = self.directory.features(number)
+        return (settings["noanswer"], settings["noanswer_s"] * 1000) if settings["noanswer"] else None
+
+    def _forward_no_answer(self, call, now):
+        """The callee rang for its no-answer time: its leg goes, the call is offered where it forwards."""
+        number = call.noanswer[0]
+        self.switch.drop_callee(call, wire.CAUSE_NO_ANSWER, now)
+        self._forward(call, number, "no answer", now)
+
+    def call_message(self, link, msg_type, ies, now):
+        """A remote host's phone was busy (the main host cannot know that beforehand): forward on
+        busy happens here, the caller keeps its call; everything else as every host does."""
+        leg = self.switch.leg_for(ies, link) if msg_type == wire.RELEASE else None
+        call = leg.call if leg is not None else None
+        if (call is not None and leg is call.b and ies.get(wire.IE_CAUSE) == wire.CAUSE_BUSY
+                and call.state in ("setup", "alerting")):
+            number = self.directory.features(call.callee)["busy"]
+            if number is not None:
+                leg.apply(RELEASE_RECEIVED)
+                self.switch.drop_callee(call, wire.CAUSE_BUSY, now)
+                return self._forward(call, number, "busy", now)
+        HostCore.call_message(self, link, msg_type, ies, now)
+
+    def _forward(self, call, number, reason, now):
+        """Offer a call whose callee leg is gone to number, following that number's forwarding."""
+        routed, cause = features.route(number, self.directory.features, self._phone_busy, seen=call.tried)
+        target = None
+        if routed is not None:
+            target, cause = self._target_link(routed)
+        if target is not None and (target is call.a.link and target.kind == "phone"):
+            target, cause = None, wire.CAUSE_FORWARD_LOOP
+        if target is not None and target.kind == "phone" and target.legs:
+            target, cause = None, wire.CAUSE_BUSY
+        if target is not None:
+            cause = self.switch.admit(target)
+        if cause is not None:
+            self.log.info("call-forward-failed", call=call.uid, to=number, cause=wire.CAUSE_TEXT[cause])
+            self.switch.release(call.a, cause, now)
+            return self.end_call(call, cause, now)
+        self.log.info("call-forwarded", call=call.uid, called=call.callee, to=routed, reason=reason)
+        caller_ext = self.directory.extension(call.caller)
+        name = wire_text(caller_ext.name if caller_ext else "", wire.IE_SPEC[wire.IE_CALLING_NAME][3])
+        call.callee = routed
+        call.offered_ms = now
+        call.noanswer = self._noanswer_of(routed)
+        call.punch = {}
+        call.b2 = call.a.link.kind == "host" and target.kind == "host" and target is not call.a.link
+        self.switch.offer(call, target, now, name)
+        if call.b2 and self.config.direct_media:
+            self._offer_pair(call.a.link, target, now)
+
     def on_call_event(self, call, msg_type, now):
-        if msg_type == wire.ALERTING and call.b2 and self.config.direct_media:
+        # B2: media straight between the remote hosts once the callee rings; a call that may still
+        # be forwarded on no answer waits for the answer (a direct path is not taken back)
+        if call.b2 and self.config.direct_media and (
+                (msg_type == wire.ALERTING and call.noanswer is None) or
+                (msg_type == wire.ANSWER and call.noanswer is not None)):
             self._media_peers(call, now)
 
     def on_call_ended(self, call, cause, now):
@@ -396,7 +459,10 @@ class MainHost(HostCore):
         self.switch.flush()
         ring_ms = self.config.ring_timeout_s * 1000
         for call in list(self.switch.calls.values()):
-            if call.state in ("setup", "alerting") and now - call.started_ms > ring_ms:
+            ringing = call.state in ("setup", "alerting") and call.b is not None
+            if ringing and call.noanswer is not None and now - call.offered_ms >= call.noanswer[1]:
+                self._forward_no_answer(call, now)
+            elif ringing and now - call.offered_ms > ring_ms:
                 self.switch.release(call.a, wire.CAUSE_NO_ANSWER, now)
                 self.switch.release(call.b, wire.CAUSE_NO_ANSWER, now)
                 self.end_call(call, wire.CAUSE_NO_ANSWER, now)

@@ -258,8 +258,9 @@ class RemoteHost(HostCore):
         called = ies[wire.IE_CALLED]
         if called.startswith("*"):
             return self._star_code(link, ies, now)
+        tried = []
         if self.cache.extension(called) is not None:   # the site's own: forwarding and DND decided here
-            routed, cause = features.route(called, self._features_of, self._number_busy)
+            routed, cause = features.route(called, self._features_of, self._number_busy, seen=tried)
             if routed is None:
                 return self.refuse_setup(link, ies, cause, now, caller=link.name)
             if routed != called:
@@ -269,6 +270,7 @@ class RemoteHost(HostCore):
         if cause is not None:
             return self.refuse_setup(link, ies, cause, now, caller=link.name)
         call = self.switch.new_call(link.name, called, now)
+        call.tried = tried or [called]
         self.switch.incoming(call, link, ies)
         if self.cache.extension(called) is not None:
             call.path = "local"
@@ -374,6 +376,9 @@ class RemoteHost(HostCore):
             return self._refuse(call, cause, now)
         name = (self.cache.extension(call.caller) or {}).get("name", "")
         self.switch.offer(call, target, now, name, local=True)
+        call.offered_ms = now
+        settings = self.cache.features(call.callee)
+        call.noanswer = (settings["noanswer"], settings["noanswer_s"] * 1000) if settings["noanswer"] else None
         self.log.info("call-setup", call=call.uid, caller=call.caller, called=call.callee, via="local")
 
     def _incoming(self, ies, now):
@@ -386,7 +391,7 @@ class RemoteHost(HostCore):
             routed, cause = features.route(called, self._features_of, self._number_busy)
             if routed is not None and routed != called:
                 if self.cache.extension(routed) is None:
-                    cause = wire.CAUSE_BUSY   # forwarded on busy to another site: the main host's to do (not yet)
+                    cause = wire.CAUSE_BUSY   # forwarded to another site: the main host forwards on busy
                 else:
                     self.log.info("call-forwarded", called=called, to=routed)
                     called = routed
@@ -404,8 +409,31 @@ class RemoteHost(HostCore):
         self.switch.offer(call, target, now, ies.get(wire.IE_CALLING_NAME, ""))
 
     def on_call_event(self, call, msg_type, now):
-        if msg_type == wire.ALERTING and call.path == "local":
+        # B3: the phones send media to each other once the callee rings; a call that may still be
+        # forwarded on no answer waits for the answer (the caller's phone cannot take it back)
+        if call.path == "local" and ((msg_type == wire.ALERTING and call.noanswer is None) or
+                                     (msg_type == wire.ANSWER and call.noanswer is not None)):
             self._local_media(call, now)
+
+    def _forward_no_answer(self, call, now):
+        """A local call rang for the callee's no-answer time: offered where it forwards, on the
+        site (still local) or through the main host (no longer local: the main host records it)."""
+        number = call.noanswer[0]
+        self.switch.drop_callee(call, wire.CAUSE_NO_ANSWER, now)
+        routed, cause = features.route(number, self._features_of, self._number_busy, seen=call.tried)
+        if routed is None:
+            return self._refuse(call, cause, now)
+        self.log.info("call-forwarded", call=call.uid, called=call.callee, to=routed, reason="no answer")
+        call.callee = routed
+        call.noanswer = None
+        if self.cache.extension(routed) is not None:
+            return self._connect_local(call, now)
+        if not self.main_link.up:
+            return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
+        call.path = "relay"
+        if not self._admits() or self.switch.admit(self.main_link) is not None:
+            return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
+        self.switch.offer(call, self.main_link, now)   # with the call id: main forgets the local grant
 
     def _local_media(self, call, now):
         """B3: both phones send media to each other on the LAN; no host carries it."""
@@ -465,6 +493,10 @@ class RemoteHost(HostCore):
         for call in list(self.pending_local.values()):
             if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:
                 self._decide_locally(call, now)
+        for call in list(self.switch.calls.values()):
+            if (call.noanswer is not None and call.path == "local" and call.b is not None
+                    and call.state in ("setup", "alerting") and now - call.offered_ms >= call.noanswer[1]):
+                self._forward_no_answer(call, now)
         if any(c.path != "local" for c in self.switch.calls.values()):
             self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
         else:

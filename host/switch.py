@@ -113,6 +113,9 @@ class Call:
         self.frames = 0
         self.b2 = False             # both legs go to remote hosts: a direct path may be punched
         self.punch = {}             # remote host name -> path it reported (B2)
+        self.offered_ms = now       # when leg b was last offered (ring timeout, forward on no answer)
+        self.tried = [callee]       # the numbers offered so far (forwarding: a loop is a number tried twice)
+        self.noanswer = None        # (number, ms): where the call goes if it rings that long unanswered
 
     @property
     def state(self):
@@ -231,16 +234,32 @@ class Switch:
         call.ended_ms = now
         self._forget_ended(now)
         for leg in (call.a, call.b):
-            if leg is not None and self.legs.get(leg.call_no) is leg:
-                leg.apply(TIMEOUT)    # released, whatever ended the call
-                del self.legs[leg.call_no]
-                leg.link.legs -= 1
-                media = leg.direct[0] if leg.direct else leg.media
-                self._ended[leg.call_no] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
-                                            leg.direct[1].serial if leg.direct else None, now)
-                self._ended_order.append((now, leg.call_no))
+            if leg is not None:
+                self._forget_leg(leg, now)
         self.calls.pop(call.call_id, None)
         return True
+
+    def drop_callee(self, call, cause, now):
+        """Leg b of a call still ringing goes (RELEASE with cause to the phone that rang), so that
+        another leg b can be offered: forwarding on no answer or on busy. Leg a stays as it is."""
+        leg = call.b
+        if leg is None:
+            return
+        self.release(leg, cause, now)
+        self._forget_leg(leg, now)
+        call.b = None
+
+    def _forget_leg(self, leg, now):
+        """leg is released: its call number is free again, its late frames still authenticate a while."""
+        if self.legs.get(leg.call_no) is not leg:
+            return
+        leg.apply(TIMEOUT)    # released, whatever ended it
+        del self.legs[leg.call_no]
+        leg.link.legs -= 1
+        media = leg.direct[0] if leg.direct else leg.media
+        self._ended[leg.call_no] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
+                                    leg.direct[1].serial if leg.direct else None, now)
+        self._ended_order.append((now, leg.call_no))
 
     def _forget_ended(self, now):
         """Ended calls are remembered for ENDED_KEEP_MS (frames in flight), never more than ENDED_MAX."""

@@ -174,3 +174,87 @@ def test_an_admin_change_reaches_the_remote_host_and_is_applied_there(tmp_path):
         world.hangup("101")
     finally:
         world.close()
+
+
+def _ringing_then(world, caller, dialled, first, then, after_ms, limit_ms=3000):
+    """caller dials; `first` rings and is not answered; after after_ms `then` rings (and first's
+    ringing ended with no answer); `then` answers. Returns the virtual ms from dial to `then` ringing."""
+    a, b, c = world.phones[caller], world.phones[first], world.phones[then]
+    rang = len(_rang(c))
+    assert a.phone.dial(dialled, world.net.now)
+    a.flush()
+    started = world.net.now
+    world.run_until(lambda: b.phone.state == RINGING, limit_ms, "%s rings" % first)
+    world.run_until(lambda: c.phone.state == RINGING, after_ms + limit_ms, "%s rings" % then)
+    took = world.net.now - started
+    assert b.idle and b.causes()[-1] == wire.CAUSE_NO_ANSWER and len(_rang(c)) == rang + 1
+    c.phone.answer(world.net.now)
+    c.flush()
+    world.run_until(lambda: a.connected and c.connected, limit_ms, "%s answers" % then)
+    a.sent, a.received, c.sent, c.received = [], [], [], []
+    return took
+
+
+def test_forward_on_no_answer_on_every_path_and_while_the_main_host_is_away(tmp_path):
+    world = _world(tmp_path, ("101", "102", "103", "301", "302"))
+    try:
+        p = world.phones
+        media = lambda host: host.status()["stats"]["counters"].get("media in", 0)
+        assert _star(world, "301", "*92302*5") == wire.CAUSE_FEATURE_ON      # at the main host
+        world.run(100)
+        _ringing_then(world, "101", "301", "301", "302", 5000)                 # site a -> main -> 302
+        world.run(300)
+        assert _flowing(p["101"], p["302"])
+        world.hangup("101")
+
+        assert _star(world, "102", "*92103*5") == wire.CAUSE_FEATURE_ON      # local, to a local phone
+        _ringing_then(world, "101", "102", "102", "103", 5000)
+        assert [c["path"] for c in world.a.status()["calls"]] == ["local"]
+        world.run(200)
+        before = media(world.a), media(world.main)
+        world.run(600)
+        assert _flowing(p["101"], p["103"]) and (media(world.a), media(world.main)) == before   # phone to phone
+        world.hangup("103")
+
+        assert _star(world, "103", "*92301*5") == wire.CAUSE_FEATURE_ON      # local, forwarded off the site
+        assert _star(world, "301", "*73") == wire.CAUSE_FEATURE_OFF
+        world.run(100)
+        _ringing_then(world, "101", "103", "103", "301", 5000)
+        world.run(300)
+        assert _flowing(p["101"], p["301"])
+        assert not world.main.local_calls.get("a")                            # the local grant was given back
+        world.hangup("301")
+
+        assert _star(world, "103", "*92102*5") == wire.CAUSE_FEATURE_ON      # 102 -> 103 -> 102: a loop
+        assert p["101"].phone.dial("102", world.net.now)
+        p["101"].flush()
+        world.run_until(lambda: p["101"].idle, 12000, "the loop ends the call")
+        assert p["101"].causes()[-1] == wire.CAUSE_FORWARD_LOOP
+        assert p["102"].idle and p["103"].idle
+
+        world.main_away()                                                     # the site's own phones still forward
+        assert _star(world, "103", "*73") == wire.CAUSE_FEATURE_OFF
+        took = _ringing_then(world, "101", "102", "102", "103", 5000)
+        assert 5000 <= took <= 5000 + 3 * 20, took                            # the no-answer time, to a tick
+        world.run(300)
+        assert _flowing(p["101"], p["103"])
+        world.hangup("101")
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_main_host_forwards_on_busy_when_the_remote_host_finds_its_phone_busy(tmp_path):
+    world = _world(tmp_path, ("101", "102", "301", "302"))
+    try:
+        p = world.phones
+        assert _star(world, "102", "*90301") == wire.CAUSE_FEATURE_ON        # busy: to a phone at the main host
+        world.call("102", "101")
+        _call_via(world, "302", "102", "301")
+        world.run(300)
+        assert _flowing(p["302"], p["301"]) and p["102"].connected and len(_rang(p["102"])) == 0
+        world.hangup("302")
+        world.hangup("101")
+        assert not world.net.errors
+    finally:
+        world.close()
