@@ -44,6 +44,7 @@ ANSWER = const(0x13)
 RELEASE = const(0x14)
 DTMF = const(0x16)
 MEDIA_PEER = const(0x17)
+HOLD = const(0x18)       # state 1: the sender's phone holds the call, 0: resumes it (docs/features.md)
 SYSINFO = const(0x40)
 SYSINFO_ACK = const(0x41)
 
@@ -70,6 +71,7 @@ IE_ROLE = const(0x1C)
 IE_VERSION = const(0x20)
 IE_CHUNK = const(0x21)
 IE_DATA = const(0x22)
+IE_STATE = const(0x25)
 IE_KEEPALIVE = const(0x26)
 
 # How the codec reads each IE type: 3 bytes per type, (kind, least value bytes, most value bytes);

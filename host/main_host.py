@@ -183,6 +183,8 @@ class MainHost(HostCore):
             self._punch_result(link, ies, now)
         elif msg_type == wire.FEATURES:
             self._features(link, ies, now)
+        elif msg_type == wire.HOLD:
+            self.hold_message(link, ies, now)
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)
@@ -456,6 +458,7 @@ class MainHost(HostCore):
     # timers
 
     def on_tick(self, now):
+        self.play_music_on_hold(now)
         self.switch.flush()
         ring_ms = self.config.ring_timeout_s * 1000
         for call in list(self.switch.calls.values()):

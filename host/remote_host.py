@@ -204,6 +204,8 @@ class RemoteHost(HostCore):
             self.stats.count("records uploaded")
         elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
             self.call_message(self.main_link, msg_type, ies, now)
+        elif msg_type == wire.HOLD:
+            self.hold_message(self.main_link, ies, now)
 
     # phones
 
@@ -244,6 +246,8 @@ class RemoteHost(HostCore):
             self._outgoing(link, ies, now)
         elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
             self.call_message(link, msg_type, ies, now)
+        elif msg_type == wire.HOLD:
+            self.hold_message(link, ies, now)
         else:
             self.stats.drop("unexpected message")
 
@@ -489,6 +493,7 @@ class RemoteHost(HostCore):
     # timers
 
     def on_tick(self, now):
+        self.play_music_on_hold(now)
         self.switch.flush()
         for call in list(self.pending_local.values()):
             if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:

@@ -116,6 +116,11 @@ class Call:
         self.offered_ms = now       # when leg b was last offered (ring timeout, forward on no answer)
         self.tried = [callee]       # the numbers offered so far (forwarding: a loop is a number tried twice)
         self.noanswer = None        # (number, ms): where the call goes if it rings that long unanswered
+        self.held_by = None         # the leg on whose side the call is held (docs/features.md), else None
+        self.moh_pos = 0            # the next frame of music on hold
+        self.ts_out = [0, 0]        # the last timestamp sent towards leg a, leg b
+        self.ts_shift = [0, 0]      # added to what is forwarded towards leg a, b after music on hold
+        self.moh_last = [None, None]  # the last music-on-hold timestamp towards a, b, until voice follows
 
     @property
     def state(self):
@@ -398,7 +403,33 @@ class Switch:
         out = other_leg(leg)
         if out.peer_call_no is None:
             return None
+        held = call.held_by
+        if held is not None and (out is held or (leg is held and held.link.kind == "phone")):
+            self.stats.count("media held")   # the held party's voice stops here; the holder's is music
+            return None
+        i = 0 if out is call.a else 1
+        ts += call.ts_shift[i]
+        last = call.moh_last[i]
+        if last is not None:       # the first voice after music on hold: it carries on after the music
+            if ts <= last:
+                call.ts_shift[i] += last + 20 - ts
+                ts = last + 20
+            call.moh_last[i] = None
+        if ts > call.ts_out[i]:
+            call.ts_out[i] = ts
         call.frames += 1
+        return self.send_media(out, ts, payload)
+
+    def music_on_hold(self, call, payload, now):
+        """One frame of music on hold to the party a held call's holder left (the holder's host
+        calls this every tick), on the timeline the holder's voice was on and will carry on."""
+        out = other_leg(call.held_by)
+        if out is None or out.peer_call_no is None:
+            return None
+        i = 0 if out is call.a else 1
+        ts = max(call.ts_out[i] + 20, (now - (call.answered_ms or now)) // 20 * 20)
+        call.ts_out[i] = call.moh_last[i] = ts
+        self.stats.count("music on hold frames")
         return self.send_media(out, ts, payload)
 
     def send_media(self, leg, ts, payload):

@@ -26,15 +26,16 @@ def test_dnd_refuses_with_a_cause_and_busy_tone_and_off_restores_calls(lab):
     assert dnd["ok"] is True
 
 
-def test_forward_always_and_on_busy_carry_the_callers_audio_to_the_forward_target(lab):
-    always, busy = run_features(lab, 1.5, ["forward_always", "forward_busy"])
-    for result in (always, busy):
+def test_forward_always_on_busy_and_on_no_answer_carry_the_callers_audio_to_the_forward_target(lab):
+    always, busy, noanswer = run_features(lab, 1.5, ["forward_always", "forward_busy", "forward_no_answer"])
+    for result in (always, busy, noanswer):
         call = result["call"]
         assert result["forward_set"] and result["forward_cleared"], result
         assert call["cause"] == "normal clearing" and call["audio_match"] is True, result
         assert call["frames_received"] >= 0.9 * call["frames_sent"] > 0, result
     assert busy["dialled_phone_busy"] is True
-    assert always["ok"] is True and busy["ok"] is True
+    assert noanswer["dialled_phone_rang"] is True and noanswer["dialled_phone_stopped"] is True
+    assert always["ok"] is True and busy["ok"] is True and noanswer["ok"] is True
 
 
 def test_star_codes_from_the_keypad_and_the_display(lab):
@@ -57,6 +58,7 @@ def test_star_codes_from_the_keypad_and_the_display(lab):
 
 
 def test_features_not_built_say_so():
-    results = run_features(None, names=[n for n in FEATURES if n not in ("dnd", "forward_always", "forward_busy")])
+    built = ("dnd", "forward_always", "forward_busy", "forward_no_answer")
+    results = run_features(None, names=[n for n in FEATURES if n not in built])
     assert all(r == {"name": r["name"], "ok": False, "error": "not built yet"} for r in results)
-    assert len(results) == len(FEATURES) - 3
+    assert len(results) == len(FEATURES) - len(built)

@@ -119,7 +119,27 @@ def forward_busy(lab, seconds):
             "answered_by": "102", "forward_cleared": set_off}
 
 
-SCENARIOS = {"dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy}
+def forward_no_answer(lab, seconds):
+    """102 forwards on no answer after 5 s to 301: 101 dials 102, which rings and is not
+    answered; 5 s later 102 stops ringing ("no answer") and 301 rings, answers, and the audio
+    101 sent arrives there; then `!forward off`."""
+    set_on = _set(lab, "102", "!forward noanswer 301 5", "fwdn-set-102")
+    phone = ConsolePhone(lab, "102", "fwdn-102")
+    try:
+        row = place_call(lab, "101", "102", "forward_no_answer", seconds, rings="301")
+        rang = phone.wait_line("incoming call from 101", 1)
+        stopped = phone.wait_line("call ended: no answer", 1)
+    finally:
+        phone.quit()
+    set_off = _set(lab, "102", "!forward off", "fwdn-off-102", expect="feature off")
+    ok = (set_on and rang and stopped and set_off and row["cause"] == "normal clearing"
+          and row["audio_match"] is True)
+    return {"ok": ok, "forward_set": set_on, "dialled_phone_rang": rang, "dialled_phone_stopped": stopped,
+            "call": _call_row(row), "answered_by": "301", "forward_cleared": set_off}
+
+
+SCENARIOS = {"dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
+             "forward_no_answer": forward_no_answer}
 
 
 def run_features(lab, seconds=2.0, names=FEATURES):
