@@ -5,7 +5,7 @@ frame by frame on the virtual clock.
 """
 import pytest
 
-from upbx.tools.demo_features import FEATURES, ConsolePhone, run_features
+from upbx.tools.demo_features import FEATURES, ConsolePhone, _inner, run_features
 from upbx.tools.lab import LoopbackExchange
 
 
@@ -38,6 +38,17 @@ def test_forward_always_on_busy_and_on_no_answer_carry_the_callers_audio_to_the_
     assert always["ok"] is True and busy["ok"] is True and noanswer["ok"] is True
 
 
+def test_the_held_party_hears_music_on_hold_and_resume_restores_both_directions(lab):
+    [result] = run_features(lab, 2.0, ["hold"])
+    for path in ("relay", "local"):      # through both hosts (101 -> 301), phone to phone (101 -> 102)
+        hold = result[path]
+        assert hold["held"] and hold["resumed"], hold
+        # what each speaker played, 100 ms at a time (Goertzel): the music's notes, each phone's own tone
+        assert [h for h in hold["held_party_heard"] if h != "quiet"] == ["holder", "music", "holder"], hold
+        assert _inner(hold["holder_heard"]) == ["held party", "quiet", "held party"], hold
+    assert result["ok"] is True
+
+
 def test_star_codes_from_the_keypad_and_the_display(lab):
     phone = ConsolePhone(lab, "202", "keys-202")
     try:
@@ -58,7 +69,7 @@ def test_star_codes_from_the_keypad_and_the_display(lab):
 
 
 def test_features_not_built_say_so():
-    built = ("dnd", "forward_always", "forward_busy", "forward_no_answer")
+    built = ("hold", "dnd", "forward_always", "forward_busy", "forward_no_answer")
     results = run_features(None, names=[n for n in FEATURES if n not in built])
     assert all(r == {"name": r["name"], "ok": False, "error": "not built yet"} for r in results)
     assert len(results) == len(FEATURES) - len(built)

@@ -9,7 +9,8 @@ audio sent arrived where the call was forwarded. A feature not built yet reports
 import os
 import time
 
-from upbx.tools.lab import LoopbackExchange, place_call, tones_heard
+from upbx.host.moh import NOTES_HZ
+from upbx.tools.lab import LoopbackExchange, frequencies_heard, place_call, tones_heard
 
 # the names issue 12 lists, in its order
 FEATURES = ("hold", "call_waiting", "blind_transfer", "attended_transfer", "forward_always", "forward_busy",
@@ -20,10 +21,10 @@ FEATURES = ("hold", "call_waiting", "blind_transfer", "attended_transfer", "forw
 class ConsolePhone:
     """A virtual handset kept running, driven by console commands (its stdin), read by its log."""
 
-    def __init__(self, lab, number, tag):
+    def __init__(self, lab, number, tag, *args):
         self.lab, self.number, self.tag = lab, number, tag
         self.wav = lab.path(tag + ".speaker.wav")
-        self.proc = lab.phone(number, "--record", self.wav, tag=tag)
+        self.proc = lab.phone(number, "--record", self.wav, *args, tag=tag)
         self.log_path = lab.path("phone-%s.log" % tag)
         lab.wait_registered(number)
 
@@ -138,7 +139,58 @@ def forward_no_answer(lab, seconds):
             "call": _call_row(row), "answered_by": "301", "forward_cleared": set_off}
 
 
-SCENARIOS = {"dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
+def _inner(heard):
+    """What was heard without the silence before and after the call."""
+    heard = list(heard)
+    while heard and heard[0] == "quiet":
+        heard.pop(0)
+    while heard and heard[-1] == "quiet":
+        heard.pop()
+    return heard
+
+
+def hold(lab, seconds):
+    """Hold on two media paths: relayed through both hosts (101 -> 301) and phone to phone on
+    the LAN (101 -> 102, B3), the music coming from site A's remote host either way."""
+    paths = {"relay": _hold_once(lab, seconds, "101", "301"), "local": _hold_once(lab, seconds, "101", "102")}
+    return dict({"ok": all(r["ok"] for r in paths.values())}, **paths)
+
+
+def _hold_once(lab, seconds, caller, callee):
+    """caller (sending a 1000 Hz tone) calls callee (sending 1400 Hz); after a while caller holds for
+    3 s, then resumes. What each speaker played, 100 ms at a time: callee hears caller, then the
+    host's music on hold (its notes), then caller again; caller hears callee, nothing while it
+    holds, then callee."""
+    held = ConsolePhone(lab, callee, "hold-%s-%s" % (callee, caller), "--send", "tone:1400")
+    holder = ConsolePhone(lab, caller, "hold-%s-%s" % (caller, callee), "--send", "tone:1000")
+    try:
+        holder.command("!call " + callee)
+        held.wait_line("incoming call")
+        held.command("!answer")
+        connected = holder.wait_line("connected")
+        time.sleep(max(1.0, seconds / 2))
+        holder.command("!hold")
+        held_ok = holder.wait_line("call held")
+        time.sleep(3)
+        holder.command("!resume")
+        resumed = holder.wait_line("call resumed")
+        time.sleep(max(1.0, seconds / 2))
+        holder.command("!hangup")
+        ended = held.wait_line("call ended: normal clearing")
+    finally:
+        holder.quit()
+        held.quit()
+    labels = {"holder": (1000,), "held party": (1400,), "music": NOTES_HZ}
+    held_heard = frequencies_heard(held.wav, labels)
+    holder_heard = frequencies_heard(holder.wav, labels)
+    ok = (connected and held_ok and resumed and ended
+          and _inner(held_heard) in (["holder", "music", "holder"], ["holder", "quiet", "music", "holder"])
+          and _inner(holder_heard) == ["held party", "quiet", "held party"])
+    return {"ok": ok, "call": "%s -> %s" % (caller, callee), "held_party_heard": held_heard,
+            "holder_heard": holder_heard, "held": held_ok, "resumed": resumed}
+
+
+SCENARIOS = {"hold": hold, "dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
              "forward_no_answer": forward_no_answer}
 
 

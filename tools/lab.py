@@ -65,6 +65,35 @@ def tones_heard(path):
     return labels
 
 
+def frequencies_heard(path, labels, min_windows=3):
+    """What a WAV holds, 100 ms at a time: the label of the frequency that dominates (labels:
+    {name: (hz, ...)}), "quiet" where nothing is heard, runs shorter than min_windows left out
+    (a concealed frame's tail), runs collapsed: e.g. ["quiet", "holder", "music", "holder"]."""
+    with wave.open(path) as w:
+        data = w.readframes(w.getnframes())
+    every = sorted({hz for group in labels.values() for hz in group})
+    runs = []
+    for start in range(0, len(data) - 2 * TONE_WINDOW + 1, 2 * TONE_WINDOW):
+        block = data[start:start + 2 * TONE_WINDOW]
+        powers = {hz: goertzel_power(block, TONE_WINDOW, hz) for hz in every}
+        loudest = max(powers, key=powers.get)
+        energy = sum(v * v for v in struct.unpack_from("<%dh" % TONE_WINDOW, block)) / TONE_WINDOW
+        label = None
+        if energy < 1e4:       # below about -50 dBFS
+            label = "quiet"
+        elif powers[loudest] > 1e10 and powers[loudest] > 10 * (sum(powers.values()) - powers[loudest]):
+            label = next(name for name, group in labels.items() if loudest in group)
+        if runs and runs[-1][0] == label:
+            runs[-1][1] += 1
+        else:
+            runs.append([label, 1])
+    out = []
+    for label, n in runs:
+        if label is not None and n >= min_windows and (not out or out[-1] != label):
+            out.append(label)
+    return out
+
+
 def write_noise_wav(path, seconds, seed):
     """A deterministic noise-like signal: every 20 ms frame differs, so frames can be matched."""
     rng = random.Random(seed)
