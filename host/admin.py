@@ -8,10 +8,12 @@ A refused change prints one line on stderr and exits 1; the database is left as 
 """
 import datetime
 import json
+import os
 import sqlite3
 import sys
 
 from upbx.host import features
+from upbx.host.moh import MAX_SECONDS, MusicOnHoldError, wav_ulaw
 from upbx.host.config import ConfigError, load_main_config
 from upbx.host.directory import Directory, DirectoryError, SYSINFO_KEYS
 
@@ -24,7 +26,7 @@ def add_arguments(parser):
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="MAIN.toml", help="the main host's configuration (its database key)")
     where.add_argument("--database", metavar="PATH", help="the main host's SQLite database")
-    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,calls,sysinfo}", required=True)
+    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,moh,calls,sysinfo}", required=True)
 
     site = _actions(things, "site", "sites (shops, farms, schools...)")
     p = _leaf(site, "add", "add a site")
@@ -62,6 +64,11 @@ def add_arguments(parser):
     p.add_argument("number")
     p.add_argument("state", choices=("on", "off"))
     _leaf(ext, "features", "an extension's do-not-disturb and forwarding settings").add_argument("number")
+
+    moh = _actions(things, "moh", "music on hold, played by every host to held parties")
+    _leaf(moh, "set", "play this WAV (8 kHz, mono, 16-bit, at most %d s)" % MAX_SECONDS).add_argument("wav")
+    _leaf(moh, "unset", "play the generated default again")
+    _leaf(moh, "show", "which music is played, and its version")
 
     p = _leaf(things, "calls", "show call records, newest first")
     p.add_argument("--limit", type=int, default=100, metavar="N")
@@ -241,6 +248,29 @@ def ext_features(d, args):
           dict(settings, number=args.number))
 
 
+def moh_set(d, args):
+    try:
+        ulaw = wav_ulaw(args.wav)
+    except MusicOnHoldError as exc:
+        raise AdminError(str(exc)) from None
+    name = os.path.basename(args.wav)
+    version = d.set_music_on_hold(name, ulaw)
+    seconds = len(ulaw) / 8000
+    _done(args, "music on hold: %s (%.1f s), version %d; the hosts play it within a second or two"
+          % (name, seconds, version), {"name": name, "seconds": seconds, "version": version})
+
+
+def moh_unset(d, args):
+    version = d.set_music_on_hold("default", b"")
+    _done(args, "music on hold: the generated default, version %d" % version, {"name": "default", "version": version})
+
+
+def moh_show(d, args):
+    version, name, ulaw = d.music_on_hold()
+    _done(args, "music on hold: %s (%.1f s), version %d" % (name, len(ulaw) / 8000 if ulaw else 1.6, version),
+          {"name": name, "seconds": len(ulaw) / 8000 if ulaw else 1.6, "version": version})
+
+
 def calls(d, args):
     if args.limit < 1:
         raise AdminError("bad --limit %d: use a number >= 1" % args.limit)
@@ -283,6 +313,7 @@ HANDLERS = {
     ("ext", "add"): ext_add, ("ext", "list"): ext_list, ("ext", "remove"): ext_remove,
     ("ext", "bar"): ext_bar, ("ext", "unbar"): ext_unbar, ("ext", "forward"): ext_forward,
     ("ext", "dnd"): ext_dnd, ("ext", "features"): ext_features,
+    ("moh", "set"): moh_set, ("moh", "unset"): moh_unset, ("moh", "show"): moh_show,
     ("calls", None): calls,
     ("sysinfo", "show"): sysinfo_show, ("sysinfo", "set"): sysinfo_set, ("sysinfo", "unset"): sysinfo_unset,
 }

@@ -74,6 +74,12 @@ CREATE TABLE IF NOT EXISTS features (
     number TEXT PRIMARY KEY REFERENCES extensions(number) ON DELETE CASCADE,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS music_on_hold (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    ulaw BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sysinfo (
     version INTEGER PRIMARY KEY,
     data TEXT NOT NULL
@@ -329,6 +335,25 @@ class Directory:
             if announce:
                 self._bump()
         return settings
+
+    def music_on_hold(self):
+        """(version, name, mu-law bytes) of the operator's music on hold; (0, "default", b"") when none
+        was ever set, an empty b"" after `moh unset` (the hosts' generated default)."""
+        row = self._one("SELECT version, name, ulaw FROM music_on_hold WHERE id = 1")
+        return (row[0], row[1], bytes(row[2])) if row else (0, "default", b"")
+
+    def music_on_hold_version(self):
+        """The music on hold's version alone (0: never set), without reading the music."""
+        row = self._one("SELECT version FROM music_on_hold WHERE id = 1")
+        return row[0] if row else 0
+
+    def set_music_on_hold(self, name, ulaw):
+        """Store the music (mu-law, whole 20 ms frames; b"": back to the default); its new version."""
+        with self._transaction():
+            version = self.music_on_hold()[0] + 1
+            self.db.execute("INSERT OR REPLACE INTO music_on_hold VALUES (1, ?, ?, ?)",
+                            (version, name if ulaw else "default", ulaw))
+        return version
 
     def site_of_extension(self, number):
         """Name of the extension's site, or None for an unknown number."""

@@ -11,6 +11,7 @@ from upbx.common.chunks import chunk_ies
 from upbx.host import features
 from upbx.host.core import HostCore
 from upbx.host.directory import MAIN_ORIGIN, Directory, wire_text
+from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause
 from upbx.host.records import call_record, decode_upload
@@ -46,6 +47,9 @@ class MainHost(HostCore):
         self._sysinfo_version = None
         self._sysinfo_cache = {}  # (version, site) -> encoded system information
         self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
+        self.music_version = 0   # the operator's music on hold (0: the generated default), docs/features.md
+        self.music_acked = {}    # remote host name -> the music version it said it has
+        self._load_music()
 
     # directory
 
@@ -130,6 +134,22 @@ class MainHost(HostCore):
             site = self.directory.remote_host(peer.name).site
             self._send_blob(link, wire.DIRECTORY, 0, encode(self._site_directory(site)), now)
         self._send_sysinfo(link, now)
+        if link.kind == "host":
+            self._send_music(link, now)
+
+    # music on hold (host/moh.py): the operator's, from the directory, to every remote host
+
+    def _load_music(self):
+        version, name, ulaw = self.directory.music_on_hold()
+        self.music_version = version
+        self.moh = MusicOnHold(ulaw, name)
+        if version:
+            self.log.info("music-on-hold", version=version, name=self.moh.name, frames=len(self.moh.frames))
+
+    def _send_music(self, link, now):
+        """The music to a remote host that does not have this version (its MUSIC said which it has)."""
+        if self.music_version and self.music_acked.get(link.name) != self.music_version:
+            self._send_blob(link, wire.MUSIC, self.music_version, self.directory.music_on_hold()[2], now)
 
     def _send_blob(self, link, msg_type, version, data, now):
         """data (bytes) to link in chunks (common/chunks.py); returns how many."""
@@ -185,6 +205,8 @@ class MainHost(HostCore):
             self._features(link, ies, now)
         elif msg_type == wire.HOLD:
             self.hold_message(link, ies, now)
+        elif msg_type == wire.MUSIC and link.kind == "host":
+            self.music_acked[link.name] = ies.get(wire.IE_VERSION)
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)
@@ -479,6 +501,11 @@ class MainHost(HostCore):
                 if link is not None:
                     self._link_down(link, now, "expired" if not peer.channel.failed else peer.channel.error)
                 self.peers.remove(peer)
+            if self.directory.music_on_hold_version() != self.music_version:
+                self._load_music()
+                for link in list(self.links.values()):
+                    if link.kind == "host":
+                        self._send_music(link, now)
             version = self.directory.sysinfo()[0]
             if version != self._sysinfo_version:
                 self.peers.forget_keys()   # secrets may have changed: derive handshake keys afresh

@@ -2,8 +2,9 @@
 
 The default is generated, so every host has it with no file to install: a C major arpeggio
 (C5 523 Hz, E5 659 Hz, G5 784 Hz, E5 again), 400 ms a note with 20 ms fades, at -12 dBFS,
-looping every 1.6 s. A host may play a WAV instead (8 kHz, mono, 16-bit: `music_on_hold` in
-its configuration). Frames are mu-law, the handsets' codec.
+looping every 1.6 s. A host may play a WAV (8 kHz, mono, 16-bit) instead: `upbx admin moh set FILE.wav` stores it in the main host's directory,
+which sends it to the remote hosts (MUSIC messages, docs/features.md). Frames are mu-law, the
+handsets' codec.
 """
 import math
 import wave
@@ -17,6 +18,7 @@ NOTE_MS = 400
 FADE_MS = 20
 LEVEL = 8000          # peak, of 32767: about -12 dBFS
 SAMPLES = wire.VOICE_BYTES   # 20 ms
+MAX_SECONDS = 30             # a WAV longer than this is refused (it goes to every remote host)
 
 
 class MusicOnHoldError(ValueError):
@@ -57,15 +59,27 @@ def load_wav(path):
         raise MusicOnHoldError("%s: cannot read music on hold: %s" % (path, exc)) from None
     if len(pcm) < 2 * SAMPLES:
         raise MusicOnHoldError("%s: music on hold shorter than one 20 ms frame" % path)
+    if len(pcm) > 2 * RATE * MAX_SECONDS:
+        raise MusicOnHoldError("%s: music on hold longer than %d s (%.1f s)" % (path, MAX_SECONDS, len(pcm) / 2 / RATE))
     return pcm
 
 
-class MusicOnHold:
-    """The frames a host loops to every held party; frame(n) is the n-th of the loop."""
+def wav_ulaw(path):
+    """A WAV's music as mu-law bytes, whole 20 ms frames (what the directory stores)."""
+    return b"".join(_frames(load_wav(path)))
 
-    def __init__(self, path=None):
-        self.source = path or "default"
-        self.frames = _frames(load_wav(path) if path else default_pcm())
+
+class MusicOnHold:
+    """The frames a host loops to every held party; frame(n) is the n-th of the loop. ulaw: the
+    operator's music (mu-law bytes, whole frames), None or empty: the default."""
+
+    def __init__(self, ulaw=None, name="default"):
+        if ulaw:
+            self.name = name
+            self.frames = [bytes(ulaw[i:i + SAMPLES]) for i in range(0, len(ulaw) - SAMPLES + 1, SAMPLES)]
+        else:
+            self.name = "default"
+            self.frames = _frames(default_pcm())
 
     def frame(self, n):
         return self.frames[n % len(self.frames)]

@@ -16,6 +16,7 @@ from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
 from upbx.host import features
 from upbx.host.core import HostCore
+from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause, uplink_admits
 from upbx.host.punch import Pairs
@@ -33,6 +34,7 @@ CALL_DEAD_MS = 2000
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
 PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is noticed within ~4 s (B4)
 MAX_CALLS_PER_PHONE = 2           # one call, and one that may ring in while the phone dials out
+MUSIC_MAX_CHUNKS = 8 * 30 * 1000 // 250 + 1   # 30 s of mu-law (host/moh.py MAX_SECONDS) in 250-byte chunks
 
 
 class RemoteHost(HostCore):
@@ -64,6 +66,9 @@ class RemoteHost(HostCore):
                            int(config.punch_timeout_s * 1000), self.peers)
         self.pending_local = {}      # call id -> (call) waiting for LOCAL_GRANT
         self.blobs = {wire.DIRECTORY: Reassembly(), wire.SYSINFO: Reassembly()}
+        self.music = Reassembly(MUSIC_MAX_CHUNKS)   # the operator's music on hold, from the main host
+        self.music_path = config.directory_cache + ".moh"
+        self._load_music()
         self._sysinfo_blob = None    # (version, encoded) of the system information, for the phones
         self.sysinfo_acked = {}      # extension -> version
         self.uploading = set()
@@ -206,8 +211,37 @@ class RemoteHost(HostCore):
             self.call_message(self.main_link, msg_type, ies, now)
         elif msg_type == wire.HOLD:
             self.hold_message(self.main_link, ies, now)
+        elif msg_type == wire.MUSIC:
+            self._music(ies, now)
 
     # phones
+
+    # music on hold: the operator's, kept beside the site cache (docs/features.md)
+
+    def _load_music(self):
+        version = (self.cache.data.get("music_on_hold") or {}).get("version", 0)
+        try:
+            with open(self.music_path, "rb") as f:
+                ulaw = f.read()
+        except OSError:
+            version, ulaw = 0, b""
+        self.music_version = version
+        self.moh = MusicOnHold(ulaw, "version %d" % version)
+
+    def _music(self, ies, now):
+        data = self.music.add(ies)
+        if data is None:
+            return
+        version = ies.get(wire.IE_VERSION, 0)
+        tmp = self.music_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.music_path)
+        self.cache.data["music_on_hold"] = {"version": version}
+        self.cache.save()
+        self._load_music()
+        self.log.info("music-on-hold", version=version, frames=len(self.moh.frames))
+        self.main_link.send_signal(wire.MUSIC, {wire.IE_VERSION: version}, now)
 
     def _phone_registered(self, peer, now):
         for index, link in list(self.phone_links.items()):

@@ -59,8 +59,11 @@ class SiteCache:
         are feature settings changed here that the main host has not acknowledged yet."""
         sysinfo = self.sysinfo
         unsent = {n: self.features(n) for n in self.unsent_features}
+        music = self.data.get("music_on_hold")
         self.data = dict(directory)
         self.data["sysinfo"] = sysinfo
+        if music is not None:
+            self.data["music_on_hold"] = music
         self.data["features"] = dict(directory.get("features") or {})
         self.data["features"].update(unsent)
         self.data["features_unsent"] = sorted(unsent)

@@ -9,6 +9,8 @@ from upbx.common.g711 import ulaw_decode
 from upbx.common.media import call_kbps
 from upbx.host.moh import NOTES_HZ, MusicOnHold
 from upbx.tools.lab import goertzel_power
+from upbx.common.login import UP
+from tests.inprocess import MAIN, attach_host
 from tests.test_routing import _flowing, _refused, _world
 
 
@@ -117,6 +119,72 @@ def test_b5_a_held_call_keeps_its_place_in_the_uplink_budget(tmp_path):
             end.sent, end.received = [], []
         world.run(500)
         assert _flowing(p["101"], p["301"]) and _flowing(p["102"], p["302"])
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def _tone_wav(path, hz, seconds):
+    import math
+    import struct
+    import wave
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * hz * i / 8000)))
+                               for i in range(int(8000 * seconds))))
+
+
+def _heard(payloads, hz):
+    """Frames in which hz dominates the notes of the default music."""
+    n = 0
+    for payload in payloads:
+        pcm = ulaw_decode(payload)
+        power = goertzel_power(pcm, wire.VOICE_BYTES, hz)
+        if power > 1e10 and power > 10 * sum(goertzel_power(pcm, wire.VOICE_BYTES, f) for f in NOTES_HZ[:3]):
+            n += 1
+    return n
+
+
+def test_the_operators_music_reaches_every_host_and_survives_a_restart_and_the_main_hosts_absence(tmp_path):
+    from upbx.host.directory import Directory
+    from upbx.host.moh import wav_ulaw
+    world = _world(tmp_path, ("101", "102", "301"))
+    try:
+        p = world.phones
+        _tone_wav(tmp_path / "music.wav", 1000, 2.0)
+        with Directory(tmp_path / "main.sqlite") as d:                 # as `upbx admin moh set` does
+            version = d.set_music_on_hold("music.wav", wav_ulaw(str(tmp_path / "music.wav")))
+        world.run_until(lambda: world.a.music_version == version and world.main.music_version == version, 5000,
+                        "the music reached both hosts")
+        assert world.main.music_acked == {"site-a": version}
+        for holder, held in (("101", "301"), ("301", "101")):          # the remote host's, then the main host's
+            world.call(holder, held)
+            assert p[holder].phone.hold(world.net.now)
+            p[holder].flush()
+            world.run(100)
+            p[held].received = []
+            world.run(1000)
+            assert _heard(p[held].received, 1000) >= 45 and not _notes(p[held].received), holder
+            world.hangup(holder)
+        world.main_away()                                               # the site's local calls keep it
+        world.call("101", "102")
+        assert p["101"].phone.hold(world.net.now)
+        p["101"].flush()
+        world.run(100)
+        p["102"].received = []
+        world.run(1000)
+        assert _heard(p["102"].received, 1000) >= 45
+        world.hangup("101")
+        attach_host(world.net, world.main, MAIN)
+        world.run_until(lambda: world.a.login.state == UP, 30000, "site a logged in again")
+        sent = world.main.stats.counters.get("music copies sent", 0)
+        world.restart_remote()                                          # kept beside its site cache
+        world.run(1000)
+        assert world.a.login.state == UP and world.a.music_version == version
+        assert world.a.moh.name == "version %d" % version and len(world.a.moh.frames) == 100
+        assert world.main.stats.counters.get("music copies sent", 0) == sent    # it had it: not sent again
         assert not world.net.errors
     finally:
         world.close()
