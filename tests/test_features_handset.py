@@ -3,8 +3,14 @@ what the phones show, the tones the caller's speaker played (Goertzel on its rec
 audio that arrived where a call was forwarded. tests/test_features.py covers the host logic
 frame by frame on the virtual clock.
 """
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
+from tests.support import ROOT
 from upbx.tools.demo_features import FEATURES, ConsolePhone, _inner, run_features
 from upbx.tools.lab import LoopbackExchange
 
@@ -17,36 +23,44 @@ def lab():
         yield lab
 
 
-def test_dnd_refuses_with_a_cause_and_busy_tone_and_off_restores_calls(lab):
-    [dnd] = run_features(lab, 1.5, ["dnd"])
+def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # every file and process of the demo lives under here
+    result = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "demo", "features", "--json"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    features = json.loads(result.stdout)["features"]
+    assert [f["name"] for f in features] == list(FEATURES)
+    by_name = {f["name"]: f for f in features}
+    built = ("hold", "dnd", "forward_always", "forward_busy", "forward_no_answer")
+    for name in FEATURES:
+        if name not in built:
+            assert by_name[name] == {"name": name, "ok": False, "error": "not built yet"}
+        else:
+            assert by_name[name]["ok"] is True, by_name[name]
+
+    dnd = by_name["dnd"]
     assert dnd["dnd_set"] and dnd["dnd_cleared"], dnd
     assert dnd["refused"]["cause"] == "do not disturb" and dnd["refused"]["frames_sent"] == 0, dnd
-    assert "busy" in dnd["caller_heard"] and not dnd["dnd_phone_rang"], dnd
-    assert dnd["after_dnd_off"]["cause"] == "normal clearing" and dnd["after_dnd_off"]["audio_match"] is True, dnd
-    assert dnd["ok"] is True
+    assert "busy" in dnd["caller_heard"] and not dnd["dnd_phone_rang"], dnd      # the caller's speaker: busy tone
+    assert dnd["after_dnd_off"]["cause"] == "normal clearing" and dnd["after_dnd_off"]["audio_match"] is True
 
+    for name in ("forward_always", "forward_busy", "forward_no_answer"):
+        forward = by_name[name]
+        call = forward["call"]
+        assert forward["forward_set"] and forward["forward_cleared"], forward
+        # what the caller sent (noise) arrived where the call was forwarded, frame by frame
+        assert call["cause"] == "normal clearing" and call["audio_match"] is True, forward
+        assert call["frames_received"] >= 0.9 * call["frames_sent"] > 0, forward
+    assert by_name["forward_busy"]["dialled_phone_busy"] is True
+    assert by_name["forward_no_answer"]["dialled_phone_rang"] and by_name["forward_no_answer"]["dialled_phone_stopped"]
 
-def test_forward_always_on_busy_and_on_no_answer_carry_the_callers_audio_to_the_forward_target(lab):
-    always, busy, noanswer = run_features(lab, 1.5, ["forward_always", "forward_busy", "forward_no_answer"])
-    for result in (always, busy, noanswer):
-        call = result["call"]
-        assert result["forward_set"] and result["forward_cleared"], result
-        assert call["cause"] == "normal clearing" and call["audio_match"] is True, result
-        assert call["frames_received"] >= 0.9 * call["frames_sent"] > 0, result
-    assert busy["dialled_phone_busy"] is True
-    assert noanswer["dialled_phone_rang"] is True and noanswer["dialled_phone_stopped"] is True
-    assert always["ok"] is True and busy["ok"] is True and noanswer["ok"] is True
-
-
-def test_the_held_party_hears_music_on_hold_and_resume_restores_both_directions(lab):
-    [result] = run_features(lab, 2.0, ["hold"])
     for path in ("relay", "local"):      # through both hosts (101 -> 301), phone to phone (101 -> 102)
-        hold = result[path]
+        hold = by_name["hold"][path]
         assert hold["held"] and hold["resumed"], hold
         # what each speaker played, 100 ms at a time (Goertzel): the music's notes, each phone's own tone
         assert [h for h in hold["held_party_heard"] if h != "quiet"] == ["holder", "music", "holder"], hold
         assert _inner(hold["holder_heard"]) == ["held party", "quiet", "held party"], hold
-    assert result["ok"] is True
+    assert os.listdir(tmp_path) == []    # no lab directory, no handset flash left behind
 
 
 def test_star_codes_from_the_keypad_and_the_display(lab):
@@ -66,10 +80,3 @@ def test_star_codes_from_the_keypad_and_the_display(lab):
     finally:
         phone.quit()
     assert "dialing 39" not in phone.log()
-
-
-def test_features_not_built_say_so():
-    built = ("hold", "dnd", "forward_always", "forward_busy", "forward_no_answer")
-    results = run_features(None, names=[n for n in FEATURES if n not in built])
-    assert all(r == {"name": r["name"], "ok": False, "error": "not built yet"} for r in results)
-    assert len(results) == len(FEATURES) - len(built)
