@@ -68,29 +68,6 @@ _mem_free = getattr(gc, "mem_free", None)
 _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
 
 
-def star_code(cmd):
-    """The star code a `!dnd` or `!forward` console command dials (docs/features.md), else None."""
-    words = cmd.split()
-    what = words[1] if len(words) > 1 else ""
-    if words[0] == "!dnd" and len(words) == 2 and what in ("on", "off"):
-        return "*78" if what == "on" else "*79"
-    if words[0] != "!forward":
-        return None
-    if what == "off" and len(words) == 2:
-        return "*73"
-    if len(words) < 3 or not words[2].isdigit():
-        return None
-    if what == "always" and len(words) == 3:
-        return "*72" + words[2]
-    if what == "busy" and len(words) == 3:
-        return "*90" + words[2]
-    if what == "noanswer" and len(words) == 3:
-        return "*92" + words[2]
-    if what == "noanswer" and len(words) == 4 and words[3].isdigit():
-        return "*92%s*%s" % (words[2], words[3])
-    return None
-
-
 def due(now, at):
     """Whether the timer `at` (None: not set) has come."""
     return at is not None and ticks_diff(now, at) >= 0
@@ -219,7 +196,7 @@ class App:
         elif cmd == "!hold" or cmd == "!resume":
             self.hold(cmd == "!hold", now)
         elif cmd.startswith("!dnd ") or cmd.startswith("!forward "):
-            code = star_code(cmd)   # docs/features.md: the host answers the star code with its cause
+            code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
             if code is None:
                 self.log("W", "bad feature command %r" % cmd)
             else:
