@@ -231,9 +231,9 @@ class HostCore:
             self.stats.drop("unknown call")
             return
         call = leg.call
-        if call.state != "answered" or flag not in (0, 1) or (call.held_by is not None) == bool(flag) or (
-                not flag and call.held_by is not leg):
-            self.stats.drop("message out of turn")
+        if call.state != "answered" or flag not in (0, 1) or (
+                call.held_by is not None if flag else call.held_by is not leg):
+            self.stats.drop("message out of turn")   # held already (by either side), or not held from here
             return
         call.held_by = leg if flag else None
         if link.kind == "phone" and flag:

@@ -42,6 +42,7 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
     assert dnd["dnd_set"] and dnd["dnd_cleared"], dnd
     assert dnd["refused"]["cause"] == "do not disturb" and dnd["refused"]["frames_sent"] == 0, dnd
     assert "busy" in dnd["caller_heard"] and not dnd["dnd_phone_rang"], dnd      # the caller's speaker: busy tone
+    assert dnd["caller_display"] == ["ended: do not disturb"], dnd
     assert dnd["after_dnd_off"]["cause"] == "normal clearing" and dnd["after_dnd_off"]["audio_match"] is True
 
     for name in ("forward_always", "forward_busy", "forward_no_answer"):
@@ -54,9 +55,9 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
     assert by_name["forward_busy"]["dialled_phone_busy"] is True
     assert by_name["forward_no_answer"]["dialled_phone_rang"] and by_name["forward_no_answer"]["dialled_phone_stopped"]
 
-    for path in ("relay", "local"):      # through both hosts (101 -> 301), phone to phone (101 -> 102)
+    for path in ("relay", "direct", "local"):   # B1 101 -> 301, B2 101 -> 201, B3 101 -> 102
         hold = by_name["hold"][path]
-        assert hold["held"] and hold["resumed"], hold
+        assert hold["held"] and hold["resumed"] and hold["path"] == path, hold
         # what each speaker played, 100 ms at a time (Goertzel): the music's notes, each phone's own tone
         assert [h for h in hold["held_party_heard"] if h != "quiet"] == ["holder", "music", "holder"], hold
         assert _inner(hold["holder_heard"]) == ["held party", "quiet", "held party"], hold

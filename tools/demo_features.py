@@ -6,7 +6,7 @@ call-progress tones the caller's speaker played (Goertzel on its recording), whe
 audio sent arrived where the call was forwarded. A feature not built yet reports
 {"ok": false, "error": "not built yet"}: nothing here is a pass that was not seen.
 """
-import os
+import json
 import time
 
 from upbx.host.moh import NOTES_HZ
@@ -77,6 +77,8 @@ def dnd(lab, seconds):
         wav = lab.path("dnd-101.speaker.wav")
         refused = place_call(lab, "101", "102", "dnd", seconds, callee_phone=False, caller_args=("--record", wav))
         heard = tones_heard(wav)
+        with open(lab.path("phone-dnd-101-102-caller.log")) as f:
+            shown = [line[len("I display "):].strip() for line in f if line.startswith("I display ended")]
         rang = "incoming call" in phone.log()
         phone.command("!dnd off")
         set_off = phone.wait_line("call ended: feature off")
@@ -84,8 +86,9 @@ def dnd(lab, seconds):
         phone.quit()
     after = place_call(lab, "101", "102", "dnd-off", seconds)
     ok = (set_on and set_off and refused["cause"] == "do not disturb" and "busy" in heard and not rang
+          and shown == ["ended: do not disturb"]
           and after["cause"] == "normal clearing" and after["audio_match"] is True)
-    return {"ok": ok, "dnd_set": set_on, "refused": _call_row(refused), "caller_heard": heard, "dnd_phone_rang": rang,
+    return {"ok": ok, "dnd_set": set_on, "refused": _call_row(refused), "caller_display": shown, "caller_heard": heard, "dnd_phone_rang": rang,
             "dnd_cleared": set_off, "after_dnd_off": _call_row(after)}
 
 
@@ -150,9 +153,11 @@ def _inner(heard):
 
 
 def hold(lab, seconds):
-    """Hold on two media paths: relayed through both hosts (101 -> 301) and phone to phone on
-    the LAN (101 -> 102, B3), the music coming from site A's remote host either way."""
-    paths = {"relay": _hold_once(lab, seconds, "101", "301"), "local": _hold_once(lab, seconds, "101", "102")}
+    """Hold on the three media paths: relayed through both hosts (101 -> 301), direct between the
+    remote hosts of sites A and B (101 -> 201, B2) and phone to phone on the LAN (101 -> 102, B3),
+    the music coming from site A's remote host each time."""
+    paths = {"relay": _hold_once(lab, seconds, "101", "301"), "direct": _hold_once(lab, seconds, "101", "201"),
+             "local": _hold_once(lab, seconds, "101", "102")}
     return dict({"ok": all(r["ok"] for r in paths.values())}, **paths)
 
 
@@ -180,13 +185,22 @@ def _hold_once(lab, seconds, caller, callee):
     finally:
         holder.quit()
         held.quit()
+    path = None   # the path the call took, from its record (a local call's comes from the remote host)
+    deadline = time.time() + 5
+    while path is None and time.time() < deadline:
+        for record in json.loads(lab.admin("calls", "--json", "--limit", "3")):
+            if (record["caller"], record["callee"]) == (caller, callee):
+                path = record["path"]
+                break
+        else:
+            time.sleep(0.2)
     labels = {"holder": (1000,), "held party": (1400,), "music": NOTES_HZ}
     held_heard = frequencies_heard(held.wav, labels)
     holder_heard = frequencies_heard(holder.wav, labels)
     ok = (connected and held_ok and resumed and ended
           and _inner(held_heard) in (["holder", "music", "holder"], ["holder", "quiet", "music", "holder"])
           and _inner(holder_heard) == ["held party", "quiet", "held party"])
-    return {"ok": ok, "call": "%s -> %s" % (caller, callee), "held_party_heard": held_heard,
+    return {"ok": ok, "call": "%s -> %s" % (caller, callee), "path": path, "held_party_heard": held_heard,
             "holder_heard": holder_heard, "held": held_ok, "resumed": resumed}
 
 
@@ -210,7 +224,6 @@ def run_features(lab, seconds=2.0, names=FEATURES):
 
 
 def run(args, phone_args=()):
-    import json
     import shutil
     import sys
     print("starting main host, remote hosts for sites A and B, phones at sites A, B, C ...", file=sys.stderr)
