@@ -545,7 +545,7 @@ class MainHost(HostCore):
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.links.values()
                        if l.kind == "phone"],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
-                       "frames": c.frames} for c in self.switch.calls.values()],
+                       "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
             "sysinfo_version": self._sysinfo_version,

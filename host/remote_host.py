@@ -582,7 +582,7 @@ class RemoteHost(HostCore):
             "main": {"state": self.login.state, "logins": self.login.logins},
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
-                       "frames": c.frames} for c in self.switch.calls.values()],
+                       "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
             "pairs": {p.name: {"up": p.link.up, "address": "%s:%d" % p.link.address[:2]} for p in self.pairs.values()},
             "records_pending": len(self.records.pending()),
             "sysinfo_version": self.cache.sysinfo["version"],

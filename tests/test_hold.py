@@ -111,6 +111,7 @@ def test_b5_a_held_call_keeps_its_place_in_the_uplink_budget(tmp_path):
         p["101"].flush()
         world.run(500)
         assert world.a.status()["uplink"]["calls"] == 2                # held: still one of the two
+        assert sorted((c["caller"], c["held"]) for c in world.a.status()["calls"]) == [("101", True), ("102", False)]
         assert _refused(world, "103", "303")[0] == wire.CAUSE_NETWORK_BUSY
         assert p["101"].phone.resume(world.net.now)                    # so resuming never needs admission
         p["101"].flush()
