@@ -258,3 +258,45 @@ def test_main_host_forwards_on_busy_when_the_remote_host_finds_its_phone_busy(tm
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_feature_messages_out_of_place_are_dropped_and_counted_and_change_nothing(tmp_path):
+    """Authenticated peers (site x's remote host, phone 303) sending FEATURES, HOLD and MUSIC they
+    may not send, or with bad contents: each is dropped and counted, no settings change, no reply."""
+    world = _world(tmp_path, ("101", "301"))
+    try:
+        host = world.add_login(wire.IE_HOST_NAME, "site-x", ("198.18.9.1", 4570))
+        phone = world.add_login(wire.IE_EXTENSION, "303", ("198.18.9.2", 40000))
+        world.run(500)
+        assert host.up and phone.up
+        drops = lambda: dict(world.main.stats.drops)
+        cases = [
+            (host, wire.FEATURES, {wire.IE_EXTENSION: "101", wire.IE_DATA: b'{"dnd":true}'},
+             "features not of the host's site"),                        # site a's extension
+            (host, wire.FEATURES, {wire.IE_EXTENSION: "401", wire.IE_DATA: b'{"dnd":1}'}, "bad features"),
+            (host, wire.FEATURES, {wire.IE_EXTENSION: "401", wire.IE_DATA: b"\xff{"}, "bad features"),
+            (host, wire.FEATURES, {wire.IE_EXTENSION: "401", wire.IE_DATA: b'{"always":"4x"}'}, "bad features"),
+            (host, wire.FEATURES, {wire.IE_DATA: b'{"dnd":true}'}, "features not of the host's site"),
+            (phone, wire.FEATURES, {wire.IE_EXTENSION: "303", wire.IE_DATA: b'{"dnd":true}'},
+             "features not of the host's site"),                        # a phone's are star codes
+            (phone, wire.HOLD, {wire.IE_CALL_NO: 5, wire.IE_PEER_CALL_NO: 77, wire.IE_STATE: 1}, "unknown call"),
+            (phone, wire.MUSIC, {wire.IE_VERSION: 9, wire.IE_CHUNK: 1, wire.IE_DATA: b"x"}, "unexpected message"),
+        ]
+        for sender, msg_type, ies, reason in cases:
+            before = drops()
+            inbox = len(sender.inbox)
+            sender.login.send(msg_type, ies, world.net.now)
+            sender.flush()
+            world.run(100)
+            after = drops()
+            assert after.get(reason, 0) == before.get(reason, 0) + 1, (msg_type, ies, after)
+            assert [m for m, _ in sender.inbox[inbox:] if m not in (wire.ACK, wire.PING)] == []
+        with Directory(tmp_path / "main.sqlite") as d:
+            assert d.features("101") == d.features("401") == d.features("303") == features.defaults()
+        assert world.main.music_acked == {}
+        assert _star(world, "301", "*99") == wire.CAUSE_UNKNOWN_EXTENSION    # a star code nobody knows
+        assert _star(world, "101", "*72") == wire.CAUSE_UNKNOWN_EXTENSION    # ... or without its number
+        assert world.a.cache.features("101") == features.defaults()
+        assert not world.net.errors
+    finally:
+        world.close()
