@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import ROOT
 from upbx.tools.demo_features import FEATURES, ConsolePhone, _inner, run_features
-from upbx.tools.lab import LoopbackExchange
+from upbx.tools.lab import LoopbackExchange, place_call
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +81,29 @@ def test_star_codes_from_the_keypad_and_the_display(lab):
     finally:
         phone.quit()
     assert "dialing 39" not in phone.log()
+
+
+def test_without_the_main_host_a_sites_phones_keep_dnd_and_forwarding_and_the_main_host_learns_them_after():
+    with LoopbackExchange(ring_timeout_s=20, remote_settings={"login_backoff_max_s": 1}) as lab:
+        lab.provision(phones={"a": ["101", "102", "103"], "c": ["301"]})
+        lab.start()
+        lab.kill("main")                                            # B4: site a's remote host is on its own
+        lab.wait_for(lambda: lab.status("site-a")["main"]["state"] != "up", "site a noticed", timeout=15)
+        phone = ConsolePhone(lab, "102", "b4-102")
+        try:
+            phone.command("!dnd on")
+            assert phone.wait_line("call ended: feature on")
+            refused = place_call(lab, "101", "102", "b4-dnd", 1.0, callee_phone=False)
+            assert refused["cause"] == "do not disturb" and "incoming call" not in phone.log()
+            phone.command("!dnd off")
+            assert phone.wait_line("call ended: feature off")
+            phone.command("!forward always 103")
+            assert phone.wait_line("I display feature on *72103")
+        finally:
+            phone.quit()
+        row = place_call(lab, "101", "102", "b4-fwd", 1.5, rings="103")
+        assert row["cause"] == "normal clearing" and row["audio_match"] is True and row["path"] == "local", row
+        lab.restart("main", wait=False)                             # back: the settings reach its directory
+        lab.wait_for(lambda: json.loads(lab.admin("ext", "features", "102", "--json"))["always"] == "103",
+                     "the main host has 102's forward", timeout=30)
+        assert json.loads(lab.admin("ext", "features", "102", "--json"))["dnd"] is False
