@@ -2,6 +2,7 @@
 
     phone = Phone("201", secret, os.urandom)
     phone.start(now); phone.dial("301", now); phone.answer(now); phone.hangup(now)
+    phone.hold(now); phone.resume(now)   (a connected call: its host plays music on hold to the other party)
     phone.receive(datagram, now) -> ts of an authentic media frame (decrypted in place), else None
     phone.seal_frame(ts, payload) -> a mini frame of our call (or None); phone.frame_to: where it goes
     phone.datagrams_to_send(now) -> signalling for the host
@@ -72,6 +73,7 @@ class Phone:
         self._next_call_no = (random_bytes(1)[0] % 100) + 1
         self.dropped = 0
         self.frame_to = None     # where seal_frame's frame goes: None for the host, else the LAN peer
+        self.holding = False     # this phone holds its call: it sends no media and plays none
 
     @property
     def registered(self):
@@ -142,6 +144,21 @@ class Phone:
         self._send(wire.DTMF, {wire.IE_DIGIT: digit}, now)
         return True
 
+    def hold(self, now):
+        """Hold the connected call: the host plays music on hold to the other party (docs/features.md)."""
+        return self._hold(True, now)
+
+    def resume(self, now):
+        return self._hold(False, now)
+
+    def _hold(self, flag, now):
+        call = self.call
+        if call is None or call.state != CONNECTED or self.holding == flag:
+            return False
+        self.holding = flag
+        self._send(wire.HOLD, {wire.IE_STATE: 1 if flag else 0}, now)
+        return True
+
     def _send(self, msg_type, ies, now):
         call = self.call
         ies[wire.IE_CALL_NO] = call.call_no
@@ -152,6 +169,7 @@ class Phone:
     def _end(self, cause):
         """The call (already RELEASED by its last transition) is gone."""
         self.call = None
+        self.holding = False
         self._events.append(Ended(cause))
 
     # media
@@ -160,7 +178,7 @@ class Phone:
         """The mini frame (a view of a buffer reused per frame) carrying one frame of our call, or None;
         `frame_to` is then where it goes (None: the host). Allocates nothing: the handset's media path."""
         call = self.call
-        if call is None or call.state != CONNECTED:
+        if call is None or call.state != CONNECTED or self.holding:
             return None
         direct = call.direct
         if direct is not None:
@@ -178,6 +196,8 @@ class Phone:
         call = self.call
         if call is None or wire.check_mini(frame) != call.call_no:
             self.dropped += 1
+            return None
+        if self.holding:           # the held party's voice is not for us while we hold
             return None
         direct = call.direct
         if direct is not None:   # B3: the other phone straight, or the host relaying

@@ -44,6 +44,7 @@ ANSWER = const(0x13)
 RELEASE = const(0x14)
 DTMF = const(0x16)
 MEDIA_PEER = const(0x17)
+HOLD = const(0x18)       # state 1: the sender's phone holds the call, 0: resumes it (docs/features.md)
 SYSINFO = const(0x40)
 SYSINFO_ACK = const(0x41)
 
@@ -70,6 +71,7 @@ IE_ROLE = const(0x1C)
 IE_VERSION = const(0x20)
 IE_CHUNK = const(0x21)
 IE_DATA = const(0x22)
+IE_STATE = const(0x25)
 IE_KEEPALIVE = const(0x26)
 
 # How the codec reads each IE type: 3 bytes per type, (kind, least value bytes, most value bytes);
@@ -124,6 +126,10 @@ CAUSE_NOT_PERMITTED = const(4)
 CAUSE_NETWORK_BUSY = const(5)
 CAUSE_UNREACHABLE = const(6)
 CAUSE_PROTOCOL_ERROR = const(7)
+CAUSE_FEATURE_ON = const(8)      # a star code was accepted (docs/features.md): set
+CAUSE_FEATURE_OFF = const(9)     # ... cancelled
+CAUSE_DND = const(10)            # the called phone is in do not disturb
+CAUSE_FORWARD_LOOP = const(11)   # forwarding leads back to a number already tried
 
 CAUSE_TEXT = {
     CAUSE_NORMAL: "normal clearing",
@@ -134,6 +140,10 @@ CAUSE_TEXT = {
     CAUSE_NETWORK_BUSY: "network busy",
     CAUSE_UNREACHABLE: "unreachable",
     CAUSE_PROTOCOL_ERROR: "protocol error",
+    CAUSE_FEATURE_ON: "feature on",
+    CAUSE_FEATURE_OFF: "feature off",
+    CAUSE_DND: "do not disturb",
+    CAUSE_FORWARD_LOOP: "forwarding loop",
 }
 
 PATH_RELAY = const(0)

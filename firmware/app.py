@@ -34,10 +34,12 @@ from firmware.hal import rarely
 _FRAME_MS = const(20)
 # the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
 TONES = {"busy": "busy", "unreachable": "reorder", "network busy": "reorder", "not permitted": "reorder",
-         "unknown extension": "reorder", "no answer": "reorder"}
+         "unknown extension": "reorder", "no answer": "reorder", "do not disturb": "busy",
+         "forwarding loop": "reorder"}
 RING_TONE = "ringback"     # the ringer: the speaker plays the ring-back cadence (2 s on, 4 s off)
 KEY_OFF_HOOK = "A"         # lift: dial tone when idle, answers a ringing call
 KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
+KEY_HOLD = "B"             # in a call: hold, and resume (docs/features.md)
 _TONE_TIMEOUT_MS = const(30000)   # busy and reorder stop by themselves after this
 _CAPTURE_MAX = const(3)           # frames sent per loop iteration at most (a late loop catches up)
 _RETRY_MAX = const(8)             # datagrams kept for another try after sendto failed
@@ -204,17 +206,33 @@ class App:
         elif cmd == "!reset" or cmd == "!quit":
             self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
+        elif cmd == "!hold" or cmd == "!resume":
+            self.hold(cmd == "!hold", now)
+        elif cmd.startswith("!dnd ") or cmd.startswith("!forward "):
+            code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
+            if code is None:
+                self.log("W", "bad feature command %r" % cmd)
+            else:
+                self.dial(code, now)
         elif cmd.startswith("!button "):   # boards without a digit keypad: speed dial (firmware/sysinfo.py)
             rarely("firmware.sysinfo").button(self, cmd[8:].strip(), now)
         elif len(cmd) == 1:
             self.key(cmd, now)
+
+    def hold(self, flag, now):
+        """Hold (the far end hears the host's music on hold) or resume the connected call."""
+        if (self.phone.hold if flag else self.phone.resume)(now):
+            self.log("I", "call held" if flag else "call resumed")
+            self.hal.display("on hold" if flag else "connected", self.current and self.current.get("from"))
+        else:
+            self.log("W", "cannot %s now" % ("hold" if flag else "resume"))
 
     def state(self, now):
         """What `!state` reports: protocol state, dialed digits, tone, heap."""
         return {"state": STATE_NAMES[self.phone.state], "registered": self.phone.registered,
                 "extension": self.config["extension"], "sysinfo_version": self.phone.sysinfo_version,
                 "digits": self.digits, "tone": self.pipeline.tone.name, "power_save": self.power_save,
-                "caller": self.current and self.current.get("from"), "heap": self.heap(),
+                "caller": self.current and self.current.get("from"), "heap": self.heap(), "holding": self.phone.holding,
                 "ticks": now, "net_errors": self.summary["net_errors"], "speed_dial": self.speed_dial}
 
     def key(self, key, now):
@@ -232,10 +250,17 @@ class App:
         elif state == RINGING:
             self.phone.answer(now)  # any other key answers
         elif state == CONNECTED:
-            if key in "0123456789*#":
+            if key == KEY_HOLD:
+                self.hold(not self.phone.holding, now)
+            elif key in "0123456789*#":
                 self.command("!dtmf " + key, now)
         elif state != IDLE:
             return  # dialing or ring-back: only D (hang up) means anything
+        elif key == "*" and (not self.digits or self.digits[0] == "*"):
+            self.digits += key    # a star code (docs/features.md): *78#, *72301# ...
+            tone.dtmf(key, 60)
+            self.tone_stop_at = None
+            self.hal.display("dial", self.digits)
         elif key == KEY_OFF_HOOK or key == "*":
             self.digits = ""
             tone.start("dial")
@@ -316,7 +341,10 @@ class App:
                 if tone:
                     self.pipeline.tone.start(tone)
                     self.tone_stop_at = ticks_add(now, self.tone_timeout_ms)
-                self.hal.display("ended: " + cause, None)
+                if event.cause == wire.CAUSE_FEATURE_ON or event.cause == wire.CAUSE_FEATURE_OFF:
+                    self.hal.display(cause, self.current and self.current["to"])   # "feature on *78"
+                else:
+                    self.hal.display("ended: " + cause, None)
                 if self.current is not None:
                     self.current["cause"] = cause
                     self.current["tone"] = tone  # what the speaker plays now (None: silence)

@@ -8,9 +8,12 @@ A refused change prints one line on stderr and exits 1; the database is left as 
 """
 import datetime
 import json
+import os
 import sqlite3
 import sys
 
+from upbx.host import features
+from upbx.host.moh import MAX_SECONDS, MusicOnHoldError, wav_ulaw
 from upbx.host.config import ConfigError, load_main_config
 from upbx.host.directory import Directory, DirectoryError, SYSINFO_KEYS
 
@@ -23,7 +26,7 @@ def add_arguments(parser):
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="MAIN.toml", help="the main host's configuration (its database key)")
     where.add_argument("--database", metavar="PATH", help="the main host's SQLite database")
-    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,calls,sysinfo}", required=True)
+    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,moh,calls,sysinfo}", required=True)
 
     site = _actions(things, "site", "sites (shops, farms, schools...)")
     p = _leaf(site, "add", "add a site")
@@ -51,6 +54,21 @@ def add_arguments(parser):
     _leaf(ext, "remove", "remove an extension").add_argument("number")
     _leaf(ext, "bar", "bar an extension from local calls").add_argument("number")
     _leaf(ext, "unbar", "allow an extension local calls again").add_argument("number")
+    p = _leaf(ext, "forward", "forward an extension's calls (always, on busy, on no answer) or stop (off)")
+    p.add_argument("number")
+    p.add_argument("kind", choices=("always", "busy", "noanswer", "off"))
+    p.add_argument("target", nargs="?", help="the extension calls go to (not with off)")
+    p.add_argument("--after", type=int, metavar="S", help="noanswer: seconds of ringing first (default %d)"
+                   % features.DEFAULT_NOANSWER_S)
+    p = _leaf(ext, "dnd", "do not disturb: calls to the extension are refused with that cause")
+    p.add_argument("number")
+    p.add_argument("state", choices=("on", "off"))
+    _leaf(ext, "features", "an extension's do-not-disturb and forwarding settings").add_argument("number")
+
+    moh = _actions(things, "moh", "music on hold, played by every host to held parties")
+    _leaf(moh, "set", "play this WAV (8 kHz, mono, 16-bit, at most %d s)" % MAX_SECONDS).add_argument("wav")
+    _leaf(moh, "unset", "play the generated default again")
+    _leaf(moh, "show", "which music is played, and its version")
 
     p = _leaf(things, "calls", "show call records, newest first")
     p.add_argument("--limit", type=int, default=100, metavar="N")
@@ -184,6 +202,75 @@ def ext_unbar(d, args):
     _done(args, "extension %s may make local calls" % args.number, {"number": args.number, "barred": False})
 
 
+def _set_features(d, args, changes, message):
+    if d.extension(args.number) is None:
+        raise AdminError("unknown extension %r" % args.number)
+    settings = d.features(args.number)
+    settings.update(changes)
+    try:
+        settings = d.set_features(args.number, settings, announce=True)
+    except features.FeatureError as exc:
+        raise AdminError(str(exc)) from None
+    _done(args, message, dict(settings, number=args.number))
+
+
+def ext_forward(d, args):
+    if args.kind == "off":
+        if args.target or args.after is not None:
+            raise AdminError("ext forward %s off: takes no target or --after" % args.number)
+        return _set_features(d, args, {"always": None, "busy": None, "noanswer": None},
+                             "extension %s: forwarding off" % args.number)
+    if not args.target:
+        raise AdminError("ext forward %s %s: which extension? (ext forward NUMBER %s TARGET)"
+                         % (args.number, args.kind, args.kind))
+    if d.extension(args.target) is None:
+        raise AdminError("ext forward %s %s: unknown extension %r" % (args.number, args.kind, args.target))
+    if args.target == args.number:
+        raise AdminError("ext forward %s %s: an extension cannot forward to itself" % (args.number, args.kind))
+    if args.after is not None and args.kind != "noanswer":
+        raise AdminError("ext forward: --after is for noanswer only")
+    changes = {args.kind: args.target}
+    if args.after is not None:
+        changes["noanswer_s"] = args.after
+    after = " after %d s" % (args.after or d.features(args.number)["noanswer_s"]) if args.kind == "noanswer" else ""
+    _set_features(d, args, changes, "extension %s: forward %s to %s%s" % (args.number, args.kind, args.target, after))
+
+
+def ext_dnd(d, args):
+    _set_features(d, args, {"dnd": args.state == "on"}, "extension %s: do not disturb %s" % (args.number, args.state))
+
+
+def ext_features(d, args):
+    if d.extension(args.number) is None:
+        raise AdminError("unknown extension %r" % args.number)
+    settings = d.features(args.number)
+    _done(args, " ".join("%s=%s" % (k, "-" if v is None else v) for k, v in sorted(settings.items())),
+          dict(settings, number=args.number))
+
+
+def moh_set(d, args):
+    try:
+        ulaw = wav_ulaw(args.wav)
+    except MusicOnHoldError as exc:
+        raise AdminError(str(exc)) from None
+    name = os.path.basename(args.wav)
+    version = d.set_music_on_hold(name, ulaw)
+    seconds = len(ulaw) / 8000
+    _done(args, "music on hold: %s (%.1f s), version %d; the hosts play it within a second or two"
+          % (name, seconds, version), {"name": name, "seconds": seconds, "version": version})
+
+
+def moh_unset(d, args):
+    version = d.set_music_on_hold("default", b"")
+    _done(args, "music on hold: the generated default, version %d" % version, {"name": "default", "version": version})
+
+
+def moh_show(d, args):
+    version, name, ulaw = d.music_on_hold()
+    _done(args, "music on hold: %s (%.1f s), version %d" % (name, len(ulaw) / 8000 if ulaw else 1.6, version),
+          {"name": name, "seconds": len(ulaw) / 8000 if ulaw else 1.6, "version": version})
+
+
 def calls(d, args):
     if args.limit < 1:
         raise AdminError("bad --limit %d: use a number >= 1" % args.limit)
@@ -224,7 +311,9 @@ HANDLERS = {
     ("site", "add"): site_add, ("site", "list"): site_list, ("site", "remove"): site_remove,
     ("host", "add"): host_add, ("host", "list"): host_list, ("host", "remove"): host_remove,
     ("ext", "add"): ext_add, ("ext", "list"): ext_list, ("ext", "remove"): ext_remove,
-    ("ext", "bar"): ext_bar, ("ext", "unbar"): ext_unbar,
+    ("ext", "bar"): ext_bar, ("ext", "unbar"): ext_unbar, ("ext", "forward"): ext_forward,
+    ("ext", "dnd"): ext_dnd, ("ext", "features"): ext_features,
+    ("moh", "set"): moh_set, ("moh", "unset"): moh_unset, ("moh", "show"): moh_show,
     ("calls", None): calls,
     ("sysinfo", "show"): sysinfo_show, ("sysinfo", "set"): sysinfo_set, ("sysinfo", "unset"): sysinfo_unset,
 }

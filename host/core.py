@@ -9,6 +9,8 @@ A core is sans-IO, as aioquic's QuicConnection: datagrams and time go in
 time (for call records) is that plus `wall_offset_ms`, which the daemon keeps set.
 """
 from upbx.common import wire
+from upbx.host.moh import MusicOnHold
+from upbx.host.switch import other_leg, send_on_leg
 
 DSCP_EF = 46 << 2    # voice
 DSCP_CS3 = 24 << 2   # signalling
@@ -106,6 +108,8 @@ class HostCore:
         self.now = 0                # the time of the last input, for what is flushed without one
         self._out = []
         self._next_tick = None
+        self.held = set()           # calls held by a phone of this host: music on hold goes out every tick
+        self.moh = MusicOnHold()    # a subclass may set its configured WAV
 
     # the sans-IO surface
 
@@ -217,6 +221,37 @@ class HostCore:
             self.log.info("call-answered", call=call.uid, setup_ms=now - call.started_ms)
         self.on_call_event(call, passed, now)
 
+    def hold_message(self, link, ies, now):
+        """HOLD from a phone (its host plays music on hold to the other party) or from a host on
+        the way (the held party's voice stops at its first host): passed on towards the held
+        party as far as the last host."""
+        leg = self.switch.leg_for(ies, link)
+        flag = ies.get(wire.IE_STATE)
+        if leg is None:
+            self.stats.drop("unknown call")
+            return
+        call = leg.call
+        if call.state != "answered" or flag not in (0, 1) or (
+                call.held_by is not None if flag else call.held_by is not leg):
+            self.stats.drop("message out of turn")   # held already (by either side), or not held from here
+            return
+        call.held_by = leg if flag else None
+        if link.kind == "phone" and flag:
+            self.held.add(call)
+            call.moh_pos = 0
+        else:
+            self.held.discard(call)
+        other = other_leg(leg)
+        if other is not None and other.link.kind != "phone":
+            send_on_leg(other, wire.HOLD, {wire.IE_STATE: flag}, now)
+        self.log.info("call-held" if flag else "call-resumed", call=call.uid, by=link.name)
+
+    def play_music_on_hold(self, now):
+        """One 20 ms frame of music on hold to every party a phone of this host holds."""
+        for call in self.held:
+            self.switch.music_on_hold(call, self.moh.frame(call.moh_pos), now)
+            call.moh_pos += 1
+
     def release_calls(self, link, cause, now):
         """link is gone (logged out, expired, logged in again): its calls end, the other legs hear why."""
         for call in self.switch.calls_of(link):
@@ -226,6 +261,7 @@ class HostCore:
             self.end_call(call, cause, now)
 
     def end_call(self, call, cause, now, record=True):
+        self.held.discard(call)
         if not self.switch.end_call(call, cause, now):
             return
         self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path,

@@ -19,6 +19,7 @@ import secrets
 import sqlite3
 
 from upbx.common import wire
+from upbx.host import features
 from upbx.host.files import private_database
 
 Site = collections.namedtuple("Site", "name uplink_kbps local_calls local_call_quota")
@@ -68,6 +69,16 @@ CREATE TABLE IF NOT EXISTS call_records (
     cause TEXT,
     setup_ms INTEGER,
     UNIQUE (origin, uid)
+);
+CREATE TABLE IF NOT EXISTS features (
+    number TEXT PRIMARY KEY REFERENCES extensions(number) ON DELETE CASCADE,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS music_on_hold (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    ulaw BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sysinfo (
     version INTEGER PRIMARY KEY,
@@ -301,6 +312,48 @@ class Directory:
                                    (1 if flag else 0, number)).rowcount:
                 raise DirectoryError("unknown extension %r" % (number,))
             self._bump()
+
+    def features(self, number):
+        """An extension's feature settings (host/features.py; the defaults when none were set)."""
+        row = self._one("SELECT data FROM features WHERE number = ?", (number,))
+        return features.check(json.loads(row[0])) if row else features.defaults()
+
+    def site_features(self, site):
+        """{number: settings} of a site's extensions that have settings, for its remote host."""
+        rows = self.db.execute("SELECT f.number, f.data FROM features f JOIN extensions e ON e.number = f.number "
+                               "WHERE e.site = ?", (site,))
+        return {number: json.loads(data) for number, data in rows}
+
+    def set_features(self, number, settings, announce=False):
+        """Store an extension's settings; announce (`upbx admin`): bump the system information
+        version, so the main host sends the site's directory with them to its remote host."""
+        settings = features.check(settings)
+        with self._transaction():
+            if not self._one("SELECT 1 FROM extensions WHERE number = ?", (number,)):
+                raise DirectoryError("unknown extension %r" % (number,))
+            self.db.execute("INSERT OR REPLACE INTO features VALUES (?, ?)", (number, json.dumps(settings)))
+            if announce:
+                self._bump()
+        return settings
+
+    def music_on_hold(self):
+        """(version, name, mu-law bytes) of the operator's music on hold; (0, "default", b"") when none
+        was ever set, an empty b"" after `moh unset` (the hosts' generated default)."""
+        row = self._one("SELECT version, name, ulaw FROM music_on_hold WHERE id = 1")
+        return (row[0], row[1], bytes(row[2])) if row else (0, "default", b"")
+
+    def music_on_hold_version(self):
+        """The music on hold's version alone (0: never set), without reading the music."""
+        row = self._one("SELECT version FROM music_on_hold WHERE id = 1")
+        return row[0] if row else 0
+
+    def set_music_on_hold(self, name, ulaw):
+        """Store the music (mu-law, whole 20 ms frames; b"": back to the default); its new version."""
+        with self._transaction():
+            version = self.music_on_hold()[0] + 1
+            self.db.execute("INSERT OR REPLACE INTO music_on_hold VALUES (1, ?, ?, ?)",
+                            (version, name if ulaw else "default", ulaw))
+        return version
 
     def site_of_extension(self, number):
         """Name of the extension's site, or None for an unknown number."""

@@ -6,9 +6,12 @@ import json
 import os
 
 from upbx.common import wire
+from upbx.common.call import RELEASE_RECEIVED
 from upbx.common.chunks import chunk_ies
+from upbx.host import features
 from upbx.host.core import HostCore
 from upbx.host.directory import MAIN_ORIGIN, Directory, wire_text
+from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause
 from upbx.host.records import call_record, decode_upload
@@ -44,6 +47,9 @@ class MainHost(HostCore):
         self._sysinfo_version = None
         self._sysinfo_cache = {}  # (version, site) -> encoded system information
         self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
+        self.music_version = 0   # the operator's music on hold (0: the generated default), docs/features.md
+        self.music_acked = {}    # remote host name -> the music version it said it has
+        self._load_music()
 
     # directory
 
@@ -65,6 +71,7 @@ class MainHost(HostCore):
             "local_call_quota": site_row.local_call_quota,
             "extensions": {e.number: {"name": e.name, "secret": e.secret.hex(), "barred": bool(e.barred)}
                            for e in self.directory.extensions(site)},
+            "features": self.directory.site_features(site),
         }
 
     # datagrams
@@ -127,6 +134,22 @@ class MainHost(HostCore):
             site = self.directory.remote_host(peer.name).site
             self._send_blob(link, wire.DIRECTORY, 0, encode(self._site_directory(site)), now)
         self._send_sysinfo(link, now)
+        if link.kind == "host":
+            self._send_music(link, now)
+
+    # music on hold (host/moh.py): the operator's, from the directory, to every remote host
+
+    def _load_music(self):
+        version, name, ulaw = self.directory.music_on_hold()
+        self.music_version = version
+        self.moh = MusicOnHold(ulaw, name)
+        if version:
+            self.log.info("music-on-hold", version=version, name=self.moh.name, frames=len(self.moh.frames))
+
+    def _send_music(self, link, now):
+        """The music to a remote host that does not have this version (its MUSIC said which it has)."""
+        if self.music_version and self.music_acked.get(link.name) != self.music_version:
+            self._send_blob(link, wire.MUSIC, self.music_version, self.directory.music_on_hold()[2], now)
 
     def _send_blob(self, link, msg_type, version, data, now):
         """data (bytes) to link in chunks (common/chunks.py); returns how many."""
@@ -178,6 +201,12 @@ class MainHost(HostCore):
             self._records(link, ies, now)
         elif msg_type == wire.PUNCH_RESULT:
             self._punch_result(link, ies, now)
+        elif msg_type == wire.FEATURES:
+            self._features(link, ies, now)
+        elif msg_type == wire.HOLD:
+            self.hold_message(link, ies, now)
+        elif msg_type == wire.MUSIC and link.kind == "host":
+            self.music_acked[link.name] = ies.get(wire.IE_VERSION)
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)
@@ -214,6 +243,15 @@ class MainHost(HostCore):
                 self.stats.drop("caller not of the host's site")
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         called = ies[wire.IE_CALLED]
+        if called.startswith("*"):
+            return self._star_code(link, ies, now)
+        tried = []
+        routed, cause = features.route(called, self.directory.features, self._phone_busy, seen=tried)
+        if routed is None:
+            return self.refuse_setup(link, ies, cause, now, caller=caller)
+        if routed != called:
+            self.log.info("call-forwarded", caller=caller, called=called, to=routed)
+            called = routed
         target, cause = self._target_link(called)
         if target is None:
             return self.refuse_setup(link, ies, cause, now)
@@ -226,7 +264,11 @@ class MainHost(HostCore):
             return self.refuse_setup(link, ies, cause, now)
         caller_ext = self.directory.extension(caller)
         name = wire_text(caller_ext.name if caller_ext else "", wire.IE_SPEC[wire.IE_CALLING_NAME][3])
+        if link.kind == "host":   # a local call its remote host forwarded off the site: no longer local
+            self.local_calls.get(self._site_of(link), set()).discard(ies.get(wire.IE_CALL_ID))
         call = self.switch.new_call(caller, called, now)   # the main host chooses the call id
+        call.tried = tried
+        call.noanswer = self._noanswer_of(called)
         self.switch.incoming(call, link, ies)
         self.switch.offer(call, target, now, name)
         call.b2 = link.kind == "host" and target.kind == "host"
@@ -235,8 +277,103 @@ class MainHost(HostCore):
         self.log.info("call-setup", call=call.uid, caller=caller, called=called,
                       via="%s->%s" % (link.name, target.name))
 
+    def _phone_busy(self, number):
+        """A phone at the main host is busy when it has a leg; a remote host's phone: not known here
+        (its remote host forwards on busy, host/remote_host.py)."""
+        link = self.links_by_name.get(("phone", number))
+        return link is not None and link.legs > 0
+
+    # station features (host/features.py, docs/features.md)
+
+    def _star_code(self, link, ies, now):
+        """A star code from a phone registered here: its settings change in the directory."""
+        if link.kind != "phone":
+            return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
+        try:
+            changes, cause = features.star_code(ies[wire.IE_CALLED])
+            settings = self.directory.features(link.name)
+            settings.update(changes)
+            self.directory.set_features(link.name, settings)
+        except features.FeatureError as exc:
+            self.log.info("star-code", extension=link.name, error=str(exc))
+            return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, now)
+        self.log.info("features", extension=link.name, settings=settings)
+        self.refuse_setup(link, ies, cause, now)
+
+    def _features(self, link, ies, now):
+        """A remote host's phone changed its settings (a star code there): stored, acknowledged."""
+        number = ies.get(wire.IE_EXTENSION)
+        if link.kind != "host" or number is None or self.directory.site_of_extension(number) != self._site_of(link):
+            self.stats.drop("features not of the host's site")
+            return
+        try:
+            settings = self.directory.set_features(number, features.decode(ies.get(wire.IE_DATA, b"")))
+        except features.FeatureError as exc:
+            self.stats.drop("bad features")
+            self.log.warning("bad-features", host=link.name, error=str(exc))
+            return
+        self.log.info("features", extension=number, settings=settings, via=link.name)
+        link.send_signal(wire.FEATURES, {wire.IE_EXTENSION: number, wire.IE_DATA: features.encode(settings)}, now)
+
+    def _noanswer_of(self, number):
+        """(number, ms) where a call to number goes when it rings that long unanswered, else None."""
+        settings = self.directory.features(number)
+        return (settings["noanswer"], settings["noanswer_s"] * 1000) if settings["noanswer"] else None
+
+    def _forward_no_answer(self, call, now):
+        """The callee rang for its no-answer time: its leg goes, the call is offered where it forwards."""
+        number = call.noanswer[0]
+        self.switch.drop_callee(call, wire.CAUSE_NO_ANSWER, now)
+        self._forward(call, number, "no answer", now)
+
+    def call_message(self, link, msg_type, ies, now):
+        """A remote host's phone was busy (the main host cannot know that beforehand): forward on
+        busy happens here, the caller keeps its call; everything else as every host does."""
+        leg = self.switch.leg_for(ies, link) if msg_type == wire.RELEASE else None
+        call = leg.call if leg is not None else None
+        if (call is not None and leg is call.b and ies.get(wire.IE_CAUSE) == wire.CAUSE_BUSY
+                and call.state in ("setup", "alerting")):
+            number = self.directory.features(call.callee)["busy"]
+            if number is not None:
+                leg.apply(RELEASE_RECEIVED)
+                self.switch.drop_callee(call, wire.CAUSE_BUSY, now)
+                return self._forward(call, number, "busy", now)
+        HostCore.call_message(self, link, msg_type, ies, now)
+
+    def _forward(self, call, number, reason, now):
+        """Offer a call whose callee leg is gone to number, following that number's forwarding."""
+        routed, cause = features.route(number, self.directory.features, self._phone_busy, seen=call.tried)
+        target = None
+        if routed is not None:
+            target, cause = self._target_link(routed)
+        if target is not None and (target is call.a.link and target.kind == "phone"):
+            target, cause = None, wire.CAUSE_FORWARD_LOOP
+        if target is not None and target.kind == "phone" and target.legs:
+            target, cause = None, wire.CAUSE_BUSY
+        if target is not None:
+            cause = self.switch.admit(target)
+        if cause is not None:
+            self.log.info("call-forward-failed", call=call.uid, to=number, cause=wire.CAUSE_TEXT[cause])
+            self.switch.release(call.a, cause, now)
+            return self.end_call(call, cause, now)
+        self.log.info("call-forwarded", call=call.uid, called=call.callee, to=routed, reason=reason)
+        caller_ext = self.directory.extension(call.caller)
+        name = wire_text(caller_ext.name if caller_ext else "", wire.IE_SPEC[wire.IE_CALLING_NAME][3])
+        call.callee = routed
+        call.offered_ms = now
+        call.noanswer = self._noanswer_of(routed)
+        call.punch = {}
+        call.b2 = call.a.link.kind == "host" and target.kind == "host" and target is not call.a.link
+        self.switch.offer(call, target, now, name)
+        if call.b2 and self.config.direct_media:
+            self._offer_pair(call.a.link, target, now)
+
     def on_call_event(self, call, msg_type, now):
-        if msg_type == wire.ALERTING and call.b2 and self.config.direct_media:
+        # B2: media straight between the remote hosts once the callee rings; a call that may still
+        # be forwarded on no answer waits for the answer (a direct path is not taken back)
+        if call.b2 and self.config.direct_media and (
+                (msg_type == wire.ALERTING and call.noanswer is None) or
+                (msg_type == wire.ANSWER and call.noanswer is not None)):
             self._media_peers(call, now)
 
     def on_call_ended(self, call, cause, now):
@@ -343,10 +480,14 @@ class MainHost(HostCore):
     # timers
 
     def on_tick(self, now):
+        self.play_music_on_hold(now)
         self.switch.flush()
         ring_ms = self.config.ring_timeout_s * 1000
         for call in list(self.switch.calls.values()):
-            if call.state in ("setup", "alerting") and now - call.started_ms > ring_ms:
+            ringing = call.state in ("setup", "alerting") and call.b is not None
+            if ringing and call.noanswer is not None and now - call.offered_ms >= call.noanswer[1]:
+                self._forward_no_answer(call, now)
+            elif ringing and now - call.offered_ms > ring_ms:
                 self.switch.release(call.a, wire.CAUSE_NO_ANSWER, now)
                 self.switch.release(call.b, wire.CAUSE_NO_ANSWER, now)
                 self.end_call(call, wire.CAUSE_NO_ANSWER, now)
@@ -360,6 +501,11 @@ class MainHost(HostCore):
                 if link is not None:
                     self._link_down(link, now, "expired" if not peer.channel.failed else peer.channel.error)
                 self.peers.remove(peer)
+            if self.directory.music_on_hold_version() != self.music_version:
+                self._load_music()
+                for link in list(self.links.values()):
+                    if link.kind == "host":
+                        self._send_music(link, now)
             version = self.directory.sysinfo()[0]
             if version != self._sysinfo_version:
                 self.peers.forget_keys()   # secrets may have changed: derive handshake keys afresh
@@ -399,7 +545,7 @@ class MainHost(HostCore):
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.links.values()
                        if l.kind == "phone"],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
-                       "frames": c.frames} for c in self.switch.calls.values()],
+                       "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
             "sysinfo_version": self._sysinfo_version,

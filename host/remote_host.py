@@ -14,7 +14,9 @@ from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
+from upbx.host import features
 from upbx.host.core import HostCore
+from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause, uplink_admits
 from upbx.host.punch import Pairs
@@ -32,6 +34,7 @@ CALL_DEAD_MS = 2000
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
 PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is noticed within ~4 s (B4)
 MAX_CALLS_PER_PHONE = 2           # one call, and one that may ring in while the phone dials out
+MUSIC_MAX_CHUNKS = 8 * 30 * 1000 // 250 + 1   # 30 s of mu-law (host/moh.py MAX_SECONDS) in 250-byte chunks
 
 
 class RemoteHost(HostCore):
@@ -63,6 +66,9 @@ class RemoteHost(HostCore):
                            int(config.punch_timeout_s * 1000), self.peers)
         self.pending_local = {}      # call id -> (call) waiting for LOCAL_GRANT
         self.blobs = {wire.DIRECTORY: Reassembly(), wire.SYSINFO: Reassembly()}
+        self.music = Reassembly(MUSIC_MAX_CHUNKS)   # the operator's music on hold, from the main host
+        self.music_path = config.directory_cache + ".moh"
+        self._load_music()
         self._sysinfo_blob = None    # (version, encoded) of the system information, for the phones
         self.sysinfo_acked = {}      # extension -> version
         self.uploading = set()
@@ -139,6 +145,8 @@ class RemoteHost(HostCore):
                 self.main_link.up = True
                 self.log.info("logged-in", main="%s:%d" % self.main_address, logins=self.login.logins)
                 self._upload_records(now)
+                for number in self.cache.unsent_features:
+                    self._send_features(number, now)
                 for link in self.phone_links.values():
                     self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: link.name, wire.IE_STATE: 1}, now)
             else:
@@ -189,6 +197,11 @@ class RemoteHost(HostCore):
             if leg is not None and pair is not None and leg.link is self.main_link and wire.IE_MEDIA_KEY in ies:
                 leg.direct = (MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), leg.call_no,
                                        ies.get(wire.IE_CALL_NO, 0)), pair.link)
+        elif msg_type == wire.FEATURES:
+            try:
+                self.cache.features_acknowledged(ies.get(wire.IE_EXTENSION), features.decode(ies.get(wire.IE_DATA, b"")))
+            except features.FeatureError:
+                self.stats.drop("bad features")
         elif msg_type == wire.RECORDS:
             uid = ies.get(wire.IE_CALL_ID, b"").hex()
             self.records.mark_uploaded([uid])
@@ -196,8 +209,39 @@ class RemoteHost(HostCore):
             self.stats.count("records uploaded")
         elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
             self.call_message(self.main_link, msg_type, ies, now)
+        elif msg_type == wire.HOLD:
+            self.hold_message(self.main_link, ies, now)
+        elif msg_type == wire.MUSIC:
+            self._music(ies, now)
 
     # phones
+
+    # music on hold: the operator's, kept beside the site cache (docs/features.md)
+
+    def _load_music(self):
+        version = (self.cache.data.get("music_on_hold") or {}).get("version", 0)
+        try:
+            with open(self.music_path, "rb") as f:
+                ulaw = f.read()
+        except OSError:
+            version, ulaw = 0, b""
+        self.music_version = version
+        self.moh = MusicOnHold(ulaw, "version %d" % version)
+
+    def _music(self, ies, now):
+        data = self.music.add(ies)
+        if data is None:
+            return
+        version = ies.get(wire.IE_VERSION, 0)
+        tmp = self.music_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.music_path)
+        self.cache.data["music_on_hold"] = {"version": version}
+        self.cache.save()
+        self._load_music()
+        self.log.info("music-on-hold", version=version, frames=len(self.moh.frames))
+        self.main_link.send_signal(wire.MUSIC, {wire.IE_VERSION: version}, now)
 
     def _phone_registered(self, peer, now):
         for index, link in list(self.phone_links.items()):
@@ -236,6 +280,8 @@ class RemoteHost(HostCore):
             self._outgoing(link, ies, now)
         elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
             self.call_message(link, msg_type, ies, now)
+        elif msg_type == wire.HOLD:
+            self.hold_message(link, ies, now)
         else:
             self.stats.drop("unexpected message")
 
@@ -248,10 +294,21 @@ class RemoteHost(HostCore):
             self.stats.drop("setup missing IEs")
             return
         called = ies[wire.IE_CALLED]
+        if called.startswith("*"):
+            return self._star_code(link, ies, now)
+        tried = []
+        if self.cache.extension(called) is not None:   # the site's own: forwarding and DND decided here
+            routed, cause = features.route(called, self._features_of, self._number_busy, seen=tried)
+            if routed is None:
+                return self.refuse_setup(link, ies, cause, now, caller=link.name)
+            if routed != called:
+                self.log.info("call-forwarded", caller=link.name, called=called, to=routed)
+                called = routed
         cause = self.switch.admit(link)   # call numbers left, calls per phone: refused before any state
         if cause is not None:
             return self.refuse_setup(link, ies, cause, now, caller=link.name)
         call = self.switch.new_call(link.name, called, now)
+        call.tried = tried or [called]
         self.switch.incoming(call, link, ies)
         if self.cache.extension(called) is not None:
             call.path = "local"
@@ -268,6 +325,39 @@ class RemoteHost(HostCore):
             return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
         self.switch.offer(call, self.main_link, now, call_id=False)   # the main host chooses the call ids
         self.log.info("call-setup", call=call.uid, caller=link.name, called=called, via="main")
+
+    # station features (host/features.py, docs/features.md): this host keeps its phones' settings
+
+    def _features_of(self, number):
+        """The settings of a number: the site's own from this host's copy; another site's are the
+        main host's to apply (defaults here: the call goes there unchanged)."""
+        if self.cache.extension(number) is None:
+            return features.defaults()
+        return self.cache.features(number)
+
+    def _number_busy(self, number):
+        link = self._phone_link(number)
+        return link is not None and self._busy(link)
+
+    def _star_code(self, link, ies, now):
+        """A star code from one of our phones: the settings change here, whether or not the main
+        host is reachable, and go to the main host (now, or once it is back)."""
+        try:
+            changes, cause = features.star_code(ies[wire.IE_CALLED])
+        except features.FeatureError as exc:
+            self.log.info("star-code", extension=link.name, error=str(exc))
+            return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, now, caller=link.name)
+        settings = self.cache.features(link.name)
+        settings.update(changes)
+        self.cache.set_features(link.name, settings)
+        self.log.info("features", extension=link.name, settings=settings, main_up=self.main_link.up)
+        self._send_features(link.name, now)
+        self.refuse_setup(link, ies, cause, now, caller=link.name)
+
+    def _send_features(self, number, now):
+        if self.main_link.up:
+            self.main_link.send_signal(wire.FEATURES, {wire.IE_EXTENSION: number,
+                                                       wire.IE_DATA: features.encode(self.cache.features(number))}, now)
 
     def _uplink_calls(self):
         return sum(1 for c in self.switch.calls.values() if c.path != "local" and c.b is not None)
@@ -324,6 +414,9 @@ class RemoteHost(HostCore):
             return self._refuse(call, cause, now)
         name = (self.cache.extension(call.caller) or {}).get("name", "")
         self.switch.offer(call, target, now, name, local=True)
+        call.offered_ms = now
+        settings = self.cache.features(call.callee)
+        call.noanswer = (settings["noanswer"], settings["noanswer_s"] * 1000) if settings["noanswer"] else None
         self.log.info("call-setup", call=call.uid, caller=call.caller, called=call.callee, via="local")
 
     def _incoming(self, ies, now):
@@ -331,8 +424,18 @@ class RemoteHost(HostCore):
         if wire.IE_CALL_NO not in ies or wire.IE_MEDIA_KEY not in ies or called is None:
             self.stats.drop("setup missing IEs")
             return
+        cause = None
+        if self.cache.extension(called) is not None:
+            routed, cause = features.route(called, self._features_of, self._number_busy)
+            if routed is not None and routed != called:
+                if self.cache.extension(routed) is None:
+                    cause = wire.CAUSE_BUSY   # forwarded to another site: the main host forwards on busy
+                else:
+                    self.log.info("call-forwarded", called=called, to=routed)
+                    called = routed
         target = self._phone_link(called)
-        cause = wire.CAUSE_UNREACHABLE if target is None else (wire.CAUSE_BUSY if self._busy(target) else None)
+        if cause is None:
+            cause = wire.CAUSE_UNREACHABLE if target is None else (wire.CAUSE_BUSY if self._busy(target) else None)
         if cause is None and not self._admits():
             cause = wire.CAUSE_NETWORK_BUSY  # the media would go up the uplink too
         if cause is None:
@@ -344,8 +447,31 @@ class RemoteHost(HostCore):
         self.switch.offer(call, target, now, ies.get(wire.IE_CALLING_NAME, ""))
 
     def on_call_event(self, call, msg_type, now):
-        if msg_type == wire.ALERTING and call.path == "local":
+        # B3: the phones send media to each other once the callee rings; a call that may still be
+        # forwarded on no answer waits for the answer (the caller's phone cannot take it back)
+        if call.path == "local" and ((msg_type == wire.ALERTING and call.noanswer is None) or
+                                     (msg_type == wire.ANSWER and call.noanswer is not None)):
             self._local_media(call, now)
+
+    def _forward_no_answer(self, call, now):
+        """A local call rang for the callee's no-answer time: offered where it forwards, on the
+        site (still local) or through the main host (no longer local: the main host records it)."""
+        number = call.noanswer[0]
+        self.switch.drop_callee(call, wire.CAUSE_NO_ANSWER, now)
+        routed, cause = features.route(number, self._features_of, self._number_busy, seen=call.tried)
+        if routed is None:
+            return self._refuse(call, cause, now)
+        self.log.info("call-forwarded", call=call.uid, called=call.callee, to=routed, reason="no answer")
+        call.callee = routed
+        call.noanswer = None
+        if self.cache.extension(routed) is not None:
+            return self._connect_local(call, now)
+        if not self.main_link.up:
+            return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
+        call.path = "relay"
+        if not self._admits() or self.switch.admit(self.main_link) is not None:
+            return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
+        self.switch.offer(call, self.main_link, now)   # with the call id: main forgets the local grant
 
     def _local_media(self, call, now):
         """B3: both phones send media to each other on the LAN; no host carries it."""
@@ -401,10 +527,15 @@ class RemoteHost(HostCore):
     # timers
 
     def on_tick(self, now):
+        self.play_music_on_hold(now)
         self.switch.flush()
         for call in list(self.pending_local.values()):
             if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:
                 self._decide_locally(call, now)
+        for call in list(self.switch.calls.values()):
+            if (call.noanswer is not None and call.path == "local" and call.b is not None
+                    and call.state in ("setup", "alerting") and now - call.offered_ms >= call.noanswer[1]):
+                self._forward_no_answer(call, now)
         if any(c.path != "local" for c in self.switch.calls.values()):
             self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
         else:
@@ -451,7 +582,7 @@ class RemoteHost(HostCore):
             "main": {"state": self.login.state, "logins": self.login.logins},
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
-                       "frames": c.frames} for c in self.switch.calls.values()],
+                       "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
             "pairs": {p.name: {"up": p.link.up, "address": "%s:%d" % p.link.address[:2]} for p in self.pairs.values()},
             "records_pending": len(self.records.pending()),
             "sysinfo_version": self.cache.sysinfo["version"],

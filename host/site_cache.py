@@ -5,6 +5,7 @@ The file holds the site's phone secrets: it is written 0600 (host/files.py).
 """
 import json
 
+from upbx.host import features
 from upbx.host.files import private_file, write_private
 
 
@@ -54,11 +55,45 @@ class SiteCache:
         return self.data.get("sysinfo") or {"version": None, "info": None}
 
     def set_directory(self, directory):
-        """The site's directory as the main host sent it; the system information is kept."""
+        """The site's directory as the main host sent it; the system information is kept, and so
+        are feature settings changed here that the main host has not acknowledged yet."""
         sysinfo = self.sysinfo
+        unsent = {n: self.features(n) for n in self.unsent_features}
+        music = self.data.get("music_on_hold")
         self.data = dict(directory)
         self.data["sysinfo"] = sysinfo
+        if music is not None:
+            self.data["music_on_hold"] = music
+        self.data["features"] = dict(directory.get("features") or {})
+        self.data["features"].update(unsent)
+        self.data["features_unsent"] = sorted(unsent)
         self.save()
+
+    # station features (host/features.py): this host's copy is what its phones set
+
+    def features(self, number):
+        """An extension's feature settings (the defaults when none were set)."""
+        settings = (self.data.get("features") or {}).get(number)
+        return dict(settings) if settings else features.defaults()
+
+    @property
+    def unsent_features(self):
+        """Extensions whose settings changed here and the main host has not acknowledged."""
+        return list(self.data.get("features_unsent") or ())
+
+    def set_features(self, number, settings, unsent=True):
+        self.data.setdefault("features", {})[number] = settings
+        pending = set(self.unsent_features)
+        if unsent:
+            pending.add(number)
+        self.data["features_unsent"] = sorted(pending)
+        self.save()
+
+    def features_acknowledged(self, number, settings):
+        """The main host stored settings for number: no longer unsent if they are still ours."""
+        if number in self.unsent_features and self.features(number) == settings:
+            self.data["features_unsent"] = [n for n in self.unsent_features if n != number]
+            self.save()
 
     def set_sysinfo(self, version, info):
         self.data["sysinfo"] = {"version": version, "info": info}

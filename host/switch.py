@@ -113,6 +113,14 @@ class Call:
         self.frames = 0
         self.b2 = False             # both legs go to remote hosts: a direct path may be punched
         self.punch = {}             # remote host name -> path it reported (B2)
+        self.offered_ms = now       # when leg b was last offered (ring timeout, forward on no answer)
+        self.tried = [callee]       # the numbers offered so far (forwarding: a loop is a number tried twice)
+        self.noanswer = None        # (number, ms): where the call goes if it rings that long unanswered
+        self.held_by = None         # the leg on whose side the call is held (docs/features.md), else None
+        self.moh_pos = 0            # the next frame of music on hold
+        self.ts_out = [0, 0]        # the last timestamp sent towards leg a, leg b
+        self.ts_shift = [0, 0]      # added to what is forwarded towards leg a, b after music on hold
+        self.moh_last = [None, None]  # the last music-on-hold timestamp towards a, b, until voice follows
 
     @property
     def state(self):
@@ -231,16 +239,32 @@ class Switch:
         call.ended_ms = now
         self._forget_ended(now)
         for leg in (call.a, call.b):
-            if leg is not None and self.legs.get(leg.call_no) is leg:
-                leg.apply(TIMEOUT)    # released, whatever ended the call
-                del self.legs[leg.call_no]
-                leg.link.legs -= 1
-                media = leg.direct[0] if leg.direct else leg.media
-                self._ended[leg.call_no] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
-                                            leg.direct[1].serial if leg.direct else None, now)
-                self._ended_order.append((now, leg.call_no))
+            if leg is not None:
+                self._forget_leg(leg, now)
         self.calls.pop(call.call_id, None)
         return True
+
+    def drop_callee(self, call, cause, now):
+        """Leg b of a call still ringing goes (RELEASE with cause to the phone that rang), so that
+        another leg b can be offered: forwarding on no answer or on busy. Leg a stays as it is."""
+        leg = call.b
+        if leg is None:
+            return
+        self.release(leg, cause, now)
+        self._forget_leg(leg, now)
+        call.b = None
+
+    def _forget_leg(self, leg, now):
+        """leg is released: its call number is free again, its late frames still authenticate a while."""
+        if self.legs.get(leg.call_no) is not leg:
+            return
+        leg.apply(TIMEOUT)    # released, whatever ended it
+        del self.legs[leg.call_no]
+        leg.link.legs -= 1
+        media = leg.direct[0] if leg.direct else leg.media
+        self._ended[leg.call_no] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
+                                    leg.direct[1].serial if leg.direct else None, now)
+        self._ended_order.append((now, leg.call_no))
 
     def _forget_ended(self, now):
         """Ended calls are remembered for ENDED_KEEP_MS (frames in flight), never more than ENDED_MAX."""
@@ -379,7 +403,33 @@ class Switch:
         out = other_leg(leg)
         if out.peer_call_no is None:
             return None
+        held = call.held_by
+        if held is not None and (out is held or (leg is held and held.link.kind == "phone")):
+            self.stats.count("media held")   # the held party's voice stops here; the holder's is music
+            return None
+        i = 0 if out is call.a else 1
+        ts += call.ts_shift[i]
+        last = call.moh_last[i]
+        if last is not None:       # the first voice after music on hold: it carries on after the music
+            if ts <= last:
+                call.ts_shift[i] += last + 20 - ts
+                ts = last + 20
+            call.moh_last[i] = None
+        if ts > call.ts_out[i]:
+            call.ts_out[i] = ts
         call.frames += 1
+        return self.send_media(out, ts, payload)
+
+    def music_on_hold(self, call, payload, now):
+        """One frame of music on hold to the party a held call's holder left (the holder's host
+        calls this every tick), on the timeline the holder's voice was on and will carry on."""
+        out = other_leg(call.held_by)
+        if out is None or out.peer_call_no is None:
+            return None
+        i = 0 if out is call.a else 1
+        ts = max(call.ts_out[i] + 20, (now - (call.answered_ms or now)) // 20 * 20)
+        call.ts_out[i] = call.moh_last[i] = ts
+        self.stats.count("music on hold frames")
         return self.send_media(out, ts, payload)
 
     def send_media(self, leg, ts, payload):

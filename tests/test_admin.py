@@ -193,3 +193,42 @@ def test_installed_upbx_script_when_present(tmp_path):
     done = subprocess.run([script, "admin", "--database", str(tmp_path / "d.sqlite"), "site", "list", "--json"],
                           capture_output=True, text=True)
     assert (done.returncode, json.loads(done.stdout)) == (0, [])
+
+
+def test_forward_dnd_and_features_of_an_extension(admin):
+    ok(admin("site", "add", "a"))
+    for number in ("101", "102"):
+        ok(admin("ext", "add", number, "--site", "a"))
+    assert ok(admin("ext", "forward", "101", "noanswer", "102", "--after", "20")).strip() == \
+        "extension 101: forward noanswer to 102 after 20 s"
+    assert ok(admin("ext", "dnd", "102", "on")).strip() == "extension 102: do not disturb on"
+    shown = json.loads(ok(admin("ext", "features", "101", "--json")))
+    assert shown == {"number": "101", "dnd": False, "always": None, "busy": None, "noanswer": "102", "noanswer_s": 20}
+    for argv, error in ((("101", "busy"), "which extension?"), (("101", "always", "999"), "unknown extension '999'"),
+                        (("101", "always", "101"), "cannot forward to itself"),
+                        (("101", "noanswer", "102", "--after", "2"), "bad no-answer time 2: 5 to 120 seconds"),
+                        (("101", "busy", "102", "--after", "9"), "--after is for noanswer only"),
+                        (("101", "off", "102"), "takes no target"), (("999", "always", "102"), "unknown extension")):
+        code, out, err = admin("ext", "forward", *argv)
+        assert code == 1 and error in err and not out, (argv, err)
+    ok(admin("ext", "forward", "101", "off"))
+    with Directory(admin.database) as d:
+        assert d.features("101")["noanswer"] is None and d.features("102")["dnd"] is True
+
+
+def test_music_on_hold_is_set_from_a_wav_and_a_bad_wav_is_refused(admin, tmp_path):
+    import wave
+    good, stereo = tmp_path / "good.wav", tmp_path / "stereo.wav"
+    for path, channels, seconds in ((good, 1, 1.0), (stereo, 2, 0.1)):
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(channels)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(b"\x10\x00" * int(8000 * seconds * channels))
+    assert ok(admin("moh", "show")).strip() == "music on hold: default (1.6 s), version 0"
+    assert "good.wav (1.0 s), version 1" in ok(admin("moh", "set", str(good)))
+    code, out, err = admin("moh", "set", str(stereo))
+    assert code == 1 and "stereo.wav: music on hold must be 8000 Hz, mono, 16-bit" in err
+    with Directory(admin.database) as d:
+        assert d.music_on_hold()[:2] == (1, "good.wav") and len(d.music_on_hold()[2]) == 8000
+    assert "the generated default, version 2" in ok(admin("moh", "unset"))

@@ -21,6 +21,8 @@ CALLS = [
 
 
 def add_arguments(parser):
+    parser.add_argument("what", nargs="?", choices=["features"],
+                        help="features: one scenario per call feature of issue 12 instead (docs/features.md)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each call")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, recordings)")
@@ -69,6 +71,9 @@ def run_demo(seconds=2.0, lab=None, phone_args=()):
 
 
 def run(args):
+    if args.what == "features":
+        from upbx.tools import demo_features
+        return demo_features.run(args, phone_args(args))
     print("starting main host, remote hosts for sites A and B, phones at sites A, B, C ...", file=sys.stderr)
     lab = LoopbackExchange(phone_args=phone_args(args))
     try:

@@ -5,6 +5,7 @@ process on real sockets; `close()` stops them all, also after a failure.
 """
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import wave
 
 from upbx.host.daemon import query_status
 
@@ -29,6 +31,67 @@ def free_port():
 
 def upbx(*args):
     return [sys.executable, "-m", "upbx.tools.cli"] + list(args)
+
+
+TONE_WINDOW = 800   # 100 ms at 8 kHz: 10 Hz resolution, enough to tell the call-progress tones apart
+TONE_PAIRS = {"dial": (350, 440), "ringback": (440, 480), "busy": (480, 620)}
+
+
+def goertzel_power(pcm, n, hz, rate=8000):
+    """Goertzel power of hz over the first n samples of 16-bit little-endian PCM bytes."""
+    coeff = 2 * math.cos(2 * math.pi * hz / rate)
+    s1 = s2 = 0.0
+    for v in struct.unpack_from("<%dh" % n, pcm):
+        s1, s2 = v + coeff * s1 - s2, s1
+    return s1 * s1 + s2 * s2 - coeff * s1 * s2
+
+
+def tones_heard(path):
+    """The call-progress tones in a WAV (what a phone's speaker played, `upbx phone --record`),
+    one label per 100 ms window found by Goertzel, runs collapsed: ["dial", "ringback", ...]."""
+    with wave.open(path) as w:
+        data = w.readframes(w.getnframes())
+    labels = []
+    for start in range(0, len(data) - 2 * TONE_WINDOW + 1, 2 * TONE_WINDOW):
+        block = data[start:start + 2 * TONE_WINDOW]
+        powers = {hz: goertzel_power(block, TONE_WINDOW, hz) for hz in (350, 440, 480, 620)}
+        label = None
+        for name, (f1, f2) in TONE_PAIRS.items():
+            others = [p for hz, p in powers.items() if hz not in (f1, f2)]
+            if min(powers[f1], powers[f2]) > 1e11 and min(powers[f1], powers[f2]) > 20 * max(others):
+                label = name
+        if label and (not labels or labels[-1] != label):
+            labels.append(label)
+    return labels
+
+
+def frequencies_heard(path, labels, min_windows=3):
+    """What a WAV holds, 100 ms at a time: the label of the frequency that dominates (labels:
+    {name: (hz, ...)}), "quiet" where nothing is heard, runs shorter than min_windows left out
+    (a concealed frame's tail), runs collapsed: e.g. ["quiet", "holder", "music", "holder"]."""
+    with wave.open(path) as w:
+        data = w.readframes(w.getnframes())
+    every = sorted({hz for group in labels.values() for hz in group})
+    runs = []
+    for start in range(0, len(data) - 2 * TONE_WINDOW + 1, 2 * TONE_WINDOW):
+        block = data[start:start + 2 * TONE_WINDOW]
+        powers = {hz: goertzel_power(block, TONE_WINDOW, hz) for hz in every}
+        loudest = max(powers, key=powers.get)
+        energy = sum(v * v for v in struct.unpack_from("<%dh" % TONE_WINDOW, block)) / TONE_WINDOW
+        label = None
+        if energy < 1e4:       # below about -50 dBFS
+            label = "quiet"
+        elif powers[loudest] > 1e10 and powers[loudest] > 10 * (sum(powers.values()) - powers[loudest]):
+            label = next(name for name, group in labels.items() if loudest in group)
+        if runs and runs[-1][0] == label:
+            runs[-1][1] += 1
+        else:
+            runs.append([label, 1])
+    out = []
+    for label, n in runs:
+        if label is not None and n >= min_windows and (not out or out[-1] != label):
+            out.append(label)
+    return out
 
 
 def write_noise_wav(path, seconds, seed):
@@ -265,8 +328,9 @@ class LoopbackExchange:
 
 
 def place_call(lab, caller, callee, behaviour, seconds=2.0, answer=True, caller_args=(), callee_args=(),
-               callee_phone=True):
-    """One scripted call between two virtual handsets; returns the demo's row for it."""
+               callee_phone=True, rings=None):
+    """One scripted call between two virtual handsets; returns the demo's row for it. rings: the
+    phone that rings when it is not the number dialled (forwarding), started instead of callee."""
     tag = "%s-%s-%s" % (behaviour, caller, callee)
     wav = lab.path(caller + ".wav")
     if not os.path.exists(wav):
@@ -275,10 +339,10 @@ def place_call(lab, caller, callee, behaviour, seconds=2.0, answer=True, caller_
     before = lab.media_counters()
     callee_proc = None
     if callee_phone:
-        callee_proc = lab.phone(callee, *(["--answer"] if answer else []), "--record-g711", record,
+        callee_proc = lab.phone(rings or callee, *(["--answer"] if answer else []), "--record-g711", record,
                                 "--exit-after-call", "--exit-after", str(seconds + 15), *callee_args,
                                 tag=tag + "-callee")
-        lab.wait_registered(callee)
+        lab.wait_registered(rings or callee)
     caller_proc = lab.phone(caller, "--send", wav, "--call", callee, "--call-after", "0.8", "--duration",
                             str(seconds), "--exit-after-call", "--exit-after", str(seconds + 12), *caller_args,
                             tag=tag + "-caller")

@@ -86,8 +86,11 @@ def test_a_message_out_of_turn_is_dropped_and_counted_and_the_call_stays_as_it_w
     assert not phone.dtmf("2", 20) and not phone.answer(20)    # nor may the user send one, or answer
     host.say(phone, wire.ALERTING, {wire.IE_CALL_NO: 700, wire.IE_PEER_CALL_NO: ours}, 30)
     assert phone.state == RINGBACK and phone.call.peer_call_no == 700 and fields(phone.take_events()) == [("Ringback",)]
-    host.say(phone, wire.ALERTING, {wire.IE_CALL_NO: 700, wire.IE_PEER_CALL_NO: ours}, 40)   # again: out of turn
+    host.say(phone, wire.DTMF, {wire.IE_CALL_NO: 700, wire.IE_PEER_CALL_NO: ours, wire.IE_DIGIT: "1"}, 40)
     assert phone.dropped == dropped + 2 and phone.state == RINGBACK and phone.take_events() == ()
+    # ALERTING again: the call was forwarded on no answer and another phone rings (docs/features.md)
+    host.say(phone, wire.ALERTING, {wire.IE_CALL_NO: 700, wire.IE_PEER_CALL_NO: ours}, 45)
+    assert phone.dropped == dropped + 2 and phone.state == RINGBACK and fields(phone.take_events()) == [("Ringback",)]
     host.say(phone, wire.ANSWER, {wire.IE_CALL_NO: 700, wire.IE_PEER_CALL_NO: ours}, 50)
     assert phone.state == CONNECTED and fields(phone.take_events()) == [("Connected", "relay")]
     # a message for another call number is not ours

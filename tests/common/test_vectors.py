@@ -539,7 +539,7 @@ def call_leg_rows():
             else:
                 assert leg.state == new, (state, event)
                 table[(state, event)] = new
-    assert len(table) == 25
+    assert len(table) == 27
     names = dict((getattr(call, n), n) for n in CALL_EVENTS)
     assert len(names) == len(CALL_EVENTS)
     rows = []

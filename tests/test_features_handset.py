@@ -1,0 +1,109 @@
+"""Call features with firmware phones and real daemons (`upbx demo features`' scenarios, docs/features.md):
+what the phones show, the tones the caller's speaker played (Goertzel on its recording) and the
+audio that arrived where a call was forwarded. tests/test_features.py covers the host logic
+frame by frame on the virtual clock.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT
+from upbx.tools.demo_features import FEATURES, ConsolePhone, _inner, run_features
+from upbx.tools.lab import LoopbackExchange, place_call
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with LoopbackExchange(ring_timeout_s=20) as lab:
+        lab.provision()
+        lab.start()
+        yield lab
+
+
+def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # every file and process of the demo lives under here
+    result = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "demo", "features", "--json"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    features = json.loads(result.stdout)["features"]
+    assert [f["name"] for f in features] == list(FEATURES)
+    by_name = {f["name"]: f for f in features}
+    built = ("hold", "dnd", "forward_always", "forward_busy", "forward_no_answer")
+    for name in FEATURES:
+        if name not in built:
+            assert by_name[name] == {"name": name, "ok": False, "error": "not built yet"}
+        else:
+            assert by_name[name]["ok"] is True, by_name[name]
+
+    dnd = by_name["dnd"]
+    assert dnd["dnd_set"] and dnd["dnd_cleared"], dnd
+    assert dnd["refused"]["cause"] == "do not disturb" and dnd["refused"]["frames_sent"] == 0, dnd
+    assert "busy" in dnd["caller_heard"] and not dnd["dnd_phone_rang"], dnd      # the caller's speaker: busy tone
+    assert dnd["caller_display"] == ["ended: do not disturb"], dnd
+    assert dnd["after_dnd_off"]["cause"] == "normal clearing" and dnd["after_dnd_off"]["audio_match"] is True
+
+    for name in ("forward_always", "forward_busy", "forward_no_answer"):
+        forward = by_name[name]
+        call = forward["call"]
+        assert forward["forward_set"] and forward["forward_cleared"], forward
+        # what the caller sent (noise) arrived where the call was forwarded, frame by frame
+        assert call["cause"] == "normal clearing" and call["audio_match"] is True, forward
+        assert call["frames_received"] >= 0.9 * call["frames_sent"] > 0, forward
+    assert by_name["forward_busy"]["dialled_phone_busy"] is True
+    assert by_name["forward_no_answer"]["dialled_phone_rang"] and by_name["forward_no_answer"]["dialled_phone_stopped"]
+
+    for path in ("relay", "direct", "local"):   # B1 101 -> 301, B2 101 -> 201, B3 101 -> 102
+        hold = by_name["hold"][path]
+        assert hold["held"] and hold["resumed"] and hold["path"] == path, hold
+        # what each speaker played, 100 ms at a time (Goertzel): the music's notes, each phone's own tone
+        assert [h for h in hold["held_party_heard"] if h != "quiet"] == ["holder", "music", "holder"], hold
+        assert _inner(hold["holder_heard"]) == ["held party", "quiet", "held party"], hold
+    assert os.listdir(tmp_path) == []    # no lab directory, no handset flash left behind
+
+
+def test_star_codes_from_the_keypad_and_the_display(lab):
+    phone = ConsolePhone(lab, "202", "keys-202")
+    try:
+        for key in ("A", "*", "78", "#"):          # off hook, star code, send
+            phone.command(key)
+        assert phone.wait_line("call ended: feature on")
+        assert phone.wait_line("I display feature on *78")
+        phone.command("A")
+        phone.command("39")
+        phone.command("*")                          # after digits, * still clears
+        phone.command("*79#")
+        assert phone.wait_line("I display feature off *79")
+        phone.command("!forward sideways 3")        # a console command that makes no sense: said, not dialled
+        assert phone.wait_line("bad feature command")
+    finally:
+        phone.quit()
+    assert "dialing 39" not in phone.log()
+
+
+def test_without_the_main_host_a_sites_phones_keep_dnd_and_forwarding_and_the_main_host_learns_them_after():
+    with LoopbackExchange(ring_timeout_s=20, remote_settings={"login_backoff_max_s": 1}) as lab:
+        lab.provision(phones={"a": ["101", "102", "103"], "c": ["301"]})
+        lab.start()
+        lab.kill("main")                                            # B4: site a's remote host is on its own
+        lab.wait_for(lambda: lab.status("site-a")["main"]["state"] != "up", "site a noticed", timeout=15)
+        phone = ConsolePhone(lab, "102", "b4-102")
+        try:
+            phone.command("!dnd on")
+            assert phone.wait_line("call ended: feature on")
+            refused = place_call(lab, "101", "102", "b4-dnd", 1.0, callee_phone=False)
+            assert refused["cause"] == "do not disturb" and "incoming call" not in phone.log()
+            phone.command("!dnd off")
+            assert phone.wait_line("call ended: feature off")
+            phone.command("!forward always 103")
+            assert phone.wait_line("I display feature on *72103")
+        finally:
+            phone.quit()
+        row = place_call(lab, "101", "102", "b4-fwd", 1.5, rings="103")
+        assert row["cause"] == "normal clearing" and row["audio_match"] is True and row["path"] == "local", row
+        lab.restart("main", wait=False)                             # back: the settings reach its directory
+        lab.wait_for(lambda: json.loads(lab.admin("ext", "features", "102", "--json"))["always"] == "103",
+                     "the main host has 102's forward", timeout=30)
+        assert json.loads(lab.admin("ext", "features", "102", "--json"))["dnd"] is False
