@@ -534,7 +534,7 @@ class App:
                 self.frames_suppressed += 1
             else:
                 frame = self.phone.seal_frame(self.call_ts, payload)
-                if self.record_sent is not None and payload is not self._cn:
+                if frame is not None and self.record_sent is not None and payload is not self._cn:
                     self.record_sent.write(struct.pack(">I", self.call_ts & 0xFFFFFFFF))
                     self.record_sent.write(payload)
             self.call_ts += _FRAME_MS
