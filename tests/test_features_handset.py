@@ -84,7 +84,7 @@ def test_star_codes_from_the_keypad_and_the_display(lab):
 
 
 def test_without_the_main_host_a_sites_phones_keep_dnd_and_forwarding_and_the_main_host_learns_them_after():
-    with LoopbackExchange(ring_timeout_s=20, remote_settings={"login_backoff_max_s": 1}) as lab:
+    with LoopbackExchange(ring_timeout_s=20, remote_settings={"login_backoff_max_s": 1, "keepalive_s": 2}) as lab:
         lab.provision(phones={"a": ["101", "102", "103"], "c": ["301"]})
         lab.start()
         lab.kill("main")                                            # B4: site a's remote host is on its own

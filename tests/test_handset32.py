@@ -37,7 +37,8 @@ def demo_calls(tmp_path, phone_args):
 def check(rows, heaps, heap_bytes, live_limit):
     assert [(r["behaviour"], r["path"]) for r in rows] == CALLS
     for r in rows:
-        assert r["cause"] == "normal clearing" and r["audio_match"] is True, r
+        assert r["cause"] == "normal clearing" and r["audio_match"] is True, (
+            r["behaviour"], r["path"], r["cause"], r["frames_sent"], r["frames_received"], r.get("frames_lost"))
         assert r["frames_received"] >= 0.95 * r["frames_sent"] > 0, r
     for tag, pair in heaps.items():
         for heap in pair:
