@@ -51,7 +51,11 @@ _CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
 # holding every IE at its longest (about 720 bytes); media frames are 168. When not even those
 # 768 bytes are free in one piece, the datagram is read into _RX_SHORT (every media frame and
 # every message a host sends a phone today, a system information chunk of 250 bytes the longest,
-# fits; a longer one is cut, fails its tag and is counted, and the host sends it again)
+# fits; a longer one is cut, fails its tag and is counted, and the host sends it again).
+# A MemoryError may come after the datagram was taken (the unix port's recv copies it into a new
+# bytes object while the n-byte buffer is still held): the datagram is then lost, so after one
+# the handset reads _RX_SHORT at a time until the next once-a-second collection (a B3 call at 100K
+# with .mpy files lost every frame that way, each read taking one and failing)
 _RX_BYTES = const(768)
 _RX_SHORT = const(320)
 _VOICE_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG   # a mini frame's length, voice
@@ -125,6 +129,7 @@ class App:
         self._tos = None
         self._mark = config.get("dscp", sys.platform != "esp32")
         self._rx = bytearray(_RX_BYTES)     # every media datagram lands here: no allocation per frame
+        self._rx_n = _RX_BYTES              # what recv asks for (_RX_SHORT for a second after a MemoryError)
         rx = self._rx_view = memoryview(self._rx)
         self._voice_frame, self._cn_frame = rx[:_VOICE_FRAME], rx[:_CN_FRAME]
         self._voice_payload = rx[wire.MINI_HEADER:wire.MINI_HEADER + wire.VOICE_BYTES]
@@ -420,14 +425,18 @@ class App:
         views made once; signalling (rare) gets its own bytearray, since the protocol may keep
         parts of it."""
         try:
-            data = self.sock.recv(_RX_BYTES)
+            data = self.sock.recv(self._rx_n)
         except OSError:
             return
-        except MemoryError:   # the heap has no 768-byte block now (the collector has tried): a shorter one
+        except MemoryError:   # the heap has no room now (the collector has tried): shorter ones
             self.summary["short_reads"] += 1
+            self._rx_n = _RX_SHORT
             try:
                 data = self.sock.recv(_RX_SHORT)
             except OSError:
+                return
+            except MemoryError:   # not even that: the datagram waits (or is lost), the loop goes on
+                self.summary["short_reads"] += 1
                 return
         n = len(data)
         if not n:
@@ -737,6 +746,7 @@ class App:
         self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS)
         self.hal.network_up()
         gc.collect()
+        self._rx_n = _RX_BYTES
         if self.profile is not None:
             self.profile.collected()
         live = _mem_alloc()

@@ -16,11 +16,8 @@ import pytest
 
 from firmware.audio.dtmf import goertzel_power
 from tests.support import ROOT, micropython_binary
-from upbx.tools.lab import LoopbackExchange, audio_match, place_call, write_noise_wav
+from upbx.tools.lab import LoopbackExchange, audio_match, place_call, tones_heard, write_noise_wav
 from upbx.tools.phone import compiled_tree
-
-WINDOW = 800  # 100 ms: 10 Hz resolution, enough to tell 440+480 from 350+440 and 480+620
-TONE_PAIRS = {"dial": (350, 440), "ringback": (440, 480), "busy": (480, 620)}
 
 
 @pytest.fixture(scope="module")
@@ -29,24 +26,6 @@ def lab():
         lab.provision()
         lab.start()
         yield lab
-
-
-def tones_heard(path):
-    """The call-progress tones in a WAV, one label per 100 ms window, runs collapsed: ["dial", "ringback", ...]."""
-    with wave.open(path) as w:
-        data = w.readframes(w.getnframes())
-    labels = []
-    for start in range(0, len(data) - 2 * WINDOW + 1, 2 * WINDOW):
-        block = data[start:start + 2 * WINDOW]
-        powers = {hz: goertzel_power(block, WINDOW, hz) for hz in (350, 440, 480, 620)}
-        label = None
-        for name, (f1, f2) in TONE_PAIRS.items():
-            others = [p for hz, p in powers.items() if hz not in (f1, f2)]
-            if min(powers[f1], powers[f2]) > 1e11 and min(powers[f1], powers[f2]) > 20 * max(others):
-                label = name
-        if label and (not labels or labels[-1] != label):
-            labels.append(label)
-    return labels
 
 
 class Handset:
