@@ -28,7 +28,9 @@ else:
 
 # 2. upbx: the protocol package and the firmware, as the packages they are on the filesystem.
 # This file runs with the current directory set to firmware/.
-package("common", base_path="..")
+# common/*_cpython.py are CPython's (tools/build.py, CPYTHON_ONLY): no handset imports them
+package("common", files=sorted(name for name in os.listdir("../common")
+                               if name.endswith(".py") and not name.endswith("_cpython.py")), base_path="..")
 firmware_files = []
 for folder, _dirs, names in os.walk("."):
     for name in names:

@@ -25,6 +25,9 @@ MARKER = ".upbx-build"  # marks a directory this tool may wipe
 OPTIMISE = "-O3"
 SOURCE_AT_ROOT = ("main.py", "boot.py")
 NOT_ON_DEVICE = ("firmware/manifest.py",)  # read by MicroPython's build, not by the handset
+# common/*_cpython.py: CPython's side of an interpreter difference (common/compat.py), which a handset
+# never imports (hmac, operator, cryptography): left out of every device build, .mpy and frozen
+CPYTHON_ONLY = "_cpython.py"
 
 
 class BuildError(Exception):
@@ -103,7 +106,7 @@ def sources(src_root):
     for package in ("common", "firmware"):
         for path in sorted((src_root / package).rglob("*.py")):
             rel = path.relative_to(src_root).as_posix()
-            if "__pycache__" in rel or rel in NOT_ON_DEVICE:
+            if "__pycache__" in rel or rel in NOT_ON_DEVICE or rel.endswith(CPYTHON_ONLY):
                 continue
             found.append((rel, not (package == "firmware" and rel[len("firmware/"):] in SOURCE_AT_ROOT)))
     return found
