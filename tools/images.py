@@ -228,6 +228,9 @@ def unix32_image(frozen=True, micropython_src=None, log=print):
         argv += list(UNIX32_MAKE_FLAGS)
         if frozen:
             argv.append("FROZEN_MANIFEST=%s" % MANIFEST)
+            # makemanifest regenerates only when an input is newer than its output: a file the
+            # manifest stopped listing would stay frozen in. The key changed, so start it afresh
+            (copy / "ports" / "unix" / ("build-32-" + name.split("-")[1]) / "frozen_content.c").unlink(missing_ok=True)
         _make(argv, log_file, src)
         built = copy / "ports" / "unix" / ("build-32-" + name.split("-")[1]) / "micropython"
         tmp = binary.with_name("micropython.new")
