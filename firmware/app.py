@@ -46,20 +46,27 @@ _RETRY_MAX = const(8)             # datagrams kept for another try after sendto 
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
 _RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
 _CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
-# recv(n) takes n contiguous bytes from the heap for every datagram (then gives back the rest):
-# 1600 failed on a fragmented 160 KB heap. The largest v1 frame a phone gets is a full frame
-# holding every IE at its longest (about 720 bytes); media frames are 168. When not even those
-# 768 bytes are free in one piece, the datagram is read into _RX_SHORT (every media frame and
-# every message a host sends a phone today, a system information chunk of 250 bytes the longest,
-# fits; a longer one is cut, fails its tag and is counted, and the host sends it again).
-# A MemoryError may come after the datagram was taken (the unix port's recv copies it into a new
-# bytes object while the n-byte buffer is still held): the datagram is then lost, so after one
-# the handset reads _RX_SHORT at a time until the next once-a-second collection (a B3 call at 100K
-# with .mpy files lost every frame that way, each read taking one and failing)
+# A datagram is first peeked at (recv(_PEEK, MSG_PEEK): _PEEK bytes, left queued; two one-block
+# objects, which fit in any hole of a fragmented heap). Media (a mini frame, top bit clear) is then
+# read with readinto straight into the receive buffer made once, asking for exactly its length: a
+# comfort-noise frame's when the peek came back shorter than _PEEK, else a voice frame's. The
+# stream readinto keeps reading until it has that many bytes or the socket would block, so it ends
+# at the datagram's end and never joins the next one (a datagram of another length is cut or
+# joined, fails its tag and is counted; docs/handset.md, "Receiving"). Signalling (rare, and the
+# protocol may keep parts of it) is read with recv(n), which takes n contiguous bytes from the heap
+# (then gives back the rest): the largest v1 frame a phone gets is a full frame holding every IE at
+# its longest (about 720 bytes). When not even those 768 bytes are free in one piece, it is read
+# into _RX_SHORT (every message a host sends a phone today, a system information chunk of 250 bytes
+# the longest, fits; a longer one is cut, fails its tag and is counted, and the host sends it
+# again). A MemoryError may come after the datagram was taken (the unix port's recv copies it into
+# a new bytes object while the n-byte buffer is still held): that datagram is lost, so after one
+# the handset reads _RX_SHORT at a time until the next once-a-second collection
 _RX_BYTES = const(768)
 _RX_SHORT = const(320)
 _VOICE_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG   # a mini frame's length, voice
 _CN_FRAME = wire.MINI_HEADER + wire.CN_BYTES + wire.MEDIA_TAG         # and comfort noise
+_PEEK = _CN_FRAME + 1    # bytes peeked at: fewer come back from a comfort-noise frame, this many from voice
+_MSG_PEEK = socket.MSG_PEEK   # Linux's 2 on the unix port, lwIP's 1 on an ESP32 (both modules name it)
 # DSCP in the IP TOS byte: voice EF, signalling CS3. The unix port takes IP_TOS (Linux numbers
 # when the module lacks the names); stock ESP32 MicroPython's setsockopt has no IP_TOS (it prints
 # "option not implemented" and does nothing), so the handset does not mark there.
@@ -418,44 +425,47 @@ class App:
     def receive(self, now):
         """One datagram (the poller said one is there); the loop comes back at once for the next.
 
-        recv, not recvfrom: no address tuple per datagram. Not readinto either: MicroPython's
-        stream readinto keeps reading until the buffer is full or the socket would block, so on
-        a non-blocking UDP socket it glues queued datagrams together (docs/handset.md). Media
-        (mini frames) are copied into a buffer made once and opened in place there, through
-        views made once; signalling (rare) gets its own bytearray, since the protocol may keep
-        parts of it."""
+        Peeked at first (recv with MSG_PEEK: no address tuple, two small objects); media is then
+        read with readinto into the buffer made once, exactly its length, and opened in place there
+        through views made once: nothing else is allocated. Signalling (rare) is read with recv and
+        gets its own bytearray, since the protocol may keep parts of it."""
+        sock = self.sock
         try:
-            data = self.sock.recv(self._rx_n)
+            head = sock.recv(_PEEK, _MSG_PEEK)
         except OSError:
             return
-        except MemoryError:   # the heap has no room now (the collector has tried): shorter ones
+        except MemoryError:   # not even two blocks free (the collector has tried): the datagram waits
             self.summary["short_reads"] += 1
-            self._rx_n = _RX_SHORT
+            return
+        n = len(head)
+        if n and not head[0] & 0x80:   # media: read where it is opened
             try:
-                data = self.sock.recv(_RX_SHORT)
+                n = sock.readinto(self._rx, n if n < _PEEK else _VOICE_FRAME)
             except OSError:
                 return
-            except MemoryError:   # not even that: the datagram waits (or is lost), the loop goes on
-                self.summary["short_reads"] += 1
+            if not n:
                 return
-        n = len(data)
-        if not n:
-            return
+            data = None
+        else:
+            data = self._recv_signalling(sock)
+            if data is None:
+                return
+            n = len(data)
+            if not n:   # an empty datagram, taken off the queue
+                return
         try:
-            if data[0] & 0x80:
+            if data is not None:
                 self._signalled = True
                 if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER):
                     _pack()   # a call's keys and buffers come with it (the type is in the clear header)
                 self.phone.receive(bytearray(data), now)
                 return
-            rx = self._rx_view
-            rx[:n] = data
             if n == _VOICE_FRAME:
                 frame = self._voice_frame
             elif n == _CN_FRAME:
                 frame = self._cn_frame
             else:
-                frame = rx[:n]   # not a media frame's length: open_media refuses it
+                frame = self._rx_view[:n]   # not a media frame's length: open_media refuses it
             ts = self.phone.open_media(frame)
         except wire.DecodeError:
             self.frames_rejected += 1
@@ -474,6 +484,23 @@ class App:
         if self.record is not None:
             self.record.write(struct.pack(">I", ts & 0xFFFFFFFF))
             self.record.write(payload)
+
+    def _recv_signalling(self, sock):
+        """A signalling datagram (or an empty one) as bytes; None when there was none or no room."""
+        try:
+            return sock.recv(self._rx_n)
+        except OSError:
+            return None
+        except MemoryError:   # the heap has no room now (the collector has tried): shorter ones
+            self.summary["short_reads"] += 1
+            self._rx_n = _RX_SHORT
+            try:
+                return sock.recv(_RX_SHORT)
+            except OSError:
+                return None
+            except MemoryError:   # not even that: the datagram waits (or is lost), the loop goes on
+                self.summary["short_reads"] += 1
+                return None
 
     def flush(self, now):
         for datagram in self.phone.datagrams_to_send(now):

@@ -180,16 +180,23 @@ def _timed(profile, fn):
 
 
 class _TimedSocket:
-    """The app's socket, with recv, sendto and setsockopt counted as I/O."""
+    """The app's socket, with recv, readinto, sendto and setsockopt counted as I/O."""
 
     def __init__(self, profile, sock):
         self._profile = profile
         self._sock = sock
 
-    def recv(self, n):
+    def recv(self, n, flags=0):
         t = ticks_us()
         try:
-            return self._sock.recv(n)
+            return self._sock.recv(n, flags)
+        finally:
+            self._profile.io += ticks_diff(ticks_us(), t)
+
+    def readinto(self, buf, n):
+        t = ticks_us()
+        try:
+            return self._sock.readinto(buf, n)
         finally:
             self._profile.io += ticks_diff(ticks_us(), t)
 
