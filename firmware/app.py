@@ -135,8 +135,8 @@ class App:
         self._cn = bytearray(wire.CN_BYTES)
         self._tos = None
         self._mark = config.get("dscp", sys.platform != "esp32")
-        self._rx = bytearray(_RX_BYTES)     # every media datagram lands here: no allocation per frame
-        self._rx_n = _RX_BYTES              # what recv asks for (_RX_SHORT for a second after a MemoryError)
+        self._rx = bytearray(_VOICE_FRAME)  # every media datagram lands here (readinto): no allocation per frame
+        self._rx_n = _RX_BYTES              # what recv asks for signalling (_RX_SHORT for a second after a MemoryError)
         rx = self._rx_view = memoryview(self._rx)
         self._voice_frame, self._cn_frame = rx[:_VOICE_FRAME], rx[:_CN_FRAME]
         self._voice_payload = rx[wire.MINI_HEADER:wire.MINI_HEADER + wire.VOICE_BYTES]
