@@ -80,12 +80,13 @@ _CALL_GC_ROOM = const(24576)
 _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
 # While a call is connected the collector runs once a second (_housekeeping), not by start.py's
 # gc.threshold, which is off until the call ends when this much is free as the call connects (a
-# second's garbage twice over; below it, on the smallest heaps, the threshold stays: there it keeps
-# the free space in pieces recv() can use). The threshold counts every allocation, and every
+# second's garbage twice over when each datagram's recv left 190 bytes; below it, on the smallest
+# heaps, the threshold stays: there it keeps the free space in pieces). The threshold counts every allocation, and every
 # call of a bytecode function whose locals and stack take more than 11 words allocates its frame
 # on the heap and frees it at return (py/objfun.c without MICROPY_ENABLE_PYSTACK, as on the
 # ESP32): about 35 such calls a tick, 175 KB a second counted, so it collected 10 times a second in
-# a call. What stays as garbage is about 12 KB a second (each datagram's recv); a heap that fills
+# a call. What stays as garbage is about 3 KB a second (12 KB before receive() read media with
+# readinto: 64K frozen, least free 21-26 KB against 16-18 KB); a heap that fills
 # before the second is up is collected by MicroPython as usual. The threshold keeps long-lived
 # objects from landing among garbage; a call's are made at its set-up, after a collection (_pack).
 
@@ -98,8 +99,8 @@ def due(now, at):
 def _pack():
     """Collect the garbage before a call's long-lived objects (keys, AES contexts, buffers) are made:
     they then fill the heap from its lowest free block instead of landing among garbage that leaves
-    holes when it goes, and the free space stays in pieces large enough for recv() and the next
-    call (docs/handset.md, Memory). Once per call set-up, a few ms on an ESP32."""
+    holes when it goes, and the free space stays in pieces large enough for a signalling recv() and
+    the next call (docs/handset.md, Memory). Once per call set-up, a few ms on an ESP32."""
     gc.collect()
 
 
