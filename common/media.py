@@ -67,7 +67,7 @@ class MediaLeg:
         out = self.out
         wire.pack_mini_header(out, self.peer_call_no, ts & 0xFFFF)
         end = wire.MINI_HEADER + n
-        kernels.copy_bytes(out, wire.MINI_HEADER, payload, 0, n)   # not a slice: native code would allocate one
+        _copy(out, wire.MINI_HEADER, payload, 0, n)
         _put_ts(self._send_nonce, ts)
         self._send_ctr.crypt(self._send_nonce, out, wire.MINI_HEADER, end)
         # the tag covers the 64-bit timestamp, so a frame replayed after the 16-bit wrap fails
@@ -106,6 +106,10 @@ class MediaLeg:
 
 
 if MICROPYTHON:
+    # a viper copy, not a slice: native code would put the slice object on the heap (docs/handset.md,
+    # "Native code")
+    _copy = kernels.copy_bytes
+
     @micropython.native
     def _put_ts(nonce, ts):
         if ts >> 30:  # no longer a small int (a call of 12.4 days): byte by byte
@@ -116,6 +120,10 @@ if MICROPYTHON:
             kernels.put_be32(nonce, 8, ts)
 
 else:
+    def _copy(dst, doff, src, soff, n):
+        """CPython (the hosts seal every relayed frame): one C copy, not kernels' bytecode reference."""
+        dst[doff:doff + n] = src[soff:soff + n]
+
     # CPython: one C call instead of an 8-step bytecode loop (twice per relayed frame)
     def _put_ts(nonce, ts):
         nonce[4:12] = ts.to_bytes(8, "big")
