@@ -441,7 +441,7 @@ def table_handset(r):
                  r["esp32_socket_cost"]["sendto_us"], r["esp32_socket_cost"]["recv_us"], r["esp32_socket_cost"]["source"]),
              "  %-10s %6s %8s %8s %8s %8s %8s | %-27s | %-27s | %-19s" % (
                  "tick", "ticks", "p50 us", "p99 us", "max us", "I/O us", "sock us", "ESP32 ms p50 / p99 / max",
-                 "all host I/O scaled", "without host I/O")]
+                 "all host I/O scaled", "no host I/O p50 / max")]
     for name, c in r["cases"].items():
         lines.append("  %-10s %6d %8d %8d %8d %8d %8d | %7.2f / %7.2f / %7.2f | %7.2f / %7.2f / %7.2f | %7.2f / %7.2f" % (
             name, c["ticks"], c["host_us_p50"], c["host_us_p99"], c["host_us_max"], c["host_io_us_p50"],
