@@ -14,7 +14,7 @@ Espressif's published figures instead of scaling this machine's system calls). E
 duration, I/O, socket time and calls and what it did (its kind) go into storage allocated
 here, at start-up, so profiling allocates nothing per tick; report() (at the end) gives the
 median, p99 and maximum per kind, with and without the I/O, and every tick's figures as hex
-("raw") for the bench to combine.
+("raw", when the heap has room for them at the end) for the bench to combine.
 """
 import gc
 from array import array
@@ -156,8 +156,16 @@ class TickProfile:
                           "kind": KINDS[self.kinds[worst] & 0x7F] if n else None,
                           "collected": bool(n and self.kinds[worst] & COLLECTED)},
                 "end": {"us": self.us[n], "io_us": self.io_us[n]} if self._ended else None,
-                "raw": {"us": _hex(self.us, n), "io_us": _hex(self.io_us, n), "net_us": _hex(self.net_us, n),
-                        "kinds": _hex(self.kinds, n), "net_calls": _hex(self.net_calls, n)}}
+                "raw": self._raw(n)}
+
+    def _raw(self, n):
+        """The stored ticks as hex (14 bytes of text a tick), or None when the heap has no room for them
+        at the end (a device profiling many ticks: the figures above are complete without them)."""
+        try:
+            return {"us": _hex(self.us, n), "io_us": _hex(self.io_us, n), "net_us": _hex(self.net_us, n),
+                    "kinds": _hex(self.kinds, n), "net_calls": _hex(self.net_calls, n)}
+        except MemoryError:
+            return None
 
     def _figures(self, code, mask):
         """Tick count, median, p99 (nearest rank) and maximum of the ticks whose kind & mask == code:

@@ -299,7 +299,10 @@ KIND_NAMES = ("none", "normal", "bridged", "concealed", "silence", "other")   # 
 def raw_ticks(profile):
     """The profile's ticks, one dict each: {"us", "io_us", "net_us", "kind", "sends", "recvs"} (firmware/profile.py
     report()["raw"]: little-endian storage as hex)."""
-    raw = profile["raw"]
+    raw = profile.get("raw")
+    if raw is None:
+        raise RuntimeError("the profiled handset reported no per-tick figures (\"raw\": its heap had no room "
+                           "for them at the end of the call); profile fewer ticks or give it a larger heap")
 
     def words(key):
         b = bytes.fromhex(raw[key])
