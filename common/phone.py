@@ -18,7 +18,7 @@ from . import wire
 from .call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
                          DTMF_RECEIVED, DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, SETUP_RECEIVED, SETUP_SENT,
                          TIMEOUT, CallLeg)
-from .compat import const, forget, ticks_diff
+from .compat import const, forget, micropython, ticks_diff
 from .login import UP, Event, Login, LoginUp
 from .media import MediaLeg
 
@@ -174,6 +174,7 @@ class Phone:
 
     # media
 
+    @micropython.native
     def seal_frame(self, ts, payload):
         """The mini frame (a view of a buffer reused per frame) carrying one frame of our call, or None;
         `frame_to` is then where it goes (None: the host). Allocates nothing: the handset's media path."""
@@ -189,6 +190,7 @@ class Phone:
         self.frame_to = None
         return call.media.seal_mini(ts, payload)
 
+    @micropython.native
     def open_media(self, frame):
         """The extended timestamp of an authentic media frame of our call, decrypted in place (frame
         is a writable buffer), else None (counted in `dropped`). Raises DecodeError for a malformed

@@ -7,7 +7,7 @@ common.session and common.media. Byte diagrams: docs/protocol.md.
     full frame    10ssssss ssssssss ssssssss seq(2) ack(2) type(1) IEs... tag(8)
     trunk frame   11ssssss ssssssss ssssssss {Fccccccc cccccccc ts(2) payload}... tag(4)
 """
-from .compat import const
+from .compat import const, micropython
 
 VERSION = const(2)  # v2: session tags cover the 64-bit sequence number (docs/protocol.md)
 
@@ -199,6 +199,7 @@ def parse_full(data):
     return (session_of(data), (data[3] << 8) | data[4], (data[5] << 8) | data[6], data[7])
 
 
+@micropython.native
 def pack_mini_header(buf, call_no, ts):
     buf[0] = (call_no >> 8) & 0x7F
     buf[1] = call_no & 0xFF
@@ -206,6 +207,7 @@ def pack_mini_header(buf, call_no, ts):
     buf[3] = ts & 0xFF
 
 
+@micropython.native
 def check_mini(data):
     """The call number of a valid mini frame (DecodeError otherwise); no tuple made, for the media path."""
     n = len(data)

@@ -22,8 +22,8 @@ import struct
 import sys
 import time
 
-from common import wire
-from common.compat import const, ticks_add, ticks_diff, ticks_earliest
+from common import kernels, wire
+from common.compat import const, micropython, ticks_add, ticks_diff, ticks_earliest
 from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
 from common.login import LoginDown, LoginUp
 from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
@@ -423,6 +423,7 @@ class App:
         if errors[key] == 1 or errors[key] % 100 == 0:
             self.log("W", "%s failed (%d so far): %r" % (operation, errors[key], exc))
 
+    @micropython.native
     def receive(self, now):
         """One datagram (the poller said one is there); the loop comes back at once for the next.
 
@@ -507,6 +508,7 @@ class App:
         for datagram in self.phone.datagrams_to_send(now):
             self.sendto(datagram, self.host_addr, _TOS_CS3)
 
+    @micropython.native
     def sendto(self, data, addr, tos):
         """Send one datagram marked with tos (DSCP << 2), where the platform lets us mark.
 
@@ -524,6 +526,7 @@ class App:
             self.count_error("sendto", exc)
             self._keep(data, addr, tos)
 
+    @micropython.native
     def _send(self, data, addr, tos):
         if self._mark and self._tos != tos:
             try:
@@ -552,6 +555,7 @@ class App:
             retry.pop(0)
             self.summary["sends_retried"] += 1
 
+    @micropython.native
     def capture(self, now):
         """Send every whole 20 ms frame the microphone has (the microphone's clock paces sending);
         each frame is read, encoded, sealed and sent before anything else runs."""
@@ -593,6 +597,7 @@ class App:
                     self.frames_sent += 1
                     self._call_sent += 1
 
+    @micropython.native
     def audio_tick(self, now):
         """Every 20 ms: the speaker's next frame (the far end, concealment, comfort noise or a tone)."""
         pipeline = self.pipeline
@@ -650,6 +655,7 @@ class App:
             raise
         self.finish()
 
+    @micropython.native
     def _loop(self, now):
         """One pass per wake-up: a datagram came (1), a HAL device such as the microphone is ready
         (2), a timer came, or the audio tick. A pass allocates nothing but the datagram it reads."""
@@ -688,6 +694,7 @@ class App:
             for entry in poll(wait if wait > 0 else 1):   # ipoll: no list, one tuple reused
                 ready |= 1 if entry[0] is sock else 2
 
+    @micropython.native
     def _audio(self, now):
         """The 20 ms tick when it has come (keys, the speaker's frame, the display), and the
         microphone's frames whenever they are there."""
