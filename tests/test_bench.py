@@ -47,8 +47,13 @@ def _trunk_datagrams(calls, mtu, seconds=1.0):
 def test_all_frames_to_one_peer_in_one_tick_share_one_trunk_datagram():
     seen, result = _trunk_datagrams(5, 1472)
     assert result["received"] >= 0.99 * result["sent"]   # loopback, but CI machines are busy
-    # one datagram per tick carrying all five calls (two ticks' frames may meet in one flush)
-    assert seen and all(n % 5 == 0 for n in seen)
+    # one datagram per tick carrying all five calls; on a busy machine two ticks' frames may meet in
+    # one flush, and ten entries do not fit in 1472 bytes: then a full datagram (8) and the rest
+    full = (1472 - bench_net.wire.TRUNK_HEADER - bench_net.wire.MEDIA_TAG) // (bench_net.wire.TRUNK_ENTRY_HEADER + 160)
+    assert full == 8
+    assert seen and all(n <= full for n in seen)
+    split = [i for i, n in enumerate(seen) if n % 5 and n != full and not (i and seen[i - 1] == full)]
+    assert not split, "a tick's frames split without a full datagram: %s" % [seen[max(0, i - 2):i + 2] for i in split]
     assert sum(seen) == result["sent"] // 2 - result["lost"][1]
     assert len(seen) >= 0.8 * result["ticks"]
 
