@@ -3,12 +3,18 @@
     phone = Phone("201", secret, os.urandom)
     phone.start(now); phone.dial("301", now); phone.answer(now); phone.hangup(now)
     phone.hold(now); phone.resume(now)   (a connected call: its host plays music on hold to the other party)
+    phone.swap(now); phone.reject_waiting(now); phone.transfer(now); phone.dial(N, now, blind=True)
+        (two lines: a waiting call or a held one beside the current call, docs/features.md)
     phone.receive(datagram, now) -> ts of an authentic media frame (decrypted in place), else None
     phone.seal_frame(ts, payload) -> a mini frame of our call (or None); phone.frame_to: where it goes
     phone.datagrams_to_send(now) -> signalling for the host
     phone.take_events() -> the events since the last call, oldest first:
-        LoginUp (registered)  LoginDown(reason) (registration lost)  Incoming(number, name)
-        Ringback  Connected(path)  Ended(cause)  Dtmf(digit)  Sysinfo(version, data)
+        LoginUp (registered)  LoginDown(reason) (registration lost)  Incoming(number, name, waiting)
+        Ringback  Connected(path)  Ended(cause, line)  Dtmf(digit)  Sysinfo(version, data)  Party(number, name)
+
+Two lines: `call` is the current one; `other` is a second call beside it, either waiting (ringing,
+Incoming with waiting 1) or held (this phone sent HOLD for it). Ended's line is 1 when the other
+line ended; when the current one ends the other becomes current (held, or ringing).
 
 The call is a common.call.CallLeg (the states are common.call's): its state moves only by the
 transitions of common/call.py's table; a call message the table does not allow in the call's
@@ -30,8 +36,9 @@ _RECEIVED = {wire.ALERTING: ALERTING_RECEIVED, wire.ANSWER: ANSWER_RECEIVED, wir
 
 
 class Incoming(Event):
-    """A call is ringing here: from number (and the caller's name, "" when none)."""
-    __slots__ = ("number", "name")
+    """A call is ringing here: from number (and the caller's name, "" when none); waiting: 1 when
+    it rings beside a call in progress (call waiting, the `other` line)."""
+    __slots__ = ("number", "name", "waiting")
 
 
 class Ringback(Event):
@@ -45,13 +52,18 @@ class Connected(Event):
 
 
 class Ended(Event):
-    """The call is over (cause: a wire.CAUSE_* code)."""
-    __slots__ = ("cause",)
+    """The call is over (cause: a wire.CAUSE_* code); line 1: the other line's call, not the current."""
+    __slots__ = ("cause", "line")
 
 
 class Dtmf(Event):
     """The far end sent a keypad digit."""
     __slots__ = ("digit",)
+
+
+class Party(Event):
+    """The far end of the current call is now number (name): the call was transferred there."""
+    __slots__ = ("number", "name")
 
 
 class Sysinfo(Event):
@@ -66,7 +78,9 @@ class Phone:
         index = (random_bytes(2)[0] << 8 | random_bytes(1)[0]) + 1
         self.login = Login(wire.IE_EXTENSION, extension, secret, index, random_bytes, keepalive_ms=keepalive_ms,
                            backoff_initial_ms=1000, backoff_max_ms=backoff_max_ms, dead_ms=dead_ms)
-        self.call = None              # the CallLeg of the call, None when there is none
+        self.call = None              # the CallLeg of the current call, None when there is none
+        self.other = None             # a second call: waiting (ringing) or held by us, else None
+        self.blind = False            # the current call is a blind transfer's: TRANSFER once it rings
         self._events = []
         self.sysinfo_version = None   # the data itself goes with the Sysinfo event, not kept here
         self._sysinfo = None          # a common.chunks.Reassembly while a transfer is under way
@@ -100,7 +114,7 @@ class Phone:
 
     def stop(self, now):
         """Log out (BYE) so the host forgets this registration at once."""
-        if self.call is not None:
+        while self.call is not None:
             self.hangup(now)
         self.login.send(wire.BYE, {}, now)
 
@@ -110,9 +124,18 @@ class Phone:
         call.started_ms = now
         return call
 
-    def dial(self, number, now):
-        if self.call is not None or not self.registered:
+    def dial(self, number, now, blind=False):
+        """Call number; in a connected call (and no other line) the call is held first and this is
+        a consultation (a transfer's second call; blind: transferred as soon as number rings)."""
+        held = self.call
+        if not self.registered or (held is not None and (self.other is not None or held.state != CONNECTED)):
             return False
+        if held is not None:
+            if not self.holding:
+                self._send(wire.HOLD, {wire.IE_STATE: 1}, now)
+            self.other = held
+        self.holding = False
+        self.blind = blind and held is not None
         call = self.call = self._new_call(self.random_bytes(16), 0, now)
         call.number = number
         self.login.send(wire.SETUP, {wire.IE_CALL_NO: call.call_no, wire.IE_CALLED: number,
@@ -137,6 +160,44 @@ class Phone:
         self._end(wire.CAUSE_NORMAL)
         return True
 
+    def swap(self, now):
+        """Two lines: the other becomes current, the current is held. A waiting call is answered
+        (the current call is held first); a held one is resumed. False when there is nothing to swap."""
+        call, other = self.call, self.other
+        if other is None or call is None or call.state != CONNECTED:
+            return False
+        if other.state == CONNECTED:
+            self._send(wire.HOLD, {wire.IE_STATE: 0}, now, other)
+        elif other.apply(ANSWER_SENT) is not None:
+            self._send(wire.ANSWER, {}, now, other)
+        else:
+            return False
+        if not self.holding:
+            self._send(wire.HOLD, {wire.IE_STATE: 1}, now)
+        self.call, self.other = other, call
+        self.holding = self.blind = False
+        return True
+
+    def reject_waiting(self, now):
+        """The waiting call is refused (its caller hears busy); the current call goes on."""
+        other = self.other
+        if other is None or other.state == CONNECTED or other.apply(RELEASE_SENT) is None:
+            return False
+        self._send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_BUSY}, now, other)
+        self.other = None
+        return True
+
+    def transfer(self, now):
+        """Join the held call's far end with the current call's (ringing or answered): the host
+        connects them and ends both our calls (cause "transferred"). False when not two such lines."""
+        call, other = self.call, self.other
+        if (call is None or other is None or other.state != CONNECTED or not call.peer_call_no
+                or call.state == IDLE or call.state == CALLING):
+            return False
+        self._send(wire.TRANSFER, {wire.IE_JOIN_CALL_NO: call.peer_call_no}, now, other)
+        self.blind = False
+        return True
+
     def dtmf(self, digit, now):
         call = self.call
         if call is None or call.apply(DTMF_SENT) is None:
@@ -159,18 +220,25 @@ class Phone:
         self._send(wire.HOLD, {wire.IE_STATE: 1 if flag else 0}, now)
         return True
 
-    def _send(self, msg_type, ies, now):
-        call = self.call
+    def _send(self, msg_type, ies, now, call=None):
+        if call is None:
+            call = self.call
         ies[wire.IE_CALL_NO] = call.call_no
         if call.peer_call_no:
             ies[wire.IE_PEER_CALL_NO] = call.peer_call_no
         self.login.send(msg_type, ies, now)
 
-    def _end(self, cause):
-        """The call (already RELEASED by its last transition) is gone."""
-        self.call = None
-        self.holding = False
-        self._events.append(Ended(cause))
+    def _end(self, cause, line=0):
+        """A call (already RELEASED by its last transition) is gone: the current one (line 0; the
+        other line, held or waiting, becomes current) or the other line (1)."""
+        if line:
+            self.other = None
+        else:
+            other = self.call = self.other
+            self.other = None
+            self.holding = other is not None and other.state == CONNECTED
+            self.blind = False
+        self._events.append(Ended(cause, line))
 
     # media
 
@@ -194,8 +262,11 @@ class Phone:
         is a writable buffer), else None (counted in `dropped`). Raises DecodeError for a malformed
         frame. Allocates nothing: the handset's media path."""
         call = self.call
-        if call is None or wire.check_mini(frame) != call.call_no:
-            self.dropped += 1
+        call_no = wire.check_mini(frame)
+        if call is None or call_no != call.call_no:
+            other = self.other
+            if other is None or call_no != other.call_no:   # a held line's late frames: not counted
+                self.dropped += 1
             return None
         if self.holding:           # the held party's voice is not for us while we hold
             return None
@@ -228,7 +299,7 @@ class Phone:
     def _login_events(self):
         """The login's events are the phone's (LoginUp: registered); a call does not outlive the session."""
         for event in self.login.take_events():
-            if type(event) is not LoginUp and self.call is not None:
+            while type(event) is not LoginUp and self.call is not None:
                 self.call.apply(TIMEOUT)
                 self._end(wire.CAUSE_UNREACHABLE)
             self._events.append(event)
@@ -239,55 +310,74 @@ class Phone:
         elif msg_type == wire.SETUP:
             self._setup(ies, now)
         else:
-            call = self.call
-            if call is None or ies.get(wire.IE_PEER_CALL_NO) != call.call_no:
+            call, line = self.call, 0
+            peer = ies.get(wire.IE_PEER_CALL_NO)
+            if call is not None and peer != call.call_no:
+                call, line = self.other, 1
+            if call is None or peer != call.call_no:
                 if msg_type != wire.PING and msg_type != wire.ACK:
                     self.dropped += 1
                 return
             call.learn_peer(ies.get(wire.IE_CALL_NO))
             if msg_type == wire.MEDIA_PEER:
                 self._media_peer(call, ies)
+            elif msg_type == wire.PARTY:
+                call.number = ies.get(wire.IE_CALLING, call.number)
+                call.name = ies.get(wire.IE_CALLING_NAME, "")
+                if not line:
+                    self._events.append(Party(call.number, call.name))
             elif call.apply(_RECEIVED.get(msg_type, 0)) is None:
                 self.dropped += 1          # not a call message, or out of turn (common/call.py)
+            elif msg_type == wire.RELEASE:
+                self._end(ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL), line)
+            elif line:
+                pass                       # the held line's DTMF: not for us now
+            elif msg_type == wire.DTMF:
+                self._events.append(Dtmf(ies.get(wire.IE_DIGIT, "")))
+            elif self.blind and self.transfer(now):
+                pass                       # a blind transfer is done once the number rings (or answers)
             elif msg_type == wire.ALERTING:
                 self._events.append(Ringback())
-            elif msg_type == wire.ANSWER:
-                self._events.append(Connected(call.path))
-            elif msg_type == wire.RELEASE:
-                self._end(ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL))
             else:
-                self._events.append(Dtmf(ies.get(wire.IE_DIGIT, "")))
+                self._events.append(Connected(call.path))
 
     def _setup(self, ies, now):
-        if self.call is not None:
+        held = self.call
+        if held is not None and (self.other is not None or held.state != CONNECTED or self.blind):
             self.login.send(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies.get(wire.IE_CALL_NO, 1),
                                            wire.IE_CAUSE: wire.CAUSE_BUSY}, now)
             return
         if wire.IE_MEDIA_KEY not in ies or wire.IE_CALL_NO not in ies:
             self.dropped += 1
             return
-        call = self.call = self._new_call(ies[wire.IE_MEDIA_KEY], 1, now)
+        call = self._new_call(ies[wire.IE_MEDIA_KEY], 1, now)
+        if held is None:
+            self.call = call
+        else:
+            self.other = call              # call waiting: it rings beside the current call
         call.learn_peer(ies[wire.IE_CALL_NO])
         call.number = ies.get(wire.IE_CALLING, "")
         call.name = ies.get(wire.IE_CALLING_NAME, "")
         if ies.get(wire.IE_PATH) == wire.PATH_LOCAL:
             call.path = "local"
         call.apply(SETUP_RECEIVED)
-        self._send(wire.ALERTING, {}, now)
+        self._send(wire.ALERTING, {}, now, call)
         call.apply(ALERTING_SENT)
-        self._events.append(Incoming(call.number, call.name))
+        self._events.append(Incoming(call.number, call.name, 0 if held is None else 1))
 
     def _media_peer(self, call, ies):
-        """B3: the other phone's address and a media key of our own for the two of us."""
-        if wire.IE_ADDRESS not in ies or wire.IE_MEDIA_KEY not in ies:
+        """B3: the other phone's address and a media key of our own for the two of us; without an
+        address, a new key for media through the host (a transferred local call that left the site)."""
+        if wire.IE_MEDIA_KEY not in ies:
             self.dropped += 1
             return
         # from now on the host's leg only brings what the host still relays: its sending half goes
         # first, making room for the new leg on a handset's heap
         call.media.receive_only()
         leg = MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), call.call_no, ies.get(wire.IE_CALL_NO, 0))
-        call.direct = (leg, ies[wire.IE_ADDRESS])
-        call.path = "local"
+        address = ies.get(wire.IE_ADDRESS)
+        call.direct = (leg, address)
+        call.path = "relay" if address is None else "local"
 
     def _sysinfo_chunk(self, ies, now):
         chunks = self._sysinfo
