@@ -26,7 +26,7 @@ from common import wire
 from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
 from common.login import LoginDown, LoginUp
-from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
+from common.phone import Connected, Dtmf, Ended, Incoming, Party, Phone, Ringback, Sysinfo
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 from firmware.hal import rarely
@@ -185,6 +185,8 @@ class App:
     # actions
 
     def dial(self, number, now):
+        if self.phone.call is not None:   # in a call: a consultation (firmware/lines.py)
+            return rarely("firmware.lines").consult(self, number, False, now)
         _pack()   # the call's keys and buffers are made now
         if self.phone.dial(number, now):
             self.current = {"to": number, "from": self.config["extension"], "dialed_ms": now, "setup_ms": None,
@@ -201,7 +203,11 @@ class App:
         elif cmd == "!hangup":
             self.key(KEY_ON_HOOK, now)
         elif cmd == "!answer":
-            self.phone.answer(now)
+            if not self.phone.answer(now) and self.phone.other is not None:
+                rarely("firmware.lines").swap(self, now)   # a waiting call
+        elif cmd in ("!swap", "!reject", "!complete") or cmd.startswith("!transfer ") or cmd.startswith("!consult "):
+            if not rarely("firmware.lines").command(self, cmd, now):
+                self.log("W", "bad line command %r" % cmd)
         elif cmd.startswith("!dtmf "):
             digit = cmd[6:].strip()[:1]
             if self.phone.dtmf(digit, now):
@@ -244,6 +250,9 @@ class App:
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
         tone = self.pipeline.tone
         state = self.phone.state
+        if (self.phone.other is not None or self.digits[:1] == "C" or (key == "C" and state == CONNECTED)) and \
+                rarely("firmware.lines").key(self, key, now):   # two lines, transfer (docs/features.md)
+            return
         if key == KEY_ON_HOOK:
             self.digits = ""
             tone.stop()
@@ -294,6 +303,12 @@ class App:
                 self.hal.display("idle", None)
             elif kind is LoginDown:
                 self.log("W", "registration lost: %s" % event.reason)
+            elif kind is Incoming and event.waiting:
+                rarely("firmware.lines").waiting(self, event, now)
+            elif kind is Ended and event.line:
+                rarely("firmware.lines").ended(self, event, now)
+            elif kind is Party:
+                rarely("firmware.lines").party(self, event)
             elif kind is Incoming:
                 self.log("I", "incoming call from %s %s" % (event.number, event.name))
                 self.hal.display("ringing", ("%s %s" % (event.number, event.name)).strip())
@@ -324,7 +339,8 @@ class App:
                 self.connected_at = now
                 if self.script.get("dtmf"):
                     self._dtmf_at = ticks_add(now, 501)
-                self.call_ts = 0
+                if self.phone.other is None:   # a consultation's timestamps carry on the held call's
+                    self.call_ts = 0
                 if self.current is not None:
                     self.current["setup_ms"] = ticks_diff(now, self.current["dialed_ms"])
                     self.current["path"] = event.path
@@ -355,7 +371,9 @@ class App:
                     self.current["tone"] = tone  # what the speaker plays now (None: silence)
                     self._close_call()
                 self.connected_at = self._dtmf_at = None
-                if self.script.get("exit_after_call"):
+                if self.phone.call is not None:   # the other line is left (held or ringing)
+                    rarely("firmware.lines").remaining(self, now)
+                elif self.script.get("exit_after_call"):
                     self.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
             elif kind is Dtmf:
                 self.summary["dtmf_received"] += event.digit
