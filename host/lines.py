@@ -13,6 +13,7 @@ who they talk to now (PARTY, passed along by every host on the way). The two cal
 are recorded with cause "transferred" as any call is; the new call's record names the call it
 continues (`linked`, the first call of a chain of transfers): item 10 of issue 12.
 """
+import copy
 import os
 
 from upbx.common import wire
@@ -81,6 +82,7 @@ def transfer(host, link, ies, now):
     last = [_last_ts(c1, y1), _last_ts(c2, y2)]
     call.ts_out = list(last)
     call.moh_last = [t or None for t in last]    # each side's media carries on after what it had
+    c2.linked = call.linked
     for c, x in ((c1, x1), (c2, x2)):            # the phone's own legs end; both calls are recorded
         c.a, c.b = x, None
         switch.release(x, wire.CAUSE_TRANSFERRED, now)
@@ -144,11 +146,30 @@ def party(host, link, ies, now):
         host.stats.drop("bad party")
         return
     call = leg.call
-    if leg is call.a:
-        call.caller = number
-    else:
-        call.callee = number
+    _relabel(host, call, leg, number, now)
     other = other_leg(leg)
     if other is not None:
         send_on_leg(other, wire.PARTY, {wire.IE_CALLING: number,
                                         wire.IE_CALLING_NAME: ies.get(wire.IE_CALLING_NAME, "")}, now)
+
+
+def _relabel(host, call, leg, number, now):
+    """A call this host switches was joined by a transfer further on: its record so far is kept
+    (cause "transferred"), and it goes on under a new uid linked to the first, with the new party."""
+    before = copy.copy(call)
+    host.on_call_ended(before, wire.CAUSE_TRANSFERRED, now)
+    calls = host.switch.calls
+    if calls.get(call.call_id) is call:
+        del calls[call.call_id]
+        while call.call_id in calls or call.call_id == before.call_id:
+            call.call_id = os.urandom(8)
+        calls[call.call_id] = call
+    call.linked = before.linked or before.uid
+    call.started_ms = now
+    call.alerted_ms = now if call.alerted_ms is not None else None
+    call.answered_ms = now if call.answered_ms is not None else None
+    if leg is call.a:
+        call.caller = number
+    else:
+        call.callee = number
+    call.tried = [call.callee]

@@ -144,11 +144,11 @@ def test_calls(admin):
                            "started_ms": 1700000100000, "cause": "no answer", "setup_ms": 90})
     lines = ok(admin("calls")).splitlines()
     assert lines[0].split() == ["STARTED", "(UTC)", "ORIGIN", "CALLER", "CALLEE", "PATH", "SETUP_MS", "TALK_S",
-                                "CAUSE", "UID"]
+                                "CAUSE", "DIALLED", "UID", "LINKED"]
     assert lines[1].split() == ["2023-11-14", "22:15:00", "main", "700", "201", "relay", "90", "-", "no", "answer",
-                                "b"]
+                                "-", "b", "-"]
     assert lines[2].split() == ["2023-11-14", "22:13:20", "north", "201", "301", "direct", "150", "60.5", "normal",
-                                "a"]
+                                "-", "a", "-"]
     records = json.loads(ok(admin("calls", "--limit", "1", "--json")))
     assert len(records) == 1 and records[0]["uid"] == "b" and records[0]["answered_ms"] is None
 

@@ -153,6 +153,15 @@ def test_blind_transfer_relayed_call_to_a_local_phone_the_caller_hears_music_unt
         world.hangup("102")
         assert p["301"].idle and p["301"].causes()[-1] == wire.CAUSE_NORMAL
         assert world.a.status()["calls"] == [] and world.main.status()["calls"] == []
+        world.run(500)                                               # site a's record is uploaded
+        records = [r for r in reversed(world.main.directory.call_records())]
+        rows = [(r.origin, r.caller, r.callee, r.cause, r.linked) for r in records]
+        first = next(r.uid for r in records if r.origin == "main" and r.callee == "101")
+        # every leg, linked to the first call: the main host's hop before and after the transfer,
+        # and site a's blind transfer call (101 -> 102), which ended when it was joined
+        assert sorted(rows) == sorted([("main", "301", "101", "transferred", None),
+                                       ("site-a", "101", "102", "transferred", first),
+                                       ("main", "301", "102", "normal clearing", first)]), rows
         assert not world.net.errors
     finally:
         world.close()
@@ -178,6 +187,14 @@ def test_attended_transfer_on_the_lan_the_two_phones_talk_straight(tmp_path):
         assert p["102"].phone.frame_to is not None and p["103"].phone.frame_to is not None   # straight to each other
         world.hangup("103")
         assert p["102"].idle and world.a.status()["calls"] == []
+        world.run(500)
+        records = world.main.directory.call_records()
+        first = next(r.uid for r in records if (r.caller, r.callee) == ("102", "101"))
+        assert sorted((r.origin, r.caller, r.callee, r.path, r.cause, r.linked) for r in records) == sorted([
+            ("site-a", "102", "101", "local", "transferred", None),
+            ("site-a", "101", "103", "local", "transferred", first),
+            ("site-a", "102", "103", "local", "normal clearing", first)])
+        assert world.main.local_calls.get("a", set()) == set()      # every local grant given back
         assert not world.net.errors
     finally:
         world.close()
