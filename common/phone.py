@@ -3,14 +3,14 @@
     phone = Phone("201", secret, os.urandom)
     phone.start(now); phone.dial("301", now); phone.answer(now); phone.hangup(now)
     phone.hold(now); phone.resume(now)   (a connected call: its host plays music on hold to the other party)
-    phone.swap(now); phone.reject_waiting(now); phone.transfer(now); phone.dial(N, now, blind=True)
+    common.lines: consult(phone, N, now, blind), swap(phone, now), reject_waiting, transfer
         (two lines: a waiting call or a held one beside the current call, docs/features.md)
     phone.receive(datagram, now) -> ts of an authentic media frame (decrypted in place), else None
     phone.seal_frame(ts, payload) -> a mini frame of our call (or None); phone.frame_to: where it goes
     phone.datagrams_to_send(now) -> signalling for the host
     phone.take_events() -> the events since the last call, oldest first:
         LoginUp (registered)  LoginDown(reason) (registration lost)  Incoming(number, name, waiting)
-        Ringback  Connected(path)  Ended(cause, line)  Dtmf(digit)  Sysinfo(version, data)  Party(number, name)
+        Ringback  Connected(path)  Ended(cause, line)  Dtmf(digit)  Sysinfo(version, data)
 
 Two lines: `call` is the current one; `other` is a second call beside it, either waiting (ringing,
 Incoming with waiting 1) or held (this phone sent HOLD for it). Ended's line is 1 when the other
@@ -37,7 +37,8 @@ _RECEIVED = {wire.ALERTING: ALERTING_RECEIVED, wire.ANSWER: ANSWER_RECEIVED, wir
 
 class Incoming(Event):
     """A call is ringing here: from number (and the caller's name, "" when none); waiting: 1 when
-    it rings beside a call in progress (call waiting, the `other` line)."""
+    it rings beside a call in progress (call waiting, the `other` line); 2: no new call, the far end
+    of the current call is now number (it was transferred there; one class less on the heap)."""
     __slots__ = ("number", "name", "waiting")
 
 
@@ -59,11 +60,6 @@ class Ended(Event):
 class Dtmf(Event):
     """The far end sent a keypad digit."""
     __slots__ = ("digit",)
-
-
-class Party(Event):
-    """The far end of the current call is now number (name): the call was transferred there."""
-    __slots__ = ("number", "name")
 
 
 class Sysinfo(Event):
@@ -124,18 +120,9 @@ class Phone:
         call.started_ms = now
         return call
 
-    def dial(self, number, now, blind=False):
-        """Call number; in a connected call (and no other line) the call is held first and this is
-        a consultation (a transfer's second call; blind: transferred as soon as number rings)."""
-        held = self.call
-        if not self.registered or (held is not None and (self.other is not None or held.state != CONNECTED)):
+    def dial(self, number, now):
+        if self.call is not None or not self.registered:
             return False
-        if held is not None:
-            if not self.holding:
-                self._send(wire.HOLD, {wire.IE_STATE: 1}, now)
-            self.other = held
-        self.holding = False
-        self.blind = blind and held is not None
         call = self.call = self._new_call(self.random_bytes(16), 0, now)
         call.number = number
         self.login.send(wire.SETUP, {wire.IE_CALL_NO: call.call_no, wire.IE_CALLED: number,
@@ -158,44 +145,6 @@ class Phone:
         call.apply(RELEASE_SENT)
         self._send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NORMAL}, now)
         self._end(wire.CAUSE_NORMAL)
-        return True
-
-    def swap(self, now):
-        """Two lines: the other becomes current, the current is held. A waiting call is answered
-        (the current call is held first); a held one is resumed. False when there is nothing to swap."""
-        call, other = self.call, self.other
-        if other is None or call is None or call.state != CONNECTED:
-            return False
-        if other.state == CONNECTED:
-            self._send(wire.HOLD, {wire.IE_STATE: 0}, now, other)
-        elif other.apply(ANSWER_SENT) is not None:
-            self._send(wire.ANSWER, {}, now, other)
-        else:
-            return False
-        if not self.holding:
-            self._send(wire.HOLD, {wire.IE_STATE: 1}, now)
-        self.call, self.other = other, call
-        self.holding = self.blind = False
-        return True
-
-    def reject_waiting(self, now):
-        """The waiting call is refused (its caller hears busy); the current call goes on."""
-        other = self.other
-        if other is None or other.state == CONNECTED or other.apply(RELEASE_SENT) is None:
-            return False
-        self._send(wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_BUSY}, now, other)
-        self.other = None
-        return True
-
-    def transfer(self, now):
-        """Join the held call's far end with the current call's (ringing or answered): the host
-        connects them and ends both our calls (cause "transferred"). False when not two such lines."""
-        call, other = self.call, self.other
-        if (call is None or other is None or other.state != CONNECTED or not call.peer_call_no
-                or call.state == IDLE or call.state == CALLING):
-            return False
-        self._send(wire.TRANSFER, {wire.IE_JOIN_CALL_NO: call.peer_call_no}, now, other)
-        self.blind = False
         return True
 
     def dtmf(self, digit, now):
@@ -325,7 +274,7 @@ class Phone:
                 call.number = ies.get(wire.IE_CALLING, call.number)
                 call.name = ies.get(wire.IE_CALLING_NAME, "")
                 if not line:
-                    self._events.append(Party(call.number, call.name))
+                    self._events.append(Incoming(call.number, call.name, 2))
             elif call.apply(_RECEIVED.get(msg_type, 0)) is None:
                 self.dropped += 1          # not a call message, or out of turn (common/call.py)
             elif msg_type == wire.RELEASE:
@@ -334,8 +283,10 @@ class Phone:
                 pass                       # the held line's DTMF: not for us now
             elif msg_type == wire.DTMF:
                 self._events.append(Dtmf(ies.get(wire.IE_DIGIT, "")))
-            elif self.blind and self.transfer(now):
-                pass                       # a blind transfer is done once the number rings (or answers)
+            elif self.blind:               # a blind transfer is done once the number rings (or answers)
+                from .lines import transfer
+                forget("common.lines")
+                transfer(self, now)
             elif msg_type == wire.ALERTING:
                 self._events.append(Ringback())
             else:

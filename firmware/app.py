@@ -26,7 +26,7 @@ from common import wire
 from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
 from common.login import LoginDown, LoginUp
-from common.phone import Connected, Dtmf, Ended, Incoming, Party, Phone, Ringback, Sysinfo
+from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 from firmware.hal import rarely
@@ -203,11 +203,7 @@ class App:
         elif cmd == "!hangup":
             self.key(KEY_ON_HOOK, now)
         elif cmd == "!answer":
-            if not self.phone.answer(now) and self.phone.other is not None:
-                rarely("firmware.lines").swap(self, now)   # a waiting call
-        elif cmd in ("!swap", "!reject", "!complete") or cmd.startswith("!transfer ") or cmd.startswith("!consult "):
-            if not rarely("firmware.lines").command(self, cmd, now):
-                self.log("W", "bad line command %r" % cmd)
+            self.phone.answer(now) or self.command("!swap", now)   # a waiting call: firmware/lines.py
         elif cmd.startswith("!dtmf "):
             digit = cmd[6:].strip()[:1]
             if self.phone.dtmf(digit, now):
@@ -229,6 +225,8 @@ class App:
             rarely("firmware.sysinfo").button(self, cmd[8:].strip(), now)
         elif len(cmd) == 1:
             self.key(cmd, now)
+        else:   # !swap !reject !transfer N !consult N !complete
+            rarely("firmware.lines").command(self, cmd, now)
 
     def hold(self, flag, now):
         """Hold (the far end hears the host's music on hold) or resume the connected call."""
@@ -303,12 +301,8 @@ class App:
                 self.hal.display("idle", None)
             elif kind is LoginDown:
                 self.log("W", "registration lost: %s" % event.reason)
-            elif kind is Incoming and event.waiting:
-                rarely("firmware.lines").waiting(self, event, now)
-            elif kind is Ended and event.line:
-                rarely("firmware.lines").ended(self, event, now)
-            elif kind is Party:
-                rarely("firmware.lines").party(self, event)
+            elif (kind is Incoming and event.waiting) or (kind is Ended and event.line):
+                rarely("firmware.lines").event(self, event, now)   # the second line (docs/features.md)
             elif kind is Incoming:
                 self.log("I", "incoming call from %s %s" % (event.number, event.name))
                 self.hal.display("ringing", ("%s %s" % (event.number, event.name)).strip())

@@ -2,7 +2,7 @@
 
 Run only when a second line is in use or a transfer is keyed: firmware/app.py imports this module
 for each use and forgets it again (firmware.hal.rarely), so its code does not stay on a handset's
-heap. The protocol's side (two CallLegs, HOLD, TRANSFER) is common/phone.py's.
+heap. The protocol's side: common/phone.py (the two CallLegs) and common/lines.py (swap, transfer).
 
 Keys in a call: B swaps the two lines (with one line: hold / resume, app.py); A answers a waiting
 call (the current one is held); D rejects a waiting call while it rings (else hangs up the current
@@ -10,8 +10,17 @@ line); C N # transfers to N (blind), C N A consults N, C # completes the transfe
 Console: !swap !reject !transfer N !consult N !complete (and !answer for a waiting call).
 """
 from common.call import CONNECTED, RINGING
+from common.compat import forget
+from common.phone import Ended
 
 WAITING_MS = 500       # the call-waiting beep over the current call (440 Hz, firmware/audio/tones.py)
+
+
+def _line(name):
+    """A function of common/lines.py (swap, reject_waiting, transfer), the module let go again."""
+    from common import lines
+    forget("common.lines")
+    return getattr(lines, name)
 
 
 def _display(app, what, number):
@@ -23,6 +32,17 @@ def _record(app, number, incoming, now):
     me = app.config["extension"]
     return {"from": number if incoming else me, "to": me if incoming else number, "dialed_ms": now,
             "setup_ms": None, "path": None, "cause": None, "frames_sent": 0, "frames_received": 0}
+
+
+def event(app, event, now):
+    """An event of the second line (common/phone.py): a waiting call (Incoming, waiting 1), the far
+    end changed by a transfer (Incoming, waiting 2), the other line's call ended (Ended, line 1)."""
+    if type(event) is Ended:
+        ended(app, event, now)
+    elif event.waiting == 2:
+        party(app, event)
+    else:
+        waiting(app, event, now)
 
 
 def waiting(app, event, now):
@@ -82,7 +102,7 @@ def party(app, event):
 def swap(app, now):
     phone = app.phone
     answering = phone.other is not None and phone.other.state != CONNECTED
-    if not phone.swap(now):
+    if not _line("swap")(phone, now):
         app.log("W", "cannot swap now")
         return
     app.current, app.line2 = getattr(app, "line2", None), app.current
@@ -96,7 +116,7 @@ def swap(app, now):
 def consult(app, number, blind, now):
     """Hold the current call and call number: a consultation, or a blind transfer's call."""
     held = app.current
-    if not app.phone.dial(number, now, blind):
+    if not _line("consult")(app.phone, number, now, blind):
         app.log("W", "cannot call %s now" % number)
         return
     app.line2 = held
@@ -106,14 +126,14 @@ def consult(app, number, blind, now):
 
 
 def complete(app, now):
-    if app.phone.transfer(now):
+    if _line("transfer")(app.phone, now):
         app.log("I", "transfer %s to %s" % (app.phone.other.number, app.phone.call.number))
     else:
         app.log("W", "cannot transfer now")
 
 
 def reject(app, now):
-    if app.phone.reject_waiting(now):
+    if _line("reject_waiting")(app.phone, now):
         app.log("I", "waiting call rejected")
         record = app.line2
         app.line2 = None

@@ -6,9 +6,9 @@ firmware phones and real daemons and checks what their speakers played.
 """
 import re
 
-from upbx.common import wire
+from upbx.common import lines, wire
 from upbx.common.call import CONNECTED, RINGING
-from upbx.common.phone import Incoming, Party
+from upbx.common.phone import Incoming
 from tests.test_hold import _notes, _voice
 from tests.test_routing import _refused, _world
 
@@ -67,12 +67,12 @@ def test_call_waiting_answer_swap_and_reject_on_relayed_and_local_calls(tmp_path
         _waiting(world, "302", "101")                              # from the main host's phone
         _listen(world, 300)
         assert _heard(p["101"]) == (["301"], False)                # the first call goes on while it waits
-        _act(world, "101", lambda ph, now: ph.swap(now))           # answer: 301 is held
+        _act(world, "101", lambda ph, now: lines.swap(ph, now))           # answer: 301 is held
         assert p["302"].connected and p["101"].phone.other.state == CONNECTED
         _listen(world, 2000)
         assert _heard(p["101"]) == (["302"], False) and _heard(p["302"]) == (["101"], False)
         assert _heard(p["301"]) == ([], True)                      # the held party hears the music
-        _act(world, "101", lambda ph, now: ph.swap(now))           # back to 301; 302 held
+        _act(world, "101", lambda ph, now: lines.swap(ph, now))           # back to 301; 302 held
         _listen(world, 2000)
         assert _heard(p["101"]) == (["301"], False) and _heard(p["301"]) == (["101"], False)
         assert _heard(p["302"]) == ([], True)
@@ -81,14 +81,14 @@ def test_call_waiting_answer_swap_and_reject_on_relayed_and_local_calls(tmp_path
         world.hangup("302")                                        # the held party hangs up: its line goes
         assert p["101"].phone.other is None and p["101"].connected
         _waiting(world, "102", "101")                              # a local call waits; rejected: busy
-        _act(world, "101", lambda ph, now: ph.reject_waiting(now))
+        _act(world, "101", lambda ph, now: lines.reject_waiting(ph, now))
         assert p["102"].causes()[-1] == wire.CAUSE_BUSY and p["102"].idle
         _listen(world, 300)
         assert _heard(p["101"]) == (["301"], False) and _heard(p["301"]) == (["101"], False)
         world.hangup("101")
         world.call("101", "102")                                   # B3: phone to phone
         _waiting(world, "301", "101")
-        _act(world, "101", lambda ph, now: ph.swap(now))
+        _act(world, "101", lambda ph, now: lines.swap(ph, now))
         _listen(world, 2000)
         assert _heard(p["101"]) == (["301"], False) and _heard(p["301"]) == (["101"], False)
         assert _heard(p["102"]) == ([], True)                      # held on the LAN: music from site a's host
@@ -128,7 +128,7 @@ def test_busy_when_call_waiting_is_off_and_for_a_phone_that_forwards_on_busy(tmp
 
 
 def _parties(end):
-    return [(e.number) for e in end.take() if isinstance(e, Party)]
+    return [e.number for e in end.take() if isinstance(e, Incoming) and e.waiting == 2]
 
 
 def test_blind_transfer_relayed_call_to_a_local_phone_the_caller_hears_music_until_the_answer(tmp_path):
@@ -137,7 +137,7 @@ def test_blind_transfer_relayed_call_to_a_local_phone_the_caller_hears_music_unt
         p = world.phones
         world.call("301", "101")                       # from the main host's phone to site a
         p["301"].take()
-        _act(world, "101", lambda ph, now: ph.dial("102", now, blind=True))
+        _act(world, "101", lambda ph, now: lines.consult(ph, "102", now, True))
         world.run_until(lambda: p["102"].phone.state == RINGING and p["101"].idle, 3000, "102 rings, 101 is done")
         assert p["101"].causes()[-2:] == [wire.CAUSE_TRANSFERRED, wire.CAUSE_TRANSFERRED]
         assert p["102"].phone.call.number == "301"                   # told who stays
@@ -172,12 +172,12 @@ def test_attended_transfer_on_the_lan_the_two_phones_talk_straight(tmp_path):
     try:
         p = world.phones
         world.call("102", "101")                                     # B3
-        _act(world, "101", lambda ph, now: ph.dial("103", now))      # consult: 102 held
+        _act(world, "101", lambda ph, now: lines.consult(ph, "103", now))      # consult: 102 held
         _answer(world, "103")
         _listen(world, 1000)
         assert _heard(p["101"]) == (["103"], False) and _heard(p["103"]) == (["101"], False)
         assert _heard(p["102"]) == ([], True)
-        _act(world, "101", lambda ph, now: ph.transfer(now))
+        _act(world, "101", lambda ph, now: lines.transfer(ph, now))
         world.run(200)
         assert p["101"].idle and p["101"].causes()[-2:] == [wire.CAUSE_TRANSFERRED] * 2
         _listen(world, 1000)
@@ -205,18 +205,18 @@ def test_attended_transfer_by_the_main_hosts_phone_and_by_a_site_phone_joining_t
     try:
         p = world.phones
         world.call("101", "301")                                     # the main host joins: 101 and 302
-        _act(world, "301", lambda ph, now: ph.dial("302", now))
+        _act(world, "301", lambda ph, now: lines.consult(ph, "302", now))
         _answer(world, "302")
-        _act(world, "301", lambda ph, now: ph.transfer(now))
+        _act(world, "301", lambda ph, now: lines.transfer(ph, now))
         _listen(world, 1000)
         assert p["301"].idle and _heard(p["101"]) == (["302"], False) and _heard(p["302"]) == (["101"], False)
         world.hangup("101")
         assert world.main.status()["calls"] == [] and world.a.status()["calls"] == []
         world.call("303", "102")                                     # site a's 102 joins 303 and 302 (both outside)
-        _act(world, "102", lambda ph, now: ph.dial("302", now))
+        _act(world, "102", lambda ph, now: lines.consult(ph, "302", now))
         _answer(world, "302")
-        _act(world, "102", lambda ph, now: ph.swap(now))             # back to 303, then transfer from there
-        _act(world, "102", lambda ph, now: ph.transfer(now))
+        _act(world, "102", lambda ph, now: lines.swap(ph, now))             # back to 303, then transfer from there
+        _act(world, "102", lambda ph, now: lines.transfer(ph, now))
         _listen(world, 1000)
         assert p["102"].idle and _heard(p["303"]) == (["302"], False) and _heard(p["302"]) == (["303"], False)
         world.hangup("302")
@@ -231,8 +231,8 @@ def test_a_transfer_out_of_turn_is_dropped_and_a_refused_consultation_leaves_the
     try:
         p = world.phones
         world.call("101", "301")
-        assert not p["101"].phone.transfer(world.net.now)            # one line: nothing to join
-        _act(world, "101", lambda ph, now: ph.dial("999", now))      # unknown: the consultation is refused
+        assert not lines.transfer(p["101"].phone, world.net.now)            # one line: nothing to join
+        _act(world, "101", lambda ph, now: lines.consult(ph, "999", now))      # unknown: the consultation is refused
         world.run(300)
         assert p["101"].causes()[-1] == wire.CAUSE_UNKNOWN_EXTENSION
         assert p["101"].phone.call is not None and p["101"].phone.holding and p["101"].phone.other is None
