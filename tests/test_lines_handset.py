@@ -13,7 +13,7 @@ import pytest
 from tests.support import require_root
 from upbx.tools import calls_demo
 from upbx.tools.demo_features import ConsolePhone, run_features
-from upbx.tools.lab import LoopbackExchange
+from upbx.tools.lab import LoopbackExchange, place_call
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,26 @@ def test_b4_a_sites_own_phones_keep_call_waiting_and_transfer_without_the_main_h
             assert all(r["path"] == "local" for r in joined)
     finally:
         net.down()
+
+
+def test_call_waiting_off_from_the_console_a_second_caller_hears_busy(lab):
+    a = ConsolePhone(lab, "102", "cwoff-102")
+    b = ConsolePhone(lab, "302", "cwoff-302")
+    try:
+        a.command("!waiting off")
+        assert a.wait_line("I display feature off *71")
+        lab.wait_for(lambda: json.loads(lab.admin("ext", "features", "102", "--json"))["waiting"] is False,
+                     "the main host has 102's setting", timeout=10)
+        b.command("!call 102")
+        assert a.wait_line("incoming call from 302")
+        a.command("!answer")
+        assert b.wait_line("connected")
+        row = place_call(lab, "202", "102", "cwoff", 1.0, callee_phone=False)
+        assert row["cause"] == "busy" and "call waiting" not in a.log()
+        a.command("!hangup")
+        assert b.wait_line("call ended: normal clearing")
+        a.command("!waiting on")
+        assert a.wait_line("I display feature on *70")
+    finally:
+        a.quit()
+        b.quit()
