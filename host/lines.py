@@ -106,7 +106,8 @@ def _paths(host, call, was_local, now):
     """The joined call's media path. A remote host with both parties on its LAN: phone to phone
     (B3, new keys); otherwise through this host: a phone that sent its media straight to the
     transferring phone gets a key for media through the host (MEDIA_PEER without an address).
-    The main host joining two remote hosts' legs offers them a direct path (B2), as for any call."""
+    The main host joining two remote hosts' legs keeps relaying them: each side's timestamps carry
+    on after what it had only where the joining host shifts them (a direct path would bypass it)."""
     a, b = call.a, call.b
     phones = [leg for leg in (a, b) if leg.link.kind == "phone"]
     if len(phones) == 2 and hasattr(host, "_local_media"):
@@ -120,12 +121,6 @@ def _paths(host, call, was_local, now):
             leg.media = MediaLeg(key, 1, leg.call_no, leg.peer_call_no)
             leg.link.send_signal(wire.MEDIA_PEER, {wire.IE_PEER_CALL_NO: leg.peer_call_no, wire.IE_CALL_NO: leg.call_no,
                                                    wire.IE_MEDIA_KEY: key, wire.IE_ROLE: 0}, now)
-    if hasattr(host, "_media_peers") and a.link.kind == b.link.kind == "host" and a.link is not b.link:
-        call.b2 = True
-        if host.config.direct_media:
-            host._offer_pair(a.link, b.link, now)
-            if b.state != CALLING:
-                host._media_peers(call, now)
 
 
 def answered(host, call, now):

@@ -146,3 +146,13 @@ def test_call_waiting_off_from_the_console_a_second_caller_hears_busy(lab):
     finally:
         a.quit()
         b.quit()
+
+
+def test_the_main_hosts_phone_transfers_a_call_between_two_sites(lab):
+    """301 (at the main host) answers 101 (site A), consults 201 (site B) and completes: the main
+    host joins two remote hosts' calls; 101 and 201 then talk (relayed), the records linked."""
+    result = calls_demo.transfer(lab, 2.0, False, numbers=("301", "101", "201"))
+    assert result["ok"] is True, result
+    assert result["heard"] == {"301": ["101", "201"], "101": ["301", "music", "201"], "201": ["301", "101"]}, result
+    joined = [r for r in result["records"]["linked_to_it"] if r["cause"] == "normal clearing"]
+    assert [(r["caller"], r["callee"], r["path"]) for r in joined] == [("101", "201", "relay")], result
