@@ -365,7 +365,9 @@ class RemoteHost(HostCore):
                                                        wire.IE_DATA: features.encode(self.cache.features(number))}, now)
 
     def _uplink_calls(self):
-        return sum(1 for c in self.switch.calls.values() if c.path != "local" and c.b is not None)
+        """Calls that cross the uplink; one whose two legs both go to the main host (a transfer this
+        host joined, host/lines.py) crosses it twice."""
+        return sum(1 + (c.a.link is c.b.link) for c in self.switch.calls.values() if c.path != "local" and c.b is not None)
 
     def _uplink_peers(self):
         """The hosts the site's inter-site calls send trunks to: the main host and direct pairs."""

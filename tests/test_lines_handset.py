@@ -156,3 +156,16 @@ def test_the_main_hosts_phone_transfers_a_call_between_two_sites(lab):
     assert result["heard"] == {"301": ["101", "201"], "101": ["301", "music", "201"], "201": ["301", "101"]}, result
     joined = [r for r in result["records"]["linked_to_it"] if r["cause"] == "normal clearing"]
     assert [(r["caller"], r["callee"], r["path"]) for r in joined] == [("101", "201", "relay")], result
+
+
+def test_a_direct_call_between_sites_transferred_blind_to_a_phone_of_the_site_stays_direct(lab):
+    """201 (site B) calls 101 (site A) on the direct path between the remote hosts (B2); 101
+    transfers it blind to 102 (site A): site A's host joins them, 201's media still comes
+    straight from site B's host, and 102 gets a key for media through its host."""
+    result = calls_demo.transfer(lab, 2.0, True, numbers=("101", "201", "102"))
+    assert result["ok"] is True, result
+    assert result["heard"] == {"101": ["201"], "201": ["101", "music", "102"], "102": ["201"]}, result
+    rows = [result["records"]["first"]] + result["records"]["linked_to_it"]
+    assert sorted((r["origin"], r["caller"], r["callee"], r["path"], r["cause"]) for r in rows) == [
+        ("main", "201", "101", "direct", "transferred"), ("main", "201", "102", "direct", "normal clearing"),
+        ("site-a", "101", "102", "local", "transferred")], rows
