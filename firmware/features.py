@@ -1,19 +1,17 @@
 """The call-feature console commands a handset turns into star codes (docs/features.md).
 
-Rarely run (an operator's or a script's `!dnd` / `!forward` / `!waiting`): firmware/app.py imports this
+Rarely run (an operator's or a script's `!dnd` / `!forward`): firmware/app.py imports this
 module for each use and forgets it again (firmware.hal.rarely), so that its code does not
 stay on a handset's heap.
 """
 
 
 def star_code(cmd):
-    """The star code a `!dnd`, `!forward` or `!waiting` console command dials (docs/features.md), else None."""
+    """The star code a `!dnd` or `!forward` console command dials (docs/features.md), else None."""
     words = cmd.split()
     what = words[1] if len(words) > 1 else ""
     if words[0] == "!dnd" and len(words) == 2 and what in ("on", "off"):
         return "*78" if what == "on" else "*79"
-    if words[0] == "!waiting" and len(words) == 2 and what in ("on", "off"):
-        return "*70" if what == "on" else "*71"
     if words[0] != "!forward":
         return None
     if what == "off" and len(words) == 2:

@@ -7,7 +7,8 @@ heap. The protocol's side: common/phone.py (the two CallLegs) and common/lines.p
 Keys in a call: B swaps the two lines (with one line: hold / resume, app.py); A answers a waiting
 call (the current one is held); D rejects a waiting call while it rings (else hangs up the current
 line); C N # transfers to N (blind), C N A consults N, C # completes the transfer.
-Console: !swap !reject !transfer N !consult N !complete (and !answer for a waiting call).
+Console: !swap !reject !transfer N !consult N !complete (and !answer for a waiting call),
+!waiting on|off (dials *70 / *71).
 """
 from common.call import CONNECTED, RINGING
 from common.compat import forget
@@ -17,8 +18,14 @@ WAITING_MS = 500       # the call-waiting beep over the current call (440 Hz, fi
 
 
 def _line(name):
-    """A function of common/lines.py (swap, reject_waiting, transfer), the module let go again."""
-    from common import lines
+    """A function of common/lines.py (swap, reject_waiting, transfer), the module let go again;
+    on a heap too full for its code, once more after a collection."""
+    try:
+        from common import lines
+    except MemoryError:
+        import gc
+        gc.collect()
+        from common import lines
     forget("common.lines")
     return getattr(lines, name)
 
@@ -50,7 +57,8 @@ def waiting(app, event, now):
     app.log("I", "call waiting from %s %s" % (event.number, event.name))
     app.line2 = _record(app, event.number, True, now)
     _display(app, "waiting", ("%s %s" % (event.number, event.name)).strip())
-    app.pipeline.tone.beep("waiting", WAITING_MS)
+    # a timed tone, as a DTMF click is (the generator's own setter: no method for it stays on the heap)
+    app.pipeline.tone._set("waiting", 440, 440, 0, 0, WAITING_MS * 8)
 
 
 def ended(app, event, now):
@@ -159,6 +167,8 @@ def command(app, cmd, now):
         complete(app, now)
     elif word in ("!transfer", "!consult") and arg.isdigit():
         consult(app, arg, word == "!transfer", now)
+    elif word == "!waiting" and arg in ("on", "off"):    # call waiting on / off: a star code
+        app.dial("*70" if arg == "on" else "*71", now)
     else:
         return False
     return True

@@ -6,16 +6,18 @@ import json
 import time
 
 from upbx.host.moh import NOTES_HZ
-from upbx.tools.demo_features import ConsolePhone, _inner
+from upbx.tools.demo_features import ConsolePhone
 from upbx.tools.lab import frequencies_heard
 
 TONES = (1000, 1400, 1800)          # what phones A (the one with two lines), B and C send
 NUMBERS = ("101", "301", "201")     # A at site A, B at the main host, C at site B
 
 
-def _phones(lab, tag, numbers):
-    """The three phones, each sending its own tone, and the labels of what a speaker can play."""
-    phones = [ConsolePhone(lab, n, "%s-%s" % (tag, n), "--send", "tone:%d" % hz) for n, hz in zip(numbers, TONES)]
+def _phones(lab, tag, numbers, args_a=()):
+    """The three phones, each sending its own tone, and the labels of what a speaker can play;
+    args_a: more `upbx phone` arguments for phone A (e.g. a 64 KB heap with the frozen image)."""
+    phones = [ConsolePhone(lab, n, "%s-%s" % (tag, n), "--send", "tone:%d" % hz, *(args_a if i == 0 else ()))
+              for i, (n, hz) in enumerate(zip(numbers, TONES))]
     labels = {n: (hz,) for n, hz in zip(numbers, TONES)}
     labels.update({"music": NOTES_HZ, "waiting beep": (440,), "ringback": (480,)})
     return phones, labels
@@ -24,7 +26,11 @@ def _phones(lab, tag, numbers):
 def _heard(phone, labels):
     """What the phone's speaker played: the phones by their tones, the music, the call-waiting beep
     (440 Hz alone); ring-back (440 + 480 Hz, neither dominating) is no label and left out."""
-    return [h for h in _inner(frequencies_heard(phone.wav, labels)) if h not in ("quiet", "ringback")]
+    heard = []
+    for label in frequencies_heard(phone.wav, labels):   # a gap (a busy machine) does not split a run
+        if label not in ("quiet", "ringback") and (not heard or heard[-1] != label):
+            heard.append(label)
+    return heard
 
 
 def _quit(phones):
@@ -32,11 +38,11 @@ def _quit(phones):
         phone.quit()
 
 
-def call_waiting(lab, seconds, numbers=NUMBERS):
+def call_waiting(lab, seconds, numbers=NUMBERS, args_a=()):
     """B calls A; C calls A, which hears the call-waiting beep, answers (B is held and hears the
     music), swaps back, hangs up on B and resumes C (the held line)."""
     talk = max(1.5, seconds / 2)
-    p, labels = _phones(lab, "cw", numbers)
+    p, labels = _phones(lab, "cw", numbers, args_a)
     a, b, c = p
     A, B, C = numbers
     try:
@@ -71,11 +77,11 @@ def call_waiting(lab, seconds, numbers=NUMBERS):
             "heard": heard}
 
 
-def transfer(lab, seconds, blind, numbers=NUMBERS, records=True):
+def transfer(lab, seconds, blind, numbers=NUMBERS, records=True, args_a=()):
     """B calls A; A transfers B to C, blind (B hears the music while C rings) or after consulting C
     (A and C talk while B hears the music): B and C then talk, A's two calls end "transferred"."""
     talk = max(1.5, seconds / 2)
-    p, labels = _phones(lab, "bt" if blind else "at", numbers)
+    p, labels = _phones(lab, "bt" if blind else "at", numbers, args_a)
     a, b, c = p
     A, B, C = numbers
     try:

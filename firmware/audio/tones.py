@@ -21,7 +21,6 @@ TONES = {
     "ringback": (440, 480, 2000, 4000),
     "busy": (480, 620, 500, 500),
     "reorder": (480, 620, 250, 250),
-    "waiting": (440, 440, 0, 0),      # call waiting: one beep over the call (beep(), firmware/lines.py)
 }
 DTMF_ROWS = (697, 770, 852, 941)
 DTMF_COLS = (1209, 1336, 1477, 1633)
@@ -71,11 +70,6 @@ class ToneGenerator:
         """Play a DTMF digit for ms milliseconds, then fall silent."""
         f1, f2 = dtmf_pair(digit)
         self._set("dtmf", f1, f2, 0, 0, ms * (RATE // 1000))
-
-    def beep(self, name, ms):
-        """A call-progress tone by name for ms milliseconds, then silence (over a call: call waiting)."""
-        f1, f2, on_ms, off_ms = TONES[name]
-        self._set(name, f1, f2, on_ms, off_ms, ms * (RATE // 1000))
 
     def stop(self):
         self.name = None
