@@ -122,6 +122,14 @@ def test_busy_when_call_waiting_is_off_and_for_a_phone_that_forwards_on_busy(tmp
         world.call("101", "301")
         _waiting(world, "102", "101")
         assert p["301"].connected and not p["102"].idle
+        world.hangup("102")
+        world.hangup("101")
+        assert _refused(world, "101", "*90102")[0] == wire.CAUSE_FEATURE_ON   # forward on busy to 102
+        world.call("101", "301")
+        assert p["302"].phone.dial("101", world.net.now)                     # forwarded, not waiting
+        p["302"].flush()
+        world.run_until(lambda: p["102"].phone.state == RINGING, 3000, "102 rings")
+        assert p["101"].phone.other is None and p["301"].connected
         assert not world.net.errors
     finally:
         world.close()
