@@ -285,7 +285,8 @@ class MainHost(HostCore):
         """A phone at the main host is busy when it has a leg; a remote host's phone: not known here
         (its remote host forwards on busy, host/remote_host.py)."""
         link = self.links_by_name.get(("phone", number))
-        return link is not None and lines.busy(self.switch.calls_of(link), self.directory.features(number))
+        return link is not None and link.legs > 0 and lines.busy(self.switch.calls_of(link),
+                                                                self.directory.features(number))
 
     # station features (host/features.py, docs/features.md)
 

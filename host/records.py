@@ -135,9 +135,10 @@ def decode_upload(data, origin, site, site_of_extension, now_wall_ms):
         values = json.loads(bytes(data))
     except ValueError:
         raise ValueError("not JSON") from None
-    if not isinstance(values, list) or len(values) != len(UPLOAD_FIELDS):
-        raise ValueError("expected a list of %d fields" % len(UPLOAD_FIELDS))
-    record = dict(zip(UPLOAD_FIELDS, values))
+    if not isinstance(values, list) or len(values) not in (len(UPLOAD_FIELDS) - 2, len(UPLOAD_FIELDS)):
+        raise ValueError("expected a list of %d fields (or %d, from a remote host before linked records)"
+                         % (len(UPLOAD_FIELDS), len(UPLOAD_FIELDS) - 2))
+    record = dict(zip(UPLOAD_FIELDS, values + [None, None][:len(UPLOAD_FIELDS) - len(values)]))
     if not isinstance(record["uid"], str) or not _UID.match(record["uid"]):
         raise ValueError("uid: expected 16 lowercase hex digits")
     for field in ("caller", "callee"):

@@ -88,8 +88,9 @@ def _netlab_prefix():
     return "upxc%s-" % os.urandom(2).hex()
 
 
-def test_b4_a_sites_own_phones_keep_call_waiting_and_transfer_without_the_main_host():
-    """In the network lab (namespaces, NAT routers): the main host is killed; site A's remote host
+def test_netlab_a_transfer_through_nat_and_b4_call_waiting_and_transfer_without_the_main_host():
+    """In the network lab (namespaces, NAT routers): a call from site B transferred to a site A
+    phone through the routers; then the main host is killed, and site A's remote host
     switches call waiting, a blind and an attended transfer among 101, 102 and 103 from its cache,
     and its records of them (linked) reach the main host once it is back."""
     require_root()
@@ -101,6 +102,11 @@ def test_b4_a_sites_own_phones_keep_call_waiting_and_transfer_without_the_main_h
         with NetlabExchange(net, keepalive_s=2, ring_timeout_s=20) as ex:
             ex.provision(phones={"a": ["101", "102", "103"], "b": ["201"], "c": ["301"]})
             ex.start()
+            # through the NAT routers first: a call from site B transferred blind to a site A phone
+            cross = calls_demo.transfer(ex, 2.0, True, numbers=("101", "201", "102"), records=False)
+            assert cross["ok"] is True, cross
+            assert cross["heard"]["201"] == ["101", "music", "102"] and cross["heard"]["102"] == ["201"]
+            ex.wait_for(lambda: ex.status("site-a")["records_pending"] == 0, "site a's records uploaded")
             ex.kill("main")
             ex.wait_for(lambda: ex.status("site-a")["main"]["state"] != "up", "site a noticed", timeout=20)
             site = ("101", "102", "103")
