@@ -193,6 +193,8 @@ class App:
     # actions
 
     def dial(self, number, now):
+        if self.phone.call is not None:   # in a call: a consultation (firmware/lines.py)
+            return rarely("firmware.lines").consult(self, number, False, now)
         _pack()   # the call's keys and buffers are made now
         if self.phone.dial(number, now):
             self.current = {"to": number, "from": self.config["extension"], "dialed_ms": now, "setup_ms": None,
@@ -209,7 +211,7 @@ class App:
         elif cmd == "!hangup":
             self.key(KEY_ON_HOOK, now)
         elif cmd == "!answer":
-            self.phone.answer(now)
+            self.phone.answer(now) or self.command("!swap", now)   # a waiting call: firmware/lines.py
         elif cmd.startswith("!dtmf "):
             digit = cmd[6:].strip()[:1]
             if self.phone.dtmf(digit, now):
@@ -231,6 +233,8 @@ class App:
             rarely("firmware.sysinfo").button(self, cmd[8:].strip(), now)
         elif len(cmd) == 1:
             self.key(cmd, now)
+        else:   # !swap !reject !transfer N !consult N !complete
+            rarely("firmware.lines").command(self, cmd, now)
 
     def hold(self, flag, now):
         """Hold (the far end hears the host's music on hold) or resume the connected call."""
@@ -252,6 +256,9 @@ class App:
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
         tone = self.pipeline.tone
         state = self.phone.state
+        if (self.phone.other is not None or self.digits[:1] == "C" or (key == "C" and state == CONNECTED)) and \
+                rarely("firmware.lines").key(self, key, now):   # two lines, transfer (docs/features.md)
+            return
         if key == KEY_ON_HOOK:
             self.digits = ""
             tone.stop()
@@ -302,6 +309,8 @@ class App:
                 self.hal.display("idle", None)
             elif kind is LoginDown:
                 self.log("W", "registration lost: %s" % event.reason)
+            elif (kind is Incoming and event.waiting) or (kind is Ended and event.line):
+                rarely("firmware.lines").event(self, event, now)   # the second line (docs/features.md)
             elif kind is Incoming:
                 self.log("I", "incoming call from %s %s" % (event.number, event.name))
                 self.hal.display("ringing", ("%s %s" % (event.number, event.name)).strip())
@@ -332,7 +341,8 @@ class App:
                 self.connected_at = now
                 if self.script.get("dtmf"):
                     self._dtmf_at = ticks_add(now, 501)
-                self.call_ts = 0
+                if self.phone.other is None:   # a consultation's timestamps carry on the held call's
+                    self.call_ts = 0
                 if self.current is not None:
                     self.current["setup_ms"] = ticks_diff(now, self.current["dialed_ms"])
                     self.current["path"] = event.path
@@ -363,7 +373,9 @@ class App:
                     self.current["tone"] = tone  # what the speaker plays now (None: silence)
                     self._close_call()
                 self.connected_at = self._dtmf_at = None
-                if self.script.get("exit_after_call"):
+                if self.phone.call is not None:   # the other line is left (held or ringing)
+                    rarely("firmware.lines").remaining(self, now)
+                elif self.script.get("exit_after_call"):
                     self.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
             elif kind is Dtmf:
                 self.summary["dtmf_received"] += event.digit

@@ -285,7 +285,7 @@ def calls(d, args):
         rows.append(dict(r, started=_time(r["started_ms"]), talk_s=talk))
     _table(args, rows, [("started", "STARTED (UTC)"), ("origin", "ORIGIN"), ("caller", "CALLER"),
                         ("callee", "CALLEE"), ("path", "PATH"), ("setup_ms", "SETUP_MS"), ("talk_s", "TALK_S"),
-                        ("cause", "CAUSE"), ("uid", "UID")])
+                        ("cause", "CAUSE"), ("dialled", "DIALLED"), ("uid", "UID"), ("linked", "LINKED")])
 
 
 def sysinfo_show(d, args):

@@ -9,6 +9,7 @@ A core is sans-IO, as aioquic's QuicConnection: datagrams and time go in
 time (for call records) is that plus `wall_offset_ms`, which the daemon keeps set.
 """
 from upbx.common import wire
+from upbx.host import lines
 from upbx.host.moh import MusicOnHold
 from upbx.host.switch import other_leg, send_on_leg
 
@@ -219,6 +220,8 @@ class HostCore:
             return
         if passed == wire.ANSWER:
             self.log.info("call-answered", call=call.uid, setup_ms=now - call.started_ms)
+            if call.linked is not None:
+                lines.answered(self, call, now)
         self.on_call_event(call, passed, now)
 
     def hold_message(self, link, ies, now):

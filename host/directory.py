@@ -26,7 +26,8 @@ Site = collections.namedtuple("Site", "name uplink_kbps local_calls local_call_q
 RemoteHostEntry = collections.namedtuple("RemoteHostEntry", "name site secret")
 Extension = collections.namedtuple("Extension", "number site name secret barred")
 CallRecord = collections.namedtuple(
-    "CallRecord", "id uid origin caller callee path started_ms answered_ms ended_ms cause setup_ms")
+    "CallRecord", "id uid origin caller callee path started_ms answered_ms ended_ms cause setup_ms dialled linked")
+_V1_RECORD_COLUMNS = "id, uid, origin, caller, callee, path, started_ms, answered_ms, ended_ms, cause, setup_ms"
 
 CALL_RECORD_FIELDS = CallRecord._fields[1:]  # what add_call_record accepts (id is assigned)
 CALL_PATHS = ("relay", "direct", "local")
@@ -68,6 +69,8 @@ CREATE TABLE IF NOT EXISTS call_records (
     ended_ms INTEGER,
     cause TEXT,
     setup_ms INTEGER,
+    dialled TEXT,
+    linked TEXT,
     UNIQUE (origin, uid)
 );
 CREATE TABLE IF NOT EXISTS features (
@@ -135,6 +138,10 @@ class Directory:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(call_records)")}
+            for column in ("dialled", "linked"):   # records before transfers and forwards were linked
+                if column not in columns:
+                    self.db.execute("ALTER TABLE call_records ADD COLUMN %s TEXT" % column)
 
     def _migrate_call_records(self):
         """Databases of protocol v1 keyed call records by uid alone; now it is (origin, uid)."""
@@ -143,7 +150,8 @@ class Directory:
             return
         self.db.execute("ALTER TABLE call_records RENAME TO call_records_v1")
         self.db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS call_records"):].split(";")[0])
-        self.db.execute("INSERT INTO call_records SELECT * FROM call_records_v1")
+        self.db.execute("INSERT INTO call_records (%s) SELECT %s FROM call_records_v1"
+                        % (_V1_RECORD_COLUMNS, _V1_RECORD_COLUMNS))
         self.db.execute("DROP TABLE call_records_v1")
 
     def close(self):

@@ -8,7 +8,7 @@ import os
 from upbx.common import wire
 from upbx.common.call import RELEASE_RECEIVED
 from upbx.common.chunks import chunk_ies
-from upbx.host import features
+from upbx.host import features, lines
 from upbx.host.core import HostCore
 from upbx.host.directory import MAIN_ORIGIN, Directory, wire_text
 from upbx.host.moh import MusicOnHold
@@ -205,6 +205,10 @@ class MainHost(HostCore):
             self._features(link, ies, now)
         elif msg_type == wire.HOLD:
             self.hold_message(link, ies, now)
+        elif msg_type == wire.TRANSFER:
+            lines.transfer(self, link, ies, now)
+        elif msg_type == wire.PARTY:
+            lines.party(self, link, ies, now)
         elif msg_type == wire.MUSIC and link.kind == "host":
             self.music_acked[link.name] = ies.get(wire.IE_VERSION)
         elif msg_type == wire.BYE:
@@ -257,7 +261,7 @@ class MainHost(HostCore):
             return self.refuse_setup(link, ies, cause, now)
         if target is link:
             return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
-        if target.kind == "phone" and target.legs:
+        if target.kind == "phone" and self._phone_busy(called):
             return self.refuse_setup(link, ies, wire.CAUSE_BUSY, now)
         cause = self.switch.admit(link, target)   # call numbers left, calls per peer
         if cause is not None:
@@ -281,7 +285,8 @@ class MainHost(HostCore):
         """A phone at the main host is busy when it has a leg; a remote host's phone: not known here
         (its remote host forwards on busy, host/remote_host.py)."""
         link = self.links_by_name.get(("phone", number))
-        return link is not None and link.legs > 0
+        return link is not None and link.legs > 0 and lines.busy(self.switch.calls_of(link),
+                                                                self.directory.features(number))
 
     # station features (host/features.py, docs/features.md)
 
@@ -348,7 +353,7 @@ class MainHost(HostCore):
             target, cause = self._target_link(routed)
         if target is not None and (target is call.a.link and target.kind == "phone"):
             target, cause = None, wire.CAUSE_FORWARD_LOOP
-        if target is not None and target.kind == "phone" and target.legs:
+        if target is not None and target.kind == "phone" and self._phone_busy(routed):
             target, cause = None, wire.CAUSE_BUSY
         if target is not None:
             cause = self.switch.admit(target)

@@ -14,7 +14,7 @@ from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
-from upbx.host import features
+from upbx.host import features, lines
 from upbx.host.core import HostCore
 from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
@@ -211,6 +211,8 @@ class RemoteHost(HostCore):
             self.call_message(self.main_link, msg_type, ies, now)
         elif msg_type == wire.HOLD:
             self.hold_message(self.main_link, ies, now)
+        elif msg_type == wire.PARTY:
+            lines.party(self, self.main_link, ies, now)
         elif msg_type == wire.MUSIC:
             self._music(ies, now)
 
@@ -282,12 +284,15 @@ class RemoteHost(HostCore):
             self.call_message(link, msg_type, ies, now)
         elif msg_type == wire.HOLD:
             self.hold_message(link, ies, now)
+        elif msg_type == wire.TRANSFER:
+            lines.transfer(self, link, ies, now)
         else:
             self.stats.drop("unexpected message")
 
     def _busy(self, link):
-        return bool(self.switch.calls_of(link)) or any(
-            c.a.link is link for c in self.pending_local.values())
+        """Busy for one more call: call waiting offers a second call beside an answered one (host/lines.py)."""
+        calls = self.switch.calls_of(link) + [c for c in self.pending_local.values() if c.a.link is link]
+        return lines.busy(calls, self.cache.features(link.name))
 
     def _outgoing(self, link, ies, now):
         if wire.IE_CALL_NO not in ies or wire.IE_CALLED not in ies or wire.IE_MEDIA_KEY not in ies:
@@ -360,7 +365,9 @@ class RemoteHost(HostCore):
                                                        wire.IE_DATA: features.encode(self.cache.features(number))}, now)
 
     def _uplink_calls(self):
-        return sum(1 for c in self.switch.calls.values() if c.path != "local" and c.b is not None)
+        """Calls that cross the uplink; one whose two legs both go to the main host (a transfer this
+        host joined, host/lines.py) crosses it twice."""
+        return sum(1 + (c.a.link is c.b.link) for c in self.switch.calls.values() if c.path != "local" and c.b is not None)
 
     def _uplink_peers(self):
         """The hosts the site's inter-site calls send trunks to: the main host and direct pairs."""

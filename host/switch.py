@@ -121,6 +121,7 @@ class Call:
         self.ts_out = [0, 0]        # the last timestamp sent towards leg a, leg b
         self.ts_shift = [0, 0]      # added to what is forwarded towards leg a, b after music on hold
         self.moh_last = [None, None]  # the last music-on-hold timestamp towards a, b, until voice follows
+        self.linked = None          # a call joined by a transfer: the uid of the call it continues (host/lines.py)
 
     @property
     def state(self):
@@ -296,15 +297,18 @@ class Switch:
         before = leg.state
         if leg.apply(received) is None:
             return None
-        if other.apply(sent) is None:
+        call = leg.call
+        # a call joined by a transfer (host/lines.py): the party that stays is connected already
+        joined = msg_type != wire.DTMF and leg is call.b and other.state == CONNECTED
+        if not joined and other.apply(sent) is None:
             leg.state = before
             return None
-        call = leg.call
         if msg_type == wire.ALERTING:
             call.alerted_ms = now
         elif msg_type == wire.ANSWER:
             call.answered_ms = now
-        send_on_leg(other, msg_type, {wire.IE_DIGIT: ies[wire.IE_DIGIT]} if msg_type == wire.DTMF else {}, now)
+        if not joined:
+            send_on_leg(other, msg_type, {wire.IE_DIGIT: ies[wire.IE_DIGIT]} if msg_type == wire.DTMF else {}, now)
         return msg_type
 
     def leg_for(self, ies, link):
