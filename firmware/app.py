@@ -91,6 +91,11 @@ _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more t
 # objects from landing among garbage; a call's are made at its set-up, after a collection (_pack).
 
 
+def _random_port():
+    """A port from the dynamic range (RFC 6335: 49152-65535) for the handset's socket."""
+    return 49152 + (os.urandom(1)[0] << 6 | os.urandom(1)[0] & 63)
+
+
 def due(now, at):
     """Whether the timer `at` (None: not set) has come."""
     return at is not None and ticks_diff(now, at) >= 0
@@ -170,7 +175,10 @@ class App:
                         "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
                         "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
                         "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0,
-                        "short_reads": 0}
+                        "short_reads": 0, "empty_datagrams": 0}
+        # the local port: the configured one, else one chosen here, kept for the life of the
+        # handset so that a new socket (_reopen) has the address the hosts and peers know
+        self._port = int(config.get("local_port", 0)) or _random_port()
         self.heap_peak = 0
         self.heap_live_peak = 0
         self.heap_free_min = None
@@ -409,23 +417,51 @@ class App:
     # I/O
 
     def open_socket(self, now):
-        """Resolve the host and make the socket; False (counted, logged) while getaddrinfo fails."""
+        """Resolve the host and make the socket; False (counted, logged) while getaddrinfo or bind
+        fails (a port taken: another is chosen, unless the configuration fixed it)."""
         config = self.config
         try:
             host_addr = self.hal.getaddrinfo(config["host"], int(config["port"]))
-            local = self.hal.getaddrinfo(config.get("bind", "0.0.0.0"), int(config.get("local_port", 0)))
+            local = self.hal.getaddrinfo(config.get("bind", "0.0.0.0"), self._port)
         except OSError as exc:
             self.count_error("getaddrinfo", exc)
             return False
         self.host_addr = host_addr
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(local)
-        self.sock.setblocking(False)
-        self.poller.register(self.sock, select.POLLIN)
-        self._raw_sock = self.sock
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(local)
+        except OSError as exc:
+            sock.close()
+            self.count_error("bind", exc)
+            if not int(config.get("local_port", 0)):
+                self._port = _random_port()
+            return False
+        sock.setblocking(False)
+        self.poller.register(sock, select.POLLIN)
+        self.sock = self._raw_sock = sock
         if self.profile is not None:
-            self.sock = self.profile.time_io(self.sock, None, None)[0]
+            self.sock = self.profile.time_io(sock, None, None)[0]
         return True
+
+    def _reopen(self, now):
+        """An empty datagram was read. ESP32 MicroPython marks a socket closed after any read of 0
+        bytes, UDP too (ports/esp32/modsocket.c, _socket_read_data: SOCKET_STATE_PEER_CLOSED), and
+        then answers every read with 0 bytes at once: one empty datagram from anyone would leave
+        the handset deaf until it restarts. So the socket is closed and a new one bound to the
+        same port (what was queued in the old one is lost: a frame or two). On every port alike,
+        so that the unix port's tests exercise it."""
+        self.summary["empty_datagrams"] += 1
+        raw = self._raw_sock
+        self.sock = self._raw_sock = None
+        try:
+            self.poller.unregister(raw)
+        except (OSError, ValueError, KeyError):
+            pass
+        raw.close()
+        for _ in range(3):   # the port was ours a moment ago
+            if self.open_socket(now):
+                return
+        raise OSError(errno.EADDRINUSE)   # no socket: a fault, the handset restarts (docs/handset.md)
 
     def count_error(self, operation, exc):
         """One more network error of this kind (summary and !state "net_errors"); never fatal."""
@@ -458,6 +494,7 @@ class App:
             except OSError:
                 return
             if not n:
+                self._reopen(now)
                 return
             data = None
         else:
@@ -465,7 +502,8 @@ class App:
             if data is None:
                 return
             n = len(data)
-            if not n:   # an empty datagram, taken off the queue
+            if not n:   # an empty datagram, taken off the queue: on an ESP32 the socket is now closed
+                self._reopen(now)
                 return
         try:
             if data is not None:
@@ -674,7 +712,6 @@ class App:
         hal = self.hal
         profile = self.profile
         poll = self._wait_poll
-        sock = self._raw_sock
         self._frame_at = now
         ready = 0
         while self.running:
@@ -704,7 +741,7 @@ class App:
                 break
             ready = 0   # sleep in the poller until a datagram (1), a HAL device (2) or the time
             for entry in poll(wait if wait > 0 else 1):   # ipoll: no list, one tuple reused
-                ready |= 1 if entry[0] is sock else 2
+                ready |= 1 if entry[0] is self._raw_sock else 2   # not a local: _reopen makes a new one
 
     @micropython.native
     def _audio(self, now):
