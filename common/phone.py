@@ -3,6 +3,7 @@
     phone = Phone("201", secret, os.urandom)
     phone.start(now); phone.dial("301", now); phone.answer(now); phone.hangup(now)
     phone.hold(now); phone.resume(now)   (a connected call: its host plays music on hold to the other party)
+    a SETUP with IE_ANSWER (intercom, page) is answered at once; a page's microphone is muted (`muted`)
     phone.receive(datagram, now) -> ts of an authentic media frame (decrypted in place), else None
     phone.seal_frame(ts, payload) -> a mini frame of our call (or None); phone.frame_to: where it goes
     phone.datagrams_to_send(now) -> signalling for the host
@@ -74,6 +75,7 @@ class Phone:
         self.dropped = 0
         self.frame_to = None     # where seal_frame's frame goes: None for the host, else the LAN peer
         self.holding = False     # this phone holds its call: it sends no media and plays none
+        self.muted = False       # a page (answered by itself, docs/features.md): it sends no media
 
     @property
     def registered(self):
@@ -169,7 +171,7 @@ class Phone:
     def _end(self, cause):
         """The call (already RELEASED by its last transition) is gone."""
         self.call = None
-        self.holding = False
+        self.holding = self.muted = False
         self._events.append(Ended(cause))
 
     # media
@@ -178,7 +180,7 @@ class Phone:
         """The mini frame (a view of a buffer reused per frame) carrying one frame of our call, or None;
         `frame_to` is then where it goes (None: the host). Allocates nothing: the handset's media path."""
         call = self.call
-        if call is None or call.state != CONNECTED or self.holding:
+        if call is None or call.state != CONNECTED or self.holding or self.muted:
             return None
         direct = call.direct
         if direct is not None:
@@ -276,6 +278,10 @@ class Phone:
         self._send(wire.ALERTING, {}, now)
         call.apply(ALERTING_SENT)
         self._events.append(Incoming(call.number, call.name))
+        auto = ies.get(wire.IE_ANSWER, 0)   # intercom (1) or page (2): answered at once, a page muted
+        if auto:
+            self.muted = auto == 2
+            self.answer(now)
 
     def _media_peer(self, call, ies):
         """B3: the other phone's address and a media key of our own for the two of us."""

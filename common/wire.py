@@ -73,6 +73,7 @@ IE_CHUNK = const(0x21)
 IE_DATA = const(0x22)
 IE_STATE = const(0x25)
 IE_KEEPALIVE = const(0x26)
+IE_ANSWER = const(0x29)     # SETUP: the phone answers by itself, 1 intercom, 2 page (muted)
 
 # How the codec reads each IE type: 3 bytes per type, (kind, least value bytes, most value bytes);
 # kind 0: not a known IE, 1 str, 2 bytes, 3 addr, 4 unsigned integer. It is the table in
@@ -84,9 +85,10 @@ _LAYOUT = (  # 8 IE types a line, from type 0x00
     b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
     b"\x04\x02\x02\x04\x02\x02\x01\x01\x1f\x01\x01\x1f\x01\x00\x3f\x04\x01\x01\x02\x08\x08\x02\x10\x10"
     b"\x01\x01\x01\x03\x06\x06\x04\x01\x01\x04\x01\x01\x04\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-    b"\x04\x04\x04\x04\x04\x04\x02\x00\xff\x01\x01\x3f\x02\x20\x20\x04\x01\x01\x04\x02\x02"
+    b"\x04\x04\x04\x04\x04\x04\x02\x00\xff\x01\x01\x3f\x02\x20\x20\x04\x01\x01\x04\x02\x02\x00\x00\x00"
+    b"\x00\x00\x00\x04\x01\x01"
 )
-_MAX_IE = const(0x26)
+_MAX_IE = const(0x29)
 
 
 def ie_name(ie):
@@ -130,6 +132,8 @@ CAUSE_FEATURE_ON = const(8)      # a star code was accepted (docs/features.md): 
 CAUSE_FEATURE_OFF = const(9)     # ... cancelled
 CAUSE_DND = const(10)            # the called phone is in do not disturb
 CAUSE_FORWARD_LOOP = const(11)   # forwarding leads back to a number already tried
+CAUSE_ANSWERED_ELSEWHERE = const(14)  # a group call another member answered (docs/features.md)
+CAUSE_PICKED_UP = const(15)      # the ringing call was picked up by another phone
 
 CAUSE_TEXT = {
     CAUSE_NORMAL: "normal clearing",
@@ -144,6 +148,8 @@ CAUSE_TEXT = {
     CAUSE_FEATURE_OFF: "feature off",
     CAUSE_DND: "do not disturb",
     CAUSE_FORWARD_LOOP: "forwarding loop",
+    CAUSE_ANSWERED_ELSEWHERE: "answered elsewhere",
+    CAUSE_PICKED_UP: "picked up",
 }
 
 PATH_RELAY = const(0)

@@ -37,7 +37,8 @@ IES = """01 extension str 1 15
 23 peer_name str 1 63
 24 peer_key bytes 32 32
 25 state u8 1 1
-26 keepalive u16 2 2"""
+26 keepalive u16 2 2
+29 answer u8 1 1"""
 KINDS = ("str", "bytes", "addr")  # codes 1, 2, 3 in the layout; any other kind is an unsigned integer (4)
 
 

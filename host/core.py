@@ -94,7 +94,7 @@ class BandwidthMeter:
 class HostCore:
     """Base of MainHost and RemoteHost: the sans-IO surface and the call control both hosts share.
 
-    A subclass sets self.switch and self.peers (host.peers.PeerTable) and implements
+    A subclass sets self.switch, self.groups (host.groups.GroupCalls) and self.peers (host.peers.PeerTable) and implements
     on_datagram, on_tick, on_call_event (what the host adds to an alerting/answer/release
     it passes on), on_call_ended (its record), bandwidth_owners and status.
     """
@@ -209,6 +209,8 @@ class HostCore:
         if leg is None:
             self.stats.drop("unknown call")
             return
+        if self.groups.call_message(leg, msg_type, ies, now):   # a group call ringing, a page
+            return
         passed = self.switch.pass_on(leg, msg_type, ies, now)
         if passed is None:
             self.stats.drop("message out of turn")
@@ -262,6 +264,7 @@ class HostCore:
 
     def end_call(self, call, cause, now, record=True):
         self.held.discard(call)
+        self.groups.released_forks(call, cause, now)
         if not self.switch.end_call(call, cause, now):
             return
         self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path,

@@ -14,7 +14,7 @@ from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
-from upbx.host import features
+from upbx.host import features, groups
 from upbx.host.core import HostCore
 from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
@@ -49,6 +49,7 @@ class RemoteHost(HostCore):
         self.peers = PeerTable(self._secret_of, self.stats, config.registration_ttl_s * 1000,
                                phone_keepalive_ms=PHONE_KEEPALIVE_MS)
         self.switch = Switch(self.send, self.stats, config.trunk_mtu, max_legs={"phone": MAX_CALLS_PER_PHONE})
+        self.groups = groups.GroupCalls(self)
         self.main_address = config.main
         # our index towards the main host is reserved in the session table: no phone can get it,
         # or its frames would be taken for the main host's (one port, one index space)
@@ -286,7 +287,7 @@ class RemoteHost(HostCore):
             self.stats.drop("unexpected message")
 
     def _busy(self, link):
-        return bool(self.switch.calls_of(link)) or any(
+        return link.legs > 0 or any(
             c.a.link is link for c in self.pending_local.values())
 
     def _outgoing(self, link, ies, now):
@@ -294,8 +295,20 @@ class RemoteHost(HostCore):
             self.stats.drop("setup missing IEs")
             return
         called = ies[wire.IE_CALLED]
-        if called.startswith("*"):
+        if called == groups.PICKUP_CODE:
+            if not groups.pickup(self, link, ies, now, self.cache.extensions):
+                self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=link.name)   # nothing rings
+            return None
+        intercom = groups.intercom_target(called)
+        if intercom is not None and self.cache.extension(intercom) is not None:
+            group = {"number": intercom, "strategy": "ring-all", "members": [intercom], "ring_s": groups.RING_S[0],
+                     "overflow": None, "site": None}
+            return self._local_group(link, ies, group, now, groups.ANSWER_INTERCOM)
+        if called.startswith("*") and intercom is None:
             return self._star_code(link, ies, now)
+        group = self._group(called)
+        if group is not None and (group["strategy"] == "page" or not self.main_link.up):
+            return self._local_group(link, ies, group, now)
         tried = []
         if self.cache.extension(called) is not None:   # the site's own: forwarding and DND decided here
             routed, cause = features.route(called, self._features_of, self._number_busy, seen=tried)
@@ -325,6 +338,63 @@ class RemoteHost(HostCore):
             return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
         self.switch.offer(call, self.main_link, now, call_id=False)   # the main host chooses the call ids
         self.log.info("call-setup", call=call.uid, caller=link.name, called=called, via="main")
+
+    # groups, paging, intercom, pickup (host/groups.py): the site's own, here
+
+    def _group(self, number):
+        """A group this host may run (its site's copy, sent with the directory), or None."""
+        return (self.cache.data.get("groups") or {}).get(number)
+
+    def _local_group(self, link, ies, group, now, answer=None):
+        """A group call among the site's phones: a page (always here: no WAN traffic), an intercom
+        to a phone of the site, a ring or hunt group while the main host is unreachable (B4; the
+        members of other sites cannot be reached then)."""
+        if group["strategy"] == "page":
+            if group["site"] != self.cache.data.get("site"):
+                return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=link.name)
+            group = dict(group, members=group["members"] or sorted(self.cache.extensions, key=lambda n: (len(n), n)))
+        cause = self._local_decision(link.name) or self.switch.admit(link)
+        if cause is not None:
+            return self.refuse_setup(link, ies, cause, now, caller=link.name)
+        call = self.switch.new_call(link.name, group["number"], now)
+        call.tried = [group["number"]]
+        call.path = "local"
+        self.switch.incoming(call, link, ies)
+        name = (self.cache.extension(link.name) or {}).get("name", "")
+        self.groups.start(call, group, name, now, answer)
+
+    def group_target(self, number, call):
+        """Where a member rings: its phone here, if registered, idle and not in do not disturb."""
+        if self.cache.extension(number) is None:
+            return None, wire.CAUSE_UNREACHABLE      # another site's: not from here
+        target = self._phone_link(number)
+        if target is None:
+            return None, wire.CAUSE_UNREACHABLE
+        if self._busy(target):
+            return None, wire.CAUSE_BUSY
+        if self.cache.features(number)["dnd"]:
+            return None, wire.CAUSE_DND
+        return target, None
+
+    def group_overflow(self, call, number, now):
+        """Nobody of a local group took the call: on to its overflow number, on the site."""
+        routed, cause = features.route(number, self._features_of, self._number_busy, seen=call.tried)
+        if routed is None:
+            return self._refuse(call, cause, now)
+        group = self._group(routed)
+        if group is not None and group["strategy"] != "page":
+            call.callee = routed
+            return self.groups.start(call, group, (self.cache.extension(call.caller) or {}).get("name", ""), now)
+        if self.cache.extension(routed) is None:
+            return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
+        call.callee = routed
+        call.noanswer = None
+        self._connect_local(call, now)
+
+    def group_answered(self, call, now):
+        """A member answered (or picked the call up): a local call's phones send to each other."""
+        if call.path == "local":
+            self._local_media(call, now)
 
     # station features (host/features.py, docs/features.md): this host keeps its phones' settings
 
@@ -444,7 +514,9 @@ class RemoteHost(HostCore):
             return self.refuse_setup(self.main_link, ies, cause, now)
         call = self.switch.new_call(ies.get(wire.IE_CALLING, ""), called, now, ies.get(wire.IE_CALL_ID))
         self.switch.incoming(call, self.main_link, ies)
-        self.switch.offer(call, target, now, ies.get(wire.IE_CALLING_NAME, ""))
+        answer = ies.get(wire.IE_ANSWER)    # an intercom: the phone answers by itself
+        self.switch.offer(call, target, now, ies.get(wire.IE_CALLING_NAME, ""),
+                          extra={wire.IE_ANSWER: answer} if answer else None)
 
     def on_call_event(self, call, msg_type, now):
         # B3: the phones send media to each other once the callee rings; a call that may still be
@@ -529,6 +601,7 @@ class RemoteHost(HostCore):
     def on_tick(self, now):
         self.play_music_on_hold(now)
         self.switch.flush()
+        self.groups.tick(now)
         for call in list(self.pending_local.values()):
             if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:
                 self._decide_locally(call, now)
