@@ -385,7 +385,11 @@ class Directory:
         return [json.loads(r[0]) for r in rows]
 
     def remove_group(self, number):
+        """Remove a group no other group overflows to."""
         with self._transaction():
+            users = [g["number"] for g in self.groups() if g["overflow"] == number]
+            if users:
+                raise DirectoryError("group %s is the overflow of group %s; change that first" % (number, users[0]))
             if not self.db.execute("DELETE FROM groups WHERE number = ?", (number,)).rowcount:
                 raise DirectoryError("unknown group %r" % (number,))
             self._bump()

@@ -144,8 +144,8 @@ class GroupCalls:
         """A leg towards member number; False (and why, in g.causes) when it cannot ring now."""
         g = call.group
         link, cause = self.host.group_target(number, call)
-        if link is not None and link is call.a.link:
-            link, cause = None, wire.CAUSE_BUSY
+        if link is not None and link is call.a.link and link.kind == "phone":
+            link, cause = None, wire.CAUSE_BUSY     # the caller's own phone (another name for it)
         if link is not None:
             cause = self.switch.admit(link)
         if cause is not None:
