@@ -9,7 +9,7 @@ import time
 
 from upbx.tools.lab import frequencies_heard
 
-TONE_HZ = {"101": 1000, "102": 1400, "201": 1800, "202": 2000, "301": 2200, "302": 2600}
+TONE_HZ = {"101": 1000, "102": 1400, "103": 1600, "201": 1800, "202": 2000, "301": 2200, "302": 2600}
 LABELS = {number: (hz,) for number, hz in TONE_HZ.items()}
 
 
