@@ -256,6 +256,7 @@ class HostCore:
 
     def release_calls(self, link, cause, now):
         """link is gone (logged out, expired, logged in again): its calls end, the other legs hear why."""
+        self.groups.link_gone(link, now)     # a group's member: the group call goes on without it
         for call in self.switch.calls_of(link):
             other = call.b if call.a.link is link else call.a
             if other is not None:

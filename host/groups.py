@@ -225,16 +225,29 @@ class GroupCalls:
                 self._answered(call, leg, now)
         elif msg_type == wire.RELEASE:
             leg.apply(RELEASE_RECEIVED)
-            g.forks.remove(leg)
-            self.switch.forget_leg(leg, now)
-            g.causes.append(ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL))
-            if g.page:
-                self._page_left(call, leg, now)
-            elif g.strategy == "hunt":
-                self._hunt(call, now)
-            elif not g.forks:
-                self._exhausted(call, now)
+            self._fork_gone(call, leg, ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL), now)
         return True
+
+    def _fork_gone(self, call, leg, cause, now):
+        """A member's leg ended from its side (busy, rejected, its phone or host gone)."""
+        g = call.group
+        g.forks.remove(leg)
+        self.switch.forget_leg(leg, now)
+        g.causes.append(cause)
+        if g.page:
+            self._page_left(call, leg, now)
+        elif g.strategy == "hunt":
+            self._hunt(call, now)
+        elif not g.forks:
+            self._exhausted(call, now)
+
+    def link_gone(self, link, now):
+        """link (a member's phone, or the remote host it is behind) is gone: its legs leave their group calls."""
+        for call in list(self.active):
+            g = call.group
+            for leg in [f for f in (g.forks if g is not None else ()) if f.link is link]:
+                if call.group is g:
+                    self._fork_gone(call, leg, wire.CAUSE_UNREACHABLE, now)
 
     def _answered(self, call, leg, now, cause=wire.CAUSE_ANSWERED_ELSEWHERE):
         """leg took the call: the other members stop ringing, the caller is connected to it."""

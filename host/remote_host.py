@@ -495,7 +495,9 @@ class RemoteHost(HostCore):
             self.stats.drop("setup missing IEs")
             return
         cause = None
-        if self.cache.extension(called) is not None:
+        if ies.get(wire.IE_ANSWER):     # an intercom (host/groups.py): for this phone, not where it forwards
+            cause = wire.CAUSE_DND if self.cache.features(called)["dnd"] else None
+        elif self.cache.extension(called) is not None:
             routed, cause = features.route(called, self._features_of, self._number_busy)
             if routed is not None and routed != called:
                 if self.cache.extension(routed) is None:

@@ -299,6 +299,10 @@ def test_intercom_answers_by_itself_two_way_on_the_site_and_across(tmp_path):
         assert heard(p["301"]) == {"103"} and heard(p["103"]) == {"301"}
         world.hangup("103")
         assert _refused(world, "301", "*80999")[0] == wire.CAUSE_UNKNOWN_EXTENSION
+        settings = world.main.directory.features("303")
+        settings["dnd"] = True
+        world.main.directory.set_features("303", settings)
+        assert _refused(world, "301", "*80303")[0] == wire.CAUSE_DND and not _rang(p["303"])
         assert _no_legs(world) and not world.net.errors
     finally:
         world.close()
@@ -339,5 +343,41 @@ def test_b4_groups_pickup_and_paging_among_the_sites_phones_without_the_main_hos
         assert world.a.status()["calls"] == [] and not world.a.switch.legs
         assert len(world.a.records.pending()) == 3      # recorded here, uploaded when the main host is back
         assert not world.net.errors
+    finally:
+        world.close()
+
+
+def _reboot(world, number, index):
+    """number's phone boots again (a new registration, at a new address): its host drops the old one."""
+    world.add_phone(number, index)
+    _with_tones(world)
+    world.run_until(lambda: world.phones[number].phone.registered, 5000, number + " registered again")
+
+
+def test_a_member_that_goes_away_leaves_the_group_call_and_the_page(tmp_path):
+    world = _group_world(tmp_path)
+    try:
+        p = world.phones
+        _groups(world, {"number": "660", "strategy": "ring-all", "members": ["101", "301"], "ring_s": 20},
+                {"number": "700", "strategy": "page", "members": [], "site": "a"})
+        _dial(world, "302", "660")
+        world.run_until(lambda: _ringing(world) == {"101", "301"}, 1000, "the members ring")
+        _reboot(world, "301", 50)                           # 301's registration goes while it rings
+        assert world.main.groups.active and p["101"].phone.state == RINGING and p["301"].idle
+        assert p["101"].phone.answer(world.net.now)
+        p["101"].flush()
+        world.run_until(lambda: p["302"].connected, 1000, "the one left answers")
+        _talk(world, "302", "101")
+        assert heard(p["302"]) == {"101"} and heard(p["101"]) == {"302"}
+        world.hangup("302")
+        assert _no_legs(world)
+        _dial(world, "102", "700")
+        world.run_until(lambda: all(p[n].connected for n in ("101", "102", "103", "104")), 1000, "paged")
+        _reboot(world, "103", 51)                           # a paged phone goes: the page goes on
+        assert p["103"].idle
+        _talk(world, "101", "102", "104")
+        assert heard(p["101"]) == {"102"} and heard(p["104"]) == {"102"}
+        world.hangup("102")
+        assert p["101"].causes()[-1] == wire.CAUSE_NORMAL and _no_legs(world) and not world.net.errors
     finally:
         world.close()
