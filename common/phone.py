@@ -24,6 +24,7 @@ from .login import UP, Event, Login, LoginUp
 from .media import MediaLeg
 
 _SETUP_TIMEOUT_MS = const(20000)
+_IE_ANSWER = const(0x29)          # wire_names' "answer": a SETUP the phone answers at once (intercom 1, page 2)
 _SYSINFO_MAX_CHUNKS = const(64)   # 16 KB: more than a handset keeps for its system information
 # what a call message from the host is, to the call's state machine
 _RECEIVED = {wire.ALERTING: ALERTING_RECEIVED, wire.ANSWER: ANSWER_RECEIVED, wire.RELEASE: RELEASE_RECEIVED,
@@ -278,7 +279,7 @@ class Phone:
         self._send(wire.ALERTING, {}, now)
         call.apply(ALERTING_SENT)
         self._events.append(Incoming(call.number, call.name))
-        auto = ies.get(wire.IE_ANSWER, 0)   # intercom (1) or page (2): answered at once, a page muted
+        auto = ies.get(_IE_ANSWER)   # intercom (1) or page (2): answered at once, a page muted
         if auto:
             self.muted = auto == 2
             self.answer(now)

@@ -73,7 +73,6 @@ IE_CHUNK = const(0x21)
 IE_DATA = const(0x22)
 IE_STATE = const(0x25)
 IE_KEEPALIVE = const(0x26)
-IE_ANSWER = const(0x29)     # SETUP: the phone answers by itself, 1 intercom, 2 page (muted)
 
 # How the codec reads each IE type: 3 bytes per type, (kind, least value bytes, most value bytes);
 # kind 0: not a known IE, 1 str, 2 bytes, 3 addr, 4 unsigned integer. It is the table in
@@ -132,8 +131,7 @@ CAUSE_FEATURE_ON = const(8)      # a star code was accepted (docs/features.md): 
 CAUSE_FEATURE_OFF = const(9)     # ... cancelled
 CAUSE_DND = const(10)            # the called phone is in do not disturb
 CAUSE_FORWARD_LOOP = const(11)   # forwarding leads back to a number already tried
-CAUSE_ANSWERED_ELSEWHERE = const(14)  # a group call another member answered (docs/features.md)
-CAUSE_PICKED_UP = const(15)      # the ringing call was picked up by another phone
+# CAUSE_ANSWERED_ELSEWHERE (14) and CAUSE_PICKED_UP (15), which only hosts send, come from common/wire_names.py
 
 CAUSE_TEXT = {
     CAUSE_NORMAL: "normal clearing",
@@ -148,8 +146,8 @@ CAUSE_TEXT = {
     CAUSE_FEATURE_OFF: "feature off",
     CAUSE_DND: "do not disturb",
     CAUSE_FORWARD_LOOP: "forwarding loop",
-    CAUSE_ANSWERED_ELSEWHERE: "answered elsewhere",
-    CAUSE_PICKED_UP: "picked up",
+    14: "answered elsewhere",    # a ring group's call another member answered (docs/features.md)
+    15: "picked up",             # the call ringing here was picked up by another phone (*8)
 }
 
 PATH_RELAY = const(0)

@@ -211,11 +211,9 @@ class App:
         elif cmd == "!reset" or cmd == "!quit":
             self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
-        elif cmd == "!pickup":          # a call ringing at another phone of the site (docs/features.md)
-            self.dial("*8", now)
         elif cmd == "!hold" or cmd == "!resume":
             self.hold(cmd == "!hold", now)
-        elif cmd.startswith("!dnd ") or cmd.startswith("!forward "):
+        elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!pickup":
             code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
             if code is None:
                 self.log("W", "bad feature command %r" % cmd)
