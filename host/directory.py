@@ -361,8 +361,8 @@ class Directory:
                 if ext is None:
                     raise DirectoryError("member %s is not an extension" % member)
                 if group["site"] is not None and ext.site != group["site"]:
-                    raise DirectoryError("member %s is on site %r: a page group's members are of site %r"
-                                         % (member, ext.site, group["site"]))
+                    raise DirectoryError("member %s is on site %r: a %s group's members are of site %r"
+                                         % (member, ext.site, group["strategy"], group["site"]))
             if group["site"] is not None:
                 self._require_site(group["site"])
             overflow = group["overflow"]
@@ -396,9 +396,15 @@ class Directory:
 
     def site_groups(self, site):
         """{number: group} of the groups a site's remote host runs without the main host (B4): those
-        with a member on the site, and the site's page groups."""
+        with a member on the site, and the site's page and pickup groups."""
         numbers = {e.number for e in self.extensions(site)}
         return {g["number"]: g for g in self.groups() if g["site"] == site or numbers & set(g["members"])}
+
+    def pickup_scope(self, number):
+        """The numbers whose ringing calls number's phone may pick up (host/groups.py pickup_scope)."""
+        site = self.site_of_extension(number)
+        return groups.pickup_scope(number, [e.number for e in self.extensions(site)],
+                                   [g for g in self.groups() if g["site"] == site])
 
     def music_on_hold(self):
         """(version, name, mu-law bytes) of the operator's music on hold; (0, "default", b"") when none

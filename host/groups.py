@@ -13,6 +13,8 @@ the remote hosts of the sites its members are on (their site cache):
   unreachable member is skipped at once.
 - **page**: every idle phone of one site answers by itself with its microphone muted (IE answer
   2): the pager's voice, copied by the site's remote host to each, one way (`Switch.forward`).
+- **pickup**: rings nobody; its members (of one site) pick up each other's calls with *8, and only
+  those (a phone in no pickup group picks up any call ringing on its site).
 
 A call to a group is a host's `Call` whose leg b stays None while it rings: the legs towards the
 members ringing are `GroupCall.forks` (host.switch legs of the same call). `GroupCalls` runs them
@@ -31,7 +33,7 @@ from upbx.common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED,
                               RELEASE_RECEIVED, RINGBACK, SETUP_RECEIVED)
 from upbx.host.switch import send_on_leg
 
-STRATEGIES = ("ring-all", "hunt", "page")
+STRATEGIES = ("ring-all", "hunt", "page", "pickup")
 DEFAULT_RING_S = 15
 RING_S = (3, 300)           # least and most seconds of ringing (ring-all: the group; hunt: each member)
 MAX_MEMBERS = 32
@@ -39,6 +41,17 @@ PICKUP_CODE = "*8"
 INTERCOM_CODE = "*80"       # *80N: intercom to extension N (answers by itself, two-way)
 ANSWER_INTERCOM = 1         # IE answer values (docs/protocol.md)
 ANSWER_PAGE = 2
+SITE_STRATEGIES = ("page", "pickup")   # groups of one site's phones
+
+
+def pickup_scope(picker, site_numbers, groups):
+    """The numbers whose ringing calls picker may pick up: the members of its pickup groups, or,
+    when it is in none, every phone of its site (site_numbers). groups: definitions (dicts)."""
+    scope = set()
+    for group in groups:
+        if group["strategy"] == "pickup" and picker in group["members"]:
+            scope.update(group["members"])
+    return scope or set(site_numbers)
 
 
 class GroupError(ValueError):
@@ -73,6 +86,8 @@ def check(group):
         raise GroupError("%d members: at most %d" % (len(out["members"]), MAX_MEMBERS))
     if not out["members"] and out["strategy"] != "page":
         raise GroupError("a %s group needs members" % out["strategy"])
+    if out["strategy"] == "pickup" and (out["overflow"] is not None or out["ring_s"] != DEFAULT_RING_S):
+        raise GroupError("a pickup group rings nobody: no ring time, no overflow")
     ring_s = out["ring_s"]
     if isinstance(ring_s, bool) or not isinstance(ring_s, int) or not RING_S[0] <= ring_s <= RING_S[1]:
         raise GroupError("bad ring time %r: %d to %d seconds" % (ring_s, RING_S[0], RING_S[1]))
@@ -82,8 +97,8 @@ def check(group):
             raise GroupError("group %s cannot overflow to itself" % out["number"])
         if out["strategy"] == "page":
             raise GroupError("a page group has no overflow")
-    if (out["site"] is not None) != (out["strategy"] == "page"):
-        raise GroupError("a page group, and only a page group, has a site")
+    if (out["site"] is not None) != (out["strategy"] in SITE_STRATEGIES):
+        raise GroupError("a page or pickup group, and only those, has a site")
     return out
 
 

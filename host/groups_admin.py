@@ -14,7 +14,7 @@ class GroupAdminError(DirectoryError):
 
 def add_arguments(things, actions, leaf):
     """The `group` subcommands, made with host/admin.py's _actions and _leaf."""
-    group = actions(things, "group", "ring groups, hunt groups and paging groups")
+    group = actions(things, "group", "ring groups, hunt groups, paging groups and pickup groups")
     for name, help_text in (("add", "add a group"), ("set", "change a group (the options given replace)")):
         p = leaf(group, name, help_text)
         p.add_argument("number")
@@ -50,11 +50,11 @@ def group_add(d, args, done, replace=False):
         group["overflow"] = None if args.overflow == "none" else args.overflow
     if args.site is not None:
         group["site"] = args.site
-    if group.get("strategy", "ring-all") != "page":
+    if group.get("strategy", "ring-all") not in groups.SITE_STRATEGIES:
         if args.site is not None:
-            raise GroupAdminError("group %s: --site is for page groups" % args.number)
+            raise GroupAdminError("group %s: --site is for page and pickup groups" % args.number)
         group["site"] = None
-    if group.get("strategy") == "page" and group.get("site") is None and group.get("members"):
+    elif group.get("site") is None and group.get("members"):
         group["site"] = d.site_of_extension(group["members"][0])
     if group.get("strategy") == "page" and group.get("site") is None:
         raise GroupAdminError("group %s: a page group needs --site (or --members of one site)" % args.number)
@@ -87,6 +87,8 @@ def group_del(d, args, done):
 
 
 def _describe(g):
+    if g["strategy"] == "pickup":
+        return "pickup group of site %r: %s pick up each other's calls (*8)" % (g["site"], ",".join(g["members"]))
     if g["strategy"] == "page":
         return "page, every idle phone of site %r%s" % (
             g["site"], " among " + ",".join(g["members"]) if g["members"] else "")

@@ -292,6 +292,8 @@ class MainHost(HostCore):
 
     def _group_call(self, link, ies, caller, group, tried, now, answer=None):
         """A call to a group (or an intercom, answer=1): leg a now, the members' legs by GroupCalls."""
+        if group["strategy"] == "pickup":     # *8 picks up in it; its number rings nobody
+            return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=caller)
         if group["strategy"] == "page":
             site = self._site_of(link) if link.kind == "phone" else self.directory.site_of_extension(caller)
             if site != group["site"]:
@@ -312,9 +314,7 @@ class MainHost(HostCore):
         if called == groups.PICKUP_CODE:
             if link.kind != "phone":
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=caller)
-            site = self._site_of(link)
-            scope = {e.number for e in self.directory.extensions(site)}
-            if not groups.pickup(self, link, ies, now, scope):
+            if not groups.pickup(self, link, ies, now, self.directory.pickup_scope(caller)):
                 self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=caller)   # nothing rings
             return None
         number = groups.intercom_target(called)
@@ -411,7 +411,7 @@ class MainHost(HostCore):
         routed, cause = features.route(number, self.directory.features, self._phone_busy, seen=call.tried)
         target = None
         group = self.directory.group(routed) if routed is not None else None
-        if group is not None and group["strategy"] != "page":   # a group is a forward target too
+        if group is not None and group["strategy"] in ("ring-all", "hunt"):   # a group is a forward target too
             self.log.info("call-forwarded", call=call.uid, called=call.callee, to=routed, reason=reason)
             call.callee = routed
             call.noanswer = None

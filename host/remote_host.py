@@ -296,7 +296,8 @@ class RemoteHost(HostCore):
             return
         called = ies[wire.IE_CALLED]
         if called == groups.PICKUP_CODE:
-            if not groups.pickup(self, link, ies, now, self.cache.extensions):
+            scope = groups.pickup_scope(link.name, self.cache.extensions, (self.cache.data.get("groups") or {}).values())
+            if not groups.pickup(self, link, ies, now, scope):
                 self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=link.name)   # nothing rings
             return None
         intercom = groups.intercom_target(called)
@@ -307,6 +308,8 @@ class RemoteHost(HostCore):
         if called.startswith("*") and intercom is None:
             return self._star_code(link, ies, now)
         group = self._group(called)
+        if group is not None and group["strategy"] == "pickup":
+            return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=link.name)
         if group is not None and (group["strategy"] == "page" or not self.main_link.up):
             return self._local_group(link, ies, group, now)
         tried = []
@@ -382,7 +385,7 @@ class RemoteHost(HostCore):
         if routed is None:
             return self._refuse(call, cause, now)
         group = self._group(routed)
-        if group is not None and group["strategy"] != "page":
+        if group is not None and group["strategy"] in ("ring-all", "hunt"):
             call.callee = routed
             return self.groups.start(call, group, (self.cache.extension(call.caller) or {}).get("name", ""), now)
         if self.cache.extension(routed) is None:

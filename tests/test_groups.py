@@ -238,6 +238,31 @@ def test_pickup_answers_a_call_ringing_at_another_phone_of_the_site(tmp_path):
         world.close()
 
 
+def test_a_pickup_group_limits_who_picks_up_whose_calls(tmp_path):
+    world = _group_world(tmp_path)
+    try:
+        p = world.phones
+        _groups(world, {"number": "680", "strategy": "pickup", "members": ["101", "102"], "site": "a"})
+        _dial(world, "301", "104")
+        world.run_until(lambda: _ringing(world) == {"104"}, 1000, "104 rings")
+        assert _refused(world, "101", "*8")[0] == wire.CAUSE_NO_ANSWER     # 104 is not in 101's pickup group
+        _dial(world, "103", "*8")                                           # 103 is in none: the whole site
+        world.run_until(lambda: p["103"].connected and p["301"].connected, 1000, "103 picked it up")
+        world.hangup("103")
+        _dial(world, "301", "102")
+        world.run_until(lambda: _ringing(world) == {"102"}, 1000, "102 rings")
+        _dial(world, "101", "*8")
+        world.run_until(lambda: p["101"].connected and p["301"].connected, 1000, "101 picked it up")
+        assert p["102"].causes() == [wire.CAUSE_PICKED_UP]
+        _talk(world, "301", "101")
+        assert heard(p["301"]) == {"101"} and heard(p["101"]) == {"301"}
+        world.hangup("101")
+        assert _refused(world, "303", "680")[0] == wire.CAUSE_NOT_PERMITTED   # its number rings nobody
+        assert _no_legs(world) and not world.net.errors
+    finally:
+        world.close()
+
+
 def test_pickup_of_a_group_call_stops_the_other_members(tmp_path):
     world = _group_world(tmp_path)
     try:

@@ -60,8 +60,12 @@ def test_group_add_list_show_del(admin):
     (("group", "add", "101", "--members", "102"), "101 is an extension's number"),
     (("group", "add", "601", "--members", "101", "--overflow", "555"), "overflow 555 is neither an extension nor a group"),
     (("group", "add", "601", "--members", "101", "--overflow", "601"), "group 601 cannot overflow to itself"),
-    (("group", "add", "601", "--members", "101", "--site", "a"), "group 601: --site is for page groups"),
+    (("group", "add", "601", "--members", "101", "--site", "a"), "group 601: --site is for page and pickup groups"),
     (("group", "add", "6x", "--members", "101"), "bad group number '6x': 1 to 15 digits"),
+    (("group", "add", "601", "--strategy", "pickup", "--members", "101,201"),
+     "member 201 is on site 'b': a pickup group's members are of site 'a'"),
+    (("group", "add", "601", "--strategy", "pickup", "--members", "101", "--overflow", "102"),
+     "a pickup group rings nobody: no ring time, no overflow"),
     (("group", "show", "699"), "unknown group '699'"),
     (("group", "del", "699"), "unknown group '699'"),
     (("group", "set", "699", "--ring-s", "5"), "unknown group '699'"),
@@ -70,6 +74,14 @@ def test_a_bad_group_is_refused_naming_what_is_wrong_and_changes_nothing(admin, 
     code, out, err = admin(*argv)
     assert code == 1 and err == "upbx admin: %s\n" % error and out == ""
     assert json.loads(admin("group", "list", "--json")[1]) == []
+
+
+def test_a_pickup_group_takes_its_site_from_its_members(admin):
+    code, out, _ = admin("group", "add", "680", "--strategy", "pickup", "--members", "101,102")
+    assert code == 0 and out == "group 680 added: pickup group of site 'a': 101,102 pick up each other's calls (*8)\n"
+    with Directory(admin.database) as d:
+        assert d.group("680")["site"] == "a" and "680" in d.site_groups("a") and "680" not in d.site_groups("b")
+        assert d.pickup_scope("101") == {"101", "102"} and d.pickup_scope("201") == {"201"}
 
 
 def test_a_group_number_is_not_an_extension_and_an_overflow_target_stays(admin):
