@@ -406,3 +406,24 @@ def test_a_member_that_goes_away_leaves_the_group_call_and_the_page(tmp_path):
         assert p["101"].causes()[-1] == wire.CAUSE_NORMAL and _no_legs(world) and not world.net.errors
     finally:
         world.close()
+
+
+def test_b5_members_ringing_behind_a_remote_host_count_in_its_uplink_budget(tmp_path):
+    world = _group_world(tmp_path, remote_settings={"uplink_kbps": 150})      # room for two calls
+    try:
+        p = world.phones
+        _groups(world, {"number": "690", "strategy": "ring-all", "members": ["101", "102", "103"]})
+        _dial(world, "301", "690")
+        world.run(300)
+        assert len(_ringing(world)) == 2 and world.main.stats.counters.get("msg RELEASE", 0) >= 1
+        assert world.a.status()["uplink"]["calls"] == 2                       # the third: "network busy"
+        answerer = sorted(_ringing(world))[0]
+        assert p[answerer].phone.answer(world.net.now)
+        p[answerer].flush()
+        world.run_until(lambda: p["301"].connected, 1000, "connected")
+        world.settle()
+        assert world.a.status()["uplink"]["calls"] == 1 and len(_ringing(world)) == 0
+        world.hangup("301")
+        assert _no_legs(world) and not world.net.errors
+    finally:
+        world.close()
