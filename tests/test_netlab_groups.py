@@ -1,6 +1,9 @@
 """Groups, pickup and paging in the network lab (root only): every daemon and firmware phone in its
 own namespace behind nftables NAT routers (tools/netlab.py, tools/netlab_exchange.py).
 
+- Ring-all, hunt and pickup across sites through NAT: `upbx demo features`' scenarios
+  (tools/demo_groups.py) with members at site a, site b (both behind their routers, with remote
+  hosts) and site c (a phone behind its router, registered at the main host).
 - A page is switched on site a's LAN by its remote host: the media frames leaving the site's
   router on its WAN interface are counted by an nftables counter there, and none is a page's.
 - B4: with the main host's link down (unreachable, not just stopped), site a's phones still ring
@@ -14,6 +17,7 @@ import time
 import pytest
 
 from tests.support import require_root
+from upbx.tools.demo_features import run_features
 from upbx.tools.demo_groups import _phones, _quit, heard
 from upbx.tools.netlab_exchange import NetlabExchange
 
@@ -27,9 +31,10 @@ def ex():
     prefix = "upxg%s-" % os.urandom(2).hex()
     lab = Lab(prefix)
     try:
-        lab.up(nat="cone", phones=3, sites=("a", "c"), remote_sites=("a",))
+        lab.up(nat="cone", phones=3, sites=("a", "b", "c"), remote_sites=("a", "b"))
         with NetlabExchange(lab, keepalive_s=2, ring_timeout_s=20) as ex:
-            ex.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101", "102", "103"], "c": ["301"]})
+            ex.provision(sites=("a", "b", "c"), remote_sites=("a", "b"),
+                         phones={"a": ["101", "102", "103"], "b": ["201"], "c": ["301"]})
             ex.start()
             ex.admin("group", "add", "650", "--members", "102,103,301", "--strategy", "ring-all")
             ex.admin("group", "add", "651", "--members", "301,102,103", "--strategy", "hunt", "--ring-s", "3")
@@ -56,6 +61,14 @@ def wan_media_packets(ex):
                 if "counter" in expr:
                     return expr["counter"]["packets"]
     raise AssertionError("no counter in %s" % out)
+
+
+def test_ring_hunt_and_pickup_across_sites_through_nat(ex):
+    results = {r["name"]: r for r in run_features(ex, 1.5, names=("ring_group", "hunt_group", "pickup"))}
+    ring, hunt, pickup = results["ring_group"], results["hunt_group"], results["pickup"]
+    assert ring["ok"] is True and ring["heard"] == {"101": ["201"], "201": ["101"], "102": [], "301": []}, ring
+    assert hunt["ok"] is True and hunt["heard"] == {"201": ["102"], "102": ["201"], "301": []}, hunt
+    assert pickup["ok"] is True and pickup["heard"] == {"301": ["102"], "102": ["301"], "101": []}, pickup
 
 
 def test_a_page_is_switched_on_the_lan_no_media_frame_leaves_the_site(ex):
