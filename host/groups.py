@@ -26,7 +26,7 @@ member's phone is, where an overflow goes, the media path once answered) it asks
     host.group_overflow(call, number, now)      (the call, without leg b, goes on to number)
     host.group_answered(call, now)              (leg b is set: the media path, as for any call)
 
-`pickup()` answers a call ringing at another phone of the picker's pickup group (*8).
+`GroupCalls.pickup()` answers a call ringing at another phone of the picker's pickup group (*8).
 """
 from upbx.common import wire
 from upbx.common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
@@ -125,6 +125,8 @@ class GroupCall:
         self.alerted = False      # a member rang: the caller has heard ALERTING
         self.answered = False
         self.causes = []          # why members did not take the call
+        self.name = ""            # the caller's name, in each member's SETUP
+        self.answer = None        # the members answer by themselves: ANSWER_INTERCOM, ANSWER_PAGE
 
     @property
     def page(self):
@@ -142,7 +144,7 @@ class GroupCalls:
     def start(self, call, group, name, now, answer=None):
         """Ring group (a checked definition) for call, whose leg a is set up and leg b is None."""
         g = call.group = GroupCall(group, now)
-        g.name = name
+        g.name = name or ""
         g.answer = ANSWER_PAGE if g.page else answer
         self.active.append(call)
         self.host.log.info("group-call", call=call.uid, group=g.number, strategy=g.strategy, caller=call.caller)
@@ -309,6 +311,49 @@ class GroupCalls:
                 g.causes.append(wire.CAUSE_NO_ANSWER)
                 self._exhausted(call, now)
 
+    def pickup(self, link, ies, now, scope):
+        """*8 from link's phone (ies: its SETUP): the longest-ringing call to another phone whose
+        number is in scope (the picker's pickup group) is answered by the picker; False when
+        nothing rings there."""
+        switch = self.switch
+        best = None
+        for call in switch.calls.values():
+            if call.answered_ms is not None or call.a is None:
+                continue
+            legs = call.group.forks if call.group is not None else (call.b,) if call.b is not None else ()
+            for leg in legs:
+                if (leg.link.kind == "phone" and leg.link is not link and leg.link.name in scope
+                        and leg.state in (CALLING, RINGBACK)
+                        and (best is None or call.started_ms < best[0].started_ms)):
+                    best = (call, leg)
+        if best is None or switch.admit(link) is not None:
+            return False
+        call, rung = best
+        picker = switch.new_leg(link, ies[wire.IE_MEDIA_KEY], 1, call)
+        picker.learn_peer(ies[wire.IE_CALL_NO])
+        picker.apply(SETUP_RECEIVED)
+        picker.apply(ANSWER_SENT)
+        picker.number = link.name
+        send_on_leg(picker, wire.ANSWER, {}, now)
+        self.host.log.info("call-picked-up", call=call.uid, rang=rung.link.name, by=link.name)
+        if call.group is not None:          # a group's member: the others stop ringing
+            call.group.forks.remove(rung)
+            switch.drop_leg(rung, wire.CAUSE_PICKED_UP, now)
+            call.group.forks.append(picker)
+            self._answered(call, picker, now)
+            return True
+        switch.drop_leg(rung, wire.CAUSE_PICKED_UP, now)
+        call.b = picker
+        call.callee = link.name
+        call.noanswer = None                # no forward on no answer any more
+        call.answered_ms = now
+        if call.alerted_ms is None:
+            call.alerted_ms = now
+        if call.a.apply(ANSWER_SENT) is not None:
+            send_on_leg(call.a, wire.ANSWER, {}, now)
+        self.host.group_answered(call, now)
+        return True
+
     # paging: the pager's voice to every paged phone, one way (host.switch.Switch.forward)
 
     def _page_answered(self, call, leg, now):
@@ -335,46 +380,3 @@ class GroupCalls:
         elif call.b is None:
             call.b = g.forks[0]
 
-
-def pickup(host, link, ies, now, scope):
-    """*8 from link's phone: the longest-ringing call to another phone whose name is in scope
-    (the picker's pickup group) is answered by the picker; True, else False (nothing rings)."""
-    switch = host.switch
-    best = None
-    for call in switch.calls.values():
-        if call.answered_ms is not None or call.a is None:
-            continue
-        g = getattr(call, "group", None)
-        legs = g.forks if g is not None else (call.b,) if call.b is not None else ()
-        for leg in legs:
-            if (leg.link.kind == "phone" and leg.link is not link and leg.link.name in scope
-                    and leg.state in (CALLING, RINGBACK) and (best is None or call.started_ms < best[0].started_ms)):
-                best = (call, leg)
-    if best is None or switch.admit(link) is not None:
-        return False
-    call, rung = best
-    picker = switch.new_leg(link, ies[wire.IE_MEDIA_KEY], 1, call)
-    picker.learn_peer(ies[wire.IE_CALL_NO])
-    picker.apply(SETUP_RECEIVED)
-    picker.apply(ANSWER_SENT)
-    picker.number = link.name
-    send_on_leg(picker, wire.ANSWER, {}, now)
-    host.log.info("call-picked-up", call=call.uid, rang=rung.link.name, by=link.name)
-    g = getattr(call, "group", None)
-    if g is not None:
-        g.forks.append(picker)
-        switch.drop_leg(rung, wire.CAUSE_PICKED_UP, now)
-        g.forks.remove(rung)
-        host.groups._answered(call, picker, now)
-        return True
-    switch.drop_leg(rung, wire.CAUSE_PICKED_UP, now)
-    call.b = picker
-    call.callee = link.name
-    call.noanswer = None
-    call.answered_ms = now
-    if call.alerted_ms is None:
-        call.alerted_ms = now
-    if call.a.apply(ANSWER_SENT) is not None:
-        send_on_leg(call.a, wire.ANSWER, {}, now)
-    host.group_answered(call, now)
-    return True

@@ -314,7 +314,7 @@ class MainHost(HostCore):
         if called == groups.PICKUP_CODE:
             if link.kind != "phone":
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=caller)
-            if not groups.pickup(self, link, ies, now, self.directory.pickup_scope(caller)):
+            if not self.groups.pickup(link, ies, now, self.directory.pickup_scope(caller)):
                 self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=caller)   # nothing rings
             return None
         number = groups.intercom_target(called)

@@ -297,7 +297,7 @@ class RemoteHost(HostCore):
         called = ies[wire.IE_CALLED]
         if called == groups.PICKUP_CODE:
             scope = groups.pickup_scope(link.name, self.cache.extensions, (self.cache.data.get("groups") or {}).values())
-            if not groups.pickup(self, link, ies, now, scope):
+            if not self.groups.pickup(link, ies, now, scope):
                 self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=link.name)   # nothing rings
             return None
         intercom = groups.intercom_target(called)

@@ -304,6 +304,14 @@ def test_a_page_reaches_every_idle_phone_of_the_site_one_way_and_never_the_wan(t
         assert p["102"].causes() == [wire.CAUSE_NORMAL] and not p["102"].phone.muted
         world.hangup("103")
         assert _no_legs(world) and not world.net.errors
+        assert _refused(world, "301", "700")[0] == wire.CAUSE_NOT_PERMITTED     # another site's page group
+        _groups(world, {"number": "710", "strategy": "page", "members": [], "site": "c"})
+        _dial(world, "301", "710")                     # a site without a remote host: the main host pages
+        world.run_until(lambda: p["302"].connected and p["303"].connected, 1000, "site c paged")
+        _talk(world, "301", "302", "303")
+        assert heard(p["302"]) == {"301"} and heard(p["303"]) == {"301"} and not p["301"].received
+        world.hangup("301")
+        assert _no_legs(world) and not world.net.errors
     finally:
         world.close()
 
