@@ -504,6 +504,10 @@ class MainHost(HostCore):
         host = self.directory.remote_host(link.name)
         cause = None
         a, b = self.directory.extension(calling), self.directory.extension(called)
+        group = self.directory.group(called) if b is None else None
+        if group is not None and group["strategy"] in ("ring-all", "hunt") and group["members"]:
+            sites = {self.directory.site_of_extension(m) for m in group["members"]}
+            b = a if len(sites) == 1 and a is not None and sites == {a.site} else None   # a group of the site
         if host is None or a is None or b is None or a.site != host.site or b.site != host.site:
             cause = wire.CAUSE_UNKNOWN_EXTENSION
         else:

@@ -312,6 +312,9 @@ class RemoteHost(HostCore):
             return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=link.name)
         if group is not None and (group["strategy"] == "page" or not self.main_link.up):
             return self._local_group(link, ies, group, now)
+        if group is not None and all(self.cache.extension(m) is not None for m in group["members"]) and (
+                group["overflow"] is None or self.cache.extension(group["overflow"]) is not None):
+            return self._site_group(link, ies, group, now)     # an overflow elsewhere: the main host runs it
         tried = []
         if self.cache.extension(called) is not None:   # the site's own: forwarding and DND decided here
             routed, cause = features.route(called, self._features_of, self._number_busy, seen=tried)
@@ -365,6 +368,20 @@ class RemoteHost(HostCore):
         self.switch.incoming(call, link, ies)
         name = (self.cache.extension(link.name) or {}).get("name", "")
         self.groups.start(call, group, name, now, answer)
+
+    def _site_group(self, link, ies, group, now):
+        """A ring or hunt group whose members are all of this site, with the main host up: a local
+        call (B3), granted as any (LOCAL_REQUEST names the group); the grant starts the ringing."""
+        cause = self.switch.admit(link)
+        if cause is not None:
+            return self.refuse_setup(link, ies, cause, now, caller=link.name)
+        call = self.switch.new_call(link.name, group["number"], now)
+        call.tried = [group["number"]]
+        call.path = "local"
+        self.switch.incoming(call, link, ies)
+        self.pending_local[call.call_id] = call
+        self.main_link.send_signal(wire.LOCAL_REQUEST, {wire.IE_CALLING: link.name, wire.IE_CALLED: group["number"],
+                                                        wire.IE_CALL_ID: call.call_id}, now)
 
     def group_target(self, number, call):
         """Where a member rings: its phone here, if registered, idle and not in do not disturb."""
@@ -477,6 +494,9 @@ class RemoteHost(HostCore):
         self.end_call(call, cause, now, record=False)
 
     def _connect_local(self, call, now):
+        group = self._group(call.callee)
+        if group is not None and group["strategy"] in ("ring-all", "hunt"):   # granted: its members ring
+            return self.groups.start(call, group, (self.cache.extension(call.caller) or {}).get("name", ""), now)
         target = self._phone_link(call.callee)
         if target is None:
             return self._refuse(call, wire.CAUSE_UNREACHABLE, now)

@@ -435,3 +435,41 @@ def test_b5_members_ringing_behind_a_remote_host_count_in_its_uplink_budget(tmp_
         assert _no_legs(world) and not world.net.errors
     finally:
         world.close()
+
+
+def test_a_group_of_the_callers_own_site_is_a_local_call_granted_by_the_main_host(tmp_path):
+    world = _group_world(tmp_path)
+    try:
+        p = world.phones
+        _groups(world, {"number": "665", "strategy": "ring-all", "members": ["102", "103"]},
+                {"number": "666", "strategy": "hunt", "members": ["103", "102"], "ring_s": 3, "overflow": "104"})
+        before = dict(world.main.stats.counters)
+        _dial(world, "101", "665")
+        world.run_until(lambda: _ringing(world) == {"102", "103"}, 1000, "the site's members ring")
+        assert p["102"].phone.answer(world.net.now)
+        p["102"].flush()
+        world.run_until(lambda: p["101"].connected, 1000, "connected")
+        assert p["101"].phone.call.path == "local" and p["101"].phone.call.direct is not None   # B3
+        _talk(world, "101", "102")
+        assert heard(p["101"]) == {"102"} and heard(p["102"]) == {"101"}
+        counters = world.main.stats.counters
+        assert counters.get("msg LOCAL_REQUEST", 0) == before.get("msg LOCAL_REQUEST", 0) + 1
+        assert counters.get("media in", 0) == before.get("media in", 0) and "msg SETUP" not in counters
+        world.hangup("101")
+        world.settle()
+        world.run(200)
+        record = world.main.directory.call_records(1)[0]
+        assert (record.origin, record.caller, record.callee, record.path) == ("site-a", "101", "102", "local")
+        _dial(world, "101", "666")                      # hunt, then the overflow on the site
+        world.run_until(lambda: _ringing(world) == {"103"}, 1000, "103 rings")
+        world.run_until(lambda: _ringing(world) == {"102"}, 4000, "then 102")
+        world.run_until(lambda: _ringing(world) == {"104"}, 4000, "then the overflow")
+        assert p["104"].phone.answer(world.net.now)
+        p["104"].flush()
+        world.run_until(lambda: p["101"].connected, 1000, "connected")
+        _talk(world, "101", "104")
+        assert heard(p["101"]) == {"104"} and heard(p["104"]) == {"101"}
+        world.hangup("104")
+        assert _no_legs(world) and not world.net.errors
+    finally:
+        world.close()
