@@ -256,10 +256,10 @@ class MainHost(HostCore):
         if routed != called:
             self.log.info("call-forwarded", caller=caller, called=called, to=routed)
             called = routed
-        group = self.directory.group(called)
+        target, cause = self._target_link(called)
+        group = self.directory.group(called) if cause == wire.CAUSE_UNKNOWN_EXTENSION else None
         if group is not None:     # a group (host/groups.py), dialled or forwarded to
             return self._group_call(link, ies, caller, group, tried, now)
-        target, cause = self._target_link(called)
         if target is None:
             return self.refuse_setup(link, ies, cause, now)
         if target is link:
@@ -410,14 +410,15 @@ class MainHost(HostCore):
         """Offer a call whose callee leg is gone to number, following that number's forwarding."""
         routed, cause = features.route(number, self.directory.features, self._phone_busy, seen=call.tried)
         target = None
-        group = self.directory.group(routed) if routed is not None else None
+        group = None
+        if routed is not None:
+            target, cause = self._target_link(routed)
+            group = self.directory.group(routed) if cause == wire.CAUSE_UNKNOWN_EXTENSION else None
         if group is not None and group["strategy"] in ("ring-all", "hunt"):   # a group is a forward target too
             self.log.info("call-forwarded", call=call.uid, called=call.callee, to=routed, reason=reason)
             call.callee = routed
             call.noanswer = None
             return self.groups.start(call, group, self._caller_name(call.caller), now)
-        if routed is not None:
-            target, cause = self._target_link(routed)
         if target is not None and (target is call.a.link and target.kind == "phone"):
             target, cause = None, wire.CAUSE_FORWARD_LOOP
         if target is not None and target.kind == "phone" and target.legs:
