@@ -5,6 +5,7 @@
     phone.hold(now); phone.resume(now)   (a connected call: its host plays music on hold to the other party)
     common.lines: consult(phone, N, now, blind), swap(phone, now), reject_waiting, transfer
         (two lines: a waiting call or a held one beside the current call, docs/features.md)
+    a SETUP with IE_ANSWER (intercom, page) is answered at once; a page's microphone is muted (`muted`)
     phone.receive(datagram, now) -> ts of an authentic media frame (decrypted in place), else None
     phone.seal_frame(ts, payload) -> a mini frame of our call (or None); phone.frame_to: where it goes
     phone.datagrams_to_send(now) -> signalling for the host
@@ -29,6 +30,7 @@ from .login import UP, Event, Login, LoginUp
 from .media import MediaLeg
 
 _SETUP_TIMEOUT_MS = const(20000)
+_IE_ANSWER = const(0x29)          # wire_names' "answer": a SETUP the phone answers at once (intercom 1, page 2)
 _SYSINFO_MAX_CHUNKS = const(64)   # 16 KB: more than a handset keeps for its system information
 # what a call message from the host is, to the call's state machine
 _RECEIVED = {wire.ALERTING: ALERTING_RECEIVED, wire.ANSWER: ANSWER_RECEIVED, wire.RELEASE: RELEASE_RECEIVED,
@@ -84,6 +86,7 @@ class Phone:
         self.dropped = 0
         self.frame_to = None     # where seal_frame's frame goes: None for the host, else the LAN peer
         self.holding = False     # this phone holds its call: it sends no media and plays none
+        self.muted = False       # a page (answered by itself, docs/features.md): it sends no media
 
     @property
     def registered(self):
@@ -186,7 +189,7 @@ class Phone:
             other = self.call = self.other
             self.other = None
             self.holding = other is not None and other.state == CONNECTED
-            self.blind = False
+            self.blind = self.muted = False
         self._events.append(Ended(cause, line))
 
     # media
@@ -196,7 +199,7 @@ class Phone:
         """The mini frame (a view of a buffer reused per frame) carrying one frame of our call, or None;
         `frame_to` is then where it goes (None: the host). Allocates nothing: the handset's media path."""
         call = self.call
-        if call is None or call.state != CONNECTED or self.holding:
+        if call is None or call.state != CONNECTED or self.holding or self.muted:
             return None
         direct = call.direct
         if direct is not None:
@@ -317,6 +320,10 @@ class Phone:
         self._send(wire.ALERTING, {}, now, call)
         call.apply(ALERTING_SENT)
         self._events.append(Incoming(call.number, call.name, 0 if held is None else 1))
+        auto = ies.get(_IE_ANSWER)   # intercom (1) or page (2): answered at once, a page muted
+        if auto and held is None:    # (hosts page and intercom only idle phones; a waiting call rings)
+            self.muted = auto == 2
+            self.answer(now)
 
     def _media_peer(self, call, ies):
         """B3: the other phone's address and a media key of our own for the two of us; without an

@@ -88,8 +88,9 @@ _LAYOUT = (  # 8 IE types a line, from type 0x00
     b"\x04\x02\x02\x04\x02\x02\x01\x01\x1f\x01\x01\x1f\x01\x00\x3f\x04\x01\x01\x02\x08\x08\x02\x10\x10"
     b"\x01\x01\x01\x03\x06\x06\x04\x01\x01\x04\x01\x01\x04\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
     b"\x04\x04\x04\x04\x04\x04\x02\x00\xff\x01\x01\x3f\x02\x20\x20\x04\x01\x01\x04\x02\x02\x04\x02\x02"
+    b"\x00\x00\x00\x04\x01\x01"
 )
-_MAX_IE = const(0x27)
+_MAX_IE = const(0x29)
 
 
 def ie_name(ie):
@@ -134,6 +135,7 @@ CAUSE_FEATURE_OFF = const(9)     # ... cancelled
 CAUSE_DND = const(10)            # the called phone is in do not disturb
 CAUSE_FORWARD_LOOP = const(11)   # forwarding leads back to a number already tried
 CAUSE_TRANSFERRED = const(12)    # the phone transferred the call: its legs end, the far ends talk on
+# CAUSE_ANSWERED_ELSEWHERE (14) and CAUSE_PICKED_UP (15), which only hosts send, come from common/wire_names.py
 
 CAUSE_TEXT = {
     CAUSE_NORMAL: "normal clearing",
@@ -149,6 +151,8 @@ CAUSE_TEXT = {
     CAUSE_DND: "do not disturb",
     CAUSE_FORWARD_LOOP: "forwarding loop",
     CAUSE_TRANSFERRED: "transferred",
+    14: "answered elsewhere",    # a ring group's call another member answered (docs/features.md)
+    15: "picked up",             # the call ringing here was picked up by another phone (*8)
 }
 
 PATH_RELAY = const(0)

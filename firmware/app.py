@@ -231,7 +231,7 @@ class App:
             self.running = False
         elif cmd == "!hold" or cmd == "!resume":
             self.hold(cmd == "!hold", now)
-        elif cmd.startswith("!dnd ") or cmd.startswith("!forward "):
+        elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!pickup":
             code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
             if code is None:
                 self.log("W", "bad feature command %r" % cmd)

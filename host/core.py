@@ -95,7 +95,7 @@ class BandwidthMeter:
 class HostCore:
     """Base of MainHost and RemoteHost: the sans-IO surface and the call control both hosts share.
 
-    A subclass sets self.switch and self.peers (host.peers.PeerTable) and implements
+    A subclass sets self.switch, self.groups (host.groups.GroupCalls) and self.peers (host.peers.PeerTable) and implements
     on_datagram, on_tick, on_call_event (what the host adds to an alerting/answer/release
     it passes on), on_call_ended (its record), bandwidth_owners and status.
     """
@@ -210,6 +210,8 @@ class HostCore:
         if leg is None:
             self.stats.drop("unknown call")
             return
+        if self.groups.call_message(leg, msg_type, ies, now):   # a group call ringing, a page
+            return
         passed = self.switch.pass_on(leg, msg_type, ies, now)
         if passed is None:
             self.stats.drop("message out of turn")
@@ -257,6 +259,7 @@ class HostCore:
 
     def release_calls(self, link, cause, now):
         """link is gone (logged out, expired, logged in again): its calls end, the other legs hear why."""
+        self.groups.link_gone(link, now)     # a group's member: the group call goes on without it
         for call in self.switch.calls_of(link):
             other = call.b if call.a.link is link else call.a
             if other is not None:
@@ -265,6 +268,7 @@ class HostCore:
 
     def end_call(self, call, cause, now, record=True):
         self.held.discard(call)
+        self.groups.released_forks(call, cause, now)
         if not self.switch.end_call(call, cause, now):
             return
         self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path,

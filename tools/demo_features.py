@@ -230,6 +230,9 @@ SCENARIOS = {"call_waiting": call_waiting, "blind_transfer": blind_transfer, "at
              "hold": hold, "dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
              "forward_no_answer": forward_no_answer}
 
+from upbx.tools.demo_groups import SCENARIOS as _GROUPS   # noqa: E402  ring_group, hunt_group, pickup, paging
+SCENARIOS.update(_GROUPS)
+
 
 def run_features(lab, seconds=2.0, names=FEATURES):
     out = []

@@ -274,6 +274,7 @@ IE_EXAMPLES = {
     wire.IE_STATE: 1,
     wire.IE_KEEPALIVE: 20000,
     wire.IE_JOIN_CALL_NO: 0x0124,
+    wire.IE_ANSWER: 2,
 }
 
 
