@@ -328,8 +328,19 @@ class Switch:
         return msg_type
 
     def leg_for(self, ies, link):
-        """Our leg named by a message's peer call number, if it belongs to this link."""
-        leg = self.legs.get(ies.get(wire.IE_PEER_CALL_NO))
+        """Our leg named by a message's peer call number, if it belongs to this link. A message
+        without one (the far end sends before it heard from us: a caller hanging up at once)
+        names the leg by the far end's own call number, among this link's legs."""
+        ours = ies.get(wire.IE_PEER_CALL_NO)
+        if ours is None:
+            theirs = ies.get(wire.IE_CALL_NO)
+            if not theirs:
+                return None
+            for leg in self.legs.values():
+                if leg.link is link and leg.peer_call_no == theirs:
+                    return leg
+            return None
+        leg = self.legs.get(ours)
         if leg is None or leg.link is not link:
             return None
         leg.learn_peer(ies.get(wire.IE_CALL_NO))
