@@ -21,6 +21,7 @@ from upbx.common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED,
                          CallLeg)
 from upbx.common.crypto import HmacKey, extend16, hkdf
 from upbx.common.media import open_trunk, seal_trunk
+from upbx.host import fastpath
 
 
 _SERIALS = itertools.count(1)
@@ -158,6 +159,7 @@ class Switch:
         self.trunk_mtu = trunk_mtu
         self._buf = bytearray(65536)
         self.bytes_out_by_link = {}
+        self.fast = fastpath.native   # the C fast path (host/fastpath.py), or None: the Python path
 
     def allocate_call_no(self):
         """A free call number, or None when all 32,767 are taken (never waits for one)."""
@@ -349,6 +351,10 @@ class Switch:
         """
         auth = link.trunk_recv_auth if link.kind == "pair" else (
             link.session.channel.crypto.recv_auth if link.session is not None else link.login.channel.crypto.recv_auth)
+        if self.fast is not None and not direct:
+            handled = self.fast.trunk_in(self, frame, link, auth)   # None: not the common case, untouched
+            if handled is not None:
+                return handled
         legs = self.legs
         ended = self._ended
 
@@ -490,7 +496,8 @@ class Switch:
                 if size > mtu:
                     break
                 j += 1
-            frame = seal_trunk(auth, index, entries[i:j] if i or j < count else entries, self._buf)
+            frame = (self.fast.seal_trunk if self.fast is not None else seal_trunk)(
+                auth, index, entries[i:j] if i or j < count else entries, self._buf)
             i = j
             self.send(frame, link.address, True)
             self.stats.count("trunks out")
