@@ -320,7 +320,7 @@ def add_arguments(parser):
                         help="short runs with small loads (for tests); figures are not the benchmark's")
     parser.add_argument("--peer", choices=["rtpengine"],
                         help="relay: also measure this relay in the same run (rtpengine: Debian's "
-                             "rtpengine-daemon in userspace, `make bench-setup`) and print the ratio")
+                             "rtpengine-daemon in userspace, installed by `make setup`) and print the ratio")
 
 
 def run(args):
@@ -334,7 +334,7 @@ def run(args):
         return 2
     if getattr(args, "peer", None) == "rtpengine" and not shutil.which("rtpengine"):
         print("upbx bench: --peer rtpengine needs rtpengine on PATH: install the Debian package "
-              "rtpengine-daemon (make bench-setup, as root)", file=sys.stderr)
+              "rtpengine-daemon (make setup, as root)", file=sys.stderr)
         return 2
     results = {"machine": machine()}
     for name in args.names or list(BENCHMARKS):

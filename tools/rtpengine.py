@@ -127,7 +127,7 @@ class RtpEngine:
     def __init__(self, cpu=0, port_min=30000, port_max=39999):
         self.binary = shutil.which(BINARY)
         if self.binary is None:
-            raise FileNotFoundError("%s not found: install the Debian package %s (make bench-setup)"
+            raise FileNotFoundError("%s not found: install the Debian package %s (make setup, as root)"
                                     % (BINARY, DEBIAN_PACKAGE))
         self.dir = tempfile.mkdtemp(prefix="upbx-rtpengine-")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
