@@ -7,6 +7,7 @@
  *                                         entry and queue it for the other leg, as Switch.trunk_in;
  *                                         None (nothing touched) for anything but the common case
  *   seal_trunk(auth, index, entries, buf) common.trunk.seal_trunk: encrypt, pack, tag
+ *   seal_trunks(auth, index, entries, mtu) Switch._seal_trunks: as many frames as the MTU needs
  *   recv_batch(fd, count, size)           recvmmsg: [(bytearray, (host, port))]
  *   send_batch(fd, items)                 sendmmsg with IP_TOS per datagram: (sent, errno)
  *
@@ -406,47 +407,31 @@ done:
 
 /* --- seal_trunk ------------------------------------------------------------------------------ */
 
-static PyObject *seal_trunk(PyObject *self, PyObject *args) {
-    PyObject *auth, *entries, *buf_obj;
-    unsigned long index;
-    if (!PyArg_ParseTuple(args, "OkOO", &auth, &index, &entries, &buf_obj)) return NULL;
-    if (!PyList_Check(entries) && !PyTuple_Check(entries)) {
-        PyErr_SetString(PyExc_TypeError, "entries must be a list");
-        return NULL;
-    }
-    Py_buffer buf;
-    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_WRITABLE) < 0) return NULL;
-    unsigned char *out = buf.buf;
-    PyObject *seq = PySequence_Fast(entries, "entries");
-    Py_ssize_t count = seq ? PySequence_Fast_GET_SIZE(seq) : 0;
-    unsigned char *stamps = seq ? PyMem_Malloc(8 * (size_t)count + 1) : NULL;
-    PyObject *result = NULL;
-    if (seq == NULL || stamps == NULL) goto done;
-    hmac_key *h = get_hmac(auth);
-    if (h == NULL) goto done;
+/* Seal items[first:last] of seq (each (leg, ts, payload)) into out (cap bytes): the frame's length, or -1. */
+static Py_ssize_t seal_into(hmac_key *h, unsigned long index, PyObject *seq, Py_ssize_t first, Py_ssize_t last,
+                            unsigned char *out, Py_ssize_t cap, unsigned char *stamps) {
     out[0] = 0xC0 | ((index >> 16) & 0x3F);
     out[1] = (index >> 8) & 0xFF;
     out[2] = index & 0xFF;
     Py_ssize_t off = TRUNK_HEADER;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, k), *leg, *ts_obj, *payload;
+    for (Py_ssize_t k = first; k < last; k++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, k), *leg, *payload;
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
             PyErr_SetString(PyExc_TypeError, "an entry is (leg, ts, payload)");
-            goto done;
+            return -1;
         }
         leg = PyTuple_GET_ITEM(item, 0);
-        ts_obj = PyTuple_GET_ITEM(item, 1);
         payload = PyTuple_GET_ITEM(item, 2);
-        long long ts = PyLong_AsLongLong(ts_obj), peer, role;
-        if (PyErr_Occurred()) goto done;
+        long long ts = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 1)), peer, role;
+        if (PyErr_Occurred()) return -1;
         Py_buffer p;
-        if (PyObject_GetBuffer(payload, &p, PyBUF_SIMPLE) < 0) goto done;
-        if (off + ENTRY_HEADER + p.len + MEDIA_TAG > buf.len || p.len > VOICE_BYTES) {
+        if (PyObject_GetBuffer(payload, &p, PyBUF_SIMPLE) < 0) return -1;
+        if (off + ENTRY_HEADER + p.len + MEDIA_TAG > cap || p.len > VOICE_BYTES) {
             PyBuffer_Release(&p);
             PyErr_SetString(PyExc_ValueError, "trunk entries do not fit the buffer");
-            goto done;
+            return -1;
         }
-        if (get_ll(leg, s_peer_call_no, &peer) < 0 || get_ll(leg, s_role, &role) < 0) { PyBuffer_Release(&p); goto done; }
+        if (get_ll(leg, s_peer_call_no, &peer) < 0 || get_ll(leg, s_role, &role) < 0) { PyBuffer_Release(&p); return -1; }
         out[off] = ((peer >> 8) & 0x7F) | (p.len == CN_BYTES ? 0x80 : 0);
         out[off + 1] = peer & 0xFF;
         out[off + 2] = (ts >> 8) & 0xFF;
@@ -460,22 +445,82 @@ static PyObject *seal_trunk(PyObject *self, PyObject *args) {
         int bad = ctx == NULL || ctr(ctx, nonce, p.buf, out + off, (int)p.len) < 0;
         off += p.len;
         PyBuffer_Release(&p);
-        if (bad || add_ll(leg, s_sent, 1) < 0) goto done;
-        put_ts64(stamps + 8 * k, ts);
+        if (bad || add_ll(leg, s_sent, 1) < 0) return -1;
+        put_ts64(stamps + 8 * (k - first), ts);
     }
     unsigned char tag[32];
-    hmac2(h, stamps, 8 * (size_t)count, out, (size_t)off, tag);
+    hmac2(h, stamps, 8 * (size_t)(last - first), out, (size_t)off, tag);
     memcpy(out + off, tag, MEDIA_TAG);
-    PyObject *view = PyMemoryView_FromObject(buf_obj);
-    if (view != NULL) {
-        result = PySequence_GetSlice(view, 0, off + MEDIA_TAG);
-        Py_DECREF(view);
+    return off + MEDIA_TAG;
+}
+
+static PyObject *seal_trunk(PyObject *self, PyObject *args) {
+    PyObject *auth, *entries, *buf_obj;
+    unsigned long index;
+    if (!PyArg_ParseTuple(args, "OkOO", &auth, &index, &entries, &buf_obj)) return NULL;
+    Py_buffer buf;
+    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_WRITABLE) < 0) return NULL;
+    PyObject *seq = PySequence_Fast(entries, "entries must be a list");
+    Py_ssize_t count = seq ? PySequence_Fast_GET_SIZE(seq) : 0;
+    unsigned char *stamps = seq ? PyMem_Malloc(8 * (size_t)count + 1) : NULL;
+    PyObject *result = NULL;
+    hmac_key *h = stamps ? get_hmac(auth) : NULL;
+    if (h != NULL) {
+        Py_ssize_t n = seal_into(h, index, seq, 0, count, buf.buf, buf.len, stamps);
+        PyObject *view = n < 0 ? NULL : PyMemoryView_FromObject(buf_obj);
+        if (view != NULL) {
+            result = PySequence_GetSlice(view, 0, n);
+            Py_DECREF(view);
+        }
     }
-done:
     PyMem_Free(stamps);
     Py_XDECREF(seq);
     PyBuffer_Release(&buf);
     return result;
+}
+
+/* Switch._seal_trunks: entries into as few frames as the MTU allows (at least one entry each), [bytes]. */
+static PyObject *seal_trunks(PyObject *self, PyObject *args) {
+    PyObject *auth, *entries;
+    unsigned long index;
+    Py_ssize_t mtu;
+    if (!PyArg_ParseTuple(args, "OkOn", &auth, &index, &entries, &mtu)) return NULL;
+    PyObject *seq = PySequence_Fast(entries, "entries must be a list");
+    if (seq == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), i = 0;
+    unsigned char *stamps = PyMem_Malloc(8 * (size_t)count + 1);
+    static unsigned char out[65536 + 512];
+    PyObject *frames = PyList_New(0);
+    hmac_key *h = (stamps && frames) ? get_hmac(auth) : NULL;
+    if (h == NULL) goto fail;
+    while (i < count) {
+        Py_ssize_t j = i, size = TRUNK_HEADER + MEDIA_TAG;
+        while (j < count) {
+            PyObject *item = PySequence_Fast_GET_ITEM(seq, j);
+            Py_ssize_t n = (PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 3) ? PyObject_Length(PyTuple_GET_ITEM(item, 2)) : -1;
+            if (n < 0) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "an entry is (leg, ts, payload)");
+                goto fail;
+            }
+            size += ENTRY_HEADER + n;
+            if (size > mtu && j > i) break;   /* at least one entry per frame, even an oversized one */
+            j++;
+        }
+        Py_ssize_t n = seal_into(h, index, seq, i, j, out, sizeof(out), stamps);
+        if (n < 0) goto fail;
+        PyObject *frame = PyBytes_FromStringAndSize((char *)out, n);
+        if (frame == NULL || PyList_Append(frames, frame) < 0) { Py_XDECREF(frame); goto fail; }
+        Py_DECREF(frame);
+        i = j;
+    }
+    PyMem_Free(stamps);
+    Py_DECREF(seq);
+    return frames;
+fail:
+    PyMem_Free(stamps);
+    Py_DECREF(seq);
+    Py_XDECREF(frames);
+    return NULL;
 }
 
 /* --- batched socket I/O -------------------------------------------------------------------- */
@@ -592,6 +637,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"trunk_in", trunk_in, METH_VARARGS, "Switch.trunk_in for the common case; None: the Python path's frame"},
     {"seal_trunk", seal_trunk, METH_VARARGS, "common.trunk.seal_trunk"},
+    {"seal_trunks", seal_trunks, METH_VARARGS, "seal_trunks(auth, index, entries, mtu): Switch._seal_trunks, [bytes]"},
     {"recv_batch", recv_batch, METH_VARARGS, "recv_batch(fd, most): recvmmsg, [(bytearray, (host, port))]"},
     {"send_batch", send_batch, METH_VARARGS, "sendmmsg of [(data, (host, port), tos)]: (sent, errno)"},
     {"configure", configure, METH_VARARGS, "configure(CONNECTED, RINGBACK): common.call's states"},

@@ -485,6 +485,15 @@ class Switch:
     def _send_trunks(self, link, entries):
         """Seal entries [(media leg, ts, payload)] into as few trunk frames as the MTU allows."""
         auth, index = link.trunk_keys()
+        frames = (self.fast.seal_trunks(auth, index, entries, self.trunk_mtu) if self.fast is not None
+                  else self._seal_trunks(auth, index, entries))
+        for frame in frames:
+            self.send(frame, link.address, True)
+            self.stats.count("trunks out")
+            self.bytes_out_by_link[link.name] = self.bytes_out_by_link.get(link.name, 0) + len(frame) + wire.IP_UDP_HEADERS
+
+    def _seal_trunks(self, auth, index, entries):
+        """The trunk frames of entries, one at a time (each a view of one buffer: send it before the next)."""
         mtu = self.trunk_mtu
         i = 0
         count = len(entries)
@@ -496,12 +505,8 @@ class Switch:
                 if size > mtu:
                     break
                 j += 1
-            frame = (self.fast.seal_trunk if self.fast is not None else seal_trunk)(
-                auth, index, entries[i:j] if i or j < count else entries, self._buf)
+            yield seal_trunk(auth, index, entries[i:j] if i or j < count else entries, self._buf)
             i = j
-            self.send(frame, link.address, True)
-            self.stats.count("trunks out")
-            self.bytes_out_by_link[link.name] = self.bytes_out_by_link.get(link.name, 0) + len(frame) + wire.IP_UDP_HEADERS
 
 
 def pair_keys(pair_key, role):

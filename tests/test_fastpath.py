@@ -51,12 +51,12 @@ def test_seal_trunk_matches_the_protocol_vector_and_the_python_path():
 class Side:
     """One Switch with two host links (A, B) and `calls` answered calls A -> B, made from a seed."""
 
-    def __init__(self, seed, calls, fast, monkeypatch):
+    def __init__(self, seed, calls, fast, monkeypatch, mtu=1472):
         rng = random.Random(seed)
         monkeypatch.setattr(switch_module, "os", types.SimpleNamespace(urandom=rng.randbytes))
         self.out = []
         self.stats = Stats()
-        self.sw = Switch(lambda data, address, voice: self.out.append((bytes(data), address, voice)), self.stats)
+        self.sw = Switch(lambda data, address, voice: self.out.append((bytes(data), address, voice)), self.stats, mtu)
         self.sw.fast = native if fast else None
         self.links = []
         for name, recv_key, send_key, address in (("a", 0, 1, ("198.18.0.10", 4569)), ("b", 2, 3, ("198.18.0.11", 4569))):
@@ -124,11 +124,11 @@ OPS = st.lists(st.tuples(st.sampled_from(["ok", "ok", "ok", "replay", "forged", 
                min_size=1, max_size=40)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2 ** 32), ops=OPS)
-def test_fast_and_python_paths_relay_the_same_bytes_and_count_the_same(seed, ops, monkeypatch):
-    py = Side(seed, 10, False, monkeypatch)
-    c = Side(seed, 10, True, monkeypatch)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2 ** 32), ops=OPS, mtu=st.sampled_from([200, 500, 1472, 65000]))
+def test_fast_and_python_paths_relay_the_same_bytes_and_count_the_same(seed, ops, mtu, monkeypatch):
+    py = Side(seed, 10, False, monkeypatch, mtu)
+    c = Side(seed, 10, True, monkeypatch, mtu)
     assert py.state() == c.state()
     rng_py, rng_c = random.Random(seed), random.Random(seed)
     sent = []
@@ -171,7 +171,7 @@ def test_a_forged_or_replayed_trunk_is_dropped_and_counted_the_same_by_both_path
         handled.append(native.trunk_in(*args))
         return handled[-1]
 
-    c.sw.fast = types.SimpleNamespace(trunk_in=trunk_in, seal_trunk=native.seal_trunk)
+    c.sw.fast = types.SimpleNamespace(trunk_in=trunk_in, seal_trunk=native.seal_trunk, seal_trunks=native.seal_trunks)
     results = []
     for side in (py, c):
         frame = bytes(seal_trunk(HmacKey(LINK_KEYS[0]), 0x1234, [(side.far[i][0], 2000, bytes(160)) for i in range(3)],
