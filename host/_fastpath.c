@@ -8,7 +8,8 @@
  *                                         None (nothing touched) for anything but the common case
  *   seal_trunk(auth, index, entries, buf) common.trunk.seal_trunk: encrypt, pack, tag
  *   seal_trunks(auth, index, entries, mtu) Switch._seal_trunks: as many frames as the MTU needs
- *   recv_batch(fd, count, size)           recvmmsg: [(bytearray, (host, port))]
+ *   relay_batch(core, batch, start, now)  HostCore.receive_datagram for the trunk frames trunk_in takes
+ *   recv_batch(fd, count)                 recvmmsg: [(bytearray, (host, port))]
  *   send_batch(fd, items)                 sendmmsg with IP_TOS per datagram: (sent, errno)
  *
  * AES-128-CTR and HMAC-SHA256 come from OpenSSL's libcrypto. A key's OpenSSL state is made once
@@ -277,9 +278,7 @@ static int prepare(entry_t *e, PyObject *legs, PyObject *link, PyObject *hold) {
     return 1;
 }
 
-static PyObject *trunk_in(PyObject *self, PyObject *args) {
-    PyObject *sw, *frame_obj, *link, *auth;
-    if (!PyArg_ParseTuple(args, "OOOO", &sw, &frame_obj, &link, &auth)) return NULL;
+static PyObject *trunk_in_impl(PyObject *sw, PyObject *frame_obj, PyObject *link, PyObject *auth) {
     Py_buffer frame;
     if (PyObject_GetBuffer(frame_obj, &frame, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *d = frame.buf;
@@ -403,6 +402,117 @@ done:
     Py_XDECREF(trunks);
     PyBuffer_Release(&frame);
     return result;
+}
+
+static PyObject *trunk_in(PyObject *self, PyObject *args) {
+    PyObject *sw, *frame_obj, *link, *auth;
+    if (!PyArg_ParseTuple(args, "OOOO", &sw, &frame_obj, &link, &auth)) return NULL;
+    return trunk_in_impl(sw, frame_obj, link, auth);
+}
+
+/* --- relay_batch: HostCore.receive_datagram for trunk frames the fast path takes -------------- */
+
+static unsigned long long relayed_datagrams;   /* datagrams relay_batch took (the daemon's status shows it) */
+
+static PyObject *taken(PyObject *self, PyObject *unused) { return PyLong_FromUnsignedLongLong(relayed_datagrams); }
+
+static PyObject *s_trunk_route, *s_meter, *s_add, *s_touch, *s_now, *s_switch, *s_datagrams_in,
+    *s_bytes_in;
+
+/* The pending exception as one object, cleared (PyErr_GetRaisedException from Python 3.12 on). */
+static PyObject *fetch_error(void) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* relay_batch(core, batch, start, now) -> (next, error)
+ *
+ * Takes batch[start:] ([(data, addr)] from recv_batch) for as long as each datagram is a trunk frame
+ * from a peer core.trunk_route(session index) knows ((peer, link, auth), else None) and trunk_in
+ * takes it; does for it what core.receive_datagram would (core.now, the counters "datagrams in" and
+ * "bytes in", the bandwidth meter, Switch.trunk_in, core._touch when it carried new media). Returns
+ * the index of the first datagram it left for receive_datagram, and None; or, when the handling of
+ * datagram i raised, (i, the exception): that datagram is spent, as an internal error is. */
+static PyObject *relay_batch(PyObject *self, PyObject *args) {
+    PyObject *core, *batch, *now;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "OOnO", &core, &batch, &k, &now)) return NULL;
+    if (!PyList_Check(batch)) {
+        PyErr_SetString(PyExc_TypeError, "batch must be a list");
+        return NULL;
+    }
+    PyObject *sw = PyObject_GetAttr(core, s_switch), *stats = PyObject_GetAttr(core, s_stats),
+             *meter = PyObject_GetAttr(core, s_meter), *touched = PyDict_New(), *error = NULL;
+    if (sw == NULL || stats == NULL || meter == NULL || touched == NULL || PyObject_SetAttr(core, s_now, now) < 0)
+        goto fail;
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    for (; k < n; k++) {
+        PyObject *item = PyList_GET_ITEM(batch, k), *data, *addr;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) break;
+        data = PyTuple_GET_ITEM(item, 0);
+        addr = PyTuple_GET_ITEM(item, 1);
+        if (!PyByteArray_Check(data) || PyByteArray_GET_SIZE(data) < 3) break;
+        const unsigned char *d = (unsigned char *)PyByteArray_AS_STRING(data);
+        if ((d[0] & 0xC0) != 0xC0) break;
+        long session = ((d[0] & 0x3F) << 16) | (d[1] << 8) | d[2];
+        PyObject *route = PyObject_CallMethod(core, "trunk_route", "l", session);
+        if (route == NULL) { error = fetch_error(); break; }
+        if (route == Py_None || !PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 3) { Py_DECREF(route); break; }
+        PyObject *peer = PyTuple_GET_ITEM(route, 0), *link = PyTuple_GET_ITEM(route, 1);
+        PyObject *r = trunk_in_impl(sw, data, link, PyTuple_GET_ITEM(route, 2));
+        if (r == NULL) { Py_DECREF(route); error = fetch_error(); break; }
+        if (r == Py_None) { Py_DECREF(r); Py_DECREF(route); break; }   /* not the common case: receive_datagram's */
+        Py_ssize_t len = PyByteArray_GET_SIZE(data);
+        PyObject *len_obj = PyLong_FromSsize_t(len), *x;
+        int bad = len_obj == NULL;
+        if (!bad) {
+            x = PyObject_CallMethodObjArgs(stats, s_count, s_datagrams_in, NULL);
+            bad = x == NULL;
+            Py_XDECREF(x);
+        }
+        if (!bad) {
+            x = PyObject_CallMethodObjArgs(stats, s_count, s_bytes_in, len_obj, NULL);
+            bad = x == NULL;
+            Py_XDECREF(x);
+        }
+        if (!bad) {
+            x = PyObject_CallMethodObjArgs(meter, s_add, addr, len_obj, Py_False, NULL);
+            bad = x == NULL;
+            Py_XDECREF(x);
+        }
+        Py_XDECREF(len_obj);
+        if (!bad && r == Py_True) {
+            /* peers.touch notes the time and a new address: once per peer and address within one call */
+            PyObject *last = PyDict_GetItemWithError(touched, peer);
+            int same = last != NULL ? PyObject_RichCompareBool(last, addr, Py_EQ) : 0;
+            if (same < 0 || (last == NULL && PyErr_Occurred())) bad = 1;
+            else if (!same) {
+                x = PyObject_CallMethodObjArgs(core, s_touch, peer, addr, now, NULL);
+                bad = x == NULL || PyDict_SetItem(touched, peer, addr) < 0;
+                Py_XDECREF(x);
+            }
+        }
+        Py_DECREF(r);
+        Py_DECREF(route);
+        relayed_datagrams++;
+        if (bad) { error = fetch_error(); break; }
+    }
+    Py_DECREF(sw);
+    Py_DECREF(stats);
+    Py_DECREF(meter);
+    Py_DECREF(touched);
+    return Py_BuildValue("(nN)", k, error ? error : Py_NewRef(Py_None));
+fail:
+    Py_XDECREF(sw);
+    Py_XDECREF(stats);
+    Py_XDECREF(meter);
+    Py_XDECREF(touched);
+    return NULL;
 }
 
 /* --- seal_trunk ------------------------------------------------------------------------------ */
@@ -640,6 +750,8 @@ static PyMethodDef methods[] = {
     {"seal_trunks", seal_trunks, METH_VARARGS, "seal_trunks(auth, index, entries, mtu): Switch._seal_trunks, [bytes]"},
     {"recv_batch", recv_batch, METH_VARARGS, "recv_batch(fd, most): recvmmsg, [(bytearray, (host, port))]"},
     {"send_batch", send_batch, METH_VARARGS, "sendmmsg of [(data, (host, port), tos)]: (sent, errno)"},
+    {"taken", taken, METH_NOARGS, "how many datagrams relay_batch has taken in this process"},
+    {"relay_batch", relay_batch, METH_VARARGS, "relay_batch(core, batch, start, now) -> (next, error)"},
     {"configure", configure, METH_VARARGS, "configure(CONNECTED, RINGBACK): common.call's states"},
     {NULL, NULL, 0, NULL}};
 
@@ -654,6 +766,8 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     S(s_ts_out, "ts_out"); S(s_frames, "frames"); S(s_count, "count"); S(s_drop, "drop");
     S(s_recv_ctr, "_recv_ctr"); S(s_send_ctr, "_send_ctr"); S(s_role, "role"); S(s_received, "received");
     S(s_rejected, "rejected"); S(s_sent, "sent"); S(s_peer_call_no, "peer_call_no"); S(s_jump_ok, "jump_ok");
+    S(s_trunk_route, "trunk_route"); S(s_meter, "meter"); S(s_add, "add"); S(s_touch, "_touch"); S(s_now, "now");
+    S(s_switch, "switch"); S(s_datagrams_in, "datagrams in"); S(s_bytes_in, "bytes in");
     S(s_trunks_in, "trunks in"); S(s_media_in, "media in"); S(s_media_rejected, "media rejected");
 #undef S
     return PyModule_Create(&module);

@@ -212,3 +212,80 @@ def test_recv_batch_and_send_batch_move_datagrams_with_their_addresses():
     finally:
         rx.close()
         tx.close()
+
+
+def _relay_through_the_daemon(tmp_path):
+    """A real main host (`upbx main`) relays 3 calls A -> B for 20 ticks, plus 5 replayed and 3 forged trunk
+    frames; what B gets is opened with B's keys. Returns (payloads by call and timestamp, status, log)."""
+    import time
+
+    from upbx.common.media import open_trunk
+    from upbx.tools import bench_net
+
+    main = bench_net.MainUnderTest({"a": ["1%05d" % i for i in range(3)], "b": ["2%05d" % i for i in range(3)]},
+                                   workdir=str(tmp_path))
+    try:
+        pair = bench_net.TrunkPair(main, 3)
+        try:
+            plan = pair.seal_ticks(pair.calls, 20, 1000, 1472)
+            frames = [data for tick in plan for client, data, _i in tick if client is pair.a]
+            forged = []
+            for k in (0, 7, 13):
+                bad = bytearray(frames[k])
+                bad[5 + k] ^= 0x10
+                forged.append(bytes(bad))
+            got = {}
+            b_auth = pair.b.login.channel.crypto.recv_auth
+            by_no = {c.b.call_no: c for c in pair.calls}
+
+            def on_media(client, data, t):
+                if client is not pair.b or wire.frame_kind(data) != wire.KIND_TRUNK:
+                    return
+                entries = open_trunk(b_auth, bytearray(data),
+                                     lambda no, ts16: (by_no[no].b.replay.highest, ts16) and
+                                     __import__("upbx.common.crypto", fromlist=["x"]).extend16(by_no[no].b.replay.highest, ts16))
+                assert entries is not None, "a relayed trunk frame B cannot authenticate"
+                for no, ts, start, end in entries:
+                    payload = by_no[no].b.open_entry_bytes(bytearray(data), ts, start, end)
+                    got.setdefault((by_no[no].index, ts), []).append(bytes(payload) if payload is not None else None)
+
+            for data in frames + frames[2:7] + forged:
+                pair.a.sock.sendto(data, main.address)
+                time.sleep(0.002)
+            deadline = time.monotonic() + 5
+            bench_net.pump([pair.a, pair.b], lambda: len(got) >= 60 or time.monotonic() > deadline, seconds=10,
+                           on_media=on_media)
+            time.sleep(0.3)
+            bench_net.pump([pair.a, pair.b], lambda: True, seconds=1, on_media=on_media)
+            status = main.status()
+        finally:
+            pair.close()
+    finally:
+        main.close()
+    with open(tmp_path / "main.log") as f:
+        log = f.read()
+    return got, status, log
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["C", "python"])
+def test_the_daemon_relays_and_drops_the_same_with_either_path(pure, tmp_path, monkeypatch):
+    if pure:
+        monkeypatch.setenv("UPBX_PURE_PYTHON", "1")
+    got, status, log = _relay_through_the_daemon(tmp_path)
+    assert status["fast_path"] == ("python" if pure else "C"), log[-2000:]
+    # the C path took the relayed and the replayed frames itself (the forged ones are the Python path's)
+    assert status["fast_path_datagrams"] == (0 if pure else 25)
+    # every frame of every call arrived once, decrypted to what A sent; nothing else arrived
+    assert sorted(got) == [(i, 1000 + 20 * k) for i in range(3) for k in range(20)]
+    assert all(v == [bench_net_voice()] for v in got.values())
+    stats = status["stats"]
+    assert stats["counters"]["media in"] == 60
+    assert stats["counters"]["trunks in"] == 20 + 5          # the replayed frames authenticate ...
+    assert stats["drops"].get("media rejected") == 15        # ... and each of their entries is a replay
+    assert stats["drops"].get("trunk rejected") == 3         # the forged ones do not authenticate
+    assert stats["counters"]["trunks out"] == 20
+
+
+def bench_net_voice():
+    from upbx.tools.bench_net import VOICE
+    return VOICE
