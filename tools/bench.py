@@ -226,15 +226,16 @@ def table_wan(r):
 def table_relay(r):
     lines = ["relay: %s" % r["load"],
              "  a step passes with %s" % r["pass_rule"],
-             "  relay_calls_per_core (trunked): %s (target 2,500), %s us CPU per relayed frame" % (
-                 r["relay_calls_per_core"], r["us_per_frame_trunked"]),
-             "  relay_calls_per_core_datagram: %s (target 1,500), %s us CPU per relayed frame" % (
-                 r["relay_calls_per_core_datagram"], r["us_per_frame_datagram"]),
+             "  fast path: %s" % r["fast_path"],
+             "  relay_calls_per_core (trunked): %s (target 2,500), %s us CPU per relayed frame (by CPU: %s)" % (
+                 r["relay_calls_per_core"], r["us_per_frame_trunked"], r["relay_calls_per_core_by_cpu"]),
+             "  relay_calls_per_core_datagram: %s (target 1,500), %s us CPU per relayed frame (by CPU: %s)" % (
+                 r["relay_calls_per_core_datagram"], r["us_per_frame_datagram"], r["relay_calls_per_core_datagram_by_cpu"]),
              "  cost split: %s us per datagram + %s us per call-frame" % (r["us_per_datagram"], r["us_per_call_frame"]),
              "  workers: %s, relay_calls_per_machine: %s" % (r["workers"], r["relay_calls_per_machine"])]
     if "rtpengine_calls_per_core" in r:
-        lines.append("  rtpengine (userspace, plain RTP): %s calls per core, %s us CPU per packet%s" % (
-            r["rtpengine_calls_per_core"], r["rtpengine_us_per_packet"],
+        lines.append("  rtpengine (userspace, plain RTP): %s calls per core, %s us CPU per packet (by CPU: %s)%s" % (
+            r["rtpengine_calls_per_core"], r["rtpengine_us_per_packet"], r["rtpengine_calls_per_core_by_cpu"],
             " (generator-limited: the step search stopped at what the load generator could send)"
             if r.get("rtpengine_generator_limited") else ""))
         lines.append("  ratio_vs_rtpengine (one frame a datagram, calls per core): %s; by CPU per frame: %s" % (

@@ -166,6 +166,11 @@ class RtpEngine:
         a_sends_to = sdp_port(answer["sdp"])[1]
         return a_sends_to, b_sends_to
 
+    def log_tail(self, n=3000):
+        self.log.flush()
+        with open(self.log.name, "rb") as f:
+            return f.read()[-n:].decode(errors="replace")
+
     def cpu_seconds(self):
         with open("/proc/%d/stat" % self.proc.pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
