@@ -269,6 +269,10 @@ static int prepare(entry_t *e, PyObject *legs, PyObject *link, PyObject *hold) {
     if (v != Py_None) return 0;
     HOLD(v, e->call, s_moh_last);
     if (!PyList_Check(v) || PyList_GET_SIZE(v) != 2 || PyList_GET_ITEM(v, e->i) != Py_None) return 0;
+    HOLD(v, e->call, s_ts_shift);
+    if (!PyList_Check(v) || PyList_GET_SIZE(v) != 2 || !PyLong_Check(PyList_GET_ITEM(v, e->i))) return 0;
+    HOLD(v, e->call, s_ts_out);
+    if (!PyList_Check(v) || PyList_GET_SIZE(v) != 2 || !PyLong_Check(PyList_GET_ITEM(v, e->i))) return 0;
     HOLD(v, e->out, s_direct);
     if (v != Py_None) return 0;
     HOLD(e->out_link, e->out, s_link);
@@ -732,7 +736,11 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
         }
         for (int i = 0; i < m; i++) PyBuffer_Release(&views[i]);
         sent += done;
-        if (bad) { Py_DECREF(seq); return NULL; }
+        if (bad) {
+            if (sent == 0 && m == 0) { Py_DECREF(seq); return NULL; }   /* the first item is bad: say why */
+            PyErr_Clear();   /* the next call starts at the bad item and raises there */
+            break;
+        }
         if (done < m && !err) err = EAGAIN;
     }
     Py_DECREF(seq);

@@ -78,7 +78,10 @@ class Daemon:
         """sendmmsg as much of out as the socket takes, each datagram with its DSCP; returns the rest."""
         fd = self.sock.fileno()
         while out:
-            sent, err = self._batch.send_batch(fd, out)
+            try:
+                sent, err = self._batch.send_batch(fd, out)
+            except (TypeError, ValueError):   # an address sendmmsg's IPv4 path cannot take: sendto's
+                return out
             out = out[sent:]
             if not err or err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                 break

@@ -209,6 +209,12 @@ def test_recv_batch_and_send_batch_move_datagrams_with_their_addresses():
             got += batch
         assert [bytes(d) for d, _a in got] == [d for d, _a, _t in items]
         assert all(a == tx.getsockname() and isinstance(d, bytearray) for d, a in got)
+        # an address the IPv4 batch cannot take: what comes before it is sent and counted, then it is refused
+        bad = (b"v6", ("::1", 4569), 0)
+        assert native.send_batch(tx.fileno(), items[:2] + [bad] + items[2:3]) == (2, 0)
+        with pytest.raises(ValueError, match="not an IPv4 address"):
+            native.send_batch(tx.fileno(), [bad] + items[2:3])
+        assert [bytes(d) for d, _a in native.recv_batch(rx.fileno(), 64)] == [d for d, _a, _t in items[:2]]
     finally:
         rx.close()
         tx.close()
@@ -255,9 +261,13 @@ def _relay_through_the_daemon(tmp_path):
             deadline = time.monotonic() + 5
             bench_net.pump([pair.a, pair.b], lambda: len(got) >= 60 or time.monotonic() > deadline, seconds=10,
                            on_media=on_media)
-            time.sleep(0.3)
-            bench_net.pump([pair.a, pair.b], lambda: True, seconds=1, on_media=on_media)
-            status = main.status()
+            # the main host has taken every datagram once its counters say so (the forged ones come last)
+            deadline = time.monotonic() + 10
+            while True:
+                status = main.status()
+                if status["stats"]["drops"].get("trunk rejected", 0) >= 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
         finally:
             pair.close()
     finally:
@@ -283,7 +293,8 @@ def test_the_daemon_relays_and_drops_the_same_with_either_path(pure, tmp_path, m
     assert stats["counters"]["trunks in"] == 20 + 5          # the replayed frames authenticate ...
     assert stats["drops"].get("media rejected") == 15        # ... and each of their entries is a replay
     assert stats["drops"].get("trunk rejected") == 3         # the forged ones do not authenticate
-    assert stats["counters"]["trunks out"] == 20
+    # one trunk a tick to B, or fewer when the main host read two of A's trunks in one burst (joined)
+    assert 10 <= stats["counters"]["trunks out"] <= 20
 
 
 def bench_net_voice():
