@@ -402,6 +402,8 @@ class Switch:
     # media out
 
     def forward(self, leg, ts, payload, now):
+        # host/_fastpath.c (prepare, trunk_in_impl) does this for the common case and hands every other
+        # case back: a new condition here needs one there too (tests/test_fastpath.py compares the two)
         call = leg.call
         if call.b is None or call.b.state not in (CONNECTED, RINGBACK):
             self.stats.drop("media before answer")
