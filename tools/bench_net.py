@@ -825,6 +825,8 @@ def _rtpengine_shape(quick, window_s):
             if engine.proc.poll() is not None:   # not a relay that lost frames: one that is gone
                 raise RuntimeError("rtpengine exited (status %s) during the %d-call step; its log ends:\n%s"
                                    % (engine.proc.returncode, n, engine.log_tail()))
+            if step["loss_pct"] > 50:   # for the reader: what rtpengine said about it (docs/benchmarks.md)
+                step["rtpengine_log_tail"] = engine.log_tail(1500)
             return step
 
         return search_capacity(engine, prepare, measure, 20 if quick else 200, 120 if quick else 2900, quick)
