@@ -451,8 +451,10 @@ static PyObject *relay_batch(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *sw = PyObject_GetAttr(core, s_switch), *stats = PyObject_GetAttr(core, s_stats),
-             *meter = PyObject_GetAttr(core, s_meter), *touched = PyDict_New(), *error = NULL;
-    if (sw == NULL || stats == NULL || meter == NULL || touched == NULL || PyObject_SetAttr(core, s_now, now) < 0)
+             *meter = PyObject_GetAttr(core, s_meter), *touched = PyDict_New(), *routes = PyDict_New(), *error = NULL;
+    Py_ssize_t taken = 0, taken_bytes = 0;
+    if (sw == NULL || stats == NULL || meter == NULL || touched == NULL || routes == NULL ||
+        PyObject_SetAttr(core, s_now, now) < 0)
         goto fail;
     Py_ssize_t n = PyList_GET_SIZE(batch);
     for (; k < n; k++) {
@@ -464,7 +466,14 @@ static PyObject *relay_batch(PyObject *self, PyObject *args) {
         const unsigned char *d = (unsigned char *)PyByteArray_AS_STRING(data);
         if ((d[0] & 0xC0) != 0xC0) break;
         long session = ((d[0] & 0x3F) << 16) | (d[1] << 8) | d[2];
-        PyObject *route = PyObject_CallMethod(core, "trunk_route", "l", session);
+        /* trunk_route once per session within one call: nothing here logs a host in or out */
+        PyObject *key = PyLong_FromLong(session), *route = key ? PyDict_GetItemWithError(routes, key) : NULL;
+        if (route != NULL) Py_INCREF(route);
+        else if (key != NULL && !PyErr_Occurred()) {
+            route = PyObject_CallMethodObjArgs(core, s_trunk_route, key, NULL);
+            if (route != NULL && PyDict_SetItem(routes, key, route) < 0) Py_CLEAR(route);
+        }
+        Py_XDECREF(key);
         if (route == NULL) { error = fetch_error(); break; }
         if (route == Py_None || !PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 3) { Py_DECREF(route); break; }
         PyObject *peer = PyTuple_GET_ITEM(route, 0), *link = PyTuple_GET_ITEM(route, 1);
@@ -474,16 +483,8 @@ static PyObject *relay_batch(PyObject *self, PyObject *args) {
         Py_ssize_t len = PyByteArray_GET_SIZE(data);
         PyObject *len_obj = PyLong_FromSsize_t(len), *x;
         int bad = len_obj == NULL;
-        if (!bad) {
-            x = PyObject_CallMethodObjArgs(stats, s_count, s_datagrams_in, NULL);
-            bad = x == NULL;
-            Py_XDECREF(x);
-        }
-        if (!bad) {
-            x = PyObject_CallMethodObjArgs(stats, s_count, s_bytes_in, len_obj, NULL);
-            bad = x == NULL;
-            Py_XDECREF(x);
-        }
+        taken++;                 /* "datagrams in" and "bytes in" are counted once, at the end of the call */
+        taken_bytes += len;
         if (!bad) {
             x = PyObject_CallMethodObjArgs(meter, s_add, addr, len_obj, Py_False, NULL);
             bad = x == NULL;
@@ -506,12 +507,23 @@ static PyObject *relay_batch(PyObject *self, PyObject *args) {
         relayed_datagrams++;
         if (bad) { error = fetch_error(); break; }
     }
+    if (taken > 0) {
+        PyObject *saved = error, *x;   /* the counts of what was taken, even when the last one raised */
+        x = PyObject_CallMethod(stats, "count", "On", s_datagrams_in, taken);
+        Py_XDECREF(x);
+        PyObject *y = x ? PyObject_CallMethod(stats, "count", "On", s_bytes_in, taken_bytes) : NULL;
+        Py_XDECREF(y);
+        if (y == NULL && saved == NULL) error = fetch_error();
+        else PyErr_Clear();
+    }
     Py_DECREF(sw);
     Py_DECREF(stats);
     Py_DECREF(meter);
     Py_DECREF(touched);
+    Py_DECREF(routes);
     return Py_BuildValue("(nN)", k, error ? error : Py_NewRef(Py_None));
 fail:
+    Py_XDECREF(routes);
     Py_XDECREF(sw);
     Py_XDECREF(stats);
     Py_XDECREF(meter);

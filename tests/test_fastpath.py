@@ -255,7 +255,8 @@ def _relay_through_the_daemon(tmp_path):
                     payload = by_no[no].b.open_entry_bytes(bytearray(data), ts, start, end)
                     got.setdefault((by_no[no].index, ts), []).append(bytes(payload) if payload is not None else None)
 
-            for data in frames + frames[2:7] + forged:
+            sent = frames + frames[2:7] + forged
+            for data in sent:
                 pair.a.sock.sendto(data, main.address)
                 time.sleep(0.002)
             deadline = time.monotonic() + 5
@@ -274,6 +275,7 @@ def _relay_through_the_daemon(tmp_path):
         main.close()
     with open(tmp_path / "main.log") as f:
         log = f.read()
+    status["trunk_bytes_sent"] = sum(len(d) for d in sent)
     return got, status, log
 
 
@@ -295,6 +297,9 @@ def test_the_daemon_relays_and_drops_the_same_with_either_path(pure, tmp_path, m
     assert stats["drops"].get("trunk rejected") == 3         # the forged ones do not authenticate
     # one trunk a tick to B, or fewer when the main host read two of A's trunks in one burst (joined)
     assert 10 <= stats["counters"]["trunks out"] <= 20
+    # every datagram in is counted, whichever path took it (the C path counts a batch's at its end)
+    assert stats["counters"]["datagrams in"] >= 28 + 2   # the trunks, and at least the two logins
+    assert stats["counters"]["bytes in"] >= status["trunk_bytes_sent"]
 
 
 def bench_net_voice():
