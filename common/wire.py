@@ -45,6 +45,7 @@ RELEASE = const(0x14)
 DTMF = const(0x16)
 MEDIA_PEER = const(0x17)
 HOLD = const(0x18)       # state 1: the sender's phone holds the call, 0: resumes it (docs/features.md)
+CONFERENCE = const(0x1C)  # phone: join my two calls (conf_call_no: the held one); host: state 1 joined, 0 refused
 SYSINFO = const(0x40)
 SYSINFO_ACK = const(0x41)
 
@@ -73,6 +74,7 @@ IE_CHUNK = const(0x21)
 IE_DATA = const(0x22)
 IE_STATE = const(0x25)
 IE_KEEPALIVE = const(0x26)
+IE_CONF_CALL_NO = const(0x2B)   # CONFERENCE: the host's call number of the phone's other (held) call
 
 # How the codec reads each IE type: 3 bytes per type, (kind, least value bytes, most value bytes);
 # kind 0: not a known IE, 1 str, 2 bytes, 3 addr, 4 unsigned integer. It is the table in
@@ -84,9 +86,10 @@ _LAYOUT = (  # 8 IE types a line, from type 0x00
     b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
     b"\x04\x02\x02\x04\x02\x02\x01\x01\x1f\x01\x01\x1f\x01\x00\x3f\x04\x01\x01\x02\x08\x08\x02\x10\x10"
     b"\x01\x01\x01\x03\x06\x06\x04\x01\x01\x04\x01\x01\x04\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-    b"\x04\x04\x04\x04\x04\x04\x02\x00\xff\x01\x01\x3f\x02\x20\x20\x04\x01\x01\x04\x02\x02"
+    b"\x04\x04\x04\x04\x04\x04\x02\x00\xff\x01\x01\x3f\x02\x20\x20\x04\x01\x01\x04\x02\x02\x00\x00\x00"
+    b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x04\x02\x02"
 )
-_MAX_IE = const(0x26)
+_MAX_IE = const(0x2B)
 
 
 def ie_name(ie):
@@ -130,6 +133,7 @@ CAUSE_FEATURE_ON = const(8)      # a star code was accepted (docs/features.md): 
 CAUSE_FEATURE_OFF = const(9)     # ... cancelled
 CAUSE_DND = const(10)            # the called phone is in do not disturb
 CAUSE_FORWARD_LOOP = const(11)   # forwarding leads back to a number already tried
+CAUSE_CONFERENCE = const(16)     # the phone's held call became part of its conference (docs/features.md)
 
 CAUSE_TEXT = {
     CAUSE_NORMAL: "normal clearing",
@@ -144,6 +148,7 @@ CAUSE_TEXT = {
     CAUSE_FEATURE_OFF: "feature off",
     CAUSE_DND: "do not disturb",
     CAUSE_FORWARD_LOOP: "forwarding loop",
+    CAUSE_CONFERENCE: "joined conference",
 }
 
 PATH_RELAY = const(0)

@@ -121,11 +121,14 @@ class Call:
         self.ts_out = [0, 0]        # the last timestamp sent towards leg a, leg b
         self.ts_shift = [0, 0]      # added to what is forwarded towards leg a, b after music on hold
         self.moh_last = [None, None]  # the last music-on-hold timestamp towards a, b, until voice follows
+        self.conference = None      # host.conference.Conference this call's legs are parties of, else None
 
     @property
     def state(self):
         if self.released:
             return "released"
+        if self.conference is not None:   # its legs are the conference's (one may be gone): answered
+            return "answered"
         b = self.b.state if self.b is not None else IDLE
         return "answered" if b == CONNECTED else "alerting" if b == RINGBACK else "setup"
 
@@ -253,6 +256,13 @@ class Switch:
         self.release(leg, cause, now)
         self._forget_leg(leg, now)
         call.b = None
+
+    def release_leg(self, leg, cause, now, send=True):
+        """One leg goes while its call stays (a conference): RELEASE with cause to it unless send
+        is False (it released itself), and its call number is free again."""
+        if send:
+            self.release(leg, cause, now)
+        self._forget_leg(leg, now)
 
     def _forget_leg(self, leg, now):
         """leg is released: its call number is free again, its late frames still authenticate a while."""
@@ -397,6 +407,9 @@ class Switch:
 
     def forward(self, leg, ts, payload, now):
         call = leg.call
+        if call.conference is not None:   # mixed at the tick (host/conference.py), not forwarded
+            call.conference.receive(leg, ts, payload, self.stats)
+            return None
         if call.b is None or call.b.state not in (CONNECTED, RINGBACK):
             self.stats.drop("media before answer")
             return None
