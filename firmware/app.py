@@ -26,7 +26,8 @@ from common import wire
 from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
 from common.login import LoginDown, LoginUp
-from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
+from common.phone import Connected, Dtmf, Ended, Incoming, Ringback, Sysinfo
+from common.second_line import TwoLinePhone as Phone   # a held call and one more (firmware/conference.py)
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 from firmware.hal import rarely
@@ -187,6 +188,8 @@ class App:
     def dial(self, number, now):
         _pack()   # the call's keys and buffers are made now
         if self.phone.dial(number, now):
+            if self.current is not None:   # the call now held on the second line: its record so far
+                self._close_call()
             self.current = {"to": number, "from": self.config["extension"], "dialed_ms": now, "setup_ms": None,
                             "path": None, "cause": None, "frames_sent": 0, "frames_received": 0}
             self._call_sent = self._call_received = 0
@@ -211,6 +214,8 @@ class App:
         elif cmd == "!reset" or cmd == "!quit":
             self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
+        elif cmd == "!conference":
+            rarely("firmware.conference").join(self, now)
         elif cmd == "!hold" or cmd == "!resume":
             self.hold(cmd == "!hold", now)
         elif cmd.startswith("!dnd ") or cmd.startswith("!forward "):
@@ -257,6 +262,11 @@ class App:
         elif state == CONNECTED:
             if key == KEY_HOLD:
                 self.hold(not self.phone.holding, now)
+            elif key == "C" or self.digits[:1] == "C":   # C *: conference, C N A: a second call
+                if key == "C":
+                    self.digits = "C"
+                else:
+                    rarely("firmware.conference").key(self, key, now)
             elif key in "0123456789*#":
                 self.command("!dtmf " + key, now)
         elif state != IDLE:
@@ -362,6 +372,8 @@ class App:
                 self.log("I", "dtmf %s" % event.digit)
             elif kind is Sysinfo:
                 rarely("firmware.sysinfo").received(self, event.version, event.data)
+            else:   # the second line's: LineEnded, Conferenced
+                rarely("firmware.conference").event(self, event, now)
 
     def _close_call(self):
         """The call's record into the summary, which keeps the last _CALLS_KEPT (a device runs for

@@ -10,6 +10,7 @@ import json
 import time
 
 from upbx.host.moh import NOTES_HZ
+from upbx.tools.demo_conference import conference
 from upbx.tools.lab import LoopbackExchange, frequencies_heard, place_call, tones_heard
 
 # the names issue 12 lists, in its order
@@ -205,7 +206,7 @@ def _hold_once(lab, seconds, caller, callee):
 
 
 SCENARIOS = {"hold": hold, "dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
-             "forward_no_answer": forward_no_answer}
+             "forward_no_answer": forward_no_answer, "conference": conference}
 
 
 def run_features(lab, seconds=2.0, names=FEATURES):
