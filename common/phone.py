@@ -74,6 +74,8 @@ class Phone:
         self.dropped = 0
         self.frame_to = None     # where seal_frame's frame goes: None for the host, else the LAN peer
         self.holding = False     # this phone holds its call: it sends no media and plays none
+        self.held = None         # a held call on a second line (common/second_line.py), else None
+        self.other_line = None   # second_line.message while there is one: the messages not for self.call
 
     @property
     def registered(self):
@@ -231,6 +233,8 @@ class Phone:
             if type(event) is not LoginUp and self.call is not None:
                 self.call.apply(TIMEOUT)
                 self._end(wire.CAUSE_UNREACHABLE)
+            if type(event) is not LoginUp:
+                self.held = self.other_line = None
             self._events.append(event)
 
     def _message(self, msg_type, ies, now):
@@ -240,6 +244,10 @@ class Phone:
             self._setup(ies, now)
         else:
             call = self.call
+            if self.other_line is not None and (call is None or ies.get(wire.IE_PEER_CALL_NO) != call.call_no
+                                                or msg_type == wire.CONFERENCE):
+                self.other_line(self, msg_type, ies, now)
+                return
             if call is None or ies.get(wire.IE_PEER_CALL_NO) != call.call_no:
                 if msg_type != wire.PING and msg_type != wire.ACK:
                     self.dropped += 1

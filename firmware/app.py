@@ -26,8 +26,7 @@ from common import wire
 from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
 from common.login import LoginDown, LoginUp
-from common.phone import Connected, Dtmf, Ended, Incoming, Ringback, Sysinfo
-from common.second_line import TwoLinePhone as Phone   # a held call and one more (firmware/conference.py)
+from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 from firmware.hal import rarely
@@ -187,7 +186,7 @@ class App:
 
     def dial(self, number, now):
         _pack()   # the call's keys and buffers are made now
-        if self.phone.dial(number, now):
+        if self.phone.dial(number, now) or (self.phone.holding and rarely("firmware.conference").dial(self, number, now)):
             if self.current is not None:   # the call now held on the second line: its record so far
                 self._close_call()
             self.current = {"to": number, "from": self.config["extension"], "dialed_ms": now, "setup_ms": None,

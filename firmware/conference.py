@@ -1,7 +1,7 @@
 """The handset's conference keys, console command and events (docs/features.md, Conference).
 
 Rarely run: firmware/app.py loads this module for each use and forgets it again
-(firmware.hal.rarely). The second line itself is common/second_line.py (TwoLinePhone).
+(firmware.hal.rarely). The second line itself is common/second_line.py, loaded while it is used.
 
 Keys in a call: `C N A` holds the call (if it is not held) and calls N on the second line;
 `C *` joins the two calls into a conference (CONFERENCE to the phone's host). Console:
@@ -10,9 +10,16 @@ Keys in a call: `C N A` holds the call (if it is not held) and calls N on the se
 from common import wire
 
 
+def dial(app, number, now):
+    """A call to number while the connected call is held: that one waits on the second line."""
+    from common import second_line
+    return second_line.dial(app.phone, number, now)
+
+
 def join(app, now):
     """`!conference` / `C *`: ask the host to join the active call and the held one."""
-    if app.phone.conference(now):
+    from common import second_line
+    if second_line.conference(app.phone, now):
         app.log("I", "conference requested")
         app.hal.display("conference", "joining")
     else:
@@ -38,7 +45,7 @@ def key(app, key, now):
 
 
 def event(app, event, now):
-    """TwoLinePhone's own events: the held call ended, the host's answer to CONFERENCE."""
+    """common/second_line.py's events: the held call ended, the host's answer to CONFERENCE."""
     name = type(event).__name__
     if name == "LineEnded":
         if event.cause == wire.CAUSE_CONFERENCE:

@@ -5,12 +5,13 @@ away, B4), the main host for its own; every party hears the others and not itsel
 leave and the rest carry on; the size limit; B5 counts each mixed stream across the uplink.
 """
 import math
-import os
 import struct
 
 from upbx.common import wire
 from upbx.common.g711 import ulaw_decode, ulaw_encode
-from upbx.common.second_line import Conferenced, LineEnded, TwoLinePhone
+from upbx.common import second_line
+from upbx.common.call import RINGING
+from upbx.common.second_line import Conferenced, LineEnded
 from upbx.host.conference import mix
 from upbx.tools.lab import goertzel_power
 from tests.inprocess import MAIN, SITE_A, TICK_MS, PhoneEnd, World
@@ -27,11 +28,10 @@ def _tone_frames(hz):
 
 
 class ToneEnd(PhoneEnd):
-    """A phone with a second line (common/second_line.py) that sends its own tone while connected."""
+    """A phone that sends its own tone while connected."""
 
     def __init__(self, net, number, secret, address, host):
         PhoneEnd.__init__(self, net, number, secret, address, host)
-        self.phone = TwoLinePhone(number, secret, os.urandom, keepalive_ms=2000)
         self.frames = _tone_frames(TONES[number])
 
     def tick(self):
@@ -87,6 +87,26 @@ def _events(end, kind):
     return [e for e in end.log if isinstance(e, kind)]
 
 
+def _call_on_the_second_line(world, holder, callee):
+    """holder, whose call is held, calls callee on its second line; callee answers."""
+    a, b = world.phones[holder], world.phones[callee]
+    assert second_line.dial(a.phone, callee, world.net.now)
+    a.flush()
+
+    def up():
+        if b.phone.state == RINGING:
+            b.phone.answer(world.net.now)
+            b.flush()
+        return a.connected and b.connected
+    world.run_until(up, 5000, "%s -> %s connected" % (holder, callee))
+
+
+def _join(world, holder):
+    assert second_line.conference(world.phones[holder].phone, world.net.now)
+    world.phones[holder].flush()
+    world.run(100)
+
+
 def _three_way(world, holder, first, second):
     """holder calls first, holds, calls second and joins the two calls."""
     world.call(holder, first)
@@ -95,12 +115,10 @@ def _three_way(world, holder, first, second):
     assert p[holder].phone.hold(world.net.now)
     p[holder].flush()
     world.run(100)
-    world.call(holder, second)
+    _call_on_the_second_line(world, holder, second)
     assert p[holder].phone.held is not None and p[holder].phone.call.number == second
     world.run(200)
-    assert p[holder].phone.conference(world.net.now)
-    p[holder].flush()
-    world.run(100)
+    _join(world, holder)
     assert [e.joined for e in _events(p[holder], Conferenced)][-1] is True
     assert [e.cause for e in _events(p[holder], LineEnded)][-1] == wire.CAUSE_CONFERENCE
     assert p[holder].phone.held is None and p[holder].connected
@@ -208,10 +226,8 @@ def test_up_to_the_configured_size_and_more_parties_join_by_holding_the_conferen
         p["101"].flush()
         world.run(200)
         _hears(world, "102", {"103"})                          # the others still hear each other
-        world.call("101", "104")
-        p["101"].phone.conference(world.net.now)
-        p["101"].flush()
-        world.run(100)
+        _call_on_the_second_line(world, "101", "104")
+        _join(world, "101")
         assert [e.joined for e in _events(p["101"], Conferenced)][-1] is True
         _everyone_hears_the_others(world, ("101", "102", "103", "104"))
         assert len(world.a.status()["conferences"][0]["parties"]) == 4
@@ -230,15 +246,13 @@ def test_a_conference_beyond_its_size_is_refused_and_nothing_changes(tmp_path):
         assert p["101"].phone.hold(world.net.now)
         p["101"].flush()
         world.run(100)
-        world.call("101", "104")
-        assert p["101"].phone.conference(world.net.now)
-        p["101"].flush()
-        world.run(100)
+        _call_on_the_second_line(world, "101", "104")
+        _join(world, "101")
         assert [e.joined for e in _events(p["101"], Conferenced)][-1] is False
         assert world.a.stats.drops["conference refused: full (3 parties)"] == 1
         assert p["101"].phone.held is not None and p["101"].connected   # both lines as they were
         assert len(world.a.status()["conferences"][0]["parties"]) == 3
-        assert not p["102"].phone.conference(world.net.now)    # one call only: nothing to join
+        assert not second_line.conference(p["102"].phone, world.net.now)   # one call only: nothing to join
         assert not world.net.errors
     finally:
         world.close()
