@@ -19,6 +19,7 @@ stay mixed (each hears the other); when one is left its leg is released (cause n
 """
 import collections
 from array import array
+from operator import sub
 
 from upbx.common import wire
 from upbx.common.g711 import ulaw_decode, ulaw_encode
@@ -38,15 +39,16 @@ def mix(frames):
     elif len(present) == 1:
         total = present[0]
     else:
-        total = [sum(samples) for samples in zip(*present)]
+        total = list(map(sum, zip(*present)))
     out = []
     for own in pcm:
         if own is None:
             heard = total
         else:
-            heard = [t - s for t, s in zip(total, own)]
-        heard = array("h", [32767 if v > 32767 else -32768 if v < -32768 else v for v in heard])
-        out.append(ulaw_encode(heard.tobytes()))
+            heard = list(map(sub, total, own))
+        if max(heard) > 32767 or min(heard) < -32768:   # saturate (rarely needed: checked at C speed first)
+            heard = [32767 if v > 32767 else -32768 if v < -32768 else v for v in heard]
+        out.append(ulaw_encode(array("h", heard).tobytes()))
     return out
 
 

@@ -76,3 +76,25 @@ def test_b4_a_sites_own_conference_keeps_working_with_the_main_host_daemon_kille
         result = three_way(lab, 2.0, "101", "102", "103", "site-a", "local", tag="conf-b4")
         assert result["ok"] is True, result
         assert lab.status("site-a")["main"]["state"] != "up"  # all of it without the main host
+
+
+def test_b4_in_the_network_lab_a_sites_conference_behind_its_nat_router_works_without_the_main_host():
+    """The same with every daemon and phone in its own namespace behind site a's nftables router."""
+    import os
+    from tests.support import require_root
+    from upbx.tools.netlab import Lab
+    from upbx.tools.netlab_exchange import NetlabExchange
+    require_root()
+    lab = Lab("upxc%s-" % os.urandom(2).hex())
+    try:
+        lab.up(nat="cone", phones=3)
+        with NetlabExchange(lab, keepalive_s=2, ring_timeout_s=15) as ex:
+            ex.provision(phones={"a": ["101", "102", "103"], "b": ["201"], "c": ["301"]})
+            ex.start()
+            ex.kill("main")                                   # B4: site a's remote host is on its own
+            ex.wait_for(lambda: ex.status("site-a")["main"]["state"] != "up", "site a noticed", timeout=15)
+            result = three_way(ex, 2.0, "101", "102", "103", "site-a", "local", tag="conf-netlab")
+            assert result["ok"] is True, result
+            assert ex.status("site-a")["main"]["state"] != "up"
+    finally:
+        lab.down()
