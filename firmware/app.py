@@ -186,7 +186,8 @@ class App:
 
     def dial(self, number, now):
         _pack()   # the call's keys and buffers are made now
-        if self.phone.dial(number, now) or (self.phone.holding and rarely("firmware.conference").dial(self, number, now)):
+        phone = self.phone   # while the call is held, a second line (firmware/conference.py)
+        if phone.dial(number, now) or (phone.holding and rarely("firmware.conference").dial(self, number, now)):
             if self.current is not None:   # the call now held on the second line: its record so far
                 self._close_call()
             self.current = {"to": number, "from": self.config["extension"], "dialed_ms": now, "setup_ms": None,

@@ -67,17 +67,16 @@ class Party:
     @property
     def name(self):
         leg = self.leg
-        return leg.link.name if leg.link.kind == "phone" else (leg.call.caller if leg is leg.call.a else leg.call.callee)
+        if leg.link.kind == "phone":
+            return leg.link.name
+        return leg.call.caller if leg is leg.call.a else leg.call.callee
 
 
 class Conference:
     """The parties of one conference at this host and the mixing of one tick."""
 
-    _ids = 0
-
-    def __init__(self, holder):
-        Conference._ids += 1
-        self.id = Conference._ids
+    def __init__(self, number, holder):
+        self.id = number                   # this host's count of conferences, for the logs and status
         self.holder = holder               # the phone link that joined it
         self.parties = []
         self.calls = set()                 # the switch's calls one of whose legs is a party
@@ -148,6 +147,7 @@ class Conferences:
         self.core = core
         self.max_parties = max_parties
         self.active = []
+        self.made = 0
 
     @property
     def switch(self):
@@ -177,7 +177,11 @@ class Conferences:
         confs = {c for c in (active.call.conference, held.call.conference) if c is not None}
         if len(confs) > 1:
             return self._refuse(active, "two conferences", now)
-        conf = confs.pop() if confs else Conference(link)
+        if confs:
+            conf = confs.pop()
+        else:
+            self.made += 1
+            conf = Conference(self.made, link)
         parties = [p.leg for p in conf.parties if p.leg is not held]
         new_calls = [c for c in (active.call, held.call) if c.conference is None]
         for call in new_calls:

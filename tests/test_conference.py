@@ -64,7 +64,8 @@ def _world(tmp_path, numbers, **kwargs):
 
 def _power(payloads, hz):
     """The median Goertzel power of hz over the received frames."""
-    powers = sorted(goertzel_power(ulaw_decode(p), wire.VOICE_BYTES, hz) for p in payloads if len(p) == wire.VOICE_BYTES)
+    powers = sorted(goertzel_power(ulaw_decode(p), wire.VOICE_BYTES, hz)
+                    for p in payloads if len(p) == wire.VOICE_BYTES)
     assert len(powers) >= 20, "too few frames received: %d" % len(powers)
     return powers[len(powers) // 2]
 

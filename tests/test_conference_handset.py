@@ -38,6 +38,14 @@ def test_an_inter_site_conference_of_a_main_host_phone_is_mixed_by_the_main_host
     assert sorted(result["conference"]["parties"]) == ["201", "301", "302"]
 
 
+def test_a_conference_with_a_party_on_the_direct_path_between_remote_hosts(lab):
+    """101's call to 201 runs straight between site A's and site B's remote hosts (B2): the mix for
+    201 goes that way too."""
+    result = three_way(lab, 2.0, "101", "201", "102", "site-a", "local", tag="conf-b2")
+    assert result["ok"] is True, result
+    assert sorted(result["conference"]["parties"]) == ["101", "102", "201"]
+
+
 def test_the_keypad_c_n_a_calls_a_second_party_and_c_star_joins_them(lab):
     phones = {n: ConsolePhone(lab, n, "keys-conf-" + n) for n in ("202", "201", "302")}
     try:
