@@ -41,8 +41,11 @@ def test_an_inter_site_conference_of_a_main_host_phone_is_mixed_by_the_main_host
 def test_a_conference_with_a_party_on_the_direct_path_between_remote_hosts(lab):
     """101's call to 201 runs straight between site A's and site B's remote hosts (B2): the mix for
     201 goes that way too."""
+    before = lab.status("site-a")["trunk_bytes_by_peer"].get("site-b", 0)
     result = three_way(lab, 2.0, "101", "201", "102", "site-a", "local", tag="conf-b2")
     assert result["ok"] is True, result
+    # site A sent site B's remote host the mix for 201 straight, some 50 trunk frames a second
+    assert lab.status("site-a")["trunk_bytes_by_peer"].get("site-b", 0) - before > 50 * 5 * 100
     assert sorted(result["conference"]["parties"]) == ["101", "102", "201"]
 
 
