@@ -257,3 +257,56 @@ def test_a_conference_beyond_its_size_is_refused_and_nothing_changes(tmp_path):
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_a_conference_request_that_makes_no_sense_is_refused_and_changes_nothing(tmp_path):
+    world = _world(tmp_path, ("101", "102", "103", "104"))
+    try:
+        p = world.phones
+        world.call("101", "102")
+        world.call("103", "104")
+        phone = p["101"].phone
+        refused = world.a.stats.drops
+        dropped = phone.dropped
+
+        def ask(ies):
+            phone._send(wire.CONFERENCE, ies, world.net.now)
+            p["101"].flush()
+            world.run(100)
+
+        ask({})                                                          # no other call named
+        ask({wire.IE_CONF_CALL_NO: phone.call.peer_call_no})             # its own active call
+        other = world.a.switch.legs[p["103"].phone.call.peer_call_no]
+        ask({wire.IE_CONF_CALL_NO: other.call_no})                       # another phone's call
+        ask({wire.IE_CONF_CALL_NO: 0x7FFF})                              # no such call
+        assert refused["conference refused: no other call"] == 4
+        assert phone.dropped == dropped + 4     # four answers "refused" (state 0), which a phone with one line drops
+        assert phone.hold(world.net.now)
+        p["101"].flush()
+        world.run(100)
+        assert second_line.dial(phone, "104", world.net.now)   # 104 is busy: its line ends, the held call stays
+        p["101"].flush()
+        world.run(300)
+        assert phone.held is not None and phone.call is None and p["101"].causes()[-1] == wire.CAUSE_BUSY
+        assert not second_line.conference(phone, world.net.now)   # nothing to join with
+        assert world.a.status()["conferences"] == []
+        assert all(e.connected for n, e in p.items() if n in ("102", "103", "104"))
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_the_phone_that_made_the_conference_going_away_leaves_the_others_talking(tmp_path):
+    world = _world(tmp_path, ("101", "102", "103"))
+    try:
+        p = world.phones
+        _three_way(world, "101", "102", "103")
+        p["101"].phone.stop(world.net.now)                               # logs out (BYE)
+        p["101"].flush()
+        world.run(200)
+        assert [c["parties"] for c in world.a.status()["conferences"]] in ([["102", "103"]], [["103", "102"]])
+        _hears(world, "102", {"103"})
+        _hears(world, "103", {"102"})
+        assert not world.net.errors
+    finally:
+        world.close()
