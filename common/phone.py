@@ -289,13 +289,8 @@ class Phone:
         """B3: the other phone's address and a media key of our own for the two of us; path relay:
         the media goes through the host again (the call joined a conference)."""
         if ies.get(wire.IE_PATH, wire.PATH_LOCAL) == wire.PATH_RELAY:
-            if call.direct is not None:
-                media = MediaLeg(call.media_key, call.media.role, call.call_no, call.media.peer_call_no)
-                media.replay = call.media.replay   # the host's frames carry on where they were
-                call.media = media
-                call.direct = None
-                call.path = "relay"
-            return
+            from .second_line import through_host   # rare (a conference): loaded then, not kept on the heap now
+            return through_host(call)
         if wire.IE_ADDRESS not in ies or wire.IE_MEDIA_KEY not in ies:
             self.dropped += 1
             return

@@ -15,6 +15,7 @@ Conferenced(joined) for the host's answer to CONFERENCE.
 from . import wire
 from .call import CONNECTED, RELEASE_RECEIVED
 from .login import Event
+from .media import MediaLeg
 
 
 class LineEnded(Event):
@@ -62,3 +63,14 @@ def message(phone, msg_type, ies, now):
         phone._events.append(Conferenced(ies.get(wire.IE_STATE) == 1))
     elif msg_type != wire.PING and msg_type != wire.ACK:
         phone.dropped += 1
+
+
+def through_host(call):
+    """MEDIA_PEER path relay (the call joined a conference): a call that ran phone to phone (B3)
+    sends its media to the host again, on the host's leg, whose receiving half carries on."""
+    if call.direct is not None:
+        media = MediaLeg(call.media_key, call.media.role, call.call_no, call.media.peer_call_no)
+        media.replay = call.media.replay   # the host's frames carry on where they were
+        call.media = media
+        call.direct = None
+        call.path = "relay"

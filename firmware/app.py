@@ -263,10 +263,7 @@ class App:
             if key == KEY_HOLD:
                 self.hold(not self.phone.holding, now)
             elif key == "C" or self.digits[:1] == "C":   # C *: conference, C N A: a second call
-                if key == "C":
-                    self.digits = "C"
-                else:
-                    rarely("firmware.conference").key(self, key, now)
+                rarely("firmware.conference").key(self, key, now)
             elif key in "0123456789*#":
                 self.command("!dtmf " + key, now)
         elif state != IDLE:

@@ -29,7 +29,9 @@ def join(app, now):
 def key(app, key, now):
     """A key in a call while `C` leads the digits (app.digits): C * joins, C N A calls N."""
     digits = app.digits
-    if key == "*" and digits == "C":
+    if key == "C":
+        app.digits = "C"
+    elif key == "*" and digits == "C":
         app.digits = ""
         join(app, now)
     elif key == "A" and len(digits) > 1:
