@@ -22,6 +22,17 @@ except ImportError:
 from hashlib import sha256
 
 try:
+    # `@micropython.native` on the handset's per-frame glue (docs/handset.md, "Native code"): the
+    # compiler recognises the decorator by its spelling, so a module names it after importing this;
+    # on CPython it does nothing
+    import micropython
+except ImportError:
+    class micropython:
+        @staticmethod
+        def native(fn):
+            return fn
+
+try:
     from time import ticks_add, ticks_diff  # MicroPython: modulo the port's tick period, in C
 except ImportError:
     def ticks_add(ticks, delta):

@@ -9,7 +9,7 @@ come from common/crypto_cpython.py (hashlib copies, big-integer XOR), which a ha
 from array import array
 
 from . import kernels
-from .compat import MICROPYTHON, const, sha256
+from .compat import MICROPYTHON, const, micropython, sha256
 
 BLOCK = 64  # SHA-256 block size in bytes
 _IPAD = bytes(0x36 for _ in range(BLOCK))
@@ -59,6 +59,7 @@ if MICROPYTHON:
             kernels.sha256_blocks(state, kernels.SHA256_IV, block, 0, 1, _MAC_W)
             return state
 
+        @micropython.native
         def mac_into(self, prefix, msg, n, out, off, size):
             """The first size bytes of the HMAC over prefix || msg[:n] into out[off:off + size].
 
@@ -100,6 +101,7 @@ if MICROPYTHON:
             blocks = kernels.sha256_pad(buf, have, BLOCK + p + n)
             kernels.sha256_blocks(state, init, buf, 0, blocks, w)
 
+        @micropython.native
         def verify_into(self, prefix, msg, n, tag, off, size):
             """True when tag[off:off + size] is the first size bytes of the HMAC over prefix || msg[:n]
             (compared in constant time; allocates nothing)."""
@@ -146,6 +148,7 @@ if MICROPYTHON:
             self._aes = cryptolib.aes(bytes(key), 1)   # ECB
             self.max_len = 16 * ((max_len + 15) // 16)
 
+        @micropython.native
         def crypt(self, nonce, buf, start, end):
             """XOR buf[start:end] with the keystream for nonce (12 bytes), in place."""
             n = end - start
@@ -190,6 +193,7 @@ class ReplayWindow:
         self._seen = bytearray(self.SIZE >> 3)
         self._held = -1  # the last authentic number that jumped more than SIZE ahead
 
+    @micropython.native
     def jump_ok(self, number):
         """After authentication: may number move the window? False holds a far jump.
 
@@ -205,6 +209,7 @@ class ReplayWindow:
         self._held = number
         return held < number <= held + self.SIZE
 
+    @micropython.native
     def check(self, number):
         """True when number is new: not seen and not older than the window."""
         if number > self.highest:
@@ -214,6 +219,7 @@ class ReplayWindow:
         slot = number % self.SIZE
         return not self._seen[slot >> 3] & (1 << (slot & 7))
 
+    @micropython.native
     def mark(self, number):
         """Record number as seen; call only after the packet authenticated."""
         seen = self._seen
@@ -253,6 +259,7 @@ def _clear_slots(seen, a, b):
         seen[last] &= ~((1 << (b & 7)) - 1) & 0xFF
 
 
+@micropython.native
 def extend16(highest, value):
     """The 64-bit number whose low 16 bits are value, closest to highest (SRTP-style)."""
     if highest < 0:

@@ -12,7 +12,7 @@ a trunk frame and never loads that module; on CPython (the hosts) it is imported
 this one, and on MicroPython at the first use of one of its names here (`__getattr__`).
 """
 from . import kernels, wire
-from .compat import MICROPYTHON
+from .compat import MICROPYTHON, micropython
 from .crypto import CounterMode, HmacKey, ReplayWindow, extend16, hkdf
 
 _MAX_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG
@@ -60,13 +60,14 @@ class MediaLeg:
         self._send_auth = self._send_ctr = self.out = None
         self._views = {}
 
+    @micropython.native
     def seal_mini(self, ts, payload):
         """A mini frame (memoryview of an internal buffer) carrying payload at timestamp ts (ms)."""
         n = len(payload)
         out = self.out
         wire.pack_mini_header(out, self.peer_call_no, ts & 0xFFFF)
         end = wire.MINI_HEADER + n
-        out[wire.MINI_HEADER:end] = payload
+        _copy(out, wire.MINI_HEADER, payload, 0, n)
         _put_ts(self._send_nonce, ts)
         self._send_ctr.crypt(self._send_nonce, out, wire.MINI_HEADER, end)
         # the tag covers the 64-bit timestamp, so a frame replayed after the 16-bit wrap fails
@@ -78,6 +79,7 @@ class MediaLeg:
             view = self._views[end] = memoryview(out)[:end]
         return view
 
+    @micropython.native
     def open_mini(self, frame):
         """Timestamp (extended) of an authentic, new mini frame, decrypted in place; else None.
 
@@ -104,6 +106,11 @@ class MediaLeg:
 
 
 if MICROPYTHON:
+    # a viper copy, not a slice: native code would put the slice object on the heap (docs/handset.md,
+    # "Native code")
+    _copy = kernels.copy_bytes
+
+    @micropython.native
     def _put_ts(nonce, ts):
         if ts >> 30:  # no longer a small int (a call of 12.4 days): byte by byte
             for i in range(8):
@@ -113,6 +120,10 @@ if MICROPYTHON:
             kernels.put_be32(nonce, 8, ts)
 
 else:
+    def _copy(dst, doff, src, soff, n):
+        """CPython (the hosts seal every relayed frame): one C copy, not kernels' bytecode reference."""
+        dst[doff:doff + n] = src[soff:soff + n]
+
     # CPython: one C call instead of an 8-step bytecode loop (twice per relayed frame)
     def _put_ts(nonce, ts):
         nonce[4:12] = ts.to_bytes(8, "big")

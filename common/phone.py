@@ -3,12 +3,19 @@
     phone = Phone("201", secret, os.urandom)
     phone.start(now); phone.dial("301", now); phone.answer(now); phone.hangup(now)
     phone.hold(now); phone.resume(now)   (a connected call: its host plays music on hold to the other party)
+    common.lines: consult(phone, N, now, blind), swap(phone, now), reject_waiting, transfer
+        (two lines: a waiting call or a held one beside the current call, docs/features.md)
+    a SETUP with IE_ANSWER (intercom, page) is answered at once; a page's microphone is muted (`muted`)
     phone.receive(datagram, now) -> ts of an authentic media frame (decrypted in place), else None
     phone.seal_frame(ts, payload) -> a mini frame of our call (or None); phone.frame_to: where it goes
     phone.datagrams_to_send(now) -> signalling for the host
     phone.take_events() -> the events since the last call, oldest first:
-        LoginUp (registered)  LoginDown(reason) (registration lost)  Incoming(number, name)
-        Ringback  Connected(path)  Ended(cause)  Dtmf(digit)  Sysinfo(version, data)
+        LoginUp (registered)  LoginDown(reason) (registration lost)  Incoming(number, name, waiting)
+        Ringback  Connected(path)  Ended(cause, line)  Dtmf(digit)  Sysinfo(version, data)
+
+Two lines: `call` is the current one; `other` is a second call beside it, either waiting (ringing,
+Incoming with waiting 1) or held (this phone sent HOLD for it). Ended's line is 1 when the other
+line ended; when the current one ends the other becomes current (held, or ringing).
 
 The call is a common.call.CallLeg (the states are common.call's): its state moves only by the
 transitions of common/call.py's table; a call message the table does not allow in the call's
@@ -18,11 +25,12 @@ from . import wire
 from .call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
                          DTMF_RECEIVED, DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, SETUP_RECEIVED, SETUP_SENT,
                          TIMEOUT, CallLeg)
-from .compat import const, forget, ticks_diff
+from .compat import const, forget, micropython, ticks_diff
 from .login import UP, Event, Login, LoginUp
 from .media import MediaLeg
 
 _SETUP_TIMEOUT_MS = const(20000)
+_IE_ANSWER = const(0x29)          # wire_names' "answer": a SETUP the phone answers at once (intercom 1, page 2)
 _SYSINFO_MAX_CHUNKS = const(64)   # 16 KB: more than a handset keeps for its system information
 # what a call message from the host is, to the call's state machine
 _RECEIVED = {wire.ALERTING: ALERTING_RECEIVED, wire.ANSWER: ANSWER_RECEIVED, wire.RELEASE: RELEASE_RECEIVED,
@@ -30,8 +38,10 @@ _RECEIVED = {wire.ALERTING: ALERTING_RECEIVED, wire.ANSWER: ANSWER_RECEIVED, wir
 
 
 class Incoming(Event):
-    """A call is ringing here: from number (and the caller's name, "" when none)."""
-    __slots__ = ("number", "name")
+    """A call is ringing here: from number (and the caller's name, "" when none); waiting: 1 when
+    it rings beside a call in progress (call waiting, the `other` line); 2: no new call, the far end
+    of the current call is now number (it was transferred there; one class less on the heap)."""
+    __slots__ = ("number", "name", "waiting")
 
 
 class Ringback(Event):
@@ -45,8 +55,8 @@ class Connected(Event):
 
 
 class Ended(Event):
-    """The call is over (cause: a wire.CAUSE_* code)."""
-    __slots__ = ("cause",)
+    """The call is over (cause: a wire.CAUSE_* code); line 1: the other line's call, not the current."""
+    __slots__ = ("cause", "line")
 
 
 class Dtmf(Event):
@@ -66,7 +76,9 @@ class Phone:
         index = (random_bytes(2)[0] << 8 | random_bytes(1)[0]) + 1
         self.login = Login(wire.IE_EXTENSION, extension, secret, index, random_bytes, keepalive_ms=keepalive_ms,
                            backoff_initial_ms=1000, backoff_max_ms=backoff_max_ms, dead_ms=dead_ms)
-        self.call = None              # the CallLeg of the call, None when there is none
+        self.call = None              # the CallLeg of the current call, None when there is none
+        self.other = None             # a second call: waiting (ringing) or held by us, else None
+        self.blind = False            # the current call is a blind transfer's: TRANSFER once it rings
         self._events = []
         self.sysinfo_version = None   # the data itself goes with the Sysinfo event, not kept here
         self._sysinfo = None          # a common.chunks.Reassembly while a transfer is under way
@@ -74,8 +86,7 @@ class Phone:
         self.dropped = 0
         self.frame_to = None     # where seal_frame's frame goes: None for the host, else the LAN peer
         self.holding = False     # this phone holds its call: it sends no media and plays none
-        self.held = None         # a held call on a second line (common/second_line.py), else None
-        self.other_line = None   # second_line.message while there is one: the messages not for self.call
+        self.muted = False       # a page (answered by itself, docs/features.md): it sends no media
 
     @property
     def registered(self):
@@ -102,7 +113,7 @@ class Phone:
 
     def stop(self, now):
         """Log out (BYE) so the host forgets this registration at once."""
-        if self.call is not None:
+        while self.call is not None:
             self.hangup(now)
         self.login.send(wire.BYE, {}, now)
 
@@ -161,26 +172,34 @@ class Phone:
         self._send(wire.HOLD, {wire.IE_STATE: 1 if flag else 0}, now)
         return True
 
-    def _send(self, msg_type, ies, now):
-        call = self.call
+    def _send(self, msg_type, ies, now, call=None):
+        if call is None:
+            call = self.call
         ies[wire.IE_CALL_NO] = call.call_no
         if call.peer_call_no:
             ies[wire.IE_PEER_CALL_NO] = call.peer_call_no
         self.login.send(msg_type, ies, now)
 
-    def _end(self, cause):
-        """The call (already RELEASED by its last transition) is gone."""
-        self.call = None
-        self.holding = False
-        self._events.append(Ended(cause))
+    def _end(self, cause, line=0):
+        """A call (already RELEASED by its last transition) is gone: the current one (line 0; the
+        other line, held or waiting, becomes current) or the other line (1)."""
+        if line:
+            self.other = None
+        else:
+            other = self.call = self.other
+            self.other = None
+            self.holding = other is not None and other.state == CONNECTED
+            self.blind = self.muted = False
+        self._events.append(Ended(cause, line))
 
     # media
 
+    @micropython.native
     def seal_frame(self, ts, payload):
         """The mini frame (a view of a buffer reused per frame) carrying one frame of our call, or None;
         `frame_to` is then where it goes (None: the host). Allocates nothing: the handset's media path."""
         call = self.call
-        if call is None or call.state != CONNECTED or self.holding:
+        if call is None or call.state != CONNECTED or self.holding or self.muted:
             return None
         direct = call.direct
         if direct is not None:
@@ -191,13 +210,17 @@ class Phone:
         self.frame_to = None
         return call.media.seal_mini(ts, payload)
 
+    @micropython.native
     def open_media(self, frame):
         """The extended timestamp of an authentic media frame of our call, decrypted in place (frame
         is a writable buffer), else None (counted in `dropped`). Raises DecodeError for a malformed
         frame. Allocates nothing: the handset's media path."""
         call = self.call
-        if call is None or wire.check_mini(frame) != call.call_no:
-            self.dropped += 1
+        call_no = wire.check_mini(frame)
+        if call is None or call_no != call.call_no:
+            other = self.other
+            if other is None or call_no != other.call_no:   # a held line's late frames: not counted
+                self.dropped += 1
             return None
         if self.holding:           # the held party's voice is not for us while we hold
             return None
@@ -230,11 +253,9 @@ class Phone:
     def _login_events(self):
         """The login's events are the phone's (LoginUp: registered); a call does not outlive the session."""
         for event in self.login.take_events():
-            if type(event) is not LoginUp and self.call is not None:
+            while type(event) is not LoginUp and self.call is not None:
                 self.call.apply(TIMEOUT)
                 self._end(wire.CAUSE_UNREACHABLE)
-            if type(event) is not LoginUp:
-                self.held = self.other_line = None
             self._events.append(event)
 
     def _message(self, msg_type, ies, now):
@@ -243,63 +264,80 @@ class Phone:
         elif msg_type == wire.SETUP:
             self._setup(ies, now)
         else:
-            call = self.call
-            if self.other_line is not None and (call is None or ies.get(wire.IE_PEER_CALL_NO) != call.call_no
-                                                or msg_type == wire.CONFERENCE):
-                self.other_line(self, msg_type, ies, now)
-                return
-            if call is None or ies.get(wire.IE_PEER_CALL_NO) != call.call_no:
+            call, line = self.call, 0
+            peer = ies.get(wire.IE_PEER_CALL_NO)
+            if call is not None and peer != call.call_no:
+                call, line = self.other, 1
+            if call is None or peer != call.call_no:
                 if msg_type != wire.PING and msg_type != wire.ACK:
                     self.dropped += 1
                 return
             call.learn_peer(ies.get(wire.IE_CALL_NO))
             if msg_type == wire.MEDIA_PEER:
                 self._media_peer(call, ies)
+            elif msg_type == wire.PARTY:
+                call.number = ies.get(wire.IE_CALLING, call.number)
+                call.name = ies.get(wire.IE_CALLING_NAME, "")
+                if not line:
+                    self._events.append(Incoming(call.number, call.name, 2))
             elif call.apply(_RECEIVED.get(msg_type, 0)) is None:
                 self.dropped += 1          # not a call message, or out of turn (common/call.py)
+            elif msg_type == wire.RELEASE:
+                self._end(ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL), line)
+            elif line:
+                pass                       # the held line's DTMF: not for us now
+            elif msg_type == wire.DTMF:
+                self._events.append(Dtmf(ies.get(wire.IE_DIGIT, "")))
+            elif self.blind:               # a blind transfer is done once the number rings (or answers)
+                from .lines import transfer
+                forget("common.lines")
+                transfer(self, now)
             elif msg_type == wire.ALERTING:
                 self._events.append(Ringback())
-            elif msg_type == wire.ANSWER:
-                self._events.append(Connected(call.path))
-            elif msg_type == wire.RELEASE:
-                self._end(ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL))
             else:
-                self._events.append(Dtmf(ies.get(wire.IE_DIGIT, "")))
+                self._events.append(Connected(call.path))
 
     def _setup(self, ies, now):
-        if self.call is not None:
+        held = self.call
+        if held is not None and (self.other is not None or held.state != CONNECTED or self.blind):
             self.login.send(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies.get(wire.IE_CALL_NO, 1),
                                            wire.IE_CAUSE: wire.CAUSE_BUSY}, now)
             return
         if wire.IE_MEDIA_KEY not in ies or wire.IE_CALL_NO not in ies:
             self.dropped += 1
             return
-        call = self.call = self._new_call(ies[wire.IE_MEDIA_KEY], 1, now)
+        call = self._new_call(ies[wire.IE_MEDIA_KEY], 1, now)
+        if held is None:
+            self.call = call
+        else:
+            self.other = call              # call waiting: it rings beside the current call
         call.learn_peer(ies[wire.IE_CALL_NO])
         call.number = ies.get(wire.IE_CALLING, "")
         call.name = ies.get(wire.IE_CALLING_NAME, "")
         if ies.get(wire.IE_PATH) == wire.PATH_LOCAL:
             call.path = "local"
         call.apply(SETUP_RECEIVED)
-        self._send(wire.ALERTING, {}, now)
+        self._send(wire.ALERTING, {}, now, call)
         call.apply(ALERTING_SENT)
-        self._events.append(Incoming(call.number, call.name))
+        self._events.append(Incoming(call.number, call.name, 0 if held is None else 1))
+        auto = ies.get(_IE_ANSWER)   # intercom (1) or page (2): answered at once, a page muted
+        if auto and held is None:    # (hosts page and intercom only idle phones; a waiting call rings)
+            self.muted = auto == 2
+            self.answer(now)
 
     def _media_peer(self, call, ies):
-        """B3: the other phone's address and a media key of our own for the two of us; path relay:
-        the media goes through the host again (the call joined a conference)."""
-        if ies.get(wire.IE_PATH, wire.PATH_LOCAL) == wire.PATH_RELAY:
-            from .second_line import through_host   # rare (a conference): loaded then, not kept on the heap now
-            return through_host(call)
-        if wire.IE_ADDRESS not in ies or wire.IE_MEDIA_KEY not in ies:
+        """B3: the other phone's address and a media key of our own for the two of us; without an
+        address, a new key for media through the host (a transferred local call that left the site)."""
+        if wire.IE_MEDIA_KEY not in ies:
             self.dropped += 1
             return
         # from now on the host's leg only brings what the host still relays: its sending half goes
         # first, making room for the new leg on a handset's heap
         call.media.receive_only()
         leg = MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), call.call_no, ies.get(wire.IE_CALL_NO, 0))
-        call.direct = (leg, ies[wire.IE_ADDRESS])
-        call.path = "local"
+        address = ies.get(wire.IE_ADDRESS)
+        call.direct = (leg, address)
+        call.path = "relay" if address is None else "local"
 
     def _sysinfo_chunk(self, ies, now):
         chunks = self._sysinfo

@@ -7,7 +7,7 @@ common.session and common.media. Byte diagrams: docs/protocol.md.
     full frame    10ssssss ssssssss ssssssss seq(2) ack(2) type(1) IEs... tag(8)
     trunk frame   11ssssss ssssssss ssssssss {Fccccccc cccccccc ts(2) payload}... tag(4)
 """
-from .compat import const
+from .compat import const, micropython
 
 VERSION = const(2)  # v2: session tags cover the 64-bit sequence number (docs/protocol.md)
 
@@ -45,6 +45,8 @@ RELEASE = const(0x14)
 DTMF = const(0x16)
 MEDIA_PEER = const(0x17)
 HOLD = const(0x18)       # state 1: the sender's phone holds the call, 0: resumes it (docs/features.md)
+TRANSFER = const(0x19)   # a phone joins the far ends of two of its calls (join_call_no: the other's leg)
+PARTY = const(0x1A)      # the far end of a call is now another party (calling, calling_name): transferred
 CONFERENCE = const(0x1C)  # phone: join my two calls (conf_call_no: the held one); host: state 1 joined, 0 refused
 SYSINFO = const(0x40)
 SYSINFO_ACK = const(0x41)
@@ -74,6 +76,7 @@ IE_CHUNK = const(0x21)
 IE_DATA = const(0x22)
 IE_STATE = const(0x25)
 IE_KEEPALIVE = const(0x26)
+IE_JOIN_CALL_NO = const(0x27)
 IE_CONF_CALL_NO = const(0x2B)   # CONFERENCE: the host's call number of the phone's other (held) call
 
 # How the codec reads each IE type: 3 bytes per type, (kind, least value bytes, most value bytes);
@@ -86,8 +89,8 @@ _LAYOUT = (  # 8 IE types a line, from type 0x00
     b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
     b"\x04\x02\x02\x04\x02\x02\x01\x01\x1f\x01\x01\x1f\x01\x00\x3f\x04\x01\x01\x02\x08\x08\x02\x10\x10"
     b"\x01\x01\x01\x03\x06\x06\x04\x01\x01\x04\x01\x01\x04\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-    b"\x04\x04\x04\x04\x04\x04\x02\x00\xff\x01\x01\x3f\x02\x20\x20\x04\x01\x01\x04\x02\x02\x00\x00\x00"
-    b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x04\x02\x02"
+    b"\x04\x04\x04\x04\x04\x04\x02\x00\xff\x01\x01\x3f\x02\x20\x20\x04\x01\x01\x04\x02\x02\x04\x02\x02"
+    b"\x00\x00\x00\x04\x01\x01\x00\x00\x00\x04\x02\x02"
 )
 _MAX_IE = const(0x2B)
 
@@ -133,6 +136,8 @@ CAUSE_FEATURE_ON = const(8)      # a star code was accepted (docs/features.md): 
 CAUSE_FEATURE_OFF = const(9)     # ... cancelled
 CAUSE_DND = const(10)            # the called phone is in do not disturb
 CAUSE_FORWARD_LOOP = const(11)   # forwarding leads back to a number already tried
+CAUSE_TRANSFERRED = const(12)    # the phone transferred the call: its legs end, the far ends talk on
+# CAUSE_ANSWERED_ELSEWHERE (14) and CAUSE_PICKED_UP (15), which only hosts send, come from common/wire_names.py
 CAUSE_CONFERENCE = const(16)     # the phone's held call became part of its conference (docs/features.md)
 
 CAUSE_TEXT = {
@@ -148,6 +153,9 @@ CAUSE_TEXT = {
     CAUSE_FEATURE_OFF: "feature off",
     CAUSE_DND: "do not disturb",
     CAUSE_FORWARD_LOOP: "forwarding loop",
+    CAUSE_TRANSFERRED: "transferred",
+    14: "answered elsewhere",    # a ring group's call another member answered (docs/features.md)
+    15: "picked up",             # the call ringing here was picked up by another phone (*8)
     CAUSE_CONFERENCE: "joined conference",
 }
 
@@ -204,6 +212,7 @@ def parse_full(data):
     return (session_of(data), (data[3] << 8) | data[4], (data[5] << 8) | data[6], data[7])
 
 
+@micropython.native
 def pack_mini_header(buf, call_no, ts):
     buf[0] = (call_no >> 8) & 0x7F
     buf[1] = call_no & 0xFF
@@ -211,6 +220,7 @@ def pack_mini_header(buf, call_no, ts):
     buf[3] = ts & 0xFF
 
 
+@micropython.native
 def check_mini(data):
     """The call number of a valid mini frame (DecodeError otherwise); no tuple made, for the media path."""
     n = len(data)

@@ -7,7 +7,7 @@ prints it; tests/common/test_vectors.py checks that the two agree).
 """
 
 MESSAGES = """01 HELLO 02 CHALLENGE 03 RESPONSE 04 WELCOME 06 ACK 07 PING 08 BYE 10 SETUP 12 ALERTING
-13 ANSWER 14 RELEASE 16 DTMF 17 MEDIA_PEER 18 HOLD 1C CONFERENCE 20 LOCAL_REQUEST 21 LOCAL_GRANT 22 LOCAL_REFUSE 30 PUNCH_OFFER
+13 ANSWER 14 RELEASE 16 DTMF 17 MEDIA_PEER 18 HOLD 19 TRANSFER 1A PARTY 1C CONFERENCE 20 LOCAL_REQUEST 21 LOCAL_GRANT 22 LOCAL_REFUSE 30 PUNCH_OFFER
 31 PUNCH 32 PUNCH_RESULT 40 SYSINFO 41 SYSINFO_ACK 50 RECORDS 60 PHONE_STATE 61 FEATURES 70 DIRECTORY 71 MUSIC"""
 
 # IE type, name, kind, least and most value bytes
@@ -38,7 +38,11 @@ IES = """01 extension str 1 15
 24 peer_key bytes 32 32
 25 state u8 1 1
 26 keepalive u16 2 2
+27 join_call_no u16 2 2
+29 answer u8 1 1
 2b conf_call_no u16 2 2"""
+# release causes only hosts send (a handset shows their text from common.wire.CAUSE_TEXT)
+CAUSES = """0e ANSWERED_ELSEWHERE 0f PICKED_UP"""
 KINDS = ("str", "bytes", "addr")  # codes 1, 2, 3 in the layout; any other kind is an unsigned integer (4)
 
 
@@ -69,12 +73,18 @@ def ie_name(ie):
 
 
 def number(name):
-    """The number of a message type ("LOCAL_REQUEST") or IE ("IE_HOST_NAME") by its name, else None
+    """The number of a message type ("LOCAL_REQUEST"), IE ("IE_HOST_NAME") or host-only cause
+    ("CAUSE_PICKED_UP") by its name, else None
     (common.wire gives the hosts' own message types and IEs this way)."""
     words = MESSAGES.split()
     for i in range(1, len(words), 2):
         if words[i] == name:
             return int(words[i - 1], 16)
+    if name.startswith("CAUSE_"):
+        words = CAUSES.split()
+        for i in range(1, len(words), 2):
+            if words[i] == name[6:]:
+                return int(words[i - 1], 16)
     if name.startswith("IE_"):
         for row in rows():
             if row[1] == name[3:].lower():

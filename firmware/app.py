@@ -22,8 +22,8 @@ import struct
 import sys
 import time
 
-from common import wire
-from common.compat import const, ticks_add, ticks_diff, ticks_earliest
+from common import kernels, wire
+from common.compat import const, micropython, ticks_add, ticks_diff, ticks_earliest
 from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
 from common.login import LoginDown, LoginUp
 from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
@@ -46,20 +46,27 @@ _RETRY_MAX = const(8)             # datagrams kept for another try after sendto 
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
 _RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
 _CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
-# recv(n) takes n contiguous bytes from the heap for every datagram (then gives back the rest):
-# 1600 failed on a fragmented 160 KB heap. The largest v1 frame a phone gets is a full frame
-# holding every IE at its longest (about 720 bytes); media frames are 168. When not even those
-# 768 bytes are free in one piece, the datagram is read into _RX_SHORT (every media frame and
-# every message a host sends a phone today, a system information chunk of 250 bytes the longest,
-# fits; a longer one is cut, fails its tag and is counted, and the host sends it again).
-# A MemoryError may come after the datagram was taken (the unix port's recv copies it into a new
-# bytes object while the n-byte buffer is still held): the datagram is then lost, so after one
-# the handset reads _RX_SHORT at a time until the next once-a-second collection (a B3 call at 100K
-# with .mpy files lost every frame that way, each read taking one and failing)
+# A datagram is first peeked at (recv(_PEEK, MSG_PEEK): _PEEK bytes, left queued; two one-block
+# objects, which fit in any hole of a fragmented heap). Media (a mini frame, top bit clear) is then
+# read with readinto straight into the receive buffer made once, asking for exactly its length: a
+# comfort-noise frame's when the peek came back shorter than _PEEK, else a voice frame's. The
+# stream readinto keeps reading until it has that many bytes or the socket would block, so it ends
+# at the datagram's end and never joins the next one (a datagram of another length is cut or
+# joined, fails its tag and is counted; docs/handset.md, "Receiving"). Signalling (rare, and the
+# protocol may keep parts of it) is read with recv(n), which takes n contiguous bytes from the heap
+# (then gives back the rest): the largest v1 frame a phone gets is a full frame holding every IE at
+# its longest (about 720 bytes). When not even those 768 bytes are free in one piece, it is read
+# into _RX_SHORT (every message a host sends a phone today, a system information chunk of 250 bytes
+# the longest, fits; a longer one is cut, fails its tag and is counted, and the host sends it
+# again). A MemoryError may come after the datagram was taken (the unix port's recv copies it into
+# a new bytes object while the n-byte buffer is still held): that datagram is lost, so after one
+# the handset reads _RX_SHORT at a time until the next once-a-second collection
 _RX_BYTES = const(768)
 _RX_SHORT = const(320)
 _VOICE_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG   # a mini frame's length, voice
 _CN_FRAME = wire.MINI_HEADER + wire.CN_BYTES + wire.MEDIA_TAG         # and comfort noise
+_PEEK = _CN_FRAME + 1    # bytes peeked at: fewer come back from a comfort-noise frame, this many from voice
+_MSG_PEEK = socket.MSG_PEEK   # Linux's 2 on the unix port, lwIP's 1 on an ESP32 (both modules name it)
 # DSCP in the IP TOS byte: voice EF, signalling CS3. The unix port takes IP_TOS (Linux numbers
 # when the module lacks the names); stock ESP32 MicroPython's setsockopt has no IP_TOS (it prints
 # "option not implemented" and does nothing), so the handset does not mark there.
@@ -73,14 +80,20 @@ _CALL_GC_ROOM = const(24576)
 _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
 # While a call is connected the collector runs once a second (_housekeeping), not by start.py's
 # gc.threshold, which is off until the call ends when this much is free as the call connects (a
-# second's garbage twice over; below it, on the smallest heaps, the threshold stays: there it keeps
-# the free space in pieces recv() can use). The threshold counts every allocation, and every
+# second's garbage twice over when each datagram's recv left 190 bytes; below it, on the smallest
+# heaps, the threshold stays: there it keeps the free space in pieces). The threshold counts every allocation, and every
 # call of a bytecode function whose locals and stack take more than 11 words allocates its frame
 # on the heap and frees it at return (py/objfun.c without MICROPY_ENABLE_PYSTACK, as on the
 # ESP32): about 35 such calls a tick, 175 KB a second counted, so it collected 10 times a second in
-# a call. What stays as garbage is about 12 KB a second (each datagram's recv); a heap that fills
+# a call. What stays as garbage is about 3 KB a second (12 KB before receive() read media with
+# readinto: 64K frozen, least free 21-26 KB against 16-18 KB); a heap that fills
 # before the second is up is collected by MicroPython as usual. The threshold keeps long-lived
 # objects from landing among garbage; a call's are made at its set-up, after a collection (_pack).
+
+
+def _random_port():
+    """A port from the dynamic range (RFC 6335: 49152-65535) for the handset's socket."""
+    return 49152 + (os.urandom(1)[0] << 6 | os.urandom(1)[0] & 63)
 
 
 def due(now, at):
@@ -91,8 +104,8 @@ def due(now, at):
 def _pack():
     """Collect the garbage before a call's long-lived objects (keys, AES contexts, buffers) are made:
     they then fill the heap from its lowest free block instead of landing among garbage that leaves
-    holes when it goes, and the free space stays in pieces large enough for recv() and the next
-    call (docs/handset.md, Memory). Once per call set-up, a few ms on an ESP32."""
+    holes when it goes, and the free space stays in pieces large enough for a signalling recv() and
+    the next call (docs/handset.md, Memory). Once per call set-up, a few ms on an ESP32."""
     gc.collect()
 
 
@@ -128,8 +141,8 @@ class App:
         self._cn = bytearray(wire.CN_BYTES)
         self._tos = None
         self._mark = config.get("dscp", sys.platform != "esp32")
-        self._rx = bytearray(_RX_BYTES)     # every media datagram lands here: no allocation per frame
-        self._rx_n = _RX_BYTES              # what recv asks for (_RX_SHORT for a second after a MemoryError)
+        self._rx = bytearray(_VOICE_FRAME)  # every media datagram lands here (readinto): no allocation per frame
+        self._rx_n = _RX_BYTES              # what recv asks for signalling (_RX_SHORT for a second after a MemoryError)
         rx = self._rx_view = memoryview(self._rx)
         self._voice_frame, self._cn_frame = rx[:_VOICE_FRAME], rx[:_CN_FRAME]
         self._voice_payload = rx[wire.MINI_HEADER:wire.MINI_HEADER + wire.VOICE_BYTES]
@@ -162,7 +175,10 @@ class App:
                         "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
                         "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
                         "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0,
-                        "short_reads": 0}
+                        "short_reads": 0, "empty_datagrams": 0}
+        # the local port: the configured one, else one chosen here, kept for the life of the
+        # handset so that a new socket (_reopen) has the address the hosts and peers know
+        self._port = int(config.get("local_port", 0)) or _random_port()
         self.heap_peak = 0
         self.heap_live_peak = 0
         self.heap_free_min = None
@@ -185,11 +201,10 @@ class App:
     # actions
 
     def dial(self, number, now):
+        if self.phone.call is not None:   # in a call: a consultation (firmware/lines.py)
+            return rarely("firmware.lines").consult(self, number, False, now)
         _pack()   # the call's keys and buffers are made now
-        phone = self.phone   # while the call is held, a second line (firmware/conference.py)
-        if phone.dial(number, now) or (phone.holding and rarely("firmware.conference").dial(self, number, now)):
-            if self.current is not None:   # the call now held on the second line: its record so far
-                self._close_call()
+        if self.phone.dial(number, now):
             self.current = {"to": number, "from": self.config["extension"], "dialed_ms": now, "setup_ms": None,
                             "path": None, "cause": None, "frames_sent": 0, "frames_received": 0}
             self._call_sent = self._call_received = 0
@@ -204,7 +219,7 @@ class App:
         elif cmd == "!hangup":
             self.key(KEY_ON_HOOK, now)
         elif cmd == "!answer":
-            self.phone.answer(now)
+            self.phone.answer(now) or self.command("!swap", now)   # a waiting call: firmware/lines.py
         elif cmd.startswith("!dtmf "):
             digit = cmd[6:].strip()[:1]
             if self.phone.dtmf(digit, now):
@@ -214,11 +229,11 @@ class App:
         elif cmd == "!reset" or cmd == "!quit":
             self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
-        elif cmd == "!conference":
+        elif cmd == "!conference":   # the current call and the held one (firmware/conference.py)
             rarely("firmware.conference").join(self, now)
         elif cmd == "!hold" or cmd == "!resume":
             self.hold(cmd == "!hold", now)
-        elif cmd.startswith("!dnd ") or cmd.startswith("!forward "):
+        elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!pickup":
             code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
             if code is None:
                 self.log("W", "bad feature command %r" % cmd)
@@ -228,6 +243,8 @@ class App:
             rarely("firmware.sysinfo").button(self, cmd[8:].strip(), now)
         elif len(cmd) == 1:
             self.key(cmd, now)
+        else:   # !swap !reject !transfer N !consult N !complete
+            rarely("firmware.lines").command(self, cmd, now)
 
     def hold(self, flag, now):
         """Hold (the far end hears the host's music on hold) or resume the connected call."""
@@ -249,6 +266,9 @@ class App:
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
         tone = self.pipeline.tone
         state = self.phone.state
+        if (self.phone.other is not None or self.digits[:1] == "C" or (key == "C" and state == CONNECTED)) and \
+                rarely("firmware.lines").key(self, key, now):   # two lines, transfer (docs/features.md)
+            return
         if key == KEY_ON_HOOK:
             self.digits = ""
             tone.stop()
@@ -262,8 +282,6 @@ class App:
         elif state == CONNECTED:
             if key == KEY_HOLD:
                 self.hold(not self.phone.holding, now)
-            elif key == "C" or self.digits[:1] == "C":   # C *: conference, C N A: a second call
-                rarely("firmware.conference").key(self, key, now)
             elif key in "0123456789*#":
                 self.command("!dtmf " + key, now)
         elif state != IDLE:
@@ -301,6 +319,8 @@ class App:
                 self.hal.display("idle", None)
             elif kind is LoginDown:
                 self.log("W", "registration lost: %s" % event.reason)
+            elif (kind is Incoming and event.waiting) or (kind is Ended and event.line):
+                rarely("firmware.lines").event(self, event, now)   # the second line (docs/features.md)
             elif kind is Incoming:
                 self.log("I", "incoming call from %s %s" % (event.number, event.name))
                 self.hal.display("ringing", ("%s %s" % (event.number, event.name)).strip())
@@ -331,7 +351,8 @@ class App:
                 self.connected_at = now
                 if self.script.get("dtmf"):
                     self._dtmf_at = ticks_add(now, 501)
-                self.call_ts = 0
+                if self.phone.other is None:   # a consultation's timestamps carry on the held call's
+                    self.call_ts = 0
                 if self.current is not None:
                     self.current["setup_ms"] = ticks_diff(now, self.current["dialed_ms"])
                     self.current["path"] = event.path
@@ -362,15 +383,15 @@ class App:
                     self.current["tone"] = tone  # what the speaker plays now (None: silence)
                     self._close_call()
                 self.connected_at = self._dtmf_at = None
-                if self.script.get("exit_after_call"):
+                if self.phone.call is not None:   # the other line is left (held or ringing)
+                    rarely("firmware.lines").remaining(self, now)
+                elif self.script.get("exit_after_call"):
                     self.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
             elif kind is Dtmf:
                 self.summary["dtmf_received"] += event.digit
                 self.log("I", "dtmf %s" % event.digit)
             elif kind is Sysinfo:
                 rarely("firmware.sysinfo").received(self, event.version, event.data)
-            else:   # the second line's: LineEnded, Conferenced
-                rarely("firmware.conference").event(self, event, now)
 
     def _close_call(self):
         """The call's record into the summary, which keeps the last _CALLS_KEPT (a device runs for
@@ -398,23 +419,51 @@ class App:
     # I/O
 
     def open_socket(self, now):
-        """Resolve the host and make the socket; False (counted, logged) while getaddrinfo fails."""
+        """Resolve the host and make the socket; False (counted, logged) while getaddrinfo or bind
+        fails (a port taken: another is chosen, unless the configuration fixed it)."""
         config = self.config
         try:
             host_addr = self.hal.getaddrinfo(config["host"], int(config["port"]))
-            local = self.hal.getaddrinfo(config.get("bind", "0.0.0.0"), int(config.get("local_port", 0)))
+            local = self.hal.getaddrinfo(config.get("bind", "0.0.0.0"), self._port)
         except OSError as exc:
             self.count_error("getaddrinfo", exc)
             return False
         self.host_addr = host_addr
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(local)
-        self.sock.setblocking(False)
-        self.poller.register(self.sock, select.POLLIN)
-        self._raw_sock = self.sock
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(local)
+        except OSError as exc:
+            sock.close()
+            self.count_error("bind", exc)
+            if not int(config.get("local_port", 0)):
+                self._port = _random_port()
+            return False
+        sock.setblocking(False)
+        self.poller.register(sock, select.POLLIN)
+        self.sock = self._raw_sock = sock
         if self.profile is not None:
-            self.sock = self.profile.time_io(self.sock, None, None)[0]
+            self.sock = self.profile.time_io(sock, None, None)[0]
         return True
+
+    def _reopen(self, now):
+        """An empty datagram was read. ESP32 MicroPython marks a socket closed after any read of 0
+        bytes, UDP too (ports/esp32/modsocket.c, _socket_read_data: SOCKET_STATE_PEER_CLOSED), and
+        then answers every read with 0 bytes at once: one empty datagram from anyone would leave
+        the handset deaf until it restarts. So the socket is closed and a new one bound to the
+        same port (what was queued in the old one is lost: a frame or two). On every port alike,
+        so that the unix port's tests exercise it."""
+        self.summary["empty_datagrams"] += 1
+        raw = self._raw_sock
+        self.sock = self._raw_sock = None
+        try:
+            self.poller.unregister(raw)
+        except (OSError, ValueError, KeyError):
+            pass
+        raw.close()
+        for _ in range(3):   # the port was ours a moment ago
+            if self.open_socket(now):
+                return
+        raise OSError(errno.EADDRINUSE)   # no socket: a fault, the handset restarts (docs/handset.md)
 
     def count_error(self, operation, exc):
         """One more network error of this kind (summary and !state "net_errors"); never fatal."""
@@ -424,47 +473,53 @@ class App:
         if errors[key] == 1 or errors[key] % 100 == 0:
             self.log("W", "%s failed (%d so far): %r" % (operation, errors[key], exc))
 
+    @micropython.native
     def receive(self, now):
         """One datagram (the poller said one is there); the loop comes back at once for the next.
 
-        recv, not recvfrom: no address tuple per datagram. Not readinto either: MicroPython's
-        stream readinto keeps reading until the buffer is full or the socket would block, so on
-        a non-blocking UDP socket it glues queued datagrams together (docs/handset.md). Media
-        (mini frames) are copied into a buffer made once and opened in place there, through
-        views made once; signalling (rare) gets its own bytearray, since the protocol may keep
-        parts of it."""
+        Peeked at first (recv with MSG_PEEK: no address tuple, two small objects); media is then
+        read with readinto into the buffer made once, exactly its length, and opened in place there
+        through views made once: nothing else is allocated. Signalling (rare) is read with recv and
+        gets its own bytearray, since the protocol may keep parts of it."""
+        sock = self.sock
         try:
-            data = self.sock.recv(self._rx_n)
+            head = sock.recv(_PEEK, _MSG_PEEK)
         except OSError:
             return
-        except MemoryError:   # the heap has no room now (the collector has tried): shorter ones
+        except MemoryError:   # not even two blocks free (the collector has tried): the datagram waits
             self.summary["short_reads"] += 1
-            self._rx_n = _RX_SHORT
+            return
+        n = len(head)
+        if n and not head[0] & 0x80:   # media: read where it is opened
             try:
-                data = self.sock.recv(_RX_SHORT)
+                n = sock.readinto(self._rx, n if n < _PEEK else _VOICE_FRAME)
             except OSError:
                 return
-            except MemoryError:   # not even that: the datagram waits (or is lost), the loop goes on
-                self.summary["short_reads"] += 1
+            if not n:
+                self._reopen(now)
                 return
-        n = len(data)
-        if not n:
-            return
+            data = None
+        else:
+            data = self._recv_signalling(sock)
+            if data is None:
+                return
+            n = len(data)
+            if not n:   # an empty datagram, taken off the queue: on an ESP32 the socket is now closed
+                self._reopen(now)
+                return
         try:
-            if data[0] & 0x80:
+            if data is not None:
                 self._signalled = True
                 if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER):
                     _pack()   # a call's keys and buffers come with it (the type is in the clear header)
                 self.phone.receive(bytearray(data), now)
                 return
-            rx = self._rx_view
-            rx[:n] = data
             if n == _VOICE_FRAME:
                 frame = self._voice_frame
             elif n == _CN_FRAME:
                 frame = self._cn_frame
             else:
-                frame = rx[:n]   # not a media frame's length: open_media refuses it
+                frame = self._rx_view[:n]   # not a media frame's length: open_media refuses it
             ts = self.phone.open_media(frame)
         except wire.DecodeError:
             self.frames_rejected += 1
@@ -484,10 +539,28 @@ class App:
             self.record.write(struct.pack(">I", ts & 0xFFFFFFFF))
             self.record.write(payload)
 
+    def _recv_signalling(self, sock):
+        """A signalling datagram (or an empty one) as bytes; None when there was none or no room."""
+        try:
+            return sock.recv(self._rx_n)
+        except OSError:
+            return None
+        except MemoryError:   # the heap has no room now (the collector has tried): shorter ones
+            self.summary["short_reads"] += 1
+            self._rx_n = _RX_SHORT
+            try:
+                return sock.recv(_RX_SHORT)
+            except OSError:
+                return None
+            except MemoryError:   # not even that: the datagram waits (or is lost), the loop goes on
+                self.summary["short_reads"] += 1
+                return None
+
     def flush(self, now):
         for datagram in self.phone.datagrams_to_send(now):
             self.sendto(datagram, self.host_addr, _TOS_CS3)
 
+    @micropython.native
     def sendto(self, data, addr, tos):
         """Send one datagram marked with tos (DSCP << 2), where the platform lets us mark.
 
@@ -505,6 +578,7 @@ class App:
             self.count_error("sendto", exc)
             self._keep(data, addr, tos)
 
+    @micropython.native
     def _send(self, data, addr, tos):
         if self._mark and self._tos != tos:
             try:
@@ -533,6 +607,7 @@ class App:
             retry.pop(0)
             self.summary["sends_retried"] += 1
 
+    @micropython.native
     def capture(self, now):
         """Send every whole 20 ms frame the microphone has (the microphone's clock paces sending);
         each frame is read, encoded, sealed and sent before anything else runs."""
@@ -574,6 +649,7 @@ class App:
                     self.frames_sent += 1
                     self._call_sent += 1
 
+    @micropython.native
     def audio_tick(self, now):
         """Every 20 ms: the speaker's next frame (the far end, concealment, comfort noise or a tone)."""
         pipeline = self.pipeline
@@ -631,13 +707,13 @@ class App:
             raise
         self.finish()
 
+    @micropython.native
     def _loop(self, now):
         """One pass per wake-up: a datagram came (1), a HAL device such as the microphone is ready
         (2), a timer came, or the audio tick. A pass allocates nothing but the datagram it reads."""
         hal = self.hal
         profile = self.profile
         poll = self._wait_poll
-        sock = self._raw_sock
         self._frame_at = now
         ready = 0
         while self.running:
@@ -667,8 +743,9 @@ class App:
                 break
             ready = 0   # sleep in the poller until a datagram (1), a HAL device (2) or the time
             for entry in poll(wait if wait > 0 else 1):   # ipoll: no list, one tuple reused
-                ready |= 1 if entry[0] is sock else 2
+                ready |= 1 if entry[0] is self._raw_sock else 2   # not a local: _reopen makes a new one
 
+    @micropython.native
     def _audio(self, now):
         """The 20 ms tick when it has come (keys, the speaker's frame, the display), and the
         microphone's frames whenever they are there."""

@@ -1,4 +1,5 @@
-"""The call-feature console commands a handset turns into star codes (docs/features.md).
+"""The call-feature console commands a handset turns into star codes (docs/features.md):
+`!dnd`, `!forward`, `!pickup`.
 
 Rarely run (an operator's or a script's `!dnd` / `!forward`): firmware/app.py imports this
 module for each use and forgets it again (firmware.hal.rarely), so that its code does not
@@ -7,7 +8,9 @@ stay on a handset's heap.
 
 
 def star_code(cmd):
-    """The star code a `!dnd` or `!forward` console command dials (docs/features.md), else None."""
+    """The star code a `!dnd`, `!forward` or `!pickup` console command dials (docs/features.md), else None."""
+    if cmd == "!pickup":       # a call ringing at another phone of the site (docs/features.md)
+        return "*8"
     words = cmd.split()
     what = words[1] if len(words) > 1 else ""
     if words[0] == "!dnd" and len(words) == 2 and what in ("on", "off"):

@@ -7,15 +7,19 @@ everything the loop does until the next one (receive and open frames, timers,
 signalling, housekeeping). Busy time is summed with time.ticks_us from the top of each
 loop iteration to its sleep; the sleeps are not counted. Time inside the socket, the
 poller and the HAL's audio and key calls (on the unix port: system calls, which an ESP32
-replaces with lwIP and I2S) is also counted apart, as the tick's I/O. Each tick's
-duration, I/O and what it did (its kind) go into storage allocated here, at start-up, so
-profiling allocates nothing per tick; report() (at the end) gives the median, p99 and
-maximum per kind, with and without the I/O.
+replaces with lwIP and I2S) is also counted apart, as the tick's I/O; of it, the time in the
+socket's calls (sendto, recv, setsockopt) and how many of each the tick made are kept apart
+again (an ESP32 makes these calls into lwIP, whose cost `upbx bench handset` takes from
+Espressif's published figures instead of scaling this machine's system calls). Each tick's
+duration, I/O, socket time and calls and what it did (its kind) go into storage allocated
+here, at start-up, so profiling allocates nothing per tick; report() (at the end) gives the
+median, p99 and maximum per kind, with and without the I/O, and every tick's figures as hex
+("raw", when the heap has room for them at the end) for the bench to combine.
 """
 import gc
 from array import array
 
-from common.compat import const
+from common.compat import const, micropython
 from firmware.audio import jitter
 
 try:
@@ -48,11 +52,16 @@ class TickProfile:
         # this storage at every collection, so it is kept small
         self.us = array("H", bytes(2 * capacity))
         self.io_us = array("H", bytes(2 * capacity))
+        self.net_us = array("H", bytes(2 * capacity))   # of io_us: the socket's calls
+        self.net_calls = bytearray(capacity)   # sendto (low 4 bits) and recv (high 4 bits) calls, at most 15 each
         self.kinds = bytearray(capacity)
         self.count = 0
         self.dropped = 0     # ticks after the storage was full
         self.kind = NONE     # what the open tick did, set by classify() after its audio tick
         self.io = 0          # I/O time of the open tick so far
+        self.net = 0         # of it, in the socket's calls
+        self.sends = 0       # the open tick's sendto (and setsockopt) calls
+        self.recvs = 0       # and recv calls
         self._busy = 0
         self._mark = ticks_us()
         self._bridged = 0
@@ -63,10 +72,12 @@ class TickProfile:
         return (sock and _TimedSocket(self, sock), ipoll and _timed(self, ipoll),
                 hal and _TimedHal(self, hal))
 
+    @micropython.native
     def resume(self):
         """Top of a loop iteration: the handset is busy from here."""
         self._mark = ticks_us()
 
+    @micropython.native
     def pause(self):
         """Just before the loop sleeps."""
         self._busy += ticks_diff(ticks_us(), self._mark)
@@ -75,6 +86,7 @@ class TickProfile:
         """The loop ran its garbage collection in the open tick."""
         self.kind |= COLLECTED
 
+    @micropython.native
     def tick(self):
         """An audio tick starts: the previous tick ends here and is stored (if it was in a call).
 
@@ -88,15 +100,18 @@ class TickProfile:
             if n < len(self.kinds):
                 self.us[n] = busy if busy < 65535 else 65535
                 self.io_us[n] = self.io if self.io < 65535 else 65535
+                self.net_us[n] = self.net if self.net < 65535 else 65535
+                self.net_calls[n] = (self.sends if self.sends < 15 else 15) | (self.recvs if self.recvs < 15 else 15) << 4
                 self.kinds[n] = self.kind
                 self._ended = True   # until classify() shows the call still up
             else:
                 self.dropped += 1
         self.kind = NONE
-        self.io = 0
+        self.io = self.net = self.sends = self.recvs = 0
         self._busy = 0
         self._mark = now
 
+    @micropython.native
     def classify(self, sent_voice, pipeline):
         """What the audio tick just done did: sent_voice is False when the VAD heard silence."""
         if self._ended:   # the call is still up: the tick stored last counts
@@ -120,8 +135,9 @@ class TickProfile:
         (the ticks that held a gc.collect()), "worst": {"us", "io_us", "kind", "collected"}, "end": {"us",
         "io_us"} (the tick in which the call ended, not among the others) or None}, where figures
         are {"ticks", "p50_us", "p99_us", "max_us", "io_p50_us", "without_io_p50_us", "without_io_p99_us",
-        "without_io_max_us"}, and per kind "collections". Allocates (one list of ticks at a time, for a
-        small heap): call it at the end."""
+        "without_io_max_us"}, and per kind "collections"; "raw": every stored tick as hex of its little-endian
+        storage ({"us", "io_us", "net_us": 16 bits a tick, "kinds", "net_calls": 8 bits}). Allocates (one list of
+        ticks at a time, for a small heap; the raw hex, 14 bytes a tick): call it at the end."""
         gc.collect()   # the lists below are the largest things made on a small heap at the end
         n = self.count
         kinds = {}
@@ -139,7 +155,17 @@ class TickProfile:
                 "worst": {"us": self.us[worst] if n else None, "io_us": self.io_us[worst] if n else None,
                           "kind": KINDS[self.kinds[worst] & 0x7F] if n else None,
                           "collected": bool(n and self.kinds[worst] & COLLECTED)},
-                "end": {"us": self.us[n], "io_us": self.io_us[n]} if self._ended else None}
+                "end": {"us": self.us[n], "io_us": self.io_us[n]} if self._ended else None,
+                "raw": self._raw(n)}
+
+    def _raw(self, n):
+        """The stored ticks as hex (14 bytes of text a tick), or None when the heap has no room for them
+        at the end (a device profiling many ticks: the figures above are complete without them)."""
+        try:
+            return {"us": _hex(self.us, n), "io_us": _hex(self.io_us, n), "net_us": _hex(self.net_us, n),
+                    "kinds": _hex(self.kinds, n), "net_calls": _hex(self.net_calls, n)}
+        except MemoryError:
+            return None
 
     def _figures(self, code, mask):
         """Tick count, median, p99 (nearest rank) and maximum of the ticks whose kind & mask == code:
@@ -168,6 +194,12 @@ class TickProfile:
         return out
 
 
+def _hex(storage, n):
+    """The first n items of storage (an array or bytearray) as hex of their bytes (native byte order:
+    little-endian on the ports the handset runs on, x86 and Xtensa)."""
+    return bytes(memoryview(storage)[:n]).hex()
+
+
 def _timed(profile, fn):
     """fn(arg) with its time added to profile.io (one argument: no tuple made per call)."""
     def call(arg):
@@ -180,32 +212,58 @@ def _timed(profile, fn):
 
 
 class _TimedSocket:
-    """The app's socket, with recv, sendto and setsockopt counted as I/O."""
+    """The app's socket, with recv, readinto, sendto and setsockopt counted as I/O."""
 
     def __init__(self, profile, sock):
         self._profile = profile
         self._sock = sock
 
-    def recv(self, n):
+    @micropython.native
+    def recv(self, n, flags=0):
         t = ticks_us()
         try:
-            return self._sock.recv(n)
+            return self._sock.recv(n, flags)
         finally:
-            self._profile.io += ticks_diff(ticks_us(), t)
+            p = self._profile
+            t = ticks_diff(ticks_us(), t)
+            p.io += t
+            p.net += t
+            p.recvs += 1
 
+    @micropython.native
+    def readinto(self, buf, n):
+        t = ticks_us()
+        try:
+            return self._sock.readinto(buf, n)
+        finally:
+            p = self._profile
+            t = ticks_diff(ticks_us(), t)
+            p.io += t
+            p.net += t
+            p.recvs += 1
+
+    @micropython.native
     def sendto(self, data, addr):
         t = ticks_us()
         try:
             return self._sock.sendto(data, addr)
         finally:
-            self._profile.io += ticks_diff(ticks_us(), t)
+            p = self._profile
+            t = ticks_diff(ticks_us(), t)
+            p.io += t
+            p.net += t
+            p.sends += 1
 
     def setsockopt(self, level, option, value):
         t = ticks_us()
         try:
             return self._sock.setsockopt(level, option, value)
         finally:
-            self._profile.io += ticks_diff(ticks_us(), t)
+            p = self._profile
+            t = ticks_diff(ticks_us(), t)
+            p.io += t
+            p.net += t
+            p.sends += 1   # costed as a send (an ESP32 handset makes none: stock setsockopt has no IP_TOS)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -219,6 +277,7 @@ class _TimedHal:
         self._hal = hal
         self.ticks_ms = hal.ticks_ms   # called every loop: no __getattr__ on the way
 
+    @micropython.native
     def read_frame(self, pcm):
         t = ticks_us()
         try:
@@ -226,6 +285,7 @@ class _TimedHal:
         finally:
             self._profile.io += ticks_diff(ticks_us(), t)
 
+    @micropython.native
     def write_frame(self, pcm):
         t = ticks_us()
         try:
@@ -233,6 +293,7 @@ class _TimedHal:
         finally:
             self._profile.io += ticks_diff(ticks_us(), t)
 
+    @micropython.native
     def poll_keys(self):
         t = ticks_us()
         try:

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import sys
 
-from upbx.host import features
+from upbx.host import features, groups_admin
 from upbx.host.moh import MAX_SECONDS, MusicOnHoldError, wav_ulaw
 from upbx.host.config import ConfigError, load_main_config
 from upbx.host.directory import Directory, DirectoryError, SYSINFO_KEYS
@@ -26,7 +26,7 @@ def add_arguments(parser):
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="MAIN.toml", help="the main host's configuration (its database key)")
     where.add_argument("--database", metavar="PATH", help="the main host's SQLite database")
-    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,moh,calls,sysinfo}", required=True)
+    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,calls,sysinfo}", required=True)
 
     site = _actions(things, "site", "sites (shops, farms, schools...)")
     p = _leaf(site, "add", "add a site")
@@ -64,6 +64,8 @@ def add_arguments(parser):
     p.add_argument("number")
     p.add_argument("state", choices=("on", "off"))
     _leaf(ext, "features", "an extension's do-not-disturb and forwarding settings").add_argument("number")
+
+    groups_admin.add_arguments(things, _actions, _leaf)
 
     moh = _actions(things, "moh", "music on hold, played by every host to held parties")
     _leaf(moh, "set", "play this WAV (8 kHz, mono, 16-bit, at most %d s)" % MAX_SECONDS).add_argument("wav")
@@ -285,7 +287,7 @@ def calls(d, args):
         rows.append(dict(r, started=_time(r["started_ms"]), talk_s=talk))
     _table(args, rows, [("started", "STARTED (UTC)"), ("origin", "ORIGIN"), ("caller", "CALLER"),
                         ("callee", "CALLEE"), ("path", "PATH"), ("setup_ms", "SETUP_MS"), ("talk_s", "TALK_S"),
-                        ("cause", "CAUSE"), ("uid", "UID")])
+                        ("cause", "CAUSE"), ("dialled", "DIALLED"), ("uid", "UID"), ("linked", "LINKED")])
 
 
 def sysinfo_show(d, args):
@@ -315,6 +317,11 @@ HANDLERS = {
     ("ext", "dnd"): ext_dnd, ("ext", "features"): ext_features,
     ("moh", "set"): moh_set, ("moh", "unset"): moh_unset, ("moh", "show"): moh_show,
     ("calls", None): calls,
+    ("group", "add"): lambda d, args: groups_admin.group_add(d, args, _done),
+    ("group", "set"): lambda d, args: groups_admin.group_set(d, args, _done),
+    ("group", "list"): lambda d, args: groups_admin.group_list(d, args, _table),
+    ("group", "show"): lambda d, args: groups_admin.group_show(d, args, _done),
+    ("group", "del"): lambda d, args: groups_admin.group_del(d, args, _done),
     ("sysinfo", "show"): sysinfo_show, ("sysinfo", "set"): sysinfo_set, ("sysinfo", "unset"): sysinfo_unset,
 }
 

@@ -18,11 +18,13 @@ Leaving: a party that hangs up (or whose link goes) leaves, the rest carry on; t
 stay mixed (each hears the other); when one is left its leg is released (cause normal clearing).
 """
 import collections
+import os
 from array import array
 from operator import sub
 
 from upbx.common import wire
 from upbx.common.g711 import ulaw_decode, ulaw_encode
+from upbx.common.media import MediaLeg
 from upbx.host.switch import other_leg, send_on_leg
 
 MAX_QUEUE = 3          # frames a party's playout queue keeps (60 ms); more: the oldest goes
@@ -203,11 +205,13 @@ class Conferences:
             self.active.append(conf)
         self._reply(active, True, now)
         self.switch.release_leg(held, wire.CAUSE_CONFERENCE, now)
-        for leg in parties:   # B3: phones that sent to each other send to the host again
-            if leg.link.kind == "phone" and leg.call.path == "local":
+        for leg in parties:   # B3: phones that sent to each other send to the host again, with a new key
+            if leg.link.kind == "phone" and leg.call.path == "local":   # (MEDIA_PEER without an address)
+                key = os.urandom(16)
+                leg.media = MediaLeg(key, 1, leg.call_no, leg.peer_call_no)
                 leg.link.send_signal(wire.MEDIA_PEER, {wire.IE_PEER_CALL_NO: leg.peer_call_no,
-                                                       wire.IE_CALL_NO: leg.call_no,
-                                                       wire.IE_PATH: wire.PATH_RELAY}, now)
+                                                       wire.IE_CALL_NO: leg.call_no, wire.IE_MEDIA_KEY: key,
+                                                       wire.IE_ROLE: 0}, now)
         core.stats.count("conference joins")
         core.log.info("conference", id=conf.id, by=link.name, parties=[p.name for p in conf.parties])
 

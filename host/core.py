@@ -10,6 +10,7 @@ time (for call records) is that plus `wall_offset_ms`, which the daemon keeps se
 """
 from upbx.common import wire
 from upbx.host.conference import Conferences
+from upbx.host import lines
 from upbx.host.moh import MusicOnHold
 from upbx.host.switch import other_leg, send_on_leg
 
@@ -95,7 +96,7 @@ class BandwidthMeter:
 class HostCore:
     """Base of MainHost and RemoteHost: the sans-IO surface and the call control both hosts share.
 
-    A subclass sets self.switch and self.peers (host.peers.PeerTable) and implements
+    A subclass sets self.switch, self.groups (host.groups.GroupCalls) and self.peers (host.peers.PeerTable) and implements
     on_datagram, on_tick, on_call_event (what the host adds to an alerting/answer/release
     it passes on), on_call_ended (its record), bandwidth_owners and status.
     """
@@ -215,6 +216,8 @@ class HostCore:
             return
         if leg.call.conference is not None:
             return self.conferences.message(leg, msg_type, ies, now)
+        if self.groups.call_message(leg, msg_type, ies, now):   # a group call ringing, a page
+            return
         passed = self.switch.pass_on(leg, msg_type, ies, now)
         if passed is None:
             self.stats.drop("message out of turn")
@@ -225,6 +228,8 @@ class HostCore:
             return
         if passed == wire.ANSWER:
             self.log.info("call-answered", call=call.uid, setup_ms=now - call.started_ms)
+            if call.linked is not None:
+                lines.answered(self, call, now)
         self.on_call_event(call, passed, now)
 
     def hold_message(self, link, ies, now):
@@ -266,6 +271,7 @@ class HostCore:
 
     def release_calls(self, link, cause, now):
         """link is gone (logged out, expired, logged in again): its calls end, the other legs hear why."""
+        self.groups.link_gone(link, now)     # a group's member: the group call goes on without it
         for call in self.switch.calls_of(link):
             if call.conference is not None:   # the other parties carry on
                 self.conferences.link_gone(call, link, cause, now)
@@ -277,6 +283,7 @@ class HostCore:
 
     def end_call(self, call, cause, now, record=True):
         self.held.discard(call)
+        self.groups.released_forks(call, cause, now)
         if not self.switch.end_call(call, cause, now):
             return
         self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path,

@@ -19,14 +19,15 @@ import secrets
 import sqlite3
 
 from upbx.common import wire
-from upbx.host import features
+from upbx.host import features, groups
 from upbx.host.files import private_database
 
 Site = collections.namedtuple("Site", "name uplink_kbps local_calls local_call_quota")
 RemoteHostEntry = collections.namedtuple("RemoteHostEntry", "name site secret")
 Extension = collections.namedtuple("Extension", "number site name secret barred")
 CallRecord = collections.namedtuple(
-    "CallRecord", "id uid origin caller callee path started_ms answered_ms ended_ms cause setup_ms")
+    "CallRecord", "id uid origin caller callee path started_ms answered_ms ended_ms cause setup_ms dialled linked")
+_V1_RECORD_COLUMNS = "id, uid, origin, caller, callee, path, started_ms, answered_ms, ended_ms, cause, setup_ms"
 
 CALL_RECORD_FIELDS = CallRecord._fields[1:]  # what add_call_record accepts (id is assigned)
 CALL_PATHS = ("relay", "direct", "local")
@@ -68,6 +69,8 @@ CREATE TABLE IF NOT EXISTS call_records (
     ended_ms INTEGER,
     cause TEXT,
     setup_ms INTEGER,
+    dialled TEXT,
+    linked TEXT,
     UNIQUE (origin, uid)
 );
 CREATE TABLE IF NOT EXISTS features (
@@ -79,6 +82,10 @@ CREATE TABLE IF NOT EXISTS music_on_hold (
     version INTEGER NOT NULL,
     name TEXT NOT NULL,
     ulaw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS groups (
+    number TEXT PRIMARY KEY,
+    data TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sysinfo (
     version INTEGER PRIMARY KEY,
@@ -135,6 +142,10 @@ class Directory:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(call_records)")}
+            for column in ("dialled", "linked"):   # records before transfers and forwards were linked
+                if column not in columns:
+                    self.db.execute("ALTER TABLE call_records ADD COLUMN %s TEXT" % column)
 
     def _migrate_call_records(self):
         """Databases of protocol v1 keyed call records by uid alone; now it is (origin, uid)."""
@@ -143,7 +154,8 @@ class Directory:
             return
         self.db.execute("ALTER TABLE call_records RENAME TO call_records_v1")
         self.db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS call_records"):].split(";")[0])
-        self.db.execute("INSERT INTO call_records SELECT * FROM call_records_v1")
+        self.db.execute("INSERT INTO call_records (%s) SELECT %s FROM call_records_v1"
+                        % (_V1_RECORD_COLUMNS, _V1_RECORD_COLUMNS))
         self.db.execute("DROP TABLE call_records_v1")
 
     def close(self):
@@ -259,6 +271,8 @@ class Directory:
             self._require_site(site)
             if self._one("SELECT 1 FROM extensions WHERE number = ?", (number,)):
                 raise DirectoryError("extension %s already exists" % number)
+            if self._one("SELECT 1 FROM groups WHERE number = ?", (number,)):
+                raise DirectoryError("%s is a group's number" % number)
             self.db.execute("INSERT INTO extensions (number, site, name, secret) VALUES (?, ?, ?, ?)",
                             (number, site, name, secret.hex()))
             self._bump()
@@ -335,6 +349,70 @@ class Directory:
             if announce:
                 self._bump()
         return settings
+
+    # groups (host/groups.py): ring-all, hunt, page
+
+    def set_group(self, group, replace=False):
+        """Store a group (a dict, host/groups.py check()); bumps the version so the remote hosts get it."""
+        try:
+            group = groups.check(group)
+        except groups.GroupError as exc:
+            raise DirectoryError(str(exc)) from None
+        number = group["number"]
+        with self._transaction():
+            if self._one("SELECT 1 FROM extensions WHERE number = ?", (number,)):
+                raise DirectoryError("%s is an extension's number" % number)
+            if not replace and self._one("SELECT 1 FROM groups WHERE number = ?", (number,)):
+                raise DirectoryError("group %s already exists" % number)
+            for member in group["members"]:
+                ext = self.extension(member)
+                if ext is None:
+                    raise DirectoryError("member %s is not an extension" % member)
+                if group["site"] is not None and ext.site != group["site"]:
+                    raise DirectoryError("member %s is on site %r: a %s group's members are of site %r"
+                                         % (member, ext.site, group["strategy"], group["site"]))
+            if group["site"] is not None:
+                self._require_site(group["site"])
+            overflow = group["overflow"]
+            if overflow is not None and not self._one(
+                    "SELECT 1 FROM extensions WHERE number = ? UNION SELECT 1 FROM groups WHERE number = ?",
+                    (overflow, overflow)):
+                raise DirectoryError("overflow %s is neither an extension nor a group" % overflow)
+            self.db.execute("INSERT OR REPLACE INTO groups VALUES (?, ?)", (number, json.dumps(group)))
+            self._bump()
+        return group
+
+    def group(self, number):
+        """A group's definition (dict), or None."""
+        row = self._one("SELECT data FROM groups WHERE number = ?", (number,))
+        return json.loads(row[0]) if row else None
+
+    def groups(self):
+        """Every group, by number."""
+        rows = self.db.execute("SELECT data FROM groups ORDER BY length(number), number")
+        return [json.loads(r[0]) for r in rows]
+
+    def remove_group(self, number):
+        """Remove a group no other group overflows to."""
+        with self._transaction():
+            users = [g["number"] for g in self.groups() if g["overflow"] == number]
+            if users:
+                raise DirectoryError("group %s is the overflow of group %s; change that first" % (number, users[0]))
+            if not self.db.execute("DELETE FROM groups WHERE number = ?", (number,)).rowcount:
+                raise DirectoryError("unknown group %r" % (number,))
+            self._bump()
+
+    def site_groups(self, site):
+        """{number: group} of the groups a site's remote host runs without the main host (B4): those
+        with a member on the site, and the site's page and pickup groups."""
+        numbers = {e.number for e in self.extensions(site)}
+        return {g["number"]: g for g in self.groups() if g["site"] == site or numbers & set(g["members"])}
+
+    def pickup_scope(self, number):
+        """The numbers whose ringing calls number's phone may pick up (host/groups.py pickup_scope)."""
+        site = self.site_of_extension(number)
+        return groups.pickup_scope(number, [e.number for e in self.extensions(site)],
+                                   [g for g in self.groups() if g["site"] == site])
 
     def music_on_hold(self):
         """(version, name, mu-law bytes) of the operator's music on hold; (0, "default", b"") when none

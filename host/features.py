@@ -3,7 +3,7 @@
 The settings of an extension are a small dict, kept by the host that registers its phone
 (a remote host in its site cache, the main host in its directory) and copied to the other:
 
-    {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": 15}
+    {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": 15, "waiting": True}
 
 A phone changes them with a star code, dialled like a number (the handset's `!dnd` and
 `!forward` console commands dial these too); its host answers with a RELEASE whose cause
@@ -12,6 +12,7 @@ says what happened (CAUSE_FEATURE_ON / CAUSE_FEATURE_OFF, or why it was refused)
     *78  do not disturb on            *79  do not disturb off
     *72N forward always to N          *73  every forwarding off
     *90N forward on busy to N         *92N forward on no answer to N (*92N*S: after S seconds)
+    *70  call waiting on              *71  call waiting off (a second call then gets "busy")
 
 `route()` follows forwarding from a called number to the number that should ring, and
 stops a loop with CAUSE_FORWARD_LOOP.
@@ -31,7 +32,8 @@ class FeatureError(ValueError):
 
 
 def defaults():
-    return {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": DEFAULT_NOANSWER_S}
+    return {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": DEFAULT_NOANSWER_S,
+            "waiting": True}
 
 
 def _number(text, what):
@@ -57,6 +59,10 @@ def star_code(called):
         return {"dnd": True}, wire.CAUSE_FEATURE_ON
     if code == "*79" and not rest:
         return {"dnd": False}, wire.CAUSE_FEATURE_OFF
+    if code == "*70" and not rest:
+        return {"waiting": True}, wire.CAUSE_FEATURE_ON
+    if code == "*71" and not rest:
+        return {"waiting": False}, wire.CAUSE_FEATURE_OFF
     if code == "*73" and not rest:
         return {"always": None, "busy": None, "noanswer": None}, wire.CAUSE_FEATURE_OFF
     if code == "*72":
@@ -81,8 +87,9 @@ def check(settings):
         raise FeatureError("unknown feature setting %s" % sorted(unknown)[0])
     out = defaults()
     out.update(settings)
-    if not isinstance(out["dnd"], bool):
-        raise FeatureError("bad dnd %r: true or false" % (out["dnd"],))
+    for flag in ("dnd", "waiting"):
+        if not isinstance(out[flag], bool):
+            raise FeatureError("bad %s %r: true or false" % (flag, out[flag]))
     for kind in KINDS:
         if out[kind] is not None:
             if not isinstance(out[kind], str):

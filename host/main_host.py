@@ -8,7 +8,7 @@ import os
 from upbx.common import wire
 from upbx.common.call import RELEASE_RECEIVED
 from upbx.common.chunks import chunk_ies
-from upbx.host import features
+from upbx.host import features, groups, lines
 from upbx.host.core import HostCore
 from upbx.host.directory import MAIN_ORIGIN, Directory, wire_text
 from upbx.host.moh import MusicOnHold
@@ -50,6 +50,7 @@ class MainHost(HostCore):
         self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
         self.music_version = 0   # the operator's music on hold (0: the generated default), docs/features.md
         self.music_acked = {}    # remote host name -> the music version it said it has
+        self.groups = groups.GroupCalls(self)
         self._load_music()
 
     # directory
@@ -73,6 +74,7 @@ class MainHost(HostCore):
             "extensions": {e.number: {"name": e.name, "secret": e.secret.hex(), "barred": bool(e.barred)}
                            for e in self.directory.extensions(site)},
             "features": self.directory.site_features(site),
+            "groups": self.directory.site_groups(site),
         }
 
     # datagrams
@@ -208,6 +210,10 @@ class MainHost(HostCore):
             self.hold_message(link, ies, now)
         elif msg_type == wire.CONFERENCE and link.kind == "phone":
             self.conference_message(link, ies, now)
+        elif msg_type == wire.TRANSFER:
+            lines.transfer(self, link, ies, now)
+        elif msg_type == wire.PARTY:
+            lines.party(self, link, ies, now)
         elif msg_type == wire.MUSIC and link.kind == "host":
             self.music_acked[link.name] = ies.get(wire.IE_VERSION)
         elif msg_type == wire.BYE:
@@ -247,6 +253,8 @@ class MainHost(HostCore):
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         called = ies[wire.IE_CALLED]
         if called.startswith("*"):
+            if called == groups.PICKUP_CODE or groups.intercom_target(called):
+                return self._group_code(link, ies, caller, called, now)
             return self._star_code(link, ies, now)
         tried = []
         routed, cause = features.route(called, self.directory.features, self._phone_busy, seen=tried)
@@ -256,11 +264,14 @@ class MainHost(HostCore):
             self.log.info("call-forwarded", caller=caller, called=called, to=routed)
             called = routed
         target, cause = self._target_link(called)
+        group = self.directory.group(called) if cause == wire.CAUSE_UNKNOWN_EXTENSION else None
+        if group is not None:     # a group (host/groups.py), dialled or forwarded to
+            return self._group_call(link, ies, caller, group, tried, now)
         if target is None:
             return self.refuse_setup(link, ies, cause, now)
         if target is link:
             return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
-        if target.kind == "phone" and target.legs:
+        if target.kind == "phone" and self._phone_busy(called):
             return self.refuse_setup(link, ies, wire.CAUSE_BUSY, now)
         cause = self.switch.admit(link, target)   # call numbers left, calls per peer
         if cause is not None:
@@ -280,11 +291,75 @@ class MainHost(HostCore):
         self.log.info("call-setup", call=call.uid, caller=caller, called=called,
                       via="%s->%s" % (link.name, target.name))
 
+    # groups, pickup, intercom (host/groups.py)
+
+    def _caller_name(self, caller):
+        ext = self.directory.extension(caller)
+        return wire_text(ext.name if ext else "", wire.IE_SPEC[wire.IE_CALLING_NAME][3])
+
+    def _group_call(self, link, ies, caller, group, tried, now, answer=None):
+        """A call to a group (or an intercom, answer=1): leg a now, the members' legs by GroupCalls."""
+        if group["strategy"] == "pickup":     # *8 picks up in it; its number rings nobody
+            return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=caller)
+        if group["strategy"] == "page":
+            site = self._site_of(link) if link.kind == "phone" else self.directory.site_of_extension(caller)
+            if site != group["site"]:
+                return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=caller)
+            group = dict(group, members=group["members"] or [e.number for e in self.directory.extensions(site)])
+        cause = self.switch.admit(link)
+        if cause is not None:
+            return self.refuse_setup(link, ies, cause, now, caller=caller)
+        if link.kind == "host":
+            self.local_calls.get(self._site_of(link), set()).discard(ies.get(wire.IE_CALL_ID))
+        call = self.switch.new_call(caller, group["number"], now)
+        call.tried = tried
+        self.switch.incoming(call, link, ies)
+        self.groups.start(call, group, self._caller_name(caller), now, answer)
+
+    def _group_code(self, link, ies, caller, called, now):
+        """*8 (pickup) from a phone here, *80N (intercom to N) from any phone."""
+        if called == groups.PICKUP_CODE:
+            if link.kind != "phone":
+                return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=caller)
+            if not self.groups.pickup(link, ies, now, self.directory.pickup_scope(caller)):
+                self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=caller)   # nothing rings
+            return None
+        number = groups.intercom_target(called)
+        if self.directory.extension(number) is None:
+            return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, now, caller=caller)
+        intercom = {"number": number, "strategy": "ring-all", "members": [number], "ring_s": groups.RING_S[0],
+                    "overflow": None, "site": None}
+        self._group_call(link, ies, caller, intercom, [number], now, answer=groups.ANSWER_INTERCOM)
+
+    def group_target(self, number, call):
+        """Where a group's member rings: (link, None), or (None, cause) when it cannot now."""
+        target, cause = self._target_link(number)
+        if target is not None and target.kind == "phone" and target.legs:
+            return None, wire.CAUSE_BUSY
+        if target is not None and self.directory.features(number)["dnd"]:
+            return None, wire.CAUSE_DND
+        return target, cause
+
+    def group_overflow(self, call, number, now):
+        self._forward(call, number, "group overflow", now)
+
+    def group_answered(self, call, now):
+        """A member answered: B2 as for a forwarded call (the pair is offered now, the media follows)."""
+        call.b2 = call.a.link.kind == "host" and call.b.link.kind == "host" and call.a.link is not call.b.link
+        if call.b2 and self.config.direct_media:
+            self._offer_pair(call.a.link, call.b.link, now)
+            self._media_peers(call, now)
+
     def _phone_busy(self, number):
         """A phone at the main host is busy when it has a leg; a remote host's phone: not known here
         (its remote host forwards on busy, host/remote_host.py)."""
         link = self.links_by_name.get(("phone", number))
-        return link is not None and link.legs > 0
+        if link is None or not link.legs:
+            return False
+        calls = self.switch.calls_of(link)
+        if link.legs > len(calls):   # it rings for a group or is paged: legs no Call holds as its a or b
+            return True
+        return lines.busy(calls, self.directory.features(number))
 
     # station features (host/features.py, docs/features.md)
 
@@ -347,11 +422,18 @@ class MainHost(HostCore):
         """Offer a call whose callee leg is gone to number, following that number's forwarding."""
         routed, cause = features.route(number, self.directory.features, self._phone_busy, seen=call.tried)
         target = None
+        group = None
         if routed is not None:
             target, cause = self._target_link(routed)
+            group = self.directory.group(routed) if cause == wire.CAUSE_UNKNOWN_EXTENSION else None
+        if group is not None and group["strategy"] in ("ring-all", "hunt"):   # a group is a forward target too
+            self.log.info("call-forwarded", call=call.uid, called=call.callee, to=routed, reason=reason)
+            call.callee = routed
+            call.noanswer = None
+            return self.groups.start(call, group, self._caller_name(call.caller), now)
         if target is not None and (target is call.a.link and target.kind == "phone"):
             target, cause = None, wire.CAUSE_FORWARD_LOOP
-        if target is not None and target.kind == "phone" and target.legs:
+        if target is not None and target.kind == "phone" and self._phone_busy(routed):
             target, cause = None, wire.CAUSE_BUSY
         if target is not None:
             cause = self.switch.admit(target)
@@ -435,6 +517,10 @@ class MainHost(HostCore):
         host = self.directory.remote_host(link.name)
         cause = None
         a, b = self.directory.extension(calling), self.directory.extension(called)
+        group = self.directory.group(called) if b is None else None
+        if group is not None and group["strategy"] in ("ring-all", "hunt") and group["members"]:
+            sites = {self.directory.site_of_extension(m) for m in group["members"]}
+            b = a if len(sites) == 1 and a is not None and sites == {a.site} else None   # a group of the site
         if host is None or a is None or b is None or a.site != host.site or b.site != host.site:
             cause = wire.CAUSE_UNKNOWN_EXTENSION
         else:
@@ -485,6 +571,7 @@ class MainHost(HostCore):
     def on_tick(self, now):
         self.play_music_on_hold(now)
         self.switch.flush()
+        self.groups.tick(now)
         ring_ms = self.config.ring_timeout_s * 1000
         for call in list(self.switch.calls.values()):
             ringing = call.state in ("setup", "alerting") and call.b is not None

@@ -79,7 +79,8 @@ class RecordStore:
 
 # The upload format: one call record in one RECORDS message (IE_DATA holds at most
 # 255 bytes), so a list in a fixed order with the cause as its code, not a dict.
-UPLOAD_FIELDS = ("uid", "caller", "callee", "path", "started_ms", "answered_ms", "ended_ms", "cause", "setup_ms")
+UPLOAD_FIELDS = ("uid", "caller", "callee", "path", "started_ms", "answered_ms", "ended_ms", "cause", "setup_ms",
+                 "dialled", "linked")
 
 
 def call_record(call, origin, cause, now, wall_ms):
@@ -94,7 +95,11 @@ def call_record(call, origin, cause, now, wall_ms):
     return {"uid": call.uid, "origin": origin, "caller": call.caller, "callee": call.callee,
             "path": call.path, "started_ms": wall(call.started_ms), "answered_ms": wall(call.answered_ms),
             "ended_ms": wall_ms, "cause": CAUSE_TEXT.get(cause, str(cause)),
-            "setup_ms": (call.alerted_ms - call.started_ms) if call.alerted_ms else None}
+            "setup_ms": (call.alerted_ms - call.started_ms) if call.alerted_ms else None,
+            # linked records (docs/features.md): the number dialled when the call was forwarded
+            # elsewhere, and the uid of the call a transfer continues
+            "dialled": call.tried[0] if call.tried and call.tried[0] != call.callee else None,
+            "linked": call.linked}
 
 
 def encode_upload(record):
@@ -130,9 +135,10 @@ def decode_upload(data, origin, site, site_of_extension, now_wall_ms):
         values = json.loads(bytes(data))
     except ValueError:
         raise ValueError("not JSON") from None
-    if not isinstance(values, list) or len(values) != len(UPLOAD_FIELDS):
-        raise ValueError("expected a list of %d fields" % len(UPLOAD_FIELDS))
-    record = dict(zip(UPLOAD_FIELDS, values))
+    if not isinstance(values, list) or len(values) not in (len(UPLOAD_FIELDS) - 2, len(UPLOAD_FIELDS)):
+        raise ValueError("expected a list of %d fields (or %d, from a remote host before linked records)"
+                         % (len(UPLOAD_FIELDS), len(UPLOAD_FIELDS) - 2))
+    record = dict(zip(UPLOAD_FIELDS, values + [None, None][:len(UPLOAD_FIELDS) - len(values)]))
     if not isinstance(record["uid"], str) or not _UID.match(record["uid"]):
         raise ValueError("uid: expected 16 lowercase hex digits")
     for field in ("caller", "callee"):
@@ -155,6 +161,10 @@ def decode_upload(data, origin, site, site_of_extension, now_wall_ms):
     setup = record["setup_ms"]
     if setup is not None and (not _whole(setup) or not 0 <= setup <= ended - started):
         raise ValueError("setup_ms: expected null or 0 to the call's length")
+    if record["dialled"] is not None and (not isinstance(record["dialled"], str) or not _NUMBER.match(record["dialled"])):
+        raise ValueError("dialled: expected null or 1 to 15 digits")
+    if record["linked"] is not None and (not isinstance(record["linked"], str) or not _UID.match(record["linked"])):
+        raise ValueError("linked: expected null or 16 lowercase hex digits")
     cause = record["cause"]
     if not _whole(cause) or cause not in CAUSE_TEXT:
         raise ValueError("cause: expected one of the cause codes %s" % sorted(CAUSE_TEXT))

@@ -14,7 +14,7 @@ from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
-from upbx.host import features
+from upbx.host import features, groups, lines
 from upbx.host.core import HostCore
 from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
@@ -50,6 +50,7 @@ class RemoteHost(HostCore):
         self.peers = PeerTable(self._secret_of, self.stats, config.registration_ttl_s * 1000,
                                phone_keepalive_ms=PHONE_KEEPALIVE_MS)
         self.switch = Switch(self.send, self.stats, config.trunk_mtu, max_legs={"phone": MAX_CALLS_PER_PHONE})
+        self.groups = groups.GroupCalls(self)
         self.main_address = config.main
         # our index towards the main host is reserved in the session table: no phone can get it,
         # or its frames would be taken for the main host's (one port, one index space)
@@ -212,6 +213,8 @@ class RemoteHost(HostCore):
             self.call_message(self.main_link, msg_type, ies, now)
         elif msg_type == wire.HOLD:
             self.hold_message(self.main_link, ies, now)
+        elif msg_type == wire.PARTY:
+            lines.party(self, self.main_link, ies, now)
         elif msg_type == wire.MUSIC:
             self._music(ies, now)
 
@@ -285,20 +288,44 @@ class RemoteHost(HostCore):
             self.hold_message(link, ies, now)
         elif msg_type == wire.CONFERENCE:
             self.conference_message(link, ies, now)
+        elif msg_type == wire.TRANSFER:
+            lines.transfer(self, link, ies, now)
         else:
             self.stats.drop("unexpected message")
 
     def _busy(self, link):
-        return bool(self.switch.calls_of(link)) or any(
-            c.a.link is link for c in self.pending_local.values())
+        """Busy for one more call: call waiting offers a second call beside an answered one (host/lines.py)."""
+        held = self.switch.calls_of(link)
+        if link.legs > len(held):   # it rings for a group or is paged: legs no Call holds as its a or b
+            return True
+        calls = held + [c for c in self.pending_local.values() if c.a.link is link]
+        return lines.busy(calls, self.cache.features(link.name))
 
     def _outgoing(self, link, ies, now):
         if wire.IE_CALL_NO not in ies or wire.IE_CALLED not in ies or wire.IE_MEDIA_KEY not in ies:
             self.stats.drop("setup missing IEs")
             return
         called = ies[wire.IE_CALLED]
-        if called.startswith("*"):
+        if called == groups.PICKUP_CODE:
+            scope = groups.pickup_scope(link.name, self.cache.extensions, (self.cache.data.get("groups") or {}).values())
+            if not self.groups.pickup(link, ies, now, scope):
+                self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=link.name)   # nothing rings
+            return None
+        intercom = groups.intercom_target(called)
+        if intercom is not None and self.cache.extension(intercom) is not None:
+            group = {"number": intercom, "strategy": "ring-all", "members": [intercom], "ring_s": groups.RING_S[0],
+                     "overflow": None, "site": None}
+            return self._local_group(link, ies, group, now, groups.ANSWER_INTERCOM)
+        if called.startswith("*") and intercom is None:
             return self._star_code(link, ies, now)
+        group = self._group(called)
+        if group is not None and group["strategy"] == "pickup":
+            return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=link.name)
+        if group is not None and (group["strategy"] == "page" or not self.main_link.up):
+            return self._local_group(link, ies, group, now)
+        if group is not None and all(self.cache.extension(m) is not None for m in group["members"]) and (
+                group["overflow"] is None or self.cache.extension(group["overflow"]) is not None):
+            return self._site_group(link, ies, group, now)     # an overflow elsewhere: the main host runs it
         tried = []
         if self.cache.extension(called) is not None:   # the site's own: forwarding and DND decided here
             routed, cause = features.route(called, self._features_of, self._number_busy, seen=tried)
@@ -328,6 +355,77 @@ class RemoteHost(HostCore):
             return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
         self.switch.offer(call, self.main_link, now, call_id=False)   # the main host chooses the call ids
         self.log.info("call-setup", call=call.uid, caller=link.name, called=called, via="main")
+
+    # groups, paging, intercom, pickup (host/groups.py): the site's own, here
+
+    def _group(self, number):
+        """A group this host may run (its site's copy, sent with the directory), or None."""
+        return (self.cache.data.get("groups") or {}).get(number)
+
+    def _local_group(self, link, ies, group, now, answer=None):
+        """A group call among the site's phones: a page (always here: no WAN traffic), an intercom
+        to a phone of the site, a ring or hunt group while the main host is unreachable (B4; the
+        members of other sites cannot be reached then)."""
+        if group["strategy"] == "page":
+            if group["site"] != self.cache.data.get("site"):
+                return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=link.name)
+            group = dict(group, members=group["members"] or sorted(self.cache.extensions, key=lambda n: (len(n), n)))
+        cause = self._local_decision(link.name) or self.switch.admit(link)
+        if cause is not None:
+            return self.refuse_setup(link, ies, cause, now, caller=link.name)
+        call = self.switch.new_call(link.name, group["number"], now)
+        call.tried = [group["number"]]
+        call.path = "local"
+        self.switch.incoming(call, link, ies)
+        name = (self.cache.extension(link.name) or {}).get("name", "")
+        self.groups.start(call, group, name, now, answer)
+
+    def _site_group(self, link, ies, group, now):
+        """A ring or hunt group whose members are all of this site, with the main host up: a local
+        call (B3), granted as any (LOCAL_REQUEST names the group); the grant starts the ringing."""
+        cause = self.switch.admit(link)
+        if cause is not None:
+            return self.refuse_setup(link, ies, cause, now, caller=link.name)
+        call = self.switch.new_call(link.name, group["number"], now)
+        call.tried = [group["number"]]
+        call.path = "local"
+        self.switch.incoming(call, link, ies)
+        self.pending_local[call.call_id] = call
+        self.main_link.send_signal(wire.LOCAL_REQUEST, {wire.IE_CALLING: link.name, wire.IE_CALLED: group["number"],
+                                                        wire.IE_CALL_ID: call.call_id}, now)
+
+    def group_target(self, number, call):
+        """Where a member rings: its phone here, if registered, idle and not in do not disturb."""
+        if self.cache.extension(number) is None:
+            return None, wire.CAUSE_UNREACHABLE      # another site's: not from here
+        target = self._phone_link(number)
+        if target is None:
+            return None, wire.CAUSE_UNREACHABLE
+        if self._busy(target):
+            return None, wire.CAUSE_BUSY
+        if self.cache.features(number)["dnd"]:
+            return None, wire.CAUSE_DND
+        return target, None
+
+    def group_overflow(self, call, number, now):
+        """Nobody of a local group took the call: on to its overflow number, on the site."""
+        routed, cause = features.route(number, self._features_of, self._number_busy, seen=call.tried)
+        if routed is None:
+            return self._refuse(call, cause, now)
+        group = self._group(routed)
+        if group is not None and group["strategy"] in ("ring-all", "hunt"):
+            call.callee = routed
+            return self.groups.start(call, group, (self.cache.extension(call.caller) or {}).get("name", ""), now)
+        if self.cache.extension(routed) is None:
+            return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
+        call.callee = routed
+        call.noanswer = None
+        self._connect_local(call, now)
+
+    def group_answered(self, call, now):
+        """A member answered (or picked the call up): a local call's phones send to each other."""
+        if call.path == "local":
+            self._local_media(call, now)
 
     # station features (host/features.py, docs/features.md): this host keeps its phones' settings
 
@@ -363,9 +461,11 @@ class RemoteHost(HostCore):
                                                        wire.IE_DATA: features.encode(self.cache.features(number))}, now)
 
     def _uplink_calls(self):
-        """Calls the uplink carries; a conference counts each mixed stream to a party across it."""
-        return sum(1 for c in self.switch.calls.values() if c.path != "local" and c.b is not None
-                   and c.conference is None) + self.conferences.trunked_parties()
+        """Calls that cross the uplink; one whose two legs both go to the main host (a transfer this
+        host joined, host/lines.py) crosses it twice; a conference counts each mixed stream to a party
+        across it (host/conference.py)."""
+        return sum(1 + (c.a.link is c.b.link) for c in self.switch.calls.values()
+                   if c.path != "local" and c.b is not None and c.conference is None) + self.conferences.trunked_parties()
 
     def _uplink_peers(self):
         """The hosts the site's inter-site calls send trunks to: the main host and direct pairs."""
@@ -409,6 +509,9 @@ class RemoteHost(HostCore):
         self.end_call(call, cause, now, record=False)
 
     def _connect_local(self, call, now):
+        group = self._group(call.callee)
+        if group is not None and group["strategy"] in ("ring-all", "hunt"):   # granted: its members ring
+            return self.groups.start(call, group, (self.cache.extension(call.caller) or {}).get("name", ""), now)
         target = self._phone_link(call.callee)
         if target is None:
             return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
@@ -430,7 +533,9 @@ class RemoteHost(HostCore):
             self.stats.drop("setup missing IEs")
             return
         cause = None
-        if self.cache.extension(called) is not None:
+        if ies.get(wire.IE_ANSWER):     # an intercom (host/groups.py): for this phone, not where it forwards
+            cause = wire.CAUSE_DND if self.cache.features(called)["dnd"] else None
+        elif self.cache.extension(called) is not None:
             routed, cause = features.route(called, self._features_of, self._number_busy)
             if routed is not None and routed != called:
                 if self.cache.extension(routed) is None:
@@ -449,7 +554,9 @@ class RemoteHost(HostCore):
             return self.refuse_setup(self.main_link, ies, cause, now)
         call = self.switch.new_call(ies.get(wire.IE_CALLING, ""), called, now, ies.get(wire.IE_CALL_ID))
         self.switch.incoming(call, self.main_link, ies)
-        self.switch.offer(call, target, now, ies.get(wire.IE_CALLING_NAME, ""))
+        answer = ies.get(wire.IE_ANSWER)    # an intercom: the phone answers by itself
+        self.switch.offer(call, target, now, ies.get(wire.IE_CALLING_NAME, ""),
+                          extra={wire.IE_ANSWER: answer} if answer else None)
 
     def on_call_event(self, call, msg_type, now):
         # B3: the phones send media to each other once the callee rings; a call that may still be
@@ -534,6 +641,7 @@ class RemoteHost(HostCore):
     def on_tick(self, now):
         self.play_music_on_hold(now)
         self.switch.flush()
+        self.groups.tick(now)
         for call in list(self.pending_local.values()):
             if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:
                 self._decide_locally(call, now)

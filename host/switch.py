@@ -122,6 +122,9 @@ class Call:
         self.ts_shift = [0, 0]      # added to what is forwarded towards leg a, b after music on hold
         self.moh_last = [None, None]  # the last music-on-hold timestamp towards a, b, until voice follows
         self.conference = None      # host.conference.Conference this call's legs are parties of, else None
+        self.linked = None          # a call joined by a transfer: the uid of the call it continues (host/lines.py)
+        self.group = None           # host.groups.GroupCall while a group call rings (a page: while it lasts)
+        self.fanout = None          # a page: the paged phones' legs, each sent the pager's voice (one way)
 
     @property
     def state(self):
@@ -205,12 +208,18 @@ class Switch:
         leg.apply(SETUP_RECEIVED)
         return leg
 
-    def offer(self, call, link, now, name=None, local=False, call_id=True):
+    def offer(self, call, link, now, name=None, local=False, call_id=True, fork=False, extra=None, called=None):
         """Leg b of call: a SETUP to the callee on link with a fresh media key, the caller's name
         (None: none), the call's id (not towards the main host, which chooses the ids of the
-        calls it switches); local: a site's own call (B3), the phones send media to each other."""
-        leg = call.b = self.new_leg(link, os.urandom(16), 0, call)
-        ies = {wire.IE_CALLED: call.callee, wire.IE_CALLING: call.caller, wire.IE_MEDIA_KEY: leg.media_key}
+        calls it switches); local: a site's own call (B3), the phones send media to each other.
+        fork: a leg towards one member of a group (host/groups.py), not leg b; extra: more IEs;
+        called: the number in the SETUP when it is not the call's callee."""
+        leg = self.new_leg(link, os.urandom(16), 0, call)
+        if not fork:
+            call.b = leg
+        ies = {wire.IE_CALLED: called or call.callee, wire.IE_CALLING: call.caller, wire.IE_MEDIA_KEY: leg.media_key}
+        if extra:
+            ies.update(extra)
         if name is not None:
             ies[wire.IE_CALLING_NAME] = name
         if call_id:
@@ -253,9 +262,17 @@ class Switch:
         leg = call.b
         if leg is None:
             return
+        self.drop_leg(leg, cause, now)
+        call.b = None
+
+    def drop_leg(self, leg, cause, now):
+        """RELEASE with cause on one leg, which goes; its call goes on (a group's member, host/groups.py)."""
         self.release(leg, cause, now)
         self._forget_leg(leg, now)
-        call.b = None
+
+    def forget_leg(self, leg, now):
+        """A leg whose far end released it goes; its call goes on (host/groups.py)."""
+        self._forget_leg(leg, now)
 
     def release_leg(self, leg, cause, now, send=True):
         """One leg goes while its call stays (a conference): RELEASE with cause to it unless send
@@ -306,15 +323,18 @@ class Switch:
         before = leg.state
         if leg.apply(received) is None:
             return None
-        if other.apply(sent) is None:
+        call = leg.call
+        # a call joined by a transfer (host/lines.py): the party that stays is connected already
+        joined = msg_type != wire.DTMF and leg is call.b and other.state == CONNECTED
+        if not joined and other.apply(sent) is None:
             leg.state = before
             return None
-        call = leg.call
         if msg_type == wire.ALERTING:
             call.alerted_ms = now
         elif msg_type == wire.ANSWER:
             call.answered_ms = now
-        send_on_leg(other, msg_type, {wire.IE_DIGIT: ies[wire.IE_DIGIT]} if msg_type == wire.DTMF else {}, now)
+        if not joined:
+            send_on_leg(other, msg_type, {wire.IE_DIGIT: ies[wire.IE_DIGIT]} if msg_type == wire.DTMF else {}, now)
         return msg_type
 
     def leg_for(self, ies, link):
@@ -410,6 +430,8 @@ class Switch:
         if call.conference is not None:   # mixed at the tick (host/conference.py), not forwarded
             call.conference.receive(leg, ts, payload, self.stats)
             return None
+        if call.fanout is not None:
+            return self._page(call, leg, ts, payload)
         if call.b is None or call.b.state not in (CONNECTED, RINGBACK):
             self.stats.drop("media before answer")
             return None
@@ -432,6 +454,17 @@ class Switch:
             call.ts_out[i] = ts
         call.frames += 1
         return self.send_media(out, ts, payload)
+
+    def _page(self, call, leg, ts, payload):
+        """A page (host/groups.py): the pager's frame to every paged phone that answered; nothing back."""
+        if leg is not call.a:
+            self.stats.drop("page is one way")
+            return None
+        for out in call.fanout:
+            if out.state == CONNECTED and out.peer_call_no:
+                self.send_media(out, ts, payload)
+        call.frames += 1
+        return None
 
     def music_on_hold(self, call, payload, now):
         """One frame of music on hold to the party a held call's holder left (the holder's host

@@ -144,11 +144,11 @@ def test_calls(admin):
                            "started_ms": 1700000100000, "cause": "no answer", "setup_ms": 90})
     lines = ok(admin("calls")).splitlines()
     assert lines[0].split() == ["STARTED", "(UTC)", "ORIGIN", "CALLER", "CALLEE", "PATH", "SETUP_MS", "TALK_S",
-                                "CAUSE", "UID"]
+                                "CAUSE", "DIALLED", "UID", "LINKED"]
     assert lines[1].split() == ["2023-11-14", "22:15:00", "main", "700", "201", "relay", "90", "-", "no", "answer",
-                                "b"]
+                                "-", "b", "-"]
     assert lines[2].split() == ["2023-11-14", "22:13:20", "north", "201", "301", "direct", "150", "60.5", "normal",
-                                "a"]
+                                "-", "a", "-"]
     records = json.loads(ok(admin("calls", "--limit", "1", "--json")))
     assert len(records) == 1 and records[0]["uid"] == "b" and records[0]["answered_ms"] is None
 
@@ -203,7 +203,8 @@ def test_forward_dnd_and_features_of_an_extension(admin):
         "extension 101: forward noanswer to 102 after 20 s"
     assert ok(admin("ext", "dnd", "102", "on")).strip() == "extension 102: do not disturb on"
     shown = json.loads(ok(admin("ext", "features", "101", "--json")))
-    assert shown == {"number": "101", "dnd": False, "always": None, "busy": None, "noanswer": "102", "noanswer_s": 20}
+    assert shown == {"number": "101", "dnd": False, "always": None, "busy": None, "noanswer": "102", "noanswer_s": 20,
+                     "waiting": True}
     for argv, error in ((("101", "busy"), "which extension?"), (("101", "always", "999"), "unknown extension '999'"),
                         (("101", "always", "101"), "cannot forward to itself"),
                         (("101", "noanswer", "102", "--after", "2"), "bad no-answer time 2: 5 to 120 seconds"),

@@ -47,8 +47,13 @@ def _trunk_datagrams(calls, mtu, seconds=1.0):
 def test_all_frames_to_one_peer_in_one_tick_share_one_trunk_datagram():
     seen, result = _trunk_datagrams(5, 1472)
     assert result["received"] >= 0.99 * result["sent"]   # loopback, but CI machines are busy
-    # one datagram per tick carrying all five calls (two ticks' frames may meet in one flush)
-    assert seen and all(n % 5 == 0 for n in seen)
+    # one datagram per tick carrying all five calls; on a busy machine two ticks' frames may meet in
+    # one flush, and ten entries do not fit in 1472 bytes: then a full datagram (8) and the rest
+    full = (1472 - bench_net.wire.TRUNK_HEADER - bench_net.wire.MEDIA_TAG) // (bench_net.wire.TRUNK_ENTRY_HEADER + 160)
+    assert full == 8
+    assert seen and all(n <= full for n in seen)
+    split = [i for i, n in enumerate(seen) if n % 5 and n != full and not (i and seen[i - 1] == full)]
+    assert not split, "a tick's frames split without a full datagram: %s" % [seen[max(0, i - 2):i + 2] for i in split]
     assert sum(seen) == result["sent"] // 2 - result["lost"][1]
     assert len(seen) >= 0.8 * result["ticks"]
 
@@ -162,12 +167,31 @@ def test_bench_handset_quick_reports_consistent_figures():
         assert 0 < c["host_us_p50"] <= c["host_us_p99"] <= c["host_us_max"] <= r["host_us_worst_tick"], name
         assert 0 <= c["host_io_us_p50"] <= c["host_us_p50"] + c["host_us_max"], name
         assert c["esp32_ms_p50"] <= c["esp32_ms_p99"] <= c["esp32_ms_max"] <= r["esp32_ms_worst_tick"], name
-        assert c["esp32_ms_p50_without_io"] <= c["esp32_ms_p50"], name
-        assert abs(c["esp32_ms_p50"] - c["host_us_p50"] * cal["ratio"] / 1000) < 0.01, name
+        assert c["esp32_ms_p50_without_io"] <= c["esp32_ms_p50_host_io_scaled"], name
+        # the figures as before: everything the handset did scaled by the calibration
+        assert abs(c["esp32_ms_p50_host_io_scaled"] - c["host_us_p50"] * cal["ratio"] / 1000) < 0.01, name
     assert 0 < r["host_us_per_tick_p50"] <= r["host_us_per_tick_p99"] <= r["host_us_worst_tick"]
-    assert r["esp32_ms_per_tick_p50"] <= r["esp32_ms_worst_tick"]
+    assert r["esp32_ms_per_tick_p50"] <= r["esp32_ms_per_tick_p99"] <= r["esp32_ms_worst_tick"]
     assert r["esp32_ms_per_tick_p50_range"][0] <= r["esp32_ms_per_tick_p50"] <= r["esp32_ms_per_tick_p50_range"][1]
+    assert abs(r["esp32_ms_worst_tick_host_io_scaled"] - r["host_us_worst_tick"] * cal["ratio"] / 1000) < 0.01
+    # the estimate: each tick's time but its socket calls scaled, each socket call at the ESP32's cost
+    sock = r["esp32_socket_cost"]
+    assert sock["sendto_us"] == round(8 * sock["datagram_bytes"] / sock["tx_mbit_s"]) > 0
+    assert sock["recv_us"] == round(8 * sock["datagram_bytes"] / sock["rx_mbit_s"]) > 0
+    calls = r["socket_calls_per_tick"]
+    # every voice frame went out through the timed socket in a profiled tick, but those of the call's first
+    # tick (before the first stored one) and of the tick that ended it (kept apart): at most 3 each
+    assert calls["sendto_total"] >= call["frames_sent"] - 6
+    assert calls["recv_total"] > 0 and calls["sendto_p50"] >= 1
+    w = r["esp32_worst_tick"]
+    assert abs(r["esp32_ms_worst_tick"] * 1000 - ((w["host_us"] - w["host_socket_us"]) * cal["ratio"] + w["sendto"]
+                                                 * sock["sendto_us"] + w["recv"] * sock["recv_us"])) < 10
+    assert w["host_us"] <= r["host_us_worst_tick"] and 0 <= w["host_socket_us"] <= w["host_us"]
     cold = r["cold_start"]
     assert 0 < cold["warm_us"] and cold["penalty_us"] == max(cold["after_sleep_us"] - cold["warm_us"], 0)
     assert r["esp32_ms_per_tick_p50_warm_without_io"] <= r["esp32_ms_per_tick_p50_without_io"]
+    assert r["esp32_ms_per_tick_p50_warm"] <= r["esp32_ms_per_tick_p50"]
+    assert r["esp32_ms_worst_tick_warm"] <= r["esp32_ms_worst_tick"]
     assert r["meets_targets"] == (r["esp32_ms_per_tick_p50"] <= 5.0 and r["esp32_ms_worst_tick"] <= 12.0)
+    assert r["meets_targets_host_io_scaled"] == (r["esp32_ms_per_tick_p50_host_io_scaled"] <= 5.0
+                                                 and r["esp32_ms_worst_tick_host_io_scaled"] <= 12.0)

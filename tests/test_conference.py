@@ -9,9 +9,10 @@ import struct
 
 from upbx.common import wire
 from upbx.common.g711 import ulaw_decode, ulaw_encode
-from upbx.common import second_line
+from upbx.common import lines
 from upbx.common.call import RINGING
-from upbx.common.second_line import Conferenced, LineEnded
+from upbx.common.conference import conference
+from upbx.common.phone import Ended
 from upbx.host.conference import mix
 from upbx.tools.lab import goertzel_power
 from tests.inprocess import MAIN, SITE_A, TICK_MS, PhoneEnd, World
@@ -91,7 +92,7 @@ def _events(end, kind):
 def _call_on_the_second_line(world, holder, callee):
     """holder, whose call is held, calls callee on its second line; callee answers."""
     a, b = world.phones[holder], world.phones[callee]
-    assert second_line.dial(a.phone, callee, world.net.now)
+    assert lines.consult(a.phone, callee, world.net.now)
     a.flush()
 
     def up():
@@ -103,7 +104,7 @@ def _call_on_the_second_line(world, holder, callee):
 
 
 def _join(world, holder):
-    assert second_line.conference(world.phones[holder].phone, world.net.now)
+    assert conference(world.phones[holder].phone, world.net.now)
     world.phones[holder].flush()
     world.run(100)
 
@@ -117,12 +118,11 @@ def _three_way(world, holder, first, second):
     p[holder].flush()
     world.run(100)
     _call_on_the_second_line(world, holder, second)
-    assert p[holder].phone.held is not None and p[holder].phone.call.number == second
+    assert p[holder].phone.other is not None and p[holder].phone.call.number == second
     world.run(200)
     _join(world, holder)
-    assert [e.joined for e in _events(p[holder], Conferenced)][-1] is True
-    assert [e.cause for e in _events(p[holder], LineEnded)][-1] == wire.CAUSE_CONFERENCE
-    assert p[holder].phone.held is None and p[holder].connected
+    assert [e.cause for e in _events(p[holder], Ended) if e.line][-1] == wire.CAUSE_CONFERENCE   # the held line
+    assert p[holder].phone.other is None and p[holder].connected
 
 
 def _everyone_hears_the_others(world, numbers):
@@ -148,7 +148,8 @@ def test_a_sites_conference_is_mixed_by_its_remote_host_and_each_hears_the_other
         _three_way(world, "101", "102", "103")                 # two B3 calls: phones sent to each other
         assert sorted(world.a.status()["conferences"][0]["parties"]) == ["101", "102", "103"]
         _everyone_hears_the_others(world, ("101", "102", "103"))
-        assert all(not e.phone.call.direct for e in world.phones.values())   # media through the host again
+        assert all(e.phone.call.direct is None or e.phone.call.direct[1] is None   # media through the host again
+                   for e in world.phones.values())
         assert world.a.stats.counters["conference frames mixed"] > 100
         assert world.a.status()["uplink"]["calls"] == 0       # nothing crosses the uplink
         world.hangup("102")                                   # a party leaves: the other two carry on
@@ -229,7 +230,7 @@ def test_up_to_the_configured_size_and_more_parties_join_by_holding_the_conferen
         _hears(world, "102", {"103"})                          # the others still hear each other
         _call_on_the_second_line(world, "101", "104")
         _join(world, "101")
-        assert [e.joined for e in _events(p["101"], Conferenced)][-1] is True
+        assert [e.cause for e in _events(p["101"], Ended) if e.line][-1] == wire.CAUSE_CONFERENCE
         _everyone_hears_the_others(world, ("101", "102", "103", "104"))
         assert len(world.a.status()["conferences"][0]["parties"]) == 4
         world.hangup("104")
@@ -249,11 +250,11 @@ def test_a_conference_beyond_its_size_is_refused_and_nothing_changes(tmp_path):
         world.run(100)
         _call_on_the_second_line(world, "101", "104")
         _join(world, "101")
-        assert [e.joined for e in _events(p["101"], Conferenced)][-1] is False
+        assert not [e for e in _events(p["101"], Ended) if e.cause == wire.CAUSE_CONFERENCE][1:]   # only the first join
         assert world.a.stats.drops["conference refused: full (3 parties)"] == 1
-        assert p["101"].phone.held is not None and p["101"].connected   # both lines as they were
+        assert p["101"].phone.other is not None and p["101"].connected   # both lines as they were
         assert len(world.a.status()["conferences"][0]["parties"]) == 3
-        assert not second_line.conference(p["102"].phone, world.net.now)   # one call only: nothing to join
+        assert not conference(p["102"].phone, world.net.now)   # one call only: nothing to join
         assert not world.net.errors
     finally:
         world.close()
@@ -284,11 +285,11 @@ def test_a_conference_request_that_makes_no_sense_is_refused_and_changes_nothing
         assert phone.hold(world.net.now)
         p["101"].flush()
         world.run(100)
-        assert second_line.dial(phone, "104", world.net.now)   # 104 is busy: its line ends, the held call stays
+        assert lines.consult(phone, "999", world.net.now)   # no such number: that line ends, the held call stays
         p["101"].flush()
         world.run(300)
-        assert phone.held is not None and phone.call is None and p["101"].causes()[-1] == wire.CAUSE_BUSY
-        assert not second_line.conference(phone, world.net.now)   # nothing to join with
+        assert phone.other is None and phone.holding and p["101"].causes()[-1] == wire.CAUSE_UNKNOWN_EXTENSION
+        assert not conference(phone, world.net.now)   # nothing to join with
         assert world.a.status()["conferences"] == []
         assert all(e.connected for n, e in p.items() if n in ("102", "103", "104"))
         assert not world.net.errors

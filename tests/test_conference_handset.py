@@ -57,15 +57,15 @@ def test_the_keypad_c_n_a_calls_a_second_party_and_c_star_joins_them(lab):
         assert phones["201"].wait_line("incoming call")
         phones["201"].command("!answer")
         assert holder.wait_line("connected")
-        for key in "C302A":                                   # C N A: hold this call, call N
+        for key in "C302A":                                   # C N A: hold this call, call N (firmware/lines.py)
             holder.command(key)
-        assert holder.wait_line("call held") and holder.wait_line("dialing 302")
+        assert holder.wait_line("consulting 302")
         assert phones["302"].wait_line("incoming call")
         phones["302"].command("!answer")
         assert holder.wait_line("connected (relay)")
         holder.command("C")
         holder.command("*")                                   # C *: conference
-        assert holder.wait_line("conference joined") and holder.wait_line("I display conference")
+        assert holder.wait_line("other line ended: joined conference") and holder.wait_line("I display conference")
         assert sorted(lab.status("site-b")["conferences"][0]["parties"]) == ["201", "202", "302"]
         phones["201"].command("!hangup")
         assert phones["201"].wait_line("call ended: normal clearing")

@@ -233,7 +233,7 @@ def test_a_call_record_upload_fits_one_message_and_comes_back_whole():
     record = {"uid": "0123456789abcdef", "origin": "site-a", "caller": "123456789012345",
               "callee": "987654321098765", "path": "local", "started_ms": 1795000000000,
               "answered_ms": 1795000000300, "ended_ms": 1795003600000, "cause": "unknown extension",
-              "setup_ms": 65535}
+              "setup_ms": 65535, "dialled": "123456789012346", "linked": "fedcba9876543210"}
     data = encode_upload(record)
     assert len(data) <= 255
     sites = {"123456789012345": "a"}.get    # the callee is no longer in the directory: accepted

@@ -89,6 +89,57 @@ def test_unix32_image_is_the_32bit_port_with_the_firmware_frozen_in(tmp_path, un
     assert images.has_frozen_upbx(binary) and images.image_version(binary) == (1, 28, 0)
 
 
+# the per-frame functions of the media path and the loop that the image carries as native code
+NATIVE = ("common.media:MediaLeg.seal_mini", "common.media:MediaLeg.open_mini", "common.crypto:HmacKey.mac_into",
+          "common.crypto:CounterMode.crypt", "common.crypto:ReplayWindow.check", "common.wire:check_mini",
+          "common.phone:Phone.open_media", "firmware.audio.jitter:JitterBuffer.put",
+          "firmware.audio.pipeline:AudioPipeline.playout", "firmware.audio.vad:VoiceActivityDetector.update",
+          "firmware.app:App._loop", "firmware.app:App.capture", "firmware.app:App.receive")
+# prints, per name, whether the function is bytecode, native or viper: by its type against functions of each
+# kind compiled here (all three print as "function"; MicroPython gives each emitter its own type)
+KIND_PROBE = """
+import micropython
+def bytecode():
+    pass
+@micropython.native
+def native():
+    pass
+@micropython.viper
+def viper():
+    pass
+kinds = {type(bytecode): "bytecode", type(native): "native", type(viper): "viper"}
+for name in %r:
+    module, path = name.split(":")
+    obj = __import__(module)
+    for part in module.split(".")[1:] + path.split("."):
+        obj = getattr(obj, part)
+    print(name, kinds.get(type(obj), "other"))
+"""
+
+
+def function_kinds(binary, names, cwd, micropypath):
+    out = subprocess.run([str(binary), "-X", "heapsize=1M", "-c", KIND_PROBE % (tuple(names),)], cwd=cwd,
+                         capture_output=True, text=True, env=dict(os.environ, MICROPYPATH=micropypath), timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return dict(line.split() for line in out.stdout.splitlines())
+
+
+def test_image_carries_the_media_path_as_native_code_and_the_mpy_build_as_bytecode(tmp_path, unix32_frozen,
+                                                                                  unix32_plain):
+    """The frozen image: the @micropython.native glue frozen as native code (makemanifest passes mpy-cross
+    -march), the viper kernels too. The .mpy build (upbx build, upbx deploy) keeps the glue as bytecode: a
+    handset loads .mpy native code into executable RAM (docs/handset.md, Native code)."""
+    names = NATIVE + ("common.kernels:sha256_blocks", "common.g711:ulaw_encode_into")
+    frozen = function_kinds(unix32_frozen, names, tmp_path, ".frozen")
+    assert frozen == dict([(n, "native") for n in NATIVE] + [("common.kernels:sha256_blocks", "viper"),
+                                                            ("common.g711:ulaw_encode_into", "bytecode")])
+    from upbx.tools.phone import binary_march, compiled_tree
+    tree = compiled_tree(binary_march(unix32_plain))
+    mpy = function_kinds(unix32_plain, names, tmp_path, tree)
+    assert mpy == dict([(n, "bytecode") for n in NATIVE] + [("common.kernels:sha256_blocks", "viper"),
+                                                           ("common.g711:ulaw_encode_into", "bytecode")])
+
+
 def test_unix32_image_is_cached(unix32_frozen):
     before = os.stat(unix32_frozen).st_mtime_ns
     said = []
@@ -175,7 +226,8 @@ def test_esp32_image_runs_idf_py_and_makeimg_as_the_port_makefile_does(tmp_path)
     port = src / "ports" / "esp32"
     assert idf == {"argv": ["-D", "MICROPY_BOARD=ESP32_GENERIC", "-D", "MICROPY_BOARD_DIR=%s" % (port / "boards" / "ESP32_GENERIC"),
                             "-D", "MICROPY_BOARD_VARIANT=SPIRAM", "-D", "MICROPY_FROZEN_MANIFEST=%s" % images.MANIFEST,
-                            "-B", str(build), "build"],
+                            # the frozen native code (viper kernels, native glue) compiled for the chip
+                            "-D", "MICROPY_CROSS_FLAGS=-march=xtensawin", "-B", str(build), "build"],
                    "cwd": str(port), "board": str(ROOT / "boards" / (BOARD + ".json"))}
     assert makeimg == {"argv": ["makeimg.py", str(build / "sdkconfig"), str(build / "bootloader" / "bootloader.bin"),
                                 str(build / "partition_table" / "partition-table.bin"), str(build / "micropython.bin"),

@@ -7,6 +7,7 @@ encode -> jitter put (12 % loss) -> get -> decode or conceal. gc.mem_alloc()
 must not move. The same for the media legs: 600 frames sealed and opened
 (voice, and a comfort-noise frame every tenth; the 16-bit timestamp wraps), 100 of warm-up.
 """
+import os
 import re
 import subprocess
 
@@ -123,5 +124,21 @@ def test_alaw_receiver_allocates_nothing_per_frame(tmp_path):
 
 def test_media_frames_are_sealed_and_opened_without_allocating(tmp_path):
     figures = run(tmp_path, "ulaw", MEDIA_SCRIPT)
+    assert figures["grew"] == 0, figures
+    assert figures["opened"] == figures["intact"] == 600 and figures["rejected"] == 0, figures
+
+
+def test_frozen_native_media_path_allocates_nothing_per_frame(tmp_path, unix32_frozen):
+    """The same on the 32-bit image, whose media path is frozen native code (docs/handset.md, Native code):
+    the native emitter builds a slice object on the heap where the bytecode VM does not, so the path
+    must not slice."""
+    script = tmp_path / "memcheck.py"
+    script.write_text(MEDIA_SCRIPT)
+    result = subprocess.run([unix32_frozen, "-X", "heapsize=100K", str(script), str(tmp_path), "ulaw"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env=dict(os.environ, MICROPYPATH=".frozen"))   # the image's modules, not a checkout's
+    match = re.search(r"RESULT (.*)", result.stdout)
+    assert result.returncode == 0 and match, result.stdout + result.stderr
+    figures = {k: int(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
     assert figures["grew"] == 0, figures
     assert figures["opened"] == figures["intact"] == 600 and figures["rejected"] == 0, figures

@@ -36,13 +36,12 @@ def demo_calls(tmp_path, phone_args):
         lab.close()
 
 
-def check(rows, heaps, heap_bytes, live_limit, both_ways=True):
+def check(rows, heaps, heap_bytes, live_limit):
     assert [(r["behaviour"], r["path"]) for r in rows] == CALLS
     for r in rows:
         sent, received = r["back"]
         print("%s %s: the caller received %d of the callee's %d frames" % (r["behaviour"], r["path"], received, sent))
-        if both_ways:
-            assert received >= 0.95 * sent > 0, (r["behaviour"], r["path"], r["back"])
+        assert received >= 0.95 * sent > 0, (r["behaviour"], r["path"], r["back"])
         assert r["cause"] == "normal clearing" and r["audio_match"] is True, (
             r["behaviour"], r["path"], r["cause"], r["frames_sent"], r["frames_received"], r.get("frames_lost"))
         assert r["frames_received"] >= 0.95 * r["frames_sent"] > 0, r
@@ -54,7 +53,7 @@ def check(rows, heaps, heap_bytes, live_limit, both_ways=True):
                                                                  heap["min_free"]))
 
 
-# measured (docs/handset.md): peak live 36.4 KB with the frozen image, 93.1 KB with .mpy files (B3)
+# measured (docs/handset.md): peak live 36.2 KB with the frozen image, 91.4 KB with .mpy files (B3)
 FROZEN_LIVE_LIMIT = 48 * 1024
 MPY_LIVE_LIMIT = 96 * 1024
 
@@ -67,11 +66,7 @@ def test_every_demo_call_completes_at_64k_with_the_frozen_image(tmp_path, unix32
 
 def test_every_demo_call_completes_at_100k_with_mpy_files_on_the_32bit_build(tmp_path, unix32_plain):
     rows, heaps, flash = demo_calls(tmp_path, ["--micropython", unix32_plain, "--heapsize", "100K", "--mpy"])
-    # one way only: at 100K with .mpy files the caller of the B3 call hears nothing (its heap is too
-    # fragmented for recv: every read fails, counted in short_reads; docs/handset.md, "Running out of
-    # memory"). A known defect of this configuration, not of the frozen image, which a handset without
-    # PSRAM ships (docs/boards.md); issue 9 stays open for it
-    check(rows, heaps, 100 * 1024, MPY_LIVE_LIMIT, both_ways=False)
+    check(rows, heaps, 100 * 1024, MPY_LIVE_LIMIT)
     assert flash == ["common", "firmware", "main.py", "sysinfo.json", "upbx_config.json"]
 
 

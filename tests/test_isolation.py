@@ -25,7 +25,7 @@ import random
 import sys
 import types
 
-from upbx.common import wire
+from upbx.common import lines, wire
 from upbx.common.call import CONNECTED, IDLE
 from upbx.common.phone import Ended, Incoming
 from upbx.host.log import StructuredLog
@@ -203,7 +203,9 @@ def _victim_round(world, attackers, rng, per_tick):
         for end in phones.values():           # only the round's calls are answered
             for event in end.take():
                 if isinstance(event, Incoming):
-                    if event.number in [c for c, _ in VICTIMS] and end.number in [d for _, d in VICTIMS]:
+                    if event.waiting:                 # call waiting (docs/features.md): refused, the call goes on
+                        lines.reject_waiting(end.phone, world.net.now)
+                    elif event.number in [c for c, _ in VICTIMS] and end.number in [d for _, d in VICTIMS]:
                         end.phone.answer(world.net.now)
                     else:
                         end.phone.hangup(world.net.now)

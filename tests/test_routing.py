@@ -45,7 +45,8 @@ def test_every_cause_a_caller_can_be_shown(tmp_path):
     world = _world(tmp_path, ("101", "102", "103", "104", "301", "302", "303"), ring_timeout_s=3, barred=("104",))
     try:
         p = world.phones
-        world.call("301", "302")
+        world.main.directory.set_features("301", dict(world.main.directory.features("301"), waiting=False))
+        world.call("301", "302")     # busy: 301 has call waiting off (docs/features.md)
         assert _refused(world, "101", "999")[0] == wire.CAUSE_UNKNOWN_EXTENSION
         assert _refused(world, "101", "401")[0] == wire.CAUSE_UNREACHABLE     # site x: nobody registered
         assert _refused(world, "102", "301")[0] == wire.CAUSE_BUSY

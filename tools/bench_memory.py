@@ -28,7 +28,8 @@ def import_heap(binary, frozen):
         flash_layout(flash, frozen, tree)
         with open(os.path.join(flash, "probe.py"), "w") as f:
             f.write(IMPORT_SCRIPT)
-        out = subprocess.run([binary, "-X", "heapsize=2M", "probe.py"], cwd=flash, capture_output=True, text=True,
+        # run as a module, as upbx phone runs main.py: module paths are then the device's (tools/phone.py)
+        out = subprocess.run([binary, "-X", "heapsize=2M", "-m", "probe"], cwd=flash, capture_output=True, text=True,
                              env=dict(os.environ, MICROPYPATH=":.frozen"), timeout=60)
         return int(out.stdout.split()[-1])
     finally:
@@ -41,15 +42,19 @@ def _peak(lab, tag):
 
 
 def calls_at(lab, args, heap_k, trial):
-    """B1 and B3 calls with every handset at heap_k KB: {behaviour: (completed, peak live)}."""
+    """B1 and B3 calls with every handset at heap_k KB: {behaviour: (completed, peak live)}. A call
+    completes when it ends with normal clearing, the callee's audio matches what the caller sent,
+    and the caller received at least 95 % of the callee's frames (both directions)."""
     flags = list(args) + ["--heapsize", "%dK" % heap_k]
     out = {}
     for behaviour, caller, callee in (("B1", "101", "301"), ("B3", "101", "102")):
         tag = "%s%d" % (behaviour, trial)
         try:
             row = place_call(lab, caller, callee, tag, 2.0, caller_args=flags, callee_args=flags)
-            ok = bool(row["audio_match"]) and row["cause"] == "normal clearing"
-            out[behaviour] = (ok, _peak(lab, "%s-%s-%s" % (tag, caller, callee))[0] if ok else None)
+            name = "%s-%s-%s" % (tag, caller, callee)
+            back = lab.summary(name + "-callee")["frames_sent"], lab.summary(name + "-caller")["frames_received"]
+            ok = bool(row["audio_match"]) and row["cause"] == "normal clearing" and back[1] >= 0.95 * back[0] > 0
+            out[behaviour] = (ok, _peak(lab, name)[0] if ok else None)
         except (OSError, ValueError, KeyError, TimeoutError, subprocess.TimeoutExpired):
             out[behaviour] = (False, None)
     return out

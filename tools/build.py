@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 from upbx.tools import images
 from upbx.tools.images import ImageError, esp32_image, unix32_image  # noqa: F401 (unix32_image: the shared interface)
@@ -25,6 +26,11 @@ MARKER = ".upbx-build"  # marks a directory this tool may wipe
 OPTIMISE = "-O3"
 SOURCE_AT_ROOT = ("main.py", "boot.py")
 NOT_ON_DEVICE = ("firmware/manifest.py",)  # read by MicroPython's build, not by the handset
+# `@micropython.native` (the frozen image's per-frame glue, docs/handset.md "Native code") is left out of
+# the .mpy build: a handset loads .mpy native code into executable RAM (an ESP32's IRAM, tens of KB
+# beside Wi-Fi), and the glue's native code is about 21 KB for xtensawin against 9 KB of bytecode.
+# The decorator's line is blanked (line numbers stay); @micropython.viper kernels stay native.
+NATIVE_DECORATOR = "@micropython.native"
 # common/*_cpython.py: CPython's side of an interpreter difference (common/compat.py), which a handset
 # never imports (hmac, operator, cryptography): left out of every device build, .mpy and frozen
 CPYTHON_ONLY = "_cpython.py"
@@ -112,6 +118,11 @@ def sources(src_root):
     return found
 
 
+def bytecode_only(source):
+    """source with each `@micropython.native` decorator line blanked: those functions compile to bytecode."""
+    return "".join("\n" if line.strip() == NATIVE_DECORATOR else line for line in source.splitlines(True))
+
+
 def _prepare(out_dir):
     if out_dir.exists():
         if any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
@@ -134,9 +145,16 @@ def build(src_root=ROOT, out_dir=DEFAULT_OUT, log=print):
         if compile_it:
             dest = rel[:-3] + ".mpy"
             (out_dir / dest).parent.mkdir(parents=True, exist_ok=True)
+            source = (src_root / rel).read_text()
             # relative source path: tracebacks on the handset then name common/x.py
-            proc = subprocess.run([mpy_cross, "-march=" + MARCH, OPTIMISE, "-o", str(out_dir / dest), rel],
-                                  cwd=src_root, capture_output=True, text=True)
+            with tempfile.TemporaryDirectory(prefix="upbx-build-") as tmp:
+                path = rel
+                if NATIVE_DECORATOR in source:
+                    path = os.path.join(tmp, os.path.basename(rel))
+                    with open(path, "w") as f:
+                        f.write(bytecode_only(source))
+                proc = subprocess.run([mpy_cross, "-march=" + MARCH, OPTIMISE, "-s", rel, "-o", str(out_dir / dest), path],
+                                      cwd=src_root, capture_output=True, text=True)
             if proc.returncode != 0:
                 lines = (proc.stderr or proc.stdout).strip().splitlines()
                 errors[rel] = " | ".join(line.strip() for line in lines if not line.startswith("Traceback"))

@@ -205,8 +205,34 @@ def _hold_once(lab, seconds, caller, callee):
             "holder_heard": holder_heard, "held": held_ok, "resumed": resumed}
 
 
-SCENARIOS = {"hold": hold, "dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
+def call_waiting(lab, seconds):
+    """(tools/calls_demo.py) 301 (sending 1400 Hz) calls 101 (1000 Hz);
+    201 (1800 Hz) calls 101, which hears the call-waiting beep, answers (301 is held and hears
+    the music), swaps back, hangs up on 301 and resumes 201 (the held line)."""
+    from upbx.tools import calls_demo
+    return calls_demo.call_waiting(lab, seconds)
+
+
+def blind_transfer(lab, seconds):
+    """101 (site A) in a call with 301 transfers it to 201 (site B) blind: 301 hears 101, the music
+    while 201 rings, then 201; 201 hears 301; the records link the new call to the first."""
+    from upbx.tools import calls_demo
+    return calls_demo.transfer(lab, seconds, blind=True)
+
+
+def attended_transfer(lab, seconds):
+    """101 in a call with 301 consults 201 (301 hears the music, 101 and 201 talk), then completes:
+    301 and 201 talk; 101's two calls end "transferred"."""
+    from upbx.tools import calls_demo
+    return calls_demo.transfer(lab, seconds, blind=False)
+
+
+SCENARIOS = {"call_waiting": call_waiting, "blind_transfer": blind_transfer, "attended_transfer": attended_transfer,
+             "hold": hold, "dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
              "forward_no_answer": forward_no_answer, "conference": conference}
+
+from upbx.tools.demo_groups import SCENARIOS as _GROUPS   # noqa: E402  ring_group, hunt_group, pickup, paging
+SCENARIOS.update(_GROUPS)
 
 
 def run_features(lab, seconds=2.0, names=FEATURES):

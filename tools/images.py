@@ -33,6 +33,11 @@ CHECKOUT_HINT = ("a MicroPython %s checkout: git clone -b %s https://github.com/
 # beyond gcc-multilib); frozen viper code compiled for x86, as the ESP32's is for xtensawin.
 UNIX32_MAKE_FLAGS = ("MICROPY_FORCE_32BIT=1", "MICROPY_PY_FFI=0", "MICROPY_PY_BTREE=0", "MICROPY_PY_SSL=1",
                      "MICROPY_SSL_AXTLS=1", "MICROPY_SSL_MBEDTLS=0", "MPY_CROSS_FLAGS=-march=x86")
+# mpy-cross -march of the frozen native code (@micropython.viper kernels, @micropython.native glue) per chip
+# of a board file: ports/esp32 (esp32_common.cmake) sets the same for Xtensa targets itself; passing it
+# makes the image's native code not depend on that default. Without it, makemanifest freezes native
+# functions with no architecture and the image cannot run them.
+CHIP_MARCH = {"esp32": "xtensawin", "esp32s3": "xtensawin"}
 # what of the source tree the unix port needs: everything but the other ports, tests, docs, and lib/
 # beyond these (a full checkout's lib/ holds hundreds of MB of SDKs for other ports)
 UNIX_LIBS = ("axtls", "crypto-algorithms", "libm", "libm_dbl", "littlefs", "mbedtls_errors", "micropython-lib",
@@ -270,12 +275,16 @@ def esp32_image(board, micropython_src, out_dir, log=print, run=subprocess.run):
     if not shutil.which("idf.py"):
         raise ImageError("ESP-IDF's idf.py is not on PATH: install ESP-IDF (the version %s's ports/esp32/README.md "
                          "names) and run `. $IDF_PATH/export.sh` in this shell first" % TESTED_TAG)
+    march = CHIP_MARCH.get(board_data.get("chip"))
+    if march is None:
+        raise ImageError("board file %s: chip %r has no known mpy-cross -march for its native code (known: %s)" % (
+            board, board_data.get("chip"), ", ".join(sorted(CHIP_MARCH))))
     build_name = "esp32-" + board_data["name"]
     build = BUILD_DIR / build_name
     defines = ["-D", "MICROPY_BOARD=" + image["board"], "-D", "MICROPY_BOARD_DIR=%s" % board_dir]
     if variant:
         defines += ["-D", "MICROPY_BOARD_VARIANT=" + variant]
-    defines += ["-D", "MICROPY_FROZEN_MANIFEST=%s" % MANIFEST]
+    defines += ["-D", "MICROPY_FROZEN_MANIFEST=%s" % MANIFEST, "-D", "MICROPY_CROSS_FLAGS=-march=" + march]
     env = dict(os.environ, UPBX_BOARD=str(board_schema().board_path(board).resolve()))
     steps = [["idf.py"] + defines + ["-B", str(build), "build"],
              ["python3", "makeimg.py", str(build / "sdkconfig"), str(build / "bootloader" / "bootloader.bin"),

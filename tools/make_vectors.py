@@ -273,6 +273,8 @@ IE_EXAMPLES = {
     wire.IE_DATA: seq_bytes(0, 12), wire.IE_PEER_NAME: "clinic", wire.IE_PEER_KEY: seq_bytes(0x30, 32),
     wire.IE_STATE: 1,
     wire.IE_KEEPALIVE: 20000,
+    wire.IE_JOIN_CALL_NO: 0x0124,
+    wire.IE_ANSWER: 2,
     wire.IE_CONF_CALL_NO: 0x0456,
 }
 

@@ -24,7 +24,7 @@ what the machine's timing made the buffer do.
 from array import array
 
 from common import kernels
-from common.compat import const, ticks_diff
+from common.compat import const, micropython, ticks_diff
 
 FRAME = const(0)
 MISSING = const(1)
@@ -100,6 +100,7 @@ class JitterBuffer:
         self._have_last = False
         self._peeked = False    # the head frame was shown by peek(): do not skip it
 
+    @micropython.native
     def _clamp(self, ms):
         f = self.frame_ms
         ms = (ms + f - 1) // f * f
@@ -109,6 +110,7 @@ class JitterBuffer:
             return MAX_DELAY_MS
         return ms
 
+    @micropython.native
     def _offset(self, ts16):
         d = (ts16 - self._head_ts) & 0xFFFF
         if d >= 0x8000:
@@ -116,6 +118,7 @@ class JitterBuffer:
         step = self.ts_per_frame
         return (d + (step >> 1)) // step
 
+    @micropython.native
     def _estimate_jitter(self, ts16, now_ms):
         if self._have_last:
             dts = (ts16 - self._last_ts) & 0xFFFF
@@ -132,6 +135,7 @@ class JitterBuffer:
         self._last_ts = ts16
         self._have_last = True
 
+    @micropython.native
     def put(self, ts16, payload, now_ms):
         """Store one frame; returns ACCEPTED, LATE, DUPLICATE or BAD_SIZE."""
         n = len(payload)
@@ -175,6 +179,7 @@ class JitterBuffer:
         self.received += 1
         return ACCEPTED
 
+    @micropython.native
     def get(self, now_ms):
         """(status, payload) for this playout tick; payload is valid until the next get()."""
         self._missed = False
@@ -219,6 +224,7 @@ class JitterBuffer:
         self.concealed += 1
         return self._missing
 
+    @micropython.native
     def peek(self):
         """The payload the next get() will return as FRAME, or None if that frame is not here yet
         (valid until the next peek())."""
@@ -235,6 +241,7 @@ class JitterBuffer:
             return self._ahead
         return None
 
+    @micropython.native
     def _gap(self, ts16, kind):
         """Note a frame that did not play as it came (the first GAPS of them are kept)."""
         n = self._gap_count
@@ -243,6 +250,7 @@ class JitterBuffer:
         self._gap_count = n + 1
         self._missed = kind == 1
 
+    @micropython.native
     def _advance(self):
         self._full[self._head] = 0
         self._head = (self._head + 1) % self._n

@@ -8,7 +8,7 @@
                               (a local tone, when one is playing, replaces the far end)
 """
 from common import g711
-from common.compat import const
+from common.compat import const, micropython
 from firmware.audio import jitter, plc, tones
 
 FRAME_SAMPLES = const(160)
@@ -39,6 +39,7 @@ class AudioPipeline:
         self.last_status = jitter.EMPTY
         self.bridge = True       # two-sided concealment when the next frame is buffered
 
+    @micropython.native
     def encode(self, pcm):
         """G.711 of one 320-byte PCM frame into tx_payload; returns its timestamp and advances it."""
         self._encode_into(pcm, self.tx_payload)
@@ -46,10 +47,12 @@ class AudioPipeline:
         self.tx_ts = (ts + self._ts_step) & 0xFFFF
         return ts
 
+    @micropython.native
     def receive(self, ts16, payload, now_ms):
         """A received media payload into the jitter buffer; returns the JitterBuffer.put result."""
         return self.jitter.put(ts16, payload, now_ms)
 
+    @micropython.native
     def playout(self, now_ms):
         """Call once per 20 ms tick: returns the speaker frame (320 bytes of PCM)."""
         status, payload = self.jitter.get(now_ms)

@@ -24,7 +24,7 @@ All buffers are bytearrays of int16 samples allocated at construction.
 """
 from array import array
 
-from common.compat import const
+from common.compat import const, micropython
 from firmware.audio import dsp
 
 FRAME = const(160)        # samples per 20 ms frame
@@ -110,6 +110,7 @@ class Concealer:
         self.lost_run = 0
         self._subframe_pos = 0
 
+    @micropython.native
     def good(self, pcm, out):
         """Feed one decoded 20 ms frame; writes 20 ms of output into out (may be pcm itself)."""
         if not self.enabled:

@@ -15,7 +15,7 @@ Nothing is allocated per frame.
 """
 from array import array
 
-from common.compat import const
+from common.compat import const, micropython
 from firmware.audio import dsp
 
 FRAME_SAMPLES = const(160)
@@ -38,11 +38,13 @@ _ENERGY_AT_DB = array("i", (_energy_at(d) for d in range(SILENT_LEVEL + 1)))
 _MIN_SPEECH_ENERGY = _ENERGY_AT_DB[_MIN_SPEECH_DB]
 
 
+@micropython.native
 def frame_energy(pcm):
     """Mean of (sample >> 4)^2 over one 160-sample frame (16-bit PCM bytes)."""
     return dsp.dot(pcm, 0, 0, FRAME_SAMPLES, 1, _ENERGY_SHIFT) // FRAME_SAMPLES
 
 
+@micropython.native
 def level_of(energy):
     """The comfort-noise level byte (-dBov, 0..127) of a frame energy."""
     lo, hi = 0, SILENT_LEVEL
@@ -73,6 +75,7 @@ class VoiceActivityDetector:
         self.silent_frames = 0
         self.cn_frames = 0
 
+    @micropython.native
     def update(self, pcm):
         e = frame_energy(pcm)
         threshold = self.floor << 2    # +6 dB
@@ -103,6 +106,7 @@ class VoiceActivityDetector:
         self.level = level_of(self.noise)
         return False
 
+    @micropython.native
     def cn_due(self):
         """After a silent update(): True when a comfort-noise frame (self.level) should go out now."""
         self._since_cn += 1

@@ -59,7 +59,7 @@ def test_an_incoming_call_rings_answers_and_ends_through_the_call_legs_table():
     host.say(phone, wire.SETUP, {wire.IE_CALL_NO: 900, wire.IE_CALLING: "301", wire.IE_CALLING_NAME: "Ann",
                                  wire.IE_MEDIA_KEY: bytes(16)}, 10)
     assert isinstance(phone.call, CallLeg) and phone.state == RINGING and phone.call.peer_call_no == 900
-    assert fields(phone.take_events()) == [("Incoming", "301", "Ann")]
+    assert fields(phone.take_events()) == [("Incoming", "301", "Ann", 0)]
     assert host.sent() == [wire.ALERTING]
     ours = phone.call.call_no
     assert phone.answer(20) and phone.state == CONNECTED
@@ -69,7 +69,7 @@ def test_an_incoming_call_rings_answers_and_ends_through_the_call_legs_table():
     host.say(phone, wire.DTMF, {wire.IE_CALL_NO: 900, wire.IE_PEER_CALL_NO: ours, wire.IE_DIGIT: "5"}, 30)
     assert fields(phone.take_events()) == [("Dtmf", "5")]
     host.say(phone, wire.RELEASE, {wire.IE_CALL_NO: 900, wire.IE_PEER_CALL_NO: ours, wire.IE_CAUSE: wire.CAUSE_BUSY}, 40)
-    assert fields(phone.take_events()) == [("Ended", wire.CAUSE_BUSY)] and phone.call is None and phone.state == IDLE
+    assert fields(phone.take_events()) == [("Ended", wire.CAUSE_BUSY, 0)] and phone.call is None and phone.state == IDLE
     assert phone.take_events() == ()
 
 
@@ -96,7 +96,7 @@ def test_a_message_out_of_turn_is_dropped_and_counted_and_the_call_stays_as_it_w
     # a message for another call number is not ours
     host.say(phone, wire.RELEASE, {wire.IE_CALL_NO: 700, wire.IE_PEER_CALL_NO: ours + 1}, 60)
     assert phone.dropped == dropped + 3 and phone.state == CONNECTED
-    assert phone.hangup(70) and phone.state == IDLE and fields(phone.take_events()) == [("Ended", wire.CAUSE_NORMAL)]
+    assert phone.hangup(70) and phone.state == IDLE and fields(phone.take_events()) == [("Ended", wire.CAUSE_NORMAL, 0)]
     host.pump(phone, 70)
     assert host.sent() == [wire.RELEASE]
 
@@ -107,13 +107,13 @@ def test_a_call_that_is_never_answered_times_out():
     phone.handle_timer(100 + 20000)
     assert phone.state == CALLING
     phone.handle_timer(100 + 20001)
-    assert phone.state == IDLE and fields(phone.take_events()) == [("Ended", wire.CAUSE_UNREACHABLE)]
+    assert phone.state == IDLE and fields(phone.take_events()) == [("Ended", wire.CAUSE_UNREACHABLE, 0)]
 
 
 def test_a_call_does_not_outlive_its_session():
     phone, host = _registered(dead_ms=1000)
     host.say(phone, wire.SETUP, {wire.IE_CALL_NO: 5, wire.IE_MEDIA_KEY: bytes(16)}, 500)
-    assert phone.state == RINGING and fields(phone.take_events()) == [("Incoming", "", "")]
+    assert phone.state == RINGING and fields(phone.take_events()) == [("Incoming", "", "", 0)]
     phone.handle_timer(500 + 1999)   # the host falls silent: keepalive + dead after it was last heard, the end
     assert phone.state == RINGING and phone.registered
     phone.handle_timer(500 + 2000)

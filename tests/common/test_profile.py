@@ -92,3 +92,51 @@ def test_time_in_socket_calls_is_io():
         assert report["all"]["without_io_p50_us"] < report["all"]["p50_us"]
     finally:
         raw.close()
+
+
+def test_socket_calls_are_counted_apart_and_every_tick_is_reported_raw():
+    """The socket's share of the I/O and its calls per tick (what `upbx bench handset` replaces with an
+    ESP32's lwIP cost), and the raw per-tick figures the bench combines, equal to the storage."""
+    profile = TickProfile(10)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind(socket.getaddrinfo("127.0.0.1", 0)[0][-1])
+    here = raw.getsockname() if hasattr(raw, "getsockname") else None
+    discard = socket.getaddrinfo("127.0.0.1", 9)[0][-1]
+    try:
+        sock, _, _ = profile.time_io(raw, None, None)
+        pipeline = AudioPipeline()
+        sends = (2, 20, 1, 3)   # 20: more than the 4 bits a tick's count keeps
+        for k in range(4):
+            profile.resume()
+            profile.tick()
+            for _ in range(sends[k]):
+                sock.sendto(b"x" * 100, discard)
+            if here is not None and k == 2:
+                sock.sendto(b"y" * 10, here)   # to itself, then read back
+                assert sock.recv(100) == b"y" * 10
+            pipeline.receive((160 * k) & 0xFFFF, frame(k), 20 * k)
+            pipeline.playout(20 * k)
+            profile.classify(True, pipeline)
+            profile.pause()
+        profile.resume()
+        profile.tick()    # stores the fourth tick (the call ended in it: kept apart, not counted)
+        report = profile.report()
+        assert report["ticks"] == 3
+        n = report["ticks"] + 1   # the stored ticks: the counted ones and the one that ended the call
+        calls = [profile.net_calls[i] for i in range(n)]
+        assert [c & 15 for c in calls] == [2, 15, 2 if here is not None else 1, 3]   # sendto, at most 15 kept
+        assert [c >> 4 for c in calls] == [0, 0, 1 if here is not None else 0, 0]  # recv
+        for i in range(n):
+            assert 0 < profile.net_us[i] <= profile.io_us[i] <= profile.us[i]
+        rawf = report["raw"]
+
+        def words(text):
+            b = bytes.fromhex(text)
+            return [b[j] | b[j + 1] << 8 for j in range(0, len(b), 2)]
+        assert words(rawf["us"]) == [profile.us[i] for i in range(report["ticks"])]
+        assert words(rawf["net_us"]) == [profile.net_us[i] for i in range(report["ticks"])]
+        assert words(rawf["io_us"]) == [profile.io_us[i] for i in range(report["ticks"])]
+        assert list(bytes.fromhex(rawf["net_calls"])) == calls[:report["ticks"]]
+        assert list(bytes.fromhex(rawf["kinds"])) == [profile.kinds[i] for i in range(report["ticks"])]
+    finally:
+        raw.close()

@@ -1,0 +1,170 @@
+"""A phone's second line on the hosts: call waiting and transfer (docs/features.md).
+
+    busy(calls, settings)                    does one more call to this phone get "busy"?
+    transfer(host, link, ies, now)           TRANSFER from a phone registered at host
+    party(host, link, ies, now)              PARTY from a host along a call: passed on
+    answered(host, call, now)                a call joined by a blind transfer was answered
+
+A transfer is done by the host the transferring phone is registered at, which switches both
+of that phone's calls: the far leg of the held call (y1, towards the party that stays) and the
+far leg of the other call (y2, towards the new party, ringing or answered) become one new call,
+the phone's own two legs are released with cause 12 "transferred", and both far ends are told
+who they talk to now (PARTY, passed along by every host on the way). The two calls that ended
+are recorded with cause "transferred" as any call is; the new call's record names the call it
+continues (`linked`, the first call of a chain of transfers): item 10 of issue 12.
+"""
+import copy
+import os
+
+from upbx.common import wire
+from upbx.common.call import CALLING, CONNECTED, RINGBACK
+from upbx.common.media import MediaLeg
+from upbx.host.switch import other_leg, send_on_leg
+
+
+def busy(calls, settings):
+    """Whether a phone in `calls` (its host's Call objects) is busy for one more: it has two calls,
+    or call waiting is off, or it forwards on busy (the forward is what its user asked for), or
+    its one call is not answered yet (a phone that dials out or rings is not offered a second)."""
+    if not calls:
+        return False
+    if len(calls) > 1 or not settings.get("waiting", True) or settings.get("busy") is not None:
+        return True
+    return calls[0].state != "answered"
+
+
+def _number(call, leg):
+    """The number at the far end of leg in call (the caller for leg a, the callee for leg b)."""
+    return call.caller if leg is call.a else call.callee
+
+
+def _name(host, number):
+    """An extension's name as this host knows it ("" when it does not)."""
+    directory = getattr(host, "directory", None)
+    if directory is not None:
+        ext = directory.extension(number)
+        return ext.name if ext is not None else ""
+    return (host.cache.extension(number) or {}).get("name", "")
+
+
+def _last_ts(call, leg):
+    """The last media timestamp call sent towards leg (0: none)."""
+    return call.ts_out[0 if leg is call.a else 1]
+
+
+def transfer(host, link, ies, now):
+    """A phone of host joins the far ends of two of its calls: ies name the held one (call_no,
+    peer_call_no) and join_call_no our leg of the other. Anything out of turn is dropped, counted."""
+    switch = host.switch
+    x1 = switch.leg_for(ies, link)
+    x2 = switch.legs.get(ies.get(wire.IE_JOIN_CALL_NO))
+    if link.kind != "phone" or x1 is None or x2 is None or x2.link is not link or x2.call is x1.call:
+        host.stats.drop("bad transfer")
+        return
+    c1, c2 = x1.call, x2.call
+    y1, y2 = other_leg(x1), other_leg(x2)
+    if (y1 is None or y2 is None or x1.state != CONNECTED or y1.state != CONNECTED
+            or c1.held_by is y1 or c2.held_by is y2
+            or not (y2.state == CONNECTED or (y2 is c2.b and y2.state in (CALLING, RINGBACK)))):
+        host.stats.drop("message out of turn")
+        return
+    stays, new = _number(c1, y1), _number(c2, y2)
+    hold_sent = [c.held_by is x and y.link.kind != "phone" for c, x, y in ((c1, x1, y1), (c2, x2, y2))]
+    was_local = {y1: c1.path == "local", y2: c2.path == "local"}
+    call = switch.new_call(stays, new, now)
+    call.linked = c1.linked or c1.uid
+    call.a, call.b = y1, y2
+    y1.call = y2.call = call
+    call.offered_ms = c2.offered_ms
+    call.tried = list(c2.tried)
+    call.alerted_ms = now if y2.state != CALLING else None
+    call.answered_ms = now if y2.state == CONNECTED else None
+    last = [_last_ts(c1, y1), _last_ts(c2, y2)]
+    call.ts_out = list(last)
+    call.moh_last = [t or None for t in last]    # each side's media carries on after what it had
+    c2.linked = call.linked
+    for c, x in ((c1, x1), (c2, x2)):            # the phone's own legs end; both calls are recorded
+        c.a, c.b = x, None
+        switch.release(x, wire.CAUSE_TRANSFERRED, now)
+        host.end_call(c, wire.CAUSE_TRANSFERRED, now)
+    if y2.state == CONNECTED:                     # attended: both far ends talk at once
+        for y, sent in zip((y1, y2), hold_sent):
+            if sent:
+                send_on_leg(y, wire.HOLD, {wire.IE_STATE: 0}, now)
+    else:                                         # blind: the party that stays hears music until the answer
+        call.held_by = y2
+        call.hold_sent = hold_sent[0]
+        host.held.add(call)
+    _paths(host, call, was_local, now)
+    for leg, number in ((y1, new), (y2, stays)):
+        send_on_leg(leg, wire.PARTY, {wire.IE_CALLING: number, wire.IE_CALLING_NAME: _name(host, number)[:63]}, now)
+    host.log.info("call-transferred", call=call.uid, linked=call.linked, by=link.name, stays=stays, to=new,
+                  answered=y2.state == CONNECTED, path=call.path)
+
+
+def _paths(host, call, was_local, now):
+    """The joined call's media path. A remote host with both parties on its LAN: phone to phone
+    (B3, new keys); otherwise through this host: a phone that sent its media straight to the
+    transferring phone gets a key for media through the host (MEDIA_PEER without an address).
+    The main host joining two remote hosts' legs keeps relaying them: each side's timestamps carry
+    on after what it had only where the joining host shifts them (a direct path would bypass it)."""
+    a, b = call.a, call.b
+    phones = [leg for leg in (a, b) if leg.link.kind == "phone"]
+    if len(phones) == 2 and hasattr(host, "_local_media"):
+        call.path = "local"
+        host._local_media(call, now)
+        return
+    call.path = "relay"
+    for leg in phones:
+        if was_local[leg]:
+            key = os.urandom(16)
+            leg.media = MediaLeg(key, 1, leg.call_no, leg.peer_call_no)
+            leg.link.send_signal(wire.MEDIA_PEER, {wire.IE_PEER_CALL_NO: leg.peer_call_no, wire.IE_CALL_NO: leg.call_no,
+                                                   wire.IE_MEDIA_KEY: key, wire.IE_ROLE: 0}, now)
+
+
+def answered(host, call, now):
+    """The new party of a blind transfer answered: the music stops, both talk."""
+    if call.held_by is call.b:
+        call.held_by = None
+        host.held.discard(call)
+        if getattr(call, "hold_sent", False):
+            send_on_leg(call.a, wire.HOLD, {wire.IE_STATE: 0}, now)
+
+
+def party(host, link, ies, now):
+    """PARTY from a host along a call: the far end changed; passed on towards its phone. The
+    call's numbers change with it (its record names who talked last); the call goes on."""
+    leg = host.switch.leg_for(ies, link)
+    number = ies.get(wire.IE_CALLING)
+    if leg is None or number is None or link.kind == "phone":
+        host.stats.drop("bad party")
+        return
+    call = leg.call
+    _relabel(host, call, leg, number, now)
+    other = other_leg(leg)
+    if other is not None:
+        send_on_leg(other, wire.PARTY, {wire.IE_CALLING: number,
+                                        wire.IE_CALLING_NAME: ies.get(wire.IE_CALLING_NAME, "")}, now)
+
+
+def _relabel(host, call, leg, number, now):
+    """A call this host switches was joined by a transfer further on: its record so far is kept
+    (cause "transferred"), and it goes on under a new uid linked to the first, with the new party."""
+    before = copy.copy(call)
+    host.on_call_ended(before, wire.CAUSE_TRANSFERRED, now)
+    calls = host.switch.calls
+    if calls.get(call.call_id) is call:
+        del calls[call.call_id]
+        while call.call_id in calls or call.call_id == before.call_id:
+            call.call_id = os.urandom(8)
+        calls[call.call_id] = call
+    call.linked = before.linked or before.uid
+    call.started_ms = now
+    call.alerted_ms = now if call.alerted_ms is not None else None
+    call.answered_ms = now if call.answered_ms is not None else None
+    if leg is call.a:
+        call.caller = number
+    else:
+        call.callee = number
+    call.tried = [call.callee]
