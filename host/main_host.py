@@ -334,8 +334,8 @@ class MainHost(HostCore):
     def group_target(self, number, call):
         """Where a group's member rings: (link, None), or (None, cause) when it cannot now."""
         target, cause = self._target_link(number)
-        if target is not None and target.kind == "phone" and target.legs:
-            return None, wire.CAUSE_BUSY
+        if target is not None and target.kind == "phone" and self._phone_busy(number):
+            return None, wire.CAUSE_BUSY      # in a call with call waiting on, it is offered a waiting call
         if target is not None and self.directory.features(number)["dnd"]:
             return None, wire.CAUSE_DND
         return target, cause

@@ -126,7 +126,8 @@ def test_hunt_rings_the_members_in_order_and_skips_a_busy_one(tmp_path):
     try:
         p = world.phones
         _groups(world, {"number": "610", "strategy": "hunt", "members": ["301", "101", "102"], "ring_s": 3})
-        world.call("302", "102")                           # 102 is busy
+        assert _refused(world, "102", "*71")[0] == wire.CAUSE_FEATURE_OFF   # call waiting off:
+        world.call("302", "102")                           # 102 in a call is busy
         _dial(world, "303", "610")
         world.run_until(lambda: _ringing(world) == {"301"}, 1000, "the first member rings")
         took = world.run_until(lambda: _ringing(world) == {"101"}, 5000, "the second member rings")
@@ -167,6 +168,8 @@ def test_a_group_overflows_and_every_member_busy_is_busy(tmp_path):
         _talk(world, "302", "303")
         assert heard(p["302"]) == {"303"} and heard(p["303"]) == {"302"}
         world.hangup("302")
+        for member in ("101", "102"):                        # call waiting off: a member in a call is busy
+            assert _refused(world, member, "*71")[0] == wire.CAUSE_FEATURE_OFF
         world.call("101", "104")
         world.call("102", "103")
         assert _refused(world, "301", "621")[0] == wire.CAUSE_BUSY     # every member busy
@@ -470,6 +473,27 @@ def test_a_group_of_the_callers_own_site_is_a_local_call_granted_by_the_main_hos
         _talk(world, "101", "104")
         assert heard(p["101"]) == {"104"} and heard(p["104"]) == {"101"}
         world.hangup("104")
+        assert _no_legs(world) and not world.net.errors
+    finally:
+        world.close()
+
+
+def test_a_member_in_a_call_with_call_waiting_on_is_offered_the_group_call_as_a_waiting_call(tmp_path):
+    """Call waiting on (the default): a member in a call is not skipped; its phone rings the group
+    call on its second line (the waiting-call beep), beside the members that are free."""
+    world = _group_world(tmp_path)
+    try:
+        p = world.phones
+        _groups(world, {"number": "630", "strategy": "ring-all", "members": ["101", "301"]})
+        world.call("102", "101")                                   # 101 in a call, call waiting on
+        _dial(world, "303", "630")
+        world.run_until(lambda: p["101"].phone.other is not None and p["101"].phone.other.state == RINGING
+                        and p["301"].phone.state == RINGING, 3000, "301 rings, 101 gets a waiting call")
+        assert p["101"].phone.call.state != RINGING                # its first call goes on
+        world.hangup("303")
+        world.run_until(lambda: p["101"].phone.other is None and p["301"].phone.state != RINGING, 3000,
+                        "the members stop ringing")
+        world.hangup("102")
         assert _no_legs(world) and not world.net.errors
     finally:
         world.close()
