@@ -10,13 +10,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.upbx-setup
 # gcc-multilib: the 32-bit MicroPython unix port (tools/images.py) that CI runs the handset on;
 # systemd: systemd-analyze, which checks the units in host/systemd (tests/test_raspberry_pi.py)
-DEBS   := python3-venv python3-dev build-essential gcc-multilib iproute2 nftables socat espeak-ng systemd
+# libssl-dev: OpenSSL's headers, for the relay's C fast path built at install (host/_fastpath.c, docs/relay.md)
+# rtpengine-daemon: the bench extra's reference relay, `upbx bench relay --peer rtpengine` (docs/benchmarks.md)
+DEBS   := python3-venv python3-dev build-essential libssl-dev gcc-multilib iproute2 nftables socat espeak-ng systemd \
+          rtpengine-daemon
 
 .PHONY: setup images demo test bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py host/_fastpath.c Makefile
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian packages:$$missing"; \

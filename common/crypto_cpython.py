@@ -87,7 +87,8 @@ class CounterMode:
     handset's allocation-free viper kernels."""
 
     def __init__(self, key, max_len=256):
-        self._enc = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
+        self.key = bytes(key)   # for the hosts' C fast path (host/_fastpath.c), which keys OpenSSL with it
+        self._enc = Cipher(algorithms.AES(self.key), modes.ECB()).encryptor()
         blocks = (max_len + 15) // 16
         self.max_len = 16 * blocks
         self._stream = _SCRATCH

@@ -266,6 +266,13 @@ class Phone:
         else:
             call, line = self.call, 0
             peer = ies.get(wire.IE_PEER_CALL_NO)
+            if peer is None:   # sent before the host heard from us (a RELEASE at once): its own number names the call
+                theirs = ies.get(wire.IE_CALL_NO)
+                other = self.other
+                if theirs and call is not None and call.peer_call_no == theirs:
+                    peer = call.call_no
+                elif theirs and other is not None and other.peer_call_no == theirs:
+                    peer = other.call_no
             if call is not None and peer != call.call_no:
                 call, line = self.other, 1
             if call is None or peer != call.call_no:

@@ -10,6 +10,7 @@ time (for call records) is that plus `wall_offset_ms`, which the daemon keeps se
 """
 from upbx.common import wire
 from upbx.host.conference import Conferences
+from upbx.common.call import RELEASE_RECEIVED
 from upbx.host import lines
 from upbx.host.moh import MusicOnHold
 from upbx.host.switch import other_leg, send_on_leg
@@ -217,6 +218,12 @@ class HostCore:
         if leg.call.conference is not None:
             return self.conferences.message(leg, msg_type, ies, now)
         if self.groups.call_message(leg, msg_type, ies, now):   # a group call ringing, a page
+            return
+        call = leg.call
+        if msg_type == wire.RELEASE and other_leg(leg) is None:   # hung up before the call went on
+            leg.apply(RELEASE_RECEIVED)                            # (a local call awaiting its grant)
+            call.cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
+            self.end_call(call, call.cause, now)
             return
         passed = self.switch.pass_on(leg, msg_type, ies, now)
         if passed is None:

@@ -6,12 +6,15 @@ makes sure no datagram and no bug in handling one can stop the exchange.
 """
 import asyncio
 import collections
+import errno
 import json
 import logging
 import os
 import signal
 import socket
 import time
+
+from upbx.host import fastpath
 
 SOCKET_BUFFER = 4 << 20  # bytes; the kernel caps it at net.core.rmem_max / wmem_max
 
@@ -44,6 +47,7 @@ class Daemon:
         self._tx_queue = collections.deque()
         self._stopping = None
         self._wake = None
+        self._batch = None       # the C fast path's recvmmsg/sendmmsg (IPv4 sockets), else None
 
     # sending: each datagram with the DSCP the core gave it (voice EF, signalling CS3)
 
@@ -54,6 +58,8 @@ class Daemon:
         except Exception as exc:
             self._internal_error(exc, "flush")
             return
+        if self._batch is not None and not self._tx_queue:
+            out = self._send_batch(out)
         for data, address, tos in out:
             if self._tx_queue:
                 self._queue(data, address, tos)
@@ -67,6 +73,21 @@ class Daemon:
                 self._queue(data, address, tos)
             except OSError:
                 self.core.stats.count("socket errors")
+
+    def _send_batch(self, out):
+        """sendmmsg as much of out as the socket takes, each datagram with its DSCP; returns the rest."""
+        fd = self.sock.fileno()
+        while out:
+            try:
+                sent, err = self._batch.send_batch(fd, out)
+            except (TypeError, ValueError):   # an address sendmmsg's IPv4 path cannot take: sendto's
+                return out
+            out = out[sent:]
+            if not err or err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                break
+            self.core.stats.count("socket errors")   # as sendto's OSError: this datagram is lost, go on
+            out = out[1:]
+        return out
 
     def _queue(self, data, address, tos):
         """Hold a datagram (with its DSCP) until the socket can take it; order is kept."""
@@ -101,6 +122,8 @@ class Daemon:
         One recvfrom_into per datagram into a buffer allocated once, instead of
         asyncio's datagram transport (a callback and a new bytes object each).
         """
+        if self._batch is not None:
+            return self._readable_batch()
         sock = self.sock
         rx = self._rx
         core = self.core
@@ -116,6 +139,40 @@ class Daemon:
                 continue
             try:
                 core.receive_datagram(rx[:n], addr, now_ms())
+            except Exception as exc:  # a bug must not stop the exchange; count it and keep going
+                self._internal_error(exc, "%s:%d" % addr[:2])
+            if clock() - started >= self.BURST_HOLD_S:
+                self._flush()
+                started = clock()
+        self._flush()
+
+    def _readable_batch(self):
+        """_readable with recvmmsg: the waiting datagrams (up to RX_BURST) in one system call."""
+        core = self.core
+        try:
+            batch = self._batch.recv_batch(self.sock.fileno(), self.RX_BURST)
+        except OSError:
+            core.stats.count("socket errors")
+            return
+        clock = time.monotonic
+        started = clock()
+        relay = self._batch.relay_batch if hasattr(core, "trunk_route") else None
+        i, count = 0, len(batch)
+        while i < count:
+            now = now_ms()
+            if relay is not None:
+                # trunk frames the C fast path takes, in order, until one it leaves to receive_datagram
+                i, exc = relay(core, batch, i, now)
+                if exc is not None:
+                    self._internal_error(exc, "%s:%d" % batch[i][1][:2])
+                    i += 1
+                    continue
+                if i == count:
+                    break
+            data, addr = batch[i]
+            i += 1
+            try:
+                core.receive_datagram(data, addr, now)
             except Exception as exc:  # a bug must not stop the exchange; count it and keep going
                 self._internal_error(exc, "%s:%d" % addr[:2])
             if clock() - started >= self.BURST_HOLD_S:
@@ -147,7 +204,8 @@ class Daemon:
         try:
             line = (await reader.readline()).decode().strip() or "status"
             if line == "status":
-                reply = dict(self.core.status(), pid=os.getpid())
+                reply = dict(self.core.status(), pid=os.getpid(), fast_path="C" if self._batch is not None else "python",
+                             fast_path_datagrams=self._batch.taken() if self._batch is not None else 0)
             else:
                 reply = {"error": "unknown request %r" % line}
             writer.write((json.dumps(reply, default=str) + "\n").encode())
@@ -170,6 +228,8 @@ class Daemon:
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             except OSError:
                 pass
+        if fastpath.native is not None and family == socket.AF_INET:
+            self._batch = fastpath.native
         self._stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
@@ -179,7 +239,8 @@ class Daemon:
                 os.unlink(self.control_socket)
             server = await asyncio.start_unix_server(self._control, path=self.control_socket)
             os.chmod(self.control_socket, 0o660)   # the daemon's user and group: `upbx status` as either
-        self.log.info("started", listen="%s:%d" % self.address[:2], pid=os.getpid())
+        self.log.info("started", listen="%s:%d" % self.address[:2], pid=os.getpid(),
+                      fast_path="C" if self._batch is not None else "python")
         self.core.wall_offset_ms = wall_offset_ms()
         self.core.start(now_ms())
         self._flush()

@@ -108,6 +108,15 @@ class MainHost(HostCore):
             for msg_type, ies in messages:
                 self._message(self.links[peer.index], msg_type, ies, now)
 
+    def trunk_route(self, session):
+        """(peer, link, receive key) of the logged-in host a trunk frame to this session index comes from,
+        else None: the daemon's C fast path (host/fastpath.py) takes such frames as on_datagram does."""
+        peer = self.peers.peers.get(session)
+        link = self.links.get(peer.index) if peer is not None else None
+        if link is None or link.session is None:
+            return None
+        return peer, link, peer.channel.crypto.recv_auth
+
     def _touch(self, peer, addr, now):
         """A new authenticated trunk frame from peer: its address is noted (B7)."""
         if self.peers.touch(peer, addr, now):

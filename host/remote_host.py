@@ -597,6 +597,8 @@ class RemoteHost(HostCore):
 
     def on_call_ended(self, call, cause, now):
         """Local calls are this host's to record (the main host records the calls it switches)."""
+        if self.pending_local.pop(call.call_id, None) is not None:   # its grant, if one comes, is for nothing
+            self.log.info("local-request-abandoned", call=call.uid)
         if call.path == "local":
             self.records.add(call_record(call, self.config.name, cause, now, self.wall_ms(now)))
             self._upload_records(now)

@@ -21,6 +21,7 @@ from upbx.common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED,
                          CallLeg)
 from upbx.common.crypto import HmacKey, extend16, hkdf
 from upbx.common.media import open_trunk, seal_trunk
+from upbx.host import fastpath
 
 
 _SERIALS = itertools.count(1)
@@ -164,6 +165,7 @@ class Switch:
         self.trunk_mtu = trunk_mtu
         self._buf = bytearray(65536)
         self.bytes_out_by_link = {}
+        self.fast = fastpath.native   # the C fast path (host/fastpath.py), or None: the Python path
 
     def allocate_call_no(self):
         """A free call number, or None when all 32,767 are taken (never waits for one)."""
@@ -338,8 +340,19 @@ class Switch:
         return msg_type
 
     def leg_for(self, ies, link):
-        """Our leg named by a message's peer call number, if it belongs to this link."""
-        leg = self.legs.get(ies.get(wire.IE_PEER_CALL_NO))
+        """Our leg named by a message's peer call number, if it belongs to this link. A message
+        without one (the far end sends before it heard from us: a caller hanging up at once)
+        names the leg by the far end's own call number, among this link's legs."""
+        ours = ies.get(wire.IE_PEER_CALL_NO)
+        if ours is None:
+            theirs = ies.get(wire.IE_CALL_NO)
+            if not theirs:
+                return None
+            for leg in self.legs.values():
+                if leg.link is link and leg.peer_call_no == theirs:
+                    return leg
+            return None
+        leg = self.legs.get(ours)
         if leg is None or leg.link is not link:
             return None
         leg.learn_peer(ies.get(wire.IE_CALL_NO))
@@ -379,6 +392,10 @@ class Switch:
         """
         auth = link.trunk_recv_auth if link.kind == "pair" else (
             link.session.channel.crypto.recv_auth if link.session is not None else link.login.channel.crypto.recv_auth)
+        if self.fast is not None and not direct:
+            handled = self.fast.trunk_in(self, frame, link, auth)   # None: not the common case, untouched
+            if handled is not None:
+                return handled
         legs = self.legs
         ended = self._ended
 
@@ -426,6 +443,8 @@ class Switch:
     # media out
 
     def forward(self, leg, ts, payload, now):
+        # host/_fastpath.c (prepare, trunk_in_impl) does this for the common case and hands every other
+        # case back: a new condition here needs one there too (tests/test_fastpath.py compares the two)
         call = leg.call
         if call.conference is not None:   # mixed at the tick (host/conference.py), not forwarded
             call.conference.receive(leg, ts, payload, self.stats)
@@ -525,6 +544,15 @@ class Switch:
     def _send_trunks(self, link, entries):
         """Seal entries [(media leg, ts, payload)] into as few trunk frames as the MTU allows."""
         auth, index = link.trunk_keys()
+        frames = (self.fast.seal_trunks(auth, index, entries, self.trunk_mtu) if self.fast is not None
+                  else self._seal_trunks(auth, index, entries))
+        for frame in frames:
+            self.send(frame, link.address, True)
+            self.stats.count("trunks out")
+            self.bytes_out_by_link[link.name] = self.bytes_out_by_link.get(link.name, 0) + len(frame) + wire.IP_UDP_HEADERS
+
+    def _seal_trunks(self, auth, index, entries):
+        """The trunk frames of entries, one at a time (each a view of one buffer: send it before the next)."""
         mtu = self.trunk_mtu
         i = 0
         count = len(entries)
@@ -536,11 +564,8 @@ class Switch:
                 if size > mtu:
                     break
                 j += 1
-            frame = seal_trunk(auth, index, entries[i:j] if i or j < count else entries, self._buf)
+            yield seal_trunk(auth, index, entries[i:j] if i or j < count else entries, self._buf)
             i = j
-            self.send(frame, link.address, True)
-            self.stats.count("trunks out")
-            self.bytes_out_by_link[link.name] = self.bytes_out_by_link.get(link.name, 0) + len(frame) + wire.IP_UDP_HEADERS
 
 
 def pair_keys(pair_key, role):

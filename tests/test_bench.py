@@ -3,8 +3,11 @@
 No timing assertions: speed targets are measured by the benchmarks, not by timed tests.
 """
 import json
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from upbx.tools import bench, bench_net
 
@@ -82,7 +85,8 @@ def test_bench_quick_json_has_every_key_with_sane_values():
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout)
-    assert set(r) == {"machine"} | set(SHORT) | {key for key, name, _f in bench.SUMMARY if name in SHORT}
+    peer_keys = {"rtpengine_calls_per_core", "ratio_vs_rtpengine"}   # only with --peer rtpengine
+    assert set(r) == {"machine"} | set(SHORT) | {key for key, name, _f in bench.SUMMARY if name in SHORT} - peer_keys
     assert r["machine"]["cpus"] >= 1
     assert set(r["wan_kbps_per_call"]) == {"1", "2", "5", "10", "30"}
     wan = r["wan"]
@@ -107,6 +111,18 @@ def test_bench_quick_json_has_every_key_with_sane_values():
         for n, want in expected.items():
             assert abs(r["wan"][key][n] - want) <= 0.25, (key, n, r["wan"][key][n])
     assert isinstance(r["relay_calls_per_core"], int) and r["relay_calls_per_core"] > 0
+    relay = r["relay"]
+    assert r["window_s"] == relay["window_s"] == 1.0 and r["workers"] == 1
+    assert r["relay_calls_per_machine"] == r["relay_calls_per_core"] * r["workers"]
+    for shape in ("trunked", "datagram"):   # every step: the frames it sent, what came back, the relay's CPU
+        assert relay["steps_" + shape], shape
+        for step in relay["steps_" + shape]:
+            assert step["frames_sent"] == step["calls"] * 2 * 50 and 0 <= step["frames_relayed"] <= step["frames_sent"]
+            assert step["passed"] == (step["loss_pct"] <= 0.1 and step["relay_cpu"] < 0.95
+                                      and not step["generator_limited"])
+    # one frame a datagram: as many datagrams as frames; trunked: 8 calls a datagram
+    assert all(s["datagrams_sent"] == s["frames_sent"] for s in relay["steps_datagram"])
+    assert all(s["datagrams_sent"] == 2 * 50 * -(-s["calls"] // 8) for s in relay["steps_trunked"])
     assert r["hop_latency_p99_ms"] >= r["hop_latency_p50_ms"] > 0
     assert r["registrations_per_s"] > 0
     assert 0 < r["bytes_per_registered_phone"] < 10 ** 7
@@ -195,3 +211,18 @@ def test_bench_handset_quick_reports_consistent_figures():
     assert r["meets_targets"] == (r["esp32_ms_per_tick_p50"] <= 5.0 and r["esp32_ms_worst_tick"] <= 12.0)
     assert r["meets_targets_host_io_scaled"] == (r["esp32_ms_per_tick_p50_host_io_scaled"] <= 5.0
                                                  and r["esp32_ms_worst_tick_host_io_scaled"] <= 12.0)
+
+
+@pytest.mark.skipif(shutil.which("rtpengine") is None, reason="rtpengine-daemon is not installed (make setup, as root)")
+def test_bench_relay_peer_rtpengine_measures_it_in_the_same_run():
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "bench", "relay", "--quick", "--json", "--peer",
+                          "rtpengine"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    steps = r["relay"]["steps_rtpengine"]
+    assert steps and steps[0]["frames_sent"] == steps[0]["calls"] * 2 * 50
+    # rtpengine relayed the plain RTP it was sent, call by call (counted by RTP timestamp at the far side)
+    assert steps[0]["frames_relayed"] > 0
+    assert isinstance(r["rtpengine_calls_per_core"], int)
+    if r["rtpengine_calls_per_core"]:
+        assert r["ratio_vs_rtpengine"] == round(r["relay_calls_per_core_datagram"] / r["rtpengine_calls_per_core"], 3)

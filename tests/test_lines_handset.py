@@ -27,13 +27,13 @@ def lab():
 def test_demo_scenarios_call_waiting_blind_and_attended_transfer(lab):
     results = {r["name"]: r for r in run_features(lab, 2.0, ("call_waiting", "blind_transfer", "attended_transfer"))}
     waiting = results["call_waiting"]
-    assert waiting["ok"] is True, waiting
+    assert waiting["ok"] is True, json.dumps(waiting)
     # 101 talks to 301, hears the beep over it, talks to 201 (301 hears the music), back to 301 ...
     assert waiting["heard"] == {"101": ["301", "waiting beep", "301", "201", "301", "201"],
                                 "301": ["101", "music", "101"], "201": ["101", "music", "101"]}, waiting
     for name in ("blind_transfer", "attended_transfer"):
         result = results[name]
-        assert result["ok"] is True, result
+        assert result["ok"] is True, json.dumps(result)
         heard = result["heard"]
         assert heard["301"] == ["101", "music", "201"], result        # after the transfer 301 hears 201 ...
         assert heard["201"][-1] == "301", result                       # ... and 201 hears 301
@@ -104,18 +104,18 @@ def test_netlab_a_transfer_through_nat_and_b4_call_waiting_and_transfer_without_
             ex.start()
             # through the NAT routers first: a call from site B transferred blind to a site A phone
             cross = calls_demo.transfer(ex, 2.0, True, numbers=("101", "201", "102"), records=False)
-            assert cross["ok"] is True, cross
+            assert cross["ok"] is True, json.dumps(cross)
             assert cross["heard"]["201"] == ["101", "music", "102"] and cross["heard"]["102"] == ["201"]
             ex.wait_for(lambda: ex.status("site-a")["records_pending"] == 0, "site a's records uploaded")
             ex.kill("main")
             ex.wait_for(lambda: ex.status("site-a")["main"]["state"] != "up", "site a noticed", timeout=20)
             site = ("101", "102", "103")
             waiting = calls_demo.call_waiting(ex, 2.0, numbers=site)
-            assert waiting["ok"] is True, waiting
+            assert waiting["ok"] is True, json.dumps(waiting)
             blind = calls_demo.transfer(ex, 2.0, True, numbers=site, records=False)
-            assert blind["ok"] is True, blind
+            assert blind["ok"] is True, json.dumps(blind)
             attended = calls_demo.transfer(ex, 2.0, False, numbers=site, records=False)
-            assert attended["ok"] is True, attended
+            assert attended["ok"] is True, json.dumps(attended)
             assert blind["heard"]["102"] == ["101", "music", "103"] and attended["heard"]["103"] == ["101", "102"]
             pending = ex.status("site-a")["records_pending"]
             assert pending == 8, pending        # every leg of the three scenarios (2 + 3 + 3), kept for later
@@ -158,7 +158,7 @@ def test_the_main_hosts_phone_transfers_a_call_between_two_sites(lab):
     """301 (at the main host) answers 101 (site A), consults 201 (site B) and completes: the main
     host joins two remote hosts' calls; 101 and 201 then talk (relayed), the records linked."""
     result = calls_demo.transfer(lab, 2.0, False, numbers=("301", "101", "201"))
-    assert result["ok"] is True, result
+    assert result["ok"] is True, json.dumps(result)
     assert result["heard"] == {"301": ["101", "201"], "101": ["301", "music", "201"], "201": ["301", "101"]}, result
     joined = [r for r in result["records"]["linked_to_it"] if r["cause"] == "normal clearing"]
     assert [(r["caller"], r["callee"], r["path"]) for r in joined] == [("101", "201", "relay")], result
@@ -170,7 +170,7 @@ def test_a_call_between_sites_transferred_blind_to_a_phone_of_the_site_keeps_its
     media keeps its path, and 102 (whose blind-transfer call was phone to phone) gets a key for
     media through its host."""
     result = calls_demo.transfer(lab, 2.0, True, numbers=("101", "201", "102"))
-    assert result["ok"] is True, result
+    assert result["ok"] is True, json.dumps(result)
     assert result["heard"] == {"101": ["201"], "201": ["101", "music", "102"], "102": ["201"]}, result
     rows = [result["records"]["first"]] + result["records"]["linked_to_it"]
     path = rows[0]["path"]          # "direct" unless a busy machine let the punch time out
@@ -186,11 +186,11 @@ def test_two_lines_fit_a_64k_heap_with_the_frozen_image(lab, unix32_frozen):
     heap's live peak stays within the limit tests/test_handset32.py sets for one call."""
     from tests.test_handset32 import FROZEN_LIVE_LIMIT
     args = ("--micropython", unix32_frozen, "--heapsize", "64K")
-    waiting = calls_demo.call_waiting(lab, 2.0, args_a=args)
-    assert waiting["ok"] is True, waiting
-    heap = lab.summary("cw-101")["heap"]
-    attended = calls_demo.transfer(lab, 2.0, False, records=False, args_a=args)
-    assert attended["ok"] is True, attended
-    heaps = [heap, lab.summary("at-101")["heap"]]
+    waiting = calls_demo.call_waiting(lab, 2.0, args_a=args, tag="cw64")
+    assert waiting["ok"] is True, json.dumps(waiting)
+    heap = lab.summary("cw64-101")["heap"]
+    attended = calls_demo.transfer(lab, 2.0, False, records=False, args_a=args, tag="at64")
+    assert attended["ok"] is True, json.dumps(attended)
+    heaps = [heap, lab.summary("at64-101")["heap"]]
     print("64K frozen, live heap peaks: call waiting %d, attended transfer %d" % tuple(h["peak_live"] for h in heaps))
     assert all(h["total"] <= 64 * 1024 and h["peak_live"] <= FROZEN_LIVE_LIMIT for h in heaps), heaps

@@ -5,6 +5,7 @@ heavy packages (numpy, scipy, pesq, the ESP32 tools) and the repository's folder
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,3 +163,49 @@ def test_installed_upbx_script_is_the_package_cli():
     assert upbx.exists()
     assert "upbx.tools.cli" in upbx.read_text()
     assert os.access(upbx, os.X_OK)
+
+
+def _fast_path_of(site, cwd):
+    """Whether the fast path loads in an interpreter that sees only `site` and the stdlib (-S: not the
+    venv, whose editable install maps upbx to the repository)."""
+    import cryptography
+    deps = str(pathlib.Path(cryptography.__file__).parent.parent)   # cryptography's site-packages, without its .pth files
+    code = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', %r)]; sys.path[:0] = [%r, %r]; "
+            "from upbx.host import fastpath; print(fastpath.__file__, fastpath.native and fastpath.native.__file__)"
+            % (str(ROOT), str(site), deps))
+    r = subprocess.run([sys.executable, "-S", "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    path, native = r.stdout.split()
+    assert path.startswith(str(site)), path
+    assert native == "None" or native.startswith(str(site)), native
+    return native != "None"
+
+
+def test_the_wheel_carries_the_relay_fast_path_built_with_openssl(wheel, installed, tmp_path):
+    with zipfile.ZipFile(wheel) as z:
+        built = [n for n in z.namelist() if n.startswith("upbx/host/_fastpath.") and n.endswith(".so")]
+    assert len(built) == 1, built
+    assert _fast_path_of(installed, tmp_path)
+
+
+def test_without_a_compiler_the_install_goes_on_with_the_pure_python_relay(tmp_path):
+    """setup.py marks the extension optional: a build whose C compiler fails (CC=/bin/false, as on a
+    machine without one) still makes a wheel, without the extension; the hosts use the Python path."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", "build", "*.so", "*.egg-info", ".git",
+                                                              "__pycache__", ".pytest_cache", ".hypothesis"))
+    out = tmp_path / "wheel"
+    env = dict(os.environ, CC="/bin/false", LDSHARED="/bin/false")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                        str(src)], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    (path,) = out.glob("upbx-*.whl")
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    assert "upbx/host/fastpath.py" in names and "upbx/host/switch.py" in names
+    assert not [n for n in names if n.endswith(".so")], names
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert _fast_path_of(site, tmp_path) is False

@@ -134,3 +134,29 @@ def test_b5_a_budget_below_one_call_refuses_every_uplink_call(tmp_path):
         assert _flowing(world.phones["101"], world.phones["102"])
     finally:
         world.close()
+
+
+def test_a_caller_hanging_up_before_the_host_answered_ends_the_call_everywhere(tmp_path):
+    """The caller's RELEASE goes out before it heard anything back, so it names only its own call
+    number: the host finds the leg by it. A local call still waiting for the main host's grant
+    never rings the callee; a call already offered on (through the main host) stops ringing; no
+    leg is left anywhere."""
+    world = _world(tmp_path, ("101", "102", "301"))
+    try:
+        p = world.phones
+        for caller, callee in (("101", "102"), ("101", "301"), ("301", "102")):
+            end = p[caller]
+            assert end.phone.dial(callee, world.net.now)
+            assert end.phone.hangup(world.net.now)     # at once: nothing came back from the host yet
+            end.flush()
+            world.run(3000)
+            if caller[0] == callee[0]:   # local: the grant had not come, so it never rang
+                assert not _rang(p[callee]), "%s rang for %s, who had hung up" % (callee, caller)
+            assert p[callee].idle, "%s still rings for %s, who had hung up" % (callee, caller)
+            assert not world.main.switch.legs and not world.a.switch.legs and not world.a.pending_local
+            assert world.main.status()["calls"] == [] and world.a.status()["calls"] == []
+        world.call("101", "102")                       # and the phones call as before
+        world.run(200)
+        assert _flowing(p["101"], p["102"])
+    finally:
+        world.close()

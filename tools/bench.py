@@ -196,10 +196,11 @@ def bench_wan(quick=False):
     return bench_net.bench_trunking(quick)
 
 
-def bench_relay(quick=False):
-    """Relayed calls per core at <= 0.1 % loss, and the one-way latency of a relay hop."""
+def bench_relay(quick=False, peer=None):
+    """Relayed calls per core at <= 0.1 % loss and < 95 % CPU (12 s windows), both shapes; with
+    --peer rtpengine also rtpengine's in the same run; the one-way latency of a relay hop."""
     from upbx.tools import bench_net
-    return bench_net.bench_relay(quick)
+    return bench_net.bench_relay(quick, peer=peer)
 
 
 def bench_registrations(quick=False):
@@ -224,11 +225,29 @@ def table_wan(r):
 
 def table_relay(r):
     lines = ["relay: %s" % r["load"],
-             "  relay_calls_per_core: %s (target 500)" % r["relay_calls_per_core"],
-             "  hop latency at %s calls: p50 %s ms, p99 %s ms (target p99 < 1 ms; %s)" % (
-                 r["latency_load_calls"], r["hop_latency_p50_ms"], r["hop_latency_p99_ms"], r["latency_note"])]
-    for step in r["steps"]:
-        lines.append("  %(calls)5d calls: loss %(loss_pct).3f %%, main host CPU %(main_cpu).2f" % step)
+             "  a step passes with %s" % r["pass_rule"],
+             "  fast path: %s" % r["fast_path"],
+             "  relay_calls_per_core (trunked): %s (target 2,500), %s us CPU per relayed frame (by CPU: %s)" % (
+                 r["relay_calls_per_core"], r["us_per_frame_trunked"], r["relay_calls_per_core_by_cpu"]),
+             "  relay_calls_per_core_datagram: %s (target 1,500), %s us CPU per relayed frame (by CPU: %s)" % (
+                 r["relay_calls_per_core_datagram"], r["us_per_frame_datagram"], r["relay_calls_per_core_datagram_by_cpu"]),
+             "  cost split: %s us per datagram + %s us per call-frame" % (r["us_per_datagram"], r["us_per_call_frame"]),
+             "  workers: %s, relay_calls_per_machine: %s" % (r["workers"], r["relay_calls_per_machine"])]
+    if "rtpengine_calls_per_core" in r:
+        lines.append("  rtpengine (userspace, plain RTP): %s calls per core, %s us CPU per packet (by CPU: %s)%s" % (
+            r["rtpengine_calls_per_core"], r["rtpengine_us_per_packet"], r["rtpengine_calls_per_core_by_cpu"],
+            " (generator-limited: the step search stopped at what the load generator could send)"
+            if r.get("rtpengine_generator_limited") else ""))
+        lines.append("  ratio_vs_rtpengine (one frame a datagram, calls per core): %s; by CPU per frame: %s" % (
+            r["ratio_vs_rtpengine"], r["ratio_vs_rtpengine_by_cpu"]))
+    lines.append("  hop latency at %s calls: p50 %s ms, p99 %s ms (target p99 < 1 ms; %s)" % (
+        r["latency_load_calls"], r["hop_latency_p50_ms"], r["hop_latency_p99_ms"], r["latency_note"]))
+    for shape in ("trunked", "datagram", "rtpengine"):
+        for step in r.get("steps_" + shape, ()):
+            lines.append("  %-9s %5d calls: loss %.3f %%, relay CPU %.2f, %.2f us/frame, load %.2f%s" % (
+                shape, step["calls"], step["loss_pct"], step["relay_cpu"], step["us_per_frame"],
+                step["load_average"], "" if step["passed"] else "  (fails)"))
+    lines.append("  load average at the end: %s" % r["load_average"])
     return "\n".join(lines)
 
 
@@ -255,6 +274,14 @@ BENCHMARKS["handset"], TABLES["handset"] = bench_handset, table_handset
 # the keys of the issue's summary: where each one comes from in the results
 SUMMARY = (("wan_kbps_per_call", "wan", "wan_kbps_per_call"),
            ("relay_calls_per_core", "relay", "relay_calls_per_core"),
+           ("relay_calls_per_core_datagram", "relay", "relay_calls_per_core_datagram"),
+           ("window_s", "relay", "window_s"),
+           ("us_per_datagram", "relay", "us_per_datagram"),
+           ("us_per_call_frame", "relay", "us_per_call_frame"),
+           ("workers", "relay", "workers"),
+           ("relay_calls_per_machine", "relay", "relay_calls_per_machine"),
+           ("rtpengine_calls_per_core", "relay", "rtpengine_calls_per_core"),
+           ("ratio_vs_rtpengine", "relay", "ratio_vs_rtpengine"),
            ("hop_latency_p50_ms", "relay", "hop_latency_p50_ms"),
            ("hop_latency_p99_ms", "relay", "hop_latency_p99_ms"),
            ("registrations_per_s", "registrations", "registrations_per_s"),
@@ -263,14 +290,15 @@ SUMMARY = (("wan_kbps_per_call", "wan", "wan_kbps_per_call"),
            ("esp32_ms_worst_tick", "handset", "esp32_ms_worst_tick"))
 
 
-def _call(fn, quick):
-    """Run one benchmark; those that know a quick mode get it."""
+def _call(fn, quick, **options):
+    """Run one benchmark; those that know a quick mode (or an option given) get it."""
     import inspect
     try:
-        takes_quick = "quick" in inspect.signature(fn).parameters
+        params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        takes_quick = False
-    return fn(quick=quick) if takes_quick else fn()
+        params = {}
+    kw = {k: v for k, v in dict(options, quick=quick).items() if k in params and v is not None}
+    return fn(**kw)
 
 
 def _table_generic(name, result, indent="  "):
@@ -291,6 +319,9 @@ def add_arguments(parser):
                         help="print one JSON object: {\"machine\": {...}, NAME: {...}, ...}")
     parser.add_argument("--quick", action="store_true",
                         help="short runs with small loads (for tests); figures are not the benchmark's")
+    parser.add_argument("--peer", choices=["rtpengine"],
+                        help="relay: also measure this relay in the same run (rtpengine: Debian's "
+                             "rtpengine-daemon in userspace, installed by `make setup`) and print the ratio")
 
 
 def run(args):
@@ -299,9 +330,16 @@ def run(args):
         print("upbx bench: unknown benchmark %s (have: %s)" % (
             ", ".join(unknown), ", ".join(BENCHMARKS)), file=sys.stderr)
         return 2
+    if getattr(args, "peer", None) and "relay" not in (args.names or list(BENCHMARKS)):
+        print("upbx bench: --peer %s compares relays: run it with the relay benchmark" % args.peer, file=sys.stderr)
+        return 2
+    if getattr(args, "peer", None) == "rtpengine" and not shutil.which("rtpengine"):
+        print("upbx bench: --peer rtpengine needs rtpengine on PATH: install the Debian package "
+              "rtpengine-daemon (make setup, as root)", file=sys.stderr)
+        return 2
     results = {"machine": machine()}
     for name in args.names or list(BENCHMARKS):
-        results[name] = _call(BENCHMARKS[name], getattr(args, "quick", False))
+        results[name] = _call(BENCHMARKS[name], getattr(args, "quick", False), peer=getattr(args, "peer", None))
     for key, name, field in SUMMARY:
         if name in results and field in results[name]:
             results[key] = results[name][field]

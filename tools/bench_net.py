@@ -8,10 +8,12 @@ before a measurement starts, so the generator's own crypto does not limit the
 rate; what the generator receives is counted per trunk entry and timestamped,
 not decrypted again (the main host authenticates and decrypts every frame).
 """
+import errno
 import os
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -91,7 +93,7 @@ class MainUnderTest:
         with open(config, "w") as f:
             f.write('[main]\nlisten = "127.0.0.1:%d"\ndatabase = "main.sqlite"\ncontrol_socket = "%s"\n'
                     'direct_media = false\nlog_level = "warning"\ntrunk_mtu = %d\nring_timeout_s = 600\n'
-                    'registration_ttl_s = 600\n' % (self.port, self.sock_path, trunk_mtu))
+                    'registration_ttl_s = 600\nmax_calls_per_host = 16383\n' % (self.port, self.sock_path, trunk_mtu))
         self.log = open(os.path.join(self.dir, "main.log"), "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "upbx.tools.cli", "main", "--config", config], cwd=ROOT,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -277,21 +279,27 @@ class TrunkPair:
 
     def seal_ticks(self, calls, ticks, ts0, mtu):
         """Trunk datagrams of both hosts for `ticks` ticks of `calls` calls: [[(client, bytes, call indices)]]."""
-        plan = []
+        seal = self.sealer(calls, mtu)
+        return [seal(ts0 + 20 * k) for k in range(ticks)]
+
+    def sealer(self, calls, mtu, native=None):
+        """seal(ts) -> one tick's trunk datagrams of both hosts [(client, bytes, call indices)];
+        native: the C fast path's seal_trunk (the same bytes, tests/test_fastpath.py), for sealing
+        while sending instead of before."""
         buf = bytearray(65536)
         per = max(1, (mtu - wire.TRUNK_HEADER - wire.MEDIA_TAG) // (wire.TRUNK_ENTRY_HEADER + 160))
-        sides = ((self.a, [(c.a, c) for c in calls]), (self.b, [(c.b, c) for c in calls]))
-        for k in range(ticks):
-            ts = ts0 + 20 * k
-            out = []
-            for client, legs in sides:
-                channel = client.login.channel
-                for i in range(0, len(legs), per):
-                    batch = [(leg, ts, VOICE) for leg, _c in legs[i:i + per]]
-                    frame = bytes(seal_trunk(channel.crypto.send_auth, channel.peer_index, batch, buf))
-                    out.append((client, frame, [c.index for _l, c in legs[i:i + per]]))
-            plan.append(out)
-        return plan
+        seal_fn = native.seal_trunk if native is not None else seal_trunk
+        groups = []
+        for client, legs in ((self.a, [(c.a, c) for c in calls]), (self.b, [(c.b, c) for c in calls])):
+            channel = client.login.channel
+            for i in range(0, len(legs), per):
+                groups.append((client, channel.crypto.send_auth, channel.peer_index, [leg for leg, _c in legs[i:i + per]],
+                               [c.index for _l, c in legs[i:i + per]]))
+
+        def seal(ts):
+            return [(client, bytes(seal_fn(auth, index, [(leg, ts, VOICE) for leg in legs], buf)), indices)
+                    for client, auth, index, legs, indices in groups]
+        return seal
 
     def close(self):
         now = _now_ms()
@@ -520,65 +528,406 @@ def bench_trunking(quick=False):
     return out
 
 
-def bench_relay(quick=False):
-    """Most two-way trunked G.711 calls the main host relays on one core with <= 0.1 % loss; hop latency."""
-    start_calls = 20 if quick else 200
-    step = 40 if quick else 100
-    limit = 60 if quick else 2000
-    seconds = 1.0 if quick else 2.0
-    numbers = max(limit, start_calls)
-    main = MainUnderTest({"a": ["1%05d" % i for i in range(numbers)], "b": ["2%05d" % i for i in range(numbers)]},
-                         trunk_mtu=1472, cpu=0)
-    gen_cpu = pin(0, 1)
-    steps = []
-    best = 0
+# --- relay capacity: the honest measurement (docs/benchmarks.md, "Relay capacity") ----------------
+
+RELAY_WINDOW_S = 12.0      # the issue's windows: >= 10 s, so a relay that needs 1.15 cores cannot pass
+RELAY_MAX_LOSS = 0.001     # a step passes with <= 0.1 % of its frames lost ...
+RELAY_MAX_CPU = 0.95       # ... and the relay below 95 % of its core over the sending phase
+GENERATOR_SLACK = 0.02     # a window whose sending took 2 % longer than planned: the generator could not keep up
+SLOT_S = 0.001             # the generator sends what is due each millisecond back to back
+
+
+def _native():
+    """The C extension's recvmmsg/sendmmsg for the load generator, when it was built."""
+    from upbx.host import fastpath
+    return fastpath.native
+
+
+def paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram, settle=0.3):
+    """Send ticks x 20 ms of load, paced evenly over each tick, and count what comes back.
+
+    datagrams_of_tick(k) -> [(socket, bytes, address)]; on_datagram(socket, data) counts what
+    arrives (frames of this window only). The relay's CPU is read when the first datagram leaves
+    and when the last one has: CPU seconds over the sending phase alone, divided by the frames
+    relayed within it, is its cost per frame (pre-sealing and the drain are outside it).
+    Returns {"cpu_s", "wall_s", "behind_s", "at_end"}: at_end is on_datagram's count when sending ended.
+    """
+    by_fd = {s.fileno(): s for s in sockets}
+    poller = select.epoll()
+    for fd in by_fd:
+        poller.register(fd, select.EPOLLIN)
+    batch = _native()
+
+    def drain(timeout):
+        for fd, _ in poller.poll(timeout):
+            sock = by_fd[fd]
+            if batch is not None:   # recvmmsg: the generator must not be what limits a relay
+                while True:
+                    got = batch.recv_batch(fd, 64)
+                    if not got:
+                        break
+                    for data, _address in got:
+                        on_datagram(sock, data)
+                continue
+            recv = sock.recv
+            while True:
+                try:
+                    data = recv(65536)
+                except BlockingIOError:
+                    break
+                on_datagram(sock, data)
+
+    def send(items):
+        if batch is None:
+            for sock, data, address in items:
+                sock.sendto(data, address)
+            return
+        groups = {}
+        for sock, data, address in items:
+            groups.setdefault(sock, []).append((data, address, 0))
+        for sock, group in groups.items():
+            fd = sock.fileno()
+            while group:
+                sent, err = batch.send_batch(fd, group)
+                group = group[sent:]
+                if group:
+                    if err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                        raise OSError(err, "generator: sendmmsg failed")
+                    drain(0)
+
+    behind = 0.0
     try:
-        pair = TrunkPair(main, start_calls)
+        start = time.monotonic() + 0.05
+        cpu0 = None
+        for k in range(ticks):
+            datagrams = datagrams_of_tick(k)
+            per_slot = max(1, -(-len(datagrams) * SLOT_S // TICK))
+            slots = -(-len(datagrams) // int(per_slot))
+            gap = TICK / max(1, slots)
+            for j in range(slots):
+                due = start + k * TICK + j * gap
+                while True:
+                    wait = due - time.monotonic()
+                    if wait <= 0:
+                        break
+                    drain(min(wait, 0.002))
+                if cpu0 is None:
+                    cpu0 = relay.cpu_seconds()
+                    t0 = time.monotonic()
+                behind = max(behind, -wait)
+                send(datagrams[j * int(per_slot):(j + 1) * int(per_slot)])
+        cpu1 = relay.cpu_seconds()
+        t1 = time.monotonic()
+        at_end = on_datagram(None, None)
+        end = t1 + settle
+        while time.monotonic() < end:
+            drain(0.01)
+    finally:
+        poller.close()
+    return {"cpu_s": cpu1 - cpu0, "wall_s": t1 - t0, "behind_s": behind, "at_end": at_end}
+
+
+class RtpCalls:
+    """Calls through rtpengine: plain RTP (12-byte header + 160 bytes G.711), one packet per call per
+    direction per tick, from two generator sockets (the callers' side A and the callees' side B)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.a = _bench_socket()
+        self.b = _bench_socket()
+        self.calls = []       # (port A sends to, port B sends to)
+        self.next_ts = 160
+
+    def add_calls(self, n):
+        a_port, b_port = self.a.getsockname()[1], self.b.getsockname()[1]
+        for i in range(len(self.calls), n):
+            self.calls.append(self.engine.call("upbx-bench-%d" % i, a_port, b_port))
+
+    def window(self, n, seconds):
+        """One measured window of n calls; rtpengine's ports, timestamps going on from the last window."""
+        ticks = int(round(seconds / TICK))
+        ts0 = self.next_ts
+        self.next_ts = ts0 + 160 * (ticks + 10)
+        span = 160 * ticks
+        pack = struct.Struct("!BBHII").pack
+        a, b = self.a, self.b
+        targets = [(("127.0.0.1", pa), ("127.0.0.1", pb), i) for i, (pa, pb) in enumerate(self.calls[:n])]
+
+        def datagrams_of_tick(k):
+            ts = (ts0 + 160 * k) & 0xFFFFFFFF
+            seq = (ts0 // 160 + k) & 0xFFFF
+            out = []
+            for to_a_port, to_b_port, i in targets:
+                out.append((a, pack(0x80, 0, seq, ts, 0x10000 + i) + VOICE, to_a_port))
+                out.append((b, pack(0x80, 0, seq, ts, 0x20000 + i) + VOICE, to_b_port))
+            return out
+
+        got = [0]
+
+        def on_datagram(sock, data):
+            if data is None:
+                return got[0]
+            if len(data) >= 12 and (int.from_bytes(data[4:8], "big") - ts0) & 0xFFFFFFFF < span:
+                got[0] += 1
+            return None
+
+        return ticks, datagrams_of_tick, [a, b], on_datagram, got, n * 2 * ticks
+
+    def close(self):
+        self.a.close()
+        self.b.close()
+
+
+def _bench_socket():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        s.setsockopt(socket.SOL_SOCKET, option, 8 << 20)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    return s
+
+
+def trunk_window(pair, n, seconds, mtu):
+    """One measured window of n trunked calls, as RtpCalls.window: sealed tick by tick while sending
+    with the C fast path's seal_trunk when it is built, else all before the window starts (the
+    Python sealer is slower than a relay; a window of thousands of calls then needs ~0.5 GB)."""
+    ticks = int(round(seconds / TICK))
+    ts0 = pair.next_ts
+    pair.next_ts = ts0 + 20 * ticks + 200
+    span = 20 * ticks
+    main = pair.main.address
+    native = _native()
+    seal = pair.sealer(pair.calls[:n], mtu, native)
+    if native is None:
+        plan = [[(client.sock, data, main) for client, data, _i in seal(ts0 + 20 * k)] for k in range(ticks)]
+    got = [0]
+    step = wire.TRUNK_ENTRY_HEADER + wire.VOICE_BYTES
+
+    def on_datagram(sock, data):
+        if data is None:
+            return got[0]
+        if data[0] & 0xC0 != 0xC0:   # signalling (keepalives): the clients' logins answer it
+            if wire.frame_kind(data) == wire.KIND_FULL:
+                client = pair.a if sock is pair.a.sock else pair.b
+                client.signal(data, _now_ms())
+            return None
+        # the generator sends voice entries only: walk them without a full parse
+        for offset in range(wire.TRUNK_HEADER, len(data) - wire.MEDIA_TAG, step):
+            if (((data[offset + 2] << 8) | data[offset + 3]) - ts0) & 0xFFFF < span:
+                got[0] += 1
+        return None
+
+    def datagrams_of_tick(k):
+        if k % 50 == 0:   # the logins' keepalives, once a second
+            now = _now_ms()
+            pair.a.poll(now)
+            pair.b.poll(now)
+        if native is None:
+            return plan[k]
+        return [(client.sock, data, main) for client, data, _i in seal(ts0 + 20 * k)]
+
+    per = max(1, (mtu - wire.TRUNK_HEADER - wire.MEDIA_TAG) // (wire.TRUNK_ENTRY_HEADER + wire.VOICE_BYTES))
+    datagrams = 2 * ticks * -(-n // per)   # datagrams sent
+    return ticks, datagrams_of_tick, [pair.a.sock, pair.b.sock], on_datagram, got, n * 2 * ticks, datagrams
+
+
+def _measure_step(relay, window):
+    ticks, datagrams_of_tick, sockets, on_datagram, got, sent = window[:6]
+    r = paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram)
+    loss = max(0.0, 1 - got[0] / sent)
+    relayed = max(1, r["at_end"])
+    step = {"loss_pct": round(100 * loss, 3), "relay_cpu": round(r["cpu_s"] / r["wall_s"], 3),
+            "us_per_frame": round(r["cpu_s"] * 1e6 / relayed, 2), "frames_sent": sent, "frames_relayed": got[0],
+            "window_s": round(r["wall_s"], 2), "generator_behind_ms": round(r["behind_s"] * 1000, 1),
+            "load_average": round(os.getloadavg()[0], 2)}
+    if len(window) > 6:
+        step["datagrams_sent"] = window[6]
+    # a generator that could not keep to its schedule did not offer the load: such a
+    # step measures the generator, not the relay, and ends the search without counting against it
+    step["generator_limited"] = r["wall_s"] > ticks * TICK * (1 + GENERATOR_SLACK)
+    step["passed"] = loss <= RELAY_MAX_LOSS and step["relay_cpu"] < RELAY_MAX_CPU and not step["generator_limited"]
+    return step
+
+
+def search_capacity(relay, prepare, measure, first, limit, quick):
+    """Calls per core: steps up by 1.4x from `first` while steps pass, then halves the gap twice.
+
+    prepare(n) sets up n calls; measure(n) -> step dict. Returns (best passing n, steps)."""
+    steps = []
+    best, failed = 0, None
+    n = first
+    while n <= limit:
+        prepare(n)
+        step = measure(n)
+        if not step["passed"] and not step["generator_limited"]:   # a shared machine: measured once more
+            step = measure(n)
+            step["second_try"] = True
+        step["calls"] = n
+        steps.append(step)
+        if not step["passed"]:
+            failed = n
+            break
+        best = n
+        n = int(n * 1.4) // 10 * 10 if not quick else n + 20
+    for _ in range(0 if quick or failed is None else 2):
+        n = (best + failed) // 2 // 10 * 10
+        if n <= best or n >= failed:
+            break
+        prepare(n)
+        step = measure(n)
+        step["calls"] = n
+        steps.append(step)
+        if step["passed"]:
+            best = n
+        else:
+            failed = n
+    return best, steps
+
+
+def _upbx_shape(mtu, quick, window_s):
+    """(calls per core, steps) of the main host relaying trunked calls with trunk_mtu = mtu."""
+    limit = 120 if quick else 6000
+    main = MainUnderTest({"a": ["1%05d" % i for i in range(limit)], "b": ["2%05d" % i for i in range(limit)]},
+                         trunk_mtu=mtu, cpu=0)
+    try:
+        pair = TrunkPair(main, 0)
         try:
-            n = start_calls
-            while n <= limit:
+            def prepare(n):
                 if len(pair.calls) < n:
                     pair.add_calls(n - len(pair.calls))
-                run_trunk_load(pair, pair.calls[:n], 0.4, 1472)   # warm-up, not counted
-                for _attempt in range(2):                         # a lossy step is measured again once
-                    cpu0 = main.cpu_seconds()
-                    t0 = time.monotonic()
-                    r = run_trunk_load(pair, pair.calls[:n], seconds, 1472)
-                    cpu = (main.cpu_seconds() - cpu0) / (time.monotonic() - t0)
-                    loss = max(0.0, 1 - r["received"] / r["sent"])
-                    if loss <= 0.001:
-                        break
-                steps.append({"calls": n, "loss_pct": round(100 * loss, 3), "main_cpu": round(cpu, 2),
-                              "main_us_per_frame": round(cpu * 1e6 / (n * 2 * 50), 2),
-                              "lost_to_a": r["lost"][0], "lost_to_b": r["lost"][1],
-                              "load_average": round(os.getloadavg()[0], 2)})
-                if loss > 0.001:
-                    break
-                best = n
-                n += step if loss == 0 and cpu < 0.8 else max(10, step // 4)
-            half = max(1, best // 2)
+                run_trunk_load(pair, pair.calls[:n], 0.4, mtu)   # warm-up, not counted
+
+            def measure(n):
+                return _measure_step(main, trunk_window(pair, n, window_s, mtu))
+
+            best, steps = search_capacity(main, prepare, measure, 20 if quick else 200, limit, quick)
+            return best, steps, pair
+        finally:
+            pair.close()
+    finally:
+        main.close()
+
+
+def _rtpengine_shape(quick, window_s):
+    from upbx.tools.rtpengine import RtpEngine
+    engine = RtpEngine(cpu=0, port_min=20000, port_max=32000)
+    calls = None
+    try:
+        calls = RtpCalls(engine)
+
+        def prepare(n):
+            calls.add_calls(n)
+            r = calls.window(n, 0.4)   # warm-up, not counted: rtpengine learns each side's address
+            paced_window(engine, *r[:4])
+
+        def measure(n):
+            step = _measure_step(engine, calls.window(n, window_s))
+            if engine.proc.poll() is not None:   # not a relay that lost frames: one that is gone
+                raise RuntimeError("rtpengine exited (status %s) during the %d-call step; its log ends:\n%s"
+                                   % (engine.proc.returncode, n, engine.log_tail()))
+            if step["loss_pct"] > 50:   # for the reader: what rtpengine said about it (docs/benchmarks.md)
+                step["rtpengine_log_tail"] = engine.log_tail(1500)
+            return step
+
+        return search_capacity(engine, prepare, measure, 20 if quick else 200, 120 if quick else 2900, quick)
+    finally:
+        if calls is not None:
+            calls.close()
+        engine.close()
+
+
+def cost_split(trunked, datagram):
+    """(us per datagram, us per call-frame) from the two shapes' cost per frame: cost = a * datagrams + b * frames."""
+    if not trunked or not datagram:
+        return None, None
+    r_t = trunked["datagrams_sent"] / trunked["frames_sent"]
+    r_d = datagram["datagrams_sent"] / datagram["frames_sent"]
+    if r_d - r_t <= 0:
+        return None, None
+    a = (datagram["us_per_frame"] - trunked["us_per_frame"]) / (r_d - r_t)
+    return round(a, 2), round(trunked["us_per_frame"] - a * r_t, 2)
+
+
+def bench_relay(quick=False, peer=None):
+    """Calls per core the main host relays at <= 0.1 % loss and < 95 % CPU over 12 s windows, trunked
+    and one frame per datagram; with peer="rtpengine", rtpengine's in the same run; hop latency."""
+    window_s = 1.0 if quick else RELAY_WINDOW_S
+    gen_cpu = pin(0, 1)
+    trunked, trunk_steps, _ = _upbx_shape(1472, quick, window_s)
+    datagram, datagram_steps, _ = _upbx_shape(DATAGRAM_MTU, quick, window_s)
+    at = {s["calls"]: s for s in trunk_steps if s["passed"]}
+    at_d = {s["calls"]: s for s in datagram_steps if s["passed"]}
+    us_per_datagram, us_per_call_frame = cost_split(at.get(trunked), at_d.get(datagram))
+    out = {
+        "relay_calls_per_core": trunked,
+        "relay_calls_per_core_datagram": datagram,
+        "window_s": window_s,
+        "us_per_datagram": us_per_datagram,
+        "us_per_call_frame": us_per_call_frame,
+        "workers": 1,
+        "relay_calls_per_machine": trunked,
+        "us_per_frame_trunked": at[trunked]["us_per_frame"] if trunked in at else None,
+        "us_per_frame_datagram": at_d[datagram]["us_per_frame"] if datagram in at_d else None,
+        # what one whole core would carry at the cost per frame of the best passing step (95 % of it):
+        # the figure a shared machine disturbs less than the step search (docs/benchmarks.md)
+        "relay_calls_per_core_by_cpu": _by_cpu(at.get(trunked)),
+        "relay_calls_per_core_datagram_by_cpu": _by_cpu(at_d.get(datagram)),
+        "load": "two emulated remote hosts, two-way G.711 20 ms; trunked: trunk_mtu 1472 (8 calls a datagram); "
+                "datagram: trunk_mtu %d (one frame a datagram, as phones send)" % DATAGRAM_MTU,
+        "pass_rule": "loss <= %.1f %% and relay CPU < %d %% over the sending phase of a %g s window" % (
+            100 * RELAY_MAX_LOSS, 100 * RELAY_MAX_CPU, window_s),
+        "relay_pinned": [0] if gen_cpu else None,
+        "generator_pinned": sorted(gen_cpu) if gen_cpu else None,
+        "steps_trunked": trunk_steps,
+        "steps_datagram": datagram_steps,
+    }
+    if peer == "rtpengine":
+        rtp, rtp_steps = _rtpengine_shape(quick, window_s)
+        at_r = {s["calls"]: s for s in rtp_steps if s["passed"]}
+        out["rtpengine_calls_per_core"] = rtp
+        out["ratio_vs_rtpengine"] = round(datagram / rtp, 3) if rtp else None
+        out["rtpengine_us_per_packet"] = at_r[rtp]["us_per_frame"] if rtp in at_r else None
+        out["rtpengine_calls_per_core_by_cpu"] = _by_cpu(at_r.get(rtp))
+        out["ratio_vs_rtpengine_by_cpu"] = (round(out["rtpengine_us_per_packet"] / out["us_per_frame_datagram"], 3)
+                                            if out["rtpengine_us_per_packet"] and out["us_per_frame_datagram"] else None)
+        out["steps_rtpengine"] = rtp_steps
+        out["rtpengine_generator_limited"] = bool(rtp_steps) and rtp_steps[-1]["generator_limited"]
+    out["generator_limited"] = {shape: any(s["generator_limited"] for s in steps) for shape, steps in
+                                (("trunked", trunk_steps), ("datagram", datagram_steps))}
+    out["fast_path"] = "python" if os.environ.get("UPBX_PURE_PYTHON", "") not in ("", "0") or _native() is None else "C"
+    out.update(_hop_latency(max(1, trunked // 2), quick))
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
+def _by_cpu(step):
+    """Calls one core would relay at RELAY_MAX_CPU of it, at this step's CPU per frame (2 x 50 frames a call)."""
+    if not step or not step["us_per_frame"]:
+        return None
+    return int(RELAY_MAX_CPU * 1e6 / (step["us_per_frame"] * 100))
+
+
+DATAGRAM_MTU = 200   # one 160-byte entry fits (3 + 4 + 160 + 4 = 171), two do not: one frame a datagram
+
+
+def _hop_latency(calls, quick):
+    """p50/p99 of a trunked relay hop at `calls` calls (half the trunked capacity), minus a loopback baseline."""
+    main = MainUnderTest({"a": ["1%05d" % i for i in range(calls)], "b": ["2%05d" % i for i in range(calls)]},
+                         trunk_mtu=1472, cpu=0)
+    try:
+        pair = TrunkPair(main, calls)
+        try:
             base50, base99 = loopback_baseline(500 if quick else 2000)
             echo50, echo99 = echo_baseline(200 if quick else 1000, cpu=0)
-            r = run_trunk_load(pair, pair.calls[:half], seconds, 1472, latency=True)
+            r = run_trunk_load(pair, pair.calls[:calls], 1.0 if quick else 2.0, 1472, latency=True)
             p50 = percentile(r["latency"], 50)
             p99 = percentile(r["latency"], 99)
         finally:
             pair.close()
     finally:
         main.close()
-    # CPU the main host spent per relayed frame at the best loss-free step: the capacity one
-    # whole core would give, a figure other processes on a shared machine disturb less
-    at_best = [st for st in steps if st["calls"] == best]
-    us_per_frame = at_best[0]["main_us_per_frame"] if at_best else None
     return {
-        "relay_calls_per_core": best,
-        "main_us_per_frame": us_per_frame,
-        "relay_calls_per_core_by_cpu": int(1e6 / (us_per_frame * 100)) if us_per_frame else None,
-        "load": "trunked: two emulated remote hosts, 1472-byte trunk frames, two-way G.711 20 ms",
-        "main_pinned": sorted(main.pinned) if main.pinned else None,
-        "generator_pinned": sorted(gen_cpu) if gen_cpu else None,
-        "steps": steps,
-        "latency_load_calls": half,
+        "latency_load_calls": calls,
         "hop_latency_p50_ms": round((p50 - base50) * 1000, 3) if p50 is not None else None,
         "hop_latency_p99_ms": round((p99 - base99) * 1000, 3) if p99 is not None else None,
         "loopback_baseline_p50_ms": round(base50 * 1000, 3),
@@ -587,7 +936,6 @@ def bench_relay(quick=False):
         "echo_baseline_p99_ms": round(echo99 * 1000, 3) if echo99 is not None else None,
         "latency_note": "trunked relay: the main host forwards a received trunk frame's entries as soon as "
                         "it has handled the datagrams waiting on its socket (no wait for its 20 ms tick)",
-        "target_calls": 500, "target_p99_ms": 1.0,
     }
 
 

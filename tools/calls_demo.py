@@ -2,6 +2,7 @@
 these; docs/features.md): firmware phones on the console, each sending its own tone, and what
 each speaker played, 100 ms at a time (Goertzel on its recording).
 """
+import itertools
 import json
 import time
 
@@ -11,11 +12,15 @@ from upbx.tools.lab import frequencies_heard
 
 TONES = (1000, 1400, 1800)          # what phones A (the one with two lines), B and C send
 NUMBERS = ("101", "301", "201")     # A at site A, B at the main host, C at site B
+_RUNS = itertools.count(1)          # each run's phones get tags (logs, recordings) of their own
 
 
 def _phones(lab, tag, numbers, args_a=()):
     """The three phones, each sending its own tone, and the labels of what a speaker can play;
-    args_a: more `upbx phone` arguments for phone A (e.g. a 64 KB heap with the frozen image)."""
+    args_a: more `upbx phone` arguments for phone A (e.g. a 64 KB heap with the frozen image).
+    Phone N's log and summary are the lab's phone-TAG-N.log and TAG-N.summary.json (tag None:
+    a fresh one per run, so that a log never holds an earlier run's lines)."""
+    tag = tag or "calls%d" % next(_RUNS)
     phones = [ConsolePhone(lab, n, "%s-%s" % (tag, n), "--send", "tone:%d" % hz, *(args_a if i == 0 else ()))
               for i, (n, hz) in enumerate(zip(numbers, TONES))]
     labels = {n: (hz,) for n, hz in zip(numbers, TONES)}
@@ -33,16 +38,26 @@ def _heard(phone, labels):
     return heard
 
 
+def _wait_count(phone, text, n, timeout=10):
+    """Whether text is in the phone's log n times within timeout seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if phone.log().count(text) >= n:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _quit(phones):
     for phone in phones:
         phone.quit()
 
 
-def call_waiting(lab, seconds, numbers=NUMBERS, args_a=()):
+def call_waiting(lab, seconds, numbers=NUMBERS, args_a=(), tag=None):
     """B calls A; C calls A, which hears the call-waiting beep, answers (B is held and hears the
     music), swaps back, hangs up on B and resumes C (the held line)."""
     talk = max(1.5, seconds / 2)
-    p, labels = _phones(lab, "cw", numbers, args_a)
+    p, labels = _phones(lab, tag, numbers, args_a)
     a, b, c = p
     A, B, C = numbers
     try:
@@ -77,11 +92,11 @@ def call_waiting(lab, seconds, numbers=NUMBERS, args_a=()):
             "heard": heard}
 
 
-def transfer(lab, seconds, blind, numbers=NUMBERS, records=True, args_a=()):
+def transfer(lab, seconds, blind, numbers=NUMBERS, records=True, args_a=(), tag=None):
     """B calls A; A transfers B to C, blind (B hears the music while C rings) or after consulting C
     (A and C talk while B hears the music): B and C then talk, A's two calls end "transferred"."""
     talk = max(1.5, seconds / 2)
-    p, labels = _phones(lab, "bt" if blind else "at", numbers, args_a)
+    p, labels = _phones(lab, tag, numbers, args_a)
     a, b, c = p
     A, B, C = numbers
     try:
@@ -100,7 +115,7 @@ def transfer(lab, seconds, blind, numbers=NUMBERS, records=True, args_a=()):
             a.command("!consult " + C)
             rang = c.wait_line("incoming call from " + A)
             c.command("!answer")
-            a.wait_line("connected (")
+            _wait_count(a, "connected (", 2)      # the consultation is answered (the first call said it once)
             time.sleep(talk)                      # 101 and 201 talk; 301 hears the music
             a.command("!complete")
             done = a.wait_line("other line ended: transferred") and a.wait_line("call ended: transferred")

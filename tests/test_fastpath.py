@@ -1,0 +1,307 @@
+"""The relay's C fast path (host/_fastpath.c) against the pure-Python path it stands in for.
+
+Two Switches set up identically (the same keys, call numbers and states) relay the same
+datagrams, one with the C fast path and one without: every datagram out, every counter and drop,
+every replay window and leg counter must be the same, for the protocol vectors and for fuzzed
+sequences of valid, replayed, forged, truncated and unknown frames, with calls ending, held and
+answered along the way. Also recvmmsg/sendmmsg on real loopback sockets.
+"""
+import json
+import random
+import socket
+import types
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tests.support import ROOT
+from upbx.common import wire
+from upbx.common.call import ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT
+from upbx.common.crypto import HmacKey
+from upbx.common.media import MediaLeg, seal_trunk
+from upbx.host import fastpath, switch as switch_module
+from upbx.host.core import Stats
+from upbx.host.switch import Link, Switch
+
+native = fastpath.native
+pytestmark = pytest.mark.skipif(native is None, reason="the C fast path was not built (no compiler or OpenSSL headers)")
+
+VECTORS = json.loads((ROOT / "tests" / "vectors" / "protocol_vectors.json").read_text())
+LINK_KEYS = (bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 96)), bytes(range(96, 128)))
+
+
+def test_seal_trunk_matches_the_protocol_vector_and_the_python_path():
+    v = VECTORS["trunk_frame"]
+    entries = []
+    for e in v["entries"]:
+        leg = MediaLeg(bytes.fromhex(e["media_key"]), e["role"], 1, e["peer_call_no"])
+        entries.append((leg, e["ts64"], bytes.fromhex(e["payload"])))
+    auth = HmacKey(bytes.fromhex(v["session_auth"]))
+    python = bytes(seal_trunk(auth, v["receiver_index"], entries, bytearray(65536)))
+    entries_c = [(MediaLeg(bytes.fromhex(e["media_key"]), e["role"], 1, e["peer_call_no"]), e["ts64"],
+                  bytes.fromhex(e["payload"])) for e in v["entries"]]
+    c = bytes(native.seal_trunk(HmacKey(bytes.fromhex(v["session_auth"])), v["receiver_index"], entries_c,
+                                bytearray(65536)))
+    expected = bytes.fromhex(v["frame"])
+    assert python == expected
+    assert c == expected
+    assert [leg.sent for leg, _t, _p in entries_c] == [1] * len(entries_c)
+
+
+class Side:
+    """One Switch with two host links (A, B) and `calls` answered calls A -> B, made from a seed."""
+
+    def __init__(self, seed, calls, fast, monkeypatch, mtu=1472):
+        rng = random.Random(seed)
+        monkeypatch.setattr(switch_module, "os", types.SimpleNamespace(urandom=rng.randbytes))
+        self.out = []
+        self.stats = Stats()
+        self.sw = Switch(lambda data, address, voice: self.out.append((bytes(data), address, voice)), self.stats, mtu)
+        self.sw.fast = native if fast else None
+        self.links = []
+        for name, recv_key, send_key, address in (("a", 0, 1, ("198.18.0.10", 4569)), ("b", 2, 3, ("198.18.0.11", 4569))):
+            link = Link(name, "pair", address=address)
+            link.trunk_recv_auth = HmacKey(LINK_KEYS[recv_key])
+            link.trunk_auth = HmacKey(LINK_KEYS[send_key])
+            link.peer_index = 0x1234 + recv_key
+            self.links.append(link)
+        self.far = []   # (far end of leg a at host A, far end of leg b at host B)
+        for i in range(calls):
+            call = self.sw.new_call("1%03d" % i, "2%03d" % i, 0)
+            key_a = rng.randbytes(16)
+            leg_a = self.sw.incoming(call, self.links[0], {wire.IE_MEDIA_KEY: key_a, wire.IE_CALL_NO: 100 + i})
+            leg_b = self.sw.offer(call, self.links[1], 0)
+            leg_b.learn_peer(200 + i)
+            if i % 5 != 4:   # every fifth call rings and is never answered
+                for leg, event in ((leg_b, ALERTING_RECEIVED), (leg_a, ALERTING_SENT), (leg_b, ANSWER_RECEIVED),
+                                   (leg_a, ANSWER_SENT)):
+                    leg.apply(event)
+            self.far.append((MediaLeg(key_a, 0, 100 + i, leg_a.call_no), MediaLeg(leg_b.media_key, 1, 200 + i, leg_b.call_no)))
+        monkeypatch.undo()
+
+    def feed(self, link_no, frame, now):
+        try:
+            result = self.sw.trunk_in(bytearray(frame), self.links[link_no], now)
+        except wire.DecodeError as exc:
+            result = "DecodeError %s" % exc.field
+        self.sw.flush_relayed()
+        out, self.out = self.out, []
+        return result, out
+
+    def state(self):
+        legs = {}
+        for no, leg in sorted(self.sw.legs.items()):
+            m = leg.media
+            legs[no] = (m.replay.highest, bytes(m.replay._seen), m.replay._held, m.received, m.rejected, m.sent, leg.state)
+        calls = {c.call_id: (c.frames, list(c.ts_out), list(c.ts_shift)) for c in self.sw.calls.values()}
+        return self.stats.as_dict(), legs, calls, dict(self.sw.bytes_out_by_link)
+
+
+def _frame(side, rng, op, ts_base):
+    """One datagram towards the switch from host A or B, as op describes; (link number, bytes)."""
+    kind, calls, step, cn, link_no = op
+    far = [side.far[i % len(side.far)][link_no] for i in calls]
+    ts = ts_base + 20 * step
+    entries = [(leg, ts + 20 * j * (kind == "jump"), bytes([7]) if cn else bytes(range(160))) for j, leg in enumerate(far)]
+    auth = HmacKey(LINK_KEYS[0 if link_no == 0 else 2])
+    frame = bytearray(seal_trunk(auth, 0x1234, entries, bytearray(65536)))
+    if kind == "forged":
+        frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
+    elif kind == "truncated":
+        frame = frame[:rng.randrange(1, len(frame))]
+    elif kind == "unknown":
+        frame[3] = 0x7F   # the first entry's call number: 0x7Fxx, no such leg (and the tag fails)
+    elif kind == "garbage":
+        frame = bytearray(rng.randbytes(rng.randrange(1, 400)))
+        frame[0] |= 0xC0
+    return link_no, bytes(frame)
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["ok", "ok", "ok", "replay", "forged", "truncated", "unknown", "garbage",
+                                          "jump", "far", "end", "hold", "resume"]),
+                         st.lists(st.integers(0, 9), min_size=1, max_size=9),
+                         st.integers(-60, 200), st.booleans(), st.integers(0, 1)),
+               min_size=1, max_size=40)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2 ** 32), ops=OPS, mtu=st.sampled_from([200, 500, 1472, 65000]))
+def test_fast_and_python_paths_relay_the_same_bytes_and_count_the_same(seed, ops, mtu, monkeypatch):
+    py = Side(seed, 10, False, monkeypatch, mtu)
+    c = Side(seed, 10, True, monkeypatch, mtu)
+    assert py.state() == c.state()
+    rng_py, rng_c = random.Random(seed), random.Random(seed)
+    sent = []
+    now = 1000
+    for op in ops:
+        now += 20
+        kind = op[0]
+        if kind == "end":      # a call ends: its late frames still authenticate, its number goes
+            for side in (py, c):
+                call = list(side.sw.calls.values())[op[1][0] % max(1, len(side.sw.calls))] if side.sw.calls else None
+                if call is not None:
+                    side.sw.end_call(call, wire.CAUSE_NORMAL, now)
+            continue
+        if kind in ("hold", "resume"):   # the Python path's case: the fast path hands such frames back
+            for side in (py, c):
+                calls = sorted(side.sw.calls.values(), key=lambda x: x.caller)
+                if calls:
+                    call = calls[op[1][0] % len(calls)]
+                    call.held_by = call.a if kind == "hold" else None
+            continue
+        if kind == "replay" and sent:
+            link_no, frame = sent[rng_py.randrange(len(sent))]
+            rng_c.randrange(len(sent))
+        else:
+            base = 100000 if kind == "far" else 5000
+            link_no, frame = _frame(py, rng_py, op, base + 20 * len(sent))
+            link_c, frame_c = _frame(c, rng_c, op, base + 20 * len(sent))
+            assert (link_no, frame) == (link_c, frame_c)
+            sent.append((link_no, frame))
+        assert py.feed(link_no, frame, now) == c.feed(link_no, frame, now), op
+        assert py.state() == c.state(), op
+
+
+def test_a_forged_or_replayed_trunk_is_dropped_and_counted_the_same_by_both_paths(monkeypatch):
+    py = Side(7, 3, False, monkeypatch)
+    c = Side(7, 3, True, monkeypatch)
+    handled = []   # what the C path returned: None hands the frame to the Python path
+
+    def trunk_in(*args):
+        handled.append(native.trunk_in(*args))
+        return handled[-1]
+
+    c.sw.fast = types.SimpleNamespace(trunk_in=trunk_in, seal_trunk=native.seal_trunk, seal_trunks=native.seal_trunks)
+    results = []
+    for side in (py, c):
+        frame = bytes(seal_trunk(HmacKey(LINK_KEYS[0]), 0x1234, [(side.far[i][0], 2000, bytes(160)) for i in range(3)],
+                                 bytearray(65536)))
+        forged = bytearray(frame)
+        forged[10] ^= 1
+        first = side.feed(0, frame, 1000)
+        again = side.feed(0, frame, 1020)
+        bad = side.feed(0, bytes(forged), 1040)
+        results.append((first, again, bad, side.state()))
+    assert results[0] == results[1]
+    # the C path relayed the first and dropped the replay itself; the forged frame went to the Python path
+    assert handled == [True, False, None]
+    (first, out), (again, out_again), (bad, out_bad), (stats, _legs, _calls, _bytes) = results[1]
+    assert first is True and len(out) == 1 and out[0][1] == ("198.18.0.11", 4569)
+    assert again is False and out_again == [] and bad is False and out_bad == []
+    assert stats["drops"] == {"media rejected": 3, "trunk rejected": 1}
+    assert stats["counters"]["media in"] == 3 and stats["counters"]["trunks in"] == 2
+
+
+def test_recv_batch_and_send_batch_move_datagrams_with_their_addresses():
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        tx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        assert native.recv_batch(rx.fileno(), 16) == []
+        items = [(bytes([i]) * (i + 1), rx.getsockname(), (46 << 2) if i % 2 else (24 << 2)) for i in range(100)]
+        assert native.send_batch(tx.fileno(), items) == (100, 0)
+        got = []
+        while len(got) < 100:
+            batch = native.recv_batch(rx.fileno(), 64)
+            assert batch, "datagrams lost on loopback"
+            got += batch
+        assert [bytes(d) for d, _a in got] == [d for d, _a, _t in items]
+        assert all(a == tx.getsockname() and isinstance(d, bytearray) for d, a in got)
+        # an address the IPv4 batch cannot take: what comes before it is sent and counted, then it is refused
+        bad = (b"v6", ("::1", 4569), 0)
+        assert native.send_batch(tx.fileno(), items[:2] + [bad] + items[2:3]) == (2, 0)
+        with pytest.raises(ValueError, match="not an IPv4 address"):
+            native.send_batch(tx.fileno(), [bad] + items[2:3])
+        assert [bytes(d) for d, _a in native.recv_batch(rx.fileno(), 64)] == [d for d, _a, _t in items[:2]]
+    finally:
+        rx.close()
+        tx.close()
+
+
+def _relay_through_the_daemon(tmp_path):
+    """A real main host (`upbx main`) relays 3 calls A -> B for 20 ticks, plus 5 replayed and 3 forged trunk
+    frames; what B gets is opened with B's keys. Returns (payloads by call and timestamp, status, log)."""
+    import time
+
+    from upbx.common.media import open_trunk
+    from upbx.tools import bench_net
+
+    main = bench_net.MainUnderTest({"a": ["1%05d" % i for i in range(3)], "b": ["2%05d" % i for i in range(3)]},
+                                   workdir=str(tmp_path))
+    try:
+        pair = bench_net.TrunkPair(main, 3)
+        try:
+            plan = pair.seal_ticks(pair.calls, 20, 1000, 1472)
+            frames = [data for tick in plan for client, data, _i in tick if client is pair.a]
+            forged = []
+            for k in (0, 7, 13):
+                bad = bytearray(frames[k])
+                bad[5 + k] ^= 0x10
+                forged.append(bytes(bad))
+            got = {}
+            b_auth = pair.b.login.channel.crypto.recv_auth
+            by_no = {c.b.call_no: c for c in pair.calls}
+
+            def on_media(client, data, t):
+                if client is not pair.b or wire.frame_kind(data) != wire.KIND_TRUNK:
+                    return
+                entries = open_trunk(b_auth, bytearray(data),
+                                     lambda no, ts16: (by_no[no].b.replay.highest, ts16) and
+                                     __import__("upbx.common.crypto", fromlist=["x"]).extend16(by_no[no].b.replay.highest, ts16))
+                assert entries is not None, "a relayed trunk frame B cannot authenticate"
+                for no, ts, start, end in entries:
+                    payload = by_no[no].b.open_entry_bytes(bytearray(data), ts, start, end)
+                    got.setdefault((by_no[no].index, ts), []).append(bytes(payload) if payload is not None else None)
+
+            sent = frames + frames[2:7] + forged
+            for data in sent:
+                pair.a.sock.sendto(data, main.address)
+                time.sleep(0.002)
+            deadline = time.monotonic() + 5
+            bench_net.pump([pair.a, pair.b], lambda: len(got) >= 60 or time.monotonic() > deadline, seconds=10,
+                           on_media=on_media)
+            # the main host has taken every datagram once its counters say so (the forged ones come last)
+            deadline = time.monotonic() + 10
+            while True:
+                status = main.status()
+                if status["stats"]["drops"].get("trunk rejected", 0) >= 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        finally:
+            pair.close()
+    finally:
+        main.close()
+    with open(tmp_path / "main.log") as f:
+        log = f.read()
+    status["trunk_bytes_sent"] = sum(len(d) for d in sent)
+    return got, status, log
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["C", "python"])
+def test_the_daemon_relays_and_drops_the_same_with_either_path(pure, tmp_path, monkeypatch):
+    if pure:
+        monkeypatch.setenv("UPBX_PURE_PYTHON", "1")
+    got, status, log = _relay_through_the_daemon(tmp_path)
+    assert status["fast_path"] == ("python" if pure else "C"), log[-2000:]
+    # the C path took the relayed and the replayed frames itself (the forged ones are the Python path's)
+    assert status["fast_path_datagrams"] == (0 if pure else 25)
+    # every frame of every call arrived once, decrypted to what A sent; nothing else arrived
+    assert sorted(got) == [(i, 1000 + 20 * k) for i in range(3) for k in range(20)]
+    assert all(v == [bench_net_voice()] for v in got.values())
+    stats = status["stats"]
+    assert stats["counters"]["media in"] == 60
+    assert stats["counters"]["trunks in"] == 20 + 5          # the replayed frames authenticate ...
+    assert stats["drops"].get("media rejected") == 15        # ... and each of their entries is a replay
+    assert stats["drops"].get("trunk rejected") == 3         # the forged ones do not authenticate
+    # one trunk a tick to B, or fewer when the main host read two of A's trunks in one burst (joined)
+    assert 10 <= stats["counters"]["trunks out"] <= 20
+    # every datagram in is counted, whichever path took it (the C path counts a batch's at its end)
+    assert stats["counters"]["datagrams in"] >= 28 + 2   # the trunks, and at least the two logins
+    assert stats["counters"]["bytes in"] >= status["trunk_bytes_sent"]
+
+
+def bench_net_voice():
+    from upbx.tools.bench_net import VOICE
+    return VOICE
