@@ -47,6 +47,7 @@ MEDIA_PEER = const(0x17)
 HOLD = const(0x18)       # state 1: the sender's phone holds the call, 0: resumes it (docs/features.md)
 TRANSFER = const(0x19)   # a phone joins the far ends of two of its calls (join_call_no: the other's leg)
 PARTY = const(0x1A)      # the far end of a call is now another party (calling, calling_name): transferred
+CONFERENCE = const(0x1C)  # phone: join my two calls (conf_call_no: the held one); host: state 1 joined, 0 refused
 SYSINFO = const(0x40)
 SYSINFO_ACK = const(0x41)
 
@@ -76,6 +77,7 @@ IE_DATA = const(0x22)
 IE_STATE = const(0x25)
 IE_KEEPALIVE = const(0x26)
 IE_JOIN_CALL_NO = const(0x27)
+IE_CONF_CALL_NO = const(0x2B)   # CONFERENCE: the host's call number of the phone's other (held) call
 
 # How the codec reads each IE type: 3 bytes per type, (kind, least value bytes, most value bytes);
 # kind 0: not a known IE, 1 str, 2 bytes, 3 addr, 4 unsigned integer. It is the table in
@@ -88,9 +90,9 @@ _LAYOUT = (  # 8 IE types a line, from type 0x00
     b"\x04\x02\x02\x04\x02\x02\x01\x01\x1f\x01\x01\x1f\x01\x00\x3f\x04\x01\x01\x02\x08\x08\x02\x10\x10"
     b"\x01\x01\x01\x03\x06\x06\x04\x01\x01\x04\x01\x01\x04\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
     b"\x04\x04\x04\x04\x04\x04\x02\x00\xff\x01\x01\x3f\x02\x20\x20\x04\x01\x01\x04\x02\x02\x04\x02\x02"
-    b"\x00\x00\x00\x04\x01\x01"
+    b"\x00\x00\x00\x04\x01\x01\x00\x00\x00\x04\x02\x02"
 )
-_MAX_IE = const(0x29)
+_MAX_IE = const(0x2B)
 
 
 def ie_name(ie):
@@ -136,6 +138,7 @@ CAUSE_DND = const(10)            # the called phone is in do not disturb
 CAUSE_FORWARD_LOOP = const(11)   # forwarding leads back to a number already tried
 CAUSE_TRANSFERRED = const(12)    # the phone transferred the call: its legs end, the far ends talk on
 # CAUSE_ANSWERED_ELSEWHERE (14) and CAUSE_PICKED_UP (15), which only hosts send, come from common/wire_names.py
+CAUSE_CONFERENCE = const(16)     # the phone's held call became part of its conference (docs/features.md)
 
 CAUSE_TEXT = {
     CAUSE_NORMAL: "normal clearing",
@@ -153,6 +156,7 @@ CAUSE_TEXT = {
     CAUSE_TRANSFERRED: "transferred",
     14: "answered elsewhere",    # a ring group's call another member answered (docs/features.md)
     15: "picked up",             # the call ringing here was picked up by another phone (*8)
+    CAUSE_CONFERENCE: "joined conference",
 }
 
 PATH_RELAY = const(0)

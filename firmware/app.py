@@ -229,6 +229,8 @@ class App:
         elif cmd == "!reset" or cmd == "!quit":
             self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
+        elif cmd == "!conference":   # the current call and the held one (firmware/conference.py)
+            rarely("firmware.conference").join(self, now)
         elif cmd == "!hold" or cmd == "!resume":
             self.hold(cmd == "!hold", now)
         elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!pickup":

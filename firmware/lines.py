@@ -13,6 +13,7 @@ Console: !swap !reject !transfer N !consult N !complete (and !answer for a waiti
 from common.call import CONNECTED, RINGING
 from common.compat import forget
 from common.phone import Ended
+from firmware.hal import rarely
 
 WAITING_MS = 500       # the call-waiting beep over the current call (440 Hz, firmware/audio/tones.py)
 
@@ -74,6 +75,9 @@ def ended(app, event, now):
         app.current = record
         app._close_call()
         app.current = current
+    if event.cause == wire.CAUSE_CONFERENCE:   # the held line joined the conference (firmware/conference.py)
+        _display(app, "conference", None)
+        return
     _display(app, "connected" if app.phone.state == CONNECTED else "on hold", app.current and app.current.get("from"))
 
 
@@ -184,6 +188,9 @@ def key(app, key, now):
             app.digits = digits + key
             app.pipeline.tone.dtmf(key, 60)
             _display(app, "transfer", app.digits[1:])
+        elif key == "*" and len(digits) == 1:   # C *: conference (firmware/conference.py)
+            app.digits = ""
+            rarely("firmware.conference").join(app, now)
         elif key == "#" or key == "A":
             app.digits = ""
             if len(digits) == 1:

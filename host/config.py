@@ -79,6 +79,8 @@ SECTIONS = {
         Key("max_calls_per_host", "int", 1000,
             'most calls one remote host may be in at once (and local calls granted to it); more are refused with "network busy", so no host can use up the 32,767 call numbers',
             min=1, max=16383),
+        Key("conference_parties", "int", 5,
+            "most parties in one conference this host mixes (CONFERENCE, docs/features.md)", min=3, max=10),
     ],
     "remote": [
         Key("name", "name", REQUIRED, "this remote host's name, as given to `upbx admin host add`"),
@@ -87,6 +89,8 @@ SECTIONS = {
         Key("listen", "hostport", "0.0.0.0:4570", "UDP address for the site's phones and for other remote hosts"),
         Key("keepalive_s", "int", 10, "keepalive interval towards the main host; keeps the NAT binding open and bounds how long the site is unreachable after its public address changes while idle (B7)", min=1, max=25),
         Key("uplink_kbps", "int", 0, "uplink budget for call admission; 0 for no limit", min=0),
+        Key("conference_parties", "int", 5,
+            "most parties in one conference this host mixes (CONFERENCE, docs/features.md)", min=3, max=10),
         Key("records_database", "path", "upbx-remote-NAME.sqlite",
             "call records kept on disk until the main host has them; NAME is replaced by `name`"),
         Key("directory_cache", "path", "upbx-remote-NAME.cache.json",

@@ -9,6 +9,7 @@ A core is sans-IO, as aioquic's QuicConnection: datagrams and time go in
 time (for call records) is that plus `wall_offset_ms`, which the daemon keeps set.
 """
 from upbx.common import wire
+from upbx.host.conference import Conferences
 from upbx.common.call import RELEASE_RECEIVED
 from upbx.host import lines
 from upbx.host.moh import MusicOnHold
@@ -112,6 +113,7 @@ class HostCore:
         self._next_tick = None
         self.held = set()           # calls held by a phone of this host: music on hold goes out every tick
         self.moh = MusicOnHold()    # a subclass may set its configured WAV
+        self.conferences = Conferences(self)   # a subclass sets max_parties from its configuration
 
     # the sans-IO surface
 
@@ -149,6 +151,8 @@ class HostCore:
         self._next_tick += TICK_MS
         if now - self._next_tick > 10 * TICK_MS:
             self._next_tick = now + TICK_MS   # far behind (a stalled process): skip, do not burst
+        if self.conferences.active:
+            self.conferences.tick(now)    # queued before on_tick flushes the trunks
         self.on_tick(now)
         self.meter.sample(now, self.bandwidth_owners())
 
@@ -211,6 +215,8 @@ class HostCore:
         if leg is None:
             self.stats.drop("unknown call")
             return
+        if leg.call.conference is not None:
+            return self.conferences.message(leg, msg_type, ies, now)
         if self.groups.call_message(leg, msg_type, ies, now):   # a group call ringing, a page
             return
         call = leg.call
@@ -243,6 +249,8 @@ class HostCore:
             self.stats.drop("unknown call")
             return
         call = leg.call
+        if call.conference is not None:
+            return self.conferences.hold(leg, flag, now)
         if call.state != "answered" or flag not in (0, 1) or (
                 call.held_by is not None if flag else call.held_by is not leg):
             self.stats.drop("message out of turn")   # held already (by either side), or not held from here
@@ -258,6 +266,10 @@ class HostCore:
             send_on_leg(other, wire.HOLD, {wire.IE_STATE: flag}, now)
         self.log.info("call-held" if flag else "call-resumed", call=call.uid, by=link.name)
 
+    def conference_message(self, link, ies, now):
+        """CONFERENCE from a phone of this host: its two calls become one conference (host/conference.py)."""
+        self.conferences.join(link, ies, now)
+
     def play_music_on_hold(self, now):
         """One 20 ms frame of music on hold to every party a phone of this host holds."""
         for call in self.held:
@@ -268,6 +280,9 @@ class HostCore:
         """link is gone (logged out, expired, logged in again): its calls end, the other legs hear why."""
         self.groups.link_gone(link, now)     # a group's member: the group call goes on without it
         for call in self.switch.calls_of(link):
+            if call.conference is not None:   # the other parties carry on
+                self.conferences.link_gone(call, link, cause, now)
+                continue
             other = call.b if call.a.link is link else call.a
             if other is not None:
                 self.switch.release(other, cause, now)

@@ -29,6 +29,7 @@ class MainHost(HostCore):
     def __init__(self, config, log):
         HostCore.__init__(self, "main", log)
         self.config = config
+        self.conferences.max_parties = config.conference_parties
         self.directory = Directory(config.database)
         for warning in self.directory.warnings:
             self.log.warning("file-permissions", problem=warning)
@@ -216,6 +217,8 @@ class MainHost(HostCore):
             self._features(link, ies, now)
         elif msg_type == wire.HOLD:
             self.hold_message(link, ies, now)
+        elif msg_type == wire.CONFERENCE and link.kind == "phone":
+            self.conference_message(link, ies, now)
         elif msg_type == wire.TRANSFER:
             lines.transfer(self, link, ies, now)
         elif msg_type == wire.PARTY:
@@ -642,6 +645,7 @@ class MainHost(HostCore):
                        if l.kind == "phone"],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
                        "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
+            "conferences": self.conferences.status(),
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
             "sysinfo_version": self._sysinfo_version,

@@ -41,6 +41,7 @@ class RemoteHost(HostCore):
     def __init__(self, config, log):
         HostCore.__init__(self, config.name, log)
         self.config = config
+        self.conferences.max_parties = config.conference_parties
         for warning in config.warnings:
             self.log.warning("config", problem=warning)
         self.cache = SiteCache(config.directory_cache)
@@ -285,6 +286,8 @@ class RemoteHost(HostCore):
             self.call_message(link, msg_type, ies, now)
         elif msg_type == wire.HOLD:
             self.hold_message(link, ies, now)
+        elif msg_type == wire.CONFERENCE:
+            self.conference_message(link, ies, now)
         elif msg_type == wire.TRANSFER:
             lines.transfer(self, link, ies, now)
         else:
@@ -459,8 +462,10 @@ class RemoteHost(HostCore):
 
     def _uplink_calls(self):
         """Calls that cross the uplink; one whose two legs both go to the main host (a transfer this
-        host joined, host/lines.py) crosses it twice."""
-        return sum(1 + (c.a.link is c.b.link) for c in self.switch.calls.values() if c.path != "local" and c.b is not None)
+        host joined, host/lines.py) crosses it twice; a conference counts each mixed stream to a party
+        across it (host/conference.py)."""
+        return sum(1 + (c.a.link is c.b.link) for c in self.switch.calls.values()
+                   if c.path != "local" and c.b is not None and c.conference is None) + self.conferences.trunked_parties()
 
     def _uplink_peers(self):
         """The hosts the site's inter-site calls send trunks to: the main host and direct pairs."""
@@ -693,6 +698,7 @@ class RemoteHost(HostCore):
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
                        "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
+            "conferences": self.conferences.status(),
             "pairs": {p.name: {"up": p.link.up, "address": "%s:%d" % p.link.address[:2]} for p in self.pairs.values()},
             "records_pending": len(self.records.pending()),
             "sysinfo_version": self.cache.sysinfo["version"],

@@ -122,6 +122,7 @@ class Call:
         self.ts_out = [0, 0]        # the last timestamp sent towards leg a, leg b
         self.ts_shift = [0, 0]      # added to what is forwarded towards leg a, b after music on hold
         self.moh_last = [None, None]  # the last music-on-hold timestamp towards a, b, until voice follows
+        self.conference = None      # host.conference.Conference this call's legs are parties of, else None
         self.linked = None          # a call joined by a transfer: the uid of the call it continues (host/lines.py)
         self.group = None           # host.groups.GroupCall while a group call rings (a page: while it lasts)
         self.fanout = None          # a page: the paged phones' legs, each sent the pager's voice (one way)
@@ -130,6 +131,8 @@ class Call:
     def state(self):
         if self.released:
             return "released"
+        if self.conference is not None:   # its legs are the conference's (one may be gone): answered
+            return "answered"
         b = self.b.state if self.b is not None else IDLE
         return "answered" if b == CONNECTED else "alerting" if b == RINGBACK else "setup"
 
@@ -271,6 +274,13 @@ class Switch:
 
     def forget_leg(self, leg, now):
         """A leg whose far end released it goes; its call goes on (host/groups.py)."""
+        self._forget_leg(leg, now)
+
+    def release_leg(self, leg, cause, now, send=True):
+        """One leg goes while its call stays (a conference): RELEASE with cause to it unless send
+        is False (it released itself), and its call number is free again."""
+        if send:
+            self.release(leg, cause, now)
         self._forget_leg(leg, now)
 
     def _forget_leg(self, leg, now):
@@ -436,6 +446,9 @@ class Switch:
         # host/_fastpath.c (prepare, trunk_in_impl) does this for the common case and hands every other
         # case back: a new condition here needs one there too (tests/test_fastpath.py compares the two)
         call = leg.call
+        if call.conference is not None:   # mixed at the tick (host/conference.py), not forwarded
+            call.conference.receive(leg, ts, payload, self.stats)
+            return None
         if call.fanout is not None:
             return self._page(call, leg, ts, payload)
         if call.b is None or call.b.state not in (CONNECTED, RINGBACK):

@@ -34,8 +34,8 @@ def pytest_make_collect_report(collector):
 # order (some share one exchange in a module-scoped fixture, some run in phases); the longest
 # modules start first (LONG_FIRST, measured: docs/tests.md) so that no worker is left with one of
 # them at the end.
-LONG_FIRST = ("test_security.py", "test_features_handset.py", "test_quality.py", "test_bench.py",
-              "test_calls.py", "test_clock.py", "test_nat.py", "test_load.py", "test_survivability.py",
+LONG_FIRST = ("test_security.py", "test_features_handset.py", "test_conference_handset.py", "test_quality.py",
+              "test_bench.py", "test_calls.py", "test_clock.py", "test_nat.py", "test_load.py", "test_survivability.py",
               "test_handset32.py", "test_handset.py", "test_survival.py", "test_silence_suppression.py",
               "test_admission.py", "test_demo.py", "test_sysinfo.py", "test_hold.py", "test_fuzz.py",
               "test_features.py")

@@ -32,7 +32,8 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
     assert [f["name"] for f in features] == list(FEATURES)
     by_name = {f["name"]: f for f in features}
     built = ("hold", "dnd", "forward_always", "forward_busy", "forward_no_answer", "call_waiting", "blind_transfer",
-             "attended_transfer", "ring_group", "hunt_group", "pickup", "paging")
+             "attended_transfer", "ring_group", "hunt_group", "pickup", "paging",
+             "conference")
     for name in FEATURES:
         if name not in built:
             assert by_name[name] == {"name": name, "ok": False, "error": "not built yet"}
@@ -62,6 +63,9 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
         # what each speaker played, 100 ms at a time (Goertzel): the music's notes, each phone's own tone
         assert [h for h in hold["held_party_heard"] if h != "quiet"] == ["holder", "music", "holder"], hold
         assert _inner(hold["holder_heard"]) == ["held party", "quiet", "held party"], hold
+    conference = by_name["conference"]                 # each speaker: the other two tones, never its own
+    assert conference["mixed_by"] == "site-a" and conference["heard_both_others_ms"]["102"] >= 2000, conference
+    assert max(conference["own_tone_peak_share"].values()) < 0.01, conference
     assert os.listdir(tmp_path) == []    # no lab directory, no handset flash left behind
 
 

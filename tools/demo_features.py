@@ -10,6 +10,7 @@ import json
 import time
 
 from upbx.host.moh import NOTES_HZ
+from upbx.tools.demo_conference import conference
 from upbx.tools.lab import LoopbackExchange, frequencies_heard, place_call, tones_heard
 
 # the names issue 12 lists, in its order
@@ -228,7 +229,7 @@ def attended_transfer(lab, seconds):
 
 SCENARIOS = {"call_waiting": call_waiting, "blind_transfer": blind_transfer, "attended_transfer": attended_transfer,
              "hold": hold, "dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
-             "forward_no_answer": forward_no_answer}
+             "forward_no_answer": forward_no_answer, "conference": conference}
 
 from upbx.tools.demo_groups import SCENARIOS as _GROUPS   # noqa: E402  ring_group, hunt_group, pickup, paging
 SCENARIOS.update(_GROUPS)

@@ -275,6 +275,7 @@ IE_EXAMPLES = {
     wire.IE_KEEPALIVE: 20000,
     wire.IE_JOIN_CALL_NO: 0x0124,
     wire.IE_ANSWER: 2,
+    wire.IE_CONF_CALL_NO: 0x0456,
 }
 
 

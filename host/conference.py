@@ -1,0 +1,286 @@
+"""Conferences: a phone's two calls joined into one, mixed in G.711 by the phone's own host.
+
+The host that switches a phone's calls (its site's remote host, or the main host for its own
+phones) turns them into a conference when the phone sends CONFERENCE naming its active call and
+its held one (docs/features.md, docs/protocol.md). The parties are legs of that host's switch:
+the phone's leg of the active call, and the far leg of each call (the other party's phone on the
+site, or the leg towards the main host or a direct peer host that carries the party's media).
+The phone's leg of the held call is released to it (cause 16 "joined conference"); the calls stay
+in the switch, each as long as one of its legs is a party, and are recorded as calls are.
+
+Every 20 ms tick each party's next frame is taken from its own small playout queue (frames in
+timestamp order, at most MAX_QUEUE deep: a late frame is dropped, an overfull queue loses its
+oldest), decoded, summed, and each party is sent the sum minus its own frame, saturated to 16
+bits and encoded again: every party hears the others and not itself. A party that holds the
+conference (HOLD from the phone that joined it) is neither heard nor sent anything.
+
+Leaving: a party that hangs up (or whose link goes) leaves, the rest carry on; two parties left
+stay mixed (each hears the other); when one is left its leg is released (cause normal clearing).
+"""
+import collections
+import os
+from array import array
+from operator import sub
+
+from upbx.common import wire
+from upbx.common.g711 import ulaw_decode, ulaw_encode
+from upbx.common.media import MediaLeg
+from upbx.host.switch import other_leg, send_on_leg
+
+MAX_QUEUE = 3          # frames a party's playout queue keeps (60 ms); more: the oldest goes
+SILENCE = bytes(wire.VOICE_BYTES * 2)
+
+
+def mix(frames):
+    """The frame each party hears: frames are the parties' mu-law frames of this tick (None:
+    nothing from that party, or not heard); each gets the sum of the others, saturated."""
+    pcm = [None if f is None else array("h", ulaw_decode(f)) for f in frames]
+    present = [p for p in pcm if p is not None]
+    if not present:
+        total = array("h", SILENCE)
+    elif len(present) == 1:
+        total = present[0]
+    else:
+        total = list(map(sum, zip(*present)))
+    out = []
+    for own in pcm:
+        if own is None:
+            heard = total
+        else:
+            heard = list(map(sub, total, own))
+        if max(heard) > 32767 or min(heard) < -32768:   # saturate (rarely needed: checked at C speed first)
+            heard = [32767 if v > 32767 else -32768 if v < -32768 else v for v in heard]
+        out.append(ulaw_encode(array("h", heard).tobytes()))
+    return out
+
+
+class Party:
+    """One leg of the conference: its playout queue, whether its phone holds the conference."""
+
+    __slots__ = ("leg", "queue", "last_ts", "held", "started")
+
+    def __init__(self, leg):
+        self.leg = leg
+        self.queue = collections.deque()   # (ts, payload), oldest first
+        self.last_ts = -1                 # the newest timestamp taken in (older frames are late)
+        self.held = False
+        self.started = False              # a frame came: from now on silence is an underrun
+
+    @property
+    def name(self):
+        leg = self.leg
+        if leg.link.kind == "phone":
+            return leg.link.name
+        return leg.call.caller if leg is leg.call.a else leg.call.callee
+
+
+class Conference:
+    """The parties of one conference at this host and the mixing of one tick."""
+
+    def __init__(self, number, holder):
+        self.id = number                   # this host's count of conferences, for the logs and status
+        self.holder = holder               # the phone link that joined it
+        self.parties = []
+        self.calls = set()                 # the switch's calls one of whose legs is a party
+        self.ticks = 0
+
+    def party(self, leg):
+        for p in self.parties:
+            if p.leg is leg:
+                return p
+        return None
+
+    def receive(self, leg, ts, payload, stats):
+        """A media frame from a party's leg: into its playout queue, in timestamp order."""
+        p = self.party(leg)
+        if p is None or p.held:
+            stats.drop("conference media not mixed")
+            return
+        if ts <= p.last_ts:
+            stats.drop("conference frame late")
+            return
+        p.last_ts = ts
+        p.started = True
+        p.queue.append((ts, payload))
+        if len(p.queue) > MAX_QUEUE:
+            p.queue.popleft()
+            stats.drop("conference queue overrun")
+
+    def tick(self, switch, now, stats):
+        """One 20 ms frame of the mix to every party that is not holding."""
+        self.ticks += 1
+        frames = []
+        for p in self.parties:
+            frame = None
+            if p.queue:
+                frame = p.queue.popleft()[1]
+                if len(frame) != wire.VOICE_BYTES:
+                    frame = None           # comfort noise (silence suppression): silence here
+            elif p.started and not p.held:
+                stats.count("conference underruns")
+            frames.append(None if p.held else frame)
+        mixed = mix(frames)
+        for p, payload in zip(self.parties, mixed):
+            if p.held:
+                continue
+            leg = p.leg
+            if not leg.peer_call_no:
+                continue
+            call = leg.call
+            i = 0 if leg is call.a else 1
+            ts = max(call.ts_out[i] + 20, (now - (call.answered_ms or now)) // 20 * 20)
+            call.ts_out[i] = ts
+            switch.send_media(leg, ts, payload)
+        stats.count("conference frames mixed", len(self.parties))
+
+    def as_dict(self):
+        return {"id": self.id, "holder": self.holder.name, "parties": [p.name for p in self.parties],
+                "held": [p.name for p in self.parties if p.held], "ticks": self.ticks}
+
+
+class Conferences:
+    """A host's conferences: CONFERENCE from its phones, the mixing tick, parties leaving.
+
+    The host core calls join() for a CONFERENCE, tick() every 20 ms, and hands what concerns a
+    leg of a conference call to message(), hold() and link_gone(); the switch hands it the media
+    (Switch.forward -> Call.conference.receive)."""
+
+    def __init__(self, core, max_parties=5):
+        self.core = core
+        self.max_parties = max_parties
+        self.active = []
+        self.made = 0
+
+    @property
+    def switch(self):
+        return self.core.switch
+
+    def _reply(self, leg, joined, now):
+        send_on_leg(leg, wire.CONFERENCE, {wire.IE_STATE: 1 if joined else 0}, now)
+
+    def _refuse(self, leg, reason, now):
+        self.core.stats.drop("conference refused: " + reason)
+        self.core.log.info("conference-refused", phone=leg.link.name, reason=reason)
+        self._reply(leg, False, now)
+
+    def join(self, link, ies, now):
+        """CONFERENCE from one of this host's phones: its active call and its held one become one
+        conference (or the held one joins the conference the active one is, or the other way)."""
+        core = self.core
+        active = self.switch.leg_for(ies, link)
+        if active is None or link.kind != "phone":
+            core.stats.drop("unknown call")
+            return
+        held = self.switch.legs.get(ies.get(wire.IE_CONF_CALL_NO))
+        if held is None or held.link is not link or held is active:
+            return self._refuse(active, "no other call", now)
+        if active.call.state != "answered" or held.call.state != "answered":
+            return self._refuse(active, "calls not answered", now)
+        confs = {c for c in (active.call.conference, held.call.conference) if c is not None}
+        if len(confs) > 1:
+            return self._refuse(active, "two conferences", now)
+        if confs:
+            conf = confs.pop()
+        else:
+            self.made += 1
+            conf = Conference(self.made, link)
+        parties = [p.leg for p in conf.parties if p.leg is not held]
+        new_calls = [c for c in (active.call, held.call) if c.conference is None]
+        for call in new_calls:
+            far = other_leg(held if call is held.call else active)
+            if far is not None and far not in parties:
+                parties.append(far)
+        if active not in parties:
+            parties.append(active)
+        if len(parties) > self.max_parties:
+            return self._refuse(active, "full (%d parties)" % self.max_parties, now)
+        for call in new_calls:
+            self._unhold(call, now)
+            call.conference = conf
+            call.noanswer = None
+            conf.calls.add(call)
+        old = {p.leg: p for p in conf.parties}
+        conf.parties = [old.get(leg) or Party(leg) for leg in parties]
+        if conf not in self.active:
+            self.active.append(conf)
+        self._reply(active, True, now)
+        self.switch.release_leg(held, wire.CAUSE_CONFERENCE, now)
+        for leg in parties:   # B3: phones that sent to each other send to the host again, with a new key
+            if leg.link.kind == "phone" and leg.call.path == "local":   # (MEDIA_PEER without an address)
+                key = os.urandom(16)
+                leg.media = MediaLeg(key, 1, leg.call_no, leg.peer_call_no)
+                leg.link.send_signal(wire.MEDIA_PEER, {wire.IE_PEER_CALL_NO: leg.peer_call_no,
+                                                       wire.IE_CALL_NO: leg.call_no, wire.IE_MEDIA_KEY: key,
+                                                       wire.IE_ROLE: 0}, now)
+        core.stats.count("conference joins")
+        core.log.info("conference", id=conf.id, by=link.name, parties=[p.name for p in conf.parties])
+
+    def _unhold(self, call, now):
+        """A call that was held joins: the music stops, the hosts along it pass media again."""
+        holder = call.held_by
+        if holder is None:
+            return
+        call.held_by = None
+        self.core.held.discard(call)
+        other = other_leg(holder)
+        if other is not None and other.link.kind != "phone":
+            send_on_leg(other, wire.HOLD, {wire.IE_STATE: 0}, now)
+
+    def tick(self, now):
+        stats = self.core.stats
+        for conf in self.active:
+            conf.tick(self.switch, now, stats)
+
+    def hold(self, leg, flag, now):
+        """HOLD on a conference leg from its phone: that party is neither heard nor sent the mix
+        (the phone that joined the conference holds it to dial one more party)."""
+        conf = leg.call.conference
+        p = conf.party(leg)
+        if p is None or flag not in (0, 1) or p.held == bool(flag) or leg.link.kind != "phone":
+            self.core.stats.drop("message out of turn")
+            return
+        p.held = bool(flag)
+        p.queue.clear()
+        self.core.log.info("conference-held" if flag else "conference-resumed", id=conf.id, by=leg.link.name)
+
+    def message(self, leg, msg_type, ies, now):
+        """A call message on a conference leg: RELEASE takes the party out; the rest is dropped."""
+        if msg_type != wire.RELEASE:
+            self.core.stats.drop("message out of turn")
+            return
+        self.leave(leg, ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL), now, released=True)
+
+    def link_gone(self, call, link, cause, now):
+        """link is gone (a phone unregistered, the main host unreachable): its legs of call leave."""
+        for leg in (call.a, call.b):
+            if leg is not None and leg.link is link:
+                self.leave(leg, cause, now, released=True)
+
+    def leave(self, leg, cause, now, released=False):
+        """A party leaves: its leg goes (a RELEASE is sent unless it came from there)."""
+        call = leg.call
+        conf = call.conference
+        p = conf.party(leg) if conf is not None else None
+        self.switch.release_leg(leg, cause, now, send=not released)
+        if p is not None:
+            conf.parties.remove(p)
+            self.core.log.info("conference-left", id=conf.id, party=p.name, cause=wire.CAUSE_TEXT.get(cause, cause))
+        if not any(q.leg.call is call for q in conf.parties):
+            conf.calls.discard(call)
+            self.core.end_call(call, cause, now)
+        if len(conf.parties) == 1:
+            last = conf.parties[0]
+            self.leave(last.leg, wire.CAUSE_NORMAL, now)
+        elif not conf.parties and conf in self.active:
+            self.active.remove(conf)
+            for other in list(conf.calls):
+                self.core.end_call(other, cause, now)
+            conf.calls.clear()
+            self.core.log.info("conference-ended", id=conf.id)
+
+    def trunked_parties(self):
+        """Parties whose mixed stream goes to another host (B5: each costs the uplink a call)."""
+        return sum(1 for conf in self.active for p in conf.parties if p.leg.link.trunked)
+
+    def status(self):
+        return [conf.as_dict() for conf in self.active]
