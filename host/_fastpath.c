@@ -38,7 +38,7 @@
 static long CONNECTED = 5, RINGBACK = 2;   /* common.call states, set by configure() */
 
 static PyObject *s_fast, *s_key, *s_legs, *s_stats, *s_relayed, *s_trunks, *s_link, *s_media, *s_replay,
-    *s_highest, *s_seen, *s_call, *s_a, *s_b, *s_state, *s_held_by, *s_fanout, *s_moh_last, *s_direct, *s_trunked,
+    *s_highest, *s_seen, *s_call, *s_a, *s_b, *s_state, *s_held_by, *s_fanout, *s_conference, *s_moh_last, *s_direct, *s_trunked,
     *s_ts_shift, *s_ts_out, *s_frames, *s_count, *s_drop, *s_recv_ctr, *s_send_ctr, *s_role, *s_received,
     *s_rejected, *s_sent, *s_peer_call_no, *s_jump_ok, *s_trunks_in, *s_media_in, *s_media_rejected;
 
@@ -268,6 +268,8 @@ static int prepare(entry_t *e, PyObject *legs, PyObject *link, PyObject *hold) {
     HOLD(v, e->call, s_held_by);
     if (v != Py_None) return 0;
     HOLD(v, e->call, s_fanout);          /* a page: copied to every paged phone (Switch._page) */
+    if (v != Py_None) return 0;
+    HOLD(v, e->call, s_conference);      /* a conference: mixed at this host (host/conference.py) */
     if (v != Py_None) return 0;
     HOLD(v, e->call, s_moh_last);
     if (!PyList_Check(v) || PyList_GET_SIZE(v) != 2 || PyList_GET_ITEM(v, e->i) != Py_None) return 0;
@@ -783,7 +785,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
 #define S(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
     S(s_fast, "_fast"); S(s_key, "key"); S(s_legs, "legs"); S(s_stats, "stats"); S(s_relayed, "_relayed");
     S(s_trunks, "_trunks"); S(s_link, "link"); S(s_media, "media"); S(s_replay, "replay"); S(s_highest, "highest");
-    S(s_seen, "_seen"); S(s_call, "call"); S(s_a, "a"); S(s_b, "b"); S(s_state, "state"); S(s_held_by, "held_by"); S(s_fanout, "fanout");
+    S(s_seen, "_seen"); S(s_call, "call"); S(s_a, "a"); S(s_b, "b"); S(s_state, "state"); S(s_held_by, "held_by"); S(s_fanout, "fanout"); S(s_conference, "conference");
     S(s_moh_last, "moh_last"); S(s_direct, "direct"); S(s_trunked, "trunked"); S(s_ts_shift, "ts_shift");
     S(s_ts_out, "ts_out"); S(s_frames, "frames"); S(s_count, "count"); S(s_drop, "drop");
     S(s_recv_ctr, "_recv_ctr"); S(s_send_ctr, "_send_ctr"); S(s_role, "role"); S(s_received, "received");
