@@ -237,7 +237,8 @@ class Daemon:
         if self.control_socket:
             if os.path.exists(self.control_socket):
                 os.unlink(self.control_socket)
-            server = await asyncio.start_unix_server(self._control, path=self.control_socket)
+            with unix_path(self.control_socket) as path:
+                server = await asyncio.start_unix_server(self._control, path=path)
             os.chmod(self.control_socket, 0o660)   # the daemon's user and group: `upbx status` as either
         self.log.info("started", listen="%s:%d" % self.address[:2], pid=os.getpid(),
                       fast_path="C" if self._batch is not None else "python")
@@ -267,11 +268,34 @@ class Daemon:
             self._stopping.set()
 
 
+class unix_path:
+    """A path for bind() or connect() on a Unix socket: the path itself when it fits sun_path (108
+    bytes on Linux), else the same file reached through a descriptor of its directory
+    (/proc/self/fd/N/NAME), held open while the block runs (the socket keeps its file). A deep
+    working directory (a test's, a deployment's) then works as any other."""
+    LIMIT = 100
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        if len(os.fsencode(self.path)) <= self.LIMIT:
+            return self.path
+        self.fd = os.open(os.path.dirname(os.path.abspath(self.path)) or ".", os.O_RDONLY)
+        return "/proc/self/fd/%d/%s" % (self.fd, os.path.basename(self.path))
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+        return False
+
+
 def query_status(path, timeout=5):
     """Ask a daemon's control socket for its status (used by `upbx status` and tests)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, unix_path(path) as short:
         sock.settimeout(timeout)
-        sock.connect(path)
+        sock.connect(short)
         sock.sendall(b"status\n")
         data = b""
         while not data.endswith(b"\n"):

@@ -94,3 +94,16 @@ def test_status_names_a_missing_daemon_and_a_config_without_socket(tmp_path):
     out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "status", "--config", str(config)],
                          cwd=ROOT, capture_output=True, text=True, timeout=10)
     assert out.returncode == 2 and "control_socket" in out.stderr
+
+
+def test_control_sockets_in_a_directory_deeper_than_a_unix_socket_path_allows(tmp_path):
+    """sun_path holds 108 bytes: a daemon whose control socket lies deeper (a deep working
+    directory) still serves it, and `upbx status` still reaches it (host/daemon.py, unix_path)."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    with LoopbackExchange(workdir=str(deep)) as lab:
+        assert len(lab.path("site-a.sock")) > 108
+        lab.provision()
+        lab.start()                   # waits for the remote hosts, asked through their sockets
+        status = json.loads(upbx_status("--json", "--socket", lab.path("main.sock")))
+        assert sorted(h["name"] for h in status["remote_hosts"]) == ["site-a", "site-b"]

@@ -221,8 +221,9 @@ class LoopbackExchange:
                 for key, value in self.remote_settings.items():
                     f.write("%s = %s\n" % (key, json.dumps(value)))
             self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
+        # a minute: three Python daemons starting on a busy machine (or a Raspberry Pi) take a while
         self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
-                      "remote hosts logged in")
+                      "remote hosts logged in", timeout=60)
 
     def spawn(self, name, argv, **kwargs):
         log = open(self.path(name + ".log"), "ab")
@@ -251,6 +252,11 @@ class LoopbackExchange:
     def wait_for(self, predicate, what, timeout=10):
         deadline = time.time() + timeout
         while time.time() < deadline:
+            for proc in self.procs:   # a daemon that died (a port taken, a bad config) will not come
+                if proc.poll() is not None and getattr(proc, "upbx_name", "") in ("main",) + tuple(
+                        "site-" + s for s in getattr(self, "remote_sites", ())):
+                    raise RuntimeError("%s exited (status %s) while waiting for %s: %s" % (
+                        proc.upbx_name, proc.returncode, what, self._log_tail(proc.upbx_name)))
             try:
                 if predicate():
                     return
@@ -258,6 +264,13 @@ class LoopbackExchange:
                 pass
             time.sleep(0.05)
         raise TimeoutError("timed out waiting for " + what)
+
+    def _log_tail(self, name, lines=8):
+        try:
+            with open(self.path(name + ".log"), "rb") as f:
+                return " | ".join(f.read().decode("utf-8", "replace").strip().splitlines()[-lines:])
+        except OSError as exc:
+            return "(no log: %s)" % exc
 
     def host_of(self, number):
         site = self.phone_site[number]
