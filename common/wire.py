@@ -45,6 +45,7 @@ RELEASE = const(0x14)
 DTMF = const(0x16)
 MEDIA_PEER = const(0x17)
 HOLD = const(0x18)       # state 1: the sender's phone holds the call, 0: resumes it (docs/features.md)
+MESSAGE_WAITING = const(0x1D)   # host -> phone: state = its new voicemail messages (docs/features.md)
 SYSINFO = const(0x40)
 SYSINFO_ACK = const(0x41)
 

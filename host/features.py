@@ -3,7 +3,9 @@
 The settings of an extension are a small dict, kept by the host that registers its phone
 (a remote host in its site cache, the main host in its directory) and copied to the other:
 
-    {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": 15}
+    {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": 15, "voicemail": False}
+
+("voicemail": calls it does not answer go to its mailbox, host/voicemail.py.)
 
 A phone changes them with a star code, dialled like a number (the handset's `!dnd` and
 `!forward` console commands dial these too); its host answers with a RELEASE whose cause
@@ -31,7 +33,8 @@ class FeatureError(ValueError):
 
 
 def defaults():
-    return {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": DEFAULT_NOANSWER_S}
+    return {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": DEFAULT_NOANSWER_S,
+            "voicemail": False}
 
 
 def _number(text, what):
@@ -81,8 +84,9 @@ def check(settings):
         raise FeatureError("unknown feature setting %s" % sorted(unknown)[0])
     out = defaults()
     out.update(settings)
-    if not isinstance(out["dnd"], bool):
-        raise FeatureError("bad dnd %r: true or false" % (out["dnd"],))
+    for key in ("dnd", "voicemail"):
+        if not isinstance(out[key], bool):
+            raise FeatureError("bad %s %r: true or false" % (key, out[key]))
     for kind in KINDS:
         if out[kind] is not None:
             if not isinstance(out[kind], str):

@@ -296,6 +296,8 @@ class Switch:
         before = leg.state
         if leg.apply(received) is None:
             return None
+        if msg_type in (wire.ALERTING, wire.ANSWER) and other is leg.call.a and other.state == CONNECTED:
+            return msg_type    # the caller was answered already (by the auto-attendant, which routed it on)
         if other.apply(sent) is None:
             leg.state = before
             return None
@@ -440,6 +442,9 @@ class Switch:
             media = direct[0]
         else:
             link = leg.link
+            if link.kind == "app":     # the host's own endpoint (host/voicemail.py) takes it here
+                link.media(leg, ts, payload)
+                return None
             if not link.trunked:
                 self.send(leg.media.seal_mini(ts, payload), link.address, True)
                 return None

@@ -1,0 +1,225 @@
+"""Voicemail on the real host cores in one process (tests/inprocess.py): a call nobody answers
+reaches the mailbox, the caller hears the greeting (the very frames of it), a message recorded
+from a phone sending a tone is kept (WAV + SQLite) and plays that tone back on *97, the DTMF
+menu, the message-waiting count on the phone, and B4: a remote host records while the main host
+is away and uploads each message exactly once (docs/features.md, Voicemail)."""
+import os
+import sqlite3
+import wave
+
+from upbx.common import wire
+from upbx.common.call import CONNECTED
+from upbx.common.g711 import ulaw_decode, ulaw_encode
+from upbx.common.login import UP
+from upbx.common.phone import MessageWaiting
+from upbx.host import prompts, voicemail
+from upbx.host.directory import Directory
+from upbx.tools.lab import goertzel_power
+from tests.inprocess import MAIN, TICK_MS, PhoneEnd, attach_host
+from tests.test_hold import _tone_wav
+from tests.test_routing import _world
+
+TONES = {"101": 620.0, "102": 740.0, "301": 880.0, "302": 980.0}
+
+
+class TonePhone(PhoneEnd):
+    """A phone whose microphone hears its own tone (TONES), so a recording says who spoke."""
+
+    def tick(self):
+        if self.phone.state == CONNECTED:
+            hz = TONES[self.number]
+            n = self.ts // TICK_MS
+            payload = _TONE_FRAMES[hz][n % len(_TONE_FRAMES[hz])]
+            frame = self.phone.seal_frame(self.ts, payload)
+            if frame is not None:
+                self.sent.append(payload)
+                self.net.send(frame, self.address, self.phone.frame_to or self.host)
+            self.ts += TICK_MS
+        timer = self.phone.next_timer()
+        if timer is not None and timer <= self.net.now:
+            self.phone.handle_timer(self.net.now)
+        self.flush()
+
+
+_TONE_FRAMES = {hz: prompts.tone(hz, 1000) for hz in TONES.values()}
+for _hz, _frames in _TONE_FRAMES.items():   # a steady tone: no fades at the frame joins
+    _TONE_FRAMES[_hz] = _frames[2:-2]
+
+
+def _dominant(payload):
+    """The phone tone (or the beep) that dominates a mu-law frame, else None."""
+    pcm = ulaw_decode(payload)
+    powers = {hz: goertzel_power(pcm, wire.VOICE_BYTES, hz) for hz in tuple(TONES.values()) + (prompts.BEEP_HZ,)}
+    best = max(powers, key=powers.get)
+    if powers[best] > 1e9 and powers[best] > 20 * sum(p for hz, p in powers.items() if hz != best):
+        return best
+    return None
+
+
+def _world_with(tmp_path, phones, voicemail_on=(), noanswer_s=5):
+    world = _world(tmp_path, ())
+    for i, number in enumerate(phones):
+        end = TonePhone(world.net, number, world.secrets[number], ("198.18.2.%d" % (i + 1), 40000),
+                        ("198.18.1.1", 4570) if number.startswith("1") else MAIN)
+        world.phones[number] = end
+        end.phone.start(world.net.now)
+        end.flush()
+    with Directory(tmp_path / "main.sqlite") as d:
+        for number in voicemail_on:
+            settings = d.features(number)
+            settings.update(voicemail=True, noanswer_s=noanswer_s)
+            d.set_features(number, settings, announce=True)
+    world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 3000, "registered")
+    world.run(1500)    # the main host sends the site's directory with the settings
+    return world
+
+
+def _reach_voicemail(world, caller, callee, limit_ms=10000):
+    end = world.phones[caller]
+    end.received, end.sent = [], []
+    assert end.phone.dial(callee, world.net.now)
+    end.flush()
+    world.run_until(lambda: end.connected, limit_ms, "%s reached %s's voicemail" % (caller, callee))
+
+
+def _leave_message(world, caller, callee, speak_ms=2000, limit_ms=10000):
+    """caller calls callee, hears the greeting and the beep, speaks (its tone), hangs up; returns
+    the frames it heard."""
+    end = world.phones[caller]
+    _reach_voicemail(world, caller, callee, limit_ms)
+    greeting = len(prompts.prompt(None, prompts.GREETING)) + prompts.BEEP_MS // 20
+    world.run(greeting * TICK_MS + 200)
+    end.sent = []
+    world.run(speak_ms)
+    world.hangup(caller)
+    world.run(100)
+    return end.received
+
+
+def _store(world):
+    return world.main.voicemail.store
+
+
+def test_the_caller_hears_the_greeting_and_the_message_is_kept_as_wav_and_sqlite(tmp_path):
+    world = _world_with(tmp_path, ("302",), voicemail_on=("301",))      # 301 is not registered
+    try:
+        heard = _leave_message(world, "302", "301")
+        greeting = prompts.prompt(None, prompts.GREETING)
+        assert heard[:len(greeting)] == greeting                        # the greeting, frame for frame
+        beep = heard[len(greeting):len(greeting) + prompts.BEEP_MS // 20]
+        assert sum(1 for f in beep if _dominant(f) == prompts.BEEP_HZ) >= len(beep) - 2
+        db = sqlite3.connect(str(tmp_path / "main.sqlite.voicemail" / "voicemail.sqlite"))
+        rows = db.execute("SELECT mailbox, caller, state, origin, duration_ms, file FROM messages").fetchall()
+        assert len(rows) == 1 and rows[0][:4] == ("301", "302", "new", "main"), rows
+        assert 1800 <= rows[0][4] <= 2300, rows                         # about the 2 s spoken
+        with wave.open(str(tmp_path / "main.sqlite.voicemail" / rows[0][5])) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2)
+            ulaw = ulaw_encode(w.readframes(w.getnframes()))
+        frames = [ulaw[i:i + 160] for i in range(0, len(ulaw), 160)]
+        assert sum(1 for f in frames if _dominant(f) == TONES["302"]) >= len(frames) - 3   # 302's voice
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def _menu(world, number, digit, ms=1500):
+    end = world.phones[number]
+    end.received = []
+    assert end.phone.dtmf(digit, world.net.now)
+    end.flush()
+    world.run(ms)
+    return [_dominant(f) for f in end.received]
+
+
+def test_retrieval_plays_the_callers_tone_and_the_menu_saves_and_deletes(tmp_path):
+    world = _world_with(tmp_path, ("301", "302", "101"), voicemail_on=("301",))
+    try:
+        p = world.phones
+        world.phones["301"].phone.hangup(world.net.now)
+        _dnd = world.main.directory.features("301")
+        _dnd["dnd"] = True
+        world.main.directory.set_features("301", _dnd)                  # do not disturb: to voicemail
+        _leave_message(world, "302", "301")
+        _leave_message(world, "101", "301")                             # from site a, through its host
+        assert [m["caller"] for m in _store(world).messages("301")] == ["302", "101"]
+        p["301"].take()
+        assert p["301"].phone.messages == 2                             # message waiting: 2 new
+        _reach_voicemail(world, "301", "*97")
+        world.run(300)
+        tones = _menu(world, "301", voicemail.PLAY, 2600)               # the first: 302's tone
+        assert tones.count(TONES["302"]) >= 90 and TONES["101"] not in tones
+        assert p["301"].phone.messages == 1                             # heard: no longer new
+        tones = _menu(world, "301", voicemail.NEXT, 2600)               # the next: 101's
+        assert tones.count(TONES["101"]) >= 90 and TONES["302"] not in tones
+        assert p["301"].phone.messages == 0
+        _menu(world, "301", voicemail.DELETE, 600)                      # 101's message goes
+        assert [m["caller"] for m in _store(world).messages("301")] == ["302"]
+        _menu(world, "301", voicemail.SAVE, 600)                        # nothing current: "no more"
+        world.hangup("301")
+        left = _store(world).messages("301")
+        assert [(m["caller"], m["state"]) for m in left] == [("302", "saved")]
+        files = os.listdir(tmp_path / "main.sqlite.voicemail" / "messages" / "301")
+        assert files == [left[0]["uid"] + ".wav"]                       # the deleted one's file is gone
+        counts = [e.count for e in p["301"].log if isinstance(e, MessageWaiting)]
+        assert counts[-3:] == [1, 0, 0] or counts[-2:] == [1, 0], counts
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_unanswered_busy_and_local_calls_reach_the_mailbox_and_off_leaves_the_old_behaviour(tmp_path):
+    world = _world_with(tmp_path, ("101", "102", "301", "302"), voicemail_on=("102", "301"), noanswer_s=5)
+    try:
+        p = world.phones
+        for caller, callee in (("302", "301"), ("101", "102"), ("301", "102")):   # no answer: main, local, B1
+            _leave_message(world, caller, callee, speak_ms=600)
+            assert _store(world).messages(callee)[-1]["caller"] == caller
+            assert p[callee].idle
+        world.call("101", "302")                                        # 102 busy ... no, 302 busy
+        _leave_message(world, "102", "301", speak_ms=600)
+        world.hangup("101")
+        # busy: a local call to 102 while it is in a call
+        world.call("102", "301")
+        _leave_message(world, "101", "102", speak_ms=600)
+        world.hangup("102")
+        assert [m["caller"] for m in _store(world).messages("102")] == ["101", "301", "101"]
+        # voicemail off (the default): a busy phone is busy as before
+        world.call("101", "301")
+        assert p["302"].phone.dial("301", world.net.now)
+        p["302"].flush()
+        world.run(500)
+        assert p["302"].causes()[-1] == wire.CAUSE_BUSY or p["302"].connected
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_b4_the_remote_host_records_while_the_main_host_is_away_and_uploads_once(tmp_path):
+    world = _world_with(tmp_path, ("101", "102"), voicemail_on=("102",))
+    try:
+        p = world.phones
+        world.main_away()
+        p["102"].phone.stop(world.net.now)                              # 102 is off: to its mailbox
+        p["102"].flush()
+        world.settle()
+        _leave_message(world, "101", "102", speak_ms=1000)
+        local = world.a.voicemail.store
+        assert [(m["mailbox"], m["caller"], m["origin"]) for m in local.messages("102")] == [("102", "101", "site-a")]
+        assert local.pending_upload() == [local.messages("102")[0]["uid"]]
+        attach_host(world.net, world.main, MAIN)
+        world.run_until(lambda: world.a.login.state == UP and not local.pending_upload(), 30000, "uploaded")
+        msgs = _store(world).messages("102")
+        assert [(m["caller"], m["origin"], m["uid"]) for m in msgs] == [("101", "site-a", local.messages("102")[0]["uid"])]
+        ulaw = _store(world).audio(msgs[0])
+        frames = [ulaw[i:i + 160] for i in range(0, len(ulaw), 160)]
+        assert sum(1 for f in frames if _dominant(f) == TONES["101"]) >= len(frames) - 3
+        # a resend (the acknowledgement lost) is stored once: the main host answers it as done
+        local.db.execute("UPDATE messages SET uploaded = 0")
+        world.restart_remote()
+        world.run_until(lambda: not world.a.voicemail.store.pending_upload(), 30000, "sent again")
+        assert len(_store(world).messages("102")) == 1
+        assert world.main.stats.counters.get("voicemail uploads duplicate") == 1
+        assert world.main.stats.counters.get("voicemail uploads stored") == 1
+        assert not world.net.errors
+    finally:
+        world.close()
