@@ -58,6 +58,7 @@ def _dominant(payload):
 
 def _world_with(tmp_path, phones, voicemail_on=(), noanswer_s=5):
     world = _world(tmp_path, ())
+    world.run(1200)    # the main host has read its directory's version: the change below is announced
     for i, number in enumerate(phones):
         end = TonePhone(world.net, number, world.secrets[number], ("198.18.2.%d" % (i + 1), 40000),
                         ("198.18.1.1", 4570) if number.startswith("1") else MAIN)
@@ -160,35 +161,40 @@ def test_retrieval_plays_the_callers_tone_and_the_menu_saves_and_deletes(tmp_pat
         assert [(m["caller"], m["state"]) for m in left] == [("302", "saved")]
         files = os.listdir(tmp_path / "main.sqlite.voicemail" / "messages" / "301")
         assert files == [left[0]["uid"] + ".wav"]                       # the deleted one's file is gone
+        p["301"].take()
         counts = [e.count for e in p["301"].log if isinstance(e, MessageWaiting)]
-        assert counts[-3:] == [1, 0, 0] or counts[-2:] == [1, 0], counts
+        assert counts == [1, 2, 1, 0, 0], counts      # left, left, heard, heard, deleted
         assert not world.net.errors
     finally:
         world.close()
 
 
-def test_unanswered_busy_and_local_calls_reach_the_mailbox_and_off_leaves_the_old_behaviour(tmp_path):
+def test_unanswered_and_busy_calls_reach_the_mailbox_on_every_path_and_off_keeps_busy(tmp_path):
     world = _world_with(tmp_path, ("101", "102", "301", "302"), voicemail_on=("102", "301"), noanswer_s=5)
     try:
         p = world.phones
-        for caller, callee in (("302", "301"), ("101", "102"), ("301", "102")):   # no answer: main, local, B1
+        # no answer for 5 s: at the main host, a local call of site a, from the main host to site a
+        for caller, callee in (("302", "301"), ("101", "102"), ("301", "102")):
+            p[callee].take()
             _leave_message(world, caller, callee, speak_ms=600)
             assert _store(world).messages(callee)[-1]["caller"] == caller
-            assert p[callee].idle
-        world.call("101", "302")                                        # 102 busy ... no, 302 busy
-        _leave_message(world, "102", "301", speak_ms=600)
-        world.hangup("101")
-        # busy: a local call to 102 while it is in a call
-        world.call("102", "301")
+            assert p[callee].causes()[-1] == wire.CAUSE_NO_ANSWER and p[callee].idle     # it rang, then stopped
+        # busy: a phone at the main host; a phone of site a, from its own site and from the main host
+        world.call("301", "101")
+        _leave_message(world, "302", "301", speak_ms=600)
+        world.hangup("301")
+        world.call("102", "302")
         _leave_message(world, "101", "102", speak_ms=600)
+        _leave_message(world, "301", "102", speak_ms=600)
         world.hangup("102")
-        assert [m["caller"] for m in _store(world).messages("102")] == ["101", "301", "101"]
-        # voicemail off (the default): a busy phone is busy as before
-        world.call("101", "301")
-        assert p["302"].phone.dial("301", world.net.now)
+        assert [m["caller"] for m in _store(world).messages("301")] == ["302", "302"]
+        assert [m["caller"] for m in _store(world).messages("102")] == ["101", "301", "101", "301"]
+        # voicemail off (the default, 101): busy is busy as before
+        world.call("102", "101")
+        assert p["302"].phone.dial("101", world.net.now)
         p["302"].flush()
         world.run(500)
-        assert p["302"].causes()[-1] == wire.CAUSE_BUSY or p["302"].connected
+        assert p["302"].causes()[-1] == wire.CAUSE_BUSY
         assert not world.net.errors
     finally:
         world.close()
