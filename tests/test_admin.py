@@ -203,7 +203,8 @@ def test_forward_dnd_and_features_of_an_extension(admin):
         "extension 101: forward noanswer to 102 after 20 s"
     assert ok(admin("ext", "dnd", "102", "on")).strip() == "extension 102: do not disturb on"
     shown = json.loads(ok(admin("ext", "features", "101", "--json")))
-    assert shown == {"number": "101", "dnd": False, "always": None, "busy": None, "noanswer": "102", "noanswer_s": 20}
+    assert shown == {"number": "101", "dnd": False, "always": None, "busy": None, "noanswer": "102", "noanswer_s": 20,
+                     "voicemail": False}
     for argv, error in ((("101", "busy"), "which extension?"), (("101", "always", "999"), "unknown extension '999'"),
                         (("101", "always", "101"), "cannot forward to itself"),
                         (("101", "noanswer", "102", "--after", "2"), "bad no-answer time 2: 5 to 120 seconds"),

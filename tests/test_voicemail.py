@@ -3,12 +3,13 @@ reaches the mailbox, the caller hears the greeting (the very frames of it), a me
 from a phone sending a tone is kept (WAV + SQLite) and plays that tone back on *97, the DTMF
 menu, the message-waiting count on the phone, and B4: a remote host records while the main host
 is away and uploads each message exactly once (docs/features.md, Voicemail)."""
+import json
 import os
 import sqlite3
 import wave
 
 from upbx.common import wire
-from upbx.common.call import CONNECTED
+from upbx.common.call import CONNECTED, RINGING
 from upbx.common.g711 import ulaw_decode, ulaw_encode
 from upbx.common.login import UP
 from upbx.common.phone import MessageWaiting
@@ -229,3 +230,99 @@ def test_b4_the_remote_host_records_while_the_main_host_is_away_and_uploads_once
         assert not world.net.errors
     finally:
         world.close()
+
+
+def _admin(world, *argv):
+    """`upbx admin --database main.sqlite ...` while the hosts run, as an operator would."""
+    from upbx.tools.cli import main as upbx
+    return upbx(["admin", "--database", str(world.tmp / "main.sqlite")] + list(argv))
+
+
+def test_auto_attendant_answers_with_its_prompt_and_routes_by_digit(tmp_path):
+    world = _world_with(tmp_path, ("101", "301", "302"), voicemail_on=("301",))
+    try:
+        p = world.phones
+        _tone_wav(tmp_path / "prompt.wav", 1000, 1.0)
+        assert _admin(world, "attendant", "set", "500", "--route", "1=101", "--route", "2=*98301",
+                      "--prompt", str(tmp_path / "prompt.wav")) == 0
+        world.run(1200)                                                 # the main host reads it
+        assert "500" in world.main.voicemail.attendants
+        _reach_voicemail(world, "302", "500")
+        world.run(1000)
+        prompt = prompts.frames_of_ulaw(world.main.voicemail.store.attendants()["500"][1])
+        assert p["302"].received[:len(prompt)] == prompt                # the operator's prompt, frame for frame
+        _menu(world, "302", "1", 600)                                   # 1: extension 101 rings
+        world.run_until(lambda: p["101"].phone.state == RINGING, 2000, "101 rings")
+        from upbx.host.attendant import ringback_frames
+        assert set(p["302"].received[-20:]) <= set(ringback_frames())   # the caller hears ring-back
+        assert p["101"].phone.answer(world.net.now)
+        p["101"].flush()
+        world.run(200)
+        p["101"].received, p["302"].received = [], []
+        world.run(1000)
+        heard_by_302 = [_dominant(f) for f in p["302"].received]
+        heard_by_101 = [_dominant(f) for f in p["101"].received]
+        assert heard_by_302.count(TONES["101"]) >= 45 and heard_by_101.count(TONES["302"]) >= 45
+        world.hangup("302")
+        assert p["101"].idle and world.main.status()["calls"] == []
+        # 2: straight to 301's mailbox; an unknown digit says so and asks again
+        _reach_voicemail(world, "302", "500")
+        world.run(300)
+        _menu(world, "302", "7", 300)
+        sorry = prompts.prompt(None, "Not a choice.")
+        assert p["302"].connected and p["302"].received[:10] == sorry[:10]   # said so, and plays the prompt again
+        _menu(world, "302", "2", 300)
+        greeting = len(prompts.prompt(None, prompts.GREETING)) + prompts.BEEP_MS // 20
+        world.run(greeting * TICK_MS)
+        world.run(800)
+        world.hangup("302")
+        world.run(100)
+        assert [m["caller"] for m in _store(world).messages("301")] == ["302"]
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_admin_voicemail_and_attendant_commands_and_their_errors(tmp_path, capsys):
+    from upbx.tools.cli import main as upbx
+    db = str(tmp_path / "main.sqlite")
+
+    def run(*argv):
+        code = upbx(["admin", "--database", db] + list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+    assert run("site", "add", "a")[0] == 0 and run("ext", "add", "101", "--site", "a")[0] == 0
+    code, out, _ = run("voicemail", "on", "101")
+    assert code == 0 and "voicemail on" in out
+    with Directory(db) as d:
+        assert d.features("101")["voicemail"] is True
+    _tone_wav(tmp_path / "hello.wav", 500, 1.5)
+    assert run("voicemail", "greeting", "101", str(tmp_path / "hello.wav"))[0] == 0
+    with voicemail.VoicemailStore(db + ".voicemail") as store:
+        name, ulaw = store.greeting("101")
+        assert name == "hello.wav" and len(ulaw) == 1.5 * 8000
+    assert run("voicemail", "greeting", "101", "--default")[0] == 0
+    with voicemail.VoicemailStore(db + ".voicemail") as store:
+        assert store.greeting("101") is None
+    assert json.loads(run("voicemail", "list", "101", "--json")[1]) == []
+    assert run("attendant", "set", "500", "--route", "1=101", "--route", "0=*97")[0] == 0
+    listed = json.loads(run("attendant", "list", "--json")[1])
+    assert listed == [{"number": "500", "routes": "0=*97 1=101", "prompt": "(the routes, spoken)"}]
+    with wave.open(str(tmp_path / "stereo.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(bytes(3200))
+    for argv, error in ((("voicemail", "on", "999"), "unknown extension '999'"),
+                        (("voicemail", "greeting", "101"), "give a WAV file or --default"),
+                        (("voicemail", "greeting", "101", str(tmp_path / "stereo.wav")), "must be 8000 Hz, mono"),
+                        (("voicemail", "greeting", "101", str(tmp_path / "none.wav")), "cannot read"),
+                        (("attendant", "set", "101", "--route", "1=102"), "not an extension"),
+                        (("attendant", "set", "501"), "at least one --route"),
+                        (("attendant", "set", "501", "--route", "x=101"), "bad route 'x=101'"),
+                        (("attendant", "set", "501", "--route", "1=10a"), "bad route '1=10a'"),
+                        (("attendant", "set", "501", "--route", "1=101", "--route", "1=102"), "routed twice"),
+                        (("attendant", "remove", "502"), "no attendant '502'")):
+        code, out, err = run(*argv)
+        assert code == 1 and error in err and not out, (argv, err)
+    assert run("attendant", "remove", "500")[0] == 0 and json.loads(run("attendant", "list", "--json")[1]) == []
