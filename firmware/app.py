@@ -26,7 +26,7 @@ from common import wire
 from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
 from common.login import LoginDown, LoginUp
-from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
+from common.phone import Connected, Dtmf, Ended, Incoming, MessageWaiting, Phone, Ringback, Sysinfo
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 from firmware.hal import rarely
@@ -211,6 +211,8 @@ class App:
         elif cmd == "!reset" or cmd == "!quit":
             self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
+        elif cmd == "!voicemail":
+            self.dial("*97", now)     # the phone's own mailbox (docs/features.md, Voicemail)
         elif cmd == "!hold" or cmd == "!resume":
             self.hold(cmd == "!hold", now)
         elif cmd.startswith("!dnd ") or cmd.startswith("!forward "):
@@ -238,7 +240,8 @@ class App:
                 "extension": self.config["extension"], "sysinfo_version": self.phone.sysinfo_version,
                 "digits": self.digits, "tone": self.pipeline.tone.name, "power_save": self.power_save,
                 "caller": self.current and self.current.get("from"), "heap": self.heap(), "holding": self.phone.holding,
-                "ticks": now, "net_errors": self.summary["net_errors"], "speed_dial": self.speed_dial}
+                "ticks": now, "net_errors": self.summary["net_errors"], "speed_dial": self.speed_dial,
+                "messages": self.phone.messages}
 
     def key(self, key, now):
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
@@ -268,7 +271,7 @@ class App:
             self.hal.display("dial", self.digits)
         elif key == KEY_OFF_HOOK or key == "*":
             self.digits = ""
-            tone.start("dial")
+            tone.start("stutter" if self.phone.messages else "dial")   # stutter: voicemail waiting
             self.tone_stop_at = None
             self.hal.display("dial tone", None)
         elif key == "#":
@@ -357,6 +360,10 @@ class App:
                 self.connected_at = self._dtmf_at = None
                 if self.script.get("exit_after_call"):
                     self.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
+            elif kind is MessageWaiting:
+                self.log("I", "messages waiting %d" % event.count)
+                if self.phone.call is None:
+                    self.hal.display("idle", "%d new messages" % event.count if event.count else None)
             elif kind is Dtmf:
                 self.summary["dtmf_received"] += event.digit
                 self.log("I", "dtmf %s" % event.digit)
