@@ -31,7 +31,8 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
     features = json.loads(result.stdout)["features"]
     assert [f["name"] for f in features] == list(FEATURES)
     by_name = {f["name"]: f for f in features}
-    built = ("hold", "dnd", "forward_always", "forward_busy", "forward_no_answer")
+    built = ("hold", "dnd", "forward_always", "forward_busy", "forward_no_answer", "voicemail", "message_waiting",
+             "auto_attendant")
     for name in FEATURES:
         if name not in built:
             assert by_name[name] == {"name": name, "ok": False, "error": "not built yet"}

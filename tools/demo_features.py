@@ -208,10 +208,15 @@ SCENARIOS = {"hold": hold, "dnd": dnd, "forward_always": forward_always, "forwar
              "forward_no_answer": forward_no_answer}
 
 
+def _scenario(name):
+    from upbx.tools import demo_voicemail   # voicemail, message_waiting, auto_attendant
+    return SCENARIOS.get(name) or demo_voicemail.SCENARIOS.get(name)
+
+
 def run_features(lab, seconds=2.0, names=FEATURES):
     out = []
     for name in names:
-        scenario = SCENARIOS.get(name)
+        scenario = _scenario(name)
         if scenario is None:
             out.append({"name": name, "ok": False, "error": "not built yet"})
             continue
