@@ -634,6 +634,7 @@ class RemoteHost(HostCore):
                        "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
             "pairs": {p.name: {"up": p.link.up, "address": "%s:%d" % p.link.address[:2]} for p in self.pairs.values()},
             "records_pending": len(self.records.pending()),
+            "voicemail_pending": len(self.voicemail.store.pending_upload()) if self.voicemail.store else 0,
             "sysinfo_version": self.cache.sysinfo["version"],
             "sysinfo_acked": dict(self.sysinfo_acked),
             "stats": self.stats.as_dict(),
