@@ -391,6 +391,10 @@ class MainHost(HostCore):
             target, cause = None, wire.CAUSE_FORWARD_LOOP
         if target is not None and target.kind == "phone" and target.legs:
             target, cause = None, wire.CAUSE_BUSY
+        mailbox = self._to_voicemail(call.tried[-1], cause) if target is None and call.tried else None
+        if mailbox is not None:       # the number it went to is busy, in DND or away: its voicemail
+            routed = mailbox
+            target, cause = self._target_link(mailbox)
         if target is not None:
             cause = self.switch.admit(target)
         if cause is not None:

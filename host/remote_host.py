@@ -577,6 +577,7 @@ class RemoteHost(HostCore):
     def on_tick(self, now):
         self.play_music_on_hold(now)
         self.voicemail.tick(now)
+        self.voicemail_upload.pump(now)
         self.switch.flush()
         for call in list(self.pending_local.values()):
             if now - call.started_ms > LOCAL_REQUEST_TIMEOUT_MS:

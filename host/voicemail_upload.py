@@ -14,6 +14,8 @@ from upbx.common.chunks import Reassembly, chunk_ies
 from upbx.host.voicemail import MAX_MESSAGE_MS
 
 MAX_CHUNKS = (MAX_MESSAGE_MS * 8 + 1024) // 250 + 1
+QUEUED_MAX = 256     # chunks waiting in the session at once: a 120 s message is 3,841 of them, and
+                     # the session fails beyond 4,096 waiting (call records go up the same way)
 
 
 def encode(message, ulaw):
@@ -48,14 +50,23 @@ class Uploader:
     def __init__(self, host):
         self.host = host
         self.in_flight = None
+        self.chunks = []         # the in-flight message's chunks not yet handed to the session
 
     def start(self, now):
         """Logged in (again): send what is pending."""
         self.in_flight = None
+        self.chunks = []
         self.next(now)
 
     def stop(self):
         self.in_flight = None
+        self.chunks = []
+
+    def pump(self, now):
+        """Every tick: more of the message's chunks, as the session has room for them."""
+        login = self.host.login
+        while self.chunks and login.channel is not None and login.channel.pending() < QUEUED_MAX:
+            self.host.main_link.send_signal(wire.VOICEMAIL, self.chunks.pop(0), now)
 
     def next(self, now):
         host = self.host
@@ -67,9 +78,9 @@ class Uploader:
             return
         message = store.message(pending[0])
         blob = encode(message, store.audio(message))
-        for ies in chunk_ies(int(message["uid"][:8], 16), blob):
-            host.main_link.send_signal(wire.VOICEMAIL, ies, now)
+        self.chunks = chunk_ies(int(message["uid"][:8], 16), blob)
         self.in_flight = message["uid"]
+        self.pump(now)
         host.stats.count("voicemail uploads sent")
 
     def acknowledged(self, ies, now):

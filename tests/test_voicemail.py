@@ -326,3 +326,47 @@ def test_admin_voicemail_and_attendant_commands_and_their_errors(tmp_path, capsy
         code, out, err = run(*argv)
         assert code == 1 and error in err and not out, (argv, err)
     assert run("attendant", "remove", "500")[0] == 0 and json.loads(run("attendant", "list", "--json")[1]) == []
+
+
+def test_a_message_stops_at_120_s_and_a_whole_one_is_uploaded_after_b4(tmp_path):
+    world = _world_with(tmp_path, ("101", "102"), voicemail_on=("102",))
+    try:
+        p = world.phones
+        world.main_away()
+        p["102"].phone.stop(world.net.now)
+        p["102"].flush()
+        world.settle()
+        _reach_voicemail(world, "101", "102")
+        p["101"].take()
+        world.run_until(lambda: p["101"].idle, 130000, "the mailbox hung up")   # the caller never stops
+        assert p["101"].causes()[-1] == wire.CAUSE_NORMAL
+        local = world.a.voicemail.store
+        assert [m["duration_ms"] for m in local.messages("102")] == [voicemail.MAX_MESSAGE_MS]
+        attach_host(world.net, world.main, MAIN)
+        world.run_until(lambda: not local.pending_upload(), 60000, "3,841 chunks uploaded")
+        assert world.a.login.state == UP and not world.net.errors    # the session never overflowed
+        msgs = _store(world).messages("102")
+        assert [m["duration_ms"] for m in msgs] == [voicemail.MAX_MESSAGE_MS]
+        assert _store(world).audio(msgs[0]) == local.audio(local.messages("102")[0])
+    finally:
+        world.close()
+
+
+def test_a_forward_or_attendant_route_to_a_busy_phone_with_voicemail_leaves_a_message(tmp_path):
+    world = _world_with(tmp_path, ("101", "301", "302"), voicemail_on=("301",))
+    try:
+        assert _admin(world, "attendant", "set", "500", "--route", "1=301") == 0
+        world.run(1200)
+        world.call("301", "101")                                        # 301 busy
+        _reach_voicemail(world, "302", "500")
+        world.run(200)
+        _menu(world, "302", "1", 300)
+        greeting = prompts.prompt(None, prompts.GREETING)
+        world.run(len(greeting) * TICK_MS + 800)
+        assert world.phones["302"].connected
+        world.hangup("302")
+        world.run(100)
+        assert [m["caller"] for m in _store(world).messages("301")] == ["302"]
+        assert not world.net.errors
+    finally:
+        world.close()
