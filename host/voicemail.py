@@ -504,10 +504,16 @@ class Endpoint:
         for session in answer:
             if self._by_leg.get(session.leg.call_no) is not session:
                 continue
+            try:
+                session.on_answer(now)        # what it plays first: a prompt may have to be spoken
+            except prompts.PromptError as exc:
+                self.host.log.error("voicemail-prompt", error=str(exc))
+                self.stats.count("voicemail prompt errors")
+                self.release(session, now, wire.CAUSE_UNREACHABLE)
+                continue
             self._reply(session, wire.ALERTING, now)
             self._reply(session, wire.ANSWER, now)
             session.answered = True
-            session.on_answer(now)
         for session in list(self._by_leg.values()):
             if not session.answered:
                 continue

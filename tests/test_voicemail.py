@@ -370,3 +370,30 @@ def test_a_forward_or_attendant_route_to_a_busy_phone_with_voicemail_leaves_a_me
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_without_espeak_ng_a_call_needing_a_prompt_is_refused_and_the_host_carries_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(prompts, "ESPEAK", "espeak-ng-not-installed")
+    monkeypatch.setattr(prompts, "_memo", {})
+    try:
+        prompts.speak("hello")
+        raise AssertionError("spoke without espeak-ng")
+    except prompts.PromptError as exc:
+        assert "espeak-ng-not-installed is not installed (apt-get install espeak-ng)" in str(exc)
+    world = _world_with(tmp_path, ("302",), voicemail_on=("301",))
+    try:
+        end = world.phones["302"]
+        assert end.phone.dial("301", world.net.now)
+        end.flush()
+        world.run_until(lambda: end.idle, 3000, "refused")
+        assert end.causes() == [wire.CAUSE_UNREACHABLE]
+        assert world.main.stats.counters["voicemail prompt errors"] == 1 and not world.net.errors
+        _tone_wav(tmp_path / "hello.wav", 500, 1.0)                      # an operator's greeting needs none
+        assert _admin(world, "voicemail", "greeting", "301", str(tmp_path / "hello.wav")) == 0
+        _reach_voicemail(world, "302", "301")
+        world.run(1500)
+        world.hangup("302")
+        world.run(100)
+        assert [m["caller"] for m in _store(world).messages("301")] == ["302"]
+    finally:
+        world.close()
