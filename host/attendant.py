@@ -10,7 +10,6 @@ and plays the prompt again; no digit after the prompt has played PLAYS times end
 import math
 import struct
 
-from upbx.common import wire
 from upbx.common.g711 import ulaw_encode
 from upbx.host import prompts
 from upbx.host.voicemail import DEPOSIT, RETRIEVE, Session, VoicemailError

@@ -24,6 +24,7 @@ from upbx.host.records import RecordStore, call_record, encode_upload
 from upbx.host.site_cache import SiteCache
 from upbx.host.switch import Link, Switch
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
+from upbx.host.voicemail import mailbox_of as voicemail_mailbox
 from upbx.host import voicemail_upload
 
 PAIR_SILENCE_MS = 300   # no direct media for this long in an answered call: tell main where we are (B7)
@@ -336,7 +337,7 @@ class RemoteHost(HostCore):
             else:
                 self._decide_locally(call, now)
             return
-        if not self.main_link.up and self.voicemail.handles(called):
+        if not self.main_link.up and self._own_voicemail_serves(called):
             return self._own_voicemail(call, now)
         if not self.main_link.up:
             return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
@@ -458,7 +459,7 @@ class RemoteHost(HostCore):
     def _off_site(self, call, now):
         """A call of the site's that now goes off the site: to the main host (with the call id: it
         forgets the local grant), or to this host's own voicemail while the main host is away."""
-        if not self.main_link.up and self.voicemail.handles(call.callee):
+        if not self.main_link.up and self._own_voicemail_serves(call.callee):
             return self._own_voicemail(call, now)
         if not self.main_link.up:
             return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
@@ -466,6 +467,12 @@ class RemoteHost(HostCore):
         if not self._admits() or self.switch.admit(self.main_link) is not None:
             return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
         self.switch.offer(call, self.main_link, now)
+
+    def _own_voicemail_serves(self, called):
+        """While the main host is away: *97, and *98N for the site's own extensions (what it
+        records must be the site's, or the main host would refuse the upload)."""
+        mailbox = voicemail_mailbox(called)
+        return self.voicemail.handles(called) and (mailbox is None or self.cache.extension(mailbox) is not None)
 
     def _own_voicemail(self, call, now):
         call.path = "voicemail"

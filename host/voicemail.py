@@ -361,7 +361,6 @@ class Retrieval(Session):
         if digit == PLAY:
             self.play(prompts.frames_of_ulaw(self.store.audio(message)))
             self.play(prompts.tone(prompts.BEEP_HZ, 200))
-            self.playing = message
             if message["state"] == "new":      # heard: no longer new (the message-waiting count drops)
                 message["state"] = "saved"
                 self.store.save(message["uid"])
@@ -383,7 +382,7 @@ class Endpoint:
 
     host: the host core (host.core.HostCore) it answers for; store: a VoicemailStore or None
     (no voicemail: a *98N or *97 call is refused as an unknown number); origin: "main" or the
-    remote host's name; on_message(mailbox, now): a message was stored or a mailbox changed."""
+    remote host's name; on_change(mailbox, now): a message was stored or a mailbox changed."""
 
     def __init__(self, host, store, origin, on_change=None):
         self.host = host
@@ -391,7 +390,6 @@ class Endpoint:
         self.origin = origin
         self.on_change = on_change
         self.link = AppLink(self)
-        self.sessions = {}       # our call number (the leg's peer call number) -> Session
         self._by_leg = {}        # the host's call number of the app leg -> Session
         self._next = 0
         self._answer = []        # sessions to answer at the next tick (never inside the SETUP's handling)
@@ -404,7 +402,7 @@ class Endpoint:
             self.load_attendants()
 
     def load_attendants(self):
-        from upbx.host.attendant import Attendant
+        from upbx.host.attendant import Attendant   # here: host/attendant.py imports this module
         self.attendants = {n: Attendant(n, data, prompt) for n, (data, prompt) in self.store.attendants().items()}
 
     def handles(self, called):

@@ -397,3 +397,20 @@ def test_without_espeak_ng_a_call_needing_a_prompt_is_refused_and_the_host_carri
         assert [m["caller"] for m in _store(world).messages("301")] == ["302"]
     finally:
         world.close()
+
+
+def test_b4_a_site_takes_messages_for_its_own_phones_only(tmp_path):
+    world = _world_with(tmp_path, ("101",), voicemail_on=("102", "301"))
+    try:
+        world.main_away()
+        end = world.phones["101"]
+        for number, cause in (("*98301", wire.CAUSE_UNREACHABLE), ("*98999", wire.CAUSE_UNREACHABLE)):
+            assert end.phone.dial(number, world.net.now)
+            end.flush()
+            world.run_until(lambda: end.idle, 3000, "refused")
+            assert end.causes()[-1] == cause, number
+        _leave_message(world, "101", "*98102", speak_ms=400)             # its own 102: recorded here
+        assert [m["mailbox"] for m in world.a.voicemail.store.messages("102")] == ["102"]
+        assert world.a.voicemail.store.messages("301") == [] and not world.net.errors
+    finally:
+        world.close()

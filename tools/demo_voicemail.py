@@ -3,7 +3,6 @@ real firmware phones (the MicroPython unix port) and real host daemons, with the
 from the phones' speakers (their recordings), their logs and displays, and `upbx admin`.
 """
 import json
-import struct
 import time
 import wave
 
