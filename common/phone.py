@@ -9,7 +9,8 @@
     phone.take_events() -> the events since the last call, oldest first:
         LoginUp (registered)  LoginDown(reason) (registration lost)  Incoming(number, name)
         Ringback  Connected(path)  Ended(cause)  Dtmf(digit)  Sysinfo(version, data)
-        MessageWaiting(count) (new voicemail messages; also kept in phone.messages)
+    phone.messages: new voicemail messages (MESSAGE_WAITING from the host; no event: the app
+        compares it with what it shows, which keeps an event class off a handset's heap)
 
 The call is a common.call.CallLeg (the states are common.call's): its state moves only by the
 transitions of common/call.py's table; a call message the table does not allow in the call's
@@ -55,17 +56,13 @@ class Dtmf(Event):
     __slots__ = ("digit",)
 
 
-class MessageWaiting(Event):
-    """The phone's mailbox has count new voicemail messages (0: none)."""
-    __slots__ = ("count",)
-
-
 class Sysinfo(Event):
     """A new version of the system information (data: its JSON bytes, which the phone does not keep)."""
     __slots__ = ("version", "data")
 
 
 class Phone:
+    messages = 0     # new voicemail messages: set on the instance by the first MESSAGE_WAITING
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
         self.random_bytes = random_bytes
@@ -80,7 +77,6 @@ class Phone:
         self.dropped = 0
         self.frame_to = None     # where seal_frame's frame goes: None for the host, else the LAN peer
         self.holding = False     # this phone holds its call: it sends no media and plays none
-        self.messages = 0        # new voicemail messages (MESSAGE_WAITING from the host)
 
     @property
     def registered(self):
@@ -247,7 +243,6 @@ class Phone:
             self._setup(ies, now)
         elif msg_type == wire.MESSAGE_WAITING:
             self.messages = ies.get(wire.IE_STATE, 0)
-            self._events.append(MessageWaiting(self.messages))
         else:
             call = self.call
             if call is None or ies.get(wire.IE_PEER_CALL_NO) != call.call_no:

@@ -26,7 +26,7 @@ from common import wire
 from common.compat import const, ticks_add, ticks_diff, ticks_earliest
 from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
 from common.login import LoginDown, LoginUp
-from common.phone import Connected, Dtmf, Ended, Incoming, MessageWaiting, Phone, Ringback, Sysinfo
+from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 from firmware.hal import rarely
@@ -140,6 +140,7 @@ class App:
         self.tone_stop_at = None
         self.tone_timeout_ms = int(config.get("tone_timeout_ms", _TONE_TIMEOUT_MS))
         self.speed_dial = {}       # button name -> number, from the system information
+        self.messages_shown = 0    # the voicemail count last shown (common/phone.py messages)
         self._speaking = False     # the speaker got a frame at the last tick
         self.power_save = True
         self.call_ts = 0
@@ -211,11 +212,9 @@ class App:
         elif cmd == "!reset" or cmd == "!quit":
             self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
             self.running = False
-        elif cmd == "!voicemail":
-            self.dial("*97", now)     # the phone's own mailbox (docs/features.md, Voicemail)
         elif cmd == "!hold" or cmd == "!resume":
             self.hold(cmd == "!hold", now)
-        elif cmd.startswith("!dnd ") or cmd.startswith("!forward "):
+        elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!voicemail":
             code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
             if code is None:
                 self.log("W", "bad feature command %r" % cmd)
@@ -240,8 +239,7 @@ class App:
                 "extension": self.config["extension"], "sysinfo_version": self.phone.sysinfo_version,
                 "digits": self.digits, "tone": self.pipeline.tone.name, "power_save": self.power_save,
                 "caller": self.current and self.current.get("from"), "heap": self.heap(), "holding": self.phone.holding,
-                "ticks": now, "net_errors": self.summary["net_errors"], "speed_dial": self.speed_dial,
-                "messages": self.phone.messages}
+                "ticks": now, "net_errors": self.summary["net_errors"], "speed_dial": self.speed_dial}
 
     def key(self, key, now):
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
@@ -289,6 +287,9 @@ class App:
 
     def events(self, now):
         """What the protocol said since the last look (common/phone.py's events)."""
+        if self.phone.messages != self.messages_shown:   # MESSAGE_WAITING (docs/features.md, Voicemail)
+            self.messages_shown = self.phone.messages
+            rarely("firmware.features").message_waiting(self, self.messages_shown)
         for event in self.phone.take_events():
             kind = type(event)
             if kind is LoginUp:
@@ -360,10 +361,6 @@ class App:
                 self.connected_at = self._dtmf_at = None
                 if self.script.get("exit_after_call"):
                     self.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
-            elif kind is MessageWaiting:
-                self.log("I", "messages waiting %d" % event.count)
-                if self.phone.call is None:
-                    self.hal.display("idle", "%d new messages" % event.count if event.count else None)
             elif kind is Dtmf:
                 self.summary["dtmf_received"] += event.digit
                 self.log("I", "dtmf %s" % event.digit)
