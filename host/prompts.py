@@ -107,10 +107,11 @@ def prompt(folder, text):
                 frames = frames_of_ulaw(f.read())
         except OSError:
             frames = speak(text)
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
             tmp = "%s.%d.tmp" % (path, os.getpid())
             with open(tmp, "wb") as f:
                 f.write(b"".join(frames))
+            os.chmod(tmp, 0o600)
             os.replace(tmp, path)
         _memo[text] = frames
     return frames

@@ -100,7 +100,9 @@ class VoicemailStore:
 
     def __init__(self, folder):
         self.folder = str(folder)
-        os.makedirs(os.path.join(self.folder, "messages"), mode=0o700, exist_ok=True)
+        for path in (self.folder, os.path.join(self.folder, "messages")):   # who called whom: 0700
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)
         self.path = os.path.join(self.folder, "voicemail.sqlite")
         self.warnings = private_database(self.path)
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
