@@ -16,6 +16,8 @@
 Two lines: `call` is the current one; `other` is a second call beside it, either waiting (ringing,
 Incoming with waiting 1) or held (this phone sent HOLD for it). Ended's line is 1 when the other
 line ended; when the current one ends the other becomes current (held, or ringing).
+    phone.messages: new voicemail messages (MESSAGE_WAITING from the host; no event: the app
+        compares it with what it shows, which keeps an event class off a handset's heap)
 
 The call is a common.call.CallLeg (the states are common.call's): its state moves only by the
 transitions of common/call.py's table; a call message the table does not allow in the call's
@@ -70,6 +72,7 @@ class Sysinfo(Event):
 
 
 class Phone:
+    messages = 0     # new voicemail messages: set on the instance by the first MESSAGE_WAITING
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
         self.random_bytes = random_bytes
@@ -263,6 +266,8 @@ class Phone:
             self._sysinfo_chunk(ies, now)
         elif msg_type == wire.SETUP:
             self._setup(ies, now)
+        elif msg_type == wire.MESSAGE_WAITING:
+            self.messages = ies.get(wire.IE_STATE, 0)
         else:
             call, line = self.call, 0
             peer = ies.get(wire.IE_PEER_CALL_NO)

@@ -48,6 +48,7 @@ HOLD = const(0x18)       # state 1: the sender's phone holds the call, 0: resume
 TRANSFER = const(0x19)   # a phone joins the far ends of two of its calls (join_call_no: the other's leg)
 PARTY = const(0x1A)      # the far end of a call is now another party (calling, calling_name): transferred
 CONFERENCE = const(0x1C)  # phone: join my two calls (conf_call_no: the held one); host: state 1 joined, 0 refused
+MESSAGE_WAITING = const(0x1D)   # host -> phone: state = its new voicemail messages (docs/features.md)
 SYSINFO = const(0x40)
 SYSINFO_ACK = const(0x41)
 

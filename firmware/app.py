@@ -153,6 +153,7 @@ class App:
         self.tone_stop_at = None
         self.tone_timeout_ms = int(config.get("tone_timeout_ms", _TONE_TIMEOUT_MS))
         self.speed_dial = {}       # button name -> number, from the system information
+        self.messages_shown = 0    # the voicemail count last shown (common/phone.py messages)
         self._speaking = False     # the speaker got a frame at the last tick
         self.power_save = True
         self.call_ts = 0
@@ -233,7 +234,7 @@ class App:
             rarely("firmware.conference").join(self, now)
         elif cmd == "!hold" or cmd == "!resume":
             self.hold(cmd == "!hold", now)
-        elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!pickup":
+        elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!pickup" or cmd == "!voicemail":
             code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
             if code is None:
                 self.log("W", "bad feature command %r" % cmd)
@@ -293,7 +294,7 @@ class App:
             self.hal.display("dial", self.digits)
         elif key == KEY_OFF_HOOK or key == "*":
             self.digits = ""
-            tone.start("dial")
+            tone.start("stutter" if self.phone.messages else "dial")   # stutter: voicemail waiting
             self.tone_stop_at = None
             self.hal.display("dial tone", None)
         elif key == "#":
@@ -311,6 +312,9 @@ class App:
 
     def events(self, now):
         """What the protocol said since the last look (common/phone.py's events)."""
+        if self.phone.messages != self.messages_shown:   # MESSAGE_WAITING (docs/features.md, Voicemail)
+            self.messages_shown = self.phone.messages
+            rarely("firmware.features").message_waiting(self, self.messages_shown)
         for event in self.phone.take_events():
             kind = type(event)
             if kind is LoginUp:

@@ -8,9 +8,11 @@ stay on a handset's heap.
 
 
 def star_code(cmd):
-    """The star code a `!dnd`, `!forward` or `!pickup` console command dials (docs/features.md), else None."""
+    """The star code a `!dnd`, `!forward`, `!pickup` or `!voicemail` console command dials (docs/features.md), else None."""
     if cmd == "!pickup":       # a call ringing at another phone of the site (docs/features.md)
         return "*8"
+    if cmd == "!voicemail":
+        return "*97"      # the phone's own mailbox
     words = cmd.split()
     what = words[1] if len(words) > 1 else ""
     if words[0] == "!dnd" and len(words) == 2 and what in ("on", "off"):
@@ -30,3 +32,10 @@ def star_code(cmd):
     if what == "noanswer" and len(words) == 4 and words[3].isdigit():
         return "*92%s*%s" % (words[2], words[3])
     return None
+
+
+def message_waiting(app, count):
+    """The mailbox's new-message count changed (MESSAGE_WAITING): logged, and on the idle display."""
+    app.log("I", "messages waiting %d" % count)
+    if app.phone.call is None:
+        app.hal.display("idle", "%d new messages" % count if count else None)

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import sys
 
-from upbx.host import features, groups_admin
+from upbx.host import features, groups_admin, voicemail_admin
 from upbx.host.moh import MAX_SECONDS, MusicOnHoldError, wav_ulaw
 from upbx.host.config import ConfigError, load_main_config
 from upbx.host.directory import Directory, DirectoryError, SYSINFO_KEYS
@@ -26,7 +26,8 @@ def add_arguments(parser):
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="MAIN.toml", help="the main host's configuration (its database key)")
     where.add_argument("--database", metavar="PATH", help="the main host's SQLite database")
-    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,calls,sysinfo}", required=True)
+    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,voicemail,attendant,calls,sysinfo}",
+                                   required=True)
 
     site = _actions(things, "site", "sites (shops, farms, schools...)")
     p = _leaf(site, "add", "add a site")
@@ -71,6 +72,7 @@ def add_arguments(parser):
     _leaf(moh, "set", "play this WAV (8 kHz, mono, 16-bit, at most %d s)" % MAX_SECONDS).add_argument("wav")
     _leaf(moh, "unset", "play the generated default again")
     _leaf(moh, "show", "which music is played, and its version")
+    voicemail_admin.add_arguments(things, _actions, _leaf)
 
     p = _leaf(things, "calls", "show call records, newest first")
     p.add_argument("--limit", type=int, default=100, metavar="N")
@@ -378,3 +380,18 @@ def _flatten(data, prefix=""):
             yield from _flatten(data[key], prefix + key + ".")
         else:
             yield prefix + key, data[key]
+
+
+def _voicemail(handler, output):
+    return lambda d, args: handler(d, args, AdminError, output)
+
+
+HANDLERS.update({   # host/voicemail_admin.py
+    ("voicemail", "on"): _voicemail(voicemail_admin.voicemail_switch, _done),
+    ("voicemail", "off"): _voicemail(voicemail_admin.voicemail_switch, _done),
+    ("voicemail", "greeting"): _voicemail(voicemail_admin.voicemail_greeting, _done),
+    ("voicemail", "list"): _voicemail(voicemail_admin.voicemail_list, _table),
+    ("attendant", "set"): _voicemail(voicemail_admin.attendant_set, _done),
+    ("attendant", "list"): _voicemail(voicemail_admin.attendant_list, _table),
+    ("attendant", "remove"): _voicemail(voicemail_admin.attendant_remove, _done),
+})

@@ -3,7 +3,10 @@
 The settings of an extension are a small dict, kept by the host that registers its phone
 (a remote host in its site cache, the main host in its directory) and copied to the other:
 
-    {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": 15, "waiting": True}
+    {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": 15, "waiting": True,
+     "voicemail": False}
+
+("voicemail": calls it does not answer go to its mailbox, host/voicemail.py; "waiting": call waiting.)
 
 A phone changes them with a star code, dialled like a number (the handset's `!dnd` and
 `!forward` console commands dial these too); its host answers with a RELEASE whose cause
@@ -33,7 +36,7 @@ class FeatureError(ValueError):
 
 def defaults():
     return {"dnd": False, "always": None, "busy": None, "noanswer": None, "noanswer_s": DEFAULT_NOANSWER_S,
-            "waiting": True}
+            "waiting": True, "voicemail": False}
 
 
 def _number(text, what):
@@ -87,7 +90,7 @@ def check(settings):
         raise FeatureError("unknown feature setting %s" % sorted(unknown)[0])
     out = defaults()
     out.update(settings)
-    for flag in ("dnd", "waiting"):
+    for flag in ("dnd", "waiting", "voicemail"):
         if not isinstance(out[flag], bool):
             raise FeatureError("bad %s %r: true or false" % (flag, out[flag]))
     for kind in KINDS:

@@ -16,6 +16,8 @@ from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause
 from upbx.host.records import call_record, decode_upload
 from upbx.host.switch import Link, Switch
+from upbx.host import voicemail, voicemail_upload
+from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 
 PHONE_KEEPALIVE_MS = 20000
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
@@ -52,6 +54,9 @@ class MainHost(HostCore):
         self.music_acked = {}    # remote host name -> the music version it said it has
         self.groups = groups.GroupCalls(self)
         self._load_music()
+        store = VoicemailStore(str(config.database) + ".voicemail") if str(config.database) != ":memory:" else None
+        self.voicemail = Endpoint(self, store, MAIN_ORIGIN, self._message_waiting)
+        self.voicemail_uploads = voicemail_upload.Receiver(self)
 
     # directory
 
@@ -148,6 +153,8 @@ class MainHost(HostCore):
         self._send_sysinfo(link, now)
         if link.kind == "host":
             self._send_music(link, now)
+        else:
+            self._message_waiting(link.name, now, registered=True)
 
     # music on hold (host/moh.py): the operator's, from the directory, to every remote host
 
@@ -203,6 +210,8 @@ class MainHost(HostCore):
 
     def _message(self, link, msg_type, ies, now):
         self.count_message(msg_type)
+        if msg_type == wire.PHONE_STATE and link.kind == "host" and ies.get(wire.IE_STATE) == 1:
+            return self._message_waiting(ies.get(wire.IE_EXTENSION), now, registered=True)
         if msg_type in (wire.PING, wire.ACK, wire.SYSINFO_ACK, wire.PHONE_STATE):
             return
         if msg_type == wire.SETUP:
@@ -223,6 +232,8 @@ class MainHost(HostCore):
             lines.transfer(self, link, ies, now)
         elif msg_type == wire.PARTY:
             lines.party(self, link, ies, now)
+        elif msg_type == wire.VOICEMAIL:
+            self.voicemail_uploads.receive(link, ies, now)
         elif msg_type == wire.MUSIC and link.kind == "host":
             self.music_acked[link.name] = ies.get(wire.IE_VERSION)
         elif msg_type == wire.BYE:
@@ -234,6 +245,8 @@ class MainHost(HostCore):
             self.stats.drop("unexpected message")
 
     def _target_link(self, number):
+        if self.voicemail.handles(number):
+            return self.voicemail.link, None
         ext = self.directory.extension(number)
         if ext is None:
             return None, wire.CAUSE_UNKNOWN_EXTENSION
@@ -261,14 +274,16 @@ class MainHost(HostCore):
                 self.stats.drop("caller not of the host's site")
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         called = ies[wire.IE_CALLED]
-        if called.startswith("*"):
+        if called.startswith("*") and not self.voicemail.handles(called):
             if called == groups.PICKUP_CODE or groups.intercom_target(called):
                 return self._group_code(link, ies, caller, called, now)
             return self._star_code(link, ies, now)
         tried = []
         routed, cause = features.route(called, self.directory.features, self._phone_busy, seen=tried)
         if routed is None:
-            return self.refuse_setup(link, ies, cause, now, caller=caller)
+            routed = self._to_voicemail(tried[-1], cause)
+            if routed is None:
+                return self.refuse_setup(link, ies, cause, now, caller=caller)
         if routed != called:
             self.log.info("call-forwarded", caller=caller, called=called, to=routed)
             called = routed
@@ -276,12 +291,15 @@ class MainHost(HostCore):
         group = self.directory.group(called) if cause == wire.CAUSE_UNKNOWN_EXTENSION else None
         if group is not None:     # a group (host/groups.py), dialled or forwarded to
             return self._group_call(link, ies, caller, group, tried, now)
+        if target is not None and target.kind == "phone" and self._phone_busy(called):
+            target, cause = None, wire.CAUSE_BUSY
+        if target is None and self._to_voicemail(called, cause) is not None:
+            called = self._to_voicemail(called, cause)
+            target, cause = self._target_link(called)
         if target is None:
             return self.refuse_setup(link, ies, cause, now)
         if target is link:
             return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
-        if target.kind == "phone" and self._phone_busy(called):
-            return self.refuse_setup(link, ies, wire.CAUSE_BUSY, now)
         cause = self.switch.admit(link, target)   # call numbers left, calls per peer
         if cause is not None:
             return self.refuse_setup(link, ies, cause, now)
@@ -405,7 +423,24 @@ class MainHost(HostCore):
     def _noanswer_of(self, number):
         """(number, ms) where a call to number goes when it rings that long unanswered, else None."""
         settings = self.directory.features(number)
-        return (settings["noanswer"], settings["noanswer_s"] * 1000) if settings["noanswer"] else None
+        target = settings["noanswer"] or divert(number, wire.CAUSE_NO_ANSWER, settings)
+        return (target, settings["noanswer_s"] * 1000) if target else None
+
+    def _to_voicemail(self, number, cause):
+        """The mailbox number (*98N) a call to number that would end with cause goes to, else None."""
+        return divert(number, cause, self.directory.features(number)) if self.voicemail.store is not None else None
+
+    def _message_waiting(self, mailbox, now, registered=False):
+        """A mailbox's new-message count to its phone (MESSAGE_WAITING), directly or through its
+        site's remote host, when it changed and when the phone registers (if it is not 0)."""
+        if self.voicemail.store is None or mailbox is None:
+            return
+        new = min(255, self.voicemail.store.counts(mailbox)[0])
+        if registered and not new:
+            return
+        target, _ = self._target_link(mailbox)
+        if target is not None and target.kind in ("phone", "host"):
+            target.send_signal(wire.MESSAGE_WAITING, {wire.IE_EXTENSION: mailbox, wire.IE_STATE: new}, now)
 
     def _forward_no_answer(self, call, now):
         """The callee rang for its no-answer time: its leg goes, the call is offered where it forwards."""
@@ -418,14 +453,20 @@ class MainHost(HostCore):
         busy happens here, the caller keeps its call; everything else as every host does."""
         leg = self.switch.leg_for(ies, link) if msg_type == wire.RELEASE else None
         call = leg.call if leg is not None else None
-        if (call is not None and leg is call.b and ies.get(wire.IE_CAUSE) == wire.CAUSE_BUSY
+        if (call is not None and leg is call.b and ies.get(wire.IE_CAUSE) in voicemail.DIVERT_CAUSES
                 and call.state in ("setup", "alerting")):
-            number = self.directory.features(call.callee)["busy"]
+            cause = ies[wire.IE_CAUSE]
+            settings = self.directory.features(call.callee)
+            number = (settings["busy"] if cause == wire.CAUSE_BUSY else None) or self._to_voicemail(call.callee, cause)
             if number is not None:
                 leg.apply(RELEASE_RECEIVED)
-                self.switch.drop_callee(call, wire.CAUSE_BUSY, now)
-                return self._forward(call, number, "busy", now)
+                self.switch.drop_callee(call, cause, now)
+                return self._forward(call, number, wire.CAUSE_TEXT[cause], now)
         HostCore.call_message(self, link, msg_type, ies, now)
+
+    def forward_call(self, call, number, now):
+        """The auto-attendant routes its call on (host/voicemail.py, Endpoint.route_on)."""
+        self._forward(call, number, "attendant", now)
 
     def _forward(self, call, number, reason, now):
         """Offer a call whose callee leg is gone to number, following that number's forwarding."""
@@ -444,6 +485,10 @@ class MainHost(HostCore):
             target, cause = None, wire.CAUSE_FORWARD_LOOP
         if target is not None and target.kind == "phone" and self._phone_busy(routed):
             target, cause = None, wire.CAUSE_BUSY
+        mailbox = self._to_voicemail(call.tried[-1], cause) if target is None and call.tried else None
+        if mailbox is not None:       # the number it went to is busy, in DND or away: its voicemail
+            routed = mailbox
+            target, cause = self._target_link(mailbox)
         if target is not None:
             cause = self.switch.admit(target)
         if cause is not None:
@@ -579,6 +624,7 @@ class MainHost(HostCore):
 
     def on_tick(self, now):
         self.play_music_on_hold(now)
+        self.voicemail.tick(now)
         self.switch.flush()
         self.groups.tick(now)
         ring_ms = self.config.ring_timeout_s * 1000
@@ -600,6 +646,8 @@ class MainHost(HostCore):
                 if link is not None:
                     self._link_down(link, now, "expired" if not peer.channel.failed else peer.channel.error)
                 self.peers.remove(peer)
+            if self.voicemail.store is not None and self.voicemail.store.changed():
+                self.voicemail.load_attendants()   # `upbx admin attendant` changed them
             if self.directory.music_on_hold_version() != self.music_version:
                 self._load_music()
                 for link in list(self.links.values()):

@@ -23,6 +23,9 @@ from upbx.host.punch import Pairs
 from upbx.host.records import RecordStore, call_record, encode_upload
 from upbx.host.site_cache import SiteCache
 from upbx.host.switch import Link, Switch
+from upbx.host.voicemail import Endpoint, VoicemailStore, divert
+from upbx.host.voicemail import mailbox_of as voicemail_mailbox
+from upbx.host import voicemail_upload
 
 PAIR_SILENCE_MS = 300   # no direct media for this long in an answered call: tell main where we are (B7)
 # B4: how fast the main host's loss is noticed. Idle: the keepalive_s PING must be answered
@@ -74,6 +77,11 @@ class RemoteHost(HostCore):
         self._sysinfo_blob = None    # (version, encoded) of the system information, for the phones
         self.sysinfo_acked = {}      # extension -> version
         self.uploading = set()
+        store = (VoicemailStore(str(config.records_database) + ".voicemail")
+                 if str(config.records_database) != ":memory:" else None)
+        # B4: messages recorded while the main host is away, uploaded once it is back
+        self.voicemail = Endpoint(self, store, config.name, lambda mailbox, now: self.voicemail_upload.next(now))
+        self.voicemail_upload = voicemail_upload.Uploader(self)
 
     def _secret_of(self, identity):
         kind, name = identity
@@ -147,6 +155,7 @@ class RemoteHost(HostCore):
                 self.main_link.up = True
                 self.log.info("logged-in", main="%s:%d" % self.main_address, logins=self.login.logins)
                 self._upload_records(now)
+                self.voicemail_upload.start(now)
                 for number in self.cache.unsent_features:
                     self._send_features(number, now)
                 for link in self.phone_links.values():
@@ -155,6 +164,7 @@ class RemoteHost(HostCore):
                 self.main_link.up = False
                 self.log.warning("main-unreachable", reason=event.reason)
                 self.uploading.clear()
+                self.voicemail_upload.stop()
                 for call in list(self.pending_local.values()):
                     self._decide_locally(call, now)
                 self.release_calls(self.main_link, wire.CAUSE_UNREACHABLE, now)
@@ -217,6 +227,12 @@ class RemoteHost(HostCore):
             lines.party(self, self.main_link, ies, now)
         elif msg_type == wire.MUSIC:
             self._music(ies, now)
+        elif msg_type == wire.MESSAGE_WAITING:
+            link = self._phone_link(ies.get(wire.IE_EXTENSION))
+            if link is not None:
+                link.send_signal(wire.MESSAGE_WAITING, {wire.IE_STATE: ies.get(wire.IE_STATE, 0)}, now)
+        elif msg_type == wire.VOICEMAIL:
+            self.voicemail_upload.acknowledged(ies, now)
 
     # phones
 
@@ -316,7 +332,7 @@ class RemoteHost(HostCore):
             group = {"number": intercom, "strategy": "ring-all", "members": [intercom], "ring_s": groups.RING_S[0],
                      "overflow": None, "site": None}
             return self._local_group(link, ies, group, now, groups.ANSWER_INTERCOM)
-        if called.startswith("*") and intercom is None:
+        if called.startswith("*") and intercom is None and not self.voicemail.handles(called):
             return self._star_code(link, ies, now)
         group = self._group(called)
         if group is not None and group["strategy"] == "pickup":
@@ -329,6 +345,8 @@ class RemoteHost(HostCore):
         tried = []
         if self.cache.extension(called) is not None:   # the site's own: forwarding and DND decided here
             routed, cause = features.route(called, self._features_of, self._number_busy, seen=tried)
+            if routed is None:
+                routed = divert(tried[-1], cause, self._features_of(tried[-1])) if self.voicemail.store else None
             if routed is None:
                 return self.refuse_setup(link, ies, cause, now, caller=link.name)
             if routed != called:
@@ -349,6 +367,8 @@ class RemoteHost(HostCore):
             else:
                 self._decide_locally(call, now)
             return
+        if not self.main_link.up and self._own_voicemail_serves(called):
+            return self._own_voicemail(call, now)
         if not self.main_link.up:
             return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
         if not self._admits() or self.switch.admit(self.main_link) is not None:
@@ -513,10 +533,11 @@ class RemoteHost(HostCore):
         if group is not None and group["strategy"] in ("ring-all", "hunt"):   # granted: its members ring
             return self.groups.start(call, group, (self.cache.extension(call.caller) or {}).get("name", ""), now)
         target = self._phone_link(call.callee)
-        if target is None:
-            return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
-        if self._busy(target):
-            return self._refuse(call, wire.CAUSE_BUSY, now)
+        if target is None or self._busy(target):
+            cause = wire.CAUSE_UNREACHABLE if target is None else wire.CAUSE_BUSY
+            if self._divert(call, cause, now):
+                return None
+            return self._refuse(call, cause, now)
         cause = self.switch.admit(target)
         if cause is not None:
             return self._refuse(call, cause, now)
@@ -524,8 +545,47 @@ class RemoteHost(HostCore):
         self.switch.offer(call, target, now, name, local=True)
         call.offered_ms = now
         settings = self.cache.features(call.callee)
-        call.noanswer = (settings["noanswer"], settings["noanswer_s"] * 1000) if settings["noanswer"] else None
+        target = settings["noanswer"] or (divert(call.callee, wire.CAUSE_NO_ANSWER, settings) if self.voicemail.store
+                                          else None)
+        call.noanswer = (target, settings["noanswer_s"] * 1000) if target else None
         self.log.info("call-setup", call=call.uid, caller=call.caller, called=call.callee, via="local")
+
+    # voicemail (host/voicemail.py): the main host's; this host's own only while it is away (B4)
+
+    def _divert(self, call, cause, now):
+        """A local call that would end with cause goes to the callee's mailbox if its voicemail is
+        on; False if it is not."""
+        number = divert(call.callee, cause, self.cache.features(call.callee)) if self.voicemail.store else None
+        if number is None:
+            return False
+        self.log.info("call-forwarded", call=call.uid, called=call.callee, to=number, reason=wire.CAUSE_TEXT[cause])
+        call.callee = number
+        call.noanswer = None
+        self._off_site(call, now)
+        return True
+
+    def _off_site(self, call, now):
+        """A call of the site's that now goes off the site: to the main host (with the call id: it
+        forgets the local grant), or to this host's own voicemail while the main host is away."""
+        if not self.main_link.up and self._own_voicemail_serves(call.callee):
+            return self._own_voicemail(call, now)
+        if not self.main_link.up:
+            return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
+        call.path = "relay"
+        if not self._admits() or self.switch.admit(self.main_link) is not None:
+            return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
+        self.switch.offer(call, self.main_link, now)
+
+    def _own_voicemail_serves(self, called):
+        """While the main host is away: *97, and *98N for the site's own extensions (what it
+        records must be the site's, or the main host would refuse the upload)."""
+        mailbox = voicemail_mailbox(called)
+        return self.voicemail.handles(called) and (mailbox is None or self.cache.extension(mailbox) is not None)
+
+    def _own_voicemail(self, call, now):
+        call.path = "voicemail"
+        self.switch.offer(call, self.voicemail.link, now, (self.cache.extension(call.caller) or {}).get("name", ""))
+        self.log.info("call-setup", call=call.uid, caller=call.caller, called=call.callee, via="voicemail")
 
     def _incoming(self, ies, now):
         called = ies.get(wire.IE_CALLED)
@@ -578,12 +638,7 @@ class RemoteHost(HostCore):
         call.noanswer = None
         if self.cache.extension(routed) is not None:
             return self._connect_local(call, now)
-        if not self.main_link.up:
-            return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
-        call.path = "relay"
-        if not self._admits() or self.switch.admit(self.main_link) is not None:
-            return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
-        self.switch.offer(call, self.main_link, now)   # with the call id: main forgets the local grant
+        self._off_site(call, now)
 
     def _local_media(self, call, now):
         """B3: both phones send media to each other on the LAN; no host carries it."""
@@ -642,6 +697,8 @@ class RemoteHost(HostCore):
 
     def on_tick(self, now):
         self.play_music_on_hold(now)
+        self.voicemail.tick(now)
+        self.voicemail_upload.pump(now)
         self.switch.flush()
         self.groups.tick(now)
         for call in list(self.pending_local.values()):
@@ -701,6 +758,7 @@ class RemoteHost(HostCore):
             "conferences": self.conferences.status(),
             "pairs": {p.name: {"up": p.link.up, "address": "%s:%d" % p.link.address[:2]} for p in self.pairs.values()},
             "records_pending": len(self.records.pending()),
+            "voicemail_pending": len(self.voicemail.store.pending_upload()) if self.voicemail.store else 0,
             "sysinfo_version": self.cache.sysinfo["version"],
             "sysinfo_acked": dict(self.sysinfo_acked),
             "stats": self.stats.as_dict(),

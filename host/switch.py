@@ -505,6 +505,9 @@ class Switch:
             media = direct[0]
         else:
             link = leg.link
+            if link.kind == "app":     # the host's own endpoint (host/voicemail.py) takes it here
+                link.media(leg, ts, payload)
+                return None
             if not link.trunked:
                 self.send(leg.media.seal_mini(ts, payload), link.address, True)
                 return None

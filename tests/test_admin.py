@@ -204,7 +204,7 @@ def test_forward_dnd_and_features_of_an_extension(admin):
     assert ok(admin("ext", "dnd", "102", "on")).strip() == "extension 102: do not disturb on"
     shown = json.loads(ok(admin("ext", "features", "101", "--json")))
     assert shown == {"number": "101", "dnd": False, "always": None, "busy": None, "noanswer": "102", "noanswer_s": 20,
-                     "waiting": True}
+                     "waiting": True, "voicemail": False}
     for argv, error in ((("101", "busy"), "which extension?"), (("101", "always", "999"), "unknown extension '999'"),
                         (("101", "always", "101"), "cannot forward to itself"),
                         (("101", "noanswer", "102", "--after", "2"), "bad no-answer time 2: 5 to 120 seconds"),

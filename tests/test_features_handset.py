@@ -33,7 +33,7 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
     by_name = {f["name"]: f for f in features}
     built = ("hold", "dnd", "forward_always", "forward_busy", "forward_no_answer", "call_waiting", "blind_transfer",
              "attended_transfer", "ring_group", "hunt_group", "pickup", "paging",
-             "conference")
+             "conference", "voicemail", "message_waiting", "auto_attendant")
     for name in FEATURES:
         if name not in built:
             assert by_name[name] == {"name": name, "ok": False, "error": "not built yet"}
@@ -66,6 +66,15 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
     conference = by_name["conference"]                 # each speaker: the other two tones, never its own
     assert conference["mixed_by"] == "site-a" and conference["heard_both_others_ms"]["102"] >= 2000, conference
     assert max(conference["own_tone_peak_share"].values()) < 0.01, conference
+    vm = by_name["voicemail"]    # tools/demo_voicemail.py: the greeting's frames in the caller's speaker
+    assert vm["greeting_frames_heard"] >= 0.5 * vm["greeting_frames"] and vm["message"]["caller"] == "101", vm
+    assert "message" in vm["retrieval_heard"] and vm["after_delete"] == [], vm
+    mwi = by_name["message_waiting"]  # the stutter dial tone's cadence, measured on the recording
+    assert mwi["display"] == "idle 1 new messages" and mwi["cleared_after_listening"], mwi
+    assert len(mwi["stutter_on_ms"]) >= 8 and all(80 <= ms <= 120 for ms in mwi["stutter_on_ms"] + mwi["stutter_off_ms"])
+    aa = by_name["auto_attendant"]
+    assert aa["prompt_frames_heard"] >= 0.5 * aa["prompt_frames"] and aa["routed_to_301_rang"], aa
+    assert "callee" in aa["caller_heard"] and "caller" in aa["callee_heard"], aa
     assert os.listdir(tmp_path) == []    # no lab directory, no handset flash left behind
 
 

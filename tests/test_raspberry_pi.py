@@ -421,8 +421,8 @@ def test_the_daemons_run_as_their_units_with_the_example_configuration(pi):
     assert _mode(pi.run) == (0o750,) + service_user
     for name in ("main.sqlite", "remote-records.sqlite", "remote-cache.json"):
         assert _mode(pi.state / name) == (0o600,) + service_user, name
-    for extra in pi.state.iterdir():   # -wal, -shm: whatever SQLite made, also 0600
-        assert _mode(extra) == (0o600,) + service_user, extra.name
+    for extra in pi.state.rglob("*"):   # -wal, -shm: whatever SQLite made, also 0600; voicemail folders 0700
+        assert _mode(extra) == (0o700 if extra.is_dir() else 0o600,) + service_user, extra.name
     for sock in (main_socket, remote_socket):
         assert _mode(sock) == (0o660,) + service_user and stat.S_ISSOCK(os.stat(sock).st_mode)
     assert _mode(remote_toml) == (0o600,) + service_user and _mode(main_toml) == (0o640, 0, pi.gid)
@@ -457,7 +457,8 @@ def test_the_daemons_run_as_their_units_with_the_example_configuration(pi):
         assert proc.wait(30) == 0
         assert not sock.exists()
     assert sorted(p.name for p in pi.state.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [
-        "main.sqlite", "remote-cache.json", "remote-records.sqlite"]
+        "main.sqlite", "main.sqlite.voicemail", "remote-cache.json", "remote-records.sqlite",
+        "remote-records.sqlite.voicemail"]
     assert "Traceback" not in pi.log(main_unit) + pi.log(remote_unit)
 
 

@@ -235,10 +235,15 @@ from upbx.tools.demo_groups import SCENARIOS as _GROUPS   # noqa: E402  ring_gro
 SCENARIOS.update(_GROUPS)
 
 
+def _scenario(name):
+    from upbx.tools import demo_voicemail   # voicemail, message_waiting, auto_attendant
+    return SCENARIOS.get(name) or demo_voicemail.SCENARIOS.get(name)
+
+
 def run_features(lab, seconds=2.0, names=FEATURES):
     out = []
     for name in names:
-        scenario = SCENARIOS.get(name)
+        scenario = _scenario(name)
         if scenario is None:
             out.append({"name": name, "ok": False, "error": "not built yet"})
             continue

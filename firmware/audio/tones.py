@@ -21,6 +21,7 @@ TONES = {
     "ringback": (440, 480, 2000, 4000),
     "busy": (480, 620, 500, 500),
     "reorder": (480, 620, 250, 250),
+    "stutter": (350, 440, 100, 100),   # dial tone broken up: voicemail waiting (docs/features.md)
 }
 DTMF_ROWS = (697, 770, 852, 941)
 DTMF_COLS = (1209, 1336, 1477, 1633)

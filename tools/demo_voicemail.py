@@ -1,0 +1,198 @@
+"""`upbx demo features`' scenarios voicemail, message_waiting and auto_attendant (docs/features.md):
+real firmware phones (the MicroPython unix port) and real host daemons, with the evidence read
+from the phones' speakers (their recordings), their logs and displays, and `upbx admin`.
+"""
+import json
+import time
+import wave
+
+from upbx.common.g711 import ulaw_decode
+from upbx.host import prompts
+from upbx.host.attendant import default_prompt
+from upbx.tools.demo_features import ConsolePhone
+from upbx.tools.lab import frequencies_heard, goertzel_power
+
+CALLER_HZ = 1000         # what a caller's microphone sends (--send tone:1000): its message
+CALLEE_HZ = 1400
+
+
+def frames_found(wav, frames):
+    """(found, of): how many of frames (mu-law) that are not silence a speaker recording holds
+    byte for byte, decoded, in order. Each is looked for after the last one found, so a frame
+    lost or concealed on a busy machine costs itself only, not the ones after it."""
+    with wave.open(wav) as w:
+        data = w.readframes(w.getnframes())
+    wanted = [p for p in (ulaw_decode(f) for f in frames) if max(abs(v) for v in _samples(p)) > 256]
+    found = pos = 0
+    for pcm in wanted:
+        at = data.find(pcm, pos)
+        while at >= 0 and at % 2:
+            at = data.find(pcm, at + 1)
+        if at >= 0:
+            found += 1
+            pos = at + len(pcm)
+    return found, len(wanted)
+
+
+def _samples(pcm):
+    return memoryview(pcm).cast("h")
+
+
+def cadence(wav, f1=350, f2=440, window_ms=20):
+    """The on/off runs (ms) of a two-frequency tone in a recording: [("on", 100), ("off", 100), ...],
+    silence before the first on left out."""
+    with wave.open(wav) as w:
+        data = w.readframes(w.getnframes())
+    n = 8 * window_ms
+    runs = []
+    for start in range(0, len(data) - 2 * n + 1, 2 * n):
+        block = data[start:start + 2 * n]
+        on = min(goertzel_power(block, n, f1), goertzel_power(block, n, f2)) > 1e9
+        state = "on" if on else "off"
+        if runs and runs[-1][0] == state:
+            runs[-1][1] += window_ms
+        elif runs or on:
+            runs.append([state, window_ms])
+    return [tuple(r) for r in runs]
+
+
+def _messages(lab, number):
+    return json.loads(lab.admin("voicemail", "list", number, "--json"))
+
+
+def _leave(lab, caller, mailbox, tag, speak_s=3.0):
+    """caller dials mailbox's extension (not registered: voicemail), waits for the greeting and the
+    beep, sends its tone for speak_s, hangs up; (connected, greeting frames heard, of how many)."""
+    phone = ConsolePhone(lab, caller, tag, "--send", "tone:%d" % CALLER_HZ)
+    try:
+        phone.command("!call " + mailbox)
+        connected = phone.wait_line("connected")
+        greeting = prompts.prompt(None, prompts.GREETING)
+        time.sleep(len(greeting) * 0.02 + prompts.BEEP_MS / 1000 + speak_s)
+        phone.command("!hangup")
+        phone.wait_line("call ended")
+    finally:
+        phone.quit()
+    return (connected,) + frames_found(phone.wav, greeting)
+
+
+def _wait_message(lab, mailbox, count, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        messages = _messages(lab, mailbox)
+        if len(messages) >= count:
+            return messages
+        time.sleep(0.2)
+    return _messages(lab, mailbox)
+
+
+def voicemail(lab, seconds):
+    """102's voicemail on; 102 not registered: 101 (sending 1000 Hz) calls it, hears the greeting
+    (its frames found in 101's speaker recording) and leaves a message, kept as a WAV with its
+    SQLite row; 102 then dials `!voicemail` (*97), presses 1 and hears 101's tone, presses 7 and
+    the message is gone."""
+    lab.admin("voicemail", "on", "102")
+    time.sleep(1.5)                               # the main host sends site A's remote host the setting
+    connected, heard, total = _leave(lab, "101", "102", "vm-101")
+    messages = _wait_message(lab, "102", 1)
+    phone = ConsolePhone(lab, "102", "vm-102")
+    try:
+        phone.command("!voicemail")
+        answered = phone.wait_line("connected")
+        time.sleep(5.5)                           # "You have 1 new and 0 saved messages." and the menu
+        phone.command("!dtmf 1")
+        time.sleep(4.5)
+        phone.command("!dtmf 7")
+        time.sleep(1.5)
+        phone.command("!hangup")
+    finally:
+        phone.quit()
+    played = frequencies_heard(phone.wav, {"message": (CALLER_HZ,)})
+    left = _messages(lab, "102")
+    lab.admin("voicemail", "off", "102")
+    message = messages[0] if messages else {}
+    ok = (connected and heard >= 0.5 * total and len(messages) == 1 and message.get("caller") == "101"
+          and message.get("duration_ms", 0) >= 2000 and answered and "message" in played and left == [])
+    return {"ok": ok, "greeting_frames_heard": heard, "greeting_frames": total,
+            "message": {k: message.get(k) for k in ("caller", "duration_ms", "state", "file")},
+            "retrieval_heard": played, "after_delete": left}
+
+
+def message_waiting(lab, seconds):
+    """A message waits for 102: its phone registers and shows "1 new messages", lifting (key A)
+    plays the stutter dial tone (100 ms on, 100 ms off: its cadence measured on the recording);
+    once heard (*97, 1) the count is 0 and lifting plays the steady dial tone."""
+    lab.admin("voicemail", "on", "102")
+    time.sleep(1.5)
+    _leave(lab, "101", "102", "mwi-101", speak_s=1.0)
+    _wait_message(lab, "102", 1)
+    phone = ConsolePhone(lab, "102", "mwi-102")
+    try:
+        shown = phone.wait_line("I display idle 1 new messages")
+        phone.command("A")
+        time.sleep(2.0)
+        phone.command("D")
+        phone.command("!voicemail")
+        phone.wait_line("connected")
+        time.sleep(5.5)
+        phone.command("!dtmf 1")
+        cleared = phone.wait_line("messages waiting 0", 8)
+        phone.command("!dtmf 7")
+        time.sleep(1)
+        phone.command("!hangup")
+        time.sleep(0.5)
+        phone.command("A")
+        time.sleep(1.5)
+        phone.command("D")
+        time.sleep(0.3)
+    finally:
+        phone.quit()
+    runs = cadence(phone.wav)
+    stutter = runs[:20]
+    steady = [r for r in runs if r[0] == "on" and r[1] >= 1000]
+    ons = [ms for state, ms in stutter if state == "on"]
+    offs = [ms for state, ms in stutter[:-1] if state == "off"]
+    lab.admin("voicemail", "off", "102")
+    ok = (shown and cleared and len(ons) >= 8 and all(80 <= ms <= 120 for ms in ons)
+          and all(80 <= ms <= 120 for ms in offs) and len(steady) >= 1)
+    return {"ok": ok, "display": "idle 1 new messages" if shown else None, "stutter_on_ms": ons,
+            "stutter_off_ms": offs, "cleared_after_listening": cleared,
+            "steady_dial_tone_ms": steady[0][1] if steady else None}
+
+
+def auto_attendant(lab, seconds):
+    """Attendant 500: 1 -> 301, 2 -> 102's mailbox, its prompt spoken from the routes. 101
+    (1000 Hz) calls 500, hears the prompt (its frames found in the recording), presses 1; 301
+    (1400 Hz) rings, answers, and each hears the other's tone."""
+    routes = {"1": "301", "2": "*98102"}
+    lab.admin("attendant", "set", "500", "--route", "1=301", "--route", "2=*98102")
+    time.sleep(1.5)                               # the main host reads it
+    callee = ConsolePhone(lab, "301", "aa-301", "--send", "tone:%d" % CALLEE_HZ)
+    caller = ConsolePhone(lab, "101", "aa-101", "--send", "tone:%d" % CALLER_HZ)
+    try:
+        caller.command("!call 500")
+        answered = caller.wait_line("connected")
+        prompt = prompts.prompt(None, default_prompt(routes))
+        time.sleep(len(prompt) * 0.02)
+        caller.command("!dtmf 1")
+        rang = callee.wait_line("incoming call from 101")
+        time.sleep(1.0)
+        callee.command("!answer")
+        time.sleep(max(2.0, seconds))
+        caller.command("!hangup")
+        ended = callee.wait_line("call ended: normal clearing")
+    finally:
+        caller.quit()
+        callee.quit()
+    lab.admin("attendant", "remove", "500")
+    heard, total = frames_found(caller.wav, prompt)
+    labels = {"caller": (CALLER_HZ,), "callee": (CALLEE_HZ,)}
+    caller_heard = frequencies_heard(caller.wav, labels)
+    callee_heard = frequencies_heard(callee.wav, labels)
+    ok = (answered and heard >= 0.5 * total and rang and ended and "callee" in caller_heard
+          and "caller" in callee_heard)
+    return {"ok": ok, "prompt_frames_heard": heard, "prompt_frames": total, "routed_to_301_rang": rang,
+            "caller_heard": caller_heard, "callee_heard": callee_heard}
+
+
+SCENARIOS = {"voicemail": voicemail, "message_waiting": message_waiting, "auto_attendant": auto_attendant}
