@@ -17,7 +17,7 @@ from upbx.host.directory import Directory
 from upbx.tools.lab import goertzel_power
 from tests.inprocess import MAIN, TICK_MS, PhoneEnd, attach_host
 from tests.test_hold import _tone_wav
-from tests.test_routing import _world
+from tests.test_routing import _refused, _world
 
 TONES = {"101": 620.0, "102": 740.0, "301": 880.0, "302": 980.0}
 
@@ -188,7 +188,9 @@ def test_unanswered_and_busy_calls_reach_the_mailbox_on_every_path_and_off_keeps
         assert [m["caller"] for m in _store(world).messages("102")] == ["101", "301", "101", "301"]
         world.run(200)                                                  # 102's count comes through site a's host
         assert p["102"].phone.messages == 4 and p["301"].phone.messages == 2
-        # voicemail off (the default, 101): busy is busy as before
+        # voicemail off (the default, 101): busy is busy as before (call waiting off: else a
+        # phone in a call is offered the call as a waiting call, docs/features.md)
+        assert _refused(world, "101", "*71")[0] == wire.CAUSE_FEATURE_OFF
         world.call("102", "101")
         assert p["302"].phone.dial("101", world.net.now)
         p["302"].flush()
@@ -355,6 +357,7 @@ def test_a_forward_or_attendant_route_to_a_busy_phone_with_voicemail_leaves_a_me
     try:
         assert _admin(world, "attendant", "set", "500", "--route", "1=301") == 0
         world.run(1200)
+        assert _refused(world, "301", "*71")[0] == wire.CAUSE_FEATURE_OFF   # call waiting off:
         world.call("301", "101")                                        # 301 busy
         _reach_voicemail(world, "302", "500")
         world.run(200)

@@ -223,7 +223,8 @@ class LoopbackExchange:
             self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
         # a minute: three Python daemons starting on a busy machine (or a Raspberry Pi) take a while
         self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
-                      "remote hosts logged in", timeout=60)
+                      "remote hosts logged in", timeout=60,
+                      watch=("main",) + tuple("site-" + s for s in self.remote_sites))
 
     def spawn(self, name, argv, **kwargs):
         log = open(self.path(name + ".log"), "ab")
@@ -249,12 +250,13 @@ class LoopbackExchange:
         sock = self.path(("main" if daemon == "main" else daemon) + ".sock")
         return query_status(sock)
 
-    def wait_for(self, predicate, what, timeout=10):
+    def wait_for(self, predicate, what, timeout=10, watch=()):
+        """Wait until predicate() is true; a process named in `watch` that exits meanwhile (a
+        daemon that died: a port taken, a bad config) ends the wait at once, with its log."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            for proc in self.procs:   # a daemon that died (a port taken, a bad config) will not come
-                if proc.poll() is not None and getattr(proc, "upbx_name", "") in ("main",) + tuple(
-                        "site-" + s for s in getattr(self, "remote_sites", ())):
+            for proc in self.procs:
+                if proc.poll() is not None and getattr(proc, "upbx_name", "") in watch:
                     raise RuntimeError("%s exited (status %s) while waiting for %s: %s" % (
                         proc.upbx_name, proc.returncode, what, self._log_tail(proc.upbx_name)))
             try:
