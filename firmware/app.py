@@ -14,7 +14,6 @@ iteration; network errors (sendto, getaddrinfo) are counted and retried, never f
 """
 import errno
 import gc
-import json
 import os
 import select
 import socket
@@ -22,21 +21,15 @@ import struct
 import sys
 import time
 
-from common import kernels, wire
+from common import wire
 from common.compat import const, micropython, ticks_add, ticks_diff, ticks_earliest
 from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
-from common.login import LoginDown, LoginUp
-from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
+from common.phone import Phone
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 from firmware.hal import rarely
 
 _FRAME_MS = const(20)
-# the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
-TONES = {"busy": "busy", "unreachable": "reorder", "network busy": "reorder", "not permitted": "reorder",
-         "unknown extension": "reorder", "no answer": "reorder", "do not disturb": "busy",
-         "forwarding loop": "reorder"}
-RING_TONE = "ringback"     # the ringer: the speaker plays the ring-back cadence (2 s on, 4 s off)
 KEY_OFF_HOOK = "A"         # lift: dial tone when idle, answers a ringing call
 KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
 KEY_HOLD = "B"             # in a call: hold, and resume (docs/features.md)
@@ -76,10 +69,9 @@ _IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
 _IP_TOS = getattr(socket, "IP_TOS", 1)
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
-_CALL_GC_ROOM = const(24576)
 _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
 # While a call is connected the collector runs once a second (_housekeeping), not by start.py's
-# gc.threshold, which is off until the call ends when this much is free as the call connects (a
+# gc.threshold, which is off until the call ends when _CALL_GC_ROOM is free as the call connects (firmware/events.py; a
 # second's garbage twice over when each datagram's recv left 190 bytes; below it, on the smallest
 # heaps, the threshold stays: there it keeps the free space in pieces). The threshold counts every allocation, and every
 # call of a bytecode function whose locals and stack take more than 11 words allocates its frame
@@ -214,35 +206,17 @@ class App:
             self.log("W", "cannot dial %s now (state %s)" % (number, STATE_NAMES[self.phone.state]))
 
     def command(self, cmd, now):
-        if cmd.startswith("!call "):
-            self.dial(cmd[6:].strip(), now)
-        elif cmd == "!hangup":
-            self.key(KEY_ON_HOOK, now)
-        elif cmd == "!answer":
-            self.phone.answer(now) or self.command("!swap", now)   # a waiting call: firmware/lines.py
+        """A key, or a console command line (firmware/hal/__init__.py, poll_keys). A key and `!dtmf`,
+        which a call uses, are handled here; every other command, rare, in firmware/commands.py,
+        loaded for the use and forgotten (docs/handset.md, Memory)."""
+        if len(cmd) == 1:
+            self.key(cmd, now)
         elif cmd.startswith("!dtmf "):
             digit = cmd[6:].strip()[:1]
             if self.phone.dtmf(digit, now):
                 self.pipeline.tone.dtmf(digit)
-        elif cmd == "!state":
-            self.hal.log("I", "state", json.dumps(self.state(now)))
-        elif cmd == "!reset" or cmd == "!quit":
-            self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
-            self.running = False
-        elif cmd == "!hold" or cmd == "!resume":
-            self.hold(cmd == "!hold", now)
-        elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!pickup":
-            code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
-            if code is None:
-                self.log("W", "bad feature command %r" % cmd)
-            else:
-                self.dial(code, now)
-        elif cmd.startswith("!button "):   # boards without a digit keypad: speed dial (firmware/sysinfo.py)
-            rarely("firmware.sysinfo").button(self, cmd[8:].strip(), now)
-        elif len(cmd) == 1:
-            self.key(cmd, now)
-        else:   # !swap !reject !transfer N !consult N !complete
-            rarely("firmware.lines").command(self, cmd, now)
+        else:
+            rarely("firmware.commands").command(self, cmd, now)
 
     def hold(self, flag, now):
         """Hold (the far end hears the host's music on hold) or resume the connected call."""
@@ -251,14 +225,6 @@ class App:
             self.hal.display("on hold" if flag else "connected", self.current and self.current.get("from"))
         else:
             self.log("W", "cannot %s now" % ("hold" if flag else "resume"))
-
-    def state(self, now):
-        """What `!state` reports: protocol state, dialed digits, tone, heap."""
-        return {"state": STATE_NAMES[self.phone.state], "registered": self.phone.registered,
-                "extension": self.config["extension"], "sysinfo_version": self.phone.sysinfo_version,
-                "digits": self.digits, "tone": self.pipeline.tone.name, "power_save": self.power_save,
-                "caller": self.current and self.current.get("from"), "heap": self.heap(), "holding": self.phone.holding,
-                "ticks": now, "net_errors": self.summary["net_errors"], "speed_dial": self.speed_dial}
 
     def key(self, key, now):
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
@@ -308,88 +274,11 @@ class App:
     # events from the protocol
 
     def events(self, now):
-        """What the protocol said since the last look (common/phone.py's events)."""
-        for event in self.phone.take_events():
-            kind = type(event)
-            if kind is LoginUp:
-                self.summary["registered"] = True
-                self.log("I", "registered as %s" % self.config["extension"])
-                self.hal.display("idle", None)
-            elif kind is LoginDown:
-                self.log("W", "registration lost: %s" % event.reason)
-            elif (kind is Incoming and event.waiting) or (kind is Ended and event.line):
-                rarely("firmware.lines").event(self, event, now)   # the second line (docs/features.md)
-            elif kind is Incoming:
-                self.log("I", "incoming call from %s %s" % (event.number, event.name))
-                self.hal.display("ringing", ("%s %s" % (event.number, event.name)).strip())
-                self.current = {"from": event.number, "to": self.config["extension"], "dialed_ms": now,
-                                "setup_ms": None, "path": None, "cause": None, "frames_sent": 0,
-                                "frames_received": 0}
-                self._call_sent = self._call_received = 0
-                self.digits = ""
-                self.pipeline.tone.start(RING_TONE)
-                self.tone_stop_at = None
-                if self.script.get("answer"):
-                    self.answer_at = ticks_add(now, int(self.script.get("answer_after_ms", 300)))
-            elif kind is Ringback:
-                self.pipeline.tone.start("ringback")
-                self.hal.display("ringback", self.current and self.current["to"])
-            elif kind is Connected:
-                if _mem_free is not None and _mem_free() > _CALL_GC_ROOM:   # see _CALL_GC_ROOM
-                    gc.threshold(-1)
-                self.pipeline.reset()
-                self.cn_level = None
-                if self.vad is not None:
-                    self.vad.reset()
-                self.set_power_save(False)
-                self.hal.mic_start()  # what the microphone queued before the call is not sent
-                # the audio tick in step with the microphone's frames: one wake-up serves both
-                mic = self.hal.mic_due()
-                self._frame_at = now if mic is None else mic
-                self.connected_at = now
-                if self.script.get("dtmf"):
-                    self._dtmf_at = ticks_add(now, 501)
-                if self.phone.other is None:   # a consultation's timestamps carry on the held call's
-                    self.call_ts = 0
-                if self.current is not None:
-                    self.current["setup_ms"] = ticks_diff(now, self.current["dialed_ms"])
-                    self.current["path"] = event.path
-                self.log("I", "connected (%s)" % event.path)
-                self.hal.display("connected", self.current and self.current.get("from"))
-                duration = self.script.get("duration_ms")
-                if duration and self.current and self.current["from"] == self.config["extension"]:
-                    self.hangup_at = ticks_add(now, int(duration))
-            elif kind is Ended:
-                if _mem_free is not None and gc.threshold() < 0:   # start.py's threshold again, as it sets it
-                    gc.collect()
-                    gc.threshold(_mem_free() // 4)
-                cause = wire.CAUSE_TEXT.get(event.cause, str(event.cause))
-                self.log("I", "call ended: %s" % cause)
-                self.set_power_save(True)
-                self.hal.mic_stop()
-                self.pipeline.reset()
-                tone = TONES.get(cause)
-                if tone:
-                    self.pipeline.tone.start(tone)
-                    self.tone_stop_at = ticks_add(now, self.tone_timeout_ms)
-                if event.cause == wire.CAUSE_FEATURE_ON or event.cause == wire.CAUSE_FEATURE_OFF:
-                    self.hal.display(cause, self.current and self.current["to"])   # "feature on *78"
-                else:
-                    self.hal.display("ended: " + cause, None)
-                if self.current is not None:
-                    self.current["cause"] = cause
-                    self.current["tone"] = tone  # what the speaker plays now (None: silence)
-                    self._close_call()
-                self.connected_at = self._dtmf_at = None
-                if self.phone.call is not None:   # the other line is left (held or ringing)
-                    rarely("firmware.lines").remaining(self, now)
-                elif self.script.get("exit_after_call"):
-                    self.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
-            elif kind is Dtmf:
-                self.summary["dtmf_received"] += event.digit
-                self.log("I", "dtmf %s" % event.digit)
-            elif kind is Sysinfo:
-                rarely("firmware.sysinfo").received(self, event.version, event.data)
+        """What the protocol said since the last look (common/phone.py's events): handled by
+        firmware/events.py, loaded when there are some and forgotten (docs/handset.md, Memory)."""
+        events = self.phone.take_events()
+        if events:
+            rarely("firmware.events").handle(self, events, now)
 
     def _close_call(self):
         """The call's record into the summary, which keeps the last _CALLS_KEPT (a device runs for
@@ -838,34 +727,9 @@ class App:
             self.heap_live_peak = live
 
     def finish(self):
+        """Log out, write the summary, close the devices (firmware/commands.py); a no-op when done."""
         if not self.running and self.started is None:
             return  # already finished
         self.running = False
         self.started = None
-        now = self.hal.ticks_ms()
-        self.phone.stop(now)
-        self.events(now)
-        if self.sock is not None:
-            self.flush(now)  # the BYE: a failure is counted, never raised
-        if self.current is not None:
-            self.current["cause"] = "in progress"
-            self._close_call()
-        summary = self.summary
-        summary["frames_sent"], summary["frames_received"] = self.frames_sent, self.frames_received
-        summary["cn_sent"], summary["cn_received"] = self.cn_sent, self.cn_received
-        summary["frames_suppressed"] = self.frames_suppressed
-        summary["frames_rejected"] = self.frames_rejected + self.phone.dropped
-        if self.record is not None:
-            self.record.close()
-        if self.record_sent is not None:
-            self.record_sent.close()
-        self.summary["heap"] = self.heap()
-        self.summary["jitter"] = self.pipeline.jitter.stats()  # receive path: late, concealed, delay (docs/handset.md)
-        if self.profile is not None:
-            self.summary["profile"] = self.profile.report()
-        if self.script.get("summary"):
-            with open(self.script["summary"], "w") as f:
-                json.dump(self.summary, f)  # streamed: no copy of the whole summary on a small heap
-        else:  # the console then: one line (a copy of the whole summary, which a file does not need)
-            self.log("I", "summary " + json.dumps(self.summary))
-        self.hal.close()
+        rarely("firmware.commands").finish(self)
