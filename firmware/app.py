@@ -15,10 +15,8 @@ iteration; network errors (sendto, getaddrinfo) are counted and retried, never f
 import errno
 import gc
 import os
-import select
 import socket
 import struct
-import sys
 import time
 
 from common import wire
@@ -33,7 +31,6 @@ _FRAME_MS = const(20)
 KEY_OFF_HOOK = "A"         # lift: dial tone when idle, answers a ringing call
 KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
 KEY_HOLD = "B"             # in a call: hold, and resume (docs/features.md)
-_TONE_TIMEOUT_MS = const(30000)   # busy and reorder stop by themselves after this
 _CAPTURE_MAX = const(3)           # frames sent per loop iteration at most (a late loop catches up)
 _RETRY_MAX = const(8)             # datagrams kept for another try after sendto failed
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
@@ -83,11 +80,6 @@ _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more t
 # objects from landing among garbage; a call's are made at its set-up, after a collection (_pack).
 
 
-def _random_port():
-    """A port from the dynamic range (RFC 6335: 49152-65535) for the handset's socket."""
-    return 49152 + (os.urandom(1)[0] << 6 | os.urandom(1)[0] & 63)
-
-
 def due(now, at):
     """Whether the timer `at` (None: not set) has come."""
     return at is not None and ticks_diff(now, at) >= 0
@@ -108,84 +100,20 @@ def error_name(exc):
 
 class App:
     def __init__(self, config, hal):
-        self.config = config
-        self.hal = hal
-        self.script = config.get("script", {})
-        self.host_addr = None      # resolved by the loop (getaddrinfo may fail: counted, retried)
-        self.sock = None
-        self.poller = select.poll()
+        """The protocol, the audio pipeline and the receive buffer; the rest of the handset's state
+        is made by firmware/appstart.py, loaded for it and forgotten (docs/handset.md, Memory)."""
         # a short keepalive with a liveness limit: a restarted host is noticed within about 4 s (B4)
         self.phone = Phone(config["extension"], bytes.fromhex(config["secret"]), os.urandom,
                            keepalive_ms=int(config.get("keepalive_ms", 2000)),
                            dead_ms=int(config.get("dead_ms", 2000)),
                            backoff_max_ms=int(config.get("backoff_max_ms", 5000)))
         self.pipeline = AudioPipeline(config.get("codec", "ulaw"), config.get("plc", True), _FRAME_MS)
-        self.pcm = bytearray(320)
-        # firmware.audio.vad is imported only where it is used: silence suppression configured, or
-        # the first comfort-noise frame from the far end (docs/handset.md, Memory)
-        self.vad = None
-        if config.get("vad"):
-            from firmware.audio.vad import VoiceActivityDetector
-            self.vad = VoiceActivityDetector()
-        self.comfort = None       # the ComfortNoise generator, made on the first comfort-noise frame
-        self.cn_level = None      # the far end's background level while it sends comfort noise
-        self._sent_voice = False  # the last frame captured was voice, not silence (the profile's kinds)
-        self._cn = bytearray(wire.CN_BYTES)
-        self._tos = None
-        self._mark = config.get("dscp", sys.platform != "esp32")
         self._rx = bytearray(_VOICE_FRAME)  # every media datagram lands here (readinto): no allocation per frame
         self._rx_n = _RX_BYTES              # what recv asks for signalling (_RX_SHORT for a second after a MemoryError)
         rx = self._rx_view = memoryview(self._rx)
         self._voice_frame, self._cn_frame = rx[:_VOICE_FRAME], rx[:_CN_FRAME]
         self._voice_payload = rx[wire.MINI_HEADER:wire.MINI_HEADER + wire.VOICE_BYTES]
-        self._wait_poll = self.poller.ipoll   # the loop's sleep (ipoll: no result list)
-        self._raw_sock = None
-        self._retry = []           # [data, addr, tos] whose sendto failed, oldest first
-        self.digits = ""
-        self.tone_stop_at = None
-        self.tone_timeout_ms = int(config.get("tone_timeout_ms", _TONE_TIMEOUT_MS))
-        self.speed_dial = {}       # button name -> number, from the system information
-        self._speaking = False     # the speaker got a frame at the last tick
-        self.power_save = True
-        self.call_ts = 0
-        self.connected_at = None
-        # counted per frame as attributes (cheaper than the summary's dict), put in the summary at the end
-        self.frames_sent = self.frames_received = self.frames_rejected = 0
-        self.cn_sent = self.cn_received = self.frames_suppressed = 0
-        self._call_sent = self._call_received = 0   # the current call's frames
-        # the loop's timers; _timer_at is the earliest of them, computed when one changes (_plan)
-        self.answer_at = self.hangup_at = self.exit_at = self._dtmf_at = None
-        self._call_at = self._stop_at = self._proto_at = self._house_at = self._timer_at = None
-        self._frame_at = None     # the next 20 ms audio tick
-        self._signalled = False   # the protocol moved: its events, datagrams and timer need a look
-        self.running = True
-        self.reset_requested = False
-        self.record = open(self.script["record_g711"], "wb") if self.script.get("record_g711") else None
-        # the voice frames sent, as the received ones (the unix port's tests: what the transport was given)
-        self.record_sent = open(self.script["record_sent_g711"], "wb") if self.script.get("record_sent_g711") else None
-        self.summary = {"extension": config["extension"], "registered": False, "frames_sent": 0,
-                        "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
-                        "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
-                        "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0,
-                        "short_reads": 0, "empty_datagrams": 0}
-        # the local port: the configured one, else one chosen here, kept for the life of the
-        # handset so that a new socket (_reopen) has the address the hosts and peers know
-        self._port = int(config.get("local_port", 0)) or _random_port()
-        self.heap_peak = 0
-        self.heap_live_peak = 0
-        self.heap_free_min = None
-        self._sampled_at = None   # when the heap's use was sampled for the coming collection
-        self.current = None
-        self.started = None
-        self._peer_key = self._peer_addr = None
-        self.profile = None   # per-tick CPU time (config "profile": ticks to record; firmware/profile.py)
-        if config.get("profile"):
-            from firmware.profile import DEFAULT_TICKS, TickProfile
-            ticks = config["profile"]
-            self.profile = TickProfile(DEFAULT_TICKS if ticks is True else int(ticks))
-            self.hal = self.profile.time_io(None, None, hal)[2]
-        rarely("firmware.sysinfo").restore(self)   # the system information kept in flash
-        self.hal.attach(self.poller)   # what of the HAL wakes the loop (an ESP32's microphone in a call)
+        rarely("firmware.appstart").init(self, config, hal)
 
     def log(self, level, msg):
         self.hal.log(level, "phone", msg)
@@ -306,51 +234,12 @@ class App:
     # I/O
 
     def open_socket(self, now):
-        """Resolve the host and make the socket; False (counted, logged) while getaddrinfo or bind
-        fails (a port taken: another is chosen, unless the configuration fixed it)."""
-        config = self.config
-        try:
-            host_addr = self.hal.getaddrinfo(config["host"], int(config["port"]))
-            local = self.hal.getaddrinfo(config.get("bind", "0.0.0.0"), self._port)
-        except OSError as exc:
-            self.count_error("getaddrinfo", exc)
-            return False
-        self.host_addr = host_addr
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind(local)
-        except OSError as exc:
-            sock.close()
-            self.count_error("bind", exc)
-            if not int(config.get("local_port", 0)):
-                self._port = _random_port()
-            return False
-        sock.setblocking(False)
-        self.poller.register(sock, select.POLLIN)
-        self.sock = self._raw_sock = sock
-        if self.profile is not None:
-            self.sock = self.profile.time_io(sock, None, None)[0]
-        return True
+        """Resolve the host and make the socket (firmware/appstart.py); False while it cannot."""
+        return rarely("firmware.appstart").open_socket(self, now)
 
     def _reopen(self, now):
-        """An empty datagram was read. ESP32 MicroPython marks a socket closed after any read of 0
-        bytes, UDP too (ports/esp32/modsocket.c, _socket_read_data: SOCKET_STATE_PEER_CLOSED), and
-        then answers every read with 0 bytes at once: one empty datagram from anyone would leave
-        the handset deaf until it restarts. So the socket is closed and a new one bound to the
-        same port (what was queued in the old one is lost: a frame or two). On every port alike,
-        so that the unix port's tests exercise it."""
-        self.summary["empty_datagrams"] += 1
-        raw = self._raw_sock
-        self.sock = self._raw_sock = None
-        try:
-            self.poller.unregister(raw)
-        except (OSError, ValueError, KeyError):
-            pass
-        raw.close()
-        for _ in range(3):   # the port was ours a moment ago
-            if self.open_socket(now):
-                return
-        raise OSError(errno.EADDRINUSE)   # no socket: a fault, the handset restarts (docs/handset.md)
+        """An empty datagram was read: a new socket on the same port (firmware/appstart.py)."""
+        rarely("firmware.appstart").reopen(self, now)
 
     def count_error(self, operation, exc):
         """One more network error of this kind (summary and !state "net_errors"); never fatal."""
