@@ -134,25 +134,19 @@ class App:
             self.log("W", "cannot dial %s now (state %s)" % (number, STATE_NAMES[self.phone.state]))
 
     def command(self, cmd, now):
-        """A key, or a console command line (firmware/hal/__init__.py, poll_keys). A key and `!dtmf`,
-        which a call uses, are handled here; every other command, rare, in firmware/commands.py,
+        """A key, or a console command line (firmware/hal/__init__.py, poll_keys). A key, `!call` and
+        `!dtmf`, which a call uses, are handled here; every other command, rare, in firmware/commands.py,
         loaded for the use and forgotten (docs/handset.md, Memory)."""
         if len(cmd) == 1:
             self.key(cmd, now)
+        elif cmd.startswith("!call "):   # here: no module on the heap as the call's objects are made (dial)
+            self.dial(cmd[6:].strip(), now)
         elif cmd.startswith("!dtmf "):
             digit = cmd[6:].strip()[:1]
             if self.phone.dtmf(digit, now):
                 self.pipeline.tone.dtmf(digit)
         else:
             rarely("firmware.commands").command(self, cmd, now)
-
-    def hold(self, flag, now):
-        """Hold (the far end hears the host's music on hold) or resume the connected call."""
-        if (self.phone.hold if flag else self.phone.resume)(now):
-            self.log("I", "call held" if flag else "call resumed")
-            self.hal.display("on hold" if flag else "connected", self.current and self.current.get("from"))
-        else:
-            self.log("W", "cannot %s now" % ("hold" if flag else "resume"))
 
     def key(self, key, now):
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
@@ -173,31 +167,18 @@ class App:
             self.phone.answer(now)  # any other key answers
         elif state == CONNECTED:
             if key == KEY_HOLD:
-                self.hold(not self.phone.holding, now)
+                rarely("firmware.commands").hold(self, not self.phone.holding, now)
             elif key in "0123456789*#":
                 self.command("!dtmf " + key, now)
         elif state != IDLE:
             return  # dialing or ring-back: only D (hang up) means anything
-        elif key == "*" and (not self.digits or self.digits[0] == "*"):
-            self.digits += key    # a star code (docs/features.md): *78#, *72301# ...
-            tone.dtmf(key, 60)
-            self.tone_stop_at = None
-            self.hal.display("dial", self.digits)
-        elif key == KEY_OFF_HOOK or key == "*":
-            self.digits = ""
-            tone.start("dial")
-            self.tone_stop_at = None
-            self.hal.display("dial tone", None)
-        elif key == "#":
+        elif key == "#":   # here, not in firmware/commands.py: no module on the heap as the call's objects are made
             if self.digits:
                 tone.stop()
                 self.dial(self.digits, now)
             self.digits = ""
-        elif key in "0123456789":
-            self.digits += key
-            tone.dtmf(key, 60)  # the key click; it also ends the dial tone
-            self.tone_stop_at = None
-            self.hal.display("dial", self.digits)
+        else:   # A, *, a digit: firmware/commands.py
+            rarely("firmware.commands").idle_key(self, key, now)
 
     # events from the protocol
 
@@ -223,13 +204,6 @@ class App:
     def set_power_save(self, flag):
         self.power_save = flag
         self.hal.set_power_save(flag)
-
-    def heap(self):
-        """Heap figures (bytes) on MicroPython: in use now, peak seen by the loop, least free, total."""
-        if _mem_alloc is None:
-            return None
-        return {"alloc": _mem_alloc(), "peak_alloc": self.heap_peak, "peak_live": self.heap_live_peak,
-                "min_free": self.heap_free_min, "total": _mem_alloc() + _mem_free()}
 
     # I/O
 

@@ -6,20 +6,22 @@ module for each use and forgets it again (firmware.hal.rarely), so that its code
 handset's heap in a call (docs/handset.md, Memory). A keypad key and `!dtmf`, which a call uses,
 stay in App.command.
 """
+import gc
 import json
 
 from common.call import STATE_NAMES
-from firmware.app import KEY_ON_HOOK
+from firmware.app import KEY_OFF_HOOK, KEY_ON_HOOK
 from firmware.hal import rarely
+
+_mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only
+_mem_free = getattr(gc, "mem_free", None)
 
 
 def command(app, cmd, now):
-    """One console command line: `!call N`, `!hangup`, `!answer`, `!state`, `!reset`, `!quit`,
+    """One console command line (`!call N` and `!dtmf D` are App.command's): `!hangup`, `!answer`, `!state`, `!reset`, `!quit`,
     `!hold`, `!resume`, `!dnd`, `!forward`, `!pickup`, `!button NAME`; the two-line commands
     (`!swap`, `!reject`, `!transfer N`, `!consult N`, `!complete`) go to firmware/lines.py."""
-    if cmd.startswith("!call "):
-        app.dial(cmd[6:].strip(), now)
-    elif cmd == "!hangup":
+    if cmd == "!hangup":
         app.key(KEY_ON_HOOK, now)
     elif cmd == "!answer":
         app.phone.answer(now) or command(app, "!swap", now)   # a waiting call: firmware/lines.py
@@ -29,7 +31,7 @@ def command(app, cmd, now):
         app.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
         app.running = False
     elif cmd == "!hold" or cmd == "!resume":
-        app.hold(cmd == "!hold", now)
+        hold(app, cmd == "!hold", now)
     elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!pickup":
         code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
         if code is None:
@@ -47,7 +49,7 @@ def state(app, now):
     return {"state": STATE_NAMES[app.phone.state], "registered": app.phone.registered,
             "extension": app.config["extension"], "sysinfo_version": app.phone.sysinfo_version,
             "digits": app.digits, "tone": app.pipeline.tone.name, "power_save": app.power_save,
-            "caller": app.current and app.current.get("from"), "heap": app.heap(), "holding": app.phone.holding,
+            "caller": app.current and app.current.get("from"), "heap": heap(app), "holding": app.phone.holding,
             "ticks": now, "net_errors": app.summary["net_errors"], "speed_dial": app.speed_dial}
 
 
@@ -71,7 +73,7 @@ def finish(app):
         app.record.close()
     if app.record_sent is not None:
         app.record_sent.close()
-    summary["heap"] = app.heap()
+    summary["heap"] = heap(app)
     summary["jitter"] = app.pipeline.jitter.stats()  # receive path: late, concealed, delay (docs/handset.md)
     if app.profile is not None:
         summary["profile"] = app.profile.report()
@@ -81,3 +83,41 @@ def finish(app):
     else:  # the console then: one line (a copy of the whole summary, which a file does not need)
         app.log("I", "summary " + json.dumps(summary))
     app.hal.close()
+
+
+def hold(app, flag, now):
+    """Hold (the far end hears the host's music on hold) or resume the connected call."""
+    if (app.phone.hold if flag else app.phone.resume)(now):
+        app.log("I", "call held" if flag else "call resumed")
+        app.hal.display("on hold" if flag else "connected", app.current and app.current.get("from"))
+    else:
+        app.log("W", "cannot %s now" % ("hold" if flag else "resume"))
+
+
+def idle_key(app, key, now):
+    """A keypad key while idle (App.key): A lifts (dial tone), digits collect with a key click, a
+    leading * starts a star code (# dials what was collected: App.key, so that no module is on the
+    heap as the call's long-lived objects are made)."""
+    if key == "*" and (not app.digits or app.digits[0] == "*"):
+        app.digits += key    # a star code (docs/features.md): *78#, *72301# ...
+        app.pipeline.tone.dtmf(key, 60)
+        app.tone_stop_at = None
+        app.hal.display("dial", app.digits)
+    elif key == KEY_OFF_HOOK or key == "*":
+        app.digits = ""
+        app.pipeline.tone.start("dial")
+        app.tone_stop_at = None
+        app.hal.display("dial tone", None)
+    elif key in "0123456789":
+        app.digits += key
+        app.pipeline.tone.dtmf(key, 60)  # the key click; it also ends the dial tone
+        app.tone_stop_at = None
+        app.hal.display("dial", app.digits)
+
+
+def heap(app):
+    """Heap figures (bytes) on MicroPython: in use now, peak seen by the loop, least free, total."""
+    if _mem_alloc is None:
+        return None
+    return {"alloc": _mem_alloc(), "peak_alloc": app.heap_peak, "peak_live": app.heap_live_peak,
+            "min_free": app.heap_free_min, "total": _mem_alloc() + _mem_free()}
