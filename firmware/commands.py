@@ -1,10 +1,12 @@
-"""The handset's console commands other than a key and `!dtmf` (firmware/hal/__init__.py,
-poll_keys), what `!state` reports, and the summary a handset writes as it stops.
+"""What a handset runs rarely of its keys and console (firmware/hal/__init__.py, poll_keys): the
+console commands other than `!call` and `!dtmf`, what `!state` reports, hold and resume, the keys
+of an idle phone (A, *, digits), and the summary a handset writes as it stops.
 
-Rarely run (an operator's or a script's command, once at the end): firmware/app.py imports this
-module for each use and forgets it again (firmware.hal.rarely), so that its code does not stay on a
-handset's heap in a call (docs/handset.md, Memory). A keypad key and `!dtmf`, which a call uses,
-stay in App.command.
+Rarely run (an operator's or a script's command, a key while idle, once at the end): firmware/app.py
+imports this module for each use and forgets it again (firmware.hal.rarely), so that its code does
+not stay on a handset's heap in a call (docs/handset.md, Memory). What a call uses often (a key in
+a call, `!dtmf`) and what makes a call's objects (`!call`, #: App.dial, with no module on the heap
+then) stay in App.command and App.key.
 """
 import gc
 import json
@@ -18,9 +20,10 @@ _mem_free = getattr(gc, "mem_free", None)
 
 
 def command(app, cmd, now):
-    """One console command line (`!call N` and `!dtmf D` are App.command's): `!hangup`, `!answer`, `!state`, `!reset`, `!quit`,
-    `!hold`, `!resume`, `!dnd`, `!forward`, `!pickup`, `!button NAME`; the two-line commands
-    (`!swap`, `!reject`, `!transfer N`, `!consult N`, `!complete`) go to firmware/lines.py."""
+    """One console command line (`!call N` and `!dtmf D` are App.command's): `!hangup`, `!answer`,
+    `!state`, `!reset`, `!quit`, `!hold`, `!resume`, `!dnd`, `!forward`, `!pickup`, `!button NAME`;
+    the two-line commands (`!swap`, `!reject`, `!transfer N`, `!consult N`, `!complete`) go to
+    firmware/lines.py."""
     if cmd == "!hangup":
         app.key(KEY_ON_HOOK, now)
     elif cmd == "!answer":
