@@ -14,33 +14,23 @@ iteration; network errors (sendto, getaddrinfo) are counted and retried, never f
 """
 import errno
 import gc
-import json
 import os
-import select
 import socket
 import struct
-import sys
 import time
 
-from common import kernels, wire
+from common import wire
 from common.compat import const, micropython, ticks_add, ticks_diff, ticks_earliest
 from common.call import CONNECTED, IDLE, RINGING, STATE_NAMES
-from common.login import LoginDown, LoginUp
-from common.phone import Connected, Dtmf, Ended, Incoming, Phone, Ringback, Sysinfo
+from common.phone import Phone
 from firmware.audio.jitter import FRAME
 from firmware.audio.pipeline import AudioPipeline
 from firmware.hal import rarely
 
 _FRAME_MS = const(20)
-# the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
-TONES = {"busy": "busy", "unreachable": "reorder", "network busy": "reorder", "not permitted": "reorder",
-         "unknown extension": "reorder", "no answer": "reorder", "do not disturb": "busy",
-         "forwarding loop": "reorder"}
-RING_TONE = "ringback"     # the ringer: the speaker plays the ring-back cadence (2 s on, 4 s off)
 KEY_OFF_HOOK = "A"         # lift: dial tone when idle, answers a ringing call
 KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
 KEY_HOLD = "B"             # in a call: hold, and resume (docs/features.md)
-_TONE_TIMEOUT_MS = const(30000)   # busy and reorder stop by themselves after this
 _CAPTURE_MAX = const(3)           # frames sent per loop iteration at most (a late loop catches up)
 _RETRY_MAX = const(8)             # datagrams kept for another try after sendto failed
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
@@ -76,10 +66,9 @@ _IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
 _IP_TOS = getattr(socket, "IP_TOS", 1)
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
-_CALL_GC_ROOM = const(24576)
 _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
 # While a call is connected the collector runs once a second (_housekeeping), not by start.py's
-# gc.threshold, which is off until the call ends when this much is free as the call connects (a
+# gc.threshold, which is off until the call ends when _CALL_GC_ROOM is free as the call connects (firmware/events.py; a
 # second's garbage twice over when each datagram's recv left 190 bytes; below it, on the smallest
 # heaps, the threshold stays: there it keeps the free space in pieces). The threshold counts every allocation, and every
 # call of a bytecode function whose locals and stack take more than 11 words allocates its frame
@@ -89,11 +78,6 @@ _HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more t
 # readinto: 64K frozen, least free 21-26 KB against 16-18 KB); a heap that fills
 # before the second is up is collected by MicroPython as usual. The threshold keeps long-lived
 # objects from landing among garbage; a call's are made at its set-up, after a collection (_pack).
-
-
-def _random_port():
-    """A port from the dynamic range (RFC 6335: 49152-65535) for the handset's socket."""
-    return 49152 + (os.urandom(1)[0] << 6 | os.urandom(1)[0] & 63)
 
 
 def due(now, at):
@@ -116,85 +100,20 @@ def error_name(exc):
 
 class App:
     def __init__(self, config, hal):
-        self.config = config
-        self.hal = hal
-        self.script = config.get("script", {})
-        self.host_addr = None      # resolved by the loop (getaddrinfo may fail: counted, retried)
-        self.sock = None
-        self.poller = select.poll()
+        """The protocol, the audio pipeline and the receive buffer; the rest of the handset's state
+        is made by firmware/appstart.py, loaded for it and forgotten (docs/handset.md, Memory)."""
         # a short keepalive with a liveness limit: a restarted host is noticed within about 4 s (B4)
         self.phone = Phone(config["extension"], bytes.fromhex(config["secret"]), os.urandom,
                            keepalive_ms=int(config.get("keepalive_ms", 2000)),
                            dead_ms=int(config.get("dead_ms", 2000)),
                            backoff_max_ms=int(config.get("backoff_max_ms", 5000)))
         self.pipeline = AudioPipeline(config.get("codec", "ulaw"), config.get("plc", True), _FRAME_MS)
-        self.pcm = bytearray(320)
-        # firmware.audio.vad is imported only where it is used: silence suppression configured, or
-        # the first comfort-noise frame from the far end (docs/handset.md, Memory)
-        self.vad = None
-        if config.get("vad"):
-            from firmware.audio.vad import VoiceActivityDetector
-            self.vad = VoiceActivityDetector()
-        self.comfort = None       # the ComfortNoise generator, made on the first comfort-noise frame
-        self.cn_level = None      # the far end's background level while it sends comfort noise
-        self._sent_voice = False  # the last frame captured was voice, not silence (the profile's kinds)
-        self._cn = bytearray(wire.CN_BYTES)
-        self._tos = None
-        self._mark = config.get("dscp", sys.platform != "esp32")
         self._rx = bytearray(_VOICE_FRAME)  # every media datagram lands here (readinto): no allocation per frame
         self._rx_n = _RX_BYTES              # what recv asks for signalling (_RX_SHORT for a second after a MemoryError)
         rx = self._rx_view = memoryview(self._rx)
         self._voice_frame, self._cn_frame = rx[:_VOICE_FRAME], rx[:_CN_FRAME]
         self._voice_payload = rx[wire.MINI_HEADER:wire.MINI_HEADER + wire.VOICE_BYTES]
-        self._wait_poll = self.poller.ipoll   # the loop's sleep (ipoll: no result list)
-        self._raw_sock = None
-        self._retry = []           # [data, addr, tos] whose sendto failed, oldest first
-        self.digits = ""
-        self.tone_stop_at = None
-        self.tone_timeout_ms = int(config.get("tone_timeout_ms", _TONE_TIMEOUT_MS))
-        self.speed_dial = {}       # button name -> number, from the system information
-        self.messages_shown = 0    # the voicemail count last shown (common/phone.py messages)
-        self._speaking = False     # the speaker got a frame at the last tick
-        self.power_save = True
-        self.call_ts = 0
-        self.connected_at = None
-        # counted per frame as attributes (cheaper than the summary's dict), put in the summary at the end
-        self.frames_sent = self.frames_received = self.frames_rejected = 0
-        self.cn_sent = self.cn_received = self.frames_suppressed = 0
-        self._call_sent = self._call_received = 0   # the current call's frames
-        # the loop's timers; _timer_at is the earliest of them, computed when one changes (_plan)
-        self.answer_at = self.hangup_at = self.exit_at = self._dtmf_at = None
-        self._call_at = self._stop_at = self._proto_at = self._house_at = self._timer_at = None
-        self._frame_at = None     # the next 20 ms audio tick
-        self._signalled = False   # the protocol moved: its events, datagrams and timer need a look
-        self.running = True
-        self.reset_requested = False
-        self.record = open(self.script["record_g711"], "wb") if self.script.get("record_g711") else None
-        # the voice frames sent, as the received ones (the unix port's tests: what the transport was given)
-        self.record_sent = open(self.script["record_sent_g711"], "wb") if self.script.get("record_sent_g711") else None
-        self.summary = {"extension": config["extension"], "registered": False, "frames_sent": 0,
-                        "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
-                        "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
-                        "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0,
-                        "short_reads": 0, "empty_datagrams": 0}
-        # the local port: the configured one, else one chosen here, kept for the life of the
-        # handset so that a new socket (_reopen) has the address the hosts and peers know
-        self._port = int(config.get("local_port", 0)) or _random_port()
-        self.heap_peak = 0
-        self.heap_live_peak = 0
-        self.heap_free_min = None
-        self._sampled_at = None   # when the heap's use was sampled for the coming collection
-        self.current = None
-        self.started = None
-        self._peer_key = self._peer_addr = None
-        self.profile = None   # per-tick CPU time (config "profile": ticks to record; firmware/profile.py)
-        if config.get("profile"):
-            from firmware.profile import DEFAULT_TICKS, TickProfile
-            ticks = config["profile"]
-            self.profile = TickProfile(DEFAULT_TICKS if ticks is True else int(ticks))
-            self.hal = self.profile.time_io(None, None, hal)[2]
-        rarely("firmware.sysinfo").restore(self)   # the system information kept in flash
-        self.hal.attach(self.poller)   # what of the HAL wakes the loop (an ESP32's microphone in a call)
+        rarely("firmware.appstart").init(self, config, hal)
 
     def log(self, level, msg):
         self.hal.log(level, "phone", msg)
@@ -215,53 +134,19 @@ class App:
             self.log("W", "cannot dial %s now (state %s)" % (number, STATE_NAMES[self.phone.state]))
 
     def command(self, cmd, now):
-        if cmd.startswith("!call "):
+        """A key, or a console command line (firmware/hal/__init__.py, poll_keys). A key, `!call` and
+        `!dtmf`, which a call uses, are handled here; every other command, rare, in firmware/commands.py,
+        loaded for the use and forgotten (docs/handset.md, Memory)."""
+        if len(cmd) == 1:
+            self.key(cmd, now)
+        elif cmd.startswith("!call "):   # here: no module on the heap as the call's objects are made (dial)
             self.dial(cmd[6:].strip(), now)
-        elif cmd == "!hangup":
-            self.key(KEY_ON_HOOK, now)
-        elif cmd == "!answer":
-            self.phone.answer(now) or self.command("!swap", now)   # a waiting call: firmware/lines.py
         elif cmd.startswith("!dtmf "):
             digit = cmd[6:].strip()[:1]
             if self.phone.dtmf(digit, now):
                 self.pipeline.tone.dtmf(digit)
-        elif cmd == "!state":
-            self.hal.log("I", "state", json.dumps(self.state(now)))
-        elif cmd == "!reset" or cmd == "!quit":
-            self.reset_requested = cmd == "!reset"  # a device resets; "!quit" leaves it at the REPL
-            self.running = False
-        elif cmd == "!conference":   # the current call and the held one (firmware/conference.py)
-            rarely("firmware.conference").join(self, now)
-        elif cmd == "!hold" or cmd == "!resume":
-            self.hold(cmd == "!hold", now)
-        elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!pickup" or cmd == "!voicemail":
-            code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
-            if code is None:
-                self.log("W", "bad feature command %r" % cmd)
-            else:
-                self.dial(code, now)
-        elif cmd.startswith("!button "):   # boards without a digit keypad: speed dial (firmware/sysinfo.py)
-            rarely("firmware.sysinfo").button(self, cmd[8:].strip(), now)
-        elif len(cmd) == 1:
-            self.key(cmd, now)
-        else:   # !swap !reject !transfer N !consult N !complete
-            rarely("firmware.lines").command(self, cmd, now)
-
-    def hold(self, flag, now):
-        """Hold (the far end hears the host's music on hold) or resume the connected call."""
-        if (self.phone.hold if flag else self.phone.resume)(now):
-            self.log("I", "call held" if flag else "call resumed")
-            self.hal.display("on hold" if flag else "connected", self.current and self.current.get("from"))
         else:
-            self.log("W", "cannot %s now" % ("hold" if flag else "resume"))
-
-    def state(self, now):
-        """What `!state` reports: protocol state, dialed digits, tone, heap."""
-        return {"state": STATE_NAMES[self.phone.state], "registered": self.phone.registered,
-                "extension": self.config["extension"], "sysinfo_version": self.phone.sysinfo_version,
-                "digits": self.digits, "tone": self.pipeline.tone.name, "power_save": self.power_save,
-                "caller": self.current and self.current.get("from"), "heap": self.heap(), "holding": self.phone.holding,
-                "ticks": now, "net_errors": self.summary["net_errors"], "speed_dial": self.speed_dial}
+            rarely("firmware.commands").command(self, cmd, now)
 
     def key(self, key, now):
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
@@ -282,120 +167,30 @@ class App:
             self.phone.answer(now)  # any other key answers
         elif state == CONNECTED:
             if key == KEY_HOLD:
-                self.hold(not self.phone.holding, now)
+                rarely("firmware.commands").hold(self, not self.phone.holding, now)
             elif key in "0123456789*#":
                 self.command("!dtmf " + key, now)
         elif state != IDLE:
             return  # dialing or ring-back: only D (hang up) means anything
-        elif key == "*" and (not self.digits or self.digits[0] == "*"):
-            self.digits += key    # a star code (docs/features.md): *78#, *72301# ...
-            tone.dtmf(key, 60)
-            self.tone_stop_at = None
-            self.hal.display("dial", self.digits)
-        elif key == KEY_OFF_HOOK or key == "*":
-            self.digits = ""
-            tone.start("stutter" if self.phone.messages else "dial")   # stutter: voicemail waiting
-            self.tone_stop_at = None
-            self.hal.display("dial tone", None)
-        elif key == "#":
+        elif key == "#":   # here, not in firmware/commands.py: no module on the heap as the call's objects are made
             if self.digits:
                 tone.stop()
                 self.dial(self.digits, now)
             self.digits = ""
-        elif key in "0123456789":
-            self.digits += key
-            tone.dtmf(key, 60)  # the key click; it also ends the dial tone
-            self.tone_stop_at = None
-            self.hal.display("dial", self.digits)
+        else:   # A, *, a digit: firmware/commands.py
+            rarely("firmware.commands").idle_key(self, key, now)
 
     # events from the protocol
 
     def events(self, now):
-        """What the protocol said since the last look (common/phone.py's events)."""
+        """What the protocol said since the last look (common/phone.py's events): handled by
+        firmware/events.py, loaded when there are some and forgotten (docs/handset.md, Memory)."""
         if self.phone.messages != self.messages_shown:   # MESSAGE_WAITING (docs/features.md, Voicemail)
             self.messages_shown = self.phone.messages
             rarely("firmware.features").message_waiting(self, self.messages_shown)
-        for event in self.phone.take_events():
-            kind = type(event)
-            if kind is LoginUp:
-                self.summary["registered"] = True
-                self.log("I", "registered as %s" % self.config["extension"])
-                self.hal.display("idle", None)
-            elif kind is LoginDown:
-                self.log("W", "registration lost: %s" % event.reason)
-            elif (kind is Incoming and event.waiting) or (kind is Ended and event.line):
-                rarely("firmware.lines").event(self, event, now)   # the second line (docs/features.md)
-            elif kind is Incoming:
-                self.log("I", "incoming call from %s %s" % (event.number, event.name))
-                self.hal.display("ringing", ("%s %s" % (event.number, event.name)).strip())
-                self.current = {"from": event.number, "to": self.config["extension"], "dialed_ms": now,
-                                "setup_ms": None, "path": None, "cause": None, "frames_sent": 0,
-                                "frames_received": 0}
-                self._call_sent = self._call_received = 0
-                self.digits = ""
-                self.pipeline.tone.start(RING_TONE)
-                self.tone_stop_at = None
-                if self.script.get("answer"):
-                    self.answer_at = ticks_add(now, int(self.script.get("answer_after_ms", 300)))
-            elif kind is Ringback:
-                self.pipeline.tone.start("ringback")
-                self.hal.display("ringback", self.current and self.current["to"])
-            elif kind is Connected:
-                if _mem_free is not None and _mem_free() > _CALL_GC_ROOM:   # see _CALL_GC_ROOM
-                    gc.threshold(-1)
-                self.pipeline.reset()
-                self.cn_level = None
-                if self.vad is not None:
-                    self.vad.reset()
-                self.set_power_save(False)
-                self.hal.mic_start()  # what the microphone queued before the call is not sent
-                # the audio tick in step with the microphone's frames: one wake-up serves both
-                mic = self.hal.mic_due()
-                self._frame_at = now if mic is None else mic
-                self.connected_at = now
-                if self.script.get("dtmf"):
-                    self._dtmf_at = ticks_add(now, 501)
-                if self.phone.other is None:   # a consultation's timestamps carry on the held call's
-                    self.call_ts = 0
-                if self.current is not None:
-                    self.current["setup_ms"] = ticks_diff(now, self.current["dialed_ms"])
-                    self.current["path"] = event.path
-                self.log("I", "connected (%s)" % event.path)
-                self.hal.display("connected", self.current and self.current.get("from"))
-                duration = self.script.get("duration_ms")
-                if duration and self.current and self.current["from"] == self.config["extension"]:
-                    self.hangup_at = ticks_add(now, int(duration))
-            elif kind is Ended:
-                if _mem_free is not None and gc.threshold() < 0:   # start.py's threshold again, as it sets it
-                    gc.collect()
-                    gc.threshold(_mem_free() // 4)
-                cause = wire.CAUSE_TEXT.get(event.cause, str(event.cause))
-                self.log("I", "call ended: %s" % cause)
-                self.set_power_save(True)
-                self.hal.mic_stop()
-                self.pipeline.reset()
-                tone = TONES.get(cause)
-                if tone:
-                    self.pipeline.tone.start(tone)
-                    self.tone_stop_at = ticks_add(now, self.tone_timeout_ms)
-                if event.cause == wire.CAUSE_FEATURE_ON or event.cause == wire.CAUSE_FEATURE_OFF:
-                    self.hal.display(cause, self.current and self.current["to"])   # "feature on *78"
-                else:
-                    self.hal.display("ended: " + cause, None)
-                if self.current is not None:
-                    self.current["cause"] = cause
-                    self.current["tone"] = tone  # what the speaker plays now (None: silence)
-                    self._close_call()
-                self.connected_at = self._dtmf_at = None
-                if self.phone.call is not None:   # the other line is left (held or ringing)
-                    rarely("firmware.lines").remaining(self, now)
-                elif self.script.get("exit_after_call"):
-                    self.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
-            elif kind is Dtmf:
-                self.summary["dtmf_received"] += event.digit
-                self.log("I", "dtmf %s" % event.digit)
-            elif kind is Sysinfo:
-                rarely("firmware.sysinfo").received(self, event.version, event.data)
+        events = self.phone.take_events()
+        if events:
+            rarely("firmware.events").handle(self, events, now)
 
     def _close_call(self):
         """The call's record into the summary, which keeps the last _CALLS_KEPT (a device runs for
@@ -413,61 +208,15 @@ class App:
         self.power_save = flag
         self.hal.set_power_save(flag)
 
-    def heap(self):
-        """Heap figures (bytes) on MicroPython: in use now, peak seen by the loop, least free, total."""
-        if _mem_alloc is None:
-            return None
-        return {"alloc": _mem_alloc(), "peak_alloc": self.heap_peak, "peak_live": self.heap_live_peak,
-                "min_free": self.heap_free_min, "total": _mem_alloc() + _mem_free()}
-
     # I/O
 
     def open_socket(self, now):
-        """Resolve the host and make the socket; False (counted, logged) while getaddrinfo or bind
-        fails (a port taken: another is chosen, unless the configuration fixed it)."""
-        config = self.config
-        try:
-            host_addr = self.hal.getaddrinfo(config["host"], int(config["port"]))
-            local = self.hal.getaddrinfo(config.get("bind", "0.0.0.0"), self._port)
-        except OSError as exc:
-            self.count_error("getaddrinfo", exc)
-            return False
-        self.host_addr = host_addr
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind(local)
-        except OSError as exc:
-            sock.close()
-            self.count_error("bind", exc)
-            if not int(config.get("local_port", 0)):
-                self._port = _random_port()
-            return False
-        sock.setblocking(False)
-        self.poller.register(sock, select.POLLIN)
-        self.sock = self._raw_sock = sock
-        if self.profile is not None:
-            self.sock = self.profile.time_io(sock, None, None)[0]
-        return True
+        """Resolve the host and make the socket (firmware/appstart.py); False while it cannot."""
+        return rarely("firmware.appstart").open_socket(self, now)
 
     def _reopen(self, now):
-        """An empty datagram was read. ESP32 MicroPython marks a socket closed after any read of 0
-        bytes, UDP too (ports/esp32/modsocket.c, _socket_read_data: SOCKET_STATE_PEER_CLOSED), and
-        then answers every read with 0 bytes at once: one empty datagram from anyone would leave
-        the handset deaf until it restarts. So the socket is closed and a new one bound to the
-        same port (what was queued in the old one is lost: a frame or two). On every port alike,
-        so that the unix port's tests exercise it."""
-        self.summary["empty_datagrams"] += 1
-        raw = self._raw_sock
-        self.sock = self._raw_sock = None
-        try:
-            self.poller.unregister(raw)
-        except (OSError, ValueError, KeyError):
-            pass
-        raw.close()
-        for _ in range(3):   # the port was ours a moment ago
-            if self.open_socket(now):
-                return
-        raise OSError(errno.EADDRINUSE)   # no socket: a fault, the handset restarts (docs/handset.md)
+        """An empty datagram was read: a new socket on the same port (firmware/appstart.py)."""
+        rarely("firmware.appstart").reopen(self, now)
 
     def count_error(self, operation, exc):
         """One more network error of this kind (summary and !state "net_errors"); never fatal."""
@@ -844,34 +593,9 @@ class App:
             self.heap_live_peak = live
 
     def finish(self):
+        """Log out, write the summary, close the devices (firmware/commands.py); a no-op when done."""
         if not self.running and self.started is None:
             return  # already finished
         self.running = False
         self.started = None
-        now = self.hal.ticks_ms()
-        self.phone.stop(now)
-        self.events(now)
-        if self.sock is not None:
-            self.flush(now)  # the BYE: a failure is counted, never raised
-        if self.current is not None:
-            self.current["cause"] = "in progress"
-            self._close_call()
-        summary = self.summary
-        summary["frames_sent"], summary["frames_received"] = self.frames_sent, self.frames_received
-        summary["cn_sent"], summary["cn_received"] = self.cn_sent, self.cn_received
-        summary["frames_suppressed"] = self.frames_suppressed
-        summary["frames_rejected"] = self.frames_rejected + self.phone.dropped
-        if self.record is not None:
-            self.record.close()
-        if self.record_sent is not None:
-            self.record_sent.close()
-        self.summary["heap"] = self.heap()
-        self.summary["jitter"] = self.pipeline.jitter.stats()  # receive path: late, concealed, delay (docs/handset.md)
-        if self.profile is not None:
-            self.summary["profile"] = self.profile.report()
-        if self.script.get("summary"):
-            with open(self.script["summary"], "w") as f:
-                json.dump(self.summary, f)  # streamed: no copy of the whole summary on a small heap
-        else:  # the console then: one line (a copy of the whole summary, which a file does not need)
-            self.log("I", "summary " + json.dumps(self.summary))
-        self.hal.close()
+        rarely("firmware.commands").finish(self)

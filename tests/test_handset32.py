@@ -53,9 +53,10 @@ def check(rows, heaps, heap_bytes, live_limit):
                                                                  heap["min_free"]))
 
 
-# measured (docs/handset.md): peak live 36.2 KB with the frozen image, 91.4 KB with .mpy files (B3)
+# measured (docs/handset.md): peak live 36.2 KB with the frozen image, 88.7 KB with .mpy files (B3;
+# 92.8 KB before the App's rarely run code was loaded per use: the limit keeps that cut)
 FROZEN_LIVE_LIMIT = 48 * 1024
-MPY_LIVE_LIMIT = 96 * 1024
+MPY_LIVE_LIMIT = 92 * 1024
 
 
 def test_every_demo_call_completes_at_64k_with_the_frozen_image(tmp_path, unix32_frozen):
