@@ -19,8 +19,10 @@ _TONE_TIMEOUT_MS = const(30000)   # busy and reorder stop by themselves after th
 
 
 def _random_port():
-    """A port from the dynamic range (RFC 6335: 49152-65535) for the handset's socket."""
-    return 49152 + (os.urandom(1)[0] << 6 | os.urandom(1)[0] & 63)
+    """A port for the handset's socket: 61000-65535, the top of the dynamic range (RFC 6335:
+    49152-65535) above Linux's ephemeral ports (32768-60999), so that on a host running virtual
+    handsets it never takes a port the kernel just handed out to something else."""
+    return 61000 + (os.urandom(1)[0] << 8 | os.urandom(1)[0]) % 4536
 
 
 def init(app, config, hal):
