@@ -10,7 +10,6 @@ time (for call records) is that plus `wall_offset_ms`, which the daemon keeps se
 """
 from upbx.common import wire
 from upbx.host.conference import Conferences
-from upbx.common.call import RELEASE_RECEIVED
 from upbx.host import lines
 from upbx.host.moh import MusicOnHold
 from upbx.host.switch import other_leg, send_on_leg
@@ -211,19 +210,13 @@ class HostCore:
     def call_message(self, link, msg_type, ies, now):
         """ALERTING, ANSWER, RELEASE or DTMF on one of link's legs: applied to the leg and its call,
         passed on to the other leg; a message for no leg of link, or out of turn, is dropped."""
-        leg = self.switch.leg_for(ies, link)
+        leg = self.switch.leg_for(ies, link, release=msg_type == wire.RELEASE)
         if leg is None:
             self.stats.drop("unknown call")
             return
         if leg.call.conference is not None:
             return self.conferences.message(leg, msg_type, ies, now)
         if self.groups.call_message(leg, msg_type, ies, now):   # a group call ringing, a page
-            return
-        call = leg.call
-        if msg_type == wire.RELEASE and other_leg(leg) is None:   # hung up before the call went on
-            leg.apply(RELEASE_RECEIVED)                            # (a local call awaiting its grant)
-            call.cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
-            self.end_call(call, call.cause, now)
             return
         passed = self.switch.pass_on(leg, msg_type, ies, now)
         if passed is None:

@@ -314,14 +314,17 @@ class Switch:
         turn (e.g. ANSWER from the caller's side, or before the other leg is set up)."""
         other = other_leg(leg)
         events = self._PASS.get(msg_type)
-        if other is None or events is None or (msg_type == wire.DTMF and wire.IE_DIGIT not in ies):
+        if events is None or (msg_type == wire.DTMF and wire.IE_DIGIT not in ies):
             return None
         received, sent = events
-        if msg_type == wire.RELEASE:   # always ends the call, whatever the other leg's state
-            leg.apply(received)
+        if msg_type == wire.RELEASE:   # always ends the call, whatever the other leg's state, or before
+            leg.apply(received)        # there is one (a local call awaiting its grant)
             leg.call.cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
-            self.release(other, leg.call.cause, now)
+            if other is not None:
+                self.release(other, leg.call.cause, now)
             return msg_type
+        if other is None:
+            return None
         before = leg.state
         if leg.apply(received) is None:
             return None
@@ -339,12 +342,15 @@ class Switch:
             send_on_leg(other, msg_type, {wire.IE_DIGIT: ies[wire.IE_DIGIT]} if msg_type == wire.DTMF else {}, now)
         return msg_type
 
-    def leg_for(self, ies, link):
-        """Our leg named by a message's peer call number, if it belongs to this link. A message
+    def leg_for(self, ies, link, release=False):
+        """Our leg named by a message's peer call number, if it belongs to this link. A RELEASE
         without one (the far end sends before it heard from us: a caller hanging up at once)
-        names the leg by the far end's own call number, among this link's legs."""
+        names the leg by the far end's own call number, among this link's legs; no other message
+        is sent that early, so no other makes the host look through its legs."""
         ours = ies.get(wire.IE_PEER_CALL_NO)
         if ours is None:
+            if not release:
+                return None
             theirs = ies.get(wire.IE_CALL_NO)
             if not theirs:
                 return None
