@@ -4,7 +4,8 @@ import importlib
 import sys
 
 from upbx.host.config import ConfigError, load_main_config, load_remote_config
-from upbx.host.daemon import Daemon
+from upbx.host import metrics
+from upbx.host.daemon import Daemon, MetricsListenError
 from upbx.host.log import StructuredLog
 
 
@@ -25,11 +26,22 @@ class HostCommand:
         except ConfigError as exc:
             print("upbx %s: %s" % (self.table, exc), file=sys.stderr)
             return 2
+        listener = None
+        if config.metrics_port:
+            problem = metrics.missing()
+            if problem:
+                print("upbx %s: %s: key 'metrics.port': %s" % (self.table, config.path, problem), file=sys.stderr)
+                return 2
+            listener = (config.metrics_address, config.metrics_port)
         module, _, name = self.core.partition(":")
         core_class = getattr(importlib.import_module(module), name)
         log_name = "main" if self.table == "main" else config.name
         core = core_class(config, StructuredLog(log_name, config.log_level, config.log_format))
-        asyncio.run(Daemon(core, config.listen, config.control_socket).run())
+        try:
+            asyncio.run(Daemon(core, config.listen, config.control_socket, metrics=listener).run())
+        except MetricsListenError as exc:
+            print("upbx %s: %s" % (self.table, exc), file=sys.stderr)
+            return 1
         return 0
 
 

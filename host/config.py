@@ -113,7 +113,16 @@ SECTIONS = {
         Key("audio_out", "path", "", "speaker: a WAV file to write, or empty to discard"),
         Key("vad", "bool", False, "silence suppression: no voice frames in pauses, comfort noise instead"),
     ] + _log_keys()[:1],
+    # a table of its own in main.toml and remote.toml (FILE_TABLES); read as config.metrics_address, ...
+    "metrics": [
+        Key("port", "int", 0, "TCP port of the Prometheus metrics listener (GET /metrics, plain HTTP, "
+            "docs/operations.md); 0 for none", min=0, max=65535),
+        Key("address", "ipaddress", "127.0.0.1",
+            "address it listens on: loopback unless Prometheus scrapes from elsewhere (metrics are not secret "
+            "but tell who is registered and calling); 0.0.0.0 or :: for every interface"),
+    ],
 }
+FILE_TABLES = {"main": ("metrics",), "remote": ("metrics",)}   # tables a file may hold beside its own
 
 
 def secret_from_hex(text, min_bytes=16):
@@ -210,6 +219,13 @@ def _check_hostport(key, value, base):
         raise _Bad('expected "HOST:PORT"') from None
 
 
+def _check_ipaddress(key, value, base):
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise _Bad("expected an IPv4 or IPv6 address") from None
+
+
 def _check_path(key, value, base):
     _check_str(key, value, base)
     return os.path.join(base, value) if value else ""
@@ -259,7 +275,7 @@ def _check_audio_in(key, value, base):
 
 _CHECKS = {
     "bool": _check_bool, "int": _check_int, "float": _check_float, "str": _check_str, "choice": _check_choice,
-    "hostport": _check_hostport, "path": _check_path, "database": _check_database,
+    "hostport": _check_hostport, "ipaddress": _check_ipaddress, "path": _check_path, "database": _check_database,
     "secret": _check_secret, "digits": _check_digits, "name": _check_name, "audio_in": _check_audio_in,
 }
 
@@ -299,7 +315,8 @@ def _unknown_key(path, name, known):
 
 
 def _read(path, section):
-    """The TOML table of one section; unknown sections and TOML errors raise ConfigError."""
+    """The TOML tables of one file ({name: table}): its section's and the others it may hold
+    (FILE_TABLES); unknown sections and TOML errors raise ConfigError."""
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
@@ -307,27 +324,27 @@ def _read(path, section):
         raise ConfigError(path, None, "cannot read: %s" % (exc.strerror or exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, "not valid TOML: %s" % exc) from None
+    tables = (section,) + FILE_TABLES.get(section, ())
     for name, value in doc.items():
-        if name != section and not isinstance(value, dict):
+        if name not in tables and not isinstance(value, dict):
             raise ConfigError(path, name, "outside any table; put it under [%s]" % section)
-        if name != section:
-            close = difflib.get_close_matches(name, [section], n=1)
-            hint = "did you mean '%s'?" % section if close else "this file takes only [%s]" % section
+        if name not in tables:
+            close = difflib.get_close_matches(name, tables, n=1)
+            hint = "did you mean '%s'?" % close[0] if close else "this file takes only %s" % " and ".join(
+                "[%s]" % t for t in tables)
             raise ConfigError(path, name, "unknown section (%s)" % hint)
-    table = doc.get(section, {})
-    if not isinstance(table, dict):
-        raise ConfigError(path, section, "expected a table [%s]" % section)
-    return table
+    for name in tables:
+        if not isinstance(doc.get(name, {}), dict):
+            raise ConfigError(path, name, "expected a table [%s]" % name)
+    return {name: doc.get(name, {}) for name in tables}
 
 
-def _load(path, cls):
-    section = cls.section
-    table = _read(path, section)
+def _values(path, section, table, base, prefix=""):
+    """The checked values of one table's keys, defaults filled in; attribute names get prefix."""
     keys = {k.name: k for k in SECTIONS[section]}
     for name in table:
         if name not in keys:
             raise _unknown_key(path, "%s.%s" % (section, name), ["%s.%s" % (section, k) for k in keys])
-    base = os.path.dirname(os.path.abspath(path))
     values = {}
     for key in SECTIONS[section]:
         full = "%s.%s" % (section, key.name)
@@ -343,6 +360,16 @@ def _load(path, cls):
             values[key.name] = _CHECKS[key.kind](key, raw, base)
         except _Bad as exc:
             raise ConfigError(path, full, "%s, got %s" % (exc, _show(raw))) from None
+    return {prefix + name: value for name, value in values.items()}
+
+
+def _load(path, cls):
+    section = cls.section
+    tables = _read(path, section)
+    base = os.path.dirname(os.path.abspath(path))
+    values = _values(path, section, tables[section], base)
+    for name in FILE_TABLES.get(section, ()):
+        values.update(_values(path, name, tables[name], base, prefix=name + "_"))
     config = cls(path, values)
     if any(k.kind == "secret" for k in SECTIONS[section]):
         loose = loose_secret_file(path)
@@ -371,11 +398,11 @@ def load_phone_config(path):
     return _load(path, PhoneConfig)
 
 
-FILES = {"main": "main.toml", "remote": "remote.toml", "phone": "phone.toml"}
+FILES = {"main": "main.toml", "remote": "remote.toml", "phone": "phone.toml", "metrics": "main.toml and remote.toml"}
 _KIND_NAMES = {
     "bool": "true/false", "int": "integer", "float": "number", "str": "string", "choice": "string", "hostport": '"HOST:PORT"',
     "path": "path", "database": "path", "secret": "hex string", "digits": "digits", "name": "name",
-    "audio_in": "path or tone:HZ",
+    "audio_in": "path or tone:HZ", "ipaddress": "IP address",
 }
 
 
@@ -387,7 +414,8 @@ def markdown():
         "<!-- generated by `python -m upbx.host.config --markdown > docs/config.md`; edit host/config.py -->",
         "",
         "Each daemon reads one TOML file with one table: `upbx main --config main.toml` reads `[main]`,",
-        "`upbx remote --config remote.toml` reads `[remote]`, `upbx phone --config phone.toml` reads `[phone]`.",
+        "`upbx remote --config remote.toml` reads `[remote]`, `upbx phone --config phone.toml` reads `[phone]`;",
+        "main.toml and remote.toml may also hold a `[metrics]` table (the Prometheus listener, docs/operations.md).",
         "Paths are relative to the directory of the configuration file. An unknown key, a missing",
         "required key or a value of the wrong kind stops the daemon with one line naming the file,",
         "the key and the problem, for example:",
@@ -416,8 +444,8 @@ def markdown():
                 kind += " >= %s" % key.limits["min"]
             out.append("| `%s` | %s | %s | %s |" % (key.name, kind, default, key.doc))
     out += ["", "## Example", "", "```toml", "[remote]", 'name = "north"',
-            'secret = "00112233445566778899aabbccddeeff"', 'main = "198.18.0.1:4569"', "uplink_kbps = 512",
-            "```", ""]
+            'secret = "00112233445566778899aabbccddeeff"', 'main = "198.18.0.1:4569"', "uplink_kbps = 512", "",
+            "[metrics]", "port = 9464", "```", ""]
     return "\n".join(out)
 
 

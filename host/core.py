@@ -9,6 +9,7 @@ A core is sans-IO, as aioquic's QuicConnection: datagrams and time go in
 time (for call records) is that plus `wall_offset_ms`, which the daemon keeps set.
 """
 from upbx.common import wire
+from upbx.host.callstats import CallStats
 from upbx.host.conference import Conferences
 from upbx.host import lines
 from upbx.host.moh import MusicOnHold
@@ -52,6 +53,7 @@ class BandwidthMeter:
         self._pending = {}     # address -> [bytes in, bytes out] since the last sample
         self._last_ms = None
         self.groups = {}       # name -> {"ring": [(ms, in, out)], "in_kbps", "out_kbps", "peak_*"}
+        self.totals = {}       # name -> [bytes in, bytes out] since the start (host/metrics.py)
 
     def add(self, address, n, out):
         counts = self._pending.get(address)
@@ -75,6 +77,9 @@ class BandwidthMeter:
                 t = totals.setdefault(name, [0, 0])
                 t[0] += n_in
                 t[1] += n_out
+                total = self.totals.setdefault(name, [0, 0])
+                total[0] += n_in
+                total[1] += n_out
         for name in set(self.groups) | set(totals):
             group = self.groups.setdefault(name, {"ring": [], "in_kbps": 0.0, "out_kbps": 0.0,
                                                   "peak_in_kbps": 0.0, "peak_out_kbps": 0.0})
@@ -105,6 +110,7 @@ class HostCore:
         self.name = name
         self.log = log
         self.stats = Stats()
+        self.call_stats = CallStats()   # calls ended, their frames, set-up times (host/metrics.py)
         self.meter = BandwidthMeter()
         self.wall_offset_ms = 0     # wall-clock ms = monotonic ms + this (the daemon keeps it set)
         self.now = 0                # the time of the last input, for what is flushed without one
@@ -286,6 +292,7 @@ class HostCore:
         self.groups.released_forks(call, cause, now)
         if not self.switch.end_call(call, cause, now):
             return
+        self.call_stats.call_ended(call, wire.CAUSE_TEXT.get(cause, str(cause)))
         self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path,
                       frames=call.frames)
         if record:

@@ -50,6 +50,8 @@ class MainHost(HostCore):
         self._sysinfo_version = None
         self._sysinfo_cache = {}  # (version, site) -> encoded system information
         self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
+        self.sysinfo_sent_ms = {}   # link name -> when its last copy went out (host/metrics.py)
+        self.sysinfo_acked = {}     # phone here -> the version it acknowledged
         self.music_version = 0   # the operator's music on hold (0: the generated default), docs/features.md
         self.music_acked = {}    # remote host name -> the music version it said it has
         self.groups = groups.GroupCalls(self)
@@ -205,6 +207,7 @@ class MainHost(HostCore):
         sent = self.sysinfo_sent.setdefault(link.name, {"copies": 0, "datagrams": 0})
         sent["copies"] += 1
         sent["datagrams"] += chunks
+        self.sysinfo_sent_ms[link.name] = now
 
     # signalling
 
@@ -212,6 +215,8 @@ class MainHost(HostCore):
         self.count_message(msg_type)
         if msg_type == wire.PHONE_STATE and link.kind == "host" and ies.get(wire.IE_STATE) == 1:
             return self._message_waiting(ies.get(wire.IE_EXTENSION), now, registered=True)
+        if msg_type == wire.SYSINFO_ACK:
+            self.sysinfo_acked[link.name] = ies.get(wire.IE_VERSION)
         if msg_type in (wire.PING, wire.ACK, wire.SYSINFO_ACK, wire.PHONE_STATE):
             return
         if msg_type == wire.SETUP:
@@ -584,6 +589,8 @@ class MainHost(HostCore):
                 pass   # asked again: the same grant
             else:
                 cause = local_call_cause(site.local_calls, site.local_call_quota, a.barred, len(active))
+                if cause == wire.CAUSE_NETWORK_BUSY:
+                    self.stats.count("admission refused: local call quota")
                 if cause is None and len(active) >= self.config.max_calls_per_host:
                     self.stats.drop("calls per peer")   # grants held for a host are bounded even without a quota
                     cause = wire.CAUSE_NETWORK_BUSY

@@ -119,6 +119,7 @@ class PeerTable:
     def _failed(self, address, reason):
         """A handshake that failed: counted, and it costs its source extra tokens."""
         self.stats.drop(reason)
+        self.stats.count("login refused: " + reason)   # "bad tag" is a session frame's drop too
         self.buckets.charge(address[0], FAILURE_COST)
         return None, None
 
@@ -126,6 +127,7 @@ class PeerTable:
         """Reply datagram for a HELLO or RESPONSE (or None); returns (reply, new_peer_or_None)."""
         if not self.buckets.take(address[0], now):
             self.stats.drop("handshake rate limited")
+            self.stats.count("login refused: handshake rate limited")
             return None, None
         try:
             _index, msg_type, ies = parse_handshake(datagram)

@@ -76,6 +76,7 @@ class RemoteHost(HostCore):
         self._load_music()
         self._sysinfo_blob = None    # (version, encoded) of the system information, for the phones
         self.sysinfo_acked = {}      # extension -> version
+        self.sysinfo_sent_ms = {}    # extension -> when its last copy went out (host/metrics.py)
         self.uploading = set()
         store = (VoicemailStore(str(config.records_database) + ".voicemail")
                  if str(config.records_database) != ":memory:" else None)
@@ -281,6 +282,7 @@ class RemoteHost(HostCore):
             self._sysinfo_blob = (sysinfo["version"], json.dumps(sysinfo["info"], separators=(",", ":")).encode())
         for ies in chunk_ies(*self._sysinfo_blob):
             link.send_signal(wire.SYSINFO, ies, now)
+        self.sysinfo_sent_ms[link.name] = now
         self.stats.count("sysinfo copies to phones")
 
     def _phone_link(self, number):
@@ -503,7 +505,10 @@ class RemoteHost(HostCore):
 
     def _admits(self):
         """Call admission (B5): one more call in or out must fit the uplink budget; local calls never count."""
-        return uplink_admits(self.config.uplink_kbps, self._uplink_calls(), len(self._uplink_peers()))
+        if uplink_admits(self.config.uplink_kbps, self._uplink_calls(), len(self._uplink_peers())):
+            return True
+        self.stats.count("admission refused: uplink budget")   # every caller refuses the call
+        return False
 
     def _decide_locally(self, call, now):
         self.pending_local.pop(call.call_id, None)
@@ -520,7 +525,10 @@ class RemoteHost(HostCore):
         the same rule as the main host's (host/policy.py)."""
         ext = self.cache.extension(caller) or {}
         active = sum(1 for c in self.switch.calls.values() if c.path == "local" and c.b is not None)
-        return local_call_cause(self.cache.local_calls, self.cache.local_call_quota, ext.get("barred"), active)
+        cause = local_call_cause(self.cache.local_calls, self.cache.local_call_quota, ext.get("barred"), active)
+        if cause == wire.CAUSE_NETWORK_BUSY:
+            self.stats.count("admission refused: local call quota")
+        return cause
 
     def _refuse(self, call, cause, now):
         """End a call that never reached its callee: the caller hears the cause; no record."""

@@ -29,6 +29,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_tcp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def upbx(*args):
     return [sys.executable, "-m", "upbx.tools.cli"] + list(args)
 
@@ -170,7 +176,7 @@ class LoopbackExchange:
     """Main host + remote hosts for sites a, b + site c with phones straight at the main host."""
 
     def __init__(self, workdir=None, direct_media=True, ring_timeout_s=30, uplink_kbps=None, log_level="info",
-                 remote_settings=None, phone_args=()):
+                 remote_settings=None, phone_args=(), metrics=False):
         self.dir = workdir or tempfile.mkdtemp(prefix="upbx-lab-")
         self.procs = []
         self.secrets = {}
@@ -183,6 +189,20 @@ class LoopbackExchange:
         self.remote_settings = remote_settings or {}   # extra [remote] keys, e.g. {"login_backoff_max_s": 2}
         self.argv = {}
         self.phone_args = list(phone_args)  # flags every virtual handset gets, e.g. --micropython, --heapsize
+        self.metrics = metrics              # each daemon serves Prometheus metrics on a port of its own
+        self.metrics_ports = {}             # daemon name -> TCP port of its /metrics
+
+    def _metrics_table(self, name):
+        if not self.metrics:
+            return ""
+        port = self.metrics_ports[name] = free_tcp_port()
+        return '\n[metrics]\nport = %d\n' % port
+
+    def scrape(self, daemon):
+        """The text a daemon's /metrics serves (LoopbackExchange(metrics=True))."""
+        import urllib.request
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.metrics_ports[daemon], timeout=10) as r:
+            return r.read().decode()
 
     def path(self, name):
         return os.path.join(self.dir, name)
@@ -209,6 +229,7 @@ class LoopbackExchange:
                     'ring_timeout_s = %d\ndirect_media = %s\nlog_level = "%s"\n'
                     % (self.main_port, self.path("main.sock"), self.ring_timeout_s,
                        "true" if self.direct_media else "false", self.log_level))
+            f.write(self._metrics_table("main"))
         self.spawn("main", upbx("main", "--config", self.path("main.toml")))
         for site in self.remote_sites:
             port = self.remote_ports[site] = free_port()
@@ -220,6 +241,7 @@ class LoopbackExchange:
                            self.uplink_kbps.get(site, 0), self.log_level))
                 for key, value in self.remote_settings.items():
                     f.write("%s = %s\n" % (key, json.dumps(value)))
+                f.write(self._metrics_table(name))
             self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
         # a minute: three Python daemons starting on a busy machine (or a Raspberry Pi) take a while
         self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
