@@ -241,7 +241,8 @@ class Daemon:
             except OSError as exc:
                 sock.close()
                 raise MetricsListenError("metrics: cannot listen on %s:%d: %s"
-                                         % (self.metrics[0], self.metrics[1], exc.strerror or exc)) from None
+                                         % (self.metrics[0], self.metrics[1],
+                                            os.strerror(exc.errno) if exc.errno else exc)) from None
             self.log.info("metrics", listen="%s:%d" % self.metrics_address)
         self._stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

