@@ -72,14 +72,24 @@ class CallStats:
         self.ended[key] = self.ended.get(key, 0) + 1
         self.ended_frames += call.frames
 
-    def observe_live(self, calls):
-        """Take the set-up times of live calls that have rung or been answered since the last look."""
+    def look(self, calls):
+        """One pass over the live calls at a scrape: their set-up times are taken if they rang or were
+        answered since the last look; returns ({(media path, state): calls}, media frames forwarded
+        so far, the ended calls' and the live ones': the C fast path counts each frame it relays in
+        its call's `frames` too, docs/relay.md)."""
         live = set()
+        by_path = {}
+        frames = self.ended_frames
+        observed = self._observed
         for call in calls:
             live.add(call.call_id)
-            if call.call_id not in self._observed:
+            if call.call_id not in observed:
                 self._observe(call, live=True)
-        self._observed &= live     # a call given a new uid by a transfer (host/lines.py) is not kept
+            key = (media_path(call), call.state)
+            by_path[key] = by_path.get(key, 0) + 1
+            frames += call.frames
+        self._observed = observed & live   # a call given a new uid by a transfer (host/lines.py) is not kept
+        return by_path, frames
 
     def _observe(self, call, live=False):
         if call.call_id in self._observed or call.linked is not None:
@@ -90,8 +100,3 @@ class CallStats:
         self.setup.observe(ms / 1000.0)
         if live:
             self._observed.add(call.call_id)
-
-    def frames(self, calls):
-        """Media frames forwarded so far: ended calls' and the live calls' (the C fast path counts
-        each relayed frame in its call's `frames` too, docs/relay.md)."""
-        return self.ended_frames + sum(call.frames for call in calls)

@@ -9,8 +9,6 @@ nothing changes them, with no lock on the path of every frame.
 
 Needs the 'metrics' extra (prometheus_client, aiohttp); `missing()` says what is not installed.
 """
-from upbx.host.callstats import media_path
-
 EXTRA = "metrics"
 
 # Stats counters with a metric of their own: (metric, label value or None)
@@ -66,12 +64,9 @@ class HostCollector:
         phones.add_metric([], sum(1 for link in _links(core) if link.kind == "phone"))
         yield phones
 
+        by_path, frames_now = core.call_stats.look(calls)
         live = GaugeMetricFamily("upbx_calls", "Calls this host switches now, by media path and state",
                                  labels=["path", "state"])
-        by_path = {}
-        for call in calls:
-            key = (media_path(call), call.state)
-            by_path[key] = by_path.get(key, 0) + 1
         for (path, state), n in sorted(by_path.items()):
             live.add_metric([path, state], n)
         yield live
@@ -82,7 +77,6 @@ class HostCollector:
             ended.add_metric([path, cause], n)
         yield ended
 
-        core.call_stats.observe_live(calls)
         setup = core.call_stats.setup
         histogram = HistogramMetricFamily("upbx_call_setup_seconds", "Time from a SETUP in to the first "
                                           "ALERTING or ANSWER this host passed on, per call")
@@ -91,7 +85,7 @@ class HostCollector:
 
         frames = CounterMetricFamily("upbx_frames_relayed", "Media frames this host passed from one leg of a "
                                      "call to the other (the C fast path's included)")
-        frames.add_metric([], core.call_stats.frames(calls))
+        frames.add_metric([], frames_now)
         yield frames
 
         drops = CounterMetricFamily("upbx_drops", "Datagrams, messages and frames dropped, by reason",

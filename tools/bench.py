@@ -270,6 +270,8 @@ from upbx.tools.bench_security import bench_handshake, table_handshake  # noqa: 
 BENCHMARKS["handshake"], TABLES["handshake"] = bench_handshake, table_handshake
 from upbx.tools.bench_handset import bench_handset, table_handset  # noqa: E402  (handset CPU per tick, ESP32 estimate)
 BENCHMARKS["handset"], TABLES["handset"] = bench_handset, table_handset
+from upbx.tools.bench_metrics import bench_metrics, table_metrics  # noqa: E402  (one Prometheus scrape, docs/operations.md)
+BENCHMARKS["metrics"], TABLES["metrics"] = bench_metrics, table_metrics
 
 # the keys of the summary: where each one comes from in the results
 SUMMARY = (("wan_kbps_per_call", "wan", "wan_kbps_per_call"),
