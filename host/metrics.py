@@ -219,7 +219,7 @@ class HostCollector:
         n.add_metric([], calls)
         yield n
         records = Gauge("upbx_records_pending", "Call records kept on disk waiting for upload to the main host")
-        records.add_metric([], len(core.records.pending()))
+        records.add_metric([], core.records.pending_count())
         yield records
         voicemail = Gauge("upbx_voicemail_pending", "Voicemail messages waiting for upload to the main host")
         voicemail.add_metric([], len(core.voicemail.store.pending_upload()) if core.voicemail.store else 0)

@@ -58,6 +58,10 @@ class RecordStore:
             return [json.loads(r[0]) for r in self.db.execute(sql + " LIMIT ?", (limit,))]
         return [json.loads(r[0]) for r in self.db.execute(sql)]
 
+    def pending_count(self):
+        """How many records wait for the main host (a scrape's question: counted, not read)."""
+        return self.db.execute("SELECT count(*) FROM records WHERE uploaded = 0").fetchone()[0]
+
     def mark_uploaded(self, uids):
         """The main host has stored these records; unknown uids are ignored."""
         uids = list(uids)

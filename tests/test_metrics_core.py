@@ -75,3 +75,26 @@ def test_the_sysinfo_lag_grows_while_a_phone_has_not_acknowledged_and_is_0_once_
         assert scrape(world.a).value("upbx_sysinfo_lag_seconds") == 0
     finally:
         world.close()
+
+
+def test_a_local_call_over_the_sites_quota_is_an_admission_refusal_at_whichever_host_decides(tmp_path):
+    from tests.test_local_decision import _answers
+    world = World(tmp_path, site_a={"local_calls": True, "local_call_quota": 1},
+                  extensions=(("103", "a"), ("104", "a")), barred=("103",))
+    try:
+        world.start_remote()
+        for i, number in enumerate(("101", "102", "103", "104")):
+            world.add_phone(number, 20 + i)
+        world.run(1000)
+        by_main = _answers(world)           # one call over the quota (B3: the main host refuses it)
+        assert by_main[("104", "103", True)] == "network busy"
+        assert scrape(world.main).labelled("upbx_admission_refusals_total") == {("local call quota",): 1.0}
+        assert scrape(world.a).labelled("upbx_admission_refusals_total") == {}
+        world.main_away()
+        world.run(3000)
+        by_cache = _answers(world)          # the same, decided by site a from its cached directory (B4)
+        assert by_cache[("104", "103", True)] == "network busy"
+        assert scrape(world.a).labelled("upbx_admission_refusals_total") == {("local call quota",): 1.0}
+        assert scrape(world.a).value("upbx_main_host_up") == 0
+    finally:
+        world.close()
