@@ -152,6 +152,8 @@ class HostCore:
             self._next_tick = now + TICK_MS   # far behind (a stalled process): skip, do not burst
         if self.conferences.active:
             self.conferences.tick(now)    # queued before on_tick flushes the trunks
+        if self.held:
+            lines.recall(self, now)       # blind transfers not answered in time (host/lines.py)
         self.on_tick(now)
         self.meter.sample(now, self.bandwidth_owners())
 

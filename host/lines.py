@@ -4,6 +4,7 @@
     transfer(host, link, ies, now)           TRANSFER from a phone registered at host
     party(host, link, ies, now)              PARTY from a host along a call: passed on
     answered(host, call, now)                a call joined by a blind transfer was answered
+    recall(host, now)                        the tick: a blind transfer not answered in time rings back
 
 A transfer is done by the host the transferring phone is registered at, which switches both
 of that phone's calls: the far leg of the held call (y1, towards the party that stays) and the
@@ -12,6 +13,11 @@ the phone's own two legs are released with cause 12 "transferred", and both far 
 who they talk to now (PARTY, passed along by every host on the way). The two calls that ended
 are recorded with cause "transferred" as any call is; the new call's record names the call it
 continues (`linked`, the first call of a chain of transfers): item 10 of issue 12.
+
+A blind transfer the new party does not answer within `transfer_recall_s` (the joining host's
+configuration) is recalled: the new party stops ringing ("no answer") and the transferring phone
+rings again with the party that stayed, its caller id naming the recall ("recall: 201 no
+answer"); a recall not answered within the same time ends the call ("no answer").
 """
 import copy
 import os
@@ -95,6 +101,9 @@ def transfer(host, link, ies, now):
         call.held_by = y2
         call.hold_sent = hold_sent[0]
         host.held.add(call)
+        recall_ms = getattr(host.config, "transfer_recall_s", 0) * 1000
+        if recall_ms:
+            call.recall = (link, new, now + recall_ms, recall_ms)
     _paths(host, call, was_local, now)
     for leg, number in ((y1, new), (y2, stays)):
         send_on_leg(leg, wire.PARTY, {wire.IE_CALLING: number, wire.IE_CALLING_NAME: _name(host, number)[:63]}, now)
@@ -126,10 +135,37 @@ def _paths(host, call, was_local, now):
 def answered(host, call, now):
     """The new party of a blind transfer answered: the music stops, both talk."""
     if call.held_by is call.b:
-        call.held_by = None
+        call.held_by = call.recall = None
         host.held.discard(call)
         if getattr(call, "hold_sent", False):
             send_on_leg(call.a, wire.HOLD, {wire.IE_STATE: 0}, now)
+
+
+def recall(host, now):
+    """Every tick: a blindly transferred call still ringing at its recall time rings the
+    transferring phone again (once); a recall still ringing at its own time ends the call."""
+    for call in [c for c in host.held if c.recall is not None]:
+        link, new, due, period = call.recall
+        if now < due or call.released or call.b is None or call.held_by is not call.b:
+            continue
+        if link is None or not link.up or host.switch.admit(link) is not None:   # nobody to ring back
+            host.log.info("transfer-recall-failed" if link else "transfer-recall-unanswered", call=call.uid)
+            call.recall = None
+            host.switch.release(call.a, wire.CAUSE_NO_ANSWER, now)
+            host.switch.release(call.b, wire.CAUSE_NO_ANSWER, now)
+            host.end_call(call, wire.CAUSE_NO_ANSWER, now)
+            continue
+        host.switch.drop_callee(call, wire.CAUSE_NO_ANSWER, now)
+        back = link.name
+        call.callee = back
+        call.tried.append(back)
+        call.offered_ms = now
+        call.alerted_ms = None
+        call.recall = (None, new, now + period, period)
+        call.held_by = host.switch.offer(call, link, now, ("recall: %s no answer" % new)[:63],
+                                         local=call.path == "local")
+        send_on_leg(call.a, wire.PARTY, {wire.IE_CALLING: back, wire.IE_CALLING_NAME: _name(host, back)[:63]}, now)
+        host.log.info("transfer-recall", call=call.uid, to=back, unanswered=new)
 
 
 def party(host, link, ies, now):

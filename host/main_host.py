@@ -275,7 +275,7 @@ class MainHost(HostCore):
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         called = ies[wire.IE_CALLED]
         if called.startswith("*") and not self.voicemail.handles(called):
-            if called == groups.PICKUP_CODE or groups.intercom_target(called):
+            if called == groups.PICKUP_CODE or groups.intercom_target(called) or groups.directed_pickup_target(called):
                 return self._group_code(link, ies, caller, called, now)
             return self._star_code(link, ies, now)
         tried = []
@@ -344,11 +344,20 @@ class MainHost(HostCore):
         self.groups.start(call, group, self._caller_name(caller), now, answer)
 
     def _group_code(self, link, ies, caller, called, now):
-        """*8 (pickup) from a phone here, *80N (intercom to N) from any phone."""
-        if called == groups.PICKUP_CODE:
+        """*8 (pickup) and **N (directed pickup) from a phone here, *80N (intercom to N) from any phone."""
+        directed = groups.directed_pickup_target(called)
+        if called == groups.PICKUP_CODE or directed:
             if link.kind != "phone":
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=caller)
-            if not self.groups.pickup(link, ies, now, self.directory.pickup_scope(caller)):
+            scope, cause = self.directory.pickup_scope(caller), None
+            if directed:
+                target = self.directory.extension(directed)
+                scope = {directed}
+                cause = (wire.CAUSE_UNKNOWN_EXTENSION if target is None else wire.CAUSE_NOT_PERMITTED
+                         if target.site != self.directory.site_of_extension(caller) else None)
+            if cause is not None:
+                return self.refuse_setup(link, ies, cause, now, caller=caller)
+            if not self.groups.pickup(link, ies, now, scope):
                 self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=caller)   # nothing rings
             return None
         number = groups.intercom_target(called)

@@ -322,8 +322,13 @@ class RemoteHost(HostCore):
             self.stats.drop("setup missing IEs")
             return
         called = ies[wire.IE_CALLED]
-        if called == groups.PICKUP_CODE:
+        directed = groups.directed_pickup_target(called)
+        if called == groups.PICKUP_CODE or directed:
             scope = groups.pickup_scope(link.name, self.cache.extensions, (self.cache.data.get("groups") or {}).values())
+            if directed:           # **N: any phone of the site (another site's is not ringing here)
+                if self.cache.extension(directed) is None:
+                    return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=link.name)
+                scope = {directed}
             if not self.groups.pickup(link, ies, now, scope):
                 self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=link.name)   # nothing rings
             return None

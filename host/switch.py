@@ -124,6 +124,7 @@ class Call:
         self.moh_last = [None, None]  # the last music-on-hold timestamp towards a, b, until voice follows
         self.conference = None      # host.conference.Conference this call's legs are parties of, else None
         self.linked = None          # a call joined by a transfer: the uid of the call it continues (host/lines.py)
+        self.recall = None          # a blind transfer ringing: (phone link to ring back, new party, due ms, period)
         self.group = None           # host.groups.GroupCall while a group call rings (a page: while it lasts)
         self.fanout = None          # a page: the paged phones' legs, each sent the pager's voice (one way)
 
