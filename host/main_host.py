@@ -8,7 +8,7 @@ import os
 from upbx.common import wire
 from upbx.common.call import RELEASE_RECEIVED
 from upbx.common.chunks import chunk_ies
-from upbx.host import features, groups, lines
+from upbx.host import codec, features, groups, lines
 from upbx.host.core import HostCore
 from upbx.host.directory import MAIN_ORIGIN, Directory, wire_text
 from upbx.host.moh import MusicOnHold
@@ -210,6 +210,8 @@ class MainHost(HostCore):
 
     def _message(self, link, msg_type, ies, now):
         self.count_message(msg_type)
+        if link.kind == "phone" and wire.IE_CODEC in ies:
+            codec.note(link, ies, self.stats)      # an A-law phone (host/codec.py)
         if msg_type == wire.PHONE_STATE and link.kind == "host" and ies.get(wire.IE_STATE) == 1:
             return self._message_waiting(ies.get(wire.IE_EXTENSION), now, registered=True)
         if msg_type in (wire.PING, wire.ACK, wire.SYSINFO_ACK, wire.PHONE_STATE):

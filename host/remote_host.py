@@ -14,7 +14,7 @@ from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
-from upbx.host import features, groups, lines
+from upbx.host import codec, features, groups, lines
 from upbx.host.core import HostCore
 from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
@@ -289,6 +289,8 @@ class RemoteHost(HostCore):
 
     def _from_phone(self, link, msg_type, ies, now):
         self.count_message(msg_type)
+        if wire.IE_CODEC in ies:
+            codec.note(link, ies, self.stats)      # an A-law phone (host/codec.py)
         if msg_type in (wire.PING, wire.ACK):
             return
         if msg_type == wire.SYSINFO_ACK:
@@ -646,9 +648,12 @@ class RemoteHost(HostCore):
         self._off_site(call, now)
 
     def _local_media(self, call, now):
-        """B3: both phones send media to each other on the LAN; no host carries it."""
+        """B3: both phones send media to each other on the LAN; no host carries it (but for an A-law
+        and a mu-law phone: this host carries it on the LAN and converts, host/codec.py)."""
         key = os.urandom(16)
         a, b = call.a, call.b
+        if a.link.codec != b.link.codec:
+            return
         for leg, other, role in ((a, b, 0), (b, a, 1)):
             leg.link.send_signal(wire.MEDIA_PEER, {
                 wire.IE_PEER_CALL_NO: leg.peer_call_no, wire.IE_CALL_NO: other.peer_call_no,

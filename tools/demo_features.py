@@ -19,7 +19,7 @@ RECALL_S = 8          # the demo's sites recall a blind transfer sooner than the
 FEATURES = ("hold", "call_waiting", "blind_transfer", "attended_transfer", "forward_always", "forward_busy",
             "forward_no_answer", "dnd", "ring_group", "hunt_group", "pickup", "conference", "voicemail",
             "message_waiting", "paging", "auto_attendant")
-EXTRA = ("transfer_recall", "directed_pickup")   # beyond issue 12's list: what docs/features.md built after it (run after those)
+EXTRA = ("transfer_recall", "directed_pickup", "alaw")   # beyond issue 12's list: what docs/features.md built after it (run after those)
 
 
 class ConsolePhone:
@@ -230,6 +230,12 @@ def attended_transfer(lab, seconds):
     return calls_demo.transfer(lab, seconds, blind=False)
 
 
+def alaw(lab, seconds):
+    """An A-law phone hears music on hold and a conference's mix (tools/demo_alaw.py)."""
+    from upbx.tools.demo_alaw import alaw as scenario
+    return scenario(lab, seconds)
+
+
 def transfer_recall(lab, seconds):
     """301 calls 101, which transfers it blind to 201; 201 does not answer: 101 rings again (recall)."""
     from upbx.tools import calls_demo
@@ -238,7 +244,8 @@ def transfer_recall(lab, seconds):
 
 SCENARIOS = {"call_waiting": call_waiting, "blind_transfer": blind_transfer, "attended_transfer": attended_transfer,
              "hold": hold, "dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
-             "forward_no_answer": forward_no_answer, "conference": conference, "transfer_recall": transfer_recall}
+             "forward_no_answer": forward_no_answer, "conference": conference, "transfer_recall": transfer_recall,
+             "alaw": alaw}
 
 from upbx.tools.demo_groups import SCENARIOS as _GROUPS   # noqa: E402  ring_group, hunt_group, pickup, paging
 SCENARIOS.update(_GROUPS)
