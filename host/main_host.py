@@ -16,7 +16,7 @@ from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause
 from upbx.host.records import call_record, decode_upload
 from upbx.host.switch import Link, Switch
-from upbx.host import voicemail, voicemail_upload
+from upbx.host import voicemail, voicemail_sync, voicemail_upload
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 
 PHONE_KEEPALIVE_MS = 20000
@@ -55,8 +55,9 @@ class MainHost(HostCore):
         self.groups = groups.GroupCalls(self)
         self._load_music()
         store = VoicemailStore(str(config.database) + ".voicemail") if str(config.database) != ":memory:" else None
-        self.voicemail = Endpoint(self, store, MAIN_ORIGIN, self._message_waiting)
+        self.voicemail = Endpoint(self, store, MAIN_ORIGIN, self._mailbox_changed)
         self.voicemail_uploads = voicemail_upload.Receiver(self)
+        self.mailbox_sync = voicemail_sync.MailboxSender(self)   # each site's copy at its remote host (B4)
 
     # directory
 
@@ -153,6 +154,7 @@ class MainHost(HostCore):
         self._send_sysinfo(link, now)
         if link.kind == "host":
             self._send_music(link, now)
+            self.mailbox_sync.logged_in(link, now)
         else:
             self._message_waiting(link.name, now, registered=True)
 
@@ -236,6 +238,8 @@ class MainHost(HostCore):
             lines.party(self, link, ies, now)
         elif msg_type == wire.VOICEMAIL:
             self.voicemail_uploads.receive(link, ies, now)
+        elif msg_type == wire.MAILBOX_CHANGE:
+            self.mailbox_sync.receive(link, ies, now)
         elif msg_type == wire.MUSIC and link.kind == "host":
             self.music_acked[link.name] = ies.get(wire.IE_VERSION)
         elif msg_type == wire.BYE:
@@ -441,6 +445,10 @@ class MainHost(HostCore):
         """The mailbox number (*98N) a call to number that would end with cause goes to, else None."""
         return divert(number, cause, self.directory.features(number)) if self.voicemail.store is not None else None
 
+    def _mailbox_changed(self, mailbox, now):
+        self._message_waiting(mailbox, now)
+        self.mailbox_sync.mailbox_changed(mailbox, now)
+
     def _message_waiting(self, mailbox, now, registered=False):
         """A mailbox's new-message count to its phone (MESSAGE_WAITING), directly or through its
         site's remote host, when it changed and when the phone registers (if it is not 0)."""
@@ -636,6 +644,7 @@ class MainHost(HostCore):
     def on_tick(self, now):
         self.play_music_on_hold(now)
         self.voicemail.tick(now)
+        self.mailbox_sync.pump(now)
         self.switch.flush()
         self.groups.tick(now)
         ring_ms = self.config.ring_timeout_s * 1000
@@ -659,6 +668,7 @@ class MainHost(HostCore):
                 self.peers.remove(peer)
             if self.voicemail.store is not None and self.voicemail.store.changed():
                 self.voicemail.load_attendants()   # `upbx admin attendant` changed them
+                self.mailbox_sync.mailbox_changed(None, now)   # or a greeting: every site's listing
             if self.directory.music_on_hold_version() != self.music_version:
                 self._load_music()
                 for link in list(self.links.values()):
@@ -679,6 +689,7 @@ class MainHost(HostCore):
         self.links.pop(link.session.index, None)
         if self.links_by_name.get((link.kind, link.name)) is link:
             del self.links_by_name[(link.kind, link.name)]
+        self.mailbox_sync.logged_out(link)
         link.up = False
         self.log.info("logout", kind=link.kind, name=link.name, reason=reason)
         self.release_calls(link, wire.CAUSE_UNREACHABLE, now)

@@ -84,7 +84,7 @@ def test_a_recall_nobody_answers_ends_the_call_and_a_local_one_goes_back_phone_t
 
 
 def test_the_main_host_recalls_its_phone_and_zero_turns_recall_off(tmp_path):
-    world = _world(tmp_path, ("101", "301", "302"), main_settings="transfer_recall_s = %d\n" % RECALL_S,
+    world = _world(tmp_path, ("101", "102", "301", "302"), main_settings="transfer_recall_s = %d\n" % RECALL_S,
                    remote_settings={"transfer_recall_s": 0})
     try:
         p = world.phones
@@ -98,12 +98,12 @@ def test_the_main_host_recalls_its_phone_and_zero_turns_recall_off(tmp_path):
         _listen(world, 1000)
         assert _heard(p["101"]) == (["301"], False) and _heard(p["301"]) == (["101"], False)
         world.hangup("301")
-        # site a's host has recall off: 101's blind transfer of 301 to 302 rings on
+        # site a's host has recall off: 101's blind transfer of 301 to 102 (joined there) rings on
         world.call("301", "101")
-        _act(world, "101", lambda ph, now: lines.consult(ph, "302", now, True))
-        world.run_until(lambda: p["302"].phone.state == RINGING and p["101"].idle, 3000, "302 rings")
+        _act(world, "101", lambda ph, now: lines.consult(ph, "102", now, True))
+        world.run_until(lambda: p["102"].phone.state == RINGING and p["101"].idle, 3000, "102 rings")
         world.run(RECALL_S * 1000 + 2000)
-        assert p["302"].phone.state == RINGING and p["101"].idle
+        assert p["102"].phone.state == RINGING and p["101"].idle
         assert not world.net.errors
     finally:
         world.close()

@@ -19,7 +19,7 @@ RECALL_S = 8          # the demo's sites recall a blind transfer sooner than the
 FEATURES = ("hold", "call_waiting", "blind_transfer", "attended_transfer", "forward_always", "forward_busy",
             "forward_no_answer", "dnd", "ring_group", "hunt_group", "pickup", "conference", "voicemail",
             "message_waiting", "paging", "auto_attendant")
-EXTRA = ("transfer_recall", "directed_pickup", "alaw")   # beyond issue 12's list: what docs/features.md built after it (run after those)
+EXTRA = ("transfer_recall", "directed_pickup", "alaw", "voicemail_b4")   # voicemail_b4 kills the main host: last   # beyond issue 12's list: what docs/features.md built after it (run after those)
 
 
 class ConsolePhone:
@@ -236,6 +236,12 @@ def alaw(lab, seconds):
     return scenario(lab, seconds)
 
 
+def voicemail_b4(lab, seconds):
+    """The site's copy of its mailboxes while the main host is down (tools/demo_voicemail_b4.py)."""
+    from upbx.tools.demo_voicemail_b4 import voicemail_b4 as scenario
+    return scenario(lab, seconds)
+
+
 def transfer_recall(lab, seconds):
     """301 calls 101, which transfers it blind to 201; 201 does not answer: 101 rings again (recall)."""
     from upbx.tools import calls_demo
@@ -245,7 +251,7 @@ def transfer_recall(lab, seconds):
 SCENARIOS = {"call_waiting": call_waiting, "blind_transfer": blind_transfer, "attended_transfer": attended_transfer,
              "hold": hold, "dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
              "forward_no_answer": forward_no_answer, "conference": conference, "transfer_recall": transfer_recall,
-             "alaw": alaw}
+             "alaw": alaw, "voicemail_b4": voicemail_b4}
 
 from upbx.tools.demo_groups import SCENARIOS as _GROUPS   # noqa: E402  ring_group, hunt_group, pickup, paging
 SCENARIOS.update(_GROUPS)
@@ -275,7 +281,8 @@ def run(args, phone_args=()):
     import shutil
     import sys
     print("starting main host, remote hosts for sites A and B, phones at sites A, B, C ...", file=sys.stderr)
-    lab = LoopbackExchange(phone_args=phone_args, ring_timeout_s=20, remote_settings={"transfer_recall_s": RECALL_S})
+    lab = LoopbackExchange(phone_args=phone_args, ring_timeout_s=20, remote_settings={"transfer_recall_s": RECALL_S,
+                                                                                     "keepalive_s": 3})
     try:
         lab.provision()
         lab.start()
