@@ -188,3 +188,18 @@ def transfer_recall(lab, seconds, numbers=NUMBERS, tag=None):
     return {"ok": ok, "call": "%s -> %s, transferred blind by %s to %s, not answered" % (B, A, A, C),
             "recall_display": recall if recalled else None, "recalled_after_s": waited_s,
             "new_party_stopped": c_stopped, "parties_told": told, "heard": heard}
+
+
+def transfer_via_main(lab, seconds):
+    """301 (the main host's phone) calls 101 (site A), which consults 302 (the main host's) and
+    completes: both calls go through the main host, so site A's remote host hands the join to it
+    and the joined call no longer turns at site A (its uplink budget counts nothing of it)."""
+    before = lab.status("site-a")["stats"]["counters"].get("transfers handed to the main host", 0)
+    result = transfer(lab, seconds, False, numbers=("101", "301", "302"))
+    site = lab.status("site-a")
+    handed = site["stats"]["counters"].get("transfers handed to the main host", 0) - before
+    joined = [r for r in result.get("records", {}).get("linked_to_it", []) if r["cause"] == "normal clearing"]
+    result.update({"handed_to_main_host": handed, "site_a_uplink_calls_after": site["uplink"]["calls"],
+                   "joined_by": joined[0]["origin"] if joined else None})
+    result["ok"] = result["ok"] and handed == 1 and result["joined_by"] == "main"
+    return result
