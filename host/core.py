@@ -251,7 +251,7 @@ class HostCore:
             self.stats.drop("message out of turn")   # held already (by either side), or not held from here
             return
         call.held_by = leg if flag else None
-        if link.kind == "phone" and flag:
+        if link.kind == "phone" and flag and not call.mixed_at_main:   # a conference at the main host: no music
             self.held.add(call)
             call.moh_pos = 0
         else:

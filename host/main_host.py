@@ -230,7 +230,7 @@ class MainHost(HostCore):
             self._features(link, ies, now)
         elif msg_type == wire.HOLD:
             self.hold_message(link, ies, now)
-        elif msg_type == wire.CONFERENCE and link.kind == "phone":
+        elif msg_type == wire.CONFERENCE:   # from a phone, or a remote host handing its phone's over
             self.conference_message(link, ies, now)
         elif msg_type == wire.TRANSFER:
             lines.transfer(self, link, ies, now)

@@ -230,6 +230,8 @@ class RemoteHost(HostCore):
             self.hold_message(self.main_link, ies, now)
         elif msg_type == wire.PARTY:
             lines.party(self, self.main_link, ies, now)
+        elif msg_type == wire.CONFERENCE:
+            self.conferences.answer_from_main(ies, now)
         elif msg_type == wire.MUSIC:
             self._music(ies, now)
         elif msg_type == wire.MESSAGE_WAITING:

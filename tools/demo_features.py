@@ -19,7 +19,8 @@ RECALL_S = 8          # the demo's sites recall a blind transfer sooner than the
 FEATURES = ("hold", "call_waiting", "blind_transfer", "attended_transfer", "forward_always", "forward_busy",
             "forward_no_answer", "dnd", "ring_group", "hunt_group", "pickup", "conference", "voicemail",
             "message_waiting", "paging", "auto_attendant")
-EXTRA = ("transfer_recall", "directed_pickup", "transfer_via_main", "alaw", "voicemail_b4")   # voicemail_b4 kills the main host: last   # beyond issue 12's list: what docs/features.md built after it (run after those)
+EXTRA = ("transfer_recall", "directed_pickup", "transfer_via_main", "conference_via_main", "alaw",
+         "voicemail_b4")   # voicemail_b4 kills the main host: last   # beyond issue 12's list: what docs/features.md built after it (run after those)
 
 
 class ConsolePhone:
@@ -248,6 +249,17 @@ def transfer_via_main(lab, seconds):
     return calls_demo.transfer_via_main(lab, seconds)
 
 
+def conference_via_main(lab, seconds):
+    """101 (site A) with 301 and 302 (both at the main host): the main host mixes, one stream each
+    way over site A's uplink (tools/demo_conference.py)."""
+    from upbx.tools.demo_conference import three_way
+    result = three_way(lab, seconds, "101", "301", "302", "main", "relay", tag="conf-via-main")
+    handed = lab.status("site-a")["stats"]["counters"].get("conferences handed to the main host", 0)
+    result["handed_to_main_host"] = handed
+    result["ok"] = result["ok"] and handed >= 1
+    return result
+
+
 def transfer_recall(lab, seconds):
     """301 calls 101, which transfers it blind to 201; 201 does not answer: 101 rings again (recall)."""
     from upbx.tools import calls_demo
@@ -257,6 +269,7 @@ def transfer_recall(lab, seconds):
 SCENARIOS = {"call_waiting": call_waiting, "blind_transfer": blind_transfer, "attended_transfer": attended_transfer,
              "hold": hold, "dnd": dnd, "forward_always": forward_always, "forward_busy": forward_busy,
              "forward_no_answer": forward_no_answer, "conference": conference, "transfer_recall": transfer_recall, "transfer_via_main": transfer_via_main,
+             "conference_via_main": conference_via_main,
              "alaw": alaw, "voicemail_b4": voicemail_b4}
 
 from upbx.tools.demo_groups import SCENARIOS as _GROUPS   # noqa: E402  ring_group, hunt_group, pickup, paging
