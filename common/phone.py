@@ -33,6 +33,7 @@ from .media import MediaLeg
 
 _SETUP_TIMEOUT_MS = const(20000)
 _IE_ANSWER = const(0x29)          # wire_names' "answer": a SETUP the phone answers at once (intercom 1, page 2)
+_IE_CODEC = const(0x1B)           # wire_names' "codec": sent by an A-law phone only (host/codec.py)
 _SYSINFO_MAX_CHUNKS = const(64)   # 16 KB: more than a handset keeps for its system information
 # what a call message from the host is, to the call's state machine
 _RECEIVED = {wire.ALERTING: ALERTING_RECEIVED, wire.ANSWER: ANSWER_RECEIVED, wire.RELEASE: RELEASE_RECEIVED,
@@ -73,6 +74,7 @@ class Sysinfo(Event):
 
 class Phone:
     messages = 0     # new voicemail messages: set on the instance by the first MESSAGE_WAITING
+    codec = 0        # G.711 law (wire CODEC_*): an A-law phone's app sets 8; named in its SETUPs and ALERTINGs
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
         self.random_bytes = random_bytes
@@ -131,8 +133,10 @@ class Phone:
             return False
         call = self.call = self._new_call(self.random_bytes(16), 0, now)
         call.number = number
-        self.login.send(wire.SETUP, {wire.IE_CALL_NO: call.call_no, wire.IE_CALLED: number,
-                                     wire.IE_MEDIA_KEY: call.media_key}, now)
+        ies = {wire.IE_CALL_NO: call.call_no, wire.IE_CALLED: number, wire.IE_MEDIA_KEY: call.media_key}
+        if self.codec:
+            ies[_IE_CODEC] = self.codec
+        self.login.send(wire.SETUP, ies, now)
         call.apply(SETUP_SENT)
         return True
 
@@ -329,7 +333,7 @@ class Phone:
         if ies.get(wire.IE_PATH) == wire.PATH_LOCAL:
             call.path = "local"
         call.apply(SETUP_RECEIVED)
-        self._send(wire.ALERTING, {}, now, call)
+        self._send(wire.ALERTING, {_IE_CODEC: self.codec} if self.codec else {}, now, call)
         call.apply(ALERTING_SENT)
         self._events.append(Incoming(call.number, call.name, 0 if held is None else 1))
         auto = ies.get(_IE_ANSWER)   # intercom (1) or page (2): answered at once, a page muted

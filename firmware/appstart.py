@@ -34,6 +34,8 @@ def init(app, config, hal):
     app.sock = None
     app.poller = select.poll()
     app.pcm = bytearray(320)
+    if config.get("codec") == "alaw":   # named in its SETUPs and ALERTINGs: its host converts (docs/features.md)
+        app.phone.codec = 8             # wire CODEC_ALAW
     # firmware.audio.vad is imported only where it is used: silence suppression configured, or
     # the first comfort-noise frame from the far end (docs/handset.md, Memory)
     app.vad = None

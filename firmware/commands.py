@@ -21,7 +21,7 @@ _mem_free = getattr(gc, "mem_free", None)
 
 def command(app, cmd, now):
     """One console command line (`!call N` and `!dtmf D` are App.command's): `!hangup`, `!answer`,
-    `!state`, `!reset`, `!quit`, `!hold`, `!resume`, `!dnd`, `!forward`, `!pickup`, `!voicemail`,
+    `!state`, `!reset`, `!quit`, `!hold`, `!resume`, `!dnd`, `!forward`, `!pickup [N]`, `!voicemail`,
     `!conference`, `!button NAME`;
     the two-line commands (`!swap`, `!reject`, `!transfer N`, `!consult N`, `!complete`) go to
     firmware/lines.py."""
@@ -38,7 +38,7 @@ def command(app, cmd, now):
         rarely("firmware.conference").join(app, now)
     elif cmd == "!hold" or cmd == "!resume":
         hold(app, cmd == "!hold", now)
-    elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd == "!pickup" or cmd == "!voicemail":
+    elif cmd.startswith("!dnd ") or cmd.startswith("!forward ") or cmd.startswith("!pickup") or cmd == "!voicemail":
         code = rarely("firmware.features").star_code(cmd)   # the host answers it with a cause
         if code is None:
             app.log("W", "bad feature command %r" % cmd)

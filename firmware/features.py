@@ -1,5 +1,5 @@
 """The call-feature console commands a handset turns into star codes (docs/features.md):
-`!dnd`, `!forward`, `!pickup`.
+`!dnd`, `!forward`, `!pickup` (`!pickup N`: directed).
 
 Rarely run (an operator's or a script's `!dnd` / `!forward`): firmware/app.py imports this
 module for each use and forgets it again (firmware.hal.rarely), so that its code does not
@@ -11,6 +11,9 @@ def star_code(cmd):
     """The star code a `!dnd`, `!forward`, `!pickup` or `!voicemail` console command dials (docs/features.md), else None."""
     if cmd == "!pickup":       # a call ringing at another phone of the site (docs/features.md)
         return "*8"
+    if cmd.startswith("!pickup "):   # directed: the call ringing at that phone
+        number = cmd[8:].strip()
+        return "**" + number if number.isdigit() else None
     if cmd == "!voicemail":
         return "*97"      # the phone's own mailbox
     words = cmd.split()

@@ -16,6 +16,16 @@ conference (HOLD from the phone that joined it) is neither heard nor sent anythi
 
 Leaving: a party that hangs up (or whose link goes) leaves, the rest carry on; two parties left
 stay mixed (each hears the other); when one is left its leg is released (cause normal clearing).
+
+Inter-site: when both of a site's phone's calls go through the main host (every other party is off
+the site), its remote host does not mix but hands the conference to the main host: it sends the
+same CONFERENCE on its own leg of the active call towards the main host, naming (conf_call_no)
+the main host's leg of the held one. The main host joins its two calls with the site's leg of the
+active call as the phone's party (`join` accepts a CONFERENCE from a remote host for two of its
+own legs); the site's leg of the held call is released (cause 16, passed on to the phone), and the
+phone's one call left carries the main host's mix: one stream each way over the site's uplink,
+whatever the number of parties. The site's call is marked `mixed_at_main`: the phone's HOLD is
+passed on to the main host (which leaves the party out of the mix) without music from the site.
 """
 import collections
 import os
@@ -79,7 +89,8 @@ class Conference:
 
     def __init__(self, number, holder):
         self.id = number                   # this host's count of conferences, for the logs and status
-        self.holder = holder               # the phone link that joined it
+        self.holder = holder               # the phone link that joined it (a remote host's: it handed it over)
+        self.holder_name = holder.name     # the phone's number (the party's, when a remote host handed it over)
         self.parties = []
         self.calls = set()                 # the switch's calls one of whose legs is a party
         self.ticks = 0
@@ -134,7 +145,7 @@ class Conference:
         stats.count("conference frames mixed", len(self.parties))
 
     def as_dict(self):
-        return {"id": self.id, "holder": self.holder.name, "parties": [p.name for p in self.parties],
+        return {"id": self.id, "holder": self.holder_name, "parties": [p.name for p in self.parties],
                 "held": [p.name for p in self.parties if p.held], "ticks": self.ticks}
 
 
@@ -168,7 +179,7 @@ class Conferences:
         conference (or the held one joins the conference the active one is, or the other way)."""
         core = self.core
         active = self.switch.leg_for(ies, link)
-        if active is None or link.kind != "phone":
+        if active is None or link.kind not in ("phone", "host"):
             core.stats.drop("unknown call")
             return
         held = self.switch.legs.get(ies.get(wire.IE_CONF_CALL_NO))
@@ -176,6 +187,12 @@ class Conferences:
             return self._refuse(active, "no other call", now)
         if active.call.state != "answered" or held.call.state != "answered":
             return self._refuse(active, "calls not answered", now)
+        far_active, far_held = other_leg(active), other_leg(held)
+        if (link.kind == "phone" and far_active is not None and far_held is not None
+                and far_active.link is far_held.link and far_active.link.kind == "main"
+                and far_active.direct is None and far_held.direct is None and far_held.peer_call_no
+                and active.call.conference is None and held.call.conference is None):
+            return self._hand_over(active, far_active, far_held, now)
         confs = {c for c in (active.call.conference, held.call.conference) if c is not None}
         if len(confs) > 1:
             return self._refuse(active, "two conferences", now)
@@ -184,6 +201,8 @@ class Conferences:
         else:
             self.made += 1
             conf = Conference(self.made, link)
+            if link.kind == "host":
+                conf.holder_name = Party(active).name
         parties = [p.leg for p in conf.parties if p.leg is not held]
         new_calls = [c for c in (active.call, held.call) if c.conference is None]
         for call in new_calls:
@@ -215,6 +234,24 @@ class Conferences:
         core.stats.count("conference joins")
         core.log.info("conference", id=conf.id, by=link.name, parties=[p.name for p in conf.parties])
 
+    def _hand_over(self, active, far_active, far_held, now):
+        """Every other party is off the site: the main host mixes (see the module's docstring)."""
+        active.call.mixed_at_main = True
+        send_on_leg(far_active, wire.CONFERENCE, {wire.IE_CONF_CALL_NO: far_held.peer_call_no}, now)
+        self.core.stats.count("conferences handed to the main host")
+        self.core.log.info("conference-handed-over", phone=active.link.name)
+
+    def answer_from_main(self, ies, now):
+        """The main host's CONFERENCE answer to a conference handed to it: passed on to the phone."""
+        leg = self.switch.leg_for(ies, self.core.main_link)
+        other = other_leg(leg) if leg is not None else None
+        if other is None or other.link.kind != "phone":
+            self.core.stats.drop("unknown call")
+            return
+        if not ies.get(wire.IE_STATE):
+            leg.call.mixed_at_main = False     # refused: the site's calls stay as they were
+        send_on_leg(other, wire.CONFERENCE, {wire.IE_STATE: ies.get(wire.IE_STATE, 0)}, now)
+
     def _unhold(self, call, now):
         """A call that was held joins: the music stops, the hosts along it pass media again."""
         holder = call.held_by
@@ -236,7 +273,7 @@ class Conferences:
         (the phone that joined the conference holds it to dial one more party)."""
         conf = leg.call.conference
         p = conf.party(leg)
-        if p is None or flag not in (0, 1) or p.held == bool(flag) or leg.link.kind != "phone":
+        if p is None or flag not in (0, 1) or p.held == bool(flag) or leg.link.kind not in ("phone", "host"):
             self.core.stats.drop("message out of turn")
             return
         p.held = bool(flag)

@@ -81,6 +81,9 @@ SECTIONS = {
             min=1, max=16383),
         Key("conference_parties", "int", 5,
             "most parties in one conference this host mixes (CONFERENCE, docs/features.md)", min=3, max=10),
+        Key("transfer_recall_s", "int", 20,
+            "a blind-transferred call not answered after this many seconds rings the transferring phone again "
+            "(recall, docs/features.md); 0: never", min=0, max=300),
     ],
     "remote": [
         Key("name", "name", REQUIRED, "this remote host's name, as given to `upbx admin host add`"),
@@ -91,6 +94,9 @@ SECTIONS = {
         Key("uplink_kbps", "int", 0, "uplink budget for call admission; 0 for no limit", min=0),
         Key("conference_parties", "int", 5,
             "most parties in one conference this host mixes (CONFERENCE, docs/features.md)", min=3, max=10),
+        Key("transfer_recall_s", "int", 20,
+            "a blind-transferred call not answered after this many seconds rings the transferring phone again "
+            "(recall, docs/features.md); 0: never", min=0, max=300),
         Key("records_database", "path", "upbx-remote-NAME.sqlite",
             "call records kept on disk until the main host has them; NAME is replaced by `name`"),
         Key("directory_cache", "path", "upbx-remote-NAME.cache.json",

@@ -158,6 +158,8 @@ class HostCore:
             self._next_tick = now + TICK_MS   # far behind (a stalled process): skip, do not burst
         if self.conferences.active:
             self.conferences.tick(now)    # queued before on_tick flushes the trunks
+        if self.held:
+            lines.recall(self, now)       # blind transfers not answered in time (host/lines.py)
         self.on_tick(now)
         self.meter.sample(now, self.bandwidth_owners())
 
@@ -255,7 +257,7 @@ class HostCore:
             self.stats.drop("message out of turn")   # held already (by either side), or not held from here
             return
         call.held_by = leg if flag else None
-        if link.kind == "phone" and flag:
+        if link.kind == "phone" and flag and not call.mixed_at_main:   # a conference at the main host: no music
             self.held.add(call)
             call.moh_pos = 0
         else:

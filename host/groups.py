@@ -26,7 +26,8 @@ member's phone is, where an overflow goes, the media path once answered) it asks
     host.group_overflow(call, number, now)      (the call, without leg b, goes on to number)
     host.group_answered(call, now)              (leg b is set: the media path, as for any call)
 
-`GroupCalls.pickup()` answers a call ringing at another phone of the picker's pickup group (*8).
+`GroupCalls.pickup()` answers a call ringing at another phone of the picker's pickup group (*8),
+or at the one phone named (**N, directed pickup: any phone of the picker's site).
 """
 from upbx.common import wire
 from upbx.common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
@@ -38,6 +39,7 @@ DEFAULT_RING_S = 15
 RING_S = (3, 300)           # least and most seconds of ringing (ring-all: the group; hunt: each member)
 MAX_MEMBERS = 32
 PICKUP_CODE = "*8"
+DIRECTED_PICKUP_CODE = "**"  # **N: the call ringing at extension N of the picker's site (directed pickup)
 INTERCOM_CODE = "*80"       # *80N: intercom to extension N (answers by itself, two-way)
 ANSWER_INTERCOM = 1         # IE answer values (docs/protocol.md)
 ANSWER_PAGE = 2
@@ -52,6 +54,14 @@ def pickup_scope(picker, site_numbers, groups):
         if group["strategy"] == "pickup" and picker in group["members"]:
             scope.update(group["members"])
     return scope or set(site_numbers)
+
+
+def directed_pickup_target(called):
+    """The extension a directed pickup code (**N) names, else None."""
+    number = called[2:]
+    if called.startswith(DIRECTED_PICKUP_CODE) and number.isdigit() and len(number) <= 15:
+        return number
+    return None
 
 
 class GroupError(ValueError):

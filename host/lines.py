@@ -4,6 +4,7 @@
     transfer(host, link, ies, now)           TRANSFER from a phone registered at host
     party(host, link, ies, now)              PARTY from a host along a call: passed on
     answered(host, call, now)                a call joined by a blind transfer was answered
+    recall(host, now)                        the tick: a blind transfer not answered in time rings back
 
 A transfer is done by the host the transferring phone is registered at, which switches both
 of that phone's calls: the far leg of the held call (y1, towards the party that stays) and the
@@ -12,6 +13,11 @@ the phone's own two legs are released with cause 12 "transferred", and both far 
 who they talk to now (PARTY, passed along by every host on the way). The two calls that ended
 are recorded with cause "transferred" as any call is; the new call's record names the call it
 continues (`linked`, the first call of a chain of transfers): item 10 of issue 12.
+
+A blind transfer the new party does not answer within `transfer_recall_s` (the joining host's
+configuration) is recalled: the new party stops ringing ("no answer") and the transferring phone
+rings again with the party that stayed, its caller id naming the recall ("recall: 201 no
+answer"); a recall not answered within the same time ends the call ("no answer").
 """
 import copy
 import os
@@ -58,7 +64,8 @@ def transfer(host, link, ies, now):
     switch = host.switch
     x1 = switch.leg_for(ies, link)
     x2 = switch.legs.get(ies.get(wire.IE_JOIN_CALL_NO))
-    if link.kind != "phone" or x1 is None or x2 is None or x2.link is not link or x2.call is x1.call:
+    if (link.kind not in ("phone", "host") or x1 is None or x2 is None or x2.link is not link
+            or x2.call is x1.call):
         host.stats.drop("bad transfer")
         return
     c1, c2 = x1.call, x2.call
@@ -69,6 +76,10 @@ def transfer(host, link, ies, now):
         host.stats.drop("message out of turn")
         return
     stays, new = _number(c1, y1), _number(c2, y2)
+    if (link.kind == "phone" and y1.link is y2.link and y1.link.kind == "main" and y2.peer_call_no
+            and y1.direct is None and y2.direct is None):
+        return _hand_over(host, link, y1, y2, stays, new, now)
+    back = link.name if link.kind == "phone" else _number(c1, x1)   # the transferring phone's number
     hold_sent = [c.held_by is x and y.link.kind != "phone" for c, x, y in ((c1, x1, y1), (c2, x2, y2))]
     was_local = {y1: c1.path == "local", y2: c2.path == "local"}
     call = switch.new_call(stays, new, now)
@@ -95,11 +106,24 @@ def transfer(host, link, ies, now):
         call.held_by = y2
         call.hold_sent = hold_sent[0]
         host.held.add(call)
+        recall_ms = getattr(host.config, "transfer_recall_s", 0) * 1000
+        if recall_ms:
+            call.recall = (link, back, new, now + recall_ms, recall_ms)
     _paths(host, call, was_local, now)
     for leg, number in ((y1, new), (y2, stays)):
         send_on_leg(leg, wire.PARTY, {wire.IE_CALLING: number, wire.IE_CALLING_NAME: _name(host, number)[:63]}, now)
     host.log.info("call-transferred", call=call.uid, linked=call.linked, by=link.name, stays=stays, to=new,
                   answered=y2.state == CONNECTED, path=call.path)
+
+
+def _hand_over(host, link, y1, y2, stays, new, now):
+    """Both of the phone's calls go through the main host: the main host joins them itself (the
+    same TRANSFER, from this host, naming the main host's legs), so the joined call no longer turns
+    at this site and leaves its uplink; the main host then releases our legs towards it with cause
+    "transferred", which reach the phone's legs as any RELEASE does."""
+    send_on_leg(y1, wire.TRANSFER, {wire.IE_JOIN_CALL_NO: y2.peer_call_no}, now)
+    host.stats.count("transfers handed to the main host")
+    host.log.info("call-transfer-handed-over", by=link.name, stays=stays, to=new)
 
 
 def _paths(host, call, was_local, now):
@@ -126,10 +150,36 @@ def _paths(host, call, was_local, now):
 def answered(host, call, now):
     """The new party of a blind transfer answered: the music stops, both talk."""
     if call.held_by is call.b:
-        call.held_by = None
+        call.held_by = call.recall = None
         host.held.discard(call)
         if getattr(call, "hold_sent", False):
             send_on_leg(call.a, wire.HOLD, {wire.IE_STATE: 0}, now)
+
+
+def recall(host, now):
+    """Every tick: a blindly transferred call still ringing at its recall time rings the
+    transferring phone again (once); a recall still ringing at its own time ends the call."""
+    for call in [c for c in host.held if c.recall is not None]:
+        link, back, new, due, period = call.recall
+        if now < due or call.released or call.b is None or call.held_by is not call.b:
+            continue
+        if link is None or not link.up or host.switch.admit(link) is not None:   # nobody to ring back
+            host.log.info("transfer-recall-failed" if link else "transfer-recall-unanswered", call=call.uid)
+            call.recall = None
+            host.switch.release(call.a, wire.CAUSE_NO_ANSWER, now)
+            host.switch.release(call.b, wire.CAUSE_NO_ANSWER, now)
+            host.end_call(call, wire.CAUSE_NO_ANSWER, now)
+            continue
+        host.switch.drop_callee(call, wire.CAUSE_NO_ANSWER, now)
+        call.callee = back
+        call.tried.append(back)
+        call.offered_ms = now
+        call.alerted_ms = None
+        call.recall = (None, back, new, now + period, period)
+        call.held_by = host.switch.offer(call, link, now, ("recall: %s no answer" % new)[:63],
+                                         local=call.path == "local")
+        send_on_leg(call.a, wire.PARTY, {wire.IE_CALLING: back, wire.IE_CALLING_NAME: _name(host, back)[:63]}, now)
+        host.log.info("transfer-recall", call=call.uid, to=back, unanswered=new)
 
 
 def party(host, link, ies, now):

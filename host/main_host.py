@@ -8,7 +8,7 @@ import os
 from upbx.common import wire
 from upbx.common.call import RELEASE_RECEIVED
 from upbx.common.chunks import chunk_ies
-from upbx.host import features, groups, lines
+from upbx.host import codec, features, groups, lines
 from upbx.host.core import HostCore
 from upbx.host.directory import MAIN_ORIGIN, Directory, wire_text
 from upbx.host.moh import MusicOnHold
@@ -16,7 +16,7 @@ from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause
 from upbx.host.records import call_record, decode_upload
 from upbx.host.switch import Link, Switch
-from upbx.host import voicemail, voicemail_upload
+from upbx.host import voicemail, voicemail_sync, voicemail_upload
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 
 PHONE_KEEPALIVE_MS = 20000
@@ -57,8 +57,9 @@ class MainHost(HostCore):
         self.groups = groups.GroupCalls(self)
         self._load_music()
         store = VoicemailStore(str(config.database) + ".voicemail") if str(config.database) != ":memory:" else None
-        self.voicemail = Endpoint(self, store, MAIN_ORIGIN, self._message_waiting)
+        self.voicemail = Endpoint(self, store, MAIN_ORIGIN, self._mailbox_changed)
         self.voicemail_uploads = voicemail_upload.Receiver(self)
+        self.mailbox_sync = voicemail_sync.MailboxSender(self)   # each site's copy at its remote host (B4)
 
     # directory
 
@@ -155,6 +156,7 @@ class MainHost(HostCore):
         self._send_sysinfo(link, now)
         if link.kind == "host":
             self._send_music(link, now)
+            self.mailbox_sync.logged_in(link, now)
         else:
             self._message_waiting(link.name, now, registered=True)
 
@@ -213,6 +215,8 @@ class MainHost(HostCore):
 
     def _message(self, link, msg_type, ies, now):
         self.count_message(msg_type)
+        if link.kind == "phone" and wire.IE_CODEC in ies:
+            codec.note(link, ies, self.stats)      # an A-law phone (host/codec.py)
         if msg_type == wire.PHONE_STATE and link.kind == "host" and ies.get(wire.IE_STATE) == 1:
             return self._message_waiting(ies.get(wire.IE_EXTENSION), now, registered=True)
         if msg_type == wire.SYSINFO_ACK:
@@ -231,7 +235,7 @@ class MainHost(HostCore):
             self._features(link, ies, now)
         elif msg_type == wire.HOLD:
             self.hold_message(link, ies, now)
-        elif msg_type == wire.CONFERENCE and link.kind == "phone":
+        elif msg_type == wire.CONFERENCE:   # from a phone, or a remote host handing its phone's over
             self.conference_message(link, ies, now)
         elif msg_type == wire.TRANSFER:
             lines.transfer(self, link, ies, now)
@@ -239,6 +243,8 @@ class MainHost(HostCore):
             lines.party(self, link, ies, now)
         elif msg_type == wire.VOICEMAIL:
             self.voicemail_uploads.receive(link, ies, now)
+        elif msg_type == wire.MAILBOX_CHANGE:
+            self.mailbox_sync.receive(link, ies, now)
         elif msg_type == wire.MUSIC and link.kind == "host":
             self.music_acked[link.name] = ies.get(wire.IE_VERSION)
         elif msg_type == wire.BYE:
@@ -280,7 +286,7 @@ class MainHost(HostCore):
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         called = ies[wire.IE_CALLED]
         if called.startswith("*") and not self.voicemail.handles(called):
-            if called == groups.PICKUP_CODE or groups.intercom_target(called):
+            if called == groups.PICKUP_CODE or groups.intercom_target(called) or groups.directed_pickup_target(called):
                 return self._group_code(link, ies, caller, called, now)
             return self._star_code(link, ies, now)
         tried = []
@@ -349,11 +355,20 @@ class MainHost(HostCore):
         self.groups.start(call, group, self._caller_name(caller), now, answer)
 
     def _group_code(self, link, ies, caller, called, now):
-        """*8 (pickup) from a phone here, *80N (intercom to N) from any phone."""
-        if called == groups.PICKUP_CODE:
+        """*8 (pickup) and **N (directed pickup) from a phone here, *80N (intercom to N) from any phone."""
+        directed = groups.directed_pickup_target(called)
+        if called == groups.PICKUP_CODE or directed:
             if link.kind != "phone":
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=caller)
-            if not self.groups.pickup(link, ies, now, self.directory.pickup_scope(caller)):
+            scope, cause = self.directory.pickup_scope(caller), None
+            if directed:
+                target = self.directory.extension(directed)
+                scope = {directed}
+                cause = (wire.CAUSE_UNKNOWN_EXTENSION if target is None else wire.CAUSE_NOT_PERMITTED
+                         if target.site != self.directory.site_of_extension(caller) else None)
+            if cause is not None:
+                return self.refuse_setup(link, ies, cause, now, caller=caller)
+            if not self.groups.pickup(link, ies, now, scope):
                 self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=caller)   # nothing rings
             return None
         number = groups.intercom_target(called)
@@ -434,6 +449,10 @@ class MainHost(HostCore):
     def _to_voicemail(self, number, cause):
         """The mailbox number (*98N) a call to number that would end with cause goes to, else None."""
         return divert(number, cause, self.directory.features(number)) if self.voicemail.store is not None else None
+
+    def _mailbox_changed(self, mailbox, now):
+        self._message_waiting(mailbox, now)
+        self.mailbox_sync.mailbox_changed(mailbox, now)
 
     def _message_waiting(self, mailbox, now, registered=False):
         """A mailbox's new-message count to its phone (MESSAGE_WAITING), directly or through its
@@ -632,6 +651,7 @@ class MainHost(HostCore):
     def on_tick(self, now):
         self.play_music_on_hold(now)
         self.voicemail.tick(now)
+        self.mailbox_sync.pump(now)
         self.switch.flush()
         self.groups.tick(now)
         ring_ms = self.config.ring_timeout_s * 1000
@@ -655,6 +675,7 @@ class MainHost(HostCore):
                 self.peers.remove(peer)
             if self.voicemail.store is not None and self.voicemail.store.changed():
                 self.voicemail.load_attendants()   # `upbx admin attendant` changed them
+                self.mailbox_sync.mailbox_changed(None, now)   # or a greeting: every site's listing
             if self.directory.music_on_hold_version() != self.music_version:
                 self._load_music()
                 for link in list(self.links.values()):
@@ -675,6 +696,7 @@ class MainHost(HostCore):
         self.links.pop(link.session.index, None)
         if self.links_by_name.get((link.kind, link.name)) is link:
             del self.links_by_name[(link.kind, link.name)]
+        self.mailbox_sync.logged_out(link)
         link.up = False
         self.log.info("logout", kind=link.kind, name=link.name, reason=reason)
         self.release_calls(link, wire.CAUSE_UNREACHABLE, now)

@@ -14,7 +14,7 @@ from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
-from upbx.host import features, groups, lines
+from upbx.host import codec, features, groups, lines
 from upbx.host.core import HostCore
 from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
@@ -25,7 +25,7 @@ from upbx.host.site_cache import SiteCache
 from upbx.host.switch import Link, Switch
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 from upbx.host.voicemail import mailbox_of as voicemail_mailbox
-from upbx.host import voicemail_upload
+from upbx.host import voicemail_sync, voicemail_upload
 
 PAIR_SILENCE_MS = 300   # no direct media for this long in an answered call: tell main where we are (B7)
 # B4: how fast the main host's loss is noticed. Idle: the keepalive_s PING must be answered
@@ -81,8 +81,11 @@ class RemoteHost(HostCore):
         store = (VoicemailStore(str(config.records_database) + ".voicemail")
                  if str(config.records_database) != ":memory:" else None)
         # B4: messages recorded while the main host is away, uploaded once it is back
-        self.voicemail = Endpoint(self, store, config.name, lambda mailbox, now: self.voicemail_upload.next(now))
+        self.voicemail = Endpoint(self, store, config.name, self._mailbox_changed)
         self.voicemail_upload = voicemail_upload.Uploader(self)
+        self.mailbox_cache = voicemail_sync.MailboxCache(self)   # the site's mailboxes, kept current (B4)
+        if store is not None:
+            store.track_changes = True
 
     def _secret_of(self, identity):
         kind, name = identity
@@ -157,6 +160,7 @@ class RemoteHost(HostCore):
                 self.log.info("logged-in", main="%s:%d" % self.main_address, logins=self.login.logins)
                 self._upload_records(now)
                 self.voicemail_upload.start(now)
+                self.mailbox_cache.start(now)
                 for number in self.cache.unsent_features:
                     self._send_features(number, now)
                 for link in self.phone_links.values():
@@ -166,6 +170,7 @@ class RemoteHost(HostCore):
                 self.log.warning("main-unreachable", reason=event.reason)
                 self.uploading.clear()
                 self.voicemail_upload.stop()
+                self.mailbox_cache.stop()
                 for call in list(self.pending_local.values()):
                     self._decide_locally(call, now)
                 self.release_calls(self.main_link, wire.CAUSE_UNREACHABLE, now)
@@ -226,6 +231,8 @@ class RemoteHost(HostCore):
             self.hold_message(self.main_link, ies, now)
         elif msg_type == wire.PARTY:
             lines.party(self, self.main_link, ies, now)
+        elif msg_type == wire.CONFERENCE:
+            self.conferences.answer_from_main(ies, now)
         elif msg_type == wire.MUSIC:
             self._music(ies, now)
         elif msg_type == wire.MESSAGE_WAITING:
@@ -234,6 +241,8 @@ class RemoteHost(HostCore):
                 link.send_signal(wire.MESSAGE_WAITING, {wire.IE_STATE: ies.get(wire.IE_STATE, 0)}, now)
         elif msg_type == wire.VOICEMAIL:
             self.voicemail_upload.acknowledged(ies, now)
+        elif msg_type in (wire.MAILBOX, wire.MAILBOX_CHANGE):
+            self.mailbox_cache.message(msg_type, ies, now)
 
     # phones
 
@@ -291,6 +300,8 @@ class RemoteHost(HostCore):
 
     def _from_phone(self, link, msg_type, ies, now):
         self.count_message(msg_type)
+        if wire.IE_CODEC in ies:
+            codec.note(link, ies, self.stats)      # an A-law phone (host/codec.py)
         if msg_type in (wire.PING, wire.ACK):
             return
         if msg_type == wire.SYSINFO_ACK:
@@ -324,8 +335,13 @@ class RemoteHost(HostCore):
             self.stats.drop("setup missing IEs")
             return
         called = ies[wire.IE_CALLED]
-        if called == groups.PICKUP_CODE:
+        directed = groups.directed_pickup_target(called)
+        if called == groups.PICKUP_CODE or directed:
             scope = groups.pickup_scope(link.name, self.cache.extensions, (self.cache.data.get("groups") or {}).values())
+            if directed:           # **N: any phone of the site (another site's is not ringing here)
+                if self.cache.extension(directed) is None:
+                    return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now, caller=link.name)
+                scope = {directed}
             if not self.groups.pickup(link, ies, now, scope):
                 self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=link.name)   # nothing rings
             return None
@@ -584,6 +600,15 @@ class RemoteHost(HostCore):
             return self._refuse(call, wire.CAUSE_NETWORK_BUSY, now)
         self.switch.offer(call, self.main_link, now)
 
+    def _mailbox_changed(self, mailbox, now):
+        """A message recorded here, or *97 here changed a mailbox (the main host away): sent up once
+        it is back; the phone's message-waiting count from here meanwhile."""
+        self.voicemail_upload.next(now)
+        self.mailbox_cache.next_change(now)
+        link = self._phone_link(mailbox)
+        if not self.main_link.up and link is not None and self.voicemail.store is not None:
+            link.send_signal(wire.MESSAGE_WAITING, {wire.IE_STATE: min(255, self.voicemail.store.counts(mailbox)[0])}, now)
+
     def _own_voicemail_serves(self, called):
         """While the main host is away: *97, and *98N for the site's own extensions (what it
         records must be the site's, or the main host would refuse the upload)."""
@@ -649,9 +674,12 @@ class RemoteHost(HostCore):
         self._off_site(call, now)
 
     def _local_media(self, call, now):
-        """B3: both phones send media to each other on the LAN; no host carries it."""
+        """B3: both phones send media to each other on the LAN; no host carries it (but for an A-law
+        and a mu-law phone: this host carries it on the LAN and converts, host/codec.py)."""
         key = os.urandom(16)
         a, b = call.a, call.b
+        if a.link.codec != b.link.codec:
+            return
         for leg, other, role in ((a, b, 0), (b, a, 1)):
             leg.link.send_signal(wire.MEDIA_PEER, {
                 wire.IE_PEER_CALL_NO: leg.peer_call_no, wire.IE_CALL_NO: other.peer_call_no,
@@ -767,6 +795,7 @@ class RemoteHost(HostCore):
             "pairs": {p.name: {"up": p.link.up, "address": "%s:%d" % p.link.address[:2]} for p in self.pairs.values()},
             "records_pending": len(self.records.pending()),
             "voicemail_pending": len(self.voicemail.store.pending_upload()) if self.voicemail.store else 0,
+            "mailbox_changes_pending": len(self.voicemail.store.pending_changes()) if self.voicemail.store else 0,
             "sysinfo_version": self.cache.sysinfo["version"],
             "sysinfo_acked": dict(self.sysinfo_acked),
             "stats": self.stats.as_dict(),

@@ -21,7 +21,7 @@ from upbx.common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED,
                          CallLeg)
 from upbx.common.crypto import HmacKey, extend16, hkdf
 from upbx.common.media import open_trunk, seal_trunk
-from upbx.host import fastpath
+from upbx.host import codec, fastpath
 
 
 _SERIALS = itertools.count(1)
@@ -44,6 +44,7 @@ class Link:
         self.peer_index = 0
         self.up = True
         self.legs = 0               # live legs on this link (Switch.new_leg / end_call)
+        self.codec = wire.CODEC_ULAW  # a phone's G.711 law, as its SETUP / ALERTING said (host/codec.py)
 
     @property
     def address(self):
@@ -124,6 +125,8 @@ class Call:
         self.moh_last = [None, None]  # the last music-on-hold timestamp towards a, b, until voice follows
         self.conference = None      # host.conference.Conference this call's legs are parties of, else None
         self.linked = None          # a call joined by a transfer: the uid of the call it continues (host/lines.py)
+        self.recall = None          # a blind transfer ringing: (link to ring back, its number, new party, due, period)
+        self.mixed_at_main = False  # a site's call whose conference the main host mixes (host/conference.py)
         self.group = None           # host.groups.GroupCall while a group call rings (a page: while it lasts)
         self.fanout = None          # a page: the paged phones' legs, each sent the pager's voice (one way)
 
@@ -385,7 +388,8 @@ class Switch:
             self.stats.drop("media rejected")
             return None
         self.stats.count("media in")
-        self.forward(leg, ts, bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]), now)
+        payload = bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG])
+        self.forward(leg, ts, codec.from_phone(leg.link, payload) if leg.link.codec else payload, now)
         return leg
 
     def trunk_in(self, frame, link, now, direct=False):
@@ -515,6 +519,8 @@ class Switch:
                 link.media(leg, ts, payload)
                 return None
             if not link.trunked:
+                if link.codec:        # an A-law phone (host/codec.py)
+                    payload = codec.to_phone(link, payload)
                 self.send(leg.media.seal_mini(ts, payload), link.address, True)
                 return None
             media = leg.media

@@ -90,6 +90,8 @@ CREATE TABLE IF NOT EXISTS messages (
     uploaded INTEGER NOT NULL DEFAULT 0,
     seq INTEGER
 );
+CREATE TABLE IF NOT EXISTS changes (     -- a remote host's saves and deletes for the main host (B4)
+    id INTEGER PRIMARY KEY AUTOINCREMENT, uid TEXT NOT NULL, op TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS greetings (mailbox TEXT PRIMARY KEY, name TEXT NOT NULL, ulaw BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS attendants (number TEXT PRIMARY KEY, data TEXT NOT NULL, prompt BLOB);
 """
@@ -124,8 +126,12 @@ class VoicemailStore:
 
     # messages
 
-    def add_message(self, uid, mailbox, caller, received_ms, ulaw, origin):
-        """Store one message (mu-law bytes); False when a message with uid is stored already."""
+    track_changes = False    # a remote host's store: saves and deletes of the main host's messages are
+                             # kept in `changes` for it (host/voicemail_sync.py)
+
+    def add_message(self, uid, mailbox, caller, received_ms, ulaw, origin, state="new", uploaded=False):
+        """Store one message (mu-law bytes); False when a message with uid is stored already.
+        uploaded: the main host has it (a remote host's copy of the main host's, or one it uploaded)."""
         if self.db.execute("SELECT 1 FROM messages WHERE uid = ?", (uid,)).fetchone():
             return False
         rel = os.path.join("messages", mailbox, uid + ".wav")
@@ -141,9 +147,10 @@ class VoicemailStore:
         os.replace(tmp, path)
         seq = self.db.execute("SELECT coalesce(max(seq), 0) + 1 FROM messages").fetchone()[0]
         cursor = self.db.execute(
-            "INSERT OR IGNORE INTO messages (uid, mailbox, caller, received_ms, duration_ms, file, state, origin, seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'new', ?, ?)",
-            (uid, mailbox, caller, received_ms, len(ulaw) * 1000 // prompts.RATE, rel, origin, seq))
+            "INSERT OR IGNORE INTO messages (uid, mailbox, caller, received_ms, duration_ms, file, state, origin, seq, "
+            "uploaded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (uid, mailbox, caller, received_ms, len(ulaw) * 1000 // prompts.RATE, rel,
+             "saved" if state == "saved" else "new", origin, seq, 1 if uploaded else 0))
         return cursor.rowcount == 1
 
     def messages(self, mailbox):
@@ -170,12 +177,35 @@ class VoicemailStore:
             return ulaw_encode(w.readframes(w.getnframes()))
 
     def save(self, uid):
-        self.db.execute("UPDATE messages SET state = 'saved' WHERE uid = ?", (uid,))
+        self._track(uid, "save")
+        self.set_state(uid, "saved")
 
-    def delete(self, uid):
+    def set_state(self, uid, state):
+        self.db.execute("UPDATE messages SET state = ? WHERE uid = ?", (state, uid))
+
+    def _track(self, uid, op):
+        """A remote host's change to a message the main host has: kept until the main host has it."""
+        if self.track_changes and self.db.execute("SELECT 1 FROM messages WHERE uid = ? AND uploaded = 1",
+                                                  (uid,)).fetchone():
+            self.db.execute("INSERT INTO changes (uid, op) VALUES (?, ?)", (uid, op))
+
+    def pending_changes(self):
+        """[(id, uid, op)] of the changes the main host has not confirmed, oldest first."""
+        return self.db.execute("SELECT id, uid, op FROM changes ORDER BY id").fetchall()
+
+    def forget_change(self, change_id):
+        self.db.execute("DELETE FROM changes WHERE id = ?", (change_id,))
+
+    def cached_messages(self):
+        """The messages the main host has (uploaded = 1), as dicts with uid and state."""
+        return [{"uid": u, "state": s} for u, s in self.db.execute("SELECT uid, state FROM messages WHERE uploaded = 1")]
+
+    def delete(self, uid, track=True):
         row = self.db.execute("SELECT file FROM messages WHERE uid = ?", (uid,)).fetchone()
         if row is None:
             return False
+        if track:
+            self._track(uid, "delete")
         self.db.execute("DELETE FROM messages WHERE uid = ?", (uid,))
         try:
             os.remove(os.path.join(self.folder, row[0]))

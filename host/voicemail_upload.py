@@ -19,7 +19,7 @@ QUEUED_MAX = 256     # chunks waiting in the session at once: a 120 s message is
 
 
 def encode(message, ulaw):
-    header = {k: message[k] for k in ("uid", "mailbox", "caller", "received_ms")}
+    header = {k: message[k] for k in ("uid", "mailbox", "caller", "received_ms", "state")}
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + ulaw
 
 
@@ -39,6 +39,8 @@ def decode(blob):
             raise ValueError("bad %s" % key)
     if not isinstance(header.get("received_ms"), int) or isinstance(header["received_ms"], bool):
         raise ValueError("bad received_ms")
+    if header.get("state", "new") not in ("new", "saved"):    # saved (heard) while the main host was away
+        raise ValueError("bad state")
     if not ulaw or len(ulaw) % wire.VOICE_BYTES or len(ulaw) > MAX_MESSAGE_MS * 8:
         raise ValueError("bad audio length %d" % len(ulaw))
     return header, ulaw
@@ -121,7 +123,8 @@ class Receiver:
             host.log.warning("bad-voicemail", host=link.name, error=str(exc))
             return
         stored = host.voicemail.store.add_message(header["uid"], header["mailbox"], header["caller"],
-                                                  header["received_ms"], ulaw, link.name)
+                                                  header["received_ms"], ulaw, link.name,
+                                                  state=header.get("state", "new"))
         host.stats.count("voicemail uploads stored" if stored else "voicemail uploads duplicate")
         host.log.info("voicemail-upload", host=link.name, mailbox=header["mailbox"], uid=header["uid"], stored=stored)
         link.send_signal(wire.VOICEMAIL, {wire.IE_CALL_ID: bytes.fromhex(header["uid"])}, now)

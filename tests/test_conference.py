@@ -17,7 +17,7 @@ from upbx.host.conference import mix
 from upbx.tools.lab import goertzel_power
 from tests.inprocess import MAIN, SITE_A, TICK_MS, PhoneEnd, World
 
-TONES = {"101": 600, "102": 1000, "103": 1400, "104": 2600, "301": 1800, "302": 2200}
+TONES = {"101": 600, "102": 1000, "103": 1400, "104": 2600, "301": 1800, "302": 2200, "303": 3000}
 HEARD = 1e10        # a 160-sample frame of a tone at amplitude 4000: about 1e11
 NOT_HEARD = 1e8
 
@@ -191,18 +191,21 @@ def test_inter_site_conferences_are_mixed_by_the_holders_host(tmp_path):
 def test_b5_admission_counts_each_mixed_stream_across_the_uplink(tmp_path):
     from upbx.common.media import call_kbps
     assert call_kbps(2) <= 150 < call_kbps(3)
-    world = _world(tmp_path, ("101", "102", "103", "301", "302"), remote_settings={"uplink_kbps": 150})
+    world = _world(tmp_path, ("101", "102", "103", "104", "301", "302", "303"), remote_settings={"uplink_kbps": 150})
     try:
-        _three_way(world, "101", "301", "302")                # two streams to the main host, mixed at site a
-        assert world.a.status()["uplink"]["calls"] == 2
         p = world.phones
-        assert p["102"].phone.dial("302", world.net.now)      # a third does not fit
-        p["102"].flush()
-        world.run_until(lambda: p["102"].causes(), 2000, "refused")
-        assert p["102"].causes()[-1] == wire.CAUSE_NETWORK_BUSY
-        world.hangup("301")                                    # one stream less: a call fits again
+        _three_way(world, "101", "102", "301")                # one stream to the main host, mixed at site a
+        assert world.a.status()["conferences"] and world.a.status()["uplink"]["calls"] == 1
+        assert p["103"].phone.dial("302", world.net.now)      # a second call fits
+        p["103"].flush()
+        world.run_until(lambda: p["302"].phone.state == RINGING, 2000, "302 rings")
+        assert p["104"].phone.dial("303", world.net.now)      # a third does not
+        p["104"].flush()
+        world.run_until(lambda: p["104"].causes(), 2000, "refused")
+        assert p["104"].causes()[-1] == wire.CAUSE_NETWORK_BUSY
+        world.hangup("301")                                    # the conference's stream goes: a call fits again
         assert world.a.status()["uplink"]["calls"] == 1
-        _hears(world, "101", {"302"})
+        _hears(world, "101", {"102"})
         assert not world.net.errors
     finally:
         world.close()

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.support import ROOT
-from upbx.tools.demo_features import FEATURES, ConsolePhone, _inner, run_features
+from upbx.tools.demo_features import EXTRA, FEATURES, ConsolePhone, _inner, run_features
 from upbx.tools.lab import LoopbackExchange, place_call
 
 
@@ -29,7 +29,7 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
                             env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-2000:]
     features = json.loads(result.stdout)["features"]
-    assert [f["name"] for f in features] == list(FEATURES)
+    assert [f["name"] for f in features] == list(FEATURES + EXTRA)
     by_name = {f["name"]: f for f in features}
     built = ("hold", "dnd", "forward_always", "forward_busy", "forward_no_answer", "call_waiting", "blind_transfer",
              "attended_transfer", "ring_group", "hunt_group", "pickup", "paging",
@@ -75,6 +75,10 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
     aa = by_name["auto_attendant"]
     assert aa["prompt_frames_heard"] >= 0.5 * aa["prompt_frames"] and aa["routed_to_301_rang"], aa
     assert "callee" in aa["caller_heard"] and "caller" in aa["callee_heard"], aa
+    recall = by_name["transfer_recall"]   # 301 heard music until 101, rung back, answered
+    assert recall["ok"] is True and recall["heard"]["301"] == ["101", "music", "101"], recall
+    assert recall["recall_display"] == "incoming call from 301 recall: 201 no answer", recall
+    assert by_name["directed_pickup"]["ok"] is True, by_name["directed_pickup"]
     assert os.listdir(tmp_path) == []    # no lab directory, no handset flash left behind
 
 

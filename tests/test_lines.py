@@ -226,7 +226,8 @@ def test_attended_transfer_by_the_main_hosts_phone_and_by_a_site_phone_joining_t
         _act(world, "102", lambda ph, now: lines.swap(ph, now))             # back to 303, then transfer from there
         assert world.a.status()["uplink"]["calls"] == 2
         _act(world, "102", lambda ph, now: lines.transfer(ph, now))
-        assert world.a.status()["uplink"]["calls"] == 2             # joined here: it crosses the uplink twice
+        assert world.a.status()["uplink"]["calls"] == 0             # joined by the main host: off site a's uplink
+        assert world.a.status()["calls"] == [] and world.a.stats.counters["transfers handed to the main host"] == 1
         _listen(world, 1000)
         assert p["102"].idle and _heard(p["303"]) == (["302"], False) and _heard(p["302"]) == (["303"], False)
         world.hangup("302")

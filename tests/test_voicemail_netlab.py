@@ -59,3 +59,33 @@ def test_b4_a_site_records_voicemail_without_the_main_host_and_uploads_it_once()
             assert "voicemail uploads duplicate" not in ex.status("main")["stats"]["counters"]
     finally:
         lab.down()
+
+
+def test_b4_a_sites_copy_of_its_mailboxes_plays_and_its_changes_reach_the_main_host_once():
+    """Through real NAT with the main host killed -9: site a's remote host plays 102's uploaded
+    greeting from its copy, `*97` there plays the main host's message and the one recorded
+    meanwhile (each caller tone heard in 102's speaker), and once the main host is back the
+    deletion and the new message reach it once (tools/demo_voicemail_b4.py, the demo's scenario)."""
+    require_root()
+    from upbx.tools.demo_voicemail_b4 import voicemail_b4
+    from upbx.tools.netlab import Lab
+    lab = Lab("upvb%s-" % os.urandom(2).hex())
+    try:
+        lab.up(nat="cone", phones=2)
+        with NetlabExchange(lab, keepalive_s=3, ring_timeout_s=15) as ex:
+            ex.provision()
+            ex.start()
+            result = voicemail_b4(ex, 2.0)
+            assert result["ok"] is True, json.dumps(result)
+            assert result["b4_retrieval_heard"] == ["main's message", "b4 message"], result
+            assert result["main_mailbox_after"] == [["101", "site-a", "saved"]] or \
+                result["main_mailbox_after"] == [("101", "site-a", "saved")], result
+            ex.kill("main")                              # once: another restart changes nothing
+            ex.wait_for(lambda: not _logged_in(ex), "site a noticed again", timeout=20)
+            ex.restart("main")
+            ex.wait_for(lambda: _logged_in(ex), "site a logged in again", timeout=60)
+            rows = json.loads(ex.admin("voicemail", "list", "102", "--json"))
+            assert [(r["caller"], r["origin"]) for r in rows] == [("101", "site-a")], rows
+            assert ex.status("site-a")["mailbox_changes_pending"] == 0
+    finally:
+        lab.down()

@@ -151,3 +151,55 @@ def _linked_records(lab):
     keep = ("origin", "caller", "callee", "path", "cause", "uid", "linked")
     return {"linked": done, "first": first and {k: first[k] for k in keep},
             "linked_to_it": [{k: r[k] for k in keep} for r in linked]}
+
+
+def transfer_recall(lab, seconds, numbers=NUMBERS, tag=None):
+    """B calls A; A transfers B blind to C, who does not answer: after the joining host's
+    `transfer_recall_s` C stops ringing and A rings again, its display saying it is a recall; A
+    answers and talks with B again. B hears the music from the transfer until A answers."""
+    talk = max(1.5, seconds / 2)
+    p, labels = _phones(lab, tag, numbers)
+    a, b, c = p
+    A, B, C = numbers
+    recall = "incoming call from %s recall: %s no answer" % (B, C)
+    try:
+        b.command("!call " + A)
+        a.wait_line("incoming call from " + B)
+        a.command("!answer")
+        connected = b.wait_line("connected")
+        time.sleep(talk)
+        a.command("!transfer " + C)
+        rang = c.wait_line("incoming call from " + A)
+        started = time.time()
+        recalled = a.wait_line(recall, timeout=60)
+        waited_s = round(time.time() - started, 1)
+        c_stopped = c.wait_line("call ended: no answer")
+        time.sleep(talk / 2)                     # B hears the music while A rings again
+        a.command("!answer")
+        told = b.wait_line("now talking to " + A)
+        time.sleep(talk)
+        b.command("!hangup")
+        ended = a.wait_line("call ended: normal clearing")
+    finally:
+        _quit(p)
+    heard = {n: _heard(phone, labels) for n, phone in zip(numbers, p)}
+    ok = (connected and rang and recalled and c_stopped and told and ended
+          and heard[B] == [A, "music", A] and heard[A] == [B] and heard[C] == [])
+    return {"ok": ok, "call": "%s -> %s, transferred blind by %s to %s, not answered" % (B, A, A, C),
+            "recall_display": recall if recalled else None, "recalled_after_s": waited_s,
+            "new_party_stopped": c_stopped, "parties_told": told, "heard": heard}
+
+
+def transfer_via_main(lab, seconds):
+    """301 (the main host's phone) calls 101 (site A), which consults 302 (the main host's) and
+    completes: both calls go through the main host, so site A's remote host hands the join to it
+    and the joined call no longer turns at site A (its uplink budget counts nothing of it)."""
+    before = lab.status("site-a")["stats"]["counters"].get("transfers handed to the main host", 0)
+    result = transfer(lab, seconds, False, numbers=("101", "301", "302"))
+    site = lab.status("site-a")
+    handed = site["stats"]["counters"].get("transfers handed to the main host", 0) - before
+    joined = [r for r in result.get("records", {}).get("linked_to_it", []) if r["cause"] == "normal clearing"]
+    result.update({"handed_to_main_host": handed, "site_a_uplink_calls_after": site["uplink"]["calls"],
+                   "joined_by": joined[0]["origin"] if joined else None})
+    result["ok"] = result["ok"] and handed == 1 and result["joined_by"] == "main"
+    return result

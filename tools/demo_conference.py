@@ -53,14 +53,16 @@ def conference(lab, seconds):
     return three_way(lab, seconds, "101", "102", "301", "site-a", "relay")
 
 
-def three_way(lab, seconds, holder_no, first_no, second_no, mixer, second_path, tag="conf"):
+def three_way(lab, seconds, holder_no, first_no, second_no, mixer, second_path, tag="conf", phone_args=None):
     """holder calls first, holds, calls second (connected on second_path), `!conference`; the
-    daemon `mixer` must mix. What each speaker played, and the conference as `upbx status` shows it."""
+    daemon `mixer` must mix. What each speaker played, and the conference as `upbx status` shows it.
+    phone_args: {number: more `upbx phone` arguments} (e.g. an A-law phone: ("--codec", "alaw"))."""
     tones = {holder_no: 1000, first_no: 1400, second_no: 1800}
     phones = {}
     try:
         for number, hz in tones.items():
-            phones[number] = _console(lab, number, "%s-%s" % (tag, number), "--send", "tone:%d" % hz)
+            phones[number] = _console(lab, number, "%s-%s" % (tag, number), "--send", "tone:%d" % hz,
+                                      *(phone_args or {}).get(number, ()))
         holder, first, second = phones[holder_no], phones[first_no], phones[second_no]
         holder.command("!call " + first_no)
         first.wait_line("incoming call")

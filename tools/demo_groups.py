@@ -115,6 +115,39 @@ def pickup(lab, seconds):
             "heard": who, "record": _record(lab, "301")}
 
 
+def directed_pickup(lab, seconds):
+    """301 calls 101 and then 201 calls 103 (both site A), neither answered; 102 gives `!pickup 103`
+    (**103): 103 stops with "picked up", 102 talks with 201 (each hears the other's tone), and 101,
+    which rang first (`!pickup` would have taken its call), goes on ringing. 103 is added to site A
+    for it (`upbx admin ext add`), if the lab has no 103."""
+    if "103" not in lab.secrets:
+        lab.secrets["103"] = lab.admin("ext", "add", "103", "--site", "a", "--name", "Phone 103")
+        lab.phone_site["103"] = "a"
+        _directory_sent(lab)
+    phones = _phones(lab, "dpickup", ("301", "101", "201", "103", "102"))
+    try:
+        phones["301"].command("!call 101")
+        rang_first = phones["101"].wait_line("incoming call from 301")
+        phones["201"].command("!call 103")
+        rang = phones["103"].wait_line("incoming call from 201")
+        phones["102"].command("!pickup 103")
+        picked = phones["102"].wait_line("connected")
+        stopped = phones["103"].wait_line("call ended: picked up")
+        time.sleep(seconds)
+        still_ringing = "call ended" not in phones["101"].log()
+        phones["201"].command("!hangup")
+        ended = phones["102"].wait_line("call ended: normal clearing")
+        phones["301"].command("!hangup")
+    finally:
+        _quit(phones)
+    who = {n: heard(phones[n]) for n in phones}
+    ok = (rang_first and rang and picked and stopped and ended and still_ringing and who["201"] == ["102"]
+          and who["102"] == ["201"] and who["103"] == [] and who["101"] == [])
+    return {"ok": ok, "ringing": ["101 (from 301, first)", "103 (from 201)"], "command": "!pickup 103",
+            "picked_up_by": "102" if picked else None, "named_phone_stopped": stopped,
+            "first_call_still_ringing": still_ringing, "heard": who, "record": _record(lab, "201")}
+
+
 def paging(lab, seconds):
     """Page group 700 of site A: 101 pages, 102 answers by itself with its microphone muted and
     plays 101's tone; 101 hears nothing back; the main host receives no media while it lasts
@@ -141,4 +174,5 @@ def paging(lab, seconds):
             "media_frames_at_hosts": at_hosts, "record": _record(lab, "101")}
 
 
-SCENARIOS = {"ring_group": ring_group, "hunt_group": hunt_group, "pickup": pickup, "paging": paging}
+SCENARIOS = {"ring_group": ring_group, "hunt_group": hunt_group, "pickup": pickup, "paging": paging,
+             "directed_pickup": directed_pickup}

@@ -141,6 +141,8 @@ def add_arguments(parser):
     parser.add_argument("--tone-timeout", type=float, help="busy and reorder stop by themselves after this many "
                                                             "seconds (default 30)")
     parser.add_argument("--no-plc", action="store_true", help="turn packet loss concealment off")
+    parser.add_argument("--codec", choices=("ulaw", "alaw"),
+                        help="G.711 law of the handset (default ulaw); an A-law phone's host converts (docs/features.md)")
     parser.add_argument("--vad", action="store_true",
                         help="silence suppression: no voice frames in silence, comfort-noise frames instead")
     parser.add_argument("--profile", type=int, metavar="TICKS",
@@ -188,6 +190,8 @@ def device_config(args):
         raise ValueError("missing %s (give --config or the flags)" % ", ".join(missing))
     values["bind"] = args.bind
     values["plc"] = not args.no_plc
+    if getattr(args, "codec", None):
+        values["codec"] = args.codec
     if args.vad:
         values["vad"] = True
     if getattr(args, "profile", None):
