@@ -158,7 +158,7 @@ class Hal:
     def __init__(self, board, wifi=None, watchdog_ms=10000):
         # the watchdog first: a board that hangs while starting its devices is reset too
         self._wdt = machine.WDT(timeout=watchdog_ms)
-        self.feed = self._wdt.feed     # called on every pass of the loop: the C method itself
+        self.feed = self._wdt.feed     # called on every audio pass of the loop: the C method itself
         self.ticks_ms = time.ticks_ms
         machine.freq(_CPU_HZ)
         self.board = board
