@@ -117,10 +117,12 @@ _upbx_run(100, 100, %d)
 # processes (and, on a virtual machine, other guests) take this CPU's caches and branch predictors,
 # so every burst of the firmware starts cold. perf_bench's standard run (above) is about a
 # millisecond of the benchmark back to back, warm. Timing the benchmark in bursts of about a
-# tick's length, each after the same sleep, makes this machine pay for the benchmark what it pays
-# for a tick (docs/benchmarks.md: why an ESP32 does not pay it for either). BURST_PARAMS: the
+# tick's length, each after the same sleep, makes this machine pay the sleep's price for the
+# benchmark as it does for a tick (docs/benchmarks.md: it pays much less for the benchmark, whose
+# working set is small, so this does not cancel the firmware's cold start). BURST_PARAMS: the
 # benchmark's own parameter, smaller than its N=100 one, for a burst of 80-400 us here (misc_aes's
-# smallest, one 16-byte block, is the longest); its score is normalised the benchmark's own way.
+# smallest, one 16-byte block, is the longest); calibration() applies the bursts' loss after the
+# sleep to the standard score.
 BURST_PARAMS = {"misc_pystone": (25,), "misc_aes": (1, 16), "viper_call2a": (2000,)}
 SLEEP_MS = 20
 
@@ -236,8 +238,8 @@ def calibration(binary, repeats=25, processes=5, src=None, realtime=False, sampl
 # --- how much slower this machine runs a tick's work after sleeping -----------------------
 
 # The handset sleeps 10-20 ms between ticks; meanwhile other processes (and, on a virtual
-# machine, other guests) take the CPU's caches, so a tick's work runs cold. perf_bench, and an
-# ESP32 running only the handset, run warm. This runs the per-frame work of a call (encode, VAD,
+# machine, other guests) take the CPU's caches, so a tick's work runs cold: about three times as
+# long, where perf_bench in bursts after the same sleep loses 5-43 % (burst_scores). This runs the per-frame work of a call (encode, VAD,
 # seal, open, jitter buffer, playout) with the firmware's own frozen modules, back to back and
 # after a 20 ms sleep each, and reports the medians.
 _COLD_SCRIPT = """
@@ -494,8 +496,8 @@ def bench_handset(quick=False, binary=None):
     }
     result.update(overall)
     # a sensitivity, not the estimate: without the host's system calls and without one wake-up's cache
-    # refill per tick (the loop wakes at least once a tick; perf_bench, and an ESP32 doing nothing
-    # else, run warm)
+    # refill per tick (the loop wakes at least once a tick), as if an ESP32 ran a tick warm (its own cold
+    # start, through its flash cache, is not known: docs/benchmarks.md)
     penalty = cold["penalty_us"]
     result["esp32_ms_per_tick_p50_warm_without_io"] = _ms(max(profile["all"]["without_io_p50_us"] - penalty, 0),
                                                           cal["ratio"])
