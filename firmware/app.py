@@ -9,8 +9,8 @@ microphone) until the next 20 ms audio tick, the next timer or a datagram: in a 
 wakes once per tick and once per datagram (docs/handset.md, The loop). Time is the HAL's
 ticks_ms(), which wraps: every timer is ticks_add(now, ms) and every comparison
 ticks_diff(now, timer) >= 0 (common/compat.py). The loop feeds the watchdog once per
-iteration; network errors (sendto, getaddrinfo) are counted and retried, never fatal
-(docs/handset.md, Survival).
+audio pass (every 20 ms tick, and when the microphone wakes it), not on a datagram's; network
+errors (sendto, getaddrinfo) are counted and retried, never fatal (docs/handset.md, Survival).
 """
 import errno
 import gc
@@ -473,7 +473,6 @@ class App:
             if profile is not None:
                 profile.resume()
             now = hal.ticks_ms()
-            hal.feed()
             if ready & 1:
                 self.receive(now)
             if self._retry:
@@ -503,6 +502,7 @@ class App:
         """The 20 ms tick when it has come (keys, the speaker's frame, the display), and the
         microphone's frames whenever they are there."""
         hal = self.hal
+        hal.feed()   # the watchdog: once per audio pass (at least once a tick), not per datagram
         tick = ticks_diff(now, self._frame_at) >= 0
         if tick:
             frame_at = self._frame_at

@@ -307,7 +307,7 @@ def test_esp32_hal_audio_timing_display_console_and_reset_in_a_real_call(tmp_pat
     assert "I phone connected" in out and "call ended: normal clearing" in out, out
     assert trace[-1] == ["reset"] and "W phone machine.reset() (reset)" in out
 
-    # the watchdog: made first, fed on every iteration of the loop; then the CPU at 240 MHz (it boots at 160)
+    # the watchdog: made first, fed on every audio pass of the loop (each tick); then the CPU at 240 MHz (it boots at 160)
     assert trace[0] == ["wdt", 10000] and trace[1] == ["freq", 240000000]
     feeds = sum(1 for e in trace if e == ["feed"])
     assert feeds >= 100, feeds

@@ -27,7 +27,7 @@
     hal.network_up() -> bool        whether the network interface has an address
     hal.getaddrinfo(host, port)     the address socket.getaddrinfo gives (OSError as it raises)
     hal.sendto(sock, data, addr)    sock.sendto (OSError as it raises: EAGAIN, ENOMEM, ...)
-    hal.feed()                      feed the watchdog: the loop calls it once per iteration
+    hal.feed()                      feed the watchdog: the loop calls it once per audio pass (a tick)
     hal.park_watchdog()             the loop stops on purpose (Ctrl-C): keep the watchdog quiet
     hal.reset(why)                  restart the device ("crash" or "reset"); never returns
     hal.ticks_ms() -> int           monotonic milliseconds (wraps; use ticks_diff)

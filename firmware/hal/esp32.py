@@ -73,7 +73,10 @@ class Keypad:
     """A row/column matrix: rows open-drain, pulled low one at a time; columns read with pull-ups.
 
     Open-drain: a row not being scanned floats instead of driving high, so two keys held in one
-    column join a low row to a floating one, never a low output to a high one."""
+    column join a low row to a floating one, never a low output to a high one. Between scans every
+    row rests low, so one read of the columns tells whether any key is down: the loop polls once a
+    tick, and with no key down (nearly always) that costs 4 pin reads instead of the 24 pin calls
+    of a full scan (bytecode on the device; docs/benchmarks.md)."""
 
     def __init__(self, cfg):
         self._rows = [machine.Pin(p, machine.Pin.OPEN_DRAIN, value=1) for p in cfg["rows"]]
@@ -82,16 +85,31 @@ class Keypad:
         self._seen = None      # key read at the last scan
         self._since = 0
         self._reported = None
+        self._rest(0)
+
+    def _rest(self, level):
+        for row in self._rows:
+            row.value(level)
 
     def _scan(self):
+        for col in self._cols:
+            if not col.value():
+                break
+        else:
+            return None   # no column pulled low through a key: nothing is down
+        self._rest(1)
+        key = None
         for r in range(len(self._rows)):
             self._rows[r].value(0)
             for c in range(len(self._cols)):
                 if not self._cols[c].value():
-                    self._rows[r].value(1)
-                    return self._keys[r][c]
+                    key = self._keys[r][c]
+                    break
             self._rows[r].value(1)
-        return None
+            if key is not None:
+                break
+        self._rest(0)
+        return key
 
     def poll(self, now):
         """A key once when it has been stable down for the debounce time."""
@@ -140,7 +158,7 @@ class Hal:
     def __init__(self, board, wifi=None, watchdog_ms=10000):
         # the watchdog first: a board that hangs while starting its devices is reset too
         self._wdt = machine.WDT(timeout=watchdog_ms)
-        self.feed = self._wdt.feed     # called on every pass of the loop: the C method itself
+        self.feed = self._wdt.feed     # called on every audio pass of the loop: the C method itself
         self.ticks_ms = time.ticks_ms
         machine.freq(_CPU_HZ)
         self.board = board
