@@ -28,6 +28,10 @@ def wall_offset_ms():
     return int(time.time() * 1000) - now_ms()
 
 
+class ServiceError(Exception):
+    """A service beside the core (the JSON API) cannot start; one line for the operator."""
+
+
 class Daemon:
     """Runs one host core on a UDP socket until SIGINT or SIGTERM."""
 
@@ -35,8 +39,9 @@ class Daemon:
     BURST_HOLD_S = 0.0003    # what the core queued leaves at least this often while reading
     TX_QUEUE = 4096          # datagrams held while the send buffer is full
 
-    def __init__(self, core, listen, control_socket=""):
+    def __init__(self, core, listen, control_socket="", services=()):
         self.core = core
+        self.services = list(services)   # started in the loop after the socket: start(daemon), stop() (host/api.py)
         self.listen = listen
         self.log = core.log
         self.control_socket = control_socket
@@ -248,8 +253,12 @@ class Daemon:
         loop.add_reader(sock.fileno(), self._readable)
         timers = asyncio.ensure_future(self._timers())
         try:
+            for service in self.services:
+                await service.start(self)
             await self._stopping.wait()
         finally:
+            for service in reversed(self.services):
+                await service.stop()
             timers.cancel()
             self.core.stop(now_ms())
             if server is not None:
