@@ -38,9 +38,20 @@ def browser(tmp_path):
         driver.quit()
 
 
+def rows(driver, selector):
+    """[[id, cell text, ...]] of the table rows matching selector, read in one turn of the page's
+    script (the live status is replaced every second: elements found earlier go stale)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(function (r) {"
+        " return [r.id].concat(Array.from(r.cells).map(function (c) { return c.textContent.trim(); })); });",
+        selector)
+
+
 def wait_until(driver, condition, what, timeout=30):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), "waited for " + what)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(lambda d: condition(d), "waited for " + what)
 
 
 def test_sign_in_add_an_extension_and_watch_a_call_in_the_live_status(browser, tmp_path):
@@ -58,11 +69,10 @@ def test_sign_in_add_an_extension_and_watch_a_call_in_the_live_status(browser, t
         wait_until(browser, lambda d: d.find_elements(By.ID, "token"), "the sign-in form")
         browser.find_element(By.ID, "token").send_keys("upbx_wrong")
         browser.find_element(By.ID, "sign-in").click()
-        assert "not valid" in browser.find_element(By.TAG_NAME, "main").text
+        wait_until(browser, lambda d: "not valid" in d.find_element(By.TAG_NAME, "main").text, "the refusal")
         browser.find_element(By.ID, "token").send_keys(token)
         browser.find_element(By.ID, "sign-in").click()
-        wait_until(browser, lambda d: d.find_elements(By.ID, "live"), "the status page")
-        assert "ops (admin)" in browser.find_element(By.TAG_NAME, "header").text
+        wait_until(browser, lambda d: "ops (admin)" in d.find_element(By.TAG_NAME, "header").text, "the status page")
 
         # add an extension; its secret is shown once and it is listed (and in the directory)
         browser.get(base + "/extensions")
@@ -95,17 +105,14 @@ def test_sign_in_add_an_extension_and_watch_a_call_in_the_live_status(browser, t
         caller = lab.phone("301", "--send", wav, "--call", "302", "--call-after", "1", "--duration", "6",
                            "--exit-after-call", "--exit-after", "40", tag="web-caller")
         try:
-            row = wait_until(browser, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "tr[id^=call-]")
-                                                 if " answered " in " %s " % r.text], "the call, answered", 40)[0]
-            cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
-            assert cells[1:5] == ["301", "302", "answered", "relay"], cells
+            cells = wait_until(browser, lambda d: [r for r in rows(d, "tr[id^=call-]") if "answered" in r],
+                               "the call, answered", 40)[0]
+            assert cells[2:6] == ["301", "302", "answered", "relay"], cells
             assert browser.execute_script("return window.upbxSameLoad === true;")
-            assert "up" == browser.find_element(By.CSS_SELECTOR, "#site-c td:nth-child(2)").text
-            phones = {r.get_attribute("id") for r in browser.find_elements(By.CSS_SELECTOR, "tr[id^=phone-]")}
-            assert phones == {"phone-301", "phone-302"}
+            assert rows(browser, "#site-c")[0][2] == "up"
+            assert {r[0] for r in rows(browser, "tr[id^=phone-]")} == {"phone-301", "phone-302"}
             # a second of the call's frames: its bandwidth shows in the screenshot too
-            wait_until(browser, lambda d: int(d.find_element(By.CSS_SELECTOR, "tr[id^=call-] td:nth-child(6)").text)
-                       >= 60, "a second of frames")
+            wait_until(browser, lambda d: any(int(r[6]) >= 60 for r in rows(d, "tr[id^=call-]")), "a second of frames")
             os.makedirs(ARTIFACTS, exist_ok=True)
             shot = os.path.join(ARTIFACTS, "web-admin-status.png")
             assert browser.save_screenshot(shot)
@@ -115,7 +122,7 @@ def test_sign_in_add_an_extension_and_watch_a_call_in_the_live_status(browser, t
         finally:
             caller.wait(45)
             callee.wait(45)
-        wait_until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "tr[id^=call-]"), "the call gone", 20)
+        wait_until(browser, lambda d: not rows(d, "tr[id^=call-]"), "the call gone", 20)
 
         # its record on the call records page, and the export link keeps the filter
         browser.get(base + "/calls?extension=302")
