@@ -394,7 +394,7 @@ async def calls_page(request):
     d = request.app["core"].directory
     query = {k: v for k, v in request.query.items() if v != ""}
     try:
-        records = api.call_records(d, query, 100)
+        records = await api.call_records_apart(d, query, 100)
         error = ""
     except api.BadInput as exc:
         records, error = [], '<p class="error" id="error">%s</p>' % h(exc)
@@ -413,7 +413,7 @@ async def calls_page(request):
 
 async def calls_csv(request):
     query = {k: v for k, v in request.query.items() if v != ""}
-    text = api.records_csv(api.call_records(request.app["core"].directory, query, api.CSV_LIMIT))
+    text = await api.call_records_apart(request.app["core"].directory, query, api.CSV_LIMIT, api.records_csv)
     return web.Response(text=text, content_type="text/csv", charset="utf-8",
                         headers={"Content-Disposition": 'attachment; filename="upbx-calls.csv"'})
 
