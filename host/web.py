@@ -292,9 +292,11 @@ def _secret_note(what, secret):
 
 async def sites_post(request):
     data = await request.post()
-    body = _form_body(data, api.SITE_FIELDS, ints=("uplink_kbps", "local_call_quota"), bools=("local_calls",))
-    return await _change(request, sites_page, lambda d: api.create_site(d, body) and
-                         '<p class="secret">site %s added</p>' % h(body.get("name")))
+
+    def add(d):
+        body = _form_body(data, api.SITE_FIELDS, ints=("uplink_kbps", "local_call_quota"), bools=("local_calls",))
+        return api.create_site(d, body) and '<p class="secret">site %s added</p>' % h(body.get("name"))
+    return await _change(request, sites_page, add)
 
 
 async def site_remove(request):

@@ -7,8 +7,10 @@ nothing written.
 """
 import csv
 import datetime
+import html
 import io
 import json
+import re
 import socket
 import sqlite3
 import ssl
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -378,3 +381,57 @@ def test_https_with_a_configured_certificate(tmp_path):
 def http_client_errors():
     import http.client
     return http.client.HTTPException
+
+
+# the web page on the same listener, without a browser (tests/test_web_admin.py drives one)
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args):
+        return None
+
+
+def web_request(api, method, path, token=None, form=None):
+    """(status, headers, text) of a page request with the sign-in cookie for token, if any."""
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    req = urllib.request.Request(api.base + path, data=data, method=method)
+    if token is not None:
+        req.add_header("Cookie", "upbx_token=" + token)
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(req, timeout=20) as resp:
+            return resp.status, resp.headers, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read().decode()
+
+
+def test_the_web_page_signs_in_and_refuses_viewers_changes_and_forged_forms(api):
+    from upbx.host.web import csrf
+    status, headers, _t = web_request(api, "GET", "/extensions")
+    assert status == 302 and headers["Location"] == "/login"
+    assert web_request(api, "GET", "/live")[0] == 401
+    status, headers, text = web_request(api, "POST", "/login", form={"token": "upbx_wrong"})
+    assert status == 401 and "not valid" in text and "Set-Cookie" not in headers
+    status, headers, _t = web_request(api, "POST", "/login", form={"token": api.viewer_token})
+    assert status == 302 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert cookie.startswith("upbx_token=%s;" % api.viewer_token) and "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    # nothing from anywhere but this listener, and the browser is told so
+    for path in ("/", "/sites", "/extensions", "/sysinfo", "/calls"):
+        status, headers, text = web_request(api, "GET", path, api.viewer_token)
+        assert status == 200 and headers["Content-Security-Policy"].startswith("default-src 'self'"), path
+        assert "add-extension" not in text and "<button type=\"submit\" id=\"remove" not in text, path
+        for ref in re.findall(r'(?:src|href|action)="([^"]*)"', text):
+            assert ref.startswith("/"), (path, ref)
+    before = api.snapshot()
+    form = {"number": "360", "site": "c", "name": "Hall"}
+    assert web_request(api, "POST", "/extensions", api.viewer_token, dict(form, csrf=csrf(api.viewer_token)))[0] == 403
+    assert web_request(api, "POST", "/extensions", api.admin_token, form)[0] == 403          # no form value
+    assert web_request(api, "POST", "/extensions", api.admin_token, dict(form, csrf="0" * 32))[0] == 403
+    assert api.snapshot() == before
+    status, _h, text = web_request(api, "POST", "/extensions", api.admin_token, dict(form, csrf=csrf(api.admin_token)))
+    assert status == 200 and 'id="ext-360"' in text and 'id="secret"' in text
+    status, _h, text = web_request(api, "POST", "/sites", api.admin_token,
+                                   {"name": "west", "uplink_kbps": "lots", "csrf": csrf(api.admin_token)})
+    assert status == 400 and html.escape("field 'uplink_kbps': expected an integer, got 'lots' (uplink_kbps)") in text
+    assert 'id="add-site"' in text and 'id="site-west"' not in text
+    assert api("DELETE", "/api/extensions/360")[0] == 200
