@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.upbx-setup
 # libssl-dev: OpenSSL's headers, for the relay's C fast path built at install (host/_fastpath.c, docs/relay.md)
 # rtpengine-daemon: the bench extra's reference relay, `upbx bench relay --peer rtpengine` (docs/benchmarks.md)
 DEBS   := python3-venv python3-dev build-essential libssl-dev gcc-multilib iproute2 nftables socat espeak-ng systemd \
-          rtpengine-daemon
+          rtpengine-daemon chromium chromium-driver
 
 .PHONY: setup images demo test bench clean
 

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import sys
 
-from upbx.host import features, groups_admin, voicemail_admin
+from upbx.host import features, groups_admin, tokens, voicemail_admin
 from upbx.host.moh import MAX_SECONDS, MusicOnHoldError, wav_ulaw
 from upbx.host.config import ConfigError, load_main_config
 from upbx.host.directory import Directory, DirectoryError, SYSINFO_KEYS
@@ -26,7 +26,7 @@ def add_arguments(parser):
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="MAIN.toml", help="the main host's configuration (its database key)")
     where.add_argument("--database", metavar="PATH", help="the main host's SQLite database")
-    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,voicemail,attendant,calls,sysinfo}",
+    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,voicemail,attendant,calls,sysinfo,token}",
                                    required=True)
 
     site = _actions(things, "site", "sites (shops, farms, schools...)")
@@ -76,6 +76,10 @@ def add_arguments(parser):
 
     p = _leaf(things, "calls", "show call records, newest first")
     p.add_argument("--limit", type=int, default=100, metavar="N")
+    p.add_argument("--since", metavar="TIME", help="started at or after TIME (ISO 8601, UTC unless it says)")
+    p.add_argument("--until", metavar="TIME", help="started before TIME")
+    p.add_argument("--site", help="calls of this site's extensions or remote host")
+    p.add_argument("--extension", metavar="NUMBER", help="calls from or to this extension")
 
     info = _actions(things, "sysinfo", "system information sent to every remote host and phone")
     _leaf(info, "show", "show the system information and its version")
@@ -84,6 +88,7 @@ def add_arguments(parser):
     p.add_argument("key")
     p.add_argument("value")
     _leaf(info, "unset", "remove one key").add_argument("key")
+    tokens.add_arguments(things, _actions, _leaf)
 
 
 def _actions(things, name, help_text):
@@ -106,7 +111,7 @@ def run(args):
         with directory:
             handler = HANDLERS[(args.thing, getattr(args, "action", None))]
             handler(directory, args)
-    except (AdminError, DirectoryError) as exc:
+    except (AdminError, DirectoryError, tokens.TokenError) as exc:
         return _fail(exc)
     except sqlite3.Error as exc:
         return _fail("database %s: %s" % (directory.path, exc))
@@ -278,9 +283,13 @@ def moh_show(d, args):
 def calls(d, args):
     if args.limit < 1:
         raise AdminError("bad --limit %d: use a number >= 1" % args.limit)
-    records = [r._asdict() for r in d.call_records(args.limit)]
+    since, until = _time_arg("--since", args.since), _time_arg("--until", args.until)
+    if args.site is not None and d.site(args.site) is None:
+        raise AdminError("unknown site %r" % args.site)
+    records = [r._asdict() for r in d.call_records(args.limit, since_ms=since, until_ms=until, site=args.site,
+                                                   extension=args.extension)]
     if args.json:
-        return _print_json(records)
+        return _print_json(records, args)
     rows = []
     for r in records:
         talk = None
@@ -295,7 +304,7 @@ def calls(d, args):
 def sysinfo_show(d, args):
     version, data = d.sysinfo()
     if args.json:
-        return _print_json({"version": version, "data": data})
+        return _print_json({"version": version, "data": data}, args)
     print("version %d" % version)
     for key, value in _flatten(data):
         print("%s = %s" % (key, json.dumps(value) if not isinstance(value, str) else value))
@@ -330,28 +339,32 @@ HANDLERS = {
 
 # output
 
-def _print_json(value):
+def _print_json(value, args=None):
+    """JSON on stdout; a caller that set args.collect (a list; the JSON API, host/api.py) gets the value there."""
+    collect = getattr(args, "collect", None)
+    if collect is not None:
+        return collect.append(value)
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
 def _done(args, message, value):
     if args.json:
-        _print_json(value)
+        _print_json(value, args)
     else:
         print(message)
 
 
-def _secret(args, message, value):
+def _secret(args, message, value, key="secret"):
     """The secret alone on stdout (for scripts), the explanation on stderr."""
     if args.json:
-        return _print_json(value)
-    print("%s; its secret, shown only this once:" % message, file=sys.stderr)
-    print(value["secret"])
+        return _print_json(value, args)
+    print("%s; its %s, shown only this once:" % (message, key), file=sys.stderr)
+    print(value[key])
 
 
 def _table(args, rows, columns):
     if args.json:
-        return _print_json(rows)
+        return _print_json(rows, args)
     cells = [[title for _, title in columns]]
     for row in rows:
         cells.append([_cell(row[key]) for key, _ in columns])
@@ -366,6 +379,20 @@ def _cell(value):
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
+
+
+def _time_arg(flag, text):
+    """Epoch ms of an ISO 8601 time (a date alone is its midnight; UTC unless it names a zone), or None."""
+    if text is None:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise AdminError("bad %s %r: use an ISO 8601 time such as 2026-12-01T09:30:00Z or 2026-12-01"
+                         % (flag, text)) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return int(when.timestamp() * 1000)
 
 
 def _time(ms):
@@ -386,6 +413,11 @@ def _voicemail(handler, output):
     return lambda d, args: handler(d, args, AdminError, output)
 
 
+HANDLERS.update({   # host/tokens.py
+    ("token", "add"): lambda d, args: tokens.token_add(d, args, _secret),
+    ("token", "list"): lambda d, args: tokens.token_list(d, args, _table),
+    ("token", "remove"): lambda d, args: tokens.token_remove(d, args, _done),
+})
 HANDLERS.update({   # host/voicemail_admin.py
     ("voicemail", "on"): _voicemail(voicemail_admin.voicemail_switch, _done),
     ("voicemail", "off"): _voicemail(voicemail_admin.voicemail_switch, _done),

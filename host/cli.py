@@ -5,17 +5,18 @@ import sys
 
 from upbx.host.config import ConfigError, load_main_config, load_remote_config
 from upbx.host import metrics
-from upbx.host.daemon import Daemon, MetricsListenError
+from upbx.host.daemon import Daemon, ServiceError
 from upbx.host.log import StructuredLog
 
 
 class HostCommand:
     """One of the two daemons: its configuration table and the core it runs."""
 
-    def __init__(self, table, load, core):
+    def __init__(self, table, load, core, services=None):
         self.table = table      # "main" or "remote"
         self.load = load
         self.core = core        # "module:Class"
+        self.services = services   # "module:function": config -> services the daemon runs (host/api.py)
 
     def add_arguments(self, parser):
         parser.add_argument("--config", required=True, help="TOML file with a [%s] table" % self.table)
@@ -23,27 +24,40 @@ class HostCommand:
     def run(self, args):
         try:
             config = self.load(args.config)
+            services = _load(self.services)(config) if self.services else []
         except ConfigError as exc:
             print("upbx %s: %s" % (self.table, exc), file=sys.stderr)
             return 2
-        listener = None
         if config.metrics_port:
             problem = metrics.missing()
             if problem:
                 print("upbx %s: %s: key 'metrics.port': %s" % (self.table, config.path, problem), file=sys.stderr)
                 return 2
-            listener = (config.metrics_address, config.metrics_port)
-        module, _, name = self.core.partition(":")
-        core_class = getattr(importlib.import_module(module), name)
+            services.append(metrics.MetricsService((config.metrics_address, config.metrics_port)))
+        core_class = _load(self.core)
         log_name = "main" if self.table == "main" else config.name
         core = core_class(config, StructuredLog(log_name, config.log_level, config.log_format))
         try:
-            asyncio.run(Daemon(core, config.listen, config.control_socket, metrics=listener).run())
-        except MetricsListenError as exc:
+            asyncio.run(Daemon(core, config.listen, config.control_socket, services).run())
+        except ServiceError as exc:
             print("upbx %s: %s" % (self.table, exc), file=sys.stderr)
             return 1
         return 0
 
 
-MainCommand = HostCommand("main", load_main_config, "upbx.host.main_host:MainHost")
+def _load(where):
+    module, _, name = where.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def api_services(config):
+    """The JSON API and web page beside the main host's core, when main.toml sets api_listen (aiohttp is
+    imported only then: the 'web' extra)."""
+    if not config.api_listen:
+        return []
+    from upbx.host.api import ApiService
+    return [ApiService(config)]
+
+
+MainCommand = HostCommand("main", load_main_config, "upbx.host.main_host:MainHost", "upbx.host.cli:api_services")
 RemoteCommand = HostCommand("remote", load_remote_config, "upbx.host.remote_host:RemoteHost")

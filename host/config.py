@@ -84,6 +84,11 @@ SECTIONS = {
         Key("transfer_recall_s", "int", 20,
             "a blind-transferred call not answered after this many seconds rings the transferring phone again "
             "(recall, docs/features.md); 0: never", min=0, max=300),
+        Key("api_listen", "hostport_or_empty", "",
+            'TCP address of the JSON API and web admin page (docs/operations.md); empty for none. Plain HTTP '
+            "only on loopback: elsewhere set api_certificate"),
+        Key("api_certificate", "path", "", "PEM certificate chain for HTTPS on api_listen; empty for plain HTTP"),
+        Key("api_private_key", "path", "", "PEM private key of api_certificate; empty when it is in that file"),
     ],
     "remote": [
         Key("name", "name", REQUIRED, "this remote host's name, as given to `upbx admin host add`"),
@@ -232,6 +237,20 @@ def _check_ipaddress(key, value, base):
         raise _Bad("expected an IPv4 or IPv6 address") from None
 
 
+def _check_hostport_or_empty(key, value, base):
+    return "" if value == "" else _check_hostport(key, value, base)
+
+
+def is_loopback(host):
+    """True for "localhost" and 127.0.0.0/8: where plain HTTP may listen."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_path(key, value, base):
     _check_str(key, value, base)
     return os.path.join(base, value) if value else ""
@@ -281,7 +300,7 @@ def _check_audio_in(key, value, base):
 
 _CHECKS = {
     "bool": _check_bool, "int": _check_int, "float": _check_float, "str": _check_str, "choice": _check_choice,
-    "hostport": _check_hostport, "ipaddress": _check_ipaddress, "path": _check_path, "database": _check_database,
+    "hostport": _check_hostport, "hostport_or_empty": _check_hostport_or_empty, "ipaddress": _check_ipaddress, "path": _check_path, "database": _check_database,
     "secret": _check_secret, "digits": _check_digits, "name": _check_name, "audio_in": _check_audio_in,
 }
 
@@ -386,7 +405,14 @@ def _load(path, cls):
 
 def load_main_config(path):
     """MainConfig from a TOML file with a [main] table."""
-    return _load(path, MainConfig)
+    config = _load(path, MainConfig)
+    if config.api_private_key and not config.api_certificate:
+        raise ConfigError(path, "main.api_private_key", "set without api_certificate")
+    if config.api_listen and not config.api_certificate and not is_loopback(config.api_listen[0]):
+        raise ConfigError(path, "main.api_listen",
+                          "plain HTTP is served on loopback only (127.0.0.1, localhost), got \"%s:%d\"; set "
+                          "api_certificate (and api_private_key) for HTTPS" % config.api_listen)
+    return config
 
 
 def load_remote_config(path):
@@ -407,6 +433,7 @@ def load_phone_config(path):
 FILES = {"main": "main.toml", "remote": "remote.toml", "phone": "phone.toml", "metrics": "main.toml and remote.toml"}
 _KIND_NAMES = {
     "bool": "true/false", "int": "integer", "float": "number", "str": "string", "choice": "string", "hostport": '"HOST:PORT"',
+    "hostport_or_empty": '"HOST:PORT" or ""',
     "path": "path", "database": "path", "secret": "hex string", "digits": "digits", "name": "name",
     "audio_in": "path or tone:HZ", "ipaddress": "IP address",
 }

@@ -28,6 +28,10 @@ def wall_offset_ms():
     return int(time.time() * 1000) - now_ms()
 
 
+class ServiceError(Exception):
+    """A service beside the core (the JSON API) cannot start; one line for the operator."""
+
+
 class Daemon:
     """Runs one host core on a UDP socket until SIGINT or SIGTERM."""
 
@@ -35,10 +39,9 @@ class Daemon:
     BURST_HOLD_S = 0.0003    # what the core queued leaves at least this often while reading
     TX_QUEUE = 4096          # datagrams held while the send buffer is full
 
-    def __init__(self, core, listen, control_socket="", metrics=None):
+    def __init__(self, core, listen, control_socket="", services=()):
         self.core = core
-        self.metrics = metrics   # (address, port) of the Prometheus listener (host/metrics.py), or None
-        self.metrics_address = None   # where it listens once running
+        self.services = list(services)   # started in the loop after the socket: start(daemon), stop() (host/api.py)
         self.listen = listen
         self.log = core.log
         self.control_socket = control_socket
@@ -232,18 +235,6 @@ class Daemon:
                 pass
         if fastpath.native is not None and family == socket.AF_INET:
             self._batch = fastpath.native
-        listener = None
-        if self.metrics is not None:
-            from upbx.host.metrics import MetricsListener
-            listener = MetricsListener(self.core, self, self.metrics)
-            try:
-                self.metrics_address = await listener.start()
-            except OSError as exc:
-                sock.close()
-                raise MetricsListenError("metrics: cannot listen on %s:%d: %s"
-                                         % (self.metrics[0], self.metrics[1],
-                                            os.strerror(exc.errno) if exc.errno else exc)) from None
-            self.log.info("metrics", listen="%s:%d" % self.metrics_address)
         self._stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
@@ -262,8 +253,12 @@ class Daemon:
         loop.add_reader(sock.fileno(), self._readable)
         timers = asyncio.ensure_future(self._timers())
         try:
+            for service in self.services:
+                await service.start(self)
             await self._stopping.wait()
         finally:
+            for service in reversed(self.services):
+                await service.stop()
             timers.cancel()
             self.core.stop(now_ms())
             if server is not None:
@@ -275,17 +270,11 @@ class Daemon:
                 loop.remove_writer(sock.fileno())
                 self._tx_queue.clear()
             sock.close()
-            if listener is not None:
-                await listener.stop()
             self.log.info("stopped", stats=json.dumps(self.core.stats.as_dict()))
 
     def stop(self):
         if self._stopping is not None:
             self._stopping.set()
-
-
-class MetricsListenError(Exception):
-    """The metrics listener could not start (its port taken, its address not on this machine)."""
 
 
 class unix_path:

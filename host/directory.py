@@ -457,10 +457,28 @@ class Directory:
                 % (", ".join(CALL_RECORD_FIELDS), ", ".join("?" * len(CALL_RECORD_FIELDS))), values)
         return cursor.rowcount == 1
 
-    def call_records(self, limit=100):
-        """The `limit` most recently stored call records, newest first."""
-        rows = self.db.execute("SELECT %s FROM call_records ORDER BY id DESC LIMIT ?"
-                               % ", ".join(CallRecord._fields), (limit,))
+    def call_records(self, limit=100, since_ms=None, until_ms=None, site=None, extension=None):
+        """The `limit` most recently stored call records, newest first; only those started in
+        [since_ms, until_ms), of a site (its extensions as caller or callee, or its remote host as
+        origin) or of an extension (caller or callee), where given."""
+        where, values = [], []
+        if since_ms is not None:
+            where.append("started_ms >= ?")
+            values.append(since_ms)
+        if until_ms is not None:
+            where.append("started_ms < ?")
+            values.append(until_ms)
+        if site is not None:
+            where.append("(origin IN (SELECT name FROM remote_hosts WHERE site = ?) OR caller IN "
+                         "(SELECT number FROM extensions WHERE site = ?) OR callee IN "
+                         "(SELECT number FROM extensions WHERE site = ?))")
+            values += [site, site, site]
+        if extension is not None:
+            where.append("(caller = ? OR callee = ?)")
+            values += [extension, extension]
+        rows = self.db.execute("SELECT %s FROM call_records %s ORDER BY id DESC LIMIT ?"
+                               % (", ".join(CallRecord._fields), "WHERE " + " AND ".join(where) if where else ""),
+                               values + [limit])
         return [CallRecord(*r) for r in rows]
 
     # system information

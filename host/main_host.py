@@ -52,6 +52,7 @@ class MainHost(HostCore):
         self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
         self.sysinfo_sent_ms = {}   # link name -> when its last copy went out (host/metrics.py)
         self.sysinfo_acked = {}     # phone here -> the version it acknowledged
+        self.gone = {}           # (kind, name) -> {"address", "last_seen_ms" (wall)} of peers that logged out (the API)
         self.music_version = 0   # the operator's music on hold (0: the generated default), docs/features.md
         self.music_acked = {}    # remote host name -> the music version it said it has
         self.groups = groups.GroupCalls(self)
@@ -693,6 +694,8 @@ class MainHost(HostCore):
             self._sysinfo_version = version
 
     def _link_down(self, link, now, reason):
+        self.gone[(link.kind, link.name)] = {"address": "%s:%d" % link.address[:2],
+                                             "last_seen_ms": self.wall_ms(link.session.last_seen_ms)}
         self.links.pop(link.session.index, None)
         if self.links_by_name.get((link.kind, link.name)) is link:
             del self.links_by_name[(link.kind, link.name)]

