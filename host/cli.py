@@ -29,7 +29,7 @@ class HostCommand:
         core_class = getattr(importlib.import_module(module), name)
         log_name = "main" if self.table == "main" else config.name
         core = core_class(config, StructuredLog(log_name, config.log_level, config.log_format))
-        asyncio.run(Daemon(core, config.listen, config.control_socket).run())
+        asyncio.run(Daemon(core, config.listen, config.control_socket, getattr(config, "workers", 1)).run())
         return 0
 
 

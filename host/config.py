@@ -81,6 +81,9 @@ SECTIONS = {
             min=1, max=16383),
         Key("conference_parties", "int", 5,
             "most parties in one conference this host mixes (CONFERENCE, docs/features.md)", min=3, max=10),
+        Key("workers", "int", 0,
+            "processes relaying media on the listen port, one per core (docs/relay.md); 0: one per CPU this host may "
+            "use; 1: the main host alone. More than 1 needs the C fast path and an IPv4 listen address", min=0, max=256),
     ],
     "remote": [
         Key("name", "name", REQUIRED, "this remote host's name, as given to `upbx admin host add`"),

@@ -64,7 +64,7 @@ def rss_kb(pid):
 class MainUnderTest:
     """A provisioned main host process on loopback with a control socket."""
 
-    def __init__(self, sites, phones=0, trunk_mtu=1472, cpu=0, workdir=None):
+    def __init__(self, sites, phones=0, trunk_mtu=1472, cpu=0, workdir=None, workers=1):
         from upbx.host.directory import Directory
         self._own_dir = workdir is None
         self.dir = workdir or tempfile.mkdtemp(prefix="upbx-bench-")
@@ -93,12 +93,13 @@ class MainUnderTest:
         with open(config, "w") as f:
             f.write('[main]\nlisten = "127.0.0.1:%d"\ndatabase = "main.sqlite"\ncontrol_socket = "%s"\n'
                     'direct_media = false\nlog_level = "warning"\ntrunk_mtu = %d\nring_timeout_s = 600\n'
-                    'registration_ttl_s = 600\nmax_calls_per_host = 16383\n' % (self.port, self.sock_path, trunk_mtu))
+                    'registration_ttl_s = 600\nmax_calls_per_host = 16383\nworkers = %d\n'
+                    % (self.port, self.sock_path, trunk_mtu, workers))
         self.log = open(os.path.join(self.dir, "main.log"), "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "upbx.tools.cli", "main", "--config", config], cwd=ROOT,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         try:
-            self.pinned = pin(self.proc.pid, cpu)
+            self.pinned = pin(self.proc.pid, cpu) if cpu is not None else None
             deadline = time.time() + 10
             while not os.path.exists(self.sock_path):
                 if time.time() > deadline or self.proc.poll() is not None:
