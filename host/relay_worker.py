@@ -15,6 +15,9 @@ FD is this end of a SOCK_SEQPACKET pair to the main host. Messages (one per pack
     main -> worker   b"C" + pickle of ("link", ...), ("unlink", index), ("delegate", ...),
                      ("revoke", key), ("stop",)
     worker -> main   b"R" (bound, ready), b"D" + IPv4 (4) + port (2) + datagram (forwarded),
+                     b"E" + IPv4 + port + length (2) + pickle of {call number: highest} + datagram
+                     (forwarded, naming legs delegated here: their windows' highest stamps, with
+                     which the main host checks the frame's tag before it takes them back),
                      b"C" + pickle of ("revoked", key, state), ("touch", index, address),
                      ("report", counters, drops, meter, bytes out by link, seen)
 """
@@ -26,6 +29,7 @@ import struct
 import sys
 import time
 
+from upbx.common import wire
 from upbx.common.call import CONNECTED, CallLeg
 from upbx.common.crypto import HmacKey
 from upbx.host import fastpath
@@ -157,6 +161,24 @@ class WorkerCore:
                     del self.switch.legs[leg.call_no]
         return state
 
+    def delegated_stamps(self, data):
+        """{call number: highest stamp} of the legs delegated here that a trunk frame names, or None."""
+        entry = self.links.get(wire.session_of(data)) if data[0] & 0xC0 == 0xC0 else None
+        if entry is None:
+            return None
+        try:
+            entries = wire.parse_trunk(data)
+        except wire.DecodeError:
+            return None
+        stamps = {}
+        for call_no, _ts, _start, _end in entries:
+            leg = self.switch.legs.get(call_no)
+            if leg is not None and leg.link is entry[0]:
+                call = leg.call
+                if call.moh_last[0 if leg is call.b else 1] is None:
+                    stamps[call_no] = leg.media.replay.highest
+        return stamps or None
+
     def report(self):
         stats, meter, seen = self.stats, self.meter, self.seen
         message = ("report", stats.counters, stats.drops, meter.pending, self.switch.bytes_out_by_link, seen)
@@ -223,7 +245,12 @@ def relay(core, native, sock, channel):
             continue
         if i < count:
             data, (host, port) = batch[i]
-            channel.send(b"D" + ADDR.pack(socket.inet_aton(host), port) + data)
+            stamps = core.delegated_stamps(data)
+            if stamps is None:
+                channel.send(b"D" + ADDR.pack(socket.inet_aton(host), port) + data)
+            else:
+                extra = pickle.dumps(stamps, pickle.HIGHEST_PROTOCOL)
+                channel.send(b"E" + ADDR.pack(socket.inet_aton(host), port) + len(extra).to_bytes(2, "big") + extra + data)
             i += 1
     core.switch.flush_relayed()
     out, core.out = core.out, []

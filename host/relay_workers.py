@@ -33,6 +33,8 @@ import time
 
 from upbx.common import wire
 from upbx.common.call import CONNECTED
+from upbx.common.crypto import extend16
+from upbx.common.media import open_trunk
 from upbx.host.relay_worker import ADDR
 
 SO_ATTACH_REUSEPORT_CBPF = 51
@@ -180,10 +182,14 @@ class RelayWorkers:
 
     def _handle(self, worker, message):
         kind = message[:1]
-        if kind == b"D":
+        if kind in (b"D", b"E"):
             ip, port = ADDR.unpack_from(message, 1)
             self.forwarded += 1
-            self.receive_forwarded(bytearray(message[7:]), (socket.inet_ntoa(ip), port))
+            stamps, start = None, 7
+            if kind == b"E":
+                length = int.from_bytes(message[7:9], "big")
+                stamps, start = pickle.loads(message[9:9 + length]), 9 + length
+            self.receive_forwarded(bytearray(message[start:]), (socket.inet_ntoa(ip), port), stamps)
             return
         message = pickle.loads(message[1:])
         if message[0] == "touch":
@@ -217,22 +223,48 @@ class RelayWorkers:
             if peer is not None and self.core.peers.touch(peer, address, self.core.now):
                 self.core._moved(peer, self.core.now)
 
-    def receive_forwarded(self, data, address):
-        """A datagram a worker did not take: its delegated directions come back first, then the core has it."""
+    def receive_forwarded(self, data, address, stamps=None):
+        """A datagram a worker did not take, as if read here. stamps ({call number: highest}) says it names
+        legs delegated to that worker: if its tag verifies, their directions come back first (a forgery
+        is dropped here and moves nothing, so no one can pull calls off a worker with garbage)."""
         core = self.core
-        if len(data) >= 3 and data[0] & 0xC0 == 0xC0:
-            session = wire.session_of(data)
-            try:
-                entries = wire.parse_trunk(data)
-            except wire.DecodeError:
-                entries = ()
-            for call_no, _ts, _start, _end in entries:
+        now = int(time.monotonic() * 1000)
+        if stamps:
+            if not self._authentic(data, stamps):
+                core.now = now
+                core.stats.count("datagrams in")
+                core.stats.count("bytes in", len(data))
+                core.meter.add(address, len(data), False)
+                core.stats.drop("trunk rejected")
+                return
+            for call_no in stamps:
                 key = self.by_recv_leg.get(call_no)
-                if key is not None and self.delegated[key][2].link.session.index == session:
-                    if not self.revoke(key):
-                        core.stats.drop("relay worker unreachable")
-                        return
-        core.receive_datagram(data, address, int(time.monotonic() * 1000))
+                if key is not None and not self.revoke(key):
+                    core.stats.drop("relay worker unreachable")
+                    return
+        core.receive_datagram(data, address, now)
+
+    def _authentic(self, data, stamps):
+        """The trunk frame's tag verifies, with the worker's stamps for its legs and ours for the rest."""
+        peer = self.core.peers.peers.get(wire.session_of(data))
+        link = self.core.links.get(peer.index) if peer is not None else None
+        if link is None:
+            return False
+        legs = self.core.switch.legs
+
+        def extend(call_no, ts16):
+            highest = stamps.get(call_no)
+            if highest is None:
+                leg = legs.get(call_no)
+                if leg is None or leg.link is not link:
+                    return None
+                highest = leg.media.replay.highest
+            return extend16(highest, ts16)
+
+        try:
+            return open_trunk(link.session.channel.crypto.recv_auth, data, extend) is not None
+        except wire.DecodeError:
+            return False
 
     # keeping the workers in step with the core
 
