@@ -110,6 +110,7 @@ class WorkerCore:
             self.links.pop(message[1], None)
         elif kind == "delegate":
             self.delegate(*message[1:])
+            self.tell(("delegated", message[1]))
         elif kind == "revoke":
             self.tell(("revoked", message[1], self.revoke(message[1])))
 
@@ -210,7 +211,8 @@ def run(fd, host, port, number, trunk_mtu):
     udp, ctl = sock.fileno(), channel.fileno()
     next_report = time.monotonic() + REPORT_S
     while True:
-        for fd_ready, _event in poller.poll(int(REPORT_S * 1000)):
+        # what the main host said first: a delegation applies to the datagrams read after it
+        for fd_ready, _event in sorted(poller.poll(int(REPORT_S * 1000)), key=lambda r: r[0] != ctl):
             if fd_ready == ctl:
                 while True:
                     try:

@@ -95,6 +95,8 @@ class RelayWorkers:
         self.delegated = {}                 # (call id, i) -> (worker, call, recv leg, out leg)
         self.by_recv_leg = {}               # our call number of a delegated receiving leg -> key
         self.inbox = []                     # (worker, message) read while waiting for a revoke
+        self.dead = set()                   # workers that died (fail)
+        self.confirmed = set()              # delegated directions the worker said it holds
         self.forwarded = 0
         self.revokes = 0
         self.lost = 0
@@ -146,14 +148,45 @@ class RelayWorkers:
         self.procs, self.channels = [], []
 
     def fds(self):
-        return [(k + 1, channel.fileno()) for k, channel in enumerate(self.channels)]
+        return [(k + 1, channel.fileno()) for k, channel in enumerate(self.channels) if k + 1 not in self.dead]
 
     def status(self):
-        return {"workers": self.count, "worker_pids": [p.pid for p in self.procs],
-                "delegated_directions": len(self.delegated), "forwarded_datagrams": self.forwarded,
+        return {"workers": self.count, "worker_pids": [p.pid for p in self.procs], "workers_died": len(self.dead),
+                "delegated_directions": len(self.confirmed), "forwarded_datagrams": self.forwarded,
                 "revokes": self.revokes}
 
     # messages
+
+    def fail(self, worker):
+        """Worker died: the main host carries on alone. Everything is steered to its socket from now on;
+        the directions other workers hold come back with their windows; the calls the dead worker
+        relayed end ("unreachable": their replay windows went with it, and no frame is checked
+        against a window that may be behind)."""
+        core = self.core
+        core.log.error("relay-worker-gone", worker=worker, calls_ended=sum(1 for d in self.delegated.values()
+                                                                          if d[0] == worker))
+        core.stats.drop("relay worker gone")
+        self.dead.add(worker)
+        self._program = attach_steering(self.sock, 1)
+        now = core.now
+        for key, (owner, call, recv, out) in list(self.delegated.items()):
+            if owner not in self.dead and self.revoke(key):
+                continue
+            self.delegated.pop(key, None)
+            self.confirmed.discard(key)
+            self.by_recv_leg.pop(recv.call_no, None)
+            if not call.released:
+                for leg in (call.a, call.b):
+                    if leg is not None:
+                        core.switch.release(leg, wire.CAUSE_UNREACHABLE, now)
+                core.end_call(call, wire.CAUSE_UNREACHABLE, now)
+        self._drain_inbox()
+        self.count = 1            # sync() delegates nothing from now on
+        for number, channel in enumerate(self.channels, 1):
+            if number not in self.dead:
+                asyncio_remove(channel)
+        self.stop()
+        self.on_flush()
 
     def _tell(self, worker, message):
         self.channels[worker - 1].send(b"C" + pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
@@ -167,9 +200,8 @@ class RelayWorkers:
             except (BlockingIOError, InterruptedError):
                 break
             if not message:
-                self.core.log.error("relay-worker-gone", worker=worker)
-                self.core.stats.drop("relay worker gone")
                 asyncio_remove(channel)
+                self.fail(worker)
                 break
             self.inbox.append((worker, message))
             self._drain_inbox()
@@ -192,7 +224,10 @@ class RelayWorkers:
             self.receive_forwarded(bytearray(message[start:]), (socket.inet_ntoa(ip), port), stamps)
             return
         message = pickle.loads(message[1:])
-        if message[0] == "touch":
+        if message[0] == "delegated":
+            if message[1] in self.delegated:
+                self.confirmed.add(message[1])
+        elif message[0] == "touch":
             _kind, index, address, _when = message
             self._touch(index, address)
         elif message[0] == "report":
@@ -224,11 +259,23 @@ class RelayWorkers:
                 self.core._moved(peer, self.core.now)
 
     def receive_forwarded(self, data, address, stamps=None):
-        """A datagram a worker did not take, as if read here. stamps ({call number: highest}) says it names
-        legs delegated to that worker: if its tag verifies, their directions come back first (a forgery
-        is dropped here and moves nothing, so no one can pull calls off a worker with garbage)."""
+        """A datagram a worker did not take, as if read here. When it names legs delegated to that worker
+        (stamps, {call number: highest}, from the worker; or legs delegated here whose delegation the
+        worker had not read yet) and its tag verifies, their directions come back first; a forgery is
+        dropped here and moves nothing, so no one can pull calls off a worker with garbage."""
         core = self.core
         now = int(time.monotonic() * 1000)
+        stamps = stamps or {}
+        if len(data) >= 3 and data[0] & 0xC0 == 0xC0 and self.by_recv_leg:
+            session = wire.session_of(data)
+            try:
+                named = [e[0] for e in wire.parse_trunk(data)]
+            except wire.DecodeError:
+                named = ()
+            for call_no in named:
+                key = self.by_recv_leg.get(call_no)
+                if key is not None and call_no not in stamps and self.delegated[key][2].link.session.index == session:
+                    stamps[call_no] = None    # ours is the window: the worker has not taken it yet
         if stamps:
             if not self._authentic(data, stamps):
                 core.now = now
@@ -253,7 +300,7 @@ class RelayWorkers:
         legs = self.core.switch.legs
 
         def extend(call_no, ts16):
-            highest = stamps.get(call_no)
+            highest = stamps.get(call_no)   # the worker's, or None: ours
             if highest is None:
                 leg = legs.get(call_no)
                 if leg is None or leg.link is not link:
@@ -271,6 +318,8 @@ class RelayWorkers:
     def sync(self):
         """Before each tick: revoke what stopped being the common case, delegate what became it,
         send the workers new, moved and gone host links."""
+        if self.count == 1:
+            return
         core = self.core
         for key, (worker, call, recv, out) in list(self.delegated.items()):
             if not self._eligible(call, key[1], recv, out):
@@ -329,6 +378,7 @@ class RelayWorkers:
             self.core.log.error("relay-worker-unreachable", worker=worker, call=call.uid)
             return False
         del self.delegated[key]
+        self.confirmed.discard(key)
         if self.by_recv_leg.get(recv.call_no) == key:
             del self.by_recv_leg[recv.call_no]
         if state is None:
@@ -386,7 +436,8 @@ class RelayWorkers:
 
     def _broadcast(self, message):
         for worker in range(1, self.count):
-            self._tell(worker, message)
+            if worker not in self.dead:
+                self._tell(worker, message)
 
 
 def asyncio_remove(channel):

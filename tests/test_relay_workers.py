@@ -255,3 +255,43 @@ def test_a_host_whose_address_changes_is_found_by_the_worker_and_the_main_host(t
             moved.close()
     finally:
         p.close()
+
+
+def test_when_a_worker_dies_its_calls_end_and_the_main_host_relays_alone(tmp_path):
+    import os
+    import signal
+    p = Pair(tmp_path, 2)
+    try:
+        status = p.wait(lambda s: s.get("delegated_directions") == 2)
+        pair = p.pair
+        os.kill(status["worker_pids"][0], signal.SIGKILL)
+        status = p.wait(lambda s: s.get("workers_died") == 1)
+        assert status["workers"] == 1 and status["delegated_directions"] == 0
+        # both calls had a direction on the dead worker: their windows are gone with it, so they end
+        released = {}
+        causes = []
+
+        def both_released():
+            for client in (pair.a, pair.b):
+                for msg_type, ies in client.messages:
+                    if msg_type == wire.RELEASE:
+                        released.setdefault(client, set()).add(ies[wire.IE_PEER_CALL_NO])
+                        causes.append(ies.get(wire.IE_CAUSE))
+                client.messages = []
+            return all(len(released.get(c, ())) == 2 for c in (pair.a, pair.b))
+
+        p.bench_net.pump([pair.a, pair.b], both_released, seconds=10)
+        assert released == {pair.a: {1, 2}, pair.b: {1, 2}}
+        assert causes == [wire.CAUSE_UNREACHABLE] * 4
+        # new calls: every frame relayed both ways by the main host alone
+        pair.calls = []
+        pair.add_calls(2)
+        for sender, receiver in ((pair.a, pair.b), (pair.b, pair.a)):
+            ts0 = pair.next_ts
+            pair.next_ts += 20 * 10 + 200
+            got = p.exchange([(sender.sock, d) for d in p.frames(sender, 5, ts0)], receiver, lambda g: len(g) >= 10)
+            assert sorted((i, ts) for i, ts, _p in got) == [(i, ts0 + 20 * k) for i in range(2) for k in range(5)]
+        status = p.status()
+        assert status["forwarded_datagrams"] == 0 and status["delegated_directions"] == 0
+    finally:
+        p.close()
