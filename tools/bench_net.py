@@ -819,6 +819,7 @@ def _upbx_shape(mtu, quick, window_s, workers=1, first=None):
                     status = main.status()
                     step["delegated_directions"] = status.get("delegated_directions")
                     step["forwarded_datagrams"] = status.get("forwarded_datagrams")
+                    step["sync_us_mean"] = status.get("sync_us_mean")   # the main host's scan a tick
                 return step
 
             best, steps = search_capacity(main, prepare, measure, first or (20 if quick else 200), limit, quick)
