@@ -16,7 +16,9 @@ from .crypto import BLOCK, _IPAD, _OPAD
 
 
 def _xor(a, b):
-    return bytes(x ^ y for x, y in zip(a, b))
+    # one integer operation: a padded key block is XORed at every session's and call leg's key set-up
+    n = len(a)
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b[:n], "big")).to_bytes(n, "big")
 
 
 def hmac_sha256(key, msg):

@@ -38,7 +38,8 @@ class HostCommand:
         log_name = "main" if self.table == "main" else config.name
         core = core_class(config, StructuredLog(log_name, config.log_level, config.log_format))
         try:
-            asyncio.run(Daemon(core, config.listen, config.control_socket, services).run())
+            asyncio.run(Daemon(core, config.listen, config.control_socket, services,
+                               workers=getattr(config, "workers", 1)).run())
         except ServiceError as exc:
             print("upbx %s: %s" % (self.table, exc), file=sys.stderr)
             return 1

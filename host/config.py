@@ -89,6 +89,9 @@ SECTIONS = {
             "only on loopback: elsewhere set api_certificate"),
         Key("api_certificate", "path", "", "PEM certificate chain for HTTPS on api_listen; empty for plain HTTP"),
         Key("api_private_key", "path", "", "PEM private key of api_certificate; empty when it is in that file"),
+        Key("workers", "int", 0,
+            "processes relaying media on the listen port, one per core (docs/relay.md); 0: one per CPU this host may "
+            "use; 1: the main host alone. More than 1 needs the C fast path and an IPv4 listen address", min=0, max=256),
     ],
     "remote": [
         Key("name", "name", REQUIRED, "this remote host's name, as given to `upbx admin host add`"),

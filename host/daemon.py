@@ -15,6 +15,7 @@ import socket
 import time
 
 from upbx.host import fastpath
+from upbx.host import relay_workers
 
 SOCKET_BUFFER = 4 << 20  # bytes; the kernel caps it at net.core.rmem_max / wmem_max
 
@@ -39,9 +40,11 @@ class Daemon:
     BURST_HOLD_S = 0.0003    # what the core queued leaves at least this often while reading
     TX_QUEUE = 4096          # datagrams held while the send buffer is full
 
-    def __init__(self, core, listen, control_socket="", services=()):
+    def __init__(self, core, listen, control_socket="", services=(), workers=1):
         self.core = core
         self.services = list(services)   # started in the loop after the socket: start(daemon), stop() (host/api.py)
+        self.workers_wanted = workers   # relay workers (host/relay_workers.py); 0: one per CPU
+        self.workers = None
         self.listen = listen
         self.log = core.log
         self.control_socket = control_socket
@@ -200,6 +203,8 @@ class Daemon:
             await asyncio.sleep(delay)
             core.wall_offset_ms = wall_offset_ms()
             try:
+                if self.workers is not None:   # before the tick acts on a call: its directions are back here
+                    self.workers.sync()
                 core.handle_timer(now_ms())
             except Exception as exc:
                 self._internal_error(exc, "timer")
@@ -210,7 +215,10 @@ class Daemon:
             line = (await reader.readline()).decode().strip() or "status"
             if line == "status":
                 reply = dict(self.core.status(), pid=os.getpid(), fast_path="C" if self._batch is not None else "python",
-                             fast_path_datagrams=self._batch.taken() if self._batch is not None else 0)
+                             fast_path_datagrams=self._batch.taken() if self._batch is not None else 0,
+                             workers=1)
+                if self.workers is not None:
+                    reply.update(self.workers.status())
             else:
                 reply = {"error": "unknown request %r" % line}
             writer.write((json.dumps(reply, default=str) + "\n").encode())
@@ -222,8 +230,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         family, _type, _proto, _name, sockaddr = socket.getaddrinfo(
             self.listen[0], self.listen[1], type=socket.SOCK_DGRAM)[0]
+        workers = self._workers_count(family)
         sock = self.sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setblocking(False)
+        if workers > 1:
+            if sockaddr[1]:   # the port must be free: SO_REUSEPORT alone would share it with another daemon
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.bind(sockaddr)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
         self.address = sock.getsockname()
         # Room for bursts (every site's trunk frames of one tick can arrive together):
@@ -248,6 +262,12 @@ class Daemon:
         self.log.info("started", listen="%s:%d" % self.address[:2], pid=os.getpid(),
                       fast_path="C" if self._batch is not None else "python")
         self.core.wall_offset_ms = wall_offset_ms()
+        if workers > 1:
+            self.workers = relay_workers.RelayWorkers(self.core, sock, workers, self._flush)
+            self.workers.start()
+            for number, fd in self.workers.fds():
+                loop.add_reader(fd, self.workers.readable, number)
+            self.log.info("relay-workers", workers=workers, pids=",".join(str(p.pid) for p in self.workers.procs))
         self.core.start(now_ms())
         self._flush()
         loop.add_reader(sock.fileno(), self._readable)
@@ -260,6 +280,10 @@ class Daemon:
             for service in reversed(self.services):
                 await service.stop()
             timers.cancel()
+            if self.workers is not None:
+                for _number, fd in self.workers.fds():
+                    loop.remove_reader(fd)
+                self.workers.stop()
             self.core.stop(now_ms())
             if server is not None:
                 server.close()
@@ -271,6 +295,20 @@ class Daemon:
                 self._tx_queue.clear()
             sock.close()
             self.log.info("stopped", stats=json.dumps(self.core.stats.as_dict()))
+
+    def _workers_count(self, family):
+        """How many processes relay on the port: `workers` (0: one per CPU), or 1 where workers cannot run."""
+        wanted = self.workers_wanted or relay_workers.cpus()
+        if wanted <= 1:
+            return 1
+        why = ("the C fast path is not built (or UPBX_PURE_PYTHON is set)" if fastpath.native is None else
+               "the listen address is not IPv4" if family != socket.AF_INET else
+               "only the main host relays" if not hasattr(self.core, "trunk_route") else None)
+        if why is not None:
+            if self.workers_wanted > 1:
+                self.log.warning("relay-workers", workers=1, wanted=wanted, reason=why)
+            return 1
+        return wanted
 
     def stop(self):
         if self._stopping is not None:

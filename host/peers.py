@@ -78,6 +78,7 @@ class PeerTable:
         self.dirty = set()                  # peers with messages queued since the last flush
         self._timers = []                   # heap of (time, index): when a channel's timer may be due
         self._used_nonces = {}              # client nonce -> time, while its cookie could still be valid
+        self._prune_at = 1024
         self.by_identity = {}               # ("phone" or "host", name) -> Peer
         self._next_index = int.from_bytes(os.urandom(2), "big") + 1
         self._reserved = set()              # our indices used by something else (a login, a pair)
@@ -164,9 +165,11 @@ class PeerTable:
             # a RESPONSE replayed while its cookie is still valid must not replace a newer session
             return self._failed(address, "replayed login")
         self._used_nonces[nonce] = now
-        if len(self._used_nonces) > 1024:
+        if len(self._used_nonces) > self._prune_at:
+            # pruned when it has doubled, not at every login past 1,024 (that was O(n) a login at 2,000/s)
             horizon = now - 2 * COOKIE_BUCKET_MS
             self._used_nonces = {n: t for n, t in self._used_nonces.items() if t >= horizon}
+            self._prune_at = max(1024, 2 * len(self._used_nonces))
         keys = session_keys(secret, nonce, cookie, False)
         channel = Channel(SessionCrypto(*keys), client_index)
         index = self._allocate_index()

@@ -232,7 +232,8 @@ def table_relay(r):
              "  relay_calls_per_core_datagram: %s (target 1,500), %s us CPU per relayed frame (by CPU: %s)" % (
                  r["relay_calls_per_core_datagram"], r["us_per_frame_datagram"], r["relay_calls_per_core_datagram_by_cpu"]),
              "  cost split: %s us per datagram + %s us per call-frame" % (r["us_per_datagram"], r["us_per_call_frame"]),
-             "  workers: %s, relay_calls_per_machine: %s" % (r["workers"], r["relay_calls_per_machine"])]
+             "  workers: %s, relay_calls_per_machine: %s (by CPU: %s; %s)" % (
+                 r["workers"], r["relay_calls_per_machine"], r.get("relay_calls_per_machine_by_cpu"), r.get("machine_note"))]
     if "rtpengine_calls_per_core" in r:
         lines.append("  rtpengine (userspace, plain RTP): %s calls per core, %s us CPU per packet (by CPU: %s)%s" % (
             r["rtpengine_calls_per_core"], r["rtpengine_us_per_packet"], r["rtpengine_calls_per_core_by_cpu"],
@@ -242,7 +243,7 @@ def table_relay(r):
             r["ratio_vs_rtpengine"], r["ratio_vs_rtpengine_by_cpu"]))
     lines.append("  hop latency at %s calls: p50 %s ms, p99 %s ms (target p99 < 1 ms; %s)" % (
         r["latency_load_calls"], r["hop_latency_p50_ms"], r["hop_latency_p99_ms"], r["latency_note"]))
-    for shape in ("trunked", "datagram", "rtpengine"):
+    for shape in ("trunked", "datagram", "machine", "rtpengine"):
         for step in r.get("steps_" + shape, ()):
             lines.append("  %-9s %5d calls: loss %.3f %%, relay CPU %.2f, %.2f us/frame, load %.2f%s" % (
                 shape, step["calls"], step["loss_pct"], step["relay_cpu"], step["us_per_frame"],

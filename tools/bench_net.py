@@ -64,7 +64,7 @@ def rss_kb(pid):
 class MainUnderTest:
     """A provisioned main host process on loopback with a control socket."""
 
-    def __init__(self, sites, phones=0, trunk_mtu=1472, cpu=0, workdir=None):
+    def __init__(self, sites, phones=0, trunk_mtu=1472, cpu=0, workdir=None, workers=1):
         from upbx.host.directory import Directory
         self._own_dir = workdir is None
         self.dir = workdir or tempfile.mkdtemp(prefix="upbx-bench-")
@@ -93,17 +93,26 @@ class MainUnderTest:
         with open(config, "w") as f:
             f.write('[main]\nlisten = "127.0.0.1:%d"\ndatabase = "main.sqlite"\ncontrol_socket = "%s"\n'
                     'direct_media = false\nlog_level = "warning"\ntrunk_mtu = %d\nring_timeout_s = 600\n'
-                    'registration_ttl_s = 600\nmax_calls_per_host = 16383\n' % (self.port, self.sock_path, trunk_mtu))
+                    'registration_ttl_s = 600\nmax_calls_per_host = 16383\nworkers = %d\n'
+                    % (self.port, self.sock_path, trunk_mtu, workers))
         self.log = open(os.path.join(self.dir, "main.log"), "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "upbx.tools.cli", "main", "--config", config], cwd=ROOT,
                                      stdout=self.log, stderr=subprocess.STDOUT)
+        self.pids = [self.proc.pid]
         try:
-            self.pinned = pin(self.proc.pid, cpu)
+            self.pinned = pin(self.proc.pid, cpu) if cpu is not None else None
             deadline = time.time() + 10
             while not os.path.exists(self.sock_path):
                 if time.time() > deadline or self.proc.poll() is not None:
                     raise RuntimeError("main host did not start; see %s" % self.log.name)
                 time.sleep(0.02)
+            if workers > 1:   # the workers start after the control socket: their CPU counts too
+                deadline = time.time() + 30
+                while len(self.status().get("worker_pids", ())) < workers - 1:
+                    if time.time() > deadline or self.proc.poll() is not None:
+                        raise RuntimeError("main host's relay workers did not start; see %s" % self.log.name)
+                    time.sleep(0.05)
+                self.pids += self.status()["worker_pids"]
         except BaseException:  # Ctrl-C or SIGTERM while it starts: stop it, leave nothing
             self.close()
             raise
@@ -116,9 +125,13 @@ class MainUnderTest:
         return rss_kb(self.proc.pid)
 
     def cpu_seconds(self):
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """utime + stime of the main host and its relay workers (every thread of each)."""
+        total = 0
+        for pid in self.pids:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def close(self):
         if self.proc.poll() is None:
@@ -731,12 +744,13 @@ def trunk_window(pair, n, seconds, mtu):
     return ticks, datagrams_of_tick, [pair.a.sock, pair.b.sock], on_datagram, got, n * 2 * ticks, datagrams
 
 
-def _measure_step(relay, window):
+def _measure_step(relay, window, cores=1):
     ticks, datagrams_of_tick, sockets, on_datagram, got, sent = window[:6]
     r = paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram)
     loss = max(0.0, 1 - got[0] / sent)
     relayed = max(1, r["at_end"])
-    step = {"loss_pct": round(100 * loss, 3), "relay_cpu": round(r["cpu_s"] / r["wall_s"], 3),
+    # relay_cpu: the share of its cores (all the workers' processes over `cores` of them)
+    step = {"loss_pct": round(100 * loss, 3), "relay_cpu": round(r["cpu_s"] / r["wall_s"] / cores, 3),
             "us_per_frame": round(r["cpu_s"] * 1e6 / relayed, 2), "frames_sent": sent, "frames_relayed": got[0],
             "window_s": round(r["wall_s"], 2), "generator_behind_ms": round(r["behind_s"] * 1000, 1),
             "load_average": round(os.getloadavg()[0], 2)}
@@ -784,11 +798,13 @@ def search_capacity(relay, prepare, measure, first, limit, quick):
     return best, steps
 
 
-def _upbx_shape(mtu, quick, window_s):
-    """(calls per core, steps) of the main host relaying trunked calls with trunk_mtu = mtu."""
+def _upbx_shape(mtu, quick, window_s, workers=1, first=None):
+    """(calls, steps) of the main host relaying trunked calls with trunk_mtu = mtu: with workers = 1
+    pinned to CPU 0 (calls per core), else with that many workers where the kernel puts them
+    (calls per machine; a step passes below 95 % of `workers` cores)."""
     limit = 120 if quick else 6000
     main = MainUnderTest({"a": ["1%05d" % i for i in range(limit)], "b": ["2%05d" % i for i in range(limit)]},
-                         trunk_mtu=mtu, cpu=0)
+                         trunk_mtu=mtu, cpu=0 if workers == 1 else None, workers=workers)
     try:
         pair = TrunkPair(main, 0)
         try:
@@ -798,9 +814,15 @@ def _upbx_shape(mtu, quick, window_s):
                 run_trunk_load(pair, pair.calls[:n], 0.4, mtu)   # warm-up, not counted
 
             def measure(n):
-                return _measure_step(main, trunk_window(pair, n, window_s, mtu))
+                step = _measure_step(main, trunk_window(pair, n, window_s, mtu), cores=workers)
+                if workers > 1:
+                    status = main.status()
+                    step["delegated_directions"] = status.get("delegated_directions")
+                    step["forwarded_datagrams"] = status.get("forwarded_datagrams")
+                    step["sync_us_mean"] = status.get("sync_us_mean")   # the main host's scan a tick
+                return step
 
-            best, steps = search_capacity(main, prepare, measure, 20 if quick else 200, limit, quick)
+            best, steps = search_capacity(main, prepare, measure, first or (20 if quick else 200), limit, quick)
             return best, steps, pair
         finally:
             pair.close()
@@ -858,14 +880,24 @@ def bench_relay(quick=False, peer=None):
     at = {s["calls"]: s for s in trunk_steps if s["passed"]}
     at_d = {s["calls"]: s for s in datagram_steps if s["passed"]}
     us_per_datagram, us_per_call_frame = cost_split(at.get(trunked), at_d.get(datagram))
+    # the machine: one worker per CPU, trunked, the search starting at the per-core figure
+    workers = 2 if quick else max(1, os.cpu_count() or 1)
+    if workers > 1 and _native() is not None:
+        machine, machine_steps, _ = _upbx_shape(1472, quick, window_s, workers=workers,
+                                                first=None if quick else max(200, trunked // 10 * 10))
+    else:
+        workers, machine, machine_steps = 1, trunked, []
+    at_m = {s["calls"]: s for s in machine_steps if s["passed"]}
     out = {
         "relay_calls_per_core": trunked,
         "relay_calls_per_core_datagram": datagram,
         "window_s": window_s,
         "us_per_datagram": us_per_datagram,
         "us_per_call_frame": us_per_call_frame,
-        "workers": 1,
-        "relay_calls_per_machine": trunked,
+        "workers": workers,
+        "relay_calls_per_machine": machine,
+        # what `workers` whole cores would carry at the machine step's CPU per frame (95 % of each)
+        "relay_calls_per_machine_by_cpu": _by_cpu(at_m.get(machine), workers) if machine_steps else None,
         "us_per_frame_trunked": at[trunked]["us_per_frame"] if trunked in at else None,
         "us_per_frame_datagram": at_d[datagram]["us_per_frame"] if datagram in at_d else None,
         # what one whole core would carry at the cost per frame of the best passing step (95 % of it):
@@ -880,6 +912,10 @@ def bench_relay(quick=False, peer=None):
         "generator_pinned": sorted(gen_cpu) if gen_cpu else None,
         "steps_trunked": trunk_steps,
         "steps_datagram": datagram_steps,
+        "steps_machine": machine_steps,
+        "machine_note": "relay_calls_per_machine: trunked, the main host with `workers` processes (one per CPU) "
+                        "placed by the kernel, the load generator pinned to CPU %s on the same machine; the two "
+                        "emulated hosts' sessions go to two processes" % (sorted(gen_cpu) if gen_cpu else None),
     }
     if peer == "rtpengine":
         rtp, rtp_steps = _rtpengine_shape(quick, window_s)
@@ -900,11 +936,11 @@ def bench_relay(quick=False, peer=None):
     return out
 
 
-def _by_cpu(step):
-    """Calls one core would relay at RELAY_MAX_CPU of it, at this step's CPU per frame (2 x 50 frames a call)."""
+def _by_cpu(step, cores=1):
+    """Calls `cores` cores would relay at RELAY_MAX_CPU of each, at this step's CPU per frame (2 x 50 frames a call)."""
     if not step or not step["us_per_frame"]:
         return None
-    return int(RELAY_MAX_CPU * 1e6 / (step["us_per_frame"] * 100))
+    return int(cores * RELAY_MAX_CPU * 1e6 / (step["us_per_frame"] * 100))
 
 
 DATAGRAM_MTU = 200   # one 160-byte entry fits (3 + 4 + 160 + 4 = 171), two do not: one frame a datagram

@@ -1,0 +1,463 @@
+"""The main host on every core: relay workers that share its port, one per core (docs/relay.md, "Every core").
+
+The main host's socket and one socket per worker (host/relay_worker.py) are bound to the same
+address with SO_REUSEPORT. A classic BPF program on the group sends each trunk frame to socket
+number (session index mod the number of sockets) and every other datagram (handshakes,
+signalling, phones' mini frames) to socket 0, the main host's. Session indexes are given out one
+after another, so the sessions spread evenly. The main host keeps all state and all decisions:
+
+- every host link's keys and address go to every worker (`_sync_links`), again when the
+  address changes (B7) or the host logs out;
+- a call direction (frames received on one leg, relayed on the other) whose receiving host is a
+  worker's is *delegated* to that worker while it is the fast path's common case (both legs on
+  host links, answered, not held, no music on hold, no conference, no page): the worker gets the
+  legs' keys, the receiving leg's replay window and the direction's timestamp shift;
+- when that stops being so (a hold, a release, a transfer, a conference, a host gone), the
+  direction is *revoked* before the main host acts on it: the worker sends back the replay window,
+  the last timestamp sent and the counts, and the main host's own objects carry on from there;
+- a datagram a worker does not take is forwarded to the main host as it came (with its source
+  address) and handled as if the main host had read it; a delegated direction it names is
+  revoked first, so no frame is ever checked against a stale replay window.
+
+A replay window therefore lives in exactly one process at a time, which is what keeps replay
+protection, and a worker never decides anything: it relays what it was given.
+"""
+import os
+import pickle
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+from upbx.common import wire
+from upbx.common.call import CONNECTED
+from upbx.common.crypto import extend16
+from upbx.common.media import open_trunk
+from upbx.host.relay_worker import ADDR
+
+SO_ATTACH_REUSEPORT_CBPF = 51
+REVOKE_TIMEOUT_S = 2.0
+START_TIMEOUT_S = 20.0
+
+
+def cpus():
+    """The CPUs this process may run on (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
+
+
+def steering_program(count):
+    """Classic BPF for SO_ATTACH_REUSEPORT_CBPF: a trunk frame (first byte 11xxxxxx) to socket
+    (22-bit session index mod count), anything else to socket 0. The program sees the UDP payload."""
+    ld_b, ld_h, alu_and, alu_lsh, alu_add_x, alu_mod = 0x30, 0x28, 0x54, 0x64, 0x0C, 0x94
+    jeq, ret_k, ret_a, tax = 0x15, 0x06, 0x16, 0x07
+    code = [
+        (ld_b, 0, 0, 0),            # A = payload[0]
+        (alu_and, 0, 0, 0xC0),
+        (jeq, 0, 8, 0xC0),          # not a trunk frame: to the last instruction (socket 0)
+        (ld_b, 0, 0, 0),
+        (alu_and, 0, 0, 0x3F),
+        (alu_lsh, 0, 0, 16),
+        (tax, 0, 0, 0),             # X = high 6 bits of the index << 16
+        (ld_h, 0, 0, 1),            # A = payload[1:3], network order
+        (alu_add_x, 0, 0, 0),
+        (alu_mod, 0, 0, count),
+        (ret_a, 0, 0, 0),
+        (ret_k, 0, 0, 0),
+    ]
+    return b"".join(struct.pack("HBBI", *insn) for insn in code), len(code)
+
+
+def attach_steering(sock, count):
+    import ctypes
+    program, length = steering_program(count)
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HL", length, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    return buf   # the kernel copies the program; the buffer only has to live through the call
+
+
+class RelayWorkers:
+    """The workers of one main host (held by its daemon): start, keep in step, stop."""
+
+    def __init__(self, core, sock, count, on_flush):
+        self.core = core
+        self.sock = sock
+        self.count = count
+        self.on_flush = on_flush            # the daemon's _flush: after forwarded datagrams were handled
+        self.procs = []                     # worker k is procs[k - 1], its channel channels[k - 1]
+        self.channels = []
+        self.links = {}                     # session index -> (Link, the state the workers were sent)
+        self.delegated = {}                 # (call id, i) -> (worker, call, recv leg, out leg)
+        self.by_recv_leg = {}               # our call number of a delegated receiving leg -> key
+        self.inbox = []                     # (worker, message) read while waiting for a revoke
+        self.dead = set()                   # workers that died (fail)
+        self.confirmed = set()              # delegated directions the worker said it holds
+        self.syncs = 0                      # sync() calls and the CPU they took (status: the scan's cost)
+        self.sync_s = 0.0
+        self.forwarded = 0
+        self.revokes = 0
+        self.lost = 0
+
+    def owner(self, session_index):
+        return session_index % self.count
+
+    # starting and stopping
+
+    def start(self):
+        host, port = self.sock.getsockname()[:2]
+        for number in range(1, self.count):
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            for s in (mine, theirs):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            proc = subprocess.Popen([sys.executable, "-m", "upbx.host.relay_worker", str(theirs.fileno()), host,
+                                     str(port), str(number), str(self.core.switch.trunk_mtu)],
+                                    pass_fds=(theirs.fileno(),))
+            theirs.close()
+            mine.settimeout(START_TIMEOUT_S)
+            try:
+                ready = mine.recv(16)
+            except socket.timeout:
+                ready = b""
+            if ready != b"R":    # bound in order: socket k of the group is worker k
+                proc.kill()
+                self.stop()
+                raise RuntimeError("relay worker %d did not start" % number)
+            mine.setblocking(False)
+            self.procs.append(proc)
+            self.channels.append(mine)
+        self._program = attach_steering(self.sock, self.count)
+
+    def stop(self):
+        for channel in self.channels:
+            try:
+                channel.send(b"C" + pickle.dumps(("stop",)))
+            except OSError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for channel in self.channels:
+            channel.close()
+        self.procs, self.channels = [], []
+
+    def fds(self):
+        return [(k + 1, channel.fileno()) for k, channel in enumerate(self.channels) if k + 1 not in self.dead]
+
+    def status(self):
+        return {"workers": self.count, "worker_pids": [p.pid for p in self.procs], "workers_died": len(self.dead),
+                "delegated_directions": len(self.confirmed), "forwarded_datagrams": self.forwarded,
+                "revokes": self.revokes,
+                "sync_us_mean": round(self.sync_s * 1e6 / self.syncs, 1) if self.syncs else None}
+
+    # messages
+
+    def fail(self, worker):
+        """Worker died: the main host carries on alone. Everything is steered to its socket from now on;
+        the directions other workers hold come back with their windows; the calls the dead worker
+        relayed end ("unreachable": their replay windows went with it, and no frame is checked
+        against a window that may be behind)."""
+        core = self.core
+        core.log.error("relay-worker-gone", worker=worker, calls_ended=sum(1 for d in self.delegated.values()
+                                                                          if d[0] == worker))
+        core.stats.drop("relay worker gone")
+        self.dead.add(worker)
+        self._program = attach_steering(self.sock, 1)
+        now = core.now
+        for key, (owner, call, recv, out) in list(self.delegated.items()):
+            if owner not in self.dead and self.revoke(key):
+                continue
+            self.delegated.pop(key, None)
+            self.confirmed.discard(key)
+            self.by_recv_leg.pop(recv.call_no, None)
+            if not call.released:
+                for leg in (call.a, call.b):
+                    if leg is not None:
+                        core.switch.release(leg, wire.CAUSE_UNREACHABLE, now)
+                core.end_call(call, wire.CAUSE_UNREACHABLE, now)
+        self._drain_inbox()
+        self.count = 1            # sync() delegates nothing from now on
+        for number, channel in enumerate(self.channels, 1):
+            if number not in self.dead:
+                asyncio_remove(channel)
+        self.stop()
+        self.on_flush()
+
+    def _tell(self, worker, message):
+        self.channels[worker - 1].send(b"C" + pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
+    def readable(self, worker):
+        """What worker sent: forwarded datagrams handled as if read here, reports merged."""
+        channel = self.channels[worker - 1]
+        for _ in range(256):
+            try:
+                message = channel.recv(1 << 17)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not message:
+                asyncio_remove(channel)
+                self.fail(worker)
+                break
+            self.inbox.append((worker, message))
+            self._drain_inbox()
+        self.on_flush()
+
+    def _drain_inbox(self):
+        while self.inbox:
+            worker, message = self.inbox.pop(0)
+            self._handle(worker, message)
+
+    def _handle(self, worker, message):
+        kind = message[:1]
+        if kind in (b"D", b"E"):
+            ip, port = ADDR.unpack_from(message, 1)
+            self.forwarded += 1
+            stamps, start = None, 7
+            if kind == b"E":
+                length = int.from_bytes(message[7:9], "big")
+                stamps, start = pickle.loads(message[9:9 + length]), 9 + length
+            self.receive_forwarded(bytearray(message[start:]), (socket.inet_ntoa(ip), port), stamps)
+            return
+        message = pickle.loads(message[1:])
+        if message[0] == "delegated":
+            if message[1] in self.delegated:
+                self.confirmed.add(message[1])
+        elif message[0] == "touch":
+            _kind, index, address, _when = message
+            self._touch(index, address)
+        elif message[0] == "report":
+            self._merge_report(*message[1:])
+
+    def _touch(self, index, address):
+        peer = self.core.peers.peers.get(index)
+        if peer is not None:
+            self.core._touch(peer, address, self.core.now)
+            self._sync_links()   # the other workers send to its new address at once (B7)
+
+    def _merge_report(self, counters, drops, meter, bytes_out, seen):
+        stats = self.core.stats
+        for name, n in counters.items():
+            stats.count(name, n)
+        for reason, n in drops.items():
+            stats.drops[reason] = stats.drops.get(reason, 0) + n
+        for address, (n_in, n_out) in meter.items():
+            if n_in:
+                self.core.meter.add(address, n_in - wire.IP_UDP_HEADERS, False)
+            if n_out:
+                self.core.meter.add(address, n_out - wire.IP_UDP_HEADERS, True)
+        by_link = self.core.switch.bytes_out_by_link
+        for name, n in bytes_out.items():
+            by_link[name] = by_link.get(name, 0) + n
+        for index, address in seen.items():
+            peer = self.core.peers.peers.get(index)
+            if peer is not None and self.core.peers.touch(peer, address, self.core.now):
+                self.core._moved(peer, self.core.now)
+
+    def receive_forwarded(self, data, address, stamps=None):
+        """A datagram a worker did not take, as if read here. When it names legs delegated to that worker
+        (stamps, {call number: highest}, from the worker; or legs delegated here whose delegation the
+        worker had not read yet) and its tag verifies, their directions come back first; a forgery is
+        dropped here and moves nothing, so no one can pull calls off a worker with garbage."""
+        core = self.core
+        now = int(time.monotonic() * 1000)
+        stamps = stamps or {}
+        if len(data) >= 3 and data[0] & 0xC0 == 0xC0 and self.by_recv_leg:
+            session = wire.session_of(data)
+            try:
+                named = [e[0] for e in wire.parse_trunk(data)]
+            except wire.DecodeError:
+                named = ()
+            for call_no in named:
+                key = self.by_recv_leg.get(call_no)
+                if key is not None and call_no not in stamps and self.delegated[key][2].link.session.index == session:
+                    stamps[call_no] = None    # ours is the window: the worker has not taken it yet
+        if stamps:
+            if not self._authentic(data, stamps):
+                core.now = now
+                core.stats.count("datagrams in")
+                core.stats.count("bytes in", len(data))
+                core.meter.add(address, len(data), False)
+                core.stats.drop("trunk rejected")
+                return
+            for call_no in stamps:
+                key = self.by_recv_leg.get(call_no)
+                if key is not None and not self.revoke(key):
+                    core.stats.drop("relay worker unreachable")
+                    return
+        core.receive_datagram(data, address, now)
+
+    def _authentic(self, data, stamps):
+        """The trunk frame's tag verifies, with the worker's stamps for its legs and ours for the rest."""
+        peer = self.core.peers.peers.get(wire.session_of(data))
+        link = self.core.links.get(peer.index) if peer is not None else None
+        if link is None:
+            return False
+        legs = self.core.switch.legs
+
+        def extend(call_no, ts16):
+            highest = stamps.get(call_no)   # the worker's, or None: ours
+            if highest is None:
+                leg = legs.get(call_no)
+                if leg is None or leg.link is not link:
+                    return None
+                highest = leg.media.replay.highest
+            return extend16(highest, ts16)
+
+        try:
+            return open_trunk(link.session.channel.crypto.recv_auth, data, extend) is not None
+        except wire.DecodeError:
+            return False
+
+    # keeping the workers in step with the core
+
+    def sync(self):
+        """Before each tick: revoke what stopped being the common case, delegate what became it,
+        send the workers new, moved and gone host links."""
+        if self.count == 1:
+            return
+        started = time.thread_time()   # CPU time: on a busy machine the wall time is mostly waiting
+        try:
+            self._sync()
+        finally:
+            self.syncs += 1
+            self.sync_s += time.thread_time() - started
+
+    def _sync(self):
+        self._sync_links()
+        for key, (worker, call, recv, out) in list(self.delegated.items()):
+            if not self._eligible(call, key[1], recv, out):
+                self.revoke(key)
+        delegated, count = self.delegated, self.count
+        for call in list(self.core.switch.calls.values()):
+            a, b = call.a, call.b
+            if b is None or a is None or b.state != CONNECTED:
+                continue
+            for i, out, recv in ((0, a, b), (1, b, a)):
+                link = recv.link
+                session = link.session
+                # the main host's own sessions, phones and delegated directions cost this much a tick
+                if session is None or session.index % count == 0 or link.kind != "host" or (call.call_id, i) in delegated:
+                    continue
+                if self._eligible(call, i, recv, out):
+                    self._delegate((call.call_id, i), call, i, recv, out)
+        self._drain_inbox()   # what came in while a direction was revoked
+
+    def _eligible(self, call, i, recv, out):
+        """Direction i of call (received on recv, relayed on out) is a worker's common case."""
+        if (call.released or call.held_by is not None or call.conference is not None or call.fanout is not None
+                or call.moh_last[i] is not None or out.direct is not None or recv.direct is not None
+                or not out.peer_call_no):
+            return False
+        a, b = call.a, call.b
+        if b is None or b.state != CONNECTED or not ((out is a and recv is b) or (out is b and recv is a)):
+            return False
+        legs, links = self.core.switch.legs, self.links
+        if legs.get(recv.call_no) is not recv or legs.get(out.call_no) is not out:
+            return False
+        recv_link, out_link = recv.link, out.link
+        if recv_link.kind != "host" or out_link.kind != "host" or recv_link.session is None or out_link.session is None:
+            return False
+        index = recv_link.session.index
+        return (links.get(index, (None,))[0] is recv_link and links.get(out_link.session.index, (None,))[0] is out_link
+                and index % self.count != 0)
+
+    def _delegate(self, key, call, i, recv, out):
+        worker = self.owner(recv.link.session.index)
+        window = recv.media.replay
+        legs = [(leg.call_no, leg.media_key, leg.media.role, leg.peer_call_no, leg.link.session.index)
+                for leg in (call.a, call.b)]
+        self._tell(worker, ("delegate", key, legs, i, call.ts_shift[i], call.ts_out[i],
+                            (window.highest, bytes(window._seen), window._held)))
+        self.delegated[key] = (worker, call, recv, out)
+        self.by_recv_leg[recv.call_no] = key
+
+    def revoke(self, key):
+        """Direction key back from its worker (waits for the answer); False when the worker did not answer."""
+        worker, call, recv, out = self.delegated[key]
+        self.revokes += 1
+        try:
+            self._tell(worker, ("revoke", key))
+            state = self._wait_revoked(worker, key)
+        except OSError:
+            state = False
+        if state is False:
+            self.lost += 1
+            self.core.log.error("relay-worker-unreachable", worker=worker, call=call.uid)
+            return False
+        del self.delegated[key]
+        self.confirmed.discard(key)
+        if self.by_recv_leg.get(recv.call_no) == key:
+            del self.by_recv_leg[recv.call_no]
+        if state is None:
+            return True
+        (highest, seen, held), ts_out, received, rejected, sent, frames = state
+        window = recv.media.replay
+        window.highest, window._held = highest, held
+        window._seen[:] = seen
+        i = key[1]
+        if ts_out > call.ts_out[i]:
+            call.ts_out[i] = ts_out
+        recv.media.received += received
+        recv.media.rejected += rejected
+        out.media.sent += sent
+        call.frames += frames
+        return True
+
+    def _wait_revoked(self, worker, key):
+        channel = self.channels[worker - 1]
+        deadline = time.monotonic() + REVOKE_TIMEOUT_S
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([channel], [], [], left)[0]:
+                return False
+            message = channel.recv(1 << 17)
+            if not message:
+                return False
+            if message[:1] == b"C":
+                decoded = pickle.loads(message[1:])
+                if decoded[0] == "revoked" and decoded[1] == key:
+                    return decoded[2]
+            self.inbox.append((worker, message))   # handled after this revoke, in order
+
+    def _sync_links(self):
+        """Every host link's keys and current address to every worker; gone links withdrawn."""
+        links = self.core.links
+        current = {}
+        for link in links.values():
+            if link.kind == "host" and link.session is not None:
+                current[link.session.index] = link
+        for index in [i for i in self.links if current.get(i) is not self.links[i][0]]:
+            for key in [k for k, d in self.delegated.items() if index in (d[2].link.session.index, d[3].link.session.index)]:
+                self.revoke(key)
+            del self.links[index]
+            self._broadcast(("unlink", index))
+        for index, link in current.items():
+            known = self.links.get(index)
+            address = link.address
+            if known is not None and known[1] == address:
+                continue
+            crypto = link.session.channel.crypto
+            self.links[index] = (link, address)
+            self._broadcast(("link", index, link.name, crypto.recv_auth.key, crypto.send_auth.key,
+                             link.session.channel.peer_index, address))
+
+    def _broadcast(self, message):
+        for worker in range(1, self.count):
+            if worker not in self.dead:
+                self._tell(worker, message)
+
+
+def asyncio_remove(channel):
+    import asyncio
+    try:
+        asyncio.get_running_loop().remove_reader(channel.fileno())
+    except (RuntimeError, ValueError):
+        pass

@@ -1,0 +1,297 @@
+"""The main host on every core (host/relay_workers.py, host/relay_worker.py, docs/relay.md "Every core").
+
+A real main host (`upbx main`, workers = 2) relays calls between two emulated remote hosts: one
+host's session belongs to the worker process, the other's to the main host itself. What the
+tests assert is what a user or an attacker would see: every frame arrives once, decrypted to what
+was sent; a replayed or forged trunk is dropped and counted, before and after a direction moves
+between the processes (hold and resume); a host that moves is found at its new address (B7).
+"""
+import select
+import socket
+import time
+
+import pytest
+
+from upbx.common import wire
+from upbx.common.crypto import extend16
+from upbx.common.media import open_trunk
+from upbx.host import fastpath
+from upbx.host.relay_workers import attach_steering
+
+pytestmark = pytest.mark.skipif(fastpath.native is None, reason="relay workers need the C fast path (not built here)")
+
+
+def test_the_kernel_steers_trunk_frames_by_session_index_and_the_rest_to_the_main_host():
+    group = []
+    try:
+        for _ in range(3):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", group[0].getsockname()[1] if group else 0))
+            s.setblocking(False)
+            group.append(s)
+        attach_steering(group[0], 3)
+        address = group[0].getsockname()
+        sent = {0: [], 1: [], 2: []}
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for index in (1, 2, 3, 4, 5, 0x3FFFFF, 0x010000, 0x2ABCDE):
+                frame = bytes([0xC0 | (index >> 16), (index >> 8) & 0xFF, index & 0xFF]) + bytes(20)
+                sent[index % 3].append(frame)
+                tx.sendto(frame, address)
+            for other in (b"\x00\x01" + bytes(30), b"\x80\x05" + bytes(10), b"\x40" + bytes(7)):  # full, mini, other
+                sent[0].append(other)
+                tx.sendto(other, address)
+        time.sleep(0.2)
+        for k, s in enumerate(group):
+            got = []
+            while True:
+                try:
+                    got.append(s.recv(100))
+                except BlockingIOError:
+                    break
+            assert sorted(got) == sorted(sent[k]), "socket %d" % k
+    finally:
+        for s in group:
+            s.close()
+
+
+class Pair:
+    """A 2-worker main host and two emulated remote hosts with `calls` answered calls a -> b."""
+
+    def __init__(self, tmp_path, calls):
+        from upbx.tools import bench_net
+        self.bench_net = bench_net
+        self.main = bench_net.MainUnderTest({"a": ["1%05d" % i for i in range(calls)],
+                                             "b": ["2%05d" % i for i in range(calls)]},
+                                            workdir=str(tmp_path), cpu=None, workers=2)
+        try:
+            self.pair = bench_net.TrunkPair(self.main, calls)
+        except BaseException:
+            self.main.close()
+            raise
+        a, b = self.pair.a, self.pair.b
+        self.index = {a: a.login.channel.peer_index, b: b.login.channel.peer_index}
+        # sessions are numbered one after another: one host is the worker's (odd), the other the main host's
+        self.worker_side = a if self.index[a] % 2 else b
+        self.main_side = b if self.worker_side is a else a
+        assert self.index[self.main_side] % 2 == 0
+
+    def close(self):
+        try:
+            self.pair.close()
+        finally:
+            self.main.close()
+
+    def status(self):
+        return self.main.status()
+
+    def wait(self, what, seconds=10):
+        deadline = time.monotonic() + seconds
+        while True:
+            status = self.status()
+            if what(status):
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError("not reached in %d s; status: %r" % (seconds, status))
+            time.sleep(0.05)
+
+    def frames(self, client, ticks, ts0):
+        plan = self.pair.seal_ticks(self.pair.calls, ticks, ts0, 1472)
+        return [data for tick in plan for c, data, _i in tick if c is client]
+
+    def opener(self, client):
+        """Opens what arrives at client with its own keys: [(call index, ts, payload or None)]."""
+        pair = self.pair
+        auth = client.login.channel.crypto.recv_auth
+        legs = {c.a_no if client is pair.a else c.b_no: (c, c.a if client is pair.a else c.b) for c in pair.calls}
+
+        def open_(data):
+            data = bytearray(data)
+            entries = open_trunk(auth, data, lambda no, ts16: extend16(legs[no][1].replay.highest, ts16)
+                                 if no in legs else None)
+            assert entries is not None, "a relayed trunk frame the host cannot authenticate"
+            out = []
+            for no, ts, start, end in entries:
+                call, leg = legs[no]
+                payload = leg.open_entry_bytes(data, ts, start, end)
+                out.append((call.index, ts, bytes(payload) if payload is not None else None))
+            return out
+        return open_
+
+    def exchange(self, sends, receiver, want, seconds=5, sock=None):
+        """Send [(socket, datagram)], 2 ms apart, and collect what receiver's socket (or sock) gets until
+        want(got) or the time is up; signalling is answered by its login."""
+        open_ = self.opener(receiver)
+        rx = sock or receiver.sock
+        got = []
+
+        def drain(timeout):
+            if not select.select([rx], [], [], timeout)[0]:
+                return
+            while True:
+                try:
+                    data = rx.recv(65536)
+                except BlockingIOError:
+                    return
+                if wire.frame_kind(data) == wire.KIND_FULL:
+                    receiver.signal(data, int(time.monotonic() * 1000))
+                elif wire.frame_kind(data) == wire.KIND_TRUNK:
+                    got.extend(open_(data))
+
+        for s, data in sends:
+            s.sendto(data, self.main.address)
+            drain(0.002)
+        deadline = time.monotonic() + seconds
+        while not want(got) and time.monotonic() < deadline:
+            drain(0.02)
+        drain(0.1)
+        return got
+
+    def hold(self, client, flag):
+        """HOLD (flag 1) or resume (0) from client on its call 0."""
+        call = self.pair.calls[0]
+        ours, theirs = (call.a_no, call.a.peer_call_no) if client is self.pair.a else (call.b_no, call.b.peer_call_no)
+        now = int(time.monotonic() * 1000)
+        client.login.send(wire.HOLD, {wire.IE_CALL_NO: ours, wire.IE_PEER_CALL_NO: theirs, wire.IE_STATE: flag}, now)
+        client.flush(now)
+
+
+def _voice():
+    from upbx.tools.bench_net import VOICE
+    return VOICE
+
+
+def test_calls_through_a_two_worker_main_host_arrive_once_each_way_and_forgeries_and_replays_are_dropped(tmp_path):
+    p = Pair(tmp_path, 3)
+    try:
+        status = p.wait(lambda s: s.get("delegated_directions") == 3)   # the worker's host's direction of each call
+        assert status["workers"] == 2 and len(status["worker_pids"]) == 1
+        pair = p.pair
+        for sender, receiver in ((pair.a, pair.b), (pair.b, pair.a)):
+            ts0 = pair.next_ts
+            pair.next_ts += 20 * 20 + 200
+            frames = p.frames(sender, 20, ts0)
+            forged = []
+            for k in (0, 7, 13):
+                bad = bytearray(frames[k])
+                bad[5 + k] ^= 0x10
+                forged.append(bytes(bad))
+            sends = [(sender.sock, d) for d in frames + frames[2:7] + forged]
+            got = p.exchange(sends, receiver, lambda g: len(g) >= 60)
+            # every frame of every call once, decrypted to what was sent, nothing else
+            assert sorted((i, ts) for i, ts, _p in got) == [(i, ts0 + 20 * k) for i in range(3) for k in range(20)]
+            assert all(payload == _voice() for _i, _ts, payload in got)
+        # the counts of both processes end up in the main host's status (a worker reports every 0.25 s)
+        status = p.wait(lambda s: s["stats"]["drops"].get("trunk rejected", 0) >= 6
+                        and s["stats"]["counters"].get("media in", 0) >= 120)
+        stats = status["stats"]
+        assert stats["counters"]["media in"] == 120
+        assert stats["drops"].get("media rejected") == 30      # 2 x 5 replayed trunks of 3 entries
+        assert stats["drops"].get("trunk rejected") == 6       # the forged ones, both ways
+        assert stats["counters"]["trunks in"] == 2 * (20 + 5)
+        # the worker forwarded the forged frames (they are the main host's to count), nothing else
+        assert status["forwarded_datagrams"] == 3
+        assert status["revokes"] == 0
+    finally:
+        p.close()
+
+
+def test_a_held_call_comes_back_to_the_main_host_with_its_replay_window_and_goes_out_again(tmp_path):
+    p = Pair(tmp_path, 1)
+    try:
+        p.wait(lambda s: s.get("delegated_directions") == 1)
+        pair, x, y = p.pair, p.worker_side, p.main_side
+        ts0 = pair.next_ts
+        pair.next_ts += 20 * 40
+        old = p.frames(x, 10, ts0)
+        got = p.exchange([(x.sock, d) for d in old], y, lambda g: len(g) >= 10)
+        assert sorted(ts for _i, ts, _p in got) == [ts0 + 20 * k for k in range(10)]   # relayed by the worker
+        assert p.status()["forwarded_datagrams"] == 0
+        # on hold: the direction comes back to the main host, and its window with it
+        p.hold(y, 1)
+        p.wait(lambda s: s["revokes"] == 1 and s["delegated_directions"] == 0)
+        got = p.exchange([(x.sock, d) for d in old], y, lambda g: False, seconds=0.5)
+        assert got == []
+        status = p.wait(lambda s: s["stats"]["drops"].get("media rejected", 0) >= 10)
+        assert status["stats"]["drops"]["media rejected"] == 10   # replays, not new frames (not "media held")
+        assert status["forwarded_datagrams"] == 10                # the main host checked them
+        assert status["stats"]["drops"].get("media held", 0) == 0
+        # resumed: the worker relays again, from the window the main host had
+        p.hold(y, 0)
+        p.wait(lambda s: s["delegated_directions"] == 1)
+        new = p.frames(x, 5, ts0 + 20 * 10)
+        got = p.exchange([(x.sock, d) for d in new + old[:3]], y, lambda g: len(g) >= 5)
+        assert sorted(ts for _i, ts, _p in got) == [ts0 + 20 * k for k in range(10, 15)]
+        status = p.wait(lambda s: s["stats"]["drops"].get("media rejected", 0) >= 13)
+        assert status["stats"]["drops"]["media rejected"] == 13   # the worker dropped the old ones again
+        assert status["forwarded_datagrams"] == 10
+    finally:
+        p.close()
+
+
+def test_a_host_whose_address_changes_is_found_by_the_worker_and_the_main_host(tmp_path):
+    """B7 with workers: the worker's host sends from a new port; frames to it go there at once."""
+    p = Pair(tmp_path, 2)
+    try:
+        p.wait(lambda s: s.get("delegated_directions") == 2)
+        pair, x, y = p.pair, p.worker_side, p.main_side
+        moved = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        moved.bind(("127.0.0.1", 0))
+        moved.setblocking(False)
+        old_sock, x.sock = x.sock, moved
+        try:
+            ts0 = pair.next_ts
+            pair.next_ts += 20 * 20
+            got = p.exchange([(moved, d) for d in p.frames(x, 3, ts0)], y, lambda g: len(g) >= 6)
+            assert len(got) == 6
+            status = p.wait(lambda s: s["stats"]["counters"].get("media in", 0) >= 6)
+            # y -> x (the main host's direction) now reaches x's new address
+            got = p.exchange([(y.sock, d) for d in p.frames(y, 5, ts0 + 60)], x, lambda g: len(g) >= 10,
+                             sock=moved)
+            assert sorted((i, ts) for i, ts, _p in got) == [(i, ts0 + 60 + 20 * k) for i in range(2) for k in range(5)]
+            assert p.status()["forwarded_datagrams"] == 0
+        finally:
+            x.sock = old_sock
+            moved.close()
+    finally:
+        p.close()
+
+
+def test_when_a_worker_dies_its_calls_end_and_the_main_host_relays_alone(tmp_path):
+    import os
+    import signal
+    p = Pair(tmp_path, 2)
+    try:
+        status = p.wait(lambda s: s.get("delegated_directions") == 2)
+        pair = p.pair
+        os.kill(status["worker_pids"][0], signal.SIGKILL)
+        status = p.wait(lambda s: s.get("workers_died") == 1)
+        assert status["workers"] == 1 and status["delegated_directions"] == 0
+        # both calls had a direction on the dead worker: their windows are gone with it, so they end
+        released = {}
+        causes = []
+
+        def both_released():
+            for client in (pair.a, pair.b):
+                for msg_type, ies in client.messages:
+                    if msg_type == wire.RELEASE:
+                        released.setdefault(client, set()).add(ies[wire.IE_PEER_CALL_NO])
+                        causes.append(ies.get(wire.IE_CAUSE))
+                client.messages = []
+            return all(len(released.get(c, ())) == 2 for c in (pair.a, pair.b))
+
+        p.bench_net.pump([pair.a, pair.b], both_released, seconds=10)
+        assert released == {pair.a: {1, 2}, pair.b: {1, 2}}
+        assert causes == [wire.CAUSE_UNREACHABLE] * 4
+        # new calls: every frame relayed both ways by the main host alone
+        pair.calls = []
+        pair.add_calls(2)
+        for sender, receiver in ((pair.a, pair.b), (pair.b, pair.a)):
+            ts0 = pair.next_ts
+            pair.next_ts += 20 * 10 + 200
+            got = p.exchange([(sender.sock, d) for d in p.frames(sender, 5, ts0)], receiver, lambda g: len(g) >= 10)
+            assert sorted((i, ts) for i, ts, _p in got) == [(i, ts0 + 20 * k) for i in range(2) for k in range(5)]
+        status = p.status()
+        assert status["forwarded_datagrams"] == 0 and status["delegated_directions"] == 0
+    finally:
+        p.close()
