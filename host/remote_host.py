@@ -12,6 +12,7 @@ import os
 
 from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
+from upbx.host.firmware_transfer import FirmwareFetcher, PhoneStates
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
 from upbx.host import features, groups, lines
@@ -82,6 +83,11 @@ class RemoteHost(HostCore):
         # B4: messages recorded while the main host is away, uploaded once it is back
         self.voicemail = Endpoint(self, store, config.name, lambda mailbox, now: self.voicemail_upload.next(now))
         self.voicemail_upload = voicemail_upload.Uploader(self)
+        # over-the-air updates: the site's bundle fetched once from the main host, served on the LAN
+        self.firmware = FirmwareFetcher(str(config.directory_cache) + ".firmware", self.main_link.send_signal,
+                                        self.stats, self.log)
+        self.firmware_phones = PhoneStates(self.log)
+        self.firmware.offered(self.cache.sysinfo["info"], 0, False)
 
     def _secret_of(self, identity):
         kind, name = identity
@@ -189,6 +195,7 @@ class RemoteHost(HostCore):
                 known = version == self.cache.sysinfo["version"]  # again after a login: phones have it
                 self.cache.set_sysinfo(version, obj)
                 self.stats.count("sysinfo versions received")
+                self.firmware.offered(obj, now, True)
                 if not known:
                     for link in self.phone_links.values():
                         self._send_sysinfo(link, now)
@@ -233,6 +240,8 @@ class RemoteHost(HostCore):
                 link.send_signal(wire.MESSAGE_WAITING, {wire.IE_STATE: ies.get(wire.IE_STATE, 0)}, now)
         elif msg_type == wire.VOICEMAIL:
             self.voicemail_upload.acknowledged(ies, now)
+        elif msg_type == wire.FIRMWARE:
+            self.firmware.chunk(ies, now)
 
     # phones
 
@@ -293,6 +302,10 @@ class RemoteHost(HostCore):
             return
         if msg_type == wire.SYSINFO_ACK:
             self.sysinfo_acked[link.name] = ies.get(wire.IE_VERSION)
+        elif msg_type == wire.FIRMWARE_WANT:
+            self.firmware.want(link, ies, now)
+        elif msg_type == wire.FIRMWARE_STATE:
+            self.firmware_phones.update(link.name, ies)
         elif msg_type == wire.BYE:
             self._phone_gone(link, now, "logged out")
             self.peers.remove(link.session)
@@ -713,6 +726,7 @@ class RemoteHost(HostCore):
         else:
             self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
         self.pairs.tick(now)
+        self.firmware.tick(now, self.main_link.up)
         for pair in self.pairs.values():
             if pair.link.up:
                 self._probe_if_silent(pair, now)
@@ -761,6 +775,7 @@ class RemoteHost(HostCore):
             "voicemail_pending": len(self.voicemail.store.pending_upload()) if self.voicemail.store else 0,
             "sysinfo_version": self.cache.sysinfo["version"],
             "sysinfo_acked": dict(self.sysinfo_acked),
+            "firmware": {"fetch": self.firmware.status(), "phones": dict(self.firmware_phones.phones)},
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
         }
