@@ -1,0 +1,177 @@
+"""Over-the-air updates without a network (docs/operations.md, "Over-the-air updates"): the bundle
+`upbx admin firmware add` stores, the rollout in the system information, and the handset's side of a
+download (firmware/ota.py's TreeWriter, firmware/otaboot.py's slot choice and roll-back) run under the
+MicroPython unix port on a directory standing in for its flash. The whole path through hosts and
+phones is tests/test_netlab_ota.py.
+"""
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from tests.support import ROOT, micropython_binary
+from upbx.host import firmware
+from upbx.host.directory import Directory
+
+
+def tree(path, files):
+    for rel, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(path, rel)), exist_ok=True)
+        with open(os.path.join(path, rel), "wb") as f:
+            f.write(data)
+    return str(path)
+
+
+FILES = {"common/wire.mpy": b"M\x06" + bytes(range(256)) * 3, "firmware/app.mpy": b"M\x06app" * 200,
+         "firmware/audio/dsp.mpy": b"", "main.py": b"from firmware.otaboot import select\n",
+         ".upbx-build": b"made by upbx build\n", "VERSION": b"3.1.4\n"}
+
+
+def admin(db, *args):
+    return subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), "-m", "upbx.tools.cli", "admin",
+                           "--database", db, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_tree_is_packed_as_a_deterministic_ustar_without_what_stays_on_the_handset(tmp_path):
+    kind, data = firmware.pack(tree(tmp_path / "a", FILES))
+    again = firmware.pack(tree(tmp_path / "b", FILES))[1]
+    assert kind == "files" and data == again     # no times, owners or order of the file system in it
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["common/wire.mpy", "firmware/app.mpy", "firmware/audio/dsp.mpy"]
+        assert all(m.mtime == 0 and m.uid == 0 for m in members)
+        assert tar.extractfile("firmware/app.mpy").read() == FILES["firmware/app.mpy"]
+    assert firmware.bundle_version(str(tmp_path / "a"), data) == "3.1.4"
+
+
+def test_admin_firmware_add_list_rollout_and_its_errors(tmp_path):
+    db = str(tmp_path / "main.sqlite")
+    for site in ("a", "b"):
+        assert admin(db, "site", "add", site).returncode == 0
+    bundle = tree(tmp_path / "build", FILES)
+    out = admin(db, "firmware", "add", bundle, "--json")
+    entry = json.loads(out.stdout)
+    data = firmware.pack(bundle)[1]
+    assert entry == {"version": "3.1.4", "kind": "files", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    again = admin(db, "firmware", "add", bundle)
+    assert again.returncode == 1 and again.stderr == "upbx admin: firmware 3.1.4 already exists\n"
+    assert admin(db, "firmware", "add", str(tmp_path / "nothing")).stderr == (
+        "upbx admin: %s: no such file or directory\n" % (tmp_path / "nothing"))
+    (tmp_path / "x.bin").write_bytes(b"\x00not an image")
+    assert admin(db, "firmware", "add", str(tmp_path / "x.bin")).stderr == (
+        "upbx admin: %s: not an ESP32 application image (its first byte is not 0xE9)\n" % (tmp_path / "x.bin"))
+    (tmp_path / "ok.bin").write_bytes(b"\xe9" + b"\x00" * 999)
+    image = json.loads(admin(db, "firmware", "add", str(tmp_path / "ok.bin"), "--version", "img-1", "--json").stdout)
+    assert (image["kind"], image["size"]) == ("image", 1000)
+    assert admin(db, "firmware", "add", bundle, "--version", "a b").stderr == (
+        "upbx admin: bad version 'a b': 1 to 31 letters, digits and . - _ +\n")
+    assert admin(db, "firmware", "rollout", "9.9", "--all").stderr == (
+        "upbx admin: unknown firmware '9.9': add it first (upbx admin firmware add BUNDLE)\n")
+    assert admin(db, "firmware", "rollout", "3.1.4", "--site", "z").stderr == "upbx admin: unknown site 'z'\n"
+    assert admin(db, "firmware", "rollout", "3.1.4", "--all", "--percent", "0").stderr == (
+        "upbx admin: bad --percent 0: 1 to 100\n")
+    listed = json.loads(admin(db, "firmware", "list", "--json").stdout)
+    assert [(r["version"], r["kind"]) for r in listed] == [("3.1.4", "files"), ("img-1", "image")]
+    with Directory(db) as d:
+        before = d.sysinfo()[0]
+    assert admin(db, "firmware", "rollout", "3.1.4", "--all").returncode == 0
+    assert admin(db, "firmware", "rollout", "img-1", "--site", "b", "--percent", "30").returncode == 0
+    with Directory(db) as d:
+        version, info = d.sysinfo()
+        assert version == before + 2
+        assert info["firmware_rollout"] == {"a": {"version": "3.1.4", "percent": 100},
+                                            "b": {"version": "img-1", "percent": 30}}
+        store = firmware.FirmwareStore(d)
+        assert store.data("3.1.4") == data
+    status = json.loads(admin(db, "firmware", "status", "--json").stdout)
+    assert status == [{"site": "a", "version": "3.1.4", "percent": 100}, {"site": "b", "version": "img-1", "percent": 30}]
+
+
+def test_a_percentage_chooses_the_same_phones_and_more_as_it_grows():
+    entry = {"version": "5", "sha256": "ab" * 32, "size": 10, "kind": "files"}
+    numbers = [str(n) for n in range(100, 120)]
+    offers = {}
+    for percent in (10, 50, 51, 100):
+        info = {"firmware_rollout": {"a": {"version": "5", "percent": percent}}}
+        offers[percent] = firmware.site_offer(info, "a", numbers, {"5": entry}.get)
+    assert len(offers[10]["extensions"]) == 2 and len(offers[50]["extensions"]) == 10
+    assert len(offers[51]["extensions"]) == 11                  # rounded up: a phone is not split
+    assert set(offers[10]["extensions"]) < set(offers[50]["extensions"]) < set(offers[51]["extensions"])
+    assert offers[100] == entry                                  # every phone: no list
+    assert firmware.site_offer({"firmware_rollout": {"b": {"version": "5"}}}, "a", numbers, {"5": entry}.get) is None
+
+
+HANDSET = r"""
+import os, sys
+sys.path.insert(0, ROOT)
+os.chdir(FLASH)
+from firmware.ota import TreeWriter
+data = open(BUNDLE, "rb").read()
+w = TreeWriter("ota/a")
+for i in range(0, len(data), 250):
+    w.write(data[i:i + 250])
+w.close()
+print("files", w.files)
+try:
+    w = TreeWriter("ota/b")
+    w.write(BAD)
+    print("accepted")
+except ValueError as exc:
+    print("refused", exc)
+"""
+
+
+def test_the_handset_unpacks_a_bundle_chunk_by_chunk_and_refuses_a_path_out_of_its_slot(tmp_path):
+    kind, data = firmware.pack(tree(tmp_path / "build", FILES))
+    (tmp_path / "bundle.tar").write_bytes(data)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("../main.py")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    script = HANDSET.replace("ROOT", repr(str(ROOT))).replace("FLASH", repr(str(flash))).replace(
+        "BUNDLE", repr(str(tmp_path / "bundle.tar"))).replace("BAD", repr(out.getvalue()))
+    r = subprocess.run([micropython_binary(), "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == ["files 3", "refused bad path '../main.py' in the bundle"]
+    for rel in ("common/wire.mpy", "firmware/app.mpy", "firmware/audio/dsp.mpy"):
+        assert (flash / "ota" / "a" / rel).read_bytes() == FILES[rel]
+    assert not (flash / "main.py").exists() and not (flash / "ota" / "b" / "main.py").exists()
+
+
+BOOT = r"""
+import sys
+sys.path.insert(0, ROOT)
+import os
+os.chdir(FLASH)
+from firmware.otaboot import select
+main = select()
+print("booted", getattr(main, "__name__", main), [p for p in sys.path if p.startswith("ota")])
+"""
+
+
+@pytest.mark.parametrize("boots", [0, 1])
+def test_a_slot_on_trial_boots_once_then_the_handset_goes_back_to_the_previous(tmp_path, boots):
+    flash = tmp_path / "flash"
+    (flash / "ota" / "b").mkdir(parents=True)
+    state = {"kind": "files", "slot": "ota/b", "version": "2", "trial": 1, "boots": boots,
+             "previous": {"kind": "files", "slot": "ota/a", "version": "1"}}
+    (flash / "ota.json").write_text(json.dumps(state))
+    script = BOOT.replace("ROOT", repr(str(ROOT))).replace("FLASH", repr(str(flash)))
+    r = subprocess.run([micropython_binary(), "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = json.loads((flash / "ota.json").read_text())
+    if boots == 0:    # the first boot of the new firmware: on trial, guarded
+        assert r.stdout.splitlines() == ["I ota booting firmware 2 from ota/b (on trial)", "booted _guarded ['ota/b']"]
+        assert after == dict(state, boots=1)
+    else:             # it booted once and never registered: back to the previous slot
+        assert r.stdout.splitlines() == [
+            "W ota firmware 2 did not register after its first boot: rolled back to 1",
+            "I ota booting firmware 1 from ota/a", "booted main ['ota/a']"]
+        assert after == {"slot": "ota/a", "version": "1", "rolled_back": "2", "trial": 0}
