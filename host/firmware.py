@@ -23,7 +23,7 @@ from upbx.common.chunks import CHUNK
 from upbx.host.directory import DirectoryError
 
 MAX_BUNDLE = 0xFFFF * CHUNK           # IE_CHUNK counts chunks in 16 bits: 16,383,750 bytes
-NOT_ON_HANDSET = (".upbx-build", "main.py", "boot.py", "VERSION")   # main.py chooses the slot: it stays
+NOT_ON_HANDSET = (".upbx-build", "main.py", "boot.py")   # main.py chooses the slot: it stays
 _SCHEMA = """CREATE TABLE IF NOT EXISTS firmware (
     version TEXT PRIMARY KEY, kind TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
     data BLOB NOT NULL, added TEXT NOT NULL)"""

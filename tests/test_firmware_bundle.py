@@ -37,12 +37,13 @@ def admin(db, *args):
 
 
 def test_a_tree_is_packed_as_a_deterministic_ustar_without_what_stays_on_the_handset(tmp_path):
+    """main.py stays (it chooses the slot), and the build's marker is not firmware."""
     kind, data = firmware.pack(tree(tmp_path / "a", FILES))
     again = firmware.pack(tree(tmp_path / "b", FILES))[1]
     assert kind == "files" and data == again     # no times, owners or order of the file system in it
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = tar.getmembers()
-        assert [m.name for m in members] == ["common/wire.mpy", "firmware/app.mpy", "firmware/audio/dsp.mpy"]
+        assert [m.name for m in members] == ["VERSION", "common/wire.mpy", "firmware/app.mpy", "firmware/audio/dsp.mpy"]
         assert all(m.mtime == 0 and m.uid == 0 for m in members)
         assert tar.extractfile("firmware/app.mpy").read() == FILES["firmware/app.mpy"]
     assert firmware.bundle_version(str(tmp_path / "a"), data) == "3.1.4"
@@ -139,8 +140,8 @@ def test_the_handset_unpacks_a_bundle_chunk_by_chunk_and_refuses_a_path_out_of_i
         "BUNDLE", repr(str(tmp_path / "bundle.tar"))).replace("BAD", repr(out.getvalue()))
     r = subprocess.run([micropython_binary(), "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.splitlines() == ["files 3", "refused bad path '../main.py' in the bundle"]
-    for rel in ("common/wire.mpy", "firmware/app.mpy", "firmware/audio/dsp.mpy"):
+    assert r.stdout.splitlines() == ["files 4", "refused bad path '../main.py' in the bundle"]
+    for rel in ("VERSION", "common/wire.mpy", "firmware/app.mpy", "firmware/audio/dsp.mpy"):
         assert (flash / "ota" / "a" / rel).read_bytes() == FILES[rel]
     assert not (flash / "main.py").exists() and not (flash / "ota" / "b" / "main.py").exists()
 
