@@ -176,3 +176,89 @@ def test_a_slot_on_trial_boots_once_then_the_handset_goes_back_to_the_previous(t
             "W ota firmware 2 did not register after its first boot: rolled back to 1",
             "I ota booting firmware 1 from ota/a", "booted main ['ota/a']"]
         assert after == {"slot": "ota/a", "version": "1", "rolled_back": "2", "trial": 0}
+
+
+IMAGE = r"""
+import sys, json, os
+sys.path.insert(0, _STANDINS_)
+sys.path.insert(1, _ROOT_)
+os.chdir(_FLASH_)
+import esp32
+from firmware import ota
+
+
+class Login:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, msg_type, ies, now):
+        self.sent.append((msg_type, ies.get(0x2E), ies.get(0x2F), ies.get(0x30)))
+
+
+class Phone:
+    registered = True
+    call = None
+    firmware_sink = None
+
+    def __init__(self):
+        self.login = Login()
+
+
+class App:
+    def __init__(self, firmware):
+        self.phone = Phone()
+        self.firmware = firmware
+        self.ota = None
+        self.ota_offer = None
+        self.started = 0
+        self.running = True
+        self.reset_requested = False
+
+    def log(self, level, msg):
+        print(level, msg)
+
+
+image = bytes((i * 7) & 0xFF for i in range(_SIZE_))
+app = App({})
+app.ota_offer = {"version": "7", "sha256": _SHA_, "size": len(image), "kind": "image"}
+ota.idle(app, 1000)
+for i in range(0, len(image), 250):
+    app.phone.firmware_sink({0x2E: "7", 0x21: (i // 250) << 16 | app.ota.count, 0x22: image[i:i + 250]}, 1000)
+flash = esp32.FLASH["ota_1"]
+print("written", flash[:len(image)] == image, flash[len(image):-1] == b"\xff" * (len(flash) - len(image) - 1))
+print("boot", esp32.STATE["boot"], "reset", app.reset_requested, "sent", app.phone.login.sent)
+state = json.load(open("ota.json"))
+print("state", state["kind"], state["version"], state["trial"], state["partition"])
+# the next boot: the bootloader runs ota_1 (or went back to ota_0: ROLLED)
+esp32.STATE["running"] = "ota_0" if _ROLLED_ else "ota_1"
+app = App(state)
+ota.registered(app, 2000)
+print("after", esp32.STATE["valid"], json.load(open("ota.json")), app.phone.login.sent)
+"""
+
+
+@pytest.mark.parametrize("rolled", [False, True])
+def test_an_esp32_image_goes_into_the_next_ota_partition_and_is_kept_once_registered(tmp_path, rolled):
+    """Against the esp32 stand-in (tests/esp32_standins/esp32.py, modelling ports/esp32/esp32_partition.c):
+    nothing here has run on an ESP32."""
+    size = 3 * 4096 + 1234
+    image = bytes((i * 7) & 0xFF for i in range(size))
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    script = (IMAGE.replace("_STANDINS_", repr(str(ROOT / "tests" / "esp32_standins")))
+              .replace("_ROOT_", repr(str(ROOT))).replace("_FLASH_", repr(str(flash))).replace("_SIZE_", str(size))
+              .replace("_SHA_", repr(hashlib.sha256(image).hexdigest())).replace("_ROLLED_", str(rolled)))
+    r = subprocess.run([micropython_binary(), "-X", "heapsize=4M", "-c", script], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "I firmware 7 offered: downloading %d bytes (%d chunks)" % (size, (size + 249) // 250)
+    assert "written True True" in lines
+    # FIRMWARE_STATE (69) downloading, a FIRMWARE_WANT (68) per 16 chunks of the 55, FIRMWARE_STATE installing
+    assert "boot ota_1 reset True sent [(69, '7', 1, ''), %s(69, '7', 2, '')]" % ("(68, '7', None, None), " * 4) in lines
+    assert "state image 7 1 ota_1" in lines
+    after = lines[-1]
+    if rolled:   # the bootloader went back to ota_0: nothing is marked, the roll-back is reported
+        assert after.startswith("after False ") and "'rolled_back': '7'" in after and after.endswith("[(69, '7', 5, '')]")
+    else:
+        assert after.startswith("after True ") and "'trial': 0" in after and after.endswith("[(69, '7', 4, '7')]")
