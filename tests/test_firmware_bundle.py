@@ -110,7 +110,7 @@ HANDSET = r"""
 import os, sys
 sys.path.insert(0, ROOT)
 os.chdir(FLASH)
-from firmware.ota import TreeWriter
+from firmware.ota_download import TreeWriter
 data = open(BUNDLE, "rb").read()
 w = TreeWriter("ota/a")
 for i in range(0, len(data), 250):
