@@ -65,8 +65,9 @@ class Update:
 
     def want(self, now):
         n = self.count - self.index
-        self.app.phone.login.send(_FIRMWARE_WANT, {_IE_FW_VERSION: self.version,
-                                                   _IE_CHUNK: self.index << 16 | (n if n < _BATCH else _BATCH)}, now)
+        n = n if n < _BATCH else _BATCH
+        self.until = self.index + n   # the next WANT when this batch has come
+        self.app.phone.login.send(_FIRMWARE_WANT, {_IE_FW_VERSION: self.version, _IE_CHUNK: self.index << 16 | n}, now)
         self.asked_at = now
 
     def chunk(self, ies, now):
@@ -84,7 +85,7 @@ class Update:
         self.heard_at = now
         if self.index == self.count:
             self.finish(now)
-        elif self.index % _BATCH == 0:
+        elif self.index == self.until:
             self.want(now)
 
     def tick(self, now):

@@ -78,6 +78,7 @@ class FirmwareFetcher:
         self.log = log
         self.offer = None             # {"version", "sha256", "size", "kind"} from the system information
         self.index = 0                # the next chunk needed
+        self.until = 0                # the end of the batch asked for
         self.heard_ms = self.asked_ms = None
         self.refused = None           # (version, sha256) whose download did not match
 
@@ -116,6 +117,7 @@ class FirmwareFetcher:
 
     def _want(self, now):
         n = min(FETCH_BATCH, self._count() - self.index)
+        self.until = self.index + n   # the next WANT when this batch has come
         self.send(wire.FIRMWARE_WANT, {wire.IE_FW_VERSION: self.offer["version"], wire.IE_CHUNK: self.index << 16 | n},
                   now)
         self.asked_ms = now
@@ -139,7 +141,7 @@ class FirmwareFetcher:
         self.index += 1
         self.heard_ms = now
         if self.index < self._count():
-            if self.index % FETCH_BATCH == 0:
+            if self.index == self.until:
                 self._want(now)
             return
         part = self._path(version, "part")

@@ -262,3 +262,87 @@ def test_an_esp32_image_goes_into_the_next_ota_partition_and_is_kept_once_regist
         assert after.startswith("after False ") and "'rolled_back': '7'" in after and after.endswith("[(69, '7', 5, '')]")
     else:
         assert after.startswith("after True ") and "'trial': 0" in after and after.endswith("[(69, '7', 4, '7')]")
+
+
+class Collected:
+    """What a host's send_signal would put on a link's reliable channel, kept in order."""
+
+    def __init__(self):
+        self.messages = []
+
+    def send_signal(self, msg_type, ies, now):
+        self.messages.append((msg_type, dict(ies)))
+
+
+class Log:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, event, **fields):
+        self.lines.append((event, fields))
+
+    error = info
+
+
+def test_a_remote_host_resumes_its_download_where_it_stopped_and_checks_it(tmp_path):
+    from upbx.common import wire
+    from upbx.host.core import Stats
+    from upbx.host.firmware_transfer import FirmwareFetcher, FirmwareServer
+    db = str(tmp_path / "main.sqlite")
+    assert admin(db, "site", "add", "a").returncode == 0
+    files = dict(FILES, **{"firmware/big.mpy": os.urandom(20000)})
+    entry = json.loads(admin(db, "firmware", "add", tree(tmp_path / "build", files), "--json").stdout)
+    count = (entry["size"] + 249) // 250
+    offer = {"firmware": dict(entry)}
+    folder = str(tmp_path / "remote.cache.json.firmware")
+    with Directory(db) as d:
+        server = FirmwareServer(firmware.FirmwareStore(d), Stats())
+        main_side = Collected()
+
+        def fetcher():
+            wants = Collected()
+            return FirmwareFetcher(folder, wants.send_signal, Stats(), Log()), wants
+
+        def serve(fetch, wants, limit):
+            """The main host answers each WANT; only `limit` chunks get through (then the link drops)."""
+            delivered = 0
+            while wants.messages and delivered < limit:
+                msg_type, ies = wants.messages.pop(0)
+                assert msg_type == wire.FIRMWARE_WANT
+                main_side.messages.clear()
+                server.want(main_side, ies, 0)
+                for msg_type, chunk in main_side.messages:
+                    if delivered == limit:
+                        break
+                    fetch.chunk(chunk, 0)
+                    delivered += 1
+            return delivered
+
+        fetch, wants = fetcher()
+        fetch.offered(offer, 0, True)
+        assert wants.messages[0][1] == {wire.IE_FW_VERSION: "3.1.4", wire.IE_CHUNK: 0 << 16 | 32}
+        assert serve(fetch, wants, 40) == 40 and fetch.status()["chunks"] == 40
+        part = os.path.join(folder, "3.1.4.part")
+        with open(part, "ab") as f:
+            f.write(b"half a chunk")          # the host stopped while it wrote the 41st
+        fetch, wants = fetcher()               # the remote host starts again
+        fetch.offered(offer, 0, True)
+        assert os.path.getsize(part) == 40 * 250
+        assert wants.messages[0][1] == {wire.IE_FW_VERSION: "3.1.4", wire.IE_CHUNK: 40 << 16 | 32}
+        assert serve(fetch, wants, count) == count - 40
+        assert fetch.status() == {"version": "3.1.4", "state": "complete", "chunks": count, "count": count}
+        with open(os.path.join(folder, "3.1.4.bin"), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == entry["sha256"]
+        # a phone's WANT is answered from the file, a batch at most 64
+        phone = Collected()
+        fetch.want(phone, {wire.IE_FW_VERSION: "3.1.4", wire.IE_CHUNK: (count - 2) << 16 | 100}, 0)
+        assert [ies[wire.IE_CHUNK] for _, ies in phone.messages] == [(count - 2) << 16 | count, (count - 1) << 16 | count]
+        # a bundle whose bytes do not match the system information's digest is refused and not kept
+        bad = {"firmware": dict(entry, version="3.1.5", sha256="0" * 64)}
+        with d._transaction():
+            d.db.execute("INSERT INTO firmware SELECT '3.1.5', kind, ?, size, data, added FROM firmware "
+                         "WHERE version = '3.1.4'", ("0" * 64,))
+        fetch.offered(bad, 0, True)
+        serve(fetch, wants, count)
+        assert fetch.status()["state"] == "refused"
+        assert sorted(os.listdir(folder)) == ["3.1.4.bin"]
