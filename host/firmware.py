@@ -2,6 +2,7 @@
 
     upbx admin firmware add BUNDLE [--version V]      a .mpy tree (`upbx build`) or an ESP32 image (.bin)
     upbx admin firmware rollout VERSION --site S|--all [--percent N]
+    upbx admin firmware stop --site S|--all
     upbx admin firmware list | status
 
 A tree is stored as an uncompressed ustar archive (deterministic: sorted names, no times, no owners)
@@ -136,6 +137,24 @@ class FirmwareStore:
         with self.directory._transaction():   # one transaction with the system information's new version
             return self.directory._bump(change)
 
+    def stop(self, sites):
+        """No update offered to the phones of sites (every site when None) any more; a new sysinfo version."""
+        rollout = self.directory.sysinfo()[1].get(ROLLOUT_KEY) or {}
+        for site in sites or ():
+            if site not in rollout:
+                raise FirmwareError("no rollout at site %r" % site)
+
+        def change(data):
+            for site in (sites if sites else list(rollout)):
+                data[ROLLOUT_KEY].pop(site, None)
+            if not data[ROLLOUT_KEY]:
+                del data[ROLLOUT_KEY]
+
+        if not rollout:
+            raise FirmwareError("no rollout to stop")
+        with self.directory._transaction():
+            return self.directory._bump(change)
+
 
 def site_offer(info, site, extensions, entry_of):
     """The system information's "firmware" for one site (or None): the rollout's bundle, and below
@@ -173,6 +192,10 @@ def add_arguments(things, actions, leaf):
     where.add_argument("--site", action="append", metavar="S", help="a site (repeatable)")
     where.add_argument("--all", action="store_true", help="every site")
     p.add_argument("--percent", type=int, default=100, metavar="N", help="this share of each site's phones (1-100)")
+    p = leaf(firmware, "stop", "offer no update any more (phones that installed it keep it)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--site", action="append", metavar="S", help="a site (repeatable)")
+    where.add_argument("--all", action="store_true", help="every site")
     leaf(firmware, "list", "the stored bundles")
     leaf(firmware, "status", "which version is rolled out where")
 
@@ -192,6 +215,13 @@ def firmware_rollout(d, args, done):
           "sysinfo_version": version})
 
 
+def firmware_stop(d, args, done):
+    version = FirmwareStore(d).stop(None if args.all else args.site)
+    where = "every site" if args.all else "site " + ", ".join(args.site)
+    done(args, "no update offered at %s any more, system information version %d" % (where, version),
+         {"sites": "all" if args.all else args.site, "sysinfo_version": version})
+
+
 def firmware_list(d, args, table):
     table(args, FirmwareStore(d).list(), [("version", "version"), ("kind", "kind"), ("size", "bytes"),
                                           ("sha256", "sha256"), ("added", "added")])
@@ -204,5 +234,6 @@ def firmware_status(d, args, table):
 def handlers(done, table):
     return {("firmware", "add"): lambda d, a: firmware_add(d, a, done),
             ("firmware", "rollout"): lambda d, a: firmware_rollout(d, a, done),
+            ("firmware", "stop"): lambda d, a: firmware_stop(d, a, done),
             ("firmware", "list"): lambda d, a: firmware_list(d, a, table),
             ("firmware", "status"): lambda d, a: firmware_status(d, a, table)}

@@ -247,8 +247,13 @@ class MainHost(HostCore):
             self.music_acked[link.name] = ies.get(wire.IE_VERSION)
         elif msg_type == wire.FIRMWARE_WANT:
             self.firmware_server.want(link, ies, now)
-        elif msg_type == wire.FIRMWARE_STATE and link.kind == "phone":
-            self.firmware_phones.update(link.name, ies)
+        elif msg_type == wire.FIRMWARE_STATE:
+            number = link.name if link.kind == "phone" else ies.get(wire.IE_EXTENSION)
+            row = self.directory.extension(number) if number else None
+            if row is not None and (link.kind == "phone" or row.site == self._site_of(link)):
+                self.firmware_phones.update(number, ies)
+            else:
+                self.stats.drop("firmware state of another site's extension")
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)

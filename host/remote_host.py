@@ -306,6 +306,8 @@ class RemoteHost(HostCore):
             self.firmware.want(link, ies, now)
         elif msg_type == wire.FIRMWARE_STATE:
             self.firmware_phones.update(link.name, ies)
+            if self.main_link.up:   # the main host's status shows every phone's (docs/operations.md)
+                self.main_link.send_signal(wire.FIRMWARE_STATE, dict(ies, **{wire.IE_EXTENSION: link.name}), now)
         elif msg_type == wire.BYE:
             self._phone_gone(link, now, "logged out")
             self.peers.remove(link.session)

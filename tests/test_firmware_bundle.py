@@ -90,6 +90,15 @@ def test_admin_firmware_add_list_rollout_and_its_errors(tmp_path):
         assert store.data("3.1.4") == data
     status = json.loads(admin(db, "firmware", "status", "--json").stdout)
     assert status == [{"site": "a", "version": "3.1.4", "percent": 100}, {"site": "b", "version": "img-1", "percent": 30}]
+    assert admin(db, "firmware", "stop", "--site", "a").returncode == 0
+    assert json.loads(admin(db, "firmware", "status", "--json").stdout) == [
+        {"site": "b", "version": "img-1", "percent": 30}]
+    assert admin(db, "firmware", "stop", "--site", "a").stderr == "upbx admin: no rollout at site 'a'\n"
+    assert admin(db, "firmware", "stop", "--all").returncode == 0
+    assert admin(db, "firmware", "status", "--json").stdout.strip() == "[]"
+    assert admin(db, "firmware", "stop", "--all").stderr == "upbx admin: no rollout to stop\n"
+    with Directory(db) as d:
+        assert "firmware_rollout" not in d.sysinfo()[1]
 
 
 def test_a_percentage_chooses_the_same_phones_and_more_as_it_grows():

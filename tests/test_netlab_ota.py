@@ -94,6 +94,9 @@ def test_a_rollout_reaches_every_phone_of_two_sites_one_copy_over_the_wan(ex):
     chunks = (entry["size"] + 249) // 250
     ex.admin("firmware", "rollout", "2.0.0", "--site", "a", "--site", "c")
     wait_running(ex, PHONES, "2.0.0")
+    # the remote host passes its phones' word on: the main host's status has every phone's firmware
+    ex.wait_for(lambda: all(ex.status("main")["firmware"]["phones"].get(n, {}).get("running") == "2.0.0"
+                            for n in PHONES), "the main host knows", timeout=10)
     for number in PHONES:
         log = ex.phones[number].log()
         assert "I phone firmware 2.0.0 offered: downloading %d bytes (%d chunks) into ota/a" % (
