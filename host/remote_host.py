@@ -307,7 +307,9 @@ class RemoteHost(HostCore):
         elif msg_type == wire.FIRMWARE_STATE:
             self.firmware_phones.update(link.name, ies)
             if self.main_link.up:   # the main host's status shows every phone's (docs/operations.md)
-                self.main_link.send_signal(wire.FIRMWARE_STATE, dict(ies, **{wire.IE_EXTENSION: link.name}), now)
+                state = dict(ies)
+                state[wire.IE_EXTENSION] = link.name
+                self.main_link.send_signal(wire.FIRMWARE_STATE, state, now)
         elif msg_type == wire.BYE:
             self._phone_gone(link, now, "logged out")
             self.peers.remove(link.session)
