@@ -80,7 +80,11 @@ def registered(app, now):
             if running != state.get("partition"):   # the bootloader went back already
                 state = _rolled_back(state)
             else:
-                esp32.Partition.mark_app_valid_cancel_rollback()
+                try:
+                    esp32.Partition.mark_app_valid_cancel_rollback()
+                except OSError as exc:   # -261: an image built without app roll-back (MicroPython's esp32 docs)
+                    app.log("W", "firmware %s kept, but this image cannot roll back by itself: %s"
+                            % (state.get("version"), exc))
         if state.get("trial"):
             state["trial"] = 0
             state.pop("boots", None)
