@@ -73,6 +73,11 @@ def idle(app, now):
 def registered(app, now):
     """The phone registered: a firmware on trial is kept (the switch made final), a roll-back reported."""
     state = app.firmware
+    if state.get("trial") and state.get("kind", "files") == "files" and not state.get("boots"):
+        # firmware/otaboot.py did not run: a main.py from before over-the-air updates booted the old firmware
+        app.log("E", "firmware %s was not booted: this handset's main.py does not choose a slot (redeploy it)"
+                % state.get("version"))
+        state = _rolled_back(state)
     if state.get("trial"):
         if state.get("kind") == "image":
             import esp32
@@ -94,6 +99,7 @@ def registered(app, now):
     if state.get("rolled_back") and not state.get("reported"):
         app.log("W", "firmware %s was rolled back; running %s" % (state["rolled_back"],
                                                                  state.get("version") or "the deployed firmware"))
+        app.firmware = state   # what report() says runs
         report(app, state["rolled_back"], ROLLED_BACK, now)
         state["reported"] = 1
         rarely("firmware.otaboot").write(state)

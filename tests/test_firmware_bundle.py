@@ -355,3 +355,48 @@ def test_a_remote_host_resumes_its_download_where_it_stopped_and_checks_it(tmp_p
         serve(fetch, wants, count)
         assert fetch.status()["state"] == "refused"
         assert sorted(os.listdir(folder)) == ["3.1.4.bin"]
+
+
+NOT_BOOTED = r"""
+import sys, json, os
+sys.path.insert(0, _ROOT_)
+os.chdir(_FLASH_)
+from firmware import ota
+
+
+class Login:
+    def send(self, msg_type, ies, now):
+        print("sent", msg_type, ies.get(0x2E), ies.get(0x2F), ies.get(0x30))
+
+
+class Phone:
+    login = Login()
+
+
+class App:
+    phone = Phone()
+
+    def log(self, level, msg):
+        print(level, msg)
+
+
+app = App()
+app.firmware = json.load(open("ota.json"))
+ota.registered(app, 0)
+print(json.load(open("ota.json")) == app.firmware, app.firmware["version"], app.firmware["rolled_back"])
+"""
+
+
+def test_a_slot_that_main_py_did_not_boot_is_not_kept(tmp_path):
+    """A handset deployed before over-the-air updates has a main.py that does not ask firmware/otaboot.py:
+    it boots the old firmware, which must not take the new version for its own once registered."""
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "ota.json").write_text(json.dumps({"kind": "files", "slot": "ota/a", "version": "2", "trial": 1,
+                                                "previous": {"kind": "files", "slot": None, "version": None}}))
+    script = NOT_BOOTED.replace("_ROOT_", repr(str(ROOT))).replace("_FLASH_", repr(str(flash)))
+    r = subprocess.run([micropython_binary(), "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [
+        "E firmware 2 was not booted: this handset's main.py does not choose a slot (redeploy it)",
+        "W firmware 2 was rolled back; running the deployed firmware", "sent 69 2 5 ", "True None 2"]
