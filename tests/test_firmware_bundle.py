@@ -400,3 +400,27 @@ def test_a_slot_that_main_py_did_not_boot_is_not_kept(tmp_path):
     assert r.stdout.splitlines() == [
         "E firmware 2 was not booted: this handset's main.py does not choose a slot (redeploy it)",
         "W firmware 2 was rolled back; running the deployed firmware", "sent 69 2 5 ", "True None 2"]
+
+
+def test_deploy_removes_an_updates_slots_so_the_deployed_firmware_boots(tmp_path):
+    """After an over-the-air update a handset has ota/ and ota.json; `upbx deploy` writes new firmware,
+    which must be what boots next, not the update's slot in front of it."""
+    from tests.support import require_tool
+    from tests.test_device_tools import REF_BOARD, fake_tree, upbx
+    from upbx.tools.vhandset import VirtualHandset
+    micropython_binary()
+    require_tool("socat", "apt-get install socat; make test does it as root")
+    with VirtualHandset(tmp_path / "device") as handset:
+        dev = handset.device_dir
+        (dev / "ota" / "a" / "firmware").mkdir(parents=True)
+        (dev / "ota" / "a" / "firmware" / "app.mpy").write_bytes(b"M\x06")
+        (dev / "ota.json").write_text('{"kind": "files", "slot": "ota/a", "version": "2", "trial": 0}')
+        r = upbx("deploy", "--port", handset.link, "--board", REF_BOARD, "--offline", "--src-root",
+                 str(fake_tree(tmp_path / "src")), "--build-dir", str(tmp_path / "build"))
+        assert r.returncode == 0, r.stderr
+        assert "deploy: removed an over-the-air update's ota/ and ota.json: the deployed firmware boots now" in r.stdout
+        assert not (dev / "ota").exists() and not (dev / "ota.json").exists()
+        assert (dev / "common" / "wire.mpy").exists()
+        again = upbx("deploy", "--port", handset.link, "--board", REF_BOARD, "--offline", "--src-root",
+                     str(tmp_path / "src"), "--build-dir", str(tmp_path / "build"))
+        assert again.returncode == 0 and "ota.json" not in again.stdout    # nothing to remove: nothing said
