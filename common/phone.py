@@ -16,6 +16,8 @@
 Two lines: `call` is the current one; `other` is a second call beside it, either waiting (ringing,
 Incoming with waiting 1) or held (this phone sent HOLD for it). Ended's line is 1 when the other
 line ended; when the current one ends the other becomes current (held, or ringing).
+    phone.firmware_sink: None, or what takes each FIRMWARE message's IEs (sink(ies, now)) while the
+        firmware downloads an update (firmware/ota.py; without one the chunks are dropped and counted)
     phone.messages: new voicemail messages (MESSAGE_WAITING from the host; no event: the app
         compares it with what it shows, which keeps an event class off a handset's heap)
 
@@ -35,6 +37,7 @@ _SETUP_TIMEOUT_MS = const(20000)
 _IE_ANSWER = const(0x29)          # wire_names' "answer": a SETUP the phone answers at once (intercom 1, page 2)
 _IE_CODEC = const(0x1B)           # wire_names' "codec": sent by an A-law phone only (host/codec.py)
 _SYSINFO_MAX_CHUNKS = const(64)   # 16 KB: more than a handset keeps for its system information
+_FIRMWARE = const(0x43)           # wire_names' FIRMWARE: a chunk of an update (firmware/ota.py takes it)
 # what a call message from the host is, to the call's state machine
 _RECEIVED = {wire.ALERTING: ALERTING_RECEIVED, wire.ANSWER: ANSWER_RECEIVED, wire.RELEASE: RELEASE_RECEIVED,
              wire.DTMF: DTMF_RECEIVED}
@@ -75,6 +78,7 @@ class Sysinfo(Event):
 class Phone:
     messages = 0     # new voicemail messages: set on the instance by the first MESSAGE_WAITING
     codec = 0        # G.711 law (wire CODEC_*): an A-law phone's app sets 8; named in its SETUPs and ALERTINGs
+    firmware_sink = None   # set on the instance while an update downloads (firmware/ota.py)
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
         self.random_bytes = random_bytes
@@ -272,6 +276,12 @@ class Phone:
             self._setup(ies, now)
         elif msg_type == wire.MESSAGE_WAITING:
             self.messages = ies.get(wire.IE_STATE, 0)
+        elif msg_type == _FIRMWARE:
+            sink = self.firmware_sink
+            if sink is None:
+                self.dropped += 1
+            else:
+                sink(ies, now)
         else:
             call, line = self.call, 0
             peer = ies.get(wire.IE_PEER_CALL_NO)

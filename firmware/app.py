@@ -584,6 +584,10 @@ class App:
         self._sampled_at = None
         self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS)
         self.hal.network_up()
+        if self.ota is not None:   # an over-the-air update downloading (firmware/ota.py)
+            self.ota.tick(now)
+        elif (self.ota_offer is not None or self.firmware.get("trial")) and self.phone.call is None:
+            rarely("firmware.ota").idle(self, now)
         gc.collect()
         self._rx_n = _RX_BYTES
         if self.profile is not None:

@@ -95,6 +95,11 @@ def init(app, config, hal):
         ticks = config["profile"]
         app.profile = TickProfile(DEFAULT_TICKS if ticks is True else int(ticks))
         app.hal = app.profile.time_io(None, None, hal)[2]
+    # over-the-air updates (firmware/ota.py): the firmware running (ota.json, firmware/otaboot.py; {}
+    # for the deployed one), an update offered by the system information, a download under way
+    app.firmware = rarely("firmware.otaboot").read() or {}
+    app.ota_offer = None
+    app.ota = None
     rarely("firmware.sysinfo").restore(app)   # the system information kept in flash
     app.hal.attach(app.poller)   # what of the HAL wakes the loop (an ESP32's microphone in a call)
 

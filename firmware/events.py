@@ -30,6 +30,8 @@ def handle(app, events, now):
             app.summary["registered"] = True
             app.log("I", "registered as %s" % app.config["extension"])
             app.hal.display("idle", None)
+            # which firmware runs, to the host; after an over-the-air update: keep it, or report its roll-back
+            rarely("firmware.ota").registered(app, now)
         elif kind is LoginDown:
             app.log("W", "registration lost: %s" % event.reason)
         elif (kind is Incoming and event.waiting) or (kind is Ended and event.line):

@@ -54,7 +54,14 @@ def restore(app):
 
 def use(app, info):
     """What the handset takes from the system information: settings.speed_dial,
-    "BUTTON=NUMBER,..." (docs/sysinfo.md), for boards whose buttons dial."""
+    "BUTTON=NUMBER,..." (docs/sysinfo.md), for boards whose buttons dial; an over-the-air update
+    offered to this phone ("firmware", docs/operations.md), which firmware/ota.py installs when idle."""
+    offer = info.get("firmware") if isinstance(info, dict) else None
+    if isinstance(offer, dict) and ("extensions" not in offer or app.config["extension"] in offer["extensions"]):
+        offer.pop("extensions", None)
+        app.ota_offer = offer
+    else:
+        app.ota_offer = None
     text = info.get("settings", {}).get("speed_dial", "") if isinstance(info, dict) else ""
     dial = {}
     for item in str(text).split(","):

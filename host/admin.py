@@ -12,7 +12,7 @@ import os
 import sqlite3
 import sys
 
-from upbx.host import features, groups_admin, tokens, voicemail_admin
+from upbx.host import features, firmware, groups_admin, tokens, voicemail_admin
 from upbx.host.moh import MAX_SECONDS, MusicOnHoldError, wav_ulaw
 from upbx.host.config import ConfigError, load_main_config
 from upbx.host.directory import Directory, DirectoryError, SYSINFO_KEYS
@@ -26,7 +26,7 @@ def add_arguments(parser):
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="MAIN.toml", help="the main host's configuration (its database key)")
     where.add_argument("--database", metavar="PATH", help="the main host's SQLite database")
-    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,voicemail,attendant,calls,sysinfo,token}",
+    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,voicemail,attendant,calls,sysinfo,token,firmware}",
                                    required=True)
 
     site = _actions(things, "site", "sites (shops, farms, schools...)")
@@ -89,6 +89,7 @@ def add_arguments(parser):
     p.add_argument("value")
     _leaf(info, "unset", "remove one key").add_argument("key")
     tokens.add_arguments(things, _actions, _leaf)
+    firmware.add_arguments(things, _actions, _leaf)   # host/firmware.py
 
 
 def _actions(things, name, help_text):
@@ -427,3 +428,4 @@ HANDLERS.update({   # host/voicemail_admin.py
     ("attendant", "list"): _voicemail(voicemail_admin.attendant_list, _table),
     ("attendant", "remove"): _voicemail(voicemail_admin.attendant_remove, _done),
 })
+HANDLERS.update(firmware.handlers(_done, _table))   # host/firmware.py

@@ -8,7 +8,8 @@ import os
 from upbx.common import wire
 from upbx.common.call import RELEASE_RECEIVED
 from upbx.common.chunks import chunk_ies
-from upbx.host import codec, features, groups, lines
+from upbx.host import codec, features, firmware, groups, lines
+from upbx.host.firmware_transfer import FirmwareServer, PhoneStates
 from upbx.host.core import HostCore
 from upbx.host.directory import MAIN_ORIGIN, Directory, wire_text
 from upbx.host.moh import MusicOnHold
@@ -56,6 +57,9 @@ class MainHost(HostCore):
         self.music_version = 0   # the operator's music on hold (0: the generated default), docs/features.md
         self.music_acked = {}    # remote host name -> the music version it said it has
         self.groups = groups.GroupCalls(self)
+        self.firmware = firmware.FirmwareStore(self.directory)   # over-the-air updates (host/firmware.py)
+        self.firmware_server = FirmwareServer(self.firmware, self.stats)
+        self.firmware_phones = PhoneStates(self.log)   # the phones attached here
         self._load_music()
         store = VoicemailStore(str(config.database) + ".voicemail") if str(config.database) != ":memory:" else None
         self.voicemail = Endpoint(self, store, MAIN_ORIGIN, self._mailbox_changed)
@@ -197,6 +201,11 @@ class MainHost(HostCore):
             if len(self._sysinfo_cache) > 1024 or any(v != version for v, _s in self._sysinfo_cache):
                 self._sysinfo_cache.clear()
             info = dict(data)
+            offer = firmware.site_offer(info, site, [e.number for e in self.directory.extensions(site)],
+                                        self.firmware.entry)
+            info.pop(firmware.ROLLOUT_KEY, None)
+            if offer is not None:
+                info["firmware"] = offer
             info["site"] = site
             info["sites"] = [s.name for s in self.directory.sites()]
             info["directory"] = {e.number: e.name for e in self.directory.extensions(site)}
@@ -248,6 +257,15 @@ class MainHost(HostCore):
             self.mailbox_sync.receive(link, ies, now)
         elif msg_type == wire.MUSIC and link.kind == "host":
             self.music_acked[link.name] = ies.get(wire.IE_VERSION)
+        elif msg_type == wire.FIRMWARE_WANT:
+            self.firmware_server.want(link, ies, now)
+        elif msg_type == wire.FIRMWARE_STATE:
+            number = link.name if link.kind == "phone" else ies.get(wire.IE_EXTENSION)
+            row = self.directory.extension(number) if number else None
+            if row is not None and (link.kind == "phone" or row.site == self._site_of(link)):
+                self.firmware_phones.update(number, ies)
+            else:
+                self.stats.drop("firmware state of another site's extension")
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)
@@ -730,4 +748,5 @@ class MainHost(HostCore):
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
             "sysinfo_version": self._sysinfo_version,
             "sysinfo_sent": {k: dict(v) for k, v in self.sysinfo_sent.items()},
+            "firmware": {"phones": dict(self.firmware_phones.phones)},
         }

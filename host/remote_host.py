@@ -12,6 +12,7 @@ import os
 
 from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
+from upbx.host.firmware_transfer import FirmwareFetcher, PhoneStates
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
 from upbx.host import codec, features, groups, lines
@@ -86,6 +87,11 @@ class RemoteHost(HostCore):
         self.mailbox_cache = voicemail_sync.MailboxCache(self)   # the site's mailboxes, kept current (B4)
         if store is not None:
             store.track_changes = True
+        # over-the-air updates: the site's bundle fetched once from the main host, served on the LAN
+        self.firmware = FirmwareFetcher(str(config.directory_cache) + ".firmware", self.main_link.send_signal,
+                                        self.stats, self.log)
+        self.firmware_phones = PhoneStates(self.log)
+        self.firmware.offered(self.cache.sysinfo["info"], 0, False)
 
     def _secret_of(self, identity):
         kind, name = identity
@@ -195,6 +201,7 @@ class RemoteHost(HostCore):
                 known = version == self.cache.sysinfo["version"]  # again after a login: phones have it
                 self.cache.set_sysinfo(version, obj)
                 self.stats.count("sysinfo versions received")
+                self.firmware.offered(obj, now, True)
                 if not known:
                     for link in self.phone_links.values():
                         self._send_sysinfo(link, now)
@@ -243,6 +250,8 @@ class RemoteHost(HostCore):
             self.voicemail_upload.acknowledged(ies, now)
         elif msg_type in (wire.MAILBOX, wire.MAILBOX_CHANGE):
             self.mailbox_cache.message(msg_type, ies, now)
+        elif msg_type == wire.FIRMWARE:
+            self.firmware.chunk(ies, now)
 
     # phones
 
@@ -306,6 +315,14 @@ class RemoteHost(HostCore):
             return
         if msg_type == wire.SYSINFO_ACK:
             self.sysinfo_acked[link.name] = ies.get(wire.IE_VERSION)
+        elif msg_type == wire.FIRMWARE_WANT:
+            self.firmware.want(link, ies, now)
+        elif msg_type == wire.FIRMWARE_STATE:
+            self.firmware_phones.update(link.name, ies)
+            if self.main_link.up:   # the main host's status shows every phone's (docs/operations.md)
+                state = dict(ies)
+                state[wire.IE_EXTENSION] = link.name
+                self.main_link.send_signal(wire.FIRMWARE_STATE, state, now)
         elif msg_type == wire.BYE:
             self._phone_gone(link, now, "logged out")
             self.peers.remove(link.session)
@@ -749,6 +766,7 @@ class RemoteHost(HostCore):
         else:
             self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
         self.pairs.tick(now)
+        self.firmware.tick(now, self.main_link.up)
         for pair in self.pairs.values():
             if pair.link.up:
                 self._probe_if_silent(pair, now)
@@ -798,6 +816,7 @@ class RemoteHost(HostCore):
             "mailbox_changes_pending": len(self.voicemail.store.pending_changes()) if self.voicemail.store else 0,
             "sysinfo_version": self.cache.sysinfo["version"],
             "sysinfo_acked": dict(self.sysinfo_acked),
+            "firmware": {"fetch": self.firmware.status(), "phones": dict(self.firmware_phones.phones)},
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
         }

@@ -256,7 +256,7 @@ def test_deploy_frozen_refuses_an_image_without_the_frozen_firmware(handset, tmp
     (handset.device_dir / "firmware" / "app.mpy").write_bytes(b"M\x06")
     r = upbx("deploy", "--port", handset.link, "--board", REF_BOARD, "--frozen")
     assert r.returncode == 1
-    assert ("deploy: --frozen: the MicroPython image on %s has no upbx firmware frozen in (no firmware/start, "
+    assert ("deploy: --frozen: the MicroPython image on %s has no upbx firmware frozen in (no firmware/otaboot, firmware/start, "
             "firmware/app, common/phone among its modules): flash one built by `upbx build --image esp32 --board %s`"
             % (handset.link, REF_BOARD)) in r.stderr
     assert sorted(p.name for p in handset.device_dir.rglob("*")) == ["app.mpy", "firmware"]

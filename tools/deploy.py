@@ -163,9 +163,12 @@ def _rm(p):
     else:
         os.remove(p)
     return n
-print("removed", _rm("common"), _rm("firmware"))
+print("removed", _rm("common"), _rm("firmware"), _rm("ota"), _rm("ota.json"))
 """
-FROZEN_MODULES = ("firmware/start", "firmware/app", "common/phone")
+# an over-the-air update's slots and its choice (docs/operations.md): a deployment replaces them, or
+# the slot would still be booted in front of what was just deployed
+REMOVE_UPDATES = REMOVE_PACKAGES.replace('_rm("common"), _rm("firmware"), ', "")
+FROZEN_MODULES = ("firmware/otaboot", "firmware/start", "firmware/app", "common/phone")
 
 
 def deploy_frozen(port, board, config=None, reset=False, log=print):
@@ -182,6 +185,8 @@ def deploy_frozen(port, board, config=None, reset=False, log=print):
     removed = mpremote(port, "exec", REMOVE_PACKAGES, log=log).split()
     log("deploy: removed /common and /firmware (%s files and directories): they would shadow the frozen modules"
         % (int(removed[1]) + int(removed[2])))
+    if int(removed[3]) + int(removed[4]):
+        log("deploy: removed an over-the-air update's ota/ and ota.json: the deployed firmware boots now")
     with tempfile.TemporaryDirectory(prefix="upbx-deploy-") as stage:
         stage = pathlib.Path(stage)
         (stage / BOARD_FILE).write_text(json.dumps(board_data, indent=1) + "\n")
@@ -223,6 +228,8 @@ def deploy(port, board, build_dir=build_tool.DEFAULT_OUT, src_root=ROOT, config=
         # ':.' and not ':' as the destination: mpremote's recursive cp tests whether
         # the destination exists, and '' does not exist on the unix port
         mpremote(port, "fs", "cp", "-r", *copies, ":.", log=log)
+        if sum(int(n) for n in mpremote(port, "exec", REMOVE_UPDATES, log=log).split()[1:]):
+            log("deploy: removed an over-the-air update's ota/ and ota.json: the deployed firmware boots now")
         mpremote(port, "fs", "cp", str(stage / BOARD_FILE), ":" + BOARD_FILE, log=log)
         log("deploy: board %s -> %s" % (board_data["name"], BOARD_FILE))
         if config is not None:

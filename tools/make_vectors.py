@@ -276,6 +276,7 @@ IE_EXAMPLES = {
     wire.IE_JOIN_CALL_NO: 0x0124,
     wire.IE_ANSWER: 2,
     wire.IE_CONF_CALL_NO: 0x0456,
+    wire.IE_FW_VERSION: "2.0.1", wire.IE_FW_STATE: 4, wire.IE_FW_RUNNING: "2.0.0",
 }
 
 
