@@ -51,6 +51,10 @@ def add_arguments(parser):
     p.add_argument("number")
     p.add_argument("--site", required=True)
     p.add_argument("--name", default="", help="name shown in the directory")
+    p.add_argument("--sip", action="store_true", help="for a SIP phone: print its SIP password instead (docs/sip.md)")
+    p = _leaf(ext, "sip", "give an extension a new SIP password and print it (shown once), or --off")
+    p.add_argument("number")
+    p.add_argument("--off", action="store_true", help="the extension is no SIP phone's any more")
     _leaf(ext, "list", "list extensions").add_argument("--site", help="only this site's")
     _leaf(ext, "remove", "remove an extension").add_argument("number")
     _leaf(ext, "bar", "bar an extension from local calls").add_argument("number")
@@ -178,9 +182,30 @@ def host_remove(d, args):
 
 
 def ext_add(d, args):
-    secret = d.add_extension(args.number, args.site, args.name)
-    _secret(args, "extension %s added to site %r" % (args.number, args.site),
-            {"number": args.number, "site": args.site, "name": args.name, "secret": secret.hex()})
+    secret = d.add_extension(args.number, args.site, args.name, sip=args.sip)
+    value = {"number": args.number, "site": args.site, "name": args.name, "secret": secret.hex()}
+    if args.sip:
+        value["sip_password"] = d.sip_password(args.number)
+        return _sip_password(args, "extension %s added to site %r" % (args.number, args.site), value)
+    _secret(args, "extension %s added to site %r" % (args.number, args.site), value)
+
+
+def ext_sip(d, args):
+    if args.off:
+        d.remove_sip_password(args.number)
+        return _done(args, "extension %s is no SIP phone's any more" % args.number, {"number": args.number})
+    password = d.set_sip_password(args.number)
+    _sip_password(args, "extension %s has a new SIP password" % args.number,
+                  {"number": args.number, "sip_password": password})
+
+
+def _sip_password(args, message, value):
+    """The SIP password alone on stdout (for scripts), how to use it on stderr."""
+    if args.json:
+        return _print_json(value)
+    print("%s; its SIP password (user name %s, realm upbx), shown only this once:" % (message, args.number),
+          file=sys.stderr)
+    print(value["sip_password"])
 
 
 def ext_list(d, args):
@@ -314,7 +339,7 @@ def sysinfo_unset(d, args):
 HANDLERS = {
     ("site", "add"): site_add, ("site", "list"): site_list, ("site", "remove"): site_remove,
     ("host", "add"): host_add, ("host", "list"): host_list, ("host", "remove"): host_remove,
-    ("ext", "add"): ext_add, ("ext", "list"): ext_list, ("ext", "remove"): ext_remove,
+    ("ext", "add"): ext_add, ("ext", "sip"): ext_sip, ("ext", "list"): ext_list, ("ext", "remove"): ext_remove,
     ("ext", "bar"): ext_bar, ("ext", "unbar"): ext_unbar, ("ext", "forward"): ext_forward,
     ("ext", "dnd"): ext_dnd, ("ext", "features"): ext_features,
     ("moh", "set"): moh_set, ("moh", "unset"): moh_unset, ("moh", "show"): moh_show,
