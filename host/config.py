@@ -65,6 +65,10 @@ def _log_keys():
 SECTIONS = {
     "main": [
         Key("listen", "hostport", "0.0.0.0:4569", "UDP address for signalling and media of all remote hosts and phones"),
+        Key("sip_listen", "hostport", "0.0.0.0:5060",
+            "UDP address for SIP phones of sites without a remote host; opened only while such a phone is configured (docs/sip.md)"),
+        Key("sip_digest", "choice", "MD5", "digest algorithms a SIP challenge offers, preferred first (docs/sip.md)",
+            choices=("MD5", "SHA-256", "SHA-256,MD5", "MD5,SHA-256")),
         Key("database", "database", "upbx-main.sqlite",
             'SQLite directory and call records, relative to the config file; ":memory:" for tests'),
         Key("control_socket", "path", "", "unix socket answering `upbx status`; empty for none"),
@@ -87,6 +91,10 @@ SECTIONS = {
         Key("secret", "secret", REQUIRED, "hex secret printed by `upbx admin host add` (at least 16 bytes)", min_bytes=16),
         Key("main", "hostport", REQUIRED, "the main host's public address"),
         Key("listen", "hostport", "0.0.0.0:4570", "UDP address for the site's phones and for other remote hosts"),
+        Key("sip_listen", "hostport", "0.0.0.0:5060",
+            "UDP address for the site's SIP phones; opened only while one is configured (docs/sip.md)"),
+        Key("sip_digest", "choice", "MD5", "digest algorithms a SIP challenge offers, preferred first (docs/sip.md)",
+            choices=("MD5", "SHA-256", "SHA-256,MD5", "MD5,SHA-256")),
         Key("keepalive_s", "int", 10, "keepalive interval towards the main host; keeps the NAT binding open and bounds how long the site is unreachable after its public address changes while idle (B7)", min=1, max=25),
         Key("uplink_kbps", "int", 0, "uplink budget for call admission; 0 for no limit", min=0),
         Key("conference_parties", "int", 5,

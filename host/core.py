@@ -113,6 +113,9 @@ class HostCore:
         self.held = set()           # calls held by a phone of this host: music on hold goes out every tick
         self.moh = MusicOnHold()    # a subclass may set its configured WAV
         self.conferences = Conferences(self)   # a subclass sets max_parties from its configuration
+        self.sip = None             # SipEdge (host/sip/edge.py) of a host that serves SIP phones
+        self.sip_listen = None      # its UDP address; the daemon opens it only while sip_wanted()
+        self._sip_expiry_ms = 0
 
     # the sans-IO surface
 
@@ -153,7 +156,24 @@ class HostCore:
         if self.conferences.active:
             self.conferences.tick(now)    # queued before on_tick flushes the trunks
         self.on_tick(now)
+        if self.sip is not None and now - self._sip_expiry_ms >= 1000:
+            self._sip_expiry_ms = now
+            self.sip.handle_timer(now)
         self.meter.sample(now, self.bandwidth_owners())
+
+    # SIP phones (docs/sip.md): datagrams of the SIP port, which the daemon holds apart
+
+    def sip_wanted(self):
+        """True while some extension served here has a SIP password (the daemon opens the port)."""
+        return False
+
+    def receive_sip(self, data, addr, now):
+        self.now = now
+        self.sip.receive_datagram(data, addr, now)
+
+    def sip_datagrams_to_send(self):
+        """[(bytes, address)] for the SIP port."""
+        return self.sip.datagrams_to_send() if self.sip is not None else []
 
     def datagrams_to_send(self):
         """[(bytes, address, dscp)] queued since the last call, in order; relayed trunk frames and

@@ -48,6 +48,9 @@ class Daemon:
         self._stopping = None
         self._wake = None
         self._batch = None       # the C fast path's recvmmsg/sendmmsg (IPv4 sockets), else None
+        self.sip_sock = None     # the SIP port, open only while the core has SIP phones (docs/sip.md)
+        self.sip_address = None
+        self._sip_checked = None
 
     # sending: each datagram with the DSCP the core gave it (voice EF, signalling CS3)
 
@@ -73,6 +76,8 @@ class Daemon:
                 self._queue(data, address, tos)
             except OSError:
                 self.core.stats.count("socket errors")
+        if self.sip_sock is not None:
+            self._sip_flush()
 
     def _send_batch(self, out):
         """sendmmsg as much of out as the socket takes, each datagram with its DSCP; returns the rest."""
@@ -180,6 +185,67 @@ class Daemon:
                 started = clock()
         self._flush()
 
+    # the SIP port: plain datagrams, SIP's own rate (no burst hold, no batches, DSCP CS3)
+
+    def _sip_port(self, now):
+        """Open the SIP port when the core has SIP phones to serve, close it when it has none; checked
+        once a second (the directory may change under a running host)."""
+        if self._sip_checked is not None and now - self._sip_checked < 1000:
+            return
+        self._sip_checked = now
+        try:
+            wanted = self.core.sip_listen is not None and self.core.sip_wanted()
+        except Exception as exc:
+            return self._internal_error(exc, "sip")
+        loop = asyncio.get_running_loop()
+        if wanted and self.sip_sock is None:
+            family, _t, _p, _n, sockaddr = socket.getaddrinfo(*self.core.sip_listen, type=socket.SOCK_DGRAM)[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                sock.close()
+                self.core.stats.count("sip port unavailable")
+                return self.log.error("sip-port", listen="%s:%d" % self.core.sip_listen, error=str(exc))
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x60)   # DSCP CS3, as the host's signalling
+            self.sip_sock, self.sip_address = sock, sock.getsockname()
+            loop.add_reader(sock.fileno(), self._sip_readable)
+            self.log.info("sip-port", listen="%s:%d" % self.sip_address[:2])
+        elif not wanted and self.sip_sock is not None:
+            self._sip_close()
+
+    def _sip_close(self):
+        asyncio.get_running_loop().remove_reader(self.sip_sock.fileno())
+        self.sip_sock.close()
+        self.sip_sock = self.sip_address = None
+
+    def _sip_readable(self):
+        for _ in range(self.RX_BURST):
+            try:
+                data, addr = self.sip_sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.core.stats.count("socket errors")
+                continue
+            try:
+                self.core.receive_sip(data, addr, now_ms())
+            except Exception as exc:  # a bug must not stop the exchange; count it and keep going
+                self._internal_error(exc, "sip %s:%d" % addr[:2])
+        self._flush()
+
+    def _sip_flush(self):
+        try:
+            out = self.core.sip_datagrams_to_send()
+        except Exception as exc:
+            return self._internal_error(exc, "sip flush")
+        for data, address in out:
+            try:
+                self.sip_sock.sendto(data, address)
+            except OSError:   # a full buffer loses a SIP datagram: the transaction layer resends it
+                self.core.stats.count("socket errors")
+
     def _internal_error(self, exc, where):
         self.core.stats.drop("internal error")
         self.log.error("internal-error", error=repr(exc), where=where)
@@ -198,13 +264,15 @@ class Daemon:
                 core.handle_timer(now_ms())
             except Exception as exc:
                 self._internal_error(exc, "timer")
+            self._sip_port(now_ms())
             self._flush()
 
     async def _control(self, reader, writer):
         try:
             line = (await reader.readline()).decode().strip() or "status"
             if line == "status":
-                reply = dict(self.core.status(), pid=os.getpid(), fast_path="C" if self._batch is not None else "python",
+                reply = dict(self.core.status(), pid=os.getpid(),
+                             sip_listen="%s:%d" % self.sip_address[:2] if self.sip_address else None, fast_path="C" if self._batch is not None else "python",
                              fast_path_datagrams=self._batch.taken() if self._batch is not None else 0)
             else:
                 reply = {"error": "unknown request %r" % line}
@@ -257,6 +325,8 @@ class Daemon:
                 if os.path.exists(self.control_socket):
                     os.unlink(self.control_socket)
             loop.remove_reader(sock.fileno())
+            if self.sip_sock is not None:
+                self._sip_close()
             if self._tx_queue:
                 loop.remove_writer(sock.fileno())
                 self._tx_queue.clear()

@@ -15,6 +15,7 @@ from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause
 from upbx.host.records import call_record, decode_upload
+from upbx.host.sip.edge import SIP_REALM, SipEdge
 from upbx.host.switch import Link, Switch
 from upbx.host import voicemail, voicemail_upload
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
@@ -57,6 +58,8 @@ class MainHost(HostCore):
         store = VoicemailStore(str(config.database) + ".voicemail") if str(config.database) != ":memory:" else None
         self.voicemail = Endpoint(self, store, MAIN_ORIGIN, self._message_waiting)
         self.voicemail_uploads = voicemail_upload.Receiver(self)
+        self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
+        self.sip_listen = config.sip_listen
 
     # directory
 
@@ -69,14 +72,26 @@ class MainHost(HostCore):
             return None  # phones of a site with a remote host register there, not here
         return row.secret
 
+    def _sip_password(self, number):
+        """SIP phones of sites without a remote host register here (docs/sip.md)."""
+        row = self.directory.extension(number)
+        if row is None or self.directory.remote_host_of_site(row.site) is not None:
+            return None
+        return self.directory.sip_password(number)
+
+    def sip_wanted(self):
+        return any(self._sip_password(n) for n in self.directory.sip_passwords())
+
     def _site_directory(self, site):
         """The extensions of a site with their secrets, for its remote host's cache."""
         site_row = self.directory.site(site)
+        sip = self.directory.sip_passwords(site)
         return {
             "site": site,
             "local_calls": bool(site_row.local_calls),
             "local_call_quota": site_row.local_call_quota,
-            "extensions": {e.number: {"name": e.name, "secret": e.secret.hex(), "barred": bool(e.barred)}
+            "extensions": {e.number: dict({"name": e.name, "secret": e.secret.hex(), "barred": bool(e.barred)},
+                                          **({"sip_password": sip[e.number]} if e.number in sip else {}))
                            for e in self.directory.extensions(site)},
             "features": self.directory.site_features(site),
             "groups": self.directory.site_groups(site),
@@ -698,4 +713,5 @@ class MainHost(HostCore):
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
             "sysinfo_version": self._sysinfo_version,
             "sysinfo_sent": {k: dict(v) for k, v in self.sysinfo_sent.items()},
+            "sip": self.sip.status(self.now),
         }

@@ -22,6 +22,7 @@ from upbx.host.policy import local_call_cause, uplink_admits
 from upbx.host.punch import Pairs
 from upbx.host.records import RecordStore, call_record, encode_upload
 from upbx.host.site_cache import SiteCache
+from upbx.host.sip.edge import SIP_REALM, SipEdge
 from upbx.host.switch import Link, Switch
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 from upbx.host.voicemail import mailbox_of as voicemail_mailbox
@@ -82,10 +83,20 @@ class RemoteHost(HostCore):
         # B4: messages recorded while the main host is away, uploaded once it is back
         self.voicemail = Endpoint(self, store, config.name, lambda mailbox, now: self.voicemail_upload.next(now))
         self.voicemail_upload = voicemail_upload.Uploader(self)
+        self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
+        self.sip_listen = config.sip_listen
 
     def _secret_of(self, identity):
         kind, name = identity
         return self.cache.secret(name) if kind == "phone" else None
+
+    def _sip_password(self, number):
+        """The site's SIP phones register here, from the cached directory (so also while the main host is away)."""
+        ext = self.cache.extension(number)
+        return ext.get("sip_password") if ext else None
+
+    def sip_wanted(self):
+        return any(ext.get("sip_password") for ext in self.cache.extensions.values())
 
     # lifecycle
 
@@ -752,6 +763,7 @@ class RemoteHost(HostCore):
             "uplink": {"budget_kbps": self.config.uplink_kbps, "calls": self._uplink_calls(),
                        "committed_kbps": round(self._uplink_kbps(), 1) if self._uplink_calls() else 0.0},
             "main": {"state": self.login.state, "logins": self.login.logins},
+            "sip": self.sip.status(self.now),
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
                        "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],

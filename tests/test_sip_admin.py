@@ -33,7 +33,7 @@ def test_ext_add_sip_prints_a_password_the_edge_accepts(tmp_path, capsys):
             ("Contact", "<sip:105@10.0.0.5>")])
         edge.receive_datagram(req.encode(), ("10.0.0.5", 5060), 1000)
         [(data, _)] = edge.datagrams_to_send()
-        p = digest.parse_credentials(message.parse(data).values("WWW-Authenticate")[1])[1]
+        p = digest.parse_credentials(message.parse(data).values("WWW-Authenticate")[0])[1]
         resp = digest.response("MD5", "105", "upbx", password, "REGISTER", "sip:upbx", p["nonce"], "00000001", "x")
         req.add("Authorization", 'Digest username="105", realm="upbx", nonce="%s", uri="sip:upbx", '
                 'response="%s", algorithm=MD5, cnonce="x", qop=auth, nc=00000001' % (p["nonce"], resp))

@@ -16,8 +16,8 @@ SCANNER = ("198.18.7.7", 5070)
 PASSWORDS = {"105": "s3cret-105", "106": "s3cret-106"}
 
 
-def make_edge():
-    return SipEdge("upbx", PASSWORDS.get, Stats(), key=b"k" * 32)
+def make_edge(offer=("SHA-256", "MD5")):
+    return SipEdge("upbx", PASSWORDS.get, Stats(), key=b"k" * 32, offer=offer)
 
 
 def register(number="105", contact=None, expires=None, branch="z9hG4bK1", cseq=1, call_id="reg1@phone",
@@ -89,6 +89,17 @@ def test_register_with_digest(algorithm):
     assert e.contacts_of("105", 1500 + 300 * 1000) == [] and e.bindings == {}
 
 
+def test_md5_alone_is_offered_by_default_and_sha256_still_accepted():
+    e = make_edge(offer=digest.OFFER)
+    e.receive_datagram(register().encode(), PHONE, 1000)
+    [challenge] = one_answer(e).values("WWW-Authenticate")
+    assert "algorithm=MD5" in challenge
+    req = register(cseq=2)
+    req.add("Authorization", credentials(challenge, req, "105", PASSWORDS["105"], algorithm="SHA-256"))
+    e.receive_datagram(req.encode(), PHONE, 1100)
+    assert one_answer(e).status == 200
+
+
 def test_wrong_password_then_silence_then_answered_again():
     e = make_edge()
     now = 1000
@@ -136,7 +147,7 @@ def test_nonce_expires_stale_and_foreign_nonces():
     # a nonce of another host (another key) is not ours either
     other = SipEdge("upbx", PASSWORDS.get, Stats(), key=b"x" * 32)
     other.receive_datagram(register().encode(), PHONE, 1000)
-    foreign = answers(other)[0][0].values("WWW-Authenticate")[1]
+    foreign = answers(other)[0][0].values("WWW-Authenticate")[0]
     req = register(cseq=3)
     req.add("Authorization", credentials(foreign, req, "105", PASSWORDS["105"]))
     e.receive_datagram(req.encode(), PHONE, late + 200)

@@ -170,7 +170,7 @@ class LoopbackExchange:
     """Main host + remote hosts for sites a, b + site c with phones straight at the main host."""
 
     def __init__(self, workdir=None, direct_media=True, ring_timeout_s=30, uplink_kbps=None, log_level="info",
-                 remote_settings=None, phone_args=()):
+                 remote_settings=None, phone_args=(), main_settings=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="upbx-lab-")
         self.procs = []
         self.secrets = {}
@@ -181,6 +181,7 @@ class LoopbackExchange:
         self.main_port = free_port()
         self.remote_ports = {}
         self.remote_settings = remote_settings or {}   # extra [remote] keys, e.g. {"login_backoff_max_s": 2}
+        self.main_settings = main_settings or {}       # extra [main] keys, e.g. {"sip_listen": "127.0.0.1:5062"}
         self.argv = {}
         self.phone_args = list(phone_args)  # flags every virtual handset gets, e.g. --micropython, --heapsize
 
@@ -209,6 +210,8 @@ class LoopbackExchange:
                     'ring_timeout_s = %d\ndirect_media = %s\nlog_level = "%s"\n'
                     % (self.main_port, self.path("main.sock"), self.ring_timeout_s,
                        "true" if self.direct_media else "false", self.log_level))
+            for key, value in self.main_settings.items():
+                f.write("%s = %s\n" % (key, json.dumps(value)))
         self.spawn("main", upbx("main", "--config", self.path("main.toml")))
         for site in self.remote_sites:
             port = self.remote_ports[site] = free_port()

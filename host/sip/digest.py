@@ -20,7 +20,13 @@ import struct
 from upbx.host.sip.message import split_outside_quotes
 
 NONCE_TTL_MS = 5 * 60 * 1000
-ALGORITHMS = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}   # offered in this order (RFC 7616 3.7)
+ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+# What a challenge offers, by default: MD5 alone. RFC 7616 3.7 has a server send one challenge per
+# algorithm, preferred first, but SIP clients that know only MD5 may give up on a SHA-256
+# challenge instead of skipping it (baresip 1.0 with libre 1.x: "Register: Function not
+# implemented"), so offering SHA-256 is a host's choice (config key sip_digest). Credentials with
+# either algorithm are accepted whatever was offered.
+OFFER = ("MD5",)
 
 
 def h(algorithm, text):
@@ -54,8 +60,9 @@ def parse_credentials(value):
 class Authenticator:
     """Challenges and checks credentials; knows passwords through password_of(username)."""
 
-    def __init__(self, realm, password_of, key=None, ttl_ms=NONCE_TTL_MS):
+    def __init__(self, realm, password_of, key=None, ttl_ms=NONCE_TTL_MS, offer=OFFER):
         self.realm = realm
+        self.offer = tuple(offer)
         self.password_of = password_of
         self.key = key or os.urandom(32)
         self.ttl_ms = ttl_ms
@@ -80,10 +87,10 @@ class Authenticator:
         return age if age >= 0 else None
 
     def challenges(self, ip, now, stale=False):
-        """WWW-Authenticate values, one per algorithm, strongest first."""
+        """WWW-Authenticate values, one per algorithm offered, preferred first."""
         nonce = self.nonce(ip, now)
         return ['Digest realm="%s", nonce="%s", algorithm=%s, qop="auth"%s'
-                % (self.realm, nonce, algorithm, ", stale=true" if stale else "") for algorithm in ALGORITHMS]
+                % (self.realm, nonce, algorithm, ", stale=true" if stale else "") for algorithm in self.offer]
 
     def check(self, request, header_value, ip, now):
         """("ok", username), ("stale", username) or ("fail", why) for one Authorization value."""

@@ -20,7 +20,7 @@ how a phone behind NAT is reached: its binding keeps that address, not its Conta
 
 from upbx.host.limits import TokenBuckets
 from upbx.host.sip import message as sip
-from upbx.host.sip.digest import Authenticator
+from upbx.host.sip.digest import OFFER, Authenticator
 
 RATE_PER_S = 5          # requests a source may have examined per second
 BURST = 100             # ...and at once: a site of phones behind one NAT registering together
@@ -34,6 +34,7 @@ KNOWN_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK
                  "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE")
 SUPPORTED = ()          # option tags we implement (Require: anything else gets 420)
 USER_AGENT = "upbx"
+SIP_REALM = "upbx"      # the digest realm of every host: a phone's credentials are its extension's
 
 
 class Binding:
@@ -48,9 +49,9 @@ class Binding:
 class SipEdge:
     """SIP phones of a host: registrations, challenges, abuse limits; calls go to `calls`."""
 
-    def __init__(self, realm, password_of, stats, key=None, buckets=None):
+    def __init__(self, realm, password_of, stats, key=None, buckets=None, offer=OFFER):
         self.realm = realm
-        self.auth = Authenticator(realm, password_of, key)
+        self.auth = Authenticator(realm, password_of, key, offer=offer)
         self.password_of = password_of
         self.stats = stats
         self.buckets = buckets or TokenBuckets(RATE_PER_S, BURST)
