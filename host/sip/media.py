@@ -312,7 +312,8 @@ class SipMediaLeg:
     - RTP from the phone's socket -> `rtp_in(datagram, source, now)`;
     - DTMF the link is sent (`send_signal(wire.DTMF, ...)`) -> `dtmf(digit, now)`;
     - every 20 ms tick -> `tick(now)` (DTMF packets and comfort noise due);
-    - a new SDP from the phone -> `media.update(...)`; our direction (hold) -> `media.hold(...)`;
+    - a new SDP from the phone -> `.rtp.update(...)`; our direction (hold) -> `.rtp.hold(...)`
+      (`.rtp` is the SipMedia given);
     - what to send: `send(datagram, address)` if given, else `datagrams_to_send()`, from the
       call's RTP socket (the one the phone sends to: symmetric RTP).
     Frames from the phone go into the switch as the leg's own (`switch.forward`), in mu-law (the
@@ -325,7 +326,7 @@ class SipMediaLeg:
     def __init__(self, core, leg, media, send=None):
         self.core = core
         self.leg = leg
-        self.media = media
+        self.rtp = media
         self._send = send
         self._out = []
         self._to_upbx, self._from_upbx = _transcoders(media.codec)
@@ -359,7 +360,7 @@ class SipMediaLeg:
         self._cn_ms = ts
         if self._from_upbx is not None:
             payload = self._from_upbx(payload)
-        sent = self.media.rtp_out(payload, now, ms=ts)
+        sent = self.rtp.rtp_out(payload, now, ms=ts)
         if sent is not None:
             self._emit(*sent)
 
@@ -368,7 +369,7 @@ class SipMediaLeg:
         if frames is None:
             frames = self._noise[self._cn_level] = [self._make_noise(self._cn_level) for _ in range(4)]
         self._cn_ms += 20
-        sent = self.media.rtp_out(frames[self._rng.randrange(len(frames))], now, ms=self._cn_ms)
+        sent = self.rtp.rtp_out(frames[self._rng.randrange(len(frames))], now, ms=self._cn_ms)
         if sent is not None:
             self._emit(*sent)
 
@@ -376,16 +377,16 @@ class SipMediaLeg:
         amplitude = 32768.0 * 10 ** (-min(level, 127) / 20.0) * 3 ** 0.5   # uniform noise of that rms
         pcm = struct.pack("<%dh" % FRAME, *(max(-32768, min(32767, int(self._rng.uniform(-amplitude, amplitude))))
                                              for _ in range(FRAME)))
-        return ulaw_encode(pcm) if self.media.codec == "PCMU" else alaw_encode(pcm)
+        return ulaw_encode(pcm) if self.rtp.codec == "PCMU" else alaw_encode(pcm)
 
     def dtmf(self, digit, now):
         """A digit from the upbx side, for the phone (RFC 4733)."""
-        for sent in self.media.dtmf_out(digit, now):
+        for sent in self.rtp.dtmf_out(digit, now):
             self._emit(*sent)
 
     def tick(self, now):
         """Every 20 ms: DTMF packets due; a comfort-noise frame while the far end is silent."""
-        for sent in self.media.handle_timer(now):
+        for sent in self.rtp.handle_timer(now):
             self._emit(*sent)
         if self._cn_level is not None:
             self._noise_frame(now)
@@ -395,7 +396,7 @@ class SipMediaLeg:
     def rtp_in(self, datagram, source, now):
         """An RTP datagram from the phone: its audio into the switch, its digits to the host."""
         leg = self.leg
-        for kind, value, ms in self.media.receive(datagram, source, now):
+        for kind, value, ms in self.rtp.receive(datagram, source, now):
             if kind == "audio":
                 if self._to_upbx is not None:
                     value = self._to_upbx(value)
