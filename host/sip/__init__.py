@@ -1,1 +1,1 @@
-"""SIP phones and trunks: messages, registrar, dialogs and the B2BUA (sip-core), SDP and RTP media (sip-media)."""
+"""SIP at a host's edge: SIP phones as extensions, sans-IO (docs/sip.md)."""
