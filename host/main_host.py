@@ -15,6 +15,7 @@ from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause
 from upbx.host.records import call_record, decode_upload
+from upbx.host.sip.calls import SipCalls
 from upbx.host.sip.edge import SIP_REALM, SipEdge
 from upbx.host.switch import Link, Switch
 from upbx.host import voicemail, voicemail_upload
@@ -60,6 +61,7 @@ class MainHost(HostCore):
         self.voicemail_uploads = voicemail_upload.Receiver(self)
         self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
         self.sip_listen = config.sip_listen
+        self.sip_calls = SipCalls(self, self.sip)
 
     # directory
 
@@ -271,8 +273,13 @@ class MainHost(HostCore):
         else:
             peer = self.peers.by_identity.get(("phone", number))
         if peer is None or peer.index not in self.links:
-            return None, wire.CAUSE_UNREACHABLE
+            sip_link = self.sip_calls.link_of(number, self.now) if host is None else None
+            return (sip_link, None) if sip_link is not None else (None, wire.CAUSE_UNREACHABLE)
         return self.links[peer.index], None
+
+    def place_sip_call(self, link, ies, now):
+        """A SIP phone's INVITE, as a SETUP from its link (host/sip/calls.py)."""
+        self._setup(link, ies, now)
 
     def _setup(self, link, ies, now):
         """Route a SETUP from a phone or a remote host. It is checked completely first: a refused
@@ -280,7 +287,7 @@ class MainHost(HostCore):
         if wire.IE_CALL_NO not in ies or wire.IE_CALLED not in ies or wire.IE_MEDIA_KEY not in ies:
             self.stats.drop("setup missing IEs")
             return
-        if link.kind == "phone":
+        if link.kind == "phone" or getattr(link, "sip", False):
             caller = link.name
         else:
             # a remote host places calls for its own site's extensions only: no caller id from elsewhere

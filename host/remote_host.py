@@ -22,6 +22,7 @@ from upbx.host.policy import local_call_cause, uplink_admits
 from upbx.host.punch import Pairs
 from upbx.host.records import RecordStore, call_record, encode_upload
 from upbx.host.site_cache import SiteCache
+from upbx.host.sip.calls import SipCalls
 from upbx.host.sip.edge import SIP_REALM, SipEdge
 from upbx.host.switch import Link, Switch
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
@@ -85,6 +86,7 @@ class RemoteHost(HostCore):
         self.voicemail_upload = voicemail_upload.Uploader(self)
         self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
         self.sip_listen = config.sip_listen
+        self.sip_calls = SipCalls(self, self.sip)
 
     def _secret_of(self, identity):
         kind, name = identity
@@ -295,8 +297,14 @@ class RemoteHost(HostCore):
         self.stats.count("sysinfo copies to phones")
 
     def _phone_link(self, number):
+        """A handset's link, or a registered SIP phone's (docs/sip.md): the host treats both alike."""
         peer = self.peers.by_identity.get(("phone", number))
-        return self.phone_links.get(peer.index) if peer else None
+        link = self.phone_links.get(peer.index) if peer else None
+        return link if link is not None else self.sip_calls.link_of(number, self.now)
+
+    def place_sip_call(self, link, ies, now):
+        """A SIP phone's INVITE, as a SETUP from its link (host/sip/calls.py)."""
+        self._outgoing(link, ies, now)
 
     def _from_phone(self, link, msg_type, ies, now):
         self.count_message(msg_type)
@@ -653,8 +661,10 @@ class RemoteHost(HostCore):
 
     def _local_media(self, call, now):
         """B3: both phones send media to each other on the LAN; no host carries it."""
-        key = os.urandom(16)
         a, b = call.a, call.b
+        if a.link.kind == "app" or b.link.kind == "app":
+            return   # a SIP phone's media is this host's to carry (host/sip/calls.py)
+        key = os.urandom(16)
         for leg, other, role in ((a, b, 0), (b, a, 1)):
             leg.link.send_signal(wire.MEDIA_PEER, {
                 wire.IE_PEER_CALL_NO: leg.peer_call_no, wire.IE_CALL_NO: other.peer_call_no,

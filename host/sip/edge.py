@@ -39,11 +39,12 @@ SIP_REALM = "upbx"      # the digest realm of every host: a phone's credentials 
 
 class Binding:
     """A registered contact of an extension: where the phone is reached and until when."""
-    __slots__ = ("number", "contact", "addr", "call_id", "cseq", "expires_at")
+    __slots__ = ("number", "contact", "addr", "call_id", "cseq", "expires_at", "our_host")
 
-    def __init__(self, number, contact, addr, call_id, cseq, expires_at):
+    def __init__(self, number, contact, addr, call_id, cseq, expires_at, our_host):
         self.number, self.contact, self.addr = number, contact, addr
         self.call_id, self.cseq, self.expires_at = call_id, cseq, expires_at
+        self.our_host = our_host    # host[:port] of the REGISTER's Request-URI: us, as the phone knows us
 
 
 class SipEdge:
@@ -102,7 +103,10 @@ class SipEdge:
         return [b for b in self.bindings.get(number, {}).values() if b.expires_at > now]
 
     def status(self, now):
-        return {"registered": {n: len(self.contacts_of(n, now)) for n in sorted(self.bindings)}}
+        out = {"registered": {n: len(self.contacts_of(n, now)) for n in sorted(self.bindings)}}
+        if self.calls is not None:
+            out["calls"] = self.calls.status()
+        return out
 
     # sending
 
@@ -191,6 +195,7 @@ class SipEdge:
         values = req.values("Contact")
         current = dict(self.bindings.get(number, {}))
         call_id, (cseq, _) = req.call_id, req.cseq
+        our_host = req.uri.host if req.uri.port is None else "%s:%d" % (req.uri.host, req.uri.port)
         if values == ["*"]:
             if expires_header != "0":
                 return self.respond(req, 400, addr)
@@ -210,7 +215,7 @@ class SipEdge:
                 if e == 0:
                     current.pop(uri, None)
                 else:
-                    current[uri] = Binding(number, uri, addr, call_id, cseq, now + e * 1000)
+                    current[uri] = Binding(number, uri, addr, call_id, cseq, now + e * 1000, our_host)
             if len(current) > MAX_CONTACTS:
                 for uri in sorted(current, key=lambda u: current[u].expires_at)[:len(current) - MAX_CONTACTS]:
                     del current[uri]
