@@ -51,6 +51,7 @@ class Daemon:
         self.sip_sock = None     # the SIP port, open only while the core has SIP phones (docs/sip.md)
         self.sip_address = None
         self._sip_checked = None
+        self.rtp_socks = {}      # local port -> socket, one per SIP call (the core says which: rtp_ports())
 
     # sending: each datagram with the DSCP the core gave it (voice EF, signalling CS3)
 
@@ -216,7 +217,12 @@ class Daemon:
             self._sip_close()
 
     def _sip_close(self):
-        asyncio.get_running_loop().remove_reader(self.sip_sock.fileno())
+        loop = asyncio.get_running_loop()
+        for sock in self.rtp_socks.values():
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self.rtp_socks.clear()
+        loop.remove_reader(self.sip_sock.fileno())
         self.sip_sock.close()
         self.sip_sock = self.sip_address = None
 
@@ -238,6 +244,8 @@ class Daemon:
     def _sip_flush(self):
         try:
             out = self.core.sip_datagrams_to_send()
+            self._rtp_sockets()
+            rtp = self.core.rtp_datagrams_to_send()
         except Exception as exc:
             return self._internal_error(exc, "sip flush")
         for data, address in out:
@@ -245,6 +253,53 @@ class Daemon:
                 self.sip_sock.sendto(data, address)
             except OSError:   # a full buffer loses a SIP datagram: the transaction layer resends it
                 self.core.stats.count("socket errors")
+        for data, address, port in rtp:
+            sock = self.rtp_socks.get(port)
+            try:
+                if sock is not None:
+                    sock.sendto(data, address)
+            except OSError:
+                self.core.stats.count("socket errors")
+
+    def _rtp_sockets(self):
+        """One RTP socket per SIP call, on the SIP port's address (DSCP EF), opened and closed as the
+        core's calls come and go."""
+        wanted = self.core.rtp_ports()
+        if wanted == set(self.rtp_socks):
+            return
+        loop = asyncio.get_running_loop()
+        for port in set(self.rtp_socks) - wanted:
+            sock = self.rtp_socks.pop(port)
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        for port in wanted - set(self.rtp_socks):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((self.core.sip_listen[0], port))
+            except OSError as exc:
+                sock.close()
+                self.core.stats.count("rtp port unavailable")
+                self.log.error("rtp-port", port=port, error=str(exc))
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xB8)   # DSCP EF
+            self.rtp_socks[port] = sock
+            loop.add_reader(sock.fileno(), self._rtp_readable, port, sock)
+
+    def _rtp_readable(self, port, sock):
+        for _ in range(self.RX_BURST):
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.core.stats.count("socket errors")
+                break
+            try:
+                self.core.receive_rtp(port, data, addr, now_ms())
+            except Exception as exc:
+                self._internal_error(exc, "rtp %s:%d" % addr[:2])
+        self._flush()
 
     def _internal_error(self, exc, where):
         self.core.stats.drop("internal error")

@@ -86,7 +86,7 @@ class RemoteHost(HostCore):
         self.voicemail_upload = voicemail_upload.Uploader(self)
         self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
         self.sip_listen = config.sip_listen
-        self.sip_calls = SipCalls(self, self.sip)
+        self.sip_calls = SipCalls(self, self.sip, (config.sip_rtp_base, config.sip_rtp_base + 2000))
 
     def _secret_of(self, identity):
         kind, name = identity

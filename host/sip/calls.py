@@ -213,6 +213,15 @@ class SipCalls:
 
     # SIP in (SipEdge hands requests after authentication; ACK and CANCEL unauthenticated)
 
+    def in_dialog(self, req, addr):
+        """The extension whose call's dialog req is in, sent from that call's phone; else None."""
+        call = self.calls.get(req.call_id)
+        if call is None or call.state == "ended" or addr[0] != call.addr[0]:
+            return None
+        if req.from_.params.get("tag") != call.remote_tag or req.to.params.get("tag") != call.local_tag:
+            return None
+        return call.link.name
+
     def request(self, req, number, addr, now):
         key = (req.call_id, req.vias[0].branch, req.method)
         done = self.recent.get(key)

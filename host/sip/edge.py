@@ -9,7 +9,9 @@ In the order a request meets them:
    version) and nothing else; a malformed response is dropped;
 3. authentication (host/sip/digest.py): every request but ACK and CANCEL (RFC 3261 22.1)
    needs credentials of an extension with a SIP password, else a 401 (407 for INVITE)
-   challenge, for which nothing is kept; a failed attempt costs its source FAILURE_COST
+   challenge, for which nothing is kept; a request within a call's dialog (its Call-ID and both
+   tags, which only the two ends know) from the call's phone's address is the call's phone's
+   (phones do not answer a challenge to a BYE: baresip hangs up without it); a failed attempt costs its source FAILURE_COST
    tokens, so a password scanner is soon not answered at all;
 4. the method: REGISTER (the registrar below), OPTIONS (200), INVITE/ACK/BYE/CANCEL to the
    call layer `calls` when a host has one, 501 for a method it does not know.
@@ -149,7 +151,9 @@ class SipEdge:
             if self.calls is not None:
                 return self.calls.request(req, None, addr, now)
             return self.respond(req, 481, addr)
-        number = self._authenticate(req, addr, now)
+        number = self.calls.in_dialog(req, addr) if self.calls is not None else None
+        if number is None:   # a request in a call's dialog, from the call's phone, needs no credentials
+            number = self._authenticate(req, addr, now)
         if number is None:
             return
         unsupported = [t for v in req.values("Require") for t in v.split(",") if t.strip() not in SUPPORTED]
