@@ -198,3 +198,24 @@ def test_cause_maps_are_the_issues():
     assert CAUSE_TO_SIP[wire.CAUSE_NOT_PERMITTED] == 403 and SIP_TO_CAUSE[403] == wire.CAUSE_NOT_PERMITTED
     assert CAUSE_TO_SIP[wire.CAUSE_UNKNOWN_EXTENSION] == 404 and SIP_TO_CAUSE[404] == wire.CAUSE_UNKNOWN_EXTENSION
     assert CAUSE_TO_SIP[wire.CAUSE_NETWORK_BUSY] == 503 and SIP_TO_CAUSE[503] == wire.CAUSE_NETWORK_BUSY
+
+
+def test_b4_sip_phone_registers_and_calls_on_its_site_while_the_main_host_is_away(world):
+    """The remote host has the SIP password in its cached site: with the main host gone, 105
+    registers again and calls handset 101 of its own site (a local call the host decides itself)."""
+    world.main_away()
+    ua, handset = world.sip["105"], world.phones["101"]
+    ua.register(world.net.now)                       # authenticated from the cache
+    ok, port = sip_calls_out(world, ua, "101")
+    assert ok.status == 200 and handset.connected
+    handset.received = []
+    for i in range(20):
+        ua.rtp(500 + i, 160 * i, bytes([i + 1]) * 160, port, world.net.now)
+        run(world, 20)
+    run(world, 100)
+    assert handset.received[:15] == [bytes([i + 1]) * 160 for i in range(15)]
+    assert statuses(ua.bye(world.net.now)) == [200]
+    run(world, 200)
+    assert handset.idle
+    # kept on disk for the main host's return, as a handset's local call would be
+    assert [(r["caller"], r["callee"], r["path"]) for r in world.a.records.pending()][-1:] == [("105", "101", "local")]
