@@ -13,6 +13,7 @@ import sqlite3
 import sys
 
 from upbx.host import features, groups_admin, voicemail_admin
+from upbx.host.sip import trunk
 from upbx.host.moh import MAX_SECONDS, MusicOnHoldError, wav_ulaw
 from upbx.host.config import ConfigError, load_main_config
 from upbx.host.directory import Directory, DirectoryError, SYSINFO_KEYS
@@ -26,7 +27,7 @@ def add_arguments(parser):
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="MAIN.toml", help="the main host's configuration (its database key)")
     where.add_argument("--database", metavar="PATH", help="the main host's SQLite database")
-    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,voicemail,attendant,calls,sysinfo}",
+    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,voicemail,attendant,trunk,route,did,calls,sysinfo}",
                                    required=True)
 
     site = _actions(things, "site", "sites (shops, farms, schools...)")
@@ -77,6 +78,7 @@ def add_arguments(parser):
     _leaf(moh, "unset", "play the generated default again")
     _leaf(moh, "show", "which music is played, and its version")
     voicemail_admin.add_arguments(things, _actions, _leaf)
+    trunk.add_arguments(things, _actions, _leaf)
 
     p = _leaf(things, "calls", "show call records, newest first")
     p.add_argument("--limit", type=int, default=100, metavar="N")
@@ -420,3 +422,5 @@ HANDLERS.update({   # host/voicemail_admin.py
     ("attendant", "list"): _voicemail(voicemail_admin.attendant_list, _table),
     ("attendant", "remove"): _voicemail(voicemail_admin.attendant_remove, _done),
 })
+
+HANDLERS.update(trunk.handlers(_done, _table))   # host/sip/trunk.py

@@ -30,7 +30,7 @@ CallRecord = collections.namedtuple(
 _V1_RECORD_COLUMNS = "id, uid, origin, caller, callee, path, started_ms, answered_ms, ended_ms, cause, setup_ms"
 
 CALL_RECORD_FIELDS = CallRecord._fields[1:]  # what add_call_record accepts (id is assigned)
-CALL_PATHS = ("relay", "direct", "local")
+CALL_PATHS = ("relay", "direct", "local", "trunk")   # trunk: a SIP trunk call (docs/sip.md)
 SYSINFO_KEYS = ("announcement", "dial_plan", "firmware_version")  # and settings.NAME
 MAIN_ORIGIN = "main"  # origin of call records the main host switched itself
 

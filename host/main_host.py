@@ -15,6 +15,7 @@ from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause
 from upbx.host.records import call_record, decode_upload
+from upbx.host.sip import trunk
 from upbx.host.sip.calls import SipCalls
 from upbx.host.sip.edge import SIP_REALM, SipEdge
 from upbx.host.switch import Link, Switch
@@ -82,7 +83,13 @@ class MainHost(HostCore):
         return self.directory.sip_password(number)
 
     def sip_wanted(self):
-        return any(self._sip_password(n) for n in self.directory.sip_passwords())
+        return bool(self.trunk_rows()) or any(self._sip_password(n) for n in self.directory.sip_passwords())
+
+    def trunk_rows(self):
+        return trunk.trunks(self.directory)
+
+    def did_target(self, number):
+        return trunk.did_target(self.directory, number)
 
     def _site_directory(self, site):
         """The extensions of a site with their secrets, for its remote host's cache."""
@@ -287,7 +294,9 @@ class MainHost(HostCore):
         if wire.IE_CALL_NO not in ies or wire.IE_CALLED not in ies or wire.IE_MEDIA_KEY not in ies:
             self.stats.drop("setup missing IEs")
             return
-        if link.kind == "phone" or getattr(link, "sip", False):
+        if getattr(link, "trunk", None) is not None:   # a call in from a SIP trunk: the provider's caller
+            caller = ies.get(wire.IE_CALLING) or "anonymous"
+        elif link.kind == "phone" or getattr(link, "sip", False):
             caller = link.name
         else:
             # a remote host places calls for its own site's extensions only: no caller id from elsewhere
@@ -300,6 +309,9 @@ class MainHost(HostCore):
             if called == groups.PICKUP_CODE or groups.intercom_target(called):
                 return self._group_code(link, ies, caller, called, now)
             return self._star_code(link, ies, now)
+        out = trunk.route_for(self.directory, called) if self.directory.extension(called) is None else None
+        if out is not None and out[0] is not None and getattr(link, "trunk", None) is None:   # outside: a trunk
+            return self.sip_calls.trunk_call(link, ies, caller, self._caller_name(caller), out[0]["name"], out[1], now)
         tried = []
         routed, cause = features.route(called, self.directory.features, self._phone_busy, seen=tried)
         if routed is None:
@@ -720,5 +732,5 @@ class MainHost(HostCore):
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
             "sysinfo_version": self._sysinfo_version,
             "sysinfo_sent": {k: dict(v) for k, v in self.sysinfo_sent.items()},
-            "sip": self.sip.status(self.now),
+            "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
         }

@@ -28,6 +28,7 @@ import re
 from upbx.common import wire
 from upbx.host.sip import message as sip
 from upbx.host.sip import sdp as sdplib
+from upbx.host.sip import trunk as trunklib
 from upbx.host.sip.media import SipMedia, SipMediaLeg
 from upbx.host.switch import Link
 
@@ -77,6 +78,15 @@ class SipLink(Link):
             call.media.media(ts, payload)
 
 
+class TrunkLink(SipLink):
+    """A SIP trunk, as a link of the main host's switch: calls out to the provider, calls in from it."""
+
+    def __init__(self, calls, row):
+        SipLink.__init__(self, calls, "trunk:" + row["name"])
+        self.trunk = row
+        self.proxy = trunklib._proxy_addr(row["proxy"])
+
+
 class Retransmit:
     __slots__ = ("data", "addr", "next_at", "interval", "until", "cap")
 
@@ -119,6 +129,7 @@ class SipCall:
         self.held_by_phone = False
         self.holding = False
         self.alerted = False
+        self.authed = False
 
 
 class SipCalls:
@@ -138,6 +149,9 @@ class SipCalls:
         self.rtp_out = []               # [(datagram, address, local port)]
         self.recent = {}                # (Call-ID, branch, method) -> (response bytes, forget at)
         self.deferred = []              # [(link, RELEASE ies)] for SETUPs that could not be offered
+        self.trunk_links = {}           # trunk name -> TrunkLink (the main host's, from its directory)
+        self.registrations = {}         # trunk name -> trunk.Registration
+        self._trunks_read = None
 
     # helpers
 
@@ -154,6 +168,58 @@ class SipCalls:
         no = self._next_no
         self._next_no = no % 32000 + 1
         return no
+
+    # trunks (host/sip/trunk.py): the main host's directory says which
+
+    def refresh_trunks(self, rows, now):
+        """The trunks as the directory has them now: links made, registrations started or dropped."""
+        names = {r["name"] for r in rows}
+        for name in list(self.trunk_links):
+            if name not in names:
+                del self.trunk_links[name]
+                self.registrations.pop(name, None)
+        for row in rows:
+            link = self.trunk_links.get(row["name"])
+            if link is None or link.trunk != row:
+                self.trunk_links[row["name"]] = TrunkLink(self, row)
+                self.registrations.pop(row["name"], None)
+            if row["register"] and row["name"] not in self.registrations:
+                self.registrations[row["name"]] = trunklib.Registration(row, self.our_address())
+            elif not row["register"]:
+                self.registrations.pop(row["name"], None)
+
+    def our_address(self):
+        """host:port of our SIP port as a provider should reach it."""
+        listen = self.core.sip_listen or ("0.0.0.0", 5060)
+        host = listen[0] if listen[0] != "0.0.0.0" else self.core.config.listen[0]
+        return "%s:%d" % (host, listen[1])
+
+    def trunk_at(self, addr):
+        """The trunk whose proxy sent from addr's IP, or None."""
+        if self._trunks_read is None and hasattr(self.core, "trunk_rows"):   # before the first tick
+            self.refresh_trunks(self.core.trunk_rows(), self.core.now)
+        for link in self.trunk_links.values():
+            if link.proxy[0] == addr[0]:
+                return link
+        return None
+
+    def trunk_call(self, link, ies, caller, name, trunk_name, number, now):
+        """A call from link (a phone, a remote host, a SIP phone) out on a trunk: leg a, then the
+        trunk's leg b with the number as the provider is to see it."""
+        core = self.core
+        if trunk_name not in self.trunk_links:   # added since the last look at the directory
+            self.refresh_trunks(core.trunk_rows(), now)
+        trunk = self.trunk_links.get(trunk_name)
+        if trunk is None:
+            return core.refuse_setup(link, ies, wire.CAUSE_UNREACHABLE, now, caller=caller)
+        cause = core.switch.admit(link, trunk)
+        if cause is not None:
+            return core.refuse_setup(link, ies, cause, now, caller=caller)
+        call = core.switch.new_call(caller, ies[wire.IE_CALLED], now)
+        call.path = "trunk"
+        core.switch.incoming(call, link, ies)
+        core.switch.offer(call, trunk, now, name, called=number)
+        core.log.info("call-setup", call=call.uid, caller=caller, called=number, via=trunk.name)
 
     def media_address(self, our_host):
         """The IPv4 address our SDP gives for RTP: the one the phone reaches us at (its Request-URI's
@@ -213,6 +279,11 @@ class SipCalls:
 
     # SIP in (SipEdge hands requests after authentication; ACK and CANCEL unauthenticated)
 
+    def trunk_request(self, req, addr):
+        """The trunk link name if req comes from a trunk's proxy (trusted by address), else None."""
+        link = self.trunk_at(addr)
+        return link.name if link is not None else None
+
     def in_dialog(self, req, addr):
         """The extension whose call's dialog req is in, sent from that call's phone; else None."""
         call = self.calls.get(req.call_id)
@@ -266,7 +337,8 @@ class SipCalls:
 
     def _invite(self, req, number, addr, now):
         """A new call from a SIP phone: its offer checked, then a SETUP from its link."""
-        link = self.link_of(number, now)
+        trunk = self.trunk_at(addr) if number.startswith("trunk:") else None
+        link = trunk or self.link_of(number, now)
         if link is None:
             return self.edge.respond(req, 403, addr)   # credentials fine, but no registration: not ours
         call = SipCall(link, self._our_no(number), addr, outgoing=False)
@@ -294,8 +366,21 @@ class SipCalls:
         self.rtp[call.rtp_port] = call
         self._respond(call, req, 100, addr)
         called = req.uri.user or ""
-        self.core.place_sip_call(link, {wire.IE_CALL_NO: call.call_no, wire.IE_CALLED: called,
-                                        wire.IE_MEDIA_KEY: os.urandom(16)}, now)
+        ies = {wire.IE_CALL_NO: call.call_no, wire.IE_CALLED: called, wire.IE_MEDIA_KEY: os.urandom(16)}
+        if trunk is not None:   # the provider's call: its DID names who rings, its From who calls
+            did = req.uri.user or req.to.uri.user or ""
+            target = self.core.did_target(did) or self.core.did_target(req.to.uri.user or "")
+            if target is None:
+                self._end(call)
+                return self._final_now(req, 404, addr)
+            ies[wire.IE_CALLED] = target
+            ies[wire.IE_CALLING] = (req.from_.uri.user or "anonymous")[:31]
+            if req.from_.display:
+                ies[wire.IE_CALLING_NAME] = req.from_.display[:20]
+        self.core.place_sip_call(link, ies, now)
+
+    def _final_now(self, req, status, addr):
+        self.edge.respond(req, status, addr)
 
     def _cancel(self, call, req, addr, now):
         self._respond(call, req, 200, addr)
@@ -335,6 +420,12 @@ class SipCalls:
             self._signal(call, wire.HOLD, {wire.IE_STATE: 1 if held else 0}, now)
 
     def response(self, resp, addr, now):
+        for reg in self.registrations.values():
+            if reg.call_id == resp.call_id:
+                nxt = reg.response(resp, now)
+                if nxt is not None:
+                    self._send(nxt, reg.proxy)
+                return
         call = self.calls.get(resp.call_id)
         if call is None:
             return
@@ -357,6 +448,8 @@ class SipCalls:
                 self._signal(call, wire.ALERTING, {}, now)
             return
         tag = resp.to.params.get("tag")
+        if resp.status in (401, 407) and isinstance(call.link, TrunkLink) and not call.authed:
+            return self._trunk_auth(call, resp, now)
         if resp.status >= 300:
             ack = self._request(call, "ACK")
             ack.set("CSeq", "%d ACK" % call.invite.cseq[0])
@@ -390,6 +483,23 @@ class SipCalls:
         call.state = "confirmed"
         self._start_media(call, answer, now)
         self._signal(call, wire.ANSWER, {}, now)
+
+    def _trunk_auth(self, call, resp, now):
+        """The provider challenged our INVITE: ACK that, send it again with the trunk's credentials."""
+        ack = self._request(call, "ACK")
+        ack.set("CSeq", "%d ACK" % call.invite.cseq[0])
+        ack.set("Via", call.invite.get("Via"))
+        ack.set("To", resp.get("To"))
+        self._send(ack, call.addr)
+        t = call.link.trunk
+        header = trunklib.credentials(resp, "INVITE", call.invite.uri.text, t["user"], t["password"])
+        invite = self._request(call, "INVITE", call.invite.body,
+                               [(n, v) for n, v in call.invite.headers if n in ("Contact", "Content-Type", "Allow")]
+                               + [header])
+        call.invite = invite
+        call.authed = True
+        self._send(invite, call.addr)
+        call.retransmit = Retransmit(invite.encode(), call.addr, now, None)
 
     def _bye(self, call, now):
         bye = self._request(call, "BYE")
@@ -462,6 +572,8 @@ class SipCalls:
 
     def _setup(self, link, ies, now):
         """The host offers a call to the SIP extension: an INVITE to its newest registration."""
+        if isinstance(link, TrunkLink):
+            return self._trunk_setup(link, ies, now)
         contacts = sorted(self.edge.contacts_of(link.name, now), key=lambda b: b.expires_at)
         host_no = ies.get(wire.IE_CALL_NO)
         port = self._rtp_port()
@@ -493,6 +605,37 @@ class SipCalls:
         self._send(invite, call.addr)
         call.retransmit = Retransmit(invite.encode(), call.addr, now, None)
 
+    def _trunk_setup(self, link, ies, now):
+        """A call out on a trunk: an INVITE to the provider for the number (the SETUP's called)."""
+        host_no = ies.get(wire.IE_CALL_NO)
+        port = self._rtp_port()
+        if port is None:
+            self.deferred.append((link, {wire.IE_PEER_CALL_NO: host_no, wire.IE_CALL_NO: 0,
+                                         wire.IE_CAUSE: wire.CAUSE_NETWORK_BUSY}))
+            return
+        t = link.trunk
+        proxy_host = t["proxy"].split(":")[0]
+        call = SipCall(link, self._our_no(link.name), link.proxy, outgoing=True)
+        call.host_call_no = host_no
+        call.call_id = "%s@upbx" % token()
+        call.our_host = self.our_address()
+        call.remote_target = "sip:%s@%s" % (ies.get(wire.IE_CALLED, ""), t["proxy"])
+        name = ies.get(wire.IE_CALLING_NAME, "") or ies.get(wire.IE_CALLING, "")
+        call.local_uri = '"%s" <sip:%s@%s>' % (name.replace('"', "'"), t["user"], proxy_host)
+        call.remote_uri = "<sip:%s@%s>" % (ies.get(wire.IE_CALLED, ""), proxy_host)
+        call.rtp_port = port
+        self.calls[call.call_id] = call
+        self.by_host_leg[host_no] = call
+        self.by_our_no[(link.name, call.call_no)] = call
+        self.rtp[port] = call
+        body = sdplib.offer(self.media_address(call.our_host), port, call.session_id, call.sdp_version).encode()
+        invite = self._request(call, "INVITE", body, [("Contact", "<sip:%s@%s>" % (t["user"], call.our_host)),
+                                                      ("Content-Type", "application/sdp"),
+                                                      ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")])
+        call.invite = invite
+        self._send(invite, call.addr)
+        call.retransmit = Retransmit(invite.encode(), call.addr, now, None)
+
     # time and RTP
 
     def rtp_in(self, port, data, addr, now):
@@ -503,6 +646,12 @@ class SipCalls:
         call.media.rtp_in(data, addr, now)
 
     def tick(self, now):
+        if hasattr(self.core, "trunk_rows") and (self._trunks_read is None or now - self._trunks_read >= 5000):
+            self._trunks_read = now
+            self.refresh_trunks(self.core.trunk_rows(), now)
+        for reg in self.registrations.values():
+            if reg.due(now):
+                self._send(reg.start(now), reg.proxy)
         deferred, self.deferred = self.deferred, []
         for link, ies in deferred:
             self.core.call_message(link, wire.RELEASE, ies, now)
@@ -534,6 +683,11 @@ class SipCalls:
 
     def rtp_wanted(self):
         return set(self.rtp)
+
+    def trunk_status(self):
+        return {name: {"proxy": link.trunk["proxy"], "registration": (self.registrations[name].state
+                                                                      if name in self.registrations else None)}
+                for name, link in self.trunk_links.items()}
 
     def status(self):
         return [{"call_id": c.call_id, "extension": c.link.name, "state": c.state,

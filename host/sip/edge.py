@@ -151,7 +151,11 @@ class SipEdge:
             if self.calls is not None:
                 return self.calls.request(req, None, addr, now)
             return self.respond(req, 481, addr)
-        number = self.calls.in_dialog(req, addr) if self.calls is not None else None
+        number = None
+        if self.calls is not None:   # a trunk's provider is trusted by its address (host/sip/trunk.py)
+            number = self.calls.trunk_request(req, addr) or self.calls.in_dialog(req, addr)
+        if number is not None and number.startswith("trunk:") and method == "REGISTER":
+            return self.respond(req, 403, addr)
         if number is None:   # a request in a call's dialog, from the call's phone, needs no credentials
             number = self._authenticate(req, addr, now)
         if number is None:
