@@ -13,6 +13,7 @@ import sqlite3
 import sys
 
 from upbx.host import features, firmware, groups_admin, tokens, voicemail_admin
+from upbx.host.sip import trunk
 from upbx.host.moh import MAX_SECONDS, MusicOnHoldError, wav_ulaw
 from upbx.host.config import ConfigError, load_main_config
 from upbx.host.directory import Directory, DirectoryError, SYSINFO_KEYS
@@ -26,7 +27,7 @@ def add_arguments(parser):
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="MAIN.toml", help="the main host's configuration (its database key)")
     where.add_argument("--database", metavar="PATH", help="the main host's SQLite database")
-    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,voicemail,attendant,calls,sysinfo,token,firmware}",
+    things = parser.add_subparsers(dest="thing", metavar="{site,host,ext,group,moh,voicemail,attendant,trunk,route,did,calls,sysinfo,token,firmware}",
                                    required=True)
 
     site = _actions(things, "site", "sites (shops, farms, schools...)")
@@ -51,6 +52,10 @@ def add_arguments(parser):
     p.add_argument("number")
     p.add_argument("--site", required=True)
     p.add_argument("--name", default="", help="name shown in the directory")
+    p.add_argument("--sip", action="store_true", help="for a SIP phone: print its SIP password instead (docs/sip.md)")
+    p = _leaf(ext, "sip", "give an extension a new SIP password and print it (shown once), or --off")
+    p.add_argument("number")
+    p.add_argument("--off", action="store_true", help="the extension is no SIP phone's any more")
     _leaf(ext, "list", "list extensions").add_argument("--site", help="only this site's")
     _leaf(ext, "remove", "remove an extension").add_argument("number")
     _leaf(ext, "bar", "bar an extension from local calls").add_argument("number")
@@ -73,6 +78,7 @@ def add_arguments(parser):
     _leaf(moh, "unset", "play the generated default again")
     _leaf(moh, "show", "which music is played, and its version")
     voicemail_admin.add_arguments(things, _actions, _leaf)
+    trunk.add_arguments(things, _actions, _leaf)
 
     p = _leaf(things, "calls", "show call records, newest first")
     p.add_argument("--limit", type=int, default=100, metavar="N")
@@ -184,9 +190,30 @@ def host_remove(d, args):
 
 
 def ext_add(d, args):
-    secret = d.add_extension(args.number, args.site, args.name)
-    _secret(args, "extension %s added to site %r" % (args.number, args.site),
-            {"number": args.number, "site": args.site, "name": args.name, "secret": secret.hex()})
+    secret = d.add_extension(args.number, args.site, args.name, sip=args.sip)
+    value = {"number": args.number, "site": args.site, "name": args.name, "secret": secret.hex()}
+    if args.sip:
+        value["sip_password"] = d.sip_password(args.number)
+        return _sip_password(args, "extension %s added to site %r" % (args.number, args.site), value)
+    _secret(args, "extension %s added to site %r" % (args.number, args.site), value)
+
+
+def ext_sip(d, args):
+    if args.off:
+        d.remove_sip_password(args.number)
+        return _done(args, "extension %s is no SIP phone's any more" % args.number, {"number": args.number})
+    password = d.set_sip_password(args.number)
+    _sip_password(args, "extension %s has a new SIP password" % args.number,
+                  {"number": args.number, "sip_password": password})
+
+
+def _sip_password(args, message, value):
+    """The SIP password alone on stdout (for scripts), how to use it on stderr."""
+    if args.json:
+        return _print_json(value)
+    print("%s; its SIP password (user name %s, realm upbx), shown only this once:" % (message, args.number),
+          file=sys.stderr)
+    print(value["sip_password"])
 
 
 def ext_list(d, args):
@@ -324,7 +351,7 @@ def sysinfo_unset(d, args):
 HANDLERS = {
     ("site", "add"): site_add, ("site", "list"): site_list, ("site", "remove"): site_remove,
     ("host", "add"): host_add, ("host", "list"): host_list, ("host", "remove"): host_remove,
-    ("ext", "add"): ext_add, ("ext", "list"): ext_list, ("ext", "remove"): ext_remove,
+    ("ext", "add"): ext_add, ("ext", "sip"): ext_sip, ("ext", "list"): ext_list, ("ext", "remove"): ext_remove,
     ("ext", "bar"): ext_bar, ("ext", "unbar"): ext_unbar, ("ext", "forward"): ext_forward,
     ("ext", "dnd"): ext_dnd, ("ext", "features"): ext_features,
     ("moh", "set"): moh_set, ("moh", "unset"): moh_unset, ("moh", "show"): moh_show,
@@ -429,3 +456,5 @@ HANDLERS.update({   # host/voicemail_admin.py
     ("attendant", "remove"): _voicemail(voicemail_admin.attendant_remove, _done),
 })
 HANDLERS.update(firmware.handlers(_done, _table))   # host/firmware.py
+
+HANDLERS.update(trunk.handlers(_done, _table))   # host/sip/trunk.py

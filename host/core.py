@@ -119,6 +119,10 @@ class HostCore:
         self.held = set()           # calls held by a phone of this host: music on hold goes out every tick
         self.moh = MusicOnHold()    # a subclass may set its configured WAV
         self.conferences = Conferences(self)   # a subclass sets max_parties from its configuration
+        self.sip = None             # SipEdge (host/sip/edge.py) of a host that serves SIP phones
+        self.sip_listen = None      # its UDP address; the daemon opens it only while sip_wanted()
+        self.sip_calls = None       # SipCalls (host/sip/calls.py): SIP phones' calls as legs of the switch
+        self._sip_expiry_ms = 0
 
     # the sans-IO surface
 
@@ -161,7 +165,41 @@ class HostCore:
         if self.held:
             lines.recall(self, now)       # blind transfers not answered in time (host/lines.py)
         self.on_tick(now)
+        if self.sip_calls is not None:
+            self.sip_calls.tick(now)
+        if self.sip is not None and now - self._sip_expiry_ms >= 1000:
+            self._sip_expiry_ms = now
+            self.sip.handle_timer(now)
         self.meter.sample(now, self.bandwidth_owners())
+
+    # SIP phones (docs/sip.md): datagrams of the SIP port, which the daemon holds apart
+
+    def sip_wanted(self):
+        """True while some extension served here has a SIP password (the daemon opens the port)."""
+        return False
+
+    def receive_sip(self, data, addr, now):
+        self.now = now
+        self.sip.receive_datagram(data, addr, now)
+
+    def sip_datagrams_to_send(self):
+        """[(bytes, address)] for the SIP port."""
+        return self.sip.datagrams_to_send() if self.sip is not None else []
+
+    def rtp_ports(self):
+        """The local ports of SIP calls' RTP (the daemon opens them beside the SIP port)."""
+        return self.sip_calls.rtp_wanted() if self.sip_calls is not None else set()
+
+    def receive_rtp(self, port, data, addr, now):
+        self.now = now
+        self.sip_calls.rtp_in(port, data, addr, now)
+
+    def rtp_datagrams_to_send(self):
+        """[(bytes, address, local port)] of SIP calls' RTP."""
+        if self.sip_calls is None:
+            return []
+        out, self.sip_calls.rtp_out = self.sip_calls.rtp_out, []
+        return out
 
     def datagrams_to_send(self):
         """[(bytes, address, dscp)] queued since the last call, in order; relayed trunk frames and
@@ -257,7 +295,7 @@ class HostCore:
             self.stats.drop("message out of turn")   # held already (by either side), or not held from here
             return
         call.held_by = leg if flag else None
-        if link.kind == "phone" and flag and not call.mixed_at_main:   # a conference at the main host: no music
+        if (link.kind == "phone" or getattr(link, "sip", False)) and flag and not call.mixed_at_main:   # this host plays the music (a conference at the main host: none)
             self.held.add(call)
             call.moh_pos = 0
         else:

@@ -56,6 +56,10 @@ class Daemon:
         self._stopping = None
         self._wake = None
         self._batch = None       # the C fast path's recvmmsg/sendmmsg (IPv4 sockets), else None
+        self.sip_sock = None     # the SIP port, open only while the core has SIP phones (docs/sip.md)
+        self.sip_address = None
+        self._sip_checked = None
+        self.rtp_socks = {}      # local port -> socket, one per SIP call (the core says which: rtp_ports())
 
     # sending: each datagram with the DSCP the core gave it (voice EF, signalling CS3)
 
@@ -81,6 +85,8 @@ class Daemon:
                 self._queue(data, address, tos)
             except OSError:
                 self.core.stats.count("socket errors")
+        if self.sip_sock is not None:
+            self._sip_flush()
 
     def _send_batch(self, out):
         """sendmmsg as much of out as the socket takes, each datagram with its DSCP; returns the rest."""
@@ -188,6 +194,121 @@ class Daemon:
                 started = clock()
         self._flush()
 
+    # the SIP port: plain datagrams, SIP's own rate (no burst hold, no batches, DSCP CS3)
+
+    def _sip_port(self, now):
+        """Open the SIP port when the core has SIP phones to serve, close it when it has none; checked
+        once a second (the directory may change under a running host)."""
+        if self._sip_checked is not None and now - self._sip_checked < 1000:
+            return
+        self._sip_checked = now
+        try:
+            wanted = self.core.sip_listen is not None and self.core.sip_wanted()
+        except Exception as exc:
+            return self._internal_error(exc, "sip")
+        loop = asyncio.get_running_loop()
+        if wanted and self.sip_sock is None:
+            family, _t, _p, _n, sockaddr = socket.getaddrinfo(*self.core.sip_listen, type=socket.SOCK_DGRAM)[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                sock.close()
+                self.core.stats.count("sip port unavailable")
+                return self.log.error("sip-port", listen="%s:%d" % self.core.sip_listen, error=str(exc))
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x60)   # DSCP CS3, as the host's signalling
+            self.sip_sock, self.sip_address = sock, sock.getsockname()
+            loop.add_reader(sock.fileno(), self._sip_readable)
+            self.log.info("sip-port", listen="%s:%d" % self.sip_address[:2])
+        elif not wanted and self.sip_sock is not None:
+            self._sip_close()
+
+    def _sip_close(self):
+        loop = asyncio.get_running_loop()
+        for sock in self.rtp_socks.values():
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self.rtp_socks.clear()
+        loop.remove_reader(self.sip_sock.fileno())
+        self.sip_sock.close()
+        self.sip_sock = self.sip_address = None
+
+    def _sip_readable(self):
+        for _ in range(self.RX_BURST):
+            try:
+                data, addr = self.sip_sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.core.stats.count("socket errors")
+                continue
+            try:
+                self.core.receive_sip(data, addr, now_ms())
+            except Exception as exc:  # a bug must not stop the exchange; count it and keep going
+                self._internal_error(exc, "sip %s:%d" % addr[:2])
+        self._flush()
+
+    def _sip_flush(self):
+        try:
+            out = self.core.sip_datagrams_to_send()
+            self._rtp_sockets()
+            rtp = self.core.rtp_datagrams_to_send()
+        except Exception as exc:
+            return self._internal_error(exc, "sip flush")
+        for data, address in out:
+            try:
+                self.sip_sock.sendto(data, address)
+            except OSError:   # a full buffer loses a SIP datagram: the transaction layer resends it
+                self.core.stats.count("socket errors")
+        for data, address, port in rtp:
+            sock = self.rtp_socks.get(port)
+            try:
+                if sock is not None:
+                    sock.sendto(data, address)
+            except OSError:
+                self.core.stats.count("socket errors")
+
+    def _rtp_sockets(self):
+        """One RTP socket per SIP call, on the SIP port's address (DSCP EF), opened and closed as the
+        core's calls come and go."""
+        wanted = self.core.rtp_ports()
+        if wanted == set(self.rtp_socks):
+            return
+        loop = asyncio.get_running_loop()
+        for port in set(self.rtp_socks) - wanted:
+            sock = self.rtp_socks.pop(port)
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        for port in wanted - set(self.rtp_socks):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((self.core.sip_listen[0], port))
+            except OSError as exc:
+                sock.close()
+                self.core.stats.count("rtp port unavailable")
+                self.log.error("rtp-port", port=port, error=str(exc))
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xB8)   # DSCP EF
+            self.rtp_socks[port] = sock
+            loop.add_reader(sock.fileno(), self._rtp_readable, port, sock)
+
+    def _rtp_readable(self, port, sock):
+        for _ in range(self.RX_BURST):
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.core.stats.count("socket errors")
+                break
+            try:
+                self.core.receive_rtp(port, data, addr, now_ms())
+            except Exception as exc:
+                self._internal_error(exc, "rtp %s:%d" % addr[:2])
+        self._flush()
+
     def _internal_error(self, exc, where):
         self.core.stats.drop("internal error")
         self.log.error("internal-error", error=repr(exc), where=where)
@@ -208,13 +329,16 @@ class Daemon:
                 core.handle_timer(now_ms())
             except Exception as exc:
                 self._internal_error(exc, "timer")
+            self._sip_port(now_ms())
             self._flush()
 
     async def _control(self, reader, writer):
         try:
             line = (await reader.readline()).decode().strip() or "status"
             if line == "status":
-                reply = dict(self.core.status(), pid=os.getpid(), fast_path="C" if self._batch is not None else "python",
+                reply = dict(self.core.status(), pid=os.getpid(),
+                             sip_listen="%s:%d" % self.sip_address[:2] if self.sip_address else None,
+                             fast_path="C" if self._batch is not None else "python",
                              fast_path_datagrams=self._batch.taken() if self._batch is not None else 0,
                              workers=1)
                 if self.workers is not None:
@@ -290,6 +414,8 @@ class Daemon:
                 if os.path.exists(self.control_socket):
                     os.unlink(self.control_socket)
             loop.remove_reader(sock.fileno())
+            if self.sip_sock is not None:
+                self._sip_close()
             if self._tx_queue:
                 loop.remove_writer(sock.fileno())
                 self._tx_queue.clear()

@@ -30,7 +30,7 @@ CallRecord = collections.namedtuple(
 _V1_RECORD_COLUMNS = "id, uid, origin, caller, callee, path, started_ms, answered_ms, ended_ms, cause, setup_ms"
 
 CALL_RECORD_FIELDS = CallRecord._fields[1:]  # what add_call_record accepts (id is assigned)
-CALL_PATHS = ("relay", "direct", "local")
+CALL_PATHS = ("relay", "direct", "local", "trunk")   # trunk: a SIP trunk call (docs/sip.md)
 SYSINFO_KEYS = ("announcement", "dial_plan", "firmware_version")  # and settings.NAME
 MAIN_ORIGIN = "main"  # origin of call records the main host switched itself
 
@@ -86,6 +86,10 @@ CREATE TABLE IF NOT EXISTS music_on_hold (
 CREATE TABLE IF NOT EXISTS groups (
     number TEXT PRIMARY KEY,
     data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sip_passwords (
+    number TEXT PRIMARY KEY REFERENCES extensions(number) ON DELETE CASCADE,
+    password TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sysinfo (
     version INTEGER PRIMARY KEY,
@@ -262,8 +266,9 @@ class Directory:
 
     # extensions
 
-    def add_extension(self, number, site, name=""):
-        """Add an extension to a site; returns its new secret, 16 bytes."""
+    def add_extension(self, number, site, name="", sip=False):
+        """Add an extension to a site; returns its new secret, 16 bytes. With sip, the extension is
+        a SIP phone's too: its password is then `sip_password(number)` (docs/sip.md)."""
         check_number(number)
         check_extension_name(name)
         secret = secrets.token_bytes(16)
@@ -275,8 +280,37 @@ class Directory:
                 raise DirectoryError("%s is a group's number" % number)
             self.db.execute("INSERT INTO extensions (number, site, name, secret) VALUES (?, ?, ?, ?)",
                             (number, site, name, secret.hex()))
+            if sip:
+                self.db.execute("INSERT INTO sip_passwords VALUES (?, ?)", (number, new_sip_password()))
             self._bump()
         return secret
+
+    def set_sip_password(self, number):
+        """Give an extension a new SIP password (its phone must be set up again); returns it."""
+        password = new_sip_password()
+        with self._transaction():
+            if not self._one("SELECT 1 FROM extensions WHERE number = ?", (number,)):
+                raise DirectoryError("unknown extension %r" % (number,))
+            self.db.execute("INSERT OR REPLACE INTO sip_passwords VALUES (?, ?)", (number, password))
+            self._bump()
+        return password
+
+    def remove_sip_password(self, number):
+        """The extension is no SIP phone's any more."""
+        with self._transaction():
+            if not self.db.execute("DELETE FROM sip_passwords WHERE number = ?", (number,)).rowcount:
+                raise DirectoryError("extension %r has no SIP password" % (number,))
+            self._bump()
+
+    def sip_password(self, number):
+        row = self._one("SELECT password FROM sip_passwords WHERE number = ?", (number,))
+        return row[0] if row else None
+
+    def sip_passwords(self, site=None):
+        """{number: SIP password} of one site's extensions, or of every site's."""
+        sql = "SELECT s.number, s.password FROM sip_passwords s JOIN extensions e ON e.number = s.number"
+        rows = self.db.execute(sql + " WHERE e.site = ?", (site,)) if site else self.db.execute(sql)
+        return dict(rows)
 
     def add_extensions(self, rows):
         """Add many (number, site, name) extensions in one transaction; returns {number: secret}.
@@ -531,6 +565,12 @@ def _site(row):
 
 def _remote_host(row):
     return RemoteHostEntry(row[0], row[1], bytes.fromhex(row[2]))
+
+
+def new_sip_password():
+    """20 characters a person can type into a desk phone's web page (about 119 bits)."""
+    alphabet = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(20))
 
 
 def _extension(row):

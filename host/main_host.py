@@ -16,6 +16,9 @@ from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause
 from upbx.host.records import call_record, decode_upload
+from upbx.host.sip import trunk
+from upbx.host.sip.calls import SipCalls
+from upbx.host.sip.edge import SIP_REALM, SipEdge
 from upbx.host.switch import Link, Switch
 from upbx.host import voicemail, voicemail_sync, voicemail_upload
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
@@ -65,6 +68,9 @@ class MainHost(HostCore):
         self.voicemail = Endpoint(self, store, MAIN_ORIGIN, self._mailbox_changed)
         self.voicemail_uploads = voicemail_upload.Receiver(self)
         self.mailbox_sync = voicemail_sync.MailboxSender(self)   # each site's copy at its remote host (B4)
+        self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
+        self.sip_listen = config.sip_listen
+        self.sip_calls = SipCalls(self, self.sip, (config.sip_rtp_base, config.sip_rtp_base + 2000))
 
     # directory
 
@@ -77,14 +83,32 @@ class MainHost(HostCore):
             return None  # phones of a site with a remote host register there, not here
         return row.secret
 
+    def _sip_password(self, number):
+        """SIP phones of sites without a remote host register here (docs/sip.md)."""
+        row = self.directory.extension(number)
+        if row is None or self.directory.remote_host_of_site(row.site) is not None:
+            return None
+        return self.directory.sip_password(number)
+
+    def sip_wanted(self):
+        return bool(self.trunk_rows()) or any(self._sip_password(n) for n in self.directory.sip_passwords())
+
+    def trunk_rows(self):
+        return trunk.trunks(self.directory)
+
+    def did_target(self, number):
+        return trunk.did_target(self.directory, number)
+
     def _site_directory(self, site):
         """The extensions of a site with their secrets, for its remote host's cache."""
         site_row = self.directory.site(site)
+        sip = self.directory.sip_passwords(site)
         return {
             "site": site,
             "local_calls": bool(site_row.local_calls),
             "local_call_quota": site_row.local_call_quota,
-            "extensions": {e.number: {"name": e.name, "secret": e.secret.hex(), "barred": bool(e.barred)}
+            "extensions": {e.number: dict({"name": e.name, "secret": e.secret.hex(), "barred": bool(e.barred)},
+                                          **({"sip_password": sip[e.number]} if e.number in sip else {}))
                            for e in self.directory.extensions(site)},
             "features": self.directory.site_features(site),
             "groups": self.directory.site_groups(site),
@@ -286,8 +310,13 @@ class MainHost(HostCore):
         else:
             peer = self.peers.by_identity.get(("phone", number))
         if peer is None or peer.index not in self.links:
-            return None, wire.CAUSE_UNREACHABLE
+            sip_link = self.sip_calls.link_of(number, self.now) if host is None else None
+            return (sip_link, None) if sip_link is not None else (None, wire.CAUSE_UNREACHABLE)
         return self.links[peer.index], None
+
+    def place_sip_call(self, link, ies, now):
+        """A SIP phone's INVITE, as a SETUP from its link (host/sip/calls.py)."""
+        self._setup(link, ies, now)
 
     def _setup(self, link, ies, now):
         """Route a SETUP from a phone or a remote host. It is checked completely first: a refused
@@ -295,7 +324,9 @@ class MainHost(HostCore):
         if wire.IE_CALL_NO not in ies or wire.IE_CALLED not in ies or wire.IE_MEDIA_KEY not in ies:
             self.stats.drop("setup missing IEs")
             return
-        if link.kind == "phone":
+        if getattr(link, "trunk", None) is not None:   # a call in from a SIP trunk: the provider's caller
+            caller = ies.get(wire.IE_CALLING) or "anonymous"
+        elif link.kind == "phone" or getattr(link, "sip", False):
             caller = link.name
         else:
             # a remote host places calls for its own site's extensions only: no caller id from elsewhere
@@ -308,6 +339,9 @@ class MainHost(HostCore):
             if called == groups.PICKUP_CODE or groups.intercom_target(called) or groups.directed_pickup_target(called):
                 return self._group_code(link, ies, caller, called, now)
             return self._star_code(link, ies, now)
+        out = trunk.route_for(self.directory, called) if self.directory.extension(called) is None else None
+        if out is not None and out[0] is not None and getattr(link, "trunk", None) is None:   # outside: a trunk
+            return self.sip_calls.trunk_call(link, ies, caller, self._caller_name(caller), out[0]["name"], out[1], now)
         tried = []
         routed, cause = features.route(called, self.directory.features, self._phone_busy, seen=tried)
         if routed is None:
@@ -749,4 +783,5 @@ class MainHost(HostCore):
             "sysinfo_version": self._sysinfo_version,
             "sysinfo_sent": {k: dict(v) for k, v in self.sysinfo_sent.items()},
             "firmware": {"phones": dict(self.firmware_phones.phones)},
+            "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
         }

@@ -23,6 +23,8 @@ from upbx.host.policy import local_call_cause, uplink_admits
 from upbx.host.punch import Pairs
 from upbx.host.records import RecordStore, call_record, encode_upload
 from upbx.host.site_cache import SiteCache
+from upbx.host.sip.calls import SipCalls
+from upbx.host.sip.edge import SIP_REALM, SipEdge
 from upbx.host.switch import Link, Switch
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 from upbx.host.voicemail import mailbox_of as voicemail_mailbox
@@ -92,10 +94,21 @@ class RemoteHost(HostCore):
                                         self.stats, self.log)
         self.firmware_phones = PhoneStates(self.log)
         self.firmware.offered(self.cache.sysinfo["info"], 0, False)
+        self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
+        self.sip_listen = config.sip_listen
+        self.sip_calls = SipCalls(self, self.sip, (config.sip_rtp_base, config.sip_rtp_base + 2000))
 
     def _secret_of(self, identity):
         kind, name = identity
         return self.cache.secret(name) if kind == "phone" else None
+
+    def _sip_password(self, number):
+        """The site's SIP phones register here, from the cached directory (so also while the main host is away)."""
+        ext = self.cache.extension(number)
+        return ext.get("sip_password") if ext else None
+
+    def sip_wanted(self):
+        return any(ext.get("sip_password") for ext in self.cache.extensions.values())
 
     # lifecycle
 
@@ -304,8 +317,14 @@ class RemoteHost(HostCore):
         self.stats.count("sysinfo copies to phones")
 
     def _phone_link(self, number):
+        """A handset's link, or a registered SIP phone's (docs/sip.md): the host treats both alike."""
         peer = self.peers.by_identity.get(("phone", number))
-        return self.phone_links.get(peer.index) if peer else None
+        link = self.phone_links.get(peer.index) if peer else None
+        return link if link is not None else self.sip_calls.link_of(number, self.now)
+
+    def place_sip_call(self, link, ies, now):
+        """A SIP phone's INVITE, as a SETUP from its link (host/sip/calls.py)."""
+        self._outgoing(link, ies, now)
 
     def _from_phone(self, link, msg_type, ies, now):
         self.count_message(msg_type)
@@ -692,11 +711,14 @@ class RemoteHost(HostCore):
 
     def _local_media(self, call, now):
         """B3: both phones send media to each other on the LAN; no host carries it (but for an A-law
-        and a mu-law phone: this host carries it on the LAN and converts, host/codec.py)."""
-        key = os.urandom(16)
+        and a mu-law phone: this host carries it on the LAN and converts, host/codec.py; and a SIP
+        phone's media is this host's to carry, host/sip/calls.py)."""
         a, b = call.a, call.b
+        if a.link.kind == "app" or b.link.kind == "app":
+            return
         if a.link.codec != b.link.codec:
             return
+        key = os.urandom(16)
         for leg, other, role in ((a, b, 0), (b, a, 1)):
             leg.link.send_signal(wire.MEDIA_PEER, {
                 wire.IE_PEER_CALL_NO: leg.peer_call_no, wire.IE_CALL_NO: other.peer_call_no,
@@ -806,6 +828,7 @@ class RemoteHost(HostCore):
             "uplink": {"budget_kbps": self.config.uplink_kbps, "calls": self._uplink_calls(),
                        "committed_kbps": round(self._uplink_kbps(), 1) if self._uplink_calls() else 0.0},
             "main": {"state": self.login.state, "logins": self.login.logins},
+            "sip": self.sip.status(self.now),
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
                        "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],

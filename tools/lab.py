@@ -187,7 +187,7 @@ class LoopbackExchange:
         self.main_port = free_port()
         self.remote_ports = {}
         self.remote_settings = remote_settings or {}   # extra [remote] keys, e.g. {"login_backoff_max_s": 2}
-        self.main_settings = main_settings or {}       # extra [main] keys, e.g. {"api_listen": "127.0.0.1:8080"}
+        self.main_settings = main_settings or {}       # extra [main] keys, e.g. {"api_listen": "127.0.0.1:8080", "sip_listen": "127.0.0.1:5062"}
         self.argv = {}
         self.phone_args = list(phone_args)  # flags every virtual handset gets, e.g. --micropython, --heapsize
         self.metrics = metrics              # each daemon serves Prometheus metrics on a port of its own
@@ -230,9 +230,9 @@ class LoopbackExchange:
                     'ring_timeout_s = %d\ndirect_media = %s\nlog_level = "%s"\n'
                     % (self.main_port, self.path("main.sock"), self.ring_timeout_s,
                        "true" if self.direct_media else "false", self.log_level))
-            f.write(self._metrics_table("main"))
             for key, value in self.main_settings.items():
                 f.write("%s = %s\n" % (key, json.dumps(value)))
+            f.write(self._metrics_table("main"))   # a table of its own: after every [main] key
         self.spawn("main", upbx("main", "--config", self.path("main.toml")))
         for site in self.remote_sites:
             port = self.remote_ports[site] = free_port()

@@ -8,6 +8,7 @@ host attach to it on the LAN; those of a site without one (site c) attach to the
 host through their router's NAT. Control sockets, logs, summaries and recordings live in
 one work directory on the shared file system, so the test process reads them directly.
 """
+import json
 import os
 import subprocess
 import time
@@ -39,6 +40,8 @@ class NetlabExchange(LoopbackExchange):
                     'ring_timeout_s = %d\ndirect_media = %s\nlog_level = "%s"\n'
                     % (self.main_ip, MAIN_PORT, self.path("main.sock"), self.ring_timeout_s,
                        "true" if self.direct_media else "false", self.log_level))
+            for key, value in self.main_settings.items():
+                f.write("%s = %s\n" % (key, json.dumps(value)))
         self.spawn("main", upbx("main", "--config", self.path("main.toml")), node="main")
         for site in self.remote_sites:
             self.remote_ports[site] = REMOTE_PORT
@@ -50,6 +53,8 @@ class NetlabExchange(LoopbackExchange):
                         % (name, self.secrets[name], self.main_ip, MAIN_PORT, self.remote_ip(site), REMOTE_PORT,
                            self.path(name + ".sock"), self.uplink_kbps.get(site, 0), self.log_level,
                            self.keepalive_s, self.punch_timeout_ms / 1000))
+                for key, value in self.remote_settings.items():   # e.g. sip_listen (docs/sip.md)
+                    f.write("%s = %s\n" % (key, json.dumps(value)))
             self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")), node="site-%s/remote" % site)
         self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
                       "remote hosts logged in")

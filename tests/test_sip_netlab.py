@@ -1,0 +1,82 @@
+"""A SIP phone behind a site's NAT in the network lab (root only): Debian's baresip in site a's
+LAN (node site-a/phone-2) registered as extension 105 to site a's remote host, calls handset 301
+of site c (no remote host: 301 is at the main host through site c's NAT router) and is called by
+it. Every hop between the sites crosses nftables masquerade. Each side plays a tone (baresip 1000
+Hz, the handset 600 Hz) and each side's recording holds the other's: baresip's recording against
+the handset's G.711 recording."""
+import os
+import time
+
+import pytest
+
+from tests.support import require_root, require_tool
+from tests.test_sip_baresip_calls import handset_heard, tone_windows
+from upbx.tools.baresip import Baresip, write_tone
+from upbx.tools.netlab import node_address
+from upbx.tools.netlab_exchange import NetlabExchange
+
+pytestmark = pytest.mark.root
+SIP_PORT = 5060
+BARESIP_NODE = "site-a/phone-2"
+
+
+@pytest.fixture(scope="module")
+def ex(tmp_path_factory):
+    require_root()
+    require_tool("baresip", "apt-get install baresip-core")
+    from upbx.tools.netlab import Lab
+    lab = Lab("upxs%s-" % os.urandom(2).hex())
+    try:
+        lab.up(nat="cone", sites=("a", "c"), remote_sites=("a",), phones=2)
+        remote = node_address("site-a/remote")
+        with NetlabExchange(lab, str(tmp_path_factory.mktemp("sipnet")), keepalive_s=3, ring_timeout_s=15,
+                            remote_settings={"sip_listen": "%s:%d" % (remote, SIP_PORT)}) as ex:
+            ex.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101"], "c": ["301"]})
+            ex.sip_password = ex.admin("ext", "add", "105", "--site", "a", "--name", "Desk 105", "--sip")
+            ex.start()
+            ex.sip_domain = "%s:%d" % (remote, SIP_PORT)
+            yield ex
+    finally:
+        lab.down()
+
+
+def baresip(ex, folder, tone_hz):
+    wav = write_tone(folder / "bs-tone.wav", tone_hz, 30)
+    phone = Baresip(folder / "bs105", "105", ex.sip_domain, ex.sip_password, lab=ex.lab, node=BARESIP_NODE,
+                    source=str(wav))
+    phone.start()
+    ex.wait_for(lambda: ex.status("site-a")["sip"]["registered"].get("105") == 1, "105 registered", timeout=20)
+    return phone
+
+
+def test_baresip_behind_a_site_calls_a_handset_at_another_site(ex, tmp_path):
+    hs_wav = write_tone(tmp_path / "hs.wav", 600, 30)
+    record = ex.path("301-in.rx.g711")
+    handset = ex.phone("301", "--answer", "--send", str(hs_wav), "--record-g711", record, "--exit-after", "40",
+                       "--exit-after-call", tag="301-in")
+    ex.wait_registered("301")
+    with baresip(ex, tmp_path, 1000) as bs:
+        assert bs.dial("sip:301@%s" % ex.sip_domain)["ok"]
+        bs.wait_event("CALL_ESTABLISHED", timeout=20)
+        time.sleep(3)
+        assert bs.hangup()["ok"]
+        bs.wait_event("CALL_CLOSED", timeout=10)
+    handset.wait(30)
+    assert sum(tone_windows(handset_heard(record), 1000, 600)) >= 15, bs.log()
+    assert sum(tone_windows(bs.heard(), 600, 1000)) >= 15, bs.log()
+
+
+def test_a_handset_at_another_site_calls_baresip_behind_its_site(ex, tmp_path):
+    hs_wav = write_tone(tmp_path / "hs.wav", 600, 30)
+    record = ex.path("301-out.rx.g711")
+    with baresip(ex, tmp_path, 1000) as bs:
+        caller = ex.phone("301", "--call", "105", "--call-after", "1", "--duration", "3", "--send", str(hs_wav),
+                          "--record-g711", record, "--exit-after-call", "--exit-after", "40", tag="301-out")
+        incoming = bs.wait_event("CALL_INCOMING", timeout=20)
+        assert "301@" in incoming["peeruri"]
+        assert bs.accept()["ok"]
+        bs.wait_event("CALL_ESTABLISHED", timeout=10)
+        bs.wait_event("CALL_CLOSED", timeout=20)
+        caller.wait(30)
+    assert sum(tone_windows(handset_heard(record), 1000, 600)) >= 15, bs.log()
+    assert sum(tone_windows(bs.heard(), 600, 1000)) >= 15, bs.log()
