@@ -118,8 +118,21 @@ def sip_calls(ex, phone, seconds):
         row["path"] = _last_path(ex)
         _finish(row, phone, record)
     except (BaresipError, subprocess.TimeoutExpired, OSError) as exc:
-        row["error"] = "%s (waits on the hosts' SIP call layer, sip-core's B2BUA, if it is not built yet)" % exc
+        cause = _handset_cause(ex, "handset-to-sip")
+        row["error"] = "%s%s (waits on the hosts' SIP call layer, sip-core's B2BUA, if it is not built yet)" % (
+            exc, "; the handset's call ended with cause %s" % cause if cause is not None else "")
     return rows
+
+
+def _handset_cause(ex, tag):
+    """The cause the handset's call ended with (its summary), once it has exited; else None."""
+    for _ in range(50):
+        try:
+            calls = ex.summary(tag)["calls"]
+            return calls[0].get("cause") if calls else None
+        except (OSError, ValueError):
+            time.sleep(0.2)
+    return None
 
 
 def run_demo(seconds=3.0, workdir=None):
@@ -146,7 +159,7 @@ def run_demo(seconds=3.0, workdir=None):
                         lab=lab, node="site-a/phone-1", source=mic, display="baresip")
         phone.start()
         try:
-            phone.wait_event("REGISTER_OK", timeout=15)
+            phone.wait_event("REGISTER_OK", timeout=15, fail_on=("REGISTER_FAIL",))
         except BaresipError as exc:
             raise RuntimeError("baresip did not register at site A's remote host (its SIP registrar, "
                                "sip-core's part of issue 13): %s" % exc)
