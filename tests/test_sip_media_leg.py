@@ -167,3 +167,33 @@ def test_comfort_noise_from_upbx_becomes_noise_at_its_level_every_tick():
     end.media(1240, ulaw_encode(tone(440, 1)))        # voice again: the noise stops
     end.tick(1260)
     assert len(end.datagrams_to_send()) == 1
+
+
+def test_the_sip_phone_hears_music_on_hold_when_the_handset_holds_and_voice_after(world):
+    """301 holds: its host (the main host) plays music on hold towards the SIP phone; the RTP the
+    phone gets carries the arpeggio, on one unbroken RTP timeline, then 301's voice again."""
+    from upbx.host.moh import NOTES_HZ
+    from upbx.tools.lab import goertzel_power
+    link, end, callee = _sip_call(world, "PCMA")
+    _, got = _talk(world, end, "PCMA", 10)
+    assert callee.phone.hold(world.net.now)
+    callee.flush()
+    _, held = _talk(world, end, "PCMA", 100)
+    assert callee.phone.resume(world.net.now)
+    callee.flush()
+    _, after = _talk(world, end, "PCMA", 20)
+    notes = []
+    for d, _a in held:
+        pcm = alaw_decode(d[12:])
+        powers = {hz: goertzel_power(pcm, 160, hz) for hz in NOTES_HZ[:3]}
+        best = max(powers, key=powers.get)
+        if powers[best] > 1e10 and powers[best] > 10 * sum(p for hz, p in powers.items() if hz != best):
+            if not notes or notes[-1] != best:
+                notes.append(best)
+    assert notes[:4] == [523.25, 659.25, 783.99, 659.25]        # the arpeggio, in order
+    voice = [alaw_encode(ulaw_decode(p)) for p in callee.sent]
+    assert [d[12:] for d, _ in after][-5:] == voice[-5:]       # 301's own frames again
+    stamps = [struct.unpack_from("!I", d, 4)[0] for d, _ in got + held + after]
+    assert all(0 < (b - a) & 0xFFFFFFFF < 0x80000000 for a, b in zip(stamps, stamps[1:]))   # only forwards
+    seqs = [struct.unpack_from("!H", d, 2)[0] for d, _ in got + held + after]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
