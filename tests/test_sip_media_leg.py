@@ -197,3 +197,25 @@ def test_the_sip_phone_hears_music_on_hold_when_the_handset_holds_and_voice_afte
     assert all(0 < (b - a) & 0xFFFFFFFF < 0x80000000 for a, b in zip(stamps, stamps[1:]))   # only forwards
     seqs = [struct.unpack_from("!H", d, 2)[0] for d, _ in got + held + after]
     assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+
+
+def test_a_reinvite_to_hold_and_to_another_codec_is_applied():
+    """The phone holds (re-INVITE sendonly: we answer recvonly, so send nothing), resumes with PCMA
+    instead of PCMU from a new address: frames go there, A-law."""
+    from upbx.host.sip.sdp import answer, parse
+    from tests import sip_sdp_samples as samples
+    end = SipMediaLeg(_Core(), None, SipMedia("PCMU", ("192.168.0.50", 11796), 101, seed=3))
+    end.media(0, ulaw_encode(tone(440, 0)))
+    held = parse(samples.YEALINK_HOLD)
+    text, codec = answer(held, "10.1.0.2", 30000, 1, 2)
+    end.renegotiated(held, codec, parse(text).direction)
+    end.media(20, ulaw_encode(tone(440, 1)))
+    assert len(end.datagrams_to_send()) == 1                   # the frame before the hold only
+    resumed = parse(samples.POLYCOM_ALAW)
+    text, codec = answer(resumed, "10.1.0.2", 30000, 1, 3)
+    end.renegotiated(resumed, codec, parse(text).direction)
+    frame = ulaw_encode(tone(440, 2))
+    end.media(40, frame)
+    (datagram, address), = end.datagrams_to_send()
+    assert address == ("172.16.5.21", 2222) and datagram[1] == 0x80 | 8      # marker: first after the pause
+    assert datagram[12:] == alaw_encode(ulaw_decode(frame))

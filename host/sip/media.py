@@ -322,8 +322,7 @@ class SipMediaLeg:
     - RTP from the phone's socket -> `rtp_in(datagram, source, now)`;
     - DTMF the link is sent (`send_signal(wire.DTMF, ...)`) -> `dtmf(digit, now)`;
     - every 20 ms tick -> `tick(now)` (DTMF packets and comfort noise due);
-    - a new SDP from the phone -> `.rtp.update(...)`; our direction (hold) -> `.rtp.hold(...)`
-      (`.rtp` is the SipMedia given);
+    - a new offer/answer (re-INVITE) -> `renegotiated(sdp, codec, our_direction)`;
     - what to send: `send(datagram, address)` if given, else `datagrams_to_send()`, from the
       call's RTP socket (the one the phone sends to: symmetric RTP).
     Frames from the phone go into the switch as the leg's own (`switch.forward`), in mu-law (the
@@ -400,6 +399,17 @@ class SipMediaLeg:
             self._emit(*sent)
         if self._cn_level is not None:
             self._noise_frame(now)
+
+    def renegotiated(self, sdp, codec, direction):
+        """A new offer/answer in the call (re-INVITE: hold, resume, a phone that moved): sdp is the
+        phone's new description (host.sip.sdp.Sdp), codec the one agreed, direction ours."""
+        media = self.rtp
+        if codec != media.codec:
+            media.codec, media.pt = codec, CODECS[codec]
+            self._to_upbx, self._from_upbx = _transcoders(codec)
+            self._noise = {}
+        media.update((sdp.address, sdp.port), sdp.dtmf_pt)
+        media.hold(direction)
 
     # SIP -> upbx
 
