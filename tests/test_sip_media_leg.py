@@ -152,9 +152,16 @@ class _Core:
 
 def test_comfort_noise_from_upbx_becomes_noise_at_its_level_every_tick():
     end = SipMediaLeg(_Core(), None, SipMedia("PCMA", ("10.1.0.50", 10140), 101, seed=3))
+    core = end.core
+    core.now = 1000
     end.media(1000, ulaw_encode(tone(440, 0)))
+    core.now = 1020
     end.media(1020, bytes([40]))                       # the far end went quiet: background at -40 dBov
+    end.tick(1021)                                     # a tick just after: the noise frame of 1020 is out
     for k in range(9):
+        if k == 4:
+            core.now = 1110
+            end.media(1200, bytes([40]))               # the level refreshed (every 200 ms): no extra frame
         end.tick(1040 + 20 * k)
     out = end.datagrams_to_send()
     assert len(out) == 1 + 10                          # the voice frame, then noise every 20 ms
@@ -164,6 +171,7 @@ def test_comfort_noise_from_upbx_becomes_noise_at_its_level_every_tick():
     samples = struct.unpack("<%dh" % (len(pcm) // 2), pcm)
     rms_db = 20 * math.log10(math.sqrt(sum(v * v for v in samples) / len(samples)) / 32768)
     assert -42 < rms_db < -38
+    core.now = 1240
     end.media(1240, ulaw_encode(tone(440, 1)))        # voice again: the noise stops
     end.tick(1260)
     assert len(end.datagrams_to_send()) == 1

@@ -341,6 +341,7 @@ class SipMediaLeg:
         self._to_upbx, self._from_upbx = _transcoders(media.codec)
         self._cn_level = None                # the far end is silent at this level (-dBov)
         self._cn_ms = None                   # media ms of the last noise frame sent
+        self._cn_next = 0                    # no noise frame before this time (ms)
         self._noise = {}                     # level -> noise frames in the phone's codec
         self._rng = random.Random(0x5EED)
 
@@ -361,9 +362,11 @@ class SipMediaLeg:
         """A frame for the phone from the switch (opened, mu-law, or 1 byte of comfort noise)."""
         now = self.core.now
         if len(payload) == wire.CN_BYTES:
-            self._cn_level = payload[0]
-            self._cn_ms = ts - 20
-            self._noise_frame(now)
+            first = self._cn_level is None
+            self._cn_level = payload[0]   # a refresh (every 200 ms) only changes the level: the
+            if first:                     # noise keeps its own 20 ms pace, set by the ticks
+                self._cn_ms = ts - 20
+                self._noise_frame(now)
             return
         self._cn_level = None
         self._cn_ms = ts
@@ -378,6 +381,7 @@ class SipMediaLeg:
         if frames is None:
             frames = self._noise[self._cn_level] = [self._make_noise(self._cn_level) for _ in range(4)]
         self._cn_ms += 20
+        self._cn_next = now + 20 - 5      # the next one a tick from now (a tick may come a little early)
         sent = self.rtp.rtp_out(frames[self._rng.randrange(len(frames))], now, ms=self._cn_ms)
         if sent is not None:
             self._emit(*sent)
@@ -397,7 +401,7 @@ class SipMediaLeg:
         """Every 20 ms: DTMF packets due; a comfort-noise frame while the far end is silent."""
         for sent in self.rtp.handle_timer(now):
             self._emit(*sent)
-        if self._cn_level is not None:
+        if self._cn_level is not None and now >= self._cn_next:
             self._noise_frame(now)
 
     def renegotiated(self, sdp, codec, direction):
