@@ -328,11 +328,11 @@ async def attendants_get(request):
 GROUP_FIELDS = ("number", "strategy", "members", "ring_s", "overflow", "site")
 
 
-async def _group_args(request, body, number):
+def _group_args(request, body, number):
     d = directory(request)
     strategy = _need(body, "strategy", "str", False)
     members = _need(body, "members", "strs", False)
-    for i, member in enumerate(members or []):
+    for member in members or []:
         _ext_ref(d, "members", member)
     ring_s = _need(body, "ring_s", "int", False)
     overflow = _need(body, "overflow", "str", False)
@@ -355,7 +355,7 @@ async def groups_post(request):
     body = await _body(request, GROUP_FIELDS)
     number = _need(body, "number", "str")
     _checked("number", dirmod.check_number, number)
-    fields = await _group_args(request, body, number)
+    fields = _group_args(request, body, number)
     if fields["strategy"] is None:
         fields["strategy"] = "ring-all"
     return _created(run_admin(directory(request), "group", "add", **fields))
@@ -363,7 +363,7 @@ async def groups_post(request):
 
 async def group_patch(request):
     body = await _body(request, GROUP_FIELDS[1:])
-    fields = await _group_args(request, body, request.match_info["number"])
+    fields = _group_args(request, body, request.match_info["number"])
     return _json(run_admin(directory(request), "group", "set", **fields))
 
 
