@@ -54,7 +54,8 @@ class ApiService:
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         host, port = self.config.api_listen
-        site = web.TCPSite(self.runner, host, port, ssl_context=self.ssl)
+        # a request still running when the daemon stops (a large export) gets 2 s, not aiohttp's 60
+        site = web.TCPSite(self.runner, host, port, ssl_context=self.ssl, shutdown_timeout=2.0)
         try:
             await site.start()
         except OSError as exc:

@@ -435,3 +435,17 @@ def test_the_web_page_signs_in_and_refuses_viewers_changes_and_forged_forms(api)
     assert status == 400 and html.escape("field 'uplink_kbps': expected an integer, got 'lots' (uplink_kbps)") in text
     assert 'id="add-site"' in text and 'id="site-west"' not in text
     assert api("DELETE", "/api/extensions/360")[0] == 200
+    # sites and system information through their forms, as an admin
+    token = api.admin_token
+    status, _h, text = web_request(api, "POST", "/sites", token, {"name": "west", "uplink_kbps": "256",
+                                                                  "local_calls": "1", "csrf": csrf(token)})
+    assert status == 200 and 'id="site-west"' in text
+    status, _h, text = web_request(api, "POST", "/sysinfo", token, {"key": "announcement", "value": "Fire drill",
+                                                                    "csrf": csrf(token)})
+    assert status == 200 and 'id="sysinfo-announcement"' in text
+    with Directory(api.lab.path("main.sqlite")) as d:
+        assert d.site("west") == ("west", 256, True, 0) and d.sysinfo()[1]["announcement"] == "Fire drill"
+    for path in ("/sites/west/remove", "/sysinfo/announcement/remove"):
+        assert web_request(api, "POST", path, token, {"csrf": csrf(token)})[0] == 200
+    with Directory(api.lab.path("main.sqlite")) as d:
+        assert d.site("west") is None and "announcement" not in d.sysinfo()[1]
