@@ -515,8 +515,9 @@ def live_status(core):
             mine = [l for l in phones if core._site_of(l) == site.name]
             last = max((core.wall_ms(l.session.last_seen_ms) for l in mine), default=None)
             if last is None:
-                last = max((g["last_seen_ms"] for (k, n), g in core.gone.items()
-                            if k == "phone" and d.site_of_extension(n) == site.name), default=None)
+                numbers = {e.number for e in d.extensions(site.name)}
+                last = max((g["last_seen_ms"] for (k, n), g in core.gone.items() if k == "phone" and n in numbers),
+                           default=None)
             entry.update(up=bool(mine), address=None, last_seen=iso(last), phones=len(mine))
         sites.append(entry)
     return {

@@ -280,13 +280,15 @@ def test_live_status_shows_sites_phones_and_a_call_in_progress_with_its_path_and
     assert record["path"] == "relay" and record["cause"] == "normal clearing"
 
 
-def test_a_site_whose_host_logs_out_is_down_with_its_last_address(api):
+def test_sites_whose_host_or_phones_are_gone_are_down_with_their_last_address_and_time(api):
     lab = api.lab
     lab.kill("site-a")   # gone without a word: the main host logs it out after keepalive_timeout_s
     lab.wait_for(lambda: not next(s for s in api("GET", "/api/status")[2]["sites"] if s["name"] == "a")["up"],
                  "site a down", timeout=60)
-    site = next(s for s in api("GET", "/api/status")[2]["sites"] if s["name"] == "a")
-    assert site["address"] == "127.0.0.1:%d" % lab.remote_ports["a"] and site["last_seen"] is not None
+    sites = {s["name"]: s for s in api("GET", "/api/status")[2]["sites"]}
+    assert sites["a"]["address"] == "127.0.0.1:%d" % lab.remote_ports["a"] and sites["a"]["last_seen"] is not None
+    # site c's only phone logged out when its call ended: down, last seen then
+    assert sites["c"]["up"] is False and sites["c"]["phones"] == 0 and sites["c"]["last_seen"] is not None
 
 
 # the listener: HTTPS with a certificate, plain HTTP on loopback only
