@@ -437,6 +437,11 @@ def test_the_web_page_signs_in_and_refuses_viewers_changes_and_forged_forms(api)
     assert status == 400 and html.escape("field 'uplink_kbps': expected an integer, got 'lots' (uplink_kbps)") in text
     assert 'id="add-site"' in text and 'id="site-west"' not in text
     assert api("DELETE", "/api/extensions/360")[0] == 200
+    # what the directory holds is shown as text, never as markup
+    assert api("POST", "/api/extensions", {"number": "361", "site": "c", "name": "<script>x()</script>"})[0] == 201
+    text = web_request(api, "GET", "/extensions", api.viewer_token)[2]
+    assert "<script>x()" not in text and "&lt;script&gt;x()&lt;/script&gt;" in text
+    assert api("DELETE", "/api/extensions/361")[0] == 200
     # sites and system information through their forms, as an admin
     token = api.admin_token
     status, _h, text = web_request(api, "POST", "/sites", token, {"name": "west", "uplink_kbps": "256",
