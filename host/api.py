@@ -54,7 +54,8 @@ class ApiService:
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         host, port = self.config.api_listen
-        site = web.TCPSite(self.runner, host, port, ssl_context=self.ssl)
+        # a request still running when the daemon stops (a large export) gets 2 s, not aiohttp's 60
+        site = web.TCPSite(self.runner, host, port, ssl_context=self.ssl, shutdown_timeout=2.0)
         try:
             await site.start()
         except OSError as exc:
@@ -328,11 +329,11 @@ async def attendants_get(request):
 GROUP_FIELDS = ("number", "strategy", "members", "ring_s", "overflow", "site")
 
 
-async def _group_args(request, body, number):
+def _group_args(request, body, number):
     d = directory(request)
     strategy = _need(body, "strategy", "str", False)
     members = _need(body, "members", "strs", False)
-    for i, member in enumerate(members or []):
+    for member in members or []:
         _ext_ref(d, "members", member)
     ring_s = _need(body, "ring_s", "int", False)
     overflow = _need(body, "overflow", "str", False)
@@ -355,7 +356,7 @@ async def groups_post(request):
     body = await _body(request, GROUP_FIELDS)
     number = _need(body, "number", "str")
     _checked("number", dirmod.check_number, number)
-    fields = await _group_args(request, body, number)
+    fields = _group_args(request, body, number)
     if fields["strategy"] is None:
         fields["strategy"] = "ring-all"
     return _created(run_admin(directory(request), "group", "add", **fields))
@@ -363,7 +364,7 @@ async def groups_post(request):
 
 async def group_patch(request):
     body = await _body(request, GROUP_FIELDS[1:])
-    fields = await _group_args(request, body, request.match_info["number"])
+    fields = _group_args(request, body, request.match_info["number"])
     return _json(run_admin(directory(request), "group", "set", **fields))
 
 
@@ -514,8 +515,9 @@ def live_status(core):
             mine = [l for l in phones if core._site_of(l) == site.name]
             last = max((core.wall_ms(l.session.last_seen_ms) for l in mine), default=None)
             if last is None:
-                last = max((g["last_seen_ms"] for (k, n), g in core.gone.items()
-                            if k == "phone" and d.site_of_extension(n) == site.name), default=None)
+                numbers = {e.number for e in d.extensions(site.name)}
+                last = max((g["last_seen_ms"] for (k, n), g in core.gone.items() if k == "phone" and n in numbers),
+                           default=None)
             entry.update(up=bool(mine), address=None, last_seen=iso(last), phones=len(mine))
         sites.append(entry)
     return {

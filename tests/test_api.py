@@ -280,13 +280,15 @@ def test_live_status_shows_sites_phones_and_a_call_in_progress_with_its_path_and
     assert record["path"] == "relay" and record["cause"] == "normal clearing"
 
 
-def test_a_site_whose_host_logs_out_is_down_with_its_last_address(api):
+def test_sites_whose_host_or_phones_are_gone_are_down_with_their_last_address_and_time(api):
     lab = api.lab
     lab.kill("site-a")   # gone without a word: the main host logs it out after keepalive_timeout_s
     lab.wait_for(lambda: not next(s for s in api("GET", "/api/status")[2]["sites"] if s["name"] == "a")["up"],
                  "site a down", timeout=60)
-    site = next(s for s in api("GET", "/api/status")[2]["sites"] if s["name"] == "a")
-    assert site["address"] == "127.0.0.1:%d" % lab.remote_ports["a"] and site["last_seen"] is not None
+    sites = {s["name"]: s for s in api("GET", "/api/status")[2]["sites"]}
+    assert sites["a"]["address"] == "127.0.0.1:%d" % lab.remote_ports["a"] and sites["a"]["last_seen"] is not None
+    # site c's only phone logged out when its call ended: down, last seen then
+    assert sites["c"]["up"] is False and sites["c"]["phones"] == 0 and sites["c"]["last_seen"] is not None
 
 
 # the listener: HTTPS with a certificate, plain HTTP on loopback only
@@ -435,3 +437,22 @@ def test_the_web_page_signs_in_and_refuses_viewers_changes_and_forged_forms(api)
     assert status == 400 and html.escape("field 'uplink_kbps': expected an integer, got 'lots' (uplink_kbps)") in text
     assert 'id="add-site"' in text and 'id="site-west"' not in text
     assert api("DELETE", "/api/extensions/360")[0] == 200
+    # what the directory holds is shown as text, never as markup
+    assert api("POST", "/api/extensions", {"number": "361", "site": "c", "name": "<script>x()</script>"})[0] == 201
+    text = web_request(api, "GET", "/extensions", api.viewer_token)[2]
+    assert "<script>x()" not in text and "&lt;script&gt;x()&lt;/script&gt;" in text
+    assert api("DELETE", "/api/extensions/361")[0] == 200
+    # sites and system information through their forms, as an admin
+    token = api.admin_token
+    status, _h, text = web_request(api, "POST", "/sites", token, {"name": "west", "uplink_kbps": "256",
+                                                                  "local_calls": "1", "csrf": csrf(token)})
+    assert status == 200 and 'id="site-west"' in text
+    status, _h, text = web_request(api, "POST", "/sysinfo", token, {"key": "announcement", "value": "Fire drill",
+                                                                    "csrf": csrf(token)})
+    assert status == 200 and 'id="sysinfo-announcement"' in text
+    with Directory(api.lab.path("main.sqlite")) as d:
+        assert d.site("west") == ("west", 256, True, 0) and d.sysinfo()[1]["announcement"] == "Fire drill"
+    for path in ("/sites/west/remove", "/sysinfo/announcement/remove"):
+        assert web_request(api, "POST", path, token, {"csrf": csrf(token)})[0] == 200
+    with Directory(api.lab.path("main.sqlite")) as d:
+        assert d.site("west") is None and "announcement" not in d.sysinfo()[1]

@@ -7,12 +7,12 @@ $UPBX_ARTIFACTS/web-admin-status.png, else build/test-artifacts/ (docs/tests.md)
 """
 import os
 import shutil
+import socket
 
 import pytest
 
 from upbx.host.directory import Directory
 from upbx.tools.lab import ROOT, LoopbackExchange, write_noise_wav
-from tests.test_api import free_tcp_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -20,6 +20,12 @@ ARTIFACTS = os.environ.get("UPBX_ARTIFACTS") or os.path.join(ROOT, "build", "tes
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="needs Debian's chromium and chromium-driver (Makefile DEBS)")
+
+
+def free_tcp_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture
