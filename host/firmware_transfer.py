@@ -81,12 +81,13 @@ class FirmwareFetcher:
         self.until = 0                # the end of the batch asked for
         self.heard_ms = self.asked_ms = None
         self.refused = None           # (version, sha256) whose download did not match
+        self.have = False             # the offer's bundle is here whole (VERSION.bin)
 
     def _path(self, version, ext):
         return os.path.join(self.folder, "%s.%s" % (version, ext))
 
     def complete(self, version):
-        return self.offer is not None and self.offer["version"] == version and os.path.exists(self._path(version, "bin"))
+        return self.have and self.offer["version"] == version
 
     def offered(self, info, now, main_up):
         """The system information arrived (or was read back at start): fetch its bundle if it has one."""
@@ -96,7 +97,8 @@ class FirmwareFetcher:
         if offer == self.offer:
             return
         self.offer = offer
-        if offer is None or os.path.exists(self._path(offer["version"], "bin")):
+        self.have = offer is not None and os.path.exists(self._path(offer["version"], "bin"))
+        if offer is None or self.have:
             return
         os.makedirs(self.folder, mode=0o700, exist_ok=True)
         part = self._path(offer["version"], "part")
@@ -112,8 +114,8 @@ class FirmwareFetcher:
         return (self.offer["size"] + CHUNK - 1) // CHUNK
 
     def _fetching(self):
-        return (self.offer is not None and (self.offer["version"], self.offer["sha256"]) != self.refused
-                and not os.path.exists(self._path(self.offer["version"], "bin")))
+        return (self.offer is not None and not self.have
+                and (self.offer["version"], self.offer["sha256"]) != self.refused)
 
     def _want(self, now):
         n = min(FETCH_BATCH, self._count() - self.index)
@@ -124,8 +126,8 @@ class FirmwareFetcher:
 
     def tick(self, now, main_up):
         """Ask again when nothing came for a while (a lost login, a main host that restarted)."""
-        if main_up and self._fetching() and (self.asked_ms is None or now - self.asked_ms >= STALL_MS) and (
-                self.heard_ms is None or now - self.heard_ms >= STALL_MS):
+        if (main_up and self.offer is not None and (self.asked_ms is None or now - self.asked_ms >= STALL_MS)
+                and (self.heard_ms is None or now - self.heard_ms >= STALL_MS) and self._fetching()):
             self._want(now)
 
     def chunk(self, ies, now):
@@ -156,6 +158,7 @@ class FirmwareFetcher:
             self.log.error("firmware-refused", version=version, sha256=digest, expected=self.offer["sha256"])
             return
         os.replace(part, self._path(version, "bin"))
+        self.have = True
         self.log.info("firmware-fetched", version=version, size=self.offer["size"])
 
     def want(self, link, ies, now):
@@ -175,7 +178,7 @@ class FirmwareFetcher:
         if self.offer is None:
             return None
         version = self.offer["version"]
-        state = ("complete" if os.path.exists(self._path(version, "bin")) else
+        state = ("complete" if self.have else
                  "refused" if (version, self.offer["sha256"]) == self.refused else "fetching")
         return {"version": version, "state": state, "chunks": self._count() if state == "complete" else self.index,
                 "count": self._count()}

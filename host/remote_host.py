@@ -12,10 +12,10 @@ import os
 
 from upbx.common import wire
 from upbx.common.chunks import Reassembly, chunk_ies
-from upbx.host.firmware_transfer import FirmwareFetcher, PhoneStates
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
 from upbx.host import codec, features, groups, lines
+from upbx.host.firmware_transfer import FirmwareFetcher, PhoneStates
 from upbx.host.core import HostCore
 from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
