@@ -65,7 +65,7 @@ def bench_sip(quick=False):
 
 
 def table_sip(r):
-    lines = ["  RTP side of a SIP call, per 20 ms frame (best of 5, %d frames):" % r["frames"]]
+    lines = ["sip: the RTP side of a SIP call, per 20 ms frame (best of 5, %d frames):" % r["frames"]]
     for key in ("pcmu", "pcma"):
         lines.append("  %s: in %.2f us, out %.2f us -> at most %d calls per core for this part"
                      % (key.upper(), r["us_per_frame_in_" + key], r["us_per_frame_out_" + key],
