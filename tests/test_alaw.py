@@ -8,13 +8,12 @@ import math
 import struct
 
 from upbx.common import wire
-from upbx.common.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from upbx.common.g711 import alaw_decode, alaw_encode, ulaw_decode
 from upbx.host.moh import NOTES_HZ, MusicOnHold
 from upbx.tools.lab import goertzel_power
 from tests import test_conference as conf
-from tests.inprocess import MAIN, SITE_A, TICK_MS
-from tests.test_conference import TONES, ToneEnd, _everyone_hears_the_others, _three_way
-from tests.inprocess import World
+from tests.inprocess import MAIN, SITE_A, World
+from tests.test_conference import TONES, ToneEnd, _three_way
 
 ALAW = ("102", "301")            # these phones are set to A-law
 

@@ -23,10 +23,11 @@ def lab():
         yield lab
 
 
+@pytest.mark.timeout(900)    # every scenario of the demo, issue 12's and those built after it, one after another
 def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(tmp_path):
     env = dict(os.environ, TMPDIR=str(tmp_path))  # every file and process of the demo lives under here
     result = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "demo", "features", "--json"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=400)
+                            env=env, capture_output=True, text=True, timeout=850)
     assert result.returncode == 0, result.stderr[-2000:]
     features = json.loads(result.stdout)["features"]
     assert [f["name"] for f in features] == list(FEATURES + EXTRA)
@@ -79,6 +80,12 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
     assert recall["ok"] is True and recall["heard"]["301"] == ["101", "music", "101"], recall
     assert recall["recall_display"] == "incoming call from 301 recall: 201 no answer", recall
     assert by_name["directed_pickup"]["ok"] is True, by_name["directed_pickup"]
+    assert by_name["transfer_via_main"]["ok"] is True and by_name["transfer_via_main"]["joined_by"] == "main"
+    assert by_name["conference_via_main"]["ok"] is True and by_name["conference_via_main"]["mixed_by"] == "main"
+    alaw = by_name["alaw"]
+    assert alaw["ok"] is True and alaw["hold"]["music_note_share"] > 0.97, alaw
+    vm = by_name["voicemail_b4"]
+    assert vm["ok"] is True and vm["b4_retrieval_heard"] == ["main's message", "b4 message"], vm
     assert os.listdir(tmp_path) == []    # no lab directory, no handset flash left behind
 
 

@@ -107,3 +107,25 @@ def test_the_main_host_recalls_its_phone_and_zero_turns_recall_off(tmp_path):
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_recall_among_a_sites_phones_while_the_main_host_is_unreachable(tmp_path):
+    world = _world(tmp_path, ("101", "102", "103"), remote_settings={"transfer_recall_s": RECALL_S})
+    try:
+        p = world.phones
+        world.main_away()                                     # B4: site a's remote host alone
+        world.call("102", "101")
+        _act(world, "101", lambda ph, now: lines.consult(ph, "103", now, True))
+        world.run_until(lambda: p["103"].phone.state == RINGING and p["101"].idle, 3000, "103 rings")
+        _, incoming = _rings_with(world, "101", RECALL_S * 1000 + 500)
+        assert (incoming.number, incoming.name) == ("102", "recall: 103 no answer")
+        assert p["103"].causes()[-1] == wire.CAUSE_NO_ANSWER
+        _answer(world, "101")
+        _listen(world, 1000)
+        assert _heard(p["102"]) == (["101"], False) and _heard(p["101"]) == (["102"], False)
+        world.hangup("101")
+        pending = [(r["caller"], r["callee"], r["cause"]) for r in world.a.records.pending()]
+        assert ("102", "101", "normal clearing") in pending   # kept for upload, linked as every leg is
+        assert not world.net.errors
+    finally:
+        world.close()

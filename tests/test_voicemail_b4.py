@@ -5,9 +5,11 @@ plays the main host's messages and those recorded meanwhile, a caller hears the 
 uploaded greeting, and the saves and deletes made meanwhile reach the main host once it is back,
 exactly once (docs/features.md, Voicemail). Who spoke: each phone's own tone, by Goertzel.
 """
+from upbx.common.g711 import ulaw_decode
 from upbx.common.login import UP
-from upbx.host import prompts, voicemail
+from upbx.host import voicemail
 from upbx.host.voicemail import load_wav
+from upbx.tools.lab import goertzel_power
 from tests.inprocess import MAIN, attach_host
 from tests.test_hold import _tone_wav
 from tests.test_voicemail import TONES, _leave_message, _menu, _reach_voicemail, _store, _world_with
@@ -26,8 +28,6 @@ def _greeting_heard(world, caller, mailbox):
     end.received = []
     world.run(1000)
     frames = [f for f in end.received if len(f) == 160]
-    from upbx.common.g711 import ulaw_decode
-    from upbx.tools.lab import goertzel_power
     tone = sum(1 for f in frames if goertzel_power(ulaw_decode(f), 160, GREETING_HZ) > 1e10)
     world.hangup(caller)
     world.run(200)
