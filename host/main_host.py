@@ -344,6 +344,8 @@ class MainHost(HostCore):
         call = self.switch.new_call(caller, called, now)   # the main host chooses the call id
         call.tried = tried
         call.noanswer = self._noanswer_of(called)
+        if getattr(link, "trunk", None) is not None:
+            call.path = "trunk"
         self.switch.incoming(call, link, ies)
         self.switch.offer(call, target, now, name)
         call.b2 = link.kind == "host" and target.kind == "host"

@@ -195,11 +195,11 @@ class SipCalls:
         return "%s:%d" % (host, listen[1])
 
     def trunk_at(self, addr):
-        """The trunk whose proxy sent from addr's IP, or None."""
+        """The trunk whose proxy sent from addr (IP and port), or None."""
         if self._trunks_read is None and hasattr(self.core, "trunk_rows"):   # before the first tick
             self.refresh_trunks(self.core.trunk_rows(), self.core.now)
         for link in self.trunk_links.values():
-            if link.proxy[0] == addr[0]:
+            if link.proxy == tuple(addr[:2]):   # its address and port: not every device at that IP
                 return link
         return None
 
