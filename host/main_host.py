@@ -309,7 +309,8 @@ class MainHost(HostCore):
             if called == groups.PICKUP_CODE or groups.intercom_target(called):
                 return self._group_code(link, ies, caller, called, now)
             return self._star_code(link, ies, now)
-        out = trunk.route_for(self.directory, called) if self.directory.extension(called) is None else None
+        own = self.directory.extension(called) is not None or self.directory.group(called) is not None
+        out = trunk.route_for(self.directory, called) if not own else None   # our own numbers win
         if out is not None and out[0] is not None and getattr(link, "trunk", None) is None:   # outside: a trunk
             return self.sip_calls.trunk_call(link, ies, caller, self._caller_name(caller), out[0]["name"], out[1], now)
         tried = []
