@@ -4,11 +4,15 @@ holds the other's tone (Goertzel, as tests/test_hold.py listens). This is what t
 `upbx demo sip` build on; if baresip or root is missing it skips (fails under CI=true)."""
 import secrets
 import socket
+import struct
+import threading
 import time
 
 import pytest
 
 from tests.support import require_root, require_tool
+from upbx.common.g711 import ulaw_decode
+from upbx.host.sip.media import SipMedia
 from upbx.tools.baresip import Baresip, BaresipError, write_tone
 from upbx.tools.lab import goertzel_power
 from upbx.tools.netlab import Lab
@@ -44,7 +48,8 @@ def test_two_baresips_call_each_other_and_hear_each_others_tone(lab, tmp_path):
                 node="site-a/phone-1", source=a_wav)
     b = Baresip(tmp_path / "b", "bob", lab.address("site-a/phone-2"), register=False, lab=lab,
                 node="site-a/phone-2", source=b_wav)
-    with a.start(), b.start():
+    capture = Capture(lab, "site-a/phone-2", source=lab.address("site-a/phone-1"))
+    with a.start(), b.start(), capture:
         assert a.dial(b.uri)["ok"]
         incoming = b.wait_event("CALL_INCOMING")
         assert "alice@10.1.0.11" in incoming["peeruri"]
@@ -59,6 +64,52 @@ def test_two_baresips_call_each_other_and_hear_each_others_tone(lab, tmp_path):
     assert sum(heard_by_a) >= 10, (len(heard_by_a), sum(heard_by_a), a.log())
     # and not its own tone: the recordings are the far end's audio
     assert not any(tone_share(b.heard(), 600, [1000])) and not any(tone_share(a.heard(), 1000, [600]))
+    # upbx's RTP receiver (host/sip/media.py) on the packets baresip really sent (RTP, and its RTCP
+    # "PINGPONG" to the port above): every RTP packet taken, 20 ms frames on an unbroken timeline,
+    # the tone in them; the RTCP packets dropped as such, before they could latch anything
+    rtp = [(payload, src) for src, dport, payload in capture.packets if 10000 <= dport <= 10098]
+    media = SipMedia("PCMU", ("10.1.0.11", 10000), 101)
+    frames = [e for payload, src in rtp for e in media.receive(payload, src, 0)]
+    assert len(frames) >= 50 and set(media.drops) <= {"rtcp"}, (len(rtp), media.drops)
+    assert media.remote[1] % 2 == 0                      # latched on the RTP port, not the RTCP one
+    assert [e[2] for e in frames] == [20 * k for k in range(len(frames))]
+    pcm = b"".join(ulaw_decode(e[1]) for e in frames)
+    assert sum(tone_share(pcm, 1000, [600])) >= len(frames) // 5 - 2
+
+
+class Capture:
+    """UDP packets arriving at a lab node from source, caught on its interface (AF_PACKET), as
+    (source address, destination port, UDP payload)."""
+
+    def __init__(self, lab, node, source):
+        with lab.inside(node):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+        self.sock.settimeout(0.1)
+        self.source = socket.inet_aton(source)
+        self.packets = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop:
+            try:
+                ip = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            ihl = (ip[0] & 0x0F) * 4
+            if len(ip) < ihl + 8 or ip[9] != 17 or ip[12:16] != self.source:
+                continue
+            sport, dport = struct.unpack_from("!HH", ip, ihl)
+            self.packets.append(((socket.inet_ntoa(ip[12:16]), sport), dport, ip[ihl + 8:]))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+        self.sock.close()
 
 
 def test_a_phone_that_cannot_start_says_why(tmp_path):

@@ -269,3 +269,11 @@ def test_random_datagrams_never_raise():
             assert event[0] in ("audio", "dtmf")
             assert len(event[1]) == 160 or event[0] == "dtmf"
     assert sum(m.drops.values()) > 2000
+
+
+def test_transcoding_tables_give_the_bytes_of_decoding_and_encoding():
+    from upbx.common.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+    from upbx.host.sip.media import ALAW_TO_ULAW, ULAW_TO_ALAW
+    every = bytes(range(256))
+    assert every.translate(ULAW_TO_ALAW) == alaw_encode(ulaw_decode(every))
+    assert every.translate(ALAW_TO_ULAW) == ulaw_encode(alaw_decode(every))

@@ -152,9 +152,16 @@ class _Core:
 
 def test_comfort_noise_from_upbx_becomes_noise_at_its_level_every_tick():
     end = SipMediaLeg(_Core(), None, SipMedia("PCMA", ("10.1.0.50", 10140), 101, seed=3))
+    core = end.core
+    core.now = 1000
     end.media(1000, ulaw_encode(tone(440, 0)))
+    core.now = 1020
     end.media(1020, bytes([40]))                       # the far end went quiet: background at -40 dBov
+    end.tick(1021)                                     # a tick just after: the noise frame of 1020 is out
     for k in range(9):
+        if k == 4:
+            core.now = 1110
+            end.media(1200, bytes([40]))               # the level refreshed (every 200 ms): no extra frame
         end.tick(1040 + 20 * k)
     out = end.datagrams_to_send()
     assert len(out) == 1 + 10                          # the voice frame, then noise every 20 ms
@@ -164,6 +171,59 @@ def test_comfort_noise_from_upbx_becomes_noise_at_its_level_every_tick():
     samples = struct.unpack("<%dh" % (len(pcm) // 2), pcm)
     rms_db = 20 * math.log10(math.sqrt(sum(v * v for v in samples) / len(samples)) / 32768)
     assert -42 < rms_db < -38
+    core.now = 1240
     end.media(1240, ulaw_encode(tone(440, 1)))        # voice again: the noise stops
     end.tick(1260)
     assert len(end.datagrams_to_send()) == 1
+
+
+def test_the_sip_phone_hears_music_on_hold_when_the_handset_holds_and_voice_after(world):
+    """301 holds: its host (the main host) plays music on hold towards the SIP phone; the RTP the
+    phone gets carries the arpeggio, on one unbroken RTP timeline, then 301's voice again."""
+    from upbx.host.moh import NOTES_HZ
+    from upbx.tools.lab import goertzel_power
+    link, end, callee = _sip_call(world, "PCMA")
+    _, got = _talk(world, end, "PCMA", 10)
+    assert callee.phone.hold(world.net.now)
+    callee.flush()
+    _, held = _talk(world, end, "PCMA", 100)
+    assert callee.phone.resume(world.net.now)
+    callee.flush()
+    _, after = _talk(world, end, "PCMA", 20)
+    notes = []
+    for d, _a in held:
+        pcm = alaw_decode(d[12:])
+        powers = {hz: goertzel_power(pcm, 160, hz) for hz in NOTES_HZ[:3]}
+        best = max(powers, key=powers.get)
+        if powers[best] > 1e10 and powers[best] > 10 * sum(p for hz, p in powers.items() if hz != best):
+            if not notes or notes[-1] != best:
+                notes.append(best)
+    assert notes[:4] == [523.25, 659.25, 783.99, 659.25]        # the arpeggio, in order
+    voice = [alaw_encode(ulaw_decode(p)) for p in callee.sent]
+    assert [d[12:] for d, _ in after][-5:] == voice[-5:]       # 301's own frames again
+    stamps = [struct.unpack_from("!I", d, 4)[0] for d, _ in got + held + after]
+    assert all(0 < (b - a) & 0xFFFFFFFF < 0x80000000 for a, b in zip(stamps, stamps[1:]))   # only forwards
+    seqs = [struct.unpack_from("!H", d, 2)[0] for d, _ in got + held + after]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+
+
+def test_a_reinvite_to_hold_and_to_another_codec_is_applied():
+    """The phone holds (re-INVITE sendonly: we answer recvonly, so send nothing), resumes with PCMA
+    instead of PCMU from a new address: frames go there, A-law."""
+    from upbx.host.sip.sdp import answer, parse
+    from tests import sip_sdp_samples as samples
+    end = SipMediaLeg(_Core(), None, SipMedia("PCMU", ("192.168.0.50", 11796), 101, seed=3))
+    end.media(0, ulaw_encode(tone(440, 0)))
+    held = parse(samples.YEALINK_HOLD)
+    text, codec = answer(held, "10.1.0.2", 30000, 1, 2)
+    end.renegotiated(held, codec, parse(text).direction)
+    end.media(20, ulaw_encode(tone(440, 1)))
+    assert len(end.datagrams_to_send()) == 1                   # the frame before the hold only
+    resumed = parse(samples.POLYCOM_ALAW)
+    text, codec = answer(resumed, "10.1.0.2", 30000, 1, 3)
+    end.renegotiated(resumed, codec, parse(text).direction)
+    frame = ulaw_encode(tone(440, 2))
+    end.media(40, frame)
+    (datagram, address), = end.datagrams_to_send()
+    assert address == ("172.16.5.21", 2222) and datagram[1] == 0x80 | 8      # marker: first after the pause
+    assert datagram[12:] == alaw_encode(ulaw_decode(frame))

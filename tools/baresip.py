@@ -205,14 +205,19 @@ class Baresip:
                 self._cond.wait(left)
             return self._responses.pop(token)
 
-    def wait_event(self, kind, timeout=10.0, since=0):
-        """The first event of type kind (from the index since on); BaresipError after timeout."""
+    def wait_event(self, kind, timeout=10.0, since=0, fail_on=("CALL_CLOSED",)):
+        """The first event of type kind (from the index since on); BaresipError after timeout, or at
+        once when an event of fail_on comes first (a call closed before it was established: the
+        error carries its reason, e.g. "405 Method Not Allowed")."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 for event in self.events[since:]:
                     if event.get("type") == kind:
                         return event
+                    if event.get("type") in fail_on:
+                        raise BaresipError("baresip %s: %s before %s: %s" % (self.user, event.get("type"), kind,
+                                                                             event.get("param") or "(no reason)"))
                 left = deadline - time.monotonic()
                 if left <= 0:
                     seen = [e.get("type") for e in self.events]

@@ -358,3 +358,5 @@ def run(args):
 
 from upbx.tools.bench_memory import bench_memory, table_memory  # noqa: E402  (a handset's heap: tools/bench_memory.py)
 BENCHMARKS["memory"], TABLES["memory"] = bench_memory, table_memory
+from upbx.tools.bench_sip import bench_sip, table_sip  # noqa: E402  (the RTP side of a SIP call, docs/sip.md)
+BENCHMARKS["sip"], TABLES["sip"] = bench_sip, table_sip

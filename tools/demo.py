@@ -21,8 +21,9 @@ CALLS = [
 
 
 def add_arguments(parser):
-    parser.add_argument("what", nargs="?", choices=["features"],
-                        help="features: one scenario per call feature of issue 12 instead (docs/features.md)")
+    parser.add_argument("what", nargs="?", choices=["features", "sip"],
+                        help="features: one scenario per call feature of issue 12 instead (docs/features.md); "
+                             "sip: baresip as a SIP phone calling a handset and called by it (docs/sip.md)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each call")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, recordings)")
@@ -74,6 +75,9 @@ def run(args):
     if args.what == "features":
         from upbx.tools import demo_features
         return demo_features.run(args, phone_args(args))
+    if args.what == "sip":
+        from upbx.tools import demo_sip
+        return demo_sip.run(args)
     print("starting main host, remote hosts for sites A and B, phones at sites A, B, C ...", file=sys.stderr)
     lab = LoopbackExchange(phone_args=phone_args(args))
     try:

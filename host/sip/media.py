@@ -295,11 +295,21 @@ class SipMedia:
 
 # the glue: a SIP call's media as a upbx call leg's media
 
+def _table(decode, encode):
+    """A 256-byte translation table: each G.711 code through decode and encode (bytes.translate
+    then converts a frame in one C call, with the same bytes as decoding and encoding it)."""
+    return bytes(encode(decode(bytes([code])))[0] for code in range(256))
+
+
+ULAW_TO_ALAW = _table(ulaw_decode, alaw_encode)
+ALAW_TO_ULAW = _table(alaw_decode, ulaw_encode)
+
+
 def _transcoders(codec):
     """(to upbx mu-law, from upbx mu-law) for a phone's codec; None where no conversion is needed."""
     if codec == "PCMU":
         return None, None
-    return (lambda p: ulaw_encode(alaw_decode(p))), (lambda p: alaw_encode(ulaw_decode(p)))
+    return (lambda p: p.translate(ALAW_TO_ULAW)), (lambda p: bytes(p).translate(ULAW_TO_ALAW))
 
 
 class SipMediaLeg:
@@ -312,8 +322,7 @@ class SipMediaLeg:
     - RTP from the phone's socket -> `rtp_in(datagram, source, now)`;
     - DTMF the link is sent (`send_signal(wire.DTMF, ...)`) -> `dtmf(digit, now)`;
     - every 20 ms tick -> `tick(now)` (DTMF packets and comfort noise due);
-    - a new SDP from the phone -> `.rtp.update(...)`; our direction (hold) -> `.rtp.hold(...)`
-      (`.rtp` is the SipMedia given);
+    - a new offer/answer (re-INVITE) -> `renegotiated(sdp, codec, our_direction)`;
     - what to send: `send(datagram, address)` if given, else `datagrams_to_send()`, from the
       call's RTP socket (the one the phone sends to: symmetric RTP).
     Frames from the phone go into the switch as the leg's own (`switch.forward`), in mu-law (the
@@ -332,6 +341,7 @@ class SipMediaLeg:
         self._to_upbx, self._from_upbx = _transcoders(media.codec)
         self._cn_level = None                # the far end is silent at this level (-dBov)
         self._cn_ms = None                   # media ms of the last noise frame sent
+        self._cn_next = 0                    # no noise frame before this time (ms)
         self._noise = {}                     # level -> noise frames in the phone's codec
         self._rng = random.Random(0x5EED)
 
@@ -352,9 +362,11 @@ class SipMediaLeg:
         """A frame for the phone from the switch (opened, mu-law, or 1 byte of comfort noise)."""
         now = self.core.now
         if len(payload) == wire.CN_BYTES:
-            self._cn_level = payload[0]
-            self._cn_ms = ts - 20
-            self._noise_frame(now)
+            first = self._cn_level is None
+            self._cn_level = payload[0]   # a refresh (every 200 ms) only changes the level: the
+            if first:                     # noise keeps its own 20 ms pace, set by the ticks
+                self._cn_ms = ts - 20
+                self._noise_frame(now)
             return
         self._cn_level = None
         self._cn_ms = ts
@@ -369,6 +381,7 @@ class SipMediaLeg:
         if frames is None:
             frames = self._noise[self._cn_level] = [self._make_noise(self._cn_level) for _ in range(4)]
         self._cn_ms += 20
+        self._cn_next = now + 20 - 5      # the next one a tick from now (a tick may come a little early)
         sent = self.rtp.rtp_out(frames[self._rng.randrange(len(frames))], now, ms=self._cn_ms)
         if sent is not None:
             self._emit(*sent)
@@ -388,8 +401,19 @@ class SipMediaLeg:
         """Every 20 ms: DTMF packets due; a comfort-noise frame while the far end is silent."""
         for sent in self.rtp.handle_timer(now):
             self._emit(*sent)
-        if self._cn_level is not None:
+        if self._cn_level is not None and now >= self._cn_next:
             self._noise_frame(now)
+
+    def renegotiated(self, sdp, codec, direction):
+        """A new offer/answer in the call (re-INVITE: hold, resume, a phone that moved): sdp is the
+        phone's new description (host.sip.sdp.Sdp), codec the one agreed, direction ours."""
+        media = self.rtp
+        if codec != media.codec:
+            media.codec, media.pt = codec, CODECS[codec]
+            self._to_upbx, self._from_upbx = _transcoders(codec)
+            self._noise = {}
+        media.update((sdp.address, sdp.port), sdp.dtmf_pt)
+        media.hold(direction)
 
     # SIP -> upbx
 

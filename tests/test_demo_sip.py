@@ -1,0 +1,43 @@
+"""`upbx demo sip` (tools/demo_sip.py): the issue 13 proof with a SIP phone nobody here wrote.
+baresip at site A (behind its NAT in the lab) calls handset 301 at site C and is called by it; the
+far end's tone must be what each side heard. Until the hosts answer INVITE (sip-core's B2BUA) the
+demo stops at the missing part and names it, and this test skips with that message; any other
+failure (a call up but its audio wrong, a crash) fails it."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import require_root, require_tool
+from upbx.tools.demo_sip import heard_share
+from upbx.tools.baresip import write_tone
+
+pytestmark = pytest.mark.root
+NOT_BUILT = ("unrecognized arguments: --sip", "405 Method Not Allowed", "501 Not Implemented")
+
+
+def test_heard_share_finds_the_tone_and_only_it(tmp_path):
+    import wave
+    with wave.open(write_tone(tmp_path / "t.wav", 1000, 2)) as w:
+        pcm = w.readframes(w.getnframes())
+    assert heard_share(pcm, 1000, 600) == 1.0
+    assert heard_share(pcm, 600, 1000) == 0.0
+    assert heard_share(bytes(len(pcm)), 1000, 600) == 0.0     # silence is not the tone
+    assert heard_share(pcm[:8000], 1000, 600) == 0.0          # shorter than the margins: nothing to judge
+
+
+def test_demo_sip_calls_both_ways_with_audio():
+    require_root()
+    require_tool("baresip", "apt-get install baresip-core")
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "demo", "sip", "--json", "--seconds", "3"],
+                         capture_output=True, text=True, timeout=240)
+    result = json.loads(out.stdout)
+    errors = [result.get("error")] + [c["error"] for c in result["calls"]]
+    missing = [e for e in errors if e and any(s in e for s in NOT_BUILT)]
+    if missing:
+        pytest.skip("the hosts' SIP side is not built yet: %s" % missing[0])
+    assert [(c["from"], c["to"]) for c in result["calls"]] == [("105", "301"), ("301", "105")], out.stderr
+    for call in result["calls"]:
+        assert call["audio_match"], call
+    assert out.returncode == 0
