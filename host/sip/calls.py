@@ -404,14 +404,14 @@ class SipCalls:
         try:
             offer = sdplib.parse(req.body.decode("utf-8", "replace"))
             call.sdp_version += 1
-            text, _codec = sdplib.answer(offer, self.media_address(call.our_host), call.rtp_port, call.session_id,
-                                         call.sdp_version)
+            text, codec = sdplib.answer(offer, self.media_address(call.our_host), call.rtp_port, call.session_id,
+                                        call.sdp_version)
         except (sdplib.NotAcceptable, sdplib.SdpError):
             return self.edge.respond(req, 488, addr)
         held = offer.direction in ("sendonly", "inactive")
-        if call.media is not None:
-            call.media.rtp.update((offer.address, offer.port), offer.dtmf_pt)
-            call.media.rtp.hold(_mirror(offer.direction))
+        if call.media is not None:   # hold, resume, a new address or codec (sip-media's SipMediaLeg)
+            call.media.renegotiated(offer, codec, _mirror(offer.direction))
+            call.codec = codec
         data = self._respond(call, req, 200, addr, [("Contact", "<sip:%s>" % call.our_host),
                                                     ("Content-Type", "application/sdp")], text.encode())
         call.retransmit = Retransmit(data, addr, now, T2_MS)
