@@ -339,7 +339,8 @@ class MainHost(HostCore):
             if called == groups.PICKUP_CODE or groups.intercom_target(called) or groups.directed_pickup_target(called):
                 return self._group_code(link, ies, caller, called, now)
             return self._star_code(link, ies, now)
-        out = trunk.route_for(self.directory, called) if self.directory.extension(called) is None else None
+        own = self.directory.extension(called) is not None or self.directory.group(called) is not None
+        out = trunk.route_for(self.directory, called) if not own else None   # our own numbers win
         if out is not None and out[0] is not None and getattr(link, "trunk", None) is None:   # outside: a trunk
             return self.sip_calls.trunk_call(link, ies, caller, self._caller_name(caller), out[0]["name"], out[1], now)
         tried = []
@@ -374,6 +375,8 @@ class MainHost(HostCore):
         call = self.switch.new_call(caller, called, now)   # the main host chooses the call id
         call.tried = tried
         call.noanswer = self._noanswer_of(called)
+        if getattr(link, "trunk", None) is not None:
+            call.path = "trunk"
         self.switch.incoming(call, link, ies)
         self.switch.offer(call, target, now, name)
         call.b2 = link.kind == "host" and target.kind == "host"

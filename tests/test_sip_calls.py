@@ -219,3 +219,40 @@ def test_b4_sip_phone_registers_and_calls_on_its_site_while_the_main_host_is_awa
     assert handset.idle
     # kept on disk for the main host's return, as a handset's local call would be
     assert [(r["caller"], r["callee"], r["path"]) for r in world.a.records.pending()][-1:] == [("105", "101", "local")]
+
+
+def test_mutated_sip_messages_never_raise_and_leave_no_calls(world):
+    """3000 byte-mutated copies of the messages of a real call (INVITE, ACK, BYE, 180/200
+    responses) from the registered phone's own address: each is answered, dropped or taken,
+    never raised out of the core; afterwards the host holds no call it cannot end."""
+    import random
+    from upbx.host.sip import message
+    ua = world.sip["105"]
+    ok, port = sip_calls_out(world, ua, "301")
+    samples = [ua.dialog["invite"].encode(), ok.encode(),
+               ua.request("BYE", ua.dialog["target"], ua.dialog["call_id"], ua.dialog["to"], "t1",
+                          to_tag=ua.dialog.get("remote_tag")).encode()]
+    rng = random.Random(13)
+    for i in range(3000):
+        data = bytearray(rng.choice(samples))
+        for _ in range(rng.randint(1, 6)):
+            k = rng.randrange(len(data))
+            choice = rng.random()
+            if choice < 0.4:
+                data[k] = rng.randrange(256)
+            elif choice < 0.7:
+                del data[k:k + rng.randint(1, 20)]
+            else:
+                data[k:k] = bytes(rng.choice(b' ;,:<>"\r\n=@') for _ in range(rng.randint(1, 4)))
+        world.a.receive_sip(bytes(data), ua.address, world.net.now + i)
+        world.a.sip_datagrams_to_send()
+    ua.take()
+    world.run(40 * 1000)     # every retransmission given up, every transaction forgotten
+    world.a.sip_datagrams_to_send()
+    # the real call is the only one left, still up or ended by a mutated BYE that still parsed
+    assert set(world.a.sip_calls.calls) <= {"call-1"}
+    assert len(world.a.switch.calls) <= 1 and len(world.a.sip_calls.rtp) <= 1
+    if world.a.sip_calls.calls:
+        assert statuses(ua.bye(world.net.now)) == [200]
+        world.run(500)
+    assert world.a.sip_calls.calls == {} and world.a.sip_calls.rtp == {} and world.phones["301"].idle

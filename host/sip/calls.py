@@ -195,11 +195,11 @@ class SipCalls:
         return "%s:%d" % (host, listen[1])
 
     def trunk_at(self, addr):
-        """The trunk whose proxy sent from addr's IP, or None."""
+        """The trunk whose proxy sent from addr (IP and port), or None."""
         if self._trunks_read is None and hasattr(self.core, "trunk_rows"):   # before the first tick
             self.refresh_trunks(self.core.trunk_rows(), self.core.now)
         for link in self.trunk_links.values():
-            if link.proxy[0] == addr[0]:
+            if link.proxy == tuple(addr[:2]):   # its address and port: not every device at that IP
                 return link
         return None
 
@@ -404,14 +404,14 @@ class SipCalls:
         try:
             offer = sdplib.parse(req.body.decode("utf-8", "replace"))
             call.sdp_version += 1
-            text, _codec = sdplib.answer(offer, self.media_address(call.our_host), call.rtp_port, call.session_id,
-                                         call.sdp_version)
+            text, codec = sdplib.answer(offer, self.media_address(call.our_host), call.rtp_port, call.session_id,
+                                        call.sdp_version)
         except (sdplib.NotAcceptable, sdplib.SdpError):
             return self.edge.respond(req, 488, addr)
         held = offer.direction in ("sendonly", "inactive")
-        if call.media is not None:
-            call.media.rtp.update((offer.address, offer.port), offer.dtmf_pt)
-            call.media.rtp.hold(_mirror(offer.direction))
+        if call.media is not None:   # hold, resume, a new address or codec (sip-media's SipMediaLeg)
+            call.media.renegotiated(offer, codec, _mirror(offer.direction))
+            call.codec = codec
         data = self._respond(call, req, 200, addr, [("Contact", "<sip:%s>" % call.our_host),
                                                     ("Content-Type", "application/sdp")], text.encode())
         call.retransmit = Retransmit(data, addr, now, T2_MS)
