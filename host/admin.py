@@ -210,7 +210,7 @@ def ext_sip(d, args):
 def _sip_password(args, message, value):
     """The SIP password alone on stdout (for scripts), how to use it on stderr."""
     if args.json:
-        return _print_json(value)
+        return _print_json(value, args)
     print("%s; its SIP password (user name %s, realm upbx), shown only this once:" % (message, args.number),
           file=sys.stderr)
     print(value["sip_password"])

@@ -253,7 +253,7 @@ async def extensions_get(request):
 
 
 async def extensions_post(request):
-    return _created(create_extension(directory(request), await _body(request, ("number", "site", "name"))))
+    return _created(create_extension(directory(request), await _body(request, ("number", "site", "name", "sip"))))
 
 
 def create_extension(d, body):
@@ -263,7 +263,8 @@ def create_extension(d, body):
     _site_ref(d, "site", site)
     name = _need(body, "name", "str", False, "")
     _checked("name", dirmod.check_extension_name, name)
-    return run_admin(d, "ext", "add", number=number, site=site, name=name)
+    sip = _need(body, "sip", "bool", False, False)   # a SIP phone's too: the answer has its sip_password (docs/sip.md)
+    return run_admin(d, "ext", "add", number=number, site=site, name=name, sip=sip)
 
 
 async def extension_get(request):

@@ -139,6 +139,13 @@ def test_sites_hosts_and_extensions_through_admins_validation(api):
         # the secret returned once is the one the directory authenticates the phone with
         assert d.extension("401").secret.hex() == ext["secret"]
         assert d.remote_host("north-pi").secret.hex() == host["secret"]
+    # a SIP phone's extension: its SIP password is in the answer, once, as `upbx admin ext add --sip` prints it
+    status, _h, sip = api("POST", "/api/extensions", {"number": "402", "site": "north", "sip": True})
+    assert status == 201 and "secret" in sip
+    with Directory(api.lab.path("main.sqlite")) as d:
+        assert sip["sip_password"] == d.sip_password("402") and d.sip_password("401") is None
+    assert api("POST", "/api/extensions", {"number": "403", "site": "north", "sip": "yes"})[2]["field"] == "sip"
+    assert api("DELETE", "/api/extensions/402")[0] == 200
     listed = api("GET", "/api/extensions?site=north")[2]
     assert listed == [{"number": "401", "site": "north", "name": "Front desk", "barred": False}]
     assert "secret" not in json.dumps(api("GET", "/api/extensions")[2] + api("GET", "/api/hosts")[2])
