@@ -171,6 +171,8 @@ class RelayWorkers:
         core.stats.drop("relay worker gone")
         self.dead.add(worker)
         self._program = attach_steering(self.sock, 1)
+        if worker <= len(self.procs):
+            self.procs[worker - 1].kill()   # dead already, or hung: it must not relay on
         now = core.now
         for key, (owner, call, recv, out) in list(self.delegated.items()):
             if owner not in self.dead and self.revoke(key):
@@ -380,7 +382,10 @@ class RelayWorkers:
         self.by_recv_leg[recv.call_no] = key
 
     def revoke(self, key):
-        """Direction key back from its worker (waits for the answer); False when the worker did not answer."""
+        """Direction key back from its worker (waits for the answer); False when the worker did not answer
+        (then it is taken for dead: fail)."""
+        if key not in self.delegated:   # a worker failed meanwhile: fail() settled it
+            return True
         worker, call, recv, out = self.delegated[key]
         self.revokes += 1
         try:
@@ -391,6 +396,8 @@ class RelayWorkers:
         if state is False:
             self.lost += 1
             self.core.log.error("relay-worker-unreachable", worker=worker, call=call.uid)
+            if worker not in self.dead:
+                self.fail(worker)
             return False
         del self.delegated[key]
         self.confirmed.discard(key)

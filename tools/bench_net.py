@@ -983,6 +983,7 @@ def bench_registrations(quick=False, phones=None):
     try:
         time.sleep(0.3)
         rss0 = main.rss_kb()
+        cpu0 = main.cpu_seconds()
         # each site's phones share one source address, as behind the site's NAT router (the main host
         # limits handshakes per source address: docs/security.md); all of 127/8 is loopback
         clients = [Client(wire.IE_EXTENSION, num, main.secrets[num], main.address,
@@ -1005,12 +1006,15 @@ def bench_registrations(quick=False, phones=None):
 
         pump(clients, progress, seconds=600, poll=lambda: pending)
         elapsed = time.monotonic() - t0
+        cpu = main.cpu_seconds() - cpu0   # the main host's CPU: the bench's own clients share the machine
         time.sleep(0.5)
         rss1 = main.rss_kb()
         return {"phones": n, "note": "%d sites of %d phones straight at the main host; each login is sent its "
                                      "site's system information" % ((n + PHONES_PER_SITE - 1) // PHONES_PER_SITE,
                                                                     PHONES_PER_SITE),
                 "registrations_per_s": round(n / elapsed, 1),
+                "main_cpu_s": round(cpu, 2),
+                "registrations_per_main_cpu_s": round(n / cpu, 1) if cpu > 0 else None,
                 "bytes_per_registered_phone": round((rss1 - rss0) * 1024 / n),
                 "main_rss_kb_before": rss0, "main_rss_kb_after": rss1, "seconds": round(elapsed, 2)}
     finally:
