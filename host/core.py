@@ -111,6 +111,7 @@ class HostCore:
         self.log = log
         self.stats = Stats()
         self.call_stats = CallStats()   # calls ended, their frames, set-up times (host/metrics.py)
+        self.call_ending = None     # f(call) before an ended call is counted and recorded (host/relay_workers.py)
         self.meter = BandwidthMeter()
         self.wall_offset_ms = 0     # wall-clock ms = monotonic ms + this (the daemon keeps it set)
         self.now = 0                # the time of the last input, for what is flushed without one
@@ -332,6 +333,8 @@ class HostCore:
         self.groups.released_forks(call, cause, now)
         if not self.switch.end_call(call, cause, now):
             return
+        if self.call_ending is not None:   # the main host's relay workers give back what they relayed of it
+            self.call_ending(call)
         self.call_stats.call_ended(call, wire.CAUSE_TEXT.get(cause, str(cause)))
         self.log.info("call-ended", call=call.uid, cause=wire.CAUSE_TEXT.get(cause, cause), path=call.path,
                       frames=call.frames)

@@ -132,6 +132,7 @@ class RelayWorkers:
             self.procs.append(proc)
             self.channels.append(mine)
         self._program = attach_steering(self.sock, self.count)
+        self.core.call_ending = self.call_ending
 
     def stop(self):
         for channel in self.channels:
@@ -380,6 +381,13 @@ class RelayWorkers:
                             (window.highest, bytes(window._seen), window._held)))
         self.delegated[key] = (worker, call, recv, out)
         self.by_recv_leg[recv.call_no] = key
+
+    def call_ending(self, call):
+        """A call ends (HostCore.end_call): its delegated directions come back first, so its frames
+        and its legs' counts are whole in its record, its log line and the metrics."""
+        for i in (0, 1):
+            if (call.call_id, i) in self.delegated:
+                self.revoke((call.call_id, i))
 
     def revoke(self, key):
         """Direction key back from its worker (waits for the answer); False when the worker did not answer
