@@ -123,7 +123,8 @@ class HostCollector:
         if fast and role == "main":
             taken = CounterMetricFamily("upbx_fast_path_datagrams", "Datagrams the relay's C fast path took "
                                         "(docs/relay.md)")
-            taken.add_metric([], self.daemon._batch.taken())
+            from upbx.host.relay_worker import WORKER_TAKEN   # the relay workers' share, from their reports
+            taken.add_metric([], self.daemon._batch.taken() + self.core.stats.counters.get(WORKER_TAKEN, 0))
             yield taken
 
     def _traffic(self, counters, Counter):

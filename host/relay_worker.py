@@ -36,6 +36,7 @@ from upbx.host import fastpath
 from upbx.host.core import DSCP_EF, Stats
 from upbx.host.switch import Call, Link, Switch
 
+WORKER_TAKEN = "worker fast path datagrams"   # a counter of the reports: datagrams the workers' C path took
 REPORT_S = 0.25          # counters, bandwidth and last-seen go to the main host this often
 RX_BURST = 64
 SOCKET_BUFFER = 4 << 20
@@ -71,6 +72,7 @@ class WorkerCore:
         self.calls = {}                  # call id -> Call (copy)
         self.bases = {}                  # (call id, i) -> counters when delegated: what revoke reports is the rest
         self.seen = {}                   # session index -> address of its last new media (main's last-seen)
+        self.taken_reported = 0          # the fast path's datagrams in the reports so far
 
     # what relay_batch calls
 
@@ -180,8 +182,12 @@ class WorkerCore:
                     stamps[call_no] = leg.media.replay.highest
         return stamps or None
 
-    def report(self):
+    def report(self, taken=0):
+        """What changed since the last report; taken: the fast path's datagrams in this process so far."""
         stats, meter, seen = self.stats, self.meter, self.seen
+        if taken > self.taken_reported:   # the main host's metrics add them to its own (host/metrics.py)
+            stats.count(WORKER_TAKEN, taken - self.taken_reported)
+            self.taken_reported = taken
         message = ("report", stats.counters, stats.drops, meter.pending, self.switch.bytes_out_by_link, seen)
         stats.counters, stats.drops, meter.pending, self.switch.bytes_out_by_link, self.seen = {}, {}, {}, {}, {}
         return message
@@ -230,7 +236,7 @@ def run(fd, host, port, number, trunk_mtu):
         now = time.monotonic()
         if now >= next_report:
             next_report = now + REPORT_S
-            tell(core.report())
+            tell(core.report(native.taken()))
 
 
 def relay(core, native, sock, channel):
