@@ -492,13 +492,15 @@ async def calls_csv(request):
 # live status
 
 def live_status(core):
-    """Sites up or down (address, last seen), phones at the main host, calls in progress with their
-    path, per-site bandwidth: what `upbx status` shows on the main host, by site."""
+    """Sites up or down (address, last seen), registered phones (at the main host, and those the remote
+    hosts report with PHONE_STATE), calls in progress with their path, per-site bandwidth: what `upbx
+    status` shows on the main host, by site."""
     d = core.directory
     status = core.status()
     wall = core.wall_ms(core.now)
     hosts = {l.name: l for l in core.links.values() if l.kind == "host"}
     phones = [l for l in core.links.values() if l.kind == "phone"]
+    site_of_host = {h.name: h.site for h in d.remote_hosts()}
     sites = []
     for site in d.sites():
         host = d.remote_host_of_site(site.name)
@@ -509,7 +511,7 @@ def live_status(core):
             link = hosts.get(host.name)
             seen = link.session if link is not None else None
             gone = core.gone.get(("host", host.name))
-            entry.update(up=link is not None,
+            entry.update(up=link is not None, phones=len(core.site_phones.get(host.name, ())),
                          address="%s:%d" % link.address[:2] if link else (gone or {}).get("address"),
                          last_seen=iso(core.wall_ms(seen.last_seen_ms) if seen else (gone or {}).get("last_seen_ms")))
         else:   # phones straight at the main host: the site is up while one of them is registered
@@ -525,7 +527,10 @@ def live_status(core):
         "time": iso(wall),
         "sites": sites,
         "phones": [{"extension": l.name, "site": core._site_of(l), "address": "%s:%d" % l.address[:2],
-                    "last_seen": iso(core.wall_ms(l.session.last_seen_ms))} for l in phones],
+                    "last_seen": iso(core.wall_ms(l.session.last_seen_ms)), "via": None} for l in phones]
+                  + [{"extension": number, "site": site_of_host.get(name), "address": None, "registered": iso(ms),
+                      "via": name} for name, numbers in sorted(core.site_phones.items())
+                     for number, ms in sorted(numbers.items())],
         "calls": status["calls"],
         "conferences": status["conferences"],
         "bandwidth": status["bandwidth"],

@@ -56,6 +56,7 @@ class MainHost(HostCore):
         self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
         self.sysinfo_sent_ms = {}   # link name -> when its last copy went out (host/metrics.py)
         self.sysinfo_acked = {}     # phone here -> the version it acknowledged
+        self.site_phones = {}    # remote host name -> {extension: wall ms registered} its PHONE_STATEs told (the API)
         self.gone = {}           # (kind, name) -> {"address", "last_seen_ms" (wall)} of peers that logged out (the API)
         self.music_version = 0   # the operator's music on hold (0: the generated default), docs/features.md
         self.music_acked = {}    # remote host name -> the music version it said it has
@@ -251,8 +252,18 @@ class MainHost(HostCore):
         self.count_message(msg_type)
         if link.kind == "phone" and wire.IE_CODEC in ies:
             codec.note(link, ies, self.stats)      # an A-law phone (host/codec.py)
-        if msg_type == wire.PHONE_STATE and link.kind == "host" and ies.get(wire.IE_STATE) == 1:
-            return self._message_waiting(ies.get(wire.IE_EXTENSION), now, registered=True)
+        if msg_type == wire.PHONE_STATE and link.kind == "host":
+            number = ies.get(wire.IE_EXTENSION)
+            row = self.directory.extension(number) if number else None
+            if row is None or row.site != self._site_of(link):
+                self.stats.drop("phone state of another site's extension")
+                return
+            phones = self.site_phones.setdefault(link.name, {})
+            if ies.get(wire.IE_STATE) == 1:
+                phones[number] = self.wall_ms(now)
+                return self._message_waiting(number, now, registered=True)
+            phones.pop(number, None)
+            return
         if msg_type == wire.SYSINFO_ACK:
             self.sysinfo_acked[link.name] = ies.get(wire.IE_VERSION)
         if msg_type in (wire.PING, wire.ACK, wire.SYSINFO_ACK, wire.PHONE_STATE):
@@ -755,6 +766,7 @@ class MainHost(HostCore):
         if self.links_by_name.get((link.kind, link.name)) is link:
             del self.links_by_name[(link.kind, link.name)]
         self.mailbox_sync.logged_out(link)
+        self.site_phones.pop(link.name, None) if link.kind == "host" else None   # it tells them all again at login
         link.up = False
         self.log.info("logout", kind=link.kind, name=link.name, reason=reason)
         self.release_calls(link, wire.CAUSE_UNREACHABLE, now)

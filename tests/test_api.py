@@ -276,7 +276,9 @@ def test_live_status_shows_sites_phones_and_a_call_in_progress_with_its_path_and
     assert abs((datetime.datetime.now(datetime.timezone.utc) - seen).total_seconds()) < 60
     assert sites["b"]["up"] is False and sites["b"]["address"] is None and sites["b"]["last_seen"] is None
     assert sites["c"]["up"] is True and sites["c"]["phones"] == 1 and sites["c"]["remote_host"] is None
-    assert [(p["extension"], p["site"]) for p in live["phones"]] == [("301", "c")]
+    # 301 at the main host; 101 registered at site-a, which told the main host (PHONE_STATE)
+    assert [(p["extension"], p["site"], p["via"]) for p in live["phones"]] == [("301", "c", None), ("101", "a", "site-a")]
+    assert sites["a"]["phones"] == 1 and live["phones"][1]["address"] is None
     (call,) = live["calls"]
     assert (call["caller"], call["callee"], call["state"], call["path"]) == ("101", "301", "answered", "relay")
     assert sites["a"]["bandwidth"]["out_kbps"] > 50 and sites["c"]["bandwidth"]["out_kbps"] > 50
@@ -292,8 +294,11 @@ def test_sites_whose_host_or_phones_are_gone_are_down_with_their_last_address_an
     lab.kill("site-a")   # gone without a word: the main host logs it out after keepalive_timeout_s
     lab.wait_for(lambda: not next(s for s in api("GET", "/api/status")[2]["sites"] if s["name"] == "a")["up"],
                  "site a down", timeout=60)
-    sites = {s["name"]: s for s in api("GET", "/api/status")[2]["sites"]}
+    live = api("GET", "/api/status")[2]
+    sites = {s["name"]: s for s in live["sites"]}
     assert sites["a"]["address"] == "127.0.0.1:%d" % lab.remote_ports["a"] and sites["a"]["last_seen"] is not None
+    # its phones are no longer known to be registered anywhere the main host can tell
+    assert sites["a"]["phones"] == 0 and not [p for p in live["phones"] if p["via"] == "site-a"]
     # site c's only phone logged out when its call ended: down, last seen then
     assert sites["c"]["up"] is False and sites["c"]["phones"] == 0 and sites["c"]["last_seen"] is not None
 

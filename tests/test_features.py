@@ -300,3 +300,26 @@ def test_feature_messages_out_of_place_are_dropped_and_counted_and_change_nothin
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_phone_states_name_only_the_senders_own_sites_phones(tmp_path):
+    """A remote host tells the main host which of its site's phones registered (PHONE_STATE; the API's
+    live status lists them): site x's host claiming site a's 101 is dropped and counted and listed
+    nowhere; its own 401 is listed while registered, and gone when it unregisters or the host logs out."""
+    world = _world(tmp_path, ("101", "301"))
+    try:
+        host = world.add_login(wire.IE_HOST_NAME, "site-x", ("198.18.9.1", 4570))
+        world.run(500)
+        assert host.up
+        for number, state in (("101", 1), ("401", 1), ("402", 1), ("402", 0)):
+            host.login.send(wire.PHONE_STATE, {wire.IE_EXTENSION: number, wire.IE_STATE: state}, world.net.now)
+            host.flush()
+            world.run(100)
+        assert world.main.stats.drops["phone state of another site's extension"] == 1
+        assert sorted(world.main.site_phones["site-x"]) == ["401"]
+        host.login.send(wire.BYE, {}, world.net.now)
+        host.flush()
+        world.run(100)
+        assert "site-x" not in world.main.site_phones
+    finally:
+        world.close()

@@ -6,7 +6,6 @@ distortion, so the share of each music window's energy in its note (`music_note_
 pure note) tells converted from garbled.
 """
 import struct
-import time
 import wave
 
 from upbx.host.moh import NOTES_HZ
@@ -45,26 +44,9 @@ def note_share(path, notes=NOTES_HZ):
 def held_alaw_phone(lab, seconds, holder_no="101", held_no="301"):
     """holder (mu-law, 1000 Hz) calls held (A-law, 1400 Hz), holds it 3 s and resumes: held's speaker
     plays holder, the music's notes, holder; holder's plays held (nothing while it holds)."""
-    from upbx.tools.demo_features import ConsolePhone
-    held = ConsolePhone(lab, held_no, "alaw-hold-" + held_no, "--send", "tone:1400", *ALAW)
-    holder = ConsolePhone(lab, holder_no, "alaw-hold-" + holder_no, "--send", "tone:1000")
-    try:
-        holder.command("!call " + held_no)
-        held.wait_line("incoming call")
-        held.command("!answer")
-        connected = holder.wait_line("connected")
-        time.sleep(max(1.0, seconds / 2))
-        holder.command("!hold")
-        held_ok = holder.wait_line("call held")
-        time.sleep(3)
-        holder.command("!resume")
-        resumed = holder.wait_line("call resumed")
-        time.sleep(max(1.0, seconds / 2))
-        holder.command("!hangup")
-        ended = held.wait_line("call ended: normal clearing")
-    finally:
-        holder.quit()
-        held.quit()
+    from upbx.tools.demo_features import hold_and_resume
+    held, holder, connected, held_ok, resumed, ended = hold_and_resume(lab, holder_no, held_no, seconds,
+                                                                        "alaw-hold", ALAW)
     labels = {"holder": (1000,), "held party": (1400,), "music": NOTES_HZ}
     held_heard = _inner(frequencies_heard(held.wav, labels))
     holder_heard = _inner(frequencies_heard(holder.wav, labels))

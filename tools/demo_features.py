@@ -171,25 +171,7 @@ def _hold_once(lab, seconds, caller, callee):
     3 s, then resumes. What each speaker played, 100 ms at a time: callee hears caller, then the
     host's music on hold (its notes), then caller again; caller hears callee, nothing while it
     holds, then callee."""
-    held = ConsolePhone(lab, callee, "hold-%s-%s" % (callee, caller), "--send", "tone:1400")
-    holder = ConsolePhone(lab, caller, "hold-%s-%s" % (caller, callee), "--send", "tone:1000")
-    try:
-        holder.command("!call " + callee)
-        held.wait_line("incoming call")
-        held.command("!answer")
-        connected = holder.wait_line("connected")
-        time.sleep(max(1.0, seconds / 2))
-        holder.command("!hold")
-        held_ok = holder.wait_line("call held")
-        time.sleep(3)
-        holder.command("!resume")
-        resumed = holder.wait_line("call resumed")
-        time.sleep(max(1.0, seconds / 2))
-        holder.command("!hangup")
-        ended = held.wait_line("call ended: normal clearing")
-    finally:
-        holder.quit()
-        held.quit()
+    held, holder, connected, held_ok, resumed, ended = hold_and_resume(lab, caller, callee, seconds, "hold")
     path = None   # the path the call took, from its record (a local call's comes from the remote host)
     deadline = time.time() + 5
     while path is None and time.time() < deadline:
@@ -207,6 +189,31 @@ def _hold_once(lab, seconds, caller, callee):
           and _inner(holder_heard) == ["held party", "quiet", "held party"])
     return {"ok": ok, "call": "%s -> %s" % (caller, callee), "path": path, "held_party_heard": held_heard,
             "holder_heard": holder_heard, "held": held_ok, "resumed": resumed}
+
+
+def hold_and_resume(lab, caller, callee, seconds, tag, callee_args=()):
+    """caller (1000 Hz) calls callee (1400 Hz, with callee_args), holds it for 3 s after a while,
+    resumes and hangs up: (callee's phone, caller's phone, connected, held, resumed, ended)."""
+    held = ConsolePhone(lab, callee, "%s-%s-%s" % (tag, callee, caller), "--send", "tone:1400", *callee_args)
+    holder = ConsolePhone(lab, caller, "%s-%s-%s" % (tag, caller, callee), "--send", "tone:1000")
+    try:
+        holder.command("!call " + callee)
+        held.wait_line("incoming call")
+        held.command("!answer")
+        connected = holder.wait_line("connected")
+        time.sleep(max(1.0, seconds / 2))
+        holder.command("!hold")
+        held_ok = holder.wait_line("call held")
+        time.sleep(3)
+        holder.command("!resume")
+        resumed = holder.wait_line("call resumed")
+        time.sleep(max(1.0, seconds / 2))
+        holder.command("!hangup")
+        ended = held.wait_line("call ended: normal clearing")
+    finally:
+        holder.quit()
+        held.quit()
+    return held, holder, connected, held_ok, resumed, ended
 
 
 def call_waiting(lab, seconds):
