@@ -205,9 +205,9 @@ def live_html(core):
                                  ("address", "address"), ("last_seen", "last seen (UTC)"),
                                  ("kbps", "kbps in / out"), ("local_calls", "local calls")], sites,
                                 lambda r: "site-" + r["name"]),
-        "<h2>Phones at the main host</h2>", table([("extension", "extension"), ("site", "site"),
-                                                   ("address", "address"), ("last_seen", "last seen (UTC)")],
-                                                  s["phones"], lambda r: "phone-" + r["extension"]),
+        "<h2>Registered phones</h2>", table([("extension", "extension"), ("site", "site"), ("via", "remote host"),
+                                             ("address", "address"), ("last_seen", "last seen (UTC)")],
+                                            s["phones"], lambda r: "phone-" + r["extension"]),
         "<h2>Calls in progress</h2>", table([("call", "call"), ("caller", "caller"), ("callee", "callee"),
                                              ("state", "state"), ("path", "path"), ("frames", "frames"),
                                              ("held", "held")], calls, lambda r: "call-" + r["call"]),
@@ -221,8 +221,8 @@ def _kbps(bandwidth):
 
 
 async def status_page(request):
-    body = ('<div id="live" data-refresh-ms="%d">%s</div><p class="muted">Phones of a site with a remote host '
-            'register there: <code>upbx status</code> on that host lists them.</p>'
+    body = ('<div id="live" data-refresh-ms="%d">%s</div><p class="muted">The address of a phone registered at a '
+            'remote host is known there: <code>upbx status</code> on that host.</p>'
             % (REFRESH_MS, live_html(request.app["core"])))
     return page(request, "Status", body)
 
