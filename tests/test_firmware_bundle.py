@@ -424,3 +424,41 @@ def test_deploy_removes_an_updates_slots_so_the_deployed_firmware_boots(tmp_path
         again = upbx("deploy", "--port", handset.link, "--board", REF_BOARD, "--offline", "--src-root",
                      str(tmp_path / "src"), "--build-dir", str(tmp_path / "build"))
         assert again.returncode == 0 and "ota.json" not in again.stdout    # nothing to remove: nothing said
+
+
+def test_the_main_host_serves_a_peer_only_the_bundle_offered_to_its_site(tmp_path):
+    """A remote host (site x's) asking for a stored bundle that was rolled out elsewhere gets nothing
+    (dropped and counted); once rolled out to its site too, it gets the chunks."""
+    from tests.inprocess import World
+    from upbx.common import wire
+    world = World(tmp_path)
+    try:
+        with Directory(tmp_path / "main.sqlite") as d:
+            store = firmware.FirmwareStore(d)
+            store.add(tree(tmp_path / "build", FILES))
+            store.rollout("3.1.4", ["a"])
+        world.start_main()
+        host = world.add_login(wire.IE_HOST_NAME, "site-x", ("198.18.9.1", 4570))
+        world.run(500)
+        assert host.up
+        chunks = lambda: [ies for msg_type, ies in _messages(host) if msg_type == wire.FIRMWARE]
+        host.login.send(wire.FIRMWARE_WANT, {wire.IE_FW_VERSION: "3.1.4", wire.IE_CHUNK: 0 << 16 | 8}, world.net.now)
+        host.flush()
+        world.run(300)
+        assert world.main.stats.drops["firmware want of a version not offered to the site"] == 1 and not chunks()
+        with Directory(tmp_path / "main.sqlite") as d:
+            firmware.FirmwareStore(d).rollout("3.1.4", ["x"])
+        host.login.send(wire.FIRMWARE_WANT, {wire.IE_FW_VERSION: "3.1.4", wire.IE_CHUNK: 0 << 16 | 8}, world.net.now)
+        host.flush()
+        world.run(300)
+        data = firmware.pack(tree(tmp_path / "build", FILES))[1]
+        got = sorted(chunks(), key=lambda ies: ies[wire.IE_CHUNK] >> 16)
+        assert [ies[wire.IE_CHUNK] >> 16 for ies in got] == list(range(8))
+        assert b"".join(ies[wire.IE_DATA] for ies in got) == data[:8 * 250]
+    finally:
+        world.close()
+
+
+def _messages(end):
+    """(type, ies) of the messages a LoginEnd received (its inbox also holds the login's events)."""
+    return [item for item in end.inbox if isinstance(item, tuple)]
