@@ -46,7 +46,16 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: a module keeps its order
 
 
+from tests import support  # noqa: E402
 from tests.support import unix32_binary  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item):
+    """The test being run, for a build a session fixture starts in its name (support.unix32_binary)."""
+    support.RUNNING["item"] = item
+    yield
+    support.RUNNING.pop("item", None)
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ import wave
 import pytest
 
 from firmware.audio.dtmf import goertzel_power
+from tests.support import unix32_binary
 from tests.test_handset import Handset
-from upbx.tools.build import unix32_image
 from upbx.tools.demo import run_demo
 from upbx.tools.lab import LoopbackExchange
 
@@ -22,7 +22,7 @@ WRAP = 2 ** 30   # the 32-bit build's tick period (the ESP32's)
 
 @pytest.fixture(scope="module")
 def unix32():
-    return str(unix32_image(frozen=False, log=lambda *a: None))
+    return unix32_binary(frozen=False)
 
 
 def between(log, first, middle, last):

@@ -27,10 +27,11 @@ def call_in_progress():
         lab.start()
         wav = lab.path("101.wav")
         write_noise_wav(wav, 10, 101)
-        callee = lab.phone("301", "--answer", "--exit-after-call", "--exit-after", "20", tag="status-callee")
+        # the call lasts until the module's tests are done, however slowly they run: the caller
+        # hangs up when the teardown says so (a fixed --duration ended it mid-module under load)
+        callee = lab.phone("301", "--answer", "--exit-after-call", tag="status-callee")
         lab.wait_registered("301")
-        caller = lab.phone("101", "--send", wav, "--call", "301", "--duration", "6", "--exit-after-call",
-                           "--exit-after", "20", tag="status-caller")
+        caller = lab.phone("101", "--send", wav, "--call", "301", "--exit-after-call", tag="status-caller")
         lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status("main")["calls"]), "call answered")
         # a few datagrams no daemon can read: they show up as drops by reason
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -38,8 +39,10 @@ def call_in_progress():
                 s.sendto(b"\x80\x00", ("127.0.0.1", lab.main_port))
         time.sleep(1.6)  # more than the 1 s bandwidth window
         yield lab
-        caller.wait(20)
-        callee.wait(20)
+        assert lab.status("main")["calls"][0]["state"] == "answered"   # still up after the last test
+        caller.stdin.write(b"!hangup\n")     # the handset's console: on hook
+        caller.stdin.flush()
+        assert caller.wait(60) == 0 and callee.wait(60) == 0   # --exit-after-call: both saw the call end
 
 
 def test_main_host_reports_hosts_phones_call_bandwidth_and_drops(call_in_progress):
