@@ -23,16 +23,57 @@ from upbx.host.daemon import query_status
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Ports for the lab's daemons. Under pytest-xdist each worker takes ports from a slice of its own
+# below Linux's ephemeral range (32768-60999), never the same one twice: a port the kernel handed
+# out as "free" (bind to 0) could be handed to another worker's lab, or to any socket that sends
+# without binding, before the daemon meant to have it binds it ("Address already in use"). The
+# test process takes the first half of its slice, the processes it starts (a demo's lab) the second.
+_SLICE = 3000
+_issued = set()
+
+
+def _worker_ports():
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit()):
+        return None
+    base = 20000 + int(worker[2:]) % 4 * _SLICE
+    if "pytest" not in sys.modules:   # a process a test started (`upbx demo`): the slice's other half
+        base += _SLICE // 2
+    return range(base, base + _SLICE // 2)
+
+
+def _free(kind):
+    ports = _worker_ports()
+    if ports is None:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    if len(_issued) >= len(ports) - 100:
+        _issued.clear()             # a long run: start the slice again (its first ports are long closed)
+    start = random.randrange(len(ports))
+    for i in range(len(ports)):
+        port = ports[(start + i) % len(ports)]
+        if port in _issued:
+            continue
+        try:
+            for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM):   # free for both: a daemon may take either
+                with socket.socket(socket.AF_INET, k) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _issued.add(port)
+        return port
+    raise RuntimeError("no free port in %s-%s" % (ports[0], ports[-1]))
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A UDP port on 127.0.0.1 that no other lab of this run has been given."""
+    return _free(socket.SOCK_DGRAM)
 
 
 def free_tcp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that no other lab of this run has been given."""
+    return _free(socket.SOCK_STREAM)
 
 
 def upbx(*args):
