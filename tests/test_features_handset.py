@@ -28,7 +28,12 @@ def test_demo_features_json_shows_each_built_feature_working_with_its_evidence(t
     env = dict(os.environ, TMPDIR=str(tmp_path))  # every file and process of the demo lives under here
     result = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "demo", "features", "--json"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=850)
-    assert result.returncode == 0, result.stderr[-2000:]
+    if result.returncode != 0:   # say which scenarios failed, with their evidence
+        try:
+            failed = json.dumps([f for f in json.loads(result.stdout)["features"] if not f["ok"]])
+        except (ValueError, KeyError):
+            failed = result.stdout[-3000:]
+        pytest.fail("upbx demo features failed: %s\n%s" % (failed[:6000], result.stderr[-1000:]))
     features = json.loads(result.stdout)["features"]
     assert [f["name"] for f in features] == list(FEATURES + EXTRA)
     by_name = {f["name"]: f for f in features}
