@@ -109,6 +109,11 @@ class FirmwareStore:
                               (version,)).fetchone()
         return None if row is None else {"version": row[0], "kind": row[1], "sha256": row[2], "size": row[3]}
 
+    def offered(self, site):
+        """The version rolled out to site now (the only one a peer of that site is sent), or None."""
+        rollout = (self.directory.sysinfo()[1].get(ROLLOUT_KEY) or {}).get(site)
+        return rollout.get("version") if rollout else None
+
     def data(self, version):
         row = self.db.execute("SELECT data FROM firmware WHERE version = ?", (version,)).fetchone()
         return None if row is None else bytes(row[0])

@@ -56,8 +56,12 @@ class FirmwareServer:
         self.stats = stats
         self._held = (None, None)
 
-    def want(self, link, ies, now):
+    def want(self, link, site, ies, now):
+        """FIRMWARE_WANT from link, a peer of site: only the version rolled out to site is sent."""
         version = ies.get(wire.IE_FW_VERSION)
+        if version is None or version != self.store.offered(site):
+            self.stats.drop("firmware want of a version not offered to the site")
+            return
         if self._held[0] != version:
             self._held = (version, self.store.data(version))
         data = self._held[1]

@@ -293,11 +293,7 @@ class MainHost(HostCore):
         elif msg_type == wire.MUSIC and link.kind == "host":
             self.music_acked[link.name] = ies.get(wire.IE_VERSION)
         elif msg_type == wire.FIRMWARE_WANT:
-            rollout = (self.directory.sysinfo()[1].get(firmware.ROLLOUT_KEY) or {}).get(self._site_of(link))
-            if rollout is None or rollout.get("version") != ies.get(wire.IE_FW_VERSION):
-                self.stats.drop("firmware want of a version not offered to the site")   # only its site's bundle
-            else:
-                self.firmware_server.want(link, ies, now)
+            self.firmware_server.want(link, self._site_of(link), ies, now)
         elif msg_type == wire.FIRMWARE_STATE:
             number = link.name if link.kind == "phone" else ies.get(wire.IE_EXTENSION)
             row = self.directory.extension(number) if number else None

@@ -302,6 +302,7 @@ def test_a_remote_host_resumes_its_download_where_it_stopped_and_checks_it(tmp_p
     files = dict(FILES, **{"firmware/big.mpy": os.urandom(20000)})
     entry = json.loads(admin(db, "firmware", "add", tree(tmp_path / "build", files), "--json").stdout)
     count = (entry["size"] + 249) // 250
+    assert admin(db, "firmware", "rollout", entry["version"], "--site", "a").returncode == 0   # what a is sent
     offer = {"firmware": dict(entry)}
     folder = str(tmp_path / "remote.cache.json.firmware")
     with Directory(db) as d:
@@ -319,7 +320,7 @@ def test_a_remote_host_resumes_its_download_where_it_stopped_and_checks_it(tmp_p
                 msg_type, ies = wants.messages.pop(0)
                 assert msg_type == wire.FIRMWARE_WANT
                 main_side.messages.clear()
-                server.want(main_side, ies, 0)
+                server.want(main_side, "a", ies, 0)
                 for msg_type, chunk in main_side.messages:
                     if delivered == limit:
                         break
@@ -351,6 +352,7 @@ def test_a_remote_host_resumes_its_download_where_it_stopped_and_checks_it(tmp_p
         with d._transaction():
             d.db.execute("INSERT INTO firmware SELECT '3.1.5', kind, ?, size, data, added FROM firmware "
                          "WHERE version = '3.1.4'", ("0" * 64,))
+        server.store.rollout("3.1.5", ["a"])
         fetch.offered(bad, 0, True)
         serve(fetch, wants, count)
         assert fetch.status()["state"] == "refused"
