@@ -150,12 +150,12 @@ _upbx_bursts(%r, %d, %d)
 """
 
 
-def burst_scores(binary, name, src=None, samples=150, processes=3, realtime=False):
-    """(warm, after_sleep): perf_bench scores (1e6 * norm / us) of one benchmark in bursts of BURST_PARAMS[name],
-    back to back and each after SLEEP_MS asleep; the median over `processes` of each one's median of `samples`."""
+def _perf_bench_runs(binary, name, src, runner, fields_wanted, processes, realtime):
+    """Run perf_bench's `name` with `runner` appended in `processes` processes; each one's printed
+    integers (fields_wanted of them, all but the last > 0), or RuntimeError naming what failed."""
     with open(os.path.join(src or micropython_src(), "tests", "perf_bench", name + ".py")) as f:
-        script = f.read() + "\n" + _BURST_RUNNER % (BURST_PARAMS[name], samples, SLEEP_MS)
-    warm, cold = [], []
+        script = f.read() + "\n" + runner
+    runs = []
     with tempfile.TemporaryDirectory(prefix="upbx-perfbench-") as tmp:
         path = os.path.join(tmp, name + ".py")
         with open(path, "w") as f:
@@ -165,15 +165,26 @@ def burst_scores(binary, name, src=None, samples=150, processes=3, realtime=Fals
                                  cwd=tmp, env=dict(os.environ, MICROPYPATH=".frozen"),
                                  preexec_fn=_realtime if realtime else None)
             fields = out.stdout.split()
-            if out.returncode != 0 or len(fields) != 3 or not all(f.isdigit() for f in fields) or \
-                    int(fields[0]) <= 0 or int(fields[1]) <= 0:
-                raise RuntimeError("perf_bench %s in bursts on %s failed: %s" % (
-                    name, binary, (out.stdout + out.stderr)[-500:]))
-            warm.append(1e6 * int(fields[2]) / int(fields[0]))
-            cold.append(1e6 * int(fields[2]) / int(fields[1]))
-    warm.sort()
-    cold.sort()
-    return warm[len(warm) // 2], cold[len(cold) // 2]
+            if (out.returncode != 0 or len(fields) != fields_wanted or not all(f.isdigit() for f in fields)
+                    or any(int(f) <= 0 for f in fields[:-1])):
+                raise RuntimeError("perf_bench %s%s on %s failed: %s" % (
+                    name, " in bursts" if fields_wanted == 3 else "", binary, (out.stdout + out.stderr)[-500:]))
+            runs.append([int(f) for f in fields])
+    return runs
+
+
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def burst_scores(binary, name, src=None, samples=150, processes=3, realtime=False):
+    """(warm, after_sleep): perf_bench scores (1e6 * norm / us) of one benchmark in bursts of BURST_PARAMS[name],
+    back to back and each after SLEEP_MS asleep; the median over `processes` of each one's median of `samples`."""
+    runs = _perf_bench_runs(binary, name, src, _BURST_RUNNER % (BURST_PARAMS[name], samples, SLEEP_MS), 3,
+                            processes, realtime)
+    return (_median(1e6 * norm / warm for warm, _cold, norm in runs),
+            _median(1e6 * norm / cold for _warm, cold, norm in runs))
 
 
 def perf_bench_score(binary, name, src=None, repeats=25, processes=5, realtime=False):
@@ -181,23 +192,8 @@ def perf_bench_score(binary, name, src=None, repeats=25, processes=5, realtime=F
     median over `processes` processes of each one's median of `repeats` runs (one process can sit
     20-40 % off the others for the whole of its life: where its code and heap landed). SCHED_FIFO
     with realtime, as the profiled handset runs."""
-    with open(os.path.join(src or micropython_src(), "tests", "perf_bench", name + ".py")) as f:
-        script = f.read() + "\n" + _RUNNER % repeats
-    scores = []
-    with tempfile.TemporaryDirectory(prefix="upbx-perfbench-") as tmp:
-        path = os.path.join(tmp, name + ".py")
-        with open(path, "w") as f:
-            f.write(script)
-        for _ in range(processes):
-            out = subprocess.run([binary, "-X", "heapsize=4M", path], capture_output=True, text=True, timeout=300,
-                                 cwd=tmp, env=dict(os.environ, MICROPYPATH=".frozen"),
-                                 preexec_fn=_realtime if realtime else None)
-            fields = out.stdout.split()
-            if out.returncode != 0 or len(fields) != 2 or not all(f.isdigit() for f in fields) or int(fields[0]) <= 0:
-                raise RuntimeError("perf_bench %s on %s failed: %s" % (name, binary, (out.stdout + out.stderr)[-500:]))
-            scores.append(1e6 * int(fields[1]) / int(fields[0]))
-    scores.sort()
-    return scores[len(scores) // 2]
+    runs = _perf_bench_runs(binary, name, src, _RUNNER % repeats, 2, processes, realtime)
+    return _median(1e6 * norm / us for us, norm in runs)
 
 
 def _geomean(values):
