@@ -24,7 +24,8 @@ import random
 import struct
 
 from upbx.common import wire
-from upbx.common.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from upbx.common.g711 import alaw_encode, ulaw_encode
+from upbx.host.codec import ALAW_TO_ULAW, ULAW_TO_ALAW
 from upbx.host.sip.sdp import CODECS, DIRECTIONS, receives, sends
 
 RATE_PER_MS = 8                 # 8000 Hz
@@ -295,14 +296,7 @@ class SipMedia:
 
 # the glue: a SIP call's media as a upbx call leg's media
 
-def _table(decode, encode):
-    """A 256-byte translation table: each G.711 code through decode and encode (bytes.translate
-    then converts a frame in one C call, with the same bytes as decoding and encoding it)."""
-    return bytes(encode(decode(bytes([code])))[0] for code in range(256))
-
-
-ULAW_TO_ALAW = _table(ulaw_decode, alaw_encode)
-ALAW_TO_ULAW = _table(alaw_decode, ulaw_encode)
+# A-law <-> mu-law: host/codec.py's tables (bytes.translate: one C call a frame)
 
 
 def _transcoders(codec):
