@@ -5,6 +5,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -79,6 +80,13 @@ def test_down_cleans_up_after_a_crash_half_way(prefix):
     subprocess.run(["ip", "netns", "del", lab.netns("inet")], check=True)  # as if `up` died
     sleeper = lab.popen("site-a/phone-1", ["sleep", "60"])
     try:
+        # `ip netns exec` enters the namespace, then becomes `sleep` (same pid): down() finds what runs
+        # in a namespace, so wait until it runs there (on a busy machine it may not be yet)
+        deadline = time.time() + 30
+        while str(sleeper.pid) not in subprocess.run(["ip", "netns", "pids", lab.netns("site-a/phone-1")],
+                                                     capture_output=True, text=True).stdout.split():
+            assert time.time() < deadline and sleeper.poll() is None, "the sleeper never ran in its namespace"
+            time.sleep(0.05)
         Lab(prefix).down()
         assert _leftovers(prefix) == []
         assert sleeper.wait(timeout=5) is not None  # what ran in the lab was stopped with it
