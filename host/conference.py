@@ -214,6 +214,7 @@ class Conferences:
         if len(parties) > self.max_parties:
             return self._refuse(active, "full (%d parties)" % self.max_parties, now)
         for call in new_calls:
+            core.media_through_here(call, now)     # a direct path between two remote hosts comes back here
             self._unhold(call, now)
             call.conference = conf
             call.noanswer = None

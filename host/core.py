@@ -361,6 +361,11 @@ class HostCore:
     def on_call_ended(self, call, cause, now):
         """A call ended: the host keeps its record."""
 
+    def media_through_here(self, call, now):
+        """call is joined into another here (a transfer, a conference): its media must pass this
+        host. The main host takes back a direct path between two remote hosts (B2); a remote host's
+        phone-to-phone calls (B3) are given new keys by the joining code itself."""
+
     def bandwidth_owners(self):
         """{(host, port): (group names)} for the bandwidth meter."""
         return {}

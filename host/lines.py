@@ -79,6 +79,8 @@ def transfer(host, link, ies, now):
     if (link.kind == "phone" and y1.link is y2.link and y1.link.kind == "main" and y2.peer_call_no
             and y1.direct is None and y2.direct is None):
         return _hand_over(host, link, y1, y2, stays, new, now)
+    for c in (c1, c2):                           # a direct path between two remote hosts comes back here
+        host.media_through_here(c, now)
     back = link.name if link.kind == "phone" else _number(c1, x1)   # the transferring phone's number
     hold_sent = [c.held_by is x and y.link.kind != "phone" for c, x, y in ((c1, x1, y1), (c2, x2, y2))]
     was_local = {y1: c1.path == "local", y2: c2.path == "local"}

@@ -630,12 +630,29 @@ class MainHost(HostCore):
     def _media_peers(self, call, now):
         key = os.urandom(16)
         a, b = call.a, call.b
+        call.peered = True
         a.link.send_signal(wire.MEDIA_PEER, {wire.IE_PEER_CALL_NO: a.peer_call_no, wire.IE_CALL_NO: b.peer_call_no,
                                              wire.IE_MEDIA_KEY: key, wire.IE_ROLE: 0,
                                              wire.IE_PEER_NAME: b.link.name}, now)
         b.link.send_signal(wire.MEDIA_PEER, {wire.IE_PEER_CALL_NO: b.peer_call_no, wire.IE_CALL_NO: a.peer_call_no,
                                              wire.IE_MEDIA_KEY: key, wire.IE_ROLE: 1,
                                              wire.IE_PEER_NAME: a.link.name}, now)
+
+    def media_through_here(self, call, now):
+        """This host joins call into another (a transfer, a conference): media it had sent straight
+        between two remote hosts (B2) comes through here again. Each remote host still in the call
+        gets a MEDIA_PEER without a key; one whose MEDIA_PEER was still on its way, lost once and
+        sent again, gets the two in order (the reliable layer), so it ends up sending to us."""
+        if not call.peered:
+            return
+        call.peered = False
+        call.path = "relay"
+        for leg in (call.a, call.b):
+            if leg is not None and leg.link.kind == "host" and leg.peer_call_no:
+                leg.link.send_signal(wire.MEDIA_PEER, {wire.IE_PEER_CALL_NO: leg.peer_call_no,
+                                                       wire.IE_CALL_NO: leg.call_no}, now)
+        self.stats.count("direct paths taken back")
+        self.log.info("call-path", call=call.uid, path="relay", why="joined here")
 
     def _punch_result(self, link, ies, now):
         peer_name = ies.get(wire.IE_PEER_NAME)

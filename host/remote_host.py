@@ -232,7 +232,15 @@ class RemoteHost(HostCore):
         elif msg_type == wire.MEDIA_PEER:
             leg = self.switch.legs.get(ies.get(wire.IE_PEER_CALL_NO))
             pair = self.pairs.get(ies.get(wire.IE_PEER_NAME))
-            if leg is not None and pair is not None and leg.link is self.main_link and wire.IE_MEDIA_KEY in ies:
+            if leg is None:
+                self.stats.drop("unknown call")       # ended meanwhile
+            elif leg.link is not self.main_link:
+                self.stats.drop("bad media peer")
+            elif wire.IE_MEDIA_KEY not in ies:      # taken back: the main host joined the call (a transfer)
+                if leg.direct is not None:
+                    leg.direct = None
+                    self.stats.count("direct paths taken back")
+            elif pair is not None:
                 leg.direct = (MediaLeg(ies[wire.IE_MEDIA_KEY], ies.get(wire.IE_ROLE, 0), leg.call_no,
                                        ies.get(wire.IE_CALL_NO, 0)), pair.link)
         elif msg_type == wire.FEATURES:

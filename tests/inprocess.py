@@ -25,6 +25,7 @@ from upbx.host.remote_host import RemoteHost
 
 MAIN = ("198.18.0.1", 4569)
 SITE_A = ("198.18.1.1", 4570)
+SITE_B = ("198.18.1.2", 4570)
 TICK_MS = 20
 WALL_MS = 1796083200000          # 2026-12-01: the wall clock when the World starts
 
@@ -212,21 +213,26 @@ class LoginEnd:
 
 class World:
     """Main host, site a's remote host with phones 101 and 102, phones 301-303 at the main host,
-    and site x (remote host site-x, extensions 401 and 402) for an attacker to log in as."""
+    and site x (remote host site-x, extensions 401 and 402) for an attacker to log in as; with
+    site_b, a second remote host (site b, phones 201 and 202) for calls between two sites (B2)."""
 
     def __init__(self, tmp_path, ring_timeout_s=30, site_a=None, extensions=(), barred=(), main_settings="",
-                 remote_settings=None):
+                 remote_settings=None, site_b=False):
         """site_a: add_site keywords for site a (local_calls, local_call_quota); extensions:
         more (number, site) pairs; barred: extensions barred from calling; main_settings: more
-        lines for main.toml; remote_settings: more [remote] keys for site a's remote host."""
+        lines for main.toml; remote_settings: more [remote] keys for site a's remote host;
+        site_b: site b's remote host too (started by start_remote)."""
         self.tmp = tmp_path
         self.net = Net()
         directory = Directory(tmp_path / "main.sqlite")
         self.secrets = {}
-        for site in ("a", "c", "x"):
+        for site in ("a", "c", "x") + (("b",) if site_b else ()):
             directory.add_site(site, **(site_a or {} if site == "a" else {}))
         self.secrets["site-a"] = directory.add_remote_host("site-a", "a")
         self.secrets["site-x"] = directory.add_remote_host("site-x", "x")
+        if site_b:
+            self.secrets["site-b"] = directory.add_remote_host("site-b", "b")
+            extensions = (("201", "b"), ("202", "b")) + tuple(extensions)
         for number, site in (("101", "a"), ("102", "a"), ("301", "c"), ("302", "c"), ("303", "c"),
                              ("401", "x"), ("402", "x")) + tuple(extensions):
             self.secrets[number] = directory.add_extension(number, site, "Phone " + number)
@@ -238,7 +244,7 @@ class World:
             % (MAIN[0], MAIN[1], ring_timeout_s, main_settings))
         self.net.wan.add(MAIN)
         self.net.nat[SITE_A] = SITE_A       # site a's router: its public address (move_site_a)
-        self.main = self.a = None
+        self.main = self.a = self.b = None
         self.phones = {}
         self.others = []            # LoginEnds
         self.start_main()
@@ -248,10 +254,19 @@ class World:
             + "".join("%s = %s\n" % (k, json.dumps(v)) for k, v in (remote_settings or {}).items()))
         os.chmod(tmp_path / "site-a.toml", 0o600)
         self._new_remote()
+        if site_b:
+            self.net.nat[SITE_B] = SITE_B
+            (tmp_path / "site-b.toml").write_text(
+                '[remote]\nname = "site-b"\nsecret = "%s"\nmain = "%s:%d"\nlisten = "%s:%d"\nlog_level = "error"\n'
+                % (self.secrets["site-b"].hex(), MAIN[0], MAIN[1], SITE_B[0], SITE_B[1]))
+            os.chmod(tmp_path / "site-b.toml", 0o600)
+            self.b = RemoteHost(load_remote_config(str(tmp_path / "site-b.toml")), StructuredLog("site-b", "error"))
+            attach_host(self.net, self.b, SITE_B)
+            self.b.wall_offset_ms = WALL_MS - 1000
 
     @property
     def hosts(self):
-        return tuple(h for h in (self.main, self.a) if h is not None)
+        return tuple(h for h in (self.main, self.a, self.b) if h is not None)
 
     def start_main(self):
         """The main host from its configuration and database (again, after stop_main())."""
@@ -303,10 +318,12 @@ class World:
                 self.secrets[number] = secret
 
     def start_remote(self):
-        self.a.start(self.net.now)
-        flush_host(self.net, self.a)
+        for host in (self.a, self.b):
+            if host is not None:
+                host.start(self.net.now)
+                flush_host(self.net, host)
         self.settle()
-        assert self.a.login.state == UP
+        assert self.a.login.state == UP and (self.b is None or self.b.login.state == UP)
 
     def main_away(self):
         """The main host drops off the network (datagrams to it are lost); runs until site a's
@@ -319,8 +336,9 @@ class World:
         raise AssertionError("site a's remote host did not notice the main host was gone")
 
     def add_phone(self, number, index, dead_ms=None):
-        """A phone at its host (site a's for 1xx, else the main host); dead_ms=2000 is the firmware's."""
-        host = SITE_A if number.startswith("1") else MAIN
+        """A phone at its host (site a's for 1xx, site b's for 2xx, else the main host); dead_ms=2000
+        is the firmware's."""
+        host = SITE_A if number.startswith("1") else SITE_B if number.startswith("2") else MAIN
         end = PhoneEnd(self.net, number, self.secrets[number], ("198.18.%d.%d" % (2 + index // 256, index % 256),
                                                                 40000), host, dead_ms)
         self.phones[number] = end
@@ -397,3 +415,5 @@ class World:
         if self.main is not None:
             self.main.directory.close()
         self.a.records.close()
+        if self.b is not None:
+            self.b.records.close()

@@ -10,6 +10,7 @@ from upbx.common import lines, wire
 from upbx.common.call import CONNECTED, RINGING
 from upbx.common.phone import Incoming
 from tests.test_hold import _notes, _voice
+from tests.inprocess import MAIN, SITE_A
 from tests.test_routing import _refused, _world
 
 
@@ -256,6 +257,49 @@ def test_a_transfer_out_of_turn_is_dropped_and_a_refused_consultation_leaves_the
         world.run(200)
         assert world.a.stats.drops.get("bad transfer", 0) + world.a.stats.drops.get("message out of turn", 0) >= 1
         assert p["101"].connected and p["301"].connected
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def _b2_call(world):
+    """The main host's call between two remote hosts (B2), once it exists."""
+    return next((c for c in world.main.switch.calls.values() if c.b2), None)
+
+
+def test_blind_transfer_handed_to_the_main_host_while_the_direct_path_offer_to_the_site_is_lost(tmp_path):
+    """301 (main host) talks to 101 (site a); 101 transfers it blind to 201 (site b). The main
+    host offers sites a and b a direct path (B2) when 201 rings; the offer to site a is lost once
+    (its reliable layer sends it again later), so site a, which does not know of the path, hands
+    the transfer to the main host. The main host joins 301 and 201 and must take the media back
+    from the direct path (a MEDIA_PEER without a key): else site b sends 201's voice straight to
+    site a, which has no call for it any more, and 301 hears the music, then nothing."""
+    world = _world(tmp_path, ("101", "301", "201"), site_b=True)
+    try:
+        p = world.phones
+        world.call("301", "101")
+        assert lines.consult(p["101"].phone, "201", world.net.now, True)
+        p["101"].flush()
+        for _ in range(100):                                     # until the main host offered the path
+            if world.tick(until=lambda: _b2_call(world) is not None and _b2_call(world).peered):
+                break
+        else:
+            raise AssertionError("no direct path offered")
+        to_a = [i for i, (_, source, destination) in enumerate(world.net.queue)
+                if source == MAIN and destination == SITE_A]
+        del world.net.queue[to_a[-1]]                            # the MEDIA_PEER to site a: lost once
+        world.run_until(lambda: p["201"].phone.state == RINGING and p["101"].idle, 3000, "201 rings, 101 is done")
+        assert world.a.stats.counters["transfers handed to the main host"] == 1
+        _listen(world, 1000)
+        assert _heard(p["301"]) == ([], True)                    # music while 201 rings
+        _answer(world, "201")
+        _listen(world, 1000)
+        assert _heard(p["301"]) == (["201"], False) and _heard(p["201"]) == (["301"], False)
+        leg = next(iter(world.b.switch.legs.values()))
+        assert leg.link is world.b.main_link and leg.direct is None   # site b sends through the main host
+        assert world.b.stats.counters["direct paths taken back"] == 1
+        world.hangup("201")
+        assert p["301"].idle and world.main.status()["calls"] == [] and world.b.status()["calls"] == []
         assert not world.net.errors
     finally:
         world.close()
