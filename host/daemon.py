@@ -380,9 +380,14 @@ class Daemon:
         if self.control_socket:
             if os.path.exists(self.control_socket):
                 os.unlink(self.control_socket)
-            with unix_path(self.control_socket) as path:
+            # bound and listening under a temporary name, then renamed: whoever sees the socket's file
+            # can connect (between bind() and listen() a client is refused, and a busy machine can
+            # stop us there: `upbx status` and the tests wait for the file)
+            building = "%s.%d" % (self.control_socket, os.getpid())
+            with unix_path(building) as path:
                 server = await asyncio.start_unix_server(self._control, path=path)
-            os.chmod(self.control_socket, 0o660)   # the daemon's user and group: `upbx status` as either
+            os.chmod(building, 0o660)   # the daemon's user and group: `upbx status` as either
+            os.rename(building, self.control_socket)
         self.log.info("started", listen="%s:%d" % self.address[:2], pid=os.getpid(),
                       fast_path="C" if self._batch is not None else "python")
         self.core.wall_offset_ms = wall_offset_ms()

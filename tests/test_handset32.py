@@ -29,7 +29,9 @@ def demo_calls(tmp_path, phone_args):
             tag = "%s-%s-%s" % (r["behaviour"], r["from"], r["to"])
             heaps[tag] = [lab.summary(tag + "-" + role)["heap"] for role in ("caller", "callee")]
             # the other way: what the caller received of what the callee sent
-            r["back"] = (lab.summary(tag + "-callee")["frames_sent"], lab.summary(tag + "-caller")["frames_received"])
+            caller = lab.summary(tag + "-caller")
+            r["back"] = (lab.summary(tag + "-callee")["frames_sent"], caller["frames_received"],
+                         caller["jitter"]["gap_count"])
         flash = sorted(os.listdir(lab.path("flash-" + tag + "-caller")))
         return rows, heaps, flash
     finally:
@@ -39,9 +41,15 @@ def demo_calls(tmp_path, phone_args):
 def check(rows, heaps, heap_bytes, live_limit):
     assert [(r["behaviour"], r["path"]) for r in rows] == CALLS
     for r in rows:
-        sent, received = r["back"]
-        print("%s %s: the caller received %d of the callee's %d frames" % (r["behaviour"], r["path"], received, sent))
-        assert received >= 0.95 * sent > 0, (r["behaviour"], r["path"], r["back"])
+        sent, received, gaps = r["back"]
+        print("%s %s: the caller received %d of the callee's %d frames, %d gaps" % (r["behaviour"], r["path"],
+                                                                                   received, sent, gaps))
+        # the callee goes on sending until the caller's hang-up reaches it (through the hosts, the
+        # longer way on a direct or local path): on a busy machine more than 5 % of a 2 s call. Frames
+        # missing in the call's course show as gaps in the caller's jitter buffer; none then means
+        # what is missing is that tail
+        assert sent > 0 and (received >= 0.95 * sent or (gaps == 0 and received >= 0.8 * sent)), (
+            r["behaviour"], r["path"], r["back"])
         assert r["cause"] == "normal clearing" and r["audio_match"] is True, (
             r["behaviour"], r["path"], r["cause"], r["frames_sent"], r["frames_received"], r.get("frames_lost"))
         assert r["frames_received"] >= 0.95 * r["frames_sent"] > 0, r

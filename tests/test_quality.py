@@ -65,12 +65,19 @@ def test_concealment_beats_silence_at_5_percent_loss_and_clean_calls_sound_like_
     if not jitter["gap_count"]:
         assert clean["mos"] >= 4.0 and abs(reference - ceiling) < 0.01
     assert jitter["late"] <= 2 and jitter["resyncs"] == 0
-    # measured (AMD EPYC, 2 CPUs): 3.72 against 3.10; forward-only concealment gave 3.62
-    assert plc["mos"] > silence["mos"] + 0.4
-    assert plc["mos"] >= 3.5
     # most losses are single frames with the next one already buffered: those are bridged
     assert plc["jitter"]["peeked"] >= 0.7 * plc["jitter"]["concealed"], plc["jitter"]
     assert silence["jitter"]["peeked"] == 0
+    # measured (AMD EPYC, 2 CPUs): 3.72 against 3.10; forward-only concealment gave 3.62. Both calls
+    # meet the same losses; a callee the machine stalled (its buffer ran dry: a "held" gap, or it had to
+    # prime again) played gaps the other did not, and the two are no longer comparable
+    stalled = [case for case, run in (("PLC", plc), ("no PLC", silence))
+               if run["jitter"]["reprimed"] or any(kind == "held" for _, kind in run["jitter"]["gaps"])]
+    if stalled:
+        pytest.skip("the machine stalled the 5 %% loss call's callee (%s): its gaps are not the network's, so "
+                    "concealment and silence cannot be compared" % ", ".join(stalled))
+    assert plc["mos"] > silence["mos"] + 0.4
+    assert plc["mos"] >= 3.5
 
 
 # `upbx bench quality --quick` here rather than in test_bench.py: its PESQ calls then never run at

@@ -36,7 +36,13 @@ def add_arguments(parser):
 
 
 def run(args):
+    import signal
+
     import serial  # pyserial
+
+    # Ctrl-C quits even when whoever started us ignored SIGINT (a shell's background job does, and
+    # Python then installs no handler of its own): the console is interactive whatever its parent
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     try:
         link = serial.serial_for_url(args.port, args.baud, timeout=0)
