@@ -347,6 +347,8 @@ class Daemon:
                 reply = {"error": "unknown request %r" % line}
             writer.write((json.dumps(reply, default=str) + "\n").encode())
             await writer.drain()
+        except ConnectionError:    # the asker gave up (`upbx status` timed out on a busy machine): nothing to answer
+            self.core.stats.drop("control client gone")
         finally:
             writer.close()
 

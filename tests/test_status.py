@@ -110,3 +110,20 @@ def test_control_sockets_in_a_directory_deeper_than_a_unix_socket_path_allows(tm
         lab.start()                   # waits for the remote hosts, asked through their sockets
         status = json.loads(upbx_status("--json", "--socket", lab.path("main.sock")))
         assert sorted(h["name"] for h in status["remote_hosts"]) == ["site-a", "site-b"]
+
+
+def test_an_asker_that_goes_away_before_the_answer_is_no_error(tmp_path):
+    """`upbx status` giving up (its timeout on a busy machine) closes the socket before the
+    daemon answers: the daemon counts it and carries on, no traceback in its log."""
+    from upbx.host.daemon import unix_path
+    with LoopbackExchange(workdir=str(tmp_path)) as lab:
+        lab.provision()
+        lab.start()
+        for _ in range(20):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, unix_path(lab.path("main.sock")) as path:
+                s.connect(path)
+                s.sendall(b"status\n" + bytes(100000))    # more than it reads: closing then resets the line
+        status = json.loads(upbx_status("--json", "--socket", lab.path("main.sock")))
+        assert status["stats"]["drops"].get("control client gone", 0) >= 1, status["stats"]["drops"]
+        with open(lab.path("main.log")) as f:
+            assert "Traceback" not in f.read()
