@@ -681,8 +681,8 @@ class RemoteHost(HostCore):
         """A local call that would end with cause goes to the callee's mailbox if its voicemail is
         on; False if it is not."""
         number = divert(call.callee, cause, self.cache.features(call.callee)) if self.voicemail.store else None
-        if number is None:
-            return False
+        if number is None or (call.path == "trunk" and self.main_link.up):   # the main host's voicemail takes
+            return False                                                     # no call from the site's line
         self.log.info("call-forwarded", call=call.uid, called=call.callee, to=number, reason=wire.CAUSE_TEXT[cause])
         call.callee = number
         call.noanswer = None
