@@ -249,3 +249,47 @@ def test_a_trunk_record_uploads_and_a_forged_one_does_not():
     for bad in (dict(base, path="relay"), dict(base, caller="sip:x"), dict(base, path="local", callee="201")):
         with pytest.raises(ValueError):
             decode_upload(encode_upload(bad), "site-a", "a", site_of, now)
+
+
+def test_b4_a_sip_phone_of_the_site_dials_out_on_the_gateway_or_hears_503(tmp_path):
+    """SIP phone 105 of site a, main host away: 9555 goes to the gateway (the same path as a
+    handset's); with the gateway silent, 105's INVITE gets 503 (no outside line)."""
+    w = make_world(tmp_path)
+    try:
+        w.run(2000)                                  # the main host has looked at its directory once
+        with Directory(tmp_path / "main.sqlite") as d:
+            d.add_extension("105", "a", "Desk 105")
+            password = d.set_sip_password("105")
+        w.run(3000)                                  # the site's directory, with 105's SIP password
+        phone = SipPhone(w.a, "105", password, ("10.1.0.50", 5062), host_ip="%s:%d" % SITE_SIP)
+        uas = {GATEWAY: w.gateway, phone.address: phone}
+
+        def route(now=None):
+            for data, addr in w.a.sip_datagrams_to_send():
+                uas[tuple(addr)].inbox.append(message.parse(data))
+            for data, addr, port in w.a.rtp_datagrams_to_send():
+                (w.gateway if addr[0] == GATEWAY[0] else phone).rtp_in.append((data, addr, port))
+
+        def run_both(ms, until=None):
+            for _ in range(ms // 20):
+                w.tick()
+                route()
+                if until is not None and until():
+                    return True
+            return False
+
+        phone.deliver = w.gateway.deliver = route     # each UA gets its own messages
+        phone.register(w.net.now)
+        run_both(100)
+        w.main_away()
+        out = phone.invite("9555", w.net.now)
+        run_both(200)
+        assert [m.status for m in out + phone.take() if hasattr(m, "status")][:1] == [100]
+        [invite] = [m for m in w.gateway.take() if getattr(m, "method", None) == "INVITE"]
+        assert invite.uri.text == "sip:555@10.1.0.60:5060" and invite.from_.display == "Desk 105"
+        got = []
+        assert run_both(6000, until=lambda: got.extend(phone.take()) or any(
+            getattr(m, "status", 0) >= 300 for m in got))   # the gateway never answers
+        assert [m.status for m in got if getattr(m, "status", 0) >= 300] == [503]
+    finally:
+        w.close()
