@@ -29,9 +29,9 @@ PROVIDER = ("198.18.50.1", 5060)    # the main host's provider
 DID = "4415550101"
 
 
-def make_world(tmp_path, register=False, site_trunk=True):
+def make_world(tmp_path, register=False, site_trunk=True, extensions=()):
     w = World(tmp_path, main_settings='sip_listen = "198.18.0.1:5060"\n',
-              remote_settings={"sip_listen": "%s:%d" % SITE_SIP})
+              remote_settings={"sip_listen": "%s:%d" % SITE_SIP}, extensions=extensions)
     with Directory(tmp_path / "main.sqlite") as d:
         trunk.add_trunk(d, "prov", "%s:%d" % PROVIDER, "acct", "pw", register=False)
         if site_trunk:
@@ -88,6 +88,7 @@ def test_the_sites_trunk_goes_to_its_remote_host_only(world):
                                "register": False}]
     assert data["routes"] == [{"prefix": "9", "strip": 1}]
     assert data["dids"] == {DID: "101"}            # not 301's: site c's number is not this site's
+    assert data["inside"] == []                    # no number of any site starts with 9
     assert world.a.sip_wanted()                    # the site's SIP port opens for its gateway
     with Directory(world.tmp / "main.sqlite") as d:
         with pytest.raises(Exception, match="site a's own"):
@@ -291,5 +292,23 @@ def test_b4_a_sip_phone_of_the_site_dials_out_on_the_gateway_or_hears_503(tmp_pa
         assert run_both(6000, until=lambda: got.extend(phone.take()) or any(
             getattr(m, "status", 0) >= 300 for m in got))   # the gateway never answers
         assert [m.status for m in got if getattr(m, "status", 0) >= 300] == [503]
+    finally:
+        w.close()
+
+
+def test_b4_another_sites_number_under_a_routes_prefix_is_no_outside_number(tmp_path):
+    """Extension 901 of site c starts with route 9's prefix: the main host's own numbers win over
+    routes, and so they do at the site with the main host away (901 is unreachable then, not
+    dialled out on the gateway as 01)."""
+    w = make_world(tmp_path, extensions=(("901", "c"),))
+    try:
+        assert w.a.cache.data["inside"] == ["901"]
+        w.main_away()
+        handset = dial(w, "901")
+        w.run_until(lambda: handset.causes(), 5000, "901 refused")
+        assert handset.causes() == [wire.CAUSE_UNREACHABLE]
+        assert not any(getattr(m, "method", None) == "INVITE" for m in w.gateway.take())
+        dial(w, "9555")                              # a number outside still goes out on the gateway
+        assert run(w, 1000, until=lambda: any(getattr(m, "method", None) == "INVITE" for m in w.gateway.inbox))
     finally:
         w.close()

@@ -137,19 +137,29 @@ def route_for(d, number):
 def site_part(d, site):
     """What a site's remote host gets with its directory: the site's own trunks (with their
     passwords: the cache file is 0600, as for the phones' secrets), every route's prefix and
-    strip (the dial plan its phones use for outside numbers whichever trunk carries them) and the
-    DIDs that ring the site's extensions or the groups it runs."""
+    strip (the dial plan its phones use for outside numbers whichever trunk carries them), the
+    DIDs that ring the site's extensions or the groups it runs, and the numbers of any site that
+    start with a route's prefix (never outside numbers)."""
     _tables(d)
     numbers = {e.number for e in d.extensions(site)} | set(d.site_groups(site))
+    inside = set()   # any site's numbers that start with a route's prefix: ours win, as at the main host
+    for r in routes(d):
+        for table in ("extensions", "groups"):
+            inside.update(n for (n,) in d.db.execute("SELECT number FROM %s WHERE number GLOB ?" % table,
+                                                     (r["prefix"] + "*",)))
     return {"trunks": [{k: t[k] for k in ("name", "proxy", "user", "password", "register")} for t in trunks(d, site)],
             "routes": [{"prefix": r["prefix"], "strip": r["strip"]} for r in routes(d)],
-            "dids": {r["number"]: r["target"] for r in dids(d) if r["target"] in numbers}}
+            "dids": {r["number"]: r["target"] for r in dids(d) if r["target"] in numbers},
+            "inside": sorted(inside)}
 
 
 def site_route(part, number):
     """(trunk row, number to send) of a site's own trunk for a dialled number, from site_part's
     routes: the longest matching prefix; (None, None) when a route matches but the site has no
-    trunk; None when no route matches (not an outside number)."""
+    trunk; None when no route matches, or the number is an extension's or group's of any site
+    (not an outside number)."""
+    if number in (part.get("inside") or ()):
+        return None
     best = None
     for r in part.get("routes") or ():
         if number.startswith(r["prefix"]) and len(number) > len(r["prefix"]) - r["strip"] and (
