@@ -165,8 +165,11 @@ class TcpListener:
                 sock.close()
                 continue
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x60)   # DSCP CS3, as the UDP port
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x60)   # DSCP CS3, as the UDP port
+            except OSError:
+                pass   # an IPv6 listener: no IPv4 TOS; the messages go all the same
             conn = self.connections[addr] = Connection(sock, addr, self.now_ms())
             self.count("sip tcp connections")
             asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, conn)
