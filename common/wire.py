@@ -139,7 +139,8 @@ CAUSE_FEATURE_OFF = const(9)     # ... cancelled
 CAUSE_DND = const(10)            # the called phone is in do not disturb
 CAUSE_FORWARD_LOOP = const(11)   # forwarding leads back to a number already tried
 CAUSE_TRANSFERRED = const(12)    # the phone transferred the call: its legs end, the far ends talk on
-# CAUSE_ANSWERED_ELSEWHERE (14) and CAUSE_PICKED_UP (15), which only hosts send, come from common/wire_names.py
+# CAUSE_ANSWERED_ELSEWHERE (14), CAUSE_PICKED_UP (15) and CAUSE_NO_OUTSIDE_LINE (17), which only
+# hosts send, come from common/wire_names.py
 CAUSE_CONFERENCE = const(16)     # the phone's held call became part of its conference (docs/features.md)
 
 CAUSE_TEXT = {
@@ -159,6 +160,7 @@ CAUSE_TEXT = {
     14: "answered elsewhere",    # a ring group's call another member answered (docs/features.md)
     15: "picked up",             # the call ringing here was picked up by another phone (*8)
     CAUSE_CONFERENCE: "joined conference",
+    17: "no outside line",       # main host unreachable and the site has no line of its own up (docs/sip.md)
 }
 
 PATH_RELAY = const(0)

@@ -16,6 +16,7 @@ import time
 
 from upbx.host import fastpath
 from upbx.host import relay_workers
+from upbx.host.sip.transport import TcpListener
 
 SOCKET_BUFFER = 4 << 20  # bytes; the kernel caps it at net.core.rmem_max / wmem_max
 
@@ -58,6 +59,7 @@ class Daemon:
         self._batch = None       # the C fast path's recvmmsg/sendmmsg (IPv4 sockets), else None
         self.sip_sock = None     # the SIP port, open only while the core has SIP phones (docs/sip.md)
         self.sip_address = None
+        self.sip_tcp = None      # SIP over TCP on the same address (host/sip/transport.py), with the UDP port
         self._sip_checked = None
         self.rtp_socks = {}      # local port -> socket, one per SIP call (the core says which: rtp_ports())
 
@@ -202,6 +204,8 @@ class Daemon:
         if self._sip_checked is not None and now - self._sip_checked < 1000:
             return
         self._sip_checked = now
+        if self.sip_tcp is not None:
+            self.sip_tcp.sweep(now)
         try:
             wanted = self.core.sip_listen is not None and self.core.sip_wanted()
         except Exception as exc:
@@ -221,11 +225,32 @@ class Daemon:
             self.sip_sock, self.sip_address = sock, sock.getsockname()
             loop.add_reader(sock.fileno(), self._sip_readable)
             self.log.info("sip-port", listen="%s:%d" % self.sip_address[:2])
+            self._sip_tcp_open()
         elif not wanted and self.sip_sock is not None:
             self._sip_close()
 
+    def _sip_tcp_open(self):
+        """SIP over TCP on the UDP port's address and port; without it (the TCP port taken) UDP goes on."""
+        tcp = TcpListener(self.sip_address[:2], self._sip_tcp_message, self.core.stats.count, self.log, now_ms)
+        try:
+            tcp.open()
+        except OSError as exc:
+            self.core.stats.count("sip tcp port unavailable")
+            return self.log.error("sip-tcp-port", listen="%s:%d" % self.sip_address[:2], error=str(exc))
+        self.sip_tcp = tcp
+
+    def _sip_tcp_message(self, data, addr):
+        try:
+            self.core.receive_sip(data, addr, now_ms())
+        except Exception as exc:  # a bug must not stop the exchange; count it and keep going
+            self._internal_error(exc, "sip tcp %s:%d" % addr[:2])
+        self._flush()
+
     def _sip_close(self):
         loop = asyncio.get_running_loop()
+        if self.sip_tcp is not None:
+            self.sip_tcp.close()
+            self.sip_tcp = None
         for sock in self.rtp_socks.values():
             loop.remove_reader(sock.fileno())
             sock.close()
@@ -243,6 +268,7 @@ class Daemon:
             except OSError:
                 self.core.stats.count("socket errors")
                 continue
+            self.core.stats.count("sip udp datagrams")
             try:
                 self.core.receive_sip(data, addr, now_ms())
             except Exception as exc:  # a bug must not stop the exchange; count it and keep going
@@ -257,6 +283,10 @@ class Daemon:
         except Exception as exc:
             return self._internal_error(exc, "sip flush")
         for data, address in out:
+            if len(address) == 3:   # (ip, port, "tcp"): on the connection the peer opened
+                if self.sip_tcp is not None:
+                    self.sip_tcp.send(data, address)
+                continue
             try:
                 self.sip_sock.sendto(data, address)
             except OSError:   # a full buffer loses a SIP datagram: the transaction layer resends it
@@ -338,6 +368,7 @@ class Daemon:
             if line == "status":
                 reply = dict(self.core.status(), pid=os.getpid(),
                              sip_listen="%s:%d" % self.sip_address[:2] if self.sip_address else None,
+                             sip_tcp_connections=len(self.sip_tcp.connections) if self.sip_tcp else None,
                              fast_path="C" if self._batch is not None else "python",
                              fast_path_datagrams=self._batch.taken() if self._batch is not None else 0,
                              workers=1)

@@ -95,7 +95,8 @@ class MainHost(HostCore):
         return bool(self.trunk_rows()) or any(self._sip_password(n) for n in self.directory.sip_passwords())
 
     def trunk_rows(self):
-        return trunk.trunks(self.directory)
+        """The main host's own trunks (a site's own trunk is its remote host's: host/sip/trunk.py)."""
+        return trunk.trunks(self.directory, site=None)
 
     def did_target(self, number):
         return trunk.did_target(self.directory, number)
@@ -113,6 +114,7 @@ class MainHost(HostCore):
                            for e in self.directory.extensions(site)},
             "features": self.directory.site_features(site),
             "groups": self.directory.site_groups(site),
+            **trunk.site_part(self.directory, site),   # its own trunk, the routes, its DIDs (B4)
         }
 
     # datagrams

@@ -121,6 +121,7 @@ def encode_upload(record):
 
 _UID = re.compile(r"^[0-9a-f]{16}$")
 _NUMBER = re.compile(r"^[0-9]{1,15}$")
+_OUTSIDE = re.compile(r"^(\+?[0-9*#]{1,15}|anonymous)$")
 EARLIEST_MS = 1577836800000          # 2020-01-01: no upbx record is older
 FUTURE_MS = 24 * 3600 * 1000         # a remote host's clock may run ahead of ours by up to a day
 LONGEST_CALL_MS = 31 * 24 * 3600 * 1000
@@ -133,7 +134,9 @@ def decode_upload(data, origin, site, site_of_extension, now_wall_ms):
     of its own site's local calls only (the main host records everything else
     itself): caller and callee must be numbers of `site` (a number no longer in
     the directory is accepted: it may have been removed since the call), and the
-    path "local". site_of_extension(number) gives a number's site or None.
+    path "local"; or a call on the site's own SIP trunk (path "trunk", docs/sip.md):
+    one side the site's, the other an outside number (up to 15 digits after an
+    optional +, or "anonymous"). site_of_extension(number) gives a number's site or None.
     """
     try:
         values = json.loads(bytes(data))
@@ -145,15 +148,18 @@ def decode_upload(data, origin, site, site_of_extension, now_wall_ms):
     record = dict(zip(UPLOAD_FIELDS, values + [None, None][:len(UPLOAD_FIELDS) - len(values)]))
     if not isinstance(record["uid"], str) or not _UID.match(record["uid"]):
         raise ValueError("uid: expected 16 lowercase hex digits")
+    if record["path"] not in ("local", "trunk"):
+        raise ValueError("path: a remote host uploads local calls and its own trunk's only, got %r"
+                         % (record["path"],))
     for field in ("caller", "callee"):
         number = record[field]
-        if not isinstance(number, str) or not _NUMBER.match(number):
-            raise ValueError("%s: expected 1 to 15 digits" % field)
+        outside = record["path"] == "trunk"   # one side is the outside number (or "anonymous")
+        if not isinstance(number, str) or not (_OUTSIDE if outside else _NUMBER).match(number):
+            raise ValueError("%s: expected %s" % (field, "an outside number: up to 15 digits after an optional +, "
+                                                  "or anonymous" if outside else "1 to 15 digits"))
         other = site_of_extension(number)
-        if other is not None and other != site:
+        if other is not None and other != site and not outside:
             raise ValueError("%s: %s is an extension of site %r, not of %r" % (field, number, other, site))
-    if record["path"] != "local":
-        raise ValueError("path: a remote host uploads local calls only, got %r" % (record["path"],))
     started, answered, ended = record["started_ms"], record["answered_ms"], record["ended_ms"]
     for field, value in (("started_ms", started), ("ended_ms", ended)):
         if not _whole(value) or not EARLIEST_MS <= value <= now_wall_ms + FUTURE_MS:

@@ -23,6 +23,7 @@ from upbx.host.policy import local_call_cause, uplink_admits
 from upbx.host.punch import Pairs
 from upbx.host.records import RecordStore, call_record, encode_upload
 from upbx.host.site_cache import SiteCache
+from upbx.host.sip import trunk as trunklib
 from upbx.host.sip.calls import SipCalls
 from upbx.host.sip.edge import SIP_REALM, SipEdge
 from upbx.host.switch import Link, Switch
@@ -39,6 +40,7 @@ CALL_KEEPALIVE_MS = 1000
 CALL_DEAD_MS = 2000
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
 PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is noticed within ~4 s (B4)
+ON_SITE = ("local", "trunk")     # paths of calls that do not cross the uplink (trunk: the site's own line)
 MAX_CALLS_PER_PHONE = 2           # one call, and one that may ring in while the phone dials out
 MUSIC_MAX_CHUNKS = 8 * 30 * 1000 // 250 + 1   # 30 s of mu-law (host/moh.py MAX_SECONDS) in 250-byte chunks
 
@@ -108,7 +110,17 @@ class RemoteHost(HostCore):
         return ext.get("sip_password") if ext else None
 
     def sip_wanted(self):
-        return any(ext.get("sip_password") for ext in self.cache.extensions.values())
+        return bool(self.trunk_rows()) or any(ext.get("sip_password") for ext in self.cache.extensions.values())
+
+    def trunk_rows(self):
+        """The site's own trunks, from its directory (host/sip/trunk.py): registered whenever they ask
+        for it, taking calls in at any time, carrying the site's outside calls while the main host is
+        unreachable (B4)."""
+        return list(self.cache.data.get("trunks") or ())
+
+    def did_target(self, number):
+        """The site's number a DID of its own trunk rings, or None."""
+        return (self.cache.data.get("dids") or {}).get(number)
 
     # lifecycle
 
@@ -207,6 +219,7 @@ class RemoteHost(HostCore):
                 return
             if msg_type == wire.DIRECTORY:
                 self.cache.set_directory(obj)
+                self.sip_calls.reread_trunks()   # the site's own trunk may have come or gone
                 self.peers.forget_keys()   # phones' secrets may have changed
                 self.log.info("directory", extensions=len(self.cache.extensions))
             else:
@@ -331,8 +344,48 @@ class RemoteHost(HostCore):
         return link if link is not None else self.sip_calls.link_of(number, self.now)
 
     def place_sip_call(self, link, ies, now):
-        """A SIP phone's INVITE, as a SETUP from its link (host/sip/calls.py)."""
+        """A SIP phone's INVITE, as a SETUP from its link (host/sip/calls.py); or a call in on the
+        site's own trunk."""
+        if getattr(link, "trunk", None) is not None:
+            return self._trunk_incoming(link, ies, now)
         self._outgoing(link, ies, now)
+
+    # the site's own trunk (host/sip/trunk.py, docs/sip.md): SRST-like fallback for outside calls
+
+    def _trunk_incoming(self, link, ies, now):
+        """A call in on the site's own trunk to a DID of the site's (host/sip/calls.py looked it up):
+        it rings that number here, whether the main host is up or not, and this host records it."""
+        called = ies[wire.IE_CALLED]
+        caller = ies.get(wire.IE_CALLING) or "anonymous"
+        if self.cache.extension(called) is not None:
+            routed, cause = features.route(called, self._features_of, self._number_busy)
+            if routed is not None and self.cache.extension(routed) is None and self._group(routed) is None:
+                routed, cause = None, wire.CAUSE_UNREACHABLE   # forwarded off the site: not from this line
+            if routed is None:
+                return self.refuse_setup(link, ies, cause, now, caller=caller)
+            called = routed
+        cause = self.switch.admit(link)
+        if cause is not None:
+            return self.refuse_setup(link, ies, cause, now, caller=caller)
+        call = self.switch.new_call(caller, called, now)
+        call.tried = [ies[wire.IE_CALLED]]
+        call.path = "trunk"
+        call.caller_name = ies.get(wire.IE_CALLING_NAME, "")
+        self.switch.incoming(call, link, ies)
+        self.log.info("call-setup", call=call.uid, caller=caller, called=called, via=link.name)
+        self._connect_local(call, now)
+
+    def _site_trunk_call(self, link, ies, out, now):
+        """B4: an outside number (a route's prefix) while the main host is unreachable goes out on
+        the site's own trunk; without one, or with one whose registration is not up, the caller
+        hears "no outside line"."""
+        row, number = out
+        registration = self.sip_calls.registrations.get(row["name"]) if row is not None else None
+        if row is None or (row["register"] and (registration is None or registration.state != "registered")):
+            self.stats.count("outside calls without a line")
+            return self.refuse_setup(link, ies, wire.CAUSE_NO_OUTSIDE_LINE, now, caller=link.name)
+        name = (self.cache.extension(link.name) or {}).get("name", "")
+        self.sip_calls.trunk_call(link, ies, link.name, name, row["name"], number, now)
 
     def _from_phone(self, link, msg_type, ies, now):
         self.count_message(msg_type)
@@ -414,6 +467,10 @@ class RemoteHost(HostCore):
             if routed != called:
                 self.log.info("call-forwarded", caller=link.name, called=called, to=routed)
                 called = routed
+        if not self.main_link.up and self.cache.extension(called) is None and not self._own_voicemail_serves(called):
+            out = trunklib.site_route(self.cache.data, called)
+            if out is not None:   # an outside number: the site's own line while the main host is away
+                return self._site_trunk_call(link, ies, out, now)
         cause = self.switch.admit(link)   # call numbers left, calls per phone: refused before any state
         if cause is not None:
             return self.refuse_setup(link, ies, cause, now, caller=link.name)
@@ -547,13 +604,13 @@ class RemoteHost(HostCore):
         host joined, host/lines.py) crosses it twice; a conference counts each mixed stream to a party
         across it (host/conference.py)."""
         return sum(1 + (c.a.link is c.b.link) for c in self.switch.calls.values()
-                   if c.path != "local" and c.b is not None and c.conference is None) + self.conferences.trunked_parties()
+                   if c.path not in ON_SITE and c.b is not None and c.conference is None) + self.conferences.trunked_parties()
 
     def _uplink_peers(self):
         """The hosts the site's inter-site calls send trunks to: the main host and direct pairs."""
         peers = {"main"}
         for c in self.switch.calls.values():
-            if c.path != "local" and c.b is not None:
+            if c.path not in ON_SITE and c.b is not None:
                 for leg in (c.a, c.b):
                     if leg.direct is not None and leg.direct[1].up:
                         peers.add(leg.direct[1].name)
@@ -609,8 +666,8 @@ class RemoteHost(HostCore):
         cause = self.switch.admit(target)
         if cause is not None:
             return self._refuse(call, cause, now)
-        name = (self.cache.extension(call.caller) or {}).get("name", "")
-        self.switch.offer(call, target, now, name, local=True)
+        name = getattr(call, "caller_name", None) or (self.cache.extension(call.caller) or {}).get("name", "")
+        self.switch.offer(call, target, now, name, local=call.path == "local")
         call.offered_ms = now
         settings = self.cache.features(call.callee)
         target = settings["noanswer"] or (divert(call.callee, wire.CAUSE_NO_ANSWER, settings) if self.voicemail.store
@@ -624,8 +681,8 @@ class RemoteHost(HostCore):
         """A local call that would end with cause goes to the callee's mailbox if its voicemail is
         on; False if it is not."""
         number = divert(call.callee, cause, self.cache.features(call.callee)) if self.voicemail.store else None
-        if number is None:
-            return False
+        if number is None or (call.path == "trunk" and self.main_link.up):   # the main host's voicemail takes
+            return False                                                     # no call from the site's line
         self.log.info("call-forwarded", call=call.uid, called=call.callee, to=number, reason=wire.CAUSE_TEXT[cause])
         call.callee = number
         call.noanswer = None
@@ -634,7 +691,10 @@ class RemoteHost(HostCore):
 
     def _off_site(self, call, now):
         """A call of the site's that now goes off the site: to the main host (with the call id: it
-        forgets the local grant), or to this host's own voicemail while the main host is away."""
+        forgets the local grant), or to this host's own voicemail while the main host is away. A call
+        in on the site's own trunk stays on the site (the main host takes no call from it)."""
+        if call.path == "trunk" and self.main_link.up:
+            return self._refuse(call, wire.CAUSE_UNREACHABLE, now)
         if not self.main_link.up and self._own_voicemail_serves(call.callee):
             return self._own_voicemail(call, now)
         if not self.main_link.up:
@@ -737,7 +797,7 @@ class RemoteHost(HostCore):
         """Local calls are this host's to record (the main host records the calls it switches)."""
         if self.pending_local.pop(call.call_id, None) is not None:   # its grant, if one comes, is for nothing
             self.log.info("local-request-abandoned", call=call.uid)
-        if call.path == "local":
+        if call.path in ON_SITE:   # and the calls on the site's own trunk (uploaded as local calls are)
             self.records.add(call_record(call, self.config.name, cause, now, self.wall_ms(now)))
             self._upload_records(now)
 
@@ -791,7 +851,7 @@ class RemoteHost(HostCore):
             if (call.noanswer is not None and call.path == "local" and call.b is not None
                     and call.state in ("setup", "alerting") and now - call.offered_ms >= call.noanswer[1]):
                 self._forward_no_answer(call, now)
-        if any(c.path != "local" for c in self.switch.calls.values()):
+        if any(c.path not in ON_SITE for c in self.switch.calls.values()):
             self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
         else:
             self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
@@ -836,7 +896,7 @@ class RemoteHost(HostCore):
             "uplink": {"budget_kbps": self.config.uplink_kbps, "calls": self._uplink_calls(),
                        "committed_kbps": round(self._uplink_kbps(), 1) if self._uplink_calls() else 0.0},
             "main": {"state": self.login.state, "logins": self.login.logins},
-            "sip": self.sip.status(self.now),
+            "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
                        "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],

@@ -205,7 +205,7 @@ def test_admin_trunk_route_did(tmp_path, capsys):
     assert run_admin("did", "add", "+4415550100", "--to", "301")[0] == 0
     code, out, _ = run_admin("trunk", "list", "--json")
     assert json.loads(out) == [{"name": "prov", "proxy": "192.0.2.10:5060", "user": "u", "password": None,
-                                "register": True}]
+                                "register": True, "site": None}]
     with Directory(db) as d:
         assert trunk.route_for(d, "90123")[1] == "0123" and trunk.route_for(d, "123") is None
         assert trunk.did_target(d, "+4415550100") == "301"

@@ -35,13 +35,17 @@ from upbx.host.switch import Link
 T1_MS = 500
 T2_MS = 4000
 GIVE_UP_MS = 64 * T1_MS
+# A trunk (a provider, a site's gateway) answers an INVITE with 100 Trying at once; one that has sent
+# nothing for this long is down: the caller hears "no outside line" now, not when a handset's own
+# 20 s setup timeout ends the call as "unreachable"
+TRUNK_SILENT_MS = 5000
 RTP_PORTS = (16384, 16384 + 2 * 1000)   # even ports, one per call
 _IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
 
 CAUSE_TO_SIP = {wire.CAUSE_BUSY: 486, wire.CAUSE_DND: 486, wire.CAUSE_NO_ANSWER: 480,
                 wire.CAUSE_NOT_PERMITTED: 403, wire.CAUSE_UNKNOWN_EXTENSION: 404,
                 wire.CAUSE_NETWORK_BUSY: 503, wire.CAUSE_UNREACHABLE: 480, wire.CAUSE_FORWARD_LOOP: 482,
-                wire.CAUSE_PROTOCOL_ERROR: 500}
+                wire.CAUSE_PROTOCOL_ERROR: 500, wire.CAUSE_NO_OUTSIDE_LINE: 503}
 SIP_TO_CAUSE = {486: wire.CAUSE_BUSY, 600: wire.CAUSE_BUSY, 603: wire.CAUSE_BUSY, 480: wire.CAUSE_NO_ANSWER,
                 408: wire.CAUSE_NO_ANSWER, 487: wire.CAUSE_NO_ANSWER, 403: wire.CAUSE_NOT_PERMITTED,
                 404: wire.CAUSE_UNKNOWN_EXTENSION, 484: wire.CAUSE_UNKNOWN_EXTENSION,
@@ -170,6 +174,10 @@ class SipCalls:
         return no
 
     # trunks (host/sip/trunk.py): the main host's directory says which
+
+    def reread_trunks(self):
+        """The directory changed: read the trunks again at the next tick."""
+        self._trunks_read = None
 
     def refresh_trunks(self, rows, now):
         """The trunks as the directory has them now: links made, registrations started or dropped."""
@@ -635,6 +643,7 @@ class SipCalls:
         call.invite = invite
         self._send(invite, call.addr)
         call.retransmit = Retransmit(invite.encode(), call.addr, now, None)
+        call.retransmit.until = now + TRUNK_SILENT_MS   # no 100 Trying by then: the line is down
 
     # time and RTP
 
@@ -659,11 +668,13 @@ class SipCalls:
             if call.media is not None and call.state == "confirmed":
                 call.media.tick(now)
             r = call.retransmit
-            if r is None or now < r.next_at:
+            if r is None:
                 continue
-            if now >= r.until:
+            if now >= r.until:   # at the time itself (not at the next retransmission after it)
                 call.retransmit = None
                 self._gave_up(call, now)
+                continue
+            if now < r.next_at:
                 continue
             self.edge._out.append((r.data, r.addr))
             r.interval = r.interval * 2 if r.cap is None else min(r.interval * 2, r.cap)
@@ -674,8 +685,10 @@ class SipCalls:
     def _gave_up(self, call, now):
         """No answer to what we sent, for 64*T1: the call is over (RFC 3261 17.1.1.2, 13.3.1.4)."""
         if call.state != "ended":
-            self._signal(call, wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NO_ANSWER if call.outgoing
-                                              else wire.CAUSE_UNREACHABLE}, now)
+            cause = wire.CAUSE_NO_ANSWER if call.outgoing else wire.CAUSE_UNREACHABLE
+            if call.outgoing and isinstance(call.link, TrunkLink) and call.state == "early" and not call.alerted:
+                cause = wire.CAUSE_NO_OUTSIDE_LINE   # the trunk never answered the INVITE at all
+            self._signal(call, wire.RELEASE, {wire.IE_CAUSE: cause}, now)
             if not call.outgoing and call.state == "confirmed":
                 bye = self._request(call, "BYE")
                 self._send(bye, call.addr)

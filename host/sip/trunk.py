@@ -14,6 +14,12 @@ inbound numbers (a DID -> an extension, group or auto-attendant number). At run 
 - an INVITE from a trunk's proxy address is the provider's (trunks are trusted by address, as
   providers do not answer challenges): its Request-URI user (or To user) is looked up among the
   DIDs and the call rings that number, with the caller's number from the From header.
+
+A trunk added with `--site S` is that site's own line (an analogue gateway on its LAN, say): the
+main host never uses it; it goes to the site's remote host with the site's directory, with the
+routes (prefix and strip) and the DIDs that ring the site's numbers, and the remote host uses it
+for the site's outside calls while the main host is unreachable (B4, as Cisco SRST falls back to
+local lines) and takes calls in from it at any time (docs/sip.md, "A site's own trunk").
 """
 
 import os
@@ -26,7 +32,7 @@ from upbx.host.sip import message as sip
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sip_trunks (
     name TEXT PRIMARY KEY, proxy TEXT NOT NULL, user TEXT NOT NULL, password TEXT NOT NULL,
-    register INTEGER NOT NULL DEFAULT 0
+    register INTEGER NOT NULL DEFAULT 0, site TEXT
 );
 CREATE TABLE IF NOT EXISTS sip_routes (
     prefix TEXT PRIMARY KEY, trunk TEXT NOT NULL REFERENCES sip_trunks(name) ON DELETE CASCADE,
@@ -46,10 +52,18 @@ def _tables(d):
     for statement in SCHEMA.split(";"):
         if statement.strip():
             d.db.execute(statement)
+    if "site" not in [row[1] for row in d.db.execute("PRAGMA table_info(sip_trunks)")]:
+        d.db.execute("ALTER TABLE sip_trunks ADD COLUMN site TEXT")   # a directory from before site trunks
 
 
-def add_trunk(d, name, proxy, user, password, register=False):
+def add_trunk(d, name, proxy, user, password, register=False, site=None):
     _tables(d)
+    if site is not None:
+        if d.site(site) is None:
+            raise DirectoryError("--site %s: no such site" % site)
+        if d.remote_host_of_site(site) is None:
+            raise DirectoryError("--site %s: the site has no remote host to run its own trunk (its phones' "
+                                 "outside calls go through the main host's trunks)" % site)
     if not _NAME.match(name or ""):
         raise DirectoryError("bad trunk name %r: letters, digits, _ . - (up to 32)" % (name,))
     m = _PROXY.match(proxy or "")
@@ -59,13 +73,17 @@ def add_trunk(d, name, proxy, user, password, register=False):
         raise DirectoryError("trunk %s: --user and --password must be non-empty, without quotes" % name)
     if d._one("SELECT 1 FROM sip_trunks WHERE name = ?", (name,)):
         raise DirectoryError("trunk %s already exists" % name)
-    d.db.execute("INSERT INTO sip_trunks VALUES (?, ?, ?, ?, ?)", (name, proxy, user, password, 1 if register else 0))
+    d.db.execute("INSERT INTO sip_trunks (name, proxy, user, password, register, site) VALUES (?, ?, ?, ?, ?, ?)",
+                 (name, proxy, user, password, 1 if register else 0, site))
 
 
-def trunks(d):
+def trunks(d, site=False):
+    """Every trunk (site=False), the main host's own (site=None) or one site's (site="a")."""
     _tables(d)
-    return [{"name": n, "proxy": p, "user": u, "password": pw, "register": bool(r)}
-            for n, p, u, pw, r in d.db.execute("SELECT * FROM sip_trunks ORDER BY name")]
+    rows = [{"name": n, "proxy": p, "user": u, "password": pw, "register": bool(r), "site": s}
+            for n, p, u, pw, r, s in d.db.execute(
+                "SELECT name, proxy, user, password, register, site FROM sip_trunks ORDER BY name")]
+    return rows if site is False else [r for r in rows if r["site"] == site]
 
 
 def remove_trunk(d, name):
@@ -77,8 +95,12 @@ def remove_trunk(d, name):
 def add_route(d, prefix, trunk, strip=0):
     _tables(d)
     check_number(prefix)
-    if not d._one("SELECT 1 FROM sip_trunks WHERE name = ?", (trunk,)):
+    row = d._one("SELECT site FROM sip_trunks WHERE name = ?", (trunk,))
+    if not row:
         raise DirectoryError("unknown trunk %r" % (trunk,))
+    if row[0] is not None:
+        raise DirectoryError("trunk %s is site %s's own: it takes that site's calls on every route while the main "
+                             "host is unreachable; a route names one of the main host's trunks" % (trunk, row[0]))
     if not 0 <= strip <= len(prefix):
         raise DirectoryError("--strip %d: between 0 and the prefix's %d digits" % (strip, len(prefix)))
     if d.extension(prefix) is not None or d.group(prefix) is not None:
@@ -108,8 +130,45 @@ def route_for(d, number):
             best = r
     if best is None:
         return None
-    trunk = next((t for t in trunks(d) if t["name"] == best["trunk"]), None)
+    trunk = next((t for t in trunks(d, site=None) if t["name"] == best["trunk"]), None)
     return trunk, number[best["strip"]:]
+
+
+def site_part(d, site):
+    """What a site's remote host gets with its directory: the site's own trunks (with their
+    passwords: the cache file is 0600, as for the phones' secrets), every route's prefix and
+    strip (the dial plan its phones use for outside numbers whichever trunk carries them), the
+    DIDs that ring the site's extensions or the groups it runs, and the numbers of any site that
+    start with a route's prefix (never outside numbers)."""
+    _tables(d)
+    numbers = {e.number for e in d.extensions(site)} | set(d.site_groups(site))
+    inside = set()   # any site's numbers that start with a route's prefix: ours win, as at the main host
+    for r in routes(d):
+        for table in ("extensions", "groups"):
+            inside.update(n for (n,) in d.db.execute("SELECT number FROM %s WHERE number GLOB ?" % table,
+                                                     (r["prefix"] + "*",)))
+    return {"trunks": [{k: t[k] for k in ("name", "proxy", "user", "password", "register")} for t in trunks(d, site)],
+            "routes": [{"prefix": r["prefix"], "strip": r["strip"]} for r in routes(d)],
+            "dids": {r["number"]: r["target"] for r in dids(d) if r["target"] in numbers},
+            "inside": sorted(inside)}
+
+
+def site_route(part, number):
+    """(trunk row, number to send) of a site's own trunk for a dialled number, from site_part's
+    routes: the longest matching prefix; (None, None) when a route matches but the site has no
+    trunk; None when no route matches, or the number is an extension's or group's of any site
+    (not an outside number)."""
+    if number in (part.get("inside") or ()):
+        return None
+    best = None
+    for r in part.get("routes") or ():
+        if number.startswith(r["prefix"]) and len(number) > len(r["prefix"]) - r["strip"] and (
+                best is None or len(r["prefix"]) > len(best["prefix"])):
+            best = r
+    if best is None:
+        return None
+    rows = part.get("trunks") or []
+    return (rows[0] if rows else None), number[best["strip"]:]
 
 
 def add_did(d, number, target):
@@ -147,6 +206,8 @@ def add_arguments(things, actions, leaf):
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--register", action="store_true", help="keep a registration at the proxy")
+    p.add_argument("--site", metavar="S", help="the site's own trunk (e.g. an analogue gateway on its LAN), run by "
+                   "its remote host for the site's outside calls while the main host is unreachable")
     leaf(trunk, "list", "list trunks (passwords not shown)")
     leaf(trunk, "remove", "remove a trunk and its routes").add_argument("name")
     route = actions(things, "route", "outbound routes: a dialled prefix to a trunk")
@@ -166,9 +227,10 @@ def add_arguments(things, actions, leaf):
 
 def handlers(done, table):
     def trunk_add(d, a):
-        add_trunk(d, a.name, a.proxy, a.user, a.password, a.register)
-        d._bump()
-        done(a, "trunk %s added (%s)" % (a.name, a.proxy), {"name": a.name, "proxy": a.proxy})
+        add_trunk(d, a.name, a.proxy, a.user, a.password, a.register, a.site)
+        d._bump()   # a site's trunk goes to its remote host with the directory
+        done(a, "trunk %s added (%s)%s" % (a.name, a.proxy, " for site %s" % a.site if a.site else ""),
+             {"name": a.name, "proxy": a.proxy, "site": a.site})
 
     def trunk_remove(d, a):
         remove_trunk(d, a.name)
@@ -177,27 +239,29 @@ def handlers(done, table):
 
     def route_add(d, a):
         add_route(d, a.prefix, a.trunk, a.strip)
+        d._bump()   # the sites' remote hosts have the routes too (their own trunks, B4)
         done(a, "numbers starting %s go out on trunk %s (%d digits stripped)" % (a.prefix, a.trunk, a.strip),
              {"prefix": a.prefix, "trunk": a.trunk, "strip": a.strip})
 
     def did_add(d, a):
         add_did(d, a.number, a.target)
+        d._bump()   # and the DIDs of their numbers
         done(a, "calls to %s ring %s" % (a.number, a.target), {"number": a.number, "target": a.target})
 
     return {
         ("trunk", "add"): trunk_add,
         ("trunk", "list"): lambda d, a: table(a, [dict(t, password=None) for t in trunks(d)],
                                               [("name", "TRUNK"), ("proxy", "PROXY"), ("user", "USER"),
-                                               ("register", "REGISTER")]),
+                                               ("register", "REGISTER"), ("site", "SITE")]),
         ("trunk", "remove"): trunk_remove,
         ("route", "add"): route_add,
         ("route", "list"): lambda d, a: table(a, routes(d), [("prefix", "PREFIX"), ("trunk", "TRUNK"),
                                                              ("strip", "STRIP")]),
-        ("route", "remove"): lambda d, a: (remove_route(d, a.prefix),
+        ("route", "remove"): lambda d, a: (remove_route(d, a.prefix), d._bump(),
                                            done(a, "route %s removed" % a.prefix, {"prefix": a.prefix})),
         ("did", "add"): did_add,
         ("did", "list"): lambda d, a: table(a, dids(d), [("number", "DID"), ("target", "TARGET")]),
-        ("did", "remove"): lambda d, a: (remove_did(d, a.number),
+        ("did", "remove"): lambda d, a: (remove_did(d, a.number), d._bump(),
                                          done(a, "DID %s removed" % a.number, {"number": a.number})),
     }
 
