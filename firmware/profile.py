@@ -200,6 +200,25 @@ def _hex(storage, n):
     return bytes(memoryview(storage)[:n]).hex()
 
 
+def spin(ipoll):
+    """ipoll(timeout_ms) that does not sleep: it polls without waiting until something is ready or
+    the time has come, then returns ipoll(0)'s iterator (what is ready stays ready: a datagram stays
+    queued until it is read). For measuring on a shared machine only (configuration key
+    "profile_spin", `upbx phone --profile-spin`): the loop's time between ticks is not counted
+    either way, but a handset that sleeps leaves this machine's CPU, its caches and branch
+    predictors to other processes, so every wake-up starts cold; spinning keeps them the handset's,
+    as a core of its own would (docs/benchmarks.md, "Warm and cold")."""
+    from time import ticks_ms
+
+    def wait(timeout):
+        start = ticks_ms()
+        while ticks_diff(ticks_ms(), start) < timeout:
+            for _ in ipoll(0):
+                return ipoll(0)
+        return ipoll(0)
+    return wait
+
+
 def _timed(profile, fn):
     """fn(arg) with its time added to profile.io (one argument: no tuple made per call)."""
     def call(arg):
