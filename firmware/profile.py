@@ -294,7 +294,13 @@ class _TimedHal:
     def __init__(self, profile, hal):
         self._profile = profile
         self._hal = hal
-        self.ticks_ms = hal.ticks_ms   # called every loop: no __getattr__ on the way
+        # called every loop iteration or frame and passed through as the HAL's own bound methods (no
+        # __getattr__, whose failed lookups first would be counted as the handset's time, and no
+        # wrapper's call either); sendto's system call is counted by the socket, which the app hands to it
+        self.ticks_ms = hal.ticks_ms
+        self.sendto = hal.sendto
+        self.feed = hal.feed
+        self.refresh = hal.refresh
 
     @micropython.native
     def read_frame(self, pcm):
@@ -319,18 +325,6 @@ class _TimedHal:
             return self._hal.poll_keys()
         finally:
             self._profile.io += ticks_diff(ticks_us(), t)
-
-    # called every loop iteration or frame and passed through (not through __getattr__, whose failed
-    # lookups first would be counted as the handset's time); sendto's system call is counted by the
-    # socket, which the app hands to it
-    def sendto(self, sock, data, addr):
-        return self._hal.sendto(sock, data, addr)
-
-    def feed(self):
-        self._hal.feed()
-
-    def refresh(self):
-        self._hal.refresh()
 
     def __getattr__(self, name):
         return getattr(self._hal, name)

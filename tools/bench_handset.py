@@ -484,6 +484,7 @@ def warm_estimate(profile, cal):
             cases[name] = {"ticks": len(mine), "host_us_p50": _rank([t["us"] for t in mine])[0],
                            "esp32_ms_p50": _ms(_rank([esp32_tick_us(t, ratio) for t in mine])[0], 1)}
     return {"ticks": len(ticks), "ratio": ratio, "ratio_is": "calibration.ratio_back_to_back",
+            "cases_other_ticks": sum(1 for t in ticks if t["kind"] not in CASES),
             "host_us_per_tick_p50": host[0], "host_us_per_tick_p99": host[1], "host_us_worst_tick": host[2],
             "host_us_per_tick_p50_without_io": without_io[0],
             "host_socket_us_per_tick_p50": _rank([t["net_us"] for t in ticks])[0],
