@@ -95,6 +95,9 @@ def init(app, config, hal):
         ticks = config["profile"]
         app.profile = TickProfile(DEFAULT_TICKS if ticks is True else int(ticks))
         app.hal = app.profile.time_io(None, None, hal)[2]
+        if config.get("profile_spin"):   # the warm figure of `upbx bench handset` (firmware/profile.py, spin)
+            from firmware.profile import spin
+            app._wait_poll = spin(app.poller.ipoll)
     # over-the-air updates (firmware/ota.py): the firmware running (ota.json, firmware/otaboot.py; {}
     # for the deployed one), an update offered by the system information, a download under way
     app.firmware = rarely("firmware.otaboot").read() or {}

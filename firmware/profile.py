@@ -200,6 +200,25 @@ def _hex(storage, n):
     return bytes(memoryview(storage)[:n]).hex()
 
 
+def spin(ipoll):
+    """ipoll(timeout_ms) that does not sleep: it polls without waiting until something is ready or
+    the time has come, then returns ipoll(0)'s iterator (what is ready stays ready: a datagram stays
+    queued until it is read). For measuring on a shared machine only (configuration key
+    "profile_spin", `upbx phone --profile-spin`): the loop's time between ticks is not counted
+    either way, but a handset that sleeps leaves this machine's CPU, its caches and branch
+    predictors to other processes, so every wake-up starts cold; spinning keeps them the handset's,
+    as a core of its own would (docs/benchmarks.md, "Warm and cold")."""
+    from time import ticks_ms
+
+    def wait(timeout):
+        start = ticks_ms()
+        while ticks_diff(ticks_ms(), start) < timeout:
+            for _ in ipoll(0):
+                return ipoll(0)
+        return ipoll(0)
+    return wait
+
+
 def _timed(profile, fn):
     """fn(arg) with its time added to profile.io (one argument: no tuple made per call)."""
     def call(arg):
@@ -275,7 +294,13 @@ class _TimedHal:
     def __init__(self, profile, hal):
         self._profile = profile
         self._hal = hal
-        self.ticks_ms = hal.ticks_ms   # called every loop: no __getattr__ on the way
+        # called every loop iteration or frame and passed through as the HAL's own bound methods (no
+        # __getattr__, whose failed lookups first would be counted as the handset's time, and no
+        # wrapper's call either); sendto's system call is counted by the socket, which the app hands to it
+        self.ticks_ms = hal.ticks_ms
+        self.sendto = hal.sendto
+        self.feed = hal.feed
+        self.refresh = hal.refresh
 
     @micropython.native
     def read_frame(self, pcm):
@@ -300,18 +325,6 @@ class _TimedHal:
             return self._hal.poll_keys()
         finally:
             self._profile.io += ticks_diff(ticks_us(), t)
-
-    # called every loop iteration or frame and passed through (not through __getattr__, whose failed
-    # lookups first would be counted as the handset's time); sendto's system call is counted by the
-    # socket, which the app hands to it
-    def sendto(self, sock, data, addr):
-        return self._hal.sendto(sock, data, addr)
-
-    def feed(self):
-        self._hal.feed()
-
-    def refresh(self):
-        self._hal.refresh()
 
     def __getattr__(self, name):
         return getattr(self._hal, name)

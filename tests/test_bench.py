@@ -238,6 +238,17 @@ def test_bench_handset_quick_reports_consistent_figures():
     assert r["meets_targets"] == (r["esp32_ms_per_tick_p50"] <= 5.0 and r["esp32_ms_worst_tick"] <= 12.0)
     assert r["meets_targets_host_io_scaled"] == (r["esp32_ms_per_tick_p50_host_io_scaled"] <= 5.0
                                                  and r["esp32_ms_worst_tick_host_io_scaled"] <= 12.0)
+    # the warm call: the profiled handset spun between ticks; a call of its own, scaled by the back-to-back ratio
+    warm = r["warm"]
+    assert warm["ratio"] == cal["ratio_back_to_back"] and warm["ticks"] > 100
+    assert warm["ticks"] == sum(c["ticks"] for c in warm["cases"].values()) + warm["cases_other_ticks"]
+    assert 0 < warm["host_us_per_tick_p50"] <= warm["host_us_per_tick_p99"] <= warm["host_us_worst_tick"]
+    assert warm["cases"]["normal"]["ticks"] > 0 and warm["cases"]["silence"]["ticks"] > 0   # a call with its pauses
+    assert warm["esp32_ms_per_tick_p50"] <= warm["esp32_ms_per_tick_p99"] <= warm["esp32_ms_worst_tick"]
+    assert r["esp32_ms_per_tick_p50_warm_measured"] == warm["esp32_ms_per_tick_p50"]
+    assert r["esp32_ms_worst_tick_warm_measured"] == warm["esp32_ms_worst_tick"]
+    assert r["meets_targets_warm_measured"] == (warm["esp32_ms_per_tick_p50"] <= 5.0
+                                                and warm["esp32_ms_worst_tick"] <= 12.0)
 
 
 @pytest.mark.skipif(shutil.which("rtpengine") is None, reason="rtpengine-daemon is not installed (make setup, as root)")

@@ -233,6 +233,34 @@ def test_esp32_buttons_honour_their_pull_and_report_presses(tmp_path):
     assert keys == {"idle": [], "held": ["!button key3"], "released": []}
 
 
+STEREO = r'''
+import json
+from firmware.hal import esp32
+hal = esp32.Hal(json.loads(%r), None)
+written = []
+class Tap:   # the speaker's I2S write, kept
+    def write(self, buf):
+        written.append(bytes(buf))
+        return len(buf)
+hal._tx = Tap()
+pcm = bytearray(320)
+for i in range(320):
+    pcm[i] = (i * 37 + 11) & 0xFF
+hal.write_frame(pcm)
+out = written[0]
+machine.note("stereo", len(out), all(out[4 * i:4 * i + 2] == pcm[2 * i:2 * i + 2] == out[4 * i + 2:4 * i + 4]
+                                     for i in range(160)))
+'''
+
+
+def test_esp32_codec_board_speaker_gets_the_frame_in_both_channels(tmp_path):
+    b = board("esp32-lyrat-v4.3")                     # ES8388: the speaker's I2S is stereo
+    assert b["i2s_speaker"].get("format") == "stereo"
+    result, trace = run_standin(tmp_path, STEREO % json.dumps(b))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ["stereo", 640, True] in trace
+
+
 DEVICE = r'''
 import json
 from firmware import start

@@ -148,6 +148,10 @@ def add_arguments(parser):
     parser.add_argument("--profile", type=int, metavar="TICKS",
                         help="measure the firmware's CPU time per 20 ms call tick (up to TICKS ticks) and put "
                              "median, p99 and worst per kind of tick in the summary (docs/benchmarks.md)")
+    parser.add_argument("--profile-spin", action="store_true",
+                        help="with --profile: the loop polls instead of sleeping between ticks, keeping this "
+                             "machine's caches the handset's (the warm figure of `upbx bench handset`; busy-waits "
+                             "a CPU: for measuring only)")
     parser.add_argument("--heapsize", default="2M",
                         help="MicroPython heap, e.g. 100K for an ESP32-WROOM without PSRAM (default 2M)")
     parser.add_argument("--mpy", action="store_true",
@@ -196,6 +200,8 @@ def device_config(args):
         values["vad"] = True
     if getattr(args, "profile", None):
         values["profile"] = args.profile
+        if getattr(args, "profile_spin", False):
+            values["profile_spin"] = True
     if args.ticks_start is not None:
         values["ticks_start"] = args.ticks_start
     if args.tone_timeout is not None:

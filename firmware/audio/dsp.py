@@ -120,6 +120,15 @@ if MICROPYTHON:
             d[doff + k] = s[2 * (soff + k) + 1]
 
     @micropython.viper
+    def mono_to_stereo(dst, src, n: int):
+        d = ptr16(dst)
+        s = ptr16(src)
+        for k in range(n):
+            v = s[k]
+            d[2 * k] = v
+            d[2 * k + 1] = v
+
+    @micropython.viper
     def isqrt(n: int) -> int:
         # digit by digit: exact for 0 <= n < 2**32 (plc's energies stay below 2**31)
         if n <= 0:
@@ -190,7 +199,7 @@ else:
     # once: an import list of the *_portable names would put them all in a handset's heap too
     from firmware.audio import dsp_portable
     for _name in ("copy", "fill", "dot", "peak", "crossfade", "ramp", "add_ramp", "add_tone", "slots32_to_pcm16",
-                  "isqrt", "best_lag"):
+                  "mono_to_stereo", "isqrt", "best_lag"):
         globals()[_name] = getattr(dsp_portable, _name + "_portable")
     del _name
 

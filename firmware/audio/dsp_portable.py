@@ -109,6 +109,14 @@ def slots32_to_pcm16_portable(dst, doff, src, soff, n):
         dst[2 * (doff + k) + 1] = src[4 * (soff + k) + 3]
 
 
+def mono_to_stereo_portable(dst, src, n):
+    """n samples of src into both channels of dst (left, right interleaved: 2n samples)."""
+    for k in range(n):
+        lo, hi = src[2 * k], src[2 * k + 1]
+        dst[4 * k] = dst[4 * k + 2] = lo
+        dst[4 * k + 1] = dst[4 * k + 3] = hi
+
+
 def isqrt_portable(n):
     """Integer square root (floor) of a non-negative int, without floats."""
     if n <= 0:

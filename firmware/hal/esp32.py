@@ -304,12 +304,9 @@ class Hal:
     def write_frame(self, pcm):
         if self._tx is None:
             return
-        if self._stereo_out:
-            out = self._out2
-            for i in range(160):  # duplicate into both channels (codec boards)
-                out[4 * i] = out[4 * i + 2] = pcm[2 * i]
-                out[4 * i + 1] = out[4 * i + 3] = pcm[2 * i + 1]
-            self._tx.write(out)
+        if self._stereo_out:   # codec boards: the frame into both channels (viper: no bytecode loop per sample)
+            dsp.mono_to_stereo(self._out2, pcm, 160)
+            self._tx.write(self._out2)
         else:
             self._tx.write(pcm)
 

@@ -206,6 +206,10 @@ def test_viper_kernels_match_portable_ones():
     dsp.slots32_to_pcm16_portable(b2, 1, slots, 2, 100)
     assert b1 == b2 and b1[2:4] == slots[10:12]
     assert dsp.isqrt(10 ** 8) == 10 ** 4 and dsp.isqrt(99) == 9
+    s1, s2 = bytearray(640), bytearray(640)   # a codec board's speaker: the frame into both channels
+    dsp.mono_to_stereo(s1, a, 160)
+    dsp.mono_to_stereo_portable(s2, a, 160)
+    assert s1 == s2 and s1[:4] == a[:2] + a[:2] and s1[-4:] == a[318:320] + a[318:320]
 
 
 def test_lag_search_and_isqrt_kernels_match_portable_ones():
