@@ -18,7 +18,7 @@ from upbx.common.call import RINGING
 from upbx.host.directory import Directory
 from tests.inprocess import World
 from tests.sip_ua import SipPhone
-from tests.test_sip_calls import run, sip_calls_out
+from tests.test_sip_calls import run, sip_calls_out, statuses
 
 PHONE_105 = ("10.1.0.50", 5062)
 PHONE_305 = ("198.18.9.9", 5060)
@@ -94,6 +94,22 @@ def test_b2_sip_phone_at_site_a_and_handset_at_site_b_direct_between_the_remote_
     _voice_both_ways(world, ua, "201", port)
     assert _main_media(world) == before                       # the main host carried none of it
     assert _path(world, world.main) == "direct"
+    if sip_calls:
+        assert statuses(ua.bye(world.net.now)) == [200]
+    else:
+        world.hangup("201")
+    run(world, 500)
+    # a second call between the two sites: the pair is punched already; the path is direct again
+    # and said so again (before, the remote hosts did not report it twice: the record said relay)
+    _ok, port = sip_calls_out(world, ua, "201")
+    world.run_until(lambda: _path(world, world.main) == "direct", 5000, "the second call direct")
+    before = _main_media(world)
+    _voice_both_ways(world, ua, "201", port)
+    assert _main_media(world) == before
+    assert statuses(ua.bye(world.net.now)) == [200]
+    run(world, 500)
+    records = world.main.directory.call_records()
+    assert [r.path for r in records if "201" in (r.caller, r.callee)] == ["direct", "direct"]
 
 
 @pytest.mark.parametrize("sip_calls", [True, False])
