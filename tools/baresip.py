@@ -245,6 +245,12 @@ class Baresip:
         paths = self.recordings()
         if paths is None:
             return b""
+        for _ in range(30):   # baresip writes the WAV header when it closes the call's audio, just after CALL_CLOSED
+            try:
+                with wave.open(paths[1]) as w:
+                    return w.readframes(w.getnframes())
+            except (wave.Error, EOFError):
+                time.sleep(0.1)
         with wave.open(paths[1]) as w:
             return w.readframes(w.getnframes())
 
