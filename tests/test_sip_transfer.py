@@ -260,3 +260,15 @@ def test_handset_transfers_a_call_with_a_sip_phone_in_it(world, stays_sip):
         assert sum(1 for f in p["302"].received if f == bytes([0x44]) * 160) >= 30
         assert len(_voice([d[12:] for d, _a, prt in ua.rtp_in if prt == port], "302")) >= 30
     assert not world.net.errors
+
+
+def test_refer_while_the_other_party_holds_the_call_is_refused(world):
+    ua, p = world.sip["105"], world.phones
+    sip_calls_out(world, ua, "301")
+    assert p["301"].phone.hold(world.net.now)
+    p["301"].flush()
+    got = _collect(world, ua, 1000, until=lambda g: any(getattr(m, "method", "") == "INVITE" for m in g))
+    assert "a=sendonly" in [m for m in got if getattr(m, "method", "") == "INVITE"][0].body.decode()
+    assert statuses(ua.refer("302", world.net.now)) == [403]
+    run(world, 1000)
+    assert p["302"].idle and p["301"].connected

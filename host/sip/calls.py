@@ -38,6 +38,7 @@ from upbx.host.switch import Link
 T1_MS = 500
 T2_MS = 4000
 GIVE_UP_MS = 64 * T1_MS
+JOIN_WAIT_MS = 10000    # a REFER's join handed to the main host that has not happened by then failed
 RTP_PORTS = (16384, 16384 + 2 * 1000)   # even ports, one per call
 _IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
 
@@ -157,6 +158,7 @@ class Consultation:
         self.number = number
         self.we_held = we_held          # we held the party that stays (the phone had not)
         self.joined = False
+        self.joined_at = None           # when TRANSFER was handed to the main host (its answer is our leg's RELEASE)
 
 
 class SipCalls:
@@ -576,7 +578,10 @@ class SipCalls:
                 return self._remember(req, self._respond(call, req, 481, addr), now)
         elif not target.uri.user:
             return self._remember(req, self._respond(call, req, 400, addr), now)
-        if call.state != "confirmed" or call.detached or call.refer is not None or call.host_call_no is None:
+        if (call.state != "confirmed" or call.detached or call.refer is not None or call.host_call_no is None
+                or call.holding or isinstance(call.link, TrunkLink)):
+            # not now: not answered, transferred already, one under way, held by the other party;
+            # and never from a trunk's provider (it would place calls as the trunk, to any number)
             return self._remember(req, self._respond(call, req, 403, addr), now)
         self._remember(req, self._respond(call, req, 202, addr, [("Contact", "<sip:%s>" % call.our_host)]), now)
         call.refer_id = req.cseq[0]
@@ -584,8 +589,11 @@ class SipCalls:
         if other is not None:   # attended: both calls are answered; joined now
             call.refer = Consultation(call, None, None, False)
             call.refer.host_call_no = other.host_call_no
-            if not self._join(call, other.host_call_no, now):
+            joined = self._join(call, other.host_call_no, now)
+            if not joined:
                 self._refer_failed(call, 403, now)
+            elif joined == "handed":
+                call.refer.joined_at = now
             return
         we_held = not call.held_by_phone   # baresip does not hold before its REFER; others do
         if we_held:
@@ -609,8 +617,11 @@ class SipCalls:
         call = cons.call
         if msg_type in (wire.ALERTING, wire.ANSWER) and not cons.joined and call.refer is cons:
             cons.joined = True
-            if not self._join(call, cons.host_call_no, now):
+            joined = self._join(call, cons.host_call_no, now)
+            if not joined:
                 self._refer_failed(call, 503, now)
+            elif joined == "handed":
+                cons.joined_at = now
         elif msg_type == wire.RELEASE:
             self.by_our_no.pop((cons.link.name, cons.call_no), None)
             cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
@@ -682,7 +693,7 @@ class SipCalls:
             call.media.dtmf(ies[wire.IE_DIGIT], now)
         elif msg_type == wire.HOLD and call.state == "confirmed":
             self._hold(call, ies.get(wire.IE_STATE) == 1, now)
-        elif msg_type == wire.PARTY and wire.IE_CALLING in ies:
+        elif msg_type == wire.PARTY and wire.IE_CALLING in ies and not isinstance(link, TrunkLink):
             call.party = (ies[wire.IE_CALLING], ies.get(wire.IE_CALLING_NAME, ""))
             if call.state == "confirmed":   # answered: the phone is told at once; else with its 200
                 self._reinvite_out(call, now)
@@ -852,6 +863,9 @@ class SipCalls:
             if call.bye_due is not None and now >= call.bye_due and call.state != "ended":
                 call.bye_due = None      # transferred away, and the phone did not hang up
                 self._bye(call, now)
+            cons = call.refer
+            if cons is not None and cons.joined_at is not None and now - cons.joined_at >= JOIN_WAIT_MS:
+                self._refer_failed(call, 503, now)   # the main host did not join (its legs were never released)
             n = call.notify_rt
             if n is not None and now >= n.next_at:
                 if now >= n.until:
