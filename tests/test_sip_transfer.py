@@ -272,3 +272,24 @@ def test_refer_while_the_other_party_holds_the_call_is_refused(world):
     assert statuses(ua.refer("302", world.net.now)) == [403]
     run(world, 1000)
     assert p["302"].idle and p["301"].connected
+
+
+def test_refer_among_a_sites_phones_while_the_main_host_is_unreachable(world):
+    """B4: site a's remote host alone. SIP phone 105 talks to 101 and REFERs it to 102: the remote
+    host joins them (a local call), as it does a handset's transfer."""
+    ua, p = world.sip["105"], world.phones
+    world.main_away()
+    for _ in range(50):                       # the SIP phone's registration is the remote host's own
+        world.tick()
+    sip_calls_out(world, ua, "101")
+    p["101"].take()
+    assert statuses(ua.refer("102", world.net.now)) == [202]
+    got = _collect(world, ua, 3000, until=lambda g: ("SIP/2.0 200 OK", "terminated") in _sipfrags(g))
+    assert ("SIP/2.0 200 OK", "terminated") in _sipfrags(got)
+    assert statuses(ua.bye(world.net.now)) == [200]
+    p["102"].phone.answer(world.net.now)
+    p["102"].flush()
+    _listen(world, 1000)
+    assert _heard(p["101"]) == (["102"], False) and _heard(p["102"]) == (["101"], False)
+    assert _parties(p["101"]) == ["102"]
+    assert [c["path"] for c in world.a.status()["calls"]] == ["local"]
