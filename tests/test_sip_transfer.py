@@ -293,3 +293,32 @@ def test_refer_among_a_sites_phones_while_the_main_host_is_unreachable(world):
     assert _heard(p["101"]) == (["102"], False) and _heard(p["102"]) == (["101"], False)
     assert _parties(p["101"]) == ["102"]
     assert [c["path"] for c in world.a.status()["calls"]] == ["local"]
+
+
+def test_handset_transfers_a_local_sip_call_the_joined_call_stays_local_and_recorded(world):
+    """105 (SIP) and 101 talk on site a (B3); 101 transfers 105 to 102: the joined call is still
+    local at site a's remote host (105's RTP ends there, 102's frames go to it) and site a records
+    it, linked; before, it was labelled relay and nobody recorded it."""
+    ua, p = world.sip["105"], world.phones
+    _ok, port = sip_calls_out(world, ua, "101")
+    assert lines.consult(p["101"].phone, "102", world.net.now, True)
+    p["101"].flush()
+    _collect(world, ua, 3000, until=lambda g: p["102"].phone.state == RINGING and p["101"].idle)
+    p["102"].phone.answer(world.net.now)
+    p["102"].flush()
+    _collect(world, ua, 2000, until=lambda g: any(
+        "a=sendrecv" in m.body.decode() for m in g if getattr(m, "method", "") == "INVITE"))
+    assert [c["path"] for c in world.a.status()["calls"]] == ["local"]
+    _listen(world, 200)
+    ua.rtp_in = []
+    for i in range(40):
+        ua.rtp(700 + i, 300000 + 160 * i, bytes([0x66]) * 160, port, world.net.now)
+        run(world, 20)
+    assert sum(1 for f in p["102"].received if f == bytes([0x66]) * 160) >= 30
+    assert len(_voice([d[12:] for d, _a, _p in ua.rtp_in], "102")) >= 30
+    world.hangup("102")
+    world.run(1000)
+    records = world.main.directory.call_records()
+    first = next(r for r in records if (r.caller, r.callee) == ("105", "101"))
+    joined = [r for r in records if {r.caller, r.callee} == {"105", "102"}]
+    assert [(r.origin, r.path, r.linked) for r in joined] == [("site-a", "local", first.uid)], records
