@@ -14,7 +14,6 @@ In each direction 40 frames of the SIP phone's arrive at the handset byte for by
 handset's numbered frames arrive at the SIP phone as RTP."""
 import pytest
 
-from upbx.common.call import RINGING
 from upbx.host.directory import Directory
 from tests.inprocess import World
 from tests.sip_ua import SipPhone

@@ -89,9 +89,10 @@ def _collect(world, ua, ms, until=None):
     return got
 
 
-@pytest.mark.parametrize("sip_number,stays,new", [("105", "301", "302"),    # site a's SIP phone, both through the main host
-                                                   ("305", "301", "101"),    # the main host's SIP phone, to site a
-                                                   ("105", "101", "102")])   # site a's, all on site a's LAN (B3)
+@pytest.mark.parametrize("sip_number,stays,new", [
+    ("105", "301", "302"),    # site a's SIP phone, both calls through the main host (handed over)
+    ("305", "301", "101"),    # the main host's SIP phone, to site a
+    ("105", "101", "102")])   # site a's, all on site a's LAN (B3)
 def test_sip_phone_refers_the_handset_it_talks_to_blind(world, sip_number, stays, new):
     ua, p = world.sip[sip_number], world.phones
     sip_calls_out(world, ua, stays)

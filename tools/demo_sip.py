@@ -7,9 +7,10 @@ Internet", site A's remote host on its LAN (10.1.0.2) with handset 101 (site-a/p
 handset 301 behind its router. Extension 105 of site A is a SIP phone (`upbx admin ext add 105
 --site a --sip`); baresip in site-a/phone-2 registers to the remote host's SIP port with that
 password and plays 1000 Hz; 301 plays 600 Hz, 101 1400 Hz. The calls: 105 -> 301, 301 -> 105,
-105 -> 101, and 105 -> 301 transferred by baresip's `/transfer` to 101 (then 301 and 101 talk). A call's audio matches when the far end's tone is what each side heard in at
-least 80 % of the 100 ms windows of the call's middle (Goertzel on the handset's received frames and
-on baresip's recording). Needs root (namespaces), baresip and the SIP side of the hosts; what is
+105 -> 101, and 105 -> 301 transferred by baresip's `/transfer` to 101 (then 301 and 101 talk).
+A call's audio matches when the far end's tone is what each side heard in at least 80 % of the
+100 ms windows of the call's middle (Goertzel on the handset's received frames and on baresip's
+recording). Needs root (namespaces), baresip and the SIP side of the hosts; what is
 missing is named in the call's "error" and the demo exits 1.
 """
 import json
@@ -281,7 +282,8 @@ def run(args):
         print("-" * len(header))
         for r in rows:
             print("%-5s %-9s %-8s %8s %6d %-5s  %.2f / %.2f%s" % (
-                r["from"], r["to"] + (">" + r["transfer_to"] if r["transfer_to"] else ""), r["path"] or "-", r["setup_ms"] if r["setup_ms"] is not None else "-",
+                r["from"], r["to"] + (">" + r["transfer_to"] if r["transfer_to"] else ""), r["path"] or "-",
+                r["setup_ms"] if r["setup_ms"] is not None else "-",
                 r["frames_received"], "ok" if r["audio_match"] else "BAD", r["sip_heard"], r["handset_heard"],
                 ("   " + r["error"]) if r["error"] else ""))
         if args.keep:
