@@ -58,13 +58,19 @@ def _last_ts(call, leg):
     return call.ts_out[0 if leg is call.a else 1]
 
 
+def _phone(link):
+    """A phone's link: a handset's, or a SIP phone's (host/sip/calls.py, whose REFER comes here)."""
+    return link.kind == "phone" or getattr(link, "sip", False)
+
+
 def transfer(host, link, ies, now):
     """A phone of host joins the far ends of two of its calls: ies name the held one (call_no,
-    peer_call_no) and join_call_no our leg of the other. Anything out of turn is dropped, counted."""
+    peer_call_no) and join_call_no our leg of the other. Anything out of turn is dropped, counted.
+    Returns True when joined here, "handed" when handed to the main host, None when dropped."""
     switch = host.switch
     x1 = switch.leg_for(ies, link)
     x2 = switch.legs.get(ies.get(wire.IE_JOIN_CALL_NO))
-    if (link.kind not in ("phone", "host") or x1 is None or x2 is None or x2.link is not link
+    if (not (_phone(link) or link.kind == "host") or x1 is None or x2 is None or x2.link is not link
             or x2.call is x1.call):
         host.stats.drop("bad transfer")
         return
@@ -76,12 +82,13 @@ def transfer(host, link, ies, now):
         host.stats.drop("message out of turn")
         return
     stays, new = _number(c1, y1), _number(c2, y2)
-    if (link.kind == "phone" and y1.link is y2.link and y1.link.kind == "main" and y2.peer_call_no
+    if (_phone(link) and y1.link is y2.link and y1.link.kind == "main" and y2.peer_call_no
             and y1.direct is None and y2.direct is None):
-        return _hand_over(host, link, y1, y2, stays, new, now)
+        _hand_over(host, link, y1, y2, stays, new, now)
+        return "handed"
     for c in (c1, c2):                           # a direct path between two remote hosts comes back here
         host.media_through_here(c, now)
-    back = link.name if link.kind == "phone" else _number(c1, x1)   # the transferring phone's number
+    back = link.name if _phone(link) else _number(c1, x1)   # the transferring phone's number
     hold_sent = [c.held_by is x and y.link.kind != "phone" for c, x, y in ((c1, x1, y1), (c2, x2, y2))]
     was_local = {y1: c1.path == "local", y2: c2.path == "local"}
     call = switch.new_call(stays, new, now)
@@ -116,6 +123,7 @@ def transfer(host, link, ies, now):
         send_on_leg(leg, wire.PARTY, {wire.IE_CALLING: number, wire.IE_CALLING_NAME: _name(host, number)[:63]}, now)
     host.log.info("call-transferred", call=call.uid, linked=call.linked, by=link.name, stays=stays, to=new,
                   answered=y2.state == CONNECTED, path=call.path)
+    return True
 
 
 def _hand_over(host, link, y1, y2, stays, new, now):
@@ -140,7 +148,10 @@ def _paths(host, call, was_local, now):
         call.path = "local"
         host._local_media(call, now)
         return
-    call.path = "relay"
+    # a SIP phone and a handset of a remote host's site: still a local call (B3, the host's record),
+    # its media through the host, which is where a SIP phone's RTP ends (docs/sip.md)
+    local = hasattr(host, "_local_media") and all(_phone(leg.link) for leg in (a, b))
+    call.path = "local" if local else "relay"
     for leg in phones:
         if was_local[leg]:
             key = os.urandom(16)

@@ -81,8 +81,10 @@ class Pairs:
         else:
             pair.link.address = ies[wire.IE_ADDRESS]
             pair.started_ms = now
-            pair.reported = None if not pair.link.up else pair.reported
+            pair.reported = None
         self.log.info("punch-start", peer=name, address="%s:%d" % pair.link.address)
+        if pair.link.up:   # direct already: said again for the call this offer is for (its record's path)
+            self.report(pair, wire.PATH_DIRECT, now)
 
     def _send(self, pair, now):
         ies = {wire.IE_HOST_NAME: self.host_name, wire.IE_SESSION_INDEX: pair.local_index,

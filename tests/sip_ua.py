@@ -143,3 +143,33 @@ class SipPhone:
     def rtp(self, seq, ts, payload, host_port, now, pt=0):
         data = struct.pack("!BBHII", 0x80, pt, seq, ts, 0x1234) + payload
         self.host.receive_rtp(host_port, data, (self.address[0], self.rtp_port), now)
+
+    def refer(self, target, now, replaces=None):
+        """REFER in the current dialog to sip:target@host (with replaces, a dialog of ours as
+        (call_id, local_tag, remote_tag): the attended transfer's Replaces, RFC 3891)."""
+        d = self.dialog
+        uri = "sip:%s@%s" % (target, self.domain)
+        if replaces is not None:
+            call_id, local, remote = replaces
+            uri += "?Replaces=%s%%3Bto-tag%%3D%s%%3Bfrom-tag%%3D%s" % (call_id.replace("@", "%40"), remote, local)
+        req = self.request("REFER", d["target"], d["call_id"], d["to"], d["local_tag"], to_tag=d["remote_tag"],
+                           extra=[("Refer-To", "<%s>" % uri), ("Referred-By", "<sip:%s@upbx>" % self.number)])
+        self.send(req, now)   # in the dialog: no challenge
+        self.deliver(now)
+        out = self.take()
+        self.inbox = [m for m in out if hasattr(m, "method")]   # NOTIFYs already: left for the test
+        return [m for m in out if not hasattr(m, "method")]
+
+    def answer_requests(self, msgs, now):
+        """200 to every NOTIFY, BYE and re-INVITE in msgs (a re-INVITE's 200 with our SDP answer);
+        returns the requests."""
+        requests = [m for m in msgs if hasattr(m, "method")]
+        for req in requests:
+            if req.method in ("NOTIFY", "BYE"):
+                self.send(message.response_to(req, 200, to_tag=req.to.params.get("tag")), now)
+            elif req.method == "INVITE":
+                body, _codec = sdplib.answer(req.body.decode(), self.address[0], self.rtp_port, 77, 2)
+                self.send(message.response_to(req, 200, to_tag=req.to.params.get("tag"), body=body.encode(),
+                                              headers=[("Contact", "<sip:%s@%s:%d>" % (self.number, *self.address)),
+                                                       ("Content-Type", "application/sdp")]), now)
+        return requests

@@ -31,13 +31,16 @@ def test_demo_sip_calls_both_ways_with_audio():
     require_root()
     require_tool("baresip", "apt-get install baresip-core")
     out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "demo", "sip", "--json", "--seconds", "3"],
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=400)
     result = json.loads(out.stdout)
     errors = [result.get("error")] + [c["error"] for c in result["calls"]]
     missing = [e for e in errors if e and any(s in e for s in NOT_BUILT)]
     if missing:
         pytest.skip("the hosts' SIP side is not built yet: %s" % missing[0])
-    assert [(c["from"], c["to"]) for c in result["calls"]] == [("105", "301"), ("301", "105")], out.stderr
+    assert [(c["from"], c["to"], c["transfer_to"]) for c in result["calls"]] == [
+        ("105", "301", None), ("301", "105", None), ("105", "101", None), ("105", "301", "101")], out.stderr
     for call in result["calls"]:
         assert call["audio_match"], call
+    paths = [c["path"] for c in result["calls"]]
+    assert paths[:3] == ["relay", "relay", "local"] and paths[3] in ("relay", "local"), paths
     assert out.returncode == 0

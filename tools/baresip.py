@@ -102,7 +102,7 @@ class Baresip:
         self.user, self.domain = user, domain
         self.lab, self.node = lab, node
         self.address = address or (lab.address(node) if lab is not None else "127.0.0.1")
-        self.sip_port, self.ctrl_port = sip_port, ctrl_port
+        self.sip_port, self.ctrl_port, self.rtp_ports = sip_port, ctrl_port, tuple(rtp_ports)
         self.snd_dir = os.path.join(self.folder, "sound")
         os.makedirs(self.snd_dir, exist_ok=True)
         with open(os.path.join(self.folder, "config"), "w") as f:
@@ -245,6 +245,12 @@ class Baresip:
         paths = self.recordings()
         if paths is None:
             return b""
+        for _ in range(30):   # baresip writes the WAV header when it closes the call's audio, just after CALL_CLOSED
+            try:
+                with wave.open(paths[1]) as w:
+                    return w.readframes(w.getnframes())
+            except (wave.Error, EOFError):
+                time.sleep(0.1)
         with wave.open(paths[1]) as w:
             return w.readframes(w.getnframes())
 

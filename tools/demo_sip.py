@@ -1,13 +1,16 @@
 """`upbx demo sip [--json]`: baresip as a SIP phone of site A, behind its NAT in the network lab,
-calling a upbx handset at site C and called by it, with audio checked both ways (docs/sip.md).
+calling a upbx handset at site C and called by it, calling a handset of its own site (B3), and
+transferring a call by REFER, with audio checked both ways (docs/sip.md).
 
 The exchange runs in the lab as tools/netlab_exchange.py places it: the main host on "the
-Internet", site A's remote host on its LAN (10.1.0.2), site C's handset 301 behind its router.
-Extension 105 of site A is a SIP phone (`upbx admin ext add 105 --site a --sip`); baresip in
-site-a/phone-1 registers to the remote host's SIP port with that password and plays 1000 Hz; the
-handset plays 600 Hz. A call's audio matches when the far end's tone is what each side heard in at
-least 80 % of the 100 ms windows of the call's middle (Goertzel on the handset's received frames and
-on baresip's recording). Needs root (namespaces), baresip and the SIP side of the hosts; what is
+Internet", site A's remote host on its LAN (10.1.0.2) with handset 101 (site-a/phone-1), site C's
+handset 301 behind its router. Extension 105 of site A is a SIP phone (`upbx admin ext add 105
+--site a --sip`); baresip in site-a/phone-2 registers to the remote host's SIP port with that
+password and plays 1000 Hz; 301 plays 600 Hz, 101 1400 Hz. The calls: 105 -> 301, 301 -> 105,
+105 -> 101, and 105 -> 301 transferred by baresip's `/transfer` to 101 (then 301 and 101 talk).
+A call's audio matches when the far end's tone is what each side heard in at least 80 % of the
+100 ms windows of the call's middle (Goertzel on the handset's received frames and on baresip's
+recording). Needs root (namespaces), baresip and the SIP side of the hosts; what is
 missing is named in the call's "error" and the demo exits 1.
 """
 import json
@@ -25,7 +28,8 @@ from upbx.tools.lab import goertzel_power, read_g711_record
 
 SIP_NUMBER = "105"
 HANDSET = "301"
-SIP_HZ, HANDSET_HZ = 1000, 600
+LOCAL = "101"         # a handset at site A, beside the SIP phone
+SIP_HZ, HANDSET_HZ, LOCAL_HZ = 1000, 600, 1400
 WINDOW = 800          # samples: 100 ms
 
 
@@ -55,24 +59,102 @@ def _sip_password(ex):
 
 def _row(caller, callee, path=None, setup_ms=None):
     return {"from": caller, "to": callee, "path": path, "setup_ms": setup_ms, "audio_match": False,
-            "sip_heard": 0.0, "handset_heard": 0.0, "frames_received": 0, "error": None}
+            "sip_heard": 0.0, "handset_heard": 0.0, "frames_received": 0, "transfer_to": None, "error": None}
 
 
-def _last_path(ex):
+def _last_path(ex, caller=None, callee=None):
+    """The path of the newest call record (of caller and callee, either way round, when given)."""
     try:
-        records = json.loads(ex.admin("calls", "--json", "--limit", "1"))
+        records = json.loads(ex.admin("calls", "--json", "--limit", "10"))
     except (subprocess.CalledProcessError, ValueError):
         return None
+    if caller is not None:
+        records = [r for r in records if {r.get("caller"), r.get("callee")} == {caller, callee}]
     return records[0].get("path") if records else None
 
 
-def _finish(row, phone, record):
+def _finish(row, phone, record, handset_hz=HANDSET_HZ):
     frames = read_g711_record(record)
     row["frames_received"] = len(frames)
     handset_pcm = b"".join(ulaw_decode(p) for _ts, p in frames)
-    row["handset_heard"] = round(heard_share(handset_pcm, SIP_HZ, HANDSET_HZ), 2)
-    row["sip_heard"] = round(heard_share(phone.heard(), HANDSET_HZ, SIP_HZ), 2)
+    row["handset_heard"] = round(heard_share(handset_pcm, SIP_HZ, handset_hz), 2)
+    row["sip_heard"] = round(heard_share(phone.heard(), handset_hz, SIP_HZ), 2)
     row["audio_match"] = row["handset_heard"] >= 0.8 and row["sip_heard"] >= 0.8
+
+
+def _pcm(record, last_s=None):
+    """What a handset received (its --record-g711), decoded; with last_s, only its last seconds."""
+    frames = read_g711_record(record)
+    if last_s is not None:
+        frames = frames[-int(last_s * 50):]
+    return b"".join(ulaw_decode(p) for _ts, p in frames)
+
+
+def local_call(ex, phone, seconds):
+    """105 (baresip) calls 101, a handset of its own site: B3, switched at site A's remote host."""
+    row = _row(SIP_NUMBER, LOCAL)
+    record = ex.path("sip-to-local.rx.g711")
+    handset = ex.phone(LOCAL, "--answer", "--send", "tone:%d" % LOCAL_HZ, "--record-g711", record,
+                       "--exit-after-call", "--exit-after", str(seconds + 20), tag="sip-to-local")
+    try:
+        ex.wait_registered(LOCAL)
+        since = len(phone.events)
+        started = time.monotonic()
+        phone.dial("sip:%s@%s" % (LOCAL, ex.remote_ip("a")))
+        phone.wait_event("CALL_ESTABLISHED", timeout=15, since=since)
+        row["setup_ms"] = int((time.monotonic() - started) * 1000)
+        time.sleep(seconds)
+        phone.hangup()
+        phone.wait_event("CALL_CLOSED", timeout=10, since=since)
+        handset.wait(15)
+        for _ in range(50):            # site A's record reaches the main host after the call
+            row["path"] = _last_path(ex, SIP_NUMBER, LOCAL)
+            if row["path"] is not None:
+                break
+            time.sleep(0.1)
+        _finish(row, phone, record, LOCAL_HZ)
+    except (BaresipError, subprocess.TimeoutExpired, OSError) as exc:
+        row["error"] = str(exc)
+    return row
+
+
+def transfer_call(ex, phone, seconds):
+    """105 (baresip) calls 301 and transfers it by REFER (`/transfer`) to 101: 301 and 101 talk.
+    The row's sip_heard: baresip heard 301 before; handset_heard: 101 heard 301; audio_match also
+    needs 301 to hear 101 in its last seconds."""
+    row = _row(SIP_NUMBER, HANDSET)
+    row["transfer_to"] = LOCAL
+    rec301, rec101 = ex.path("transfer-301.rx.g711"), ex.path("transfer-101.rx.g711")
+    h301 = ex.phone(HANDSET, "--answer", "--send", "tone:%d" % HANDSET_HZ, "--record-g711", rec301,
+                    "--exit-after-call", "--exit-after", str(2 * seconds + 30), tag="transfer-301")
+    h101 = ex.phone(LOCAL, "--answer", "--send", "tone:%d" % LOCAL_HZ, "--record-g711", rec101,
+                    "--exit-after-call", "--exit-after", str(2 * seconds + 30), tag="transfer-101")
+    try:
+        ex.wait_registered(HANDSET)
+        ex.wait_registered(LOCAL)
+        since = len(phone.events)
+        started = time.monotonic()
+        phone.dial("sip:%s@%s" % (HANDSET, ex.remote_ip("a")))
+        phone.wait_event("CALL_ESTABLISHED", timeout=15, since=since)
+        row["setup_ms"] = int((time.monotonic() - started) * 1000)
+        time.sleep(seconds)
+        phone.command("transfer", "sip:%s@%s" % (LOCAL, ex.remote_ip("a")))
+        phone.wait_event("CALL_CLOSED", timeout=15, since=since, fail_on=())
+        row["sip_heard"] = round(heard_share(phone.heard(), HANDSET_HZ, SIP_HZ), 2)
+        time.sleep(seconds + 1)
+        h101.stdin.write(b"!hangup\n")
+        h101.stdin.flush()
+        h101.wait(15)
+        h301.wait(15)
+        row["path"] = _last_path(ex, HANDSET, LOCAL)
+        frames = read_g711_record(rec101)
+        row["frames_received"] = len(frames)
+        row["handset_heard"] = round(heard_share(_pcm(rec101), HANDSET_HZ, LOCAL_HZ), 2)
+        stays_heard = heard_share(_pcm(rec301, seconds), LOCAL_HZ, HANDSET_HZ) if seconds >= 1 else 0.0
+        row["audio_match"] = row["sip_heard"] >= 0.8 and row["handset_heard"] >= 0.8 and stays_heard >= 0.8
+    except (BaresipError, subprocess.TimeoutExpired, OSError) as exc:
+        row["error"] = str(exc)
+    return row
 
 
 def sip_calls(ex, phone, seconds):
@@ -149,21 +231,25 @@ def run_demo(seconds=3.0, workdir=None):
     ex = None
     phone = None
     try:
-        lab.up(sites=("a", "c"), remote_sites=("a",), phones=1)
+        lab.up(sites=("a", "c"), remote_sites=("a",), phones=2)
         ex = NetlabExchange(lab, workdir)
-        ex.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": [], "c": [HANDSET]})
+        ex.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": [LOCAL], "c": [HANDSET]})
         password = _sip_password(ex)
         ex.start()
         mic = write_tone(os.path.join(workdir, "baresip-mic.wav"), SIP_HZ, 2 * seconds + 40)
         phone = Baresip(os.path.join(workdir, "baresip"), SIP_NUMBER, ex.remote_ip("a"), password=password,
-                        lab=lab, node="site-a/phone-1", source=mic, display="baresip")
+                        lab=lab, node="site-a/phone-2", source=mic, display="baresip")
         phone.start()
-        try:
-            phone.wait_event("REGISTER_OK", timeout=15, fail_on=("REGISTER_FAIL",))
-        except BaresipError as exc:
+        try:   # the remote host's registrar says so (baresip's REGISTER_OK may come before its control socket is up)
+            ex.wait_for(lambda: ex.status("site-a")["sip"]["registered"].get(SIP_NUMBER) == 1, "105 registered",
+                        timeout=20)
+        except (AssertionError, RuntimeError, TimeoutError) as exc:
             raise RuntimeError("baresip did not register at site A's remote host (its SIP registrar, "
                                "sip-core's part of issue 13): %s" % exc)
-        return {"calls": sip_calls(ex, phone, seconds)}, workdir
+        rows = sip_calls(ex, phone, seconds)
+        if all(r["error"] is None for r in rows):     # the SIP side works: B3 and a transfer too
+            rows += [local_call(ex, phone, seconds), transfer_call(ex, phone, seconds)]
+        return {"calls": rows}, workdir
     finally:
         if phone is not None:
             phone.stop()
@@ -173,8 +259,8 @@ def run_demo(seconds=3.0, workdir=None):
 
 
 def run(args):
-    print("starting the lab: main host, site A's remote host, baresip at site A, handset 301 at site C ...",
-          file=sys.stderr)
+    print("starting the lab: main host, site A's remote host, baresip and handset 101 at site A, handset 301 at "
+          "site C ...", file=sys.stderr)
     workdir = tempfile.mkdtemp(prefix="upbx-demo-sip-")
     try:
         result, _ = run_demo(args.seconds, workdir)
@@ -190,13 +276,14 @@ def run(args):
     if args.json:
         print(json.dumps(result))
     else:
-        header = "%-5s %-5s %-8s %8s %6s %-5s  %s" % ("from", "to", "path", "setup ms", "recv", "audio",
+        header = "%-5s %-9s %-8s %8s %6s %-5s  %s" % ("from", "to", "path", "setup ms", "recv", "audio",
                                                     "heard by SIP phone / handset (share of 100 ms windows)")
         print(header)
         print("-" * len(header))
         for r in rows:
-            print("%-5s %-5s %-8s %8s %6d %-5s  %.2f / %.2f%s" % (
-                r["from"], r["to"], r["path"] or "-", r["setup_ms"] if r["setup_ms"] is not None else "-",
+            print("%-5s %-9s %-8s %8s %6d %-5s  %.2f / %.2f%s" % (
+                r["from"], r["to"] + (">" + r["transfer_to"] if r["transfer_to"] else ""), r["path"] or "-",
+                r["setup_ms"] if r["setup_ms"] is not None else "-",
                 r["frames_received"], "ok" if r["audio_match"] else "BAD", r["sip_heard"], r["handset_heard"],
                 ("   " + r["error"]) if r["error"] else ""))
         if args.keep:

@@ -25,7 +25,10 @@ is answered again with the response it had.
 import os
 import re
 
+from urllib.parse import unquote
+
 from upbx.common import wire
+from upbx.host import lines
 from upbx.host.sip import message as sip
 from upbx.host.sip import sdp as sdplib
 from upbx.host.sip import trunk as trunklib
@@ -39,6 +42,7 @@ GIVE_UP_MS = 64 * T1_MS
 # nothing for this long is down: the caller hears "no outside line" now, not when a handset's own
 # 20 s setup timeout ends the call as "unreachable"
 TRUNK_SILENT_MS = 5000
+JOIN_WAIT_MS = 10000    # a REFER's join handed to the main host that has not happened by then failed
 RTP_PORTS = (16384, 16384 + 2 * 1000)   # even ports, one per call
 _IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
 
@@ -134,6 +138,31 @@ class SipCall:
         self.holding = False
         self.alerted = False
         self.authed = False
+        self.refer = None               # the Consultation of a REFER the phone sent in this dialog
+        self.notify_rt = None           # Retransmit of our NOTIFY (the REFER's progress)
+        self.detached = False           # transferred away: the upbx leg is gone, the dialog waits for BYE
+        self.bye_due = None             # ...until then; we send BYE ourselves if the phone does not
+        self.refer_id = None            # CSeq of its REFER (the NOTIFYs' Event id)
+        self.party = None               # (number, name) the phone talks to now, after a transfer (PARTY)
+        self.reinvite = None            # our re-INVITE in flight (hold, resume, the party's identity)
+        self.reinvite_again = False     # what it says changed while it was in flight: one more after it
+        self.reinvite_acked = None      # CSeq of the last re-INVITE we ACKed (its 2xx again: ACK again)
+
+
+class Consultation:
+    """The upbx call a REFER makes (blind transfer): from the phone's link to the Refer-To number,
+    as a handset's consultation call; no SIP dialog of its own. Once it rings or is answered, the
+    phone's dialog `call` and it are joined by the host's transfer (host/lines.py)."""
+
+    def __init__(self, call, call_no, number, we_held):
+        self.link = call.link
+        self.call = call                # the SipCall the phone REFERred
+        self.call_no = call_no
+        self.host_call_no = None
+        self.number = number
+        self.we_held = we_held          # we held the party that stays (the phone had not)
+        self.joined = False
+        self.joined_at = None           # when TRANSFER was handed to the main host (its answer is our leg's RELEASE)
 
 
 class SipCalls:
@@ -278,8 +307,11 @@ class SipCalls:
         call.media = SipMediaLeg(self.core, leg, media, send=lambda d, a: self.rtp_out.append((d, a, port)))
 
     def _end(self, call):
+        if call.refer is not None:   # hung up while its REFER's consultation rings: that call ends too
+            self._drop_consultation(call.refer, self.core.now)
+            call.refer = None
         call.state = "ended"
-        call.retransmit = None
+        call.retransmit = call.notify_rt = None
         self.calls.pop(call.call_id, None)
         self.by_host_leg.pop(call.host_call_no, None)
         self.by_our_no.pop((call.link.name, call.call_no), None)
@@ -326,12 +358,14 @@ class SipCalls:
             return self.edge.respond(req, 403, addr)
         if req.method == "BYE":
             self._remember(req, self._respond(call, req, 200, addr), now)
-            if call.state != "ended":
+            if call.state != "ended" and not call.detached:
                 self._signal(call, wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NORMAL}, now)
             self._end(call)
             return
         if req.method == "INVITE":
             return self._reinvite(call, req, addr, now)
+        if req.method == "REFER":
+            return self._refer(call, req, addr, now)
 
     def _respond(self, call, req, status, addr, headers=(), body=b""):
         response = sip.response_to(req, status, to_tag=call.local_tag if status > 100 else None,
@@ -423,7 +457,7 @@ class SipCalls:
         data = self._respond(call, req, 200, addr, [("Contact", "<sip:%s>" % call.our_host),
                                                     ("Content-Type", "application/sdp")], text.encode())
         call.retransmit = Retransmit(data, addr, now, T2_MS)
-        if held != call.held_by_phone and call.state == "confirmed":
+        if held != call.held_by_phone and call.state == "confirmed" and not call.detached:
             call.held_by_phone = held
             self._signal(call, wire.HOLD, {wire.IE_STATE: 1 if held else 0}, now)
 
@@ -438,14 +472,23 @@ class SipCalls:
         if call is None:
             return
         method = resp.cseq[1]
+        if method == "NOTIFY":
+            if resp.status >= 200:
+                call.notify_rt = None
+            return
+        if (method == "INVITE" and call.reinvite is not None and resp.cseq[0] == call.reinvite.cseq[0]
+                and call.state != "ended"):
+            return self._reinvite_response(call, resp, now)
+        if method == "INVITE" and resp.cseq[0] == call.reinvite_acked and 200 <= resp.status < 300:
+            ack = self._request(call, "ACK")   # our ACK was lost: the phone sends its 2xx again
+            ack.set("CSeq", "%d ACK" % resp.cseq[0])
+            return self._send(ack, call.addr)
         if method == "INVITE" and call.outgoing:
             return self._invite_response(call, resp, now)
-        if method in ("BYE", "CANCEL", "INVITE") and resp.status >= 200:
+        if method in ("BYE", "CANCEL") and resp.status >= 200:
             call.retransmit = None
             if method == "BYE":
                 self._end(call)
-            elif method == "INVITE" and resp.status < 300:   # our re-INVITE (hold) answered
-                self._send(self._request(call, "ACK", extra=[]), call.addr)
 
     def _invite_response(self, call, resp, now):
         if resp.status < 200:
@@ -491,6 +534,8 @@ class SipCalls:
         call.state = "confirmed"
         self._start_media(call, answer, now)
         self._signal(call, wire.ANSWER, {}, now)
+        if call.party is not None:   # transferred to it while it rang: who it talks to now
+            self._reinvite_out(call, now)
 
     def _trunk_auth(self, call, resp, now):
         """The provider challenged our INVITE: ACK that, send it again with the trunk's credentials."""
@@ -515,6 +560,122 @@ class SipCalls:
         call.retransmit = Retransmit(bye.encode(), call.addr, now, T2_MS)
         call.state = "ended"
 
+    # REFER (RFC 3515): the phone transfers the other party; progress in NOTIFYs (message/sipfrag)
+
+    def _refer(self, call, req, addr, now):
+        """A REFER in the call's dialog. Refer-To a number: a blind transfer, as a handset's `C N #`:
+        the other party is held (music), a consultation call from the phone's link rings N, and as
+        soon as N rings (or answers) the host joins the other party and N (host/lines.py transfer).
+        Refer-To with Replaces naming another call of the same phone (RFC 3891): the attended
+        transfer, which joins the two calls' other parties at once."""
+        values = req.values("Refer-To")
+        try:
+            if len(values) != 1:
+                raise sip.SipError(400, "one Refer-To needed")
+            target = sip.parse_address(values[0], "Refer-To")
+        except sip.SipError:
+            return self._remember(req, self._respond(call, req, 400, addr), now)
+        if target.uri.scheme not in ("sip", "sips"):
+            return self._remember(req, self._respond(call, req, 416, addr), now)
+        replaces = _replaces(target.uri.headers)
+        other = None
+        if replaces is not None:
+            other = self.calls.get(replaces[0])
+            if (other is None or other is call or other.link is not call.link or other.state != "confirmed"
+                    or other.detached or {replaces[1], replaces[2]} != {other.local_tag, other.remote_tag}):
+                return self._remember(req, self._respond(call, req, 481, addr), now)
+        elif not target.uri.user:
+            return self._remember(req, self._respond(call, req, 400, addr), now)
+        if (call.state != "confirmed" or call.detached or call.refer is not None or call.host_call_no is None
+                or call.holding or isinstance(call.link, TrunkLink)):
+            # not now: not answered, transferred already, one under way, held by the other party;
+            # and never from a trunk's provider (it would place calls as the trunk, to any number)
+            return self._remember(req, self._respond(call, req, 403, addr), now)
+        self._remember(req, self._respond(call, req, 202, addr, [("Contact", "<sip:%s>" % call.our_host)]), now)
+        call.refer_id = req.cseq[0]
+        self._notify(call, 100, now)
+        if other is not None:   # attended: both calls are answered; joined now
+            call.refer = Consultation(call, None, None, False)
+            call.refer.host_call_no = other.host_call_no
+            joined = self._join(call, other.host_call_no, now)
+            if not joined:
+                self._refer_failed(call, 403, now)
+            elif joined == "handed":
+                call.refer.joined_at = now
+            return
+        we_held = not call.held_by_phone   # baresip does not hold before its REFER; others do
+        if we_held:
+            self._signal(call, wire.HOLD, {wire.IE_STATE: 1}, now)
+        cons = Consultation(call, self._our_no(call.link.name), target.uri.user[:31], we_held)
+        call.refer = cons
+        self.by_our_no[(call.link.name, cons.call_no)] = cons
+        self.core.place_sip_call(call.link, {wire.IE_CALL_NO: cons.call_no, wire.IE_CALLED: cons.number,
+                                             wire.IE_MEDIA_KEY: os.urandom(16)}, now)
+
+    def _join(self, call, join_no, now):
+        """TRANSFER as the phone's handset would send it on the call: truthy when the host took it."""
+        ies = {wire.IE_CALL_NO: call.call_no, wire.IE_PEER_CALL_NO: call.host_call_no, wire.IE_JOIN_CALL_NO: join_no}
+        return lines.transfer(self.core, call.link, ies, now)
+
+    def _consultation(self, cons, msg_type, ies, now):
+        """What the host says about a REFER's consultation call: it rings (or answers), so join; it
+        is refused (busy, unknown...), so the REFER failed with that status."""
+        if wire.IE_CALL_NO in ies and cons.host_call_no is None:
+            cons.host_call_no = ies[wire.IE_CALL_NO]
+        call = cons.call
+        if msg_type in (wire.ALERTING, wire.ANSWER) and not cons.joined and call.refer is cons:
+            cons.joined = True
+            joined = self._join(call, cons.host_call_no, now)
+            if not joined:
+                self._refer_failed(call, 503, now)
+            elif joined == "handed":
+                cons.joined_at = now
+        elif msg_type == wire.RELEASE:
+            self.by_our_no.pop((cons.link.name, cons.call_no), None)
+            cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
+            if call.refer is cons and cause != wire.CAUSE_TRANSFERRED:
+                call.refer = None
+                self._refer_failed(call, sip_status(cause), now, cons)
+
+    def _drop_consultation(self, cons, now):
+        """The consultation ends from our side (the REFER failed, the phone hung up)."""
+        if self.by_our_no.pop((cons.link.name, cons.call_no), None) is not None and cons.host_call_no is not None:
+            self.core.call_message(cons.link, wire.RELEASE, {wire.IE_CALL_NO: cons.call_no,
+                                                             wire.IE_PEER_CALL_NO: cons.host_call_no,
+                                                             wire.IE_CAUSE: wire.CAUSE_NORMAL}, now)
+
+    def _refer_failed(self, call, status, now, cons=None):
+        """The transfer cannot be made: the phone is told (NOTIFY with the status), the call goes on,
+        resumed if we held it."""
+        cons = cons or call.refer
+        call.refer = None
+        if cons is not None and cons.call_no is not None:
+            self._drop_consultation(cons, now)
+        self._notify(call, status, now, final=True)
+        if cons is not None and cons.we_held and call.state == "confirmed" and not call.detached:
+            self._signal(call, wire.HOLD, {wire.IE_STATE: 0}, now)
+
+    def _transferred(self, call, now):
+        """The host joined the other party elsewhere and released our leg: the REFER succeeded. The
+        dialog stays until the phone's BYE (RFC 5589: the transferor hangs up), ours after 32 s."""
+        call.refer = None
+        call.detached = True
+        call.bye_due = now + GIVE_UP_MS
+        self.by_host_leg.pop(call.host_call_no, None)
+        self.rtp.pop(call.rtp_port, None)
+        call.media = None
+        self._notify(call, 200, now, final=True)
+
+    def _notify(self, call, status, now, final=False):
+        """NOTIFY in the REFER's dialog with the consultation's progress as a sipfrag (RFC 3515 2.4.5)."""
+        frag = "SIP/2.0 %d %s\r\n" % (status, sip.REASONS.get(status, "Unknown"))
+        req = self._request(call, "NOTIFY", frag.encode(), [
+            ("Event", "refer;id=%d" % call.refer_id),
+            ("Subscription-State", "terminated;reason=noresource" if final else "active;expires=60"),
+            ("Contact", "<sip:%s>" % call.our_host), ("Content-Type", "message/sipfrag;version=2.0")])
+        self._send(req, call.addr)
+        call.notify_rt = Retransmit(req.encode(), call.addr, now, T2_MS)
+
     # upbx in (the host sends the link what it would send a handset)
 
     def upbx_signal(self, link, msg_type, ies, now):
@@ -523,6 +684,8 @@ class SipCalls:
         call = self.by_our_no.get((link.name, ies.get(wire.IE_PEER_CALL_NO)))
         if call is None:
             return
+        if isinstance(call, Consultation):
+            return self._consultation(call, msg_type, ies, now)
         if wire.IE_CALL_NO in ies and call.host_call_no is None:
             call.host_call_no = ies[wire.IE_CALL_NO]
             self.by_host_leg[call.host_call_no] = call
@@ -538,10 +701,16 @@ class SipCalls:
             call.media.dtmf(ies[wire.IE_DIGIT], now)
         elif msg_type == wire.HOLD and call.state == "confirmed":
             self._hold(call, ies.get(wire.IE_STATE) == 1, now)
+        elif msg_type == wire.PARTY and wire.IE_CALLING in ies and not isinstance(link, TrunkLink):
+            call.party = (ies[wire.IE_CALLING], ies.get(wire.IE_CALLING_NAME, ""))
+            if call.state == "confirmed":   # answered: the phone is told at once; else with its 200
+                self._reinvite_out(call, now)
 
     def _released(self, call, cause, now):
-        if call.state == "ended":
+        if call.state == "ended" or call.detached:
             return
+        if call.refer is not None and cause == wire.CAUSE_TRANSFERRED:
+            return self._transferred(call, now)
         if not call.outgoing:
             if call.state == "early":
                 self._final(call, sip_status(cause), now)
@@ -567,16 +736,49 @@ class SipCalls:
         if hold == call.holding:
             return
         call.holding = hold
-        direction = "sendonly" if hold else "sendrecv"
+        if call.media is not None:
+            call.media.rtp.hold("sendonly" if hold else "sendrecv")
+        self._reinvite_out(call, now)
+
+    def _reinvite_out(self, call, now):
+        """A re-INVITE with what the phone is to know now: our direction (sendonly while we hold it)
+        and, after a transfer, who it talks to (P-Asserted-Identity, RFC 3325, which desk phones
+        show as the connected party). One at a time (RFC 3261 14.1): a change while one is in flight
+        is sent after its final response."""
+        if call.reinvite is not None:
+            call.reinvite_again = True
+            return
+        call.reinvite_again = False
         call.sdp_version += 1
         body = sdplib.offer(self.media_address(call.our_host), call.rtp_port, call.session_id, call.sdp_version,
-                            direction).encode()
-        if call.media is not None:
-            call.media.rtp.hold(direction)
-        req = self._request(call, "INVITE", body, [("Contact", "<sip:%s>" % call.our_host),
-                                                   ("Content-Type", "application/sdp")])
+                            "sendonly" if call.holding else "sendrecv").encode()
+        extra = [("Contact", "<sip:%s>" % call.our_host), ("Content-Type", "application/sdp")]
+        if call.party is not None:
+            number, name = call.party
+            display = '"%s" ' % name.replace('"', "'").replace("\\", "") if name else ""
+            extra.append(("P-Asserted-Identity", "%s<sip:%s@%s>" % (display, number, call.our_host)))
+        req = self._request(call, "INVITE", body, extra)
+        call.reinvite = req
         self._send(req, call.addr)
         call.retransmit = Retransmit(req.encode(), call.addr, now, None)
+
+    def _reinvite_response(self, call, resp, now):
+        """The phone answered our re-INVITE: ACK (a 2xx's in a new transaction, an error's in the
+        INVITE's own, RFC 3261 17.1.1.3); then the next one if something changed meanwhile."""
+        if resp.status < 200:
+            call.retransmit = None if call.retransmit is not None and call.retransmit.cap is None else call.retransmit
+            return
+        ack = self._request(call, "ACK")
+        ack.set("CSeq", "%d ACK" % resp.cseq[0])
+        if resp.status >= 300:
+            ack.set("Via", call.reinvite.get("Via"))
+        else:
+            call.reinvite_acked = resp.cseq[0]
+        self._send(ack, call.addr)
+        call.retransmit = None
+        call.reinvite = None
+        if call.reinvite_again:
+            self._reinvite_out(call, now)
 
     def _setup(self, link, ies, now):
         """The host offers a call to the SIP extension: an INVITE to its newest registration."""
@@ -667,6 +869,20 @@ class SipCalls:
         for call in list(self.calls.values()):
             if call.media is not None and call.state == "confirmed":
                 call.media.tick(now)
+            if call.bye_due is not None and now >= call.bye_due and call.state != "ended":
+                call.bye_due = None      # transferred away, and the phone did not hang up
+                self._bye(call, now)
+            cons = call.refer
+            if cons is not None and cons.joined_at is not None and now - cons.joined_at >= JOIN_WAIT_MS:
+                self._refer_failed(call, 503, now)   # the main host did not join (its legs were never released)
+            n = call.notify_rt
+            if n is not None and now >= n.next_at:
+                if now >= n.until:
+                    call.notify_rt = None
+                else:
+                    self.edge._out.append((n.data, n.addr))
+                    n.interval = min(n.interval * 2, n.cap)
+                    n.next_at = now + n.interval
             r = call.retransmit
             if r is None:
                 continue
@@ -704,7 +920,8 @@ class SipCalls:
 
     def status(self):
         return [{"call_id": c.call_id, "extension": c.link.name, "state": c.state,
-                 "direction": "in" if c.outgoing else "out", "codec": c.codec, "rtp_port": c.rtp_port}
+                 "direction": "in" if c.outgoing else "out", "codec": c.codec, "rtp_port": c.rtp_port,
+                 "party": c.party[0] if c.party else None, "transferred": c.detached}
                 for c in self.calls.values()]
 
 
@@ -719,3 +936,14 @@ def _bare(value):
 
 def _mirror(direction):
     return {"sendonly": "recvonly", "recvonly": "sendonly"}.get(direction, direction)
+
+
+def _replaces(headers):
+    """(Call-ID, to-tag, from-tag) of a Replaces in a Refer-To URI's headers (RFC 3891), or None."""
+    for field in headers.split("&") if headers else ():
+        name, _, value = field.partition("=")
+        if name.lower() == "replaces":
+            parts = unquote(value).split(";")
+            params = dict(p.strip().partition("=")[::2] for p in parts[1:])
+            return parts[0].strip(), params.get("to-tag"), params.get("from-tag")
+    return None

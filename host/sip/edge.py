@@ -13,8 +13,9 @@ In the order a request meets them:
    tags, which only the two ends know) from the call's phone's address is the call's phone's
    (phones do not answer a challenge to a BYE: baresip hangs up without it); a failed attempt costs its source FAILURE_COST
    tokens, so a password scanner is soon not answered at all;
-4. the method: REGISTER (the registrar below), OPTIONS (200), INVITE/ACK/BYE/CANCEL to the
-   call layer `calls` when a host has one, 501 for a method it does not know.
+4. the method: REGISTER (the registrar below), OPTIONS (200), INVITE/ACK/BYE/CANCEL/REFER to
+   the call layer `calls` when a host has one, 405 for the other methods of SIP, 501 for a
+   method it does not know.
 
 Requests are answered to the address they came from (RFC 3581 rport and received), which is
 how a phone behind NAT is reached: its binding keeps that address, not its Contact's.
@@ -31,7 +32,7 @@ MIN_EXPIRES_S = 60
 MAX_EXPIRES_S = 600     # registrations live in memory: after a host restart a phone is back within this
 DEFAULT_EXPIRES_S = 600
 MAX_CONTACTS = 4        # bindings per extension (a desk phone and a softphone, say)
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER"
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, REFER"
 KNOWN_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
                  "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE")
 SUPPORTED = ()          # option tags we implement (Require: anything else gets 420)
@@ -167,7 +168,7 @@ class SipEdge:
             return self._register(req, number, addr, now)
         if method == "OPTIONS":
             return self.respond(req, 200, addr, [("Allow", ALLOW), ("Accept", "application/sdp")])
-        if method in ("INVITE", "BYE") and self.calls is not None:
+        if method in ("INVITE", "BYE", "REFER") and self.calls is not None:
             return self.calls.request(req, number, addr, now)
         if method in KNOWN_METHODS:
             return self.respond(req, 405, addr, [("Allow", ALLOW)])

@@ -1,0 +1,218 @@
+"""Transfer with a real SIP phone, and a SIP phone at the main host, on loopback with real daemons:
+Debian's baresip (a client nobody here wrote) and the firmware's protocol core in `upbx phone`.
+
+- baresip 105 (site a's remote host) talks to handset 301 (main host) and transfers it with its
+  `/transfer` command (a REFER, RFC 3515) to handset 302: 301 hears baresip, then 302; 302 hears
+  301; 301's display says who it talks to now; baresip is told (NOTIFY 200) and hangs up; the
+  records are linked.
+- handset 301 talks to baresip 105 and transfers it (`!transfer 302` on its console): baresip
+  hears 301, then 302, and 302 hears baresip.
+- baresip 305 registered at the main host (site c has no remote host) calls handset 101 at site
+  a's remote host and is called by it: audio both ways.
+
+Every side plays its own tone; what each heard is found by Goertzel in its recording."""
+import json
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from tests.support import require_root, require_tool
+from upbx.common.g711 import ulaw_decode
+from tests.test_sip_baresip_calls import base, handset_heard, tone_windows
+from upbx.host.moh import NOTES_HZ
+from upbx.tools.baresip import Baresip, write_tone
+from upbx.tools.lab import LoopbackExchange, free_port, frequencies_heard
+
+BS_HZ, H301_HZ, H302_HZ = 1000, 600, 1400
+LABELS = {"sip": (BS_HZ,), "301": (H301_HZ,), "302": (H302_HZ,), "music": tuple(NOTES_HZ)}
+
+
+@pytest.fixture
+def lab(tmp_path):
+    require_tool("baresip", "apt-get install baresip-core")
+    ports = {"main": free_port(), "site-a": free_port()}
+    lab = LoopbackExchange(str(tmp_path), main_settings={"sip_listen": "127.0.0.1:%d" % ports["main"],
+                                                         "sip_rtp_base": base()},
+                           remote_settings={"sip_listen": "127.0.0.1:%d" % ports["site-a"], "sip_rtp_base": base()})
+    lab.sip_ports = ports
+    try:
+        lab.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101"], "c": ["301", "302"]})
+        lab.passwords = {"105": lab.admin("ext", "add", "105", "--site", "a", "--name", "Desk 105", "--sip"),
+                         "305": lab.admin("ext", "add", "305", "--site", "c", "--name", "Desk 305", "--sip")}
+        lab.start()
+        yield lab
+    finally:
+        lab.close()
+
+
+def start_baresip(lab, tmp_path, number, daemon):
+    """baresip as `number`, registered at daemon ("main" or "site-a"), playing BS_HZ."""
+    wav = write_tone(tmp_path / ("bs%s-tone.wav" % number), BS_HZ, 40)
+    rtp = base()
+    phone = Baresip(tmp_path / ("bs" + number), number, "127.0.0.1:%d" % lab.sip_ports[daemon],
+                    lab.passwords[number], sip_port=free_port(), ctrl_port=free_port(), rtp_ports=(rtp, rtp + 40),
+                    source=str(wav))
+    phone.start()
+    lab.wait_for(lambda: lab.status(daemon)["sip"]["registered"].get(number) == 1, number + " registered",
+                 timeout=20)
+    return phone
+
+
+def _records(lab):
+    return json.loads(lab.admin("calls", "--json", "--limit", "20"))
+
+
+def _console(proc, line):
+    proc.stdin.write((line + "\n").encode())
+    proc.stdin.flush()
+
+
+def _log(lab, tag):
+    with open(lab.path("phone-%s.log" % tag)) as f:
+        return f.read()
+
+
+def test_baresip_transfers_the_handset_it_talks_to_by_refer(lab, tmp_path):
+    wav301, wav302 = lab.path("301.speaker.wav"), lab.path("302.speaker.wav")
+    h301 = lab.phone("301", "--answer", "--send", "tone:%d" % H301_HZ, "--record", wav301, "--exit-after", "60",
+                     "--exit-after-call", tag="x301")
+    h302 = lab.phone("302", "--answer", "--send", "tone:%d" % H302_HZ, "--record", wav302,
+                     "--exit-after", "60", "--exit-after-call", tag="x302")
+    lab.wait_registered("301")
+    lab.wait_registered("302")
+    with start_baresip(lab, tmp_path, "105", "site-a") as bs:
+        assert bs.dial("sip:301@127.0.0.1:%d" % lab.sip_ports["site-a"])["ok"]
+        bs.wait_event("CALL_ESTABLISHED", timeout=20)
+        time.sleep(2.5)
+        assert bs.command("transfer", "sip:302@127.0.0.1:%d" % lab.sip_ports["site-a"])["ok"], bs.log()
+        bs.wait_event("CALL_CLOSED", timeout=20, fail_on=())        # told 200 by NOTIFY, baresip hangs up
+        lab.wait_for(lambda: "display connected 301" in _log(lab, "x302"), "302 talks to 301", timeout=20)
+        time.sleep(3)
+        _console(h302, "!hangup")
+        h302.wait(20)
+        h301.wait(20)
+        assert lab.status("site-a")["sip"]["calls"] == [], bs.log()
+    heard301 = frequencies_heard(wav301, LABELS)
+    heard302 = frequencies_heard(wav302, LABELS)
+    assert "sip" in heard301 and "302" in heard301[heard301.index("sip"):], heard301
+    assert heard301[-1] == "302" or heard301[-2:] == ["302", "quiet"], heard301
+    assert "301" in heard302 and "sip" not in heard302, heard302
+    assert "now talking to 302" in _log(lab, "x301")
+    records = _records(lab)
+    first = next(r for r in records if r["caller"] == "105" and r["callee"] == "301")
+    joined = [r for r in records if {r["caller"], r["callee"]} == {"301", "302"}]
+    assert first["cause"] == "transferred" and joined and joined[0]["linked"] == first["uid"], records
+
+
+class RtpArriving:
+    """RTP arriving on loopback at ports [low, high) (AF_PACKET, root): what a phone was sent."""
+
+    def __init__(self, low, high):
+        self.low, self.high = low, high
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.1)
+        self.packets = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop:
+            try:
+                ip, address = self.sock.recvfrom(65536)
+            except socket.timeout:
+                continue
+            if address[2] != socket.PACKET_HOST:   # loopback shows each packet going out too
+                continue
+            ihl = (ip[0] & 0x0F) * 4
+            if len(ip) < ihl + 8 + 12 or ip[9] != 17:
+                continue
+            dport = struct.unpack_from("!H", ip, ihl + 2)[0]
+            if self.low <= dport < self.high:
+                self.packets.append(ip[ihl + 8:])
+
+    def payloads(self):
+        """PCMU payloads in the order they arrived, RTCP and telephone-events left out."""
+        return [p[12:] for p in self.packets if p[0] >> 6 == 2 and p[1] & 0x7F == 0]
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.mark.root
+def test_handset_transfers_baresip_to_another_handset(lab, tmp_path):
+    require_root()
+    wav302 = lab.path("302.speaker.wav")
+    h302 = lab.phone("302", "--answer", "--send", "tone:%d" % H302_HZ, "--record", wav302,
+                     "--exit-after", "60", "--exit-after-call", tag="y302")
+    lab.wait_registered("302")
+    with start_baresip(lab, tmp_path, "105", "site-a") as bs, RtpArriving(*bs.rtp_ports) as rtp:
+        h301 = lab.phone("301", "--call", "105", "--call-after", "1", "--send", "tone:%d" % H301_HZ,
+                         "--exit-after", "60", "--exit-after-call", tag="y301")
+        bs.wait_event("CALL_INCOMING", timeout=20)
+        assert bs.accept()["ok"]
+        bs.wait_event("CALL_ESTABLISHED", timeout=10)
+        time.sleep(2.5)
+        _console(h301, "!transfer 302")
+        h301.wait(20)                                                 # its calls end: "transferred"
+        lab.wait_for(lambda: "display connected 105" in _log(lab, "y302"), "302 talks to 105", timeout=20)
+        time.sleep(4)
+        _console(h302, "!hangup")
+        h302.wait(20)
+        bs.wait_event("CALL_CLOSED", timeout=10)
+        calls = lab.status("site-a")["sip"]["calls"]
+        assert calls == [], calls
+    # what reached baresip's RTP port, decoded: baresip 1.0's own recording (sndfile) stops at the
+    # first re-INVITE of a call (301's hold), though it goes on playing what arrives
+    pcm = b"".join(ulaw_decode(payload) for payload in rtp.payloads())
+    of301 = [i for i, hit in enumerate(tone_windows(pcm, H301_HZ, H302_HZ)) if hit]
+    of302 = [i for i, hit in enumerate(tone_windows(pcm, H302_HZ, H301_HZ)) if hit]
+    assert len(of301) >= 10 and len(of302) >= 20, (of301, of302, bs.log())
+    assert max(of301) < min(of302), (of301, of302)                         # 301 first, then 302
+    heard302 = frequencies_heard(wav302, LABELS)
+    assert "sip" in heard302 and "301" not in heard302, heard302
+    assert "ended: transferred" in _log(lab, "y301")
+
+
+def test_baresip_at_the_main_host_calls_a_site_handset_and_is_called(lab, tmp_path):
+    """Extension 305 of site c (no remote host) is baresip registered at the main host: it calls
+    handset 101 behind site a's remote host (B1 through the main host), then 101 calls it."""
+    record = lab.path("101-in.rx.g711")
+    h101 = lab.phone("101", "--answer", "--send", "tone:%d" % H301_HZ, "--record-g711", record,
+                     "--exit-after", "40", "--exit-after-call", tag="z101-in")
+    lab.wait_registered("101")
+    with start_baresip(lab, tmp_path, "305", "main") as bs:
+        assert bs.dial("sip:101@127.0.0.1:%d" % lab.sip_ports["main"])["ok"]
+        bs.wait_event("CALL_ESTABLISHED", timeout=20)
+        time.sleep(3)
+        calls = lab.status("main")["sip"]["calls"]
+        assert [(c["extension"], c["state"]) for c in calls] == [("305", "confirmed")]
+        assert bs.hangup()["ok"]
+        bs.wait_event("CALL_CLOSED", timeout=10)
+        h101.wait(30)
+        assert sum(tone_windows(handset_heard(record), BS_HZ, H301_HZ)) >= 15, bs.log()
+        assert sum(tone_windows(bs.heard(), H301_HZ, BS_HZ)) >= 15, bs.log()
+        record2 = lab.path("101-out.rx.g711")
+        seen = len(bs.events)
+        caller = lab.phone("101", "--call", "305", "--call-after", "1", "--duration", "3", "--send",
+                           "tone:%d" % H301_HZ, "--record-g711", record2, "--exit-after-call", "--exit-after", "40",
+                           tag="z101-out")
+        incoming = bs.wait_event("CALL_INCOMING", timeout=20, since=seen)
+        assert "101@" in incoming["peeruri"]
+        assert bs.accept()["ok"]
+        bs.wait_event("CALL_ESTABLISHED", timeout=10, since=seen)
+        bs.wait_event("CALL_CLOSED", timeout=20, since=seen)
+        caller.wait(30)
+    assert sum(tone_windows(handset_heard(record2), BS_HZ, H301_HZ)) >= 15, bs.log()
+    assert sum(tone_windows(bs.heard(), H301_HZ, BS_HZ)) >= 15, bs.log()
+    paths = {(r["caller"], r["callee"]): r["path"] for r in _records(lab)}
+    assert paths.get(("305", "101")) == "relay" and paths.get(("101", "305")) == "relay", paths
