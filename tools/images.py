@@ -402,7 +402,10 @@ def esp32_image(board, micropython_src, out_dir, log=print, run=subprocess.run):
         if proc.returncode != 0:
             raise ImageError("%s failed (exit %d)" % (argv[0] if argv[0] == "idf.py" else argv[1], proc.returncode))
     if plan["table"]:
-        slots = _check_ota_build(build, plan)
+        try:
+            slots = _check_ota_build(build, plan)
+        except OSError as exc:   # a build that left no sdkconfig or partition table
+            raise ImageError("%s: %s: not what an ESP-IDF build leaves" % (build, exc)) from None
         log("build: OTA slots %s, %d bytes each; the application is %d bytes" % (
             ", ".join(s["label"] for s in slots), min(s["size"] for s in slots), (build / "micropython.bin").stat().st_size))
     out_dir = pathlib.Path(out_dir)
