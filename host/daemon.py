@@ -356,8 +356,6 @@ class Daemon:
                 reply = {"error": "unknown request %r" % line}
             writer.write((json.dumps(reply, default=str) + "\n").encode())
             await writer.drain()
-        except ConnectionError:   # the client gave up first (`upbx status` timed out on a busy host)
-            pass
         finally:
             writer.close()
 
