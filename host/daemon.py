@@ -422,7 +422,6 @@ class Daemon:
                     loop.remove_reader(fd)
                 self.workers.stop()
             self.core.stop(now_ms())
-            self._flush()   # what the core sends as it stops (a remote host's BYE)
             if server is not None:
                 server.close()
                 if os.path.exists(self.control_socket):

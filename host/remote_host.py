@@ -116,9 +116,6 @@ class RemoteHost(HostCore):
         self.login.start(now)
 
     def on_stop(self, now):
-        if self.main_link.up:   # logged out, as a phone does (common/phone.py): the main host marks the site
-            self.login.send(wire.BYE, {}, now)   # down at once, not after its keepalive_timeout_s; one datagram,
-            self.flush_signalling()              # not resent (lost, the timeout still ends the session)
         self.records.close()
 
     def flush_signalling(self):
