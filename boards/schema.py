@@ -24,7 +24,9 @@ TOP_KEYS = {
 I2S_KEYS = {"id": True, "sck": True, "ws": True, "sd": True, "bits": True, "format": True,
             "rate": True, "ibuf": False}
 I2C_KEYS = {"id": True, "scl": True, "sda": True, "freq": False}
-IMAGE_KEYS = {"board": True, "variant": False, "needs_frozen": True}
+IMAGE_KEYS = {"board": True, "variant": False, "needs_frozen": True, "flash_mib": False, "ota": False}
+FLASH_MIB = (2, 4, 8, 16, 32)   # the flash sizes ESP-IDF's esptoolpy offers that MicroPython boards use
+OTA_MIN_FLASH_MIB = 4          # MicroPython's smallest OTA layout: partitions-4MiB-ota.csv
 DISPLAY_TYPES = ("ssd1306",)
 CODEC_TYPES = ("es8388",)
 
@@ -206,7 +208,7 @@ def _check_image(image, chip_name, chip, out):
     whether the handset needs its modules frozen in (no PSRAM: a .mpy deployment leaves too little heap)."""
     if not isinstance(image, dict):
         out.append(("micropython_image", "must be {\"board\": NAME, \"variant\": NAME (optional), "
-                                         "\"needs_frozen\": true|false}"))
+                                         "\"needs_frozen\": true|false, \"flash_mib\": N, \"ota\": true|false}"))
         return
     _check_keys(image, IMAGE_KEYS, "micropython_image.", out)
     if not _is_name(image.get("board")):
@@ -217,6 +219,22 @@ def _check_image(image, chip_name, chip, out):
         out.append(("micropython_image.variant", "must be a variant name (mpconfigvariant_NAME.cmake), e.g. \"SPIRAM\""))
     if not isinstance(image.get("needs_frozen"), bool):
         out.append(("micropython_image.needs_frozen", "must be true or false"))
+    if "flash_mib" in image and image["flash_mib"] not in FLASH_MIB:
+        out.append(("micropython_image.flash_mib", "must be the module's flash size in MiB, one of %s"
+                    % ", ".join(map(str, FLASH_MIB))))
+    if "ota" in image and not isinstance(image["ota"], bool):
+        out.append(("micropython_image.ota", "must be true or false"))
+    elif image.get("ota"):
+        if "flash_mib" not in image:
+            out.append(("micropython_image.flash_mib", "missing: \"ota\": true chooses MicroPython's OTA partition "
+                        "table by the flash size"))
+        elif image["flash_mib"] in FLASH_MIB and image["flash_mib"] < OTA_MIN_FLASH_MIB:
+            out.append(("micropython_image.ota", "needs at least %d MiB of flash (two application slots); this "
+                        "board has %d" % (OTA_MIN_FLASH_MIB, image["flash_mib"])))
+    if image.get("variant") == "OTA":
+        out.append(("micropython_image.variant", "OTA: say \"ota\": true instead (with flash_mib): `upbx build "
+                    "--image esp32` chooses MicroPython's OTA variant or layout from them"))
+        return
     generic = image["board"] == chip["micropython_board"]
     if image["board"].startswith("ESP32_GENERIC") and not generic:
         out.append(("micropython_image.board", "%s is not the generic image for %s (%s is)"

@@ -87,7 +87,8 @@ def registered(app, now):
             else:
                 try:
                     esp32.Partition.mark_app_valid_cancel_rollback()
-                except OSError as exc:   # -261: an image built without app roll-back (MicroPython's esp32 docs)
+                except OSError as exc:   # -261: no otadata partition; 1 (ESP_FAIL): no OTA entry active
+                    # (esp_ota_ops.c): either way nothing would roll it back
                     app.log("W", "firmware %s kept, but this image cannot roll back by itself: %s"
                             % (state.get("version"), exc))
         if state.get("trial"):

@@ -24,7 +24,8 @@ _REFUSED = const(3)
 _FAILED = const(6)
 _CHUNK = const(250)
 _BATCH = const(16)          # chunks asked for at once: 4 KB in flight, within the channel's window of 32
-_STALL_MS = const(3000)     # nothing for this long: ask again from the next chunk needed
+_STALL_MS = const(3000)     # nothing for this long: ask again from the next chunk needed,
+_STALL_MAX_MS = const(60000)    # then twice as long each time unanswered, up to 1 min (a host without the bundle)
 
 
 def report(app, version, state, now):
@@ -57,6 +58,7 @@ class Update:
         self.hash = hashlib.sha256()
         self.index = 0
         self.asked_at = self.heard_at = now
+        self.wait = _STALL_MS   # until the next WANT when nothing comes: doubles while the host does not answer
         app.phone.firmware_sink = self.chunk
         app.log("I", "firmware %s offered: downloading %d bytes (%d chunks)%s"
                 % (self.version, size, self.count, " into " + self.slot if self.slot else ""))
@@ -83,20 +85,28 @@ class Update:
             return self.fail("writing it: %s" % exc, now)
         self.index += 1
         self.heard_at = now
+        self.wait = _STALL_MS
         if self.index == self.count:
             self.finish(now)
         elif self.index == self.until:
             self.want(now)
 
     def tick(self, now):
-        """Once a second: stop for a call; ask again after a stall (a lost WANT, a host that came back)."""
+        """Once a second: stop for a call, or when the offer changed; ask again after a stall (a lost WANT, a
+        host that came back), 3 s after the last chunk, then 6, 12 ... up to 1 min while nothing comes (a
+        remote host that refused its copy of the bundle has none to give)."""
         app = self.app
+        offer = app.ota_offer
         if app.phone.call is not None:
             app.log("I", "firmware %s: download stopped for a call, again when idle" % self.version)
             self.stop()
-        elif (app.phone.registered and ticks_diff(now, self.heard_at) >= _STALL_MS
-              and ticks_diff(now, self.asked_at) >= _STALL_MS):
+        elif offer is None or str(offer.get("version")) != self.version or str(offer.get("sha256")).lower() != self.sha256:
+            app.log("I", "firmware %s: no longer offered, download stopped" % self.version)
+            self.stop()
+        elif (app.phone.registered and ticks_diff(now, self.heard_at) >= self.wait
+              and ticks_diff(now, self.asked_at) >= self.wait):
             self.want(now)
+            self.wait = self.wait * 2 if self.wait < _STALL_MAX_MS // 2 else _STALL_MAX_MS
 
     def stop(self):
         self.app.phone.firmware_sink = None
@@ -130,7 +140,13 @@ class Update:
                  "previous": {"kind": current.get("kind", "files"), "slot": current.get("slot"),
                               "version": current.get("version")}}
         if self.kind == "image":
-            state["partition"] = self.writer.install()
+            try:
+                state["partition"] = self.writer.install()
+            except OSError as exc:   # the bootloader would not boot it: the running firmware stays
+                app.ota_offer = None
+                app.log("E", "firmware %s not installed: ESP-IDF refused the image (%s)" % (self.version, exc))
+                report(app, self.version, _FAILED, now)
+                return
         rarely("firmware.otaboot").write(state)   # the switch: the next boot runs the new firmware
         app.log("I", "firmware %s checked (SHA-256 %s) and installed: resetting into it" % (self.version, digest))
         app.log("I", "heap while it downloaded: peak live %d of %d bytes" % (getattr(app, "heap_live_peak", 0),

@@ -119,6 +119,40 @@ def directory(request):
     return request.app["core"].directory
 
 
+async def write_apart(d, change, *args):
+    """change(directory, *args), a write, in a worker thread on a connection of its own: a write that waits
+    for a locked database (a long `upbx admin` transaction, up to the 10 s busy timeout) must not hold up
+    the daemon's loop, which relays media. The core reads the directory as it needs it and polls the
+    system information's version, so it sees the change as it sees `upbx admin`'s. An in-memory directory
+    (tests) is changed in the loop: no other connection sees it."""
+    if d.path == ":memory:":
+        return change(d, *args)
+
+    def run():
+        try:
+            return write(change, *args)
+        except sqlite3.OperationalError as exc:   # "database is locked": the busy timeout ran out
+            raise BadInput(503, "the database is busy (%s): another writer holds it, e.g. a long `upbx admin` "
+                                "transaction; nothing was written, try again" % exc) from None
+
+    def write(change, *args):
+        # the core's Directory opened the file (schema, WAL): this connection only writes through it
+        own = dirmod.Directory.__new__(dirmod.Directory)
+        own.path, own.warnings = d.path, []
+        own.db = sqlite3.connect(d.path, isolation_level=None, timeout=10)
+        try:
+            own.db.execute("PRAGMA foreign_keys = ON")
+            return change(own, *args)
+        finally:
+            own.db.close()
+    return await asyncio.to_thread(run)
+
+
+async def admin_apart(request, thing, action, **fields):
+    """run_admin of a write, in write_apart."""
+    return await write_apart(directory(request), lambda d: run_admin(d, thing, action, **fields))
+
+
 # the same handlers as `upbx admin`
 
 def run_admin(d, thing, action, **fields):
@@ -203,7 +237,7 @@ SITE_FIELDS = ("name", "uplink_kbps", "local_calls", "local_call_quota")
 
 
 async def sites_post(request):
-    return _created(create_site(directory(request), await _body(request, SITE_FIELDS)))
+    return _created(await write_apart(directory(request), create_site, await _body(request, SITE_FIELDS)))
 
 
 def create_site(d, body):
@@ -220,7 +254,7 @@ def create_site(d, body):
 
 
 async def site_delete(request):
-    return _json(run_admin(directory(request), "site", "remove", name=request.match_info["name"]))
+    return _json(await admin_apart(request, "site", "remove", name=request.match_info["name"]))
 
 
 async def hosts_get(request):
@@ -228,7 +262,7 @@ async def hosts_get(request):
 
 
 async def hosts_post(request):
-    return _created(create_host(directory(request), await _body(request, ("name", "site"))))
+    return _created(await write_apart(directory(request), create_host, await _body(request, ("name", "site"))))
 
 
 def create_host(d, body):
@@ -240,7 +274,7 @@ def create_host(d, body):
 
 
 async def host_delete(request):
-    return _json(run_admin(directory(request), "host", "remove", name=request.match_info["name"]))
+    return _json(await admin_apart(request, "host", "remove", name=request.match_info["name"]))
 
 
 # extensions
@@ -253,7 +287,8 @@ async def extensions_get(request):
 
 
 async def extensions_post(request):
-    return _created(create_extension(directory(request), await _body(request, ("number", "site", "name", "sip"))))
+    return _created(await write_apart(directory(request), create_extension,
+                                      await _body(request, ("number", "site", "name", "sip"))))
 
 
 def create_extension(d, body):
@@ -280,18 +315,18 @@ async def extension_get(request):
 async def extension_patch(request):
     body = await _body(request, ("barred",))
     barred = _need(body, "barred", "bool")
-    return _json(run_admin(directory(request), "ext", "bar" if barred else "unbar", number=request.match_info["number"]))
+    return _json(await admin_apart(request, "ext", "bar" if barred else "unbar", number=request.match_info["number"]))
 
 
 async def extension_delete(request):
-    return _json(run_admin(directory(request), "ext", "remove", number=request.match_info["number"]))
+    return _json(await admin_apart(request, "ext", "remove", number=request.match_info["number"]))
 
 
 async def extension_dnd(request):
     body = await _body(request, ("on",))
     on = _need(body, "on", "bool")
-    return _json(run_admin(directory(request), "ext", "dnd", number=request.match_info["number"],
-                           state="on" if on else "off"))
+    return _json(await admin_apart(request, "ext", "dnd", number=request.match_info["number"],
+                                   state="on" if on else "off"))
 
 
 async def extension_forward(request):
@@ -306,15 +341,14 @@ async def extension_forward(request):
     after = _need(body, "after", "int", False)
     if after is not None and kind != "noanswer":
         raise BadInput(400, "field 'after' is for noanswer only", "after")
-    return _json(run_admin(d, "ext", "forward", number=request.match_info["number"], kind=kind, target=target,
-                           after=after))
+    return _json(await admin_apart(request, "ext", "forward", number=request.match_info["number"], kind=kind,
+                                   target=target, after=after))
 
 
 async def extension_voicemail(request):
     body = await _body(request, ("on",))
     on = _need(body, "on", "bool")
-    return _json(run_admin(directory(request), "voicemail", "on" if on else "off",
-                           number=request.match_info["number"]))
+    return _json(await admin_apart(request, "voicemail", "on" if on else "off", number=request.match_info["number"]))
 
 
 async def voicemail_get(request):
@@ -360,17 +394,17 @@ async def groups_post(request):
     fields = _group_args(request, body, number)
     if fields["strategy"] is None:
         fields["strategy"] = "ring-all"
-    return _created(run_admin(directory(request), "group", "add", **fields))
+    return _created(await admin_apart(request, "group", "add", **fields))
 
 
 async def group_patch(request):
     body = await _body(request, GROUP_FIELDS[1:])
     fields = _group_args(request, body, request.match_info["number"])
-    return _json(run_admin(directory(request), "group", "set", **fields))
+    return _json(await admin_apart(request, "group", "set", **fields))
 
 
 async def group_delete(request):
-    return _json(run_admin(directory(request), "group", "del", number=request.match_info["number"]))
+    return _json(await admin_apart(request, "group", "del", number=request.match_info["number"]))
 
 
 # system information, music on hold
@@ -381,7 +415,8 @@ async def sysinfo_get(request):
 
 async def sysinfo_put(request):
     body = await _body(request, ("value",))
-    return _json(set_sysinfo(directory(request), request.match_info["key"], _need(body, "value", "str")))
+    return _json(await write_apart(directory(request), set_sysinfo, request.match_info["key"],
+                                   _need(body, "value", "str")))
 
 
 def set_sysinfo(d, key, value):
@@ -393,7 +428,7 @@ def set_sysinfo(d, key, value):
 
 async def sysinfo_delete(request):
     try:
-        return _json(run_admin(directory(request), "sysinfo", "unset", key=request.match_info["key"]))
+        return _json(await admin_apart(request, "sysinfo", "unset", key=request.match_info["key"]))
     except BadInput as exc:
         raise BadInput(400, str(exc), "key") from None
 

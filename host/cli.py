@@ -5,7 +5,7 @@ import sys
 
 from upbx.host.config import ConfigError, load_main_config, load_remote_config
 from upbx.host import metrics
-from upbx.host.daemon import Daemon, ServiceError
+from upbx.host.daemon import Daemon, ListenError, ServiceError
 from upbx.host.log import StructuredLog
 
 
@@ -42,6 +42,9 @@ class HostCommand:
                                workers=getattr(config, "workers", 1)).run())
         except ServiceError as exc:
             print("upbx %s: %s" % (self.table, exc), file=sys.stderr)
+            return 1
+        except ListenError as exc:   # another process has the port (a second daemon, an old one still running)
+            print("upbx %s: %s: key '%s.listen': %s" % (self.table, config.path, self.table, exc), file=sys.stderr)
             return 1
         return 0
 

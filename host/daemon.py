@@ -34,6 +34,15 @@ class ServiceError(Exception):
     """A service beside the core (the JSON API) cannot start; one line for the operator."""
 
 
+class ListenError(Exception):
+    """The core's UDP port cannot be bound (in use, an address not on this machine): host/cli.py names the
+    config key in one line."""
+
+    def __init__(self, address, reason):
+        Exception.__init__(self, "cannot listen on UDP %s:%d: %s" % (address[0], address[1], reason))
+        self.address = address
+
+
 class Daemon:
     """Runs one host core on a UDP socket until SIGINT or SIGTERM."""
 
@@ -390,12 +399,16 @@ class Daemon:
         workers = self._workers_count(family)
         sock = self.sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setblocking(False)
-        if workers > 1:
-            if sockaddr[1]:   # the port must be free: SO_REUSEPORT alone would share it with another daemon
-                with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                    probe.bind(sockaddr)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(sockaddr)
+        try:
+            if workers > 1:
+                if sockaddr[1]:   # the port must be free: SO_REUSEPORT alone would share it with another daemon
+                    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                        probe.bind(sockaddr)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise ListenError(sockaddr[:2], exc.strerror or exc) from None
         self.address = sock.getsockname()
         # Room for bursts (every site's trunk frames of one tick can arrive together):
         # the default ~200 KB holds fewer than 100 full trunk frames.

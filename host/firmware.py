@@ -1,12 +1,15 @@
 """Over-the-air handset updates on the hosts (issue 15 item 4; docs/operations.md, "Over-the-air updates").
 
-    upbx admin firmware add BUNDLE [--version V]      a .mpy tree (`upbx build`) or an ESP32 image (.bin)
+    upbx admin firmware add BUNDLE [--version V]      a .mpy tree (`upbx build`) or an ESP32 flash image with
+                                                      OTA partitions (`upbx build --image esp32`)
     upbx admin firmware rollout VERSION --site S|--all [--percent N]
     upbx admin firmware stop --site S|--all
     upbx admin firmware list | status
 
 A tree is stored as an uncompressed ustar archive (deterministic: sorted names, no times, no owners)
-that the handset unpacks as it arrives (firmware/ota.py); an image as it is. The bundle, its SHA-256,
+that the handset unpacks as it arrives (firmware/ota.py); of a flash image (bootloader, partition table,
+application: MicroPython's makeimg.py) the application, checked (esptool: checksum, SHA-256) and only when
+the partition table has otadata and two OTA slots it fits (ota_application). The bundle, its SHA-256,
 size and kind live in the main host's SQLite database. A rollout is part of the system information
 (B6): each site's copy carries {"version", "sha256", "size", "kind"} and, below 100 %, the extensions
 chosen. The bundle itself goes by FIRMWARE_WANT / FIRMWARE (common/chunks.py's 250-byte chunks): the
@@ -18,6 +21,7 @@ import hashlib
 import io
 import math
 import os
+import struct
 import tarfile
 
 from upbx.common.chunks import CHUNK
@@ -29,6 +33,13 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS firmware (
     version TEXT PRIMARY KEY, kind TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
     data BLOB NOT NULL, added TEXT NOT NULL)"""
 ROLLOUT_KEY = "firmware_rollout"      # in the operator's system information: {site: {version, percent}}
+# An ESP32 flash image (`upbx build --image esp32`, MicroPython's makeimg.py): the bootloader at the chip's
+# flash offset, the partition table at 0x8000 (ESP-IDF's default, which MicroPython keeps), the application
+# at its first app partition. esp_image_header_t's chip_id names the chip (ESP-IDF esp_app_format.h).
+PARTITION_TABLE_AT = 0x8000
+IMAGE_CHIPS = {0: "esp32", 9: "esp32s3"}
+_ENTRY = struct.Struct("<2sBBII16sI")   # esp_partition_info_t: magic AA 50, type, subtype, offset, size, label, flags
+APP, DATA, DATA_OTA, OTA_MIN, OTA_MAX = 0, 1, 0, 0x10, 0x1F
 
 
 class FirmwareError(DirectoryError):
@@ -58,11 +69,68 @@ def pack(path):
         return "files", out.getvalue()
     if os.path.isfile(path):
         with open(path, "rb") as f:
-            data = f.read()
-        if data[:1] != b"\xe9":   # esp_image_header_t's magic (ESP-IDF)
-            raise FirmwareError("%s: not an ESP32 application image (its first byte is not 0xE9)" % path)
-        return "image", data
+            return "image", ota_application(path, f.read())
     raise FirmwareError("%s: no such file or directory" % path)
+
+
+def partition_table(blob):
+    """The entries of an ESP-IDF partition table: [{"type", "subtype", "offset", "size", "label"}]; None when
+    blob does not start with one."""
+    entries = []
+    for at in range(0, len(blob) - _ENTRY.size + 1, _ENTRY.size):
+        magic, kind, subtype, offset, size, label, _flags = _ENTRY.unpack_from(blob, at)
+        if magic != b"\xaa\x50":   # the end (0xFF..), or the MD5 entry (EB EB)
+            break
+        entries.append({"type": kind, "subtype": subtype, "offset": offset, "size": size,
+                        "label": label.split(b"\0", 1)[0].decode("ascii", "replace")})
+    return entries or None
+
+
+def ota_slots(entries):
+    """The OTA application partitions of a partition table when it has otadata and two of them, else None."""
+    slots = [e for e in entries or () if e["type"] == APP and OTA_MIN <= e["subtype"] <= OTA_MAX]
+    otadata = [e for e in entries or () if e["type"] == DATA and e["subtype"] == DATA_OTA]
+    return slots if otadata and len(slots) >= 2 else None
+
+
+def ota_application(path, data):
+    """The application of a whole ESP32 flash image whose partition table has OTA slots: what a handset
+    writes into its next slot. FirmwareError says what else the file is."""
+    try:
+        from esptool.bin_image import LoadFirmwareImage
+    except ImportError:
+        raise FirmwareError("%s: checking an ESP32 image needs esptool: pip install 'upbx[device]'" % path)
+    from upbx.boards.schema import load_chips
+    if data[:1] != b"\xe9":   # esp_image_header_t's magic (ESP-IDF)
+        raise FirmwareError("%s: not an ESP32 image (its first byte is not 0xE9)" % path)
+    chip = IMAGE_CHIPS.get(data[12] | data[13] << 8) if len(data) > 13 else None
+    if chip is None:
+        raise FirmwareError("%s: an image for chip id %d, not one of upbx's (%s)" % (
+            path, data[12] | data[13] << 8, ", ".join("%d %s" % kv for kv in sorted(IMAGE_CHIPS.items()))))
+    base = load_chips()[chip]["flash_offset"]
+    entries = partition_table(data[PARTITION_TABLE_AT - base:PARTITION_TABLE_AT - base + 0xC00])
+    if entries is None:
+        raise FirmwareError("%s: no partition table at %#x: an application alone is not enough; give the flash "
+                            "image `upbx build --image esp32 --board BOARD` wrote (out/BOARD.bin)" % (path, PARTITION_TABLE_AT))
+    slots = ota_slots(entries)
+    if slots is None:
+        raise FirmwareError("%s: its partition table has no OTA partitions (%s): its handsets cannot take an image "
+                            "over the air. A board that can says \"ota\": true in micropython_image (docs/boards.md) "
+                            "and is built again; these handsets take a bundle of files (upbx build --out DIR)" % (
+                                path, ", ".join(e["label"] for e in entries)))
+    app_at = next(e["offset"] for e in entries if e["type"] == APP)   # where makeimg.py put the application
+    app = data[app_at - base:]
+    try:
+        parsed = LoadFirmwareImage(chip, app)
+    except Exception as exc:   # esptool raises its FatalError, struct.error, ...: a damaged image either way
+        raise FirmwareError("%s: the application at %#x is not a valid ESP32 image: %s" % (path, app_at, exc))
+    length = parsed.data_length + 32 if parsed.append_digest else len(app)
+    if parsed.checksum != parsed.calculate_checksum() or (parsed.append_digest and parsed.stored_digest != parsed.calc_digest):
+        raise FirmwareError("%s: the application at %#x is damaged (its checksum or SHA-256 does not match)" % (path, app_at))
+    room = min(e["size"] for e in slots)
+    if length > room:
+        raise FirmwareError("%s: the application is %d bytes, more than an OTA slot's %d" % (path, length, room))
+    return app[:length]
 
 
 def bundle_version(path, data):
@@ -188,7 +256,8 @@ def rollout_rows(directory):
 
 def add_arguments(things, actions, leaf):
     firmware = actions(things, "firmware", "over-the-air handset updates (docs/operations.md)")
-    p = leaf(firmware, "add", "store a bundle: the directory `upbx build` wrote, or an ESP32 image (.bin)")
+    p = leaf(firmware, "add", "store a bundle: the directory `upbx build` wrote, or the ESP32 image "
+                                         "`upbx build --image esp32` wrote for a board with OTA partitions")
     p.add_argument("bundle")
     p.add_argument("--version", help="its version (default: the tree's VERSION file, else its SHA-256's start)")
     p = leaf(firmware, "rollout", "offer a version to the phones of a site, or of every site")

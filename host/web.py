@@ -278,7 +278,7 @@ async def sites_page(request, message="", status=200):
 async def _change(request, render, change):
     """Run a change; the page again, with its result or its error."""
     try:
-        message = change(request.app["core"].directory)
+        message = await api.write_apart(request.app["core"].directory, change)   # off the loop (host/api.py)
     except api.BadInput as exc:
         where = " (%s)" % exc.field if exc.field else ""
         return await render(request, '<p class="error" id="error">%s%s</p>' % (h(exc), h(where)), exc.status)

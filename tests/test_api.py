@@ -468,3 +468,46 @@ def test_the_web_page_signs_in_and_refuses_viewers_changes_and_forged_forms(api)
         assert web_request(api, "POST", path, token, {"csrf": csrf(token)})[0] == 200
     with Directory(api.lab.path("main.sqlite")) as d:
         assert d.site("west") is None and "announcement" not in d.sysinfo()[1]
+
+
+def test_the_relay_keeps_relaying_while_an_api_write_waits_for_a_locked_database(tmp_path):
+    """An API write runs in a worker thread on a connection of its own (host/api.py, write_apart): while
+    it waits for a database another process holds locked (a long `upbx admin` transaction), the daemon's
+    loop goes on relaying a call's media and answering its control socket."""
+    import threading
+    port = free_tcp_port()
+    with LoopbackExchange(str(tmp_path), direct_media=False, main_settings={"api_listen": "127.0.0.1:%d" % port}) as lab:
+        lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "302"]})
+        lab.start()
+        api = Api(lab, port)
+        wav = lab.path("301.wav")
+        write_noise_wav(wav, 10, 301)
+        callee = lab.phone("302", "--answer", "--exit-after-call", "--exit-after", "40", tag="callee")
+        lab.wait_registered("302")
+        caller = lab.phone("301", "--send", wav, "--call", "302", "--duration", "8", "--exit-after-call",
+                           "--exit-after", "40", tag="caller")
+        result = {}
+        try:
+            lab.wait_for(lambda: any(c["state"] == "answered" for c in api("GET", "/api/status")[2]["calls"]),
+                         "the call answered", timeout=30)
+            lock = sqlite3.connect(lab.path("main.sqlite"), isolation_level=None)
+            lock.execute("BEGIN IMMEDIATE")   # the write lock, as a long `upbx admin` transaction holds it
+            try:
+                writer = threading.Thread(target=lambda: result.update(answer=api("POST", "/api/sites",
+                                                                                  {"name": "locked"})))
+                writer.start()
+                time.sleep(0.5)   # the request is in: its write waits for the lock (SQLite's busy timeout, 10 s)
+                before = lab.status("main")["stats"]["counters"]["media in"]
+                lab.wait_for(lambda: lab.status("main")["stats"]["counters"]["media in"] >= before + 25,
+                             "frames relayed while the write waits", timeout=6)
+                assert writer.is_alive() and "answer" not in result   # still waiting, and nothing written
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+            writer.join(20)
+        finally:
+            caller.wait(40)
+            callee.wait(40)
+        assert result["answer"][0] == 201, result
+        with Directory(lab.path("main.sqlite")) as d:
+            assert "locked" in [s.name for s in d.sites()]

@@ -81,9 +81,9 @@ def test_each_board_names_its_image_and_only_boards_without_psram_need_it_frozen
 
 def test_the_psram_boards_take_the_psram_images():
     assert board("esp32-wrover-devkitc-inmp441")["micropython_image"] == {
-        "board": "ESP32_GENERIC", "variant": "SPIRAM", "needs_frozen": False}
+        "board": "ESP32_GENERIC", "variant": "SPIRAM", "needs_frozen": False, "flash_mib": 4, "ota": False}
     assert board("esp32s3-n8r8-devkitc-inmp441")["micropython_image"] == {
-        "board": "ESP32_GENERIC_S3", "variant": "SPIRAM_OCT", "needs_frozen": False}
+        "board": "ESP32_GENERIC_S3", "variant": "SPIRAM_OCT", "needs_frozen": False, "flash_mib": 8, "ota": True}
     # same wiring as the boards without PSRAM: every pin keeps off the PSRAM lines
     for psram, plain in (("esp32-wrover-devkitc-inmp441", "esp32-devkitc-inmp441"),
                          ("esp32s3-n8r8-devkitc-inmp441", "esp32s3-devkitc-inmp441")):
@@ -100,6 +100,31 @@ def test_a_wrong_image_is_rejected():
     assert broken(micropython_image=KeyError) == ["micropython_image: missing"]
     assert broken(micropython_image__board="esp32 generic") == [
         "micropython_image.board: must be a MicroPython board name (ports/esp32/boards), e.g. 'ESP32_GENERIC'"]
+
+
+def test_which_boards_take_image_updates():
+    """docs/boards.md, "Over-the-air images": the boards whose frozen image is the firmware (no PSRAM) and the
+    8 MiB ESP32-S3 modules get MicroPython's OTA layout; the 4 MiB PSRAM boards take bundles of files."""
+    ota = {name: board(name)["micropython_image"].get("ota", False) for name in BOARDS}
+    assert sorted(n for n, v in ota.items() if v) == [
+        "esp32-devkitc-inmp441", "esp32s3-devkitc-inmp441", "esp32s3-n8r8-devkitc-inmp441"]
+    for name in BOARDS:
+        assert board(name)["micropython_image"]["flash_mib"] == (8 if board(name)["chip"] == "esp32s3" else 4)
+
+
+def test_a_wrong_ota_or_flash_size_is_rejected():
+    assert broken(micropython_image__ota="yes") == ["micropython_image.ota: must be true or false"]
+    assert broken(micropython_image__flash_mib=3) == [
+        "micropython_image.flash_mib: must be the module's flash size in MiB, one of 2, 4, 8, 16, 32"]
+    assert broken(micropython_image__flash_mib=2) == [
+        "micropython_image.ota: needs at least 4 MiB of flash (two application slots); this board has 2"]
+    assert broken(micropython_image__flash_mib=KeyError) == [
+        "micropython_image.flash_mib: missing: \"ota\": true chooses MicroPython's OTA partition table by the "
+        "flash size"]
+    assert broken(micropython_image__variant="OTA") == [
+        "micropython_image.variant: OTA: say \"ota\": true instead (with flash_mib): `upbx build --image esp32` "
+        "chooses MicroPython's OTA variant or layout from them"]
+    assert broken(micropython_image__ota=False, micropython_image__flash_mib=2) == []
 
 
 def test_codec_boards_say_mclk_is_unavailable():

@@ -13,6 +13,7 @@ import tarfile
 
 import pytest
 
+from tests import esp32_images
 from tests.support import ROOT, micropython_binary
 from upbx.host import firmware
 from upbx.host.directory import Directory
@@ -64,10 +65,32 @@ def test_admin_firmware_add_list_rollout_and_its_errors(tmp_path):
         "upbx admin: %s: no such file or directory\n" % (tmp_path / "nothing"))
     (tmp_path / "x.bin").write_bytes(b"\x00not an image")
     assert admin(db, "firmware", "add", str(tmp_path / "x.bin")).stderr == (
-        "upbx admin: %s: not an ESP32 application image (its first byte is not 0xE9)\n" % (tmp_path / "x.bin"))
-    (tmp_path / "ok.bin").write_bytes(b"\xe9" + b"\x00" * 999)
+        "upbx admin: %s: not an ESP32 image (its first byte is not 0xE9)\n" % (tmp_path / "x.bin"))
+    # what `upbx build --image esp32` writes: the flash image; of a board with OTA slots, the application is kept
+    app = esp32_images.app_image(size=4000)
+    (tmp_path / "ok.bin").write_bytes(esp32_images.flash_image("esp32", "partitions-4MiB-ota.csv", app))
     image = json.loads(admin(db, "firmware", "add", str(tmp_path / "ok.bin"), "--version", "img-1", "--json").stdout)
-    assert (image["kind"], image["size"]) == ("image", 1000)
+    assert image == {"version": "img-1", "kind": "image", "sha256": hashlib.sha256(app).hexdigest(), "size": len(app)}
+    # MicroPython's default layout (one factory app), an application alone, a damaged one: refused
+    (tmp_path / "factory.bin").write_bytes(esp32_images.flash_image("esp32", "partitions-4MiBplus.csv", app))
+    r = admin(db, "firmware", "add", str(tmp_path / "factory.bin"))
+    assert r.returncode == 1 and r.stderr.startswith(
+        "upbx admin: %s: its partition table has no OTA partitions (nvs, phy_init, factory): its handsets cannot take "
+        "an image over the air. A board that can says \"ota\": true" % (tmp_path / "factory.bin"))
+    (tmp_path / "app.bin").write_bytes(app)
+    assert admin(db, "firmware", "add", str(tmp_path / "app.bin")).stderr == (
+        "upbx admin: %s: no partition table at 0x8000: an application alone is not enough; give the flash image "
+        "`upbx build --image esp32 --board BOARD` wrote (out/BOARD.bin)\n" % (tmp_path / "app.bin"))
+    damaged = bytearray((tmp_path / "ok.bin").read_bytes())
+    damaged[-100] ^= 0x10
+    (tmp_path / "damaged.bin").write_bytes(bytes(damaged))
+    assert admin(db, "firmware", "add", str(tmp_path / "damaged.bin")).stderr == (
+        "upbx admin: %s: the application at 0x10000 is damaged (its checksum or SHA-256 does not match)\n"
+        % (tmp_path / "damaged.bin"))
+    s3 = esp32_images.app_image("esp32s3", size=4000)
+    (tmp_path / "s3.bin").write_bytes(esp32_images.flash_image("esp32s3", "partitions-8MiBplus-ota.csv", s3))
+    assert json.loads(admin(db, "firmware", "add", str(tmp_path / "s3.bin"), "--version", "s3-1",
+                            "--json").stdout)["size"] == len(s3)
     assert admin(db, "firmware", "add", bundle, "--version", "a b").stderr == (
         "upbx admin: bad version 'a b': 1 to 31 letters, digits and . - _ +\n")
     assert admin(db, "firmware", "rollout", "9.9", "--all").stderr == (
@@ -76,7 +99,7 @@ def test_admin_firmware_add_list_rollout_and_its_errors(tmp_path):
     assert admin(db, "firmware", "rollout", "3.1.4", "--all", "--percent", "0").stderr == (
         "upbx admin: bad --percent 0: 1 to 100\n")
     listed = json.loads(admin(db, "firmware", "list", "--json").stdout)
-    assert [(r["version"], r["kind"]) for r in listed] == [("3.1.4", "files"), ("img-1", "image")]
+    assert [(r["version"], r["kind"]) for r in listed] == [("3.1.4", "files"), ("img-1", "image"), ("s3-1", "image")]
     with Directory(db) as d:
         before = d.sysinfo()[0]
     assert admin(db, "firmware", "rollout", "3.1.4", "--all").returncode == 0
@@ -227,50 +250,132 @@ class App:
         print(level, msg)
 
 
-image = bytes((i * 7) & 0xFF for i in range(_SIZE_))
-app = App({})
-app.ota_offer = {"version": "7", "sha256": _SHA_, "size": len(image), "kind": "image"}
-ota.idle(app, 1000)
-for i in range(0, len(image), 250):
-    app.phone.firmware_sink({0x2E: "7", 0x21: (i // 250) << 16 | app.ota.count, 0x22: image[i:i + 250]}, 1000)
-flash = esp32.FLASH["ota_1"]
-print("written", flash[:len(image)] == image, flash[len(image):-1] == b"\xff" * (len(flash) - len(image) - 1))
-print("boot", esp32.STATE["boot"], "reset", app.reset_requested, "sent", app.phone.login.sent)
-state = json.load(open("ota.json"))
-print("state", state["kind"], state["version"], state["trial"], state["partition"])
-# the next boot: the bootloader runs ota_1 (or went back to ota_0: ROLLED)
-esp32.STATE["running"] = "ota_0" if _ROLLED_ else "ota_1"
-app = App(state)
-ota.registered(app, 2000)
-print("after", esp32.STATE["valid"], json.load(open("ota.json")), app.phone.login.sent)
+def state():
+    try:
+        return json.load(open("ota.json"))
+    except OSError:
+        return {}
+
+
+def update(version, image, sha):
+    # the offer in the system information, the download, the check and the install
+    app = App(state())
+    app.ota_offer = {"version": version, "sha256": sha, "size": len(image), "kind": "image"}
+    ota.idle(app, 1000)
+    if app.ota is not None:
+        count = app.ota.count
+        for i in range(0, len(image), 250):
+            app.phone.firmware_sink({0x2E: version, 0x21: (i // 250) << 16 | count, 0x22: image[i:i + 250]}, 1000)
+    print("sent", json.dumps(app.phone.login.sent), "reset", app.reset_requested)
+    return app
+
+
+def registers():
+    app = App(state())
+    ota.registered(app, 2000)
+    print("registered", json.dumps(app.phone.login.sent))
+
+
+def boot():
+    print("boot", esp32.boot())
+
+
+esp32.flash(_LAYOUT_)
+images = [open(name, "rb").read() for name in _IMAGES_]
+for step in _STEPS_:
+    if step[0] == "update":
+        update(step[1], images[step[2]], step[3])
+        print("slot", step[1], bytes(esp32.FLASH["ota_1" if "ota_1" in esp32.FLASH else "factory"][:len(images[step[2]])]) == images[step[2]],
+              bytes(esp32.FLASH["ota_0" if "ota_0" in esp32.FLASH else "factory"][:len(images[step[2]])]) == images[step[2]])
+    elif step[0] == "boot":
+        boot()
+    elif step[0] == "registers":
+        registers()
+print("trace", json.dumps(esp32.TRACE))
+print("state", json.dumps(state()))
 """
 
 
-@pytest.mark.parametrize("rolled", [False, True])
-def test_an_esp32_image_goes_into_the_next_ota_partition_and_is_kept_once_registered(tmp_path, rolled):
-    """Against the esp32 stand-in (tests/esp32_standins/esp32.py, modelling ports/esp32/esp32_partition.c):
-    nothing here has run on an ESP32."""
-    size = 3 * 4096 + 1234
-    image = bytes((i * 7) & 0xFF for i in range(size))
+def run_image_steps(tmp_path, layout, images, steps):
+    """The handset's side of image updates under the unix port, against the esp32 stand-in
+    (tests/esp32_standins/esp32.py, modelling ports/esp32/esp32_partition.c and ESP-IDF's esp_ota_ops.c and
+    bootloader): nothing here has run on an ESP32. Returns the script's output lines."""
     flash = tmp_path / "flash"
-    flash.mkdir()
+    flash.mkdir(parents=True)
+    names = []
+    for i, image in enumerate(images):
+        (flash / ("image%d.bin" % i)).write_bytes(image)
+        names.append("image%d.bin" % i)
     script = (IMAGE.replace("_STANDINS_", repr(str(ROOT / "tests" / "esp32_standins")))
-              .replace("_ROOT_", repr(str(ROOT))).replace("_FLASH_", repr(str(flash))).replace("_SIZE_", str(size))
-              .replace("_SHA_", repr(hashlib.sha256(image).hexdigest())).replace("_ROLLED_", str(rolled)))
+              .replace("_ROOT_", repr(str(ROOT))).replace("_FLASH_", repr(str(flash)))
+              .replace("_LAYOUT_", repr(layout)).replace("_IMAGES_", repr(names)).replace("_STEPS_", repr(steps)))
     r = subprocess.run([micropython_binary(), "-X", "heapsize=4M", "-c", script], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    lines = r.stdout.splitlines()
-    assert lines[0] == "I firmware 7 offered: downloading %d bytes (%d chunks)" % (size, (size + 249) // 250)
-    assert "written True True" in lines
-    # FIRMWARE_STATE (69) downloading, a FIRMWARE_WANT (68) per 16 chunks of the 55, FIRMWARE_STATE installing
-    assert "boot ota_1 reset True sent [(69, '7', 1, ''), %s(69, '7', 2, '')]" % ("(68, '7', None, None), " * 4) in lines
-    assert "state image 7 1 ota_1" in lines
-    after = lines[-1]
-    if rolled:   # the bootloader went back to ota_0: nothing is marked, the roll-back is reported
-        assert after.startswith("after False ") and "'rolled_back': '7'" in after and after.endswith("[(69, '7', 5, '')]")
-    else:
-        assert after.startswith("after True ") and "'trial': 0" in after and after.endswith("[(69, '7', 4, '7')]")
+    return r.stdout.splitlines()
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def events(lines):
+    """The script's own lines (boots, registrations, slots), without the handset's log."""
+    return [line for line in lines if line.split(" ", 1)[0] in ("boot", "registered", "slot")]
+
+
+DOWNLOADING, INSTALLING, RUNNING, ROLLED_BACK, FAILED = 1, 2, 4, 5, 6
+
+
+def test_an_esp32_image_goes_into_the_next_ota_slot_boots_on_trial_and_is_kept_once_registered(tmp_path):
+    first, second = esp32_images.app_image(size=5000, seed=1), esp32_images.app_image(size=7000, seed=2)
+    lines = run_image_steps(tmp_path, "ota", [first, second], [
+        ("update", "7", 0, sha(first)), ("boot",), ("registers",), ("boot",),
+        ("update", "8", 1, sha(second)), ("boot",), ("registers",), ("boot",)])
+    chunks = (len(first) + 249) // 250
+    assert lines[0] == "I firmware 7 offered: downloading %d bytes (%d chunks)" % (len(first), chunks)
+    # FIRMWARE_STATE (69) downloading, a FIRMWARE_WANT (68) per 16 chunks, FIRMWARE_STATE installing
+    assert 'sent [[69, "7", 1, ""], %s[69, "7", 2, ""]] reset True' % ('[68, "7", null, null], ' * ((chunks + 15) // 16)) in lines
+    # into ota_1, beside the running ota_0; the first reset boots it on trial; registered, it is kept: the next
+    # reset boots it again. The second update goes into ota_0 (esp_ota_get_next_update_partition goes round)
+    assert events(lines) == ["slot 7 True False", "boot ota_1", 'registered [[69, "7", 4, "7"]]', "boot ota_1",
+                             "slot 8 False True", "boot ota_0", 'registered [[69, "8", 4, "8"]]', "boot ota_0"]
+    assert "I firmware 7 registered: kept" in lines
+    trace = json.loads(lines[-2][len("trace "):])
+    assert [t for t in trace if t[0] != "erase"] == [
+        ["set_boot", "ota_1"], ["boot", "ota_1"], ["mark_app_valid_cancel_rollback", "ota_1"], ["boot", "ota_1"],
+        ["set_boot", "ota_0"], ["boot", "ota_0"], ["mark_app_valid_cancel_rollback", "ota_0"], ["boot", "ota_0"]]
+    # each 4096-byte block erased once before it was written (writeblocks without an offset)
+    erased = [t for t in trace if t[0] == "erase"]
+    assert erased == [["erase", "ota_1", b, 1] for b in range((len(first) + 4095) // 4096)] + [
+        ["erase", "ota_0", b, 1] for b in range((len(second) + 4095) // 4096)]
+    assert json.loads(lines[-1][len("state "):])["trial"] == 0
+
+
+def test_an_image_that_never_registers_is_rolled_back_by_the_bootloader_at_the_next_reset(tmp_path):
+    image = esp32_images.app_image(size=5000)
+    lines = run_image_steps(tmp_path, "ota", [image], [("update", "7", 0, sha(image)), ("boot",), ("boot",),
+                                                       ("registers",), ("boot",)])
+    # booted once on trial, reset without mark_app_valid_cancel_rollback: ESP-IDF's bootloader aborts it
+    assert events(lines) == ["slot 7 True False", "boot ota_1", "boot ota_0", 'registered [[69, "7", 5, ""]]',
+                             "boot ota_0"]
+    trace = [t for t in json.loads(lines[-2][len("trace "):]) if t[0] != "erase"]
+    assert trace == [["set_boot", "ota_1"], ["boot", "ota_1"], ["aborted", "ota_1"], ["boot", "ota_0"], ["boot", "ota_0"]]
+    assert json.loads(lines[-1][len("state "):])["rolled_back"] == "7"
+
+
+def test_an_image_esp_idf_would_not_boot_and_a_handset_without_ota_slots_are_refused(tmp_path):
+    wrong_chip = esp32_images.app_image("esp32s3", size=3000)   # a valid image, for the ESP32-S3
+    lines = run_image_steps(tmp_path, "ota", [wrong_chip], [("update", "9", 0, sha(wrong_chip)), ("boot",)])
+    assert any(line.startswith("E firmware 9 not installed: ESP-IDF refused the image") for line in lines)
+    assert 'sent [[69, "9", 1, ""], [68, "9", null, null], [69, "9", 6, ""]] reset False' in lines
+    assert "boot ota_0" in lines   # set_boot refused: the running firmware stays
+    assert json.loads(lines[-1][len("state "):]) == {}
+    image = esp32_images.app_image(size=3000)
+    lines = run_image_steps(tmp_path / "factory", "factory", [image], [("update", "9", 0, sha(image)), ("boot",)])
+    assert lines[0].startswith("E firmware 9 cannot be installed: this handset's partition table has no OTA slots")
+    assert 'sent [[69, "9", 6, ""]] reset False' in lines
+    assert json.loads(lines[-2][len("trace "):]) == [["boot", "factory"]]
 
 
 class Collected:
@@ -464,3 +569,78 @@ def test_the_main_host_serves_a_peer_only_the_bundle_offered_to_its_site(tmp_pat
 def _messages(end):
     """(type, ies) of the messages a LoginEnd received (its inbox also holds the login's events)."""
     return [item for item in end.inbox if isinstance(item, tuple)]
+
+
+BACKOFF = r"""
+import sys, json, os
+sys.path.insert(0, _ROOT_)
+os.chdir(_FLASH_)
+from firmware import ota
+
+
+class Login:
+    def __init__(self):
+        self.wants = []
+
+    def send(self, msg_type, ies, now):
+        if msg_type == 0x44:
+            self.wants.append((now // 1000, ies.get(0x21) >> 16))
+
+
+class Phone:
+    registered = True
+    call = None
+    firmware_sink = None
+
+    def __init__(self):
+        self.login = Login()
+
+
+class App:
+    def __init__(self):
+        self.phone = Phone()
+        self.firmware = {}
+        self.ota = None
+        self.ota_offer = None
+        self.started = 0
+        self.running = True
+        self.reset_requested = False
+
+    def log(self, level, msg):
+        pass
+
+
+data = bytes(range(250)) * 40
+app = App()
+app.ota_offer = {"version": "5", "sha256": _SHA_, "size": len(data), "kind": "files"}
+ota.idle(app, 0)
+update = app.ota
+for t in range(1, 241):   # the host has no bundle to give (it refused its copy): nothing comes
+    app.ota.tick(t * 1000)
+print("silent", json.dumps(app.phone.login.wants))
+del app.phone.login.wants[:]
+# the host has it now: the next WANT is answered, and a stall after it is asked about 3 s later again
+app.phone.firmware_sink({0x2E: "5", 0x21: 0 << 16 | update.count, 0x22: data[:250]}, 241000)
+for t in range(242, 260):
+    app.ota.tick(t * 1000)
+print("answered", json.dumps(app.phone.login.wants))
+app.ota_offer = dict(app.ota_offer, version="6")   # the operator rolled out another version
+app.ota.tick(260000)
+print("replaced", app.ota is None, app.phone.firmware_sink is None)
+"""
+
+
+def test_a_phone_whose_host_does_not_answer_asks_less_and_less_often(tmp_path):
+    """docs/operations.md, "Failure modes": a remote host that refused its copy of the bundle has none to give;
+    its phones ask 3 s after the last chunk, then 6, 12, 24, 48 s, then once a minute (not every 3 s)."""
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    script = (BACKOFF.replace("_ROOT_", repr(str(ROOT))).replace("_FLASH_", repr(str(flash)))
+              .replace("_SHA_", repr("00" * 32)))
+    r = subprocess.run([micropython_binary(), "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert json.loads(lines["silent"]) == [[0, 0], [3, 0], [9, 0], [21, 0], [45, 0], [93, 0], [153, 0], [213, 0]]
+    # a chunk came at 241 s: the next 16 are not asked for again before 244 s, then the wait doubles again
+    assert json.loads(lines["answered"]) == [[244, 1], [250, 1]]
+    assert lines["replaced"] == "True True"

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from tests import esp32_images
 from tests.support import ROOT
 from upbx.tools import images
 
@@ -177,53 +178,96 @@ def test_unix32_image_without_gcc_multilib_says_so(tmp_path):
 
 # --- upbx build --image esp32 -------------------------------------------------------------------
 
+# MicroPython v1.28.0's ports/esp32 files that choose the partition layout (boards/, sdkconfig fragments,
+# partition tables), as far as they matter to it; the rest of each file left out
+PORT_FILES = {
+    "boards/sdkconfig.base": "CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE=y\nCONFIG_ESPTOOLPY_FLASHSIZE_4MB=y\n"
+                             "CONFIG_PARTITION_TABLE_CUSTOM=y\nCONFIG_PARTITION_TABLE_CUSTOM_FILENAME=\"partitions-4MiBplus.csv\"\n",
+    "boards/sdkconfig.ble": "CONFIG_BT_ENABLED=y\n",
+    "boards/sdkconfig.spiram": "CONFIG_SPIRAM=y\n",
+    "boards/sdkconfig.spiram_sx": "CONFIG_SPIRAM=y\n",
+    "boards/sdkconfig.spiram_oct": "CONFIG_SPIRAM_MODE_OCT=y\n",
+    "boards/sdkconfig.240mhz": "CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ_240=y\n",
+    "boards/ESP32_GENERIC/mpconfigboard.cmake": "set(SDKCONFIG_DEFAULTS\n    boards/sdkconfig.base\n    boards/sdkconfig.ble\n)\n",
+    "boards/ESP32_GENERIC/mpconfigboard.h": "#define MICROPY_HW_BOARD_NAME \"ESP32 module\"\n",
+    "boards/ESP32_GENERIC/mpconfigvariant_SPIRAM.cmake":
+        "set(SDKCONFIG_DEFAULTS\n    ${SDKCONFIG_DEFAULTS}\n    boards/sdkconfig.spiram\n)\n",
+    "boards/ESP32_GENERIC/mpconfigvariant_OTA.cmake":
+        "set(SDKCONFIG_DEFAULTS\n    ${SDKCONFIG_DEFAULTS}\n    boards/ESP32_GENERIC/sdkconfig.ota\n)\n",
+    "boards/ESP32_GENERIC/sdkconfig.ota": "CONFIG_PARTITION_TABLE_CUSTOM=y\n"
+                                         "CONFIG_PARTITION_TABLE_CUSTOM_FILENAME=\"partitions-4MiB-ota.csv\"\n"
+                                         "CONFIG_COMPILER_OPTIMIZATION_SIZE=y\n",
+    "boards/ESP32_GENERIC_S3/mpconfigboard.cmake":
+        "set(IDF_TARGET esp32s3)\n\nset(SDKCONFIG_DEFAULTS\n    boards/sdkconfig.base\n    boards/sdkconfig.ble\n"
+        "    boards/sdkconfig.spiram_sx\n    boards/ESP32_GENERIC_S3/sdkconfig.board\n)\n",
+    "boards/ESP32_GENERIC_S3/mpconfigboard.h": "#define MICROPY_HW_BOARD_NAME \"Generic ESP32S3 module\"\n",
+    "boards/ESP32_GENERIC_S3/sdkconfig.board": "CONFIG_ESPTOOLPY_FLASHMODE_QIO=y\n",
+    "boards/ESP32_GENERIC_S3/mpconfigvariant_SPIRAM_OCT.cmake":
+        "set(SDKCONFIG_DEFAULTS\n    ${SDKCONFIG_DEFAULTS}\n    boards/sdkconfig.240mhz\n    boards/sdkconfig.spiram_oct\n)\n",
+    **{name: esp32_images.csv_text(name) for name in esp32_images.TABLES},
+}
+
+
 def fake_micropython(root):
-    """A MicroPython checkout as far as `upbx build --image esp32` looks at it; makeimg.py stands in
-    for the port's (it joins the parts it is given, as the real one does with offsets)."""
+    """A MicroPython checkout as far as `upbx build --image esp32` looks at it: ports/esp32's board
+    directories, sdkconfig fragments and partition tables (PORT_FILES), and a makeimg.py that runs
+    tests/fake_esp_idf.py's, which lays the parts out at makeimg.py's offsets."""
     for rel in ("mpy-cross/Makefile", "tools/makemanifest.py", "lib/micropython-lib/README.md",
-                "ports/esp32/CMakeLists.txt", "ports/esp32/boards/ESP32_GENERIC/mpconfigboard.cmake",
-                "ports/esp32/boards/ESP32_GENERIC/mpconfigvariant_SPIRAM.cmake"):
+                "ports/esp32/CMakeLists.txt"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("")
+    for rel, text in PORT_FILES.items():
+        (root / "ports/esp32" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "ports/esp32" / rel).write_text(text)
     (root / "py").mkdir()
     (root / "py" / "mpconfig.h").write_text("#define MICROPY_VERSION_MAJOR 1\n#define MICROPY_VERSION_MINOR 28\n"
                                             "#define MICROPY_VERSION_MICRO 0\n")
     (root / "ports/esp32/makeimg.py").write_text(
-        "import json, os, sys\n"
-        "open(os.environ['RECORD'], 'a').write(json.dumps({'argv': sys.argv, 'cwd': os.getcwd()}) + '\\n')\n"
-        "parts = [open(p, 'rb').read() for p in sys.argv[2:5]]\n"
-        "open(sys.argv[5], 'wb').write(b''.join(parts))\n")
+        "import runpy, sys\nsys.argv[1:1] = ['makeimg']\nrunpy.run_path(%r, run_name='__main__')\n"
+        % str(ROOT / "tests" / "fake_esp_idf.py"))
     return root
 
 
 def recorder(bin_dir):
-    """idf.py as a recorder: writes its argv, directory and UPBX_BOARD, and the files a build leaves."""
+    """idf.py on PATH: tests/fake_esp_idf.py's, which records its argv, directory and UPBX_BOARD and leaves
+    what a build leaves (sdkconfig from the board's fragments, the partition table its CSV, small images)."""
     bin_dir.mkdir()
     idf = bin_dir / "idf.py"
-    idf.write_text(
-        "#!%s\nimport json, os, sys\n"
-        "open(os.environ['RECORD'], 'a').write(json.dumps({'argv': sys.argv[1:], 'cwd': os.getcwd(),\n"
-        "    'board': os.environ.get('UPBX_BOARD')}) + '\\n')\n"
-        "b = sys.argv[sys.argv.index('-B') + 1]\n"
-        "for rel, data in (('sdkconfig', b'CONFIG_IDF_TARGET=\"esp32\"\\n'), ('bootloader/bootloader.bin', b'\\xe9boot'),\n"
-        "                  ('partition_table/partition-table.bin', b'parts'),\n"
-        "                  ('micropython.bin', b'MicroPython v1.28.0 on 2026-01-01')):\n"
-        "    os.makedirs(os.path.dirname(os.path.join(b, rel)), exist_ok=True)\n"
-        "    open(os.path.join(b, rel), 'wb').write(data)\n" % sys.executable)
+    idf.write_text("#!/bin/sh\nexec %s %s idf \"$@\"\n" % (sys.executable, ROOT / "tests" / "fake_esp_idf.py"))
     idf.chmod(idf.stat().st_mode | stat.S_IEXEC)
     return bin_dir
 
 
-def test_esp32_image_runs_idf_py_and_makeimg_as_the_port_makefile_does(tmp_path):
-    src = fake_micropython(tmp_path / "micropython")
+def build_esp32(tmp_path, board, env_extra=None):
+    """`upbx build --image esp32 --board BOARD` with the fake ESP-IDF: (result, idf record, makeimg record)."""
+    src = tmp_path / "micropython"
+    if not src.exists():
+        fake_micropython(src)
     record = tmp_path / "record.jsonl"
-    env = dict(os.environ, PATH="%s:%s" % (recorder(tmp_path / "bin"), os.environ["PATH"]), RECORD=str(record))
-    r = upbx("build", "--image", "esp32", "--board", BOARD, "--micropython", str(src), "--out",
+    record.write_text("")
+    bin_dir = tmp_path / "bin"
+    if not bin_dir.exists():
+        recorder(bin_dir)
+    env = dict(os.environ, PATH="%s:%s" % (bin_dir, os.environ["PATH"]), RECORD=str(record), **(env_extra or {}))
+    r = upbx("build", "--image", "esp32", "--board", board, "--micropython", str(src), "--out",
              str(tmp_path / "out"), env=env)
+    steps = [json.loads(line) for line in record.read_text().splitlines()]
+    return r, steps
+
+
+def admin_add(tmp_path, image):
+    db = str(tmp_path / "main.sqlite")
+    return subprocess.run([PY, "-m", "upbx.tools.cli", "admin", "--database", db, "firmware", "add", str(image),
+                           "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_esp32_image_runs_idf_py_and_makeimg_as_the_port_makefile_does(tmp_path):
+    """A board without OTA slots (4 MiB with PSRAM, "ota": false): `make BOARD=ESP32_GENERIC
+    BOARD_VARIANT=SPIRAM`, MicroPython's default layout; `upbx admin firmware add` refuses its image."""
+    r, (idf, makeimg) = build_esp32(tmp_path, BOARD)
     assert r.returncode == 0, r.stderr
-    idf, makeimg = [json.loads(line) for line in record.read_text().splitlines()]
     build = ROOT / "build" / ("esp32-" + BOARD)
-    port = src / "ports" / "esp32"
+    port = tmp_path / "micropython" / "ports" / "esp32"
     assert idf == {"argv": ["-D", "MICROPY_BOARD=ESP32_GENERIC", "-D", "MICROPY_BOARD_DIR=%s" % (port / "boards" / "ESP32_GENERIC"),
                             "-D", "MICROPY_BOARD_VARIANT=SPIRAM", "-D", "MICROPY_FROZEN_MANIFEST=%s" % images.MANIFEST,
                             # the frozen native code (viper kernels, native glue) compiled for the chip
@@ -232,9 +276,94 @@ def test_esp32_image_runs_idf_py_and_makeimg_as_the_port_makefile_does(tmp_path)
     assert makeimg == {"argv": ["makeimg.py", str(build / "sdkconfig"), str(build / "bootloader" / "bootloader.bin"),
                                 str(build / "partition_table" / "partition-table.bin"), str(build / "micropython.bin"),
                                 str(build / "firmware.bin"), str(build / "micropython.uf2")], "cwd": str(port)}
+    assert json.loads((build / "defaults.json").read_text()) == [
+        "boards/sdkconfig.base", "boards/sdkconfig.ble", "boards/sdkconfig.spiram"]
     image = tmp_path / "out" / (BOARD + ".bin")
-    assert image.read_bytes() == b"\xe9bootpartsMicroPython v1.28.0 on 2026-01-01"
+    assert image.read_bytes() == (build / "firmware.bin").read_bytes()
     assert "next: upbx flash --board %s --firmware %s" % (BOARD, image) in r.stdout
+    assert "OTA" not in r.stdout and "firmware add" not in r.stdout
+    refused = admin_add(tmp_path, image)
+    assert refused.returncode == 1 and "its partition table has no OTA partitions (nvs, phy_init, factory)" in refused.stderr
+
+
+def test_a_4mib_esp32_without_psram_takes_micropythons_ota_variant(tmp_path):
+    """esp32-devkitc-inmp441: ESP32_GENERIC, 4 MiB, "ota": true is exactly MicroPython's own OTA variant
+    (`make BOARD=ESP32_GENERIC BOARD_VARIANT=OTA`): sdkconfig.ota after the board's fragments, so
+    partitions-4MiB-ota.csv; the roll-back bootloader from sdkconfig.base. Its image is accepted."""
+    board = "esp32-devkitc-inmp441"
+    r, (idf, makeimg) = build_esp32(tmp_path, board)
+    assert r.returncode == 0, r.stderr
+    build = ROOT / "build" / ("esp32-" + board)
+    port = tmp_path / "micropython" / "ports" / "esp32"
+    assert idf["argv"] == ["-D", "MICROPY_BOARD=ESP32_GENERIC", "-D", "MICROPY_BOARD_DIR=%s" % (port / "boards" / "ESP32_GENERIC"),
+                           "-D", "MICROPY_BOARD_VARIANT=OTA", "-D", "MICROPY_FROZEN_MANIFEST=%s" % images.MANIFEST,
+                           "-D", "MICROPY_CROSS_FLAGS=-march=xtensawin", "-B", str(build), "build"]
+    assert json.loads((build / "defaults.json").read_text()) == [
+        "boards/sdkconfig.base", "boards/sdkconfig.ble", "boards/ESP32_GENERIC/sdkconfig.ota"]
+    assert not (ROOT / "build" / ("esp32-%s-board" % board)).exists()   # the port's board, untouched
+    assert "OTA layout partitions-4MiB-ota.csv, app roll-back" in r.stdout
+    assert "build: OTA slots ota_0, ota_1, 1572864 bytes each" in r.stdout
+    image = tmp_path / "out" / (board + ".bin")
+    assert "over the air: upbx admin firmware add %s" % image in r.stdout
+    added = admin_add(tmp_path, image)
+    assert added.returncode == 0, added.stderr
+    app = (build / "micropython.bin").read_bytes()
+    assert json.loads(added.stdout)["size"] == len(app) and json.loads(added.stdout)["kind"] == "image"
+
+
+@pytest.mark.parametrize("board, variant, table", [
+    ("esp32s3-n8r8-devkitc-inmp441", "SPIRAM_OCT", "partitions-8MiBplus-ota.csv"),
+    ("esp32s3-devkitc-inmp441", None, "partitions-8MiBplus-ota.csv")])
+def test_another_board_gets_a_board_directory_with_the_ota_variant_added(tmp_path, board, variant, table):
+    """No MicroPython variant is OTA and SPIRAM_OCT (or 8 MiB) at once: upbx writes the port's board
+    directory under build/ with one more variant, UPBX_OTA (MicroPython's custom board, BOARD_DIR=):
+    the board's variant, then the OTA table for its flash size, the flash size and app roll-back."""
+    r, (idf, makeimg) = build_esp32(tmp_path, board)
+    assert r.returncode == 0, r.stderr
+    build = ROOT / "build" / ("esp32-" + board)
+    ours = ROOT / "build" / ("esp32-%s-board" % board) / "ESP32_GENERIC_S3"
+    assert idf["argv"][:6] == ["-D", "MICROPY_BOARD=ESP32_GENERIC_S3", "-D", "MICROPY_BOARD_DIR=%s" % ours,
+                               "-D", "MICROPY_BOARD_VARIANT=UPBX_OTA"]
+    port_board = tmp_path / "micropython" / "ports" / "esp32" / "boards" / "ESP32_GENERIC_S3"
+    for f in port_board.iterdir():   # the port's board, copied
+        assert (ours / f.name).read_bytes() == f.read_bytes()
+    fragments = ["boards/sdkconfig.base", "boards/sdkconfig.ble", "boards/sdkconfig.spiram_sx",
+                 "boards/ESP32_GENERIC_S3/sdkconfig.board"]
+    if variant:
+        fragments += ["boards/sdkconfig.240mhz", "boards/sdkconfig.spiram_oct"]
+    assert json.loads((build / "defaults.json").read_text()) == fragments + [str(ours / "sdkconfig.upbx_ota")]
+    sdkconfig = (build / "sdkconfig").read_text()
+    for line in ("CONFIG_ESPTOOLPY_FLASHSIZE_4MB=", "CONFIG_ESPTOOLPY_FLASHSIZE_8MB=y", 'CONFIG_ESPTOOLPY_FLASHSIZE="8MB"',
+                 'CONFIG_PARTITION_TABLE_CUSTOM_FILENAME="%s"' % table, "CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE=y",
+                 'CONFIG_IDF_TARGET="esp32s3"'):
+        assert line + "\n" in sdkconfig
+    image = tmp_path / "out" / (board + ".bin")
+    assert image.read_bytes()[:1] == b"\xe9" and "build: OTA slots ota_0, ota_1, 2555904 bytes each" in r.stdout
+    added = admin_add(tmp_path, image)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["size"] == len((build / "micropython.bin").read_bytes())
+
+
+def test_a_build_that_came_out_without_roll_back_or_ota_slots_is_refused(tmp_path):
+    """What ESP-IDF built is checked: a MicroPython source whose sdkconfig.base lost the roll-back
+    bootloader, or whose OTA variant names another table, gives no image."""
+    board = "esp32-devkitc-inmp441"
+    src = fake_micropython(tmp_path / "micropython")
+    base = src / "ports/esp32/boards/sdkconfig.base"
+    base.write_text(base.read_text().replace("CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE=y\n", ""))
+    r, _steps = build_esp32(tmp_path, board)
+    assert r.returncode == 1 and "CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE is not set: the bootloader would not roll " \
+        "back an update" in r.stderr
+    assert not (tmp_path / "out" / (board + ".bin")).exists()
+    base.write_text(PORT_FILES["boards/sdkconfig.base"])
+    ota = src / "ports/esp32/boards/ESP32_GENERIC/sdkconfig.ota"
+    ota.write_text(ota.read_text().replace("partitions-4MiB-ota.csv", "partitions-4MiBplus.csv"))
+    r, _steps = build_esp32(tmp_path, board)
+    assert r.returncode == 1 and "the partition table is 'partitions-4MiBplus.csv', not partitions-4MiB-ota.csv" in r.stderr
+    (src / "ports/esp32/partitions-4MiB-ota.csv").unlink()
+    r, steps = build_esp32(tmp_path, board)
+    assert r.returncode == 1 and "has no partitions-4MiB-ota.csv (MicroPython v1.28.0's OTA partition table for " \
+        "4 MiB; board file esp32-devkitc-inmp441 says \"ota\": true)" in r.stderr and steps == []
 
 
 def test_esp32_image_without_esp_idf_or_the_esp32_port_says_so(tmp_path):
@@ -244,6 +373,9 @@ def test_esp32_image_without_esp_idf_or_the_esp32_port_says_so(tmp_path):
     r = upbx("build", "--image", "esp32", "--board", BOARD, "--micropython", str(src), "--out", str(tmp_path / "o"),
              env=env)
     assert r.returncode == 1 and "ESP-IDF's idf.py is not on PATH" in r.stderr and "export.sh" in r.stderr
+    r = upbx("build", "--image", "esp32", "--board", "esp32s3-n8r8-devkitc-inmp441", "--micropython", str(src), "--out",
+             str(tmp_path / "o"), env=env)   # a board with OTA slots: the same
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "ESP-IDF's idf.py is not on PATH" in r.stderr
     shared = shared_source()   # the trimmed v1.28.0 source: no ports/esp32
     r = upbx("build", "--image", "esp32", "--board", BOARD, "--micropython", str(shared), "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and "ports/esp32/CMakeLists.txt is missing" in r.stderr

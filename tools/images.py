@@ -248,12 +248,109 @@ def unix32_image(frozen=True, micropython_src=None, log=print):
 
 # --- ESP32 images ---------------------------------------------------------------------------------
 
+# MicroPython v1.28.0's OTA partition tables (ports/esp32): two application slots and otadata, the
+# filesystem ("vfs") made at boot from the flash after them (ports/esp32/main.c)
+OTA_TABLES = ((8, "partitions-8MiBplus-ota.csv"), (4, "partitions-4MiB-ota.csv"))
+# ESP32_GENERIC's OTA variant (mpconfigvariant_OTA.cmake): its sdkconfig.ota names partitions-4MiB-ota.csv
+# and builds for size, which the 1.5 MiB slots need
+OTA_VARIANT = ("ESP32_GENERIC", "OTA", "boards/ESP32_GENERIC/sdkconfig.ota")
+OTA_BOARD_VARIANT = "UPBX_OTA"   # the variant of a board directory upbx writes (esp32_plan)
+ROLLBACK = "CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE"
+
+
+def ota_table(flash_mib):
+    """The OTA partition table of MicroPython's ports/esp32 for a flash of flash_mib MiB."""
+    for least, name in OTA_TABLES:
+        if flash_mib >= least:
+            return name
+    raise ImageError("%d MiB of flash hold no two application slots (MicroPython's smallest OTA table is %s)"
+                     % (flash_mib, OTA_TABLES[-1][1]))
+
+
+def esp32_plan(board_data, port):
+    """What `upbx build --image esp32` asks of ports/esp32 for a board file: {"board", "board_dir", "variant",
+    "table", "files"}. A board with "ota": true gets MicroPython's OTA layout: ESP32_GENERIC's own OTA
+    variant where that is the whole board (4 MiB, no other variant); else a board directory written under
+    build/ (MicroPython's custom board, BOARD_DIR=) that is the port's board with one more variant,
+    UPBX_OTA: the board's variant (if any), then the OTA table for the flash size, the flash size, and the
+    bootloader's app roll-back. "files" maps each file written to its text."""
+    image = board_data["micropython_image"]
+    board_dir = port / "boards" / image["board"]
+    plan = {"board": image["board"], "board_dir": board_dir, "variant": image.get("variant"), "table": None,
+            "files": {}}
+    if not image.get("ota"):
+        return plan
+    flash = image["flash_mib"]
+    plan["table"] = ota_table(flash)
+    if not (port / plan["table"]).exists():
+        raise ImageError("%s has no %s (MicroPython %s's OTA partition table for %d MiB; board file %s says "
+                         "\"ota\": true)" % (port, plan["table"], TESTED_TAG, flash, board_data["name"]))
+    generic, variant, sdkconfig = OTA_VARIANT
+    if (image["board"], image.get("variant"), flash) == (generic, None, 4) \
+            and (board_dir / ("mpconfigvariant_%s.cmake" % variant)).exists() and (port / sdkconfig).exists():
+        plan["variant"] = variant
+        return plan
+    ours = BUILD_DIR / ("esp32-%s-board" % board_data["name"]) / image["board"]
+    plan["board_dir"], plan["variant"] = ours, OTA_BOARD_VARIANT
+    lines = ["# Written by upbx build (tools/images.py) for boards/%s.json: MicroPython's OTA layout for %d MiB of "
+             "flash" % (board_data["name"], flash)]
+    for size in (4, 8, 16, 32):   # one choice of esptoolpy's flash size (as SIL_MANT1S's sdkconfig.board does)
+        lines.append("CONFIG_ESPTOOLPY_FLASHSIZE_%dMB=%s" % (size, "y" if size == flash else ""))
+    lines += ['CONFIG_ESPTOOLPY_FLASHSIZE="%dMB"' % flash, "CONFIG_PARTITION_TABLE_CUSTOM=y",
+              'CONFIG_PARTITION_TABLE_CUSTOM_FILENAME="%s"' % plan["table"], ROLLBACK + "=y"]
+    cmake = ["# Written by upbx build (tools/images.py): %s%s with the OTA layout" % (
+        image["board"], " " + image["variant"] if image.get("variant") else "")]
+    if image.get("variant"):
+        cmake.append("include(${MICROPY_BOARD_DIR}/mpconfigvariant_%s.cmake)" % image["variant"])
+    if flash == 4:   # MicroPython's own fragment for the 1.5 MiB slots: the table and building for size
+        cmake.append("set(SDKCONFIG_DEFAULTS ${SDKCONFIG_DEFAULTS} %s)" % sdkconfig)
+    cmake.append("set(SDKCONFIG_DEFAULTS ${SDKCONFIG_DEFAULTS} ${MICROPY_BOARD_DIR}/sdkconfig.upbx_ota)")
+    plan["files"] = {"sdkconfig.upbx_ota": "\n".join(lines) + "\n",
+                     "mpconfigvariant_%s.cmake" % OTA_BOARD_VARIANT: "\n".join(cmake) + "\n"}
+    return plan
+
+
+def _write_board_dir(plan, port_board_dir):
+    """The port's board directory copied to plan["board_dir"], with plan["files"] added."""
+    dest = plan["board_dir"]
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(port_board_dir, dest)
+    for name, text in plan["files"].items():
+        (dest / name).write_text(text)
+
+
+def _sdkconfig_value(path, key):
+    """A value of a built sdkconfig (quotes removed), or None when it is not set."""
+    for line in pathlib.Path(path).read_text().splitlines():
+        if line.startswith(key + "="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return None
+
+
+def _check_ota_build(build, plan):
+    """What ESP-IDF built has the OTA layout and the roll-back bootloader (else ImageError)."""
+    from upbx.host.firmware import ota_slots, partition_table
+    sdkconfig = build / "sdkconfig"
+    if _sdkconfig_value(sdkconfig, ROLLBACK) != "y":
+        raise ImageError("%s: %s is not set: the bootloader would not roll back an update that never marks "
+                         "itself valid (MicroPython's boards/sdkconfig.base sets it; was it changed?)" % (sdkconfig, ROLLBACK))
+    table = _sdkconfig_value(sdkconfig, "CONFIG_PARTITION_TABLE_CUSTOM_FILENAME")
+    if table != plan["table"]:
+        raise ImageError("%s: the partition table is %r, not %s" % (sdkconfig, table, plan["table"]))
+    slots = ota_slots(partition_table((build / "partition_table" / "partition-table.bin").read_bytes()))
+    if slots is None:
+        raise ImageError("%s: no otadata and two OTA application slots in it" % (
+            build / "partition_table" / "partition-table.bin"))
+    return slots
+
+
 def esp32_image(board, micropython_src, out_dir, log=print, run=subprocess.run):
     """Build the ESP32 image a board file names, with upbx frozen in, and copy it to out_dir/BOARD.bin.
 
     Runs what MicroPython's ports/esp32/Makefile runs for `make BOARD=.. BOARD_VARIANT=..
-    FROZEN_MANIFEST=..`: idf.py, then makeimg.py, which joins bootloader, partition table and
-    application into the one image written at the board's flash offset. Needs ESP-IDF's idf.py.
+    FROZEN_MANIFEST=..` (or BOARD_DIR=.. for a board directory of ours, esp32_plan): idf.py, then
+    makeimg.py, which joins bootloader, partition table and application into the one image written at
+    the board's flash offset. Needs ESP-IDF's idf.py.
     """
     from upbx.tools.deploy import board_schema
     board_data = board_schema().load_board(board)
@@ -262,13 +359,14 @@ def esp32_image(board, micropython_src, out_dir, log=print, run=subprocess.run):
         raise ImageError("--image esp32 needs --micropython SRC: %s with ports/esp32" % CHECKOUT_HINT)
     src = micropython_source(micropython_src, need=["ports/esp32/CMakeLists.txt"])
     port = src / "ports" / "esp32"
-    board_dir = port / "boards" / image["board"]
-    if not (board_dir / "mpconfigboard.cmake").exists():
+    port_board_dir = port / "boards" / image["board"]
+    if not (port_board_dir / "mpconfigboard.cmake").exists():
         raise ImageError("%s has no MicroPython board %s (board file %s names it)" % (port, image["board"], board))
     variant = image.get("variant")
-    if variant and not (board_dir / ("mpconfigvariant_%s.cmake" % variant)).exists():
+    if variant and not (port_board_dir / ("mpconfigvariant_%s.cmake" % variant)).exists():
         raise ImageError("MicroPython board %s in %s has no variant %s (board file %s names it)" % (
             image["board"], port, variant, board))
+    plan = esp32_plan(board_data, port)
     if not (src / "lib" / "micropython-lib" / "README.md").exists():
         raise ImageError("%s: lib/micropython-lib is empty: git submodule update --init lib/micropython-lib "
                          "(or make -C ports/esp32 submodules)" % src)
@@ -279,30 +377,45 @@ def esp32_image(board, micropython_src, out_dir, log=print, run=subprocess.run):
     if march is None:
         raise ImageError("board file %s: chip %r has no known mpy-cross -march for its native code (known: %s)" % (
             board, board_data.get("chip"), ", ".join(sorted(CHIP_MARCH))))
+    if plan["files"]:
+        _write_board_dir(plan, port_board_dir)
     build_name = "esp32-" + board_data["name"]
     build = BUILD_DIR / build_name
-    defines = ["-D", "MICROPY_BOARD=" + image["board"], "-D", "MICROPY_BOARD_DIR=%s" % board_dir]
-    if variant:
-        defines += ["-D", "MICROPY_BOARD_VARIANT=" + variant]
+    defines = ["-D", "MICROPY_BOARD=" + plan["board"], "-D", "MICROPY_BOARD_DIR=%s" % plan["board_dir"]]
+    if plan["variant"]:
+        defines += ["-D", "MICROPY_BOARD_VARIANT=" + plan["variant"]]
     defines += ["-D", "MICROPY_FROZEN_MANIFEST=%s" % MANIFEST, "-D", "MICROPY_CROSS_FLAGS=-march=" + march]
     env = dict(os.environ, UPBX_BOARD=str(board_schema().board_path(board).resolve()))
     steps = [["idf.py"] + defines + ["-B", str(build), "build"],
              ["python3", "makeimg.py", str(build / "sdkconfig"), str(build / "bootloader" / "bootloader.bin"),
               str(build / "partition_table" / "partition-table.bin"), str(build / "micropython.bin"),
               str(build / "firmware.bin"), str(build / "micropython.uf2")]]
-    log("build: ESP32 image for %s: MicroPython %s %s%s from %s" % (
-        board_data["name"], source_version(src), image["board"], " " + variant if variant else "", src))
+    log("build: ESP32 image for %s: MicroPython %s %s%s from %s%s" % (
+        board_data["name"], source_version(src), plan["board"], " " + plan["variant"] if plan["variant"] else "",
+        src, "" if not plan["table"] else ", OTA layout %s, app roll-back" % plan["table"]))
+    if plan["files"]:
+        log("build: board directory %s (the port's %s, variant %s added)" % (
+            plan["board_dir"], image["board"], plan["variant"]))
     for argv in steps:
         log("build: (in %s) %s" % (port, " ".join(argv)))
         proc = run(argv, cwd=port, env=env)
         if proc.returncode != 0:
             raise ImageError("%s failed (exit %d)" % (argv[0] if argv[0] == "idf.py" else argv[1], proc.returncode))
+    if plan["table"]:
+        try:
+            slots = _check_ota_build(build, plan)
+        except OSError as exc:   # a build that left no sdkconfig or partition table
+            raise ImageError("%s: %s: not what an ESP-IDF build leaves" % (build, exc)) from None
+        log("build: OTA slots %s, %d bytes each; the application is %d bytes" % (
+            ", ".join(s["label"] for s in slots), min(s["size"] for s in slots), (build / "micropython.bin").stat().st_size))
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / (board_data["name"] + ".bin")
     shutil.copyfile(build / "firmware.bin", target)
     log("build: %s (%d bytes); next: upbx flash --board %s --firmware %s --port PORT" % (
         target, target.stat().st_size, board_data["name"], target))
+    if plan["table"]:
+        log("build: over the air: upbx admin firmware add %s --version V" % target)
     return target
 
 
