@@ -34,11 +34,13 @@ import time
 from upbx.common import wire
 from upbx.common.call import CONNECTED
 from upbx.common.crypto import extend16
+from upbx.host import fastpath
 from upbx.common.media import open_trunk
 from upbx.host.relay_worker import ADDR
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 REVOKE_TIMEOUT_S = 2.0
+COOLDOWN_MS = 1000
 START_TIMEOUT_S = 20.0
 
 
@@ -88,6 +90,11 @@ class RelayWorkers:
         self.core = core
         self.sock = sock
         self.count = count
+        # worker 0's table: the directions the main host relays itself, in C (host/_fastpath.c Relay)
+        self.local = fastpath.native.Relay(core.switch.trunk_mtu)
+        self.local_taken = 0                # the table's datagrams already added to the core's counters
+        self.table_keys = {}                # (call id, i) -> (receiving session index, call number, out session index)
+        self.cooldown = {}                  # session index -> ms: its directions stay here until then (mixed frames)
         self.on_flush = on_flush            # the daemon's _flush: after forwarded datagrams were handled
         self.procs = []                     # worker k is procs[k - 1], its channel channels[k - 1]
         self.channels = []
@@ -100,7 +107,8 @@ class RelayWorkers:
         self.syncs = 0                      # sync() calls and the CPU they took (status: the scan's cost)
         self.sync_s = 0.0
         self.forwarded = 0
-        self.revokes = 0
+        self.revokes = 0                    # directions taken back from workers ...
+        self.revokes_here = 0               # ... and from the main host's own table
         self.lost = 0
 
     def owner(self, session_index):
@@ -109,6 +117,9 @@ class RelayWorkers:
     # starting and stopping
 
     def start(self):
+        self.core.call_ending = self.call_ending
+        if self.count == 1:   # the main host alone: its own table, no processes, no steering
+            return
         host, port = self.sock.getsockname()[:2]
         for number in range(1, self.count):
             mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -154,9 +165,11 @@ class RelayWorkers:
         return [(k + 1, channel.fileno()) for k, channel in enumerate(self.channels) if k + 1 not in self.dead]
 
     def status(self):
+        self.merge_local()
         return {"workers": self.count, "worker_pids": [p.pid for p in self.procs], "workers_died": len(self.dead),
-                "delegated_directions": len(self.confirmed), "forwarded_datagrams": self.forwarded,
-                "revokes": self.revokes,
+                "delegated_directions": len(self.confirmed), "delegated_here": len(self.local),
+                "forwarded_datagrams": self.forwarded, "revokes": self.revokes, "revokes_here": self.revokes_here,
+                "table_datagrams": self.local.taken(),
                 "sync_us_mean": round(self.sync_s * 1e6 / self.syncs, 1) if self.syncs else None}
 
     # messages
@@ -179,6 +192,7 @@ class RelayWorkers:
             if owner not in self.dead and self.revoke(key):
                 continue
             self.delegated.pop(key, None)
+            self.table_keys.pop(key, None)
             self.confirmed.discard(key)
             self.by_recv_leg.pop(recv.call_no, None)
             if not call.released:
@@ -187,12 +201,22 @@ class RelayWorkers:
                         core.switch.release(leg, wire.CAUSE_UNREACHABLE, now)
                 core.end_call(call, wire.CAUSE_UNREACHABLE, now)
         self._drain_inbox()
-        self.count = 1            # sync() delegates nothing from now on
+        self.count = 1            # sync() delegates to the main host's own table only from now on
         for number, channel in enumerate(self.channels, 1):
             if number not in self.dead:
                 asyncio_remove(channel)
         self.stop()
         self.on_flush()
+
+    def merge_local(self):
+        """What the main host's own table relayed since the last time, into the core's counters and meter."""
+        from upbx.host.relay_worker import WORKER_TAKEN
+        report = self.local.report()
+        taken = self.local.taken()
+        if taken > self.local_taken:   # the metrics' upbx_fast_path_datagrams (host/metrics.py)
+            report[1][WORKER_TAKEN] = taken - self.local_taken
+            self.local_taken = taken
+        self._merge_report(*report[1:])
 
     def _tell(self, worker, message):
         self.channels[worker - 1].send(b"C" + pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
@@ -278,10 +302,15 @@ class RelayWorkers:
                 named = [e[0] for e in wire.parse_trunk(data)]
             except wire.DecodeError:
                 named = ()
+            local = self.local.stamps(data) if len(self.local) else None
             for call_no in named:
                 key = self.by_recv_leg.get(call_no)
                 if key is not None and call_no not in stamps and self.delegated[key][2].link.session.index == session:
-                    stamps[call_no] = None    # ours is the window: the worker has not taken it yet
+                    if self.delegated[key][0] == 0:   # the main host's own table holds the window
+                        if local is not None and call_no in local:
+                            stamps[call_no] = local[call_no]
+                    else:
+                        stamps[call_no] = None    # ours is the window: the worker has not taken it yet
         if stamps:
             if not self._authentic(data, stamps):
                 core.now = now
@@ -290,6 +319,10 @@ class RelayWorkers:
                 core.meter.add(address, len(data), False)
                 core.stats.drop("trunk rejected")
                 return
+            # an authentic frame no process's table takes whole (a far jump, a host at a new address, or
+            # delegated calls in one trunk with others): its host's directions stay with the Python path a while,
+            # so such trunks do not take directions back and forth every tick
+            self.cooldown[wire.session_of(data)] = now + COOLDOWN_MS
             for call_no in stamps:
                 key = self.by_recv_leg.get(call_no)
                 if key is not None and not self.revoke(key):
@@ -324,11 +357,10 @@ class RelayWorkers:
     def sync(self):
         """Before each tick: revoke what stopped being the common case, delegate what became it,
         send the workers new, moved and gone host links."""
-        if self.count == 1:
-            return
         started = time.thread_time()   # CPU time: on a busy machine the wall time is mostly waiting
         try:
             self._sync()
+            self.merge_local()
         finally:
             self.syncs += 1
             self.sync_s += time.thread_time() - started
@@ -338,7 +370,12 @@ class RelayWorkers:
         for key, (worker, call, recv, out) in list(self.delegated.items()):
             if not self._eligible(call, key[1], recv, out):
                 self.revoke(key)
-        delegated, count = self.delegated, self.count
+        delegated = self.delegated
+        cooldown = self.cooldown
+        if cooldown:
+            now = int(time.monotonic() * 1000)
+            for index in [i for i, until in cooldown.items() if until <= now]:
+                del cooldown[index]
         for call in list(self.core.switch.calls.values()):
             a, b = call.a, call.b
             if b is None or a is None or b.state != CONNECTED:
@@ -346,8 +383,8 @@ class RelayWorkers:
             for i, out, recv in ((0, a, b), (1, b, a)):
                 link = recv.link
                 session = link.session
-                # the main host's own sessions, phones and delegated directions cost this much a tick
-                if session is None or session.index % count == 0 or link.kind != "host" or (call.call_id, i) in delegated:
+                # phones and delegated directions cost this much a tick
+                if session is None or link.kind != "host" or (call.call_id, i) in delegated or session.index in cooldown:
                     continue
                 if self._eligible(call, i, recv, out):
                     self._delegate((call.call_id, i), call, i, recv, out)
@@ -370,16 +407,24 @@ class RelayWorkers:
             return False
         index = recv_link.session.index
         return (links.get(index, (None,))[0] is recv_link and links.get(out_link.session.index, (None,))[0] is out_link
-                and index % self.count != 0)
+                and 0 < recv.call_no <= 0x7FFF and 0 < out.peer_call_no <= 0x7FFF)
 
     def _delegate(self, key, call, i, recv, out):
-        worker = self.owner(recv.link.session.index)
+        """Direction i of call to the table of the process its receiving host's frames are steered to:
+        the legs' media keys and roles, the window, the timestamp shift (host/_fastpath.c Relay.delegate)."""
+        index = recv.link.session.index
+        worker = self.owner(index)
         window = recv.media.replay
-        legs = [(leg.call_no, leg.media_key, leg.media.role, leg.peer_call_no, leg.link.session.index)
-                for leg in (call.a, call.b)]
-        self._tell(worker, ("delegate", key, legs, i, call.ts_shift[i], call.ts_out[i],
-                            (window.highest, bytes(window._seen), window._held)))
+        recv_media, out_media = recv.media, out.media
+        args = (index, recv.call_no, recv_media._recv_ctr.key, recv_media.role, out.link.session.index,
+                out_media.peer_call_no, out_media._send_ctr.key, out_media.role, call.ts_shift[i], call.ts_out[i],
+                (window.highest, bytes(window._seen), window._held))
+        if worker == 0:
+            self.local.delegate(*args)
+        else:
+            self._tell(worker, ("delegate", key, args))
         self.delegated[key] = (worker, call, recv, out)
+        self.table_keys[key] = (index, recv.call_no, args[4])
         self.by_recv_leg[recv.call_no] = key
 
     def call_ending(self, call):
@@ -395,12 +440,17 @@ class RelayWorkers:
         if key not in self.delegated:   # a worker failed meanwhile: fail() settled it
             return True
         worker, call, recv, out = self.delegated[key]
-        self.revokes += 1
-        try:
-            self._tell(worker, ("revoke", key))
-            state = self._wait_revoked(worker, key)
-        except OSError:
-            state = False
+        index, call_no, _out_index = self.table_keys[key]
+        if worker == 0:
+            self.revokes_here += 1
+            state = self.local.revoke(index, call_no)
+        else:
+            self.revokes += 1
+            try:
+                self._tell(worker, ("revoke", key, index, call_no))
+                state = self._wait_revoked(worker, key)
+            except OSError:
+                state = False
         if state is False:
             self.lost += 1
             self.core.log.error("relay-worker-unreachable", worker=worker, call=call.uid)
@@ -408,6 +458,7 @@ class RelayWorkers:
                 self.fail(worker)
             return False
         del self.delegated[key]
+        del self.table_keys[key]
         self.confirmed.discard(key)
         if self.by_recv_leg.get(recv.call_no) == key:
             del self.by_recv_leg[recv.call_no]
@@ -450,9 +501,10 @@ class RelayWorkers:
             if link.kind == "host" and link.session is not None:
                 current[link.session.index] = link
         for index in [i for i in self.links if current.get(i) is not self.links[i][0]]:
-            for key in [k for k, d in self.delegated.items() if index in (d[2].link.session.index, d[3].link.session.index)]:
+            for key in [k for k, t in self.table_keys.items() if index in (t[0], t[2])]:
                 self.revoke(key)
             del self.links[index]
+            self.local.unlink(index)
             self._broadcast(("unlink", index))
         for index, link in current.items():
             known = self.links.get(index)
@@ -460,9 +512,11 @@ class RelayWorkers:
             if known is not None and known[1] == address:
                 continue
             crypto = link.session.channel.crypto
+            message = ("link", index, link.name, crypto.recv_auth.key, crypto.send_auth.key,
+                       link.session.channel.peer_index, address)
             self.links[index] = (link, address)
-            self._broadcast(("link", index, link.name, crypto.recv_auth.key, crypto.send_auth.key,
-                             link.session.channel.peer_index, address))
+            self.local.link(*message[1:])
+            self._broadcast(message)
 
     def _broadcast(self, message):
         for worker in range(1, self.count):
