@@ -40,7 +40,7 @@ from upbx.host.relay_worker import ADDR
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 REVOKE_TIMEOUT_S = 2.0
-COOLDOWN_MS = 1000
+SCAN_TICKS = 10          # every call is looked at once in this many ticks (200 ms): delegated or taken back
 START_TIMEOUT_S = 20.0
 
 
@@ -94,7 +94,10 @@ class RelayWorkers:
         self.local = fastpath.native.Relay(core.switch.trunk_mtu)
         self.local_taken = 0                # the table's datagrams already added to the core's counters
         self.table_keys = {}                # (call id, i) -> (receiving session index, call number, out session index)
-        self.cooldown = {}                  # session index -> ms: its directions stay here until then (mixed frames)
+        self.known = set()                  # ids of the calls the scan has seen (new ones are looked at at once)
+        self.pending = {}                   # call id -> call: new calls not delegated yet, looked at every tick
+        self._scan = []                     # the calls still to look at in this round of the scan
+        self._scan_step = 1
         self.on_flush = on_flush            # the daemon's _flush: after forwarded datagrams were handled
         self.procs = []                     # worker k is procs[k - 1], its channel channels[k - 1]
         self.channels = []
@@ -305,7 +308,7 @@ class RelayWorkers:
             local = self.local.stamps(data) if len(self.local) else None
             for call_no in named:
                 key = self.by_recv_leg.get(call_no)
-                if key is not None and call_no not in stamps and self.delegated[key][2].link.session.index == session:
+                if key is not None and call_no not in stamps and self.table_keys[key][0] == session:
                     if self.delegated[key][0] == 0:   # the main host's own table holds the window
                         if local is not None and call_no in local:
                             stamps[call_no] = local[call_no]
@@ -319,15 +322,25 @@ class RelayWorkers:
                 core.meter.add(address, len(data), False)
                 core.stats.drop("trunk rejected")
                 return
-            # an authentic frame no process's table takes whole (a far jump, a host at a new address, or
-            # delegated calls in one trunk with others): its host's directions stay with the Python path a while,
-            # so such trunks do not take directions back and forth every tick
-            self.cooldown[wire.session_of(data)] = now + COOLDOWN_MS
+            # an authentic frame no table takes whole (a far jump, a host at a new address, or delegated
+            # calls in one trunk with a call not delegated yet): the directions it names come back for it,
+            # and go out again right after it if they still are the common case
+            back = []
             for call_no in stamps:
                 key = self.by_recv_leg.get(call_no)
-                if key is not None and not self.revoke(key):
+                if key is None:
+                    continue
+                entry = self.delegated[key]
+                if not self.revoke(key):
                     core.stats.drop("relay worker unreachable")
                     return
+                back.append((key, entry))
+            core.receive_datagram(data, address, now)
+            self._sync_link(wire.session_of(data))   # B7: a new address goes to the tables before they relay again
+            for key, (_worker, call, recv, out) in back:
+                if key not in self.delegated and self._eligible(call, key[1], recv, out):
+                    self._delegate(key, call, key[1], recv, out)
+            return
         core.receive_datagram(data, address, now)
 
     def _authentic(self, data, stamps):
@@ -366,29 +379,64 @@ class RelayWorkers:
             self.sync_s += time.thread_time() - started
 
     def _sync(self):
+        """Links every tick; the calls a slice a tick (every call within SCAN_TICKS ticks), so a tick costs
+        about 1/SCAN_TICKS of a scan of every call; what the tick itself acts on (music on hold for the
+        calls held here) comes back every tick, before the tick."""
         self._sync_links()
-        for key, (worker, call, recv, out) in list(self.delegated.items()):
-            if not self._eligible(call, key[1], recv, out):
-                self.revoke(key)
         delegated = self.delegated
-        cooldown = self.cooldown
-        if cooldown:
-            now = int(time.monotonic() * 1000)
-            for index in [i for i, until in cooldown.items() if until <= now]:
-                del cooldown[index]
-        for call in list(self.core.switch.calls.values()):
-            a, b = call.a, call.b
-            if b is None or a is None or b.state != CONNECTED:
-                continue
-            for i, out, recv in ((0, a, b), (1, b, a)):
-                link = recv.link
-                session = link.session
-                # phones and delegated directions cost this much a tick
-                if session is None or link.kind != "host" or (call.call_id, i) in delegated or session.index in cooldown:
-                    continue
-                if self._eligible(call, i, recv, out):
-                    self._delegate((call.call_id, i), call, i, recv, out)
+        if delegated:
+            for call in self.core.held:   # the tick sends music on them: their windows and stamps are ours
+                for i in (0, 1):
+                    if (call.call_id, i) in delegated:
+                        self.revoke((call.call_id, i))
+        calls = self.core.switch.calls
+        known, pending = self.known, self.pending
+        for call in reversed(calls.values()):   # the calls made since the last tick (a dict keeps its order)
+            if call.call_id in known:
+                break
+            known.add(call.call_id)
+            pending[call.call_id] = call
+        for call_id, call in list(pending.items()):
+            # a new call goes to a table as soon as it is answered: until then its frames are the Python path's,
+            # and a trunk that carries them with delegated calls takes those back for one frame
+            if call.released or calls.get(call_id) is not call:
+                del pending[call_id]
+            elif call.b is not None and call.a is not None and call.b.state == CONNECTED:
+                del pending[call_id]
+                self._look_at(call)
+        scan = self._scan
+        if not scan:
+            # a new round: directions of calls that are gone (the switch dropped them) come back too
+            for key, (_worker, call, _recv, _out) in list(delegated.items()):
+                if calls.get(call.call_id) is not call:
+                    self.revoke(key)
+            known.intersection_update(calls)
+            scan = self._scan = list(calls.values())
+            self._scan_step = max(1, -(-len(scan) // SCAN_TICKS))
+        part = scan[-self._scan_step:]
+        del scan[-self._scan_step:]
+        for call in part:
+            self._look_at(call)
         self._drain_inbox()   # what came in while a direction was revoked
+
+    def _look_at(self, call):
+        """Both directions of call: taken back when no longer the common case, delegated when they became it."""
+        delegated = self.delegated
+        a, b = call.a, call.b
+        for i, out, recv in ((0, a, b), (1, b, a)):
+            key = (call.call_id, i)
+            entry = delegated.get(key)
+            if entry is not None:
+                if not self._eligible(call, i, entry[2], entry[3]):
+                    self.revoke(key)
+                continue
+            if a is None or b is None or b.state != CONNECTED:
+                break
+            link = recv.link
+            if link.session is None or link.kind != "host":
+                continue
+            if self._eligible(call, i, recv, out):
+                self._delegate(key, call, i, recv, out)
 
     def _eligible(self, call, i, recv, out):
         """Direction i of call (received on recv, relayed on out) is a worker's common case."""
@@ -517,6 +565,21 @@ class RelayWorkers:
             self.links[index] = (link, address)
             self.local.link(*message[1:])
             self._broadcast(message)
+
+    def _sync_link(self, index):
+        """One host link's address to the tables, when it changed (B7: the main host saw it move)."""
+        known = self.links.get(index)
+        if known is None or known[0].address == known[1]:
+            return
+        link = known[0]
+        if link.session is None or link.session.index != index:
+            return
+        crypto = link.session.channel.crypto
+        message = ("link", index, link.name, crypto.recv_auth.key, crypto.send_auth.key,
+                   link.session.channel.peer_index, link.address)
+        self.links[index] = (link, link.address)
+        self.local.link(*message[1:])
+        self._broadcast(message)
 
     def _broadcast(self, message):
         for worker in range(1, self.count):

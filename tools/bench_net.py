@@ -108,7 +108,12 @@ class MainUnderTest:
                 time.sleep(0.02)
             if workers > 1:   # the workers start after the control socket: their CPU counts too
                 deadline = time.time() + 30
-                while len(self.status().get("worker_pids", ())) < workers - 1:
+                while True:
+                    try:   # the control socket's file exists from bind(), before listen(): refused until then
+                        if len(self.status().get("worker_pids", ())) >= workers - 1:
+                            break
+                    except ConnectionRefusedError:
+                        pass
                     if time.time() > deadline or self.proc.poll() is not None:
                         raise RuntimeError("main host's relay workers did not start; see %s" % self.log.name)
                     time.sleep(0.05)
