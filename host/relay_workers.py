@@ -349,15 +349,19 @@ class RelayWorkers:
         link = self.core.links.get(peer.index) if peer is not None else None
         if link is None:
             return False
-        legs = self.core.switch.legs
+        legs, ended = self.core.switch.legs, self.core.switch._ended
 
         def extend(call_no, ts16):
             highest = stamps.get(call_no)   # the worker's, or None: ours
             if highest is None:
                 leg = legs.get(call_no)
-                if leg is None or leg.link is not link:
-                    return None
-                highest = leg.media.replay.highest
+                if leg is not None and leg.link is link:
+                    highest = leg.media.replay.highest
+                else:   # a call that just ended: its late frames still authenticate (Switch.trunk_in)
+                    gone = ended.get(call_no)
+                    if gone is None or gone[1] != link.serial:
+                        return None
+                    highest = gone[0]
             return extend16(highest, ts16)
 
         try:
