@@ -40,6 +40,7 @@ from upbx.host.relay_worker import ADDR
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 REVOKE_TIMEOUT_S = 2.0
+MIXED_MS = 1000          # how long a host whose trunks mix calls a table cannot take stays with the Python path
 SCAN_TICKS = 10          # every call is looked at once in this many ticks (200 ms): delegated or taken back
 START_TIMEOUT_S = 20.0
 
@@ -96,6 +97,8 @@ class RelayWorkers:
         self.table_keys = {}                # (call id, i) -> (receiving session index, call number, out session index)
         self.known = set()                  # ids of the calls the scan has seen (new ones are looked at at once)
         self.pending = {}                   # call id -> call: new calls not delegated yet, looked at every tick
+        self.mixed = {}                     # session index -> ms: its trunks carry a call no table can take; until then
+                                            # its directions stay with the Python path
         self._scan = []                     # the calls still to look at in this round of the scan
         self._scan_step = 1
         self.on_flush = on_flush            # the daemon's _flush: after forwarded datagrams were handled
@@ -299,6 +302,7 @@ class RelayWorkers:
         core = self.core
         now = int(time.monotonic() * 1000)
         stamps = stamps or {}
+        named = ()
         if len(data) >= 3 and data[0] & 0xC0 == 0xC0 and self.by_recv_leg:
             session = wire.session_of(data)
             try:
@@ -336,12 +340,40 @@ class RelayWorkers:
                     return
                 back.append((key, entry))
             core.receive_datagram(data, address, now)
-            self._sync_link(wire.session_of(data))   # B7: a new address goes to the tables before they relay again
+            session = wire.session_of(data)
+            self._sync_link(session)   # B7: a new address goes to the tables before they relay again
+            # the frame's other calls: a new one goes to the table now; one that cannot (a phone's call,
+            # a held one) keeps the host's directions here a while, so its trunks are not borrowed frame by frame
+            if self._delegate_named(data, session, named, stamps):
+                self.mixed[session] = now + MIXED_MS
+                return
             for key, (_worker, call, recv, out) in back:
                 if key not in self.delegated and self._eligible(call, key[1], recv, out):
                     self._delegate(key, call, key[1], recv, out)
             return
         core.receive_datagram(data, address, now)
+
+    def _delegate_named(self, data, session, named, stamps):
+        """Delegate the directions a borrowed frame names that are not delegated and can be; True when one cannot."""
+        peer = self.core.peers.peers.get(session)
+        link = self.core.links.get(peer.index) if peer is not None else None
+        legs = self.core.switch.legs
+        mixed = False
+        for call_no in named:
+            leg = legs.get(call_no)
+            if call_no in stamps or leg is None or leg.link is not link or leg.call is None:
+                continue
+            call = leg.call
+            i = 0 if leg is call.b else 1     # frames received on leg b go out on leg a: direction 0
+            key = (call.call_id, i)
+            if key in self.delegated:
+                continue
+            out = call.a if i == 0 else call.b
+            if out is not None and self._eligible(call, i, leg, out):
+                self._delegate(key, call, i, leg, out)
+            else:
+                mixed = True
+        return mixed
 
     def _authentic(self, data, stamps):
         """The trunk frame's tag verifies, with the worker's stamps for its legs and ours for the rest."""
@@ -393,6 +425,11 @@ class RelayWorkers:
                 for i in (0, 1):
                     if (call.call_id, i) in delegated:
                         self.revoke((call.call_id, i))
+        mixed = self.mixed
+        if mixed:
+            now = int(time.monotonic() * 1000)
+            for index in [i for i, until in mixed.items() if until <= now]:
+                del mixed[index]
         calls = self.core.switch.calls
         known, pending = self.known, self.pending
         for call in reversed(calls.values()):   # the calls made since the last tick (a dict keeps its order)
@@ -437,7 +474,7 @@ class RelayWorkers:
             if a is None or b is None or b.state != CONNECTED:
                 break
             link = recv.link
-            if link.session is None or link.kind != "host":
+            if link.session is None or link.kind != "host" or link.session.index in self.mixed:
                 continue
             if self._eligible(call, i, recv, out):
                 self._delegate(key, call, i, recv, out)
