@@ -763,6 +763,795 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
     return Py_BuildValue("(ni)", sent, err);
 }
 
+/* --- Relay: a relay table in C (docs/relay.md, "The relay table") ----------------------------
+ *
+ * The directions delegated to one process (a relay worker, or the main host's own: worker 0) as C
+ * structures: per host link its trunk keys, peer index and address; per direction (frames received
+ * on one leg, relayed on the other) both legs' AES-128-CTR keys and roles, the receiving leg's replay
+ * window, the out leg's call number and the direction's timestamp shift. relay(fd) goes from recvmmsg
+ * to sendmmsg without Python for every trunk frame whose every entry is a delegated direction; every
+ * other datagram is handed back untouched, in order, for the Python path. The table holds the only
+ * copy of a delegated replay window: revoke() hands it back (RelayWorkers keeps that rule). */
+
+#include <poll.h>
+#include <stdint.h>
+
+#define MAP_EMPTY 0
+#define MAP_TOMB UINT64_MAX
+#define UDP_MAX 65536
+#define SEND_CHUNK 1024
+
+typedef struct { uint64_t *keys; void **vals; size_t cap, used, live; } map_t;
+
+static size_t hash64(uint64_t k) {
+    k ^= k >> 33; k *= 0xff51afd7ed558ccdULL; k ^= k >> 33; k *= 0xc4ceb9fe1a85ec53ULL; k ^= k >> 33;
+    return (size_t)k;
+}
+
+static void *map_get(const map_t *m, uint64_t k) {
+    if (m->cap == 0) return NULL;
+    size_t mask = m->cap - 1, i = hash64(k) & mask;
+    while (m->keys[i] != MAP_EMPTY) {
+        if (m->keys[i] == k) return m->vals[i];
+        i = (i + 1) & mask;
+    }
+    return NULL;
+}
+
+static int map_put(map_t *m, uint64_t k, void *v);
+
+static int map_resize(map_t *m, size_t cap) {
+    map_t n = {PyMem_Calloc(cap, sizeof(uint64_t)), PyMem_Calloc(cap, sizeof(void *)), cap, 0, 0};
+    if (n.keys == NULL || n.vals == NULL) { PyMem_Free(n.keys); PyMem_Free(n.vals); PyErr_NoMemory(); return -1; }
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->keys[i] != MAP_EMPTY && m->keys[i] != MAP_TOMB) map_put(&n, m->keys[i], m->vals[i]);
+    PyMem_Free(m->keys);
+    PyMem_Free(m->vals);
+    *m = n;
+    return 0;
+}
+
+static int map_put(map_t *m, uint64_t k, void *v) {
+    if ((m->used + 1) * 2 > m->cap && map_resize(m, m->cap ? (m->live * 4 > m->cap ? m->cap * 2 : m->cap) : 16) < 0)
+        return -1;
+    size_t mask = m->cap - 1, i = hash64(k) & mask, tomb = SIZE_MAX;
+    while (m->keys[i] != MAP_EMPTY) {
+        if (m->keys[i] == k) { m->vals[i] = v; return 0; }
+        if (m->keys[i] == MAP_TOMB && tomb == SIZE_MAX) tomb = i;
+        i = (i + 1) & mask;
+    }
+    if (tomb != SIZE_MAX) i = tomb;
+    else m->used++;
+    m->keys[i] = k;
+    m->vals[i] = v;
+    m->live++;
+    return 0;
+}
+
+static void *map_del(map_t *m, uint64_t k) {
+    if (m->cap == 0) return NULL;
+    size_t mask = m->cap - 1, i = hash64(k) & mask;
+    while (m->keys[i] != MAP_EMPTY) {
+        if (m->keys[i] == k) {
+            void *v = m->vals[i];
+            m->keys[i] = MAP_TOMB;
+            m->live--;
+            return v;
+        }
+        i = (i + 1) & mask;
+    }
+    return NULL;
+}
+
+static void map_free(map_t *m) { PyMem_Free(m->keys); PyMem_Free(m->vals); m->keys = NULL; m->vals = NULL; m->cap = m->used = m->live = 0; }
+
+typedef struct link_s {
+    long index;                       /* our session index for the host: the one in its trunk frames */
+    unsigned long peer_index;         /* the host's index for us: the one in frames we send it */
+    hmac_key recv_auth, send_auth;
+    struct sockaddr_in addr;
+    PyObject *name, *address;         /* for the reports: bytes out by link name, the meter by address */
+    unsigned long long bytes_in, bytes_out, link_bytes_out;   /* since the last report */
+    int seen;                         /* authentic new media since the last report */
+    int refs;                         /* directions that name it */
+    long head, tail;                  /* this batch's staged entries for it (indexes into staged) */
+    struct link_s *next_dirty;
+} link_t;
+
+typedef struct {
+    link_t *recv_link, *out_link;
+    EVP_CIPHER_CTX *recv_ctr, *send_ctr;
+    int recv_role, out_role;
+    long call_no, out_call_no;        /* ours on the receiving leg; the far end's on the out leg */
+    long long highest, held, ts_shift, ts_out;
+    unsigned char seen[REPLAY_SIZE >> 3];
+    unsigned long long received, rejected, sent, frames;   /* since delegated */
+} dir_t;
+
+typedef struct {
+    dir_t *d;
+    long long ts;
+    long next;
+    int len;
+    unsigned char plain[VOICE_BYTES];
+} staged_t;
+
+typedef struct {
+    PyObject_HEAD
+    map_t links, dirs;
+    Py_ssize_t mtu;
+    staged_t *staged;
+    size_t nstaged, cap_staged;
+    link_t *dirty, **dirty_tail;
+    unsigned char *rx, *tx;
+    size_t cap_tx;
+    struct mmsghdr *txmsg;
+    struct iovec *txiov;
+    struct sockaddr_in *txaddr;
+    size_t cap_txmsg;
+    unsigned long long taken, c_datagrams_in, c_bytes_in, c_trunks_in, c_media_in, c_media_out, c_bytes_out,
+        c_trunks_out, c_rejected, c_socket_errors, c_send_full;
+} RelayObject;
+
+static uint64_t dir_key(long session, long call_no) { return ((uint64_t)session << 16) | (uint64_t)call_no; }
+
+static int same_addr(const struct sockaddr_in *a, const struct sockaddr_in *b) {
+    return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
+}
+
+static EVP_CIPHER_CTX *new_ctr(const char *key, Py_ssize_t n) {
+    if (n != 16) {
+        PyErr_SetString(PyExc_ValueError, "counter-mode key is not 16 bytes");
+        return NULL;
+    }
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL || !EVP_EncryptInit_ex(ctx, EVP_aes_128_ctr(), NULL, (const unsigned char *)key, NULL)) {
+        EVP_CIPHER_CTX_free(ctx);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-128-CTR unavailable");
+        return NULL;
+    }
+    return ctx;
+}
+
+static void init_hmac(hmac_key *h, const char *key, Py_ssize_t n) {
+    unsigned char block[64] = {0}, pad[64];
+    if (n > 64) SHA256((const unsigned char *)key, n, block);
+    else memcpy(block, key, n);
+    for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x36;
+    SHA256_Init(&h->inner);
+    SHA256_Update(&h->inner, pad, 64);
+    for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x5c;
+    SHA256_Init(&h->outer);
+    SHA256_Update(&h->outer, pad, 64);
+}
+
+static void free_dir(dir_t *d) {
+    if (d == NULL) return;
+    d->recv_link->refs--;
+    d->out_link->refs--;
+    EVP_CIPHER_CTX_free(d->recv_ctr);
+    EVP_CIPHER_CTX_free(d->send_ctr);
+    PyMem_Free(d);
+}
+
+static void free_link(link_t *l) {
+    if (l == NULL) return;
+    Py_XDECREF(l->name);
+    Py_XDECREF(l->address);
+    PyMem_Free(l);
+}
+
+static int parse_address(PyObject *address, struct sockaddr_in *out) {
+    const char *host;
+    int port;
+    if (!PyArg_ParseTuple(address, "si", &host, &port)) return -1;
+    memset(out, 0, sizeof(*out));
+    out->sin_family = AF_INET;
+    out->sin_port = htons(port);
+    if (inet_pton(AF_INET, host, &out->sin_addr) != 1) {
+        PyErr_Format(PyExc_ValueError, "not an IPv4 address: %s", host);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Py_ssize_t mtu;
+    if (!PyArg_ParseTuple(args, "n", &mtu)) return NULL;
+    RelayObject *self = (RelayObject *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->mtu = mtu;
+    self->dirty_tail = &self->dirty;
+    return (PyObject *)self;
+}
+
+static void Relay_dealloc(RelayObject *self) {
+    for (size_t i = 0; i < self->dirs.cap; i++)
+        if (self->dirs.keys[i] != MAP_EMPTY && self->dirs.keys[i] != MAP_TOMB) free_dir(self->dirs.vals[i]);
+    for (size_t i = 0; i < self->links.cap; i++)
+        if (self->links.keys[i] != MAP_EMPTY && self->links.keys[i] != MAP_TOMB) free_link(self->links.vals[i]);
+    map_free(&self->dirs);
+    map_free(&self->links);
+    PyMem_Free(self->staged);
+    PyMem_Free(self->rx);
+    PyMem_Free(self->tx);
+    PyMem_Free(self->txmsg);
+    PyMem_Free(self->txiov);
+    PyMem_Free(self->txaddr);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* link(index, name, recv_auth_key, send_auth_key, peer_index, (host, port)): a host link, new or updated */
+static PyObject *Relay_link(RelayObject *self, PyObject *args) {
+    long index;
+    unsigned long peer_index;
+    PyObject *name, *address;
+    const char *rk, *sk;
+    Py_ssize_t rn, sn;
+    if (!PyArg_ParseTuple(args, "lOy#y#kO", &index, &name, &rk, &rn, &sk, &sn, &peer_index, &address)) return NULL;
+    struct sockaddr_in addr;
+    if (parse_address(address, &addr) < 0) return NULL;
+    link_t *l = map_get(&self->links, (uint64_t)index + 1);
+    if (l == NULL) {
+        if ((l = PyMem_Calloc(1, sizeof(link_t))) == NULL) return PyErr_NoMemory();
+        if (map_put(&self->links, (uint64_t)index + 1, l) < 0) { PyMem_Free(l); return NULL; }
+        l->head = l->tail = -1;
+    }
+    l->index = index;
+    l->peer_index = peer_index;
+    init_hmac(&l->recv_auth, rk, rn);
+    init_hmac(&l->send_auth, sk, sn);
+    l->addr = addr;
+    Py_INCREF(name);
+    Py_XSETREF(l->name, name);
+    Py_INCREF(address);
+    Py_XSETREF(l->address, address);
+    Py_RETURN_NONE;
+}
+
+static dir_t *take_dir(RelayObject *self, long session, long call_no) {
+    return map_del(&self->dirs, dir_key(session, call_no));
+}
+
+/* unlink(index): the link and every direction that names it (the caller took those back first) */
+static PyObject *Relay_unlink(RelayObject *self, PyObject *args) {
+    long index;
+    if (!PyArg_ParseTuple(args, "l", &index)) return NULL;
+    link_t *l = map_get(&self->links, (uint64_t)index + 1);
+    if (l == NULL) Py_RETURN_NONE;
+    for (size_t i = 0; i < self->dirs.cap && l->refs > 0; i++) {
+        if (self->dirs.keys[i] == MAP_EMPTY || self->dirs.keys[i] == MAP_TOMB) continue;
+        dir_t *d = self->dirs.vals[i];
+        if (d->recv_link == l || d->out_link == l) {
+            self->dirs.keys[i] = MAP_TOMB;
+            self->dirs.live--;
+            free_dir(d);
+        }
+    }
+    map_del(&self->links, (uint64_t)index + 1);
+    free_link(l);
+    Py_RETURN_NONE;
+}
+
+/* delegate(recv_index, call_no, recv_key, recv_role, out_index, out_call_no, send_key, out_role,
+ *          ts_shift, ts_out, (highest, seen, held)) */
+static PyObject *Relay_delegate(RelayObject *self, PyObject *args) {
+    long recv_index, call_no, out_index, out_call_no;
+    int recv_role, out_role;
+    const char *rk, *sk, *seen;
+    Py_ssize_t rn, sn, seen_n;
+    long long ts_shift, ts_out, highest, held;
+    if (!PyArg_ParseTuple(args, "lly#illy#iLL(Ly#L)", &recv_index, &call_no, &rk, &rn, &recv_role, &out_index,
+                          &out_call_no, &sk, &sn, &out_role, &ts_shift, &ts_out, &highest, &seen, &seen_n, &held))
+        return NULL;
+    link_t *rl = map_get(&self->links, (uint64_t)recv_index + 1), *ol = map_get(&self->links, (uint64_t)out_index + 1);
+    if (rl == NULL || ol == NULL) {
+        PyErr_Format(PyExc_KeyError, "no link %ld", rl == NULL ? recv_index : out_index);
+        return NULL;
+    }
+    if (seen_n != REPLAY_SIZE >> 3 || call_no <= 0 || call_no > 0x7FFF || out_call_no <= 0 || out_call_no > 0x7FFF) {
+        PyErr_SetString(PyExc_ValueError, "delegate: a 128-byte window and call numbers 1..32767");
+        return NULL;
+    }
+    dir_t *d = PyMem_Calloc(1, sizeof(dir_t));
+    if (d == NULL) return PyErr_NoMemory();
+    d->recv_ctr = new_ctr(rk, rn);
+    d->send_ctr = d->recv_ctr ? new_ctr(sk, sn) : NULL;
+    if (d->send_ctr == NULL) {
+        EVP_CIPHER_CTX_free(d->recv_ctr);
+        PyMem_Free(d);
+        return NULL;
+    }
+    d->recv_link = rl;
+    d->out_link = ol;
+    rl->refs++;
+    ol->refs++;
+    d->recv_role = recv_role;
+    d->out_role = out_role;
+    d->call_no = call_no;
+    d->out_call_no = out_call_no;
+    d->highest = highest;
+    d->held = held;
+    memcpy(d->seen, seen, sizeof(d->seen));
+    d->ts_shift = ts_shift;
+    d->ts_out = ts_out;
+    free_dir(take_dir(self, recv_index, call_no));
+    if (map_put(&self->dirs, dir_key(recv_index, call_no), d) < 0) { free_dir(d); return NULL; }
+    Py_RETURN_NONE;
+}
+
+/* revoke(recv_index, call_no) -> None, or ((highest, seen, held), ts_out, received, rejected, sent, frames) */
+static PyObject *Relay_revoke(RelayObject *self, PyObject *args) {
+    long recv_index, call_no;
+    if (!PyArg_ParseTuple(args, "ll", &recv_index, &call_no)) return NULL;
+    dir_t *d = take_dir(self, recv_index, call_no);
+    if (d == NULL) Py_RETURN_NONE;
+    PyObject *r = Py_BuildValue("((Ly#L)LKKKK)", d->highest, (const char *)d->seen, (Py_ssize_t)sizeof(d->seen),
+                                d->held, d->ts_out, d->received, d->rejected, d->sent, d->frames);
+    free_dir(d);
+    return r;
+}
+
+typedef struct { long call_no, ts16; Py_ssize_t start, end; long long ts; dir_t *d; } tentry_t;
+
+/* The trunk frame's entries, or -1: malformed (the Python path's). */
+static int parse_entries(const unsigned char *d, Py_ssize_t n, tentry_t *e) {
+    if (n < TRUNK_HEADER + ENTRY_HEADER + CN_BYTES + MEDIA_TAG || (d[0] & 0xC0) != 0xC0) return -1;
+    Py_ssize_t end = n - MEDIA_TAG, off = TRUNK_HEADER;
+    int count = 0;
+    while (off < end) {
+        if (off + ENTRY_HEADER > end || count == MAX_ENTRIES) return -1;
+        tentry_t *x = &e[count++];
+        x->call_no = ((d[off] & 0x7F) << 8) | d[off + 1];
+        if (x->call_no == 0) return -1;
+        x->ts16 = (d[off + 2] << 8) | d[off + 3];
+        x->start = off + ENTRY_HEADER;
+        x->end = x->start + ((d[off] & 0x80) ? CN_BYTES : VOICE_BYTES);
+        if (x->end > end) return -1;
+        off = x->end;
+    }
+    return count;
+}
+
+static int stage(RelayObject *self, dir_t *d, long long ts, const unsigned char *in, int len, int *ok) {
+    if (self->nstaged == self->cap_staged) {
+        size_t cap = self->cap_staged ? self->cap_staged * 2 : 1024;
+        staged_t *s = PyMem_Realloc(self->staged, cap * sizeof(staged_t));
+        if (s == NULL) { PyErr_NoMemory(); return -1; }
+        self->staged = s;
+        self->cap_staged = cap;
+    }
+    long k = (long)self->nstaged++;
+    staged_t *s = &self->staged[k];
+    unsigned char nonce[12];
+    media_nonce(nonce, 1 - d->recv_role, ts);
+    if (ctr(d->recv_ctr, nonce, in, s->plain, len) < 0) { self->nstaged--; return -1; }
+    *ok = 1;
+    d->received++;
+    long long out_ts = ts + d->ts_shift;
+    if (out_ts > d->ts_out) d->ts_out = out_ts;
+    d->frames++;
+    s->d = d;
+    s->ts = out_ts;
+    s->len = len;
+    s->next = -1;
+    link_t *l = d->out_link;
+    if (l->head < 0) {
+        l->head = k;
+        l->next_dirty = NULL;
+        *self->dirty_tail = l;
+        self->dirty_tail = &l->next_dirty;
+    } else self->staged[l->tail].next = k;
+    l->tail = k;
+    return 0;
+}
+
+/* One datagram: 1 taken (relayed, or every entry a replay), 0 the Python path's (nothing touched), -1 error. */
+static int take(RelayObject *self, const unsigned char *d, Py_ssize_t n, const struct sockaddr_in *src) {
+    static tentry_t e[MAX_ENTRIES];
+    if (n < 3 || (d[0] & 0xC0) != 0xC0) return 0;
+    long session = ((d[0] & 0x3F) << 16) | (d[1] << 8) | d[2];
+    link_t *l = map_get(&self->links, (uint64_t)session + 1);
+    if (l == NULL || (src != NULL && !same_addr(src, &l->addr))) return 0;   /* a host that moved: B7 is Python's */
+    int count = parse_entries(d, n, e);
+    if (count < 0) return 0;
+    for (int k = 0; k < count; k++) {
+        dir_t *x = map_get(&self->dirs, dir_key(session, e[k].call_no));
+        if (x == NULL) return 0;
+        e[k].d = x;
+        e[k].ts = extend16(x->highest, e[k].ts16);
+        if (x->highest >= 0 && e[k].ts - x->highest > REPLAY_SIZE) return 0;   /* a far jump: jump_ok's rule */
+    }
+    unsigned char stamps[8 * MAX_ENTRIES], tag[32];
+    for (int k = 0; k < count; k++) put_ts64(stamps + 8 * k, e[k].ts);
+    Py_ssize_t end = n - MEDIA_TAG;
+    hmac2(&l->recv_auth, stamps, 8 * (size_t)count, d, (size_t)end, tag);
+    if (CRYPTO_memcmp(tag, d + end, MEDIA_TAG) != 0) return 0;   /* a forgery: dropped and counted there */
+    self->c_datagrams_in++;
+    self->c_bytes_in += n;
+    l->bytes_in += n + 28;
+    self->c_trunks_in++;
+    int opened = 0;
+    for (int k = 0; k < count; k++) {
+        dir_t *x = e[k].d;
+        /* no far jump here: every stamp is at most REPLAY_SIZE above the highest before the frame */
+        if (!replay_new(x->highest, x->seen, e[k].ts)) {
+            x->rejected++;
+            self->c_rejected++;
+            continue;
+        }
+        replay_mark(&x->highest, x->seen, e[k].ts);
+        int ok = 0;
+        if (stage(self, x, e[k].ts, d + e[k].start, (int)(e[k].end - e[k].start), &ok) < 0) return -1;
+        opened++;
+    }
+    self->c_media_in += opened;
+    if (opened) l->seen = 1;
+    self->taken++;
+    return 1;
+}
+
+/* Seal what this batch staged, link by link, into trunk frames of at most mtu bytes (one entry at least). */
+static int seal_staged(RelayObject *self, size_t *frames_out) {
+    size_t need = self->nstaged * (ENTRY_HEADER + VOICE_BYTES + TRUNK_HEADER + MEDIA_TAG) + 16;
+    if (need > self->cap_tx) {
+        unsigned char *tx = PyMem_Realloc(self->tx, need);
+        if (tx == NULL) { PyErr_NoMemory(); return -1; }
+        self->tx = tx;
+        self->cap_tx = need;
+    }
+    if (self->nstaged > self->cap_txmsg) {
+        size_t cap = self->nstaged;
+        struct mmsghdr *m = PyMem_Realloc(self->txmsg, cap * sizeof(*m));
+        if (m != NULL) self->txmsg = m;
+        struct iovec *v = PyMem_Realloc(self->txiov, cap * sizeof(*v));
+        if (v != NULL) self->txiov = v;
+        struct sockaddr_in *a = PyMem_Realloc(self->txaddr, cap * sizeof(*a));
+        if (a != NULL) self->txaddr = a;
+        if (m == NULL || v == NULL || a == NULL) { PyErr_NoMemory(); return -1; }
+        self->cap_txmsg = cap;
+    }
+    unsigned char *out = self->tx, stamps[8 * MAX_ENTRIES];
+    size_t frames = 0;
+    for (link_t *l = self->dirty; l != NULL; l = l->next_dirty) {
+        long k = l->head;
+        while (k >= 0) {
+            unsigned char *f = out;
+            f[0] = 0xC0 | ((l->peer_index >> 16) & 0x3F);
+            f[1] = (l->peer_index >> 8) & 0xFF;
+            f[2] = l->peer_index & 0xFF;
+            Py_ssize_t off = TRUNK_HEADER, size = TRUNK_HEADER + MEDIA_TAG;
+            int count = 0;
+            while (k >= 0) {
+                staged_t *s = &self->staged[k];
+                size += ENTRY_HEADER + s->len;
+                if ((size > self->mtu && count > 0) || count == MAX_ENTRIES) break;
+                dir_t *x = s->d;
+                f[off] = ((x->out_call_no >> 8) & 0x7F) | (s->len == CN_BYTES ? 0x80 : 0);
+                f[off + 1] = x->out_call_no & 0xFF;
+                f[off + 2] = (s->ts >> 8) & 0xFF;
+                f[off + 3] = s->ts & 0xFF;
+                off += ENTRY_HEADER;
+                unsigned char nonce[12];
+                media_nonce(nonce, x->out_role, s->ts);
+                if (ctr(x->send_ctr, nonce, s->plain, f + off, s->len) < 0) return -1;
+                off += s->len;
+                x->sent++;
+                put_ts64(stamps + 8 * count, s->ts);
+                count++;
+                k = s->next;
+            }
+            unsigned char tag[32];
+            hmac2(&l->send_auth, stamps, 8 * (size_t)count, f, (size_t)off, tag);
+            memcpy(f + off, tag, MEDIA_TAG);
+            off += MEDIA_TAG;
+            self->txiov[frames].iov_base = f;
+            self->txiov[frames].iov_len = off;
+            self->txaddr[frames] = l->addr;
+            self->c_trunks_out++;
+            self->c_media_out++;
+            self->c_bytes_out += off;
+            l->bytes_out += off + 28;
+            l->link_bytes_out += off + 28;
+            frames++;
+            out += off;
+        }
+        l->head = l->tail = -1;
+    }
+    self->dirty = NULL;
+    self->dirty_tail = &self->dirty;
+    self->nstaged = 0;
+    *frames_out = frames;
+    return 0;
+}
+
+/* sendmmsg the sealed frames (DSCP EF on each): waits up to 1 s in all for room; errors counted. */
+static void send_sealed(RelayObject *self, int fd, size_t frames) {
+    static union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    int tos = 0xB8;   /* DSCP EF, as the Python path's relayed media */
+    memset(&control, 0, sizeof(control));
+    size_t sent = 0;
+    int waits = 0;
+    for (size_t i = 0; i < frames; i++) {
+        struct msghdr *h = &self->txmsg[i].msg_hdr;
+        memset(h, 0, sizeof(*h));
+        h->msg_iov = &self->txiov[i];
+        h->msg_iovlen = 1;
+        h->msg_name = &self->txaddr[i];
+        h->msg_namelen = sizeof(struct sockaddr_in);
+        h->msg_control = control.buf;
+        h->msg_controllen = sizeof(control.buf);
+    }
+    struct msghdr probe = {0};
+    probe.msg_control = control.buf;
+    probe.msg_controllen = sizeof(control.buf);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&probe);
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_TOS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &tos, sizeof(int));
+    while (sent < frames) {
+        unsigned int m = (unsigned int)(frames - sent > SEND_CHUNK ? SEND_CHUNK : frames - sent);
+        int done, err = 0;
+        Py_BEGIN_ALLOW_THREADS
+        done = sendmmsg(fd, self->txmsg + sent, m, MSG_DONTWAIT);
+        if (done < 0) err = errno;
+        Py_END_ALLOW_THREADS
+        if (done > 0) { sent += done; continue; }
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {
+            if (++waits > 100) {   /* a send buffer full for a second: what is left is lost */
+                self->c_send_full += frames - sent;
+                return;
+            }
+            struct pollfd p = {fd, POLLOUT, 0};
+            Py_BEGIN_ALLOW_THREADS
+            poll(&p, 1, 10);
+            Py_END_ALLOW_THREADS
+            continue;
+        }
+        self->c_socket_errors++;   /* as sendto's OSError: this datagram is lost, go on */
+        sent++;
+    }
+}
+
+static PyObject *untaken_item(const unsigned char *d, Py_ssize_t n, const struct sockaddr_in *a) {
+    char host[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    return Py_BuildValue("(N(si))", PyByteArray_FromStringAndSize((const char *)d, n), host, ntohs(a->sin_port));
+}
+
+/* relay(fd, most) -> [(bytearray, (host, port))]: one recvmmsg of up to `most` datagrams; the ones the
+ * table takes are relayed and sent (sendmmsg) before it returns; the rest come back, in order. */
+static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
+    int fd, want, rounds = 1;
+    if (!PyArg_ParseTuple(args, "ii|i", &fd, &want, &rounds)) return NULL;
+    if (want < 1) want = 1;
+    if (want > BATCH) want = BATCH;
+    if (self->rx == NULL && (self->rx = PyMem_Malloc((size_t)BATCH * UDP_MAX)) == NULL) return PyErr_NoMemory();
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    struct sockaddr_in addrs[BATCH];
+    PyObject *rest = PyList_New(0);
+    if (rest == NULL) return NULL;
+    for (int round = 0; round < rounds; round++) {
+        memset(msgs, 0, sizeof(msgs));
+        for (int i = 0; i < want; i++) {
+            iov[i].iov_base = self->rx + (size_t)i * UDP_MAX;
+            iov[i].iov_len = UDP_MAX;
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = &addrs[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+        }
+        int got, err = 0;
+        Py_BEGIN_ALLOW_THREADS
+        got = recvmmsg(fd, msgs, want, MSG_DONTWAIT, NULL);
+        if (got < 0) err = errno;
+        Py_END_ALLOW_THREADS
+        if (got < 0) {
+            if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) break;
+            if (PyList_GET_SIZE(rest) > 0) break;   /* what was read is handed back; the error comes again */
+            Py_DECREF(rest);
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        for (int i = 0; i < got; i++) {
+            const unsigned char *d = iov[i].iov_base;
+            Py_ssize_t n = msgs[i].msg_len;
+            if (addrs[i].sin_family != AF_INET) continue;
+            int r = take(self, d, n, &addrs[i]);
+            PyObject *item = r == 0 ? untaken_item(d, n, &addrs[i]) : NULL;
+            if (r < 0 || (r == 0 && (item == NULL || PyList_Append(rest, item) < 0))) {
+                Py_XDECREF(item);
+                Py_DECREF(rest);
+                self->nstaged = 0;
+                for (link_t *l = self->dirty; l != NULL; l = l->next_dirty) l->head = l->tail = -1;
+                self->dirty = NULL;
+                self->dirty_tail = &self->dirty;
+                return NULL;
+            }
+            Py_XDECREF(item);
+        }
+        size_t frames = 0;
+        if (self->nstaged > 0) {
+            if (seal_staged(self, &frames) < 0) { Py_DECREF(rest); return NULL; }
+            send_sealed(self, fd, frames);
+        }
+        if (got < want) break;
+    }
+    return rest;
+}
+
+/* process([(data, (host, port))]) -> ([(bytes, (host, port))] sealed, [(bytearray, addr)] the rest): relay()
+ * without sockets, for the tests that compare the table with the Python path. */
+static PyObject *Relay_process(RelayObject *self, PyObject *args) {
+    PyObject *items;
+    if (!PyArg_ParseTuple(args, "O", &items)) return NULL;
+    PyObject *seq = PySequence_Fast(items, "items");
+    if (seq == NULL) return NULL;
+    PyObject *rest = PyList_New(0), *sent = PyList_New(0);
+    if (rest == NULL || sent == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *data, *address;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "OO", &data, &address)) goto fail;
+        struct sockaddr_in src;
+        if (parse_address(address, &src) < 0) goto fail;
+        Py_buffer b;
+        if (PyObject_GetBuffer(data, &b, PyBUF_SIMPLE) < 0) goto fail;
+        int r = take(self, b.buf, b.len, &src);
+        PyObject *item = r == 0 ? untaken_item(b.buf, b.len, &src) : NULL;
+        PyBuffer_Release(&b);
+        if (r < 0) goto fail;
+        if (r == 0 && (item == NULL || PyList_Append(rest, item) < 0)) { Py_XDECREF(item); goto fail; }
+        Py_XDECREF(item);
+    }
+    size_t frames = 0;
+    if (self->nstaged > 0 && seal_staged(self, &frames) < 0) goto fail;
+    for (size_t i = 0; i < frames; i++) {
+        char host[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &self->txaddr[i].sin_addr, host, sizeof(host));
+        PyObject *item = Py_BuildValue("(y#(si))", (const char *)self->txiov[i].iov_base, (Py_ssize_t)self->txiov[i].iov_len,
+                                       host, ntohs(self->txaddr[i].sin_port));
+        if (item == NULL || PyList_Append(sent, item) < 0) { Py_XDECREF(item); goto fail; }
+        Py_DECREF(item);
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(NN)", sent, rest);
+fail:
+    self->nstaged = 0;
+    for (link_t *l = self->dirty; l != NULL; l = l->next_dirty) l->head = l->tail = -1;
+    self->dirty = NULL;
+    self->dirty_tail = &self->dirty;
+    Py_DECREF(seq);
+    Py_XDECREF(rest);
+    Py_XDECREF(sent);
+    return NULL;
+}
+
+/* stamps(data) -> {call number: highest} of the delegated directions a trunk frame names, or None */
+static PyObject *Relay_stamps(RelayObject *self, PyObject *args) {
+    Py_buffer b;
+    static tentry_t e[MAX_ENTRIES];
+    if (!PyArg_ParseTuple(args, "y*", &b)) return NULL;
+    const unsigned char *d = b.buf;
+    PyObject *out = NULL;
+    int count = b.len >= 3 ? parse_entries(d, b.len, e) : -1;
+    if (count > 0) {
+        long session = ((d[0] & 0x3F) << 16) | (d[1] << 8) | d[2];
+        for (int k = 0; k < count; k++) {
+            dir_t *x = map_get(&self->dirs, dir_key(session, e[k].call_no));
+            if (x == NULL) continue;
+            if (out == NULL && (out = PyDict_New()) == NULL) break;
+            PyObject *key = PyLong_FromLong(e[k].call_no), *v = PyLong_FromLongLong(x->highest);
+            int r = (key && v) ? PyDict_SetItem(out, key, v) : -1;
+            Py_XDECREF(key);
+            Py_XDECREF(v);
+            if (r < 0) { Py_CLEAR(out); break; }
+        }
+    }
+    PyBuffer_Release(&b);
+    if (out == NULL && PyErr_Occurred()) return NULL;
+    return out ? out : Py_NewRef(Py_None);
+}
+
+static int put_count(PyObject *dict, const char *name, unsigned long long *n) {
+    if (*n == 0) return 0;
+    PyObject *v = PyLong_FromUnsignedLongLong(*n);
+    int r = v ? PyDict_SetItemString(dict, name, v) : -1;
+    Py_XDECREF(v);
+    *n = 0;
+    return r;
+}
+
+/* report() -> (counters, drops, meter {address: [in, out]}, bytes out by link name, seen {index: address}):
+ * what changed since the last report, in the shape of a relay worker's report (RelayWorkers._merge_report). */
+static PyObject *Relay_report(RelayObject *self, PyObject *unused) {
+    PyObject *counters = PyDict_New(), *drops = PyDict_New(), *meter = PyDict_New(), *by_link = PyDict_New(),
+             *seen = PyDict_New();
+    if (!counters || !drops || !meter || !by_link || !seen) goto fail;
+    if (put_count(counters, "datagrams in", &self->c_datagrams_in) < 0 || put_count(counters, "bytes in", &self->c_bytes_in) < 0 ||
+        put_count(counters, "trunks in", &self->c_trunks_in) < 0 || put_count(counters, "media in", &self->c_media_in) < 0 ||
+        put_count(counters, "media out", &self->c_media_out) < 0 || put_count(counters, "bytes out", &self->c_bytes_out) < 0 ||
+        put_count(counters, "trunks out", &self->c_trunks_out) < 0 ||
+        put_count(counters, "socket errors", &self->c_socket_errors) < 0 ||
+        put_count(drops, "media rejected", &self->c_rejected) < 0 || put_count(drops, "send queue full", &self->c_send_full) < 0)
+        goto fail;
+    for (size_t i = 0; i < self->links.cap; i++) {
+        if (self->links.keys[i] == MAP_EMPTY || self->links.keys[i] == MAP_TOMB) continue;
+        link_t *l = self->links.vals[i];
+        if (l->bytes_in || l->bytes_out) {
+            PyObject *v = Py_BuildValue("[KK]", l->bytes_in, l->bytes_out);
+            if (v == NULL || PyDict_SetItem(meter, l->address, v) < 0) { Py_XDECREF(v); goto fail; }
+            Py_DECREF(v);
+            l->bytes_in = l->bytes_out = 0;
+        }
+        if (l->link_bytes_out) {
+            PyObject *v = PyLong_FromUnsignedLongLong(l->link_bytes_out), *old = PyDict_GetItemWithError(by_link, l->name);
+            if (v != NULL && old != NULL) {   /* two sessions of one name: added */
+                PyObject *sum = PyNumber_Add(v, old);
+                Py_SETREF(v, sum);
+            }
+            if (v == NULL || PyDict_SetItem(by_link, l->name, v) < 0) { Py_XDECREF(v); goto fail; }
+            Py_DECREF(v);
+            l->link_bytes_out = 0;
+        }
+        if (l->seen) {
+            PyObject *k = PyLong_FromLong(l->index);
+            if (k == NULL || PyDict_SetItem(seen, k, l->address) < 0) { Py_XDECREF(k); goto fail; }
+            Py_DECREF(k);
+            l->seen = 0;
+        }
+    }
+    return Py_BuildValue("(sNNNNN)", "report", counters, drops, meter, by_link, seen);
+fail:
+    Py_XDECREF(counters);
+    Py_XDECREF(drops);
+    Py_XDECREF(meter);
+    Py_XDECREF(by_link);
+    Py_XDECREF(seen);
+    return NULL;
+}
+
+static PyObject *Relay_taken(RelayObject *self, PyObject *unused) { return PyLong_FromUnsignedLongLong(self->taken); }
+
+static Py_ssize_t Relay_len(RelayObject *self) { return (Py_ssize_t)self->dirs.live; }
+
+static PyObject *Relay_has(RelayObject *self, PyObject *args) {
+    long recv_index, call_no;
+    if (!PyArg_ParseTuple(args, "ll", &recv_index, &call_no)) return NULL;
+    return PyBool_FromLong(map_get(&self->dirs, dir_key(recv_index, call_no)) != NULL);
+}
+
+static PyMethodDef Relay_methods[] = {
+    {"link", (PyCFunction)Relay_link, METH_VARARGS, "link(index, name, recv_auth_key, send_auth_key, peer_index, (host, port))"},
+    {"unlink", (PyCFunction)Relay_unlink, METH_VARARGS, "unlink(index): the link and the directions that name it"},
+    {"delegate", (PyCFunction)Relay_delegate, METH_VARARGS,
+     "delegate(recv_index, call_no, recv_key, recv_role, out_index, out_call_no, send_key, out_role, ts_shift, ts_out, "
+     "(highest, seen, held))"},
+    {"revoke", (PyCFunction)Relay_revoke, METH_VARARGS,
+     "revoke(recv_index, call_no) -> None or ((highest, seen, held), ts_out, received, rejected, sent, frames)"},
+    {"has", (PyCFunction)Relay_has, METH_VARARGS, "has(recv_index, call_no): the direction is delegated here"},
+    {"relay", (PyCFunction)Relay_relay, METH_VARARGS, "relay(fd, most, rounds=1) -> the datagrams not taken [(bytearray, addr)]"},
+    {"process", (PyCFunction)Relay_process, METH_VARARGS, "process(items) -> (sealed [(bytes, addr)], not taken)"},
+    {"stamps", (PyCFunction)Relay_stamps, METH_VARARGS, "stamps(data) -> {call number: highest} or None"},
+    {"report", (PyCFunction)Relay_report, METH_NOARGS, "report() -> ('report', counters, drops, meter, bytes out by link, seen)"},
+    {"taken", (PyCFunction)Relay_taken, METH_NOARGS, "datagrams this table took"},
+    {NULL, NULL, 0, NULL}};
+
+static PySequenceMethods Relay_as_sequence = {.sq_length = (lenfunc)Relay_len};
+
+static PyTypeObject RelayType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "upbx.host._fastpath.Relay",
+    .tp_basicsize = sizeof(RelayObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Relay(mtu): the delegated directions of one process as a C table (docs/relay.md)",
+    .tp_new = Relay_new,
+    .tp_dealloc = (destructor)Relay_dealloc,
+    .tp_methods = Relay_methods,
+    .tp_as_sequence = &Relay_as_sequence,
+};
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "ll", &CONNECTED, &RINGBACK)) return NULL;
     Py_RETURN_NONE;
@@ -794,5 +1583,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     S(s_switch, "switch"); S(s_datagrams_in, "datagrams in"); S(s_bytes_in, "bytes in");
     S(s_trunks_in, "trunks in"); S(s_media_in, "media in"); S(s_media_rejected, "media rejected");
 #undef S
-    return PyModule_Create(&module);
+    if (PyType_Ready(&RelayType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&RelayType);
+    if (PyModule_AddObject(m, "Relay", (PyObject *)&RelayType) < 0) { Py_DECREF(&RelayType); Py_DECREF(m); return NULL; }
+    return m;
 }

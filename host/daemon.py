@@ -48,6 +48,8 @@ class Daemon:
 
     RX_BURST = 16            # datagrams read per wake-up before timers get a turn
     BURST_HOLD_S = 0.0003    # what the core queued leaves at least this often while reading
+    TABLE_BURST = 64         # the relay table's recvmmsg (host/_fastpath.c Relay.relay) ...
+    TABLE_ROUNDS = 4         # ... up to this many times a wake while the socket has more
     TX_QUEUE = 4096          # datagrams held while the send buffer is full
 
     def __init__(self, core, listen, control_socket="", services=(), workers=1):
@@ -174,11 +176,46 @@ class Daemon:
     def _readable_batch(self):
         """_readable with recvmmsg: the waiting datagrams (up to RX_BURST) in one system call."""
         core = self.core
+        workers = self.workers
+        if workers is None:
+            try:
+                batch = self._batch.recv_batch(self.sock.fileno(), self.RX_BURST)
+            except OSError:
+                core.stats.count("socket errors")
+                return
+            return self._handle_batch(batch)
         try:
-            batch = self._batch.recv_batch(self.sock.fileno(), self.RX_BURST)
+            # the main host's own table (host/_fastpath.c Relay): what it takes is relayed and sent in C
+            batch = workers.local.relay(self.sock.fileno(), self.TABLE_BURST, self.TABLE_ROUNDS)
         except OSError:
             core.stats.count("socket errors")
             return
+        if not batch:
+            return                # all relayed in C: nothing for the core, nothing queued
+        local = workers.local
+        if not len(local):
+            return self._handle_batch(batch)
+        pending = []
+        for data, addr in batch:
+            stamps = local.stamps(data) if data and data[0] & 0xC0 == 0xC0 else None
+            if stamps is None:
+                pending.append((data, addr))
+                continue
+            # it names directions of the table and the table did not take it (forged, a far jump, a host
+            # at a new address, a call that is not delegated in the same frame): the tag is checked with
+            # the table's windows, and only then those directions come back here and it is handled
+            if pending:
+                self._handle_batch(pending, flush=False)
+                pending = []
+            try:
+                workers.receive_forwarded(data, addr, stamps)
+            except Exception as exc:
+                self._internal_error(exc, "%s:%d" % addr[:2])
+        self._handle_batch(pending)
+
+    def _handle_batch(self, batch, flush=True):
+        """The datagrams of a batch, in order: the trunk frames relay_batch takes, the rest to the core."""
+        core = self.core
         clock = time.monotonic
         started = clock()
         relay = self._batch.relay_batch if hasattr(core, "trunk_route") else None
@@ -203,7 +240,8 @@ class Daemon:
             if clock() - started >= self.BURST_HOLD_S:
                 self._flush()
                 started = clock()
-        self._flush()
+        if flush:
+            self._flush()
 
     # the SIP port: plain datagrams, SIP's own rate (no burst hold, no batches, DSCP CS3)
 
@@ -379,7 +417,8 @@ class Daemon:
                              sip_listen="%s:%d" % self.sip_address[:2] if self.sip_address else None,
                              sip_tcp_connections=len(self.sip_tcp.connections) if self.sip_tcp else None,
                              fast_path="C" if self._batch is not None else "python",
-                             fast_path_datagrams=self._batch.taken() if self._batch is not None else 0,
+                             fast_path_datagrams=(self._batch.taken() + (self.workers.local.taken() if self.workers else 0)
+                                                  if self._batch is not None else 0),
                              workers=1)
                 if self.workers is not None:
                     reply.update(self.workers.status())
@@ -437,12 +476,13 @@ class Daemon:
         self.log.info("started", listen="%s:%d" % self.address[:2], pid=os.getpid(),
                       fast_path="C" if self._batch is not None else "python")
         self.core.wall_offset_ms = wall_offset_ms()
-        if workers > 1:
+        if self._batch is not None and hasattr(self.core, "trunk_route"):   # a main host: its relay table, workers
             self.workers = relay_workers.RelayWorkers(self.core, sock, workers, self._flush)
             self.workers.start()
             for number, fd in self.workers.fds():
                 loop.add_reader(fd, self.workers.readable, number)
-            self.log.info("relay-workers", workers=workers, pids=",".join(str(p.pid) for p in self.workers.procs))
+            if workers > 1:
+                self.log.info("relay-workers", workers=workers, pids=",".join(str(p.pid) for p in self.workers.procs))
         self.core.start(now_ms())
         self._flush()
         loop.add_reader(sock.fileno(), self._readable)

@@ -34,11 +34,14 @@ import time
 from upbx.common import wire
 from upbx.common.call import CONNECTED
 from upbx.common.crypto import extend16
+from upbx.host import fastpath
 from upbx.common.media import open_trunk
 from upbx.host.relay_worker import ADDR
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 REVOKE_TIMEOUT_S = 2.0
+MIXED_MS = 1000          # how long a host whose trunks mix calls a table cannot take stays with the Python path
+SCAN_TICKS = 10          # every call is looked at once in this many ticks (200 ms): delegated or taken back
 START_TIMEOUT_S = 20.0
 
 
@@ -88,6 +91,16 @@ class RelayWorkers:
         self.core = core
         self.sock = sock
         self.count = count
+        # worker 0's table: the directions the main host relays itself, in C (host/_fastpath.c Relay)
+        self.local = fastpath.native.Relay(core.switch.trunk_mtu)
+        self.local_taken = 0                # the table's datagrams already added to the core's counters
+        self.table_keys = {}                # (call id, i) -> (receiving session index, call number, out session index)
+        self.known = set()                  # ids of the calls the scan has seen (new ones are looked at at once)
+        self.pending = {}                   # call id -> call: new calls not delegated yet, looked at every tick
+        self.mixed = {}                     # session index -> ms: its trunks carry a call no table can take; until then
+                                            # its directions stay with the Python path
+        self._scan = []                     # the calls still to look at in this round of the scan
+        self._scan_step = 1
         self.on_flush = on_flush            # the daemon's _flush: after forwarded datagrams were handled
         self.procs = []                     # worker k is procs[k - 1], its channel channels[k - 1]
         self.channels = []
@@ -100,7 +113,8 @@ class RelayWorkers:
         self.syncs = 0                      # sync() calls and the CPU they took (status: the scan's cost)
         self.sync_s = 0.0
         self.forwarded = 0
-        self.revokes = 0
+        self.revokes = 0                    # directions taken back from workers ...
+        self.revokes_here = 0               # ... and from the main host's own table
         self.lost = 0
 
     def owner(self, session_index):
@@ -109,6 +123,9 @@ class RelayWorkers:
     # starting and stopping
 
     def start(self):
+        self.core.call_ending = self.call_ending
+        if self.count == 1:   # the main host alone: its own table, no processes, no steering
+            return
         host, port = self.sock.getsockname()[:2]
         for number in range(1, self.count):
             mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -154,9 +171,11 @@ class RelayWorkers:
         return [(k + 1, channel.fileno()) for k, channel in enumerate(self.channels) if k + 1 not in self.dead]
 
     def status(self):
+        self.merge_local()
         return {"workers": self.count, "worker_pids": [p.pid for p in self.procs], "workers_died": len(self.dead),
-                "delegated_directions": len(self.confirmed), "forwarded_datagrams": self.forwarded,
-                "revokes": self.revokes,
+                "delegated_directions": len(self.confirmed), "delegated_here": len(self.local),
+                "forwarded_datagrams": self.forwarded, "revokes": self.revokes, "revokes_here": self.revokes_here,
+                "table_datagrams": self.local.taken(),
                 "sync_us_mean": round(self.sync_s * 1e6 / self.syncs, 1) if self.syncs else None}
 
     # messages
@@ -179,6 +198,7 @@ class RelayWorkers:
             if owner not in self.dead and self.revoke(key):
                 continue
             self.delegated.pop(key, None)
+            self.table_keys.pop(key, None)
             self.confirmed.discard(key)
             self.by_recv_leg.pop(recv.call_no, None)
             if not call.released:
@@ -187,12 +207,22 @@ class RelayWorkers:
                         core.switch.release(leg, wire.CAUSE_UNREACHABLE, now)
                 core.end_call(call, wire.CAUSE_UNREACHABLE, now)
         self._drain_inbox()
-        self.count = 1            # sync() delegates nothing from now on
+        self.count = 1            # sync() delegates to the main host's own table only from now on
         for number, channel in enumerate(self.channels, 1):
             if number not in self.dead:
                 asyncio_remove(channel)
         self.stop()
         self.on_flush()
+
+    def merge_local(self):
+        """What the main host's own table relayed since the last time, into the core's counters and meter."""
+        from upbx.host.relay_worker import WORKER_TAKEN
+        report = self.local.report()
+        taken = self.local.taken()
+        if taken > self.local_taken:   # the metrics' upbx_fast_path_datagrams (host/metrics.py)
+            report[1][WORKER_TAKEN] = taken - self.local_taken
+            self.local_taken = taken
+        self._merge_report(*report[1:])
 
     def _tell(self, worker, message):
         self.channels[worker - 1].send(b"C" + pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
@@ -272,16 +302,22 @@ class RelayWorkers:
         core = self.core
         now = int(time.monotonic() * 1000)
         stamps = stamps or {}
+        named = ()
         if len(data) >= 3 and data[0] & 0xC0 == 0xC0 and self.by_recv_leg:
             session = wire.session_of(data)
             try:
                 named = [e[0] for e in wire.parse_trunk(data)]
             except wire.DecodeError:
                 named = ()
+            local = self.local.stamps(data) if len(self.local) else None
             for call_no in named:
                 key = self.by_recv_leg.get(call_no)
-                if key is not None and call_no not in stamps and self.delegated[key][2].link.session.index == session:
-                    stamps[call_no] = None    # ours is the window: the worker has not taken it yet
+                if key is not None and call_no not in stamps and self.table_keys[key][0] == session:
+                    if self.delegated[key][0] == 0:   # the main host's own table holds the window
+                        if local is not None and call_no in local:
+                            stamps[call_no] = local[call_no]
+                    else:
+                        stamps[call_no] = None    # ours is the window: the worker has not taken it yet
         if stamps:
             if not self._authentic(data, stamps):
                 core.now = now
@@ -290,12 +326,54 @@ class RelayWorkers:
                 core.meter.add(address, len(data), False)
                 core.stats.drop("trunk rejected")
                 return
+            # an authentic frame no table takes whole (a far jump, a host at a new address, or delegated
+            # calls in one trunk with a call not delegated yet): the directions it names come back for it,
+            # and go out again right after it if they still are the common case
+            back = []
             for call_no in stamps:
                 key = self.by_recv_leg.get(call_no)
-                if key is not None and not self.revoke(key):
+                if key is None:
+                    continue
+                entry = self.delegated[key]
+                if not self.revoke(key):
                     core.stats.drop("relay worker unreachable")
                     return
+                back.append((key, entry))
+            core.receive_datagram(data, address, now)
+            session = wire.session_of(data)
+            self._sync_link(session)   # B7: a new address goes to the tables before they relay again
+            # the frame's other calls: a new one goes to the table now; one that cannot (a phone's call,
+            # a held one) keeps the host's directions here a while, so its trunks are not borrowed frame by frame
+            if self._delegate_named(data, session, named, stamps):
+                self.mixed[session] = now + MIXED_MS
+                return
+            for key, (_worker, call, recv, out) in back:
+                if key not in self.delegated and self._eligible(call, key[1], recv, out):
+                    self._delegate(key, call, key[1], recv, out)
+            return
         core.receive_datagram(data, address, now)
+
+    def _delegate_named(self, data, session, named, stamps):
+        """Delegate the directions a borrowed frame names that are not delegated and can be; True when one cannot."""
+        peer = self.core.peers.peers.get(session)
+        link = self.core.links.get(peer.index) if peer is not None else None
+        legs = self.core.switch.legs
+        mixed = False
+        for call_no in named:
+            leg = legs.get(call_no)
+            if call_no in stamps or leg is None or leg.link is not link or leg.call is None:
+                continue
+            call = leg.call
+            i = 0 if leg is call.b else 1     # frames received on leg b go out on leg a: direction 0
+            key = (call.call_id, i)
+            if key in self.delegated:
+                continue
+            out = call.a if i == 0 else call.b
+            if out is not None and self._eligible(call, i, leg, out):
+                self._delegate(key, call, i, leg, out)
+            else:
+                mixed = True
+        return mixed
 
     def _authentic(self, data, stamps):
         """The trunk frame's tag verifies, with the worker's stamps for its legs and ours for the rest."""
@@ -303,15 +381,19 @@ class RelayWorkers:
         link = self.core.links.get(peer.index) if peer is not None else None
         if link is None:
             return False
-        legs = self.core.switch.legs
+        legs, ended = self.core.switch.legs, self.core.switch._ended
 
         def extend(call_no, ts16):
             highest = stamps.get(call_no)   # the worker's, or None: ours
             if highest is None:
                 leg = legs.get(call_no)
-                if leg is None or leg.link is not link:
-                    return None
-                highest = leg.media.replay.highest
+                if leg is not None and leg.link is link:
+                    highest = leg.media.replay.highest
+                else:   # a call that just ended: its late frames still authenticate (Switch.trunk_in)
+                    gone = ended.get(call_no)
+                    if gone is None or gone[1] != link.serial:
+                        return None
+                    highest = gone[0]
             return extend16(highest, ts16)
 
         try:
@@ -324,34 +406,78 @@ class RelayWorkers:
     def sync(self):
         """Before each tick: revoke what stopped being the common case, delegate what became it,
         send the workers new, moved and gone host links."""
-        if self.count == 1:
-            return
         started = time.thread_time()   # CPU time: on a busy machine the wall time is mostly waiting
         try:
             self._sync()
+            self.merge_local()
         finally:
             self.syncs += 1
             self.sync_s += time.thread_time() - started
 
     def _sync(self):
+        """Links every tick; the calls a slice a tick (every call within SCAN_TICKS ticks), so a tick costs
+        about 1/SCAN_TICKS of a scan of every call; what the tick itself acts on (music on hold for the
+        calls held here) comes back every tick, before the tick."""
         self._sync_links()
-        for key, (worker, call, recv, out) in list(self.delegated.items()):
-            if not self._eligible(call, key[1], recv, out):
-                self.revoke(key)
-        delegated, count = self.delegated, self.count
-        for call in list(self.core.switch.calls.values()):
-            a, b = call.a, call.b
-            if b is None or a is None or b.state != CONNECTED:
-                continue
-            for i, out, recv in ((0, a, b), (1, b, a)):
-                link = recv.link
-                session = link.session
-                # the main host's own sessions, phones and delegated directions cost this much a tick
-                if session is None or session.index % count == 0 or link.kind != "host" or (call.call_id, i) in delegated:
-                    continue
-                if self._eligible(call, i, recv, out):
-                    self._delegate((call.call_id, i), call, i, recv, out)
+        delegated = self.delegated
+        if delegated:
+            for call in self.core.held:   # the tick sends music on them: their windows and stamps are ours
+                for i in (0, 1):
+                    if (call.call_id, i) in delegated:
+                        self.revoke((call.call_id, i))
+        mixed = self.mixed
+        if mixed:
+            now = int(time.monotonic() * 1000)
+            for index in [i for i, until in mixed.items() if until <= now]:
+                del mixed[index]
+        calls = self.core.switch.calls
+        known, pending = self.known, self.pending
+        for call in reversed(calls.values()):   # the calls made since the last tick (a dict keeps its order)
+            if call.call_id in known:
+                break
+            known.add(call.call_id)
+            pending[call.call_id] = call
+        for call_id, call in list(pending.items()):
+            # a new call goes to a table as soon as it is answered: until then its frames are the Python path's,
+            # and a trunk that carries them with delegated calls takes those back for one frame
+            if call.released or calls.get(call_id) is not call:
+                del pending[call_id]
+            elif call.b is not None and call.a is not None and call.b.state == CONNECTED:
+                del pending[call_id]
+                self._look_at(call)
+        scan = self._scan
+        if not scan:
+            # a new round: directions of calls that are gone (the switch dropped them) come back too
+            for key, (_worker, call, _recv, _out) in list(delegated.items()):
+                if calls.get(call.call_id) is not call:
+                    self.revoke(key)
+            known.intersection_update(calls)
+            scan = self._scan = list(calls.values())
+            self._scan_step = max(1, -(-len(scan) // SCAN_TICKS))
+        part = scan[-self._scan_step:]
+        del scan[-self._scan_step:]
+        for call in part:
+            self._look_at(call)
         self._drain_inbox()   # what came in while a direction was revoked
+
+    def _look_at(self, call):
+        """Both directions of call: taken back when no longer the common case, delegated when they became it."""
+        delegated = self.delegated
+        a, b = call.a, call.b
+        for i, out, recv in ((0, a, b), (1, b, a)):
+            key = (call.call_id, i)
+            entry = delegated.get(key)
+            if entry is not None:
+                if not self._eligible(call, i, entry[2], entry[3]):
+                    self.revoke(key)
+                continue
+            if a is None or b is None or b.state != CONNECTED:
+                break
+            link = recv.link
+            if link.session is None or link.kind != "host" or link.session.index in self.mixed:
+                continue
+            if self._eligible(call, i, recv, out):
+                self._delegate(key, call, i, recv, out)
 
     def _eligible(self, call, i, recv, out):
         """Direction i of call (received on recv, relayed on out) is a worker's common case."""
@@ -370,16 +496,24 @@ class RelayWorkers:
             return False
         index = recv_link.session.index
         return (links.get(index, (None,))[0] is recv_link and links.get(out_link.session.index, (None,))[0] is out_link
-                and index % self.count != 0)
+                and 0 < recv.call_no <= 0x7FFF and 0 < out.peer_call_no <= 0x7FFF)
 
     def _delegate(self, key, call, i, recv, out):
-        worker = self.owner(recv.link.session.index)
+        """Direction i of call to the table of the process its receiving host's frames are steered to:
+        the legs' media keys and roles, the window, the timestamp shift (host/_fastpath.c Relay.delegate)."""
+        index = recv.link.session.index
+        worker = self.owner(index)
         window = recv.media.replay
-        legs = [(leg.call_no, leg.media_key, leg.media.role, leg.peer_call_no, leg.link.session.index)
-                for leg in (call.a, call.b)]
-        self._tell(worker, ("delegate", key, legs, i, call.ts_shift[i], call.ts_out[i],
-                            (window.highest, bytes(window._seen), window._held)))
+        recv_media, out_media = recv.media, out.media
+        args = (index, recv.call_no, recv_media._recv_ctr.key, recv_media.role, out.link.session.index,
+                out_media.peer_call_no, out_media._send_ctr.key, out_media.role, call.ts_shift[i], call.ts_out[i],
+                (window.highest, bytes(window._seen), window._held))
+        if worker == 0:
+            self.local.delegate(*args)
+        else:
+            self._tell(worker, ("delegate", key, args))
         self.delegated[key] = (worker, call, recv, out)
+        self.table_keys[key] = (index, recv.call_no, args[4])
         self.by_recv_leg[recv.call_no] = key
 
     def call_ending(self, call):
@@ -395,12 +529,17 @@ class RelayWorkers:
         if key not in self.delegated:   # a worker failed meanwhile: fail() settled it
             return True
         worker, call, recv, out = self.delegated[key]
-        self.revokes += 1
-        try:
-            self._tell(worker, ("revoke", key))
-            state = self._wait_revoked(worker, key)
-        except OSError:
-            state = False
+        index, call_no, _out_index = self.table_keys[key]
+        if worker == 0:
+            self.revokes_here += 1
+            state = self.local.revoke(index, call_no)
+        else:
+            self.revokes += 1
+            try:
+                self._tell(worker, ("revoke", key, index, call_no))
+                state = self._wait_revoked(worker, key)
+            except OSError:
+                state = False
         if state is False:
             self.lost += 1
             self.core.log.error("relay-worker-unreachable", worker=worker, call=call.uid)
@@ -408,6 +547,7 @@ class RelayWorkers:
                 self.fail(worker)
             return False
         del self.delegated[key]
+        del self.table_keys[key]
         self.confirmed.discard(key)
         if self.by_recv_leg.get(recv.call_no) == key:
             del self.by_recv_leg[recv.call_no]
@@ -450,9 +590,10 @@ class RelayWorkers:
             if link.kind == "host" and link.session is not None:
                 current[link.session.index] = link
         for index in [i for i in self.links if current.get(i) is not self.links[i][0]]:
-            for key in [k for k, d in self.delegated.items() if index in (d[2].link.session.index, d[3].link.session.index)]:
+            for key in [k for k, t in self.table_keys.items() if index in (t[0], t[2])]:
                 self.revoke(key)
             del self.links[index]
+            self.local.unlink(index)
             self._broadcast(("unlink", index))
         for index, link in current.items():
             known = self.links.get(index)
@@ -460,9 +601,26 @@ class RelayWorkers:
             if known is not None and known[1] == address:
                 continue
             crypto = link.session.channel.crypto
+            message = ("link", index, link.name, crypto.recv_auth.key, crypto.send_auth.key,
+                       link.session.channel.peer_index, address)
             self.links[index] = (link, address)
-            self._broadcast(("link", index, link.name, crypto.recv_auth.key, crypto.send_auth.key,
-                             link.session.channel.peer_index, address))
+            self.local.link(*message[1:])
+            self._broadcast(message)
+
+    def _sync_link(self, index):
+        """One host link's address to the tables, when it changed (B7: the main host saw it move)."""
+        known = self.links.get(index)
+        if known is None or known[0].address == known[1]:
+            return
+        link = known[0]
+        if link.session is None or link.session.index != index:
+            return
+        crypto = link.session.channel.crypto
+        message = ("link", index, link.name, crypto.recv_auth.key, crypto.send_auth.key,
+                   link.session.channel.peer_index, link.address)
+        self.links[index] = (link, link.address)
+        self.local.link(*message[1:])
+        self._broadcast(message)
 
     def _broadcast(self, message):
         for worker in range(1, self.count):

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.support import ROOT
 from upbx.common import wire
-from upbx.common.call import ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT
-from upbx.common.crypto import HmacKey
-from upbx.common.media import MediaLeg, seal_trunk
+from upbx.common.call import ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CONNECTED
+from upbx.common.crypto import HmacKey, extend16
+from upbx.common.media import MediaLeg, open_trunk, seal_trunk
 from upbx.host import fastpath, switch as switch_module
 from upbx.host.core import Stats
 from upbx.host.switch import Link, Switch
@@ -97,6 +97,9 @@ class Side:
         return self.stats.as_dict(), legs, calls, dict(self.sw.bytes_out_by_link)
 
 
+SESSION = (0x1234, 0x1236)   # the index host A's and host B's trunk frames carry (the relay table's session)
+
+
 def _frame(side, rng, op, ts_base):
     """One datagram towards the switch from host A or B, as op describes; (link number, bytes)."""
     kind, calls, step, cn, link_no = op
@@ -104,7 +107,7 @@ def _frame(side, rng, op, ts_base):
     ts = ts_base + 20 * step
     entries = [(leg, ts + 20 * j * (kind == "jump"), bytes([7]) if cn else bytes(range(160))) for j, leg in enumerate(far)]
     auth = HmacKey(LINK_KEYS[0 if link_no == 0 else 2])
-    frame = bytearray(seal_trunk(auth, 0x1234, entries, bytearray(65536)))
+    frame = bytearray(seal_trunk(auth, SESSION[link_no], entries, bytearray(65536)))
     if kind == "forged":
         frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
     elif kind == "truncated":
@@ -160,6 +163,192 @@ def test_fast_and_python_paths_relay_the_same_bytes_and_count_the_same(seed, ops
             sent.append((link_no, frame))
         assert py.feed(link_no, frame, now) == c.feed(link_no, frame, now), op
         assert py.state() == c.state(), op
+
+
+class TableSide(Side):
+    """A Side whose common-case directions are delegated to the C relay table (host/_fastpath.c Relay), as
+    RelayWorkers does for the main host's own table: a frame the table does not take goes to the Python
+    path, after its tag is checked with the table's windows and the directions it names are taken back
+    (and delegated again after it); a hold, a resume or an end takes every direction back first."""
+
+    def __init__(self, seed, calls, monkeypatch, mtu=1472):
+        super().__init__(seed, calls, False, monkeypatch, mtu)
+        self.mtu = mtu
+        self.table = native.Relay(mtu)
+        for k, link in enumerate(self.links):
+            recv_key, send_key = (0, 1) if k == 0 else (2, 3)
+            self.table.link(SESSION[k], link.name, LINK_KEYS[recv_key], LINK_KEYS[send_key], link.peer_index, link.address)
+        self.delegated = {}   # (call id, i) -> (call, recv leg, out leg)
+        self.taken = 0
+        self.delegate_all()
+
+    def session_of(self, leg):
+        return SESSION[self.links.index(leg.link)]
+
+    def eligible(self, call, i):
+        a, b = call.a, call.b
+        if call.released or call.held_by is not None or call.moh_last[i] is not None or b is None or a is None:
+            return False
+        out, recv = (a, b) if i == 0 else (b, a)
+        return (b.state == CONNECTED and not call.conference and not call.fanout and out.direct is None
+                and recv.direct is None and bool(out.peer_call_no) and self.sw.legs.get(recv.call_no) is recv
+                and self.sw.legs.get(out.call_no) is out)
+
+    def delegate_all(self):
+        for call in list(self.sw.calls.values()):
+            for i in (0, 1):
+                if (call.call_id, i) not in self.delegated and self.eligible(call, i):
+                    out, recv = (call.a, call.b) if i == 0 else (call.b, call.a)
+                    w = recv.media.replay
+                    self.table.delegate(self.session_of(recv), recv.call_no, recv.media._recv_ctr.key, recv.media.role,
+                                        self.session_of(out), out.media.peer_call_no, out.media._send_ctr.key,
+                                        out.media.role, call.ts_shift[i], call.ts_out[i],
+                                        (w.highest, bytes(w._seen), w._held))
+                    self.delegated[(call.call_id, i)] = (call, recv, out)
+
+    def revoke(self, key):
+        call, recv, out = self.delegated.pop(key)
+        state = self.table.revoke(self.session_of(recv), recv.call_no)
+        (highest, seen, held), ts_out, received, rejected, sent, frames = state
+        w = recv.media.replay
+        w.highest, w._held = highest, held
+        w._seen[:] = seen
+        call.ts_out[key[1]] = max(call.ts_out[key[1]], ts_out)
+        recv.media.received += received
+        recv.media.rejected += rejected
+        out.media.sent += sent
+        call.frames += frames
+
+    def revoke_all(self):
+        for key in list(self.delegated):
+            self.revoke(key)
+
+    def merge(self):
+        _kind, counters, drops, _meter, by_link, _seen = self.table.report()
+        for name in ("trunks in", "media in", "trunks out"):
+            if counters.get(name):
+                self.stats.count(name, counters[name])
+        for reason, n in drops.items():
+            self.stats.drops[reason] = self.stats.drops.get(reason, 0) + n
+        for name, n in by_link.items():
+            self.sw.bytes_out_by_link[name] = self.sw.bytes_out_by_link.get(name, 0) + n
+
+    def feed(self, link_no, frame, now):
+        link = self.links[link_no]
+        sent, rest = self.table.process([(frame, link.address)])
+        out = [(data, address, True) for data, address in sent]
+        if not rest:
+            self.taken += 1
+            return out
+        stamps = self.table.stamps(frame) or {}
+        if stamps:
+            def extend(call_no, ts16):
+                if call_no in stamps:
+                    return extend16(stamps[call_no], ts16)
+                leg = self.sw.legs.get(call_no)
+                if leg is not None and leg.link is link:
+                    return extend16(leg.media.replay.highest, ts16)
+                gone = self.sw._ended.get(call_no)   # a call that just ended (Switch.trunk_in's rule)
+                return extend16(gone[0], ts16) if gone is not None and gone[1] == link.serial else None
+            try:
+                authentic = open_trunk(link.trunk_recv_auth, bytearray(frame), extend) is not None
+            except wire.DecodeError:
+                authentic = False
+            if not authentic:   # a forgery moves nothing: dropped as the Python path drops it
+                self.stats.drop("trunk rejected")
+                return out
+            by_no = {recv.call_no: key for key, (_c, recv, _o) in self.delegated.items()}
+            for call_no in stamps:
+                self.revoke(by_no[call_no])
+        _result, python_out = super().feed(link_no, frame, now)
+        self.delegate_all()
+        return out + python_out
+
+    def state(self):
+        self.merge()
+        self.revoke_all()
+        state = super().state()
+        self.delegate_all()
+        counters = {k: v for k, v in state[0]["counters"].items() if v}
+        return dict(state[0], counters=counters), state[1], state[2], state[3]
+
+
+def _without_zero_counters(state):
+    counters = {k: v for k, v in state[0]["counters"].items() if v}
+    return dict(state[0], counters=counters), state[1], state[2], state[3]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2 ** 32), ops=OPS, mtu=st.sampled_from([200, 500, 1472, 65000]), answered=st.booleans())
+def test_the_relay_table_and_the_python_path_relay_the_same_bytes_and_count_the_same(seed, ops, mtu, answered,
+                                                                                     monkeypatch):
+    if answered:   # frames of answered calls only (every fifth call rings): most of them the table's common case
+        ops = [(kind, [c - 1 if c % 5 == 4 else c for c in calls], step, cn, link) for kind, calls, step, cn, link in ops]
+    py = Side(seed, 10, False, monkeypatch, mtu)
+    t = TableSide(seed, 10, monkeypatch, mtu)
+    assert _without_zero_counters(py.state()) == t.state()
+    rng_py, rng_t = random.Random(seed), random.Random(seed)
+    sent = []
+    now = 1000
+    for op in ops:
+        now += 20
+        kind = op[0]
+        if kind in ("end", "hold", "resume"):   # as RelayWorkers: the directions come back before the change
+            t.revoke_all()
+            for side in (py, t):
+                calls = sorted(side.sw.calls.values(), key=lambda x: x.caller)
+                if not calls:
+                    continue
+                call = calls[op[1][0] % len(calls)]
+                if kind == "end":
+                    side.sw.end_call(call, wire.CAUSE_NORMAL, now)
+                else:
+                    call.held_by = call.a if kind == "hold" else None
+            t.delegate_all()
+            continue
+        if kind == "replay" and sent:
+            link_no, frame = sent[rng_py.randrange(len(sent))]
+            rng_t.randrange(len(sent))
+        else:
+            base = 100000 if kind == "far" else 5000
+            link_no, frame = _frame(py, rng_py, op, base + 20 * len(sent))
+            assert (link_no, frame) == _frame(t, rng_t, op, base + 20 * len(sent))
+            sent.append((link_no, frame))
+        _result, out_py = py.feed(link_no, frame, now)
+        assert t.feed(link_no, frame, now) == out_py, op
+        assert _without_zero_counters(py.state()) == t.state(), op
+
+
+def test_the_relay_table_takes_the_protocol_vector_common_case_and_leaves_the_rest(monkeypatch):
+    """Authentic frames of delegated calls are the table's (relayed, replays dropped); a forged frame, a frame
+    from another address, a call not delegated and a far jump are left to the Python path, untouched."""
+    t = TableSide(11, 3, monkeypatch)
+    py = Side(11, 3, False, monkeypatch)
+    frame = bytes(seal_trunk(HmacKey(LINK_KEYS[0]), SESSION[0], [(t.far[i][0], 2000, bytes(160)) for i in range(3)],
+                             bytearray(65536)))
+    assert frame == bytes(seal_trunk(HmacKey(LINK_KEYS[0]), SESSION[0], [(py.far[i][0], 2000, bytes(160)) for i in range(3)],
+                                     bytearray(65536)))
+    before = t.table.taken()
+    sent, rest = t.table.process([(frame, t.links[0].address)])
+    assert rest == [] and t.table.taken() == before + 1
+    assert sent == [(data, address) for data, address, _v in py.feed(0, frame, 1000)[1]]
+    again, rest = t.table.process([(frame, t.links[0].address)])   # a replay: taken, nothing out
+    assert again == [] and rest == []
+    counters, drops = t.table.report()[1:3]
+    assert counters["media in"] == 3 and counters["trunks in"] == 2 and drops == {"media rejected": 3}
+    forged = bytearray(frame)
+    forged[12] ^= 4
+    moved = ("198.18.0.99", 4569)
+    far = bytes(seal_trunk(HmacKey(LINK_KEYS[0]), SESSION[0], [(t.far[0][0], 2000 + 20 * 2000, bytes(160))],
+                           bytearray(65536)))
+    for data, address in ((bytes(forged), t.links[0].address), (frame, moved), (far, t.links[0].address),
+                          (b"\x00\x01" + bytes(30), t.links[0].address)):
+        windows = [t.table.stamps(frame)]
+        sent, rest = t.table.process([(data, address)])
+        assert sent == [] and [(bytes(d), a) for d, a in rest] == [(data, address)]
+        assert [t.table.stamps(frame)] == windows   # nothing moved
+    assert t.table.report()[1] == {}
+    assert len(t.table) == 6 and t.table.revoke(SESSION[0], 0x7FFF) is None
 
 
 def test_a_forged_or_replayed_trunk_is_dropped_and_counted_the_same_by_both_paths(monkeypatch):
@@ -233,6 +422,11 @@ def _relay_through_the_daemon(tmp_path):
     try:
         pair = bench_net.TrunkPair(main, 3)
         try:
+            if main.status()["fast_path"] == "C":
+                # the main host's relay table takes the calls' directions at the tick after they are answered
+                deadline = time.monotonic() + 10
+                while main.status().get("delegated_here") != 6 and time.monotonic() < deadline:
+                    time.sleep(0.02)
             plan = pair.seal_ticks(pair.calls, 20, 1000, 1472)
             frames = [data for tick in plan for client, data, _i in tick if client is pair.a]
             forged = []

@@ -101,14 +101,19 @@ class MainUnderTest:
         self.pids = [self.proc.pid]
         try:
             self.pinned = pin(self.proc.pid, cpu) if cpu is not None else None
-            deadline = time.time() + 10
+            deadline = time.time() + 30   # a loaded machine: the daemon pinned to a busy CPU starts slowly
             while not os.path.exists(self.sock_path):
                 if time.time() > deadline or self.proc.poll() is not None:
                     raise RuntimeError("main host did not start; see %s" % self.log.name)
                 time.sleep(0.02)
             if workers > 1:   # the workers start after the control socket: their CPU counts too
                 deadline = time.time() + 30
-                while len(self.status().get("worker_pids", ())) < workers - 1:
+                while True:
+                    try:   # the control socket's file exists from bind(), before listen(): refused until then
+                        if len(self.status().get("worker_pids", ())) >= workers - 1:
+                            break
+                    except ConnectionRefusedError:
+                        pass
                     if time.time() > deadline or self.proc.poll() is not None:
                         raise RuntimeError("main host's relay workers did not start; see %s" % self.log.name)
                     time.sleep(0.05)
@@ -814,12 +819,18 @@ def _upbx_shape(mtu, quick, window_s, workers=1, first=None):
                 run_trunk_load(pair, pair.calls[:n], 0.4, mtu)   # warm-up, not counted
 
             def measure(n):
+                before = main.status()
                 step = _measure_step(main, trunk_window(pair, n, window_s, mtu), cores=workers)
+                status = main.status()
+                # which path relayed: the relay tables (main host's own, workers') against everything else
+                step["delegated_here"] = status.get("delegated_here")
+                step["table_datagrams"] = (status.get("table_datagrams") or 0) - (before.get("table_datagrams") or 0)
+                step["fast_path_datagrams"] = status.get("fast_path_datagrams", 0) - before.get("fast_path_datagrams", 0)
+                step["revokes_here"] = status.get("revokes_here")
+                step["sync_us_mean"] = status.get("sync_us_mean")   # the main host's scan a tick
                 if workers > 1:
-                    status = main.status()
                     step["delegated_directions"] = status.get("delegated_directions")
                     step["forwarded_datagrams"] = status.get("forwarded_datagrams")
-                    step["sync_us_mean"] = status.get("sync_us_mean")   # the main host's scan a tick
                 return step
 
             best, steps = search_capacity(main, prepare, measure, first or (20 if quick else 200), limit, quick)
