@@ -4,6 +4,7 @@ Sans-IO (host/core.py): datagrams and time in, datagrams out; the daemon holds i
 """
 import json
 import os
+import sys
 
 from upbx.common import wire
 from upbx.common.call import RELEASE_RECEIVED
@@ -52,8 +53,8 @@ class MainHost(HostCore):
         self.local_calls = {}    # site -> set of call ids granted and not yet ended
         self._last_expiry_ms = 0
         self._sysinfo_version = None
-        self._sysinfo_cache = {}  # (version, site) -> encoded system information
-        self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
+        self._sysinfo_cache = {}  # (version, site) -> (encoded system information, its SYSINFO payloads)
+        self.sysinfo_sent = {}   # link name -> (copies, datagrams) of system information sent (B6)
         self.sysinfo_sent_ms = {}   # link name -> when its last copy went out (host/metrics.py)
         self.sysinfo_acked = {}     # phone here -> the version it acknowledged
         self.site_phones = {}    # remote host name -> {extension: wall ms registered} its PHONE_STATEs told (the API)
@@ -76,13 +77,19 @@ class MainHost(HostCore):
     # directory
 
     def _secret_of(self, identity):
+        """(secret, site) of an identity that logs in here, else None (host/peers.py keeps both)."""
         kind, name = identity
-        row = self.directory.extension(name) if kind == "phone" else self.directory.remote_host(name)
-        if row is None:
-            return None
-        if kind == "phone" and self.directory.remote_host_of_site(row.site) is not None:
-            return None  # phones of a site with a remote host register there, not here
-        return row.secret
+        if kind == "phone":
+            row = self.directory.extension_login(name)
+            if row is None or row[2] is not None:
+                return None  # phones of a site with a remote host register there, not here
+            secret, site = row[0], row[1]
+        else:
+            row = self.directory.remote_host(name)
+            if row is None:
+                return None
+            secret, site = row.secret, row.site
+        return secret, sys.intern(site)   # one string for a site's phones
 
     def _sip_password(self, number):
         """SIP phones of sites without a remote host register here (docs/sip.md)."""
@@ -173,8 +180,11 @@ class MainHost(HostCore):
         if old is not None:
             self._link_down(old, now, "logged in again")
         link = Link(peer.name, peer.kind, session=peer)
+        site = self.peers.site_of(peer.identity)
+        if site is not None:
+            link.site = site   # as its secret's look-up said: no query at each login (_site_of)
         self.links[peer.index] = link
-        self.links_by_name[(peer.kind, peer.name)] = link
+        self.links_by_name[peer.identity] = link
         self.log.info("login", kind=link.kind, name=peer.name, address="%s:%d" % peer.address)
         if link.kind == "host":
             # a new login may be a rebooted host: it has forgotten its pairs and its clock (PUNCH
@@ -235,15 +245,22 @@ class MainHost(HostCore):
             info["sites"] = [s.name for s in self.directory.sites()]
             info["directory"] = {e.number: e.name for e in self.directory.extensions(site)}
             info["time"] = self.wall_ms(now) // 1000
-            cached = self._sysinfo_cache[key] = encode(info)
+            data = encode(info)
+            # the messages' IEs, encoded once for all of the site's phones (and their bytes shared)
+            cached = self._sysinfo_cache[key] = (data, [wire.encode_ies(ies) for ies in chunk_ies(version, data)])
         return version, cached
 
     def _send_sysinfo(self, link, now):
-        version, info = self._sysinfo(self._site_of(link), now)
-        chunks = self._send_blob(link, wire.SYSINFO, version, info, now)
-        sent = self.sysinfo_sent.setdefault(link.name, {"copies": 0, "datagrams": 0})
-        sent["copies"] += 1
-        sent["datagrams"] += chunks
+        version, (info, payloads) = self._sysinfo(self._site_of(link), now)
+        if link.session is not None:
+            for payload in payloads:
+                link.session.send_encoded(wire.SYSINFO, payload, now)
+            self.stats.count("%s copies sent" % wire.MESSAGE_NAMES[wire.SYSINFO].lower())
+            chunks = len(payloads)
+        else:
+            chunks = self._send_blob(link, wire.SYSINFO, version, info, now)
+        copies, datagrams = self.sysinfo_sent.get(link.name, (0, 0))
+        self.sysinfo_sent[link.name] = (copies + 1, datagrams + chunks)   # a tuple: 10,000 phones
         self.sysinfo_sent_ms[link.name] = now
 
     # signalling
@@ -813,7 +830,7 @@ class MainHost(HostCore):
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
             "sysinfo_version": self._sysinfo_version,
-            "sysinfo_sent": {k: dict(v) for k, v in self.sysinfo_sent.items()},
+            "sysinfo_sent": {k: {"copies": c, "datagrams": d} for k, (c, d) in self.sysinfo_sent.items()},
             "firmware": {"phones": dict(self.firmware_phones.phones)},
             "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
         }

@@ -32,6 +32,10 @@ ENDED_MAX = 4096
 class Link:
     """The far end of legs: a logged-in peer (server side) or our own login (client side)."""
 
+    # one per registered phone at a main host (10,000): no per-instance dict (subclasses have one)
+    __slots__ = ("serial", "name", "kind", "session", "login", "_address", "trunk_auth", "trunk_recv_auth",
+                 "peer_index", "up", "legs", "codec", "site")
+
     def __init__(self, name, kind, session=None, login=None, address=None):
         self.serial = next(_SERIALS)  # never reused: what ended calls remember instead of the link
         self.name = name
