@@ -21,6 +21,7 @@ RTO_MAX_MS = const(4000)
 MAX_TRIES = const(8)        # about 15 s from first send to giving up
 _REORDER_LIMIT = const(64)   # how far ahead of the expected number a frame may be buffered
 _MAX_QUEUE = const(4096)     # messages waiting for window space; more and the channel fails
+_NONE = {}                   # the _unacked of every channel with nothing unacknowledged: never written to
 
 
 class Channel:
@@ -35,7 +36,7 @@ class Channel:
         self.peer_index = peer_index
         self.next_seq = 0          # extended sequence number of our next data frame
         self.expected = 0          # extended sequence number we deliver next
-        self._unacked = {}         # seq -> [type, payload, next_send_ms, rto_ms, tries]
+        self._unacked = _NONE      # seq -> [type, payload, next_send_ms, rto_ms, tries]
         # these three are () until something is put in them and again once emptied: a host holds
         # thousands of idle channels, a handset's heap is small
         self._queue = ()           # [(type, payload)] waiting for window space
@@ -72,6 +73,8 @@ class Channel:
     def _transmit_new(self, msg_type, payload, now):
         seq = self.next_seq
         self.next_seq += 1
+        if not self._unacked:
+            self._unacked = {}
         self._unacked[seq] = [msg_type, payload, ticks_add(now, RTO_INITIAL_MS), RTO_INITIAL_MS, 1]
         self._emit(seq, msg_type, payload)
 
@@ -185,7 +188,7 @@ class Channel:
         for seq in done:
             del self._unacked[seq]
         if done and not self._unacked:
-            self._unacked = {}   # a dict keeps the room it grew to: an idle channel holds an empty one
+            self._unacked = _NONE   # a dict keeps the room it grew to: an idle channel holds the shared empty one
         while self._queue and len(self._unacked) < WINDOW:
             msg_type, payload = self._queue.pop(0)
             self._transmit_new(msg_type, payload, now)

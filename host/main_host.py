@@ -49,12 +49,15 @@ class MainHost(HostCore):
                              max_legs={"phone": MAX_CALLS_PER_PHONE, "host": config.max_calls_per_host})
         self.links = {}          # Peer.index -> Link
         self.links_by_name = {}  # (kind, name) -> Link
+        self._links_changed = 0  # logins and logouts so far: bandwidth_owners is kept until one (or a move)
+        self._owners = (None, {})
         self.pair_keys = {}      # frozenset of two host names -> 32-byte key
         self.local_calls = {}    # site -> set of call ids granted and not yet ended
         self._last_expiry_ms = 0
         self._sysinfo_version = None
         self._sysinfo_cache = {}  # (version, site) -> (encoded system information, its SYSINFO payloads)
         self.sysinfo_sent = {}   # link name -> (copies, datagrams) of system information sent (B6)
+        self._sent_counts = {}   # each (copies, datagrams) pair once
         self.sysinfo_sent_ms = {}   # link name -> when its last copy went out (host/metrics.py)
         self.sysinfo_acked = {}     # phone here -> the version it acknowledged
         self.site_phones = {}    # remote host name -> {extension: wall ms registered} its PHONE_STATEs told (the API)
@@ -184,6 +187,7 @@ class MainHost(HostCore):
         if site is not None:
             link.site = site   # as its secret's look-up said: no query at each login (_site_of)
         self.links[peer.index] = link
+        self._links_changed += 1
         self.links_by_name[peer.identity] = link
         self.log.info("login", kind=link.kind, name=peer.name, address="%s:%d" % peer.address)
         if link.kind == "host":
@@ -260,7 +264,10 @@ class MainHost(HostCore):
         else:
             chunks = self._send_blob(link, wire.SYSINFO, version, info, now)
         copies, datagrams = self.sysinfo_sent.get(link.name, (0, 0))
-        self.sysinfo_sent[link.name] = (copies + 1, datagrams + chunks)   # a tuple: 10,000 phones
+        sent = (copies + 1, datagrams + chunks)
+        if len(self._sent_counts) > 1024:
+            self._sent_counts.clear()
+        self.sysinfo_sent[link.name] = self._sent_counts.setdefault(sent, sent)   # 10,000 phones share a few
         self.sysinfo_sent_ms[link.name] = now
 
     # signalling
@@ -797,6 +804,7 @@ class MainHost(HostCore):
         self.gone[(link.kind, link.name)] = {"address": "%s:%d" % link.address[:2],
                                              "last_seen_ms": self.wall_ms(link.session.last_seen_ms)}
         self.links.pop(link.session.index, None)
+        self._links_changed += 1
         if self.links_by_name.get((link.kind, link.name)) is link:
             del self.links_by_name[(link.kind, link.name)]
         self.mailbox_sync.logged_out(link)
@@ -813,8 +821,23 @@ class MainHost(HostCore):
         return site
 
     def bandwidth_owners(self):
-        """Each logged-in peer's current address -> its site (per-site bandwidth in status)."""
-        return {tuple(l.address[:2]): ("site " + self._site_of(l),) for l in self.links.values()}
+        """Each logged-in peer's current address -> its site (per-site bandwidth in status).
+
+        Built again only after a login, a logout or an address change (10,000 phones: the meter asks
+        4 times a second); an address's own tuple is the key and a site's phones share one value."""
+        stamp = (self._links_changed, self.peers.moves)
+        if self._owners[0] != stamp:
+            names = {}
+            owners = {}
+            for link in self.links.values():
+                site = self._site_of(link)
+                value = names.get(site)
+                if value is None:
+                    value = names[site] = ("site " + site,)
+                address = link.address
+                owners[address if type(address) is tuple and len(address) == 2 else tuple(address[:2])] = value
+            self._owners = (stamp, owners)
+        return self._owners[1]
 
     def status(self):
         return {

@@ -13,6 +13,7 @@ import heapq
 import hmac
 import os
 import secrets
+import sys
 
 from upbx.common import wire
 from upbx.common.reliable import Channel
@@ -22,6 +23,11 @@ from upbx.host.limits import FAILURE_COST, TokenBuckets
 from upbx.host.session_crypto import HostSessionCrypto
 
 KEY_CACHE = 65536   # identities whose handshake key (or absence) is kept; more and the cache starts afresh
+
+
+def _shared(address):
+    """address with its IP text interned: the phones of a site behind one NAT share one string."""
+    return (sys.intern(address[0]),) + tuple(address[1:])
 
 
 class HandshakeKey:
@@ -107,6 +113,7 @@ class PeerTable:
         self._reserved = set()              # our indices used by something else (a login, a pair)
         self._keys = {}                     # (kind, name) -> HandshakeKey or None
         self.buckets = TokenBuckets()       # handshakes per source address
+        self.moves = 0                      # peers' address changes so far (what owns an address may change)
 
     def _allocate_index(self):
         while True:
@@ -203,7 +210,7 @@ class PeerTable:
         keys = b"".join(session_keys(key.secret, nonce, cookie, True))
         channel = Channel(HostSessionCrypto(keys), client_index)
         index = self._allocate_index()
-        peer = Peer(index, identity[0], identity[1], channel, address, now, nonce, self.dirty, identity)
+        peer = Peer(index, identity[0], identity[1], channel, _shared(address), now, nonce, self.dirty, identity)
         if old is not None:
             self.remove(old)
         self.peers[index] = peer
@@ -244,8 +251,9 @@ class PeerTable:
         """Note a new authenticated packet from peer (never a replay): roaming updates its address (B7)."""
         peer.last_seen_ms = now
         if address != peer.address:
-            peer.address = address
+            peer.address = _shared(address)
             peer.address_changes += 1
+            self.moves += 1
             return True
         return False
 

@@ -29,31 +29,36 @@ class HostSessionCrypto:
     (common.session.session_keys); is_client picks the direction this side sends in.
     """
 
-    __slots__ = ("_keys", "_send", "_recv", "_send_ctr", "_recv_ctr", "_send_auth", "_recv_auth")
+    __slots__ = ("_keys", "_send", "_send_ctr", "_recv_ctr", "_auth")
 
     def __init__(self, keys, is_client=False):
         if len(keys) != 96:
             raise ValueError("session keys are 96 bytes, not %d" % len(keys))
         self._keys = bytes(keys)
-        self._send, self._recv = (0, 48) if is_client else (48, 0)   # offsets of each direction's keys
+        self._send = 0 if is_client else 48   # where the keys this side sends with start; the others at 48 - it
         self._send_ctr = self._recv_ctr = None
-        self._send_auth = self._recv_auth = None
+        self._auth = None                     # (send, recv) HmacKey, once a trunk needed them
+
+    @property
+    def _recv(self):
+        return 48 - self._send
 
     def _key(self, offset, size):
         return self._keys[offset:offset + size]
 
+    def _auth_keys(self):
+        if self._auth is None:
+            self._auth = (HmacKey(self._key(self._send, 32)), HmacKey(self._key(self._recv, 32)))
+        return self._auth
+
     @property
     def send_auth(self):
         """The HmacKey this side tags with (trunk frames of a remote host's session)."""
-        if self._send_auth is None:
-            self._send_auth = HmacKey(self._key(self._send, 32))
-        return self._send_auth
+        return self._auth_keys()[0]
 
     @property
     def recv_auth(self):
-        if self._recv_auth is None:
-            self._recv_auth = HmacKey(self._key(self._recv, 32))
-        return self._recv_auth
+        return self._auth_keys()[1]
 
     def rest(self):
         """The session is idle: its AES contexts go (made again by the next payload)."""

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from upbx.common import session, wire
+from upbx.common import reliable, session, wire
 from upbx.common.reliable import Channel
 from upbx.host.session_crypto import HostSessionCrypto
 
@@ -97,9 +97,10 @@ def test_an_idle_host_channel_keeps_only_its_keys():
         assert server.receive(bytearray(frame), 1) == []
     assert server.pending() == 0
     server.crypto.rest()
-    state = {name: getattr(server.crypto, name) for name in ("_send_ctr", "_recv_ctr", "_send_auth", "_recv_auth")}
-    assert state == {"_send_ctr": None, "_recv_ctr": None, "_send_auth": None, "_recv_auth": None}
+    state = {name: getattr(server.crypto, name) for name in ("_send_ctr", "_recv_ctr", "_auth")}
+    assert state == {"_send_ctr": None, "_recv_ctr": None, "_auth": None}
     assert (server._queue, server._early, server._out, server._unacked) == ((), (), (), {})
+    assert server._unacked is reliable._NONE   # the one shared empty dict, never written to
     assert not hasattr(server, "__dict__") and not hasattr(server.crypto, "__dict__")
     server.send(wire.PING, {}, 2)
     server.send(wire.SYSINFO, {wire.IE_VERSION: 9}, 2)
