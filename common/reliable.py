@@ -21,19 +21,28 @@ RTO_MAX_MS = const(4000)
 MAX_TRIES = const(8)        # about 15 s from first send to giving up
 _REORDER_LIMIT = const(64)   # how far ahead of the expected number a frame may be buffered
 _MAX_QUEUE = const(4096)     # messages waiting for window space; more and the channel fails
+_NONE = {}                   # the _unacked of every channel with nothing unacknowledged: never written to
 
 
 class Channel:
+    # a main host holds one per registered phone (10,000): no per-instance dict on CPython
+    # (MicroPython ignores __slots__)
+    __slots__ = ("crypto", "peer_index", "next_seq", "expected", "_unacked", "_queue", "_early", "_ack_due",
+                 "_out", "failed", "error", "retransmissions", "duplicates", "last_receive_ms", "authenticated",
+                 "new")
+
     def __init__(self, crypto, peer_index=0):
         self.crypto = crypto
         self.peer_index = peer_index
         self.next_seq = 0          # extended sequence number of our next data frame
         self.expected = 0          # extended sequence number we deliver next
-        self._unacked = {}         # seq -> [type, payload, next_send_ms, rto_ms, tries]
-        self._queue = []           # (type, payload) waiting for window space
-        self._early = {}           # seq -> (type, payload) received ahead of expected
+        self._unacked = _NONE      # seq -> [type, payload, next_send_ms, rto_ms, tries]
+        # these three are () until something is put in them and again once emptied: a host holds
+        # thousands of idle channels, a handset's heap is small
+        self._queue = ()           # [(type, payload)] waiting for window space
+        self._early = ()           # {seq: (type, payload)} received ahead of expected
         self._ack_due = False
-        self._out = []
+        self._out = ()             # [frames] to put on the wire
         self.failed = False
         self.error = None
         self.retransmissions = 0
@@ -46,10 +55,15 @@ class Channel:
 
     def send(self, msg_type, ies, now):
         """Queue one message; ies is a dict {IE type: value}."""
-        payload = wire.encode_ies(ies)
+        self.send_encoded(msg_type, wire.encode_ies(ies), now)
+
+    def send_encoded(self, msg_type, payload, now):
+        """Queue one message whose IEs are encoded already (a host sends one site's chunks to many)."""
         if len(self._unacked) < WINDOW:
             self._transmit_new(msg_type, payload, now)
         elif len(self._queue) < _MAX_QUEUE:
+            if not self._queue:
+                self._queue = []
             self._queue.append((msg_type, payload))
         elif not self.failed:
             # a peer that never acknowledges must not make us hold messages without end
@@ -59,19 +73,28 @@ class Channel:
     def _transmit_new(self, msg_type, payload, now):
         seq = self.next_seq
         self.next_seq += 1
+        if not self._unacked:
+            self._unacked = {}
         self._unacked[seq] = [msg_type, payload, ticks_add(now, RTO_INITIAL_MS), RTO_INITIAL_MS, 1]
         self._emit(seq, msg_type, payload)
 
     def _emit(self, seq, msg_type, payload):
-        self._out.append(self.crypto.seal(self.peer_index, seq, self.expected, msg_type, payload))
+        self._put(self.crypto.seal(self.peer_index, seq, self.expected, msg_type, payload))
         self._ack_due = False
 
+    def _put(self, frame):
+        if self._out:
+            self._out.append(frame)
+        else:
+            self._out = [frame]
+
     def datagrams_to_send(self, now):
+        """The frames to send now (a list)."""
         if self._ack_due:
-            self._out.append(self.crypto.seal(self.peer_index, self.next_seq, self.expected, wire.ACK, b""))
+            self._put(self.crypto.seal(self.peer_index, self.next_seq, self.expected, wire.ACK, b""))
             self._ack_due = False
-        out = self._out
-        self._out = []
+        out = self._out or []
+        self._out = ()
         return out
 
     def pending(self):
@@ -141,6 +164,8 @@ class Channel:
             if seq < self.expected or seq in self._early:
                 self.duplicates += 1
             elif seq - self.expected < _REORDER_LIMIT:
+                if not self._early:
+                    self._early = {}
                 self._early[seq] = (msg_type, ies)
                 fresh = True  # not delivered yet, but received for the first time
             if fresh:
@@ -149,9 +174,12 @@ class Channel:
         self.new += 1
         delivered = [(msg_type, ies)]
         self.expected += 1
-        while self.expected in self._early:
-            delivered.append(self._early.pop(self.expected))
-            self.expected += 1
+        if self._early:
+            while self.expected in self._early:
+                delivered.append(self._early.pop(self.expected))
+                self.expected += 1
+            if not self._early:
+                self._early = ()
         return delivered
 
     def _acknowledged(self, ack, now):
@@ -159,7 +187,11 @@ class Channel:
         done = [s for s in self._unacked if s < ack]
         for seq in done:
             del self._unacked[seq]
+        if done and not self._unacked:
+            self._unacked = _NONE   # a dict keeps the room it grew to: an idle channel holds the shared empty one
         while self._queue and len(self._unacked) < WINDOW:
             msg_type, payload = self._queue.pop(0)
             self._transmit_new(msg_type, payload, now)
+        if not self._queue:
+            self._queue = ()
         return bool(done)

@@ -61,8 +61,9 @@ class BandwidthMeter:
             counts = self._pending[address] = [0, 0]
         counts[1 if out else 0] += n + wire.IP_UDP_HEADERS
 
-    def sample(self, now, owners):
-        """Close an interval when due; owners maps (host, port) -> names of the groups it belongs to."""
+    def sample(self, now, owners_of):
+        """Close an interval when due; owners_of() maps (host, port) -> names of the groups it belongs
+        to, called only then (a main host with 10,000 phones builds it 4 times a second, not 50)."""
         if self._last_ms is None:
             self._last_ms = now
             return
@@ -71,6 +72,7 @@ class BandwidthMeter:
             return
         self._last_ms = now
         pending, self._pending = self._pending, {}
+        owners = owners_of() if pending else {}
         totals = {}
         for address, (n_in, n_out) in pending.items():
             for name in owners.get(tuple(address[:2]), ("unattributed",)):
@@ -171,7 +173,7 @@ class HostCore:
         if self.sip is not None and now - self._sip_expiry_ms >= 1000:
             self._sip_expiry_ms = now
             self.sip.handle_timer(now)
-        self.meter.sample(now, self.bandwidth_owners())
+        self.meter.sample(now, self.bandwidth_owners)
 
     # SIP phones (docs/sip.md): datagrams of the SIP port, which the daemon holds apart
 

@@ -338,6 +338,13 @@ class Directory:
         row = self._one("SELECT * FROM extensions WHERE number = ?", (number,))
         return _extension(row) if row else None
 
+    def extension_login(self, number):
+        """(secret, site, name of the site's remote host or None) of an extension, or None: what a
+        login at the main host needs, in one query (10,000 phones registering at once)."""
+        row = self._one("SELECT e.secret, e.site, r.name FROM extensions e LEFT JOIN remote_hosts r ON r.site = e.site "
+                        "WHERE e.number = ?", (number,))
+        return (bytes.fromhex(row[0]), row[1], row[2]) if row else None
+
     def extensions(self, site=None):
         """Extensions of one site, or of all sites, by number."""
         if site is None:

@@ -4,6 +4,7 @@ Sans-IO (host/core.py): datagrams and time in, datagrams out; the daemon holds i
 """
 import json
 import os
+import sys
 
 from upbx.common import wire
 from upbx.common.call import RELEASE_RECEIVED
@@ -48,12 +49,15 @@ class MainHost(HostCore):
                              max_legs={"phone": MAX_CALLS_PER_PHONE, "host": config.max_calls_per_host})
         self.links = {}          # Peer.index -> Link
         self.links_by_name = {}  # (kind, name) -> Link
+        self._links_changed = 0  # logins and logouts so far: bandwidth_owners is kept until one (or a move)
+        self._owners = (None, {})
         self.pair_keys = {}      # frozenset of two host names -> 32-byte key
         self.local_calls = {}    # site -> set of call ids granted and not yet ended
         self._last_expiry_ms = 0
         self._sysinfo_version = None
-        self._sysinfo_cache = {}  # (version, site) -> encoded system information
-        self.sysinfo_sent = {}   # link name -> {"copies", "datagrams"} of system information sent (B6)
+        self._sysinfo_cache = {}  # (version, site) -> (encoded system information, its SYSINFO payloads)
+        self.sysinfo_sent = {}   # link name -> (copies, datagrams) of system information sent (B6)
+        self._sent_counts = {}   # each (copies, datagrams) pair once
         self.sysinfo_sent_ms = {}   # link name -> when its last copy went out (host/metrics.py)
         self.sysinfo_acked = {}     # phone here -> the version it acknowledged
         self.site_phones = {}    # remote host name -> {extension: wall ms registered} its PHONE_STATEs told (the API)
@@ -76,13 +80,19 @@ class MainHost(HostCore):
     # directory
 
     def _secret_of(self, identity):
+        """(secret, site) of an identity that logs in here, else None (host/peers.py keeps both)."""
         kind, name = identity
-        row = self.directory.extension(name) if kind == "phone" else self.directory.remote_host(name)
-        if row is None:
-            return None
-        if kind == "phone" and self.directory.remote_host_of_site(row.site) is not None:
-            return None  # phones of a site with a remote host register there, not here
-        return row.secret
+        if kind == "phone":
+            row = self.directory.extension_login(name)
+            if row is None or row[2] is not None:
+                return None  # phones of a site with a remote host register there, not here
+            secret, site = row[0], row[1]
+        else:
+            row = self.directory.remote_host(name)
+            if row is None:
+                return None
+            secret, site = row.secret, row.site
+        return secret, sys.intern(site)   # one string for a site's phones
 
     def _sip_password(self, number):
         """SIP phones of sites without a remote host register here (docs/sip.md)."""
@@ -175,8 +185,12 @@ class MainHost(HostCore):
         if old is not None:
             self._link_down(old, now, "logged in again")
         link = Link(peer.name, peer.kind, session=peer)
+        site = self.peers.site_of(peer.identity)
+        if site is not None:
+            link.site = site   # as its secret's look-up said: no query at each login (_site_of)
         self.links[peer.index] = link
-        self.links_by_name[(peer.kind, peer.name)] = link
+        self._links_changed += 1
+        self.links_by_name[peer.identity] = link
         self.log.info("login", kind=link.kind, name=peer.name, address="%s:%d" % peer.address)
         if link.kind == "host":
             # a new login may be a rebooted host: it has forgotten its pairs and its clock (PUNCH
@@ -237,15 +251,25 @@ class MainHost(HostCore):
             info["sites"] = [s.name for s in self.directory.sites()]
             info["directory"] = {e.number: e.name for e in self.directory.extensions(site)}
             info["time"] = self.wall_ms(now) // 1000
-            cached = self._sysinfo_cache[key] = encode(info)
+            data = encode(info)
+            # the messages' IEs, encoded once for all of the site's phones (and their bytes shared)
+            cached = self._sysinfo_cache[key] = (data, [wire.encode_ies(ies) for ies in chunk_ies(version, data)])
         return version, cached
 
     def _send_sysinfo(self, link, now):
-        version, info = self._sysinfo(self._site_of(link), now)
-        chunks = self._send_blob(link, wire.SYSINFO, version, info, now)
-        sent = self.sysinfo_sent.setdefault(link.name, {"copies": 0, "datagrams": 0})
-        sent["copies"] += 1
-        sent["datagrams"] += chunks
+        version, (info, payloads) = self._sysinfo(self._site_of(link), now)
+        if link.session is not None:
+            for payload in payloads:
+                link.session.send_encoded(wire.SYSINFO, payload, now)
+            self.stats.count("%s copies sent" % wire.MESSAGE_NAMES[wire.SYSINFO].lower())
+            chunks = len(payloads)
+        else:
+            chunks = self._send_blob(link, wire.SYSINFO, version, info, now)
+        copies, datagrams = self.sysinfo_sent.get(link.name, (0, 0))
+        sent = (copies + 1, datagrams + chunks)
+        if len(self._sent_counts) > 1024:
+            self._sent_counts.clear()
+        self.sysinfo_sent[link.name] = self._sent_counts.setdefault(sent, sent)   # 10,000 phones share a few
         self.sysinfo_sent_ms[link.name] = now
 
     # signalling
@@ -782,6 +806,7 @@ class MainHost(HostCore):
         self.gone[(link.kind, link.name)] = {"address": "%s:%d" % link.address[:2],
                                              "last_seen_ms": self.wall_ms(link.session.last_seen_ms)}
         self.links.pop(link.session.index, None)
+        self._links_changed += 1
         if self.links_by_name.get((link.kind, link.name)) is link:
             del self.links_by_name[(link.kind, link.name)]
         self.mailbox_sync.logged_out(link)
@@ -798,8 +823,23 @@ class MainHost(HostCore):
         return site
 
     def bandwidth_owners(self):
-        """Each logged-in peer's current address -> its site (per-site bandwidth in status)."""
-        return {tuple(l.address[:2]): ("site " + self._site_of(l),) for l in self.links.values()}
+        """Each logged-in peer's current address -> its site (per-site bandwidth in status).
+
+        Built again only after a login, a logout or an address change (10,000 phones: the meter asks
+        4 times a second); an address's own tuple is the key and a site's phones share one value."""
+        stamp = (self._links_changed, self.peers.moves)
+        if self._owners[0] != stamp:
+            names = {}
+            owners = {}
+            for link in self.links.values():
+                site = self._site_of(link)
+                value = names.get(site)
+                if value is None:
+                    value = names[site] = ("site " + site,)
+                address = link.address
+                owners[address if type(address) is tuple and len(address) == 2 else tuple(address[:2])] = value
+            self._owners = (stamp, owners)
+        return self._owners[1]
 
     def status(self):
         return {
@@ -815,7 +855,7 @@ class MainHost(HostCore):
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
             "sysinfo_version": self._sysinfo_version,
-            "sysinfo_sent": {k: dict(v) for k, v in self.sysinfo_sent.items()},
+            "sysinfo_sent": {k: {"copies": c, "datagrams": d} for k, (c, d) in self.sysinfo_sent.items()},
             "firmware": {"phones": dict(self.firmware_phones.phones)},
             "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
         }

@@ -13,27 +13,46 @@ import heapq
 import hmac
 import os
 import secrets
+import sys
 
 from upbx.common import wire
 from upbx.common.reliable import Channel
-from upbx.common.session import (COOKIE_BUCKET_MS, SessionCrypto, handshake_key, identity_of, make_cookie,
+from upbx.common.session import (COOKIE_BUCKET_MS, handshake_key, identity_of, make_cookie,
                             parse_handshake, seal_handshake, session_keys, verify_handshake)
 from upbx.host.limits import FAILURE_COST, TokenBuckets
+from upbx.host.session_crypto import HostSessionCrypto
 
 KEY_CACHE = 65536   # identities whose handshake key (or absence) is kept; more and the cache starts afresh
 
 
+def _shared(address):
+    """address with its IP text interned: the phones of a site behind one NAT share one string."""
+    return (sys.intern(address[0]),) + tuple(address[1:])
+
+
 class HandshakeKey:
-    """A handshake key kept as its 32 bytes (a third of an HmacKey's memory: 10,000 phones
-    cost 1.8 MB, not 5.4), tagging and verifying with the stdlib's HMAC (C)."""
+    """What a host keeps of an identity between its logins: the handshake key and the secret
+    as one bytes object (key || secret) and the identity tuple ("phone" or "host", name) that
+    the peer, its link and the host's tables share, so a registered phone's name and identity
+    exist once. Tags and verifies with the stdlib's HMAC (C)."""
 
-    __slots__ = ("key",)
+    __slots__ = ("material", "identity", "site")
 
-    def __init__(self, key):
-        self.key = key
+    def __init__(self, key, secret, identity, site=None):
+        self.material = bytes(key) + bytes(secret)
+        self.identity = identity
+        self.site = site   # the site the host's look-up named with the secret (shared by its phones), or None
+
+    @property
+    def key(self):
+        return self.material[:32]
+
+    @property
+    def secret(self):
+        return self.material[32:]
 
     def tag(self, msg, size):
-        return hmac.digest(self.key, bytes(msg), "sha256")[:size]
+        return hmac.digest(self.material[:32], bytes(msg), "sha256")[:size]
 
     def verify(self, msg, received, size):
         return len(received) == size and hmac.compare_digest(self.tag(msg, size), bytes(received))
@@ -42,9 +61,13 @@ class HandshakeKey:
 class Peer:
     """One logged-in client: a phone or a remote host."""
 
-    def __init__(self, index, kind, name, channel, address, now_ms, client_nonce, dirty=None):
+    __slots__ = ("index", "_dirty", "identity", "kind", "name", "channel", "address", "last_seen_ms",
+                 "logged_in_ms", "client_nonce", "address_changes", "moved")
+
+    def __init__(self, index, kind, name, channel, address, now_ms, client_nonce, dirty=None, identity=None):
         self.index = index
         self._dirty = dirty if dirty is not None else set()
+        self.identity = identity or (kind, name)   # the key of by_identity (and the main host's links_by_name)
         self.kind = kind            # "phone" or "host"
         self.name = name
         self.channel = channel
@@ -60,6 +83,11 @@ class Peer:
         self.channel.send(msg_type, ies, now)
         self._dirty.add(self)
 
+    def send_encoded(self, msg_type, payload, now):
+        """send, with the IEs encoded already (wire.encode_ies)."""
+        self.channel.send_encoded(msg_type, payload, now)
+        self._dirty.add(self)
+
     def __repr__(self):
         return "<Peer %s:%s #%d at %s>" % (self.kind, self.name, self.index, self.address)
 
@@ -68,7 +96,8 @@ class PeerTable:
     """Logins and live sessions of one host, keyed by our receive index."""
 
     def __init__(self, lookup_secret, stats, ttl_ms, phone_keepalive_ms=None, host_ttl_ms=None):
-        self.lookup_secret = lookup_secret   # ("phone" or "host", name) -> secret bytes or None
+        # ("phone" or "host", name) -> secret bytes, or (secret, site) to keep the site with the key, or None
+        self.lookup_secret = lookup_secret
         self.stats = stats
         self.ttl_ms = ttl_ms                 # a phone's registration lives this long without a new frame
         self.host_ttl_ms = host_ttl_ms or ttl_ms   # ... and a remote host's login (keepalive_timeout_s)
@@ -82,8 +111,9 @@ class PeerTable:
         self.by_identity = {}               # ("phone" or "host", name) -> Peer
         self._next_index = int.from_bytes(os.urandom(2), "big") + 1
         self._reserved = set()              # our indices used by something else (a login, a pair)
-        self._keys = {}                     # (kind, name) -> (secret, HandshakeKey) or None
+        self._keys = {}                     # (kind, name) -> HandshakeKey or None
         self.buckets = TokenBuckets()       # handshakes per source address
+        self.moves = 0                      # peers' address changes so far (what owns an address may change)
 
     def _allocate_index(self):
         while True:
@@ -105,17 +135,24 @@ class PeerTable:
         self._keys.clear()
 
     def _handshake_key(self, identity):
-        """(secret, handshake key) of an identity, or None; derived once per directory version."""
+        """The HandshakeKey of an identity, or None; derived once per directory version."""
         if identity in self._keys:
             return self._keys[identity]
-        secret = self.lookup_secret(identity)
-        entry = None if secret is None else (secret, HandshakeKey(handshake_key(secret).key))
+        secret, site = self.lookup_secret(identity), None
+        if isinstance(secret, tuple):
+            secret, site = secret
+        entry = None if secret is None else HandshakeKey(handshake_key(secret).key, secret, identity, site)
         if entry is not None:
             self.stats.count("handshake keys derived")
         if len(self._keys) >= KEY_CACHE:
             self._keys.clear()
         self._keys[identity] = entry
         return entry
+
+    def site_of(self, identity):
+        """The site the look-up named with identity's secret (while its key is kept), else None."""
+        key = self._keys.get(identity)
+        return key.site if key is not None else None
 
     def _failed(self, address, reason):
         """A handshake that failed: counted, and it costs its source extra tokens."""
@@ -138,11 +175,10 @@ class PeerTable:
         named = identity_of(ies)   # ("ext", number) or ("host", name), as the handshake names it
         if named is None or wire.IE_SESSION_INDEX not in ies or wire.IE_NONCE not in ies:
             return self._failed(address, "handshake missing IEs")
-        identity = ("phone" if named[0] == "ext" else "host", named[1])
-        entry = self._handshake_key(identity)
-        if entry is None:
+        key = self._handshake_key(("phone" if named[0] == "ext" else "host", named[1]))
+        if key is None:
             return self._failed(address, "unknown identity")
-        secret, key = entry
+        identity = key.identity   # the one tuple (and name) the peer and the tables share
         if not verify_handshake(key, datagram):
             return self._failed(address, "bad tag")
         client_index = ies[wire.IE_SESSION_INDEX]
@@ -154,9 +190,9 @@ class PeerTable:
         if msg_type != wire.RESPONSE or wire.IE_COOKIE not in ies:
             return self._failed(address, "unexpected handshake")
         cookie = ies[wire.IE_COOKIE]
-        if cookie not in (make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now),
-                          make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now,
-                                      previous=True)):
+        if (cookie != make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now)
+                and cookie != make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now,
+                                          previous=True)):
             return self._failed(address, "stale cookie")
         old = self.by_identity.get(identity)
         if old is not None and old.client_nonce == nonce:
@@ -170,10 +206,11 @@ class PeerTable:
             horizon = now - 2 * COOKIE_BUCKET_MS
             self._used_nonces = {n: t for n, t in self._used_nonces.items() if t >= horizon}
             self._prune_at = max(1024, 2 * len(self._used_nonces))
-        keys = session_keys(secret, nonce, cookie, False)
-        channel = Channel(SessionCrypto(*keys), client_index)
+        # the client's order (c2s auth, enc, s2c auth, enc) is the 96 bytes HKDF gave
+        keys = b"".join(session_keys(key.secret, nonce, cookie, True))
+        channel = Channel(HostSessionCrypto(keys), client_index)
         index = self._allocate_index()
-        peer = Peer(index, identity[0], identity[1], channel, address, now, nonce, self.dirty)
+        peer = Peer(index, identity[0], identity[1], channel, _shared(address), now, nonce, self.dirty, identity)
         if old is not None:
             self.remove(old)
         self.peers[index] = peer
@@ -198,6 +235,8 @@ class PeerTable:
         if channel.authenticated == before:
             self.stats.drop("bad tag")
             return None, []
+        if not channel.pending():
+            channel.crypto.rest()   # nothing left to acknowledge: an idle session keeps only its keys
         self.dirty.add(peer)   # it may owe an acknowledgement, or an ACK freed room for queued messages
         if channel.new == new_before:
             # authentic but old (a duplicate, or a replay from anywhere): it may be acknowledged
@@ -212,8 +251,9 @@ class PeerTable:
         """Note a new authenticated packet from peer (never a replay): roaming updates its address (B7)."""
         peer.last_seen_ms = now
         if address != peer.address:
-            peer.address = address
+            peer.address = _shared(address)
             peer.address_changes += 1
+            self.moves += 1
             return True
         return False
 
@@ -252,8 +292,8 @@ class PeerTable:
     def remove(self, peer):
         self.peers.pop(peer.index, None)
         self.dirty.discard(peer)
-        if self.by_identity.get((peer.kind, peer.name)) is peer:
-            del self.by_identity[(peer.kind, peer.name)]
+        if self.by_identity.get(peer.identity) is peer:
+            del self.by_identity[peer.identity]
 
     def expired(self, now):
         """Peers silent for longer than their kind's lifetime, or whose channel gave up."""

@@ -32,8 +32,12 @@ ENDED_MAX = 4096
 class Link:
     """The far end of legs: a logged-in peer (server side) or our own login (client side)."""
 
+    # one per registered phone at a main host (10,000): no per-instance dict (subclasses have one)
+    __slots__ = ("_serial", "name", "kind", "session", "login", "_address", "trunk_auth", "trunk_recv_auth",
+                 "peer_index", "up", "legs", "codec", "site")
+
     def __init__(self, name, kind, session=None, login=None, address=None):
-        self.serial = next(_SERIALS)  # never reused: what ended calls remember instead of the link
+        self._serial = None
         self.name = name
         self.kind = kind            # "phone", "host" (a remote host at the main host), "main", "pair"
         self.session = session      # host.peers.Peer
@@ -45,6 +49,14 @@ class Link:
         self.up = True
         self.legs = 0               # live legs on this link (Switch.new_leg / end_call)
         self.codec = wire.CODEC_ULAW  # a phone's G.711 law, as its SETUP / ALERTING said (host/codec.py)
+
+    @property
+    def serial(self):
+        """Never reused: what ended calls remember instead of the link (numbered at first use: an
+        idle phone's link holds no number)."""
+        if self._serial is None:
+            self._serial = next(_SERIALS)
+        return self._serial
 
     @property
     def address(self):

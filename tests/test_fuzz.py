@@ -28,6 +28,7 @@ from upbx.common import media, session, trunk, wire
 from upbx.common.crypto import HmacKey, extend16
 from upbx.common.login import UP, Login
 from upbx.common.media import MediaLeg
+from upbx.host import session_crypto
 from upbx.host.peers import HandshakeKey, PeerTable
 
 SECRET = bytes(range(16))
@@ -421,6 +422,7 @@ def test_each_receiver_would_accept_a_forgery_without_its_tag_check(name, monkey
     monkeypatch.setattr(HandshakeKey, "verify", lambda self, msg, received, size: len(received) == size)
     monkeypatch.setattr(session, "compare_digest", same_length)
     monkeypatch.setattr(trunk, "compare_digest", same_length)   # the trunk tag (common/trunk.py)
+    monkeypatch.setattr(session_crypto, "compare_digest", same_length)   # a session at a host
     assert World().frames == W.frames                            # the real frames still go through
     with pytest.raises(AssertionError, match="forged %s accepted" % name):
         World(forge=_flip_tag_of(name))

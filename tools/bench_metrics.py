@@ -32,7 +32,7 @@ def _core(n, workdir):
         core.stats.count("msg SETUP")
     for k in range(40):
         core.stats.drops["reason %d" % k] = k
-    core.meter.sample(0, {})
+    core.meter.sample(0, dict)
     return core
 
 
