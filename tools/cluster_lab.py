@@ -8,6 +8,7 @@ in close() (also when a test fails; it is a context manager), and an engine that
 start raises EngineError with the last lines of its log.
 """
 import glob
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from upbx.tools.lab import free_tcp_port
+from upbx.tools.lab import ROOT, LoopbackExchange, free_port, free_tcp_port, upbx
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))   # Debian's postgresql-NN, newest last
 
@@ -207,3 +208,65 @@ class Engines:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class ClusterExchange(LoopbackExchange):
+    """Main host nodes (processes) on one set of Engines, with LoopbackExchange's phones and helpers:
+    `upbx admin` goes to the cluster's PostgreSQL through the first node's main.toml."""
+
+    def __init__(self, engines, nodes=("n1", "n2"), **kwargs):
+        LoopbackExchange.__init__(self, **kwargs)
+        self.engines = engines
+        self.nodes = list(nodes)
+        self.node_ports = {node: free_port() for node in self.nodes}
+        self.main_port = self.node_ports[self.nodes[0]]   # phones of sites without a remote host: the first node
+        for node in self.nodes:
+            self._write_config(node)
+
+    def _write_config(self, node):
+        with open(self.path(node + ".toml"), "w") as f:
+            f.write('[main]\nlisten = "127.0.0.1:%d"\ndatabase = "%s.sqlite"\ncontrol_socket = "%s"\nlog_level = "%s"\n'
+                    'workers = 1\n\n%s' % (self.node_ports[node], node, self.path(node + ".sock"), self.log_level,
+                                           self.engines.cluster_table(node)))
+
+    def admin(self, *args):
+        out = subprocess.run(upbx("admin", "--config", self.path(self.nodes[0] + ".toml"), *args), cwd=ROOT,
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError("upbx admin %s: %s" % (" ".join(args), out.stderr.strip()))
+        return out.stdout.strip()
+
+    def status(self, daemon):
+        """A daemon's status; "main" is the first node (where phones of sites without a remote host go)."""
+        return LoopbackExchange.status(self, self.nodes[0] if daemon == "main" else daemon)
+
+    def cluster_status(self):
+        out = subprocess.run(upbx("cluster", "status", "--config", self.path(self.nodes[0] + ".toml"), "--json"),
+                             cwd=ROOT, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    def start_node(self, node, wait=True):
+        proc = self.spawn(node, upbx("main", "--config", self.path(node + ".toml")))
+        if wait:
+            self.wait_for(lambda: self.status(node)["pid"] == proc.pid, "node %s started" % node, timeout=60,
+                          watch=(node,))
+        return proc
+
+    def start(self):
+        """Every node, then the remote hosts of provision()'s sites, logged in to the first node."""
+        for node in self.nodes:
+            self.start_node(node, wait=False)
+        for node in self.nodes:
+            self.wait_for(lambda: self.status(node)["cluster"]["engines"]["etcd"] == "up", "node %s joined" % node,
+                          timeout=60, watch=(node,))
+        for site in getattr(self, "remote_sites", ()):
+            port = self.remote_ports[site] = free_port()
+            name = "site-" + site
+            with open(self.path(name + ".toml"), "w") as f:
+                f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "127.0.0.1:%d"\nlisten = "127.0.0.1:%d"\n'
+                        'control_socket = "%s"\nlog_level = "%s"\n'
+                        % (name, self.secrets[name], self.main_port, port, self.path(name + ".sock"), self.log_level))
+            self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
+        self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up"
+                                  for s in getattr(self, "remote_sites", ())),
+                      "remote hosts logged in", timeout=60, watch=tuple(self.nodes))
