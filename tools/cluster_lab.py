@@ -246,6 +246,8 @@ class ClusterExchange(LoopbackExchange):
         return json.loads(out.stdout)
 
     def start_node(self, node, wait=True):
+        """Start a node (again, after kill(node): the one killed is forgotten, it is no longer watched)."""
+        self.procs = [p for p in self.procs if p.upbx_name != node or p.poll() is None]
         proc = self.spawn(node, upbx("main", "--config", self.path(node + ".toml")))
         if wait:
             self.wait_for(lambda: self.status(node)["pid"] == proc.pid, "node %s started" % node, timeout=60,
