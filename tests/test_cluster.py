@@ -297,3 +297,50 @@ def test_admin_refuses_what_a_cluster_does_not_keep_yet(tmp_path):
     out = subprocess.run(upbx("admin", "--config", str(path), "site", "list"), cwd=ROOT, capture_output=True,
                          text=True)
     assert out.returncode == 1 and "key 'cluster.postgres'" in out.stderr and "Traceback" not in out.stderr
+
+
+# one Directory, two databases: directory.py's own behaviours, on PostgreSQL
+
+@pytest.fixture
+def pg_directory(engines):
+    import psycopg
+    from upbx.host.cluster.postgres import PostgresDirectory
+    admin = engines.postgres_dsn.replace("dbname=upbx", "dbname=postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS directory_behaviours")
+        conn.execute("CREATE DATABASE directory_behaviours")
+    directory = PostgresDirectory(engines.postgres_dsn.replace("dbname=upbx", "dbname=directory_behaviours"))
+    yield directory
+    directory.close()
+
+
+def _sqlite_behaviours():
+    from tests import test_directory as on_sqlite
+    return [on_sqlite.test_refusals_are_clear_and_change_nothing, on_sqlite.test_removing_in_order,
+            on_sqlite.test_barring, on_sqlite.test_call_record_uploaded_twice_is_stored_once,
+            on_sqlite.test_call_record_validation, on_sqlite.test_sysinfo_is_versioned_and_directory_changes_bump_it]
+
+
+@pytest.mark.parametrize("behaviour", _sqlite_behaviours(), ids=lambda f: f.__name__[len("test_"):])
+def test_directory_behaves_the_same_on_postgres(pg_directory, behaviour):
+    behaviour(pg_directory)
+
+
+def test_directory_features_groups_and_music_on_postgres(pg_directory):
+    d = pg_directory
+    d.add_site("north")
+    d.add_extensions([("201", "north", "Ann"), ("202", "north", "Bob")])
+    with pytest.raises(Exception, match="extensions not added"):
+        d.add_extensions([("201", "north", "again")])
+    d.set_features("201", {"dnd": True})
+    d.set_features("201", {"dnd": False})                  # INSERT OR REPLACE: the second wins
+    assert d.features("201")["dnd"] is False
+    d.set_group({"number": "600", "strategy": "ring-all", "members": ["201", "202"]})
+    assert d.group("600")["members"] == ["201", "202"] and d.site_groups("north").keys() == {"600"}
+    assert d.set_music_on_hold("jingle", b"\xff" * 160) == 1
+    assert d.set_music_on_hold("jingle", b"\x7f" * 160) == 2
+    assert d.music_on_hold() == (2, "jingle", b"\x7f" * 160)
+    password = d.set_sip_password("202")
+    assert d.sip_passwords("north") == {"202": password}
+    d.remove_extension("202")                              # ON DELETE CASCADE, as on SQLite
+    assert d.sip_passwords() == {} and d.extension("202") is None
