@@ -38,6 +38,7 @@ class MainHost(HostCore):
         self.conferences.max_parties = config.conference_parties
         self.cluster = None      # host.cluster.node.ClusterNode when main.toml has a [cluster] table
         self.cluster_state = {}  # each engine's "up"/"down", kept by the node's ClusterService
+        self.cluster_members = []   # names of the live nodes (etcd's leases), kept by the ClusterService
         if getattr(config, "cluster_postgres", ""):
             from upbx.host.cluster.node import ClusterNode   # psycopg, redis, aetcd: the cluster extra
             self.cluster = ClusterNode(config, log)
@@ -852,6 +853,7 @@ class MainHost(HostCore):
             "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
             "cluster": None if self.cluster is None else {
                 "node": self.cluster.name, "node_id": self.cluster.node_id, "engines": dict(self.cluster_state),
+                "members": list(self.cluster_members),
                 "directory_refreshes": self.directory.refreshes, "records_deferred": len(self.deferred_records),
                 "records_waiting": len(self.directory.outbox())},
         }

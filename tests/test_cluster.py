@@ -255,6 +255,7 @@ async def _etcd_value(engines, key):
 
 def test_killed_node_leaves_the_cluster_when_its_lease_expires(lab):
     status = lab.cluster_status()
+    lab.wait_for(lambda: lab.status("n1")["cluster"]["members"] == list(NODES), "n1 sees every node")
     ids = {n["name"]: n["id"] for n in status["nodes"]}
     assert set(ids) == set(NODES) and len(set(ids.values())) == len(NODES)
     sites = {n["name"]: n["sites"] for n in status["nodes"]}
@@ -262,6 +263,9 @@ def test_killed_node_leaves_the_cluster_when_its_lease_expires(lab):
     lab.kill("n3")                                                              # kill -9: no goodbye
     lab.wait_for(lambda: "n3" not in [n["name"] for n in lab.cluster_status()["nodes"]], "n3 gone", timeout=60)
     assert [n["name"] for n in lab.cluster_status()["nodes"]] == ["n1", "n2"]
+    # and the survivors know it
+    for node in ("n1", "n2"):
+        lab.wait_for(lambda: lab.status(node)["cluster"]["members"] == ["n1", "n2"], node + " sees n3 gone", timeout=30)
     # the same name comes back with its number
     lab.start_node("n3")
     lab.wait_for(lambda: "n3" in [n["name"] for n in lab.cluster_status()["nodes"]], "n3 back", timeout=60)

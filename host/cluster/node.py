@@ -145,6 +145,8 @@ class ClusterService:
                             raise coordination.CoordinationError("the lease expired")
                         renew_at = time.monotonic() + self.config.cluster_lease_s / 3
                     await self.membership.update(self._info())
+                    # the nodes alive as etcd says: item 3's failover starts from a node that left
+                    self.core.cluster_members = sorted(await coordination.members(self.etcd))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
