@@ -241,6 +241,9 @@ def test_call_key_in_redis_holds_its_legs_and_expires_after_the_call(lab, engine
     caller.wait(60)
     callee.wait(60)
     lab.wait_for(lambda: json.loads(r.get(key) or b'{"ended": true}')["ended"], "the key marked ended", timeout=30)
+    # the node's own record of the call is PostgreSQL's
+    lab.wait_for(lambda: sql(engines, "SELECT origin, caller, callee FROM call_records WHERE uid = %s", call["uid"])
+                 == [("main", "302", "301")], "the call's record in PostgreSQL")
     lab.wait_for(lambda: not r.exists(key), "the ended call's key expired", timeout=60)
     r.close()
 
