@@ -276,6 +276,33 @@ def test_killed_node_leaves_the_cluster_when_its_lease_expires(lab):
     assert {n["name"]: n["id"] for n in lab.cluster_status()["nodes"]} == ids
 
 
+def test_membership_survives_an_etcd_restart_on_its_lease(engines):
+    from upbx.host.cluster import coordination
+
+    async def before():
+        client = await coordination.connect([("127.0.0.1", engines.etcd_port)])
+        member = coordination.Membership(client, "restart-probe", 30)
+        await member.join({"id": 99})
+        await client.close()
+        return member
+
+    async def after(member):
+        client = await coordination.connect([("127.0.0.1", engines.etcd_port)])
+        try:
+            lease = member.lease.id
+            await member.attach(client, {"id": 99, "calls": 1})
+            assert member.lease.id == lease                        # the same lease: the node never left
+            assert (await coordination.members(client))["restart-probe"] == {"id": 99, "calls": 1}
+            await member.leave()
+            assert "restart-probe" not in await coordination.members(client)
+        finally:
+            await client.close()
+
+    member = asyncio.run(before())
+    engines.restart_etcd()
+    asyncio.run(after(member))
+
+
 # configuration and the CLI without engines
 
 def test_cluster_table_needs_all_three_engines(tmp_path):

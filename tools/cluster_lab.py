@@ -141,8 +141,9 @@ class Engines:
                               "--save", "", "--appendonly", "no", "--dir", self.path("redis")])
 
     def _start_etcd(self):
-        self.etcd_port, peer = free_tcp_port(), free_tcp_port()
-        client, peer_url = "http://127.0.0.1:%d" % self.etcd_port, "http://127.0.0.1:%d" % peer
+        if self.etcd_port is None:
+            self.etcd_port, self._etcd_peer = free_tcp_port(), free_tcp_port()
+        client, peer_url = "http://127.0.0.1:%d" % self.etcd_port, "http://127.0.0.1:%d" % self._etcd_peer
         self._spawn("etcd", ["etcd", "--name", "lab", "--data-dir", self.path("etcd"),
                              "--listen-client-urls", client, "--advertise-client-urls", client,
                              "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
@@ -175,6 +176,12 @@ class Engines:
                                  autocommit=True) as conn:
                 conn.execute("CREATE DATABASE upbx")
             self._created = True
+
+    def restart_etcd(self):
+        """Stop etcd and start it again on its data (its leases are kept, their time restarted)."""
+        self._stop("etcd")
+        self._start_etcd()
+        self._wait("etcd", lambda: _tcp_open(self.etcd_port))
 
     def _pg_ready(self):
         out = subprocess.run([os.path.join(PG_BIN[-1], "pg_isready"), "-q", "-h", "127.0.0.1",

@@ -18,6 +18,7 @@ import json
 import secrets
 
 import aetcd
+import aetcd.leases
 
 from upbx.host.daemon import ServiceError
 
@@ -115,6 +116,19 @@ class Membership:
             held = await self.client.get(self.key)
             raise CoordinationError("node name %r is held by a live node: %s"
                                     % (self.key[len(PREFIX) + 6:].decode(), held.value.decode() if held else "?"))
+
+    async def attach(self, client, info):
+        """Join on client; after a lost connection, keep the lease this node still holds if it has not
+        expired (the node never left), else join anew."""
+        self.client = client
+        if self.lease is not None:
+            self.lease = aetcd.leases.Lease(self.lease.id, self.lease_s, client)
+            if await self.renew():
+                self.info = {}
+                await self.update(info)
+                return
+            self.lease = None
+        await self.join(info)
 
     async def renew(self):
         """Refresh the lease; False when it had expired (the node must join again)."""

@@ -133,8 +133,9 @@ class ClusterService:
             try:
                 if self.etcd is None:
                     self.etcd = await coordination.connect(self.config.cluster_etcd)
-                self.membership = coordination.Membership(self.etcd, self.node.name, self.config.cluster_lease_s)
-                await self.membership.join(self._info())
+                if self.membership is None:
+                    self.membership = coordination.Membership(self.etcd, self.node.name, self.config.cluster_lease_s)
+                await self.membership.attach(self.etcd, self._info())
                 self._log("etcd", "up", lease_s=self.config.cluster_lease_s)
                 backoff = 0.1
                 renew_at = time.monotonic()
