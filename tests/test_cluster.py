@@ -49,9 +49,11 @@ def lab(engines):
 
 def _add_site_with_host(lab, site, number):
     """A site whose remote host the test plays itself (Intruder): its secret."""
-    lab.admin("site", "add", site)
-    secret = lab.admin("host", "add", "site-" + site, "--site", site)
-    lab.secrets[number] = lab.admin("ext", "add", number, "--site", site)
+    from upbx.host.cluster.postgres import PostgresDirectory
+    with PostgresDirectory(lab.engines.postgres_dsn) as directory:
+        directory.add_site(site)
+        secret = directory.add_remote_host("site-" + site, site).hex()
+        lab.secrets[number] = directory.add_extension(number, site).hex()
     return secret
 
 
@@ -211,10 +213,11 @@ def test_call_key_in_redis_holds_its_legs_and_expires_after_the_call(lab, engine
     import redis
     from upbx.host.cluster.calls import unseal
     r = redis.Redis.from_url(engines.redis_url)
-    callee = lab.phone("301", "--answer", "--exit-after-call", "--exit-after", "60", tag="redis-callee")
-    lab.wait_registered("301", timeout=30)
-    caller = lab.phone("302", "--send", "tone:440", "--call", "301", "--duration", "4", "--exit-after-call",
-                       "--exit-after", "60", tag="redis-caller")
+    callee = lab.phone("301", "--answer", "--exit-after-call", "--exit-after", "600", tag="redis-callee")
+    lab.wait_registered("301", timeout=60)
+    # the call lasts until the test hangs up (the caller's console): no step below races its end
+    caller = lab.phone("302", "--send", "tone:440", "--call", "301", "--exit-after-call", "--exit-after", "600",
+                       tag="redis-caller")
 
     def answered():
         for key in r.scan_iter(match="upbx:call:*"):
@@ -239,8 +242,10 @@ def test_call_key_in_redis_holds_its_legs_and_expires_after_the_call(lab, engine
     # while it lasts, `upbx cluster status` counts it on n1
     status = lab.cluster_status()
     assert {n["name"]: n["calls_in_redis"] for n in status["nodes"]}["n1"] >= 1
-    caller.wait(60)
-    callee.wait(60)
+    caller.stdin.write(b"!hangup\n")
+    caller.stdin.flush()
+    caller.wait(120)
+    callee.wait(120)
     lab.wait_for(lambda: json.loads(r.get(key) or b'{"ended": true}')["ended"], "the key marked ended", timeout=30)
     # the node's own record of the call is PostgreSQL's
     lab.wait_for(lambda: sql(engines, "SELECT origin, caller, callee FROM call_records WHERE uid = %s", call["uid"])
@@ -258,21 +263,19 @@ async def _etcd_value(engines, key):
 # etcd: membership leases
 
 def test_killed_node_leaves_the_cluster_when_its_lease_expires(lab):
-    status = lab.cluster_status()
     lab.wait_for(lambda: lab.status("n1")["cluster"]["members"] == list(NODES), "n1 sees every node")
+    status = lab.cluster_status()
     ids = {n["name"]: n["id"] for n in status["nodes"]}
     assert set(ids) == set(NODES) and len(set(ids.values())) == len(NODES)
     sites = {n["name"]: n["sites"] for n in status["nodes"]}
     assert "a" in sites["n1"] and "a" not in sites["n2"]     # site-a's remote host is logged in to n1
     lab.kill("n3")                                                              # kill -9: no goodbye
-    lab.wait_for(lambda: "n3" not in [n["name"] for n in lab.cluster_status()["nodes"]], "n3 gone", timeout=60)
+    for node in ("n1", "n2"):   # the survivors see it gone (their view of etcd), then the CLI does
+        lab.wait_for(lambda: lab.status(node)["cluster"]["members"] == ["n1", "n2"], node + " sees n3 gone", timeout=60)
     assert [n["name"] for n in lab.cluster_status()["nodes"]] == ["n1", "n2"]
-    # and the survivors know it
-    for node in ("n1", "n2"):
-        lab.wait_for(lambda: lab.status(node)["cluster"]["members"] == ["n1", "n2"], node + " sees n3 gone", timeout=30)
     # the same name comes back with its number
     lab.start_node("n3")
-    lab.wait_for(lambda: "n3" in [n["name"] for n in lab.cluster_status()["nodes"]], "n3 back", timeout=60)
+    lab.wait_for(lambda: lab.status("n1")["cluster"]["members"] == list(NODES), "n1 sees n3 back", timeout=60)
     assert {n["name"]: n["id"] for n in lab.cluster_status()["nodes"]} == ids
 
 

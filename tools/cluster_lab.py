@@ -236,6 +236,21 @@ class ClusterExchange(LoopbackExchange):
                     'workers = 1\n\n%s' % (self.node_ports[node], node, self.path(node + ".sock"), self.log_level,
                                            self.engines.cluster_table(node)))
 
+    def provision(self, sites=("a", "b", "c"), remote_sites=("a", "b"), phones=None):
+        """LoopbackExchange.provision straight into PostgreSQL (the Directory `upbx admin` uses, without a
+        process per row: a busy machine starts each in seconds)."""
+        from upbx.host.cluster.postgres import PostgresDirectory
+        phones = phones or {"a": ["101", "102"], "b": ["201", "202"], "c": ["301", "302"]}
+        with PostgresDirectory(self.engines.postgres_dsn) as directory:
+            for site in sites:
+                directory.add_site(site)
+                if site in remote_sites:
+                    self.secrets["site-" + site] = directory.add_remote_host("site-" + site, site).hex()
+                for number in phones.get(site, []):
+                    self.secrets[number] = directory.add_extension(number, site, "Phone " + number).hex()
+        self.phone_site = {n: s for s, ns in phones.items() for n in ns}
+        self.remote_sites = remote_sites
+
     def admin(self, *args):
         out = subprocess.run(upbx("admin", "--config", self.path(self.nodes[0] + ".toml"), *args), cwd=ROOT,
                              capture_output=True, text=True)

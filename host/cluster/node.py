@@ -16,7 +16,7 @@ import time
 
 from upbx.host.cluster import coordination
 from upbx.host.cluster.calls import CallMirror
-from upbx.host.cluster.postgres import CHANNEL
+from upbx.host.cluster.postgres import CHANNEL, read_snapshot
 from upbx.host.cluster.replica import ReplicaDirectory
 from upbx.host.directory import StoreUnavailable
 
@@ -161,20 +161,39 @@ class ClusterService:
     # PostgreSQL: LISTEN, refresh the copy, move waiting records
 
     async def _listen(self):
+        """NOTIFYs on one connection, snapshots on another: a notification that arrives while a snapshot
+        is read sets `changed` again, and the next snapshot has it (a burst costs one or two)."""
         import psycopg
         directory = self.node.directory
+        changed = asyncio.Event()
         backoff = 0.1
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.config.cluster_postgres,
-                                                                 autocommit=True) as conn:
-                    await conn.execute("LISTEN %s" % CHANNEL)
-                    self._refresh(directory)   # what changed while nobody listened
-                    self._log("postgres", "up")
-                    backoff = 0.1
-                    async for _notify in conn.notifies():
-                        # one refresh for a burst: whatever else arrived meanwhile is in the same snapshot
-                        self._refresh(directory)
+                                                                 autocommit=True) as listener, \
+                        await psycopg.AsyncConnection.connect(self.config.cluster_postgres,
+                                                              autocommit=True) as reader:
+                    await listener.execute("LISTEN %s" % CHANNEL)
+                    waiter = asyncio.ensure_future(self._notified(listener, changed))
+                    try:
+                        changed.set()   # what changed while nobody listened
+                        while True:
+                            # while writes cannot reach PostgreSQL, look again every second even
+                            # without a NOTIFY: a failed write alone does not break the listener
+                            wake = asyncio.ensure_future(changed.wait())
+                            await asyncio.wait([waiter, wake], return_when=asyncio.FIRST_COMPLETED,
+                                               timeout=None if directory.available else 1.0)
+                            wake.cancel()
+                            if waiter.done():
+                                waiter.result()   # the listener's connection failed: raise it here
+                                raise ConnectionError("the LISTEN connection closed")
+                            changed.clear()
+                            directory.apply(await read_snapshot(reader))
+                            self._after_refresh(directory)
+                            self._log("postgres", "up")
+                            backoff = 0.1
+                    finally:
+                        waiter.cancel()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -183,18 +202,23 @@ class ClusterService:
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
 
-    def _refresh(self, directory):
-        """Refresh the copy; once more on a fresh connection when the old one died with the server."""
-        for attempt in (0, 1):
+    @staticmethod
+    async def _notified(listener, changed):
+        async for _notify in listener.notifies():
+            changed.set()
+
+    def _after_refresh(self, directory):
+        """PostgreSQL answers again: writes may go to it, and the records that waited for it go now."""
+        if not directory.available:
             try:
                 directory.connect_primary()
-                directory.refresh()
-                break
             except StoreUnavailable:
-                if attempt:
-                    raise
+                return
         if directory.outbox():
-            moved = directory.flush_outbox()
+            try:
+                moved = directory.flush_outbox()
+            except StoreUnavailable:   # the sync connection found the old server gone: next time
+                return
             self.core.log.info("cluster-records", moved=moved)
 
     # Redis: one key per call

@@ -136,15 +136,32 @@ class PostgresDirectory(Directory):
     def snapshot(self):
         """{table: rows} of every directory table (sysinfo: its last version), read in one snapshot."""
         out = {}
-        self.db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self.db.execute(SNAPSHOT_BEGIN)
         try:
-            for table in DIRECTORY_TABLES:
-                order = "ORDER BY version DESC LIMIT 1" if table == "sysinfo" else ""
-                out[table] = self.db.execute("SELECT %s FROM %s %s" % (", ".join(COLUMNS[table]), table, order)
-                                             ).fetchall()
+            for table, query in SNAPSHOT:
+                out[table] = self.db.execute(query).fetchall()
         finally:
             self.db.execute("COMMIT")
         return out
+
+
+SNAPSHOT_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+SNAPSHOT = [(table, "SELECT %s FROM %s %s" % (", ".join(COLUMNS[table]), table,
+                                              "ORDER BY version DESC LIMIT 1" if table == "sysinfo" else ""))
+            for table in DIRECTORY_TABLES]
+
+
+async def read_snapshot(conn):
+    """PostgresDirectory.snapshot() on a psycopg AsyncConnection (autocommit): the node's loop goes on
+    relaying while PostgreSQL answers."""
+    out = {}
+    await conn.execute(SNAPSHOT_BEGIN)
+    try:
+        for table, query in SNAPSHOT:
+            out[table] = await (await conn.execute(query)).fetchall()
+    finally:
+        await conn.execute("COMMIT")
+    return out
 
 
 class _Transaction:

@@ -52,9 +52,14 @@ class ReplicaDirectory(Directory):
         return replica, None
 
     def connect_primary(self):
-        """(Re)make the PostgreSQL side after it was unreachable at start; raises StoreUnavailable."""
+        """PostgreSQL answers again: make the PostgreSQL side (unreachable since the start), or drop its
+        connection (it may be to the server that went away: the next write connects afresh); then
+        writes go to it again. Raises StoreUnavailable."""
         if isinstance(self.primary, _Unreachable):
             self.primary = PostgresDirectory(self.primary.dsn)
+        else:
+            self.primary.db.close()
+        self.available = True
 
     def refresh(self):
         """Copy every directory table from PostgreSQL; returns the system information version copied."""
@@ -63,6 +68,13 @@ class ReplicaDirectory(Directory):
         except StoreUnavailable:
             self.available = False
             raise
+        version = self.apply(tables)
+        self.available = True
+        return version
+
+    def apply(self, tables):
+        """Replace the copy with a snapshot ({table: rows}, postgres.py) in one SQLite transaction; returns
+        the system information version it holds."""
         with self._transaction():
             for table in reversed(DIRECTORY_TABLES):
                 self.db.execute("DELETE FROM %s" % table)
@@ -71,7 +83,6 @@ class ReplicaDirectory(Directory):
                 self.db.executemany("INSERT INTO %s (%s) VALUES (%s)" % (table, ", ".join(columns),
                                                                        ", ".join("?" * len(columns))),
                                     tables[table])
-        self.available = True
         self.refreshes += 1
         return self.sysinfo()[0]
 
