@@ -16,7 +16,7 @@ from upbx.host import features, firmware, groups_admin, tokens, voicemail_admin
 from upbx.host.sip import trunk
 from upbx.host.moh import MAX_SECONDS, MusicOnHoldError, wav_ulaw
 from upbx.host.config import ConfigError, load_main_config
-from upbx.host.directory import Directory, DirectoryError, SYSINFO_KEYS
+from upbx.host.directory import Directory, DirectoryError, StoreUnavailable, SYSINFO_KEYS
 
 
 class AdminError(Exception):
@@ -122,6 +122,8 @@ def run(args):
         return _fail(exc)
     except sqlite3.Error as exc:
         return _fail("database %s: %s" % (directory.path, exc))
+    except StoreUnavailable as exc:   # a cluster's PostgreSQL went away meanwhile
+        return _fail(exc)
     return 0
 
 
@@ -134,9 +136,12 @@ def _open(args):
     path = args.database
     if args.config:
         try:
-            path = load_main_config(args.config).database
+            config = load_main_config(args.config)
         except ConfigError as exc:
             raise AdminError(str(exc)) from None
+        if config.cluster_postgres:   # a cluster's directory is PostgreSQL's (docs/cluster.md)
+            return _open_postgres(args, config)
+        path = config.database
         if path == ":memory:":
             raise AdminError("%s: key 'main.database' is \":memory:\"; nothing to administer" % args.config)
     try:
@@ -146,6 +151,22 @@ def _open(args):
     for warning in directory.warnings:
         print("upbx admin: warning: %s" % warning, file=sys.stderr)
     return directory
+
+
+# what a cluster keeps only in each node's own SQLite so far: refused with --config on a cluster
+CLUSTER_NOT_YET = {"token": "API tokens", "voicemail": "voicemail settings", "attendant": "auto-attendants",
+                   "firmware": "firmware bundles", "trunk": "SIP trunks"}
+
+
+def _open_postgres(args, config):
+    if args.thing in CLUSTER_NOT_YET:
+        raise AdminError("%s: `upbx admin %s` works on a single main host's SQLite only so far; a cluster keeps "
+                         "no %s yet (docs/cluster.md)" % (args.config, args.thing, CLUSTER_NOT_YET[args.thing]))
+    from upbx.host.cluster.postgres import PostgresDirectory   # psycopg: the cluster extra
+    try:
+        return PostgresDirectory(config.cluster_postgres)
+    except StoreUnavailable as exc:
+        raise AdminError("%s: key 'cluster.postgres': %s" % (args.config, exc)) from None
 
 
 # subcommands

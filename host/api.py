@@ -471,8 +471,9 @@ def call_records(d, query, default_limit):
 async def call_records_apart(d, query, default_limit, then=lambda records: records):
     """call_records (and then(records)) in a worker thread on a connection of its own: a large
     export must not hold up the daemon's loop, which relays media (WAL lets it read alongside).
-    An in-memory directory (tests) is read in the loop: no other connection sees it."""
-    if d.path == ":memory:":
+    An in-memory directory (tests) is read in the loop: no other connection sees it; so is a cluster
+    node's, whose records are PostgreSQL's (docs/cluster.md: a connection of its own there is to do)."""
+    if d.path == ":memory:" or getattr(d, "primary", None) is not None:
         return then(call_records(d, query, default_limit))
 
     def read():

@@ -36,7 +36,11 @@ class HostCommand:
             services.append(metrics.MetricsService((config.metrics_address, config.metrics_port)))
         core_class = _load(self.core)
         log_name = "main" if self.table == "main" else config.name
-        core = core_class(config, StructuredLog(log_name, config.log_level, config.log_format))
+        try:
+            core = core_class(config, StructuredLog(log_name, config.log_level, config.log_format))
+        except ServiceError as exc:   # a cluster node that cannot join (etcd unreachable, host/cluster/node.py)
+            print("upbx %s: %s" % (self.table, exc), file=sys.stderr)
+            return 1
         try:
             asyncio.run(Daemon(core, config.listen, config.control_socket, services,
                                workers=getattr(config, "workers", 1)).run())
@@ -56,11 +60,15 @@ def _load(where):
 
 def api_services(config):
     """The JSON API and web page beside the main host's core, when main.toml sets api_listen (aiohttp is
-    imported only then: the 'web' extra)."""
-    if not config.api_listen:
-        return []
-    from upbx.host.api import ApiService
-    return [ApiService(config)]
+    imported only then: the 'web' extra); the cluster's tasks when it has a [cluster] table (docs/cluster.md)."""
+    services = []
+    if config.cluster_postgres:
+        from upbx.host.cluster.node import ClusterService
+        services.append(ClusterService(config))
+    if config.api_listen:
+        from upbx.host.api import ApiService
+        services.append(ApiService(config))
+    return services
 
 
 MainCommand = HostCommand("main", load_main_config, "upbx.host.main_host:MainHost", "upbx.host.cli:api_services")

@@ -147,8 +147,23 @@ SECTIONS = {
             "address it listens on: loopback unless Prometheus scrapes from elsewhere (metrics are not secret "
             "but tell who is registered and calling); 0.0.0.0 or :: for every interface"),
     ],
+    # main.toml only: the main host as a node of a cluster on PostgreSQL, Redis and etcd (docs/cluster.md);
+    # read as config.cluster_node, ...; without the table (postgres empty) the main host is on its own, on SQLite
+    "cluster": [
+        Key("node", "name_or_empty", "", "this node's name, unique in the cluster (required with postgres)"),
+        Key("postgres", "str", "", 'libpq connection string of the directory and call records, e.g. '
+            '"host=db1 dbname=upbx user=upbx"; empty: no cluster, the SQLite `database` alone'),
+        Key("redis", "str", "", 'Redis URL of the per-call state, e.g. "redis://db1:6379/0" (required with postgres)'),
+        Key("etcd", "hostports", "", '"HOST:PORT" of etcd\'s client API, several comma-separated (required with postgres)'),
+        Key("lease_s", "int", 5, "lifetime of this node's membership lease in etcd: a node that stops renewing "
+            "it (killed, cut off) is gone from the cluster this long after", min=2, max=60),
+        Key("call_ttl_s", "int", 3600, "a live call's Redis key expires this long after its last change unless "
+            "written again (the node rewrites it at half this)", min=10, max=86400),
+        Key("ended_ttl_s", "int", 10, "an ended call's Redis key is kept this long (a survivor taking over sees "
+            "it ended)", min=1, max=3600),
+    ],
 }
-FILE_TABLES = {"main": ("metrics",), "remote": ("metrics",)}   # tables a file may hold beside its own
+FILE_TABLES = {"main": ("metrics", "cluster"), "remote": ("metrics",)}   # tables a file may hold beside its own
 
 
 def secret_from_hex(text, min_bytes=16):
@@ -252,6 +267,16 @@ def _check_ipaddress(key, value, base):
         raise _Bad("expected an IPv4 or IPv6 address") from None
 
 
+def _check_hostports(key, value, base):
+    """"HOST:PORT,HOST:PORT" -> [("host", port), ...]; "" -> []."""
+    if not isinstance(value, str):
+        raise _Bad('expected "HOST:PORT" or several comma-separated')
+    try:
+        return [parse_hostport(part.strip()) for part in value.split(",")] if value else []
+    except ValueError:
+        raise _Bad('expected "HOST:PORT" or several comma-separated') from None
+
+
 def _check_hostport_or_empty(key, value, base):
     return "" if value == "" else _check_hostport(key, value, base)
 
@@ -300,6 +325,10 @@ def _check_name(key, value, base):
     return value
 
 
+def _check_name_or_empty(key, value, base):
+    return "" if value == "" else _check_name(key, value, base)
+
+
 def _check_audio_in(key, value, base):
     _check_str(key, value, base)
     if value.startswith("tone:"):
@@ -315,8 +344,8 @@ def _check_audio_in(key, value, base):
 
 _CHECKS = {
     "bool": _check_bool, "int": _check_int, "float": _check_float, "str": _check_str, "choice": _check_choice,
-    "hostport": _check_hostport, "hostport_or_empty": _check_hostport_or_empty, "ipaddress": _check_ipaddress, "path": _check_path, "database": _check_database,
-    "secret": _check_secret, "digits": _check_digits, "name": _check_name, "audio_in": _check_audio_in,
+    "hostport": _check_hostport, "hostport_or_empty": _check_hostport_or_empty, "hostports": _check_hostports, "ipaddress": _check_ipaddress, "path": _check_path, "database": _check_database,
+    "secret": _check_secret, "digits": _check_digits, "name": _check_name, "name_or_empty": _check_name_or_empty, "audio_in": _check_audio_in,
 }
 
 
@@ -423,6 +452,15 @@ def load_main_config(path):
     config = _load(path, MainConfig)
     if config.api_private_key and not config.api_certificate:
         raise ConfigError(path, "main.api_private_key", "set without api_certificate")
+    if config.cluster_postgres:
+        for key in ("node", "redis", "etcd"):
+            if not getattr(config, "cluster_" + key):
+                raise ConfigError(path, "cluster." + key, "required with cluster.postgres (docs/cluster.md)")
+    else:
+        for key in ("node", "redis", "etcd"):
+            if getattr(config, "cluster_" + key):
+                raise ConfigError(path, "cluster." + key, "set without cluster.postgres: the cluster needs all of "
+                                  "postgres, redis and etcd (docs/cluster.md)")
     if config.api_listen and not config.api_certificate and not is_loopback(config.api_listen[0]):
         raise ConfigError(path, "main.api_listen",
                           "plain HTTP is served on loopback only (127.0.0.1, localhost), got \"%s:%d\"; set "
@@ -445,11 +483,12 @@ def load_phone_config(path):
     return _load(path, PhoneConfig)
 
 
-FILES = {"main": "main.toml", "remote": "remote.toml", "phone": "phone.toml", "metrics": "main.toml and remote.toml"}
+FILES = {"main": "main.toml", "remote": "remote.toml", "phone": "phone.toml", "metrics": "main.toml and remote.toml",
+         "cluster": "main.toml"}
 _KIND_NAMES = {
     "bool": "true/false", "int": "integer", "float": "number", "str": "string", "choice": "string", "hostport": '"HOST:PORT"',
-    "hostport_or_empty": '"HOST:PORT" or ""',
-    "path": "path", "database": "path", "secret": "hex string", "digits": "digits", "name": "name",
+    "hostport_or_empty": '"HOST:PORT" or ""', "hostports": '"HOST:PORT,..."',
+    "path": "path", "database": "path", "secret": "hex string", "digits": "digits", "name": "name", "name_or_empty": "name or \"\"",
     "audio_in": "path or tone:HZ", "ipaddress": "IP address",
 }
 
@@ -463,7 +502,8 @@ def markdown():
         "",
         "Each daemon reads one TOML file with one table: `upbx main --config main.toml` reads `[main]`,",
         "`upbx remote --config remote.toml` reads `[remote]`, `upbx phone --config phone.toml` reads `[phone]`;",
-        "main.toml and remote.toml may also hold a `[metrics]` table (the Prometheus listener, docs/operations.md).",
+        "main.toml and remote.toml may also hold a `[metrics]` table (the Prometheus listener, docs/operations.md);",
+        "main.toml a `[cluster]` table (the main host as a node of a cluster, docs/cluster.md).",
         "Paths are relative to the directory of the configuration file. An unknown key, a missing",
         "required key or a value of the wrong kind stops the daemon with one line naming the file,",
         "the key and the problem, for example:",

@@ -102,6 +102,11 @@ class DirectoryError(ValueError):
     """A change the directory refuses; str() is one line for the operator."""
 
 
+class StoreUnavailable(Exception):
+    """The directory's database cannot be reached (PostgreSQL in a cluster, docs/cluster.md): nothing was
+    stored, try again later."""
+
+
 def check_name(what, name):
     """Site and remote host names: letters, digits, '_', '.', '-'; at most 32."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -131,7 +136,10 @@ def check_count(what, value):
 
 
 class Directory:
-    """The main host's SQLite directory; `path` is a file name or ":memory:"."""
+    """The main host's SQLite directory; `path` is a file name or ":memory:". A cluster's is
+    the same class over PostgreSQL (host/cluster/postgres.py): its SQL is written once, here."""
+
+    IntegrityError = sqlite3.IntegrityError   # what the database raises for a broken constraint
 
     def __init__(self, path):
         self.path = str(path)
@@ -328,7 +336,7 @@ class Directory:
             try:
                 self.db.executemany("INSERT INTO extensions (number, site, name, secret) VALUES (?, ?, ?, ?)",
                                     [(n, site, name, out[n].hex()) for n, site, name in rows])
-            except sqlite3.IntegrityError as exc:
+            except self.IntegrityError as exc:
                 raise DirectoryError("extensions not added: %s" % exc) from None
             self._bump()
         return out
@@ -492,10 +500,11 @@ class Directory:
         if record.get("path") not in CALL_PATHS + (None,):
             raise ValueError("call record path %r is not one of %s" % (record["path"], ", ".join(CALL_PATHS)))
         values = [record.get(f) for f in CALL_RECORD_FIELDS]
-        with self._transaction():
-            cursor = self.db.execute(
-                "INSERT OR IGNORE INTO call_records (%s) VALUES (%s)"
-                % (", ".join(CALL_RECORD_FIELDS), ", ".join("?" * len(CALL_RECORD_FIELDS))), values)
+        # one statement, a transaction of its own on either database: no write lock to take first (a
+        # cluster node's record is one round trip to PostgreSQL, not four)
+        cursor = self.db.execute(
+            "INSERT OR IGNORE INTO call_records (%s) VALUES (%s)"
+            % (", ".join(CALL_RECORD_FIELDS), ", ".join("?" * len(CALL_RECORD_FIELDS))), values)
         return cursor.rowcount == 1
 
     def call_records(self, limit=100, since_ms=None, until_ms=None, site=None, extension=None):

@@ -12,7 +12,7 @@ from upbx.common.chunks import chunk_ies
 from upbx.host import codec, features, firmware, groups, lines
 from upbx.host.firmware_transfer import FirmwareServer, PhoneStates
 from upbx.host.core import HostCore
-from upbx.host.directory import MAIN_ORIGIN, Directory, wire_text
+from upbx.host.directory import MAIN_ORIGIN, Directory, StoreUnavailable, wire_text
 from upbx.host.moh import MusicOnHold
 from upbx.host.peers import PeerTable
 from upbx.host.policy import local_call_cause
@@ -37,14 +37,24 @@ class MainHost(HostCore):
         HostCore.__init__(self, "main", log)
         self.config = config
         self.conferences.max_parties = config.conference_parties
-        self.directory = Directory(config.database)
+        self.cluster = None      # host.cluster.node.ClusterNode when main.toml has a [cluster] table
+        self.cluster_state = {}  # each engine's "up"/"down", kept by the node's ClusterService
+        self.cluster_members = []   # names of the live nodes (etcd's leases), kept by the ClusterService
+        if getattr(config, "cluster_postgres", ""):
+            from upbx.host.cluster.node import ClusterNode   # psycopg, redis, aetcd: the cluster extra
+            self.cluster = ClusterNode(config, log)
+            self.directory = self.cluster.directory        # a copy of PostgreSQL's, kept by LISTEN/NOTIFY
+        else:
+            self.directory = Directory(config.database)
+        self.deferred_records = []   # (remote host, record) uploaded while PostgreSQL was away: not yet acknowledged
         for warning in self.directory.warnings:
             self.log.warning("file-permissions", problem=warning)
         # phones straight at the main host only need their NAT binding kept open: 20 s, not the
         # 2 s a LAN phone uses to notice its remote host restarting (10,000 phones x 2 s is a load)
         self.peers = PeerTable(self._secret_of, self.stats, config.registration_ttl_s * 1000,
                                phone_keepalive_ms=min(PHONE_KEEPALIVE_MS, config.registration_ttl_s * 250),
-                               host_ttl_ms=config.keepalive_timeout_s * 1000)
+                               host_ttl_ms=config.keepalive_timeout_s * 1000,
+                               cookie_secret=self.cluster.cookie_secret if self.cluster else None)
         self.switch = Switch(self.send, self.stats, config.trunk_mtu,
                              max_legs={"phone": MAX_CALLS_PER_PHONE, "host": config.max_calls_per_host})
         self.links = {}          # Peer.index -> Link
@@ -752,9 +762,32 @@ class MainHost(HostCore):
             self.stats.drop("bad record")
             self.log.warning("bad-record", host=link.name, error=str(exc))
             return
+        except StoreUnavailable as exc:
+            # a cluster's PostgreSQL is away: acknowledged once it is stored (retry_records)
+            self.stats.count("records deferred")
+            self.log.warning("record-deferred", host=link.name, uid=record["uid"], error=str(exc))
+            self.deferred_records.append((link.name, record))
+            return
+        self._record_stored(link, site, record, stored, now)
+
+    def _record_stored(self, link, site, record, stored, now):
         self.stats.count("records stored" if stored else "records duplicate")
         self.local_calls.get(site, set()).discard(bytes.fromhex(record["uid"]))
         link.send_signal(wire.RECORDS, {wire.IE_CALL_ID: bytes.fromhex(record["uid"])}, now)
+
+    def retry_records(self, now):
+        """Store the uploads deferred while PostgreSQL was away and acknowledge them to their remote hosts
+        still logged in (one that logged out uploads again at its next login: stored once by its uid)."""
+        waiting, self.deferred_records = self.deferred_records, []
+        for n, (name, record) in enumerate(waiting):
+            try:
+                stored = self.directory.add_call_record(record)
+            except StoreUnavailable:
+                self.deferred_records = waiting[n:]
+                return
+            link = self.links_by_name.get(("host", name))
+            if link is not None and link.up:
+                self._record_stored(link, self._site_of(link), record, stored, now)
 
     # timers
 
@@ -786,6 +819,8 @@ class MainHost(HostCore):
             if self.voicemail.store is not None and self.voicemail.store.changed():
                 self.voicemail.load_attendants()   # `upbx admin attendant` changed them
                 self.mailbox_sync.mailbox_changed(None, now)   # or a greeting: every site's listing
+            if self.deferred_records and getattr(self.directory, "available", True):
+                self.retry_records(now)
             if self.directory.music_on_hold_version() != self.music_version:
                 self._load_music()
                 for link in list(self.links.values()):
@@ -858,4 +893,9 @@ class MainHost(HostCore):
             "sysinfo_sent": {k: {"copies": c, "datagrams": d} for k, (c, d) in self.sysinfo_sent.items()},
             "firmware": {"phones": dict(self.firmware_phones.phones)},
             "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
+            "cluster": None if self.cluster is None else {
+                "node": self.cluster.name, "node_id": self.cluster.node_id, "engines": dict(self.cluster_state),
+                "members": list(self.cluster_members),
+                "directory_refreshes": self.directory.refreshes, "records_deferred": len(self.deferred_records),
+                "records_waiting": len(self.directory.outbox())},
         }

@@ -95,14 +95,15 @@ class Peer:
 class PeerTable:
     """Logins and live sessions of one host, keyed by our receive index."""
 
-    def __init__(self, lookup_secret, stats, ttl_ms, phone_keepalive_ms=None, host_ttl_ms=None):
+    def __init__(self, lookup_secret, stats, ttl_ms, phone_keepalive_ms=None, host_ttl_ms=None, cookie_secret=None):
         # ("phone" or "host", name) -> secret bytes, or (secret, site) to keep the site with the key, or None
         self.lookup_secret = lookup_secret
         self.stats = stats
         self.ttl_ms = ttl_ms                 # a phone's registration lives this long without a new frame
         self.host_ttl_ms = host_ttl_ms or ttl_ms   # ... and a remote host's login (keepalive_timeout_s)
         self.phone_keepalive_ms = phone_keepalive_ms  # told to phones in WELCOME (None: theirs)
-        self._cookie_secret = secrets.token_bytes(32)
+        # a cluster's nodes share one (etcd, host/cluster/coordination.py): any node checks another's cookie
+        self._cookie_secret = cookie_secret or secrets.token_bytes(32)
         self.peers = {}                     # index -> Peer
         self.dirty = set()                  # peers with messages queued since the last flush
         self._timers = []                   # heap of (time, index): when a channel's timer may be due

@@ -86,7 +86,7 @@ def test_unknown_key_far_from_any_has_no_suggestion(tmp_path):
 def test_unknown_or_misspelt_section(tmp_path):
     assert error_of(load_main_config, write(tmp_path, "[mian]\n")).problem == "unknown section (did you mean 'main'?)"
     exc = error_of(load_main_config, write(tmp_path, "[remote]\nname = 'x'\n"))
-    assert (exc.key, exc.problem) == ("remote", "unknown section (this file takes only [main] and [metrics])")
+    assert (exc.key, exc.problem) == ("remote", "unknown section (this file takes only [main] and [metrics] and [cluster])")
     exc = error_of(load_main_config, write(tmp_path, 'listen = "1.2.3.4:5"\n'))
     assert (exc.key, exc.problem) == ("listen", "outside any table; put it under [main]")
 

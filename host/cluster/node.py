@@ -1,0 +1,259 @@
+"""A main host as a node of a cluster: what it needs before its first datagram, and what runs beside it.
+
+`ClusterNode(config, log)` runs before the core takes a datagram (host/main_host.py):
+it reads the node's identity from etcd (node number, the cluster's cookie secret and
+cluster key, the index layout) and opens the directory copy (replica.py), refreshed
+from PostgreSQL. `ClusterService` then runs on the daemon's event loop (a service of
+host/daemon.py): the membership lease in etcd with the node's load, LISTEN for
+directory changes, the per-call Redis keys, and moving the main host's own call
+records to PostgreSQL after an outage. None of these waits blocks a login or a call:
+each runs in its own task, and each reconnects with a backoff when its engine goes.
+"""
+import asyncio
+import os
+import threading
+import time
+
+from upbx.host.cluster import coordination
+from upbx.host.cluster.calls import CallMirror
+from upbx.host.cluster.postgres import CHANNEL, read_snapshot
+from upbx.host.cluster.replica import ReplicaDirectory
+from upbx.host.directory import StoreUnavailable
+
+CALLS_PERIOD_S = 0.2     # how often the call keys are brought up to date
+LOAD_PERIOD_S = 1.0      # how often the node's load in etcd is rewritten (when it changed)
+BACKOFF_MAX_S = 2.0      # longest wait before reaching an engine again
+
+
+def _run(coroutine_function, *args):
+    """Run an async function to completion on a loop of its own, in a thread: the daemon's loop may
+    not be running yet (or may be, in a test), and aetcd's channel belongs to the loop that made it."""
+    result = {}
+
+    def body():
+        try:
+            result["value"] = asyncio.run(coroutine_function(*args))
+        except BaseException as exc:   # carried to the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=body, name="cluster-bootstrap")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+async def _identity(config):
+    client = await coordination.connect(config.cluster_etcd)
+    try:
+        return await coordination.identity(client, config.cluster_node)
+    finally:
+        await client.close()
+
+
+class ClusterNode:
+    """The node's identity and directory copy, ready before the core starts."""
+
+    def __init__(self, config, log):
+        self.config = config
+        self.name = config.cluster_node
+        self.log = log
+        ident = _run(_identity, config)
+        self.node_id = ident["node_id"]
+        self.cookie_secret = ident["cookie_secret"]
+        self.cluster_key = ident["cluster_key"]
+        self.layout = ident["layout"]
+        if config.database == ":memory:":
+            raise coordination.CoordinationError("key 'main.database' is \":memory:\": a node keeps its copy of the "
+                                                 "directory and its waiting records in a file")
+        self.directory, problem = ReplicaDirectory.open(config.database, config.cluster_postgres)
+        if problem:
+            log.warning("cluster-postgres", problem=problem, directory="the copy the node last had")
+        log.info("cluster-node", node=self.name, node_id=self.node_id, layout=self.layout,
+                 extensions=len(self.directory.extensions()))
+
+
+class ClusterService:
+    """The node's tasks on the daemon's loop (start(daemon) / stop(), as host/daemon.py runs services)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.tasks = []
+        self.core = None
+        self.membership = None
+        self.etcd = None
+        self.redis = None
+        self.state = {"etcd": "connecting", "postgres": "connecting", "redis": "connecting"}
+
+    async def start(self, daemon):
+        self.daemon = daemon
+        self.core = daemon.core
+        self.node = self.core.cluster
+        self.core.cluster_state = self.state
+        self.mirror = CallMirror(self.node.name, self.node.cluster_key, self.config.cluster_call_ttl_s,
+                                 self.config.cluster_ended_ttl_s)
+        self.tasks = [asyncio.ensure_future(t()) for t in (self._membership, self._listen, self._calls)]
+
+    async def stop(self):
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.membership is not None:
+            try:
+                await asyncio.wait_for(self.membership.leave(), 2)   # gone at once, not lease_s later
+            except Exception:
+                pass
+        if self.etcd is not None:
+            await self.etcd.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def _log(self, engine, state, **fields):
+        if self.state.get(engine) != state:
+            self.state[engine] = state
+            (self.core.log.info if state == "up" else self.core.log.warning)("cluster-" + engine, state=state,
+                                                                              **fields)
+
+    # etcd: membership and load
+
+    def _info(self):
+        core = self.core
+        hosts = [l for l in core.links.values() if l.kind == "host"]
+        phones = [l for l in core.links.values() if l.kind == "phone"]
+        sites = sorted({core._site_of(l) for l in hosts + phones})
+        return {"id": self.node.node_id, "listen": "%s:%d" % self.daemon.address[:2], "pid": os.getpid(),
+                "started_ms": self.started_ms, "remote_hosts": len(hosts), "phones": len(phones),
+                "calls": len(core.switch.calls), "sites": sites}
+
+    async def _membership(self):
+        self.started_ms = int(time.time() * 1000)
+        backoff = 0.1
+        while True:
+            try:
+                if self.etcd is None:
+                    self.etcd = await coordination.connect(self.config.cluster_etcd)
+                if self.membership is None:
+                    self.membership = coordination.Membership(self.etcd, self.node.name, self.config.cluster_lease_s)
+                await self.membership.attach(self.etcd, self._info())
+                self._log("etcd", "up", lease_s=self.config.cluster_lease_s)
+                backoff = 0.1
+                renew_at = time.monotonic()
+                while True:
+                    await asyncio.sleep(LOAD_PERIOD_S)
+                    if time.monotonic() >= renew_at:
+                        if not await self.membership.renew():
+                            raise coordination.CoordinationError("the lease expired")
+                        renew_at = time.monotonic() + self.config.cluster_lease_s / 3
+                    await self.membership.update(self._info())
+                    # the nodes alive as etcd says: item 3's failover starts from a node that left
+                    self.core.cluster_members = sorted(await coordination.members(self.etcd))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._log("etcd", "down", error="%s: %s" % (exc.__class__.__name__, exc))
+                if self.etcd is not None:
+                    await self.etcd.close()
+                    self.etcd = None
+                await asyncio.sleep(backoff)
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    # PostgreSQL: LISTEN, refresh the copy, move waiting records
+
+    async def _listen(self):
+        """NOTIFYs on one connection, snapshots on another: a notification that arrives while a snapshot
+        is read sets `changed` again, and the next snapshot has it (a burst costs one or two)."""
+        import psycopg
+        directory = self.node.directory
+        changed = asyncio.Event()
+        backoff = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.config.cluster_postgres,
+                                                                 autocommit=True) as listener, \
+                        await psycopg.AsyncConnection.connect(self.config.cluster_postgres,
+                                                              autocommit=True) as reader:
+                    await listener.execute("LISTEN %s" % CHANNEL)
+                    waiter = asyncio.ensure_future(self._notified(listener, changed))
+                    try:
+                        changed.set()   # what changed while nobody listened
+                        while True:
+                            # while writes cannot reach PostgreSQL, look again every second even
+                            # without a NOTIFY: a failed write alone does not break the listener
+                            wake = asyncio.ensure_future(changed.wait())
+                            await asyncio.wait([waiter, wake], return_when=asyncio.FIRST_COMPLETED,
+                                               timeout=None if directory.available else 1.0)
+                            wake.cancel()
+                            if waiter.done():
+                                waiter.result()   # the listener's connection failed: raise it here
+                                raise ConnectionError("the LISTEN connection closed")
+                            changed.clear()
+                            directory.apply(await read_snapshot(reader))
+                            self._after_refresh(directory)
+                            self._log("postgres", "up")
+                            backoff = 0.1
+                    finally:
+                        waiter.cancel()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                directory.available = False
+                self._log("postgres", "down", error="%s: %s" % (exc.__class__.__name__, str(exc).strip()))
+                await asyncio.sleep(backoff)
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    @staticmethod
+    async def _notified(listener, changed):
+        async for _notify in listener.notifies():
+            changed.set()
+
+    def _after_refresh(self, directory):
+        """PostgreSQL answers again: writes may go to it, and the records that waited for it go now."""
+        if not directory.available:
+            try:
+                directory.connect_primary()
+            except StoreUnavailable:
+                return
+        if directory.outbox():
+            try:
+                moved = directory.flush_outbox()
+            except StoreUnavailable:   # the sync connection found the old server gone: next time
+                return
+            self.core.log.info("cluster-records", moved=moved)
+
+    # Redis: one key per call
+
+    async def _calls(self):
+        import redis.asyncio as redis
+        from upbx.host.daemon import now_ms
+        backoff = 0.1
+        while True:
+            try:
+                if self.redis is None:
+                    self.redis = redis.from_url(self.config.cluster_redis, socket_timeout=5,
+                                                socket_connect_timeout=5)
+                    await self.redis.ping()
+                    self._log("redis", "up")
+                    backoff = 0.1
+                while True:
+                    now = now_ms()
+                    writes = self.mirror.changes(self.core.switch.calls, now, self.core.wall_ms(now))
+                    if writes:
+                        try:
+                            async with self.redis.pipeline(transaction=False) as pipe:
+                                for key, value, ttl in writes:
+                                    pipe.set(key, value, ex=ttl)
+                                await pipe.execute()
+                        except BaseException:
+                            self.mirror.forget(writes)
+                            raise
+                    await asyncio.sleep(CALLS_PERIOD_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._log("redis", "down", error="%s: %s" % (exc.__class__.__name__, exc))
+                if self.redis is not None:
+                    await self.redis.aclose()
+                    self.redis = None
+                await asyncio.sleep(backoff)
+                backoff = min(BACKOFF_MAX_S, backoff * 2)

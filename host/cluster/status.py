@@ -1,0 +1,72 @@
+"""`upbx cluster status --config MAIN.toml [--json]`: the cluster's nodes, their load and their sites.
+
+Read from the engines, not from a node: the live nodes and what each says of its load
+(remote hosts, phones, calls, the sites of what is logged in to it) from etcd, and the
+calls each relays from their Redis keys. A node that was killed drops out of the list
+once its lease expires (`lease_s`).
+"""
+import asyncio
+import json
+import sys
+
+from upbx.host.config import ConfigError, load_main_config
+from upbx.tools.status import table
+
+
+def add_arguments(parser):
+    parser.add_argument("action", choices=("status",), help="status: nodes, their load and their sites")
+    parser.add_argument("--config", required=True, metavar="MAIN.toml", help="a node's configuration ([cluster])")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+async def gather(config):
+    """{"nodes": [...], "calls": live calls in Redis, "ended": ended calls' keys not yet expired}."""
+    import redis.asyncio as redis
+    from upbx.host.cluster import coordination
+    from upbx.host.cluster.calls import KEY
+    client = await coordination.connect(config.cluster_etcd)
+    try:
+        members = await coordination.members(client)
+    finally:
+        await client.close()
+    by_node, live, ended = {}, 0, 0
+    r = redis.from_url(config.cluster_redis, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        async for key in r.scan_iter(match=KEY % "*", count=1000):
+            value = await r.get(key)
+            if value is None:
+                continue   # expired meanwhile
+            call = json.loads(value)
+            if call["ended"]:
+                ended += 1
+                continue
+            live += 1
+            by_node[call["node"]] = by_node.get(call["node"], 0) + 1
+    finally:
+        await r.aclose()
+    nodes = [dict(info, name=name, calls_in_redis=by_node.get(name, 0)) for name, info in sorted(members.items())]
+    return {"nodes": nodes, "calls": live, "ended": ended}
+
+
+def run(args):
+    try:
+        config = load_main_config(args.config)
+    except ConfigError as exc:
+        print("upbx cluster: %s" % exc, file=sys.stderr)
+        return 2
+    if not config.cluster_postgres:
+        print("upbx cluster: %s: no [cluster] table: this main host is on its own" % args.config, file=sys.stderr)
+        return 2
+    try:
+        state = asyncio.run(gather(config))
+    except Exception as exc:   # an engine unreachable: aetcd's, redis-py's and OSError's errors alike
+        print("upbx cluster: %s" % (exc if str(exc) else exc.__class__.__name__), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(state, sort_keys=True))
+        return 0
+    rows = [(n["name"], n["id"], n["listen"], n["remote_hosts"], n["phones"], n["calls"], ", ".join(n["sites"]))
+            for n in state["nodes"]]
+    print("\n".join(table("nodes", ("node", "id", "listen", "remote hosts", "phones", "calls", "sites"), rows)))
+    print("calls in Redis: %d live, %d ended (kept until they expire)" % (state["calls"], state["ended"]))
+    return 0

@@ -1,0 +1,384 @@
+"""The main host cluster's state on real engines (docs/cluster.md, issue 16 item 1).
+
+PostgreSQL, Redis and etcd are the Debian packages' servers, started once for the module
+on loopback (tools/cluster_lab.py); the nodes are `upbx main` processes with a [cluster]
+table, administered with `upbx admin --config`. Every wait is for a state (a node's
+status, a row, a key), never for a time; the timeouts only guard against a hang.
+"""
+import asyncio
+import json
+import os
+import select
+import time
+
+import pytest
+
+from upbx.common import wire
+from upbx.common.login import UP
+from upbx.host.records import encode_upload
+from tests.intruder import Intruder, now_ms
+from tests.support import micropython_binary
+
+cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
+
+NODES = ("n1", "n2", "n3")
+
+
+@pytest.fixture(scope="module")
+def engines():
+    problem = cluster_lab.missing()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    with cluster_lab.Engines() as engines:
+        yield engines
+
+
+@pytest.fixture(scope="module")
+def lab(engines):
+    lab = cluster_lab.ClusterExchange(engines, nodes=NODES)
+    try:
+        lab.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101"], "c": ["301", "302", "303"]})
+        lab.secrets["site-d"] = _add_site_with_host(lab, "d", "401")
+        lab.start()
+        yield lab
+    finally:
+        lab.close()
+
+
+def _add_site_with_host(lab, site, number):
+    """A site whose remote host the test plays itself (Intruder): its secret."""
+    from upbx.host.cluster.postgres import PostgresDirectory
+    with PostgresDirectory(lab.engines.postgres_dsn) as directory:
+        directory.add_site(site)
+        secret = directory.add_remote_host("site-" + site, site).hex()
+        lab.secrets[number] = directory.add_extension(number, site).hex()
+    return secret
+
+
+def sql(engines, query, *args):
+    import psycopg
+    with psycopg.connect(engines.postgres_dsn, autocommit=True) as conn:
+        return conn.execute(query, args or None).fetchall()
+
+
+def node_address(lab, node):
+    return ("127.0.0.1", lab.node_ports[node])
+
+
+def logged_in(lab, node, kind, name):
+    status = lab.status(node)
+    if kind == "phone":
+        return any(p["extension"] == name for p in status["phones"])
+    return any(h["name"] == name for h in status["remote_hosts"])
+
+
+def record(uid, caller="401", callee="401"):
+    """A local call record of site d, as its remote host uploads it."""
+    ended = int(time.time() * 1000)
+    return {"uid": uid, "caller": caller, "callee": callee, "path": "local", "started_ms": ended - 5000,
+            "answered_ms": ended - 4000, "ended_ms": ended, "cause": "normal clearing", "setup_ms": 300}
+
+
+def acknowledged(host, uid):
+    return any(t == wire.RECORDS and bytes(ies.get(wire.IE_CALL_ID, b"")) == bytes.fromhex(uid)
+               for t, ies in host.inbox)
+
+
+def upload(host, rec):
+    host.send(wire.RECORDS, {wire.IE_DATA: encode_upload(rec)})
+
+
+# directory: one PostgreSQL, every node's copy refreshed by NOTIFY
+
+def test_extension_added_through_one_node_is_known_to_the_others(lab, engines):
+    before = lab.status("n2")["cluster"]["directory_refreshes"]
+    secret = lab.admin("ext", "add", "350", "--site", "c", "--name", "New")
+    version = sql(engines, "SELECT max(version) FROM sysinfo")[0][0]
+    # the node's copy follows PostgreSQL: its system information version is PostgreSQL's
+    lab.wait_for(lambda: lab.status("n2")["sysinfo_version"] == version, "n2 at version %d" % version, timeout=30)
+    assert lab.status("n2")["cluster"]["directory_refreshes"] > before
+    with Intruder.phone("350", secret, node_address(lab, "n2")) as phone:
+        phone.log_in()
+        assert logged_in(lab, "n2", "phone", "350")
+    # and the CLI reads the same directory through any node's main.toml
+    listed = json.loads(lab.admin("ext", "list", "--site", "c", "--json"))
+    assert "350" in [e["number"] for e in listed]
+
+
+def first_reply(device, timeout=15):
+    """The first datagram the host sends a device that has just sent HELLO (resent on its timer)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if select.select([device.sock], [], [], 0.05)[0]:
+            return device.sock.recvfrom(65536)[0]
+        timer = device.login.next_timer()
+        if timer is not None and timer <= now_ms():
+            device.login.handle_timer(now_ms())
+            device._flush(now_ms())
+    raise TimeoutError("no reply to HELLO")
+
+
+def test_cookie_issued_by_one_node_is_accepted_by_another(lab):
+    with Intruder.phone("302", lab.secrets["302"], node_address(lab, "n1")) as phone:
+        phone.login.start(now_ms())
+        phone._flush(now_ms())                                        # HELLO to n1
+        phone.login.receive(first_reply(phone), now_ms())             # n1's CHALLENGE, with n1's cookie
+        phone.server = node_address(lab, "n2")                        # the RESPONSE goes to n2
+        phone.pump_until(lambda: phone.login.state == UP, "WELCOME from n2")
+        assert logged_in(lab, "n2", "phone", "302")
+        assert not logged_in(lab, "n1", "phone", "302")
+        assert "login refused: stale cookie" not in lab.status("n2")["stats"]["counters"]
+
+
+# call records: exactly once, acknowledged after commit
+
+def test_record_uploaded_to_two_nodes_is_stored_once(lab, engines):
+    uid = "00c1a55e5eed0001"
+    with Intruder.host("site-d", lab.secrets["site-d"], node_address(lab, "n1")) as one, \
+            Intruder.host("site-d", lab.secrets["site-d"], node_address(lab, "n2")) as two:
+        one.log_in()
+        two.log_in()
+        for host in (one, two, one):
+            upload(host, record(uid))
+            host.pump_until(lambda: acknowledged(host, uid), "RECORDS acknowledged", others=(one, two))
+    rows = sql(engines, "SELECT origin, caller, path, cause FROM call_records WHERE uid = %s", uid)
+    assert rows == [("site-d", "401", "local", "normal clearing")]
+    counters = [lab.status(n)["stats"]["counters"] for n in ("n1", "n2")]
+    assert counters[0].get("records stored", 0) + counters[1].get("records stored", 0) == 1
+    assert counters[0].get("records duplicate", 0) + counters[1].get("records duplicate", 0) == 2
+
+
+def test_postgres_restart_loses_no_record_and_needs_no_login(lab, engines):
+    uid = "00c1a55e5eed0002"
+    site_a_logins = lab.status("site-a")["main"]["logins"]
+    with Intruder.host("site-d", lab.secrets["site-d"], node_address(lab, "n1")) as host:
+        host.log_in()
+        engines.stop_postgres()
+        try:
+            upload(host, record(uid))
+            lab.wait_for(lambda: lab.status("n1")["cluster"]["records_deferred"] == 1, "the upload deferred")
+            assert not acknowledged(host, uid)       # not stored, so not acknowledged
+            # logins need no database: a phone logs in while PostgreSQL is down
+            with Intruder.phone("303", lab.secrets["303"], node_address(lab, "n1")) as phone:
+                phone.log_in()
+        finally:
+            engines.start_postgres()
+        host.pump_until(lambda: acknowledged(host, uid), "RECORDS acknowledged after PostgreSQL is back",
+                        timeout=60)
+        assert host.login.state == UP
+    assert sql(engines, "SELECT count(*) FROM call_records WHERE uid = %s", uid) == [(1,)]
+    lab.wait_for(lambda: lab.status("n1")["cluster"]["engines"]["postgres"] == "up", "n1 listening again")
+    assert lab.status("n1")["cluster"]["records_deferred"] == 0
+    assert lab.status("site-a")["main"]["logins"] == site_a_logins   # the site never logged in again
+    # and the directory still follows PostgreSQL: the listener came back
+    lab.admin("ext", "add", "351", "--site", "c")
+    version = sql(engines, "SELECT max(version) FROM sysinfo")[0][0]
+    lab.wait_for(lambda: lab.status("n1")["sysinfo_version"] == version, "n1 refreshed after the restart", timeout=30)
+
+
+def test_main_host_records_wait_in_the_node_file_while_postgres_is_away(engines, tmp_path):
+    from upbx.host.cluster.replica import ReplicaDirectory
+    from upbx.host.directory import MAIN_ORIGIN, StoreUnavailable
+    copy, problem = ReplicaDirectory.open(tmp_path / "node.sqlite", engines.postgres_dsn)
+    assert problem is None
+    mine = {"uid": "00c1a55e5eed0003", "origin": MAIN_ORIGIN, "caller": "301", "callee": "302", "path": "relay"}
+    engines.stop_postgres()
+    try:
+        assert copy.add_call_record(dict(mine)) is True                  # kept in the node's file
+        with pytest.raises(StoreUnavailable):                          # a remote host's: not stored at all
+            copy.add_call_record({"uid": "00c1a55e5eed0004", "origin": "site-d"})
+        assert [r.uid for r in copy.outbox()] == [mine["uid"]]
+        assert copy.extension("301") is not None                       # reads go on from the copy
+    finally:
+        engines.start_postgres()
+    copy.connect_primary()
+    for _ in range(2):   # the first statement on the old connection finds it gone
+        try:
+            copy.refresh()
+            break
+        except StoreUnavailable:
+            pass
+    assert copy.flush_outbox() == 1
+    assert copy.flush_outbox() == 0 and copy.outbox() == []
+    assert sql(engines, "SELECT origin, caller FROM call_records WHERE uid = %s", mine["uid"]) == [("main", "301")]
+    copy.close()
+
+
+# Redis: one key per call
+
+def test_call_key_in_redis_holds_its_legs_and_expires_after_the_call(lab, engines):
+    micropython_binary()
+    import redis
+    from upbx.host.cluster.calls import unseal
+    r = redis.Redis.from_url(engines.redis_url)
+    callee = lab.phone("301", "--answer", "--exit-after-call", "--exit-after", "600", tag="redis-callee")
+    lab.wait_registered("301", timeout=60)
+    # the call lasts until the test hangs up (the caller's console): no step below races its end
+    caller = lab.phone("302", "--send", "tone:440", "--call", "301", "--exit-after-call", "--exit-after", "600",
+                       tag="redis-caller")
+
+    def answered():
+        for key in r.scan_iter(match="upbx:call:*"):
+            value = r.get(key)
+            call = json.loads(value) if value else {}
+            if call.get("caller") == "302" and call.get("state") == "answered":
+                return key, call
+        return None
+
+    lab.wait_for(lambda: answered() is not None, "an answered call's key in Redis", timeout=60,
+                 watch=("phone-redis-caller", "phone-redis-callee"))
+    key, call = answered()
+    assert call["node"] == "n1" and call["callee"] == "301" and not call["ended"]
+    assert {side: leg["link"] for side, leg in call["legs"].items()} == {
+        "a": {"kind": "phone", "name": "302"}, "b": {"kind": "phone", "name": "301"}}
+    assert all(1 <= leg["call_no"] <= wire.MAX_CALL_NO and leg["peer_call_no"] for leg in call["legs"].values())
+    assert 0 < r.ttl(key) <= 3600
+    cluster_key = asyncio.run(_etcd_value(engines, b"/upbx/cluster-key"))
+    keys = {side: unseal(cluster_key, leg["media_key"], ("%s/%s" % (call["uid"], side)).encode())
+            for side, leg in call["legs"].items()}
+    assert all(len(k) == 16 for k in keys.values()) and keys["a"] != keys["b"]
+    # while it lasts, `upbx cluster status` counts it on n1
+    status = lab.cluster_status()
+    assert {n["name"]: n["calls_in_redis"] for n in status["nodes"]}["n1"] >= 1
+    caller.stdin.write(b"!hangup\n")
+    caller.stdin.flush()
+    caller.wait(120)
+    callee.wait(120)
+    lab.wait_for(lambda: json.loads(r.get(key) or b'{"ended": true}')["ended"], "the key marked ended", timeout=30)
+    # the node's own record of the call is PostgreSQL's
+    lab.wait_for(lambda: sql(engines, "SELECT origin, caller, callee FROM call_records WHERE uid = %s", call["uid"])
+                 == [("main", "302", "301")], "the call's record in PostgreSQL")
+    lab.wait_for(lambda: not r.exists(key), "the ended call's key expired", timeout=60)
+    r.close()
+
+
+async def _etcd_value(engines, key):
+    import aetcd
+    async with aetcd.Client(host="127.0.0.1", port=engines.etcd_port) as client:
+        return (await client.get(key)).value
+
+
+# etcd: membership leases
+
+def test_killed_node_leaves_the_cluster_when_its_lease_expires(lab):
+    lab.wait_for(lambda: lab.status("n1")["cluster"]["members"] == list(NODES), "n1 sees every node")
+    status = lab.cluster_status()
+    ids = {n["name"]: n["id"] for n in status["nodes"]}
+    assert set(ids) == set(NODES) and len(set(ids.values())) == len(NODES)
+    sites = {n["name"]: n["sites"] for n in status["nodes"]}
+    assert "a" in sites["n1"] and "a" not in sites["n2"]     # site-a's remote host is logged in to n1
+    lab.kill("n3")                                                              # kill -9: no goodbye
+    for node in ("n1", "n2"):   # the survivors see it gone (their view of etcd), then the CLI does
+        lab.wait_for(lambda: lab.status(node)["cluster"]["members"] == ["n1", "n2"], node + " sees n3 gone", timeout=60)
+    assert [n["name"] for n in lab.cluster_status()["nodes"]] == ["n1", "n2"]
+    # the same name comes back with its number
+    lab.start_node("n3")
+    lab.wait_for(lambda: lab.status("n1")["cluster"]["members"] == list(NODES), "n1 sees n3 back", timeout=60)
+    assert {n["name"]: n["id"] for n in lab.cluster_status()["nodes"]} == ids
+
+
+def test_membership_survives_an_etcd_restart_on_its_lease(engines):
+    from upbx.host.cluster import coordination
+
+    async def before():
+        client = await coordination.connect([("127.0.0.1", engines.etcd_port)])
+        member = coordination.Membership(client, "restart-probe", 30)
+        await member.join({"id": 99})
+        await client.close()
+        return member
+
+    async def after(member):
+        client = await coordination.connect([("127.0.0.1", engines.etcd_port)])
+        try:
+            lease = member.lease.id
+            await member.attach(client, {"id": 99, "calls": 1})
+            assert member.lease.id == lease                        # the same lease: the node never left
+            assert (await coordination.members(client))["restart-probe"] == {"id": 99, "calls": 1}
+            await member.leave()
+            assert "restart-probe" not in await coordination.members(client)
+        finally:
+            await client.close()
+
+    member = asyncio.run(before())
+    engines.restart_etcd()
+    asyncio.run(after(member))
+
+
+# configuration and the CLI without engines
+
+def test_cluster_table_needs_all_three_engines(tmp_path):
+    from upbx.host.config import ConfigError, load_main_config
+    path = tmp_path / "main.toml"
+    path.write_text('[main]\n\n[cluster]\nnode = "n1"\npostgres = "host=db"\netcd = "db:2379"\n')
+    with pytest.raises(ConfigError) as error:
+        load_main_config(path)
+    assert (error.value.key, error.value.problem) == ("cluster.redis", "required with cluster.postgres (docs/cluster.md)")
+    path.write_text('[main]\n\n[cluster]\netcd = "db:2379,db2:x"\n')
+    with pytest.raises(ConfigError) as error:
+        load_main_config(path)
+    assert error.value.key == "cluster.etcd"
+    path.write_text('[main]\n')
+    assert load_main_config(path).cluster_postgres == ""   # no table: SQLite alone, as before
+
+
+def test_admin_refuses_what_a_cluster_does_not_keep_yet(tmp_path):
+    import subprocess
+    from upbx.tools.lab import ROOT, upbx
+    path = tmp_path / "main.toml"
+    path.write_text('[main]\n\n[cluster]\nnode = "n1"\npostgres = "host=127.0.0.1 port=1"\nredis = "redis://x"\n'
+                    'etcd = "127.0.0.1:1"\n')
+    out = subprocess.run(upbx("admin", "--config", str(path), "token", "list"), cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 1 and "a cluster keeps no API tokens yet" in out.stderr
+    out = subprocess.run(upbx("admin", "--config", str(path), "site", "list"), cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 1 and "key 'cluster.postgres'" in out.stderr and "Traceback" not in out.stderr
+
+
+# one Directory, two databases: directory.py's own behaviours, on PostgreSQL
+
+@pytest.fixture
+def pg_directory(engines):
+    import psycopg
+    from upbx.host.cluster.postgres import PostgresDirectory
+    admin = engines.postgres_dsn.replace("dbname=upbx", "dbname=postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS directory_behaviours")
+        conn.execute("CREATE DATABASE directory_behaviours")
+    directory = PostgresDirectory(engines.postgres_dsn.replace("dbname=upbx", "dbname=directory_behaviours"))
+    yield directory
+    directory.close()
+
+
+def _sqlite_behaviours():
+    from tests import test_directory as on_sqlite
+    return [on_sqlite.test_refusals_are_clear_and_change_nothing, on_sqlite.test_removing_in_order,
+            on_sqlite.test_barring, on_sqlite.test_call_record_uploaded_twice_is_stored_once,
+            on_sqlite.test_call_record_validation, on_sqlite.test_sysinfo_is_versioned_and_directory_changes_bump_it]
+
+
+@pytest.mark.parametrize("behaviour", _sqlite_behaviours(), ids=lambda f: f.__name__[len("test_"):])
+def test_directory_behaves_the_same_on_postgres(pg_directory, behaviour):
+    behaviour(pg_directory)
+
+
+def test_directory_features_groups_and_music_on_postgres(pg_directory):
+    d = pg_directory
+    d.add_site("north")
+    d.add_extensions([("201", "north", "Ann"), ("202", "north", "Bob")])
+    with pytest.raises(Exception, match="extensions not added"):
+        d.add_extensions([("201", "north", "again")])
+    d.set_features("201", {"dnd": True})
+    d.set_features("201", {"dnd": False})                  # INSERT OR REPLACE: the second wins
+    assert d.features("201")["dnd"] is False
+    d.set_group({"number": "600", "strategy": "ring-all", "members": ["201", "202"]})
+    assert d.group("600")["members"] == ["201", "202"] and d.site_groups("north").keys() == {"600"}
+    assert d.set_music_on_hold("jingle", b"\xff" * 160) == 1
+    assert d.set_music_on_hold("jingle", b"\x7f" * 160) == 2
+    assert d.music_on_hold() == (2, "jingle", b"\x7f" * 160)
+    password = d.set_sip_password("202")
+    assert d.sip_passwords("north") == {"202": password}
+    d.remove_extension("202")                              # ON DELETE CASCADE, as on SQLite
+    assert d.sip_passwords() == {} and d.extension("202") is None

@@ -1,0 +1,296 @@
+"""Private PostgreSQL, Redis and etcd servers for the cluster's tests and demos (docs/cluster.md).
+
+Each engine is the Debian package's own binary, started on free loopback ports in a
+temporary directory that is removed again; nothing of the machine's own services is used
+or changed. PostgreSQL refuses to run as root, so as root its initdb and postgres run as
+the `postgres` user the package created (runuser). `Engines` stops everything it started
+in close() (also when a test fails; it is a context manager), and an engine that cannot
+start raises EngineError with the last lines of its log.
+"""
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from upbx.tools.lab import ROOT, LoopbackExchange, free_port, free_tcp_port, upbx
+
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))   # Debian's postgresql-NN, newest last
+
+
+class EngineError(RuntimeError):
+    """An engine could not be started; the message says which and why."""
+
+
+def missing():
+    """Why the engines cannot run here (a sentence), or None."""
+    if not PG_BIN or not os.path.exists(os.path.join(PG_BIN[-1], "initdb")):
+        return "PostgreSQL is not installed (Debian package postgresql)"
+    for binary, package in (("redis-server", "redis-server"), ("etcd", "etcd-server")):
+        if shutil.which(binary) is None:
+            return "%s is not installed (Debian package %s)" % (binary, package)
+    if os.geteuid() == 0:
+        try:
+            import pwd
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no postgres user to run PostgreSQL as"
+    try:
+        import aetcd  # noqa: F401
+        import psycopg  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError as exc:
+        return "the cluster extra is not installed (pip install 'upbx[cluster]'): %s" % exc
+    return None
+
+
+def _as_postgres(argv):
+    return ["runuser", "-u", "postgres", "--"] + argv if os.geteuid() == 0 else argv
+
+
+def _tcp_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Engines:
+    """PostgreSQL, Redis and etcd on loopback, each in a directory of its own under one temp dir."""
+
+    def __init__(self, start_timeout=60):
+        self.dir = tempfile.mkdtemp(prefix="upbx-engines-")
+        os.chmod(self.dir, 0o755)   # the postgres user walks into its own sub-directory
+        self.procs = {}             # engine name -> Popen
+        self.timeout = start_timeout
+        self.pg_port = self.redis_port = self.etcd_port = None
+
+    # the addresses main.toml's [cluster] takes
+
+    @property
+    def postgres_dsn(self):
+        return "host=127.0.0.1 port=%d user=upbx dbname=upbx connect_timeout=5" % self.pg_port
+
+    @property
+    def redis_url(self):
+        return "redis://127.0.0.1:%d/0" % self.redis_port
+
+    @property
+    def etcd_endpoint(self):
+        return "127.0.0.1:%d" % self.etcd_port
+
+    def cluster_table(self, node):
+        """The [cluster] table of a node's main.toml."""
+        return ('[cluster]\nnode = "%s"\npostgres = "%s"\nredis = "%s"\netcd = "%s"\n'
+                % (node, self.postgres_dsn, self.redis_url, self.etcd_endpoint))
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def _spawn(self, name, argv):
+        log = open(self.path(name + ".log"), "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=self.dir)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def _wait(self, name, ready):
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.procs[name].poll() is not None:
+                raise EngineError("%s exited (status %s): %s" % (name, self.procs[name].returncode, self.log_tail(name)))
+            if ready():
+                return
+            time.sleep(0.05)
+        raise EngineError("%s did not start within %d s: %s" % (name, self.timeout, self.log_tail(name)))
+
+    def log_tail(self, name, lines=6):
+        try:
+            with open(self.path(name + ".log"), "rb") as f:
+                return " | ".join(f.read().decode("utf-8", "replace").strip().splitlines()[-lines:])
+        except OSError as exc:
+            return "(no log: %s)" % exc
+
+    def start(self):
+        """Start all three (PostgreSQL's initdb first, the others meanwhile); returns self."""
+        problem = missing()
+        if problem:
+            raise EngineError(problem)
+        try:
+            self._start_redis()
+            self._start_etcd()
+            self._init_postgres()
+            self.start_postgres()
+            self._wait("redis", lambda: _tcp_open(self.redis_port))
+            self._wait("etcd", lambda: _tcp_open(self.etcd_port))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start_redis(self):
+        self.redis_port = free_tcp_port()
+        os.mkdir(self.path("redis"))
+        self._spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no", "--dir", self.path("redis")])
+
+    def _start_etcd(self):
+        if self.etcd_port is None:
+            self.etcd_port, self._etcd_peer = free_tcp_port(), free_tcp_port()
+        client, peer_url = "http://127.0.0.1:%d" % self.etcd_port, "http://127.0.0.1:%d" % self._etcd_peer
+        self._spawn("etcd", ["etcd", "--name", "lab", "--data-dir", self.path("etcd"),
+                             "--listen-client-urls", client, "--advertise-client-urls", client,
+                             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                             "--initial-cluster", "lab=" + peer_url, "--log-level", "warn"])
+
+    def _init_postgres(self):
+        data = self.path("postgres")
+        os.mkdir(data, 0o700)
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres", "postgres")
+        # C locale: names sort by bytes, as SQLite sorts them; trust on loopback only (a lab)
+        out = subprocess.run(_as_postgres([os.path.join(PG_BIN[-1], "initdb"), "-D", data, "-U", "upbx",
+                                           "--auth=trust", "--no-locale", "-E", "UTF8", "--no-sync"]),
+                             capture_output=True, text=True, cwd=self.dir)
+        if out.returncode:
+            raise EngineError("initdb failed: %s" % (out.stderr or out.stdout).strip()[-400:])
+        self.pg_port = free_tcp_port()
+
+    def start_postgres(self):
+        """Start (or start again after stop_postgres) the PostgreSQL server; waits until it answers."""
+        data = self.path("postgres")
+        self._spawn("postgres", _as_postgres([os.path.join(PG_BIN[-1], "postgres"), "-D", data,
+                                              "-p", str(self.pg_port), "-c", "listen_addresses=127.0.0.1",
+                                              "-c", "unix_socket_directories=" + data, "-c", "fsync=off",
+                                              "-c", "full_page_writes=off"]))
+        self._wait("postgres", self._pg_ready)
+        if not getattr(self, "_created", False):
+            import psycopg
+            with psycopg.connect(self.postgres_dsn.replace("dbname=upbx", "dbname=postgres"),
+                                 autocommit=True) as conn:
+                conn.execute("CREATE DATABASE upbx")
+            self._created = True
+
+    def restart_etcd(self):
+        """Stop etcd and start it again on its data (its leases are kept, their time restarted)."""
+        self._stop("etcd")
+        self._start_etcd()
+        self._wait("etcd", lambda: _tcp_open(self.etcd_port))
+
+    def _pg_ready(self):
+        out = subprocess.run([os.path.join(PG_BIN[-1], "pg_isready"), "-q", "-h", "127.0.0.1",
+                              "-p", str(self.pg_port)], capture_output=True)
+        return out.returncode == 0
+
+    def stop_postgres(self):
+        """Stop PostgreSQL the way an operator restarting it would (fast shutdown: commits are kept)."""
+        self._stop("postgres", signal.SIGINT)
+
+    def _stop(self, name, sig=signal.SIGTERM):
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            proc.wait()
+
+    def close(self):
+        for name in list(self.procs):
+            self._stop(name, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ClusterExchange(LoopbackExchange):
+    """Main host nodes (processes) on one set of Engines, with LoopbackExchange's phones and helpers:
+    `upbx admin` goes to the cluster's PostgreSQL through the first node's main.toml."""
+
+    def __init__(self, engines, nodes=("n1", "n2"), **kwargs):
+        LoopbackExchange.__init__(self, **kwargs)
+        self.engines = engines
+        self.nodes = list(nodes)
+        self.node_ports = {node: free_port() for node in self.nodes}
+        self.main_port = self.node_ports[self.nodes[0]]   # phones of sites without a remote host: the first node
+        for node in self.nodes:
+            self._write_config(node)
+
+    def _write_config(self, node):
+        with open(self.path(node + ".toml"), "w") as f:
+            f.write('[main]\nlisten = "127.0.0.1:%d"\ndatabase = "%s.sqlite"\ncontrol_socket = "%s"\nlog_level = "%s"\n'
+                    'workers = 1\n\n%s' % (self.node_ports[node], node, self.path(node + ".sock"), self.log_level,
+                                           self.engines.cluster_table(node)))
+
+    def provision(self, sites=("a", "b", "c"), remote_sites=("a", "b"), phones=None):
+        """LoopbackExchange.provision straight into PostgreSQL (the Directory `upbx admin` uses, without a
+        process per row: a busy machine starts each in seconds)."""
+        from upbx.host.cluster.postgres import PostgresDirectory
+        phones = phones or {"a": ["101", "102"], "b": ["201", "202"], "c": ["301", "302"]}
+        with PostgresDirectory(self.engines.postgres_dsn) as directory:
+            for site in sites:
+                directory.add_site(site)
+                if site in remote_sites:
+                    self.secrets["site-" + site] = directory.add_remote_host("site-" + site, site).hex()
+                for number in phones.get(site, []):
+                    self.secrets[number] = directory.add_extension(number, site, "Phone " + number).hex()
+        self.phone_site = {n: s for s, ns in phones.items() for n in ns}
+        self.remote_sites = remote_sites
+
+    def admin(self, *args):
+        out = subprocess.run(upbx("admin", "--config", self.path(self.nodes[0] + ".toml"), *args), cwd=ROOT,
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError("upbx admin %s: %s" % (" ".join(args), out.stderr.strip()))
+        return out.stdout.strip()
+
+    def status(self, daemon):
+        """A daemon's status; "main" is the first node (where phones of sites without a remote host go)."""
+        return LoopbackExchange.status(self, self.nodes[0] if daemon == "main" else daemon)
+
+    def cluster_status(self):
+        out = subprocess.run(upbx("cluster", "status", "--config", self.path(self.nodes[0] + ".toml"), "--json"),
+                             cwd=ROOT, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    def start_node(self, node, wait=True):
+        """Start a node (again, after kill(node): the one killed is forgotten, it is no longer watched)."""
+        self.procs = [p for p in self.procs if p.upbx_name != node or p.poll() is None]
+        proc = self.spawn(node, upbx("main", "--config", self.path(node + ".toml")))
+        if wait:
+            self.wait_for(lambda: self.status(node)["pid"] == proc.pid, "node %s started" % node, timeout=60,
+                          watch=(node,))
+        return proc
+
+    def start(self):
+        """Every node, then the remote hosts of provision()'s sites, logged in to the first node."""
+        for node in self.nodes:
+            self.start_node(node, wait=False)
+        for node in self.nodes:
+            self.wait_for(lambda: self.status(node)["cluster"]["engines"]["etcd"] == "up", "node %s joined" % node,
+                          timeout=60, watch=(node,))
+        for site in getattr(self, "remote_sites", ()):
+            port = self.remote_ports[site] = free_port()
+            name = "site-" + site
+            with open(self.path(name + ".toml"), "w") as f:
+                f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "127.0.0.1:%d"\nlisten = "127.0.0.1:%d"\n'
+                        'control_socket = "%s"\nlog_level = "%s"\n'
+                        % (name, self.secrets[name], self.main_port, port, self.path(name + ".sock"), self.log_level))
+            self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
+        self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up"
+                                  for s in getattr(self, "remote_sites", ())),
+                      "remote hosts logged in", timeout=60, watch=tuple(self.nodes))
