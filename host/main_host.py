@@ -812,6 +812,7 @@ class MainHost(HostCore):
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
                        "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
             "conferences": self.conferences.status(),
+            "attendants": sorted(self.voicemail.attendants),   # the auto-attendant numbers it answers
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
             "sysinfo_version": self._sysinfo_version,

@@ -6,7 +6,6 @@ main host is unreachable (B4). tests/test_lines.py covers the host logic frame b
 """
 import json
 import os
-import time
 
 import pytest
 
@@ -45,15 +44,6 @@ def test_demo_scenarios_call_waiting_blind_and_attended_transfer(lab):
     assert results["attended_transfer"]["heard"]["201"] == ["101", "301"]  # consulted first
 
 
-def _wait_count(phone, text, n, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if phone.log().count(text) >= n:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_keys_answer_swap_and_reject_a_waiting_call_and_transfer_from_the_keypad(lab):
     a = ConsolePhone(lab, "102", "keys-102")
     b = ConsolePhone(lab, "302", "keys-302")
@@ -68,7 +58,7 @@ def test_keys_answer_swap_and_reject_a_waiting_call_and_transfer_from_the_keypad
         a.command("D")                                   # rejected while it rings: 202 hears busy
         assert c.wait_line("call ended: busy") and a.wait_line("waiting call rejected")
         c.command("!call 102")
-        assert _wait_count(a, "call waiting from 202", 2)
+        assert a.wait_count("call waiting from 202", 2)
         a.command("A")                                   # answered: 302 held
         assert a.wait_line("connected to 202 (302 held)")
         a.command("B")
