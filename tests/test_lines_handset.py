@@ -23,6 +23,7 @@ def lab():
         yield lab
 
 
+@pytest.mark.timeout(900)     # scenarios that wait for states, however slow the machine (and the lab's start)
 def test_demo_scenarios_call_waiting_blind_and_attended_transfer(lab):
     results = {r["name"]: r for r in run_features(lab, 2.0, ("call_waiting", "blind_transfer", "attended_transfer"))}
     waiting = results["call_waiting"]
@@ -78,6 +79,7 @@ def _netlab_prefix():
     return "upxc%s-" % os.urandom(2).hex()
 
 
+@pytest.mark.timeout(1200)   # four scenarios and a restart: each waits for states, however slow the machine
 def test_netlab_a_transfer_through_nat_and_b4_call_waiting_and_transfer_without_the_main_host():
     """In the network lab (namespaces, NAT routers): a call from site B transferred to a site A
     phone through the routers; then the main host is killed, and site A's remote host
@@ -170,6 +172,7 @@ def test_a_call_between_sites_transferred_blind_to_a_phone_of_the_site_keeps_its
         ("site-a", "101", "102", "local", "transferred")], rows
 
 
+@pytest.mark.timeout(900)     # scenarios that wait for states, however slow the machine (and the lab's start)
 def test_two_lines_fit_a_64k_heap_with_the_frozen_image(lab, unix32_frozen):
     """Phone A on the 32-bit port with upbx frozen in and a 64 KB heap (an ESP32 without PSRAM):
     call waiting (two calls' keys and buffers at once) and an attended transfer work, and its
