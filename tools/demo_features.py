@@ -83,7 +83,7 @@ class ConsolePhone:
     def windows(self, labels):
         """The label of every whole 100 ms window played so far (labels: {name: (hz, ...)}, see
         tools/lab.py frequency_label; or a function of a window's bytes), read incrementally."""
-        kept, out = self._windows.setdefault(id(labels), (labels, []))
+        _labels, out = self._windows.setdefault(id(labels), (labels, []))   # kept: an id is not reused
         size = 2 * TONE_WINDOW
         try:
             with open(self.wav, "rb") as f:
