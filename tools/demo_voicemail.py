@@ -133,7 +133,7 @@ def voicemail(lab, seconds):
     message = messages[0] if messages else {}
     ok = (connected and heard >= 0.5 * total and len(messages) == 1 and message.get("caller") == "101"
           and message.get("duration_ms", 0) >= 2000 and answered and "message" in played and left == [])
-    return {"ok": ok, "greeting_frames_heard": heard, "greeting_frames": total,
+    return {"ok": ok, "left": connected, "retrieval_answered": answered, "greeting_frames_heard": heard, "greeting_frames": total,
             "message": {k: message.get(k) for k in ("caller", "duration_ms", "state", "file")},
             "retrieval_heard": played, "after_delete": left}
 
@@ -210,7 +210,8 @@ def auto_attendant(lab, seconds):
     callee_heard = frequencies_heard(callee.wav, labels)
     ok = (answered and heard >= 0.5 * total and rang and talked and ended and "callee" in caller_heard
           and "caller" in callee_heard)
-    return {"ok": ok, "prompt_frames_heard": heard, "prompt_frames": total, "routed_to_301_rang": rang,
+    return {"ok": ok, "answered": answered, "prompt_frames_heard": heard, "prompt_frames": total, "routed_to_301_rang": rang,
+            "talked": talked,
             "caller_heard": caller_heard, "callee_heard": callee_heard}
 
 
