@@ -802,7 +802,9 @@ class MainHost(HostCore):
             ringing = call.state in ("setup", "alerting") and call.b is not None
             if ringing and call.noanswer is not None and now - call.offered_ms >= call.noanswer[1]:
                 self._forward_no_answer(call, now)
-            elif ringing and now - call.offered_ms > ring_ms:
+            # a blind transfer's timer is its recall (host/lines.py): it rings on from the new party's
+            # first offer, so the ring timeout would come first and end it with nobody rung back
+            elif ringing and call.recall is None and now - call.offered_ms > ring_ms:
                 self.switch.release(call.a, wire.CAUSE_NO_ANSWER, now)
                 self.switch.release(call.b, wire.CAUSE_NO_ANSWER, now)
                 self.end_call(call, wire.CAUSE_NO_ANSWER, now)
@@ -887,6 +889,7 @@ class MainHost(HostCore):
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
                        "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
             "conferences": self.conferences.status(),
+            "attendants": sorted(self.voicemail.attendants),   # the auto-attendant numbers it answers
             "stats": self.stats.as_dict(),
             "trunk_bytes_by_peer": dict(self.switch.bytes_out_by_link),
             "sysinfo_version": self._sysinfo_version,

@@ -6,7 +6,6 @@ main host is unreachable (B4). tests/test_lines.py covers the host logic frame b
 """
 import json
 import os
-import time
 
 import pytest
 
@@ -24,6 +23,7 @@ def lab():
         yield lab
 
 
+@pytest.mark.timeout(900)     # scenarios that wait for states, however slow the machine (and the lab's start)
 def test_demo_scenarios_call_waiting_blind_and_attended_transfer(lab):
     results = {r["name"]: r for r in run_features(lab, 2.0, ("call_waiting", "blind_transfer", "attended_transfer"))}
     waiting = results["call_waiting"]
@@ -45,15 +45,6 @@ def test_demo_scenarios_call_waiting_blind_and_attended_transfer(lab):
     assert results["attended_transfer"]["heard"]["201"] == ["101", "301"]  # consulted first
 
 
-def _wait_count(phone, text, n, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if phone.log().count(text) >= n:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_keys_answer_swap_and_reject_a_waiting_call_and_transfer_from_the_keypad(lab):
     a = ConsolePhone(lab, "102", "keys-102")
     b = ConsolePhone(lab, "302", "keys-302")
@@ -68,7 +59,7 @@ def test_keys_answer_swap_and_reject_a_waiting_call_and_transfer_from_the_keypad
         a.command("D")                                   # rejected while it rings: 202 hears busy
         assert c.wait_line("call ended: busy") and a.wait_line("waiting call rejected")
         c.command("!call 102")
-        assert _wait_count(a, "call waiting from 202", 2)
+        assert a.wait_count("call waiting from 202", 2)
         a.command("A")                                   # answered: 302 held
         assert a.wait_line("connected to 202 (302 held)")
         a.command("B")
@@ -88,6 +79,7 @@ def _netlab_prefix():
     return "upxc%s-" % os.urandom(2).hex()
 
 
+@pytest.mark.timeout(1200)   # four scenarios and a restart: each waits for states, however slow the machine
 def test_netlab_a_transfer_through_nat_and_b4_call_waiting_and_transfer_without_the_main_host():
     """In the network lab (namespaces, NAT routers): a call from site B transferred to a site A
     phone through the routers; then the main host is killed, and site A's remote host
@@ -180,6 +172,7 @@ def test_a_call_between_sites_transferred_blind_to_a_phone_of_the_site_keeps_its
         ("site-a", "101", "102", "local", "transferred")], rows
 
 
+@pytest.mark.timeout(900)     # scenarios that wait for states, however slow the machine (and the lab's start)
 def test_two_lines_fit_a_64k_heap_with_the_frozen_image(lab, unix32_frozen):
     """Phone A on the 32-bit port with upbx frozen in and a 64 KB heap (an ESP32 without PSRAM):
     call waiting (two calls' keys and buffers at once) and an attended transfer work, and its

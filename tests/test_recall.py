@@ -9,6 +9,7 @@ from upbx.common import lines, wire
 from upbx.common.call import RINGING
 from upbx.common.phone import Incoming
 from tests.test_lines import _act, _answer, _heard, _listen, _parties
+from tests.inprocess import MAIN, SITE_A
 from tests.test_routing import _world
 
 RECALL_S = 5
@@ -126,6 +127,69 @@ def test_recall_among_a_sites_phones_while_the_main_host_is_unreachable(tmp_path
         world.hangup("101")
         pending = [(r["caller"], r["callee"], r["cause"]) for r in world.a.records.pending()]
         assert ("102", "101", "normal clearing") in pending   # kept for upload, linked as every leg is
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def _uplink_late(world, ms):
+    """Everything site a sends the main host from now on for ms arrives ms late, in order (a
+    loaded site host or a slow uplink); what was still in flight to it is held with it."""
+    held = [d for d in world.net.queue if d[1] == SITE_A and d[2] == MAIN]
+    for d in held:
+        world.net.queue.remove(d)
+    send = world.net.send
+
+    def late(data, source, destination):
+        if source == SITE_A and tuple(destination[:2]) == MAIN:
+            held.append((bytes(data), source, MAIN))
+        else:
+            send(data, source, destination)
+    world.net.send = late
+    world.run(ms)
+    world.net.send = send
+    world.net.queue.extend(held)
+
+
+def test_a_blind_transfer_the_main_host_joins_is_recalled_even_when_its_ring_timeout_comes_first(tmp_path):
+    """`upbx demo features`' transfer_recall, failed under load: 101 (site a) transfers 301 blind to
+    a phone whose call turns at the main host (302 here; 201 at site b when the direct-path offer
+    had not reached site a yet), so site a hands the join to the main host. The joined call rings
+    on from when 302 was first offered, so the main host's ring timeout (20 s, as the demo's) came
+    before its recall (20 s from the transfer) and ended the call "no answer": 101 never rang again.
+    The recall is the timer of a blindly transferred call: the ring timeout leaves it alone."""
+    ring_s = 20
+    world = _world(tmp_path, ("101", "301", "302"), ring_timeout_s=ring_s,
+                   main_settings="transfer_recall_s = %d\n" % ring_s, remote_settings={"transfer_recall_s": RECALL_S})
+    try:
+        p = world.phones
+        world.call("301", "101")
+        assert lines.consult(p["101"].phone, "302", world.net.now, True)
+        p["101"].flush()
+        for _ in range(100):                                  # until the main host offered 302 the call
+            if world.tick(until=lambda: any(c.callee == "302" and c.state == "alerting"
+                                            for c in world.main.switch.calls.values())):
+                break
+        _uplink_late(world, 300)                             # site a's TRANSFER (sent as 302 rings) arrives 300 ms later
+        world.run_until(lambda: p["302"].phone.state == RINGING and p["101"].idle, 3000, "302 rings")
+        assert world.a.stats.counters["transfers handed to the main host"] == 1
+        p["101"].take()
+        _, incoming = _rings_with(world, "101", ring_s * 1000 + 1000)
+        assert (incoming.number, incoming.name) == ("301", "recall: 302 no answer")
+        assert p["302"].idle and p["302"].causes()[-1] == wire.CAUSE_NO_ANSWER and not p["301"].idle
+        _answer(world, "101")
+        _listen(world, 1000)
+        assert _heard(p["301"]) == (["101"], False) and _heard(p["101"]) == (["301"], False)
+        world.hangup("101")
+        assert p["301"].idle and world.main.status()["calls"] == [] and world.a.status()["calls"] == []
+        # and a recall nobody answers still ends the call (the recall's own time, not the ring timeout)
+        world.call("301", "101")
+        _act(world, "101", lambda ph, now: lines.consult(ph, "302", now, True))
+        world.run_until(lambda: p["302"].phone.state == RINGING and p["101"].idle, 3000, "302 rings")
+        _rings_with(world, "101", ring_s * 1000 + 1000)
+        took = world.run_until(lambda: p["301"].idle, ring_s * 1000 + 1000, "the recall rang out")
+        assert took >= ring_s * 1000 - 1000 and p["301"].causes()[-1] == wire.CAUSE_NO_ANSWER and p["101"].idle
+        assert world.main.status()["calls"] == [] and world.a.status()["calls"] == []
         assert not world.net.errors
     finally:
         world.close()

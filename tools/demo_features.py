@@ -7,11 +7,14 @@ audio sent arrived where the call was forwarded. A feature not built yet reports
 {"ok": false, "error": "not built yet"}: nothing here is a pass that was not seen.
 """
 import json
+import os
+import signal
+import subprocess
 import time
 
 from upbx.host.moh import NOTES_HZ
 from upbx.tools.demo_conference import conference
-from upbx.tools.lab import LoopbackExchange, frequencies_heard, place_call, tones_heard
+from upbx.tools.lab import TONE_WINDOW, LoopbackExchange, frequencies_heard, frequency_label, place_call, tones_heard
 
 RECALL_S = 8          # the demo's sites recall a blind transfer sooner than the default 20 s
 
@@ -23,15 +26,21 @@ EXTRA = ("transfer_recall", "directed_pickup", "transfer_via_main", "conference_
          "voicemail_b4")   # voicemail_b4 kills the main host: last   # beyond issue 12's list: what docs/features.md built after it (run after those)
 
 
+WAIT_S = 60      # the most any wait for a state may take: a bound a busy machine does not reach, never a pace
+WAV_HEADER = 44
+
+
 class ConsolePhone:
-    """A virtual handset kept running, driven by console commands (its stdin), read by its log."""
+    """A virtual handset kept running, driven by console commands (its stdin), read by its log and
+    by what its speaker has played so far (its recording grows as it plays: `wait_heard`)."""
 
     def __init__(self, lab, number, tag, *args):
         self.lab, self.number, self.tag = lab, number, tag
         self.wav = lab.path(tag + ".speaker.wav")
         self.proc = lab.phone(number, "--record", self.wav, *args, tag=tag)
         self.log_path = lab.path("phone-%s.log" % tag)
-        lab.wait_registered(number)
+        self._windows = {}     # id(labels) -> (labels, [label of each 100 ms window read so far])
+        lab.wait_registered(number, WAIT_S)
 
     def command(self, line):
         self.proc.stdin.write((line + "\n").encode())
@@ -41,7 +50,7 @@ class ConsolePhone:
         with open(self.log_path) as f:
             return f.read()
 
-    def wait_line(self, text, timeout=10):
+    def wait_line(self, text, timeout=WAIT_S):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if text in self.log():
@@ -49,12 +58,84 @@ class ConsolePhone:
             time.sleep(0.05)
         return False
 
+    def wait_count(self, text, n, timeout=WAIT_S):
+        """Whether text is in the phone's log n times within timeout seconds."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.log().count(text) >= n:
+                return True
+            time.sleep(0.05)
+        return False
+
+    # the speaker, 100 ms windows of its recording (TONE_WINDOW samples), labelled as they are written
+
+    def played_ms(self):
+        """How much the speaker has played so far (its recording's length)."""
+        try:
+            return max(0, os.path.getsize(self.wav) - WAV_HEADER) // 16
+        except OSError:
+            return 0
+
+    def mark(self):
+        """The number of whole 100 ms windows the speaker has played: a later wait's `since`."""
+        return self.played_ms() // 100
+
+    def windows(self, labels):
+        """The label of every whole 100 ms window played so far (labels: {name: (hz, ...)}, see
+        tools/lab.py frequency_label; or a function of a window's bytes), read incrementally."""
+        _labels, out = self._windows.setdefault(id(labels), (labels, []))   # kept: an id is not reused
+        size = 2 * TONE_WINDOW
+        try:
+            with open(self.wav, "rb") as f:
+                f.seek(WAV_HEADER + len(out) * size)
+                data = f.read()
+        except OSError:
+            return out
+        every = None if callable(labels) else sorted({hz for group in labels.values() for hz in group})
+        for start in range(0, len(data) - size + 1, size):
+            block = data[start:start + size]
+            out.append(labels(block) if callable(labels) else frequency_label(block, labels, every))
+        return out
+
+    def wait_heard(self, labels, label, ms=1000, since=0, timeout=WAIT_S):
+        """Wait until the speaker has played `label` for `ms` without a break (whole 100 ms windows
+        after window `since`; one window no label dominates, such as the step between two notes of
+        the music, neither counts nor breaks the run; two do): the window where that run ends (a
+        later wait's `since`), or None when it did not within timeout seconds (it never came)."""
+        need = max(1, ms // 100)
+        deadline = time.time() + timeout
+        while True:
+            run = 0
+            out = self.windows(labels)
+            for i in range(since, len(out)):
+                if out[i] == label:
+                    run += 1
+                elif out[i] is not None or (i > since and out[i - 1] is None):
+                    run = 0
+                if run >= need:
+                    return i + 1
+            if time.time() > deadline:
+                return None
+            time.sleep(0.1)
+
+    def wait_played(self, ms, since_ms=None, timeout=WAIT_S):
+        """Wait until the speaker has played ms more (since since_ms, default now): the phone's own
+        clock, for a step that lasts a while whatever it plays (a prompt, a message)."""
+        start = self.played_ms() if since_ms is None else since_ms
+        deadline = time.time() + timeout
+        while self.played_ms() < start + ms:
+            if time.time() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def quit(self):
         self.command("!quit")
         try:
-            self.proc.wait(10)
-        except Exception:
-            self.proc.kill()
+            self.proc.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 def _set(lab, number, command, tag, expect="feature on"):
@@ -173,7 +254,7 @@ def _hold_once(lab, seconds, caller, callee):
     holds, then callee."""
     held, holder, connected, held_ok, resumed, ended = hold_and_resume(lab, caller, callee, seconds, "hold")
     path = None   # the path the call took, from its record (a local call's comes from the remote host)
-    deadline = time.time() + 5
+    deadline = time.time() + WAIT_S
     while path is None and time.time() < deadline:
         for record in json.loads(lab.admin("calls", "--json", "--limit", "3")):
             if (record["caller"], record["callee"]) == (caller, callee):
@@ -181,9 +262,8 @@ def _hold_once(lab, seconds, caller, callee):
                 break
         else:
             time.sleep(0.2)
-    labels = {"holder": (1000,), "held party": (1400,), "music": NOTES_HZ}
-    held_heard = frequencies_heard(held.wav, labels)
-    holder_heard = frequencies_heard(holder.wav, labels)
+    held_heard = frequencies_heard(held.wav, HOLD_LABELS)
+    holder_heard = frequencies_heard(holder.wav, HOLD_LABELS)
     ok = (connected and held_ok and resumed and ended
           and _inner(held_heard) in (["holder", "music", "holder"], ["holder", "quiet", "music", "holder"])
           and _inner(holder_heard) == ["held party", "quiet", "held party"])
@@ -192,28 +272,37 @@ def _hold_once(lab, seconds, caller, callee):
 
 
 def hold_and_resume(lab, caller, callee, seconds, tag, callee_args=()):
-    """caller (1000 Hz) calls callee (1400 Hz, with callee_args), holds it for 3 s after a while,
-    resumes and hangs up: (callee's phone, caller's phone, connected, held, resumed, ended)."""
+    """caller (1000 Hz) calls callee (1400 Hz, with callee_args); once each has heard the other a
+    while it holds callee until callee has heard the music 1.5 s (and caller silence), resumes,
+    and hangs up once both hear each other again: (callee's phone, caller's phone, connected,
+    held, resumed, ended); held and resumed are False when the audio asked for never came."""
     held = ConsolePhone(lab, callee, "%s-%s-%s" % (tag, callee, caller), "--send", "tone:1400", *callee_args)
     holder = ConsolePhone(lab, caller, "%s-%s-%s" % (tag, caller, callee), "--send", "tone:1000")
+    labels = HOLD_LABELS
+    talk_ms = int(max(1.0, seconds / 2) * 1000)
     try:
         holder.command("!call " + callee)
         held.wait_line("incoming call")
         held.command("!answer")
-        connected = holder.wait_line("connected")
-        time.sleep(max(1.0, seconds / 2))
+        connected = (holder.wait_line("connected") and held.wait_heard(labels, "holder", talk_ms) is not None
+                     and holder.wait_heard(labels, "held party", talk_ms) is not None)
+        marks = held.mark(), holder.mark()
         holder.command("!hold")
-        held_ok = holder.wait_line("call held")
-        time.sleep(3)
+        held_ok = (holder.wait_line("call held") and held.wait_heard(labels, "music", 1500, marks[0]) is not None
+                   and holder.wait_heard(labels, "quiet", 1000, marks[1]) is not None)
+        marks = held.mark(), holder.mark()
         holder.command("!resume")
-        resumed = holder.wait_line("call resumed")
-        time.sleep(max(1.0, seconds / 2))
+        resumed = (holder.wait_line("call resumed") and held.wait_heard(labels, "holder", talk_ms, marks[0]) is not None
+                   and holder.wait_heard(labels, "held party", talk_ms, marks[1]) is not None)
         holder.command("!hangup")
         ended = held.wait_line("call ended: normal clearing")
     finally:
         holder.quit()
         held.quit()
     return held, holder, connected, held_ok, resumed, ended
+
+
+HOLD_LABELS = {"holder": (1000,), "held party": (1400,), "music": NOTES_HZ}
 
 
 def call_waiting(lab, seconds):

@@ -9,8 +9,8 @@ import wave
 from upbx.common.g711 import ulaw_decode
 from upbx.host import prompts
 from upbx.host.attendant import default_prompt
-from upbx.tools.demo_features import ConsolePhone
-from upbx.tools.lab import frequencies_heard, goertzel_power
+from upbx.tools.demo_features import WAIT_S, ConsolePhone
+from upbx.tools.lab import frequencies_heard, frequency_label, goertzel_power
 
 CALLER_HZ = 1000         # what a caller's microphone sends (--send tone:1000): its message
 CALLEE_HZ = 1400
@@ -60,27 +60,45 @@ def _messages(lab, number):
     return json.loads(lab.admin("voicemail", "list", number, "--json"))
 
 
+BEEP = {"beep": (prompts.BEEP_HZ,)}
+
+
+def sound(block):
+    """A window's label for wait_heard: "sound" when anything is heard (a prompt), else "quiet"."""
+    return "quiet" if frequency_label(block, BEEP) == "quiet" else "sound"
+
+
+def leave(phone, mailbox, speak_s, tone_ms=prompts.BEEP_MS * 3 // 4):
+    """phone dials mailbox's extension (voicemail), waits until its speaker played the beep after
+    the greeting (BEEP_HZ for tone_ms: the greeting too when it is that tone), sends its tone for
+    speak_s more of its own clock, hangs up: whether it was connected and heard the beep."""
+    phone.command("!call " + mailbox)
+    connected = phone.wait_line("connected")
+    beep = phone.wait_heard(BEEP, "beep", tone_ms, phone.mark()) if connected else None
+    spoke = beep is not None and phone.wait_played(int(speak_s * 1000), since_ms=beep * 100)
+    phone.command("!hangup")
+    phone.wait_line("call ended")
+    return connected and spoke
+
+
 def _leave(lab, caller, mailbox, tag, speak_s=3.0):
-    """caller dials mailbox's extension (not registered: voicemail), waits for the greeting and the
-    beep, sends its tone for speak_s, hangs up; (connected, greeting frames heard, of how many)."""
+    """caller (sending CALLER_HZ) leaves a message of speak_s in mailbox (leave):
+    (connected and the beep heard, greeting frames heard, of how many)."""
     phone = ConsolePhone(lab, caller, tag, "--send", "tone:%d" % CALLER_HZ)
     try:
-        phone.command("!call " + mailbox)
-        connected = phone.wait_line("connected")
-        greeting = prompts.prompt(None, prompts.GREETING)
-        time.sleep(len(greeting) * 0.02 + prompts.BEEP_MS / 1000 + speak_s)
-        phone.command("!hangup")
-        phone.wait_line("call ended")
+        connected = leave(phone, mailbox, speak_s)
     finally:
         phone.quit()
-    return (connected,) + frames_found(phone.wav, greeting)
+    return (connected,) + frames_found(phone.wav, prompts.prompt(None, prompts.GREETING))
 
 
-def _wait_message(lab, mailbox, count, timeout=10):
+def _wait_message(lab, mailbox, count, done=None, timeout=WAIT_S):
+    """mailbox's messages once it has count (or done(how many) holds), WAIT_S at most."""
+    done = done or (lambda n: n >= count)
     deadline = time.time() + timeout
     while time.time() < deadline:
         messages = _messages(lab, mailbox)
-        if len(messages) >= count:
+        if done(len(messages)):
             return messages
         time.sleep(0.2)
     return _messages(lab, mailbox)
@@ -92,28 +110,30 @@ def voicemail(lab, seconds):
     SQLite row; 102 then dials `!voicemail` (*97), presses 1 and hears 101's tone, presses 7 and
     the message is gone."""
     lab.admin("voicemail", "on", "102")
-    time.sleep(1.5)                               # the main host sends site A's remote host the setting
+    lab.wait_sites_current()                      # the main host sent site A's remote host the setting
     connected, heard, total = _leave(lab, "101", "102", "vm-101")
     messages = _wait_message(lab, "102", 1)
+    labels = {"message": (CALLER_HZ,)}
     phone = ConsolePhone(lab, "102", "vm-102")
     try:
+        since = phone.mark()
         phone.command("!voicemail")
-        answered = phone.wait_line("connected")
-        time.sleep(5.5)                           # "You have 1 new and 0 saved messages." and the menu
-        phone.command("!dtmf 1")
-        time.sleep(4.5)
+        answered = phone.wait_line("connected") and phone.wait_heard(sound, "sound", 500, since) is not None
+        since = phone.mark()                      # "You have 1 new ..." is playing
+        phone.command("!dtmf 1")                  # a digit cuts the prompt short: the message plays
+        answered = answered and phone.wait_heard(labels, "message", 1500, since) is not None
         phone.command("!dtmf 7")
-        time.sleep(1.5)
+        _wait_message(lab, "102", 0, lambda n: n == 0)
         phone.command("!hangup")
     finally:
         phone.quit()
-    played = frequencies_heard(phone.wav, {"message": (CALLER_HZ,)})
+    played = frequencies_heard(phone.wav, labels)
     left = _messages(lab, "102")
     lab.admin("voicemail", "off", "102")
     message = messages[0] if messages else {}
     ok = (connected and heard >= 0.5 * total and len(messages) == 1 and message.get("caller") == "101"
           and message.get("duration_ms", 0) >= 2000 and answered and "message" in played and left == [])
-    return {"ok": ok, "greeting_frames_heard": heard, "greeting_frames": total,
+    return {"ok": ok, "left": connected, "retrieval_answered": answered, "greeting_frames_heard": heard, "greeting_frames": total,
             "message": {k: message.get(k) for k in ("caller", "duration_ms", "state", "file")},
             "retrieval_heard": played, "after_delete": left}
 
@@ -123,28 +143,26 @@ def message_waiting(lab, seconds):
     plays the stutter dial tone (100 ms on, 100 ms off: its cadence measured on the recording);
     once heard (*97, 1) the count is 0 and lifting plays the steady dial tone."""
     lab.admin("voicemail", "on", "102")
-    time.sleep(1.5)
+    lab.wait_sites_current()
     _leave(lab, "101", "102", "mwi-101", speak_s=1.0)
     _wait_message(lab, "102", 1)
     phone = ConsolePhone(lab, "102", "mwi-102")
     try:
         shown = phone.wait_line("I display idle 1 new messages")
-        phone.command("A")
-        time.sleep(2.0)
+        phone.command("A")                        # off hook: the stutter dial tone, 2 s of it
+        phone.wait_played(2000)
         phone.command("D")
         phone.command("!voicemail")
-        phone.wait_line("connected")
-        time.sleep(5.5)
+        phone.wait_line("connected") and phone.wait_heard(sound, "sound", 500, phone.mark())
         phone.command("!dtmf 1")
-        cleared = phone.wait_line("messages waiting 0", 8)
+        cleared = phone.wait_line("messages waiting 0")
         phone.command("!dtmf 7")
-        time.sleep(1)
+        _wait_message(lab, "102", 0, lambda n: n == 0)
         phone.command("!hangup")
-        time.sleep(0.5)
-        phone.command("A")
-        time.sleep(1.5)
+        phone.wait_line("call ended")
+        phone.command("A")                        # off hook again: the steady dial tone, 1.5 s of it
+        phone.wait_played(1500)
         phone.command("D")
-        time.sleep(0.3)
     finally:
         phone.quit()
     runs = cadence(phone.wav)
@@ -166,19 +184,21 @@ def auto_attendant(lab, seconds):
     (1400 Hz) rings, answers, and each hears the other's tone."""
     routes = {"1": "301", "2": "*98102"}
     lab.admin("attendant", "set", "500", "--route", "1=301", "--route", "2=*98102")
-    time.sleep(1.5)                               # the main host reads it
+    lab.wait_for(lambda: "500" in lab.status("main")["attendants"], "the main host answers 500", timeout=WAIT_S)
     callee = ConsolePhone(lab, "301", "aa-301", "--send", "tone:%d" % CALLEE_HZ)
     caller = ConsolePhone(lab, "101", "aa-101", "--send", "tone:%d" % CALLER_HZ)
+    labels = {"caller": (CALLER_HZ,), "callee": (CALLEE_HZ,)}
     try:
         caller.command("!call 500")
         answered = caller.wait_line("connected")
         prompt = prompts.prompt(None, default_prompt(routes))
-        time.sleep(len(prompt) * 0.02)
+        caller.wait_played(len(prompt) * 20)      # the whole prompt (its frames are looked for below)
         caller.command("!dtmf 1")
         rang = callee.wait_line("incoming call from 101")
-        time.sleep(1.0)
         callee.command("!answer")
-        time.sleep(max(2.0, seconds))
+        since = caller.mark(), callee.mark()
+        talked = (caller.wait_heard(labels, "callee", int(max(2.0, seconds) * 1000), since[0]) is not None
+                  and callee.wait_heard(labels, "caller", int(max(2.0, seconds) * 1000), since[1]) is not None)
         caller.command("!hangup")
         ended = callee.wait_line("call ended: normal clearing")
     finally:
@@ -186,12 +206,12 @@ def auto_attendant(lab, seconds):
         callee.quit()
     lab.admin("attendant", "remove", "500")
     heard, total = frames_found(caller.wav, prompt)
-    labels = {"caller": (CALLER_HZ,), "callee": (CALLEE_HZ,)}
     caller_heard = frequencies_heard(caller.wav, labels)
     callee_heard = frequencies_heard(callee.wav, labels)
-    ok = (answered and heard >= 0.5 * total and rang and ended and "callee" in caller_heard
+    ok = (answered and heard >= 0.5 * total and rang and talked and ended and "callee" in caller_heard
           and "caller" in callee_heard)
-    return {"ok": ok, "prompt_frames_heard": heard, "prompt_frames": total, "routed_to_301_rang": rang,
+    return {"ok": ok, "answered": answered, "prompt_frames_heard": heard, "prompt_frames": total, "routed_to_301_rang": rang,
+            "talked": talked,
             "caller_heard": caller_heard, "callee_heard": callee_heard}
 
 

@@ -6,11 +6,11 @@ main host's mailbox once it is back (`upbx admin voicemail list`).
 import json
 import math
 import struct
-import time
 import wave
 
 from upbx.host.voicemail import VoicemailStore
-from upbx.tools.demo_features import ConsolePhone
+from upbx.tools.demo_features import WAIT_S, ConsolePhone
+from upbx.tools.demo_voicemail import leave, sound
 from upbx.tools.lab import frequencies_heard
 
 FIRST_HZ = 1000          # 101's voice in the message left while the main host is up
@@ -27,16 +27,13 @@ def _tone_wav(path, hz, seconds):
                                for i in range(int(8000 * seconds))))
 
 
-def _leave(lab, hz, tag, wait_s, speak_s=2.0):
-    """101 (sending hz) calls 102 (not registered: its mailbox), waits wait_s for the greeting and
-    the beep, speaks, hangs up; (connected, the caller's recording)."""
+def _leave(lab, hz, tag, speak_s=2.0):
+    """101 (sending hz) calls 102 (not registered: its mailbox), waits for the greeting and the
+    beep (both GREETING_HZ: 1.5 s and 0.4 s), speaks speak_s, hangs up; (connected and the
+    greeting and beep heard, the caller's recording)."""
     phone = ConsolePhone(lab, "101", tag, "--send", "tone:%d" % hz)
     try:
-        phone.command("!call 102")
-        connected = phone.wait_line("connected")
-        time.sleep(wait_s + speak_s)
-        phone.command("!hangup")
-        phone.wait_line("call ended")
+        connected = leave(phone, "102", speak_s, tone_ms=1700)
     finally:
         phone.quit()
     return connected, phone.wav
@@ -65,26 +62,30 @@ def voicemail_b4(lab, seconds):
     wav = lab.path("greeting-102.wav")
     _tone_wav(wav, GREETING_HZ, 1.5)
     lab.admin("voicemail", "greeting", "102", wav)
-    time.sleep(1.5)                                  # the setting reaches site A's host
-    _leave(lab, FIRST_HZ, "vmb4-101-up", 2.0)
-    lab.wait_for(lambda: _copy(lab) == ([("101", "new", "main")], True), "site A's copy of 102's mailbox", timeout=20)
+    lab.wait_sites_current()                         # the setting reaches site A's host
+    lab.wait_for(lambda: _copy(lab)[1], "site A's copy of 102's greeting", timeout=WAIT_S)
+    _leave(lab, FIRST_HZ, "vmb4-101-up")
+    lab.wait_for(lambda: _copy(lab) == ([("101", "new", "main")], True), "site A's copy of 102's mailbox", timeout=WAIT_S)
     copy_before = _copy(lab)
     lab.kill("main")
-    lab.wait_for(lambda: _main_state(lab) != "up", "site A noticed the main host is gone", timeout=40)
-    connected, caller_wav = _leave(lab, B4_HZ, "vmb4-101-down", 2.0)
+    lab.wait_for(lambda: _main_state(lab) != "up", "site A noticed the main host is gone", timeout=WAIT_S)
+    connected, caller_wav = _leave(lab, B4_HZ, "vmb4-101-down")
     labels = {"greeting": (GREETING_HZ,), "main's message": (FIRST_HZ,), "b4 message": (B4_HZ,)}
     caller_heard = [h for h in frequencies_heard(caller_wav, labels) if h != "quiet"]
     phone = ConsolePhone(lab, "102", "vmb4-102")
     try:
+        since = phone.mark()
         phone.command("!voicemail")
-        answered = phone.wait_line("connected")
-        time.sleep(2.0)
+        answered = phone.wait_line("connected") and phone.wait_heard(sound, "sound", 500, since) is not None
+        since = phone.mark()
         phone.command("!dtmf 1")                     # new first: the main host's message
-        time.sleep(3.0)
-        phone.command("!dtmf 7")                     # deleted here
-        time.sleep(1.5)
+        played = phone.wait_heard(labels, "main's message", 1500, since) is not None
+        since = phone.mark()
+        phone.command("!dtmf 7")                     # deleted here ("Message deleted.")
+        played = played and phone.wait_heard(sound, "sound", 500, since) is not None
+        since = phone.mark()
         phone.command("!dtmf 1")                     # now the one recorded here
-        time.sleep(3.0)
+        played = played and phone.wait_heard(labels, "b4 message", 1500, since) is not None
         phone.command("!hangup")
         phone.wait_line("call ended")
     finally:
@@ -94,11 +95,10 @@ def voicemail_b4(lab, seconds):
     pending = {"changes": site["mailbox_changes_pending"], "messages": site["voicemail_pending"]}
     lab.restart("main")
     lab.wait_for(lambda: _main_state(lab) == "up" and lab.status("site-a")["mailbox_changes_pending"] == 0
-                 and lab.status("site-a")["voicemail_pending"] == 0, "the changes reached the main host", timeout=60)
-    time.sleep(1.0)
+                 and lab.status("site-a")["voicemail_pending"] == 0, "the changes reached the main host", timeout=WAIT_S)
     after = [(m["caller"], m["origin"], m["state"]) for m in json.loads(lab.admin("voicemail", "list", "102", "--json"))]
     ok = (copy_before == ([("101", "new", "main")], True) and connected and caller_heard[:1] == ["greeting"]
-          and answered and retrieval_heard == ["main's message", "b4 message"]
+          and answered and played and retrieval_heard == ["main's message", "b4 message"]
           and pending == {"changes": 2, "messages": 1} and after == [("101", "site-a", "saved")])
     return {"ok": ok, "copy_at_site_a": copy_before[0], "greeting_copied": copy_before[1],
             "b4_caller_heard": caller_heard, "b4_retrieval_heard": retrieval_heard,

@@ -112,6 +112,20 @@ def tones_heard(path):
     return labels
 
 
+def frequency_label(block, labels, every=None):
+    """The label of one 100 ms window (TONE_WINDOW samples of 16-bit PCM) whose frequency dominates
+    (labels: {name: (hz, ...)}), "quiet" where nothing is heard, None where no label dominates."""
+    every = every or sorted({hz for group in labels.values() for hz in group})
+    powers = {hz: goertzel_power(block, TONE_WINDOW, hz) for hz in every}
+    loudest = max(powers, key=powers.get)
+    energy = sum(v * v for v in struct.unpack_from("<%dh" % TONE_WINDOW, block)) / TONE_WINDOW
+    if energy < 1e4:       # below about -50 dBFS
+        return "quiet"
+    if powers[loudest] > 1e10 and powers[loudest] > 10 * (sum(powers.values()) - powers[loudest]):
+        return next(name for name, group in labels.items() if loudest in group)
+    return None
+
+
 def frequencies_heard(path, labels, min_windows=3):
     """What a WAV holds, 100 ms at a time: the label of the frequency that dominates (labels:
     {name: (hz, ...)}), "quiet" where nothing is heard, runs shorter than min_windows left out
@@ -121,15 +135,7 @@ def frequencies_heard(path, labels, min_windows=3):
     every = sorted({hz for group in labels.values() for hz in group})
     runs = []
     for start in range(0, len(data) - 2 * TONE_WINDOW + 1, 2 * TONE_WINDOW):
-        block = data[start:start + 2 * TONE_WINDOW]
-        powers = {hz: goertzel_power(block, TONE_WINDOW, hz) for hz in every}
-        loudest = max(powers, key=powers.get)
-        energy = sum(v * v for v in struct.unpack_from("<%dh" % TONE_WINDOW, block)) / TONE_WINDOW
-        label = None
-        if energy < 1e4:       # below about -50 dBFS
-            label = "quiet"
-        elif powers[loudest] > 1e10 and powers[loudest] > 10 * (sum(powers.values()) - powers[loudest]):
-            label = next(name for name, group in labels.items() if loudest in group)
+        label = frequency_label(data[start:start + 2 * TONE_WINDOW], labels, every)
         if runs and runs[-1][0] == label:
             runs[-1][1] += 1
         else:
@@ -357,7 +363,21 @@ class LoopbackExchange:
         with open(self.path(tag + ".summary.json")) as f:
             return json.load(f)
 
-    def wait_registered(self, number, timeout=10):
+    def sysinfo_version(self):
+        """The system information version in the main host's database (every `upbx admin` change
+        to the directory, groups, features, attendants bumps it)."""
+        import sqlite3
+        with contextlib.closing(sqlite3.connect("file:%s?mode=ro" % self.path("main.sqlite"), uri=True)) as db:
+            return db.execute("SELECT max(version) FROM sysinfo").fetchone()[0] or 0
+
+    def wait_sites_current(self, timeout=60):
+        """Wait until every remote host holds the main host's newest system information (the
+        directory, groups, features: sent to them within a second or so of an `upbx admin` change)."""
+        version = self.sysinfo_version()
+        self.wait_for(lambda: all(self.status("site-" + s)["sysinfo_version"] >= version for s in self.remote_sites),
+                      "the remote hosts have system information version %d" % version, timeout)
+
+    def wait_registered(self, number, timeout=30):
         site = self.phone_site[number]
         if site in self.remote_ports:
             check = lambda: any(p["extension"] == number for p in self.status("site-" + site)["phones"])
@@ -421,15 +441,15 @@ def place_call(lab, caller, callee, behaviour, seconds=2.0, answer=True, caller_
     callee_proc = None
     if callee_phone:
         callee_proc = lab.phone(rings or callee, *(["--answer"] if answer else []), "--record-g711", record,
-                                "--exit-after-call", "--exit-after", str(seconds + 15), *callee_args,
+                                "--exit-after-call", "--exit-after", str(seconds + 45), *callee_args,
                                 tag=tag + "-callee")
         lab.wait_registered(rings or callee)
     caller_proc = lab.phone(caller, "--send", wav, "--call", callee, "--call-after", "0.8", "--duration",
-                            str(seconds), "--exit-after-call", "--exit-after", str(seconds + 12), *caller_args,
+                            str(seconds), "--exit-after-call", "--exit-after", str(seconds + 40), *caller_args,
                             tag=tag + "-caller")
-    caller_proc.wait(seconds + 20)
+    caller_proc.wait(seconds + 60)        # bounds a busy machine does not reach: each exits after its call
     if callee_proc is not None:
-        callee_proc.wait(seconds + 20)
+        callee_proc.wait(seconds + 60)
     after = lab.media_counters()
     summary = lab.summary(tag + "-caller")
     callee_summary = lab.summary(tag + "-callee") if callee_proc is not None else {"frames_received": 0}
