@@ -413,6 +413,8 @@ class Daemon:
         try:
             line = (await reader.readline()).decode().strip() or "status"
             if line == "status":
+                if self.workers is not None:   # what the main host's own relay table counted since the tick
+                    self.workers.merge_local()
                 reply = dict(self.core.status(), pid=os.getpid(),
                              sip_listen="%s:%d" % self.sip_address[:2] if self.sip_address else None,
                              sip_tcp_connections=len(self.sip_tcp.connections) if self.sip_tcp else None,

@@ -415,3 +415,35 @@ def test_b4_a_site_takes_messages_for_its_own_phones_only(tmp_path):
         assert world.a.voicemail.store.messages("301") == [] and not world.net.errors
     finally:
         world.close()
+
+
+def test_prompt_resampling_is_the_windowed_sinc_filter_sample_for_sample():
+    """host/prompts.resample (22,050 Hz espeak-ng output to 8 kHz, the multiply-adds in C) gives
+    exactly what the filter's definition gives, written out tap by tap, on noise and a tone."""
+    import math
+    import random
+    import struct
+    from upbx.host import prompts
+
+    def by_definition(pcm, rate, taps=31):
+        x = struct.unpack("<%dh" % (len(pcm) // 2), pcm)
+        half, cut = taps // 2, 3600.0 / rate
+        h = [2 * cut * (1.0 if k == 0 else math.sin(2 * math.pi * cut * k) / (2 * math.pi * cut * k))
+             * (0.54 + 0.46 * math.cos(math.pi * k / half)) for k in range(-half, half + 1)]
+        out, t = [], 0.0
+        while t < len(x) - 1:
+            i, acc = int(t), 0.0
+            for j, c in enumerate(h):
+                if 0 <= i + j - half < len(x):
+                    acc += c * x[i + j - half]
+            out.append(max(-32768, min(32767, int(acc))))
+            t += rate / 8000
+        return struct.pack("<%dh" % len(out), *out)
+
+    rng = random.Random(7)
+    noise = struct.pack("<3000h", *(rng.randint(-32768, 32767) for _ in range(3000)))
+    tone = struct.pack("<3000h", *(int(12000 * math.sin(2 * math.pi * 440 * n / 22050)) for n in range(3000)))
+    for pcm in (noise, tone):
+        got = prompts.resample(pcm, 22050)
+        assert got == by_definition(pcm, 22050) and len(got) == 2 * 1089
+    assert prompts.resample(tone[:1600], 8000) == tone[:1600]
