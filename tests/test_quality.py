@@ -68,15 +68,11 @@ def test_concealment_beats_silence_at_5_percent_loss_and_clean_calls_sound_like_
     # most losses are single frames with the next one already buffered: those are bridged
     assert plc["jitter"]["peeked"] >= 0.7 * plc["jitter"]["concealed"], plc["jitter"]
     assert silence["jitter"]["peeked"] == 0
-    # measured (AMD EPYC, 2 CPUs): 3.72 against 3.10; forward-only concealment gave 3.62. Both calls
-    # meet the same losses; a callee the machine stalled (its buffer ran dry: a "held" gap, or it had to
-    # prime again) played gaps the other did not, and the two are no longer comparable
-    stalled = [case for case, run in (("PLC", plc), ("no PLC", silence))
-               if run["jitter"]["reprimed"] or any(kind == "held" for _, kind in run["jitter"]["gaps"])]
-    if stalled:
-        pytest.skip("the machine stalled the 5 %% loss call's callee (%s): its gaps are not the network's, so "
-                    "concealment and silence cannot be compared" % ", ".join(stalled))
-    assert plc["mos"] > silence["mos"] + 0.4
+    # measured (AMD EPYC, 2 CPUs): 3.72 against 3.10 on a quiet machine (forward-only concealment
+    # gave 3.62); 3.59 against 3.21-3.22 where the machine also stalled the callees (a "held" gap:
+    # the buffer ran dry), in a CI run and beside eight other test runs. Both calls meet the same
+    # losses; concealment must beat silence by a clear margin either way
+    assert plc["mos"] > silence["mos"] + 0.3
     assert plc["mos"] >= 3.5
 
 
