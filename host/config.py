@@ -161,6 +161,9 @@ SECTIONS = {
             "written again (the node rewrites it at half this)", min=10, max=86400),
         Key("ended_ttl_s", "int", 10, "an ended call's Redis key is kept this long (a survivor taking over sees "
             "it ended)", min=1, max=3600),
+        Key("address", "hostport_or_empty", "", '"IPv4:PORT" where remote hosts, phones and the other nodes reach '
+            "this node (in WELCOME, the system information and forwarded datagrams); empty: the listen address, "
+            "which must then be a single IPv4 address, not 0.0.0.0"),
     ],
 }
 FILE_TABLES = {"main": ("metrics", "cluster"), "remote": ("metrics",)}   # tables a file may hold beside its own
@@ -457,7 +460,7 @@ def load_main_config(path):
             if not getattr(config, "cluster_" + key):
                 raise ConfigError(path, "cluster." + key, "required with cluster.postgres (docs/cluster.md)")
     else:
-        for key in ("node", "redis", "etcd"):
+        for key in ("node", "redis", "etcd", "address"):
             if getattr(config, "cluster_" + key):
                 raise ConfigError(path, "cluster." + key, "set without cluster.postgres: the cluster needs all of "
                                   "postgres, redis and etcd (docs/cluster.md)")

@@ -57,6 +57,12 @@ class MainHost(HostCore):
                                cookie_secret=self.cluster.cookie_secret if self.cluster else None)
         self.switch = Switch(self.send, self.stats, config.trunk_mtu,
                              max_legs={"phone": MAX_CALLS_PER_PHONE, "host": config.max_calls_per_host})
+        self.router = None       # host.cluster.route.Router on a node: whose a datagram is, FORWARDED
+        if self.cluster is not None:
+            from upbx.host.cluster.route import Router
+            self.router = Router(self.cluster.node_id, self.cluster.cookie_secret, self.stats)
+            self.peers.node_id = self.cluster.node_id     # indexes and call numbers carry the node id
+            self.switch.set_node(self.cluster.node_id)
         self.links = {}          # Peer.index -> Link
         self.links_by_name = {}  # (kind, name) -> Link
         self._links_changed = 0  # logins and logouts so far: bandwidth_owners is kept until one (or a move)
@@ -139,8 +145,10 @@ class MainHost(HostCore):
 
     # datagrams
 
-    def on_datagram(self, data, addr, now):
+    def on_datagram(self, data, addr, now, forwarded=False):
         kind = wire.frame_kind(data)
+        if self.router is not None and not forwarded and self._elsewhere(kind, data, addr):
+            return
         if kind == wire.KIND_MINI:
             leg = self.switch.mini_in(data, now)   # a new media frame: its phone is at addr (B7)
             if leg is not None and leg.link.session is not None:
@@ -155,6 +163,11 @@ class MainHost(HostCore):
                 self._touch(peer, addr, now)
         else:
             msg_type = wire.parse_full(data)[3]
+            if msg_type == wire.FORWARDED and self.router is not None and not forwarded:
+                inner = self.router.unwrap(data)   # another node's: a frame of ours, from a client's address
+                if inner is not None:
+                    self.on_datagram(inner[0], inner[1], now, forwarded=True)
+                return
             if msg_type in wire.HANDSHAKE_TYPES:
                 peer = self.handshake(data, addr, now)
                 if peer:
@@ -167,6 +180,42 @@ class MainHost(HostCore):
                 self._moved(peer, now)
             for msg_type, ies in messages:
                 self._message(self.links[peer.index], msg_type, ies, now)
+
+    def _elsewhere(self, kind, data, addr):
+        """True when data is another live node's (its session index or call number says so, and it is
+        not one of ours, as a call taken over from a node would be): sent on to it one hop."""
+        if kind == wire.KIND_MINI:
+            if len(data) < 2:
+                return False
+            call_no = (data[0] << 8) | data[1]
+            if call_no in self.switch.legs:
+                return False
+            node = self.router.call_owner(call_no)
+        else:
+            if len(data) < 3:
+                return False
+            index = wire.session_of(data)
+            if not index or index in self.peers.peers:
+                return False
+            node = self.router.index_owner(index)
+        if node is None:
+            return False
+        if ":" in addr[0]:
+            self.stats.drop("cluster: forward of an IPv6 source")
+            return True
+        self.send(*self.router.wrap(node, data, addr))
+        return True
+
+    def set_cluster_nodes(self, nodes, now):
+        """The live nodes {node id: (ipv4, port)}, from etcd (host/cluster/node.py): WELCOME and SYSINFO say them."""
+        if self.router.set_nodes(nodes):
+            self.peers.cluster_nodes = self.router.encoded
+            # every session hears of it (NODES), not only those that log in from now on
+            payload = wire.encode_ies({wire.IE_CLUSTER_NODES: self.router.encoded})
+            for link in self.links.values():
+                if link.session is not None:
+                    link.session.send_encoded(wire.NODES, payload, now)
+            self.stats.count("cluster nodes lists sent", len(self.links))
 
     def trunk_route(self, session):
         """(peer, link, receive key) of the logged-in host a trunk frame to this session index comes from,
@@ -269,7 +318,10 @@ class MainHost(HostCore):
     def _send_sysinfo(self, link, now):
         version, (info, payloads) = self._sysinfo(self._site_of(link), now)
         if link.session is not None:
-            for payload in payloads:
+            for i, payload in enumerate(payloads):
+                if not i and self.router is not None and self.router.encoded is not None:
+                    # a node: where the cluster's nodes are, in the first chunk (docs/protocol.md section 14)
+                    payload = payload + wire.encode_ies({wire.IE_CLUSTER_NODES: self.router.encoded})
                 link.session.send_encoded(wire.SYSINFO, payload, now)
             self.stats.count("%s copies sent" % wire.MESSAGE_NAMES[wire.SYSINFO].lower())
             chunks = len(payloads)
@@ -900,5 +952,5 @@ class MainHost(HostCore):
                 "node": self.cluster.name, "node_id": self.cluster.node_id, "engines": dict(self.cluster_state),
                 "members": list(self.cluster_members),
                 "directory_refreshes": self.directory.refreshes, "records_deferred": len(self.deferred_records),
-                "records_waiting": len(self.directory.outbox())},
+                "records_waiting": len(self.directory.outbox()), **self.router.status()},
         }

@@ -15,7 +15,7 @@ import os
 import secrets
 import sys
 
-from upbx.common import wire
+from upbx.common import cluster, wire
 from upbx.common.reliable import Channel
 from upbx.common.session import (COOKIE_BUCKET_MS, handshake_key, identity_of, make_cookie,
                             parse_handshake, seal_handshake, session_keys, verify_handshake)
@@ -115,12 +115,31 @@ class PeerTable:
         self._keys = {}                     # (kind, name) -> HandshakeKey or None
         self.buckets = TokenBuckets()       # handshakes per source address
         self.moves = 0                      # peers' address changes so far (what owns an address may change)
+        # a node of a cluster (docs/cluster.md): its indexes carry its node id and the worker (the socket of
+        # the reuseport group, host/relay_workers.py) that is to take its trunk frames (common/cluster.py)
+        self.node_id = None
+        self.workers = 1
+        self.cluster_nodes = None           # IE cluster_nodes for WELCOME (host/cluster/route.py), or None
 
     def _allocate_index(self):
+        if self.node_id is not None:
+            return self._allocate_node_index()
         while True:
             self._next_index = self._next_index % wire.MAX_SESSION + 1
             if self._next_index not in self.peers and self._next_index not in self._reserved:
                 return self._next_index
+
+    def _allocate_node_index(self):
+        """The next free index of this node, its sessions dealt round the workers; None when all
+        (8,192 a worker) are taken."""
+        workers = min(self.workers, cluster.MAX_WORKERS)
+        room = cluster.LOCAL_SESSIONS * workers
+        for _ in range(room):
+            self._next_index = (self._next_index + 1) % room
+            index = cluster.make_index(self.node_id, self._next_index % workers, self._next_index // workers)
+            if index not in self.peers and index not in self._reserved:
+                return index
+        return None
 
     def reserve_index(self):
         """An index no peer will get: for the host's own login or a pair, whose frames share the port."""
@@ -211,6 +230,8 @@ class PeerTable:
         keys = b"".join(session_keys(key.secret, nonce, cookie, True))
         channel = Channel(HostSessionCrypto(keys), client_index)
         index = self._allocate_index()
+        if index is None:
+            return self._failed(address, "no free session index")
         peer = Peer(index, identity[0], identity[1], channel, _shared(address), now, nonce, self.dirty, identity)
         if old is not None:
             self.remove(old)
@@ -220,6 +241,8 @@ class PeerTable:
         welcome = {wire.IE_SESSION_INDEX: index, wire.IE_TTL: ttl_ms // 1000, wire.IE_TIME: int(now)}
         if identity[0] == "phone" and self.phone_keepalive_ms:
             welcome[wire.IE_KEEPALIVE] = self.phone_keepalive_ms
+        if self.cluster_nodes is not None:
+            welcome[wire.IE_CLUSTER_NODES] = self.cluster_nodes   # where the cluster's nodes are (docs/cluster.md)
         peer.send(wire.WELCOME, welcome, now)
         return None, peer
 

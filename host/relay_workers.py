@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from upbx.common import wire
+from upbx.common import cluster, wire
 from upbx.common.call import CONNECTED
 from upbx.common.crypto import extend16
 from upbx.host import fastpath
@@ -75,9 +75,26 @@ def steering_program(count):
     return b"".join(struct.pack("HBBI", *insn) for insn in code), len(code)
 
 
-def attach_steering(sock, count):
+def field_steering_program(count):
+    """steering_program for a node of a cluster: a trunk frame to the socket its session index's worker
+    field names (common/cluster.py: the index's low 3 bits, mod count), anything else to socket 0."""
+    ld_b, alu_and, alu_mod, jeq, ret_k, ret_a = 0x30, 0x54, 0x94, 0x15, 0x06, 0x16
+    code = [
+        (ld_b, 0, 0, 0),
+        (alu_and, 0, 0, 0xC0),
+        (jeq, 0, 4, 0xC0),          # not a trunk frame: socket 0
+        (ld_b, 0, 0, 2),            # A = the index's low byte
+        (alu_and, 0, 0, cluster.WORKER_MASK),
+        (alu_mod, 0, 0, count),
+        (ret_a, 0, 0, 0),
+        (ret_k, 0, 0, 0),
+    ]
+    return b"".join(struct.pack("HBBI", *insn) for insn in code), len(code)
+
+
+def attach_steering(sock, count, by_field=False):
     import ctypes
-    program, length = steering_program(count)
+    program, length = (field_steering_program if by_field else steering_program)(count)
     buf = ctypes.create_string_buffer(program, len(program))
     fprog = struct.pack("HL", length, ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
@@ -90,6 +107,11 @@ class RelayWorkers:
     def __init__(self, core, sock, count, on_flush):
         self.core = core
         self.sock = sock
+        # a node of a cluster: its session indexes name their worker (common/cluster.py), 8 at most
+        self.by_field = getattr(core.peers, "node_id", None) is not None
+        if self.by_field:
+            count = min(count, cluster.MAX_WORKERS)
+            core.peers.workers = count
         self.count = count
         # worker 0's table: the directions the main host relays itself, in C (host/_fastpath.c Relay)
         self.local = fastpath.native.Relay(core.switch.trunk_mtu)
@@ -118,6 +140,8 @@ class RelayWorkers:
         self.lost = 0
 
     def owner(self, session_index):
+        if self.by_field:
+            return (session_index & cluster.WORKER_MASK) % self.count
         return session_index % self.count
 
     # starting and stopping
@@ -148,7 +172,7 @@ class RelayWorkers:
             mine.setblocking(False)
             self.procs.append(proc)
             self.channels.append(mine)
-        self._program = attach_steering(self.sock, self.count)
+        self._program = attach_steering(self.sock, self.count, self.by_field)
         self.core.call_ending = self.call_ending
 
     def stop(self):

@@ -10,7 +10,7 @@ Sans-IO (host/core.py): datagrams and time in, datagrams out; the daemon holds i
 import json
 import os
 
-from upbx.common import wire
+from upbx.common import cluster, wire
 from upbx.common.chunks import Reassembly, chunk_ies
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
@@ -68,6 +68,10 @@ class RemoteHost(HostCore):
                            backoff_max_ms=int(config.login_backoff_max_s * 1000), dead_ms=IDLE_DEAD_MS)
         self.main_link = Link("main", "main", login=self.login, address=config.main)
         self.main_link.up = False
+        # a cluster's nodes [(node id, address)] as the last WELCOME or SYSINFO said (docs/cluster.md), in
+        # this host's rendezvous order: a login that ends goes to the next of them (_next_node)
+        self.cluster_nodes = []
+        self._was_up = False
         self.records = RecordStore(config.records_database)
         for warning in self.records.warnings:
             self.log.warning("file-permissions", problem=warning)
@@ -187,6 +191,8 @@ class RemoteHost(HostCore):
     def _login_events(self, now):
         for event in self.login.take_events():
             if isinstance(event, LoginUp):
+                self._was_up = True
+                self._learn_nodes(event.welcome.get(wire.IE_CLUSTER_NODES))
                 self.main_link.up = True
                 self.log.info("logged-in", main="%s:%d" % self.main_address, logins=self.login.logins)
                 self._upload_records(now)
@@ -199,6 +205,7 @@ class RemoteHost(HostCore):
             else:
                 self.main_link.up = False
                 self.log.warning("main-unreachable", reason=event.reason)
+                self._next_node()
                 self.uploading.clear()
                 self.voicemail_upload.stop()
                 self.mailbox_cache.stop()
@@ -206,8 +213,45 @@ class RemoteHost(HostCore):
                     self._decide_locally(call, now)
                 self.release_calls(self.main_link, wire.CAUSE_UNREACHABLE, now)
 
+    def _learn_nodes(self, data):
+        """IE cluster_nodes of a WELCOME or SYSINFO (a cluster's node; None from a standalone main host)."""
+        if data is None:
+            return
+        try:
+            nodes = cluster.decode_nodes(data)
+        except ValueError as exc:
+            self.stats.drop("bad cluster_nodes")
+            self.log.warning("cluster-nodes", problem=str(exc))
+            return
+        ranked = cluster.ranked(cluster.identity("host", self.config.name), nodes)
+        if ranked != self.cluster_nodes:
+            self.cluster_nodes = ranked
+            self.log.info("cluster-nodes", nodes=" ".join("%d=%s:%d" % ((n,) + a) for n, a in ranked))
+
+    def _next_node(self):
+        """Where the next login goes (docs/cluster.md, "First contact"): a session that was up and
+        ended: the first node in this host's rendezvous order, or the second if it was the first
+        that ended it; HELLOs that nobody answered: the node after that one in the order."""
+        was_up, self._was_up = self._was_up, False
+        if not self.cluster_nodes:
+            return
+        order = [a for _n, a in self.cluster_nodes]
+        here = tuple(self.main_address[:2])
+        at = order.index(here) if here in order else -1
+        if was_up and at != 0:
+            target = order[0]
+        else:
+            target = order[(at + 1) % len(order)]
+        if target != here:
+            self.log.info("cluster-next-node", main="%s:%d" % target)
+        self.main_address = self.main_link.address = target
+
     def _main_message(self, msg_type, ies, now):
         self.count_message(msg_type)
+        if msg_type in (wire.SYSINFO, wire.NODES) and wire.IE_CLUSTER_NODES in ies:
+            self._learn_nodes(ies[wire.IE_CLUSTER_NODES])
+            if msg_type == wire.NODES:
+                return
         if msg_type in (wire.DIRECTORY, wire.SYSINFO):
             blob = self.blobs[msg_type].add(ies)
             if blob is None:
@@ -893,6 +937,9 @@ class RemoteHost(HostCore):
         return {
             "name": self.config.name,
             "bandwidth": self.meter.as_dict(),
+            # a cluster's nodes in this host's rendezvous order, and where it logs in (docs/cluster.md)
+            "cluster": {"nodes": [[n, "%s:%d" % a] for n, a in self.cluster_nodes],
+                        "main": "%s:%d" % tuple(self.main_address[:2])},
             "uplink": {"budget_kbps": self.config.uplink_kbps, "calls": self._uplink_calls(),
                        "committed_kbps": round(self._uplink_kbps(), 1) if self._uplink_calls() else 0.0},
             "main": {"state": self.login.state, "logins": self.login.logins},

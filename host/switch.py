@@ -15,7 +15,7 @@ import collections
 import itertools
 import os
 
-from upbx.common import wire
+from upbx.common import cluster, wire
 from upbx.common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CONNECTED, DTMF_RECEIVED,
                          DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, RINGBACK, SETUP_RECEIVED, SETUP_SENT, TIMEOUT,
                          CallLeg)
@@ -174,6 +174,8 @@ class Switch:
         self.legs = {}
         self.calls = {}
         self._next = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
+        self.node_id = None           # a cluster's node: set_node
+        self.capacity = wire.MAX_CALL_NO   # legs at once (a cluster's node: its own call numbers, 1,024)
         self._trunks = {}           # link -> [(media leg, ts, payload bytes)]
         self._relayed = set()       # links queued to from received trunk frames (flush_relayed)
         self._ended = {}            # call number -> (highest timestamp, link serial, direct serial, when ended)
@@ -184,20 +186,33 @@ class Switch:
         self.fast = fastpath.native   # the C fast path (host/fastpath.py), or None: the Python path
 
     def allocate_call_no(self):
-        """A free call number, or None when all 32,767 are taken (never waits for one)."""
-        if len(self.legs) >= wire.MAX_CALL_NO:
+        """A free call number, or None when all 32,767 are taken (never waits for one). A node of a
+        cluster gives out only its own (common/cluster.py): 1,024, its node id in each."""
+        if len(self.legs) >= self.capacity:
+            return None
+        if self.node_id is not None:
+            for _ in range(cluster.LOCAL_CALLS):
+                self._next = (self._next + 1) % cluster.LOCAL_CALLS
+                call_no = cluster.make_call_no(self.node_id, self._next)
+                if call_no not in self.legs:
+                    return call_no
             return None
         while True:
             self._next = self._next % wire.MAX_CALL_NO + 1
             if self._next not in self.legs:
                 return self._next
 
+    def set_node(self, node_id):
+        """This switch is a node's of a cluster: its call numbers carry node_id (docs/cluster.md)."""
+        self.node_id = node_id
+        self.capacity = cluster.LOCAL_CALLS
+
     def admit(self, *links):
         """None when a call with one new leg on each of links can be set up, else the cause to refuse it.
 
         Checked before anything is created, so a refused SETUP leaves no state.
         """
-        if len(self.legs) + len(links) > wire.MAX_CALL_NO:
+        if len(self.legs) + len(links) > self.capacity:
             self.stats.drop("no free call number")
             return wire.CAUSE_NETWORK_BUSY
         for link in links:

@@ -18,6 +18,8 @@ from upbx.host.cluster import coordination
 from upbx.host.cluster.calls import CallMirror
 from upbx.host.cluster.postgres import CHANNEL, read_snapshot
 from upbx.host.cluster.replica import ReplicaDirectory
+from upbx.common.cluster import MAX_NODE
+from upbx.host.cluster.route import parse_address
 from upbx.host.directory import StoreUnavailable
 
 CALLS_PERIOD_S = 0.2     # how often the call keys are brought up to date
@@ -52,6 +54,21 @@ async def _identity(config):
         await client.close()
 
 
+def advertised_problem(config):
+    """Why this node's address for clients cannot be [cluster] address (or main.listen), else None."""
+    import ipaddress
+    key, address = ("cluster.address", config.cluster_address) if config.cluster_address else ("main.listen", config.listen)
+    try:
+        ipaddress.IPv4Address(address[0])
+    except ValueError:
+        return ("key '%s' of %s: a node's address goes to clients in WELCOME and must be an IPv4 address, got %r"
+                % (key, config.path, address[0]))
+    if address[0] == "0.0.0.0":
+        return ("key 'cluster.address' of %s is required when main.listen is 0.0.0.0: clients and the other "
+                "nodes need the address that reaches this node (docs/cluster.md)" % config.path)
+    return None
+
+
 class ClusterNode:
     """The node's identity and directory copy, ready before the core starts."""
 
@@ -59,6 +76,9 @@ class ClusterNode:
         self.config = config
         self.name = config.cluster_node
         self.log = log
+        self.address_problem = advertised_problem(config)
+        if self.address_problem:
+            raise coordination.CoordinationError(self.address_problem)
         ident = _run(_identity, config)
         self.node_id = ident["node_id"]
         self.cookie_secret = ident["cookie_secret"]
@@ -91,6 +111,10 @@ class ClusterService:
         self.core = daemon.core
         self.node = self.core.cluster
         self.core.cluster_state = self.state
+        # where clients and the other nodes reach us: in WELCOME and SYSINFO from now on (host/cluster/route.py)
+        self.address = tuple(self.config.cluster_address or daemon.address[:2])
+        self.core.router.set_address(self.address)
+        self.core.peers.cluster_nodes = self.core.router.encoded
         self.mirror = CallMirror(self.node.name, self.node.cluster_key, self.config.cluster_call_ttl_s,
                                  self.config.cluster_ended_ttl_s)
         self.tasks = [asyncio.ensure_future(t()) for t in (self._membership, self._listen, self._calls)]
@@ -122,7 +146,8 @@ class ClusterService:
         hosts = [l for l in core.links.values() if l.kind == "host"]
         phones = [l for l in core.links.values() if l.kind == "phone"]
         sites = sorted({core._site_of(l) for l in hosts + phones})
-        return {"id": self.node.node_id, "listen": "%s:%d" % self.daemon.address[:2], "pid": os.getpid(),
+        return {"id": self.node.node_id, "listen": "%s:%d" % self.daemon.address[:2], "address": "%s:%d" % self.address,
+                "pid": os.getpid(),
                 "started_ms": self.started_ms, "remote_hosts": len(hosts), "phones": len(phones),
                 "calls": len(core.switch.calls), "sites": sites}
 
@@ -137,6 +162,7 @@ class ClusterService:
                     self.membership = coordination.Membership(self.etcd, self.node.name, self.config.cluster_lease_s)
                 await self.membership.attach(self.etcd, self._info())
                 self._log("etcd", "up", lease_s=self.config.cluster_lease_s)
+                await self._members()
                 backoff = 0.1
                 renew_at = time.monotonic()
                 while True:
@@ -146,8 +172,7 @@ class ClusterService:
                             raise coordination.CoordinationError("the lease expired")
                         renew_at = time.monotonic() + self.config.cluster_lease_s / 3
                     await self.membership.update(self._info())
-                    # the nodes alive as etcd says: item 3's failover starts from a node that left
-                    self.core.cluster_members = sorted(await coordination.members(self.etcd))
+                    await self._members()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -157,6 +182,22 @@ class ClusterService:
                     self.etcd = None
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _members(self):
+        """The nodes alive as etcd says: their names (item 3's failover starts from a node that left) and
+        their addresses, which WELCOME and SYSINFO carry and frames for them are forwarded to."""
+        members = await coordination.members(self.etcd)
+        self.core.cluster_members = sorted(members)
+        nodes = {}
+        for info in members.values():
+            try:
+                node = int(info["id"])
+                if 1 <= node <= MAX_NODE:
+                    nodes[node] = parse_address(info.get("address") or info["listen"])
+            except (KeyError, TypeError, ValueError):
+                continue   # a member this code cannot read (another version's): not routed to
+        from upbx.host.daemon import now_ms
+        self.core.set_cluster_nodes(nodes, now_ms())
 
     # PostgreSQL: LISTEN, refresh the copy, move waiting records
 

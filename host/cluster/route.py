@@ -1,0 +1,119 @@
+"""Datagrams to the right node (issue 16 item 2; docs/cluster.md, docs/protocol.md section 14).
+
+A node gives out session indexes and call numbers with its node id in them (common/cluster.py),
+so any node tells from a frame's first 3 bytes whose it is. `Router` is the main host's side of
+that: the live nodes and their addresses (from etcd, kept by host/cluster/node.py), the IE
+cluster_nodes it puts in WELCOME and SYSINFO, and FORWARDED, the one-hop envelope a node sends
+another node's frame on in, with the client's source address and a tag only nodes can make.
+"""
+import hmac
+
+from upbx.common import cluster, wire
+from upbx.common.crypto import hkdf
+
+FORWARD_INFO = b"upbx v2 forward"
+# 80 00 00 | seq 0 | ack 0 | FORWARDED, then IE address (2 + 6) and IE node (2 + 1)
+_HEAD = bytes((0x80, 0, 0, 0, 0, 0, 0))
+ENVELOPE_HEAD = wire.FULL_HEADER + 8 + 3
+ENVELOPE = ENVELOPE_HEAD + wire.FULL_TAG
+
+
+def forward_key(cookie_secret):
+    """Kf: the key of FORWARDED's tag, from the cluster's cookie secret (etcd)."""
+    return hkdf(bytes(cookie_secret), b"", FORWARD_INFO, 32)
+
+
+def parse_address(text):
+    """("a.b.c.d", port) of "a.b.c.d:port"."""
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+class Router:
+    """This node's view of the cluster for datagrams: which node owns a frame, and the envelope."""
+
+    def __init__(self, node_id, cookie_secret, stats):
+        self.node_id = node_id
+        self.key = forward_key(cookie_secret)
+        self.stats = stats
+        self.address = None          # ours, as clients and nodes reach us ([cluster] address, or the bound listen address)
+        self.nodes = {}              # node id -> (ipv4, port) of every live node, ours included
+        self.encoded = None          # IE cluster_nodes: ours first, then the others by id; None until we know our address
+        self.forwarded_out = {}      # node id -> datagrams sent on to it
+        self.forwarded_in = {}       # node id -> datagrams it sent on to us
+
+    def set_address(self, address):
+        self.address = (address[0], address[1])
+        self.set_nodes(dict(self.nodes))
+
+    def set_nodes(self, nodes):
+        """The live nodes {node id: (ipv4, port)} (etcd's members); ours is always one of them."""
+        nodes = dict(nodes)
+        if self.address is not None:
+            nodes[self.node_id] = self.address
+        if nodes == self.nodes and self.encoded is not None:
+            return False
+        self.nodes = nodes
+        if self.address is not None:
+            order = [self.node_id] + sorted(n for n in nodes if n != self.node_id)
+            self.encoded = cluster.encode_nodes([(n, nodes[n]) for n in order])
+        return True
+
+    # whose is a datagram
+
+    def index_owner(self, index):
+        """The other live node a session index names, else None (ours, not a node's, a node not alive)."""
+        node = cluster.index_node(index)
+        if node is None or node == self.node_id:
+            return None
+        if node not in self.nodes:
+            self.stats.drop("cluster: node %d not alive" % node)
+            return None
+        return node
+
+    def call_owner(self, call_no):
+        """The other live node a call number names, else None."""
+        node = cluster.call_no_node(call_no)
+        if node is None or node == self.node_id:
+            return None
+        if node not in self.nodes:
+            self.stats.drop("cluster: node %d not alive" % node)
+            return None
+        return node
+
+    # FORWARDED
+
+    def wrap(self, node, data, source):
+        """(envelope, the node's address): data from source, on to node."""
+        host, port = source[0], source[1]
+        head = bytearray(_HEAD)
+        head.append(wire.FORWARDED)
+        head += bytes((wire.IE_ADDRESS, 6)) + bytes(int(p) for p in host.split(".")) + bytes((port >> 8, port & 0xFF))
+        head += bytes((wire.IE_NODE, 1, self.node_id))
+        head += data
+        head += hmac.digest(self.key, bytes(head), "sha256")[:wire.FULL_TAG]
+        self.forwarded_out[node] = self.forwarded_out.get(node, 0) + 1
+        self.stats.count("cluster forwarded out")
+        return bytes(head), self.nodes[node]
+
+    def unwrap(self, data):
+        """(datagram, client address) of a FORWARDED from a node, else None (dropped and counted)."""
+        if len(data) <= ENVELOPE or data[8] != wire.IE_ADDRESS or data[9] != 6 or data[16] != wire.IE_NODE \
+                or data[17] != 1 or data[1] or data[2] or data[0] & 0x3F:
+            self.stats.drop("cluster: malformed forward")
+            return None
+        if not hmac.compare_digest(hmac.digest(self.key, bytes(data[:-wire.FULL_TAG]), "sha256")[:wire.FULL_TAG],
+                                   bytes(data[-wire.FULL_TAG:])):
+            self.stats.drop("cluster: forward bad tag")
+            return None
+        node = data[18]
+        self.forwarded_in[node] = self.forwarded_in.get(node, 0) + 1
+        self.stats.count("cluster forwarded in")
+        address = ("%d.%d.%d.%d" % (data[10], data[11], data[12], data[13]), (data[14] << 8) | data[15])
+        return bytes(data[ENVELOPE_HEAD:-wire.FULL_TAG]), address
+
+    def status(self):
+        return {"node_id": self.node_id, "address": "%s:%d" % self.address if self.address else None,
+                "nodes": {str(n): "%s:%d" % a for n, a in sorted(self.nodes.items())},
+                "forwarded_out": {str(n): c for n, c in sorted(self.forwarded_out.items())},
+                "forwarded_in": {str(n): c for n, c in sorted(self.forwarded_in.items())}}

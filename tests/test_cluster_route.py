@@ -1,0 +1,205 @@
+"""Datagrams to the right node (issue 16 item 2; docs/cluster.md, docs/protocol.md section 14).
+
+Real engines (tools/cluster_lab.py) and three real `upbx main` nodes on loopback; the clients are
+devices built from common/ (tests/intruder.py) on their own sockets, and a real remote host. What
+is asserted is on the wire and in the nodes' state: the node ids in the indexes a node gives out,
+the node list in WELCOME and SYSINFO, the frames a node forwards one hop and the answers that come
+back, forged envelopes dropped, and where a remote host logs in next.
+"""
+import os
+import socket
+import time
+
+import pytest
+
+from upbx.common import cluster, wire
+from upbx.common.login import LoginUp
+from upbx.host.cluster.route import Router, forward_key
+from tests.intruder import Intruder, now_ms
+
+cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
+
+NODES = ("n1", "n2", "n3")
+
+
+@pytest.fixture(scope="module")
+def engines():
+    problem = cluster_lab.missing()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    with cluster_lab.Engines() as engines:
+        yield engines
+
+
+@pytest.fixture(scope="module")
+def lab(engines):
+    lab = cluster_lab.ClusterExchange(engines, nodes=NODES)
+    try:
+        lab.provision(sites=("a", "c", "d"), remote_sites=("a", "d"),
+                      phones={"a": ["101"], "c": ["301", "302"], "d": ["401"]})
+        lab.remote_sites = ("a",)     # site-d's remote host is the test's own device
+        lab.start()
+        lab.wait_for(lambda: all(len(node_ids(lab, n)) == 3 for n in NODES), "every node knows the three",
+                     timeout=30)
+        yield lab
+    finally:
+        lab.close()
+
+
+def address(lab, node):
+    return ("127.0.0.1", lab.node_ports[node])
+
+
+def node_ids(lab, node):
+    """{node id: "address"} a node routes to, from its status."""
+    return {int(k): v for k, v in lab.status(node)["cluster"]["nodes"].items()}
+
+
+def node_id(lab, node):
+    return lab.status(node)["cluster"]["node_id"]
+
+
+def counters(lab, node):
+    return lab.status(node)["stats"]["counters"]
+
+
+def drops(lab, node):
+    return lab.status(node)["stats"]["drops"]
+
+
+def welcome_of(device):
+    ups = [e for e in device.login.take_events() if isinstance(e, LoginUp)]
+    assert ups, "no WELCOME"
+    return ups[-1].welcome
+
+
+def test_welcome_names_every_node_and_the_index_names_its_node(lab):
+    ids = {n: node_id(lab, n) for n in NODES}
+    assert sorted(ids.values()) == [1, 2, 3]
+    with Intruder.phone("301", lab.secrets["301"], address(lab, "n2")) as phone:
+        phone.log_in()
+        welcome = welcome_of(phone)
+        index = welcome[wire.IE_SESSION_INDEX]
+        # the index n2 gave out: layout 1, n2's node id, worker 0 (the lab's nodes run one process each)
+        assert cluster.index_version(index) == cluster.LAYOUT
+        assert cluster.index_node(index) == ids["n2"] and cluster.index_worker(index) == 0
+        nodes = cluster.decode_nodes(welcome[wire.IE_CLUSTER_NODES])
+        # every live node with the address it listens on, n2's own entry first
+        assert nodes[0] == (ids["n2"], address(lab, "n2"))
+        assert sorted(nodes) == sorted((ids[n], address(lab, n)) for n in NODES)
+        # and the system information's first chunk says the same
+        phone.pump_until(lambda: any(t == wire.SYSINFO for t, _ in phone.inbox), "SYSINFO")
+        first = [ies for t, ies in phone.inbox if t == wire.SYSINFO and ies[wire.IE_CHUNK] >> 16 == 0]
+        assert first and cluster.decode_nodes(first[0][wire.IE_CLUSTER_NODES]) == nodes
+        later = [ies for t, ies in phone.inbox if t == wire.SYSINFO and ies[wire.IE_CHUNK] >> 16]
+        assert all(wire.IE_CLUSTER_NODES not in ies for ies in later)
+
+
+def test_frames_sent_to_another_node_are_forwarded_one_hop_and_answered(lab):
+    ids = {n: node_id(lab, n) for n in NODES}
+    out_before = lab.status("n3")["cluster"]["forwarded_out"].get(str(ids["n1"]), 0)
+    in_before = lab.status("n1")["cluster"]["forwarded_in"].get(str(ids["n3"]), 0)
+    with Intruder.host("site-d", lab.secrets["site-d"], address(lab, "n1")) as host:
+        host.log_in()
+        index = welcome_of(host)[wire.IE_SESSION_INDEX]
+        assert cluster.index_node(index) == ids["n1"]
+        mine = "127.0.0.1:%d" % host.sock.getsockname()[1]
+        # from now on the remote host sends to n3: n3 reads n1's id in the index and sends each frame on
+        host.server = address(lab, "n3")
+        for _ in range(3):
+            host.send(wire.PING, {})
+        host.pump_until(lambda: host.acked >= host.login.channel.next_seq, "n1's acknowledgement via n3")
+        n3, n1 = lab.status("n3"), lab.status("n1")
+        assert n3["cluster"]["forwarded_out"][str(ids["n1"])] >= out_before + 3
+        assert n1["cluster"]["forwarded_in"][str(ids["n3"])] >= in_before + 3
+        # n1 took them as the remote host's own, from its own address: nothing moved, no session at n3
+        hosts = {h["name"]: h["address"] for h in n1["remote_hosts"]}
+        assert hosts["site-d"] == mine
+        assert "site-d" not in [h["name"] for h in n3["remote_hosts"]]
+
+
+def test_a_forged_or_looping_envelope_is_dropped_and_creates_nothing(lab):
+    ids = {n: node_id(lab, n) for n in NODES}
+    with Intruder.host("site-d", lab.secrets["site-d"], address(lab, "n1")) as host:
+        host.log_in()
+        host.send(wire.PING, {})
+        host.pump_until(lambda: host.acked >= host.login.channel.next_seq, "acknowledged")
+        ping = host.login.channel.crypto.seal(host.login.channel.peer_index, host.login.channel.next_seq,
+                                              host.login.channel.expected, wire.PING, b"")
+        source = host.sock.getsockname()
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            # an envelope under a key that is not the cluster's: dropped, the frame inside never read
+            wrong = Router(ids["n2"], os.urandom(32), _Stats())
+            wrong.nodes[ids["n1"]] = address(lab, "n1")
+            before = drops(lab, "n1").get("cluster: forward bad tag", 0)
+            sender.sendto(wrong.wrap(ids["n1"], ping, source)[0], address(lab, "n1"))
+            lab.wait_for(lambda: drops(lab, "n1").get("cluster: forward bad tag", 0) == before + 1, "bad tag counted")
+            # cut short: dropped as malformed
+            before = drops(lab, "n1").get("cluster: malformed forward", 0)
+            sender.sendto(wire.encode_ies({}) + bytes((0x80, 0, 0, 0, 0, 0, 0, wire.FORWARDED)) + bytes(8),
+                          address(lab, "n1"))
+            lab.wait_for(lambda: drops(lab, "n1").get("cluster: malformed forward", 0) == before + 1, "cut counted")
+        finally:
+            sender.close()
+        # the session is as it was: still answered, still at the remote host's own address
+        host.send(wire.PING, {})
+        host.pump_until(lambda: host.acked >= host.login.channel.next_seq, "acknowledged after")
+        hosts = {h["name"]: h["address"] for h in lab.status("n1")["remote_hosts"]}
+        assert hosts["site-d"] == "127.0.0.1:%d" % source[1]
+
+
+def test_an_index_of_a_node_that_is_not_alive_is_not_forwarded(lab):
+    # node id 9 is nobody's: a trunk frame naming it is dropped where it lands, and counted
+    frame = bytearray(wire.TRUNK_HEADER + wire.TRUNK_ENTRY_HEADER + wire.CN_BYTES + wire.MEDIA_TAG)
+    wire.pack_trunk_header(frame, cluster.make_index(9, 0, 1))
+    before = drops(lab, "n2").get("cluster: node 9 not alive", 0)
+    out = sum(lab.status("n2")["cluster"]["forwarded_out"].values())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(bytes(frame), address(lab, "n2"))
+    lab.wait_for(lambda: drops(lab, "n2").get("cluster: node 9 not alive", 0) == before + 1, "counted")
+    assert sum(lab.status("n2")["cluster"]["forwarded_out"].values()) == out
+
+
+class _Stats:
+    def count(self, *a):
+        pass
+
+    def drop(self, *a):
+        pass
+
+
+def test_remote_host_learns_the_nodes_and_logs_in_next_by_rendezvous(lab):
+    """The lab's remote host site-a was configured with n1's address alone. It learnt the nodes from
+    its WELCOME; when n1 goes, its next login goes by its rendezvous order (docs/cluster.md). Last:
+    it stops a node."""
+    ids = {n: node_id(lab, n) for n in NODES}
+    by_id = {v: k for k, v in ids.items()}
+    status = lab.status("site-a")
+    order = cluster.rendezvous(cluster.identity("host", "site-a"), sorted(ids.values()))
+    assert [n for n, _a in status["cluster"]["nodes"]] == order
+    assert [a for _n, a in status["cluster"]["nodes"]] == ["127.0.0.1:%d" % lab.node_ports[by_id[n]] for n in order]
+    # it was up at n1; n1 goes: the next login goes to its first node, or its second if n1 is the first
+    expected = by_id[order[0]] if order[0] != ids["n1"] else by_id[order[1]]
+    lab.kill("n1")
+    lab.wait_for(lambda: any(h["name"] == "site-a" for h in lab.status(expected)["remote_hosts"]),
+                 "site-a logged in at %s" % expected, timeout=60, watch=tuple(n for n in NODES if n != "n1"))
+    assert lab.status("site-a")["cluster"]["main"] == "127.0.0.1:%d" % lab.node_ports[expected]
+
+
+def test_a_node_needs_an_address_clients_can_reach(tmp_path):
+    from upbx.host.cluster.node import advertised_problem
+    from upbx.host.config import load_main_config
+    table = '[cluster]\nnode = "n1"\npostgres = "host=db"\nredis = "redis://db"\netcd = "db:2379"\n'
+    path = tmp_path / "main.toml"
+    path.write_text('[main]\nlisten = "0.0.0.0:4569"\n\n' + table)
+    problem = advertised_problem(load_main_config(path))
+    assert "key 'cluster.address'" in problem and str(path) in problem and "0.0.0.0" in problem
+    path.write_text('[main]\nlisten = "0.0.0.0:4569"\n\n' + table + 'address = "main.example.org:4569"\n')
+    assert "must be an IPv4 address, got 'main.example.org'" in advertised_problem(load_main_config(path))
+    path.write_text('[main]\nlisten = "0.0.0.0:4569"\n\n' + table + 'address = "198.18.0.1:4569"\n')
+    assert advertised_problem(load_main_config(path)) is None
+    path.write_text('[main]\nlisten = "198.18.0.1:4569"\n\n' + table)
+    assert advertised_problem(load_main_config(path)) is None
