@@ -110,7 +110,7 @@ class Router:
         self.forwarded_in[node] = self.forwarded_in.get(node, 0) + 1
         self.stats.count("cluster forwarded in")
         address = ("%d.%d.%d.%d" % (data[10], data[11], data[12], data[13]), (data[14] << 8) | data[15])
-        return bytes(data[ENVELOPE_HEAD:-wire.FULL_TAG]), address
+        return bytearray(data[ENVELOPE_HEAD:-wire.FULL_TAG]), address   # opened in place, as a datagram read
 
     def status(self):
         return {"node_id": self.node_id, "address": "%s:%d" % self.address if self.address else None,
