@@ -83,7 +83,7 @@ def per_datagram(mtu):
 
 # `upbx bench --json --quick` with every benchmark but the two long ones, which have tests of their
 # own that run them once: handset (test_bench_handset_quick...) and quality (tests/test_quality.py)
-SHORT = [name for name in bench.BENCHMARKS if name not in ("handset", "quality")]
+SHORT = [name for name in bench.BENCHMARKS if name not in ("handset", "quality", "cluster")]   # cluster: tests/test_cluster_route.py
 
 
 def test_bench_quick_json_has_every_key_with_sane_values():

@@ -163,6 +163,28 @@ def test_an_index_of_a_node_that_is_not_alive_is_not_forwarded(lab):
     assert sum(lab.status("n2")["cluster"]["forwarded_out"].values()) == out
 
 
+def test_cluster_status_shows_each_nodes_address_load_and_forwarding(lab):
+    import subprocess
+    from upbx.tools.lab import ROOT, upbx
+    ids = {n: node_id(lab, n) for n in NODES}
+    frame = bytearray(wire.TRUNK_HEADER + wire.TRUNK_ENTRY_HEADER + wire.CN_BYTES + wire.MEDIA_TAG)
+    wire.pack_trunk_header(frame, cluster.make_index(ids["n1"], 0, 4321))   # n1's, nobody's: n3 sends it on
+    before = lab.cluster_status()
+    was = {n["name"]: n.get("forwarded_out", 0) for n in before["nodes"]}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(bytes(frame), address(lab, "n3"))
+    lab.wait_for(lambda: {n["name"]: n["forwarded_out"] for n in lab.cluster_status()["nodes"]}["n3"] > was["n3"],
+                 "n3's forward in etcd", timeout=30)
+    nodes = {n["name"]: n for n in lab.cluster_status()["nodes"]}
+    assert {name: n["address"] for name, n in nodes.items()} == {n: "127.0.0.1:%d" % lab.node_ports[n] for n in NODES}
+    assert nodes["n1"]["forwarded_in"] >= 1
+    text = subprocess.run(upbx("cluster", "status", "--config", lab.path("n1.toml")), cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout
+    assert "forwarded out/in" in text and "address" in text
+    for n in NODES:
+        assert "127.0.0.1:%d" % lab.node_ports[n] in text
+
+
 class _Stats:
     def count(self, *a):
         pass
@@ -203,3 +225,25 @@ def test_a_node_needs_an_address_clients_can_reach(tmp_path):
     assert advertised_problem(load_main_config(path)) is None
     path.write_text('[main]\nlisten = "198.18.0.1:4569"\n\n' + table)
     assert advertised_problem(load_main_config(path)) is None
+
+
+def test_bench_cluster_quick_puts_each_phone_at_its_rendezvous_node():
+    import json
+    import subprocess
+    import sys
+    from upbx.tools import bench_net
+    if cluster_lab.missing():
+        pytest.skip(cluster_lab.missing())
+    out = subprocess.run([sys.executable, "-m", "upbx.tools.cli", "bench", "cluster", "--quick", "--json"],
+                         cwd=bench_net.ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)["cluster"]
+    assert r["nodes"] == 3 and r["phones"] == 90
+    nodes = r["per_node"]
+    assert sorted(p["node_id"] for p in nodes.values()) == [1, 2, 3]
+    # every phone logged in at the node its rendezvous hash names, and nowhere else
+    assert sum(p["phones"] for p in nodes.values()) == 90
+    assert all(p["logged_in"] == p["phones"] > 0 for p in nodes.values())
+    assert r["registrations_per_s"] > 0 and set(r["registrations_per_s_by_node"]) == set(nodes)
+    assert r["hop_datagrams"] == 2000 and r["node_us_per_datagram_forwarded"] > 0
+    assert "forward_us_per_datagram" in r

@@ -363,3 +363,5 @@ from upbx.tools.bench_memory import bench_memory, table_memory  # noqa: E402  (a
 BENCHMARKS["memory"], TABLES["memory"] = bench_memory, table_memory
 from upbx.tools.bench_sip import bench_sip, table_sip  # noqa: E402  (the RTP side of a SIP call, docs/sip.md)
 BENCHMARKS["sip"], TABLES["sip"] = bench_sip, table_sip
+from upbx.tools.bench_cluster import bench_cluster, table_cluster  # noqa: E402  (a cluster's nodes, docs/cluster.md)
+BENCHMARKS["cluster"], TABLES["cluster"] = bench_cluster, table_cluster

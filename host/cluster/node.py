@@ -149,7 +149,10 @@ class ClusterService:
         return {"id": self.node.node_id, "listen": "%s:%d" % self.daemon.address[:2], "address": "%s:%d" % self.address,
                 "pid": os.getpid(),
                 "started_ms": self.started_ms, "remote_hosts": len(hosts), "phones": len(phones),
-                "calls": len(core.switch.calls), "sites": sites}
+                "calls": len(core.switch.calls), "sites": sites,
+                # datagrams sent on to other nodes and taken from them (host/cluster/route.py)
+                "forwarded_out": sum(core.router.forwarded_out.values()),
+                "forwarded_in": sum(core.router.forwarded_in.values())}
 
     async def _membership(self):
         self.started_ms = int(time.time() * 1000)
