@@ -38,6 +38,8 @@ _IE_ANSWER = const(0x29)          # wire_names' "answer": a SETUP the phone answ
 _IE_CODEC = const(0x1B)           # wire_names' "codec": sent by an A-law phone only (host/codec.py)
 _SYSINFO_MAX_CHUNKS = const(64)   # 16 KB: more than a handset keeps for its system information
 _FIRMWARE = const(0x43)           # wire_names' FIRMWARE: a chunk of an update (firmware/ota.py takes it)
+_NODES = const(0x73)              # wire_names' NODES: a cluster's live nodes changed (docs/cluster.md)
+_IE_CLUSTER_NODES = const(0x31)   # wire_names' "cluster_nodes": in WELCOME, SYSINFO's first chunk and NODES
 # what a call message from the host is, to the call's state machine
 _RECEIVED = {wire.ALERTING: ALERTING_RECEIVED, wire.ANSWER: ANSWER_RECEIVED, wire.RELEASE: RELEASE_RECEIVED,
              wire.DTMF: DTMF_RECEIVED}
@@ -96,6 +98,12 @@ class Phone:
         self.frame_to = None     # where seal_frame's frame goes: None for the host, else the LAN peer
         self.holding = False     # this phone holds its call: it sends no media and plays none
         self.muted = False       # a page (answered by itself, docs/features.md): it sends no media
+        # a cluster's nodes (docs/cluster.md): IE cluster_nodes as the host last sent it (bytes, None from a
+        # standalone main host); where the next login goes once this one is lost (None: the configured host)
+        self.cluster_nodes = None
+        self.host_next = None
+        self._node_up = None     # the node id of the session that is up, from its WELCOME's index
+        self._node_tried = None  # the node the login that is not up yet went to
 
     @property
     def registered(self):
@@ -267,11 +275,42 @@ class Phone:
             while type(event) is not LoginUp and self.call is not None:
                 self.call.apply(TIMEOUT)
                 self._end(wire.CAUSE_UNREACHABLE)
+            if self.cluster_nodes is not None or (type(event) is LoginUp and _IE_CLUSTER_NODES in event.welcome):
+                self._cluster_event(event)
             self._events.append(event)
+
+    def _cluster_event(self, event):
+        """A phone straight at a cluster's node (docs/cluster.md, "First contact"): the nodes from the
+        WELCOME; once the session is lost, host_next is where the next login goes: the first node in
+        this phone's rendezvous order, or the second if the first was the one lost; after HELLOs that
+        nobody answered, the node after that one. The module is loaded only here: no cluster, no heap."""
+        from . import cluster
+        if type(event) is LoginUp:
+            self.cluster_nodes = event.welcome.get(_IE_CLUSTER_NODES, self.cluster_nodes)
+            self._node_up = cluster.index_node(event.welcome.get(wire.IE_SESSION_INDEX, 0))
+            return
+        try:
+            order = cluster.ranked(cluster.identity("phone", self.extension), cluster.decode_nodes(self.cluster_nodes))
+        except ValueError:
+            return
+        ids = [n for n, _a in order]
+        if self._node_up is not None:
+            at = ids.index(self._node_up) if self._node_up in ids else -1
+            pick = 0 if at != 0 else 1
+        else:
+            at = ids.index(self._node_tried) if self._node_tried in ids else -1
+            pick = at + 1
+        self._node_up = None
+        self._node_tried = ids[pick % len(ids)]
+        self.host_next = order[pick % len(ids)][1]
 
     def _message(self, msg_type, ies, now):
         if msg_type == wire.SYSINFO:
+            if _IE_CLUSTER_NODES in ies:
+                self.cluster_nodes = ies[_IE_CLUSTER_NODES]
             self._sysinfo_chunk(ies, now)
+        elif msg_type == _NODES:
+            self.cluster_nodes = ies.get(_IE_CLUSTER_NODES, self.cluster_nodes)
         elif msg_type == wire.SETUP:
             self._setup(ies, now)
         elif msg_type == wire.MESSAGE_WAITING:

@@ -34,6 +34,12 @@ def handle(app, events, now):
             rarely("firmware.ota").registered(app, now)
         elif kind is LoginDown:
             app.log("W", "registration lost: %s" % event.reason)
+            if app.phone.host_next is not None:   # a cluster's node: the next login goes by rendezvous (docs/cluster.md)
+                try:
+                    app.host_addr = app.hal.getaddrinfo(*app.phone.host_next)
+                    app.log("I", "next login at %s:%d" % app.phone.host_next)
+                except OSError as exc:
+                    app.count_error("getaddrinfo", exc)
         elif (kind is Incoming and event.waiting) or (kind is Ended and event.line):
             rarely("firmware.lines").event(app, event, now)   # the second line (docs/features.md)
         elif kind is Incoming:

@@ -130,3 +130,44 @@ def test_bad_node_lists_are_refused_with_the_reason():
     raises(ValueError, cluster.encode_nodes, [(16, ("127.0.0.1", 1))])
     raises(ValueError, cluster.encode_nodes, [(1, ("::1", 1))])
     raises(ValueError, cluster.encode_nodes, [(1, ("127.0.0.1", 0))])
+
+
+def test_a_phone_at_a_node_logs_in_next_by_its_rendezvous_order():
+    import os
+    from common.login import LoginDown, LoginUp
+    from common.phone import Phone
+    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    data = cluster.encode_nodes(nodes)
+    order = cluster.rendezvous(b"phone/201", [1, 2, 3, 4])      # 1, 4, 3, 2 (test_rendezvous_vectors)
+    phone = Phone("201", bytes(16), os.urandom)
+    assert phone.cluster_nodes is None and phone.host_next is None
+
+    def event(e):
+        phone.login._events.append(e)
+        phone._login_events()
+        phone.take_events()
+
+    # up at node 3 (its WELCOME's index says so), then lost: the next login goes to its first node, 1
+    event(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(3, 0, 9), wire.IE_CLUSTER_NODES: data}))
+    assert phone.cluster_nodes == data and phone.host_next is None
+    event(LoginDown("dead"))
+    assert phone.host_next == ("198.18.0.%d" % order[0], 4569)
+    # node 1 does not answer: the next in the order (4), then 3, then 2, then round again
+    for expected in order[1:] + order[:1]:
+        event(LoginDown("no answer"))
+        assert phone.host_next == ("198.18.0.%d" % expected, 4569)
+    # up at its first node and lost there: the second
+    event(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(order[0], 0, 1)}))
+    event(LoginDown("dead"))
+    assert phone.host_next == ("198.18.0.%d" % order[1], 4569)
+    # a node joined: NODES (and SYSINFO's first chunk) bring the new list
+    more = cluster.encode_nodes(nodes + [(5, ("198.18.0.5", 4569))])
+    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: more}, 0)
+    assert phone.cluster_nodes == more
+    # a standalone main host's phone never gets any of it
+    alone = Phone("202", bytes(16), os.urandom)
+    alone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: 0x123456}))
+    alone._login_events()
+    alone.login._events.append(LoginDown("dead"))
+    alone._login_events()
+    assert alone.cluster_nodes is None and alone.host_next is None
