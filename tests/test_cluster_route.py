@@ -247,3 +247,8 @@ def test_bench_cluster_quick_puts_each_phone_at_its_rendezvous_node():
     assert r["registrations_per_s"] > 0 and set(r["registrations_per_s_by_node"]) == set(nodes)
     assert r["hop_datagrams"] == 2000 and r["node_us_per_datagram_forwarded"] > 0
     assert "forward_us_per_datagram" in r
+    # relayed calls: every node relayed its own pair's calls, one at a time and all at once
+    rc = r["relayed_calls"]
+    assert set(rc["per_node"]) == set(nodes) and rc["all_at_once"]["calls"] == 3 * rc["calls_per_node"]
+    assert all(p["frames_relayed"] > 0 and p["frames_sent"] > 0 for p in rc["per_node"].values())
+    assert rc["all_at_once"]["frames_relayed"] > 0

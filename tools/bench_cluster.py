@@ -1,5 +1,5 @@
-"""`upbx bench cluster`: registrations per second per node and for a cluster, and the cost of a hop
-(issue 16 items 2 and 4; docs/cluster.md, "Measured").
+"""`upbx bench cluster`: registrations per second per node and for a cluster, relayed calls per node
+and for the cluster, and the cost of a hop (issue 16 items 2 and 4; docs/cluster.md).
 
 Real engines (PostgreSQL, Redis, etcd: tools/cluster_lab.py's Engines, private servers on
 loopback) and `upbx main` nodes on them. Every phone greets the node its rendezvous hash names
@@ -26,6 +26,80 @@ HOP_DATAGRAMS = 20000
 QUICK_HOP_DATAGRAMS = 2000
 
 
+RELAY_CALLS = 200          # per node
+QUICK_RELAY_CALLS = 10
+RELAY_SECONDS = 6
+QUICK_RELAY_SECONDS = 1
+
+
+def _lab_class(cluster_lab):
+    class BenchCluster(cluster_lab.ClusterExchange):
+        """The lab's nodes with the relay bench's settings (tools/bench_net.py MainUnderTest): all media
+        relayed, calls long enough, many calls a remote host."""
+
+        def _write_config(self, node):
+            with open(self.path(node + ".toml"), "w") as f:
+                f.write('[main]\nlisten = "127.0.0.1:%d"\ndatabase = "%s.sqlite"\ncontrol_socket = "%s"\n'
+                        'log_level = "%s"\nworkers = 1\ndirect_media = false\nring_timeout_s = 600\n'
+                        'registration_ttl_s = 600\nmax_calls_per_host = 16383\n\n%s'
+                        % (self.node_ports[node], node, self.path(node + ".sock"), self.log_level,
+                           self.engines.cluster_table(node)))
+    return BenchCluster
+
+
+class _Node:
+    """What bench_net.TrunkPair needs of a main host: its address and the remote hosts' secrets."""
+
+    def __init__(self, address, secrets):
+        self.address = address
+        self.secrets = secrets
+
+
+def _relay(lab, nodes, pids, calls, seconds):
+    """Relayed calls per node: two emulated remote hosts (bench_net.TrunkPair: sites a and b, the same
+    two at every node, each node knowing only its own sessions) with `calls` answered calls a -> b
+    through the node, two-way media for `seconds`; one node at a time, then all at once."""
+    secrets = {name: bytes.fromhex(lab.secrets[name]) for name in ("site-a", "site-b")}
+    pairs = {}
+    out = {"calls_per_node": calls, "seconds": seconds, "per_node": {}}
+    try:
+        for x in nodes:
+            pairs[x] = bench_net.TrunkPair(_Node(("127.0.0.1", lab.node_ports[x]), secrets), calls)
+        for x in nodes:
+            cpu0 = _cpu_s(pids[x])
+            r = bench_net.run_trunk_load(pairs[x], pairs[x].calls, seconds, 1472)
+            cpu = _cpu_s(pids[x]) - cpu0
+            relayed = max(1, r["received"])
+            us = cpu * 1e6 / relayed
+            out["per_node"][x] = {"frames_sent": r["sent"], "frames_relayed": r["received"],
+                                  "loss_pct": round(100 * max(0, 1 - r["received"] / r["sent"]), 3),
+                                  "us_per_frame": round(us, 2),
+                                  # a call is 100 frames a second (50 each way): calls one core relays at this cost
+                                  "calls_per_core_by_cpu": int(1e6 / (us * 100)) if us > 0 else None}
+        out["cluster_calls_per_core_by_cpu"] = sum(p["calls_per_core_by_cpu"] or 0 for p in out["per_node"].values())
+        # all nodes at once: the cluster's calls, each node its own (one load generator for all)
+        import threading
+        results = {}
+
+        def run(x):
+            results[x] = bench_net.run_trunk_load(pairs[x], pairs[x].calls, seconds, 1472)
+        threads = [threading.Thread(target=run, args=(x,)) for x in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sent = sum(r["sent"] for r in results.values())
+        got = sum(r["received"] for r in results.values())
+        out["all_at_once"] = {"calls": calls * len(nodes), "frames_sent": sent, "frames_relayed": got,
+                              "loss_pct": round(100 * max(0, 1 - got / sent), 3) if sent else None,
+                              "loss_pct_by_node": {x: round(100 * max(0, 1 - r["received"] / r["sent"]), 3)
+                                                   for x, r in results.items()}}
+        return out
+    finally:
+        for pair in pairs.values():
+            pair.close()
+
+
 def _cpu_s(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -49,11 +123,15 @@ def bench_cluster(quick=False, phones=None, nodes=NODES):
     for i in range(n):
         numbers["s%d" % (i // bench_net.PHONES_PER_SITE)].append("7%05d" % i)
     with cluster_lab.Engines() as engines:
-        lab = cluster_lab.ClusterExchange(engines, nodes=nodes, log_level="warning")
+        lab = _lab_class(cluster_lab)(engines, nodes=nodes, log_level="warning")
         clients = []
         try:
             t = time.monotonic()
-            lab.provision(sites=tuple(numbers), remote_sites=(), phones=numbers)
+            relay_calls = QUICK_RELAY_CALLS if quick else RELAY_CALLS
+            numbers_relay = {"a": ["1%05d" % i for i in range(relay_calls)],
+                             "b": ["2%05d" % i for i in range(relay_calls)]}
+            lab.provision(sites=tuple(numbers) + ("a", "b"), remote_sites=("a", "b"), phones=dict(numbers, **numbers_relay))
+            lab.remote_sites = ()    # sites a and b: the bench's emulated remote hosts, not real ones
             provision_s = time.monotonic() - t
             lab.start()
             lab.wait_for(lambda: all(len(lab.status(x)["cluster"]["nodes"]) == len(nodes) for x in nodes),
@@ -123,9 +201,8 @@ def bench_cluster(quick=False, phones=None, nodes=NODES):
                 "per_node": per_node,
                 "cluster_cpu_us_per_registration": round(sum(cpu.values()) / n * 1e6, 1),
                 **hop,
-                "relayed_calls": "not measured: calls between clients of two nodes are not routed yet "
-                                 "(docs/cluster.md); a node relays as a standalone main host does "
-                                 "(upbx bench relay), within its 1,024 call numbers",
+                "relayed_calls": _relay(lab, nodes, pids, relay_calls,
+                                        QUICK_RELAY_SECONDS if quick else RELAY_SECONDS),
                 "provision_s": round(provision_s, 1), "seconds": round(elapsed, 2),
                 "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
             }
@@ -182,6 +259,13 @@ def table_cluster(r):
         lines.append("  one hop: %s us CPU per datagram forwarded (%s us dropped at its node, %s us forwarded "
                      "by another; %d datagrams)" % (r["forward_us_per_datagram"], r["node_us_per_datagram_dropped"],
                                                     r["node_us_per_datagram_forwarded"], r["hop_datagrams"]))
-    lines.append("  relayed calls: %s" % r["relayed_calls"])
+    rc = r["relayed_calls"]
+    lines.append("  relayed calls, %d a node for %d s, one node at a time:" % (rc["calls_per_node"], rc["seconds"]))
+    for node, p in rc["per_node"].items():
+        lines.append("    %s: loss %s %%, %s us CPU per relayed frame, %s calls per core by CPU" % (
+            node, p["loss_pct"], p["us_per_frame"], p["calls_per_core_by_cpu"]))
+    lines.append("    cluster: %s calls per core by CPU (the nodes' sum: one core each)" % rc["cluster_calls_per_core_by_cpu"])
+    lines.append("    all at once, %d calls: loss %s %% (by node %s)" % (
+        rc["all_at_once"]["calls"], rc["all_at_once"]["loss_pct"], rc["all_at_once"]["loss_pct_by_node"]))
     lines.append("  load average: %s" % r["load_average"])
     return "\n".join(lines)
