@@ -16,15 +16,17 @@ Layout version 1 (the only one today; etcd's /upbx/layout says which one a clust
 
     session index (22 bits)   vv nnnn llllllllllllll www    v version 1..3 (0: not a cluster index)
                                                              n node 1..15, l 13 bits, w worker 0..7
-    call number (15 bits)     p nnnn cccccccccc             p the version's low bit (1 for version 1)
-                                                             n node 1..15, c 10 bits
+    call number (15 bits)     nnnn ccccccccccc              n node 1..15, c 11 bits (no version bits)
 
 Capacity of version 1: 15 nodes; 8 workers per node, 8,192 sessions per worker (65,536 remote
-hosts and phones straight at one node); 1,024 call legs per node (a relayed call between two
-remote hosts takes two: 512 relayed calls per node), 15,360 in the cluster. A call number has no
-worker bits: phones' mini frames are the main process's on every node (the workers take trunk
-frames, and those name their session index). A standalone main host uses none of this: its
-indexes and call numbers are what they always were.
+hosts and phones straight at one node); 2,048 call legs per node (a relayed call between two
+remote hosts takes two: 1,024 relayed calls per node), 30,720 in the cluster. A call number has
+no worker bits: phones' mini frames are the main process's on every node (the workers take trunk
+frames, and those name their session index). Nor version bits: a call lives minutes where a
+session lives days, and the 15 bits are the cluster's whole call capacity (one version bit would
+halve it); a later layout takes call numbers once the calls of the old one have ended, and a frame
+a node forwards by the wrong layout meanwhile meets no leg, or another leg's key, and is dropped.
+A standalone main host uses none of this: its indexes and call numbers are what they always were.
 
 Pure functions on ints and bytes: this module imports under MicroPython (a handset picks its
 node with it), and allocates nothing per frame beyond the ints it returns.
@@ -41,10 +43,9 @@ WORKER_MASK = const(0x7)
 MAX_NODE = const(15)
 MAX_WORKERS = const(8)
 LOCAL_SESSIONS = const(0x2000)    # per worker
-CALL_VERSION_SHIFT = const(14)
-CALL_NODE_SHIFT = const(10)
-CALL_LOCAL_MASK = const(0x3FF)
-LOCAL_CALLS = const(0x400)        # call legs per node
+CALL_NODE_SHIFT = const(11)
+CALL_LOCAL_MASK = const(0x7FF)
+LOCAL_CALLS = const(0x800)        # call legs per node
 NODE_ENTRY = const(7)             # cluster_nodes: node id, IPv4 (4), port (2)
 
 
@@ -80,24 +81,17 @@ def index_local(index):
     return (index >> LOCAL_SHIFT) & LOCAL_MASK
 
 
-def call_no_version(call_no):
-    """The layout version bit of a call number (1 for version 1 and 3, 0 for 2)."""
-    return (call_no >> CALL_VERSION_SHIFT) & 1
-
-
 def call_no_node(call_no):
-    """The node id in a call number, or None when its version bit is not this layout's."""
-    if (call_no >> CALL_VERSION_SHIFT) & 1 != LAYOUT & 1:
-        return None
+    """The node id in a call number (layout LAYOUT), or None (node 0: nobody's)."""
     node = (call_no >> CALL_NODE_SHIFT) & NODE_MASK
     return node or None
 
 
 def make_call_no(node, local):
-    """The call number of node's local number (0..1023), in layout LAYOUT."""
+    """The call number of node's local number (0..2047), in layout LAYOUT."""
     if not 1 <= node <= MAX_NODE or not 0 <= local < LOCAL_CALLS:
         raise ValueError("node %d, call %d outside layout %d" % (node, local, LAYOUT))
-    return ((LAYOUT & 1) << CALL_VERSION_SHIFT) | (node << CALL_NODE_SHIFT) | local
+    return (node << CALL_NODE_SHIFT) | local
 
 
 def identity(kind, name):

@@ -175,7 +175,7 @@ class Switch:
         self.calls = {}
         self._next = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
         self.node_id = None           # a cluster's node: set_node
-        self.capacity = wire.MAX_CALL_NO   # legs at once (a cluster's node: its own call numbers, 1,024)
+        self.capacity = wire.MAX_CALL_NO   # legs at once (a cluster's node: its own call numbers, 2,048)
         self._trunks = {}           # link -> [(media leg, ts, payload bytes)]
         self._relayed = set()       # links queued to from received trunk frames (flush_relayed)
         self._ended = {}            # call number -> (highest timestamp, link serial, direct serial, when ended)
@@ -187,7 +187,7 @@ class Switch:
 
     def allocate_call_no(self):
         """A free call number, or None when all 32,767 are taken (never waits for one). A node of a
-        cluster gives out only its own (common/cluster.py): 1,024, its node id in each."""
+        cluster gives out only its own (common/cluster.py): 2,048, its node id in each."""
         if len(self.legs) >= self.capacity:
             return None
         if self.node_id is not None:

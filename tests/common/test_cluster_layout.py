@@ -37,14 +37,14 @@ def test_index_of_another_layout_names_no_node():
 
 
 def test_call_number_layout_vectors():
-    # p nnnn cccccccccc: the version's low bit in bit 14, node in 13-10, local in 9-0
-    assert cluster.make_call_no(1, 0) == 0x4400
-    assert cluster.make_call_no(3, 7) == 0x4C07
-    assert cluster.make_call_no(15, 1023) == 0x7FFF == wire.MAX_CALL_NO
-    assert cluster.call_no_node(0x4C07) == 3 and cluster.call_no_version(0x4C07) == 1
-    assert cluster.call_no_node(0x4400) == 1
-    # version bit 0 (layout 2, or a standalone number) or node 0: no node
-    assert cluster.call_no_node(0x0C07) is None and cluster.call_no_node(0x4007) is None
+    # nnnn ccccccccccc: node in bits 14-11, local in 10-0 (no version bits: docs/protocol.md section 14)
+    assert cluster.make_call_no(1, 0) == 0x0800
+    assert cluster.make_call_no(3, 7) == 0x1807
+    assert cluster.make_call_no(15, 2047) == 0x7FFF == wire.MAX_CALL_NO
+    assert cluster.call_no_node(0x1807) == 3
+    assert cluster.call_no_node(0x0800) == 1
+    # node 0: nobody's
+    assert cluster.call_no_node(0x0007) is None and cluster.call_no_node(0x07FF) is None
     # a call number is never 0 (reserved in mini frames), whatever the local part
     assert all(cluster.make_call_no(n, 0) > 0 for n in range(1, 16))
 
@@ -54,7 +54,7 @@ def test_layout_refuses_what_does_not_fit():
     raises(ValueError, cluster.make_index, 0, 0, 0)
     raises(ValueError, cluster.make_index, 1, 8, 0)
     raises(ValueError, cluster.make_index, 1, 0, 8192)
-    raises(ValueError, cluster.make_call_no, 1, 1024)
+    raises(ValueError, cluster.make_call_no, 1, 2048)
     raises(ValueError, cluster.make_call_no, 16, 0)
 
 
@@ -65,7 +65,7 @@ def test_every_field_round_trips():
                 index = cluster.make_index(node, worker, local)
                 assert (cluster.index_node(index), cluster.index_worker(index), cluster.index_local(index)) \
                     == (node, worker, local)
-        for local in (0, 511, 1023):
+        for local in (0, 1023, 2047):
             assert cluster.call_no_node(cluster.make_call_no(node, local)) == node
 
 
