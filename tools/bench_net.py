@@ -239,6 +239,9 @@ class TrunkCall:
         self.key = os.urandom(16)
         self.a = MediaLeg(self.key, 0, a_no, 0)   # main's leg a has role 1
         self.b = None                   # MediaLeg at B once the SETUP arrived
+        # the bench's clock in ms where this call's media timestamps are 0 (a multiple of 65536, so
+        # the 16 bits on the wire are the bench clock's): set by the first tick sealed for the call
+        self.ts_base = None
 
 
 class TrunkPair:
@@ -297,25 +300,35 @@ class TrunkPair:
 
     def seal_ticks(self, calls, ticks, ts0, mtu):
         """Trunk datagrams of both hosts for `ticks` ticks of `calls` calls: [[(client, bytes, call indices)]]."""
-        seal = self.sealer(calls, mtu)
+        seal = self.sealer(calls, mtu, ts0=ts0)
         return [seal(ts0 + 20 * k) for k in range(ticks)]
 
-    def sealer(self, calls, mtu, native=None):
-        """seal(ts) -> one tick's trunk datagrams of both hosts [(client, bytes, call indices)];
-        native: the C fast path's seal_trunk (the same bytes, tests/test_fastpath.py), for sealing
-        while sending instead of before."""
+    def sealer(self, calls, mtu, native=None, ts0=0):
+        """seal(ts) -> one tick's trunk datagrams of both hosts [(client, bytes, call indices)] for the
+        bench clock's ts (ms), ts0 the first tick's; native: the C fast path's seal_trunk (the same
+        bytes, tests/test_fastpath.py), for sealing while sending instead of before.
+
+        A leg's first timestamp must be below 65536 (the receiver takes the first 16-bit stamp as it
+        is: docs/protocol.md, section 5), so each call's stamps count from its own base, the bench
+        clock at its first tick rounded down to 65536: the 16 bits on the wire stay the clock's, and
+        a call set up after the clock passed 65.5 s is not sealed with stamps no receiver can extend
+        (which made every trunk datagram holding such a call fail authentication)."""
         buf = bytearray(65536)
         per = max(1, (mtu - wire.TRUNK_HEADER - wire.MEDIA_TAG) // (wire.TRUNK_ENTRY_HEADER + 160))
         seal_fn = native.seal_trunk if native is not None else seal_trunk
+        for c in calls:
+            if c.ts_base is None:
+                c.ts_base = ts0 & ~0xFFFF
         groups = []
         for client, legs in ((self.a, [(c.a, c) for c in calls]), (self.b, [(c.b, c) for c in calls])):
             channel = client.login.channel
             for i in range(0, len(legs), per):
-                groups.append((client, channel.crypto.send_auth, channel.peer_index, [leg for leg, _c in legs[i:i + per]],
-                               [c.index for _l, c in legs[i:i + per]]))
+                part = legs[i:i + per]
+                groups.append((client, channel.crypto.send_auth, channel.peer_index,
+                               [(leg, c.ts_base) for leg, c in part], [c.index for _l, c in part]))
 
         def seal(ts):
-            return [(client, bytes(seal_fn(auth, index, [(leg, ts, VOICE) for leg in legs], buf)), indices)
+            return [(client, bytes(seal_fn(auth, index, [(leg, ts - base, VOICE) for leg, base in legs], buf)), indices)
                     for client, auth, index, legs, indices in groups]
         return seal
 
@@ -715,7 +728,7 @@ def trunk_window(pair, n, seconds, mtu):
     span = 20 * ticks
     main = pair.main.address
     native = _native()
-    seal = pair.sealer(pair.calls[:n], mtu, native)
+    seal = pair.sealer(pair.calls[:n], mtu, native, ts0=ts0)
     if native is None:
         plan = [[(client.sock, data, main) for client, data, _i in seal(ts0 + 20 * k)] for k in range(ticks)]
     got = [0]
