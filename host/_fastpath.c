@@ -1588,5 +1588,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (m == NULL) return NULL;
     Py_INCREF(&RelayType);
     if (PyModule_AddObject(m, "Relay", (PyObject *)&RelayType) < 0) { Py_DECREF(&RelayType); Py_DECREF(m); return NULL; }
+#ifndef UPBX_SOURCE_SHA256
+#define UPBX_SOURCE_SHA256 ""
+#endif
+    /* the SHA-256 of the _fastpath.c this was built from (setup.py): fastpath.py refuses a stale build */
+    if (PyModule_AddStringConstant(m, "source_sha256", UPBX_SOURCE_SHA256) < 0) { Py_DECREF(m); return NULL; }
     return m;
 }

@@ -586,3 +586,15 @@ def test_the_relay_table_relays_every_frame_of_2500_calls_on_real_sockets():
     finally:
         for s in (relay_sock, host_a, host_b):
             s.close()
+
+
+def test_an_extension_built_from_another_source_is_refused_by_name(tmp_path):
+    """An editable install does not rebuild C on `git pull`: fastpath refuses a build whose source hash is
+    not the _fastpath.c beside it, naming both files and the fix; a wheel (no source beside it) is trusted."""
+    source = ROOT / "host" / "_fastpath.c"
+    fastpath.check_build(native, str(source))   # this tree's build is of this tree's source
+    changed = tmp_path / "_fastpath.c"
+    changed.write_bytes(source.read_bytes() + b"\n/* one more line */\n")
+    with pytest.raises(fastpath.StaleBuild, match="built from another .*_fastpath.c.*make setup"):
+        fastpath.check_build(native, str(changed))
+    fastpath.check_build(native, str(tmp_path / "absent.c"))
