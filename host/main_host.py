@@ -262,14 +262,14 @@ class MainHost(HostCore):
             if len(self._sysinfo_cache) > 1024 or any(v != version for v, _s in self._sysinfo_cache):
                 self._sysinfo_cache.clear()
             info = dict(data)
-            offer = firmware.site_offer(info, site, [e.number for e in self.directory.extensions(site)],
-                                        self.firmware.entry)
+            extensions = self.directory.extensions(site)   # one query for both (no index on site: a scan)
+            offer = firmware.site_offer(info, site, [e.number for e in extensions], self.firmware.entry)
             info.pop(firmware.ROLLOUT_KEY, None)
             if offer is not None:
                 info["firmware"] = offer
             info["site"] = site
             info["sites"] = [s.name for s in self.directory.sites()]
-            info["directory"] = {e.number: e.name for e in self.directory.extensions(site)}
+            info["directory"] = {e.number: e.name for e in extensions}
             info["time"] = self.wall_ms(now) // 1000
             data = encode(info)
             # the messages' IEs, encoded once for all of the site's phones (and their bytes shared)
