@@ -598,3 +598,31 @@ def test_an_extension_built_from_another_source_is_refused_by_name(tmp_path):
     with pytest.raises(fastpath.StaleBuild, match="built from another .*_fastpath.c.*make setup"):
         fastpath.check_build(native, str(changed))
     fastpath.check_build(native, str(tmp_path / "absent.c"))
+
+
+def test_bench_count_counts_a_windows_frames_and_hands_back_the_rest():
+    """The relay bench's receive side in C: entries of trunk frames (voice and comfort noise) whose stamp is
+    in the window, or RTP packets whose timestamp is; anything else comes back as it was."""
+    import struct
+
+    rx, tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        legs = [MediaLeg(bytes(16), 0, n, n) for n in (1, 2, 3)]
+        # stamps 65530 (in a window from 65520 of 40 ms, across the 16-bit wrap), 65550 -> 14 (in), 70000 (out)
+        entries = [(legs[0], 65530, bytes(160)), (legs[1], 65550, bytes([9])), (legs[2], 70000, bytes(160))]
+        trunk = bytes(seal_trunk(HmacKey(bytes(32)), 7, entries, bytearray(65536)))
+        signalling = bytes([0x80]) + bytes(20)
+        for data in (trunk, signalling):
+            tx.sendto(data, rx.getsockname())
+        n, counted, others = native.bench_count(rx.fileno(), 64, 0, 65520, 40)
+        assert (n, counted, others) == (2, 2, [signalling])
+        rtp = [struct.pack("!BBHII", 0x80, 0, 1, ts, 5) + bytes(160) for ts in (0xFFFFFFF0, 10, 500)]
+        for data in rtp:
+            tx.sendto(data, rx.getsockname())
+        assert native.bench_count(rx.fileno(), 64, 1, 0xFFFFFFE0, 100) == (3, 2, [])
+        assert native.bench_count(rx.fileno(), 64, 1, 0, 100) == (0, 0, [])
+    finally:
+        rx.close()
+        tx.close()

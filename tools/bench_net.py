@@ -565,6 +565,7 @@ RELAY_WINDOW_S = 12.0      # the issue's windows: >= 10 s, so a relay that needs
 RELAY_MAX_LOSS = 0.001     # a step passes with <= 0.1 % of its frames lost ...
 RELAY_MAX_CPU = 0.95       # ... and the relay below 95 % of its core over the sending phase
 GENERATOR_SLACK = 0.02     # a window whose sending took 2 % longer than planned: the generator could not keep up
+GENERATOR_MAX_CPU = 0.90   # ... nor could a generator busy 90 % of its core (it sends and reads late)
 SLOT_S = 0.001             # the generator sends what is due each millisecond back to back
 
 
@@ -574,14 +575,34 @@ def _native():
     return fastpath.native
 
 
-def paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram, settle=0.3):
+def udp_drops(ports):
+    """Datagrams the kernel dropped at the UDP sockets bound to these local ports (receive buffer full,
+    /proc/net/udp's `drops`), summed: where a lost frame was lost, the relay's socket or the generator's."""
+    ports = set(ports)
+    total = 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                total += int(fields[-1])
+    return total
+
+
+def paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram, settle=0.3, relay_ports=()):
     """Send ticks x 20 ms of load, paced evenly over each tick, and count what comes back.
 
     datagrams_of_tick(k) -> [(socket, bytes, address)]; on_datagram(socket, data) counts what
     arrives (frames of this window only). The relay's CPU is read when the first datagram leaves
     and when the last one has: CPU seconds over the sending phase alone, divided by the frames
     relayed within it, is its cost per frame (pre-sealing and the drain are outside it).
-    Returns {"cpu_s", "wall_s", "behind_s", "at_end"}: at_end is on_datagram's count when sending ended.
+    Returns {"cpu_s", "wall_s", "behind_s", "at_end", "generator_cpu_s", "relay_drops", "generator_drops"}:
+    at_end is on_datagram's count when sending ended; the drops are what the kernel dropped at the relay's
+    sockets (relay_ports) and at the generator's own over the window and its settling time.
     """
     by_fd = {s.fileno(): s for s in sockets}
     poller = select.epoll()
@@ -589,9 +610,21 @@ def paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram, settle=0
         poller.register(fd, select.EPOLLIN)
     batch = _native()
 
+    counting = getattr(on_datagram, "native", None)   # (kind, ts0, span, counter): counted in C
+
     def drain(timeout):
         for fd, _ in poller.poll(timeout):
             sock = by_fd[fd]
+            if batch is not None and counting is not None:   # no Python object per relayed frame
+                kind, ts0, span, counter = counting
+                while True:
+                    n, counted, others = batch.bench_count(fd, 64, kind, ts0, span)
+                    counter[0] += counted
+                    for data in others:
+                        on_datagram(sock, data)
+                    if n < 64:
+                        break
+                continue
             if batch is not None:   # recvmmsg: the generator must not be what limits a relay
                 while True:
                     got = batch.recv_batch(fd, 64)
@@ -627,6 +660,8 @@ def paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram, settle=0
                     drain(0)
 
     behind = 0.0
+    own_ports = [sock.getsockname()[1] for sock in sockets]
+    drops0 = udp_drops(relay_ports), udp_drops(own_ports)
     try:
         start = time.monotonic() + 0.05
         cpu0 = None
@@ -637,17 +672,20 @@ def paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram, settle=0
             gap = TICK / max(1, slots)
             for j in range(slots):
                 due = start + k * TICK + j * gap
-                while True:
-                    wait = due - time.monotonic()
-                    if wait <= 0:
-                        break
+                wait = due - time.monotonic()
+                if wait <= 0:   # behind: what came back is read all the same (a full buffer loses it)
+                    drain(0)
+                while wait > 0:
                     drain(min(wait, 0.002))
+                    wait = due - time.monotonic()
                 if cpu0 is None:
                     cpu0 = relay.cpu_seconds()
+                    gen0 = time.process_time()
                     t0 = time.monotonic()
                 behind = max(behind, -wait)
                 send(datagrams[j * int(per_slot):(j + 1) * int(per_slot)])
         cpu1 = relay.cpu_seconds()
+        gen1 = time.process_time()
         t1 = time.monotonic()
         at_end = on_datagram(None, None)
         end = t1 + settle
@@ -655,7 +693,9 @@ def paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram, settle=0
             drain(0.01)
     finally:
         poller.close()
-    return {"cpu_s": cpu1 - cpu0, "wall_s": t1 - t0, "behind_s": behind, "at_end": at_end}
+    return {"cpu_s": cpu1 - cpu0, "wall_s": t1 - t0, "behind_s": behind, "at_end": at_end,
+            "generator_cpu_s": gen1 - gen0, "relay_drops": udp_drops(relay_ports) - drops0[0],
+            "generator_drops": udp_drops(own_ports) - drops0[1]}
 
 
 class RtpCalls:
@@ -702,7 +742,13 @@ class RtpCalls:
                 got[0] += 1
             return None
 
+        on_datagram.native = (1, ts0, span, got)   # the same count, made in C (_fastpath.bench_count)
+
         return ticks, datagrams_of_tick, [a, b], on_datagram, got, n * 2 * ticks
+
+    def engine_ports(self, n):
+        """rtpengine's local ports of the first n calls (where it receives)."""
+        return [port for pair in self.calls[:n] for port in pair]
 
     def close(self):
         self.a.close()
@@ -748,6 +794,8 @@ def trunk_window(pair, n, seconds, mtu):
                 got[0] += 1
         return None
 
+    on_datagram.native = (0, ts0, span, got)   # the same count, made in C (_fastpath.bench_count)
+
     def datagrams_of_tick(k):
         if k % 50 == 0:   # the logins' keepalives, once a second
             now = _now_ms()
@@ -762,21 +810,28 @@ def trunk_window(pair, n, seconds, mtu):
     return ticks, datagrams_of_tick, [pair.a.sock, pair.b.sock], on_datagram, got, n * 2 * ticks, datagrams
 
 
-def _measure_step(relay, window, cores=1):
+def _measure_step(relay, window, cores=1, relay_ports=()):
     ticks, datagrams_of_tick, sockets, on_datagram, got, sent = window[:6]
-    r = paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram)
+    r = paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram, relay_ports=relay_ports)
     loss = max(0.0, 1 - got[0] / sent)
     relayed = max(1, r["at_end"])
     # relay_cpu: the share of its cores (all the workers' processes over `cores` of them)
     step = {"loss_pct": round(100 * loss, 3), "relay_cpu": round(r["cpu_s"] / r["wall_s"] / cores, 3),
             "us_per_frame": round(r["cpu_s"] * 1e6 / relayed, 2), "frames_sent": sent, "frames_relayed": got[0],
             "window_s": round(r["wall_s"], 2), "generator_behind_ms": round(r["behind_s"] * 1000, 1),
-            "load_average": round(os.getloadavg()[0], 2)}
+            "load_average": round(os.getloadavg()[0], 2),
+            # where frames were lost: datagrams the kernel dropped at the relay's sockets (receive buffer
+            # full) and at the generator's; the generator's own share of its core over the window
+            "relay_socket_drops": r["relay_drops"], "generator_socket_drops": r["generator_drops"],
+            "generator_cpu": round(r["generator_cpu_s"] / r["wall_s"], 3)}
     if len(window) > 6:
         step["datagrams_sent"] = window[6]
     # a generator that could not keep to its schedule did not offer the load: such a
     # step measures the generator, not the relay, and ends the search without counting against it
-    step["generator_limited"] = r["wall_s"] > ticks * TICK * (1 + GENERATOR_SLACK)
+    # (late by more than GENERATOR_SLACK, or its core busy GENERATOR_MAX_CPU of the time: then it also reads
+    # late what comes back, and its sockets' buffers overflow: generator_socket_drops)
+    step["generator_limited"] = (r["wall_s"] > ticks * TICK * (1 + GENERATOR_SLACK)
+                                 or step["generator_cpu"] >= GENERATOR_MAX_CPU)
     step["passed"] = loss <= RELAY_MAX_LOSS and step["relay_cpu"] < RELAY_MAX_CPU and not step["generator_limited"]
     return step
 
@@ -833,7 +888,7 @@ def _upbx_shape(mtu, quick, window_s, workers=1, first=None):
 
             def measure(n):
                 before = main.status()
-                step = _measure_step(main, trunk_window(pair, n, window_s, mtu), cores=workers)
+                step = _measure_step(main, trunk_window(pair, n, window_s, mtu), cores=workers, relay_ports=[main.port])
                 status = main.status()
                 # which path relayed: the relay tables (main host's own, workers') against everything else
                 step["delegated_here"] = status.get("delegated_here")
@@ -867,7 +922,7 @@ def _rtpengine_shape(quick, window_s):
             paced_window(engine, *r[:4])
 
         def measure(n):
-            step = _measure_step(engine, calls.window(n, window_s))
+            step = _measure_step(engine, calls.window(n, window_s), relay_ports=calls.engine_ports(n))
             if engine.proc.poll() is not None:   # not a relay that lost frames: one that is gone
                 raise RuntimeError("rtpengine exited (status %s) during the %d-call step; its log ends:\n%s"
                                    % (engine.proc.returncode, n, engine.log_tail()))
