@@ -106,6 +106,7 @@ class RelayWorkers:
         self.channels = []
         self.links = {}                     # session index -> (Link, the state the workers were sent)
         self._links_stamp = None            # the core's (logins and logouts, address moves) at the last look
+        self.looked_at_changed = 0          # calls looked at the tick after a hold changed them (status)
         self.delegated = {}                 # (call id, i) -> (worker, call, recv leg, out leg)
         self.by_recv_leg = {}               # our call number of a delegated receiving leg -> key
         self.inbox = []                     # (worker, message) read while waiting for a revoke
@@ -125,6 +126,7 @@ class RelayWorkers:
 
     def start(self):
         self.core.call_ending = self.call_ending
+        self.core.calls_changed = set()   # a hold: looked at the next tick (_sync), not when the scan comes to it
         if self.count == 1:   # the main host alone: its own table, no processes, no steering
             return
         host, port = self.sock.getsockname()[:2]
@@ -177,7 +179,8 @@ class RelayWorkers:
                 "delegated_directions": len(self.confirmed), "delegated_here": len(self.local),
                 "forwarded_datagrams": self.forwarded, "revokes": self.revokes, "revokes_here": self.revokes_here,
                 "table_datagrams": self.local.taken(),
-                "sync_us_mean": round(self.sync_s * 1e6 / self.syncs, 1) if self.syncs else None}
+                "sync_us_mean": round(self.sync_s * 1e6 / self.syncs, 1) if self.syncs else None,
+                "calls_looked_at_on_change": self.looked_at_changed}
 
     # messages
 
@@ -426,6 +429,12 @@ class RelayWorkers:
                 for i in (0, 1):
                     if (call.call_id, i) in delegated:
                         self.revoke((call.call_id, i))
+        changed = self.core.calls_changed
+        if changed:   # held or resumed since the last tick (by a remote host too: not in core.held)
+            for call in changed:
+                self.looked_at_changed += 1
+                self._look_at(call)
+            changed.clear()
         mixed = self.mixed
         if mixed:
             now = int(time.monotonic() * 1000)
