@@ -11,6 +11,7 @@
  *   relay_batch(core, batch, start, now)  HostCore.receive_datagram for the trunk frames trunk_in takes
  *   recv_batch(fd, count)                 recvmmsg: [(bytearray, (host, port))]
  *   send_batch(fd, items)                 sendmmsg with IP_TOS per datagram: (sent, errno)
+ *   bench_count(fd, most, kind, ts0, span) the relay bench's receive side: frames of a window counted
  *
  * AES-128-CTR and HMAC-SHA256 come from OpenSSL's libcrypto. A key's OpenSSL state is made once
  * and kept on its Python key object (HmacKey, CounterMode) as the attribute `_fast`.
@@ -695,6 +696,63 @@ static PyObject *recv_batch(PyObject *self, PyObject *args) {
         Py_XDECREF(item);
     }
     return list;
+}
+
+/* bench_count(fd, most, kind, ts0, span) -> (datagrams, counted, [bytes]): the relay bench's load generator
+ * reading what a relay sent back without a Python object per datagram (tools/bench_net.py). One recvmmsg of
+ * up to `most`; counted: kind 0, the entries of upbx trunk frames whose 16-bit stamp is within span of ts0
+ * (mod 2^16); kind 1, RTP packets whose 32-bit timestamp is (mod 2^32). Every other datagram comes back as
+ * bytes (signalling: the emulated hosts' logins answer it). */
+static PyObject *bench_count(PyObject *self, PyObject *args) {
+    int fd, want, kind;
+    unsigned long long ts0, span;
+    if (!PyArg_ParseTuple(args, "iiiKK", &fd, &want, &kind, &ts0, &span)) return NULL;
+    if (want < 1) want = 1;
+    if (want > BATCH) want = BATCH;
+    if (rx_scratch == NULL && (rx_scratch = PyMem_Malloc((size_t)BATCH * RX_SIZE)) == NULL) return PyErr_NoMemory();
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    memset(msgs, 0, sizeof(msgs));
+    for (int i = 0; i < want; i++) {
+        iov[i].iov_base = rx_scratch + (size_t)i * RX_SIZE;
+        iov[i].iov_len = RX_SIZE;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int got, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    got = recvmmsg(fd, msgs, want, MSG_DONTWAIT, NULL);
+    if (got < 0) err = errno;
+    Py_END_ALLOW_THREADS
+    if (got < 0) {
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) got = 0;
+        else { errno = err; return PyErr_SetFromErrno(PyExc_OSError); }
+    }
+    unsigned long long counted = 0;
+    PyObject *others = PyList_New(0);
+    for (int i = 0; others != NULL && i < got; i++) {
+        const unsigned char *d = iov[i].iov_base;
+        Py_ssize_t n = msgs[i].msg_len;
+        if (kind == 0 && n >= TRUNK_HEADER + MEDIA_TAG && (d[0] & 0xC0) == 0xC0) {
+            Py_ssize_t off = TRUNK_HEADER, end = n - MEDIA_TAG;
+            while (off + ENTRY_HEADER <= end) {
+                unsigned long long ts16 = ((unsigned long long)d[off + 2] << 8) | d[off + 3];
+                if (((ts16 - ts0) & 0xFFFF) < span) counted++;
+                off += ENTRY_HEADER + ((d[off] & 0x80) ? CN_BYTES : VOICE_BYTES);
+            }
+            continue;
+        }
+        if (kind == 1 && n >= 12) {
+            unsigned long long ts = ((unsigned long long)d[4] << 24) | (d[5] << 16) | (d[6] << 8) | d[7];
+            if (((ts - ts0) & 0xFFFFFFFFULL) < span) counted++;
+            continue;
+        }
+        PyObject *item = PyBytes_FromStringAndSize((const char *)d, n);
+        if (item == NULL || PyList_Append(others, item) < 0) Py_CLEAR(others);
+        Py_XDECREF(item);
+    }
+    if (others == NULL) return NULL;
+    return Py_BuildValue("(iKN)", got, counted, others);
 }
 
 static PyObject *send_batch(PyObject *self, PyObject *args) {
@@ -1563,6 +1621,8 @@ static PyMethodDef methods[] = {
     {"seal_trunks", seal_trunks, METH_VARARGS, "seal_trunks(auth, index, entries, mtu): Switch._seal_trunks, [bytes]"},
     {"recv_batch", recv_batch, METH_VARARGS, "recv_batch(fd, most): recvmmsg, [(bytearray, (host, port))]"},
     {"send_batch", send_batch, METH_VARARGS, "sendmmsg of [(data, (host, port), tos)]: (sent, errno)"},
+    {"bench_count", bench_count, METH_VARARGS,
+     "bench_count(fd, most, kind, ts0, span): recvmmsg, (datagrams, frames of the window counted, [other datagrams])"},
     {"taken", taken, METH_NOARGS, "how many datagrams relay_batch has taken in this process"},
     {"relay_batch", relay_batch, METH_VARARGS, "relay_batch(core, batch, start, now) -> (next, error)"},
     {"configure", configure, METH_VARARGS, "configure(CONNECTED, RINGBACK): common.call's states"},
@@ -1588,5 +1648,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (m == NULL) return NULL;
     Py_INCREF(&RelayType);
     if (PyModule_AddObject(m, "Relay", (PyObject *)&RelayType) < 0) { Py_DECREF(&RelayType); Py_DECREF(m); return NULL; }
+#ifndef UPBX_SOURCE_SHA256
+#define UPBX_SOURCE_SHA256 ""
+#endif
+    /* the SHA-256 of the _fastpath.c this was built from (setup.py): fastpath.py refuses a stale build */
+    if (PyModule_AddStringConstant(m, "source_sha256", UPBX_SOURCE_SHA256) < 0) { Py_DECREF(m); return NULL; }
     return m;
 }

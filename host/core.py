@@ -120,6 +120,7 @@ class HostCore:
         self._out = []
         self._next_tick = None
         self.held = set()           # calls held by a phone of this host: music on hold goes out every tick
+        self.calls_changed = None   # a set while relay tables run (host/relay_workers.py): calls a HOLD changed
         self.moh = MusicOnHold()    # a subclass may set its configured WAV
         self.conferences = Conferences(self)   # a subclass sets max_parties from its configuration
         self.sip = None             # SipEdge (host/sip/edge.py) of a host that serves SIP phones
@@ -298,6 +299,8 @@ class HostCore:
             self.stats.drop("message out of turn")   # held already (by either side), or not held from here
             return
         call.held_by = leg if flag else None
+        if self.calls_changed is not None:   # the relay tables look at it at the next tick, not in a scan
+            self.calls_changed.add(call)
         if (link.kind == "phone" or getattr(link, "sip", False)) and flag and not call.mixed_at_main:   # this host plays the music (a conference at the main host: none)
             self.held.add(call)
             call.moh_pos = 0

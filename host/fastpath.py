@@ -6,9 +6,30 @@ UPBX_PURE_PYTHON=1. The pure-Python path (host/switch.py, common/) is the refere
 path does the same work on the same objects, gives the same bytes and counts the same drops,
 and hands back (None) every datagram that is not the common case, untouched.
 """
+import hashlib
 import os
 
 from upbx.common.call import CONNECTED, RINGBACK
+
+
+class StaleBuild(ImportError):
+    """The built extension is not of the _fastpath.c beside it (an editable install after `git pull`)."""
+
+
+def check_build(module, source):
+    """Raise StaleBuild when `source` (a _fastpath.c file, where there is one: an editable install
+    or a source tree) is not the file `module` was built from. A stale extension would run old relay
+    code, or take arguments of another shape, silently: this names the files and the fix instead."""
+    if not os.path.exists(source):
+        return   # an installed wheel: no source beside it
+    with open(source, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    built = getattr(module, "source_sha256", "")
+    if built != digest:
+        raise StaleBuild("%s was built from another %s (built %s, the file is %s): rebuild it with "
+                         "`make setup` or `pip install -e .`, or run the pure-Python path with UPBX_PURE_PYTHON=1"
+                         % (module.__file__, source, built[:12] or "without a hash", digest[:12]))
+
 
 native = None
 if os.environ.get("UPBX_PURE_PYTHON", "") in ("", "0"):
@@ -16,6 +37,8 @@ if os.environ.get("UPBX_PURE_PYTHON", "") in ("", "0"):
         from upbx.host import _fastpath as native
     except ImportError:
         native = None
+    if native is not None:
+        check_build(native, os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fastpath.c"))
 if native is not None:
     native.configure(CONNECTED, RINGBACK)
 

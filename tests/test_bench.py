@@ -69,6 +69,50 @@ def test_trunk_mtu_splits_ten_calls_into_two_datagrams():
     assert sum(seen) == result["sent"] // 2 - result["lost"][1]
 
 
+def test_calls_set_up_after_the_bench_clock_passes_65_5_s_are_relayed_every_frame():
+    """The relay bench's generator keeps one clock for all its calls; a call set up after that clock passed
+    65,536 ms once got stamps its receiver cannot extend (a leg's first 16-bit stamp is taken as it is), so
+    every trunk frame holding such a call failed authentication: the trunked bench capped at 1,048 calls.
+    12 calls start below the wrap, 12 after it; frames of both share trunk datagrams (8 a datagram):
+    every frame of every call must arrive, through the main host's relay table."""
+    import time
+
+    main = bench_net.MainUnderTest({"a": ["1%05d" % i for i in range(24)], "b": ["2%05d" % i for i in range(24)]})
+    try:
+        pair = bench_net.TrunkPair(main, 0)
+        try:
+            pair.next_ts = 64000
+            pair.add_calls(12)
+            for n, ticks in ((12, 100), (24, 50)):   # 64,000..66,000 ms, then new calls from 66,200 ms
+                if n > len(pair.calls):
+                    pair.add_calls(n - len(pair.calls))
+                ts0 = pair.next_ts
+                pair.next_ts += 20 * ticks + 200
+                plan = pair.seal_ticks(pair.calls[:n], ticks, ts0, 1472)
+                got = {}   # (host, call number there, ts16) -> times
+
+                def on_media(client, data, t):
+                    if wire.frame_kind(data) == wire.KIND_TRUNK:
+                        for call_no, ts16, _s, _e in wire.parse_trunk(data):
+                            key = (client is pair.a, call_no, ts16)
+                            got[key] = got.get(key, 0) + 1
+
+                for tick in plan:
+                    for client, data, _indices in tick:
+                        client.sock.sendto(data, main.address)
+                    time.sleep(0.002)   # what comes back waits in the clients' 4 MB receive buffers
+                bench_net.pump([pair.a, pair.b], lambda: len(got) >= 2 * n * ticks, seconds=30, on_media=on_media)
+                expected = {(to_a, c.a_no if to_a else c.b_no, (ts0 + 20 * k) & 0xFFFF)
+                            for c in pair.calls[:n] for to_a in (True, False) for k in range(ticks)}
+                assert set(got) == expected and set(got.values()) == {1}
+            status = main.status()
+            assert status["fast_path"] != "C" or status["table_datagrams"] > 0
+        finally:
+            pair.close()
+    finally:
+        main.close()
+
+
 def test_computed_figures_match_the_protocol():
     assert bench_net.upbx_trunk_kbps(1) == 79.6                   # (3 + 4 + 160 + 4 + 28) * 400 / 1000
     assert bench_net.upbx_trunk_kbps(10, 65000) == 67.0

@@ -499,3 +499,130 @@ def test_the_daemon_relays_and_drops_the_same_with_either_path(pure, tmp_path, m
 def bench_net_voice():
     from upbx.tools.bench_net import VOICE
     return VOICE
+
+
+def test_the_relay_table_relays_every_frame_of_2500_calls_on_real_sockets():
+    """2,500 answered calls between two hosts (5,000 directions, past every size the table grows through)
+    go through the C table's relay(fd) on real loopback sockets, 8 calls a trunk frame, two ticks each way:
+    every frame arrives once, at the right host, for the right call, with its own payload."""
+    import hashlib
+    import os
+
+    from upbx.common.crypto import HmacKey as Key
+
+    calls, ticks, per = 2500, 2, 8
+    relay_sock, host_a, host_b = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
+    try:
+        for s in (relay_sock, host_a, host_b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+        table = native.Relay(1472)
+        # the relay's session index at each host is the one in the host's frames; the host's index for the relay
+        # is what the relay writes in frames to it
+        a_auth, a_back, b_auth, b_back = (os.urandom(32) for _ in range(4))
+        table.link(SESSION[0], "a", a_auth, a_back, 0x2001, host_a.getsockname())
+        table.link(SESSION[1], "b", b_auth, b_back, 0x2002, host_b.getsockname())
+        far_a, far_b = {}, {}   # the hosts' legs by their own call numbers
+        window = (-1, bytes(128), -1)
+        for i in range(calls):
+            key_a, key_b = os.urandom(16), os.urandom(16)
+            # host A issued the A hop's key (role 0 there, the relay 1); the relay issued the B hop's (role 0)
+            a_no, relay_a_no, b_no, relay_b_no = 100 + i, 5000 + i, 20000 + i, 10000 + i
+            far_a[a_no] = MediaLeg(key_a, 0, a_no, relay_a_no)
+            far_b[b_no] = MediaLeg(key_b, 1, b_no, relay_b_no)
+            mine_a, mine_b = MediaLeg(key_a, 1, relay_a_no, a_no), MediaLeg(key_b, 0, relay_b_no, b_no)
+            table.delegate(SESSION[0], relay_a_no, mine_a._recv_ctr.key, 1, SESSION[1], b_no, mine_b._send_ctr.key, 0,
+                           0, -1, window)
+            table.delegate(SESSION[1], relay_b_no, mine_b._recv_ctr.key, 0, SESSION[0], a_no, mine_a._send_ctr.key, 1,
+                           0, -1, window)
+        assert len(table) == 2 * calls
+
+        def payload(side, call_no, ts):
+            return (hashlib.sha256(b"%s %d %d" % (side, call_no, ts)).digest() * 5)[:160]
+
+        frames = []   # (from socket, datagram)
+        buf = bytearray(65536)
+        for k in range(ticks):
+            ts = 1000 + 20 * k
+            for side, sock, auth, legs in ((b"a", host_a, a_auth, far_a), (b"b", host_b, b_auth, far_b)):
+                legs = list(legs.values())
+                for j in range(0, calls, per):
+                    entries = [(leg, ts, payload(side, leg.call_no, ts)) for leg in legs[j:j + per]]
+                    frames.append((sock, bytes(seal_trunk(Key(auth), SESSION[side == b"b"], entries, buf))))
+        got = {}   # (receiving side, its call number, ts) -> payloads
+
+        def receive(side, sock, auth, legs):
+            while True:
+                try:
+                    data = bytearray(sock.recv(65536))
+                except BlockingIOError:
+                    return
+                entries = open_trunk(Key(auth), data, lambda no, ts16: extend16(legs[no].replay.highest, ts16))
+                assert entries is not None, "a relayed trunk frame the host cannot authenticate"
+                for no, ts, start, end in entries:
+                    got.setdefault((side, no, ts), []).append(bytes(legs[no].open_entry_bytes(data, ts, start, end)))
+
+        relay_to = relay_sock.getsockname()
+        for first in range(0, len(frames), 32):
+            for sock, data in frames[first:first + 32]:
+                sock.sendto(data, relay_to)
+            rest = native.Relay.relay(table, relay_sock.fileno(), 64, 4)
+            assert rest == []   # every datagram the table's: none handed to the Python path
+            receive(b"a", host_a, a_back, far_a)
+            receive(b"b", host_b, b_back, far_b)
+        assert table.taken() == len(frames)
+        expected = {}
+        for k in range(ticks):
+            ts = 1000 + 20 * k
+            for i in range(calls):
+                # what host A sent for its call 100 + i arrives at host B's call 20000 + i, and back
+                expected[(b"b", 20000 + i, ts)] = [payload(b"a", 100 + i, ts)]
+                expected[(b"a", 100 + i, ts)] = [payload(b"b", 20000 + i, ts)]
+        assert len(got) == len(expected) == 2 * calls * ticks
+        assert got == expected
+        counters, drops = table.report()[1:3]
+        assert counters["media in"] == 2 * calls * ticks and drops == {}
+    finally:
+        for s in (relay_sock, host_a, host_b):
+            s.close()
+
+
+def test_an_extension_built_from_another_source_is_refused_by_name(tmp_path):
+    """An editable install does not rebuild C on `git pull`: fastpath refuses a build whose source hash is
+    not the _fastpath.c beside it, naming both files and the fix; a wheel (no source beside it) is trusted."""
+    source = ROOT / "host" / "_fastpath.c"
+    fastpath.check_build(native, str(source))   # this tree's build is of this tree's source
+    changed = tmp_path / "_fastpath.c"
+    changed.write_bytes(source.read_bytes() + b"\n/* one more line */\n")
+    with pytest.raises(fastpath.StaleBuild, match="built from another .*_fastpath.c.*make setup"):
+        fastpath.check_build(native, str(changed))
+    fastpath.check_build(native, str(tmp_path / "absent.c"))
+
+
+def test_bench_count_counts_a_windows_frames_and_hands_back_the_rest():
+    """The relay bench's receive side in C: entries of trunk frames (voice and comfort noise) whose stamp is
+    in the window, or RTP packets whose timestamp is; anything else comes back as it was."""
+    import struct
+
+    rx, tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        legs = [MediaLeg(bytes(16), 0, n, n) for n in (1, 2, 3)]
+        # stamps 65530 (in a window from 65520 of 40 ms, across the 16-bit wrap), 65550 -> 14 (in), 70000 (out)
+        entries = [(legs[0], 65530, bytes(160)), (legs[1], 65550, bytes([9])), (legs[2], 70000, bytes(160))]
+        trunk = bytes(seal_trunk(HmacKey(bytes(32)), 7, entries, bytearray(65536)))
+        signalling = bytes([0x80]) + bytes(20)
+        for data in (trunk, signalling):
+            tx.sendto(data, rx.getsockname())
+        n, counted, others = native.bench_count(rx.fileno(), 64, 0, 65520, 40)
+        assert (n, counted, others) == (2, 2, [signalling])
+        rtp = [struct.pack("!BBHII", 0x80, 0, 1, ts, 5) + bytes(160) for ts in (0xFFFFFFF0, 10, 500)]
+        for data in rtp:
+            tx.sendto(data, rx.getsockname())
+        assert native.bench_count(rx.fileno(), 64, 1, 0xFFFFFFE0, 100) == (3, 2, [])
+        assert native.bench_count(rx.fileno(), 64, 1, 0, 100) == (0, 0, [])
+    finally:
+        rx.close()
+        tx.close()
