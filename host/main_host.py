@@ -454,6 +454,8 @@ class MainHost(HostCore):
             self.local_calls.get(self._site_of(link), set()).discard(ies.get(wire.IE_CALL_ID))
         call = self.switch.new_call(caller, group["number"], now)
         call.tried = tried
+        if getattr(link, "trunk", None) is not None:   # a DID of the group: a trunk call (docs/sip.md)
+            call.path = "trunk"
         self.switch.incoming(call, link, ies)
         self.groups.start(call, group, self._caller_name(caller), now, answer)
 
