@@ -11,6 +11,9 @@ Every lab's SIP ports, RTP ports and baresip's ports are free ports of this run 
 labs of parallel workers never meet."""
 import contextlib
 import json
+import os
+import subprocess
+import time
 
 from tests.support import require_tool
 from upbx.common.g711 import ulaw_decode
@@ -106,3 +109,64 @@ def start_baresip(lab, folder, number, daemon="site-a", tone_hz=BS_HZ, seconds=4
         phone.stop()
         raise
     return phone
+
+
+KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+
+
+class Kamailio:
+    """Debian's Kamailio (a SIP server nobody here wrote) on 127.0.0.1:port, as a provider: its
+    routing script is `route` (the request_route block's body); its log (xlog lines included) in
+    folder/kamailio.log. One worker process, UDP only."""
+
+    def __init__(self, folder, port, route, max_expires=60):
+        self.folder, self.port = str(folder), port
+        os.makedirs(self.folder, exist_ok=True)
+        self.cfg = os.path.join(self.folder, "kamailio.cfg")
+        self.log_path = os.path.join(self.folder, "kamailio.log")
+        modules = "".join('loadmodule "%s.so"\n' % m for m in ("tm", "sl", "pv", "textops", "usrloc", "registrar",
+                                                              "auth", "xlog"))
+        with open(self.cfg, "w") as f:
+            f.write('#!KAMAILIO\ndebug=2\nlog_stderror=yes\nchildren=1\ndisable_tcp=yes\n'
+                    'listen=udp:127.0.0.1:%d\nmpath="%s"\n%s'
+                    'modparam("registrar", "max_expires", %d)\nmodparam("registrar", "min_expires", 10)\n'
+                    '\nrequest_route {\n%s\n}\n' % (port, KAMAILIO_MODULES, modules, max_expires, route))
+        self.process = None
+
+    def start(self):
+        require_tool("kamailio", "apt-get install kamailio")
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(["kamailio", "-f", self.cfg, "-DD", "-E", "-m", "32", "-M", "8",
+                                         "-P", os.path.join(self.folder, "kamailio.pid")],
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=self.folder)
+        log.close()
+        deadline = time.monotonic() + 20
+        while "Listening on" not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("kamailio did not start: %s" % self.log()[-2000:])
+            time.sleep(0.1)
+        return self
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def lines(self, word):
+        """The log lines the script's xlog wrote starting with word (e.g. "REGISTERED")."""
+        return [line for line in self.log().splitlines() if (": " + word + " ") in line]
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()    # its main process ends its workers
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
