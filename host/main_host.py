@@ -83,7 +83,8 @@ class MainHost(HostCore):
         self.voicemail = Endpoint(self, store, MAIN_ORIGIN, self._mailbox_changed)
         self.voicemail_uploads = voicemail_upload.Receiver(self)
         self.mailbox_sync = voicemail_sync.MailboxSender(self)   # each site's copy at its remote host (B4)
-        self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
+        self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","),
+                           nonce_ttl_ms=config.sip_nonce_s * 1000)
         self.sip_listen = config.sip_listen
         self.sip_calls = SipCalls(self, self.sip, (config.sip_rtp_base, config.sip_rtp_base + 2000))
 

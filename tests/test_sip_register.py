@@ -87,3 +87,28 @@ def test_password_guessing_at_the_daemon_goes_unanswered(lab):
     drops = lab.status("site-a")["stats"]["drops"]
     assert drops["sip auth failed: not our nonce"] >= 3 and drops["sip: source over its limit"] >= 4
     assert lab.status("site-a")["sip"]["registered"] == {}
+
+
+@pytest.fixture
+def short_nonces(tmp_path):
+    with sip_lab(tmp_path, sip={"105": "a"}, remote_settings={"sip_nonce_s": 10}) as lab:
+        yield lab
+
+
+def test_baresip_registers_again_after_its_nonce_expired(short_nonces, tmp_path):
+    """Site a's nonces last 10 s; baresip registers for 60 s and refreshes at half of it. Debian's
+    baresip 1.0 starts each refresh without credentials (it keeps no nonce), so every refresh is
+    challenged afresh and answered: the registration never lapses though every nonce it had has
+    expired. (A phone that reuses its nonce gets stale=true: tests/test_sip_edge.py.)"""
+    lab = short_nonces
+
+    def counters():
+        return lab.status("site-a")["stats"]["counters"]
+
+    with start_baresip(lab, tmp_path, "105") as bs:
+        first = time.monotonic()
+        lab.wait_for(lambda: counters().get("sip sent 200", 0) >= 2, "baresip's refresh", timeout=60)
+        assert time.monotonic() - first > 10            # past the first nonce's life
+        assert counters()["sip sent 401"] >= 2 and registered(lab, "site-a", "105") == 1
+        assert sum(e.get("type") == "REGISTER_OK" for e in bs.events) >= 1
+        assert not any(e.get("type") == "REGISTER_FAIL" for e in bs.events), bs.events
