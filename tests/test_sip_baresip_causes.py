@@ -90,3 +90,21 @@ def test_baresip_refusals_reach_the_handset_as_causes(lab):
     caller.wait(30)
     assert lab.summary("ring-301")["calls"][0]["cause"] == "no answer"
     assert not any(e.get("type") == "CALL_ESTABLISHED" for e in bs.events[seen:])
+
+
+def test_baresip_gives_up_while_the_handset_rings_cancel(lab):
+    """baresip hangs up while 302 rings: its CANCEL ends the call, 302 stops ringing."""
+    bs = lab.bs
+    ringing = lab.phone("302", "--exit-after", "30", tag="cancel-302")
+    lab.wait_for(lambda: "phone registered as 302" in log(lab, "cancel-302"), "302 registered", timeout=20)
+    seen = len(bs.events)
+    assert bs.dial(lab.sip_uri("302"))["ok"]
+    bs.wait_event("CALL_RINGING", timeout=20, since=seen)
+    lab.wait_for(lambda: "display ringing 105" in log(lab, "cancel-302"), "302 rings", timeout=10)
+    assert bs.hangup()["ok"]
+    bs.wait_event("CALL_CLOSED", timeout=10, since=seen, fail_on=())
+    lab.wait_for(lambda: "phone call ended" in log(lab, "cancel-302").split("display ringing 105")[1],
+                 "302 stops ringing", timeout=10)
+    assert lab.status("site-a")["sip"]["calls"] == [] and lab.status("main")["calls"] == []
+    ringing.kill()
+    ringing.wait(10)
