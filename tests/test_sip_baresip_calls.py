@@ -82,3 +82,16 @@ def test_baresip_holds_the_handset_hears_music_then_baresip_again(lab, tmp_path)
     talking = heard.index("sip")         # (the ringing before the answer may read as a note)
     held = heard.index("music", talking)
     assert "sip" in heard[held:], heard
+
+
+def test_baresip_options_are_challenged_then_answered_with_what_the_host_allows(lab, tmp_path):
+    with start_baresip(lab, tmp_path, "105") as bs:
+        before = lab.status("site-a")["stats"]["counters"]
+        assert bs.command("options", lab.sip_uri("301"))["ok"]
+        lab.wait_for(lambda: "----- OPTIONS of" in bs.log(tail=100000) and
+                     "Allow:" in bs.log(tail=100000).split("----- OPTIONS of")[1], "baresip's OPTIONS answered")
+        answer = bs.log(tail=100000).split("----- OPTIONS of")[1]
+    assert "SIP/2.0 200 OK" in answer and "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, REFER" in answer
+    after = lab.status("site-a")["stats"]["counters"]
+    assert after["sip OPTIONS"] - before.get("sip OPTIONS", 0) == 2                    # challenged, then with credentials
+    assert after["sip sent 401"] > before["sip sent 401"]
