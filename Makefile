@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.upbx-setup
 # baresip-core: baresip without its GUI front-ends, a SIP phone nobody here wrote, for the SIP tests and `upbx demo sip` (tools/baresip.py, docs/sip.md)
 # postgresql redis-server etcd-server: the main host cluster's engines, started privately by its tests (tools/cluster_lab.py, docs/cluster.md)
 DEBS   := python3-venv python3-dev build-essential libssl-dev gcc-multilib iproute2 nftables socat espeak-ng systemd \
-          rtpengine-daemon chromium chromium-driver baresip-core postgresql redis-server etcd-server
+          rtpengine-daemon chromium chromium-driver baresip-core kamailio postgresql redis-server etcd-server
 
 .PHONY: setup images demo test bench clean
 

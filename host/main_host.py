@@ -96,7 +96,8 @@ class MainHost(HostCore):
         self.voicemail = Endpoint(self, store, MAIN_ORIGIN, self._mailbox_changed)
         self.voicemail_uploads = voicemail_upload.Receiver(self)
         self.mailbox_sync = voicemail_sync.MailboxSender(self)   # each site's copy at its remote host (B4)
-        self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
+        self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","),
+                           nonce_ttl_ms=config.sip_nonce_s * 1000)
         self.sip_listen = config.sip_listen
         self.sip_calls = SipCalls(self, self.sip, (config.sip_rtp_base, config.sip_rtp_base + 2000))
 
@@ -516,6 +517,8 @@ class MainHost(HostCore):
             self.local_calls.get(self._site_of(link), set()).discard(ies.get(wire.IE_CALL_ID))
         call = self.switch.new_call(caller, group["number"], now)
         call.tried = tried
+        if getattr(link, "trunk", None) is not None:   # a DID of the group: a trunk call (docs/sip.md)
+            call.path = "trunk"
         self.switch.incoming(call, link, ies)
         self.groups.start(call, group, self._caller_name(caller), now, answer)
 

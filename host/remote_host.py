@@ -100,7 +100,8 @@ class RemoteHost(HostCore):
                                         self.stats, self.log)
         self.firmware_phones = PhoneStates(self.log)
         self.firmware.offered(self.cache.sysinfo["info"], 0, False)
-        self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
+        self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","),
+                           nonce_ttl_ms=config.sip_nonce_s * 1000)
         self.sip_listen = config.sip_listen
         self.sip_calls = SipCalls(self, self.sip, (config.sip_rtp_base, config.sip_rtp_base + 2000))
 

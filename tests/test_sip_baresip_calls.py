@@ -1,99 +1,97 @@
 """SIP phone calls end to end on loopback with real daemons: baresip (Debian's, a client nobody here
 wrote) registered as extension 105 at site a's remote host calls handset 301 at the main host
-(the firmware's protocol core in `upbx phone`), and 301 calls 105. Each side plays its own tone
-(baresip 1000 Hz from a WAV, the handset 600 Hz) and what each heard is the other's tone:
-baresip's recording against the handset's G.711 recording (Goertzel, as tests/test_baresip.py)."""
-import os
+(the firmware's protocol core in `upbx phone`), with PCMU and with PCMA, and 301 calls 105. Each
+side plays its own tone (baresip 1000 Hz from a WAV, the handset 600 Hz) and what each heard is
+the other's tone: baresip's recording against the handset's G.711 recording (Goertzel,
+tests/sipkit.py). Caller id both ways: the handset shows "105 Desk 105", baresip the handset's
+number and name. A digit the handset sends reaches baresip as an RFC 4733 event; baresip's hold
+(re-INVITE sendonly) gives the handset music on hold, and its resume baresip's voice again."""
 import time
 
 import pytest
 
-from tests.support import require_tool
-from upbx.common.g711 import ulaw_decode
-from upbx.tools.baresip import Baresip, write_tone
-from upbx.tools.lab import LoopbackExchange, free_port, goertzel_power, read_g711_record
-
-
-def tone_windows(pcm, hz, other):
-    """Per 100 ms of pcm: whether hz dominates (10x other's power and loud enough)."""
-    out = []
-    for start in range(0, len(pcm) - 1600 + 1, 1600):
-        chunk = pcm[start:]
-        p = goertzel_power(chunk, 800, hz)
-        out.append(p > 1e9 and p > 10 * goertzel_power(chunk, 800, other))
-    return out
-
-
-def base():
-    return free_port() // 2 * 2
+from tests.sipkit import BS_HZ, HS_HZ, heard_both_ways, sip_lab, start_baresip
+from upbx.host.moh import NOTES_HZ
+from upbx.tools.lab import frequencies_heard
 
 
 @pytest.fixture
 def lab(tmp_path):
-    require_tool("baresip", "apt-get install baresip-core")
-    ports = {"main": free_port(), "site-a": free_port()}
-    lab = LoopbackExchange(str(tmp_path), main_settings={"sip_listen": "127.0.0.1:%d" % ports["main"],
-                                                         "sip_rtp_base": base()},
-                           remote_settings={"sip_listen": "127.0.0.1:%d" % ports["site-a"], "sip_rtp_base": base()})
-    lab.sip_ports = ports
-    try:
-        lab.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101"], "c": ["301"]})
-        lab.sip_password = lab.admin("ext", "add", "105", "--site", "a", "--name", "Desk 105", "--sip")
-        lab.start()
+    with sip_lab(tmp_path, sip={"105": "a"}) as lab:
         yield lab
-    finally:
-        lab.close()
 
 
-def start_baresip(lab, tmp_path, tone_hz):
-    wav = write_tone(tmp_path / "bs-tone.wav", tone_hz, 20)
-    rtp = base()
-    phone = Baresip(tmp_path / "bs105", "105", "127.0.0.1:%d" % lab.sip_ports["site-a"], lab.sip_password,
-                    sip_port=free_port(), ctrl_port=free_port(), rtp_ports=(rtp, rtp + 40), source=str(wav))
-    phone.start()
-    lab.wait_for(lambda: lab.status("site-a")["sip"]["registered"].get("105") == 1, "105 registered", timeout=20)
-    return phone
-
-
-def handset_heard(record):
-    return b"".join(ulaw_decode(payload) for _ts, payload in read_g711_record(record))
-
-
-def test_baresip_calls_a_handset_across_the_main_host_audio_both_ways(lab, tmp_path):
-    hs_wav = write_tone(tmp_path / "hs-tone.wav", 600, 30)
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_baresip_calls_a_handset_across_the_main_host_audio_both_ways(lab, tmp_path, codec):
     record = lab.path("301.rx.g711")
-    handset = lab.phone("301", "--answer", "--send", str(hs_wav), "--record-g711", record, "--exit-after", "40",
+    handset = lab.phone("301", "--answer", "--send", "tone:%d" % HS_HZ, "--record-g711", record, "--exit-after", "40",
                         "--exit-after-call", tag="callee")
     lab.wait_registered("301")
-    with start_baresip(lab, tmp_path, 1000) as bs:
-        assert bs.dial("sip:301@127.0.0.1:%d" % lab.sip_ports["site-a"])["ok"]
+    with start_baresip(lab, tmp_path, "105", tone_hz=BS_HZ, seconds=20, codecs=(codec,)) as bs:
+        assert bs.dial(lab.sip_uri("301"))["ok"]
         bs.wait_event("CALL_ESTABLISHED", timeout=20)
         time.sleep(3)    # the assertions are on the audio recorded, not on this
         calls = lab.status("site-a")["sip"]["calls"]
-        assert [(c["extension"], c["state"], c["codec"]) for c in calls] == [("105", "confirmed", "PCMU")]
+        assert [(c["extension"], c["state"], c["codec"]) for c in calls] == [("105", "confirmed", codec)]
         assert bs.hangup()["ok"]
         bs.wait_event("CALL_CLOSED", timeout=10)
     handset.wait(30)
-    heard_by_handset = tone_windows(handset_heard(record), 1000, 600)
-    heard_by_bs = tone_windows(bs.heard(), 600, 1000)
-    assert sum(heard_by_handset) >= 15, (len(heard_by_handset), bs.log())
-    assert sum(heard_by_bs) >= 15, (len(heard_by_bs), bs.log())
+    heard_both_ways(bs, record)
     assert lab.summary("callee")["calls"][0]["cause"] in ("normal clearing", 0, "normal")
+    with open(lab.path("phone-callee.log")) as f:
+        assert "display ringing 105 Desk 105" in f.read()     # the caller's number and directory name
     assert lab.status("site-a")["sip"]["calls"] == []
 
 
 def test_a_handset_calls_baresip_with_caller_id_audio_both_ways(lab, tmp_path):
-    hs_wav = write_tone(tmp_path / "hs-tone.wav", 600, 30)
-    with start_baresip(lab, tmp_path, 1000) as bs:
+    with start_baresip(lab, tmp_path, "105", tone_hz=BS_HZ, seconds=20) as bs:
         record = lab.path("301.rx.g711")
-        caller = lab.phone("301", "--call", "105", "--call-after", "1", "--duration", "3", "--send", str(hs_wav),
-                           "--record-g711", record, "--exit-after-call", "--exit-after", "40", tag="caller")
+        caller = lab.phone("301", "--call", "105", "--call-after", "1", "--duration", "3", "--send",
+                           "tone:%d" % HS_HZ, "--record-g711", record, "--exit-after-call", "--exit-after", "40",
+                           tag="caller")
         incoming = bs.wait_event("CALL_INCOMING", timeout=20)
-        assert "301@" in incoming["peeruri"] and "Phone 301" in incoming.get("peerdisplayname", "Phone 301")
+        assert "301@" in incoming["peeruri"] and incoming.get("peerdisplayname") == "Phone 301", incoming
         assert bs.accept()["ok"]
         bs.wait_event("CALL_ESTABLISHED", timeout=10)
+        caller.stdin.write(b"!dtmf 5\n")               # RFC 4733 from site a's remote host
+        caller.stdin.flush()
+        assert bs.wait_event("CALL_DTMF_START", timeout=10).get("param") == "5", bs.events
         bs.wait_event("CALL_CLOSED", timeout=20)     # the handset hangs up after its 3 s
         caller.wait(30)
-    assert sum(tone_windows(handset_heard(record), 1000, 600)) >= 15, bs.log()
-    assert sum(tone_windows(bs.heard(), 600, 1000)) >= 15, bs.log()
+    heard_both_ways(bs, record)
     assert lab.status("site-a")["sip"]["calls"] == []
+
+
+def test_baresip_holds_the_handset_hears_music_then_baresip_again(lab, tmp_path):
+    speaker = lab.path("301.speaker.wav")
+    handset = lab.phone("301", "--answer", "--send", "tone:%d" % HS_HZ, "--record", speaker, "--exit-after", "60",
+                        "--exit-after-call", tag="held")
+    lab.wait_registered("301")
+    with start_baresip(lab, tmp_path, "105", tone_hz=BS_HZ, seconds=40) as bs:
+        assert bs.dial(lab.sip_uri("301"))["ok"]
+        bs.wait_event("CALL_ESTABLISHED", timeout=20)
+        time.sleep(2.5)
+        assert bs.command("hold")["ok"], bs.log()              # re-INVITE a=sendonly
+        time.sleep(3)
+        assert bs.command("resume")["ok"], bs.log()            # re-INVITE a=sendrecv
+        time.sleep(3)
+        assert bs.hangup()["ok"]
+        bs.wait_event("CALL_CLOSED", timeout=10)
+    handset.wait(30)
+    heard = frequencies_heard(speaker, {"sip": (BS_HZ,), "music": tuple(NOTES_HZ)})
+    talking = heard.index("sip")         # (the ringing before the answer may read as a note)
+    held = heard.index("music", talking)
+    assert "sip" in heard[held:], heard
+
+
+def test_baresip_options_are_challenged_then_answered_with_what_the_host_allows(lab, tmp_path):
+    with start_baresip(lab, tmp_path, "105") as bs:
+        before = lab.status("site-a")["stats"]["counters"]
+        assert bs.command("options", lab.sip_uri("301"))["ok"]
+        lab.wait_for(lambda: "----- OPTIONS of" in bs.log(tail=100000) and
+                     "Allow:" in bs.log(tail=100000).split("----- OPTIONS of")[1], "baresip's OPTIONS answered")
+        answer = bs.log(tail=100000).split("----- OPTIONS of")[1]
+    assert "SIP/2.0 200 OK" in answer and "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, REFER" in answer
+    after = lab.status("site-a")["stats"]["counters"]
+    assert after["sip OPTIONS"] - before.get("sip OPTIONS", 0) == 2                    # challenged, then with credentials
+    assert after["sip sent 401"] > before["sip sent 401"]

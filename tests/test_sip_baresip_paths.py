@@ -10,50 +10,24 @@ at site b and 101 at site a.
 
 Each side plays its own tone (baresip 1000 Hz, the handset 600 Hz) and each side's recording
 holds the other's (Goertzel), as tests/test_sip_baresip_calls.py listens."""
-import json
 import time
 
 import pytest
 
-from tests.support import require_tool
-from tests.test_sip_baresip_calls import base, handset_heard, tone_windows
-from upbx.tools.baresip import Baresip, write_tone
-from upbx.tools.lab import LoopbackExchange, free_port
-
-BS_HZ, HS_HZ = 1000, 600
+from tests.sipkit import BS_HZ, HS_HZ, heard_both_ways, main_media, records, sip_lab, start_baresip
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    require_tool("baresip", "apt-get install baresip-core")
     folder = tmp_path_factory.mktemp("sippaths")
-    port = free_port()
-    lab = LoopbackExchange(str(folder), remote_settings={"sip_listen": "127.0.0.1:%d" % port, "sip_rtp_base": base()})
-    lab.sip_port = port
-    try:
-        lab.provision(sites=("a", "b"), remote_sites=("a", "b"), phones={"a": ["101"], "b": ["201"]})
-        lab.password = lab.admin("ext", "add", "105", "--site", "a", "--name", "Desk 105", "--sip")
-        lab.start()
-        wav = write_tone(folder / "bs-tone.wav", BS_HZ, 120)
-        rtp = base()
-        lab.bs = Baresip(folder / "bs105", "105", "127.0.0.1:%d" % port, lab.password, sip_port=free_port(),
-                         ctrl_port=free_port(), rtp_ports=(rtp, rtp + 40), source=str(wav))
-        lab.bs.start()
-        lab.wait_for(lambda: lab.status("site-a")["sip"]["registered"].get("105") == 1, "105 registered", timeout=20)
-        yield lab
-        lab.bs.stop()
-    finally:
-        lab.close()
-
-
-def _main_media(lab):
-    counters = lab.status("main")["stats"]["counters"]
-    return counters.get("media in", 0) + counters.get("media out", 0)
+    with sip_lab(folder, sites=("a", "b"), remote_sites=("a", "b"), phones={"a": ["101"], "b": ["201"]},
+                 sip={"105": "a"}) as lab:
+        with start_baresip(lab, folder, "105", tone_hz=BS_HZ, seconds=120) as lab.bs:
+            yield lab
 
 
 def _last_record(lab, caller, callee):
-    records = json.loads(lab.admin("calls", "--json", "--limit", "20"))
-    return next(r for r in records if r["caller"] == caller and r["callee"] == callee)
+    return next(r for r in records(lab) if r["caller"] == caller and r["callee"] == callee)
 
 
 def _baresip_calls(lab, number, tag):
@@ -63,12 +37,12 @@ def _baresip_calls(lab, number, tag):
                         "--exit-after", "40", "--exit-after-call", tag=tag)
     lab.wait_registered(number)
     seen = len(bs.events)
-    assert bs.dial("sip:%s@127.0.0.1:%d" % (number, lab.sip_port))["ok"]
+    assert bs.dial(lab.sip_uri(number))["ok"]
     bs.wait_event("CALL_ESTABLISHED", timeout=20, since=seen)
     time.sleep(1)
-    media = _main_media(lab)
+    media = main_media(lab)
     time.sleep(3)
-    media = _main_media(lab) - media
+    media = main_media(lab) - media
     assert bs.hangup()["ok"]
     bs.wait_event("CALL_CLOSED", timeout=10, since=seen)
     handset.wait(30)
@@ -86,17 +60,16 @@ def _handset_calls(lab, number, tag):
     assert bs.accept()["ok"]
     bs.wait_event("CALL_ESTABLISHED", timeout=10, since=seen)
     time.sleep(1)
-    media = _main_media(lab)
+    media = main_media(lab)
     time.sleep(2)
-    media = _main_media(lab) - media
+    media = main_media(lab) - media
     bs.wait_event("CALL_CLOSED", timeout=20, since=seen)
     caller.wait(30)
     return record, media
 
 
 def _both_ways(lab, record):
-    assert sum(tone_windows(handset_heard(record), BS_HZ, HS_HZ)) >= 15, lab.bs.log()
-    assert sum(tone_windows(lab.bs.heard(), HS_HZ, BS_HZ)) >= 15, lab.bs.log()
+    heard_both_ways(lab.bs, record)
 
 
 def test_b2_baresip_at_site_a_and_a_handset_at_site_b_direct(lab):
@@ -115,7 +88,7 @@ def test_b3_baresip_and_a_handset_of_the_same_site_local(lab):
     _both_ways(lab, record)
     assert media == 0, media
     lab.wait_for(lambda: any(r["caller"] == "105" and r["callee"] == "101"
-                             for r in json.loads(lab.admin("calls", "--json", "--limit", "20"))),
+                             for r in records(lab)),
                  "site a's record uploaded", timeout=10)
     row = _last_record(lab, "105", "101")
     assert (row["origin"], row["path"]) == ("site-a", "local"), row
@@ -123,7 +96,7 @@ def test_b3_baresip_and_a_handset_of_the_same_site_local(lab):
     _both_ways(lab, record)
     assert media == 0, media
     lab.wait_for(lambda: any(r["caller"] == "101" and r["callee"] == "105"
-                             for r in json.loads(lab.admin("calls", "--json", "--limit", "20"))),
+                             for r in records(lab)),
                  "site a's record uploaded", timeout=10)
     row = _last_record(lab, "101", "105")
     assert (row["origin"], row["path"]) == ("site-a", "local"), row

@@ -11,7 +11,6 @@ Debian's baresip (a client nobody here wrote) and the firmware's protocol core i
   a's remote host and is called by it: audio both ways.
 
 Every side plays its own tone; what each heard is found by Goertzel in its recording."""
-import json
 import socket
 import struct
 import threading
@@ -19,50 +18,21 @@ import time
 
 import pytest
 
-from tests.support import require_root, require_tool
+from tests.sipkit import BS_HZ, heard_both_ways, records, sip_lab, start_baresip, tone_windows
+from tests.support import require_root
 from upbx.common.g711 import ulaw_decode
-from tests.test_sip_baresip_calls import base, handset_heard, tone_windows
 from upbx.host.moh import NOTES_HZ
-from upbx.tools.baresip import Baresip, write_tone
-from upbx.tools.lab import LoopbackExchange, free_port, frequencies_heard
+from upbx.tools.lab import frequencies_heard
 
-BS_HZ, H301_HZ, H302_HZ = 1000, 600, 1400
+H301_HZ, H302_HZ = 600, 1400
 LABELS = {"sip": (BS_HZ,), "301": (H301_HZ,), "302": (H302_HZ,), "music": tuple(NOTES_HZ)}
 
 
 @pytest.fixture
 def lab(tmp_path):
-    require_tool("baresip", "apt-get install baresip-core")
-    ports = {"main": free_port(), "site-a": free_port()}
-    lab = LoopbackExchange(str(tmp_path), main_settings={"sip_listen": "127.0.0.1:%d" % ports["main"],
-                                                         "sip_rtp_base": base()},
-                           remote_settings={"sip_listen": "127.0.0.1:%d" % ports["site-a"], "sip_rtp_base": base()})
-    lab.sip_ports = ports
-    try:
-        lab.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101"], "c": ["301", "302"]})
-        lab.passwords = {"105": lab.admin("ext", "add", "105", "--site", "a", "--name", "Desk 105", "--sip"),
-                         "305": lab.admin("ext", "add", "305", "--site", "c", "--name", "Desk 305", "--sip")}
-        lab.start()
+    with sip_lab(tmp_path, phones={"a": ["101"], "c": ["301", "302"]}, sip={"105": "a", "305": "c"},
+                 main_sip=True) as lab:
         yield lab
-    finally:
-        lab.close()
-
-
-def start_baresip(lab, tmp_path, number, daemon):
-    """baresip as `number`, registered at daemon ("main" or "site-a"), playing BS_HZ."""
-    wav = write_tone(tmp_path / ("bs%s-tone.wav" % number), BS_HZ, 40)
-    rtp = base()
-    phone = Baresip(tmp_path / ("bs" + number), number, "127.0.0.1:%d" % lab.sip_ports[daemon],
-                    lab.passwords[number], sip_port=free_port(), ctrl_port=free_port(), rtp_ports=(rtp, rtp + 40),
-                    source=str(wav))
-    phone.start()
-    lab.wait_for(lambda: lab.status(daemon)["sip"]["registered"].get(number) == 1, number + " registered",
-                 timeout=20)
-    return phone
-
-
-def _records(lab):
-    return json.loads(lab.admin("calls", "--json", "--limit", "20"))
 
 
 def _console(proc, line):
@@ -83,11 +53,11 @@ def test_baresip_transfers_the_handset_it_talks_to_by_refer(lab, tmp_path):
                      "--exit-after", "60", "--exit-after-call", tag="x302")
     lab.wait_registered("301")
     lab.wait_registered("302")
-    with start_baresip(lab, tmp_path, "105", "site-a") as bs:
-        assert bs.dial("sip:301@127.0.0.1:%d" % lab.sip_ports["site-a"])["ok"]
+    with start_baresip(lab, tmp_path, "105") as bs:
+        assert bs.dial(lab.sip_uri("301"))["ok"]
         bs.wait_event("CALL_ESTABLISHED", timeout=20)
         time.sleep(2.5)
-        assert bs.command("transfer", "sip:302@127.0.0.1:%d" % lab.sip_ports["site-a"])["ok"], bs.log()
+        assert bs.command("transfer", lab.sip_uri("302"))["ok"], bs.log()
         bs.wait_event("CALL_CLOSED", timeout=20, fail_on=())        # told 200 by NOTIFY, baresip hangs up
         lab.wait_for(lambda: "display connected 301" in _log(lab, "x302"), "302 talks to 301", timeout=20)
         time.sleep(3)
@@ -101,10 +71,10 @@ def test_baresip_transfers_the_handset_it_talks_to_by_refer(lab, tmp_path):
     assert heard301[-1] == "302" or heard301[-2:] == ["302", "quiet"], heard301
     assert "301" in heard302 and "sip" not in heard302, heard302
     assert "now talking to 302" in _log(lab, "x301")
-    records = _records(lab)
-    first = next(r for r in records if r["caller"] == "105" and r["callee"] == "301")
-    joined = [r for r in records if {r["caller"], r["callee"]} == {"301", "302"}]
-    assert first["cause"] == "transferred" and joined and joined[0]["linked"] == first["uid"], records
+    records_ = records(lab)
+    first = next(r for r in records_ if r["caller"] == "105" and r["callee"] == "301")
+    joined = [r for r in records_ if {r["caller"], r["callee"]} == {"301", "302"}]
+    assert first["cause"] == "transferred" and joined and joined[0]["linked"] == first["uid"], records_
 
 
 class RtpArriving:
@@ -155,7 +125,7 @@ def test_handset_transfers_baresip_to_another_handset(lab, tmp_path):
     h302 = lab.phone("302", "--answer", "--send", "tone:%d" % H302_HZ, "--record", wav302,
                      "--exit-after", "60", "--exit-after-call", tag="y302")
     lab.wait_registered("302")
-    with start_baresip(lab, tmp_path, "105", "site-a") as bs, RtpArriving(*bs.rtp_ports) as rtp:
+    with start_baresip(lab, tmp_path, "105") as bs, RtpArriving(*bs.rtp_ports) as rtp:
         h301 = lab.phone("301", "--call", "105", "--call-after", "1", "--send", "tone:%d" % H301_HZ,
                          "--exit-after", "60", "--exit-after-call", tag="y301")
         bs.wait_event("CALL_INCOMING", timeout=20)
@@ -191,7 +161,7 @@ def test_baresip_at_the_main_host_calls_a_site_handset_and_is_called(lab, tmp_pa
                      "--exit-after", "40", "--exit-after-call", tag="z101-in")
     lab.wait_registered("101")
     with start_baresip(lab, tmp_path, "305", "main") as bs:
-        assert bs.dial("sip:101@127.0.0.1:%d" % lab.sip_ports["main"])["ok"]
+        assert bs.dial(lab.sip_uri("101", "main"))["ok"]
         bs.wait_event("CALL_ESTABLISHED", timeout=20)
         time.sleep(3)
         calls = lab.status("main")["sip"]["calls"]
@@ -199,8 +169,7 @@ def test_baresip_at_the_main_host_calls_a_site_handset_and_is_called(lab, tmp_pa
         assert bs.hangup()["ok"]
         bs.wait_event("CALL_CLOSED", timeout=10)
         h101.wait(30)
-        assert sum(tone_windows(handset_heard(record), BS_HZ, H301_HZ)) >= 15, bs.log()
-        assert sum(tone_windows(bs.heard(), H301_HZ, BS_HZ)) >= 15, bs.log()
+        heard_both_ways(bs, record, BS_HZ, H301_HZ)
         record2 = lab.path("101-out.rx.g711")
         seen = len(bs.events)
         caller = lab.phone("101", "--call", "305", "--call-after", "1", "--duration", "3", "--send",
@@ -212,7 +181,6 @@ def test_baresip_at_the_main_host_calls_a_site_handset_and_is_called(lab, tmp_pa
         bs.wait_event("CALL_ESTABLISHED", timeout=10, since=seen)
         bs.wait_event("CALL_CLOSED", timeout=20, since=seen)
         caller.wait(30)
-    assert sum(tone_windows(handset_heard(record2), BS_HZ, H301_HZ)) >= 15, bs.log()
-    assert sum(tone_windows(bs.heard(), H301_HZ, BS_HZ)) >= 15, bs.log()
-    paths = {(r["caller"], r["callee"]): r["path"] for r in _records(lab)}
+    heard_both_ways(bs, record2, BS_HZ, H301_HZ)
+    paths = {(r["caller"], r["callee"]): r["path"] for r in records(lab)}
     assert paths.get(("305", "101")) == "relay" and paths.get(("101", "305")) == "relay", paths

@@ -11,7 +11,7 @@ import pytest
 from upbx.common import wire
 from upbx.common.call import RINGING
 from upbx.host.directory import Directory
-from upbx.host.sip.calls import SIP_TO_CAUSE, CAUSE_TO_SIP
+from upbx.host.sip.causes import SIP_TO_CAUSE, CAUSE_TO_SIP
 from tests.inprocess import World
 from tests.sip_ua import SipPhone
 

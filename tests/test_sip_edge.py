@@ -139,7 +139,13 @@ def test_nonce_expires_stale_and_foreign_nonces():
     e.receive_datagram(req.encode(), PHONE, late)
     again = one_answer(e)
     assert again.status == 401 and all("stale=true" in c for c in again.values("WWW-Authenticate"))
-    assert e.bindings == {}
+    assert e.bindings == {} and e.stats.counters["sip nonce stale"] == 1
+    # the phone answers the stale challenge with the new nonce: registered
+    req = register(cseq=3)
+    req.add("Authorization", credentials(again.values("WWW-Authenticate")[0], req, "105", PASSWORDS["105"]))
+    e.receive_datagram(req.encode(), PHONE, late + 50)
+    assert one_answer(e).status == 200 and "105" in e.bindings
+    e.bindings.clear()
     # the same credentials from another address: not our nonce for it
     e.receive_datagram(req.encode(), ("192.0.2.99", 5060), late + 100)
     assert one_answer(e, ("192.0.2.99", 5060)).status == 401
@@ -148,7 +154,7 @@ def test_nonce_expires_stale_and_foreign_nonces():
     other = SipEdge("upbx", PASSWORDS.get, Stats(), key=b"x" * 32)
     other.receive_datagram(register().encode(), PHONE, 1000)
     foreign = answers(other)[0][0].values("WWW-Authenticate")[0]
-    req = register(cseq=3)
+    req = register(cseq=4)
     req.add("Authorization", credentials(foreign, req, "105", PASSWORDS["105"]))
     e.receive_datagram(req.encode(), PHONE, late + 200)
     assert one_answer(e).status == 401 and e.bindings == {}

@@ -9,12 +9,9 @@ import time
 
 import pytest
 
-from tests.support import require_tool
-from tests.test_sip_baresip_calls import base, handset_heard, tone_windows
+from tests.sipkit import HS_HZ, heard_both_ways, sip_lab, start_baresip
 from upbx.host.sip import message
 from upbx.host.sip.transport import PING, FramingError, StreamFramer, for_stream
-from upbx.tools.baresip import Baresip, write_tone
-from upbx.tools.lab import LoopbackExchange, free_port
 
 REGISTER = (b"REGISTER sip:upbx SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bK1\r\n"
             b"From: <sip:105@upbx>;tag=a\r\nTo: <sip:105@upbx>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\n"
@@ -70,20 +67,9 @@ def test_what_the_host_sends_on_a_connection_says_tcp():
 
 @pytest.fixture
 def lab(tmp_path):
-    require_tool("baresip", "apt-get install baresip-core")
-    ports = {"main": free_port(), "site-a": free_port()}
-    lab = LoopbackExchange(str(tmp_path), main_settings={"sip_listen": "127.0.0.1:%d" % ports["main"],
-                                                         "sip_rtp_base": base()},
-                           remote_settings={"sip_listen": "127.0.0.1:%d" % ports["site-a"], "sip_rtp_base": base()})
-    lab.sip_ports = ports
-    try:
-        lab.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101"], "c": ["301"]})
-        lab.sip_password = lab.admin("ext", "add", "105", "--site", "a", "--name", "Desk 105", "--sip")
-        lab.start()
+    with sip_lab(tmp_path, sip={"105": "a"}) as lab:
         lab.wait_for(lambda: lab.status("site-a")["sip_listen"] is not None, "site a's SIP port", timeout=20)
         yield lab
-    finally:
-        lab.close()
 
 
 def test_a_raw_connection_registers_in_pieces_and_a_bad_stream_is_closed(lab):
@@ -106,26 +92,16 @@ def test_a_raw_connection_registers_in_pieces_and_a_bad_stream_is_closed(lab):
     assert lab.status("site-a")["stats"]["counters"]["sip tcp streams unframeable"] == 1
 
 
-def start_baresip(lab, tmp_path, tone_hz):
-    rtp = base()
-    phone = Baresip(tmp_path / "bs105", "105", "127.0.0.1:%d;transport=tcp" % lab.sip_ports["site-a"],
-                    lab.sip_password, sip_port=free_port(), ctrl_port=free_port(), rtp_ports=(rtp, rtp + 40),
-                    source=write_tone(tmp_path / "bs-tone.wav", tone_hz, 30))
-    phone.start()
-    lab.wait_for(lambda: lab.status("site-a")["sip"]["registered"].get("105") == 1, "105 registered", timeout=20)
-    return phone
-
-
 def sip_udp_in(lab):
     return lab.status("site-a")["stats"]["counters"].get("sip udp datagrams", 0)
 
 
 def test_baresip_over_tcp_calls_a_handset_and_is_called(lab, tmp_path):
-    with start_baresip(lab, tmp_path, 1000) as bs:
+    with start_baresip(lab, tmp_path, "105", seconds=30, transport="tcp") as bs:
         assert lab.status("site-a")["sip_tcp_connections"] == 1
         # 105 calls 301
         record = lab.path("301-in.rx.g711")
-        handset = lab.phone("301", "--answer", "--send", write_tone(tmp_path / "hs.wav", 600, 30), "--record-g711",
+        handset = lab.phone("301", "--answer", "--send", "tone:%d" % HS_HZ, "--record-g711",
                             record, "--exit-after", "40", "--exit-after-call", tag="callee")
         lab.wait_registered("301")
         assert bs.dial("sip:301@127.0.0.1:%d;transport=tcp" % lab.sip_ports["site-a"])["ok"]
@@ -134,21 +110,19 @@ def test_baresip_over_tcp_calls_a_handset_and_is_called(lab, tmp_path):
         assert bs.hangup()["ok"]
         bs.wait_event("CALL_CLOSED", timeout=10)
         handset.wait(30)
-        assert sum(tone_windows(handset_heard(record), 1000, 600)) >= 15, bs.log()
-        assert sum(tone_windows(bs.heard(), 600, 1000)) >= 15, bs.log()
+        heard_both_ways(bs, record)
         # 301 calls 105: the INVITE goes down the connection baresip keeps open
         since = len(bs.events)
         record = lab.path("301-out.rx.g711")
         caller = lab.phone("301", "--call", "105", "--call-after", "1", "--duration", "3", "--send",
-                           write_tone(tmp_path / "hs2.wav", 600, 30), "--record-g711", record, "--exit-after-call",
+                           "tone:%d" % HS_HZ, "--record-g711", record, "--exit-after-call",
                            "--exit-after", "40", tag="caller")
         bs.wait_event("CALL_INCOMING", timeout=20, since=since)
         assert bs.accept()["ok"]
         bs.wait_event("CALL_ESTABLISHED", timeout=10, since=since)
         bs.wait_event("CALL_CLOSED", timeout=20, since=since)
         caller.wait(30)
-        assert sum(tone_windows(handset_heard(record), 1000, 600)) >= 15, bs.log()
-        assert sum(tone_windows(bs.heard(), 600, 1000)) >= 15, bs.log()
+        heard_both_ways(bs, record)
         counters = lab.status("site-a")["stats"]["counters"]
         assert lab.status("site-a")["sip_tcp_connections"] == 1 and counters["sip tcp connections"] == 1
         assert sip_udp_in(lab) == 0, counters         # every SIP message came on the connection

@@ -90,32 +90,58 @@ def _pcm(record, last_s=None):
     return b"".join(ulaw_decode(p) for _ts, p in frames)
 
 
+def _handset_answers(ex, number, hz, tag, exit_after):
+    """Handset `number` answers the next call playing hz and records what it hears: (process, record)."""
+    record = ex.path(tag + ".rx.g711")
+    process = ex.phone(number, "--answer", "--send", "tone:%d" % hz, "--record-g711", record,
+                       "--exit-after-call", "--exit-after", str(exit_after), tag=tag)
+    return process, record
+
+
+def _dial(ex, phone, row, number):
+    """baresip dials number (at site A's remote host) until it is answered; the row's setup_ms.
+    Returns the index of baresip's events before the call (to wait for this call's events)."""
+    since = len(phone.events)
+    started = time.monotonic()
+    phone.dial("sip:%s@%s" % (number, ex.remote_ip("a")))
+    phone.wait_event("CALL_ESTABLISHED", timeout=15, since=since)
+    row["setup_ms"] = int((time.monotonic() - started) * 1000)
+    return since
+
+
+def _wait_path(ex, caller, callee):
+    """The path of the newest record of caller and callee; a site's record reaches the main host
+    just after the call, so it is waited for (5 s)."""
+    for _ in range(50):
+        path = _last_path(ex, caller, callee)
+        if path is not None:
+            return path
+        time.sleep(0.1)
+    return None
+
+
+def baresip_calls(ex, phone, number, hz, seconds):
+    """105 (baresip) calls handset `number`, which answers playing hz; they talk for `seconds`,
+    baresip hangs up; the row with the path of the call's record and what each side heard."""
+    row = _row(SIP_NUMBER, number)
+    handset, record = _handset_answers(ex, number, hz, "sip-to-%s" % number, seconds + 20)
+    ex.wait_registered(number)
+    since = _dial(ex, phone, row, number)
+    time.sleep(seconds)
+    phone.hangup()
+    phone.wait_event("CALL_CLOSED", timeout=10, since=since)
+    handset.wait(15)
+    row["path"] = _wait_path(ex, SIP_NUMBER, number)
+    _finish(row, phone, record, hz)
+    return row
+
+
 def local_call(ex, phone, seconds):
     """105 (baresip) calls 101, a handset of its own site: B3, switched at site A's remote host."""
-    row = _row(SIP_NUMBER, LOCAL)
-    record = ex.path("sip-to-local.rx.g711")
-    handset = ex.phone(LOCAL, "--answer", "--send", "tone:%d" % LOCAL_HZ, "--record-g711", record,
-                       "--exit-after-call", "--exit-after", str(seconds + 20), tag="sip-to-local")
     try:
-        ex.wait_registered(LOCAL)
-        since = len(phone.events)
-        started = time.monotonic()
-        phone.dial("sip:%s@%s" % (LOCAL, ex.remote_ip("a")))
-        phone.wait_event("CALL_ESTABLISHED", timeout=15, since=since)
-        row["setup_ms"] = int((time.monotonic() - started) * 1000)
-        time.sleep(seconds)
-        phone.hangup()
-        phone.wait_event("CALL_CLOSED", timeout=10, since=since)
-        handset.wait(15)
-        for _ in range(50):            # site A's record reaches the main host after the call
-            row["path"] = _last_path(ex, SIP_NUMBER, LOCAL)
-            if row["path"] is not None:
-                break
-            time.sleep(0.1)
-        _finish(row, phone, record, LOCAL_HZ)
-    except (BaresipError, subprocess.TimeoutExpired, OSError) as exc:
-        row["error"] = str(exc)
-    return row
+        return baresip_calls(ex, phone, LOCAL, LOCAL_HZ, seconds)
+    except (BaresipError, subprocess.TimeoutExpired, OSError, TimeoutError) as exc:
+        return dict(_row(SIP_NUMBER, LOCAL), error=str(exc))
 
 
 def transfer_call(ex, phone, seconds):
@@ -124,19 +150,12 @@ def transfer_call(ex, phone, seconds):
     needs 301 to hear 101 in its last seconds."""
     row = _row(SIP_NUMBER, HANDSET)
     row["transfer_to"] = LOCAL
-    rec301, rec101 = ex.path("transfer-301.rx.g711"), ex.path("transfer-101.rx.g711")
-    h301 = ex.phone(HANDSET, "--answer", "--send", "tone:%d" % HANDSET_HZ, "--record-g711", rec301,
-                    "--exit-after-call", "--exit-after", str(2 * seconds + 30), tag="transfer-301")
-    h101 = ex.phone(LOCAL, "--answer", "--send", "tone:%d" % LOCAL_HZ, "--record-g711", rec101,
-                    "--exit-after-call", "--exit-after", str(2 * seconds + 30), tag="transfer-101")
+    h301, rec301 = _handset_answers(ex, HANDSET, HANDSET_HZ, "transfer-301", 2 * seconds + 30)
+    h101, rec101 = _handset_answers(ex, LOCAL, LOCAL_HZ, "transfer-101", 2 * seconds + 30)
     try:
         ex.wait_registered(HANDSET)
         ex.wait_registered(LOCAL)
-        since = len(phone.events)
-        started = time.monotonic()
-        phone.dial("sip:%s@%s" % (HANDSET, ex.remote_ip("a")))
-        phone.wait_event("CALL_ESTABLISHED", timeout=15, since=since)
-        row["setup_ms"] = int((time.monotonic() - started) * 1000)
+        since = _dial(ex, phone, row, HANDSET)
         time.sleep(seconds)
         phone.command("transfer", "sip:%s@%s" % (LOCAL, ex.remote_ip("a")))
         phone.wait_event("CALL_CLOSED", timeout=15, since=since, fail_on=())
@@ -146,41 +165,24 @@ def transfer_call(ex, phone, seconds):
         h101.stdin.flush()
         h101.wait(15)
         h301.wait(15)
-        row["path"] = _last_path(ex, HANDSET, LOCAL)
+        row["path"] = _wait_path(ex, HANDSET, LOCAL)
         frames = read_g711_record(rec101)
         row["frames_received"] = len(frames)
         row["handset_heard"] = round(heard_share(_pcm(rec101), HANDSET_HZ, LOCAL_HZ), 2)
         stays_heard = heard_share(_pcm(rec301, seconds), LOCAL_HZ, HANDSET_HZ) if seconds >= 1 else 0.0
         row["audio_match"] = row["sip_heard"] >= 0.8 and row["handset_heard"] >= 0.8 and stays_heard >= 0.8
-    except (BaresipError, subprocess.TimeoutExpired, OSError) as exc:
+    except (BaresipError, subprocess.TimeoutExpired, OSError, TimeoutError) as exc:
         row["error"] = str(exc)
     return row
 
 
 def sip_calls(ex, phone, seconds):
     """The two calls, SIP -> handset and handset -> SIP; one row each."""
-    rows = []
-    # 105 (baresip) calls 301
-    row = _row(SIP_NUMBER, HANDSET)
-    rows.append(row)
-    record = ex.path("sip-to-handset.rx.g711")
-    handset = ex.phone(HANDSET, "--answer", "--send", "tone:%d" % HANDSET_HZ, "--record-g711", record,
-                       "--exit-after-call", "--exit-after", str(seconds + 20), tag="sip-to-handset")
-    try:
-        ex.wait_registered(HANDSET)
-        since = len(phone.events)
-        started = time.monotonic()
-        phone.dial("sip:%s@%s" % (HANDSET, ex.remote_ip("a")))
-        phone.wait_event("CALL_ESTABLISHED", timeout=15, since=since)
-        row["setup_ms"] = int((time.monotonic() - started) * 1000)
-        time.sleep(seconds)
-        phone.hangup()
-        phone.wait_event("CALL_CLOSED", timeout=10, since=since)
-        handset.wait(15)
-        row["path"] = _last_path(ex)
-        _finish(row, phone, record)
-    except (BaresipError, subprocess.TimeoutExpired, OSError) as exc:
-        row["error"] = "%s (waits on the hosts' SIP call layer, sip-core's B2BUA, if it is not built yet)" % exc
+    try:   # 105 (baresip) calls 301
+        rows = [baresip_calls(ex, phone, HANDSET, HANDSET_HZ, seconds)]
+    except (BaresipError, subprocess.TimeoutExpired, OSError, TimeoutError) as exc:
+        rows = [dict(_row(SIP_NUMBER, HANDSET), error="%s (waits on the hosts' SIP call layer, sip-core's B2BUA, "
+                                                      "if it is not built yet)" % exc)]
     # 301 calls 105
     row = _row(HANDSET, SIP_NUMBER)
     rows.append(row)
@@ -197,9 +199,9 @@ def sip_calls(ex, phone, seconds):
         row["setup_ms"] = int((time.monotonic() - started) * 1000) - 800
         phone.wait_event("CALL_CLOSED", timeout=seconds + 15, since=since)
         handset.wait(15)
-        row["path"] = _last_path(ex)
+        row["path"] = _wait_path(ex, HANDSET, SIP_NUMBER)
         _finish(row, phone, record)
-    except (BaresipError, subprocess.TimeoutExpired, OSError) as exc:
+    except (BaresipError, subprocess.TimeoutExpired, OSError, TimeoutError) as exc:
         cause = _handset_cause(ex, "handset-to-sip")
         row["error"] = "%s%s (waits on the hosts' SIP call layer, sip-core's B2BUA, if it is not built yet)" % (
             exc, "; the handset's call ended with cause %s" % cause if cause is not None else "")

@@ -10,59 +10,38 @@ upbx -> SIP: SETUP -> INVITE (with our SDP offer); RELEASE -> CANCEL before the 
 after; DTMF -> RFC 4733; HOLD -> re-INVITE sendonly / sendrecv.
 SIP -> upbx: 180/183 -> ALERTING; 200 -> ACK and ANSWER; 4xx-6xx -> ACK and RELEASE with the
 cause below; INVITE -> SETUP; ACK stops our 200's retransmission; BYE or CANCEL -> RELEASE;
-re-INVITE sendonly/inactive -> HOLD, sendrecv -> resume.
+re-INVITE sendonly/inactive -> HOLD, sendrecv -> resume; REFER -> the hosts' transfer
+(host/sip/refer.py).
 
-Causes: busy 486 <-> CAUSE_BUSY; no answer 480 (and 408, 487) <-> CAUSE_NO_ANSWER; not
+Causes (host/sip/causes.py): busy 486 <-> CAUSE_BUSY; no answer 480 (and 408, 487) <-> CAUSE_NO_ANSWER; not
 permitted 403 <-> CAUSE_NOT_PERMITTED; unknown 404 <-> CAUSE_UNKNOWN_EXTENSION; network busy
 503 <-> CAUSE_NETWORK_BUSY; unreachable 480; do not disturb 486 (and 600/603 -> busy).
 
 Transactions over UDP (RFC 3261 17): our INVITE and BYE/CANCEL are sent again at T1, 2T1, ...
 (capped at T2 for non-INVITE) until a response, our 2xx to an INVITE until its ACK, a final
-error until its ACK; each gives up after 64*T1 (the call ends). A request the phone sends again
+error until its ACK; each gives up after 64*T1 (the call ends; host/sip/transaction.py). A request the phone sends again
 is answered again with the response it had.
 """
 
 import os
 import re
 
-from urllib.parse import unquote
-
 from upbx.common import wire
-from upbx.host import lines
 from upbx.host.sip import message as sip
 from upbx.host.sip import sdp as sdplib
 from upbx.host.sip import trunk as trunklib
+from upbx.host.sip.causes import sip_status, upbx_cause
+from upbx.host.sip.refer import Transfers
+from upbx.host.sip.transaction import GIVE_UP_MS, T2_MS, Retransmit
 from upbx.host.sip.media import SipMedia, SipMediaLeg
 from upbx.host.switch import Link
 
-T1_MS = 500
-T2_MS = 4000
-GIVE_UP_MS = 64 * T1_MS
 # A trunk (a provider, a site's gateway) answers an INVITE with 100 Trying at once; one that has sent
 # nothing for this long is down: the caller hears "no outside line" now, not when a handset's own
 # 20 s setup timeout ends the call as "unreachable"
 TRUNK_SILENT_MS = 5000
-JOIN_WAIT_MS = 10000    # a REFER's join handed to the main host that has not happened by then failed
 RTP_PORTS = (16384, 16384 + 2 * 1000)   # even ports, one per call
 _IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
-
-CAUSE_TO_SIP = {wire.CAUSE_BUSY: 486, wire.CAUSE_DND: 486, wire.CAUSE_NO_ANSWER: 480,
-                wire.CAUSE_NOT_PERMITTED: 403, wire.CAUSE_UNKNOWN_EXTENSION: 404,
-                wire.CAUSE_NETWORK_BUSY: 503, wire.CAUSE_UNREACHABLE: 480, wire.CAUSE_FORWARD_LOOP: 482,
-                wire.CAUSE_PROTOCOL_ERROR: 500, wire.CAUSE_NO_OUTSIDE_LINE: 503}
-SIP_TO_CAUSE = {486: wire.CAUSE_BUSY, 600: wire.CAUSE_BUSY, 603: wire.CAUSE_BUSY, 480: wire.CAUSE_NO_ANSWER,
-                408: wire.CAUSE_NO_ANSWER, 487: wire.CAUSE_NO_ANSWER, 403: wire.CAUSE_NOT_PERMITTED,
-                404: wire.CAUSE_UNKNOWN_EXTENSION, 484: wire.CAUSE_UNKNOWN_EXTENSION,
-                503: wire.CAUSE_NETWORK_BUSY, 488: wire.CAUSE_NOT_PERMITTED}
-
-
-def sip_status(cause):
-    return CAUSE_TO_SIP.get(cause, 480)
-
-
-def upbx_cause(status):
-    return SIP_TO_CAUSE.get(status, wire.CAUSE_NETWORK_BUSY if status >= 500 else wire.CAUSE_NOT_PERMITTED)
-
 
 def token():
     return os.urandom(6).hex()
@@ -93,16 +72,6 @@ class TrunkLink(SipLink):
         SipLink.__init__(self, calls, "trunk:" + row["name"])
         self.trunk = row
         self.proxy = trunklib._proxy_addr(row["proxy"])
-
-
-class Retransmit:
-    __slots__ = ("data", "addr", "next_at", "interval", "until", "cap")
-
-    def __init__(self, data, addr, now, cap):
-        self.data, self.addr, self.cap = data, addr, cap
-        self.interval = T1_MS
-        self.next_at = now + T1_MS
-        self.until = now + GIVE_UP_MS
 
 
 class SipCall:
@@ -149,22 +118,6 @@ class SipCall:
         self.reinvite_acked = None      # CSeq of the last re-INVITE we ACKed (its 2xx again: ACK again)
 
 
-class Consultation:
-    """The upbx call a REFER makes (blind transfer): from the phone's link to the Refer-To number,
-    as a handset's consultation call; no SIP dialog of its own. Once it rings or is answered, the
-    phone's dialog `call` and it are joined by the host's transfer (host/lines.py)."""
-
-    def __init__(self, call, call_no, number, we_held):
-        self.link = call.link
-        self.call = call                # the SipCall the phone REFERred
-        self.call_no = call_no
-        self.host_call_no = None
-        self.number = number
-        self.we_held = we_held          # we held the party that stays (the phone had not)
-        self.joined = False
-        self.joined_at = None           # when TRANSFER was handed to the main host (its answer is our leg's RELEASE)
-
-
 class SipCalls:
     """Every SIP call of a host (see the module docstring); `edge` is the host's SipEdge."""
 
@@ -185,6 +138,7 @@ class SipCalls:
         self.trunk_links = {}           # trunk name -> TrunkLink (the main host's, from its directory)
         self.registrations = {}         # trunk name -> trunk.Registration
         self._trunks_read = None
+        self.transfers = Transfers(self)  # REFERs (host/sip/refer.py)
 
     # helpers
 
@@ -308,7 +262,7 @@ class SipCalls:
 
     def _end(self, call):
         if call.refer is not None:   # hung up while its REFER's consultation rings: that call ends too
-            self._drop_consultation(call.refer, self.core.now)
+            self.transfers.drop(call.refer, self.core.now)
             call.refer = None
         call.state = "ended"
         call.retransmit = call.notify_rt = None
@@ -365,7 +319,7 @@ class SipCalls:
         if req.method == "INVITE":
             return self._reinvite(call, req, addr, now)
         if req.method == "REFER":
-            return self._refer(call, req, addr, now)
+            return self.transfers.refer(call, req, addr, now)
 
     def _respond(self, call, req, status, addr, headers=(), body=b""):
         response = sip.response_to(req, status, to_tag=call.local_tag if status > 100 else None,
@@ -560,132 +514,18 @@ class SipCalls:
         call.retransmit = Retransmit(bye.encode(), call.addr, now, T2_MS)
         call.state = "ended"
 
-    # REFER (RFC 3515): the phone transfers the other party; progress in NOTIFYs (message/sipfrag)
-
-    def _refer(self, call, req, addr, now):
-        """A REFER in the call's dialog. Refer-To a number: a blind transfer, as a handset's `C N #`:
-        the other party is held (music), a consultation call from the phone's link rings N, and as
-        soon as N rings (or answers) the host joins the other party and N (host/lines.py transfer).
-        Refer-To with Replaces naming another call of the same phone (RFC 3891): the attended
-        transfer, which joins the two calls' other parties at once."""
-        values = req.values("Refer-To")
-        try:
-            if len(values) != 1:
-                raise sip.SipError(400, "one Refer-To needed")
-            target = sip.parse_address(values[0], "Refer-To")
-        except sip.SipError:
-            return self._remember(req, self._respond(call, req, 400, addr), now)
-        if target.uri.scheme not in ("sip", "sips"):
-            return self._remember(req, self._respond(call, req, 416, addr), now)
-        replaces = _replaces(target.uri.headers)
-        other = None
-        if replaces is not None:
-            other = self.calls.get(replaces[0])
-            if (other is None or other is call or other.link is not call.link or other.state != "confirmed"
-                    or other.detached or {replaces[1], replaces[2]} != {other.local_tag, other.remote_tag}):
-                return self._remember(req, self._respond(call, req, 481, addr), now)
-        elif not target.uri.user:
-            return self._remember(req, self._respond(call, req, 400, addr), now)
-        if (call.state != "confirmed" or call.detached or call.refer is not None or call.host_call_no is None
-                or call.holding or isinstance(call.link, TrunkLink)):
-            # not now: not answered, transferred already, one under way, held by the other party;
-            # and never from a trunk's provider (it would place calls as the trunk, to any number)
-            return self._remember(req, self._respond(call, req, 403, addr), now)
-        self._remember(req, self._respond(call, req, 202, addr, [("Contact", "<sip:%s>" % call.our_host)]), now)
-        call.refer_id = req.cseq[0]
-        self._notify(call, 100, now)
-        if other is not None:   # attended: both calls are answered; joined now
-            call.refer = Consultation(call, None, None, False)
-            call.refer.host_call_no = other.host_call_no
-            joined = self._join(call, other.host_call_no, now)
-            if not joined:
-                self._refer_failed(call, 403, now)
-            elif joined == "handed":
-                call.refer.joined_at = now
-            return
-        we_held = not call.held_by_phone   # baresip does not hold before its REFER; others do
-        if we_held:
-            self._signal(call, wire.HOLD, {wire.IE_STATE: 1}, now)
-        cons = Consultation(call, self._our_no(call.link.name), target.uri.user[:31], we_held)
-        call.refer = cons
-        self.by_our_no[(call.link.name, cons.call_no)] = cons
-        self.core.place_sip_call(call.link, {wire.IE_CALL_NO: cons.call_no, wire.IE_CALLED: cons.number,
-                                             wire.IE_MEDIA_KEY: os.urandom(16)}, now)
-
-    def _join(self, call, join_no, now):
-        """TRANSFER as the phone's handset would send it on the call: truthy when the host took it."""
-        ies = {wire.IE_CALL_NO: call.call_no, wire.IE_PEER_CALL_NO: call.host_call_no, wire.IE_JOIN_CALL_NO: join_no}
-        return lines.transfer(self.core, call.link, ies, now)
-
-    def _consultation(self, cons, msg_type, ies, now):
-        """What the host says about a REFER's consultation call: it rings (or answers), so join; it
-        is refused (busy, unknown...), so the REFER failed with that status."""
-        if wire.IE_CALL_NO in ies and cons.host_call_no is None:
-            cons.host_call_no = ies[wire.IE_CALL_NO]
-        call = cons.call
-        if msg_type in (wire.ALERTING, wire.ANSWER) and not cons.joined and call.refer is cons:
-            cons.joined = True
-            joined = self._join(call, cons.host_call_no, now)
-            if not joined:
-                self._refer_failed(call, 503, now)
-            elif joined == "handed":
-                cons.joined_at = now
-        elif msg_type == wire.RELEASE:
-            self.by_our_no.pop((cons.link.name, cons.call_no), None)
-            cause = ies.get(wire.IE_CAUSE, wire.CAUSE_NORMAL)
-            if call.refer is cons and cause != wire.CAUSE_TRANSFERRED:
-                call.refer = None
-                self._refer_failed(call, sip_status(cause), now, cons)
-
-    def _drop_consultation(self, cons, now):
-        """The consultation ends from our side (the REFER failed, the phone hung up)."""
-        if self.by_our_no.pop((cons.link.name, cons.call_no), None) is not None and cons.host_call_no is not None:
-            self.core.call_message(cons.link, wire.RELEASE, {wire.IE_CALL_NO: cons.call_no,
-                                                             wire.IE_PEER_CALL_NO: cons.host_call_no,
-                                                             wire.IE_CAUSE: wire.CAUSE_NORMAL}, now)
-
-    def _refer_failed(self, call, status, now, cons=None):
-        """The transfer cannot be made: the phone is told (NOTIFY with the status), the call goes on,
-        resumed if we held it."""
-        cons = cons or call.refer
-        call.refer = None
-        if cons is not None and cons.call_no is not None:
-            self._drop_consultation(cons, now)
-        self._notify(call, status, now, final=True)
-        if cons is not None and cons.we_held and call.state == "confirmed" and not call.detached:
-            self._signal(call, wire.HOLD, {wire.IE_STATE: 0}, now)
-
-    def _transferred(self, call, now):
-        """The host joined the other party elsewhere and released our leg: the REFER succeeded. The
-        dialog stays until the phone's BYE (RFC 5589: the transferor hangs up), ours after 32 s."""
-        call.refer = None
-        call.detached = True
-        call.bye_due = now + GIVE_UP_MS
-        self.by_host_leg.pop(call.host_call_no, None)
-        self.rtp.pop(call.rtp_port, None)
-        call.media = None
-        self._notify(call, 200, now, final=True)
-
-    def _notify(self, call, status, now, final=False):
-        """NOTIFY in the REFER's dialog with the consultation's progress as a sipfrag (RFC 3515 2.4.5)."""
-        frag = "SIP/2.0 %d %s\r\n" % (status, sip.REASONS.get(status, "Unknown"))
-        req = self._request(call, "NOTIFY", frag.encode(), [
-            ("Event", "refer;id=%d" % call.refer_id),
-            ("Subscription-State", "terminated;reason=noresource" if final else "active;expires=60"),
-            ("Contact", "<sip:%s>" % call.our_host), ("Content-Type", "message/sipfrag;version=2.0")])
-        self._send(req, call.addr)
-        call.notify_rt = Retransmit(req.encode(), call.addr, now, T2_MS)
-
     # upbx in (the host sends the link what it would send a handset)
 
     def upbx_signal(self, link, msg_type, ies, now):
         if msg_type == wire.SETUP:
             return self._setup(link, ies, now)
-        call = self.by_our_no.get((link.name, ies.get(wire.IE_PEER_CALL_NO)))
+        key = (link.name, ies.get(wire.IE_PEER_CALL_NO))
+        cons = self.transfers.consultations.get(key)
+        if cons is not None:
+            return self.transfers.consultation_signal(cons, msg_type, ies, now)
+        call = self.by_our_no.get(key)
         if call is None:
             return
-        if isinstance(call, Consultation):
-            return self._consultation(call, msg_type, ies, now)
         if wire.IE_CALL_NO in ies and call.host_call_no is None:
             call.host_call_no = ies[wire.IE_CALL_NO]
             self.by_host_leg[call.host_call_no] = call
@@ -710,7 +550,7 @@ class SipCalls:
         if call.state == "ended" or call.detached:
             return
         if call.refer is not None and cause == wire.CAUSE_TRANSFERRED:
-            return self._transferred(call, now)
+            return self.transfers.transferred(call, now)
         if not call.outgoing:
             if call.state == "early":
                 self._final(call, sip_status(cause), now)
@@ -872,17 +712,7 @@ class SipCalls:
             if call.bye_due is not None and now >= call.bye_due and call.state != "ended":
                 call.bye_due = None      # transferred away, and the phone did not hang up
                 self._bye(call, now)
-            cons = call.refer
-            if cons is not None and cons.joined_at is not None and now - cons.joined_at >= JOIN_WAIT_MS:
-                self._refer_failed(call, 503, now)   # the main host did not join (its legs were never released)
-            n = call.notify_rt
-            if n is not None and now >= n.next_at:
-                if now >= n.until:
-                    call.notify_rt = None
-                else:
-                    self.edge._out.append((n.data, n.addr))
-                    n.interval = min(n.interval * 2, n.cap)
-                    n.next_at = now + n.interval
+            self.transfers.tick(call, now)
             r = call.retransmit
             if r is None:
                 continue
@@ -936,14 +766,3 @@ def _bare(value):
 
 def _mirror(direction):
     return {"sendonly": "recvonly", "recvonly": "sendonly"}.get(direction, direction)
-
-
-def _replaces(headers):
-    """(Call-ID, to-tag, from-tag) of a Replaces in a Refer-To URI's headers (RFC 3891), or None."""
-    for field in headers.split("&") if headers else ():
-        name, _, value = field.partition("=")
-        if name.lower() == "replaces":
-            parts = unquote(value).split(";")
-            params = dict(p.strip().partition("=")[::2] for p in parts[1:])
-            return parts[0].strip(), params.get("to-tag"), params.get("from-tag")
-    return None

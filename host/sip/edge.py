@@ -23,7 +23,7 @@ how a phone behind NAT is reached: its binding keeps that address, not its Conta
 
 from upbx.host.limits import TokenBuckets
 from upbx.host.sip import message as sip
-from upbx.host.sip.digest import OFFER, Authenticator
+from upbx.host.sip.digest import NONCE_TTL_MS, OFFER, Authenticator
 
 RATE_PER_S = 5          # requests a source may have examined per second
 BURST = 100             # ...and at once: a site of phones behind one NAT registering together
@@ -53,9 +53,9 @@ class Binding:
 class SipEdge:
     """SIP phones of a host: registrations, challenges, abuse limits; calls go to `calls`."""
 
-    def __init__(self, realm, password_of, stats, key=None, buckets=None, offer=OFFER):
+    def __init__(self, realm, password_of, stats, key=None, buckets=None, offer=OFFER, nonce_ttl_ms=NONCE_TTL_MS):
         self.realm = realm
-        self.auth = Authenticator(realm, password_of, key, offer=offer)
+        self.auth = Authenticator(realm, password_of, key, ttl_ms=nonce_ttl_ms, offer=offer)
         self.password_of = password_of
         self.stats = stats
         self.buckets = buckets or TokenBuckets(RATE_PER_S, BURST)
@@ -192,6 +192,7 @@ class SipEdge:
                 return self.respond(req, 403, addr)
             if verdict == "ok":
                 return who
+            self.stats.count("sip nonce stale")    # challenged again with stale=true
             stale = True
         status = 407 if proxy else 401
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"

@@ -1,0 +1,172 @@
+"""What the SIP tests with Debian's baresip share: the loopback lab with SIP ports, a baresip
+registered as an extension, and listening to what each side heard.
+
+    with sip_lab(tmp_path, phones={"a": ["101"], "c": ["301"]}, sip={"105": "a"}) as lab:
+        with start_baresip(lab, tmp_path, "105") as bs:       # registered at site a's remote host
+            bs.dial(lab.sip_uri("301", "105"))
+            ...
+        heard_both_ways(bs, handset_record)                  # each side's tone in the other's recording
+
+Every lab's SIP ports, RTP ports and baresip's ports are free ports of this run (free_port), so
+labs of parallel workers never meet."""
+import contextlib
+import json
+import os
+import subprocess
+import time
+
+from tests.support import require_tool
+from upbx.common.g711 import ulaw_decode
+from upbx.tools.baresip import Baresip, write_tone
+from upbx.tools.lab import LoopbackExchange, free_port, goertzel_power, read_g711_record
+
+BS_HZ, HS_HZ = 1000, 600     # what baresip plays, what the handsets play
+
+
+def tone_windows(pcm, hz, other):
+    """Per 100 ms of 16-bit PCM: whether hz dominates (10x other's power and loud enough)."""
+    out = []
+    for start in range(0, len(pcm) - 1600 + 1, 1600):
+        chunk = pcm[start:]
+        p = goertzel_power(chunk, 800, hz)
+        out.append(p > 1e9 and p > 10 * goertzel_power(chunk, 800, other))
+    return out
+
+
+def rtp_base():
+    """An even free port: the first of a host's (or baresip's) RTP ports."""
+    return free_port() // 2 * 2
+
+
+def handset_heard(record):
+    """What a handset heard (`upbx phone --record-g711`), as 16-bit PCM."""
+    return b"".join(ulaw_decode(payload) for _ts, payload in read_g711_record(record))
+
+
+def heard_both_ways(bs, record, bs_hz=BS_HZ, hs_hz=HS_HZ, windows=15):
+    """The handset's recording holds baresip's tone, baresip's the handset's, each in at least
+    `windows` windows of 100 ms."""
+    by_handset = sum(tone_windows(handset_heard(record), bs_hz, hs_hz))
+    by_baresip = sum(tone_windows(bs.heard(), hs_hz, bs_hz))
+    assert by_handset >= windows, (by_handset, bs.log())
+    assert by_baresip >= windows, (by_baresip, bs.log())
+
+
+def records(lab, limit=20):
+    """The main host's call records, newest first."""
+    return json.loads(lab.admin("calls", "--json", "--limit", str(limit)))
+
+
+def main_media(lab):
+    """Media datagrams the main host has taken in and sent out so far."""
+    counters = lab.status("main")["stats"]["counters"]
+    return counters.get("media in", 0) + counters.get("media out", 0)
+
+
+@contextlib.contextmanager
+def sip_lab(folder, sites=("a", "c"), remote_sites=("a",), phones=None, sip=None, main_sip=False, setup=None,
+            **options):
+    """A started LoopbackExchange whose remote hosts (and the main host, with main_sip) listen for
+    SIP on free loopback ports; `sip` {number: site} are SIP extensions (`ext add --sip`), their
+    passwords in lab.passwords; `setup(lab)` runs after provisioning, before the daemons start
+    (trunks, routes, DIDs); options go to LoopbackExchange (uplink_kbps, ring_timeout_s...)."""
+    require_tool("baresip", "apt-get install baresip-core")
+    ports = {"main": free_port(), "site-a": free_port()}
+    main = dict(options.pop("main_settings", {}))
+    if main_sip:
+        main.update(sip_listen="127.0.0.1:%d" % ports["main"], sip_rtp_base=rtp_base())
+    remote = dict(options.pop("remote_settings", {}))
+    remote.update(sip_listen="127.0.0.1:%d" % ports["site-a"], sip_rtp_base=rtp_base())
+    lab = LoopbackExchange(str(folder), main_settings=main, remote_settings=remote, **options)
+    lab.sip_ports = ports
+    try:
+        lab.provision(sites=sites, remote_sites=remote_sites, phones=phones or {"a": ["101"], "c": ["301"]})
+        lab.passwords = {number: lab.admin("ext", "add", number, "--site", site, "--name", "Desk " + number, "--sip")
+                         for number, site in (sip or {}).items()}
+        if setup is not None:
+            setup(lab)
+        lab.start()
+        lab.sip_uri = lambda number, daemon="site-a": "sip:%s@127.0.0.1:%d" % (number, ports[daemon])
+        yield lab
+    finally:
+        lab.close()
+
+
+def start_baresip(lab, folder, number, daemon="site-a", tone_hz=BS_HZ, seconds=40, transport=None, **options):
+    """baresip as extension `number`, registered at `daemon` ("site-a" or "main"), its microphone
+    `seconds` of tone_hz; returned once the daemon's registrar has it (not at baresip's own
+    REGISTER_OK, which could come before the control connection is up)."""
+    rtp = rtp_base()
+    domain = "127.0.0.1:%d" % lab.sip_ports[daemon] + (";transport=%s" % transport if transport else "")
+    phone = Baresip(folder / ("bs" + number), number, domain, lab.passwords[number], sip_port=free_port(),
+                    ctrl_port=free_port(), rtp_ports=(rtp, rtp + 40),
+                    source=str(write_tone(folder / ("bs%s-tone.wav" % number), tone_hz, seconds)), **options)
+    phone.start()
+    try:
+        lab.wait_for(lambda: lab.status(daemon)["sip"]["registered"].get(number) == 1, number + " registered",
+                     timeout=20)
+    except BaseException:
+        phone.stop()
+        raise
+    return phone
+
+
+KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+
+
+class Kamailio:
+    """Debian's Kamailio (a SIP server nobody here wrote) on 127.0.0.1:port, as a provider: its
+    routing script is `route` (the request_route block's body); its log (xlog lines included) in
+    folder/kamailio.log. One worker process, UDP only."""
+
+    def __init__(self, folder, port, route, max_expires=60):
+        self.folder, self.port = str(folder), port
+        os.makedirs(self.folder, exist_ok=True)
+        self.cfg = os.path.join(self.folder, "kamailio.cfg")
+        self.log_path = os.path.join(self.folder, "kamailio.log")
+        modules = "".join('loadmodule "%s.so"\n' % m for m in ("tm", "sl", "pv", "textops", "usrloc", "registrar",
+                                                              "auth", "xlog"))
+        with open(self.cfg, "w") as f:
+            f.write('#!KAMAILIO\ndebug=2\nlog_stderror=yes\nchildren=1\ndisable_tcp=yes\n'
+                    'listen=udp:127.0.0.1:%d\nmpath="%s"\n%s'
+                    'modparam("registrar", "max_expires", %d)\nmodparam("registrar", "min_expires", 10)\n'
+                    '\nrequest_route {\n%s\n}\n' % (port, KAMAILIO_MODULES, modules, max_expires, route))
+        self.process = None
+
+    def start(self):
+        require_tool("kamailio", "apt-get install kamailio")
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(["kamailio", "-f", self.cfg, "-DD", "-E", "-m", "32", "-M", "8",
+                                         "-P", os.path.join(self.folder, "kamailio.pid")],
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=self.folder)
+        log.close()
+        deadline = time.monotonic() + 20
+        while "Listening on" not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("kamailio did not start: %s" % self.log()[-2000:])
+            time.sleep(0.1)
+        return self
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def lines(self, word):
+        """The log lines the script's xlog wrote starting with word (e.g. "REGISTERED")."""
+        return [line for line in self.log().splitlines() if (": " + word + " ") in line]
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()    # its main process ends its workers
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
