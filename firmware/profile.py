@@ -15,11 +15,19 @@ duration, I/O, socket time and calls and what it did (its kind) go into storage 
 here, at start-up, so profiling allocates nothing per tick; report() (at the end) gives the
 median, p99 and maximum per kind, with and without the I/O, and every tick's figures as hex
 ("raw", when the heap has room for them at the end) for the bench to combine.
+
+Where the kernel counts the thread's CPU time (the unix port on Linux: /proc/thread-self/schedstat)
+each tick also keeps that count (cpu_us: from the end of the previous tick's last pass to the end of
+its own, so the sleeps are not in it but the system calls' kernel side is) and how long the thread
+waited runnable, not running (wait_us). The busy time above is wall clock: a tick in which the
+process was descheduled (another process, or the virtual machine's CPU taken by its host) counts
+the time it was away, which cpu_us does not. `upbx bench handset` takes each tick as the smaller of
+the two (docs/benchmarks.md, "The worst tick"). A device has no such count: there the fields stay 0.
 """
 import gc
 from array import array
 
-from common.compat import const, micropython
+from common.compat import MICROPYTHON, const, micropython
 from firmware.audio import jitter
 
 try:
@@ -42,6 +50,78 @@ OTHER = const(5)      # the rest of a call: jitter buffer priming or empty, a lo
 KINDS = ("none", "normal", "bridged", "concealed", "silence", "other")
 COLLECTED = const(0x80)  # flag: the tick held the once-a-second garbage collection
 DEFAULT_TICKS = const(3000)
+_SCHEDSTAT = "/proc/thread-self/schedstat"   # Linux: "ns on CPU, ns waiting runnable, timeslices"
+
+
+class KernelClock:
+    """The thread's CPU time and its time waiting runnable as Linux counts them, in us since the last
+    read; read from /proc/thread-self/schedstat into a buffer made once and parsed in viper (nothing
+    allocated per read). open() gives None where there is no such file (a device, another system).
+
+    The kernel brings a running thread's count up to date when it sleeps or is switched out, not on
+    every read: a read right after a wake-up (the loop's audio pass) gives the CPU time up to the
+    last sleep, so the difference between two such reads is the CPU time of the passes between them."""
+
+    def __init__(self, f):
+        self._f = f
+        self._buf = bytearray(80)
+        self._now = array("I", bytes(8))    # ns on CPU, ns waiting (each mod 2**32)
+        self._last = array("I", bytes(8))
+        self.cpu_us = self.wait_us = 0
+        self.read()
+
+    @staticmethod
+    def open():
+        if not MICROPYTHON:   # the parser is viper; CPython's tests of the report run without it
+            return None
+        try:
+            return KernelClock(open(_SCHEDSTAT, "rb"))
+        except OSError:
+            return None
+
+    @micropython.native
+    def read(self):
+        """cpu_us and wait_us since the last read (no tuple made: attributes; 4.29 s or more wrap)."""
+        f = self._f
+        f.seek(0)
+        n = f.readinto(self._buf)
+        _parse_schedstat(self._buf, n, self._now)
+        self.cpu_us = _delta_us(self._last, self._now, 0) // 1000
+        self.wait_us = _delta_us(self._last, self._now, 1) // 1000
+
+    def close(self):
+        self._f.close()
+
+
+if MICROPYTHON:
+    @micropython.viper
+    def _parse_schedstat(buf, n: int, out):
+        """The first two decimal fields of buf[:n] into out[0], out[1], mod 2**32."""
+        p = ptr8(buf)
+        o = ptr32(out)
+        field = 0
+        v = uint(0)
+        i = 0
+        while i < n and field < 2:
+            c = p[i]
+            if c >= 48 and c <= 57:
+                v = v * 10 + uint(c - 48)
+            else:
+                o[field] = v
+                field += 1
+                v = uint(0)
+            i += 1
+
+    @micropython.viper
+    def _delta_us(last, now, k: int) -> int:
+        """now[k] - last[k] in ns (mod 2**32, at most 2**30 - 1: a small int), and last[k] = now[k]."""
+        a = ptr32(last)
+        b = ptr32(now)
+        d = uint(b[k]) - uint(a[k])
+        a[k] = b[k]
+        if d > uint((1 << 30) - 1):
+            d = uint((1 << 30) - 1)
+        return int(d)
 
 
 class TickProfile:
@@ -55,6 +135,9 @@ class TickProfile:
         self.net_us = array("H", bytes(2 * capacity))   # of io_us: the socket's calls
         self.net_calls = bytearray(capacity)   # sendto (low 4 bits) and recv (high 4 bits) calls, at most 15 each
         self.kinds = bytearray(capacity)
+        self.clock = KernelClock.open()   # None on a device: cpu_us and wait_us stay 0
+        self.cpu_us = array("H", bytes(2 * capacity))
+        self.wait_us = array("H", bytes(2 * capacity))
         self.count = 0
         self.dropped = 0     # ticks after the storage was full
         self.kind = NONE     # what the open tick did, set by classify() after its audio tick
@@ -95,9 +178,17 @@ class TickProfile:
         now = ticks_us()
         busy = self._busy + ticks_diff(now, self._mark)
         self._ended = False
+        cpu = wait = 0
+        clock = self.clock
+        if clock is not None:   # the kernel's count of the tick just ended; the read is in no tick's busy time
+            clock.read()
+            cpu = clock.cpu_us
+            wait = clock.wait_us
         if self.kind & 0x7F:
             n = self.count
             if n < len(self.kinds):
+                self.cpu_us[n] = cpu if cpu < 65535 else 65535
+                self.wait_us[n] = wait if wait < 65535 else 65535
                 self.us[n] = busy if busy < 65535 else 65535
                 self.io_us[n] = self.io if self.io < 65535 else 65535
                 self.net_us[n] = self.net if self.net < 65535 else 65535
@@ -109,7 +200,7 @@ class TickProfile:
         self.kind = NONE
         self.io = self.net = self.sends = self.recvs = 0
         self._busy = 0
-        self._mark = now
+        self._mark = now if self.clock is None else ticks_us()
 
     @micropython.native
     def classify(self, sent_voice, pipeline):
@@ -132,11 +223,12 @@ class TickProfile:
 
     def report(self):
         """{"ticks", "dropped", "unit", "kinds": {name: figures}, "all": figures, "with_collection": figures
-        (the ticks that held a gc.collect()), "worst": {"us", "io_us", "kind", "collected"}, "end": {"us",
+        (the ticks that held a gc.collect()), "worst": {"us", "io_us", "kind", "collected", "cpu_us", "wait_us"}, "end": {"us",
         "io_us"} (the tick in which the call ended, not among the others) or None}, where figures
         are {"ticks", "p50_us", "p99_us", "max_us", "io_p50_us", "without_io_p50_us", "without_io_p99_us",
         "without_io_max_us"}, and per kind "collections"; "raw": every stored tick as hex of its little-endian
-        storage ({"us", "io_us", "net_us": 16 bits a tick, "kinds", "net_calls": 8 bits}). Allocates (one list of
+        storage ({"us", "io_us", "net_us", "cpu_us", "wait_us": 16 bits a tick, "kinds", "net_calls": 8 bits});
+        "kernel_clock": whether cpu_us and wait_us were counted (KernelClock). Allocates (one list of
         ticks at a time, for a small heap; the raw hex, 14 bytes a tick): call it at the end."""
         gc.collect()   # the lists below are the largest things made on a small heap at the end
         n = self.count
@@ -154,16 +246,18 @@ class TickProfile:
                 "kinds": kinds, "all": self._figures(0, 0), "with_collection": self._figures(COLLECTED, COLLECTED),
                 "worst": {"us": self.us[worst] if n else None, "io_us": self.io_us[worst] if n else None,
                           "kind": KINDS[self.kinds[worst] & 0x7F] if n else None,
-                          "collected": bool(n and self.kinds[worst] & COLLECTED)},
+                          "collected": bool(n and self.kinds[worst] & COLLECTED),
+                          "cpu_us": self.cpu_us[worst] if n else None, "wait_us": self.wait_us[worst] if n else None},
+                "kernel_clock": self.clock is not None,
                 "end": {"us": self.us[n], "io_us": self.io_us[n]} if self._ended else None,
                 "raw": self._raw(n)}
 
     def _raw(self, n):
-        """The stored ticks as hex (14 bytes of text a tick), or None when the heap has no room for them
+        """The stored ticks as hex (22 bytes of text a tick), or None when the heap has no room for them
         at the end (a device profiling many ticks: the figures above are complete without them)."""
         try:
             return {"us": _hex(self.us, n), "io_us": _hex(self.io_us, n), "net_us": _hex(self.net_us, n),
-                    "kinds": _hex(self.kinds, n), "net_calls": _hex(self.net_calls, n)}
+                    "cpu_us": _hex(self.cpu_us, n), "wait_us": _hex(self.wait_us, n), "kinds": _hex(self.kinds, n), "net_calls": _hex(self.net_calls, n)}
         except MemoryError:
             return None
 
