@@ -243,6 +243,7 @@ class ReplayWindow:
         seen[slot >> 3] |= 1 << (slot & 7)
 
 
+@micropython.native
 def _clear_slots(seen, a, b):
     """Clear bits a .. b-1 of a bitmap (slot s is bit s & 7 of byte s >> 3); allocates nothing."""
     if a >= b:

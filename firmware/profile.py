@@ -49,6 +49,9 @@ SILENCE = const(4)    # VAD heard silence: no voice frame sent (nothing, or comf
 OTHER = const(5)      # the rest of a call: jitter buffer priming or empty, a local tone
 KINDS = ("none", "normal", "bridged", "concealed", "silence", "other")
 COLLECTED = const(0x80)  # flag: the tick held the once-a-second garbage collection
+SIGNALLED = const(0x40)  # flag: the tick ran the loop's timers or the protocol's signalling (App._timers, _plan)
+HEAP_WALK = const(0x20)  # flag: the tick sampled the heap's use (gc.mem_alloc, gc.mem_free: a walk each)
+_KIND = const(0x1F)      # the kind's code; the flags above it
 DEFAULT_TICKS = const(3000)
 _SCHEDSTAT = "/proc/thread-self/schedstat"   # Linux: "ns on CPU, ns waiting runnable, timeslices"
 
@@ -169,6 +172,10 @@ class TickProfile:
         """The loop ran its garbage collection in the open tick."""
         self.kind |= COLLECTED
 
+    def flag(self, bits):
+        """The open tick also did this (SIGNALLED, HEAP_WALK): `upbx bench handset` names what its worst ticks did."""
+        self.kind |= bits
+
     @micropython.native
     def tick(self):
         """An audio tick starts: the previous tick ends here and is stored (if it was in a call).
@@ -184,7 +191,7 @@ class TickProfile:
             clock.read()
             cpu = clock.cpu_us
             wait = clock.wait_us
-        if self.kind & 0x7F:
+        if self.kind & _KIND:
             n = self.count
             if n < len(self.kinds):
                 self.cpu_us[n] = cpu if cpu < 65535 else 65535
@@ -219,7 +226,7 @@ class TickProfile:
         else:
             kind = OTHER
         self._bridged = bridged
-        self.kind = kind | (self.kind & COLLECTED)
+        self.kind = kind | (self.kind & ~_KIND)
 
     def report(self):
         """{"ticks", "dropped", "unit", "kinds": {name: figures}, "all": figures, "with_collection": figures
@@ -234,9 +241,9 @@ class TickProfile:
         n = self.count
         kinds = {}
         for code in range(1, len(KINDS)):
-            figures = self._figures(code, 0x7F)
+            figures = self._figures(code, _KIND)
             if figures["ticks"]:
-                figures["collections"] = self._figures(code | COLLECTED, 0xFF)["ticks"]
+                figures["collections"] = self._figures(code | COLLECTED, _KIND | COLLECTED)["ticks"]
                 kinds[KINDS[code]] = figures
         worst = 0
         for i in range(n):
@@ -245,7 +252,7 @@ class TickProfile:
         return {"ticks": n, "dropped": self.dropped, "unit": "us of handset time per 20 ms tick",
                 "kinds": kinds, "all": self._figures(0, 0), "with_collection": self._figures(COLLECTED, COLLECTED),
                 "worst": {"us": self.us[worst] if n else None, "io_us": self.io_us[worst] if n else None,
-                          "kind": KINDS[self.kinds[worst] & 0x7F] if n else None,
+                          "kind": KINDS[self.kinds[worst] & _KIND] if n else None,
                           "collected": bool(n and self.kinds[worst] & COLLECTED),
                           "cpu_us": self.cpu_us[worst] if n else None, "wait_us": self.wait_us[worst] if n else None},
                 "kernel_clock": self.clock is not None,

@@ -401,8 +401,9 @@ def raw_ticks(profile):
     for i in range(len(us)):
         t = us[i] if cpu[i] is None else min(us[i], cpu[i])
         ticks.append({"us": max(t, net[i], io[i]) if t < us[i] else t, "wall_us": us[i], "cpu_us": cpu[i],
-                      "wait_us": wait[i], "io_us": io[i], "net_us": net[i], "kind": KIND_NAMES[kinds[i] & 0x7F],
-                      "collected": bool(kinds[i] & 0x80), "sends": calls[i] & 15, "recvs": calls[i] >> 4})
+                      "wait_us": wait[i], "io_us": io[i], "net_us": net[i], "kind": KIND_NAMES[kinds[i] & 0x1F],
+                      "collected": bool(kinds[i] & 0x80), "signalled": bool(kinds[i] & 0x40),
+                      "heap_walk": bool(kinds[i] & 0x20), "sends": calls[i] & 15, "recvs": calls[i] >> 4})
     return ticks
 
 
@@ -416,6 +417,30 @@ def figures(ticks):
     return {"ticks": len(ticks), "p50_us": us[0], "p99_us": us[1], "max_us": us[2],
             "io_p50_us": _rank([t["io_us"] for t in ticks])[0], "without_io_p50_us": without[0],
             "without_io_p99_us": without[1], "without_io_max_us": without[2]}
+
+
+CAUSES = ("collection", "heap_walk", "signalling", "audio_only")
+
+
+def cause(tick):
+    """What else a tick did besides its audio (firmware/profile.py's flags), the heaviest first: the once-a-second
+    gc.collect() ("collection"), the heap's use sampled ("heap_walk": gc.mem_alloc and gc.mem_free), the loop's
+    timers or the protocol's signalling ("signalling"), or nothing else ("audio_only")."""
+    return ("collection" if tick["collected"] else "heap_walk" if tick["heap_walk"]
+            else "signalling" if tick["signalled"] else "audio_only")
+
+
+def by_cause(ticks, ratio):
+    """{cause: {"ticks", "host_us_p50", "host_us_max", "host_socket_us_max", "esp32_ms_p50", "esp32_ms_max"}}."""
+    out = {}
+    for name in CAUSES:
+        mine = [t for t in ticks if cause(t) == name]
+        if mine:
+            host, est = _rank([t["us"] for t in mine]), _rank([esp32_tick_us(t, ratio) for t in mine])
+            out[name] = {"ticks": len(mine), "host_us_p50": host[0], "host_us_max": host[2],
+                         "host_socket_us_max": max(t["net_us"] for t in mine),
+                         "esp32_ms_p50": _ms(est[0], 1), "esp32_ms_max": _ms(est[2], 1)}
+    return out
 
 
 def descheduled(ticks):
@@ -501,8 +526,10 @@ def estimate(profile, cal):
         "kernel_clock": descheduled(ticks),
         "host_us_call_end_tick": (profile.get("end") or {}).get("us"),
         "esp32_ms_per_tick_p50": _ms(p50, 1), "esp32_ms_per_tick_p99": _ms(p99, 1), "esp32_ms_worst_tick": _ms(top, 1),
-        "esp32_worst_tick": {"kind": worst_new["kind"], "host_us": worst_new["us"], "host_socket_us": worst_new["net_us"],
+        "esp32_worst_tick": {"kind": worst_new["kind"], "cause": cause(worst_new), "host_us": worst_new["us"],
+                             "host_wall_us": worst_new["wall_us"], "host_socket_us": worst_new["net_us"],
                              "sendto": worst_new["sends"], "recv": worst_new["recvs"]},
+        "ticks_by_cause": by_cause(ticks, ratio),
         "esp32_ms_per_tick_p50_host_io_scaled": _ms(whole["p50_us"], ratio),
         "esp32_ms_per_tick_p99_host_io_scaled": _ms(whole["p99_us"], ratio),
         "esp32_ms_worst_tick_host_io_scaled": _ms(worst["us"], ratio),
