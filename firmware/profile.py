@@ -18,8 +18,9 @@ median, p99 and maximum per kind, with and without the I/O, and every tick's fig
 
 Where the kernel counts the thread's CPU time (the unix port on Linux: /proc/thread-self/schedstat)
 each tick also keeps that count (cpu_us: from the end of the previous tick's last pass to the end of
-its own, so the sleeps are not in it but the system calls' kernel side is) and how long the thread
-waited runnable, not running (wait_us). The busy time above is wall clock: a tick in which the
+its own, so the sleeps are not in it but the system calls' kernel side is) and whether the thread
+waited runnable, not running, in it (the kind's WAITED flag). The busy time above is wall clock: a
+tick in which the
 process was descheduled (another process, or the virtual machine's CPU taken by its host) counts
 the time it was away, which cpu_us does not. `upbx bench handset` takes each tick as the smaller of
 the two (docs/benchmarks.md, "The worst tick"). A device has no such count: there the fields stay 0.
@@ -51,7 +52,8 @@ KINDS = ("none", "normal", "bridged", "concealed", "silence", "other")
 COLLECTED = const(0x80)  # flag: the tick held the once-a-second garbage collection
 SIGNALLED = const(0x40)  # flag: the tick ran the loop's timers or the protocol's signalling (App._timers, _plan)
 HEAP_WALK = const(0x20)  # flag: the tick sampled the heap's use (gc.mem_alloc, gc.mem_free: a walk each)
-_KIND = const(0x1F)      # the kind's code; the flags above it
+WAITED = const(0x10)     # flag: the kernel says the thread waited runnable, not running, in the tick (KernelClock)
+_KIND = const(0x0F)      # the kind's code; the flags above it
 DEFAULT_TICKS = const(3000)
 _SCHEDSTAT = "/proc/thread-self/schedstat"   # Linux: "ns on CPU, ns waiting runnable, timeslices"
 
@@ -138,9 +140,8 @@ class TickProfile:
         self.net_us = array("H", bytes(2 * capacity))   # of io_us: the socket's calls
         self.net_calls = bytearray(capacity)   # sendto (low 4 bits) and recv (high 4 bits) calls, at most 15 each
         self.kinds = bytearray(capacity)
-        self.clock = KernelClock.open()   # None on a device: cpu_us and wait_us stay 0
-        self.cpu_us = array("H", bytes(2 * capacity))
-        self.wait_us = array("H", bytes(2 * capacity))
+        self.clock = KernelClock.open()   # None on a device: cpu_us stays 0
+        self.cpu_us = array("H", bytes(2 * capacity))   # 0 without the kernel's clock
         self.count = 0
         self.dropped = 0     # ticks after the storage was full
         self.kind = NONE     # what the open tick did, set by classify() after its audio tick
@@ -195,12 +196,11 @@ class TickProfile:
             n = self.count
             if n < len(self.kinds):
                 self.cpu_us[n] = cpu if cpu < 65535 else 65535
-                self.wait_us[n] = wait if wait < 65535 else 65535
                 self.us[n] = busy if busy < 65535 else 65535
                 self.io_us[n] = self.io if self.io < 65535 else 65535
                 self.net_us[n] = self.net if self.net < 65535 else 65535
                 self.net_calls[n] = (self.sends if self.sends < 15 else 15) | (self.recvs if self.recvs < 15 else 15) << 4
-                self.kinds[n] = self.kind
+                self.kinds[n] = self.kind | (WAITED if wait else 0)
                 self._ended = True   # until classify() shows the call still up
             else:
                 self.dropped += 1
@@ -230,12 +230,12 @@ class TickProfile:
 
     def report(self):
         """{"ticks", "dropped", "unit", "kinds": {name: figures}, "all": figures, "with_collection": figures
-        (the ticks that held a gc.collect()), "worst": {"us", "io_us", "kind", "collected", "cpu_us", "wait_us"}, "end": {"us",
+        (the ticks that held a gc.collect()), "worst": {"us", "io_us", "kind", "collected", "cpu_us"}, "end": {"us",
         "io_us"} (the tick in which the call ended, not among the others) or None}, where figures
         are {"ticks", "p50_us", "p99_us", "max_us", "io_p50_us", "without_io_p50_us", "without_io_p99_us",
         "without_io_max_us"}, and per kind "collections"; "raw": every stored tick as hex of its little-endian
-        storage ({"us", "io_us", "net_us", "cpu_us", "wait_us": 16 bits a tick, "kinds", "net_calls": 8 bits});
-        "kernel_clock": whether cpu_us and wait_us were counted (KernelClock). Allocates (one list of
+        storage ({"us", "io_us", "net_us", "cpu_us": 16 bits a tick, "kinds", "net_calls": 8 bits});
+        "kernel_clock": whether cpu_us and the WAITED flags were counted (KernelClock). Allocates (one list of
         ticks at a time, for a small heap; the raw hex, 14 bytes a tick): call it at the end."""
         gc.collect()   # the lists below are the largest things made on a small heap at the end
         n = self.count
@@ -254,19 +254,24 @@ class TickProfile:
                 "worst": {"us": self.us[worst] if n else None, "io_us": self.io_us[worst] if n else None,
                           "kind": KINDS[self.kinds[worst] & _KIND] if n else None,
                           "collected": bool(n and self.kinds[worst] & COLLECTED),
-                          "cpu_us": self.cpu_us[worst] if n else None, "wait_us": self.wait_us[worst] if n else None},
+                          "cpu_us": self.cpu_us[worst] if n else None},
                 "kernel_clock": self.clock is not None,
                 "end": {"us": self.us[n], "io_us": self.io_us[n]} if self._ended else None,
                 "raw": self._raw(n)}
 
     def _raw(self, n):
-        """The stored ticks as hex (22 bytes of text a tick), or None when the heap has no room for them
-        at the end (a device profiling many ticks: the figures above are complete without them)."""
+        """The stored ticks as hex (18 bytes of text a tick), or None when the heap has no room for them
+        at the end (a device profiling many ticks: the figures above are complete without them). The
+        last use of the storage: each array is let go once its hex is made, so that its room serves the
+        next one's (the hex takes twice an array's bytes; a 110 KB heap holds 2,000 ticks so)."""
+        out = {}
         try:
-            return {"us": _hex(self.us, n), "io_us": _hex(self.io_us, n), "net_us": _hex(self.net_us, n),
-                    "cpu_us": _hex(self.cpu_us, n), "wait_us": _hex(self.wait_us, n), "kinds": _hex(self.kinds, n), "net_calls": _hex(self.net_calls, n)}
+            for name in ("us", "io_us", "net_us", "cpu_us", "kinds", "net_calls"):
+                out[name] = _hex(getattr(self, name), n)
+                setattr(self, name, None)
         except MemoryError:
             return None
+        return out
 
     def _figures(self, code, mask):
         """Tick count, median, p99 (nearest rank) and maximum of the ticks whose kind & mask == code:

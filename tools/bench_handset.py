@@ -378,8 +378,8 @@ KIND_NAMES = ("none", "normal", "bridged", "concealed", "silence", "other")   # 
 
 
 def raw_ticks(profile):
-    """The profile's ticks, one dict each: {"us", "wall_us", "cpu_us", "wait_us", "io_us", "net_us", "kind", "sends",
-    "recvs"} (firmware/profile.py report()["raw"]: little-endian storage as hex). "us" is the tick's time: its
+    """The profile's ticks, one dict each: {"us", "wall_us", "cpu_us", "waited", "io_us", "net_us", "kind", "collected",
+    "signalled", "heap_walk", "sends", "recvs"} (firmware/profile.py report()["raw"]: little-endian storage as hex). "us" is the tick's time: its
     wall-clock busy time ("wall_us"), or, where the kernel counted the thread's CPU time (profile "kernel_clock")
     and counted less, the kernel's count ("cpu_us"): a tick in which the process was descheduled is then not
     charged for the time it was away (docs/benchmarks.md, "The worst tick")."""
@@ -394,14 +394,15 @@ def raw_ticks(profile):
     us, io, net = words("us"), words("io_us"), words("net_us")
     kinds, calls = bytes.fromhex(raw["kinds"]), bytes.fromhex(raw["net_calls"])
     kernel = bool(profile.get("kernel_clock")) and "cpu_us" in raw
-    cpu, wait = (words("cpu_us"), words("wait_us")) if kernel else ([None] * len(us), [None] * len(us))
+    cpu = words("cpu_us") if kernel else [None] * len(us)
     if not len(us) == len(io) == len(net) == len(kinds) == len(calls) == len(cpu) == profile["ticks"]:
         raise RuntimeError("the profile's raw figures do not match its %d ticks" % profile["ticks"])
     ticks = []
     for i in range(len(us)):
         t = us[i] if cpu[i] is None else min(us[i], cpu[i])
         ticks.append({"us": max(t, net[i], io[i]) if t < us[i] else t, "wall_us": us[i], "cpu_us": cpu[i],
-                      "wait_us": wait[i], "io_us": io[i], "net_us": net[i], "kind": KIND_NAMES[kinds[i] & 0x1F],
+                      "waited": bool(kernel and kinds[i] & 0x10), "io_us": io[i], "net_us": net[i],
+                      "kind": KIND_NAMES[kinds[i] & 0x0F],
                       "collected": bool(kinds[i] & 0x80), "signalled": bool(kinds[i] & 0x40),
                       "heap_walk": bool(kinds[i] & 0x20), "sends": calls[i] & 15, "recvs": calls[i] >> 4})
     return ticks
@@ -451,9 +452,9 @@ def descheduled(ticks):
         return None
     worst = max(ticks, key=lambda t: t["wall_us"])
     return {"ticks_away_over_1ms": sum(1 for t in ticks if t["wall_us"] - t["cpu_us"] > 1000),
-            "ticks_waited_runnable": sum(1 for t in ticks if t["wait_us"]),
+            "ticks_waited_runnable": sum(1 for t in ticks if t["waited"]),
             "wall_us_worst_tick": worst["wall_us"], "cpu_us_of_it": worst["cpu_us"],
-            "wait_us_of_it": worst["wait_us"], "kind_of_it": worst["kind"],
+            "waited_in_it": worst["waited"], "kind_of_it": worst["kind"], "cause_of_it": cause(worst),
             "cpu_us_worst_tick": max(t["cpu_us"] for t in ticks)}
 
 
@@ -663,6 +664,15 @@ def table_handset(r):
                      w["sendto"], w["recv"], r["esp32_ms_worst_tick_host_io_scaled"], r["host_us_worst_tick"],
                      r["worst_tick_kind"], ", with gc.collect" if r["worst_tick_held_gc_collect"] else "",
                      r["host_io_us_worst_tick"], r["esp32_ms_worst_tick_without_io"], r["host_us_collection_tick_p50"]))
+    for name, c in r["ticks_by_cause"].items():
+        lines.append("  ticks with %-10s %5d: p50 %5d us, max %5d us here -> ESP32 p50 %6.2f ms, max %6.2f ms" % (
+            name, c["ticks"], c["host_us_p50"], c["host_us_max"], c["esp32_ms_p50"], c["esp32_ms_max"]))
+    k = r["kernel_clock"]
+    if k:
+        lines.append("  the kernel's clock: %d ticks took over 1 ms more wall-clock time than CPU time (the process was "
+                     "away; charged the CPU time), %d waited runnable; the longest wall-clock tick, %d us, had %d us "
+                     "of CPU (%s, %s)" % (k["ticks_away_over_1ms"], k["ticks_waited_runnable"], k["wall_us_worst_tick"],
+                                          k["cpu_us_of_it"], k["kind_of_it"], k["cause_of_it"]))
     cold = r["cold_start"]
     lines.append("  a frame's work takes %d us after 20 ms asleep, %d us back to back: without one wake-up's %d us, "
                  "p50 %.2f ms, worst %.2f ms (without host I/O too: %.2f, %.2f)" % (
