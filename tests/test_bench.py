@@ -213,6 +213,10 @@ def test_bench_handset_quick_reports_consistent_figures():
     k = r["kernel_clock"]
     assert k is not None and k["cpu_us_worst_tick"] > 0
     assert r["host_us_worst_tick"] <= r["host_wall_us_worst_tick"] == k["wall_us_worst_tick"]
+    over = r["ticks_over_worst_target"]
+    assert over["ticks"] == sum(over["by_cause"].values()) <= over["of"] == r["ticks"]
+    assert all(t["esp32_ms"] > 12.0 for t in over["largest"]) and len(over["largest"]) == min(over["ticks"], 10)
+    assert r["esp32_ms_per_tick_p99"] <= r["esp32_ms_per_tick_p999"] <= r["esp32_ms_worst_tick"]
     for name in ("normal", "silence"):
         assert r["cases"][name]["ticks"] > 0, name
     for name, c in r["cases"].items():

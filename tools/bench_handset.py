@@ -444,6 +444,19 @@ def by_cause(ticks, ratio):
     return out
 
 
+def over_target(ticks, ratio):
+    """The ticks whose ESP32 estimate is over the worst-tick target: how many, by cause, and each one's host
+    time, CPU time (the kernel's), socket time and kind, the largest first (at most 10 listed)."""
+    over = sorted((t for t in ticks if esp32_tick_us(t, ratio) > TARGETS_MS["worst"] * 1000),
+                  key=lambda t: -esp32_tick_us(t, ratio))
+    causes = {}
+    for t in over:
+        causes[cause(t)] = causes.get(cause(t), 0) + 1
+    return {"ticks": len(over), "of": len(ticks), "by_cause": causes,
+            "largest": [{"esp32_ms": _ms(esp32_tick_us(t, ratio), 1), "host_us": t["us"], "cpu_us": t["cpu_us"],
+                         "host_socket_us": t["net_us"], "kind": t["kind"], "cause": cause(t)} for t in over[:10]]}
+
+
 def descheduled(ticks):
     """What the kernel's clock says about the wall clock's ticks: how many the kernel counted less CPU time
     for than their wall-clock busy time, by more than 1 ms (the process was away), and the largest wall-clock
@@ -531,6 +544,8 @@ def estimate(profile, cal):
                              "host_wall_us": worst_new["wall_us"], "host_socket_us": worst_new["net_us"],
                              "sendto": worst_new["sends"], "recv": worst_new["recvs"]},
         "ticks_by_cause": by_cause(ticks, ratio),
+        "esp32_ms_per_tick_p999": _ms(sorted(esp32_tick_us(t, ratio) for t in ticks)[-(-999 * len(ticks) // 1000) - 1], 1),
+        "ticks_over_worst_target": over_target(ticks, ratio),
         "esp32_ms_per_tick_p50_host_io_scaled": _ms(whole["p50_us"], ratio),
         "esp32_ms_per_tick_p99_host_io_scaled": _ms(whole["p99_us"], ratio),
         "esp32_ms_worst_tick_host_io_scaled": _ms(worst["us"], ratio),
@@ -667,6 +682,10 @@ def table_handset(r):
     for name, c in r["ticks_by_cause"].items():
         lines.append("  ticks with %-10s %5d: p50 %5d us, max %5d us here -> ESP32 p50 %6.2f ms, max %6.2f ms" % (
             name, c["ticks"], c["host_us_p50"], c["host_us_max"], c["esp32_ms_p50"], c["esp32_ms_max"]))
+    o = r["ticks_over_worst_target"]
+    lines.append("  ticks over the worst-tick target (%g ms on the ESP32 estimate): %d of %d (%s); p99.9 %.2f ms" % (
+        TARGETS_MS["worst"], o["ticks"], o["of"], ", ".join("%s %d" % kv for kv in o["by_cause"].items()) or "none",
+        r["esp32_ms_per_tick_p999"]))
     k = r["kernel_clock"]
     if k:
         lines.append("  the kernel's clock: %d ticks took over 1 ms more wall-clock time than CPU time (the process was "
