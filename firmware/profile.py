@@ -20,10 +20,10 @@ Where the kernel counts the thread's CPU time (the unix port on Linux: /proc/thr
 each tick also keeps that count (cpu_us: from the end of the previous tick's last pass to the end of
 its own, so the sleeps are not in it but the system calls' kernel side is) and whether the thread
 waited runnable, not running, in it (the kind's WAITED flag). The busy time above is wall clock: a
-tick in which the
-process was descheduled (another process, or the virtual machine's CPU taken by its host) counts
-the time it was away, which cpu_us does not. `upbx bench handset` takes each tick as the smaller of
-the two (docs/benchmarks.md, "The worst tick"). A device has no such count: there the fields stay 0.
+tick in which the process was descheduled (another process, or the virtual machine's CPU taken by
+its host) counts the time it was away, which cpu_us does not. `upbx bench handset` takes each tick
+as the smaller of the two (docs/benchmarks.md, Session 5, "The 10 ms tick"). A device has no such
+count: there cpu_us stays 0.
 """
 import gc
 from array import array

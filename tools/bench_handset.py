@@ -378,11 +378,12 @@ KIND_NAMES = ("none", "normal", "bridged", "concealed", "silence", "other")   # 
 
 
 def raw_ticks(profile):
-    """The profile's ticks, one dict each: {"us", "wall_us", "cpu_us", "waited", "io_us", "net_us", "kind", "collected",
-    "signalled", "heap_walk", "sends", "recvs"} (firmware/profile.py report()["raw"]: little-endian storage as hex). "us" is the tick's time: its
+    """The profile's ticks, one dict each: {"us", "wall_us", "cpu_us", "waited", "io_us", "net_us", "kind",
+    "collected", "signalled", "heap_walk", "sends", "recvs"} (firmware/profile.py report()["raw"]: little-endian
+    storage as hex). "us" is the tick's time: its
     wall-clock busy time ("wall_us"), or, where the kernel counted the thread's CPU time (profile "kernel_clock")
     and counted less, the kernel's count ("cpu_us"): a tick in which the process was descheduled is then not
-    charged for the time it was away (docs/benchmarks.md, "The worst tick")."""
+    charged for the time it was away (docs/benchmarks.md, Session 5, "The 10 ms tick")."""
     raw = profile.get("raw")
     if raw is None:
         raise RuntimeError("the profiled handset reported no per-tick figures (\"raw\": its heap had no room "
@@ -544,7 +545,8 @@ def estimate(profile, cal):
                              "host_wall_us": worst_new["wall_us"], "host_socket_us": worst_new["net_us"],
                              "sendto": worst_new["sends"], "recv": worst_new["recvs"]},
         "ticks_by_cause": by_cause(ticks, ratio),
-        "esp32_ms_per_tick_p999": _ms(sorted(esp32_tick_us(t, ratio) for t in ticks)[-(-999 * len(ticks) // 1000) - 1], 1),
+        "esp32_ms_per_tick_p999": _ms(sorted(esp32_tick_us(t, ratio) for t in ticks)[-(-999 * len(ticks) // 1000) - 1],
+                                      1),
         "ticks_over_worst_target": over_target(ticks, ratio),
         "esp32_ms_per_tick_p50_host_io_scaled": _ms(whole["p50_us"], ratio),
         "esp32_ms_per_tick_p99_host_io_scaled": _ms(whole["p99_us"], ratio),
