@@ -66,16 +66,15 @@ if MICROPYTHON:
             Allocates nothing, whatever the lengths: the message is hashed MAC_ROOM bytes at a time."""
             state, buf, w = _MAC_STATE, _MAC_BUF, _MAC_W
             p = len(prefix)
-            if p + n <= MAC_ROOM:   # a media frame: both at once
+            if p + n <= MAC_ROOM:   # a media frame: both at once, and the rest of the HMAC in one kernel
                 kernels.copy_bytes(buf, 0, prefix, 0, p)
                 kernels.copy_bytes(buf, p, msg, 0, n)
-                blocks = kernels.sha256_pad(buf, p + n, BLOCK + p + n)
-                kernels.sha256_blocks(state, self._istate, buf, 0, blocks, w)
+                kernels.hmac_final(state, self._istate, self._ostate, buf, p + n, BLOCK + p + n, w)
             else:
                 self._inner_long(prefix, p, msg, n)
-            kernels.sha256_put(buf, 0, state, 32)
-            kernels.sha256_pad(buf, 32, BLOCK + 32)
-            kernels.sha256_blocks(state, self._ostate, buf, 0, 1, w)
+                kernels.sha256_put(buf, 0, state, 32)
+                kernels.sha256_pad(buf, 32, BLOCK + 32)
+                kernels.sha256_blocks(state, self._ostate, buf, 0, 1, w)
             kernels.sha256_put(out, off, state, size)
 
         def _inner_long(self, prefix, p, msg, n):
@@ -243,6 +242,7 @@ class ReplayWindow:
         seen[slot >> 3] |= 1 << (slot & 7)
 
 
+@micropython.native
 def _clear_slots(seen, a, b):
     """Clear bits a .. b-1 of a bitmap (slot s is bit s & 7 of byte s >> 3); allocates nothing."""
     if a >= b:

@@ -51,6 +51,24 @@ def put_be32_portable(buf, off, value):
         buf[off + i] = (value >> (24 - 8 * i)) & 0xFF
 
 
+def put_be64_portable(buf, off, value):
+    """buf[off:off + 8] = value (0 <= value < 2**31) big-endian."""
+    for i in range(4):
+        buf[off + i] = 0
+    put_be32_portable(buf, off + 4, value)
+
+
+def hmac_final_portable(state, istate, ostate, buf, used, total, w):
+    """The end of an HMAC-SHA256 whose inner hash has buf[:used] left of a message of total bytes (the key
+    block's 64 included), from the inner state istate: pad and compress it, then hash its digest from the
+    outer state ostate, into state. buf[0:64] is scratch afterwards; it needs used + 72 bytes of room."""
+    blocks = sha256_pad_portable(buf, used, total)
+    sha256_blocks_portable(state, istate, buf, 0, blocks, w)
+    sha256_put_portable(buf, 0, state, 32)
+    sha256_pad_portable(buf, 32, 64 + 32)
+    sha256_blocks_portable(state, ostate, buf, 0, 1, w)
+
+
 def _rotr(x, n):
     return ((x >> n) | (x << (32 - n))) & _M32
 

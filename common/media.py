@@ -116,8 +116,7 @@ if MICROPYTHON:
             for i in range(8):
                 nonce[11 - i] = (ts >> (8 * i)) & 0xFF
         else:
-            kernels.put_be32(nonce, 4, 0)
-            kernels.put_be32(nonce, 8, ts)
+            kernels.put_be64(nonce, 4, ts)
 
 else:
     def _copy(dst, doff, src, soff, n):

@@ -85,7 +85,7 @@ def init(app, config, hal):
     app.heap_peak = 0
     app.heap_live_peak = 0
     app.heap_free_min = None
-    app._sampled_at = None   # when the heap's use was sampled for the coming collection
+    app._house_step = 0      # App._housekeeping's step: use, free space, collection, live
     app.current = None
     app.started = None
     app._peer_key = app._peer_addr = None

@@ -15,11 +15,20 @@ duration, I/O, socket time and calls and what it did (its kind) go into storage 
 here, at start-up, so profiling allocates nothing per tick; report() (at the end) gives the
 median, p99 and maximum per kind, with and without the I/O, and every tick's figures as hex
 ("raw", when the heap has room for them at the end) for the bench to combine.
+
+Where the kernel counts the thread's CPU time (the unix port on Linux: /proc/thread-self/schedstat)
+each tick also keeps that count (cpu_us: from the end of the previous tick's last pass to the end of
+its own, so the sleeps are not in it but the system calls' kernel side is) and whether the thread
+waited runnable, not running, in it (the kind's WAITED flag). The busy time above is wall clock: a
+tick in which the process was descheduled (another process, or the virtual machine's CPU taken by
+its host) counts the time it was away, which cpu_us does not. `upbx bench handset` takes each tick
+as the smaller of the two (docs/benchmarks.md, Session 5, "The 10 ms tick"). A device has no such
+count: there cpu_us stays 0.
 """
 import gc
 from array import array
 
-from common.compat import const, micropython
+from common.compat import MICROPYTHON, const, micropython
 from firmware.audio import jitter
 
 try:
@@ -41,7 +50,83 @@ SILENCE = const(4)    # VAD heard silence: no voice frame sent (nothing, or comf
 OTHER = const(5)      # the rest of a call: jitter buffer priming or empty, a local tone
 KINDS = ("none", "normal", "bridged", "concealed", "silence", "other")
 COLLECTED = const(0x80)  # flag: the tick held the once-a-second garbage collection
+SIGNALLED = const(0x40)  # flag: the tick ran the loop's timers or the protocol's signalling (App._timers, _plan)
+HEAP_WALK = const(0x20)  # flag: the tick sampled the heap's use (gc.mem_alloc, gc.mem_free: a walk each)
+WAITED = const(0x10)     # flag: the kernel says the thread waited runnable, not running, in the tick (KernelClock)
+_KIND = const(0x0F)      # the kind's code; the flags above it
 DEFAULT_TICKS = const(3000)
+_SCHEDSTAT = "/proc/thread-self/schedstat"   # Linux: "ns on CPU, ns waiting runnable, timeslices"
+
+
+class KernelClock:
+    """The thread's CPU time and its time waiting runnable as Linux counts them, in us since the last
+    read; read from /proc/thread-self/schedstat into a buffer made once and parsed in viper (nothing
+    allocated per read). open() gives None where there is no such file (a device, another system).
+
+    The kernel brings a running thread's count up to date when it sleeps or is switched out, not on
+    every read: a read right after a wake-up (the loop's audio pass) gives the CPU time up to the
+    last sleep, so the difference between two such reads is the CPU time of the passes between them."""
+
+    def __init__(self, f):
+        self._f = f
+        self._buf = bytearray(80)
+        self._now = array("I", bytes(8))    # ns on CPU, ns waiting (each mod 2**32)
+        self._last = array("I", bytes(8))
+        self.cpu_us = self.wait_us = 0
+        self.read()
+
+    @staticmethod
+    def open():
+        if not MICROPYTHON:   # the parser is viper; CPython's tests of the report run without it
+            return None
+        try:
+            return KernelClock(open(_SCHEDSTAT, "rb"))
+        except OSError:
+            return None
+
+    @micropython.native
+    def read(self):
+        """cpu_us and wait_us since the last read (no tuple made: attributes; 4.29 s or more wrap)."""
+        f = self._f
+        f.seek(0)
+        n = f.readinto(self._buf)
+        _parse_schedstat(self._buf, n, self._now)
+        self.cpu_us = _delta_us(self._last, self._now, 0) // 1000
+        self.wait_us = _delta_us(self._last, self._now, 1) // 1000
+
+    def close(self):
+        self._f.close()
+
+
+if MICROPYTHON:
+    @micropython.viper
+    def _parse_schedstat(buf, n: int, out):
+        """The first two decimal fields of buf[:n] into out[0], out[1], mod 2**32."""
+        p = ptr8(buf)
+        o = ptr32(out)
+        field = 0
+        v = uint(0)
+        i = 0
+        while i < n and field < 2:
+            c = p[i]
+            if c >= 48 and c <= 57:
+                v = v * 10 + uint(c - 48)
+            else:
+                o[field] = v
+                field += 1
+                v = uint(0)
+            i += 1
+
+    @micropython.viper
+    def _delta_us(last, now, k: int) -> int:
+        """now[k] - last[k] in ns (mod 2**32, at most 2**30 - 1: a small int), and last[k] = now[k]."""
+        a = ptr32(last)
+        b = ptr32(now)
+        d = uint(b[k]) - uint(a[k])
+        a[k] = b[k]
+        if d > uint((1 << 30) - 1):
+            d = uint((1 << 30) - 1)
+        return int(d)
 
 
 class TickProfile:
@@ -55,6 +140,8 @@ class TickProfile:
         self.net_us = array("H", bytes(2 * capacity))   # of io_us: the socket's calls
         self.net_calls = bytearray(capacity)   # sendto (low 4 bits) and recv (high 4 bits) calls, at most 15 each
         self.kinds = bytearray(capacity)
+        self.clock = KernelClock.open()   # None on a device: cpu_us stays 0
+        self.cpu_us = array("H", bytes(2 * capacity))   # 0 without the kernel's clock
         self.count = 0
         self.dropped = 0     # ticks after the storage was full
         self.kind = NONE     # what the open tick did, set by classify() after its audio tick
@@ -86,6 +173,10 @@ class TickProfile:
         """The loop ran its garbage collection in the open tick."""
         self.kind |= COLLECTED
 
+    def flag(self, bits):
+        """The open tick also did this (SIGNALLED, HEAP_WALK): `upbx bench handset` names what its worst ticks did."""
+        self.kind |= bits
+
     @micropython.native
     def tick(self):
         """An audio tick starts: the previous tick ends here and is stored (if it was in a call).
@@ -95,21 +186,28 @@ class TickProfile:
         now = ticks_us()
         busy = self._busy + ticks_diff(now, self._mark)
         self._ended = False
-        if self.kind & 0x7F:
+        cpu = wait = 0
+        clock = self.clock
+        if clock is not None:   # the kernel's count of the tick just ended; the read is in no tick's busy time
+            clock.read()
+            cpu = clock.cpu_us
+            wait = clock.wait_us
+        if self.kind & _KIND:
             n = self.count
             if n < len(self.kinds):
+                self.cpu_us[n] = cpu if cpu < 65535 else 65535
                 self.us[n] = busy if busy < 65535 else 65535
                 self.io_us[n] = self.io if self.io < 65535 else 65535
                 self.net_us[n] = self.net if self.net < 65535 else 65535
                 self.net_calls[n] = (self.sends if self.sends < 15 else 15) | (self.recvs if self.recvs < 15 else 15) << 4
-                self.kinds[n] = self.kind
+                self.kinds[n] = self.kind | (WAITED if wait else 0)
                 self._ended = True   # until classify() shows the call still up
             else:
                 self.dropped += 1
         self.kind = NONE
         self.io = self.net = self.sends = self.recvs = 0
         self._busy = 0
-        self._mark = now
+        self._mark = now if self.clock is None else ticks_us()
 
     @micropython.native
     def classify(self, sent_voice, pipeline):
@@ -128,23 +226,24 @@ class TickProfile:
         else:
             kind = OTHER
         self._bridged = bridged
-        self.kind = kind | (self.kind & COLLECTED)
+        self.kind = kind | (self.kind & ~_KIND)
 
     def report(self):
         """{"ticks", "dropped", "unit", "kinds": {name: figures}, "all": figures, "with_collection": figures
-        (the ticks that held a gc.collect()), "worst": {"us", "io_us", "kind", "collected"}, "end": {"us",
+        (the ticks that held a gc.collect()), "worst": {"us", "io_us", "kind", "collected", "cpu_us"}, "end": {"us",
         "io_us"} (the tick in which the call ended, not among the others) or None}, where figures
         are {"ticks", "p50_us", "p99_us", "max_us", "io_p50_us", "without_io_p50_us", "without_io_p99_us",
         "without_io_max_us"}, and per kind "collections"; "raw": every stored tick as hex of its little-endian
-        storage ({"us", "io_us", "net_us": 16 bits a tick, "kinds", "net_calls": 8 bits}). Allocates (one list of
+        storage ({"us", "io_us", "net_us", "cpu_us": 16 bits a tick, "kinds", "net_calls": 8 bits});
+        "kernel_clock": whether cpu_us and the WAITED flags were counted (KernelClock). Allocates (one list of
         ticks at a time, for a small heap; the raw hex, 14 bytes a tick): call it at the end."""
         gc.collect()   # the lists below are the largest things made on a small heap at the end
         n = self.count
         kinds = {}
         for code in range(1, len(KINDS)):
-            figures = self._figures(code, 0x7F)
+            figures = self._figures(code, _KIND)
             if figures["ticks"]:
-                figures["collections"] = self._figures(code | COLLECTED, 0xFF)["ticks"]
+                figures["collections"] = self._figures(code | COLLECTED, _KIND | COLLECTED)["ticks"]
                 kinds[KINDS[code]] = figures
         worst = 0
         for i in range(n):
@@ -153,19 +252,26 @@ class TickProfile:
         return {"ticks": n, "dropped": self.dropped, "unit": "us of handset time per 20 ms tick",
                 "kinds": kinds, "all": self._figures(0, 0), "with_collection": self._figures(COLLECTED, COLLECTED),
                 "worst": {"us": self.us[worst] if n else None, "io_us": self.io_us[worst] if n else None,
-                          "kind": KINDS[self.kinds[worst] & 0x7F] if n else None,
-                          "collected": bool(n and self.kinds[worst] & COLLECTED)},
+                          "kind": KINDS[self.kinds[worst] & _KIND] if n else None,
+                          "collected": bool(n and self.kinds[worst] & COLLECTED),
+                          "cpu_us": self.cpu_us[worst] if n else None},
+                "kernel_clock": self.clock is not None,
                 "end": {"us": self.us[n], "io_us": self.io_us[n]} if self._ended else None,
                 "raw": self._raw(n)}
 
     def _raw(self, n):
-        """The stored ticks as hex (14 bytes of text a tick), or None when the heap has no room for them
-        at the end (a device profiling many ticks: the figures above are complete without them)."""
+        """The stored ticks as hex (18 bytes of text a tick), or None when the heap has no room for them
+        at the end (a device profiling many ticks: the figures above are complete without them). The
+        last use of the storage: each array is let go once its hex is made, so that its room serves the
+        next one's (the hex takes twice an array's bytes; a 110 KB heap holds 2,000 ticks so)."""
+        out = {}
         try:
-            return {"us": _hex(self.us, n), "io_us": _hex(self.io_us, n), "net_us": _hex(self.net_us, n),
-                    "kinds": _hex(self.kinds, n), "net_calls": _hex(self.net_calls, n)}
+            for name in ("us", "io_us", "net_us", "cpu_us", "kinds", "net_calls"):
+                out[name] = _hex(getattr(self, name), n)
+                setattr(self, name, None)
         except MemoryError:
             return None
+        return out
 
     def _figures(self, code, mask):
         """Tick count, median, p99 (nearest rank) and maximum of the ticks whose kind & mask == code:

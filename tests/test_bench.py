@@ -247,6 +247,20 @@ def test_bench_handset_quick_reports_consistent_figures():
     assert call["frames_received"] > 100 and call["frames_sent"] > 50 and call["lost_by_relay"] > 0
     assert call["frames_suppressed"] > 0                                   # the VAD heard the pauses
     assert r["ticks"] == sum(c["ticks"] for c in r["cases"].values())
+    # what else the ticks did: the once-a-second collection and heap walks in ticks of their own (firmware/app.py,
+    # _housekeeping), the rest audio only (signalling: the protocol's timers and messages)
+    causes = r["ticks_by_cause"]
+    assert r["ticks"] == sum(c["ticks"] for c in causes.values())
+    assert causes["collection"]["ticks"] >= 3 and causes["heap_walk"]["ticks"] >= 2 * causes["collection"]["ticks"] - 3
+    assert causes["audio_only"]["ticks"] > r["ticks"] // 2
+    # the kernel's count of the thread's CPU time (Linux): no tick is charged more than its wall-clock busy time
+    k = r["kernel_clock"]
+    assert k is not None and k["cpu_us_worst_tick"] > 0
+    assert r["host_us_worst_tick"] <= r["host_wall_us_worst_tick"] == k["wall_us_worst_tick"]
+    over = r["ticks_over_worst_target"]
+    assert over["ticks"] == sum(over["by_cause"].values()) <= over["of"] == r["ticks"]
+    assert all(t["esp32_ms"] > 12.0 for t in over["largest"]) and len(over["largest"]) == min(over["ticks"], 10)
+    assert r["esp32_ms_per_tick_p99"] <= r["esp32_ms_per_tick_p999"] <= r["esp32_ms_worst_tick"]
     for name in ("normal", "silence"):
         assert r["cases"][name]["ticks"] > 0, name
     for name, c in r["cases"].items():

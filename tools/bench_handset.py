@@ -378,8 +378,12 @@ KIND_NAMES = ("none", "normal", "bridged", "concealed", "silence", "other")   # 
 
 
 def raw_ticks(profile):
-    """The profile's ticks, one dict each: {"us", "io_us", "net_us", "kind", "sends", "recvs"} (firmware/profile.py
-    report()["raw"]: little-endian storage as hex)."""
+    """The profile's ticks, one dict each: {"us", "wall_us", "cpu_us", "waited", "io_us", "net_us", "kind",
+    "collected", "signalled", "heap_walk", "sends", "recvs"} (firmware/profile.py report()["raw"]: little-endian
+    storage as hex). "us" is the tick's time: its
+    wall-clock busy time ("wall_us"), or, where the kernel counted the thread's CPU time (profile "kernel_clock")
+    and counted less, the kernel's count ("cpu_us"): a tick in which the process was descheduled is then not
+    charged for the time it was away (docs/benchmarks.md, Session 5, "The 10 ms tick")."""
     raw = profile.get("raw")
     if raw is None:
         raise RuntimeError("the profiled handset reported no per-tick figures (\"raw\": its heap had no room "
@@ -390,10 +394,82 @@ def raw_ticks(profile):
         return [b[i] | b[i + 1] << 8 for i in range(0, len(b), 2)]
     us, io, net = words("us"), words("io_us"), words("net_us")
     kinds, calls = bytes.fromhex(raw["kinds"]), bytes.fromhex(raw["net_calls"])
-    if not len(us) == len(io) == len(net) == len(kinds) == len(calls) == profile["ticks"]:
+    kernel = bool(profile.get("kernel_clock")) and "cpu_us" in raw
+    cpu = words("cpu_us") if kernel else [None] * len(us)
+    if not len(us) == len(io) == len(net) == len(kinds) == len(calls) == len(cpu) == profile["ticks"]:
         raise RuntimeError("the profile's raw figures do not match its %d ticks" % profile["ticks"])
-    return [{"us": us[i], "io_us": io[i], "net_us": net[i], "kind": KIND_NAMES[kinds[i] & 0x7F],
-             "sends": calls[i] & 15, "recvs": calls[i] >> 4} for i in range(len(us))]
+    ticks = []
+    for i in range(len(us)):
+        t = us[i] if cpu[i] is None else min(us[i], cpu[i])
+        ticks.append({"us": max(t, net[i], io[i]) if t < us[i] else t, "wall_us": us[i], "cpu_us": cpu[i],
+                      "waited": bool(kernel and kinds[i] & 0x10), "io_us": io[i], "net_us": net[i],
+                      "kind": KIND_NAMES[kinds[i] & 0x0F],
+                      "collected": bool(kinds[i] & 0x80), "signalled": bool(kinds[i] & 0x40),
+                      "heap_walk": bool(kinds[i] & 0x20), "sends": calls[i] & 15, "recvs": calls[i] >> 4})
+    return ticks
+
+
+def figures(ticks):
+    """firmware/profile.py's figures of a list of ticks (raw_ticks), from their "us": {"ticks", "p50_us", "p99_us",
+    "max_us", "io_p50_us", "without_io_p50_us", "without_io_p99_us", "without_io_max_us"}."""
+    if not ticks:
+        return {"ticks": 0}
+    us = _rank([t["us"] for t in ticks])
+    without = _rank([max(t["us"] - t["io_us"], 0) for t in ticks])
+    return {"ticks": len(ticks), "p50_us": us[0], "p99_us": us[1], "max_us": us[2],
+            "io_p50_us": _rank([t["io_us"] for t in ticks])[0], "without_io_p50_us": without[0],
+            "without_io_p99_us": without[1], "without_io_max_us": without[2]}
+
+
+CAUSES = ("collection", "heap_walk", "signalling", "audio_only")
+
+
+def cause(tick):
+    """What else a tick did besides its audio (firmware/profile.py's flags), the heaviest first: the once-a-second
+    gc.collect() ("collection"), the heap's use sampled ("heap_walk": gc.mem_alloc and gc.mem_free), the loop's
+    timers or the protocol's signalling ("signalling"), or nothing else ("audio_only")."""
+    return ("collection" if tick["collected"] else "heap_walk" if tick["heap_walk"]
+            else "signalling" if tick["signalled"] else "audio_only")
+
+
+def by_cause(ticks, ratio):
+    """{cause: {"ticks", "host_us_p50", "host_us_max", "host_socket_us_max", "esp32_ms_p50", "esp32_ms_max"}}."""
+    out = {}
+    for name in CAUSES:
+        mine = [t for t in ticks if cause(t) == name]
+        if mine:
+            host, est = _rank([t["us"] for t in mine]), _rank([esp32_tick_us(t, ratio) for t in mine])
+            out[name] = {"ticks": len(mine), "host_us_p50": host[0], "host_us_max": host[2],
+                         "host_socket_us_max": max(t["net_us"] for t in mine),
+                         "esp32_ms_p50": _ms(est[0], 1), "esp32_ms_max": _ms(est[2], 1)}
+    return out
+
+
+def over_target(ticks, ratio):
+    """The ticks whose ESP32 estimate is over the worst-tick target: how many, by cause, and each one's host
+    time, CPU time (the kernel's), socket time and kind, the largest first (at most 10 listed)."""
+    over = sorted((t for t in ticks if esp32_tick_us(t, ratio) > TARGETS_MS["worst"] * 1000),
+                  key=lambda t: -esp32_tick_us(t, ratio))
+    causes = {}
+    for t in over:
+        causes[cause(t)] = causes.get(cause(t), 0) + 1
+    return {"ticks": len(over), "of": len(ticks), "by_cause": causes,
+            "largest": [{"esp32_ms": _ms(esp32_tick_us(t, ratio), 1), "host_us": t["us"], "cpu_us": t["cpu_us"],
+                         "host_socket_us": t["net_us"], "kind": t["kind"], "cause": cause(t)} for t in over[:10]]}
+
+
+def descheduled(ticks):
+    """What the kernel's clock says about the wall clock's ticks: how many the kernel counted less CPU time
+    for than their wall-clock busy time, by more than 1 ms (the process was away), and the largest wall-clock
+    tick with its CPU time and time waiting runnable; None without the kernel's clock."""
+    if not ticks or ticks[0]["cpu_us"] is None:
+        return None
+    worst = max(ticks, key=lambda t: t["wall_us"])
+    return {"ticks_away_over_1ms": sum(1 for t in ticks if t["wall_us"] - t["cpu_us"] > 1000),
+            "ticks_waited_runnable": sum(1 for t in ticks if t["waited"]),
+            "wall_us_worst_tick": worst["wall_us"], "cpu_us_of_it": worst["cpu_us"],
+            "waited_in_it": worst["waited"], "kind_of_it": worst["kind"], "cause_of_it": cause(worst),
+            "cpu_us_worst_tick": max(t["cpu_us"] for t in ticks)}
 
 
 def esp32_tick_us(tick, ratio):
@@ -420,12 +496,14 @@ def estimate(profile, cal):
     ticks = raw_ticks(profile)
     cases = {}
     for name in CASES + ("other",):
-        k = profile["kinds"].get(name)
-        if not k or not k["ticks"]:
+        mine = [t for t in ticks if t["kind"] == name]
+        k = figures(mine)
+        if not k["ticks"]:
             continue
-        p50, p99, top = _rank([esp32_tick_us(t, ratio) for t in ticks if t["kind"] == name])
-        net = _rank([t["net_us"] for t in ticks if t["kind"] == name])[0]
+        p50, p99, top = _rank([esp32_tick_us(t, ratio) for t in mine])
+        net = _rank([t["net_us"] for t in mine])[0]
         cases[name] = {"ticks": k["ticks"], "host_us_p50": k["p50_us"], "host_us_p99": k["p99_us"],
+                       "host_wall_us_max": max(t["wall_us"] for t in mine),
                        "host_us_max": k["max_us"], "host_io_us_p50": k["io_p50_us"], "host_socket_us_p50": net,
                        "esp32_ms_p50": _ms(p50, 1), "esp32_ms_p99": _ms(p99, 1), "esp32_ms_max": _ms(top, 1),
                        "esp32_ms_p50_host_io_scaled": _ms(k["p50_us"], ratio),
@@ -434,7 +512,11 @@ def estimate(profile, cal):
                        "esp32_ms_p50_without_io": _ms(k["without_io_p50_us"], ratio),
                        "esp32_ms_p99_without_io": _ms(k["without_io_p99_us"], ratio),
                        "esp32_ms_max_without_io": _ms(k["without_io_max_us"], ratio)}
-    whole, worst = profile["all"], profile["worst"]
+    whole = figures(ticks)
+    worst_tick = max(ticks, key=lambda t: t["us"])
+    worst = {"us": worst_tick["us"], "io_us": worst_tick["io_us"], "kind": worst_tick["kind"],
+             "collected": worst_tick["collected"]}
+    collections = figures([t for t in ticks if t["collected"]])
     p50, p99, top = _rank([esp32_tick_us(t, ratio) for t in ticks])
     worst_new = max(ticks, key=lambda t: esp32_tick_us(t, ratio))
 
@@ -452,11 +534,20 @@ def estimate(profile, cal):
                                   "recv_total": sum(t["recvs"] for t in ticks)},
         "host_us_worst_tick": worst["us"], "host_io_us_worst_tick": worst["io_us"], "worst_tick_kind": worst["kind"],
         "worst_tick_held_gc_collect": worst["collected"],
-        "host_us_collection_tick_p50": profile["with_collection"].get("p50_us"),
+        "host_us_collection_tick_p50": collections.get("p50_us"),
+        "host_us_collection_tick_max": collections.get("max_us"),
+        "collection_ticks": collections["ticks"],
+        "host_wall_us_worst_tick": max(t["wall_us"] for t in ticks),
+        "kernel_clock": descheduled(ticks),
         "host_us_call_end_tick": (profile.get("end") or {}).get("us"),
         "esp32_ms_per_tick_p50": _ms(p50, 1), "esp32_ms_per_tick_p99": _ms(p99, 1), "esp32_ms_worst_tick": _ms(top, 1),
-        "esp32_worst_tick": {"kind": worst_new["kind"], "host_us": worst_new["us"], "host_socket_us": worst_new["net_us"],
+        "esp32_worst_tick": {"kind": worst_new["kind"], "cause": cause(worst_new), "host_us": worst_new["us"],
+                             "host_wall_us": worst_new["wall_us"], "host_socket_us": worst_new["net_us"],
                              "sendto": worst_new["sends"], "recv": worst_new["recvs"]},
+        "ticks_by_cause": by_cause(ticks, ratio),
+        "esp32_ms_per_tick_p999": _ms(sorted(esp32_tick_us(t, ratio) for t in ticks)[-(-999 * len(ticks) // 1000) - 1],
+                                      1),
+        "ticks_over_worst_target": over_target(ticks, ratio),
         "esp32_ms_per_tick_p50_host_io_scaled": _ms(whole["p50_us"], ratio),
         "esp32_ms_per_tick_p99_host_io_scaled": _ms(whole["p99_us"], ratio),
         "esp32_ms_worst_tick_host_io_scaled": _ms(worst["us"], ratio),
@@ -530,10 +621,9 @@ def bench_handset(quick=False, binary=None):
     # refill per tick (the loop wakes at least once a tick), as if an ESP32 ran a tick warm (its own cold
     # start, through its flash cache, is not known: docs/benchmarks.md)
     penalty = cold["penalty_us"]
-    result["esp32_ms_per_tick_p50_warm_without_io"] = _ms(max(profile["all"]["without_io_p50_us"] - penalty, 0),
-                                                          cal["ratio"])
-    result["esp32_ms_worst_tick_warm_without_io"] = _ms(max(profile["all"]["without_io_max_us"] - penalty, 0),
-                                                        cal["ratio"])
+    whole = figures(raw_ticks(profile))
+    result["esp32_ms_per_tick_p50_warm_without_io"] = _ms(max(whole["without_io_p50_us"] - penalty, 0), cal["ratio"])
+    result["esp32_ms_worst_tick_warm_without_io"] = _ms(max(whole["without_io_max_us"] - penalty, 0), cal["ratio"])
     # the estimate itself (socket calls at the ESP32's cost) less one wake-up's refill per tick
     warm = _rank([esp32_tick_us(dict(t, us=max(t["us"] - penalty, t["net_us"])), cal["ratio"])
                   for t in raw_ticks(profile)])
@@ -591,6 +681,19 @@ def table_handset(r):
                      w["sendto"], w["recv"], r["esp32_ms_worst_tick_host_io_scaled"], r["host_us_worst_tick"],
                      r["worst_tick_kind"], ", with gc.collect" if r["worst_tick_held_gc_collect"] else "",
                      r["host_io_us_worst_tick"], r["esp32_ms_worst_tick_without_io"], r["host_us_collection_tick_p50"]))
+    for name, c in r["ticks_by_cause"].items():
+        lines.append("  ticks with %-10s %5d: p50 %5d us, max %5d us here -> ESP32 p50 %6.2f ms, max %6.2f ms" % (
+            name, c["ticks"], c["host_us_p50"], c["host_us_max"], c["esp32_ms_p50"], c["esp32_ms_max"]))
+    o = r["ticks_over_worst_target"]
+    lines.append("  ticks over the worst-tick target (%g ms on the ESP32 estimate): %d of %d (%s); p99.9 %.2f ms" % (
+        TARGETS_MS["worst"], o["ticks"], o["of"], ", ".join("%s %d" % kv for kv in o["by_cause"].items()) or "none",
+        r["esp32_ms_per_tick_p999"]))
+    k = r["kernel_clock"]
+    if k:
+        lines.append("  the kernel's clock: %d ticks took over 1 ms more wall-clock time than CPU time (the process was "
+                     "away; charged the CPU time), %d waited runnable; the longest wall-clock tick, %d us, had %d us "
+                     "of CPU (%s, %s)" % (k["ticks_away_over_1ms"], k["ticks_waited_runnable"], k["wall_us_worst_tick"],
+                                          k["cpu_us_of_it"], k["kind_of_it"], k["cause_of_it"]))
     cold = r["cold_start"]
     lines.append("  a frame's work takes %d us after 20 ms asleep, %d us back to back: without one wake-up's %d us, "
                  "p50 %.2f ms, worst %.2f ms (without host I/O too: %.2f, %.2f)" % (

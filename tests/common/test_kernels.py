@@ -190,3 +190,37 @@ def test_counter_mode_is_its_own_inverse_and_leaves_the_rest_alone():
             assert buf[4:4 + n] != plain[4:4 + n]
         ctr.crypt(nonce, buf, 4, 4 + n)
         assert buf == plain, n
+
+
+def test_put_be64_matches_portable():
+    for value in (0, 1, 0x1234, 20 * 50 * 3600 * 24, (1 << 30) - 1):
+        a, b = data(16, 9), data(16, 9)
+        kernels.put_be64(a, 5, value)
+        kernels.put_be64_portable(b, 5, value)
+        assert a == b and a[5:13] == bytes((0, 0, 0, 0, (value >> 24) & 255, (value >> 16) & 255,
+                                            (value >> 8) & 255, value & 255)), value
+        assert a[:5] == data(16, 9)[:5] and a[13:] == data(16, 9)[13:]
+
+
+def test_hmac_final_matches_portable_and_the_reference_hmac():
+    """The end of an HMAC in one kernel (pad, inner blocks, digest, outer block) against the portable pieces
+    and hmac_sha256_portable, for every message length of one to four inner blocks."""
+    key = data(32, 10)
+    ipad = bytearray(0x36 ^ k for k in key) + bytearray(0x36 for _ in range(32))
+    opad = bytearray(0x5C ^ k for k in key) + bytearray(0x5C for _ in range(32))
+    w = array("I", bytes(256))
+    istate, ostate = array("I", bytes(32)), array("I", bytes(32))
+    kernels.sha256_blocks(istate, kernels.SHA256_IV, ipad, 0, 1, w)
+    kernels.sha256_blocks(ostate, kernels.SHA256_IV, opad, 0, 1, w)
+    for n in (0, 1, 55, 56, 63, 64, 119, 120, 172, 183, 184, 256):
+        msg = data(n, n + 11)
+        a, b = bytearray(n + 72), bytearray(n + 72)
+        a[:n] = msg
+        b[:n] = msg
+        sa, sb = array("I", bytes(32)), array("I", bytes(32))
+        kernels.hmac_final(sa, istate, ostate, a, n, 64 + n, w)
+        kernels.hmac_final_portable(sb, istate, ostate, b, n, 64 + n, w)
+        assert list(sa) == list(sb), n
+        digest = bytearray(32)
+        kernels.sha256_put(digest, 0, sa, 32)
+        assert bytes(digest) == hmac_sha256_portable(key, msg), n
