@@ -510,6 +510,27 @@ class Lab:
         with inside_netns(self.netns(node)):
             _flush_conntrack_here()
 
+    def count_leaving(self, site, table, min_lengths):
+        """Count the packets that leave site's router for the Internet (its WAN), one counter per
+        {name: least IP length}: an nftables table of that name in the router (gone with the lab)."""
+        rules = "".join('  oifname "wan" meta length >= %d counter comment "%s"\n' % (least, name)
+                        for name, least in sorted(min_lengths.items()))
+        self.exec("site-%s/router" % site, ["nft", "-f", "-"], check=True, text=True, input=(
+            "table inet %s {\n chain wan_out {\n  type filter hook postrouting priority 0;\n%s }\n}\n"
+            % (table, rules)))
+
+    def counted(self, site, table):
+        """{name: packets} of count_leaving's counters so far."""
+        out = self.exec("site-%s/router" % site, ["nft", "-j", "list", "table", "inet", table],
+                        capture_output=True, text=True, check=True).stdout
+        counts = {}
+        for item in json.loads(out)["nftables"]:
+            rule = item.get("rule", {})
+            for expr in rule.get("expr", ()):
+                if "counter" in expr:
+                    counts[rule.get("comment")] = expr["counter"]["packets"]
+        return counts
+
     def inside(self, node):
         """Context manager: the calling thread works in the node's namespace meanwhile."""
         return inside_netns(self.netns(node))
