@@ -69,10 +69,11 @@ class Attendant:
         self.text = data.get("prompt_text") or default_prompt(self.routes)
         self.ulaw = prompt
 
-    def prompt_frames(self, endpoint):
+    def play_prompt(self, session):
         if self.ulaw:
-            return prompts.frames_of_ulaw(self.ulaw)
-        return endpoint.prompt(self.text)
+            session.play(prompts.frames_of_ulaw(self.ulaw))
+        else:
+            session.say(self.text)
 
     def session(self, endpoint, leg, caller, now):
         return AttendantSession(endpoint, leg, caller, now, self)
@@ -87,7 +88,7 @@ class AttendantSession(Session):
 
     def _prompt(self, now):
         self.plays += 1
-        self.play(self.attendant.prompt_frames(self.endpoint))
+        self.attendant.play_prompt(self)
         self.silent_since = None
 
     def on_answer(self, now):
@@ -108,7 +109,7 @@ class AttendantSession(Session):
         number = self.attendant.routes.get(digit)
         self.interrupt()
         if number is None:
-            self.play(self.endpoint.prompt("Not a choice."))
+            self.say("Not a choice.")
             return self._prompt(now)
         self.endpoint.host.log.info("attendant-route", attendant=self.attendant.number, digit=digit, to=number,
                                     call=self.leg.call.uid)

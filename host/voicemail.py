@@ -278,8 +278,8 @@ class AppLink(Link):
 
 
 class Session:
-    """One call the endpoint answered: what it plays (a queue of frames) and what it does with
-    what it hears and the digits it reads. A subclass fills in the behaviour."""
+    """One call the endpoint answered: what it plays (a queue of frames, and of texts to speak)
+    and what it does with what it hears and the digits it reads. A subclass fills in the behaviour."""
 
     def __init__(self, endpoint, leg, caller, now):
         self.endpoint = endpoint
@@ -288,11 +288,17 @@ class Session:
         self.started_ms = now
         self.answered = False
         self.ts = 0
-        self.queue = []          # frames still to play, in order
+        self.queue = []          # frames still to play, in order; a str: a prompt, its frames when made
         self.hangup = False      # release once the queue has played
 
     def play(self, frames):
         self.queue.extend(frames)
+
+    def say(self, text):
+        """Play the prompt text: silence while the host has it spoken, then the prompt from its start
+        (the texts queued behind it are spoken meanwhile)."""
+        self.endpoint.prompts.prepare(text)
+        self.queue.append(text)
 
     def interrupt(self):
         self.queue = []
@@ -328,7 +334,11 @@ class Deposit(Session):
         self.first_ts = None
 
     def on_answer(self, now):
-        self.play(self.endpoint.greeting_frames(self.mailbox))
+        own = self.endpoint.store.greeting(self.mailbox)
+        if own is not None:
+            self.play(prompts.frames_of_ulaw(own[1]))
+        else:
+            self.say(prompts.GREETING)
         self.play(prompts.tone(prompts.BEEP_HZ, prompts.BEEP_MS))
 
     def on_played(self, now):
@@ -366,13 +376,10 @@ class Retrieval(Session):
         self.messages = self.store.messages(caller)
         self.current = 0
 
-    def _say(self, text):
-        self.play(self.endpoint.prompt(text))
-
     def on_answer(self, now):
         new = sum(1 for m in self.messages if m["state"] == "new")
-        self._say("You have %d new and %d saved messages." % (new, len(self.messages) - new))
-        self._say(MENU)
+        self.say("You have %d new and %d saved messages." % (new, len(self.messages) - new))
+        self.say(MENU)
 
     def _message(self):
         return self.messages[self.current] if self.current < len(self.messages) else None
@@ -385,11 +392,11 @@ class Retrieval(Session):
             message = self._message()
             digit = PLAY
         if digit == HELP:
-            return self._say(MENU)
+            return self.say(MENU)
         if digit not in (PLAY, DELETE, SAVE):
-            return self._say("Not a choice. " + MENU)
+            return self.say("Not a choice. " + MENU)
         if message is None:
-            return self._say("No more messages.")
+            return self.say("No more messages.")
         if digit == PLAY:
             self.play(prompts.frames_of_ulaw(self.store.audio(message)))
             self.play(prompts.tone(prompts.BEEP_HZ, 200))
@@ -400,12 +407,12 @@ class Retrieval(Session):
         elif digit == DELETE:
             self.store.delete(message["uid"])
             del self.messages[self.current]
-            self._say("Message deleted.")
+            self.say("Message deleted.")
             self.endpoint.mailbox_changed(self.caller, now)
         elif digit == SAVE:
             message["state"] = "saved"
             self.store.save(message["uid"])
-            self._say("Message saved.")
+            self.say("Message saved.")
             self.endpoint.mailbox_changed(self.caller, now)
 
 
@@ -428,7 +435,7 @@ class Endpoint:
         self.attendants = {}     # number -> host.attendant.Attendant
         self.ringback = {}       # call routed on by the attendant -> ring-back frames played while it rings
         self._ringback_frames = None
-        self.prompt_folder = os.path.join(store.folder, "prompts") if store is not None else None
+        self.prompts = prompts.Prompts(os.path.join(store.folder, "prompts") if store is not None else None)
         self.stats = host.stats
         if store is not None:
             self.load_attendants()
@@ -436,21 +443,15 @@ class Endpoint:
     def load_attendants(self):
         from upbx.host.attendant import Attendant   # here: host/attendant.py imports this module
         self.attendants = {n: Attendant(n, data, prompt) for n, (data, prompt) in self.store.attendants().items()}
+        for attendant in self.attendants.values():     # spoken now, in the background: ready for the first call
+            if not attendant.ulaw:
+                self.prompts.prepare(attendant.text)
 
     def handles(self, called):
         """True for the numbers this endpoint answers."""
         if self.store is None:
             return False
         return is_voicemail_number(called) or called in self.attendants
-
-    def prompt(self, text):
-        return prompts.prompt(self.prompt_folder, text)
-
-    def greeting_frames(self, mailbox):
-        own = self.store.greeting(mailbox)
-        if own is not None:
-            return prompts.frames_of_ulaw(own[1])
-        return self.prompt(prompts.GREETING)
 
     # from the host's switch
 
@@ -534,13 +535,7 @@ class Endpoint:
         for session in answer:
             if self._by_leg.get(session.leg.call_no) is not session:
                 continue
-            try:
-                session.on_answer(now)        # what it plays first: a prompt may have to be spoken
-            except prompts.PromptError as exc:
-                self.host.log.error("voicemail-prompt", error=str(exc))
-                self.stats.count("voicemail prompt errors")
-                self.release(session, now, wire.CAUSE_UNREACHABLE)
-                continue
+            session.on_answer(now)            # what it plays first (a prompt is spoken in the background)
             self._reply(session, wire.ALERTING, now)
             self._reply(session, wire.ANSWER, now)
             session.answered = True
@@ -548,7 +543,13 @@ class Endpoint:
             if not session.answered:
                 continue
             if session.queue:
-                frame = session.queue.pop(0)
+                try:
+                    frame = self._next_frame(session)
+                except prompts.PromptError as exc:
+                    self.host.log.error("voicemail-prompt", error=str(exc))
+                    self.stats.count("voicemail prompt errors")
+                    self.release(session, now, wire.CAUSE_UNREACHABLE)
+                    continue
                 self.host.switch.forward(session.leg, session.ts, frame, now)
                 self.stats.count("voicemail frames out")
                 if not session.queue:
@@ -557,6 +558,18 @@ class Endpoint:
             session.on_tick(now)
             if session.hangup and not session.queue and session.leg.call_no in self._by_leg:
                 self.release(session, now)
+
+    def _next_frame(self, session):
+        """The next frame of a session's queue. A prompt at its head that is still being spoken plays
+        silence and stays there; once made, its frames take its place (PromptError if it failed)."""
+        head = session.queue[0]
+        if isinstance(head, str):
+            frames = self.prompts.frames(head)
+            if frames is None:
+                self.stats.count("voicemail frames waiting for a prompt")
+                return prompts.SILENCE
+            session.queue[0:1] = frames
+        return session.queue.pop(0)
 
     # messages
 

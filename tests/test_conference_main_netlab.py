@@ -4,7 +4,6 @@ so site a's router sends one voice stream towards the Internet (nftables counter
 interface: datagrams long enough to carry two voice frames, as every one would if the site mixed
 two streams, are no more than the few where frames of 101 came bunched), and each speaker plays the other two tones and never its own (Goertzel, tools/demo_conference).
 """
-import json
 import os
 import time
 
@@ -20,19 +19,6 @@ TONES = {"101": 1000, "301": 1400, "302": 1800}
 TWO_FRAMES = 2 * 160 + 28     # an IP datagram this long or longer carries two voice frames (or more)
 
 
-def _counter(ex, table):
-    out = ex.lab.exec("site-a/router", ["nft", "-j", "list", "table", "inet", table],
-                      capture_output=True, text=True, check=True).stdout
-    counts = {}
-    for item in json.loads(out)["nftables"]:
-        rule = item.get("rule")
-        if rule:
-            for expr in rule["expr"]:
-                if "counter" in expr:
-                    counts[rule.get("comment", len(counts))] = expr["counter"]["packets"]
-    return counts
-
-
 def test_netlab_a_sites_phone_with_two_off_site_parties_is_mixed_at_the_main_host():
     require_root()
     from upbx.tools.netlab import Lab
@@ -44,10 +30,7 @@ def test_netlab_a_sites_phone_with_two_off_site_parties_is_mixed_at_the_main_hos
             ex.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101"], "c": ["301", "302"]})
             ex.start()
             table = "upbx_confmain_" + prefix.strip("-")
-            lab.exec("site-a/router", ["nft", "-f", "-"], check=True, text=True, input=(
-                "table inet %s {\n chain wan_out {\n  type filter hook postrouting priority 0;\n"
-                "  oifname \"wan\" meta length >= 150 counter comment \"voice\"\n"
-                "  oifname \"wan\" meta length >= %d counter comment \"two\"\n }\n}\n" % (table, TWO_FRAMES)))
+            lab.count_leaving("a", table, {"voice": 150, "two": TWO_FRAMES})
             p = {n: ConsolePhone(ex, n, "cm-" + n, "--send", "tone:%d" % hz) for n, hz in TONES.items()}
             try:
                 p["101"].command("!call 301")
@@ -68,9 +51,9 @@ def test_netlab_a_sites_phone_with_two_off_site_parties_is_mixed_at_the_main_hos
                 conferences = ex.status("main")["conferences"]
                 assert [sorted(c["parties"]) for c in conferences] == [["101", "301", "302"]], conferences
                 assert ex.status("site-a")["conferences"] == [] and ex.status("site-a")["uplink"]["calls"] == 1
-                before = _counter(ex, table)
+                before = lab.counted("a", table)
                 time.sleep(3.0)
-                after = _counter(ex, table)
+                after = lab.counted("a", table)
                 assert after["voice"] - before["voice"] > 100          # 101's voice goes up, 50 a second
                 # two streams (mixed at the site) would put two frames in every datagram; one stream
                 # does only when a tick's trunk takes two of 101's frames that came late together

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import ROOT, require_root
 from upbx.tools.impair import Impairment, Relay
-from upbx.tools.netlab import NFT_TABLE, Lab
+from upbx.tools.netlab import NFT_TABLE, OWNERS_DIR, Lab, sweep_dead_labs
 
 pytestmark = pytest.mark.root
 
@@ -188,6 +188,58 @@ def test_new_wan_address_takes_over_an_existing_flow(prefix):
     assert remote.recvfrom(100) == (b"back", ("198.18.0.1", 4569))
     lab.up(sites=("a",), phones=1, remote_sites=("a",))  # re-running up keeps the live address
     assert lab.wan_address("a") == "198.18.1.77"
+
+
+_BUILD_AND_WAIT = ("import sys, time; from upbx.tools.netlab import Lab; Lab(sys.argv[1]).up(sites=(), phones=0); "
+                   "print('up', flush=True); time.sleep(600)")
+
+
+def _lab_owned_by_a_child(prefix):
+    """A process that builds a small lab (inet, main, peer) and waits: its owner."""
+    child = subprocess.Popen([sys.executable, "-c", _BUILD_AND_WAIT, prefix], cwd=ROOT, stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout.readline().strip() == "up"
+    return child
+
+
+def test_the_next_up_removes_the_labs_whose_owner_died_and_no_other(prefix):
+    """A killed test run leaves its lab; the next `up` anywhere on the machine removes it (its
+    namespaces, and a process still running in one), and leaves the labs of live processes,
+    `upbx netlab up`'s (no owner), and one whose owner pid lives on but as another process."""
+    dead, live, unowned, reused = (_new_prefix() for _ in range(4))
+    children = []
+    try:
+        children.append(_lab_owned_by_a_child(dead))
+        children.append(_lab_owned_by_a_child(live))
+        Lab(unowned).up(sites=(), phones=0, owned=False)
+        Lab(reused).up(sites=(), phones=0)
+        with open(os.path.join(OWNERS_DIR, reused)) as f:
+            owner = json.load(f)
+        assert owner["pid"] == os.getpid()
+        with open(os.path.join(OWNERS_DIR, reused), "w") as f:   # our pid, but not our start: a pid used again
+            json.dump({"pid": owner["pid"], "start": owner["start"] - 1}, f)
+        orphan = Lab(dead).popen("main", ["sleep", "600"])    # what the dead run still had running
+        for p in (dead, live, unowned, reused):
+            assert len(_leftovers(p)) == 3, p
+        children[0].kill()
+        children[0].wait()
+        Lab(prefix).up(sites=(), phones=0)            # any lab's up sweeps
+        assert _leftovers(dead) == [] and not os.path.exists(os.path.join(OWNERS_DIR, dead))
+        assert orphan.wait(10) is not None
+        assert _leftovers(reused) == []
+        assert len(_leftovers(live)) == 3 and Lab(live).owner()["pid"] == children[1].pid
+        assert len(_leftovers(unowned)) == 3 and Lab(unowned).owner() is None
+        assert Lab(prefix).status()["owner"]["pid"] == os.getpid()
+        assert live not in sweep_dead_labs()          # (another run's dead lab may go here too)
+        children[1].kill()
+        children[1].wait()
+        assert live in sweep_dead_labs() and _leftovers(live) == []
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+        for p in (dead, live, unowned, reused):
+            Lab(p).down()
 
 
 def test_impairment_relay_runs_inside_the_lab(lab):

@@ -39,11 +39,8 @@ def ex():
             ex.admin("group", "add", "650", "--members", "102,103,301", "--strategy", "ring-all")
             ex.admin("group", "add", "651", "--members", "301,102,103", "--strategy", "hunt", "--ring-s", "3")
             ex.admin("group", "add", "700", "--strategy", "page", "--site", "a")
-            table = "upbx_groups_" + prefix.strip("-")
-            lab.exec("site-a/router", ["nft", "-f", "-"], check=True, text=True, input=(
-                "table inet %s {\n chain wan_out {\n  type filter hook postrouting priority 0;\n"
-                "  oifname \"wan\" meta length >= %d counter\n }\n}\n" % (table, MEDIA_BYTES)))
-            ex.wan_table = table
+            ex.wan_table = "upbx_groups_" + prefix.strip("-")
+            lab.count_leaving("a", ex.wan_table, {"media": MEDIA_BYTES})
             time.sleep(2.5)         # the main host sends site a's directory, with the groups, within a second
             yield ex
     finally:
@@ -52,15 +49,7 @@ def ex():
 
 def wan_media_packets(ex):
     """Media-sized packets that left site a's router towards the Internet so far (its nft counter)."""
-    out = ex.lab.exec("site-a/router", ["nft", "-j", "list", "table", "inet", ex.wan_table],
-                      capture_output=True, text=True, check=True).stdout
-    for item in json.loads(out)["nftables"]:
-        rule = item.get("rule")
-        if rule:
-            for expr in rule["expr"]:
-                if "counter" in expr:
-                    return expr["counter"]["packets"]
-    raise AssertionError("no counter in %s" % out)
+    return ex.lab.counted("a", ex.wan_table)["media"]
 
 
 def test_ring_hunt_and_pickup_across_sites_through_nat(ex):

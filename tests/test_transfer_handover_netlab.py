@@ -30,11 +30,8 @@ def test_netlab_a_transfer_joined_by_the_main_host_leaves_the_sites_uplink():
         with NetlabExchange(lab, keepalive_s=2, ring_timeout_s=20) as ex:
             ex.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101"], "c": ["301", "302"]})
             ex.start()
-            table = "upbx_handover_" + prefix.strip("-")
-            lab.exec("site-a/router", ["nft", "-f", "-"], check=True, text=True, input=(
-                "table inet %s {\n chain wan_out {\n  type filter hook postrouting priority 0;\n"
-                "  oifname \"wan\" meta length >= %d counter\n }\n}\n" % (table, MEDIA_BYTES)))
-            ex.wan_table = table
+            ex.wan_table = "upbx_handover_" + prefix.strip("-")
+            lab.count_leaving("a", ex.wan_table, {"media": MEDIA_BYTES})
             p = {n: ConsolePhone(ex, n, "ho-" + n, "--send", "tone:%d" % hz) for n, hz in TONES.items()}
             try:
                 p["301"].command("!call 101")

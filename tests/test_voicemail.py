@@ -6,6 +6,8 @@ is away and uploads each message exactly once (docs/features.md, Voicemail)."""
 import json
 import os
 import sqlite3
+import threading
+import time
 import wave
 
 from upbx.common import wire
@@ -75,6 +77,15 @@ def _world_with(tmp_path, phones, voicemail_on=(), noanswer_s=5):
     return world
 
 
+def _wait_for_prompts(world, bound_s=120):
+    """Wait (wall clock) until no host is making a prompt: a prompt is spoken in a worker thread
+    while the in-process world's clock runs as fast as it can (bound_s only bounds a fault)."""
+    deadline = time.monotonic() + bound_s
+    while any(host.voicemail.prompts.busy() for host in world.hosts):
+        assert time.monotonic() < deadline, "a prompt took longer than %d s to make" % bound_s
+        time.sleep(0.01)
+
+
 def _reach_voicemail(world, caller, callee, limit_ms=10000):
     end = world.phones[caller]
     end.received, end.sent = [], []
@@ -87,8 +98,8 @@ def _leave_message(world, caller, callee, speak_ms=2000, limit_ms=10000):
     """caller calls callee, hears the greeting and the beep, speaks (its tone), hangs up; returns
     the frames it heard."""
     end = world.phones[caller]
+    greeting = len(prompts.prompt(None, prompts.GREETING)) + prompts.BEEP_MS // 20   # the host has it: played at once
     _reach_voicemail(world, caller, callee, limit_ms)
-    greeting = len(prompts.prompt(None, prompts.GREETING)) + prompts.BEEP_MS // 20
     world.run(greeting * TICK_MS + 200)
     end.sent = []
     world.run(speak_ms)
@@ -266,10 +277,11 @@ def test_auto_attendant_answers_with_its_prompt_and_routes_by_digit(tmp_path):
         world.hangup("302")
         assert p["101"].idle and world.main.status()["calls"] == []
         # 2: straight to 301's mailbox; an unknown digit says so and asks again
+        sorry = prompts.prompt(None, "Not a choice.")                 # spoken already: played at once
+        prompts.prompt(None, prompts.GREETING)
         _reach_voicemail(world, "302", "500")
         world.run(300)
         _menu(world, "302", "7", 300)
-        sorry = prompts.prompt(None, "Not a choice.")
         assert p["302"].connected and p["302"].received[:10] == sorry[:10]   # said so, and plays the prompt again
         _menu(world, "302", "2", 300)
         greeting = len(prompts.prompt(None, prompts.GREETING)) + prompts.BEEP_MS // 20
@@ -359,10 +371,10 @@ def test_a_forward_or_attendant_route_to_a_busy_phone_with_voicemail_leaves_a_me
         world.run(1200)
         assert _refused(world, "301", "*71")[0] == wire.CAUSE_FEATURE_OFF   # call waiting off:
         world.call("301", "101")                                        # 301 busy
+        greeting = prompts.prompt(None, prompts.GREETING)              # spoken already: played at once
         _reach_voicemail(world, "302", "500")
         world.run(200)
         _menu(world, "302", "1", 300)
-        greeting = prompts.prompt(None, prompts.GREETING)
         world.run(len(greeting) * TICK_MS + 800)
         assert world.phones["302"].connected
         world.hangup("302")
@@ -373,7 +385,7 @@ def test_a_forward_or_attendant_route_to_a_busy_phone_with_voicemail_leaves_a_me
         world.close()
 
 
-def test_without_espeak_ng_a_call_needing_a_prompt_is_refused_and_the_host_carries_on(tmp_path, monkeypatch):
+def test_without_espeak_ng_a_call_needing_a_prompt_ends_unreachable_and_the_host_carries_on(tmp_path, monkeypatch):
     monkeypatch.setattr(prompts, "ESPEAK", "espeak-ng-not-installed")
     monkeypatch.setattr(prompts, "_memo", {})
     try:
@@ -386,7 +398,9 @@ def test_without_espeak_ng_a_call_needing_a_prompt_is_refused_and_the_host_carri
         end = world.phones["302"]
         assert end.phone.dial("301", world.net.now)
         end.flush()
-        world.run_until(lambda: end.idle, 3000, "refused")
+        world.run(500)                           # answered, the greeting asked for: silence while it is made
+        _wait_for_prompts(world)                 # (it cannot be)
+        world.run_until(lambda: end.idle, 3000, "ended")
         assert end.causes() == [wire.CAUSE_UNREACHABLE]
         assert world.main.stats.counters["voicemail prompt errors"] == 1 and not world.net.errors
         _tone_wav(tmp_path / "hello.wav", 500, 1.0)                      # an operator's greeting needs none
@@ -414,6 +428,62 @@ def test_b4_a_site_takes_messages_for_its_own_phones_only(tmp_path):
         assert [m["mailbox"] for m in world.a.voicemail.store.messages("102")] == ["102"]
         assert world.a.voicemail.store.messages("301") == [] and not world.net.errors
     finally:
+        world.close()
+
+
+def _timestamps(frames):
+    """The sender's timestamps in PhoneEnd's frames ("NUMBER TS....")."""
+    return [int(f.split()[1].rstrip(b".")) for f in frames]
+
+
+def test_a_prompt_is_spoken_off_the_loop_a_relayed_call_keeps_every_frame_and_the_caller_hears_it_whole(
+        tmp_path, monkeypatch):
+    """The first *97 of a host: its prompts are made in a worker thread, held here until the test lets
+    them go (a host that spoke them in its tick, as it did, would wait in the test's own thread and
+    fail). Meanwhile the host's ticks go on: the call 101 (site A) <-> 302 (at the main host), whose
+    frames the main host relays, loses no frame (the sender's timestamps, 20 ms apart, none missing),
+    and 301, answered, hears silence. Once made, 301 hears the prompt whole, from its first frame,
+    then the menu."""
+    from tests.test_routing import _world
+    monkeypatch.setattr(prompts, "_memo", {})      # no prompt spoken yet in this process (another test's)
+    world = _world(tmp_path, ("101", "302", "301"))
+    held, asked = threading.Event(), []
+    endpoint = world.main.voicemail
+
+    def speak_when_let(text):
+        asked.append(text)
+        assert held.wait(120), "the test never let the prompt be made"
+        return prompts.speak_in_child(text)      # the real thing: espeak-ng in a child process
+    endpoint.prompts.speak = speak_when_let
+    try:
+        world.call("101", "302")
+        a, b, caller = world.phones["101"], world.phones["302"], world.phones["301"]
+        assert caller.phone.dial(voicemail.RETRIEVE, world.net.now)
+        caller.flush()
+        world.run_until(lambda: caller.connected, 3000, "301 answered by voicemail")
+        world.run(3000)                                              # the prompts are being made
+        new_and_saved = "You have 0 new and 0 saved messages."
+        assert asked == [new_and_saved, voicemail.MENU] and endpoint.prompts.busy()
+        assert len(caller.received) >= 140 and set(caller.received) == {prompts.SILENCE}
+        for sender, receiver in ((a, b), (b, a)):
+            heard = _timestamps(receiver.received)
+            assert len(heard) >= 140 and heard == list(range(heard[0], heard[-1] + 20, 20)), heard[:5]
+            assert heard[-1] >= _timestamps(sender.sent)[-1] - 100   # what was sent has arrived (but the last hops)
+        waited = len(caller.received)
+        held.set()
+        _wait_for_prompts(world)
+        first, menu = prompts.prompt(None, new_and_saved), prompts.prompt(None, voicemail.MENU)
+        world.run((len(first) + len(menu)) * TICK_MS + 500)
+        heard = caller.received
+        start = next(i for i in range(len(heard)) if heard[i:i + len(first)] == first)
+        assert set(heard[:start]) == {prompts.SILENCE} and start <= waited + 5   # silence, then at once the prompt
+        assert heard[start + len(first):start + len(first) + len(menu)] == menu  # then the menu, whole
+        assert world.main.stats.counters["voicemail frames waiting for a prompt"] >= 140
+        ts = _timestamps(b.received)
+        assert ts == list(range(ts[0], ts[-1] + 20, 20))             # and the call went on throughout
+        assert not world.net.errors
+    finally:
+        held.set()
         world.close()
 
 

@@ -189,10 +189,14 @@ def auto_attendant(lab, seconds):
     caller = ConsolePhone(lab, "101", "aa-101", "--send", "tone:%d" % CALLER_HZ)
     labels = {"caller": (CALLER_HZ,), "callee": (CALLEE_HZ,)}
     try:
+        prompt = prompts.prompt(None, default_prompt(routes))   # what the host plays (looked for below)
+        since = caller.mark()
         caller.command("!call 500")
         answered = caller.wait_line("connected")
-        prompt = prompts.prompt(None, default_prompt(routes))
-        caller.wait_played(len(prompt) * 20)      # the whole prompt (its frames are looked for below)
+        # silence while the host makes the prompt (if it has not yet: it starts when 500 is set), then
+        # the whole prompt from when it began
+        begun = caller.wait_heard(sound, "sound", 300, since)
+        caller.wait_played(len(prompt) * 20 + 200, since_ms=((begun or since) - 3) * 100)
         caller.command("!dtmf 1")
         rang = callee.wait_line("incoming call from 101")
         callee.command("!answer")

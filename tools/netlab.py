@@ -7,8 +7,10 @@ host `peer` (198.18.0.2); per site X in a..z (index k = 1..26) a NAT router
 `site-X/remote` (10.k.0.2, only at sites with a remote host) and phones
 `site-X/phone-N` (10.k.0.(10+N)).
 
-The lab's state lives in the kernel only (namespaces named PREFIX..., nftables in the
-routers), so `down` and `status` also work after a crash.
+The lab's state lives in the kernel (namespaces named PREFIX..., nftables in the routers), so
+`down` and `status` also work after a crash; beside it only who built it: a lab built from a
+program (a test) has an owner file OWNERS_DIR/PREFIX naming the process, and `up` first removes
+the labs whose owner has died (a killed test run), never one whose owner still runs.
 """
 import argparse
 import contextlib
@@ -34,6 +36,7 @@ PEER_ADDRESS = "198.18.0.2"
 INTERNET_PREFIXLEN = 16
 NETNS_DIR = "/run/netns"
 NFT_TABLE = "upbx_nat"
+OWNERS_DIR = "/run/upbx-netlab"   # tmpfs, as /run/netns: both go at a reboot
 
 _CLONE_NEWNET = 0x40000000
 
@@ -237,6 +240,53 @@ def _require_root():
             raise LabError("%s not found: install iproute2 and nftables" % tool)
 
 
+# -- owners: labs a dead process left --------------------------------------------------
+
+def _process_start(pid):
+    """When process pid started (clock ticks after boot), or None when there is no such process:
+    with the pid it names a process, which a pid alone does not once the pid is used again."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except (OSError, ValueError):
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])    # field 22, starttime (fields from 3 after the name)
+
+
+def _read_owner(prefix):
+    """{"pid", "start"} of the process that owns the lab prefix, or None (no owner file, or unreadable)."""
+    try:
+        with open(os.path.join(OWNERS_DIR, prefix)) as f:
+            owner = json.load(f)
+        return {"pid": int(owner["pid"]), "start": int(owner["start"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def owner_alive(owner):
+    return owner is not None and _process_start(owner["pid"]) == owner["start"]
+
+
+def sweep_dead_labs():
+    """Remove every lab whose owner process has ended (its namespaces, with what runs in them, and
+    its owner file): what a killed test run left. Labs whose owner runs, and labs without an owner
+    (`upbx netlab up`, or built before owners were kept), are not touched. Returns the prefixes removed."""
+    try:
+        prefixes = sorted(os.listdir(OWNERS_DIR))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for prefix in prefixes:
+        if prefix.endswith(".tmp") or not re.match(r"^[A-Za-z0-9_.-]{1,40}$", prefix):
+            continue
+        owner = _read_owner(prefix)
+        if owner is None or owner_alive(owner):
+            continue
+        Lab(prefix).down()
+        removed.append(prefix)
+    return removed
+
+
 # -- the lab --------------------------------------------------------------------------
 
 class Lab:
@@ -297,13 +347,20 @@ class Lab:
 
     # building
 
-    def up(self, nat="cone", sites=DEFAULT_SITES, phones=DEFAULT_PHONES, remote_sites=DEFAULT_REMOTE_SITES):
+    def up(self, nat="cone", sites=DEFAULT_SITES, phones=DEFAULT_PHONES, remote_sites=DEFAULT_REMOTE_SITES,
+           owned=True):
         """Build the lab, or bring an existing one to this shape without disturbing what is right.
 
         nat: "cone" / "symmetric", or a dict site -> type (missing sites: cone).
         sites: site letters; remote_sites: those of them with a remote host; phones: per site.
+        owned: this process owns the lab (a test's): once it has ended, the next `up` of any lab on
+        the machine removes it (sweep_dead_labs). `upbx netlab up` builds a lab nobody owns: it
+        stays until `upbx netlab down`.
         """
         _require_root()
+        sweep_dead_labs()
+        if owned:
+            self._write_owner()
         sites = tuple(sites)
         for site in sites:
             site_index(site)
@@ -331,6 +388,20 @@ class Lab:
             if _node_from_suffix(ns[len(self.prefix):]) not in wanted:
                 self._delete_ns(ns)
         return self
+
+    def _write_owner(self):
+        """The owner file, written before the lab's first namespace (a crash after it leaves nothing
+        unowned), atomically (a sweep never reads half of one)."""
+        os.makedirs(OWNERS_DIR, mode=0o755, exist_ok=True)
+        path = os.path.join(OWNERS_DIR, self.prefix)
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        with open(tmp, "w") as f:
+            json.dump({"pid": os.getpid(), "start": _process_start(os.getpid())}, f)
+        os.replace(tmp, path)
+
+    def owner(self):
+        """{"pid", "start"} of the process that owns this lab, or None (nobody owns it)."""
+        return _read_owner(self.prefix)
 
     def _ensure_ns(self, ns, sysctls):
         if not os.path.exists(os.path.join(NETNS_DIR, ns)):
@@ -398,6 +469,8 @@ class Lab:
         _require_root()
         for ns in self.namespaces():
             self._delete_ns(ns)
+        with contextlib.suppress(FileNotFoundError):    # last: a crash half way leaves it owned
+            os.unlink(os.path.join(OWNERS_DIR, self.prefix))
 
     # reading and changing the live lab
 
@@ -437,6 +510,27 @@ class Lab:
         with inside_netns(self.netns(node)):
             _flush_conntrack_here()
 
+    def count_leaving(self, site, table, min_lengths):
+        """Count the packets that leave site's router for the Internet (its WAN), one counter per
+        {name: least IP length}: an nftables table of that name in the router (gone with the lab)."""
+        rules = "".join('  oifname "wan" meta length >= %d counter comment "%s"\n' % (least, name)
+                        for name, least in sorted(min_lengths.items()))
+        self.exec("site-%s/router" % site, ["nft", "-f", "-"], check=True, text=True, input=(
+            "table inet %s {\n chain wan_out {\n  type filter hook postrouting priority 0;\n%s }\n}\n"
+            % (table, rules)))
+
+    def counted(self, site, table):
+        """{name: packets} of count_leaving's counters so far."""
+        out = self.exec("site-%s/router" % site, ["nft", "-j", "list", "table", "inet", table],
+                        capture_output=True, text=True, check=True).stdout
+        counts = {}
+        for item in json.loads(out)["nftables"]:
+            rule = item.get("rule", {})
+            for expr in rule.get("expr", ()):
+                if "counter" in expr:
+                    counts[rule.get("comment")] = expr["counter"]["packets"]
+        return counts
+
     def inside(self, node):
         """Context manager: the calling thread works in the node's namespace meanwhile."""
         return inside_netns(self.netns(node))
@@ -474,7 +568,7 @@ class Lab:
             nodes.append({"node": node, "netns": ns, "addresses": addrs})
         sites = [{"site": s, "nat": self.nat_type(s), "wan": self.wan_address(s), "lan": lan_network(s)}
                  for s in self.sites()]
-        return {"prefix": self.prefix, "up": self.exists(), "sites": sites, "nodes": nodes}
+        return {"prefix": self.prefix, "up": self.exists(), "sites": sites, "nodes": nodes, "owner": self.owner()}
 
 
 # -- command line ---------------------------------------------------------------------
@@ -531,7 +625,7 @@ def run(args):
             sites = _split(args.sites)
             nat = {s: (getattr(args, "nat_" + s, None) or args.nat) for s in sites}
             start = time.monotonic()
-            lab.up(nat=nat, sites=sites, phones=args.phones, remote_sites=_split(args.remotes))
+            lab.up(nat=nat, sites=sites, phones=args.phones, remote_sites=_split(args.remotes), owned=False)
             _print_status(lab.status())
             print("built in %.1f s" % (time.monotonic() - start))
         elif args.action == "down":

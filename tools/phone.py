@@ -80,8 +80,25 @@ def compiled_tree(march=None):
     return out
 
 
-def stop_handset(proc, grace_s=3.0):
-    """Ctrl-C to the firmware (it logs out and writes its summary), then SIGKILL if it does not end."""
+CTRL_C = b"\x03"
+
+
+def stop_handset(proc, watchdog=None, fed_from=None, grace_s=3.0):
+    """Ctrl-C to the firmware (it logs out and writes its summary), then SIGKILL if it does not end.
+
+    A handset that has fed the watchdog (fed_from: the address its feeds came from) gets Ctrl-C as
+    0x03 on the watchdog socket, raised in its next feed as a device raises it (firmware/hal/unix.py).
+    SIGINT is the unix port's asynchronous KeyboardInterrupt: one that lands in the garbage collector
+    leaves the heap locked and the handset cannot log out ("memory allocation failed, heap is
+    locked"), so only a handset that never fed (or that ignores the byte: a hung loop) gets it."""
+    if watchdog is not None and fed_from is not None:
+        try:
+            watchdog.sendto(CTRL_C, fed_from)
+            return proc.wait(grace_s)
+        except OSError:
+            pass                    # the firmware's socket is gone: it is on its way out
+        except subprocess.TimeoutExpired:
+            pass                    # a loop that does not feed any more
     try:
         proc.send_signal(signal.SIGINT)
         return proc.wait(grace_s)
@@ -289,10 +306,11 @@ def supervise(argv, env, cwd, watchdog, watchdog_ms, restart):
     while True:
         boots += 1
         proc = subprocess.Popen(argv, env=env, cwd=cwd)
+        fed_from = []
         try:
-            status, why = watch(proc, watchdog, watchdog_ms)
+            status, why = watch(proc, watchdog, watchdog_ms, fed_from)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (tools.cli): the handset logs out and writes its summary
-            stop_handset(proc)
+            stop_handset(proc, watchdog, fed_from[0] if fed_from else None)
             raise
         if status == 0:
             return 0
@@ -304,17 +322,20 @@ def supervise(argv, env, cwd, watchdog, watchdog_ms, restart):
         time.sleep(0.2)
 
 
-def watch(proc, watchdog, watchdog_ms):
+def watch(proc, watchdog, watchdog_ms, fed_from=None):
     """Wait for the firmware to end, or kill it when its feeds stop: (status, what happened).
 
     The watchdog is armed by the first feed (a device's HAL starts its WDT) and parked by "park"
-    (the loop ended on purpose: Ctrl-C, !quit, the script's end)."""
+    (the loop ended on purpose: Ctrl-C, !quit, the script's end). fed_from (a list) gets the
+    address the feeds come from, where stop_handset sends Ctrl-C."""
     fed = None
     while True:
         ready, _, _ = select.select([watchdog], [], [], 0.1)
         if ready:
-            message = watchdog.recv(16)
+            message, source = watchdog.recvfrom(16)
             fed = None if message == b"park" else time.monotonic()
+            if fed_from is not None and not fed_from:
+                fed_from.append(source)
         status = proc.poll()
         if status is not None:
             return status, RESET_STATUS.get(status, "exited with status %d" % status)

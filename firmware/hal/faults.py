@@ -4,10 +4,14 @@
     getaddrinfo ERRNO N   the next N getaddrinfo calls raise OSError(ERRNO)
     hang                  the loop stops in its next watchdog feed and never comes back
     raise                 an exception escapes the loop from its next watchdog feed
+    collect N             every watchdog feed from now on collects garbage N times (the loop then
+                          spends most of its time in the collector: tests/test_handset.py stops
+                          such a phone with Ctrl-C); stays armed, so arm it last
 
 Faults are consumed in the order they were armed. Loaded only when a fault is asked for.
 """
 import errno
+import gc
 import time
 
 
@@ -22,12 +26,14 @@ class Faults:
             if words[0] in ("sendto", "getaddrinfo") and len(words) == 3:
                 code = int(words[1]) if words[1].isdigit() else getattr(errno, words[1])
                 self._armed.append([words[0], code, int(words[2])])
+            elif words[0] == "collect" and len(words) == 2:
+                self._armed.append(["collect", 0, int(words[1])])
             elif words in (["hang"], ["raise"]):
                 self._armed.append([words[0], 0, 1])
             else:
                 raise ValueError(line)
         except (IndexError, ValueError, AttributeError):
-            self._log("W", "fault", "not understood: %r (sendto|getaddrinfo ERRNO N, hang, raise)" % line)
+            self._log("W", "fault", "not understood: %r (sendto|getaddrinfo ERRNO N, hang, raise, collect N)" % line)
             return
         self._log("I", "fault", "armed: " + line)
 
@@ -37,6 +43,10 @@ class Faults:
         if not armed or armed[0][0] != operation:
             return
         fault = armed[0]
+        if operation == "collect":
+            for _ in range(fault[2]):
+                gc.collect()
+            return
         fault[2] -= 1
         if fault[2] <= 0:
             armed.pop(0)

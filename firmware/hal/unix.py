@@ -7,6 +7,12 @@ unix-domain/TCP socket the caller passes in, read without blocking through
 select.poll. It runs on the MicroPython unix port (time.ticks_ms, optionally
 started near its wrap). Logs go to stdout as "I tag message" lines. The watchdog
 is `upbx phone` (tools/phone.py), fed over UDP; faults are injected here.
+
+Ctrl-C comes from `upbx phone` too, as a byte 0x03 on the watchdog socket, and is raised as
+KeyboardInterrupt in the next feed: where a device raises it, between two bytecodes. The unix port's
+own SIGINT handler raises it asynchronously, wherever the C code is, and one that lands in the garbage
+collector leaves the heap locked for good ("memory allocation failed, heap is locked" from the
+handler's first allocation), so `upbx phone` sends SIGINT only to a handset that never fed.
 """
 import select
 import sys
@@ -140,6 +146,8 @@ class Hal:
             import socket
             self._watchdog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._watchdog_addr = socket.getaddrinfo("127.0.0.1", int(watchdog_port))[0][-1]
+            self._interrupt = select.poll()     # Ctrl-C from `upbx phone`, answering a feed
+            self._interrupt.register(self._watchdog, select.POLLIN)
         self._faults = None
         for line in faults:
             self.fault(line)
@@ -258,6 +266,7 @@ class Hal:
         if self._faults is not None:
             self._faults.inject("hang")
             self._faults.inject("raise")
+            self._faults.inject("collect")
         if self._watchdog is None:
             return
         now = time.ticks_ms()
@@ -267,6 +276,13 @@ class Hal:
                 self._watchdog.sendto(b"feed", self._watchdog_addr)
             except OSError:
                 pass  # the supervisor is gone: nothing to tell
+            for _ in self._interrupt.ipoll(0):
+                try:
+                    interrupted = self._watchdog.recv(16) == b"\x03"
+                except OSError:
+                    interrupted = False   # the supervisor is gone (its port answered with ICMP)
+                if interrupted:
+                    raise KeyboardInterrupt
 
     def park_watchdog(self):
         if self._watchdog is not None:
