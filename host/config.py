@@ -130,6 +130,11 @@ SECTIONS = {
         Key("punch_timeout_s", "float", 2.0,
             "time allowed for UDP hole punching to another remote host before its calls' media stay relayed (B2)",
             positive=True),
+        Key("main_grace_s", "float", 10,
+            "the main host silent during inter-site calls: they are held this long (phones keep them, direct media "
+            "flows) and go on if it answers again, else end \"main host lost\" (docs/survivability.md); 0: they end "
+            "\"unreachable\" when the silence is noticed. At most 15: the session's retransmissions give up soon after",
+            min=0, max=15),
     ],
     "phone": [
         Key("extension", "digits", REQUIRED, "this handset's extension number"),

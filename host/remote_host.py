@@ -38,6 +38,11 @@ PAIR_SILENCE_MS = 300   # no direct media for this long in an answered call: tel
 IDLE_DEAD_MS = 5000
 CALL_KEEPALIVE_MS = 1000
 CALL_DEAD_MS = 2000
+# ... and then the calls through the main host are held for `main_grace_s` (docs/survivability.md):
+# the main host silent for SILENT_MS puts the site in B4 for new calls, but the session and its calls
+# stay; a new frame from the main host within the grace period and they go on, else they end
+# "main host lost" and the login starts again
+SILENT_MS = CALL_KEEPALIVE_MS + CALL_DEAD_MS
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
 PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is noticed within ~4 s (B4)
 ON_SITE = ("local", "trunk")     # paths of calls that do not cross the uplink (trunk: the site's own line)
@@ -68,6 +73,8 @@ class RemoteHost(HostCore):
                            backoff_max_ms=int(config.login_backoff_max_s * 1000), dead_ms=IDLE_DEAD_MS)
         self.main_link = Link("main", "main", login=self.login, address=config.main)
         self.main_link.up = False
+        self.grace_ms = int(config.main_grace_s * 1000)
+        self.main_silent_ms = None   # when the main host fell silent with calls held (the grace period), else None
         self.records = RecordStore(config.records_database)
         for warning in self.records.warnings:
             self.log.warning("file-permissions", problem=warning)
@@ -187,24 +194,59 @@ class RemoteHost(HostCore):
     def _login_events(self, now):
         for event in self.login.take_events():
             if isinstance(event, LoginUp):
-                self.main_link.up = True
                 self.log.info("logged-in", main="%s:%d" % self.main_address, logins=self.login.logins)
-                self._upload_records(now)
-                self.voicemail_upload.start(now)
-                self.mailbox_cache.start(now)
-                for number in self.cache.unsent_features:
-                    self._send_features(number, now)
-                for link in self.phone_links.values():
-                    self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: link.name, wire.IE_STATE: 1}, now)
+                self._main_up(now)
             else:
-                self.main_link.up = False
+                held = self.main_silent_ms is not None   # the grace period is over: the main host is lost
+                self.main_silent_ms = None
+                if self.main_link.up:
+                    self._main_away(now)
                 self.log.warning("main-unreachable", reason=event.reason)
-                self.uploading.clear()
-                self.voicemail_upload.stop()
-                self.mailbox_cache.stop()
-                for call in list(self.pending_local.values()):
-                    self._decide_locally(call, now)
-                self.release_calls(self.main_link, wire.CAUSE_UNREACHABLE, now)
+                if held:
+                    self.stats.count("calls released after the grace period", self.main_link.legs)
+                self.release_calls(self.main_link, wire.CAUSE_MAIN_LOST if held else wire.CAUSE_UNREACHABLE, now)
+
+    def _main_up(self, now):
+        """The main host answers (a login, or again on the same session after a silence)."""
+        self.main_link.up = True
+        self._upload_records(now)
+        self.voicemail_upload.start(now)
+        self.mailbox_cache.start(now)
+        for number in self.cache.unsent_features:
+            self._send_features(number, now)
+        for link in self.phone_links.values():
+            self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: link.name, wire.IE_STATE: 1}, now)
+
+    def _main_away(self, now):
+        """B4 from now on for new calls (the session may still come back: _main_liveness)."""
+        self.main_link.up = False
+        self.uploading.clear()
+        self.voicemail_upload.stop()
+        self.mailbox_cache.stop()
+        for call in list(self.pending_local.values()):
+            self._decide_locally(call, now)
+
+    def _main_liveness(self, now):
+        """The grace period (docs/survivability.md): calls through the main host and nothing heard from
+        it for SILENT_MS: the site is on its own for new calls, the held calls stay (their phones keep
+        them, direct media flows on); a new frame from it on the same session and everything goes on.
+        The login itself ends at the grace period's end (its dead time is CALL_DEAD_MS + grace_ms)."""
+        if self.login.state != UP or self.login.last_heard_ms is None:
+            return
+        quiet = now - self.login.last_heard_ms
+        if self.main_silent_ms is None:
+            if self.grace_ms and quiet >= SILENT_MS and self.main_link.legs and self.main_link.up:
+                self.main_silent_ms = now
+                self.stats.count("main host silences")
+                self.log.warning("main-silent", silent_ms=quiet, calls_held=self.main_link.legs,
+                                 grace_ms=self.grace_ms)
+                self._main_away(now)
+        elif quiet < SILENT_MS:
+            self.stats.count("main host returns")
+            self.log.info("main-back", silent_ms=now - self.main_silent_ms + SILENT_MS,
+                          calls_held=self.main_link.legs)
+            self.main_silent_ms = None
+            self._main_up(now)
 
     def _main_message(self, msg_type, ies, now):
         self.count_message(msg_type)
@@ -852,7 +894,7 @@ class RemoteHost(HostCore):
                     and call.state in ("setup", "alerting") and now - call.offered_ms >= call.noanswer[1]):
                 self._forward_no_answer(call, now)
         if any(c.path not in ON_SITE for c in self.switch.calls.values()):
-            self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
+            self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS + self.grace_ms, now)
         else:
             self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
         self.pairs.tick(now)
@@ -864,6 +906,7 @@ class RemoteHost(HostCore):
         if timer is not None and timer <= now:
             self.login.handle_timer(now)
             self._login_events(now)
+        self._main_liveness(now)
         for peer in self.peers.due(now):
             peer.channel.handle_timer(now)
             self.peers.dirty.add(peer)    # what it resends goes out with this turn's datagrams
@@ -895,7 +938,10 @@ class RemoteHost(HostCore):
             "bandwidth": self.meter.as_dict(),
             "uplink": {"budget_kbps": self.config.uplink_kbps, "calls": self._uplink_calls(),
                        "committed_kbps": round(self._uplink_kbps(), 1) if self._uplink_calls() else 0.0},
-            "main": {"state": self.login.state, "logins": self.login.logins},
+            "main": {"state": self.login.state, "logins": self.login.logins,
+                     "silent_ms": None if self.main_silent_ms is None else self.now - self.main_silent_ms + SILENT_MS,
+                     "calls_held": self.main_link.legs if self.main_silent_ms is not None else 0,
+                     "grace_ms": self.grace_ms},
             "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
