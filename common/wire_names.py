@@ -8,7 +8,7 @@ prints it; tests/common/test_vectors.py checks that the two agree).
 
 MESSAGES = """01 HELLO 02 CHALLENGE 03 RESPONSE 04 WELCOME 06 ACK 07 PING 08 BYE 10 SETUP 12 ALERTING
 13 ANSWER 14 RELEASE 16 DTMF 17 MEDIA_PEER 18 HOLD 19 TRANSFER 1A PARTY 1B MAILBOX_CHANGE 1C CONFERENCE 1D MESSAGE_WAITING 1E MAILBOX 20 LOCAL_REQUEST 21 LOCAL_GRANT 22 LOCAL_REFUSE 30 PUNCH_OFFER
-31 PUNCH 32 PUNCH_RESULT 40 SYSINFO 41 SYSINFO_ACK 42 VOICEMAIL 43 FIRMWARE 44 FIRMWARE_WANT 45 FIRMWARE_STATE 50 RECORDS 60 PHONE_STATE 61 FEATURES 70 DIRECTORY 71 MUSIC"""
+31 PUNCH 32 PUNCH_RESULT 40 SYSINFO 41 SYSINFO_ACK 42 VOICEMAIL 43 FIRMWARE 44 FIRMWARE_WANT 45 FIRMWARE_STATE 50 RECORDS 60 PHONE_STATE 61 FEATURES 70 DIRECTORY 71 MUSIC 72 FORWARDED"""
 
 # IE type, name, kind, least and most value bytes
 IES = """01 extension str 1 15
@@ -43,7 +43,9 @@ IES = """01 extension str 1 15
 2b conf_call_no u16 2 2
 2e fw_version str 1 31
 2f fw_state u8 1 1
-30 fw_running str 0 31"""
+30 fw_running str 0 31
+31 cluster_nodes bytes 1 255
+32 node u8 1 1"""
 # release causes only hosts send (a handset shows their text from common.wire.CAUSE_TEXT)
 CAUSES = """0e ANSWERED_ELSEWHERE 0f PICKED_UP 11 NO_OUTSIDE_LINE 12 MAIN_LOST"""
 KINDS = ("str", "bytes", "addr")  # codes 1, 2, 3 in the layout; any other kind is an unsigned integer (4)

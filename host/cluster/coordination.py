@@ -2,7 +2,7 @@
 
 Keys, all under /upbx/:
   layout                 the session index / call number layout version (INDEX_LAYOUT); a node
-                         that knows another refuses to start (issue 16 item 2 changes it)
+                         that knows another refuses to start (common/cluster.py)
   cookie-secret          32 bytes: the HELLO cookie secret every node uses, so a RESPONSE to one
                          node's CHALLENGE is accepted by any (host/peers.py)
   cluster-key            32 bytes: seals the media keys in the per-call Redis keys (calls.py)
@@ -20,11 +20,12 @@ import secrets
 import aetcd
 import aetcd.leases
 
+from upbx.common import cluster
 from upbx.host.daemon import ServiceError
 
 PREFIX = b"/upbx/"
-INDEX_LAYOUT = 1
-MAX_NODES = 63
+INDEX_LAYOUT = cluster.LAYOUT   # common/cluster.py: node and worker ids in session indexes and call numbers
+MAX_NODES = cluster.MAX_NODE    # the node ids layout 1 has room for
 
 
 class CoordinationError(ServiceError):

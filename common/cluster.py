@@ -1,0 +1,173 @@
+"""A main host cluster on the wire (issue 16 item 2, docs/cluster.md "Datagrams to the right node").
+
+What a client and every node agree on, with no table to look up:
+
+- which node a client greets first: `rendezvous(identity, node_ids)`, highest random weight
+  (Thaler and Ravishankar's rendezvous hashing; a node's loss moves only its own identities, a
+  new node takes about 1/N of them);
+- which node and worker a datagram belongs to: the node and worker are bits of the receiver's
+  session index, and the node bits of the call number (as QUIC-LB puts a server id in a QUIC
+  connection id), behind version bits, so the layout can change while sessions made with the
+  old one live on;
+- where the nodes are: IE cluster_nodes in WELCOME and the system information,
+  `encode_nodes` / `decode_nodes`.
+
+Layout version 1 (the only one today; etcd's /upbx/layout says which one a cluster gives out):
+
+    session index (22 bits)   vv nnnn llllllllllllll www    v version 1..3 (0: not a cluster index)
+                                                             n node 1..15, l 13 bits, w worker 0..7
+    call number (15 bits)     p nnnn cccccccccc             p the version's low bit (1 for version 1)
+                                                             n node 1..15, c 10 bits
+
+Capacity of version 1: 15 nodes; 8 workers per node, 8,192 sessions per worker (65,536 remote
+hosts and phones straight at one node); 1,024 call legs per node (a relayed call between two
+remote hosts takes two: 512 relayed calls per node), 15,360 in the cluster. A call number has no
+worker bits: phones' mini frames are the main process's on every node (the workers take trunk
+frames, and those name their session index). A standalone main host uses none of this: its
+indexes and call numbers are what they always were.
+
+Pure functions on ints and bytes: this module imports under MicroPython (a handset picks its
+node with it), and allocates nothing per frame beyond the ints it returns.
+"""
+from .compat import const, sha256
+
+LAYOUT = const(1)            # the layout this code gives out
+VERSION_SHIFT = const(20)
+NODE_SHIFT = const(16)
+LOCAL_SHIFT = const(3)
+NODE_MASK = const(0xF)
+LOCAL_MASK = const(0x1FFF)
+WORKER_MASK = const(0x7)
+MAX_NODE = const(15)
+MAX_WORKERS = const(8)
+LOCAL_SESSIONS = const(0x2000)    # per worker
+CALL_VERSION_SHIFT = const(14)
+CALL_NODE_SHIFT = const(10)
+CALL_LOCAL_MASK = const(0x3FF)
+LOCAL_CALLS = const(0x400)        # call legs per node
+NODE_ENTRY = const(7)             # cluster_nodes: node id, IPv4 (4), port (2)
+
+
+def index_version(index):
+    """The layout version of a session index (0: not made by a cluster node)."""
+    return (index >> VERSION_SHIFT) & 3
+
+
+def index_node(index):
+    """The node id in a session index, or None when its layout is not one this code reads."""
+    if (index >> VERSION_SHIFT) & 3 != LAYOUT:
+        return None
+    node = (index >> NODE_SHIFT) & NODE_MASK
+    return node or None
+
+
+def index_worker(index):
+    """The worker id in a session index of this code's layout (0..7), else None."""
+    if (index >> VERSION_SHIFT) & 3 != LAYOUT:
+        return None
+    return index & WORKER_MASK
+
+
+def make_index(node, worker, local):
+    """The session index of node's worker's local number (0..8191), in layout LAYOUT."""
+    if not 1 <= node <= MAX_NODE or not 0 <= worker < MAX_WORKERS or not 0 <= local < LOCAL_SESSIONS:
+        raise ValueError("node %d, worker %d, local %d outside layout %d" % (node, worker, local, LAYOUT))
+    return (LAYOUT << VERSION_SHIFT) | (node << NODE_SHIFT) | (local << LOCAL_SHIFT) | worker
+
+
+def index_local(index):
+    """The node's own part of a session index (its 13 local bits)."""
+    return (index >> LOCAL_SHIFT) & LOCAL_MASK
+
+
+def call_no_version(call_no):
+    """The layout version bit of a call number (1 for version 1 and 3, 0 for 2)."""
+    return (call_no >> CALL_VERSION_SHIFT) & 1
+
+
+def call_no_node(call_no):
+    """The node id in a call number, or None when its version bit is not this layout's."""
+    if (call_no >> CALL_VERSION_SHIFT) & 1 != LAYOUT & 1:
+        return None
+    node = (call_no >> CALL_NODE_SHIFT) & NODE_MASK
+    return node or None
+
+
+def make_call_no(node, local):
+    """The call number of node's local number (0..1023), in layout LAYOUT."""
+    if not 1 <= node <= MAX_NODE or not 0 <= local < LOCAL_CALLS:
+        raise ValueError("node %d, call %d outside layout %d" % (node, local, LAYOUT))
+    return ((LAYOUT & 1) << CALL_VERSION_SHIFT) | (node << CALL_NODE_SHIFT) | local
+
+
+def identity(kind, name):
+    """The bytes a client's rendezvous is computed on: b"host/NAME" or b"phone/EXT" (kind, name
+    as in HELLO: a remote host's host_name, a phone's extension)."""
+    return ("%s/%s" % (kind, name)).encode()
+
+
+def _weight(identity, node):
+    # the id's complement last: of two equal weights (2**-64) the lower id sorts first, with no
+    # reliance on a stable sort (MicroPython's is not)
+    return sha256(bytes(identity) + bytes((0, node))).digest()[:8] + bytes((255 - node,))
+
+
+def rendezvous(identity, node_ids):
+    """node_ids ordered by highest random weight for identity (bytes or str): the first is the
+    identity's home, the second its standby. The weight is the first 8 bytes of
+    SHA-256(identity || 0x00 || node id), compared as big-endian numbers; a tie (2**-64) goes to
+    the lower id."""
+    if isinstance(identity, str):
+        identity = identity.encode()
+    return sorted(node_ids, key=lambda node: _weight(identity, node), reverse=True)
+
+
+def ranked(identity, nodes):
+    """nodes ([(node_id, address)], as decode_nodes gives) in identity's rendezvous order: the first
+    is where its client greets first, the second its standby."""
+    order = rendezvous(identity, [node for node, _address in nodes])
+    by_id = dict(nodes)
+    return [(node, by_id[node]) for node in order]
+
+
+def encode_nodes(nodes):
+    """IE cluster_nodes of [(node_id, (ipv4, port))]: the layout version (1 byte), then per node its
+    id (1 byte), IPv4 address (4) and UDP port (2), in the order given."""
+    out = bytearray((LAYOUT,))
+    for node, address in nodes:
+        host, port = address
+        parts = host.split(".")
+        if not 1 <= node <= MAX_NODE or len(parts) != 4 or not 0 < port < 65536:
+            raise ValueError("cluster node %r at %r" % (node, address))
+        out.append(node)
+        for part in parts:
+            out.append(int(part))
+        out.append(port >> 8)
+        out.append(port & 0xFF)
+    if len(out) > 255:
+        raise ValueError("%d cluster nodes do not fit in one IE" % len(nodes))
+    return bytes(out)
+
+
+def decode_nodes(data):
+    """[(node_id, (ipv4, port))] of IE cluster_nodes; ValueError names what is wrong (a layout this
+    code does not know, a cut entry, a node id outside 1..15 or twice, port 0)."""
+    if len(data) < 1:
+        raise ValueError("cluster_nodes: empty")
+    if data[0] != LAYOUT:
+        raise ValueError("cluster_nodes: layout %d, this code knows %d" % (data[0], LAYOUT))
+    if (len(data) - 1) % NODE_ENTRY:
+        raise ValueError("cluster_nodes: %d bytes after the version, not whole entries of %d"
+                         % (len(data) - 1, NODE_ENTRY))
+    nodes = []
+    seen = set()
+    for at in range(1, len(data), NODE_ENTRY):
+        node = data[at]
+        port = (data[at + 5] << 8) | data[at + 6]
+        if not 1 <= node <= MAX_NODE or node in seen:
+            raise ValueError("cluster_nodes: node id %d at offset %d" % (node, at))
+        if not port:
+            raise ValueError("cluster_nodes: port 0 at offset %d" % (at + 5))
+        seen.add(node)
+        nodes.append((node, ("%d.%d.%d.%d" % (data[at + 1], data[at + 2], data[at + 3], data[at + 4]), port)))
+    return nodes

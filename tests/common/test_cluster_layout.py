@@ -1,0 +1,132 @@
+"""common/cluster.py under both interpreters: the index and call number layout, rendezvous, the node list.
+
+The vectors are written out literally, worked out from the layout in docs/cluster.md (and, for the
+rendezvous weights, SHA-256 of the bytes shown): a node, a remote host and a handset that disagree
+with them would send datagrams to the wrong node.
+"""
+from common import cluster, wire
+
+
+def raises(exc, fn, *args):
+    try:
+        fn(*args)
+    except exc as e:
+        return str(e)
+    raise AssertionError("%s%r did not raise %s" % (fn.__name__, args, exc.__name__))
+
+
+def test_index_layout_vectors():
+    # vv nnnn lllllllllllll www: version 1 in bits 21-20, node in 19-16, local in 15-3, worker in 2-0
+    assert cluster.make_index(1, 0, 0) == 0x110000
+    assert cluster.make_index(2, 1, 5) == 0x120029
+    assert cluster.make_index(15, 7, 8191) == 0x1FFFFF
+    for index, node, worker, local in ((0x110000, 1, 0, 0), (0x120029, 2, 1, 5), (0x1FFFFF, 15, 7, 8191)):
+        assert cluster.index_version(index) == 1
+        assert cluster.index_node(index) == node
+        assert cluster.index_worker(index) == worker
+        assert cluster.index_local(index) == local
+        assert 0 < index <= wire.MAX_SESSION
+
+
+def test_index_of_another_layout_names_no_node():
+    # version 0 (a standalone main host's or an unrouted index), 2 and 3 (layouts this code does not read)
+    for index in (0x010203, 0x0FFFFF, 0x210000, 0x3FFFFF):
+        assert cluster.index_node(index) is None and cluster.index_worker(index) is None
+    assert cluster.index_version(0x3FFFFF) == 3
+    assert cluster.index_node(0x100007) is None   # version 1 but node 0: nobody's
+
+
+def test_call_number_layout_vectors():
+    # p nnnn cccccccccc: the version's low bit in bit 14, node in 13-10, local in 9-0
+    assert cluster.make_call_no(1, 0) == 0x4400
+    assert cluster.make_call_no(3, 7) == 0x4C07
+    assert cluster.make_call_no(15, 1023) == 0x7FFF == wire.MAX_CALL_NO
+    assert cluster.call_no_node(0x4C07) == 3 and cluster.call_no_version(0x4C07) == 1
+    assert cluster.call_no_node(0x4400) == 1
+    # version bit 0 (layout 2, or a standalone number) or node 0: no node
+    assert cluster.call_no_node(0x0C07) is None and cluster.call_no_node(0x4007) is None
+    # a call number is never 0 (reserved in mini frames), whatever the local part
+    assert all(cluster.make_call_no(n, 0) > 0 for n in range(1, 16))
+
+
+def test_layout_refuses_what_does_not_fit():
+    assert "outside layout 1" in raises(ValueError, cluster.make_index, 16, 0, 0)
+    raises(ValueError, cluster.make_index, 0, 0, 0)
+    raises(ValueError, cluster.make_index, 1, 8, 0)
+    raises(ValueError, cluster.make_index, 1, 0, 8192)
+    raises(ValueError, cluster.make_call_no, 1, 1024)
+    raises(ValueError, cluster.make_call_no, 16, 0)
+
+
+def test_every_field_round_trips():
+    for node in (1, 7, 15):
+        for worker in range(8):
+            for local in (0, 1, 4095, 8191):
+                index = cluster.make_index(node, worker, local)
+                assert (cluster.index_node(index), cluster.index_worker(index), cluster.index_local(index)) \
+                    == (node, worker, local)
+        for local in (0, 511, 1023):
+            assert cluster.call_no_node(cluster.make_call_no(node, local)) == node
+
+
+def test_rendezvous_vectors():
+    # weights: the first 8 bytes of SHA-256(identity || 00 || node id)
+    #   host/north: 1 ef93a6cc03941be2, 2 e7f0ed6c4cf837b7, 3 913645f34c32e2c0, 4 b3f639b1f203f769
+    #   phone/201:  1 5d777b2e1946eadf, 2 17b5290ff177dacd, 3 31d06f686cb8170c, 4 4cb80a0b2f90dff2
+    #   host/south: 1 0a06632c729ef126, 2 5cf587a5b94cb865, 3 112409e2921a741e, 4 5004ba654ac26a29
+    assert cluster.identity("host", "north") == b"host/north"
+    assert cluster.rendezvous(b"host/north", [1, 2, 3]) == [1, 2, 3]
+    assert cluster.rendezvous(b"host/north", [3, 1, 4, 2]) == [1, 2, 4, 3]
+    assert cluster.rendezvous("phone/201", [1, 2, 3, 4]) == [1, 4, 3, 2]
+    assert cluster.rendezvous(cluster.identity("host", "south"), (1, 2, 3, 4)) == [2, 4, 3, 1]
+    assert cluster.rendezvous(b"host/x", []) == []
+    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    assert cluster.ranked(b"host/south", nodes) == [nodes[1], nodes[3], nodes[2], nodes[0]]
+
+
+def test_rendezvous_moves_only_what_it_must():
+    names = [cluster.identity("host", "site%d" % i) for i in range(300)]
+    three = [cluster.rendezvous(n, [1, 2, 3]) for n in names]
+    four = [cluster.rendezvous(n, [1, 2, 3, 4]) for n in names]
+    moved = 0
+    for before, after in zip(three, four):
+        # a new node takes an identity or leaves its home and standby where they were
+        if after[0] == 4:
+            moved += 1
+        else:
+            assert after[0] == before[0]
+        assert [n for n in after if n != 4] == before
+    assert 40 < moved < 110     # about a quarter of 300
+    # a node's loss moves only its own identities, each to its standby
+    for before in three:
+        assert cluster.rendezvous(names[three.index(before)], [n for n in (1, 2, 3) if n != 2]) \
+            == [n for n in before if n != 2]
+    homes = [r[0] for r in three]
+    assert all(60 < homes.count(n) < 140 for n in (1, 2, 3))
+
+
+def test_node_list_vector_and_round_trip():
+    nodes = [(1, ("127.0.0.1", 4569)), (2, ("198.18.0.2", 40000))]
+    data = cluster.encode_nodes(nodes)
+    assert data == bytes.fromhex("01" "01" "7f000001" "11d9" "02" "c6120002" "9c40")
+    assert cluster.decode_nodes(data) == nodes
+    assert cluster.decode_nodes(cluster.encode_nodes([])) == []
+    # carried as IE cluster_nodes (0x31)
+    assert wire.IE_CLUSTER_NODES == 0x31
+    ies = wire.encode_ies({wire.IE_CLUSTER_NODES: data})
+    assert ies[:2] == b"\x31\x0f" and wire.decode_ies(ies) == {0x31: data}
+    fifteen = [(n, ("10.0.0.%d" % n, 4569)) for n in range(1, 16)]
+    assert cluster.decode_nodes(cluster.encode_nodes(fifteen)) == fifteen
+
+
+def test_bad_node_lists_are_refused_with_the_reason():
+    good = cluster.encode_nodes([(1, ("127.0.0.1", 4569))])
+    assert "layout 2" in raises(ValueError, cluster.decode_nodes, b"\x02" + good[1:])
+    assert "whole entries" in raises(ValueError, cluster.decode_nodes, good[:-1])
+    assert "empty" in raises(ValueError, cluster.decode_nodes, b"")
+    assert "node id 0" in raises(ValueError, cluster.decode_nodes, b"\x01\x00" + good[2:])
+    assert "node id 1" in raises(ValueError, cluster.decode_nodes, good + good[1:])
+    assert "port 0" in raises(ValueError, cluster.decode_nodes, good[:-2] + b"\x00\x00")
+    raises(ValueError, cluster.encode_nodes, [(16, ("127.0.0.1", 1))])
+    raises(ValueError, cluster.encode_nodes, [(1, ("::1", 1))])
+    raises(ValueError, cluster.encode_nodes, [(1, ("127.0.0.1", 0))])
