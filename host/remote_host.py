@@ -10,7 +10,7 @@ Sans-IO (host/core.py): datagrams and time in, datagrams out; the daemon holds i
 import json
 import os
 
-from upbx.common import wire
+from upbx.common import cluster, wire
 from upbx.common.chunks import Reassembly, chunk_ies
 from upbx.common.login import UP, Login, LoginUp
 from upbx.common.media import MediaLeg, call_kbps
@@ -67,14 +67,16 @@ class RemoteHost(HostCore):
         self.main_address = config.main
         # our index towards the main host is reserved in the session table: no phone can get it,
         # or its frames would be taken for the main host's (one port, one index space)
-        self.login = Login(wire.IE_HOST_NAME, config.name, config.secret, self.peers.reserve_index(),
-                           os.urandom, keepalive_ms=config.keepalive_s * 1000,
-                           backoff_initial_ms=int(config.login_backoff_initial_s * 1000),
-                           backoff_max_ms=int(config.login_backoff_max_s * 1000), dead_ms=IDLE_DEAD_MS)
+        self.login = self._new_login()
         self.main_link = Link("main", "main", login=self.login, address=config.main)
         self.main_link.up = False
         self.grace_ms = int(config.main_grace_s * 1000)
         self.main_silent_ms = None   # when the main host fell silent with calls held (the grace period), else None
+        # a cluster's second node (docs/cluster.md, Failover): a session logged in and kept alive there,
+        # taken over as the main host's session when the main host falls silent (no new handshake)
+        self.standby = None
+        self.standby_link = Link("standby", "main", address=None)
+        self.standby_link.up = False
         self.records = RecordStore(config.records_database)
         for warning in self.records.warnings:
             self.log.warning("file-permissions", problem=warning)
@@ -106,6 +108,15 @@ class RemoteHost(HostCore):
         self.sip = SipEdge(SIP_REALM, self._sip_password, self.stats, offer=config.sip_digest.split(","))
         self.sip_listen = config.sip_listen
         self.sip_calls = SipCalls(self, self.sip, (config.sip_rtp_base, config.sip_rtp_base + 2000))
+
+    def _new_login(self):
+        # our index towards a main host node is reserved in the session table: no phone can get it,
+        # or its frames would be taken for the main host's (one port, one index space)
+        config = self.config
+        return Login(wire.IE_HOST_NAME, config.name, config.secret, self.peers.reserve_index(),
+                     os.urandom, keepalive_ms=config.keepalive_s * 1000,
+                     backoff_initial_ms=int(config.login_backoff_initial_s * 1000),
+                     backoff_max_ms=int(config.login_backoff_max_s * 1000), dead_ms=IDLE_DEAD_MS)
 
     def _secret_of(self, identity):
         kind, name = identity
@@ -142,6 +153,9 @@ class RemoteHost(HostCore):
         HostCore.flush_signalling(self)
         for datagram in self.login.datagrams_to_send(self.now):
             self.send(datagram, self.main_address)
+        if self.standby is not None:
+            for datagram in self.standby.datagrams_to_send(self.now):
+                self.send(datagram, self.standby_link.address)
 
     # datagrams
 
@@ -171,6 +185,9 @@ class RemoteHost(HostCore):
             self._from_main(data, now)
         elif index == self.login.local_index and self.login.state == UP and msg_type not in wire.HANDSHAKE_TYPES:
             self._from_main(data, now)  # main host frames authenticate by session, not address
+        elif self.standby is not None and index == self.standby.local_index and (
+                addr == self.standby_link.address or (self.standby.state == UP and msg_type not in wire.HANDSHAKE_TYPES)):
+            self._from_standby(data, now)
         elif msg_type in wire.HANDSHAKE_TYPES:
             peer = self.handshake(data, addr, now)
             if peer:
@@ -196,6 +213,9 @@ class RemoteHost(HostCore):
             if isinstance(event, LoginUp):
                 self.log.info("logged-in", main="%s:%d" % self.main_address, logins=self.login.logins)
                 self._main_up(now)
+                self._choose_standby(event.welcome, now)
+            elif self.standby is not None and self.standby.state == UP:
+                self._switch_to_standby(now, event.reason)   # held calls, if any, go on there
             else:
                 held = self.main_silent_ms is not None   # the grace period is over: the main host is lost
                 self.main_silent_ms = None
@@ -226,6 +246,71 @@ class RemoteHost(HostCore):
         for call in list(self.pending_local.values()):
             self._decide_locally(call, now)
 
+    # a cluster's standby node (docs/cluster.md, Failover)
+
+    def _choose_standby(self, welcome, now):
+        """The standby node: the first node in this host's rendezvous order (common/cluster.py) that is
+        not the main host's, from the WELCOME's cluster_nodes, else from `[remote] standby`."""
+        nodes = []
+        data = welcome.get(wire.IE_CLUSTER_NODES)
+        if data:
+            try:
+                nodes = [address for _node, address in
+                         cluster.ranked(cluster.identity("host", self.config.name), cluster.decode_nodes(data))]
+            except ValueError:
+                self.stats.drop("bad cluster nodes")
+        nodes = [tuple(a[:2]) for a in (nodes or self.config.standby) if tuple(a[:2]) != tuple(self.main_address[:2])]
+        want = nodes[0] if nodes else None
+        if self.standby is not None and want == self.standby_link.address:
+            return
+        if self.standby is not None:
+            self.peers.release_index(self.standby.local_index)
+            self.standby = self.standby_link.login = None
+            self.standby_link.up = False
+        if want is not None:
+            self.standby = self.standby_link.login = self._new_login()
+            self.standby_link.address = want
+            self.standby.start(now)
+            self.log.info("standby", node="%s:%d" % want, by="cluster_nodes" if data else "config")
+
+    def _from_standby(self, data, now):
+        """The standby node's session: kept alive. It switches no call of ours until it is the main
+        host's session: a SETUP on it is refused (a node routes a site's calls to the site's node)."""
+        messages = self.standby.receive(data, now)
+        self._standby_events(now)
+        for msg_type, ies in messages:
+            if msg_type == wire.SETUP:
+                self.stats.count("standby setups refused")
+                self.refuse_setup(self.standby_link, ies, wire.CAUSE_UNREACHABLE, now)
+            elif msg_type not in (wire.PING, wire.ACK):
+                self.stats.count("standby messages ignored")
+
+    def _standby_events(self, now):
+        for event in self.standby.take_events():
+            self.standby_link.up = isinstance(event, LoginUp)
+            if self.standby_link.up:
+                self.log.info("standby-up", node="%s:%d" % self.standby_link.address, logins=self.standby.logins)
+            else:
+                self.log.warning("standby-down", node="%s:%d" % self.standby_link.address, reason=event.reason)
+
+    def _switch_to_standby(self, now, reason):
+        """The standby session becomes the main host's, as it is (no handshake): the calls through the
+        main host go on on it (the node takes them over from Redis at their first frame, host/cluster/
+        calls.py); the old session is the standby now, logging in again to its node."""
+        old, old_address = self.login, self.main_address
+        self.login = self.main_link.login = self.standby
+        self.main_address = self.main_link.address = self.standby_link.address
+        self.standby = self.standby_link.login = old
+        self.standby_link.address = old_address
+        self.standby_link.up = False
+        old.take_events()
+        old.start(now)
+        self.main_silent_ms = None
+        self.stats.count("standby switches")
+        self.log.warning("main-switched", main="%s:%d" % self.main_address, was="%s:%d" % old_address,
+                         reason=reason, calls=self.main_link.legs)
+        self._main_up(now)
+
     def _main_liveness(self, now):
         """The grace period (docs/survivability.md): calls through the main host and nothing heard from
         it for SILENT_MS: the site is on its own for new calls, the held calls stay (their phones keep
@@ -234,8 +319,12 @@ class RemoteHost(HostCore):
         if self.login.state != UP or self.login.last_heard_ms is None:
             return
         quiet = now - self.login.last_heard_ms
-        if self.main_silent_ms is None:
-            if self.grace_ms and quiet >= SILENT_MS and self.main_link.legs and self.main_link.up:
+        if self.main_silent_ms is not None and quiet >= SILENT_MS and self.standby_link.up:
+            self._switch_to_standby(now, "nothing heard for %d ms" % quiet)   # up during the grace period
+        elif self.main_silent_ms is None:
+            if quiet >= SILENT_MS and self.main_link.legs and self.main_link.up and self.standby_link.up:
+                self._switch_to_standby(now, "nothing heard for %d ms" % quiet)
+            elif self.grace_ms and quiet >= SILENT_MS and self.main_link.legs and self.main_link.up:
                 self.main_silent_ms = now
                 self.stats.count("main host silences")
                 self.log.warning("main-silent", silent_ms=quiet, calls_held=self.main_link.legs,
@@ -906,6 +995,11 @@ class RemoteHost(HostCore):
         if timer is not None and timer <= now:
             self.login.handle_timer(now)
             self._login_events(now)
+        if self.standby is not None:
+            timer = self.standby.next_timer()
+            if timer is not None and timer <= now:
+                self.standby.handle_timer(now)
+                self._standby_events(now)
         self._main_liveness(now)
         for peer in self.peers.due(now):
             peer.channel.handle_timer(now)
@@ -941,7 +1035,10 @@ class RemoteHost(HostCore):
             "main": {"state": self.login.state, "logins": self.login.logins,
                      "silent_ms": None if self.main_silent_ms is None else self.now - self.main_silent_ms + SILENT_MS,
                      "calls_held": self.main_link.legs if self.main_silent_ms is not None else 0,
-                     "grace_ms": self.grace_ms},
+                     "grace_ms": self.grace_ms, "address": "%s:%d" % self.main_address[:2],
+                     "standby": None if self.standby is None else {
+                         "address": "%s:%d" % self.standby_link.address[:2], "state": self.standby.state,
+                         "logins": self.standby.logins}},
             "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,

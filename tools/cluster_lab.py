@@ -221,9 +221,12 @@ class ClusterExchange(LoopbackExchange):
     """Main host nodes (processes) on one set of Engines, with LoopbackExchange's phones and helpers:
     `upbx admin` goes to the cluster's PostgreSQL through the first node's main.toml."""
 
-    def __init__(self, engines, nodes=("n1", "n2"), **kwargs):
+    def __init__(self, engines, nodes=("n1", "n2"), standby=False, **kwargs):
+        """standby: each remote host's `standby` lists the other nodes (its standby session goes to the
+        second node, docs/cluster.md Failover)."""
         LoopbackExchange.__init__(self, **kwargs)
         self.engines = engines
+        self.standby = standby
         self.nodes = list(nodes)
         self.node_ports = {node: free_port() for node in self.nodes}
         self.main_port = self.node_ports[self.nodes[0]]   # phones of sites without a remote host: the first node
@@ -233,8 +236,9 @@ class ClusterExchange(LoopbackExchange):
     def _write_config(self, node):
         with open(self.path(node + ".toml"), "w") as f:
             f.write('[main]\nlisten = "127.0.0.1:%d"\ndatabase = "%s.sqlite"\ncontrol_socket = "%s"\nlog_level = "%s"\n'
-                    'workers = 1\n\n%s' % (self.node_ports[node], node, self.path(node + ".sock"), self.log_level,
-                                           self.engines.cluster_table(node)))
+                    'workers = 1\ndirect_media = %s\n\n%s'
+                    % (self.node_ports[node], node, self.path(node + ".sock"), self.log_level,
+                       "true" if self.direct_media else "false", self.engines.cluster_table(node)))
 
     def provision(self, sites=("a", "b", "c"), remote_sites=("a", "b"), phones=None):
         """LoopbackExchange.provision straight into PostgreSQL (the Directory `upbx admin` uses, without a
@@ -290,6 +294,10 @@ class ClusterExchange(LoopbackExchange):
                 f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "127.0.0.1:%d"\nlisten = "127.0.0.1:%d"\n'
                         'control_socket = "%s"\nlog_level = "%s"\n'
                         % (name, self.secrets[name], self.main_port, port, self.path(name + ".sock"), self.log_level))
+                if self.standby:
+                    f.write('standby = "%s"\n' % ",".join("127.0.0.1:%d" % self.node_ports[n] for n in self.nodes[1:]))
+                for key, value in self.remote_settings.items():
+                    f.write("%s = %s\n" % (key, json.dumps(value)))
             self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
         self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up"
                                   for s in getattr(self, "remote_sites", ())),

@@ -10,17 +10,19 @@ records to PostgreSQL after an outage. None of these waits blocks a login or a c
 each runs in its own task, and each reconnects with a backoff when its engine goes.
 """
 import asyncio
+import json
 import os
 import threading
 import time
 
 from upbx.host.cluster import coordination
-from upbx.host.cluster.calls import CallMirror
+from upbx.host.cluster.calls import KEY, CallMirror, Takeover
 from upbx.host.cluster.postgres import CHANNEL, read_snapshot
 from upbx.host.cluster.replica import ReplicaDirectory
 from upbx.host.directory import StoreUnavailable
 
 CALLS_PERIOD_S = 0.2     # how often the call keys are brought up to date
+TAKEOVER_PERIOD_S = 0.05  # how often call numbers asked for are looked up in Redis (failover)
 LOAD_PERIOD_S = 1.0      # how often the node's load in etcd is rewritten (when it changed)
 BACKOFF_MAX_S = 2.0      # longest wait before reaching an engine again
 
@@ -93,7 +95,9 @@ class ClusterService:
         self.core.cluster_state = self.state
         self.mirror = CallMirror(self.node.name, self.node.cluster_key, self.config.cluster_call_ttl_s,
                                  self.config.cluster_ended_ttl_s)
-        self.tasks = [asyncio.ensure_future(t()) for t in (self._membership, self._listen, self._calls)]
+        self.core.takeover = Takeover(self.core, self.node.cluster_key)
+        self.tasks = [asyncio.ensure_future(t()) for t in (self._membership, self._listen, self._calls,
+                                                             self._takeover)]
 
     async def stop(self):
         for task in self.tasks:
@@ -257,3 +261,40 @@ class ClusterService:
                     self.redis = None
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    # failover: calls of a silent node, taken over from Redis (calls.py Takeover)
+
+    async def _takeover(self):
+        """Every TAKEOVER_PERIOD_S while call numbers are asked for: one pass over the call keys (SCAN,
+        then MGET), adopting each live call that has a wanted leg. O(calls in Redis) a pass, and only
+        while a takeover is under way; a leg index key would make it O(wanted)."""
+        from upbx.host.daemon import now_ms
+        takeover = self.core.takeover
+        while True:
+            try:
+                await asyncio.sleep(TAKEOVER_PERIOD_S)
+                if self.redis is None or not takeover.want:
+                    continue
+                wanted = takeover.wanted(now_ms())
+                if not wanted:
+                    continue
+                keys = [k async for k in self.redis.scan_iter(match=KEY % "*", count=1000)]
+                for at in range(0, len(keys), 500):
+                    for raw in await self.redis.mget(keys[at:at + 500]):
+                        if raw is None:
+                            continue
+                        value = json.loads(raw)
+                        legs = (value.get("legs") or {}).values()
+                        if not any((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) in wanted
+                                   for leg in legs):
+                            continue
+                        now = now_ms()
+                        problem = takeover.adopt(value, now, self.core.wall_ms(now))
+                        if problem is not None and problem != "have it":
+                            self.core.log.info("call-takeover-waits", call=value.get("uid"), reason=problem)
+                self.daemon._flush()   # what adopting sent (deferred messages passed on) goes now
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.core.log.warning("call-takeover", error="%s: %s" % (exc.__class__.__name__, exc))
+                await asyncio.sleep(0.5)

@@ -1,0 +1,129 @@
+"""Failover of a main host cluster (issue 16 item 3, docs/cluster.md "Failover"): real nodes on real
+PostgreSQL, Redis and etcd (tools/cluster_lab.py), real remote hosts, firmware phones.
+
+Three nodes; the remote hosts of sites a, b and c log in to n1 and keep a standby session to n2
+(`[remote] standby`). A call from 101 (site a) to 201 (site b), relayed by n1, each phone sending
+its own noise and recording what it receives. n1 killed with -9: both remote hosts switch to their
+standby session (no new handshake), n2 takes the call over from Redis at its first frames, the
+relayed audio comes back both ways and the call ends "normal clearing" when the caller hangs up.
+Idle site c moves to n2 the same way. Audio is checked by content (the sender's frames, in order,
+nothing foreign); the gap in each phone's received audio is the failover time, printed as a figure.
+"""
+import json
+import os
+import time
+
+import pytest
+
+from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
+from tests.support import micropython_binary
+
+cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
+
+NODES = ("n1", "n2", "n3")
+SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
+
+
+@pytest.fixture(scope="module")
+def engines():
+    problem = cluster_lab.missing()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    with cluster_lab.Engines() as engines:
+        yield engines
+
+
+def _gap_ms(path):
+    """The longest gap in a recorded stream (sender timestamps of consecutive frames received)."""
+    frames = read_g711_record(path)
+    return max((b[0] - a[0] for a, b in zip(frames, frames[1:])), default=0)
+
+
+def _frames(path):
+    return len(read_g711_record(path)) if os.path.exists(path) else 0
+
+
+def test_node_killed_during_a_relayed_call_survivor_takes_it_over(engines):
+    micropython_binary()
+    import redis
+    r = redis.Redis.from_url(engines.redis_url)
+    lab = cluster_lab.ClusterExchange(engines, nodes=NODES, standby=True, direct_media=False,
+                                      remote_settings=SETTINGS)
+    try:
+        lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b", "c"),
+                      phones={"a": ["101"], "b": ["201"], "c": ["301"]})
+        lab.start()
+        n2 = "127.0.0.1:%d" % lab.node_ports["n2"]
+        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "abc"),
+                     "every remote host's standby session to n2 up", timeout=60)
+        assert all(lab.status("site-" + s)["main"]["standby"]["address"] == n2 for s in "abc")
+        standby_logins = {s: lab.status("site-" + s)["main"]["standby"]["logins"] for s in "abc"}
+
+        procs = {}
+        for number in ("201", "101"):
+            wav = lab.path(number + ".wav")
+            write_noise_wav(wav, 120, int(number))
+            args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
+                    "--exit-after", "300"]
+            args += ["--answer"] if number == "201" else ["--call", "201", "--call-after", "0.5"]
+            procs[number] = lab.phone(number, *args, tag="failover-" + number)
+            lab.wait_registered(number, timeout=60)
+
+        def answered_key():
+            for key in r.scan_iter(match="upbx:call:*"):
+                call = json.loads(r.get(key) or b"{}")
+                if call.get("caller") == "101" and call.get("state") == "answered" and not call.get("ended"):
+                    return call
+            return None
+
+        lab.wait_for(lambda: answered_key() is not None, "the answered call's key in Redis", timeout=60)
+        call = answered_key()
+        assert call["node"] == "n1" and call["path"] == "relay"
+        key = "upbx:call:" + call["uid"]
+        time.sleep(1)
+        before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("101", "201")}
+        killed = time.time()
+        lab.kill("n1")
+
+        # both remote hosts on n2, on the session that was their standby; n2 has the call
+        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["address"] == n2 for s in "ab"),
+                     "sites a and b switched to n2", timeout=30)
+        switched = time.time() - killed
+        lab.wait_for(lambda: [c["callee"] for c in lab.status("n2")["calls"]] == ["201"], "n2 took the call over",
+                     timeout=30)
+        taken = time.time() - killed
+        assert lab.status("n2")["stats"]["counters"].get("calls taken over") == 1
+        # relayed audio back both ways: 2 s more of each phone's audio at the other
+        lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("101", "201")),
+                     "relayed audio after the failover", timeout=30)
+        lab.wait_for(lambda: lab.status("site-c")["main"]["address"] == n2, "idle site c re-homed to n2", timeout=30)
+        rehomed = time.time() - killed
+        for site in "abc":
+            main = lab.status("site-" + site)["main"]
+            # no new handshake: the session on n2 is the standby logged in before the kill
+            assert main["state"] == "up" and main["logins"] == standby_logins[site], (site, main)
+            assert lab.status("site-" + site)["stats"]["counters"].get("standby switches") == 1
+
+        procs["101"].stdin.write(b"!hangup\n")
+        procs["101"].stdin.flush()
+        for proc in procs.values():
+            proc.wait(60)
+        gaps = {}
+        for sender, receiver in (("101", "201"), ("201", "101")):
+            call = lab.summary("failover-" + sender)["calls"][0]
+            assert call["cause"] == "normal clearing", call       # no call dropped
+            gaps[receiver] = _gap_ms(lab.path(receiver + ".rx.g711"))
+            match, matched = audio_match(lab.path(sender + ".wav"), lab.path(receiver + ".rx.g711"),
+                                         call["frames_sent"], gap_frames=gaps[receiver] // 20 + 5)
+            assert match, (sender, matched, call["frames_sent"], gaps[receiver])
+        print("kill -9 of n1: sites switched after %.1f s, n2 had the call after %.1f s, idle site re-homed after "
+              "%.1f s; relayed audio gap at 101: %d ms, at 201: %d ms" % (switched, taken, rehomed, gaps["101"],
+                                                                         gaps["201"]))
+        # n2 carried the call to its end: its key is n2's, marked ended
+        lab.wait_for(lambda: json.loads(r.get(key) or b"{}").get("ended"), "the call's key marked ended", timeout=30)
+        assert json.loads(r.get(key))["node"] == "n2"
+    finally:
+        lab.close()
+        r.close()
