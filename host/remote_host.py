@@ -43,6 +43,14 @@ CALL_DEAD_MS = 2000
 # stay; a new frame from the main host within the grace period and they go on, else they end
 # "main host lost" and the login starts again
 SILENT_MS = CALL_KEEPALIVE_MS + CALL_DEAD_MS
+# idle with a standby session up (a cluster, docs/cluster.md): the main host's loss is noticed within
+# 4 s and the site moves to the standby node (no handshake), instead of keepalive_s + 5 s
+STANDBY_IDLE_KEEPALIVE_MS = 2000
+STANDBY_IDLE_DEAD_MS = 2000
+# ... and in calls through the main host, silent for 2 s (not 3 s): the relayed audio is back on the
+# standby node within the 3 s
+STANDBY_CALL_KEEPALIVE_MS = 500
+STANDBY_CALL_DEAD_MS = 1500
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
 PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is noticed within ~4 s (B4)
 ON_SITE = ("local", "trunk")     # paths of calls that do not cross the uplink (trunk: the site's own line)
@@ -322,7 +330,8 @@ class RemoteHost(HostCore):
         if self.main_silent_ms is not None and quiet >= SILENT_MS and self.standby_link.up:
             self._switch_to_standby(now, "nothing heard for %d ms" % quiet)   # up during the grace period
         elif self.main_silent_ms is None:
-            if quiet >= SILENT_MS and self.main_link.legs and self.main_link.up and self.standby_link.up:
+            if (quiet >= STANDBY_CALL_KEEPALIVE_MS + STANDBY_CALL_DEAD_MS and self.main_link.legs and self.main_link.up
+                    and self.standby_link.up):
                 self._switch_to_standby(now, "nothing heard for %d ms" % quiet)
             elif self.grace_ms and quiet >= SILENT_MS and self.main_link.legs and self.main_link.up:
                 self.main_silent_ms = now
@@ -982,8 +991,13 @@ class RemoteHost(HostCore):
             if (call.noanswer is not None and call.path == "local" and call.b is not None
                     and call.state in ("setup", "alerting") and now - call.offered_ms >= call.noanswer[1]):
                 self._forward_no_answer(call, now)
-        if any(c.path not in ON_SITE for c in self.switch.calls.values()):
+        if any(c.path not in ON_SITE for c in self.switch.calls.values()) and self.standby_link.up:
+            self.login.set_keepalive(STANDBY_CALL_KEEPALIVE_MS, STANDBY_CALL_DEAD_MS + self.grace_ms, now)
+        elif any(c.path not in ON_SITE for c in self.switch.calls.values()):
             self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS + self.grace_ms, now)
+        elif self.standby_link.up:
+            self.login.set_keepalive(min(self.config.keepalive_s * 1000, STANDBY_IDLE_KEEPALIVE_MS),
+                                     STANDBY_IDLE_DEAD_MS, now)
         else:
             self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
         self.pairs.tick(now)
