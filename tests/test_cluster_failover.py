@@ -16,7 +16,7 @@ import time
 import pytest
 
 from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
-from tests.support import micropython_binary
+from tests.support import micropython_binary, require_root
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
 
@@ -127,3 +127,90 @@ def test_node_killed_during_a_relayed_call_survivor_takes_it_over(engines):
     finally:
         lab.close()
         r.close()
+
+
+def test_in_the_network_lab_node_killed_relayed_audio_back_idle_site_rehomed():
+    """The same in the network lab (root): three nodes on three Internet addresses, the engines beside
+    them, sites a, b and c behind their NAT routers; kill -9 of the node relaying the a-b call. No
+    address moves: the remote hosts send to n2's own address, through their NAT (a mapping of its
+    own, opened by the standby session's keepalives)."""
+    require_root()
+    micropython_binary()
+    from upbx.tools.netlab import Lab
+    from upbx.tools.netlab_exchange import gaps_ms
+    lab = Lab("upxf%s-" % os.urandom(2).hex())
+    engines = ex = r = None
+    try:
+        lab.up(nat="cone", sites=("a", "b", "c"), remote_sites=("a", "b", "c"), phones=1)
+        engines = cluster_lab.engines_in(lab)
+        ex = cluster_lab.ClusterNetlabExchange(lab, engines, nodes=NODES, direct_media=False, keepalive_s=2,
+                                               remote_settings={"login_backoff_initial_s": 0.5,
+                                                                "login_backoff_max_s": 2})
+        ex.provision(sites=("a", "b", "c"), remote_sites=("a", "b", "c"),
+                     phones={"a": ["101"], "b": ["201"], "c": ["301"]})
+        ex.start()
+        n2 = "%s:%d" % ex.node_addresses["n2"]
+        ex.wait_for(lambda: all(ex.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "abc"),
+                    "every remote host's standby session to n2 up", timeout=60)
+        standby_logins = {s: ex.status("site-" + s)["main"]["standby"]["logins"] for s in "abc"}
+        import redis
+        with lab.inside("main"):
+            r = redis.Redis.from_url(engines.redis_url)
+            r.ping()   # connected from inside the namespace: the socket stays there
+
+        records, procs = {}, {}
+        for number in ("201", "101"):
+            wav = ex.path(number + ".wav")
+            write_noise_wav(wav, 120, int(number))
+            records[number] = ex.path(number + ".rx.g711")
+            args = ["--send", wav, "--record-g711", records[number], "--exit-after-call", "--exit-after", "300"]
+            args += ["--answer"] if number == "201" else ["--call", "201", "--call-after", "0.5"]
+            procs[number] = ex.phone(number, *args, tag="netlab-" + number)
+            ex.wait_registered(number, timeout=60)
+
+        def live_call():
+            for key in r.scan_iter(match="upbx:call:*"):
+                call = json.loads(r.get(key) or b"{}")
+                if call.get("caller") == "101" and call.get("state") == "answered" and not call.get("ended"):
+                    return call
+            return None
+
+        ex.wait_for(lambda: live_call() is not None, "the answered call's key in Redis", timeout=60)
+        relaying = live_call()["node"]
+        assert relaying == "n1" and live_call()["path"] == "relay"
+        time.sleep(1)
+        before = {n: _frames(records[n]) for n in records}
+        killed = time.time()
+        ex.kill(relaying)
+        ex.wait_for(lambda: [c["callee"] for c in ex.status("n2")["calls"]] == ["201"], "n2 took the call over",
+                    timeout=30)
+        taken = time.time() - killed
+        ex.wait_for(lambda: all(_frames(records[n]) >= before[n] + 100 for n in records),
+                    "relayed audio after the failover", timeout=30)
+        ex.wait_for(lambda: ex.status("site-c")["main"]["address"] == n2, "idle site c re-homed to n2", timeout=30)
+        rehomed = time.time() - killed
+        for site in "abc":
+            main = ex.status("site-" + site)["main"]
+            assert main["address"] == n2 and main["logins"] == standby_logins[site], (site, main)
+        procs["101"].stdin.write(b"!hangup\n")
+        procs["101"].stdin.flush()
+        for proc in procs.values():
+            proc.wait(60)
+        gaps = {}
+        for sender, receiver in (("101", "201"), ("201", "101")):
+            call = ex.summary("netlab-" + sender)["calls"][0]
+            assert call["cause"] == "normal clearing", call      # no call dropped
+            gaps[receiver] = gaps_ms(records[receiver])[0]
+            match, matched = audio_match(ex.path(sender + ".wav"), records[receiver], call["frames_sent"],
+                                         gap_frames=gaps[receiver] // 20 + 5)
+            assert match, (sender, matched, call["frames_sent"], gaps[receiver])
+        print("network lab, kill -9 of %s: n2 had the call after %.1f s, idle site re-homed after %.1f s; relayed "
+              "audio gap at 101: %d ms, at 201: %d ms" % (relaying, taken, rehomed, gaps["101"], gaps["201"]))
+    finally:
+        if r is not None:
+            r.close()
+        if ex is not None:
+            ex.close()
+        if engines is not None:
+            engines.close()
+        lab.down()
