@@ -214,3 +214,72 @@ def test_in_the_network_lab_node_killed_relayed_audio_back_idle_site_rehomed():
         if engines is not None:
             engines.close()
         lab.down()
+
+
+def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(engines):
+    """n1 stopped (SIGSTOP) rather than killed: the remote hosts switch to n2, which takes the call
+    over; n1 run again (SIGCONT) still has its copy, and gets the remote hosts' standby logins: it ends
+    its copy, but neither phone hears of it, and the Redis key stays n2's, live, until the call ends."""
+    micropython_binary()
+    import signal
+    import redis
+    r = redis.Redis.from_url(engines.redis_url)
+    lab = cluster_lab.ClusterExchange(engines, nodes=NODES, standby=True, direct_media=False,
+                                      remote_settings=SETTINGS)
+    try:
+        lab.provision(sites=("a", "b"), remote_sites=("a", "b"), phones={"a": ["102"], "b": ["202"]})
+        lab.start()
+        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "ab"),
+                     "standby sessions up", timeout=60)
+        procs, records = {}, {}
+        for number in ("202", "102"):
+            wav = lab.path(number + ".wav")
+            write_noise_wav(wav, 120, int(number))
+            records[number] = lab.path(number + ".rx.g711")
+            args = ["--send", wav, "--record-g711", records[number], "--exit-after-call", "--exit-after", "300"]
+            args += ["--answer"] if number == "202" else ["--call", "202", "--call-after", "0.5"]
+            procs[number] = lab.phone(number, *args, tag="stopped-" + number)
+            lab.wait_registered(number, timeout=60)
+
+        def live_call():
+            for key in r.scan_iter(match="upbx:call:*"):
+                call = json.loads(r.get(key) or b"{}")
+                if call.get("caller") == "102" and not call.get("ended") and call.get("state") == "answered":
+                    return call
+            return None
+
+        lab.wait_for(lambda: live_call() is not None, "the call's key", timeout=60)
+        key = "upbx:call:" + live_call()["uid"]
+        n1 = [p for p in lab.procs if p.upbx_name == "n1"][0]
+        os.killpg(n1.pid, signal.SIGSTOP)
+        try:
+            lab.wait_for(lambda: [c["callee"] for c in lab.status("n2")["calls"]] == ["202"], "n2 took the call over",
+                         timeout=30)
+            lab.wait_for(lambda: json.loads(r.get(key))["node"] == "n2", "the key n2's", timeout=10)
+        finally:
+            os.killpg(n1.pid, signal.SIGCONT)
+        # n1 runs again: the standby sessions log in to it anew, it ends its own copy of the call
+        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "ab")
+                     and lab.status("n1")["calls"] == [], "n1 back, its copy of the call ended", timeout=60)
+        time.sleep(1)   # n1's Redis writer had a turn (every 200 ms)
+        value = json.loads(r.get(key))
+        assert value["node"] == "n2" and not value["ended"], value
+        before = {n: _frames(records[n]) for n in records}
+        lab.wait_for(lambda: all(_frames(records[n]) >= before[n] + 100 for n in records),
+                     "audio both ways after n1 came back", timeout=30)
+        procs["102"].stdin.write(b"!hangup\n")
+        procs["102"].stdin.flush()
+        for proc in procs.values():
+            proc.wait(60)
+        for sender, receiver in (("102", "202"), ("202", "102")):
+            call = lab.summary("stopped-" + sender)["calls"][0]
+            assert call["cause"] == "normal clearing", call
+            gap = _gap_ms(records[receiver])
+            match, matched = audio_match(lab.path(sender + ".wav"), records[receiver], call["frames_sent"],
+                                         gap_frames=gap // 20 + 5)
+            assert match, (sender, matched, call["frames_sent"], gap)
+        lab.wait_for(lambda: json.loads(r.get(key) or b"{}").get("ended"), "the key marked ended by n2", timeout=30)
+        assert json.loads(r.get(key))["node"] == "n2"
+    finally:
+        lab.close()
+        r.close()

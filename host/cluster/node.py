@@ -25,6 +25,17 @@ CALLS_PERIOD_S = 0.2     # how often the call keys are brought up to date
 TAKEOVER_PERIOD_S = 0.05  # how often call numbers asked for are looked up in Redis (failover)
 LOAD_PERIOD_S = 1.0      # how often the node's load in etcd is rewritten (when it changed)
 BACKOFF_MAX_S = 2.0      # longest wait before reaching an engine again
+# an ended call's key is written only while no other node has taken the call over: a node that was
+# silent (stopped, cut off) and whose calls a survivor carries on must not mark them ended
+ENDED_IF_OURS = """
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, call = pcall(cjson.decode, v)
+  if ok and call['node'] ~= ARGV[2] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]))
+return 1
+"""
 
 
 def _run(coroutine_function, *args):
@@ -246,7 +257,10 @@ class ClusterService:
                         try:
                             async with self.redis.pipeline(transaction=False) as pipe:
                                 for key, value, ttl in writes:
-                                    pipe.set(key, value, ex=ttl)
+                                    if '"ended": true' in value:
+                                        pipe.eval(ENDED_IF_OURS, 1, key, value, self.node.name, ttl)
+                                    else:
+                                        pipe.set(key, value, ex=ttl)
                                 await pipe.execute()
                         except BaseException:
                             self.mirror.forget(writes)
