@@ -120,3 +120,29 @@ def test_no_grace_period_releases_when_the_silence_is_noticed(tmp_path):
         assert "main host silences" not in counters(world.a)
     finally:
         world.close()
+
+
+def test_standby_node_is_the_next_in_the_sites_rendezvous_order_from_cluster_nodes(tmp_path):
+    """A WELCOME listing the cluster's nodes (IE cluster_nodes, common/cluster.py): the remote host
+    keeps a standby session to the first node of its rendezvous order that is not its main host's
+    (logging in there: a HELLO goes to that address); a cluster_nodes it cannot read is counted and
+    leaves it with the configured standby (none here)."""
+    from upbx.common import cluster
+    from tests.inprocess import MAIN, flush_host
+    world = World(tmp_path)
+    try:
+        world.start_remote()
+        nodes = [(1, MAIN), (2, ("198.18.0.12", 4569)), (3, ("198.18.0.13", 4569)), (4, ("198.18.0.14", 4569))]
+        order = [address for _node, address in cluster.ranked(cluster.identity("host", "site-a"), nodes)]
+        want = [a for a in order if a != MAIN][0]
+        world.a._choose_standby({wire.IE_CLUSTER_NODES: cluster.encode_nodes(nodes)}, world.net.now)
+        assert world.a.status()["main"]["standby"]["address"] == "%s:%d" % want
+        world.net.queue.clear()
+        flush_host(world.net, world.a)
+        sent = [(data, destination) for data, _source, destination in world.net.queue]
+        assert [wire.parse_full(d)[3] for d, dest in sent if dest == want] == [wire.HELLO]
+        world.a._choose_standby({wire.IE_CLUSTER_NODES: b"\x01\x05"}, world.net.now)   # a cut entry
+        assert world.a.status()["stats"]["drops"].get("bad cluster nodes") == 1
+        assert world.a.status()["main"]["standby"] is None
+    finally:
+        world.close()
