@@ -152,10 +152,15 @@ class MainHost(HostCore):
             if link is None:
                 self.stats.drop("unknown session")
                 return
+            takeover = self.takeover   # a cluster's node: another node's calls? (host/cluster/calls.py)
+            drops = self.stats.drops
+            # a frame naming a call number we do not have is rejected whole (its tag covers timestamps
+            # extended from each call's own): either count says it may be another node's calls
+            missed = (drops.get("trunk rejected"), drops.get("unknown call number")) if takeover is not None else None
             if self.switch.trunk_in(data, link, now):   # True only when it carried new media
                 self._touch(peer, addr, now)
-            if self.takeover is not None and link.kind == "host":
-                self.takeover.trunk(link, data, now)     # another node's calls? (host/cluster/calls.py)
+            if takeover is not None and (drops.get("trunk rejected"), drops.get("unknown call number")) != missed:
+                takeover.trunk(link, data, now)
         else:
             msg_type = wire.parse_full(data)[3]
             if msg_type in wire.HANDSHAKE_TYPES:

@@ -227,24 +227,24 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
     lab = cluster_lab.ClusterExchange(engines, nodes=NODES, standby=True, direct_media=False,
                                       remote_settings=SETTINGS)
     try:
-        lab.provision(sites=("a", "b"), remote_sites=("a", "b"), phones={"a": ["102"], "b": ["202"]})
+        lab.provision(sites=("d", "e"), remote_sites=("d", "e"), phones={"d": ["402"], "e": ["502"]})
         lab.start()
-        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "ab"),
+        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "de"),
                      "standby sessions up", timeout=60)
         procs, records = {}, {}
-        for number in ("202", "102"):
+        for number in ("502", "402"):
             wav = lab.path(number + ".wav")
             write_noise_wav(wav, 120, int(number))
             records[number] = lab.path(number + ".rx.g711")
             args = ["--send", wav, "--record-g711", records[number], "--exit-after-call", "--exit-after", "300"]
-            args += ["--answer"] if number == "202" else ["--call", "202", "--call-after", "0.5"]
+            args += ["--answer"] if number == "502" else ["--call", "502", "--call-after", "0.5"]
             procs[number] = lab.phone(number, *args, tag="stopped-" + number)
             lab.wait_registered(number, timeout=60)
 
         def live_call():
             for key in r.scan_iter(match="upbx:call:*"):
                 call = json.loads(r.get(key) or b"{}")
-                if call.get("caller") == "102" and not call.get("ended") and call.get("state") == "answered":
+                if call.get("caller") == "402" and not call.get("ended") and call.get("state") == "answered":
                     return call
             return None
 
@@ -253,13 +253,13 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
         n1 = [p for p in lab.procs if p.upbx_name == "n1"][0]
         os.killpg(n1.pid, signal.SIGSTOP)
         try:
-            lab.wait_for(lambda: [c["callee"] for c in lab.status("n2")["calls"]] == ["202"], "n2 took the call over",
+            lab.wait_for(lambda: [c["callee"] for c in lab.status("n2")["calls"]] == ["502"], "n2 took the call over",
                          timeout=30)
             lab.wait_for(lambda: json.loads(r.get(key))["node"] == "n2", "the key n2's", timeout=10)
         finally:
             os.killpg(n1.pid, signal.SIGCONT)
         # n1 runs again: the standby sessions log in to it anew, it ends its own copy of the call
-        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "ab")
+        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "de")
                      and lab.status("n1")["calls"] == [], "n1 back, its copy of the call ended", timeout=60)
         time.sleep(1)   # n1's Redis writer had a turn (every 200 ms)
         value = json.loads(r.get(key))
@@ -267,11 +267,11 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
         before = {n: _frames(records[n]) for n in records}
         lab.wait_for(lambda: all(_frames(records[n]) >= before[n] + 100 for n in records),
                      "audio both ways after n1 came back", timeout=30)
-        procs["102"].stdin.write(b"!hangup\n")
-        procs["102"].stdin.flush()
+        procs["402"].stdin.write(b"!hangup\n")
+        procs["402"].stdin.flush()
         for proc in procs.values():
             proc.wait(60)
-        for sender, receiver in (("102", "202"), ("202", "102")):
+        for sender, receiver in (("402", "502"), ("502", "402")):
             call = lab.summary("stopped-" + sender)["calls"][0]
             assert call["cause"] == "normal clearing", call
             gap = _gap_ms(records[receiver])

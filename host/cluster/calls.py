@@ -21,6 +21,7 @@ from upbx.common import wire
 from upbx.common.call import CallLeg
 
 KEY = "upbx:call:%s"
+LEG_KEY = "upbx:leg:%s:%s:%d"   # a live leg's link kind, link name and call number -> its call's uid
 
 
 def seal(cluster_key, media_key, aad):
@@ -82,6 +83,9 @@ class CallMirror:
             had = self.written.get(call_id)
             if had is None or had[0] != print_ or had[1] <= due:
                 out.append((KEY % call.uid, call_value(call, self.node, self.cluster_key, wall_ms), self.call_ttl_s))
+                for leg in (call.a, call.b):   # how a survivor finds the call from a frame's call number
+                    if leg is not None:
+                        out.append((LEG_KEY % (leg.link.kind, leg.link.name, leg.call_no), call.uid, self.call_ttl_s))
                 self.written[call_id] = (print_, now_ms, call)
         for call_id in [c for c in self.written if c not in calls]:
             call = self.written.pop(call_id)[2]
@@ -100,6 +104,8 @@ class CallMirror:
 # Taking a call over (issue 16 item 3, docs/cluster.md "Failover")
 
 WANT_MS = 10000          # a call number asked for this long and not found (or not adoptable) is given up
+MAX_WANT = 4096          # call numbers asked for at once: a forged trunk frame (its tag cannot be checked
+                         # before its calls are known) must not grow the list without bound
 TS_SLACK_MS = 2000       # an adopted leg's replay window starts this far below the estimated timestamp
 
 
@@ -122,6 +128,9 @@ class Takeover:
         key = (link.kind, link.name, call_no)
         entry = self.want.get(key)
         if entry is None:
+            if len(self.want) >= MAX_WANT:
+                self.core.stats.drop("takeover: too many asked for")
+                return None
             entry = self.want[key] = (now, [])
             self.core.stats.count("takeover: call numbers asked for")
         return entry
@@ -144,6 +153,9 @@ class Takeover:
         entry = self._ask(link, call_no, now)
         if entry is None:
             return False
+        if len(entry[1]) >= 16:   # a call's few messages (ANSWER, DTMF, RELEASE): more is not a call's
+            self.core.stats.drop("takeover: too many messages waiting")
+            return True
         entry[1].append((link, msg_type, dict(ies)))
         return True
 
