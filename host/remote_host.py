@@ -85,6 +85,7 @@ class RemoteHost(HostCore):
         self.standby = None
         self.standby_link = Link("standby", "main", address=None)
         self.standby_link.up = False
+        self.unconfirmed = {}        # leg -> (deadline, its highest timestamp): relayed calls moved to the standby node
         self.records = RecordStore(config.records_database)
         for warning in self.records.warnings:
             self.log.warning("file-permissions", problem=warning)
@@ -314,6 +315,12 @@ class RemoteHost(HostCore):
         old.take_events()
         old.start(now)
         self.main_silent_ms = None
+        # a relayed call the new node does not take over (its key missing, the other site elsewhere)
+        # would stay up in silence: its media must come back within the grace period (3 s without one)
+        wait = self.grace_ms or SILENT_MS
+        for leg in self.switch.legs.values():
+            if leg.link is self.main_link and leg.direct is None and leg.call.state == "answered":
+                self.unconfirmed[leg] = (now + wait, leg.media.replay.highest)
         self.stats.count("standby switches")
         self.log.warning("main-switched", main="%s:%d" % self.main_address, was="%s:%d" % old_address,
                          reason=reason, calls=self.main_link.legs)
@@ -1015,6 +1022,18 @@ class RemoteHost(HostCore):
                 self.standby.handle_timer(now)
                 self._standby_events(now)
         self._main_liveness(now)
+        for leg, (deadline, highest) in list(self.unconfirmed.items()):
+            if self.switch.legs.get(leg.call_no) is not leg or leg.media.replay.highest != highest:
+                del self.unconfirmed[leg]     # ended, or its media came from the new node: taken over
+            elif now >= deadline:
+                del self.unconfirmed[leg]
+                call = leg.call
+                self.stats.count("calls not taken over")
+                self.log.warning("call-not-taken-over", call=call.uid, main="%s:%d" % self.main_address[:2])
+                for end in (call.a, call.b):
+                    if end is not None:
+                        self.switch.release(end, wire.CAUSE_MAIN_LOST, now)
+                self.end_call(call, wire.CAUSE_MAIN_LOST, now)
         for peer in self.peers.due(now):
             peer.channel.handle_timer(now)
             self.peers.dirty.add(peer)    # what it resends goes out with this turn's datagrams

@@ -146,3 +146,85 @@ def test_standby_node_is_the_next_in_the_sites_rendezvous_order_from_cluster_nod
         assert world.a.status()["main"]["standby"] is None
     finally:
         world.close()
+
+
+class _Ticker:
+    """A second main host on the World's network, run as World runs its own (one tick each 20 ms)."""
+
+    def __init__(self, net, host):
+        self.net, self.host = net, host
+
+    def tick(self):
+        from tests.inprocess import flush_host
+        timer = self.host.get_timer()
+        if timer is not None and timer <= self.net.now:
+            self.host.handle_timer(self.net.now)
+        flush_host(self.net, self.host)
+
+
+def test_standby_session_switched_to_without_a_handshake_and_a_call_nobody_takes_over_ends(tmp_path):
+    """Site a's remote host with `standby` naming a second main host: logged in there beside its main
+    host. The main host stops: idle, the site moves to the standby session within 4 s, with no new
+    login (the second main host keeps the session it had). Then in a call relayed by the second
+    main host, that one dies: the site switches back within 2 s, but that main host has no cluster
+    to take the call over from: its media never comes back and the call ends "main host lost" once
+    the grace period has passed, instead of staying up in silence."""
+    from upbx.host.config import load_main_config
+    from upbx.host.log import StructuredLog
+    from upbx.host.main_host import MainHost
+    from tests.inprocess import MAIN, TICK_MS, WALL_MS, PhoneEnd, attach_host, flush_host
+    main2_address = ("198.18.0.2", 4569)
+    world = World(tmp_path, remote_settings={"standby": "%s:%d" % main2_address})
+    (tmp_path / "main2.toml").write_text('[main]\nlisten = "%s:%d"\ndatabase = "main.sqlite"\nlog_level = "error"\n'
+                                         % main2_address)
+    main2 = MainHost(load_main_config(str(tmp_path / "main2.toml")), StructuredLog("main2", "error"))
+    try:
+        attach_host(world.net, main2, main2_address)
+        world.net.wan.add(main2_address)
+        main2.wall_offset_ms = WALL_MS - 1000
+        main2.start(world.net.now)
+        flush_host(world.net, main2)
+        ticker = _Ticker(world.net, main2)
+        world.others.append(ticker)
+        world.start_remote()
+        a = world.a
+        world.run_until(lambda: (a.status()["main"]["standby"] or {}).get("state") == "up", 3000, "standby up")
+        assert a.status()["main"]["standby"]["address"] == "%s:%d" % main2_address
+        session = main2.links_by_name[("host", "site-a")]
+        world.add_phone("101", 1, dead_ms=2000)
+        phone = PhoneEnd(world.net, "302", world.secrets["302"], ("198.18.9.9", 40000), main2_address)
+        world.phones["302"] = phone
+        phone.phone.start(world.net.now)
+        phone.flush()
+        world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 3000, "registered")
+        world.run(3000)   # the idle keepalive settles (a PING every 2 s with a standby up)
+
+        # 1. the main host stops while the site is idle: on the standby session within 4 s, no handshake
+        world.pause_main()
+        took = world.run_until(lambda: a.status()["main"]["address"] == "%s:%d" % main2_address, 6000, "switched")
+        assert took <= 4000 + 2 * TICK_MS, took
+        assert main2.links_by_name[("host", "site-a")] is session           # the session logged in before
+        assert a.status()["main"]["logins"] == 1 and a.status()["stats"]["counters"]["standby switches"] == 1
+        print("idle: on the standby session %d ms after the main host stopped" % took)
+        world.resume_main()     # its session is the standby now: it logs in there again
+        world.run_until(lambda: a.status()["main"]["standby"]["state"] == "up", 10000, "the old main host standby")
+        assert a.status()["main"]["standby"]["address"] == "%s:%d" % MAIN
+
+        # 2. a call relayed by the second main host, which dies: back to the first within 2 s, which has
+        # no copy of the call (no cluster): no media comes, the call ends at the grace period's end
+        world.call("101", "302")
+        world.run(1000)
+        assert world.phones["302"].received and world.phones["101"].received
+        del world.net.endpoints[main2_address]    # killed
+        world.others.remove(ticker)
+        took = world.run_until(lambda: a.status()["main"]["address"] == "%s:%d" % MAIN, 4000, "switched back")
+        assert took <= 2000 + 2 * TICK_MS, took
+        assert world.phones["101"].connected    # held: its media may come back from the new node
+        ended = world.run_until(lambda: world.phones["101"].causes(), GRACE_MS + 1000, "the call ended")
+        assert world.phones["101"].causes() == [wire.CAUSE_MAIN_LOST]
+        assert GRACE_MS - 100 <= ended <= GRACE_MS + 100, ended
+        assert a.status()["stats"]["counters"]["calls not taken over"] == 1
+        assert not world.net.errors
+    finally:
+        main2.directory.close()
+        world.close()
