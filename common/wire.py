@@ -139,8 +139,8 @@ CAUSE_FEATURE_OFF = const(9)     # ... cancelled
 CAUSE_DND = const(10)            # the called phone is in do not disturb
 CAUSE_FORWARD_LOOP = const(11)   # forwarding leads back to a number already tried
 CAUSE_TRANSFERRED = const(12)    # the phone transferred the call: its legs end, the far ends talk on
-# CAUSE_ANSWERED_ELSEWHERE (14), CAUSE_PICKED_UP (15) and CAUSE_NO_OUTSIDE_LINE (17), which only
-# hosts send, come from common/wire_names.py
+# CAUSE_ANSWERED_ELSEWHERE (14), CAUSE_PICKED_UP (15), CAUSE_NO_OUTSIDE_LINE (17) and
+# CAUSE_MAIN_LOST (18), which only hosts send, come from common/wire_names.py
 CAUSE_CONFERENCE = const(16)     # the phone's held call became part of its conference (docs/features.md)
 
 CAUSE_TEXT = {
@@ -161,6 +161,7 @@ CAUSE_TEXT = {
     15: "picked up",             # the call ringing here was picked up by another phone (*8)
     CAUSE_CONFERENCE: "joined conference",
     17: "no outside line",       # main host unreachable and the site has no line of its own up (docs/sip.md)
+    18: "main host lost",        # an inter-site call held through the grace period, the main host silent throughout
 }
 
 PATH_RELAY = const(0)

@@ -134,6 +134,15 @@ SECTIONS = {
         Key("punch_timeout_s", "float", 2.0,
             "time allowed for UDP hole punching to another remote host before its calls' media stay relayed (B2)",
             positive=True),
+        Key("standby", "hostports", "",
+            "other main host nodes of a cluster (docs/cluster.md), used when the main host's WELCOME lists none: "
+            "the first that is not `main` gets a standby session, taken over with no new login when the main "
+            "host falls silent"),
+        Key("main_grace_s", "float", 10,
+            "the main host silent during inter-site calls: they are held this long (phones keep them, direct media "
+            "flows) and go on if it answers again, else end \"main host lost\" (docs/survivability.md); 0: they end "
+            "\"unreachable\" when the silence is noticed. At most 15: the session's retransmissions give up soon after",
+            min=0, max=15),
     ],
     "phone": [
         Key("extension", "digits", REQUIRED, "this handset's extension number"),

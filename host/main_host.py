@@ -45,6 +45,7 @@ class MainHost(HostCore):
         self.cluster = None      # host.cluster.node.ClusterNode when main.toml has a [cluster] table
         self.cluster_state = {}  # each engine's "up"/"down", kept by the node's ClusterService
         self.cluster_members = []   # names of the live nodes (etcd's leases), kept by the ClusterService
+        self.takeover = None     # host.cluster.calls.Takeover on a node: calls of a silent node carried on here
         if getattr(config, "cluster_postgres", ""):
             from upbx.host.cluster.node import ClusterNode   # psycopg, redis, aetcd: the cluster extra
             self.cluster = ClusterNode(config, log)
@@ -167,8 +168,15 @@ class MainHost(HostCore):
             if link is None:
                 self.stats.drop("unknown session")
                 return
+            takeover = self.takeover   # a cluster's node: another node's calls? (host/cluster/calls.py)
+            drops = self.stats.drops
+            # a frame naming a call number we do not have is rejected whole (its tag covers timestamps
+            # extended from each call's own): either count says it may be another node's calls
+            missed = (drops.get("trunk rejected"), drops.get("unknown call number")) if takeover is not None else None
             if self.switch.trunk_in(data, link, now):   # True only when it carried new media
                 self._touch(peer, addr, now)
+            if takeover is not None and (drops.get("trunk rejected"), drops.get("unknown call number")) != missed:
+                takeover.trunk(link, data, now)
         else:
             msg_type = wire.parse_full(data)[3]
             if msg_type == wire.FORWARDED and self.router is not None and not forwarded:
@@ -643,6 +651,8 @@ class MainHost(HostCore):
     def call_message(self, link, msg_type, ies, now):
         """A remote host's phone was busy (the main host cannot know that beforehand): forward on
         busy happens here, the caller keeps its call; everything else as every host does."""
+        if self.takeover is not None and self.takeover.defer(link, msg_type, ies, now):
+            return   # a call another node switched: handled once it is taken over from Redis
         leg = self.switch.leg_for(ies, link) if msg_type == wire.RELEASE else None
         call = leg.call if leg is not None else None
         if (call is not None and leg is call.b and ies.get(wire.IE_CAUSE) in voicemail.DIVERT_CAUSES

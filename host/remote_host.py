@@ -38,6 +38,19 @@ PAIR_SILENCE_MS = 300   # no direct media for this long in an answered call: tel
 IDLE_DEAD_MS = 5000
 CALL_KEEPALIVE_MS = 1000
 CALL_DEAD_MS = 2000
+# ... and then the calls through the main host are held for `main_grace_s` (docs/survivability.md):
+# the main host silent for SILENT_MS puts the site in B4 for new calls, but the session and its calls
+# stay; a new frame from the main host within the grace period and they go on, else they end
+# "main host lost" and the login starts again
+SILENT_MS = CALL_KEEPALIVE_MS + CALL_DEAD_MS
+# idle with a standby session up (a cluster, docs/cluster.md): the main host's loss is noticed within
+# 4 s and the site moves to the standby node (no handshake), instead of keepalive_s + 5 s
+STANDBY_IDLE_KEEPALIVE_MS = 2000
+STANDBY_IDLE_DEAD_MS = 2000
+# ... and in calls through the main host, silent for 2 s (not 3 s): the relayed audio is back on the
+# standby node within the issue's 3 s
+STANDBY_CALL_KEEPALIVE_MS = 500
+STANDBY_CALL_DEAD_MS = 1500
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
 PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is noticed within ~4 s (B4)
 ON_SITE = ("local", "trunk")     # paths of calls that do not cross the uplink (trunk: the site's own line)
@@ -62,16 +75,21 @@ class RemoteHost(HostCore):
         self.main_address = config.main
         # our index towards the main host is reserved in the session table: no phone can get it,
         # or its frames would be taken for the main host's (one port, one index space)
-        self.login = Login(wire.IE_HOST_NAME, config.name, config.secret, self.peers.reserve_index(),
-                           os.urandom, keepalive_ms=config.keepalive_s * 1000,
-                           backoff_initial_ms=int(config.login_backoff_initial_s * 1000),
-                           backoff_max_ms=int(config.login_backoff_max_s * 1000), dead_ms=IDLE_DEAD_MS)
+        self.login = self._new_login()
         self.main_link = Link("main", "main", login=self.login, address=config.main)
         self.main_link.up = False
         # a cluster's nodes [(node id, address)] as the last WELCOME or SYSINFO said (docs/cluster.md), in
         # this host's rendezvous order: a login that ends goes to the next of them (_next_node)
         self.cluster_nodes = []
         self._was_up = False
+        self.grace_ms = int(config.main_grace_s * 1000)
+        self.main_silent_ms = None   # when the main host fell silent with calls held (the grace period), else None
+        # a cluster's second node (docs/cluster.md, Failover): a session logged in and kept alive there,
+        # taken over as the main host's session when the main host falls silent (no new handshake)
+        self.standby = None
+        self.standby_link = Link("standby", "main", address=None)
+        self.standby_link.up = False
+        self.unconfirmed = {}        # leg -> (deadline, its highest timestamp): relayed calls moved to the standby node
         self.records = RecordStore(config.records_database)
         for warning in self.records.warnings:
             self.log.warning("file-permissions", problem=warning)
@@ -104,6 +122,15 @@ class RemoteHost(HostCore):
                            nonce_ttl_ms=config.sip_nonce_s * 1000)
         self.sip_listen = config.sip_listen
         self.sip_calls = SipCalls(self, self.sip, (config.sip_rtp_base, config.sip_rtp_base + 2000))
+
+    def _new_login(self):
+        # our index towards a main host node is reserved in the session table: no phone can get it,
+        # or its frames would be taken for the main host's (one port, one index space)
+        config = self.config
+        return Login(wire.IE_HOST_NAME, config.name, config.secret, self.peers.reserve_index(),
+                     os.urandom, keepalive_ms=config.keepalive_s * 1000,
+                     backoff_initial_ms=int(config.login_backoff_initial_s * 1000),
+                     backoff_max_ms=int(config.login_backoff_max_s * 1000), dead_ms=IDLE_DEAD_MS)
 
     def _secret_of(self, identity):
         kind, name = identity
@@ -140,6 +167,9 @@ class RemoteHost(HostCore):
         HostCore.flush_signalling(self)
         for datagram in self.login.datagrams_to_send(self.now):
             self.send(datagram, self.main_address)
+        if self.standby is not None:
+            for datagram in self.standby.datagrams_to_send(self.now):
+                self.send(datagram, self.standby_link.address)
 
     # datagrams
 
@@ -169,6 +199,9 @@ class RemoteHost(HostCore):
             self._from_main(data, now)
         elif index == self.login.local_index and self.login.state == UP and msg_type not in wire.HANDSHAKE_TYPES:
             self._from_main(data, now)  # main host frames authenticate by session, not address
+        elif self.standby is not None and index == self.standby.local_index and (
+                addr == self.standby_link.address or (self.standby.state == UP and msg_type not in wire.HANDSHAKE_TYPES)):
+            self._from_standby(data, now)
         elif msg_type in wire.HANDSHAKE_TYPES:
             peer = self.handshake(data, addr, now)
             if peer:
@@ -194,25 +227,133 @@ class RemoteHost(HostCore):
             if isinstance(event, LoginUp):
                 self._was_up = True
                 self._learn_nodes(event.welcome.get(wire.IE_CLUSTER_NODES))
-                self.main_link.up = True
                 self.log.info("logged-in", main="%s:%d" % self.main_address, logins=self.login.logins)
-                self._upload_records(now)
-                self.voicemail_upload.start(now)
-                self.mailbox_cache.start(now)
-                for number in self.cache.unsent_features:
-                    self._send_features(number, now)
-                for link in self.phone_links.values():
-                    self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: link.name, wire.IE_STATE: 1}, now)
+                self._main_up(now)
+                self._choose_standby(now)
+            elif self.standby is not None and self.standby.state == UP:
+                self._switch_to_standby(now, event.reason)   # held calls, if any, go on there
             else:
-                self.main_link.up = False
+                held = self.main_silent_ms is not None   # the grace period is over: the main host is lost
+                self.main_silent_ms = None
+                if self.main_link.up:
+                    self._main_away(now)
                 self.log.warning("main-unreachable", reason=event.reason)
-                self._next_node()
-                self.uploading.clear()
-                self.voicemail_upload.stop()
-                self.mailbox_cache.stop()
-                for call in list(self.pending_local.values()):
-                    self._decide_locally(call, now)
-                self.release_calls(self.main_link, wire.CAUSE_UNREACHABLE, now)
+                self._next_node()   # no standby: the next login goes to the next node in this host's order
+                if held:
+                    self.stats.count("calls released after the grace period", self.main_link.legs)
+                self.release_calls(self.main_link, wire.CAUSE_MAIN_LOST if held else wire.CAUSE_UNREACHABLE, now)
+
+    def _main_up(self, now):
+        """The main host answers (a login, or again on the same session after a silence)."""
+        self.main_link.up = True
+        self._upload_records(now)
+        self.voicemail_upload.start(now)
+        self.mailbox_cache.start(now)
+        for number in self.cache.unsent_features:
+            self._send_features(number, now)
+        for link in self.phone_links.values():
+            self.main_link.send_signal(wire.PHONE_STATE, {wire.IE_EXTENSION: link.name, wire.IE_STATE: 1}, now)
+
+    def _main_away(self, now):
+        """B4 from now on for new calls (the session may still come back: _main_liveness)."""
+        self.main_link.up = False
+        self.uploading.clear()
+        self.voicemail_upload.stop()
+        self.mailbox_cache.stop()
+        for call in list(self.pending_local.values()):
+            self._decide_locally(call, now)
+
+    # a cluster's standby node (docs/cluster.md, Failover)
+
+    def _choose_standby(self, now):
+        """The standby node: the first node in this host's rendezvous order (common/cluster.py) that is
+        not the main host's, from the cluster_nodes last heard (_learn_nodes), else from
+        `[remote] standby`."""
+        nodes = [a for _node, a in self.cluster_nodes] or self.config.standby
+        nodes = [tuple(a[:2]) for a in nodes if tuple(a[:2]) != tuple(self.main_address[:2])]
+        want = nodes[0] if nodes else None
+        if self.standby is not None and want == self.standby_link.address:
+            return
+        if self.standby is not None:
+            self.peers.release_index(self.standby.local_index)
+            self.standby = self.standby_link.login = None
+            self.standby_link.up = False
+        if want is not None:
+            self.standby = self.standby_link.login = self._new_login()
+            self.standby_link.address = want
+            self.standby.start(now)
+            self.log.info("standby", node="%s:%d" % want, by="cluster_nodes" if self.cluster_nodes else "config")
+
+    def _from_standby(self, data, now):
+        """The standby node's session: kept alive. It switches no call of ours until it is the main
+        host's session: a SETUP on it is refused (a node routes a site's calls to the site's node)."""
+        messages = self.standby.receive(data, now)
+        self._standby_events(now)
+        for msg_type, ies in messages:
+            if msg_type == wire.SETUP:
+                self.stats.count("standby setups refused")
+                self.refuse_setup(self.standby_link, ies, wire.CAUSE_UNREACHABLE, now)
+            elif msg_type not in (wire.PING, wire.ACK):
+                self.stats.count("standby messages ignored")
+
+    def _standby_events(self, now):
+        for event in self.standby.take_events():
+            self.standby_link.up = isinstance(event, LoginUp)
+            if self.standby_link.up:
+                self.log.info("standby-up", node="%s:%d" % self.standby_link.address, logins=self.standby.logins)
+            else:
+                self.log.warning("standby-down", node="%s:%d" % self.standby_link.address, reason=event.reason)
+
+    def _switch_to_standby(self, now, reason):
+        """The standby session becomes the main host's, as it is (no handshake): the calls through the
+        main host go on on it (the node takes them over from Redis at their first frame, host/cluster/
+        calls.py); the old session is the standby now, logging in again to its node."""
+        old, old_address = self.login, self.main_address
+        self.login = self.main_link.login = self.standby
+        self.main_address = self.main_link.address = self.standby_link.address
+        self.standby = self.standby_link.login = old
+        self.standby_link.address = old_address
+        self.standby_link.up = False
+        old.take_events()
+        old.start(now)
+        self.main_silent_ms = None
+        # a relayed call the new node does not take over (its key missing, the other site elsewhere)
+        # would stay up in silence: its media must come back within the grace period (3 s without one)
+        wait = self.grace_ms or SILENT_MS
+        for leg in self.switch.legs.values():
+            if leg.link is self.main_link and leg.direct is None and leg.call.state == "answered":
+                self.unconfirmed[leg] = (now + wait, leg.media.replay.highest)
+        self.stats.count("standby switches")
+        self.log.warning("main-switched", main="%s:%d" % self.main_address, was="%s:%d" % old_address,
+                         reason=reason, calls=self.main_link.legs)
+        self._main_up(now)
+
+    def _main_liveness(self, now):
+        """The grace period (docs/survivability.md): calls through the main host and nothing heard from
+        it for SILENT_MS: the site is on its own for new calls, the held calls stay (their phones keep
+        them, direct media flows on); a new frame from it on the same session and everything goes on.
+        The login itself ends at the grace period's end (its dead time is CALL_DEAD_MS + grace_ms)."""
+        if self.login.state != UP or self.login.last_heard_ms is None:
+            return
+        quiet = now - self.login.last_heard_ms
+        if self.main_silent_ms is not None and quiet >= SILENT_MS and self.standby_link.up:
+            self._switch_to_standby(now, "nothing heard for %d ms" % quiet)   # up during the grace period
+        elif self.main_silent_ms is None:
+            if (quiet >= STANDBY_CALL_KEEPALIVE_MS + STANDBY_CALL_DEAD_MS and self.main_link.legs and self.main_link.up
+                    and self.standby_link.up):
+                self._switch_to_standby(now, "nothing heard for %d ms" % quiet)
+            elif self.grace_ms and quiet >= SILENT_MS and self.main_link.legs and self.main_link.up:
+                self.main_silent_ms = now
+                self.stats.count("main host silences")
+                self.log.warning("main-silent", silent_ms=quiet, calls_held=self.main_link.legs,
+                                 grace_ms=self.grace_ms)
+                self._main_away(now)
+        elif quiet < SILENT_MS:
+            self.stats.count("main host returns")
+            self.log.info("main-back", silent_ms=now - self.main_silent_ms + SILENT_MS,
+                          calls_held=self.main_link.legs)
+            self.main_silent_ms = None
+            self._main_up(now)
 
     def _learn_nodes(self, data):
         """IE cluster_nodes of a WELCOME or SYSINFO (a cluster's node; None from a standalone main host)."""
@@ -251,6 +392,8 @@ class RemoteHost(HostCore):
         self.count_message(msg_type)
         if msg_type in (wire.SYSINFO, wire.NODES) and wire.IE_CLUSTER_NODES in ies:
             self._learn_nodes(ies[wire.IE_CLUSTER_NODES])
+            if self.main_link.up:
+                self._choose_standby(now)   # a node joined or left: the standby may be another now
             if msg_type == wire.NODES:
                 return
         if msg_type in (wire.DIRECTORY, wire.SYSINFO):
@@ -896,8 +1039,13 @@ class RemoteHost(HostCore):
             if (call.noanswer is not None and call.path == "local" and call.b is not None
                     and call.state in ("setup", "alerting") and now - call.offered_ms >= call.noanswer[1]):
                 self._forward_no_answer(call, now)
-        if any(c.path not in ON_SITE for c in self.switch.calls.values()):
-            self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
+        if any(c.path not in ON_SITE for c in self.switch.calls.values()) and self.standby_link.up:
+            self.login.set_keepalive(STANDBY_CALL_KEEPALIVE_MS, STANDBY_CALL_DEAD_MS + self.grace_ms, now)
+        elif any(c.path not in ON_SITE for c in self.switch.calls.values()):
+            self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS + self.grace_ms, now)
+        elif self.standby_link.up:
+            self.login.set_keepalive(min(self.config.keepalive_s * 1000, STANDBY_IDLE_KEEPALIVE_MS),
+                                     STANDBY_IDLE_DEAD_MS, now)
         else:
             self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
         self.pairs.tick(now)
@@ -909,6 +1057,24 @@ class RemoteHost(HostCore):
         if timer is not None and timer <= now:
             self.login.handle_timer(now)
             self._login_events(now)
+        if self.standby is not None:
+            timer = self.standby.next_timer()
+            if timer is not None and timer <= now:
+                self.standby.handle_timer(now)
+                self._standby_events(now)
+        self._main_liveness(now)
+        for leg, (deadline, highest) in list(self.unconfirmed.items()):
+            if self.switch.legs.get(leg.call_no) is not leg or leg.media.replay.highest != highest:
+                del self.unconfirmed[leg]     # ended, or its media came from the new node: taken over
+            elif now >= deadline:
+                del self.unconfirmed[leg]
+                call = leg.call
+                self.stats.count("calls not taken over")
+                self.log.warning("call-not-taken-over", call=call.uid, main="%s:%d" % self.main_address[:2])
+                for end in (call.a, call.b):
+                    if end is not None:
+                        self.switch.release(end, wire.CAUSE_MAIN_LOST, now)
+                self.end_call(call, wire.CAUSE_MAIN_LOST, now)
         for peer in self.peers.due(now):
             peer.channel.handle_timer(now)
             self.peers.dirty.add(peer)    # what it resends goes out with this turn's datagrams
@@ -943,7 +1109,13 @@ class RemoteHost(HostCore):
                         "main": "%s:%d" % tuple(self.main_address[:2])},
             "uplink": {"budget_kbps": self.config.uplink_kbps, "calls": self._uplink_calls(),
                        "committed_kbps": round(self._uplink_kbps(), 1) if self._uplink_calls() else 0.0},
-            "main": {"state": self.login.state, "logins": self.login.logins},
+            "main": {"state": self.login.state, "logins": self.login.logins,
+                     "silent_ms": None if self.main_silent_ms is None else self.now - self.main_silent_ms + SILENT_MS,
+                     "calls_held": self.main_link.legs if self.main_silent_ms is not None else 0,
+                     "grace_ms": self.grace_ms, "address": "%s:%d" % self.main_address[:2],
+                     "standby": None if self.standby is None else {
+                         "address": "%s:%d" % self.standby_link.address[:2], "state": self.standby.state,
+                         "logins": self.standby.logins}},
             "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,

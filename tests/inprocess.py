@@ -244,7 +244,7 @@ class World:
             % (MAIN[0], MAIN[1], ring_timeout_s, main_settings))
         self.net.wan.add(MAIN)
         self.net.nat[SITE_A] = SITE_A       # site a's router: its public address (move_site_a)
-        self.main = self.a = self.b = None
+        self.main = self.a = self.b = self.paused = None
         self.phones = {}
         self.others = []            # LoginEnds
         self.start_main()
@@ -282,6 +282,20 @@ class World:
         del self.net.endpoints[MAIN]
         self.main.directory.close()
         self.main = None
+
+    def pause_main(self):
+        """The main host stops (SIGSTOP): it runs no timer and reads nothing; what is sent to it waits
+        in its socket's receive buffer (resume_main)."""
+        self.paused, self.main = self.main, None
+        self.held_for_main = []
+        self.net.endpoints[MAIN] = lambda data, source: self.held_for_main.append((data, source))
+
+    def resume_main(self):
+        """SIGCONT: the main host reads what waited for it, first, then runs on (its clock has moved on)."""
+        self.main, self.paused = self.paused, None
+        attach_host(self.net, self.main, MAIN)
+        self.net.queue.extendleft((data, source, MAIN) for data, source in reversed(self.held_for_main))
+        self.held_for_main = []
 
     def _new_remote(self):
         self.a = RemoteHost(load_remote_config(str(self.tmp / "site-a.toml")), StructuredLog("site-a", "error"))
@@ -412,8 +426,9 @@ class World:
         self.settle()
 
     def close(self):
-        if self.main is not None:
-            self.main.directory.close()
+        for main in (self.main, self.paused):
+            if main is not None:
+                main.directory.close()
         self.a.records.close()
         if self.b is not None:
             self.b.records.close()

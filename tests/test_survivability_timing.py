@@ -12,7 +12,8 @@ from upbx.host.records import RecordStore
 from tests.inprocess import World
 
 BACKOFF_MAX_MS = 2000
-SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": BACKOFF_MAX_MS / 1000}
+SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": BACKOFF_MAX_MS / 1000,
+            "main_grace_s": 0}   # the calls end as the silence is noticed (the grace period: test_main_grace.py)
 CALL_END_BOUND_MS = 3500      # 1 s in-call keepalive + 2 s without an answer + the RELEASE
 REGISTER_AGAIN_BOUND_MS = 10000
 SYNTHETIC_RECORDS = 300         # the kill lands after the 100th: deterministic, no need for a long upload

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from upbx.tools.lab import ROOT, LoopbackExchange, free_port, free_tcp_port, upbx
+from upbx.tools.netlab_exchange import MAIN_PORT as NETLAB_MAIN_PORT, REMOTE_PORT as NETLAB_REMOTE_PORT, NetlabExchange
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))   # Debian's postgresql-NN, newest last
 
@@ -221,9 +222,12 @@ class ClusterExchange(LoopbackExchange):
     """Main host nodes (processes) on one set of Engines, with LoopbackExchange's phones and helpers:
     `upbx admin` goes to the cluster's PostgreSQL through the first node's main.toml."""
 
-    def __init__(self, engines, nodes=("n1", "n2"), **kwargs):
+    def __init__(self, engines, nodes=("n1", "n2"), standby=False, **kwargs):
+        """standby: each remote host's `standby` lists the other nodes (its standby session goes to the
+        second node, docs/cluster.md Failover)."""
         LoopbackExchange.__init__(self, **kwargs)
         self.engines = engines
+        self.standby = standby
         self.nodes = list(nodes)
         self.node_ports = {node: free_port() for node in self.nodes}
         self.main_port = self.node_ports[self.nodes[0]]   # phones of sites without a remote host: the first node
@@ -233,8 +237,9 @@ class ClusterExchange(LoopbackExchange):
     def _write_config(self, node):
         with open(self.path(node + ".toml"), "w") as f:
             f.write('[main]\nlisten = "127.0.0.1:%d"\ndatabase = "%s.sqlite"\ncontrol_socket = "%s"\nlog_level = "%s"\n'
-                    'workers = 1\n\n%s' % (self.node_ports[node], node, self.path(node + ".sock"), self.log_level,
-                                           self.engines.cluster_table(node)))
+                    'workers = 1\ndirect_media = %s\n\n%s'
+                    % (self.node_ports[node], node, self.path(node + ".sock"), self.log_level,
+                       "true" if self.direct_media else "false", self.engines.cluster_table(node)))
 
     def provision(self, sites=("a", "b", "c"), remote_sites=("a", "b"), phones=None):
         """LoopbackExchange.provision straight into PostgreSQL (the Directory `upbx admin` uses, without a
@@ -290,7 +295,83 @@ class ClusterExchange(LoopbackExchange):
                 f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "127.0.0.1:%d"\nlisten = "127.0.0.1:%d"\n'
                         'control_socket = "%s"\nlog_level = "%s"\n'
                         % (name, self.secrets[name], self.main_port, port, self.path(name + ".sock"), self.log_level))
+                if self.standby:
+                    f.write('standby = "%s"\n' % ",".join("127.0.0.1:%d" % self.node_ports[n] for n in self.nodes[1:]))
+                for key, value in self.remote_settings.items():
+                    f.write("%s = %s\n" % (key, json.dumps(value)))
             self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
         self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up"
                                   for s in getattr(self, "remote_sites", ())),
+                      "remote hosts logged in", timeout=60, watch=tuple(self.nodes))
+
+
+def engines_in(lab, node="main"):
+    """Engines started inside a network lab node's namespace (on its loopback): the nodes running
+    there reach them, nothing else does. Started from this thread while it is in the namespace, so
+    every engine's process is in it too; stopping them (signals) works from anywhere."""
+    with lab.inside(node):
+        return Engines().start()
+
+
+class ClusterNetlabExchange(NetlabExchange):
+    """A cluster inside the network lab (tools/netlab.py, docs/netlab.md): the nodes run in the lab's
+    `main` namespace, each on an Internet address of its own (198.18.0.11, .12, ... port 4569), the
+    engines on that namespace's loopback (engines_in), the remote hosts and phones in their sites'
+    namespaces behind the NAT routers. Each remote host logs in to the first node and lists the
+    others as `standby` (docs/cluster.md, Failover)."""
+
+    def __init__(self, lab, engines, nodes=("n1", "n2", "n3"), **kwargs):
+        NetlabExchange.__init__(self, lab, **kwargs)
+        self.engines = engines
+        self.nodes = list(nodes)
+        self.node_addresses = {node: ("198.18.0.%d" % (11 + i), NETLAB_MAIN_PORT) for i, node in enumerate(self.nodes)}
+        self.main_ip = self.node_addresses[self.nodes[0]][0]   # phones of sites without a remote host
+
+    def provision(self, sites=("a", "b", "c"), remote_sites=("a", "b"), phones=None):
+        with self.lab.inside("main"):
+            ClusterExchange.provision(self, sites, remote_sites, phones)
+
+    def admin(self, *args):
+        out = self.lab.exec("main", upbx("admin", "--config", self.path(self.nodes[0] + ".toml"), *args), cwd=ROOT,
+                            capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError("upbx admin %s: %s" % (" ".join(args), out.stderr.strip()))
+        return out.stdout.strip()
+
+    def status(self, daemon):
+        return NetlabExchange.status(self, self.nodes[0] if daemon == "main" else daemon)
+
+    def cluster_status(self):
+        out = self.lab.exec("main", upbx("cluster", "status", "--config", self.path(self.nodes[0] + ".toml"),
+                                         "--json"), cwd=ROOT, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    def start(self):
+        ns = self.lab.netns("main")
+        for node, (ip, port) in self.node_addresses.items():
+            subprocess.run(["ip", "-n", ns, "addr", "replace", ip + "/16", "dev", "eth0"], check=True)
+            with open(self.path(node + ".toml"), "w") as f:
+                f.write('[main]\nlisten = "%s:%d"\ndatabase = "%s.sqlite"\ncontrol_socket = "%s"\nlog_level = "%s"\n'
+                        'workers = 1\ndirect_media = %s\nring_timeout_s = %d\n\n%s'
+                        % (ip, port, node, self.path(node + ".sock"), self.log_level,
+                           "true" if self.direct_media else "false", self.ring_timeout_s,
+                           self.engines.cluster_table(node)))
+            self.spawn(node, upbx("main", "--config", self.path(node + ".toml")), node="main")
+        for node in self.nodes:
+            self.wait_for(lambda: self.status(node)["cluster"]["engines"]["etcd"] == "up", "node %s joined" % node,
+                          timeout=90, watch=(node,))
+        standby = ",".join("%s:%d" % self.node_addresses[n] for n in self.nodes[1:])
+        for site in self.remote_sites:
+            self.remote_ports[site] = NETLAB_REMOTE_PORT
+            name = "site-" + site
+            with open(self.path(name + ".toml"), "w") as f:
+                f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "%s:%d"\nstandby = "%s"\nlisten = "%s:%d"\n'
+                        'control_socket = "%s"\nlog_level = "%s"\nkeepalive_s = %d\npunch_timeout_s = %s\n'
+                        % (name, self.secrets[name], self.main_ip, NETLAB_MAIN_PORT, standby, self.remote_ip(site),
+                           NETLAB_REMOTE_PORT, self.path(name + ".sock"), self.log_level, self.keepalive_s,
+                           self.punch_timeout_ms / 1000))
+                for key, value in self.remote_settings.items():
+                    f.write("%s = %s\n" % (key, json.dumps(value)))
+            self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")), node="site-%s/remote" % site)
+        self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
                       "remote hosts logged in", timeout=60, watch=tuple(self.nodes))

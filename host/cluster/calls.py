@@ -2,7 +2,7 @@
 
 As rtpengine keeps each call in Redis for a standby to take over: the key
 `upbx:call:UID` holds JSON of what a surviving node needs to carry the call on
-(issue 16 item 3 does the taking over): the relaying node, the caller and callee,
+(`Takeover` below does the taking over): the relaying node, the caller and callee,
 the state and path, and each leg's link (remote host or phone), call numbers, role
 and media key. Media keys are sealed with the cluster key from etcd (AES-GCM, the
 call's uid and leg as associated data): a Redis dump or replica alone does not
@@ -17,7 +17,11 @@ import os
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from upbx.common import wire
+from upbx.common.call import CallLeg
+
 KEY = "upbx:call:%s"
+LEG_KEY = "upbx:leg:%s:%s:%d"   # a live leg's link kind, link name and call number -> its call's uid
 
 
 def seal(cluster_key, media_key, aad):
@@ -52,7 +56,7 @@ def call_value(call, node, cluster_key, now_wall_ms, ended=False):
             continue
         kind, name, call_no, peer_call_no, role, media_key, state = _leg(leg)
         legs[side] = {"link": {"kind": kind, "name": name}, "call_no": call_no, "peer_call_no": peer_call_no,
-                      "role": role, "state": state,
+                      "role": role, "state": state, "ts": leg.media.replay.highest,
                       "media_key": seal(cluster_key, media_key, ("%s/%s" % (uid, side)).encode())}
     return json.dumps({"uid": uid, "node": node, "caller": call.caller, "callee": call.callee,
                        "state": "released" if ended else call.state, "path": call.path,
@@ -79,6 +83,9 @@ class CallMirror:
             had = self.written.get(call_id)
             if had is None or had[0] != print_ or had[1] <= due:
                 out.append((KEY % call.uid, call_value(call, self.node, self.cluster_key, wall_ms), self.call_ttl_s))
+                for leg in (call.a, call.b):   # how a survivor finds the call from a frame's call number
+                    if leg is not None:
+                        out.append((LEG_KEY % (leg.link.kind, leg.link.name, leg.call_no), call.uid, self.call_ttl_s))
                 self.written[call_id] = (print_, now_ms, call)
         for call_id in [c for c in self.written if c not in calls]:
             call = self.written.pop(call_id)[2]
@@ -92,3 +99,124 @@ class CallMirror:
             for call_id, had in list(self.written.items()):
                 if KEY % had[2].uid == key:
                     del self.written[call_id]
+
+
+# Taking a call over (issue 16 item 3, docs/cluster.md "Failover")
+
+WANT_MS = 10000          # a call number asked for this long and not found (or not adoptable) is given up
+MAX_WANT = 4096          # call numbers asked for at once: a forged trunk frame (its tag cannot be checked
+                         # before its calls are known) must not grow the list without bound
+TS_SLACK_MS = 2000       # an adopted leg's replay window starts this far below the estimated timestamp
+
+
+class Takeover:
+    """A node's side of failover: a remote host whose node fell silent sends its calls' frames on its
+    standby session, to this node; the call numbers this node does not have are looked up in Redis
+    (ClusterService: `wanted()`, then `adopt()` of each key found) and the call is carried on here,
+    with the same call numbers, media keys and state. Messages for such a call (a RELEASE) wait
+    until it is adopted, then are handled as if they had just come."""
+
+    def __init__(self, core, cluster_key):
+        self.core = core
+        self.cluster_key = cluster_key
+        self.want = {}           # (link kind, link name, call no) -> (first asked ms, [(link, msg_type, ies)])
+
+    def _ask(self, link, call_no, now):
+        switch = self.core.switch
+        if call_no in switch.legs or call_no in switch._ended:   # ours, or one that just ended here
+            return None
+        key = (link.kind, link.name, call_no)
+        entry = self.want.get(key)
+        if entry is None:
+            if len(self.want) >= MAX_WANT:
+                self.core.stats.drop("takeover: too many asked for")
+                return None
+            entry = self.want[key] = (now, [])
+            self.core.stats.count("takeover: call numbers asked for")
+        return entry
+
+    def trunk(self, link, frame, now):
+        """A trunk frame from a remote host: the call numbers in it this node does not know."""
+        try:
+            entries = wire.parse_trunk(frame)
+        except wire.DecodeError:
+            return
+        for call_no, _ts, _start, _end in entries:
+            self._ask(link, call_no, now)
+
+    def defer(self, link, msg_type, ies, now):
+        """True when a call message names a call number of ours we do not have: kept for after the
+        call is adopted (or dropped with the want)."""
+        call_no = ies.get(wire.IE_PEER_CALL_NO)
+        if link.kind != "host" or not call_no:
+            return False
+        entry = self._ask(link, call_no, now)
+        if entry is None:
+            return False
+        if len(entry[1]) >= 16:   # a call's few messages (ANSWER, DTMF, RELEASE): more is not a call's
+            self.core.stats.drop("takeover: too many messages waiting")
+            return True
+        entry[1].append((link, msg_type, dict(ies)))
+        return True
+
+    def wanted(self, now):
+        """The (kind, name, call no) asked for, after dropping those asked for too long ago."""
+        for key in [k for k, (first, _m) in self.want.items() if now - first > WANT_MS]:
+            del self.want[key]
+            self.core.stats.count("takeover: not found")
+        return set(self.want)
+
+    def adopt(self, value, now, wall_ms):
+        """Carry on the call stored as value (the JSON object) here; the reason when it cannot be
+        (yet: its other remote host may not have switched to this node), else None."""
+        core = self.core
+        switch = core.switch
+        uid = value["uid"]
+        call_id = bytes.fromhex(uid)
+        legs = value.get("legs") or {}
+        if value.get("ended") or sorted(legs) != ["a", "b"]:
+            return "ended" if value.get("ended") else "not two legs"
+        if call_id in switch.calls:
+            return "have it"
+        links = {}
+        for side, leg in legs.items():
+            link = core.links_by_name.get((leg["link"]["kind"], leg["link"]["name"]))
+            if link is None:
+                return "waiting for %s %s" % (leg["link"]["kind"], leg["link"]["name"])
+            if leg["call_no"] in switch.legs:
+                return "call number %d in use here" % leg["call_no"]
+            links[side] = link
+        keys = {side: unseal(self.cluster_key, leg["media_key"], ("%s/%s" % (uid, side)).encode())
+                for side, leg in legs.items()}
+        call = switch.new_call(value["caller"], value["callee"], now, call_id)
+        call.path = value.get("path", "relay")
+        for side, leg in legs.items():
+            cl = CallLeg(leg["call_no"], keys[side], leg["role"] or 0)
+            cl.learn_peer(leg["peer_call_no"])
+            cl.state = leg["state"]
+            cl.link, cl.call = links[side], call
+            # timestamps carry on from where they were: the stored one plus the time since (a 16-bit
+            # timestamp on the wire is extended from the window's highest, within 32 s of it)
+            highest = leg.get("ts", -1)
+            if highest is not None and highest >= 0:
+                cl.media.replay.highest = max(0, highest + max(0, wall_ms - value.get("written_ms", wall_ms))
+                                              - TS_SLACK_MS)
+            switch.legs[cl.call_no] = cl
+            links[side].legs += 1
+            setattr(call, side, cl)
+        call.b2 = all(link.kind == "host" for link in links.values())
+        if call.path == "direct":
+            call.peered = True
+            call.punch = {link.name: wire.PATH_DIRECT for link in links.values()}
+        if call.state in ("alerting", "answered"):
+            call.alerted_ms = now
+        if call.state == "answered":
+            call.answered_ms = now
+        core.stats.count("calls taken over")
+        core.log.info("call-taken-over", call=uid, node=value.get("node"), caller=call.caller, callee=call.callee,
+                      path=call.path)
+        for side, leg in legs.items():
+            entry = self.want.pop((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]), None)
+            for link, msg_type, ies in (entry[1] if entry else ()):
+                core._message(link, msg_type, ies, now)
+        return None

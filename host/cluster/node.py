@@ -10,12 +10,13 @@ records to PostgreSQL after an outage. None of these waits blocks a login or a c
 each runs in its own task, and each reconnects with a backoff when its engine goes.
 """
 import asyncio
+import json
 import os
 import threading
 import time
 
 from upbx.host.cluster import coordination
-from upbx.host.cluster.calls import CallMirror
+from upbx.host.cluster.calls import KEY, LEG_KEY, CallMirror, Takeover
 from upbx.host.cluster.postgres import CHANNEL, read_snapshot
 from upbx.host.cluster.replica import ReplicaDirectory
 from upbx.common.cluster import MAX_NODE
@@ -23,8 +24,20 @@ from upbx.host.cluster.route import parse_address
 from upbx.host.directory import StoreUnavailable
 
 CALLS_PERIOD_S = 0.2     # how often the call keys are brought up to date
+TAKEOVER_PERIOD_S = 0.05  # how often call numbers asked for are looked up in Redis (failover)
 LOAD_PERIOD_S = 1.0      # how often the node's load in etcd is rewritten (when it changed)
 BACKOFF_MAX_S = 2.0      # longest wait before reaching an engine again
+# an ended call's key is written only while no other node has taken the call over: a node that was
+# silent (stopped, cut off) and whose calls a survivor carries on must not mark them ended
+ENDED_IF_OURS = """
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, call = pcall(cjson.decode, v)
+  if ok and call['node'] ~= ARGV[2] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]))
+return 1
+"""
 
 
 def _run(coroutine_function, *args):
@@ -117,7 +130,9 @@ class ClusterService:
         self.core.peers.cluster_nodes = self.core.router.encoded
         self.mirror = CallMirror(self.node.name, self.node.cluster_key, self.config.cluster_call_ttl_s,
                                  self.config.cluster_ended_ttl_s)
-        self.tasks = [asyncio.ensure_future(t()) for t in (self._membership, self._listen, self._calls)]
+        self.core.takeover = Takeover(self.core, self.node.cluster_key)
+        self.tasks = [asyncio.ensure_future(t()) for t in (self._membership, self._listen, self._calls,
+                                                             self._takeover)]
 
     async def stop(self):
         for task in self.tasks:
@@ -286,7 +301,10 @@ class ClusterService:
                         try:
                             async with self.redis.pipeline(transaction=False) as pipe:
                                 for key, value, ttl in writes:
-                                    pipe.set(key, value, ex=ttl)
+                                    if '"ended": true' in value:
+                                        pipe.eval(ENDED_IF_OURS, 1, key, value, self.node.name, ttl)
+                                    else:
+                                        pipe.set(key, value, ex=ttl)
                                 await pipe.execute()
                         except BaseException:
                             self.mirror.forget(writes)
@@ -301,3 +319,44 @@ class ClusterService:
                     self.redis = None
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    # failover: calls of a silent node, taken over from Redis (calls.py Takeover)
+
+    async def _takeover(self):
+        """Every TAKEOVER_PERIOD_S while call numbers are asked for: their calls' uids from the leg keys,
+        then those calls' keys (two MGETs, O(asked for)), adopting each live call found."""
+        from upbx.host.daemon import now_ms
+        takeover = self.core.takeover
+        while True:
+            try:
+                await asyncio.sleep(TAKEOVER_PERIOD_S)
+                if self.redis is None or not takeover.want:
+                    continue
+                wanted = takeover.wanted(now_ms())
+                if not wanted:
+                    continue
+                asked = sorted(wanted)
+                uids = set()
+                for at in range(0, len(asked), 500):
+                    uids.update(u.decode() for u in await self.redis.mget([LEG_KEY % w for w in asked[at:at + 500]])
+                                if u is not None)
+                uids = sorted(uids)
+                for at in range(0, len(uids), 500):
+                    for raw in await self.redis.mget([KEY % u for u in uids[at:at + 500]]):
+                        if raw is None:
+                            continue
+                        value = json.loads(raw)
+                        legs = (value.get("legs") or {}).values()
+                        if not any((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) in wanted
+                                   for leg in legs):
+                            continue   # the leg key named a call that has this number no longer
+                        now = now_ms()
+                        problem = takeover.adopt(value, now, self.core.wall_ms(now))
+                        if problem is not None and problem != "have it":
+                            self.core.log.info("call-takeover-waits", call=value.get("uid"), reason=problem)
+                self.daemon._flush()   # what adopting sent (deferred messages passed on) goes now
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.core.log.warning("call-takeover", error="%s: %s" % (exc.__class__.__name__, exc))
+                await asyncio.sleep(0.5)
