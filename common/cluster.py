@@ -124,6 +124,17 @@ def ranked(identity, nodes):
     return [(node, by_id[node]) for node in order]
 
 
+def successor(home, node_ids):
+    """The standby of every client whose home is node home: the first other node in the rendezvous
+    order of b"node/HOME". One per node, not per client: all of a node's clients fail over to the
+    same survivor, which then holds both legs of every call the lost node relayed (as CUCM pairs a
+    subscriber with its backup); None when home is alone."""
+    for node in rendezvous(identity("node", home), node_ids):
+        if node != home:
+            return node
+    return None
+
+
 def encode_nodes(nodes):
     """IE cluster_nodes of [(node_id, (ipv4, port))]: the layout version (1 byte), then per node its
     id (1 byte), IPv4 address (4) and UDP port (2), in the order given."""

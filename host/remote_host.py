@@ -266,11 +266,18 @@ class RemoteHost(HostCore):
     # a cluster's standby node (docs/cluster.md, Failover)
 
     def _choose_standby(self, now):
-        """The standby node: the first node in this host's rendezvous order (common/cluster.py) that is
-        not the main host's, from the cluster_nodes last heard (_learn_nodes), else from
+        """The standby node: from the cluster_nodes last heard (_learn_nodes), the successor of the
+        node this host is logged in at (common/cluster.successor: every client of a node has the same
+        standby, so a survivor gets both legs of the lost node's calls); else the first of
         `[remote] standby`."""
-        nodes = [a for _node, a in self.cluster_nodes] or self.config.standby
-        nodes = [tuple(a[:2]) for a in nodes if tuple(a[:2]) != tuple(self.main_address[:2])]
+        here = tuple(self.main_address[:2])
+        home = [node for node, a in self.cluster_nodes if tuple(a[:2]) == here]
+        if home:   # the home node's successor, the same for all its clients (common/cluster.py)
+            after = cluster.successor(home[0], [node for node, _a in self.cluster_nodes])
+            nodes = [a for node, a in self.cluster_nodes if node == after]
+        else:
+            nodes = [a for _node, a in self.cluster_nodes] or self.config.standby
+        nodes = [tuple(a[:2]) for a in nodes if tuple(a[:2]) != here]
         want = nodes[0] if nodes else None
         if self.standby is not None and want == self.standby_link.address:
             return

@@ -1,9 +1,9 @@
 """Failover of a main host cluster (issue 16 item 3, docs/cluster.md "Failover"): real nodes on real
 PostgreSQL, Redis and etcd (tools/cluster_lab.py), real remote hosts, firmware phones.
 
-Three nodes; the remote hosts of sites a, b and c log in to n1 and keep a standby session to n2
-(`[remote] standby`). A call from 101 (site a) to 201 (site b), relayed by n1, each phone sending
-its own noise and recording what it receives. n1 killed with -9: both remote hosts switch to their
+Three nodes; the remote hosts of sites a, b and c log in to n1 and keep a standby session to n1's
+successor, called n2 below (common/cluster.successor, from the cluster_nodes of their WELCOME).
+A call from 101 (site a) to 201 (site b), relayed by n1, each phone sending its own noise and recording what it receives. n1 killed with -9: both remote hosts switch to their
 standby session (no new handshake), n2 takes the call over from Redis at its first frames, the
 relayed audio comes back both ways and the call ends "normal clearing" when the caller hangs up.
 Idle site c moves to n2 the same way. Audio is checked by content (the sender's frames, in order,
@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from upbx.common import cluster
 from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
 from tests.support import micropython_binary, require_root
 
@@ -33,6 +34,13 @@ def engines():
         pytest.skip(problem)
     with cluster_lab.Engines() as engines:
         yield engines
+
+
+def survivor(lab, lost="n1"):
+    """The node every client of lost keeps its standby session to (common/cluster.successor)."""
+    ids = {n: lab.status(n)["cluster"]["node_id"] for n in NODES}
+    by_id = {v: k for k, v in ids.items()}
+    return by_id[cluster.successor(ids[lost], sorted(ids.values()))]
 
 
 def _gap_ms(path):
@@ -55,7 +63,8 @@ def test_node_killed_during_a_relayed_call_survivor_takes_it_over(engines):
         lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b", "c"),
                       phones={"a": ["101"], "b": ["201"], "c": ["301"]})
         lab.start()
-        n2 = "127.0.0.1:%d" % lab.node_ports["n2"]
+        succ = survivor(lab)   # "n2" below: the successor of n1, where its clients keep their standby
+        n2 = "127.0.0.1:%d" % lab.node_ports[succ]
         lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "abc"),
                      "every remote host's standby session to n2 up", timeout=60)
         assert all(lab.status("site-" + s)["main"]["standby"]["address"] == n2 for s in "abc")
@@ -91,10 +100,10 @@ def test_node_killed_during_a_relayed_call_survivor_takes_it_over(engines):
         lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["address"] == n2 for s in "ab"),
                      "sites a and b switched to n2", timeout=30)
         switched = time.time() - killed
-        lab.wait_for(lambda: [c["callee"] for c in lab.status("n2")["calls"]] == ["201"], "n2 took the call over",
+        lab.wait_for(lambda: [c["callee"] for c in lab.status(succ)["calls"]] == ["201"], "n2 took the call over",
                      timeout=30)
         taken = time.time() - killed
-        assert lab.status("n2")["stats"]["counters"].get("calls taken over") == 1
+        assert lab.status(succ)["stats"]["counters"].get("calls taken over") == 1
         # relayed audio back both ways: 2 s more of each phone's audio at the other
         lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("101", "201")),
                      "relayed audio after the failover", timeout=30)
@@ -123,7 +132,7 @@ def test_node_killed_during_a_relayed_call_survivor_takes_it_over(engines):
                                                                          gaps["201"]))
         # n2 carried the call to its end: its key is n2's, marked ended
         lab.wait_for(lambda: json.loads(r.get(key) or b"{}").get("ended"), "the call's key marked ended", timeout=30)
-        assert json.loads(r.get(key))["node"] == "n2"
+        assert json.loads(r.get(key))["node"] == succ
     finally:
         lab.close()
         r.close()
@@ -149,7 +158,8 @@ def test_in_the_network_lab_node_killed_relayed_audio_back_idle_site_rehomed():
         ex.provision(sites=("a", "b", "c"), remote_sites=("a", "b", "c"),
                      phones={"a": ["101"], "b": ["201"], "c": ["301"]})
         ex.start()
-        n2 = "%s:%d" % ex.node_addresses["n2"]
+        succ = survivor(ex)
+        n2 = "%s:%d" % ex.node_addresses[succ]
         ex.wait_for(lambda: all(ex.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "abc"),
                     "every remote host's standby session to n2 up", timeout=60)
         standby_logins = {s: ex.status("site-" + s)["main"]["standby"]["logins"] for s in "abc"}
@@ -182,7 +192,7 @@ def test_in_the_network_lab_node_killed_relayed_audio_back_idle_site_rehomed():
         before = {n: _frames(records[n]) for n in records}
         killed = time.time()
         ex.kill(relaying)
-        ex.wait_for(lambda: [c["callee"] for c in ex.status("n2")["calls"]] == ["201"], "n2 took the call over",
+        ex.wait_for(lambda: [c["callee"] for c in ex.status(succ)["calls"]] == ["201"], "n2 took the call over",
                     timeout=30)
         taken = time.time() - killed
         ex.wait_for(lambda: all(_frames(records[n]) >= before[n] + 100 for n in records),
@@ -229,6 +239,7 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
     try:
         lab.provision(sites=("d", "e"), remote_sites=("d", "e"), phones={"d": ["402"], "e": ["502"]})
         lab.start()
+        succ = survivor(lab)   # "n2" below: the successor of n1, where its clients keep their standby
         lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "de"),
                      "standby sessions up", timeout=60)
         procs, records = {}, {}
@@ -253,9 +264,9 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
         n1 = [p for p in lab.procs if p.upbx_name == "n1"][0]
         os.killpg(n1.pid, signal.SIGSTOP)
         try:
-            lab.wait_for(lambda: [c["callee"] for c in lab.status("n2")["calls"]] == ["502"], "n2 took the call over",
+            lab.wait_for(lambda: [c["callee"] for c in lab.status(succ)["calls"]] == ["502"], "n2 took the call over",
                          timeout=30)
-            lab.wait_for(lambda: json.loads(r.get(key))["node"] == "n2", "the key n2's", timeout=10)
+            lab.wait_for(lambda: json.loads(r.get(key))["node"] == succ, "the key n2's", timeout=10)
         finally:
             os.killpg(n1.pid, signal.SIGCONT)
         # n1 runs again: the standby sessions log in to it anew, it ends its own copy of the call
@@ -263,7 +274,7 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
                      and lab.status("n1")["calls"] == [], "n1 back, its copy of the call ended", timeout=60)
         time.sleep(1)   # n1's Redis writer had a turn (every 200 ms)
         value = json.loads(r.get(key))
-        assert value["node"] == "n2" and not value["ended"], value
+        assert value["node"] == succ and not value["ended"], value
         before = {n: _frames(records[n]) for n in records}
         lab.wait_for(lambda: all(_frames(records[n]) >= before[n] + 100 for n in records),
                      "audio both ways after n1 came back", timeout=30)
@@ -279,7 +290,7 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
                                          gap_frames=gap // 20 + 5)
             assert match, (sender, matched, call["frames_sent"], gap)
         lab.wait_for(lambda: json.loads(r.get(key) or b"{}").get("ended"), "the key marked ended by n2", timeout=30)
-        assert json.loads(r.get(key))["node"] == "n2"
+        assert json.loads(r.get(key))["node"] == succ
     finally:
         lab.close()
         r.close()

@@ -195,20 +195,21 @@ class _Stats:
 
 def test_remote_host_learns_the_nodes_and_logs_in_next_by_rendezvous(lab):
     """The lab's remote host site-a was configured with n1's address alone. It learnt the nodes from
-    its WELCOME; when n1 goes, its next login goes by its rendezvous order (docs/cluster.md). Last:
-    it stops a node."""
+    its WELCOME, in its rendezvous order; when n1 goes, it is on n1's successor, where it kept its
+    standby session (docs/cluster.md). Last: it stops a node."""
     ids = {n: node_id(lab, n) for n in NODES}
     by_id = {v: k for k, v in ids.items()}
     status = lab.status("site-a")
     order = cluster.rendezvous(cluster.identity("host", "site-a"), sorted(ids.values()))
     assert [n for n, _a in status["cluster"]["nodes"]] == order
     assert [a for _n, a in status["cluster"]["nodes"]] == ["127.0.0.1:%d" % lab.node_ports[by_id[n]] for n in order]
-    # it was up at n1; n1 goes: the next login goes to its first node, or its second if n1 is the first
-    expected = by_id[order[0]] if order[0] != ids["n1"] else by_id[order[1]]
+    # it was up at n1, with a standby session at n1's successor (docs/cluster.md "Failover"); n1
+    # goes: that session becomes the main host's
+    expected = by_id[cluster.successor(ids["n1"], sorted(ids.values()))]
     lab.kill("n1")
-    lab.wait_for(lambda: any(h["name"] == "site-a" for h in lab.status(expected)["remote_hosts"]),
-                 "site-a logged in at %s" % expected, timeout=60, watch=tuple(n for n in NODES if n != "n1"))
-    assert lab.status("site-a")["cluster"]["main"] == "127.0.0.1:%d" % lab.node_ports[expected]
+    lab.wait_for(lambda: lab.status("site-a")["cluster"]["main"] == "127.0.0.1:%d" % lab.node_ports[expected],
+                 "site-a's main host is %s" % expected, timeout=60, watch=tuple(n for n in NODES if n != "n1"))
+    assert any(h["name"] == "site-a" for h in lab.status(expected)["remote_hosts"])
 
 
 def test_a_node_needs_an_address_clients_can_reach(tmp_path):

@@ -124,7 +124,7 @@ def test_no_grace_period_releases_when_the_silence_is_noticed(tmp_path):
 
 def test_standby_node_is_the_next_in_the_sites_rendezvous_order_from_cluster_nodes(tmp_path):
     """A WELCOME listing the cluster's nodes (IE cluster_nodes, common/cluster.py): the remote host
-    keeps a standby session to the first node of its rendezvous order that is not its main host's
+    keeps a standby session to its home node's successor (the same for every client of that node)
     (logging in there: a HELLO goes to that address); a cluster_nodes it cannot read is counted and
     leaves it with the list it heard before."""
     from upbx.common import cluster
@@ -133,8 +133,7 @@ def test_standby_node_is_the_next_in_the_sites_rendezvous_order_from_cluster_nod
     try:
         world.start_remote()
         nodes = [(1, MAIN), (2, ("198.18.0.12", 4569)), (3, ("198.18.0.13", 4569)), (4, ("198.18.0.14", 4569))]
-        order = [address for _node, address in cluster.ranked(cluster.identity("host", "site-a"), nodes)]
-        want = [a for a in order if a != MAIN][0]
+        want = dict(nodes)[cluster.successor(1, [n for n, _a in nodes])]   # MAIN is node 1, its home
         world.a._learn_nodes(cluster.encode_nodes(nodes))   # as a WELCOME, SYSINFO or NODES brings them
         world.a._choose_standby(world.net.now)
         assert world.a.status()["main"]["standby"]["address"] == "%s:%d" % want

@@ -105,6 +105,15 @@ def test_rendezvous_moves_only_what_it_must():
     assert all(60 < homes.count(n) < 140 for n in (1, 2, 3))
 
 
+def test_a_nodes_clients_share_one_standby_its_successor():
+    # rendezvous of b"node/H" over the other nodes: node 1 -> 2, 2 -> 4 (3 without 4), 3 -> 1, 4 -> 3
+    assert [cluster.successor(h, [1, 2, 3, 4]) for h in (1, 2, 3, 4)] == [2, 4, 1, 3]
+    assert [cluster.successor(h, [3, 2, 1]) for h in (1, 2, 3)] == [2, 3, 1]
+    assert cluster.successor(1, [1]) is None
+    # the same for every client of the node, whatever the order the node list came in
+    assert cluster.successor(2, [4, 3, 2, 1]) == cluster.successor(2, [1, 2, 3, 4]) == 4
+
+
 def test_node_list_vector_and_round_trip():
     nodes = [(1, ("127.0.0.1", 4569)), (2, ("198.18.0.2", 40000))]
     data = cluster.encode_nodes(nodes)
