@@ -253,3 +253,65 @@ def test_bench_cluster_quick_puts_each_phone_at_its_rendezvous_node():
     assert set(rc["per_node"]) == set(nodes) and rc["all_at_once"]["calls"] == 3 * rc["calls_per_node"]
     assert all(p["frames_relayed"] > 0 and p["frames_sent"] > 0 for p in rc["per_node"].values())
     assert rc["all_at_once"]["frames_relayed"] > 0
+
+
+def test_a_node_with_two_workers_steers_each_remote_hosts_trunk_frames_to_its_worker(engines, tmp_path):
+    """A node with workers = 2 (host/relay_workers.py): its two remote hosts get indexes naming worker 0
+    and worker 1, the kernel steers their trunk frames by that field, and their calls are relayed by
+    the workers with nothing lost."""
+    from upbx.host import fastpath
+    from upbx.tools import bench_cluster, bench_net
+    if fastpath.native is None:
+        pytest.skip("relay workers need the C fast path (not built here)")
+
+    class TwoWorkers(bench_cluster._lab_class(cluster_lab)):
+        def _write_config(self, node):
+            super()._write_config(node)
+            path = self.path(node + ".toml")
+            with open(path) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                f.write(text.replace("workers = 1", "workers = 2"))
+
+    lab = TwoWorkers(engines, nodes=("w1",), log_level="warning")
+    pair = None
+    try:
+        lab.provision(sites=("wa", "wb"), remote_sites=(), phones={"wa": [], "wb": []})
+        # TrunkPair's sites are a and b with extensions 1NNNNN and 2NNNNN: added once for the module
+        from upbx.host.cluster.postgres import PostgresDirectory
+        with PostgresDirectory(engines.postgres_dsn) as directory:
+            secrets = {}
+            for site, first in (("wa", "1"), ("wb", "2")):
+                secrets[site] = directory.add_remote_host("site-" + site, site)
+                for i in range(4):
+                    directory.add_extension("%s%05d" % (first, i), site, "")
+        lab.remote_sites = ()
+        lab.start()
+        lab.wait_for(lambda: lab.status("w1").get("workers") == 2, "w1's two workers", timeout=60)
+
+        class Pair(bench_net.TrunkPair):
+            def __init__(self, main, calls):
+                self.main = main
+                self.a = bench_net.Client(wire.IE_HOST_NAME, "site-wa", secrets["wa"], main.address)
+                self.b = bench_net.Client(wire.IE_HOST_NAME, "site-wb", secrets["wb"], main.address)
+                now = bench_net._now_ms()
+                self.a.start(now)
+                self.b.start(now)
+                bench_net.pump([self.a, self.b], lambda: self.a.up and self.b.up)
+                self.calls, self.next_ts, self.by_a_no, self.by_b_no = [], 20, {}, {}
+                self.add_calls(calls)
+
+        pair = Pair(bench_cluster._Node(("127.0.0.1", lab.node_ports["w1"]), {}), 4)
+        peers = {p.login.identity: p.login.channel.peer_index for p in (pair.a, pair.b)}
+        workers = sorted(cluster.index_worker(i) for i in peers.values())
+        assert workers == [0, 1]
+        assert all(cluster.index_node(i) == lab.status("w1")["cluster"]["node_id"] for i in peers.values())
+        r = bench_net.run_trunk_load(pair, pair.calls, 2, 1472)
+        assert r["received"] == r["sent"] > 0
+        status = lab.status("w1")
+        assert len(status["worker_pids"]) == 1 and status["workers_died"] == 0
+        assert status["delegated_directions"] + status["delegated_here"] >= 1
+    finally:
+        if pair is not None:
+            pair.close()
+        lab.close()
