@@ -542,37 +542,50 @@ class App:
         at = ticks_earliest(at, self.tone_stop_at)
         at = ticks_earliest(at, self._dtmf_at)
         at = ticks_earliest(at, self.exit_at)
-        at = ticks_earliest(at, self._stop_at)
+        at = self._timer_base = ticks_earliest(at, self._stop_at)   # all but the housekeeping's
         self._timer_at = ticks_earliest(at, self._house_at)
 
     def _timers(self, now):
-        """Every timer that has come; then the timers are planned again."""
+        """Every timer that has come; then the timers are planned again (_plan), unless only a step
+        of the housekeeping came that touched nothing the protocol or the script plans by (a heap
+        walk): then only the housekeeping's next step is folded into the plan made before."""
         phone = self.phone
-        self._signalled = True
-        if self.profile is not None:
-            self.profile.flag(0x40)   # firmware/profile.py SIGNALLED
+        fired = False
         if due(now, self._proto_at):
             phone.handle_timer(now)
+            fired = True
         if self._call_at is not None and phone.registered and due(now, self._call_at):
             self._call_at = None
             self.dial(self.script["call"], now)
+            fired = True
         if due(now, self.answer_at):
             self.answer_at = None
             phone.answer(now)
+            fired = True
         if due(now, self.hangup_at):
             self.hangup_at = None
             phone.hangup(now)
+            fired = True
         if due(now, self.tone_stop_at):
             self.tone_stop_at = None
             self.pipeline.tone.stop()
+            fired = True
         if due(now, self._dtmf_at):
             self._dtmf_at = None
             for digit in self.script.pop("dtmf"):
                 self.command("!dtmf " + digit, now)
-        if due(now, self._house_at):
-            self._housekeeping(now)
+            fired = True
+        if due(now, self._house_at) and self._housekeeping(now):
+            fired = True
         if due(now, self.exit_at) or due(now, self._stop_at):
             self.running = False
+            fired = True
+        if fired:
+            self._signalled = True
+            if self.profile is not None:
+                self.profile.flag(0x40)   # firmware/profile.py SIGNALLED
+        else:
+            self._timer_at = ticks_earliest(self._timer_base, self._house_at)
 
     def _housekeeping(self, now):
         """Once a second, in four steps a tick or so apart, so that no tick holds more than one of them
@@ -580,7 +593,8 @@ class App:
         heap's use (gc.mem_alloc()), its free space (gc.mem_free(); each walks the heap's whole
         allocation table), then a collection (with the HAL's chance to rejoin Wi-Fi and an update's
         step), then what is really live (gc.mem_alloc() again). The high-water mark is sampled just
-        before the collection, when the second's garbage is there."""
+        before the collection, when the second's garbage is there. True from the collection's step
+        (Wi-Fi and an update may have moved something the loop plans by: _timers plans again)."""
         step = self._house_step
         self._house_step = (step + 1) & 3
         if step == 0:
@@ -604,7 +618,7 @@ class App:
             if self.profile is not None:
                 self.profile.collected()
             self._house_at = ticks_add(now, _FRAME_MS)
-            return
+            return True
         else:
             live = _mem_alloc()
             if live > self.heap_live_peak:
@@ -612,6 +626,7 @@ class App:
             self._house_at = ticks_add(now, 1000 - 2 * _FRAME_MS - _HEAP_SAMPLE_LEAD_MS)
         if self.profile is not None:
             self.profile.flag(0x20)   # firmware/profile.py HEAP_WALK
+        return False
 
     def finish(self):
         """Log out, write the summary, close the devices (firmware/commands.py); a no-op when done."""

@@ -67,6 +67,7 @@ def init(app, config, hal):
     # the loop's timers; _timer_at is the earliest of them, computed when one changes (_plan)
     app.answer_at = app.hangup_at = app.exit_at = app._dtmf_at = None
     app._call_at = app._stop_at = app._proto_at = app._house_at = app._timer_at = None
+    app._timer_base = None   # the loop's earliest timer but the housekeeping's (App._plan)
     app._frame_at = None     # the next 20 ms audio tick
     app._signalled = False   # the protocol moved: its events, datagrams and timer need a look
     app.running = True
