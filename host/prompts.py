@@ -171,24 +171,20 @@ class Prompts:
     def frames(self, text):
         """The frames of text when the host has them, else None while they are being made (started
         here, once per text). PromptError when the last attempt failed (the next call tries again)."""
-        frames = _memo.get(text)
-        if frames is not None:
-            return frames
         error = self._failed.pop(text, None)
         if error is not None:
             raise error
-        if text in self._speaking:
-            return None
+        self.prepare(text)
+        return _memo.get(text)
+
+    def prepare(self, text):
+        """Have text ready: read from the folder if kept there (a small file), else spoken in the
+        background, unless the host has it or is at it already."""
+        if text in _memo or text in self._speaking:
+            return
         frames = _kept(self.folder, text) if self.folder is not None else None
         if frames is not None:
             _memo[text] = frames
-            return frames
-        self.prepare(text)
-        return None
-
-    def prepare(self, text):
-        """Have text spoken in the background unless the host has it or is at it already."""
-        if text in _memo or text in self._speaking:
             return
         worker = threading.Thread(target=self._make, args=(text,), name="prompt", daemon=True)
         self._speaking[text] = worker

@@ -487,6 +487,26 @@ def test_a_prompt_is_spoken_off_the_loop_a_relayed_call_keeps_every_frame_and_th
         world.close()
 
 
+def test_a_host_speaks_a_prompt_once_and_reads_it_back_from_its_folder_after_a_restart(tmp_path, monkeypatch):
+    monkeypatch.setattr(prompts, "_memo", {})
+    spoken = []
+
+    def speak(text):
+        spoken.append(text)
+        return prompts.speak_in_child(text)
+    first = prompts.Prompts(str(tmp_path / "prompts"), speak)
+    assert first.frames("Message saved.") is None and first.busy()
+    deadline = time.monotonic() + 120                 # bounds a fault only
+    while first.busy():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    frames = first.frames("Message saved.")
+    assert frames == prompts.prompt(None, "Message saved.") and spoken == ["Message saved."]
+    monkeypatch.setattr(prompts, "_memo", {})         # the host process starts again
+    again = prompts.Prompts(str(tmp_path / "prompts"), speak)
+    assert again.frames("Message saved.") == frames and not again.busy() and spoken == ["Message saved."]
+
+
 def test_prompt_resampling_is_the_windowed_sinc_filter_sample_for_sample():
     """host/prompts.resample (22,050 Hz espeak-ng output to 8 kHz, the multiply-adds in C) gives
     exactly what the filter's definition gives, written out tap by tap, on noise and a tone."""

@@ -3,6 +3,7 @@ real firmware phones (the MicroPython unix port) and real host daemons, with the
 from the phones' speakers (their recordings), their logs and displays, and `upbx admin`.
 """
 import json
+import os
 import time
 import wave
 
@@ -68,14 +69,39 @@ def sound(block):
     return "quiet" if frequency_label(block, BEEP) == "quiet" else "sound"
 
 
-def leave(phone, mailbox, speak_s, tone_ms=prompts.BEEP_MS * 3 // 4):
+SENT_FRAME = 4 + 160        # a frame in `upbx phone --record-sent-g711`'s file: timestamp, payload
+
+
+def _sent_frames(path):
+    try:
+        return os.path.getsize(path) // SENT_FRAME
+    except OSError:
+        return 0
+
+
+def leave(phone, mailbox, speak_s, tone_ms=prompts.BEEP_MS * 3 // 4, sent=None, greeting_ms=None):
     """phone dials mailbox's extension (voicemail), waits until its speaker played the beep after
     the greeting (BEEP_HZ for tone_ms: the greeting too when it is that tone), sends its tone for
-    speak_s more of its own clock, hangs up: whether it was connected and heard the beep."""
+    speak_s more, hangs up: whether it was connected and heard the beep. sent: the phone's
+    --record-sent-g711 file, to count speak_s in frames it sent (a phone starved of CPU loses
+    microphone frames, as a device's full DMA queue does); else speak_s of its speaker's clock.
+    greeting_ms: the spoken greeting's length: the beep is looked for only after it (the speech
+    has 100 ms windows where 1400 Hz dominates: three of them in a row passed for the beep)."""
     phone.command("!call " + mailbox)
     connected = phone.wait_line("connected")
-    beep = phone.wait_heard(BEEP, "beep", tone_ms, phone.mark()) if connected else None
-    spoke = beep is not None and phone.wait_played(int(speak_s * 1000), since_ms=beep * 100)
+    since = phone.mark()
+    if connected and greeting_ms is not None:
+        begun = phone.wait_heard(sound, "sound", 200, since)     # silence while the host makes it, then speech
+        since = since if begun is None else begun - 2 + greeting_ms // 100 - 1
+    beep = phone.wait_heard(BEEP, "beep", tone_ms, since) if connected else None
+    if beep is not None and sent is not None:
+        want = _sent_frames(sent) + int(speak_s * 50)
+        deadline = time.time() + WAIT_S
+        while _sent_frames(sent) < want and time.time() < deadline:
+            time.sleep(0.05)
+        spoke = _sent_frames(sent) >= want
+    else:
+        spoke = beep is not None and phone.wait_played(int(speak_s * 1000), since_ms=beep * 100)
     phone.command("!hangup")
     phone.wait_line("call ended")
     return connected and spoke
@@ -84,9 +110,11 @@ def leave(phone, mailbox, speak_s, tone_ms=prompts.BEEP_MS * 3 // 4):
 def _leave(lab, caller, mailbox, tag, speak_s=3.0):
     """caller (sending CALLER_HZ) leaves a message of speak_s in mailbox (leave):
     (connected and the beep heard, greeting frames heard, of how many)."""
-    phone = ConsolePhone(lab, caller, tag, "--send", "tone:%d" % CALLER_HZ)
+    sent = lab.path(tag + ".sent.g711")
+    phone = ConsolePhone(lab, caller, tag, "--send", "tone:%d" % CALLER_HZ, "--record-sent-g711", sent)
     try:
-        connected = leave(phone, mailbox, speak_s)
+        connected = leave(phone, mailbox, speak_s, sent=sent,
+                          greeting_ms=len(prompts.prompt(None, prompts.GREETING)) * 20)
     finally:
         phone.quit()
     return (connected,) + frames_found(phone.wav, prompts.prompt(None, prompts.GREETING))
