@@ -65,8 +65,9 @@ def test_node_killed_during_a_relayed_call_survivor_takes_it_over(engines):
         lab.start()
         succ = survivor(lab)   # "n2" below: the successor of n1, where its clients keep their standby
         n2 = "127.0.0.1:%d" % lab.node_ports[succ]
-        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "abc"),
-                     "every remote host's standby session to n2 up", timeout=60)
+        lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("address") == n2 and lab.status(
+            "site-" + s)["main"]["standby"]["state"] == "up" for s in "abc"),
+                     "every remote host's standby session at n2 (all the nodes known) up", timeout=60)
         assert all(lab.status("site-" + s)["main"]["standby"]["address"] == n2 for s in "abc")
         standby_logins = {s: lab.status("site-" + s)["main"]["standby"]["logins"] for s in "abc"}
 
@@ -160,8 +161,9 @@ def test_in_the_network_lab_node_killed_relayed_audio_back_idle_site_rehomed():
         ex.start()
         succ = survivor(ex)
         n2 = "%s:%d" % ex.node_addresses[succ]
-        ex.wait_for(lambda: all(ex.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "abc"),
-                    "every remote host's standby session to n2 up", timeout=60)
+        ex.wait_for(lambda: all((ex.status("site-" + s)["main"]["standby"] or {}).get("address") == n2 and ex.status(
+            "site-" + s)["main"]["standby"]["state"] == "up" for s in "abc"),
+                    "every remote host's standby session at n2 (all the nodes known) up", timeout=60)
         standby_logins = {s: ex.status("site-" + s)["main"]["standby"]["logins"] for s in "abc"}
         import redis
         with lab.inside("main"):
@@ -240,7 +242,7 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
         lab.provision(sites=("d", "e"), remote_sites=("d", "e"), phones={"d": ["402"], "e": ["502"]})
         lab.start()
         succ = survivor(lab)   # "n2" below: the successor of n1, where its clients keep their standby
-        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "de"),
+        lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("state") == "up" for s in "de"),
                      "standby sessions up", timeout=60)
         procs, records = {}, {}
         for number in ("502", "402"):
@@ -270,7 +272,7 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
         finally:
             os.killpg(n1.pid, signal.SIGCONT)
         # n1 runs again: the standby sessions log in to it anew, it ends its own copy of the call
-        lab.wait_for(lambda: all(lab.status("site-" + s)["main"]["standby"]["state"] == "up" for s in "de")
+        lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("state") == "up" for s in "de")
                      and lab.status("n1")["calls"] == [], "n1 back, its copy of the call ended", timeout=60)
         time.sleep(1)   # n1's Redis writer had a turn (every 200 ms)
         value = json.loads(r.get(key))
