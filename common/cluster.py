@@ -176,3 +176,30 @@ def decode_nodes(data):
         seen.add(node)
         nodes.append((node, ("%d.%d.%d.%d" % (data[at + 1], data[at + 2], data[at + 3], data[at + 4]), port)))
     return nodes
+
+
+def phone_event(phone, event):
+    """A login event of a phone straight at a cluster's node (common/phone.py): the nodes from the
+    WELCOME; once the session is lost, phone.host_next is where the next login goes: the first node
+    in the phone's rendezvous order, or the second if the first was the one lost; after HELLOs that
+    nobody answered, the node after that one. Here, not in common/phone.py: a handset at a
+    standalone main host never loads it."""
+    from .login import LoginUp
+    if type(event) is LoginUp:
+        phone.cluster_nodes = event.welcome.get(0x31, phone.cluster_nodes)   # IE cluster_nodes
+        phone._node_up = index_node(event.welcome.get(0x03, 0))               # IE session_index
+        return
+    try:
+        order = ranked(identity("phone", phone.extension), decode_nodes(phone.cluster_nodes))
+    except ValueError:
+        return
+    ids = [n for n, _a in order]
+    if phone._node_up is not None:
+        at = ids.index(phone._node_up) if phone._node_up in ids else -1
+        pick = 0 if at != 0 else 1
+    else:
+        at = ids.index(phone._node_tried) if phone._node_tried in ids else -1
+        pick = at + 1
+    phone._node_up = None
+    phone._node_tried = ids[pick % len(ids)]
+    phone.host_next = order[pick % len(ids)][1]

@@ -280,29 +280,10 @@ class Phone:
             self._events.append(event)
 
     def _cluster_event(self, event):
-        """A phone straight at a cluster's node (docs/cluster.md, "First contact"): the nodes from the
-        WELCOME; once the session is lost, host_next is where the next login goes: the first node in
-        this phone's rendezvous order, or the second if the first was the one lost; after HELLOs that
-        nobody answered, the node after that one. The module is loaded only here: no cluster, no heap."""
+        """A phone straight at a cluster's node (docs/cluster.md, "First contact"): common/cluster.py,
+        loaded only here (no cluster, no heap), sets host_next, where the next login goes."""
         from . import cluster
-        if type(event) is LoginUp:
-            self.cluster_nodes = event.welcome.get(_IE_CLUSTER_NODES, self.cluster_nodes)
-            self._node_up = cluster.index_node(event.welcome.get(wire.IE_SESSION_INDEX, 0))
-            return
-        try:
-            order = cluster.ranked(cluster.identity("phone", self.extension), cluster.decode_nodes(self.cluster_nodes))
-        except ValueError:
-            return
-        ids = [n for n, _a in order]
-        if self._node_up is not None:
-            at = ids.index(self._node_up) if self._node_up in ids else -1
-            pick = 0 if at != 0 else 1
-        else:
-            at = ids.index(self._node_tried) if self._node_tried in ids else -1
-            pick = at + 1
-        self._node_up = None
-        self._node_tried = ids[pick % len(ids)]
-        self.host_next = order[pick % len(ids)][1]
+        cluster.phone_event(self, event)
 
     def _message(self, msg_type, ies, now):
         if msg_type == wire.SYSINFO:

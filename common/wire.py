@@ -218,7 +218,6 @@ def parse_full(data):
 
 
 @micropython.native
-@micropython.native
 def pack_mini_header(buf, call_no, ts):
     buf[0] = (call_no >> 8) & 0x7F
     buf[1] = call_no & 0xFF
