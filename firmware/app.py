@@ -66,7 +66,7 @@ _IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
 _IP_TOS = getattr(socket, "IP_TOS", 1)
 _mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only: the heap high-water mark
 _mem_free = getattr(gc, "mem_free", None)
-_HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's free space is sampled this long (more than a tick) before each collection
+_HEAP_SAMPLE_LEAD_MS = const(25)   # the heap's use is sampled this long (more than a tick) before each collection
 # While a call is connected the collector runs once a second (_housekeeping), not by start.py's
 # gc.threshold, which is off until the call ends when _CALL_GC_ROOM is free as the call connects (firmware/events.py; a
 # second's garbage twice over when each datagram's recv left 190 bytes; below it, on the smallest
@@ -529,104 +529,72 @@ class App:
         the loop's timers (the protocol's, the script's, a tone's end, housekeeping), computed
         when one may have changed, not on every pass."""
         self._signalled = False
-        if self.profile is not None:
-            self.profile.flag(0x40)   # firmware/profile.py SIGNALLED
         phone = self.phone
         self.events(now)
         self.flush(now)
         at = self._proto_at = phone.next_timer()
-        if phone.registered:
-            at = ticks_earliest(at, self._call_at)
-        at = ticks_earliest(at, self.answer_at)   # one by one: no tuple made per plan
-        at = ticks_earliest(at, self.hangup_at)
-        at = ticks_earliest(at, self.tone_stop_at)
-        at = ticks_earliest(at, self._dtmf_at)
-        at = ticks_earliest(at, self.exit_at)
-        at = self._timer_base = ticks_earliest(at, self._stop_at)   # all but the housekeeping's
-        self._timer_at = ticks_earliest(at, self._house_at)
+        for timer in (self._call_at if phone.registered else None, self.answer_at, self.hangup_at,
+                      self.tone_stop_at, self._dtmf_at, self.exit_at, self._stop_at, self._house_at):
+            at = ticks_earliest(at, timer)
+        self._timer_at = at
 
     def _timers(self, now):
-        """Every timer that has come; then the timers are planned again (_plan), unless only a step
-        of the housekeeping came that touched nothing the protocol or the script plans by (a heap
-        walk): then only the housekeeping's next step is folded into the plan made before."""
+        """Every timer that has come; then the timers are planned again."""
         phone = self.phone
-        fired = False
+        self._signalled = True
         if due(now, self._proto_at):
             phone.handle_timer(now)
-            fired = True
         if self._call_at is not None and phone.registered and due(now, self._call_at):
             self._call_at = None
             self.dial(self.script["call"], now)
-            fired = True
         if due(now, self.answer_at):
             self.answer_at = None
             phone.answer(now)
-            fired = True
         if due(now, self.hangup_at):
             self.hangup_at = None
             phone.hangup(now)
-            fired = True
         if due(now, self.tone_stop_at):
             self.tone_stop_at = None
             self.pipeline.tone.stop()
-            fired = True
         if due(now, self._dtmf_at):
             self._dtmf_at = None
             for digit in self.script.pop("dtmf"):
                 self.command("!dtmf " + digit, now)
-            fired = True
-        if due(now, self._house_at) and self._housekeeping(now):
-            fired = True
+        if due(now, self._house_at):
+            self._housekeeping(now)
         if due(now, self.exit_at) or due(now, self._stop_at):
             self.running = False
-            fired = True
-        if fired:
-            self._signalled = True
-            if self.profile is not None:
-                self.profile.flag(0x40)   # firmware/profile.py SIGNALLED
-        else:
-            self._timer_at = ticks_earliest(self._timer_base, self._house_at)
 
     def _housekeeping(self, now):
-        """Once a second, in four steps a tick or so apart, so that no tick holds more than one of them
-        (each one a tick's work or more on an ESP32: `upbx bench handset`, docs/benchmarks.md): the
-        heap's use (gc.mem_alloc()), its free space (gc.mem_free(); each walks the heap's whole
-        allocation table), then a collection (with the HAL's chance to rejoin Wi-Fi and an update's
-        step), then what is really live (gc.mem_alloc() again). The high-water mark is sampled just
-        before the collection, when the second's garbage is there. True from the collection's step
-        (Wi-Fi and an update may have moved something the loop plans by: _timers plans again)."""
-        step = self._house_step
-        self._house_step = (step + 1) & 3
-        if step == 0:
+        """Once a second: the heap's use and free space, then, a tick later, a collection that
+        measures what is really live and the HAL's chance to rejoin Wi-Fi. gc.mem_alloc() and
+        gc.mem_free() each walk the heap's whole allocation table: run here, not every loop, and not
+        in the collection's tick, so no tick holds more than one walk besides the collection. The
+        high-water mark is sampled 25 ms before the collection, when the second's garbage is there."""
+        if self._sampled_at is None:
+            self._sampled_at = now
             used = _mem_alloc()
             if used > self.heap_peak:
                 self.heap_peak = used
-            self._house_at = ticks_add(now, _FRAME_MS)
-        elif step == 1:
             free = _mem_free()
             if self.heap_free_min is None or free < self.heap_free_min:
                 self.heap_free_min = free
-            self._house_at = ticks_add(now, _HEAP_SAMPLE_LEAD_MS)
-        elif step == 2:
-            self.hal.network_up()
-            if self.ota is not None:   # an over-the-air update downloading (firmware/ota.py)
-                self.ota.tick(now)
-            elif (self.ota_offer is not None or self.firmware.get("trial")) and self.phone.call is None:
-                rarely("firmware.ota").idle(self, now)
-            gc.collect()
-            self._rx_n = _RX_BYTES
-            if self.profile is not None:
-                self.profile.collected()
-            self._house_at = ticks_add(now, _FRAME_MS)
-            return True
-        else:
-            live = _mem_alloc()
-            if live > self.heap_live_peak:
-                self.heap_live_peak = live
-            self._house_at = ticks_add(now, 1000 - 2 * _FRAME_MS - _HEAP_SAMPLE_LEAD_MS)
+            self._house_at = ticks_add(now, _HEAP_SAMPLE_LEAD_MS)   # short, regular pauses
+            return
+        self._sampled_at = None
+        self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS)
+        self.hal.network_up()
+        if self.ota is not None:   # an over-the-air update downloading (firmware/ota.py)
+            self.ota.tick(now)
+        elif (self.ota_offer is not None or self.firmware.get("trial")) and self.phone.call is None:
+            rarely("firmware.ota").idle(self, now)
+        gc.collect()
+        self._rx_n = _RX_BYTES
         if self.profile is not None:
-            self.profile.flag(0x20)   # firmware/profile.py HEAP_WALK
-        return False
+            self.profile.collected()
+        live = _mem_alloc()
+        if live > self.heap_live_peak:
+            self.heap_live_peak = live
 
     def finish(self):
         """Log out, write the summary, close the devices (firmware/commands.py); a no-op when done."""

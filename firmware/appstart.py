@@ -67,7 +67,6 @@ def init(app, config, hal):
     # the loop's timers; _timer_at is the earliest of them, computed when one changes (_plan)
     app.answer_at = app.hangup_at = app.exit_at = app._dtmf_at = None
     app._call_at = app._stop_at = app._proto_at = app._house_at = app._timer_at = None
-    app._timer_base = None   # the loop's earliest timer but the housekeeping's (App._plan)
     app._frame_at = None     # the next 20 ms audio tick
     app._signalled = False   # the protocol moved: its events, datagrams and timer need a look
     app.running = True
@@ -86,7 +85,7 @@ def init(app, config, hal):
     app.heap_peak = 0
     app.heap_live_peak = 0
     app.heap_free_min = None
-    app._house_step = 0      # App._housekeeping's step: use, free space, collection, live
+    app._sampled_at = None   # when the heap's use was sampled for the coming collection
     app.current = None
     app.started = None
     app._peer_key = app._peer_addr = None

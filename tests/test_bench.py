@@ -247,11 +247,10 @@ def test_bench_handset_quick_reports_consistent_figures():
     assert call["frames_received"] > 100 and call["frames_sent"] > 50 and call["lost_by_relay"] > 0
     assert call["frames_suppressed"] > 0                                   # the VAD heard the pauses
     assert r["ticks"] == sum(c["ticks"] for c in r["cases"].values())
-    # what else the ticks did: the once-a-second collection and heap walks in ticks of their own (firmware/app.py,
-    # _housekeeping), the rest audio only (signalling: the protocol's timers and messages)
+    # what else the ticks did: the once-a-second collection (firmware/app.py, _housekeeping), the rest audio only (signalling: the protocol's timers and messages)
     causes = r["ticks_by_cause"]
     assert r["ticks"] == sum(c["ticks"] for c in causes.values())
-    assert causes["collection"]["ticks"] >= 3 and causes["heap_walk"]["ticks"] >= 2 * causes["collection"]["ticks"] - 3
+    assert causes["collection"]["ticks"] >= 3
     assert causes["audio_only"]["ticks"] > r["ticks"] // 2
     # the kernel's count of the thread's CPU time (Linux): no tick is charged more than its wall-clock busy time
     k = r["kernel_clock"]
