@@ -63,17 +63,13 @@ class Router:
 
     def index_owner(self, index):
         """The other live node a session index names, else None (ours, not a node's, a node not alive)."""
-        node = cluster.index_node(index)
-        if node is None or node == self.node_id:
-            return None
-        if node not in self.nodes:
-            self.stats.drop("cluster: node %d not alive" % node)
-            return None
-        return node
+        return self._other_live(cluster.index_node(index))
 
     def call_owner(self, call_no):
         """The other live node a call number names, else None."""
-        node = cluster.call_no_node(call_no)
+        return self._other_live(cluster.call_no_node(call_no))
+
+    def _other_live(self, node):
         if node is None or node == self.node_id:
             return None
         if node not in self.nodes:
