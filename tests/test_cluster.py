@@ -7,7 +7,6 @@ status, a row, a key), never for a time; the timeouts only guard against a hang.
 """
 import asyncio
 import json
-import os
 import select
 import time
 
@@ -20,19 +19,9 @@ from tests.intruder import Intruder, now_ms
 from tests.support import micropython_binary
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
+from tests.clusterkit import engines  # noqa: E402,F401  (the module's engines, tests/clusterkit.py)
 
 NODES = ("n1", "n2", "n3")
-
-
-@pytest.fixture(scope="module")
-def engines():
-    problem = cluster_lab.missing()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    with cluster_lab.Engines() as engines:
-        yield engines
 
 
 @pytest.fixture(scope="module")

@@ -18,19 +18,9 @@ from upbx.host.cluster.route import Router, forward_key
 from tests.intruder import Intruder, now_ms
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
+from tests.clusterkit import engines  # noqa: E402,F401  (the module's engines, tests/clusterkit.py)
 
 NODES = ("n1", "n2", "n3")
-
-
-@pytest.fixture(scope="module")
-def engines():
-    problem = cluster_lab.missing()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    with cluster_lab.Engines() as engines:
-        yield engines
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,123 @@
+"""What the cluster tests on real engines share (docs/cluster.md), as tests/sipkit.py does for SIP:
+the engines fixture, a relayed call between two firmware phones that each send their own noise and
+record what they hear, and the end of such a call: hang up, every call ended "normal clearing", each
+side's audio at the other in order (one gap allowed: a failover's).
+
+    from tests.clusterkit import engines  # noqa: F401  (the module-scoped fixture)
+
+    call = start_call(lab, "101", "201", tag="failover")       # 201 answers, 101 calls
+    lab.wait_for(lambda: live_call(r, "101") is not None, "the answered call's key")
+    ...                                                          # the fault under test
+    gaps = hang_up_and_compare(lab, call)                        # {receiver: longest gap in ms}
+
+A module that needs the engines imports `engines` from here; pytest takes a fixture imported into
+a test module as the module's own (one set of engines per module, started on first use, stopped and
+removed at the module's end even when a test failed)."""
+import json
+import os
+
+import pytest
+
+from upbx.common import cluster
+from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
+
+cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
+
+
+def require_engines():
+    """Skip (fail on CI, where the set-up installs them) when the engines cannot run here."""
+    problem = cluster_lab.missing()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """PostgreSQL, Redis and etcd for the module (tools/cluster_lab.py Engines)."""
+    require_engines()
+    with cluster_lab.Engines() as engines:
+        yield engines
+
+
+def survivor(lab, lost="n1"):
+    """The node every client of `lost` keeps its standby session to (common/cluster.successor)."""
+    ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+    by_id = {v: k for k, v in ids.items()}
+    return by_id[cluster.successor(ids[lost], sorted(ids.values()))]
+
+
+def gap_ms(path):
+    """The longest gap in a recorded stream (sender timestamps of consecutive frames received)."""
+    frames = read_g711_record(path)
+    return max((b[0] - a[0] for a, b in zip(frames, frames[1:])), default=0)
+
+
+def frames(path):
+    """How many frames a phone has recorded so far."""
+    return len(read_g711_record(path)) if os.path.exists(path) else 0
+
+
+class Call:
+    """Two firmware phones in a call: `procs` and `records` ({number: ...}), the caller, the tag."""
+
+    def __init__(self, caller, callee, tag, procs, records):
+        self.caller, self.callee, self.tag = caller, callee, tag
+        self.procs, self.records = procs, records
+
+    def frames(self):
+        """{number: frames it has recorded so far}."""
+        return {n: frames(path) for n, path in self.records.items()}
+
+
+def start_call(lab, caller, callee, tag, seconds=120):
+    """The callee (answering) and the caller (calling it after 0.5 s), each sending `seconds` of its
+    own noise (seeded by its number) and recording what it receives; the call lasts until
+    hang_up_and_compare (or `seconds` of audio): returns a Call once both are registered."""
+    procs, records = {}, {}
+    for number in (callee, caller):
+        wav = lab.path(number + ".wav")
+        write_noise_wav(wav, seconds, int(number))
+        records[number] = lab.path(number + ".rx.g711")
+        args = ["--send", wav, "--record-g711", records[number], "--exit-after-call", "--exit-after", "300"]
+        args += ["--answer"] if number == callee else ["--call", callee, "--call-after", "0.5"]
+        procs[number] = lab.phone(number, *args, tag="%s-%s" % (tag, number))
+        lab.wait_registered(number, timeout=60)
+    return Call(caller, callee, tag, procs, records)
+
+
+def live_call(r, caller):
+    """The answered, not ended, call key in Redis whose caller is `caller` (r: a redis.Redis), or None."""
+    for key in r.scan_iter(match="upbx:call:*"):
+        call = json.loads(r.get(key) or b"{}")
+        if call.get("caller") == caller and call.get("state") == "answered" and not call.get("ended"):
+            return call
+    return None
+
+
+def wait_audio_flows(lab, call, what, frames_more=100, timeout=30):
+    """Wait until each phone has recorded frames_more frames more than now (100: 2 s of audio)."""
+    before = call.frames()
+    lab.wait_for(lambda: all(frames(call.records[n]) >= before[n] + frames_more for n in before), what,
+                 timeout=timeout)
+
+
+def hang_up_and_compare(lab, call, causes=("normal clearing",)):
+    """The caller hangs up; both phones exit; each side's call ended with one of `causes` (no call
+    dropped) and its audio is at the other in order, nothing foreign (one gap allowed, the longest
+    recorded). Returns {receiver: its longest gap in ms}."""
+    caller = call.procs[call.caller]
+    caller.stdin.write(b"!hangup\n")
+    caller.stdin.flush()
+    for proc in call.procs.values():
+        proc.wait(60)
+    gaps = {}
+    for sender, receiver in ((call.caller, call.callee), (call.callee, call.caller)):
+        summary = lab.summary("%s-%s" % (call.tag, sender))["calls"][0]
+        assert summary["cause"] in causes, summary
+        gaps[receiver] = gap_ms(call.records[receiver])
+        match, matched = audio_match(lab.path(sender + ".wav"), call.records[receiver], summary["frames_sent"],
+                                     gap_frames=gaps[receiver] // 20 + 5)
+        assert match, (sender, matched, summary["frames_sent"], gaps[receiver])
+    return gaps
