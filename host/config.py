@@ -166,7 +166,8 @@ SECTIONS = {
         Key("node", "name_or_empty", "", "this node's name, unique in the cluster (required with postgres)"),
         Key("postgres", "str", "", 'libpq connection string of the directory and call records, e.g. '
             '"host=db1 dbname=upbx user=upbx"; empty: no cluster, the SQLite `database` alone'),
-        Key("redis", "str", "", 'Redis URL of the per-call state, e.g. "redis://db1:6379/0" (required with postgres)'),
+        Key("redis", "str", "", 'Redis URL of the per-call state, e.g. "redis://db1:6379/0", or its Sentinels '
+            '"redis+sentinel://s1:26379,s2:26379/SERVICE/0" (required with postgres)'),
         Key("etcd", "hostports", "", '"HOST:PORT" of etcd\'s client API, several comma-separated (required with postgres)'),
         Key("lease_s", "int", 5, "lifetime of this node's membership lease in etcd: a node that stops renewing "
             "it (killed, cut off) is gone from the cluster this long after", min=2, max=60),
@@ -472,6 +473,10 @@ def load_main_config(path):
         for key in ("node", "redis", "etcd"):
             if not getattr(config, "cluster_" + key):
                 raise ConfigError(path, "cluster." + key, "required with cluster.postgres (docs/cluster.md)")
+        from upbx.host.cluster.engines import redis_problem
+        problem = redis_problem(config.cluster_redis)
+        if problem:
+            raise ConfigError(path, "cluster.redis", problem)
     else:
         for key in ("node", "redis", "etcd", "address"):
             if getattr(config, "cluster_" + key):

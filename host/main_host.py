@@ -53,6 +53,7 @@ class MainHost(HostCore):
         else:
             self.directory = Directory(config.database)
         self.deferred_records = []   # (remote host, record) uploaded while PostgreSQL was away: not yet acknowledged
+        self._retrying = False       # retry_records is storing them (on a cluster node: off the loop, one by one)
         for warning in self.directory.warnings:
             self.log.warning("file-permissions", problem=warning)
         # phones straight at the main host only need their NAT binding kept open: 20 s, not the
@@ -594,12 +595,46 @@ class MainHost(HostCore):
             changes, cause = features.star_code(ies[wire.IE_CALLED])
             settings = self.directory.features(link.name)
             settings.update(changes)
-            self.directory.set_features(link.name, settings)
         except features.FeatureError as exc:
             self.log.info("star-code", extension=link.name, error=str(exc))
             return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, now)
-        self.log.info("features", extension=link.name, settings=settings)
-        self.refuse_setup(link, ies, cause, now)
+
+        def done(settings, error, later):
+            if isinstance(error, features.FeatureError):
+                self.log.info("star-code", extension=link.name, error=str(error))
+                return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, later or now)
+            if error is not None:   # a cluster's PostgreSQL away: refused, the phone may dial it again
+                self._write_failed("set_features", error)
+                return self.refuse_setup(link, ies, wire.CAUSE_NETWORK_BUSY, later or now)
+            self.log.info("features", extension=link.name, settings=settings)
+            self.refuse_setup(link, ies, cause, later or now)
+        self._write_later("set_features", (link.name, settings), done, link)
+
+    def _write_later(self, name, args, done, link=None):
+        """directory.name(*args), then done(result, error, now): at once on SQLite; on a cluster node its
+        PostgreSQL part runs off the loop (host/cluster/replica.py write_later) and done comes when it
+        answered (now: the time then), if `link` is still up; its errors reach done."""
+        later = getattr(self.directory, "write_later", None)
+        if later is None:
+            try:
+                result = getattr(self.directory, name)(*args)
+            except features.FeatureError as exc:
+                return done(None, exc, None)
+            except (StoreUnavailable, ValueError, TypeError, KeyError) as exc:
+                if name != "add_call_record":
+                    raise
+                return done(None, exc, None)
+            return done(result, None, None)
+
+        def finished(result, error, now):
+            if link is None or link.up:
+                done(result, error, now)
+        later(name, args, finished)
+
+    def _write_failed(self, name, error):
+        """A directory write on a cluster node that PostgreSQL did not take (away, or it refused it)."""
+        self.stats.count("directory writes failed")
+        self.log.warning("directory-write", write=name, error="%s: %s" % (error.__class__.__name__, error))
 
     def _features(self, link, ies, now):
         """A remote host's phone changed its settings (a star code there): stored, acknowledged."""
@@ -608,13 +643,23 @@ class MainHost(HostCore):
             self.stats.drop("features not of the host's site")
             return
         try:
-            settings = self.directory.set_features(number, features.decode(ies.get(wire.IE_DATA, b"")))
+            settings = features.decode(ies.get(wire.IE_DATA, b""))
         except features.FeatureError as exc:
             self.stats.drop("bad features")
             self.log.warning("bad-features", host=link.name, error=str(exc))
             return
-        self.log.info("features", extension=number, settings=settings, via=link.name)
-        link.send_signal(wire.FEATURES, {wire.IE_EXTENSION: number, wire.IE_DATA: features.encode(settings)}, now)
+
+        def done(settings, error, later):
+            if isinstance(error, features.FeatureError):
+                self.stats.drop("bad features")
+                self.log.warning("bad-features", host=link.name, error=str(error))
+                return
+            if error is not None:   # not acknowledged: the remote host keeps the change and sends it again
+                return self._write_failed("set_features", error)
+            self.log.info("features", extension=number, settings=settings, via=link.name)
+            link.send_signal(wire.FEATURES, {wire.IE_EXTENSION: number, wire.IE_DATA: features.encode(settings)},
+                             later or now)
+        self._write_later("set_features", (number, settings), done, link)
 
     def _noanswer_of(self, number):
         """(number, ms) where a call to number goes when it rings that long unanswered, else None."""
@@ -832,18 +877,26 @@ class MainHost(HostCore):
         try:
             record = decode_upload(ies.get(wire.IE_DATA, b""), link.name, site, self.directory.site_of_extension,
                                    self.wall_ms(now))
-            stored = self.directory.add_call_record(record)
         except (ValueError, TypeError, KeyError) as exc:
             self.stats.drop("bad record")
             self.log.warning("bad-record", host=link.name, error=str(exc))
             return
-        except StoreUnavailable as exc:
-            # a cluster's PostgreSQL is away: acknowledged once it is stored (retry_records)
-            self.stats.count("records deferred")
-            self.log.warning("record-deferred", host=link.name, uid=record["uid"], error=str(exc))
-            self.deferred_records.append((link.name, record))
-            return
-        self._record_stored(link, site, record, stored, now)
+
+        def done(stored, error, later):
+            if isinstance(error, StoreUnavailable):
+                # a cluster's PostgreSQL is away: acknowledged once it is stored (retry_records)
+                self.stats.count("records deferred")
+                self.log.warning("record-deferred", host=link.name, uid=record["uid"], error=str(error))
+                self.deferred_records.append((link.name, record))
+                return
+            if isinstance(error, (ValueError, TypeError, KeyError)):
+                self.stats.drop("bad record")
+                self.log.warning("bad-record", host=link.name, error=str(error))
+                return
+            if error is not None:   # not acknowledged: the remote host uploads it again at its next login
+                return self._write_failed("add_call_record", error)
+            self._record_stored(link, site, record, stored, later or now)
+        self._write_later("add_call_record", (record,), done, link)
 
     def _record_stored(self, link, site, record, stored, now):
         self.stats.count("records stored" if stored else "records duplicate")
@@ -853,16 +906,32 @@ class MainHost(HostCore):
     def retry_records(self, now):
         """Store the uploads deferred while PostgreSQL was away and acknowledge them to their remote hosts
         still logged in (one that logged out uploads again at its next login: stored once by its uid)."""
+        if self._retrying:
+            return
         waiting, self.deferred_records = self.deferred_records, []
-        for n, (name, record) in enumerate(waiting):
-            try:
-                stored = self.directory.add_call_record(record)
-            except StoreUnavailable:
-                self.deferred_records = waiting[n:]
+        self._retrying = True
+
+        def store(n, now):
+            if n == len(waiting):
+                self._retrying = False
                 return
-            link = self.links_by_name.get(("host", name))
-            if link is not None and link.up:
-                self._record_stored(link, self._site_of(link), record, stored, now)
+
+            def done(stored, error, later):
+                later = later or now
+                if isinstance(error, StoreUnavailable):
+                    self._retrying = False
+                    self.deferred_records = waiting[n:] + self.deferred_records
+                    return
+                name, record = waiting[n]
+                if error is None:
+                    link = self.links_by_name.get(("host", name))
+                    if link is not None and link.up:
+                        self._record_stored(link, self._site_of(link), record, stored, later)
+                else:
+                    self._write_failed("add_call_record", error)
+                store(n + 1, later)
+            self._write_later("add_call_record", (waiting[n][1],), done)
+        store(0, now)
 
     # timers
 

@@ -193,6 +193,32 @@ class Engines:
         """Stop PostgreSQL the way an operator restarting it would (fast shutdown: commits are kept)."""
         self._stop("postgres", signal.SIGINT)
 
+    def _postgres_processes(self):
+        """The postmaster (runuser's child) and its children (each backend is a session of its own)."""
+        parent = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open("/proc/%s/stat" % entry) as f:
+                        parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        runuser = self.procs["postgres"].pid
+        top = [pid for pid, ppid in parent.items() if ppid == runuser] or [runuser]
+        return top + [pid for pid, ppid in parent.items() if ppid in top]
+
+    def pause_postgres(self, sig=signal.SIGSTOP):
+        """PostgreSQL hung (SIGSTOP of its postmaster and every backend): queries wait, connections stay
+        open; resume_postgres() lets them go on."""
+        for pid in self._postgres_processes():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def resume_postgres(self):
+        self.pause_postgres(signal.SIGCONT)
+
     def _stop(self, name, sig=signal.SIGTERM):
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
@@ -218,19 +244,245 @@ class Engines:
         self.close()
 
 
+PATRONI_TTL_S = 10   # the leader key's lease: a primary lost is replaced about this long after (Patroni's ttl)
+
+
+def missing_replicated():
+    """Why ReplicatedEngines cannot run here (a sentence), or None."""
+    problem = missing()
+    if problem:
+        return problem
+    if shutil.which("patroni") is None:
+        return "patroni is not installed (Debian package patroni)"
+    return None
+
+
+def _kill_server(data_dir):
+    """kill -9 of the PostgreSQL server on data_dir (its postmaster.pid) and of its process group (Patroni
+    starts it in a session of its own: the backends are in it); nothing if it is not running."""
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid")) as f:
+            pid = int(f.readline())
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            if b"postgres" not in f.read():
+                return   # a stale file: that pid is another process now
+        group = os.getpgid(pid)
+    except (OSError, ValueError):
+        return
+    try:
+        if group != os.getpgrp():
+            os.killpg(group, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class ReplicatedEngines(Engines):
+    """Engines whose PostgreSQL and Redis fail over (docs/cluster.md "Engine failover"):
+
+    - PostgreSQL: two members run by Patroni (Debian's patroni) with this etcd as its DCS, streaming
+      replication in Patroni's synchronous mode (a commit is on both before it is acknowledged, so a
+      failover loses no record a node acknowledged). The nodes' connection string names both
+      (`host=127.0.0.1,127.0.0.1 port=P0,P1 target_session_attrs=read-write`): libpq finds the primary.
+    - Redis: a primary, a replica and Sentinel watching them; the nodes' URL names Sentinel
+      (`redis+sentinel://127.0.0.1:S/upbx/0`, host/cluster/engines.py).
+
+    kill_postgres_primary() and kill_redis_primary() lose a primary as a machine would (kill -9, its
+    server processes and its Patroni)."""
+
+    MEMBERS = ("pg0", "pg1")
+    SERVICE = "upbx"
+
+    def __init__(self, start_timeout=90):
+        Engines.__init__(self, start_timeout)
+        self.pg_ports = {}
+        self.rest_ports = {}
+
+    @property
+    def postgres_dsn(self):
+        ports = [self.pg_ports[m] for m in self.MEMBERS]
+        return ("host=%s port=%s user=upbx dbname=upbx connect_timeout=5 target_session_attrs=read-write"
+                % (",".join("127.0.0.1" for _ in ports), ",".join(str(p) for p in ports)))
+
+    def member_dsn(self, member, dbname="upbx"):
+        return "host=127.0.0.1 port=%d user=upbx dbname=%s connect_timeout=2" % (self.pg_ports[member], dbname)
+
+    @property
+    def redis_url(self):
+        return "redis+sentinel://127.0.0.1:%d/%s/0" % (self.sentinel_port, self.SERVICE)
+
+    def start(self):
+        problem = missing_replicated()
+        if problem:
+            raise EngineError(problem)
+        try:
+            self._start_redis()
+            self._start_etcd()
+            self._wait("etcd", lambda: _tcp_open(self.etcd_port))
+            self._wait("redis", lambda: _tcp_open(self.redis_port))
+            self._start_redis_replica()
+            for member in self.MEMBERS:
+                self._start_member(member)
+                if member == self.MEMBERS[0]:   # the first bootstraps (initdb) and leads, the second copies it
+                    self._wait("patroni-" + member, lambda: self.postgres_primary() == member)
+            self._wait("patroni-" + self.MEMBERS[1], self.synchronous)
+            import psycopg
+            with psycopg.connect(self.postgres_dsn.replace("dbname=upbx", "dbname=postgres"), autocommit=True) as c:
+                c.execute("CREATE DATABASE upbx")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start_redis_replica(self):
+        self.redis_replica_port, self.sentinel_port = free_tcp_port(), free_tcp_port()
+        os.mkdir(self.path("redis-replica"))
+        self._spawn("redis-replica", ["redis-server", "--port", str(self.redis_replica_port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", self.path("redis-replica"),
+                                      "--replicaof", "127.0.0.1", str(self.redis_port)])
+        os.mkdir(self.path("sentinel"))
+        with open(self.path("sentinel", "sentinel.conf"), "w") as f:   # Sentinel rewrites its file
+            f.write("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor %s 127.0.0.1 %d 1\n"
+                    "sentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 5000\n"
+                    % (self.sentinel_port, self.path("sentinel"), self.SERVICE, self.redis_port, self.SERVICE,
+                       self.SERVICE))
+        self._spawn("sentinel", ["redis-server", self.path("sentinel", "sentinel.conf"), "--sentinel"])
+        self._wait("redis-replica", lambda: self._redis_role(self.redis_replica_port) == "slave-up")
+        self._wait("sentinel", lambda: self.redis_primary() == self.redis_port)
+
+    def _redis_role(self, port):
+        import redis
+        try:
+            with redis.Redis(port=port, socket_timeout=1) as r:
+                info = r.info("replication")
+        except redis.RedisError:
+            return None
+        if info["role"] == "master":
+            return "master"
+        return "slave-up" if info.get("master_link_status") == "up" else "slave"
+
+    def redis_primary(self):
+        """The port Sentinel names as Redis's primary now, or None."""
+        import redis
+        try:
+            with redis.Redis(port=self.sentinel_port, socket_timeout=1) as r:
+                master = r.sentinel_get_master_addr_by_name(self.SERVICE)
+        except (redis.RedisError, OSError):
+            return None
+        return int(master[1]) if master else None
+
+    def kill_redis_primary(self):
+        """kill -9 of Redis's primary (the one Sentinel names); returns its port."""
+        port = self.redis_primary()
+        name = "redis" if port == self.redis_port else "redis-replica"
+        self._stop(name, signal.SIGKILL)
+        return port
+
+    def _start_member(self, member):
+        self.pg_ports[member], self.rest_ports[member] = free_tcp_port(), free_tcp_port()
+        data = self.path(member)
+        os.mkdir(data, 0o700)
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres", "postgres")
+        config = {
+            "scope": "upbx-lab", "namespace": "/patroni/", "name": member,
+            "restapi": {"listen": "127.0.0.1:%d" % self.rest_ports[member],
+                        "connect_address": "127.0.0.1:%d" % self.rest_ports[member]},
+            "etcd3": {"hosts": ["127.0.0.1:%d" % self.etcd_port]},
+            "bootstrap": {
+                "dcs": {"ttl": PATRONI_TTL_S, "loop_wait": 1, "retry_timeout": 4, "synchronous_mode": True,
+                        "maximum_lag_on_failover": 1 << 20,
+                        "postgresql": {"use_pg_rewind": False,
+                                       "parameters": {"fsync": "off", "full_page_writes": "off",
+                                                      "wal_level": "replica", "hot_standby": "on",
+                                                      "max_wal_senders": 5, "max_replication_slots": 5}}},
+                "initdb": [{"encoding": "UTF8"}, "no-locale", "no-sync"],
+            },
+            "postgresql": {
+                "listen": "127.0.0.1:%d" % self.pg_ports[member],
+                "connect_address": "127.0.0.1:%d" % self.pg_ports[member],
+                "data_dir": os.path.join(data, "data"), "bin_dir": PG_BIN[-1],
+                "pgpass": os.path.join(data, "pgpass"),
+                "authentication": {"superuser": {"username": "upbx"}, "replication": {"username": "upbx"}},
+                "parameters": {"unix_socket_directories": data},
+                "pg_hba": ["local all all trust", "host all all 127.0.0.1/32 trust",
+                           "host replication all 127.0.0.1/32 trust"],
+            },
+            "tags": {},
+        }
+        path = os.path.join(data, "patroni.yml")
+        with open(path, "w") as f:
+            json.dump(config, f)   # YAML is a superset of JSON
+        if os.geteuid() == 0:
+            shutil.chown(path, "postgres", "postgres")
+        self._spawn("patroni-" + member, _as_postgres(["patroni", path]))
+
+    def _member_role(self, member):
+        """"primary", "replica" or None (not answering) of one member, from its own server."""
+        import psycopg
+        try:
+            with psycopg.connect(self.member_dsn(member, "postgres"), autocommit=True) as conn:
+                return "replica" if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] else "primary"
+        except psycopg.Error:
+            return None
+
+    def postgres_primary(self):
+        """The member whose server is PostgreSQL's primary now, or None."""
+        for member in self.MEMBERS:
+            if member in self.pg_ports and self._member_role(member) == "primary":
+                return member
+        return None
+
+    def synchronous(self):
+        """Whether the primary has a synchronous standby streaming (a commit waits for it)."""
+        import psycopg
+        primary = self.postgres_primary()
+        if primary is None:
+            return False
+        try:
+            with psycopg.connect(self.member_dsn(primary, "postgres"), autocommit=True) as conn:
+                return any(r[0] == "sync" for r in conn.execute("SELECT sync_state FROM pg_stat_replication"))
+        except psycopg.Error:
+            return False
+
+    def kill_member(self, member):
+        """A member lost as a machine is: kill -9 of its Patroni and of its PostgreSQL server (which Patroni
+        started in a session of its own)."""
+        self._stop("patroni-" + member, signal.SIGKILL)
+        _kill_server(os.path.join(self.path(member), "data"))
+
+    def kill_postgres_primary(self):
+        """kill -9 of the primary member; returns its name."""
+        member = self.postgres_primary()
+        self.kill_member(member)
+        return member
+
+    def stop_postgres(self):
+        raise NotImplementedError("ReplicatedEngines: kill_postgres_primary() (Patroni restarts a server stopped alone)")
+
+    def close(self):
+        for name in list(self.procs):
+            self._stop(name, signal.SIGTERM)
+        for member in self.MEMBERS:   # Patroni stopped (or killed): its server may still run
+            _kill_server(os.path.join(self.path(member), "data"))
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class ClusterExchange(LoopbackExchange):
     """Main host nodes (processes) on one set of Engines, with LoopbackExchange's phones and helpers:
     `upbx admin` goes to the cluster's PostgreSQL through the first node's main.toml."""
 
-    def __init__(self, engines, nodes=("n1", "n2"), standby=False, **kwargs):
+    def __init__(self, engines, nodes=("n1", "n2"), standby=False, home=None, **kwargs):
         """standby: each remote host's `standby` lists the other nodes (its standby session goes to the
-        second node, docs/cluster.md Failover)."""
+        second node, docs/cluster.md Failover). home: the node the remote hosts and the phones of sites
+        without one log in to (the first node when None)."""
         LoopbackExchange.__init__(self, **kwargs)
         self.engines = engines
         self.standby = standby
         self.nodes = list(nodes)
+        self.home = home or self.nodes[0]
         self.node_ports = {node: free_port() for node in self.nodes}
-        self.main_port = self.node_ports[self.nodes[0]]   # phones of sites without a remote host: the first node
+        self.main_port = self.node_ports[self.home]   # phones of sites without a remote host: the home node
         for node in self.nodes:
             self._write_config(node)
 
@@ -264,8 +516,8 @@ class ClusterExchange(LoopbackExchange):
         return out.stdout.strip()
 
     def status(self, daemon):
-        """A daemon's status; "main" is the first node (where phones of sites without a remote host go)."""
-        return LoopbackExchange.status(self, self.nodes[0] if daemon == "main" else daemon)
+        """A daemon's status; "main" is the home node (where phones of sites without a remote host go)."""
+        return LoopbackExchange.status(self, self.home if daemon == "main" else daemon)
 
     def cluster_status(self):
         out = subprocess.run(upbx("cluster", "status", "--config", self.path(self.nodes[0] + ".toml"), "--json"),
@@ -281,10 +533,12 @@ class ClusterExchange(LoopbackExchange):
                           watch=(node,))
         return proc
 
-    def start(self):
-        """Every node, then the remote hosts of provision()'s sites, logged in to the first node."""
+    def start(self, one_by_one=False):
+        """Every node, then the remote hosts of provision()'s sites, logged in to the home node.
+        one_by_one: each node started once the one before runs (on a new etcd: node numbers 1, 2, ...
+        in the order of `nodes`), else all at once."""
         for node in self.nodes:
-            self.start_node(node, wait=False)
+            self.start_node(node, wait=one_by_one)
         for node in self.nodes:
             self.wait_for(lambda: self.status(node)["cluster"]["engines"]["etcd"] == "up", "node %s joined" % node,
                           timeout=60, watch=(node,))
@@ -296,7 +550,8 @@ class ClusterExchange(LoopbackExchange):
                         'control_socket = "%s"\nlog_level = "%s"\n'
                         % (name, self.secrets[name], self.main_port, port, self.path(name + ".sock"), self.log_level))
                 if self.standby:
-                    f.write('standby = "%s"\n' % ",".join("127.0.0.1:%d" % self.node_ports[n] for n in self.nodes[1:]))
+                    f.write('standby = "%s"\n' % ",".join("127.0.0.1:%d" % self.node_ports[n] for n in self.nodes
+                                                           if n != self.home))
                 for key, value in self.remote_settings.items():
                     f.write("%s = %s\n" % (key, json.dumps(value)))
             self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))

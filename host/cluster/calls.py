@@ -93,6 +93,12 @@ class CallMirror:
                         self.ended_ttl_s))
         return out
 
+    def rewrite_all(self):
+        """Every live call's keys written again at the next changes() (a Redis failover: a replica promoted
+        may lack the last writes its primary acknowledged)."""
+        for call_id, (_print, when, call) in list(self.written.items()):
+            self.written[call_id] = (None, when, call)
+
     def forget(self, writes):
         """Writes that did not reach Redis: made again next time."""
         for key, _value, _ttl in writes:

@@ -17,14 +17,16 @@ import time
 
 from upbx.host.cluster import coordination
 from upbx.host.cluster.calls import KEY, LEG_KEY, CallMirror, Takeover
+from upbx.host.cluster.engines import redis_client
 from upbx.host.cluster.postgres import CHANNEL, read_snapshot
-from upbx.host.cluster.replica import ReplicaDirectory
+from upbx.host.cluster.replica import ReplicaDirectory, Writer
 from upbx.common.cluster import MAX_NODE
 from upbx.host.cluster.route import parse_address
 from upbx.host.directory import StoreUnavailable
 
 CALLS_PERIOD_S = 0.2     # how often the call keys are brought up to date
 TAKEOVER_PERIOD_S = 0.05  # how often call numbers asked for are looked up in Redis (failover)
+REDIS_CHECK_S = 1.0      # how often the node asks which Redis server it writes to (a failover rewrites the keys)
 LOAD_PERIOD_S = 1.0      # how often the node's load in etcd is rewritten (when it changed)
 BACKOFF_MAX_S = 2.0      # longest wait before reaching an engine again
 # an ended call's key is written only while no other node has taken the call over: a node that was
@@ -118,6 +120,8 @@ class ClusterService:
         self.etcd = None
         self.redis = None
         self.state = {"etcd": "connecting", "postgres": "connecting", "redis": "connecting"}
+        self.redis_run_id = None    # the Redis server written to (INFO run_id): another one gets every key again
+        self.redis_rewrites = 0     # times every live call's key was rewritten (another server, a reconnection)
 
     async def start(self, daemon):
         self.daemon = daemon
@@ -131,6 +135,10 @@ class ClusterService:
         self.mirror = CallMirror(self.node.name, self.node.cluster_key, self.config.cluster_call_ttl_s,
                                  self.config.cluster_ended_ttl_s)
         self.core.takeover = Takeover(self.core, self.node.cluster_key)
+        # PostgreSQL's writes (a star code's feature change, a call record) on a thread of their own
+        from upbx.host.daemon import now_ms
+        self.writer = self.node.directory.writer = Writer(asyncio.get_running_loop(), now_ms, daemon._flush)
+        self._reconnecting = False
         self.tasks = [asyncio.ensure_future(t()) for t in (self._membership, self._listen, self._calls,
                                                              self._takeover)]
 
@@ -147,6 +155,8 @@ class ClusterService:
             await self.etcd.close()
         if self.redis is not None:
             await self.redis.aclose()
+        self.node.directory.writer = None
+        self.writer.close()
 
     def _log(self, engine, state, **fields):
         if self.state.get(engine) != state:
@@ -267,34 +277,42 @@ class ClusterService:
             changed.set()
 
     def _after_refresh(self, directory):
-        """PostgreSQL answers again: writes may go to it, and the records that waited for it go now."""
+        """PostgreSQL answers again: writes may go to it (a new connection, to the primary now), and the
+        records that waited for it go now; on the writer's thread (replica.py), not this loop."""
         if not directory.available:
-            try:
-                directory.connect_primary()
-            except StoreUnavailable:
-                return
-        if directory.outbox():
-            try:
-                moved = directory.flush_outbox()
-            except StoreUnavailable:   # the sync connection found the old server gone: next time
-                return
-            self.core.log.info("cluster-records", moved=moved)
+            if not self._reconnecting:
+                self._reconnecting = True
+                directory.reconnect_later(self._reconnected)
+        elif directory.outbox():
+            directory.flush_later()
+
+    def _reconnected(self, error):
+        self._reconnecting = False
+        if error is not None:
+            self._log("postgres", "down", error="writer: %s: %s" % (error.__class__.__name__, str(error).strip()))
 
     # Redis: one key per call
 
     async def _calls(self):
-        import redis.asyncio as redis
         from upbx.host.daemon import now_ms
         backoff = 0.1
         while True:
             try:
                 if self.redis is None:
-                    self.redis = redis.from_url(self.config.cluster_redis, socket_timeout=5,
-                                                socket_connect_timeout=5)
+                    self.redis = redis_client(self.config.cluster_redis)
                     await self.redis.ping()
+                    if self.state["redis"] == "down":
+                        # a new connection after a failure, maybe to a replica promoted since (Sentinel):
+                        # what the old primary took last may not be there
+                        self.mirror.rewrite_all()
+                        self.redis_rewrites += 1
                     self._log("redis", "up")
                     backoff = 0.1
+                checked = 0.0
                 while True:
+                    if time.monotonic() - checked >= REDIS_CHECK_S:
+                        await self._redis_same_server()
+                        checked = time.monotonic()
                     now = now_ms()
                     writes = self.mirror.changes(self.core.switch.calls, now, self.core.wall_ms(now))
                     if writes:
@@ -319,6 +337,18 @@ class ClusterService:
                     self.redis = None
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _redis_same_server(self):
+        """Rewrite every live call's key when Redis is another server than last time (its run_id): a replica
+        Sentinel promoted (redis-py's pool reconnects to it by itself, without an error here) may lack the
+        primary's last writes, and a restarted Redis without persistence has none."""
+        run_id = (await self.redis.info("server")).get("run_id")
+        if self.redis_run_id is not None and run_id != self.redis_run_id:
+            self.mirror.rewrite_all()
+            self.redis_rewrites += 1
+            self.core.log.info("cluster-redis", state="up", server="another (failover or restart)",
+                               calls=len(self.mirror.written))
+        self.redis_run_id = run_id
 
     # failover: calls of a silent node, taken over from Redis (calls.py Takeover)
 

@@ -8,12 +8,17 @@ failing over) keeps logging phones in and switching calls from what it last had.
 node's ClusterService calls it at every NOTIFY (host/cluster/node.py).
 
 Writes go to PostgreSQL first (`primary`), then the copy is refreshed, so the
-node reads its own write at once and the others at their NOTIFY. Call records:
+node reads its own write at once and the others at their NOTIFY. On a running node
+(`writer` set by host/cluster/node.py) they go through `write_later`: PostgreSQL's
+part on the writer's thread, one at a time, the copy's on the loop, then the caller's
+`done` on the loop: a slow or hung PostgreSQL never stalls the relay. Call records:
 a remote host's upload is stored in PostgreSQL or not at all (StoreUnavailable:
 the main host acknowledges only what committed, host/main_host.py); the main
 host's own records wait in this file's call_records table while PostgreSQL is
-away and `flush_outbox()` moves them, once each by (origin, uid).
+away and `flush_outbox()` moves them, once each by (origin, uid). On a running
+node every main host record goes to that table first and the writer moves it.
 """
+import concurrent.futures
 from upbx.host.directory import MAIN_ORIGIN, CALL_RECORD_FIELDS, Directory, StoreUnavailable
 from upbx.host.cluster.postgres import COLUMNS, DIRECTORY_TABLES, PostgresDirectory
 
@@ -31,6 +36,8 @@ class ReplicaDirectory(Directory):
         self.primary = primary
         self.available = True     # False after PostgreSQL failed, until the node reached it again
         self.refreshes = 0
+        self.writer = None        # a Writer on a running node: PostgreSQL's writes off the loop
+        self._flushing = False
         self.db.execute("PRAGMA foreign_keys = OFF")   # PostgreSQL checks them; the copy takes its tables whole
 
     @classmethod
@@ -101,7 +108,12 @@ class ReplicaDirectory(Directory):
 
     def add_call_record(self, record):
         """Store a record in PostgreSQL (False: stored before). A remote host's upload raises
-        StoreUnavailable when PostgreSQL is away; the main host's own waits here (flush_outbox)."""
+        StoreUnavailable when PostgreSQL is away; the main host's own waits here (flush_outbox), and on
+        a running node always goes here first, moved by the writer (flush_later)."""
+        if self.writer is not None and record.get("origin") == MAIN_ORIGIN:
+            stored = Directory.add_call_record(self, record)
+            self.flush_later()
+            return stored
         if self.available:
             try:
                 return self.primary.add_call_record(record)
@@ -126,6 +138,92 @@ class ReplicaDirectory(Directory):
             moved += 1
         return moved
 
+    # writes off the loop (a running node)
+
+    def write_later(self, name, args, done):
+        """PostgreSQL's `name(*args)` (a write of WRITES, or add_call_record of a remote host's upload) on
+        the writer's thread, then (a write) the copy refreshed from the snapshot read there, then
+        done(result, error, now_ms) on the loop; error is the exception (StoreUnavailable while
+        PostgreSQL is away) or None. Without a writer (no loop: `upbx admin`, a test) at once."""
+        if self.writer is None:
+            try:
+                result = getattr(self, name)(*args)
+            except Exception as exc:
+                return done(None, exc, None)
+            return done(result, None, None)
+        if not self.available:
+            return done(None, StoreUnavailable("PostgreSQL is unreachable: %s not done now" % name), None)
+        primary, refresh = self.primary, name in WRITES
+
+        def work():
+            result = getattr(primary, name)(*args)
+            return result, (primary.snapshot() if refresh else None)
+
+        def finished(outcome, error, now):
+            if isinstance(error, StoreUnavailable):
+                self.available = False
+            if error is not None:
+                return done(None, error, now)
+            result, tables = outcome
+            if tables is not None:
+                self.apply(tables)
+            done(result, None, now)
+        self.writer.submit(work, finished)
+
+    def reconnect_later(self, done=None):
+        """PostgreSQL answers again (the node's LISTEN is back): on the writer's thread, make the PostgreSQL
+        side (unreachable since the start) or drop its connection (it may be to the server that went away,
+        or to a primary that is one no more: the next write connects afresh, to the primary a multi-host
+        connection string finds); then writes go to it again and the waiting records move."""
+        if self.writer is None:
+            self.connect_primary()
+            return
+        primary = self.primary
+
+        def work():
+            if isinstance(primary, _Unreachable):
+                return PostgresDirectory(primary.dsn)
+            primary.db.close()
+            return primary
+
+        def finished(outcome, error, now):
+            if error is None:
+                self.primary = outcome
+                self.available = True
+                self.flush_later()
+            if done is not None:
+                done(error)
+        self.writer.submit(work, finished)
+
+    def flush_later(self):
+        """Move the waiting records to PostgreSQL on the writer's thread (one batch at a time); each row
+        leaves this file once PostgreSQL committed it."""
+        if self.writer is None or self._flushing or not self.available:
+            return
+        waiting = list(reversed(self.outbox()))
+        if not waiting:
+            return
+        self._flushing = True
+        primary = self.primary
+        rows = [(r.id, {f: getattr(r, f) for f in CALL_RECORD_FIELDS}) for r in waiting]
+
+        def work():
+            moved = []
+            for row_id, record in rows:
+                primary.add_call_record(record)
+                moved.append(row_id)
+            return moved
+
+        def finished(moved, error, now):
+            self._flushing = False
+            if error is not None:
+                if isinstance(error, StoreUnavailable):
+                    self.available = False
+                return
+            self.db.executemany("DELETE FROM call_records WHERE id = ?", [(i,) for i in moved])
+            self.flush_later()   # what was added meanwhile
+        self.writer.submit(work, finished)
+
     def call_records(self, *args, **kwargs):
         return self.primary.call_records(*args, **kwargs)
 
@@ -145,6 +243,38 @@ def _forward(name):
 
 for _name in WRITES:
     setattr(ReplicaDirectory, _name, _forward(_name))
+
+
+class Writer:
+    """A node's PostgreSQL writes, one at a time on a thread of their own (a psycopg connection is used by
+    one thread; one writer keeps them in order, as one connection did). submit(work, finished) runs
+    work() there and finished(result, error, now_ms) on the loop, then `after()` (the daemon sends what
+    finished queued). A hung PostgreSQL (stopped, its network gone) holds the thread, never the loop."""
+
+    def __init__(self, loop, clock, after):
+        self.loop = loop
+        self.clock = clock
+        self.after = after
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="postgres-writer")
+        self.pending = 0
+
+    def submit(self, work, finished):
+        self.pending += 1
+        future = self.loop.run_in_executor(self.pool, work)
+        future.add_done_callback(lambda f: self._finished(f, finished))
+
+    def _finished(self, future, finished):
+        self.pending -= 1
+        if future.cancelled():
+            return
+        error = future.exception()
+        try:
+            finished(None if error else future.result(), error, self.clock())
+        finally:
+            self.after()
+
+    def close(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Unreachable:

@@ -22,8 +22,8 @@ def add_arguments(parser):
 
 async def gather(config):
     """{"nodes": [...], "calls": live calls in Redis, "ended": ended calls' keys not yet expired}."""
-    import redis.asyncio as redis
     from upbx.host.cluster import coordination
+    from upbx.host.cluster.engines import redis_client
     from upbx.host.cluster.calls import KEY
     client = await coordination.connect(config.cluster_etcd)
     try:
@@ -31,7 +31,7 @@ async def gather(config):
     finally:
         await client.close()
     by_node, live, ended = {}, 0, 0
-    r = redis.from_url(config.cluster_redis, socket_timeout=5, socket_connect_timeout=5)
+    r = redis_client(config.cluster_redis)
     try:
         async for key in r.scan_iter(match=KEY % "*", count=1000):
             value = await r.get(key)
