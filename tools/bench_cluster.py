@@ -12,6 +12,12 @@ reported beside the rate.
 The hop: datagrams naming one node's sessions sent to another node, which forwards each one hop
 (FORWARDED); the forwarding node's CPU per datagram against the same datagrams sent straight to
 their node (where they are dropped as not a session's, so the two differ by the forwarding alone).
+
+Failover times (`failover`, docs/cluster.md "Engine failover"): on their own engines with failover
+(cluster_lab.ReplicatedEngines: PostgreSQL by Patroni, Redis with Sentinel), three nodes, real remote
+hosts of sites a, b (in a relayed call between two firmware phones) and c (idle); PostgreSQL's
+primary killed, then Redis's, then the node relaying the call, each with kill -9, the times read by
+polling (every 50 ms) and from the phones' recorded audio. Measured figures, not limits.
 """
 import os
 import time
@@ -205,6 +211,7 @@ def bench_cluster(quick=False, phones=None, nodes=NODES):
                 **hop,
                 "relayed_calls": _relay(lab, nodes, pids, relay_calls,
                                         QUICK_RELAY_SECONDS if quick else RELAY_SECONDS),
+                "failover": _failover(),
                 "provision_s": round(provision_s, 1), "seconds": round(elapsed, 2),
                 "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
             }
@@ -212,6 +219,122 @@ def bench_cluster(quick=False, phones=None, nodes=NODES):
             for c in clients:
                 c.sock.close()
             lab.close()
+
+
+def _since(t0, lab, predicate, what, timeout=120):
+    lab.wait_for(predicate, what, timeout=timeout)
+    return round(time.monotonic() - t0, 2)
+
+
+def _gap_ms(frames):
+    """The longest gap in recorded frames [(sender timestamp, payload)]: the jump less one frame."""
+    return max((b[0] - a[0] - 20 for a, b in zip(frames, frames[1:])), default=0)
+
+
+def _failover():
+    """The failover times of issue 16 item 3, measured once (see the module's docstring); {"skipped": why}
+    where Patroni or the MicroPython unix port is missing."""
+    import json
+    import shutil
+    import sys
+    from upbx.tools import cluster_lab
+    from upbx.tools.lab import read_g711_record, write_noise_wav
+    problem = cluster_lab.missing_replicated()
+    if not problem and not (os.path.exists(os.path.join(os.path.dirname(sys.executable), "micropython"))
+                            or shutil.which("micropython")):
+        problem = "the MicroPython unix port is not installed (the firmware phones)"
+    if problem:
+        return {"skipped": problem}
+    import redis
+    out = {}
+    with cluster_lab.ReplicatedEngines() as engines:
+        lab = cluster_lab.ClusterExchange(engines, nodes=NODES, standby=True, direct_media=False, log_level="warning",
+                                          remote_settings={"keepalive_s": 2, "login_backoff_initial_s": 0.5,
+                                                           "login_backoff_max_s": 2})
+        try:
+            lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b", "c"),
+                          phones={"a": ["101"], "b": ["201"], "c": ["301"]})
+            lab.start()
+            ids = {x: lab.status(x)["cluster"]["node_id"] for x in NODES}
+            succ = {v: k for k, v in ids.items()}[cluster.successor(ids["n1"], sorted(ids.values()))]
+            lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("address") ==
+                                     "127.0.0.1:%d" % lab.node_ports[succ] and lab.status("site-" + s)["main"][
+                                         "standby"]["state"] == "up" for s in "abc"), "standby sessions up", timeout=60)
+            procs, records = {}, {}
+            for number in ("201", "101"):
+                wav = lab.path(number + ".wav")
+                write_noise_wav(wav, 300, int(number))
+                records[number] = lab.path(number + ".rx.g711")
+                args = ["--send", wav, "--record-g711", records[number], "--exit-after-call", "--exit-after", "600"]
+                args += ["--answer"] if number == "201" else ["--call", "201", "--call-after", "0.5"]
+                procs[number] = lab.phone(number, *args, tag="failover-" + number)
+                lab.wait_registered(number, timeout=60)
+
+            def frames():
+                return {n: read_g711_record(p) if os.path.exists(p) else [] for n, p in records.items()}
+
+            def flowing(before, more=50):
+                return lambda: all(len(f) >= len(before[n]) + more for n, f in frames().items())
+            lab.wait_for(flowing({n: [] for n in records}, 100), "the call's audio", timeout=60)
+
+            # PostgreSQL: kill -9 of the primary (server and Patroni); its replica promoted by Patroni
+            refreshes = {x: lab.status(x)["cluster"]["directory_refreshes"] for x in NODES}
+            old = engines.postgres_primary()
+            t0 = time.monotonic()
+            engines.kill_postgres_primary()
+            promoted = _since(t0, lab, lambda: engines.postgres_primary() not in (None, old), "a new primary")
+            nodes_back = _since(t0, lab, lambda: all(
+                lab.status(x)["cluster"]["engines"]["postgres"] == "up" and
+                lab.status(x)["cluster"]["directory_refreshes"] > refreshes[x] for x in NODES),
+                "every node reading the new primary")
+            before = frames()
+            lab.wait_for(flowing(before), "audio after the PostgreSQL failover", timeout=60)
+            out["postgres"] = {"promoted_s": promoted, "nodes_back_s": nodes_back,
+                               "ttl_s": cluster_lab.PATRONI_TTL_S,
+                               "audio_gap_ms": max(_gap_ms(f) for f in frames().values())}
+
+            # Redis: kill -9 of the primary; Sentinel promotes the replica; the nodes rewrite the call's key
+            r = redis.Redis(port=engines.redis_primary(), socket_timeout=2)
+            key = next(k for k in r.scan_iter(match="upbx:call:*") if not json.loads(r.get(k))["ended"])
+            lab.wait_for(lambda: r.ttl(key) < 3598, "the key's time to live going down", timeout=30)
+            ttl = r.ttl(key)
+            r.close()
+            old = engines.redis_primary()
+            t0 = time.monotonic()
+            engines.kill_redis_primary()
+            promoted = _since(t0, lab, lambda: engines.redis_primary() not in (None, old), "Sentinel's new primary")
+
+            def rewritten():
+                with redis.Redis(port=engines.redis_primary(), socket_timeout=1) as new:
+                    return (new.ttl(key) or 0) > ttl
+            keys_back = _since(t0, lab, rewritten, "the call's key rewritten")
+            before = frames()
+            lab.wait_for(flowing(before), "audio after the Redis failover", timeout=60)
+            out["redis"] = {"promoted_s": promoted, "keys_rewritten_s": keys_back,
+                            "audio_gap_ms": max(_gap_ms(f) for f in frames().values())}
+
+            # a node: kill -9 of n1, relaying the call; its successor takes it over; idle site c re-homed
+            before = frames()
+            t0 = time.monotonic()
+            lab.kill("n1")
+            taken = _since(t0, lab, lambda: [c["callee"] for c in lab.status(succ)["calls"]] == ["201"],
+                           "the call taken over")
+            lab.wait_for(flowing(before, 100), "relayed audio after the node was killed", timeout=60)
+            rehomed = _since(t0, lab, lambda: lab.status("site-c")["main"]["address"] ==
+                             "127.0.0.1:%d" % lab.node_ports[succ], "idle site c re-homed")
+            after = frames()
+            # the gap is in what arrived after the kill (from the last frame before it on)
+            gaps = {n: _gap_ms(after[n][max(0, len(before[n]) - 1):]) for n in records}
+            out["node_kill"] = {"call_taken_over_s": taken, "relayed_audio_back_ms": max(gaps.values()),
+                                "relayed_audio_gap_ms_by_phone": gaps, "idle_rehomed_s": rehomed}
+            procs["101"].stdin.write(b"!hangup\n")
+            procs["101"].stdin.flush()
+            for proc in procs.values():
+                proc.wait(60)
+            out["calls_ended"] = {n: lab.summary("failover-" + n)["calls"][0]["cause"] for n in records}
+        finally:
+            lab.close()
+    return out
 
 
 def _hop(lab, nodes, ids, address, pids, count):
@@ -270,5 +393,19 @@ def table_cluster(r):
                  "carry %d calls" % (rc["cluster_calls_per_core_by_cpu"], rc["calls_per_node_by_call_numbers"]))
     lines.append("    all at once, %d calls: loss %s %% (by node %s)" % (
         rc["all_at_once"]["calls"], rc["all_at_once"]["loss_pct"], rc["all_at_once"]["loss_pct_by_node"]))
+    f = r.get("failover") or {}
+    if "skipped" in f:
+        lines.append("  failover: not measured (%s)" % f["skipped"])
+    elif f:
+        lines.append("  failover (kill -9 of each, under a relayed call):")
+        lines.append("    PostgreSQL (Patroni, ttl %d s): replica promoted after %s s, every node on it after %s s; "
+                     "audio gap %d ms" % (f["postgres"]["ttl_s"], f["postgres"]["promoted_s"],
+                                         f["postgres"]["nodes_back_s"], f["postgres"]["audio_gap_ms"]))
+        lines.append("    Redis (Sentinel): replica promoted after %s s, the call's key rewritten after %s s; audio gap "
+                     "%d ms" % (f["redis"]["promoted_s"], f["redis"]["keys_rewritten_s"], f["redis"]["audio_gap_ms"]))
+        lines.append("    node: call taken over after %s s, relayed audio back after %d ms (longest gap), idle site "
+                     "re-homed after %s s; the call ended %s" % (
+                         f["node_kill"]["call_taken_over_s"], f["node_kill"]["relayed_audio_back_ms"],
+                         f["node_kill"]["idle_rehomed_s"], ", ".join(sorted(set(f["calls_ended"].values())))))
     lines.append("  load average: %s" % r["load_average"])
     return "\n".join(lines)
