@@ -10,15 +10,20 @@ side's audio at the other in order (one gap allowed: a failover's).
     ...                                                          # the fault under test
     gaps = hang_up_and_compare(lab, call)                        # {receiver: longest gap in ms}
 
+and the records a remote host uploads (site d's, played by the test with tests/intruder.py):
+`record`, `upload`, `acknowledged`, and `sql` on the engines' PostgreSQL.
+
 A module that needs the engines imports `engines` from here; pytest takes a fixture imported into
 a test module as the module's own (one set of engines per module, started on first use, stopped and
 removed at the module's end even when a test failed)."""
 import json
 import os
+import time
 
 import pytest
 
-from upbx.common import cluster
+from upbx.common import cluster, wire
+from upbx.host.records import encode_upload
 from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
@@ -39,6 +44,31 @@ def engines():
     require_engines()
     with cluster_lab.Engines() as engines:
         yield engines
+
+
+def sql(engines, query, *args):
+    """Rows of a query on the engines' PostgreSQL (the primary, on ReplicatedEngines)."""
+    import psycopg
+    with psycopg.connect(engines.postgres_dsn, autocommit=True) as conn:
+        return conn.execute(query, args or None).fetchall()
+
+
+def record(uid, caller="401", callee="401"):
+    """A local call record of site d, as its remote host uploads it (the tests play site d's remote
+    host themselves: tests/intruder.py Intruder.host)."""
+    ended = int(time.time() * 1000)
+    return {"uid": uid, "caller": caller, "callee": callee, "path": "local", "started_ms": ended - 5000,
+            "answered_ms": ended - 4000, "ended_ms": ended, "cause": "normal clearing", "setup_ms": 300}
+
+
+def upload(host, rec):
+    host.send(wire.RECORDS, {wire.IE_DATA: encode_upload(rec)})
+
+
+def acknowledged(host, uid):
+    """Whether the node acknowledged (RECORDS) the record uid to the Intruder host."""
+    return any(t == wire.RECORDS and bytes(ies.get(wire.IE_CALL_ID, b"")) == bytes.fromhex(uid)
+               for t, ies in host.inbox)
 
 
 def survivor(lab, lost="n1"):

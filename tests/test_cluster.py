@@ -14,12 +14,11 @@ import pytest
 
 from upbx.common import wire
 from upbx.common.login import UP
-from upbx.host.records import encode_upload
 from tests.intruder import Intruder, now_ms
 from tests.support import micropython_binary
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
-from tests.clusterkit import engines  # noqa: E402,F401  (the module's engines, tests/clusterkit.py)
+from tests.clusterkit import acknowledged, engines, record, sql, upload  # noqa: E402,F401  (tests/clusterkit.py)
 
 NODES = ("n1", "n2", "n3")
 
@@ -46,12 +45,6 @@ def _add_site_with_host(lab, site, number):
     return secret
 
 
-def sql(engines, query, *args):
-    import psycopg
-    with psycopg.connect(engines.postgres_dsn, autocommit=True) as conn:
-        return conn.execute(query, args or None).fetchall()
-
-
 def node_address(lab, node):
     return ("127.0.0.1", lab.node_ports[node])
 
@@ -61,22 +54,6 @@ def logged_in(lab, node, kind, name):
     if kind == "phone":
         return any(p["extension"] == name for p in status["phones"])
     return any(h["name"] == name for h in status["remote_hosts"])
-
-
-def record(uid, caller="401", callee="401"):
-    """A local call record of site d, as its remote host uploads it."""
-    ended = int(time.time() * 1000)
-    return {"uid": uid, "caller": caller, "callee": callee, "path": "local", "started_ms": ended - 5000,
-            "answered_ms": ended - 4000, "ended_ms": ended, "cause": "normal clearing", "setup_ms": 300}
-
-
-def acknowledged(host, uid):
-    return any(t == wire.RECORDS and bytes(ies.get(wire.IE_CALL_ID, b"")) == bytes.fromhex(uid)
-               for t, ies in host.inbox)
-
-
-def upload(host, rec):
-    host.send(wire.RECORDS, {wire.IE_DATA: encode_upload(rec)})
 
 
 # directory: one PostgreSQL, every node's copy refreshed by NOTIFY

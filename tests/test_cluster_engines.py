@@ -10,12 +10,12 @@
 import pytest
 
 from upbx.common import cluster
-from tests.clusterkit import engines, hang_up_and_compare, start_call, wait_audio_flows  # noqa: F401
+from tests.clusterkit import (acknowledged, engines, hang_up_and_compare, record, sql, start_call,  # noqa: F401
+                              upload, wait_audio_flows)
 from tests.intruder import Intruder
 from tests.support import micropython_binary
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
-from tests.test_cluster import acknowledged, record, sql, upload  # noqa: E402  (site d's records)
 
 NODES = ("n1", "n2", "n3")
 SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}

@@ -14,12 +14,12 @@ import time
 import pytest
 
 from upbx.common import wire
-from tests.clusterkit import hang_up_and_compare, live_call, start_call, survivor, wait_audio_flows
+from tests.clusterkit import (acknowledged, hang_up_and_compare, live_call, record, start_call, survivor, upload,
+                              wait_audio_flows)
 from tests.intruder import Intruder
 from tests.support import micropython_binary
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
-from tests.test_cluster import acknowledged, record, upload  # noqa: E402  (the record helpers of site d)
 
 NODES = ("n1", "n2", "n3")
 SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}

@@ -22,7 +22,6 @@ from upbx.host.cluster.postgres import CHANNEL, read_snapshot
 from upbx.host.cluster.replica import ReplicaDirectory, Writer
 from upbx.common.cluster import MAX_NODE
 from upbx.host.cluster.route import parse_address
-from upbx.host.directory import StoreUnavailable
 
 CALLS_PERIOD_S = 0.2     # how often the call keys are brought up to date
 TAKEOVER_PERIOD_S = 0.05  # how often call numbers asked for are looked up in Redis (failover)
