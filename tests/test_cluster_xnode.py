@@ -1,0 +1,276 @@
+"""Calls between clients of two nodes (docs/cluster.md, "Calls between nodes"): real PostgreSQL, Redis
+and etcd (tools/cluster_lab.py), real `upbx main` nodes, real remote hosts and firmware phones.
+
+Site a's remote host logs in to n1, site b's to n2; site c has no remote host and its phone 301 is
+straight at a node. A call between two of them is switched by both nodes: the caller's node finds the
+callee's node in Redis (upbx:loc:KIND:NAME) and chains the call over its trunk session to it.
+"""
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from upbx.common import wire
+from upbx.common.session import handshake_key, seal_handshake
+from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
+from tests.support import micropython_binary
+
+cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
+
+SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
+
+
+@pytest.fixture(scope="module")
+def engines():
+    problem = cluster_lab.missing()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    with cluster_lab.Engines() as engines:
+        yield engines
+
+
+class TwoHomes(cluster_lab.ClusterExchange):
+    """ClusterExchange with each remote host (and each phone straight at a node) logged in to the node
+    `homes` names, not all at the first."""
+
+    def __init__(self, engines, homes, **kwargs):
+        cluster_lab.ClusterExchange.__init__(self, engines, **kwargs)
+        self.homes = homes
+
+    def start(self):
+        for node in self.nodes:
+            self.start_node(node, wait=False)
+        for node in self.nodes:
+            self.wait_for(lambda: self.status(node)["cluster"]["engines"]["etcd"] == "up", "node %s joined" % node,
+                          timeout=60, watch=(node,))
+        for site in self.remote_sites:
+            self._start_remote(site)
+        self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
+                      "remote hosts logged in", timeout=60, watch=tuple(self.nodes))
+        # every node's trunk session to every other one up
+        self.wait_for(lambda: all(t["state"] == "up" for n in self.nodes
+                                  for t in self.status(n)["cluster"]["trunks"].values())
+                      and all(len(self.status(n)["cluster"]["trunks"]) == len(self.nodes) - 1 for n in self.nodes),
+                      "trunk sessions between the nodes up", timeout=60, watch=tuple(self.nodes))
+
+    def _start_remote(self, site):
+        from upbx.tools.lab import free_port, upbx
+        port = self.remote_ports[site] = free_port()
+        name = "site-" + site
+        with open(self.path(name + ".toml"), "w") as f:
+            f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "127.0.0.1:%d"\nlisten = "127.0.0.1:%d"\n'
+                    'control_socket = "%s"\nlog_level = "%s"\n'
+                    % (name, self.secrets[name], self.node_ports[self.homes[site]], port, self.path(name + ".sock"),
+                       self.log_level))
+            for key, value in self.remote_settings.items():
+                f.write("%s = %s\n" % (key, json.dumps(value)))
+        self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
+
+    def host_of(self, number):
+        site = self.phone_site[number]
+        if site in self.remote_ports:
+            return "127.0.0.1:%d" % self.remote_ports[site]
+        return "127.0.0.1:%d" % self.node_ports[self.homes[number]]
+
+
+def _lab(engines, homes, nodes=("n1", "n2")):
+    lab = TwoHomes(engines, homes, nodes=nodes, direct_media=False, remote_settings=SETTINGS)
+    lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b"),
+                  phones={"a": ["101", "102"], "b": ["201", "202"], "c": ["301"]})
+    return lab
+
+
+def _frames(path):
+    return len(read_g711_record(path)) if os.path.exists(path) else 0
+
+
+def _talk(lab, caller, callee, seconds=3, dtmf=None):
+    """caller calls callee, each sending its own noise and recording what it hears; the caller hangs up
+    after `seconds`. Returns each side's summary of the call."""
+    procs = {}
+    for number in (callee, caller):
+        wav = lab.path(number + ".wav")
+        write_noise_wav(wav, 60, int(number))
+        args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
+                "--exit-after", "120"]
+        if number == callee:
+            args += ["--answer"]
+        else:
+            args += ["--call", callee, "--call-after", "1", "--duration", str(seconds)]
+            if dtmf:
+                args += ["--dtmf", dtmf]
+        procs[number] = lab.phone(number, *args, tag="x-" + number)
+        lab.wait_registered(number, timeout=60)
+    for proc in procs.values():
+        proc.wait(120)
+    return {n: lab.summary("x-" + n)["calls"][0] for n in (caller, callee)}
+
+
+def _audio_both_ways(lab, calls, a, b):
+    for sender, receiver in ((a, b), (b, a)):
+        sent = calls[sender]["frames_sent"]
+        assert sent > 50, calls[sender]
+        match, matched = audio_match(lab.path(sender + ".wav"), lab.path(receiver + ".rx.g711"), sent, gap_frames=10)
+        assert match, (sender, receiver, matched, sent)
+
+
+def _records(engines):
+    import psycopg
+    with psycopg.connect(engines.postgres_dsn) as db:
+        return db.execute("SELECT caller, callee, cause FROM call_records ORDER BY id").fetchall()
+
+
+def test_call_between_sites_at_two_nodes_audio_both_ways_dtmf_and_one_record(engines):
+    micropython_binary()
+    import redis
+    r = redis.Redis.from_url(engines.redis_url)
+    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
+    try:
+        lab.start()
+        ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+        # each remote host's location key names its node
+        lab.wait_for(lambda: r.get("upbx:loc:host:site-b") == str(ids["n2"]).encode(), "site b's location key")
+        assert r.get("upbx:loc:host:site-a") == str(ids["n1"]).encode(), (ids, lab.status("site-a")["main"], lab.node_ports)
+        assert 0 < r.ttl("upbx:loc:host:site-a") <= 30
+        before = len(_records(engines))
+        calls = _talk(lab, "101", "201", dtmf="42")
+        for number in ("101", "201"):
+            assert calls[number]["cause"] == "normal clearing", calls[number]
+        _audio_both_ways(lab, calls, "101", "201")
+        # the DTMF went through both nodes to the callee's remote host
+        for node in lab.nodes:
+            assert lab.status(node)["stats"]["counters"].get("msg DTMF", 0) >= 2, lab.status(node)["stats"]
+        # each node switched its half: n1 caller <-> trunk, n2 trunk <-> callee; nothing left
+        for node in lab.nodes:
+            status = lab.status(node)
+            assert status["calls"] == [] and status["stats"]["counters"].get("msg SETUP", 0) >= 1
+        # the call's record is stored once (the caller's node keeps it)
+        lab.wait_for(lambda: len(_records(engines)) == before + 1, "the call's record", timeout=30)
+        time.sleep(1.5)
+        rows = _records(engines)[before:]
+        assert rows == [("101", "201", wire.CAUSE_NORMAL)] or [tuple(x[:2]) for x in rows] == [("101", "201")], rows
+    finally:
+        lab.close()
+        r.close()
+
+
+def test_refusal_causes_cross_nodes_busy_and_not_registered(engines):
+    micropython_binary()
+    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
+    try:
+        lab.start()
+        # 202 is not registered at its remote host (at n2): the cause comes back to 101 at n1
+        proc = lab.phone("101", "--call", "202", "--call-after", "1", "--exit-after-call", "--exit-after", "60",
+                         tag="x-unreg")
+        lab.wait_registered("101", timeout=60)
+        proc.wait(60)
+        call = lab.summary("x-unreg")["calls"][0]
+        assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_UNREACHABLE], call
+        assert lab.status("n2")["stats"]["counters"].get("msg SETUP", 0) >= 1
+        # 201 busy in a call with 202 (both at site b): 101's call to 201 is refused busy by site b's host
+        talk = lab.phone("202", "--call", "201", "--call-after", "1", "--duration", "20", "--exit-after-call",
+                         "--exit-after", "60", tag="x-202")
+        answer = lab.phone("201", "--answer", "--exit-after-call", "--exit-after", "60", tag="x-201")
+        lab.wait_registered("201", timeout=60)
+        lab.wait_registered("202", timeout=60)
+        lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status("site-b")["calls"]),
+                     "202's call to 201 answered", timeout=60)
+        proc = lab.phone("101", "--call", "201", "--call-after", "1", "--exit-after-call", "--exit-after", "60",
+                         tag="x-busy")
+        proc.wait(60)
+        call = lab.summary("x-busy")["calls"][0]
+        assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_BUSY], call
+        # nothing left on either node of the refused calls
+        for node in lab.nodes:
+            assert lab.status(node)["calls"] == []
+        talk.stdin.write(b"!hangup\n")
+        talk.stdin.flush()
+        talk.wait(60)
+        answer.wait(60)
+    finally:
+        lab.close()
+
+
+def test_phone_straight_at_one_node_and_site_at_the_other(engines):
+    micropython_binary()
+    import redis
+    r = redis.Redis.from_url(engines.redis_url)
+    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
+    try:
+        lab.start()
+        ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+        # 201 (site b, at n2) calls 301, a phone straight at n1: n2 finds it by its phone location key
+        calls = _talk(lab, "201", "301")
+        assert r.get("upbx:loc:phone:301") == str(ids["n1"]).encode()
+        for number in ("201", "301"):
+            assert calls[number]["cause"] == "normal clearing", calls[number]
+        _audio_both_ways(lab, calls, "201", "301")
+        assert lab.status("n2")["stats"]["counters"].get("location: setups waiting", 0) >= 1
+    finally:
+        lab.close()
+        r.close()
+
+
+def test_forged_node_to_node_datagrams_are_dropped_and_counted(engines):
+    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
+    try:
+        lab.start()
+        n1 = ("127.0.0.1", lab.node_ports["n1"])
+        before = lab.status("n1")
+        peers_before = before["cluster"]["trunks"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            # a node's trunk login under a key that is not the cluster's: refused, no session
+            key = handshake_key(b"\x00" * 32)
+            s.sendto(seal_handshake(key, 0, wire.HELLO, {wire.IE_HOST_NAME: "@2", wire.IE_SESSION_INDEX: 7,
+                                                         wire.IE_NONCE: b"n" * 16}), n1)
+            # an identity no node has ("@1" is n1's own): unknown
+            s.sendto(seal_handshake(key, 0, wire.HELLO, {wire.IE_HOST_NAME: "@%d" % before["cluster"]["node_id"],
+                                                         wire.IE_SESSION_INDEX: 7, wire.IE_NONCE: b"n" * 16}), n1)
+            s.settimeout(0.5)
+            with pytest.raises(socket.timeout):
+                s.recvfrom(2048)   # no CHALLENGE to either
+        lab.wait_for(lambda: lab.status("n1")["stats"]["drops"].get("bad tag", 0)
+                     > before["stats"]["drops"].get("bad tag", 0), "the forged HELLO counted", timeout=10)
+        after = lab.status("n1")
+        assert after["stats"]["drops"].get("unknown identity", 0) > before["stats"]["drops"].get("unknown identity", 0)
+        assert after["cluster"]["trunks"] == peers_before and after["calls"] == []
+        assert not any(p["kind"] == "node" for p in after.get("remote_hosts", []))
+    finally:
+        lab.close()
+
+
+def test_node_killed_during_a_cross_node_call_the_other_side_hears_why(engines):
+    micropython_binary()
+    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
+    try:
+        lab.start()
+        procs = {}
+        for number in ("201", "101"):
+            wav = lab.path(number + ".wav")
+            write_noise_wav(wav, 60, int(number))
+            args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
+                    "--exit-after", "120"]
+            args += ["--answer"] if number == "201" else ["--call", "201", "--call-after", "1"]
+            procs[number] = lab.phone(number, *args, tag="k-" + number)
+            lab.wait_registered(number, timeout=60)
+        lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status("n1")["calls"]), "the call answered",
+                     timeout=60)
+        lab.wait_for(lambda: _frames(lab.path("101.rx.g711")) > 50, "audio at 101", timeout=30)
+        killed = time.time()
+        lab.kill("n2")
+        procs["101"].wait(60)
+        heard = time.time() - killed
+        call = lab.summary("k-101")["calls"][0]
+        assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_MAIN_LOST], call
+        status = lab.status("n1")
+        assert status["calls"] == [] and status["cluster"]["calls_lost_with_a_node"] == 1
+        assert status["stats"]["counters"].get("node trunk: calls lost") == 1
+        print("kill -9 of the callee's node: the caller heard \"%s\" %.1f s after the kill" % (call["cause"], heard))
+        procs["201"].kill()
+        procs["201"].wait(30)
+    finally:
+        lab.close()
