@@ -77,6 +77,19 @@ class TwoHomes(cluster_lab.ClusterExchange):
         return "127.0.0.1:%d" % self.node_ports[self.homes[number]]
 
 
+@pytest.fixture(scope="module")
+def lab(engines):
+    """Two nodes, site a at n1, site b at n2, phone 301 (site c, no remote host) straight at n1: one for
+    the module's tests (the directory is provisioned once)."""
+    micropython_binary()
+    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.close()
+
+
 def _lab(engines, homes, nodes=("n1", "n2")):
     lab = TwoHomes(engines, homes, nodes=nodes, direct_media=False, remote_settings=SETTINGS)
     lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b"),
@@ -124,13 +137,10 @@ def _records(engines):
         return db.execute("SELECT caller, callee, cause FROM call_records ORDER BY id").fetchall()
 
 
-def test_call_between_sites_at_two_nodes_audio_both_ways_dtmf_and_one_record(engines):
-    micropython_binary()
+def test_call_between_sites_at_two_nodes_audio_both_ways_dtmf_and_one_record(lab, engines):
     import redis
     r = redis.Redis.from_url(engines.redis_url)
-    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
     try:
-        lab.start()
         ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
         # each remote host's location key names its node
         lab.wait_for(lambda: r.get("upbx:loc:host:site-b") == str(ids["n2"]).encode(), "site b's location key")
@@ -154,97 +164,109 @@ def test_call_between_sites_at_two_nodes_audio_both_ways_dtmf_and_one_record(eng
         rows = _records(engines)[before:]
         assert rows == [("101", "201", wire.CAUSE_NORMAL)] or [tuple(x[:2]) for x in rows] == [("101", "201")], rows
     finally:
-        lab.close()
         r.close()
 
 
-def test_refusal_causes_cross_nodes_busy_and_not_registered(engines):
-    micropython_binary()
-    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
-    try:
-        lab.start()
-        # 202 is not registered at its remote host (at n2): the cause comes back to 101 at n1
-        proc = lab.phone("101", "--call", "202", "--call-after", "1", "--exit-after-call", "--exit-after", "60",
-                         tag="x-unreg")
-        lab.wait_registered("101", timeout=60)
-        proc.wait(60)
-        call = lab.summary("x-unreg")["calls"][0]
-        assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_UNREACHABLE], call
-        assert lab.status("n2")["stats"]["counters"].get("msg SETUP", 0) >= 1
-        # 201 busy in a call with 202 (both at site b): 101's call to 201 is refused busy by site b's host
-        talk = lab.phone("202", "--call", "201", "--call-after", "1", "--duration", "20", "--exit-after-call",
-                         "--exit-after", "60", tag="x-202")
-        answer = lab.phone("201", "--answer", "--exit-after-call", "--exit-after", "60", tag="x-201")
-        lab.wait_registered("201", timeout=60)
-        lab.wait_registered("202", timeout=60)
-        lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status("site-b")["calls"]),
-                     "202's call to 201 answered", timeout=60)
-        proc = lab.phone("101", "--call", "201", "--call-after", "1", "--exit-after-call", "--exit-after", "60",
-                         tag="x-busy")
-        proc.wait(60)
-        call = lab.summary("x-busy")["calls"][0]
-        assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_BUSY], call
-        # nothing left on either node of the refused calls
-        for node in lab.nodes:
-            assert lab.status(node)["calls"] == []
-        talk.stdin.write(b"!hangup\n")
-        talk.stdin.flush()
-        talk.wait(60)
-        answer.wait(60)
-    finally:
-        lab.close()
+def test_refusal_causes_cross_nodes_busy_and_not_registered(lab, engines):
+    # 202 is not registered at its remote host (at n2): the cause comes back to 101 at n1
+    proc = lab.phone("101", "--call", "202", "--call-after", "1", "--exit-after-call", "--exit-after", "60",
+                     tag="x-unreg")
+    lab.wait_registered("101", timeout=60)
+    proc.wait(60)
+    call = lab.summary("x-unreg")["calls"][0]
+    assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_UNREACHABLE], call
+    assert lab.status("n2")["stats"]["counters"].get("msg SETUP", 0) >= 1
+    # 201 ringing for 202 (both at site b), so busy: 101's call to 201 is refused busy by 201's phone
+    answer = lab.phone("201", "--exit-after-call", "--exit-after", "60", tag="x-201")
+    lab.wait_registered("201", timeout=60)
+    talk = lab.phone("202", "--call", "201", "--call-after", "1", "--exit-after-call", "--exit-after", "60",
+                     tag="x-202")
+    lab.wait_registered("202", timeout=60)
+    lab.wait_for(lambda: any(c["state"] == "alerting" for c in lab.status("site-b")["calls"]),
+                 "202's call to 201 ringing", timeout=60)
+    proc = lab.phone("101", "--call", "201", "--call-after", "1", "--exit-after-call", "--exit-after", "60",
+                     tag="x-busy")
+    proc.wait(60)
+    call = lab.summary("x-busy")["calls"][0]
+    assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_BUSY], call
+    # nothing left on either node of the refused calls
+    for node in lab.nodes:
+        assert lab.status(node)["calls"] == []
+    talk.stdin.write(b"!hangup\n")
+    talk.stdin.flush()
+    talk.wait(60)
+    answer.wait(60)
 
 
-def test_phone_straight_at_one_node_and_site_at_the_other(engines):
-    micropython_binary()
+def test_phone_straight_at_one_node_and_site_at_the_other(lab, engines):
     import redis
     r = redis.Redis.from_url(engines.redis_url)
-    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
     try:
-        lab.start()
         ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
         # 201 (site b, at n2) calls 301, a phone straight at n1: n2 finds it by its phone location key
         calls = _talk(lab, "201", "301")
-        assert r.get("upbx:loc:phone:301") == str(ids["n1"]).encode()
         for number in ("201", "301"):
             assert calls[number]["cause"] == "normal clearing", calls[number]
         _audio_both_ways(lab, calls, "201", "301")
         assert lab.status("n2")["stats"]["counters"].get("location: setups waiting", 0) >= 1
+        # 301 logged out (its phone quit): its location key is gone with it, deleted by n1
+        lab.wait_for(lambda: r.get("upbx:loc:phone:301") is None, "301's location key deleted", timeout=10)
+        phone = lab.phone("301", "--exit-after", "60", tag="x-301-again")
+        lab.wait_registered("301", timeout=60)
+        lab.wait_for(lambda: r.get("upbx:loc:phone:301") == str(ids["n1"]).encode(), "301's location key", timeout=10)
+        assert 0 < r.ttl("upbx:loc:phone:301") <= 30
+        phone.kill()
+        phone.wait(30)
     finally:
-        lab.close()
         r.close()
 
 
-def test_forged_node_to_node_datagrams_are_dropped_and_counted(engines):
-    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
-    try:
-        lab.start()
-        n1 = ("127.0.0.1", lab.node_ports["n1"])
-        before = lab.status("n1")
-        peers_before = before["cluster"]["trunks"]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            # a node's trunk login under a key that is not the cluster's: refused, no session
-            key = handshake_key(b"\x00" * 32)
-            s.sendto(seal_handshake(key, 0, wire.HELLO, {wire.IE_HOST_NAME: "@2", wire.IE_SESSION_INDEX: 7,
-                                                         wire.IE_NONCE: b"n" * 16}), n1)
-            # an identity no node has ("@1" is n1's own): unknown
-            s.sendto(seal_handshake(key, 0, wire.HELLO, {wire.IE_HOST_NAME: "@%d" % before["cluster"]["node_id"],
-                                                         wire.IE_SESSION_INDEX: 7, wire.IE_NONCE: b"n" * 16}), n1)
-            s.settimeout(0.5)
-            with pytest.raises(socket.timeout):
-                s.recvfrom(2048)   # no CHALLENGE to either
-        lab.wait_for(lambda: lab.status("n1")["stats"]["drops"].get("bad tag", 0)
-                     > before["stats"]["drops"].get("bad tag", 0), "the forged HELLO counted", timeout=10)
-        after = lab.status("n1")
-        assert after["stats"]["drops"].get("unknown identity", 0) > before["stats"]["drops"].get("unknown identity", 0)
-        assert after["cluster"]["trunks"] == peers_before and after["calls"] == []
-        assert not any(p["kind"] == "node" for p in after.get("remote_hosts", []))
-    finally:
-        lab.close()
+def test_forged_node_to_node_datagrams_are_dropped_and_counted(lab, engines):
+    n1 = ("127.0.0.1", lab.node_ports["n1"])
+    before = lab.status("n1")
+    own = before["cluster"]["node_id"]
+    other = lab.status("n2")["cluster"]["node_id"]
+    (trunk,) = before["cluster"]["trunks"].values()   # n1's login to n2
+    n2_before = lab.status("n2")["cluster"]["trunks"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        key = handshake_key(b"\x00" * 32)   # not a key of the cluster's
+        # a node's trunk login (n2's identity) under a key that is not the cluster's: refused, no session
+        s.sendto(seal_handshake(key, 0, wire.HELLO, {wire.IE_HOST_NAME: "@%d" % other, wire.IE_SESSION_INDEX: 7,
+                                                     wire.IE_NONCE: b"n" * 16}), n1)
+        # n1's own identity: no node logs in to itself
+        s.sendto(seal_handshake(key, 0, wire.HELLO, {wire.IE_HOST_NAME: "@%d" % own,
+                                                     wire.IE_SESSION_INDEX: 7, wire.IE_NONCE: b"n" * 16}), n1)
+        # a signalling frame and a trunk frame to n1's login index at n2, from an address that is not n2's
+        frame = bytearray(64)
+        wire.pack_full_header(frame, trunk["index"], 1, 0, wire.SETUP)
+        s.sendto(bytes(frame), n1)
+        frame[0] |= 0xC0   # the same index as a trunk frame
+        s.sendto(bytes(frame), n1)
+        s.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            s.recvfrom(2048)   # no CHALLENGE, nothing at all
+    lab.wait_for(lambda: lab.status("n1")["stats"]["drops"].get("node trunk: from another address", 0)
+                 > before["stats"]["drops"].get("node trunk: from another address", 0), "the forged frame counted",
+                 timeout=10)
+    after = lab.status("n1")
+    drops = lambda status, reason: status["stats"]["drops"].get(reason, 0)
+    assert drops(after, "bad tag") > drops(before, "bad tag")                     # n2's identity, wrong key
+    assert drops(after, "unknown identity") > drops(before, "unknown identity")   # its own identity
+    # nothing created: the trunk session is the one it was, no call, no new login
+    assert after["cluster"]["trunks"] == before["cluster"]["trunks"] and after["calls"] == []
+    assert after["stats"]["counters"].get("login refused: bad tag", 0) > before["stats"]["counters"].get(
+        "login refused: bad tag", 0)
+    assert drops(after, "node trunk: from another address") - drops(before, "node trunk: from another address") == 2
+    assert lab.status("n2")["cluster"]["trunks"] == n2_before
 
 
 def test_node_killed_during_a_cross_node_call_the_other_side_hears_why(engines):
     micropython_binary()
+    with cluster_lab.Engines() as own:   # a node is killed: not the module's lab
+        _killed(own)
+
+
+def _killed(engines):
     lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
     try:
         lab.start()

@@ -287,7 +287,7 @@ class NodeTrunks:
             self.wake.set()
 
     def status(self):
-        return {str(node): {"state": link.login.state, "logins": link.login.logins,
+        return {str(node): {"state": link.login.state, "logins": link.login.logins, "index": link.peer_index,
                             "address": "%s:%d" % tuple(link.address[:2])}
                 for node, link in sorted(self.links.items())}
 
