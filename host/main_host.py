@@ -461,8 +461,11 @@ class MainHost(HostCore):
         host = self.directory.remote_host_of_site(ext.site)
         if host is not None:
             peer = self.peers.by_identity.get(("host", host.name))
-            if peer is not None and self.xnode is not None and ("host", host.name) not in self.xnode.homes:
-                peer = None   # a standby session (no HOME on it): the site's calls go where its home is
+            if (peer is not None and peer.index in self.links and self.xnode is not None and not local
+                    and ("host", host.name) not in self.xnode.homes):
+                # a session that said no HOME: a standby (its home is where Redis says), or a remote host
+                # that does not say HOME (it is the site's home when Redis names no other node)
+                return self.xnode.route(("host", host.name), self.now, wait, self.links[peer.index])
         else:
             peer = self.peers.by_identity.get(("phone", number))
         if (peer is None or peer.index not in self.links) and self.xnode is not None and not local:

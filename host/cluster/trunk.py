@@ -243,19 +243,25 @@ class NodeTrunks:
         self.writes[identity] = None
         self._wake()
 
-    def route(self, identity, now, wait):
-        """(link, cause) for a client not logged in here: our trunk link to its node, else None with
-        CAUSE_UNREACHABLE, or PENDING (wait: the caller parks its SETUP) while Redis is asked."""
+    def route(self, identity, now, wait, here=None):
+        """(link, cause) for a client that is not home here: our trunk link to the node Redis names, else
+        `here` (its session here, which said no HOME) when Redis names no other node, else None with
+        CAUSE_UNREACHABLE; or PENDING (wait: the caller parks its SETUP) while Redis is asked."""
         entry = self.cache.get(identity)
         if entry is not None and now < entry[1]:
             node = entry[0]
-            link = self.up(node) if node is not None else None
-            if node is not None and link is None:
+            if node is None or node == self.node_id:
+                return (here, None) if here is not None else (None, wire.CAUSE_UNREACHABLE)
+            link = self.up(node)
+            if link is None:
                 self.core.stats.count("location: node trunk not up")
-            return (link, None) if link is not None else (None, wire.CAUSE_UNREACHABLE)
+                return None, wire.CAUSE_UNREACHABLE
+            return link, None
         self.asked.add(identity)
         self._wake()
-        return (None, PENDING) if wait else (None, wire.CAUSE_UNREACHABLE)
+        if wait:
+            return None, PENDING
+        return (here, None) if here is not None else (None, wire.CAUSE_UNREACHABLE)
 
     def park(self, identity, link, ies, now):
         if sum(len(w) for w in self.parked.values()) >= PARKED_MAX:
@@ -267,8 +273,6 @@ class NodeTrunks:
     def answered(self, answers, now):
         """Redis said {identity: node id or None}: cached, and the SETUPs that waited are routed again."""
         for identity, node in answers.items():
-            if node == self.node_id:
-                node = None   # says here but is not (logged out meanwhile): not routed back to ourselves
             self.cache[identity] = (node, now + CACHE_MS)
             self.asked.discard(identity)
         if len(self.cache) > 65536:
