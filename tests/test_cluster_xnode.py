@@ -15,7 +15,7 @@ import pytest
 from upbx.common import wire
 from upbx.common.session import handshake_key, seal_handshake
 from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
-from tests.support import micropython_binary
+from tests.support import micropython_binary, require_root
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
 
@@ -296,3 +296,59 @@ def _killed(engines):
         procs["201"].wait(30)
     finally:
         lab.close()
+
+
+class TwoHomesNetlab(cluster_lab.ClusterNetlabExchange):
+    """ClusterNetlabExchange with site a's remote host at n1 and site b's at n2 (each behind its NAT)."""
+
+    def start(self):
+        from upbx.tools.lab import upbx
+        sites, self.remote_sites = self.remote_sites, ("a",)
+        try:
+            cluster_lab.ClusterNetlabExchange.start(self)   # the nodes, and site a's remote host at n1
+        finally:
+            self.remote_sites = sites
+        ip, port = self.node_addresses["n2"]
+        name = "site-b"
+        self.remote_ports["b"] = cluster_lab.NETLAB_REMOTE_PORT
+        with open(self.path(name + ".toml"), "w") as f:
+            f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "%s:%d"\nlisten = "%s:%d"\ncontrol_socket = "%s"\n'
+                    'log_level = "%s"\nkeepalive_s = %d\n'
+                    % (name, self.secrets[name], ip, port, self.remote_ip("b"), cluster_lab.NETLAB_REMOTE_PORT,
+                       self.path(name + ".sock"), self.log_level, self.keepalive_s))
+        self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")), node="site-b/remote")
+        self.wait_for(lambda: self.status("site-b")["main"]["state"] == "up", "site b at n2", timeout=60)
+
+
+def test_in_the_network_lab_a_call_between_sites_behind_nat_at_two_nodes():
+    """The network lab (root): nodes n1 and n2 on their own Internet addresses (198.18.0.11 and .12),
+    the engines beside them, sites a and b each behind a cone NAT router (nftables masquerade) with its
+    remote host and a firmware phone; site a at n1, site b at n2. 101 calls 201: the media goes site a
+    -> n1 -> n2 -> site b and back, each remote host's only through the NAT mapping it opened to its node."""
+    require_root()
+    micropython_binary()
+    from upbx.tools.netlab import Lab
+    lab = Lab("upxx%s-" % os.urandom(2).hex())
+    engines = ex = None
+    try:
+        lab.up(nat="cone", sites=("a", "b"), remote_sites=("a", "b"), phones=1)
+        engines = cluster_lab.engines_in(lab)
+        ex = TwoHomesNetlab(lab, engines, nodes=("n1", "n2"), direct_media=False, keepalive_s=2)
+        ex.provision(sites=("a", "b"), remote_sites=("a", "b"), phones={"a": ["101"], "b": ["201"]})
+        ex.start()
+        assert ex.status("site-a")["main"]["address"] == "%s:%d" % ex.node_addresses["n1"]
+        assert ex.status("site-b")["main"]["address"] == "%s:%d" % ex.node_addresses["n2"]
+        ex.wait_for(lambda: all(t["state"] == "up" for n in ex.nodes
+                                for t in ex.status(n)["cluster"]["trunks"].values()), "trunk sessions up", timeout=60)
+        calls = _talk(ex, "101", "201", seconds=3)
+        for number in ("101", "201"):
+            assert calls[number]["cause"] == "normal clearing", calls[number]
+        _audio_both_ways(ex, calls, "101", "201")
+        for node in ex.nodes:   # each node switched a half
+            assert ex.status(node)["stats"]["counters"].get("msg ANSWER", 0) >= 1
+    finally:
+        if ex is not None:
+            ex.close()
+        if engines is not None:
+            engines.close()
+        lab.down()
