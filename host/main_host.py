@@ -179,6 +179,8 @@ class MainHost(HostCore):
             if link is None:
                 self.stats.drop("unknown session")
                 return
+            if link.kind == "node" and self.xnode.held:   # a lost node's successor carries its half on?
+                self.xnode.claim_trunk(link, data, now)
             takeover = self.takeover   # a cluster's node: another node's calls? (host/cluster/calls.py)
             drops = self.stats.drops
             # a frame naming a call number we do not have is rejected whole (its tag covers timestamps
@@ -383,9 +385,12 @@ class MainHost(HostCore):
 
     def _message(self, link, msg_type, ies, now):
         self.count_message(msg_type)
-        if link.kind == "node" and msg_type not in NODE_MESSAGES:
-            self.stats.drop("unexpected message from a node")
-            return
+        if link.kind == "node":
+            if msg_type not in NODE_MESSAGES:
+                self.stats.drop("unexpected message from a node")
+                return
+            if self.xnode.held and wire.IE_PEER_CALL_NO in ies:   # a lost node's successor carries its half
+                self.xnode.claim(link, (ies[wire.IE_PEER_CALL_NO],), now)
         if link.kind == "phone" and wire.IE_CODEC in ies:
             codec.note(link, ies, self.stats)      # an A-law phone (host/codec.py)
         if msg_type == wire.PHONE_STATE and link.kind == "host":

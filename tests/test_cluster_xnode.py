@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from upbx.common import wire
+from upbx.common import cluster, wire
 from upbx.common.session import handshake_key, seal_handshake
 from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
 from tests.support import micropython_binary, require_root
@@ -47,6 +47,8 @@ class TwoHomes(cluster_lab.ClusterExchange):
         for node in self.nodes:
             self.wait_for(lambda: self.status(node)["cluster"]["engines"]["etcd"] == "up", "node %s joined" % node,
                           timeout=60, watch=(node,))
+        if callable(self.homes):   # chosen once the nodes' ids are known
+            self.homes = self.homes(self)
         for site in self.remote_sites:
             self._start_remote(site)
         self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
@@ -260,42 +262,104 @@ def test_forged_node_to_node_datagrams_are_dropped_and_counted(lab, engines):
     assert lab.status("n2")["cluster"]["trunks"] == n2_before
 
 
-def test_node_killed_during_a_cross_node_call_the_other_side_hears_why(engines):
+def _successor_plan(lab):
+    """Homes for three nodes such that site b's node has a successor that is neither site a's node nor
+    its own: site a at X, site b at Y, succ(Y) = Z (the lost node's half goes to a third node)."""
+    ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+    lab.wait_for(lambda: all(len(lab.status(n)["cluster"]["nodes"]) == 3 for n in lab.nodes), "every node known")
+    by_id = {v: k for k, v in ids.items()}
+    for y in lab.nodes:
+        z = by_id[cluster.successor(ids[y], sorted(ids.values()))]
+        x = next(n for n in lab.nodes if n not in (y, z))
+        lab.plan = {"a": x, "b": y, "successor": z}
+        return {"a": x, "b": y, "301": x}
+
+
+def _kill_callee_node(engines, nodes, homes):
+    """101 (site a) calls 201 (site b, at another node), both sending noise; the callee's node is killed
+    with -9. Returns (lab, procs, the node killed, seconds from the kill to audio at both phones again)."""
+    lab = TwoHomes(engines, homes, nodes=nodes, direct_media=False, remote_settings=SETTINGS)
+    lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b"),
+                  phones={"a": ["101", "102"], "b": ["201", "202"], "c": ["301"]})
+    lab.start()
+    lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("state") == "up" for s in "ab"),
+                 "the remote hosts' standby sessions up", timeout=60)
+    procs = {}
+    for number in ("201", "101"):
+        wav = lab.path(number + ".wav")
+        write_noise_wav(wav, 120, int(number))
+        args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
+                "--exit-after", "200"]
+        args += ["--answer"] if number == "201" else ["--call", "201", "--call-after", "1"]
+        procs[number] = lab.phone(number, *args, tag="k-" + number)
+        lab.wait_registered(number, timeout=60)
+    home_a = lab.homes["a"]
+    lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status(home_a)["calls"]), "the call answered",
+                 timeout=60)
+    lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) > 50 for n in ("101", "201")), "audio both ways",
+                 timeout=30)
+    time.sleep(1)   # the call keys written (every 200 ms)
+    before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("101", "201")}
+    killed = time.time()
+    lost = lab.homes["b"]
+    lab.kill(lost)
+    lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("101", "201")),
+                 "audio both ways after the kill", timeout=40)
+    return lab, procs, lost, time.time() - killed
+
+
+def _hang_up_and_check(lab, procs):
+    procs["101"].stdin.write(b"!hangup\n")
+    procs["101"].stdin.flush()
+    for proc in procs.values():
+        proc.wait(60)
+    gaps = {}
+    for sender, receiver in (("101", "201"), ("201", "101")):
+        call = lab.summary("k-" + sender)["calls"][0]
+        assert call["cause"] == "normal clearing", call      # not dropped
+        frames = read_g711_record(lab.path(receiver + ".rx.g711"))
+        gaps[receiver] = max((b[0] - a[0] for a, b in zip(frames, frames[1:])), default=0)
+        match, matched = audio_match(lab.path(sender + ".wav"), lab.path(receiver + ".rx.g711"), call["frames_sent"],
+                                     gap_frames=gaps[receiver] // 20 + 5)
+        assert match, (sender, matched, call["frames_sent"], gaps[receiver])
+    return gaps
+
+
+def test_node_killed_during_a_cross_node_call_its_successor_carries_it_on(engines):
+    """Two nodes: site b's node killed -9; site b switches to its standby, n1 (the caller's node), which
+    takes the lost half over from Redis and splices it into its own half: the call is n1's alone."""
     micropython_binary()
     with cluster_lab.Engines() as own:   # a node is killed: not the module's lab
-        _killed(own)
+        lab, procs, lost, back = _kill_callee_node(own, ("n1", "n2"), {"a": "n1", "b": "n2", "301": "n1"})
+        try:
+            status = lab.status("n1")
+            assert status["stats"]["counters"].get("node trunk: calls carried on") == 1
+            assert status["cluster"]["calls_lost_with_a_node"] == 0
+            assert [c["callee"] for c in status["calls"]] == ["201"]
+            gaps = _hang_up_and_check(lab, procs)
+            print("kill -9 of the callee's node (2 nodes): audio both ways again %.1f s after the kill; gap at 101 "
+                  "%d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
+        finally:
+            lab.close()
 
 
-def _killed(engines):
-    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
-    try:
-        lab.start()
-        procs = {}
-        for number in ("201", "101"):
-            wav = lab.path(number + ".wav")
-            write_noise_wav(wav, 60, int(number))
-            args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
-                    "--exit-after", "120"]
-            args += ["--answer"] if number == "201" else ["--call", "201", "--call-after", "1"]
-            procs[number] = lab.phone(number, *args, tag="k-" + number)
-            lab.wait_registered(number, timeout=60)
-        lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status("n1")["calls"]), "the call answered",
-                     timeout=60)
-        lab.wait_for(lambda: _frames(lab.path("101.rx.g711")) > 50, "audio at 101", timeout=30)
-        killed = time.time()
-        lab.kill("n2")
-        procs["101"].wait(60)
-        heard = time.time() - killed
-        call = lab.summary("k-101")["calls"][0]
-        assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_MAIN_LOST], call
-        status = lab.status("n1")
-        assert status["calls"] == [] and status["cluster"]["calls_lost_with_a_node"] == 1
-        assert status["stats"]["counters"].get("node trunk: calls lost") == 1
-        print("kill -9 of the callee's node: the caller heard \"%s\" %.1f s after the kill" % (call["cause"], heard))
-        procs["201"].kill()
-        procs["201"].wait(30)
-    finally:
-        lab.close()
+def test_node_killed_during_a_cross_node_call_a_third_node_carries_its_half_on(engines):
+    """Three nodes: site a at X, site b at Y, Y's successor Z. Y killed -9: site b switches to Z, which
+    takes Y's half over from Redis (its leg towards X on the trunk X-Z); X moves its leg to Z's trunk at
+    Z's first frame. Audio both ways again, the call ends "normal clearing"."""
+    micropython_binary()
+    with cluster_lab.Engines() as own:
+        lab, procs, lost, back = _kill_callee_node(own, ("n1", "n2", "n3"), _successor_plan)
+        try:
+            x, z = lab.plan["a"], lab.plan["successor"]
+            assert lab.status(x)["stats"]["counters"].get("node trunk: calls carried on") == 1
+            assert lab.status(z)["stats"]["counters"].get("calls taken over") == 1
+            assert [c["callee"] for c in lab.status(z)["calls"]] == ["201"]
+            gaps = _hang_up_and_check(lab, procs)
+            print("kill -9 of the callee's node (3 nodes, its half to a third): audio both ways again %.1f s after "
+                  "the kill; gap at 101 %d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
+        finally:
+            lab.close()
 
 
 class TwoHomesNetlab(cluster_lab.ClusterNetlabExchange):

@@ -48,6 +48,7 @@ CACHE_MS = 2000                  # how long a node trusts what Redis said of a c
 PARK_MS = 1500                   # a SETUP waits at most this long for Redis (then "unreachable")
 PARKED_MAX = 4096                # SETUPs waiting at once; more are refused
 PENDING = "pending"              # _target_link's cause while Redis is asked
+HOLD_MS = 10000                  # an answered call towards a lost node waits this long for its successor
 # a location key is deleted only by the node it names (a client that moved on is another node's now)
 DELETE_IF_OURS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -95,6 +96,9 @@ class NodeTrunks:
         self.homes = set()       # identities whose session here said HOME
         self.wake = None         # set by LocationService: an asyncio.Event it waits on
         self.lost = 0            # calls ended because the other node was lost
+        self.held = {}           # our call number -> (give-up ms, lost node): legs towards a lost node, whose
+                                 # half its successor may take over (Takeover, host/cluster/calls.py)
+        self.carried = 0         # calls carried on through a lost node's successor
 
     # the trunk sessions
 
@@ -152,7 +156,10 @@ class NodeTrunks:
         if kind == wire.KIND_TRUNK:
             if login.state != UP:
                 self.core.stats.drop("node trunk: not up")
-            elif self.core.switch.trunk_in(data, link, now):
+                return True
+            if self.held:
+                self.claim_trunk(link, data, now)
+            if self.core.switch.trunk_in(data, link, now):
                 login.heard(now)
             return True
         before = login.channel.authenticated if login.channel is not None else None
@@ -161,6 +168,8 @@ class NodeTrunks:
             self.core.stats.drop("node trunk: bad tag")
         self._events(link, now)
         for msg_type, ies in messages:
+            if self.held and wire.IE_PEER_CALL_NO in ies:
+                self.claim(link, (ies[wire.IE_PEER_CALL_NO],), now)
             self.core._message(link, msg_type, ies, now)
         self._flush_link(link, now)
         return True
@@ -176,8 +185,11 @@ class NodeTrunks:
                 self._lost(node, link, event.reason, now)
 
     def _lost(self, node, link, reason, now):
-        """The trunk to node is down: every call over it (our login, and its login to us) ends here with
-        cause "main host lost" towards our clients, recorded here."""
+        """The trunk to node is down: every answered call over it (our login, and its login to us) is held
+        for HOLD_MS: the lost node's clients switch to its successor, which takes its half over from Redis
+        and sends on it (claim() moves our leg to that node's trunk, or Takeover splices the call here
+        when we are the successor). What is not answered, or not taken over in time, ends here with cause
+        "main host lost" towards our clients, recorded here."""
         core = self.core
         links = [link]
         theirs = core.links_by_name.get(("host", PREFIX + str(node)))
@@ -187,14 +199,108 @@ class NodeTrunks:
             calls = core.switch.calls_of(each)
             if not calls:
                 continue
-            each.up = False   # its calls are recorded here now (on_call_ended)
-            self.lost += len(calls)
-            core.stats.count("node trunk: calls lost", len(calls))
-            core.log.info("node-lost", node=node, reason=reason, calls=len(calls))
-            core.release_calls(each, wire.CAUSE_MAIN_LOST, now)
-            each.up = each is not link or link.login.state == UP
+            held = 0
+            for call in calls:
+                leg = call.a if call.a is not None and call.a.link is each else call.b
+                if call.state == "answered" and call.conference is None and leg.call_no not in self.held:
+                    self.held[leg.call_no] = (now + HOLD_MS, node)
+                    held += 1
+            core.log.info("node-lost", node=node, reason=reason, calls=len(calls), held=held)
+            if held < len(calls):
+                self._release(each, [c for c in calls if c.state != "answered" or c.conference is not None], now)
+
+    def _release(self, link, calls, now):
+        """calls over link (a trunk to a lost node) end with "main host lost" towards our clients."""
+        core = self.core
+        was = link.up
+        link.up = False   # recorded here now (on_call_ended)
+        for call in calls:
+            leg = call.a if call.a is not None and call.a.link is link else call.b
+            self.held.pop(leg.call_no, None)
+            other = call.b if leg is call.a else call.a
+            if other is not None:
+                core.switch.release(other, wire.CAUSE_MAIN_LOST, now)
+            core.end_call(call, wire.CAUSE_MAIN_LOST, now)
+            self.lost += 1
+            core.stats.count("node trunk: calls lost")
+        link.up = was
+
+    def claim(self, link, call_nos, now):
+        """A node's trunk session (link) names our held legs (call_nos): the lost node's successor took its
+        half over and sends on it. The legs move to link (the frame authenticated as that node's, which
+        the cluster's secret proves) and the call goes on."""
+        switch = self.core.switch
+        for call_no in call_nos:
+            if call_no not in self.held:
+                continue
+            leg = switch.legs.get(call_no)
+            del self.held[call_no]
+            if leg is None or leg.link is link:
+                continue
+            leg.link.legs -= 1
+            leg.link = link
+            link.legs += 1
+            self.carried += 1
+            self.core.stats.count("node trunk: calls carried on")
+            self.core.log.info("call-carried-on", call=leg.call.uid, via=link.name)
+
+    def claim_trunk(self, link, frame, now):
+        """A trunk frame from a node's session (checked as a whole by trunk_in right after): the held legs
+        it names move to that session first, so that it opens them."""
+        try:
+            entries = wire.parse_trunk(frame)
+        except wire.DecodeError:
+            return
+        names = [e[0] for e in entries if e[0] in self.held]
+        if not names:
+            return
+        # the frame's tag covers its entries' timestamps, extended from each leg's own: checked here first
+        # with the legs moved, and the move undone if it is not that node's
+        before = {n: self.core.switch.legs[n].link for n in names if n in self.core.switch.legs}
+        auth = link.login.channel.crypto.recv_auth if link.login is not None else link.session.channel.crypto.recv_auth
+        from upbx.common.crypto import extend16
+        from upbx.common.media import open_trunk
+        legs = self.core.switch.legs
+
+        def extend(call_no, ts16):
+            leg = legs.get(call_no)
+            return extend16(leg.media.replay.highest, ts16) if leg is not None else None
+        if open_trunk(auth, frame, extend) is None:
+            self.core.stats.drop("node trunk: claim with a bad tag")
+            return
+        self.claim(link, [n for n in names if n in before], now)
+
+    def held_leg(self, call_no):
+        """Our held leg call_no (towards a lost node), else None: Takeover splices it when we are the successor."""
+        return self.core.switch.legs.get(call_no) if call_no in self.held else None
+
+    def link_for(self, kind, name):
+        """What a lost node's call key names as a node link, here: "self" (the link was towards us: the
+        call's other half is ours), our link to/from that node, or None."""
+        if kind != "node":
+            return None
+        if name.startswith(PREFIX):          # that node's login to the lost node
+            node = node_of_identity(name)
+            if node == self.node_id:
+                return "self"
+            return self.core.links_by_name.get(("host", name))
+        if name.startswith("node "):         # the lost node's login to that node
+            try:
+                node = int(name[5:])
+            except ValueError:
+                return None
+            return "self" if node == self.node_id else self.up(node)
+        return None
 
     def tick(self, now):
+        if self.held:
+            late = [n for n, (until, _node) in self.held.items() if now >= until]
+            for call_no in late:
+                leg = self.core.switch.legs.get(call_no)
+                if leg is None:
+                    self.held.pop(call_no, None)
+                    continue
+                self._release(leg.link, [leg.call], now)
         for link in list(self.links.values()):
             login = link.login
             timer = login.next_timer()
