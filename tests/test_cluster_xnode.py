@@ -262,6 +262,41 @@ def test_forged_node_to_node_datagrams_are_dropped_and_counted(lab, engines):
     assert lab.status("n2")["cluster"]["trunks"] == n2_before
 
 
+def test_node_killed_while_a_cross_node_call_rings_the_caller_hears_why(engines):
+    """A call still ringing is not carried on through a failover: the callee's node killed -9 while 201
+    rings, 101 hears "main host lost" from its own node when the trunk goes silent; nothing is left."""
+    micropython_binary()
+    with cluster_lab.Engines() as own:   # a node is killed: not the module's lab
+        _killed_ringing(own)
+
+
+def _killed_ringing(engines):
+    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
+    try:
+        lab.start()
+        ringing = lab.phone("201", "--exit-after", "120", tag="k-201")
+        lab.wait_registered("201", timeout=60)
+        caller = lab.phone("101", "--call", "201", "--call-after", "1", "--exit-after-call", "--exit-after", "120",
+                           tag="k-101")
+        lab.wait_for(lambda: any(c["state"] == "alerting" for c in lab.status("n1")["calls"]), "201 ringing",
+                     timeout=60)
+        killed = time.time()
+        lab.kill("n2")
+        caller.wait(60)
+        heard = time.time() - killed
+        call = lab.summary("k-101")["calls"][0]
+        assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_MAIN_LOST], call
+        status = lab.status("n1")
+        assert status["calls"] == [] and status["cluster"]["calls_lost_with_a_node"] == 1
+        assert status["stats"]["counters"].get("node trunk: calls lost") == 1
+        print("kill -9 of the callee's node while it rang: the caller heard \"%s\" %.1f s after the kill"
+              % (call["cause"], heard))
+        ringing.kill()
+        ringing.wait(30)
+    finally:
+        lab.close()
+
+
 def _successor_plan(lab):
     """Homes for three nodes such that site b's node has a successor that is neither site a's node nor
     its own: site a at X, site b at Y, succ(Y) = Z (the lost node's half goes to a third node)."""
@@ -275,7 +310,7 @@ def _successor_plan(lab):
         return {"a": x, "b": y, "301": x}
 
 
-def _kill_callee_node(engines, nodes, homes):
+def _kill_callee_node(engines, nodes, homes, kill="b"):
     """101 (site a) calls 201 (site b, at another node), both sending noise; the callee's node is killed
     with -9. Returns (lab, procs, the node killed, seconds from the kill to audio at both phones again)."""
     lab = TwoHomes(engines, homes, nodes=nodes, direct_media=False, remote_settings=SETTINGS)
@@ -293,15 +328,15 @@ def _kill_callee_node(engines, nodes, homes):
         args += ["--answer"] if number == "201" else ["--call", "201", "--call-after", "1"]
         procs[number] = lab.phone(number, *args, tag="k-" + number)
         lab.wait_registered(number, timeout=60)
-    home_a = lab.homes["a"]
-    lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status(home_a)["calls"]), "the call answered",
+    home_b = lab.homes["b"]
+    lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status(home_b)["calls"]), "the call answered",
                  timeout=60)
     lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) > 50 for n in ("101", "201")), "audio both ways",
                  timeout=30)
     time.sleep(1)   # the call keys written (every 200 ms)
     before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("101", "201")}
     killed = time.time()
-    lost = lab.homes["b"]
+    lost = lab.homes[kill]
     lab.kill(lost)
     lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("101", "201")),
                  "audio both ways after the kill", timeout=40)
@@ -338,6 +373,27 @@ def test_node_killed_during_a_cross_node_call_its_successor_carries_it_on(engine
             assert [c["callee"] for c in status["calls"]] == ["201"]
             gaps = _hang_up_and_check(lab, procs)
             print("kill -9 of the callee's node (2 nodes): audio both ways again %.1f s after the kill; gap at 101 "
+                  "%d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
+        finally:
+            lab.close()
+
+
+def test_caller_node_killed_during_a_cross_node_call_the_callee_node_carries_it_on(engines):
+    """Two nodes, the caller's node killed -9 this time: site a switches to n2, which splices n1's half
+    into its own; the call goes on and its record is stored once, by n2."""
+    micropython_binary()
+    with cluster_lab.Engines() as own:
+        lab, procs, lost, back = _kill_callee_node(own, ("n1", "n2"), {"a": "n1", "b": "n2", "301": "n1"}, kill="a")
+        try:
+            status = lab.status("n2")
+            assert status["stats"]["counters"].get("node trunk: calls carried on") == 1
+            assert [c["caller"] for c in status["calls"]] == ["101"]
+            before = len(_records(own))
+            gaps = _hang_up_and_check(lab, procs)
+            lab.wait_for(lambda: len(_records(own)) == before + 1, "the call's record", timeout=30)
+            time.sleep(1)
+            assert [r[:2] for r in _records(own)[before:]] == [("101", "201")]
+            print("kill -9 of the caller's node (2 nodes): audio both ways again %.1f s after the kill; gap at 101 "
                   "%d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
         finally:
             lab.close()
