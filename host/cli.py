@@ -65,6 +65,8 @@ def api_services(config):
     if config.cluster_postgres:
         from upbx.host.cluster.node import ClusterService
         services.append(ClusterService(config))
+        from upbx.host.cluster.trunk import LocationService   # where each client is: calls between nodes
+        services.append(LocationService(config))
     if config.api_listen:
         from upbx.host.api import ApiService
         services.append(ApiService(config))

@@ -25,6 +25,9 @@ from upbx.host import voicemail, voicemail_sync, voicemail_upload
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 
 PHONE_KEEPALIVE_MS = 20000
+PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say where its callee is
+NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PING,
+                           wire.ACK))   # what a trunk session between two nodes carries
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
 
@@ -70,6 +73,10 @@ class MainHost(HostCore):
             self.router = Router(self.cluster.node_id, self.cluster.cookie_secret, self.stats)
             self.peers.node_id = self.cluster.node_id     # indexes and call numbers carry the node id
             self.switch.set_node(self.cluster.node_id)
+        self.xnode = None        # host.cluster.trunk.NodeTrunks on a node: calls to another node's clients
+        if self.cluster is not None:
+            from upbx.host.cluster.trunk import NodeTrunks
+            self.xnode = NodeTrunks(self, self.cluster.node_id, self.cluster.cookie_secret)
         self.links = {}          # Peer.index -> Link
         self.links_by_name = {}  # (kind, name) -> Link
         self.host_links = {}     # Peer.index -> Link of the remote hosts' logins alone (the relay tables' links)
@@ -108,6 +115,8 @@ class MainHost(HostCore):
     def _secret_of(self, identity):
         """(secret, site) of an identity that logs in here, else None (host/peers.py keeps both)."""
         kind, name = identity
+        if self.xnode is not None and kind == "host" and name.startswith("@"):
+            return self.xnode.secret_of(name)   # another node's trunk login (host/cluster/trunk.py)
         if kind == "phone":
             row = self.directory.extension_login(name)
             if row is None or row[2] is not None:
@@ -159,6 +168,8 @@ class MainHost(HostCore):
         kind = wire.frame_kind(data)
         if self.router is not None and not forwarded and self._elsewhere(kind, data, addr):
             return
+        if self.xnode is not None and self.xnode.receive(kind, data, addr, now):
+            return   # our own login to another node (host/cluster/trunk.py)
         if kind == wire.KIND_MINI:
             leg = self.switch.mini_in(data, now)   # a new media frame: its phone is at addr (B7)
             if leg is not None and leg.link.session is not None:
@@ -169,6 +180,8 @@ class MainHost(HostCore):
             if link is None:
                 self.stats.drop("unknown session")
                 return
+            if link.kind == "node" and self.xnode.held:   # a lost node's successor carries its half on?
+                self.xnode.claim_trunk(link, data, now)
             takeover = self.takeover   # a cluster's node: another node's calls? (host/cluster/calls.py)
             drops = self.stats.drops
             # a frame naming a call number we do not have is rejected whole (its tag covers timestamps
@@ -233,6 +246,8 @@ class MainHost(HostCore):
                 if link.session is not None:
                     link.session.send_encoded(wire.NODES, payload, now)
             self.stats.count("cluster nodes lists sent", len(self.links))
+        if self.xnode is not None:
+            self.xnode.set_nodes(self.router.nodes, now)   # a trunk session to each other node
 
     def trunk_route(self, session):
         """(peer, link, receive key) of the logged-in host a trunk frame to this session index comes from,
@@ -260,6 +275,8 @@ class MainHost(HostCore):
         old = self.links_by_name.get((peer.kind, peer.name))
         if old is not None:
             self._link_down(old, now, "logged in again")
+        if self.xnode is not None and peer.kind == "host" and peer.name.startswith("@"):
+            return self._node_logged_in(peer, now)
         link = Link(peer.name, peer.kind, session=peer)
         site = self.peers.site_of(peer.identity)
         if site is not None:
@@ -271,6 +288,8 @@ class MainHost(HostCore):
         self._own(link, True)
         self.links_by_name[peer.identity] = link
         self.log.info("login", kind=link.kind, name=peer.name, address="%s:%d" % peer.address)
+        if self.xnode is not None:
+            self.xnode.logged_in(peer.identity)   # its location key in Redis (host/cluster/trunk.py)
         if link.kind == "host":
             # a new login may be a rebooted host: it has forgotten its pairs and its clock (PUNCH
             # time) may have started again from zero. New pair keys make both sides start afresh.
@@ -284,6 +303,15 @@ class MainHost(HostCore):
             self.mailbox_sync.logged_in(link, now)
         else:
             self._message_waiting(link.name, now, registered=True)
+
+    def _node_logged_in(self, peer, now):
+        """Another node's trunk login (host/cluster/trunk.py): a link of kind "node", no site, no directory."""
+        link = Link(peer.name, "node", session=peer)
+        link.site = "@nodes"
+        self.links[peer.index] = link
+        self.links_by_name[peer.identity] = link
+        self._links_changed += 1
+        self.log.info("login", kind="node", name=peer.name, address="%s:%d" % peer.address)
 
     # music on hold (host/moh.py): the operator's, from the directory, to every remote host
 
@@ -358,6 +386,12 @@ class MainHost(HostCore):
 
     def _message(self, link, msg_type, ies, now):
         self.count_message(msg_type)
+        if link.kind == "node":
+            if msg_type not in NODE_MESSAGES:
+                self.stats.drop("unexpected message from a node")
+                return
+            if self.xnode.held and wire.IE_PEER_CALL_NO in ies:   # a lost node's successor carries its half
+                self.xnode.claim(link, (ies[wire.IE_PEER_CALL_NO],), now)
         if link.kind == "phone" and wire.IE_CODEC in ies:
             codec.note(link, ies, self.stats)      # an A-law phone (host/codec.py)
         if msg_type == wire.PHONE_STATE and link.kind == "host":
@@ -375,6 +409,10 @@ class MainHost(HostCore):
         if msg_type == wire.SYSINFO_ACK:
             self.sysinfo_acked[link.name] = ies.get(wire.IE_VERSION)
         if msg_type in (wire.PING, wire.ACK, wire.SYSINFO_ACK, wire.PHONE_STATE):
+            return
+        if msg_type == wire.HOME:   # the remote host's main session (not its standby): its location is here
+            if self.xnode is not None and link.kind == "host":
+                self.xnode.home((link.kind, link.name))
             return
         if msg_type == wire.SETUP:
             self._setup(link, ies, now)
@@ -417,7 +455,10 @@ class MainHost(HostCore):
         else:
             self.stats.drop("unexpected message")
 
-    def _target_link(self, number):
+    def _target_link(self, number, wait=False, local=False):
+        """(link, None) of where number is served, else (None, cause); on a cluster's node a client at
+        another node is reached over the trunk to it (cause PENDING while Redis is asked, with wait),
+        unless local (a SETUP from another node is never sent on to a third)."""
         if self.voicemail.handles(number):
             return self.voicemail.link, None
         ext = self.directory.extension(number)
@@ -426,8 +467,16 @@ class MainHost(HostCore):
         host = self.directory.remote_host_of_site(ext.site)
         if host is not None:
             peer = self.peers.by_identity.get(("host", host.name))
+            if (peer is not None and peer.index in self.links and self.xnode is not None and not local
+                    and ("host", host.name) not in self.xnode.homes):
+                # a session that said no HOME: a standby (its home is where Redis says), or a remote host
+                # that does not say HOME (it is the site's home when Redis names no other node)
+                return self.xnode.route(("host", host.name), self.now, wait, self.links[peer.index])
         else:
             peer = self.peers.by_identity.get(("phone", number))
+        if (peer is None or peer.index not in self.links) and self.xnode is not None and not local:
+            # at another node? (its location key in Redis, host/cluster/trunk.py)
+            return self.xnode.route(("host", host.name) if host is not None else ("phone", number), self.now, wait)
         if peer is None or peer.index not in self.links:
             sip_link = self.sip_calls.link_of(number, self.now) if host is None else None
             return (sip_link, None) if sip_link is not None else (None, wire.CAUSE_UNREACHABLE)
@@ -443,6 +492,8 @@ class MainHost(HostCore):
         if wire.IE_CALL_NO not in ies or wire.IE_CALLED not in ies or wire.IE_MEDIA_KEY not in ies:
             self.stats.drop("setup missing IEs")
             return
+        if link.kind == "node":   # another node's half of a call (host/cluster/trunk.py)
+            return self._setup_from_node(link, ies, now)
         if getattr(link, "trunk", None) is not None:   # a call in from a SIP trunk: the provider's caller
             caller = ies.get(wire.IE_CALLING) or "anonymous"
         elif link.kind == "phone" or getattr(link, "sip", False):
@@ -471,7 +522,10 @@ class MainHost(HostCore):
         if routed != called:
             self.log.info("call-forwarded", caller=caller, called=called, to=routed)
             called = routed
-        target, cause = self._target_link(called)
+        target, cause = self._target_link(called, wait=self.xnode is not None)
+        if cause == PENDING:      # another node's client, maybe: routed again once Redis answers
+            host = self.directory.remote_host_of_site(self.directory.extension(called).site)
+            return self.xnode.park(("host", host.name) if host is not None else ("phone", called), link, ies, now)
         group = self.directory.group(called) if cause == wire.CAUSE_UNKNOWN_EXTENSION else None
         if group is not None:     # a group (host/groups.py), dialled or forwarded to
             return self._group_call(link, ies, caller, group, tried, now)
@@ -503,6 +557,32 @@ class MainHost(HostCore):
             self._offer_pair(link, target, now)
         self.log.info("call-setup", call=call.uid, caller=caller, called=called,
                       via="%s->%s" % (link.name, target.name))
+
+    def _setup_from_node(self, link, ies, now):
+        """A SETUP from another node (host/cluster/trunk.py): its caller's node checked the caller and
+        followed the callee's forwarding; here it goes to the callee's link, or is refused with the cause
+        (busy, unreachable: the caller's node forwards on busy or to voicemail as for its own calls)."""
+        caller = ies.get(wire.IE_CALLING)
+        called = ies[wire.IE_CALLED]
+        if caller is None:
+            self.stats.drop("setup missing IEs")
+            return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
+        target, cause = self._target_link(called, local=True)
+        if target is not None and (target.kind == "node" or getattr(target, "sip", False)):
+            target, cause = None, wire.CAUSE_UNREACHABLE
+        if target is not None and target.kind == "phone" and self._phone_busy(called):
+            target, cause = None, wire.CAUSE_BUSY
+        if target is None:
+            return self.refuse_setup(link, ies, cause, now, caller=caller)
+        cause = self.switch.admit(link, target)
+        if cause is not None:
+            return self.refuse_setup(link, ies, cause, now, caller=caller)
+        call = self.switch.new_call(caller, called, now)
+        call.noanswer = None       # the caller's node rings it on no answer
+        self.switch.incoming(call, link, ies)
+        name = ies.get(wire.IE_CALLING_NAME)
+        self.switch.offer(call, target, now, name)
+        self.log.info("call-setup", call=call.uid, caller=caller, called=called, via="%s->%s" % (link.name, target.name))
 
     # groups, pickup, intercom (host/groups.py)
 
@@ -701,7 +781,7 @@ class MainHost(HostCore):
         leg = self.switch.leg_for(ies, link) if msg_type == wire.RELEASE else None
         call = leg.call if leg is not None else None
         if (call is not None and leg is call.b and ies.get(wire.IE_CAUSE) in voicemail.DIVERT_CAUSES
-                and call.state in ("setup", "alerting")):
+                and call.state in ("setup", "alerting") and call.a.link.kind != "node"):   # the caller's node does
             cause = ies[wire.IE_CAUSE]
             settings = self.directory.features(call.callee)
             number = (settings["busy"] if cause == wire.CAUSE_BUSY else None) or self._to_voicemail(call.callee, cause)
@@ -763,6 +843,8 @@ class MainHost(HostCore):
             self._media_peers(call, now)
 
     def on_call_ended(self, call, cause, now):
+        if call.a is not None and call.a.link.kind == "node" and call.a.link.up:
+            return   # another node's call: recorded there, once (here only when that node was lost)
         self.directory.add_call_record(call_record(call, MAIN_ORIGIN, cause, now, self.wall_ms(now)))
 
     # B2: hole punching between remote hosts
@@ -935,7 +1017,14 @@ class MainHost(HostCore):
 
     # timers
 
+    def flush_signalling(self):
+        HostCore.flush_signalling(self)
+        if self.xnode is not None:
+            self.xnode.flush(self.now)   # our logins to the other nodes
+
     def on_tick(self, now):
+        if self.xnode is not None:
+            self.xnode.tick(now)
         self.play_music_on_hold(now)
         self.voicemail.tick(now)
         self.mailbox_sync.pump(now)
@@ -993,7 +1082,16 @@ class MainHost(HostCore):
         if self.host_links.get(link.session.index) is link:
             del self.host_links[link.session.index]
         self._links_changed += 1
+        if link.kind == "node":
+            key = ("host", link.name)
+            if self.links_by_name.get(key) is link:
+                del self.links_by_name[key]
+            link.up = False
+            self.log.info("logout", kind="node", name=link.name, reason=reason)
+            return self.release_calls(link, wire.CAUSE_MAIN_LOST, now)
         self._own(link, False)
+        if self.xnode is not None:
+            self.xnode.logged_out((link.kind, link.name))
         if self.links_by_name.get((link.kind, link.name)) is link:
             del self.links_by_name[(link.kind, link.name)]
         self.mailbox_sync.logged_out(link)
@@ -1061,5 +1159,6 @@ class MainHost(HostCore):
                 "node": self.cluster.name, "node_id": self.cluster.node_id, "engines": dict(self.cluster_state),
                 "members": list(self.cluster_members),
                 "directory_refreshes": self.directory.refreshes, "records_deferred": len(self.deferred_records),
-                "records_waiting": len(self.directory.outbox()), **self.router.status()},
+                "records_waiting": len(self.directory.outbox()), **self.router.status(),
+                "trunks": self.xnode.status(), "calls_lost_with_a_node": self.xnode.lost},
         }

@@ -246,6 +246,7 @@ class RemoteHost(HostCore):
     def _main_up(self, now):
         """The main host answers (a login, or again on the same session after a silence)."""
         self.main_link.up = True
+        self.main_link.send_signal(wire.HOME, {}, now)   # calls for the site come here (docs/cluster.md)
         self._upload_records(now)
         self.voicemail_upload.start(now)
         self.mailbox_cache.start(now)

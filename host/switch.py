@@ -78,7 +78,7 @@ class Link:
 
     @property
     def trunked(self):
-        return self.kind in ("host", "main", "pair")
+        return self.kind in ("host", "main", "pair", "node")   # node: a trunk to another node (host/cluster/trunk.py)
 
     def trunk_keys(self):
         """(send HmacKey, peer's session index) for trunk frames on this link."""

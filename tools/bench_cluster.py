@@ -102,10 +102,51 @@ def _relay(lab, nodes, pids, calls, seconds):
                               "loss_pct": round(100 * max(0, 1 - got / sent), 3) if sent else None,
                               "loss_pct_by_node": {x: round(100 * max(0, 1 - r["received"] / r["sent"]), 3)
                                                    for x, r in results.items()}}
+        if len(nodes) > 1:   # calls between two nodes' sites: the same two sites, now one at each node
+            for pair in pairs.values():
+                pair.close()
+            pairs.clear()
+            out["cross_node"] = _cross(lab, nodes, pids, secrets, calls, seconds, out["per_node"])
         return out
     finally:
         for pair in pairs.values():
             pair.close()
+
+
+def _cross(lab, nodes, pids, secrets, calls, seconds, own):
+    """Calls between two nodes' clients (docs/cluster.md "Calls between nodes"): site a's emulated remote
+    host at one node, site b's at the next, `calls` answered calls a -> b over the two nodes' trunk
+    session, two-way media for `seconds`; each pair of nodes in turn. The CPU per frame relayed end to
+    end is both nodes' together (each relays it once). With the nodes' own calls (`own`) it gives the
+    cluster's calls per core for an even mix: with N nodes and sites spread by rendezvous, (N-1)/N of
+    inter-site calls are between two nodes."""
+    out = {"pairs": {}}
+    for i, x in enumerate(nodes):
+        y = nodes[(i + 1) % len(nodes)]
+        pair = bench_net.TrunkPair(_Node(("127.0.0.1", lab.node_ports[x]), secrets), calls,
+                                   main_b=_Node(("127.0.0.1", lab.node_ports[y]), secrets))
+        try:
+            cpu0 = {n: _cpu_s(pids[n]) for n in (x, y)}
+            r = bench_net.run_trunk_load(pair, pair.calls, seconds, 1472)
+            cpu = {n: _cpu_s(pids[n]) - cpu0[n] for n in (x, y)}
+        finally:
+            pair.close()
+        relayed = max(1, r["received"])
+        us = sum(cpu.values()) * 1e6 / relayed
+        out["pairs"]["%s->%s" % (x, y)] = {
+            "frames_sent": r["sent"], "frames_relayed": r["received"],
+            "loss_pct": round(100 * max(0, 1 - r["received"] / r["sent"]), 3) if r["sent"] else None,
+            "us_per_frame_both_nodes": round(us, 2),
+            "us_per_frame_by_node": {n: round(c * 1e6 / relayed, 2) for n, c in cpu.items()}}
+    cross_us = sum(p["us_per_frame_both_nodes"] for p in out["pairs"].values()) / len(out["pairs"])
+    own_us = sum(p["us_per_frame"] for p in own.values()) / len(own)
+    share = (len(nodes) - 1) / len(nodes)
+    mixed_us = (1 - share) * own_us + share * cross_us
+    out["us_per_frame_both_nodes"] = round(cross_us, 2)
+    out["cross_share"] = round(share, 3)
+    # the cluster's cores (one a node) over the CPU of an average call of the mix, 100 frames a second
+    out["cluster_calls_per_core_by_cpu_mixed"] = int(len(nodes) * 1e6 / (mixed_us * 100)) if mixed_us > 0 else None
+    return out
 
 
 def _cpu_s(pid):
@@ -393,6 +434,14 @@ def table_cluster(r):
                  "carry %d calls" % (rc["cluster_calls_per_core_by_cpu"], rc["calls_per_node_by_call_numbers"]))
     lines.append("    all at once, %d calls: loss %s %% (by node %s)" % (
         rc["all_at_once"]["calls"], rc["all_at_once"]["loss_pct"], rc["all_at_once"]["loss_pct_by_node"]))
+    cross = rc.get("cross_node")
+    if cross:
+        lines.append("  calls between two nodes' sites, %d at a time, one pair of nodes at a time:" % rc["calls_per_node"])
+        for name, p in cross["pairs"].items():
+            lines.append("    %s: loss %s %%, %s us CPU per frame relayed end to end (both nodes: %s)" % (
+                name, p["loss_pct"], p["us_per_frame_both_nodes"], p["us_per_frame_by_node"]))
+        lines.append("    cluster, %d %% of calls between two nodes: %s calls per core by CPU (one core a node)" % (
+            round(100 * cross["cross_share"]), cross["cluster_calls_per_core_by_cpu_mixed"]))
     f = r.get("failover") or {}
     if "skipped" in f:
         lines.append("  failover: not measured (%s)" % f["skipped"])

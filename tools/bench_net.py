@@ -263,14 +263,18 @@ class TrunkCall:
 class TrunkPair:
     """Two emulated remote hosts (sites a, b) logged into the main host, with calls a -> b."""
 
-    def __init__(self, main, calls):
+    def __init__(self, main, calls, main_b=None):
+        """main_b: site b's main host when it is another (a cluster's other node: calls between nodes)."""
         self.main = main
         self.a = Client(wire.IE_HOST_NAME, "site-a", main.secrets["site-a"], main.address)
-        self.b = Client(wire.IE_HOST_NAME, "site-b", main.secrets["site-b"], main.address)
+        self.b = Client(wire.IE_HOST_NAME, "site-b", main.secrets["site-b"], (main_b or main).address)
         now = _now_ms()
         self.a.start(now)
         self.b.start(now)
         pump([self.a, self.b], lambda: self.a.up and self.b.up)
+        for c in (self.a, self.b):   # as a remote host does: a cluster's node routes the site's calls here
+            c.login.send(wire.HOME, {}, now)
+            c.flush(now)
         self.calls = []
         self.next_ts = 20
         self.by_a_no = {}

@@ -172,6 +172,51 @@ class Takeover:
             self.core.stats.count("takeover: not found")
         return set(self.want)
 
+    def _leg_from(self, leg, key, link, value, wall_ms):
+        cl = CallLeg(leg["call_no"], key, leg["role"] or 0)
+        cl.learn_peer(leg["peer_call_no"])
+        cl.state = leg["state"]
+        cl.link = link
+        # timestamps carry on from where they were: the stored one plus the time since (a 16-bit
+        # timestamp on the wire is extended from the window's highest, within 32 s of it)
+        highest = leg.get("ts", -1)
+        if highest is not None and highest >= 0:
+            cl.media.replay.highest = max(0, highest + max(0, wall_ms - value.get("written_ms", wall_ms)) - TS_SLACK_MS)
+        return cl
+
+    def _splice(self, value, legs, links, keys, now, wall_ms):
+        """A lost node's half of a call between it and this node (host/cluster/trunk.py), its client now here:
+        our leg towards the lost node (held) is replaced by the lost node's leg to that client, and the call
+        is this node's alone."""
+        core = self.core
+        switch = core.switch
+        ours_side = next(side for side, link in links.items() if link == "self")
+        theirs_side = "b" if ours_side == "a" else "a"
+        own = core.xnode.held_leg(legs[ours_side]["peer_call_no"])
+        if own is None:
+            return "no held leg %s here" % legs[ours_side]["peer_call_no"]
+        call = own.call
+        new = self._leg_from(legs[theirs_side], keys[theirs_side], links[theirs_side], value, wall_ms)
+        new.call = call
+        core.xnode.held.pop(own.call_no, None)
+        switch._forget_leg(own, now)
+        switch.legs[new.call_no] = new
+        new.link.legs += 1
+        if call.a is own:
+            call.a = new
+        else:
+            call.b = new
+        core.xnode.carried += 1
+        core.stats.count("calls taken over")
+        core.stats.count("node trunk: calls carried on")
+        core.log.info("call-taken-over", call=call.uid, node=value.get("node"), spliced=value["uid"],
+                      caller=call.caller, callee=call.callee)
+        leg = legs[theirs_side]
+        entry = self.want.pop((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]), None)
+        for link, msg_type, ies in (entry[1] if entry else ()):
+            core._message(link, msg_type, ies, now)
+        return None
+
     def adopt(self, value, now, wall_ms):
         """Carry on the call stored as value (the JSON object) here; the reason when it cannot be
         (yet: its other remote host may not have switched to this node), else None."""
@@ -185,8 +230,11 @@ class Takeover:
         if call_id in switch.calls:
             return "have it"
         links = {}
+        xnode = getattr(core, "xnode", None)
         for side, leg in legs.items():
             link = core.links_by_name.get((leg["link"]["kind"], leg["link"]["name"]))
+            if link is None and xnode is not None:   # a half of a call between two nodes (host/cluster/trunk.py)
+                link = xnode.link_for(leg["link"]["kind"], leg["link"]["name"])
             if link is None:
                 return "waiting for %s %s" % (leg["link"]["kind"], leg["link"]["name"])
             if leg["call_no"] in switch.legs:
@@ -194,6 +242,8 @@ class Takeover:
             links[side] = link
         keys = {side: unseal(self.cluster_key, leg["media_key"], ("%s/%s" % (uid, side)).encode())
                 for side, leg in legs.items()}
+        if "self" in links.values():
+            return self._splice(value, legs, links, keys, now, wall_ms)
         call = switch.new_call(value["caller"], value["callee"], now, call_id)
         call.path = value.get("path", "relay")
         for side, leg in legs.items():

@@ -1,0 +1,496 @@
+"""Calls between clients of two nodes (docs/cluster.md, "Calls between nodes").
+
+Two parts, as SIP proxies of one domain do it (Kamailio's or OpenSIPS's location in a shared
+store, a call proxied on to the instance that holds the registration; CUCM's intercluster trunks):
+
+- **Where each client is** (`Location`): one Redis key per remote host and per phone straight at a
+  node, `upbx:loc:KIND:NAME` = the node id, written at login, refreshed while logged in, deleted
+  at logout (only by the node it names), expiring `LOCATION_TTL_S` after its last write (a killed
+  node's keys go by themselves), as rtpengine keeps one key per call. The core never waits on
+  Redis: a SETUP for a client that is not here and not in the node's cache waits (parked) while
+  `LocationService` reads the key on the daemon's loop, and is routed again when it answers.
+- **A trunk session between each pair of nodes** (`NodeTrunks`): every node logs in to every
+  other live node as a client (common/login.py, the remote host's own login), under the identity
+  `@ID` with a secret derived from the cluster's cookie secret in etcd (only nodes have it). A
+  call from a client of node A to a client of node B is two calls of the same kind as today, one
+  at each node: A switches caller <-> its login to B (a link of kind "node"), B switches that
+  session (the server side, also a link of kind "node") <-> callee. Signalling is the usual call
+  messages leg to leg; media goes in trunk frames, packed per node pair, on the session's keys.
+  Each node watches its own login to each other node (PING every 0.5 s, down after 2 s of
+  silence): when the other node is lost, the node ends its calls over that trunk with cause 18
+  "main host lost" towards its own clients, and keeps its record of them.
+
+Why a trunk per node pair and not one node relaying with the other's keys from Redis: each node
+stays the only one that holds its clients' sessions (no key of a live session leaves the node,
+nothing per call is read from Redis on the media path), each half of a call is a call of the
+node's own switch (every call message, hold, refusal cause and forwarding works unchanged), and a
+lost node costs the other only the calls over that one trunk. The cost: a cross-node call's media
+takes two relay hops (A then B) instead of one.
+"""
+import os
+
+from upbx.common import wire
+from upbx.common.crypto import hkdf
+from upbx.common.login import UP, Login, LoginDown, LoginUp
+from upbx.host.switch import Link
+
+PREFIX = "@"                    # identities of nodes: "@ID" (a directory name starts with a letter or digit)
+KEEPALIVE_MS = 500              # PING on an idle trunk session
+DEAD_MS = 1500                  # nothing new heard for KEEPALIVE_MS + DEAD_MS: the other node is lost
+# what a node link carries: call signalling, nothing of a site's or a phone's own
+MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PING,
+                      wire.ACK))
+
+LOCATION_KEY = "upbx:loc:%s:%s"  # kind ("host" or "phone"), name -> node id
+LOCATION_TTL_S = 30              # a key lives this long after its last write
+REFRESH_S = 10                   # ... and is written again this often while its client is logged in
+CACHE_MS = 2000                  # how long a node trusts what Redis said of a client
+PARK_MS = 1500                   # a SETUP waits at most this long for Redis (then "unreachable")
+PARKED_MAX = 4096                # SETUPs waiting at once; more are refused
+PENDING = "pending"              # _target_link's cause while Redis is asked
+HOLD_MS = 10000                  # an answered call towards a lost node waits this long for its successor
+# a location key is deleted only by the node it names (a client that moved on is another node's now)
+DELETE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# a client logged in here that has not said HOME (a standby session, a phone): ours unless another node's
+SET_UNLESS_OTHERS = """
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return 1
+"""
+
+
+def node_secret(cookie_secret, node_id):
+    """The login secret of node node_id's trunk sessions (every node derives it from etcd's secret)."""
+    return hkdf(cookie_secret, b"", b"upbx v2 node trunk %d" % node_id, 32)
+
+
+def node_of_identity(name):
+    """The node id of a trunk identity "@ID", else None."""
+    if not name.startswith(PREFIX) or not name[1:].isdigit():
+        return None
+    return int(name[1:])
+
+
+class NodeTrunks:
+    """This node's trunk sessions: its logins to the other nodes, and where its clients' peers are."""
+
+    def __init__(self, core, node_id, cookie_secret):
+        self.core = core
+        self.node_id = node_id
+        self.cookie_secret = cookie_secret
+        self.links = {}          # node id -> Link (kind "node") of our login to it
+        self.by_index = {}       # our receive index of such a login -> its Link
+        # location (Redis): the LocationService reads and writes, the core never waits
+        self.cache = {}          # (kind, name) -> (node id or None, until ms)
+        self.asked = set()       # identities to read from Redis
+        self.parked = {}         # identity -> [(link, ies, when)] SETUPs waiting for Redis
+        # identity -> "set" (its home is here: HOME), "nx" (logged in here: set unless another node has it,
+        # a standby session or a client that sends no HOME), or None (gone: delete it if it names us)
+        self.writes = {}
+        self.homes = set()       # identities whose session here said HOME
+        self.wake = None         # set by LocationService: an asyncio.Event it waits on
+        self.lost = 0            # calls ended because the other node was lost
+        self.held = {}           # our call number -> (give-up ms, lost node): legs towards a lost node, whose
+                                 # half its successor may take over (Takeover, host/cluster/calls.py)
+        self.carried = 0         # calls carried on through a lost node's successor
+
+    # the trunk sessions
+
+    def secret_of(self, name):
+        """The secret of a node's trunk identity "@ID" (a login to us), else None."""
+        node = node_of_identity(name)
+        if node is None or node == self.node_id:
+            return None
+        return node_secret(self.cookie_secret, node)
+
+    def set_nodes(self, nodes, now):
+        """The live nodes {id: address}: a login to each other one, none to a node that left."""
+        for node, address in nodes.items():
+            if node == self.node_id:
+                continue
+            link = self.links.get(node)
+            if link is None:
+                index = self.core.peers.reserve_index()
+                login = Login(wire.IE_HOST_NAME, PREFIX + str(self.node_id), node_secret(self.cookie_secret, self.node_id),
+                              index, os.urandom, keepalive_ms=KEEPALIVE_MS, backoff_initial_ms=250,
+                              backoff_max_ms=2000, dead_ms=DEAD_MS)
+                link = Link("node %d" % node, "node", login=login, address=tuple(address))
+                link.site = "@nodes"
+                link.peer_index = index   # our receive index (Link.peer_index is unused on a login link)
+                self.links[node] = link
+                self.by_index[index] = link
+                login.start(now)
+                self.core.log.info("node-trunk", node=node, state="logging-in", address="%s:%d" % tuple(address))
+            elif link.address != tuple(address):
+                link.address = tuple(address)
+        for node in [n for n in self.links if n not in nodes]:
+            link = self.links.pop(node)
+            del self.by_index[link.peer_index]
+            self.core.peers.release_index(link.peer_index)
+            link.up = False
+            self._lost(node, link, "left the cluster", now)
+        self.flush(now)
+
+    def up(self, node):
+        """Our trunk link to node when its session is up, else None."""
+        link = self.links.get(node)
+        return link if link is not None and link.login.state == UP else None
+
+    def receive(self, kind, data, addr, now):
+        """True when data is for one of our logins (its receive index), handled here."""
+        if kind == wire.KIND_MINI or len(data) < 3:
+            return False
+        link = self.by_index.get(wire.session_of(data))
+        if link is None:
+            return False
+        login = link.login
+        if addr[:2] != link.address[:2]:
+            self.core.stats.drop("node trunk: from another address")
+            return True
+        if kind == wire.KIND_TRUNK:
+            if login.state != UP:
+                self.core.stats.drop("node trunk: not up")
+                return True
+            if self.held:
+                self.claim_trunk(link, data, now)
+            if self.core.switch.trunk_in(data, link, now):
+                login.heard(now)
+            return True
+        before = login.channel.authenticated if login.channel is not None else None
+        messages = login.receive(data, now)
+        if login.channel is not None and login.channel.authenticated == before and not messages:
+            self.core.stats.drop("node trunk: bad tag")
+        self._events(link, now)
+        for msg_type, ies in messages:
+            if self.held and wire.IE_PEER_CALL_NO in ies:
+                self.claim(link, (ies[wire.IE_PEER_CALL_NO],), now)
+            self.core._message(link, msg_type, ies, now)
+        self._flush_link(link, now)
+        return True
+
+    def _events(self, link, now):
+        node = int(link.name.split()[1])
+        for event in link.login.take_events():
+            if isinstance(event, LoginUp):
+                link.up = True
+                self.core.log.info("node-trunk", node=node, state="up")
+            elif isinstance(event, LoginDown):
+                self.core.log.warning("node-trunk", node=node, state="down", reason=event.reason)
+                self._lost(node, link, event.reason, now)
+
+    def _lost(self, node, link, reason, now):
+        """The trunk to node is down: every answered call over it (our login, and its login to us) is held
+        for HOLD_MS: the lost node's clients switch to its successor, which takes its half over from Redis
+        and sends on it (claim() moves our leg to that node's trunk, or Takeover splices the call here
+        when we are the successor). What is not answered, or not taken over in time, ends here with cause
+        "main host lost" towards our clients, recorded here."""
+        core = self.core
+        links = [link]
+        theirs = core.links_by_name.get(("host", PREFIX + str(node)))
+        if theirs is not None:
+            links.append(theirs)
+        for each in links:
+            calls = core.switch.calls_of(each)
+            if not calls:
+                continue
+            held = 0
+            for call in calls:
+                leg = call.a if call.a is not None and call.a.link is each else call.b
+                if call.state == "answered" and call.conference is None and leg.call_no not in self.held:
+                    self.held[leg.call_no] = (now + HOLD_MS, node)
+                    held += 1
+            core.log.info("node-lost", node=node, reason=reason, calls=len(calls), held=held)
+            if held < len(calls):
+                self._release(each, [c for c in calls if c.state != "answered" or c.conference is not None], now)
+
+    def _release(self, link, calls, now):
+        """calls over link (a trunk to a lost node) end with "main host lost" towards our clients."""
+        core = self.core
+        was = link.up
+        link.up = False   # recorded here now (on_call_ended)
+        for call in calls:
+            leg = call.a if call.a is not None and call.a.link is link else call.b
+            self.held.pop(leg.call_no, None)
+            other = call.b if leg is call.a else call.a
+            if other is not None:
+                core.switch.release(other, wire.CAUSE_MAIN_LOST, now)
+            core.end_call(call, wire.CAUSE_MAIN_LOST, now)
+            self.lost += 1
+            core.stats.count("node trunk: calls lost")
+        link.up = was
+
+    def claim(self, link, call_nos, now):
+        """A node's trunk session (link) names our held legs (call_nos): the lost node's successor took its
+        half over and sends on it. The legs move to link (the frame authenticated as that node's, which
+        the cluster's secret proves) and the call goes on."""
+        switch = self.core.switch
+        for call_no in call_nos:
+            if call_no not in self.held:
+                continue
+            leg = switch.legs.get(call_no)
+            del self.held[call_no]
+            if leg is None or leg.link is link:
+                continue
+            leg.link.legs -= 1
+            leg.link = link
+            link.legs += 1
+            self.carried += 1
+            self.core.stats.count("node trunk: calls carried on")
+            self.core.log.info("call-carried-on", call=leg.call.uid, via=link.name)
+
+    def claim_trunk(self, link, frame, now):
+        """A trunk frame from a node's session (checked as a whole by trunk_in right after): the held legs
+        it names move to that session first, so that it opens them."""
+        try:
+            entries = wire.parse_trunk(frame)
+        except wire.DecodeError:
+            return
+        names = [e[0] for e in entries if e[0] in self.held]
+        if not names:
+            return
+        # the frame's tag covers its entries' timestamps, extended from each leg's own: checked here first
+        # with the legs moved, and the move undone if it is not that node's
+        before = {n: self.core.switch.legs[n].link for n in names if n in self.core.switch.legs}
+        auth = link.login.channel.crypto.recv_auth if link.login is not None else link.session.channel.crypto.recv_auth
+        from upbx.common.crypto import extend16
+        from upbx.common.media import open_trunk
+        legs = self.core.switch.legs
+
+        def extend(call_no, ts16):
+            leg = legs.get(call_no)
+            return extend16(leg.media.replay.highest, ts16) if leg is not None else None
+        if open_trunk(auth, frame, extend) is None:
+            self.core.stats.drop("node trunk: claim with a bad tag")
+            return
+        self.claim(link, [n for n in names if n in before], now)
+
+    def held_leg(self, call_no):
+        """Our held leg call_no (towards a lost node), else None: Takeover splices it when we are the successor."""
+        return self.core.switch.legs.get(call_no) if call_no in self.held else None
+
+    def link_for(self, kind, name):
+        """What a lost node's call key names as a node link, here: "self" (the link was towards us: the
+        call's other half is ours), our link to/from that node, or None."""
+        if kind != "node":
+            return None
+        if name.startswith(PREFIX):          # that node's login to the lost node
+            node = node_of_identity(name)
+            if node == self.node_id:
+                return "self"
+            return self.core.links_by_name.get(("host", name))
+        if name.startswith("node "):         # the lost node's login to that node
+            try:
+                node = int(name[5:])
+            except ValueError:
+                return None
+            return "self" if node == self.node_id else self.up(node)
+        return None
+
+    def tick(self, now):
+        if self.held:
+            late = [n for n, (until, _node) in self.held.items() if now >= until]
+            for call_no in late:
+                leg = self.core.switch.legs.get(call_no)
+                if leg is None:
+                    self.held.pop(call_no, None)
+                    continue
+                self._release(leg.link, [leg.call], now)
+        for link in list(self.links.values()):
+            login = link.login
+            timer = login.next_timer()
+            if timer is not None and timer <= now:
+                login.handle_timer(now)
+                self._events(link, now)
+            self._flush_link(link, now)
+        if self.parked:
+            for identity in list(self.parked):
+                waiting = self.parked[identity]
+                while waiting and now - waiting[0][2] > PARK_MS:
+                    link, ies, _when = waiting.pop(0)
+                    self.core.stats.count("location: not answered in time")
+                    self.core.refuse_setup(link, ies, wire.CAUSE_UNREACHABLE, now)
+                if not waiting:
+                    del self.parked[identity]
+
+    def flush(self, now):
+        for link in self.links.values():
+            self._flush_link(link, now)
+
+    def _flush_link(self, link, now):
+        for datagram in link.login.datagrams_to_send(now):
+            self.core.send(datagram, link.address)
+
+    # where each client is (Redis)
+
+    def logged_in(self, identity):
+        if identity[1].startswith(PREFIX):
+            return
+        self.homes.discard(identity)
+        self.writes[identity] = "nx"
+        self.cache.pop(identity, None)
+        self._wake()
+
+    def home(self, identity):
+        """A remote host said HOME on its session here: its location key names us from now on."""
+        self.homes.add(identity)
+        self.writes[identity] = "set"
+        self._wake()
+
+    def logged_out(self, identity):
+        if identity[1].startswith(PREFIX):
+            return
+        self.homes.discard(identity)
+        self.writes[identity] = None
+        self._wake()
+
+    def route(self, identity, now, wait, here=None):
+        """(link, cause) for a client that is not home here: our trunk link to the node Redis names, else
+        `here` (its session here, which said no HOME) when Redis names no other node, else None with
+        CAUSE_UNREACHABLE; or PENDING (wait: the caller parks its SETUP) while Redis is asked."""
+        entry = self.cache.get(identity)
+        if entry is not None and now < entry[1]:
+            node = entry[0]
+            if node is None or node == self.node_id:
+                return (here, None) if here is not None else (None, wire.CAUSE_UNREACHABLE)
+            link = self.up(node)
+            if link is None:
+                self.core.stats.count("location: node trunk not up")
+                return None, wire.CAUSE_UNREACHABLE
+            return link, None
+        self.asked.add(identity)
+        self._wake()
+        if wait:
+            return None, PENDING
+        return (here, None) if here is not None else (None, wire.CAUSE_UNREACHABLE)
+
+    def park(self, identity, link, ies, now):
+        if sum(len(w) for w in self.parked.values()) >= PARKED_MAX:
+            self.core.stats.drop("location: too many waiting")
+            return self.core.refuse_setup(link, ies, wire.CAUSE_NETWORK_BUSY, now)
+        self.parked.setdefault(identity, []).append((link, dict(ies), now))
+        self.core.stats.count("location: setups waiting")
+
+    def answered(self, answers, now):
+        """Redis said {identity: node id or None}: cached, and the SETUPs that waited are routed again."""
+        for identity, node in answers.items():
+            self.cache[identity] = (node, now + CACHE_MS)
+            self.asked.discard(identity)
+        if len(self.cache) > 65536:
+            self.cache = {k: v for k, v in self.cache.items() if v[1] > now}
+        for identity in answers:
+            for link, ies, _when in self.parked.pop(identity, ()):
+                if link.up:
+                    self.core._setup(link, ies, now)
+
+    def take_writes(self):
+        writes, self.writes = self.writes, {}
+        return writes
+
+    def _wake(self):
+        if self.wake is not None:
+            self.wake.set()
+
+    def status(self):
+        return {str(node): {"state": link.login.state, "logins": link.login.logins, "index": link.peer_index,
+                            "address": "%s:%d" % tuple(link.address[:2])}
+                for node, link in sorted(self.links.items())}
+
+
+class LocationService:
+    """On the daemon's loop beside ClusterService: the core's location writes and reads, to and from
+    Redis (redis-py's asyncio client), and every REFRESH_S the keys of every client logged in here."""
+
+    def __init__(self, config):
+        self.config = config
+        self.task = None
+        self.redis = None
+
+    async def start(self, daemon):
+        import asyncio
+        self.daemon = daemon
+        self.core = daemon.core
+        self.trunks = self.core.xnode
+        self.trunks.wake = asyncio.Event()
+        self.task = asyncio.ensure_future(self._run())
+
+    async def stop(self):
+        import asyncio
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def _run(self):
+        import asyncio
+        import time
+        import redis.asyncio as redis
+        from upbx.host.daemon import now_ms
+        trunks = self.trunks
+        node = str(self.core.cluster.node_id)
+        backoff = 0.1
+        refresh_at = 0.0
+        while True:
+            try:
+                if self.redis is None:
+                    self.redis = redis.from_url(self.config.cluster_redis, socket_timeout=5, socket_connect_timeout=5)
+                    await self.redis.ping()
+                    refresh_at = 0.0   # Redis may have restarted empty: every key again
+                while True:
+                    try:
+                        await asyncio.wait_for(trunks.wake.wait(), 1.0)
+                    except asyncio.TimeoutError:
+                        pass
+                    trunks.wake.clear()
+                    writes = trunks.take_writes()
+                    if time.monotonic() >= refresh_at:
+                        refresh_at = time.monotonic() + REFRESH_S
+                        for kind, name in list(self.core.links_by_name):
+                            if kind in ("host", "phone") and not name.startswith(PREFIX):
+                                writes.setdefault((kind, name), "set" if (kind, name) in trunks.homes else "nx")
+                    if writes:
+                        try:
+                            async with self.redis.pipeline(transaction=False) as pipe:
+                                for (kind, name), how in writes.items():
+                                    key = LOCATION_KEY % (kind, name)
+                                    if how == "set":
+                                        pipe.set(key, node, ex=LOCATION_TTL_S)
+                                    elif how == "nx":
+                                        pipe.eval(SET_UNLESS_OTHERS, 1, key, node, LOCATION_TTL_S)
+                                    else:
+                                        pipe.eval(DELETE_IF_OURS, 1, key, node)
+                                await pipe.execute()
+                        except BaseException:
+                            for identity, how in writes.items():
+                                trunks.writes.setdefault(identity, how)
+                            raise
+                    asked = sorted(trunks.asked)
+                    if asked:
+                        values = await self.redis.mget([LOCATION_KEY % identity for identity in asked])
+                        answers = {}
+                        for identity, value in zip(asked, values):
+                            try:
+                                answers[identity] = int(value) if value is not None else None
+                            except ValueError:
+                                answers[identity] = None
+                        trunks.answered(answers, now_ms())
+                        self.daemon._flush()
+                    backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.core.log.warning("cluster-location", error="%s: %s" % (exc.__class__.__name__, exc))
+                if self.redis is not None:
+                    try:
+                        await self.redis.aclose()
+                    except Exception:
+                        pass
+                    self.redis = None
+                await asyncio.sleep(backoff)
+                backoff = min(2.0, backoff * 2)

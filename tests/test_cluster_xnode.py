@@ -1,0 +1,474 @@
+"""Calls between clients of two nodes (docs/cluster.md, "Calls between nodes"): real PostgreSQL, Redis
+and etcd (tools/cluster_lab.py), real `upbx main` nodes, real remote hosts and firmware phones.
+
+Site a's remote host logs in to n1, site b's to n2; site c has no remote host and its phone 301 is
+straight at a node. A call between two of them is switched by both nodes: the caller's node finds the
+callee's node in Redis (upbx:loc:KIND:NAME) and chains the call over its trunk session to it.
+"""
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from upbx.common import cluster, wire
+from upbx.common.session import handshake_key, seal_handshake
+from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
+from tests.support import micropython_binary, require_root
+
+cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
+
+SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
+
+
+@pytest.fixture(scope="module")
+def engines():
+    problem = cluster_lab.missing()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    with cluster_lab.Engines() as engines:
+        yield engines
+
+
+class TwoHomes(cluster_lab.ClusterExchange):
+    """ClusterExchange with each remote host (and each phone straight at a node) logged in to the node
+    `homes` names, not all at the first."""
+
+    def __init__(self, engines, homes, **kwargs):
+        cluster_lab.ClusterExchange.__init__(self, engines, **kwargs)
+        self.homes = homes
+
+    def start(self):
+        for node in self.nodes:
+            self.start_node(node, wait=False)
+        for node in self.nodes:
+            self.wait_for(lambda: self.status(node)["cluster"]["engines"]["etcd"] == "up", "node %s joined" % node,
+                          timeout=60, watch=(node,))
+        if callable(self.homes):   # chosen once the nodes' ids are known
+            self.homes = self.homes(self)
+        for site in self.remote_sites:
+            self._start_remote(site)
+        self.wait_for(lambda: all(self.status("site-" + s)["main"]["state"] == "up" for s in self.remote_sites),
+                      "remote hosts logged in", timeout=60, watch=tuple(self.nodes))
+        # every node's trunk session to every other one up
+        self.wait_for(lambda: all(t["state"] == "up" for n in self.nodes
+                                  for t in self.status(n)["cluster"]["trunks"].values())
+                      and all(len(self.status(n)["cluster"]["trunks"]) == len(self.nodes) - 1 for n in self.nodes),
+                      "trunk sessions between the nodes up", timeout=60, watch=tuple(self.nodes))
+
+    def _start_remote(self, site):
+        from upbx.tools.lab import free_port, upbx
+        port = self.remote_ports[site] = free_port()
+        name = "site-" + site
+        with open(self.path(name + ".toml"), "w") as f:
+            f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "127.0.0.1:%d"\nlisten = "127.0.0.1:%d"\n'
+                    'control_socket = "%s"\nlog_level = "%s"\n'
+                    % (name, self.secrets[name], self.node_ports[self.homes[site]], port, self.path(name + ".sock"),
+                       self.log_level))
+            for key, value in self.remote_settings.items():
+                f.write("%s = %s\n" % (key, json.dumps(value)))
+        self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")))
+
+    def host_of(self, number):
+        site = self.phone_site[number]
+        if site in self.remote_ports:
+            return "127.0.0.1:%d" % self.remote_ports[site]
+        return "127.0.0.1:%d" % self.node_ports[self.homes[number]]
+
+
+@pytest.fixture(scope="module")
+def lab(engines):
+    """Two nodes, site a at n1, site b at n2, phone 301 (site c, no remote host) straight at n1: one for
+    the module's tests (the directory is provisioned once)."""
+    micropython_binary()
+    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.close()
+
+
+def _lab(engines, homes, nodes=("n1", "n2")):
+    lab = TwoHomes(engines, homes, nodes=nodes, direct_media=False, remote_settings=SETTINGS)
+    lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b"),
+                  phones={"a": ["101", "102"], "b": ["201", "202"], "c": ["301"]})
+    return lab
+
+
+def _frames(path):
+    return len(read_g711_record(path)) if os.path.exists(path) else 0
+
+
+def _talk(lab, caller, callee, seconds=3, dtmf=None):
+    """caller calls callee, each sending its own noise and recording what it hears; the caller hangs up
+    after `seconds`. Returns each side's summary of the call."""
+    procs = {}
+    for number in (callee, caller):
+        wav = lab.path(number + ".wav")
+        write_noise_wav(wav, 60, int(number))
+        args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
+                "--exit-after", "120"]
+        if number == callee:
+            args += ["--answer"]
+        else:
+            args += ["--call", callee, "--call-after", "1", "--duration", str(seconds)]
+            if dtmf:
+                args += ["--dtmf", dtmf]
+        procs[number] = lab.phone(number, *args, tag="x-" + number)
+        lab.wait_registered(number, timeout=60)
+    for proc in procs.values():
+        proc.wait(120)
+    return {n: lab.summary("x-" + n)["calls"][0] for n in (caller, callee)}
+
+
+def _audio_both_ways(lab, calls, a, b):
+    for sender, receiver in ((a, b), (b, a)):
+        sent = calls[sender]["frames_sent"]
+        assert sent > 50, calls[sender]
+        match, matched = audio_match(lab.path(sender + ".wav"), lab.path(receiver + ".rx.g711"), sent, gap_frames=10)
+        assert match, (sender, receiver, matched, sent)
+
+
+def _records(engines):
+    import psycopg
+    with psycopg.connect(engines.postgres_dsn) as db:
+        return db.execute("SELECT caller, callee, cause FROM call_records ORDER BY id").fetchall()
+
+
+def test_call_between_sites_at_two_nodes_audio_both_ways_dtmf_and_one_record(lab, engines):
+    import redis
+    r = redis.Redis.from_url(engines.redis_url)
+    try:
+        ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+        # each remote host's location key names its node
+        lab.wait_for(lambda: r.get("upbx:loc:host:site-b") == str(ids["n2"]).encode(), "site b's location key")
+        assert r.get("upbx:loc:host:site-a") == str(ids["n1"]).encode(), (ids, lab.status("site-a")["main"], lab.node_ports)
+        assert 0 < r.ttl("upbx:loc:host:site-a") <= 30
+        before = len(_records(engines))
+        calls = _talk(lab, "101", "201", dtmf="42")
+        for number in ("101", "201"):
+            assert calls[number]["cause"] == "normal clearing", calls[number]
+        _audio_both_ways(lab, calls, "101", "201")
+        # the DTMF went through both nodes to the callee's remote host
+        for node in lab.nodes:
+            assert lab.status(node)["stats"]["counters"].get("msg DTMF", 0) >= 2, lab.status(node)["stats"]
+        # each node switched its half: n1 caller <-> trunk, n2 trunk <-> callee; nothing left
+        for node in lab.nodes:
+            status = lab.status(node)
+            assert status["calls"] == [] and status["stats"]["counters"].get("msg SETUP", 0) >= 1
+        # the call's record is stored once (the caller's node keeps it)
+        lab.wait_for(lambda: len(_records(engines)) == before + 1, "the call's record", timeout=30)
+        time.sleep(1.5)
+        rows = _records(engines)[before:]
+        assert rows == [("101", "201", wire.CAUSE_NORMAL)] or [tuple(x[:2]) for x in rows] == [("101", "201")], rows
+    finally:
+        r.close()
+
+
+def test_refusal_causes_cross_nodes_busy_and_not_registered(lab, engines):
+    # 202 is not registered at its remote host (at n2): the cause comes back to 101 at n1
+    proc = lab.phone("101", "--call", "202", "--call-after", "1", "--exit-after-call", "--exit-after", "60",
+                     tag="x-unreg")
+    lab.wait_registered("101", timeout=60)
+    proc.wait(60)
+    call = lab.summary("x-unreg")["calls"][0]
+    assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_UNREACHABLE], call
+    assert lab.status("n2")["stats"]["counters"].get("msg SETUP", 0) >= 1
+    # 201 ringing for 202 (both at site b), so busy: 101's call to 201 is refused busy by 201's phone
+    answer = lab.phone("201", "--exit-after-call", "--exit-after", "60", tag="x-201")
+    lab.wait_registered("201", timeout=60)
+    talk = lab.phone("202", "--call", "201", "--call-after", "1", "--exit-after-call", "--exit-after", "60",
+                     tag="x-202")
+    lab.wait_registered("202", timeout=60)
+    lab.wait_for(lambda: any(c["state"] == "alerting" for c in lab.status("site-b")["calls"]),
+                 "202's call to 201 ringing", timeout=60)
+    proc = lab.phone("101", "--call", "201", "--call-after", "1", "--exit-after-call", "--exit-after", "60",
+                     tag="x-busy")
+    proc.wait(60)
+    call = lab.summary("x-busy")["calls"][0]
+    assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_BUSY], call
+    # nothing left on either node of the refused calls
+    for node in lab.nodes:
+        assert lab.status(node)["calls"] == []
+    talk.stdin.write(b"!hangup\n")
+    talk.stdin.flush()
+    talk.wait(60)
+    answer.wait(60)
+
+
+def test_phone_straight_at_one_node_and_site_at_the_other(lab, engines):
+    import redis
+    r = redis.Redis.from_url(engines.redis_url)
+    try:
+        ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+        # 201 (site b, at n2) calls 301, a phone straight at n1: n2 finds it by its phone location key
+        calls = _talk(lab, "201", "301")
+        for number in ("201", "301"):
+            assert calls[number]["cause"] == "normal clearing", calls[number]
+        _audio_both_ways(lab, calls, "201", "301")
+        assert lab.status("n2")["stats"]["counters"].get("location: setups waiting", 0) >= 1
+        # 301 logged out (its phone quit): its location key is gone with it, deleted by n1
+        lab.wait_for(lambda: r.get("upbx:loc:phone:301") is None, "301's location key deleted", timeout=10)
+        phone = lab.phone("301", "--exit-after", "60", tag="x-301-again")
+        lab.wait_registered("301", timeout=60)
+        lab.wait_for(lambda: r.get("upbx:loc:phone:301") == str(ids["n1"]).encode(), "301's location key", timeout=10)
+        assert 0 < r.ttl("upbx:loc:phone:301") <= 30
+        phone.kill()
+        phone.wait(30)
+    finally:
+        r.close()
+
+
+def test_forged_node_to_node_datagrams_are_dropped_and_counted(lab, engines):
+    n1 = ("127.0.0.1", lab.node_ports["n1"])
+    before = lab.status("n1")
+    own = before["cluster"]["node_id"]
+    other = lab.status("n2")["cluster"]["node_id"]
+    (trunk,) = before["cluster"]["trunks"].values()   # n1's login to n2
+    n2_before = lab.status("n2")["cluster"]["trunks"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        key = handshake_key(b"\x00" * 32)   # not a key of the cluster's
+        # a node's trunk login (n2's identity) under a key that is not the cluster's: refused, no session
+        s.sendto(seal_handshake(key, 0, wire.HELLO, {wire.IE_HOST_NAME: "@%d" % other, wire.IE_SESSION_INDEX: 7,
+                                                     wire.IE_NONCE: b"n" * 16}), n1)
+        # n1's own identity: no node logs in to itself
+        s.sendto(seal_handshake(key, 0, wire.HELLO, {wire.IE_HOST_NAME: "@%d" % own,
+                                                     wire.IE_SESSION_INDEX: 7, wire.IE_NONCE: b"n" * 16}), n1)
+        # a signalling frame and a trunk frame to n1's login index at n2, from an address that is not n2's
+        frame = bytearray(64)
+        wire.pack_full_header(frame, trunk["index"], 1, 0, wire.SETUP)
+        s.sendto(bytes(frame), n1)
+        frame[0] |= 0xC0   # the same index as a trunk frame
+        s.sendto(bytes(frame), n1)
+        s.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            s.recvfrom(2048)   # no CHALLENGE, nothing at all
+    lab.wait_for(lambda: lab.status("n1")["stats"]["drops"].get("node trunk: from another address", 0)
+                 > before["stats"]["drops"].get("node trunk: from another address", 0), "the forged frame counted",
+                 timeout=10)
+    after = lab.status("n1")
+    drops = lambda status, reason: status["stats"]["drops"].get(reason, 0)
+    assert drops(after, "bad tag") > drops(before, "bad tag")                     # n2's identity, wrong key
+    assert drops(after, "unknown identity") > drops(before, "unknown identity")   # its own identity
+    # nothing created: the trunk session is the one it was, no call, no new login
+    assert after["cluster"]["trunks"] == before["cluster"]["trunks"] and after["calls"] == []
+    assert after["stats"]["counters"].get("login refused: bad tag", 0) > before["stats"]["counters"].get(
+        "login refused: bad tag", 0)
+    assert drops(after, "node trunk: from another address") - drops(before, "node trunk: from another address") == 2
+    assert lab.status("n2")["cluster"]["trunks"] == n2_before
+
+
+def test_node_killed_while_a_cross_node_call_rings_the_caller_hears_why(engines):
+    """A call still ringing is not carried on through a failover: the callee's node killed -9 while 201
+    rings, 101 hears "main host lost" from its own node when the trunk goes silent; nothing is left."""
+    micropython_binary()
+    with cluster_lab.Engines() as own:   # a node is killed: not the module's lab
+        _killed_ringing(own)
+
+
+def _killed_ringing(engines):
+    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
+    try:
+        lab.start()
+        ringing = lab.phone("201", "--exit-after", "120", tag="k-201")
+        lab.wait_registered("201", timeout=60)
+        caller = lab.phone("101", "--call", "201", "--call-after", "1", "--exit-after-call", "--exit-after", "120",
+                           tag="k-101")
+        lab.wait_for(lambda: any(c["state"] == "alerting" for c in lab.status("n1")["calls"]), "201 ringing",
+                     timeout=60)
+        killed = time.time()
+        lab.kill("n2")
+        caller.wait(60)
+        heard = time.time() - killed
+        call = lab.summary("k-101")["calls"][0]
+        assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_MAIN_LOST], call
+        status = lab.status("n1")
+        assert status["calls"] == [] and status["cluster"]["calls_lost_with_a_node"] == 1
+        assert status["stats"]["counters"].get("node trunk: calls lost") == 1
+        print("kill -9 of the callee's node while it rang: the caller heard \"%s\" %.1f s after the kill"
+              % (call["cause"], heard))
+        ringing.kill()
+        ringing.wait(30)
+    finally:
+        lab.close()
+
+
+def _successor_plan(lab):
+    """Homes for three nodes such that site b's node has a successor that is neither site a's node nor
+    its own: site a at X, site b at Y, succ(Y) = Z (the lost node's half goes to a third node)."""
+    ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+    lab.wait_for(lambda: all(len(lab.status(n)["cluster"]["nodes"]) == 3 for n in lab.nodes), "every node known")
+    by_id = {v: k for k, v in ids.items()}
+    for y in lab.nodes:
+        z = by_id[cluster.successor(ids[y], sorted(ids.values()))]
+        x = next(n for n in lab.nodes if n not in (y, z))
+        lab.plan = {"a": x, "b": y, "successor": z}
+        return {"a": x, "b": y, "301": x}
+
+
+def _kill_callee_node(engines, nodes, homes, kill="b"):
+    """101 (site a) calls 201 (site b, at another node), both sending noise; the callee's node is killed
+    with -9. Returns (lab, procs, the node killed, seconds from the kill to audio at both phones again)."""
+    lab = TwoHomes(engines, homes, nodes=nodes, direct_media=False, remote_settings=SETTINGS)
+    lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b"),
+                  phones={"a": ["101", "102"], "b": ["201", "202"], "c": ["301"]})
+    lab.start()
+    lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("state") == "up" for s in "ab"),
+                 "the remote hosts' standby sessions up", timeout=60)
+    procs = {}
+    for number in ("201", "101"):
+        wav = lab.path(number + ".wav")
+        write_noise_wav(wav, 120, int(number))
+        args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
+                "--exit-after", "200"]
+        args += ["--answer"] if number == "201" else ["--call", "201", "--call-after", "1"]
+        procs[number] = lab.phone(number, *args, tag="k-" + number)
+        lab.wait_registered(number, timeout=60)
+    home_b = lab.homes["b"]
+    lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status(home_b)["calls"]), "the call answered",
+                 timeout=60)
+    lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) > 50 for n in ("101", "201")), "audio both ways",
+                 timeout=30)
+    time.sleep(1)   # the call keys written (every 200 ms)
+    before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("101", "201")}
+    killed = time.time()
+    lost = lab.homes[kill]
+    lab.kill(lost)
+    lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("101", "201")),
+                 "audio both ways after the kill", timeout=40)
+    return lab, procs, lost, time.time() - killed
+
+
+def _hang_up_and_check(lab, procs):
+    procs["101"].stdin.write(b"!hangup\n")
+    procs["101"].stdin.flush()
+    for proc in procs.values():
+        proc.wait(60)
+    gaps = {}
+    for sender, receiver in (("101", "201"), ("201", "101")):
+        call = lab.summary("k-" + sender)["calls"][0]
+        assert call["cause"] == "normal clearing", call      # not dropped
+        frames = read_g711_record(lab.path(receiver + ".rx.g711"))
+        gaps[receiver] = max((b[0] - a[0] for a, b in zip(frames, frames[1:])), default=0)
+        match, matched = audio_match(lab.path(sender + ".wav"), lab.path(receiver + ".rx.g711"), call["frames_sent"],
+                                     gap_frames=gaps[receiver] // 20 + 5)
+        assert match, (sender, matched, call["frames_sent"], gaps[receiver])
+    return gaps
+
+
+def test_node_killed_during_a_cross_node_call_its_successor_carries_it_on(engines):
+    """Two nodes: site b's node killed -9; site b switches to its standby, n1 (the caller's node), which
+    takes the lost half over from Redis and splices it into its own half: the call is n1's alone."""
+    micropython_binary()
+    with cluster_lab.Engines() as own:   # a node is killed: not the module's lab
+        lab, procs, lost, back = _kill_callee_node(own, ("n1", "n2"), {"a": "n1", "b": "n2", "301": "n1"})
+        try:
+            status = lab.status("n1")
+            assert status["stats"]["counters"].get("node trunk: calls carried on") == 1
+            assert status["cluster"]["calls_lost_with_a_node"] == 0
+            assert [c["callee"] for c in status["calls"]] == ["201"]
+            gaps = _hang_up_and_check(lab, procs)
+            print("kill -9 of the callee's node (2 nodes): audio both ways again %.1f s after the kill; gap at 101 "
+                  "%d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
+        finally:
+            lab.close()
+
+
+def test_caller_node_killed_during_a_cross_node_call_the_callee_node_carries_it_on(engines):
+    """Two nodes, the caller's node killed -9 this time: site a switches to n2, which splices n1's half
+    into its own; the call goes on and its record is stored once, by n2."""
+    micropython_binary()
+    with cluster_lab.Engines() as own:
+        lab, procs, lost, back = _kill_callee_node(own, ("n1", "n2"), {"a": "n1", "b": "n2", "301": "n1"}, kill="a")
+        try:
+            status = lab.status("n2")
+            assert status["stats"]["counters"].get("node trunk: calls carried on") == 1
+            assert [c["caller"] for c in status["calls"]] == ["101"]
+            before = len(_records(own))
+            gaps = _hang_up_and_check(lab, procs)
+            lab.wait_for(lambda: len(_records(own)) == before + 1, "the call's record", timeout=30)
+            time.sleep(1)
+            assert [r[:2] for r in _records(own)[before:]] == [("101", "201")]
+            print("kill -9 of the caller's node (2 nodes): audio both ways again %.1f s after the kill; gap at 101 "
+                  "%d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
+        finally:
+            lab.close()
+
+
+def test_node_killed_during_a_cross_node_call_a_third_node_carries_its_half_on(engines):
+    """Three nodes: site a at X, site b at Y, Y's successor Z. Y killed -9: site b switches to Z, which
+    takes Y's half over from Redis (its leg towards X on the trunk X-Z); X moves its leg to Z's trunk at
+    Z's first frame. Audio both ways again, the call ends "normal clearing"."""
+    micropython_binary()
+    with cluster_lab.Engines() as own:
+        lab, procs, lost, back = _kill_callee_node(own, ("n1", "n2", "n3"), _successor_plan)
+        try:
+            x, z = lab.plan["a"], lab.plan["successor"]
+            assert lab.status(x)["stats"]["counters"].get("node trunk: calls carried on") == 1
+            assert lab.status(z)["stats"]["counters"].get("calls taken over") == 1
+            assert [c["callee"] for c in lab.status(z)["calls"]] == ["201"]
+            gaps = _hang_up_and_check(lab, procs)
+            print("kill -9 of the callee's node (3 nodes, its half to a third): audio both ways again %.1f s after "
+                  "the kill; gap at 101 %d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
+        finally:
+            lab.close()
+
+
+class TwoHomesNetlab(cluster_lab.ClusterNetlabExchange):
+    """ClusterNetlabExchange with site a's remote host at n1 and site b's at n2 (each behind its NAT)."""
+
+    def start(self):
+        from upbx.tools.lab import upbx
+        sites, self.remote_sites = self.remote_sites, ("a",)
+        try:
+            cluster_lab.ClusterNetlabExchange.start(self)   # the nodes, and site a's remote host at n1
+        finally:
+            self.remote_sites = sites
+        ip, port = self.node_addresses["n2"]
+        name = "site-b"
+        self.remote_ports["b"] = cluster_lab.NETLAB_REMOTE_PORT
+        with open(self.path(name + ".toml"), "w") as f:
+            f.write('[remote]\nname = "%s"\nsecret = "%s"\nmain = "%s:%d"\nlisten = "%s:%d"\ncontrol_socket = "%s"\n'
+                    'log_level = "%s"\nkeepalive_s = %d\n'
+                    % (name, self.secrets[name], ip, port, self.remote_ip("b"), cluster_lab.NETLAB_REMOTE_PORT,
+                       self.path(name + ".sock"), self.log_level, self.keepalive_s))
+        self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")), node="site-b/remote")
+        self.wait_for(lambda: self.status("site-b")["main"]["state"] == "up", "site b at n2", timeout=60)
+
+
+def test_in_the_network_lab_a_call_between_sites_behind_nat_at_two_nodes():
+    """The network lab (root): nodes n1 and n2 on their own Internet addresses (198.18.0.11 and .12),
+    the engines beside them, sites a and b each behind a cone NAT router (nftables masquerade) with its
+    remote host and a firmware phone; site a at n1, site b at n2. 101 calls 201: the media goes site a
+    -> n1 -> n2 -> site b and back, each remote host's only through the NAT mapping it opened to its node."""
+    require_root()
+    micropython_binary()
+    from upbx.tools.netlab import Lab
+    lab = Lab("upxx%s-" % os.urandom(2).hex())
+    engines = ex = None
+    try:
+        lab.up(nat="cone", sites=("a", "b"), remote_sites=("a", "b"), phones=1)
+        engines = cluster_lab.engines_in(lab)
+        ex = TwoHomesNetlab(lab, engines, nodes=("n1", "n2"), direct_media=False, keepalive_s=2)
+        ex.provision(sites=("a", "b"), remote_sites=("a", "b"), phones={"a": ["101"], "b": ["201"]})
+        ex.start()
+        assert ex.status("site-a")["main"]["address"] == "%s:%d" % ex.node_addresses["n1"]
+        assert ex.status("site-b")["main"]["address"] == "%s:%d" % ex.node_addresses["n2"]
+        ex.wait_for(lambda: all(t["state"] == "up" for n in ex.nodes
+                                for t in ex.status(n)["cluster"]["trunks"].values()), "trunk sessions up", timeout=60)
+        calls = _talk(ex, "101", "201", seconds=3)
+        for number in ("101", "201"):
+            assert calls[number]["cause"] == "normal clearing", calls[number]
+        _audio_both_ways(ex, calls, "101", "201")
+        for node in ex.nodes:   # each node switched a half
+            assert ex.status(node)["stats"]["counters"].get("msg ANSWER", 0) >= 1
+    finally:
+        if ex is not None:
+            ex.close()
+        if engines is not None:
+            engines.close()
+        lab.down()
