@@ -21,6 +21,7 @@
 #include <Python.h>
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -35,6 +36,8 @@
 #define REPLAY_SIZE 1024
 #define MAX_ENTRIES 512
 #define BATCH 64
+#define RES_BUCKETS 2001      /* Relay residence histogram: 0 .. 20 ms in 10 us buckets, and above */
+#define RES_BUCKET_NS 10000
 
 static long CONNECTED = 5, RINGBACK = 2;   /* common.call states, set by configure() */
 
@@ -821,6 +824,188 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
     return Py_BuildValue("(ni)", sent, err);
 }
 
+/* --- the relay bench's load generator: sealed and sent without a Python object per datagram ------------ */
+
+#define GEN_SLOT 2048
+static unsigned char *gen_tx;   /* BATCH x GEN_SLOT, made at the first call */
+
+/* sendmmsg of gen_tx's first m datagrams (lengths in len[], to addrs[] or all to *one): (sent, errno). */
+static PyObject *gen_send(int fd, int m, const size_t *len, struct sockaddr_in *addrs, Py_ssize_t done_before) {
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    memset(msgs, 0, sizeof(msgs));
+    for (int i = 0; i < m; i++) {
+        iov[i].iov_base = gen_tx + (size_t)i * GEN_SLOT;
+        iov[i].iov_len = len[i];
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &addrs[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+    }
+    int sent = 0, err = 0;
+    while (sent < m) {
+        int done;
+        Py_BEGIN_ALLOW_THREADS
+        done = sendmmsg(fd, msgs + sent, m - sent, MSG_DONTWAIT);
+        if (done < 0) err = errno;
+        Py_END_ALLOW_THREADS
+        if (done <= 0) break;
+        sent += done;
+    }
+    if (sent == m) err = 0;
+    return Py_BuildValue("(ni)", done_before + sent, err);
+}
+
+static int gen_address(const char *host, int port, struct sockaddr_in *a) {
+    memset(a, 0, sizeof(*a));
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1) {
+        PyErr_Format(PyExc_ValueError, "not an IPv4 address: %s", host);
+        return -1;
+    }
+    return 0;
+}
+
+/* bench_send_trunks(fd, specs, ts, voice, (host, port), first, last) -> (sent, errno): specs[first:last], each
+ * (auth, session index, ((peer call number, role, send CounterMode, base), ...)), sealed as trunk frames of
+ * one entry per leg (the payload `voice`, timestamp ts - base) as common.trunk.seal_trunk seals them, and sent
+ * to the one address in sendmmsg batches of up to 64. Stops at the first batch the socket did not take whole. */
+static PyObject *bench_send_trunks(PyObject *self, PyObject *args) {
+    int fd, port;
+    PyObject *specs;
+    long long ts;
+    const char *host;
+    Py_buffer voice;
+    Py_ssize_t first, last;
+    if (!PyArg_ParseTuple(args, "iOLy*(si)nn", &fd, &specs, &ts, &voice, &host, &port, &first, &last)) return NULL;
+    struct sockaddr_in addrs[BATCH];
+    PyObject *result = NULL;
+    if (gen_address(host, port, &addrs[0]) < 0) goto out;
+    if (!PyList_Check(specs) || first < 0 || last > PyList_GET_SIZE(specs) || voice.len > VOICE_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "specs: a list with first..last in it; voice: at most 160 bytes");
+        goto out;
+    }
+    if (gen_tx == NULL && (gen_tx = PyMem_Malloc((size_t)BATCH * GEN_SLOT)) == NULL) { PyErr_NoMemory(); goto out; }
+    for (int i = 1; i < BATCH; i++) addrs[i] = addrs[0];
+    size_t len[BATCH];
+    unsigned char stamps[8 * MAX_ENTRIES];
+    Py_ssize_t k = first, done = 0;
+    while (k < last) {
+        int m = 0;
+        for (; m < BATCH && k < last; m++, k++) {
+            PyObject *spec = PyList_GET_ITEM(specs, k), *entries;
+            if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3 || !PyTuple_Check(entries = PyTuple_GET_ITEM(spec, 2))) {
+                PyErr_SetString(PyExc_TypeError, "a spec is (auth, index, ((peer call number, role, ctr, base), ...))");
+                goto out;
+            }
+            Py_ssize_t count = PyTuple_GET_SIZE(entries);
+            if (count < 1 || TRUNK_HEADER + count * (ENTRY_HEADER + voice.len) + MEDIA_TAG > GEN_SLOT) {
+                PyErr_SetString(PyExc_ValueError, "a spec's entries do not fit one datagram");
+                goto out;
+            }
+            hmac_key *h = get_hmac(PyTuple_GET_ITEM(spec, 0));
+            unsigned long index = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(spec, 1));
+            if (h == NULL || PyErr_Occurred()) goto out;
+            unsigned char *f = gen_tx + (size_t)m * GEN_SLOT;
+            f[0] = 0xC0 | ((index >> 16) & 0x3F);
+            f[1] = (index >> 8) & 0xFF;
+            f[2] = index & 0xFF;
+            size_t off = TRUNK_HEADER;
+            for (Py_ssize_t e = 0; e < count; e++) {
+                PyObject *leg = PyTuple_GET_ITEM(entries, e);
+                if (!PyTuple_Check(leg) || PyTuple_GET_SIZE(leg) != 4) {
+                    PyErr_SetString(PyExc_TypeError, "an entry is (peer call number, role, ctr, base)");
+                    goto out;
+                }
+                long peer = PyLong_AsLong(PyTuple_GET_ITEM(leg, 0)), role = PyLong_AsLong(PyTuple_GET_ITEM(leg, 1));
+                long long t = ts - PyLong_AsLongLong(PyTuple_GET_ITEM(leg, 3));
+                EVP_CIPHER_CTX *ctx = PyErr_Occurred() ? NULL : get_aes(PyTuple_GET_ITEM(leg, 2));
+                if (ctx == NULL) goto out;
+                f[off] = (peer >> 8) & 0x7F;
+                f[off + 1] = peer & 0xFF;
+                f[off + 2] = (t >> 8) & 0xFF;
+                f[off + 3] = t & 0xFF;
+                off += ENTRY_HEADER;
+                unsigned char nonce[12];
+                media_nonce(nonce, (int)role, t);
+                if (ctr(ctx, nonce, voice.buf, f + off, (int)voice.len) < 0) goto out;
+                off += voice.len;
+                put_ts64(stamps + 8 * e, t);
+            }
+            unsigned char tag[32];
+            hmac2(h, stamps, 8 * (size_t)count, f, off, tag);
+            memcpy(f + off, tag, MEDIA_TAG);
+            len[m] = off + MEDIA_TAG;
+        }
+        PyObject *r = gen_send(fd, m, len, addrs, done);
+        if (r == NULL) goto out;
+        Py_ssize_t sent;
+        int err;
+        if (!PyArg_ParseTuple(r, "ni", &sent, &err)) { Py_DECREF(r); goto out; }
+        if (err || sent < done + m) { result = r; goto out; }
+        Py_DECREF(r);
+        done = sent;
+    }
+    result = Py_BuildValue("(ni)", done, 0);
+out:
+    PyBuffer_Release(&voice);
+    return result;
+}
+
+/* bench_send_rtp(fd, specs, seq, ts, voice, host, first, last) -> (sent, errno): specs[first:last], each (ssrc,
+ * port), as plain RTP (version 2, payload type 0, the given sequence number and timestamp) with `voice`. */
+static PyObject *bench_send_rtp(PyObject *self, PyObject *args) {
+    int fd;
+    PyObject *specs;
+    unsigned long seq, ts;
+    const char *host;
+    Py_buffer voice;
+    Py_ssize_t first, last;
+    if (!PyArg_ParseTuple(args, "iOkky*snn", &fd, &specs, &seq, &ts, &voice, &host, &first, &last)) return NULL;
+    struct sockaddr_in addrs[BATCH];
+    PyObject *result = NULL;
+    if (gen_address(host, 0, &addrs[0]) < 0) goto out;
+    if (!PyList_Check(specs) || first < 0 || last > PyList_GET_SIZE(specs) || voice.len > GEN_SLOT - 12) {
+        PyErr_SetString(PyExc_ValueError, "specs: a list with first..last in it");
+        goto out;
+    }
+    if (gen_tx == NULL && (gen_tx = PyMem_Malloc((size_t)BATCH * GEN_SLOT)) == NULL) { PyErr_NoMemory(); goto out; }
+    size_t len[BATCH];
+    Py_ssize_t k = first, done = 0;
+    while (k < last) {
+        int m = 0;
+        for (; m < BATCH && k < last; m++, k++) {
+            PyObject *spec = PyList_GET_ITEM(specs, k);
+            unsigned long ssrc;
+            int port;
+            if (!PyArg_ParseTuple(spec, "ki", &ssrc, &port)) goto out;
+            addrs[m] = addrs[0];
+            addrs[m].sin_port = htons(port);
+            unsigned char *p = gen_tx + (size_t)m * GEN_SLOT;
+            p[0] = 0x80;
+            p[1] = 0;
+            p[2] = (seq >> 8) & 0xFF; p[3] = seq & 0xFF;
+            p[4] = (ts >> 24) & 0xFF; p[5] = (ts >> 16) & 0xFF; p[6] = (ts >> 8) & 0xFF; p[7] = ts & 0xFF;
+            p[8] = (ssrc >> 24) & 0xFF; p[9] = (ssrc >> 16) & 0xFF; p[10] = (ssrc >> 8) & 0xFF; p[11] = ssrc & 0xFF;
+            memcpy(p + 12, voice.buf, voice.len);
+            len[m] = 12 + voice.len;
+        }
+        PyObject *r = gen_send(fd, m, len, addrs, done);
+        if (r == NULL) goto out;
+        Py_ssize_t sent;
+        int err;
+        if (!PyArg_ParseTuple(r, "ni", &sent, &err)) { Py_DECREF(r); goto out; }
+        if (err || sent < done + m) { result = r; goto out; }
+        Py_DECREF(r);
+        done = sent;
+    }
+    result = Py_BuildValue("(ni)", done, 0);
+out:
+    PyBuffer_Release(&voice);
+    return result;
+}
+
 /* --- Relay: a relay table in C (docs/relay.md, "The relay table") ----------------------------
  *
  * The directions delegated to one process (a relay worker, or the main host's own: worker 0) as C
@@ -949,6 +1134,10 @@ typedef struct {
     size_t cap_txmsg;
     unsigned long long taken, c_datagrams_in, c_bytes_in, c_trunks_in, c_media_in, c_media_out, c_bytes_out,
         c_trunks_out, c_rejected, c_socket_errors, c_send_full;
+    /* residence: from the kernel's receive stamp of a taken datagram (SO_TIMESTAMPNS, when the socket has it on)
+     * to the return of the sendmmsg that sent its frames, in RES_BUCKET_NS buckets (the last: that or more) */
+    unsigned int res_hist[RES_BUCKETS];
+    unsigned long long res_n, res_max_ns;
 } RelayObject;
 
 static uint64_t dir_key(long session, long call_no) { return ((uint64_t)session << 16) | (uint64_t)call_no; }
@@ -1372,6 +1561,70 @@ static void send_sealed(RelayObject *self, int fd, size_t frames) {
     }
 }
 
+/* The SO_TIMESTAMPNS receive time of a datagram (ns, CLOCK_REALTIME), 0 when the socket has no stamps on. */
+static long long received_ns(struct msghdr *h) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPNS && c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec t;
+            memcpy(&t, CMSG_DATA(c), sizeof(t));
+            return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+        }
+    }
+    return 0;
+}
+
+/* The residence of a round's taken datagrams: now (their frames have been sent) minus their receive stamps. */
+static void count_residence(RelayObject *self, const long long *stamp, int got) {
+    struct timespec t;
+    long long now = -1;
+    for (int i = 0; i < got; i++) {
+        if (stamp[i] == 0) continue;
+        if (now < 0) {
+            clock_gettime(CLOCK_REALTIME, &t);
+            now = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+        }
+        long long ns = now - stamp[i];
+        if (ns < 0) ns = 0;
+        long long b = ns / RES_BUCKET_NS;
+        self->res_hist[b >= RES_BUCKETS ? RES_BUCKETS - 1 : b]++;
+        self->res_n++;
+        if ((unsigned long long)ns > self->res_max_ns) self->res_max_ns = (unsigned long long)ns;
+    }
+}
+
+/* residence() -> {"n", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"} since the last call (then cleared):
+ * each percentile is its bucket's upper edge (10 us buckets; 20000 for "20 ms or more"). */
+static PyObject *Relay_residence(RelayObject *self, PyObject *unused) {
+    static const double ps[4] = {0.50, 0.90, 0.99, 0.999};
+    static const char *names[4] = {"p50_us", "p90_us", "p99_us", "p999_us"};
+    PyObject *out = PyDict_New();
+    if (out == NULL) return NULL;
+    unsigned long long n = self->res_n, seen = 0;
+    int k = 0;
+    PyObject *v = PyLong_FromUnsignedLongLong(n);
+    if (v == NULL || PyDict_SetItemString(out, "n", v) < 0) goto fail;
+    Py_DECREF(v);
+    for (int b = 0; b < RES_BUCKETS && n > 0 && k < 4; b++) {
+        seen += self->res_hist[b];
+        while (k < 4 && (double)seen >= ps[k] * (double)n) {
+            v = PyLong_FromLong((long)(b + 1) * (RES_BUCKET_NS / 1000));
+            if (v == NULL || PyDict_SetItemString(out, names[k], v) < 0) goto fail;
+            Py_DECREF(v);
+            k++;
+        }
+    }
+    v = PyFloat_FromDouble(self->res_max_ns / 1000.0);
+    if (v == NULL || PyDict_SetItemString(out, "max_us", v) < 0) goto fail;
+    Py_DECREF(v);
+    memset(self->res_hist, 0, sizeof(self->res_hist));
+    self->res_n = self->res_max_ns = 0;
+    return out;
+fail:
+    Py_XDECREF(v);
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyObject *untaken_item(const unsigned char *d, Py_ssize_t n, const struct sockaddr_in *a) {
     char host[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
@@ -1389,6 +1642,8 @@ static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
     struct sockaddr_in addrs[BATCH];
+    union { char buf[CMSG_SPACE(sizeof(struct timespec))]; struct cmsghdr align; } ctl[BATCH];
+    long long stamp[BATCH];   /* the kernel's receive time of a taken datagram (ns), or 0 */
     PyObject *rest = PyList_New(0);
     if (rest == NULL) return NULL;
     for (int round = 0; round < rounds; round++) {
@@ -1400,6 +1655,8 @@ static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = &addrs[i];
             msgs[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+            msgs[i].msg_hdr.msg_control = ctl[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof(ctl[i].buf);
         }
         int got, err = 0;
         Py_BEGIN_ALLOW_THREADS
@@ -1418,6 +1675,7 @@ static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
             Py_ssize_t n = msgs[i].msg_len;
             if (addrs[i].sin_family != AF_INET) continue;
             int r = take(self, d, n, &addrs[i]);
+            stamp[i] = r == 1 ? received_ns(&msgs[i].msg_hdr) : 0;
             PyObject *item = r == 0 ? untaken_item(d, n, &addrs[i]) : NULL;
             if (r < 0 || (r == 0 && (item == NULL || PyList_Append(rest, item) < 0))) {
                 Py_XDECREF(item);
@@ -1435,6 +1693,7 @@ static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
             if (seal_staged(self, &frames) < 0) { Py_DECREF(rest); return NULL; }
             send_sealed(self, fd, frames);
         }
+        count_residence(self, stamp, got);
         if (got < want) break;
     }
     return rest;
@@ -1594,6 +1853,8 @@ static PyMethodDef Relay_methods[] = {
     {"stamps", (PyCFunction)Relay_stamps, METH_VARARGS, "stamps(data) -> {call number: highest} or None"},
     {"report", (PyCFunction)Relay_report, METH_NOARGS, "report() -> ('report', counters, drops, meter, bytes out by link, seen)"},
     {"taken", (PyCFunction)Relay_taken, METH_NOARGS, "datagrams this table took"},
+    {"residence", (PyCFunction)Relay_residence, METH_NOARGS,
+     "residence() -> percentiles (us) of receive stamp to send of the datagrams taken since the last call"},
     {NULL, NULL, 0, NULL}};
 
 static PySequenceMethods Relay_as_sequence = {.sq_length = (lenfunc)Relay_len};
@@ -1624,6 +1885,10 @@ static PyMethodDef methods[] = {
     {"bench_count", bench_count, METH_VARARGS,
      "bench_count(fd, most, kind, ts0, span): recvmmsg, (datagrams, frames of the window counted, [other datagrams])"},
     {"taken", taken, METH_NOARGS, "how many datagrams relay_batch has taken in this process"},
+    {"bench_send_trunks", bench_send_trunks, METH_VARARGS,
+     "bench_send_trunks(fd, specs, ts, voice, (host, port), first, last) -> (sent, errno): the relay bench's sealer"},
+    {"bench_send_rtp", bench_send_rtp, METH_VARARGS,
+     "bench_send_rtp(fd, specs, seq, ts, voice, host, first, last) -> (sent, errno): the relay bench's RTP sender"},
     {"relay_batch", relay_batch, METH_VARARGS, "relay_batch(core, batch, start, now) -> (next, error)"},
     {"configure", configure, METH_VARARGS, "configure(CONNECTED, RINGBACK): common.call's states"},
     {NULL, NULL, 0, NULL}};
