@@ -7,6 +7,7 @@ makes sure no datagram and no bug in handling one can stop the exchange.
 import asyncio
 import collections
 import errno
+import gc
 import json
 import logging
 import os
@@ -71,6 +72,7 @@ class Daemon:
         # the timer turns' wall time (sync, tick, flush): while one runs, no datagram is read or relayed
         self.timer_turns, self.timer_s, self.timer_max_s, self.tick_cpu_s = 0, 0.0, 0.0, 0.0
         self._deferred = []      # datagrams the relay table left during a timer turn (_pump_table)
+        self.gc_pauses, self.gc_max_s, self._gc_started = 0, 0.0, 0.0   # the collector's, by generation 2
         self.sip_sock = None     # the SIP port, open only while the core has SIP phones (docs/sip.md)
         self.sip_address = None
         self.sip_tcp = None      # SIP over TCP on the same address (host/sip/transport.py), with the UDP port
@@ -464,9 +466,12 @@ class Daemon:
                              workers=1,
                              # how long the timer turns held the loop (wall time: on a busy machine it waits too)
                              timer_us_mean=round(self.timer_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None,
-                             timer_us_max=round(self.timer_max_s * 1e6, 1),
+                             timer_us_max=round(self.timer_max_s * 1e6, 1),   # maxima: since the last query
+                             # full collections (the loop relays nothing meanwhile), the longest since the last query
+                             gc_full_collections=self.gc_pauses, gc_max_ms=round(self.gc_max_s * 1000, 2),
                              # the core's tick alone, CPU time (the rest of a turn: the workers' sync, the sends)
                              tick_cpu_us_mean=round(self.tick_cpu_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None)
+                self.timer_max_s = self.gc_max_s = 0.0
                 if self.workers is not None:
                     reply.update(self.workers.status())
                     # receive stamp to send of the frames the main host's own table relayed since the last query
@@ -479,6 +484,16 @@ class Daemon:
             self.core.stats.drop("control client gone")
         finally:
             writer.close()
+
+    def _gc_timed(self, phase, info):
+        """gc.callbacks: the longest full collection (the loop relays nothing meanwhile: status gc_max_ms)."""
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses += 1
+            self.gc_max_s = max(self.gc_max_s, time.perf_counter() - self._gc_started)
 
     async def run(self):
         loop = asyncio.get_running_loop()
@@ -538,11 +553,13 @@ class Daemon:
         self._flush()
         loop.add_reader(sock.fileno(), self._readable)
         timers = asyncio.ensure_future(self._timers())
+        gc.callbacks.append(self._gc_timed)
         try:
             for service in self.services:
                 await service.start(self)
             await self._stopping.wait()
         finally:
+            gc.callbacks.remove(self._gc_timed)
             for service in reversed(self.services):
                 await service.stop()
             timers.cancel()

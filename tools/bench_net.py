@@ -1152,6 +1152,10 @@ def _upbx_shape(mtu, quick, window_s, workers=1, first=None):
                 step["fast_path_datagrams"] = status.get("fast_path_datagrams", 0) - before.get("fast_path_datagrams", 0)
                 step["revokes_here"] = status.get("revokes_here")
                 step["sync_us_mean"] = status.get("sync_us_mean")   # the main host's scan a tick
+                # what held the main host's loop (no datagram read meanwhile): its timer turns, full collections
+                step["timer_us_max"] = status.get("timer_us_max")
+                step["gc_full_collections"] = (status.get("gc_full_collections") or 0) - (before.get("gc_full_collections") or 0)
+                step["gc_max_ms"] = status.get("gc_max_ms")
                 if workers > 1:
                     step["delegated_directions"] = status.get("delegated_directions")
                     step["forwarded_datagrams"] = status.get("forwarded_datagrams")
