@@ -5,6 +5,7 @@ exactly the relayed frames it drops, reading everything else.
 No timing assertions: the generator's speed is measured by `upbx bench relay`.
 """
 import os
+import shutil
 import select
 import socket
 import struct
@@ -134,3 +135,30 @@ def test_the_sampling_filter_counts_this_windows_frames_in_the_kernel_and_reads_
     finally:
         rx.close()
         tx.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="a network namespace of its own needs root")
+def test_in_a_namespace_of_its_own_a_full_buffer_is_told_from_the_filters_count():
+    """What the bench's counting rests on (tools/bench_net.py paced_window): a filter's drop is in the socket's
+    drops and not in the namespace's RcvbufErrors; a full buffer's drop is in both; and the bench gets back to
+    the namespace it came from."""
+    outside = os.stat("/proc/self/ns/net").st_ino
+    with bench_net.private_netns() as isolated:
+        assert isolated and os.stat("/proc/self/ns/net").st_ino != outside
+        filtered, full, tx = _socket(), _socket(rcvbuf=4096), _socket()
+        try:
+            bench_net.attach_filter(filtered, bench_net.sampling_filter("rtp", 0, 1 << 30, bits=30))  # ~never read
+            ports = filtered.getsockname()[1], full.getsockname()[1]
+            errors0, drops0 = bench_net.udp_rcvbuf_errors(), [bench_net.udp_drops([p]) for p in ports]
+            for k in range(100):
+                tx.sendto(struct.pack("!BBHII", 0x80, 0, k, 5, 1) + bench_net.VOICE, filtered.getsockname())
+            for k in range(200):   # nobody reads: the buffer fills
+                tx.sendto(bytes(172), full.getsockname())
+            time.sleep(0.1)
+            drops = [bench_net.udp_drops([p]) - d for p, d in zip(ports, drops0)]
+            assert drops[0] == 100
+            assert drops[1] > 0 and bench_net.udp_rcvbuf_errors() - errors0 == drops[1]
+        finally:
+            for s in (filtered, full, tx):
+                s.close()
+    assert os.stat("/proc/self/ns/net").st_ino == outside
