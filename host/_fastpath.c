@@ -12,6 +12,8 @@
  *   recv_batch(fd, count)                 recvmmsg: [(bytearray, (host, port))]
  *   send_batch(fd, items)                 sendmmsg with IP_TOS per datagram: (sent, errno)
  *   bench_count(fd, most, kind, ts0, span) the relay bench's receive side: frames of a window counted
+ *   bench_send_trunks / bench_send_rtp    the relay bench's send side: sealed (or RTP) and sent, no Python per datagram
+ *   Relay                                 a relay table: recvmmsg to sendmmsg for its delegated directions
  *
  * AES-128-CTR and HMAC-SHA256 come from OpenSSL's libcrypto. A key's OpenSSL state is made once
  * and kept on its Python key object (HmacKey, CounterMode) as the attribute `_fast`.
@@ -229,6 +231,30 @@ static void replay_mark(long long *highest, unsigned char *seen, long long ts) {
     seen[slot >> 3] |= (unsigned char)(1 << (slot & 7));
 }
 
+/* --- a trunk frame's entries: the one parser of both C paths ------------------------------------ */
+
+typedef struct { long call_no, ts16; Py_ssize_t start, end; } wentry_t;
+
+/* The trunk frame's entries into e (MAX_ENTRIES at most), or -1: malformed, or a call number 0, which the
+ * Python path answers (it raises the DecodeError the core counts). */
+static int parse_entries(const unsigned char *d, Py_ssize_t n, wentry_t *e) {
+    if (n < TRUNK_HEADER + ENTRY_HEADER + CN_BYTES + MEDIA_TAG || (d[0] & 0xC0) != 0xC0) return -1;
+    Py_ssize_t end = n - MEDIA_TAG, off = TRUNK_HEADER;
+    int count = 0;
+    while (off < end) {
+        if (off + ENTRY_HEADER > end || count == MAX_ENTRIES) return -1;
+        wentry_t *x = &e[count++];
+        x->call_no = ((d[off] & 0x7F) << 8) | d[off + 1];
+        if (x->call_no == 0) return -1;
+        x->ts16 = (d[off + 2] << 8) | d[off + 3];
+        x->start = off + ENTRY_HEADER;
+        x->end = x->start + ((d[off] & 0x80) ? CN_BYTES : VOICE_BYTES);
+        if (x->end > end) return -1;
+        off = x->end;
+    }
+    return count;
+}
+
 /* --- trunk_in -------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -297,20 +323,16 @@ static PyObject *trunk_in_impl(PyObject *sw, PyObject *frame_obj, PyObject *link
     Py_ssize_t n = frame.len;
     PyObject *result = NULL, *hold = NULL, *legs = NULL, *stats = NULL, *relayed = NULL, *trunks = NULL;
     entry_t entries[MAX_ENTRIES];
-    int count = 0;
+    static wentry_t parsed[MAX_ENTRIES];
     /* the frame: anything malformed is the Python path's (it raises the DecodeError the core counts) */
-    if (n < TRUNK_HEADER + ENTRY_HEADER + CN_BYTES + MEDIA_TAG || (d[0] & 0xC0) != 0xC0) goto defer;
-    Py_ssize_t end = n - MEDIA_TAG, off = TRUNK_HEADER;
-    while (off < end) {
-        if (off + ENTRY_HEADER > end || count == MAX_ENTRIES) goto defer;
-        entry_t *e = &entries[count++];
-        e->call_no = ((d[off] & 0x7F) << 8) | d[off + 1];
-        if (e->call_no == 0) goto defer;
-        e->ts16 = (d[off + 2] << 8) | d[off + 3];
-        e->start = off + ENTRY_HEADER;
-        e->end = e->start + ((d[off] & 0x80) ? CN_BYTES : VOICE_BYTES);
-        if (e->end > end) goto defer;
-        off = e->end;
+    int count = parse_entries(d, n, parsed);
+    if (count < 0) goto defer;
+    Py_ssize_t end = n - MEDIA_TAG;
+    for (int k = 0; k < count; k++) {
+        entries[k].call_no = parsed[k].call_no;
+        entries[k].ts16 = parsed[k].ts16;
+        entries[k].start = parsed[k].start;
+        entries[k].end = parsed[k].end;
     }
     hold = PyList_New(0);
     if (hold == NULL) goto done;
@@ -829,31 +851,51 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
 #define GEN_SLOT 2048
 static unsigned char *gen_tx;   /* BATCH x GEN_SLOT, made at the first call */
 
-/* sendmmsg of gen_tx's first m datagrams (lengths in len[], to addrs[] or all to *one): (sent, errno). */
-static PyObject *gen_send(int fd, int m, const size_t *len, struct sockaddr_in *addrs, Py_ssize_t done_before) {
+/* One datagram of a spec into out (GEN_SLOT bytes), its destination in *to (preset to the default):
+ * its length, or -1 with an exception set. */
+typedef Py_ssize_t (*gen_fill_t)(void *ctx, PyObject *spec, unsigned char *out, struct sockaddr_in *to);
+
+/* The generator's loop: specs[first:last] filled by fill() 64 at a time and sent with sendmmsg to `to`
+ * (or where fill() says) -> (sent, errno); stops at the first batch the socket did not take whole. */
+static PyObject *gen_run(int fd, PyObject *specs, Py_ssize_t first, Py_ssize_t last, const struct sockaddr_in *to,
+                         gen_fill_t fill, void *ctx) {
+    if (!PyList_Check(specs) || first < 0 || last > PyList_GET_SIZE(specs)) {
+        PyErr_SetString(PyExc_ValueError, "specs: a list with first..last in it");
+        return NULL;
+    }
+    if (gen_tx == NULL && (gen_tx = PyMem_Malloc((size_t)BATCH * GEN_SLOT)) == NULL) return PyErr_NoMemory();
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
-    memset(msgs, 0, sizeof(msgs));
-    for (int i = 0; i < m; i++) {
-        iov[i].iov_base = gen_tx + (size_t)i * GEN_SLOT;
-        iov[i].iov_len = len[i];
-        msgs[i].msg_hdr.msg_iov = &iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &addrs[i];
-        msgs[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+    struct sockaddr_in addrs[BATCH];
+    Py_ssize_t k = first, done = 0;
+    int err = 0;
+    while (k < last && !err) {
+        int m = 0, sent = 0;
+        memset(msgs, 0, sizeof(msgs));
+        for (; m < BATCH && k < last; m++, k++) {
+            addrs[m] = *to;
+            Py_ssize_t n = fill(ctx, PyList_GET_ITEM(specs, k), gen_tx + (size_t)m * GEN_SLOT, &addrs[m]);
+            if (n < 0) return NULL;
+            iov[m].iov_base = gen_tx + (size_t)m * GEN_SLOT;
+            iov[m].iov_len = (size_t)n;
+            msgs[m].msg_hdr.msg_iov = &iov[m];
+            msgs[m].msg_hdr.msg_iovlen = 1;
+            msgs[m].msg_hdr.msg_name = &addrs[m];
+            msgs[m].msg_hdr.msg_namelen = sizeof(addrs[m]);
+        }
+        while (sent < m) {
+            int r;
+            Py_BEGIN_ALLOW_THREADS
+            r = sendmmsg(fd, msgs + sent, m - sent, MSG_DONTWAIT);
+            if (r < 0) err = errno;
+            Py_END_ALLOW_THREADS
+            if (r <= 0) break;
+            sent += r;
+        }
+        done += sent;
+        if (sent < m && !err) err = EAGAIN;
     }
-    int sent = 0, err = 0;
-    while (sent < m) {
-        int done;
-        Py_BEGIN_ALLOW_THREADS
-        done = sendmmsg(fd, msgs + sent, m - sent, MSG_DONTWAIT);
-        if (done < 0) err = errno;
-        Py_END_ALLOW_THREADS
-        if (done <= 0) break;
-        sent += done;
-    }
-    if (sent == m) err = 0;
-    return Py_BuildValue("(ni)", done_before + sent, err);
+    return Py_BuildValue("(ni)", done, err);
 }
 
 static int gen_address(const char *host, int port, struct sockaddr_in *a) {
@@ -867,141 +909,107 @@ static int gen_address(const char *host, int port, struct sockaddr_in *a) {
     return 0;
 }
 
-/* bench_send_trunks(fd, specs, ts, voice, (host, port), first, last) -> (sent, errno): specs[first:last], each
- * (auth, session index, ((peer call number, role, send CounterMode, base), ...)), sealed as trunk frames of
- * one entry per leg (the payload `voice`, timestamp ts - base) as common.trunk.seal_trunk seals them, and sent
- * to the one address in sendmmsg batches of up to 64. Stops at the first batch the socket did not take whole. */
+typedef struct { long long ts; const unsigned char *voice; Py_ssize_t len; } trunk_ctx;
+
+/* A trunk frame of one entry per leg of spec (auth, session index, ((peer call number, role, ctr, base), ...)),
+ * sealed as common.trunk.seal_trunk seals it: payload ctx->voice, each entry's stamp ctx->ts - base. */
+static Py_ssize_t fill_trunk(void *ctx_, PyObject *spec, unsigned char *f, struct sockaddr_in *to) {
+    trunk_ctx *ctx = ctx_;
+    PyObject *entries;
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3 || !PyTuple_Check(entries = PyTuple_GET_ITEM(spec, 2))) {
+        PyErr_SetString(PyExc_TypeError, "a spec is (auth, index, ((peer call number, role, ctr, base), ...))");
+        return -1;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(entries);
+    if (count < 1 || TRUNK_HEADER + count * (ENTRY_HEADER + ctx->len) + MEDIA_TAG > GEN_SLOT) {
+        PyErr_SetString(PyExc_ValueError, "a spec's entries do not fit one datagram");
+        return -1;
+    }
+    hmac_key *h = get_hmac(PyTuple_GET_ITEM(spec, 0));
+    unsigned long index = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(spec, 1));
+    if (h == NULL || PyErr_Occurred()) return -1;
+    unsigned char stamps[8 * MAX_ENTRIES], tag[32], nonce[12];
+    f[0] = 0xC0 | ((index >> 16) & 0x3F);
+    f[1] = (index >> 8) & 0xFF;
+    f[2] = index & 0xFF;
+    Py_ssize_t off = TRUNK_HEADER;
+    for (Py_ssize_t e = 0; e < count; e++) {
+        PyObject *leg = PyTuple_GET_ITEM(entries, e);
+        if (!PyTuple_Check(leg) || PyTuple_GET_SIZE(leg) != 4) {
+            PyErr_SetString(PyExc_TypeError, "an entry is (peer call number, role, ctr, base)");
+            return -1;
+        }
+        long peer = PyLong_AsLong(PyTuple_GET_ITEM(leg, 0)), role = PyLong_AsLong(PyTuple_GET_ITEM(leg, 1));
+        long long t = ctx->ts - PyLong_AsLongLong(PyTuple_GET_ITEM(leg, 3));
+        EVP_CIPHER_CTX *aes = PyErr_Occurred() ? NULL : get_aes(PyTuple_GET_ITEM(leg, 2));
+        if (aes == NULL) return -1;
+        f[off] = (peer >> 8) & 0x7F;
+        f[off + 1] = peer & 0xFF;
+        f[off + 2] = (t >> 8) & 0xFF;
+        f[off + 3] = t & 0xFF;
+        off += ENTRY_HEADER;
+        media_nonce(nonce, (int)role, t);
+        if (ctr(aes, nonce, ctx->voice, f + off, (int)ctx->len) < 0) return -1;
+        off += ctx->len;
+        put_ts64(stamps + 8 * e, t);
+    }
+    hmac2(h, stamps, 8 * (size_t)count, f, (size_t)off, tag);
+    memcpy(f + off, tag, MEDIA_TAG);
+    return off + MEDIA_TAG;
+}
+
+/* bench_send_trunks(fd, specs, ts, voice, (host, port), first, last) -> (sent, errno): the relay bench's sealer
+ * (fill_trunk) for specs[first:last], all to one address. */
 static PyObject *bench_send_trunks(PyObject *self, PyObject *args) {
     int fd, port;
-    PyObject *specs;
-    long long ts;
+    PyObject *specs, *result = NULL;
     const char *host;
     Py_buffer voice;
     Py_ssize_t first, last;
-    if (!PyArg_ParseTuple(args, "iOLy*(si)nn", &fd, &specs, &ts, &voice, &host, &port, &first, &last)) return NULL;
-    struct sockaddr_in addrs[BATCH];
-    PyObject *result = NULL;
-    if (gen_address(host, port, &addrs[0]) < 0) goto out;
-    if (!PyList_Check(specs) || first < 0 || last > PyList_GET_SIZE(specs) || voice.len > VOICE_BYTES) {
-        PyErr_SetString(PyExc_ValueError, "specs: a list with first..last in it; voice: at most 160 bytes");
-        goto out;
-    }
-    if (gen_tx == NULL && (gen_tx = PyMem_Malloc((size_t)BATCH * GEN_SLOT)) == NULL) { PyErr_NoMemory(); goto out; }
-    for (int i = 1; i < BATCH; i++) addrs[i] = addrs[0];
-    size_t len[BATCH];
-    unsigned char stamps[8 * MAX_ENTRIES];
-    Py_ssize_t k = first, done = 0;
-    while (k < last) {
-        int m = 0;
-        for (; m < BATCH && k < last; m++, k++) {
-            PyObject *spec = PyList_GET_ITEM(specs, k), *entries;
-            if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3 || !PyTuple_Check(entries = PyTuple_GET_ITEM(spec, 2))) {
-                PyErr_SetString(PyExc_TypeError, "a spec is (auth, index, ((peer call number, role, ctr, base), ...))");
-                goto out;
-            }
-            Py_ssize_t count = PyTuple_GET_SIZE(entries);
-            if (count < 1 || TRUNK_HEADER + count * (ENTRY_HEADER + voice.len) + MEDIA_TAG > GEN_SLOT) {
-                PyErr_SetString(PyExc_ValueError, "a spec's entries do not fit one datagram");
-                goto out;
-            }
-            hmac_key *h = get_hmac(PyTuple_GET_ITEM(spec, 0));
-            unsigned long index = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(spec, 1));
-            if (h == NULL || PyErr_Occurred()) goto out;
-            unsigned char *f = gen_tx + (size_t)m * GEN_SLOT;
-            f[0] = 0xC0 | ((index >> 16) & 0x3F);
-            f[1] = (index >> 8) & 0xFF;
-            f[2] = index & 0xFF;
-            size_t off = TRUNK_HEADER;
-            for (Py_ssize_t e = 0; e < count; e++) {
-                PyObject *leg = PyTuple_GET_ITEM(entries, e);
-                if (!PyTuple_Check(leg) || PyTuple_GET_SIZE(leg) != 4) {
-                    PyErr_SetString(PyExc_TypeError, "an entry is (peer call number, role, ctr, base)");
-                    goto out;
-                }
-                long peer = PyLong_AsLong(PyTuple_GET_ITEM(leg, 0)), role = PyLong_AsLong(PyTuple_GET_ITEM(leg, 1));
-                long long t = ts - PyLong_AsLongLong(PyTuple_GET_ITEM(leg, 3));
-                EVP_CIPHER_CTX *ctx = PyErr_Occurred() ? NULL : get_aes(PyTuple_GET_ITEM(leg, 2));
-                if (ctx == NULL) goto out;
-                f[off] = (peer >> 8) & 0x7F;
-                f[off + 1] = peer & 0xFF;
-                f[off + 2] = (t >> 8) & 0xFF;
-                f[off + 3] = t & 0xFF;
-                off += ENTRY_HEADER;
-                unsigned char nonce[12];
-                media_nonce(nonce, (int)role, t);
-                if (ctr(ctx, nonce, voice.buf, f + off, (int)voice.len) < 0) goto out;
-                off += voice.len;
-                put_ts64(stamps + 8 * e, t);
-            }
-            unsigned char tag[32];
-            hmac2(h, stamps, 8 * (size_t)count, f, off, tag);
-            memcpy(f + off, tag, MEDIA_TAG);
-            len[m] = off + MEDIA_TAG;
-        }
-        PyObject *r = gen_send(fd, m, len, addrs, done);
-        if (r == NULL) goto out;
-        Py_ssize_t sent;
-        int err;
-        if (!PyArg_ParseTuple(r, "ni", &sent, &err)) { Py_DECREF(r); goto out; }
-        if (err || sent < done + m) { result = r; goto out; }
-        Py_DECREF(r);
-        done = sent;
-    }
-    result = Py_BuildValue("(ni)", done, 0);
-out:
+    trunk_ctx ctx;
+    if (!PyArg_ParseTuple(args, "iOLy*(si)nn", &fd, &specs, &ctx.ts, &voice, &host, &port, &first, &last)) return NULL;
+    struct sockaddr_in to;
+    ctx.voice = voice.buf;
+    ctx.len = voice.len;
+    if (voice.len > VOICE_BYTES) PyErr_SetString(PyExc_ValueError, "voice: at most 160 bytes");
+    else if (gen_address(host, port, &to) == 0) result = gen_run(fd, specs, first, last, &to, fill_trunk, &ctx);
     PyBuffer_Release(&voice);
     return result;
 }
 
-/* bench_send_rtp(fd, specs, seq, ts, voice, host, first, last) -> (sent, errno): specs[first:last], each (ssrc,
- * port), as plain RTP (version 2, payload type 0, the given sequence number and timestamp) with `voice`. */
+typedef struct { unsigned long seq, ts; const unsigned char *voice; Py_ssize_t len; } rtp_ctx;
+
+/* Plain RTP (version 2, payload type 0) of spec (ssrc, port) to that port. */
+static Py_ssize_t fill_rtp(void *ctx_, PyObject *spec, unsigned char *p, struct sockaddr_in *to) {
+    rtp_ctx *ctx = ctx_;
+    unsigned long ssrc;
+    int port;
+    if (!PyArg_ParseTuple(spec, "ki", &ssrc, &port)) return -1;
+    to->sin_port = htons(port);
+    p[0] = 0x80;
+    p[1] = 0;
+    p[2] = (ctx->seq >> 8) & 0xFF; p[3] = ctx->seq & 0xFF;
+    p[4] = (ctx->ts >> 24) & 0xFF; p[5] = (ctx->ts >> 16) & 0xFF; p[6] = (ctx->ts >> 8) & 0xFF; p[7] = ctx->ts & 0xFF;
+    p[8] = (ssrc >> 24) & 0xFF; p[9] = (ssrc >> 16) & 0xFF; p[10] = (ssrc >> 8) & 0xFF; p[11] = ssrc & 0xFF;
+    memcpy(p + 12, ctx->voice, ctx->len);
+    return 12 + ctx->len;
+}
+
+/* bench_send_rtp(fd, specs, seq, ts, voice, host, first, last) -> (sent, errno): specs[first:last], each
+ * (ssrc, port), as plain RTP (fill_rtp) with the given sequence number, timestamp and payload. */
 static PyObject *bench_send_rtp(PyObject *self, PyObject *args) {
     int fd;
-    PyObject *specs;
-    unsigned long seq, ts;
+    PyObject *specs, *result = NULL;
     const char *host;
     Py_buffer voice;
     Py_ssize_t first, last;
-    if (!PyArg_ParseTuple(args, "iOkky*snn", &fd, &specs, &seq, &ts, &voice, &host, &first, &last)) return NULL;
-    struct sockaddr_in addrs[BATCH];
-    PyObject *result = NULL;
-    if (gen_address(host, 0, &addrs[0]) < 0) goto out;
-    if (!PyList_Check(specs) || first < 0 || last > PyList_GET_SIZE(specs) || voice.len > GEN_SLOT - 12) {
-        PyErr_SetString(PyExc_ValueError, "specs: a list with first..last in it");
-        goto out;
-    }
-    if (gen_tx == NULL && (gen_tx = PyMem_Malloc((size_t)BATCH * GEN_SLOT)) == NULL) { PyErr_NoMemory(); goto out; }
-    size_t len[BATCH];
-    Py_ssize_t k = first, done = 0;
-    while (k < last) {
-        int m = 0;
-        for (; m < BATCH && k < last; m++, k++) {
-            PyObject *spec = PyList_GET_ITEM(specs, k);
-            unsigned long ssrc;
-            int port;
-            if (!PyArg_ParseTuple(spec, "ki", &ssrc, &port)) goto out;
-            addrs[m] = addrs[0];
-            addrs[m].sin_port = htons(port);
-            unsigned char *p = gen_tx + (size_t)m * GEN_SLOT;
-            p[0] = 0x80;
-            p[1] = 0;
-            p[2] = (seq >> 8) & 0xFF; p[3] = seq & 0xFF;
-            p[4] = (ts >> 24) & 0xFF; p[5] = (ts >> 16) & 0xFF; p[6] = (ts >> 8) & 0xFF; p[7] = ts & 0xFF;
-            p[8] = (ssrc >> 24) & 0xFF; p[9] = (ssrc >> 16) & 0xFF; p[10] = (ssrc >> 8) & 0xFF; p[11] = ssrc & 0xFF;
-            memcpy(p + 12, voice.buf, voice.len);
-            len[m] = 12 + voice.len;
-        }
-        PyObject *r = gen_send(fd, m, len, addrs, done);
-        if (r == NULL) goto out;
-        Py_ssize_t sent;
-        int err;
-        if (!PyArg_ParseTuple(r, "ni", &sent, &err)) { Py_DECREF(r); goto out; }
-        if (err || sent < done + m) { result = r; goto out; }
-        Py_DECREF(r);
-        done = sent;
-    }
-    result = Py_BuildValue("(ni)", done, 0);
-out:
+    rtp_ctx ctx;
+    if (!PyArg_ParseTuple(args, "iOkky*snn", &fd, &specs, &ctx.seq, &ctx.ts, &voice, &host, &first, &last)) return NULL;
+    struct sockaddr_in to;
+    ctx.voice = voice.buf;
+    ctx.len = voice.len;
+    if (voice.len > GEN_SLOT - 12) PyErr_SetString(PyExc_ValueError, "voice: too long for one datagram");
+    else if (gen_address(host, 0, &to) == 0) result = gen_run(fd, specs, first, last, &to, fill_rtp, &ctx);
     PyBuffer_Release(&voice);
     return result;
 }
@@ -1339,27 +1347,6 @@ static PyObject *Relay_revoke(RelayObject *self, PyObject *args) {
     return r;
 }
 
-typedef struct { long call_no, ts16; Py_ssize_t start, end; long long ts; dir_t *d; } tentry_t;
-
-/* The trunk frame's entries, or -1: malformed (the Python path's). */
-static int parse_entries(const unsigned char *d, Py_ssize_t n, tentry_t *e) {
-    if (n < TRUNK_HEADER + ENTRY_HEADER + CN_BYTES + MEDIA_TAG || (d[0] & 0xC0) != 0xC0) return -1;
-    Py_ssize_t end = n - MEDIA_TAG, off = TRUNK_HEADER;
-    int count = 0;
-    while (off < end) {
-        if (off + ENTRY_HEADER > end || count == MAX_ENTRIES) return -1;
-        tentry_t *x = &e[count++];
-        x->call_no = ((d[off] & 0x7F) << 8) | d[off + 1];
-        if (x->call_no == 0) return -1;
-        x->ts16 = (d[off + 2] << 8) | d[off + 3];
-        x->start = off + ENTRY_HEADER;
-        x->end = x->start + ((d[off] & 0x80) ? CN_BYTES : VOICE_BYTES);
-        if (x->end > end) return -1;
-        off = x->end;
-    }
-    return count;
-}
-
 static int stage(RelayObject *self, dir_t *d, long long ts, const unsigned char *in, int len, int *ok) {
     if (self->nstaged == self->cap_staged) {
         size_t cap = self->cap_staged ? self->cap_staged * 2 : 1024;
@@ -1395,7 +1382,9 @@ static int stage(RelayObject *self, dir_t *d, long long ts, const unsigned char 
 
 /* One datagram: 1 taken (relayed, or every entry a replay), 0 the Python path's (nothing touched), -1 error. */
 static int take(RelayObject *self, const unsigned char *d, Py_ssize_t n, const struct sockaddr_in *src) {
-    static tentry_t e[MAX_ENTRIES];
+    static wentry_t e[MAX_ENTRIES];
+    static long long ets[MAX_ENTRIES];   /* each entry's 64-bit stamp */
+    static dir_t *edir[MAX_ENTRIES];     /* ... and its direction */
     if (n < 3 || (d[0] & 0xC0) != 0xC0) return 0;
     long session = ((d[0] & 0x3F) << 16) | (d[1] << 8) | d[2];
     link_t *l = map_get(&self->links, (uint64_t)session + 1);
@@ -1405,12 +1394,12 @@ static int take(RelayObject *self, const unsigned char *d, Py_ssize_t n, const s
     for (int k = 0; k < count; k++) {
         dir_t *x = map_get(&self->dirs, dir_key(session, e[k].call_no));
         if (x == NULL) return 0;
-        e[k].d = x;
-        e[k].ts = extend16(x->highest, e[k].ts16);
-        if (x->highest >= 0 && e[k].ts - x->highest > REPLAY_SIZE) return 0;   /* a far jump: jump_ok's rule */
+        edir[k] = x;
+        ets[k] = extend16(x->highest, e[k].ts16);
+        if (x->highest >= 0 && ets[k] - x->highest > REPLAY_SIZE) return 0;   /* a far jump: jump_ok's rule */
     }
     unsigned char stamps[8 * MAX_ENTRIES], tag[32];
-    for (int k = 0; k < count; k++) put_ts64(stamps + 8 * k, e[k].ts);
+    for (int k = 0; k < count; k++) put_ts64(stamps + 8 * k, ets[k]);
     Py_ssize_t end = n - MEDIA_TAG;
     hmac2(&l->recv_auth, stamps, 8 * (size_t)count, d, (size_t)end, tag);
     if (CRYPTO_memcmp(tag, d + end, MEDIA_TAG) != 0) return 0;   /* a forgery: dropped and counted there */
@@ -1420,16 +1409,16 @@ static int take(RelayObject *self, const unsigned char *d, Py_ssize_t n, const s
     self->c_trunks_in++;
     int opened = 0;
     for (int k = 0; k < count; k++) {
-        dir_t *x = e[k].d;
+        dir_t *x = edir[k];
         /* no far jump here: every stamp is at most REPLAY_SIZE above the highest before the frame */
-        if (!replay_new(x->highest, x->seen, e[k].ts)) {
+        if (!replay_new(x->highest, x->seen, ets[k])) {
             x->rejected++;
             self->c_rejected++;
             continue;
         }
-        replay_mark(&x->highest, x->seen, e[k].ts);
+        replay_mark(&x->highest, x->seen, ets[k]);
         int ok = 0;
-        if (stage(self, x, e[k].ts, d + e[k].start, (int)(e[k].end - e[k].start), &ok) < 0) return -1;
+        if (stage(self, x, ets[k], d + e[k].start, (int)(e[k].end - e[k].start), &ok) < 0) return -1;
         opened++;
     }
     self->c_media_in += opened;
@@ -1748,7 +1737,7 @@ fail:
 /* stamps(data) -> {call number: highest} of the delegated directions a trunk frame names, or None */
 static PyObject *Relay_stamps(RelayObject *self, PyObject *args) {
     Py_buffer b;
-    static tentry_t e[MAX_ENTRIES];
+    static wentry_t e[MAX_ENTRIES];
     if (!PyArg_ParseTuple(args, "y*", &b)) return NULL;
     const unsigned char *d = b.buf;
     PyObject *out = NULL;
