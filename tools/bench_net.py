@@ -674,7 +674,7 @@ def udp_drops(ports):
 
 SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27
 SAMPLE_BITS = 4           # with the filter on, 1 in 2**SAMPLE_BITS of the relayed frames is read and checked
-SAMPLE_FROM = 40000       # ... in steps of at least this many datagrams a second back (2 x 200 calls one a datagram)
+SAMPLE_FROM = 40000       # ... in steps that send at least this many datagrams a second (400 calls one a datagram: 400 x 2 x 50)
 _isolated = [False]       # the bench runs in a network namespace of its own (private_netns): the counts are ours
 
 
@@ -864,7 +864,7 @@ def paced_window(relay, ticks, datagrams_of_tick, sockets, on_datagram, settle=0
     own_ports = [sock.getsockname()[1] for sock in sockets]
     # counting in the kernel: each frame the filter drops is one relayed (sampling_filter)
     sample = getattr(on_datagram, "filter", None)
-    rate = len(datagrams_of_tick(0)) / TICK if sample is not None else 0   # datagrams a second each way
+    rate = len(datagrams_of_tick(0)) / TICK if sample is not None else 0   # datagrams a second sent (as many come back)
     sampled = sample is not None and _isolated[0] and rate >= SAMPLE_FROM
     if sampled:
         for sock in sockets:
@@ -1218,7 +1218,7 @@ def bench_relay(quick=False, peer=None):
         out = _bench_relay(quick, peer)
     out["netns"] = "private" if isolated else "the machine's"
     out["generator"] = ("C: sealed and sent with sendmmsg (host/_fastpath.c bench_send_trunks, bench_send_rtp); "
-                        "one frame a datagram at >= %d datagrams/s each way counted in the kernel, 1 in %d read and "
+                        "one frame a datagram at >= %d datagrams/s sent (and back) counted in the kernel, 1 in %d read and "
                         "checked" % (SAMPLE_FROM, 1 << SAMPLE_BITS) if isolated else "C: sealed and sent with sendmmsg; "
                         "every datagram read (recvmmsg) and counted") if _native() is not None else "Python"
     return out
