@@ -12,6 +12,8 @@
  *   recv_batch(fd, count)                 recvmmsg: [(bytearray, (host, port))]
  *   send_batch(fd, items)                 sendmmsg with IP_TOS per datagram: (sent, errno)
  *   bench_count(fd, most, kind, ts0, span) the relay bench's receive side: frames of a window counted
+ *   bench_send_trunks / bench_send_rtp    the relay bench's send side: sealed (or RTP) and sent, no Python per datagram
+ *   Relay                                 a relay table: recvmmsg to sendmmsg for its delegated directions
  *
  * AES-128-CTR and HMAC-SHA256 come from OpenSSL's libcrypto. A key's OpenSSL state is made once
  * and kept on its Python key object (HmacKey, CounterMode) as the attribute `_fast`.
@@ -21,6 +23,7 @@
 #include <Python.h>
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -35,6 +38,8 @@
 #define REPLAY_SIZE 1024
 #define MAX_ENTRIES 512
 #define BATCH 64
+#define RES_BUCKETS 2001      /* Relay residence histogram: 0 .. 20 ms in 10 us buckets, and above */
+#define RES_BUCKET_NS 10000
 
 static long CONNECTED = 5, RINGBACK = 2;   /* common.call states, set by configure() */
 
@@ -226,6 +231,30 @@ static void replay_mark(long long *highest, unsigned char *seen, long long ts) {
     seen[slot >> 3] |= (unsigned char)(1 << (slot & 7));
 }
 
+/* --- a trunk frame's entries: the one parser of both C paths ------------------------------------ */
+
+typedef struct { long call_no, ts16; Py_ssize_t start, end; } wentry_t;
+
+/* The trunk frame's entries into e (MAX_ENTRIES at most), or -1: malformed, or a call number 0, which the
+ * Python path answers (it raises the DecodeError the core counts). */
+static int parse_entries(const unsigned char *d, Py_ssize_t n, wentry_t *e) {
+    if (n < TRUNK_HEADER + ENTRY_HEADER + CN_BYTES + MEDIA_TAG || (d[0] & 0xC0) != 0xC0) return -1;
+    Py_ssize_t end = n - MEDIA_TAG, off = TRUNK_HEADER;
+    int count = 0;
+    while (off < end) {
+        if (off + ENTRY_HEADER > end || count == MAX_ENTRIES) return -1;
+        wentry_t *x = &e[count++];
+        x->call_no = ((d[off] & 0x7F) << 8) | d[off + 1];
+        if (x->call_no == 0) return -1;
+        x->ts16 = (d[off + 2] << 8) | d[off + 3];
+        x->start = off + ENTRY_HEADER;
+        x->end = x->start + ((d[off] & 0x80) ? CN_BYTES : VOICE_BYTES);
+        if (x->end > end) return -1;
+        off = x->end;
+    }
+    return count;
+}
+
 /* --- trunk_in -------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -294,20 +323,16 @@ static PyObject *trunk_in_impl(PyObject *sw, PyObject *frame_obj, PyObject *link
     Py_ssize_t n = frame.len;
     PyObject *result = NULL, *hold = NULL, *legs = NULL, *stats = NULL, *relayed = NULL, *trunks = NULL;
     entry_t entries[MAX_ENTRIES];
-    int count = 0;
+    static wentry_t parsed[MAX_ENTRIES];
     /* the frame: anything malformed is the Python path's (it raises the DecodeError the core counts) */
-    if (n < TRUNK_HEADER + ENTRY_HEADER + CN_BYTES + MEDIA_TAG || (d[0] & 0xC0) != 0xC0) goto defer;
-    Py_ssize_t end = n - MEDIA_TAG, off = TRUNK_HEADER;
-    while (off < end) {
-        if (off + ENTRY_HEADER > end || count == MAX_ENTRIES) goto defer;
-        entry_t *e = &entries[count++];
-        e->call_no = ((d[off] & 0x7F) << 8) | d[off + 1];
-        if (e->call_no == 0) goto defer;
-        e->ts16 = (d[off + 2] << 8) | d[off + 3];
-        e->start = off + ENTRY_HEADER;
-        e->end = e->start + ((d[off] & 0x80) ? CN_BYTES : VOICE_BYTES);
-        if (e->end > end) goto defer;
-        off = e->end;
+    int count = parse_entries(d, n, parsed);
+    if (count < 0) goto defer;
+    Py_ssize_t end = n - MEDIA_TAG;
+    for (int k = 0; k < count; k++) {
+        entries[k].call_no = parsed[k].call_no;
+        entries[k].ts16 = parsed[k].ts16;
+        entries[k].start = parsed[k].start;
+        entries[k].end = parsed[k].end;
     }
     hold = PyList_New(0);
     if (hold == NULL) goto done;
@@ -821,6 +846,174 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
     return Py_BuildValue("(ni)", sent, err);
 }
 
+/* --- the relay bench's load generator: sealed and sent without a Python object per datagram ------------ */
+
+#define GEN_SLOT 2048
+static unsigned char *gen_tx;   /* BATCH x GEN_SLOT, made at the first call */
+
+/* One datagram of a spec into out (GEN_SLOT bytes), its destination in *to (preset to the default):
+ * its length, or -1 with an exception set. */
+typedef Py_ssize_t (*gen_fill_t)(void *ctx, PyObject *spec, unsigned char *out, struct sockaddr_in *to);
+
+/* The generator's loop: specs[first:last] filled by fill() 64 at a time and sent with sendmmsg to `to`
+ * (or where fill() says) -> (sent, errno); stops at the first batch the socket did not take whole. */
+static PyObject *gen_run(int fd, PyObject *specs, Py_ssize_t first, Py_ssize_t last, const struct sockaddr_in *to,
+                         gen_fill_t fill, void *ctx) {
+    if (!PyList_Check(specs) || first < 0 || last > PyList_GET_SIZE(specs)) {
+        PyErr_SetString(PyExc_ValueError, "specs: a list with first..last in it");
+        return NULL;
+    }
+    if (gen_tx == NULL && (gen_tx = PyMem_Malloc((size_t)BATCH * GEN_SLOT)) == NULL) return PyErr_NoMemory();
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    struct sockaddr_in addrs[BATCH];
+    Py_ssize_t k = first, done = 0;
+    int err = 0;
+    while (k < last && !err) {
+        int m = 0, sent = 0;
+        memset(msgs, 0, sizeof(msgs));
+        for (; m < BATCH && k < last; m++, k++) {
+            addrs[m] = *to;
+            Py_ssize_t n = fill(ctx, PyList_GET_ITEM(specs, k), gen_tx + (size_t)m * GEN_SLOT, &addrs[m]);
+            if (n < 0) return NULL;
+            iov[m].iov_base = gen_tx + (size_t)m * GEN_SLOT;
+            iov[m].iov_len = (size_t)n;
+            msgs[m].msg_hdr.msg_iov = &iov[m];
+            msgs[m].msg_hdr.msg_iovlen = 1;
+            msgs[m].msg_hdr.msg_name = &addrs[m];
+            msgs[m].msg_hdr.msg_namelen = sizeof(addrs[m]);
+        }
+        while (sent < m) {
+            int r;
+            Py_BEGIN_ALLOW_THREADS
+            r = sendmmsg(fd, msgs + sent, m - sent, MSG_DONTWAIT);
+            if (r < 0) err = errno;
+            Py_END_ALLOW_THREADS
+            if (r <= 0) break;
+            sent += r;
+        }
+        done += sent;
+        if (sent < m && !err) err = EAGAIN;
+    }
+    return Py_BuildValue("(ni)", done, err);
+}
+
+static int gen_address(const char *host, int port, struct sockaddr_in *a) {
+    memset(a, 0, sizeof(*a));
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1) {
+        PyErr_Format(PyExc_ValueError, "not an IPv4 address: %s", host);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct { long long ts; const unsigned char *voice; Py_ssize_t len; } trunk_ctx;
+
+/* A trunk frame of one entry per leg of spec (auth, session index, ((peer call number, role, ctr, base), ...)),
+ * sealed as common.trunk.seal_trunk seals it: payload ctx->voice, each entry's stamp ctx->ts - base. */
+static Py_ssize_t fill_trunk(void *ctx_, PyObject *spec, unsigned char *f, struct sockaddr_in *to) {
+    trunk_ctx *ctx = ctx_;
+    PyObject *entries;
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3 || !PyTuple_Check(entries = PyTuple_GET_ITEM(spec, 2))) {
+        PyErr_SetString(PyExc_TypeError, "a spec is (auth, index, ((peer call number, role, ctr, base), ...))");
+        return -1;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(entries);
+    if (count < 1 || TRUNK_HEADER + count * (ENTRY_HEADER + ctx->len) + MEDIA_TAG > GEN_SLOT) {
+        PyErr_SetString(PyExc_ValueError, "a spec's entries do not fit one datagram");
+        return -1;
+    }
+    hmac_key *h = get_hmac(PyTuple_GET_ITEM(spec, 0));
+    unsigned long index = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(spec, 1));
+    if (h == NULL || PyErr_Occurred()) return -1;
+    unsigned char stamps[8 * MAX_ENTRIES], tag[32], nonce[12];
+    f[0] = 0xC0 | ((index >> 16) & 0x3F);
+    f[1] = (index >> 8) & 0xFF;
+    f[2] = index & 0xFF;
+    Py_ssize_t off = TRUNK_HEADER;
+    for (Py_ssize_t e = 0; e < count; e++) {
+        PyObject *leg = PyTuple_GET_ITEM(entries, e);
+        if (!PyTuple_Check(leg) || PyTuple_GET_SIZE(leg) != 4) {
+            PyErr_SetString(PyExc_TypeError, "an entry is (peer call number, role, ctr, base)");
+            return -1;
+        }
+        long peer = PyLong_AsLong(PyTuple_GET_ITEM(leg, 0)), role = PyLong_AsLong(PyTuple_GET_ITEM(leg, 1));
+        long long t = ctx->ts - PyLong_AsLongLong(PyTuple_GET_ITEM(leg, 3));
+        EVP_CIPHER_CTX *aes = PyErr_Occurred() ? NULL : get_aes(PyTuple_GET_ITEM(leg, 2));
+        if (aes == NULL) return -1;
+        f[off] = (peer >> 8) & 0x7F;
+        f[off + 1] = peer & 0xFF;
+        f[off + 2] = (t >> 8) & 0xFF;
+        f[off + 3] = t & 0xFF;
+        off += ENTRY_HEADER;
+        media_nonce(nonce, (int)role, t);
+        if (ctr(aes, nonce, ctx->voice, f + off, (int)ctx->len) < 0) return -1;
+        off += ctx->len;
+        put_ts64(stamps + 8 * e, t);
+    }
+    hmac2(h, stamps, 8 * (size_t)count, f, (size_t)off, tag);
+    memcpy(f + off, tag, MEDIA_TAG);
+    return off + MEDIA_TAG;
+}
+
+/* bench_send_trunks(fd, specs, ts, voice, (host, port), first, last) -> (sent, errno): the relay bench's sealer
+ * (fill_trunk) for specs[first:last], all to one address. */
+static PyObject *bench_send_trunks(PyObject *self, PyObject *args) {
+    int fd, port;
+    PyObject *specs, *result = NULL;
+    const char *host;
+    Py_buffer voice;
+    Py_ssize_t first, last;
+    trunk_ctx ctx;
+    if (!PyArg_ParseTuple(args, "iOLy*(si)nn", &fd, &specs, &ctx.ts, &voice, &host, &port, &first, &last)) return NULL;
+    struct sockaddr_in to;
+    ctx.voice = voice.buf;
+    ctx.len = voice.len;
+    if (voice.len > VOICE_BYTES) PyErr_SetString(PyExc_ValueError, "voice: at most 160 bytes");
+    else if (gen_address(host, port, &to) == 0) result = gen_run(fd, specs, first, last, &to, fill_trunk, &ctx);
+    PyBuffer_Release(&voice);
+    return result;
+}
+
+typedef struct { unsigned long seq, ts; const unsigned char *voice; Py_ssize_t len; } rtp_ctx;
+
+/* Plain RTP (version 2, payload type 0) of spec (ssrc, port) to that port. */
+static Py_ssize_t fill_rtp(void *ctx_, PyObject *spec, unsigned char *p, struct sockaddr_in *to) {
+    rtp_ctx *ctx = ctx_;
+    unsigned long ssrc;
+    int port;
+    if (!PyArg_ParseTuple(spec, "ki", &ssrc, &port)) return -1;
+    to->sin_port = htons(port);
+    p[0] = 0x80;
+    p[1] = 0;
+    p[2] = (ctx->seq >> 8) & 0xFF; p[3] = ctx->seq & 0xFF;
+    p[4] = (ctx->ts >> 24) & 0xFF; p[5] = (ctx->ts >> 16) & 0xFF; p[6] = (ctx->ts >> 8) & 0xFF; p[7] = ctx->ts & 0xFF;
+    p[8] = (ssrc >> 24) & 0xFF; p[9] = (ssrc >> 16) & 0xFF; p[10] = (ssrc >> 8) & 0xFF; p[11] = ssrc & 0xFF;
+    memcpy(p + 12, ctx->voice, ctx->len);
+    return 12 + ctx->len;
+}
+
+/* bench_send_rtp(fd, specs, seq, ts, voice, host, first, last) -> (sent, errno): specs[first:last], each
+ * (ssrc, port), as plain RTP (fill_rtp) with the given sequence number, timestamp and payload. */
+static PyObject *bench_send_rtp(PyObject *self, PyObject *args) {
+    int fd;
+    PyObject *specs, *result = NULL;
+    const char *host;
+    Py_buffer voice;
+    Py_ssize_t first, last;
+    rtp_ctx ctx;
+    if (!PyArg_ParseTuple(args, "iOkky*snn", &fd, &specs, &ctx.seq, &ctx.ts, &voice, &host, &first, &last)) return NULL;
+    struct sockaddr_in to;
+    ctx.voice = voice.buf;
+    ctx.len = voice.len;
+    if (voice.len > GEN_SLOT - 12) PyErr_SetString(PyExc_ValueError, "voice: too long for one datagram");
+    else if (gen_address(host, 0, &to) == 0) result = gen_run(fd, specs, first, last, &to, fill_rtp, &ctx);
+    PyBuffer_Release(&voice);
+    return result;
+}
+
 /* --- Relay: a relay table in C (docs/relay.md, "The relay table") ----------------------------
  *
  * The directions delegated to one process (a relay worker, or the main host's own: worker 0) as C
@@ -949,6 +1142,10 @@ typedef struct {
     size_t cap_txmsg;
     unsigned long long taken, c_datagrams_in, c_bytes_in, c_trunks_in, c_media_in, c_media_out, c_bytes_out,
         c_trunks_out, c_rejected, c_socket_errors, c_send_full;
+    /* residence: from the kernel's receive stamp of a taken datagram (SO_TIMESTAMPNS, when the socket has it on)
+     * to the return of the sendmmsg that sent its frames, in RES_BUCKET_NS buckets (the last: that or more) */
+    unsigned int res_hist[RES_BUCKETS];
+    unsigned long long res_n, res_max_ns;
 } RelayObject;
 
 static uint64_t dir_key(long session, long call_no) { return ((uint64_t)session << 16) | (uint64_t)call_no; }
@@ -1150,27 +1347,6 @@ static PyObject *Relay_revoke(RelayObject *self, PyObject *args) {
     return r;
 }
 
-typedef struct { long call_no, ts16; Py_ssize_t start, end; long long ts; dir_t *d; } tentry_t;
-
-/* The trunk frame's entries, or -1: malformed (the Python path's). */
-static int parse_entries(const unsigned char *d, Py_ssize_t n, tentry_t *e) {
-    if (n < TRUNK_HEADER + ENTRY_HEADER + CN_BYTES + MEDIA_TAG || (d[0] & 0xC0) != 0xC0) return -1;
-    Py_ssize_t end = n - MEDIA_TAG, off = TRUNK_HEADER;
-    int count = 0;
-    while (off < end) {
-        if (off + ENTRY_HEADER > end || count == MAX_ENTRIES) return -1;
-        tentry_t *x = &e[count++];
-        x->call_no = ((d[off] & 0x7F) << 8) | d[off + 1];
-        if (x->call_no == 0) return -1;
-        x->ts16 = (d[off + 2] << 8) | d[off + 3];
-        x->start = off + ENTRY_HEADER;
-        x->end = x->start + ((d[off] & 0x80) ? CN_BYTES : VOICE_BYTES);
-        if (x->end > end) return -1;
-        off = x->end;
-    }
-    return count;
-}
-
 static int stage(RelayObject *self, dir_t *d, long long ts, const unsigned char *in, int len, int *ok) {
     if (self->nstaged == self->cap_staged) {
         size_t cap = self->cap_staged ? self->cap_staged * 2 : 1024;
@@ -1206,7 +1382,9 @@ static int stage(RelayObject *self, dir_t *d, long long ts, const unsigned char 
 
 /* One datagram: 1 taken (relayed, or every entry a replay), 0 the Python path's (nothing touched), -1 error. */
 static int take(RelayObject *self, const unsigned char *d, Py_ssize_t n, const struct sockaddr_in *src) {
-    static tentry_t e[MAX_ENTRIES];
+    static wentry_t e[MAX_ENTRIES];
+    static long long ets[MAX_ENTRIES];   /* each entry's 64-bit stamp */
+    static dir_t *edir[MAX_ENTRIES];     /* ... and its direction */
     if (n < 3 || (d[0] & 0xC0) != 0xC0) return 0;
     long session = ((d[0] & 0x3F) << 16) | (d[1] << 8) | d[2];
     link_t *l = map_get(&self->links, (uint64_t)session + 1);
@@ -1216,12 +1394,12 @@ static int take(RelayObject *self, const unsigned char *d, Py_ssize_t n, const s
     for (int k = 0; k < count; k++) {
         dir_t *x = map_get(&self->dirs, dir_key(session, e[k].call_no));
         if (x == NULL) return 0;
-        e[k].d = x;
-        e[k].ts = extend16(x->highest, e[k].ts16);
-        if (x->highest >= 0 && e[k].ts - x->highest > REPLAY_SIZE) return 0;   /* a far jump: jump_ok's rule */
+        edir[k] = x;
+        ets[k] = extend16(x->highest, e[k].ts16);
+        if (x->highest >= 0 && ets[k] - x->highest > REPLAY_SIZE) return 0;   /* a far jump: jump_ok's rule */
     }
     unsigned char stamps[8 * MAX_ENTRIES], tag[32];
-    for (int k = 0; k < count; k++) put_ts64(stamps + 8 * k, e[k].ts);
+    for (int k = 0; k < count; k++) put_ts64(stamps + 8 * k, ets[k]);
     Py_ssize_t end = n - MEDIA_TAG;
     hmac2(&l->recv_auth, stamps, 8 * (size_t)count, d, (size_t)end, tag);
     if (CRYPTO_memcmp(tag, d + end, MEDIA_TAG) != 0) return 0;   /* a forgery: dropped and counted there */
@@ -1231,16 +1409,16 @@ static int take(RelayObject *self, const unsigned char *d, Py_ssize_t n, const s
     self->c_trunks_in++;
     int opened = 0;
     for (int k = 0; k < count; k++) {
-        dir_t *x = e[k].d;
+        dir_t *x = edir[k];
         /* no far jump here: every stamp is at most REPLAY_SIZE above the highest before the frame */
-        if (!replay_new(x->highest, x->seen, e[k].ts)) {
+        if (!replay_new(x->highest, x->seen, ets[k])) {
             x->rejected++;
             self->c_rejected++;
             continue;
         }
-        replay_mark(&x->highest, x->seen, e[k].ts);
+        replay_mark(&x->highest, x->seen, ets[k]);
         int ok = 0;
-        if (stage(self, x, e[k].ts, d + e[k].start, (int)(e[k].end - e[k].start), &ok) < 0) return -1;
+        if (stage(self, x, ets[k], d + e[k].start, (int)(e[k].end - e[k].start), &ok) < 0) return -1;
         opened++;
     }
     self->c_media_in += opened;
@@ -1372,6 +1550,70 @@ static void send_sealed(RelayObject *self, int fd, size_t frames) {
     }
 }
 
+/* The SO_TIMESTAMPNS receive time of a datagram (ns, CLOCK_REALTIME), 0 when the socket has no stamps on. */
+static long long received_ns(struct msghdr *h) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPNS && c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec t;
+            memcpy(&t, CMSG_DATA(c), sizeof(t));
+            return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+        }
+    }
+    return 0;
+}
+
+/* The residence of a round's taken datagrams: now (their frames have been sent) minus their receive stamps. */
+static void count_residence(RelayObject *self, const long long *stamp, int got) {
+    struct timespec t;
+    long long now = -1;
+    for (int i = 0; i < got; i++) {
+        if (stamp[i] == 0) continue;
+        if (now < 0) {
+            clock_gettime(CLOCK_REALTIME, &t);
+            now = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+        }
+        long long ns = now - stamp[i];
+        if (ns < 0) ns = 0;
+        long long b = ns / RES_BUCKET_NS;
+        self->res_hist[b >= RES_BUCKETS ? RES_BUCKETS - 1 : b]++;
+        self->res_n++;
+        if ((unsigned long long)ns > self->res_max_ns) self->res_max_ns = (unsigned long long)ns;
+    }
+}
+
+/* residence() -> {"n", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"} since the last call (then cleared):
+ * each percentile is its bucket's upper edge (10 us buckets; 20000 for "20 ms or more"). */
+static PyObject *Relay_residence(RelayObject *self, PyObject *unused) {
+    static const double ps[4] = {0.50, 0.90, 0.99, 0.999};
+    static const char *names[4] = {"p50_us", "p90_us", "p99_us", "p999_us"};
+    PyObject *out = PyDict_New();
+    if (out == NULL) return NULL;
+    unsigned long long n = self->res_n, seen = 0;
+    int k = 0;
+    PyObject *v = PyLong_FromUnsignedLongLong(n);
+    if (v == NULL || PyDict_SetItemString(out, "n", v) < 0) goto fail;
+    Py_DECREF(v);
+    for (int b = 0; b < RES_BUCKETS && n > 0 && k < 4; b++) {
+        seen += self->res_hist[b];
+        while (k < 4 && (double)seen >= ps[k] * (double)n) {
+            v = PyLong_FromLong((long)(b + 1) * (RES_BUCKET_NS / 1000));
+            if (v == NULL || PyDict_SetItemString(out, names[k], v) < 0) goto fail;
+            Py_DECREF(v);
+            k++;
+        }
+    }
+    v = PyFloat_FromDouble(self->res_max_ns / 1000.0);
+    if (v == NULL || PyDict_SetItemString(out, "max_us", v) < 0) goto fail;
+    Py_DECREF(v);
+    memset(self->res_hist, 0, sizeof(self->res_hist));
+    self->res_n = self->res_max_ns = 0;
+    return out;
+fail:
+    Py_XDECREF(v);
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyObject *untaken_item(const unsigned char *d, Py_ssize_t n, const struct sockaddr_in *a) {
     char host[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
@@ -1389,6 +1631,8 @@ static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
     struct sockaddr_in addrs[BATCH];
+    union { char buf[CMSG_SPACE(sizeof(struct timespec))]; struct cmsghdr align; } ctl[BATCH];
+    long long stamp[BATCH];   /* the kernel's receive time of a taken datagram (ns), or 0 */
     PyObject *rest = PyList_New(0);
     if (rest == NULL) return NULL;
     for (int round = 0; round < rounds; round++) {
@@ -1400,6 +1644,8 @@ static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = &addrs[i];
             msgs[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+            msgs[i].msg_hdr.msg_control = ctl[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof(ctl[i].buf);
         }
         int got, err = 0;
         Py_BEGIN_ALLOW_THREADS
@@ -1418,6 +1664,7 @@ static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
             Py_ssize_t n = msgs[i].msg_len;
             if (addrs[i].sin_family != AF_INET) continue;
             int r = take(self, d, n, &addrs[i]);
+            stamp[i] = r == 1 ? received_ns(&msgs[i].msg_hdr) : 0;
             PyObject *item = r == 0 ? untaken_item(d, n, &addrs[i]) : NULL;
             if (r < 0 || (r == 0 && (item == NULL || PyList_Append(rest, item) < 0))) {
                 Py_XDECREF(item);
@@ -1435,6 +1682,7 @@ static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
             if (seal_staged(self, &frames) < 0) { Py_DECREF(rest); return NULL; }
             send_sealed(self, fd, frames);
         }
+        count_residence(self, stamp, got);
         if (got < want) break;
     }
     return rest;
@@ -1489,7 +1737,7 @@ fail:
 /* stamps(data) -> {call number: highest} of the delegated directions a trunk frame names, or None */
 static PyObject *Relay_stamps(RelayObject *self, PyObject *args) {
     Py_buffer b;
-    static tentry_t e[MAX_ENTRIES];
+    static wentry_t e[MAX_ENTRIES];
     if (!PyArg_ParseTuple(args, "y*", &b)) return NULL;
     const unsigned char *d = b.buf;
     PyObject *out = NULL;
@@ -1594,6 +1842,8 @@ static PyMethodDef Relay_methods[] = {
     {"stamps", (PyCFunction)Relay_stamps, METH_VARARGS, "stamps(data) -> {call number: highest} or None"},
     {"report", (PyCFunction)Relay_report, METH_NOARGS, "report() -> ('report', counters, drops, meter, bytes out by link, seen)"},
     {"taken", (PyCFunction)Relay_taken, METH_NOARGS, "datagrams this table took"},
+    {"residence", (PyCFunction)Relay_residence, METH_NOARGS,
+     "residence() -> percentiles (us) of receive stamp to send of the datagrams taken since the last call"},
     {NULL, NULL, 0, NULL}};
 
 static PySequenceMethods Relay_as_sequence = {.sq_length = (lenfunc)Relay_len};
@@ -1624,6 +1874,10 @@ static PyMethodDef methods[] = {
     {"bench_count", bench_count, METH_VARARGS,
      "bench_count(fd, most, kind, ts0, span): recvmmsg, (datagrams, frames of the window counted, [other datagrams])"},
     {"taken", taken, METH_NOARGS, "how many datagrams relay_batch has taken in this process"},
+    {"bench_send_trunks", bench_send_trunks, METH_VARARGS,
+     "bench_send_trunks(fd, specs, ts, voice, (host, port), first, last) -> (sent, errno): the relay bench's sealer"},
+    {"bench_send_rtp", bench_send_rtp, METH_VARARGS,
+     "bench_send_rtp(fd, specs, seq, ts, voice, host, first, last) -> (sent, errno): the relay bench's RTP sender"},
     {"relay_batch", relay_batch, METH_VARARGS, "relay_batch(core, batch, start, now) -> (next, error)"},
     {"configure", configure, METH_VARARGS, "configure(CONNECTED, RINGBACK): common.call's states"},
     {NULL, NULL, 0, NULL}};

@@ -7,6 +7,7 @@ makes sure no datagram and no bug in handling one can stop the exchange.
 import asyncio
 import collections
 import errno
+import gc
 import json
 import logging
 import os
@@ -48,8 +49,8 @@ class Daemon:
 
     RX_BURST = 16            # datagrams read per wake-up before timers get a turn
     BURST_HOLD_S = 0.0003    # what the core queued leaves at least this often while reading
-    TABLE_BURST = 64         # the relay table's recvmmsg (host/_fastpath.c Relay.relay) ...
-    TABLE_ROUNDS = 4         # ... up to this many times a wake while the socket has more
+    TABLE_BURST = 16         # the relay table's recvmmsg (host/_fastpath.c Relay.relay): its frames leave before the next 16 are read ...
+    TABLE_ROUNDS = 16        # ... up to this many times a wake while the socket has more
     TX_QUEUE = 4096          # datagrams held while the send buffer is full
 
     def __init__(self, core, listen, control_socket="", services=(), workers=1):
@@ -68,6 +69,10 @@ class Daemon:
         self._stopping = None
         self._wake = None
         self._batch = None       # the C fast path's recvmmsg/sendmmsg (IPv4 sockets), else None
+        # the timer turns' wall time (sync, tick, flush): while one runs, no datagram is read or relayed
+        self.timer_turns, self.timer_s, self.timer_max_s, self.tick_cpu_s = 0, 0.0, 0.0, 0.0
+        self._deferred = []      # datagrams the relay table left during a timer turn (_pump_table)
+        self.gc_pauses, self.gc_max_s, self._gc_started = 0, 0.0, 0.0   # the collector's, by generation 2
         self.sip_sock = None     # the SIP port, open only while the core has SIP phones (docs/sip.md)
         self.sip_address = None
         self.sip_tcp = None      # SIP over TCP on the same address (host/sip/transport.py), with the UDP port
@@ -190,8 +195,30 @@ class Daemon:
         except OSError:
             core.stats.count("socket errors")
             return
+        if self._deferred:   # read by a pump during the last timer turn: before these, in order
+            batch, self._deferred = self._deferred + batch, []
+        self._after_table(batch)
+
+    def _pump_table(self):
+        """During a timer turn (the sync, the core's tick): the relay table relays what waits on the socket,
+        so a long turn does not hold the frames it takes (docs/benchmarks.md, "Hop latency"); what it does
+        not take waits, in order, for the end of the turn (the core is in the middle of something)."""
+        workers = self.workers
+        if workers is None or self._batch is None:
+            return
+        try:
+            batch = workers.local.relay(self.sock.fileno(), self.TABLE_BURST, self.TABLE_ROUNDS)
+        except OSError:
+            self.core.stats.count("socket errors")
+            return
+        if batch:
+            self._deferred.extend(batch)
+
+    def _after_table(self, batch):
+        """What the relay table did not take, in order: to the core, or back from the table first."""
         if not batch:
             return                # all relayed in C: nothing for the core, nothing queued
+        workers = self.workers
         local = workers.local
         if not len(local):
             return self._handle_batch(batch)
@@ -400,14 +427,29 @@ class Daemon:
             delay = 0.02 if timer is None else max(0, (timer - now_ms()) / 1000)
             await asyncio.sleep(delay)
             core.wall_offset_ms = wall_offset_ms()
+            started = time.perf_counter()
             try:
                 if self.workers is not None:   # before the tick acts on a call: its directions are back here
-                    self.workers.sync()
+                    self.workers.sync(self._pump_table)
+                    self._pump_table()
+                tick_started = time.thread_time()
                 core.handle_timer(now_ms())
+                self.tick_cpu_s += time.thread_time() - tick_started
             except Exception as exc:
                 self._internal_error(exc, "timer")
+            if self._deferred:
+                batch, self._deferred = self._deferred, []
+                try:
+                    self._after_table(batch)
+                except Exception as exc:
+                    self._internal_error(exc, "timer")
             self._sip_port(now_ms())
             self._flush()
+            held = time.perf_counter() - started
+            self.timer_turns += 1
+            self.timer_s += held
+            if held > self.timer_max_s:
+                self.timer_max_s = held
 
     async def _control(self, reader, writer):
         try:
@@ -421,9 +463,19 @@ class Daemon:
                              fast_path="C" if self._batch is not None else "python",
                              fast_path_datagrams=(self._batch.taken() + (self.workers.local.taken() if self.workers else 0)
                                                   if self._batch is not None else 0),
-                             workers=1)
+                             workers=1,
+                             # how long the timer turns held the loop (wall time: on a busy machine it waits too)
+                             timer_us_mean=round(self.timer_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None,
+                             timer_us_max=round(self.timer_max_s * 1e6, 1),   # maxima: since the last query
+                             # full collections (the loop relays nothing meanwhile), the longest since the last query
+                             gc_full_collections=self.gc_pauses, gc_max_ms=round(self.gc_max_s * 1000, 2),
+                             # the core's tick alone, CPU time (the rest of a turn: the workers' sync, the sends)
+                             tick_cpu_us_mean=round(self.tick_cpu_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None)
+                self.timer_max_s = self.gc_max_s = 0.0
                 if self.workers is not None:
                     reply.update(self.workers.status())
+                    # receive stamp to send of the frames the main host's own table relayed since the last query
+                    reply["table_residence"] = self.workers.local.residence()
             else:
                 reply = {"error": "unknown request %r" % line}
             writer.write((json.dumps(reply, default=str) + "\n").encode())
@@ -432,6 +484,16 @@ class Daemon:
             self.core.stats.drop("control client gone")
         finally:
             writer.close()
+
+    def _gc_timed(self, phase, info):
+        """gc.callbacks: the longest full collection (the loop relays nothing meanwhile: status gc_max_ms)."""
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses += 1
+            self.gc_max_s = max(self.gc_max_s, time.perf_counter() - self._gc_started)
 
     async def run(self):
         loop = asyncio.get_running_loop()
@@ -460,6 +522,8 @@ class Daemon:
                 pass
         if fastpath.native is not None and family == socket.AF_INET:
             self._batch = fastpath.native
+            # the kernel's receive stamp on each datagram: the relay table's residence (status: table_residence)
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_TIMESTAMPNS", 35), 1)
         self._stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
@@ -489,11 +553,13 @@ class Daemon:
         self._flush()
         loop.add_reader(sock.fileno(), self._readable)
         timers = asyncio.ensure_future(self._timers())
+        gc.callbacks.append(self._gc_timed)
         try:
             for service in self.services:
                 await service.start(self)
             await self._stopping.wait()
         finally:
+            gc.callbacks.remove(self._gc_timed)
             for service in reversed(self.services):
                 await service.stop()
             timers.cancel()

@@ -33,8 +33,8 @@ from upbx.host import fastpath
 
 WORKER_TAKEN = "worker fast path datagrams"   # a counter of the reports: datagrams the relay tables took
 REPORT_S = 0.25          # counters, bandwidth and last-seen go to the main host this often
-RX_BURST = 64            # recvmmsg of the table ...
-RX_ROUNDS = 8            # ... up to this many times a wake while the socket has more
+RX_BURST = 16            # recvmmsg of the table (its frames leave before the next 16 are read: hop latency) ...
+RX_ROUNDS = 32           # ... up to this many times a wake while the socket has more
 SOCKET_BUFFER = 4 << 20
 ADDR = struct.Struct("!4sH")
 

@@ -43,6 +43,7 @@ REVOKE_TIMEOUT_S = 2.0
 MIXED_MS = 1000          # how long a host whose trunks mix calls a table cannot take stays with the Python path
 SCAN_TICKS = 10          # every call is looked at once in this many ticks (200 ms): delegated or taken back
 START_TIMEOUT_S = 20.0
+PUMP_CALLS = 16          # a sync lets the main host's table relay what waits after this many calls looked at
 
 
 def cpus():
@@ -431,18 +432,19 @@ class RelayWorkers:
 
     # keeping the workers in step with the core
 
-    def sync(self):
+    def sync(self, pump=None):
         """Before each tick: revoke what stopped being the common case, delegate what became it,
-        send the workers new, moved and gone host links."""
+        send the workers new, moved and gone host links. pump(), when given, lets the main host's relay
+        table relay what waits on its socket every PUMP_CALLS calls looked at (the daemon's _pump_table)."""
         started = time.thread_time()   # CPU time: on a busy machine the wall time is mostly waiting
         try:
-            self._sync()
+            self._sync(pump)
             self.merge_local()
         finally:
             self.syncs += 1
             self.sync_s += time.thread_time() - started
 
-    def _sync(self):
+    def _sync(self, pump=None):
         """Links every tick; the calls a slice a tick (every call within SCAN_TICKS ticks), so a tick costs
         about 1/SCAN_TICKS of a scan of every call; what the tick itself acts on (music on hold for the
         calls held here) comes back every tick, before the tick."""
@@ -490,8 +492,10 @@ class RelayWorkers:
             self._scan_step = max(1, -(-len(scan) // SCAN_TICKS))
         part = scan[-self._scan_step:]
         del scan[-self._scan_step:]
-        for call in part:
+        for n, call in enumerate(part, 1):
             self._look_at(call)
+            if pump is not None and n % PUMP_CALLS == 0:
+                pump()
         self._drain_inbox()   # what came in while a direction was revoked
 
     def _look_at(self, call):

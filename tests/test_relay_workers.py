@@ -303,3 +303,32 @@ def test_when_a_worker_dies_its_calls_end_and_the_main_host_relays_alone(tmp_pat
         assert status["forwarded_datagrams"] == 0 and status["delegated_directions"] == 0
     finally:
         p.close()
+
+
+def test_the_main_hosts_table_times_each_datagram_it_relays_from_the_kernels_receive_stamp(tmp_path):
+    """status table_residence (host/_fastpath.c Relay.residence): every datagram the main host's own table
+    relayed since the last query, from its receive stamp (SO_TIMESTAMPNS on the main host's socket) to the
+    sendmmsg of its frames; cleared by the query. Timing is not asserted, only that each one was counted and
+    that none took longer than the exchange itself."""
+    p = Pair(tmp_path, 3)
+    try:
+        p.wait(lambda s: s.get("delegated_here") == 3)   # the main host's host's direction of each call
+        assert p.status()["table_residence"]["n"] >= 0   # the counts start from here
+        pair = p.pair
+        sender = p.main_side
+        receiver = pair.b if sender is pair.a else pair.a
+        ts0 = pair.next_ts
+        pair.next_ts += 20 * 20 + 200
+        frames = p.frames(sender, 20, ts0)
+        assert len(frames) == 20   # 3 calls a datagram, one a tick
+        started = time.monotonic()
+        got = p.exchange([(sender.sock, d) for d in frames], receiver, lambda g: len(g) >= 60)
+        elapsed_us = (time.monotonic() - started) * 1e6
+        assert sorted((i, ts) for i, ts, _p in got) == [(i, ts0 + 20 * k) for i in range(3) for k in range(20)]
+        residence = p.status()["table_residence"]
+        assert residence["n"] == 20
+        assert 0 < residence["p50_us"] <= residence["p90_us"] <= residence["p99_us"] <= residence["p999_us"]
+        assert 0 < residence["max_us"] <= residence["p999_us"] and residence["max_us"] < elapsed_us
+        assert p.status()["table_residence"] == {"n": 0, "max_us": 0.0}
+    finally:
+        p.close()

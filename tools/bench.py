@@ -243,11 +243,20 @@ def table_relay(r):
             r["ratio_vs_rtpengine"], r["ratio_vs_rtpengine_by_cpu"]))
     lines.append("  hop latency at %s calls: p50 %s ms, p99 %s ms (target p99 < 1 ms; %s)" % (
         r["latency_load_calls"], r["hop_latency_p50_ms"], r["hop_latency_p99_ms"], r["latency_note"]))
+    if r.get("relay_residence_ms"):
+        lines.append("  the relay's own part (its receive stamp to its send): %s ms; an echo process at the same "
+                     "rate: %s ms; the relay waited for its core %s of the run" % (
+                         r["relay_residence_ms"], r.get("echo_baseline_ms"), r.get("latency_relay_waited")))
+    if r.get("generator"):
+        lines.append("  generator: %s; network namespace: %s" % (r["generator"], r.get("netns")))
     for shape in ("trunked", "datagram", "machine", "rtpengine"):
         for step in r.get("steps_" + shape, ()):
-            lines.append("  %-9s %5d calls: loss %.3f %%, relay CPU %.2f, %.2f us/frame, load %.2f%s" % (
-                shape, step["calls"], step["loss_pct"], step["relay_cpu"], step["us_per_frame"],
-                step["load_average"], "" if step["passed"] else "  (fails)"))
+            lines.append("  %-9s %5d calls: loss %.3f %%, relay CPU %.2f (waited %s), %.2f us/frame, generator CPU "
+                         "%.2f, load %.2f%s" % (
+                             shape, step["calls"], step["loss_pct"], step["relay_cpu"], step.get("relay_waited"),
+                             step["us_per_frame"], step["generator_cpu"], step["load_average"],
+                             "" if step["passed"] else "  (generator-limited)" if step["generator_limited"]
+                             else "  (fails)"))
     lines.append("  load average at the end: %s" % r["load_average"])
     return "\n".join(lines)
 
