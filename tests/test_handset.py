@@ -94,6 +94,13 @@ def test_dial_by_keys_ring_answer_by_key_and_hang_up_by_key(lab):
     up = caller.state()
     assert up["state"] == "connected" and up["power_save"] is False
     caller.wait_line("I wifi power save off")
+    caller.wait_line("I display connected 301")   # each side shows the other party, not itself
+    callee.wait_line("I display connected 101")
+    caller.press("B")                      # hold, and take it back: the display names 301 throughout
+    caller.wait_line("I display on hold 301")
+    caller.press("B")
+    caller.wait_line("I phone call resumed")
+    caller.wait_line("I display on hold 301\nI phone call resumed\nI display connected 301")
     time.sleep(0.5)
     caller.press("D")                      # on hook
     callee.wait_line("call ended: normal clearing")
