@@ -95,7 +95,7 @@ def hold(app, flag, now):
     """Hold (the far end hears the host's music on hold) or resume the connected call."""
     if (app.phone.hold if flag else app.phone.resume)(now):
         app.log("I", "call held" if flag else "call resumed")
-        app.hal.display("on hold" if flag else "connected", app.current and app.current.get("from"))
+        app.hal.display("on hold" if flag else "connected", app.phone.call.number)
     else:
         app.log("W", "cannot %s now" % ("hold" if flag else "resume"))
 

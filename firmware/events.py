@@ -78,7 +78,7 @@ def handle(app, events, now):
                 app.current["setup_ms"] = ticks_diff(now, app.current["dialed_ms"])
                 app.current["path"] = event.path
             app.log("I", "connected (%s)" % event.path)
-            app.hal.display("connected", app.current and app.current.get("from"))
+            app.hal.display("connected", app.phone.call.number)   # the other party (a transfer changes it: PARTY)
             duration = app.script.get("duration_ms")
             if duration and app.current and app.current["from"] == app.config["extension"]:
                 app.hangup_at = ticks_add(now, int(duration))

@@ -78,7 +78,7 @@ def ended(app, event, now):
     if event.cause == wire.CAUSE_CONFERENCE:   # the held line joined the conference (firmware/conference.py)
         _display(app, "conference", None)
         return
-    _display(app, "connected" if app.phone.state == CONNECTED else "on hold", app.current and app.current.get("from"))
+    _display(app, "connected" if app.phone.state == CONNECTED else "on hold", app.phone.call.number)
 
 
 def remaining(app, now):

@@ -12,7 +12,10 @@ labs of parallel workers never meet."""
 import contextlib
 import json
 import os
+import socket
+import struct
 import subprocess
+import threading
 import time
 
 from tests.support import require_tool
@@ -170,3 +173,65 @@ class Kamailio:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class LoopbackSniffer:
+    """UDP datagrams on loopback (AF_PACKET, root), each once (loopback shows a datagram going out
+    too), read by a thread while the `with` block runs: `take(ip, sport, dport, payload)` of a
+    subclass keeps what it wants."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.1)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop:
+            try:
+                ip, address = self.sock.recvfrom(65536)
+            except socket.timeout:
+                continue
+            ihl = (ip[0] & 0x0F) * 4
+            if address[2] != socket.PACKET_HOST or ip[9] != 17 or len(ip) < ihl + 8:
+                continue
+            sport, dport = struct.unpack_from("!HH", ip, ihl)
+            self.take(ip, sport, dport, ip[ihl + 8:])
+
+    def take(self, ip, sport, dport, payload):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+        self.sock.close()
+
+
+PHONE_105 = ("10.1.0.50", 5062)     # tests/sip_ua.py's SIP phone 105, on site a's LAN
+PHONE_305 = ("198.18.9.9", 5060)    # and 305, site c's, at the main host through its NAT
+
+
+def sip_world(tmp_path, handsets, site_b=False):
+    """The in-memory world (tests/inprocess.py, real host cores on a virtual clock) with the handsets
+    registered and SIP phones 105 (site a) and 305 (site c) registered, played by tests/sip_ua.py, in
+    world.sip; close() it after."""
+    from tests.inprocess import World
+    from tests.sip_ua import SipPhone
+    from upbx.host.directory import Directory
+    w = World(tmp_path, extensions=(("105", "a"), ("305", "c")), site_b=site_b)
+    with Directory(tmp_path / "main.sqlite") as d:
+        passwords = {n: d.set_sip_password(n) for n in ("105", "305")}
+    w.start_remote()
+    for i, number in enumerate(handsets):
+        w.add_phone(number, i + 1)
+    w.run_until(lambda: all(e.phone.registered for e in w.phones.values()), 3000, "registered")
+    w.sip = {"105": SipPhone(w.a, "105", passwords["105"], PHONE_105, host_ip="198.18.1.1"),
+             "305": SipPhone(w.main, "305", passwords["305"], PHONE_305, host_ip="198.18.0.1")}
+    for ua in w.sip.values():
+        ua.register(w.net.now)
+    return w

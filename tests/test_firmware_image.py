@@ -141,6 +141,16 @@ def test_image_carries_the_media_path_as_native_code_and_the_mpy_build_as_byteco
                                                            ("common.g711:ulaw_encode_into", "bytecode")])
 
 
+def test_unix32_image_out_the_cache_folder_itself(unix32_frozen):
+    """`--out build/unix32-frozen`, where the image is built and cached, is not a copy onto itself."""
+    before = pathlib.Path(unix32_frozen).read_bytes()
+    folder = os.path.relpath(os.path.dirname(unix32_frozen), ROOT)   # as typed in the checkout: build/unix32-frozen
+    r = upbx("build", "--image", "unix32", "--out", folder)
+    assert r.returncode == 0, r.stderr
+    assert "SameFileError" not in r.stderr and pathlib.Path(unix32_frozen).read_bytes() == before
+    assert r.stdout.strip().startswith("build: %s/micropython " % folder), r.stdout
+
+
 def test_unix32_image_is_cached(unix32_frozen):
     before = os.stat(unix32_frozen).st_mtime_ns
     said = []

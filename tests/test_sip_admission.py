@@ -10,14 +10,11 @@ handsets. A SIP phone's call is an uplink call like a handset's:
 - over a full uplink, baresip's own call out is refused with 503 (network busy), a handset's call
   in to it is refused "network busy" before it rings, and its local call (B3) to a handset of
   its own site still works, audio both ways."""
-import socket
-import struct
-import threading
 import time
 
 import pytest
 
-from tests.sipkit import BS_HZ, HS_HZ, heard_both_ways, sip_lab, start_baresip
+from tests.sipkit import BS_HZ, HS_HZ, LoopbackSniffer, heard_both_ways, sip_lab, start_baresip
 from tests.support import require_root
 from upbx.common import wire
 from upbx.common.media import call_kbps
@@ -56,42 +53,18 @@ def handset_call(lab, caller, callee, tag, seconds=40):
     return answer, call
 
 
-class Uplink:
+class Uplink(LoopbackSniffer):
     """Trunk frames site a's remote host sends the main host on lo (AF_PACKET, root): per datagram,
     its TOS byte and the call numbers of its entries."""
 
     def __init__(self, sport, dport):
+        LoopbackSniffer.__init__(self)
         self.ports = sport, dport
         self.seen = []
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-        self.sock.bind(("lo", 0))
-        self.sock.settimeout(0.1)
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self._stop:
-            try:
-                ip, address = self.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            if address[2] != socket.PACKET_HOST or ip[9] != 17:   # loopback shows each datagram twice
-                continue
-            ihl = (ip[0] & 0x0F) * 4
-            if struct.unpack_from("!HH", ip, ihl) != self.ports:
-                continue
-            payload = ip[ihl + 8:]
-            if payload and wire.frame_kind(payload) == wire.KIND_TRUNK:
-                self.seen.append((ip[1], [entry[0] for entry in parse_trunk(payload)]))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop = True
-        self._thread.join()
-        self.sock.close()
+    def take(self, ip, sport, dport, payload):
+        if (sport, dport) == self.ports and payload and wire.frame_kind(payload) == wire.KIND_TRUNK:
+            self.seen.append((ip[1], [entry[0] for entry in parse_trunk(payload)]))
 
 
 @pytest.mark.root

@@ -11,14 +11,11 @@ Debian's baresip (a client nobody here wrote) and the firmware's protocol core i
   a's remote host and is called by it: audio both ways.
 
 Every side plays its own tone; what each heard is found by Goertzel in its recording."""
-import socket
-import struct
-import threading
 import time
 
 import pytest
 
-from tests.sipkit import BS_HZ, heard_both_ways, records, sip_lab, start_baresip, tone_windows
+from tests.sipkit import BS_HZ, LoopbackSniffer, heard_both_ways, records, sip_lab, start_baresip, tone_windows
 from tests.support import require_root
 from upbx.common.g711 import ulaw_decode
 from upbx.host.moh import NOTES_HZ
@@ -77,45 +74,21 @@ def test_baresip_transfers_the_handset_it_talks_to_by_refer(lab, tmp_path):
     assert first["cause"] == "transferred" and joined and joined[0]["linked"] == first["uid"], records_
 
 
-class RtpArriving:
+class RtpArriving(LoopbackSniffer):
     """RTP arriving on loopback at ports [low, high) (AF_PACKET, root): what a phone was sent."""
 
     def __init__(self, low, high):
+        LoopbackSniffer.__init__(self)
         self.low, self.high = low, high
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-        self.sock.bind(("lo", 0))
-        self.sock.settimeout(0.1)
         self.packets = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self._stop:
-            try:
-                ip, address = self.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            if address[2] != socket.PACKET_HOST:   # loopback shows each packet going out too
-                continue
-            ihl = (ip[0] & 0x0F) * 4
-            if len(ip) < ihl + 8 + 12 or ip[9] != 17:
-                continue
-            dport = struct.unpack_from("!H", ip, ihl + 2)[0]
-            if self.low <= dport < self.high:
-                self.packets.append(ip[ihl + 8:])
+    def take(self, ip, sport, dport, payload):
+        if self.low <= dport < self.high and len(payload) >= 12:
+            self.packets.append(payload)
 
     def payloads(self):
         """PCMU payloads in the order they arrived, RTCP and telephone-events left out."""
         return [p[12:] for p in self.packets if p[0] >> 6 == 2 and p[1] & 0x7F == 0]
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop = True
-        self._thread.join()
-        self.sock.close()
 
 
 @pytest.mark.root

@@ -10,28 +10,13 @@ import pytest
 
 from upbx.common import wire
 from upbx.common.call import RINGING
-from upbx.host.directory import Directory
 from upbx.host.sip.causes import SIP_TO_CAUSE, CAUSE_TO_SIP
-from tests.inprocess import World
-from tests.sip_ua import SipPhone
-
-PHONE_105 = ("10.1.0.50", 5062)
-PHONE_305 = ("198.18.9.9", 5060)
+from tests.sipkit import sip_world
 
 
 @pytest.fixture
 def world(tmp_path):
-    w = World(tmp_path, extensions=(("105", "a"), ("305", "c")))
-    with Directory(tmp_path / "main.sqlite") as d:
-        passwords = {n: d.set_sip_password(n) for n in ("105", "305")}
-    w.start_remote()
-    w.add_phone("301", 1)
-    w.add_phone("101", 2)
-    w.settle()
-    w.sip = {"105": SipPhone(w.a, "105", passwords["105"], PHONE_105, host_ip="198.18.1.1"),
-             "305": SipPhone(w.main, "305", passwords["305"], PHONE_305, host_ip="198.18.0.1")}
-    for ua in w.sip.values():
-        ua.register(w.net.now)
+    w = sip_world(tmp_path, ("301", "101"))
     yield w
     w.close()
 

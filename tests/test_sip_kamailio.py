@@ -3,7 +3,8 @@ wrote), on loopback with real daemons:
 
 - registration (`trunk add ... --register`): Kamailio challenges (digest, its auth module checking
   the trunk's user and password), then saves the binding, granting 60 s at most (its registrar's
-  max_expires); upbx registers again before it runs out (at half: 30 s), challenged and saved again;
+  max_expires); upbx registers again before it runs out (after 54 s), challenged and saved again;
+  a grant of 12 s is refreshed after 7 s, before the binding lapses;
 - the provider's refusals reach the handset as causes: handset 301 dials 9 403, 9 404, 9 480 and
   9 503 and Kamailio answers the INVITE with that status: not permitted, unknown extension, no
   answer, network busy (baresip cannot be made to send those; tests/test_sip_baresip_causes.py
@@ -86,3 +87,40 @@ def test_the_providers_refusals_reach_the_handset_as_causes(lab, status, cause):
     assert any(line.endswith("REFUSED %s from acct" % status) for line in lab.kamailio.lines("REFUSED"))
     time.sleep(0.2)
     assert lab.status("main")["sip"]["calls"] == []
+
+
+SHORT_GRANT_ROUTE = r'''
+    if (is_method("REGISTER")) {
+        if (!pv_www_authenticate("$fd", "pw", "0")) {
+            www_challenge("$fd", "0");
+            exit;
+        }
+        if (registered("location", "$tu")) {
+            xlog("L_NOTICE", "REFRESHED $fU\n");
+        } else {
+            xlog("L_NOTICE", "NEW $fU\n");
+        }
+        save("location");
+        xlog("L_NOTICE", "REGISTERED $fU $ct\n");
+        exit;
+    }
+    sl_send_reply("404", "Not here");
+'''
+
+
+def test_a_provider_granting_12_s_sees_each_refresh_before_the_binding_lapses(tmp_path):
+    """Kamailio grants 12 s (max_expires), under the 30 s the trunk once waited at least: every REGISTER
+    after the first finds the binding still there (Kamailio's registered(): not expired), so the trunk
+    was never unreachable (host/sip/trunk.py, refresh_after_s: 7 s after each grant)."""
+    port = free_port()
+
+    def setup(lab):
+        lab.admin("trunk", "add", "prov", "--proxy", "127.0.0.1:%d" % port, "--user", "acct", "--password", "pw",
+                  "--register")
+
+    with Kamailio(tmp_path / "kamailio", port, SHORT_GRANT_ROUTE, max_expires=12).start() as kam:
+        with sip_lab(tmp_path, sites=("c",), remote_sites=(), phones={"c": ["301"]}, main_sip=True,
+                     setup=setup) as lab:
+            lab.wait_for(lambda: len(kam.lines("REGISTERED")) >= 3, "two refreshes of a 12 s grant", timeout=60)
+            assert len(kam.lines("NEW")) == 1 and len(kam.lines("REFRESHED")) >= 2, kam.log()[-3000:]
+            assert registration(lab) == "registered"

@@ -11,30 +11,15 @@ import pytest
 from upbx.common import lines, wire
 from upbx.common.call import RINGING
 from upbx.common.phone import Incoming
-from upbx.host.directory import Directory
 from upbx.host.sip import message
-from tests.inprocess import World
-from tests.sip_ua import SipPhone
 from tests.test_hold import _notes, _voice
+from tests.sipkit import sip_world
 from tests.test_sip_calls import run, sip_calls_out, statuses
-
-PHONE_105 = ("10.1.0.50", 5062)
-PHONE_305 = ("198.18.9.9", 5060)
 
 
 @pytest.fixture
 def world(tmp_path):
-    w = World(tmp_path, extensions=(("105", "a"), ("305", "c")), site_b=True)
-    with Directory(tmp_path / "main.sqlite") as d:
-        passwords = {n: d.set_sip_password(n) for n in ("105", "305")}
-    w.start_remote()
-    for i, number in enumerate(("301", "302", "101", "102", "201")):
-        w.add_phone(number, i + 1)
-    w.run_until(lambda: all(e.phone.registered for e in w.phones.values()), 3000, "registered")
-    w.sip = {"105": SipPhone(w.a, "105", passwords["105"], PHONE_105, host_ip="198.18.1.1"),
-             "305": SipPhone(w.main, "305", passwords["305"], PHONE_305, host_ip="198.18.0.1")}
-    for ua in w.sip.values():
-        ua.register(w.net.now)
+    w = sip_world(tmp_path, ("301", "302", "101", "102", "201"), site_b=True)
     yield w
     w.close()
 

@@ -94,10 +94,27 @@ def test_registration_at_the_provider_with_its_challenge(world):
         ("Contact", "<sip:acct@198.18.0.1:5060>;expires=60")]))
     run(world, p, 100)
     assert world.main.status()["sip"]["trunks"]["prov"]["registration"] == "registered"
-    # refreshed at half its lifetime
+    # refreshed before it runs out: 60 s granted, again after 54 (host/sip/trunk.py, refresh_after_s)
     again = []
-    assert run(world, p, 40000, until=lambda: again.extend(p.take("REGISTER")) or again)
+    assert not run(world, p, 53000, until=lambda: again.extend(p.take("REGISTER")) or again)
+    assert run(world, p, 2000, until=lambda: again.extend(p.take("REGISTER")) or again)
     assert again[0].call_id == first.call_id and again[0].cseq[0] > second.cseq[0]
+
+
+def test_a_registration_granted_under_30_s_is_refreshed_before_it_lapses(world):
+    """A provider granting 12 s (under the 30 s the trunk once waited at least): each REGISTER goes out
+    7 s after the last grant, 5 s before the binding would lapse, on the world's virtual clock."""
+    p = world.provider
+    got = []
+    assert run(world, p, 6000, until=lambda: got.extend(p.take("REGISTER")) or got)
+    for _ in range(3):
+        p.send(message.response_to(got[-1], 200, to_tag="pt", headers=[
+            ("Contact", "<sip:acct@198.18.0.1:5060>;expires=12")]))
+        run(world, p, 100)
+        assert world.main.status()["sip"]["trunks"]["prov"]["registration"] == "registered"
+        got = []
+        assert not run(world, p, 6800, until=lambda: got.extend(p.take("REGISTER")) or got)   # not at 6.9 s
+        assert run(world, p, 400, until=lambda: got.extend(p.take("REGISTER")) or got)   # at 7 s, not 12
 
 
 def test_outbound_call_on_the_trunk_with_the_prefix_stripped(world):

@@ -82,7 +82,9 @@ def run_image(args):
             binary = unix32_image(frozen=True, micropython_src=args.micropython)
             out = pathlib.Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(binary, out / "micropython")
+            target = out / "micropython"
+            if not (target.exists() and target.samefile(binary)):   # --out the cache's own folder: it is there
+                shutil.copy2(binary, target)
             print("build: %s (32-bit unix port, upbx frozen in); run a handset on it with "
                   "upbx phone --micropython %s" % (out / "micropython", out / "micropython"))
         else:

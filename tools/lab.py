@@ -196,6 +196,33 @@ def audio_match(sent_wav, record_path, sent, gap_frames=0):
     return sent > 0 and len(found) >= 0.95 * sent - gap_frames and in_order and not foreign, len(found)
 
 
+def frames_heard(sent_record, received_record, listener_left_first=False, gap_frames=0):
+    """What one direction of a call delivered, frame for frame: the sender's --record-sent-g711
+    against the listener's --record-g711 (both: sender timestamp + payload per frame).
+
+    ok when the listener received the sender's frames in order, each once, nothing else, from the
+    sender's first frame on, with at most `gap_frames` missing in the middle (a gap a test expects
+    and bounds itself, B7), and with none missing at the end unless the listener left the call
+    first: the frames the sender sent between the listener's hang-up and its own learning of it
+    (one signalling trip, longer on a busy machine) reach nobody, by design. Counting against the
+    sender's total instead (audio_match) fails whenever that trip takes more than 5 % of the call.
+    """
+    sent = read_g711_record(sent_record)
+    received = read_g711_record(received_record)
+    position = {frame: i for i, frame in enumerate(sent)}
+    found = [position.get(frame) for frame in received]
+    known = [p for p in found if p is not None]
+    foreign = len(found) - len(known)
+    in_order = all(b > a for a, b in zip(known, known[1:]))
+    head = known[0] if known else len(sent)
+    tail = len(sent) - 1 - known[-1] if known else 0
+    inside = (known[-1] - head + 1 - len(known)) if known and in_order else 0
+    ok = (bool(sent) and bool(known) and not foreign and in_order and head == 0 and inside <= gap_frames
+          and (listener_left_first or tail == 0))
+    return ok, {"sent": len(sent), "received": len(received), "foreign": foreign, "in_order": in_order,
+                "missing_head": head, "missing_inside": inside, "missing_tail": tail}
+
+
 @contextlib.contextmanager
 def _stops_held():
     """SIGTERM and Ctrl-C wait until the block is done: a child being started is known to close()

@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 
-from upbx.tools.lab import ROOT, LoopbackExchange, audio_match, read_g711_record, upbx, write_noise_wav
+from upbx.tools.lab import ROOT, LoopbackExchange, frames_heard, read_g711_record, upbx, write_noise_wav
 from upbx.tools.netlab import node_address
 
 MAIN_PORT = 4569
@@ -122,22 +122,27 @@ def talk(ex, caller, callee, seconds=4.0, during=None, during_after_s=1.5, befor
 
     `during(ex)` runs once the callee has heard `during_after_s` seconds of audio (the
     call is up and media flows); `before_call(ex)` once the callee is registered, before the
-    caller starts. Returns per direction the audio match, frames and the largest gap, plus
-    the caller's call summary and the daemons' media counter deltas.
+    caller starts. Returns per direction the audio match (tools.lab.frames_heard: the sender's
+    frames as it recorded them sending, against what the listener recorded; the caller hangs
+    up, so the callee's last frames may miss it), frames, the largest gap and what is missing,
+    plus the caller's call summary and the daemons' media counter deltas.
     """
     tag = tag or "talk-%s-%s-%d" % (caller, callee, int(time.time() * 1000) % 100000)
-    wavs, records = {}, {}
+    wavs, records, sent_records = {}, {}, {}
     for number in (caller, callee):
         wavs[number] = ex.path("%s.wav" % number)
         if not os.path.exists(wavs[number]):
             write_noise_wav(wavs[number], 20, int(number))
         records[number] = ex.path("%s-%s.rx.g711" % (tag, number))
+        sent_records[number] = ex.path("%s-%s.tx.g711" % (tag, number))
     before = ex.media_counters()
     callee_proc = ex.phone(callee, "--answer", "--send", wavs[callee], "--record-g711", records[callee],
+                           "--record-sent-g711", sent_records[callee],
                            "--exit-after-call", "--exit-after", str(seconds + 20), tag=tag + "-callee")
     ex.wait_registered(callee)
     before_result = before_call(ex) if before_call is not None else None
-    caller_proc = ex.phone(caller, "--send", wavs[caller], "--record-g711", records[caller], "--call", callee,
+    caller_proc = ex.phone(caller, "--send", wavs[caller], "--record-g711", records[caller],
+                           "--record-sent-g711", sent_records[caller], "--call", callee,
                            "--call-after", "0.8", "--duration", str(seconds), "--exit-after-call",
                            "--exit-after", str(seconds + 18), tag=tag + "-caller")
     during_result = None
@@ -150,15 +155,12 @@ def talk(ex, caller, callee, seconds=4.0, during=None, during_after_s=1.5, befor
     after = ex.media_counters()
     summary = ex.summary(tag + "-caller")
     out = {"call": summary["calls"][0] if summary["calls"] else {}, "during": during_result,
-           "before_call": before_result,
+           "before_call": before_result, "records": records,
            "media_at_hosts": {k: after[k] - before.get(k, 0) for k in after}}
-    callee_calls = ex.summary(tag + "-callee")["calls"]
-    sent = {caller: out["call"].get("frames_sent", 0),
-            callee: callee_calls[0].get("frames_sent", 0) if callee_calls else 0}
     for listener, speaker in ((callee, caller), (caller, callee)):
         gap, gap_at, frames = gaps_ms(records[listener])
-        match, matched = audio_match(wavs[speaker], records[listener], sent[speaker], gap // 20)
-        out["%s->%s" % (speaker, listener)] = {"match": match, "frames": frames, "matched": matched,
-                                                "gap_ms": gap, "gap_at_ms": gap_at}
+        match, heard = frames_heard(sent_records[speaker], records[listener], listener_left_first=listener == caller,
+                                    gap_frames=gap // 20)
+        out["%s->%s" % (speaker, listener)] = dict(heard, match=match, frames=frames, gap_ms=gap, gap_at_ms=gap_at)
     return out
 

@@ -303,9 +303,14 @@ WATCHDOG_STATUS = 4   # what `upbx phone` returns after a watchdog reset without
 def supervise(argv, env, cwd, watchdog, watchdog_ms, restart):
     """Run the firmware as a device runs: fed by its loop or reset, and booted again if asked."""
     boots = 0
+    supervisor = os.getpid()
     while True:
         boots += 1
-        proc = subprocess.Popen(argv, env=env, cwd=cwd)
+        # its own session: a terminal's Ctrl-C (SIGINT to the terminal's foreground process group) reaches
+        # this process only, which hands it on as 0x03 (stop_handset), never the firmware's C code directly;
+        # the firmware still reads its console from the terminal (not its controlling terminal: no SIGTTIN)
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True,
+                                preexec_fn=lambda: _die_with_parent(supervisor))
         fed_from = []
         try:
             status, why = watch(proc, watchdog, watchdog_ms, fed_from)
@@ -320,6 +325,21 @@ def supervise(argv, env, cwd, watchdog, watchdog_ms, restart):
         print("upbx phone: the firmware %s: booting it again (boot %d, same flash)" % (why, boots + 1),
               file=sys.stderr, flush=True)
         time.sleep(0.2)
+
+
+def _die_with_parent(parent):
+    """In the firmware's process before exec: SIGKILL when `upbx phone` ends, however it ends (its own
+    session takes the firmware out of the terminal's and a lab's process group, whose signals ended it)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass   # no prctl (not Linux): a firmware whose supervisor was killed outright runs on
+    if os.getppid() != parent:   # it ended before prctl took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1   # linux/prctl.h
 
 
 def watch(proc, watchdog, watchdog_ms, fed_from=None):

@@ -256,6 +256,8 @@ class Hal:
             self.speaker_start()
 
     def read_frame(self, pcm):
+        if not self._in_call:   # stopped: nothing from before mic_start() reaches a call (its first frame
+            return False        # would go out before the call's timestamps start, docs/handset.md)
         if not self.full_duplex:
             self._switch_half_duplex()
         rx = self._rx

@@ -152,13 +152,15 @@ class Hal:
         for line in faults:
             self.fault(line)
 
-    # audio: the microphone is a clock too. A frame is ready every 20 ms from mic_start();
+    # audio: the microphone is a clock too. A frame is ready every 20 ms from mic_start() until
+    # mic_stop(), none outside (a frame read in the loop's pass that connects a call, before the
+    # Connected event starts the call's timestamps, went out with the last call's timestamp);
     # a loop that falls behind finds at most _MIC_BACKLOG_MS of them (and the current one) queued.
     def mic_start(self):
         self._mic_at = self.ticks_ms()
 
     def mic_stop(self):
-        pass  # the paced microphone wakes nothing: the loop's audio tick is in step with mic_due()
+        self._mic_at = None   # wakes nothing: the loop's audio tick is in step with mic_due()
 
     def mic_due(self):
         return self._mic_at
@@ -167,9 +169,9 @@ class Hal:
         pass  # keys and console lines are polled once per tick; the microphone is paced (mic_due)
 
     def read_frame(self, pcm):
-        now = self.ticks_ms()
         if self._mic_at is None:
-            self._mic_at = now
+            return False
+        now = self.ticks_ms()
         late = time.ticks_diff(now, self._mic_at)
         if late < 0:
             return False

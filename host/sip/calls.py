@@ -151,7 +151,8 @@ class SipCalls:
             link = self.links[number] = SipLink(self, number)
         return link
 
-    def _our_no(self, number):
+    def new_call_no(self, number):
+        """Our call number for a new upbx call of the SIP phone `number` (one space for every phone)."""
         no = self._next_no
         self._next_no = no % 32000 + 1
         return no
@@ -227,10 +228,10 @@ class SipCalls:
                 return port
         return None
 
-    def _send(self, msg, addr):
+    def send(self, msg, addr):
         self.edge.send(msg, addr)
 
-    def _signal(self, call, msg_type, ies, now):
+    def signal_host(self, call, msg_type, ies, now):
         """A message from the SIP side into the host, as a handset's would come."""
         ies = dict(ies)
         ies[wire.IE_CALL_NO] = call.call_no
@@ -240,7 +241,7 @@ class SipCalls:
             return self.core.hold_message(call.link, ies, now)
         self.core.call_message(call.link, msg_type, ies, now)
 
-    def _request(self, call, method, body=b"", extra=()):
+    def dialog_request(self, call, method, body=b"", extra=()):
         """A request within the dialog (RFC 3261 12.2.1.1)."""
         if method not in ("ACK", "CANCEL"):
             call.local_cseq += 1
@@ -291,7 +292,7 @@ class SipCalls:
         key = (req.call_id, req.vias[0].branch, req.method)
         done = self.recent.get(key)
         if done is not None and req.method != "ACK":
-            self.edge._out.append((done[0], addr))   # a request sent again: the same answer
+            self.edge.send_data(done[0], addr)   # a request sent again: the same answer
             return
         call = self.calls.get(req.call_id)
         if req.method == "INVITE" and call is None:
@@ -311,9 +312,9 @@ class SipCalls:
         if number != call.link.name:
             return self.edge.respond(req, 403, addr)
         if req.method == "BYE":
-            self._remember(req, self._respond(call, req, 200, addr), now)
+            self.reply(call, req, 200, addr, now)
             if call.state != "ended" and not call.detached:
-                self._signal(call, wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NORMAL}, now)
+                self.signal_host(call, wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NORMAL}, now)
             self._end(call)
             return
         if req.method == "INVITE":
@@ -325,8 +326,12 @@ class SipCalls:
         response = sip.response_to(req, status, to_tag=call.local_tag if status > 100 else None,
                                    headers=headers, body=body)
         data = response.encode()
-        self.edge._out.append((data, addr))
+        self.edge.send_data(data, addr)
         return data
+
+    def reply(self, call, req, status, addr, now, headers=()):
+        """Answer a request in the call's dialog, and answer a repeat of it the same way."""
+        self._remember(req, self._respond(call, req, status, addr, headers), now)
 
     def _remember(self, req, data, now):
         self.recent[(req.call_id, req.vias[0].branch, req.method)] = (data, now + GIVE_UP_MS)
@@ -337,7 +342,7 @@ class SipCalls:
         link = trunk or self.link_of(number, now)
         if link is None:
             return self.edge.respond(req, 403, addr)   # credentials fine, but no registration: not ours
-        call = SipCall(link, self._our_no(number), addr, outgoing=False)
+        call = SipCall(link, self.new_call_no(number), addr, outgoing=False)
         call.call_id, call.invite = req.call_id, req
         call.invite_branch = req.vias[0].branch
         call.remote_tag = req.from_.params.get("tag")
@@ -383,7 +388,7 @@ class SipCalls:
         if call.outgoing or call.state != "early" or call.final is not None:
             return
         self._final(call, 487, now)
-        self._signal(call, wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NORMAL}, now)
+        self.signal_host(call, wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NORMAL}, now)
 
     def _final(self, call, status, now, headers=(), body=b""):
         """Our final response to the phone's INVITE, sent again until its ACK."""
@@ -413,14 +418,14 @@ class SipCalls:
         call.retransmit = Retransmit(data, addr, now, T2_MS)
         if held != call.held_by_phone and call.state == "confirmed" and not call.detached:
             call.held_by_phone = held
-            self._signal(call, wire.HOLD, {wire.IE_STATE: 1 if held else 0}, now)
+            self.signal_host(call, wire.HOLD, {wire.IE_STATE: 1 if held else 0}, now)
 
     def response(self, resp, addr, now):
         for reg in self.registrations.values():
             if reg.call_id == resp.call_id:
                 nxt = reg.response(resp, now)
                 if nxt is not None:
-                    self._send(nxt, reg.proxy)
+                    self.send(nxt, reg.proxy)
                 return
         call = self.calls.get(resp.call_id)
         if call is None:
@@ -434,9 +439,9 @@ class SipCalls:
                 and call.state != "ended"):
             return self._reinvite_response(call, resp, now)
         if method == "INVITE" and resp.cseq[0] == call.reinvite_acked and 200 <= resp.status < 300:
-            ack = self._request(call, "ACK")   # our ACK was lost: the phone sends its 2xx again
+            ack = self.dialog_request(call, "ACK")   # our ACK was lost: the phone sends its 2xx again
             ack.set("CSeq", "%d ACK" % resp.cseq[0])
-            return self._send(ack, call.addr)
+            return self.send(ack, call.addr)
         if method == "INVITE" and call.outgoing:
             return self._invite_response(call, resp, now)
         if method in ("BYE", "CANCEL") and resp.status >= 200:
@@ -450,27 +455,27 @@ class SipCalls:
                 call.retransmit = None    # the INVITE arrived (a CANCEL's retransmission goes on)
             if resp.status in (180, 183) and call.state == "early" and not call.alerted and not call.cancel_pending:
                 call.alerted = True
-                self._signal(call, wire.ALERTING, {}, now)
+                self.signal_host(call, wire.ALERTING, {}, now)
             return
         tag = resp.to.params.get("tag")
         if resp.status in (401, 407) and isinstance(call.link, TrunkLink) and not call.authed:
             return self._trunk_auth(call, resp, now)
         if resp.status >= 300:
-            ack = self._request(call, "ACK")
+            ack = self.dialog_request(call, "ACK")
             ack.set("CSeq", "%d ACK" % call.invite.cseq[0])
             ack.set("Via", call.invite.get("Via"))
             ack.set("To", resp.get("To"))
-            self._send(ack, call.addr)
+            self.send(ack, call.addr)
             if call.state != "ended" and not call.cancel_pending:
-                self._signal(call, wire.RELEASE, {wire.IE_CAUSE: upbx_cause(resp.status)}, now)
+                self.signal_host(call, wire.RELEASE, {wire.IE_CAUSE: upbx_cause(resp.status)}, now)
             self._end(call)
             return
         call.remote_tag = tag
         if resp.contacts():
             call.remote_target = resp.contacts()[0].uri.text
-        ack = self._request(call, "ACK")
+        ack = self.dialog_request(call, "ACK")
         ack.set("CSeq", "%d ACK" % call.invite.cseq[0])
-        self._send(ack, call.addr)
+        self.send(ack, call.addr)
         if call.state != "early":
             return   # a 200 sent again: ACKed again, nothing more
         call.retransmit = None
@@ -480,37 +485,37 @@ class SipCalls:
             answer = sdplib.parse(resp.body.decode("utf-8", "replace"))
         except sdplib.SdpError:
             self._bye(call, now)
-            return self._signal(call, wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_PROTOCOL_ERROR}, now)
+            return self.signal_host(call, wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_PROTOCOL_ERROR}, now)
         call.codec = answer.codec()
         if call.codec is None:
             self._bye(call, now)
-            return self._signal(call, wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NOT_PERMITTED}, now)
+            return self.signal_host(call, wire.RELEASE, {wire.IE_CAUSE: wire.CAUSE_NOT_PERMITTED}, now)
         call.state = "confirmed"
         self._start_media(call, answer, now)
-        self._signal(call, wire.ANSWER, {}, now)
+        self.signal_host(call, wire.ANSWER, {}, now)
         if call.party is not None:   # transferred to it while it rang: who it talks to now
             self._reinvite_out(call, now)
 
     def _trunk_auth(self, call, resp, now):
         """The provider challenged our INVITE: ACK that, send it again with the trunk's credentials."""
-        ack = self._request(call, "ACK")
+        ack = self.dialog_request(call, "ACK")
         ack.set("CSeq", "%d ACK" % call.invite.cseq[0])
         ack.set("Via", call.invite.get("Via"))
         ack.set("To", resp.get("To"))
-        self._send(ack, call.addr)
+        self.send(ack, call.addr)
         t = call.link.trunk
         header = trunklib.credentials(resp, "INVITE", call.invite.uri.text, t["user"], t["password"])
-        invite = self._request(call, "INVITE", call.invite.body,
+        invite = self.dialog_request(call, "INVITE", call.invite.body,
                                [(n, v) for n, v in call.invite.headers if n in ("Contact", "Content-Type", "Allow")]
                                + [header])
         call.invite = invite
         call.authed = True
-        self._send(invite, call.addr)
+        self.send(invite, call.addr)
         call.retransmit = Retransmit(invite.encode(), call.addr, now, None)
 
     def _bye(self, call, now):
-        bye = self._request(call, "BYE")
-        self._send(bye, call.addr)
+        bye = self.dialog_request(call, "BYE")
+        self.send(bye, call.addr)
         call.retransmit = Retransmit(bye.encode(), call.addr, now, T2_MS)
         call.state = "ended"
 
@@ -565,7 +570,7 @@ class SipCalls:
                 ("Via", call.invite.get("Via")), ("Max-Forwards", "70"), ("From", call.invite.get("From")),
                 ("To", call.invite.get("To")), ("Call-ID", call.call_id),
                 ("CSeq", "%d CANCEL" % call.invite.cseq[0])])
-            self._send(cancel, call.addr)
+            self.send(cancel, call.addr)
             call.retransmit = Retransmit(cancel.encode(), call.addr, now, T2_MS)
             call.cancel_pending = True
             return
@@ -597,9 +602,9 @@ class SipCalls:
             number, name = call.party
             display = '"%s" ' % name.replace('"', "'").replace("\\", "") if name else ""
             extra.append(("P-Asserted-Identity", "%s<sip:%s@%s>" % (display, number, call.our_host)))
-        req = self._request(call, "INVITE", body, extra)
+        req = self.dialog_request(call, "INVITE", body, extra)
         call.reinvite = req
-        self._send(req, call.addr)
+        self.send(req, call.addr)
         call.retransmit = Retransmit(req.encode(), call.addr, now, None)
 
     def _reinvite_response(self, call, resp, now):
@@ -608,13 +613,13 @@ class SipCalls:
         if resp.status < 200:
             call.retransmit = None if call.retransmit is not None and call.retransmit.cap is None else call.retransmit
             return
-        ack = self._request(call, "ACK")
+        ack = self.dialog_request(call, "ACK")
         ack.set("CSeq", "%d ACK" % resp.cseq[0])
         if resp.status >= 300:
             ack.set("Via", call.reinvite.get("Via"))
         else:
             call.reinvite_acked = resp.cseq[0]
-        self._send(ack, call.addr)
+        self.send(ack, call.addr)
         call.retransmit = None
         call.reinvite = None
         if call.reinvite_again:
@@ -632,7 +637,7 @@ class SipCalls:
                                          wire.IE_CAUSE: wire.CAUSE_UNREACHABLE}))
             return
         binding = contacts[-1]
-        call = SipCall(link, self._our_no(link.name), binding.addr, outgoing=True)
+        call = SipCall(link, self.new_call_no(link.name), binding.addr, outgoing=True)
         call.host_call_no = host_no
         call.call_id = "%s@upbx" % token()
         call.our_host = binding.our_host
@@ -648,11 +653,11 @@ class SipCalls:
         self.by_our_no[(link.name, call.call_no)] = call
         self.rtp[port] = call
         body = sdplib.offer(self.media_address(binding.our_host), port, call.session_id, call.sdp_version).encode()
-        invite = self._request(call, "INVITE", body, [("Contact", "<sip:%s@%s>" % (caller, binding.our_host)),
+        invite = self.dialog_request(call, "INVITE", body, [("Contact", "<sip:%s@%s>" % (caller, binding.our_host)),
                                                       ("Content-Type", "application/sdp"),
                                                       ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")])
         call.invite = invite
-        self._send(invite, call.addr)
+        self.send(invite, call.addr)
         call.retransmit = Retransmit(invite.encode(), call.addr, now, None)
 
     def _trunk_setup(self, link, ies, now):
@@ -665,7 +670,7 @@ class SipCalls:
             return
         t = link.trunk
         proxy_host = t["proxy"].split(":")[0]
-        call = SipCall(link, self._our_no(link.name), link.proxy, outgoing=True)
+        call = SipCall(link, self.new_call_no(link.name), link.proxy, outgoing=True)
         call.host_call_no = host_no
         call.call_id = "%s@upbx" % token()
         call.our_host = self.our_address()
@@ -679,11 +684,11 @@ class SipCalls:
         self.by_our_no[(link.name, call.call_no)] = call
         self.rtp[port] = call
         body = sdplib.offer(self.media_address(call.our_host), port, call.session_id, call.sdp_version).encode()
-        invite = self._request(call, "INVITE", body, [("Contact", "<sip:%s@%s>" % (t["user"], call.our_host)),
+        invite = self.dialog_request(call, "INVITE", body, [("Contact", "<sip:%s@%s>" % (t["user"], call.our_host)),
                                                       ("Content-Type", "application/sdp"),
                                                       ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")])
         call.invite = invite
-        self._send(invite, call.addr)
+        self.send(invite, call.addr)
         call.retransmit = Retransmit(invite.encode(), call.addr, now, None)
         call.retransmit.until = now + TRUNK_SILENT_MS   # no 100 Trying by then: the line is down
 
@@ -702,7 +707,7 @@ class SipCalls:
             self.refresh_trunks(self.core.trunk_rows(), now)
         for reg in self.registrations.values():
             if reg.due(now):
-                self._send(reg.start(now), reg.proxy)
+                self.send(reg.start(now), reg.proxy)
         deferred, self.deferred = self.deferred, []
         for link, ies in deferred:
             self.core.call_message(link, wire.RELEASE, ies, now)
@@ -722,7 +727,7 @@ class SipCalls:
                 continue
             if now < r.next_at:
                 continue
-            self.edge._out.append((r.data, r.addr))
+            self.edge.send_data(r.data, r.addr)
             r.interval = r.interval * 2 if r.cap is None else min(r.interval * 2, r.cap)
             r.next_at = now + r.interval
         for key in [k for k, (_, until) in self.recent.items() if until <= now]:
@@ -734,10 +739,10 @@ class SipCalls:
             cause = wire.CAUSE_NO_ANSWER if call.outgoing else wire.CAUSE_UNREACHABLE
             if call.outgoing and isinstance(call.link, TrunkLink) and call.state == "early" and not call.alerted:
                 cause = wire.CAUSE_NO_OUTSIDE_LINE   # the trunk never answered the INVITE at all
-            self._signal(call, wire.RELEASE, {wire.IE_CAUSE: cause}, now)
+            self.signal_host(call, wire.RELEASE, {wire.IE_CAUSE: cause}, now)
             if not call.outgoing and call.state == "confirmed":
-                bye = self._request(call, "BYE")
-                self._send(bye, call.addr)
+                bye = self.dialog_request(call, "BYE")
+                self.send(bye, call.addr)
         self._end(call)
 
     def rtp_wanted(self):

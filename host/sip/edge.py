@@ -116,6 +116,10 @@ class SipEdge:
     def send(self, msg, addr):
         self._out.append((msg.encode(), addr))
 
+    def send_data(self, data, addr):
+        """Bytes encoded before (a retransmission)."""
+        self._out.append((data, addr))
+
     def respond(self, request, status, addr, headers=(), to_tag=None, body=b""):
         response = sip.response_to(request, status, to_tag=to_tag, headers=headers, body=body)
         _mark_received(response, addr)

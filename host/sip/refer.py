@@ -59,24 +59,24 @@ class Transfers:
                 raise sip.SipError(400, "one Refer-To needed")
             target = sip.parse_address(values[0], "Refer-To")
         except sip.SipError:
-            return b._remember(req, b._respond(call, req, 400, addr), now)
+            return b.reply(call, req, 400, addr, now)
         if target.uri.scheme not in ("sip", "sips"):
-            return b._remember(req, b._respond(call, req, 416, addr), now)
+            return b.reply(call, req, 416, addr, now)
         replaces = _replaces(target.uri.headers)
         other = None
         if replaces is not None:
             other = b.calls.get(replaces[0])
             if (other is None or other is call or other.link is not call.link or other.state != "confirmed"
                     or other.detached or {replaces[1], replaces[2]} != {other.local_tag, other.remote_tag}):
-                return b._remember(req, b._respond(call, req, 481, addr), now)
+                return b.reply(call, req, 481, addr, now)
         elif not target.uri.user:
-            return b._remember(req, b._respond(call, req, 400, addr), now)
+            return b.reply(call, req, 400, addr, now)
         if (call.state != "confirmed" or call.detached or call.refer is not None or call.host_call_no is None
                 or call.holding or getattr(call.link, "trunk", None) is not None):
             # not now: not answered, transferred already, one under way, held by the other party;
             # and never from a trunk's provider (it would place calls as the trunk, to any number)
-            return b._remember(req, b._respond(call, req, 403, addr), now)
-        b._remember(req, b._respond(call, req, 202, addr, [("Contact", "<sip:%s>" % call.our_host)]), now)
+            return b.reply(call, req, 403, addr, now)
+        b.reply(call, req, 202, addr, now, [("Contact", "<sip:%s>" % call.our_host)])
         call.refer_id = req.cseq[0]
         self.notify(call, 100, now)
         if other is not None:   # attended: both calls are answered; joined now
@@ -90,8 +90,8 @@ class Transfers:
             return
         we_held = not call.held_by_phone   # baresip does not hold before its REFER; others do
         if we_held:
-            b._signal(call, wire.HOLD, {wire.IE_STATE: 1}, now)
-        cons = Consultation(call, b._our_no(call.link.name), target.uri.user[:31], we_held)
+            b.signal_host(call, wire.HOLD, {wire.IE_STATE: 1}, now)
+        cons = Consultation(call, b.new_call_no(call.link.name), target.uri.user[:31], we_held)
         call.refer = cons
         self.consultations[(call.link.name, cons.call_no)] = cons
         b.core.place_sip_call(call.link, {wire.IE_CALL_NO: cons.call_no, wire.IE_CALLED: cons.number,
@@ -138,7 +138,7 @@ class Transfers:
             self.drop(cons, now)
         self.notify(call, status, now, final=True)
         if cons is not None and cons.we_held and call.state == "confirmed" and not call.detached:
-            self.b2bua._signal(call, wire.HOLD, {wire.IE_STATE: 0}, now)
+            self.b2bua.signal_host(call, wire.HOLD, {wire.IE_STATE: 0}, now)
 
     def transferred(self, call, now):
         """The host joined the other party elsewhere and released our leg: the REFER succeeded. The
@@ -156,11 +156,11 @@ class Transfers:
         """NOTIFY in the REFER's dialog with the consultation's progress as a sipfrag (RFC 3515 2.4.5)."""
         b = self.b2bua
         frag = "SIP/2.0 %d %s\r\n" % (status, sip.REASONS.get(status, "Unknown"))
-        req = b._request(call, "NOTIFY", frag.encode(), [
+        req = b.dialog_request(call, "NOTIFY", frag.encode(), [
             ("Event", "refer;id=%d" % call.refer_id),
             ("Subscription-State", "terminated;reason=noresource" if final else "active;expires=60"),
             ("Contact", "<sip:%s>" % call.our_host), ("Content-Type", "message/sipfrag;version=2.0")])
-        b._send(req, call.addr)
+        b.send(req, call.addr)
         call.notify_rt = Retransmit(req.encode(), call.addr, now, T2_MS)
 
     def tick(self, call, now):
@@ -174,7 +174,7 @@ class Transfers:
             if now >= n.until:
                 call.notify_rt = None
             else:
-                self.b2bua.edge._out.append((n.data, n.addr))
+                self.b2bua.edge.send_data(n.data, n.addr)
                 n.interval = min(n.interval * 2, n.cap)
                 n.next_at = now + n.interval
 
