@@ -594,19 +594,18 @@ class App:
             self.running = False
 
     def _housekeeping(self, now):
-        """Once a second: the heap's use and free space, then, a tick later, a collection that
-        measures what is really live and the HAL's chance to rejoin Wi-Fi. gc.mem_alloc() and
-        gc.mem_free() each walk the heap's whole allocation table: run here, not every loop, and not
-        in the collection's tick, so no tick holds more than one walk besides the collection. The
-        high-water mark is sampled 25 ms before the collection, when the second's garbage is there."""
+        """Once a second: the heap's use, then, a tick later, a collection that measures what is
+        really live and the HAL's chance to rejoin Wi-Fi. gc.mem_alloc() walks the heap's whole
+        allocation table: run here, not every loop, and not in the collection's tick, so no tick holds
+        more than one walk besides the collection. The high-water mark is sampled 25 ms before the
+        collection, when the second's garbage is there. The least free space is not sampled apart:
+        every block is either used or free (py/gc.c, gc_info), so it is the heap's size less that
+        high-water mark (firmware/commands.py, heap), and gc.mem_free()'s second walk is saved."""
         if self._sampled_at is None:
             self._sampled_at = now
             used = _mem_alloc()
             if used > self.heap_peak:
                 self.heap_peak = used
-            free = _mem_free()
-            if self.heap_free_min is None or free < self.heap_free_min:
-                self.heap_free_min = free
             self._house_at = ticks_add(now, _HEAP_SAMPLE_LEAD_MS)   # short, regular pauses
             return
         self._sampled_at = None
