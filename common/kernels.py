@@ -93,15 +93,12 @@ if MICROPYTHON:
 
     @micropython.viper
     def hmac_final(state, istate, ostate, buf, used: int, total: int, w):
-        # the inner hash: pad buf[:used] (a message of total bytes, the key block's 64 included) and
-        # compress it from istate; its digest then goes into buf[0:32], padded as a 96-byte message, and
-        # that block is compressed from ostate into state: what sha256_pad, sha256_blocks, sha256_put,
-        # sha256_pad and sha256_blocks do one by one, in one call (the same arithmetic as sha256_blocks)
-        m = uint((0xFFFF << 16) | 0xFFFF)
+        # the end of an HMAC in one call: pad buf[:used] (a message of total bytes, the key block's 64
+        # included) and compress it from istate; put its digest into buf[0:32], padded as a 96-byte
+        # message, and compress that block from ostate into state. What sha256_pad, sha256_blocks,
+        # sha256_put, sha256_pad and sha256_blocks do one by one, with the compression itself
+        # sha256_blocks' (one copy of the SHA-256 rounds)
         src = ptr8(buf)
-        ww = ptr32(w)
-        k = ptr32(SHA256_K)
-        st = ptr32(state)
         end = (used + 72) & (0 - 64)
         src[used] = 0x80
         i = used + 1
@@ -113,88 +110,20 @@ if MICROPYTHON:
         src[end - 3] = (v >> 16) & 0xFF
         src[end - 2] = (v >> 8) & 0xFF
         src[end - 1] = v & 0xFF
-        nblocks = end >> 6
-        iv = ptr32(istate)
-        phase = 0
-        while phase < 2:
-            h0 = uint(iv[0])
-            h1 = uint(iv[1])
-            h2 = uint(iv[2])
-            h3 = uint(iv[3])
-            h4 = uint(iv[4])
-            h5 = uint(iv[5])
-            h6 = uint(iv[6])
-            h7 = uint(iv[7])
-            blk = 0
-            while blk < nblocks:
-                q = blk << 6
-                i = 0
-                while i < 16:
-                    ww[i] = (uint(src[q]) << 24) | (uint(src[q + 1]) << 16) | (uint(src[q + 2]) << 8) | uint(src[q + 3])
-                    q += 4
-                    i += 1
-                while i < 64:
-                    x = uint(ww[i - 15])
-                    y = uint(ww[i - 2])
-                    s0 = ((x >> 7) | (x << 25)) ^ ((x >> 18) | (x << 14)) ^ (x >> 3)
-                    s1 = ((y >> 17) | (y << 15)) ^ ((y >> 19) | (y << 13)) ^ (y >> 10)
-                    ww[i] = uint(ww[i - 16]) + s0 + uint(ww[i - 7]) + s1
-                    i += 1
-                a = h0
-                b = h1
-                c = h2
-                d = h3
-                e = h4
-                f = h5
-                g = h6
-                h = h7
-                i = 0
-                while i < 64:
-                    t1 = (h + (((e >> 6) | (e << 26)) ^ ((e >> 11) | (e << 21)) ^ ((e >> 25) | (e << 7)))
-                          + ((e & f) ^ ((e ^ m) & g)) + uint(k[i]) + uint(ww[i]))
-                    t2 = (((a >> 2) | (a << 30)) ^ ((a >> 13) | (a << 19)) ^ ((a >> 22) | (a << 10))) + (
-                        (a & b) ^ (a & c) ^ (b & c))
-                    h = g
-                    g = f
-                    f = e
-                    e = (d + t1) & m
-                    d = c
-                    c = b
-                    b = a
-                    a = (t1 + t2) & m
-                    i += 1
-                h0 = (h0 + a) & m
-                h1 = (h1 + b) & m
-                h2 = (h2 + c) & m
-                h3 = (h3 + d) & m
-                h4 = (h4 + e) & m
-                h5 = (h5 + f) & m
-                h6 = (h6 + g) & m
-                h7 = (h7 + h) & m
-                blk += 1
-            st[0] = h0
-            st[1] = h1
-            st[2] = h2
-            st[3] = h3
-            st[4] = h4
-            st[5] = h5
-            st[6] = h6
-            st[7] = h7
-            if phase == 0:   # the inner digest, padded: one block for the outer hash
-                i = 0
-                while i < 32:
-                    src[i] = (uint(st[i >> 2]) >> (24 - ((i & 3) << 3))) & 0xFF
-                    i += 1
-                src[32] = 0x80
-                i = 33
-                while i < 62:
-                    src[i] = 0
-                    i += 1
-                src[62] = 3   # 96 bytes: 768 bits
-                src[63] = 0
-                nblocks = 1
-                iv = ptr32(ostate)
-            phase += 1
+        sha256_blocks(state, istate, buf, 0, end >> 6, w)
+        st = ptr32(state)
+        i = 0
+        while i < 32:   # the inner digest, padded: one block for the outer hash
+            src[i] = (uint(st[i >> 2]) >> (24 - ((i & 3) << 3))) & 0xFF
+            i += 1
+        src[32] = 0x80
+        i = 33
+        while i < 62:
+            src[i] = 0
+            i += 1
+        src[62] = 3   # 96 bytes: 768 bits
+        src[63] = 0
+        sha256_blocks(state, ostate, buf, 0, 1, w)
 
     @micropython.viper
     def sha256_blocks(state, init, data, off: int, nblocks: int, w):

@@ -84,7 +84,6 @@ def init(app, config, hal):
     app._port = int(config.get("local_port", 0)) or _random_port()
     app.heap_peak = 0
     app.heap_live_peak = 0
-    app.heap_free_min = None
     app._sampled_at = None   # when the heap's use was sampled for the coming collection
     app.current = None
     app.started = None

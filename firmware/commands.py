@@ -125,5 +125,6 @@ def heap(app):
     """Heap figures (bytes) on MicroPython: in use now, peak seen by the loop, least free, total."""
     if _mem_alloc is None:
         return None
+    total = _mem_alloc() + _mem_free()   # every block is used or free (py/gc.c, gc_info)
     return {"alloc": _mem_alloc(), "peak_alloc": app.heap_peak, "peak_live": app.heap_live_peak,
-            "min_free": app.heap_free_min, "total": _mem_alloc() + _mem_free()}
+            "min_free": total - app.heap_peak if app.heap_peak else None, "total": total}

@@ -107,8 +107,10 @@ def lcg(seed):
     return rand
 
 
-def run_stream(jb, frames, start, jitter_ms, rand):
-    """Frames sent every 20 ms, each delayed 0..jitter_ms; playout ticks every 20 ms at +5 ms."""
+def run_stream(jb, frames, start, jitter_ms, rand, phase=5, at_tick=False):
+    """Frames sent every 20 ms, each delayed 0..jitter_ms; playout ticks every 20 ms at +phase ms.
+    Each frame is put when it arrives, or with at_tick at the next tick, stamped with the tick's
+    time (the handset's loop in a call: firmware/app.py, _drain)."""
     arrivals = []
     for i in range(frames):
         arrivals.append((20 * (start + i) + (rand(jitter_ms + 1) if jitter_ms else 0), start + i))
@@ -116,10 +118,10 @@ def run_stream(jb, frames, start, jitter_ms, rand):
     a = 0
     played = 0
     for tick in range(start, start + frames + 10):
-        now = 20 * tick + 5
+        now = 20 * tick + phase
         while a < len(arrivals) and arrivals[a][0] <= now:
             t, i = arrivals[a]
-            jb.put((i * 160) & 0xFFFF, payload(i), t)
+            jb.put((i * 160) & 0xFFFF, payload(i), now if at_tick else t)
             a += 1
         if jb.get(now)[0] == FRAME:
             played += 1
@@ -189,6 +191,24 @@ def test_30_ms_uniform_jitter_alone_loses_no_frame_once_adapted():
     played = run_stream(jb, 500, 110, 30, rand)
     assert jb.late == late and jb.dropped == dropped and jb.resyncs == 0
     assert played == 500 and jb.concealed - concealed <= 10  # only the 10 ticks after each stream ends
+
+
+def test_frames_read_at_the_tick_play_as_frames_stamped_on_arrival():
+    # the handset's loop in a call reads the datagrams at the tick and stamps them with its time: the
+    # same frames play and none more is late or concealed; the delay it adapts to differs by at most a
+    # frame (more only where the jitter straddles the tick, less where it does not)
+    for jitter_ms in (0, 2, 10, 30, 80):
+        for phase in (1, 10, 19):
+            runs = []
+            for at_tick in (False, True):
+                jb = JitterBuffer()
+                rand = lcg(5 + jitter_ms)
+                played = run_stream(jb, 600, 0, jitter_ms, rand, phase, at_tick)
+                runs.append((played, jb.late, jb.concealed, jb.target_ms))
+            (played, late, concealed, target), (played_t, late_t, concealed_t, target_t) = runs
+            case = (jitter_ms, phase, runs)
+            assert played_t >= played and late_t <= late and concealed_t <= concealed, case
+            assert target_t <= target + 20, case
 
 
 def test_peek_shows_the_frame_the_next_get_plays_and_changes_nothing():
