@@ -156,7 +156,7 @@ class MainHost(HostCore):
 
     def on_datagram(self, data, addr, now, forwarded=False):
         kind = wire.frame_kind(data)
-        if self.router is not None and not forwarded and self._elsewhere(kind, data, addr):
+        if self.router is not None and not forwarded and self._elsewhere(kind, data, addr, now):
             return
         if kind == wire.KIND_MINI:
             leg = self.switch.mini_in(data, now)   # a new media frame: its phone is at addr (B7)
@@ -197,7 +197,7 @@ class MainHost(HostCore):
             for msg_type, ies in messages:
                 self._message(self.links[peer.index], msg_type, ies, now)
 
-    def _elsewhere(self, kind, data, addr):
+    def _elsewhere(self, kind, data, addr, now):
         """True when data is another live node's (its session index or call number says so, and it is
         not one of ours, as a call taken over from a node would be): sent on to it one hop."""
         if kind == wire.KIND_MINI:
@@ -219,7 +219,8 @@ class MainHost(HostCore):
         if ":" in addr[0]:
             self.stats.drop("cluster: forward of an IPv6 source")
             return True
-        self.send(*self.router.wrap(node, data, addr))
+        if self.router.may_forward(kind, data, addr, now):   # bounded: the node cannot check the frame's tag
+            self.send(*self.router.wrap(node, data, addr))
         return True
 
     def set_cluster_nodes(self, nodes, now):
