@@ -46,6 +46,7 @@ class MainHost(HostCore):
         self.cluster_state = {}  # each engine's "up"/"down", kept by the node's ClusterService
         self.cluster_members = []   # names of the live nodes (etcd's leases), kept by the ClusterService
         self.takeover = None     # host.cluster.calls.Takeover on a node: calls of a silent node carried on here
+        self.standby_links = set()   # links whose client keeps them as its standby session (NODES standby 1)
         if getattr(config, "cluster_postgres", ""):
             from upbx.host.cluster.node import ClusterNode   # psycopg, redis, aetcd: the cluster extra
             self.cluster = ClusterNode(config, log)
@@ -409,6 +410,9 @@ class MainHost(HostCore):
                 self.firmware_phones.update(number, ies)
             else:
                 self.stats.drop("firmware state of another site's extension")
+        elif msg_type == wire.NODES and self.router is not None and wire.IE_STANDBY in ies:
+            # what this session is to its client: its standby (kept to switch to) or its home (docs/cluster.md)
+            (self.standby_links.add if ies[wire.IE_STANDBY] else self.standby_links.discard)(link)
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)
@@ -922,6 +926,7 @@ class MainHost(HostCore):
         self.gone[(link.kind, link.name)] = {"address": "%s:%d" % link.address[:2],
                                              "last_seen_ms": self.wall_ms(link.session.last_seen_ms)}
         self.links.pop(link.session.index, None)
+        self.standby_links.discard(link)
         if self.host_links.get(link.session.index) is link:
             del self.host_links[link.session.index]
         self._links_changed += 1
@@ -975,10 +980,13 @@ class MainHost(HostCore):
         return {
             "name": "main",
             "bandwidth": self.meter.as_dict(),
-            "remote_hosts": [{"name": l.name, "site": self._site_of(l), "address": "%s:%d" % l.address[:2]}
+            # a session its client keeps as its standby (a node of a cluster) says "standby": true
+            "remote_hosts": [dict({"name": l.name, "site": self._site_of(l), "address": "%s:%d" % l.address[:2]},
+                                  **({"standby": True} if l in self.standby_links else {}))
                              for l in self.links.values() if l.kind == "host"],
-            "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.links.values()
-                       if l.kind == "phone"],
+            "phones": [dict({"extension": l.name, "address": "%s:%d" % l.address[:2]},
+                            **({"standby": True} if l in self.standby_links else {}))
+                       for l in self.links.values() if l.kind == "phone"],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
                        "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
             "conferences": self.conferences.status(),
