@@ -29,7 +29,7 @@ from . import wire
 from .call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
                          DTMF_RECEIVED, DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, SETUP_RECEIVED, SETUP_SENT,
                          TIMEOUT, CallLeg)
-from .compat import const, forget, micropython, ticks_diff
+from .compat import const, forget, micropython, ticks_diff, ticks_earliest
 from .login import UP, Event, Login, LoginUp
 from .media import MediaLeg
 
@@ -81,6 +81,12 @@ class Phone:
     messages = 0     # new voicemail messages: set on the instance by the first MESSAGE_WAITING
     codec = 0        # G.711 law (wire CODEC_*): an A-law phone's app sets 8; named in its SETUPs and ALERTINGs
     firmware_sink = None   # set on the instance while an update downloads (firmware/ota.py)
+    # a phone straight at a cluster's node (common/cluster.py sets them on the instance): its standby
+    # Login at the home node's successor and that node's address; switched: the address the session
+    # is at since it switched to its standby (the firmware sends there from then on, and clears it);
+    # standby_bye: (address, datagrams) of a standby given up; switches so far
+    standby = standby_to = switched = standby_bye = None
+    switches = 0
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
         self.random_bytes = random_bytes
@@ -264,26 +270,32 @@ class Phone:
         if kind != wire.KIND_FULL:
             self.dropped += 1
             return None
+        standby = self.standby
+        if standby is not None and wire.session_of(datagram) == standby.local_index:
+            self._cluster().standby_receive(self, datagram, now)
+            return None
         for msg_type, ies in self.login.receive(datagram, now):
             self._message(msg_type, ies, now)
-        self._login_events()
+        self._login_events(now)
         return None
 
-    def _login_events(self):
-        """The login's events are the phone's (LoginUp: registered); a call does not outlive the session."""
+    def _login_events(self, now):
+        """The login's events are the phone's (LoginUp: registered); a call does not outlive the session,
+        unless a cluster's standby session takes its place (common/cluster.py: then nothing happened)."""
         for event in self.login.take_events():
+            if self.cluster_nodes is not None or (type(event) is LoginUp and _IE_CLUSTER_NODES in event.welcome):
+                if self._cluster().phone_event(self, event, now):
+                    continue
             while type(event) is not LoginUp and self.call is not None:
                 self.call.apply(TIMEOUT)
                 self._end(wire.CAUSE_UNREACHABLE)
-            if self.cluster_nodes is not None or (type(event) is LoginUp and _IE_CLUSTER_NODES in event.welcome):
-                self._cluster_event(event)
             self._events.append(event)
 
-    def _cluster_event(self, event):
-        """A phone straight at a cluster's node (docs/cluster.md, "First contact"): common/cluster.py,
-        loaded only here (no cluster, no heap), sets host_next, where the next login goes."""
+    def _cluster(self):
+        """common/cluster.py, loaded only for a phone straight at a cluster's node (no cluster, no heap):
+        where the next login goes (host_next), the standby session (docs/cluster.md)."""
         from . import cluster
-        cluster.phone_event(self, event)
+        return cluster
 
     def _message(self, msg_type, ies, now):
         if msg_type == wire.SYSINFO:
@@ -403,14 +415,24 @@ class Phone:
     # time
 
     def datagrams_to_send(self, now):
+        """The session's datagrams (to the host); a standby's go to standby_to (firmware/events.py)."""
+        if self.standby is not None:
+            self._cluster().standby_tick(self, now)
         return self.login.datagrams_to_send(now)
 
     def next_timer(self):
+        standby = self.standby
+        if standby is not None:
+            return ticks_earliest(self.login.next_timer(), standby.next_timer())
         return self.login.next_timer()
 
     def handle_timer(self, now):
+        standby = self.standby
+        if standby is not None:
+            standby.handle_timer(now)
+            self._cluster().standby_events(self, now)
         self.login.handle_timer(now)
-        self._login_events()
+        self._login_events(now)
         call = self.call
         if call is not None and call.state == CALLING and ticks_diff(now, call.started_ms) > _SETUP_TIMEOUT_MS:
             call.apply(TIMEOUT)

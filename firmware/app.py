@@ -310,6 +310,9 @@ class App:
                 return None
 
     def flush(self, now):
+        if self.phone.cluster_nodes is not None:   # a cluster's node: the standby session (firmware/standby.py)
+            from firmware import standby
+            standby.flush(self, now)
         for datagram in self.phone.datagrams_to_send(now):
             self.sendto(datagram, self.host_addr, _TOS_CS3)
 

@@ -413,6 +413,9 @@ class MainHost(HostCore):
         elif msg_type == wire.NODES and self.router is not None and wire.IE_STANDBY in ies:
             # what this session is to its client: its standby (kept to switch to) or its home (docs/cluster.md)
             (self.standby_links.add if ies[wire.IE_STANDBY] else self.standby_links.discard)(link)
+            call_no = ies.get(wire.IE_PEER_CALL_NO)
+            if not ies[wire.IE_STANDBY] and call_no and self.takeover is not None:
+                self.takeover.moved(link, call_no, now)   # a phone that switched here names its call
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)

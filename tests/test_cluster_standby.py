@@ -3,6 +3,7 @@ lists and what a client gives up, on real engines, real `upbx main` nodes and a 
 (tools/cluster_lab.py). Every wait is for a state (a status, a log line), never for a time; the
 timeouts only guard against a hang.
 """
+import json
 import os
 
 import pytest
@@ -86,3 +87,98 @@ def test_cluster_status_tells_home_from_standby_and_a_standby_given_up_is_logged
         assert state["n1"]["sites"] == ["a"]
     finally:
         lab.close()
+
+
+def _frames(path):
+    from upbx.tools.lab import read_g711_record
+    return len(read_g711_record(path)) if os.path.exists(path) else 0
+
+
+def _gap_ms(path):
+    from upbx.tools.lab import read_g711_record
+    frames = read_g711_record(path)
+    return max((b[0] - a[0] for a, b in zip(frames, frames[1:])), default=0)
+
+
+def _lines(lab, name, *words):
+    with open(lab.path(name + ".log"), "rb") as f:
+        return [line for line in f.read().decode("utf-8", "replace").splitlines() if all(w in line for w in words)]
+
+
+def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill_of_the_node(engines):
+    """Two firmware phones (the MicroPython unix port) straight at n1, no remote host: each keeps a
+    standby session at n1's successor; a call between them, relayed by n1; n1 killed with -9: both
+    switch to their standby session (no new handshake), the successor takes the call over from Redis,
+    each phone's audio arrives at the other in order, and the call ends "normal clearing"."""
+    from upbx.tools.lab import audio_match, write_noise_wav
+    from tests.support import micropython_binary
+    import redis
+    import time
+    micropython_binary()
+    r = redis.Redis.from_url(engines.redis_url)
+    lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2", "n3"), direct_media=False)
+    try:
+        lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "302"]})
+        lab.start()
+        ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+        succ = {v: k for k, v in ids.items()}[cluster.successor(ids["n1"], sorted(ids.values()))]
+        procs = {}
+        for number in ("302", "301"):
+            wav = lab.path(number + ".wav")
+            write_noise_wav(wav, 120, int(number))
+            args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
+                    "--exit-after", "300"]
+            args += ["--answer"] if number == "302" else ["--call", "302", "--call-after", "3"]
+            procs[number] = lab.phone(number, *args, tag="standby-" + number)
+            lab.wait_registered(number, timeout=60)
+        # each phone's standby session at n1's successor, which lists it as a standby
+        lab.wait_for(lambda: sorted(p["extension"] for p in lab.status(succ)["phones"] if p.get("standby"))
+                     == ["301", "302"], "both phones' standby sessions at %s" % succ, timeout=60)
+        assert by_name(lab.cluster_status())[succ]["standby_sites"] == ["c"]
+        assert by_name(lab.cluster_status())["n1"]["sites"] == ["c"]
+
+        def answered_key():
+            for key in r.scan_iter(match="upbx:call:*"):
+                call = json.loads(r.get(key) or b"{}")
+                if call.get("caller") == "301" and call.get("state") == "answered" and not call.get("ended"):
+                    return call
+            return None
+        lab.wait_for(lambda: answered_key() is not None, "the answered call's key in Redis", timeout=60)
+        call = answered_key()
+        assert call["node"] == "n1"
+        key = "upbx:call:" + call["uid"]
+        logins = {n: len(_lines(lab, succ, " login ", "name=%s " % n)) for n in ("301", "302")}
+        assert logins == {"301": 1, "302": 1}
+        time.sleep(1)
+        before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("301", "302")}
+        killed = time.time()
+        lab.kill("n1")
+        lab.wait_for(lambda: [c["callee"] for c in lab.status(succ)["calls"]] == ["302"],
+                     "%s took the call over" % succ, timeout=30)
+        taken = time.time() - killed
+        assert lab.status(succ)["stats"]["counters"].get("calls taken over") == 1
+        lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("301", "302")),
+                     "relayed audio after the failover", timeout=30)
+        # no new handshake: the sessions at the successor are the standby ones, now home
+        assert {n: len(_lines(lab, succ, " login ", "name=%s " % n)) for n in ("301", "302")} == logins
+        assert all(_lines(lab, "phone-standby-" + n, "switched to the standby session") for n in ("301", "302"))
+        assert not [p for p in lab.status(succ)["phones"] if p.get("standby")]
+        procs["301"].stdin.write(b"!hangup\n")
+        procs["301"].stdin.flush()
+        for proc in procs.values():
+            proc.wait(60)
+        gaps = {}
+        for sender, receiver in (("301", "302"), ("302", "301")):
+            summary = lab.summary("standby-" + sender)["calls"][0]
+            assert summary["cause"] == "normal clearing", summary
+            gaps[receiver] = _gap_ms(lab.path(receiver + ".rx.g711"))
+            match, matched = audio_match(lab.path(sender + ".wav"), lab.path(receiver + ".rx.g711"),
+                                         summary["frames_sent"], gap_frames=gaps[receiver] // 20 + 5)
+            assert match, (sender, matched, summary["frames_sent"], gaps[receiver])
+        print("kill -9 of n1 (phones straight at it): %s had the call after %.1f s; audio gap at 301: %d ms, "
+              "at 302: %d ms" % (succ, taken, gaps["301"], gaps["302"]))
+        lab.wait_for(lambda: json.loads(r.get(key) or b"{}").get("ended"), "the call's key marked ended", timeout=30)
+        assert json.loads(r.get(key))["node"] == succ
+    finally:
+        lab.close()
+        r.close()
