@@ -209,10 +209,10 @@ def phone_event(phone, event, now=0):
         phone.cluster_nodes = event.welcome.get(0x31, phone.cluster_nodes)   # IE cluster_nodes
         phone._node_up = index_node(event.welcome.get(0x03, 0))               # IE session_index
         phone._keepalive = phone.login.keepalive_ms                           # the node's (WELCOME)
+        _phone_state(phone)
         _choose_standby(phone, now)
         return False
-    standby = phone.standby
-    if standby is not None and standby.state == "up":
+    if phone.standby is not None and phone.standby.state == "up":
         _switch(phone, now)
         return True
     try:
@@ -262,6 +262,13 @@ def _choose_standby(phone, now):
     standby.start(now)
 
 
+def _phone_state(phone):
+    """The instance attributes of a phone at a cluster's node (common/phone.py keeps only `standby`)."""
+    if not hasattr(phone, "switches"):
+        phone.standby_to = phone.switched = phone.standby_bye = None
+        phone.switches = 0
+
+
 def _switch(phone, now):
     """The standby session becomes the phone's session, with its keys, no handshake; the node hears
     it is home now and the call numbers of the call going on (it takes the call over from Redis,
@@ -281,28 +288,28 @@ def _switch(phone, now):
     old.take_events()
 
 
-def standby_receive(phone, datagram, now):
-    """A datagram of the standby session (its index): kept alive; a SETUP on it is refused (the
-    phone's calls go through its home node), anything else but PING and ACK is dropped."""
-    standby = phone.standby
-    for msg_type, ies in standby.receive(datagram, now):
-        if msg_type == _SETUP:
-            standby.send(_RELEASE, {_IE_PEER_CALL_NO: ies.get(_IE_CALL_NO, 1), _IE_CAUSE: _CAUSE_UNREACHABLE}, now)
-        elif msg_type != 0x07 and msg_type != 0x06:   # PING, ACK
-            phone.dropped += 1
-    standby_events(phone, now)
-
-
-def standby_events(phone, now):
+def standby(phone, now, datagram=None):
+    """The standby session's datagram (one with its index), or its timers (datagram None), from
+    common/phone.py: kept alive; a SETUP on it is refused (the phone's calls go through its home
+    node), anything else but PING and ACK is dropped."""
     from .login import LoginUp
     standby = phone.standby
+    if datagram is None:
+        standby.handle_timer(now)
+    else:
+        for msg_type, ies in standby.receive(datagram, now):
+            if msg_type == _SETUP:
+                standby.send(_RELEASE, {_IE_PEER_CALL_NO: ies.get(_IE_CALL_NO, 1), _IE_CAUSE: _CAUSE_UNREACHABLE},
+                             now)
+            elif msg_type != 0x07 and msg_type != 0x06:   # PING, ACK
+                phone.dropped += 1
     for event in standby.take_events():
         if type(event) is LoginUp:
             standby.send(_NODES, {_IE_STANDBY: 1}, now)   # the node lists it as this phone's standby
 
 
 def standby_tick(phone, now):
-    """Before the phone's datagrams go out: with the standby up, the session's silence is noticed
+    """Before the phone's datagrams go out (firmware/standby.py): with the standby up, the session's silence is noticed
     within 1.5 s in a call (PING every 0.5 s), the node's keepalive + 2 s idle."""
     login, standby = phone.login, phone.standby
     if standby.state == "up" and phone.call is not None:

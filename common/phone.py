@@ -81,12 +81,10 @@ class Phone:
     messages = 0     # new voicemail messages: set on the instance by the first MESSAGE_WAITING
     codec = 0        # G.711 law (wire CODEC_*): an A-law phone's app sets 8; named in its SETUPs and ALERTINGs
     firmware_sink = None   # set on the instance while an update downloads (firmware/ota.py)
-    # a phone straight at a cluster's node (common/cluster.py sets them on the instance): its standby
-    # Login at the home node's successor and that node's address; switched: the address the session
-    # is at since it switched to its standby (the firmware sends there from then on, and clears it);
-    # standby_bye: (address, datagrams) of a standby given up; switches so far
-    standby = standby_to = switched = standby_bye = None
-    switches = 0
+    # a phone straight at a cluster's node: its standby Login at the home node's successor; the rest
+    # of it (standby_to, switched, standby_bye, switches) is set on the instance by common/cluster.py,
+    # and read by firmware/standby.py, neither loaded without a cluster (a handset's heap)
+    standby = None
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
         self.random_bytes = random_bytes
@@ -272,8 +270,7 @@ class Phone:
             return None
         standby = self.standby
         if standby is not None and wire.session_of(datagram) == standby.local_index:
-            self._cluster().standby_receive(self, datagram, now)
-            return None
+            return self._cluster().standby(self, now, datagram)
         for msg_type, ies in self.login.receive(datagram, now):
             self._message(msg_type, ies, now)
         self._login_events(now)
@@ -415,22 +412,17 @@ class Phone:
     # time
 
     def datagrams_to_send(self, now):
-        """The session's datagrams (to the host); a standby's go to standby_to (firmware/events.py)."""
-        if self.standby is not None:
-            self._cluster().standby_tick(self, now)
+        """The session's datagrams (to the host); a standby's go to its node (firmware/standby.py)."""
         return self.login.datagrams_to_send(now)
 
     def next_timer(self):
         standby = self.standby
-        if standby is not None:
-            return ticks_earliest(self.login.next_timer(), standby.next_timer())
-        return self.login.next_timer()
+        at = self.login.next_timer()
+        return at if standby is None else ticks_earliest(at, standby.next_timer())
 
     def handle_timer(self, now):
-        standby = self.standby
-        if standby is not None:
-            standby.handle_timer(now)
-            self._cluster().standby_events(self, now)
+        if self.standby is not None:
+            self._cluster().standby(self, now)
         self.login.handle_timer(now)
         self._login_events(now)
         call = self.call

@@ -105,7 +105,16 @@ def _lines(lab, name, *words):
         return [line for line in f.read().decode("utf-8", "replace").splitlines() if all(w in line for w in words)]
 
 
-def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill_of_the_node(engines):
+# the handsets: the 64-bit port from PyPI; the 32-bit build (the ESP32's word size) with upbx frozen
+# in at 64K, and with .mpy files at 100K (docs/handset.md, Memory): (fixture, phone arguments, live limit)
+BUILDS = {"pypi": (None, (), None),
+          "frozen-64k": ("unix32_frozen", ("--heapsize", "64K"), 48 * 1024),
+          "mpy-100k": ("unix32_plain", ("--heapsize", "100K", "--mpy"), 96 * 1024)}
+
+
+@pytest.mark.parametrize("build", sorted(BUILDS))
+def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill_of_the_node(engines, build,
+                                                                                             request):
     """Two firmware phones (the MicroPython unix port) straight at n1, no remote host: each keeps a
     standby session at n1's successor; a call between them, relayed by n1; n1 killed with -9: both
     switch to their standby session (no new handshake), the successor takes the call over from Redis,
@@ -115,8 +124,12 @@ def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill
     import redis
     import time
     micropython_binary()
+    fixture, phone_args, live_limit = BUILDS[build]
+    if fixture is not None:
+        phone_args = ("--micropython", request.getfixturevalue(fixture)) + phone_args
     r = redis.Redis.from_url(engines.redis_url)
-    lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2", "n3"), direct_media=False)
+    lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2", "n3"), direct_media=False,
+                                      phone_args=phone_args)
     try:
         lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "302"]})
         lab.start()
@@ -175,8 +188,12 @@ def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill
             match, matched = audio_match(lab.path(sender + ".wav"), lab.path(receiver + ".rx.g711"),
                                          summary["frames_sent"], gap_frames=gaps[receiver] // 20 + 5)
             assert match, (sender, matched, summary["frames_sent"], gaps[receiver])
-        print("kill -9 of n1 (phones straight at it): %s had the call after %.1f s; audio gap at 301: %d ms, "
-              "at 302: %d ms" % (succ, taken, gaps["301"], gaps["302"]))
+        heaps = {n: lab.summary("standby-" + n)["heap"] for n in ("301", "302")}
+        print("%s: kill -9 of n1 (phones straight at it): %s had the call after %.1f s; audio gap at 301: %d ms, "
+              "at 302: %d ms; heap peak live %s" % (build, succ, taken, gaps["301"], gaps["302"],
+                                                    {n: h.get("peak_live") for n, h in heaps.items()}))
+        if live_limit is not None:
+            assert all(h["peak_live"] < live_limit for h in heaps.values()), heaps
         lab.wait_for(lambda: json.loads(r.get(key) or b"{}").get("ended"), "the call's key marked ended", timeout=30)
         assert json.loads(r.get(key))["node"] == succ
     finally:
