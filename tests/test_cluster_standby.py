@@ -199,3 +199,42 @@ def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill
     finally:
         lab.close()
         r.close()
+
+
+STANDALONE = """
+import os, sys
+from common.login import LoginDown, LoginUp
+from common.phone import Phone
+from common import wire
+phone = Phone("201", bytes(16), os.urandom)
+# a standalone main host's WELCOME (no cluster_nodes), a lost session, timers, datagrams
+phone.login._events.append(LoginUp({0x03: 0x123456, 0x06: 60}))
+phone._login_events(0)
+phone.next_timer()
+phone.handle_timer(0)
+phone.datagrams_to_send(0)
+phone.login._events.append(LoginDown("dead"))
+phone._login_events(0)
+print("standalone", [m for m in ("common.cluster", "firmware.standby") if m in sys.modules], phone.standby)
+# a node's WELCOME: the cluster code is loaded and a standby login goes to the node's successor
+nodes = bytes((1, 1, 198, 18, 0, 1, 0x11, 0xd9, 2, 198, 18, 0, 2, 0x11, 0xd9))
+at = Phone("202", bytes(16), os.urandom)
+at.login._events.append(LoginUp({0x03: (1 << 20) | (1 << 16) | 8, 0x06: 60, 0x31: nodes}))
+at._login_events(0)
+print("node", "common.cluster" in sys.modules, at.standby_to, at.standby.local_index ^ at.login.local_index,
+      len(at.next_timer() is not None and at.standby.datagrams_to_send(0)))
+"""
+
+
+def test_a_phone_without_a_cluster_loads_none_of_the_cluster_code(unix32_plain):
+    """A handset's heap (docs/handset.md): common/cluster.py and firmware/standby.py are loaded only for
+    a phone whose host named the cluster's nodes; on the 32-bit build, in a fresh interpreter."""
+    import subprocess
+    from tests.support import ROOT
+    out = subprocess.run([unix32_plain, "-X", "heapsize=200K", "-c", STANDALONE], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr + out.stdout
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "standalone [] None", lines
+    # at node 1 of {1, 2}: the standby at node 2, its own index, its HELLO queued
+    assert lines[1] == "node True ('198.18.0.2', 4569) 65536 1", lines
