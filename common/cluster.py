@@ -178,42 +178,34 @@ def decode_nodes(data):
     return nodes
 
 
-# a phone's standby session (docs/cluster.md "Failover", docs/handset.md): message and IE numbers
-# as wire_names has them (a handset does not load wire_names for them)
-_BYE = const(0x08)
-_SETUP = const(0x10)
-_RELEASE = const(0x14)
-_NODES = const(0x73)
-_IE_CALL_NO = const(0x10)
-_IE_PEER_CALL_NO = const(0x11)
-_IE_CAUSE = const(0x15)
-_IE_STANDBY = const(0x38)
-_CAUSE_UNREACHABLE = const(3)
-_STANDBY_INDEX = const(0x10000)   # the standby login's index: the session's, this bit flipped
-_CALL_KEEPALIVE_MS = const(500)   # in a call with a standby up: PING every 0.5 s, 1.5 s silence and it switches
-_CALL_DEAD_MS = const(1000)
-_IDLE_DEAD_MS = const(2000)       # idle with a standby up: the node's keepalive (WELCOME) + 2 s
+# the free heap (after a collection) a handset needs to take a standby session (common/standby.py,
+# 2.2 KB of code as .mpy, and the session's 3.9 KB) and still have room for a call (docs/handset.md);
+# with less (the 100K .mpy build at a node) it keeps none and logs so
+_STANDBY_ROOM = const(16384)
 
 
 def phone_event(phone, event, now=0):
     """A login event of a phone straight at a cluster's node (common/phone.py). On LoginUp: the nodes
-    from the WELCOME, and a standby session to the home node's successor (the remote hosts' choice,
-    host/remote_host.py: every client of a node fails over to the same survivor). On the session's
-    loss with the standby up: the standby becomes the session as it is, no handshake, the call goes
-    on (True: the phone carries on as if nothing happened). Else phone.host_next is where the next
-    login goes: the first node in the phone's rendezvous order, or the second if the first was the
-    one lost; after HELLOs that nobody answered, the node after that one. Here, not in
-    common/phone.py: a handset at a standalone main host never loads it."""
+    from the WELCOME, and a standby session to the home node's successor (common/standby.py, loaded
+    only when there is room for it). On the session's loss with the standby up: the standby becomes
+    the session as it is, no handshake, the call goes on (True: the phone carries on as if nothing
+    happened). Else phone.host_next is where the next login goes: the first node in the phone's
+    rendezvous order, or the second if the first was the one lost; after HELLOs that nobody
+    answered, the node after that one. Here, not in common/phone.py: a handset at a standalone main
+    host never loads it."""
     from .login import LoginUp
     if type(event) is LoginUp:
         phone.cluster_nodes = event.welcome.get(0x31, phone.cluster_nodes)   # IE cluster_nodes
         phone._node_up = index_node(event.welcome.get(0x03, 0))               # IE session_index
-        phone._keepalive = phone.login.keepalive_ms                           # the node's (WELCOME)
-        _phone_state(phone)
-        _choose_standby(phone, now)
+        if phone.standby is not None or _room():
+            from . import standby
+            standby.choose(phone, now)
+        else:
+            phone.cluster_out = [("log", "no standby session: too little free heap")]
         return False
     if phone.standby is not None and phone.standby.state == "up":
-        _switch(phone, now)
+        from . import standby
+        standby.switch(phone, now)
         return True
     try:
         order = ranked(identity("phone", phone.extension), decode_nodes(phone.cluster_nodes))
@@ -232,87 +224,11 @@ def phone_event(phone, event, now=0):
     return False
 
 
-def _choose_standby(phone, now):
-    """The standby login: to the successor of the node the session is at; a standby given up (the
-    successor changed) is logged out (BYE, sent by the firmware with the next datagrams)."""
-    try:
-        nodes = decode_nodes(phone.cluster_nodes)
-    except ValueError:
-        nodes = []
-    after = successor(phone._node_up, [n for n, _a in nodes]) if phone._node_up else None
-    want = None
-    for node, address in nodes:
-        if node == after:
-            want = address
-    old = phone.standby
-    if old is not None and want == phone.standby_to:
-        return
-    if old is not None:
-        if old.send(_BYE, {}, now):
-            phone.standby_bye = (phone.standby_to, old.datagrams_to_send(now))
-        phone.standby = None
-    if want is None:
-        return
-    from .login import Login
-    login = phone.login
-    standby = Login(login.identity_ie, login.identity, login.secret, login.local_index ^ _STANDBY_INDEX,
-                    phone.random_bytes, keepalive_ms=phone._keepalive, backoff_initial_ms=1000,
-                    backoff_max_ms=login.backoff_max_ms, dead_ms=_IDLE_DEAD_MS)
-    phone.standby, phone.standby_to = standby, want
-    standby.start(now)
-
-
-def _phone_state(phone):
-    """The instance attributes of a phone at a cluster's node (common/phone.py keeps only `standby`)."""
-    if not hasattr(phone, "switches"):
-        phone.standby_to = phone.switched = phone.standby_bye = None
-        phone.switches = 0
-
-
-def _switch(phone, now):
-    """The standby session becomes the phone's session, with its keys, no handshake; the node hears
-    it is home now and the call numbers of the call going on (it takes the call over from Redis,
-    host/cluster/calls.py); a new standby goes to the new node's successor."""
-    old, new = phone.login, phone.standby
-    phone.login, phone.standby = new, None
-    phone.switched = phone.standby_to
-    phone._node_up = index_node(new.channel.peer_index)
-    phone.switches += 1
-    ies = {_IE_STANDBY: 0}
-    call = phone.call
-    if call is not None and call.peer_call_no:
-        ies[_IE_PEER_CALL_NO] = call.peer_call_no
-    new.send(_NODES, ies, now)
-    phone.standby_to = None
-    _choose_standby(phone, now)
-    old.take_events()
-
-
-def standby(phone, now, datagram=None):
-    """The standby session's datagram (one with its index), or its timers (datagram None), from
-    common/phone.py: kept alive; a SETUP on it is refused (the phone's calls go through its home
-    node), anything else but PING and ACK is dropped."""
-    from .login import LoginUp
-    standby = phone.standby
-    if datagram is None:
-        standby.handle_timer(now)
-    else:
-        for msg_type, ies in standby.receive(datagram, now):
-            if msg_type == _SETUP:
-                standby.send(_RELEASE, {_IE_PEER_CALL_NO: ies.get(_IE_CALL_NO, 1), _IE_CAUSE: _CAUSE_UNREACHABLE},
-                             now)
-            elif msg_type != 0x07 and msg_type != 0x06:   # PING, ACK
-                phone.dropped += 1
-    for event in standby.take_events():
-        if type(event) is LoginUp:
-            standby.send(_NODES, {_IE_STANDBY: 1}, now)   # the node lists it as this phone's standby
-
-
-def standby_tick(phone, now):
-    """Before the phone's datagrams go out (firmware/standby.py): with the standby up, the session's silence is noticed
-    within 1.5 s in a call (PING every 0.5 s), the node's keepalive + 2 s idle."""
-    login, standby = phone.login, phone.standby
-    if standby.state == "up" and phone.call is not None:
-        login.set_keepalive(_CALL_KEEPALIVE_MS, _CALL_DEAD_MS, now)
-    else:
-        login.set_keepalive(phone._keepalive, _IDLE_DEAD_MS if standby.state == "up" else login.dead_ms, now)
+def _room():
+    """True when the heap has room for a standby session (always on CPython)."""
+    import gc
+    free = getattr(gc, "mem_free", None)
+    if free is None:
+        return True
+    gc.collect()
+    return free() >= _STANDBY_ROOM

@@ -81,10 +81,10 @@ class Phone:
     messages = 0     # new voicemail messages: set on the instance by the first MESSAGE_WAITING
     codec = 0        # G.711 law (wire CODEC_*): an A-law phone's app sets 8; named in its SETUPs and ALERTINGs
     firmware_sink = None   # set on the instance while an update downloads (firmware/ota.py)
-    # a phone straight at a cluster's node: its standby Login at the home node's successor; the rest
-    # of it (standby_to, switched, standby_bye, switches) is set on the instance by common/cluster.py,
-    # and read by firmware/standby.py, neither loaded without a cluster (a handset's heap)
-    standby = None
+    # a phone straight at a cluster's node: its standby Login at the home node's successor, and what
+    # the firmware is to do for it (firmware/standby.py); the rest is set on the instance by
+    # common/standby.py, loaded only at a node (a handset's heap)
+    standby = cluster_out = None
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
         self.random_bytes = random_bytes
@@ -270,7 +270,8 @@ class Phone:
             return None
         standby = self.standby
         if standby is not None and wire.session_of(datagram) == standby.local_index:
-            return self._cluster().standby(self, now, datagram)
+            from . import standby   # a cluster's node: the standby session (common/standby.py)
+            return standby.run(self, now, datagram)
         for msg_type, ies in self.login.receive(datagram, now):
             self._message(msg_type, ies, now)
         self._login_events(now)
@@ -281,18 +282,16 @@ class Phone:
         unless a cluster's standby session takes its place (common/cluster.py: then nothing happened)."""
         for event in self.login.take_events():
             if self.cluster_nodes is not None or (type(event) is LoginUp and _IE_CLUSTER_NODES in event.welcome):
-                if self._cluster().phone_event(self, event, now):
+                from . import cluster   # loaded only here: a phone without a cluster never loads it
+                if cluster.phone_event(self, event, now):
                     continue
+                if self.standby is None:   # no standby kept: the cluster's code leaves the heap till the next event
+                    forget("common.standby")
+                    forget("common.cluster")
             while type(event) is not LoginUp and self.call is not None:
                 self.call.apply(TIMEOUT)
                 self._end(wire.CAUSE_UNREACHABLE)
             self._events.append(event)
-
-    def _cluster(self):
-        """common/cluster.py, loaded only for a phone straight at a cluster's node (no cluster, no heap):
-        where the next login goes (host_next), the standby session (docs/cluster.md)."""
-        from . import cluster
-        return cluster
 
     def _message(self, msg_type, ies, now):
         if msg_type == wire.SYSINFO:
@@ -422,7 +421,8 @@ class Phone:
 
     def handle_timer(self, now):
         if self.standby is not None:
-            self._cluster().standby(self, now)
+            from . import standby
+            standby.run(self, now)
         self.login.handle_timer(now)
         self._login_events(now)
         call = self.call

@@ -310,7 +310,8 @@ class App:
                 return None
 
     def flush(self, now):
-        if self.phone.cluster_nodes is not None:   # a cluster's node: the standby session (firmware/standby.py)
+        phone = self.phone
+        if phone.standby is not None or phone.cluster_out is not None:   # a cluster's node (firmware/standby.py)
             from firmware import standby
             standby.flush(self, now)
         for datagram in self.phone.datagrams_to_send(now):

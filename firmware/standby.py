@@ -1,13 +1,14 @@
 """A handset straight at a cluster's node: its standby session's datagrams (docs/cluster.md, Failover).
 
-common/cluster.py keeps the standby Login (to the home node's successor) beside the session and
+common/standby.py keeps the standby Login (to the home node's successor) beside the session and
 switches to it, with its keys and no handshake, when the session falls silent; this module is the
-firmware's side: the standby's datagrams go to the standby node, a standby given up gets its BYE,
-and after a switch everything goes to the new node. App.flush imports it only for a phone whose host
-sent a node list (a cluster's node): a handset at a standalone main host never loads it.
+firmware's side: the standby's datagrams go to the standby node, and what common/standby.py leaves
+in `phone.cluster_out` is done: after a switch everything goes to the new node, a standby given up
+gets its BYE, a standby not taken (no room on the heap) is logged. App.flush imports it only for a
+phone that has a standby or something in cluster_out, and it lets itself go once the phone has no
+standby: a handset at a standalone main host never loads it.
 """
-from common import cluster
-from common.compat import const
+from common.compat import const, forget
 
 _TOS_CS3 = const(24 << 2)   # signalling, as firmware/app.py marks it
 
@@ -21,27 +22,30 @@ def _resolve(app, address):
 
 
 def flush(app, now):
-    """Before the session's datagrams go out: after a switch, the host is the new node; a standby
-    given up gets its BYE; the standby's own datagrams go to its node."""
+    """Before the session's datagrams go out."""
     phone = app.phone
-    to = getattr(phone, "switched", None)   # set by common/cluster.py once the node list is known
-    if to is not None:
-        phone.switched = None
-        addr = _resolve(app, to)
-        if addr is not None:
-            app.host_addr = addr
-            app.log("I", "switched to the standby session at %s:%d" % to)
-    bye = getattr(phone, "standby_bye", None)
-    if bye is not None:
-        phone.standby_bye = None
-        addr = _resolve(app, bye[0])
-        if addr is not None:
-            for datagram in bye[1]:
-                app.sendto(datagram, addr, _TOS_CS3)
+    todo = phone.cluster_out
+    if todo is not None:
+        phone.cluster_out = None
+        for item in todo:
+            if item[0] == "log":
+                app.log("W", item[1])
+                continue
+            addr = _resolve(app, item[1])
+            if addr is None:
+                continue
+            if item[0] == "host":    # the standby is the session now: everything goes to its node
+                app.host_addr = addr
+                app.log("I", "switched to the standby session at %s:%d" % item[1])
+            else:                    # "bye": a standby given up
+                for datagram in item[2]:
+                    app.sendto(datagram, addr, _TOS_CS3)
     standby = phone.standby
     if standby is None:
+        forget("firmware.standby")   # nothing more to do: this module leaves the heap until it has
         return
-    cluster.standby_tick(phone, now)   # the session's keepalive: tighter in a call with a standby up
+    from common import standby as module
+    module.tick(phone, now)   # the session's keepalive: tighter in a call with a standby up
     cached = getattr(app, "standby_addr", None)
     if cached is None or cached[0] != phone.standby_to:
         addr = _resolve(app, phone.standby_to)
