@@ -178,21 +178,39 @@ def decode_nodes(data):
     return nodes
 
 
-def phone_event(phone, event):
-    """A login event of a phone straight at a cluster's node (common/phone.py): the nodes from the
-    WELCOME; once the session is lost, phone.host_next is where the next login goes: the first node
-    in the phone's rendezvous order, or the second if the first was the one lost; after HELLOs that
-    nobody answered, the node after that one. Here, not in common/phone.py: a handset at a
-    standalone main host never loads it."""
+# the free heap (after a collection) a handset needs to take a standby session (common/standby.py,
+# 2.2 KB of code as .mpy, and the session's 3.9 KB) and still have room for a call (docs/handset.md);
+# with less (the 100K .mpy build at a node) it keeps none and logs so
+_STANDBY_ROOM = const(16384)
+
+
+def phone_event(phone, event, now=0):
+    """A login event of a phone straight at a cluster's node (common/phone.py). On LoginUp: the nodes
+    from the WELCOME, and a standby session to the home node's successor (common/standby.py, loaded
+    only when there is room for it). On the session's loss with the standby up: the standby becomes
+    the session as it is, no handshake, the call goes on (True: the phone carries on as if nothing
+    happened). Else phone.host_next is where the next login goes: the first node in the phone's
+    rendezvous order, or the second if the first was the one lost; after HELLOs that nobody
+    answered, the node after that one. Here, not in common/phone.py: a handset at a standalone main
+    host never loads it."""
     from .login import LoginUp
     if type(event) is LoginUp:
         phone.cluster_nodes = event.welcome.get(0x31, phone.cluster_nodes)   # IE cluster_nodes
         phone._node_up = index_node(event.welcome.get(0x03, 0))               # IE session_index
-        return
+        if phone.standby is not None or _room():
+            from . import standby
+            standby.choose(phone, now)
+        else:
+            phone.cluster_out = [("log", "no standby session: too little free heap")]
+        return False
+    if phone.standby is not None and phone.standby.state == "up":
+        from . import standby
+        standby.switch(phone, now)
+        return True
     try:
         order = ranked(identity("phone", phone.extension), decode_nodes(phone.cluster_nodes))
     except ValueError:
-        return
+        return False
     ids = [n for n, _a in order]
     if phone._node_up is not None:
         at = ids.index(phone._node_up) if phone._node_up in ids else -1
@@ -203,3 +221,14 @@ def phone_event(phone, event):
     phone._node_up = None
     phone._node_tried = ids[pick % len(ids)]
     phone.host_next = order[pick % len(ids)][1]
+    return False
+
+
+def _room():
+    """True when the heap has room for a standby session (always on CPython)."""
+    import gc
+    free = getattr(gc, "mem_free", None)
+    if free is None:
+        return True
+    gc.collect()
+    return free() >= _STANDBY_ROOM

@@ -29,7 +29,7 @@ from . import wire
 from .call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
                          DTMF_RECEIVED, DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, SETUP_RECEIVED, SETUP_SENT,
                          TIMEOUT, CallLeg)
-from .compat import const, forget, micropython, ticks_diff
+from .compat import const, forget, micropython, ticks_diff, ticks_earliest
 from .login import UP, Event, Login, LoginUp
 from .media import MediaLeg
 
@@ -81,6 +81,10 @@ class Phone:
     messages = 0     # new voicemail messages: set on the instance by the first MESSAGE_WAITING
     codec = 0        # G.711 law (wire CODEC_*): an A-law phone's app sets 8; named in its SETUPs and ALERTINGs
     firmware_sink = None   # set on the instance while an update downloads (firmware/ota.py)
+    # a phone straight at a cluster's node: its standby Login at the home node's successor, and what
+    # the firmware is to do for it (firmware/standby.py); the rest is set on the instance by
+    # common/standby.py, loaded only at a node (a handset's heap)
+    standby = cluster_out = None
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
         self.random_bytes = random_bytes
@@ -264,26 +268,30 @@ class Phone:
         if kind != wire.KIND_FULL:
             self.dropped += 1
             return None
+        standby = self.standby
+        if standby is not None and wire.session_of(datagram) == standby.local_index:
+            from . import standby   # a cluster's node: the standby session (common/standby.py)
+            return standby.run(self, now, datagram)
         for msg_type, ies in self.login.receive(datagram, now):
             self._message(msg_type, ies, now)
-        self._login_events()
+        self._login_events(now)
         return None
 
-    def _login_events(self):
-        """The login's events are the phone's (LoginUp: registered); a call does not outlive the session."""
+    def _login_events(self, now):
+        """The login's events are the phone's (LoginUp: registered); a call does not outlive the session,
+        unless a cluster's standby session takes its place (common/cluster.py: then nothing happened)."""
         for event in self.login.take_events():
+            if self.cluster_nodes is not None or (type(event) is LoginUp and _IE_CLUSTER_NODES in event.welcome):
+                from . import cluster   # loaded only here: a phone without a cluster never loads it
+                if cluster.phone_event(self, event, now):
+                    continue
+                if self.standby is None:   # no standby kept: the cluster's code leaves the heap till the next event
+                    forget("common.standby")
+                    forget("common.cluster")
             while type(event) is not LoginUp and self.call is not None:
                 self.call.apply(TIMEOUT)
                 self._end(wire.CAUSE_UNREACHABLE)
-            if self.cluster_nodes is not None or (type(event) is LoginUp and _IE_CLUSTER_NODES in event.welcome):
-                self._cluster_event(event)
             self._events.append(event)
-
-    def _cluster_event(self, event):
-        """A phone straight at a cluster's node (docs/cluster.md, "First contact"): common/cluster.py,
-        loaded only here (no cluster, no heap), sets host_next, where the next login goes."""
-        from . import cluster
-        cluster.phone_event(self, event)
 
     def _message(self, msg_type, ies, now):
         if msg_type == wire.SYSINFO:
@@ -403,14 +411,20 @@ class Phone:
     # time
 
     def datagrams_to_send(self, now):
+        """The session's datagrams (to the host); a standby's go to its node (firmware/standby.py)."""
         return self.login.datagrams_to_send(now)
 
     def next_timer(self):
-        return self.login.next_timer()
+        standby = self.standby
+        at = self.login.next_timer()
+        return at if standby is None else ticks_earliest(at, standby.next_timer())
 
     def handle_timer(self, now):
+        if self.standby is not None:
+            from . import standby
+            standby.run(self, now)
         self.login.handle_timer(now)
-        self._login_events()
+        self._login_events(now)
         call = self.call
         if call is not None and call.state == CALLING and ticks_diff(now, call.started_ms) > _SETUP_TIMEOUT_MS:
             call.apply(TIMEOUT)

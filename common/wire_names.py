@@ -45,7 +45,8 @@ IES = """01 extension str 1 15
 2f fw_state u8 1 1
 30 fw_running str 0 31
 31 cluster_nodes bytes 1 255
-32 node u8 1 1"""
+32 node u8 1 1
+38 standby u8 1 1"""
 # release causes only hosts send (a handset shows their text from common.wire.CAUSE_TEXT)
 CAUSES = """0e ANSWERED_ELSEWHERE 0f PICKED_UP 11 NO_OUTSIDE_LINE 12 MAIN_LOST"""
 KINDS = ("str", "bytes", "addr")  # codes 1, 2, 3 in the layout; any other kind is an unsigned integer (4)

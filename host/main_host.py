@@ -49,6 +49,7 @@ class MainHost(HostCore):
         self.cluster_state = {}  # each engine's "up"/"down", kept by the node's ClusterService
         self.cluster_members = []   # names of the live nodes (etcd's leases), kept by the ClusterService
         self.takeover = None     # host.cluster.calls.Takeover on a node: calls of a silent node carried on here
+        self.standby_links = set()   # links whose client keeps them as its standby session (NODES standby 1)
         if getattr(config, "cluster_postgres", ""):
             from upbx.host.cluster.node import ClusterNode   # psycopg, redis, aetcd: the cluster extra
             self.cluster = ClusterNode(config, log)
@@ -166,7 +167,7 @@ class MainHost(HostCore):
 
     def on_datagram(self, data, addr, now, forwarded=False):
         kind = wire.frame_kind(data)
-        if self.router is not None and not forwarded and self._elsewhere(kind, data, addr):
+        if self.router is not None and not forwarded and self._elsewhere(kind, data, addr, now):
             return
         if self.xnode is not None and self.xnode.receive(kind, data, addr, now):
             return   # our own login to another node (host/cluster/trunk.py)
@@ -211,7 +212,7 @@ class MainHost(HostCore):
             for msg_type, ies in messages:
                 self._message(self.links[peer.index], msg_type, ies, now)
 
-    def _elsewhere(self, kind, data, addr):
+    def _elsewhere(self, kind, data, addr, now):
         """True when data is another live node's (its session index or call number says so, and it is
         not one of ours, as a call taken over from a node would be): sent on to it one hop."""
         if kind == wire.KIND_MINI:
@@ -233,7 +234,8 @@ class MainHost(HostCore):
         if ":" in addr[0]:
             self.stats.drop("cluster: forward of an IPv6 source")
             return True
-        self.send(*self.router.wrap(node, data, addr))
+        if self.router.may_forward(kind, data, addr, now):   # bounded: the node cannot check the frame's tag
+            self.send(*self.router.wrap(node, data, addr))
         return True
 
     def set_cluster_nodes(self, nodes, now):
@@ -447,6 +449,12 @@ class MainHost(HostCore):
                 self.firmware_phones.update(number, ies)
             else:
                 self.stats.drop("firmware state of another site's extension")
+        elif msg_type == wire.NODES and self.router is not None and wire.IE_STANDBY in ies:
+            # what this session is to its client: its standby (kept to switch to) or its home (docs/cluster.md)
+            (self.standby_links.add if ies[wire.IE_STANDBY] else self.standby_links.discard)(link)
+            call_no = ies.get(wire.IE_PEER_CALL_NO)
+            if not ies[wire.IE_STANDBY] and call_no and self.takeover is not None:
+                self.takeover.moved(link, call_no, now)   # a phone that switched here names its call
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)
@@ -1079,6 +1087,7 @@ class MainHost(HostCore):
         self.gone[(link.kind, link.name)] = {"address": "%s:%d" % link.address[:2],
                                              "last_seen_ms": self.wall_ms(link.session.last_seen_ms)}
         self.links.pop(link.session.index, None)
+        self.standby_links.discard(link)
         if self.host_links.get(link.session.index) is link:
             del self.host_links[link.session.index]
         self._links_changed += 1
@@ -1141,10 +1150,13 @@ class MainHost(HostCore):
         return {
             "name": "main",
             "bandwidth": self.meter.as_dict(),
-            "remote_hosts": [{"name": l.name, "site": self._site_of(l), "address": "%s:%d" % l.address[:2]}
+            # a session its client keeps as its standby (a node of a cluster) says "standby": true
+            "remote_hosts": [dict({"name": l.name, "site": self._site_of(l), "address": "%s:%d" % l.address[:2]},
+                                  **({"standby": True} if l in self.standby_links else {}))
                              for l in self.links.values() if l.kind == "host"],
-            "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.links.values()
-                       if l.kind == "phone"],
+            "phones": [dict({"extension": l.name, "address": "%s:%d" % l.address[:2]},
+                            **({"standby": True} if l in self.standby_links else {}))
+                       for l in self.links.values() if l.kind == "phone"],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,
                        "frames": c.frames, "held": c.held_by is not None} for c in self.switch.calls.values()],
             "conferences": self.conferences.status(),

@@ -204,15 +204,20 @@ class PeerTable:
         client_index = ies[wire.IE_SESSION_INDEX]
         nonce = ies[wire.IE_NONCE]
         addr_text = "%s:%d" % address
+        node = self.node_id   # a cluster's node names itself in its cookies (None: a standalone host)
         if msg_type == wire.HELLO:
-            cookie = make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now)
+            cookie = make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now, node=node)
             return seal_handshake(key, client_index, wire.CHALLENGE, {wire.IE_COOKIE: cookie}), None
         if msg_type != wire.RESPONSE or wire.IE_COOKIE not in ies:
             return self._failed(address, "unexpected handshake")
         cookie = ies[wire.IE_COOKIE]
-        if (cookie != make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now)
+        if node is not None and len(cookie) == 16 and cookie[15] != node:
+            # another node's cookie: each node keeps its own used nonces, so only the node that issued
+            # a cookie may take its RESPONSE (one replayed to a second node would open a second session)
+            return self._failed(address, "cookie of another node")
+        if (cookie != make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now, node=node)
                 and cookie != make_cookie(self._cookie_secret, named, nonce, client_index, addr_text, now,
-                                          previous=True)):
+                                          previous=True, node=node)):
             return self._failed(address, "stale cookie")
         old = self.by_identity.get(identity)
         if old is not None and old.client_nonce == nonce:

@@ -283,14 +283,26 @@ class RemoteHost(HostCore):
         if self.standby is not None and want == self.standby_link.address:
             return
         if self.standby is not None:
-            self.peers.release_index(self.standby.local_index)
-            self.standby = self.standby_link.login = None
-            self.standby_link.up = False
+            self._give_up_standby(now)
         if want is not None:
             self.standby = self.standby_link.login = self._new_login()
             self.standby_link.address = want
             self.standby.start(now)
             self.log.info("standby", node="%s:%d" % want, by="cluster_nodes" if self.cluster_nodes else "config")
+
+    def _give_up_standby(self, now):
+        """The standby node is another now (the node list changed): the session kept at the old one is
+        logged out (BYE, one datagram sent at once: lost, the node lets it expire as before), so that
+        node stops listing this site."""
+        old, address = self.standby, self.standby_link.address
+        if old.send(wire.BYE, {}, now):
+            for datagram in old.datagrams_to_send(now):
+                self.send(datagram, address)
+            self.stats.count("standby sessions logged out")
+            self.log.info("standby-given-up", node="%s:%d" % address[:2])
+        self.peers.release_index(old.local_index)
+        self.standby = self.standby_link.login = None
+        self.standby_link.up = False
 
     def _from_standby(self, data, now):
         """The standby node's session: kept alive. It switches no call of ours until it is the main
@@ -309,6 +321,8 @@ class RemoteHost(HostCore):
             self.standby_link.up = isinstance(event, LoginUp)
             if self.standby_link.up:
                 self.log.info("standby-up", node="%s:%d" % self.standby_link.address, logins=self.standby.logins)
+                if self.cluster_nodes:   # a node: it lists this session as the site's standby (docs/cluster.md)
+                    self.standby.send(wire.NODES, {wire.IE_STANDBY: 1}, now)
             else:
                 self.log.warning("standby-down", node="%s:%d" % self.standby_link.address, reason=event.reason)
 
@@ -331,6 +345,8 @@ class RemoteHost(HostCore):
         for leg in self.switch.legs.values():
             if leg.link is self.main_link and leg.direct is None and leg.call.state == "answered":
                 self.unconfirmed[leg] = (now + wait, leg.media.replay.highest)
+        if self.cluster_nodes:   # the node lists this session as the site's home now (docs/cluster.md)
+            self.login.send(wire.NODES, {wire.IE_STANDBY: 0}, now)
         self.stats.count("standby switches")
         self.log.warning("main-switched", main="%s:%d" % self.main_address, was="%s:%d" % old_address,
                          reason=reason, calls=self.main_link.legs)

@@ -9,6 +9,7 @@ the nodes' counts. And a standalone main host's WELCOME is what it was.
 """
 from upbx.common import cluster, wire
 from upbx.common.login import LoginUp
+from upbx.host.cluster import route
 from upbx.host.cluster.route import ENVELOPE, Router
 from upbx.host.config import load_main_config
 from upbx.host.log import StructuredLog
@@ -121,3 +122,81 @@ def test_a_node_welcome_names_the_nodes_and_a_standalone_one_does_not(tmp_path):
         assert standalone.main.router is None
     finally:
         standalone.close()
+
+
+def _forged_trunk(index, size=wire.TRUNK_HEADER + wire.TRUNK_ENTRY_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG):
+    """A trunk frame naming a session index, with a tag nobody made (anyone can send one)."""
+    frame = bytearray(size)
+    wire.pack_trunk_header(frame, index)
+    return bytes(frame)
+
+
+def test_a_node_forwards_a_flood_of_forged_frames_only_within_its_buckets(tmp_path):
+    world = TwoNodes(tmp_path)
+    try:
+        net, n2 = world.net, world.main
+        forged = _forged_trunk(cluster.make_index(1, 0, 77))     # node 1's index, nobody's session
+        out = []
+        real_send = net.send
+
+        def watch(data, source, destination):
+            if source == MAIN and tuple(destination) == NODE1 and data[7] == wire.FORWARDED:
+                out.append(data)
+            real_send(data, source, destination)
+        net.send = watch
+        attacker = ("198.18.66.1", 40000)
+        # 5,000 forged frames from one address at one instant: node 2 sends on its bucket's burst
+        for _ in range(5000):
+            net.send(forged, attacker, MAIN)
+        world.settle()
+        drops = n2.stats.drops
+        assert len(out) == route.FORWARD_BURST
+        assert drops["cluster: forward rate limited (source)"] == 5000 - route.FORWARD_BURST
+        # node 1 got the envelopes and dropped each frame inside as nobody's session: nothing created
+        assert world.n1.router.forwarded_in[2] == route.FORWARD_BURST and not world.n1.peers.peers
+        # a second later the source has earned FORWARD_RATE_PER_S more, no more
+        world.run(1000)
+        for _ in range(5000):
+            net.send(forged, attacker, MAIN)
+        world.settle()
+        assert len(out) == route.FORWARD_BURST + route.FORWARD_RATE_PER_S
+        # another address has its own bucket; all sources together are bounded too
+        world.run(60000)      # every bucket full again
+        out.clear()
+        for i in range(30):
+            for _ in range(route.FORWARD_BURST):
+                net.send(forged, ("198.18.67.%d" % i, 40000), MAIN)
+        world.settle()
+        assert len(out) == route.FORWARD_ALL_PER_S
+        assert drops["cluster: forward rate limited (all sources)"] == 30 * route.FORWARD_BURST - route.FORWARD_ALL_PER_S
+    finally:
+        world.close()
+
+
+def test_a_node_forwards_nothing_from_a_node_address_or_cut_short(tmp_path):
+    world = TwoNodes(tmp_path)
+    try:
+        net, n2 = world.net, world.main
+        out = []
+        real_send = net.send
+
+        def watch(data, source, destination):
+            if source == MAIN and data[7:8] == bytes((wire.FORWARDED,)):
+                out.append(data)
+            real_send(data, source, destination)
+        net.send = watch
+        # a frame "from" node 1 naming node 1's index: sent back to node 1 it would come from its own
+        # address (answered to itself, a loop); nodes send each other client frames only in FORWARDED
+        net.send(_forged_trunk(cluster.make_index(1, 0, 5)), NODE1, MAIN)
+        # a frame too short for the owner to take
+        net.send(_forged_trunk(cluster.make_index(1, 0, 5), wire.TRUNK_HEADER + 2), ("198.18.66.2", 4000), MAIN)
+        world.settle()
+        assert not out
+        assert n2.stats.drops["cluster: forward from a node's address"] == 1
+        assert n2.stats.drops["cluster: forward of a frame cut short"] == 1
+        # and a well-formed one from a client's address is still sent on
+        net.send(_forged_trunk(cluster.make_index(1, 0, 5)), ("198.18.66.2", 4000), MAIN)
+        world.settle()
+        assert len(out) == 1
+    finally:
+        world.close()

@@ -391,7 +391,15 @@ def _hop(lab, nodes, ids, address, pids, count):
     wire.pack_trunk_header(frame, index)
     frame = bytes(frame)
     out = {}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    # a node forwards at most a bucket's worth a source (host/cluster/route.py): the datagrams come from
+    # as many loopback addresses (127.0.0.2, ...) as keep each source within half its burst
+    from upbx.host.cluster.route import FORWARD_BURST
+    socks = []
+    for i in range(max(1, -(-2 * count // FORWARD_BURST))):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.%d" % (2 + i), 0))
+        socks.append(sock)
+    try:
         for name, target, counter in (("direct", owner, lambda: lab.status(owner)["stats"]["drops"].get(
                                            "unknown session", 0)),
                                       ("forwarded", via, lambda: lab.status(via)["cluster"]["forwarded_out"].get(
@@ -400,6 +408,7 @@ def _hop(lab, nodes, ids, address, pids, count):
             cpu0 = _cpu_s(pids[target])
             sent = 0
             while sent < count:
+                sock = socks[(sent // 50) % len(socks)]
                 for _ in range(50):
                     sock.sendto(frame, address[target])
                 sent += 50
@@ -407,6 +416,9 @@ def _hop(lab, nodes, ids, address, pids, count):
             lab.wait_for(lambda: counter() - before >= sent * 0.99, "%s datagrams taken" % name, timeout=60)
             taken = counter() - before   # (the two status queries' own CPU is in it: a fraction of a us each)
             out[name] = (_cpu_s(pids[target]) - cpu0) / taken
+    finally:
+        for sock in socks:
+            sock.close()
     return {"hop_datagrams": count,
             "node_us_per_datagram_dropped": round(out["direct"] * 1e6, 2),
             "node_us_per_datagram_forwarded": round(out["forwarded"] * 1e6, 2),

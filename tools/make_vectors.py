@@ -279,6 +279,7 @@ IE_EXAMPLES = {
     wire.IE_FW_VERSION: "2.0.1", wire.IE_FW_STATE: 4, wire.IE_FW_RUNNING: "2.0.0",
     # layout 1, node 1 at 198.18.0.1:4569, node 2 at 198.18.0.2:4569 (common/cluster.py)
     wire.IE_CLUSTER_NODES: bytes.fromhex("01" "01c612000111d9" "02c612000211d9"), wire.IE_NODE: 2,
+    wire.IE_STANDBY: 1,
 }
 
 

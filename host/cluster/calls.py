@@ -150,6 +150,12 @@ class Takeover:
         for call_no, _ts, _start, _end in entries:
             self._ask(link, call_no, now)
 
+    def moved(self, link, call_no, now):
+        """A client that switched its session to this node (NODES, IE standby 0: a phone straight at a
+        node, common/cluster.py) names its call going on: looked for as a trunk frame's would be (a
+        phone's mini frames name no session, so they cannot say whose they are)."""
+        self._ask(link, call_no, now)
+
     def defer(self, link, msg_type, ies, now):
         """True when a call message names a call number of ours we do not have: kept for after the
         call is adopted (or dropped with the want)."""

@@ -169,11 +169,15 @@ class ClusterService:
         core = self.core
         hosts = [l for l in core.links.values() if l.kind == "host"]
         phones = [l for l in core.links.values() if l.kind == "phone"]
-        sites = sorted({core._site_of(l) for l in hosts + phones})
+        # the sites a session here is home to, and those it is only the standby of (docs/cluster.md)
+        standby = core.standby_links
+        sites = sorted({core._site_of(l) for l in hosts + phones if l not in standby})
+        standby_sites = sorted({core._site_of(l) for l in hosts + phones if l in standby} - set(sites))
         return {"id": self.node.node_id, "listen": "%s:%d" % self.daemon.address[:2], "address": "%s:%d" % self.address,
                 "pid": os.getpid(),
                 "started_ms": self.started_ms, "remote_hosts": len(hosts), "phones": len(phones),
-                "calls": len(core.switch.calls), "sites": sites,
+                "calls": len(core.switch.calls), "sites": sites, "standby_sites": standby_sites,
+                "standby": len([l for l in hosts + phones if l in standby]),
                 # datagrams sent on to other nodes and taken from them (host/cluster/route.py)
                 "forwarded_out": sum(core.router.forwarded_out.values()),
                 "forwarded_in": sum(core.router.forwarded_in.values())}

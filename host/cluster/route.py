@@ -10,12 +10,28 @@ import hmac
 
 from upbx.common import cluster, wire
 from upbx.common.crypto import hkdf
+from upbx.host.limits import TokenBuckets
 
 FORWARD_INFO = b"upbx v2 forward"
 # 80 00 00 | seq 0 | ack 0 | FORWARDED, then IE address (2 + 6) and IE node (2 + 1)
 _HEAD = bytes((0x80, 0, 0, 0, 0, 0, 0))
 ENVELOPE_HEAD = wire.FULL_HEADER + 8 + 3
 ENVELOPE = ENVELOPE_HEAD + wire.FULL_TAG
+
+# What a node forwards for others (docs/cluster.md, "What a node forwards"): it cannot check a frame's
+# tag (the session's keys are the owner's), so what it sends on is bounded instead. A source (an IP
+# address, as the handshake's buckets) gets FORWARD_RATE_PER_S a second with a burst of FORWARD_BURST:
+# a site whose client has a wrong address (its trunk frames, signalling, a phone's voice at 50 a
+# second) fits in it many times over; a flood from one address costs the owner at most that. All
+# sources together get FORWARD_ALL_PER_S (a flood from many or spoofed addresses): 20,000 hops a second
+# are about a quarter of a core at the 12 us a hop measured (docs/cluster.md).
+FORWARD_RATE_PER_S = 1000
+FORWARD_BURST = 2000
+FORWARD_ALL_PER_S = 20000
+# the least a frame of each kind is, for the owner to take it (shorter is dropped where it lands)
+_LEAST = {wire.KIND_MINI: wire.MINI_HEADER + wire.MEDIA_TAG,
+          wire.KIND_TRUNK: wire.TRUNK_HEADER + wire.TRUNK_ENTRY_HEADER + wire.MEDIA_TAG,
+          wire.KIND_FULL: wire.FULL_HEADER + wire.FULL_TAG}
 
 
 def forward_key(cookie_secret):
@@ -41,6 +57,9 @@ class Router:
         self.encoded = None          # IE cluster_nodes: ours first, then the others by id; None until we know our address
         self.forwarded_out = {}      # node id -> datagrams sent on to it
         self.forwarded_in = {}       # node id -> datagrams it sent on to us
+        self.addresses = set()       # the live nodes' addresses: nothing from them is a client's
+        self.per_source = TokenBuckets(FORWARD_RATE_PER_S, FORWARD_BURST)
+        self.all_sources = TokenBuckets(FORWARD_ALL_PER_S, FORWARD_ALL_PER_S)
 
     def set_address(self, address):
         self.address = (address[0], address[1])
@@ -54,6 +73,7 @@ class Router:
         if nodes == self.nodes and self.encoded is not None:
             return False
         self.nodes = nodes
+        self.addresses = set(nodes.values())
         if self.address is not None:
             order = [self.node_id] + sorted(n for n in nodes if n != self.node_id)
             self.encoded = cluster.encode_nodes([(n, nodes[n]) for n in order])
@@ -78,6 +98,25 @@ class Router:
         return node
 
     # FORWARDED
+
+    def may_forward(self, kind, data, source, now):
+        """True when a frame of another node's may be sent on (else dropped and counted): one a client
+        could have sent (not from a node's own address: a node never sends another a client's frame
+        but in FORWARDED, and one "from" a node could make the owner answer a node, a loop), of a form
+        the owner could take, within its source's and all sources' buckets."""
+        if (source[0], source[1]) in self.addresses:
+            self.stats.drop("cluster: forward from a node's address")
+            return False
+        if len(data) < _LEAST[kind]:
+            self.stats.drop("cluster: forward of a frame cut short")
+            return False
+        if not self.per_source.take(source[0], now):
+            self.stats.drop("cluster: forward rate limited (source)")
+            return False
+        if not self.all_sources.take(None, now):
+            self.stats.drop("cluster: forward rate limited (all sources)")
+            return False
+        return True
 
     def wrap(self, node, data, source):
         """(envelope, the node's address): data from source, on to node."""

@@ -153,7 +153,7 @@ def test_a_phone_at_a_node_logs_in_next_by_its_rendezvous_order():
 
     def event(e):
         phone.login._events.append(e)
-        phone._login_events()
+        phone._login_events(0)
         phone.take_events()
 
     # up at node 3 (its WELCOME's index says so), then lost: the next login goes to its first node, 1
@@ -176,7 +176,7 @@ def test_a_phone_at_a_node_logs_in_next_by_its_rendezvous_order():
     # a standalone main host's phone never gets any of it
     alone = Phone("202", bytes(16), os.urandom)
     alone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: 0x123456}))
-    alone._login_events()
+    alone._login_events(0)
     alone.login._events.append(LoginDown("dead"))
-    alone._login_events()
+    alone._login_events(0)
     assert alone.cluster_nodes is None and alone.host_next is None

@@ -1,0 +1,117 @@
+"""A phone's standby session at a cluster's node (docs/cluster.md "Failover" 2b, docs/handset.md).
+
+A phone straight at a node logs in a second time, to the home node's successor
+(cluster.successor: the remote hosts' choice, host/remote_host.py, so every client of a node fails
+over to the same survivor, which then has both legs of their calls), and keeps that session alive.
+When the session falls silent with the standby up, the standby becomes the session as it is: its
+keys, no handshake; the call goes on, and the node hears which call it is (NODES, IE standby 0 and
+IE peer_call_no) and takes it over from Redis (host/cluster/calls.py). common/cluster.py loads this
+module only for a phone at a node with room for it; common/phone.py calls `run` for the standby's
+datagrams and timers; firmware/standby.py sends the standby's datagrams and what `cluster_out` asks.
+"""
+from .cluster import decode_nodes, index_node, successor
+from .compat import const
+from .login import Login, LoginUp
+
+# message and IE numbers as wire_names has them (a handset does not load wire_names for them)
+_BYE = const(0x08)
+_SETUP = const(0x10)
+_RELEASE = const(0x14)
+_NODES = const(0x73)
+_IE_CALL_NO = const(0x10)
+_IE_PEER_CALL_NO = const(0x11)
+_IE_CAUSE = const(0x15)
+_IE_STANDBY = const(0x38)
+_CAUSE_UNREACHABLE = const(3)
+_STANDBY_INDEX = const(0x10000)   # the standby login's index: the session's, this bit flipped
+_CALL_KEEPALIVE_MS = const(500)   # in a call with a standby up: PING every 0.5 s, 1.5 s silence and it switches
+_CALL_DEAD_MS = const(1000)
+_IDLE_DEAD_MS = const(2000)       # idle with a standby up: the node's keepalive (WELCOME) + 2 s
+
+
+def _out(phone, item):
+    """Something for firmware/standby.py to do with the next datagrams."""
+    if phone.cluster_out is None:
+        phone.cluster_out = []
+    phone.cluster_out.append(item)
+
+
+def choose(phone, now):
+    """The standby login: to the successor of the node the session is at (after a login); a standby
+    given up (the successor changed) is logged out (BYE, sent by the firmware at once)."""
+    if not hasattr(phone, "standby_to"):
+        phone.standby_to = None
+        phone.switches = 0
+        phone._keepalive = phone.login.keepalive_ms      # the node's (WELCOME)
+    try:
+        nodes = decode_nodes(phone.cluster_nodes)
+    except ValueError:
+        nodes = []
+    after = successor(phone._node_up, [n for n, _a in nodes]) if phone._node_up else None
+    want = None
+    for node, address in nodes:
+        if node == after:
+            want = address
+    old = phone.standby
+    if old is not None and want == phone.standby_to:
+        return
+    if old is not None:
+        if old.send(_BYE, {}, now):
+            _out(phone, ("bye", phone.standby_to, old.datagrams_to_send(now)))
+        phone.standby = None
+    if want is None:
+        return
+    login = phone.login
+    standby = Login(login.identity_ie, login.identity, login.secret, login.local_index ^ _STANDBY_INDEX,
+                    phone.random_bytes, keepalive_ms=phone._keepalive, backoff_initial_ms=1000,
+                    backoff_max_ms=login.backoff_max_ms, dead_ms=_IDLE_DEAD_MS)
+    phone.standby, phone.standby_to = standby, want
+    standby.start(now)
+
+
+def switch(phone, now):
+    """The standby session becomes the phone's session, with its keys, no handshake; the node hears
+    it is home now and the call number of the call going on (it takes the call over from Redis,
+    host/cluster/calls.py); a new standby goes to the new node's successor."""
+    old, new = phone.login, phone.standby
+    phone.login, phone.standby = new, None
+    _out(phone, ("host", phone.standby_to))
+    phone._node_up = index_node(new.channel.peer_index)
+    phone.switches += 1
+    ies = {_IE_STANDBY: 0}
+    call = phone.call
+    if call is not None and call.peer_call_no:
+        ies[_IE_PEER_CALL_NO] = call.peer_call_no
+    new.send(_NODES, ies, now)
+    phone.standby_to = None
+    choose(phone, now)
+    old.take_events()
+
+
+def run(phone, now, datagram=None):
+    """The standby session's datagram (one with its index), or its timers (datagram None), from
+    common/phone.py: kept alive; a SETUP on it is refused (the phone's calls go through its home
+    node), anything else but PING and ACK is dropped."""
+    standby = phone.standby
+    if datagram is None:
+        standby.handle_timer(now)
+    else:
+        for msg_type, ies in standby.receive(datagram, now):
+            if msg_type == _SETUP:
+                standby.send(_RELEASE, {_IE_PEER_CALL_NO: ies.get(_IE_CALL_NO, 1), _IE_CAUSE: _CAUSE_UNREACHABLE},
+                             now)
+            elif msg_type != 0x07 and msg_type != 0x06:   # PING, ACK
+                phone.dropped += 1
+    for event in standby.take_events():
+        if type(event) is LoginUp:
+            standby.send(_NODES, {_IE_STANDBY: 1}, now)   # the node lists it as this phone's standby
+
+
+def tick(phone, now):
+    """Before the phone's datagrams go out (firmware/standby.py): with the standby up, the session's
+    silence is noticed within 1.5 s in a call (PING every 0.5 s), the node's keepalive + 2 s idle."""
+    login, standby = phone.login, phone.standby
+    if standby.state == "up" and phone.call is not None:
+        login.set_keepalive(_CALL_KEEPALIVE_MS, _CALL_DEAD_MS, now)
+    else:
+        login.set_keepalive(phone._keepalive, _IDLE_DEAD_MS if standby.state == "up" else login.dead_ms, now)

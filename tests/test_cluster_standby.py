@@ -1,0 +1,282 @@
+"""Standby sessions at a cluster's nodes (issue 16 item 3, docs/cluster.md "Failover"): what a node
+lists and what a client gives up, on real engines, real `upbx main` nodes and a real remote host
+(tools/cluster_lab.py). Every wait is for a state (a status, a log line), never for a time; the
+timeouts only guard against a hang.
+"""
+import json
+import os
+
+import pytest
+
+from upbx.common import cluster
+from upbx.tools.lab import free_port
+
+cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
+
+SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
+
+
+@pytest.fixture(scope="module")
+def engines():
+    problem = cluster_lab.missing()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    with cluster_lab.Engines() as engines:
+        yield engines
+
+
+@pytest.fixture
+def own_engines():
+    """Engines of the test's own (a handset build's run provisions the same sites and extensions)."""
+    problem = cluster_lab.missing()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    with cluster_lab.Engines() as engines:
+        yield engines
+
+
+def add_node(lab, node):
+    """One more node, started on the lab's engines."""
+    lab.nodes.append(node)
+    lab.node_ports[node] = free_port()
+    lab._write_config(node)
+    lab.start_node(node)
+    lab.wait_for(lambda: lab.status(node)["cluster"]["engines"]["etcd"] == "up", "node %s joined" % node, timeout=60,
+                 watch=(node,))
+
+
+def by_name(state):
+    return {n["name"]: n for n in state["nodes"]}
+
+
+def logged_out_lines(lab, node, name):
+    """The node's log lines saying name logged out (a BYE), not that it expired."""
+    with open(lab.path(node + ".log"), "rb") as f:
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    return [line for line in lines if " logout " in line and "name=%s " % name in line + " "
+            and "reason=logged out" in line]
+
+
+def test_cluster_status_tells_home_from_standby_and_a_standby_given_up_is_logged_out(engines):
+    lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2"), remote_settings=SETTINGS)
+    try:
+        lab.provision(sites=("a",), remote_sites=("a",), phones={"a": ["101"]})
+        lab.start()
+        ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+        # site a logs in to n1 (its configuration) and keeps its standby at n1's successor, n2
+        lab.wait_for(lambda: (lab.status("site-a")["main"]["standby"] or {}).get("state") == "up", "standby up",
+                     timeout=30)
+        lab.wait_for(lambda: by_name(lab.cluster_status())["n2"]["standby_sites"] == ["a"],
+                     "n2 lists site a as a standby", timeout=30)
+        state = by_name(lab.cluster_status())
+        assert state["n1"]["sites"] == ["a"] and state["n1"]["standby_sites"] == []
+        assert state["n2"]["sites"] == [] and state["n2"]["standby"] == 1
+        assert [h.get("standby") for h in lab.status("n2")["remote_hosts"]] == [True]
+        assert [h.get("standby") for h in lab.status("n1")["remote_hosts"]] == [None]
+        # nodes join until one of them is n1's successor: site a's standby moves there, and n2, whose
+        # session site a gave up, is told so (BYE) and stops listing it at once (its expiry is 75 s)
+        extra = 0
+        while cluster.successor(ids["n1"], sorted(ids.values())) == ids["n2"]:
+            extra += 1
+            assert extra <= 6, "no node joined ahead of n2 in n1's order"
+            node = "n%d" % (2 + extra)
+            add_node(lab, node)
+            ids[node] = lab.status(node)["cluster"]["node_id"]
+        new = {v: k for k, v in ids.items()}[cluster.successor(ids["n1"], sorted(ids.values()))]
+        lab.wait_for(lambda: lab.status("site-a")["main"]["standby"]["address"] == "127.0.0.1:%d" % lab.node_ports[new]
+                     and lab.status("site-a")["main"]["standby"]["state"] == "up", "standby at %s" % new, timeout=30)
+        lab.wait_for(lambda: not lab.status("n2")["remote_hosts"], "n2 no longer lists site a", timeout=20)
+        assert logged_out_lines(lab, "n2", "site-a")
+        assert lab.status("site-a")["stats"]["counters"]["standby sessions logged out"] == 1
+        lab.wait_for(lambda: by_name(lab.cluster_status())[new]["standby_sites"] == ["a"],
+                     "%s lists site a as a standby" % new, timeout=30)
+        state = by_name(lab.cluster_status())
+        assert state["n2"]["sites"] == [] and state["n2"]["standby_sites"] == []
+        assert state["n1"]["sites"] == ["a"]
+    finally:
+        lab.close()
+
+
+def _frames(path):
+    from upbx.tools.lab import read_g711_record
+    return len(read_g711_record(path)) if os.path.exists(path) else 0
+
+
+def _gap_ms(path):
+    from upbx.tools.lab import read_g711_record
+    frames = read_g711_record(path)
+    return max((b[0] - a[0] for a, b in zip(frames, frames[1:])), default=0)
+
+
+def _lines(lab, name, *words):
+    with open(lab.path(name + ".log"), "rb") as f:
+        return [line for line in f.read().decode("utf-8", "replace").splitlines() if all(w in line for w in words)]
+
+
+# the handsets: the 64-bit port from PyPI; the 32-bit build (the ESP32's word size) with upbx frozen
+# in at 64K, and with .mpy files at 100K (docs/handset.md, Memory): (fixture, phone arguments, live limit)
+# (the 100K .mpy build has no room for a standby: test_a_100k_mpy_phone_at_a_node_keeps_no_standby_and_calls)
+BUILDS = {"pypi": (None, (), None),
+          "frozen-64k": ("unix32_frozen", ("--heapsize", "64K"), 48 * 1024)}
+
+
+@pytest.mark.parametrize("build", sorted(BUILDS))
+def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill_of_the_node(own_engines, build,
+                                                                                             request):
+    """Two firmware phones (the MicroPython unix port) straight at n1, no remote host: each keeps a
+    standby session at n1's successor; a call between them, relayed by n1; n1 killed with -9: both
+    switch to their standby session (no new handshake), the successor takes the call over from Redis,
+    each phone's audio arrives at the other in order, and the call ends "normal clearing"."""
+    from upbx.tools.lab import audio_match, write_noise_wav
+    from tests.support import micropython_binary
+    import redis
+    import time
+    micropython_binary()
+    engines = own_engines
+    fixture, phone_args, live_limit = BUILDS[build]
+    if fixture is not None:
+        phone_args = ("--micropython", request.getfixturevalue(fixture)) + phone_args
+    r = redis.Redis.from_url(engines.redis_url)
+    lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2", "n3"), direct_media=False,
+                                      phone_args=phone_args)
+    try:
+        lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "302"]})
+        lab.start()
+        ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+        succ = {v: k for k, v in ids.items()}[cluster.successor(ids["n1"], sorted(ids.values()))]
+        procs = {}
+        for number in ("302", "301"):
+            wav = lab.path(number + ".wav")
+            write_noise_wav(wav, 120, int(number))
+            args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
+                    "--exit-after", "300"]
+            args += ["--answer"] if number == "302" else ["--call", "302", "--call-after", "3"]
+            procs[number] = lab.phone(number, *args, tag="standby-" + number)
+            lab.wait_registered(number, timeout=60)
+        # each phone's standby session at n1's successor, which lists it as a standby
+        try:
+            lab.wait_for(lambda: sorted(p["extension"] for p in lab.status(succ)["phones"] if p.get("standby"))
+                         == ["301", "302"], "both phones' standby sessions at %s" % succ, timeout=60)
+        except TimeoutError as exc:
+            raise AssertionError("%s; 301: %s" % (exc, lab._log_tail("phone-standby-301", 20)))
+        assert by_name(lab.cluster_status())[succ]["standby_sites"] == ["c"]
+        assert by_name(lab.cluster_status())["n1"]["sites"] == ["c"]
+
+        def answered_key():
+            for key in r.scan_iter(match="upbx:call:*"):
+                call = json.loads(r.get(key) or b"{}")
+                if call.get("caller") == "301" and call.get("state") == "answered" and not call.get("ended"):
+                    return call
+            return None
+        lab.wait_for(lambda: answered_key() is not None, "the answered call's key in Redis", timeout=60)
+        call = answered_key()
+        assert call["node"] == "n1"
+        key = "upbx:call:" + call["uid"]
+        logins = {n: len(_lines(lab, succ, " login ", "name=%s " % n)) for n in ("301", "302")}
+        assert logins == {"301": 1, "302": 1}
+        time.sleep(1)
+        before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("301", "302")}
+        killed = time.time()
+        lab.kill("n1")
+        lab.wait_for(lambda: [c["callee"] for c in lab.status(succ)["calls"]] == ["302"],
+                     "%s took the call over" % succ, timeout=30)
+        taken = time.time() - killed
+        assert lab.status(succ)["stats"]["counters"].get("calls taken over") == 1
+        lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("301", "302")),
+                     "relayed audio after the failover", timeout=30)
+        # no new handshake: the sessions at the successor are the standby ones, now home
+        assert {n: len(_lines(lab, succ, " login ", "name=%s " % n)) for n in ("301", "302")} == logins
+        assert all(_lines(lab, "phone-standby-" + n, "switched to the standby session") for n in ("301", "302"))
+        assert not [p for p in lab.status(succ)["phones"] if p.get("standby")]
+        procs["301"].stdin.write(b"!hangup\n")
+        procs["301"].stdin.flush()
+        for proc in procs.values():
+            proc.wait(60)
+        gaps = {}
+        for sender, receiver in (("301", "302"), ("302", "301")):
+            summary = lab.summary("standby-" + sender)["calls"][0]
+            assert summary["cause"] == "normal clearing", summary
+            gaps[receiver] = _gap_ms(lab.path(receiver + ".rx.g711"))
+            match, matched = audio_match(lab.path(sender + ".wav"), lab.path(receiver + ".rx.g711"),
+                                         summary["frames_sent"], gap_frames=gaps[receiver] // 20 + 5)
+            assert match, (sender, matched, summary["frames_sent"], gaps[receiver])
+        heaps = {n: lab.summary("standby-" + n)["heap"] for n in ("301", "302")}
+        print("%s: kill -9 of n1 (phones straight at it): %s had the call after %.1f s; audio gap at 301: %d ms, "
+              "at 302: %d ms; heap peak live %s" % (build, succ, taken, gaps["301"], gaps["302"],
+                                                    {n: h.get("peak_live") for n, h in heaps.items()}))
+        if live_limit is not None:
+            assert all(h["peak_live"] < live_limit for h in heaps.values()), heaps
+        lab.wait_for(lambda: json.loads(r.get(key) or b"{}").get("ended"), "the call's key marked ended", timeout=30)
+        assert json.loads(r.get(key))["node"] == succ
+    finally:
+        lab.close()
+        r.close()
+
+
+STANDALONE = """
+import os, sys
+from common.login import LoginDown, LoginUp
+from common.phone import Phone
+from common import wire
+phone = Phone("201", bytes(16), os.urandom)
+# a standalone main host's WELCOME (no cluster_nodes), a lost session, timers, datagrams
+phone.login._events.append(LoginUp({0x03: 0x123456, 0x06: 60}))
+phone._login_events(0)
+phone.next_timer()
+phone.handle_timer(0)
+phone.datagrams_to_send(0)
+phone.login._events.append(LoginDown("dead"))
+phone._login_events(0)
+print("standalone", [m for m in ("common.cluster", "common.standby", "firmware.standby") if m in sys.modules], phone.standby)
+# a node's WELCOME: the cluster code is loaded and a standby login goes to the node's successor
+nodes = bytes((1, 1, 198, 18, 0, 1, 0x11, 0xd9, 2, 198, 18, 0, 2, 0x11, 0xd9))
+at = Phone("202", bytes(16), os.urandom)
+at.login._events.append(LoginUp({0x03: (1 << 20) | (1 << 16) | 8, 0x06: 60, 0x31: nodes}))
+at._login_events(0)
+print("node", "common.cluster" in sys.modules, at.standby_to, at.standby.local_index ^ at.login.local_index,
+      len(at.next_timer() is not None and at.standby.datagrams_to_send(0)))
+"""
+
+
+def test_a_phone_without_a_cluster_loads_none_of_the_cluster_code(unix32_plain):
+    """A handset's heap (docs/handset.md): common/cluster.py, common/standby.py and firmware/standby.py are loaded only for
+    a phone whose host named the cluster's nodes; on the 32-bit build, in a fresh interpreter."""
+    import subprocess
+    from tests.support import ROOT
+    out = subprocess.run([unix32_plain, "-X", "heapsize=200K", "-c", STANDALONE], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr + out.stdout
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "standalone [] None", lines
+    # at node 1 of {1, 2}: the standby at node 2, its own index, its HELLO queued
+    assert lines[1] == "node True ('198.18.0.2', 4569) 65536 1", lines
+
+
+def test_a_100k_mpy_phone_at_a_node_keeps_no_standby_and_calls(own_engines, unix32_plain):
+    """The 32-bit build with .mpy files at 100K has about 10 KB free once registered at a node: too
+    little for a standby session (3.9 KB) and a call. It keeps none, says so, and calls as before."""
+    from upbx.tools.lab import place_call
+    from tests.support import micropython_binary
+    micropython_binary()
+    lab = cluster_lab.ClusterExchange(own_engines, nodes=("n1", "n2"), direct_media=False,
+                                      phone_args=("--micropython", unix32_plain, "--heapsize", "100K", "--mpy"))
+    try:
+        lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "302"]})
+        lab.start()
+        try:
+            row = place_call(lab, "301", "302", "B1", 2.0)
+        except (TimeoutError, OSError) as exc:
+            raise AssertionError("%s; 301: %s; 302: %s" % (exc, lab._log_tail("phone-B1-301-302-caller", 30),
+                                                         lab._log_tail("phone-B1-301-302-callee", 30)))
+        assert row["cause"] == "normal clearing" and row["audio_match"] is True, row
+        for role in ("caller", "callee"):
+            log = "phone-B1-301-302-" + role
+            assert _lines(lab, log, "no standby session: too little free heap"), lab._log_tail(log, 20)
+            assert not _lines(lab, log, "MemoryError")
+        assert not [p for p in lab.status("n2")["phones"]]
+    finally:
+        lab.close()
