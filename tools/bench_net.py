@@ -355,38 +355,37 @@ class TrunkPair:
         a call set up after the clock passed 65.5 s is not sealed with stamps no receiver can extend
         (which made every trunk datagram holding such a call fail authentication)."""
         buf = bytearray(65536)
-        per = max(1, (mtu - wire.TRUNK_HEADER - wire.MEDIA_TAG) // (wire.TRUNK_ENTRY_HEADER + 160))
         seal_fn = native.seal_trunk if native is not None else seal_trunk
-        for c in calls:
-            if c.ts_base is None:
-                c.ts_base = ts0 & ~0xFFFF
-        groups = []
-        for client, legs in ((self.a, [(c.a, c) for c in calls]), (self.b, [(c.b, c) for c in calls])):
-            channel = client.login.channel
-            for i in range(0, len(legs), per):
-                part = legs[i:i + per]
-                groups.append((client, channel.crypto.send_auth, channel.peer_index,
-                               [(leg, c.ts_base) for leg, c in part], [c.index for _l, c in part]))
+        groups = [(client, client.login.channel.crypto.send_auth, client.login.channel.peer_index,
+                   [(leg, c.ts_base) for leg, c in part], [c.index for _l, c in part])
+                  for client, part in self._datagrams(calls, mtu, ts0)]
 
         def seal(ts):
             return [(client, bytes(seal_fn(auth, index, [(leg, ts - base, VOICE) for leg, base in legs], buf)), indices)
                     for client, auth, index, legs, indices in groups]
         return seal
 
-    def native_specs(self, calls, mtu, ts0):
-        """[(socket fd, specs)] of host A and host B for host/_fastpath.c bench_send_trunks: the same datagrams
-        as sealer()'s (tests/test_bench.py compares them), each (auth, index, ((peer call no, role, ctr, base), ...))."""
+    def _datagrams(self, calls, mtu, ts0):
+        """A tick's trunk datagrams of both hosts, [(client, [(leg, call)])], as many calls a datagram as
+        mtu holds; each call's stamp base set on its first tick (see sealer)."""
         per = max(1, (mtu - wire.TRUNK_HEADER - wire.MEDIA_TAG) // (wire.TRUNK_ENTRY_HEADER + 160))
         for c in calls:
             if c.ts_base is None:
                 c.ts_base = ts0 & ~0xFFFF
-        out = []
-        for client, legs in ((self.a, [(c.a, c) for c in calls]), (self.b, [(c.b, c) for c in calls])):
+        return [(client, legs[i:i + per])
+                for client, legs in ((self.a, [(c.a, c) for c in calls]), (self.b, [(c.b, c) for c in calls]))
+                for i in range(0, len(legs), per)]
+
+    def native_specs(self, calls, mtu, ts0):
+        """[(socket fd, specs)] of host A and host B for host/_fastpath.c bench_send_trunks: the datagrams of
+        sealer(), each spec (auth, index, ((peer call no, role, ctr, base), ...)) (tests/test_bench_generator.py
+        compares the C sealer's bytes with common.trunk.seal_trunk's)."""
+        by_client = {self.a: [], self.b: []}
+        for client, part in self._datagrams(calls, mtu, ts0):
             channel = client.login.channel
-            specs = [(channel.crypto.send_auth, channel.peer_index,
-                      tuple((leg.peer_call_no, leg.role, leg._send_ctr, c.ts_base) for leg, c in legs[i:i + per]))
-                     for i in range(0, len(legs), per)]
-            out.append((client.sock.fileno(), specs))
+            by_client[client].append((channel.crypto.send_auth, channel.peer_index,
+                                      tuple((leg.peer_call_no, leg.role, leg._send_ctr, c.ts_base) for leg, c in part)))
+        out = [(client.sock.fileno(), specs) for client, specs in by_client.items()]
         return out
 
     def close(self):
