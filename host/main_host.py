@@ -245,7 +245,7 @@ class MainHost(HostCore):
             # every session hears of it (NODES), not only those that log in from now on
             payload = wire.encode_ies({wire.IE_CLUSTER_NODES: self.router.encoded})
             for link in self.links.values():
-                if link.session is not None:
+                if link.session is not None and link.kind != "node":   # a node knows the nodes from etcd
                     link.session.send_encoded(wire.NODES, payload, now)
             self.stats.count("cluster nodes lists sent", len(self.links))
         if self.xnode is not None:

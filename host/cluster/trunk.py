@@ -17,8 +17,10 @@ store, a call proxied on to the instance that holds the registration; CUCM's int
   session (the server side, also a link of kind "node") <-> callee. Signalling is the usual call
   messages leg to leg; media goes in trunk frames, packed per node pair, on the session's keys.
   Each node watches its own login to each other node (PING every 0.5 s, down after 2 s of
-  silence): when the other node is lost, the node ends its calls over that trunk with cause 18
-  "main host lost" towards its own clients, and keeps its record of them.
+  silence): when the other node is lost, the node holds its answered calls over that trunk while the
+  lost node's successor takes that half over from Redis (spliced here when we are the successor,
+  else claim() moves our leg to the successor's trunk), and ends the rest with cause 18 "main host
+  lost" towards its own clients, keeping its record of them.
 
 Why a trunk per node pair and not one node relaying with the other's keys from Redis: each node
 stays the only one that holds its clients' sessions (no key of a live session leaves the node,
