@@ -412,10 +412,6 @@ class MainHost(HostCore):
             self.sysinfo_acked[link.name] = ies.get(wire.IE_VERSION)
         if msg_type in (wire.PING, wire.ACK, wire.SYSINFO_ACK, wire.PHONE_STATE):
             return
-        if msg_type == wire.HOME:   # the remote host's main session (not its standby): its location is here
-            if self.xnode is not None and link.kind == "host":
-                self.xnode.home((link.kind, link.name))
-            return
         if msg_type == wire.SETUP:
             self._setup(link, ies, now)
         elif msg_type == wire.LOCAL_REQUEST:
@@ -452,6 +448,9 @@ class MainHost(HostCore):
         elif msg_type == wire.NODES and self.router is not None and wire.IE_STANDBY in ies:
             # what this session is to its client: its standby (kept to switch to) or its home (docs/cluster.md)
             (self.standby_links.add if ies[wire.IE_STANDBY] else self.standby_links.discard)(link)
+            if self.xnode is not None and link.kind in ("host", "phone"):
+                # its location key names this node (home) or never does (a standby: host/cluster/trunk.py)
+                (self.xnode.standby if ies[wire.IE_STANDBY] else self.xnode.home)((link.kind, link.name))
             call_no = ies.get(wire.IE_PEER_CALL_NO)
             if not ies[wire.IE_STANDBY] and call_no and self.takeover is not None:
                 self.takeover.moved(link, call_no, now)   # a phone that switched here names its call
@@ -477,11 +476,15 @@ class MainHost(HostCore):
             peer = self.peers.by_identity.get(("host", host.name))
             if (peer is not None and peer.index in self.links and self.xnode is not None and not local
                     and ("host", host.name) not in self.xnode.homes):
-                # a session that said no HOME: a standby (its home is where Redis says), or a remote host
-                # that does not say HOME (it is the site's home when Redis names no other node)
+                # a session that did not say it is the site's home (NODES standby 0): a standby (its home
+                # is where Redis says), or a remote host that does not say (its home when Redis names no other)
                 return self.xnode.route(("host", host.name), self.now, wait, self.links[peer.index])
         else:
             peer = self.peers.by_identity.get(("phone", number))
+            if (peer is not None and peer.index in self.links and self.xnode is not None and not local
+                    and ("phone", number) in self.xnode.standbys):
+                # the phone's standby session: its calls go to its home node while Redis names one
+                return self.xnode.route(("phone", number), self.now, wait, self.links[peer.index])
         if (peer is None or peer.index not in self.links) and self.xnode is not None and not local:
             # at another node? (its location key in Redis, host/cluster/trunk.py)
             return self.xnode.route(("host", host.name) if host is not None else ("phone", number), self.now, wait)

@@ -246,7 +246,8 @@ class RemoteHost(HostCore):
     def _main_up(self, now):
         """The main host answers (a login, or again on the same session after a silence)."""
         self.main_link.up = True
-        self.main_link.send_signal(wire.HOME, {}, now)   # calls for the site come here (docs/cluster.md)
+        if self.cluster_nodes:   # a node: this session is the site's home, its calls come here (docs/cluster.md)
+            self.main_link.send_signal(wire.NODES, {wire.IE_STANDBY: 0}, now)
         self._upload_records(now)
         self.voicemail_upload.start(now)
         self.mailbox_cache.start(now)
@@ -345,8 +346,6 @@ class RemoteHost(HostCore):
         for leg in self.switch.legs.values():
             if leg.link is self.main_link and leg.direct is None and leg.call.state == "answered":
                 self.unconfirmed[leg] = (now + wait, leg.media.replay.highest)
-        if self.cluster_nodes:   # the node lists this session as the site's home now (docs/cluster.md)
-            self.login.send(wire.NODES, {wire.IE_STANDBY: 0}, now)
         self.stats.count("standby switches")
         self.log.warning("main-switched", main="%s:%d" % self.main_address, was="%s:%d" % old_address,
                          reason=reason, calls=self.main_link.legs)

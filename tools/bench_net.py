@@ -294,7 +294,7 @@ class TrunkPair:
         self.b.start(now)
         pump([self.a, self.b], lambda: self.a.up and self.b.up)
         for c in (self.a, self.b):   # as a remote host does: a cluster's node routes the site's calls here
-            c.login.send(wire.HOME, {}, now)
+            c.login.send(wire.NODES, {wire.IE_STANDBY: 0}, now)   # "this session is my home"
             c.flush(now)
         self.calls = []
         self.next_ts = 20

@@ -58,7 +58,7 @@ return 0
 """
 
 
-# a client logged in here that has not said HOME (a standby session, a phone): ours unless another node's
+# a client logged in here that has not said whether this is its home: ours unless another node's
 SET_UNLESS_OTHERS = """
 local v = redis.call('GET', KEYS[1])
 if v and v ~= ARGV[1] then return 0 end
@@ -92,10 +92,11 @@ class NodeTrunks:
         self.cache = {}          # (kind, name) -> (node id or None, until ms)
         self.asked = set()       # identities to read from Redis
         self.parked = {}         # identity -> [(link, ies, when)] SETUPs waiting for Redis
-        # identity -> "set" (its home is here: HOME), "nx" (logged in here: set unless another node has it,
-        # a standby session or a client that sends no HOME), or None (gone: delete it if it names us)
+        # identity -> "set" (its home is here: NODES standby 0), "nx" (logged in here and has not said:
+        # set unless another node has it), or None (gone, or a standby session: delete it if it names us)
         self.writes = {}
-        self.homes = set()       # identities whose session here said HOME
+        self.homes = set()       # identities whose session here said it is their home (NODES standby 0)
+        self.standbys = set()    # identities whose session here is their standby (NODES standby 1)
         self.wake = None         # set by LocationService: an asyncio.Event it waits on
         self.lost = 0            # calls ended because the other node was lost
         self.held = {}           # our call number -> (give-up ms, lost node): legs towards a lost node, whose
@@ -334,26 +335,39 @@ class NodeTrunks:
         if identity[1].startswith(PREFIX):
             return
         self.homes.discard(identity)
+        self.standbys.discard(identity)
         self.writes[identity] = "nx"
         self.cache.pop(identity, None)
         self._wake()
 
     def home(self, identity):
-        """A remote host said HOME on its session here: its location key names us from now on."""
+        """A client said its session here is its home (NODES standby 0): its location key names us."""
         self.homes.add(identity)
+        self.standbys.discard(identity)
         self.writes[identity] = "set"
+        self._wake()
+
+    def standby(self, identity):
+        """A client said its session here is its standby (NODES standby 1): calls for it are never
+        routed here while its home is elsewhere, and its location key never names us."""
+        if identity[1].startswith(PREFIX):
+            return
+        self.homes.discard(identity)
+        self.standbys.add(identity)
+        self.writes[identity] = None
         self._wake()
 
     def logged_out(self, identity):
         if identity[1].startswith(PREFIX):
             return
         self.homes.discard(identity)
+        self.standbys.discard(identity)
         self.writes[identity] = None
         self._wake()
 
     def route(self, identity, now, wait, here=None):
         """(link, cause) for a client that is not home here: our trunk link to the node Redis names, else
-        `here` (its session here, which said no HOME) when Redis names no other node, else None with
+        `here` (its session here, which did not say it is its home) when Redis names no other node, else None with
         CAUSE_UNREACHABLE; or PENDING (wait: the caller parks its SETUP) while Redis is asked."""
         entry = self.cache.get(identity)
         if entry is not None and now < entry[1]:
@@ -454,7 +468,8 @@ class LocationService:
                     if time.monotonic() >= refresh_at:
                         refresh_at = time.monotonic() + REFRESH_S
                         for kind, name in list(self.core.links_by_name):
-                            if kind in ("host", "phone") and not name.startswith(PREFIX):
+                            if (kind in ("host", "phone") and not name.startswith(PREFIX)
+                                    and (kind, name) not in trunks.standbys):
                                 writes.setdefault((kind, name), "set" if (kind, name) in trunks.homes else "nx")
                     if writes:
                         try:
