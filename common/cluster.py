@@ -202,11 +202,13 @@ def phone_event(phone, event, now=0):
             standby.choose(phone, now)
         else:
             phone.cluster_out = [("log", "no standby session: too little free heap")]
+        _let_go(phone)
         return False
     if phone.standby is not None and phone.standby.state == "up":
         from . import standby
         standby.switch(phone, now)
         return True
+    _let_go(phone)
     try:
         order = ranked(identity("phone", phone.extension), decode_nodes(phone.cluster_nodes))
     except ValueError:
@@ -222,6 +224,15 @@ def phone_event(phone, event, now=0):
     phone._node_tried = ids[pick % len(ids)]
     phone.host_next = order[pick % len(ids)][1]
     return False
+
+
+def _let_go(phone):
+    """A phone with no standby: this code and common/standby.py leave its heap until its next login
+    event (a handset at a node without room for a standby, docs/handset.md)."""
+    if phone.standby is None:
+        from .compat import forget
+        forget("common.standby")
+        forget("common.cluster")
 
 
 def _room():

@@ -82,8 +82,8 @@ class Phone:
     codec = 0        # G.711 law (wire CODEC_*): an A-law phone's app sets 8; named in its SETUPs and ALERTINGs
     firmware_sink = None   # set on the instance while an update downloads (firmware/ota.py)
     # a phone straight at a cluster's node: its standby Login at the home node's successor, and what
-    # the firmware is to do for it (firmware/standby.py); the rest is set on the instance by
-    # common/standby.py, loaded only at a node (a handset's heap)
+    # the firmware is to do for it (firmware/standby.py: a list, while there is a standby or work for
+    # it); the rest is set on the instance by common/standby.py, loaded only at a node (a handset's heap)
     standby = cluster_out = None
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
@@ -285,9 +285,6 @@ class Phone:
                 from . import cluster   # loaded only here: a phone without a cluster never loads it
                 if cluster.phone_event(self, event, now):
                     continue
-                if self.standby is None:   # no standby kept: the cluster's code leaves the heap till the next event
-                    forget("common.standby")
-                    forget("common.cluster")
             while type(event) is not LoginUp and self.call is not None:
                 self.call.apply(TIMEOUT)
                 self._end(wire.CAUSE_UNREACHABLE)

@@ -61,6 +61,8 @@ def choose(phone, now):
         phone.standby = None
     if want is None:
         return
+    if phone.cluster_out is None:
+        phone.cluster_out = []   # the firmware sends the standby's datagrams while it is a list
     login = phone.login
     standby = Login(login.identity_ie, login.identity, login.secret, login.local_index ^ _STANDBY_INDEX,
                     phone.random_bytes, keepalive_ms=phone._keepalive, backoff_initial_ms=1000,

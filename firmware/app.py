@@ -313,8 +313,7 @@ class App:
                 return None
 
     def flush(self, now):
-        phone = self.phone
-        if phone.standby is not None or phone.cluster_out is not None:   # a cluster's node (firmware/standby.py)
+        if self.phone.cluster_out is not None:   # a cluster's node: the standby session (firmware/standby.py)
             from firmware import standby
             standby.flush(self, now)
         for datagram in self.phone.datagrams_to_send(now):

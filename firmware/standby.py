@@ -5,7 +5,7 @@ switches to it, with its keys and no handshake, when the session falls silent; t
 firmware's side: the standby's datagrams go to the standby node, and what common/standby.py leaves
 in `phone.cluster_out` is done: after a switch everything goes to the new node, a standby given up
 gets its BYE, a standby not taken (no room on the heap) is logged. App.flush imports it only for a
-phone that has a standby or something in cluster_out, and it lets itself go once the phone has no
+phone whose cluster_out is a list (a standby, or something to do for one), and it lets itself go once the phone has no
 standby: a handset at a standalone main host never loads it.
 """
 from common.compat import const, forget
@@ -25,8 +25,8 @@ def flush(app, now):
     """Before the session's datagrams go out."""
     phone = app.phone
     todo = phone.cluster_out
-    if todo is not None:
-        phone.cluster_out = None
+    if todo:
+        phone.cluster_out = []
         for item in todo:
             if item[0] == "log":
                 app.log("W", item[1])
@@ -42,6 +42,7 @@ def flush(app, now):
                     app.sendto(datagram, addr, _TOS_CS3)
     standby = phone.standby
     if standby is None:
+        phone.cluster_out = None
         forget("firmware.standby")   # nothing more to do: this module leaves the heap until it has
         return
     from common import standby as module

@@ -1,5 +1,5 @@
 """Two holes of the cluster's handshake and forwarding, closed (issue 16; docs/cluster.md "Security
-of a node's handshake and forwarding"), on real engines and `upbx main` nodes (tools/cluster_lab.py).
+of the handshake and of forwarding"), on real engines and `upbx main` nodes (tools/cluster_lab.py).
 
 - A RESPONSE replayed to a second node: the nodes share the cookie secret but each keeps its own
   used nonces, so a bystander that copied a phone's RESPONSE to n1 could replay it to n2 from the
