@@ -29,9 +29,10 @@ from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
 
 
-def require_engines():
-    """Skip (fail on CI, where the set-up installs them) when the engines cannot run here."""
-    problem = cluster_lab.missing()
+def require_engines(missing=cluster_lab.missing):
+    """Skip (fail on CI, where the set-up installs them) when the engines cannot run here (missing:
+    cluster_lab.missing, or missing_replicated for ReplicatedEngines)."""
+    problem = missing()
     if problem:
         if os.environ.get("CI"):
             pytest.fail(problem)
@@ -41,6 +42,14 @@ def require_engines():
 @pytest.fixture(scope="module")
 def engines():
     """PostgreSQL, Redis and etcd for the module (tools/cluster_lab.py Engines)."""
+    require_engines()
+    with cluster_lab.Engines() as engines:
+        yield engines
+
+
+@pytest.fixture
+def own_engines():
+    """Engines of the test's own (for a test that provisions what another test of the module did)."""
     require_engines()
     with cluster_lab.Engines() as engines:
         yield engines

@@ -8,13 +8,12 @@ hosts and firmware phones; one remote host the test plays itself to upload call 
 primary is killed as a machine is lost (kill -9 of its server and of its Patroni, or of Redis),
 during a relayed call. Every wait is for a state; the failover times are printed figures."""
 import json
-import os
 import time
 
 import pytest
 
 from upbx.common import wire
-from tests.clusterkit import (acknowledged, hang_up_and_compare, live_call, record, start_call, survivor, upload,
+from tests.clusterkit import (require_engines, acknowledged, hang_up_and_compare, live_call, record, start_call, survivor, upload,
                               wait_audio_flows)
 from tests.intruder import Intruder
 from tests.support import micropython_binary
@@ -27,11 +26,7 @@ SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max
 
 @pytest.fixture(scope="module")
 def engines():
-    problem = cluster_lab.missing_replicated()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+    require_engines(cluster_lab.missing_replicated)
     with cluster_lab.ReplicatedEngines() as engines:
         yield engines
 

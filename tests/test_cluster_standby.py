@@ -10,33 +10,11 @@ import pytest
 
 from upbx.common import cluster
 from upbx.tools.lab import free_port
+from tests.clusterkit import engines, own_engines  # noqa: F401 (fixtures)
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
 
 SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
-
-
-@pytest.fixture(scope="module")
-def engines():
-    problem = cluster_lab.missing()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    with cluster_lab.Engines() as engines:
-        yield engines
-
-
-@pytest.fixture
-def own_engines():
-    """Engines of the test's own (a handset build's run provisions the same sites and extensions)."""
-    problem = cluster_lab.missing()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    with cluster_lab.Engines() as engines:
-        yield engines
 
 
 def add_node(lab, node):

@@ -11,7 +11,6 @@ of the handshake and of forwarding"), on real engines and `upbx main` nodes (too
   frames of a form the owner could take.
 Every wait is for a state (a node's status, a reply), never for a time.
 """
-import os
 import select
 import socket
 import time
@@ -20,22 +19,12 @@ import pytest
 
 from upbx.common import cluster, wire
 from upbx.common.login import UP
+from tests.clusterkit import engines  # noqa: F401 (a fixture)
 from tests.intruder import Intruder, Tap, now_ms
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
 
 NODES = ("n1", "n2", "n3")
-
-
-@pytest.fixture(scope="module")
-def engines():
-    problem = cluster_lab.missing()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    with cluster_lab.Engines() as engines:
-        yield engines
 
 
 @pytest.fixture(scope="module")

@@ -15,22 +15,12 @@ import pytest
 from upbx.common import cluster, wire
 from upbx.common.session import handshake_key, seal_handshake
 from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
+from tests.clusterkit import engines  # noqa: F401 (a fixture)
 from tests.support import micropython_binary, require_root
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
 
 SETTINGS = {"keepalive_s": 2, "login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
-
-
-@pytest.fixture(scope="module")
-def engines():
-    problem = cluster_lab.missing()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    with cluster_lab.Engines() as engines:
-        yield engines
 
 
 class TwoHomes(cluster_lab.ClusterExchange):
