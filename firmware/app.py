@@ -35,8 +35,6 @@ KEY_HOLD = "B"             # in a call: hold, and resume (docs/features.md)
 _CAPTURE_MAX = const(3)           # frames sent per loop iteration at most (a late loop catches up)
 _RETRY_MAX = const(8)             # datagrams kept for another try after sendto failed
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
-_DRAIN_MAX = const(6)             # datagrams read per pass at most in a call (the socket out of the loop's sleep)
-_POLLIN = const(1)                # select.POLLIN: MP_STREAM_POLL_RD on every port (extmod/modselect.c)
 _RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
 _CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
 # A datagram is first peeked at (recv(_PEEK, MSG_PEEK): _PEEK bytes, left queued; two one-block
@@ -473,34 +471,20 @@ class App:
         hal = self.hal
         profile = self.profile
         poll = self._wait_poll
-        poller = self.poller
         self._frame_at = now
         ready = 0
-        quiet = False   # in a call: the socket out of the sleep, its datagrams read at the tick (below)
         while self.running:
             if profile is not None:
                 profile.resume()
             now = hal.ticks_ms()
             if ready & 1:
                 self.receive(now)
-            elif quiet:   # every datagram that came while the loop slept, stamped with this pass's time
-                for _ in range(_DRAIN_MAX):
-                    waiting = False
-                    for entry in poll(0):   # the same poller, the socket watched again: waits for nothing
-                        if entry[0] is self._raw_sock:
-                            waiting = True
-                    if not waiting:
-                        break
-                    self.receive(now)
             if self._retry:
                 self.resend()
             if self._timer_at is not None and ticks_diff(now, self._timer_at) >= 0:
                 self._timers(now)
             if ready & 2 or ticks_diff(now, self._frame_at) >= 0:
                 self._audio(now)
-                if quiet and self._house_at is not None and ticks_diff(now, self._house_at) >= 0:
-                    self._housekeeping(now)   # in a call: in a tick's pass, after its audio (_plan)
-                    self._signalled = True
             if self._signalled:
                 self._plan(now)
             now = hal.ticks_ms()
@@ -513,17 +497,9 @@ class App:
                 profile.pause()
             if not self.running:
                 break
-            # In a call the socket is left out of the sleep: the loop wakes once a tick, not once a tick
-            # and once a datagram, and reads the datagrams at the top of the tick's pass (above), before
-            # the playout they would have waited for anyway (docs/handset.md, The loop)
-            quiet = self.phone.state == CONNECTED and self._raw_sock is not None
-            if quiet:
-                poller.modify(self._raw_sock, 0)
             ready = 0   # sleep in the poller until a datagram (1), a HAL device (2) or the time
             for entry in poll(wait if wait > 0 else 1):   # ipoll: no list, one tuple reused
                 ready |= 1 if entry[0] is self._raw_sock else 2   # not a local: _reopen makes a new one
-            if quiet:
-                poller.modify(self._raw_sock, _POLLIN)
 
     @micropython.native
     def _audio(self, now):
@@ -555,17 +531,14 @@ class App:
     def _plan(self, now):
         """After anything that moved the protocol: its events and datagrams, then the earliest of
         the loop's timers (the protocol's, the script's, a tone's end, housekeeping), computed
-        when one may have changed, not on every pass. In a call the housekeeping is no timer of its own:
-        it runs in the first tick's pass after it is due, once the tick's audio is done (_loop), so it
-        wakes the loop no more often than the ticks do."""
+        when one may have changed, not on every pass."""
         self._signalled = False
         phone = self.phone
         self.events(now)
         self.flush(now)
         at = self._proto_at = phone.next_timer()
         for timer in (self._call_at if phone.registered else None, self.answer_at, self.hangup_at,
-                      self.tone_stop_at, self._dtmf_at, self.exit_at, self._stop_at,
-                      None if phone.state == CONNECTED else self._house_at):
+                      self.tone_stop_at, self._dtmf_at, self.exit_at, self._stop_at, self._house_at):
             at = ticks_earliest(at, timer)
         self._timer_at = at
 
