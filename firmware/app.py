@@ -5,9 +5,8 @@ HAL (unix or esp32) owns the devices. Runs unchanged on an ESP32 and, with the
 unix HAL, as a virtual handset under the MicroPython unix port (`upbx phone`).
 
 The loop sleeps in select.poll on the socket (and the HAL's devices, such as an ESP32's
-microphone) until the next 20 ms audio tick, the next timer or a datagram; in a connected call
-the socket is left out of the sleep, so the loop wakes once per tick and reads the datagrams
-that came at the top of the tick's pass (docs/handset.md, The loop). Time is the HAL's
+microphone) until the next 20 ms audio tick, the next timer or a datagram (docs/handset.md,
+The loop). Time is the HAL's
 ticks_ms(), which wraps: every timer is ticks_add(now, ms) and every comparison
 ticks_diff(now, timer) >= 0 (common/compat.py). The loop feeds the watchdog once per
 audio pass (every 20 ms tick, and when the microphone wakes it), not on a datagram's; network
