@@ -311,7 +311,9 @@ def _main_toml(tmp_path, extra):
     return str(tmp_path / "main.toml")
 
 
-def _upbx_main(config, timeout=20):
+def _upbx_main(config, timeout=180):
+    # the bound is for a daemon that hangs instead of exiting; on a busy machine the start alone (imports,
+    # the relay workers' fork, the database) took 18 s
     return subprocess.run([sys.executable, "-m", "upbx.tools.cli", "main", "--config", config], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
