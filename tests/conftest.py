@@ -68,3 +68,14 @@ def unix32_frozen():
 def unix32_plain():
     """Path of the plain 32-bit unix port (nothing of upbx frozen in)."""
     return unix32_binary(frozen=False)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """A loopback exchange with the default sites and phones, started, shared by a module's tests (a module
+    that needs another exchange defines its own `lab`, which takes precedence)."""
+    from upbx.tools.lab import LoopbackExchange
+    with LoopbackExchange() as exchange:
+        exchange.provision()
+        exchange.start()
+        yield exchange

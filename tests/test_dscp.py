@@ -10,13 +10,11 @@ import socket
 import struct
 import time
 
-import pytest
-
 from upbx.common import wire
 from upbx.common.login import LoginUp
 from upbx.common.phone import Ended, Incoming, Phone
 from tests.support import require_root
-from upbx.tools.lab import LoopbackExchange, write_noise_wav
+from upbx.tools.lab import write_noise_wav
 
 EF = 46 << 2
 CS3 = 24 << 2
@@ -47,14 +45,6 @@ def sniff(seconds, ports):
             if (sport in ports or dport in ports) and payload:
                 seen.append((sport, dport, ip[1], wire.frame_kind(payload)))
     return seen
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with LoopbackExchange() as lab:
-        lab.provision()
-        lab.start()
-        yield lab
 
 
 def test_voice_is_ef_and_signalling_cs3_on_every_hop_of_a_call(lab):

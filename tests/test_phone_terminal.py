@@ -12,18 +12,7 @@ import select
 import sys
 import time
 
-import pytest
-
 from tests.support import ROOT
-from upbx.tools.lab import LoopbackExchange
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with LoopbackExchange() as lab:
-        lab.provision()
-        lab.start()
-        yield lab
 
 
 class Terminal:

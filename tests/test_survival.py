@@ -9,18 +9,8 @@ that boots the device again.
 """
 import time
 
-import pytest
-
 from tests.test_handset import Handset
-from upbx.tools.lab import LoopbackExchange, audio_match, write_noise_wav
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with LoopbackExchange() as lab:
-        lab.provision()
-        lab.start()
-        yield lab
+from upbx.tools.lab import audio_match, write_noise_wav
 
 
 def wait_count(handset, text, count, timeout=15):
