@@ -175,14 +175,12 @@ class Kamailio:
         self.stop()
 
 
-class LoopbackSniffer:
-    """UDP datagrams on loopback (AF_PACKET, root), each once (loopback shows a datagram going out
-    too), read by a thread while the `with` block runs: `take(ip, sport, dport, payload)` of a
-    subclass keeps what it wants."""
+class PacketSniffer:
+    """UDP datagrams read from an AF_PACKET socket (root) by a thread while the `with` block runs:
+    `wanted(ip, address)` of a subclass chooses, `take(ip, sport, dport, payload)` keeps."""
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-        self.sock.bind(("lo", 0))
+    def __init__(self, sock):
+        self.sock = sock
         self.sock.settimeout(0.1)
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -194,10 +192,13 @@ class LoopbackSniffer:
             except socket.timeout:
                 continue
             ihl = (ip[0] & 0x0F) * 4
-            if address[2] != socket.PACKET_HOST or ip[9] != 17 or len(ip) < ihl + 8:
+            if ip[9] != 17 or len(ip) < ihl + 8 or not self.wanted(ip, address):
                 continue
             sport, dport = struct.unpack_from("!HH", ip, ihl)
             self.take(ip, sport, dport, ip[ihl + 8:])
+
+    def wanted(self, ip, address):
+        return True
 
     def take(self, ip, sport, dport, payload):
         raise NotImplementedError
@@ -210,6 +211,18 @@ class LoopbackSniffer:
         self._stop = True
         self._thread.join()
         self.sock.close()
+
+
+class LoopbackSniffer(PacketSniffer):
+    """UDP datagrams on loopback, each once (loopback shows a datagram going out too)."""
+
+    def __init__(self):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+        sock.bind(("lo", 0))
+        PacketSniffer.__init__(self, sock)
+
+    def wanted(self, ip, address):
+        return address[2] == socket.PACKET_HOST
 
 
 PHONE_105 = ("10.1.0.50", 5062)     # tests/sip_ua.py's SIP phone 105, on site a's LAN

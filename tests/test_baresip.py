@@ -4,12 +4,11 @@ holds the other's tone (Goertzel, as tests/test_hold.py listens). This is what t
 `upbx demo sip` build on; if baresip or root is missing it skips (fails under CI=true)."""
 import secrets
 import socket
-import struct
-import threading
 import time
 
 import pytest
 
+from tests.sipkit import PacketSniffer
 from tests.support import require_root, require_tool
 from upbx.common.g711 import ulaw_decode
 from upbx.host.sip.media import SipMedia
@@ -77,39 +76,22 @@ def test_two_baresips_call_each_other_and_hear_each_others_tone(lab, tmp_path):
     assert sum(tone_share(pcm, 1000, [600])) >= len(frames) // 5 - 2
 
 
-class Capture:
+class Capture(PacketSniffer):
     """UDP packets arriving at a lab node from source, caught on its interface (AF_PACKET), as
     (source address, destination port, UDP payload)."""
 
     def __init__(self, lab, node, source):
         with lab.inside(node):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-        self.sock.settimeout(0.1)
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+        PacketSniffer.__init__(self, sock)
         self.source = socket.inet_aton(source)
         self.packets = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self._stop:
-            try:
-                ip = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            ihl = (ip[0] & 0x0F) * 4
-            if len(ip) < ihl + 8 or ip[9] != 17 or ip[12:16] != self.source:
-                continue
-            sport, dport = struct.unpack_from("!HH", ip, ihl)
-            self.packets.append(((socket.inet_ntoa(ip[12:16]), sport), dport, ip[ihl + 8:]))
+    def wanted(self, ip, address):
+        return ip[12:16] == self.source
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop = True
-        self._thread.join()
-        self.sock.close()
+    def take(self, ip, sport, dport, payload):
+        self.packets.append(((socket.inet_ntoa(ip[12:16]), sport), dport, payload))
 
 
 def test_a_phone_that_cannot_start_says_why(tmp_path):
