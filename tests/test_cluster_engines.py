@@ -118,9 +118,18 @@ def test_a_fourth_node_joins_under_calls(lab):
     to_n4 = [s for s in sites if cluster.successor(ids[home[s]], everyone) == ids["n4"]]
     lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("address") ==
                              "127.0.0.1:%d" % lab.node_ports["n4"] for s in to_n4), "standbys moved to n4", timeout=60)
+    # the node trunk sessions: n4 logs in to each node and each node to n4 (docs/cluster.md, Calls between nodes)
+    lab.wait_for(lambda: all(len(lab.status(n)["cluster"]["trunks"]) == len(NODES) and
+                             all(t["state"] == "up" for t in lab.status(n)["cluster"]["trunks"].values())
+                             for n in NODES + ("n4",)), "trunk sessions between n4 and every node", timeout=60)
     new_shakes = handshakes(lab, NODES + ("n4",)) - shakes
     assert to_n4 == list(sites) and moved == 1        # as the fixture chose the sites and the home
-    assert new_shakes <= len(to_n4), (new_shakes, to_n4)
+    # the handshakes the join caused, each accounted for: those trunk sessions and one per standby session now
+    # at n4 (the sites above, any other site and any phone straight at a node whose standby n4 became)
+    n4 = lab.status("n4")
+    standby_at_n4 = [l for l in n4["remote_hosts"] + n4["phones"] if l.get("standby")]
+    assert set(to_n4) <= {l["site"] for l in n4["remote_hosts"] if l.get("standby")}, n4["remote_hosts"]
+    assert new_shakes <= 2 * len(NODES) + len(standby_at_n4), (new_shakes, to_n4, standby_at_n4)
     assert {n["name"] for n in lab.cluster_status()["nodes"]} == set(NODES) | {"n4"}
     for call in (relayed, direct):
         hang_up_and_compare(lab, call)
