@@ -11,7 +11,7 @@ from upbx.common.g711 import ulaw_decode
 from upbx.host import prompts
 from upbx.host.attendant import default_prompt
 from upbx.tools.demo_features import WAIT_S, ConsolePhone
-from upbx.tools.lab import frequencies_heard, frequency_label, goertzel_power
+from upbx.tools.lab import RECORD_FRAME, frequencies_heard, frequency_label, goertzel_power
 
 CALLER_HZ = 1000         # what a caller's microphone sends (--send tone:1000): its message
 CALLEE_HZ = 1400
@@ -69,12 +69,9 @@ def sound(block):
     return "quiet" if frequency_label(block, BEEP) == "quiet" else "sound"
 
 
-SENT_FRAME = 4 + 160        # a frame in `upbx phone --record-sent-g711`'s file: timestamp, payload
-
-
 def _sent_frames(path):
     try:
-        return os.path.getsize(path) // SENT_FRAME
+        return os.path.getsize(path) // RECORD_FRAME
     except OSError:
         return 0
 

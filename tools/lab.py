@@ -170,6 +170,9 @@ def wav_frames_g711(path):
     return [ulaw_encode(data[i:i + 320]) for i in range(0, len(data) - 319, 320)]
 
 
+RECORD_FRAME = 4 + 160   # a frame of `upbx phone --record-sent-g711`'s file: 4-byte timestamp, payload
+
+
 def read_g711_record(path):
     frames = []
     try:
@@ -177,8 +180,8 @@ def read_g711_record(path):
             data = f.read()
     except OSError:
         return frames
-    for i in range(0, len(data) - 163, 164):
-        frames.append((struct.unpack(">I", data[i:i + 4])[0], data[i + 4:i + 164]))
+    for i in range(0, len(data) - RECORD_FRAME + 1, RECORD_FRAME):
+        frames.append((struct.unpack(">I", data[i:i + 4])[0], data[i + 4:i + RECORD_FRAME]))
     return frames
 
 
