@@ -102,6 +102,7 @@ class NodeTrunks:
         self.held = {}           # our call number -> (give-up ms, lost node): legs towards a lost node, whose
                                  # half its successor may take over (Takeover, host/cluster/calls.py)
         self.carried = 0         # calls carried on through a lost node's successor
+        self.unlisted = set()    # nodes etcd no longer lists whose trunk is still up and heard (set_nodes)
 
     # the trunk sessions
 
@@ -117,6 +118,7 @@ class NodeTrunks:
         for node, address in nodes.items():
             if node == self.node_id:
                 continue
+            self.unlisted.discard(node)
             link = self.links.get(node)
             if link is None:
                 index = self.core.peers.reserve_index()
@@ -133,12 +135,31 @@ class NodeTrunks:
             elif link.address != tuple(address):
                 link.address = tuple(address)
         for node in [n for n in self.links if n not in nodes]:
+            link = self.links[node]
+            if self._alive(link, now):
+                # etcd lists it no more (its lease lapsed: a node starved of CPU, or cut off from etcd
+                # alone) but it answers on its trunk: it is not lost. Its trunk's own silence (DEAD_MS)
+                # decides; dropping the session here cost every call over it (docs/cluster.md)
+                if node not in self.unlisted:
+                    self.unlisted.add(node)
+                    self.core.stats.count("node trunk: unlisted but alive")
+                    self.core.log.warning("node-trunk", node=node, state="unlisted-alive")
+                continue
+            self.unlisted.discard(node)
             link = self.links.pop(node)
             del self.by_index[link.peer_index]
             self.core.peers.release_index(link.peer_index)
             link.up = False
             self._lost(node, link, "left the cluster", now)
         self.flush(now)
+
+    @staticmethod
+    def _alive(link, now):
+        """Our login to a node is up and heard from within its liveness limit."""
+        login = link.login
+        heard = login.last_heard_ms
+        return (login.state == UP and heard is not None
+                and now - heard <= KEEPALIVE_MS + DEAD_MS)
 
     def up(self, node):
         """Our trunk link to node when its session is up, else None."""
