@@ -540,3 +540,40 @@ def test_a_node_etcd_no_longer_lists_but_that_answers_on_its_trunk_keeps_its_cal
         if pair is not None:
             pair.close()
         lab.close()
+
+
+def test_a_phone_logging_in_again_after_its_node_died_takes_its_location_key_over(engines):
+    """A phone straight at a node with no standby says nothing of its home at login (docs/cluster.md): its
+    node writes its location key unless another node has it. A key naming a node that is no longer alive
+    (its node died; the phone logged in again at the next one) is taken over at once, not left naming the
+    dead node until it expires (30 s: calls to the phone meanwhile went to the dead node); a key naming
+    a live node is left alone."""
+    import redis
+    from upbx.tools import bench_net
+    lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2"), direct_media=False)
+    r = redis.Redis.from_url(engines.redis_url)
+    clients = []
+    try:
+        lab.provision(sites=("c",), remote_sites=(), phones={"c": ["381", "382"]})
+        lab.start(one_by_one=True)
+        ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+        assert 9 not in ids.values()
+        # 381's key names node 9, not alive (a node that died); 382's names n1, alive
+        r.set("upbx:loc:phone:381", "9", ex=30)
+        r.set("upbx:loc:phone:382", str(ids["n1"]), ex=30)
+        for number in ("382", "381"):   # 382 first: its key is written with 381's or before it
+            c = bench_net.Client(wire.IE_EXTENSION, number, bytes.fromhex(lab.secrets[number]),
+                                 ("127.0.0.1", lab.node_ports["n2"]))
+            c.start(bench_net._now_ms())
+            clients.append(c)
+            bench_net.pump(clients, lambda: all(c.up for c in clients))
+        lab.wait_for(lambda: r.get("upbx:loc:phone:381") == str(ids["n2"]).encode(), "381's key taken over by n2",
+                     timeout=30)
+        # 382's write went with 381's or before it: the key still names n1, alive
+        assert r.get("upbx:loc:phone:382") == str(ids["n1"]).encode()
+        assert 0 < r.ttl("upbx:loc:phone:381") <= 30
+    finally:
+        for c in clients:
+            c.sock.close()
+        lab.close()
+        r.close()

@@ -58,10 +58,16 @@ return 0
 """
 
 
-# a client logged in here that has not said whether this is its home: ours unless another node's
+# a client logged in here that has not said whether this is its home: ours unless another live node's
+# (ARGV[3...]: the live nodes' ids). A key naming a node no longer alive is taken over: a phone with no
+# standby whose node died logs in again elsewhere, and its key must not name the dead node until it expires
 SET_UNLESS_OTHERS = """
 local v = redis.call('GET', KEYS[1])
-if v and v ~= ARGV[1] then return 0 end
+if v and v ~= ARGV[1] then
+  for i = 3, #ARGV do
+    if ARGV[i] == v then return 0 end
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 return 1
 """
@@ -493,6 +499,7 @@ class LocationService:
                                     and (kind, name) not in trunks.standbys):
                                 writes.setdefault((kind, name), "set" if (kind, name) in trunks.homes else "nx")
                     if writes:
+                        live = [str(n) for n in self.core.router.nodes]   # etcd's members (and this node)
                         try:
                             async with self.redis.pipeline(transaction=False) as pipe:
                                 for (kind, name), how in writes.items():
@@ -500,7 +507,7 @@ class LocationService:
                                     if how == "set":
                                         pipe.set(key, node, ex=LOCATION_TTL_S)
                                     elif how == "nx":
-                                        pipe.eval(SET_UNLESS_OTHERS, 1, key, node, LOCATION_TTL_S)
+                                        pipe.eval(SET_UNLESS_OTHERS, 1, key, node, LOCATION_TTL_S, *live)
                                     else:
                                         pipe.eval(DELETE_IF_OURS, 1, key, node)
                                 await pipe.execute()
