@@ -15,7 +15,7 @@ import pytest
 from upbx.common import cluster, wire
 from upbx.common.session import handshake_key, seal_handshake
 from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
-from tests.clusterkit import engines  # noqa: F401 (a fixture)
+from tests.clusterkit import engines, own_engines  # noqa: F401 (fixtures)
 from tests.support import micropython_binary, require_root
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
@@ -490,11 +490,12 @@ def _revoke_lease(engines, node, seconds):
     return asyncio.run(revoke())
 
 
-def test_a_node_etcd_no_longer_lists_but_that_answers_on_its_trunk_keeps_its_calls(engines):
+def test_a_node_etcd_no_longer_lists_but_that_answers_on_its_trunk_keeps_its_calls(own_engines):
     """A node whose membership lease lapsed (revoked here) is not lost while it answers on its trunk
     session: the other node keeps the trunk and every call over it (counted "unlisted but alive", no
     node-lost), frames cross both ways before, during and after, and the node joins again by itself.
     (Dropping the trunk at once cost `upbx bench cluster` a fifth of its frames on a loaded machine.)"""
+    engines = own_engines
     from upbx.tools import bench_cluster, bench_net
     lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2"), direct_media=False, log_level="info")
     pair = None
@@ -542,12 +543,13 @@ def test_a_node_etcd_no_longer_lists_but_that_answers_on_its_trunk_keeps_its_cal
         lab.close()
 
 
-def test_a_phone_logging_in_again_after_its_node_died_takes_its_location_key_over(engines):
+def test_a_phone_logging_in_again_after_its_node_died_takes_its_location_key_over(own_engines):
     """A phone straight at a node with no standby says nothing of its home at login (docs/cluster.md): its
     node writes its location key unless another node has it. A key naming a node that is no longer alive
     (its node died; the phone logged in again at the next one) is taken over at once, not left naming the
     dead node until it expires (30 s: calls to the phone meanwhile went to the dead node); a key naming
     a live node is left alone."""
+    engines = own_engines
     import redis
     from upbx.tools import bench_net
     lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2"), direct_media=False)
