@@ -243,6 +243,11 @@ def test_bench_cluster_quick_puts_each_phone_at_its_rendezvous_node():
     assert set(rc["per_node"]) == set(nodes) and rc["all_at_once"]["calls"] == 3 * rc["calls_per_node"]
     assert all(p["frames_relayed"] > 0 and p["frames_sent"] > 0 for p in rc["per_node"].values())
     assert rc["all_at_once"]["frames_relayed"] > 0
+    # calls between two nodes' sites, each pair of nodes: where any frame that did not come went
+    pairs = rc["cross_node"]["pairs"]
+    assert len(pairs) == 3 and all(p["frames_relayed"] > 0 for p in pairs.values())
+    assert all({"kernel_drops_at_nodes", "kernel_drops_at_generator", "late_frames", "node_drops"} <= set(p)
+               for p in pairs.values())
     # the failover times (docs/cluster.md "Engine failover"): measured, each call carried to its normal end
     f = r["failover"]
     if "skipped" in f and not os.environ.get("CI"):
@@ -250,6 +255,11 @@ def test_bench_cluster_quick_puts_each_phone_at_its_rendezvous_node():
     assert f["calls_ended"] == {"101": "normal clearing", "201": "normal clearing"}, f
     assert f["postgres"]["promoted_s"] > 0 and f["redis"]["keys_rewritten_s"] > 0
     assert f["node_kill"]["relayed_audio_back_ms"] > 0 and f["node_kill"]["idle_rehomed_s"] > 0
+    # the node's kill -9 twice (--quick) under the same call, each time the node relaying it: a p99 over them
+    k = f["node_kill"]
+    assert k["runs"] == len(k["rounds"]) == 2
+    assert k["rounds"][0]["killed"] != k["rounds"][1]["killed"]
+    assert k["relayed_audio_back_ms_p99"] == max(g for r in k["rounds"] for g in r["relayed_audio_gap_ms_by_phone"].values())
 
 
 def test_a_node_with_two_workers_steers_each_remote_hosts_trunk_frames_to_its_worker(engines, tmp_path):

@@ -32,6 +32,8 @@ HOP_DATAGRAMS = 20000
 QUICK_HOP_DATAGRAMS = 2000
 
 
+KILLS = 10                 # kill -9 of the relaying node, each under the same call: the p99 of its audio gap
+QUICK_KILLS = 2
 RELAY_CALLS = 200          # per node
 QUICK_RELAY_CALLS = 10
 RELAY_SECONDS = 6
@@ -72,13 +74,13 @@ def _relay(lab, nodes, pids, calls, seconds):
         for x in nodes:
             pairs[x] = bench_net.TrunkPair(_Node(("127.0.0.1", lab.node_ports[x]), secrets), calls)
         for x in nodes:
+            drops0 = _drops(lab, [x])
             cpu0 = _cpu_s(pids[x])
-            r = bench_net.run_trunk_load(pairs[x], pairs[x].calls, seconds, 1472)
+            r = bench_net.run_trunk_load(pairs[x], pairs[x].calls, seconds, 1472, quiet_s=QUIET_S, longest_s=DRAIN_S)
             cpu = _cpu_s(pids[x]) - cpu0
             relayed = max(1, r["received"])
             us = cpu * 1e6 / relayed
-            out["per_node"][x] = {"frames_sent": r["sent"], "frames_relayed": r["received"],
-                                  "loss_pct": round(100 * max(0, 1 - r["received"] / r["sent"]), 3),
+            out["per_node"][x] = {**_where(r, drops0, _drops(lab, [x])),
                                   "us_per_frame": round(us, 2),
                                   # a call is 100 frames a second (50 each way): calls one core relays at this cost
                                   "calls_per_core_by_cpu": int(1e6 / (us * 100)) if us > 0 else None}
@@ -90,7 +92,9 @@ def _relay(lab, nodes, pids, calls, seconds):
         results = {}
 
         def run(x):
-            results[x] = bench_net.run_trunk_load(pairs[x], pairs[x].calls, seconds, 1472)
+            results[x] = bench_net.run_trunk_load(pairs[x], pairs[x].calls, seconds, 1472, quiet_s=QUIET_S,
+                                                  longest_s=DRAIN_S)
+        drops0 = _drops(lab, nodes)
         threads = [threading.Thread(target=run, args=(x,)) for x in nodes]
         for t in threads:
             t.start()
@@ -101,7 +105,9 @@ def _relay(lab, nodes, pids, calls, seconds):
         out["all_at_once"] = {"calls": calls * len(nodes), "frames_sent": sent, "frames_relayed": got,
                               "loss_pct": round(100 * max(0, 1 - got / sent), 3) if sent else None,
                               "loss_pct_by_node": {x: round(100 * max(0, 1 - r["received"] / r["sent"]), 3)
-                                                   for x, r in results.items()}}
+                                                   for x, r in results.items()},
+                              "by_node": {x: _where(r) for x, r in results.items()},
+                              "node_drops": _where(results[nodes[0]], drops0, _drops(lab, nodes))["node_drops"]}
         if len(nodes) > 1:   # calls between two nodes' sites: the same two sites, now one at each node
             for pair in pairs.values():
                 pair.close()
@@ -126,16 +132,17 @@ def _cross(lab, nodes, pids, secrets, calls, seconds, own):
         pair = bench_net.TrunkPair(_Node(("127.0.0.1", lab.node_ports[x]), secrets), calls,
                                    main_b=_Node(("127.0.0.1", lab.node_ports[y]), secrets))
         try:
+            drops0 = _drops(lab, (x, y))
             cpu0 = {n: _cpu_s(pids[n]) for n in (x, y)}
-            r = bench_net.run_trunk_load(pair, pair.calls, seconds, 1472)
+            r = bench_net.run_trunk_load(pair, pair.calls, seconds, 1472, quiet_s=QUIET_S, longest_s=DRAIN_S)
             cpu = {n: _cpu_s(pids[n]) - cpu0[n] for n in (x, y)}
+            drops1 = _drops(lab, (x, y))
         finally:
             pair.close()
         relayed = max(1, r["received"])
         us = sum(cpu.values()) * 1e6 / relayed
         out["pairs"]["%s->%s" % (x, y)] = {
-            "frames_sent": r["sent"], "frames_relayed": r["received"],
-            "loss_pct": round(100 * max(0, 1 - r["received"] / r["sent"]), 3) if r["sent"] else None,
+            **_where(r, drops0, drops1),
             "us_per_frame_both_nodes": round(us, 2),
             "us_per_frame_by_node": {n: round(c * 1e6 / relayed, 2) for n, c in cpu.items()}}
     cross_us = sum(p["us_per_frame_both_nodes"] for p in out["pairs"].values()) / len(out["pairs"])
@@ -147,6 +154,30 @@ def _cross(lab, nodes, pids, secrets, calls, seconds, own):
     # the cluster's cores (one a node) over the CPU of an average call of the mix, 100 frames a second
     out["cluster_calls_per_core_by_cpu_mixed"] = int(len(nodes) * 1e6 / (mixed_us * 100)) if mixed_us > 0 else None
     return out
+
+
+def _where(r, drops_before=None, drops_after=None):
+    """Where a run's frames went (bench_net.run_trunk_load): loss, and the frames the kernel dropped at the
+    nodes' and at the generator's sockets (a full receive buffer), this run's frames that came after the
+    last one was sent, how late the generator sent its last, and what the nodes counted as dropped."""
+    out = {"frames_sent": r["sent"], "frames_relayed": r["received"],
+           "loss_pct": round(100 * max(0, 1 - r["received"] / r["sent"]), 3) if r["sent"] else None,
+           "kernel_drops_at_nodes": r["kernel_drops"]["main"], "kernel_drops_at_generator": r["kernel_drops"]["generator"],
+           "late_frames": r["late_frames"], "generator_behind_ms": r["behind_ms"]}
+    if drops_before is not None:
+        out["node_drops"] = {x: {k: v - drops_before[x].get(k, 0) for k, v in drops_after[x].items()
+                                 if v != drops_before[x].get(k, 0)} for x in drops_after}
+    return out
+
+
+def _drops(lab, nodes):
+    return {x: dict(lab.status(x)["stats"]["drops"]) for x in nodes}
+
+
+# after the last datagram, read on until nothing came for QUIET_S (at most DRAIN_S): two nodes working
+# through a backlog on a busy machine deliver late, not never (run_trunk_load)
+QUIET_S = 1.0
+DRAIN_S = 10.0
 
 
 def _cpu_s(pid):
@@ -252,7 +283,7 @@ def bench_cluster(quick=False, phones=None, nodes=NODES):
                 **hop,
                 "relayed_calls": _relay(lab, nodes, pids, relay_calls,
                                         QUICK_RELAY_SECONDS if quick else RELAY_SECONDS),
-                "failover": _failover(),
+                "failover": _failover(QUICK_KILLS if quick else KILLS),
                 "provision_s": round(provision_s, 1), "seconds": round(elapsed, 2),
                 "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
             }
@@ -272,9 +303,49 @@ def _gap_ms(frames):
     return max((b[0] - a[0] - 20 for a, b in zip(frames, frames[1:])), default=0)
 
 
-def _failover():
-    """The failover times of issue 16 item 3, measured once (see the module's docstring); {"skipped": why}
-    where Patroni or the MicroPython unix port is missing."""
+def _percentile(samples, p):
+    """The nearest-rank p-th percentile of sorted samples (None when there are none)."""
+    if not samples:
+        return None
+    return samples[max(0, -(-p * len(samples) // 100) - 1)]
+
+
+def _node_of(lab, address):
+    return next(n for n, port in lab.node_ports.items() if address == "127.0.0.1:%d" % port)
+
+
+def _kill_relaying_node(lab, frames, flowing):
+    """One kill -9 of the node sites a and b (in the call) and c (idle) are logged in at, once each site's
+    standby session is up at the same node: the seconds until that node lists the call, the longest gap in
+    each phone's received audio after the kill (less one frame), the seconds until site c is home there;
+    then the killed node is started again (so each run has three nodes)."""
+    def homes():
+        return {s: lab.status("site-" + s)["main"] for s in "abc"}
+    lab.wait_for(lambda: len({(m["address"], (m["standby"] or {}).get("address"), (m["standby"] or {}).get("state"))
+                              for m in homes().values()}) == 1 and
+                 (homes()["a"]["standby"] or {}).get("state") == "up", "every site home and standby at the same nodes",
+                 timeout=120)
+    m = homes()["a"]
+    home, succ = _node_of(lab, m["address"]), _node_of(lab, m["standby"]["address"])
+    before = frames()
+    t0 = time.monotonic()
+    lab.kill(home)
+    taken = _since(t0, lab, lambda: [c["callee"] for c in lab.status(succ)["calls"]] == ["201"], "the call taken over")
+    lab.wait_for(flowing(before, 100), "relayed audio after the node was killed", timeout=60)
+    rehomed = _since(t0, lab, lambda: lab.status("site-c")["main"]["address"] == "127.0.0.1:%d" % lab.node_ports[succ],
+                     "idle site c re-homed")
+    after = frames()
+    # the gap is in what arrived after the kill (from the last frame before it on)
+    gaps = {n: _gap_ms(after[n][max(0, len(before[n]) - 1):]) for n in after}
+    lab.start_node(home)
+    lab.wait_for(lambda: lab.status(home)["cluster"]["engines"]["etcd"] == "up", "node %s back" % home, timeout=60)
+    return {"killed": home, "successor": succ, "call_taken_over_s": taken, "relayed_audio_back_ms": max(gaps.values()),
+            "relayed_audio_gap_ms_by_phone": gaps, "idle_rehomed_s": rehomed}
+
+
+def _failover(kills=1):
+    """The failover times of issue 16 item 3 (see the module's docstring), the node's kill -9 `kills` times
+    (a p99 over them); {"skipped": why} where Patroni or the MicroPython unix port is missing."""
     import json
     import shutil
     import sys
@@ -304,9 +375,10 @@ def _failover():
             procs, records = {}, {}
             for number in ("201", "101"):
                 wav = lab.path(number + ".wav")
-                write_noise_wav(wav, 300, int(number))
+                write_noise_wav(wav, 120 + 40 * kills, int(number))
                 records[number] = lab.path(number + ".rx.g711")
-                args = ["--send", wav, "--record-g711", records[number], "--exit-after-call", "--exit-after", "600"]
+                args = ["--send", wav, "--record-g711", records[number], "--exit-after-call",
+                        "--exit-after", str(300 + 60 * kills)]
                 args += ["--answer"] if number == "201" else ["--call", "201", "--call-after", "0.5"]
                 procs[number] = lab.phone(number, *args, tag="failover-" + number)
                 lab.wait_registered(number, timeout=60)
@@ -354,20 +426,24 @@ def _failover():
             out["redis"] = {"promoted_s": promoted, "keys_rewritten_s": keys_back,
                             "audio_gap_ms": max(_gap_ms(f) for f in frames().values())}
 
-            # a node: kill -9 of n1, relaying the call; its successor takes it over; idle site c re-homed
-            before = frames()
-            t0 = time.monotonic()
-            lab.kill("n1")
-            taken = _since(t0, lab, lambda: [c["callee"] for c in lab.status(succ)["calls"]] == ["201"],
-                           "the call taken over")
-            lab.wait_for(flowing(before, 100), "relayed audio after the node was killed", timeout=60)
-            rehomed = _since(t0, lab, lambda: lab.status("site-c")["main"]["address"] ==
-                             "127.0.0.1:%d" % lab.node_ports[succ], "idle site c re-homed")
-            after = frames()
-            # the gap is in what arrived after the kill (from the last frame before it on)
-            gaps = {n: _gap_ms(after[n][max(0, len(before[n]) - 1):]) for n in records}
-            out["node_kill"] = {"call_taken_over_s": taken, "relayed_audio_back_ms": max(gaps.values()),
-                                "relayed_audio_gap_ms_by_phone": gaps, "idle_rehomed_s": rehomed}
+            # a node: kill -9 of the node relaying the call, `kills` times (the killed node started again
+            # before the next): its successor takes the call over each time; idle site c re-homed
+            rounds = []
+            for _ in range(kills):
+                rounds.append(_kill_relaying_node(lab, frames, flowing))
+            samples = sorted(g for r in rounds for g in r["relayed_audio_gap_ms_by_phone"].values())
+            first = rounds[0]
+            out["node_kill"] = {"call_taken_over_s": first["call_taken_over_s"],
+                                "relayed_audio_back_ms": first["relayed_audio_back_ms"],
+                                "relayed_audio_gap_ms_by_phone": first["relayed_audio_gap_ms_by_phone"],
+                                "idle_rehomed_s": first["idle_rehomed_s"],
+                                "runs": len(rounds), "rounds": rounds,
+                                # nearest rank over every phone's gap of every run (below 100 samples: the largest)
+                                "relayed_audio_back_ms_p99": _percentile(samples, 99),
+                                "relayed_audio_back_ms_p50": _percentile(samples, 50),
+                                "call_taken_over_s_max": max(r["call_taken_over_s"] for r in rounds),
+                                "idle_rehomed_s_max": max(r["idle_rehomed_s"] for r in rounds),
+                                "target_3s_p99_met": _percentile(samples, 99) <= 3000}
             procs["101"].stdin.write(b"!hangup\n")
             procs["101"].stdin.flush()
             for proc in procs.values():
@@ -468,5 +544,12 @@ def table_cluster(r):
                      "re-homed after %s s; the call ended %s" % (
                          f["node_kill"]["call_taken_over_s"], f["node_kill"]["relayed_audio_back_ms"],
                          f["node_kill"]["idle_rehomed_s"], ", ".join(sorted(set(f["calls_ended"].values())))))
+        k = f["node_kill"]
+        if "runs" in k:
+            lines.append("    node, %d kills under the same call: relayed audio back p50 %s ms, p99 %s ms (target 3,000: %s); "
+                         "call taken over within %s s, idle site re-homed within %s s" % (
+                             k["runs"], k["relayed_audio_back_ms_p50"], k["relayed_audio_back_ms_p99"],
+                             "met" if k["target_3s_p99_met"] else "NOT met", k["call_taken_over_s_max"],
+                             k["idle_rehomed_s_max"]))
     lines.append("  load average: %s" % r["load_average"])
     return "\n".join(lines)

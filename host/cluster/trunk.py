@@ -58,10 +58,16 @@ return 0
 """
 
 
-# a client logged in here that has not said whether this is its home: ours unless another node's
+# a client logged in here that has not said whether this is its home: ours unless another live node's
+# (ARGV[3...]: the live nodes' ids). A key naming a node no longer alive is taken over: a phone with no
+# standby whose node died logs in again elsewhere, and its key must not name the dead node until it expires
 SET_UNLESS_OTHERS = """
 local v = redis.call('GET', KEYS[1])
-if v and v ~= ARGV[1] then return 0 end
+if v and v ~= ARGV[1] then
+  for i = 3, #ARGV do
+    if ARGV[i] == v then return 0 end
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 return 1
 """
@@ -102,6 +108,7 @@ class NodeTrunks:
         self.held = {}           # our call number -> (give-up ms, lost node): legs towards a lost node, whose
                                  # half its successor may take over (Takeover, host/cluster/calls.py)
         self.carried = 0         # calls carried on through a lost node's successor
+        self.unlisted = set()    # nodes etcd no longer lists whose trunk is still up and heard (set_nodes)
 
     # the trunk sessions
 
@@ -117,6 +124,7 @@ class NodeTrunks:
         for node, address in nodes.items():
             if node == self.node_id:
                 continue
+            self.unlisted.discard(node)
             link = self.links.get(node)
             if link is None:
                 index = self.core.peers.reserve_index()
@@ -133,12 +141,31 @@ class NodeTrunks:
             elif link.address != tuple(address):
                 link.address = tuple(address)
         for node in [n for n in self.links if n not in nodes]:
+            link = self.links[node]
+            if self._alive(link, now):
+                # etcd lists it no more (its lease lapsed: a node starved of CPU, or cut off from etcd
+                # alone) but it answers on its trunk: it is not lost. Its trunk's own silence (DEAD_MS)
+                # decides; dropping the session here cost every call over it (docs/cluster.md)
+                if node not in self.unlisted:
+                    self.unlisted.add(node)
+                    self.core.stats.count("node trunk: unlisted but alive")
+                    self.core.log.warning("node-trunk", node=node, state="unlisted-alive")
+                continue
+            self.unlisted.discard(node)
             link = self.links.pop(node)
             del self.by_index[link.peer_index]
             self.core.peers.release_index(link.peer_index)
             link.up = False
             self._lost(node, link, "left the cluster", now)
         self.flush(now)
+
+    @staticmethod
+    def _alive(link, now):
+        """Our login to a node is up and heard from within its liveness limit."""
+        login = link.login
+        heard = login.last_heard_ms
+        return (login.state == UP and heard is not None
+                and now - heard <= KEEPALIVE_MS + DEAD_MS)
 
     def up(self, node):
         """Our trunk link to node when its session is up, else None."""
@@ -472,6 +499,7 @@ class LocationService:
                                     and (kind, name) not in trunks.standbys):
                                 writes.setdefault((kind, name), "set" if (kind, name) in trunks.homes else "nx")
                     if writes:
+                        live = [str(n) for n in self.core.router.nodes]   # etcd's members (and this node)
                         try:
                             async with self.redis.pipeline(transaction=False) as pipe:
                                 for (kind, name), how in writes.items():
@@ -479,7 +507,7 @@ class LocationService:
                                     if how == "set":
                                         pipe.set(key, node, ex=LOCATION_TTL_S)
                                     elif how == "nx":
-                                        pipe.eval(SET_UNLESS_OTHERS, 1, key, node, LOCATION_TTL_S)
+                                        pipe.eval(SET_UNLESS_OTHERS, 1, key, node, LOCATION_TTL_S, *live)
                                     else:
                                         pipe.eval(DELETE_IF_OURS, 1, key, node)
                                 await pipe.execute()
