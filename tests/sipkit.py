@@ -21,7 +21,7 @@ import time
 from tests.support import require_tool
 from upbx.common.g711 import ulaw_decode
 from upbx.tools.baresip import Baresip, write_tone
-from upbx.tools.lab import LoopbackExchange, free_port, goertzel_power, read_g711_record
+from upbx.tools.lab import LoopbackExchange, free_port, free_sip_port, goertzel_power, read_g711_record
 
 BS_HZ, HS_HZ = 1000, 600     # what baresip plays, what the handsets play
 
@@ -101,7 +101,7 @@ def start_baresip(lab, folder, number, daemon="site-a", tone_hz=BS_HZ, seconds=4
     REGISTER_OK, which could come before the control connection is up)."""
     rtp = rtp_base()
     domain = "127.0.0.1:%d" % lab.sip_ports[daemon] + (";transport=%s" % transport if transport else "")
-    phone = Baresip(folder / ("bs" + number), number, domain, lab.passwords[number], sip_port=free_port(),
+    phone = Baresip(folder / ("bs" + number), number, domain, lab.passwords[number], sip_port=free_sip_port(),
                     ctrl_port=free_port(), rtp_ports=(rtp, rtp + 40),
                     source=str(write_tone(folder / ("bs%s-tone.wav" % number), tone_hz, seconds)), **options)
     phone.start()

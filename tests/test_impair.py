@@ -56,8 +56,10 @@ def _client():
     return sock
 
 
-def _send_numbered(sock, address, count, size=8, spacing=0.0, batch=100):
-    """Send `count` datagrams carrying their number (and send time); return the send times."""
+def _send_numbered(sock, address, count, size=8, spacing=0.0, batch=100, taken=None):
+    """Send `count` datagrams carrying their number (and send time); return the send times. With
+    `taken` (the count the relay has read), each batch waits until the relay read the one before: a
+    relay the machine stalls then loses nothing to its socket's buffer, and loss comes from it only."""
     sent = []
     pad = b"\0" * max(0, size - 12)
     for n in range(count):
@@ -68,6 +70,9 @@ def _send_numbered(sock, address, count, size=8, spacing=0.0, batch=100):
             time.sleep(spacing)
         elif n % batch == batch - 1:
             time.sleep(0.002)  # let the relay keep up: loss must come from the relay only
+            deadline = time.monotonic() + 60
+            while taken is not None and taken() < n + 1 - batch and time.monotonic() < deadline:
+                time.sleep(0.002)
     return sent
 
 
@@ -118,7 +123,7 @@ def test_jitter_and_delay_stay_within_their_bounds():
 def test_loss_over_10000_packets_is_within_tolerance_and_hits_exactly_the_seeded_packets():
     sink = Sink()
     with Relay(("127.0.0.1", 0), sink.address, up=Impairment(seed=7, loss=10)) as relay:
-        _send_numbered(_client(), relay.address, 10000)
+        _send_numbered(_client(), relay.address, 10000, taken=lambda: relay.counters["up"]["in"])
         got = sink.settle()
     sink.close()
     assert relay.counters["up"]["in"] == 10000

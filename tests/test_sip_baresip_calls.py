@@ -30,7 +30,10 @@ def test_baresip_calls_a_handset_across_the_main_host_audio_both_ways(lab, tmp_p
     with start_baresip(lab, tmp_path, "105", tone_hz=BS_HZ, seconds=20, codecs=(codec,)) as bs:
         assert bs.dial(lab.sip_uri("301"))["ok"]
         bs.wait_event("CALL_ESTABLISHED", timeout=20)
-        time.sleep(3)    # the assertions are on the audio recorded, not on this
+        # 3 s of audio each way through site a's SIP edge (frames, not a time: a busy machine is slow to start
+        # the media), then the assertions are on the audio recorded
+        lab.wait_for(lambda: [(c["frames_in"] >= 150, c["frames_out"] >= 150) for c in lab.status("site-a")["sip"]["calls"]]
+                     == [(True, True)], "3 s of audio each way", timeout=60)
         calls = lab.status("site-a")["sip"]["calls"]
         assert [(c["extension"], c["state"], c["codec"]) for c in calls] == [("105", "confirmed", codec)]
         assert bs.hangup()["ok"]

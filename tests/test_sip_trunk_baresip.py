@@ -11,7 +11,7 @@ import pytest
 
 from tests.sipkit import heard_both_ways, records, rtp_base, sip_lab
 from upbx.tools.baresip import Baresip, write_tone
-from upbx.tools.lab import free_port
+from upbx.tools.lab import free_port, free_sip_port
 
 from tests.sipkit import BS_HZ, HS_HZ, handset_heard, tone_windows
 
@@ -36,7 +36,7 @@ def trunk_to(port):
 @pytest.fixture
 def lab(tmp_path):
     with sip_lab(tmp_path, sites=("c",), remote_sites=(), phones={"c": ["301", "302"]}, main_sip=True,
-                 setup=trunk_to(free_port())) as lab:
+                 setup=trunk_to(free_sip_port())) as lab:
         lab.wait_for(lambda: lab.status("main")["sip_listen"] is not None, "the main host's SIP port", timeout=20)
         yield lab
 

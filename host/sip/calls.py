@@ -756,7 +756,10 @@ class SipCalls:
     def status(self):
         return [{"call_id": c.call_id, "extension": c.link.name, "state": c.state,
                  "direction": "in" if c.outgoing else "out", "codec": c.codec, "rtp_port": c.rtp_port,
-                 "party": c.party[0] if c.party else None, "transferred": c.detached}
+                 "party": c.party[0] if c.party else None, "transferred": c.detached,
+                 # audio frames taken from the phone's RTP and sent to it so far (0 before the answer)
+                 "frames_in": c.media.rtp.counters.get("frames in", 0) if c.media is not None else 0,
+                 "frames_out": c.media.rtp.counters.get("frames out", 0) if c.media is not None else 0}
                 for c in self.calls.values()]
 
 
