@@ -5,8 +5,9 @@ HAL (unix or esp32) owns the devices. Runs unchanged on an ESP32 and, with the
 unix HAL, as a virtual handset under the MicroPython unix port (`upbx phone`).
 
 The loop sleeps in select.poll on the socket (and the HAL's devices, such as an ESP32's
-microphone) until the next 20 ms audio tick, the next timer or a datagram (docs/handset.md,
-The loop). Time is the HAL's
+microphone) until the next 20 ms audio tick, the next timer or a datagram; in a connected call the
+socket is left out of the sleep, so the loop wakes once a tick and reads the datagrams that came at
+the top of that pass (docs/handset.md, The loop). Time is the HAL's
 ticks_ms(), which wraps: every timer is ticks_add(now, ms) and every comparison
 ticks_diff(now, timer) >= 0 (common/compat.py). The loop feeds the watchdog once per
 audio pass (every 20 ms tick, and when the microphone wakes it), not on a datagram's; network
@@ -34,6 +35,8 @@ KEY_HOLD = "B"             # in a call: hold, and resume (docs/features.md)
 _CAPTURE_MAX = const(3)           # frames sent per loop iteration at most (a late loop catches up)
 _RETRY_MAX = const(8)             # datagrams kept for another try after sendto failed
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
+_DRAIN_MAX = const(6)             # datagrams read per pass at most in a call (the socket out of the loop's sleep)
+_POLLIN = const(1)                # select.POLLIN: MP_STREAM_POLL_RD on every port (extmod/modselect.c)
 _RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
 _CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
 # A datagram is first peeked at (recv(_PEEK, MSG_PEEK): _PEEK bytes, left queued; two one-block
@@ -470,14 +473,25 @@ class App:
         hal = self.hal
         profile = self.profile
         poll = self._wait_poll
+        poller = self.poller
         self._frame_at = now
         ready = 0
+        quiet = False   # in a call: the socket out of the sleep, its datagrams read at the tick (below)
         while self.running:
             if profile is not None:
                 profile.resume()
             now = hal.ticks_ms()
             if ready & 1:
                 self.receive(now)
+            elif quiet:   # every datagram that came while the loop slept, stamped with this pass's time
+                for _ in range(_DRAIN_MAX):
+                    waiting = False
+                    for entry in poll(0):   # the same poller, the socket watched again: waits for nothing
+                        if entry[0] is self._raw_sock:
+                            waiting = True
+                    if not waiting:
+                        break
+                    self.receive(now)
             if self._retry:
                 self.resend()
             if self._timer_at is not None and ticks_diff(now, self._timer_at) >= 0:
@@ -496,9 +510,17 @@ class App:
                 profile.pause()
             if not self.running:
                 break
+            # In a call the socket is left out of the sleep: the loop wakes once a tick, not once a tick
+            # and once a datagram, and reads the datagrams at the top of the tick's pass (above), before
+            # the playout they would have waited for anyway (docs/handset.md, The loop)
+            quiet = self.phone.state == CONNECTED and self._raw_sock is not None
+            if quiet:
+                poller.modify(self._raw_sock, 0)
             ready = 0   # sleep in the poller until a datagram (1), a HAL device (2) or the time
             for entry in poll(wait if wait > 0 else 1):   # ipoll: no list, one tuple reused
                 ready |= 1 if entry[0] is self._raw_sock else 2   # not a local: _reopen makes a new one
+            if quiet:
+                poller.modify(self._raw_sock, _POLLIN)
 
     @micropython.native
     def _audio(self, now):
