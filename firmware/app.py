@@ -501,8 +501,13 @@ class App:
             if self._signalled:
                 self._plan(now)
             now = hal.ticks_ms()
+            # In a call the loop wakes once a tick: the socket is left out of the sleep (its datagrams are
+            # read at the top of the tick's pass, above, before the playout they would have waited for
+            # anyway) and so are the timers (the protocol's, the housekeeping's collection: run in the
+            # tick's pass, at most a tick late) (docs/handset.md, The loop)
+            quiet = self.phone.state == CONNECTED and self._raw_sock is not None
             wait = ticks_diff(self._frame_at, now)   # the next audio tick (the microphone's frame too)
-            if self._timer_at is not None and ticks_diff(self._timer_at, now) < wait:
+            if not quiet and self._timer_at is not None and ticks_diff(self._timer_at, now) < wait:
                 wait = ticks_diff(self._timer_at, now)
             if self._retry and wait > _RESEND_MS:
                 wait = _RESEND_MS
@@ -510,10 +515,6 @@ class App:
                 profile.pause()
             if not self.running:
                 break
-            # In a call the socket is left out of the sleep: the loop wakes once a tick, not once a tick
-            # and once a datagram, and reads the datagrams at the top of the tick's pass (above), before
-            # the playout they would have waited for anyway (docs/handset.md, The loop)
-            quiet = self.phone.state == CONNECTED and self._raw_sock is not None
             if quiet:
                 poller.modify(self._raw_sock, 0)
             ready = 0   # sleep in the poller until a datagram (1), a HAL device (2) or the time
