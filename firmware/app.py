@@ -280,6 +280,9 @@ class App:
         except wire.DecodeError:
             self.frames_rejected += 1
             return
+        except MemoryError:   # no room to decode or handle it (the collector has tried): dropped as if lost,
+            self.summary["short_reads"] += 1   # and the host sends it again (docs/handset.md, Running out of memory)
+            return
         if ts is None:
             return
         if n == _CN_FRAME:  # comfort noise: the far end is silent at this level
@@ -591,32 +594,51 @@ class App:
         if due(now, self.exit_at) or due(now, self._stop_at):
             self.running = False
 
+    @micropython.native
     def _housekeeping(self, now):
         """Once a second: the heap's use, then, a tick later, a collection that measures what is
         really live and the HAL's chance to rejoin Wi-Fi. gc.mem_alloc() walks the heap's whole
-        allocation table: run here, not every loop, and not in the collection's tick, so no tick holds
-        more than one walk besides the collection. The high-water mark is sampled 25 ms before the
-        collection, when the second's garbage is there. The least free space is not sampled apart:
-        every block is either used or free (py/gc.c, gc_info), so it is the heap's size less that
-        high-water mark (firmware/commands.py, heap), and gc.mem_free()'s second walk is saved."""
-        if self._sampled_at is None:
+        allocation table (about half a collection's time): run here, not every loop, and not in the
+        collection's tick in a call: there what is live is walked a tick after the collection (the
+        garbage of one tick, a few hundred bytes at most, counted with it), so that no tick of a call
+        holds more than one walk or the collection; out of a call, in the collection's own step. The
+        high-water mark is sampled 25 ms before the collection, when the second's garbage is there.
+        The least free space is not sampled apart: every block is either used or free (py/gc.c,
+        gc_info), so it is the heap's size less that high-water mark (firmware/commands.py, heap),
+        and gc.mem_free()'s second walk is saved. Native code: on a handset running .mpy files it is
+        kept off the GC heap (docs/handset.md, Memory). _sampled_at: None, the sample's time, or True
+        (in a call: collected, the walk of what is live due)."""
+        sampled = self._sampled_at
+        profile = self.profile
+        if sampled is None:
             self._sampled_at = now
             used = _mem_alloc()
             if used > self.heap_peak:
                 self.heap_peak = used
             self._house_at = ticks_add(now, _HEAP_SAMPLE_LEAD_MS)   # short, regular pauses
+            if profile is not None:
+                profile.flag(0x20)   # firmware/profile.py HEAP_WALK
             return
+        if sampled is not True:
+            self.hal.network_up()
+            if self.ota is not None:   # an over-the-air update downloading (firmware/ota.py)
+                self.ota.tick(now)
+            elif (self.ota_offer is not None or self.firmware.get("trial")) and self.phone.call is None:
+                rarely("firmware.ota").idle(self, now)
+            gc.collect()
+            self._rx_n = _RX_BYTES
+            if profile is not None:
+                profile.collected()
+            if self.phone.state == CONNECTED:   # what is live: walked at the next tick
+                self._sampled_at = True
+                self._house_at = ticks_add(now, _FRAME_MS)
+                return
+            self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS)
+        else:
+            self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS - _FRAME_MS)
+            if profile is not None:
+                profile.flag(0x20)
         self._sampled_at = None
-        self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS)
-        self.hal.network_up()
-        if self.ota is not None:   # an over-the-air update downloading (firmware/ota.py)
-            self.ota.tick(now)
-        elif (self.ota_offer is not None or self.firmware.get("trial")) and self.phone.call is None:
-            rarely("firmware.ota").idle(self, now)
-        gc.collect()
-        self._rx_n = _RX_BYTES
-        if self.profile is not None:
-            self.profile.collected()
         live = _mem_alloc()
         if live > self.heap_live_peak:
             self.heap_live_peak = live
