@@ -78,7 +78,9 @@ def ended(app, event, now):
     if event.cause == wire.CAUSE_CONFERENCE:   # the held line joined the conference (firmware/conference.py)
         _display(app, "conference", None)
         return
-    _display(app, "connected" if app.phone.state == CONNECTED else "on hold", app.phone.call.number)
+    call = app.phone.call
+    if call is not None:   # None: the current call ended too, in the same batch of events (its Ended follows)
+        _display(app, "connected" if app.phone.state == CONNECTED else "on hold", call.number)
 
 
 def remaining(app, now):

@@ -327,7 +327,7 @@ def profiled_call(binary, seconds, loss_pct, heapsize, workdir=None, seed=5, spi
             argv = upbx("phone", "--extension", PROFILED, "--secret", lab.secrets[PROFILED],
                         "--host", "%s:%d" % relay.address, "--bind", "127.0.0.1",
                         "--summary", lab.path("profiled.summary.json"), "--flash-dir", lab.path("flash-profiled"),
-                        *phone_args, "--answer", "--vad", "--send", talk_wav, "--profile", str(seconds * 50 + 500),
+                        *phone_args, "--answer", "--vad", "--send", talk_wav, "--profile", str(seconds * 50 + 100),
                         *(["--profile-spin"] if spin else []),
                         "--exit-after-call", "--exit-after", str(seconds + 30))
             realtime = _realtime_allowed()
