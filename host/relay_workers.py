@@ -115,7 +115,7 @@ class RelayWorkers:
             core.peers.workers = count
         self.count = count
         # worker 0's table: the directions the main host relays itself, in C (host/_fastpath.c Relay)
-        self.local = fastpath.native.Relay(core.switch.trunk_mtu)
+        self.local = fastpath.relay_table(core.switch.trunk_mtu)
         self.local_taken = 0                # the table's datagrams already added to the core's counters
         self.table_keys = {}                # (call id, i) -> (receiving session index, call number, out session index)
         self.known = set()                  # ids of the calls the scan has seen (new ones are looked at at once)
