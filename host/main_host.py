@@ -28,6 +28,7 @@ PHONE_KEEPALIVE_MS = 20000
 PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say where its callee is
 NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PING,
                            wire.ACK))   # what a trunk session between two nodes carries
+TICK_PUMP_CALLS = 128    # the tick's look at every call lets the relay table relay after this many (core.pump)
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
 
@@ -1042,9 +1043,14 @@ class MainHost(HostCore):
         self.switch.flush()
         self.groups.tick(now)
         ring_ms = self.config.ring_timeout_s * 1000
-        for call in list(self.switch.calls.values()):
+        pump = self.pump
+        for n, call in enumerate(list(self.switch.calls.values()), 1):
             # call.state in ("setup", "alerting") with a callee leg, without the property: every call is
-            # looked at each tick, and a relay of 1,000 answered calls spent ~9 % of its CPU here
+            # looked at each tick, and a relay of 1,000 answered calls spent ~9 % of its CPU here; with
+            # ~1,500 calls the loop takes ~1 ms (each call's objects out of the cache), so the relay table
+            # relays what waits every TICK_PUMP_CALLS calls (docs/benchmarks.md, relay, Session 7)
+            if pump is not None and n % TICK_PUMP_CALLS == 0:
+                pump()
             b = call.b
             ringing = b is not None and b.state != CONNECTED and not call.released and call.conference is None
             if ringing and call.noanswer is not None and now - call.offered_ms >= call.noanswer[1]:

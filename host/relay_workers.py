@@ -43,6 +43,7 @@ REVOKE_TIMEOUT_S = 2.0
 MIXED_MS = 1000          # how long a host whose trunks mix calls a table cannot take stays with the Python path
 SCAN_TICKS = 10          # every call is looked at once in this many ticks (200 ms): delegated or taken back
 START_TIMEOUT_S = 20.0
+ROUND_PUMP = 256         # ... and after this many directions checked at the start of a round of the scan
 PUMP_CALLS = 16          # a sync lets the main host's table relay what waits after this many calls looked at
 
 
@@ -484,9 +485,11 @@ class RelayWorkers:
         scan = self._scan
         if not scan:
             # a new round: directions of calls that are gone (the switch dropped them) come back too
-            for key, (_worker, call, _recv, _out) in list(delegated.items()):
+            for n, (key, (_worker, call, _recv, _out)) in enumerate(list(delegated.items()), 1):
                 if calls.get(call.call_id) is not call:
                     self.revoke(key)
+                if pump is not None and n % ROUND_PUMP == 0:
+                    pump()
             known.intersection_update(calls)
             scan = self._scan = list(calls.values())
             self._scan_step = max(1, -(-len(scan) // SCAN_TICKS))
