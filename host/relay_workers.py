@@ -205,6 +205,7 @@ class RelayWorkers:
                 "delegated_directions": len(self.confirmed), "delegated_here": len(self.local),
                 "forwarded_datagrams": self.forwarded, "revokes": self.revokes, "revokes_here": self.revokes_here,
                 "table_datagrams": self.local.taken(),
+                "table_gso": list(self.local.gso()),   # [on, messages, frames] of the table's UDP GSO sends
                 "sync_us_mean": round(self.sync_s * 1e6 / self.syncs, 1) if self.syncs else None,
                 "calls_looked_at_on_change": self.looked_at_changed}
 
