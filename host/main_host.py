@@ -1103,9 +1103,9 @@ class MainHost(HostCore):
         slice of the others, so that each answered call is looked at again within RING_SCAN_TICKS ticks (200 ms).
         Looking at every call each tick took ~1 ms a tick at 1,000-1,500 answered calls on the bench machine
         (5 % of a core, and the relay table held meanwhile: docs/benchmarks.md, relay, Session 7). An answered call
-        whose callee leg is replaced by a ringing one (a transfer, a hunt group) is offered anew (offered_ms), so
-        its timeouts, seconds away, are still met on time; only a forward on no answer set below 200 ms can come
-        up to 200 ms late for such a call."""
+        whose callee leg is replaced by a ringing one (a transfer, a forward) is offered anew (offered_ms), so its
+        timeouts (a forward on no answer: 5 s at least) are still met on the same tick; a call whose answered callee
+        leg stops being answered without a new offer is looked at within 200 ms instead of at the next tick."""
         calls = self.switch.calls
         watch, seen = self._ring_watch, self._ring_seen
         for call in reversed(calls.values()):   # made since the last tick (a dict keeps its order)
