@@ -121,6 +121,9 @@ class HostCore:
         self._next_tick = None
         self.held = set()           # calls held by a phone of this host: music on hold goes out every tick
         self.calls_changed = None   # a set while relay tables run (host/relay_workers.py): calls a HOLD changed
+        # f() while relay tables run (the daemon's _pump_table): a long tick calls it every PUMP_CALLS calls it looks
+        # at, so the table relays what waits on the socket meanwhile (it touches no object of the core)
+        self.pump = None
         self.moh = MusicOnHold()    # a subclass may set its configured WAV
         self.conferences = Conferences(self)   # a subclass sets max_parties from its configuration
         self.sip = None             # SipEdge (host/sip/edge.py) of a host that serves SIP phones

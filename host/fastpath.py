@@ -43,3 +43,12 @@ if native is not None:
     native.configure(CONNECTED, RINGBACK)
 
 AVAILABLE = native is not None
+
+
+def relay_table(mtu):
+    """A relay table (host/_fastpath.c Relay) for a socket with trunk_mtu mtu. Its sends use UDP GSO (runs of
+    frames to one host as one message, cut by the kernel into the same datagrams) unless UPBX_RELAY_GSO=0;
+    where the kernel or the device refuses GSO the table turns it off by itself (docs/relay.md)."""
+    table = native.Relay(mtu)
+    table.set_gso(os.environ.get("UPBX_RELAY_GSO", "1") not in ("0", ""))
+    return table

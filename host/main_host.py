@@ -28,6 +28,8 @@ PHONE_KEEPALIVE_MS = 20000
 PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say where its callee is
 NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PING,
                            wire.ACK))   # what a trunk session between two nodes carries
+RING_SCAN_TICKS = 10     # an answered call is looked at for a ring timeout once in this many ticks (_ring_calls)
+TICK_PUMP_CALLS = 128    # the tick's look at every call lets the relay table relay after this many (core.pump)
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
 
@@ -87,6 +89,12 @@ class MainHost(HostCore):
         self.pair_keys = {}      # frozenset of two host names -> 32-byte key
         self.local_calls = {}    # site -> set of call ids granted and not yet ended
         self._last_expiry_ms = 0
+        # the tick's ring timeouts (on_tick, _ring_calls): the calls whose callee leg was not answered when last
+        # looked at, every call made since, and a tenth of the answered ones a tick (RING_SCAN_TICKS)
+        self._ring_watch = {}       # call id -> call
+        self._ring_seen = set()     # ids of the calls the tick has met
+        self._ring_scan = []        # the answered calls still to look at in this round
+        self._ring_step = 1
         self._sysinfo_version = None
         self._sysinfo_cache = {}  # (version, site) -> (encoded system information, its SYSINFO payloads)
         self.sysinfo_sent = {}   # link name -> (copies, datagrams) of system information sent (B6)
@@ -1042,9 +1050,12 @@ class MainHost(HostCore):
         self.switch.flush()
         self.groups.tick(now)
         ring_ms = self.config.ring_timeout_s * 1000
-        for call in list(self.switch.calls.values()):
-            # call.state in ("setup", "alerting") with a callee leg, without the property: every call is
-            # looked at each tick, and a relay of 1,000 answered calls spent ~9 % of its CPU here
+        pump = self.pump
+        for n, call in enumerate(self._ring_calls(), 1):
+            # call.state in ("setup", "alerting") with a callee leg, without the property; the relay table
+            # relays what waits every TICK_PUMP_CALLS calls (docs/benchmarks.md, relay, Session 7)
+            if pump is not None and n % TICK_PUMP_CALLS == 0:
+                pump()
             b = call.b
             ringing = b is not None and b.state != CONNECTED and not call.released and call.conference is None
             if ringing and call.noanswer is not None and now - call.offered_ms >= call.noanswer[1]:
@@ -1085,6 +1096,39 @@ class MainHost(HostCore):
                         self._send_blob(link, wire.DIRECTORY, 0, encode(self._site_directory(site)), now)
                     self._send_sysinfo(link, now)
             self._sysinfo_version = version
+
+    def _ring_calls(self):
+        """The calls the tick looks at for a ring timeout or a forward on no answer: every call whose callee leg
+        was not answered when last looked at (or that has none yet), every call made since the last tick, and a
+        slice of the others, so that each answered call is looked at again within RING_SCAN_TICKS ticks (200 ms).
+        Looking at every call each tick took ~1 ms a tick at 1,000-1,500 answered calls on the bench machine
+        (5 % of a core, and the relay table held meanwhile: docs/benchmarks.md, relay, Session 7). An answered call
+        whose callee leg is replaced by a ringing one (a transfer, a forward) is offered anew (offered_ms), so its
+        timeouts (a forward on no answer: 5 s at least) are still met on the same tick; a call whose answered callee
+        leg stops being answered without a new offer is looked at within 200 ms instead of at the next tick."""
+        calls = self.switch.calls
+        watch, seen = self._ring_watch, self._ring_seen
+        for call in reversed(calls.values()):   # made since the last tick (a dict keeps its order)
+            if call.call_id in seen:
+                break
+            seen.add(call.call_id)
+            watch[call.call_id] = call
+        scan = self._ring_scan
+        if not scan:
+            seen.intersection_update(calls)
+            scan[:] = calls.values()
+            self._ring_step = max(1, -(-len(scan) // RING_SCAN_TICKS))
+        for call in scan[-self._ring_step:]:
+            watch[call.call_id] = call
+        del scan[-self._ring_step:]
+        due = []
+        for call_id, call in list(watch.items()):
+            b = call.b
+            if call.released or calls.get(call_id) is not call or (b is not None and b.state == CONNECTED):
+                del watch[call_id]   # gone, or answered: the scan looks at it again
+            else:
+                due.append(call)
+        return due
 
     def _link_down(self, link, now, reason):
         self.gone[(link.kind, link.name)] = {"address": "%s:%d" % link.address[:2],

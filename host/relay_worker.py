@@ -85,7 +85,7 @@ def run(fd, host, port, number, trunk_mtu):
     def tell(message):
         channel.send(b"C" + pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
-    worker = Worker(fastpath.native.Relay(trunk_mtu), tell)
+    worker = Worker(fastpath.relay_table(trunk_mtu), tell)
     channel.send(b"R")
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)

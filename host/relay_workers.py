@@ -43,6 +43,7 @@ REVOKE_TIMEOUT_S = 2.0
 MIXED_MS = 1000          # how long a host whose trunks mix calls a table cannot take stays with the Python path
 SCAN_TICKS = 10          # every call is looked at once in this many ticks (200 ms): delegated or taken back
 START_TIMEOUT_S = 20.0
+ROUND_PUMP = 256         # ... and after this many directions checked at the start of a round of the scan
 PUMP_CALLS = 16          # a sync lets the main host's table relay what waits after this many calls looked at
 
 
@@ -115,7 +116,7 @@ class RelayWorkers:
             core.peers.workers = count
         self.count = count
         # worker 0's table: the directions the main host relays itself, in C (host/_fastpath.c Relay)
-        self.local = fastpath.native.Relay(core.switch.trunk_mtu)
+        self.local = fastpath.relay_table(core.switch.trunk_mtu)
         self.local_taken = 0                # the table's datagrams already added to the core's counters
         self.table_keys = {}                # (call id, i) -> (receiving session index, call number, out session index)
         self.known = set()                  # ids of the calls the scan has seen (new ones are looked at at once)
@@ -204,6 +205,7 @@ class RelayWorkers:
                 "delegated_directions": len(self.confirmed), "delegated_here": len(self.local),
                 "forwarded_datagrams": self.forwarded, "revokes": self.revokes, "revokes_here": self.revokes_here,
                 "table_datagrams": self.local.taken(),
+                "table_gso": list(self.local.gso()),   # [on, messages, frames] of the table's UDP GSO sends
                 "sync_us_mean": round(self.sync_s * 1e6 / self.syncs, 1) if self.syncs else None,
                 "calls_looked_at_on_change": self.looked_at_changed}
 
@@ -484,9 +486,11 @@ class RelayWorkers:
         scan = self._scan
         if not scan:
             # a new round: directions of calls that are gone (the switch dropped them) come back too
-            for key, (_worker, call, _recv, _out) in list(delegated.items()):
+            for n, (key, (_worker, call, _recv, _out)) in enumerate(list(delegated.items()), 1):
                 if calls.get(call.call_id) is not call:
                     self.revoke(key)
+                if pump is not None and n % ROUND_PUMP == 0:
+                    pump()
             known.intersection_update(calls)
             scan = self._scan = list(calls.values())
             self._scan_step = max(1, -(-len(scan) // SCAN_TICKS))

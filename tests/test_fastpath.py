@@ -501,23 +501,26 @@ def bench_net_voice():
     return VOICE
 
 
-def test_the_relay_table_relays_every_frame_of_2500_calls_on_real_sockets():
+@pytest.mark.parametrize("mtu, per, gso", [(1472, 8, True), (1472, 8, False), (200, 1, True)])
+def test_the_relay_table_relays_every_frame_of_2500_calls_on_real_sockets(mtu, per, gso):
     """2,500 answered calls between two hosts (5,000 directions, past every size the table grows through)
-    go through the C table's relay(fd) on real loopback sockets, 8 calls a trunk frame, two ticks each way:
-    every frame arrives once, at the right host, for the right call, with its own payload."""
+    go through the C table's relay(fd) on real loopback sockets, 8 calls a trunk frame (or one, mtu 200), two
+    ticks each way: every frame arrives once, at the right host, for the right call, with its own payload;
+    with UDP GSO (runs of frames to one host sent as one message, the kernel cutting them) and without."""
     import hashlib
     import os
 
     from upbx.common.crypto import HmacKey as Key
 
-    calls, ticks, per = 2500, 2, 8
+    calls, ticks = 2500, 2
     relay_sock, host_a, host_b = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
     try:
         for s in (relay_sock, host_a, host_b):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             s.bind(("127.0.0.1", 0))
             s.setblocking(False)
-        table = native.Relay(1472)
+        table = native.Relay(mtu)
+        table.set_gso(gso)
         # the relay's session index at each host is the one in the host's frames; the host's index for the relay
         # is what the relay writes in frames to it
         a_auth, a_back, b_auth, b_back = (os.urandom(32) for _ in range(4))
@@ -583,6 +586,11 @@ def test_the_relay_table_relays_every_frame_of_2500_calls_on_real_sockets():
         assert got == expected
         counters, drops = table.report()[1:3]
         assert counters["media in"] == 2 * calls * ticks and drops == {}
+        on, messages, sent = table.gso()
+        if gso:   # the kernel took GSO here (loopback): runs of frames went as one message each
+            assert on and 0 < messages < sent <= counters["trunks out"]
+        else:
+            assert (on, messages, sent) == (False, 0, 0)
     finally:
         for s in (relay_sock, host_a, host_b):
             s.close()

@@ -1176,7 +1176,11 @@ def _upbx_shape(mtu, quick, window_s, workers=1, first=None):
                 step["table_datagrams"] = (status.get("table_datagrams") or 0) - (before.get("table_datagrams") or 0)
                 step["fast_path_datagrams"] = status.get("fast_path_datagrams", 0) - before.get("fast_path_datagrams", 0)
                 step["revokes_here"] = status.get("revokes_here")
-                step["sync_us_mean"] = status.get("sync_us_mean")   # the main host's scan a tick
+                step["sync_us_mean"] = status.get("sync_us_mean")   # the main host's scan a tick (CPU, with the pumps)
+                # of the timer turns' CPU, the relaying the table did inside them (_pump_table); the tick alone
+                step["pump_cpu_us_mean"] = status.get("pump_cpu_us_mean")
+                step["tick_cpu_us_mean"] = status.get("tick_cpu_us_mean")
+                step["table_gso"] = status.get("table_gso")
                 # what held the main host's loop (no datagram read meanwhile): its timer turns, full collections
                 step["timer_us_max"] = status.get("timer_us_max")
                 step["gc_full_collections"] = (status.get("gc_full_collections") or 0) - (before.get("gc_full_collections") or 0)
@@ -1373,6 +1377,7 @@ def _hop_latency(calls, quick):
         "latency_timer_us_max": status.get("timer_us_max"),
         "latency_tick_cpu_us_mean": status.get("tick_cpu_us_mean"),
         "latency_sync_cpu_us_mean": status.get("sync_us_mean"),
+        "latency_pump_cpu_us_mean": status.get("pump_cpu_us_mean"),
         "latency_relay_waited": round(waited, 4),
         "latency_load_average": round(os.getloadavg()[0], 2),
         "latency_method": "end to end: from time.time() before the generator's send to the kernel's receive stamp "
