@@ -5,9 +5,8 @@ HAL (unix or esp32) owns the devices. Runs unchanged on an ESP32 and, with the
 unix HAL, as a virtual handset under the MicroPython unix port (`upbx phone`).
 
 The loop sleeps in select.poll on the socket (and the HAL's devices, such as an ESP32's
-microphone) until the next 20 ms audio tick, the next timer or a datagram; in a connected call the
-socket is left out of the sleep, so the loop wakes once a tick and reads the datagrams that came at
-the top of that pass (docs/handset.md, The loop). Time is the HAL's
+microphone) until the next 20 ms audio tick, the next timer or a datagram (docs/handset.md,
+The loop). Time is the HAL's
 ticks_ms(), which wraps: every timer is ticks_add(now, ms) and every comparison
 ticks_diff(now, timer) >= 0 (common/compat.py). The loop feeds the watchdog once per
 audio pass (every 20 ms tick, and when the microphone wakes it), not on a datagram's; network
@@ -35,8 +34,6 @@ KEY_HOLD = "B"             # in a call: hold, and resume (docs/features.md)
 _CAPTURE_MAX = const(3)           # frames sent per loop iteration at most (a late loop catches up)
 _RETRY_MAX = const(8)             # datagrams kept for another try after sendto failed
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
-_DRAIN_MAX = const(6)             # datagrams read per pass at most in a call (the socket out of the loop's sleep)
-_POLLIN = const(1)                # select.POLLIN: MP_STREAM_POLL_RD on every port (extmod/modselect.c)
 _RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
 _CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
 # A datagram is first peeked at (recv(_PEEK, MSG_PEEK): _PEEK bytes, left queued; two one-block
@@ -476,25 +473,14 @@ class App:
         hal = self.hal
         profile = self.profile
         poll = self._wait_poll
-        poller = self.poller
         self._frame_at = now
         ready = 0
-        quiet = False   # in a call: the socket out of the sleep, its datagrams read at the tick (below)
         while self.running:
             if profile is not None:
                 profile.resume()
             now = hal.ticks_ms()
             if ready & 1:
                 self.receive(now)
-            elif quiet:   # every datagram that came while the loop slept, stamped with this pass's time
-                for _ in range(_DRAIN_MAX):
-                    waiting = False
-                    for entry in poll(0):   # the same poller, the socket watched again: waits for nothing
-                        if entry[0] is self._raw_sock:
-                            waiting = True
-                    if not waiting:
-                        break
-                    self.receive(now)
             if self._retry:
                 self.resend()
             if self._timer_at is not None and ticks_diff(now, self._timer_at) >= 0:
@@ -504,13 +490,8 @@ class App:
             if self._signalled:
                 self._plan(now)
             now = hal.ticks_ms()
-            # In a call the loop wakes once a tick: the socket is left out of the sleep (its datagrams are
-            # read at the top of the tick's pass, above, before the playout they would have waited for
-            # anyway) and so are the timers (the protocol's, the housekeeping's collection: run in the
-            # tick's pass, at most a tick late) (docs/handset.md, The loop)
-            quiet = self.phone.state == CONNECTED and self._raw_sock is not None
             wait = ticks_diff(self._frame_at, now)   # the next audio tick (the microphone's frame too)
-            if not quiet and self._timer_at is not None and ticks_diff(self._timer_at, now) < wait:
+            if self._timer_at is not None and ticks_diff(self._timer_at, now) < wait:
                 wait = ticks_diff(self._timer_at, now)
             if self._retry and wait > _RESEND_MS:
                 wait = _RESEND_MS
@@ -518,13 +499,9 @@ class App:
                 profile.pause()
             if not self.running:
                 break
-            if quiet:
-                poller.modify(self._raw_sock, 0)
             ready = 0   # sleep in the poller until a datagram (1), a HAL device (2) or the time
             for entry in poll(wait if wait > 0 else 1):   # ipoll: no list, one tuple reused
                 ready |= 1 if entry[0] is self._raw_sock else 2   # not a local: _reopen makes a new one
-            if quiet:
-                poller.modify(self._raw_sock, _POLLIN)
 
     @micropython.native
     def _audio(self, now):
@@ -594,51 +571,32 @@ class App:
         if due(now, self.exit_at) or due(now, self._stop_at):
             self.running = False
 
-    @micropython.native
     def _housekeeping(self, now):
         """Once a second: the heap's use, then, a tick later, a collection that measures what is
         really live and the HAL's chance to rejoin Wi-Fi. gc.mem_alloc() walks the heap's whole
-        allocation table (about half a collection's time): run here, not every loop, and not in the
-        collection's tick in a call: there what is live is walked a tick after the collection (the
-        garbage of one tick, a few hundred bytes at most, counted with it), so that no tick of a call
-        holds more than one walk or the collection; out of a call, in the collection's own step. The
-        high-water mark is sampled 25 ms before the collection, when the second's garbage is there.
-        The least free space is not sampled apart: every block is either used or free (py/gc.c,
-        gc_info), so it is the heap's size less that high-water mark (firmware/commands.py, heap),
-        and gc.mem_free()'s second walk is saved. Native code: on a handset running .mpy files it is
-        kept off the GC heap (docs/handset.md, Memory). _sampled_at: None, the sample's time, or True
-        (in a call: collected, the walk of what is live due)."""
-        sampled = self._sampled_at
-        profile = self.profile
-        if sampled is None:
+        allocation table: run here, not every loop, and not in the collection's tick, so no tick holds
+        more than one walk besides the collection. The high-water mark is sampled 25 ms before the
+        collection, when the second's garbage is there. The least free space is not sampled apart:
+        every block is either used or free (py/gc.c, gc_info), so it is the heap's size less that
+        high-water mark (firmware/commands.py, heap), and gc.mem_free()'s second walk is saved."""
+        if self._sampled_at is None:
             self._sampled_at = now
             used = _mem_alloc()
             if used > self.heap_peak:
                 self.heap_peak = used
             self._house_at = ticks_add(now, _HEAP_SAMPLE_LEAD_MS)   # short, regular pauses
-            if profile is not None:
-                profile.flag(0x20)   # firmware/profile.py HEAP_WALK
             return
-        if sampled is not True:
-            self.hal.network_up()
-            if self.ota is not None:   # an over-the-air update downloading (firmware/ota.py)
-                self.ota.tick(now)
-            elif (self.ota_offer is not None or self.firmware.get("trial")) and self.phone.call is None:
-                rarely("firmware.ota").idle(self, now)
-            gc.collect()
-            self._rx_n = _RX_BYTES
-            if profile is not None:
-                profile.collected()
-            if self.phone.state == CONNECTED:   # what is live: walked at the next tick
-                self._sampled_at = True
-                self._house_at = ticks_add(now, _FRAME_MS)
-                return
-            self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS)
-        else:
-            self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS - _FRAME_MS)
-            if profile is not None:
-                profile.flag(0x20)
         self._sampled_at = None
+        self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS)
+        self.hal.network_up()
+        if self.ota is not None:   # an over-the-air update downloading (firmware/ota.py)
+            self.ota.tick(now)
+        elif (self.ota_offer is not None or self.firmware.get("trial")) and self.phone.call is None:
+            rarely("firmware.ota").idle(self, now)
+        gc.collect()
+        self._rx_n = _RX_BYTES
+        if self.profile is not None:
+            self.profile.collected()
         live = _mem_alloc()
         if live > self.heap_live_peak:
             self.heap_live_peak = live
