@@ -543,6 +543,7 @@ def test_a_node_etcd_no_longer_lists_but_that_answers_on_its_trunk_keeps_its_cal
         lab.close()
 
 
+@pytest.mark.known_defect   # docs/cluster.md: the fix was taken back (a node not yet knowing its peers took keys)
 def test_a_phone_logging_in_again_after_its_node_died_takes_its_location_key_over(own_engines):
     """A phone straight at a node with no standby says nothing of its home at login (docs/cluster.md): its
     node writes its location key unless another node has it. A key naming a node that is no longer alive

@@ -58,16 +58,10 @@ return 0
 """
 
 
-# a client logged in here that has not said whether this is its home: ours unless another live node's
-# (ARGV[3...]: the live nodes' ids). A key naming a node no longer alive is taken over: a phone with no
-# standby whose node died logs in again elsewhere, and its key must not name the dead node until it expires
+# a client logged in here that has not said whether this is its home: ours unless another node's
 SET_UNLESS_OTHERS = """
 local v = redis.call('GET', KEYS[1])
-if v and v ~= ARGV[1] then
-  for i = 3, #ARGV do
-    if ARGV[i] == v then return 0 end
-  end
-end
+if v and v ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 return 1
 """
@@ -473,7 +467,7 @@ class LocationService:
     async def _run(self):
         import asyncio
         import time
-        import redis.asyncio as redis
+        from upbx.host.cluster.engines import redis_client
         from upbx.host.daemon import now_ms
         trunks = self.trunks
         node = str(self.core.cluster.node_id)
@@ -482,7 +476,8 @@ class LocationService:
         while True:
             try:
                 if self.redis is None:
-                    self.redis = redis.from_url(self.config.cluster_redis, socket_timeout=5, socket_connect_timeout=5)
+                    # plain or through Sentinel, as the node's own client (host/cluster/engines.py)
+                    self.redis = redis_client(self.config.cluster_redis)
                     await self.redis.ping()
                     refresh_at = 0.0   # Redis may have restarted empty: every key again
                 while True:
@@ -499,7 +494,6 @@ class LocationService:
                                     and (kind, name) not in trunks.standbys):
                                 writes.setdefault((kind, name), "set" if (kind, name) in trunks.homes else "nx")
                     if writes:
-                        live = [str(n) for n in self.core.router.nodes]   # etcd's members (and this node)
                         try:
                             async with self.redis.pipeline(transaction=False) as pipe:
                                 for (kind, name), how in writes.items():
@@ -507,7 +501,7 @@ class LocationService:
                                     if how == "set":
                                         pipe.set(key, node, ex=LOCATION_TTL_S)
                                     elif how == "nx":
-                                        pipe.eval(SET_UNLESS_OTHERS, 1, key, node, LOCATION_TTL_S, *live)
+                                        pipe.eval(SET_UNLESS_OTHERS, 1, key, node, LOCATION_TTL_S)
                                     else:
                                         pipe.eval(DELETE_IF_OURS, 1, key, node)
                                 await pipe.execute()
