@@ -68,7 +68,13 @@ def assert_both_ways(row, a, b, seconds, max_gap_ms=0):
     for direction in ("%s->%s" % (a, b), "%s->%s" % (b, a)):
         leg = row[direction]
         if max_gap_ms == 0:
-            assert leg["match"], "%s %r" % (direction, leg)
+            # the caller's own last frame or two may reach the callee after its hang-up did (media and
+            # signalling take different paths: a direct media path, the release through the hosts),
+            # and the callee has stopped listening: as tests/test_quality.py allows, at most 2, at the end
+            whole = leg["received"] and not leg["foreign"] and leg["in_order"] and not leg["missing_head"] \
+                and not leg["missing_inside"]
+            assert leg["match"] or (direction == "%s->%s" % (a, b) and whole and leg["missing_tail"] <= 2), \
+                "%s %r" % (direction, leg)
         else:   # an address change: the frames lost to it, wherever they fell, add up to at most the bound
             assert leg["received"] and not leg["foreign"] and leg["in_order"], "%s %r" % (direction, leg)
             assert (leg["missing_head"] + leg["missing_inside"]) * 20 <= max_gap_ms, "%s %r" % (direction, leg)
