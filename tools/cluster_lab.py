@@ -542,6 +542,18 @@ class ClusterExchange(LoopbackExchange):
         for node in self.nodes:
             self.wait_for(lambda: self.status(node)["cluster"]["engines"]["etcd"] == "up", "node %s joined" % node,
                           timeout=60, watch=(node,))
+        # and every node knows every other one (its trunk session to it up): a client that logs in before
+        # would be told a cluster short of a node, and choose its standby among those it was told
+        # (the lab's own nodes: engines shared with another lab may list more)
+        ids = {n: str(self.status(n)["cluster"]["node_id"]) for n in self.nodes}
+
+        def meshed():
+            for n in self.nodes:
+                trunks = self.status(n)["cluster"]["trunks"] or {}
+                if any(trunks.get(ids[m], {}).get("state") != "up" for m in self.nodes if m != n):
+                    return False
+            return True
+        self.wait_for(meshed, "trunk sessions between the nodes up", timeout=60, watch=tuple(self.nodes))
         for site in getattr(self, "remote_sites", ()):
             port = self.remote_ports[site] = free_port()
             name = "site-" + site
