@@ -141,7 +141,9 @@ def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill
                          == ["301", "302"], "both phones' standby sessions at %s" % succ, timeout=60)
         except TimeoutError as exc:
             raise AssertionError("%s; 301: %s" % (exc, lab._log_tail("phone-standby-301", 20)))
-        assert by_name(lab.cluster_status())[succ]["standby_sites"] == ["c"]
+        # what the node publishes in etcd (its info, rewritten as its lease is renewed): once it has the phones
+        lab.wait_for(lambda: by_name(lab.cluster_status())[succ]["standby_sites"] == ["c"],
+                     "%s publishing site c as a standby site" % succ, timeout=30)
         assert by_name(lab.cluster_status())["n1"]["sites"] == ["c"]
 
         def answered_key():
