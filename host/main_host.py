@@ -10,6 +10,7 @@ from upbx.common import wire
 from upbx.common.call import CONNECTED, RELEASE_RECEIVED
 from upbx.common.chunks import chunk_ies
 from upbx.host import codec, features, firmware, groups, lines
+from upbx.host.call_rounds import CallRounds
 from upbx.host.firmware_transfer import FirmwareServer, PhoneStates
 from upbx.host.core import HostCore
 from upbx.host.directory import MAIN_ORIGIN, Directory, StoreUnavailable, wire_text
@@ -92,9 +93,7 @@ class MainHost(HostCore):
         # the tick's ring timeouts (on_tick, _ring_calls): the calls whose callee leg was not answered when last
         # looked at, every call made since, and a tenth of the answered ones a tick (RING_SCAN_TICKS)
         self._ring_watch = {}       # call id -> call
-        self._ring_seen = set()     # ids of the calls the tick has met
-        self._ring_scan = []        # the answered calls still to look at in this round
-        self._ring_step = 1
+        self._ring_rounds = CallRounds(self.switch.calls, RING_SCAN_TICKS)
         self._sysinfo_version = None
         self._sysinfo_cache = {}  # (version, site) -> (encoded system information, its SYSINFO payloads)
         self.sysinfo_sent = {}   # link name -> (copies, datagrams) of system information sent (B6)
@@ -1107,20 +1106,9 @@ class MainHost(HostCore):
         timeouts (a forward on no answer: 5 s at least) are still met on the same tick; a call whose answered callee
         leg stops being answered without a new offer is looked at within 200 ms instead of at the next tick."""
         calls = self.switch.calls
-        watch, seen = self._ring_watch, self._ring_seen
-        for call in reversed(calls.values()):   # made since the last tick (a dict keeps its order)
-            if call.call_id in seen:
-                break
-            seen.add(call.call_id)
+        watch, rounds = self._ring_watch, self._ring_rounds
+        for call in rounds.new() + rounds.part()[0]:
             watch[call.call_id] = call
-        scan = self._ring_scan
-        if not scan:
-            seen.intersection_update(calls)
-            scan[:] = calls.values()
-            self._ring_step = max(1, -(-len(scan) // RING_SCAN_TICKS))
-        for call in scan[-self._ring_step:]:
-            watch[call.call_id] = call
-        del scan[-self._ring_step:]
         due = []
         for call_id, call in list(watch.items()):
             b = call.b

@@ -35,6 +35,7 @@ from upbx.common import cluster, wire
 from upbx.common.call import CONNECTED
 from upbx.common.crypto import extend16
 from upbx.host import fastpath
+from upbx.host.call_rounds import CallRounds
 from upbx.common.media import open_trunk
 from upbx.host.relay_worker import ADDR
 
@@ -119,12 +120,10 @@ class RelayWorkers:
         self.local = fastpath.relay_table(core.switch.trunk_mtu)
         self.local_taken = 0                # the table's datagrams already added to the core's counters
         self.table_keys = {}                # (call id, i) -> (receiving session index, call number, out session index)
-        self.known = set()                  # ids of the calls the scan has seen (new ones are looked at at once)
+        self.rounds = CallRounds(core.switch.calls, SCAN_TICKS)   # new calls at once, every call once a round
         self.pending = {}                   # call id -> call: new calls not delegated yet, looked at every tick
         self.mixed = {}                     # session index -> ms: its trunks carry a call no table can take; until then
                                             # its directions stay with the Python path
-        self._scan = []                     # the calls still to look at in this round of the scan
-        self._scan_step = 1
         self.on_flush = on_flush            # the daemon's _flush: after forwarded datagrams were handled
         self.procs = []                     # worker k is procs[k - 1], its channel channels[k - 1]
         self.channels = []
@@ -469,11 +468,8 @@ class RelayWorkers:
             for index in [i for i, until in mixed.items() if until <= now]:
                 del mixed[index]
         calls = self.core.switch.calls
-        known, pending = self.known, self.pending
-        for call in reversed(calls.values()):   # the calls made since the last tick (a dict keeps its order)
-            if call.call_id in known:
-                break
-            known.add(call.call_id)
+        pending = self.pending
+        for call in self.rounds.new():   # the calls made since the last tick
             pending[call.call_id] = call
         for call_id, call in list(pending.items()):
             # a new call goes to a table as soon as it is answered: until then its frames are the Python path's,
@@ -483,19 +479,14 @@ class RelayWorkers:
             elif call.b is not None and call.a is not None and call.b.state == CONNECTED:
                 del pending[call_id]
                 self._look_at(call)
-        scan = self._scan
-        if not scan:
+        part, began = self.rounds.part()
+        if began:
             # a new round: directions of calls that are gone (the switch dropped them) come back too
             for n, (key, (_worker, call, _recv, _out)) in enumerate(list(delegated.items()), 1):
                 if calls.get(call.call_id) is not call:
                     self.revoke(key)
                 if pump is not None and n % ROUND_PUMP == 0:
                     pump()
-            known.intersection_update(calls)
-            scan = self._scan = list(calls.values())
-            self._scan_step = max(1, -(-len(scan) // SCAN_TICKS))
-        part = scan[-self._scan_step:]
-        del scan[-self._scan_step:]
         for n, call in enumerate(part, 1):
             self._look_at(call)
             if pump is not None and n % PUMP_CALLS == 0:

@@ -1,0 +1,31 @@
+"""host/call_rounds.py: the calls a tick looks at (the main host's ring timeouts, the relay workers' scan)."""
+from upbx.host.call_rounds import CallRounds
+
+
+class Call:
+    def __init__(self, call_id):
+        self.call_id = call_id
+
+
+def _round(rounds, ticks):
+    """The ids one round gave, tick by tick; the round must begin at its first tick and not again."""
+    looked = []
+    for tick in range(ticks):
+        part, began = rounds.part()
+        assert began == (tick == 0), tick
+        looked += [c.call_id for c in part]
+    return looked
+
+
+def test_new_calls_come_once_and_every_call_comes_once_a_round():
+    calls = {i: Call(i) for i in range(25)}
+    rounds = CallRounds(calls, 10)
+    assert [c.call_id for c in rounds.new()] == list(range(24, -1, -1))   # newest first
+    assert rounds.new() == []
+    # 25 calls in slices of 3: all of them, each once, in 9 ticks (the 10th begins the next round)
+    assert sorted(_round(rounds, 9)) == list(range(25))
+    calls[25] = Call(25)
+    del calls[3]
+    assert [c.call_id for c in rounds.new()] == [25]
+    # the next round is of the calls there are then: the one gone is not in it, nor kept as seen
+    assert sorted(_round(rounds, 9)) == sorted(calls) and 3 not in rounds.seen
