@@ -121,8 +121,9 @@ class HostCore:
         self._next_tick = None
         self.held = set()           # calls held by a phone of this host: music on hold goes out every tick
         self.calls_changed = None   # a set while relay tables run (host/relay_workers.py): calls a HOLD changed
-        # f() while relay tables run (the daemon's _pump_table): a long tick calls it every PUMP_CALLS calls it looks
-        # at, so the table relays what waits on the socket meanwhile (it touches no object of the core)
+        # f() while relay tables run (the daemon's _pump_table): a long tick calls it at each step and each call it
+        # looks at, so the table relays what waits on the socket meanwhile (it touches no object of the core);
+        # f itself relays only when enough time has passed since it last did
         self.pump = None
         self.moh = MusicOnHold()    # a subclass may set its configured WAV
         self.conferences = Conferences(self)   # a subclass sets max_parties from its configuration
@@ -172,6 +173,8 @@ class HostCore:
         if self.held:
             lines.recall(self, now)       # blind transfers not answered in time (host/lines.py)
         self.on_tick(now)
+        if self.pump is not None:
+            self.pump()
         if self.sip_calls is not None:
             self.sip_calls.tick(now)
         if self.sip is not None and now - self._sip_expiry_ms >= 1000:

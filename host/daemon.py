@@ -51,6 +51,7 @@ class Daemon:
     BURST_HOLD_S = 0.0003    # what the core queued leaves at least this often while reading
     TABLE_BURST = 16         # the relay table's recvmmsg (host/_fastpath.c Relay.relay): its frames leave before the next 16 are read ...
     TABLE_ROUNDS = 16        # ... up to this many times a wake while the socket has more
+    PUMP_GAP_S = 0.0002      # in a timer turn the table relays what waits at least this often (_pump_table)
     TX_QUEUE = 4096          # datagrams held while the send buffer is full
 
     def __init__(self, core, listen, control_socket="", services=(), workers=1):
@@ -73,6 +74,8 @@ class Daemon:
         self.timer_turns, self.timer_s, self.timer_max_s, self.tick_cpu_s = 0, 0.0, 0.0, 0.0
         self._deferred = []      # datagrams the relay table left during a timer turn (_pump_table)
         self.pump_s = 0.0        # ... and the CPU its relaying took then (in sync_us_mean and tick_cpu_us_mean)
+        # when the table last relayed in the turn, and the longest a turn left it without (since the last query)
+        self._pumped, self.unpumped_max_s = 0.0, 0.0
         self.gc_pauses, self.gc_max_s, self._gc_started = 0, 0.0, 0.0   # the collector's, by generation 2
         self.sip_sock = None     # the SIP port, open only while the core has SIP phones (docs/sip.md)
         self.sip_address = None
@@ -203,10 +206,18 @@ class Daemon:
     def _pump_table(self):
         """During a timer turn (the sync, the core's tick): the relay table relays what waits on the socket,
         so a long turn does not hold the frames it takes (docs/benchmarks.md, "Hop latency"); what it does
-        not take waits, in order, for the end of the turn (the core is in the middle of something)."""
+        not take waits, in order, for the end of the turn (the core is in the middle of something). The turn
+        calls it at every step (each call it looks at); it relays when PUMP_GAP_S have passed since it last
+        did, so a step's cost, not a count of steps, bounds how long a frame waits in a turn."""
         workers = self.workers
         if workers is None or self._batch is None:
             return
+        now = time.perf_counter()
+        gap = now - self._pumped
+        if gap < self.PUMP_GAP_S:
+            return
+        if gap > self.unpumped_max_s:
+            self.unpumped_max_s = gap
         started = time.thread_time()
         try:
             batch = workers.local.relay(self.sock.fileno(), self.TABLE_BURST, self.TABLE_ROUNDS)
@@ -215,6 +226,7 @@ class Daemon:
             return
         finally:
             self.pump_s += time.thread_time() - started
+            self._pumped = time.perf_counter()
         if batch:
             self._deferred.extend(batch)
 
@@ -431,7 +443,7 @@ class Daemon:
             delay = 0.02 if timer is None else max(0, (timer - now_ms()) / 1000)
             await asyncio.sleep(delay)
             core.wall_offset_ms = wall_offset_ms()
-            started = time.perf_counter()
+            started = self._pumped = time.perf_counter()
             try:
                 if self.workers is not None:   # before the tick acts on a call: its directions are back here
                     self.workers.sync(self._pump_table)
@@ -449,7 +461,10 @@ class Daemon:
                     self._internal_error(exc, "timer")
             self._sip_port(now_ms())
             self._flush()
-            held = time.perf_counter() - started
+            ended = time.perf_counter()
+            if self.workers is not None and ended - self._pumped > self.unpumped_max_s:
+                self.unpumped_max_s = ended - self._pumped   # the end of the turn: the socket is read next
+            held = ended - started
             self.timer_turns += 1
             self.timer_s += held
             if held > self.timer_max_s:
@@ -471,13 +486,14 @@ class Daemon:
                              # how long the timer turns held the loop (wall time: on a busy machine it waits too)
                              timer_us_mean=round(self.timer_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None,
                              timer_us_max=round(self.timer_max_s * 1e6, 1),   # maxima: since the last query
+                             table_unpumped_us_max=round(self.unpumped_max_s * 1e6, 1),
                              # full collections (the loop relays nothing meanwhile), the longest since the last query
                              gc_full_collections=self.gc_pauses, gc_max_ms=round(self.gc_max_s * 1000, 2),
                              # the core's tick alone, CPU time (the rest of a turn: the workers' sync, the sends)
                              tick_cpu_us_mean=round(self.tick_cpu_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None,
                              # of the turns' CPU, what the relay table's relaying inside them took (_pump_table)
                              pump_cpu_us_mean=round(self.pump_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None)
-                self.timer_max_s = self.gc_max_s = 0.0
+                self.timer_max_s = self.gc_max_s = self.unpumped_max_s = 0.0
                 if self.workers is not None:
                     reply.update(self.workers.status())
                     # receive stamp to send of the frames the main host's own table relayed since the last query

@@ -30,7 +30,6 @@ PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say 
 NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PING,
                            wire.ACK))   # what a trunk session between two nodes carries
 RING_SCAN_TICKS = 10     # an answered call is looked at for a ring timeout once in this many ticks (_ring_calls)
-TICK_PUMP_CALLS = 128    # the tick's look at every call lets the relay table relay after this many (core.pump)
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
 
@@ -41,6 +40,10 @@ def encode(obj):
 def _address_key(address):
     """(host, port) of a peer's address (an IPv6 one has four items)."""
     return address if type(address) is tuple and len(address) == 2 else tuple(address[:2])
+
+
+def _no_pump():
+    """core.pump without relay tables: nothing to relay."""
 
 
 class MainHost(HostCore):
@@ -1041,20 +1044,20 @@ class MainHost(HostCore):
             self.xnode.flush(self.now)   # our logins to the other nodes
 
     def on_tick(self, now):
+        pump = self.pump or _no_pump   # the relay table relays what waits between the steps (core.pump)
         if self.xnode is not None:
             self.xnode.tick(now)
         self.play_music_on_hold(now)
+        pump()
         self.voicemail.tick(now)
         self.mailbox_sync.pump(now)
         self.switch.flush()
+        pump()
         self.groups.tick(now)
         ring_ms = self.config.ring_timeout_s * 1000
-        pump = self.pump
-        for n, call in enumerate(self._ring_calls(), 1):
-            # call.state in ("setup", "alerting") with a callee leg, without the property; the relay table
-            # relays what waits every TICK_PUMP_CALLS calls (docs/benchmarks.md, relay, Session 7)
-            if pump is not None and n % TICK_PUMP_CALLS == 0:
-                pump()
+        for call in self._ring_calls():
+            # call.state in ("setup", "alerting") with a callee leg, without the property
+            pump()
             b = call.b
             ringing = b is not None and b.state != CONNECTED and not call.released and call.conference is None
             if ringing and call.noanswer is not None and now - call.offered_ms >= call.noanswer[1]:
@@ -1065,9 +1068,11 @@ class MainHost(HostCore):
                 self.switch.release(call.a, wire.CAUSE_NO_ANSWER, now)
                 self.switch.release(call.b, wire.CAUSE_NO_ANSWER, now)
                 self.end_call(call, wire.CAUSE_NO_ANSWER, now)
+        pump()
         for peer in self.peers.due(now):
             peer.channel.handle_timer(now)
             self.peers.dirty.add(peer)    # what it resends goes out with this turn's datagrams
+        pump()
         if now - self._last_expiry_ms > 1000:
             self._last_expiry_ms = now
             for peer in self.peers.expired(now):
@@ -1110,7 +1115,8 @@ class MainHost(HostCore):
         for call in rounds.new() + rounds.part()[0]:
             watch[call.call_id] = call
         due = []
-        for call_id, call in list(watch.items()):
+        for call_id in list(watch):   # the keys: no tuple made per entry (each is one for the collector)
+            call = watch[call_id]
             b = call.b
             if call.released or calls.get(call_id) is not call or (b is not None and b.state == CONNECTED):
                 del watch[call_id]   # gone, or answered: the scan looks at it again

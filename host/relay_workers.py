@@ -44,8 +44,6 @@ REVOKE_TIMEOUT_S = 2.0
 MIXED_MS = 1000          # how long a host whose trunks mix calls a table cannot take stays with the Python path
 SCAN_TICKS = 10          # every call is looked at once in this many ticks (200 ms): delegated or taken back
 START_TIMEOUT_S = 20.0
-ROUND_PUMP = 256         # ... and after this many directions checked at the start of a round of the scan
-PUMP_CALLS = 16          # a sync lets the main host's table relay what waits after this many calls looked at
 
 
 def cpus():
@@ -435,8 +433,9 @@ class RelayWorkers:
 
     def sync(self, pump=None):
         """Before each tick: revoke what stopped being the common case, delegate what became it,
-        send the workers new, moved and gone host links. pump(), when given, lets the main host's relay
-        table relay what waits on its socket every PUMP_CALLS calls looked at (the daemon's _pump_table)."""
+        send the workers new, moved and gone host links. pump(), when given, is called at each call looked at
+        and each direction checked: the main host's relay table relays what waits on its socket when enough time
+        has passed (the daemon's _pump_table)."""
         started = time.thread_time()   # CPU time: on a busy machine the wall time is mostly waiting
         try:
             self._sync(pump)
@@ -482,14 +481,15 @@ class RelayWorkers:
         part, began = self.rounds.part()
         if began:
             # a new round: directions of calls that are gone (the switch dropped them) come back too
-            for n, (key, (_worker, call, _recv, _out)) in enumerate(list(delegated.items()), 1):
+            for key in list(delegated):   # the keys: no tuple made per entry (each is one for the collector)
+                call = delegated[key][1]
                 if calls.get(call.call_id) is not call:
                     self.revoke(key)
-                if pump is not None and n % ROUND_PUMP == 0:
+                if pump is not None:
                     pump()
-        for n, call in enumerate(part, 1):
+        for call in part:
             self._look_at(call)
-            if pump is not None and n % PUMP_CALLS == 0:
+            if pump is not None:
                 pump()
         self._drain_inbox()   # what came in while a direction was revoked
 

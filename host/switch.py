@@ -142,6 +142,7 @@ class Call:
         self.mixed_at_main = False  # a site's call whose conference the main host mixes (host/conference.py)
         self.group = None           # host.groups.GroupCall while a group call rings (a page: while it lasts)
         self.fanout = None          # a page: the paged phones' legs, each sent the pager's voice (one way)
+        self.serial = 0             # grows with each call the switch makes (Switch.new_call; host/call_rounds.py)
 
     @property
     def state(self):
@@ -173,6 +174,7 @@ class Switch:
         self.max_legs = max_legs or {}  # link kind -> most live legs one link may hold (absent: no cap)
         self.legs = {}
         self.calls = {}
+        self._serials = itertools.count()
         self._next = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
         self.node_id = None           # a cluster's node: set_node
         self.capacity = wire.MAX_CALL_NO   # legs at once (a cluster's node: its own call numbers, 2,048)
@@ -273,6 +275,7 @@ class Switch:
         while call_id is None or call_id in self.calls:
             call_id = os.urandom(8)
         call = Call(call_id, caller, callee, now)
+        call.serial = next(self._serials)   # host/call_rounds.py: the calls made since it last looked
         self.calls[call.call_id] = call
         return call
 

@@ -335,3 +335,46 @@ def test_the_main_hosts_table_times_each_datagram_it_relays_from_the_kernels_rec
         assert p.status()["table_residence"] == {"n": 0, "max_us": 0.0}
     finally:
         p.close()
+
+
+def test_a_timer_turns_pump_reads_the_socket_only_after_its_gap_and_keeps_what_the_table_leaves_in_order():
+    """Daemon._pump_table, called at every step of a timer turn: the main host's table reads its socket when
+    PUMP_GAP_S have passed since it last did, and what it does not take (here: datagrams that are no relayed
+    trunk) is kept for the end of the turn in the order it came, with its sender."""
+    from types import SimpleNamespace
+
+    from upbx.host.core import Stats
+    from upbx.host.daemon import Daemon
+
+    daemon = Daemon(SimpleNamespace(log=None, stats=Stats()), ("127.0.0.1", 0))
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        tx.bind(("127.0.0.1", 0))
+        daemon.sock, daemon._batch = rx, object()
+        daemon.workers = SimpleNamespace(local=fastpath.relay_table(1472))
+
+        def send(*payloads):
+            for p in payloads:
+                tx.sendto(p, rx.getsockname())
+            assert select.select([rx], [], [], 10)[0]   # queued at the socket
+
+        sender = ("127.0.0.1", tx.getsockname()[1])
+        send(b"\x00one", b"\x00two", b"\x00three")
+        daemon.PUMP_GAP_S = 0.0
+        daemon._pump_table()
+        assert [(bytes(d), a) for d, a in daemon._deferred] == [(b"\x00one", sender), (b"\x00two", sender),
+                                                               (b"\x00three", sender)]
+        send(b"\x00four")
+        daemon.PUMP_GAP_S = 3600.0   # it relayed just now: not again within the gap
+        daemon._pump_table()
+        assert len(daemon._deferred) == 3 and select.select([rx], [], [], 0)[0]
+        daemon.PUMP_GAP_S = 0.0
+        daemon._pump_table()
+        assert [bytes(d) for d, _ in daemon._deferred] == [b"\x00one", b"\x00two", b"\x00three", b"\x00four"]
+        assert daemon.unpumped_max_s > 0 and not select.select([rx], [], [], 0)[0]
+    finally:
+        rx.close()
+        tx.close()
