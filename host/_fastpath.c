@@ -1161,6 +1161,9 @@ typedef struct {
      * to the return of the sendmmsg that sent its frames, in RES_BUCKET_NS buckets (the last: that or more) */
     unsigned int res_hist[RES_BUCKETS];
     unsigned long long res_n, res_max_ns;
+    /* ... and the part of it the datagram waited at the socket: its receive stamp to the recvmmsg that read it */
+    unsigned int queue_hist[RES_BUCKETS];
+    unsigned long long queue_max_ns;
 } RelayObject;
 
 static uint64_t dir_key(long session, long call_no) { return ((uint64_t)session << 16) | (uint64_t)call_no; }
@@ -1687,56 +1690,75 @@ static long long received_ns(struct msghdr *h) {
     return 0;
 }
 
-/* The residence of a round's taken datagrams: now (their frames have been sent) minus their receive stamps. */
-static void count_residence(RelayObject *self, const long long *stamp, int got) {
+static long long realtime_ns(void) {
     struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void count_ns(unsigned int *hist, unsigned long long *max_ns, long long ns) {
+    if (ns < 0) ns = 0;
+    long long b = ns / RES_BUCKET_NS;
+    hist[b >= RES_BUCKETS ? RES_BUCKETS - 1 : b]++;
+    if ((unsigned long long)ns > *max_ns) *max_ns = (unsigned long long)ns;
+}
+
+/* The residence of a round's taken datagrams: now (their frames have been sent) minus their receive stamps;
+ * and how long each waited at the socket: read_ns (when recvmmsg returned them) minus the stamp. */
+static void count_residence(RelayObject *self, const long long *stamp, int got, long long read_ns) {
     long long now = -1;
     for (int i = 0; i < got; i++) {
         if (stamp[i] == 0) continue;
-        if (now < 0) {
-            clock_gettime(CLOCK_REALTIME, &t);
-            now = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
-        }
-        long long ns = now - stamp[i];
-        if (ns < 0) ns = 0;
-        long long b = ns / RES_BUCKET_NS;
-        self->res_hist[b >= RES_BUCKETS ? RES_BUCKETS - 1 : b]++;
+        if (now < 0) now = realtime_ns();
+        count_ns(self->res_hist, &self->res_max_ns, now - stamp[i]);
+        count_ns(self->queue_hist, &self->queue_max_ns, read_ns - stamp[i]);
         self->res_n++;
-        if ((unsigned long long)ns > self->res_max_ns) self->res_max_ns = (unsigned long long)ns;
     }
 }
 
-/* residence() -> {"n", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"} since the last call (then cleared):
- * each percentile is its bucket's upper edge (10 us buckets; 20000 for "20 ms or more"). */
-static PyObject *Relay_residence(RelayObject *self, PyObject *unused) {
+/* Percentiles of one histogram into out, as name_p50_us ... name_max_us (prefix "" for the residence). */
+static int put_percentiles(PyObject *out, const char *prefix, const unsigned int *hist, unsigned long long n,
+                           unsigned long long max_ns) {
     static const double ps[4] = {0.50, 0.90, 0.99, 0.999};
     static const char *names[4] = {"p50_us", "p90_us", "p99_us", "p999_us"};
-    PyObject *out = PyDict_New();
-    if (out == NULL) return NULL;
-    unsigned long long n = self->res_n, seen = 0;
+    char key[48];
+    unsigned long long seen = 0;
     int k = 0;
-    PyObject *v = PyLong_FromUnsignedLongLong(n);
-    if (v == NULL || PyDict_SetItemString(out, "n", v) < 0) goto fail;
-    Py_DECREF(v);
     for (int b = 0; b < RES_BUCKETS && n > 0 && k < 4; b++) {
-        seen += self->res_hist[b];
+        seen += hist[b];
         while (k < 4 && (double)seen >= ps[k] * (double)n) {
-            v = PyLong_FromLong((long)(b + 1) * (RES_BUCKET_NS / 1000));
-            if (v == NULL || PyDict_SetItemString(out, names[k], v) < 0) goto fail;
+            PyObject *v = PyLong_FromLong((long)(b + 1) * (RES_BUCKET_NS / 1000));
+            snprintf(key, sizeof(key), "%s%s", prefix, names[k]);
+            if (v == NULL || PyDict_SetItemString(out, key, v) < 0) { Py_XDECREF(v); return -1; }
             Py_DECREF(v);
             k++;
         }
     }
-    v = PyFloat_FromDouble(self->res_max_ns / 1000.0);
-    if (v == NULL || PyDict_SetItemString(out, "max_us", v) < 0) goto fail;
+    PyObject *v = PyFloat_FromDouble(max_ns / 1000.0);
+    snprintf(key, sizeof(key), "%smax_us", prefix);
+    if (v == NULL || PyDict_SetItemString(out, key, v) < 0) { Py_XDECREF(v); return -1; }
     Py_DECREF(v);
+    return 0;
+}
+
+/* residence() -> {"n", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "queued_p50_us", ... "queued_max_us"}
+ * since the last call (then cleared): each percentile is its bucket's upper edge (10 us buckets; 20000 for
+ * "20 ms or more"); the queued_ ones are the part spent at the socket before the recvmmsg that read it. */
+static PyObject *Relay_residence(RelayObject *self, PyObject *unused) {
+    PyObject *out = PyDict_New();
+    if (out == NULL) return NULL;
+    PyObject *v = PyLong_FromUnsignedLongLong(self->res_n);
+    if (v == NULL || PyDict_SetItemString(out, "n", v) < 0) { Py_XDECREF(v); Py_DECREF(out); return NULL; }
+    Py_DECREF(v);
+    if (put_percentiles(out, "", self->res_hist, self->res_n, self->res_max_ns) < 0 ||
+        put_percentiles(out, "queued_", self->queue_hist, self->res_n, self->queue_max_ns) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
     memset(self->res_hist, 0, sizeof(self->res_hist));
-    self->res_n = self->res_max_ns = 0;
+    memset(self->queue_hist, 0, sizeof(self->queue_hist));
+    self->res_n = self->res_max_ns = self->queue_max_ns = 0;
     return out;
-fail:
-    Py_XDECREF(v);
-    Py_DECREF(out);
-    return NULL;
 }
 
 static PyObject *untaken_item(const unsigned char *d, Py_ssize_t n, const struct sockaddr_in *a) {
@@ -1777,6 +1799,7 @@ static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
         got = recvmmsg(fd, msgs, want, MSG_DONTWAIT, NULL);
         if (got < 0) err = errno;
         Py_END_ALLOW_THREADS
+        long long read_ns = got > 0 ? realtime_ns() : 0;   /* a vDSO call a round: when they left the socket */
         if (got < 0) {
             if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) break;
             if (PyList_GET_SIZE(rest) > 0) break;   /* what was read is handed back; the error comes again */
@@ -1807,7 +1830,7 @@ static PyObject *Relay_relay(RelayObject *self, PyObject *args) {
             if (seal_staged(self, &frames) < 0) { Py_DECREF(rest); return NULL; }
             send_sealed(self, fd, frames);
         }
-        count_residence(self, stamp, got);
+        count_residence(self, stamp, got, read_ns);
         if (got < want) break;
     }
     return rest;

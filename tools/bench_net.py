@@ -1365,7 +1365,12 @@ def _hop_latency(calls, quick):
         "loopback_baseline_p99_ms": ms(base99),
         # the relay's own part: from the kernel's receive stamp at its socket to its sendmmsg (host/_fastpath.c
         # Relay.residence), so neither the generator nor the way back is in it; 10 us buckets (upper edges)
-        "relay_residence_ms": {k[:-3]: round(v / 1000, 3) for k, v in residence.items() if k.endswith("_us")},
+        "relay_residence_ms": {k[:-3]: round(v / 1000, 3) for k, v in residence.items()
+                               if k.endswith("_us") and not k.startswith("queued_")},
+        # the part of it spent at the socket before the table's recvmmsg read the datagram (the process was
+        # elsewhere: a timer turn, Python's wake-up, its own previous batch); the rest is the table's own work
+        "relay_queued_ms": {k[7:-3]: round(v / 1000, 3) for k, v in residence.items()
+                            if k.startswith("queued_") and k.endswith("_us")},
         "relay_residence_datagrams": residence.get("n"),
         # context, not subtracted: a process that only echoes, on the main host's CPU, at the same datagram rate
         "echo_baseline_ms": {str(p): ms(v) for p, v in echo.items()},
