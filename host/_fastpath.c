@@ -15,8 +15,9 @@
  *   bench_send_trunks / bench_send_rtp    the relay bench's send side: sealed (or RTP) and sent, no Python per datagram
  *   Relay                                 a relay table: recvmmsg to sendmmsg for its delegated directions
  *
- * AES-128-CTR and HMAC-SHA256 come from OpenSSL's libcrypto. A key's OpenSSL state is made once
- * and kept on its Python key object (HmacKey, CounterMode) as the attribute `_fast`.
+ * AES-128-CTR (ctr(): counter blocks encrypted with an AES-128-ECB context, XORed in) and HMAC-SHA256 come
+ * from OpenSSL's libcrypto. A key's OpenSSL state is made once and kept on its Python key object (HmacKey,
+ * CounterMode) as the attribute `_fast`, or in the relay table's direction with the direction.
  */
 #define PY_SSIZE_T_CLEAN
 #define OPENSSL_SUPPRESS_DEPRECATED   /* SHA256_Init & co: the HMAC keeps its padded-key states */
@@ -109,7 +110,21 @@ static void hmac2(const hmac_key *h, const unsigned char *prefix, size_t p, cons
     SHA256_Final(out, &c);
 }
 
-/* An AES-128-CTR context keyed with a CounterMode's key (made once, kept on it). */
+/* An AES-128 block cipher (ECB, no padding) keyed with `key`: ctr() runs the counter mode over it. One context
+ * per key, made when the key is installed: a frame then costs one EVP_EncryptUpdate, not a re-initialisation
+ * (EVP_EncryptInit_ex with the frame's IV went through OpenSSL 3's parameter handling every frame). */
+static EVP_CIPHER_CTX *new_ecb(const unsigned char *key) {
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL || !EVP_EncryptInit_ex(ctx, EVP_aes_128_ecb(), NULL, key, NULL) ||
+        !EVP_CIPHER_CTX_set_padding(ctx, 0)) {
+        EVP_CIPHER_CTX_free(ctx);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-128-ECB unavailable");
+        return NULL;
+    }
+    return ctx;
+}
+
+/* The AES-128 context of a CounterMode's key (made once, kept on it). */
 static EVP_CIPHER_CTX *get_aes(PyObject *obj) {
     PyObject *capsule = PyObject_GetAttr(obj, s_fast);
     if (capsule != NULL) {
@@ -125,15 +140,9 @@ static EVP_CIPHER_CTX *get_aes(PyObject *obj) {
         PyErr_SetString(PyExc_ValueError, "counter-mode key is not 16 bytes");
         return NULL;
     }
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL || !EVP_EncryptInit_ex(ctx, EVP_aes_128_ctr(), NULL,
-                                           (unsigned char *)PyBytes_AS_STRING(key), NULL)) {
-        Py_DECREF(key);
-        EVP_CIPHER_CTX_free(ctx);
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-128-CTR unavailable");
-        return NULL;
-    }
+    EVP_CIPHER_CTX *ctx = new_ecb((unsigned char *)PyBytes_AS_STRING(key));
     Py_DECREF(key);
+    if (ctx == NULL) return NULL;
     capsule = PyCapsule_New(ctx, "upbx.aes", free_aes);
     if (capsule == NULL) { EVP_CIPHER_CTX_free(ctx); return NULL; }
     int r = PyObject_SetAttr(obj, s_fast, capsule);
@@ -141,15 +150,35 @@ static EVP_CIPHER_CTX *get_aes(PyObject *obj) {
     return r < 0 ? NULL : ctx;
 }
 
-/* keystream block i = AES(nonce12 || be32(i)), i from 0: OpenSSL's CTR with IV nonce12 || 0 */
+#define CTR_MAX 256   /* bytes: CounterMode's max_len (a voice frame is 160, 10 blocks) */
+
+/* out = in XOR keystream, keystream block i = AES(nonce12 || be32(i)), i from 0 (docs/protocol.md); ctx is
+ * new_ecb's. The frame's counter blocks are encrypted in one call; in and out may be the same buffer. */
 static int ctr(EVP_CIPHER_CTX *ctx, const unsigned char nonce[12], const unsigned char *in, unsigned char *out, int n) {
-    unsigned char iv[16] = {0};
-    int len;
-    memcpy(iv, nonce, 12);
-    if (!EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, iv) || !EVP_EncryptUpdate(ctx, out, &len, in, n)) {
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-128-CTR failed");
+    unsigned char blocks[CTR_MAX], stream[CTR_MAX];
+    int count = (n + 15) >> 4, len, k = 0;
+    if (n > CTR_MAX) {
+        PyErr_SetString(PyExc_ValueError, "payload longer than counter-mode buffer");
         return -1;
     }
+    for (int i = 0; i < count; i++) {
+        memcpy(blocks + 16 * i, nonce, 12);
+        blocks[16 * i + 12] = blocks[16 * i + 13] = 0;   /* be32(i), i < 16 */
+        blocks[16 * i + 14] = 0;
+        blocks[16 * i + 15] = (unsigned char)i;
+    }
+    if (count > 0 && (!EVP_EncryptUpdate(ctx, stream, &len, blocks, 16 * count) || len != 16 * count)) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-128 failed");
+        return -1;
+    }
+    for (; k + 8 <= n; k += 8) {   /* 8 bytes at a time (memcpy: no alignment assumed) */
+        uint64_t x, y;
+        memcpy(&x, in + k, 8);
+        memcpy(&y, stream + k, 8);
+        x ^= y;
+        memcpy(out + k, &x, 8);
+    }
+    for (; k < n; k++) out[k] = in[k] ^ stream[k];
     return 0;
 }
 
@@ -1177,13 +1206,7 @@ static EVP_CIPHER_CTX *new_ctr(const char *key, Py_ssize_t n) {
         PyErr_SetString(PyExc_ValueError, "counter-mode key is not 16 bytes");
         return NULL;
     }
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL || !EVP_EncryptInit_ex(ctx, EVP_aes_128_ctr(), NULL, (const unsigned char *)key, NULL)) {
-        EVP_CIPHER_CTX_free(ctx);
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: AES-128-CTR unavailable");
-        return NULL;
-    }
-    return ctx;
+    return new_ecb((const unsigned char *)key);
 }
 
 static void init_hmac(hmac_key *h, const char *key, Py_ssize_t n) {
