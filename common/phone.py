@@ -297,6 +297,9 @@ class Phone:
             self._sysinfo_chunk(ies, now)
         elif msg_type == _NODES:
             self.cluster_nodes = ies.get(_IE_CLUSTER_NODES, self.cluster_nodes)
+            if self.standby is not None or hasattr(self, "standby_to"):
+                from . import standby   # a node joined or left: the home node's successor may be another now
+                standby.choose(self, now)
         elif msg_type == wire.SETUP:
             self._setup(ies, now)
         elif msg_type == wire.MESSAGE_WAITING:

@@ -1213,5 +1213,6 @@ class MainHost(HostCore):
                 "members": list(self.cluster_members),
                 "directory_refreshes": self.directory.refreshes, "records_deferred": len(self.deferred_records),
                 "records_waiting": len(self.directory.outbox()), **self.router.status(),
-                "trunks": self.xnode.status(), "calls_lost_with_a_node": self.xnode.lost},
+                "trunks": self.xnode.status(), "calls_lost_with_a_node": self.xnode.lost,
+                "lost_nodes": sorted(self.xnode.gone)},   # whose loss this node saw (host/cluster/trunk.py)
         }

@@ -81,10 +81,13 @@ class Link:
         return self.kind in ("host", "main", "pair", "node")   # node: a trunk to another node (host/cluster/trunk.py)
 
     def trunk_keys(self):
-        """(send HmacKey, peer's session index) for trunk frames on this link."""
+        """(send HmacKey, peer's session index) for trunk frames on this link; None when its login is down
+        (no channel: a node trunk lost while its calls are held, host/cluster/trunk.py)."""
         if self.kind == "pair":
             return self.trunk_auth, self.peer_index
         channel = self.session.channel if self.session is not None else self.login.channel
+        if channel is None:
+            return None
         return channel.crypto.send_auth, channel.peer_index
 
     def __repr__(self):
@@ -589,7 +592,11 @@ class Switch:
 
     def _send_trunks(self, link, entries):
         """Seal entries [(media leg, ts, payload)] into as few trunk frames as the MTU allows."""
-        auth, index = link.trunk_keys()
+        keys = link.trunk_keys()
+        if keys is None:   # its login is down (logging in again): nothing can be sealed for it now
+            self.stats.drop("media to a link that is down")
+            return
+        auth, index = keys
         frames = (self.fast.seal_trunks(auth, index, entries, self.trunk_mtu) if self.fast is not None
                   else self._seal_trunks(auth, index, entries))
         for frame in frames:

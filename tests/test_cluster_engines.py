@@ -5,7 +5,8 @@
   host/cluster/replica.py Writer); the record is stored and acknowledged once PostgreSQL runs again.
 - A fourth node joins under calls: nobody logs in again, no call drops (audio both ways on every
   call), only the sites whose rendezvous order now starts with the new node would move (at their
-  next login: 1/N of them), and the only handshakes are the standby sessions that move to it.
+  next login: 1/N of them), and the only handshakes are the standby sessions that move to it (the
+  remote hosts' and those of the phones straight at a node).
 """
 import pytest
 
@@ -53,6 +54,19 @@ def handshakes(lab, nodes):
     return keys - trunks
 
 
+def standby_phones(lab, node):
+    """The extensions whose standby session is at node, sorted."""
+    return sorted(p["extension"] for p in lab.status(node)["phones"] if p.get("standby"))
+
+
+def logged_out(lab, node, name):
+    """The node's log lines saying name logged out (a BYE), not that it expired."""
+    with open(lab.path(node + ".log"), "rb") as f:
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    return [line for line in lines if " logout " in line and "name=%s " % name in line + " "
+            and "reason=logged out" in line]
+
+
 def test_node_relays_on_while_postgres_hangs_and_stores_the_record_after(lab, engines):
     call = start_call(lab, "101", "201", tag="hung")
     wait_audio_flows(lab, call, "audio before PostgreSQL hangs", frames_more=50)
@@ -94,6 +108,9 @@ def test_a_fourth_node_joins_under_calls(lab):
     wait_audio_flows(lab, relayed, "audio before the join", frames_more=50)
     wait_audio_flows(lab, direct, "audio before the join", frames_more=50)
     sites = ("a", "b", "h")
+    # the phones straight at n2 (site e, in the direct call) keep their standby at n2's successor, n3
+    lab.wait_for(lambda: standby_phones(lab, "n3") == ["501", "502"], "501's and 502's standby sessions at n3",
+                 timeout=60)
     before = {s: lab.status("site-" + s) for s in sites}
     ids = {n: lab.status(n)["cluster"]["node_id"] for n in NODES}
     shakes = handshakes(lab, NODES)
@@ -122,6 +139,12 @@ def test_a_fourth_node_joins_under_calls(lab):
     to_n4 = [s for s in sites if cluster.successor(ids[home[s]], everyone) == ids["n4"]]
     lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("address") ==
                              "127.0.0.1:%d" % lab.node_ports["n4"] for s in to_n4), "standbys moved to n4", timeout=60)
+    # so do the phones straight at n2 (docs/cluster.md, 2b): their standby sessions at n4, n3's given up (a BYE:
+    # n3 stops listing them at once, not at their expiry, 75 s)
+    lab.wait_for(lambda: standby_phones(lab, "n4") == ["501", "502"], "501's and 502's standby sessions moved to n4",
+                 timeout=60)
+    lab.wait_for(lambda: standby_phones(lab, "n3") == [], "n3 no longer keeps 501's and 502's standby", timeout=30)
+    assert all(logged_out(lab, "n3", n) for n in ("501", "502"))
     # the node trunk sessions: n4 logs in to each node and each node to n4 (docs/cluster.md, Calls between nodes)
     lab.wait_for(lambda: all(len(lab.status(n)["cluster"]["trunks"]) == len(NODES) and
                              all(t["state"] == "up" for t in lab.status(n)["cluster"]["trunks"].values())

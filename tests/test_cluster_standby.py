@@ -337,3 +337,62 @@ def test_a_100k_mpy_phone_at_a_node_calls_and_logs_in_again_at_the_next_node_whe
             assert len(heard) >= 300 and all(p in frames for p in heard), (sender, len(heard))
     finally:
         lab.close()
+
+
+def test_in_the_network_lab_phones_behind_nat_straight_at_a_node_fail_over_to_its_successor():
+    """The network lab (root): nodes n1..n3 on their own Internet addresses, the engines beside them;
+    site c without a remote host, its firmware phones 301 and 302 behind the site's cone NAT router
+    (nftables masquerade), straight at n1. Each keeps its standby session at n1's successor through the
+    NAT (a mapping of its own, opened by the standby's HELLO and kept by its keepalives); a call between
+    them relayed by n1; n1 killed -9: the phones switch to their standby sessions (no new login), the
+    successor takes the call over, each phone's audio reaches the other in order with one gap, and the
+    call ends "normal clearing"."""
+    import time
+    from upbx.tools.netlab import Lab
+    from tests.clusterkit import hang_up_and_compare, start_call, survivor, wait_audio_flows
+    from tests.support import micropython_binary, require_root
+    require_root()
+    micropython_binary()
+    lab = Lab("upxs%s-" % os.urandom(2).hex())
+    engines = ex = None
+    try:
+        lab.up(nat="cone", sites=("c",), remote_sites=(), phones=2)
+        engines = cluster_lab.engines_in(lab)
+        ex = cluster_lab.ClusterNetlabExchange(lab, engines, nodes=("n1", "n2", "n3"), direct_media=False,
+                                               keepalive_s=2)
+        ex.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "302"]})
+        ex.start()
+        # every node knows every other (a phone told a cluster short of a node would choose another standby)
+        ex.wait_for(lambda: all(len(ex.status(n)["cluster"]["trunks"]) == 2 and
+                                all(t["state"] == "up" for t in ex.status(n)["cluster"]["trunks"].values())
+                                for n in ex.nodes), "trunk sessions between the nodes up", timeout=60)
+        succ = survivor(ex)
+        call = start_call(ex, "301", "302", tag="natstandby")
+        ex.wait_for(lambda: sorted(p["extension"] for p in ex.status(succ)["phones"] if p.get("standby"))
+                    == ["301", "302"], "both phones' standby sessions at %s" % succ, timeout=60)
+        # the standby sessions came through the NAT: the successor sees the router's public address
+        router = [p["address"] for p in ex.status(succ)["phones"]]
+        assert all(not a.startswith("10.") for a in router), router
+        ex.wait_for(lambda: [c["callee"] for c in ex.status("n1")["calls"]] == ["302"], "the call at n1", timeout=60)
+        wait_audio_flows(ex, call, "audio through n1")
+        time.sleep(1)   # the call's keys written (every 200 ms)
+        logins = {n: len(_lines(ex, succ, " login ", "name=%s " % n)) for n in ("301", "302")}
+        assert logins == {"301": 1, "302": 1}
+        killed = time.time()
+        ex.kill("n1")
+        ex.wait_for(lambda: [c["callee"] for c in ex.status(succ)["calls"]] == ["302"], "%s took the call over" % succ,
+                    timeout=30)
+        taken = time.time() - killed
+        wait_audio_flows(ex, call, "relayed audio after the failover")
+        # no new handshake: the standby sessions are home now
+        assert {n: len(_lines(ex, succ, " login ", "name=%s " % n)) for n in ("301", "302")} == logins
+        assert all(_lines(ex, "phone-natstandby-" + n, "switched to the standby session") for n in ("301", "302"))
+        gaps = hang_up_and_compare(ex, call)
+        print("network lab, phones behind NAT straight at n1, kill -9 of n1: %s had the call after %.1f s; audio gap "
+              "at 301: %d ms, at 302: %d ms" % (succ, taken, gaps["301"], gaps["302"]))
+    finally:
+        if ex is not None:
+            ex.close()
+        if engines is not None:
+            engines.close()
+        lab.down()

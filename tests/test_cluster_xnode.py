@@ -309,6 +309,19 @@ def _kill_callee_node(engines, nodes, homes, kill="b"):
     lab.start()
     lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("state") == "up" for s in "ab"),
                  "the remote hosts' standby sessions up", timeout=60)
+    procs = _answered_call(lab)
+    before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("101", "201")}
+    killed = time.time()
+    lost = lab.homes[kill]
+    lab.kill(lost)
+    lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("101", "201")),
+                 "audio both ways after the kill", timeout=40)
+    return lab, procs, lost, time.time() - killed
+
+
+def _answered_call(lab):
+    """101 (site a) calls 201 (site b), both sending noise and recording what they hear: their processes
+    once the call is answered, its audio flows both ways and its keys are in Redis."""
     procs = {}
     for number in ("201", "101"):
         wav = lab.path(number + ".wav")
@@ -324,13 +337,7 @@ def _kill_callee_node(engines, nodes, homes, kill="b"):
     lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) > 50 for n in ("101", "201")), "audio both ways",
                  timeout=30)
     time.sleep(1)   # the call keys written (every 200 ms)
-    before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("101", "201")}
-    killed = time.time()
-    lost = lab.homes[kill]
-    lab.kill(lost)
-    lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("101", "201")),
-                 "audio both ways after the kill", timeout=40)
-    return lab, procs, lost, time.time() - killed
+    return procs
 
 
 def _hang_up_and_check(lab, procs):
@@ -404,6 +411,35 @@ def test_node_killed_during_a_cross_node_call_a_third_node_carries_its_half_on(e
             gaps = _hang_up_and_check(lab, procs)
             print("kill -9 of the callee's node (3 nodes, its half to a third): audio both ways again %.1f s after "
                   "the kill; gap at 101 %d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
+        finally:
+            lab.close()
+
+
+def test_a_held_call_whose_node_is_lost_drops_its_media_to_the_lost_trunk_and_ends_after_the_hold(engines):
+    """The callee's node and the callee's remote host killed -9 together: nobody takes the lost half over.
+    The caller's node holds the call (HOLD_MS, 10 s) while 101 goes on talking; its voice for the trunk to
+    the lost node, whose login is down (no keys), is dropped and counted (it raised AttributeError in the
+    flush once: `internal-error ... where=flush` right after `node-lost`); then 101 hears "main host lost"."""
+    micropython_binary()
+    with cluster_lab.Engines() as own:   # nodes are killed: not the module's lab
+        lab = _lab(own, {"a": "n1", "b": "n2", "301": "n1"})
+        try:
+            lab.start()
+            procs = _answered_call(lab)
+            lab.kill("site-b")   # first: it must not switch to its standby at n1
+            lab.kill("n2")
+            procs["101"].wait(90)
+            call = lab.summary("k-101")["calls"][0]
+            assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_MAIN_LOST], call
+            status = lab.status("n1")
+            assert status["calls"] == [] and status["cluster"]["calls_lost_with_a_node"] == 1
+            assert status["stats"]["drops"].get("media to a link that is down", 0) >= 1, status["stats"]["drops"]
+            with open(lab.path("n1.log")) as f:
+                log = f.read()
+            assert "node-lost" in log and "internal-error" not in log, [
+                line for line in log.splitlines() if "internal-error" in line][:3]
+            procs["201"].kill()
+            procs["201"].wait(30)
         finally:
             lab.close()
 
@@ -543,38 +579,67 @@ def test_a_node_etcd_no_longer_lists_but_that_answers_on_its_trunk_keeps_its_cal
         lab.close()
 
 
-@pytest.mark.known_defect   # docs/cluster.md: the fix was taken back (a node not yet knowing its peers took keys)
 def test_a_phone_logging_in_again_after_its_node_died_takes_its_location_key_over(own_engines):
     """A phone straight at a node with no standby says nothing of its home at login (docs/cluster.md): its
-    node writes its location key unless another node has it. A key naming a node that is no longer alive
-    (its node died; the phone logged in again at the next one) is taken over at once, not left naming the
-    dead node until it expires (30 s: calls to the phone meanwhile went to the dead node); a key naming
-    a live node is left alone."""
+    node writes its location key unless another node has it. A key naming a node whose loss this node saw
+    (listed in etcd, then gone from it with its trunk silent: killed -9 here) is taken over, whether the
+    phone logged in before the loss was known (taken when it is) or after (at once), not left naming the
+    dead node until it expires (calls to the phone meanwhile went to the dead node). A key naming a node
+    this node never saw (absent from its list, as every node is from a node that has not read etcd yet) is
+    left alone."""
     engines = own_engines
     import redis
     from upbx.tools import bench_net
     lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2"), direct_media=False)
     r = redis.Redis.from_url(engines.redis_url)
     clients = []
+
+    def log_in(number, node):
+        c = bench_net.Client(wire.IE_EXTENSION, number, bytes.fromhex(lab.secrets[number]),
+                             ("127.0.0.1", lab.node_ports[node]))
+        c.start(bench_net._now_ms())
+        clients.append(c)
+        bench_net.pump([c], lambda: c.up)
+
+    def left():   # n2's writes that found another node's key and left it
+        return lab.status("n2")["stats"]["counters"].get("location: another node's key left", 0)
     try:
-        lab.provision(sites=("c",), remote_sites=(), phones={"c": ["381", "382"]})
+        lab.provision(sites=("c",), remote_sites=(), phones={"c": ["381", "382", "383"]})
         lab.start(one_by_one=True)
         ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
         assert 9 not in ids.values()
-        # 381's key names node 9, not alive (a node that died); 382's names n1, alive
-        r.set("upbx:loc:phone:381", "9", ex=30)
-        r.set("upbx:loc:phone:382", str(ids["n1"]), ex=30)
-        for number in ("382", "381"):   # 382 first: its key is written with 381's or before it
-            c = bench_net.Client(wire.IE_EXTENSION, number, bytes.fromhex(lab.secrets[number]),
-                                 ("127.0.0.1", lab.node_ports["n2"]))
-            c.start(bench_net._now_ms())
-            clients.append(c)
-            bench_net.pump(clients, lambda: all(c.up for c in clients))
-        lab.wait_for(lambda: r.get("upbx:loc:phone:381") == str(ids["n2"]).encode(), "381's key taken over by n2",
-                     timeout=30)
-        # 382's write went with 381's or before it: the key still names n1, alive
-        assert r.get("upbx:loc:phone:382") == str(ids["n1"]).encode()
+        n1, n2 = (str(ids[n]).encode() for n in ("n1", "n2"))
+        # 382's key names node 9, which n2 never saw (absent from its list): left alone (n2's only client)
+        r.set("upbx:loc:phone:382", "9", ex=600)
+        log_in("382", "n2")
+        lab.wait_for(lambda: left() >= 1, "n2 left 382's key to node 9", timeout=30)
+        assert r.get("upbx:loc:phone:382") == b"9"
+        # 381 at n1; then at n2 too (a phone that noticed its node's loss before n2 did): n1 is alive, its
+        # key is left alone
+        log_in("381", "n1")
+        lab.wait_for(lambda: r.get("upbx:loc:phone:381") == n1, "381's key names n1", timeout=30)
+        was = left()
+        log_in("381", "n2")
+        lab.wait_for(lambda: left() > was, "n2 left a key", timeout=30)
+        assert r.get("upbx:loc:phone:381") == n1
+        lab.kill("n1")
+        # the keys n1 wrote, as if written just before it died, with a life long enough that their expiry
+        # is not what moves them
+        r.set("upbx:loc:phone:381", n1, ex=600)
+        r.set("upbx:loc:phone:383", n1, ex=600)
+        lab.wait_for(lambda: ids["n1"] in lab.status("n2")["cluster"]["lost_nodes"], "n2 saw n1's loss", timeout=60)
+        # 381, logged in before: its key taken over once n2 knew
+        lab.wait_for(lambda: r.get("upbx:loc:phone:381") == n2, "381's key taken over by n2", timeout=30)
         assert 0 < r.ttl("upbx:loc:phone:381") <= 30
+        # 383 logs in after: taken over at its login
+        log_in("383", "n2")
+        lab.wait_for(lambda: r.get("upbx:loc:phone:383") == n2, "383's key taken over by n2", timeout=30)
+        assert 0 < r.ttl("upbx:loc:phone:383") <= 30
+        # node 9 was never seen to go: 382's key still names it, though n2 wrote it again with 381's when it
+        # saw n1's loss (one pipeline)
+        assert r.get("upbx:loc:phone:382") == b"9"
+        with open(lab.path("n2.log")) as f:
+            assert "node-gone node=%d" % ids["n1"] in f.read()
     finally:
         for c in clients:
             c.sock.close()

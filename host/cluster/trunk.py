@@ -58,10 +58,19 @@ return 0
 """
 
 
-# a client logged in here that has not said whether this is its home: ours unless another node's
+# a client logged in here that has not said whether this is its home: ours unless another node's, and
+# that node is not one whose loss this node saw (ARGV[3...], NodeTrunks.gone: listed in etcd, then its
+# lease ended with its trunk silent). Never on mere absence from the live list: a node that has not read
+# etcd yet lists nobody (a site's standby login at start-up took its home node's key so, in session 7)
 SET_UNLESS_OTHERS = """
 local v = redis.call('GET', KEYS[1])
-if v and v ~= ARGV[1] then return 0 end
+if v and v ~= ARGV[1] then
+  local gone = false
+  for i = 3, #ARGV do
+    if ARGV[i] == v then gone = true end
+  end
+  if not gone then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 return 1
 """
@@ -103,6 +112,8 @@ class NodeTrunks:
                                  # half its successor may take over (Takeover, host/cluster/calls.py)
         self.carried = 0         # calls carried on through a lost node's successor
         self.unlisted = set()    # nodes etcd no longer lists whose trunk is still up and heard (set_nodes)
+        self.gone = set()        # nodes whose loss we saw (listed, then unlisted with their trunk silent): a
+                                 # phone's location key naming one is taken over (SET_UNLESS_OTHERS)
 
     # the trunk sessions
 
@@ -119,6 +130,9 @@ class NodeTrunks:
             if node == self.node_id:
                 continue
             self.unlisted.discard(node)
+            if node in self.gone:
+                self.gone.discard(node)
+                self.core.log.info("node-back", node=node)   # started again (its number is kept by name)
             link = self.links.get(node)
             if link is None:
                 index = self.core.peers.reserve_index()
@@ -151,7 +165,20 @@ class NodeTrunks:
             self.core.peers.release_index(link.peer_index)
             link.up = False
             self._lost(node, link, "left the cluster", now)
+            self._gone(node, now)
         self.flush(now)
+
+    def _gone(self, node, now):
+        """node's loss is known: etcd listed it, lists it no more, and its trunk is silent. A client logged
+        in here that names no home (a phone straight at a node without a standby, logged in again after its
+        node died, maybe before we knew) takes its location key over from it now, not when the key expires
+        (docs/cluster.md)."""
+        self.gone.add(node)
+        self.core.log.info("node-gone", node=node)
+        for identity in self.core.links_by_name:
+            if identity[0] == "phone" and identity not in self.homes and identity not in self.standbys:
+                self.writes.setdefault(identity, "nx")
+        self._wake()
 
     @staticmethod
     def _alive(link, now):
@@ -494,6 +521,7 @@ class LocationService:
                                     and (kind, name) not in trunks.standbys):
                                 writes.setdefault((kind, name), "set" if (kind, name) in trunks.homes else "nx")
                     if writes:
+                        gone = [str(n) for n in trunks.gone]
                         try:
                             async with self.redis.pipeline(transaction=False) as pipe:
                                 for (kind, name), how in writes.items():
@@ -501,14 +529,20 @@ class LocationService:
                                     if how == "set":
                                         pipe.set(key, node, ex=LOCATION_TTL_S)
                                     elif how == "nx":
-                                        pipe.eval(SET_UNLESS_OTHERS, 1, key, node, LOCATION_TTL_S)
+                                        # a phone may take a lost node's key; a remote host never needs to
+                                        # (it names its home at every login: NODES standby 0, "set")
+                                        pipe.eval(SET_UNLESS_OTHERS, 1, key, node, LOCATION_TTL_S,
+                                                  *(gone if kind == "phone" else ()))
                                     else:
                                         pipe.eval(DELETE_IF_OURS, 1, key, node)
-                                await pipe.execute()
+                                results = await pipe.execute()
                         except BaseException:
                             for identity, how in writes.items():
                                 trunks.writes.setdefault(identity, how)
                             raise
+                        left = sum(1 for how, done in zip(writes.values(), results) if how == "nx" and not done)
+                        if left:   # another live node's key (or one of a node not known to be lost)
+                            self.core.stats.count("location: another node's key left", left)
                     asked = sorted(trunks.asked)
                     if asked:
                         values = await self.redis.mget([LOCATION_KEY % identity for identity in asked])

@@ -180,3 +180,31 @@ def test_a_phone_at_a_node_logs_in_next_by_its_rendezvous_order():
     alone.login._events.append(LoginDown("dead"))
     alone._login_events(0)
     assert alone.cluster_nodes is None and alone.host_next is None
+
+
+def test_a_phone_at_a_node_moves_its_standby_to_its_nodes_new_successor():
+    # node 2's successor is 3 among 1..3 and 4 among 1..4 (test_a_nodes_clients_share_one_standby_its_successor):
+    # a phone at node 2 keeps its standby at node 3, and moves it to node 4 when NODES says node 4 joined,
+    # as a remote host does (a phone once kept its standby at the old successor, docs/cluster.md 2b)
+    import os
+    from common.login import LoginUp
+    from common.phone import Phone
+    three = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3)]
+    phone = Phone("201", bytes(16), os.urandom)
+    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster.encode_nodes(three)}))
+    phone._login_events(0)
+    assert phone.standby_to == ("198.18.0.3", 4569)
+    first = phone.standby
+    assert first.datagrams_to_send(0)   # its HELLO
+    # node 1 leaves: node 2's successor is still 3, the standby stays as it is
+    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(three[1:])}, 100)
+    assert phone.standby is first and phone.standby_to == ("198.18.0.3", 4569)
+    # node 4 joins: the standby goes to node 4, a new login with the same index
+    four = three + [(4, ("198.18.0.4", 4569))]
+    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(four)}, 200)
+    assert phone.standby is not first and phone.standby_to == ("198.18.0.4", 4569)
+    assert phone.standby.local_index == first.local_index and phone.standby.datagrams_to_send(200)
+    # node 4 leaves again: back to node 3
+    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(three)}, 300)
+    assert phone.standby_to == ("198.18.0.3", 4569)
