@@ -48,6 +48,7 @@ static PyObject *s_fast, *s_key, *s_legs, *s_stats, *s_relayed, *s_trunks, *s_li
     *s_highest, *s_seen, *s_call, *s_a, *s_b, *s_state, *s_held_by, *s_fanout, *s_conference, *s_moh_last, *s_direct, *s_trunked,
     *s_ts_shift, *s_ts_out, *s_frames, *s_count, *s_drop, *s_recv_ctr, *s_send_ctr, *s_role, *s_received,
     *s_rejected, *s_sent, *s_peer_call_no, *s_jump_ok, *s_trunks_in, *s_media_in, *s_media_rejected;
+static PyObject *s_own_numbers;   /* Switch.own_numbers(link): its legs are keyed (link, call number) */
 
 /* --- keys ------------------------------------------------------------------------------------ */
 
@@ -294,9 +295,14 @@ typedef struct {
     int i;                                                    /* 0: towards call.a, 1: call.b */
 } entry_t;
 
-/* Everything an entry needs, or 0 when it is not the common case (the Python path takes the frame). */
-static int prepare(entry_t *e, PyObject *legs, PyObject *link, PyObject *hold) {
-    PyObject *key = PyLong_FromLong(e->call_no), *v;
+/* Everything an entry needs, or 0 when it is not the common case (the Python path takes the frame). The leg
+ * is legs[(link, call number)] when the link numbers its legs alone (own: Switch.own_numbers), else
+ * legs[call number]. */
+static int prepare(entry_t *e, PyObject *legs, PyObject *link, int own, PyObject *hold) {
+    PyObject *number = PyLong_FromLong(e->call_no), *key, *v;
+    if (number == NULL) return -1;
+    key = own ? PyTuple_Pack(2, link, number) : Py_NewRef(number);
+    Py_DECREF(number);
     if (key == NULL) return -1;
     e->leg = PyDict_GetItemWithError(legs, key);
     Py_DECREF(key);
@@ -366,8 +372,13 @@ static PyObject *trunk_in_impl(PyObject *sw, PyObject *frame_obj, PyObject *link
     hold = PyList_New(0);
     if (hold == NULL) goto done;
     if ((legs = PyObject_GetAttr(sw, s_legs)) == NULL) goto done;
+    PyObject *own_obj = PyObject_CallMethodOneArg(sw, s_own_numbers, link);
+    if (own_obj == NULL) goto done;
+    int own = PyObject_IsTrue(own_obj);
+    Py_DECREF(own_obj);
+    if (own < 0) goto done;
     for (int k = 0; k < count; k++) {
-        int r = prepare(&entries[k], legs, link, hold);
+        int r = prepare(&entries[k], legs, link, own, hold);
         if (r < 0) goto done;
         if (r == 0) goto defer;
     }
@@ -2082,6 +2093,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     S(s_trunk_route, "trunk_route"); S(s_meter, "meter"); S(s_add, "add"); S(s_touch, "_touch"); S(s_now, "now");
     S(s_switch, "switch"); S(s_datagrams_in, "datagrams in"); S(s_bytes_in, "bytes in");
     S(s_trunks_in, "trunks in"); S(s_media_in, "media in"); S(s_media_rejected, "media rejected");
+    S(s_own_numbers, "own_numbers");
 #undef S
     if (PyType_Ready(&RelayType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);

@@ -182,8 +182,8 @@ class Conferences:
         if active is None or link.kind not in ("phone", "host"):
             core.stats.drop("unknown call")
             return
-        held = self.switch.legs.get(ies.get(wire.IE_CONF_CALL_NO))
-        if held is None or held.link is not link or held is active:
+        held = self.switch.leg(link, ies.get(wire.IE_CONF_CALL_NO))
+        if held is None or held is active:
             return self._refuse(active, "no other call", now)
         if active.call.state != "answered" or held.call.state != "answered":
             return self._refuse(active, "calls not answered", now)

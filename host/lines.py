@@ -69,9 +69,8 @@ def transfer(host, link, ies, now):
     Returns True when joined here, "handed" when handed to the main host, None when dropped."""
     switch = host.switch
     x1 = switch.leg_for(ies, link)
-    x2 = switch.legs.get(ies.get(wire.IE_JOIN_CALL_NO))
-    if (not (_phone(link) or link.kind == "host") or x1 is None or x2 is None or x2.link is not link
-            or x2.call is x1.call):
+    x2 = switch.leg(link, ies.get(wire.IE_JOIN_CALL_NO))
+    if not (_phone(link) or link.kind == "host") or x1 is None or x2 is None or x2.call is x1.call:
         host.stats.drop("bad transfer")
         return
     c1, c2 = x1.call, x2.call

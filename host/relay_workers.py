@@ -129,7 +129,8 @@ class RelayWorkers:
         self._links_stamp = None            # the core's (logins and logouts, address moves) at the last look
         self.looked_at_changed = 0          # calls looked at the tick after a hold changed them (status)
         self.delegated = {}                 # (call id, i) -> (worker, call, recv leg, out leg)
-        self.by_recv_leg = {}               # our call number of a delegated receiving leg -> key
+        self.by_recv_leg = {}               # (its session index, our call number) of a delegated receiving leg -> key
+                                            # (a node numbers a remote host's legs on its session alone)
         self.inbox = []                     # (worker, message) read while waiting for a revoke
         self.dead = set()                   # workers that died (fail)
         self.confirmed = set()              # delegated directions the worker said it holds
@@ -226,9 +227,10 @@ class RelayWorkers:
             if owner not in self.dead and self.revoke(key):
                 continue
             self.delegated.pop(key, None)
-            self.table_keys.pop(key, None)
+            named = self.table_keys.pop(key, None)
             self.confirmed.discard(key)
-            self.by_recv_leg.pop(recv.call_no, None)
+            if named is not None and self.by_recv_leg.get(named[:2]) == key:
+                del self.by_recv_leg[named[:2]]
             if not call.released:
                 for leg in (call.a, call.b):
                     if leg is not None:
@@ -339,8 +341,8 @@ class RelayWorkers:
                 named = ()
             local = self.local.stamps(data) if len(self.local) else None
             for call_no in named:
-                key = self.by_recv_leg.get(call_no)
-                if key is not None and call_no not in stamps and self.table_keys[key][0] == session:
+                key = self.by_recv_leg.get((session, call_no))
+                if key is not None and call_no not in stamps:
                     if self.delegated[key][0] == 0:   # the main host's own table holds the window
                         if local is not None and call_no in local:
                             stamps[call_no] = local[call_no]
@@ -358,8 +360,9 @@ class RelayWorkers:
             # calls in one trunk with a call not delegated yet): the directions it names come back for it,
             # and go out again right after it if they still are the common case
             back = []
+            session = wire.session_of(data)
             for call_no in stamps:
-                key = self.by_recv_leg.get(call_no)
+                key = self.by_recv_leg.get((session, call_no))
                 if key is None:
                     continue
                 entry = self.delegated[key]
@@ -368,7 +371,6 @@ class RelayWorkers:
                     return
                 back.append((key, entry))
             core.receive_datagram(data, address, now)
-            session = wire.session_of(data)
             self._sync_link(session)   # B7: a new address goes to the tables before they relay again
             # the frame's other calls: a new one goes to the table now; one that cannot (a phone's call,
             # a held one) keeps the host's directions here a while, so its trunks are not borrowed frame by frame
@@ -385,11 +387,11 @@ class RelayWorkers:
         """Delegate the directions a borrowed frame names that are not delegated and can be; True when one cannot."""
         peer = self.core.peers.peers.get(session)
         link = self.core.links.get(peer.index) if peer is not None else None
-        legs = self.core.switch.legs
+        switch = self.core.switch
         mixed = False
         for call_no in named:
-            leg = legs.get(call_no)
-            if call_no in stamps or leg is None or leg.link is not link or leg.call is None:
+            leg = switch.leg(link, call_no) if link is not None else None
+            if call_no in stamps or leg is None or leg.call is None:
                 continue
             call = leg.call
             i = 0 if leg is call.b else 1     # frames received on leg b go out on leg a: direction 0
@@ -409,16 +411,16 @@ class RelayWorkers:
         link = self.core.links.get(peer.index) if peer is not None else None
         if link is None:
             return False
-        legs, ended = self.core.switch.legs, self.core.switch._ended
+        switch = self.core.switch
 
         def extend(call_no, ts16):
             highest = stamps.get(call_no)   # the worker's, or None: ours
             if highest is None:
-                leg = legs.get(call_no)
-                if leg is not None and leg.link is link:
+                leg = switch.leg(link, call_no)
+                if leg is not None:
                     highest = leg.media.replay.highest
                 else:   # a call that just ended: its late frames still authenticate (Switch.trunk_in)
-                    gone = ended.get(call_no)
+                    gone = switch._ended.get(switch.key(link, call_no))
                     if gone is None or gone[1] != link.serial:
                         return None
                     highest = gone[0]
@@ -521,8 +523,8 @@ class RelayWorkers:
         a, b = call.a, call.b
         if b is None or b.state != CONNECTED or not ((out is a and recv is b) or (out is b and recv is a)):
             return False
-        legs, links = self.core.switch.legs, self.links
-        if legs.get(recv.call_no) is not recv or legs.get(out.call_no) is not out:
+        switch, links = self.core.switch, self.links
+        if switch.leg(recv.link, recv.call_no) is not recv or switch.leg(out.link, out.call_no) is not out:
             return False
         recv_link, out_link = recv.link, out.link
         if recv_link.kind != "host" or out_link.kind != "host" or recv_link.session is None or out_link.session is None:
@@ -547,7 +549,7 @@ class RelayWorkers:
             self._tell(worker, ("delegate", key, args))
         self.delegated[key] = (worker, call, recv, out)
         self.table_keys[key] = (index, recv.call_no, args[4])
-        self.by_recv_leg[recv.call_no] = key
+        self.by_recv_leg[index, recv.call_no] = key
 
     def call_ending(self, call):
         """A call ends (HostCore.end_call): its delegated directions come back first, so its frames
@@ -582,8 +584,8 @@ class RelayWorkers:
         del self.delegated[key]
         del self.table_keys[key]
         self.confirmed.discard(key)
-        if self.by_recv_leg.get(recv.call_no) == key:
-            del self.by_recv_leg[recv.call_no]
+        if self.by_recv_leg.get((index, call_no)) == key:
+            del self.by_recv_leg[index, call_no]
         if state is None:
             return True
         (highest, seen, held), ts_out, received, rejected, sent, frames = state

@@ -169,7 +169,8 @@ class Call:
 
 
 class Switch:
-    """Legs by our call number, trunk queues by link, media forwarding."""
+    """Legs by our call number (by link and number for a node's remote hosts: own_numbers), trunk queues
+    by link, media forwarding."""
 
     def __init__(self, send, stats, trunk_mtu=1472, max_legs=None):
         self.send = send              # send(data, address, voice): the core's outbox
@@ -180,20 +181,52 @@ class Switch:
         self._serials = itertools.count()
         self._next = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
         self.node_id = None           # a cluster's node: set_node
-        self.capacity = wire.MAX_CALL_NO   # legs at once (a cluster's node: its own call numbers, 2,048)
+        self.capacity = wire.MAX_CALL_NO   # legs numbered switch-wide at once (a cluster's node: 2,048)
+        self.own_legs = 0             # legs numbered on their link alone (a node's remote hosts: own_numbers)
+        self.reserved = None          # reserved(link, call_no): a number of link not to give out (a node's Takeover)
+        self._next_own = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
         self._trunks = {}           # link -> [(media leg, ts, payload bytes)]
         self._relayed = set()       # links queued to from received trunk frames (flush_relayed)
-        self._ended = {}            # call number -> (highest timestamp, link serial, direct serial, when ended)
-        self._ended_order = collections.deque()   # (time ended, call number), oldest first
+        self._ended = {}            # key (as legs') -> (highest timestamp, link serial, direct serial, when ended)
+        self._ended_order = collections.deque()   # (time ended, key), oldest first
         self.trunk_mtu = trunk_mtu
         self._buf = bytearray(65536)
         self.bytes_out_by_link = {}
         self.fast = fastpath.native   # the C fast path (host/fastpath.py), or None: the Python path
 
-    def allocate_call_no(self):
-        """A free call number, or None when all 32,767 are taken (never waits for one). A node of a
-        cluster gives out only its own (common/cluster.py): 2,048, its node id in each."""
-        if len(self.legs) >= self.capacity:
+    def own_numbers(self, link):
+        """True when link's legs are numbered on link alone: a cluster node's remote host sessions, each
+        with its own 32,767 (docs/cluster.md, "Call legs per link"). Their trunk frames and signalling name
+        a leg together with their session index, so a number need be unique only there. A phone's mini
+        frame names its call number alone, and a leg on a node trunk may move to another node's trunk (a
+        lost node's half carried on): theirs stay unique on the node, with its id in them."""
+        return self.node_id is not None and link.kind == "host"
+
+    def key(self, link, call_no):
+        """Where link's leg call_no is in self.legs (and self._ended): (link, call_no) for links that number
+        their legs alone (own_numbers), else call_no."""
+        return (link, call_no) if self.own_numbers(link) else call_no
+
+    def leg(self, link, call_no):
+        """Our leg call_no on link, else None."""
+        leg = self.legs.get(self.key(link, call_no))
+        return leg if leg is not None and leg.link is link else None
+
+    def allocate_call_no(self, link=None):
+        """A free call number for a leg on link, or None when none is (never waits for one). A standalone
+        host's legs share 32,767; a node of a cluster gives its own (common/cluster.py) to phones and node
+        trunks, 2,048 with its node id in each, and each remote host session 32,767 of its own."""
+        if link is not None and self.own_numbers(link):
+            if link.legs >= wire.MAX_CALL_NO:
+                return None
+            legs, reserved = self.legs, self.reserved
+            for _ in range(wire.MAX_CALL_NO):
+                self._next_own = self._next_own % wire.MAX_CALL_NO + 1
+                call_no = self._next_own
+                if (link, call_no) not in legs and (reserved is None or not reserved(link, call_no)):
+                    return call_no
+            return None
+        if len(self.legs) - self.own_legs >= self.capacity:
             return None
         if self.node_id is not None:
             for _ in range(cluster.LOCAL_CALLS):
@@ -217,7 +250,9 @@ class Switch:
 
         Checked before anything is created, so a refused SETUP leaves no state.
         """
-        if len(self.legs) + len(links) > self.capacity:
+        shared = [link for link in links if not self.own_numbers(link)]
+        if len(self.legs) - self.own_legs + len(shared) > self.capacity or any(
+                link.legs + links.count(link) > wire.MAX_CALL_NO for link in links if link not in shared):
             self.stats.drop("no free call number")
             return wire.CAUSE_NETWORK_BUSY
         for link in links:
@@ -229,15 +264,22 @@ class Switch:
 
     def new_leg(self, link, media_key, role, call):
         """A leg of call on link; call admit() first (raises RuntimeError when no number is free)."""
-        call_no = self.allocate_call_no()
+        call_no = self.allocate_call_no(link)
         if call_no is None:
             raise RuntimeError("no free call number: admit() was not asked")
         leg = CallLeg(call_no, media_key, role)
         leg.link = link
         leg.call = call
-        self.legs[call_no] = leg
-        link.legs += 1
+        self.place(leg)
         return leg
+
+    def place(self, leg):
+        """leg (its link and call number set, free there) into the table: a new leg, or one taken over."""
+        link = leg.link
+        self.legs[self.key(link, leg.call_no)] = leg
+        link.legs += 1
+        if self.own_numbers(link):
+            self.own_legs += 1
 
     def incoming(self, call, link, ies):
         """Leg a of call: the SETUP (ies) that came in on link, checked by the caller of this."""
@@ -322,24 +364,27 @@ class Switch:
 
     def _forget_leg(self, leg, now):
         """leg is released: its call number is free again, its late frames still authenticate a while."""
-        if self.legs.get(leg.call_no) is not leg:
+        key = self.key(leg.link, leg.call_no)
+        if self.legs.get(key) is not leg:
             return
         leg.apply(TIMEOUT)    # released, whatever ended it
-        del self.legs[leg.call_no]
+        del self.legs[key]
         leg.link.legs -= 1
+        if type(key) is tuple:
+            self.own_legs -= 1
         media = leg.direct[0] if leg.direct else leg.media
-        self._ended[leg.call_no] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
-                                    leg.direct[1].serial if leg.direct else None, now)
-        self._ended_order.append((now, leg.call_no))
+        self._ended[key] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
+                            leg.direct[1].serial if leg.direct else None, now)
+        self._ended_order.append((now, key))
 
     def _forget_ended(self, now):
         """Ended calls are remembered for ENDED_KEEP_MS (frames in flight), never more than ENDED_MAX."""
         order, ended = self._ended_order, self._ended
         while order and (now - order[0][0] > ENDED_KEEP_MS or len(order) >= ENDED_MAX):
-            when, call_no = order.popleft()
-            entry = ended.get(call_no)
+            when, key = order.popleft()
+            entry = ended.get(key)
             if entry is not None and entry[3] == when:   # not a later call's that ended with this number
-                del ended[call_no]
+                del ended[key]
 
     # a message from the far end of one leg, and what the switch says on the other leg
     _PASS = {wire.ALERTING: (ALERTING_RECEIVED, ALERTING_SENT), wire.ANSWER: (ANSWER_RECEIVED, ANSWER_SENT),
@@ -395,8 +440,8 @@ class Switch:
                 if leg.link is link and leg.peer_call_no == theirs:
                     return leg
             return None
-        leg = self.legs.get(ours)
-        if leg is None or leg.link is not link:
+        leg = self.leg(link, ours)
+        if leg is None:
             return None
         leg.learn_peer(ies.get(wire.IE_CALL_NO))
         return leg
@@ -442,9 +487,10 @@ class Switch:
                 return handled
         legs = self.legs
         ended = self._ended
+        own = self.own_numbers(link)   # a node's remote host: its legs are (link, number) in legs and ended
 
         def media_of(call_no):
-            leg = legs.get(call_no)
+            leg = legs.get((link, call_no) if own else call_no)
             if leg is None:
                 return None
             if direct:
@@ -455,7 +501,7 @@ class Switch:
             media = media_of(call_no)
             if media is not None:
                 return extend16(media.replay.highest, ts16)
-            gone = ended.get(call_no)  # a call that just ended: its frames still authenticate
+            gone = ended.get((link, call_no) if own else call_no)  # just ended: its frames still authenticate
             if gone is None or (gone[2] if direct else gone[1]) != link.serial:
                 return None
             return extend16(gone[0], ts16)
@@ -478,7 +524,7 @@ class Switch:
                 stats.drop("media rejected")
                 continue
             opened += 1
-            out = self.forward(legs[call_no], ts, payload, now)
+            out = self.forward(legs[(link, call_no) if own else call_no], ts, payload, now)
             if out is not None:
                 relayed.add(out)
         stats.count("media in", opened)

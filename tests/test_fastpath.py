@@ -48,29 +48,57 @@ def test_seal_trunk_matches_the_protocol_vector_and_the_python_path():
     assert [leg.sent for leg, _t, _p in entries_c] == [1] * len(entries_c)
 
 
-class Side:
-    """One Switch with two host links (A, B) and `calls` answered calls A -> B, made from a seed."""
+class HostSession:
+    """What a remote host's Link at the main host reads of its session (host/peers.py Peer): its trunk keys,
+    its index at the far end, its address; the SETUPs it is asked to send are kept."""
 
-    def __init__(self, seed, calls, fast, monkeypatch, mtu=1472):
+    def __init__(self, recv_key, send_key, peer_index, address):
+        crypto = types.SimpleNamespace(recv_auth=HmacKey(recv_key), send_auth=HmacKey(send_key))
+        self.channel = types.SimpleNamespace(crypto=crypto, peer_index=peer_index)
+        self.address = address
+        self.sent = []
+
+    def send(self, msg_type, ies, now):
+        self.sent.append((msg_type, ies))
+
+
+class Side:
+    """One Switch with two host links (A, B) and `calls` answered calls A -> B, made from a seed. node: the
+    switch is a cluster node's and A and B remote hosts' sessions, which number their legs each on its own
+    (Switch.own_numbers): both legs of call i get the same number, 100 + i, one on A and one on B."""
+
+    def __init__(self, seed, calls, fast, monkeypatch, mtu=1472, node=False):
         rng = random.Random(seed)
         monkeypatch.setattr(switch_module, "os", types.SimpleNamespace(urandom=rng.randbytes))
         self.out = []
         self.stats = Stats()
         self.sw = Switch(lambda data, address, voice: self.out.append((bytes(data), address, voice)), self.stats, mtu)
         self.sw.fast = native if fast else None
+        if node:
+            self.sw.set_node(3)
         self.links = []
         for name, recv_key, send_key, address in (("a", 0, 1, ("198.18.0.10", 4569)), ("b", 2, 3, ("198.18.0.11", 4569))):
-            link = Link(name, "pair", address=address)
-            link.trunk_recv_auth = HmacKey(LINK_KEYS[recv_key])
-            link.trunk_auth = HmacKey(LINK_KEYS[send_key])
-            link.peer_index = 0x1234 + recv_key
+            if node:
+                link = Link(name, "host", session=HostSession(LINK_KEYS[recv_key], LINK_KEYS[send_key],
+                                                               0x1234 + recv_key, address))
+            else:
+                link = Link(name, "pair", address=address)
+                link.trunk_recv_auth = HmacKey(LINK_KEYS[recv_key])
+                link.trunk_auth = HmacKey(LINK_KEYS[send_key])
+                link.peer_index = 0x1234 + recv_key
             self.links.append(link)
         self.far = []   # (far end of leg a at host A, far end of leg b at host B)
         for i in range(calls):
             call = self.sw.new_call("1%03d" % i, "2%03d" % i, 0)
             key_a = rng.randbytes(16)
+            if node:
+                self.sw._next_own = 99 + i
             leg_a = self.sw.incoming(call, self.links[0], {wire.IE_MEDIA_KEY: key_a, wire.IE_CALL_NO: 100 + i})
+            if node:
+                self.sw._next_own = 99 + i
+                assert leg_a.call_no == 100 + i
             leg_b = self.sw.offer(call, self.links[1], 0)
+            assert not node or leg_b.call_no == leg_a.call_no
             leg_b.learn_peer(200 + i)
             if i % 5 != 4:   # every fifth call rings and is never answered
                 for leg, event in ((leg_b, ALERTING_RECEIVED), (leg_a, ALERTING_SENT), (leg_b, ANSWER_RECEIVED),
@@ -90,9 +118,9 @@ class Side:
 
     def state(self):
         legs = {}
-        for no, leg in sorted(self.sw.legs.items()):
+        for leg in sorted(self.sw.legs.values(), key=lambda leg: (leg.link.name, leg.call_no)):
             m = leg.media
-            legs[no] = (m.replay.highest, bytes(m.replay._seen), m.replay._held, m.received, m.rejected, m.sent, leg.state)
+            legs[leg.link.name, leg.call_no] = (m.replay.highest, bytes(m.replay._seen), m.replay._held, m.received, m.rejected, m.sent, leg.state)
         calls = {c.call_id: (c.frames, list(c.ts_out), list(c.ts_shift)) for c in self.sw.calls.values()}
         return self.stats.as_dict(), legs, calls, dict(self.sw.bytes_out_by_link)
 
@@ -106,7 +134,7 @@ def _frame(side, rng, op, ts_base):
     far = [side.far[i % len(side.far)][link_no] for i in calls]
     ts = ts_base + 20 * step
     entries = [(leg, ts + 20 * j * (kind == "jump"), bytes([7]) if cn else bytes(range(160))) for j, leg in enumerate(far)]
-    auth = HmacKey(LINK_KEYS[0 if link_no == 0 else 2])
+    auth = HmacKey(LINK_KEYS[0 if link_no == 0 else 2])   # the far end's send key: the link's receive key
     frame = bytearray(seal_trunk(auth, SESSION[link_no], entries, bytearray(65536)))
     if kind == "forged":
         frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
@@ -128,10 +156,10 @@ OPS = st.lists(st.tuples(st.sampled_from(["ok", "ok", "ok", "replay", "forged", 
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2 ** 32), ops=OPS, mtu=st.sampled_from([200, 500, 1472, 65000]))
-def test_fast_and_python_paths_relay_the_same_bytes_and_count_the_same(seed, ops, mtu, monkeypatch):
-    py = Side(seed, 10, False, monkeypatch, mtu)
-    c = Side(seed, 10, True, monkeypatch, mtu)
+@given(seed=st.integers(0, 2 ** 32), ops=OPS, mtu=st.sampled_from([200, 500, 1472, 65000]), node=st.booleans())
+def test_fast_and_python_paths_relay_the_same_bytes_and_count_the_same(seed, ops, mtu, node, monkeypatch):
+    py = Side(seed, 10, False, monkeypatch, mtu, node)
+    c = Side(seed, 10, True, monkeypatch, mtu, node)
     assert py.state() == c.state()
     rng_py, rng_c = random.Random(seed), random.Random(seed)
     sent = []
@@ -171,13 +199,14 @@ class TableSide(Side):
     path, after its tag is checked with the table's windows and the directions it names are taken back
     (and delegated again after it); a hold, a resume or an end takes every direction back first."""
 
-    def __init__(self, seed, calls, monkeypatch, mtu=1472):
-        super().__init__(seed, calls, False, monkeypatch, mtu)
+    def __init__(self, seed, calls, monkeypatch, mtu=1472, node=False):
+        super().__init__(seed, calls, False, monkeypatch, mtu, node)
         self.mtu = mtu
         self.table = native.Relay(mtu)
         for k, link in enumerate(self.links):
             recv_key, send_key = (0, 1) if k == 0 else (2, 3)
-            self.table.link(SESSION[k], link.name, LINK_KEYS[recv_key], LINK_KEYS[send_key], link.peer_index, link.address)
+            peer_index = link.peer_index if link.kind == "pair" else link.session.channel.peer_index
+            self.table.link(SESSION[k], link.name, LINK_KEYS[recv_key], LINK_KEYS[send_key], peer_index, link.address)
         self.delegated = {}   # (call id, i) -> (call, recv leg, out leg)
         self.taken = 0
         self.delegate_all()
@@ -191,8 +220,8 @@ class TableSide(Side):
             return False
         out, recv = (a, b) if i == 0 else (b, a)
         return (b.state == CONNECTED and not call.conference and not call.fanout and out.direct is None
-                and recv.direct is None and bool(out.peer_call_no) and self.sw.legs.get(recv.call_no) is recv
-                and self.sw.legs.get(out.call_no) is out)
+                and recv.direct is None and bool(out.peer_call_no) and self.sw.leg(recv.link, recv.call_no) is recv
+                and self.sw.leg(out.link, out.call_no) is out)
 
     def delegate_all(self):
         for call in list(self.sw.calls.values()):
@@ -245,21 +274,22 @@ class TableSide(Side):
             def extend(call_no, ts16):
                 if call_no in stamps:
                     return extend16(stamps[call_no], ts16)
-                leg = self.sw.legs.get(call_no)
-                if leg is not None and leg.link is link:
+                leg = self.sw.leg(link, call_no)
+                if leg is not None:
                     return extend16(leg.media.replay.highest, ts16)
-                gone = self.sw._ended.get(call_no)   # a call that just ended (Switch.trunk_in's rule)
+                gone = self.sw._ended.get(self.sw.key(link, call_no))   # a call that just ended (Switch.trunk_in's rule)
                 return extend16(gone[0], ts16) if gone is not None and gone[1] == link.serial else None
             try:
-                authentic = open_trunk(link.trunk_recv_auth, bytearray(frame), extend) is not None
+                auth = link.trunk_recv_auth if link.kind == "pair" else link.session.channel.crypto.recv_auth
+                authentic = open_trunk(auth, bytearray(frame), extend) is not None
             except wire.DecodeError:
                 authentic = False
             if not authentic:   # a forgery moves nothing: dropped as the Python path drops it
                 self.stats.drop("trunk rejected")
                 return out
-            by_no = {recv.call_no: key for key, (_c, recv, _o) in self.delegated.items()}
+            by_no = {(self.session_of(recv), recv.call_no): key for key, (_c, recv, _o) in self.delegated.items()}
             for call_no in stamps:
-                self.revoke(by_no[call_no])
+                self.revoke(by_no[SESSION[link_no], call_no])
         _result, python_out = super().feed(link_no, frame, now)
         self.delegate_all()
         return out + python_out
@@ -279,13 +309,14 @@ def _without_zero_counters(state):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2 ** 32), ops=OPS, mtu=st.sampled_from([200, 500, 1472, 65000]), answered=st.booleans())
-def test_the_relay_table_and_the_python_path_relay_the_same_bytes_and_count_the_same(seed, ops, mtu, answered,
+@given(seed=st.integers(0, 2 ** 32), ops=OPS, mtu=st.sampled_from([200, 500, 1472, 65000]), answered=st.booleans(),
+       node=st.booleans())
+def test_the_relay_table_and_the_python_path_relay_the_same_bytes_and_count_the_same(seed, ops, mtu, answered, node,
                                                                                      monkeypatch):
     if answered:   # frames of answered calls only (every fifth call rings): most of them the table's common case
         ops = [(kind, [c - 1 if c % 5 == 4 else c for c in calls], step, cn, link) for kind, calls, step, cn, link in ops]
-    py = Side(seed, 10, False, monkeypatch, mtu)
-    t = TableSide(seed, 10, monkeypatch, mtu)
+    py = Side(seed, 10, False, monkeypatch, mtu, node)
+    t = TableSide(seed, 10, monkeypatch, mtu, node)
     assert _without_zero_counters(py.state()) == t.state()
     rng_py, rng_t = random.Random(seed), random.Random(seed)
     sent = []

@@ -85,8 +85,10 @@ def _relay(lab, nodes, pids, calls, seconds):
                                   # a call is 100 frames a second (50 each way): calls one core relays at this cost
                                   "calls_per_core_by_cpu": int(1e6 / (us * 100)) if us > 0 else None}
         out["cluster_calls_per_core_by_cpu"] = sum(p["calls_per_core_by_cpu"] or 0 for p in out["per_node"].values())
-        # what the layout lets a node relay whatever its cores (common/cluster.py: two call numbers a call)
-        out["calls_per_node_by_call_numbers"] = cluster.LOCAL_CALLS // 2
+        # what call numbers let a node relay whatever its cores (docs/cluster.md "Call legs per link"): legs of
+        # phones and node trunks share layout 1's 2,048 (common/cluster.py), each remote host's session has 32,767
+        out["calls_per_node_by_call_numbers"] = {"between_phones": cluster.LOCAL_CALLS // 2,
+                                                 "legs_per_remote_host": wire.MAX_CALL_NO}
         # all nodes at once: the cluster's calls, each node its own (one load generator for all)
         import threading
         results = {}
@@ -518,8 +520,10 @@ def table_cluster(r):
     for node, p in rc["per_node"].items():
         lines.append("    %s: loss %s %%, %s us CPU per relayed frame, %s calls per core by CPU" % (
             node, p["loss_pct"], p["us_per_frame"], p["calls_per_core_by_cpu"]))
+    numbers = rc["calls_per_node_by_call_numbers"]
     lines.append("    cluster: %s calls per core by CPU (the nodes' sum: one core each); a node's call numbers "
-                 "carry %d calls" % (rc["cluster_calls_per_core_by_cpu"], rc["calls_per_node_by_call_numbers"]))
+                 "carry %d calls between its phones and %d legs on each remote host's session"
+                 % (rc["cluster_calls_per_core_by_cpu"], numbers["between_phones"], numbers["legs_per_remote_host"]))
     lines.append("    all at once, %d calls: loss %s %% (by node %s)" % (
         rc["all_at_once"]["calls"], rc["all_at_once"]["loss_pct"], rc["all_at_once"]["loss_pct_by_node"]))
     cross = rc.get("cross_node")

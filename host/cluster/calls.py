@@ -129,7 +129,8 @@ class Takeover:
 
     def _ask(self, link, call_no, now):
         switch = self.core.switch
-        if call_no in switch.legs or call_no in switch._ended:   # ours, or one that just ended here
+        key = switch.key(link, call_no)
+        if key in switch.legs or key in switch._ended:   # ours, or one that just ended here
             return None
         key = (link.kind, link.name, call_no)
         entry = self.want.get(key)
@@ -140,6 +141,11 @@ class Takeover:
             entry = self.want[key] = (now, [])
             self.core.stats.count("takeover: call numbers asked for")
         return entry
+
+    def asked(self, link, call_no):
+        """True while link's call_no is asked for: the switch gives it to no new leg (Switch.reserved), since
+        a remote host's legs are numbered on its session alone and a lost node's may have it."""
+        return (link.kind, link.name, call_no) in self.want
 
     def trunk(self, link, frame, now):
         """A trunk frame from a remote host: the call numbers in it this node does not know."""
@@ -206,8 +212,7 @@ class Takeover:
         new.call = call
         core.xnode.held.pop(own.call_no, None)
         switch._forget_leg(own, now)
-        switch.legs[new.call_no] = new
-        new.link.legs += 1
+        switch.place(new)
         if call.a is own:
             call.a = new
         else:
@@ -243,7 +248,7 @@ class Takeover:
                 link = xnode.link_for(leg["link"]["kind"], leg["link"]["name"])
             if link is None:
                 return "waiting for %s %s" % (leg["link"]["kind"], leg["link"]["name"])
-            if leg["call_no"] in switch.legs:
+            if link != "self" and switch.key(link, leg["call_no"]) in switch.legs:
                 return "call number %d in use here" % leg["call_no"]
             links[side] = link
         keys = {side: unseal(self.cluster_key, leg["media_key"], ("%s/%s" % (uid, side)).encode())
@@ -263,8 +268,7 @@ class Takeover:
             if highest is not None and highest >= 0:
                 cl.media.replay.highest = max(0, highest + max(0, wall_ms - value.get("written_ms", wall_ms))
                                               - TS_SLACK_MS)
-            switch.legs[cl.call_no] = cl
-            links[side].legs += 1
+            switch.place(cl)
             setattr(call, side, cl)
         call.b2 = all(link.kind == "host" for link in links.values())
         if call.path == "direct":

@@ -134,6 +134,7 @@ class ClusterService:
         self.mirror = CallMirror(self.node.name, self.node.cluster_key, self.config.cluster_call_ttl_s,
                                  self.config.cluster_ended_ttl_s)
         self.core.takeover = Takeover(self.core, self.node.cluster_key)
+        self.core.switch.reserved = self.core.takeover.asked   # a remote host's numbers a lost node's calls have
         # PostgreSQL's writes (a star code's feature change, a call record) on a thread of their own
         from upbx.host.daemon import now_ms
         self.writer = self.node.directory.writer = Writer(asyncio.get_running_loop(), now_ms, daemon._flush)
