@@ -36,8 +36,10 @@ def handle(app, events, now):
         app._signalled = True   # those that came meanwhile wait in the protocol's list: the next pass takes them
     app._held = None
     if app.phone.messages != app.messages_shown:   # MESSAGE_WAITING (docs/features.md, Voicemail)
-        app.messages_shown = app.phone.messages
-        message_waiting(app, app.messages_shown)
+        count = app.messages_shown = app.phone.messages
+        app.log("I", "messages waiting %d" % count)
+        if app.phone.call is None:
+            app.hal.display("idle", "%d new messages" % count if count else None)
     for i in range(len(events)):
         try:
             _event(app, events[i], now)
@@ -51,11 +53,24 @@ def handle(app, events, now):
 
 
 def _event(app, event, now):
+    """One event; a module it needs is loaded before anything is changed, so that an event held for
+    want of room for it (handle) is handled again from its start."""
     kind = type(event)
     if kind is LoginUp:
-        registered(app, now)
+        # which firmware runs, to the host; after an over-the-air update: keep it, or report its roll-back
+        ota = rarely("firmware.ota")
+        app.summary["registered"] = True
+        app.log("I", "registered as %s" % app.config["extension"])
+        app.hal.display("idle", None)
+        ota.registered(app, now)
     elif kind is LoginDown:
-        lost(app, event)
+        app.log("W", "registration lost: %s" % event.reason)
+        if app.phone.host_next is not None:   # a cluster's node: the next login goes by rendezvous (docs/cluster.md)
+            try:
+                app.host_addr = app.hal.getaddrinfo(*app.phone.host_next)
+                app.log("I", "next login at %s:%d" % app.phone.host_next)
+            except OSError as exc:
+                app.count_error("getaddrinfo", exc)
     elif (kind is Incoming and event.waiting) or (kind is Ended and event.line):
         rarely("firmware.lines").event(app, event, now)   # the second line (docs/features.md)
     elif kind is Incoming:
@@ -65,34 +80,13 @@ def _event(app, event, now):
         app.hal.display("ringback", app.current and app.current["to"])
     elif kind is Connected:
         connected(app, event, now)
-        _connected_call(app, event, now)
     elif kind is Ended:
-        cause, tone = ended(app, event, now)
-        _ended_call(app, event, cause, tone, now)
+        ended(app, event, now)
     elif kind is Dtmf:
         app.summary["dtmf_received"] += event.digit
         app.log("I", "dtmf %s" % event.digit)
     elif kind is Sysinfo:
         rarely("firmware.sysinfo").received(app, event.version, event.data)
-
-
-def registered(app, now):
-    # which firmware runs, to the host; after an over-the-air update: keep it, or report its roll-back
-    ota = rarely("firmware.ota")   # first: a heap without room for it holds the event with nothing done
-    app.summary["registered"] = True
-    app.log("I", "registered as %s" % app.config["extension"])
-    app.hal.display("idle", None)
-    ota.registered(app, now)
-
-
-def lost(app, event):
-    app.log("W", "registration lost: %s" % event.reason)
-    if app.phone.host_next is not None:   # a cluster's node: the next login goes by rendezvous (docs/cluster.md)
-        try:
-            app.host_addr = app.hal.getaddrinfo(*app.phone.host_next)
-            app.log("I", "next login at %s:%d" % app.phone.host_next)
-        except OSError as exc:
-            app.count_error("getaddrinfo", exc)
 
 
 def incoming(app, event, now):
@@ -110,7 +104,6 @@ def incoming(app, event, now):
 
 
 def connected(app, event, now):
-    """The audio of a call that connected: the collector's threshold, the pipeline, the microphone."""
     if _mem_free is not None and _mem_free() > _CALL_GC_ROOM:   # see _CALL_GC_ROOM
         gc.threshold(-1)
     app.pipeline.reset()
@@ -127,23 +120,18 @@ def connected(app, event, now):
         app._dtmf_at = ticks_add(now, 501)
     if app.phone.other is None:   # a consultation's timestamps carry on the held call's
         app.call_ts = 0
-
-
-def _connected_call(app, event, now):
-    """The call's record, the log and the display of a call that connected; the script's hang-up."""
     if app.current is not None:
         app.current["setup_ms"] = ticks_diff(now, app.current["dialed_ms"])
         app.current["path"] = event.path
     app.log("I", "connected (%s)" % event.path)
-    app.hal.display("connected", app.phone.call.number)   # the other party (a transfer changes it: PARTY)
+    call = app.phone.call   # the other party (a transfer changes it: PARTY); None: handled late, the call is over
+    app.hal.display("connected", call and call.number)
     duration = app.script.get("duration_ms")
     if duration and app.current and app.current["from"] == app.config["extension"]:
         app.hangup_at = ticks_add(now, int(duration))
 
 
 def ended(app, event, now):
-    """A call ended: the collector's threshold again, the audio stopped, the tone its cause calls for
-    (returned, with the cause's text)."""
     if _mem_free is not None and gc.threshold() < 0:   # start.py's threshold again, as it sets it
         gc.collect()
         gc.threshold(_mem_free() // 4)
@@ -156,11 +144,6 @@ def ended(app, event, now):
     if tone:
         app.pipeline.tone.start(tone)
         app.tone_stop_at = ticks_add(now, app.tone_timeout_ms)
-    return cause, tone
-
-
-def _ended_call(app, event, cause, tone, now):
-    """The display, the call's record and what follows a call that ended (the other line, the script's exit)."""
     if event.cause == wire.CAUSE_FEATURE_ON or event.cause == wire.CAUSE_FEATURE_OFF:
         app.hal.display(cause, app.current and app.current["to"])   # "feature on *78"
     else:
@@ -174,10 +157,3 @@ def _ended_call(app, event, cause, tone, now):
         rarely("firmware.lines").remaining(app, now)
     elif app.script.get("exit_after_call"):
         app.exit_at = ticks_add(now, 1500 if tone else 300)  # long enough to hear the tone
-
-
-def message_waiting(app, count):
-    """The mailbox's new-message count changed (MESSAGE_WAITING): logged, and on the idle display."""
-    app.log("I", "messages waiting %d" % count)
-    if app.phone.call is None:
-        app.hal.display("idle", "%d new messages" % count if count else None)
