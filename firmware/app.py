@@ -192,14 +192,14 @@ class App:
         events = self._held or self.phone.take_events()
         if events or self.phone.messages != self.messages_shown:
             try:
-                handle = rarely("firmware.events").handle
-            except MemoryError:
+                rarely("firmware.events").handle(self, events, now)
+            except MemoryError:   # the module or one an event needs: handle() takes each event off once done
                 self._held = events
                 self.summary["events_held"] += 1
                 if self.ota is not None:
                     self.ota.stop()
                 return
-            handle(self, events, now)
+            self._held = None
 
     def _close_call(self):
         """The call's record into the summary, which keeps the last _CALLS_KEPT (a device runs for

@@ -18,75 +18,58 @@ from common.login import LoginDown, LoginUp
 from common.phone import Connected, Dtmf, Ended, Incoming, Ringback, Sysinfo
 from firmware.hal import rarely
 
-# the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
-TONES = {"busy": "busy", "unreachable": "reorder", "network busy": "reorder", "not permitted": "reorder",
-         "unknown extension": "reorder", "no answer": "reorder", "do not disturb": "busy",
-         "forwarding loop": "reorder"}
-RING_TONE = "ringback"     # the ringer: the speaker plays the ring-back cadence (2 s on, 4 s off)
 _mem_free = getattr(gc, "mem_free", None)
 _CALL_GC_ROOM = const(24576)   # see firmware/app.py: the collector once a second in a call
 
 
 def handle(app, events, now):
-    """The events the protocol gave App.events (common/phone.py's take_events), oldest first, and a
-    new voicemail count; those App.events held (app._held) when this module found no room come again."""
+    """The events the protocol gave App.events (common/phone.py's take_events), oldest first, each taken
+    off the list once handled (a MemoryError leaves App.events the rest to hold), and a new voicemail count.
+    A module an event needs is loaded before anything is changed, so that an event held for want of room
+    for it is handled again from its start."""
     if events and events is app._held:
-        app.log("W", "%d events handled late: no heap for their code (held %d times so far)"
-                % (len(events), app.summary["events_held"]))
+        app.log("W", "events handled late: no heap for their code")
         app._signalled = True   # those that came meanwhile wait in the protocol's list: the next pass takes them
-    app._held = None
     if app.phone.messages != app.messages_shown:   # MESSAGE_WAITING (docs/features.md, Voicemail)
         count = app.messages_shown = app.phone.messages
         app.log("I", "messages waiting %d" % count)
         if app.phone.call is None:
             app.hal.display("idle", "%d new messages" % count if count else None)
-    for i in range(len(events)):
-        try:
-            _event(app, events[i], now)
-        except MemoryError:   # this event and the ones after it wait, as in App.events
-            del events[:i]
-            app._held = events
-            app.summary["events_held"] += 1
-            if app.ota is not None:   # the optional goes first: an update's download (again when idle)
-                app.ota.stop()
-            return
-
-
-def _event(app, event, now):
-    """One event; a module it needs is loaded before anything is changed, so that an event held for
-    want of room for it (handle) is handled again from its start."""
-    kind = type(event)
-    if kind is LoginUp:
-        # which firmware runs, to the host; after an over-the-air update: keep it, or report its roll-back
-        ota = rarely("firmware.ota")
-        app.summary["registered"] = True
-        app.log("I", "registered as %s" % app.config["extension"])
-        app.hal.display("idle", None)
-        ota.registered(app, now)
-    elif kind is LoginDown:
-        app.log("W", "registration lost: %s" % event.reason)
-        if app.phone.host_next is not None:   # a cluster's node: the next login goes by rendezvous (docs/cluster.md)
-            try:
-                app.host_addr = app.hal.getaddrinfo(*app.phone.host_next)
-                app.log("I", "next login at %s:%d" % app.phone.host_next)
-            except OSError as exc:
-                app.count_error("getaddrinfo", exc)
-    elif (kind is Incoming and event.waiting) or (kind is Ended and event.line):
-        rarely("firmware.lines").event(app, event, now)   # the second line (docs/features.md)
-    elif kind is Incoming:
-        incoming(app, event, now)
-    elif kind is Ringback:
-        app.pipeline.tone.start("ringback")
-        app.hal.display("ringback", app.current and app.current["to"])
-    elif kind is Connected:
-        connected(app, event, now)
-    elif kind is Ended:
-        ended(app, event, now)
-    elif kind is Dtmf:
-        app.summary["dtmf_received"] += event.digit
-        app.log("I", "dtmf %s" % event.digit)
-    elif kind is Sysinfo:
-        rarely("firmware.sysinfo").received(app, event.version, event.data)
+    while events:
+        event = events[0]
+        kind = type(event)
+        if kind is LoginUp:
+            # which firmware runs, to the host; after an over-the-air update: keep it, or report its roll-back
+            ota = rarely("firmware.ota")
+            app.summary["registered"] = True
+            app.log("I", "registered as %s" % app.config["extension"])
+            app.hal.display("idle", None)
+            ota.registered(app, now)
+        elif kind is LoginDown:
+            app.log("W", "registration lost: %s" % event.reason)
+            if app.phone.host_next is not None:   # a cluster's node: the next login goes by rendezvous (docs/cluster.md)
+                try:
+                    app.host_addr = app.hal.getaddrinfo(*app.phone.host_next)
+                    app.log("I", "next login at %s:%d" % app.phone.host_next)
+                except OSError as exc:
+                    app.count_error("getaddrinfo", exc)
+        elif (kind is Incoming and event.waiting) or (kind is Ended and event.line):
+            rarely("firmware.lines").event(app, event, now)   # the second line (docs/features.md)
+        elif kind is Incoming:
+            incoming(app, event, now)
+        elif kind is Ringback:
+            app.pipeline.tone.start("ringback")
+            app.hal.display("ringback", app.current and app.current["to"])
+        elif kind is Connected:
+            connected(app, event, now)
+        elif kind is Ended:
+            ended(app, event, now)
+        elif kind is Dtmf:
+            app.summary["dtmf_received"] += event.digit
+            app.log("I", "dtmf %s" % event.digit)
+        elif kind is Sysinfo:
+            rarely("firmware.sysinfo").received(app, event.version, event.data)
+        events.pop(0)
 
 
 def incoming(app, event, now):
@@ -97,7 +80,7 @@ def incoming(app, event, now):
                    "frames_received": 0}
     app._call_sent = app._call_received = 0
     app.digits = ""
-    app.pipeline.tone.start(RING_TONE)
+    app.pipeline.tone.start("ringback")   # the ringer: the ring-back cadence (2 s on, 4 s off)
     app.tone_stop_at = None
     if app.script.get("answer"):
         app.answer_at = ticks_add(now, int(app.script.get("answer_after_ms", 300)))
@@ -140,7 +123,9 @@ def ended(app, event, now):
     app.set_power_save(True)
     app.hal.mic_stop()
     app.pipeline.reset()
-    tone = TONES.get(cause)
+    # the tone a caller hears after each cause (names from firmware/audio/tones.py TONES)
+    tone = "busy" if cause == "busy" or cause == "do not disturb" else "reorder" if cause in (
+        "unreachable", "network busy", "not permitted", "unknown extension", "no answer", "forwarding loop") else None
     if tone:
         app.pipeline.tone.start(tone)
         app.tone_stop_at = ticks_add(now, app.tone_timeout_ms)

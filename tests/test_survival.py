@@ -7,7 +7,6 @@ stops), `!fault raise` (an exception escapes the loop), or `upbx phone --fault` 
 `upbx phone` is the watchdog (fed over UDP by the loop) and, with --restart, the power supply
 that boots the device again.
 """
-import re
 import time
 
 from tests.test_handset import Handset
@@ -142,9 +141,8 @@ def test_a_heap_too_full_for_the_events_code_holds_the_events_and_the_phone_carr
     caller.press("!fault release")
     caller.wait_line("I phone call ended: normal clearing")
     log = caller.log()
-    late = re.search(r"W phone 1 events handled late: no heap for their code \(held (\d+) times so far\)", log)
-    assert late and int(late.group(1)) >= 1, log[-2000:]
-    assert log.index("I fault release") < late.start() < log.index("I phone call ended: normal clearing")
+    late = log.find("W phone events handled late: no heap for their code")
+    assert log.index("I fault release") < late < log.index("I phone call ended: normal clearing"), log[-2000:]
     caller.press("!call 301")   # it carries on: another call, no reset
     wait_count(caller, "I phone connected", 2, timeout=20)
     caller.press("D")
