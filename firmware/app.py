@@ -86,10 +86,11 @@ def due(now, at):
 
 
 def _pack():
-    """Collect the garbage before a call's long-lived objects (keys, AES contexts, buffers) are made:
-    they then fill the heap from its lowest free block instead of landing among garbage that leaves
-    holes when it goes, and the free space stays in pieces large enough for a signalling recv() and
-    the next call (docs/handset.md, Memory). Once per call set-up, a few ms on an ESP32."""
+    """Collect the garbage before a call's or a login's long-lived objects (keys, AES contexts, buffers)
+    are made: they then fill the heap from its lowest free block instead of landing among garbage that
+    leaves holes when it goes, and the free space stays in pieces large enough for a signalling recv()
+    and the next call (docs/handset.md, Memory). Once per call set-up or login (a CHALLENGE: the session's
+    keys), a few ms on an ESP32."""
     gc.collect()
 
 
@@ -183,14 +184,22 @@ class App:
     # events from the protocol
 
     def events(self, now):
-        """What the protocol said since the last look (common/phone.py's events): handled by
-        firmware/events.py, loaded when there are some and forgotten (docs/handset.md, Memory)."""
-        if self.phone.messages != self.messages_shown:   # MESSAGE_WAITING (docs/features.md, Voicemail)
-            self.messages_shown = self.phone.messages
-            rarely("firmware.features").message_waiting(self, self.messages_shown)
-        events = self.phone.take_events()
-        if events:
-            rarely("firmware.events").handle(self, events, now)
+        """What the protocol said since the last look (common/phone.py's events, a new voicemail count):
+        handled by firmware/events.py, loaded when there is something and forgotten (docs/handset.md,
+        Memory). With no room for its code (the collector has tried) the events are held, in order, for
+        the next pass that plans (a datagram, a key, a timer: the housekeeping's collection at least once a
+        second), and an update's download, which can wait, is stopped (docs/handset.md, Running out of memory)."""
+        events = self._held or self.phone.take_events()
+        if events or self.phone.messages != self.messages_shown:
+            try:
+                rarely("firmware.events").handle(self, events, now)
+            except MemoryError:   # the module or one an event needs: handle() takes each event off once done
+                self._held = events
+                self.summary["events_held"] += 1
+                if self.ota is not None:
+                    self.ota.stop()
+                return
+            self._held = None
 
     def _close_call(self):
         """The call's record into the summary, which keeps the last _CALLS_KEPT (a device runs for
@@ -263,8 +272,8 @@ class App:
         try:
             if data is not None:
                 self._signalled = True
-                if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER):
-                    _pack()   # a call's keys and buffers come with it (the type is in the clear header)
+                if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER or data[7] == wire.CHALLENGE):
+                    _pack()   # a call's or a login's keys and buffers come with it (the type is in the clear header)
                 self.phone.receive(bytearray(data), now)
                 return
             if n == _VOICE_FRAME:
@@ -591,8 +600,11 @@ class App:
         self.hal.network_up()
         if self.ota is not None:   # an over-the-air update downloading (firmware/ota.py)
             self.ota.tick(now)
-        elif (self.ota_offer is not None or self.firmware.get("trial")) and self.phone.call is None:
-            rarely("firmware.ota").idle(self, now)
+        elif (self.ota_offer is not None or self.firmware.get("trial")) and self.phone.call is None and not self._held:
+            try:   # no room for its code now: a later second (events held go first: App.events)
+                rarely("firmware.ota").idle(self, now)
+            except MemoryError:
+                pass
         gc.collect()
         self._rx_n = _RX_BYTES
         if self.profile is not None:

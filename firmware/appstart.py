@@ -69,6 +69,7 @@ def init(app, config, hal):
     app._call_at = app._stop_at = app._proto_at = app._house_at = app._timer_at = None
     app._frame_at = None     # the next 20 ms audio tick
     app._signalled = False   # the protocol moved: its events, datagrams and timer need a look
+    app._held = None         # events firmware/events.py found no room to handle yet (App.events)
     app.running = True
     app.reset_requested = False
     app.record = open(app.script["record_g711"], "wb") if app.script.get("record_g711") else None
@@ -78,7 +79,7 @@ def init(app, config, hal):
                    "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
                    "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
                    "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0,
-                   "short_reads": 0, "empty_datagrams": 0}
+                   "short_reads": 0, "empty_datagrams": 0, "events_held": 0}
     # the local port: the configured one, else one chosen here, kept for the life of the
     # handset so that a new socket (_reopen) has the address the hosts and peers know
     app._port = int(config.get("local_port", 0)) or _random_port()

@@ -56,7 +56,8 @@ def state(app, now):
             "extension": app.config["extension"], "sysinfo_version": app.phone.sysinfo_version,
             "digits": app.digits, "tone": app.pipeline.tone.name, "power_save": app.power_save,
             "caller": app.current and app.current.get("from"), "heap": heap(app), "holding": app.phone.holding,
-            "ticks": now, "net_errors": app.summary["net_errors"], "speed_dial": app.speed_dial}
+            "ticks": now, "net_errors": app.summary["net_errors"], "speed_dial": app.speed_dial,
+            "events_held": app.summary["events_held"]}
 
 
 def finish(app):

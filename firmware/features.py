@@ -36,9 +36,3 @@ def star_code(cmd):
         return "*92%s*%s" % (words[2], words[3])
     return None
 
-
-def message_waiting(app, count):
-    """The mailbox's new-message count changed (MESSAGE_WAITING): logged, and on the idle display."""
-    app.log("I", "messages waiting %d" % count)
-    if app.phone.call is None:
-        app.hal.display("idle", "%d new messages" % count if count else None)

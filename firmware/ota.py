@@ -22,6 +22,8 @@ Three modules, each loaded only for its use (firmware.hal.rarely; docs/handset.m
 firmware/ota_download.py (Update, TreeWriter), held by app.ota while a download runs and let go after;
 firmware/ota_image.py (ImageWriter), for an image only.
 """
+import gc
+
 from common.compat import const, ticks_diff
 from firmware.hal import rarely
 
@@ -62,8 +64,14 @@ def idle(app, now):
     if version == state.get("version") or version == state.get("rolled_back"):
         app.ota_offer = None   # running it already, or it rolled back here: not again
         return
+    # the download's code and objects live until it ends: made right after a collection they fill the heap from its
+    # lowest free block instead of landing among a second's garbage, whose holes would split the free space for the
+    # whole download (as a call's are: App.dial, _pack; docs/handset.md, Memory)
+    gc.collect()
     try:
         app.ota = rarely("firmware.ota_download").Update(app, entry, now)
+    except MemoryError:   # no room for the download now (its code, its writer): from the start at a later second
+        app.phone.firmware_sink = None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         app.log("E", "firmware %s cannot be installed: %s" % (version, exc))
         app.ota_offer = None

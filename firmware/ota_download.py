@@ -147,6 +147,7 @@ class Update:
                 app.log("E", "firmware %s not installed: ESP-IDF refused the image (%s)" % (self.version, exc))
                 report(app, self.version, _FAILED, now)
                 return
+        self.writer = self.hash = None   # their buffers go before firmware/otaboot.py is loaded (a full heap)
         rarely("firmware.otaboot").write(state)   # the switch: the next boot runs the new firmware
         app.log("I", "firmware %s checked (SHA-256 %s) and installed: resetting into it" % (self.version, digest))
         app.log("I", "heap while it downloaded: peak live %d of %d bytes" % (getattr(app, "heap_live_peak", 0),

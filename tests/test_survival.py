@@ -12,6 +12,8 @@ import time
 from tests.test_handset import Handset
 from upbx.tools.lab import audio_match, write_noise_wav
 
+FILL_LEAVES = 1536   # bytes `!fault fill` leaves free: the loop's own allocations fit, firmware/events.py does not
+
 
 def wait_count(handset, text, count, timeout=15):
     deadline = time.time() + timeout
@@ -115,3 +117,38 @@ def test_getaddrinfo_errors_at_boot_and_in_a_call_are_counted_and_retried(lab):
     assert summary["net_errors"] == {"getaddrinfo EAGAIN": 2}, summary
     call = summary["calls"][0]
     assert call["path"] == "local" and call["frames_sent"] >= 90, call
+
+
+def test_a_heap_too_full_for_the_events_code_holds_the_events_and_the_phone_carries_on(lab, unix32_plain):
+    """The 100K `.mpy` handset of the 32-bit build (an ESP32's word size) in a call; its heap filled on
+    purpose (`!fault fill`) until no module's code fits, as a download fills it (tests/test_ota_handset32.py).
+    It hangs up: the RELEASE goes out at once, while the call's end (firmware/events.py, which cannot be
+    loaded) is held, counted, and handled once the heap is let go: logged late, recorded as a normal
+    clearing. No reset (before, the MemoryError loading firmware/events.py reset the handset), and it
+    calls again."""
+    callee = Handset(lab, "301", "--answer", tag="full-301")
+    lab.wait_registered("301")
+    caller = Handset(lab, "101", "--micropython", unix32_plain, "--heapsize", "100K", "--mpy", tag="full-101")
+    lab.wait_registered("101")
+    caller.wait_line("kept in")   # the system information after the login: handled before the call
+    caller.press("!call 301")
+    caller.wait_line("I phone connected", timeout=20)
+    caller.press("!fault fill %d" % FILL_LEAVES)
+    caller.wait_line("W fault fill: the heap is filled")
+    caller.press("D")
+    callee.wait_line("I phone call ended: normal clearing")   # the RELEASE went out
+    assert "call ended" not in caller.log(), caller.log()[-2000:]   # its own end waits for room
+    caller.press("!fault release")
+    caller.wait_line("I phone call ended: normal clearing")
+    log = caller.log()
+    late = log.find("W phone events handled late: no heap for their code")
+    assert log.index("I fault release") < late < log.index("I phone call ended: normal clearing"), log[-2000:]
+    caller.press("!call 301")   # it carries on: another call, no reset
+    wait_count(caller, "I phone connected", 2, timeout=20)
+    caller.press("D")
+    wait_count(caller, "I phone call ended: normal clearing", 2)
+    held = caller.state()["events_held"]
+    summary = caller.quit()
+    assert [c["cause"] for c in summary["calls"]] == ["normal clearing"] * 2, summary["calls"]
+    assert summary["events_held"] == held >= 1 and summary["heap"]["total"] <= 100 * 1024, summary
+    assert "crashed" not in caller.log() and caller.log().count("registered as 101") == 1

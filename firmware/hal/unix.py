@@ -266,9 +266,7 @@ class Hal:
     # watchdog: the feeds go to `upbx phone`, at most every 250 ms (a device's WDT.feed() is free)
     def feed(self):
         if self._faults is not None:
-            self._faults.inject("hang")
-            self._faults.inject("raise")
-            self._faults.inject("collect")
+            self._faults.fed()
         if self._watchdog is None:
             return
         now = time.ticks_ms()
