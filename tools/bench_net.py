@@ -333,6 +333,10 @@ class TrunkPair:
                 if call is not None and msg_type == wire.ANSWER:
                     call.a.peer_call_no = ies[wire.IE_CALL_NO]
                     pending["answered"] += 1
+                elif call is not None and msg_type == wire.RELEASE:   # refused: say why, not wait for a bound
+                    cause = ies.get(wire.IE_CAUSE)
+                    raise RuntimeError("the pair's call to 2%05d was released: %s" % (
+                        call.index, wire.CAUSE_TEXT.get(cause, cause)))
             self.a.messages = []
             self.b.flush(now)
             return pending["answered"] >= n

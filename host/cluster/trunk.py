@@ -47,7 +47,8 @@ LOCATION_KEY = "upbx:loc:%s:%s"  # kind ("host" or "phone"), name -> node id
 LOCATION_TTL_S = 30              # a key lives this long after its last write
 REFRESH_S = 10                   # ... and is written again this often while its client is logged in
 CACHE_MS = 2000                  # how long a node trusts what Redis said of a client
-PARK_MS = 1500                   # a SETUP waits at most this long for Redis (then "unreachable")
+PARK_MS = 1500                   # a SETUP waits at most this long for its callee's location (then "unreachable")
+ABSENT_ASK_MS = 100              # while SETUPs wait and Redis names no node, it is asked again this often
 PARKED_MAX = 4096                # SETUPs waiting at once; more are refused
 PENDING = "pending"              # _target_link's cause while Redis is asked
 HOLD_MS = 10000                  # an answered call towards a lost node waits this long for its successor
@@ -101,6 +102,9 @@ class NodeTrunks:
         self.cache = {}          # (kind, name) -> (node id or None, until ms)
         self.asked = set()       # identities to read from Redis
         self.parked = {}         # identity -> [(link, ies, when)] SETUPs waiting for Redis
+        # identity -> ms of its next look: Redis named no node while SETUPs to it wait (its location may be
+        # being written by the node it just logged in at: asked again until one names it or PARK_MS passes)
+        self.absent = {}
         # identity -> "set" (its home is here: NODES standby 0), "nx" (logged in here and has not said:
         # set unless another node has it), or None (gone, or a standby session: delete it if it names us)
         self.writes = {}
@@ -360,14 +364,33 @@ class NodeTrunks:
                 self._events(link, now)
             self._flush_link(link, now)
         if self.parked:
-            for identity in list(self.parked):
-                waiting = self.parked[identity]
-                while waiting and now - waiting[0][2] > PARK_MS:
-                    link, ies, _when = waiting.pop(0)
+            self._parked_tick(now)
+
+    def _parked_tick(self, now):
+        """SETUPs that waited PARK_MS: routed again as no node has their callee (Redis said so all along:
+        unreachable, or the callee's voicemail), or refused (Redis did not answer). An absent callee is
+        looked up again every ABSENT_ASK_MS meanwhile."""
+        for identity in list(self.parked):
+            waiting = self.parked[identity]
+            while waiting and now - waiting[0][2] > PARK_MS:
+                link, ies, _when = waiting.pop(0)
+                if identity in self.absent:
+                    self.core.stats.count("location: none found")
+                    self.cache[identity] = (None, now + CACHE_MS)
+                    if link.up:
+                        self.core._setup(link, ies, now)
+                else:
                     self.core.stats.count("location: not answered in time")
                     self.core.refuse_setup(link, ies, wire.CAUSE_UNREACHABLE, now)
-                if not waiting:
-                    del self.parked[identity]
+            if not waiting:
+                del self.parked[identity]
+                self.absent.pop(identity, None)
+                if self.cache.get(identity, (0,))[0] is None:
+                    self.cache.pop(identity, None)   # its answer was for the SETUPs that waited
+            elif identity in self.absent and now >= self.absent[identity] and identity not in self.asked:
+                self.asked.add(identity)
+                self.absent[identity] = now + PARK_MS   # until Redis answers (answered)
+                self._wake()
 
     def flush(self, now):
         for link in self.links.values():
@@ -441,16 +464,23 @@ class NodeTrunks:
         self.core.stats.count("location: setups waiting")
 
     def answered(self, answers, now):
-        """Redis said {identity: node id or None}: cached, and the SETUPs that waited are routed again."""
+        """Redis said {identity: node id or None}: cached, and the SETUPs that waited are routed again; those
+        to a client no node names wait on (_parked_tick)."""
         for identity, node in answers.items():
-            self.cache[identity] = (node, now + CACHE_MS)
             self.asked.discard(identity)
-        if len(self.cache) > 65536:
-            self.cache = {k: v for k, v in self.cache.items() if v[1] > now}
-        for identity in answers:
+            if node is None and self.parked.get(identity):
+                # no node names it yet: the SETUPs wait on (a client that just logged in at another node,
+                # whose write is on its way), asked again (_parked_tick); nothing cached, so that another
+                # SETUP to it waits with them
+                self.absent[identity] = now + ABSENT_ASK_MS
+                continue
+            self.cache[identity] = (node, now + CACHE_MS)
+            self.absent.pop(identity, None)
             for link, ies, _when in self.parked.pop(identity, ()):
                 if link.up:
                     self.core._setup(link, ies, now)
+        if len(self.cache) > 65536:
+            self.cache = {k: v for k, v in self.cache.items() if v[1] > now}
 
     def take_writes(self):
         writes, self.writes = self.writes, {}

@@ -1,0 +1,103 @@
+"""A call to a client whose location Redis does not name yet (docs/cluster.md, "Calls between nodes").
+
+A site logs in at one node and a call to it arrives at another an instant later: the first node's write
+of the site's location key is still on its way when the second reads it. The second node's SETUP waits
+(parked) and Redis is asked again until a node is named or PARK_MS passes; before, Redis's "no such key"
+was believed at once and the call was refused "unreachable" (or sent to voicemail), and for 2 s every
+other call to that site too (a cross-node TrunkPair in a loaded CI run never got its calls answered).
+
+In memory: tests/inprocess.py's World, its main host a cluster's node 2 with the node's real NodeTrunks
+(host/cluster/trunk.py). The test plays host/cluster/trunk.py's LocationService, the one part that talks
+to Redis: it reads what the core asks (`NodeTrunks.asked`) and gives Redis's answer (`answered`).
+"""
+from upbx.common import wire
+from upbx.host.cluster import trunk
+from upbx.host.cluster.trunk import NodeTrunks
+from tests.inprocess import MAIN, TICK_MS, World, flush_host
+from tests.test_cluster_forward import make_node
+
+SITE_B = ("host", "site-b")
+
+
+def _node(tmp_path):
+    world = World(tmp_path, site_b=True, main_settings="direct_media = false\n")
+    secret = world.main.peers._cookie_secret
+    make_node(world.main, 2, MAIN, secret)
+    world.main.xnode = NodeTrunks(world.main, 2, secret)
+    phone = world.add_phone("301", 1)
+    world.run_until(lambda: phone.phone.registered, 5000, "301 registered")
+    return world, phone
+
+
+def _dial_site_b(world, phone):
+    """301 (straight at the node) dials 201 (site b, logged in at no node yet): the SETUP waits for Redis."""
+    xnode = world.main.xnode
+    assert phone.phone.dial("201", world.net.now)
+    phone.flush()
+    world.settle()
+    assert [ies[wire.IE_CALLED] for _link, ies, _when in xnode.parked[SITE_B]] == ["201"]
+    assert SITE_B in xnode.asked and not world.main.switch.legs
+    xnode.asked.discard(SITE_B)       # LocationService took it, and Redis has no key:
+    xnode.answered({SITE_B: None}, world.net.now)
+
+
+def test_a_call_waits_for_a_location_redis_names_a_moment_later(tmp_path):
+    world, phone = _node(tmp_path)
+    xnode = world.main.xnode
+    try:
+        _dial_site_b(world, phone)
+        # it waits on, nothing refused, and Redis is asked again within ABSENT_ASK_MS
+        assert xnode.parked[SITE_B] and phone.causes() == [] and not phone.idle
+        world.run_until(lambda: SITE_B in xnode.asked, trunk.ABSENT_ASK_MS + 3 * TICK_MS, "asked again")
+        xnode.asked.discard(SITE_B)
+        xnode.answered({SITE_B: None}, world.net.now)    # still none
+        # site b logs in here meanwhile, with 201; its key (this node) is what Redis answers next
+        world.b.start(world.net.now)
+        flush_host(world.net, world.b)
+        world.settle()
+        callee = world.add_phone("201", 2)
+        world.run_until(lambda: callee.phone.registered, 1000, "201 registered")
+        world.run_until(lambda: SITE_B in xnode.asked, trunk.ABSENT_ASK_MS + 3 * TICK_MS, "asked again")
+        xnode.asked.discard(SITE_B)
+        xnode.answered({SITE_B: 2}, world.net.now)
+        world.settle()
+        assert not xnode.parked and not xnode.absent
+        world.run_until(lambda: callee.phone.call is not None,
+                        1000, "201 rings")
+        callee.phone.answer(world.net.now)
+        callee.flush()
+        world.run_until(lambda: phone.connected and callee.connected, 1000, "connected")
+        world.run(400)
+        # audio both ways, in order
+        assert len(callee.received) >= 15 and callee.received == phone.sent[:len(callee.received)]
+        assert len(phone.received) >= 15 and phone.received == callee.sent[:len(phone.received)]
+        assert world.main.stats.counters.get("location: none found", 0) == 0
+    finally:
+        world.close()
+
+
+def test_a_call_to_a_client_no_node_names_for_park_ms_is_refused_unreachable(tmp_path):
+    world, phone = _node(tmp_path)
+    xnode = world.main.xnode
+    try:
+        _dial_site_b(world, phone)
+        asks = 0
+
+        def ask_redis():   # LocationService: every ask answered "no such key"
+            nonlocal asks
+            if SITE_B in xnode.asked:
+                asks += 1
+                xnode.asked.discard(SITE_B)
+                xnode.answered({SITE_B: None}, world.net.now)
+            return phone.idle
+
+        took = world.run_until(ask_redis, trunk.PARK_MS + 10 * TICK_MS, "the call refused")
+        assert took >= trunk.PARK_MS
+        assert phone.causes() == [wire.CAUSE_UNREACHABLE]
+        assert asks >= trunk.PARK_MS // (trunk.ABSENT_ASK_MS + 2 * TICK_MS) - 1
+        assert world.main.stats.counters["location: none found"] == 1
+        # nothing left: no leg, no SETUP waiting, no lookup
+        assert not world.main.switch.legs and not xnode.parked and not xnode.absent
+        assert SITE_B not in xnode.cache
+    finally:
+        world.close()
