@@ -194,6 +194,12 @@ class App:
             try:
                 rarely("firmware.events").handle(self, events, now)
             except MemoryError:   # the module or one an event needs: handle() takes each event off once done
+                if self._held is None:   # once on the console while they wait (a line fits where code does not)
+                    try:
+                        self.hal.log("W", "phone", "events held: no heap for their code (%s free)" % (
+                            _mem_free() if _mem_free is not None else "?"))
+                    except MemoryError:
+                        pass
                 self._held = events
                 self.summary["events_held"] += 1
                 if self.ota is not None:

@@ -67,7 +67,9 @@ class Handset:
 
     def quit(self):
         self.press("!reset")
-        self.proc.wait(10)
+        code = self.proc.wait(10)
+        if not os.path.exists(self.lab.path(self.tag + ".summary.json")):   # what the console said instead
+            raise AssertionError("%s wrote no summary (exit %s):\n%s" % (self.tag, code, self.log()[-3000:]))
         return self.lab.summary(self.tag)
 
 

@@ -32,6 +32,8 @@ def demo_calls(tmp_path, phone_args):
             caller = lab.summary(tag + "-caller")
             r["back"] = (lab.summary(tag + "-callee")["frames_sent"], caller["frames_received"],
                          caller["jitter"]["gap_count"])
+            with open(lab.path("phone-%s-caller.log" % tag)) as f:   # shown when the call's check fails
+                r["caller_log"] = f.read()[-2500:]
         flash = sorted(os.listdir(lab.path("flash-" + tag + "-caller")))
         return rows, heaps, flash
     finally:
@@ -51,7 +53,8 @@ def check(rows, heaps, heap_bytes, live_limit):
         assert sent > 0 and (received >= 0.95 * sent or (gaps == 0 and received >= 0.8 * sent)), (
             r["behaviour"], r["path"], r["back"])
         assert r["cause"] == "normal clearing" and r["audio_match"] is True, (
-            r["behaviour"], r["path"], r["cause"], r["frames_sent"], r["frames_received"], r.get("frames_lost"))
+            r["behaviour"], r["path"], r["cause"], r["frames_sent"], r["frames_received"], r.get("frames_lost"),
+            r["caller_log"])
         assert r["frames_received"] >= 0.95 * r["frames_sent"] > 0, r
     for tag, pair in heaps.items():
         for heap in pair:
