@@ -36,6 +36,7 @@ _RETRY_MAX = const(8)             # datagrams kept for another try after sendto 
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
 _RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
 _CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
+_PACK_GAP_MS = const(1000)        # _pack() before a set-up's datagram at most this often
 # A datagram is first peeked at (recv(_PEEK, MSG_PEEK): _PEEK bytes, left queued; two one-block
 # objects, which fit in any hole of a fragmented heap). Media (a mini frame, top bit clear) is then
 # read with readinto straight into the receive buffer made once, asking for exactly its length: a
@@ -90,7 +91,8 @@ def _pack():
     are made: they then fill the heap from its lowest free block instead of landing among garbage that
     leaves holes when it goes, and the free space stays in pieces large enough for a signalling recv()
     and the next call (docs/handset.md, Memory). Once per call set-up or login (a CHALLENGE: the session's
-    keys), a few ms on an ESP32."""
+    keys), a few ms on an ESP32, and at most once every _PACK_GAP_MS: the datagram that asks for it is not
+    authenticated yet, so forged ones must not buy a collection each (App.receive)."""
     gc.collect()
 
 
@@ -278,8 +280,12 @@ class App:
         try:
             if data is not None:
                 self._signalled = True
-                if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER or data[7] == wire.CHALLENGE):
-                    _pack()   # a call's or a login's keys and buffers come with it (the type is in the clear header)
+                if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER or data[7] == wire.CHALLENGE) and (
+                        self._packed_at is None or ticks_diff(now, self._packed_at) >= _PACK_GAP_MS):
+                    # a call's or a login's keys and buffers come with it (the type is in the clear header,
+                    # read before the datagram is authenticated: a flood of forged ones collects once a gap)
+                    self._packed_at = now
+                    _pack()
                 self.phone.receive(bytearray(data), now)
                 return
             if n == _VOICE_FRAME:

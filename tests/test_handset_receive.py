@@ -98,3 +98,63 @@ def test_each_queued_datagram_is_read_alone_without_a_large_allocation(tmp_path,
     assert found["odd"] == "3 3", out   # the odd one joined the voice frame behind it, then one each
     assert found["empty"] == "0 3 1 True", out
     assert found["joined"] == "345", out   # 168 + 9 + 168: what a plain readinto would have read
+
+
+FORGED = r'''
+import gc, socket, sys
+sys.path.insert(0, sys.argv[1])
+import firmware.app
+from common import wire
+from firmware.app import App
+from firmware.hal import unix
+port = int(sys.argv[2])
+config = {"host": "127.0.0.1", "port": 9, "extension": "101", "secret": "00" * 16, "bind": "127.0.0.1",
+          "local_port": port, "sysinfo_file": "/nonexistent/sysinfo.json", "dscp": False}
+app = App(config, unix.Hal(name="101"))
+assert app.open_socket(0)
+packs = []
+real_pack = firmware.app._pack
+def counted():
+    packs.append(1)
+    real_pack()
+firmware.app._pack = counted
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+to = socket.getaddrinfo("127.0.0.1", port)[0][-1]
+import select
+poller = select.poll()
+poller.register(app._raw_sock, select.POLLIN)
+
+def flood(kind, count, start_ms):
+    """count forged full frames of message type kind, one a ms from start_ms: (collections, datagrams left
+    unread, nothing came of them)."""
+    forged = bytearray(60)
+    forged[0] = 0x80   # a full frame; its type in the clear header, its tag wrong
+    forged[7] = kind
+    before, left = len(packs), 0
+    for i in range(count):
+        tx.sendto(forged, to)
+        app.receive(start_ms + i)
+        left += len(poller.poll(0))   # read (and dropped: its tag is wrong), not left queued
+    return len(packs) - before, left, app.phone.call is None and not app.phone.registered
+
+print("RESULT challenge", flood(wire.CHALLENGE, 300, 0))
+print("RESULT setup", flood(wire.SETUP, 300, 400))
+print("RESULT later", flood(wire.MEDIA_PEER, 300, 1000))
+'''
+
+
+def test_forged_setup_datagrams_buy_one_collection_a_second_not_one_each(tmp_path, unix32_plain):
+    """A SETUP, MEDIA_PEER or CHALLENGE (the type is read from the clear header, before the datagram is
+    authenticated) has the handset collect its garbage first (firmware/app.py `_pack`: a few ms on an
+    ESP32). Forged ones, 900 at one a ms, are each read and dropped, and buy one collection per second
+    of them (`_PACK_GAP_MS`), not one each: 300 a second would have kept an ESP32's loop busy."""
+    script = tmp_path / "forged.py"
+    script.write_text(FORGED)
+    r = subprocess.run([unix32_plain, "-X", "heapsize=2M", str(script), str(ROOT), str(free_udp_port())],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    found = dict(re.findall(r"RESULT (\w+) (.*)", out))
+    # (collections, datagrams left unread, no call and no login came of them): 0-299 ms one, 400-699 ms
+    # none (within the second), 1000-1299 ms one
+    assert (found["challenge"], found["setup"], found["later"]) == ("(1, 0, True)", "(0, 0, True)", "(1, 0, True)"), out
