@@ -73,6 +73,9 @@ def finish(app):
         app._close_call()
     summary = app.summary
     summary["frames_sent"], summary["frames_received"] = app.frames_sent, app.frames_received
+    # the microphone's frames lost while the loop was late (a busy PC's stall, an ESP32's DMA overrun):
+    # counted by the unix HAL; the ESP32 HAL cannot tell (its DMA overwrites unseen): None there
+    summary["mic_frames_lost"] = getattr(app.hal, "mic_lost", None)
     summary["cn_sent"], summary["cn_received"] = app.cn_sent, app.cn_received
     summary["frames_suppressed"] = app.frames_suppressed
     summary["frames_rejected"] = app.frames_rejected + app.phone.dropped

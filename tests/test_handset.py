@@ -232,7 +232,9 @@ def test_a_whole_call_fits_a_small_heap(lab):
     row = place_call(lab, "101", "301", "mem", seconds=3,
                      caller_args=("--mpy", "--heapsize", HEAP, "--record-g711", record_back),
                      callee_args=("--mpy", "--heapsize", HEAP, "--send", back, "--record-sent-g711", sent_back))
-    assert row["cause"] == "normal clearing" and row["audio_match"] and row["frames_received"] >= 140
+    assert row["cause"] == "normal clearing" and row["audio_match"]
+    # 3 s: a frame each 20 ms sent (or lost by the microphone while the machine stalled the process), and received
+    assert row["frames_sent"] + row["mic_frames_lost"] >= 140 and row["frames_received"] >= 0.95 * row["frames_sent"], row
     # frame for frame: the callee's last frames, sent before it heard the caller hang up, may miss it
     assert frames_heard(sent_back, record_back, listener_left_first=True)[0]
     for tag in ("mem-101-301-caller", "mem-101-301-callee"):

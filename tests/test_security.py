@@ -180,8 +180,11 @@ def test_a_replayed_frame_from_elsewhere_moves_neither_a_phone_nor_a_remote_host
             second = lab.phone("102", "--send", _wav(lab, "102"), "--call", "301", "--call-after", "0.3",
                                "--duration", "2", "--exit-after-call", "--exit-after", "12", tag="second")
             second.wait(20)
-            sent = lab.summary("second")["calls"][0]
-            assert sent["cause"] == "normal clearing" and sent["frames_sent"] >= 90
+            summary = lab.summary("second")
+            sent = summary["calls"][0]
+            # 2 s: each 20 ms frame sent, or lost by the microphone while a loaded machine stalled the process
+            assert sent["cause"] == "normal clearing" and sent["frames_sent"] + summary["mic_frames_lost"] >= 90, (
+                sent, summary["mic_frames_lost"])
             assert _causes_of_summary(lab, "second") == ["normal clearing"]
             victim.stdin.write(b"!quit\n")
             victim.stdin.flush()

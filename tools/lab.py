@@ -509,5 +509,8 @@ def place_call(lab, caller, callee, behaviour, seconds=2.0, answer=True, caller_
         "frames_received": callee_summary["frames_received"], "frames_lost":
             max(0, call.get("frames_sent", 0) - callee_summary["frames_received"]),
         "audio_match": match, "cause": call.get("cause"),
+        # the caller's microphone frames lost while its process was stalled (docs/handset.md): with frames_sent,
+        # a frame for every 20 ms of the call
+        "mic_frames_lost": summary.get("mic_frames_lost") or 0,
         "media_at_hosts": {k: after[k] - before.get(k, 0) for k in after if k in before},
     }

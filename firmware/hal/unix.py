@@ -140,6 +140,7 @@ class Hal:
             self.ticks_ms = time.ticks_ms   # the port's own clock, called directly (several times a pass)
         self._last = self.ticks_ms()
         self._mic_at = None       # when the microphone's next 20 ms frame is complete
+        self.mic_lost = 0         # frames the microphone lost while the loop was late (_MIC_BACKLOG_MS)
         self._watchdog = None
         self._fed_at = None
         if watchdog_port:
@@ -178,6 +179,7 @@ class Hal:
         if late > _MIC_BACKLOG_MS:
             skipped = (late - _MIC_BACKLOG_MS) // 20  # 200..219 ms late after this: 11 frames are there
             self._mic_at = time.ticks_add(self._mic_at, 20 * skipped)
+            self.mic_lost += skipped
             for _ in range(skipped):  # the samples a DMA queue would have overwritten
                 self._read(pcm)
         self._mic_at = time.ticks_add(self._mic_at, 20)
