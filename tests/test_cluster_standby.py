@@ -299,8 +299,14 @@ def test_a_100k_mpy_phone_at_a_node_calls_and_logs_in_again_at_the_next_node_whe
             lab.wait_for(lambda: [c["callee"] for c in lab.status(at)["calls"]] == ["308"], "the call at " + at,
                          timeout=60)
             before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("301", "308")}
-            lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 150 for n in ("301", "308")),
-                         "3 s of audio both ways through " + at, timeout=60)
+            try:
+                lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 150 for n in ("301", "308")),
+                             "3 s of audio both ways through " + at, timeout=60)
+            except TimeoutError as exc:   # which way, and what each phone and node said
+                heard = {n: _frames(lab.path(n + ".rx.g711")) - before[n] for n in ("301", "308")}
+                raise AssertionError("%s: frames heard %s\n%s\n%s\n%s" % (
+                    exc, heard, lab._log_tail("phone-mpy-301", 25), lab._log_tail("phone-mpy-308", 25),
+                    json.dumps(lab.status(at)["calls"])))
             procs["301"].stdin.write(b"!hangup\n")
             procs["301"].stdin.flush()
             lab.wait_for(lambda: not lab.status(at)["calls"], "the call ended at " + at, timeout=30)

@@ -15,9 +15,11 @@ import subprocess
 
 from tests.support import ROOT
 
-SCRIPT = r'''
+# the real App and unix HAL on a real UDP port (argv[2]), and a socket that sends to it
+PRELUDE = r'''
 import gc, socket, sys
 sys.path.insert(0, sys.argv[1])
+import firmware.app
 from firmware.app import App
 from firmware.hal import unix
 port = int(sys.argv[2])
@@ -27,6 +29,9 @@ app = App(config, unix.Hal(name="101"))
 assert app.open_socket(0)
 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 to = socket.getaddrinfo("127.0.0.1", port)[0][-1]
+'''
+
+SCRIPT = PRELUDE + r'''
 voice = bytearray(168)
 voice[0] = 0x01
 for i in range(4, 168):
@@ -80,14 +85,18 @@ def free_udp_port():
         return s.getsockname()[1]
 
 
-def test_each_queued_datagram_is_read_alone_without_a_large_allocation(tmp_path, unix32_plain):
-    script = tmp_path / "receive.py"
-    script.write_text(SCRIPT)
-    r = subprocess.run([unix32_plain, "-X", "heapsize=2M", str(script), str(ROOT), str(free_udp_port())],
+def run_app_script(path, text, micropython):
+    """The script on the 32-bit build with a 2M heap: its RESULT lines as {name: text}, and its output."""
+    path.write_text(text)
+    r = subprocess.run([micropython, "-X", "heapsize=2M", str(path), str(ROOT), str(free_udp_port())],
                        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    found = dict(re.findall(r"RESULT (\w+) (.*)", out))
+    return dict(re.findall(r"RESULT (\w+) (.*)", out)), out
+
+
+def test_each_queued_datagram_is_read_alone_without_a_large_allocation(tmp_path, unix32_plain):
+    found, out = run_app_script(tmp_path / "receive.py", SCRIPT, unix32_plain)
     print(found)
     assert found["counts"] == "[3, 4]", out          # every batch: one read per datagram, none joined
     assert found["last_is_voice"] == "True", out      # a voice frame lands whole in the buffer made once
@@ -100,26 +109,14 @@ def test_each_queued_datagram_is_read_alone_without_a_large_allocation(tmp_path,
     assert found["joined"] == "345", out   # 168 + 9 + 168: what a plain readinto would have read
 
 
-FORGED = r'''
-import gc, socket, sys
-sys.path.insert(0, sys.argv[1])
-import firmware.app
+FORGED = PRELUDE + r'''
 from common import wire
-from firmware.app import App
-from firmware.hal import unix
-port = int(sys.argv[2])
-config = {"host": "127.0.0.1", "port": 9, "extension": "101", "secret": "00" * 16, "bind": "127.0.0.1",
-          "local_port": port, "sysinfo_file": "/nonexistent/sysinfo.json", "dscp": False}
-app = App(config, unix.Hal(name="101"))
-assert app.open_socket(0)
 packs = []
 real_pack = firmware.app._pack
 def counted():
     packs.append(1)
     real_pack()
 firmware.app._pack = counted
-tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-to = socket.getaddrinfo("127.0.0.1", port)[0][-1]
 import select
 poller = select.poll()
 poller.register(app._raw_sock, select.POLLIN)
@@ -148,13 +145,7 @@ def test_forged_setup_datagrams_buy_one_collection_a_second_not_one_each(tmp_pat
     authenticated) has the handset collect its garbage first (firmware/app.py `_pack`: a few ms on an
     ESP32). Forged ones, 900 at one a ms, are each read and dropped, and buy one collection per second
     of them (`_PACK_GAP_MS`), not one each: 300 a second would have kept an ESP32's loop busy."""
-    script = tmp_path / "forged.py"
-    script.write_text(FORGED)
-    r = subprocess.run([unix32_plain, "-X", "heapsize=2M", str(script), str(ROOT), str(free_udp_port())],
-                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
-    found = dict(re.findall(r"RESULT (\w+) (.*)", out))
+    found, out = run_app_script(tmp_path / "forged.py", FORGED, unix32_plain)
     # (collections, datagrams left unread, no call and no login came of them): 0-299 ms one, 400-699 ms
     # none (within the second), 1000-1299 ms one
     assert (found["challenge"], found["setup"], found["later"]) == ("(1, 0, True)", "(0, 0, True)", "(1, 0, True)"), out
