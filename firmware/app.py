@@ -36,7 +36,7 @@ _RETRY_MAX = const(8)             # datagrams kept for another try after sendto 
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
 _RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
 _CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
-_PACK_GAP_MS = const(1000)        # _pack() before a set-up's datagram at most this often
+_PACK_GAP_MS = const(1000)        # _pack() before a login's, and a call's, set-up datagram at most this often
 # A datagram is first peeked at (recv(_PEEK, MSG_PEEK): _PEEK bytes, left queued; two one-block
 # objects, which fit in any hole of a fragmented heap). Media (a mini frame, top bit clear) is then
 # read with readinto straight into the receive buffer made once, asking for exactly its length: a
@@ -280,12 +280,18 @@ class App:
         try:
             if data is not None:
                 self._signalled = True
-                if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER or data[7] == wire.CHALLENGE) and (
-                        self._packed_at is None or ticks_diff(now, self._packed_at) >= _PACK_GAP_MS):
-                    # a call's or a login's keys and buffers come with it (the type is in the clear header,
-                    # read before the datagram is authenticated: a flood of forged ones collects once a gap)
-                    self._packed_at = now
-                    _pack()
+                if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER or data[7] == wire.CHALLENGE):
+                    # a call's or a login's keys and buffers come with it (the type is in the clear header, read
+                    # before the datagram is authenticated: forged ones collect at most once a gap, a login's
+                    # and a call's each, so that a call set up just after a login still has its collection)
+                    login = data[7] == wire.CHALLENGE
+                    at = self._packed_login_at if login else self._packed_call_at
+                    if at is None or ticks_diff(now, at) >= _PACK_GAP_MS:
+                        if login:
+                            self._packed_login_at = now
+                        else:
+                            self._packed_call_at = now
+                        _pack()
                 self.phone.receive(bytearray(data), now)
                 return
             if n == _VOICE_FRAME:

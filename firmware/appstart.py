@@ -70,7 +70,9 @@ def init(app, config, hal):
     app._frame_at = None     # the next 20 ms audio tick
     app._signalled = False   # the protocol moved: its events, datagrams and timer need a look
     app._held = None         # events firmware/events.py found no room to handle yet (App.events)
-    app._packed_at = None    # when a set-up's datagram last had the garbage collected before it (App.receive)
+    # when a login's (CHALLENGE) and a call's (SETUP, MEDIA_PEER) datagram last had the garbage collected
+    # before it (App.receive)
+    app._packed_login_at = app._packed_call_at = None
     app.running = True
     app.reset_requested = False
     app.record = open(app.script["record_g711"], "wb") if app.script.get("record_g711") else None

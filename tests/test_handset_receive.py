@@ -136,16 +136,21 @@ def flood(kind, count, start_ms):
 
 print("RESULT challenge", flood(wire.CHALLENGE, 300, 0))
 print("RESULT setup", flood(wire.SETUP, 300, 400))
-print("RESULT later", flood(wire.MEDIA_PEER, 300, 1000))
+print("RESULT peer", flood(wire.MEDIA_PEER, 300, 700))
+print("RESULT later", flood(wire.MEDIA_PEER, 300, 1400))
+print("RESULT login", flood(wire.CHALLENGE, 300, 1400))
 '''
 
 
 def test_forged_setup_datagrams_buy_one_collection_a_second_not_one_each(tmp_path, unix32_plain):
     """A SETUP, MEDIA_PEER or CHALLENGE (the type is read from the clear header, before the datagram is
     authenticated) has the handset collect its garbage first (firmware/app.py `_pack`: a few ms on an
-    ESP32). Forged ones, 900 at one a ms, are each read and dropped, and buy one collection per second
-    of them (`_PACK_GAP_MS`), not one each: 300 a second would have kept an ESP32's loop busy."""
+    ESP32). Forged ones, 1,500 at one a ms, are each read and dropped, and buy one collection per second
+    for logins and one for calls (`_PACK_GAP_MS`), not one each: 300 a second would have kept an ESP32's
+    loop busy. A login's collection does not take a call's that follows it."""
     found, out = run_app_script(tmp_path / "forged.py", FORGED, unix32_plain)
-    # (collections, datagrams left unread, no call and no login came of them): 0-299 ms one, 400-699 ms
-    # none (within the second), 1000-1299 ms one
-    assert (found["challenge"], found["setup"], found["later"]) == ("(1, 0, True)", "(0, 0, True)", "(1, 0, True)"), out
+    # (collections, datagrams left unread, no call and no login came of them), a login's and a call's gap
+    # apart: CHALLENGEs at 0-299 ms one; SETUPs at 400-699 ms one (a call's first); MEDIA_PEERs at 700-999 none
+    # (the call's second); at 1400-1699 ms one each
+    assert [found[k] for k in ("challenge", "setup", "peer", "later", "login")] == [
+        "(1, 0, True)", "(1, 0, True)", "(0, 0, True)", "(1, 0, True)", "(1, 0, True)"], out
