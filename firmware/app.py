@@ -17,7 +17,6 @@ import gc
 import os
 import socket
 import struct
-import time
 
 from common import wire
 from common.compat import const, micropython, ticks_add, ticks_diff, ticks_earliest
@@ -33,10 +32,9 @@ KEY_ON_HOOK = "D"          # hang up / reject / silence a tone
 KEY_HOLD = "B"             # in a call: hold, and resume (docs/features.md)
 _CAPTURE_MAX = const(3)           # frames sent per loop iteration at most (a late loop catches up)
 _RETRY_MAX = const(8)             # datagrams kept for another try after sendto failed
-_RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
 _RESEND_MS = const(5)             # while datagrams wait for another try, the loop wakes at least this often
 _CALLS_KEPT = const(8)            # the summary's record of calls: the last ones
-_PACK_GAP_MS = const(1000)        # _pack() before a login's, and a call's, set-up datagram at most this often
+_PACK_GAP_MS = const(1000)        # _pack() before a set-up's datagram at most this often (App.receive)
 # A datagram is first peeked at (recv(_PEEK, MSG_PEEK): _PEEK bytes, left queued; two one-block
 # objects, which fit in any hole of a fragmented heap). Media (a mini frame, top bit clear) is then
 # read with readinto straight into the receive buffer made once, asking for exactly its length: a
@@ -196,12 +194,6 @@ class App:
             try:
                 rarely("firmware.events").handle(self, events, now)
             except MemoryError:   # the module or one an event needs: handle() takes each event off once done
-                if self._held is None:   # once on the console while they wait (a line fits where code does not)
-                    try:
-                        self.hal.log("W", "phone", "events held: no heap for their code (%s free)" % (
-                            _mem_free() if _mem_free is not None else "?"))
-                    except MemoryError:
-                        pass
                 self._held = events
                 self.summary["events_held"] += 1
                 if self.ota is not None:
@@ -280,18 +272,13 @@ class App:
         try:
             if data is not None:
                 self._signalled = True
-                if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER or data[7] == wire.CHALLENGE):
+                if n > 7 and (data[7] == wire.SETUP or data[7] == wire.MEDIA_PEER or data[7] == wire.CHALLENGE) and (
+                        self._packed_at is None or ticks_diff(now, self._packed_at) >= _PACK_GAP_MS):
                     # a call's or a login's keys and buffers come with it (the type is in the clear header, read
-                    # before the datagram is authenticated: forged ones collect at most once a gap, a login's
-                    # and a call's each, so that a call set up just after a login still has its collection)
-                    login = data[7] == wire.CHALLENGE
-                    at = self._packed_login_at if login else self._packed_call_at
-                    if at is None or ticks_diff(now, at) >= _PACK_GAP_MS:
-                        if login:
-                            self._packed_login_at = now
-                        else:
-                            self._packed_call_at = now
-                        _pack()
+                    # before the datagram is authenticated: forged ones collect at most once a gap; a registration
+                    # and an incoming call, which are authenticated, open the gate again: firmware/events.py)
+                    self._packed_at = now
+                    _pack()
                 self.phone.receive(bytearray(data), now)
                 return
             if n == _VOICE_FRAME:
@@ -461,26 +448,10 @@ class App:
 
     def run(self):
         """Register, then loop until the script ends, `!quit`, `!reset` or Ctrl-C; finish() in any case."""
-        hal = self.hal
-        now = hal.ticks_ms()
-        self.started = now
-        script = self.script
-        if script.get("call"):
-            self._call_at = ticks_add(now, int(script.get("call_after_ms", 0)))
-        if script.get("exit_after_ms"):
-            self._stop_at = ticks_add(now, int(script["exit_after_ms"]))
         try:
-            while not self.open_socket(now):  # no address for the host yet (DNS, Wi-Fi): try again
-                for _ in range(_RESOLVE_RETRY_MS // 100):
-                    hal.feed()
-                    time.sleep_ms(100)
-                now = hal.ticks_ms()
-                if due(now, self._stop_at):
-                    return
-            self.phone.start(now)
-            self._signalled = True
-            if _mem_alloc is not None:
-                self._house_at = now
+            now = rarely("firmware.appstart").begin(self)   # the script's timers, the socket, the login
+            if now is None:
+                return   # the script's end came before the host could be resolved
             self._loop(now)
         except BaseException:  # a crash, or Ctrl-C from the console or mpremote: start.py reports it
             try:
@@ -616,6 +587,11 @@ class App:
         self._sampled_at = None
         self._house_at = ticks_add(now, 1000 - _HEAP_SAMPLE_LEAD_MS)
         self.hal.network_up()
+        if self.deferred and self.phone.call is None and not self._held:
+            try:   # what events put off for want of room (firmware/events.py put_off)
+                rarely("firmware.putoff").run_deferred(self, now)
+            except MemoryError:
+                pass
         if self.ota is not None:   # an over-the-air update downloading (firmware/ota.py)
             self.ota.tick(now)
         elif (self.ota_offer is not None or self.firmware.get("trial")) and self.phone.call is None and not self._held:

@@ -1,21 +1,26 @@
 """The handset's start: the App's state (App.__init__: all but the protocol, the audio pipeline
-and the receive buffer) and its socket (App.open_socket; App._reopen after an empty datagram).
+and the receive buffer), the run's start (App.run: the script's timers, the login) and its socket
+(App.open_socket; App._reopen after an empty datagram).
 
 Run once at start (and, for the socket, after an empty datagram): firmware/app.py imports this
 module for each use and forgets it again (firmware.hal.rarely), so that its code does not stay on a
 handset's heap (docs/handset.md, Memory).
 """
 import errno
+import gc
 import os
 import select
 import socket
 import sys
+import time
 
 from common import wire
-from common.compat import const
+from common.compat import const, ticks_add, ticks_diff
 from firmware.hal import rarely
 
 _TONE_TIMEOUT_MS = const(30000)   # busy and reorder stop by themselves after this
+_RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
+_mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only
 
 
 def _random_port():
@@ -70,9 +75,11 @@ def init(app, config, hal):
     app._frame_at = None     # the next 20 ms audio tick
     app._signalled = False   # the protocol moved: its events, datagrams and timer need a look
     app._held = None         # events firmware/events.py found no room to handle yet (App.events)
-    # when a login's (CHALLENGE) and a call's (SETUP, MEDIA_PEER) datagram last had the garbage collected
-    # before it (App.receive)
-    app._packed_login_at = app._packed_call_at = None
+    app.deferred = None      # work an event put off for want of room (firmware/events.py put_off)
+    # when a set-up's datagram (CHALLENGE, SETUP, MEDIA_PEER) last had the garbage collected before it (App.receive).
+    # The App's attributes fit the 73 slots of their table (py/map.c's sizes): one more grows it by 192 bytes,
+    # which a 100K `.mpy` handset's download did not have to spare (tests/test_ota_handset32.py)
+    app._packed_at = None
     app.running = True
     app.reset_requested = False
     app.record = open(app.script["record_g711"], "wb") if app.script.get("record_g711") else None
@@ -108,6 +115,32 @@ def init(app, config, hal):
     app.ota = None
     rarely("firmware.sysinfo").restore(app)   # the system information kept in flash
     app.hal.attach(app.poller)   # what of the HAL wakes the loop (an ESP32's microphone in a call)
+
+
+def begin(app):
+    """App.run's start, run once: the script's timers, the socket (tried again each second while the host
+    cannot be resolved: DNS, Wi-Fi), the login; the time to loop from, or None when the script's end came
+    first. Here, not in firmware/app.py, whose code stays on the heap for the handset's life."""
+    hal = app.hal
+    now = hal.ticks_ms()
+    app.started = now
+    script = app.script
+    if script.get("call"):
+        app._call_at = ticks_add(now, int(script.get("call_after_ms", 0)))
+    if script.get("exit_after_ms"):
+        app._stop_at = ticks_add(now, int(script["exit_after_ms"]))
+    while not open_socket(app, now):
+        for _ in range(_RESOLVE_RETRY_MS // 100):
+            hal.feed()
+            time.sleep_ms(100)
+        now = hal.ticks_ms()
+        if app._stop_at is not None and ticks_diff(now, app._stop_at) >= 0:
+            return None
+    app.phone.start(now)
+    app._signalled = True
+    if _mem_alloc is not None:
+        app._house_at = now
+    return now
 
 
 def open_socket(app, now):

@@ -39,12 +39,17 @@ def handle(app, events, now):
         event = events[0]
         kind = type(event)
         if kind is LoginUp:
-            # which firmware runs, to the host; after an over-the-air update: keep it, or report its roll-back
-            ota = rarely("firmware.ota")
+            app._packed_at = None   # the next set-up's datagram has its collection (App.receive): this one is genuine
             app.summary["registered"] = True
             app.log("I", "registered as %s" % app.config["extension"])
             app.hal.display("idle", None)
-            ota.registered(app, now)
+            # which firmware runs, to the host; after an over-the-air update: keep it, or report its roll-back.
+            # Its code is the largest an event needs: with no room for it, it is put off (put_off), never
+            # held, so that a call's events behind it (ring-back, connected) are not held with it
+            try:
+                rarely("firmware.ota").registered(app, now)
+            except MemoryError:
+                put_off(app, 0)
         elif kind is LoginDown:
             app.log("W", "registration lost: %s" % event.reason)
             if app.phone.host_next is not None:   # a cluster's node: the next login goes by rendezvous (docs/cluster.md)
@@ -67,12 +72,27 @@ def handle(app, events, now):
         elif kind is Dtmf:
             app.summary["dtmf_received"] += event.digit
             app.log("I", "dtmf %s" % event.digit)
-        elif kind is Sysinfo:
-            rarely("firmware.sysinfo").received(app, event.version, event.data)
+        elif kind is Sysinfo:   # put off as a registration's report is, when there is no room for its code
+            try:
+                rarely("firmware.sysinfo").received(app, event.version, event.data)
+            except MemoryError:
+                put_off(app, event)
         events.pop(0)
 
 
+def put_off(app, work):
+    """Work an event asked for that found no room for its code (the collector has tried), kept in App.deferred
+    for an idle second with room (firmware/putoff.py): 0, the registration's firmware report, or a Sysinfo event.
+    Before, the event that asked for it held every event behind it: a 100K `.mpy` handset that logged in
+    again at a cluster's next node sent no audio in its next call, its connected event held behind its
+    registration's for as long as the call lasted (docs/handset.md, "Work an event can put off")."""
+    if app.deferred is None:
+        app.deferred = []
+    app.deferred.append(work)   # (no console line: there is no room for one either; firmware/putoff.py says it)
+
+
 def incoming(app, event, now):
+    app._packed_at = None   # as for a registration: a MEDIA_PEER after this genuine SETUP has its collection
     app.log("I", "incoming call from %s %s" % (event.number, event.name))
     app.hal.display("ringing", ("%s %s" % (event.number, event.name)).strip())
     app.current = {"from": event.number, "to": app.config["extension"], "dialed_ms": now,

@@ -1,0 +1,64 @@
+"""What a handset's events need of its heap (firmware/events.py) on the 32-bit build, the ESP32's word size.
+
+The real App, unix HAL and firmware/events.py in one MicroPython process (as tests/test_handset_receive.py
+runs the receive path): the heap is filled (firmware/hal/faults.py's `_fill`, what `!fault fill` does) so
+that events.py's own small functions still run but firmware/ota.py's code cannot be loaded. A registration
+(LoginUp: its firmware report needs firmware/ota.py) then puts that report off instead of holding the
+events behind it: the call's ring-back and connected events are handled at once. Before, the whole list
+was held: a 100K `.mpy` handset at a cluster's node, logging in again after its node died and calling at
+once, sent no audio for as long as the call lasted (its connected event never ran: tests/test_cluster_standby.py).
+Once the heap is let go, the put-off report runs (firmware/putoff.py, from the once-a-second housekeeping
+when idle).
+"""
+from tests.test_handset_receive import PRELUDE, run_app_script
+from upbx.tools.phone import binary_march, compiled_tree
+
+SCRIPT = PRELUDE + r'''
+import firmware.events as events
+from firmware.hal.faults import _fill
+from common.login import LoginUp
+from common.phone import Connected, Ringback
+import firmware.hal
+loaded = []
+real_rarely = firmware.hal.rarely
+def watched(name):
+    loaded.append(name)
+    return real_rarely(name)
+events.rarely = watched
+app.current = {"from": "101", "to": "301", "dialed_ms": 0, "setup_ms": None, "path": None, "cause": None,
+               "frames_sent": 0, "frames_received": 0}
+queue = [LoginUp({}), Ringback(), Connected("relay")]
+outcome = ballast = None   # bound now: storing a new global may need the heap
+gc.collect()
+ballast = _fill(600)   # what events.py's functions need, not what firmware/ota.py's do
+try:
+    events.handle(app, queue, 1000)
+    outcome = "handled"
+except MemoryError:
+    outcome = "held"
+ballast = None
+gc.collect()
+print("RESULT outcome", outcome)
+print("RESULT left", len(queue))
+print("RESULT connected_at", app.connected_at)
+print("RESULT deferred", app.deferred)
+print("RESULT loaded", loaded)
+loaded.clear()
+putoff = firmware.hal.rarely("firmware.putoff")   # what the housekeeping does when idle
+putoff.rarely = watched
+putoff.run_deferred(app, 2000)
+print("RESULT after", app.deferred, loaded)
+'''
+
+
+def test_a_registration_without_room_for_its_firmware_report_puts_it_off_and_holds_no_call_event(tmp_path,
+                                                                                                  unix32_plain):
+    tree = compiled_tree(binary_march(unix32_plain))   # .mpy files, as a handset holds them: code loads, not compiles
+    found, out = run_app_script(tmp_path / "events.py", SCRIPT, unix32_plain, tree=tree, heap="100K")
+    assert found["outcome"] == "handled", out   # no MemoryError out of handle(): nothing held
+    assert found["left"] == "0", out            # the registration, the ring-back and the connected event
+    assert found["connected_at"] == "1000", out   # the connected event ran: the microphone started, the call's timers
+    assert found["deferred"] == "[0]", out        # 0: the firmware report (firmware/events.py put_off)
+    assert found["loaded"] == "['firmware.ota']", out   # tried, found no room
+    assert found["after"] == "None ['firmware.ota']", out   # done once the heap had room
+    assert "I phone work put off for want of heap: done" in out, out
