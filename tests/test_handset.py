@@ -187,7 +187,7 @@ def _stop_with_ctrl_c(handset):
 
 def test_ctrl_c_ends_the_loop_cleanly(lab):
     handset = Handset(lab, "102", tag="sigint-102")
-    lab.wait_registered("102")
+    handset.wait_line("I phone registered as 102", timeout=30)   # its own login (see below)
     log = _stop_with_ctrl_c(handset)
     summary = lab.summary("sigint-102")
     assert summary["registered"] is True and summary["heap"]["total"] > 0
@@ -204,7 +204,8 @@ def test_ctrl_c_while_the_garbage_collector_runs_still_logs_out(lab):
     for i in range(3):
         tag = "gc-sigint-102-%d" % i
         handset = Handset(lab, "102", "--fault", "collect 400", tag=tag)
-        lab.wait_registered("102")
+        # its own login line, not the host's list: the last round's 102 may still be listed there
+        handset.wait_line("I phone registered as 102", timeout=30)
         handset.wait_line("armed: collect 400")
         time.sleep(0.2 * i)          # a different moment of the loop each time
         log = _stop_with_ctrl_c(handset)
