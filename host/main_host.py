@@ -320,6 +320,7 @@ class MainHost(HostCore):
         """Another node's trunk login (host/cluster/trunk.py): a link of kind "node", no site, no directory."""
         link = Link(peer.name, "node", session=peer)
         link.site = "@nodes"
+        link.node = int(peer.name[1:])   # "@ID": its secret was found (xnode.secret_of), so ID is a node id
         self.links[peer.index] = link
         self.links_by_name[peer.identity] = link
         self._links_changed += 1

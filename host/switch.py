@@ -34,7 +34,7 @@ class Link:
 
     # one per registered phone at a main host (10,000): no per-instance dict (subclasses have one)
     __slots__ = ("_serial", "name", "kind", "session", "login", "_address", "trunk_auth", "trunk_recv_auth",
-                 "peer_index", "up", "legs", "codec", "site")
+                 "peer_index", "up", "legs", "codec", "site", "node")
 
     def __init__(self, name, kind, session=None, login=None, address=None):
         self._serial = None
@@ -49,6 +49,7 @@ class Link:
         self.up = True
         self.legs = 0               # live legs on this link (Switch.new_leg / end_call)
         self.codec = wire.CODEC_ULAW  # a phone's G.711 law, as its SETUP / ALERTING said (host/codec.py)
+        self.node = None            # a node trunk's: the other node's id (host/cluster/trunk.py)
 
     @property
     def serial(self):
@@ -92,6 +93,14 @@ class Link:
 
     def __repr__(self):
         return "<Link %s %s>" % (self.kind, self.name)
+
+
+def trunk_class(node, peer):
+    """The node bits of node's call numbers for legs on its trunks to peer (docs/cluster.md, "Node trunks"):
+    ((node + peer) mod 15) + 1. For one node they differ from peer to peer, so a held leg that moves to the
+    trunk of a lost node's successor (NodeTrunks.claim) never meets one of ours there; for one peer they
+    differ from node to node, so a lost node's leg adopted onto our trunk to that peer never meets ours."""
+    return (node + peer) % cluster.MAX_NODE + 1
 
 
 def other_leg(leg):
@@ -187,6 +196,9 @@ class Switch:
         self._next_own = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
         self._next_phone = self._next_own % cluster.LOCAL_CALLS
         self.minis = {}               # a node's phone legs by number alone: a leg, or [legs] that share the number
+        self.trunk_own = {}           # a node's node-trunk legs it numbered itself: number -> leg (unique on the node)
+        self.trunk_classes = [0] * (cluster.MAX_NODE + 1)   # how many of trunk_own have each node-bits value
+        self._next_trunk = self._next_own % cluster.LOCAL_CALLS
         self._trunks = {}           # link -> [(media leg, ts, payload bytes)]
         self._relayed = set()       # links queued to from received trunk frames (flush_relayed)
         self._ended = {}            # key (as legs') -> (highest timestamp, link serial, direct serial, when ended)
@@ -201,15 +213,20 @@ class Switch:
         each) and phone sessions (2,048 each, the node id in them), docs/cluster.md "Call legs per link".
         Their trunk frames and signalling name a leg together with their session index, so a number need
         be unique only there; a phone's mini frame names its number alone, and is told from another phone's
-        by its source address or its tag (mini_in). A leg on a node trunk may move to another node's trunk
-        (a lost node's half carried on): theirs stay unique on the node, with its id in them."""
-        return self.node_id is not None and (link.kind == "host" or link.kind == "phone")
+        by its source address or its tag (mini_in). A node trunk's legs are numbered per trunk too, in the
+        class of numbers trunk_class gives the pair of nodes, so that a leg that moves to another trunk in a
+        failover meets none there (docs/cluster.md, "Node trunks")."""
+        return self.node_id is not None and (link.kind == "host" or link.kind == "phone" or link.kind == "node")
 
     def own_capacity(self, link):
         """The most legs link may hold when it numbers them alone: 32,767 for a remote host's session, 2,048
         for a phone's (with the node id in each: a phone's mini frame that reaches another node is sent on
         by it, docs/cluster.md "One hop")."""
         return wire.MAX_CALL_NO if link.kind == "host" else cluster.LOCAL_CALLS
+
+    def _trunk_full(self, link, more=1):
+        """True when the class of link's node trunk (trunk_class) has fewer than more numbers free."""
+        return self.trunk_classes[trunk_class(self.node_id, link.node)] + more > cluster.LOCAL_CALLS
 
     def key(self, link, call_no):
         """Where link's leg call_no is in self.legs (and self._ended): (link, call_no) for links that number
@@ -228,6 +245,8 @@ class Switch:
         if link is not None and self.own_numbers(link):
             if link.kind == "phone":
                 return self._phone_call_no(link)
+            if link.kind == "node":
+                return self._trunk_call_no(link)
             if link.legs >= wire.MAX_CALL_NO:
                 return None
             legs, reserved = self.legs, self.reserved
@@ -269,6 +288,20 @@ class Switch:
                 shared = call_no
         return shared
 
+    def _trunk_call_no(self, link):
+        """A number for a new leg on link, a trunk to another node: of the pair's class (trunk_class), and
+        unique among the legs this node numbered on any trunk (a held leg keeps its number when it moves)."""
+        bits = trunk_class(self.node_id, link.node)
+        if self.trunk_classes[bits] >= cluster.LOCAL_CALLS:
+            return None
+        own, legs = self.trunk_own, self.legs
+        for _ in range(cluster.LOCAL_CALLS):
+            self._next_trunk = (self._next_trunk + 1) % cluster.LOCAL_CALLS
+            call_no = cluster.make_call_no(bits, self._next_trunk)
+            if call_no not in own and (link, call_no) not in legs:
+                return call_no
+        return None
+
     def set_node(self, node_id):
         """This switch is a node's of a cluster: its call numbers carry node_id (docs/cluster.md)."""
         self.node_id = node_id
@@ -281,7 +314,8 @@ class Switch:
         """
         shared = [link for link in links if not self.own_numbers(link)]
         if len(self.legs) - self.own_legs + len(shared) > self.capacity or any(
-                link.legs + links.count(link) > self.own_capacity(link) for link in links if link not in shared):
+                (self._trunk_full(link, links.count(link)) if link.kind == "node" else
+                 link.legs + links.count(link) > self.own_capacity(link)) for link in links if link not in shared):
             self.stats.drop("no free call number")
             return wire.CAUSE_NETWORK_BUSY
         for link in links:
@@ -312,6 +346,10 @@ class Switch:
             if link.kind == "phone":
                 had = self.minis.get(leg.call_no)
                 self.minis[leg.call_no] = leg if had is None else (had + [leg] if type(had) is list else [had, leg])
+            elif link.kind == "node" and cluster.call_no_node(leg.call_no) == trunk_class(self.node_id, link.node):
+                # ours (another node's, adopted by Takeover, is never of our class on that trunk: trunk_class)
+                self.trunk_own[leg.call_no] = leg
+                self.trunk_classes[cluster.call_no_node(leg.call_no)] += 1
 
     def incoming(self, call, link, ies):
         """Leg a of call: the SETUP (ies) that came in on link, checked by the caller of this."""
@@ -406,10 +444,26 @@ class Switch:
             self.own_legs -= 1
             if leg.link.kind == "phone":
                 self._unmini(leg)
+            elif self.trunk_own.get(leg.call_no) is leg:
+                del self.trunk_own[leg.call_no]
+                self.trunk_classes[cluster.call_no_node(leg.call_no)] -= 1
         media = leg.direct[0] if leg.direct else leg.media
         self._ended[key] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
                             leg.direct[1].serial if leg.direct else None, now)
         self._ended_order.append((now, key))
+
+    def move(self, leg, link):
+        """leg (ours, on a trunk to a lost node) onto link, the trunk of the node that took the lost node's half
+        over (NodeTrunks.claim); False, and nothing moved, when link has a leg with its number."""
+        key = self.key(link, leg.call_no)
+        if key in self.legs:
+            return False
+        del self.legs[self.key(leg.link, leg.call_no)]
+        self.legs[key] = leg
+        leg.link.legs -= 1
+        leg.link = link
+        link.legs += 1
+        return True
 
     def _unmini(self, leg):
         had = self.minis.get(leg.call_no)

@@ -21,7 +21,7 @@ from upbx.common.media import MediaLeg
 from upbx.common.phone import Dtmf
 from upbx.host.cluster.calls import Takeover, call_value
 from upbx.host.core import Stats
-from upbx.host.switch import Call, Link, Switch
+from upbx.host.switch import Call, Link, Switch, trunk_class
 from tests.clusterkit import engines  # noqa: F401  (the module's engines, for the tests of real nodes)
 from tests.inprocess import MAIN, World
 from tests.test_cluster_forward import make_node
@@ -36,12 +36,12 @@ def _legs(switch, link, count, call):
     return numbers
 
 
-def test_a_node_numbers_each_remote_host_session_on_its_own_and_node_trunks_node_wide():
+def test_a_node_numbers_each_remote_host_session_on_its_own_and_its_own_endpoints_node_wide():
     switch = Switch(lambda *a: None, Stats())
     switch.set_node(5)
     call = Call(b"12345678", "1", "2", 0)
     site_a, site_b, phone = Link("site-a", "host"), Link("site-b", "host"), Link("301", "phone")
-    trunk = Link("node 6", "node")
+    app = Link("voicemail", "app")
     # more legs on each remote host than layout 1's 2,048 on the whole node, the same numbers at both
     on_a, on_b = _legs(switch, site_a, 3000, call), _legs(switch, site_b, 3000, call)
     assert len(set(on_a)) == len(set(on_b)) == 3000
@@ -55,11 +55,12 @@ def test_a_node_numbers_each_remote_host_session_on_its_own_and_node_trunks_node
     assert switch.leg(site_a, x) is not switch.leg(site_b, x)
     assert switch.leg(site_a, x).link is site_a and switch.leg(site_b, x).link is site_b
     assert switch.leg(phone, x) is None and x not in switch.legs                  # keyed (link, number)
-    # node trunks: node-unique numbers with the node id, 2,048 of them, whatever the sessions hold
-    shared = _legs(switch, trunk, 2000, call) + _legs(switch, Link("@7", "node"), 48, call)
+    # the host's own endpoints (voicemail, SIP): node-unique numbers with the node id, 2,048, whatever the
+    # sessions hold
+    shared = _legs(switch, app, cluster.LOCAL_CALLS, call)
     assert all(cluster.call_no_node(n) == 5 for n in shared) and len(set(shared)) == cluster.LOCAL_CALLS
-    assert switch.admit(trunk) == wire.CAUSE_NETWORK_BUSY
-    assert switch.admit(site_a) is None and switch.admit(phone) is None and switch.admit(site_a, trunk) == wire.CAUSE_NETWORK_BUSY
+    assert switch.admit(app) == wire.CAUSE_NETWORK_BUSY
+    assert switch.admit(site_a) is None and switch.admit(phone) is None and switch.admit(site_a, app) == wire.CAUSE_NETWORK_BUSY
     assert switch.stats.drops["no free call number"] == 2
     # a leg that goes frees its number on its own link only
     leg = switch.leg(site_a, x)
@@ -68,7 +69,7 @@ def test_a_node_numbers_each_remote_host_session_on_its_own_and_node_trunks_node
     assert (site_a, x) in switch._ended and x not in switch._ended
     one = switch.legs[shared[0]]
     switch._forget_leg(one, 0)
-    assert switch.admit(trunk) is None and switch.allocate_call_no(trunk) == shared[0]
+    assert switch.admit(app) is None and switch.allocate_call_no(app) == shared[0]
 
 
 def test_a_remote_host_session_of_a_node_holds_at_most_32767_legs():
@@ -117,7 +118,7 @@ def test_a_node_numbers_each_phone_session_on_its_own_more_than_2048_phone_legs(
     assert len(set(numbers[:cluster.LOCAL_CALLS])) == cluster.LOCAL_CALLS   # unique while fewer than 2,048
     assert len(set(numbers)) == cluster.LOCAL_CALLS and switch.own_legs == 3000 and not [
         k for k in switch.legs if type(k) is not tuple]
-    trunk = Link("node 6", "node")
+    trunk = _trunk("node 6")
     assert len(set(_legs(switch, trunk, cluster.LOCAL_CALLS, Call(b"12345678", "1", "2", 0)))) == cluster.LOCAL_CALLS
     assert switch.admit(trunk) == wire.CAUSE_NETWORK_BUSY and switch.admit(_phone(9000)) is None
     # a phone's session holds at most 2,048 legs (its number's 11 bits)
@@ -152,6 +153,71 @@ def test_a_node_numbers_each_phone_session_on_its_own_more_than_2048_phone_legs(
     for leg in list(switch.legs.values()):
         switch._forget_leg(leg, 0)
     assert not switch.minis and switch.own_legs == 0
+
+
+def _trunk(name):
+    """A node trunk's link: "node N" (our login to node N) or "@N" (node N's login to us)."""
+    link = Link(name, "node")
+    link.node = int(name[5:] if name.startswith("node ") else name[1:])
+    return link
+
+
+def test_node_trunk_number_classes_never_meet_in_a_claim_or_an_adoption():
+    """trunk_class: of one node, a class per peer (a claim moves a leg between two of one node's trunks); for
+    one peer, a class per node (an adoption puts a lost node's leg on another node's trunk to that peer)."""
+    nodes = range(1, cluster.MAX_NODE + 1)
+    for x in nodes:
+        assert len({trunk_class(x, q) for q in nodes if q != x}) == cluster.MAX_NODE - 1
+        assert len({trunk_class(q, x) for q in nodes if q != x}) == cluster.MAX_NODE - 1
+        assert all(1 <= trunk_class(x, q) <= cluster.MAX_NODE for q in nodes)
+
+
+def test_a_node_numbers_node_trunk_legs_per_pair_and_a_claim_or_an_adoption_meets_no_leg():
+    """Node 5 gives 2,048 legs to each other node's trunks (its two sessions with that node share them), 6,144
+    here with three, more than layout 1's 2,048 on the node. Node 6 is lost and its successor 7 takes its
+    halves over: every held leg moves to 7's trunk, where 5 has 2,048 of its own, and none meets one (a claim,
+    NodeTrunks.claim); node 7 adopts node 6's legs towards 5 onto its own trunk to 5, full of its own, and none
+    meets one (an adoption, Takeover.adopt). Only with two nodes lost at once can a moved leg meet one: it
+    does not move (the call ends after the hold)."""
+    n5 = Switch(lambda *a: None, Stats())
+    n5.set_node(5)
+    call = Call(b"12345678", "1", "2", 0)
+    to6, from6, to7, to8 = _trunk("node 6"), _trunk("@6"), _trunk("@7"), _trunk("node 8")
+    on6 = _legs(n5, to6, 1500, call) + _legs(n5, from6, 548, call)
+    on7, on8 = _legs(n5, to7, cluster.LOCAL_CALLS, call), _legs(n5, to8, cluster.LOCAL_CALLS, call)
+    assert len(set(on6 + on7 + on8)) == 3 * cluster.LOCAL_CALLS              # unique on the node
+    assert {cluster.call_no_node(n) for n in on6} == {trunk_class(5, 6)} and \
+        {cluster.call_no_node(n) for n in on7} == {trunk_class(5, 7)}
+    assert n5.admit(to6) == n5.admit(from6) == n5.admit(to7) == wire.CAUSE_NETWORK_BUSY
+    assert n5.admit(_trunk("node 9")) is None and n5.admit(Link("301", "phone")) is None
+    # node 6 lost, its successor 7 carries its halves on: every held leg moves to 7's trunk, meeting none
+    held = [n5.leg(to6, n) for n in on6[:1500]] + [n5.leg(from6, n) for n in on6[1500:]]
+    assert all(n5.move(leg, to7) for leg in held)
+    assert [n5.leg(to7, n) for n in on6] == held and all(n5.leg(to7, n).link is to7 for n in on7)
+    assert to7.legs == 2 * cluster.LOCAL_CALLS and to6.legs == from6.legs == 0
+    # node 7 adopts node 6's legs towards 5 (numbered by 6 on its trunk to 5) onto its own trunk to 5
+    n6, n7 = Switch(lambda *a: None, Stats()), Switch(lambda *a: None, Stats())
+    n6.set_node(6)
+    n7.set_node(7)
+    lost = _legs(n6, _trunk("node 5"), cluster.LOCAL_CALLS, call)
+    to5 = _trunk("node 5")
+    ours = _legs(n7, to5, cluster.LOCAL_CALLS, call)
+    for number in lost:
+        assert n7.key(to5, number) not in n7.legs                       # Takeover.adopt's check
+        leg = CallLeg(number, bytes(16), 0)
+        leg.link, leg.call = to5, call
+        n7.place(leg)
+    assert len({n7.leg(to5, n) for n in lost + ours}) == 2 * cluster.LOCAL_CALLS and to5.legs == 2 * cluster.LOCAL_CALLS
+    assert len(n7.trunk_own) == cluster.LOCAL_CALLS                     # 6's numbers are not 7's to give out
+    # two nodes lost at once: 5 holds a leg numbered for 6 (class 12) where node 4's, adopted by 5 on its
+    # trunk to 7 (class (4 + 7) % 15 + 1 = 12), has its number: it does not move
+    n5._forget_leg(n5.leg(to7, on6[0]), 0)
+    back = n5.new_leg(to6, bytes(16), 0, call)
+    assert trunk_class(4, 7) == trunk_class(5, 6) == cluster.call_no_node(back.call_no)
+    squatter = CallLeg(back.call_no, bytes(16), 0)
+    squatter.link, squatter.call = to7, call
+    n5.place(squatter)
+    assert not n5.move(back, to7) and n5.leg(to6, back.call_no) is back and n5.leg(to7, back.call_no) is squatter
 
 
 def test_a_standalone_main_host_numbers_every_leg_in_one_space_as_before():
