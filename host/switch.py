@@ -178,8 +178,8 @@ class Call:
 
 
 class Switch:
-    """Legs by our call number (by link and number for a node's remote hosts: own_numbers), trunk queues
-    by link, media forwarding."""
+    """Legs by our call number (by link and number for the links of a node that number their own: own_numbers),
+    trunk queues by link, media forwarding."""
 
     def __init__(self, send, stats, trunk_mtu=1472, max_legs=None):
         self.send = send              # send(data, address, voice): the core's outbox
@@ -240,8 +240,9 @@ class Switch:
 
     def allocate_call_no(self, link=None):
         """A free call number for a leg on link, or None when none is (never waits for one). A standalone
-        host's legs share 32,767; a node of a cluster gives its own (common/cluster.py) to phones and node
-        trunks, 2,048 with its node id in each, and each remote host session 32,767 of its own."""
+        host's legs share 32,767; a node of a cluster numbers per link (own_numbers): each remote host session
+        32,767 of its own, each phone session 2,048 with the node id, the trunks to each other node 2,048 of
+        the pair's class (trunk_class), and the host's own endpoints share 2,048 with the node id."""
         if link is not None and self.own_numbers(link):
             if link.kind == "phone":
                 return self._phone_call_no(link)
@@ -303,7 +304,8 @@ class Switch:
         return None
 
     def set_node(self, node_id):
-        """This switch is a node's of a cluster: its call numbers carry node_id (docs/cluster.md)."""
+        """This switch is a node's of a cluster: its phones' and own endpoints' call numbers carry node_id
+        (docs/cluster.md)."""
         self.node_id = node_id
         self.capacity = cluster.LOCAL_CALLS
 

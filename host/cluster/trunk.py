@@ -291,7 +291,7 @@ class NodeTrunks:
             if entry is None:
                 continue
             leg = entry[2]
-            if leg.call is None or leg.call.released or leg.link is link:
+            if switch.leg(leg.link, call_no) is not leg or leg.link is link:   # it ended meanwhile, or is here
                 continue
             if not switch.move(leg, link):   # two nodes lost at once (docs/cluster.md, "Node trunks")
                 self.held[call_no] = entry
