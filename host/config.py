@@ -85,7 +85,7 @@ SECTIONS = {
         Key("direct_media", "bool", True, "let remote hosts exchange media directly (B2); false relays all media"),
         Key("trunk_mtu", "int", 1472, "largest trunk datagram (UDP payload bytes); more calls go in further datagrams", min=200, max=65000),
         Key("max_calls_per_host", "int", 1000,
-            'most calls one remote host may be in at once (and local calls granted to it); more are refused with "network busy", so no host can use up the 32,767 call numbers',
+            'most calls one remote host may be in at once through this host (and local calls granted to it); more are refused with "network busy": on a standalone main host so that no host can use up the 32,767 call numbers all share, on a cluster\'s node (each remote host has 32,767 of its own there) so that no site takes more than its share of the node\'s relay (docs/cluster.md, "Call legs per link")',
             min=1, max=16383),
         Key("conference_parties", "int", 5,
             "most parties in one conference this host mixes (CONFERENCE, docs/features.md)", min=3, max=10),

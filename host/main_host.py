@@ -182,7 +182,7 @@ class MainHost(HostCore):
         if self.xnode is not None and self.xnode.receive(kind, data, addr, now):
             return   # our own login to another node (host/cluster/trunk.py)
         if kind == wire.KIND_MINI:
-            leg = self.switch.mini_in(data, now)   # a new media frame: its phone is at addr (B7)
+            leg = self.switch.mini_in(data, now, addr)   # a new media frame: its phone is at addr (B7)
             if leg is not None and leg.link.session is not None:
                 self._touch(leg.link.session, addr, now)
         elif kind == wire.KIND_TRUNK:
@@ -229,7 +229,7 @@ class MainHost(HostCore):
             if len(data) < 2:
                 return False
             call_no = (data[0] << 8) | data[1]
-            if call_no in self.switch.legs:
+            if call_no in self.switch.minis:   # a phone's leg here (a node's phones' legs are keyed by session)
                 return False
             node = self.router.call_owner(call_no)
         else:
@@ -320,6 +320,7 @@ class MainHost(HostCore):
         """Another node's trunk login (host/cluster/trunk.py): a link of kind "node", no site, no directory."""
         link = Link(peer.name, "node", session=peer)
         link.site = "@nodes"
+        link.node = int(peer.name[1:])   # "@ID": its secret was found (xnode.secret_of), so ID is a node id
         self.links[peer.index] = link
         self.links_by_name[peer.identity] = link
         self._links_changed += 1

@@ -34,7 +34,7 @@ class Link:
 
     # one per registered phone at a main host (10,000): no per-instance dict (subclasses have one)
     __slots__ = ("_serial", "name", "kind", "session", "login", "_address", "trunk_auth", "trunk_recv_auth",
-                 "peer_index", "up", "legs", "codec", "site")
+                 "peer_index", "up", "legs", "codec", "site", "node")
 
     def __init__(self, name, kind, session=None, login=None, address=None):
         self._serial = None
@@ -49,6 +49,7 @@ class Link:
         self.up = True
         self.legs = 0               # live legs on this link (Switch.new_leg / end_call)
         self.codec = wire.CODEC_ULAW  # a phone's G.711 law, as its SETUP / ALERTING said (host/codec.py)
+        self.node = None            # a node trunk's: the other node's id (host/cluster/trunk.py)
 
     @property
     def serial(self):
@@ -92,6 +93,14 @@ class Link:
 
     def __repr__(self):
         return "<Link %s %s>" % (self.kind, self.name)
+
+
+def trunk_class(node, peer):
+    """The node bits of node's call numbers for legs on its trunks to peer (docs/cluster.md, "Node trunks"):
+    ((node + peer) mod 15) + 1. For one node they differ from peer to peer, so a held leg that moves to the
+    trunk of a lost node's successor (NodeTrunks.claim) never meets one of ours there; for one peer they
+    differ from node to node, so a lost node's leg adopted onto our trunk to that peer never meets ours."""
+    return (node + peer) % cluster.MAX_NODE + 1
 
 
 def other_leg(leg):
@@ -169,8 +178,8 @@ class Call:
 
 
 class Switch:
-    """Legs by our call number (by link and number for a node's remote hosts: own_numbers), trunk queues
-    by link, media forwarding."""
+    """Legs by our call number (by link and number for the links of a node that number their own: own_numbers),
+    trunk queues by link, media forwarding."""
 
     def __init__(self, send, stats, trunk_mtu=1472, max_legs=None):
         self.send = send              # send(data, address, voice): the core's outbox
@@ -185,6 +194,11 @@ class Switch:
         self.own_legs = 0             # legs numbered on their link alone (a node's remote hosts: own_numbers)
         self.reserved = None          # reserved(link, call_no): a number of link not to give out (a node's Takeover)
         self._next_own = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
+        self._next_phone = self._next_own % cluster.LOCAL_CALLS
+        self.minis = {}               # a node's phone legs by number alone: a leg, or [legs] that share the number
+        self.trunk_own = {}           # a node's node-trunk legs it numbered itself: number -> leg (unique on the node)
+        self.trunk_classes = [0] * (cluster.MAX_NODE + 1)   # how many of trunk_own have each node-bits value
+        self._next_trunk = self._next_own % cluster.LOCAL_CALLS
         self._trunks = {}           # link -> [(media leg, ts, payload bytes)]
         self._relayed = set()       # links queued to from received trunk frames (flush_relayed)
         self._ended = {}            # key (as legs') -> (highest timestamp, link serial, direct serial, when ended)
@@ -195,12 +209,24 @@ class Switch:
         self.fast = fastpath.native   # the C fast path (host/fastpath.py), or None: the Python path
 
     def own_numbers(self, link):
-        """True when link's legs are numbered on link alone: a cluster node's remote host sessions, each
-        with its own 32,767 (docs/cluster.md, "Call legs per link"). Their trunk frames and signalling name
-        a leg together with their session index, so a number need be unique only there. A phone's mini
-        frame names its call number alone, and a leg on a node trunk may move to another node's trunk (a
-        lost node's half carried on): theirs stay unique on the node, with its id in them."""
-        return self.node_id is not None and link.kind == "host"
+        """True when link's legs are numbered on link alone: a cluster node's remote host sessions (32,767
+        each) and phone sessions (2,048 each, the node id in them), docs/cluster.md "Call legs per link".
+        Their trunk frames and signalling name a leg together with their session index, so a number need
+        be unique only there; a phone's mini frame names its number alone, and is told from another phone's
+        by its source address or its tag (mini_in). A node trunk's legs are numbered per trunk too, in the
+        class of numbers trunk_class gives the pair of nodes, so that a leg that moves to another trunk in a
+        failover meets none there (docs/cluster.md, "Node trunks")."""
+        return self.node_id is not None and (link.kind == "host" or link.kind == "phone" or link.kind == "node")
+
+    def own_capacity(self, link):
+        """The most legs link may hold when it numbers them alone: 32,767 for a remote host's session, 2,048
+        for a phone's (with the node id in each: a phone's mini frame that reaches another node is sent on
+        by it, docs/cluster.md "One hop")."""
+        return wire.MAX_CALL_NO if link.kind == "host" else cluster.LOCAL_CALLS
+
+    def _trunk_full(self, link, more=1):
+        """True when the class of link's node trunk (trunk_class) has fewer than more numbers free."""
+        return self.trunk_classes[trunk_class(self.node_id, link.node)] + more > cluster.LOCAL_CALLS
 
     def key(self, link, call_no):
         """Where link's leg call_no is in self.legs (and self._ended): (link, call_no) for links that number
@@ -214,9 +240,14 @@ class Switch:
 
     def allocate_call_no(self, link=None):
         """A free call number for a leg on link, or None when none is (never waits for one). A standalone
-        host's legs share 32,767; a node of a cluster gives its own (common/cluster.py) to phones and node
-        trunks, 2,048 with its node id in each, and each remote host session 32,767 of its own."""
+        host's legs share 32,767; a node of a cluster numbers per link (own_numbers): each remote host session
+        32,767 of its own, each phone session 2,048 with the node id, the trunks to each other node 2,048 of
+        the pair's class (trunk_class), and the host's own endpoints share 2,048 with the node id."""
         if link is not None and self.own_numbers(link):
+            if link.kind == "phone":
+                return self._phone_call_no(link)
+            if link.kind == "node":
+                return self._trunk_call_no(link)
             if link.legs >= wire.MAX_CALL_NO:
                 return None
             legs, reserved = self.legs, self.reserved
@@ -240,8 +271,41 @@ class Switch:
             if self._next not in self.legs:
                 return self._next
 
+    def _phone_call_no(self, link):
+        """A number with the node id for a new leg of a phone's session at a node: free on that session and
+        not asked for there (reserved), and while the node's phones hold fewer than 2,048 legs one no phone
+        here has, so that a mini frame's number alone names its leg (mini_in need not tell two apart)."""
+        legs, reserved, minis = self.legs, self.reserved, self.minis
+        prefer = len(minis) < cluster.LOCAL_CALLS
+        shared = None
+        for _ in range(cluster.LOCAL_CALLS):
+            self._next_phone = (self._next_phone + 1) % cluster.LOCAL_CALLS
+            call_no = cluster.make_call_no(self.node_id, self._next_phone)
+            if (link, call_no) in legs or (reserved is not None and reserved(link, call_no)):
+                continue
+            if not prefer or call_no not in minis:
+                return call_no
+            if shared is None:
+                shared = call_no
+        return shared
+
+    def _trunk_call_no(self, link):
+        """A number for a new leg on link, a trunk to another node: of the pair's class (trunk_class), and
+        unique among the legs this node numbered on any trunk (a held leg keeps its number when it moves)."""
+        bits = trunk_class(self.node_id, link.node)
+        if self.trunk_classes[bits] >= cluster.LOCAL_CALLS:
+            return None
+        own, legs = self.trunk_own, self.legs
+        for _ in range(cluster.LOCAL_CALLS):
+            self._next_trunk = (self._next_trunk + 1) % cluster.LOCAL_CALLS
+            call_no = cluster.make_call_no(bits, self._next_trunk)
+            if call_no not in own and (link, call_no) not in legs:
+                return call_no
+        return None
+
     def set_node(self, node_id):
-        """This switch is a node's of a cluster: its call numbers carry node_id (docs/cluster.md)."""
+        """This switch is a node's of a cluster: its phones' and own endpoints' call numbers carry node_id
+        (docs/cluster.md)."""
         self.node_id = node_id
         self.capacity = cluster.LOCAL_CALLS
 
@@ -252,7 +316,8 @@ class Switch:
         """
         shared = [link for link in links if not self.own_numbers(link)]
         if len(self.legs) - self.own_legs + len(shared) > self.capacity or any(
-                link.legs + links.count(link) > wire.MAX_CALL_NO for link in links if link not in shared):
+                (self._trunk_full(link, links.count(link)) if link.kind == "node" else
+                 link.legs + links.count(link) > self.own_capacity(link)) for link in links if link not in shared):
             self.stats.drop("no free call number")
             return wire.CAUSE_NETWORK_BUSY
         for link in links:
@@ -280,6 +345,13 @@ class Switch:
         link.legs += 1
         if self.own_numbers(link):
             self.own_legs += 1
+            if link.kind == "phone":
+                had = self.minis.get(leg.call_no)
+                self.minis[leg.call_no] = leg if had is None else (had + [leg] if type(had) is list else [had, leg])
+            elif link.kind == "node" and cluster.call_no_node(leg.call_no) == trunk_class(self.node_id, link.node):
+                # ours (another node's, adopted by Takeover, is never of our class on that trunk: trunk_class)
+                self.trunk_own[leg.call_no] = leg
+                self.trunk_classes[cluster.call_no_node(leg.call_no)] += 1
 
     def incoming(self, call, link, ies):
         """Leg a of call: the SETUP (ies) that came in on link, checked by the caller of this."""
@@ -372,10 +444,37 @@ class Switch:
         leg.link.legs -= 1
         if type(key) is tuple:
             self.own_legs -= 1
+            if leg.link.kind == "phone":
+                self._unmini(leg)
+            elif self.trunk_own.get(leg.call_no) is leg:
+                del self.trunk_own[leg.call_no]
+                self.trunk_classes[cluster.call_no_node(leg.call_no)] -= 1
         media = leg.direct[0] if leg.direct else leg.media
         self._ended[key] = (max(media.replay.highest, leg.media.replay.highest), leg.link.serial,
                             leg.direct[1].serial if leg.direct else None, now)
         self._ended_order.append((now, key))
+
+    def move(self, leg, link):
+        """leg (ours, on a trunk to a lost node) onto link, the trunk of the node that took the lost node's half
+        over (NodeTrunks.claim); False, and nothing moved, when link has a leg with its number."""
+        key = self.key(link, leg.call_no)
+        if key in self.legs:
+            return False
+        del self.legs[self.key(leg.link, leg.call_no)]
+        self.legs[key] = leg
+        leg.link.legs -= 1
+        leg.link = link
+        link.legs += 1
+        return True
+
+    def _unmini(self, leg):
+        had = self.minis.get(leg.call_no)
+        if had is leg:
+            del self.minis[leg.call_no]
+        elif type(had) is list and leg in had:
+            had.remove(leg)
+            if len(had) == 1:
+                self.minis[leg.call_no] = had[0]
 
     def _forget_ended(self, now):
         """Ended calls are remembered for ENDED_KEEP_MS (frames in flight), never more than ENDED_MAX."""
@@ -451,18 +550,21 @@ class Switch:
 
     # media in
 
-    def mini_in(self, frame, now):
-        """Open a mini frame from a phone and forward it; the leg when the frame was new (its
+    def mini_in(self, frame, now, address=None):
+        """Open a mini frame from a phone (at address) and forward it; the leg when the frame was new (its
         phone may have moved: the caller notes the address), else None (dropped, counted)."""
         call_no, _ts = wire.parse_mini(frame)
-        leg = self.legs.get(call_no)
+        leg = self.minis.get(call_no) if self.node_id is not None else self.legs.get(call_no)
         if leg is None:
             self.stats.drop("unknown call number")
             return None
-        if leg.link.trunked:
+        if type(leg) is list:    # phones of a node whose legs share the number (numbered per session)
+            leg, ts = self._open_shared(leg, frame, address)
+        elif leg.link.trunked:
             self.stats.drop("mini frame for a trunked leg")  # host links send trunk frames only
             return None
-        ts = leg.media.open_mini(frame)
+        else:
+            ts = leg.media.open_mini(frame)
         if ts is None:
             self.stats.drop("media rejected")
             return None
@@ -470,6 +572,27 @@ class Switch:
         payload = bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG])
         self.forward(leg, ts, codec.from_phone(leg.link, payload) if leg.link.codec else payload, now)
         return leg
+
+    def _open_shared(self, legs, frame, address):
+        """(leg, timestamp) of a mini frame whose number several phones' legs have: the one whose phone sends
+        from address first, then (a phone that moved, B7) whichever leg's key opens it; else (None, None).
+        A frame no leg opens costs as many tag checks as legs share the number (32,767 phone legs on a
+        node: about 16)."""
+        self.stats.count("mini frames of a shared number")
+        first = None
+        for leg in legs:
+            if leg.link.address == address:
+                first = leg
+                ts = leg.media.open_mini(frame)
+                if ts is not None:
+                    return leg, ts
+                break
+        for leg in legs:
+            if leg is not first:
+                ts = leg.media.open_mini(frame)
+                if ts is not None:
+                    return leg, ts
+        return None, None
 
     def trunk_in(self, frame, link, now, direct=False):
         """Open a trunk frame from link and forward its entries; True when it carried new media.

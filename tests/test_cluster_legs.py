@@ -16,11 +16,12 @@ import os
 import pytest
 
 from upbx.common import cluster, wire
-from upbx.common.call import CallLeg
+from upbx.common.call import CONNECTED, CallLeg
+from upbx.common.media import MediaLeg
 from upbx.common.phone import Dtmf
 from upbx.host.cluster.calls import Takeover, call_value
 from upbx.host.core import Stats
-from upbx.host.switch import Call, Link, Switch
+from upbx.host.switch import Call, Link, Switch, trunk_class
 from tests.clusterkit import engines  # noqa: F401  (the module's engines, for the tests of real nodes)
 from tests.inprocess import MAIN, World
 from tests.test_cluster_forward import make_node
@@ -35,12 +36,12 @@ def _legs(switch, link, count, call):
     return numbers
 
 
-def test_a_node_numbers_each_remote_host_session_on_its_own_and_phones_node_wide():
+def test_a_node_numbers_each_remote_host_session_on_its_own_and_its_own_endpoints_node_wide():
     switch = Switch(lambda *a: None, Stats())
     switch.set_node(5)
     call = Call(b"12345678", "1", "2", 0)
     site_a, site_b, phone = Link("site-a", "host"), Link("site-b", "host"), Link("301", "phone")
-    trunk = Link("node 6", "node")
+    app = Link("voicemail", "app")
     # more legs on each remote host than layout 1's 2,048 on the whole node, the same numbers at both
     on_a, on_b = _legs(switch, site_a, 3000, call), _legs(switch, site_b, 3000, call)
     assert len(set(on_a)) == len(set(on_b)) == 3000
@@ -54,20 +55,21 @@ def test_a_node_numbers_each_remote_host_session_on_its_own_and_phones_node_wide
     assert switch.leg(site_a, x) is not switch.leg(site_b, x)
     assert switch.leg(site_a, x).link is site_a and switch.leg(site_b, x).link is site_b
     assert switch.leg(phone, x) is None and x not in switch.legs                  # keyed (link, number)
-    # phones and node trunks: node-unique numbers with the node id, 2,048 of them, whatever the hosts hold
-    shared = _legs(switch, phone, 2000, call) + _legs(switch, trunk, 48, call)
+    # the host's own endpoints (voicemail, SIP): node-unique numbers with the node id, 2,048, whatever the
+    # sessions hold
+    shared = _legs(switch, app, cluster.LOCAL_CALLS, call)
     assert all(cluster.call_no_node(n) == 5 for n in shared) and len(set(shared)) == cluster.LOCAL_CALLS
-    assert switch.admit(phone) == wire.CAUSE_NETWORK_BUSY and switch.admit(trunk) == wire.CAUSE_NETWORK_BUSY
-    assert switch.admit(site_a) is None and switch.admit(site_a, phone) == wire.CAUSE_NETWORK_BUSY
-    assert switch.stats.drops["no free call number"] == 3
+    assert switch.admit(app) == wire.CAUSE_NETWORK_BUSY
+    assert switch.admit(site_a) is None and switch.admit(phone) is None and switch.admit(site_a, app) == wire.CAUSE_NETWORK_BUSY
+    assert switch.stats.drops["no free call number"] == 2
     # a leg that goes frees its number on its own link only
     leg = switch.leg(site_a, x)
     switch._forget_leg(leg, 0)
     assert switch.leg(site_a, x) is None and switch.leg(site_b, x) is not None
     assert (site_a, x) in switch._ended and x not in switch._ended
-    one = switch.leg(phone, shared[0])
+    one = switch.legs[shared[0]]
     switch._forget_leg(one, 0)
-    assert switch.admit(phone) is None and switch.allocate_call_no(phone) == shared[0]
+    assert switch.admit(app) is None and switch.allocate_call_no(app) == shared[0]
 
 
 def test_a_remote_host_session_of_a_node_holds_at_most_32767_legs():
@@ -80,6 +82,142 @@ def test_a_remote_host_session_of_a_node_holds_at_most_32767_legs():
         numbers.add(switch.new_leg(site, bytes(16), 0, call).call_no)
     assert len(numbers) == site.legs == wire.MAX_CALL_NO and switch.allocate_call_no(site) is None
     assert switch.admit(Link("site-b", "host")) is None and switch.admit(Link("301", "phone")) is None
+
+
+def _phone_call(switch, caller, callee, now=0):
+    """A connected call between two phones' links at switch; (call, the caller's MediaLeg, the callee's), each
+    phone's end of its leg as common/phone.py holds it (sealing mini frames that name the node's number)."""
+    call = Call(os.urandom(8), caller.name, callee.name, now)
+    ends = []
+    for link, role in ((caller, 1), (callee, 0)):
+        assert switch.admit(link) is None
+        leg = switch.new_leg(link, os.urandom(16), role, call)
+        leg.learn_peer(7)
+        leg.state = CONNECTED
+        setattr(call, "a" if role else "b", leg)
+        ends.append(MediaLeg(leg.media_key, 1 - role, 7, leg.call_no))
+    switch.calls[call.call_id] = call
+    return call, ends[0], ends[1]
+
+
+def _phone(n):
+    return Link("3%04d" % n, "phone", address=("198.18.%d.%d" % (8 + n // 250, 1 + n % 250), 40000))
+
+
+def test_a_node_numbers_each_phone_session_on_its_own_more_than_2048_phone_legs():
+    """A node's phones are numbered per session (2,048 each, the node id in them): 3,000 phones in calls at
+    once, more than layout 1's 2,048 on the node, and node trunks keep their own 2,048. A mini frame whose
+    number two phones' legs share goes to the one whose phone sent it (its address), or, from an address no
+    leg's phone has (it moved, B7), to the one whose key opens it; one that no key opens is dropped."""
+    sent = []
+    switch = Switch(lambda data, address, voice: sent.append((bytes(data), address)), Stats())
+    switch.set_node(5)
+    calls = [_phone_call(switch, _phone(2 * k), _phone(2 * k + 1)) for k in range(1500)]
+    numbers = [leg.call_no for call, _x, _y in calls for leg in (call.a, call.b)]
+    assert len(numbers) == 3000 and all(cluster.call_no_node(n) == 5 for n in numbers)
+    assert len(set(numbers[:cluster.LOCAL_CALLS])) == cluster.LOCAL_CALLS   # unique while fewer than 2,048
+    assert len(set(numbers)) == cluster.LOCAL_CALLS and switch.own_legs == 3000 and not [
+        k for k in switch.legs if type(k) is not tuple]
+    trunk = _trunk("node 6")
+    assert len(set(_legs(switch, trunk, cluster.LOCAL_CALLS, Call(b"12345678", "1", "2", 0)))) == cluster.LOCAL_CALLS
+    assert switch.admit(trunk) == wire.CAUSE_NETWORK_BUSY and switch.admit(_phone(9000)) is None
+    # a phone's session holds at most 2,048 legs (its number's 11 bits)
+    busy = _phone(9001)
+    while switch.admit(busy) is None:
+        switch.new_leg(busy, bytes(16), 0, Call(b"12345678", "1", "2", 0))
+    assert busy.legs == cluster.LOCAL_CALLS and switch.allocate_call_no(busy) is None
+    # two calls whose callers' legs have the same number: each caller's frames reach its own partner
+    (one, x1, y1), (two, x2, y2) = next((c, d) for c, d in zip(calls, calls[cluster.LOCAL_CALLS // 2:])
+                                        if c[0].a.call_no == d[0].a.call_no)
+    number = one.a.call_no
+    assert type(switch.minis[number]) is list and {one.a, two.a} <= set(switch.minis[number])
+    voice = bytes(range(160))
+    for talker, link, listener_link, end in ((x1, one.a.link, one.b.link, y1), (x2, two.a.link, two.b.link, y2)):
+        del sent[:]
+        assert switch.mini_in(bytearray(talker.seal_mini(40, voice)), 0, link.address).link is link
+        assert [address for _data, address in sent] == [listener_link.address]
+        assert end.open_mini(bytearray(sent[0][0])) == 40                    # sealed for its own partner
+    # the second caller moved (B7): its frame comes from an address no leg's phone has, and its key opens it
+    del sent[:]
+    assert switch.mini_in(bytearray(x2.seal_mini(60, voice)), 0, ("198.18.99.1", 5000)) is two.a
+    assert [address for _data, address in sent] == [two.b.link.address]
+    # a frame naming that number that no leg's key opens (a forgery, or a replay) is dropped, whatever its address
+    forged = MediaLeg(os.urandom(16), 0, 7, number)
+    for address in (one.a.link.address, ("198.18.99.2", 5000)):
+        assert switch.mini_in(bytearray(forged.seal_mini(80, voice)), 0, address) is None
+    assert switch.mini_in(bytearray(x1.seal_mini(40, voice)), 0, one.a.link.address) is None   # replayed
+    assert switch.stats.drops["media rejected"] == 3 and len(sent) == 1
+    # a leg that goes leaves the number to the other; the last one leaves it free
+    switch._forget_leg(two.a, 0)
+    assert two.a not in (switch.minis[number] if type(switch.minis[number]) is list else [switch.minis[number]])
+    for leg in list(switch.legs.values()):
+        switch._forget_leg(leg, 0)
+    assert not switch.minis and switch.own_legs == 0
+
+
+def _trunk(name):
+    """A node trunk's link: "node N" (our login to node N) or "@N" (node N's login to us)."""
+    link = Link(name, "node")
+    link.node = int(name[5:] if name.startswith("node ") else name[1:])
+    return link
+
+
+def test_node_trunk_number_classes_never_meet_in_a_claim_or_an_adoption():
+    """trunk_class: of one node, a class per peer (a claim moves a leg between two of one node's trunks); for
+    one peer, a class per node (an adoption puts a lost node's leg on another node's trunk to that peer)."""
+    nodes = range(1, cluster.MAX_NODE + 1)
+    for x in nodes:
+        assert len({trunk_class(x, q) for q in nodes if q != x}) == cluster.MAX_NODE - 1
+        assert len({trunk_class(q, x) for q in nodes if q != x}) == cluster.MAX_NODE - 1
+        assert all(1 <= trunk_class(x, q) <= cluster.MAX_NODE for q in nodes)
+
+
+def test_a_node_numbers_node_trunk_legs_per_pair_and_a_claim_or_an_adoption_meets_no_leg():
+    """Node 5 gives 2,048 legs to each other node's trunks (its two sessions with that node share them), 6,144
+    here with three, more than layout 1's 2,048 on the node. Node 6 is lost and its successor 7 takes its
+    halves over: every held leg moves to 7's trunk, where 5 has 2,048 of its own, and none meets one (a claim,
+    NodeTrunks.claim); node 7 adopts node 6's legs towards 5 onto its own trunk to 5, full of its own, and none
+    meets one (an adoption, Takeover.adopt). Only with two nodes lost at once can a moved leg meet one: it
+    does not move (the call ends after the hold)."""
+    n5 = Switch(lambda *a: None, Stats())
+    n5.set_node(5)
+    call = Call(b"12345678", "1", "2", 0)
+    to6, from6, to7, to8 = _trunk("node 6"), _trunk("@6"), _trunk("@7"), _trunk("node 8")
+    on6 = _legs(n5, to6, 1500, call) + _legs(n5, from6, 548, call)
+    on7, on8 = _legs(n5, to7, cluster.LOCAL_CALLS, call), _legs(n5, to8, cluster.LOCAL_CALLS, call)
+    assert len(set(on6 + on7 + on8)) == 3 * cluster.LOCAL_CALLS              # unique on the node
+    assert {cluster.call_no_node(n) for n in on6} == {trunk_class(5, 6)} and \
+        {cluster.call_no_node(n) for n in on7} == {trunk_class(5, 7)}
+    assert n5.admit(to6) == n5.admit(from6) == n5.admit(to7) == wire.CAUSE_NETWORK_BUSY
+    assert n5.admit(_trunk("node 9")) is None and n5.admit(Link("301", "phone")) is None
+    # node 6 lost, its successor 7 carries its halves on: every held leg moves to 7's trunk, meeting none
+    held = [n5.leg(to6, n) for n in on6[:1500]] + [n5.leg(from6, n) for n in on6[1500:]]
+    assert all(n5.move(leg, to7) for leg in held)
+    assert [n5.leg(to7, n) for n in on6] == held and all(n5.leg(to7, n).link is to7 for n in on7)
+    assert to7.legs == 2 * cluster.LOCAL_CALLS and to6.legs == from6.legs == 0
+    # node 7 adopts node 6's legs towards 5 (numbered by 6 on its trunk to 5) onto its own trunk to 5
+    n6, n7 = Switch(lambda *a: None, Stats()), Switch(lambda *a: None, Stats())
+    n6.set_node(6)
+    n7.set_node(7)
+    lost = _legs(n6, _trunk("node 5"), cluster.LOCAL_CALLS, call)
+    to5 = _trunk("node 5")
+    ours = _legs(n7, to5, cluster.LOCAL_CALLS, call)
+    for number in lost:
+        assert n7.key(to5, number) not in n7.legs                       # Takeover.adopt's check
+        leg = CallLeg(number, bytes(16), 0)
+        leg.link, leg.call = to5, call
+        n7.place(leg)
+    assert len({n7.leg(to5, n) for n in lost + ours}) == 2 * cluster.LOCAL_CALLS and to5.legs == 2 * cluster.LOCAL_CALLS
+    assert len(n7.trunk_own) == cluster.LOCAL_CALLS                     # 6's numbers are not 7's to give out
+    # two nodes lost at once: 5 holds a leg numbered for 6 (class 12) where node 4's, adopted by 5 on its
+    # trunk to 7 (class (4 + 7) % 15 + 1 = 12), has its number: it does not move
+    n5._forget_leg(n5.leg(to7, on6[0]), 0)
+    back = n5.new_leg(to6, bytes(16), 0, call)
+    assert trunk_class(4, 7) == trunk_class(5, 6) == cluster.call_no_node(back.call_no)
+    squatter = CallLeg(back.call_no, bytes(16), 0)
+    squatter.link, squatter.call = to7, call
+    n5.place(squatter)
+    assert not n5.move(back, to7) and n5.leg(to6, back.call_no) is back and n5.leg(to7, back.call_no) is squatter
 
 
 def test_a_standalone_main_host_numbers_every_leg_in_one_space_as_before():
@@ -225,6 +363,62 @@ def test_a_lost_nodes_call_is_taken_over_onto_sessions_that_number_their_own_leg
         world.hangup("201")
         world.run_until(lambda: p["201"].idle and p["101"].idle, 3000, "the taken-over call released")
         assert not switch.legs and not switch.calls
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_a_lost_nodes_call_between_two_phones_that_had_the_same_number_there_goes_on_here(tmp_path):
+    """A lost node numbered its phones per session, so two of its phones' legs may have had the same number
+    (node 9's id in it): the survivor takes the call over with those numbers (Takeover, as a phone's NODES
+    standby 0 asks), keyed by each phone's session here, and each phone's frames, which name that number
+    alone, reach the other phone by the address they come from."""
+    world, p = _node_world(tmp_path)
+    try:
+        main = world.main
+        switch = main.switch
+        cluster_key = os.urandom(32)
+        main.takeover = Takeover(main, cluster_key)
+        switch.reserved = main.takeover.asked
+        world.call("301", "302")
+        call = next(iter(switch.calls.values()))
+        links = (call.a.link, call.b.link)
+        assert [link.name for link in links] == ["301", "302"] and all(cluster.call_no_node(leg.call_no) == 2
+                                                                     for leg in (call.a, call.b))
+        world.run(200)
+        value = json.loads(call_value(call, "n9", cluster_key, main.wall_ms(world.net.now)))
+        # as node 9 gave them out: both phones' legs the same number, which each phone names its call by
+        number = cluster.make_call_no(9, 77)
+        for side, phone in (("a", "301"), ("b", "302")):
+            value["legs"][side]["call_no"] = number
+            p[phone].phone.call.media.peer_call_no = number
+        switch.end_call(call, wire.CAUSE_NORMAL, world.net.now)   # this node never had it
+        switch._ended.clear()
+        world.run(100)
+        assert not switch.legs and main.stats.drops["unknown call number"] > 0   # node 9 is no live node
+        for link in links:                        # each phone's NODES standby 0 names its call
+            main.takeover.moved(link, number, world.net.now)
+        assert main.takeover.wanted(world.net.now) == {("phone", "301", number), ("phone", "302", number)}
+        assert main.takeover.adopt(value, world.net.now, main.wall_ms(world.net.now)) is None
+        adopted = switch.calls[bytes.fromhex(value["uid"])]
+        assert (switch.leg(links[0], number), switch.leg(links[1], number)) == (adopted.a, adopted.b)
+        assert sorted(switch.minis[number], key=lambda leg: leg.link.name) == [adopted.a, adopted.b]
+        rejected = main.stats.drops.get("media rejected", 0)
+        marks = _mark(p["302"], p["301"]), _mark(p["301"], p["302"])
+        world.run(600)
+        _heard_in_order(p["302"], p["301"], 25, marks[0])
+        _heard_in_order(p["301"], p["302"], 25, marks[1])
+        assert main.stats.counters["mini frames of a shared number"] >= 50
+        assert main.stats.drops.get("media rejected", 0) == rejected
+        # a new call here meanwhile: node 2's numbers, on sessions of their own
+        p["303"] = world.add_phone("303", 7)
+        world.run_until(lambda: p["303"].phone.registered, 5000, "303 registered")
+        world.call("303", "101")
+        new = next(c for c in switch.calls.values() if c.caller == "303")
+        assert cluster.call_no_node(new.a.call_no) == 2 and new.a.call_no not in (number,)
+        world.hangup("301")
+        world.run_until(lambda: p["301"].idle and p["302"].idle, 3000, "the taken-over call released")
+        assert number not in switch.minis and switch.calls.keys() == {new.call_id}
         assert not world.net.errors
     finally:
         world.close()

@@ -85,10 +85,12 @@ def _relay(lab, nodes, pids, calls, seconds):
                                   # a call is 100 frames a second (50 each way): calls one core relays at this cost
                                   "calls_per_core_by_cpu": int(1e6 / (us * 100)) if us > 0 else None}
         out["cluster_calls_per_core_by_cpu"] = sum(p["calls_per_core_by_cpu"] or 0 for p in out["per_node"].values())
-        # what call numbers let a node relay whatever its cores (docs/cluster.md "Call legs per link"): legs of
-        # phones and node trunks share layout 1's 2,048 (common/cluster.py), each remote host's session has 32,767
-        out["calls_per_node_by_call_numbers"] = {"between_phones": cluster.LOCAL_CALLS // 2,
-                                                 "legs_per_remote_host": wire.MAX_CALL_NO}
+        # what call numbers let a node relay whatever its cores (docs/cluster.md "Call legs per link"): each
+        # remote host's session has 32,767, each phone's session 2,048, each other node's trunks 2,048 (their
+        # class, host/switch.py trunk_class); the host's own endpoints share layout 1's 2,048
+        out["calls_per_node_by_call_numbers"] = {"legs_per_remote_host": wire.MAX_CALL_NO,
+                                                 "legs_per_phone": cluster.LOCAL_CALLS,
+                                                 "legs_per_other_node": cluster.LOCAL_CALLS}
         # all nodes at once: the cluster's calls, each node its own (one load generator for all)
         import threading
         results = {}
@@ -522,8 +524,9 @@ def table_cluster(r):
             node, p["loss_pct"], p["us_per_frame"], p["calls_per_core_by_cpu"]))
     numbers = rc["calls_per_node_by_call_numbers"]
     lines.append("    cluster: %s calls per core by CPU (the nodes' sum: one core each); a node's call numbers "
-                 "carry %d calls between its phones and %d legs on each remote host's session"
-                 % (rc["cluster_calls_per_core_by_cpu"], numbers["between_phones"], numbers["legs_per_remote_host"]))
+                 "carry %d legs on each remote host's session, %d on each phone's, %d on its trunks to each other node"
+                 % (rc["cluster_calls_per_core_by_cpu"], numbers["legs_per_remote_host"], numbers["legs_per_phone"],
+                    numbers["legs_per_other_node"]))
     lines.append("    all at once, %d calls: loss %s %% (by node %s)" % (
         rc["all_at_once"]["calls"], rc["all_at_once"]["loss_pct"], rc["all_at_once"]["loss_pct_by_node"]))
     cross = rc.get("cross_node")

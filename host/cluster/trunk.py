@@ -112,7 +112,7 @@ class NodeTrunks:
         self.standbys = set()    # identities whose session here is their standby (NODES standby 1)
         self.wake = None         # set by LocationService: an asyncio.Event it waits on
         self.lost = 0            # calls ended because the other node was lost
-        self.held = {}           # our call number -> (give-up ms, lost node): legs towards a lost node, whose
+        self.held = {}           # our call number -> (give-up ms, lost node, leg): legs towards a lost node, whose
                                  # half its successor may take over (Takeover, host/cluster/calls.py)
         self.carried = 0         # calls carried on through a lost node's successor
         self.unlisted = set()    # nodes etcd no longer lists whose trunk is still up and heard (set_nodes)
@@ -145,6 +145,7 @@ class NodeTrunks:
                               backoff_max_ms=2000, dead_ms=DEAD_MS)
                 link = Link("node %d" % node, "node", login=login, address=tuple(address))
                 link.site = "@nodes"
+                link.node = node
                 link.peer_index = index   # our receive index (Link.peer_index is unused on a login link)
                 self.links[node] = link
                 self.by_index[index] = link
@@ -258,7 +259,7 @@ class NodeTrunks:
             for call in calls:
                 leg = call.a if call.a is not None and call.a.link is each else call.b
                 if call.state == "answered" and call.conference is None and leg.call_no not in self.held:
-                    self.held[leg.call_no] = (now + HOLD_MS, node)
+                    self.held[leg.call_no] = (now + HOLD_MS, node, leg)
                     held += 1
             core.log.info("node-lost", node=node, reason=reason, calls=len(calls), held=held)
             if held < len(calls):
@@ -286,15 +287,16 @@ class NodeTrunks:
         the cluster's secret proves) and the call goes on."""
         switch = self.core.switch
         for call_no in call_nos:
-            if call_no not in self.held:
+            entry = self.held.pop(call_no, None)
+            if entry is None:
                 continue
-            leg = switch.legs.get(call_no)
-            del self.held[call_no]
-            if leg is None or leg.link is link:
+            leg = entry[2]
+            if switch.leg(leg.link, call_no) is not leg or leg.link is link:   # it ended meanwhile, or is here
                 continue
-            leg.link.legs -= 1
-            leg.link = link
-            link.legs += 1
+            if not switch.move(leg, link):   # two nodes lost at once (docs/cluster.md, "Node trunks")
+                self.held[call_no] = entry
+                self.core.stats.drop("node trunk: claimed number in use on that trunk")
+                continue
             self.carried += 1
             self.core.stats.count("node trunk: calls carried on")
             self.core.log.info("call-carried-on", call=leg.call.uid, via=link.name)
@@ -311,23 +313,23 @@ class NodeTrunks:
             return
         # the frame's tag covers its entries' timestamps, extended from each leg's own: checked here first
         # with the legs moved, and the move undone if it is not that node's
-        before = {n: self.core.switch.legs[n].link for n in names if n in self.core.switch.legs}
         auth = link.login.channel.crypto.recv_auth if link.login is not None else link.session.channel.crypto.recv_auth
         from upbx.common.crypto import extend16
         from upbx.common.media import open_trunk
-        legs = self.core.switch.legs
+        switch, held = self.core.switch, self.held
 
         def extend(call_no, ts16):
-            leg = legs.get(call_no)
+            leg = held[call_no][2] if call_no in held else switch.leg(link, call_no)
             return extend16(leg.media.replay.highest, ts16) if leg is not None else None
         if open_trunk(auth, frame, extend) is None:
             self.core.stats.drop("node trunk: claim with a bad tag")
             return
-        self.claim(link, [n for n in names if n in before], now)
+        self.claim(link, names, now)
 
     def held_leg(self, call_no):
         """Our held leg call_no (towards a lost node), else None: Takeover splices it when we are the successor."""
-        return self.core.switch.legs.get(call_no) if call_no in self.held else None
+        entry = self.held.get(call_no)
+        return entry[2] if entry is not None else None
 
     def link_for(self, kind, name):
         """What a lost node's call key names as a node link, here: "self" (the link was towards us: the
@@ -349,10 +351,10 @@ class NodeTrunks:
 
     def tick(self, now):
         if self.held:
-            late = [n for n, (until, _node) in self.held.items() if now >= until]
+            late = [n for n, (until, _node, _leg) in self.held.items() if now >= until]
             for call_no in late:
-                leg = self.core.switch.legs.get(call_no)
-                if leg is None:
+                leg = self.held[call_no][2]
+                if self.core.switch.leg(leg.link, call_no) is not leg:   # it ended meanwhile
                     self.held.pop(call_no, None)
                     continue
                 self._release(leg.link, [leg.call], now)
