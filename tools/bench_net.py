@@ -9,6 +9,7 @@ rate; what the generator receives is counted per trunk entry and timestamped,
 not decrypted again (the main host authenticates and decrypts every frame).
 """
 import errno
+import gc
 import os
 import select
 import shutil
@@ -415,6 +416,8 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
     sent = ticks * len(calls) * 2
     received = [0]
     lat = []
+    sends = []      # latency: (time.time() of each send, how late it was against its schedule)
+    frames = []     # latency: (index in sends of the frame's datagram, its latency), in the order they came
     send_at = {}
     rx = {pair.a: [0, 0, 0, 0], pair.b: [0, 0, 0, 0]}   # client -> [datagrams, bytes, this run's entries, all entries]
     last_mine = [0.0]
@@ -437,10 +440,16 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
             for call_no, ts16, _s, _e in entries:
                 at = send_at.get((client is pair.a, ts16, call_no - 1))
                 if at is not None:
-                    lat.append(t - at)
+                    lat.append(t - at[0])
+                    frames.append((at[1], t - at[0]))
 
     mains = {pair.a.main[1], pair.b.main[1]}
     own = {c.sock.getsockname()[1] for c in (pair.a, pair.b)}
+    # the generator must not pause: a full collection of its plan (a tracked tuple a datagram) took 15-90 ms,
+    # after which it sent what was due meanwhile back to back, a burst the relay queued (docs/benchmarks.md,
+    # Session 9); its lists of sends and latencies are not collected while it runs
+    gc.collect()
+    gc.freeze()
     drops0 = (udp_drops(mains), udp_drops(own))
     start = time.monotonic() + 0.05
     by_fd = {c.sock.fileno(): c for c in (pair.a, pair.b)}
@@ -452,6 +461,7 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
     for c in (pair.a, pair.b):
         c.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1 if latency else 0)
     try:
+        gc.disable()
         for k, datagrams in enumerate(plan):
             tick_start = start + k * TICK
             gap = TICK / max(1, len(datagrams))
@@ -469,8 +479,10 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
                 client.sock.sendto(data, client.main)   # each site to its own node (a cluster's pair: two)
                 if latency:
                     to_a = client is pair.b
+                    sent_as = (t, len(sends))
+                    sends.append((t, behind))
                     for i in indices:
-                        send_at[(to_a, ts16, i)] = t
+                        send_at[(to_a, ts16, i)] = sent_as
             if k - per_tick_signal >= 50:
                 per_tick_signal = k
                 now = _now_ms()
@@ -485,11 +497,14 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
                 break
             _drain(poller, by_fd, on_media, 0.01, pair, latency)
     finally:
+        gc.enable()
+        gc.unfreeze()
         poller.close()
         for c in (pair.a, pair.b):
             c.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
     lost = (sent // 2 - rx[pair.a][2], sent // 2 - rx[pair.b][2])
     return {"sent": sent, "received": received[0], "rx": rx, "latency": lat, "ticks": ticks, "lost": lost,
+            "sends": sends, "frames": frames,
             "kernel_drops": {"main": udp_drops(mains) - drops0[0], "generator": udp_drops(own) - drops0[1]},
             "late_frames": received[0] - at_send_end, "behind_ms": round(behind * 1000, 1)}
 
