@@ -1353,12 +1353,13 @@ def _hop_latency(calls, quick):
         try:
             base50, base99 = loopback_baseline(500 if quick else 2000)
             run_trunk_load(pair, pair.calls[:calls], 0.4, 1472)   # warm-up: the calls delegated to the table
-            main.status()                                        # the table's residence counts from here
+            before = main.status()                               # the table's residence counts from here
             wait0, t0 = main.waited_seconds(), time.monotonic()
             r = run_trunk_load(pair, pair.calls[:calls], seconds, 1472, latency=True)
             waited = (main.waited_seconds() - wait0) / (time.monotonic() - t0)
             status = main.status()
             lat = r["latency"]
+            late = sorted(behind for _t, behind in r["sends"])
         finally:
             pair.close()
     finally:
@@ -1399,6 +1400,17 @@ def _hop_latency(calls, quick):
         "latency_sync_cpu_us_mean": status.get("sync_us_mean"),
         "latency_pump_cpu_us_mean": status.get("pump_cpu_us_mean"),
         "latency_relay_waited": round(waited, 4),
+        # how late the generator sent against its schedule (evenly spread over each tick): a generator that
+        # fell behind sends what is due back to back, and the relay queues that burst (docs/benchmarks.md, Session 9)
+        "latency_generator_late_ms": {str(p): ms(percentile(late, p)) for p in (50, 99)} if late else None,
+        "latency_generator_late_max_ms": ms(late[-1]) if late else None,
+        "latency_frames": len(lat),   # of 2 x 50 x calls a second: the rest came too late or was dropped (below)
+        "latency_kernel_drops": r["kernel_drops"],
+        # the relay's collections in the measured run, by generation, and the longest young one (status)
+        "latency_relay_gc_collections": [a - b for a, b in zip(status.get("gc_collections") or (0, 0, 0),
+                                                                before.get("gc_collections") or (0, 0, 0))],
+        "latency_relay_gc_young_max_ms": status.get("gc_young_max_ms"),
+        "latency_relay_gc_max_ms": status.get("gc_max_ms"),
         "latency_load_average": round(os.getloadavg()[0], 2),
         "latency_method": "end to end: from time.time() before the generator's send to the kernel's receive stamp "
                           "(SO_TIMESTAMPNS) of the relayed frame at the generator's socket, every frame of a %g s "
