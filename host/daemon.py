@@ -77,6 +77,7 @@ class Daemon:
         # when the table last relayed in the turn, and the longest a turn left it without (since the last query)
         self._pumped, self.unpumped_max_s = 0.0, 0.0
         self.gc_pauses, self.gc_max_s, self._gc_started = 0, 0.0, 0.0   # the collector's, by generation 2
+        self.gc_runs, self.gc_young_max_s = [0, 0, 0], 0.0   # every collection by generation; the longest young one
         self.sip_sock = None     # the SIP port, open only while the core has SIP phones (docs/sip.md)
         self.sip_address = None
         self.sip_tcp = None      # SIP over TCP on the same address (host/sip/transport.py), with the UDP port
@@ -489,11 +490,14 @@ class Daemon:
                              table_unpumped_us_max=round(self.unpumped_max_s * 1e6, 1),
                              # full collections (the loop relays nothing meanwhile), the longest since the last query
                              gc_full_collections=self.gc_pauses, gc_max_ms=round(self.gc_max_s * 1000, 2),
+                             # every collection (generations 0, 1, 2) and the longest of generations 0-1 since the
+                             # last query: the hop's tail is not the collector's when these stay far below it
+                             gc_collections=list(self.gc_runs), gc_young_max_ms=round(self.gc_young_max_s * 1000, 3),
                              # the core's tick alone, CPU time (the rest of a turn: the workers' sync, the sends)
                              tick_cpu_us_mean=round(self.tick_cpu_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None,
                              # of the turns' CPU, what the relay table's relaying inside them took (_pump_table)
                              pump_cpu_us_mean=round(self.pump_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None)
-                self.timer_max_s = self.gc_max_s = self.unpumped_max_s = 0.0
+                self.timer_max_s = self.gc_max_s = self.gc_young_max_s = self.unpumped_max_s = 0.0
                 if self.workers is not None:
                     reply.update(self.workers.status())
                     # receive stamp to send of the frames the main host's own table relayed since the last query
@@ -508,14 +512,19 @@ class Daemon:
             writer.close()
 
     def _gc_timed(self, phase, info):
-        """gc.callbacks: the longest full collection (the loop relays nothing meanwhile: status gc_max_ms)."""
-        if info.get("generation") != 2:
-            return
+        """gc.callbacks: every collection and the longest, full and young (the loop relays nothing meanwhile:
+        status gc_collections, gc_max_ms, gc_young_max_ms)."""
         if phase == "start":
             self._gc_started = time.perf_counter()
-        else:
-            self.gc_pauses += 1
-            self.gc_max_s = max(self.gc_max_s, time.perf_counter() - self._gc_started)
+            return
+        took = time.perf_counter() - self._gc_started
+        generation = info.get("generation", 2)
+        self.gc_runs[generation] += 1
+        if generation != 2:
+            self.gc_young_max_s = max(self.gc_young_max_s, took)
+            return
+        self.gc_pauses += 1
+        self.gc_max_s = max(self.gc_max_s, took)
 
     async def run(self):
         loop = asyncio.get_running_loop()

@@ -192,6 +192,11 @@ def test_bench_quick_json_has_every_key_with_sane_values():
     assert all(s["datagrams_sent"] == s["frames_sent"] for s in relay["steps_datagram"])
     assert all(s["datagrams_sent"] == 2 * 50 * -(-s["calls"] // 8) for s in relay["steps_trunked"])
     assert r["hop_latency_p99_ms"] >= r["hop_latency_p50_ms"] > 0
+    # what the hop's tail is told apart with: the generator's lateness (it waits for each send's due time, so
+    # never early) and the relay's collections in the run, by generation
+    late = relay["latency_generator_late_ms"]
+    assert relay["latency_generator_late_max_ms"] >= late["99"] >= late["50"] >= 0
+    assert len(relay["latency_relay_gc_collections"]) == 3 and min(relay["latency_relay_gc_collections"]) >= 0
     assert r["registrations_per_s"] > 0
     assert 0 < r["bytes_per_registered_phone"] < 10 ** 7
     assert r["registrations"]["phones"] > 0

@@ -174,6 +174,8 @@ def test_units_run_the_daemons_unprivileged_restart_them_and_log_to_the_journal(
         assert "StandardError" not in s and "StandardOutput" not in s   # systemd's default: the journal
         assert s["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
         assert dict(unit(name)["Install"]) == {"WantedBy": "multi-user.target"}
+        # the main host relays media: ahead of batch work for its CPU (docs/relay.md, "Scheduling and the hop's tail")
+        assert s.get("Nice") == ("-5" if command == "main" else None)
     # a configuration error exits 2: the unit must not restart it in a loop
     bad = subprocess.run([str(UPBX), "main", "--config", "/nonexistent/main.toml"], capture_output=True, text=True)
     assert bad.returncode == 2 and "/nonexistent/main.toml" in bad.stderr

@@ -6,6 +6,7 @@ tests assert is what a user or an attacker would see: every frame arrives once, 
 was sent; a replayed or forged trunk is dropped and counted, before and after a direction moves
 between the processes (hold and resume); a host that moves is found at its new address (B7).
 """
+import gc
 import select
 import socket
 import time
@@ -339,7 +340,10 @@ def test_the_main_hosts_table_times_each_datagram_it_relays_from_the_kernels_rec
         # the part spent at the socket before the table read it: within the whole, datagram by datagram
         assert 0 < residence["queued_p50_us"] <= residence["queued_p99_us"] <= residence["queued_p999_us"]
         assert residence["queued_max_us"] <= residence["max_us"] and residence["queued_p50_us"] <= residence["p50_us"]
-        assert p.status()["table_residence"] == {"n": 0, "max_us": 0.0, "queued_max_us": 0.0}
+        status = p.status()
+        assert status["table_residence"] == {"n": 0, "max_us": 0.0, "queued_max_us": 0.0}
+        # the collector beside it: every collection by generation, the full ones (start-up's included) also apart
+        assert len(status["gc_collections"]) == 3 and status["gc_collections"][2] == status["gc_full_collections"] >= 1
     finally:
         p.close()
 
@@ -385,3 +389,29 @@ def test_a_timer_turns_pump_reads_the_socket_only_after_its_gap_and_keeps_what_t
     finally:
         rx.close()
         tx.close()
+
+
+def test_the_daemon_counts_every_collection_by_generation_and_keeps_the_longest_young_and_full_apart():
+    """Daemon._gc_timed (gc.callbacks; status gc_collections, gc_young_max_ms, gc_full_collections, gc_max_ms):
+    the hop's tail can be told from the collector's pauses only if every collection is seen, young ones too."""
+    from types import SimpleNamespace
+
+    from upbx.host.core import Stats
+    from upbx.host.daemon import Daemon
+
+    daemon = Daemon(SimpleNamespace(log=None, stats=Stats()), ("127.0.0.1", 0))
+    enabled = gc.isenabled()
+    gc.disable()   # only the collections made here
+    gc.callbacks.append(daemon._gc_timed)
+    try:
+        gc.collect(0)
+        gc.collect(0)
+        gc.collect(1)
+        assert daemon.gc_runs == [2, 1, 0] and daemon.gc_pauses == 0 and daemon.gc_max_s == 0.0
+        assert daemon.gc_young_max_s > 0.0
+        gc.collect(2)
+        assert daemon.gc_runs == [2, 1, 1] and daemon.gc_pauses == 1 and daemon.gc_max_s > 0.0
+    finally:
+        gc.callbacks.remove(daemon._gc_timed)
+        if enabled:
+            gc.enable()

@@ -9,6 +9,7 @@ rate; what the generator receives is counted per trunk entry and timestamped,
 not decrypted again (the main host authenticates and decrypts every frame).
 """
 import errno
+import gc
 import os
 import select
 import shutil
@@ -419,6 +420,8 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
     sent = ticks * len(calls) * 2
     received = [0]
     lat = []
+    sends = []      # latency: (time.time() of each send, how late it was against its schedule)
+    frames = []     # latency: (index in sends of the frame's datagram, its latency), in the order they came
     send_at = {}
     rx = {pair.a: [0, 0, 0, 0], pair.b: [0, 0, 0, 0]}   # client -> [datagrams, bytes, this run's entries, all entries]
     last_mine = [0.0]
@@ -441,10 +444,16 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
             for call_no, ts16, _s, _e in entries:
                 at = send_at.get((client is pair.a, ts16, call_no - 1))
                 if at is not None:
-                    lat.append(t - at)
+                    lat.append(t - at[0])
+                    frames.append((at[1], t - at[0]))
 
     mains = {pair.a.main[1], pair.b.main[1]}
     own = {c.sock.getsockname()[1] for c in (pair.a, pair.b)}
+    # the generator must not pause: a full collection of its plan (a tracked tuple a datagram; 2,005 calls x 200
+    # ticks) took 58-68 ms of CPU, after which it sent what fell due meanwhile back to back, a burst the relay
+    # queued: the hop's p99 (docs/benchmarks.md, Session 9); what it makes while it runs is collected after
+    gc.collect()
+    gc.freeze()
     drops0 = (udp_drops(mains), udp_drops(own))
     start = time.monotonic() + 0.05
     by_fd = {c.sock.fileno(): c for c in (pair.a, pair.b)}
@@ -456,6 +465,7 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
     for c in (pair.a, pair.b):
         c.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1 if latency else 0)
     try:
+        gc.disable()
         for k, datagrams in enumerate(plan):
             tick_start = start + k * TICK
             gap = TICK / max(1, len(datagrams))
@@ -473,8 +483,10 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
                 client.sock.sendto(data, client.main)   # each site to its own node (a cluster's pair: two)
                 if latency:
                     to_a = client is pair.b
+                    sent_as = (t, len(sends))
+                    sends.append((t, behind))
                     for i in indices:
-                        send_at[(to_a, ts16, i)] = t
+                        send_at[(to_a, ts16, i)] = sent_as
             if k - per_tick_signal >= 50:
                 per_tick_signal = k
                 now = _now_ms()
@@ -489,11 +501,14 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
                 break
             _drain(poller, by_fd, on_media, 0.01, pair, latency)
     finally:
+        gc.enable()
+        gc.unfreeze()
         poller.close()
         for c in (pair.a, pair.b):
             c.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
     lost = (sent // 2 - rx[pair.a][2], sent // 2 - rx[pair.b][2])
     return {"sent": sent, "received": received[0], "rx": rx, "latency": lat, "ticks": ticks, "lost": lost,
+            "sends": sends, "frames": frames,
             "kernel_drops": {"main": udp_drops(mains) - drops0[0], "generator": udp_drops(own) - drops0[1]},
             "late_frames": received[0] - at_send_end, "behind_ms": round(behind * 1000, 1)}
 
@@ -1342,12 +1357,13 @@ def _hop_latency(calls, quick):
         try:
             base50, base99 = loopback_baseline(500 if quick else 2000)
             run_trunk_load(pair, pair.calls[:calls], 0.4, 1472)   # warm-up: the calls delegated to the table
-            main.status()                                        # the table's residence counts from here
+            before = main.status()                               # the table's residence counts from here
             wait0, t0 = main.waited_seconds(), time.monotonic()
             r = run_trunk_load(pair, pair.calls[:calls], seconds, 1472, latency=True)
             waited = (main.waited_seconds() - wait0) / (time.monotonic() - t0)
             status = main.status()
             lat = r["latency"]
+            late = sorted(behind for _t, behind in r["sends"])
         finally:
             pair.close()
     finally:
@@ -1388,6 +1404,17 @@ def _hop_latency(calls, quick):
         "latency_sync_cpu_us_mean": status.get("sync_us_mean"),
         "latency_pump_cpu_us_mean": status.get("pump_cpu_us_mean"),
         "latency_relay_waited": round(waited, 4),
+        # how late the generator sent against its schedule (evenly spread over each tick): a generator that
+        # fell behind sends what is due back to back, and the relay queues that burst (docs/benchmarks.md, Session 9)
+        "latency_generator_late_ms": {str(p): ms(percentile(late, p)) for p in (50, 99)} if late else None,
+        "latency_generator_late_max_ms": ms(late[-1]) if late else None,
+        "latency_frames": len(lat),   # of 2 x 50 x calls a second: the rest came too late or was dropped (below)
+        "latency_kernel_drops": r["kernel_drops"],
+        # the relay's collections in the measured run, by generation, and the longest young one (status)
+        "latency_relay_gc_collections": [a - b for a, b in zip(status.get("gc_collections") or (0, 0, 0),
+                                                                before.get("gc_collections") or (0, 0, 0))],
+        "latency_relay_gc_young_max_ms": status.get("gc_young_max_ms"),
+        "latency_relay_gc_max_ms": status.get("gc_max_ms"),
         "latency_load_average": round(os.getloadavg()[0], 2),
         "latency_method": "end to end: from time.time() before the generator's send to the kernel's receive stamp "
                           "(SO_TIMESTAMPNS) of the relayed frame at the generator's socket, every frame of a %g s "
