@@ -249,15 +249,21 @@ def _admin(world, *argv):
     return upbx(["admin", "--database", str(world.tmp / "main.sqlite")] + list(argv))
 
 
+def _attendant(world, *routes):
+    """Attendant 500 routing by digit (routes: "1=101", ...) with a prompt of the operator's (1 s of 1 kHz),
+    set as an operator does while the hosts run, once the main host has read it."""
+    _tone_wav(world.tmp / "prompt.wav", 1000, 1.0)
+    argv = [word for route in routes for word in ("--route", route)]
+    assert _admin(world, "attendant", "set", "500", *argv, "--prompt", str(world.tmp / "prompt.wav")) == 0
+    world.run(1200)
+    assert "500" in world.main.voicemail.attendants
+
+
 def test_auto_attendant_answers_with_its_prompt_and_routes_by_digit(tmp_path):
     world = _world_with(tmp_path, ("101", "301", "302"), voicemail_on=("301",))
     try:
         p = world.phones
-        _tone_wav(tmp_path / "prompt.wav", 1000, 1.0)
-        assert _admin(world, "attendant", "set", "500", "--route", "1=101", "--route", "2=*98301",
-                      "--prompt", str(tmp_path / "prompt.wav")) == 0
-        world.run(1200)                                                 # the main host reads it
-        assert "500" in world.main.voicemail.attendants
+        _attendant(world, "1=101", "2=*98301")
         _reach_voicemail(world, "302", "500")
         world.run(1000)
         prompt = prompts.frames_of_ulaw(world.main.voicemail.store.attendants()["500"][1])
@@ -303,10 +309,7 @@ def test_an_attendant_call_routed_to_a_phone_nobody_answers_rings_out_or_forward
     world = _world_with(tmp_path, ("301", "302", "303"), voicemail_on=("303",), noanswer_s=5, ring_timeout_s=8)
     try:
         p = world.phones
-        _tone_wav(tmp_path / "prompt.wav", 1000, 1.0)
-        assert _admin(world, "attendant", "set", "500", "--route", "1=301", "--route", "2=303",
-                      "--prompt", str(tmp_path / "prompt.wav")) == 0
-        world.run(1200)                                                 # the main host reads it
+        _attendant(world, "1=301", "2=303")
         greeting = prompts.prompt(None, prompts.GREETING)              # spoken now: played at once below
         from upbx.host.attendant import ringback_frames
         for digit, callee, after_ms in (("1", "301", 8000), ("2", "303", 5000)):
