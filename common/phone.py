@@ -83,7 +83,7 @@ class Phone:
     firmware_sink = None   # set on the instance while an update downloads (firmware/ota.py)
     # a phone straight at a cluster's node: its standby Login at the home node's successor, and what
     # the firmware is to do for it (firmware/standby.py: a list, while there is a standby or work for
-    # it); the rest is set on the instance by common/standby.py, loaded only at a node (a handset's heap)
+    # it); set on the instance by common/standby.py, loaded only at a node (a handset's heap)
     standby = cluster_out = None
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
@@ -108,6 +108,11 @@ class Phone:
         self.host_next = None
         self._node_up = None     # the node id of the session that is up, from its WELCOME's index
         self._node_tried = None  # the node the login that is not up yet went to
+        # common/standby.py's: the node's keepalive for a standby session, None until a login at a node with
+        # room for one chose one (a NODES then chooses again: the successor may be another), and where the
+        # standby is (None: none now). The instance's table has room for both (docs/handset.md, Memory).
+        self.standby_keepalive_ms = None
+        self.standby_to = None
 
     @property
     def registered(self):
@@ -297,7 +302,7 @@ class Phone:
             self._sysinfo_chunk(ies, now)
         elif msg_type == _NODES:
             self.cluster_nodes = ies.get(_IE_CLUSTER_NODES, self.cluster_nodes)
-            if self.standby is not None or hasattr(self, "standby_to"):
+            if self.standby_keepalive_ms is not None:
                 from . import standby   # a node joined or left: the home node's successor may be another now
                 standby.choose(self, now)
         elif msg_type == wire.SETUP:

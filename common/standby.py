@@ -39,10 +39,8 @@ def _out(phone, item):
 def choose(phone, now):
     """The standby login: to the successor of the node the session is at (after a login); a standby
     given up (the successor changed) is logged out (BYE, sent by the firmware at once)."""
-    if not hasattr(phone, "standby_to"):
-        phone.standby_to = None
-        phone.switches = 0
-        phone._keepalive = phone.login.keepalive_ms      # the node's (WELCOME)
+    if phone.standby_keepalive_ms is None:
+        phone.standby_keepalive_ms = phone.login.keepalive_ms      # the node's (WELCOME)
     try:
         nodes = decode_nodes(phone.cluster_nodes)
     except ValueError:
@@ -65,7 +63,7 @@ def choose(phone, now):
         phone.cluster_out = []   # the firmware sends the standby's datagrams while it is a list
     login = phone.login
     standby = Login(login.identity_ie, login.identity, login.secret, login.local_index ^ _STANDBY_INDEX,
-                    phone.random_bytes, keepalive_ms=phone._keepalive, backoff_initial_ms=1000,
+                    phone.random_bytes, keepalive_ms=phone.standby_keepalive_ms, backoff_initial_ms=1000,
                     backoff_max_ms=login.backoff_max_ms, dead_ms=_IDLE_DEAD_MS)
     phone.standby, phone.standby_to = standby, want
     standby.start(now)
@@ -79,7 +77,6 @@ def switch(phone, now):
     phone.login, phone.standby = new, None
     _out(phone, ("host", phone.standby_to))
     phone._node_up = index_node(new.channel.peer_index)
-    phone.switches += 1
     ies = {_IE_STANDBY: 0}
     call = phone.call
     if call is not None and call.peer_call_no:
@@ -116,4 +113,4 @@ def tick(phone, now):
     if standby.state == "up" and phone.call is not None:
         login.set_keepalive(_CALL_KEEPALIVE_MS, _CALL_DEAD_MS, now)
     else:
-        login.set_keepalive(phone._keepalive, _IDLE_DEAD_MS if standby.state == "up" else login.dead_ms, now)
+        login.set_keepalive(phone.standby_keepalive_ms, _IDLE_DEAD_MS if standby.state == "up" else login.dead_ms, now)

@@ -11,11 +11,15 @@ side's audio at the other in order (one gap allowed: a failover's).
     gaps = hang_up_and_compare(lab, call)                        # {receiver: longest gap in ms}
 
 and the records a remote host uploads (site d's, played by the test with tests/intruder.py):
-`record`, `upload`, `acknowledged`, and `sql` on the engines' PostgreSQL.
+`record`, `upload`, `acknowledged`, and `sql` on the engines' PostgreSQL. A cluster in the network lab
+(root), closed and taken down however the test ends:
+
+    with netlab_cluster("upxs", dict(nat="cone", sites=("c",), phones=2), nodes=("n1", "n2")) as (lab, engines, ex):
 
 A module that needs the engines imports `engines` from here; pytest takes a fixture imported into
 a test module as the module's own (one set of engines per module, started on first use, stopped and
 removed at the module's end even when a test failed)."""
+import contextlib
 import json
 import os
 import time
@@ -53,6 +57,27 @@ def own_engines():
     require_engines()
     with cluster_lab.Engines() as engines:
         yield engines
+
+
+@contextlib.contextmanager
+def netlab_cluster(prefix, up, exchange=cluster_lab.ClusterNetlabExchange, **kwargs):
+    """A cluster in the network lab (root; tools/netlab.py): the lab named prefix + 4 random hex digits, up
+    with `up` (Lab.up's keywords), the engines in its main namespace (cluster_lab.engines_in) and `exchange`
+    on them (kwargs: its own). Yields (lab, engines, exchange); at the end, however the test ends, the
+    exchange and the engines are closed and the lab taken down, each even when one before it failed."""
+    from upbx.tools.netlab import Lab
+    from tests.support import micropython_binary, require_root
+    require_root()
+    micropython_binary()
+    lab = Lab("%s%s-" % (prefix, os.urandom(2).hex()))
+    with contextlib.ExitStack() as stack:
+        stack.callback(lab.down)        # also after a partial lab.up
+        lab.up(**up)
+        engines = cluster_lab.engines_in(lab)
+        stack.callback(engines.close)
+        ex = exchange(lab, engines, **kwargs)
+        stack.callback(ex.close)
+        yield lab, engines, ex
 
 
 def sql(engines, query, *args):

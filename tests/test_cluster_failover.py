@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from tests.clusterkit import engines, hang_up_and_compare, live_call, start_call, survivor, wait_audio_flows  # noqa: F401
-from tests.support import micropython_binary, require_root
+from tests.clusterkit import (engines, hang_up_and_compare, live_call, netlab_cluster, start_call,  # noqa: F401
+                              survivor, wait_audio_flows)
+from tests.support import micropython_binary
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
 
@@ -86,17 +87,10 @@ def test_in_the_network_lab_node_killed_relayed_audio_back_idle_site_rehomed():
     them, sites a, b and c behind their NAT routers; kill -9 of the node relaying the a-b call. No
     address moves: the remote hosts send to n2's own address, through their NAT (a mapping of its
     own, opened by the standby session's keepalives)."""
-    require_root()
-    micropython_binary()
-    from upbx.tools.netlab import Lab
-    lab = Lab("upxf%s-" % os.urandom(2).hex())
-    engines = ex = r = None
-    try:
-        lab.up(nat="cone", sites=("a", "b", "c"), remote_sites=("a", "b", "c"), phones=1)
-        engines = cluster_lab.engines_in(lab)
-        ex = cluster_lab.ClusterNetlabExchange(lab, engines, nodes=NODES, direct_media=False, keepalive_s=2,
-                                               remote_settings={"login_backoff_initial_s": 0.5,
-                                                                "login_backoff_max_s": 2})
+    import redis
+    backoff = {"login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
+    with netlab_cluster("upxf", dict(nat="cone", sites=("a", "b", "c"), remote_sites=("a", "b", "c"), phones=1),
+                        nodes=NODES, direct_media=False, keepalive_s=2, remote_settings=backoff) as (lab, engines, ex):
         ex.provision(sites=("a", "b", "c"), remote_sites=("a", "b", "c"),
                      phones={"a": ["101"], "b": ["201"], "c": ["301"]})
         ex.start()
@@ -106,38 +100,29 @@ def test_in_the_network_lab_node_killed_relayed_audio_back_idle_site_rehomed():
             "site-" + s)["main"]["standby"]["state"] == "up" for s in "abc"),
                     "every remote host's standby session at n2 (all the nodes known) up", timeout=60)
         standby_logins = {s: ex.status("site-" + s)["main"]["standby"]["logins"] for s in "abc"}
-        import redis
         with lab.inside("main"):
             r = redis.Redis.from_url(engines.redis_url)
             r.ping()   # connected from inside the namespace: the socket stays there
-
-        call = start_call(ex, "101", "201", tag="netlab")
-        ex.wait_for(lambda: live_call(r, "101") is not None, "the answered call's key in Redis", timeout=60)
-        relaying = live_call(r, "101")["node"]
-        assert relaying == "n1" and live_call(r, "101")["path"] == "relay"
-        time.sleep(1)
-        killed = time.time()
-        ex.kill(relaying)
-        ex.wait_for(lambda: [c["callee"] for c in ex.status(succ)["calls"]] == ["201"], "n2 took the call over",
-                    timeout=30)
-        taken = time.time() - killed
-        wait_audio_flows(ex, call, "relayed audio after the failover")
-        ex.wait_for(lambda: ex.status("site-c")["main"]["address"] == n2, "idle site c re-homed to n2", timeout=30)
-        rehomed = time.time() - killed
-        for site in "abc":
-            main = ex.status("site-" + site)["main"]
-            assert main["address"] == n2 and main["logins"] == standby_logins[site], (site, main)
-        gaps = hang_up_and_compare(ex, call)    # no call dropped, each side's audio at the other
-        print("network lab, kill -9 of %s: n2 had the call after %.1f s, idle site re-homed after %.1f s; relayed "
-              "audio gap at 101: %d ms, at 201: %d ms" % (relaying, taken, rehomed, gaps["101"], gaps["201"]))
-    finally:
-        if r is not None:
-            r.close()
-        if ex is not None:
-            ex.close()
-        if engines is not None:
-            engines.close()
-        lab.down()
+        with r:   # the client closed at the end
+            call = start_call(ex, "101", "201", tag="netlab")
+            ex.wait_for(lambda: live_call(r, "101") is not None, "the answered call's key in Redis", timeout=60)
+            relaying = live_call(r, "101")["node"]
+            assert relaying == "n1" and live_call(r, "101")["path"] == "relay"
+            time.sleep(1)
+            killed = time.time()
+            ex.kill(relaying)
+            ex.wait_for(lambda: [c["callee"] for c in ex.status(succ)["calls"]] == ["201"], "n2 took the call over",
+                        timeout=30)
+            taken = time.time() - killed
+            wait_audio_flows(ex, call, "relayed audio after the failover")
+            ex.wait_for(lambda: ex.status("site-c")["main"]["address"] == n2, "idle site c re-homed to n2", timeout=30)
+            rehomed = time.time() - killed
+            for site in "abc":
+                main = ex.status("site-" + site)["main"]
+                assert main["address"] == n2 and main["logins"] == standby_logins[site], (site, main)
+            gaps = hang_up_and_compare(ex, call)    # no call dropped, each side's audio at the other
+            print("network lab, kill -9 of %s: n2 had the call after %.1f s, idle site re-homed after %.1f s; relayed "
+                  "audio gap at 101: %d ms, at 201: %d ms" % (relaying, taken, rehomed, gaps["101"], gaps["201"]))
 
 
 def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(engines):

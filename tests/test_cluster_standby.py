@@ -84,12 +84,6 @@ def _frames(path):
     return len(read_g711_record(path)) if os.path.exists(path) else 0
 
 
-def _gap_ms(path):
-    from upbx.tools.lab import read_g711_record
-    frames = read_g711_record(path)
-    return max((b[0] - a[0] for a, b in zip(frames, frames[1:])), default=0)
-
-
 def _lines(lab, name, *words):
     with open(lab.path(name + ".log"), "rb") as f:
         return [line for line in f.read().decode("utf-8", "replace").splitlines() if all(w in line for w in words)]
@@ -109,7 +103,7 @@ def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill
     standby session at n1's successor; a call between them, relayed by n1; n1 killed with -9: both
     switch to their standby session (no new handshake), the successor takes the call over from Redis,
     each phone's audio arrives at the other in order, and the call ends "normal clearing"."""
-    from upbx.tools.lab import audio_match, write_noise_wav
+    from tests.clusterkit import hang_up_and_compare, start_call, wait_audio_flows
     from tests.support import micropython_binary
     import redis
     import time
@@ -126,15 +120,7 @@ def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill
         lab.start()
         ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
         succ = {v: k for k, v in ids.items()}[cluster.successor(ids["n1"], sorted(ids.values()))]
-        procs = {}
-        for number in ("302", "301"):
-            wav = lab.path(number + ".wav")
-            write_noise_wav(wav, 120, int(number))
-            args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
-                    "--exit-after", "300"]
-            args += ["--answer"] if number == "302" else ["--call", "302", "--call-after", "3"]
-            procs[number] = lab.phone(number, *args, tag="standby-" + number)
-            lab.wait_registered(number, timeout=60)
+        call = start_call(lab, "301", "302", tag="standby")
         # each phone's standby session at n1's successor, which lists it as a standby
         try:
             lab.wait_for(lambda: sorted(p["extension"] for p in lab.status(succ)["phones"] if p.get("standby"))
@@ -153,37 +139,23 @@ def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill
                     return call
             return None
         lab.wait_for(lambda: answered_key() is not None, "the answered call's key in Redis", timeout=60)
-        call = answered_key()
-        assert call["node"] == "n1"
-        key = "upbx:call:" + call["uid"]
+        assert answered_key()["node"] == "n1"
+        key = "upbx:call:" + answered_key()["uid"]
         logins = {n: len(_lines(lab, succ, " login ", "name=%s " % n)) for n in ("301", "302")}
         assert logins == {"301": 1, "302": 1}
         time.sleep(1)
-        before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("301", "302")}
         killed = time.time()
         lab.kill("n1")
         lab.wait_for(lambda: [c["callee"] for c in lab.status(succ)["calls"]] == ["302"],
                      "%s took the call over" % succ, timeout=30)
         taken = time.time() - killed
         assert lab.status(succ)["stats"]["counters"].get("calls taken over") == 1
-        lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("301", "302")),
-                     "relayed audio after the failover", timeout=30)
+        wait_audio_flows(lab, call, "relayed audio after the failover")
         # no new handshake: the sessions at the successor are the standby ones, now home
         assert {n: len(_lines(lab, succ, " login ", "name=%s " % n)) for n in ("301", "302")} == logins
         assert all(_lines(lab, "phone-standby-" + n, "switched to the standby session") for n in ("301", "302"))
         assert not [p for p in lab.status(succ)["phones"] if p.get("standby")]
-        procs["301"].stdin.write(b"!hangup\n")
-        procs["301"].stdin.flush()
-        for proc in procs.values():
-            proc.wait(60)
-        gaps = {}
-        for sender, receiver in (("301", "302"), ("302", "301")):
-            summary = lab.summary("standby-" + sender)["calls"][0]
-            assert summary["cause"] == "normal clearing", summary
-            gaps[receiver] = _gap_ms(lab.path(receiver + ".rx.g711"))
-            match, matched = audio_match(lab.path(sender + ".wav"), lab.path(receiver + ".rx.g711"),
-                                         summary["frames_sent"], gap_frames=gaps[receiver] // 20 + 5)
-            assert match, (sender, matched, summary["frames_sent"], gaps[receiver])
+        gaps = hang_up_and_compare(lab, call)
         heaps = {n: lab.summary("standby-" + n)["heap"] for n in ("301", "302")}
         print("%s: kill -9 of n1 (phones straight at it): %s had the call after %.1f s; audio gap at 301: %d ms, "
               "at 302: %d ms; heap peak live %s" % (build, succ, taken, gaps["301"], gaps["302"],
@@ -354,18 +326,9 @@ def test_in_the_network_lab_phones_behind_nat_straight_at_a_node_fail_over_to_it
     successor takes the call over, each phone's audio reaches the other in order with one gap, and the
     call ends "normal clearing"."""
     import time
-    from upbx.tools.netlab import Lab
-    from tests.clusterkit import hang_up_and_compare, start_call, survivor, wait_audio_flows
-    from tests.support import micropython_binary, require_root
-    require_root()
-    micropython_binary()
-    lab = Lab("upxs%s-" % os.urandom(2).hex())
-    engines = ex = None
-    try:
-        lab.up(nat="cone", sites=("c",), remote_sites=(), phones=2)
-        engines = cluster_lab.engines_in(lab)
-        ex = cluster_lab.ClusterNetlabExchange(lab, engines, nodes=("n1", "n2", "n3"), direct_media=False,
-                                               keepalive_s=2)
+    from tests.clusterkit import hang_up_and_compare, netlab_cluster, start_call, survivor, wait_audio_flows
+    with netlab_cluster("upxs", dict(nat="cone", sites=("c",), remote_sites=(), phones=2), nodes=("n1", "n2", "n3"),
+                        direct_media=False, keepalive_s=2) as (_lab, _engines, ex):
         ex.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "302"]})
         ex.start()
         # every node knows every other (a phone told a cluster short of a node would choose another standby)
@@ -396,9 +359,3 @@ def test_in_the_network_lab_phones_behind_nat_straight_at_a_node_fail_over_to_it
         gaps = hang_up_and_compare(ex, call)
         print("network lab, phones behind NAT straight at n1, kill -9 of n1: %s had the call after %.1f s; audio gap "
               "at 301: %d ms, at 302: %d ms" % (succ, taken, gaps["301"], gaps["302"]))
-    finally:
-        if ex is not None:
-            ex.close()
-        if engines is not None:
-            engines.close()
-        lab.down()

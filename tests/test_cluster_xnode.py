@@ -5,8 +5,8 @@ Site a's remote host logs in to n1, site b's to n2; site c has no remote host an
 straight at a node. A call between two of them is switched by both nodes: the caller's node finds the
 callee's node in Redis (upbx:loc:KIND:NAME) and chains the call over its trunk session to it.
 """
+import contextlib
 import json
-import os
 import socket
 import time
 
@@ -14,9 +14,10 @@ import pytest
 
 from upbx.common import cluster, wire
 from upbx.common.session import handshake_key, seal_handshake
-from upbx.tools.lab import audio_match, read_g711_record, write_noise_wav
-from tests.clusterkit import engines, own_engines  # noqa: F401 (fixtures)
-from tests.support import micropython_binary, require_root
+from upbx.tools.lab import audio_match, write_noise_wav
+from tests.clusterkit import (engines, hang_up_and_compare, netlab_cluster, own_engines,  # noqa: F401 (fixtures)
+                              start_call, wait_audio_flows)
+from tests.support import micropython_binary
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
 
@@ -87,10 +88,6 @@ def _lab(engines, homes, nodes=("n1", "n2")):
     lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b"),
                   phones={"a": ["101", "102"], "b": ["201", "202"], "c": ["301"]})
     return lab
-
-
-def _frames(path):
-    return len(read_g711_record(path)) if os.path.exists(path) else 0
 
 
 def _talk(lab, caller, callee, seconds=3, dtmf=None):
@@ -261,8 +258,7 @@ def test_node_killed_while_a_cross_node_call_rings_the_caller_hears_why(engines)
 
 
 def _killed_ringing(engines):
-    lab = _lab(engines, {"a": "n1", "b": "n2", "301": "n1"})
-    try:
+    with contextlib.closing(_lab(engines, {"a": "n1", "b": "n2", "301": "n1"})) as lab:
         lab.start()
         ringing = lab.phone("201", "--exit-after", "120", tag="k-201")
         lab.wait_registered("201", timeout=60)
@@ -283,8 +279,6 @@ def _killed_ringing(engines):
               % (call["cause"], heard))
         ringing.kill()
         ringing.wait(30)
-    finally:
-        lab.close()
 
 
 def _successor_plan(lab):
@@ -300,100 +294,66 @@ def _successor_plan(lab):
         return {"a": x, "b": y, "301": x}
 
 
-def _kill_callee_node(engines, nodes, homes, kill="b"):
-    """101 (site a) calls 201 (site b, at another node), both sending noise; the callee's node is killed
-    with -9. Returns (lab, procs, the node killed, seconds from the kill to audio at both phones again)."""
-    lab = TwoHomes(engines, homes, nodes=nodes, direct_media=False, remote_settings=SETTINGS)
-    lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b"),
-                  phones={"a": ["101", "102"], "b": ["201", "202"], "c": ["301"]})
-    lab.start()
-    lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("state") == "up" for s in "ab"),
-                 "the remote hosts' standby sessions up", timeout=60)
-    procs = _answered_call(lab)
-    before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("101", "201")}
-    killed = time.time()
-    lost = lab.homes[kill]
-    lab.kill(lost)
-    lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 100 for n in ("101", "201")),
-                 "audio both ways after the kill", timeout=40)
-    return lab, procs, lost, time.time() - killed
+@contextlib.contextmanager
+def _callee_node_killed(nodes, homes, kill="b"):
+    """On engines of the test's own (a node is killed: not the module's lab), 101 (site a) calls 201 (site b,
+    at another node), both sending noise, and the callee's node (kill="a": the caller's) is killed with -9.
+    Yields (lab, engines, the clusterkit.Call, the node killed, seconds from the kill to audio at both phones
+    again); the lab and the engines are closed at the end, however the test ends."""
+    with cluster_lab.Engines() as engines, contextlib.closing(_lab(engines, homes, nodes)) as lab:
+        lab.start()
+        lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("state") == "up"
+                                 for s in "ab"), "the remote hosts' standby sessions up", timeout=60)
+        call = _answered_call(lab)
+        killed = time.time()
+        lost = lab.homes[kill]
+        lab.kill(lost)
+        wait_audio_flows(lab, call, "audio both ways after the kill", timeout=40)
+        yield lab, engines, call, lost, time.time() - killed
 
 
 def _answered_call(lab):
-    """101 (site a) calls 201 (site b), both sending noise and recording what they hear: their processes
-    once the call is answered, its audio flows both ways and its keys are in Redis."""
-    procs = {}
-    for number in ("201", "101"):
-        wav = lab.path(number + ".wav")
-        write_noise_wav(wav, 120, int(number))
-        args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after-call",
-                "--exit-after", "200"]
-        args += ["--answer"] if number == "201" else ["--call", "201", "--call-after", "1"]
-        procs[number] = lab.phone(number, *args, tag="k-" + number)
-        lab.wait_registered(number, timeout=60)
+    """101 (site a) calls 201 (site b), both sending noise and recording what they hear (clusterkit.start_call,
+    tag "k"): the Call once it is answered, its audio flows both ways and its keys are in Redis."""
+    call = start_call(lab, "101", "201", tag="k")
     home_b = lab.homes["b"]
     lab.wait_for(lambda: any(c["state"] == "answered" for c in lab.status(home_b)["calls"]), "the call answered",
                  timeout=60)
-    lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) > 50 for n in ("101", "201")), "audio both ways",
-                 timeout=30)
+    lab.wait_for(lambda: all(n > 50 for n in call.frames().values()), "audio both ways", timeout=30)
     time.sleep(1)   # the call keys written (every 200 ms)
-    return procs
-
-
-def _hang_up_and_check(lab, procs):
-    procs["101"].stdin.write(b"!hangup\n")
-    procs["101"].stdin.flush()
-    for proc in procs.values():
-        proc.wait(60)
-    gaps = {}
-    for sender, receiver in (("101", "201"), ("201", "101")):
-        call = lab.summary("k-" + sender)["calls"][0]
-        assert call["cause"] == "normal clearing", call      # not dropped
-        frames = read_g711_record(lab.path(receiver + ".rx.g711"))
-        gaps[receiver] = max((b[0] - a[0] for a, b in zip(frames, frames[1:])), default=0)
-        match, matched = audio_match(lab.path(sender + ".wav"), lab.path(receiver + ".rx.g711"), call["frames_sent"],
-                                     gap_frames=gaps[receiver] // 20 + 5)
-        assert match, (sender, matched, call["frames_sent"], gaps[receiver])
-    return gaps
+    return call
 
 
 def test_node_killed_during_a_cross_node_call_its_successor_carries_it_on(engines):
     """Two nodes: site b's node killed -9; site b switches to its standby, n1 (the caller's node), which
     takes the lost half over from Redis and splices it into its own half: the call is n1's alone."""
     micropython_binary()
-    with cluster_lab.Engines() as own:   # a node is killed: not the module's lab
-        lab, procs, lost, back = _kill_callee_node(own, ("n1", "n2"), {"a": "n1", "b": "n2", "301": "n1"})
-        try:
-            status = lab.status("n1")
-            assert status["stats"]["counters"].get("node trunk: calls carried on") == 1
-            assert status["cluster"]["calls_lost_with_a_node"] == 0
-            assert [c["callee"] for c in status["calls"]] == ["201"]
-            gaps = _hang_up_and_check(lab, procs)
-            print("kill -9 of the callee's node (2 nodes): audio both ways again %.1f s after the kill; gap at 101 "
-                  "%d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
-        finally:
-            lab.close()
+    with _callee_node_killed(("n1", "n2"), {"a": "n1", "b": "n2", "301": "n1"}) as (lab, _own, call, lost, back):
+        status = lab.status("n1")
+        assert status["stats"]["counters"].get("node trunk: calls carried on") == 1
+        assert status["cluster"]["calls_lost_with_a_node"] == 0
+        assert [c["callee"] for c in status["calls"]] == ["201"]
+        gaps = hang_up_and_compare(lab, call)
+        print("kill -9 of the callee's node (2 nodes): audio both ways again %.1f s after the kill; gap at 101 "
+              "%d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
 
 
 def test_caller_node_killed_during_a_cross_node_call_the_callee_node_carries_it_on(engines):
     """Two nodes, the caller's node killed -9 this time: site a switches to n2, which splices n1's half
     into its own; the call goes on and its record is stored once, by n2."""
     micropython_binary()
-    with cluster_lab.Engines() as own:
-        lab, procs, lost, back = _kill_callee_node(own, ("n1", "n2"), {"a": "n1", "b": "n2", "301": "n1"}, kill="a")
-        try:
-            status = lab.status("n2")
-            assert status["stats"]["counters"].get("node trunk: calls carried on") == 1
-            assert [c["caller"] for c in status["calls"]] == ["101"]
-            before = len(_records(own))
-            gaps = _hang_up_and_check(lab, procs)
-            lab.wait_for(lambda: len(_records(own)) == before + 1, "the call's record", timeout=30)
-            time.sleep(1)
-            assert [r[:2] for r in _records(own)[before:]] == [("101", "201")]
-            print("kill -9 of the caller's node (2 nodes): audio both ways again %.1f s after the kill; gap at 101 "
-                  "%d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
-        finally:
-            lab.close()
+    with _callee_node_killed(("n1", "n2"), {"a": "n1", "b": "n2", "301": "n1"}, kill="a") as (lab, own, call, lost,
+                                                                                                back):
+        status = lab.status("n2")
+        assert status["stats"]["counters"].get("node trunk: calls carried on") == 1
+        assert [c["caller"] for c in status["calls"]] == ["101"]
+        before = len(_records(own))
+        gaps = hang_up_and_compare(lab, call)
+        lab.wait_for(lambda: len(_records(own)) == before + 1, "the call's record", timeout=30)
+        time.sleep(1)
+        assert [r[:2] for r in _records(own)[before:]] == [("101", "201")]
+        print("kill -9 of the caller's node (2 nodes): audio both ways again %.1f s after the kill; gap at 101 "
+              "%d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
 
 
 def test_node_killed_during_a_cross_node_call_a_third_node_carries_its_half_on(engines):
@@ -401,18 +361,14 @@ def test_node_killed_during_a_cross_node_call_a_third_node_carries_its_half_on(e
     takes Y's half over from Redis (its leg towards X on the trunk X-Z); X moves its leg to Z's trunk at
     Z's first frame. Audio both ways again, the call ends "normal clearing"."""
     micropython_binary()
-    with cluster_lab.Engines() as own:
-        lab, procs, lost, back = _kill_callee_node(own, ("n1", "n2", "n3"), _successor_plan)
-        try:
-            x, z = lab.plan["a"], lab.plan["successor"]
-            assert lab.status(x)["stats"]["counters"].get("node trunk: calls carried on") == 1
-            assert lab.status(z)["stats"]["counters"].get("calls taken over") == 1
-            assert [c["callee"] for c in lab.status(z)["calls"]] == ["201"]
-            gaps = _hang_up_and_check(lab, procs)
-            print("kill -9 of the callee's node (3 nodes, its half to a third): audio both ways again %.1f s after "
-                  "the kill; gap at 101 %d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
-        finally:
-            lab.close()
+    with _callee_node_killed(("n1", "n2", "n3"), _successor_plan) as (lab, _own, call, lost, back):
+        x, z = lab.plan["a"], lab.plan["successor"]
+        assert lab.status(x)["stats"]["counters"].get("node trunk: calls carried on") == 1
+        assert lab.status(z)["stats"]["counters"].get("calls taken over") == 1
+        assert [c["callee"] for c in lab.status(z)["calls"]] == ["201"]
+        gaps = hang_up_and_compare(lab, call)
+        print("kill -9 of the callee's node (3 nodes, its half to a third): audio both ways again %.1f s after "
+              "the kill; gap at 101 %d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
 
 
 def test_a_held_call_whose_node_is_lost_drops_its_media_to_the_lost_trunk_and_ends_after_the_hold(engines):
@@ -421,27 +377,24 @@ def test_a_held_call_whose_node_is_lost_drops_its_media_to_the_lost_trunk_and_en
     the lost node, whose login is down (no keys), is dropped and counted (it raised AttributeError in the
     flush once: `internal-error ... where=flush` right after `node-lost`); then 101 hears "main host lost"."""
     micropython_binary()
-    with cluster_lab.Engines() as own:   # nodes are killed: not the module's lab
-        lab = _lab(own, {"a": "n1", "b": "n2", "301": "n1"})
-        try:
-            lab.start()
-            procs = _answered_call(lab)
-            lab.kill("site-b")   # first: it must not switch to its standby at n1
-            lab.kill("n2")
-            procs["101"].wait(90)
-            call = lab.summary("k-101")["calls"][0]
-            assert call["cause"] == wire.CAUSE_TEXT[wire.CAUSE_MAIN_LOST], call
-            status = lab.status("n1")
-            assert status["calls"] == [] and status["cluster"]["calls_lost_with_a_node"] == 1
-            assert status["stats"]["drops"].get("media to a link that is down", 0) >= 1, status["stats"]["drops"]
-            with open(lab.path("n1.log")) as f:
-                log = f.read()
-            assert "node-lost" in log and "internal-error" not in log, [
-                line for line in log.splitlines() if "internal-error" in line][:3]
-            procs["201"].kill()
-            procs["201"].wait(30)
-        finally:
-            lab.close()
+    # nodes are killed: not the module's lab
+    with cluster_lab.Engines() as own, contextlib.closing(_lab(own, {"a": "n1", "b": "n2", "301": "n1"})) as lab:
+        lab.start()
+        call = _answered_call(lab)
+        lab.kill("site-b")   # first: it must not switch to its standby at n1
+        lab.kill("n2")
+        call.procs["101"].wait(90)
+        ended = lab.summary("k-101")["calls"][0]
+        assert ended["cause"] == wire.CAUSE_TEXT[wire.CAUSE_MAIN_LOST], ended
+        status = lab.status("n1")
+        assert status["calls"] == [] and status["cluster"]["calls_lost_with_a_node"] == 1
+        assert status["stats"]["drops"].get("media to a link that is down", 0) >= 1, status["stats"]["drops"]
+        with open(lab.path("n1.log")) as f:
+            log = f.read()
+        assert "node-lost" in log and "internal-error" not in log, [
+            line for line in log.splitlines() if "internal-error" in line][:3]
+        call.procs["201"].kill()
+        call.procs["201"].wait(30)
 
 
 class TwoHomesNetlab(cluster_lab.ClusterNetlabExchange):
@@ -471,15 +424,8 @@ def test_in_the_network_lab_a_call_between_sites_behind_nat_at_two_nodes():
     the engines beside them, sites a and b each behind a cone NAT router (nftables masquerade) with its
     remote host and a firmware phone; site a at n1, site b at n2. 101 calls 201: the media goes site a
     -> n1 -> n2 -> site b and back, each remote host's only through the NAT mapping it opened to its node."""
-    require_root()
-    micropython_binary()
-    from upbx.tools.netlab import Lab
-    lab = Lab("upxx%s-" % os.urandom(2).hex())
-    engines = ex = None
-    try:
-        lab.up(nat="cone", sites=("a", "b"), remote_sites=("a", "b"), phones=1)
-        engines = cluster_lab.engines_in(lab)
-        ex = TwoHomesNetlab(lab, engines, nodes=("n1", "n2"), direct_media=False, keepalive_s=2)
+    with netlab_cluster("upxx", dict(nat="cone", sites=("a", "b"), remote_sites=("a", "b"), phones=1),
+                        exchange=TwoHomesNetlab, nodes=("n1", "n2"), direct_media=False, keepalive_s=2) as (_l, _e, ex):
         ex.provision(sites=("a", "b"), remote_sites=("a", "b"), phones={"a": ["101"], "b": ["201"]})
         ex.start()
         assert ex.status("site-a")["main"]["address"] == "%s:%d" % ex.node_addresses["n1"]
@@ -492,12 +438,6 @@ def test_in_the_network_lab_a_call_between_sites_behind_nat_at_two_nodes():
         _audio_both_ways(ex, calls, "101", "201")
         for node in ex.nodes:   # each node switched a half
             assert ex.status(node)["stats"]["counters"].get("msg ANSWER", 0) >= 1
-    finally:
-        if ex is not None:
-            ex.close()
-        if engines is not None:
-            engines.close()
-        lab.down()
 
 
 def _revoke_lease(engines, node, seconds):

@@ -10,8 +10,10 @@ import os
 import pytest
 
 from tests.support import require_root
+from upbx.common import wire
 from upbx.tools import calls_demo
 from upbx.tools.demo_features import ConsolePhone, run_features
+from upbx.tools.impair import Relay
 from upbx.tools.lab import LoopbackExchange, place_call
 
 
@@ -73,6 +75,70 @@ def test_keys_answer_swap_and_reject_a_waiting_call_and_transfer_from_the_keypad
     finally:
         for phone in (a, b, c):
             phone.quit()
+
+
+class FirstRelease:
+    """A relay's chosen loss (tools/impair.py, drop_down): the first RELEASE to the phone once armed (a full
+    frame's type is in its clear header)."""
+
+    def __init__(self):
+        self.armed = False
+        self.lost = 0
+
+    def __call__(self, data):
+        if (self.armed and not self.lost and wire.frame_kind(data) == wire.KIND_FULL
+                and wire.parse_full(data)[3] == wire.RELEASE):
+            self.lost = 1
+            return True
+        return False
+
+
+def test_both_lines_ending_in_one_batch_of_events_after_a_transfer_and_the_phone_carries_on(lab):
+    """302 (the firmware, behind a relay that loses the first RELEASE sent to it) talks to 101 with 301 held
+    and transfers 301 to 101 (C #). The host ends the held line first, then the current one; the first
+    RELEASE lost, the second waits in 302's reliable channel until the first is sent again, and both are
+    delivered at once: one batch of events, the held line's end handled after the current call ended too
+    (phone.call None). 302 logs both ends and carries on (it crashed: firmware/lines.py, ended)."""
+    lose = FirstRelease()
+    relay = Relay(("127.0.0.1", 0), ("127.0.0.1", lab.main_port), drop_down=lose)
+    relay.start()
+    b = c = x = None
+    try:
+        b = ConsolePhone(lab, "301", "batch-301")
+        c = ConsolePhone(lab, "101", "batch-101")
+        x = ConsolePhone(lab, "302", "batch-302", "--host", "127.0.0.1:%d" % relay.address[1])
+        b.command("!call 302")
+        assert x.wait_line("incoming call from 301")
+        x.command("A")
+        assert b.wait_line("I phone connected")
+        c.command("!call 302")
+        assert x.wait_line("call waiting from 101")
+        x.command("A")                                   # 101 answered, 301 held
+        assert x.wait_line("connected to 101 (301 held)")
+        lose.armed = True
+        for key in ("C", "#"):
+            x.command(key)
+        assert b.wait_line("now talking to 101") and c.wait_line("now talking to 301")
+        assert x.wait_line("I phone call ended: transferred"), x.log()[-2000:]
+        log = x.log()
+        assert lose.lost == 1 and relay.counters["down"]["dropped"] == 1
+        assert log.index("I phone other line ended: transferred") < log.index("I phone call ended: transferred")
+        assert "crashed" not in log and "Traceback" not in log, log[-2000:]
+        x.command("!call 301")                           # it carries on: 301 (talking to 101) has call waiting
+        assert x.wait_line("I phone dialing 301") and b.wait_line("call waiting from 302")
+        x.command("D")
+        assert b.wait_line("other line ended: normal clearing")
+        x.command("!quit")
+        assert x.proc.wait(10) == 0
+        summary = lab.summary("batch-302")
+        assert [call["cause"] for call in summary["calls"]] == ["transferred", "transferred", "normal clearing"]
+        assert summary["events_held"] == 0
+    finally:
+        for phone in (b, c, x):
+            if phone is not None and phone.proc.poll() is None:
+                phone.quit()
+        relay.stop()
+        relay.close()
 
 
 def _netlab_prefix():

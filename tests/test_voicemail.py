@@ -58,8 +58,8 @@ def _dominant(payload):
     return None
 
 
-def _world_with(tmp_path, phones, voicemail_on=(), noanswer_s=5):
-    world = _world(tmp_path, ())
+def _world_with(tmp_path, phones, voicemail_on=(), noanswer_s=5, **kwargs):
+    world = _world(tmp_path, (), **kwargs)
     world.run(1200)    # the main host has read its directory's version: the change below is announced
     for i, number in enumerate(phones):
         end = TonePhone(world.net, number, world.secrets[number], ("198.18.2.%d" % (i + 1), 40000),
@@ -249,15 +249,21 @@ def _admin(world, *argv):
     return upbx(["admin", "--database", str(world.tmp / "main.sqlite")] + list(argv))
 
 
+def _attendant(world, *routes):
+    """Attendant 500 routing by digit (routes: "1=101", ...) with a prompt of the operator's (1 s of 1 kHz),
+    set as an operator does while the hosts run, once the main host has read it."""
+    _tone_wav(world.tmp / "prompt.wav", 1000, 1.0)
+    argv = [word for route in routes for word in ("--route", route)]
+    assert _admin(world, "attendant", "set", "500", *argv, "--prompt", str(world.tmp / "prompt.wav")) == 0
+    world.run(1200)
+    assert "500" in world.main.voicemail.attendants
+
+
 def test_auto_attendant_answers_with_its_prompt_and_routes_by_digit(tmp_path):
     world = _world_with(tmp_path, ("101", "301", "302"), voicemail_on=("301",))
     try:
         p = world.phones
-        _tone_wav(tmp_path / "prompt.wav", 1000, 1.0)
-        assert _admin(world, "attendant", "set", "500", "--route", "1=101", "--route", "2=*98301",
-                      "--prompt", str(tmp_path / "prompt.wav")) == 0
-        world.run(1200)                                                 # the main host reads it
-        assert "500" in world.main.voicemail.attendants
+        _attendant(world, "1=101", "2=*98301")
         _reach_voicemail(world, "302", "500")
         world.run(1000)
         prompt = prompts.frames_of_ulaw(world.main.voicemail.store.attendants()["500"][1])
@@ -291,6 +297,41 @@ def test_auto_attendant_answers_with_its_prompt_and_routes_by_digit(tmp_path):
         world.run(100)
         assert [m["caller"] for m in _store(world).messages("301")] == ["302"]
         assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_an_attendant_call_routed_to_a_phone_nobody_answers_rings_out_or_forwards_on_no_answer(tmp_path):
+    """The attendant answers, so the main host's tick stops looking at the call for a ring timeout every
+    tick (host/main_host.py, _ring_calls: an answered call is looked at once a round); routed on, the call
+    rings again on the same call. Its ring timeout and a forward on no answer still come on time, counted
+    from the new offer: the answered call is looked at again within a round and watched from then on."""
+    world = _world_with(tmp_path, ("301", "302", "303"), voicemail_on=("303",), noanswer_s=5, ring_timeout_s=8)
+    try:
+        p = world.phones
+        _attendant(world, "1=301", "2=303")
+        greeting = prompts.prompt(None, prompts.GREETING)              # spoken now: played at once below
+        from upbx.host.attendant import ringback_frames
+        for digit, callee, after_ms in (("1", "301", 8000), ("2", "303", 5000)):
+            _reach_voicemail(world, "302", "500")
+            world.run(9000)   # answered for longer than the ring timeout: an answered call does not ring out
+            assert p["302"].connected
+            ended = len(p["302"].causes())
+            _menu(world, "302", digit, 0)
+            world.run_until(lambda: p[callee].phone.state == RINGING, 2000, "%s rings" % callee)
+            rang = len(p[callee].causes())
+            took = world.run_until(lambda: len(p[callee].causes()) > rang, 12000, "%s stops ringing" % callee)
+            assert p[callee].causes()[-1] == wire.CAUSE_NO_ANSWER and p[callee].idle
+            assert after_ms <= took <= after_ms + 3 * TICK_MS, took      # on time, not a round late
+            if callee == "301":     # the ring timeout: the caller's call ends too
+                assert p["302"].causes()[ended:] == [wire.CAUSE_NO_ANSWER] and p["302"].idle
+            else:                   # forwarded to 303's mailbox: the caller hears its greeting from the start
+                heard = p["302"].received
+                world.run(1000)
+                starts = [i for i in range(len(heard)) if heard[i:i + 40] == greeting[:40]]
+                assert p["302"].connected and len(starts) == 1 and set(heard[:starts[0]]) <= set(ringback_frames())
+                world.hangup("302")
+        assert world.main.status()["calls"] == [] and not world.net.errors
     finally:
         world.close()
 

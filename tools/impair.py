@@ -119,23 +119,29 @@ class Impairment:
 
 
 class _Direction:
-    """One direction of the relay: its impairment (None: pass through) and its counters."""
+    """One direction of the relay: its impairment (None: pass through), the datagrams a test chose to
+    lose (drop: a function of a datagram, True to lose it; None: none), and its counters."""
 
-    def __init__(self, impairment):
+    def __init__(self, impairment, drop=None):
         self.impairment = impairment
+        self.drop = drop
         self.received = 0
         self.sent = 0
         self.send_errors = 0
+        self.chosen = 0     # datagrams lost by drop
 
-    def decide(self, now, size):
+    def decide(self, now, data):
         self.received += 1
-        return [now] if self.impairment is None else self.impairment.decide(now, size)
+        if self.drop is not None and self.drop(data):
+            self.chosen += 1
+            return []
+        return [now] if self.impairment is None else self.impairment.decide(now, len(data))
 
     @property
     def counters(self):
         imp = self.impairment.counters if self.impairment else {}
         return {"in": self.received, "out": self.sent,
-                "dropped": imp.get("lost", 0) + imp.get("queue_dropped", 0) + self.send_errors,
+                "dropped": imp.get("lost", 0) + imp.get("queue_dropped", 0) + self.send_errors + self.chosen,
                 "duplicated": imp.get("duplicated", 0), "reordered": imp.get("reordered", 0)}
 
 
@@ -163,13 +169,16 @@ class Relay:
 
     Run it with start()/stop() (a thread), run() (blocking until stop()), or
     `await relay.run_async()`. `address` is the bound listen address (port 0 picks one).
+    drop_up / drop_down: a function of a datagram, True to lose it (a test's chosen loss: one
+    message, say), before the direction's impairment.
     """
 
-    def __init__(self, listen, target, up=None, down=None, idle_timeout=120.0, family=None):
+    def __init__(self, listen, target, up=None, down=None, idle_timeout=120.0, family=None, drop_up=None,
+                 drop_down=None):
         family = family or (socket.AF_INET6 if ":" in listen[0] else socket.AF_INET)
         self.target = target
-        self.up = _Direction(up)
-        self.down = _Direction(down)
+        self.up = _Direction(up, drop_up)
+        self.down = _Direction(down, drop_down)
         self.idle_timeout = idle_timeout
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.bind(listen)
@@ -274,7 +283,7 @@ class Relay:
                 entry = self._upstream[client] = [upstream, now]
                 self._selector.register(upstream, selectors.EVENT_READ, client)
             entry[1] = now
-            for t in self.up.decide(now, len(data)):
+            for t in self.up.decide(now, data):
                 heapq.heappush(self._queue, (t, next(self._order), entry[0], data, None))
 
     def _receive_from_target(self, upstream, client):
@@ -287,7 +296,7 @@ class Relay:
                 continue
             now = time.monotonic()
             self._upstream[client][1] = now
-            for t in self.down.decide(now, len(data)):
+            for t in self.down.decide(now, data):
                 heapq.heappush(self._queue, (t, next(self._order), self._sock, data, client))
 
     def _send_due(self, now):

@@ -208,3 +208,27 @@ def test_a_phone_at_a_node_moves_its_standby_to_its_nodes_new_successor():
     # node 4 leaves again: back to node 3
     phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(three)}, 300)
     assert phone.standby_to == ("198.18.0.3", 4569)
+
+
+def test_a_phone_alone_at_a_node_takes_a_standby_when_a_second_node_joins():
+    # the only node has no successor: no standby, but the phone chose (common/standby.py), so the NODES
+    # that says a second node joined gives it one there; a phone whose login was never at a node with room
+    # for one chooses nothing on a NODES
+    import os
+    from common.login import LoginUp
+    from common.phone import Phone
+    one = [(2, ("198.18.0.2", 4569))]
+    phone = Phone("201", bytes(16), os.urandom)
+    assert phone.standby_keepalive_ms is None and phone.standby_to is None
+    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster.encode_nodes(one)}))
+    phone._login_events(0)
+    assert phone.standby is None and phone.standby_to is None
+    assert phone.standby_keepalive_ms == phone.login.keepalive_ms
+    two = one + [(3, ("198.18.0.3", 4569))]
+    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(two)}, 100)
+    assert phone.standby_to == ("198.18.0.3", 4569) and phone.standby.datagrams_to_send(100)   # its HELLO
+    assert phone.standby.keepalive_ms == phone.login.keepalive_ms
+    never = Phone("202", bytes(16), os.urandom)
+    never._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(two)}, 100)
+    assert never.cluster_nodes is not None and never.standby is None and never.standby_keepalive_ms is None
