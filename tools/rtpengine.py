@@ -124,11 +124,22 @@ class NgClient:
 class RtpEngine:
     """An rtpengine process in userspace on loopback, pinned to one CPU (all its threads)."""
 
-    def __init__(self, cpu=0, port_min=30000, port_max=39999):
+    def __init__(self, cpu=0, port_min=30000, port_max=39999, tries=3):
         self.binary = shutil.which(BINARY)
         if self.binary is None:
             raise FileNotFoundError("%s not found: install the Debian package %s (make setup, as root)"
                                     % (BINARY, DEBIAN_PACKAGE))
+        # its control port is one the kernel just gave out and took back: another process may take it before
+        # rtpengine binds it (it then exits at once, seen once in a CI run). Started again on a new port
+        for attempt in range(tries):
+            try:
+                self._start(cpu, port_min, port_max)
+                return
+            except RuntimeError:
+                if attempt == tries - 1:
+                    raise
+
+    def _start(self, cpu, port_min, port_max):
         self.dir = tempfile.mkdtemp(prefix="upbx-rtpengine-")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
@@ -152,8 +163,11 @@ class RtpEngine:
                 break
             except (OSError, socket.timeout, RuntimeError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.log.flush()
+                    with open(self.log.name, "rb") as f:   # what it said, in the error (the file goes with its directory)
+                        said = f.read()[-1500:].decode("utf-8", "replace")
                     self.close()
-                    raise RuntimeError("rtpengine did not start; see %s" % self.log.name)
+                    raise RuntimeError("rtpengine did not start (status %s): %s" % (self.proc.poll(), said))
                 time.sleep(0.05)
         self.ng.sock.settimeout(5.0)
 
