@@ -7,7 +7,6 @@ module for each use and forgets it again (firmware.hal.rarely), so that its code
 handset's heap (docs/handset.md, Memory).
 """
 import errno
-import gc
 import os
 import select
 import socket
@@ -15,12 +14,12 @@ import sys
 import time
 
 from common import wire
-from common.compat import const, ticks_add, ticks_diff
+from common.compat import const, ticks_add
+from firmware.app import _mem_alloc, due   # loaded already: this module is the App's (firmware.hal.rarely)
 from firmware.hal import rarely
 
 _TONE_TIMEOUT_MS = const(30000)   # busy and reorder stop by themselves after this
 _RESOLVE_RETRY_MS = const(1000)   # getaddrinfo for the host again after this, when it failed
-_mem_alloc = getattr(gc, "mem_alloc", None)   # MicroPython only
 
 
 def _random_port():
@@ -134,7 +133,7 @@ def begin(app):
             hal.feed()
             time.sleep_ms(100)
         now = hal.ticks_ms()
-        if app._stop_at is not None and ticks_diff(now, app._stop_at) >= 0:
+        if due(now, app._stop_at):
             return None
     app.phone.start(now)
     app._signalled = True

@@ -386,9 +386,8 @@ class NodeTrunks:
                     self.core.refuse_setup(link, ies, wire.CAUSE_UNREACHABLE, now)
             if not waiting:
                 del self.parked[identity]
-                self.absent.pop(identity, None)
-                if self.cache.get(identity, (0,))[0] is None:
-                    self.cache.pop(identity, None)   # its answer was for the SETUPs that waited
+                if self.absent.pop(identity, None) is not None:
+                    self.cache.pop(identity, None)   # "none" was the answer for the SETUPs that waited, not kept
             elif identity in self.absent and now >= self.absent[identity] and identity not in self.asked:
                 self.asked.add(identity)
                 self.absent[identity] = now + PARK_MS   # until Redis answers (answered)
