@@ -19,8 +19,8 @@ Layout version 1 (the only one today; etcd's /upbx/layout says which one a clust
     call number (15 bits)     nnnn ccccccccccc              n node 1..15, c 11 bits (no version bits)
 
 Capacity of version 1: 15 nodes; 8 workers per node, 8,192 sessions per worker (65,536 remote
-hosts and phones straight at one node); 2,048 call legs per node (a relayed call between two
-remote hosts takes two: 1,024 relayed calls per node), 30,720 in the cluster. A call number has
+hosts and phones straight at one node); 2,048 call legs per link, numbered per remote host's or
+phone's session and per pair of nodes (docs/cluster.md, "Call legs per link"). A call number has
 no worker bits: phones' mini frames are the main process's on every node (the workers take trunk
 frames, and those name their session index). Nor version bits: a call lives minutes where a
 session lives days, and the 15 bits are the cluster's whole call capacity (one version bit would
@@ -45,7 +45,7 @@ MAX_WORKERS = const(8)
 LOCAL_SESSIONS = const(0x2000)    # per worker
 CALL_NODE_SHIFT = const(11)
 CALL_LOCAL_MASK = const(0x7FF)
-LOCAL_CALLS = const(0x800)        # call legs per node
+LOCAL_CALLS = const(0x800)        # call legs per link (a session, a pair of nodes)
 NODE_ENTRY = const(7)             # cluster_nodes: node id, IPv4 (4), port (2)
 
 

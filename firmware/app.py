@@ -84,6 +84,16 @@ def due(now, at):
     return at is not None and ticks_diff(now, at) >= 0
 
 
+def _keyed(app, path):
+    """The module at `path` for a key (firmware.lines, firmware.commands), or None when the heap has no
+    room for its code now: that key is lost and counted (`keys_lost`), as one pressed too soon, and the
+    call goes on; a MemoryError out of the loop would reset the handset (docs/handset.md, Memory)."""
+    try:
+        return rarely(path)
+    except MemoryError:
+        app.summary["keys_lost"] += 1
+
+
 def _pack():
     """Collect the garbage before a call's or a login's long-lived objects (keys, AES contexts, buffers)
     are made: they then fill the heap from its lowest free block instead of landing among garbage that
@@ -153,9 +163,10 @@ class App:
         """One keypad key: digits collect, # sends, * clears, A lifts / answers, D hangs up."""
         tone = self.pipeline.tone
         state = self.phone.state
-        if (self.phone.other is not None or self.digits[:1] == "C" or (key == "C" and state == CONNECTED)) and \
-                rarely("firmware.lines").key(self, key, now):   # two lines, transfer (docs/features.md)
-            return
+        if self.phone.other is not None or self.digits[:1] == "C" or (key == "C" and state == CONNECTED):
+            lines = _keyed(self, "firmware.lines")   # two lines, transfer (docs/features.md)
+            if lines is None or lines.key(self, key, now):
+                return
         if key == KEY_ON_HOOK:
             self.digits = ""
             tone.stop()
@@ -168,7 +179,9 @@ class App:
             self.phone.answer(now)  # any other key answers
         elif state == CONNECTED:
             if key == KEY_HOLD:
-                rarely("firmware.commands").hold(self, not self.phone.holding, now)
+                commands = _keyed(self, "firmware.commands")
+                if commands is not None:
+                    commands.hold(self, not self.phone.holding, now)
             elif key in "0123456789*#":
                 self.command("!dtmf " + key, now)
         elif state != IDLE:
@@ -179,7 +192,9 @@ class App:
                 self.dial(self.digits, now)
             self.digits = ""
         else:   # A, *, a digit: firmware/commands.py
-            rarely("firmware.commands").idle_key(self, key, now)
+            commands = _keyed(self, "firmware.commands")
+            if commands is not None:
+                commands.idle_key(self, key, now)
 
     # events from the protocol
 

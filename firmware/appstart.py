@@ -88,7 +88,7 @@ def init(app, config, hal):
                    "frames_received": 0, "frames_rejected": 0, "calls": [], "sysinfo_version": None,
                    "dtmf_received": "", "heap": None, "cn_sent": 0, "cn_received": 0,
                    "frames_suppressed": 0, "net_errors": {}, "sends_retried": 0, "sends_dropped": 0,
-                   "short_reads": 0, "empty_datagrams": 0, "events_held": 0}
+                   "short_reads": 0, "empty_datagrams": 0, "events_held": 0, "keys_lost": 0}
     # the local port: the configured one, else one chosen here, kept for the life of the
     # handset so that a new socket (_reopen) has the address the hosts and peers know
     app._port = int(config.get("local_port", 0)) or _random_port()

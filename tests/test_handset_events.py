@@ -62,3 +62,42 @@ def test_a_registration_without_room_for_its_firmware_report_puts_it_off_and_hol
     assert found["loaded"] == "['firmware.ota']", out   # tried, found no room
     assert found["after"] == "None ['firmware.ota']", out   # done once the heap had room
     assert "I phone work put off for want of heap: done" in out, out
+
+
+KEY_SCRIPT = PRELUDE + r'''
+from firmware.hal.faults import _fill
+import firmware.app
+loaded = []
+real_rarely = firmware.app.rarely
+def watched(name):
+    loaded.append(name)
+    return real_rarely(name)
+firmware.app.rarely = watched
+app.digits = "C"          # a transfer being keyed: every key goes to firmware/lines.py
+outcome = ballast = None   # bound now: storing a new global may need the heap
+gc.collect()
+ballast = _fill(600)       # room for app.py's own code, none for firmware/lines.py's
+try:
+    app.key("5", 1000)
+    outcome = "lost"
+except MemoryError:
+    outcome = "raised"
+ballast = None
+gc.collect()
+print("RESULT outcome", outcome)
+print("RESULT keys_lost", app.summary["keys_lost"])
+print("RESULT digits", app.digits)
+app.key("7", 2000)         # the heap has room again: the next key works
+print("RESULT after", app.digits, loaded)
+'''
+
+
+def test_a_key_that_finds_no_room_for_its_module_is_lost_and_counted_not_a_reset(tmp_path, unix32_plain):
+    """With a transfer being keyed (or two lines in use) every key needs firmware/lines.py; on a full
+    heap its import raised MemoryError out of the loop, which resets the handset and drops the call."""
+    tree = compiled_tree(binary_march(unix32_plain))
+    found, out = run_app_script(tmp_path / "key.py", KEY_SCRIPT, unix32_plain, tree=tree, heap="100K")
+    assert found["outcome"] == "lost", out      # no MemoryError out of App.key
+    assert found["keys_lost"] == "1", out
+    assert found["digits"] == "C", out          # the lost key changed nothing
+    assert found["after"] == "C7 ['firmware.lines', 'firmware.lines']", out
