@@ -82,7 +82,11 @@ class Daemon:
         self.sip_address = None
         self.sip_tcp = None      # SIP over TCP on the same address (host/sip/transport.py), with the UDP port
         self._sip_checked = None
-        self.rtp_socks = {}      # local port -> socket, one per SIP call (the core says which: rtp_ports())
+        # local port -> socket, one per SIP call: opened as the call chooses its port (_open_rtp), closed when
+        # the core's rtp_ports() no longer has it
+        self.rtp_socks = {}
+        if getattr(core, "sip_calls", None) is not None:
+            core.sip_calls.open_rtp = self._open_rtp
 
     # sending: each datagram with the DSCP the core gave it (voice EF, signalling CS3)
 
@@ -391,8 +395,8 @@ class Daemon:
                 self.core.stats.count("socket errors")
 
     def _rtp_sockets(self):
-        """One RTP socket per SIP call, on the SIP port's address (DSCP EF), opened and closed as the
-        core's calls come and go."""
+        """Close the RTP sockets of SIP calls the core no longer has (each was opened by _open_rtp when
+        its call chose the port)."""
         wanted = self.core.rtp_ports()
         if wanted == set(self.rtp_socks):
             return
@@ -401,19 +405,26 @@ class Daemon:
             sock = self.rtp_socks.pop(port)
             loop.remove_reader(sock.fileno())
             sock.close()
-        for port in wanted - set(self.rtp_socks):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                sock.bind((self.core.sip_listen[0], port))
-            except OSError as exc:
-                sock.close()
-                self.core.stats.count("rtp port unavailable")
-                self.log.error("rtp-port", port=port, error=str(exc))
-                continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xB8)   # DSCP EF
-            self.rtp_socks[port] = sock
-            loop.add_reader(sock.fileno(), self._rtp_readable, port, sock)
+
+    def _open_rtp(self, port):
+        """SipCalls.open_rtp: the RTP socket of a new SIP call, on the SIP port's address (DSCP EF), opened
+        before the call's SDP names the port; False when another program holds it (the call takes the
+        next port: a call whose SDP named it would hear nothing and send nothing)."""
+        if port in self.rtp_socks:
+            return True
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.core.sip_listen[0], port))
+        except OSError as exc:
+            sock.close()
+            self.core.stats.count("rtp port unavailable")
+            self.log.warning("rtp-port-taken", port=port, error=str(exc))
+            return False
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xB8)   # DSCP EF
+        self.rtp_socks[port] = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._rtp_readable, port, sock)
+        return True
 
     def _rtp_readable(self, port, sock):
         for _ in range(self.RX_BURST):

@@ -21,7 +21,7 @@ import time
 from tests.support import require_tool
 from upbx.common.g711 import ulaw_decode
 from upbx.tools.baresip import Baresip, write_tone
-from upbx.tools.lab import LoopbackExchange, free_port, free_sip_port, goertzel_power, read_g711_record
+from upbx.tools.lab import LoopbackExchange, free_port, free_ports, free_sip_port, goertzel_power, read_g711_record
 
 BS_HZ, HS_HZ = 1000, 600     # what baresip plays, what the handsets play
 
@@ -36,9 +36,12 @@ def tone_windows(pcm, hz, other):
     return out
 
 
+RTP_SPAN = 20   # ports kept for a host's RTP (10 calls at once) or baresip's (its rtp_ports: the 20)
+
+
 def rtp_base():
-    """An even free port: the first of a host's (or baresip's) RTP ports."""
-    return free_port() // 2 * 2
+    """The first of RTP_SPAN free ports, even: a host's (or baresip's) RTP ports, given to nothing else."""
+    return free_ports(RTP_SPAN)
 
 
 def handset_heard(record):
@@ -102,7 +105,7 @@ def start_baresip(lab, folder, number, daemon="site-a", tone_hz=BS_HZ, seconds=4
     rtp = rtp_base()
     domain = "127.0.0.1:%d" % lab.sip_ports[daemon] + (";transport=%s" % transport if transport else "")
     phone = Baresip(folder / ("bs" + number), number, domain, lab.passwords[number], sip_port=free_sip_port(),
-                    ctrl_port=free_port(), rtp_ports=(rtp, rtp + 40),
+                    ctrl_port=free_port(), rtp_ports=(rtp, rtp + RTP_SPAN - 1),
                     source=str(write_tone(folder / ("bs%s-tone.wav" % number), tone_hz, seconds)), **options)
     phone.start()
     try:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.sipkit import heard_both_ways, records, rtp_base, sip_lab
+from tests.sipkit import RTP_SPAN, heard_both_ways, records, rtp_base, sip_lab
 from upbx.tools.baresip import Baresip, write_tone
 from upbx.tools.lab import free_port, free_sip_port
 
@@ -44,7 +44,7 @@ def lab(tmp_path):
 def provider(lab, tmp_path, answer):
     rtp = rtp_base()
     return Baresip(tmp_path / "provider", "555", "127.0.0.1", register=False, sip_port=lab.provider_port,
-                   ctrl_port=free_port(), rtp_ports=(rtp, rtp + 40), answer=answer,
+                   ctrl_port=free_port(), rtp_ports=(rtp, rtp + RTP_SPAN - 1), answer=answer,
                    source=str(write_tone(tmp_path / "prov.wav", 1000, 30))).start()
 
 

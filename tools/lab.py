@@ -66,6 +66,38 @@ def _free(kind):
     raise RuntimeError("no free port in %s-%s" % (ports[0], ports[-1]))
 
 
+def _udp_free(port):
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+
+
+def free_ports(count):
+    """The first (even) of count consecutive UDP ports on 127.0.0.1, each free now and given to nothing
+    else of this run: for a range a program binds in only when a call starts (a SIP host's RTP ports,
+    baresip's), which another lab of this run would otherwise be given meanwhile (docs/tests.md,
+    session 10). Another program (another run beside this one) may still take one: the host passes
+    over a port it cannot open (docs/sip.md, "RTP ports")."""
+    ports = _worker_ports()
+    for _ in range(1000):
+        if ports is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", 0))
+                first = s.getsockname()[1] // 2 * 2
+        else:
+            if len(_issued) >= len(ports) - 100 - count:
+                _issued.clear()
+            first = random.randrange(ports[0], ports[-1] - count + 2) // 2 * 2
+        block = range(first, first + count)
+        if not any(port in _issued for port in block) and all(_udp_free(port) for port in block):
+            _issued.update(block)
+            return first
+    raise RuntimeError("no %d free consecutive ports" % count)
+
+
 def free_port():
     """A UDP port on 127.0.0.1 that no other lab of this run has been given."""
     return _free(socket.SOCK_DGRAM)

@@ -132,6 +132,9 @@ class SipCalls:
         self._next_no = 1
         self.rtp_ports = rtp_ports
         self.rtp = {}                   # local RTP port -> SipCall
+        # the daemon's open_rtp(port): True once port's RTP socket is open, False when another program holds
+        # the port; None (in memory, a World): every port of the range is free
+        self.open_rtp = None
         self.rtp_out = []               # [(datagram, address, local port)]
         self.recent = {}                # (Call-ID, branch, method) -> (response bytes, forget at)
         self.deferred = []              # [(link, RELEASE ies)] for SETUPs that could not be offered
@@ -223,8 +226,11 @@ class SipCalls:
         return listen[0] if listen and listen[0] != "0.0.0.0" else host
 
     def _rtp_port(self):
+        """An even port of the range for a new call's RTP, its socket already open (open_rtp), or None when
+        none is: a port another program holds is passed over, or the SDP would name a port no audio of
+        the call reaches (docs/sip.md, "RTP ports")."""
         for port in range(self.rtp_ports[0], self.rtp_ports[1], 2):
-            if port not in self.rtp:
+            if port not in self.rtp and (self.open_rtp is None or self.open_rtp(port)):
                 return port
         return None
 
@@ -631,8 +637,8 @@ class SipCalls:
             return self._trunk_setup(link, ies, now)
         contacts = sorted(self.edge.contacts_of(link.name, now), key=lambda b: b.expires_at)
         host_no = ies.get(wire.IE_CALL_NO)
-        port = self._rtp_port()
-        if not contacts or port is None:   # released at the next tick: the host is still offering
+        port = self._rtp_port() if contacts else None
+        if port is None:   # released at the next tick: the host is still offering
             self.deferred.append((link, {wire.IE_PEER_CALL_NO: host_no, wire.IE_CALL_NO: 0,
                                          wire.IE_CAUSE: wire.CAUSE_UNREACHABLE}))
             return
