@@ -898,11 +898,16 @@ class MainHost(HostCore):
         self.log.info("punch-offer", a=first.name, b=second.name)
 
     def _reoffer_pairs(self, link, now):
+        """link's pairs with the remote hosts at home here, offered again (B7). A standby session on a
+        cluster is no site's home: its pairs are its home node's to offer (host/cluster/direct.py), which
+        may hold another key for them."""
+        if link in self.standby_links:
+            return
         for pair in list(self.pair_keys):
             if link.name in pair:
                 other_name = next(n for n in pair if n != link.name)
                 other = self.links_by_name.get(("host", other_name))
-                if other is not None:
+                if other is not None and other not in self.standby_links:
                     self._offer_pair(link, other, now)
 
     def _media_peers(self, call, now):
