@@ -153,8 +153,9 @@ def test_only_a_node_names_a_peer_and_only_the_sites_of_a_call_over_its_trunk(tm
     try:
         n1_trunk = world.n1.links_by_name[("host", "@2")]    # node 2's login to node 1: an authentic node's session
         # a remote host (not a node) names a peer to its node: dropped and counted
-        world.a.main_link.send_signal(wire.PUNCH_OFFER, {wire.IE_PEER_NAME: "site-x", wire.IE_ADDRESS: ("198.18.66.6", 4570),
-                                                         wire.IE_PEER_KEY: bytes(32), wire.IE_ROLE: 0}, world.net.now)
+        world.a.main_link.send_signal(wire.PUNCH_OFFER, {wire.IE_PEER_NAME: "site-x", wire.IE_ROLE: 0,
+                                                         wire.IE_ADDRESS: ("198.18.66.6", 4570),
+                                                         wire.IE_PEER_KEY: bytes(32)}, world.net.now)
         flush_host(world.net, world.a)
         # a node names site a a peer when no call between site a and that peer goes over its trunk
         n1_trunk.send_signal(wire.PUNCH_OFFER, {wire.IE_HOST_NAME: "site-a", wire.IE_PEER_NAME: "site-b",
