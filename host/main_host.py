@@ -11,6 +11,7 @@ from upbx.common.call import CONNECTED, RELEASE_RECEIVED
 from upbx.common.chunks import chunk_ies
 from upbx.host import codec, features, firmware, groups, lines
 from upbx.host.call_rounds import CallRounds
+from upbx.host.cluster.direct import DirectAcrossNodes
 from upbx.host.firmware_transfer import FirmwareServer, PhoneStates
 from upbx.host.core import HostCore
 from upbx.host.directory import MAIN_ORIGIN, Directory, StoreUnavailable, wire_text
@@ -28,7 +29,8 @@ from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 PHONE_KEEPALIVE_MS = 20000
 PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say where its callee is
 NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PING,
-                           wire.ACK))   # what a trunk session between two nodes carries
+                           wire.ACK, wire.PUNCH_OFFER, wire.PUNCH_RESULT, wire.MEDIA_PEER))
+# what a trunk session between two nodes carries (the last three: B2 between their sites, host/cluster/direct.py)
 RING_SCAN_TICKS = 10     # an answered call is looked at for a ring timeout once in this many ticks (_ring_calls)
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
@@ -84,6 +86,7 @@ class MainHost(HostCore):
         if self.cluster is not None:
             from upbx.host.cluster.trunk import NodeTrunks
             self.xnode = NodeTrunks(self, self.cluster.node_id, self.cluster.cookie_secret)
+        self.xdirect = DirectAcrossNodes(self)   # B2 between our sites and another node's (host/cluster/direct.py)
         self.links = {}          # Peer.index -> Link
         self.links_by_name = {}  # (kind, name) -> Link
         self.host_links = {}     # Peer.index -> Link of the remote hosts' logins alone (the relay tables' links)
@@ -282,6 +285,7 @@ class MainHost(HostCore):
         link = self.links.get(peer.index)
         if link is not None and link.kind == "host":
             self._reoffer_pairs(link, now)
+            self.xdirect.moved(link, now)
 
     def _logged_in(self, peer, now):
         old = self.links_by_name.get((peer.kind, peer.name))
@@ -429,8 +433,16 @@ class MainHost(HostCore):
             self._local_request(link, ies, now)
         elif msg_type == wire.RECORDS:
             self._records(link, ies, now)
+        elif msg_type == wire.PUNCH_RESULT and link.kind == "node":
+            self.xdirect.punch_result_from_node(link, ies, now)
         elif msg_type == wire.PUNCH_RESULT:
             self._punch_result(link, ies, now)
+        elif msg_type == wire.PUNCH_OFFER and link.kind == "node":
+            self.xdirect.offer_from_node(link, ies, now)
+        elif msg_type == wire.MEDIA_PEER and link.kind == "node":
+            self.xdirect.media_peer_from_node(link, ies, now)
+        elif msg_type in (wire.PUNCH_OFFER, wire.MEDIA_PEER):
+            self.stats.drop("direct path named by a client")   # only the main host (or a node) names a peer
         elif msg_type == wire.FEATURES:
             self._features(link, ies, now)
         elif msg_type == wire.HOLD:
@@ -573,7 +585,8 @@ class MainHost(HostCore):
         if getattr(link, "trunk", None) is not None:
             call.path = "trunk"
         self.switch.incoming(call, link, ies)
-        self.switch.offer(call, target, now, name)
+        extra, call.xpair = self.xdirect.setup_ies(link, target, called)   # a site at another node: B2 there
+        self.switch.offer(call, target, now, name, extra=extra)
         call.b2 = link.kind == "host" and target.kind == "host"
         if call.b2 and self.config.direct_media:
             self._offer_pair(link, target, now)
@@ -604,6 +617,7 @@ class MainHost(HostCore):
         self.switch.incoming(call, link, ies)
         name = ies.get(wire.IE_CALLING_NAME)
         self.switch.offer(call, target, now, name)
+        self.xdirect.setup_in(call, link, ies, target, now)   # the caller's site offered as a direct peer (B2)
         self.log.info("call-setup", call=call.uid, caller=caller, called=called, via="%s->%s" % (link.name, target.name))
 
     # groups, pickup, intercom (host/groups.py)
@@ -852,17 +866,21 @@ class MainHost(HostCore):
         call.noanswer = self._noanswer_of(routed)
         call.punch = {}
         call.b2 = call.a.link.kind == "host" and target.kind == "host" and target is not call.a.link
-        self.switch.offer(call, target, now, name)
+        extra, call.xpair = self.xdirect.setup_ies(call.a.link, target, routed)
+        self.switch.offer(call, target, now, name, extra=extra)
         if call.b2 and self.config.direct_media:
             self._offer_pair(call.a.link, target, now)
 
     def on_call_event(self, call, msg_type, now):
         # B2: media straight between the remote hosts once the callee rings; a call that may still
         # be forwarded on no answer waits for the answer (a direct path is not taken back)
-        if call.b2 and self.config.direct_media and (
+        if (call.b2 or call.xpair is not None) and self.config.direct_media and (
                 (msg_type == wire.ALERTING and call.noanswer is None) or
                 (msg_type == wire.ANSWER and call.noanswer is not None)):
-            self._media_peers(call, now)
+            if call.b2:
+                self._media_peers(call, now)
+            elif call.b.link.kind == "node":   # the caller's node: both nodes tell their sites (host/cluster/direct.py)
+                self.xdirect.media_peers(call, now)
 
     def on_call_ended(self, call, cause, now):
         if call.a is not None and call.a.link.kind == "node" and call.a.link.up:
@@ -880,11 +898,16 @@ class MainHost(HostCore):
         self.log.info("punch-offer", a=first.name, b=second.name)
 
     def _reoffer_pairs(self, link, now):
+        """link's pairs with the remote hosts at home here, offered again (B7). A standby session on a
+        cluster is no site's home: its pairs are its home node's to offer (host/cluster/direct.py), which
+        may hold another key for them."""
+        if link in self.standby_links:
+            return
         for pair in list(self.pair_keys):
             if link.name in pair:
                 other_name = next(n for n in pair if n != link.name)
                 other = self.links_by_name.get(("host", other_name))
-                if other is not None:
+                if other is not None and other not in self.standby_links:
                     self._offer_pair(link, other, now)
 
     def _media_peers(self, call, now):
@@ -898,15 +921,19 @@ class MainHost(HostCore):
                                              wire.IE_MEDIA_KEY: key, wire.IE_ROLE: 1,
                                              wire.IE_PEER_NAME: a.link.name}, now)
 
-    def media_through_here(self, call, now):
+    def media_through_here(self, call, now, from_node=False):
         """This host joins call into another (a transfer, a conference): media it had sent straight
         between two remote hosts (B2) comes through here again. Each remote host still in the call
         gets a MEDIA_PEER without a key; one whose MEDIA_PEER was still on its way, lost once and
-        sent again, gets the two in order (the reliable layer), so it ends up sending to us."""
+        sent again, gets the two in order (the reliable layer), so it ends up sending to us. A call
+        direct between our site and another node's: that node takes its end back too (unless it is
+        the one that said so, from_node)."""
         if not call.peered:
             return
         call.peered = False
         call.path = "relay"
+        if call.xpair is not None and not from_node:
+            self.xdirect.take_back(call, now)
         for leg in (call.a, call.b):
             if leg is not None and leg.link.kind == "host" and leg.peer_call_no:
                 leg.link.send_signal(wire.MEDIA_PEER, {wire.IE_PEER_CALL_NO: leg.peer_call_no,
@@ -921,6 +948,7 @@ class MainHost(HostCore):
             self.stats.drop("bad punch result")
             return
         self.log.info("punch-result", host=link.name, peer=peer_name, path=wire.PATH_NAMES[path])
+        self.xdirect.punch_result(link, peer_name, path, now)   # a peer at another node (host/cluster/direct.py)
         for call in self.switch.calls.values():
             if call.b2 and {call.a.link.name, call.b.link.name} == {link.name, peer_name}:
                 call.punch[link.name] = path

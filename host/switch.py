@@ -140,6 +140,7 @@ class Call:
         self.b2 = False             # both legs go to remote hosts: a direct path may be punched
         self.punch = {}             # remote host name -> path it reported (B2)
         self.peered = False         # B2: both remote hosts were told to send its media straight to each other
+        self.xpair = None           # B2 with a site at another node: host/cluster/direct.py's CrossPair
         self.offered_ms = now       # when leg b was last offered (ring timeout, forward on no answer)
         self.tried = [callee]       # the numbers offered so far (forwarding: a loop is a number tried twice)
         self.noanswer = None        # (number, ms): where the call goes if it rings that long unanswered

@@ -28,8 +28,8 @@ def make_node(host, node_id, address, secret):
 
 
 class TwoNodes(World):
-    def __init__(self, tmp_path):
-        World.__init__(self, tmp_path)
+    def __init__(self, tmp_path, **kwargs):
+        World.__init__(self, tmp_path, **kwargs)
         self.n1 = None
         secret = self.main.peers._cookie_secret
         make_node(self.main, 2, MAIN, secret)

@@ -7,6 +7,7 @@ callee's node in Redis (upbx:loc:KIND:NAME) and chains the call over its trunk s
 """
 import contextlib
 import json
+import os
 import socket
 import time
 
@@ -15,6 +16,7 @@ import pytest
 from upbx.common import cluster, wire
 from upbx.common.session import handshake_key, seal_handshake
 from upbx.tools.lab import write_noise_wav
+from upbx.tools.netlab_exchange import talk
 from tests.clusterkit import (assert_audio_arrived, engines, hang_up_and_compare, netlab_cluster,  # noqa: F401
                               own_engines, start_call, wait_audio_flows)
 from tests.support import micropython_binary
@@ -439,6 +441,118 @@ def test_in_the_network_lab_a_call_between_sites_behind_nat_at_two_nodes():
         _audio_both_ways(ex, calls, "101", "201")
         for node in ex.nodes:   # each node switched a half
             assert ex.status(node)["stats"]["counters"].get("msg ANSWER", 0) >= 1
+
+
+class DirectNetlab(TwoHomesNetlab):
+    """TwoHomesNetlab whose media counters are each node's and each remote host's (talk() reads them)."""
+
+    def media_counters(self):
+        return {daemon: self.status(daemon)["stats"]["counters"].get("media in", 0)
+                for daemon in list(self.nodes) + ["site-" + s for s in self.remote_sites]}
+
+
+def _record_path(ex, caller):
+    """The path of caller's last call record, once the caller's node has stored it in PostgreSQL."""
+    found = []
+
+    def stored():
+        rows = [r for r in json.loads(ex.admin("calls", "--json", "--limit", "5")) if r["caller"] == caller]
+        found[:] = rows[:1]
+        return bool(rows)
+    ex.wait_for(stored, "the call record in PostgreSQL", timeout=30)
+    return found[0]["path"]
+
+
+def _talk_direct(ex, caller, callee, seconds):
+    """talk (tools/netlab_exchange.py), and once the callee has heard 1.5 s: each daemon's media counter while
+    the callee hears 50 frames more (the direct path is up by then: what the nodes count meanwhile they relayed)."""
+    def window(ex):
+        before = ex.media_counters()
+        record = [p for p in sorted(os.listdir(ex.dir)) if p.endswith("-%s.rx.g711" % callee)][-1]
+        size = os.path.getsize(os.path.join(ex.dir, record))
+        ex.wait_for(lambda: os.path.getsize(os.path.join(ex.dir, record)) >= size + 50 * 164,
+                    "50 frames more at %s" % callee, timeout=20)
+        after = ex.media_counters()
+        return {k: after[k] - before.get(k, 0) for k in after}
+    return talk(ex, caller, callee, seconds=seconds, during=window)
+
+
+def _heard_both_ways(row, caller, callee):
+    """Each phone heard the other's frames as the other sent them, in order, nothing foreign, no gap (the
+    callee's last frames, after the caller hung up, may miss the caller; the caller's last one or two may
+    reach the callee after its release did, by the other path)."""
+    for direction in ("%s->%s" % (caller, callee), "%s->%s" % (callee, caller)):
+        leg = row[direction]
+        assert leg["received"] and not leg["foreign"] and leg["in_order"] and not leg["missing_head"] \
+            and not leg["missing_inside"], (direction, leg)
+        assert leg["match"] or (direction.startswith(caller) and leg["missing_tail"] <= 2), (direction, leg)
+        assert leg["gap_ms"] == 0, (direction, leg)
+    assert row["call"]["cause"] == "normal clearing", row["call"]
+
+
+def test_in_the_network_lab_sites_behind_cone_nat_at_two_nodes_talk_directly():
+    """B2 across nodes: sites a (at n1) and b (at n2) behind cone NAT routers. Each node offers its site the
+    other site at the public address the other node sees (the nodes tell each other over their trunk); the
+    remote hosts punch and send the media straight to each other. While the callee hears 50 frames neither
+    node counts a frame in; the pair runs between the routers' public addresses; the record says direct."""
+    with netlab_cluster("upxd", dict(nat="cone", sites=("a", "b"), remote_sites=("a", "b"), phones=1),
+                        exchange=DirectNetlab, nodes=("n1", "n2"), keepalive_s=2) as (_l, _e, ex):
+        ex.provision(sites=("a", "b"), remote_sites=("a", "b"), phones={"a": ["101"], "b": ["201"]})
+        ex.start()
+        ex.wait_for(lambda: all(t["state"] == "up" for n in ex.nodes
+                                for t in ex.status(n)["cluster"]["trunks"].values()), "trunk sessions up", timeout=60)
+        row = _talk_direct(ex, "101", "201", seconds=4)
+        print("media in, whole call:", row["media_at_hosts"], "while 201 heard 50 frames:", row["during"])
+        _heard_both_ways(row, "101", "201")
+        assert row["during"]["n1"] == 0 and row["during"]["n2"] == 0, row["during"]
+        assert row["during"]["site-a"] >= 45 and row["during"]["site-b"] >= 45, row["during"]
+        assert ex.status("site-a")["pairs"]["site-b"] == {"up": True, "address": "198.18.2.1:4570"}
+        assert ex.status("site-b")["pairs"]["site-a"] == {"up": True, "address": "198.18.1.1:4570"}
+        assert _record_path(ex, "101") == "direct"
+        for node in ex.nodes:   # each node offered its own site, and nothing was dropped as a bad offer
+            assert ex.log_lines(node, "punch-offer"), node
+            assert not ex.status(node)["stats"]["drops"].get("node trunk: bad direct offer"), node
+        # B7 during such a call: site a's router changes its public address 2 s into the call. n1 learns it
+        # (site a's pair-silence probe), re-offers, and tells n2, which offers site b the new address: the
+        # pair never goes down, neither node relays a frame, the audio gap stays within B7's second
+        from tests.test_nat import change_and_watch
+        row = talk(ex, "101", "201", seconds=4, during_after_s=2.0, during=change_and_watch("a", "198.18.1.102"))
+        print("B7 direct call across nodes: n1 learned in %s ms; gaps %d ms (201->101), %d ms (101->201); media in %s"
+              % (row["during"], row["201->101"]["gap_ms"], row["101->201"]["gap_ms"], row["media_at_hosts"]))
+        assert row["during"] is not None, "n1 never saw site a's new address"
+        for direction in ("101->201", "201->101"):
+            leg = row[direction]
+            assert leg["received"] and not leg["foreign"] and leg["in_order"], (direction, leg)
+            assert (leg["missing_head"] + leg["missing_inside"]) * 20 <= 1000, (direction, leg)
+            assert leg["gap_ms"] <= 1000, (direction, leg)
+            # the end: the caller's last frame or two may pass its release; the callee's after the release not
+            assert leg["missing_tail"] <= (2 if direction == "101->201" else 25), (direction, leg)
+        assert row["media_at_hosts"]["n1"] == 0 and row["media_at_hosts"]["n2"] == 0, row["media_at_hosts"]
+        assert ex.status("site-b")["pairs"]["site-a"]["address"] == "198.18.1.102:4570"
+        assert ex.status("site-a")["main"]["logins"] == 1 and ex.status("site-b")["main"]["logins"] == 1
+
+
+def test_in_the_network_lab_sites_at_two_nodes_without_a_direct_path_are_relayed():
+    """The fallback: site b behind a symmetric NAT, so the punches never meet; both remote hosts report relay
+    after the punch timeout and both nodes relay every frame over their trunk (the media was relayed from the
+    first frame: a pair is used only once it is up), audio both ways with no gap, the record says relay."""
+    with netlab_cluster("upxr", dict(nat={"a": "cone", "b": "symmetric"}, sites=("a", "b"), remote_sites=("a", "b"),
+                                     phones=1),
+                        exchange=DirectNetlab, nodes=("n1", "n2"), keepalive_s=2) as (_l, _e, ex):
+        ex.provision(sites=("a", "b"), remote_sites=("a", "b"), phones={"a": ["101"], "b": ["201"]})
+        ex.start()
+        ex.wait_for(lambda: all(t["state"] == "up" for n in ex.nodes
+                                for t in ex.status(n)["cluster"]["trunks"].values()), "trunk sessions up", timeout=60)
+        row = _talk_direct(ex, "101", "201", seconds=4)
+        print("media in, whole call:", row["media_at_hosts"], "while 201 heard 50 frames:", row["during"])
+        _heard_both_ways(row, "101", "201")
+        # each node relayed the 50 frames the callee heard meanwhile (and the callee's, the other way)
+        assert row["during"]["n1"] >= 50 and row["during"]["n2"] >= 50, row["during"]
+        assert row["media_at_hosts"]["n1"] >= 280 and row["media_at_hosts"]["n2"] >= 280, row["media_at_hosts"]
+        assert ex.status("site-a")["pairs"]["site-b"]["up"] is False
+        relay = ex.log_lines("site-a", "relay-path") + ex.log_lines("site-b", "relay-path")
+        assert relay and all("within 2000 ms" in line for line in relay), relay
+        assert _record_path(ex, "101") == "relay"
 
 
 def _revoke_lease(engines, node, seconds):

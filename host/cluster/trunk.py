@@ -39,9 +39,10 @@ from upbx.host.switch import Link
 PREFIX = "@"                    # identities of nodes: "@ID" (a directory name starts with a letter or digit)
 KEEPALIVE_MS = 500              # PING on an idle trunk session
 DEAD_MS = 1500                  # nothing new heard for KEEPALIVE_MS + DEAD_MS: the other node is lost
-# what a node link carries: call signalling, nothing of a site's or a phone's own
+# what a node link carries: call signalling (with B2's between two nodes' sites: host/cluster/direct.py),
+# nothing of a site's or a phone's own
 MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PING,
-                      wire.ACK))
+                      wire.ACK, wire.PUNCH_OFFER, wire.PUNCH_RESULT, wire.MEDIA_PEER))
 
 LOCATION_KEY = "upbx:loc:%s:%s"  # kind ("host" or "phone"), name -> node id
 LOCATION_TTL_S = 30              # a key lives this long after its last write
