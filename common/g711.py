@@ -133,19 +133,15 @@ if micropython:
             dst[2 * i] = v
             dst[2 * i + 1] = v >> 8
 
-    # the four *_into run as native code with their checks inline: the audio path calls one each a frame, and
-    # two bytecode calls for the checks cost more than the check
-    def _bad_lengths(what, n, out):
-        """What _samples or _check_room raises for n bytes of PCM encoded into out (the error path only)."""
-        _samples(bytearray(n))
-        _check_room(out, n >> 1, what)
-
+    # the four *_into run as native code with their checks inline (the audio path calls one each a frame, and
+    # two bytecode calls for the checks cost more than the check); _samples and _check_room raise the errors
     @micropython.native
     def ulaw_encode_into(pcm, out):
         """Encode PCM into out as mu-law; returns the number of bytes written."""
         n = len(pcm)
         if n & 1 or len(out) < n >> 1:
-            _bad_lengths("ulaw_encode_into", n, out)
+            _samples(pcm)
+            _check_room(out, n >> 1, "ulaw_encode_into")
         n >>= 1
         _ulaw_encode_viper(pcm, out, n)
         return n
@@ -155,7 +151,8 @@ if micropython:
         """Encode PCM into out as A-law; returns the number of bytes written."""
         n = len(pcm)
         if n & 1 or len(out) < n >> 1:
-            _bad_lengths("alaw_encode_into", n, out)
+            _samples(pcm)
+            _check_room(out, n >> 1, "alaw_encode_into")
         n >>= 1
         _alaw_encode_viper(pcm, out, n)
         return n

@@ -12,15 +12,9 @@ a trunk frame and never loads that module; on CPython (the hosts) it is imported
 this one, and on MicroPython at the first use of one of its names here (`__getattr__`).
 """
 from . import kernels, wire
-from .compat import MICROPYTHON, const, micropython
+from .compat import MICROPYTHON, micropython
 from .crypto import CounterMode, HmacKey, ReplayWindow, extend16, hkdf
 
-# wire.MINI_HEADER and wire.MEDIA_TAG, folded into this module's code: another module's constant is two
-# lookups (the module, its attribute) at every use, and seal_mini and open_mini use them a dozen times a tick
-_HEADER = const(4)
-_TAG = const(4)
-if _HEADER != wire.MINI_HEADER or _TAG != wire.MEDIA_TAG:
-    raise ImportError("common.media's mini frame layout differs from common.wire's")
 _MAX_FRAME = wire.MINI_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG
 _JUMP = ReplayWindow.SIZE  # a timestamp further ahead than this must be confirmed (ReplayWindow.jump_ok)
 
@@ -72,14 +66,14 @@ class MediaLeg:
         n = len(payload)
         out = self.out
         wire.pack_mini_header(out, self.peer_call_no, ts & 0xFFFF)
-        end = _HEADER + n
-        _copy(out, _HEADER, payload, 0, n)
+        end = wire.MINI_HEADER + n
+        _copy(out, wire.MINI_HEADER, payload, 0, n)
         _put_ts(self._send_nonce, ts)
-        self._send_ctr.crypt(self._send_nonce, out, _HEADER, end)
+        self._send_ctr.crypt(self._send_nonce, out, wire.MINI_HEADER, end)
         # the tag covers the 64-bit timestamp, so a frame replayed after the 16-bit wrap fails
-        self._send_auth.mac_into(self._send_ts, out, end, out, end, _TAG)
+        self._send_auth.mac_into(self._send_ts, out, end, out, end, wire.MEDIA_TAG)
         self.sent += 1
-        end += _TAG
+        end += wire.MEDIA_TAG
         view = self._views.get(end)
         if view is None:
             view = self._views[end] = memoryview(out)[:end]
@@ -92,21 +86,21 @@ class MediaLeg:
         frame must be a writable buffer (bytearray or memoryview of one).
         """
         n = len(frame)
-        end = n - _TAG
+        end = n - wire.MEDIA_TAG
         wire.check_mini(frame)
         ts = extend16(self.replay.highest, (frame[2] << 8) | frame[3])
         if not self.replay.check(ts):
             self.rejected += 1
             return None
         _put_ts(self._recv_nonce, ts)
-        if not self._recv_auth.verify_into(self._recv_ts, frame, end, frame, end, _TAG):
+        if not self._recv_auth.verify_into(self._recv_ts, frame, end, frame, end, wire.MEDIA_TAG):
             self.rejected += 1
             return None
         if ts - self.replay.highest > _JUMP and not self.replay.jump_ok(ts):
             self.rejected += 1
             return None
         self.replay.mark(ts)
-        self._recv_ctr.crypt(self._recv_nonce, frame, _HEADER, end)
+        self._recv_ctr.crypt(self._recv_nonce, frame, wire.MINI_HEADER, end)
         self.received += 1
         return ts
 
