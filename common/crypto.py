@@ -11,12 +11,12 @@ from array import array
 from . import kernels
 from .compat import MICROPYTHON, const, micropython, sha256
 
-BLOCK = const(64)  # SHA-256 block size in bytes
+BLOCK = 64  # SHA-256 block size in bytes
 _IPAD = bytes(0x36 for _ in range(BLOCK))
 _OPAD = bytes(0x5C for _ in range(BLOCK))
 # HmacKey.mac_into hashes prefix and message MAC_ROOM bytes at a time through this scratch (a
 # media frame's 8-byte timestamp and 164 bytes fit at once), shared by every key
-MAC_ROOM = const(256)
+MAC_ROOM = 256
 
 
 def hkdf(secret, salt, info, length):

@@ -133,45 +133,31 @@ if micropython:
             dst[2 * i] = v
             dst[2 * i + 1] = v >> 8
 
-    # the four *_into run as native code with their checks inline (the audio path calls one each a frame, and
-    # two bytecode calls for the checks cost more than the check); _samples and _check_room raise the errors
-    @micropython.native
     def ulaw_encode_into(pcm, out):
         """Encode PCM into out as mu-law; returns the number of bytes written."""
-        n = len(pcm)
-        if n & 1 or len(out) < n >> 1:
-            _samples(pcm)
-            _check_room(out, n >> 1, "ulaw_encode_into")
-        n >>= 1
+        n = _samples(pcm)
+        _check_room(out, n, "ulaw_encode_into")
         _ulaw_encode_viper(pcm, out, n)
         return n
 
-    @micropython.native
     def alaw_encode_into(pcm, out):
         """Encode PCM into out as A-law; returns the number of bytes written."""
-        n = len(pcm)
-        if n & 1 or len(out) < n >> 1:
-            _samples(pcm)
-            _check_room(out, n >> 1, "alaw_encode_into")
-        n >>= 1
+        n = _samples(pcm)
+        _check_room(out, n, "alaw_encode_into")
         _alaw_encode_viper(pcm, out, n)
         return n
 
-    @micropython.native
     def ulaw_decode_into(data, out):
         """Decode mu-law into out as PCM; returns the number of bytes written."""
         n = len(data)
-        if len(out) < 2 * n:
-            _check_room(out, 2 * n, "ulaw_decode_into")
+        _check_room(out, 2 * n, "ulaw_decode_into")
         _ulaw_decode_viper(data, out, n)
         return 2 * n
 
-    @micropython.native
     def alaw_decode_into(data, out):
         """Decode A-law into out as PCM; returns the number of bytes written."""
         n = len(data)
-        if len(out) < 2 * n:
-            _check_room(out, 2 * n, "alaw_decode_into")
+        _check_room(out, 2 * n, "alaw_decode_into")
         _alaw_decode_viper(data, out, n)
         return 2 * n
 

@@ -11,12 +11,6 @@ from common import g711
 from common.compat import const, micropython
 from firmware.audio import jitter, plc, tones
 
-# jitter.FRAME and jitter.MISSING folded into playout (another module's constant is two lookups a use)
-_FRAME = const(0)
-_MISSING = const(1)
-if _FRAME != jitter.FRAME or _MISSING != jitter.MISSING:
-    raise ImportError("firmware.audio.pipeline's jitter statuses differ from firmware.audio.jitter's")
-
 FRAME_SAMPLES = const(160)
 FRAME_BYTES = const(320)     # PCM
 _PAYLOAD_BYTES = const(160)   # G.711
@@ -64,10 +58,10 @@ class AudioPipeline:
         status, payload = self.jitter.get(now_ms)
         self.last_status = status
         out = self.speaker
-        if status == _FRAME:
+        if status == jitter.FRAME:
             self._decode_into(payload, self._decoded)
             self.concealer.good(self._decoded, out)
-        elif status == _MISSING:
+        elif status == jitter.MISSING:
             ahead = self.jitter.peek() if self.concealer.enabled and self.bridge else None
             if ahead is not None:
                 self._decode_into(ahead, self._decoded)  # decoded again when it plays
