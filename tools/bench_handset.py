@@ -372,33 +372,35 @@ for k in range(25):
         x = ((i * 37 + k * 11) % 200 - 100) * 50
         f[2 * i], f[2 * i + 1] = x & 0xFF, (x >> 8) & 0xFF
     frames.append(f)
-buf = bytearray(168)
-view, payload = memoryview(buf), memoryview(buf)[4:164]
-ts = 0
-for k in range(int(sys.argv[1])):
-    ts += 20
-    pcm = frames[k % 25]
-    p.encode(pcm)
-    v.update(pcm)
-    buf[:] = tx.seal_mini(ts, p.tx_payload)
-    if k % 25 != 7:
-        rx.open_mini(view)
-        p.receive((8 * ts) & 0xFFFF, payload, ts)
-    p.playout(ts)
+def run(n):   # a function's locals, not the module's names: the loop's own lookups stay few
+    buf = bytearray(168)
+    view, payload = memoryview(buf), memoryview(buf)[4:164]
+    ts = 0
+    for k in range(n):
+        ts += 20
+        pcm = frames[k % 25]
+        p.encode(pcm)
+        v.update(pcm)
+        buf[:] = tx.seal_mini(ts, p.tx_payload)
+        if k % 25 != 7:
+            rx.open_mini(view)
+            p.receive((8 * ts) & 0xFFFF, payload, ts)
+        p.playout(ts)
+run(int(sys.argv[1]))
 """
 
 
-def frame_instructions(binary):
+def frame_instructions(binary, frames=INSTRUCTION_FRAMES):
     """Instructions of one frame's work (_FRAME_SCRIPT), the difference of two lengths: exact, whatever the load."""
     counts = []
     with tempfile.TemporaryDirectory(prefix="upbx-frame-ir-") as tmp:
         path = os.path.join(tmp, "frames.py")
         with open(path, "w") as f:
             f.write(_FRAME_SCRIPT)
-        for n in INSTRUCTION_FRAMES:
+        for n in frames:
             counts.append(_callgrind([binary, "-X", "heapsize=256K", path, str(n)], tmp,
                                      dict(os.environ, MICROPYPATH=".frozen"))[0])
-    return round((counts[1] - counts[0]) / (INSTRUCTION_FRAMES[1] - INSTRUCTION_FRAMES[0]))
+    return round((counts[1] - counts[0]) / (frames[1] - frames[0]))
 
 
 def call_instructions(binary, loss, heapsize, seconds=INSTRUCTION_CALL_SECONDS):
