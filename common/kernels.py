@@ -35,7 +35,7 @@ if MICROPYTHON:
     # xor_into, copy_bytes and ctr_blocks move a 32-bit word at a time where both ends are 4-byte
     # aligned (a bytearray's data is: the frames, the scratch, the jitter slots), else a byte at a time:
     # an ESP32 (Xtensa) faults on an unaligned 32-bit load or store. A quarter of the loop's passes
-    # (docs/benchmarks.md, "Instructions per tick")
+    # (docs/benchmarks.md, handset, Session 10)
     @micropython.viper
     def xor_into(dst, doff: int, src, soff: int, n: int):
         d = uint(ptr8(dst)) + uint(doff)

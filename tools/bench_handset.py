@@ -16,6 +16,10 @@ recv are Linux system calls on loopback, an ESP32's are lwIP's, so each tick's s
 taken out and every call it made is counted at an ESP32's cost instead (ESP32_SOCKET below:
 an upper bound from Espressif's published UDP throughput). The figures with every system call
 scaled like bytecode, as before, stay beside them (*_host_io_scaled).
+
+With --instructions a second estimate, which the machine's load does not move, comes beside them: the
+instructions valgrind's callgrind counts for the same perf_bench benchmarks, one frame's work and the call,
+on the same binary (instruction_estimate).
 """
 import json
 import math
@@ -296,7 +300,7 @@ def cold_start(binary, samples=200, realtime=False):
 # valgrind's callgrind counts the instructions a process executes in user space (its "Ir"), the same count
 # however busy the machine is. The perf_bench benchmarks and the handset are counted on the same binary; the
 # ESP32's published time for one benchmark run over its instruction count here is what an ESP32 takes per
-# instruction of this binary, for that kind of work (docs/benchmarks.md, "Instructions per tick", says
+# instruction of this binary, for that kind of work (docs/benchmarks.md, handset, Session 10, says
 # what that leaves out). Counts are differences of two lengths (repeats, frames, call seconds), so start-up,
 # imports and the end are not in them.
 INSTRUCTION_REPEATS = (2, 6)       # perf_bench runs (N=100 M=100) in the two processes counted
@@ -880,13 +884,14 @@ def table_handset(r):
         r["esp32_ms_per_tick_p50_back_to_back_calibration"], r["esp32_ms_worst_tick_back_to_back_calibration"]))
     i = r.get("instructions")
     if i:
+        c = i["calibration"]
         lines.append("  by instructions (callgrind, whatever the load): %d per tick (mean of the call), %d per "
                      "frame's work; an ESP32 takes %.3f ns per instruction of this binary (%.3f-%.3f over %s) -> "
                      "ESP32 mean %.2f ms per tick (%.2f of it socket calls; timed estimate's mean %.2f), frame's "
                      "work %.2f ms" % (
-                         i["call_per_tick_mean"], i["frame_work_per_frame"], i["calibration"]["esp32_ns_per_instruction"],
-                         i["calibration"]["esp32_ns_per_instruction_min"], i["calibration"]["esp32_ns_per_instruction_max"],
-                         ", ".join(i["calibration"]["benchmarks"]), i["esp32_ms_per_tick_mean"],
+                         i["call_per_tick_mean"], i["frame_work_per_frame"], c["esp32_ns_per_instruction"],
+                         c["esp32_ns_per_instruction_min"], c["esp32_ns_per_instruction_max"],
+                         ", ".join(c["benchmarks"]), i["esp32_ms_per_tick_mean"],
                          i["esp32_socket_us_per_tick_mean"] / 1000, i["esp32_ms_per_tick_mean_timed"],
                          i["esp32_ms_frame_work"]))
     lines.append("  targets: %s; with all host I/O scaled: %s; without host I/O: %s" % (
