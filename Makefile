@@ -16,11 +16,13 @@ STAMP  := $(VENV)/.upbx-setup
 # postgresql redis-server etcd-server: the main host cluster's engines, started privately by its tests (tools/cluster_lab.py, docs/cluster.md)
 # patroni: PostgreSQL failover (a primary and a synchronous streaming replica on etcd), for the engine failover tests (tests/test_cluster_engines_failover.py)
 # kamailio: a SIP provider nobody here wrote, for the trunk tests (tests/test_sip_kamailio.py, docs/sip.md)
+# valgrind: callgrind counts the handset's instructions, `upbx bench handset --instructions` (docs/benchmarks.md)
 # The packages' own services are not started by the install (a policy-rc.d saying 101 while apt-get
 # runs, when the machine has none): every test starts its own instance on its own ports, and a
 # system Kamailio on 5060 or PostgreSQL on 5432 would only be in the way.
 DEBS   := python3-venv python3-dev build-essential libssl-dev gcc-multilib iproute2 nftables socat espeak-ng systemd \
-          rtpengine-daemon chromium chromium-driver baresip-core kamailio postgresql redis-server etcd-server patroni
+          rtpengine-daemon chromium chromium-driver baresip-core kamailio postgresql redis-server etcd-server patroni \
+          valgrind
 
 .PHONY: setup images demo test bench clean
 

@@ -62,11 +62,16 @@ if micropython:
                 dst[i] = 0x7F ^ mask  # clipped: 8159 + 33 is past segment 7
                 continue
             mag += 33
-            seg = 0
-            t = mag >> 6
-            while t:
-                t >>= 1
-                seg += 1
+            # the segment, bit_length(mag >> 6), in three comparisons instead of up to seven shifts
+            if mag < 512:
+                if mag < 128:
+                    seg = 0 if mag < 64 else 1
+                else:
+                    seg = 2 if mag < 256 else 3
+            elif mag < 2048:
+                seg = 4 if mag < 1024 else 5
+            else:
+                seg = 6 if mag < 4096 else 7
             dst[i] = ((seg << 4) | ((mag >> (seg + 1)) & 0xF)) ^ mask
 
     @micropython.viper
@@ -81,11 +86,15 @@ if micropython:
             else:
                 mag = u >> 3
                 mask = 0xD5
-            seg = 0
-            t = mag >> 5
-            while t:
-                t >>= 1
-                seg += 1
+            if mag < 256:   # bit_length(mag >> 5), as for mu-law
+                if mag < 64:
+                    seg = 0 if mag < 32 else 1
+                else:
+                    seg = 2 if mag < 128 else 3
+            elif mag < 1024:
+                seg = 4 if mag < 512 else 5
+            else:
+                seg = 6 if mag < 2048 else 7
             if seg > 1:
                 dst[i] = ((seg << 4) | ((mag >> seg) & 0xF)) ^ mask
             else:

@@ -328,3 +328,25 @@ def test_bench_relay_peer_rtpengine_measures_it_in_the_same_run():
     assert isinstance(r["rtpengine_calls_per_core"], int)
     if r["rtpengine_calls_per_core"]:
         assert r["ratio_vs_rtpengine"] == round(r["relay_calls_per_core_datagram"] / r["rtpengine_calls_per_core"], 3)
+
+
+@pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed (make setup installs it)")
+def test_bench_handset_instruction_counts_are_the_same_however_busy_the_machine(unix32_frozen):
+    """`upbx bench handset --instructions` counts instructions with callgrind: the frame's work counted twice, once
+    with the other CPU kept busy, gives the same count, and a longer run counts more (never a speed threshold)."""
+    from upbx.tools import bench_handset
+    quiet = bench_handset.frame_instructions(str(unix32_frozen), frames=(10, 40))
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        loaded = bench_handset.frame_instructions(str(unix32_frozen), frames=(10, 40))
+    finally:
+        busy.kill()
+        busy.wait()
+    assert quiet == loaded > 0
+    cal = bench_handset.instruction_calibration(str(unix32_frozen))
+    for name in bench_handset.BENCHMARKS:
+        b = cal["benchmarks"][name]
+        assert b["instructions_per_run"] > 0
+        assert abs(b["esp32_ns_per_instruction"] - 1000 * b["esp32_us_per_run"] / b["instructions_per_run"]) < 0.001
+    assert (cal["esp32_ns_per_instruction_min"] <= cal["esp32_ns_per_instruction"]
+            <= cal["esp32_ns_per_instruction_max"])

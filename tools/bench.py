@@ -331,6 +331,9 @@ def add_arguments(parser):
                         help="print one JSON object: {\"machine\": {...}, NAME: {...}, ...}")
     parser.add_argument("--quick", action="store_true",
                         help="short runs with small loads (for tests); figures are not the benchmark's")
+    parser.add_argument("--instructions", action="store_true",
+                        help="handset: also count the handset's and perf_bench's instructions under valgrind's "
+                             "callgrind, an estimate the machine's load does not move (a few minutes more)")
     parser.add_argument("--peer", choices=["rtpengine"],
                         help="relay: also measure this relay in the same run (rtpengine: Debian's "
                              "rtpengine-daemon in userspace, installed by `make setup`) and print the ratio")
@@ -351,7 +354,8 @@ def run(args):
         return 2
     results = {"machine": machine()}
     for name in args.names or list(BENCHMARKS):
-        results[name] = _call(BENCHMARKS[name], getattr(args, "quick", False), peer=getattr(args, "peer", None))
+        results[name] = _call(BENCHMARKS[name], getattr(args, "quick", False), peer=getattr(args, "peer", None),
+                              instructions=getattr(args, "instructions", False) or None)
     for key, name, field in SUMMARY:
         if name in results and field in results[name]:
             results[key] = results[name][field]

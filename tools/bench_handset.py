@@ -16,11 +16,16 @@ recv are Linux system calls on loopback, an ESP32's are lwIP's, so each tick's s
 taken out and every call it made is counted at an ESP32's cost instead (ESP32_SOCKET below:
 an upper bound from Espressif's published UDP throughput). The figures with every system call
 scaled like bytecode, as before, stay beside them (*_host_io_scaled).
+
+With --instructions a second estimate, which the machine's load does not move, comes beside them: the
+instructions valgrind's callgrind counts for the same perf_bench benchmarks, one frame's work and the call,
+on the same binary (instruction_estimate).
 """
 import json
 import math
 import os
 import random
+import shutil
 import struct
 import subprocess
 import tempfile
@@ -290,6 +295,163 @@ def cold_start(binary, samples=200, realtime=False):
             "warm_us": warm, "after_sleep_us": cold, "penalty_us": max(cold - warm, 0)}
 
 
+# --- instructions: a second figure that the machine's load does not move -----------------
+
+# valgrind's callgrind counts the instructions a process executes in user space (its "Ir"), the same count
+# however busy the machine is. The perf_bench benchmarks and the handset are counted on the same binary; the
+# ESP32's published time for one benchmark run over its instruction count here is what an ESP32 takes per
+# instruction of this binary, for that kind of work (docs/benchmarks.md, handset, Session 10, says
+# what that leaves out). Counts are differences of two lengths (repeats, frames, call seconds), so start-up,
+# imports and the end are not in them.
+INSTRUCTION_REPEATS = (2, 6)       # perf_bench runs (N=100 M=100) in the two processes counted
+INSTRUCTION_FRAMES = (100, 600)    # frames of the frame's work in the two processes counted
+INSTRUCTION_CALL_SECONDS = (10, 20)
+
+
+def _callgrind(argv, cwd, env=None, timeout=600):
+    """(instructions, stdout) of argv run under callgrind in cwd; RuntimeError naming what failed."""
+    if not shutil.which("valgrind"):
+        raise RuntimeError("--instructions needs valgrind on PATH (Debian: apt-get install valgrind)")
+    out = os.path.join(cwd, "callgrind.out")
+    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, *argv],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError("%s under callgrind failed: %s" % (argv[-1], (proc.stdout + proc.stderr)[-500:]))
+    return callgrind_total(out), proc.stdout
+
+
+def callgrind_total(path):
+    """The instructions a callgrind output file counted (its "totals:" or "summary:" line)."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("totals:", "summary:")):
+                return int(line.split()[1])
+    raise RuntimeError("no instruction total in %s" % path)
+
+
+def instruction_calibration(binary, src=None):
+    """What a 240 MHz ESP32 takes per instruction of this binary: for each benchmark, the published time of one
+    N=100 M=100 run (1e6 * norm / score) over the instructions one run takes here; their geometric mean."""
+    esp32 = esp32_scores()
+    out = {}
+    for name in BENCHMARKS:
+        with open(os.path.join(src or micropython_src(), "tests", "perf_bench", name + ".py")) as f:
+            bench = f.read()
+        counts = []
+        with tempfile.TemporaryDirectory(prefix="upbx-perfbench-ir-") as tmp:
+            path = os.path.join(tmp, name + ".py")
+            for repeats in INSTRUCTION_REPEATS:
+                with open(path, "w") as f:
+                    f.write(bench + "\n" + _RUNNER % repeats)
+                total, stdout = _callgrind([binary, "-X", "heapsize=4M", path], tmp,
+                                           dict(os.environ, MICROPYPATH=".frozen"))
+                counts.append(total)
+                norm = int(stdout.split()[1])
+        per_run = (counts[1] - counts[0]) / (INSTRUCTION_REPEATS[1] - INSTRUCTION_REPEATS[0])
+        esp32_us = 1e6 * norm / esp32[name]
+        out[name] = {"instructions_per_run": round(per_run), "esp32_us_per_run": round(esp32_us, 1),
+                     "esp32_ns_per_instruction": round(1000 * esp32_us / per_run, 4)}
+    ns = _geomean([b["esp32_ns_per_instruction"] for b in out.values()])
+    return {"benchmarks": out, "esp32_ns_per_instruction": round(ns, 4),
+            "esp32_ns_per_instruction_min": min(b["esp32_ns_per_instruction"] for b in out.values()),
+            "esp32_ns_per_instruction_max": max(b["esp32_ns_per_instruction"] for b in out.values()),
+            "parameters": "N=100 M=100; instructions of one run: (count of %d runs - count of %d runs) / %d, one "
+                          "process each, callgrind" % (INSTRUCTION_REPEATS[1], INSTRUCTION_REPEATS[0],
+                                                       INSTRUCTION_REPEATS[1] - INSTRUCTION_REPEATS[0])}
+
+
+# The frame's work of a call (encode, VAD, seal, open, jitter put, playout), as _COLD_SCRIPT below but for n
+# frames of 25 different speech-like PCM frames, one frame in 25 not received (concealed, bridged or not)
+_FRAME_SCRIPT = """
+import sys
+from common import media
+from firmware.audio import pipeline, vad
+key = bytes(range(16))
+tx, rx = media.MediaLeg(key, 0, 5, 6), media.MediaLeg(key, 1, 6, 5)
+p, v = pipeline.AudioPipeline("ulaw"), vad.VoiceActivityDetector()
+frames = []
+for k in range(25):
+    f = bytearray(320)
+    for i in range(160):
+        x = ((i * 37 + k * 11) % 200 - 100) * 50
+        f[2 * i], f[2 * i + 1] = x & 0xFF, (x >> 8) & 0xFF
+    frames.append(f)
+def run(n):   # a function's locals, not the module's names: the loop's own lookups stay few
+    buf = bytearray(168)
+    view, payload = memoryview(buf), memoryview(buf)[4:164]
+    ts = 0
+    for k in range(n):
+        ts += 20
+        pcm = frames[k % 25]
+        p.encode(pcm)
+        v.update(pcm)
+        buf[:] = tx.seal_mini(ts, p.tx_payload)
+        if k % 25 != 7:
+            rx.open_mini(view)
+            p.receive((8 * ts) & 0xFFFF, payload, ts)
+        p.playout(ts)
+run(int(sys.argv[1]))
+"""
+
+
+def frame_instructions(binary, frames=INSTRUCTION_FRAMES):
+    """Instructions of one frame's work (_FRAME_SCRIPT), the difference of two lengths: exact, whatever the load."""
+    counts = []
+    with tempfile.TemporaryDirectory(prefix="upbx-frame-ir-") as tmp:
+        path = os.path.join(tmp, "frames.py")
+        with open(path, "w") as f:
+            f.write(_FRAME_SCRIPT)
+        for n in frames:
+            counts.append(_callgrind([binary, "-X", "heapsize=256K", path, str(n)], tmp,
+                                     dict(os.environ, MICROPYPATH=".frozen"))[0])
+    return round((counts[1] - counts[0]) / (frames[1] - frames[0]))
+
+
+def call_instructions(binary, loss, heapsize, seconds=INSTRUCTION_CALL_SECONDS):
+    """Instructions per audio tick of the bench's call, 302 unprofiled under callgrind: the difference of two
+    calls' counts over the difference of their audio ticks (frames sent or held back by the VAD), so what is
+    not the call (boot, registration, the end) drops out. The work is the call's, which is not the same twice
+    on a loaded machine (302 runs about 50 times slower: frames held or concealed differ); the count of it is."""
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="upbx-call-ir-") as tmp:
+        for length in seconds:
+            out = os.path.join(tmp, "callgrind.%d" % length)
+            summary = profiled_call(binary, length, loss, heapsize, callgrind=out)
+            runs.append({"seconds": length, "instructions": callgrind_total(out),
+                         "audio_ticks": summary["frames_sent"] + summary["frames_suppressed"],
+                         "frames_sent": summary["frames_sent"], "frames_received": summary["frames_received"],
+                         "concealed": summary["jitter"]["concealed"],
+                         "mic_frames_lost": summary.get("mic_frames_lost")})
+    ticks = runs[1]["audio_ticks"] - runs[0]["audio_ticks"]
+    if ticks <= 0:
+        raise RuntimeError("the callgrind calls' audio ticks do not grow with their length: %r" % runs)
+    return {"per_tick": round((runs[1]["instructions"] - runs[0]["instructions"]) / ticks), "runs": runs}
+
+
+def instruction_estimate(binary, loss, heapsize, overall, quick=False):
+    """The load-independent second figure: the call's mean instructions per tick and one frame's work, at an
+    ESP32's time per instruction (instruction_calibration); socket calls at the ESP32's cost as in the estimate,
+    as many per tick as the timed call made (overall["socket_calls_per_tick"])."""
+    cal = instruction_calibration(binary)
+    frame = frame_instructions(binary)
+    call = call_instructions(binary, loss, heapsize, (4, 8) if quick else INSTRUCTION_CALL_SECONDS)
+    ns = cal["esp32_ns_per_instruction"]
+    calls = overall["socket_calls_per_tick"]
+    socket_us = (calls["sendto_total"] * ESP32_SOCKET["sendto_us"]
+                 + calls["recv_total"] * ESP32_SOCKET["recv_us"]) / overall["ticks"]
+    return {"calibration": cal, "frame_work_per_frame": frame, "call_per_tick_mean": call["per_tick"],
+            "call_runs": call["runs"], "esp32_socket_us_per_tick_mean": round(socket_us),
+            "esp32_ms_frame_work": round(frame * ns / 1e6, 2),
+            "esp32_ms_per_tick_mean_without_socket": round(call["per_tick"] * ns / 1e6, 2),
+            "esp32_ms_per_tick_mean": round(call["per_tick"] * ns / 1e6 + socket_us / 1000, 2),
+            "esp32_ms_per_tick_mean_range": [round(call["per_tick"] * cal[k] / 1e6 + socket_us / 1000, 2)
+                                             for k in ("esp32_ns_per_instruction_min", "esp32_ns_per_instruction_max")],
+            "unit": "instructions: x86 (i386) user-space instructions of the 32-bit frozen image counted by "
+                    "valgrind's callgrind; esp32_ms: those at an ESP32's published time per instruction of this "
+                    "binary for perf_bench (calibration), the socket's calls at the ESP32's cost; a mean over the "
+                    "call's ticks, not a median (callgrind counts a process, not a tick)"}
+
+
 # --- the call -----------------------------------------------------------------------------
 
 def write_talk_wav(path, seconds, seed=9):
@@ -308,9 +470,10 @@ def write_talk_wav(path, seconds, seed=9):
         f.write(header + samples)
 
 
-def profiled_call(binary, seconds, loss_pct, heapsize, workdir=None, seed=5, spin=False):
+def profiled_call(binary, seconds, loss_pct, heapsize, workdir=None, seed=5, spin=False, callgrind=None):
     """One call 301 -> 302 with 302 profiled; returns 302's summary (with its "profile"). With spin, 302's
-    loop polls instead of sleeping between ticks (firmware/profile.py, spin): the warm figure."""
+    loop polls instead of sleeping between ticks (firmware/profile.py, spin): the warm figure. With callgrind
+    (a file), 302 runs unprofiled under valgrind's callgrind, which counts its instructions into that file."""
     workdir = workdir or tempfile.mkdtemp(prefix="upbx-bench-handset-")
     phone_args = ["--micropython", binary, "--heapsize", heapsize]
     with LoopbackExchange(workdir=workdir, phone_args=phone_args) as lab:
@@ -327,18 +490,20 @@ def profiled_call(binary, seconds, loss_pct, heapsize, workdir=None, seed=5, spi
             argv = upbx("phone", "--extension", PROFILED, "--secret", lab.secrets[PROFILED],
                         "--host", "%s:%d" % relay.address, "--bind", "127.0.0.1",
                         "--summary", lab.path("profiled.summary.json"), "--flash-dir", lab.path("flash-profiled"),
-                        *phone_args, "--answer", "--vad", "--send", talk_wav, "--profile", str(seconds * 50 + 100),
+                        *phone_args, "--answer", "--vad", "--send", talk_wav,
+                        *(["--profile", str(seconds * 50 + 100)] if not callgrind else
+                          ["--callgrind", callgrind, "--watchdog-ms", "60000"]),   # valgrind starts slowly
                         *(["--profile-spin"] if spin else []),
-                        "--exit-after-call", "--exit-after", str(seconds + 30))
+                        "--exit-after-call", "--exit-after", str(seconds + (90 if callgrind else 30)))
             realtime = _realtime_allowed()
             callee = lab.spawn("phone-profiled", argv, stdin=subprocess.PIPE,
                                preexec_fn=_realtime if realtime else None)
-            lab.wait_registered(PROFILED, timeout=30)
+            lab.wait_registered(PROFILED, timeout=120 if callgrind else 30)
             caller = lab.phone(CALLER, "--send", caller_wav, "--call", PROFILED, "--call-after", "0.5",
                                "--duration", str(seconds), "--exit-after-call", "--exit-after", str(seconds + 25),
                                tag="caller")
             caller.wait(seconds + 40)
-            callee.wait(seconds + 40)
+            callee.wait(seconds + (120 if callgrind else 40))
             lost = relay.down.counters["dropped"]
         finally:
             relay.stop()
@@ -584,8 +749,9 @@ def warm_estimate(profile, cal):
             "esp32_ms_per_tick_p50_without_io": _ms(without_io[0], ratio), "cases": cases}
 
 
-def bench_handset(quick=False, binary=None):
-    """Handset CPU per 20 ms tick on the frozen 32-bit build, and the 240 MHz ESP32 estimate."""
+def bench_handset(quick=False, binary=None, instructions=False):
+    """Handset CPU per 20 ms tick on the frozen 32-bit build, and the 240 MHz ESP32 estimate; with instructions,
+    also the same estimated from instruction counts (instruction_estimate), which the machine's load does not move."""
     binary = binary or frozen_image()
     seconds, loss, heapsize = (6, 5.0, "110K") if quick else (30, 4.0, "110K")
     realtime = _realtime_allowed()
@@ -644,6 +810,13 @@ def bench_handset(quick=False, binary=None):
                                               and overall["esp32_ms_worst_tick_host_io_scaled"] <= TARGETS_MS["worst"])
     result["meets_targets_without_io"] = (overall["esp32_ms_per_tick_p50_without_io"] <= TARGETS_MS["p50"]
                                           and overall["esp32_ms_worst_tick_without_io"] <= TARGETS_MS["worst"])
+    if instructions:
+        ticks = raw_ticks(profile)
+        result["instructions"] = instruction_estimate(binary, loss, heapsize, overall, quick)
+        # the timed estimate's mean, beside the one by instructions (a mean too)
+        result["instructions"]["esp32_ms_per_tick_mean_timed"] = _ms(
+            sum(esp32_tick_us(t, cal["ratio"]) for t in ticks) / len(ticks), 1)
+        result["esp32_ms_per_tick_mean_by_instructions"] = result["instructions"]["esp32_ms_per_tick_mean"]
     return result
 
 
@@ -709,6 +882,18 @@ def table_handset(r):
                      w["esp32_ms_worst_tick"], w["ratio"], w["esp32_ms_per_tick_p50_without_io"]))
     lines.append("  with the back-to-back calibration (the method before): p50 %.2f ms, worst %.2f ms" % (
         r["esp32_ms_per_tick_p50_back_to_back_calibration"], r["esp32_ms_worst_tick_back_to_back_calibration"]))
+    i = r.get("instructions")
+    if i:
+        c = i["calibration"]
+        lines.append("  by instructions (callgrind, whatever the load): %d per tick (mean of the call), %d per "
+                     "frame's work; an ESP32 takes %.3f ns per instruction of this binary (%.3f-%.3f over %s) -> "
+                     "ESP32 mean %.2f ms per tick (%.2f of it socket calls; timed estimate's mean %.2f), frame's "
+                     "work %.2f ms" % (
+                         i["call_per_tick_mean"], i["frame_work_per_frame"], c["esp32_ns_per_instruction"],
+                         c["esp32_ns_per_instruction_min"], c["esp32_ns_per_instruction_max"],
+                         ", ".join(c["benchmarks"]), i["esp32_ms_per_tick_mean"],
+                         i["esp32_socket_us_per_tick_mean"] / 1000, i["esp32_ms_per_tick_mean_timed"],
+                         i["esp32_ms_frame_work"]))
     lines.append("  targets: %s; with all host I/O scaled: %s; without host I/O: %s" % (
         "met" if r["meets_targets"] else "missed", "met" if r["meets_targets_host_io_scaled"] else "missed",
         "met" if r["meets_targets_without_io"] else "missed"))

@@ -169,6 +169,9 @@ def add_arguments(parser):
                         help="with --profile: the loop polls instead of sleeping between ticks, keeping this "
                              "machine's caches the handset's (the warm figure of `upbx bench handset`; busy-waits "
                              "a CPU: for measuring only)")
+    parser.add_argument("--callgrind", metavar="FILE",
+                        help="run the firmware under valgrind's callgrind, which counts the instructions it "
+                             "executes into FILE (`upbx bench handset --instructions`; about 50 times slower)")
     parser.add_argument("--heapsize", default="2M",
                         help="MicroPython heap, e.g. 100K for an ESP32-WROOM without PSRAM (default 2M)")
     parser.add_argument("--mpy", action="store_true",
@@ -283,6 +286,11 @@ def run(args):
         return 2
     env = dict(os.environ, MICROPYPATH=path_env)
     argv = [binary, "-X", "heapsize=" + args.heapsize, *main_args, path]
+    if args.callgrind:
+        if not shutil.which("valgrind"):
+            print("upbx phone: --callgrind needs valgrind on PATH (Debian: apt-get install valgrind)", file=sys.stderr)
+            return 2
+        argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + os.path.abspath(args.callgrind), *argv]
     watchdog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     watchdog.bind(("127.0.0.1", 0))
     values["watchdog_port"] = watchdog.getsockname()[1]

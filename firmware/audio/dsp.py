@@ -27,9 +27,25 @@ if MICROPYTHON:
             while k >= 0:
                 d[doff + k] = s[soff + k]
                 k -= 1
-        else:
-            for k in range(n):
-                d[doff + k] = s[soff + k]
+            return
+        # forwards, two samples a 32-bit word where both ends are 4-byte aligned (an ESP32 faults on
+        # an unaligned word): the history shifts and frame copies of every tick take half the passes
+        da = uint(d) + uint(doff << 1)
+        sa = uint(s) + uint(soff << 1)
+        k = 0
+        if ((da | sa) & 3) == uint(0):
+            dw = ptr32(da)
+            sw = ptr32(sa)
+            words = n >> 1
+            while k < words:
+                dw[k] = sw[k]
+                k += 1
+            k = words << 1
+        dh = ptr16(da)
+        sh = ptr16(sa)
+        while k < n:
+            dh[k] = sh[k]
+            k += 1
 
     @micropython.viper
     def fill(dst, doff: int, n: int, value: int):

@@ -32,11 +32,30 @@ def test_xor_into_matches_portable_at_any_length_and_offset():
 
 def test_copy_bytes_matches_portable():
     src = data(200, 4)
-    for n, doff, soff in ((0, 0, 0), (1, 5, 0), (37, 3, 9), (172, 0, 8)):
-        a, b = bytearray(200), bytearray(200)
-        kernels.copy_bytes(a, doff, src, soff, n)
-        kernels.copy_bytes_portable(b, doff, src, soff, n)
-        assert a == b and a[doff:doff + n] == src[soff:soff + n]
+    for n, doff, soff in ((0, 0, 0), (1, 5, 0), (37, 3, 9), (172, 0, 8), (163, 4, 8), (6, 8, 4), (41, 2, 2)):
+        for source in (src, memoryview(src)):
+            a, b = bytearray(200), bytearray(200)
+            kernels.copy_bytes(a, doff, source, soff, n)
+            kernels.copy_bytes_portable(b, doff, src, soff, n)
+            assert a == b and a[doff:doff + n] == src[soff:soff + n], (n, doff, soff)
+
+
+def test_word_kernels_match_portable_on_views_at_any_alignment():
+    # xor_into, copy_bytes and ctr_blocks take 32-bit words where both ends are 4-byte aligned
+    base = data(340, 7)
+    for shift in (0, 1, 2, 3, 4):
+        src = memoryview(base)[shift:]
+        for n in (3, 4, 5, 160, 161):
+            for doff, soff in ((0, 0), (4, 4), (1, 4), (4, 2)):
+                for name in ("xor_into", "copy_bytes"):
+                    a, b = data(200, 8), data(200, 8)
+                    getattr(kernels, name)(memoryview(a)[shift:], doff, src, soff, n)
+                    getattr(kernels, name + "_portable")(memoryview(b)[shift:], doff, src, soff, n)
+                    assert a == b, (name, shift, n, doff, soff)
+        a, b = bytearray(170), bytearray(170)
+        kernels.ctr_blocks(memoryview(a)[shift:], src, 7, 10)
+        kernels.ctr_blocks_portable(memoryview(b)[shift:], src, 7, 10)
+        assert a == b and a[shift:shift + 12] == base[shift:shift + 12], shift
 
 
 def test_counter_blocks_match_portable_and_the_layout():

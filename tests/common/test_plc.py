@@ -201,6 +201,13 @@ def test_viper_kernels_match_portable_ones():
     dsp.copy(b1, 0, b1, 10, 200)        # overlapping, backwards
     dsp.copy_portable(b2, 0, b2, 10, 200)
     assert b1 == b2
+    for doff, soff, n in ((0, 2, 159), (1, 3, 80), (2, 1, 7), (1, 0, 1), (3, 3, 0)):   # word by word and not
+        dsp.copy(b1, doff, b1, soff, n)
+        dsp.copy_portable(b2, doff, b2, soff, n)
+        assert b1 == b2, (doff, soff, n)
+        dsp.copy(b1, doff, a, soff + 20, n)
+        dsp.copy_portable(b2, doff, a, soff + 20, n)
+        assert b1 == b2 and b1[2 * doff:2 * (doff + n)] == a[2 * (soff + 20):2 * (soff + 20 + n)], (doff, soff, n)
     slots = bytearray(range(256)) + bytearray(range(256))
     dsp.slots32_to_pcm16(b1, 1, slots, 2, 100)
     dsp.slots32_to_pcm16_portable(b2, 1, slots, 2, 100)
