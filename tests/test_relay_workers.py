@@ -386,6 +386,10 @@ def test_a_timer_turns_pump_reads_the_socket_only_after_its_gap_and_keeps_what_t
         daemon._pump_table()
         assert [bytes(d) for d, _ in daemon._deferred] == [b"\x00one", b"\x00two", b"\x00three", b"\x00four"]
         assert daemon.unpumped_max_s > 0 and not select.select([rx], [], [], 0)[0]
+        # the longest stretch is kept with the steps it lay between (status table_unpumped_steps): here, this test
+        steps = [Daemon._step_name(step) for step in daemon.unpumped[1:]]
+        assert all(step.startswith("test_a_timer_turns_pump_reads") for step in steps if step is not None), steps
+        assert steps[1] is not None and daemon.unpumped_cpu[0] >= 0.0
     finally:
         rx.close()
         tx.close()
