@@ -80,6 +80,7 @@ class Daemon:
         # ... the thread's CPU time then and the step (code, line) that pumped; the longest stretch's CPU and
         # steps, and the longest by CPU with its steps: wall time waits too (_note_unpumped)
         self._pumped_cpu, self._pumped_at = 0.0, None
+        self._in_turn = False    # the pump relays only in a timer turn's sync and tick (the core may call it elsewhere)
         self.unpumped, self.unpumped_cpu = (0.0, None, None), (0.0, None, None)
         self.gc_pauses, self.gc_max_s, self._gc_started = 0, 0.0, 0.0   # the collector's, by generation 2
         self.gc_runs, self.gc_young_max_s = [0, 0, 0], 0.0   # every collection by generation; the longest young one
@@ -216,7 +217,7 @@ class Daemon:
         calls it at every step (each call it looks at); it relays when PUMP_GAP_S have passed since it last
         did, so a step's cost, not a count of steps, bounds how long a frame waits in a turn."""
         workers = self.workers
-        if workers is None or self._batch is None:
+        if workers is None or self._batch is None or not self._in_turn:
             return
         now = time.perf_counter()
         gap = now - self._pumped
@@ -471,6 +472,7 @@ class Daemon:
             core.wall_offset_ms = wall_offset_ms()
             started = self._pumped = time.perf_counter()
             self._pumped_cpu, self._pumped_at = time.thread_time(), "turn start"
+            self._in_turn = True
             try:
                 if self.workers is not None:   # before the tick acts on a call: its directions are back here
                     self.workers.sync(self._pump_table)
@@ -480,6 +482,8 @@ class Daemon:
                 self.tick_cpu_s += time.thread_time() - tick_started
             except Exception as exc:
                 self._internal_error(exc, "timer")
+            finally:
+                self._in_turn = False
             if self._deferred:
                 batch, self._deferred = self._deferred, []
                 try:

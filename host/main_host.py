@@ -1070,7 +1070,7 @@ class MainHost(HostCore):
                 self.switch.release(call.b, wire.CAUSE_NO_ANSWER, now)
                 self.end_call(call, wire.CAUSE_NO_ANSWER, now)
         pump()
-        for peer in self.peers.due(now):
+        for peer in self.peers.due(now, pump):
             pump()
             peer.channel.handle_timer(now)
             self.peers.dirty.add(peer)    # what it resends goes out with this turn's datagrams

@@ -299,12 +299,16 @@ class PeerTable:
         if when is not None:
             heapq.heappush(self._timers, (when, peer.index))
 
-    def due(self, now):
-        """Peers whose channel timer is due, each once, in time order (O(due), not O(peers))."""
+    def due(self, now, pump=None):
+        """Peers whose channel timer is due, each once, in time order (O(due), not O(peers)). pump(), when given,
+        at each entry of the timers' heap looked at (after many messages, e.g. the releases of a host's calls,
+        the heap holds an entry a flush)."""
         out = []
         seen = set()
         timers = self._timers
         while timers and timers[0][0] <= now:
+            if pump is not None:
+                pump()
             _when, index = heapq.heappop(timers)
             peer = self.peers.get(index)
             if peer is None or index in seen:

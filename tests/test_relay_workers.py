@@ -351,7 +351,8 @@ def test_the_main_hosts_table_times_each_datagram_it_relays_from_the_kernels_rec
 def test_a_timer_turns_pump_reads_the_socket_only_after_its_gap_and_keeps_what_the_table_leaves_in_order():
     """Daemon._pump_table, called at every step of a timer turn: the main host's table reads its socket when
     PUMP_GAP_S have passed since it last did, and what it does not take (here: datagrams that are no relayed
-    trunk) is kept for the end of the turn in the order it came, with its sender."""
+    trunk) is kept for the end of the turn in the order it came, with its sender. Outside a timer turn (the core
+    calls it from code that also runs on a datagram, e.g. a remote host's logout) it reads nothing."""
     from types import SimpleNamespace
 
     from upbx.host.core import Stats
@@ -375,6 +376,9 @@ def test_a_timer_turns_pump_reads_the_socket_only_after_its_gap_and_keeps_what_t
         sender = ("127.0.0.1", tx.getsockname()[1])
         send(b"\x00one", b"\x00two", b"\x00three")
         daemon.PUMP_GAP_S = 0.0
+        daemon._pump_table()   # not in a timer turn
+        assert daemon._deferred == [] and select.select([rx], [], [], 0)[0]
+        daemon._in_turn = True
         daemon._pump_table()
         assert [(bytes(d), a) for d, a in daemon._deferred] == [(b"\x00one", sender), (b"\x00two", sender),
                                                                (b"\x00three", sender)]
