@@ -333,10 +333,10 @@ def test_the_main_hosts_table_times_each_datagram_it_relays_from_the_kernels_rec
         residence = p.status()["table_residence"]
         assert residence["n"] == 20
         assert 0 < residence["p50_us"] <= residence["p90_us"] <= residence["p99_us"] <= residence["p999_us"]
-        # a percentile is its 10 us bucket's upper edge, the last bucket "20 ms or more" (20000): a datagram
-        # held longer than that on a busy machine has a max above its p99.9
+        # a percentile is its 10 us bucket's upper edge, the last bucket "20 ms or more" (reported as its upper
+        # edge, 20010): a datagram held longer than that on a busy machine has a max above its p99.9
         assert 0 < residence["max_us"] < elapsed_us
-        assert residence["max_us"] <= residence["p999_us"] or residence["p999_us"] == 20000
+        assert residence["max_us"] <= residence["p999_us"] or residence["p999_us"] >= 20000
         # the part spent at the socket before the table read it: within the whole, datagram by datagram
         assert 0 < residence["queued_p50_us"] <= residence["queued_p99_us"] <= residence["queued_p999_us"]
         assert residence["queued_max_us"] <= residence["max_us"] and residence["queued_p50_us"] <= residence["p50_us"]
