@@ -1078,6 +1078,7 @@ class MainHost(HostCore):
         if now - self._last_expiry_ms > 1000:
             self._last_expiry_ms = now
             for peer in self.peers.expired(now, pump):
+                pump()
                 link = self.links.get(peer.index)
                 if link is not None:
                     self._link_down(link, now, "expired" if not peer.channel.failed else peer.channel.error)
