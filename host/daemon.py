@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 
 from upbx.host import fastpath
@@ -76,6 +77,11 @@ class Daemon:
         self.pump_s = 0.0        # ... and the CPU its relaying took then (in sync_us_mean and tick_cpu_us_mean)
         # when the table last relayed in the turn, and the longest a turn left it without (since the last query)
         self._pumped, self.unpumped_max_s = 0.0, 0.0
+        # ... the thread's CPU time then and the step (code, line) that pumped; the longest stretch's CPU and
+        # steps, and the longest by CPU with its steps: wall time waits too (_note_unpumped)
+        self._pumped_cpu, self._pumped_at = 0.0, None
+        self._in_turn = False    # the pump relays only in a timer turn's sync and tick (the core may call it elsewhere)
+        self.unpumped, self.unpumped_cpu = (0.0, None, None), (0.0, None, None)
         self.gc_pauses, self.gc_max_s, self._gc_started = 0, 0.0, 0.0   # the collector's, by generation 2
         self.gc_runs, self.gc_young_max_s = [0, 0, 0], 0.0   # every collection by generation; the longest young one
         self.sip_sock = None     # the SIP port, open only while the core has SIP phones (docs/sip.md)
@@ -215,25 +221,45 @@ class Daemon:
         calls it at every step (each call it looks at); it relays when PUMP_GAP_S have passed since it last
         did, so a step's cost, not a count of steps, bounds how long a frame waits in a turn."""
         workers = self.workers
-        if workers is None or self._batch is None:
+        if workers is None or self._batch is None or not self._in_turn:
             return
         now = time.perf_counter()
         gap = now - self._pumped
         if gap < self.PUMP_GAP_S:
             return
-        if gap > self.unpumped_max_s:
-            self.unpumped_max_s = gap
         started = time.thread_time()
+        step = sys._getframe(1)
+        self._note_unpumped(gap, started, (step.f_code, step.f_lineno))
         try:
             batch = workers.local.relay(self.sock.fileno(), self.TABLE_BURST, self.TABLE_ROUNDS)
         except OSError:
             self.core.stats.count("socket errors")
             return
         finally:
-            self.pump_s += time.thread_time() - started
+            self._pumped_cpu = time.thread_time()
+            self.pump_s += self._pumped_cpu - started
             self._pumped = time.perf_counter()
         if batch:
             self._deferred.extend(batch)
+
+    def _note_unpumped(self, gap, cpu_now, step):
+        """A stretch of a timer turn without a read of the socket ends at step (code, line; "turn end"): kept when
+        it is the longest since the last query, by wall time (table_unpumped_us_max, with its CPU and steps) or by
+        the thread's CPU time (table_unpumped_cpu_us_max: the turn's own work, not the machine's other work)."""
+        cpu = cpu_now - self._pumped_cpu
+        if gap > self.unpumped_max_s:
+            self.unpumped_max_s = gap
+            self.unpumped = (cpu, self._pumped_at, step)
+        if cpu > self.unpumped_cpu[0]:
+            self.unpumped_cpu = (cpu, self._pumped_at, step)
+        self._pumped_at = step
+
+    @staticmethod
+    def _step_name(step):
+        """'MainHost.on_tick:1072' for a step (code, line) of _note_unpumped; a str as it is."""
+        if step is None or isinstance(step, str):
+            return step
+        return "%s:%d" % (getattr(step[0], "co_qualname", step[0].co_name), step[1])
 
     def _after_table(self, batch):
         """What the relay table did not take, in order: to the core, or back from the table first."""
@@ -456,6 +482,8 @@ class Daemon:
             await asyncio.sleep(delay)
             core.wall_offset_ms = wall_offset_ms()
             started = self._pumped = time.perf_counter()
+            self._pumped_cpu, self._pumped_at = time.thread_time(), "turn start"
+            self._in_turn = True
             try:
                 if self.workers is not None:   # before the tick acts on a call: its directions are back here
                     self.workers.sync(self._pump_table)
@@ -465,6 +493,8 @@ class Daemon:
                 self.tick_cpu_s += time.thread_time() - tick_started
             except Exception as exc:
                 self._internal_error(exc, "timer")
+            finally:
+                self._in_turn = False
             if self._deferred:
                 batch, self._deferred = self._deferred, []
                 try:
@@ -474,8 +504,8 @@ class Daemon:
             self._sip_port(now_ms())
             self._flush()
             ended = time.perf_counter()
-            if self.workers is not None and ended - self._pumped > self.unpumped_max_s:
-                self.unpumped_max_s = ended - self._pumped   # the end of the turn: the socket is read next
+            if self.workers is not None:   # the end of the turn: the socket is read next
+                self._note_unpumped(ended - self._pumped, time.thread_time(), "turn end")
             held = ended - started
             self.timer_turns += 1
             self.timer_s += held
@@ -499,6 +529,13 @@ class Daemon:
                              timer_us_mean=round(self.timer_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None,
                              timer_us_max=round(self.timer_max_s * 1e6, 1),   # maxima: since the last query
                              table_unpumped_us_max=round(self.unpumped_max_s * 1e6, 1),
+                             # its CPU (far less than the wall time: the process waited for its CPU) and the steps
+                             # of the turn between which it lay: where the table last read and where it read next
+                             table_unpumped_cpu_us=round(self.unpumped[0] * 1e6, 1),
+                             table_unpumped_steps=[self._step_name(s) for s in self.unpumped[1:]],
+                             # the longest stretch by the thread's CPU time: the turn's own longest step, and where
+                             table_unpumped_cpu_us_max=round(self.unpumped_cpu[0] * 1e6, 1),
+                             table_unpumped_cpu_steps=[self._step_name(s) for s in self.unpumped_cpu[1:]],
                              # full collections (the loop relays nothing meanwhile), the longest since the last query
                              gc_full_collections=self.gc_pauses, gc_max_ms=round(self.gc_max_s * 1000, 2),
                              # every collection (generations 0, 1, 2) and the longest of generations 0-1 since the
@@ -509,6 +546,7 @@ class Daemon:
                              # of the turns' CPU, what the relay table's relaying inside them took (_pump_table)
                              pump_cpu_us_mean=round(self.pump_s * 1e6 / self.timer_turns, 1) if self.timer_turns else None)
                 self.timer_max_s = self.gc_max_s = self.gc_young_max_s = self.unpumped_max_s = 0.0
+                self.unpumped = self.unpumped_cpu = (0.0, None, None)
                 if self.workers is not None:
                     reply.update(self.workers.status())
                     # receive stamp to send of the frames the main host's own table relayed since the last query

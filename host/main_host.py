@@ -1084,7 +1084,7 @@ class MainHost(HostCore):
         pump()
         self.groups.tick(now)
         ring_ms = self.config.ring_timeout_s * 1000
-        for call in self._ring_calls():
+        for call in self._ring_calls(pump):
             # call.state in ("setup", "alerting") with a callee leg, without the property
             pump()
             b = call.b
@@ -1098,13 +1098,15 @@ class MainHost(HostCore):
                 self.switch.release(call.b, wire.CAUSE_NO_ANSWER, now)
                 self.end_call(call, wire.CAUSE_NO_ANSWER, now)
         pump()
-        for peer in self.peers.due(now):
+        for peer in self.peers.due(now, pump):
+            pump()
             peer.channel.handle_timer(now)
             self.peers.dirty.add(peer)    # what it resends goes out with this turn's datagrams
         pump()
         if now - self._last_expiry_ms > 1000:
             self._last_expiry_ms = now
-            for peer in self.peers.expired(now):
+            for peer in self.peers.expired(now, pump):
+                pump()
                 link = self.links.get(peer.index)
                 if link is not None:
                     self._link_down(link, now, "expired" if not peer.channel.failed else peer.channel.error)
@@ -1130,7 +1132,7 @@ class MainHost(HostCore):
                     self._send_sysinfo(link, now)
             self._sysinfo_version = version
 
-    def _ring_calls(self):
+    def _ring_calls(self, pump=_no_pump):
         """The calls the tick looks at for a ring timeout or a forward on no answer: every call whose callee leg
         was not answered when last looked at (or that has none yet), every call made since the last tick, and a
         slice of the others, so that each answered call is looked at again within RING_SCAN_TICKS ticks (200 ms).
@@ -1138,13 +1140,22 @@ class MainHost(HostCore):
         (5 % of a core, and the relay table held meanwhile: docs/benchmarks.md, relay, Session 7). An answered call
         whose callee leg is replaced by a ringing one (a transfer, a forward) is offered anew (offered_ms), so its
         timeouts (a forward on no answer: 5 s at least) are still met on the same tick; a call whose answered callee
-        leg stops being answered without a new offer is looked at within 200 ms instead of at the next tick."""
+        leg stops being answered without a new offer is looked at within 200 ms instead of at the next tick.
+        pump() at each call looked at: the slice is ~200 calls at 2,000 (0.15-0.3 ms), which held the relay table
+        in one piece until session 10 (docs/benchmarks.md, relay, Session 10); the slice's answered calls are
+        looked at once, in the first loop, and only the ones not answered stay for the second."""
         calls = self.switch.calls
         watch, rounds = self._ring_watch, self._ring_rounds
-        for call in rounds.new() + rounds.part()[0]:
-            watch[call.call_id] = call
+        for call in rounds.new(pump) + rounds.part()[0]:
+            pump()
+            b = call.b
+            if call.released or calls.get(call.call_id) is not call or (b is not None and b.state == CONNECTED):
+                watch.pop(call.call_id, None)   # gone, or answered: the scan looks at it again
+            else:
+                watch[call.call_id] = call
         due = []
         for call_id in list(watch):   # the keys: no tuple made per entry (each is one for the collector)
+            pump()
             call = watch[call_id]
             b = call.b
             if call.released or calls.get(call_id) is not call or (b is not None and b.state == CONNECTED):

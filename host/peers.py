@@ -23,6 +23,7 @@ from upbx.host.limits import FAILURE_COST, TokenBuckets
 from upbx.host.session_crypto import HostSessionCrypto
 
 KEY_CACHE = 65536   # identities whose handshake key (or absence) is kept; more and the cache starts afresh
+PUMP_PEERS = 64     # expired(now, pump): peers looked at between two pump() calls (a few microseconds of work)
 
 
 def _shared(address):
@@ -298,12 +299,16 @@ class PeerTable:
         if when is not None:
             heapq.heappush(self._timers, (when, peer.index))
 
-    def due(self, now):
-        """Peers whose channel timer is due, each once, in time order (O(due), not O(peers))."""
+    def due(self, now, pump=None):
+        """Peers whose channel timer is due, each once, in time order (O(due), not O(peers)). pump(), when given,
+        at each entry of the timers' heap looked at (after many messages, e.g. the releases of a host's calls,
+        the heap holds an entry a flush)."""
         out = []
         seen = set()
         timers = self._timers
         while timers and timers[0][0] <= now:
+            if pump is not None:
+                pump()
             _when, index = heapq.heappop(timers)
             peer = self.peers.get(index)
             if peer is None or index in seen:
@@ -324,7 +329,16 @@ class PeerTable:
         if self.by_identity.get(peer.identity) is peer:
             del self.by_identity[peer.identity]
 
-    def expired(self, now):
-        """Peers silent for longer than their kind's lifetime, or whose channel gave up."""
-        return [p for p in self.peers.values() if p.channel.failed or now - p.last_seen_ms > (
-            self.ttl_ms if p.kind == "phone" else self.host_ttl_ms)]
+    def expired(self, now, pump=None):
+        """Peers silent for longer than their kind's lifetime, or whose channel gave up. pump(), when given, is
+        called every PUMP_PEERS peers looked at (the main host's relay table relays meanwhile: a walk of 10,000
+        phones' sessions is a millisecond or more)."""
+        if pump is None:
+            return [p for p in self.peers.values() if p.channel.failed or now - p.last_seen_ms > (
+                self.ttl_ms if p.kind == "phone" else self.host_ttl_ms)]
+        out, peers = [], list(self.peers.values())
+        for first in range(0, len(peers), PUMP_PEERS):
+            pump()
+            out += [p for p in peers[first:first + PUMP_PEERS] if p.channel.failed or now - p.last_seen_ms > (
+                self.ttl_ms if p.kind == "phone" else self.host_ttl_ms)]
+        return out

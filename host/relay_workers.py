@@ -470,11 +470,15 @@ class RelayWorkers:
                 del mixed[index]
         calls = self.core.switch.calls
         pending = self.pending
-        for call in self.rounds.new():   # the calls made since the last tick
+        for call in self.rounds.new(pump):   # the calls made since the last tick
+            if pump is not None:
+                pump()
             pending[call.call_id] = call
         for call_id, call in list(pending.items()):
             # a new call goes to a table as soon as it is answered: until then its frames are the Python path's,
             # and a trunk that carries them with delegated calls takes those back for one frame
+            if pump is not None:
+                pump()
             if call.released or calls.get(call_id) is not call:
                 del pending[call_id]
             elif call.b is not None and call.a is not None and call.b.state == CONNECTED:

@@ -546,8 +546,16 @@ class Switch:
         leg.learn_peer(ies.get(wire.IE_CALL_NO))
         return leg
 
-    def calls_of(self, link):
-        return [c for c in list(self.calls.values()) if (c.a and c.a.link is link) or (c.b and c.b.link is link)]
+    def calls_of(self, link, pump=None):
+        """The calls with a leg on link; pump(), when given, at each call looked at (HostCore.pump)."""
+        if pump is None:
+            return [c for c in list(self.calls.values()) if (c.a and c.a.link is link) or (c.b and c.b.link is link)]
+        found = []
+        for c in list(self.calls.values()):
+            pump()
+            if (c.a and c.a.link is link) or (c.b and c.b.link is link):
+                found.append(c)
+        return found
 
     # media in
 

@@ -333,10 +333,10 @@ def test_the_main_hosts_table_times_each_datagram_it_relays_from_the_kernels_rec
         residence = p.status()["table_residence"]
         assert residence["n"] == 20
         assert 0 < residence["p50_us"] <= residence["p90_us"] <= residence["p99_us"] <= residence["p999_us"]
-        # a percentile is its 10 us bucket's upper edge, the last bucket "20 ms or more" (20000): a datagram
-        # held longer than that on a busy machine has a max above its p99.9
+        # a percentile is its 10 us bucket's upper edge, the last bucket "20 ms or more" (reported as its upper
+        # edge, 20010): a datagram held longer than that on a busy machine has a max above its p99.9
         assert 0 < residence["max_us"] < elapsed_us
-        assert residence["max_us"] <= residence["p999_us"] or residence["p999_us"] == 20000
+        assert residence["max_us"] <= residence["p999_us"] or residence["p999_us"] >= 20000
         # the part spent at the socket before the table read it: within the whole, datagram by datagram
         assert 0 < residence["queued_p50_us"] <= residence["queued_p99_us"] <= residence["queued_p999_us"]
         assert residence["queued_max_us"] <= residence["max_us"] and residence["queued_p50_us"] <= residence["p50_us"]
@@ -351,7 +351,8 @@ def test_the_main_hosts_table_times_each_datagram_it_relays_from_the_kernels_rec
 def test_a_timer_turns_pump_reads_the_socket_only_after_its_gap_and_keeps_what_the_table_leaves_in_order():
     """Daemon._pump_table, called at every step of a timer turn: the main host's table reads its socket when
     PUMP_GAP_S have passed since it last did, and what it does not take (here: datagrams that are no relayed
-    trunk) is kept for the end of the turn in the order it came, with its sender."""
+    trunk) is kept for the end of the turn in the order it came, with its sender. Outside a timer turn (the core
+    calls it from code that also runs on a datagram, e.g. a remote host's logout) it reads nothing."""
     from types import SimpleNamespace
 
     from upbx.host.core import Stats
@@ -375,6 +376,9 @@ def test_a_timer_turns_pump_reads_the_socket_only_after_its_gap_and_keeps_what_t
         sender = ("127.0.0.1", tx.getsockname()[1])
         send(b"\x00one", b"\x00two", b"\x00three")
         daemon.PUMP_GAP_S = 0.0
+        daemon._pump_table()   # not in a timer turn
+        assert daemon._deferred == [] and select.select([rx], [], [], 0)[0]
+        daemon._in_turn = True
         daemon._pump_table()
         assert [(bytes(d), a) for d, a in daemon._deferred] == [(b"\x00one", sender), (b"\x00two", sender),
                                                                (b"\x00three", sender)]
@@ -386,6 +390,10 @@ def test_a_timer_turns_pump_reads_the_socket_only_after_its_gap_and_keeps_what_t
         daemon._pump_table()
         assert [bytes(d) for d, _ in daemon._deferred] == [b"\x00one", b"\x00two", b"\x00three", b"\x00four"]
         assert daemon.unpumped_max_s > 0 and not select.select([rx], [], [], 0)[0]
+        # the longest stretch is kept with the steps it lay between (status table_unpumped_steps): here, this test
+        steps = [Daemon._step_name(step) for step in daemon.unpumped[1:]]
+        assert all(step.startswith("test_a_timer_turns_pump_reads") for step in steps if step is not None), steps
+        assert steps[1] is not None and daemon.unpumped_cpu[0] >= 0.0
     finally:
         rx.close()
         tx.close()

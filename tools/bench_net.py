@@ -133,6 +133,8 @@ class MainUnderTest:
                             break
                     except ConnectionRefusedError:
                         pass
+                    except TimeoutError:   # its loop is starting the workers (each waited for): ask again
+                        pass
                     if time.time() > deadline or self.proc.poll() is not None:
                         raise RuntimeError("main host's relay workers did not start; see %s" % self.log.name)
                     time.sleep(0.05)
