@@ -603,7 +603,9 @@ class MainHost(HostCore):
         call.noanswer = None       # the caller's node rings it on no answer
         self.switch.incoming(call, link, ies)
         name = ies.get(wire.IE_CALLING_NAME)
-        self.switch.offer(call, target, now, name)
+        # an intercom (*80N) of the caller's node answers by itself here too (a page never crosses nodes)
+        extra = {wire.IE_ANSWER: groups.ANSWER_INTERCOM} if ies.get(wire.IE_ANSWER) == groups.ANSWER_INTERCOM else None
+        self.switch.offer(call, target, now, name, extra=extra)
         self.log.info("call-setup", call=call.uid, caller=caller, called=called, via="%s->%s" % (link.name, target.name))
 
     # groups, pickup, intercom (host/groups.py)
@@ -658,8 +660,10 @@ class MainHost(HostCore):
         self._group_call(link, ies, caller, intercom, [number], now, answer=groups.ANSWER_INTERCOM)
 
     def group_target(self, number, call):
-        """Where a group's member rings: (link, None), or (None, cause) when it cannot now."""
-        target, cause = self._target_link(number)
+        """Where a group's member rings: (link, None), or (None, cause) when it cannot now. On a cluster's
+        node a member at another node rings over the trunk to it, as a call to it would (docs/cluster.md):
+        (None, PENDING) while Redis is asked where it is (host/groups.py asks again each tick)."""
+        target, cause = self._target_link(number, wait=self.xnode is not None)
         if target is not None and target.kind == "phone" and self._phone_busy(number):
             return None, wire.CAUSE_BUSY      # in a call with call waiting on, it is offered a waiting call
         if target is not None and self.directory.features(number)["dnd"]:

@@ -451,8 +451,9 @@ class NodeTrunks:
                 self.core.stats.count("location: node trunk not up")
                 return None, wire.CAUSE_UNREACHABLE
             return link, None
-        self.asked.add(identity)
-        self._wake()
+        if identity not in self.asked:   # asked once: a group call asks again each tick until Redis answers
+            self.asked.add(identity)
+            self._wake()
         if wait:
             return None, PENDING
         return (here, None) if here is not None else (None, wire.CAUSE_UNREACHABLE)

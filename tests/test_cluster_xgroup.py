@@ -1,0 +1,240 @@
+"""Group calls and blind transfers across two nodes, on the real host cores in one process (issue 16;
+docs/cluster.md "Calls between nodes", docs/features.md "Groups" and "Transfer").
+
+Two MainHost cores are nodes 1 and 2 of a cluster on the same directory and cookie secret (what
+PostgreSQL and etcd give the nodes of a real cluster), each with its real NodeTrunks
+(host/cluster/trunk.py): the trunk session between them is a real login over the virtual network.
+Site a's remote host (101, 102) and phones 301-303 are at node 2, site b's remote host (201, 202) at
+node 1. The one part that talks to Redis, LocationService, is played by `Locations` below: it does what
+that service does with the core's writes and questions (`take_writes`, `asked`, `answered`) on a dict,
+one round per tick, as the service does on each wake-up. What is asserted is what the phones see (who
+rings, causes, PARTY), the voice frames that arrive (each names its sender), and the nodes' calls.
+tests/test_cluster_xnode.py runs the same features on real `upbx main` nodes with real Redis.
+"""
+import pytest
+
+from upbx.common import lines, wire
+from upbx.common.call import RINGING
+from upbx.common.phone import Incoming
+from upbx.host.cluster import trunk
+from upbx.host.cluster.trunk import NodeTrunks
+from upbx.host.config import load_main_config, load_remote_config
+from upbx.host.directory import Directory
+from upbx.host.log import StructuredLog
+from upbx.host.main_host import MainHost
+from upbx.host.remote_host import RemoteHost
+from tests.inprocess import MAIN, SITE_B, WALL_MS, PhoneEnd, World, attach_host, flush_host
+from tests.test_cluster_forward import make_node
+
+NODE1 = ("198.18.0.11", 4569)
+
+
+class Locations:
+    """Redis's location keys, as host/cluster/trunk.py LocationService keeps them for each node."""
+
+    def __init__(self):
+        self.keys = {}            # (kind, name) -> node id
+        self.asks = 0
+        self.deaf = False         # Redis does not answer (a SETUP waits, then is refused)
+
+    def serve(self, node_id, xnode, now):
+        if self.deaf:
+            return
+        for identity, how in xnode.take_writes().items():
+            if how == "set" or (how == "nx" and self.keys.get(identity, node_id) == node_id):
+                self.keys[identity] = node_id
+            elif how is None and self.keys.get(identity) == node_id:
+                del self.keys[identity]
+        if xnode.asked:
+            asked = sorted(xnode.asked)
+            self.asks += 1
+            xnode.asked.clear()
+            xnode.answered({identity: self.keys.get(identity) for identity in asked}, now)
+
+
+class TwoNodes(World):
+    """World's main host is node 2 (site a, phones 3xx); node 1 (self.n1) serves site b."""
+
+    def __init__(self, tmp_path, main_settings=""):
+        World.__init__(self, tmp_path, site_b=True, main_settings="direct_media = false\n" + main_settings)
+        self.n1 = None
+        self.locations = Locations()
+        secret = self.main.peers._cookie_secret
+        make_node(self.main, 2, MAIN, secret)
+        self.main.xnode = NodeTrunks(self.main, 2, secret)
+        self.n1 = MainHost(load_main_config(str(self.tmp / "main.toml")), StructuredLog("n1", "error"))
+        attach_host(self.net, self.n1, NODE1)
+        self.n1.wall_offset_ms = WALL_MS - 1000
+        make_node(self.n1, 1, NODE1, secret)
+        self.n1.xnode = NodeTrunks(self.n1, 1, secret)
+        self.n1.start(self.net.now)
+        for host in (self.main, self.n1):
+            host.set_cluster_nodes({1: NODE1, 2: MAIN}, self.net.now)
+            flush_host(self.net, host)
+        # site b's remote host logs in to node 1
+        config = (self.tmp / "site-b.toml").read_text().replace("%s:%d" % MAIN, "%s:%d" % NODE1)
+        (self.tmp / "site-b.toml").write_text(config)
+        self.b.records.close()
+        self.b = RemoteHost(load_remote_config(str(self.tmp / "site-b.toml")), StructuredLog("site-b", "error"))
+        attach_host(self.net, self.b, SITE_B)
+        self.b.wall_offset_ms = WALL_MS - 1000
+        self.start_remote()
+        self.run_until(lambda: all(t["state"] == "up" for h in (self.main, self.n1)
+                                   for t in h.xnode.status().values()), 5000, "the trunk sessions up")
+
+    @property
+    def hosts(self):
+        return tuple(h for h in (self.main, self.a, self.b, getattr(self, "n1", None)) if h is not None)
+
+    def tick(self, until=None):
+        done = World.tick(self, until)
+        if self.n1 is not None:
+            for host, node in ((self.main, 2), (self.n1, 1)):
+                self.locations.serve(node, host.xnode, self.net.now)
+                flush_host(self.net, host)
+            self.settle()
+        return done
+
+    def add_phone_at(self, number, index, node):
+        """A phone straight at node 1 or 2 (its extension of site c)."""
+        end = PhoneEnd(self.net, number, self.secrets[number], ("198.18.2.%d" % index, 40000),
+                       NODE1 if node == 1 else MAIN)
+        self.phones[number] = end
+        end.phone.start(self.net.now)
+        end.flush()
+        return end
+
+    def close(self):
+        self.n1.directory.close()
+        World.close(self)
+
+
+@pytest.fixture
+def world(tmp_path):
+    world = TwoNodes(tmp_path, main_settings="transfer_recall_s = 6\n")
+    try:
+        for i, number in enumerate(("101", "102", "201", "202", "301", "302"), 1):
+            world.add_phone(number, i)
+        world.add_phone_at("303", 7, 1)
+        world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 5000, "registered")
+        # every client's key written: site a, 301, 302 at node 2; site b, 303 at node 1
+        world.run_until(lambda: len(world.locations.keys) == 5, 2000, "location keys")
+        yield world
+    finally:
+        world.close()
+
+
+def _group(world, group):
+    with Directory(world.tmp / "main.sqlite") as directory:
+        directory.set_group(dict({"ring_s": 5}, **group))
+    world.run(1500)      # the directory (with the group) reaches the remote hosts
+
+
+def _dial(world, caller, number):
+    end = world.phones[caller]
+    assert end.phone.dial(number, world.net.now)
+    end.flush()
+
+
+def _ringing(world):
+    return {n for n, e in world.phones.items() if e.phone.state == RINGING}
+
+
+def _answer(world, number):
+    end = world.phones[number]
+    assert end.phone.answer(world.net.now)
+    end.flush()
+
+
+def _heard(end):
+    """The numbers whose voice end received (each frame names its sender, tests/inprocess.py)."""
+    return {payload.split(b" ")[0].decode() for payload in end.received if b" " in payload}
+
+
+def _listen(world, ms=600):
+    for end in world.phones.values():
+        end.sent, end.received = [], []
+    world.run(ms)
+
+
+def _parties(end):
+    end.take()
+    return [e.number for e in end.log if type(e).__name__ == "Party"]
+
+
+def _no_calls(world):
+    return all(h.status()["calls"] == [] and not h.switch.legs for h in world.hosts)
+
+
+def test_ring_all_rings_a_member_at_another_node_first_to_answer_wins(world):
+    p = world.phones
+    _group(world, {"number": "600", "strategy": "ring-all", "members": ["101", "201", "303"]})
+    world.main.xnode.cache.clear()           # nothing known of site b's and 303's node yet: Redis is asked
+    asks = world.locations.asks
+    _dial(world, "301", "600")               # at node 2: 101 there, 201 (site b) and 303 at node 1
+    world.run_until(lambda: _ringing(world) == {"101", "201", "303"}, 2000, "every member rings")
+    assert world.locations.asks > asks
+    _answer(world, "201")
+    world.run_until(lambda: p["301"].connected and p["201"].connected, 2000, "connected to 201")
+    world.run_until(lambda: p["101"].idle and p["303"].idle, 1000, "the others stop ringing")
+    assert p["101"].causes() == [wire.CAUSE_ANSWERED_ELSEWHERE] == p["303"].causes()
+    _listen(world)
+    assert _heard(p["301"]) == {"201"} and _heard(p["201"]) == {"301"}
+    assert len(p["301"].received) >= 20 and p["301"].received == p["201"].sent[:len(p["301"].received)]
+    assert not p["101"].received and not p["303"].received
+    world.hangup("301")
+    world.run_until(lambda: p["201"].idle, 1000, "201's call ends")
+    assert p["201"].causes() == [wire.CAUSE_NORMAL]
+    assert _no_calls(world) and not world.main.groups.active
+    records = world.main.directory.call_records()
+    assert [(r.caller, r.callee, r.cause) for r in records] == [("301", "201", "normal clearing")]
+    assert not world.net.errors
+
+
+def test_hunt_goes_through_members_at_both_nodes_in_order_skipping_a_busy_one(world):
+    p = world.phones
+    world.main.directory.set_features("201", dict(world.main.directory.features("201"), waiting=False))
+    _group(world, {"number": "610", "strategy": "hunt", "members": ["303", "201", "102"], "ring_s": 3})
+    world.call("201", "202")                 # 201 busy (call waiting off), at site b behind node 1
+    world.main.xnode.cache.clear()
+    _dial(world, "301", "610")
+    world.run_until(lambda: _ringing(world) == {"303"}, 2000, "303 (node 1) rings first")
+    started = world.net.now
+    world.run_until(lambda: _ringing(world) == {"102"}, 5000, "then 102 (node 2): 201 is busy")
+    assert world.net.now - started >= 3000   # 303 rang its ring_s
+    assert p["303"].causes() == [wire.CAUSE_NO_ANSWER] and p["201"].connected
+    p["201"].take()
+    assert not any(isinstance(e, Incoming) for e in p["201"].log)   # refused busy by its remote host
+    assert p["301"].phone.state == 2 and not p["301"].idle      # ring-back throughout
+    _answer(world, "102")
+    world.run_until(lambda: p["301"].connected and p["102"].connected, 2000, "connected to 102")
+    _listen(world)
+    assert _heard(p["301"]) == {"102"} and _heard(p["102"]) == {"301"}
+    world.hangup("301")
+    world.hangup("201")
+    world.run_until(lambda: _no_calls(world), 2000, "no call left")
+    assert not world.net.errors
+
+
+def test_a_member_whose_node_redis_does_not_say_is_skipped_after_locate_ms(world):
+    from upbx.host import groups
+    p = world.phones
+    _group(world, {"number": "600", "strategy": "ring-all", "members": ["101", "201"]})
+    _group(world, {"number": "620", "strategy": "hunt", "members": ["201", "303"]})
+    world.main.xnode.cache.clear()
+    world.locations.deaf = True              # Redis does not answer
+    _dial(world, "301", "600")
+    world.run_until(lambda: _ringing(world) == {"101"}, 1000, "101 rings at once")
+    waited = world.run_until(lambda: world.main.groups.active and not world.main.groups.active[0].group.waiting,
+                             groups.LOCATE_MS + 200, "201 given up")
+    assert waited >= groups.LOCATE_MS - 200 and _ringing(world) == {"101"}
+    assert world.main.stats.counters["group: member not located in time"] == 1
+    _answer(world, "101")
+    world.run_until(lambda: p["301"].connected, 1000, "connected to 101")
+    world.hangup("301")
+    # every member at another node: the caller hears "unreachable" once none could be located
+    _dial(world, "302", "620")
+    took = world.run_until(lambda: p["302"].idle, 2 * groups.LOCATE_MS + 500, "302's call refused")
+    assert took >= groups.LOCATE_MS and p["302"].causes() == [wire.CAUSE_UNREACHABLE]
+    assert _ringing(world) == set() and _no_calls(world) and not world.main.groups.active
+    assert not world.net.errors
