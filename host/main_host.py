@@ -27,8 +27,10 @@ from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 
 PHONE_KEEPALIVE_MS = 20000
 PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say where its callee is
-NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PING,
-                           wire.ACK))   # what a trunk session between two nodes carries
+# what a trunk session between two nodes carries: PARTY tells the other node's half of a call who its party is
+# after a transfer joined it here (host/lines.py)
+NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PARTY,
+                           wire.PING, wire.ACK))
 RING_SCAN_TICKS = 10     # an answered call is looked at for a ring timeout once in this many ticks (_ring_calls)
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
@@ -601,6 +603,8 @@ class MainHost(HostCore):
             return self.refuse_setup(link, ies, cause, now, caller=caller)
         call = self.switch.new_call(caller, called, now)
         call.noanswer = None       # the caller's node rings it on no answer
+        if wire.IE_CALL_ID in ies:   # a transfer joining it here links to the caller's node's record of it
+            call.recorded_as = bytes(ies[wire.IE_CALL_ID]).hex()
         self.switch.incoming(call, link, ies)
         name = ies.get(wire.IE_CALLING_NAME)
         # an intercom (*80N) of the caller's node answers by itself here too (a page never crosses nodes)

@@ -142,6 +142,7 @@ def _ringing(world):
 
 def _answer(world, number):
     end = world.phones[number]
+    world.run_until(lambda: end.phone.state == RINGING, 3000, "%s rings" % number)
     assert end.phone.answer(world.net.now)
     end.flush()
 
@@ -157,9 +158,18 @@ def _listen(world, ms=600):
     world.run(ms)
 
 
+def _in_order(listener, talker, at_least):
+    """Since _listen, listener heard talker's frames in order, none missing but the few on their way."""
+    got = listener.received
+    assert len(got) >= at_least and got[0] in talker.sent, (len(got), at_least)
+    first = talker.sent.index(got[0])
+    assert first <= 3 and got == talker.sent[first:first + len(got)] and len(talker.sent) - first - len(got) <= 3
+
+
 def _parties(end):
+    """Who end was told it talks to now (PARTY: an Incoming event with waiting 2), this test long."""
     end.take()
-    return [e.number for e in end.log if type(e).__name__ == "Party"]
+    return [e.number for e in end.log if isinstance(e, Incoming) and e.waiting == 2]
 
 
 def _no_calls(world):
@@ -180,7 +190,7 @@ def test_ring_all_rings_a_member_at_another_node_first_to_answer_wins(world):
     assert p["101"].causes() == [wire.CAUSE_ANSWERED_ELSEWHERE] == p["303"].causes()
     _listen(world)
     assert _heard(p["301"]) == {"201"} and _heard(p["201"]) == {"301"}
-    assert len(p["301"].received) >= 20 and p["301"].received == p["201"].sent[:len(p["301"].received)]
+    _in_order(p["301"], p["201"], 20)
     assert not p["101"].received and not p["303"].received
     world.hangup("301")
     world.run_until(lambda: p["201"].idle, 1000, "201's call ends")
@@ -237,4 +247,101 @@ def test_a_member_whose_node_redis_does_not_say_is_skipped_after_locate_ms(world
     took = world.run_until(lambda: p["302"].idle, 2 * groups.LOCATE_MS + 500, "302's call refused")
     assert took >= groups.LOCATE_MS and p["302"].causes() == [wire.CAUSE_UNREACHABLE]
     assert _ringing(world) == set() and _no_calls(world) and not world.main.groups.active
+    assert not world.net.errors
+
+
+def _act(world, number, action):
+    end = world.phones[number]
+    assert action(end.phone, world.net.now), (number, action)
+    end.flush()
+    world.run(100)
+
+
+def test_blind_transfer_to_a_site_at_another_node_the_party_that_stays_hears_music_then_talks(world):
+    from tests.test_lines import _heard as heard_music
+    p = world.phones
+    world.call("301", "101")                       # node 2's phone calls site a (node 2)
+    p["301"].take()
+    world.main.xnode.cache.clear()
+    _act(world, "101", lambda ph, now: lines.consult(ph, "201", now, True))   # blind, to site b at node 1
+    world.run_until(lambda: p["201"].phone.state == RINGING and p["101"].idle, 3000, "201 rings, 101 is done")
+    assert p["101"].causes()[-2:] == [wire.CAUSE_TRANSFERRED, wire.CAUSE_TRANSFERRED]
+    assert p["201"].phone.call.number == "301"     # told who stays (PARTY across the nodes)
+    assert world.main.stats.counters.get("transfers handed to the main host", 0) == 0
+    assert world.a.stats.counters["transfers handed to the main host"] == 1   # node 2 joined the two calls
+    _listen(world, 1500)
+    assert heard_music(p["301"]) == ([], True)     # node 2's music while 201 rings at node 1
+    _answer(world, "201")
+    world.run_until(lambda: p["201"].connected, 1000, "201 answers")
+    _listen(world, 1000)
+    assert heard_music(p["301"]) == (["201"], False) and heard_music(p["201"]) == (["301"], False)
+    _in_order(p["201"], p["301"], 40)
+    assert _parties(p["301"]) == ["201"]
+    calls = world.main.status()["calls"]
+    assert [(c["caller"], c["callee"], c["state"]) for c in calls] == [("301", "201", "answered")]
+    assert world.a.status()["calls"] == []         # the joined call no longer turns at site a
+    world.hangup("201")
+    world.run_until(lambda: p["301"].idle, 1000, "301's call ends")
+    assert p["301"].causes()[-1] == wire.CAUSE_NORMAL and _no_calls(world)
+    records = world.main.directory.call_records()
+    first = next(r.uid for r in records if (r.caller, r.callee) == ("301", "101"))
+    assert sorted((r.origin, r.caller, r.callee, r.cause, r.linked) for r in records) == sorted([
+        ("main", "301", "101", "transferred", None), ("main", "101", "201", "transferred", first),
+        ("main", "301", "201", "normal clearing", first)])
+    assert not world.net.errors
+
+
+def test_blind_transfer_by_a_phone_at_one_node_to_one_at_the_other_recalled_when_unanswered(world):
+    p = world.phones
+    world.call("101", "302")                       # site a calls 302 (both at node 2)
+    _act(world, "302", lambda ph, now: lines.consult(ph, "303", now, True))   # to 303, straight at node 1
+    world.run_until(lambda: p["303"].phone.state == RINGING and p["302"].idle, 3000, "303 rings")
+    assert p["303"].phone.call.number == "101"
+    # not answered within transfer_recall_s (6 s here): 303 stops, 302 rings again with 101
+    world.run_until(lambda: p["302"].phone.state == RINGING, 7000, "302 recalled")
+    assert p["302"].take()[-1].name == "recall: 303 no answer"
+    world.run_until(lambda: p["303"].idle, 1000, "303 stops ringing")
+    assert p["303"].causes()[-1] == wire.CAUSE_NO_ANSWER and world.n1.status()["calls"] == []
+    _answer(world, "302")
+    _listen(world, 600)
+    assert _heard(p["101"]) == {"302"} and _heard(p["302"]) == {"101"}
+    world.hangup("101")
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    # the transfer again, answered this time: 101 and 303 talk across the nodes
+    world.call("101", "302")
+    _act(world, "302", lambda ph, now: lines.consult(ph, "303", now, True))
+    _answer(world, "303")
+    world.run_until(lambda: p["101"].connected and p["303"].connected, 1000, "101 and 303 connected")
+    _listen(world, 600)
+    assert _heard(p["101"]) == {"303"} and _heard(p["303"]) == {"101"}
+    _in_order(p["303"], p["101"], 20)
+    world.hangup("303")
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    assert not world.net.errors
+
+
+def test_a_call_from_another_node_transferred_back_to_that_node_turns_at_the_joining_node(world):
+    p = world.phones
+    world.call("201", "301")                       # site b (node 1) calls 301 (node 2)
+    _act(world, "301", lambda ph, now: lines.consult(ph, "303", now, True))   # to 303, at node 1 again
+    _answer(world, "303")
+    world.run_until(lambda: p["201"].connected and p["303"].connected and p["301"].idle, 1000, "201 and 303 talk")
+    assert p["303"].phone.call.number == "201" and _parties(p["201"]) == ["303"]
+    _listen(world, 600)
+    _in_order(p["303"], p["201"], 20)
+    _in_order(p["201"], p["303"], 20)
+    # node 2 joined the two halves it had (both over its trunk with node 1): the call turns there
+    calls = world.main.status()["calls"]
+    assert [(c["caller"], c["callee"], c["state"]) for c in calls] == [("201", "303", "answered")]
+    assert len(world.n1.status()["calls"]) == 2
+    world.hangup("201")
+    world.run_until(lambda: p["303"].idle and _no_calls(world), 1000, "no call left")
+    assert p["303"].causes()[-1] == wire.CAUSE_NORMAL
+    # each call recorded once, linked to the first: node 1 (the caller's node) its call from site b, ended
+    # "transferred" when node 2 told it of 303 (PARTY) and going on with 303; node 2 the consultation
+    records = world.main.directory.call_records()
+    first = next(r.uid for r in records if (r.caller, r.callee) == ("201", "301"))
+    assert sorted((r.caller, r.callee, r.cause, r.linked) for r in records) == sorted([
+        ("201", "301", "transferred", None), ("301", "303", "transferred", first),
+        ("201", "303", "normal clearing", first)])
     assert not world.net.errors
