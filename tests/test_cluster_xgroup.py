@@ -345,3 +345,43 @@ def test_a_call_from_another_node_transferred_back_to_that_node_turns_at_the_joi
         ("201", "301", "transferred", None), ("301", "303", "transferred", first),
         ("201", "303", "normal clearing", first)])
     assert not world.net.errors
+
+
+def test_an_overflow_and_a_forward_on_no_answer_to_another_node_wait_for_its_location(world):
+    from upbx.host.main_host import FORWARD_LOCATE_MS
+    p = world.phones
+    _group(world, {"number": "630", "strategy": "hunt", "members": ["101"], "ring_s": 3, "overflow": "303"})
+    _dial(world, "301", "630")
+    world.run_until(lambda: _ringing(world) == {"101"}, 1000, "101 rings")
+    world.main.xnode.cache.clear()           # where 303 is: not known when the group overflows
+    world.run_until(lambda: _ringing(world) == {"303"}, 4000, "then the overflow, 303 at node 1")
+    assert p["101"].causes() == [wire.CAUSE_NO_ANSWER] and not world.main.forwards_waiting
+    _answer(world, "303")
+    world.run_until(lambda: p["301"].connected and p["303"].connected, 1000, "301 and 303 connected")
+    _listen(world, 600)
+    _in_order(p["303"], p["301"], 20)
+    _in_order(p["301"], p["303"], 20)
+    world.hangup("301")
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    # 302 forwards on no answer to 201 (site b, node 1); Redis does not answer: the caller hears why
+    world.main.directory.set_features("302", dict(world.main.directory.features("302"), noanswer="201", noanswer_s=5))
+    world.main.xnode.cache.clear()
+    world.locations.deaf = True
+    _dial(world, "301", "302")
+    world.run_until(lambda: _ringing(world) == {"302"}, 1000, "302 rings")
+    world.run_until(lambda: p["302"].idle, 6000, "302 rang its no-answer time")
+    took = world.run_until(lambda: p["301"].idle, FORWARD_LOCATE_MS + 500, "the forward given up")
+    assert took >= FORWARD_LOCATE_MS - 100 and p["301"].causes()[-1] == wire.CAUSE_UNREACHABLE
+    assert _ringing(world) == set() and _no_calls(world) and not world.main.forwards_waiting
+    assert world.main.stats.counters["location: not answered in time"] == 1
+    # Redis answers again: the same forward rings 201 at node 1
+    world.locations.deaf = False
+    _dial(world, "301", "302")
+    world.run_until(lambda: _ringing(world) == {"302"}, 1000, "302 rings")
+    world.main.xnode.cache.clear()
+    world.run_until(lambda: _ringing(world) == {"201"}, 6000, "then 201 at node 1")
+    _answer(world, "201")
+    world.run_until(lambda: p["301"].connected and p["201"].connected, 1000, "301 and 201 connected")
+    world.hangup("301")
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    assert not world.net.errors
