@@ -385,3 +385,29 @@ def test_an_overflow_and_a_forward_on_no_answer_to_another_node_wait_for_its_loc
     world.hangup("301")
     world.run_until(lambda: _no_calls(world), 1000, "no call left")
     assert not world.net.errors
+
+
+def test_an_attended_transfer_and_an_intercom_across_the_nodes(world):
+    p = world.phones
+    world.call("102", "302")                       # site a calls 302 (node 2)
+    _act(world, "302", lambda ph, now: lines.consult(ph, "201", now))   # consults 201 (site b, node 1): 102 held
+    _answer(world, "201")
+    _listen(world, 600)
+    assert _heard(p["302"]) == {"201"} and _heard(p["201"]) == {"302"}
+    _act(world, "302", lambda ph, now: lines.transfer(ph, now))
+    world.run_until(lambda: p["302"].idle, 1000, "302 is done")
+    assert p["302"].causes()[-2:] == [wire.CAUSE_TRANSFERRED] * 2
+    assert p["102"].phone.call.number == "201" and p["201"].phone.call.number == "102"   # PARTY both ways
+    _listen(world, 600)
+    _in_order(p["201"], p["102"], 20)
+    _in_order(p["102"], p["201"], 20)
+    world.hangup("102")
+    world.run_until(lambda: p["201"].idle and _no_calls(world), 1000, "no call left")
+    # intercom: *80N to a phone at the other node answers by itself there too
+    _dial(world, "301", "*80303")
+    world.run_until(lambda: p["301"].connected and p["303"].connected, 2000, "303 answered by itself")
+    _listen(world, 600)
+    _in_order(p["303"], p["301"], 20)
+    world.hangup("301")
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    assert not world.net.errors
