@@ -27,7 +27,7 @@ from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 
 PHONE_KEEPALIVE_MS = 20000
 PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say where its callee is
-FORWARD_LOCATE_MS = 1500   # ... and a forward at most this long (trunk.PARK_MS), then the number is unreachable
+FORWARD_LOCATE_MS = 1500   # a forward waits at most this long for Redis (as trunk.PARK_MS), then it is unreachable
 # what a trunk session between two nodes carries: PARTY tells the other node's half of a call who its party is
 # after a transfer joined it here (host/lines.py)
 NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PARTY,
@@ -59,8 +59,8 @@ class MainHost(HostCore):
         self.cluster_members = []   # names of the live nodes (etcd's leases), kept by the ClusterService
         self.takeover = None     # host.cluster.calls.Takeover on a node: calls of a silent node carried on here
         self.standby_links = set()   # links whose client keeps them as its standby session (NODES standby 1)
-        # call id -> (call, number, reason, give-up ms): a forward (no answer, busy, a group's overflow) to a
-        # number whose node Redis is asked for; _forward again each tick (docs/cluster.md)
+        # call -> (number, reason, give-up ms): a forward (no answer, busy, a group's overflow) to a number whose
+        # node Redis is asked for; _forward again each tick (docs/cluster.md)
         self.forwards_waiting = {}
         if getattr(config, "cluster_postgres", ""):
             from upbx.host.cluster.node import ClusterNode   # psycopg, redis, aetcd: the cluster extra
@@ -831,19 +831,19 @@ class MainHost(HostCore):
 
     def _forward(self, call, number, reason, now):
         """Offer a call whose callee leg is gone to number, following that number's forwarding."""
-        waiting = self.forwards_waiting.pop(call.call_id, None)
+        waiting = self.forwards_waiting.pop(call, None)
         if waiting is None:    # the first try: the number's own forwarding, its place (asked again each tick)
             routed, cause = features.route(number, self.directory.features, self._phone_busy, seen=call.tried)
         else:                  # routed before: what it was routed to, as then (its number is in call.tried)
-            routed, cause = waiting[1], None
+            routed, cause = waiting[0], None
         target = None
         group = None
         if routed is not None:
             target, cause = self._target_link(routed, wait=self.xnode is not None)
             if cause == PENDING:   # at another node, maybe: asked of Redis, the caller hears ring-back meanwhile
-                until = waiting[3] if waiting is not None else now + FORWARD_LOCATE_MS
+                until = waiting[2] if waiting is not None else now + FORWARD_LOCATE_MS
                 if now < until:
-                    self.forwards_waiting[call.call_id] = (call, routed, reason, until)
+                    self.forwards_waiting[call] = (routed, reason, until)
                     return None
                 self.stats.count("location: not answered in time")
                 target, cause = None, wire.CAUSE_UNREACHABLE
@@ -1071,9 +1071,9 @@ class MainHost(HostCore):
         pump = self.pump or _no_pump   # the relay table relays what waits between the steps (core.pump)
         if self.xnode is not None:
             self.xnode.tick(now)
-        for call, number, reason, _until in list(self.forwards_waiting.values()):
+        for call, (number, reason, _until) in list(self.forwards_waiting.items()):
             if call.released or call.b is not None:   # the caller hung up meanwhile
-                self.forwards_waiting.pop(call.call_id, None)
+                del self.forwards_waiting[call]
             else:
                 self._forward(call, number, reason, now)
         self.play_music_on_hold(now)

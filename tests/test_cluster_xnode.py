@@ -258,7 +258,8 @@ def test_a_blind_transfer_to_a_site_at_another_node_is_routed_there_and_both_tal
     from upbx.tools.lab import read_g711_record, wav_frames_g711
     before = len(_records(engines))
     procs, records, sent = {}, {}, {}
-    for number, args in (("201", ["--answer"]), ("101", ["--answer"]), ("301", ["--call", "101", "--call-after", "0.5"])):
+    for number, args in (("201", ["--answer"]), ("101", ["--answer"]),
+                         ("301", ["--call", "101", "--call-after", "0.5"])):
         procs[number], records[number], sent[number] = _noisy_phone(lab, number, "bt", *args)
     # 301 (straight at n1) calls 101 (site a, at n1); 101 transfers it blind to 201 (site b, at n2)
     lab.wait_for(lambda: frames(records["101"]) >= 50, "301 and 101 talk", timeout=60)
@@ -275,7 +276,8 @@ def test_a_blind_transfer_to_a_site_at_another_node_is_routed_there_and_both_tal
         procs[number].wait(60)
         assert lab.summary("bt-" + number)["calls"][0]["cause"] == "normal clearing", lab.summary("bt-" + number)
     # 201 heard 301 alone, in order, from the first of 301's frames it got to 301's hang-up (a few in flight)
-    noise = {n: {frame: i for i, frame in enumerate(wav_frames_g711(lab.path(n + ".wav")))} for n in ("101", "201", "301")}
+    noise = {n: {frame: i for i, frame in enumerate(wav_frames_g711(lab.path(n + ".wav")))}
+             for n in ("101", "201", "301")}
     at_201 = [noise["301"].get(p) for _ts, p in read_g711_record(records["201"])]
     assert at_201 and None not in at_201 and at_201 == sorted(set(at_201)), at_201[:5]
     sent_301 = [noise["301"][p] for _ts, p in read_g711_record(sent["301"])]

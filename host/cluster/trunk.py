@@ -40,8 +40,8 @@ PREFIX = "@"                    # identities of nodes: "@ID" (a directory name s
 KEEPALIVE_MS = 500              # PING on an idle trunk session
 DEAD_MS = 1500                  # nothing new heard for KEEPALIVE_MS + DEAD_MS: the other node is lost
 # what a node link carries: call signalling, nothing of a site's or a phone's own
-MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PARTY, wire.PING,
-                      wire.ACK))
+MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PARTY,
+                      wire.PING, wire.ACK))
 
 LOCATION_KEY = "upbx:loc:%s:%s"  # kind ("host" or "phone"), name -> node id
 LOCATION_TTL_S = 30              # a key lives this long after its last write
