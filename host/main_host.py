@@ -1124,6 +1124,8 @@ class MainHost(HostCore):
                 self.peers.forget_keys()   # secrets may have changed: derive handshake keys afresh
             if self._sysinfo_version is not None and version != self._sysinfo_version:
                 for link in list(self.links.values()):
+                    if link.kind == "node":  # another node's trunk login: it has the directory (and drops a SYSINFO)
+                        continue
                     if link.kind == "host":  # the directory may have changed too: new phones' secrets
                         site = self.directory.remote_host(link.name).site
                         self._send_blob(link, wire.DIRECTORY, 0, encode(self._site_directory(site)), now)

@@ -198,6 +198,8 @@ def test_ring_all_rings_a_member_at_another_node_first_to_answer_wins(world):
     assert _no_calls(world) and not world.main.groups.active
     records = world.main.directory.call_records()
     assert [(r.caller, r.callee, r.cause) for r in records] == [("301", "201", "normal clearing")]
+    # the new directory (the group) went to the clients, not over the trunk (a node drops a SYSINFO)
+    assert not any(h.stats.drops.get("unexpected message from a node") for h in (world.main, world.n1))
     assert not world.net.errors
 
 
