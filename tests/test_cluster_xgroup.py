@@ -16,7 +16,6 @@ import pytest
 from upbx.common import lines, wire
 from upbx.common.call import RINGING
 from upbx.common.phone import Incoming
-from upbx.host.cluster import trunk
 from upbx.host.cluster.trunk import NodeTrunks
 from upbx.host.config import load_main_config, load_remote_config
 from upbx.host.directory import Directory
