@@ -22,7 +22,8 @@ for one host: the host routes a SETUP for a group number to `start()`, passes ev
 to `call_message()` first, and calls `tick()` every 20 ms. What depends on the host (where a
 member's phone is, where an overflow goes, the media path once answered) it asks the host:
 
-    host.group_target(number, call) -> (link, None) or (None, cause)
+    host.group_target(number, call) -> (link, None) or (None, cause); (None, PENDING) while the host
+                                       asks where the member is (a cluster's node: Redis, another node)
     host.group_overflow(call, number, now)      (the call, without leg b, goes on to number)
     host.group_answered(call, now)              (leg b is set: the media path, as for any call)
 
@@ -44,6 +45,8 @@ INTERCOM_CODE = "*80"       # *80N: intercom to extension N (answers by itself, 
 ANSWER_INTERCOM = 1         # IE answer values (docs/protocol.md)
 ANSWER_PAGE = 2
 SITE_STRATEGIES = ("page", "pickup")   # groups of one site's phones
+PENDING = "pending"         # group_target's cause while the host asks where a member is (host/cluster/trunk.py)
+LOCATE_MS = 1500            # a member whose place is asked for is rung once known, skipped (unreachable) after this
 
 
 def pickup_scope(picker, site_numbers, groups):
@@ -137,6 +140,8 @@ class GroupCall:
         self.causes = []          # why members did not take the call
         self.name = ""            # the caller's name, in each member's SETUP
         self.answer = None        # the members answer by themselves: ANSWER_INTERCOM, ANSWER_PAGE
+        self.waiting = []         # members whose place the host is asking for (PENDING): rung when known
+        self.wait_until = None    # ... until then; after it they are skipped as unreachable
 
     @property
     def page(self):
@@ -162,15 +167,23 @@ class GroupCalls:
             self._hunt(call, now)
         else:
             for member in g.members:
-                if member != call.caller:
-                    self._offer(call, member, now)
-            if not g.forks:
+                if member != call.caller and self._offer(call, member, now) == PENDING:
+                    g.waiting.append(member)
+            if not g.forks and not g.waiting:
                 self._exhausted(call, now)
 
     def _offer(self, call, number, now):
-        """A leg towards member number; False (and why, in g.causes) when it cannot ring now."""
+        """A leg towards member number: True; False (and why, in g.causes) when it cannot ring now;
+        PENDING while the host asks where it is (at most LOCATE_MS from the first ask: then False)."""
         g = call.group
         link, cause = self.host.group_target(number, call)
+        if cause == PENDING:
+            if g.wait_until is None:
+                g.wait_until = now + LOCATE_MS
+            if now < g.wait_until:
+                return PENDING
+            self.host.stats.count("group: member not located in time")
+            link, cause = None, wire.CAUSE_UNREACHABLE
         if link is not None and link is call.a.link and link.kind == "phone":
             link, cause = None, wire.CAUSE_BUSY     # the caller's own phone (another name for it)
         if link is not None:
@@ -192,9 +205,32 @@ class GroupCalls:
         while g.next < len(g.members):
             member = g.members[g.next]
             g.next += 1
-            if member != call.caller and self._offer(call, member, now):
+            offered = self._offer(call, member, now) if member != call.caller else False
+            if offered == PENDING:      # its place is asked for: the hunt goes on from it then (tick)
+                g.waiting = [member]
+                return
+            if offered:
                 return
         self._exhausted(call, now)
+
+    def _located(self, call, now):
+        """tick: the members whose place was asked for are rung once the host knows it (or skipped as
+        unreachable after LOCATE_MS); a hunt then goes on, a ring-all nobody rings for is exhausted."""
+        g = call.group
+        waiting, g.waiting = g.waiting, []
+        rang = False
+        for member in waiting:
+            offered = self._offer(call, member, now)
+            if offered == PENDING:
+                g.waiting.append(member)
+            rang = rang or offered is True
+        if g.waiting:
+            return
+        g.wait_until = None
+        if g.strategy == "hunt" and not rang:
+            self._hunt(call, now)
+        elif not g.forks:
+            self._exhausted(call, now)
 
     def _drop(self, call, leg, cause, now):
         call.group.forks.remove(leg)
@@ -265,7 +301,7 @@ class GroupCalls:
             self._page_left(call, leg, now)
         elif g.strategy == "hunt":
             self._hunt(call, now)
-        elif not g.forks:
+        elif not g.forks and not g.waiting:
             self._exhausted(call, now)
 
     def link_gone(self, link, now):
@@ -283,6 +319,7 @@ class GroupCalls:
             if other is not leg:
                 self._drop(call, other, cause, now)
         g.forks = []
+        g.waiting = []
         g.answered = True
         self._finish(call)
         call.b = leg
@@ -310,6 +347,10 @@ class GroupCalls:
             g = call.group
             if g is None or g.answered:
                 continue
+            if g.waiting:
+                self._located(call, now)
+                if call.group is not g or g.strategy == "hunt" or g.answered:
+                    continue
             if g.strategy == "hunt" and now - g.offered_ms >= g.ring_ms:
                 for leg in list(g.forks):
                     self._drop(call, leg, wire.CAUSE_NO_ANSWER, now)

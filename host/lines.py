@@ -91,7 +91,9 @@ def transfer(host, link, ies, now):
     hold_sent = [c.held_by is x and y.link.kind != "phone" for c, x, y in ((c1, x1, y1), (c2, x2, y2))]
     was_local = {y1: c1.path == "local", y2: c2.path == "local"}
     call = switch.new_call(stays, new, now)
-    call.linked = c1.linked or c1.uid
+    # a cluster node's half of another node's call is recorded there, under that node's uid (host/main_host.py)
+    elsewhere = [c.recorded_as is not None and c.a.link.up for c in (c1, c2)]
+    call.linked = c1.linked or (c1.recorded_as if elsewhere[0] else c1.uid)
     call.a, call.b = y1, y2
     y1.call = y2.call = call
     call.offered_ms = c2.offered_ms
@@ -102,10 +104,10 @@ def transfer(host, link, ies, now):
     call.ts_out = list(last)
     call.moh_last = [t or None for t in last]    # each side's media carries on after what it had
     c2.linked = call.linked
-    for c, x in ((c1, x1), (c2, x2)):            # the phone's own legs end; both calls are recorded
-        c.a, c.b = x, None
+    for c, x, theirs in ((c1, x1, elsewhere[0]), (c2, x2, elsewhere[1])):   # the phone's own legs end; both
+        c.a, c.b = x, None                                                   # calls are recorded (once)
         switch.release(x, wire.CAUSE_TRANSFERRED, now)
-        host.end_call(c, wire.CAUSE_TRANSFERRED, now)
+        host.end_call(c, wire.CAUSE_TRANSFERRED, now, record=not theirs)
     if y2.state == CONNECTED:                     # attended: both far ends talk at once
         for y, sent in zip((y1, y2), hold_sent):
             if sent:

@@ -28,9 +28,11 @@ from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 
 PHONE_KEEPALIVE_MS = 20000
 PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say where its callee is
-NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PING,
-                           wire.ACK, wire.PUNCH_OFFER, wire.PUNCH_RESULT, wire.MEDIA_PEER))
-# what a trunk session between two nodes carries (the last three: B2 between their sites, host/cluster/direct.py)
+FORWARD_LOCATE_MS = 1500   # a forward waits at most this long for Redis (as trunk.PARK_MS), then it is unreachable
+# what a trunk session between two nodes carries: PARTY tells the other node's half of a call who its party is
+# after a transfer joined it here (host/lines.py); the last three are B2's between their sites (host/cluster/direct.py)
+NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PARTY,
+                           wire.PING, wire.ACK, wire.PUNCH_OFFER, wire.PUNCH_RESULT, wire.MEDIA_PEER))
 RING_SCAN_TICKS = 10     # an answered call is looked at for a ring timeout once in this many ticks (_ring_calls)
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
@@ -58,6 +60,9 @@ class MainHost(HostCore):
         self.cluster_members = []   # names of the live nodes (etcd's leases), kept by the ClusterService
         self.takeover = None     # host.cluster.calls.Takeover on a node: calls of a silent node carried on here
         self.standby_links = set()   # links whose client keeps them as its standby session (NODES standby 1)
+        # call -> (number, reason, give-up ms): a forward (no answer, busy, a group's overflow) to a number whose
+        # node Redis is asked for; _forward again each tick (docs/cluster.md)
+        self.forwards_waiting = {}
         if getattr(config, "cluster_postgres", ""):
             from upbx.host.cluster.node import ClusterNode   # psycopg, redis, aetcd: the cluster extra
             self.cluster = ClusterNode(config, log)
@@ -614,9 +619,13 @@ class MainHost(HostCore):
             return self.refuse_setup(link, ies, cause, now, caller=caller)
         call = self.switch.new_call(caller, called, now)
         call.noanswer = None       # the caller's node rings it on no answer
+        if wire.IE_CALL_ID in ies:   # a transfer joining it here links to the caller's node's record of it
+            call.recorded_as = bytes(ies[wire.IE_CALL_ID]).hex()
         self.switch.incoming(call, link, ies)
         name = ies.get(wire.IE_CALLING_NAME)
-        self.switch.offer(call, target, now, name)
+        # an intercom (*80N) of the caller's node answers by itself here too (a page never crosses nodes)
+        extra = {wire.IE_ANSWER: groups.ANSWER_INTERCOM} if ies.get(wire.IE_ANSWER) == groups.ANSWER_INTERCOM else None
+        self.switch.offer(call, target, now, name, extra=extra)
         self.xdirect.setup_in(call, link, ies, target, now)   # the caller's site offered as a direct peer (B2)
         self.log.info("call-setup", call=call.uid, caller=caller, called=called, via="%s->%s" % (link.name, target.name))
 
@@ -672,8 +681,10 @@ class MainHost(HostCore):
         self._group_call(link, ies, caller, intercom, [number], now, answer=groups.ANSWER_INTERCOM)
 
     def group_target(self, number, call):
-        """Where a group's member rings: (link, None), or (None, cause) when it cannot now."""
-        target, cause = self._target_link(number)
+        """Where a group's member rings: (link, None), or (None, cause) when it cannot now. On a cluster's
+        node a member at another node rings over the trunk to it, as a call to it would (docs/cluster.md):
+        (None, PENDING) while Redis is asked where it is (host/groups.py asks again each tick)."""
+        target, cause = self._target_link(number, wait=self.xnode is not None)
         if target is not None and target.kind == "phone" and self._phone_busy(number):
             return None, wire.CAUSE_BUSY      # in a call with call waiting on, it is offered a waiting call
         if target is not None and self.directory.features(number)["dnd"]:
@@ -833,11 +844,22 @@ class MainHost(HostCore):
 
     def _forward(self, call, number, reason, now):
         """Offer a call whose callee leg is gone to number, following that number's forwarding."""
-        routed, cause = features.route(number, self.directory.features, self._phone_busy, seen=call.tried)
+        waiting = self.forwards_waiting.pop(call, None)
+        if waiting is None:    # the first try: the number's own forwarding, its place (asked again each tick)
+            routed, cause = features.route(number, self.directory.features, self._phone_busy, seen=call.tried)
+        else:                  # routed before: what it was routed to, as then (its number is in call.tried)
+            routed, cause = waiting[0], None
         target = None
         group = None
         if routed is not None:
-            target, cause = self._target_link(routed)
+            target, cause = self._target_link(routed, wait=self.xnode is not None)
+            if cause == PENDING:   # at another node, maybe: asked of Redis, the caller hears ring-back meanwhile
+                until = waiting[2] if waiting is not None else now + FORWARD_LOCATE_MS
+                if now < until:
+                    self.forwards_waiting[call] = (routed, reason, until)
+                    return None
+                self.stats.count("location: not answered in time")
+                target, cause = None, wire.CAUSE_UNREACHABLE
             group = self.directory.group(routed) if cause == wire.CAUSE_UNKNOWN_EXTENSION else None
         if group is not None and group["strategy"] in ("ring-all", "hunt"):   # a group is a forward target too
             self.log.info("call-forwarded", call=call.uid, called=call.callee, to=routed, reason=reason)
@@ -1076,6 +1098,11 @@ class MainHost(HostCore):
         pump = self.pump or _no_pump   # the relay table relays what waits between the steps (core.pump)
         if self.xnode is not None:
             self.xnode.tick(now)
+        for call, (number, reason, _until) in list(self.forwards_waiting.items()):
+            if call.released or call.b is not None:   # the caller hung up meanwhile
+                del self.forwards_waiting[call]
+            else:
+                self._forward(call, number, reason, now)
         self.play_music_on_hold(now)
         pump()
         self.voicemail.tick(now)
@@ -1126,6 +1153,8 @@ class MainHost(HostCore):
                 self.peers.forget_keys()   # secrets may have changed: derive handshake keys afresh
             if self._sysinfo_version is not None and version != self._sysinfo_version:
                 for link in list(self.links.values()):
+                    if link.kind == "node":  # another node's trunk login: it has the directory (and drops a SYSINFO)
+                        continue
                     if link.kind == "host":  # the directory may have changed too: new phones' secrets
                         site = self.directory.remote_host(link.name).site
                         self._send_blob(link, wire.DIRECTORY, 0, encode(self._site_directory(site)), now)

@@ -151,6 +151,8 @@ class Call:
         self.moh_last = [None, None]  # the last music-on-hold timestamp towards a, b, until voice follows
         self.conference = None      # host.conference.Conference this call's legs are parties of, else None
         self.linked = None          # a call joined by a transfer: the uid of the call it continues (host/lines.py)
+        self.recorded_as = None     # a cluster node's half of another node's call: the uid that node records it
+                                    # under (host/main_host.py _setup_from_node), else None
         self.recall = None          # a blind transfer ringing: (link to ring back, its number, new party, due, period)
         self.mixed_at_main = False  # a site's call whose conference the main host mixes (host/conference.py)
         self.group = None           # host.groups.GroupCall while a group call rings (a page: while it lasts)

@@ -17,8 +17,8 @@ from upbx.common import cluster, wire
 from upbx.common.session import handshake_key, seal_handshake
 from upbx.tools.lab import write_noise_wav
 from upbx.tools.netlab_exchange import talk
-from tests.clusterkit import (assert_audio_arrived, engines, hang_up_and_compare, netlab_cluster,  # noqa: F401
-                              own_engines, start_call, wait_audio_flows)
+from tests.clusterkit import (TAIL_FRAMES, Call, assert_audio_arrived, engines, frames,  # noqa: F401
+                              hang_up_and_compare, netlab_cluster, own_engines, start_call, wait_audio_flows)
 from tests.support import micropython_binary
 
 cluster_lab = pytest.importorskip("upbx.tools.cluster_lab")
@@ -211,6 +211,110 @@ def test_phone_straight_at_one_node_and_site_at_the_other(lab, engines):
         phone.wait(30)
     finally:
         r.close()
+
+
+def _noisy_phone(lab, number, tag, *args):
+    """A firmware phone sending its own noise (seeded by its number), recording what it hears and what it
+    sends (tests/clusterkit.py's records); quits after its first call."""
+    wav = lab.path(number + ".wav")
+    write_noise_wav(wav, 60, int(number))
+    rx, tx = lab.path("%s-%s.rx.g711" % (tag, number)), lab.path("%s-%s.tx.g711" % (tag, number))
+    proc = lab.phone(number, "--send", wav, "--record-g711", rx, "--record-sent-g711", tx, "--exit-after-call",
+                     "--exit-after", "120", *args, tag="%s-%s" % (tag, number))
+    lab.wait_registered(number, timeout=60)
+    return proc, rx, tx
+
+
+def _sites_current(lab, versions):
+    """Wait until each site's remote host has a newer system information than `versions` ({site: version})."""
+    lab.wait_for(lambda: all(lab.status("site-" + s)["sysinfo_version"] > v for s, v in versions.items()),
+                 "the remote hosts have the new directory", timeout=60)
+
+
+def test_a_group_call_at_one_node_rings_its_members_at_both_nodes_first_to_answer_wins(lab, engines):
+    versions = {s: lab.status("site-" + s)["sysinfo_version"] for s in ("a", "b")}
+    lab.admin("group", "add", "600", "--members", "102,201", "--strategy", "ring-all")
+    _sites_current(lab, versions)
+    before = len(_records(engines))
+    setups = lab.status("n2")["stats"]["counters"].get("msg SETUP", 0)
+    procs, records, sent = {}, {}, {}
+    # 102 (site a, at n1 as the caller) rings and does not answer; 201 (site b, at n2) answers
+    for number, args in (("201", ["--answer"]), ("102", []), ("101", ["--call", "600", "--call-after", "0.5"])):
+        procs[number], records[number], sent[number] = _noisy_phone(lab, number, "g600", *args)
+    talkers = ("101", "201")
+    call = Call("101", "201", "g600", {n: procs[n] for n in talkers}, {n: records[n] for n in talkers}, sent)
+    wait_audio_flows(lab, call, "101 and 201 talk across the nodes")
+    procs["102"].wait(60)
+    assert lab.summary("g600-102")["calls"][0]["cause"] == "answered elsewhere", lab.summary("g600-102")
+    hang_up_and_compare(lab, call)
+    assert frames(records["102"]) == 0                     # 102 heard nothing of it
+    assert lab.status("n2")["stats"]["counters"].get("msg SETUP", 0) > setups   # 201 rang over n1's trunk to n2
+    for node in lab.nodes:
+        assert lab.status(node)["calls"] == []
+    # the call's record, once, by the group call's node: the member that answered is the callee
+    lab.wait_for(lambda: len(_records(engines)) > before, "the group call's record", timeout=30)
+    assert [row[:2] for row in _records(engines)[before:]] == [("101", "201")]
+
+
+def test_a_blind_transfer_to_a_site_at_another_node_is_routed_there_and_both_talk(lab, engines):
+    from upbx.tools.lab import read_g711_record, wav_frames_g711
+    before = len(_records(engines))
+    n2_before = lab.status("n2")["stats"]
+    procs, records, sent = {}, {}, {}
+    for number, args in (("201", ["--answer"]), ("101", ["--answer"]),
+                         ("301", ["--call", "101", "--call-after", "0.5"])):
+        procs[number], records[number], sent[number] = _noisy_phone(lab, number, "bt", *args)
+    # 301 (straight at n1) calls 101 (site a, at n1); 101 transfers it blind to 201 (site b, at n2)
+    lab.wait_for(lambda: frames(records["101"]) >= 50, "301 and 101 talk", timeout=60)
+    procs["101"].stdin.write(b"!transfer 201\n")
+    procs["101"].stdin.flush()
+    procs["101"].wait(60)
+    assert [c["cause"] for c in lab.summary("bt-101")["calls"]][:1] == ["transferred"], lab.summary("bt-101")
+    talkers = ("301", "201")
+    call = Call("301", "201", "bt", {n: procs[n] for n in talkers}, {n: records[n] for n in talkers}, sent)
+    wait_audio_flows(lab, call, "301 and 201 talk across the nodes")
+    procs["301"].stdin.write(b"!hangup\n")
+    procs["301"].stdin.flush()
+    for number in ("301", "201"):
+        procs[number].wait(60)
+        assert lab.summary("bt-" + number)["calls"][0]["cause"] == "normal clearing", lab.summary("bt-" + number)
+    # 201 heard 301 alone, in order, from the first of 301's frames it got to 301's hang-up (a few in flight)
+    noise = {n: {frame: i for i, frame in enumerate(wav_frames_g711(lab.path(n + ".wav")))}
+             for n in ("101", "201", "301")}
+    at_201 = [noise["301"].get(p) for _ts, p in read_g711_record(records["201"])]
+    assert at_201 and None not in at_201 and at_201 == sorted(set(at_201)), at_201[:5]
+    sent_301 = [noise["301"][p] for _ts, p in read_g711_record(sent["301"])]
+    assert len(at_201) >= 0.95 * (len(sent_301) - sent_301.index(at_201[0])) - 5, (len(at_201), len(sent_301))
+    # 301 heard 101, then (music while 201 rang), then 201 alone, in order, until it hung up
+    at_301 = [p for _ts, p in read_g711_record(records["301"])]
+    first_201 = next(i for i, p in enumerate(at_301) if p in noise["201"])
+    before_201 = [noise["101"][p] for p in at_301[:first_201] if p in noise["101"]]
+    assert len(before_201) >= 50 and before_201 == sorted(set(before_201))
+    after = [noise["201"].get(p) for p in at_301[first_201:]]
+    sent_201 = [noise["201"][p] for _ts, p in read_g711_record(sent["201"])]
+    assert None not in after and after == sorted(set(after)) and after[0] == sent_201[0], (after[:3], sent_201[:3])
+    assert len(after) >= 0.95 * len(sent_201) - TAIL_FRAMES, (len(after), len(sent_201))   # its tail after 301 left
+    # the new party was told who it talks to (PARTY, across the nodes)
+    with open(lab.path("phone-bt-201.log")) as f:
+        assert "now talking to 301" in f.read()
+    n2 = lab.status("n2")["stats"]
+    assert n2["counters"].get("msg PARTY", 0) > n2_before["counters"].get("msg PARTY", 0), n2
+    assert n2["drops"].get("unexpected message from a node") == n2_before["drops"].get("unexpected message from a node")
+    for node in lab.nodes:
+        assert lab.status(node)["calls"] == []
+    # n1 joined and recorded every call of it, once, each linked to the first
+    lab.wait_for(lambda: len(_records(engines)) >= before + 3, "the transfer's records", timeout=30)
+    rows = _linked_records(engines)[before:]
+    first = next(uid for uid, caller, callee, _c, _l in rows if (caller, callee) == ("301", "101"))
+    assert sorted(r[1:] for r in rows) == sorted([("301", "101", "transferred", None),
+                                                  ("101", "201", "transferred", first),
+                                                  ("301", "201", "normal clearing", first)]), rows
+
+
+def _linked_records(engines):
+    import psycopg
+    with psycopg.connect(engines.postgres_dsn) as db:
+        return db.execute("SELECT uid, caller, callee, cause, linked FROM call_records ORDER BY id").fetchall()
 
 
 def test_forged_node_to_node_datagrams_are_dropped_and_counted(lab, engines):

@@ -39,10 +39,6 @@ from upbx.host.switch import Link
 PREFIX = "@"                    # identities of nodes: "@ID" (a directory name starts with a letter or digit)
 KEEPALIVE_MS = 500              # PING on an idle trunk session
 DEAD_MS = 1500                  # nothing new heard for KEEPALIVE_MS + DEAD_MS: the other node is lost
-# what a node link carries: call signalling (with B2's between two nodes' sites: host/cluster/direct.py),
-# nothing of a site's or a phone's own
-MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PING,
-                      wire.ACK, wire.PUNCH_OFFER, wire.PUNCH_RESULT, wire.MEDIA_PEER))
 
 LOCATION_KEY = "upbx:loc:%s:%s"  # kind ("host" or "phone"), name -> node id
 LOCATION_TTL_S = 30              # a key lives this long after its last write
@@ -452,8 +448,9 @@ class NodeTrunks:
                 self.core.stats.count("location: node trunk not up")
                 return None, wire.CAUSE_UNREACHABLE
             return link, None
-        self.asked.add(identity)
-        self._wake()
+        if identity not in self.asked:   # asked once: a group call asks again each tick until Redis answers
+            self.asked.add(identity)
+            self._wake()
         if wait:
             return None, PENDING
         return (here, None) if here is not None else (None, wire.CAUSE_UNREACHABLE)
