@@ -3,6 +3,7 @@
 No timing assertions: speed targets are measured by the benchmarks, not by timed tests.
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -197,6 +198,9 @@ def test_bench_quick_json_has_every_key_with_sane_values():
     late = relay["latency_generator_late_ms"]
     assert relay["latency_generator_late_max_ms"] >= late["99"] >= late["50"] >= 0
     assert len(relay["latency_relay_gc_collections"]) == 3 and min(relay["latency_relay_gc_collections"]) >= 0
+    # the hypervisor's share of each CPU in the run (/proc/stat's steal): one entry per CPU, a fraction
+    assert set(relay["latency_steal"]) == {str(cpu) for cpu in range(os.cpu_count())}
+    assert all(0 <= share <= 1 for share in relay["latency_steal"].values())
     assert r["registrations_per_s"] > 0
     assert 0 < r["bytes_per_registered_phone"] < 10 ** 7
     assert r["registrations"]["phones"] > 0

@@ -70,6 +70,20 @@ def waited_seconds(pids):
     return total / 1e9
 
 
+def steal_seconds():
+    """{cpu number: seconds} the hypervisor ran something else on each virtual CPU (/proc/stat's steal column):
+    time in which a process the guest counts as running does not run. A relay stopped that way holds every
+    datagram queued at its socket (docs/benchmarks.md, Session 10: 9-10 % of each CPU in a quiet run here)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    steal = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0].startswith("cpu") and fields[0] != "cpu" and len(fields) > 8:
+                steal[int(fields[0][3:])] = int(fields[8]) / ticks
+    return steal
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -1360,9 +1374,12 @@ def _hop_latency(calls, quick):
             base50, base99 = loopback_baseline(500 if quick else 2000)
             run_trunk_load(pair, pair.calls[:calls], 0.4, 1472)   # warm-up: the calls delegated to the table
             before = main.status()                               # the table's residence counts from here
-            wait0, t0 = main.waited_seconds(), time.monotonic()
+            wait0, steal0, t0 = main.waited_seconds(), steal_seconds(), time.monotonic()
             r = run_trunk_load(pair, pair.calls[:calls], seconds, 1472, latency=True)
-            waited = (main.waited_seconds() - wait0) / (time.monotonic() - t0)
+            span = time.monotonic() - t0
+            waited = (main.waited_seconds() - wait0) / span
+            steal1 = steal_seconds()
+            stolen = {str(cpu): round((steal1[cpu] - steal0.get(cpu, 0.0)) / span, 4) for cpu in sorted(steal1)}
             status = main.status()
             lat = r["latency"]
             late = sorted(behind for _t, behind in r["sends"])
@@ -1406,6 +1423,8 @@ def _hop_latency(calls, quick):
         "latency_sync_cpu_us_mean": status.get("sync_us_mean"),
         "latency_pump_cpu_us_mean": status.get("pump_cpu_us_mean"),
         "latency_relay_waited": round(waited, 4),
+        # the share of the run each virtual CPU was taken by the hypervisor (steal): the relay is pinned to CPU 0
+        "latency_steal": stolen,
         # how late the generator sent against its schedule (evenly spread over each tick): a generator that
         # fell behind sends what is due back to back, and the relay queues that burst (docs/benchmarks.md, Session 9)
         "latency_generator_late_ms": {str(p): ms(percentile(late, p)) for p in (50, 99)} if late else None,
