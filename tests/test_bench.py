@@ -236,6 +236,9 @@ def test_bench_handset_quick_reports_consistent_figures():
     r = top["handset"]
     assert top["esp32_ms_per_tick_p50"] == r["esp32_ms_per_tick_p50"] > 0
     assert top["esp32_ms_worst_tick"] == r["esp32_ms_worst_tick"] > 0
+    # the hypervisor's share of each CPU over the profiled call (/proc/stat's steal)
+    assert set(r["call_steal"]) == {str(cpu) for cpu in range(os.cpu_count())}
+    assert all(0 <= share <= 1 for share in r["call_steal"].values())
     cal = r["calibration"]
     assert cal["benchmarks"] and set(cal["scores"]) == set(cal["benchmarks"])
     ratios = []

@@ -29,7 +29,9 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import time
 
+from upbx.tools.bench_net import steal_seconds
 from upbx.tools.impair import Impairment, Relay
 from upbx.tools.lab import LoopbackExchange, upbx, write_noise_wav
 
@@ -758,7 +760,9 @@ def bench_handset(quick=False, binary=None, instructions=False):
     cal = calibration(binary, repeats=9 if quick else 25, processes=3 if quick else 7, realtime=realtime,
                       samples=30 if quick else 150, burst_processes=1 if quick else 3)
     cold = cold_start(binary, 60 if quick else 300, realtime)
+    steal0, started = steal_seconds(), time.monotonic()
     summary = profiled_call(binary, seconds, loss, heapsize)
+    steal1, span = steal_seconds(), time.monotonic() - started
     profile = summary.get("profile")
     if not profile or not profile["ticks"]:
         raise RuntimeError("the profiled handset recorded no call ticks: %s" % json.dumps(summary)[:2000])
@@ -781,6 +785,9 @@ def bench_handset(quick=False, binary=None, instructions=False):
                 "instead; *_host_io_scaled: everything scaled, the system calls too",
         "cases": cases, "calibration": cal, "cold_start": cold, "targets_ms": TARGETS_MS,
         "warm": warm_run,
+        # the share of the profiled call each virtual CPU was taken by the hypervisor (/proc/stat's steal): time
+        # the guest charges to the thread on that CPU, so it is in the ticks' wall and CPU figures alike
+        "call_steal": {str(cpu): round((steal1[cpu] - steal0.get(cpu, 0.0)) / span, 4) for cpu in sorted(steal1)},
     }
     result.update(overall)
     # a sensitivity, not the estimate: without the host's system calls and without one wake-up's cache
