@@ -82,19 +82,28 @@ def free_ports(count):
     session 10). Another program (another run beside this one) may still take one: the host passes
     over a port it cannot open (docs/sip.md, "RTP ports")."""
     ports = _worker_ports()
-    for _ in range(1000):
-        if ports is None:
+    if ports is None:
+        for _ in range(1000):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind(("127.0.0.1", 0))
                 first = s.getsockname()[1] // 2 * 2
-        else:
-            if len(_issued) >= len(ports) - 100 - count:
-                _issued.clear()
-            first = random.randrange(ports[0], ports[-1] - count + 2) // 2 * 2
-        block = range(first, first + count)
-        if not any(port in _issued for port in block) and all(_udp_free(port) for port in block):
-            _issued.update(block)
-            return first
+            if all(_udp_free(port) for port in range(first, first + count)):
+                return first
+        raise RuntimeError("no %d free consecutive ports" % count)
+    # the worker's slice, scanned from a random even port for the first run of count ports neither issued nor
+    # bound: single ports issued at random (_free) leave few such runs late in a long run, where a random pick
+    # of a run would all but never find one; with none left, the slice starts again (its first ports are long
+    # closed), as _free does
+    firsts = range(ports[0] + ports[0] % 2, ports[-1] - count + 2, 2)
+    for _again in (False, True):
+        offset = random.randrange(len(firsts))
+        for i in range(len(firsts)):
+            first = firsts[(offset + i) % len(firsts)]
+            block = range(first, first + count)
+            if not any(port in _issued for port in block) and all(_udp_free(port) for port in block):
+                _issued.update(block)
+                return first
+        _issued.clear()
     raise RuntimeError("no %d free consecutive ports" % count)
 
 
