@@ -623,9 +623,19 @@ class App:
             self.heap_live_peak = live
 
     def finish(self):
-        """Log out, write the summary, close the devices (firmware/commands.py); a no-op when done."""
+        """Log out, write the summary, close the devices (firmware/commands.py); a no-op when done. On a
+        heap with no room for that code (a full `.mpy` handset's), the run being over, the concealer's
+        history and a download go first: a MemoryError here reset the handset with no summary written."""
         if not self.running and self.started is None:
             return  # already finished
+        try:
+            commands = rarely("firmware.commands")
+        except MemoryError:
+            self.pipeline.concealer = None
+            if self.ota is not None:
+                self.ota.stop()
+            gc.collect()
+            commands = rarely("firmware.commands")
         self.running = False
         self.started = None
-        rarely("firmware.commands").finish(self)
+        commands.finish(self)

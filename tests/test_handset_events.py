@@ -101,3 +101,49 @@ def test_a_key_that_finds_no_room_for_its_module_is_lost_and_counted_not_a_reset
     assert found["keys_lost"] == "1", out
     assert found["digits"] == "C", out          # the lost key changed nothing
     assert found["after"] == "C7 ['firmware.lines', 'firmware.lines']", out
+
+
+FINISH_SCRIPT = PRELUDE + r'''
+from firmware.hal.faults import _fill
+import firmware.app
+loaded = []
+real_rarely = firmware.app.rarely
+def watched(name):
+    loaded.append(name)
+    return real_rarely(name)
+firmware.app.rarely = watched
+app.script["summary"] = sys.argv[1] + "/../finish-summary.json"
+app.running = True        # as App.run leaves it until `!quit` or the script's end
+app.started = 0
+outcome = ballast = None   # bound now: storing a new global may need the heap
+gc.collect()
+ballast = _fill(600)       # room for app.py's own code, none for firmware/commands.py's
+try:
+    app.finish()
+    outcome = "finished"
+except MemoryError:
+    outcome = "raised"
+print("RESULT outcome", outcome)
+print("RESULT loaded", loaded)
+print("RESULT concealer", app.pipeline.concealer)
+ballast = None
+gc.collect()
+import json
+with open(app.script["summary"]) as f:
+    summary = json.load(f)
+print("RESULT summary", summary["extension"], summary["frames_sent"], sorted(summary["jitter"])[:2])
+'''
+
+
+def test_a_handset_that_stops_on_a_full_heap_still_writes_its_summary(tmp_path, unix32_plain):
+    """`!quit` (or the script's end) on a heap too full for firmware/commands.py's code, which ends the run
+    (log out, close the call's record, write the summary): before, the MemoryError loading it went to the
+    crash handler, which reset the handset with no summary written (a clean-clone CI run's test_survival,
+    "full-101 wrote no summary"). The run being over, the concealer's history (~3.5 KB on this build, more
+    than that code) goes first, then the code loads."""
+    tree = compiled_tree(binary_march(unix32_plain))
+    found, out = run_app_script(tmp_path / "finish.py", FINISH_SCRIPT, unix32_plain, tree=tree, heap="100K")
+    assert found["outcome"] == "finished", out
+    assert found["loaded"] == "['firmware.commands', 'firmware.commands']", out   # no room, then room
+    assert found["concealer"] == "None", out
+    assert found["summary"] == "101 0 ['bad_size', 'concealed']", out   # the jitter's counters too
