@@ -357,3 +357,28 @@ def test_bench_handset_instruction_counts_are_the_same_however_busy_the_machine(
         assert abs(b["esp32_ns_per_instruction"] - 1000 * b["esp32_us_per_run"] / b["instructions_per_run"]) < 0.001
     assert (cal["esp32_ns_per_instruction_min"] <= cal["esp32_ns_per_instruction"]
             <= cal["esp32_ns_per_instruction_max"])
+
+
+def test_the_latency_run_matches_every_frame_that_came_back_with_the_send_that_carried_it():
+    """The hop latency's generator keeps what it reads while it sends and matches it after its last send
+    (tools/bench_net.py run_trunk_load; docs/benchmarks.md, Session 11): every frame of the run that came back
+    has a latency, from the send of the datagram that carried it (never before it), and the counts of
+    what came back are the same as when it parsed as it went."""
+    calls = 20
+    main = bench_net.MainUnderTest({"a": ["1%05d" % i for i in range(calls)],
+                                    "b": ["2%05d" % i for i in range(calls)]}, trunk_mtu=1472)
+    try:
+        pair = bench_net.TrunkPair(main, calls)
+        try:
+            r = bench_net.run_trunk_load(pair, pair.calls, 1.0, 1472, latency=True)
+        finally:
+            pair.close()
+    finally:
+        main.close()
+    assert r["sent"] == r["ticks"] * calls * 2 and r["received"] >= 0.99 * r["sent"], r["lost"]
+    assert r["rx"][pair.a][2] + r["rx"][pair.b][2] == r["received"]
+    assert len(r["latency"]) == len(r["frames"]) == r["received"]   # each frame matched to its send
+    assert all(0 < lat < 5 for lat in r["latency"])   # after its send; 5 s only bounds a mismatch by whole runs
+    per = -(-calls // 8)   # datagrams a tick, each way
+    assert len(r["sends"]) == 2 * per * r["ticks"]
+    assert all(0 <= index < len(r["sends"]) for index, _lat in r["frames"])

@@ -463,6 +463,16 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
                     lat.append(t - at[0])
                     frames.append((at[1], t - at[0]))
 
+    # latency: while it sends, the generator only keeps what it reads (and when) and when it sent each datagram;
+    # the entries are parsed and matched after its last send. Parsing and matching as it went cost it ~1 us of
+    # Python per entry, 200,000 entries a second at 2,005 calls, and with its sends that was nearly a CPU: it
+    # fell behind its schedule (10-200 ms, `latency_generator_late_ms`, even on a quiet machine) and then sent
+    # what was due back to back, a burst the relay queued (docs/benchmarks.md, Session 11)
+    kept = []
+
+    def keep(client, data, t):
+        kept.append((client, data, t))
+
     mains = {pair.a.main[1], pair.b.main[1]}
     own = {c.sock.getsockname()[1] for c in (pair.a, pair.b)}
     # the generator must not pause: a full collection of its plan (a tracked tuple a datagram; 2,005 calls x 200
@@ -493,22 +503,31 @@ def run_trunk_load(pair, calls, seconds, mtu, latency=False, quiet_s=0.3, longes
                     wait = due - t
                     if wait <= 0:
                         break
-                    _drain(poller, by_fd, on_media, min(wait, 0.005), pair, latency)
+                    _drain(poller, by_fd, keep if latency else on_media, min(wait, 0.005), pair, latency)
                 behind = t - due
                 t = time.time()   # the wall clock: the kernel's receive stamps are on it
                 client.sock.sendto(data, client.main)   # each site to its own node (a cluster's pair: two)
                 if latency:
-                    to_a = client is pair.b
-                    sent_as = (t, len(sends))
                     sends.append((t, behind))
-                    for i in indices:
-                        send_at[(to_a, ts16, i)] = sent_as
             if k - per_tick_signal >= 50:
                 per_tick_signal = k
                 now = _now_ms()
                 pair.a.poll(now)
                 pair.b.poll(now)
         done = time.monotonic()
+        if latency:   # what each datagram sent carried, then what came back while sending
+            n = 0
+            for k, datagrams in enumerate(plan):
+                ts16 = (ts0 + 20 * k) & 0xFFFF
+                for client, _data, indices in datagrams:
+                    to_a = client is pair.b
+                    sent_as = (sends[n][0], n)
+                    n += 1
+                    for i in indices:
+                        send_at[(to_a, ts16, i)] = sent_as
+            for client, data, t in kept:
+                on_media(client, data, t)
+            del kept[:]
         at_send_end = received[0]
         last_mine[0] = done
         while True:
