@@ -44,12 +44,11 @@ def note_share(path, notes=NOTES_HZ):
 def held_alaw_phone(lab, seconds, holder_no="101", held_no="301"):
     """holder (mu-law, 1000 Hz) calls held (A-law, 1400 Hz), holds it 3 s and resumes: held's speaker
     plays holder, the music's notes, holder; holder's plays held (nothing while it holds)."""
-    from upbx.tools.demo_features import hold_and_resume
+    from upbx.tools.demo_features import HOLD_LABELS, after_ringback, hold_and_resume
     held, holder, connected, held_ok, resumed, ended = hold_and_resume(lab, holder_no, held_no, seconds,
                                                                         "alaw-hold", ALAW)
-    labels = {"holder": (1000,), "held party": (1400,), "music": NOTES_HZ}
-    held_heard = _inner(frequencies_heard(held.wav, labels))
-    holder_heard = _inner(frequencies_heard(holder.wav, labels))
+    held_heard = _inner(frequencies_heard(held.wav, HOLD_LABELS))
+    holder_heard = _inner(after_ringback(frequencies_heard(holder.wav, HOLD_LABELS)))
     share = note_share(held.wav, NOTES_HZ + (1000,))
     ok = (connected and held_ok and resumed and ended and held_heard == ["holder", "music", "holder"]
           and holder_heard == ["held party"] and share > 0.97)   # unconverted: 0.89 (docs/features.md)
