@@ -1226,7 +1226,10 @@ def _upbx_shape(mtu, quick, window_s, workers=1, first=None):
     """(calls, steps) of the main host relaying trunked calls with trunk_mtu = mtu: with workers = 1
     pinned to CPU 0 (calls per core), else with that many workers where the kernel puts them
     (calls per machine; a step passes below 95 % of `workers` cores)."""
-    limit = 120 if quick else 16000   # above any machine yet (5,610 passed on an AMD EPYC core at 6,000)
+    # above any machine yet (5,610 passed on an AMD EPYC core at 6,000); the sites have this many
+    # extensions, and a site's directory copy at login is one channel message per ~2.7 of them: more than
+    # ~11,000 fill the 4,096 a channel queues and the login fails (docs/benchmarks.md)
+    limit = 120 if quick else 10000
     main = MainUnderTest({"a": ["1%05d" % i for i in range(limit)], "b": ["2%05d" % i for i in range(limit)]},
                          trunk_mtu=mtu, cpu=0 if workers == 1 else None, workers=workers)
     try:
