@@ -11,7 +11,7 @@ import pytest
 
 from upbx.common import lines, wire
 from upbx.host.cluster import trunk
-from tests.inprocess import MAIN
+from tests.inprocess import MAIN, flush_host
 from tests.test_cluster_xgroup import TwoNodes, _act, _answer, _in_order, _listen, _parties
 
 
@@ -23,7 +23,6 @@ class LosableNodes(TwoNodes):
             return TwoNodes.tick(self, until)
         done = super(TwoNodes, self).tick(until)   # World's tick: phones, hosts, delivery
         self.locations.serve(1, self.n1.xnode, self.net.now)
-        from tests.inprocess import flush_host
         flush_host(self.net, self.n1)
         self.settle()
         return done
