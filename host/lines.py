@@ -121,7 +121,14 @@ def transfer(host, link, ies, now):
             call.recall = (link, back, new, now + recall_ms, recall_ms)
     _paths(host, call, was_local, now)
     for leg, number in ((y1, new), (y2, stays)):
-        send_on_leg(leg, wire.PARTY, {wire.IE_CALLING: number, wire.IE_CALLING_NAME: _name(host, number)[:63]}, now)
+        ies = {wire.IE_CALLING: number, wire.IE_CALLING_NAME: _name(host, number)[:63]}
+        if leg is y2 and leg.link.kind == "node" and elsewhere[0]:
+            # the joined call is recorded by the held call's caller's node (we record neither, above), which
+            # keeps its call whatever becomes of us: the new party's node must not record its half of our
+            # consultation even if we are lost (it did, a second time, when it was that same node). The uid:
+            # the held call's record there, which the joined call's is linked to
+            ies[wire.IE_CALL_ID] = bytes.fromhex(c1.recorded_as)
+        send_on_leg(leg, wire.PARTY, ies, now)
     host.log.info("call-transferred", call=call.uid, linked=call.linked, by=link.name, stays=stays, to=new,
                   answered=y2.state == CONNECTED, path=call.path)
     return True
@@ -205,6 +212,8 @@ def party(host, link, ies, now):
         host.stats.drop("bad party")
         return
     call = leg.call
+    if link.kind == "node" and wire.IE_CALL_ID in ies and leg is call.a:
+        call.recorded_elsewhere = True   # joined at that node into a call another node records (transfer above)
     _relabel(host, call, leg, number, now)
     other = other_leg(leg)
     if other is not None:

@@ -905,8 +905,10 @@ class MainHost(HostCore):
                 self.xdirect.media_peers(call, now)
 
     def on_call_ended(self, call, cause, now):
-        if call.a is not None and call.a.link.kind == "node" and call.a.link.up:
-            return   # another node's call: recorded there, once (here only when that node was lost)
+        if call.a is not None and call.a.link.kind == "node" and (call.a.link.up or call.recorded_elsewhere):
+            # another node's call: recorded there, once (here only when that node was lost, unless that node
+            # had joined it by a transfer into a call from another node, which records it: host/lines.py)
+            return
         self.directory.add_call_record(call_record(call, MAIN_ORIGIN, cause, now, self.wall_ms(now)))
 
     # B2: hole punching between remote hosts

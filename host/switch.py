@@ -153,6 +153,9 @@ class Call:
         self.linked = None          # a call joined by a transfer: the uid of the call it continues (host/lines.py)
         self.recorded_as = None     # a cluster node's half of another node's call: the uid that node records it
                                     # under (host/main_host.py _setup_from_node), else None
+        self.recorded_elsewhere = False  # such a half joined by a transfer at that node into a call from another
+                                         # node, which records it (PARTY with call_id, host/lines.py): never
+                                         # recorded here, not even when that node is lost (docs/cluster.md)
         self.recall = None          # a blind transfer ringing: (link to ring back, its number, new party, due, period)
         self.mixed_at_main = False  # a site's call whose conference the main host mixes (host/conference.py)
         self.group = None           # host.groups.GroupCall while a group call rings (a page: while it lasts)

@@ -1,0 +1,144 @@
+"""A call joined by a transfer at node X, through X's loss (issue 16; docs/cluster.md "Calls between nodes",
+"Groups, transfers and forwards across nodes").
+
+tests/test_cluster_xgroup.py's two nodes on the real host cores in one process: node 2 (X: phones 301 and
+302, site a) and node 1 (Y: site b's 201 and 202, phone 303), a real trunk login between them. Node 2 is
+then lost as a node killed -9 is (tests/inprocess.py `stop_main`): nothing more reaches it and it sends
+nothing; node 1 notices by its trunk's silence (host/cluster/trunk.py DEAD_MS), as on real nodes.
+What is asserted is what the phones that talk get (frames, causes) and what node 1 keeps.
+"""
+import pytest
+
+from upbx.common import lines, wire
+from upbx.host.cluster import trunk
+from tests.inprocess import MAIN, flush_host
+from tests.test_cluster_xgroup import TwoNodes, _act, _answer, _in_order, _listen, _parties
+
+
+class LosableNodes(TwoNodes):
+    """TwoNodes whose node 2 (World's main host) can be lost."""
+
+    def tick(self, until=None):
+        if self.main is not None:
+            return TwoNodes.tick(self, until)
+        done = super(TwoNodes, self).tick(until)   # World's tick: phones, hosts, delivery
+        self.locations.serve(1, self.n1.xnode, self.net.now)
+        flush_host(self.net, self.n1)
+        self.settle()
+        return done
+
+    def lose_node_2(self):
+        """Node 2 dies at once (kill -9): its address answers nothing, it runs no timer."""
+        self.stop_main()
+        assert MAIN not in self.net.endpoints
+
+
+@pytest.fixture
+def world(tmp_path):
+    world = LosableNodes(tmp_path)
+    try:
+        for i, number in enumerate(("101", "102", "201", "202", "301", "302"), 1):
+            world.add_phone(number, i, dead_ms=2000)   # the firmware's liveness limit
+        world.add_phone_at("303", 7, 1)
+        world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 5000, "registered")
+        world.run_until(lambda: len(world.locations.keys) == 5, 2000, "location keys")
+        yield world
+    finally:
+        world.close()
+
+
+def _node_1_empty(world):
+    n1 = world.n1
+    return n1.status()["calls"] == [] and not n1.switch.legs and not n1.xnode.held
+
+
+def test_a_call_from_node_1_turned_at_node_2_back_to_node_1_ends_main_host_lost_when_node_2_is_lost(world):
+    p = world.phones
+    world.call("201", "301")                       # site b (node 1) calls 301 (node 2)
+    _act(world, "301", lambda ph, now: lines.consult(ph, "303", now, True))   # blind to 303, at node 1 again
+    _answer(world, "303")
+    world.run_until(lambda: p["201"].connected and p["303"].connected and p["301"].idle, 1000, "201 and 303 talk")
+    assert _parties(p["201"]) == ["303"]
+    _listen(world, 600)
+    _in_order(p["303"], p["201"], 20)
+    _in_order(p["201"], p["303"], 20)
+    # the media runs node 1 -> node 2 -> node 1: two calls at node 1, each with a leg on a trunk to node 2
+    assert len(world.n1.status()["calls"]) == 2
+    assert [(c["caller"], c["callee"]) for c in world.main.status()["calls"]] == [("201", "303")]
+    records_before = world.n1.directory.call_records()
+    first = next(r.uid for r in records_before if (r.caller, r.callee) == ("201", "301"))
+    assert sorted((r.caller, r.callee, r.cause, r.linked) for r in records_before) == sorted([
+        ("201", "301", "transferred", None), ("301", "303", "transferred", first)])
+
+    world.lose_node_2()
+    lost = world.net.now
+    # node 1 sees its trunk go silent and holds both answered halves for the lost node's successor
+    world.run_until(lambda: len(world.n1.xnode.held) == 2, trunk.KEEPALIVE_MS + trunk.DEAD_MS + 1000,
+                    "node 1 holds both halves")
+    for end in p.values():
+        end.sent, end.received = [], []
+    # nobody takes node 2's joined call over: its two legs are both node 1's own trunks (no client of it
+    # switches to a standby), so the two phones hear nothing through the hold, then the call ends with
+    # cause 18 "main host lost" at each, from node 1
+    took = world.run_until(lambda: p["201"].idle and p["303"].idle, trunk.HOLD_MS + trunk.DEAD_MS + 2000,
+                           "both calls end")
+    assert world.net.now - lost >= trunk.HOLD_MS and took <= trunk.HOLD_MS + 500
+    assert p["201"].causes()[-1] == wire.CAUSE_MAIN_LOST == p["303"].causes()[-1]
+    assert not p["201"].received and not p["303"].received   # silence through the hold, nothing foreign
+    # nothing left at node 1, and it counts the two halves lost
+    assert _node_1_empty(world)
+    assert world.n1.stats.counters["node trunk: calls lost"] == 2 and world.n1.xnode.lost == 2
+    # the joined call recorded once, by node 1 (its caller's node) from its call with 201, linked to the first;
+    # node 1's half of node 2's consultation (relabelled 201 -> 303 by node 2's PARTY) is not recorded (it was
+    # recorded a second time, linked to a uid nobody recorded, before node 2's PARTY said whose record it is)
+    new = [r for r in world.n1.directory.call_records() if r.uid not in {o.uid for o in records_before}]
+    assert [(r.origin, r.caller, r.callee, r.cause, r.linked) for r in new] == [
+        ("main", "201", "303", "main host lost", first)]
+    # both phones can call again: 201 calls 303, through node 1 alone
+    world.call("201", "303")
+    _listen(world, 600)
+    _in_order(p["303"], p["201"], 20)
+    _in_order(p["201"], p["303"], 20)
+    world.hangup("201")
+    world.run_until(lambda: _node_1_empty(world) and p["303"].idle, 1000, "no call left")
+    assert not world.net.errors
+
+
+def test_a_call_from_node_1_transferred_at_node_2_to_a_phone_there_ends_at_both_when_node_2_is_lost(world):
+    """The simpler case: the joined call has one leg on the trunk (201's, from node 1) and one to a phone at node 2
+    (302) without a standby session. Node 1 holds its half for node 2's successor; 302's session is gone with its
+    node: its call ends "unreachable" at its own liveness limit, 201's "main host lost" after the hold."""
+    p = world.phones
+    world.call("201", "301")                       # site b (node 1) calls 301 (node 2)
+    _act(world, "301", lambda ph, now: lines.consult(ph, "302", now, True))   # blind to 302, at node 2 too
+    _answer(world, "302")
+    world.run_until(lambda: p["201"].connected and p["302"].connected and p["301"].idle, 1000, "201 and 302 talk")
+    assert _parties(p["201"]) == ["302"]
+    _listen(world, 600)
+    _in_order(p["302"], p["201"], 20)
+    _in_order(p["201"], p["302"], 20)
+    assert len(world.n1.status()["calls"]) == 1
+    records_before = world.n1.directory.call_records()
+    first = next(r.uid for r in records_before if (r.caller, r.callee) == ("201", "301"))
+
+    world.lose_node_2()
+    lost = world.net.now
+    world.run_until(lambda: len(world.n1.xnode.held) == 1, trunk.KEEPALIVE_MS + trunk.DEAD_MS + 1000,
+                    "node 1 holds its half")
+    for end in p.values():
+        end.sent, end.received = [], []
+    took = world.run_until(lambda: p["201"].idle, trunk.HOLD_MS, "201's call ends")
+    assert world.net.now - lost >= trunk.HOLD_MS and took <= trunk.HOLD_MS
+    assert p["201"].causes()[-1] == wire.CAUSE_MAIN_LOST and not p["302"].idle
+    # 302 has no standby session: it notices its node's silence at its session's liveness limit (the node's
+    # keepalive, 20 s, and 2 s) and its call ends "unreachable" then, as any call of a phone at a lost node
+    login = p["302"].phone.login
+    world.run_until(lambda: p["302"].idle, login.keepalive_ms + login.dead_ms + 1000, "302's call ends")
+    assert world.net.now - lost >= login.keepalive_ms and p["302"].causes()[-1] == wire.CAUSE_UNREACHABLE
+    assert not p["201"].received and not p["302"].received
+    assert _node_1_empty(world) and world.n1.stats.counters["node trunk: calls lost"] == 1
+    # node 1 records its call with 201 once, linked to the first (node 2's record of the joined call would
+    # have been written at its end: the joined call's caller side is node 1's)
+    new = [r for r in world.n1.directory.call_records() if r.uid not in {o.uid for o in records_before}]
+    assert [(r.caller, r.callee, r.cause, r.linked) for r in new] == [("201", "302", "main host lost", first)]
+    assert not world.net.errors
