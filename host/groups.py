@@ -33,6 +33,7 @@ or at the one phone named (**N, directed pickup: any phone of the picker's site)
 from upbx.common import wire
 from upbx.common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CALLING, CONNECTED,
                               RELEASE_RECEIVED, RINGBACK, SETUP_RECEIVED)
+from upbx.host.lines import picked_up_party
 from upbx.host.switch import send_on_leg
 
 STRATEGIES = ("ring-all", "hunt", "page", "pickup")
@@ -386,6 +387,7 @@ class GroupCalls:
         picker.apply(ANSWER_SENT)
         picker.number = link.name
         send_on_leg(picker, wire.ANSWER, {}, now)
+        picked_up_party(self.host, call, picker, now)     # who talks to whom now, before the caller's ANSWER
         self.host.log.info("call-picked-up", call=call.uid, rang=rung.link.name, by=link.name)
         if call.group is not None:          # a group's member: the others stop ringing
             call.group.forks.remove(rung)

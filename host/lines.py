@@ -203,9 +203,20 @@ def recall(host, now):
         host.log.info("transfer-recall", call=call.uid, to=back, unanswered=new)
 
 
+def picked_up_party(host, call, picker, now):
+    """A ringing call was picked up (host/groups.py pickup): the picker is told the caller, and the
+    caller's side the picker (PARTY with cause 15, sent before the caller's ANSWER: every host on the
+    way names the picker as the callee of the same call, across nodes too, and its phone shows it)."""
+    send_on_leg(picker, wire.PARTY, {wire.IE_CALLING: call.caller,
+                                     wire.IE_CALLING_NAME: _name(host, call.caller)[:63]}, now)
+    send_on_leg(call.a, wire.PARTY, {wire.IE_CALLING: picker.number, wire.IE_CAUSE: wire.CAUSE_PICKED_UP,
+                                     wire.IE_CALLING_NAME: _name(host, picker.number)[:63]}, now)
+
+
 def party(host, link, ies, now):
     """PARTY from a host along a call: the far end changed; passed on towards its phone. The
-    call's numbers change with it (its record names who talked last); the call goes on."""
+    call's numbers change with it (its record names who talked last); the call goes on. A call
+    picked up further on (cause 15) before it was answered is the same call with another callee."""
     leg = host.switch.leg_for(ies, link)
     number = ies.get(wire.IE_CALLING)
     if leg is None or number is None or link.kind == "phone":
@@ -214,11 +225,19 @@ def party(host, link, ies, now):
     call = leg.call
     if link.kind == "node" and wire.IE_CALL_ID in ies and leg is call.a:
         call.recorded_elsewhere = True   # joined at that node into a call another node records (transfer above)
-    _relabel(host, call, leg, number, now)
+    out = {wire.IE_CALLING: number, wire.IE_CALLING_NAME: ies.get(wire.IE_CALLING_NAME, "")}
+    if ies.get(wire.IE_CAUSE) == wire.CAUSE_PICKED_UP and call.answered_ms is None:
+        out[wire.IE_CAUSE] = wire.CAUSE_PICKED_UP
+        leg.number = number                 # a group's member leg: who answers on it (host/groups.py)
+        if leg is call.a:
+            call.caller = number
+        else:
+            call.callee = number
+    else:
+        _relabel(host, call, leg, number, now)
     other = other_leg(leg)
     if other is not None:
-        send_on_leg(other, wire.PARTY, {wire.IE_CALLING: number,
-                                        wire.IE_CALLING_NAME: ies.get(wire.IE_CALLING_NAME, "")}, now)
+        send_on_leg(other, wire.PARTY, out, now)
 
 
 def _relabel(host, call, leg, number, now):

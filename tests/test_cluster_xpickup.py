@@ -1,0 +1,111 @@
+"""Pickup across two nodes, on the real host cores in one process (issue 16; docs/cluster.md "Groups,
+transfers and forwards across nodes", docs/features.md "Pickup").
+
+The world of tests/test_cluster_xgroup.py: nodes 1 and 2 are two MainHost cores with real NodeTrunks
+and a real trunk login between them, `Locations` playing Redis. Site a's remote host (101, 102) and
+phones 301, 302 (site c) are at node 2; site b's remote host (201, 202) and phone 303 (site c) at node
+1. A call from node 1 ringing a phone at node 2 is that node's half of a cross-node call; the picker's
+host (node 2 for 301, 302; site a's remote host for 101, 102) picks it up as any call ringing there.
+What is asserted is what the phones see (who rings, causes, who they are told they talk to), the voice
+frames that arrive (each names its sender, in order), the records and the nodes' calls.
+"""
+from upbx.common import wire
+from tests.test_cluster_xgroup import (_answer, _dial, _group, _heard, _in_order, _listen, _no_calls, _parties,
+                                       _ringing, world)   # noqa: F401 (the fixture)
+from tests.test_routing import _refused
+
+
+def _talking(world, a, b):
+    """a and b hear each other only, every frame in order."""
+    p = world.phones
+    _listen(world)
+    assert _heard(p[a]) == {b} and _heard(p[b]) == {a}
+    _in_order(p[a], p[b], 20)
+    _in_order(p[b], p[a], 20)
+
+
+def _records(world):
+    return sorted((r.caller, r.callee, r.cause) for r in world.main.directory.call_records())
+
+
+def test_directed_pickup_of_a_call_from_another_node(world):
+    p = world.phones
+    _dial(world, "303", "301")                       # 303 at node 1 calls 301 at node 2
+    world.run_until(lambda: _ringing(world) == {"301"}, 2000, "301 rings")
+    assert _refused(world, "302", "**303")[0] == wire.CAUSE_NO_ANSWER    # 303 rings nothing
+    _dial(world, "302", "**301")
+    world.run_until(lambda: p["302"].connected and p["303"].connected, 2000, "302 picked 301's call up")
+    world.run_until(lambda: p["301"].idle, 1000, "301 stops ringing")
+    assert p["301"].causes() == [wire.CAUSE_PICKED_UP]
+    _talking(world, "303", "302")
+    assert not p["301"].received
+    assert _parties(p["303"]) == ["302"] and p["302"].phone.call.number == "303"
+    world.hangup("303")
+    world.run_until(lambda: p["302"].idle and _no_calls(world), 1000, "no call left")
+    assert p["302"].causes()[-1] == wire.CAUSE_NORMAL
+    assert _records(world) == [("303", "302", "normal clearing")]
+    assert not world.net.errors
+
+
+def test_directed_pickup_at_a_remote_host_of_a_call_from_a_site_at_another_node(world):
+    p = world.phones
+    _dial(world, "201", "101")                       # site b (node 1) calls site a (node 2)
+    world.run_until(lambda: _ringing(world) == {"101"}, 2000, "101 rings")
+    _dial(world, "102", "**101")                     # site a's remote host picks it up
+    world.run_until(lambda: p["102"].connected and p["201"].connected, 2000, "102 picked 101's call up")
+    world.run_until(lambda: p["101"].idle, 1000, "101 stops ringing")
+    assert p["101"].causes() == [wire.CAUSE_PICKED_UP]
+    _talking(world, "201", "102")
+    assert not p["101"].received
+    # the PARTY went site a -> node 2 -> node 1 -> site b: each host's call names 102 now
+    assert _parties(p["201"]) == ["102"] and p["102"].phone.call.number == "201"
+    for host in (world.main, world.n1):
+        assert [(c["caller"], c["callee"]) for c in host.status()["calls"]] == [("201", "102")]
+    world.hangup("102")
+    world.run_until(lambda: p["201"].idle and _no_calls(world), 1000, "no call left")
+    assert p["201"].causes()[-1] == wire.CAUSE_NORMAL
+    assert _records(world) == [("201", "102", "normal clearing")]    # node 1's, naming who took it
+    assert not world.net.errors
+
+
+def test_group_pickup_of_a_call_from_another_node_in_the_pickers_pickup_group(world):
+    p = world.phones
+    _group(world, {"number": "680", "strategy": "pickup", "members": ["301", "302"], "site": "c",
+                   "ring_s": 15})
+    _dial(world, "201", "102")                       # rings at node 2 too, outside 302's pickup group
+    world.run_until(lambda: _ringing(world) == {"102"}, 2000, "102 rings")
+    _dial(world, "303", "301")                       # 303 (node 1) calls 301 (node 2), in the group
+    world.run_until(lambda: _ringing(world) == {"102", "301"}, 2000, "301 rings")
+    _dial(world, "302", "*8")
+    world.run_until(lambda: p["302"].connected and p["303"].connected, 2000, "302 picked 301's call up")
+    world.run_until(lambda: p["301"].idle, 1000, "301 stops ringing")
+    assert p["301"].causes() == [wire.CAUSE_PICKED_UP] and _ringing(world) == {"102"}
+    _talking(world, "303", "302")
+    assert _parties(p["303"]) == ["302"] and p["302"].phone.call.number == "303"
+    assert _refused(world, "301", "*8")[0] == wire.CAUSE_NO_ANSWER   # 102 is not in 301's group
+    world.hangup("302")
+    world.hangup("201")
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    assert ("303", "302", "normal clearing") in _records(world)
+    assert not world.net.errors
+
+
+def test_a_group_call_of_another_node_picked_up_at_a_members_node(world):
+    p = world.phones
+    _group(world, {"number": "600", "strategy": "ring-all", "members": ["301", "201"]})
+    _dial(world, "303", "600")                       # node 1 runs the group: 201 there, 301 at node 2
+    world.run_until(lambda: _ringing(world) == {"301", "201"}, 2000, "both members ring")
+    assert world.n1.groups.active and not world.main.groups.active
+    _dial(world, "302", "*8")                        # 302 (node 2, no pickup group: site c) takes 301's
+    world.run_until(lambda: p["302"].connected and p["303"].connected, 2000, "302 picked the group call up")
+    world.run_until(lambda: p["301"].idle and p["201"].idle, 1000, "the members stop ringing")
+    assert p["301"].causes() == [wire.CAUSE_PICKED_UP] and p["201"].causes() == [wire.CAUSE_ANSWERED_ELSEWHERE]
+    _talking(world, "303", "302")
+    assert not p["301"].received and not p["201"].received
+    assert _parties(p["303"]) == ["302"] and p["302"].phone.call.number == "303"
+    assert not world.n1.groups.active
+    world.hangup("302")
+    world.run_until(lambda: p["303"].idle and _no_calls(world), 1000, "no call left")
+    assert p["303"].causes()[-1] == wire.CAUSE_NORMAL
+    assert _records(world) == [("303", "302", "normal clearing")]   # node 1's, naming who took it
+    assert not world.net.errors
