@@ -346,8 +346,8 @@ class GroupCalls:
         """Hunt: the next member after ring_s; ring-all: overflow after ring_s; a page nobody answered ends."""
         for call in list(self.active):
             g = call.group
-            if g is None or g.answered:
-                continue
+            if g is None or (g.answered and not (g.page and g.waiting)):
+                continue                # (a page goes on: a member at another node joins once located)
             if g.waiting:
                 self._located(call, now)
                 if call.group is not g or g.strategy == "hunt" or g.answered:

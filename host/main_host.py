@@ -612,6 +612,11 @@ class MainHost(HostCore):
             target, cause = None, wire.CAUSE_UNREACHABLE
         if target is not None and target.kind == "phone" and self._phone_busy(called):
             target, cause = None, wire.CAUSE_BUSY
+        answer = ies.get(wire.IE_ANSWER)
+        if answer == groups.ANSWER_PAGE and target is not None and (target.kind != "phone" or target.legs):
+            # the caller's node pages its site's phones here too: idle phones only (a page group of a
+            # site with a remote host is paged by that host, never through a node)
+            target, cause = None, wire.CAUSE_BUSY if target.kind == "phone" else wire.CAUSE_NOT_PERMITTED
         if target is None:
             return self.refuse_setup(link, ies, cause, now, caller=caller)
         cause = self.switch.admit(link, target)
@@ -623,8 +628,8 @@ class MainHost(HostCore):
             call.recorded_as = bytes(ies[wire.IE_CALL_ID]).hex()
         self.switch.incoming(call, link, ies)
         name = ies.get(wire.IE_CALLING_NAME)
-        # an intercom (*80N) of the caller's node answers by itself here too (a page never crosses nodes)
-        extra = {wire.IE_ANSWER: groups.ANSWER_INTERCOM} if ies.get(wire.IE_ANSWER) == groups.ANSWER_INTERCOM else None
+        # an intercom (*80N) or a page of the caller's node answers by itself here too (a page: muted)
+        extra = {wire.IE_ANSWER: answer} if answer in (groups.ANSWER_INTERCOM, groups.ANSWER_PAGE) else None
         self.switch.offer(call, target, now, name, extra=extra)
         self.xdirect.setup_in(call, link, ies, target, now)   # the caller's site offered as a direct peer (B2)
         self.log.info("call-setup", call=call.uid, caller=caller, called=called, via="%s->%s" % (link.name, target.name))

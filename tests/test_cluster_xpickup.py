@@ -109,3 +109,36 @@ def test_a_group_call_of_another_node_picked_up_at_a_members_node(world):
     assert p["303"].causes()[-1] == wire.CAUSE_NORMAL
     assert _records(world) == [("303", "302", "normal clearing")]   # node 1's, naming who took it
     assert not world.net.errors
+
+
+def test_a_page_of_a_site_whose_phones_are_at_both_nodes_reaches_them_all_one_way(world):
+    """Site c has no remote host: node 2 runs 301's page; 303, at node 1, is paged over the trunk."""
+    p = world.phones
+    _group(world, {"number": "710", "strategy": "page", "members": [], "site": "c"})
+    world.main.xnode.cache.clear()           # where 303 is: Redis is asked while 302 is paged already
+    _dial(world, "301", "710")
+    world.run_until(lambda: p["301"].connected and p["302"].connected and p["303"].connected, 2000, "paged")
+    assert p["302"].phone.muted and p["303"].phone.muted and not _ringing(world)
+    _listen(world)
+    _in_order(p["302"], p["301"], 20)
+    _in_order(p["303"], p["301"], 20)        # over the trunk, in order
+    assert _heard(p["303"]) == {"301"} and not p["303"].sent and not p["301"].received   # one way
+    world.hangup("303")                      # leaves the page; it goes on for 302
+    world.run_until(lambda: not world.n1.status()["calls"], 1000, "node 1's half ends")
+    _listen(world, 300)
+    assert _heard(p["302"]) == {"301"} and not p["303"].received
+    world.hangup("301")
+    world.run_until(lambda: p["302"].idle and _no_calls(world), 1000, "the page ends")
+    assert p["302"].causes() == [wire.CAUSE_NORMAL] and not p["303"].phone.muted
+    # a phone in a call is not paged, at the other node either: 303 talks on, undisturbed
+    world.call("303", "201")
+    _dial(world, "301", "710")
+    world.run_until(lambda: p["301"].connected and p["302"].connected, 2000, "302 paged")
+    world.run(300)
+    assert p["303"].phone.other is None and not p["303"].phone.muted
+    _listen(world, 300)
+    assert _heard(p["303"]) == {"201"} and _heard(p["302"]) == {"301"}
+    world.hangup("301")
+    world.hangup("303")
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    assert not world.net.errors
