@@ -692,6 +692,8 @@ class MainHost(HostCore):
         target, cause = self._target_link(number, wait=self.xnode is not None)
         if target is not None and target.kind == "phone" and self._phone_busy(number):
             return None, wire.CAUSE_BUSY      # in a call with call waiting on, it is offered a waiting call
+        if target is not None and target.kind == "phone" and target.legs and call.group is not None and call.group.page:
+            return None, wire.CAUSE_BUSY      # ... but not a page: idle phones only
         if target is not None and self.directory.features(number)["dnd"]:
             return None, wire.CAUSE_DND
         return target, cause

@@ -130,7 +130,7 @@ def test_a_page_of_a_site_whose_phones_are_at_both_nodes_reaches_them_all_one_wa
     world.hangup("301")
     world.run_until(lambda: p["302"].idle and _no_calls(world), 1000, "the page ends")
     assert p["302"].causes() == [wire.CAUSE_NORMAL] and not p["303"].phone.muted
-    # a phone in a call is not paged, at the other node either: 303 talks on, undisturbed
+    # a phone in a call is not paged (not even as a waiting call), at either node: 303 and 302 talk on
     world.call("303", "201")
     _dial(world, "301", "710")
     world.run_until(lambda: p["301"].connected and p["302"].connected, 2000, "302 paged")
@@ -139,6 +139,12 @@ def test_a_page_of_a_site_whose_phones_are_at_both_nodes_reaches_them_all_one_wa
     _listen(world, 300)
     assert _heard(p["303"]) == {"201"} and _heard(p["302"]) == {"301"}
     world.hangup("301")
+    world.call("302", "101")                 # at the pager's node, call waiting on
+    _dial(world, "301", "710")
+    world.run_until(lambda: p["301"].idle, 1000, "nobody idle to page")
+    assert p["301"].causes()[-1] == wire.CAUSE_BUSY
+    assert p["302"].phone.other is None and p["303"].phone.other is None and not _ringing(world)
+    world.hangup("302")
     world.hangup("303")
     world.run_until(lambda: _no_calls(world), 1000, "no call left")
     assert not world.net.errors
