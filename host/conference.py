@@ -39,6 +39,7 @@ from upbx.host.switch import other_leg, send_on_leg
 
 MAX_QUEUE = 3          # frames a party's playout queue keeps (60 ms); more: the oldest goes
 SILENCE = bytes(wire.VOICE_BYTES * 2)
+HOLD_FROM = ("phone", "host", "main", "node")   # links a party's HOLD comes on (a SIP or voicemail leg: none)
 
 
 def mix(frames):
@@ -270,11 +271,13 @@ class Conferences:
             conf.tick(self.switch, now, stats)
 
     def hold(self, leg, flag, now):
-        """HOLD on a conference leg from its phone: that party is neither heard nor sent the mix
-        (the phone that joined the conference holds it to dial one more party)."""
+        """HOLD on a conference leg: that party is neither heard nor sent the mix (the phone that
+        joined the conference holds it to dial one more party). It comes from the party's phone or
+        from the host on the way to it: a remote host, the main host, another node (whose phone's
+        own host plays its music towards the mixer, which is dropped here, not mixed in)."""
         conf = leg.call.conference
         p = conf.party(leg)
-        if p is None or flag not in (0, 1) or p.held == bool(flag) or leg.link.kind not in ("phone", "host"):
+        if p is None or flag not in (0, 1) or p.held == bool(flag) or leg.link.kind not in HOLD_FROM:
             self.core.stats.drop("message out of turn")
             return
         p.held = bool(flag)

@@ -57,6 +57,20 @@ def test_with_a_party_on_the_site_the_site_mixes(tmp_path):
         assert world.a.status()["uplink"]["calls"] == 1
         _everyone_hears_the_others(world, ("101", "102", "301"))
         assert "conferences handed to the main host" not in world.a.stats.counters
+        # 301 (at the main host) holds: the main host plays it music towards the site, whose mixer
+        # leaves 301 out (its HOLD comes on the site's main link; before, dropped and the music mixed in)
+        p = world.phones
+        assert p["301"].phone.hold(world.net.now)
+        p["301"].flush()
+        world.run(200)
+        assert world.a.status()["conferences"][0]["held"] == ["301"]
+        _hears(world, "101", {"102"})
+        _hears(world, "102", {"101"})
+        assert world.main.stats.counters["music on hold frames"] > 40
+        assert p["301"].phone.resume(world.net.now)
+        p["301"].flush()
+        world.run(200)
+        _everyone_hears_the_others(world, ("101", "102", "301"))
         assert not world.net.errors
     finally:
         world.close()

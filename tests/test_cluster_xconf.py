@@ -1,0 +1,205 @@
+"""Three-way conferences with a party at the other node of a cluster, on the real host cores in one
+process (issue 16; docs/cluster.md "Conferences across nodes", docs/features.md "Conference").
+
+The two-node world of tests/test_cluster_xgroup.py (MainHost cores as nodes 1 and 2 with their real
+NodeTrunks, `Locations` playing Redis): site a (101, 102) and phones 301, 302 at node 2, site b (201,
+202) and phone 303 at node 1. A mixer sums what it hears, so a frame cannot name its sender here:
+each phone sends its own tone (tests/test_conference.py) and Goertzel on what each received says
+whom it hears: every party the other two, never itself, nobody else.
+"""
+import pytest
+
+from upbx.common import wire
+from upbx.common.phone import Ended
+from tests.inprocess import MAIN, SITE_A, SITE_B, PhoneEnd
+from tests.test_cluster_xgroup import NODE1, TwoNodes, _no_calls
+from tests.test_conference import HEARD, NOT_HEARD, ToneEnd, _call_on_the_second_line, _join, _power, _tone_frames
+
+TONES = {"101": 600, "102": 1000, "201": 1400, "202": 2600, "301": 1800, "302": 2200, "303": 3000}
+
+
+class Tone(ToneEnd):
+    """A phone sending its tone of TONES (ToneEnd's tick)."""
+
+    def __init__(self, net, number, secret, address, host):
+        PhoneEnd.__init__(self, net, number, secret, address, host)
+        self.frames = _tone_frames(TONES[number])
+
+
+@pytest.fixture
+def world(tmp_path):
+    world = TwoNodes(tmp_path)
+    try:
+        for i, number in enumerate(sorted(TONES), 1):
+            host = {"1": SITE_A, "2": SITE_B}.get(number[0]) or (NODE1 if number == "303" else MAIN)
+            end = Tone(world.net, number, world.secrets[number], ("198.18.2.%d" % i, 40000), host)
+            world.phones[number] = end
+            end.phone.start(world.net.now)
+            end.flush()
+        world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 5000, "registered")
+        world.run_until(lambda: len(world.locations.keys) == 5, 2000, "location keys")
+        yield world
+    finally:
+        world.close()
+
+
+def _hears(world, number, others, ms=1000):
+    """number receives every one of others' tones and no other (its own neither)."""
+    end = world.phones[number]
+    end.received = []
+    world.run(ms)
+    for other, hz in TONES.items():
+        power = _power(end.received, hz)
+        if other in others:
+            assert power > HEARD, "%s does not hear %s (%.3g)" % (number, other, power)
+        else:
+            assert power < NOT_HEARD, "%s hears %s (%.3g)" % (number, other, power)
+
+
+def _everyone_hears_the_others(world, numbers):
+    for number in numbers:
+        _hears(world, number, set(numbers) - {number})
+
+
+def _three_way(world, holder, first, second, called=False):
+    """holder calls first (called: first calls holder), holds, calls second and joins the two calls."""
+    p = world.phones
+    if called:
+        world.call(first, holder)
+    else:
+        world.call(holder, first)
+    world.run(200)
+    assert p[holder].phone.hold(world.net.now)
+    p[holder].flush()
+    world.run(100)
+    _call_on_the_second_line(world, holder, second)
+    world.run(200)
+    _join(world, holder)
+    p[holder].take()
+    assert [e.cause for e in p[holder].log if isinstance(e, Ended) and e.line][-1] == wire.CAUSE_CONFERENCE
+    assert p[holder].phone.other is None and p[holder].connected
+
+
+def _parties(host):
+    return [sorted(c["parties"]) for c in host.status()["conferences"]]
+
+
+def _calls(host):
+    return sorted((c["caller"], c["callee"]) for c in host.status()["calls"])
+
+
+def _hold(world, number, flag=True):
+    end = world.phones[number]
+    assert (end.phone.hold if flag else end.phone.resume)(world.net.now)
+    end.flush()
+    world.run(200)
+
+
+def _records(world):
+    """The call records of both nodes (one directory here, as PostgreSQL is for a real cluster)."""
+    return sorted((r.origin, r.caller, r.callee, r.cause) for r in world.main.directory.call_records())
+
+
+def test_a_node_phone_conferences_a_site_at_its_node_and_a_phone_at_the_other_node(world):
+    p = world.phones
+    _three_way(world, "301", "101", "303")          # 301 at node 2 calls 101 (site a, node 2), then 303 (node 1)
+    # node 2 mixes, where 301's calls are: 303's party is node 2's leg on its trunk to node 1
+    assert _parties(world.main) == [["101", "301", "303"]] and world.main.status()["conferences"][0]["holder"] == "301"
+    assert _parties(world.n1) == _parties(world.a) == _parties(world.b) == []
+    assert _calls(world.main) == [("301", "101"), ("301", "303")] and _calls(world.n1) == [("301", "303")]
+    conf = world.main.conferences.active[0]
+    assert sorted(q.leg.link.kind for q in conf.parties) == ["host", "node", "phone"]
+    _everyone_hears_the_others(world, ("101", "301", "303"))
+    # 303 holds (node 1 plays it music towards node 2): node 2 leaves it out, the music is not mixed in
+    # (before, node 2 dropped a HOLD from a node as "message out of turn" and mixed the music: 101
+    # and 301 heard it)
+    dropped = world.main.stats.drops.get("conference media not mixed", 0)
+    _hold(world, "303")
+    assert world.main.status()["conferences"][0]["held"] == ["303"]
+    _hears(world, "101", {"301"})
+    _hears(world, "301", {"101"})
+    assert world.n1.stats.counters["music on hold frames"] > 40
+    assert world.main.stats.drops["conference media not mixed"] - dropped > 40
+    assert "message out of turn" not in world.main.stats.drops
+    _hold(world, "303", False)
+    assert world.main.status()["conferences"][0]["held"] == []
+    _everyone_hears_the_others(world, ("101", "301", "303"))
+    # the party at the other node leaves: the other two carry on; then one left, its call ends
+    world.hangup("303")
+    world.run(200)
+    assert p["303"].causes() == [wire.CAUSE_NORMAL] and world.n1.status()["calls"] == []
+    _hears(world, "101", {"301"})
+    _hears(world, "301", {"101"})
+    world.hangup("101")
+    world.run_until(lambda: p["301"].idle, 1000, "301's call ends")
+    assert p["301"].causes() == [wire.CAUSE_CONFERENCE, wire.CAUSE_NORMAL]
+    world.run(500)
+    assert _no_calls(world) and world.main.status()["conferences"] == []
+    assert _records(world) == [("main", "301", "101", "normal clearing"), ("main", "301", "303", "normal clearing")]
+    assert not world.net.errors
+
+
+def test_a_sites_phone_with_both_parties_at_the_other_node_is_mixed_by_its_sites_node(world):
+    p = world.phones
+    _three_way(world, "101", "201", "303")          # 101 (site a, node 2) calls 201 (site b, node 1), then 303 (node 1)
+    # site a hands the conference to node 2 (both calls go through it), which mixes with both other
+    # parties' legs on its trunk to node 1: one stream each way on site a's uplink, two on the trunk
+    assert world.a.stats.counters["conferences handed to the main host"] == 1
+    assert _parties(world.main) == [["101", "201", "303"]] and world.main.status()["conferences"][0]["holder"] == "101"
+    assert _parties(world.n1) == _parties(world.a) == _parties(world.b) == []
+    assert world.a.status()["uplink"]["calls"] == 1 and _calls(world.a) == [("101", "303")]   # its active call
+    assert _calls(world.main) == [("101", "201"), ("101", "303")] == _calls(world.n1)
+    _everyone_hears_the_others(world, ("101", "201", "303"))
+    # the holder holds the conference: the two at node 1 hear each other through node 2, no music
+    music = world.a.stats.counters.get("music on hold frames", 0)
+    _hold(world, "101")
+    _hears(world, "201", {"303"})
+    _hears(world, "303", {"201"})
+    assert world.a.stats.counters.get("music on hold frames", 0) == music
+    # a fourth party, 302 at node 2: called on 101's second line, joined at node 2
+    _call_on_the_second_line(world, "101", "302")
+    _join(world, "101")
+    assert p["101"].causes()[-1] == wire.CAUSE_CONFERENCE
+    assert _parties(world.main) == [["101", "201", "302", "303"]] and world.a.status()["uplink"]["calls"] == 1
+    _everyone_hears_the_others(world, ("101", "201", "302", "303"))
+    # the holder leaves: the others carry on, two of them at node 1 mixed at node 2
+    world.hangup("101")
+    world.run(200)
+    assert world.a.status()["calls"] == [] and world.a.status()["uplink"]["calls"] == 0
+    _hears(world, "201", {"302", "303"})
+    _hears(world, "303", {"201", "302"})
+    world.hangup("302")
+    world.hangup("201")
+    world.run_until(lambda: p["303"].idle, 1000, "303's call ends")
+    assert p["303"].causes() == [wire.CAUSE_NORMAL] and p["201"].causes() == [wire.CAUSE_NORMAL]
+    world.run(500)
+    assert _no_calls(world) and world.main.status()["conferences"] == []
+    assert _records(world) == [("main", "101", "201", "normal clearing"), ("main", "101", "302", "normal clearing"),
+                               ("main", "101", "303", "normal clearing")]
+    assert not world.net.errors
+
+
+def test_a_conference_at_a_site_of_the_other_node_with_a_party_calling_from_this_node(world):
+    p = world.phones
+    _three_way(world, "201", "301", "202", called=True)   # 301 (node 2) calls 201 (site b, node 1); 201 adds 202
+    # 202 is on site b: site b mixes; 301's party is its leg towards node 1, node 1's call over the trunk
+    assert _parties(world.b) == [["201", "202", "301"]]
+    assert _parties(world.main) == _parties(world.n1) == _parties(world.a) == []
+    assert _calls(world.main) == [("301", "201")] == _calls(world.n1)
+    _everyone_hears_the_others(world, ("201", "202", "301"))
+    # 301 holds: node 2 plays it music towards site b, whose mixer leaves 301 out (before: music mixed in)
+    _hold(world, "301")
+    assert world.b.status()["conferences"][0]["held"] == ["301"]
+    _hears(world, "201", {"202"})
+    _hears(world, "202", {"201"})
+    assert world.main.stats.counters["music on hold frames"] > 40
+    _hold(world, "301", False)
+    _everyone_hears_the_others(world, ("201", "202", "301"))
+    world.hangup("201")                              # the holder leaves, then 202: the call from node 2 ends
+    world.hangup("202")
+    world.run_until(lambda: p["301"].idle, 1000, "301's call ends")
+    assert p["301"].causes() == [wire.CAUSE_NORMAL]
+    world.run(1500)                                  # site b's records reach node 1
+    assert _no_calls(world) and world.b.status()["conferences"] == []
+    assert _records(world) == [("main", "301", "201", "normal clearing"), ("site-b", "201", "202", "normal clearing")]
+    assert not world.net.errors
