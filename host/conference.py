@@ -12,7 +12,8 @@ Every 20 ms tick each party's next frame is taken from its own small playout que
 timestamp order, at most MAX_QUEUE deep: a late frame is dropped, an overfull queue loses its
 oldest), decoded, summed, and each party is sent the sum minus its own frame, saturated to 16
 bits and encoded again: every party hears the others and not itself. A party that holds the
-conference (HOLD from the phone that joined it) is neither heard nor sent anything.
+conference (the phone that joined it, to dial one more; or any other, its HOLD coming on whatever
+link leads to it: phone, remote host, main host, node trunk) is neither heard nor sent anything.
 
 Leaving: a party that hangs up (or whose link goes) leaves, the rest carry on; two parties left
 stay mixed (each hears the other); when one is left its leg is released (cause normal clearing).

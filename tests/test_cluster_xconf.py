@@ -5,13 +5,15 @@ The two-node world of tests/test_cluster_xgroup.py (MainHost cores as nodes 1 an
 NodeTrunks, `Locations` playing Redis): site a (101, 102) and phones 301, 302 at node 2, site b (201,
 202) and phone 303 at node 1. A mixer sums what it hears, so a frame cannot name its sender here:
 each phone sends its own tone (tests/test_conference.py) and Goertzel on what each received says
-whom it hears: every party the other two, never itself, nobody else.
+whom it hears: every party the others, never itself, nobody else. The last test runs in
+tests/test_cluster_direct.py's world instead (direct media on: sites a and b send straight to each other).
 """
 import pytest
 
 from upbx.common import wire
 from upbx.common.phone import Ended
 from tests.inprocess import MAIN, SITE_A, SITE_B, PhoneEnd
+from tests.test_cluster_direct import SitesAtTwoNodes
 from tests.test_cluster_xgroup import NODE1, TwoNodes, _no_calls
 from tests.test_conference import HEARD, NOT_HEARD, ToneEnd, _call_on_the_second_line, _join, _power, _tone_frames
 
@@ -203,3 +205,48 @@ def test_a_conference_at_a_site_of_the_other_node_with_a_party_calling_from_this
     assert _no_calls(world) and world.b.status()["conferences"] == []
     assert _records(world) == [("main", "301", "201", "normal clearing"), ("site-b", "201", "202", "normal clearing")]
     assert not world.net.errors
+
+
+class DirectSites(SitesAtTwoNodes):
+    """tests/test_cluster_direct.py's world (direct media on, site a at node 2, site b at node 1), tone phones."""
+
+    def add_phone(self, number, index, dead_ms=None):
+        host = SITE_A if number.startswith("1") else SITE_B if number.startswith("2") else MAIN
+        end = Tone(self.net, number, self.secrets[number], ("198.18.2.%d" % index, 40000), host)
+        self.phones[number] = end
+        end.phone.start(self.net.now)
+        end.flush()
+        return end
+
+
+@pytest.mark.parametrize("second", ["102", "301"])
+def test_a_sites_call_direct_to_a_site_at_the_other_node_joined_into_a_conference_the_site_mixes(tmp_path, second):
+    world = DirectSites(tmp_path)
+    try:
+        world.add_phone(second, 3)
+        world.run_until(lambda: world.phones[second].phone.registered, 5000, "registered")
+        world.call("101", "201")                     # site a (node 2) to site b (node 1): straight between the sites
+        world.run_until(lambda: world.node_call(world.main).path == "direct", 3000, "direct")
+        p = world.phones
+        _hold(world, "101")
+        _call_on_the_second_line(world, "101", second)   # 102 on site a, or 301 at node 2
+        world.run(200)
+        _join(world, "101")
+        assert p["101"].causes()[-1] == wire.CAUSE_CONFERENCE
+        # not handed to node 2 (a direct path would need taking back): site a mixes, 201's stream direct
+        assert _parties(world.a) == [sorted(("101", "201", second))] and world.main.status()["conferences"] == []
+        assert "conferences handed to the main host" not in world.a.stats.counters
+        assert world.main.status()["calls"][0]["path"] == "direct"
+        before = world.media_in()
+        _everyone_hears_the_others(world, ("101", "201", second))
+        if second == "102":                          # neither node relays a frame of it
+            assert world.media_in() == before
+        world.hangup("201")
+        _hears(world, "101", {second})
+        world.hangup(second)
+        world.run_until(lambda: p["101"].idle, 1000, "101's call ends")
+        world.run(1500)
+        assert all(h.status()["calls"] == [] and not h.switch.legs for h in world.hosts)
+        assert not world.net.errors
+    finally:
+        world.close()
