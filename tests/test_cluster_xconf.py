@@ -207,6 +207,36 @@ def test_a_conference_at_a_site_of_the_other_node_with_a_party_calling_from_this
     assert not world.net.errors
 
 
+def test_the_other_nodes_loss_takes_its_party_out_and_the_conference_goes_on(world):
+    from upbx.host.cluster import trunk
+    p = world.phones
+    _three_way(world, "301", "101", "303")          # node 2 mixes; 301's active call is the one to 303 (node 1)
+    _everyone_hears_the_others(world, ("101", "301", "303"))
+    n1, world.n1 = world.n1, None                   # node 1 dies (kill -9): nothing reaches it, it sends nothing
+    del world.net.endpoints[NODE1]
+    try:
+        world.run_until(lambda: _parties(world.main) == [["101", "301"]], trunk.KEEPALIVE_MS + trunk.DEAD_MS + 1000,
+                        "303 out of the conference")
+        # only 303's party left: 301's call to 303 stays (301's own leg is a party), nothing held for
+        # a successor (a conference is not taken over); before, node 2 released 301's leg "main host
+        # lost" and kept the dead party, 101 left alone in the mix for ever
+        assert p["301"].causes() == [wire.CAUSE_CONFERENCE] and p["301"].connected and p["101"].connected
+        assert _calls(world.main) == [("301", "101"), ("301", "303")] and not world.main.xnode.held
+        assert world.main.stats.counters["node trunk: calls lost"] == 1
+        down = world.main.stats.drops.get("media to a link that is down", 0)
+        _hears(world, "101", {"301"})
+        _hears(world, "301", {"101"})
+        assert world.main.stats.drops.get("media to a link that is down", 0) == down   # no mix to the lost node
+        world.hangup("101")                          # two left, one leaves: the last is released
+        world.run_until(lambda: p["301"].idle, 1000, "301's call ends")
+        assert p["301"].causes() == [wire.CAUSE_CONFERENCE, wire.CAUSE_NORMAL]
+        assert world.main.status()["calls"] == [] and not world.main.switch.legs
+        assert world.main.status()["conferences"] == []
+        assert world.a.status()["calls"] == [] and not world.net.errors
+        assert _records(world) == [("main", "301", "101", "normal clearing"), ("main", "301", "303", "normal clearing")]
+    finally:
+        world.n1 = n1
+
 class DirectSites(SitesAtTwoNodes):
     """tests/test_cluster_direct.py's world (direct media on, site a at node 2, site b at node 1), tone phones."""
 

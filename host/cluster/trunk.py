@@ -263,17 +263,23 @@ class NodeTrunks:
                 self._release(each, [c for c in calls if c.state != "answered" or c.conference is not None], now)
 
     def _release(self, link, calls, now):
-        """calls over link (a trunk to a lost node) end with "main host lost" towards our clients."""
+        """calls over link (a trunk to a lost node) end with "main host lost" towards our clients; in a
+        conference mixed here only the party at the lost node leaves, the others carry on."""
         core = self.core
         was = link.up
         link.up = False   # recorded here now (on_call_ended)
         for call in calls:
             leg = call.a if call.a is not None and call.a.link is link else call.b
             self.held.pop(leg.call_no, None)
-            other = call.b if leg is call.a else call.a
-            if other is not None:
-                core.switch.release(other, wire.CAUSE_MAIN_LOST, now)
-            core.end_call(call, wire.CAUSE_MAIN_LOST, now)
+            if core.switch.leg(link, leg.call_no) is not leg:   # ended meanwhile (a conference's last party)
+                continue
+            if call.conference is not None:
+                core.conferences.link_gone(call, link, wire.CAUSE_MAIN_LOST, now)
+            else:
+                other = call.b if leg is call.a else call.a
+                if other is not None:
+                    core.switch.release(other, wire.CAUSE_MAIN_LOST, now)
+                core.end_call(call, wire.CAUSE_MAIN_LOST, now)
             self.lost += 1
             core.stats.count("node trunk: calls lost")
         link.up = was
