@@ -28,18 +28,24 @@ class Tone(ToneEnd):
         self.frames = _tone_frames(TONES[number])
 
 
+def _tone_world(tmp_path, kind=TwoNodes):
+    """kind's two nodes with every phone of TONES registered (a phone's world fails to close if this fails)."""
+    world = kind(tmp_path)
+    for i, number in enumerate(sorted(TONES), 1):
+        host = {"1": SITE_A, "2": SITE_B}.get(number[0]) or (NODE1 if number == "303" else MAIN)
+        end = Tone(world.net, number, world.secrets[number], ("198.18.2.%d" % i, 40000), host)
+        world.phones[number] = end
+        end.phone.start(world.net.now)
+        end.flush()
+    world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 5000, "registered")
+    world.run_until(lambda: len(world.locations.keys) == 5, 2000, "location keys")
+    return world
+
+
 @pytest.fixture
 def world(tmp_path):
-    world = TwoNodes(tmp_path)
+    world = _tone_world(tmp_path)
     try:
-        for i, number in enumerate(sorted(TONES), 1):
-            host = {"1": SITE_A, "2": SITE_B}.get(number[0]) or (NODE1 if number == "303" else MAIN)
-            end = Tone(world.net, number, world.secrets[number], ("198.18.2.%d" % i, 40000), host)
-            world.phones[number] = end
-            end.phone.start(world.net.now)
-            end.flush()
-        world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 5000, "registered")
-        world.run_until(lambda: len(world.locations.keys) == 5, 2000, "location keys")
         yield world
     finally:
         world.close()
@@ -277,6 +283,32 @@ def test_a_sites_call_direct_to_a_site_at_the_other_node_joined_into_a_conferenc
         world.run_until(lambda: p["101"].idle, 1000, "101's call ends")
         world.run(1500)
         assert all(h.status()["calls"] == [] and not h.switch.legs for h in world.hosts)
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_the_mixing_nodes_loss_ends_its_parties_calls_at_the_other_node_after_the_hold(tmp_path):
+    from upbx.host.cluster import trunk
+    from tests.test_cluster_xtransfer_loss import LosableNodes
+    world = _tone_world(tmp_path, LosableNodes)
+    try:
+        p = world.phones
+        _three_way(world, "101", "201", "303")      # site a's 101 with 201 and 303 (node 1): node 2 mixes
+        _everyone_hears_the_others(world, ("101", "201", "303"))
+        world.lose_node_2()
+        world.run_until(lambda: len(world.n1.xnode.held) == 2, trunk.KEEPALIVE_MS + trunk.DEAD_MS + 1000,
+                        "node 1 holds both halves")
+        # nothing to carry the conference on: node 1 has two plain calls with node 2, held for a successor
+        for number in ("201", "303"):
+            p[number].received = []
+        world.run_until(lambda: p["201"].idle and p["303"].idle, trunk.HOLD_MS + 1000, "201 and 303 released")
+        assert p["201"].causes() == [wire.CAUSE_MAIN_LOST] == p["303"].causes()
+        assert not any(len(f) == wire.VOICE_BYTES for f in p["201"].received + p["303"].received)   # silence
+        assert world.n1.status()["calls"] == [] and not world.n1.switch.legs and not world.n1.xnode.held
+        assert world.n1.stats.counters["node trunk: calls lost"] == 2
+        world.run_until(lambda: p["101"].idle, 10000, "101's call ends (its site lost its node too)")
+        assert p["101"].causes() == [wire.CAUSE_CONFERENCE, wire.CAUSE_MAIN_LOST] and world.a.status()["calls"] == []
         assert not world.net.errors
     finally:
         world.close()
