@@ -1,0 +1,198 @@
+"""A direct call between sites at two nodes, through the loss of a node (issue 16; docs/cluster.md "Direct
+media between sites at two nodes").
+
+tests/test_cluster_direct.py's two nodes on the real host cores in one process (site a's remote host at node 2,
+site b's at node 1, each with its standby session at the other node, the nodes' real NodeTrunks logged in to
+each other), and the part of ClusterService (host/cluster/node.py) that talks to Redis about calls, played by
+`CallKeys` below on a dict: each node's CallMirror writes its calls' keys as the writer does, and node 1's
+Takeover reads them as `_takeover` does. Node 2 is then lost as a node killed -9 is (tests/inprocess.py
+`stop_main`: nothing more reaches it and it sends nothing). What is asserted is what the phones hear (every
+voice frame names its sender), what the remote hosts and node 1 keep, and the call record.
+"""
+import json
+import os
+
+import pytest
+
+from upbx.common import wire
+from upbx.host.cluster import trunk
+from upbx.host.cluster.calls import KEY, LEG_KEY, CallMirror, Takeover
+from tests.inprocess import MAIN, SITE_A, SITE_B, flush_host
+from tests.test_cluster_direct import SitesAtTwoNodes, _in_order as check
+from tests.test_cluster_forward import NODE1
+
+
+class CallKeys:
+    """Redis's call keys (host/cluster/calls.py), written by each live node's CallMirror and read by node 1's
+    Takeover, one round per tick, as ClusterService's `_calls` and `_takeover` do."""
+
+    def __init__(self):
+        self.cluster_key = os.urandom(32)
+        self.keys = {}
+        self.mirrors = {}
+
+    def serve(self, node_name, core, now):
+        mirror = self.mirrors.get(node_name)
+        if mirror is None:
+            mirror = self.mirrors[node_name] = CallMirror(node_name, self.cluster_key, 30, 10)
+        for key, value, _ttl in mirror.changes(core.switch.calls, now, core.wall_ms(now)):
+            self.keys[key] = value
+        takeover = getattr(core, "takeover", None)
+        if takeover is None or not takeover.want:
+            return
+        wanted = takeover.wanted(now)
+        uids = {self.keys[LEG_KEY % w] for w in wanted if LEG_KEY % w in self.keys}
+        for uid in sorted(uids):
+            raw = self.keys.get(KEY % uid)
+            if raw is None:
+                continue
+            value = json.loads(raw)
+            if any((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) in wanted
+                   for leg in (value.get("legs") or {}).values()):
+                takeover.adopt(value, now, core.wall_ms(now))
+
+
+class LosableSites(SitesAtTwoNodes):
+    def __init__(self, tmp_path):
+        self.calls = None
+        SitesAtTwoNodes.__init__(self, tmp_path, main_settings="")
+        # node 1 and site b on the Internet side of site a's router, as node 2 is: what site a sends them comes
+        # from its router's public address, which move_site_a changes (B7)
+        self.net.wan |= {NODE1, SITE_A, SITE_B}
+        # and both sites' routers filter as a masquerading router does: from outside, only what comes from an
+        # address the site sent to from that same public address (a new public address opens nothing)
+        self.opened = set()
+        self.net.send = self._filtered(self.net.send)
+        self.calls = CallKeys()
+        self.n1.takeover = Takeover(self.n1, self.calls.cluster_key)
+        self.n1.switch.reserved = self.n1.takeover.asked
+
+    def tick(self, until=None):
+        if self.main is not None:
+            done = SitesAtTwoNodes.tick(self, until)
+        else:
+            done = super(SitesAtTwoNodes, self).tick(until)    # TwoNodes' (World's) tick, node 1 alone
+            node = self.n1.xnode
+            if node.asked:
+                asked, node.asked = node.asked, set()
+                node.answered({identity: 1 for identity in asked}, self.net.now)
+        if self.calls is not None:
+            for name, core in (("n2", self.main), ("n1", self.n1)):
+                if core is not None:
+                    self.calls.serve(name, core, self.net.now)
+                    flush_host(self.net, core)
+            self.settle()
+        return done
+
+    def _filtered(self, send):
+        net = self.net
+
+        def filtered(data, source, destination):
+            destination = tuple(destination[:2])
+            public = net.nat.get(source, source) if destination in net.wan else source
+            if source in (SITE_A, SITE_B):
+                self.opened.add((source, public, destination))
+            outside = public in net.wan or public in (net.nat[SITE_A], net.nat[SITE_B])   # not a phone in there
+            for inside in (SITE_A, SITE_B):
+                if outside and net.nat[inside] == destination and (inside, destination, public) not in self.opened:
+                    return
+            send(data, source, destination)
+        return filtered
+
+    def n1_media_in(self):
+        return self.n1.stats.counters.get("media in", 0)
+
+    def lose_node_2(self):
+        self.stop_main()
+        assert MAIN not in self.net.endpoints
+
+
+@pytest.fixture
+def world(tmp_path):
+    world = LosableSites(tmp_path)
+    try:
+        # each site keeps its standby session at the other node (its node's successor)
+        world.run_until(lambda: world.a.standby_link.up and world.b.standby_link.up, 5000, "standby sessions up")
+        yield world
+    finally:
+        world.close()
+
+
+A_MOVED, B_MOVED = ("198.18.1.77", 4570), ("198.18.1.78", 4570)
+
+
+def _pair_at(host, peer, address):
+    pair = host.pairs.get(peer)
+    return pair is not None and pair.link.address == address and pair.link.up
+
+
+def _in_order(heard, said, missing=0):
+    """heard is a run of said's frames, in order, nothing else, with at most `missing` left out; how many were."""
+    check(heard, said, missing)
+    positions = [said.index(frame) for frame in heard]
+    return positions[-1] - positions[0] + 1 - len(heard)
+
+
+def test_a_direct_call_between_sites_at_two_nodes_goes_on_through_the_loss_of_one_node(world):
+    caller, callee = world.caller, world.callee
+    world.call("101", "201")
+    n2_call, n1_call = world.node_call(world.main), world.node_call(world.n1)
+    world.run_until(lambda: n2_call.path == "direct" and n1_call.path == "direct" and n2_call.peered
+                    and n1_call.peered, 3000, "direct")
+    world.run(400)
+    before = world.media_in()
+    world.run(200)
+    assert world.media_in()[1] == before[1]     # node 1 relays nothing of it
+
+    world.lose_node_2()
+    lost = world.net.now
+    caller_sent, callee_sent = len(caller.sent), len(callee.sent)
+    # site a notices its node's silence and switches to its standby session at node 1, which takes node 2's half
+    # of the call over from Redis: the call is node 1's alone
+    world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 5000, "site a at node 1")
+    world.run_until(lambda: n1_call.a.link.kind == "host" and n1_call.b.link.kind == "host", 2000,
+                    "node 1 took node 2's half over")
+    took = world.net.now - lost
+    assert n1_call.a.link.name == "site-a" and not world.n1.xnode.held
+    # through the hold and beyond: no RELEASE at either phone, the media straight between the sites both ways
+    world.run(trunk.HOLD_MS + 2000)
+    assert caller.connected and callee.connected
+    assert world.n1.stats.counters.get("node trunk: calls lost", 0) == 0
+    assert world.a.stats.counters.get("calls not taken over", 0) == 0
+    for heard, said, start in ((callee.received, caller.sent, caller_sent), (caller.received, callee.sent, callee_sent)):
+        # every frame sent since the loss was heard, in order: the media never needed the nodes
+        _in_order(heard, said)
+        assert said[start] in heard and heard[-1] in said[-3:]
+    before = world.n1_media_in()
+    world.run(1000)
+    assert world.n1_media_in() == before           # still direct: node 1 relays none of it
+
+    # B7 after the loss: site a's public address changes. Node 1 sees it (site a's session is at home there now)
+    # and re-offers the pair to both sites, with the key it was given and the new address: site b sends there
+    heard_at_b, heard_at_a = len(callee.received), len(caller.received)
+    world.move_site_a(A_MOVED)
+    world.run_until(lambda: _pair_at(world.b, "site-a", A_MOVED), 3000, "site b's pair at site a's new address")
+    world.run(1000)
+    # what site b sent to the old address while the change went round is lost (a few frames), nothing else
+    lost_at_a = _in_order(caller.received[heard_at_a:], callee.sent, missing=15)
+    _in_order(callee.received[heard_at_b:], caller.sent)
+    assert world.n1_media_in() == before           # direct again, not through node 1
+
+    # and site b's (node 1's own site's) public address changes: re-offered as on one main host, nothing sent
+    # towards the lost node
+    heard_at_b, heard_at_a = len(callee.received), len(caller.received)
+    world.net.nat[SITE_B] = B_MOVED
+    world.run_until(lambda: _pair_at(world.a, "site-b", B_MOVED), 3000, "site a's pair at site b's new address")
+    world.run(1000)
+    lost_at_b = _in_order(callee.received[heard_at_b:], caller.sent, missing=15)
+    _in_order(caller.received[heard_at_a:], callee.sent)
+    assert world.n1_media_in() == before
+    print("node 1 had the call %d ms after the loss; frames lost by a B7 change after it: %d at 101, %d at 201"
+          % (took, lost_at_a, lost_at_b))
+
+    world.hangup("101")
+    world.run_until(lambda: caller.idle and callee.idle, 2000, "hung up")
+    assert caller.causes() == [wire.CAUSE_NORMAL] == callee.causes()
+    records = world.n1.directory.call_records()
+    assert [(r.caller, r.callee, r.cause, r.path) for r in records] == [("101", "201", "normal clearing", "direct")]
+    assert not world.n1.switch.calls and not world.net.errors
