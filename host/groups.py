@@ -363,10 +363,11 @@ class GroupCalls:
                 g.causes.append(wire.CAUSE_NO_ANSWER)
                 self._exhausted(call, now)
 
-    def pickup(self, link, ies, now, scope):
+    def pickup(self, link, ies, now, scope, picker_number=None):
         """*8 from link's phone (ies: its SETUP): the longest-ringing call to another phone whose
         number is in scope (the picker's pickup group) is answered by the picker; False when
-        nothing rings there."""
+        nothing rings there. picker_number: the picker when link is not its phone (a cluster's
+        node trunk: **N from a phone at another node, host/main_host.py)."""
         switch = self.switch
         best = None
         for call in switch.calls.values():
@@ -385,10 +386,10 @@ class GroupCalls:
         picker.learn_peer(ies[wire.IE_CALL_NO])
         picker.apply(SETUP_RECEIVED)
         picker.apply(ANSWER_SENT)
-        picker.number = link.name
+        picker.number = picker_number or link.name
         send_on_leg(picker, wire.ANSWER, {}, now)
         picked_up_party(self.host, call, picker, now)     # who talks to whom now, before the caller's ANSWER
-        self.host.log.info("call-picked-up", call=call.uid, rang=rung.link.name, by=link.name)
+        self.host.log.info("call-picked-up", call=call.uid, rang=rung.link.name, by=picker.number)
         if call.group is not None:          # a group's member: the others stop ringing
             call.group.forks.remove(rung)
             switch.drop_leg(rung, wire.CAUSE_PICKED_UP, now)
@@ -397,7 +398,7 @@ class GroupCalls:
             return True
         switch.drop_leg(rung, wire.CAUSE_PICKED_UP, now)
         call.b = picker
-        call.callee = link.name
+        call.callee = picker.number
         call.noanswer = None                # no forward on no answer any more
         call.answered_ms = now
         if call.alerted_ms is None:

@@ -607,6 +607,11 @@ class MainHost(HostCore):
         if caller is None:
             self.stats.drop("setup missing IEs")
             return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
+        number = groups.directed_pickup_target(called)
+        if number is not None:   # **N from a phone at the caller's node, which checked that it may (_group_code)
+            if not self.groups.pickup(link, ies, now, {number}, picker_number=caller):
+                self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=caller)
+            return None
         target, cause = self._target_link(called, local=True)
         if target is not None and (target.kind == "node" or getattr(target, "sip", False)):
             target, cause = None, wire.CAUSE_UNREACHABLE
@@ -675,8 +680,11 @@ class MainHost(HostCore):
                          if target.site != self.directory.site_of_extension(caller) else None)
             if cause is not None:
                 return self.refuse_setup(link, ies, cause, now, caller=caller)
-            if not self.groups.pickup(link, ies, now, scope):
-                self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=caller)   # nothing rings
+            if self.groups.pickup(link, ies, now, scope):
+                return None
+            cause = self._pickup_at_node(link, ies, caller, directed, now) if directed else wire.CAUSE_NO_ANSWER
+            if cause is not None:
+                self.refuse_setup(link, ies, cause, now, caller=caller)   # nothing rings
             return None
         number = groups.intercom_target(called)
         if self.directory.extension(number) is None:
@@ -684,6 +692,28 @@ class MainHost(HostCore):
         intercom = {"number": number, "strategy": "ring-all", "members": [number], "ring_s": groups.RING_S[0],
                     "overflow": None, "site": None}
         self._group_call(link, ies, caller, intercom, [number], now, answer=groups.ANSWER_INTERCOM)
+
+    def _pickup_at_node(self, link, ies, caller, number, now):
+        """**N from a phone here for a phone N at another node of a cluster (Redis's location of it): the
+        SETUP goes on to that node, which picks up the call ringing there and records it (_setup_from_node),
+        as one call; this node's half is never recorded. None when sent on (or waiting for Redis), else the
+        cause for the picker: "no answer" as for a phone here that does not ring."""
+        if self.xnode is None:
+            return wire.CAUSE_NO_ANSWER
+        target, cause = self._target_link(number, wait=True)
+        if cause == PENDING:      # routed again (from _setup) once Redis answers
+            return self.xnode.park(("phone", number), link, ies, now)
+        if target is None or target.kind != "node":
+            return wire.CAUSE_NO_ANSWER
+        cause = self.switch.admit(link, target)
+        if cause is not None:
+            return cause
+        call = self.switch.new_call(caller, ies[wire.IE_CALLED], now)
+        call.recorded_elsewhere = True
+        self.switch.incoming(call, link, ies)
+        self.switch.offer(call, target, now, self._caller_name(caller))
+        self.log.info("call-pickup-at-node", call=call.uid, picker=caller, rang=number, node=target.node)
+        return None
 
     def group_target(self, number, call):
         """Where a group's member rings: (link, None), or (None, cause) when it cannot now. On a cluster's
@@ -912,6 +942,8 @@ class MainHost(HostCore):
                 self.xdirect.media_peers(call, now)
 
     def on_call_ended(self, call, cause, now):
+        if call.recorded_elsewhere and call.a is not None and call.a.link.kind == "phone":
+            return   # a phone's pickup (**N) of a call ringing at another node: recorded there (_pickup_at_node)
         if call.a is not None and call.a.link.kind == "node" and (call.a.link.up or call.recorded_elsewhere):
             # another node's call: recorded there, once (here only when that node was lost, unless that node
             # had joined it by a transfer into a call from another node, which records it: host/lines.py)

@@ -6,6 +6,7 @@ and a real trunk login between them, `Locations` playing Redis. Site a's remote 
 phones 301, 302 (site c) are at node 2; site b's remote host (201, 202) and phone 303 (site c) at node
 1. A call from node 1 ringing a phone at node 2 is that node's half of a cross-node call; the picker's
 host (node 2 for 301, 302; site a's remote host for 101, 102) picks it up as any call ringing there.
+A `**N` for a phone at the other node (303 from 302) is sent on to that node, which picks up there.
 What is asserted is what the phones see (who rings, causes, who they are told they talk to), the voice
 frames that arrive (each names its sender, in order), the records and the nodes' calls.
 """
@@ -65,6 +66,66 @@ def test_directed_pickup_at_a_remote_host_of_a_call_from_a_site_at_another_node(
     world.run_until(lambda: p["201"].idle and _no_calls(world), 1000, "no call left")
     assert p["201"].causes()[-1] == wire.CAUSE_NORMAL
     assert _records(world) == [("201", "102", "normal clearing")]    # node 1's, naming who took it
+    assert not world.net.errors
+
+
+def test_directed_pickup_of_a_call_ringing_at_another_node(world):
+    """302 (node 2) takes the call ringing at 303 (node 1): node 2 sends the **303 on to node 1, which
+    picks its call up onto the trunk; the caller's call goes on, recorded once, naming 302."""
+    p = world.phones
+    _dial(world, "201", "303")                       # site b (node 1) calls 303 (node 1): all at node 1
+    world.run_until(lambda: _ringing(world) == {"303"}, 2000, "303 rings")
+    world.main.xnode.cache.clear()                   # where 303 is: Redis is asked, the pickup waits for it
+    asks = world.locations.asks
+    _dial(world, "302", "**303")
+    world.run_until(lambda: p["302"].connected and p["201"].connected, 2000, "302 picked 303's call up")
+    assert world.locations.asks > asks
+    world.run_until(lambda: p["303"].idle, 1000, "303 stops ringing")
+    assert p["303"].causes() == [wire.CAUSE_PICKED_UP]
+    _talking(world, "201", "302")
+    assert not p["303"].received
+    assert _parties(p["201"]) == ["302"] and p["302"].phone.call.number == "201"
+    assert [(c["caller"], c["callee"]) for c in world.n1.status()["calls"]] == [("201", "302")]
+    world.hangup("302")
+    world.run_until(lambda: p["201"].idle and _no_calls(world), 1000, "no call left")
+    assert p["201"].causes()[-1] == wire.CAUSE_NORMAL
+    assert _records(world) == [("201", "302", "normal clearing")]    # node 1's, once
+    assert not world.net.errors
+
+
+def test_directed_pickup_at_the_callers_node_of_its_call_ringing_at_another_node(world):
+    """301 (node 2) calls 303 (node 1); 302 (node 2) takes it: node 1 joins the two trunk legs, node 2's
+    call of 301 (which records it) is told who took it."""
+    p = world.phones
+    _dial(world, "301", "303")
+    world.run_until(lambda: _ringing(world) == {"303"}, 2000, "303 rings")
+    _dial(world, "302", "**303")
+    world.run_until(lambda: p["302"].connected and p["301"].connected, 2000, "302 picked 303's call up")
+    world.run_until(lambda: p["303"].idle, 1000, "303 stops ringing")
+    assert p["303"].causes() == [wire.CAUSE_PICKED_UP]
+    _talking(world, "301", "302")
+    assert not p["303"].received
+    assert _parties(p["301"]) == ["302"] and p["302"].phone.call.number == "301"
+    world.hangup("301")
+    world.run_until(lambda: p["302"].idle and _no_calls(world), 1000, "no call left")
+    assert p["302"].causes()[-1] == wire.CAUSE_NORMAL
+    assert _records(world) == [("301", "302", "normal clearing")]    # node 2's call of 301, once
+    assert not world.net.errors
+
+
+def test_directed_pickup_of_a_phone_at_another_node_that_does_not_ring(world):
+    """As at one node: "no answer", whether the phone is idle or talking, and nothing is left behind."""
+    p = world.phones
+    assert _refused(world, "302", "**303")[0] == wire.CAUSE_NO_ANSWER    # 303 (node 1) idle
+    world.call("303", "201")                                             # 303 talks: rings nothing
+    world.main.xnode.cache.clear()
+    assert _refused(world, "301", "**303")[0] == wire.CAUSE_NO_ANSWER
+    assert p["303"].connected and p["201"].connected and not p["303"].causes()
+    assert [(c["caller"], c["callee"]) for c in world.n1.status()["calls"]] == [("303", "201")]
+    assert world.main.status()["calls"] == []
+    world.hangup("303")
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    assert _records(world) == [("303", "201", "normal clearing")]
     assert not world.net.errors
 
 
