@@ -90,7 +90,11 @@ def speak(text):
     with tempfile.TemporaryDirectory(prefix="upbx-prompt-") as tmp:
         path = os.path.join(tmp, "prompt.wav")
         try:
-            subprocess.run([ESPEAK, "-s", str(WORDS_PER_MINUTE), "-w", path, text], check=True,
+            # espeak-ng links PulseAudio, which now and then makes its runtime folder although -w plays
+            # nothing: $TMPDIR/pulse-<machine id> where neither of these is set, left behind for good
+            # (test_features_handset found one in the demo's TMPDIR); here it goes with the prompt's folder
+            env = dict(os.environ, PULSE_RUNTIME_PATH=os.path.join(tmp, "pulse"), XDG_RUNTIME_DIR=tmp)
+            subprocess.run([ESPEAK, "-s", str(WORDS_PER_MINUTE), "-w", path, text], check=True, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
         except FileNotFoundError:
             raise PromptError("%s is not installed (apt-get install espeak-ng): it speaks the default "
