@@ -608,8 +608,11 @@ class MainHost(HostCore):
             self.stats.drop("setup missing IEs")
             return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         number = groups.directed_pickup_target(called)
-        if number is not None:   # **N from a phone at the caller's node, which checked that it may (_group_code)
-            if not self.groups.pickup(link, ies, now, {number}, picker_number=caller):
+        if number is not None or called == groups.PICKUP_CODE:
+            # **N or *8 from a phone at the caller's node, which checked that it may (_group_code): what rings
+            # here in its scope (_pickup_at_node, _pickup_at_nodes)
+            scope = {number} if number is not None else self.directory.pickup_scope(caller)
+            if not self.groups.pickup(link, ies, now, scope, picker_number=caller):
                 self.refuse_setup(link, ies, wire.CAUSE_NO_ANSWER, now, caller=caller)
             return None
         target, cause = self._target_link(called, local=True)
@@ -682,7 +685,10 @@ class MainHost(HostCore):
                 return self.refuse_setup(link, ies, cause, now, caller=caller)
             if self.groups.pickup(link, ies, now, scope):
                 return None
-            cause = self._pickup_at_node(link, ies, caller, directed, now) if directed else wire.CAUSE_NO_ANSWER
+            if directed:
+                cause = self._pickup_at_node(link, ies, caller, directed, now)
+            else:
+                cause = self._pickup_at_nodes(link, ies, caller, scope, now)
             if cause is not None:
                 self.refuse_setup(link, ies, cause, now, caller=caller)   # nothing rings
             return None
@@ -714,6 +720,43 @@ class MainHost(HostCore):
         self.switch.offer(call, target, now, self._caller_name(caller))
         self.log.info("call-pickup-at-node", call=call.uid, picker=caller, rang=number, node=target.node)
         return None
+
+    def _pickup_at_nodes(self, link, ies, caller, scope, now):
+        """*8 from a phone here that finds nothing ringing here in its scope, on a cluster's node where a
+        number of the scope is not a phone logged in here (it may ring at another node): the SETUP goes on
+        to the other live nodes one after the other, in node id order, until one picks up (each as for **N,
+        _setup_from_node, which takes its longest-ringing call in the scope; a refusal offers the next,
+        call_message). None when sent on, else "no answer"; recorded as a **N is (_pickup_at_node)."""
+        if self.xnode is None or all(self._phone_home_here(number) for number in scope if number != caller):
+            return wire.CAUSE_NO_ANSWER
+        nodes = self.xnode.live()
+        if not nodes:
+            return wire.CAUSE_NO_ANSWER
+        target = self.xnode.up(nodes[0])
+        cause = self.switch.admit(link, target)
+        if cause is not None:
+            return cause
+        call = self.switch.new_call(caller, ies[wire.IE_CALLED], now)
+        call.recorded_elsewhere = True
+        call.pickup_at = nodes[1:]
+        self.switch.incoming(call, link, ies)
+        self.switch.offer(call, target, now, self._caller_name(caller))
+        self.log.info("call-pickup-at-node", call=call.uid, picker=caller, node=target.node)
+        return None
+
+    def _next_pickup_node(self, call):
+        """The trunk link to the next live node a *8 sent on may ask (_pickup_at_nodes), else None."""
+        while call.pickup_at:
+            target = self.xnode.up(call.pickup_at.pop(0))
+            if target is not None and self.switch.admit(target) is None:
+                return target
+        return None
+
+    def _phone_home_here(self, number):
+        """number's phone is logged in here, and not as a standby: a call to it rings here."""
+        peer = self.peers.by_identity.get(("phone", number))
+        return (peer is not None and peer.index in self.links
+                and (self.xnode is None or ("phone", number) not in self.xnode.standbys))
 
     def group_target(self, number, call):
         """Where a group's member rings: (link, None), or (None, cause) when it cannot now. On a cluster's
@@ -864,6 +907,14 @@ class MainHost(HostCore):
             return   # a call another node switched: handled once it is taken over from Redis
         leg = self.switch.leg_for(ies, link) if msg_type == wire.RELEASE else None
         call = leg.call if leg is not None else None
+        if call is not None and leg is call.b and call.pickup_at and call.state == "setup":
+            target = self._next_pickup_node(call)   # a node found nothing for a *8: the next one is asked
+            if target is not None:
+                leg.apply(RELEASE_RECEIVED)
+                self.switch.drop_callee(call, ies.get(wire.IE_CAUSE, wire.CAUSE_NO_ANSWER), now)
+                self.log.info("call-pickup-at-node", call=call.uid, picker=call.caller, node=target.node)
+                self.switch.offer(call, target, now, self._caller_name(call.caller))
+                return None
         if (call is not None and leg is call.b and ies.get(wire.IE_CAUSE) in voicemail.DIVERT_CAUSES
                 and call.state in ("setup", "alerting") and call.a.link.kind != "node"):   # the caller's node does
             cause = ies[wire.IE_CAUSE]

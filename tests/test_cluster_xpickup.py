@@ -10,6 +10,8 @@ A `**N` for a phone at the other node (303 from 302) is sent on to that node, wh
 What is asserted is what the phones see (who rings, causes, who they are told they talk to), the voice
 frames that arrive (each names its sender, in order), the records and the nodes' calls.
 """
+import pytest
+
 from upbx.common import wire
 from tests.test_cluster_xgroup import (_answer, _dial, _group, _heard, _in_order, _listen, _no_calls, _parties,
                                        _ringing, world)   # noqa: F401 (the fixture)
@@ -143,11 +145,73 @@ def test_group_pickup_of_a_call_from_another_node_in_the_pickers_pickup_group(wo
     assert p["301"].causes() == [wire.CAUSE_PICKED_UP] and _ringing(world) == {"102"}
     _talking(world, "303", "302")
     assert _parties(p["303"]) == ["302"] and p["302"].phone.call.number == "303"
+    setups = world.n1.stats.counters.get("msg SETUP", 0)
     assert _refused(world, "301", "*8")[0] == wire.CAUSE_NO_ANSWER   # 102 is not in 301's group
+    assert world.n1.stats.counters.get("msg SETUP", 0) == setups     # 301's group is all here: node 1 not asked
     world.hangup("302")
     world.hangup("201")
     world.run_until(lambda: _no_calls(world), 1000, "no call left")
     assert ("303", "302", "normal clearing") in _records(world)
+    assert not world.net.errors
+
+
+@pytest.mark.parametrize("caller", ["201", "301"])
+def test_group_pickup_of_a_call_ringing_at_a_pickup_group_member_at_another_node(world, caller):
+    """302 (node 2) and 303 (node 1) are one pickup group; a call rings at 303 from site b (node 1, all at
+    node 1) or from 301 (node 2, back through node 2): nothing rings at node 2, so 302's *8 goes on over
+    the trunk to node 1, which picks up there; recorded once, by the caller's node, naming 302."""
+    p = world.phones
+    _group(world, {"number": "680", "strategy": "pickup", "members": ["302", "303"], "site": "c",
+                   "ring_s": 15})
+    _dial(world, caller, "303")
+    world.run_until(lambda: _ringing(world) == {"303"}, 2000, "303 rings")
+    _dial(world, "302", "*8")
+    world.run_until(lambda: p["302"].connected and p[caller].connected, 2000, "302 picked 303's call up")
+    world.run_until(lambda: p["303"].idle, 1000, "303 stops ringing")
+    assert p["303"].causes() == [wire.CAUSE_PICKED_UP]
+    _talking(world, caller, "302")
+    assert not p["303"].received
+    assert _parties(p[caller]) == ["302"] and p["302"].phone.call.number == caller
+    world.hangup(caller)
+    world.run_until(lambda: p["302"].idle and _no_calls(world), 1000, "no call left")
+    assert p["302"].causes()[-1] == wire.CAUSE_NORMAL
+    assert _records(world) == [(caller, "302", "normal clearing")]
+    assert not world.net.errors
+
+
+def test_group_pickup_with_nothing_ringing_in_the_group_at_either_node(world):
+    """302's *8 asks node 1 (303 is there) and gets "no answer"; a call ringing at node 1 outside the group
+    (site b's 201) is not taken, and nothing is left on either node, nothing recorded."""
+    p = world.phones
+    _group(world, {"number": "680", "strategy": "pickup", "members": ["302", "303"], "site": "c",
+                   "ring_s": 15})
+    setups = world.n1.stats.counters.get("msg SETUP", 0)
+    assert _refused(world, "302", "*8")[0] == wire.CAUSE_NO_ANSWER
+    assert world.n1.stats.counters.get("msg SETUP", 0) == setups + 1     # node 1 was asked, once
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    _dial(world, "101", "201")                       # rings at node 1, not in 302's group
+    world.run_until(lambda: _ringing(world) == {"201"}, 2000, "201 rings")
+    assert _refused(world, "302", "*8")[0] == wire.CAUSE_NO_ANSWER
+    assert _ringing(world) == {"201"} and not p["201"].causes()
+    assert [(c["caller"], c["callee"]) for c in world.n1.status()["calls"]] == [("101", "201")]
+    world.hangup("101")
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    assert [(r[0], r[1]) for r in _records(world)] == [("101", "201")]    # the *8s left no record
+    assert not world.net.errors
+
+
+def test_group_pickup_asks_the_other_nodes_one_after_the_other(world, monkeypatch):
+    """Two nodes only here: node 1 stands for two other nodes (asked twice). Each refusal offers the *8 to
+    the next node; the last one's "no answer" reaches the picker; nothing left, nothing recorded."""
+    _group(world, {"number": "680", "strategy": "pickup", "members": ["302", "303"], "site": "c",
+                   "ring_s": 15})
+    monkeypatch.setattr(world.main.xnode, "live", lambda: [1, 1])
+    setups = world.n1.stats.counters.get("msg SETUP", 0)
+    assert _refused(world, "302", "*8")[0] == wire.CAUSE_NO_ANSWER
+    assert world.n1.stats.counters.get("msg SETUP", 0) == setups + 2
+    assert world.phones["302"].causes() == [wire.CAUSE_NO_ANSWER]
+    world.run_until(lambda: _no_calls(world), 1000, "no call left")
+    assert _records(world) == []
     assert not world.net.errors
 
 

@@ -195,6 +195,10 @@ class NodeTrunks:
         link = self.links.get(node)
         return link if link is not None and link.login.state == UP else None
 
+    def live(self):
+        """The ids of the nodes whose trunk session is up, lowest first."""
+        return [node for node in sorted(self.links) if self.up(node) is not None]
+
     def receive(self, kind, data, addr, now):
         """True when data is for one of our logins (its receive index), handled here."""
         if kind == wire.KIND_MINI or len(data) < 3:
