@@ -6,7 +6,8 @@ and a real trunk login between them, `Locations` playing Redis. Site a's remote 
 phones 301, 302 (site c) are at node 2; site b's remote host (201, 202) and phone 303 (site c) at node
 1. A call from node 1 ringing a phone at node 2 is that node's half of a cross-node call; the picker's
 host (node 2 for 301, 302; site a's remote host for 101, 102) picks it up as any call ringing there.
-A `**N` for a phone at the other node (303 from 302) is sent on to that node, which picks up there.
+A `**N` for a phone at the other node (303 from 302) is sent on to that node, which picks up there; a
+`*8` that finds nothing in its scope ringing at the picker's node is sent on to the other nodes in turn.
 What is asserted is what the phones see (who rings, causes, who they are told they talk to), the voice
 frames that arrive (each names its sender, in order), the records and the nodes' calls.
 """
