@@ -6,7 +6,11 @@ As rtpengine keeps each call in Redis for a standby to take over: the key
 the state and path, and each leg's link (remote host or phone), call numbers, role
 and media key. Media keys are sealed with the cluster key from etcd (AES-GCM, the
 call's uid and leg as associated data): a Redis dump or replica alone does not
-give a call's audio away.
+give a call's audio away. A call direct between our site and another node's (B2,
+host/cluster/direct.py) also holds its pair: the two remote hosts' names and, sealed
+the same way (the uid and "xpair" as associated data), the pair key and the peer's
+public address, so that a third node taking the half over can offer the pair again
+on a B7 change.
 
 A live call's key expires call_ttl_s after it was last written, and is written again
 at half that, so a node that dies leaves no key forever; an ended call's key is kept
@@ -15,10 +19,12 @@ ended_ttl_s more, marked ended, then expires.
 import json
 import os
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from upbx.common import wire
 from upbx.common.call import CallLeg
+from upbx.host.cluster.direct import CrossPair
 
 KEY = "upbx:call:%s"
 LEG_KEY = "upbx:leg:%s:%s:%d"   # a live leg's link kind, link name and call number -> its call's uid
@@ -41,10 +47,32 @@ def _leg(leg):
             bytes(leg.media_key), leg.state)
 
 
+def _pair(call):
+    pair = call.xpair
+    if pair is None or not pair.offered or pair.address is None:
+        return None
+    return (pair.host, pair.peer, bytes(pair.key), tuple(pair.address))
+
+
 def fingerprint(call):
     """What of a call the key holds, as a tuple: the key is written again when it changes."""
     return (call.caller, call.callee, call.state, call.path, call.held_by is not None,
-            _leg(call.a) if call.a is not None else None, _leg(call.b) if call.b is not None else None)
+            _leg(call.a) if call.a is not None else None, _leg(call.b) if call.b is not None else None,
+            _pair(call))
+
+
+def seal_pair(cluster_key, uid, pair):
+    """A direct call's pair in its key: the names in clear, the key and the peer's address sealed."""
+    host, peer, key, address = pair
+    secret = key + ("%s:%d" % address).encode()
+    return {"host": host, "peer": peer, "sealed": seal(cluster_key, secret, ("%s/xpair" % uid).encode())}
+
+
+def unseal_pair(cluster_key, uid, value):
+    """(host, peer, pair key, peer's address) from seal_pair's value."""
+    secret = unseal(cluster_key, value["sealed"], ("%s/xpair" % uid).encode())
+    ip, port = secret[32:].decode().rsplit(":", 1)
+    return value["host"], value["peer"], secret[:32], (ip, int(port))
 
 
 def call_value(call, node, cluster_key, now_wall_ms, ended=False):
@@ -58,10 +86,13 @@ def call_value(call, node, cluster_key, now_wall_ms, ended=False):
         legs[side] = {"link": {"kind": kind, "name": name}, "call_no": call_no, "peer_call_no": peer_call_no,
                       "role": role, "state": state, "ts": leg.media.replay.highest,
                       "media_key": seal(cluster_key, media_key, ("%s/%s" % (uid, side)).encode())}
-    return json.dumps({"uid": uid, "node": node, "caller": call.caller, "callee": call.callee,
-                       "state": "released" if ended else call.state, "path": call.path,
-                       "held": call.held_by is not None, "legs": legs, "ended": ended,
-                       "written_ms": now_wall_ms}, sort_keys=True)
+    value = {"uid": uid, "node": node, "caller": call.caller, "callee": call.callee,
+             "state": "released" if ended else call.state, "path": call.path,
+             "held": call.held_by is not None, "legs": legs, "ended": ended, "written_ms": now_wall_ms}
+    pair = _pair(call)
+    if pair is not None and not ended:
+        value["xpair"] = seal_pair(cluster_key, uid, pair)
+    return json.dumps(value, sort_keys=True)
 
 
 class CallMirror:
@@ -228,6 +259,30 @@ class Takeover:
             core._message(link, msg_type, ies, now)
         return None
 
+    def _restore_pair(self, call, value, now):
+        """A lost node's half of a call direct between its site and another node's (B2), adopted here with
+        its leg on our trunk to that node: its pair as the key holds it, so that a B7 change of either site
+        is offered again as that node would have (host/cluster/direct.py). That node is sent the pair
+        again at once, naming its leg: a direct call sends it no frame, and its leg held towards the lost
+        node moves to our trunk at the first message naming it (else it ends at the hold's end)."""
+        core = self.core
+        try:
+            host, peer, key, address = unseal_pair(self.cluster_key, value["uid"], value["xpair"])
+        except (InvalidTag, KeyError, TypeError, ValueError):
+            core.stats.drop("takeover: bad direct pair")
+            return
+        site = next((leg for leg in (call.a, call.b) if leg.link.kind == "host" and leg.link.name == host), None)
+        trunk = next((leg for leg in (call.a, call.b) if leg.link.kind == "node"), None)
+        if site is None or trunk is None or peer == host:
+            core.stats.drop("takeover: bad direct pair")
+            return
+        core.pair_keys[frozenset((host, peer))] = key
+        pair = call.xpair = CrossPair(host, peer, trunk.link, key, address)
+        pair.offered = True
+        trunk.link.send_signal(wire.PUNCH_OFFER, {wire.IE_HOST_NAME: peer, wire.IE_PEER_NAME: host,
+                                                  wire.IE_ADDRESS: site.link.address, wire.IE_PEER_KEY: key,
+                                                  wire.IE_PEER_CALL_NO: trunk.peer_call_no}, now)
+
     def adopt(self, value, now, wall_ms):
         """Carry on the call stored as value (the JSON object) here; the reason when it cannot be
         (yet: its other remote host may not have switched to this node), else None."""
@@ -281,6 +336,8 @@ class Takeover:
         core.stats.count("calls taken over")
         core.log.info("call-taken-over", call=uid, node=value.get("node"), caller=call.caller, callee=call.callee,
                       path=call.path)
+        if value.get("xpair") is not None:
+            self._restore_pair(call, value, now)
         for side, leg in legs.items():
             entry = self.want.pop((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]), None)
             for link, msg_type, ies in (entry[1] if entry else ()):

@@ -300,10 +300,14 @@ class NodeTrunks:
             leg = entry[2]
             if switch.leg(leg.link, call_no) is not leg or leg.link is link:   # it ended meanwhile, or is here
                 continue
+            was = leg.link
             if not switch.move(leg, link):   # two nodes lost at once (docs/cluster.md, "Node trunks")
                 self.held[call_no] = entry
                 self.core.stats.drop("node trunk: claimed number in use on that trunk")
                 continue
+            pair = leg.call.xpair
+            if pair is not None and pair.trunk is was:   # a direct call's pair: offered on that trunk from now on
+                pair.trunk = link
             self.carried += 1
             self.core.stats.count("node trunk: calls carried on")
             self.core.log.info("call-carried-on", call=leg.call.uid, via=link.name)
