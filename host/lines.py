@@ -10,7 +10,9 @@ A transfer is done by the host the transferring phone is registered at, which sw
 of that phone's calls: the far leg of the held call (y1, towards the party that stays) and the
 far leg of the other call (y2, towards the new party, ringing or answered) become one new call,
 the phone's own two legs are released with cause 12 "transferred", and both far ends are told
-who they talk to now (PARTY, passed along by every host on the way). The two calls that ended
+who they talk to now (PARTY, passed along by every host on the way). When both far legs go the
+same way (a remote host's through the main host, a cluster node's over the trunk to one other node)
+the host there joins them instead (`_hand_over`). The two calls that ended
 are recorded with cause "transferred" as any call is; the new call's record names the call it
 continues (`linked`, the first call of a chain of transfers): item 10 of issue 12.
 
@@ -66,11 +68,15 @@ def _phone(link):
 def transfer(host, link, ies, now):
     """A phone of host joins the far ends of two of its calls: ies name the held one (call_no,
     peer_call_no) and join_call_no our leg of the other. Anything out of turn is dropped, counted.
-    Returns True when joined here, "handed" when handed to the main host, None when dropped."""
+    Returns True when joined here, "handed" when handed on (_hand_over), None when dropped. The TRANSFER
+    of a remote host or a node handing its phone's over names two legs of its own (a node's may be on
+    the two trunk sessions between us: IE state 1, docs/protocol.md)."""
     switch = host.switch
     x1 = switch.leg_for(ies, link)
-    x2 = switch.leg(link, ies.get(wire.IE_JOIN_CALL_NO))
-    if not (_phone(link) or link.kind == "host") or x1 is None or x2 is None or x2.call is x1.call:
+    # a node's hand-over (_hand_over): its other call may run on the other trunk session between us
+    other = host.xnode.other_session(link) if link.kind == "node" and ies.get(wire.IE_STATE) == 1 else link
+    x2 = switch.leg(other, ies.get(wire.IE_JOIN_CALL_NO)) if other is not None else None
+    if not (_phone(link) or link.kind in ("host", "node")) or x1 is None or x2 is None or x2.call is x1.call:
         host.stats.drop("bad transfer")
         return
     c1, c2 = x1.call, x2.call
@@ -81,9 +87,8 @@ def transfer(host, link, ies, now):
         host.stats.drop("message out of turn")
         return
     stays, new = _number(c1, y1), _number(c2, y2)
-    if (_phone(link) and y1.link is y2.link and y1.link.kind == "main" and y2.peer_call_no
-            and y1.direct is None and y2.direct is None):
-        _hand_over(host, link, y1, y2, stays, new, now)
+    if link.kind != "node" and _joined_further(y1, y2):
+        _hand_over(host, link, c1, c2, y1, y2, stays, new, now)
         return "handed"
     for c in (c1, c2):                           # a direct path between two remote hosts comes back here
         host.media_through_here(c, now)
@@ -105,7 +110,9 @@ def transfer(host, link, ies, now):
     call.moh_last = [t or None for t in last]    # each side's media carries on after what it had
     c2.linked = call.linked
     for c, x, theirs in ((c1, x1, elsewhere[0]), (c2, x2, elsewhere[1])):   # the phone's own legs end; both
-        c.a, c.b = x, None                                                   # calls are recorded (once)
+        # calls are recorded (once). A node's leg keeps its side: a call of ours whose callee's side was on the
+        # trunk (a transfer handed to us, _hand_over) is recorded by its caller's side (MainHost.on_call_ended)
+        c.a, c.b = (None, x) if x.link.kind == "node" and x is c.b else (x, None)
         switch.release(x, wire.CAUSE_TRANSFERRED, now)
         host.end_call(c, wire.CAUSE_TRANSFERRED, now, record=not theirs)
     if y2.state == CONNECTED:                     # attended: both far ends talk at once
@@ -134,14 +141,35 @@ def transfer(host, link, ies, now):
     return True
 
 
-def _hand_over(host, link, y1, y2, stays, new, now):
-    """Both of the phone's calls go through the main host: the main host joins them itself (the
-    same TRANSFER, from this host, naming the main host's legs), so the joined call no longer turns
-    at this site and leaves its uplink; the main host then releases our legs towards it with cause
-    "transferred", which reach the phone's legs as any RELEASE does."""
-    send_on_leg(y1, wire.TRANSFER, {wire.IE_JOIN_CALL_NO: y2.peer_call_no}, now)
-    host.stats.count("transfers handed to the main host")
-    host.log.info("call-transfer-handed-over", by=link.name, stays=stays, to=new)
+def _joined_further(y1, y2):
+    """Whether both far legs go the same way, so that the host there joins them (_hand_over): a remote
+    host's, through the main host; a cluster node's, over the trunk to one other node (a call from it
+    runs on its trunk session, one to it on ours). Not a direct path (B2), which the main host would
+    not see; not a call whose far leg is not numbered yet (a consultation waiting for its node)."""
+    if not y2.peer_call_no or y1.direct is not None or y2.direct is not None:
+        return False
+    if y1.link.kind == "main":
+        return y2.link is y1.link
+    return y1.link.kind == "node" == y2.link.kind and y1.link.node == y2.link.node
+
+
+def _hand_over(host, link, c1, c2, y1, y2, stays, new, now):
+    """Both of the phone's calls go through the main host (a remote host's), or over the trunk to the
+    same other node (a cluster node's, docs/cluster.md): that host joins them itself (the same TRANSFER,
+    from this host, naming its legs), so the joined call no longer turns here (a site's uplink, or a
+    second trunk hop each way that would end with this node); it then releases our legs towards it
+    with cause "transferred", which reach the phone's legs as any RELEASE does, and end our calls."""
+    if y1.link.kind == "node":
+        # our consultation is recorded here as a transfer's is, linked to the first call: the held one's
+        # uid, the other node's when it is that node's call (it records it, and the joined call)
+        elsewhere = c1.recorded_as is not None and c1.a.link.up
+        c2.linked = c1.linked or (c1.recorded_as if elsewhere else c1.uid)
+    ies = {wire.IE_JOIN_CALL_NO: y2.peer_call_no}
+    if y2.link is not y1.link:   # two trunk sessions with that node: a call from it runs on its, one to it on ours
+        ies[wire.IE_STATE] = 1
+    send_on_leg(y1, wire.TRANSFER, ies, now)
+    host.stats.count("transfers handed to the main host" if y1.link.kind == "main" else "transfers handed to a node")
+    host.log.info("call-transfer-handed-over", by=link.name, stays=stays, to=new, link=y1.link.kind)
 
 
 def _paths(host, call, was_local, now):

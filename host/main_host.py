@@ -30,9 +30,10 @@ PHONE_KEEPALIVE_MS = 20000
 PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say where its callee is
 FORWARD_LOCATE_MS = 1500   # a forward waits at most this long for Redis (as trunk.PARK_MS), then it is unreachable
 # what a trunk session between two nodes carries: PARTY tells the other node's half of a call who its party is
-# after a transfer joined it here (host/lines.py); the last three are B2's between their sites (host/cluster/direct.py)
+# after a transfer joined it here; TRANSFER hands a phone's transfer whose two far legs are both on the trunk to
+# that node (host/lines.py); the last three are B2's between their sites (host/cluster/direct.py)
 NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PARTY,
-                           wire.PING, wire.ACK, wire.PUNCH_OFFER, wire.PUNCH_RESULT, wire.MEDIA_PEER))
+                           wire.TRANSFER, wire.PING, wire.ACK, wire.PUNCH_OFFER, wire.PUNCH_RESULT, wire.MEDIA_PEER))
 RING_SCAN_TICKS = 10     # an answered call is looked at for a ring timeout once in this many ticks (_ring_calls)
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 

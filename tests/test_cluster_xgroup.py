@@ -171,6 +171,13 @@ def _parties(end):
     return [e.number for e in end.log if isinstance(e, Incoming) and e.waiting == 2]
 
 
+def _counters_since(host, run):
+    """The counters of host that moved while run() ran."""
+    before = dict(host.stats.counters)
+    run()
+    return {name for name, value in host.stats.counters.items() if value != before.get(name)}
+
+
 def _no_calls(world):
     return all(h.status()["calls"] == [] and not h.switch.legs for h in world.hosts)
 
@@ -321,29 +328,92 @@ def test_blind_transfer_by_a_phone_at_one_node_to_one_at_the_other_recalled_when
     assert not world.net.errors
 
 
-def test_a_call_from_another_node_transferred_back_to_that_node_turns_at_the_joining_node(world):
+def test_a_call_from_another_node_transferred_back_to_that_node_is_joined_there(world):
     p = world.phones
     world.call("201", "301")                       # site b (node 1) calls 301 (node 2)
     _act(world, "301", lambda ph, now: lines.consult(ph, "303", now, True))   # to 303, at node 1 again
     _answer(world, "303")
     world.run_until(lambda: p["201"].connected and p["303"].connected and p["301"].idle, 1000, "201 and 303 talk")
+    assert p["301"].causes()[-2:] == [wire.CAUSE_TRANSFERRED] * 2
     assert p["303"].phone.call.number == "201" and _parties(p["201"]) == ["303"]
+    # both far legs were on node 2's trunk with node 1: node 2 handed the join to node 1, which joined its two
+    # halves into one call of its own (no trunk hop left); node 2 keeps nothing of it. Before: node 2 joined
+    # them and the call turned there (node 1 -> node 2 -> node 1), two calls at node 1
+    assert world.main.status()["calls"] == [] and not world.main.switch.legs
+    assert world.main.stats.counters["transfers handed to a node"] == 1
     _listen(world, 600)
     _in_order(p["303"], p["201"], 20)
     _in_order(p["201"], p["303"], 20)
-    # node 2 joined the two halves it had (both over its trunk with node 1): the call turns there
-    calls = world.main.status()["calls"]
+    calls = world.n1.status()["calls"]
     assert [(c["caller"], c["callee"], c["state"]) for c in calls] == [("201", "303", "answered")]
-    assert len(world.n1.status()["calls"]) == 2
+    assert all(leg.link.kind != "node" for leg in world.n1.switch.legs.values())
+    moved = _counters_since(world.main, lambda: _listen(world, 200))   # node 2 relays nothing of it
+    assert not moved & {"media in", "media out", "trunks in", "trunks out"}, moved
+    _in_order(p["303"], p["201"], 5)
     world.hangup("201")
     world.run_until(lambda: p["303"].idle and _no_calls(world), 1000, "no call left")
     assert p["303"].causes()[-1] == wire.CAUSE_NORMAL
     # each call recorded once, linked to the first: node 1 (the caller's node) its call from site b, ended
-    # "transferred" when node 2 told it of 303 (PARTY) and going on with 303; node 2 the consultation
+    # "transferred" at the join, and the joined call with 303; node 2 the consultation
     records = world.main.directory.call_records()
     first = next(r.uid for r in records if (r.caller, r.callee) == ("201", "301"))
     assert sorted((r.caller, r.callee, r.cause, r.linked) for r in records) == sorted([
         ("201", "301", "transferred", None), ("301", "303", "transferred", first),
+        ("201", "303", "normal clearing", first)])
+    assert not world.net.errors
+
+
+def test_a_transfer_handed_to_the_other_node_is_recalled_over_the_trunk_when_unanswered(world):
+    p = world.phones
+    world.call("301", "201")                       # 301 (node 2) calls 201 (site b, node 1): node 2's call
+    _act(world, "301", lambda ph, now: lines.consult(ph, "303", now, True))   # blind to 303, at node 1 too
+    world.run_until(lambda: p["303"].phone.state == RINGING and p["301"].idle, 3000, "303 rings")
+    # handed to node 1 (the held call runs on node 2's trunk session, the consultation on node 1's): node 2
+    # keeps nothing, node 1 rings 303 for 201
+    assert world.main.status()["calls"] == [] and not world.main.switch.legs
+    assert [(c["caller"], c["callee"]) for c in world.n1.status()["calls"]] == [("201", "303")]
+    # not answered within node 1's transfer_recall_s (6 s): 303 stops, node 1 rings 301 again over the trunk
+    world.run_until(lambda: p["301"].phone.state == RINGING, 7000, "301 recalled")
+    assert p["301"].take()[-1].name == "recall: 303 no answer"
+    world.run_until(lambda: p["303"].idle, 1000, "303 stops ringing")
+    assert p["303"].causes() == [wire.CAUSE_NO_ANSWER]
+    _answer(world, "301")
+    _listen(world, 600)
+    _in_order(p["301"], p["201"], 20)
+    _in_order(p["201"], p["301"], 20)
+    world.hangup("201")
+    world.run_until(lambda: p["301"].idle and _no_calls(world), 1000, "no call left")
+    # node 2 its two calls, node 1 the joined call (201 rung back to 301), linked to node 2's first
+    records = world.main.directory.call_records()
+    first = next(r.uid for r in records if (r.caller, r.callee) == ("301", "201"))
+    assert sorted((r.caller, r.callee, r.cause, r.linked) for r in records) == sorted([
+        ("301", "201", "transferred", None), ("301", "303", "transferred", first),
+        ("201", "301", "normal clearing", first)])
+    assert not world.net.errors
+
+
+def test_a_sites_transfer_of_two_calls_with_the_other_node_is_handed_on_to_that_node(world):
+    p = world.phones
+    world.call("201", "101")                       # site b (node 1) calls 101 (site a, node 2)
+    _act(world, "101", lambda ph, now: lines.consult(ph, "303", now, True))   # blind to 303, at node 1
+    _answer(world, "303")
+    world.run_until(lambda: p["201"].connected and p["303"].connected and p["101"].idle, 1000, "201 and 303 talk")
+    assert p["101"].causes()[-2:] == [wire.CAUSE_TRANSFERRED] * 2
+    assert p["303"].phone.call.number == "201" and _parties(p["201"]) == ["303"]
+    # site a hands the join to node 2 (both calls through it), node 2 on to node 1 (both over its trunk with it)
+    assert world.a.stats.counters["transfers handed to the main host"] == 1
+    assert world.main.stats.counters["transfers handed to a node"] == 1
+    assert all(h.status()["calls"] == [] and not h.switch.legs for h in (world.a, world.main))
+    _listen(world, 600)
+    _in_order(p["303"], p["201"], 20)
+    _in_order(p["201"], p["303"], 20)
+    assert [(c["caller"], c["callee"], c["state"]) for c in world.n1.status()["calls"]] == [("201", "303", "answered")]
+    world.hangup("303")
+    world.run_until(lambda: p["201"].idle and _no_calls(world), 1000, "no call left")
+    records = world.main.directory.call_records()
+    first = next(r.uid for r in records if (r.caller, r.callee) == ("201", "101"))
+    assert sorted((r.caller, r.callee, r.cause, r.linked) for r in records) == sorted([
+        ("201", "101", "transferred", None), ("101", "303", "transferred", first),
         ("201", "303", "normal clearing", first)])
     assert not world.net.errors
 

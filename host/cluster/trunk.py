@@ -342,6 +342,15 @@ class NodeTrunks:
         entry = self.held.get(call_no)
         return entry[2] if entry is not None else None
 
+    def other_session(self, link):
+        """The other trunk session between us and link's node (ours to it, or its login to us), else None:
+        a call from that node runs on its login, a call to it on ours."""
+        if link.node is None:
+            return None
+        if link is self.links.get(link.node):
+            return self.core.links_by_name.get(("host", PREFIX + str(link.node)))
+        return self.links.get(link.node)
+
     def link_for(self, kind, name):
         """What a lost node's call key names as a node link, here: "self" (the link was towards us: the
         call's other half is ours), our link to/from that node, or None."""
