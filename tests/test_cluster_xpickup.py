@@ -14,7 +14,7 @@ frames that arrive (each names its sender, in order), the records and the nodes'
 import pytest
 
 from upbx.common import wire
-from tests.test_cluster_xgroup import (_answer, _dial, _group, _heard, _in_order, _listen, _no_calls, _parties,
+from tests.test_cluster_xgroup import (_dial, _group, _heard, _in_order, _listen, _no_calls, _parties,
                                        _ringing, world)   # noqa: F401 (the fixture)
 from tests.test_routing import _refused
 
@@ -32,88 +32,73 @@ def _records(world):
     return sorted((r.caller, r.callee, r.cause) for r in world.main.directory.call_records())
 
 
-def test_directed_pickup_of_a_call_from_another_node(world):
+def _picked_up(world, caller, rung, picker):
+    """picker dialled a pickup of the call from caller ringing at rung: picker and caller talk, every
+    frame in order, each told the other; rung stops ("picked up"), having heard nothing."""
     p = world.phones
+    world.run_until(lambda: p[picker].connected and p[caller].connected, 2000,
+                    "%s picked %s's call up" % (picker, rung))
+    world.run_until(lambda: p[rung].idle, 1000, "%s stops ringing" % rung)
+    assert p[rung].causes() == [wire.CAUSE_PICKED_UP]
+    _talking(world, caller, picker)
+    assert not p[rung].received
+    assert _parties(p[caller]) == [picker] and p[picker].phone.call.number == caller
+
+
+def _ends_recorded_once(world, hangs_up, other, record):
+    """hangs_up ends the call: other hears "normal clearing", no call is left at either node, and the
+    call is recorded once, as record (caller, callee, cause)."""
+    p = world.phones
+    world.hangup(hangs_up)
+    world.run_until(lambda: p[other].idle and _no_calls(world), 1000, "no call left")
+    assert p[other].causes()[-1] == wire.CAUSE_NORMAL
+    assert _records(world) == [record]
+    assert not world.net.errors
+
+
+def test_directed_pickup_of_a_call_from_another_node(world):
     _dial(world, "303", "301")                       # 303 at node 1 calls 301 at node 2
     world.run_until(lambda: _ringing(world) == {"301"}, 2000, "301 rings")
     assert _refused(world, "302", "**303")[0] == wire.CAUSE_NO_ANSWER    # 303 rings nothing
     _dial(world, "302", "**301")
-    world.run_until(lambda: p["302"].connected and p["303"].connected, 2000, "302 picked 301's call up")
-    world.run_until(lambda: p["301"].idle, 1000, "301 stops ringing")
-    assert p["301"].causes() == [wire.CAUSE_PICKED_UP]
-    _talking(world, "303", "302")
-    assert not p["301"].received
-    assert _parties(p["303"]) == ["302"] and p["302"].phone.call.number == "303"
-    world.hangup("303")
-    world.run_until(lambda: p["302"].idle and _no_calls(world), 1000, "no call left")
-    assert p["302"].causes()[-1] == wire.CAUSE_NORMAL
-    assert _records(world) == [("303", "302", "normal clearing")]
+    _picked_up(world, "303", "301", "302")
+    _ends_recorded_once(world, "303", "302", ("303", "302", "normal clearing"))
     assert not world.net.errors
 
 
 def test_directed_pickup_at_a_remote_host_of_a_call_from_a_site_at_another_node(world):
-    p = world.phones
     _dial(world, "201", "101")                       # site b (node 1) calls site a (node 2)
     world.run_until(lambda: _ringing(world) == {"101"}, 2000, "101 rings")
     _dial(world, "102", "**101")                     # site a's remote host picks it up
-    world.run_until(lambda: p["102"].connected and p["201"].connected, 2000, "102 picked 101's call up")
-    world.run_until(lambda: p["101"].idle, 1000, "101 stops ringing")
-    assert p["101"].causes() == [wire.CAUSE_PICKED_UP]
-    _talking(world, "201", "102")
-    assert not p["101"].received
+    _picked_up(world, "201", "101", "102")
     # the PARTY went site a -> node 2 -> node 1 -> site b: each host's call names 102 now
-    assert _parties(p["201"]) == ["102"] and p["102"].phone.call.number == "201"
     for host in (world.main, world.n1):
         assert [(c["caller"], c["callee"]) for c in host.status()["calls"]] == [("201", "102")]
-    world.hangup("102")
-    world.run_until(lambda: p["201"].idle and _no_calls(world), 1000, "no call left")
-    assert p["201"].causes()[-1] == wire.CAUSE_NORMAL
-    assert _records(world) == [("201", "102", "normal clearing")]    # node 1's, naming who took it
-    assert not world.net.errors
+    _ends_recorded_once(world, "102", "201", ("201", "102", "normal clearing"))    # node 1's, naming who took it
 
 
 def test_directed_pickup_of_a_call_ringing_at_another_node(world):
     """302 (node 2) takes the call ringing at 303 (node 1): node 2 sends the **303 on to node 1, which
     picks its call up onto the trunk; the caller's call goes on, recorded once, naming 302."""
-    p = world.phones
     _dial(world, "201", "303")                       # site b (node 1) calls 303 (node 1): all at node 1
     world.run_until(lambda: _ringing(world) == {"303"}, 2000, "303 rings")
     world.main.xnode.cache.clear()                   # where 303 is: Redis is asked, the pickup waits for it
     asks = world.locations.asks
     _dial(world, "302", "**303")
-    world.run_until(lambda: p["302"].connected and p["201"].connected, 2000, "302 picked 303's call up")
+    _picked_up(world, "201", "303", "302")
     assert world.locations.asks > asks
-    world.run_until(lambda: p["303"].idle, 1000, "303 stops ringing")
-    assert p["303"].causes() == [wire.CAUSE_PICKED_UP]
-    _talking(world, "201", "302")
-    assert not p["303"].received
-    assert _parties(p["201"]) == ["302"] and p["302"].phone.call.number == "201"
     assert [(c["caller"], c["callee"]) for c in world.n1.status()["calls"]] == [("201", "302")]
-    world.hangup("302")
-    world.run_until(lambda: p["201"].idle and _no_calls(world), 1000, "no call left")
-    assert p["201"].causes()[-1] == wire.CAUSE_NORMAL
-    assert _records(world) == [("201", "302", "normal clearing")]    # node 1's, once
-    assert not world.net.errors
+    _ends_recorded_once(world, "302", "201", ("201", "302", "normal clearing"))    # node 1's, once
 
 
 def test_directed_pickup_at_the_callers_node_of_its_call_ringing_at_another_node(world):
     """301 (node 2) calls 303 (node 1); 302 (node 2) takes it: node 1 joins the two trunk legs, node 2's
     call of 301 (which records it) is told who took it."""
-    p = world.phones
     _dial(world, "301", "303")
     world.run_until(lambda: _ringing(world) == {"303"}, 2000, "303 rings")
     _dial(world, "302", "**303")
-    world.run_until(lambda: p["302"].connected and p["301"].connected, 2000, "302 picked 303's call up")
-    world.run_until(lambda: p["303"].idle, 1000, "303 stops ringing")
-    assert p["303"].causes() == [wire.CAUSE_PICKED_UP]
-    _talking(world, "301", "302")
-    assert not p["303"].received
-    assert _parties(p["301"]) == ["302"] and p["302"].phone.call.number == "301"
-    world.hangup("301")
-    world.run_until(lambda: p["302"].idle and _no_calls(world), 1000, "no call left")
-    assert p["302"].causes()[-1] == wire.CAUSE_NORMAL
-    assert _records(world) == [("301", "302", "normal clearing")]    # node 2's call of 301, once
-    assert not world.net.errors
+    _picked_up(world, "301", "303", "302")
+    _ends_recorded_once(world, "301", "302", ("301", "302", "normal clearing"))    # node 2's call of 301, once
 
 
 def test_directed_pickup_of_a_phone_at_another_node_that_does_not_ring(world):
@@ -161,23 +146,13 @@ def test_group_pickup_of_a_call_ringing_at_a_pickup_group_member_at_another_node
     """302 (node 2) and 303 (node 1) are one pickup group; a call rings at 303 from site b (node 1, all at
     node 1) or from 301 (node 2, back through node 2): nothing rings at node 2, so 302's *8 goes on over
     the trunk to node 1, which picks up there; recorded once, by the caller's node, naming 302."""
-    p = world.phones
     _group(world, {"number": "680", "strategy": "pickup", "members": ["302", "303"], "site": "c",
                    "ring_s": 15})
     _dial(world, caller, "303")
     world.run_until(lambda: _ringing(world) == {"303"}, 2000, "303 rings")
     _dial(world, "302", "*8")
-    world.run_until(lambda: p["302"].connected and p[caller].connected, 2000, "302 picked 303's call up")
-    world.run_until(lambda: p["303"].idle, 1000, "303 stops ringing")
-    assert p["303"].causes() == [wire.CAUSE_PICKED_UP]
-    _talking(world, caller, "302")
-    assert not p["303"].received
-    assert _parties(p[caller]) == ["302"] and p["302"].phone.call.number == caller
-    world.hangup(caller)
-    world.run_until(lambda: p["302"].idle and _no_calls(world), 1000, "no call left")
-    assert p["302"].causes()[-1] == wire.CAUSE_NORMAL
-    assert _records(world) == [(caller, "302", "normal clearing")]
-    assert not world.net.errors
+    _picked_up(world, caller, "303", "302")
+    _ends_recorded_once(world, caller, "302", (caller, "302", "normal clearing"))
 
 
 def test_group_pickup_with_nothing_ringing_in_the_group_at_either_node(world):
