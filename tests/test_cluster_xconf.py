@@ -15,7 +15,8 @@ from upbx.common.phone import Ended
 from tests.inprocess import MAIN, SITE_A, SITE_B, PhoneEnd
 from tests.test_cluster_direct import SitesAtTwoNodes
 from tests.test_cluster_xgroup import NODE1, TwoNodes, _no_calls
-from tests.test_conference import HEARD, NOT_HEARD, ToneEnd, _call_on_the_second_line, _join, _power, _tone_frames
+from tests.test_conference import ToneEnd, _call_on_the_second_line, _join, _tone_frames
+from tests.test_conference import _hears as _hears_of
 
 TONES = {"101": 600, "102": 1000, "201": 1400, "202": 2600, "301": 1800, "302": 2200, "303": 3000}
 
@@ -53,15 +54,7 @@ def world(tmp_path):
 
 def _hears(world, number, others, ms=1000):
     """number receives every one of others' tones and no other (its own neither)."""
-    end = world.phones[number]
-    end.received = []
-    world.run(ms)
-    for other, hz in TONES.items():
-        power = _power(end.received, hz)
-        if other in others:
-            assert power > HEARD, "%s does not hear %s (%.3g)" % (number, other, power)
-        else:
-            assert power < NOT_HEARD, "%s hears %s (%.3g)" % (number, other, power)
+    _hears_of(world, number, others, ms, TONES)
 
 
 def _everyone_hears_the_others(world, numbers):

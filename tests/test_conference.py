@@ -71,12 +71,12 @@ def _power(payloads, hz):
     return powers[len(powers) // 2]
 
 
-def _hears(world, number, others, ms=1000):
-    """number receives every one of others' tones and not its own (nor another phone's)."""
+def _hears(world, number, others, ms=1000, tones=TONES):
+    """number receives every one of others' tones and not its own (nor another phone's of tones)."""
     end = world.phones[number]
     end.received = []
     world.run(ms)
-    for other, hz in TONES.items():
+    for other, hz in tones.items():
         power = _power(end.received, hz)
         if other in others:
             assert power > HEARD, "%s does not hear %s (%.3g)" % (number, other, power)
