@@ -12,7 +12,6 @@ the hold; a B7 change of either site is offered again, with the call's pair key,
 """
 import json
 
-import pytest
 
 from upbx.common import wire
 from upbx.host.cluster import trunk
@@ -22,7 +21,7 @@ from upbx.host.log import StructuredLog
 from upbx.host.main_host import MainHost
 from upbx.host.switch import Link
 from tests.inprocess import SITE_A, SITE_B, flush_host
-from tests.test_cluster_direct_loss import A_MOVED, B_MOVED, LosableSites, _pair_at
+from tests.test_cluster_direct_loss import A_MOVED, B_MOVED, _pair_at, world   # noqa: F401 (the fixture)
 from tests.test_cluster_forward import NODE1
 
 
@@ -54,16 +53,6 @@ class ThirdNodeTrunks:
 
     def held_leg(self, call_no):
         return None
-
-
-@pytest.fixture
-def world(tmp_path):
-    world = LosableSites(tmp_path)
-    try:
-        world.run_until(lambda: world.a.standby_link.up and world.b.standby_link.up, 5000, "standby sessions up")
-        yield world
-    finally:
-        world.close()
 
 
 def _third_node(world, site_a_address):
