@@ -12,7 +12,6 @@ the hold; a B7 change of either site is offered again, with the call's pair key,
 """
 import json
 
-
 from upbx.common import wire
 from upbx.host.cluster import trunk
 from upbx.host.cluster.calls import KEY, Takeover
