@@ -108,17 +108,22 @@ class TwoNodes(World):
         World.close(self)
 
 
+def with_phones(world, **phone_args):
+    """world with its phones registered (101-302 at their hosts, 303 straight at node 1; phone_args: to
+    add_phone) and every client's key written: site a, 301, 302 at node 2; site b, 303 at node 1."""
+    for i, number in enumerate(("101", "102", "201", "202", "301", "302"), 1):
+        world.add_phone(number, i, **phone_args)
+    world.add_phone_at("303", 7, 1)
+    world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 5000, "registered")
+    world.run_until(lambda: len(world.locations.keys) == 5, 2000, "location keys")
+    return world
+
+
 @pytest.fixture
 def world(tmp_path):
     world = TwoNodes(tmp_path, main_settings="transfer_recall_s = 6\n")
     try:
-        for i, number in enumerate(("101", "102", "201", "202", "301", "302"), 1):
-            world.add_phone(number, i)
-        world.add_phone_at("303", 7, 1)
-        world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 5000, "registered")
-        # every client's key written: site a, 301, 302 at node 2; site b, 303 at node 1
-        world.run_until(lambda: len(world.locations.keys) == 5, 2000, "location keys")
-        yield world
+        yield with_phones(world)
     finally:
         world.close()
 

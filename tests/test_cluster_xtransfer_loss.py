@@ -14,7 +14,7 @@ import pytest
 from upbx.common import lines, wire
 from upbx.host.cluster import trunk
 from tests.inprocess import MAIN, flush_host
-from tests.test_cluster_xgroup import TwoNodes, _act, _answer, _in_order, _listen, _parties
+from tests.test_cluster_xgroup import TwoNodes, _act, _answer, _in_order, _listen, _parties, with_phones
 
 
 class LosableNodes(TwoNodes):
@@ -39,12 +39,7 @@ class LosableNodes(TwoNodes):
 def world(tmp_path):
     world = LosableNodes(tmp_path)
     try:
-        for i, number in enumerate(("101", "102", "201", "202", "301", "302"), 1):
-            world.add_phone(number, i, dead_ms=2000)   # the firmware's liveness limit
-        world.add_phone_at("303", 7, 1)
-        world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 5000, "registered")
-        world.run_until(lambda: len(world.locations.keys) == 5, 2000, "location keys")
-        yield world
+        yield with_phones(world, dead_ms=2000)   # the firmware's liveness limit
     finally:
         world.close()
 
