@@ -99,10 +99,15 @@ def upload(host, rec):
     host.send(wire.RECORDS, {wire.IE_DATA: encode_upload(rec)})
 
 
+def acknowledgements(host, uid):
+    """How many times the node acknowledged (RECORDS) the record uid to the Intruder host."""
+    return sum(t == wire.RECORDS and bytes(ies.get(wire.IE_CALL_ID, b"")) == bytes.fromhex(uid)
+               for t, ies in host.inbox)
+
+
 def acknowledged(host, uid):
     """Whether the node acknowledged (RECORDS) the record uid to the Intruder host."""
-    return any(t == wire.RECORDS and bytes(ies.get(wire.IE_CALL_ID, b"")) == bytes.fromhex(uid)
-               for t, ies in host.inbox)
+    return acknowledgements(host, uid) > 0
 
 
 def survivor(lab, lost="n1"):
