@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from upbx.common import wire
 from upbx.common.crypto import HmacKey
 from upbx.common.media import MediaLeg, seal_trunk
 from upbx.host import fastpath
