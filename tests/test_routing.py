@@ -9,7 +9,7 @@ from upbx.common import wire
 from upbx.common.phone import Incoming
 from upbx.common.media import call_kbps
 from upbx.host.directory import Directory
-from tests.inprocess import World
+from tests.inprocess import TICK_MS, World
 
 
 def _world(tmp_path, phones, **kwargs):
@@ -160,3 +160,20 @@ def test_a_caller_hanging_up_before_the_host_answered_ends_the_call_everywhere(t
         assert _flowing(p["101"], p["102"])
     finally:
         world.close()
+
+
+def test_the_frame_a_caller_sends_in_the_20_ms_it_hangs_up_in_reaches_the_callee(tmp_path):
+    """A remote host sends its phones' frames on its trunk at its 20 ms tick and signalling at once: a
+    hang-up in the same 20 ms as the caller's last frame sent the RELEASE ahead of it, the main host
+    ended the call and dropped the frame (the last 20 ms of speech; seen in test_nat under load)."""
+    world = _world(tmp_path, ("101", "301"))
+    world.call("101", "301")                # B1: site a's trunk to the main host
+    world.run(400)
+    caller, callee = world.phones["101"], world.phones["301"]
+    world.net.now += TICK_MS
+    caller.tick()                           # its last frame, queued at site a for the trunk's tick
+    world.settle()
+    world.hangup("101")                     # in the same 20 ms
+    world.run(200)
+    assert callee.received == caller.sent, (len(callee.received), len(caller.sent))
+    assert callee.causes() == [wire.CAUSE_NORMAL]
