@@ -712,15 +712,7 @@ class MainHost(HostCore):
             return self.xnode.park(("phone", number), link, ies, now)
         if target is None or target.kind != "node":
             return wire.CAUSE_NO_ANSWER
-        cause = self.switch.admit(link, target)
-        if cause is not None:
-            return cause
-        call = self.switch.new_call(caller, ies[wire.IE_CALLED], now)
-        call.recorded_elsewhere = True
-        self.switch.incoming(call, link, ies)
-        self.switch.offer(call, target, now, self._caller_name(caller))
-        self.log.info("call-pickup-at-node", call=call.uid, picker=caller, rang=number, node=target.node)
-        return None
+        return self._pickup_via(link, ies, caller, target, (), now)
 
     def _pickup_at_nodes(self, link, ies, caller, scope, now):
         """*8 from a phone here that finds nothing ringing here in its scope, on a cluster's node where a
@@ -733,16 +725,21 @@ class MainHost(HostCore):
         nodes = self.xnode.live()
         if not nodes:
             return wire.CAUSE_NO_ANSWER
-        target = self.xnode.up(nodes[0])
+        return self._pickup_via(link, ies, caller, self.xnode.up(nodes[0]), nodes[1:], now)
+
+    def _pickup_via(self, link, ies, caller, target, then, now):
+        """The picker's SETUP (a **N or *8) on to the node of trunk link target, then to the nodes then if
+        that one refuses (call_message): None when sent, else the cause. This node's half is never
+        recorded: the node that picks up records the call (_setup_from_node)."""
         cause = self.switch.admit(link, target)
         if cause is not None:
             return cause
         call = self.switch.new_call(caller, ies[wire.IE_CALLED], now)
         call.recorded_elsewhere = True
-        call.pickup_at = nodes[1:]
+        call.pickup_at = list(then) or None
         self.switch.incoming(call, link, ies)
         self.switch.offer(call, target, now, self._caller_name(caller))
-        self.log.info("call-pickup-at-node", call=call.uid, picker=caller, node=target.node)
+        self.log.info("call-pickup-at-node", call=call.uid, picker=caller, called=ies[wire.IE_CALLED], node=target.node)
         return None
 
     def _next_pickup_node(self, call):

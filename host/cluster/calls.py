@@ -64,15 +64,16 @@ def fingerprint(call):
 def seal_pair(cluster_key, uid, pair):
     """A direct call's pair in its key: the names in clear, the key and the peer's address sealed."""
     host, peer, key, address = pair
-    secret = key + ("%s:%d" % address).encode()
+    secret = bytes((len(key),)) + key + ("%s:%d" % address).encode()   # the key's length first: any length
     return {"host": host, "peer": peer, "sealed": seal(cluster_key, secret, ("%s/xpair" % uid).encode())}
 
 
 def unseal_pair(cluster_key, uid, value):
     """(host, peer, pair key, peer's address) from seal_pair's value."""
     secret = unseal(cluster_key, value["sealed"], ("%s/xpair" % uid).encode())
-    ip, port = secret[32:].decode().rsplit(":", 1)
-    return value["host"], value["peer"], secret[:32], (ip, int(port))
+    n = secret[0]
+    ip, port = secret[1 + n:].decode().rsplit(":", 1)
+    return value["host"], value["peer"], secret[1:1 + n], (ip, int(port))
 
 
 def call_value(call, node, cluster_key, now_wall_ms, ended=False):
@@ -268,7 +269,7 @@ class Takeover:
         core = self.core
         try:
             host, peer, key, address = unseal_pair(self.cluster_key, value["uid"], value["xpair"])
-        except (InvalidTag, KeyError, TypeError, ValueError):
+        except (InvalidTag, KeyError, TypeError, ValueError, IndexError):
             core.stats.drop("takeover: bad direct pair")
             return
         site = next((leg for leg in (call.a, call.b) if leg.link.kind == "host" and leg.link.name == host), None)
