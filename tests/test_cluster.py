@@ -281,6 +281,37 @@ def test_membership_survives_an_etcd_restart_on_its_lease(engines):
     asyncio.run(after(member))
 
 
+def test_nodes_spread_over_the_etcd_members_in_their_rendezvous_order():
+    from upbx.host.cluster.coordination import endpoint_order
+    members = [("10.0.0.1", 2379), ("10.0.0.2", 2379), ("10.0.0.3", 2379)]
+    orders = {name: endpoint_order(name, members) for name in ("n1", "n2", "n3")}
+    # every node has every member, each its own order; the three nodes start at three different members
+    assert all(sorted(order) == members for order in orders.values())
+    assert len({order[0] for order in orders.values()}) == 3
+    assert orders == {name: endpoint_order(name, list(reversed(members))) for name in orders}   # not the file's order
+    assert endpoint_order(None, members) == members          # a tool without a node name: as configured
+
+
+def test_a_node_whose_first_etcd_member_is_down_connects_to_the_next(engines):
+    from upbx.host.cluster import coordination
+    from upbx.tools.lab import free_ports
+    dead = ("127.0.0.1", free_ports(1))                   # nothing listens there
+    live = ("127.0.0.1", engines.etcd_port)
+    name = next(n for n in ("n%d" % i for i in range(1, 100))
+                if coordination.endpoint_order(n, [live, dead])[0] == dead)
+
+    async def run():
+        client = await coordination.connect([live, dead], name)
+        try:
+            assert (client._host, client._port) == live
+            await client.put(coordination.PREFIX + b"probe/" + name.encode(), b"1")   # it is an etcd that answers
+            assert (await client.get(coordination.PREFIX + b"probe/" + name.encode())).value == b"1"
+            await client.delete(coordination.PREFIX + b"probe/" + name.encode())
+        finally:
+            await client.close()
+    asyncio.run(run())
+
+
 # configuration and the CLI without engines
 
 def test_cluster_table_needs_all_three_engines(tmp_path):

@@ -14,6 +14,7 @@ Keys, all under /upbx/:
 The first node creates the secrets, each in one transaction (create if absent): nodes that
 start together all end up with the one that won.
 """
+import hashlib
 import json
 import secrets
 
@@ -32,10 +33,27 @@ class CoordinationError(ServiceError):
     """etcd cannot be reached, or says this node must not start; one line for the operator."""
 
 
-async def connect(endpoints):
-    """An aetcd.Client on the first endpoint that answers."""
+def endpoint_order(name, endpoints):
+    """endpoints ([(host, port)]) in node `name`'s rendezvous order: the first the one it talks to, the
+    others where it goes, in that order, when that one does not answer. Each endpoint's weight is the first
+    8 bytes of SHA-256(name || 0x00 || "host:port"), the highest first, as common/cluster.py ranks nodes; a
+    tie (2**-64) keeps the configured order. So the nodes of a cluster spread over the etcd members (each
+    ~1/N of them on each), where the configured order alone put every node on the first one; without a
+    name (`upbx cluster status`, a tool), the configured order."""
+    if name is None:
+        return list(endpoints)
+
+    def weight(item):
+        index, (host, port) = item
+        digest = hashlib.sha256(name.encode() + b"\x00" + ("%s:%d" % (host, port)).encode()).digest()
+        return (-int.from_bytes(digest[:8], "big"), index)
+    return [endpoint for _index, endpoint in sorted(enumerate(endpoints), key=weight)]
+
+
+async def connect(endpoints, name=None):
+    """An aetcd.Client on the first endpoint that answers, in node `name`'s order (endpoint_order)."""
     problems = []
-    for host, port in endpoints:
+    for host, port in endpoint_order(name, endpoints):
         client = aetcd.Client(host=host, port=port, timeout=5)
         try:
             await client.connect()

@@ -61,7 +61,7 @@ def _run(coroutine_function, *args):
 
 
 async def _identity(config):
-    client = await coordination.connect(config.cluster_etcd)
+    client = await coordination.connect(config.cluster_etcd, config.cluster_node)
     try:
         return await coordination.identity(client, config.cluster_node)
     finally:
@@ -189,7 +189,7 @@ class ClusterService:
         while True:
             try:
                 if self.etcd is None:
-                    self.etcd = await coordination.connect(self.config.cluster_etcd)
+                    self.etcd = await coordination.connect(self.config.cluster_etcd, self.node.name)
                 if self.membership is None:
                     self.membership = coordination.Membership(self.etcd, self.node.name, self.config.cluster_lease_s)
                 await self.membership.attach(self.etcd, self._info())
