@@ -87,7 +87,7 @@ def transfer(host, link, ies, now):
         host.stats.drop("message out of turn")
         return
     stays, new = _number(c1, y1), _number(c2, y2)
-    if link.kind != "node" and _joined_further(y1, y2):
+    if link.kind != "node" and _joined_further(y1, y2) and (y1.link.kind != "node" or host.speaks(y1.link.node, "transfer")):
         _hand_over(host, link, c1, c2, y1, y2, stays, new, now)
         return "handed"
     for c in (c1, c2):                           # a direct path between two remote hosts comes back here

@@ -34,6 +34,11 @@ FORWARD_LOCATE_MS = 1500   # a forward waits at most this long for Redis (as tru
 # that node (host/lines.py); the last three are B2's between their sites (host/cluster/direct.py)
 NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PARTY,
                            wire.TRANSFER, wire.PING, wire.ACK, wire.PUNCH_OFFER, wire.PUNCH_RESULT, wire.MEDIA_PEER))
+# what this node's code does for other nodes beyond a plain call (docs/cluster.md, "Rolling upgrades"): its etcd
+# record says it ("speaks", host/cluster/node.py), and a node sends another such a message only if that one says
+# it: "transfer", a hand-over of a transfer's join (host/lines.py _hand_over); "pickup", a **N or *8 of a call
+# ringing there (_pickup_at_node, _pickup_at_nodes). A node of older code says none, and gets none of them
+NODE_SPEAKS = frozenset(("transfer", "pickup"))
 RING_SCAN_TICKS = 10     # an answered call is looked at for a ring timeout once in this many ticks (_ring_calls)
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
@@ -59,6 +64,7 @@ class MainHost(HostCore):
         self.cluster = None      # host.cluster.node.ClusterNode when main.toml has a [cluster] table
         self.cluster_state = {}  # each engine's "up"/"down", kept by the node's ClusterService
         self.cluster_members = []   # names of the live nodes (etcd's leases), kept by the ClusterService
+        self.node_speaks = None  # {node id: what it speaks (NODE_SPEAKS)} from etcd; None: all speak ours
         self.takeover = None     # host.cluster.calls.Takeover on a node: calls of a silent node carried on here
         self.standby_links = set()   # links whose client keeps them as its standby session (NODES standby 1)
         # call -> (number, reason, give-up ms): a forward (no answer, busy, a group's overflow) to a number whose
@@ -257,8 +263,11 @@ class MainHost(HostCore):
             self.send(*self.router.wrap(node, data, addr))
         return True
 
-    def set_cluster_nodes(self, nodes, now):
-        """The live nodes {node id: (ipv4, port)}, from etcd (host/cluster/node.py): WELCOME and SYSINFO say them."""
+    def set_cluster_nodes(self, nodes, now, speaks=None):
+        """The live nodes {node id: (ipv4, port)}, from etcd (host/cluster/node.py): WELCOME and SYSINFO say them;
+        speaks: {node id: the node messages it takes beyond a plain call (NODE_SPEAKS)}, as etcd says (None:
+        each takes all of ours)."""
+        self.node_speaks = speaks
         if self.router.set_nodes(nodes):
             self.peers.cluster_nodes = self.router.encoded
             # every session hears of it (NODES), not only those that log in from now on
@@ -269,6 +278,11 @@ class MainHost(HostCore):
             self.stats.count("cluster nodes lists sent", len(self.links))
         if self.xnode is not None:
             self.xnode.set_nodes(self.router.nodes, now)   # a trunk session to each other node
+
+    def speaks(self, node, feature):
+        """Whether node (an id) takes feature's node messages (NODE_SPEAKS): a node whose etcd record does not
+        say it runs older code (a rolling upgrade), and is sent none of them (docs/cluster.md)."""
+        return self.node_speaks is None or feature in self.node_speaks.get(node, ())
 
     def trunk_route(self, session):
         """(peer, link, receive key) of the logged-in host a trunk frame to this session index comes from,
@@ -712,6 +726,10 @@ class MainHost(HostCore):
             return self.xnode.park(("phone", number), link, ies, now)
         if target is None or target.kind != "node":
             return wire.CAUSE_NO_ANSWER
+        if not self.speaks(target.node, "pickup"):   # older code there: it would refuse the **N as unknown
+            self.stats.count("pickups not sent to a node of older code")
+            self.log.info("pickup-not-at-node", picker=caller, called=ies[wire.IE_CALLED], node=target.node)
+            return wire.CAUSE_NO_ANSWER
         return self._pickup_via(link, ies, caller, target, (), now)
 
     def _pickup_at_nodes(self, link, ies, caller, scope, now):
@@ -722,7 +740,7 @@ class MainHost(HostCore):
         call_message). None when sent on, else "no answer"; recorded as a **N is (_pickup_at_node)."""
         if self.xnode is None or all(self._phone_home_here(number) for number in scope if number != caller):
             return wire.CAUSE_NO_ANSWER
-        nodes = self.xnode.live()
+        nodes = [node for node in self.xnode.live() if self.speaks(node, "pickup")]   # not a node of older code
         if not nodes:
             return wire.CAUSE_NO_ANSWER
         return self._pickup_via(link, ies, caller, self.xnode.up(nodes[0]), nodes[1:], now)

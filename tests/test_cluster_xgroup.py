@@ -487,3 +487,29 @@ def test_an_attended_transfer_and_an_intercom_across_the_nodes(world):
     world.hangup("301")
     world.run_until(lambda: _no_calls(world), 1000, "no call left")
     assert not world.net.errors
+
+
+def test_a_transfer_is_not_handed_to_a_node_of_older_code_and_is_joined_here(world):
+    """As test_a_call_from_another_node_transferred_back_to_that_node_is_joined_there, but node 2 reads node
+    1's etcd record as one of the code before session 13 (a rolling upgrade: no "speaks", host/cluster/node.py
+    read_members): node 2 sends it no TRANSFER, which that code would drop, and joins the two calls itself,
+    as before session 12 (node 1 -> node 2 -> node 1); both parties talk, each told the other."""
+    from upbx.host.cluster.node import read_members
+    p = world.phones
+    nodes, speaks = read_members({"n1": {"id": 1, "listen": "%s:%d" % NODE1},
+                                  "n2": {"id": 2, "listen": "%s:%d" % MAIN, "speaks": ["pickup", "transfer"]}})
+    world.main.set_cluster_nodes(nodes, world.net.now, speaks)
+    world.call("201", "301")                       # site b (node 1) calls 301 (node 2)
+    _act(world, "301", lambda ph, now: lines.consult(ph, "303", now, True))   # to 303, at node 1 again
+    _answer(world, "303")
+    world.run_until(lambda: p["201"].connected and p["303"].connected and p["301"].idle, 1000, "201 and 303 talk")
+    assert "transfers handed to a node" not in world.main.stats.counters
+    assert [(c["caller"], c["callee"]) for c in world.main.status()["calls"]] == [("201", "303")]
+    assert p["303"].phone.call.number == "201" and _parties(p["201"]) == ["303"]
+    _listen(world, 600)
+    _in_order(p["303"], p["201"], 20)
+    _in_order(p["201"], p["303"], 20)
+    world.hangup("201")
+    world.run_until(lambda: p["303"].idle and _no_calls(world), 1000, "no call left")
+    assert p["303"].causes()[-1] == wire.CAUSE_NORMAL
+    assert not world.net.errors

@@ -16,6 +16,8 @@ import pytest
 from upbx.common import wire
 from tests.test_cluster_xgroup import (_dial, _group, _heard, _in_order, _listen, _no_calls, _parties,
                                        _ringing, world)   # noqa: F401 (the fixture)
+from tests.inprocess import MAIN
+from tests.test_cluster_xgroup import NODE1
 from tests.test_routing import _refused
 
 
@@ -249,3 +251,39 @@ def test_a_page_of_a_site_whose_phones_are_at_both_nodes_reaches_them_all_one_wa
     world.hangup("303")
     world.run_until(lambda: _no_calls(world), 1000, "no call left")
     assert not world.net.errors
+
+
+def _node1_on_older_code(world):
+    """Node 2 reads node 1's etcd record as one of a node of the code before session 13 (a rolling
+    upgrade): it says nothing of what it speaks (host/cluster/node.py read_members), so node 2 sends it no
+    pickup (docs/cluster.md, "Rolling upgrades")."""
+    from upbx.host.cluster.node import read_members
+    nodes, speaks = read_members({"n1": {"id": 1, "listen": "%s:%d" % NODE1},
+                                  "n2": {"id": 2, "listen": "%s:%d" % MAIN, "speaks": ["pickup", "transfer"]}})
+    assert speaks == {1: frozenset(), 2: frozenset(("pickup", "transfer"))}
+    world.main.set_cluster_nodes(nodes, world.net.now, speaks)
+
+
+def test_no_pickup_is_sent_to_a_node_of_older_code(world):
+    """**303 and *8 from 302 (node 2) for a call ringing at 303 (node 1, older code): node 1 is not asked
+    (older code would take the SETUP for an unknown extension); 302 hears "no answer" as for a phone that
+    does not ring, 303 rings on, and 302's *8 still picks up a call ringing at its own node."""
+    p = world.phones
+    _node1_on_older_code(world)
+    _group(world, {"number": "680", "strategy": "pickup", "members": ["301", "302", "303"], "site": "c",
+                   "ring_s": 15})
+    _dial(world, "201", "303")
+    world.run_until(lambda: _ringing(world) == {"303"}, 2000, "303 rings")
+    setups = world.n1.stats.counters.get("msg SETUP", 0)
+    assert _refused(world, "302", "**303")[0] == wire.CAUSE_NO_ANSWER
+    assert _refused(world, "302", "*8")[0] == wire.CAUSE_NO_ANSWER
+    assert world.n1.stats.counters.get("msg SETUP", 0) == setups          # node 1 never asked
+    assert world.main.stats.counters["pickups not sent to a node of older code"] == 1
+    assert _ringing(world) == {"303"}
+    world.hangup("201")
+    world.run_until(lambda: _no_calls(world), 2000, "201's call gone")
+    _dial(world, "201", "301")                                           # rings at node 2, in the group
+    world.run_until(lambda: _ringing(world) == {"301"}, 2000, "301 rings")
+    _dial(world, "302", "*8")
+    _picked_up(world, "201", "301", "302")
+    assert world.n1.stats.counters.get("msg SETUP", 0) == setups + 1     # only 201's call to 301 went there

@@ -22,6 +22,7 @@ from upbx.host.cluster.postgres import CHANNEL, read_snapshot
 from upbx.host.cluster.replica import ReplicaDirectory, Writer
 from upbx.common.cluster import MAX_NODE
 from upbx.host.cluster.route import parse_address
+from upbx.host.main_host import NODE_SPEAKS
 
 CALLS_PERIOD_S = 0.2     # how often the call keys are brought up to date
 TAKEOVER_PERIOD_S = 0.05  # how often call numbers asked for are looked up in Redis (failover)
@@ -108,6 +109,23 @@ class ClusterNode:
                  extensions=len(self.directory.extensions()))
 
 
+def read_members(members):
+    """({node id: (ipv4, port)}, {node id: frozenset of what it speaks}) of etcd's live nodes ({name: their
+    record}, coordination.members). A record without "speaks" is a node of older code (before session 13):
+    it speaks nothing beyond a plain call, and is sent no node message that needs more (NODE_SPEAKS)."""
+    nodes, speaks = {}, {}
+    for info in members.values():
+        try:
+            node = int(info["id"])
+            if 1 <= node <= MAX_NODE:
+                nodes[node] = parse_address(info.get("address") or info["listen"])
+                said = info.get("speaks", ())
+                speaks[node] = frozenset(f for f in said if isinstance(f, str)) if isinstance(said, list) else frozenset()
+        except (KeyError, TypeError, ValueError):
+            continue   # a member this code cannot read (another version's): not routed to
+    return nodes, speaks
+
+
 class ClusterService:
     """The node's tasks on the daemon's loop (start(daemon) / stop(), as host/daemon.py runs services)."""
 
@@ -181,7 +199,9 @@ class ClusterService:
                 "standby": len([l for l in hosts + phones if l in standby]),
                 # datagrams sent on to other nodes and taken from them (host/cluster/route.py)
                 "forwarded_out": sum(core.router.forwarded_out.values()),
-                "forwarded_in": sum(core.router.forwarded_in.values())}
+                "forwarded_in": sum(core.router.forwarded_in.values()),
+                # the node messages it takes beyond a plain call (a rolling upgrade: docs/cluster.md)
+                "speaks": sorted(NODE_SPEAKS)}
 
     async def _membership(self):
         self.started_ms = int(time.time() * 1000)
@@ -222,16 +242,9 @@ class ClusterService:
         their addresses, which WELCOME and SYSINFO carry and frames for them are forwarded to."""
         members = await coordination.members(self.etcd)
         self.core.cluster_members = sorted(members)
-        nodes = {}
-        for info in members.values():
-            try:
-                node = int(info["id"])
-                if 1 <= node <= MAX_NODE:
-                    nodes[node] = parse_address(info.get("address") or info["listen"])
-            except (KeyError, TypeError, ValueError):
-                continue   # a member this code cannot read (another version's): not routed to
+        nodes, speaks = read_members(members)
         from upbx.host.daemon import now_ms
-        self.core.set_cluster_nodes(nodes, now_ms())
+        self.core.set_cluster_nodes(nodes, now_ms(), speaks)
 
     # PostgreSQL: LISTEN, refresh the copy, move waiting records
 
