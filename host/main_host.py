@@ -807,6 +807,7 @@ class MainHost(HostCore):
             changes, cause = features.star_code(ies[wire.IE_CALLED])
             settings = self.directory.features(link.name)
             settings.update(changes)
+            features.check(settings)
         except features.FeatureError as exc:
             self.log.info("star-code", extension=link.name, error=str(exc))
             return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, now)
@@ -816,11 +817,12 @@ class MainHost(HostCore):
                 self.log.info("star-code", extension=link.name, error=str(error))
                 return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, later or now)
             if error is not None:   # a cluster's PostgreSQL away for STAR_CODE_WAIT_MS: the phone may dial it again
-                self._write_failed("set_features", error)
+                self._write_failed("change_features", error)
                 return self.refuse_setup(link, ies, wire.CAUSE_NETWORK_BUSY, later or now)
             self.log.info("features", extension=link.name, settings=settings)
             self.refuse_setup(link, ies, cause, later or now)
-        self._write_later("set_features", (link.name, settings), done, link, STAR_CODE_WAIT_MS)
+        # the changes, not the settings: applied to what is stored when written (one that waited keeps another's)
+        self._write_later("change_features", (link.name, changes), done, link, STAR_CODE_WAIT_MS)
 
     def _write_later(self, name, args, done, link=None, wait_ms=0):
         """directory.name(*args), then done(result, error, now): at once on SQLite; on a cluster node its

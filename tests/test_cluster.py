@@ -171,9 +171,10 @@ def _waiting(lab, node, count):
 
 
 def test_star_code_waits_for_postgres_and_is_answered_when_it_commits(lab, engines):
-    """A star code (and a remote host's feature change) through a node while PostgreSQL is stopped waits for
+    """Star codes (and a remote host's feature change) through a node while PostgreSQL is stopped wait for
     it (host/main_host.py STAR_CODE_WAIT_MS): no answer meanwhile; PostgreSQL back within the bound, the
-    write is made, once, and the caller hears "feature on" (until session 13: "network busy" at once)."""
+    writes are made, in order, once, and the caller hears "feature on" (until session 13: "network busy"
+    at once)."""
     failed = lab.status("n1")["stats"]["counters"].get("directory writes failed", 0)
     with Intruder.phone("303", lab.secrets["303"], node_address(lab, "n1")) as phone, \
             Intruder.host("site-d", lab.secrets["site-d"], node_address(lab, "n1")) as host:
@@ -182,20 +183,23 @@ def test_star_code_waits_for_postgres_and_is_answered_when_it_commits(lab, engin
         engines.stop_postgres()
         try:
             _dial(phone, 21, "*78")
+            _dial(phone, 23, "*72302")
             host.send(wire.FEATURES, {wire.IE_EXTENSION: "401", wire.IE_DATA: features.encode({"dnd": True})})
-            # both wait at n1's writer; the phone is not refused meanwhile
-            phone.pump_until(lambda: _releases(phone, 21) or _waiting(lab, "n1", 2), "the star code waiting",
+            # all three wait at n1's writer; the phone is not refused meanwhile
+            phone.pump_until(lambda: _releases(phone, 21) or _waiting(lab, "n1", 3), "the star codes waiting",
                              others=(host,))
-            assert _releases(phone, 21) == []
+            assert _releases(phone, 21) == [] and _releases(phone, 23) == []
             assert not [t for t, _ in host.inbox if t == wire.FEATURES]
         finally:
             engines.start_postgres()
         phone.pump_until(lambda: _releases(phone, 21), "the star code's answer once PostgreSQL is back",
                          timeout=STAR_CODE_WAIT_MS / 1000 + 5, others=(host,))
-        assert _releases(phone, 21) == [wire.CAUSE_FEATURE_ON]
+        phone.pump_until(lambda: _releases(phone, 23), "the second star code's answer", others=(host,))
+        assert _releases(phone, 21) == [wire.CAUSE_FEATURE_ON] and _releases(phone, 23) == [wire.CAUSE_FEATURE_ON]
         host.pump_until(lambda: [t for t, _ in host.inbox if t == wire.FEATURES], "FEATURES acknowledged",
                         others=(phone,))
-    assert [f["dnd"] for f in _features_in_postgres(engines, "303")] == [True]
+    # in order, each on what the one before stored (the second did not take dnd back off)
+    assert [(f["dnd"], f["always"]) for f in _features_in_postgres(engines, "303")] == [(True, "302")]
     assert [f["dnd"] for f in _features_in_postgres(engines, "401")] == [True]
     assert lab.status("n1")["stats"]["counters"].get("directory writes failed", 0) == failed
     assert lab.status("n1")["cluster"]["writes_waiting"] == 0
@@ -208,7 +212,7 @@ def test_star_code_is_refused_network_busy_when_postgres_stays_away_past_the_bou
         engines.stop_postgres()
         try:
             dialled = time.monotonic()
-            _dial(phone, 22, "*72302")
+            _dial(phone, 22, "*90302")
             phone.pump_until(lambda: _releases(phone, 22), "the star code refused", timeout=STAR_CODE_WAIT_MS / 1000 + 15)
             waited = time.monotonic() - dialled
             assert _releases(phone, 22) == [wire.CAUSE_NETWORK_BUSY]
@@ -220,7 +224,7 @@ def test_star_code_is_refused_network_busy_when_postgres_stays_away_past_the_bou
     lab.wait_for(lambda: lab.status("n1")["cluster"]["engines"]["postgres"] == "up", "n1 on PostgreSQL again",
                  timeout=30)
     lab.wait_for(lambda: _waiting(lab, "n1", 0), "nothing waiting at n1's writer")
-    assert all(f["always"] is None for f in _features_in_postgres(engines, "303"))
+    assert all(f["busy"] is None for f in _features_in_postgres(engines, "303"))
 
 
 def test_main_host_records_wait_in_the_node_file_while_postgres_is_away(engines, tmp_path):

@@ -11,7 +11,9 @@ Writes go to PostgreSQL first (`primary`), then the copy is refreshed, so the
 node reads its own write at once and the others at their NOTIFY. On a running node
 (`writer` set by host/cluster/node.py) they go through `write_later`: PostgreSQL's
 part on the writer's thread, one at a time, the copy's on the loop, then the caller's
-`done` on the loop: a slow or hung PostgreSQL never stalls the relay. Call records:
+`done` on the loop: a slow or hung PostgreSQL never stalls the relay. A write given a
+wait (a star code's) that finds PostgreSQL away waits for it at the head of the queue
+and is tried again when the node reaches it, or refused past its bound (expire_writes). Call records:
 a remote host's upload is stored in PostgreSQL or not at all (StoreUnavailable:
 the main host acknowledges only what committed, host/main_host.py); the main
 host's own records wait in this file's call_records table while PostgreSQL is
@@ -25,7 +27,8 @@ from upbx.host.cluster.postgres import COLUMNS, DIRECTORY_TABLES, PostgresDirect
 
 # Directory methods that change the directory: PostgreSQL's, then a refresh
 WRITES = ("add_site", "remove_site", "add_remote_host", "remove_remote_host", "add_extension", "add_extensions",
-          "set_sip_password", "remove_sip_password", "remove_extension", "set_barred", "set_features", "set_group",
+          "set_sip_password", "remove_sip_password", "remove_extension", "set_barred", "set_features", "change_features",
+          "set_group",
           "remove_group", "set_music_on_hold", "set_sysinfo")
 
 WAITING_MAX = 1000   # writes queued for PostgreSQL at most (write_later): beyond, refused at once
