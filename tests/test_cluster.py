@@ -227,6 +227,27 @@ def test_star_code_is_refused_network_busy_when_postgres_stays_away_past_the_bou
     assert all(f["busy"] is None for f in _features_in_postgres(engines, "303"))
 
 
+def test_star_code_waits_through_a_hung_postgres_and_is_answered_when_it_runs_again(lab, engines):
+    """PostgreSQL hung (SIGSTOP) for 7 s, not stopped: the write hangs at the writer, or (its connection made
+    anew, after the restart of the tests before) times out connecting (the lab's connect_timeout 5 s) and
+    waits; the node's LISTEN, woken by that failure, reaches PostgreSQL when it runs again and the write is
+    made: the caller hears "feature on", not "network busy" (without the wake: at the bound)."""
+    with Intruder.phone("303", lab.secrets["303"], node_address(lab, "n1")) as phone:
+        phone.log_in()
+        engines.pause_postgres()
+        try:
+            _dial(phone, 24, "*92302*20")
+            phone.pump(7)                  # PostgreSQL hangs this long: longer than a connection attempt waits
+            assert _releases(phone, 24) == []
+        finally:
+            engines.resume_postgres()
+        phone.pump_until(lambda: _releases(phone, 24), "the star code's answer once PostgreSQL runs",
+                         timeout=STAR_CODE_WAIT_MS / 1000 + 5)
+        assert _releases(phone, 24) == [wire.CAUSE_FEATURE_ON]
+    assert [(f["noanswer"], f["noanswer_s"]) for f in _features_in_postgres(engines, "303")] == [("302", 20)]
+    assert lab.status("n1")["cluster"]["writes_waiting"] == 0
+
+
 def test_main_host_records_wait_in_the_node_file_while_postgres_is_away(engines, tmp_path):
     from upbx.host.cluster.replica import ReplicaDirectory
     from upbx.host.directory import MAIN_ORIGIN, StoreUnavailable

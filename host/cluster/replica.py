@@ -54,6 +54,8 @@ class ReplicaDirectory(Directory):
         self.refreshes = 0
         self.writer = None        # a Writer on a running node: PostgreSQL's writes off the loop
         self.queue = collections.deque()   # write_later's writes not answered yet, in order: the first at the writer
+        self.retried = 0          # writes that found PostgreSQL away and waited for it
+        self.lost = None          # called when a write finds PostgreSQL away (a running node: its LISTEN probes it)
         self._flushing = False
         self.db.execute("PRAGMA foreign_keys = OFF")   # PostgreSQL checks them; the copy takes its tables whole
 
@@ -193,8 +195,11 @@ class ReplicaDirectory(Directory):
         def finished(outcome, error, now):
             if isinstance(error, StoreUnavailable):
                 self.available = False
+                if self.lost is not None:
+                    self.lost()          # the node probes PostgreSQL (host/cluster/node.py _listen)
                 if write.until is not None and now < write.until and not write.answered:
                     write.sent = False   # at the queue's head: tried again when PostgreSQL is back
+                    self.retried += 1
                     self.expire_writes()
                     return
             self.queue.popleft()
