@@ -399,6 +399,19 @@ class Directory:
                 self._bump()
         return settings
 
+    def change_features(self, number, changes):
+        """A star code's changes to an extension's settings, made on the settings stored when it is
+        written (not those read when it was dialled: a change that waited for a cluster's PostgreSQL
+        behind another of the same phone keeps the other's); returns the settings stored."""
+        with self._transaction():
+            if not self._one("SELECT 1 FROM extensions WHERE number = ?", (number,)):
+                raise DirectoryError("unknown extension %r" % (number,))
+            settings = self.features(number)
+            settings.update(changes)
+            settings = features.check(settings)
+            self.db.execute("INSERT OR REPLACE INTO features VALUES (?, ?)", (number, json.dumps(settings)))
+        return settings
+
     # groups (host/groups.py): ring-all, hunt, page
 
     def set_group(self, group, replace=False):

@@ -28,6 +28,13 @@ from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 
 PHONE_KEEPALIVE_MS = 20000
 PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say where its callee is
+# a star code through a cluster's node while PostgreSQL is away waits for it this long (a Patroni failover,
+# ttl 10 s: every node on the new primary within about 12 s, docs/cluster.md), then is refused "network busy";
+# below the phone's own 20 s set-up timer (common/phone.py _SETUP_TIMEOUT_MS), so the phone hears the cause
+STAR_CODE_WAIT_MS = 15000
+# a remote host's feature change (FEATURES) waits longer: nobody listens for its answer, and one not
+# acknowledged is sent again only at the remote host's next login
+FEATURES_WAIT_MS = 600000
 FORWARD_LOCATE_MS = 1500   # a forward waits at most this long for Redis (as trunk.PARK_MS), then it is unreachable
 # what a trunk session between two nodes carries: PARTY tells the other node's half of a call who its party is
 # after a transfer joined it here; TRANSFER hands a phone's transfer whose two far legs are both on the trunk to
@@ -818,6 +825,7 @@ class MainHost(HostCore):
             changes, cause = features.star_code(ies[wire.IE_CALLED])
             settings = self.directory.features(link.name)
             settings.update(changes)
+            features.check(settings)
         except features.FeatureError as exc:
             self.log.info("star-code", extension=link.name, error=str(exc))
             return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, now)
@@ -826,17 +834,19 @@ class MainHost(HostCore):
             if isinstance(error, features.FeatureError):
                 self.log.info("star-code", extension=link.name, error=str(error))
                 return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, later or now)
-            if error is not None:   # a cluster's PostgreSQL away: refused, the phone may dial it again
-                self._write_failed("set_features", error)
+            if error is not None:   # a cluster's PostgreSQL away for STAR_CODE_WAIT_MS: the phone may dial it again
+                self._write_failed("change_features", error)
                 return self.refuse_setup(link, ies, wire.CAUSE_NETWORK_BUSY, later or now)
             self.log.info("features", extension=link.name, settings=settings)
             self.refuse_setup(link, ies, cause, later or now)
-        self._write_later("set_features", (link.name, settings), done, link)
+        # the changes, not the settings: applied to what is stored when written (one that waited keeps another's)
+        self._write_later("change_features", (link.name, changes), done, link, STAR_CODE_WAIT_MS)
 
-    def _write_later(self, name, args, done, link=None):
+    def _write_later(self, name, args, done, link=None, wait_ms=0):
         """directory.name(*args), then done(result, error, now): at once on SQLite; on a cluster node its
         PostgreSQL part runs off the loop (host/cluster/replica.py write_later) and done comes when it
-        answered (now: the time then), if `link` is still up; its errors reach done."""
+        answered (now: the time then), if `link` is still up; its errors reach done. With wait_ms it waits
+        that long for a PostgreSQL that is away (the write is made when it is back, in order, once)."""
         later = getattr(self.directory, "write_later", None)
         if later is None:
             try:
@@ -852,7 +862,7 @@ class MainHost(HostCore):
         def finished(result, error, now):
             if link is None or link.up:
                 done(result, error, now)
-        later(name, args, finished)
+        later(name, args, finished, wait_ms)
 
     def _write_failed(self, name, error):
         """A directory write on a cluster node that PostgreSQL did not take (away, or it refused it)."""
@@ -877,12 +887,12 @@ class MainHost(HostCore):
                 self.stats.drop("bad features")
                 self.log.warning("bad-features", host=link.name, error=str(error))
                 return
-            if error is not None:   # not acknowledged: the remote host keeps the change and sends it again
+            if error is not None:   # not acknowledged: the remote host keeps it and sends it at its next login
                 return self._write_failed("set_features", error)
             self.log.info("features", extension=number, settings=settings, via=link.name)
             link.send_signal(wire.FEATURES, {wire.IE_EXTENSION: number, wire.IE_DATA: features.encode(settings)},
                              later or now)
-        self._write_later("set_features", (number, settings), done, link)
+        self._write_later("set_features", (number, settings), done, link, FEATURES_WAIT_MS)
 
     def _noanswer_of(self, number):
         """(number, ms) where a call to number goes when it rings that long unanswered, else None."""
@@ -1249,6 +1259,8 @@ class MainHost(HostCore):
             if self.voicemail.store is not None and self.voicemail.store.changed():
                 self.voicemail.load_attendants()   # `upbx admin attendant` changed them
                 self.mailbox_sync.mailbox_changed(None, now)   # or a greeting: every site's listing
+            if hasattr(self.directory, "expire_writes"):
+                self.directory.expire_writes()   # writes that waited for PostgreSQL past their bound: refused
             if self.deferred_records and getattr(self.directory, "available", True):
                 self.retry_records(now)
             if self.directory.music_on_hold_version() != self.music_version:
@@ -1389,7 +1401,8 @@ class MainHost(HostCore):
                 "node": self.cluster.name, "node_id": self.cluster.node_id, "engines": dict(self.cluster_state),
                 "members": list(self.cluster_members),
                 "directory_refreshes": self.directory.refreshes, "records_deferred": len(self.deferred_records),
-                "records_waiting": len(self.directory.outbox()), **self.router.status(),
+                "records_waiting": len(self.directory.outbox()),
+                "writes_waiting": sum(not w.answered for w in self.directory.queue), "writes_retried": self.directory.retried, **self.router.status(),
                 "trunks": self.xnode.status(), "calls_lost_with_a_node": self.xnode.lost,
                 "lost_nodes": sorted(self.xnode.gone)},   # whose loss this node saw (host/cluster/trunk.py)
         }

@@ -14,6 +14,8 @@ import pytest
 
 from upbx.common import wire
 from upbx.common.login import UP
+from upbx.host import features
+from upbx.host.main_host import STAR_CODE_WAIT_MS
 from tests.intruder import Intruder, now_ms
 from tests.support import micropython_binary
 
@@ -149,6 +151,101 @@ def test_postgres_restart_loses_no_record_and_needs_no_login(lab, engines):
     lab.admin("ext", "add", "351", "--site", "c")
     version = sql(engines, "SELECT max(version) FROM sysinfo")[0][0]
     lab.wait_for(lambda: lab.status("n1")["sysinfo_version"] == version, "n1 refreshed after the restart", timeout=30)
+
+
+def _releases(phone, call_no):
+    """The causes of the RELEASEs the node sent the phone for its SETUP call_no."""
+    return [ies[wire.IE_CAUSE] for t, ies in phone.inbox if t == wire.RELEASE and ies.get(wire.IE_PEER_CALL_NO) == call_no]
+
+
+def _dial(phone, call_no, code):
+    phone.send(wire.SETUP, {wire.IE_CALL_NO: call_no, wire.IE_CALLED: code, wire.IE_MEDIA_KEY: bytes(16)})
+
+
+def _features_in_postgres(engines, number):
+    return [json.loads(data) for (data,) in sql(engines, "SELECT data FROM features WHERE number = %s", number)]
+
+
+def _waiting(lab, node, count):
+    return lab.status(node)["cluster"].get("writes_waiting") == count
+
+
+def test_star_code_waits_for_postgres_and_is_answered_when_it_commits(lab, engines):
+    """Star codes (and a remote host's feature change) through a node while PostgreSQL is stopped wait for
+    it (host/main_host.py STAR_CODE_WAIT_MS): no answer meanwhile; PostgreSQL back within the bound, the
+    writes are made, in order, once, and the caller hears "feature on" (until session 13: "network busy"
+    at once)."""
+    failed = lab.status("n1")["stats"]["counters"].get("directory writes failed", 0)
+    with Intruder.phone("303", lab.secrets["303"], node_address(lab, "n1")) as phone, \
+            Intruder.host("site-d", lab.secrets["site-d"], node_address(lab, "n1")) as host:
+        phone.log_in()
+        host.log_in()
+        engines.stop_postgres()
+        try:
+            _dial(phone, 21, "*78")
+            _dial(phone, 23, "*72302")
+            host.send(wire.FEATURES, {wire.IE_EXTENSION: "401", wire.IE_DATA: features.encode({"dnd": True})})
+            # all three wait at n1's writer; the phone is not refused meanwhile
+            phone.pump_until(lambda: _releases(phone, 21) or _waiting(lab, "n1", 3), "the star codes waiting",
+                             others=(host,))
+            assert _releases(phone, 21) == [] and _releases(phone, 23) == []
+            assert not [t for t, _ in host.inbox if t == wire.FEATURES]
+        finally:
+            engines.start_postgres()
+        phone.pump_until(lambda: _releases(phone, 21), "the star code's answer once PostgreSQL is back",
+                         timeout=STAR_CODE_WAIT_MS / 1000 + 5, others=(host,))
+        phone.pump_until(lambda: _releases(phone, 23), "the second star code's answer", others=(host,))
+        assert _releases(phone, 21) == [wire.CAUSE_FEATURE_ON] and _releases(phone, 23) == [wire.CAUSE_FEATURE_ON]
+        host.pump_until(lambda: [t for t, _ in host.inbox if t == wire.FEATURES], "FEATURES acknowledged",
+                        others=(phone,))
+    # in order, each on what the one before stored (the second did not take dnd back off)
+    assert [(f["dnd"], f["always"]) for f in _features_in_postgres(engines, "303")] == [(True, "302")]
+    assert [f["dnd"] for f in _features_in_postgres(engines, "401")] == [True]
+    assert lab.status("n1")["stats"]["counters"].get("directory writes failed", 0) == failed
+    assert lab.status("n1")["cluster"]["writes_waiting"] == 0
+
+
+def test_star_code_is_refused_network_busy_when_postgres_stays_away_past_the_bound(lab, engines):
+    failed = lab.status("n1")["stats"]["counters"].get("directory writes failed", 0)
+    with Intruder.phone("303", lab.secrets["303"], node_address(lab, "n1")) as phone:
+        phone.log_in()
+        engines.stop_postgres()
+        try:
+            dialled = time.monotonic()
+            _dial(phone, 22, "*90302")
+            phone.pump_until(lambda: _releases(phone, 22), "the star code refused", timeout=STAR_CODE_WAIT_MS / 1000 + 15)
+            waited = time.monotonic() - dialled
+            assert _releases(phone, 22) == [wire.CAUSE_NETWORK_BUSY]
+            assert waited >= STAR_CODE_WAIT_MS / 1000 - 0.5, waited
+        finally:
+            engines.start_postgres()
+    assert lab.status("n1")["stats"]["counters"].get("directory writes failed", 0) == failed + 1
+    # the refused write was dropped, not made when PostgreSQL came back
+    lab.wait_for(lambda: lab.status("n1")["cluster"]["engines"]["postgres"] == "up", "n1 on PostgreSQL again",
+                 timeout=30)
+    lab.wait_for(lambda: _waiting(lab, "n1", 0), "nothing waiting at n1's writer")
+    assert all(f["busy"] is None for f in _features_in_postgres(engines, "303"))
+
+
+def test_star_code_waits_through_a_hung_postgres_and_is_answered_when_it_runs_again(lab, engines):
+    """PostgreSQL hung (SIGSTOP) for 7 s, not stopped: the write hangs at the writer, or (its connection made
+    anew, after the restart of the tests before) times out connecting (the lab's connect_timeout 5 s) and
+    waits; the node's LISTEN, woken by that failure, reaches PostgreSQL when it runs again and the write is
+    made: the caller hears "feature on", not "network busy" (without the wake: at the bound)."""
+    with Intruder.phone("303", lab.secrets["303"], node_address(lab, "n1")) as phone:
+        phone.log_in()
+        engines.pause_postgres()
+        try:
+            _dial(phone, 24, "*92302*20")
+            phone.pump(7)                  # PostgreSQL hangs this long: longer than a connection attempt waits
+            assert _releases(phone, 24) == []
+        finally:
+            engines.resume_postgres()
+        phone.pump_until(lambda: _releases(phone, 24), "the star code's answer once PostgreSQL runs",
+                         timeout=STAR_CODE_WAIT_MS / 1000 + 5)
+        assert _releases(phone, 24) == [wire.CAUSE_FEATURE_ON]
+    assert [(f["noanswer"], f["noanswer_s"]) for f in _features_in_postgres(engines, "303")] == [("302", 20)]
+    assert lab.status("n1")["cluster"]["writes_waiting"] == 0
 
 
 def test_main_host_records_wait_in_the_node_file_while_postgres_is_away(engines, tmp_path):

@@ -254,6 +254,9 @@ class ClusterService:
         import psycopg
         directory = self.node.directory
         changed = asyncio.Event()
+        # a write that found PostgreSQL away (its connection timed out on a hung server, while this LISTEN
+        # waits on): read a snapshot now, and each second until one succeeds, so the write is tried again
+        directory.lost = changed.set
         backoff = 0.1
         while True:
             try:

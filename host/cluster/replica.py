@@ -11,21 +11,37 @@ Writes go to PostgreSQL first (`primary`), then the copy is refreshed, so the
 node reads its own write at once and the others at their NOTIFY. On a running node
 (`writer` set by host/cluster/node.py) they go through `write_later`: PostgreSQL's
 part on the writer's thread, one at a time, the copy's on the loop, then the caller's
-`done` on the loop: a slow or hung PostgreSQL never stalls the relay. Call records:
+`done` on the loop: a slow or hung PostgreSQL never stalls the relay. A write given a
+wait (a star code's) that finds PostgreSQL away waits for it at the head of the queue
+and is tried again when the node reaches it, or refused past its bound (expire_writes). Call records:
 a remote host's upload is stored in PostgreSQL or not at all (StoreUnavailable:
 the main host acknowledges only what committed, host/main_host.py); the main
 host's own records wait in this file's call_records table while PostgreSQL is
 away and `flush_outbox()` moves them, once each by (origin, uid). On a running
 node every main host record goes to that table first and the writer moves it.
 """
+import collections
 import concurrent.futures
 from upbx.host.directory import MAIN_ORIGIN, CALL_RECORD_FIELDS, Directory, StoreUnavailable
 from upbx.host.cluster.postgres import COLUMNS, DIRECTORY_TABLES, PostgresDirectory
 
 # Directory methods that change the directory: PostgreSQL's, then a refresh
 WRITES = ("add_site", "remove_site", "add_remote_host", "remove_remote_host", "add_extension", "add_extensions",
-          "set_sip_password", "remove_sip_password", "remove_extension", "set_barred", "set_features", "set_group",
+          "set_sip_password", "remove_sip_password", "remove_extension", "set_barred", "set_features", "change_features",
+          "set_group",
           "remove_group", "set_music_on_hold", "set_sysinfo")
+
+WAITING_MAX = 1000   # writes queued for PostgreSQL at most (write_later): beyond, refused at once
+
+
+class _Write:
+    """A write_later write: until (writer clock ms) it may wait for PostgreSQL, None: it may not; sent: at
+    the writer's thread; answered: its done called."""
+    __slots__ = ("name", "args", "done", "until", "sent", "answered")
+
+    def __init__(self, name, args, done, until):
+        self.name, self.args, self.done, self.until = name, args, done, until
+        self.sent = self.answered = False
 
 
 class ReplicaDirectory(Directory):
@@ -37,6 +53,9 @@ class ReplicaDirectory(Directory):
         self.available = True     # False after PostgreSQL failed, until the node reached it again
         self.refreshes = 0
         self.writer = None        # a Writer on a running node: PostgreSQL's writes off the loop
+        self.queue = collections.deque()   # write_later's writes not answered yet, in order: the first at the writer
+        self.retried = 0          # writes that found PostgreSQL away and waited for it
+        self.lost = None          # called when a write finds PostgreSQL away (a running node: its LISTEN probes it)
         self._flushing = False
         self.db.execute("PRAGMA foreign_keys = OFF")   # PostgreSQL checks them; the copy takes its tables whole
 
@@ -140,35 +159,80 @@ class ReplicaDirectory(Directory):
 
     # writes off the loop (a running node)
 
-    def write_later(self, name, args, done):
+    def write_later(self, name, args, done, wait_ms=0):
         """PostgreSQL's `name(*args)` (a write of WRITES, or add_call_record of a remote host's upload) on
         the writer's thread, then (a write) the copy refreshed from the snapshot read there, then
         done(result, error, now_ms) on the loop; error is the exception (StoreUnavailable while
-        PostgreSQL is away) or None. Without a writer (no loop: `upbx admin`, a test) at once."""
+        PostgreSQL is away) or None. Without a writer (no loop: `upbx admin`, a test) at once.
+        With wait_ms a write that finds PostgreSQL away waits for it (queued, in order) up to wait_ms
+        and is tried again, once, when the node reaches it (reconnect_later); past wait_ms done has
+        StoreUnavailable. Without, it is refused at once then (the caller keeps it: records)."""
         if self.writer is None:
             try:
                 result = getattr(self, name)(*args)
             except Exception as exc:
                 return done(None, exc, None)
             return done(result, None, None)
-        if not self.available:
+        if not self.available and (not wait_ms or len(self.queue) >= WAITING_MAX):
             return done(None, StoreUnavailable("PostgreSQL is unreachable: %s not done now" % name), None)
-        primary, refresh = self.primary, name in WRITES
+        until = self.writer.clock() + wait_ms if wait_ms else None
+        self.queue.append(_Write(name, args, done, until))
+        self._send_next()
+
+    def _send_next(self):
+        """The first write of the queue to the writer's thread, if none is there and PostgreSQL answers:
+        one at a time, so one tried again goes before those behind it."""
+        if not self.queue or self.queue[0].sent or not self.available:
+            return
+        write = self.queue[0]
+        write.sent = True
+        primary, refresh = self.primary, write.name in WRITES
 
         def work():
-            result = getattr(primary, name)(*args)
+            result = getattr(primary, write.name)(*write.args)
             return result, (primary.snapshot() if refresh else None)
 
         def finished(outcome, error, now):
             if isinstance(error, StoreUnavailable):
                 self.available = False
-            if error is not None:
-                return done(None, error, now)
-            result, tables = outcome
-            if tables is not None:
-                self.apply(tables)
-            done(result, None, now)
+                if self.lost is not None:
+                    self.lost()          # the node probes PostgreSQL (host/cluster/node.py _listen)
+                if write.until is not None and now < write.until and not write.answered:
+                    write.sent = False   # at the queue's head: tried again when PostgreSQL is back
+                    self.retried += 1
+                    self.expire_writes()
+                    return
+            self.queue.popleft()
+            if error is None:
+                outcome, tables = outcome
+                if tables is not None:
+                    self.apply(tables)
+            if not write.answered:     # else refused at its bound already (PostgreSQL hung): it stuck anyway
+                write.answered = True
+                write.done(None if error else outcome, error, now)
+            self._send_next()
         self.writer.submit(work, finished)
+
+    def expire_writes(self):
+        """Refuse (StoreUnavailable to their done) the queued writes past their bound, and those without
+        one while PostgreSQL is away; one at the writer's thread past its bound (PostgreSQL hung) is
+        answered so now and its outcome, when it comes, only refreshes the copy. The main host calls
+        this every second."""
+        if self.writer is None or not self.queue:
+            return
+        now = self.writer.clock()
+        kept, refused = collections.deque(), []
+        for write in self.queue:
+            if write.answered or (now < write.until if write.until is not None else self.available or write.sent):
+                kept.append(write)
+                continue
+            write.answered = True
+            refused.append(write)
+            if write.sent:
+                kept.append(write)
+        self.queue = kept
+        for write in refused:
+            write.done(None, StoreUnavailable("PostgreSQL did not take %s in time" % write.name), now)
 
     def reconnect_later(self, done=None):
         """PostgreSQL answers again (the node's LISTEN is back): on the writer's thread, make the PostgreSQL
@@ -190,6 +254,7 @@ class ReplicaDirectory(Directory):
             if error is None:
                 self.primary = outcome
                 self.available = True
+                self._send_next()     # the write that waited for PostgreSQL first, then the others
                 self.flush_later()
             if done is not None:
                 done(error)
