@@ -70,6 +70,13 @@ def test_node_killed_during_a_relayed_call_survivor_takes_it_over(engines):
             assert main["state"] == "up" and main["logins"] == standby_logins[site], (site, main)
             assert lab.status("site-" + site)["stats"]["counters"].get("standby switches") == 1
 
+        # n1's lease runs out and the survivors tell their sessions (NODES): each site's standby, until then
+        # its session to the dead n1 logging in again, moves on to the third node, n2's successor now
+        third = next(n for n in NODES if n not in ("n1", succ))
+        n3 = "127.0.0.1:%d" % lab.node_ports[third]
+        lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("address") == n3 and lab.status(
+            "site-" + s)["main"]["standby"]["state"] == "up" for s in "abc"),
+                     "every site's standby moved on to the third node", timeout=60)
         gaps = hang_up_and_compare(lab, call)    # no call dropped, each side's audio at the other
         print("kill -9 of n1: sites switched after %.1f s, n2 had the call after %.1f s, idle site re-homed after "
               "%.1f s; relayed audio gap at 101: %d ms, at 201: %d ms" % (switched, taken, rehomed, gaps["101"],
