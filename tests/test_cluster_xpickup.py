@@ -268,7 +268,6 @@ def test_no_pickup_is_sent_to_a_node_of_older_code(world):
     """**303 and *8 from 302 (node 2) for a call ringing at 303 (node 1, older code): node 1 is not asked
     (older code would take the SETUP for an unknown extension); 302 hears "no answer" as for a phone that
     does not ring, 303 rings on, and 302's *8 still picks up a call ringing at its own node."""
-    p = world.phones
     _node1_on_older_code(world)
     _group(world, {"number": "680", "strategy": "pickup", "members": ["301", "302", "303"], "site": "c",
                    "ring_s": 15})
