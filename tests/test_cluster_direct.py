@@ -9,6 +9,7 @@ the remote hosts punch, and the media goes between them, not through either node
 what the sites were offered, the audio, the nodes' media counters and the call's path and record.
 """
 from upbx.common import wire
+from upbx.common.call import RINGING
 from upbx.host.cluster.trunk import NodeTrunks
 from upbx.host.config import load_remote_config
 from upbx.host.log import StructuredLog
@@ -224,6 +225,50 @@ def test_a_direct_path_taken_back_at_one_node_is_taken_back_at_both(tmp_path):
         assert len(callee.received) - heard_at_b >= 45 and len(caller.received) - heard_at_a >= 45
         _in_order(callee.received, caller.sent, missing=2)
         _in_order(caller.received, callee.sent, missing=2)
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_a_call_forwarded_by_the_callers_node_to_a_site_at_the_other_node_goes_direct(tmp_path):
+    """101 (site a, node 2) calls 102 (site a), who forwards every call to 201 (site b, node 1): node 2
+    follows the forward, switches the call over the trunk, and the two nodes offer the sites the direct
+    pair as for a call dialled straight to 201; the media then goes site a <-> site b, through neither
+    node; recorded once, direct, to the number that answered."""
+    world = SitesAtTwoNodes(tmp_path)
+    try:
+        caller, callee = world.caller, world.callee
+        forwards = world.add_phone("102", 3)                                # 102 dials *72201 at site a
+        world.run_until(lambda: forwards.phone.registered, 5000, "102 registered")
+        assert forwards.phone.dial("*72201", world.net.now)
+        forwards.flush()
+        world.run_until(lambda: forwards.causes() == [wire.CAUSE_FEATURE_ON], 3000, "102 forwards to 201")
+        assert caller.phone.dial("102", world.net.now)
+        caller.flush()
+
+        def answered():
+            if callee.phone.state == RINGING:
+                callee.phone.answer(world.net.now)
+                callee.flush()
+            return caller.connected and callee.connected
+        world.run_until(answered, 5000, "101 -> 102, forwarded to 201, connected")
+        assert caller.phone.call.number in ("102", "201")
+        n2_call, n1_call = world.node_call(world.main), world.node_call(world.n1)
+        assert n2_call.b.link.kind == "node" and n1_call.a.link.kind == "node"
+        world.run_until(lambda: n2_call.path == "direct" and n1_call.path == "direct", 3000, "both nodes: direct")
+        assert world.a.status()["pairs"]["site-b"] == {"up": True, "address": "%s:%d" % SITE_B}
+        assert world.b.status()["pairs"]["site-a"] == {"up": True, "address": "%s:%d" % SITE_A}
+        world.run(200)
+        before, heard_at_b, heard_at_a = world.media_in(), len(callee.received), len(caller.received)
+        world.run(1000)
+        assert world.media_in() == before                                   # neither node relays it
+        assert len(callee.received) - heard_at_b >= 45 and len(caller.received) - heard_at_a >= 45
+        _in_order(callee.received, caller.sent)
+        _in_order(caller.received, callee.sent)
+        world.hangup("201")
+        world.run_until(lambda: caller.idle and callee.idle, 2000, "hung up")
+        records = world.main.directory.call_records()
+        assert [(r.caller, r.callee, r.path) for r in records] == [("101", "201", "direct")]
         assert not world.net.errors
     finally:
         world.close()
