@@ -405,9 +405,10 @@ class World:
             self.tick()
         return self.net.now - started
 
-    def call(self, caller, callee, limit_ms=5000):
-        """caller dials callee, callee answers when it rings; returns once both are connected."""
-        a, b = self.phones[caller], self.phones[callee]
+    def call(self, caller, callee, limit_ms=5000, answers=None):
+        """caller dials callee, callee (or answers: where callee forwards to) answers when it rings;
+        returns once both are connected."""
+        a, b = self.phones[caller], self.phones[answers or callee]
         assert a.phone.dial(callee, self.net.now), "%s cannot dial now" % caller
         a.flush()
 

@@ -9,7 +9,6 @@ the remote hosts punch, and the media goes between them, not through either node
 what the sites were offered, the audio, the nodes' media counters and the call's path and record.
 """
 from upbx.common import wire
-from upbx.common.call import RINGING
 from upbx.host.cluster.trunk import NodeTrunks
 from upbx.host.config import load_remote_config
 from upbx.host.log import StructuredLog
@@ -78,6 +77,15 @@ def _in_order(heard, said, missing=0):
     assert positions[-1] - start + 1 - len(heard) <= missing, (positions[-1] - start + 1 - len(heard), missing)
 
 
+def _ends_recorded(world, hangs_up, path):
+    """hangs_up ends the call of 101 and 201: both idle, recorded once as 101 -> 201 by path."""
+    world.hangup(hangs_up)
+    world.run_until(lambda: world.caller.idle and world.callee.idle, 2000, "hung up")
+    records = world.main.directory.call_records()
+    assert [(r.caller, r.callee, r.path) for r in records] == [("101", "201", path)]
+    assert not world.net.errors
+
+
 def test_a_call_between_sites_at_two_nodes_goes_direct_and_neither_node_relays_it(tmp_path):
     world = SitesAtTwoNodes(tmp_path)
     try:
@@ -142,11 +150,7 @@ def test_sites_at_two_nodes_that_cannot_reach_each_other_are_relayed_by_both_nod
         _in_order(callee.received, caller.sent)
         _in_order(caller.received, callee.sent)
         assert callee.received == caller.sent[:len(callee.received)]   # none lost while the sites punched
-        world.hangup("101")
-        world.run_until(lambda: caller.idle and callee.idle, 2000, "hung up")
-        records = world.main.directory.call_records()
-        assert [(r.caller, r.callee, r.path) for r in records] == [("101", "201", "relay")]
-        assert not world.net.errors
+        _ends_recorded(world, "101", "relay")
     finally:
         world.close()
 
@@ -243,16 +247,7 @@ def test_a_call_forwarded_by_the_callers_node_to_a_site_at_the_other_node_goes_d
         assert forwards.phone.dial("*72201", world.net.now)
         forwards.flush()
         world.run_until(lambda: forwards.causes() == [wire.CAUSE_FEATURE_ON], 3000, "102 forwards to 201")
-        assert caller.phone.dial("102", world.net.now)
-        caller.flush()
-
-        def answered():
-            if callee.phone.state == RINGING:
-                callee.phone.answer(world.net.now)
-                callee.flush()
-            return caller.connected and callee.connected
-        world.run_until(answered, 5000, "101 -> 102, forwarded to 201, connected")
-        assert caller.phone.call.number in ("102", "201")
+        world.call("101", "102", answers="201")
         n2_call, n1_call = world.node_call(world.main), world.node_call(world.n1)
         assert n2_call.b.link.kind == "node" and n1_call.a.link.kind == "node"
         world.run_until(lambda: n2_call.path == "direct" and n1_call.path == "direct", 3000, "both nodes: direct")
@@ -265,10 +260,6 @@ def test_a_call_forwarded_by_the_callers_node_to_a_site_at_the_other_node_goes_d
         assert len(callee.received) - heard_at_b >= 45 and len(caller.received) - heard_at_a >= 45
         _in_order(callee.received, caller.sent)
         _in_order(caller.received, callee.sent)
-        world.hangup("201")
-        world.run_until(lambda: caller.idle and callee.idle, 2000, "hung up")
-        records = world.main.directory.call_records()
-        assert [(r.caller, r.callee, r.path) for r in records] == [("101", "201", "direct")]
-        assert not world.net.errors
+        _ends_recorded(world, "201", "direct")
     finally:
         world.close()
