@@ -130,25 +130,47 @@ def _cross(lab, nodes, pids, secrets, calls, seconds, own):
     end is both nodes' together (each relays it once). With the nodes' own calls (`own`) it gives the
     cluster's calls per core for an even mix: with N nodes and sites spread by rendezvous, (N-1)/N of
     inter-site calls are between two nodes."""
+    import redis
+    from upbx.host.cluster import trunk
     out = {"pairs": {}}
-    for i, x in enumerate(nodes):
-        y = nodes[(i + 1) % len(nodes)]
-        pair = bench_net.TrunkPair(_Node(("127.0.0.1", lab.node_ports[x]), secrets), calls,
-                                   main_b=_Node(("127.0.0.1", lab.node_ports[y]), secrets))
-        try:
-            drops0 = _drops(lab, (x, y))
-            cpu0 = {n: _cpu_s(pids[n]) for n in (x, y)}
-            r = bench_net.run_trunk_load(pair, pair.calls, seconds, 1472, quiet_s=QUIET_S, longest_s=DRAIN_S)
-            cpu = {n: _cpu_s(pids[n]) - cpu0[n] for n in (x, y)}
-            drops1 = _drops(lab, (x, y))
-        finally:
-            pair.close()
-        relayed = max(1, r["received"])
-        us = sum(cpu.values()) * 1e6 / relayed
-        out["pairs"]["%s->%s" % (x, y)] = {
-            **_where(r, drops0, drops1),
-            "us_per_frame_both_nodes": round(us, 2),
-            "us_per_frame_by_node": {n: round(c * 1e6 / relayed, 2) for n, c in cpu.items()}}
+    ids = {n: lab.status(n)["cluster"]["node_id"] for n in nodes}
+    store = redis.Redis(port=lab.engines.redis_port, socket_timeout=5)
+    try:
+        for i, x in enumerate(nodes):
+            y = nodes[(i + 1) % len(nodes)]
+
+            def published(x=x, y=y):
+                # site b's node has written where it is, and x's trunk session to it is up: before that a
+                # SETUP at x is refused "unreachable" (waiting at most trunk.PARK_MS for the location),
+                # right for a site that has just logged in; a busy machine made the bench's first SETUP
+                # wait that long
+                value = store.get(trunk.LOCATION_KEY % ("host", "site-b"))
+                if value is None or int(value) != ids[y]:
+                    return False
+                return (lab.status(x)["cluster"]["trunks"].get(str(ids[y])) or {}).get("state") == "up"
+
+            try:
+                pair = bench_net.TrunkPair(_Node(("127.0.0.1", lab.node_ports[x]), secrets), calls,
+                                           main_b=_Node(("127.0.0.1", lab.node_ports[y]), secrets), ready=published)
+            except (RuntimeError, TimeoutError) as exc:   # what the two nodes counted of locations says why
+                raise RuntimeError("%s (%s)" % (exc, {n: {k: v for k, v in lab.status(n)["stats"]["counters"].items()
+                                                          if "location" in k} for n in (x, y)})) from exc
+            try:
+                drops0 = _drops(lab, (x, y))
+                cpu0 = {n: _cpu_s(pids[n]) for n in (x, y)}
+                r = bench_net.run_trunk_load(pair, pair.calls, seconds, 1472, quiet_s=QUIET_S, longest_s=DRAIN_S)
+                cpu = {n: _cpu_s(pids[n]) - cpu0[n] for n in (x, y)}
+                drops1 = _drops(lab, (x, y))
+            finally:
+                pair.close()
+            relayed = max(1, r["received"])
+            us = sum(cpu.values()) * 1e6 / relayed
+            out["pairs"]["%s->%s" % (x, y)] = {
+                **_where(r, drops0, drops1),
+                "us_per_frame_both_nodes": round(us, 2),
+                "us_per_frame_by_node": {n: round(c * 1e6 / relayed, 2) for n, c in cpu.items()}}
+    finally:
+        store.close()
     cross_us = sum(p["us_per_frame_both_nodes"] for p in out["pairs"].values()) / len(out["pairs"])
     own_us = sum(p["us_per_frame"] for p in own.values()) / len(own)
     share = (len(nodes) - 1) / len(nodes)

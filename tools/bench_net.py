@@ -304,8 +304,10 @@ SETUP_BATCH = 1000   # SETUPs a TrunkPair sends before it waits for their answer
 class TrunkPair:
     """Two emulated remote hosts (sites a, b) logged into the main host, with calls a -> b."""
 
-    def __init__(self, main, calls, main_b=None):
-        """main_b: site b's main host when it is another (a cluster's other node: calls between nodes)."""
+    def __init__(self, main, calls, main_b=None, ready=None):
+        """main_b: site b's main host when it is another (a cluster's other node: calls between nodes);
+        ready: true once the calls can be routed (a cluster: site b's location is in Redis), waited for
+        after the logins and before the first SETUP."""
         self.main = main
         self.a = Client(wire.IE_HOST_NAME, "site-a", main.secrets["site-a"], main.address)
         self.b = Client(wire.IE_HOST_NAME, "site-b", main.secrets["site-b"], (main_b or main).address)
@@ -316,6 +318,8 @@ class TrunkPair:
         for c in (self.a, self.b):   # as a remote host does: a cluster's node routes the site's calls here
             c.login.send(wire.NODES, {wire.IE_STANDBY: 0}, now)   # "this session is my home"
             c.flush(now)
+        if ready is not None:
+            pump([self.a, self.b], ready, seconds=60)
         self.calls = []
         self.next_ts = 20
         self.by_a_no = {}
