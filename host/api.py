@@ -119,14 +119,20 @@ def directory(request):
     return request.app["core"].directory
 
 
-async def write_apart(d, change, *args):
+async def write_apart(d, change, *args, local=False):
     """change(directory, *args), a write, in a worker thread on a connection of its own: a write that waits
     for a locked database (a long `upbx admin` transaction, up to the 10 s busy timeout) must not hold up
     the daemon's loop, which relays media. The core reads the directory as it needs it and polls the
     system information's version, so it sees the change as it sees `upbx admin`'s. An in-memory directory
-    (tests) is changed in the loop: no other connection sees it."""
+    (tests) is changed in the loop: no other connection sees it.
+
+    A cluster node's directory is PostgreSQL's (docs/cluster.md "The API and web page of a node"): the
+    change is made there, on the node's writer thread, unless `local` (what a cluster keeps in each
+    node's own file: admin.CLUSTER_NOT_YET)."""
     if d.path == ":memory:":
         return change(d, *args)
+    if getattr(d, "primary", None) is not None and not local:
+        return await _at_postgres(d, lambda done: d.change_later(lambda own: change(own, *args), done), "change")
 
     def run():
         try:
@@ -150,7 +156,37 @@ async def write_apart(d, change, *args):
 
 async def admin_apart(request, thing, action, **fields):
     """run_admin of a write, in write_apart."""
-    return await write_apart(directory(request), lambda d: run_admin(d, thing, action, **fields))
+    return await write_apart(directory(request), lambda d: run_admin(d, thing, action, **fields),
+                             local=thing in admin.CLUSTER_NOT_YET)
+
+
+async def _at_postgres(d, start, what):
+    """start(done): a cluster node's PostgreSQL work handed to its threads (host/cluster/replica.py), done
+    called on the loop; its result, or BadInput 503 when PostgreSQL is away or has not answered within
+    the node's `api_wait_s` (counted in the node's status while it waits: `api_waiting`)."""
+    future = asyncio.get_running_loop().create_future()
+
+    def done(result, error, _now):
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    d.api_waiting += 1
+    try:
+        start(done)
+        return await asyncio.wait_for(asyncio.shield(future), d.api_wait_s)
+    except asyncio.TimeoutError:
+        message = "the cluster's PostgreSQL did not answer within %d s" % d.api_wait_s
+        if what == "change":
+            message += ": the change may still be made when it answers; look before trying again"
+        raise BadInput(503, message) from None
+    except dirmod.StoreUnavailable as exc:
+        raise BadInput(503, "%s%s; try again when the cluster's PostgreSQL is back"
+                       % (exc, ": nothing was changed" if what == "change" and "nothing" not in str(exc) else ""))
+    finally:
+        d.api_waiting -= 1
 
 
 # the same handlers as `upbx admin`
@@ -471,10 +507,13 @@ def call_records(d, query, default_limit):
 async def call_records_apart(d, query, default_limit, then=lambda records: records):
     """call_records (and then(records)) in a worker thread on a connection of its own: a large
     export must not hold up the daemon's loop, which relays media (WAL lets it read alongside).
-    An in-memory directory (tests) is read in the loop: no other connection sees it; so is a cluster
-    node's, whose records are PostgreSQL's (docs/cluster.md: a connection of its own there is to do)."""
-    if d.path == ":memory:" or getattr(d, "primary", None) is not None:
+    An in-memory directory (tests) is read in the loop: no other connection sees it. A cluster node's
+    records are PostgreSQL's: read on a connection of its own there (ReplicaDirectory.read_later)."""
+    if d.path == ":memory:":
         return then(call_records(d, query, default_limit))
+    if getattr(d, "primary", None) is not None:
+        return await _at_postgres(d, lambda done: d.read_later(
+            lambda own: then(call_records(own, query, default_limit)), done), "read")
 
     def read():
         # a read-only connection as a Directory: no schema check, which would take the write lock

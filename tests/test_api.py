@@ -33,7 +33,7 @@ def free_tcp_port():
         return s.getsockname()[1]
 
 
-def call_api(base, method, path, token=None, body=None, raw=None, context=None):
+def call_api(base, method, path, token=None, body=None, raw=None, context=None, timeout=20):
     """(status, headers, body as JSON or text) of one HTTP request."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(base + path, data=data, method=method)
@@ -42,7 +42,7 @@ def call_api(base, method, path, token=None, body=None, raw=None, context=None):
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=20, context=context) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             status, headers, payload = resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as exc:
         status, headers, payload = exc.code, exc.headers, exc.read()

@@ -472,11 +472,15 @@ class ClusterExchange(LoopbackExchange):
     """Main host nodes (processes) on one set of Engines, with LoopbackExchange's phones and helpers:
     `upbx admin` goes to the cluster's PostgreSQL through the first node's main.toml."""
 
-    def __init__(self, engines, nodes=("n1", "n2"), standby=False, home=None, **kwargs):
+    def __init__(self, engines, nodes=("n1", "n2"), standby=False, home=None, node_settings=None,
+                 cluster_settings=None, **kwargs):
         """standby: each remote host's `standby` lists the other nodes (its standby session goes to the
         second node, docs/cluster.md Failover). home: the node the remote hosts and the phones of sites
-        without one log in to (the first node when None)."""
+        without one log in to (the first node when None). node_settings: {node: {key: value}}, [main]
+        keys of one node (main_settings: of every node); cluster_settings: more [cluster] keys."""
         LoopbackExchange.__init__(self, **kwargs)
+        self.node_settings = node_settings or {}
+        self.cluster_settings = cluster_settings or {}
         self.engines = engines
         self.standby = standby
         self.nodes = list(nodes)
@@ -489,9 +493,14 @@ class ClusterExchange(LoopbackExchange):
     def _write_config(self, node):
         with open(self.path(node + ".toml"), "w") as f:
             f.write('[main]\nlisten = "127.0.0.1:%d"\ndatabase = "%s.sqlite"\ncontrol_socket = "%s"\nlog_level = "%s"\n'
-                    'workers = 1\ndirect_media = %s\n\n%s'
+                    'workers = 1\ndirect_media = %s\n'
                     % (self.node_ports[node], node, self.path(node + ".sock"), self.log_level,
-                       "true" if self.direct_media else "false", self.engines.cluster_table(node)))
+                       "true" if self.direct_media else "false"))
+            for key, value in dict(self.main_settings, **self.node_settings.get(node, {})).items():
+                f.write("%s = %s\n" % (key, json.dumps(value)))
+            f.write("\n" + self.engines.cluster_table(node))
+            for key, value in self.cluster_settings.items():
+                f.write("%s = %s\n" % (key, json.dumps(value)))
 
     def provision(self, sites=("a", "b", "c"), remote_sites=("a", "b"), phones=None):
         """LoopbackExchange.provision straight into PostgreSQL (the Directory `upbx admin` uses, without a

@@ -103,6 +103,7 @@ class ClusterNode:
             raise coordination.CoordinationError("key 'main.database' is \":memory:\": a node keeps its copy of the "
                                                  "directory and its waiting records in a file")
         self.directory, problem = ReplicaDirectory.open(config.database, config.cluster_postgres)
+        self.directory.api_wait_s = config.cluster_api_wait_s
         if problem:
             log.warning("cluster-postgres", problem=problem, directory="the copy the node last had")
         log.info("cluster-node", node=self.name, node_id=self.node_id, layout=self.layout,

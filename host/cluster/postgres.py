@@ -130,6 +130,14 @@ class PostgresDirectory(Directory):
             for statement in schema():
                 self.db.execute(statement)
 
+    @classmethod
+    def reader(cls, dsn):
+        """A PostgresDirectory for reading only: no schema statements (the nodes made the schema; they
+        would take its lock). Its connection is made at the first read."""
+        d = cls.__new__(cls)
+        d.dsn, d.path, d.warnings, d.db = dsn, "postgresql (%s)" % redacted(dsn), [], Connection(dsn)
+        return d
+
     def _transaction(self):
         return _Transaction(self.db)
 

@@ -56,6 +56,8 @@ class ReplicaDirectory(Directory):
         self.queue = collections.deque()   # write_later's writes not answered yet, in order: the first at the writer
         self.retried = 0          # writes that found PostgreSQL away and waited for it
         self.lost = None          # called when a write finds PostgreSQL away (a running node: its LISTEN probes it)
+        self.api_waiting = 0      # API and web requests waiting for PostgreSQL now (host/api.py)
+        self.api_wait_s = 10      # ... each at most this long (main.toml [cluster] api_wait_s)
         self._flushing = False
         self.db.execute("PRAGMA foreign_keys = OFF")   # PostgreSQL checks them; the copy takes its tables whole
 
@@ -289,6 +291,66 @@ class ReplicaDirectory(Directory):
             self.flush_later()   # what was added meanwhile
         self.writer.submit(work, finished)
 
+    # the API's and web page's work (host/api.py): PostgreSQL's, off the loop
+
+    def change_later(self, change, done):
+        """change(directory) on PostgreSQL's side, on the writer's thread in turn with the node's own writes
+        (an API or web page change: it checks its input and writes through the Directory's methods, as
+        `upbx admin --config` does on a cluster), then the copy refreshed from a snapshot read there (the
+        node reads its own change at once; the others at their NOTIFY), then done(result, error, now) on
+        the loop. Refused at once (StoreUnavailable) while PostgreSQL is known to be away."""
+        if not self.available:
+            return done(None, StoreUnavailable("PostgreSQL is unreachable: nothing was changed"), None)
+        primary = self.primary
+        if self.writer is None:
+            try:
+                result = change(primary)
+                self.apply(primary.snapshot())
+            except Exception as exc:
+                return done(None, self._failed(exc), None)
+            return done(result, None, None)
+
+        def work():
+            return change(primary), primary.snapshot()
+
+        def finished(outcome, error, now):
+            if error is not None:
+                return done(None, self._failed(error), now)
+            result, tables = outcome
+            self.apply(tables)
+            done(result, None, now)
+        self.writer.submit(work, finished)
+
+    def read_later(self, read, done):
+        """read(directory) on the reader's thread and its PostgreSQL connection (the API's call records: a
+        large export holds up neither the loop nor the writes), then done(result, error, now) on the loop. Refused at once (StoreUnavailable) while PostgreSQL is known to be away."""
+        if not self.available:
+            return done(None, StoreUnavailable("PostgreSQL is unreachable: the call records cannot be read now"),
+                        None)
+        dsn = self.primary.dsn
+        if self.writer is None:
+            own = PostgresDirectory.reader(dsn)
+            try:
+                return done(read(own), None, None)
+            except Exception as exc:
+                return done(None, exc, None)
+            finally:
+                own.db.close()
+        writer = self.writer
+
+        def work():
+            if writer.reader is None or writer.reader.dsn != dsn:
+                writer.reader = PostgresDirectory.reader(dsn)   # made again at the next read once it failed
+            return read(writer.reader)
+        writer.submit(work, done, reads=True)
+
+    def _failed(self, error):
+        if isinstance(error, StoreUnavailable):
+            self.available = False
+            if self.lost is not None:
+                self.lost()          # the node probes PostgreSQL (host/cluster/node.py _listen)
+        return error
+
     def call_records(self, *args, **kwargs):
         return self.primary.call_records(*args, **kwargs)
 
@@ -321,11 +383,15 @@ class Writer:
         self.clock = clock
         self.after = after
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="postgres-writer")
+        # the API's reads (ReplicaDirectory.read_later): one at a time on a connection of their own, beside
+        # the writes (a hung PostgreSQL holds them as it holds the writes; an export holds no write up)
+        self.readers = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="postgres-reader")
+        self.reader = None   # its PostgresDirectory (used on that thread only)
         self.pending = 0
 
-    def submit(self, work, finished):
+    def submit(self, work, finished, reads=False):
         self.pending += 1
-        future = self.loop.run_in_executor(self.pool, work)
+        future = self.loop.run_in_executor(self.readers if reads else self.pool, work)
         future.add_done_callback(lambda f: self._finished(f, finished))
 
     def _finished(self, future, finished):
@@ -340,6 +406,7 @@ class Writer:
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.readers.shutdown(wait=False, cancel_futures=True)
 
 
 class _Unreachable:
