@@ -77,6 +77,7 @@ class MainHost(HostCore):
         # call -> (number, reason, give-up ms): a forward (no answer, busy, a group's overflow) to a number whose
         # node Redis is asked for; _forward again each tick (docs/cluster.md)
         self.forwards_waiting = {}
+        self.star_codes_waiting = {}   # (link, the phone's call number) -> its write waiting for PostgreSQL (a cluster)
         if getattr(config, "cluster_postgres", ""):
             from upbx.host.cluster.node import ClusterNode   # psycopg, redis, aetcd: the cluster extra
             self.cluster = ClusterNode(config, log)
@@ -830,7 +831,10 @@ class MainHost(HostCore):
             self.log.info("star-code", extension=link.name, error=str(exc))
             return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, now)
 
+        key = (link, ies.get(wire.IE_CALL_NO))
+
         def done(settings, error, later):
+            self.star_codes_waiting.pop(key, None)
             if isinstance(error, features.FeatureError):
                 self.log.info("star-code", extension=link.name, error=str(error))
                 return self.refuse_setup(link, ies, wire.CAUSE_UNKNOWN_EXTENSION, later or now)
@@ -840,29 +844,42 @@ class MainHost(HostCore):
             self.log.info("features", extension=link.name, settings=settings)
             self.refuse_setup(link, ies, cause, later or now)
         # the changes, not the settings: applied to what is stored when written (one that waited keeps another's)
-        self._write_later("change_features", (link.name, changes), done, link, STAR_CODE_WAIT_MS)
+        write = self._write_later("change_features", (link.name, changes), done, link, STAR_CODE_WAIT_MS)
+        if write is not None and not write.answered:   # waiting for a cluster's PostgreSQL: the caller may hang up
+            self.star_codes_waiting[key] = write
 
+    def _withdraw_star_code(self, key, why):
+        """A star code waiting for PostgreSQL whose caller hung up (or left): not made, if it still can be."""
+        write = self.star_codes_waiting.pop(key)
+        made = not self.directory.withdraw(write)
+        self.stats.count("star codes withdrawn" + (" too late" if made else ""))
+        self.log.info("star-code-withdrawn", extension=key[0].name, why=why,
+                      result="may still be made" if made else "not made")
     def _write_later(self, name, args, done, link=None, wait_ms=0):
         """directory.name(*args), then done(result, error, now): at once on SQLite; on a cluster node its
         PostgreSQL part runs off the loop (host/cluster/replica.py write_later) and done comes when it
         answered (now: the time then), if `link` is still up; its errors reach done. With wait_ms it waits
-        that long for a PostgreSQL that is away (the write is made when it is back, in order, once)."""
+        that long for a PostgreSQL that is away (the write is made when it is back, in order, once).
+        Returns the cluster's write while it waits (replica.py withdraw), else None."""
         later = getattr(self.directory, "write_later", None)
         if later is None:
             try:
                 result = getattr(self.directory, name)(*args)
             except features.FeatureError as exc:
-                return done(None, exc, None)
+                done(None, exc, None)
+                return None
             except (StoreUnavailable, ValueError, TypeError, KeyError) as exc:
                 if name != "add_call_record":
                     raise
-                return done(None, exc, None)
-            return done(result, None, None)
+                done(None, exc, None)
+                return None
+            done(result, None, None)
+            return None
 
         def finished(result, error, now):
             if link is None or link.up:
                 done(result, error, now)
-        later(name, args, finished, wait_ms)
+        return later(name, args, finished, wait_ms)
 
     def _write_failed(self, name, error):
         """A directory write on a cluster node that PostgreSQL did not take (away, or it refused it)."""
@@ -882,7 +899,10 @@ class MainHost(HostCore):
             self.log.warning("bad-features", host=link.name, error=str(exc))
             return
 
+        key = (link, ies.get(wire.IE_CALL_NO))
+
         def done(settings, error, later):
+            self.star_codes_waiting.pop(key, None)
             if isinstance(error, features.FeatureError):
                 self.stats.drop("bad features")
                 self.log.warning("bad-features", host=link.name, error=str(error))
@@ -932,6 +952,9 @@ class MainHost(HostCore):
         if self.takeover is not None and self.takeover.defer(link, msg_type, ies, now):
             return   # a call another node switched: handled once it is taken over from Redis
         leg = self.switch.leg_for(ies, link) if msg_type == wire.RELEASE else None
+        if (leg is None and msg_type == wire.RELEASE and wire.IE_PEER_CALL_NO not in ies
+                and (link, ies.get(wire.IE_CALL_NO)) in self.star_codes_waiting):
+            return self._withdraw_star_code((link, ies.get(wire.IE_CALL_NO)), "hung up")
         call = leg.call if leg is not None else None
         if call is not None and leg is call.b and call.pickup_at and call.state == "setup":
             target = self._next_pickup_node(call)   # a node found nothing for a *8: the next one is asked
@@ -1334,6 +1357,8 @@ class MainHost(HostCore):
         if self.links_by_name.get((link.kind, link.name)) is link:
             del self.links_by_name[(link.kind, link.name)]
         self.mailbox_sync.logged_out(link)
+        for key in [k for k in self.star_codes_waiting if k[0] is link]:
+            self._withdraw_star_code(key, reason)
         self.site_phones.pop(link.name, None) if link.kind == "host" else None   # it tells them all again at login
         link.up = False
         self.log.info("logout", kind=link.kind, name=link.name, reason=reason)

@@ -227,6 +227,33 @@ def test_star_code_is_refused_network_busy_when_postgres_stays_away_past_the_bou
     assert all(f["busy"] is None for f in _features_in_postgres(engines, "303"))
 
 
+def test_a_star_code_whose_caller_hangs_up_while_it_waits_is_not_made(lab, engines):
+    """PostgreSQL stopped: *90302 (forward on busy) waits at n1's writer; the caller hangs up (RELEASE of
+    its SETUP): the write is withdrawn, nothing answers the call it gave up, and PostgreSQL back, it is not
+    made (a star code dialled after it is, so the withdrawn one would have been made first). Until session
+    14 a star code that waited was made whatever the caller did."""
+    counters = lambda: lab.status("n1")["stats"]["counters"]
+    withdrawn = counters().get("star codes withdrawn", 0)
+    with Intruder.phone("303", lab.secrets["303"], node_address(lab, "n1")) as phone:
+        phone.log_in()
+        engines.stop_postgres()
+        try:
+            _dial(phone, 26, "*90302")
+            phone.pump_until(lambda: _waiting(lab, "n1", 1), "the star code waiting")
+            phone.send(wire.RELEASE, {wire.IE_CALL_NO: 26, wire.IE_CAUSE: wire.CAUSE_NORMAL})
+            phone.pump_until(lambda: _waiting(lab, "n1", 0), "the star code withdrawn")
+            assert counters().get("star codes withdrawn", 0) == withdrawn + 1
+        finally:
+            engines.start_postgres()
+        _dial(phone, 27, "*92302*25")
+        phone.pump_until(lambda: _releases(phone, 27), "the next star code's answer once PostgreSQL is back",
+                         timeout=STAR_CODE_WAIT_MS / 1000 + 5)
+        assert _releases(phone, 27) == [wire.CAUSE_FEATURE_ON]
+        assert _releases(phone, 26) == []
+    assert [(f["busy"], f["noanswer_s"]) for f in _features_in_postgres(engines, "303")] == [(None, 25)]
+    assert lab.status("n1")["cluster"]["writes_waiting"] == 0
+
+
 def test_star_code_waits_through_a_hung_postgres_and_is_answered_when_it_runs_again(lab, engines):
     """PostgreSQL hung (SIGSTOP) for 7 s, not stopped: the write hangs at the writer, or (its connection made
     anew, after the restart of the tests before) times out connecting (the lab's connect_timeout 5 s) and

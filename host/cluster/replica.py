@@ -168,18 +168,37 @@ class ReplicaDirectory(Directory):
         PostgreSQL is away) or None. Without a writer (no loop: `upbx admin`, a test) at once.
         With wait_ms a write that finds PostgreSQL away waits for it (queued, in order) up to wait_ms
         and is tried again, once, when the node reaches it (reconnect_later); past wait_ms done has
-        StoreUnavailable. Without, it is refused at once then (the caller keeps it: records)."""
+        StoreUnavailable. Without, it is refused at once then (the caller keeps it: records).
+        Returns the write while it waits (for withdraw), else None (answered at once)."""
         if self.writer is None:
             try:
                 result = getattr(self, name)(*args)
             except Exception as exc:
-                return done(None, exc, None)
-            return done(result, None, None)
+                done(None, exc, None)
+                return None
+            done(result, None, None)
+            return None
         if not self.available and (not wait_ms or len(self.queue) >= WAITING_MAX):
-            return done(None, StoreUnavailable("PostgreSQL is unreachable: %s not done now" % name), None)
+            done(None, StoreUnavailable("PostgreSQL is unreachable: %s not done now" % name), None)
+            return None
         until = self.writer.clock() + wait_ms if wait_ms else None
-        self.queue.append(_Write(name, args, done, until))
+        write = _Write(name, args, done, until)
+        self.queue.append(write)
         self._send_next()
+        return write
+
+    def withdraw(self, write):
+        """A write_later write its caller no longer wants (a star code whose caller hung up): its done is
+        never called. True: it is not made (it was still queued, waiting for PostgreSQL); False: it is
+        at the writer's thread and may still be made (PostgreSQL slow or hung), or was answered already."""
+        if write.answered:
+            return False
+        write.answered = True
+        if write.sent:
+            return False
+        self.queue.remove(write)
+        self._send_next()
+        return True
 
     def _send_next(self):
         """The first write of the queue to the writer's thread, if none is there and PostgreSQL answers:
