@@ -163,7 +163,9 @@ async def admin_apart(request, thing, action, **fields):
 async def _at_postgres(d, start, what):
     """start(done): a cluster node's PostgreSQL work handed to its threads (host/cluster/replica.py), done
     called on the loop; its result, or BadInput 503 when PostgreSQL is away or has not answered within
-    the node's `api_wait_s` (counted in the node's status while it waits: `api_waiting`)."""
+    the node's `api_wait_s` (counted in the node's status while it waits: `api_waiting`). Given up on,
+    the work is withdrawn if its thread has not come to it (a hung PostgreSQL holds an earlier one):
+    the 503 then says nothing was changed (`api_withdrawn` counts them); else that it may still be."""
     future = asyncio.get_running_loop().create_future()
 
     def done(result, error, _now):
@@ -174,12 +176,17 @@ async def _at_postgres(d, start, what):
         else:
             future.set_result(result)
     d.api_waiting += 1
+    job = None
     try:
-        start(done)
+        job = start(done)
         return await asyncio.wait_for(asyncio.shield(future), d.api_wait_s)
     except asyncio.TimeoutError:
         message = "the cluster's PostgreSQL did not answer within %d s" % d.api_wait_s
-        if what == "change":
+        if job is not None and job.withdraw():
+            d.api_withdrawn += 1
+            if what == "change":
+                message += ": nothing was changed (it was still waiting behind earlier work); try again later"
+        elif what == "change":
             message += ": the change may still be made when it answers; look before trying again"
         raise BadInput(503, message) from None
     except dirmod.StoreUnavailable as exc:

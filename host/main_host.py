@@ -1428,7 +1428,8 @@ class MainHost(HostCore):
                 "directory_refreshes": self.directory.refreshes, "records_deferred": len(self.deferred_records),
                 "records_waiting": len(self.directory.outbox()),
                 "writes_waiting": sum(not w.answered for w in self.directory.queue), "writes_retried": self.directory.retried,
-                "api_waiting": self.directory.api_waiting, **self.router.status(),
+                "api_waiting": self.directory.api_waiting,
+                "api_withdrawn": self.directory.api_withdrawn, **self.router.status(),
                 "trunks": self.xnode.status(), "calls_lost_with_a_node": self.xnode.lost,
                 "lost_nodes": sorted(self.xnode.gone)},   # whose loss this node saw (host/cluster/trunk.py)
         }

@@ -92,15 +92,23 @@ def test_an_extension_added_through_a_nodes_api_is_the_clusters(lab):
 
 def test_a_hung_postgres_holds_the_api_not_the_nodes_loop(lab):
     """PostgreSQL hung (SIGSTOP): a write and a call record export through n1's API wait for it, off the
-    loop: n1's status answers meanwhile and counts them (`api_waiting`); both are answered 503 after `api_wait_s`. Resumed, the write that waited is made (as the 503 says
-    it may be). Until session 14 the export read PostgreSQL on the loop, which stalled until PostgreSQL ran."""
+    loop: n1's status answers meanwhile and counts them (`api_waiting`); both are answered 503 after
+    `api_wait_s`. A second write, queued behind the first on the writer's thread, is withdrawn when it is
+    given up on: its 503 says nothing was changed, and nothing is (until session 15 it was made when
+    PostgreSQL ran again, after its 503). Resumed, the first write, which PostgreSQL held, is made (as its
+    503 says it may be). Until session 14 the export read PostgreSQL on the loop, which stalled until
+    PostgreSQL ran."""
     from upbx.host.daemon import query_status
     answers = {}
 
     def ask(name, method, path, body=None):
         answers[name] = api(lab, "n1", method, path, body)
+
+    def waiting():
+        return query_status(lab.path("n1.sock"), timeout=30)["cluster"]["api_waiting"]
     status, _h, body = api(lab, "n1", "GET", "/api/calls.csv")   # the reader's connection made
     assert status == 200, body
+    withdrawn = lab.status("n1")["cluster"]["api_withdrawn"]
     lab.engines.pause_postgres()
     try:
         asks = [threading.Thread(target=ask, args=("write", "POST", "/api/extensions", {"number": "303", "site": "c"})),
@@ -108,19 +116,30 @@ def test_a_hung_postgres_holds_the_api_not_the_nodes_loop(lab):
         for t in asks:
             t.start()
         # the loop answers while both wait (a loop held up by PostgreSQL would not: the status waits 30 s)
-        lab.wait_for(lambda: query_status(lab.path("n1.sock"), timeout=30)["cluster"]["api_waiting"] == 2,
-                     "n1 counts two API requests waiting for PostgreSQL", timeout=60)
+        lab.wait_for(lambda: waiting() == 2, "n1 counts two API requests waiting for PostgreSQL", timeout=60)
+        # the writer's thread is held by the first write (or earlier work): this one waits behind it
+        asks.append(threading.Thread(target=ask, args=("queued", "POST", "/api/extensions",
+                                                       {"number": "305", "site": "c"})))
+        asks[-1].start()
+        lab.wait_for(lambda: waiting() == 3, "n1 counts the second write waiting", timeout=60)
         for t in asks:
-            t.join(120)
+            t.join(150)
     finally:
         lab.engines.resume_postgres()
     status, _h, body = answers["write"]
     assert status == 503 and "did not answer" in body["error"] and "may still be made" in body["error"], body
     status, _h, body = answers["export"]
     assert status == 503 and "did not answer within %d s" % API_WAIT_S in body["error"], body
+    status, _h, body = answers["queued"]
+    assert status == 503 and "nothing was changed" in body["error"], body
     assert lab.status("n1")["cluster"]["api_waiting"] == 0
+    assert lab.status("n1")["cluster"]["api_withdrawn"] == withdrawn + 1   # the second write (the export ran)
     lab.wait_for(lambda: _in_postgres(lab, "303") is not None, "the write that waited made", timeout=60)
     lab.wait_for(lambda: _listed(lab, "n1", "303"), "n1 lists 303", timeout=30)
+    # one writer's thread, in order: a write made after this one would have been after 305's
+    status, _h, body = api(lab, "n1", "POST", "/api/extensions", {"number": "306", "site": "c"})
+    assert status == 201, body
+    assert _in_postgres(lab, "305") is None and not _listed(lab, "n1", "305")
 
 
 def test_a_stopped_postgres_refuses_api_writes_at_once_and_changes_nothing(lab):

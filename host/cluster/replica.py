@@ -22,6 +22,7 @@ node every main host record goes to that table first and the writer moves it.
 """
 import collections
 import concurrent.futures
+import threading
 from upbx.host.directory import MAIN_ORIGIN, CALL_RECORD_FIELDS, Directory, StoreUnavailable
 from upbx.host.cluster.postgres import COLUMNS, DIRECTORY_TABLES, PostgresDirectory
 
@@ -58,6 +59,7 @@ class ReplicaDirectory(Directory):
         self.lost = None          # called when a write finds PostgreSQL away (a running node: its LISTEN probes it)
         self.api_waiting = 0      # API and web requests waiting for PostgreSQL now (host/api.py)
         self.api_wait_s = 10      # ... each at most this long (main.toml [cluster] api_wait_s)
+        self.api_withdrawn = 0    # ... given up on before PostgreSQL's thread came to them: not made
         self._flushing = False
         self.db.execute("PRAGMA foreign_keys = OFF")   # PostgreSQL checks them; the copy takes its tables whole
 
@@ -317,17 +319,21 @@ class ReplicaDirectory(Directory):
         (an API or web page change: it checks its input and writes through the Directory's methods, as
         `upbx admin --config` does on a cluster), then the copy refreshed from a snapshot read there (the
         node reads its own change at once; the others at their NOTIFY), then done(result, error, now) on
-        the loop. Refused at once (StoreUnavailable) while PostgreSQL is known to be away."""
+        the loop. Refused at once (StoreUnavailable) while PostgreSQL is known to be away. Returns the
+        writer's Job (withdraw() before the thread comes to it: not made), None when answered at once."""
         if not self.available:
-            return done(None, StoreUnavailable("PostgreSQL is unreachable: nothing was changed"), None)
+            done(None, StoreUnavailable("PostgreSQL is unreachable: nothing was changed"), None)
+            return None
         primary = self.primary
         if self.writer is None:
             try:
                 result = change(primary)
                 self.apply(primary.snapshot())
             except Exception as exc:
-                return done(None, self._failed(exc), None)
-            return done(result, None, None)
+                done(None, self._failed(exc), None)
+                return None
+            done(result, None, None)
+            return None
 
         def work():
             return change(primary), primary.snapshot()
@@ -338,30 +344,34 @@ class ReplicaDirectory(Directory):
             result, tables = outcome
             self.apply(tables)
             done(result, None, now)
-        self.writer.submit(work, finished)
+        return self.writer.submit(work, finished)
 
     def read_later(self, read, done):
         """read(directory) on the reader's thread and its PostgreSQL connection (the API's call records: a
-        large export holds up neither the loop nor the writes), then done(result, error, now) on the loop. Refused at once (StoreUnavailable) while PostgreSQL is known to be away."""
+        large export holds up neither the loop nor the writes), then done(result, error, now) on the loop.
+        Refused at once (StoreUnavailable) while PostgreSQL is known to be away. Returns the Job, or None."""
         if not self.available:
-            return done(None, StoreUnavailable("PostgreSQL is unreachable: the call records cannot be read now"),
-                        None)
+            done(None, StoreUnavailable("PostgreSQL is unreachable: the call records cannot be read now"), None)
+            return None
         dsn = self.primary.dsn
         if self.writer is None:
             own = PostgresDirectory.reader(dsn)
             try:
-                return done(read(own), None, None)
+                result = read(own)
             except Exception as exc:
-                return done(None, exc, None)
+                done(None, exc, None)
+                return None
             finally:
                 own.db.close()
+            done(result, None, None)
+            return None
         writer = self.writer
 
         def work():
             if writer.reader is None or writer.reader.dsn != dsn:
                 writer.reader = PostgresDirectory.reader(dsn)   # made again at the next read once it failed
             return read(writer.reader)
-        writer.submit(work, done, reads=True)
+        return writer.submit(work, done, reads=True)
 
     def _failed(self, error):
         if isinstance(error, StoreUnavailable):
@@ -409,9 +419,16 @@ class Writer:
         self.pending = 0
 
     def submit(self, work, finished, reads=False):
+        """Returns the Job: withdraw() keeps work from running if its thread has not started it."""
         self.pending += 1
-        future = self.loop.run_in_executor(self.readers if reads else self.pool, work)
+        job = Job()
+
+        def run():
+            job.start()
+            return work()
+        future = self.loop.run_in_executor(self.readers if reads else self.pool, run)
         future.add_done_callback(lambda f: self._finished(f, finished))
+        return job
 
     def _finished(self, future, finished):
         self.pending -= 1
@@ -419,13 +436,42 @@ class Writer:
             return
         error = future.exception()
         try:
-            finished(None if error else future.result(), error, self.clock())
+            if not isinstance(error, Withdrawn):
+                finished(None if error else future.result(), error, self.clock())
         finally:
             self.after()
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.readers.shutdown(wait=False, cancel_futures=True)
+
+
+class Withdrawn(Exception):
+    """A Job withdrawn before its thread came to it: its work was not run (its finished is not called)."""
+
+
+class Job:
+    """Work submitted to a Writer's thread. Its thread starts it, or the loop withdraws it first (an API
+    request given up after `api_wait_s`), never both: a lock decides which came first."""
+    __slots__ = ("lock", "state")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.state = "queued"
+
+    def start(self):
+        """On the thread, before the work: Withdrawn if the loop withdrew it."""
+        with self.lock:
+            if self.state == "withdrawn":
+                raise Withdrawn()
+            self.state = "started"
+
+    def withdraw(self):
+        """On the loop: True if the work will never run; False if its thread started it (it may finish)."""
+        with self.lock:
+            if self.state == "queued":
+                self.state = "withdrawn"
+            return self.state == "withdrawn"
 
 
 class _Unreachable:
