@@ -133,3 +133,29 @@ def test_a_call_from_node_1_transferred_at_node_2_to_a_phone_there_ends_at_both_
     new = [r for r in world.n1.directory.call_records() if r.uid not in {o.uid for o in records_before}]
     assert [(r.caller, r.callee, r.cause, r.linked) for r in new] == [("201", "302", "main host lost", first)]
     assert not world.net.errors
+
+
+def test_a_call_whose_callers_node_is_lost_is_recorded_under_that_nodes_uid(world):
+    """301 (node 2) calls 201 (site b, node 1): node 2 records the call; node 2 is lost, node 1 holds its half,
+    then ends it "main host lost" and records it, once, under node 2's uid (its SETUP's). Until session 15 node 1
+    recorded it under its own uid: a node only stalled (SIGSTOP, a loop held up) that wrote its record when it ran
+    again left two records of one call in the cluster's PostgreSQL, which keeps one per (origin, uid)."""
+    p = world.phones
+    world.call("301", "201")
+    [theirs] = world.main.status()["calls"]
+    [ours] = world.n1.status()["calls"]
+    assert (theirs["caller"], theirs["callee"], ours["caller"], ours["callee"]) == ("301", "201", "301", "201")
+    assert theirs["call"] != ours["call"]           # each node numbers its calls: node 1's half says node 2's uid
+    _listen(world, 600)
+    _in_order(p["201"], p["301"], 20)
+    records_before = {r.uid for r in world.n1.directory.call_records()}
+
+    world.lose_node_2()
+    world.run_until(lambda: len(world.n1.xnode.held) == 1, trunk.KEEPALIVE_MS + trunk.DEAD_MS + 1000,
+                    "node 1 holds its half")
+    world.run_until(lambda: p["201"].idle, trunk.HOLD_MS + 1000, "201's call ends")
+    assert p["201"].causes()[-1] == wire.CAUSE_MAIN_LOST
+    assert _node_1_empty(world)
+    new = [r for r in world.n1.directory.call_records() if r.uid not in records_before]
+    assert [(r.uid, r.caller, r.callee, r.cause) for r in new] == [(theirs["call"], "301", "201", "main host lost")]
+    assert not world.net.errors
