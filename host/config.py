@@ -175,6 +175,9 @@ SECTIONS = {
             "written again (the node rewrites it at half this)", min=10, max=86400),
         Key("ended_ttl_s", "int", 10, "an ended call's Redis key is kept this long (a survivor taking over sees "
             "it ended)", min=1, max=3600),
+        Key("etcd_return_s", "int", 30, "how often a node talking to another etcd member than the first in its "
+            "order (that one did not answer) tries the ones ahead again, and moves back to the first that answers",
+            min=1, max=3600),
         Key("api_wait_s", "int", 10, "how long a request to this node's JSON API or web page waits for PostgreSQL "
             "(a change, a call record export) before it is answered 503", min=1, max=300),
         Key("address", "hostport_or_empty", "", '"IPv4:PORT" where remote hosts, phones and the other nodes reach '

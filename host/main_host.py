@@ -70,6 +70,7 @@ class MainHost(HostCore):
         self.conferences.max_parties = config.conference_parties
         self.cluster = None      # host.cluster.node.ClusterNode when main.toml has a [cluster] table
         self.cluster_state = {}  # each engine's "up"/"down", kept by the node's ClusterService
+        self.etcd_member = None  # "host:port" of the etcd member it talks to (ClusterService)
         self.cluster_members = []   # names of the live nodes (etcd's leases), kept by the ClusterService
         self.node_speaks = None  # {node id: what it speaks (NODE_SPEAKS)} from etcd; None: all speak ours
         self.takeover = None     # host.cluster.calls.Takeover on a node: calls of a silent node carried on here
@@ -1430,6 +1431,7 @@ class MainHost(HostCore):
             "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
             "cluster": None if self.cluster is None else {
                 "node": self.cluster.name, "node_id": self.cluster.node_id, "engines": dict(self.cluster_state),
+                "etcd_member": self.etcd_member,
                 "members": list(self.cluster_members),
                 "directory_refreshes": self.directory.refreshes, "records_deferred": len(self.deferred_records),
                 "records_waiting": len(self.directory.outbox()),

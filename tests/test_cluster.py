@@ -438,6 +438,115 @@ def test_a_node_whose_first_etcd_member_is_down_connects_to_the_next(engines):
     asyncio.run(run())
 
 
+class Forwarder:
+    """A TCP port that forwards to another (an etcd member that is down until open(), and again after
+    close()): a stand-in for a second etcd member in front of the engines' real one."""
+
+    def __init__(self, port, target):
+        self.port, self.target = port, target
+        self.listener, self.socks, self.accepted = None, [], 0
+
+    def open(self):
+        import socket
+        import threading
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener):
+        import socket
+        import threading
+        while True:
+            try:
+                near, _ = listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            far = socket.create_connection(self.target)
+            self.socks += [near, far]
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b):
+        import socket
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        import socket
+        if self.listener is not None:
+            try:
+                self.listener.shutdown(socket.SHUT_RDWR)   # wakes the accept() of its thread: close alone does not
+            except OSError:
+                pass
+            self.listener.close()
+            self.listener = None
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        self.socks = []
+
+
+def test_a_node_moves_back_to_its_first_etcd_member_when_it_answers_again(engines):
+    """A node whose first etcd member (in its rendezvous order) does not answer talks to the next; when the
+    first answers again, the node moves back to it within `etcd_return_s`, keeping its lease (it never
+    leaves the cluster, its etcd state stays "up"); when that member goes again it is back on the next.
+    Until session 15 it stayed on the second member until that one failed (docs/cluster.md)."""
+    from upbx.host.cluster import coordination
+    from upbx.tools.lab import free_ports
+    live = ("127.0.0.1", engines.etcd_port)
+    first = ("127.0.0.1", free_ports(1))           # nothing listens there yet
+    name = next(n for n in ("etcd-back-%d" % i for i in range(100))
+                if coordination.endpoint_order(n, [live, first])[0] == first)
+    members = "%s:%d,%s:%d" % (live + first)
+    proxy = Forwarder(first[1], live)
+    lab = cluster_lab.ClusterExchange(engines, nodes=(name,), cluster_settings={"etcd": members, "etcd_return_s": 2})
+
+    def lease():
+        async def read():
+            client = await coordination.connect([live])
+            try:
+                return (await client.get(coordination.PREFIX + b"nodes/" + name.encode())).lease
+            finally:
+                await client.close()
+        return asyncio.run(read())
+    try:
+        lab.start()
+        cluster = lab.status(name)["cluster"]
+        assert cluster["engines"]["etcd"] == "up" and cluster["etcd_member"] == "%s:%d" % live
+        held = lease()
+        proxy.open()                                # the first member answers again
+        lab.wait_for(lambda: lab.status(name)["cluster"]["etcd_member"] == "%s:%d" % first,
+                     "the node back on its first etcd member", timeout=60)
+        assert proxy.accepted >= 1 and lease() == held   # through the proxy, on the lease it had
+        with open(lab.path(name + ".log")) as f:
+            etcd_lines = [line for line in f if "cluster-etcd" in line]
+        assert any("moved back" in line for line in etcd_lines), etcd_lines
+        assert not any("down" in line for line in etcd_lines), etcd_lines   # never lost etcd on the way
+        assert lab.status(name)["cluster"]["engines"]["etcd"] == "up"
+        proxy.close()                               # and gone again: the next member, as at start
+        lab.wait_for(lambda: lab.status(name)["cluster"]["etcd_member"] == "%s:%d" % live,
+                     "the node on its second etcd member again", timeout=60)
+        lab.wait_for(lambda: lab.status(name)["cluster"]["engines"]["etcd"] == "up", "etcd up", timeout=60)
+    finally:
+        proxy.close()
+        lab.close()
+
+
 # configuration and the CLI without engines
 
 def test_cluster_table_needs_all_three_engines(tmp_path):

@@ -85,10 +85,10 @@ class Engines:
     def etcd_endpoint(self):
         return "127.0.0.1:%d" % self.etcd_port
 
-    def cluster_table(self, node):
-        """The [cluster] table of a node's main.toml."""
+    def cluster_table(self, node, etcd=None):
+        """The [cluster] table of a node's main.toml (etcd: another `etcd` than these engines' own)."""
         return ('[cluster]\nnode = "%s"\npostgres = "%s"\nredis = "%s"\netcd = "%s"\n'
-                % (node, self.postgres_dsn, self.redis_url, self.etcd_endpoint))
+                % (node, self.postgres_dsn, self.redis_url, etcd or self.etcd_endpoint))
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -498,9 +498,10 @@ class ClusterExchange(LoopbackExchange):
                        "true" if self.direct_media else "false"))
             for key, value in dict(self.main_settings, **self.node_settings.get(node, {})).items():
                 f.write("%s = %s\n" % (key, json.dumps(value)))
-            f.write("\n" + self.engines.cluster_table(node))
+            f.write("\n" + self.engines.cluster_table(node, self.cluster_settings.get("etcd")))
             for key, value in self.cluster_settings.items():
-                f.write("%s = %s\n" % (key, json.dumps(value)))
+                if key != "etcd":
+                    f.write("%s = %s\n" % (key, json.dumps(value)))
 
     def provision(self, sites=("a", "b", "c"), remote_sites=("a", "b"), phones=None):
         """LoopbackExchange.provision straight into PostgreSQL (the Directory `upbx admin` uses, without a

@@ -50,18 +50,22 @@ def endpoint_order(name, endpoints):
     return [endpoint for _index, endpoint in sorted(enumerate(endpoints), key=weight)]
 
 
-async def connect(endpoints, name=None):
-    """An aetcd.Client on the first endpoint that answers, in node `name`'s order (endpoint_order)."""
+async def connect(endpoints, name=None, before=None):
+    """An aetcd.Client on the first endpoint that answers, in node `name`'s order (endpoint_order); its
+    `upbx_rank` is that endpoint's place in the order (0: the first) and `upbx_member` its "host:port".
+    before: only the endpoints ranked ahead of that place (a node moving back to a member that returned)."""
     problems = []
-    for host, port in endpoint_order(name, endpoints):
+    for rank, (host, port) in enumerate(endpoint_order(name, endpoints)[:before]):
         client = aetcd.Client(host=host, port=port, timeout=5)
         try:
             await client.connect()
             await client.get(PREFIX + b"layout")
-            return client
         except Exception as exc:   # aetcd raises its own ConnectionFailedError, grpc's errors, OSError
             problems.append("%s:%d: %s" % (host, port, exc.__class__.__name__))
             await client.close()
+            continue
+        client.upbx_rank, client.upbx_member = rank, "%s:%d" % (host, port)
+        return client
     raise CoordinationError("etcd unreachable (%s)" % "; ".join(problems))
 
 

@@ -140,6 +140,7 @@ class ClusterService:
         self.state = {"etcd": "connecting", "postgres": "connecting", "redis": "connecting"}
         self.redis_run_id = None    # the Redis server written to (INFO run_id): another one gets every key again
         self.redis_rewrites = 0     # times every live call's key was rewritten (another server, a reconnection)
+        self._etcd_probe = None     # a connection being tried to an etcd member ahead of ours in our order
 
     async def start(self, daemon):
         self.daemon = daemon
@@ -214,10 +215,12 @@ class ClusterService:
                 if self.membership is None:
                     self.membership = coordination.Membership(self.etcd, self.node.name, self.config.cluster_lease_s)
                 await self.membership.attach(self.etcd, self._info())
-                self._log("etcd", "up", lease_s=self.config.cluster_lease_s)
+                self.core.etcd_member = self.etcd.upbx_member
+                self._log("etcd", "up", lease_s=self.config.cluster_lease_s, member=self.etcd.upbx_member)
                 await self._members()
                 backoff = 0.1
                 renew_at = time.monotonic()
+                return_at = time.monotonic() + self.config.cluster_etcd_return_s
                 while True:
                     # wake for the renewal when it is due, not at the next load period: on 1 s steps a
                     # lease of 5 s was renewed every 2 s, 3 s before it lapsed; now every lease_s/3
@@ -226,17 +229,56 @@ class ClusterService:
                         if not await self.membership.renew():
                             raise coordination.CoordinationError("the lease expired")
                         renew_at = time.monotonic() + self.config.cluster_lease_s / 3
+                    if self.etcd.upbx_rank and self._etcd_probe is None and time.monotonic() >= return_at:
+                        # a member ahead of ours in our order may answer again: asked beside the renewals
+                        # (a member that hangs holds the probe up to its 5 s timeout, never the lease)
+                        self._etcd_probe = asyncio.ensure_future(coordination.connect(
+                            self.config.cluster_etcd, self.node.name, before=self.etcd.upbx_rank))
+                    if self._etcd_probe is not None and self._etcd_probe.done():
+                        probe, self._etcd_probe = self._etcd_probe, None
+                        return_at = time.monotonic() + self.config.cluster_etcd_return_s
+                        if probe.exception() is None:
+                            await self._etcd_move(probe.result())
                     await self.membership.update(self._info())
                     await self._members()
             except asyncio.CancelledError:
+                await self._etcd_probe_dropped()
                 raise
             except Exception as exc:
                 self._log("etcd", "down", error="%s: %s" % (exc.__class__.__name__, exc))
+                await self._etcd_probe_dropped()
                 if self.etcd is not None:
                     await self.etcd.close()
                     self.etcd = None
+                    self.core.etcd_member = None
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _etcd_move(self, client):
+        """Talk to etcd through client (a member ahead in our order that answers again: the nodes spread
+        over the members again, docs/cluster.md "Which etcd member a node talks to"), keeping the lease. A
+        failure on the way is etcd's (the caller connects again from the first member)."""
+        was = self.etcd
+        try:
+            await self.membership.attach(client, self._info())
+        except BaseException:
+            await client.close()
+            raise
+        self.etcd = client
+        self.core.etcd_member = client.upbx_member
+        self.core.log.info("cluster-etcd", state="moved back", member=client.upbx_member, was=was.upbx_member)
+        await was.close()
+
+    async def _etcd_probe_dropped(self):
+        probe, self._etcd_probe = self._etcd_probe, None
+        if probe is None:
+            return
+        probe.cancel()
+        try:
+            client = await probe
+        except BaseException:   # cancelled, or it found no member: nothing to close
+            return
+        await client.close()
 
     async def _members(self):
         """The nodes alive as etcd says: their names (item 3's failover starts from a node that left) and
