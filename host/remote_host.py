@@ -350,11 +350,12 @@ class RemoteHost(HostCore):
         self.log.warning("main-switched", main="%s:%d" % self.main_address, was="%s:%d" % old_address,
                          reason=reason, calls=self.main_link.legs)
         self._main_up(now)
-        # a call whose media goes straight to its peer (B2) sends the new node nothing that names it: each is
-        # named (NODES standby 0 with its call number, as a phone that switched names its call), and the node
-        # takes it over from Redis as it does a relayed call at its first frame (docs/cluster.md)
+        # a call whose media goes straight to its peer (B2), and one still ringing, send the new node nothing
+        # that names it: each is named (NODES standby 0 with its call number, as a phone that switched names
+        # its call), and the node takes it over from Redis as it does a relayed call at its first frame
+        # (docs/cluster.md; a ringing call since session 15)
         for leg in list(self.switch.legs.values()):
-            if leg.link is self.main_link and leg.direct is not None and leg.call.state == "answered" \
+            if leg.link is self.main_link and (leg.direct is not None or leg.call.state != "answered") \
                     and leg.peer_call_no and self.cluster_nodes:
                 self.main_link.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_PEER_CALL_NO: leg.peer_call_no},
                                            now)

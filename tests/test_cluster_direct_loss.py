@@ -17,6 +17,7 @@ import pytest
 from upbx.common import wire
 from upbx.host.cluster import trunk
 from upbx.host.cluster.calls import KEY, LEG_KEY, CallMirror, Takeover
+from upbx.common.call import RINGBACK, RINGING
 from tests.inprocess import MAIN, SITE_A, SITE_B, flush_host
 from tests.test_cluster_direct import SitesAtTwoNodes, _in_order as check
 from tests.test_cluster_forward import NODE1
@@ -196,3 +197,76 @@ def test_a_direct_call_between_sites_at_two_nodes_goes_on_through_the_loss_of_on
     records = world.n1.directory.call_records()
     assert [(r.caller, r.callee, r.cause, r.path) for r in records] == [("101", "201", "normal clearing", "direct")]
     assert not world.n1.switch.calls and not world.net.errors
+
+
+def _ring(world, caller, callee):
+    """caller dials callee and hears it ring: the call is set up at both nodes, not answered."""
+    a, b = world.phones[caller], world.phones[callee]
+    assert a.phone.dial(callee, world.net.now)
+    a.flush()
+    world.run_until(lambda: b.phone.state == RINGING and a.phone.state == RINGBACK, 6000, "%s rings" % callee)
+    world.run(400)                                  # the call's keys written as they are (the 200 ms writer)
+
+
+def _spliced(world):
+    """Node 1's call has node 2's half (site a's leg) in place of its leg towards node 2, none held."""
+    calls = list(world.n1.switch.calls.values())
+    return (len(calls) == 1 and not world.n1.xnode.held
+            and {calls[0].a.link.name, calls[0].b.link.name} == {"site-a", "site-b"})
+
+
+def _answer(world, number):
+    end = world.phones[number]
+    end.phone.answer(world.net.now)
+    end.flush()
+
+
+def _talk_and_hang_up(world, caller, callee):
+    """Both connected: audio both ways in order, through the hold and beyond; caller hangs up; node 1 records
+    the call once."""
+    a, b = world.phones[caller], world.phones[callee]
+    world.run_until(lambda: a.connected and b.connected, 3000, "%s and %s connected" % (caller, callee))
+    a.sent, a.received, b.sent, b.received = [], [], [], []
+    world.run(trunk.HOLD_MS + 1000)
+    assert a.connected and b.connected
+    for heard, said in ((b.received, a.sent), (a.received, b.sent)):
+        check(heard, said, missing=2)
+        assert len(heard) >= (trunk.HOLD_MS + 1000) // 20 - 10
+    assert world.n1.stats.counters.get("node trunk: calls lost", 0) == 0
+    world.hangup(caller)
+    world.run_until(lambda: a.idle and b.idle, 2000, "hung up")
+    assert a.causes() == [wire.CAUSE_NORMAL] == b.causes()
+    records = world.n1.directory.call_records()
+    assert [(r.caller, r.callee, r.cause) for r in records] == [(caller, callee, "normal clearing")]
+    assert not world.n1.switch.calls and not world.n1.xnode.held and not world.net.errors
+
+
+def test_a_call_ringing_at_a_node_that_is_lost_is_answered_at_its_successor(world):
+    """201 (site b, node 1) calls 101 (site a, node 2); 101 rings; node 2 is lost. Node 1 holds its half of the
+    ringing call (until session 15 it ended it "main host lost" at once: only answered calls were held); site
+    a's remote host switches to node 1 and names the ringing call; node 1 takes node 2's half over from Redis
+    and splices it to its own. 101 still rings, 201 still hears it ring; 101 answers: they talk, through the
+    hold and beyond, and the call is recorded once."""
+    _ring(world, "201", "101")
+    world.lose_node_2()
+    world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 5000, "site a at node 1")
+    world.run_until(lambda: _spliced(world), 3000, "node 1 took node 2's half over")
+    call = world.node_call(world.n1)
+    assert (call.a.link.name, call.b.link.name) == ("site-b", "site-a") and call.state == "alerting"
+    assert world.phones["101"].phone.state == RINGING and world.phones["201"].phone.state == RINGBACK
+    _answer(world, "101")
+    _talk_and_hang_up(world, "201", "101")
+
+
+def test_a_call_from_a_node_that_is_lost_while_it_rings_is_answered(world):
+    """101 (site a, node 2) calls 201 (site b, node 1); 201 rings; node 2 is lost, and 201 answers before site
+    a's remote host has noticed (its ANSWER goes towards the lost node). Node 1 holds its half; site a switches
+    to node 1 and names the call; node 1 takes node 2's half over and, the call answered here meanwhile, tells
+    101 it was answered. They talk, through the hold and beyond; recorded once."""
+    _ring(world, "101", "201")
+    world.lose_node_2()
+    world.run(300)
+    _answer(world, "201")
+    world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 5000, "site a at node 1")
+    world.run_until(lambda: _spliced(world), 3000, "node 1 took node 2's half over")
+    _talk_and_hang_up(world, "101", "201")

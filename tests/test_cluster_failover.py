@@ -48,7 +48,7 @@ def test_node_killed_during_a_relayed_call_survivor_takes_it_over(engines):
         value = live_call(r, "101")
         assert value["node"] == "n1" and value["path"] == "relay"
         key = "upbx:call:" + value["uid"]
-        time.sleep(1)
+        wait_audio_flows(lab, call, "audio both ways before the kill", frames_more=25)   # the gap inside the records
         killed = time.time()
         lab.kill("n1")
 
@@ -151,6 +151,10 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
         call = start_call(lab, "402", "502", tag="stopped")
         lab.wait_for(lambda: live_call(r, "402") is not None, "the call's key", timeout=60)
         key = "upbx:call:" + live_call(r, "402")["uid"]
+        # the audio flows both ways first: the stop's gap is then inside what each phone recorded (measured and
+        # allowed by hang_up_and_compare), not before its first frame (a CI run stopped n1 before 502 had heard
+        # anything from 402: 2 s missing at the head, counted as lost)
+        wait_audio_flows(lab, call, "audio both ways before the stop", frames_more=25)
         n1 = [p for p in lab.procs if p.upbx_name == "n1"][0]
         os.killpg(n1.pid, signal.SIGSTOP)
         try:

@@ -149,6 +149,8 @@ def add_arguments(parser):
     parser.add_argument("--call-after", type=float, default=0.0, help="seconds to wait before dialing")
     parser.add_argument("--duration", type=float, help="hang up this many seconds after the call is answered")
     parser.add_argument("--answer", action="store_true", help="answer incoming calls automatically")
+    parser.add_argument("--answer-after", type=float, metavar="SECONDS",
+                        help="answer incoming calls automatically after they rang this long (default 0.3)")
     parser.add_argument("--dtmf", help="digits to send once connected")
     parser.add_argument("--exit-after", type=float, help="quit after this many seconds")
     parser.add_argument("--exit-after-call", action="store_true", help="quit when the first call ends")
@@ -234,8 +236,10 @@ def device_config(args):
         script["call_after_ms"] = int(args.call_after * 1000)
     if args.duration:
         script["duration_ms"] = int(args.duration * 1000)
-    if args.answer:
+    if args.answer or args.answer_after is not None:
         script["answer"] = True
+    if args.answer_after is not None:
+        script["answer_after_ms"] = int(args.answer_after * 1000)
     if args.dtmf:
         script["dtmf"] = args.dtmf
     if args.exit_after:

@@ -23,8 +23,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from upbx.common import wire
-from upbx.common.call import CallLeg
+from upbx.common.call import ALERTING_SENT, ANSWER_SENT, CALLED, CONNECTED, RINGING, CallLeg
 from upbx.host.cluster.direct import CrossPair
+from upbx.host.switch import send_on_leg
 
 KEY = "upbx:call:%s"
 LEG_KEY = "upbx:leg:%s:%s:%d"   # a live leg's link kind, link name and call number -> its call's uid
@@ -242,6 +243,7 @@ class Takeover:
         call = own.call
         new = self._leg_from(legs[theirs_side], keys[theirs_side], links[theirs_side], value, wall_ms)
         new.call = call
+        said = own.state   # what we said towards the lost node (before _forget_leg releases the leg)
         core.xnode.held.pop(own.call_no, None)
         switch._forget_leg(own, now)
         switch.place(new)
@@ -249,6 +251,12 @@ class Takeover:
             call.a = new
         else:
             call.b = new
+        # what we said towards the lost node while our leg was held (a ringing call answered here meanwhile)
+        # went nowhere: said again on the leg that replaces it, the caller's (which had received the SETUP)
+        if new.state == CALLED and said in (RINGING, CONNECTED) and new.apply(ALERTING_SENT) is not None:
+            send_on_leg(new, wire.ALERTING, {}, now)
+        if new.state == RINGING and said == CONNECTED and new.apply(ANSWER_SENT) is not None:
+            send_on_leg(new, wire.ANSWER, {}, now)
         core.xnode.carried += 1
         core.stats.count("calls taken over")
         core.stats.count("node trunk: calls carried on")

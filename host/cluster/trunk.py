@@ -48,7 +48,7 @@ PARK_MS = 1500                   # a SETUP waits at most this long for its calle
 ABSENT_ASK_MS = 100              # while SETUPs wait and Redis names no node, it is asked again this often
 PARKED_MAX = 4096                # SETUPs waiting at once; more are refused
 PENDING = "pending"              # _target_link's cause while Redis is asked
-HOLD_MS = 10000                  # an answered call towards a lost node waits this long for its successor
+HOLD_MS = 10000                  # a call towards a lost node (answered or ringing) waits this long for its successor
 # a location key is deleted only by the node it names (a client that moved on is another node's now)
 DELETE_IF_OURS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -242,11 +242,11 @@ class NodeTrunks:
                 self._lost(node, link, event.reason, now)
 
     def _lost(self, node, link, reason, now):
-        """The trunk to node is down: every answered call over it (our login, and its login to us) is held
-        for HOLD_MS: the lost node's clients switch to its successor, which takes its half over from Redis
-        and sends on it (claim() moves our leg to that node's trunk, or Takeover splices the call here
-        when we are the successor). What is not answered, or not taken over in time, ends here with cause
-        "main host lost" towards our clients, recorded here."""
+        """The trunk to node is down: every call over it (our login, and its login to us), answered or ringing,
+        is held for HOLD_MS: the lost node's clients switch to its successor, which takes its half over from
+        Redis and sends on it (claim() moves our leg to that node's trunk, or Takeover splices the call here
+        when we are the successor). A conference's party, a group's member leg, and what is not taken over
+        in time end here with cause "main host lost" towards our clients, recorded here."""
         core = self.core
         links = [link]
         theirs = core.links_by_name.get(("host", PREFIX + str(node)))
@@ -257,14 +257,19 @@ class NodeTrunks:
             if not calls:
                 continue
             held = 0
+            gone = []
             for call in calls:
                 leg = call.a if call.a is not None and call.a.link is each else call.b
-                if call.state == "answered" and call.conference is None and leg.call_no not in self.held:
+                # answered or still ringing (since session 15: a ringing call ended "main host lost" at once);
+                # not a conference's party, nor a group's member leg (neither leg a nor b of its call)
+                if call.conference is None and leg is not None and leg.link is each and leg.call_no not in self.held:
                     self.held[leg.call_no] = (now + HOLD_MS, node, leg)
                     held += 1
+                elif leg is None or leg.call_no not in self.held:
+                    gone.append(call)
             core.log.info("node-lost", node=node, reason=reason, calls=len(calls), held=held)
-            if held < len(calls):
-                self._release(each, [c for c in calls if c.state != "answered" or c.conference is not None], now)
+            if gone:
+                self._release(each, gone, now)
 
     def _release(self, link, calls, now):
         """calls over link (a trunk to a lost node) end with "main host lost" towards our clients; in a
