@@ -49,6 +49,8 @@ STANDBY_IDLE_KEEPALIVE_MS = 2000
 STANDBY_IDLE_DEAD_MS = 2000
 # ... and in calls through the main host, silent for 2 s (not 3 s): the relayed audio is back on the
 # standby node within the issue's 3 s
+# a call's messages the old node never acknowledged, said again on the standby session a remote host switches to
+RESAID = (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF)   # those a node keeps for a call it takes over
 STANDBY_CALL_KEEPALIVE_MS = 500
 STANDBY_CALL_DEAD_MS = 1500
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
@@ -56,6 +58,15 @@ PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is notic
 ON_SITE = ("local", "trunk")     # paths of calls that do not cross the uplink (trunk: the site's own line)
 MAX_CALLS_PER_PHONE = 2           # one call, and one that may ring in while the phone dials out
 MUSIC_MAX_CHUNKS = 8 * 30 * 1000 // 250 + 1   # 30 s of mu-law (host/moh.py MAX_SECONDS) in 250-byte chunks
+
+
+def unacknowledged(channel):
+    """[(type, encoded IEs)] a reliable channel (common/reliable.py) sent and had not acknowledged, then those
+    waiting for window space, in order; none without a channel. Read here, not in common/: a handset never
+    needs it, and there every method is heap."""
+    if channel is None:
+        return []
+    return [tuple(channel._unacked[seq][:2]) for seq in sorted(channel._unacked)] + list(channel._queue)
 
 
 class RemoteHost(HostCore):
@@ -337,6 +348,9 @@ class RemoteHost(HostCore):
         self.standby = self.standby_link.login = old
         self.standby_link.address = old_address
         self.standby_link.up = False
+        # the call messages the old node never acknowledged (an ANSWER sent as it died) are said again on the
+        # new session: the node takes their calls over and handles them then (host/cluster/calls.py defer)
+        unsaid = [(t, payload) for t, payload in unacknowledged(old.channel) if t in RESAID]
         old.take_events()
         old.start(now)
         self.main_silent_ms = None
@@ -350,6 +364,10 @@ class RemoteHost(HostCore):
         self.log.warning("main-switched", main="%s:%d" % self.main_address, was="%s:%d" % old_address,
                          reason=reason, calls=self.main_link.legs)
         self._main_up(now)
+        for msg_type, payload in unsaid:
+            self.main_link.send_signal(msg_type, wire.decode_ies(payload), now)
+        if unsaid:
+            self.stats.count("call messages said again after a switch", len(unsaid))
         # a call whose media goes straight to its peer (B2), and one still ringing, send the new node nothing
         # that names it: each is named (NODES standby 0 with its call number, as a phone that switched names
         # its call), and the node takes it over from Redis as it does a relayed call at its first frame

@@ -270,3 +270,39 @@ def test_a_call_from_a_node_that_is_lost_while_it_rings_is_answered(world):
     world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 5000, "site a at node 1")
     world.run_until(lambda: _spliced(world), 3000, "node 1 took node 2's half over")
     _talk_and_hang_up(world, "101", "201")
+
+
+def test_a_call_ringing_at_a_lost_node_answered_before_its_site_switches_is_answered(world):
+    """201 (site b, node 1) calls 101 (site a, node 2); node 2 is lost while 101 rings, and 101 answers before site
+    a's remote host has noticed: its ANSWER goes to the lost node, unacknowledged. When the remote host switches
+    to node 1 it says that ANSWER again on the new session (until session 15 it was lost with the old one: 101
+    talked to nobody while 201 heard it ring until the hold ended "main host lost"); node 1 takes the call over and
+    the answer reaches 201. They talk; recorded once."""
+    _ring(world, "201", "101")
+    world.lose_node_2()
+    world.run(300)
+    _answer(world, "101")
+    world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 5000, "site a at node 1")
+    world.run_until(lambda: _spliced(world), 3000, "node 1 took node 2's half over")
+    said_again = world.a.stats.counters.get("call messages said again after a switch")
+    _talk_and_hang_up(world, "201", "101")
+    assert said_again == 1
+
+
+def test_unacknowledged_lists_what_is_in_flight_and_waiting_in_order():
+    """What the remote host says again after a switch (host/remote_host.py unacknowledged): the messages a real
+    reliable channel has not had acknowledged, then those waiting for window space, in the order sent."""
+    from upbx.host.remote_host import unacknowledged
+    from tests.common.test_protocol import _login
+    client, server = _login()
+    sent = [str(100 + i) for i in range(40)]                  # more than the window (32): some wait
+    for number in sent:
+        client.send(wire.PARTY, {wire.IE_CALLING: number}, 10)
+    for frame in client.datagrams_to_send(10)[:3]:             # the first three arrive and are acknowledged
+        server.channel.receive(frame, 10)
+    for frame in server.channel.datagrams_to_send(11):
+        client.receive(frame, 11)
+    left = unacknowledged(client.channel)
+    assert [t for t, _payload in left] == [wire.PARTY] * 37
+    assert [wire.decode_ies(payload)[wire.IE_CALLING] for _t, payload in left] == sent[3:]
+    assert unacknowledged(None) == []
