@@ -40,12 +40,14 @@ FORWARD_LOCATE_MS = 1500   # a forward waits at most this long for Redis (as tru
 # after a transfer joined it here; TRANSFER hands a phone's transfer whose two far legs are both on the trunk to
 # that node (host/lines.py); the last three are B2's between their sites (host/cluster/direct.py)
 NODE_MESSAGES = frozenset((wire.SETUP, wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PARTY,
-                           wire.TRANSFER, wire.PING, wire.ACK, wire.PUNCH_OFFER, wire.PUNCH_RESULT, wire.MEDIA_PEER))
+                           wire.TRANSFER, wire.PING, wire.ACK, wire.PUNCH_OFFER, wire.PUNCH_RESULT, wire.MEDIA_PEER,
+                           wire.NODES))
 # what this node's code does for other nodes beyond a plain call (docs/cluster.md, "Rolling upgrades"): its etcd
 # record says it ("speaks", host/cluster/node.py), and a node sends another such a message only if that one says
 # it: "transfer", a hand-over of a transfer's join (host/lines.py _hand_over); "pickup", a **N or *8 of a call
-# ringing there (_pickup_at_node, _pickup_at_nodes). A node of older code says none, and gets none of them
-NODE_SPEAKS = frozenset(("transfer", "pickup"))
+# ringing there (_pickup_at_node, _pickup_at_nodes); "claim", NODES naming a leg it holds towards a lost node whose
+# half we took over (host/cluster/calls.py adopt). A node of older code says none, and gets none of them
+NODE_SPEAKS = frozenset(("transfer", "pickup", "claim"))
 RING_SCAN_TICKS = 10     # an answered call is looked at for a ring timeout once in this many ticks (_ring_calls)
 MAX_CALLS_PER_PHONE = 2   # a phone has one call; a second may ring in while it dials out (it answers busy)
 
@@ -497,6 +499,8 @@ class MainHost(HostCore):
                 self.firmware_phones.update(number, ies)
             else:
                 self.stats.drop("firmware state of another site's extension")
+        elif msg_type == wire.NODES and link.kind == "node":
+            pass   # a lost node's successor naming our held leg: claimed already (host/cluster/trunk.py claim)
         elif msg_type == wire.NODES and self.router is not None and wire.IE_STANDBY in ies:
             # what this session is to its client: its standby (kept to switch to) or its home (docs/cluster.md)
             (self.standby_links.add if ies[wire.IE_STANDBY] else self.standby_links.discard)(link)

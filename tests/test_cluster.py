@@ -365,7 +365,7 @@ def test_killed_node_leaves_the_cluster_when_its_lease_expires(lab):
     ids = {n["name"]: n["id"] for n in status["nodes"]}
     assert set(ids) == set(NODES) and len(set(ids.values())) == len(NODES)
     # each says in etcd which node messages beyond a plain call it takes (a rolling upgrade: docs/cluster.md)
-    assert all(n["speaks"] == ["pickup", "transfer"] for n in status["nodes"])
+    assert all(n["speaks"] == ["claim", "pickup", "transfer"] for n in status["nodes"])
     sites = {n["name"]: n["sites"] for n in status["nodes"]}
     # site-a's remote host is logged in to n1; a node's sites are those with a session there, standby
     # sessions included (docs/cluster.md), so site a is listed at other nodes too

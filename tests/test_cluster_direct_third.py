@@ -129,3 +129,56 @@ def test_a_third_node_that_takes_a_direct_half_over_offers_the_pair_again_on_a_b
                                                    wire.IE_PEER_KEY: key, wire.IE_ROLE: 0})]
     assert c.stats.drops.get("node trunk: bad direct offer", 0) == 0
     c.directory.close()
+
+
+def test_a_third_node_that_takes_a_ringing_half_over_claims_the_held_leg_and_the_answer_reaches_the_caller(world):
+    """101 (site a, node 2) calls 201 (site b, node 1); 201 rings; node 2 is lost while site a cannot reach node 1,
+    so node 1 holds its half; 201 answers meanwhile (its ANSWER goes towards the lost node). Node C adopts node
+    2's half from its key, ringing, and names node 1's held leg at once (NODES standby 0 on its trunk: a ringing
+    call sends no frame that would; until session 15 nothing did, and node 1 ended the call after the hold).
+    Node 1 moves the leg to C's trunk and says the ANSWER again there; C passes it to site a: 101 is answered."""
+    from upbx.common.call import RINGING
+    from tests.test_cluster_direct_loss import _ring
+    _ring(world, "101", "201")
+    n2_call, n1_call = world.node_call(world.main), world.node_call(world.n1)
+    raw = world.calls.keys[KEY % n2_call.uid]
+    assert json.loads(raw)["state"] == "alerting"
+    world.blocked.add((SITE_A, NODE1))
+    world.lose_node_2()
+    n1_leg = n1_call.a
+    world.run_until(lambda: n1_leg.call_no in world.n1.xnode.held, 3000, "node 1 holds its half")
+    world.phones["201"].phone.answer(world.net.now)
+    world.phones["201"].flush()
+    world.run_until(lambda: n1_call.state == "answered", 2000, "201 answered at node 1")
+    assert world.n1.xnode.held                       # its ANSWER went towards the lost node
+
+    c, c_site_a, c_trunk = _third_node(world, world.net.nat[SITE_A])
+    value = json.loads(raw)
+    del value["xpair"]    # as a relayed call's key (sites without a direct path): no pair offer names the leg
+    # a node 1 of older code (its etcd record says no "claim": a rolling upgrade) is sent no NODES it would drop
+    older, _site_a, older_trunk = _third_node(world, world.net.nat[SITE_A])
+    older_trunk.node, older.node_speaks = 1, {1: frozenset(("pickup", "transfer"))}
+    assert older.takeover.adopt(dict(value), world.net.now, older.wall_ms(world.net.now)) is None
+    assert older_trunk.take() == []
+    assert c.takeover.adopt(value, world.net.now, c.wall_ms(world.net.now)) is None
+    c_call = next(iter(c.switch.calls.values()))
+    assert c_call.a.link is c_site_a and c_call.b.link is c_trunk and c_call.state == "alerting"
+    assert c_call.a.state == RINGING
+    said = c_trunk.take()
+    assert said == [(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_CALL_NO: c_call.b.call_no,
+                                  wire.IE_PEER_CALL_NO: n1_leg.call_no})]
+    n1_trunk = Kept("@3", "node")                     # C's session at node 1
+    for msg_type, ies in said:
+        world.n1._message(n1_trunk, msg_type, ies, world.net.now)
+    assert n1_call.a.link is n1_trunk and not world.n1.xnode.held
+    assert world.n1.stats.drops.get("unexpected message from a node", 0) == 0
+    # node 1 says its ANSWER again on C's trunk, and C passes it on to site a (101's remote host)
+    said = n1_trunk.take()
+    assert [t for t, _ies in said] == [wire.ANSWER]
+    for msg_type, ies in said:
+        c._message(c_trunk, msg_type, ies, world.net.now)
+    assert c_call.state == "answered"
+    assert [t for t, _ies in c_site_a.take()] == [wire.ANSWER]
+    # node 1 keeps the call past the hold: 201 is not released
+    world.run(trunk.HOLD_MS + 500)
+    assert world.phones["201"].connected and world.n1.stats.counters.get("node trunk: calls lost", 0) == 0

@@ -347,6 +347,12 @@ class Takeover:
                       path=call.path)
         if value.get("xpair") is not None:
             self._restore_pair(call, value, now)
+        for cl in (call.a, call.b) if value.get("xpair") is None else ():
+            # a half of a call between the lost node and another: that node holds its leg towards the lost one
+            # (host/cluster/trunk.py) until a message on our trunk names it. A call still ringing sends none
+            # (a direct one: its pair offer above names it): named at once (since session 15)
+            if cl.link.kind == "node" and cl.peer_call_no and core.speaks(cl.link.node, "claim"):
+                send_on_leg(cl, wire.NODES, {wire.IE_STANDBY: 0}, now)
         for side, leg in legs.items():
             entry = self.want.pop((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]), None)
             for link, msg_type, ies in (entry[1] if entry else ()):

@@ -34,7 +34,7 @@ import os
 from upbx.common import wire
 from upbx.common.crypto import hkdf
 from upbx.common.login import UP, Login, LoginDown, LoginUp
-from upbx.host.switch import Link
+from upbx.host.switch import Link, send_on_leg
 
 PREFIX = "@"                    # identities of nodes: "@ID" (a directory name starts with a letter or digit)
 KEEPALIVE_MS = 500              # PING on an idle trunk session
@@ -248,6 +248,9 @@ class NodeTrunks:
         when we are the successor). A conference's party, a group's member leg, and what is not taken over
         in time end here with cause "main host lost" towards our clients, recorded here."""
         core = self.core
+        # what we said on its legs since the lost node was last heard may have been lost with it (claim)
+        heard = link.login.last_heard_ms if link.login is not None else None
+        since = heard if heard is not None else now - KEEPALIVE_MS - DEAD_MS
         links = [link]
         theirs = core.links_by_name.get(("host", PREFIX + str(node)))
         if theirs is not None:
@@ -263,7 +266,7 @@ class NodeTrunks:
                 # answered or still ringing (since session 15: a ringing call ended "main host lost" at once);
                 # not a conference's party, nor a group's member leg (neither leg a nor b of its call)
                 if call.conference is None and leg is not None and leg.link is each and leg.call_no not in self.held:
-                    self.held[leg.call_no] = (now + HOLD_MS, node, leg)
+                    self.held[leg.call_no] = (now + HOLD_MS, node, leg, since)
                     held += 1
                 elif leg is None or leg.call_no not in self.held:
                     gone.append(call)
@@ -313,9 +316,24 @@ class NodeTrunks:
             pair = leg.call.xpair
             if pair is not None and pair.trunk is was:   # a direct call's pair: offered on that trunk from now on
                 pair.trunk = link
+            self._say_again(leg, entry[3], now)
             self.carried += 1
             self.core.stats.count("node trunk: calls carried on")
             self.core.log.info("call-carried-on", call=leg.call.uid, via=link.name)
+
+    def _say_again(self, leg, since, now):
+        """A ringing call's ALERTING or ANSWER we sent on leg (it had our SETUP's answer to give: leg a) after
+        the lost node was last heard went nowhere, or to a node that died with it: said again on the trunk
+        that carries the leg now (the successor's: a ringing call answered here while it was held). Said
+        twice, the second is dropped there as out of turn."""
+        call = leg.call
+        if leg is not call.a:
+            return
+        if call.answered_ms is not None and call.answered_ms >= since:
+            send_on_leg(leg, wire.ANSWER, {}, now)
+            self.core.stats.count("node trunk: answers said again")
+        elif call.answered_ms is None and call.alerted_ms is not None and call.alerted_ms >= since:
+            send_on_leg(leg, wire.ALERTING, {}, now)
 
     def claim_trunk(self, link, frame, now):
         """A trunk frame from a node's session (checked as a whole by trunk_in right after): the held legs
@@ -376,7 +394,7 @@ class NodeTrunks:
 
     def tick(self, now):
         if self.held:
-            late = [n for n, (until, _node, _leg) in self.held.items() if now >= until]
+            late = [n for n, entry in self.held.items() if now >= entry[0]]
             for call_no in late:
                 leg = self.held[call_no][2]
                 if self.core.switch.leg(leg.link, call_no) is not leg:   # it ended meanwhile
