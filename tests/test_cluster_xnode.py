@@ -366,46 +366,61 @@ def test_node_killed_while_a_cross_node_call_rings_it_is_answered_at_the_success
         _killed_ringing(own)
 
 
-def _killed_ringing(engines):
-    with contextlib.closing(_lab(engines, {"a": "n1", "b": "n2", "301": "n1"})) as lab:
+def test_node_killed_while_a_cross_node_call_rings_a_third_node_carries_its_half_to_the_answer(engines):
+    """Three nodes: site a at X, site b at Y, Y's successor Z. 101 calls 201; Y killed -9 while 201 rings: site b
+    switches to Z and names the ringing call, Z takes Y's half over (its leg towards X on the trunk X-Z) and names
+    X's held leg at once (NODES: a ringing call sends no frame); 201 answers 6 s after it began to ring, the
+    ANSWER goes site b -> Z -> X -> 101, and they talk. Until session 15 the call ended "main host lost"."""
+    micropython_binary()
+    with cluster_lab.Engines() as own:
+        _killed_ringing(own, ("n1", "n2", "n3"), _successor_plan, answer_after=6)
+
+
+def _killed_ringing(engines, nodes=("n1", "n2"), homes=None, answer_after=10):
+    """101 (site a, node X) calls 201 (site b, node Y); Y is killed -9 while 201 rings; 201 answers answer_after
+    seconds after it began to ring: audio both ways, nothing lost at X, one record."""
+    with contextlib.closing(_lab(engines, homes or {"a": "n1", "b": "n2", "301": "n1"}, nodes)) as lab:
         lab.start()
+        x, y = lab.homes["a"], lab.homes["b"]
         lab.wait_for(lambda: (lab.status("site-b")["main"]["standby"] or {}).get("state") == "up",
-                     "site b's standby at n1", timeout=60)
+                     "site b's standby up", timeout=60)
         procs = {}
         for number in ("201", "101"):
             wav = lab.path(number + ".wav")
             write_noise_wav(wav, 60, int(number))
             args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--record-sent-g711",
                     lab.path(number + ".tx.g711"), "--exit-after-call", "--exit-after", "120"]
-            args += ["--answer-after", "10"] if number == "201" else ["--call", "201", "--call-after", "1",
+            args += ["--answer-after", str(answer_after)] if number == "201" else ["--call", "201", "--call-after", "1",
                                                                       "--duration", "3"]
             procs[number] = lab.phone(number, *args, tag="k-" + number)
             lab.wait_registered(number, timeout=60)
-        lab.wait_for(lambda: any(c["state"] == "alerting" for c in lab.status("n1")["calls"]), "201 ringing",
+        lab.wait_for(lambda: any(c["state"] == "alerting" for c in lab.status(x)["calls"]), "201 ringing",
                      timeout=60)
-        # n2's key of its half says it rings (written within 200 ms: a call killed before has no key to take
+        # Y's key of its half says it rings (written within 200 ms: a call killed before has no key to take
         # over, docs/cluster.md)
         import redis
         r = redis.Redis.from_url(engines.redis_url)
         try:
-            lab.wait_for(lambda: any(json.loads(r.get(k) or b"{}").get("node") == "n2"
+            lab.wait_for(lambda: any(json.loads(r.get(k) or b"{}").get("node") == y
                                      and json.loads(r.get(k) or b"{}").get("state") == "alerting"
-                                     for k in r.keys("upbx:call:*")), "n2's key of the ringing call", timeout=30)
+                                     for k in r.keys("upbx:call:*")), "Y's key of the ringing call", timeout=30)
         finally:
             r.close()
-        lab.kill("n2")
-        lab.wait_for(lambda: lab.status("site-b")["main"]["address"] == "127.0.0.1:%d" % lab.node_ports["n1"],
-                     "site b switched to n1", timeout=30)
+        lab.kill(y)
+        z = lab.plan["successor"] if len(lab.nodes) == 3 else x
+        lab.wait_for(lambda: lab.status("site-b")["main"]["address"] == "127.0.0.1:%d" % lab.node_ports[z],
+                     "site b switched to Y's successor", timeout=30)
         for proc in procs.values():
             proc.wait(120)
         calls = {n: lab.summary("k-" + n)["calls"][0] for n in ("101", "201")}
         for number in ("101", "201"):
             assert calls[number]["cause"] == "normal clearing", calls[number]
         _audio_both_ways(lab, calls, "101", "201")
-        status = lab.status("n1")
+        status = lab.status(x)
         assert status["calls"] == [] and status["cluster"]["calls_lost_with_a_node"] == 0
         assert status["stats"]["counters"].get("node trunk: calls carried on") == 1
-        assert [row[:2] for row in _records(engines)] == [("101", "201")]   # recorded once, by n1
+        lab.wait_for(lambda: _records(engines), "the call's record", timeout=30)
+        assert [row[:2] for row in _records(engines)] == [("101", "201")]   # recorded once, by the caller's node
 
 
 def _successor_plan(lab):
