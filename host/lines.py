@@ -235,8 +235,13 @@ def picked_up_party(host, call, picker, now):
     """A ringing call was picked up (host/groups.py pickup): the picker is told the caller, and the
     caller's side the picker (PARTY with cause 15, sent before the caller's ANSWER: every host on the
     way names the picker as the callee of the same call, across nodes too, and its phone shows it)."""
-    send_on_leg(picker, wire.PARTY, {wire.IE_CALLING: call.caller,
-                                     wire.IE_CALLING_NAME: _name(host, call.caller)[:63]}, now)
+    ies = {wire.IE_CALLING: call.caller, wire.IE_CALLING_NAME: _name(host, call.caller)[:63]}
+    if picker.link.kind == "node" and call.a is not None and call.a.link.kind != "node":
+        # a picker at another node: told the uid we record the call under and the number that rang, so that its
+        # node records it (once, by that uid) if we are lost during the call (host/main_host.py on_call_ended)
+        ies[wire.IE_CALL_ID] = call.call_id
+        ies[wire.IE_CALLED] = call.tried[0] if call.tried else call.callee
+    send_on_leg(picker, wire.PARTY, ies, now)
     send_on_leg(call.a, wire.PARTY, {wire.IE_CALLING: picker.number, wire.IE_CAUSE: wire.CAUSE_PICKED_UP,
                                      wire.IE_CALLING_NAME: _name(host, picker.number)[:63]}, now)
 
@@ -253,6 +258,10 @@ def party(host, link, ies, now):
     call = leg.call
     if link.kind == "node" and wire.IE_CALL_ID in ies and leg is call.a:
         call.recorded_elsewhere = True   # joined at that node into a call another node records (transfer above)
+    elif (link.kind == "node" and wire.IE_CALL_ID in ies and leg is call.b and call.recorded_elsewhere
+          and call.picked_up_as is None):
+        # our **N or *8, picked up at that node (picked_up_party): recorded there, and here if it is lost
+        call.picked_up_as = (bytes(ies[wire.IE_CALL_ID]).hex(), ies.get(wire.IE_CALLED))
     out = {wire.IE_CALLING: number, wire.IE_CALLING_NAME: ies.get(wire.IE_CALLING_NAME, "")}
     if ies.get(wire.IE_CAUSE) == wire.CAUSE_PICKED_UP and call.answered_ms is None:
         out[wire.IE_CAUSE] = wire.CAUSE_PICKED_UP

@@ -1047,6 +1047,15 @@ class MainHost(HostCore):
                 self.xdirect.media_peers(call, now)
 
     def on_call_ended(self, call, cause, now):
+        if call.picked_up_as is not None and call.b is not None and call.b.link.kind == "node" and not call.b.link.up:
+            # a pickup at the node that records it, lost during the call and not taken over: recorded here, as that
+            # node would have (under its uid, so a copy it wrote after all is the same record)
+            uid, rang = call.picked_up_as
+            record = call_record(call, MAIN_ORIGIN, cause, now, self.wall_ms(now))
+            record.update(uid=uid, caller=call.callee, callee=call.caller, linked=None,
+                          dialled=rang if rang != call.caller else None)
+            self.directory.add_call_record(record)
+            return
         if call.recorded_elsewhere and call.a is not None and call.a.link.kind == "phone":
             return   # a phone's pickup (**N) of a call ringing at another node: recorded there (_pickup_at_node)
         if call.a is not None and call.a.link.kind == "node" and (call.a.link.up or call.recorded_elsewhere):

@@ -157,6 +157,8 @@ class Call:
                                          # node, which records it (PARTY with call_id, host/lines.py): never
                                          # recorded here, not even when that node is lost (docs/cluster.md)
         self.pickup_at = None       # a *8 sent on to other nodes: the node ids still to ask (host/main_host.py)
+        self.picked_up_as = None    # such a pickup, picked up there: (the uid that node records it under, the
+                                    # number that rang), to record it here if that node is lost (host/lines.py)
         self.recall = None          # a blind transfer ringing: (link to ring back, its number, new party, due, period)
         self.mixed_at_main = False  # a site's call whose conference the main host mixes (host/conference.py)
         self.group = None           # host.groups.GroupCall while a group call rings (a page: while it lasts)

@@ -14,7 +14,8 @@ import pytest
 from upbx.common import lines, wire
 from upbx.host.cluster import trunk
 from tests.inprocess import MAIN, flush_host
-from tests.test_cluster_xgroup import TwoNodes, _act, _answer, _in_order, _listen, _parties, with_phones
+from tests.test_cluster_xgroup import (TwoNodes, _act, _answer, _dial, _group, _in_order, _listen, _parties, _ringing,
+                                       with_phones)
 
 
 class LosableNodes(TwoNodes):
@@ -158,4 +159,35 @@ def test_a_call_whose_callers_node_is_lost_is_recorded_under_that_nodes_uid(worl
     assert _node_1_empty(world)
     new = [r for r in world.n1.directory.call_records() if r.uid not in records_before]
     assert [(r.uid, r.caller, r.callee, r.cause) for r in new] == [(theirs["call"], "301", "201", "main host lost")]
+    assert not world.net.errors
+
+
+@pytest.mark.parametrize("pickup", ["**301", "*8"])
+def test_a_pickup_whose_recording_node_is_lost_is_recorded_once_by_the_pickers_node(world, pickup):
+    """101 (site a, node 2) calls 301 (node 2); 303 (node 1) picks it up with **301, or with *8 (303 and 301 one
+    pickup group: nothing rings at node 1, so node 1 asks node 2). Node 2 switches the call and records it; node
+    2 is lost during the call: node 1 holds 303's half, nobody takes it over (site a has no standby session), and
+    it ends "main host lost" at 303 after the hold. Node 1 records it once, as node 2 would have: 101 -> 303, 301
+    dialled, under node 2's uid (told in its PARTY to the picker). Until session 15 nobody recorded it: node 1
+    never records a pickup's half (node 2 does) and node 2 was gone."""
+    p = world.phones
+    if pickup == "*8":
+        _group(world, {"number": "680", "strategy": "pickup", "members": ["301", "303"], "site": "c", "ring_s": 15})
+    _dial(world, "101", "301")
+    world.run_until(lambda: _ringing(world) == {"301"}, 3000, "301 rings")
+    _dial(world, "303", pickup)
+    world.run_until(lambda: p["303"].connected and p["101"].connected and p["301"].idle, 3000, "303 picked it up")
+    [theirs] = world.main.status()["calls"]
+    assert (theirs["caller"], theirs["callee"]) == ("101", "303")
+    _listen(world, 600)
+    _in_order(p["303"], p["101"], 20)
+    before = {r.uid for r in world.n1.directory.call_records()}
+
+    world.lose_node_2()
+    world.run_until(lambda: p["303"].idle, trunk.KEEPALIVE_MS + trunk.DEAD_MS + trunk.HOLD_MS + 1000, "303's call ends")
+    assert p["303"].causes()[-1] == wire.CAUSE_MAIN_LOST
+    assert _node_1_empty(world)
+    new = [r for r in world.n1.directory.call_records() if r.uid not in before]
+    assert [(r.uid, r.caller, r.callee, r.dialled, r.cause) for r in new] == [
+        (theirs["call"], "101", "303", "301", "main host lost")]
     assert not world.net.errors
