@@ -215,6 +215,17 @@ def _spliced(world):
             and {calls[0].a.link.name, calls[0].b.link.name} == {"site-a", "site-b"})
 
 
+def _answered_in_the_loss(world, caller, callee):
+    """caller calls callee; node 2 is lost while it rings, and callee answers 300 ms later, before site a's remote
+    host notices; then site a switches to node 1, which takes node 2's half over."""
+    _ring(world, caller, callee)
+    world.lose_node_2()
+    world.run(300)
+    _answer(world, callee)
+    world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 5000, "site a at node 1")
+    world.run_until(lambda: _spliced(world), 3000, "node 1 took node 2's half over")
+
+
 def _answer(world, number):
     end = world.phones[number]
     end.phone.answer(world.net.now)
@@ -263,12 +274,7 @@ def test_a_call_from_a_node_that_is_lost_while_it_rings_is_answered(world):
     a's remote host has noticed (its ANSWER goes towards the lost node). Node 1 holds its half; site a switches
     to node 1 and names the call; node 1 takes node 2's half over and, the call answered here meanwhile, tells
     101 it was answered. They talk, through the hold and beyond; recorded once."""
-    _ring(world, "101", "201")
-    world.lose_node_2()
-    world.run(300)
-    _answer(world, "201")
-    world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 5000, "site a at node 1")
-    world.run_until(lambda: _spliced(world), 3000, "node 1 took node 2's half over")
+    _answered_in_the_loss(world, "101", "201")
     _talk_and_hang_up(world, "101", "201")
 
 
@@ -278,12 +284,7 @@ def test_a_call_ringing_at_a_lost_node_answered_before_its_site_switches_is_answ
     to node 1 it says that ANSWER again on the new session (until session 15 it was lost with the old one: 101
     talked to nobody while 201 heard it ring until the hold ended "main host lost"); node 1 takes the call over and
     the answer reaches 201. They talk; recorded once."""
-    _ring(world, "201", "101")
-    world.lose_node_2()
-    world.run(300)
-    _answer(world, "101")
-    world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 5000, "site a at node 1")
-    world.run_until(lambda: _spliced(world), 3000, "node 1 took node 2's half over")
+    _answered_in_the_loss(world, "201", "101")
     said_again = world.a.stats.counters.get("call messages said again after a switch")
     _talk_and_hang_up(world, "201", "101")
     assert said_again == 1
