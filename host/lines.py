@@ -98,7 +98,7 @@ def transfer(host, link, ies, now):
     call = switch.new_call(stays, new, now)
     # a cluster node's half of another node's call is recorded there, under that node's uid (host/main_host.py)
     elsewhere = [c.recorded_as is not None and c.a.link.up for c in (c1, c2)]
-    call.linked = c1.linked or (c1.recorded_as if elsewhere[0] else c1.uid)
+    call.linked = c1.linked or (c1.recorded_as if elsewhere[0] else c1.record_as)
     call.a, call.b = y1, y2
     y1.call = y2.call = call
     call.offered_ms = c2.offered_ms
@@ -163,7 +163,7 @@ def _hand_over(host, link, c1, c2, y1, y2, stays, new, now):
         # our consultation is recorded here as a transfer's is, linked to the first call: the held one's
         # uid, the other node's when it is that node's call (it records it, and the joined call)
         elsewhere = c1.recorded_as is not None and c1.a.link.up
-        c2.linked = c1.linked or (c1.recorded_as if elsewhere else c1.uid)
+        c2.linked = c1.linked or (c1.recorded_as if elsewhere else c1.record_as)
     ies = {wire.IE_JOIN_CALL_NO: y2.peer_call_no}
     if y2.link is not y1.link:   # two trunk sessions with that node: a call from it runs on its, one to it on ours
         ies[wire.IE_STATE] = 1
@@ -288,7 +288,8 @@ def _relabel(host, call, leg, number, now):
         while call.call_id in calls or call.call_id == before.call_id:
             call.call_id = os.urandom(8)
         calls[call.call_id] = call
-    call.linked = before.linked or before.uid
+    call.linked = before.linked or before.record_as
+    call.record_uid = None
     call.started_ms = now
     call.alerted_ms = now if call.alerted_ms is not None else None
     call.answered_ms = now if call.answered_ms is not None else None

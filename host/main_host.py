@@ -1063,6 +1063,7 @@ class MainHost(HostCore):
             # had joined it by a transfer into a call from another node, which records it: host/lines.py)
             return
         record = call_record(call, MAIN_ORIGIN, cause, now, self.wall_ms(now))
+        record["uid"] = call.record_as   # a lost caller's node's half spliced into ours: its uid (host/cluster/calls.py)
         if call.a is not None and call.a.link.kind == "node" and call.recorded_as is not None and call.linked is None:
             # the half of a lost node's call: recorded under that node's uid (its SETUP's), so that the node's own
             # record, if it was only stalled and writes it after all, is the same record (once by (origin, uid)).

@@ -157,6 +157,8 @@ class Call:
                                          # node, which records it (PARTY with call_id, host/lines.py): never
                                          # recorded here, not even when that node is lost (docs/cluster.md)
         self.pickup_at = None       # a *8 sent on to other nodes: the node ids still to ask (host/main_host.py)
+        self.record_uid = None      # the uid this call is recorded under when not its own: a lost node's half
+                                    # spliced into ours, that node having been the caller's (host/cluster/calls.py)
         self.picked_up_as = None    # such a pickup, picked up there: (the uid that node records it under, the
                                     # number that rang), to record it here if that node is lost (host/lines.py)
         self.recall = None          # a blind transfer ringing: (link to ring back, its number, new party, due, period)
@@ -177,6 +179,11 @@ class Call:
     @property
     def uid(self):
         return self.call_id.hex()
+
+    @property
+    def record_as(self):
+        """The uid of this call's record here: its own, or the one it took over (record_uid)."""
+        return self.record_uid or self.call_id.hex()
 
     def punched_path(self):
         """B2: "direct" once both remote hosts reported a direct path, "relay" once both reported

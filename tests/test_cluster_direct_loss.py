@@ -215,10 +215,11 @@ def _spliced(world):
             and {calls[0].a.link.name, calls[0].b.link.name} == {"site-a", "site-b"})
 
 
-def _answered_in_the_loss(world, caller, callee):
-    """caller calls callee; node 2 is lost while it rings, and callee answers 300 ms later, before site a's remote
-    host notices; then site a switches to node 1, which takes node 2's half over."""
-    _ring(world, caller, callee)
+def _answered_in_the_loss(world, caller, callee, rung=False):
+    """caller calls callee (rung: it rings already); node 2 is lost while it rings, and callee answers 300 ms
+    later, before site a's remote host notices; then site a switches to node 1, which takes node 2's half over."""
+    if not rung:
+        _ring(world, caller, callee)
     world.lose_node_2()
     world.run(300)
     _answer(world, callee)
@@ -250,6 +251,7 @@ def _talk_and_hang_up(world, caller, callee):
     records = world.n1.directory.call_records()
     assert [(r.caller, r.callee, r.cause) for r in records] == [(caller, callee, "normal clearing")]
     assert not world.n1.switch.calls and not world.n1.xnode.held and not world.net.errors
+    return records[0]
 
 
 def test_a_call_ringing_at_a_node_that_is_lost_is_answered_at_its_successor(world):
@@ -274,8 +276,13 @@ def test_a_call_from_a_node_that_is_lost_while_it_rings_is_answered(world):
     a's remote host has noticed (its ANSWER goes towards the lost node). Node 1 holds its half; site a switches
     to node 1 and names the call; node 1 takes node 2's half over and, the call answered here meanwhile, tells
     101 it was answered. They talk, through the hold and beyond; recorded once."""
-    _answered_in_the_loss(world, "101", "201")
-    _talk_and_hang_up(world, "101", "201")
+    _ring(world, "101", "201")
+    theirs = world.node_call(world.main).uid       # node 2's: the caller's node records the call
+    _answered_in_the_loss(world, "101", "201", rung=True)
+    record = _talk_and_hang_up(world, "101", "201")
+    # node 1 records it under node 2's uid (since session 15): had node 2 only stalled and written its own
+    # record when it ran again, it would be the same record, kept once by (origin, uid)
+    assert record.uid == theirs
 
 
 def test_a_call_ringing_at_a_lost_node_answered_before_its_site_switches_is_answered(world):

@@ -498,6 +498,48 @@ def test_caller_node_killed_during_a_cross_node_call_the_callee_node_carries_it_
               "%d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
 
 
+def test_caller_node_stopped_and_run_again_the_call_is_recorded_once(engines):
+    """Two nodes, the caller's node n1 stopped (SIGSTOP) during a call rather than killed: site a switches to
+    n2, which splices n1's half into its own and carries the call on; n1 runs again (SIGCONT) with its copy,
+    which the standby login ends there, and records it. Both records are of one call under one uid (n1's,
+    from its SETUP and its key), so PostgreSQL keeps one. Until session 15 n2 recorded the spliced call under
+    its own uid: two records of one call."""
+    micropython_binary()
+    import signal
+    import redis
+    with cluster_lab.Engines() as own, contextlib.closing(_lab(own, {"a": "n1", "b": "n2", "301": "n1"})) as lab:
+        lab.start()
+        lab.wait_for(lambda: all((lab.status("site-" + s)["main"]["standby"] or {}).get("state") == "up"
+                                 for s in "ab"), "the remote hosts' standby sessions up", timeout=60)
+        call = _answered_call(lab)
+        r = redis.Redis.from_url(own.redis_url)
+        try:
+            uid = next(v["uid"] for v in (json.loads(r.get(k) or b"{}") for k in r.keys("upbx:call:*"))
+                       if v.get("node") == "n1" and v.get("caller") == "101")
+        finally:
+            r.close()
+        n1 = [p for p in lab.procs if p.upbx_name == "n1"][0]
+        os.killpg(n1.pid, signal.SIGSTOP)
+        try:
+            lab.wait_for(lambda: lab.status("n2")["stats"]["counters"].get("node trunk: calls carried on") == 1,
+                         "n2 spliced n1's half", timeout=30)
+        finally:
+            os.killpg(n1.pid, signal.SIGCONT)
+        lab.wait_for(lambda: lab.status("n1")["calls"] == [], "n1 back, its copy of the call ended", timeout=60)
+        wait_audio_flows(lab, call, "audio both ways after n1 came back")
+        hang_up_and_compare(lab, call)
+        lab.wait_for(lambda: lab.status("n2")["calls"] == [], "the call over", timeout=30)
+        # both nodes ended their copies and wrote a record of it (n1 its own, n2 the spliced call), under n1's uid
+        with open(lab.path("n1.log")) as f:
+            assert "call-ended call=%s" % uid in f.read()
+        lab.wait_for(lambda: lab.status("n1")["cluster"]["records_waiting"] == 0
+                     and lab.status("n2")["cluster"]["records_waiting"] == 0, "both nodes' records stored", timeout=30)
+        import psycopg
+        with psycopg.connect(own.postgres_dsn) as db:
+            rows = db.execute("SELECT uid, caller, callee FROM call_records").fetchall()
+        assert [(u, a, b) for u, a, b in rows] == [(uid, "101", "201")], rows
+
+
 def test_node_killed_during_a_cross_node_call_a_third_node_carries_its_half_on(engines):
     """Three nodes: site a at X, site b at Y, Y's successor Z. Y killed -9: site b switches to Z, which
     takes Y's half over from Redis (its leg towards X on the trunk X-Z); X moves its leg to Z's trunk at

@@ -249,6 +249,10 @@ class Takeover:
         switch.place(new)
         if call.a is own:
             call.a = new
+            # the lost node was the caller's: it recorded the call, under its uid. Recorded here under that uid, so
+            # that its own record, if it was only stalled and writes it when it runs again, is the same one
+            if call.linked is None:
+                call.record_uid = value["uid"]
         else:
             call.b = new
         # what we said towards the lost node while our leg was held (a ringing call answered here meanwhile)
