@@ -96,9 +96,10 @@ def transfer(host, link, ies, now):
     hold_sent = [c.held_by is x and y.link.kind != "phone" for c, x, y in ((c1, x1, y1), (c2, x2, y2))]
     was_local = {y1: c1.path == "local", y2: c2.path == "local"}
     call = switch.new_call(stays, new, now)
-    # a cluster node's half of another node's call is recorded there, under that node's uid (host/main_host.py)
-    elsewhere = [c.recorded_as is not None and c.a.link.up for c in (c1, c2)]
-    call.linked = c1.linked or (c1.recorded_as if elsewhere[0] else c1.record_as)
+    # a cluster node's half of another node's call is recorded there, under that node's uid (host/main_host.py),
+    # while that node is up; a half spliced here from a lost node (its caller's leg no longer a trunk's) is ours
+    elsewhere = [c.recorded_as is not None and c.a.link.kind == "node" and c.a.link.up for c in (c1, c2)]
+    call.linked = c1.linked or c1.record_as   # its record here, or the other node's (Call.record_as)
     call.a, call.b = y1, y2
     y1.call = y2.call = call
     call.offered_ms = c2.offered_ms
@@ -162,8 +163,7 @@ def _hand_over(host, link, c1, c2, y1, y2, stays, new, now):
     if y1.link.kind == "node":
         # our consultation is recorded here as a transfer's is, linked to the first call: the held one's
         # uid, the other node's when it is that node's call (it records it, and the joined call)
-        elsewhere = c1.recorded_as is not None and c1.a.link.up
-        c2.linked = c1.linked or (c1.recorded_as if elsewhere else c1.record_as)
+        c2.linked = c1.linked or c1.record_as
     ies = {wire.IE_JOIN_CALL_NO: y2.peer_call_no}
     if y2.link is not y1.link:   # two trunk sessions with that node: a call from it runs on its, one to it on ours
         ies[wire.IE_STATE] = 1

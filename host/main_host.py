@@ -1062,14 +1062,8 @@ class MainHost(HostCore):
             # another node's call: recorded there, once (here only when that node was lost, unless that node
             # had joined it by a transfer into a call from another node, which records it: host/lines.py)
             return
-        record = call_record(call, MAIN_ORIGIN, cause, now, self.wall_ms(now))
-        record["uid"] = call.record_as   # a lost caller's node's half spliced into ours: its uid (host/cluster/calls.py)
-        if call.a is not None and call.a.link.kind == "node" and call.recorded_as is not None and call.linked is None:
-            # the half of a lost node's call: recorded under that node's uid (its SETUP's), so that the node's own
-            # record, if it was only stalled and writes it after all, is the same record (once by (origin, uid)).
-            # A call relabelled by a transfer further on (linked) has a uid of its own at each node: its own here
-            record["uid"] = call.recorded_as
-        self.directory.add_call_record(record)
+        # under Call.record_as: a lost node's call under that node's uid, so that a copy it writes after all is one
+        self.directory.add_call_record(call_record(call, MAIN_ORIGIN, cause, now, self.wall_ms(now)))
 
     # B2: hole punching between remote hosts
 

@@ -96,7 +96,7 @@ def call_record(call, origin, cause, now, wall_ms):
     def wall(t):
         return None if t is None else wall_ms - (now - t)
 
-    return {"uid": call.uid, "origin": origin, "caller": call.caller, "callee": call.callee,
+    return {"uid": call.record_as, "origin": origin, "caller": call.caller, "callee": call.callee,
             "path": call.path, "started_ms": wall(call.started_ms), "answered_ms": wall(call.answered_ms),
             "ended_ms": wall_ms, "cause": CAUSE_TEXT.get(cause, str(cause)),
             "setup_ms": (call.alerted_ms - call.started_ms) if call.alerted_ms else None,

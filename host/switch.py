@@ -182,8 +182,15 @@ class Call:
 
     @property
     def record_as(self):
-        """The uid of this call's record here: its own, or the one it took over (record_uid)."""
-        return self.record_uid or self.call_id.hex()
+        """The uid of this call's record here (host/records.py): the one it took over (record_uid); a lost node's
+        call, our half of it, that node's (recorded_as, from its SETUP: a copy the node writes after all, only
+        stalled, is the same record); else its own. A call relabelled by a transfer further on (linked) has a
+        uid of its own at each node."""
+        if self.record_uid is not None:
+            return self.record_uid
+        if self.recorded_as is not None and self.linked is None and self.a is not None and self.a.link.kind == "node":
+            return self.recorded_as
+        return self.call_id.hex()
 
     def punched_path(self):
         """B2: "direct" once both remote hosts reported a direct path, "relay" once both reported

@@ -297,6 +297,45 @@ def test_a_call_ringing_at_a_lost_node_answered_before_its_site_switches_is_answ
     assert said_again == 1
 
 
+def test_a_call_taken_over_from_a_lost_node_and_then_transferred_is_recorded_at_the_successor(world, monkeypatch):
+    """101 (site a, node 2) calls 303 (straight at node 1); node 2 is lost; node 1 splices node 2's half into its
+    own (the call is node 1's alone, recorded there under node 2's uid); then 303 transfers 101 to 201 (site b), at
+    node 1. Node 1 records both calls: the first under node 2's uid, the joined one linked to it. Until session 16
+    the spliced call, whose caller's leg is site a's (no longer a trunk's), was taken at the transfer for another
+    node's call, recorded there, and not recorded at all (host/lines.py)."""
+    from upbx.common import lines
+    from tests.inprocess import PhoneEnd
+    from tests.test_cluster_direct import HOMES
+    from tests.test_cluster_xgroup import _act
+    monkeypatch.setitem(HOMES, ("phone", "303"), 1)   # Redis: 303 is at node 1
+    p = world.phones
+    p["303"] = PhoneEnd(world.net, "303", world.secrets["303"], ("198.18.2.7", 40000), NODE1)
+    p["303"].phone.start(world.net.now)
+    p["303"].flush()
+    world.run_until(lambda: p["303"].phone.registered, 5000, "303 registered at node 1")
+    world.call("101", "303")
+    theirs = world.node_call(world.main).uid       # node 2's: the caller's node records the call
+    world.lose_node_2()
+    world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 5000, "site a at node 1")
+    world.run_until(lambda: [(c.a.link.name, c.b.link.name) for c in world.n1.switch.calls.values()]
+                    == [("site-a", "303")] and not world.n1.xnode.held, 3000, "node 1 took node 2's half over")
+    _act(world, "303", lambda ph, now: lines.consult(ph, "201", now, True))   # blind, to 201 at site b
+    _answer(world, "201")
+    world.run_until(lambda: p["101"].connected and p["201"].connected and p["303"].idle, 3000, "101 and 201 talk")
+    p["101"].sent, p["101"].received, p["201"].sent, p["201"].received = [], [], [], []
+    world.run(600)
+    check(p["201"].received, p["101"].sent, missing=2)
+    check(p["101"].received, p["201"].sent, missing=2)
+    world.hangup("101")
+    world.run_until(lambda: p["101"].idle and p["201"].idle and not world.n1.switch.calls, 2000, "hung up")
+    records = {(r.caller, r.callee): r for r in world.n1.directory.call_records()}
+    assert sorted((k, r.cause) for k, r in records.items()) == [
+        (("101", "201"), "normal clearing"), (("101", "303"), "transferred"), (("303", "201"), "transferred")]
+    assert records["101", "303"].uid == theirs
+    assert records["101", "201"].linked == records["303", "201"].linked == theirs
+    assert not world.net.errors
+
+
 def test_unacknowledged_lists_what_is_in_flight_and_waiting_in_order():
     """What the remote host says again after a switch (host/remote_host.py unacknowledged): the messages a real
     reliable channel has not had acknowledged, then those waiting for window space, in the order sent."""
