@@ -143,6 +143,10 @@ SECTIONS = {
             "flows) and go on if it answers again, else end \"main host lost\" (docs/survivability.md); 0: they end "
             "\"unreachable\" when the silence is noticed. At most 15: the session's retransmissions give up soon after",
             min=0, max=15),
+        Key("rebalance_s", "int", 300,
+            "on a cluster, a site not logged in at the first node of its rendezvous order (a node joined, or its "
+            "first node is back after a failover) moves there, with no call at the site, between half this and this "
+            "many seconds after it noticed (docs/cluster.md); 0: only at its next login", min=0, max=86400),
     ],
     "phone": [
         Key("extension", "digits", REQUIRED, "this handset's extension number"),

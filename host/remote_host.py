@@ -9,6 +9,7 @@ Sans-IO (host/core.py): datagrams and time in, datagrams out; the daemon holds i
 """
 import json
 import os
+import random
 
 from upbx.common import cluster, wire
 from upbx.common.chunks import Reassembly, chunk_ies
@@ -57,6 +58,13 @@ LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cach
 PHONE_KEEPALIVE_MS = 2000         # LAN phones: a restarted remote host is noticed within ~4 s (B4)
 ON_SITE = ("local", "trunk")     # paths of calls that do not cross the uplink (trunk: the site's own line)
 MAX_CALLS_PER_PHONE = 2           # one call, and one that may ring in while the phone dials out
+# a site whose rendezvous order starts with a node it is not logged in at moves there once idle (docs/cluster.md,
+# "A site moves to its first node"): its standby session logs in there first; not up within this, or a call
+# starts meanwhile, the move is put off (the standby goes back to the home's successor) and tried again later
+MOVE_LOGIN_MS = 10000
+# ... then the old home's session, now the standby, says so (NODES standby 1: its node stops naming the site in
+# Redis) before _choose_standby may log it out; this long at most
+MOVE_LEAVE_MS = 5000
 MUSIC_MAX_CHUNKS = 8 * 30 * 1000 // 250 + 1   # 30 s of mu-law (host/moh.py MAX_SECONDS) in 250-byte chunks
 
 
@@ -101,6 +109,10 @@ class RemoteHost(HostCore):
         self.standby_link = Link("standby", "main", address=None)
         self.standby_link.up = False
         self.unconfirmed = {}        # leg -> (deadline, its highest timestamp): relayed calls moved to the standby node
+        self.rebalance_ms = int(config.rebalance_s * 1000)
+        self.move_at = None          # when this site moves to the first node of its order once idle (_rebalance)
+        self.moving = None           # the move's deadline while its standby session logs in at that node
+        self.leaving = None          # the deadline of the old home's NODES standby 1 after a move
         self.records = RecordStore(config.records_database)
         for warning in self.records.warnings:
             self.log.warning("file-permissions", problem=warning)
@@ -282,10 +294,14 @@ class RemoteHost(HostCore):
         """The standby node: from the cluster_nodes last heard (_learn_nodes), the successor of the
         node this host is logged in at (common/cluster.successor: every client of a node has the same
         standby, so a survivor gets both legs of the lost node's calls); else the first of
-        `[remote] standby`."""
+        `[remote] standby`. While the site moves to its first node (_rebalance): that node."""
+        if self.leaving is not None:
+            return   # the old home's session, the standby for now, has yet to say so (_rebalance)
         here = tuple(self.main_address[:2])
         home = [node for node, a in self.cluster_nodes if tuple(a[:2]) == here]
-        if home:   # the home node's successor, the same for all its clients (common/cluster.py)
+        if self.moving is not None and self.cluster_nodes:
+            nodes = [self.cluster_nodes[0][1]]
+        elif home:   # the home node's successor, the same for all its clients (common/cluster.py)
             after = cluster.successor(home[0], [node for node, _a in self.cluster_nodes])
             nodes = [a for node, a in self.cluster_nodes if node == after]
         else:
@@ -348,6 +364,7 @@ class RemoteHost(HostCore):
         self.standby = self.standby_link.login = old
         self.standby_link.address = old_address
         self.standby_link.up = False
+        self.moving = self.leaving = self.move_at = None
         # the call messages the old node never acknowledged (an ANSWER sent as it died) are said again on the
         # new session: the node takes their calls over and handles them then (host/cluster/calls.py defer)
         unsaid = [(t, payload) for t, payload in unacknowledged(old.channel) if t in RESAID]
@@ -377,6 +394,69 @@ class RemoteHost(HostCore):
                     and leg.peer_call_no and self.cluster_nodes:
                 self.main_link.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_PEER_CALL_NO: leg.peer_call_no},
                                            now)
+
+    def _rebalance(self, now):
+        """A site moves to the first node of its rendezvous order when it is not logged in there (a node
+        joined ahead of its home, or its first node is back after a failover; docs/cluster.md, "A site
+        moves to its first node"): at a random moment between rebalance_s / 2 and rebalance_s after it
+        noticed (the sites of a cluster spread their logins), with no call at the site, make before break.
+        Its standby session logs in at that node, and the sessions swap as in a failover with no handshake
+        at the swap: the new home says NODES standby 0 (its key in Redis names that node), the old home
+        says standby 1 (its node stops naming the site) and is then the standby, or is logged out for the
+        new home's successor."""
+        if self.leaving is not None:
+            if not unacknowledged(self.standby.channel) or now >= self.leaving or self.standby.state != UP:
+                self.leaving = None
+                self._choose_standby(now)
+            return
+        first = tuple(self.cluster_nodes[0][1][:2]) if self.cluster_nodes else None
+        if (first is None or first == tuple(self.main_address[:2]) or not self.rebalance_ms
+                or self.login.state != UP or not self.main_link.up or self.main_silent_ms is not None):
+            if self.moving is not None:
+                self._put_off_move(now, "no longer wanted")   # its standby chosen again here, or at the next login
+            self.move_at = None
+            return
+        if self.move_at is None:
+            self.move_at = now + self.rebalance_ms // 2 + random.randrange(self.rebalance_ms // 2 + 1)
+            self.log.info("move-planned", to="%s:%d" % first, main="%s:%d" % self.main_address[:2],
+                          in_ms=self.move_at - now)
+            return
+        busy = self.switch.calls or self.pending_local
+        if self.moving is None:
+            if now >= self.move_at and not busy:
+                self.moving = now + MOVE_LOGIN_MS
+                self._choose_standby(now)   # at the first node (kept if it is there already)
+            return
+        if busy or self.standby is None or tuple(self.standby_link.address[:2]) != first:
+            self._put_off_move(now, "a call" if busy else "the first node changed")
+        elif self.standby_link.up and self.standby.state == UP:
+            self._move_home(now)
+        elif now >= self.moving:
+            self._put_off_move(now, "no login at %s:%d within %d ms" % (first + (MOVE_LOGIN_MS,)))
+
+    def _put_off_move(self, now, reason):
+        self.moving = None
+        self.move_at = now + self.rebalance_ms // 2 + random.randrange(self.rebalance_ms // 2 + 1)
+        self.stats.count("moves put off")
+        self.log.info("move-put-off", reason=reason, in_ms=self.move_at - now)
+        if self.login.state == UP:
+            self._choose_standby(now)   # the home's successor again (else at the next login, _login_events)
+
+    def _move_home(self, now):
+        """The standby session, at the first node, becomes the home; the old home's the standby."""
+        old, old_address = self.login, self.main_address
+        self.login = self.main_link.login = self.standby
+        self.main_address = self.main_link.address = self.standby_link.address
+        self.standby = self.standby_link.login = old
+        self.standby_link.address = old_address
+        self.standby_link.up = True
+        self.moving = self.move_at = None
+        self.stats.count("moves to the first node")
+        self.log.info("main-moved", main="%s:%d" % self.main_address[:2], was="%s:%d" % old_address[:2])
+        self._main_up(now)
+        old.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)   # a standby's, as _new_login's
+        old.send(wire.NODES, {wire.IE_STANDBY: 1}, now)
+        self.leaving = now + MOVE_LEAVE_MS
 
     def _main_liveness(self, now):
         """The grace period (docs/survivability.md): calls through the main host and nothing heard from
@@ -1113,6 +1193,7 @@ class RemoteHost(HostCore):
                 self.standby.handle_timer(now)
                 self._standby_events(now)
         self._main_liveness(now)
+        self._rebalance(now)
         for leg, (deadline, highest) in list(self.unconfirmed.items()):
             if self.switch.legs.get(leg.call_no) is not leg or leg.media.replay.highest != highest:
                 del self.unconfirmed[leg]     # ended, or its media came from the new node: taken over
@@ -1156,7 +1237,10 @@ class RemoteHost(HostCore):
             "bandwidth": self.meter.as_dict(),
             # a cluster's nodes in this host's rendezvous order, and where it logs in (docs/cluster.md)
             "cluster": {"nodes": [[n, "%s:%d" % a] for n, a in self.cluster_nodes],
-                        "main": "%s:%d" % tuple(self.main_address[:2])},
+                        "main": "%s:%d" % tuple(self.main_address[:2]),
+                        # a move to the first node (_rebalance): due in ms once idle, or "logging in" there
+                        "move": ("logging in" if self.moving is not None else
+                                 max(0, self.move_at - self.now) if self.move_at is not None else None)},
             "uplink": {"budget_kbps": self.config.uplink_kbps, "calls": self._uplink_calls(),
                        "committed_kbps": round(self._uplink_kbps(), 1) if self._uplink_calls() else 0.0},
             "main": {"state": self.login.state, "logins": self.login.logins,

@@ -359,3 +359,58 @@ def test_in_the_network_lab_phones_behind_nat_straight_at_a_node_fail_over_to_it
         gaps = hang_up_and_compare(ex, call)
         print("network lab, phones behind NAT straight at n1, kill -9 of n1: %s had the call after %.1f s; audio gap "
               "at 301: %d ms, at 302: %d ms" % (succ, taken, gaps["301"], gaps["302"]))
+
+
+def test_an_idle_site_moves_to_a_node_that_joined_ahead_of_its_home_once_its_call_ends(own_engines):
+    """Issue 16, "adding a node moves at most 1/N of the sites and drops no call", with the move itself
+    (docs/cluster.md, "A site moves to its first node"): site f's remote host at n1, the only node, in a call
+    with phone 301 (site c, straight at n1), both firmware phones. n2 joins; site f's rendezvous order now
+    starts with n2 (node 2 of {1, 2}, fresh etcd). With `rebalance_s` 2 its move falls due during the call:
+    it stays, the audio goes on; the call ends "normal clearing" with each side's audio at the other. Then it
+    moves to n2 with no new login (its standby session there becomes its home), n1 keeps its old session as
+    the standby (n2's successor), Redis names n2, and a call from 301 at n1 reaches 601 through n2."""
+    import redis
+    from tests.clusterkit import hang_up_and_compare, start_call, wait_audio_flows
+    from tests.support import micropython_binary
+    micropython_binary()
+    engines = own_engines
+    lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2"), direct_media=False,
+                                      remote_settings=dict(SETTINGS, rebalance_s=2))
+    lab.nodes = ["n1"]    # n2's main.toml is written; it starts when the call is up
+    r = redis.Redis.from_url(engines.redis_url)
+    try:
+        lab.provision(sites=("f", "c"), remote_sites=("f",), phones={"f": ["601"], "c": ["301"]})
+        lab.start()
+        port = {n: "127.0.0.1:%d" % lab.node_ports[n] for n in ("n1", "n2")}
+        call = start_call(lab, "301", "601", tag="move")
+        wait_audio_flows(lab, call, "audio before the join", frames_more=50)
+        lab.nodes.append("n2")
+        lab.start_node("n2")
+        ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
+        assert ids == {"n1": 1, "n2": 2}
+        lab.wait_for(lambda: [n for n, _a in lab.status("site-f")["cluster"]["nodes"]] == [2, 1],
+                     "site f's order starts with n2", timeout=60)
+        lab.wait_for(lambda: lab.status("site-f")["cluster"]["move"] == 0, "site f's move due", timeout=30)
+        # due, and the call is up: it stays, the audio goes on
+        assert lab.status("site-f")["cluster"]["main"] == port["n1"]
+        wait_audio_flows(lab, call, "audio with the move due")
+        assert lab.status("site-f")["cluster"]["main"] == port["n1"]
+        hang_up_and_compare(lab, call)
+        lab.wait_for(lambda: lab.status("site-f")["cluster"]["main"] == port["n2"], "site f at n2", timeout=30)
+        lab.wait_for(lambda: (lab.status("site-f")["main"]["standby"] or {}).get("address") == port["n1"]
+                     and lab.status("site-f")["main"]["standby"]["state"] == "up"
+                     and by_name(lab.cluster_status())["n1"]["standby_sites"] == ["f"]
+                     and by_name(lab.cluster_status())["n2"]["sites"] == ["f"],
+                     "n1 keeps site f's standby, n2 its home", timeout=30)
+        counters = lab.status("site-f")["stats"]["counters"]
+        assert counters["moves to the first node"] == 1 and "moves put off" not in counters
+        # one login of site f at each node: the sessions swapped, nobody logged in again or out
+        assert [len(_lines(lab, n, " login ", "name=site-f ")) for n in ("n1", "n2")] == [1, 1]
+        assert not logged_out_lines(lab, "n1", "site-f")
+        assert r.get("upbx:loc:host:site-f") == b"2"
+        call = start_call(lab, "301", "601", tag="moved")
+        wait_audio_flows(lab, call, "audio through n1 and n2")
+        hang_up_and_compare(lab, call)
+    finally:
+        lab.close()
+        r.close()

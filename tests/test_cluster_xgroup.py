@@ -54,8 +54,9 @@ class Locations:
 class TwoNodes(World):
     """World's main host is node 2 (site a, phones 3xx); node 1 (self.n1) serves site b."""
 
-    def __init__(self, tmp_path, main_settings=""):
-        World.__init__(self, tmp_path, site_b=True, main_settings="direct_media = false\n" + main_settings)
+    def __init__(self, tmp_path, main_settings="", remote_settings=None):
+        World.__init__(self, tmp_path, site_b=True, main_settings="direct_media = false\n" + main_settings,
+                       remote_settings=remote_settings)
         self.n1 = None
         self.locations = Locations()
         secret = self.main.peers._cookie_secret

@@ -468,6 +468,9 @@ class ReplicatedEngines(Engines):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+STAY = {"rebalance_s": 0}
+
+
 class ClusterExchange(LoopbackExchange):
     """Main host nodes (processes) on one set of Engines, with LoopbackExchange's phones and helpers:
     `upbx admin` goes to the cluster's PostgreSQL through the first node's main.toml."""
@@ -479,6 +482,9 @@ class ClusterExchange(LoopbackExchange):
         without one log in to (the first node when None). node_settings: {node: {key: value}}, [main]
         keys of one node (main_settings: of every node); cluster_settings: more [cluster] keys."""
         LoopbackExchange.__init__(self, **kwargs)
+        # each site stays at the node the test names (home): a test of a site's move to the first node of its
+        # rendezvous order (docs/cluster.md) sets rebalance_s
+        self.remote_settings = dict(STAY, **self.remote_settings)
         self.node_settings = node_settings or {}
         self.cluster_settings = cluster_settings or {}
         self.engines = engines
@@ -599,6 +605,7 @@ class ClusterNetlabExchange(NetlabExchange):
 
     def __init__(self, lab, engines, nodes=("n1", "n2", "n3"), **kwargs):
         NetlabExchange.__init__(self, lab, **kwargs)
+        self.remote_settings = dict(STAY, **self.remote_settings)   # as ClusterExchange's
         self.engines = engines
         self.nodes = list(nodes)
         self.node_addresses = {node: ("198.18.0.%d" % (11 + i), NETLAB_MAIN_PORT) for i, node in enumerate(self.nodes)}

@@ -1,0 +1,114 @@
+"""A site moves to the first node of its rendezvous order once idle (docs/cluster.md, "A site moves to its
+first node"; issue 16: "adding a node moves at most 1/N of the sites and drops no call").
+
+tests/test_cluster_xgroup.py's two nodes on the real host cores in one process, with the part of Redis that
+keeps the location keys (`Locations`: set, set-unless-another's and delete-if-ours as the Lua scripts do).
+Site a's remote host is configured at node 2, but its rendezvous order starts with node 1 (a node that
+joined ahead of its home, or its first node back after a failover): with `rebalance_s` it moves there when
+it has no call, make before break. What is asserted: the site stays while a call is up (the call's audio
+goes on), then moves with no new login, the location key names node 1, node 2 keeps its session as the
+standby, and calls to and from the site's phones reach them through node 1 afterwards.
+"""
+import pytest
+
+from upbx.common import wire
+from upbx.host import remote_host
+from tests.inprocess import MAIN, SITE_A
+from tests.test_cluster_forward import NODE1
+from tests.test_cluster_xgroup import TwoNodes, _in_order, _listen, with_phones
+
+REBALANCE_S = 4
+
+
+@pytest.fixture
+def world(tmp_path):
+    world = TwoNodes(tmp_path, remote_settings={"rebalance_s": REBALANCE_S})
+    try:
+        yield with_phones(world, dead_ms=2000)
+    finally:
+        world.close()
+
+
+def _at(world, node_address):
+    return tuple(world.a.main_address[:2]) == node_address
+
+
+def _talks(world, caller, callee):
+    """caller calls callee: both connected, frames both ways in order; hung up, both idle."""
+    p = world.phones
+    world.call(caller, callee)
+    _listen(world, 600)
+    _in_order(p[callee], p[caller], 20)
+    _in_order(p[caller], p[callee], 20)
+    world.hangup(caller)
+    world.run_until(lambda: p[caller].idle and p[callee].idle, 2000, "%s and %s idle" % (caller, callee))
+    assert p[caller].causes()[-1] == p[callee].causes()[-1] == wire.CAUSE_NORMAL
+
+
+def test_an_idle_site_moves_to_its_first_node_with_no_new_login_and_its_calls_follow(world):
+    a, p = world.a, world.phones
+    assert [n for n, _address in a.cluster_nodes] == [1, 2] and _at(world, MAIN)
+    assert world.locations.keys[("host", "site-a")] == 2
+    # its standby session is at its home's successor, node 1, which is also the node it moves to
+    world.run_until(lambda: a.standby_link.up and tuple(a.standby_link.address[:2]) == NODE1, 3000, "standby up")
+    logins = (a.login.logins, a.standby.logins)
+    world.run_until(lambda: a.move_at is not None, 1000, "the move planned")
+    due = a.move_at - world.net.now
+    assert REBALANCE_S * 500 <= due <= REBALANCE_S * 1000 and a.status()["cluster"]["move"] == due
+
+    # a call between the sites (node 2 -> node 1) up past the move's moment: the site stays while it lasts
+    world.call("101", "201")
+    world.run(REBALANCE_S * 1000 + 1000)
+    assert _at(world, MAIN) and a.stats.counters.get("moves to the first node") is None
+    _listen(world, 600)
+    _in_order(p["201"], p["101"], 20)
+    _in_order(p["101"], p["201"], 20)
+    world.hangup("101")
+    # idle: it moves at once (the standby session there is up, no handshake), the old home's session the standby
+    took = world.run_until(lambda: _at(world, NODE1), 1000, "site a at node 1")
+    assert p["101"].causes()[-1] == p["201"].causes()[-1] == wire.CAUSE_NORMAL
+    assert a.stats.counters["moves to the first node"] == 1 and "moves put off" not in a.stats.counters
+    world.run(remote_host.MOVE_LEAVE_MS + 500)
+    # node 1 is site a's home now, node 2 its standby (node 1's successor): the two sessions swapped, nobody
+    # logged in again
+    assert (a.login.logins, a.standby.logins) == logins[::-1]
+    assert tuple(a.standby_link.address[:2]) == MAIN and a.standby_link.up and a.main_link.up
+    assert ("host", "site-a") in world.n1.xnode.homes and ("host", "site-a") in world.main.xnode.standbys
+    assert world.locations.keys[("host", "site-a")] == 1
+    assert a.move_at is None and a.status()["cluster"]["move"] is None
+    print("site a moved %d ms after its last call ended (planned %d ms after it noticed)" % (took, due))
+
+    # calls follow: within site b's node (101 <-> 201 at node 1 alone), and from node 2's phone through Redis
+    # to node 1 (node 2 has only the site's standby session: it routes there no call)
+    _talks(world, "101", "201")
+    assert not world.main.switch.calls
+    _talks(world, "301", "102")
+    _talks(world, "102", "302")
+    assert not world.net.errors
+
+
+def test_a_move_whose_first_node_does_not_answer_is_put_off_and_the_site_keeps_working(world):
+    """Site a's datagrams to node 1 are lost: its standby session there is down, the move cannot log in and
+    is put off after MOVE_LOGIN_MS (planned again later); the site stays at node 2, whose calls go on. Once
+    node 1 answers again, the site moves."""
+    a = world.a
+    world.run_until(lambda: a.standby_link.up, 3000, "standby up")
+    send = world.net.send
+    lost = {"on": True}
+
+    def lossy(data, source, destination):
+        if lost["on"] and tuple(source) == SITE_A and tuple(destination[:2]) == NODE1:
+            return
+        send(data, source, destination)
+    world.net.send = lossy
+    world.run_until(lambda: not a.standby_link.up, 10000, "standby down")
+    world.run_until(lambda: a.moving is not None, REBALANCE_S * 1000 + 1000, "the move logging in")
+    world.run_until(lambda: a.moving is None, remote_host.MOVE_LOGIN_MS + 1000, "the move put off")
+    assert a.stats.counters["moves put off"] == 1 and _at(world, MAIN)
+    assert world.locations.keys[("host", "site-a")] == 2
+    _talks(world, "101", "301")
+    lost["on"] = False
+    world.run_until(lambda: _at(world, NODE1), REBALANCE_S * 1000 + 5000, "site a at node 1")
+    world.run(remote_host.MOVE_LEAVE_MS + 500)
+    assert world.locations.keys[("host", "site-a")] == 1
+    _talks(world, "301", "101")
