@@ -170,24 +170,57 @@ def test_a_pickup_whose_recording_node_is_lost_is_recorded_once_by_the_pickers_n
     it ends "main host lost" at 303 after the hold. Node 1 records it once, as node 2 would have: 101 -> 303, 301
     dialled, under node 2's uid (told in its PARTY to the picker). Until session 15 nobody recorded it: node 1
     never records a pickup's half (node 2 does) and node 2 was gone."""
-    p = world.phones
+    p, picker = world.phones, "303"
     if pickup == "*8":
-        _group(world, {"number": "680", "strategy": "pickup", "members": ["301", "303"], "site": "c", "ring_s": 15})
+        _group(world, {"number": "680", "strategy": "pickup", "members": ["301", picker], "site": "c", "ring_s": 15})
     _dial(world, "101", "301")
     world.run_until(lambda: _ringing(world) == {"301"}, 3000, "301 rings")
-    _dial(world, "303", pickup)
-    world.run_until(lambda: p["303"].connected and p["101"].connected and p["301"].idle, 3000, "303 picked it up")
+    _dial(world, picker, pickup)
+    world.run_until(lambda: p[picker].connected and p["101"].connected and p["301"].idle, 3000, "picked up")
     [theirs] = world.main.status()["calls"]
-    assert (theirs["caller"], theirs["callee"]) == ("101", "303")
+    assert (theirs["caller"], theirs["callee"]) == ("101", picker)
+    [ours] = world.n1.status()["calls"]
     _listen(world, 600)
-    _in_order(p["303"], p["101"], 20)
+    _in_order(p[picker], p["101"], 20)
     before = {r.uid for r in world.n1.directory.call_records()}
 
     world.lose_node_2()
-    world.run_until(lambda: p["303"].idle, trunk.KEEPALIVE_MS + trunk.DEAD_MS + trunk.HOLD_MS + 1000, "303's call ends")
-    assert p["303"].causes()[-1] == wire.CAUSE_MAIN_LOST
+    world.run_until(lambda: p[picker].idle, trunk.KEEPALIVE_MS + trunk.DEAD_MS + trunk.HOLD_MS + 1000,
+                    "the picker's call ends")
+    assert p[picker].causes()[-1] == wire.CAUSE_MAIN_LOST
     assert _node_1_empty(world)
     new = [r for r in world.n1.directory.call_records() if r.uid not in before]
     assert [(r.uid, r.caller, r.callee, r.dialled, r.cause) for r in new] == [
-        (theirs["call"], "101", "303", "301", "main host lost")]
+        (theirs["call"], "101", picker, "301", "main host lost")]
+    assert ours["call"] != theirs["call"] and not world.net.errors
+
+
+@pytest.mark.parametrize("pickup", ["**202", "*8"])
+def test_a_call_from_a_lost_node_picked_up_behind_a_remote_host_is_recorded_once(world, pickup):
+    """A picker behind a remote host: 301 (node 2) calls 202 (site b, behind its remote host at node 1), and 201
+    picks it up there (**202, or *8: site b's pickup group), which site b's remote host does itself (both
+    phones are its own). Node 2, the caller's, records the call; node 2 is lost: node 1 holds its half, nobody
+    takes it over (301 has no standby session), it ends "main host lost" at 201 after the hold, and node 1
+    records it once, under node 2's uid, with the picker as the callee and the number that rang as dialled."""
+    p = world.phones
+    if pickup == "*8":
+        _group(world, {"number": "280", "strategy": "pickup", "members": ["201", "202"], "site": "b", "ring_s": 15})
+    _dial(world, "301", "202")
+    world.run_until(lambda: _ringing(world) == {"202"}, 3000, "202 rings")
+    _dial(world, "201", pickup)
+    world.run_until(lambda: p["201"].connected and p["301"].connected and p["202"].idle, 3000, "201 picked it up")
+    [theirs] = world.main.status()["calls"]
+    _listen(world, 600)
+    _in_order(p["201"], p["301"], 20)
+    _in_order(p["301"], p["201"], 20)
+    before = {r.uid for r in world.n1.directory.call_records()}
+
+    world.lose_node_2()
+    world.run_until(lambda: p["201"].idle, trunk.KEEPALIVE_MS + trunk.DEAD_MS + trunk.HOLD_MS + 1000,
+                    "201's call ends")
+    assert p["201"].causes()[-1] == wire.CAUSE_MAIN_LOST
+    assert _node_1_empty(world)
+    new = [r for r in world.n1.directory.call_records() if r.uid not in before]
+    assert [(r.uid, r.caller, r.callee, r.dialled, r.cause) for r in new] == [
+        (theirs["call"], "301", "201", "202", "main host lost")], [vars(r) for r in new]
     assert not world.net.errors
