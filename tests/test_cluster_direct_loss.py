@@ -62,7 +62,8 @@ class LosableSites(SitesAtTwoNodes):
         self.net.wan |= {NODE1, SITE_A, SITE_B}
         # and both sites' routers filter as a masquerading router does: from outside, only what comes from an
         # address the site sent to from that same public address (a new public address opens nothing)
-        self.opened = set()
+        # (each site has sent to both nodes already: its home and its standby session logged in before the filter)
+        self.opened = {(site, self.net.nat[site], node) for site in (SITE_A, SITE_B) for node in (MAIN, NODE1)}
         self.net.send = self._filtered(self.net.send)
         self.calls = CallKeys()
         self.n1.takeover = Takeover(self.n1, self.calls.cluster_key)
