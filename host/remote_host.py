@@ -421,7 +421,8 @@ class RemoteHost(HostCore):
             self.log.info("move-planned", to="%s:%d" % first, main="%s:%d" % self.main_address[:2],
                           in_ms=self.move_at - now)
             return
-        busy = self.switch.calls or self.pending_local
+        # idle: no call at all, and no call record on its way to the node (its acknowledgement comes on the session)
+        busy = self.switch.calls or self.pending_local or self.uploading
         if self.moving is None:
             if now >= self.move_at and not busy:
                 self.moving = now + MOVE_LOGIN_MS
@@ -453,6 +454,11 @@ class RemoteHost(HostCore):
         self.moving = self.move_at = None
         self.stats.count("moves to the first node")
         self.log.info("main-moved", main="%s:%d" % self.main_address[:2], was="%s:%d" % old_address[:2])
+        # what went on the old session and waits for its answer there (a voicemail's upload, the mailboxes' sync)
+        # starts again on the new one, as after any login: the old session's answers are ignored from now on
+        self.uploading.clear()
+        self.voicemail_upload.stop()
+        self.mailbox_cache.stop()
         self._main_up(now)
         old.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)   # a standby's, as _new_login's
         old.send(wire.NODES, {wire.IE_STANDBY: 1}, now)
