@@ -421,8 +421,8 @@ class RemoteHost(HostCore):
             self.log.info("move-planned", to="%s:%d" % first, main="%s:%d" % self.main_address[:2],
                           in_ms=self.move_at - now)
             return
-        # idle: no call at all, and no call record on its way to the node (its acknowledgement comes on the session)
-        busy = self.switch.calls or self.pending_local or self.uploading
+        # idle: no call at all, and no call record or voicemail on its way to the node (acknowledged on the session)
+        busy = self.switch.calls or self.pending_local or self.uploading or self.voicemail_upload.in_flight
         if self.moving is None:
             if now >= self.move_at and not busy:
                 self.moving = now + MOVE_LOGIN_MS
