@@ -354,16 +354,22 @@ class RemoteHost(HostCore):
             else:
                 self.log.warning("standby-down", node="%s:%d" % self.standby_link.address, reason=event.reason)
 
-    def _switch_to_standby(self, now, reason):
-        """The standby session becomes the main host's, as it is (no handshake): the calls through the
-        main host go on on it (the node takes them over from Redis at their first frame, host/cluster/
-        calls.py); the old session is the standby now, logging in again to its node."""
+    def _swap_sessions(self, old_up):
+        """The standby session becomes the main host's and the main host's the standby (up: old_up);
+        returns (the old main session, its address)."""
         old, old_address = self.login, self.main_address
         self.login = self.main_link.login = self.standby
         self.main_address = self.main_link.address = self.standby_link.address
         self.standby = self.standby_link.login = old
         self.standby_link.address = old_address
-        self.standby_link.up = False
+        self.standby_link.up = old_up
+        return old, old_address
+
+    def _switch_to_standby(self, now, reason):
+        """The standby session becomes the main host's, as it is (no handshake): the calls through the
+        main host go on on it (the node takes them over from Redis at their first frame, host/cluster/
+        calls.py); the old session is the standby now, logging in again to its node."""
+        old, old_address = self._swap_sessions(False)
         self.moving = self.leaving = self.move_at = None
         # the call messages the old node never acknowledged (an ANSWER sent as it died) are said again on the
         # new session: the node takes their calls over and handles them then (host/cluster/calls.py defer)
@@ -445,12 +451,7 @@ class RemoteHost(HostCore):
 
     def _move_home(self, now):
         """The standby session, at the first node, becomes the home; the old home's the standby."""
-        old, old_address = self.login, self.main_address
-        self.login = self.main_link.login = self.standby
-        self.main_address = self.main_link.address = self.standby_link.address
-        self.standby = self.standby_link.login = old
-        self.standby_link.address = old_address
-        self.standby_link.up = True
+        old, old_address = self._swap_sessions(True)
         self.moving = self.move_at = None
         self.stats.count("moves to the first node")
         self.log.info("main-moved", main="%s:%d" % self.main_address[:2], was="%s:%d" % old_address[:2])
