@@ -599,6 +599,8 @@ class TwoHomesNetlab(cluster_lab.ClusterNetlabExchange):
                     'log_level = "%s"\nkeepalive_s = %d\n'
                     % (name, self.secrets[name], ip, port, self.remote_ip("b"), cluster_lab.NETLAB_REMOTE_PORT,
                        self.path(name + ".sock"), self.log_level, self.keepalive_s))
+            for key, value in self.remote_settings.items():   # rebalance_s = 0: site b stays at n2
+                f.write("%s = %s\n" % (key, json.dumps(value)))
         self.spawn(name, upbx("remote", "--config", self.path(name + ".toml")), node="site-b/remote")
         self.wait_for(lambda: self.status("site-b")["main"]["state"] == "up", "site b at n2", timeout=60)
 
