@@ -13,8 +13,12 @@ import pytest
 
 from upbx.common import wire
 from upbx.host import remote_host
-from tests.inprocess import MAIN, SITE_A
-from tests.test_cluster_forward import NODE1
+from upbx.host.cluster.trunk import NodeTrunks
+from upbx.host.config import load_main_config
+from upbx.host.log import StructuredLog
+from upbx.host.main_host import MainHost
+from tests.inprocess import MAIN, SITE_A, WALL_MS, attach_host, flush_host
+from tests.test_cluster_forward import NODE1, make_node
 from tests.test_cluster_xgroup import TwoNodes, _in_order, _listen, with_phones
 
 REBALANCE_S = 4
@@ -142,3 +146,80 @@ def test_a_move_waits_for_the_last_call_record_to_be_stored(world):
     assert stored == [("site-a", "101", "102", "local")]
     assert a.stats.counters["records uploaded"] == 1
     assert world.main.stats.counters["msg RECORDS"] == 1 and "msg RECORDS" not in world.n1.stats.counters
+
+
+class Node1Returns(TwoNodes):
+    """TwoNodes whose node 1 can be lost (kill -9: nothing reaches it, it runs no timer) and started again
+    with the same node id, as a node restarted on the same name takes its number back (etcd, played here:
+    each node's list of live nodes, set_cluster_nodes)."""
+
+    def tick(self, until=None):
+        if self.n1 is not None:
+            return TwoNodes.tick(self, until)
+        done = super(TwoNodes, self).tick(until)   # World's tick: phones, hosts, delivery
+        self.locations.serve(2, self.main.xnode, self.net.now)
+        flush_host(self.net, self.main)
+        self.settle()
+        return done
+
+    def lose_node_1(self):
+        del self.net.endpoints[NODE1]
+        self.n1.directory.close()
+        self.n1 = None
+
+    def start_node_1(self):
+        n1 = MainHost(load_main_config(str(self.tmp / "main.toml")), StructuredLog("n1", "error"))
+        attach_host(self.net, n1, NODE1)
+        n1.wall_offset_ms = WALL_MS - 1000
+        secret = self.main.peers._cookie_secret
+        make_node(n1, 1, NODE1, secret)
+        n1.xnode = NodeTrunks(n1, 1, secret)
+        n1.start(self.net.now)
+        self.n1 = n1
+        for host in (self.main, n1):
+            host.set_cluster_nodes({1: NODE1, 2: MAIN}, self.net.now)
+            flush_host(self.net, host)
+
+
+def test_a_site_failed_over_goes_back_to_its_first_node_when_that_node_returns(tmp_path):
+    """Site b's remote host at node 1, its first node (standby at node 2). Node 1 is lost: site b switches to its
+    standby session at node 2 (no handshake), node 2's list is {2}. Node 1 starts again: node 2 sends its sessions
+    the list {1, 2}; site b, idle, moves back to node 1 within rebalance_s, its standby session there first (a
+    login: node 1 is new), with no further login at the swap, and its old home's session (node 2) stays as its
+    standby. Calls between site a (node 2) and site b go through both nodes again; Redis names node 1 for site b.
+    Until session 16 site b stayed at node 2 until its next login."""
+    world = with_phones(Node1Returns(tmp_path, site_b_settings={"rebalance_s": REBALANCE_S}), dead_ms=2000)
+    try:
+        b, p = world.b, world.phones
+        world.run_until(lambda: b.standby_link.up and tuple(b.standby_link.address[:2]) == MAIN, 3000, "standby up")
+        assert tuple(b.main_address[:2]) == NODE1 and [n for n, _a in b.cluster_nodes] == [1, 2]
+        _talks(world, "201", "101")
+        world.lose_node_1()
+        world.run_until(lambda: tuple(b.main_address[:2]) == MAIN, 6000, "site b switched to node 2")
+        world.main.set_cluster_nodes({2: MAIN}, world.net.now)    # node 1's lease ends
+        world.run_until(lambda: [n for n, _a in b.cluster_nodes] == [2], 2000, "site b hears node 2 alone")
+        world.run_until(lambda: world.locations.keys.get(("host", "site-b")) == 2, 2000, "Redis names node 2")
+        _talks(world, "101", "201")               # at node 2 alone now
+        assert b.stats.counters["standby switches"] == 1 and "moves to the first node" not in b.stats.counters
+
+        world.start_node_1()
+        world.run_until(lambda: [n for n, _a in b.cluster_nodes] == [1, 2], 2000, "site b hears node 1 again")
+        # its old session logs in again at node 1 as the standby (node 2's successor), and is the one it moves to
+        world.run_until(lambda: b.standby_link.up and tuple(b.standby_link.address[:2]) == NODE1, 5000,
+                        "site b's standby session at node 1")
+        assert tuple(b.main_address[:2]) == MAIN
+        session = (b.standby.local_index, world.n1.peers.by_identity[("host", "site-b")].index)
+        world.run_until(lambda: tuple(b.main_address[:2]) == NODE1, REBALANCE_S * 1000 + 1000, "site b at node 1")
+        assert (b.login.local_index, world.n1.peers.by_identity[("host", "site-b")].index) == session
+        world.run(remote_host.MOVE_LEAVE_MS + 500)
+        assert b.stats.counters["moves to the first node"] == 1
+        assert tuple(b.standby_link.address[:2]) == MAIN and b.standby_link.up
+        assert ("host", "site-b") in world.n1.xnode.homes and ("host", "site-b") in world.main.xnode.standbys
+        assert world.locations.keys[("host", "site-b")] == 1
+        world.run_until(lambda: all(t["state"] == "up" for h in (world.main, world.n1)
+                                    for t in h.xnode.status().values()), 5000, "the trunk sessions up")
+        _talks(world, "101", "201")
+        _talks(world, "202", "102")
+        assert not world.net.errors
+    finally:
+        world.close()

@@ -11,6 +11,8 @@ one round per tick, as the service does on each wake-up. What is asserted is wha
 rings, causes, PARTY), the voice frames that arrive (each names its sender), and the nodes' calls.
 tests/test_cluster_xnode.py runs the same features on real `upbx main` nodes with real Redis.
 """
+import json
+
 import pytest
 
 from upbx.common import lines, wire
@@ -54,7 +56,8 @@ class Locations:
 class TwoNodes(World):
     """World's main host is node 2 (site a, phones 3xx); node 1 (self.n1) serves site b."""
 
-    def __init__(self, tmp_path, main_settings="", remote_settings=None):
+    def __init__(self, tmp_path, main_settings="", remote_settings=None, site_b_settings=None):
+        """remote_settings: more [remote] keys of site a's remote host; site_b_settings: of site b's."""
         World.__init__(self, tmp_path, site_b=True, main_settings="direct_media = false\n" + main_settings,
                        remote_settings=remote_settings)
         self.n1 = None
@@ -73,6 +76,9 @@ class TwoNodes(World):
             flush_host(self.net, host)
         # site b's remote host logs in to node 1
         config = (self.tmp / "site-b.toml").read_text().replace("%s:%d" % MAIN, "%s:%d" % NODE1)
+        for key, value in (site_b_settings or {}).items():
+            config = "\n".join(line for line in config.split("\n") if not line.startswith(key + " ="))
+            config += "%s = %s\n" % (key, json.dumps(value))
         (self.tmp / "site-b.toml").write_text(config)
         self.b.records.close()
         self.b = RemoteHost(load_remote_config(str(self.tmp / "site-b.toml")), StructuredLog("site-b", "error"))
