@@ -65,6 +65,9 @@ MOVE_LOGIN_MS = 10000
 # ... then the old home's session, now the standby, says so (NODES standby 1: its node stops naming the site in
 # Redis) before _choose_standby may log it out; this long at most
 MOVE_LEAVE_MS = 5000
+# a move put off again and again (a node listed that this site cannot reach) is tried twice as late each time, up to
+# an hour: at most one login there and one back at the home's successor per try
+MOVE_MAX_MS = 3600 * 1000
 MUSIC_MAX_CHUNKS = 8 * 30 * 1000 // 250 + 1   # 30 s of mu-law (host/moh.py MAX_SECONDS) in 250-byte chunks
 
 
@@ -113,6 +116,7 @@ class RemoteHost(HostCore):
         self.move_at = None          # when this site moves to the first node of its order once idle (_rebalance)
         self.moving = None           # the move's deadline while its standby session logs in at that node
         self.leaving = None          # the deadline of the old home's NODES standby 1 after a move
+        self.move_put_offs = 0       # moves put off since the last one made: each waits twice as long
         self.records = RecordStore(config.records_database)
         for warning in self.records.warnings:
             self.log.warning("file-permissions", problem=warning)
@@ -423,7 +427,7 @@ class RemoteHost(HostCore):
             self.move_at = None
             return
         if self.move_at is None:
-            self.move_at = now + self.rebalance_ms // 2 + random.randrange(self.rebalance_ms // 2 + 1)
+            self.move_at = self._move_due(now)
             self.log.info("move-planned", to="%s:%d" % first, main="%s:%d" % self.main_address[:2],
                           in_ms=self.move_at - now)
             return
@@ -441,9 +445,15 @@ class RemoteHost(HostCore):
         elif now >= self.moving:
             self._put_off_move(now, "no login at %s:%d within %d ms" % (first + (MOVE_LOGIN_MS,)))
 
+    def _move_due(self, now):
+        """A random moment between half the wait and the wait: rebalance_s, doubled for each move put off."""
+        wait = min(self.rebalance_ms << min(self.move_put_offs, 16), max(MOVE_MAX_MS, self.rebalance_ms))
+        return now + wait // 2 + random.randrange(wait // 2 + 1)
+
     def _put_off_move(self, now, reason):
         self.moving = None
-        self.move_at = now + self.rebalance_ms // 2 + random.randrange(self.rebalance_ms // 2 + 1)
+        self.move_put_offs += 1
+        self.move_at = self._move_due(now)
         self.stats.count("moves put off")
         self.log.info("move-put-off", reason=reason, in_ms=self.move_at - now)
         if self.login.state == UP:
@@ -453,6 +463,7 @@ class RemoteHost(HostCore):
         """The standby session, at the first node, becomes the home; the old home's the standby."""
         old, old_address = self._swap_sessions(True)
         self.moving = self.move_at = None
+        self.move_put_offs = 0
         self.stats.count("moves to the first node")
         self.log.info("main-moved", main="%s:%d" % self.main_address[:2], was="%s:%d" % old_address[:2])
         # what went on the old session and waits for its answer there (a voicemail's upload, the mailboxes' sync)
