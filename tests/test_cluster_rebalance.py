@@ -154,16 +154,7 @@ def test_a_move_waits_for_the_last_call_record_to_be_stored(world):
 class Node1Returns(TwoNodes):
     """TwoNodes whose node 1 can be lost (kill -9: nothing reaches it, it runs no timer) and started again
     with the same node id, as a node restarted on the same name takes its number back (etcd, played here:
-    each node's list of live nodes, set_cluster_nodes)."""
-
-    def tick(self, until=None):
-        if self.n1 is not None:
-            return TwoNodes.tick(self, until)
-        done = super(TwoNodes, self).tick(until)   # World's tick: phones, hosts, delivery
-        self.locations.serve(2, self.main.xnode, self.net.now)
-        flush_host(self.net, self.main)
-        self.settle()
-        return done
+    each node's list of live nodes, set_cluster_nodes; TwoNodes.tick runs the node left)."""
 
     def lose_node_1(self):
         del self.net.endpoints[NODE1]

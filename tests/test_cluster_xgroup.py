@@ -93,11 +93,14 @@ class TwoNodes(World):
         return tuple(h for h in (self.main, self.a, self.b, getattr(self, "n1", None)) if h is not None)
 
     def tick(self, until=None):
+        """World's tick, then Redis's location keys for each node that runs (one may be lost: a test's)."""
         done = World.tick(self, until)
-        if self.n1 is not None:
-            for host, node in ((self.main, 2), (self.n1, 1)):
-                self.locations.serve(node, host.xnode, self.net.now)
-                flush_host(self.net, host)
+        running = [(host, node) for host, node in ((self.main, 2), (self.n1, 1))
+                   if host is not None and host.xnode is not None]   # none before __init__ made them nodes
+        for host, node in running:
+            self.locations.serve(node, host.xnode, self.net.now)
+            flush_host(self.net, host)
+        if running:
             self.settle()
         return done
 

@@ -13,22 +13,13 @@ import pytest
 
 from upbx.common import lines, wire
 from upbx.host.cluster import trunk
-from tests.inprocess import MAIN, flush_host
+from tests.inprocess import MAIN
 from tests.test_cluster_xgroup import (TwoNodes, _act, _answer, _dial, _group, _in_order, _listen, _parties, _ringing,
                                        with_phones)
 
 
 class LosableNodes(TwoNodes):
-    """TwoNodes whose node 2 (World's main host) can be lost."""
-
-    def tick(self, until=None):
-        if self.main is not None:
-            return TwoNodes.tick(self, until)
-        done = super(TwoNodes, self).tick(until)   # World's tick: phones, hosts, delivery
-        self.locations.serve(1, self.n1.xnode, self.net.now)
-        flush_host(self.net, self.n1)
-        self.settle()
-        return done
+    """TwoNodes whose node 2 (World's main host) can be lost (TwoNodes.tick runs the node left)."""
 
     def lose_node_2(self):
         """Node 2 dies at once (kill -9): its address answers nothing, it runs no timer."""
