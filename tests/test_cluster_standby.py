@@ -391,8 +391,10 @@ def test_an_idle_site_moves_to_a_node_that_joined_ahead_of_its_home_once_its_cal
         lab.wait_for(lambda: [n for n, _a in lab.status("site-f")["cluster"]["nodes"]] == [2, 1],
                      "site f's order starts with n2", timeout=60)
         lab.wait_for(lambda: lab.status("site-f")["cluster"]["move"] == 0, "site f's move due", timeout=30)
-        # due, and the call is up: it stays, the audio goes on
+        # due, and the call is up: it stays, the audio goes on; `upbx cluster status` says it is moving away
         assert lab.status("site-f")["cluster"]["main"] == port["n1"]
+        lab.wait_for(lambda: by_name(lab.cluster_status())["n1"]["away_sites"] == ["f"],
+                     "n1 publishing site f as moving away", timeout=30)
         wait_audio_flows(lab, call, "audio with the move due")
         assert lab.status("site-f")["cluster"]["main"] == port["n1"]
         hang_up_and_compare(lab, call)
@@ -400,7 +402,9 @@ def test_an_idle_site_moves_to_a_node_that_joined_ahead_of_its_home_once_its_cal
         lab.wait_for(lambda: (lab.status("site-f")["main"]["standby"] or {}).get("address") == port["n1"]
                      and lab.status("site-f")["main"]["standby"]["state"] == "up"
                      and by_name(lab.cluster_status())["n1"]["standby_sites"] == ["f"]
-                     and by_name(lab.cluster_status())["n2"]["sites"] == ["f"],
+                     and by_name(lab.cluster_status())["n2"]["sites"] == ["f"]
+                     and by_name(lab.cluster_status())["n1"]["away_sites"] == []
+                     and by_name(lab.cluster_status())["n2"]["away_sites"] == [],
                      "n1 keeps site f's standby, n2 its home", timeout=30)
         counters = lab.status("site-f")["stats"]["counters"]
         assert counters["moves to the first node"] == 1 and "moves put off" not in counters

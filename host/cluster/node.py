@@ -15,6 +15,7 @@ import os
 import threading
 import time
 
+from upbx.common import cluster
 from upbx.host.cluster import coordination
 from upbx.host.cluster.calls import KEY, LEG_KEY, CallMirror, Takeover
 from upbx.host.cluster.engines import redis_client
@@ -194,10 +195,15 @@ class ClusterService:
         standby = core.standby_links
         sites = sorted({core._site_of(l) for l in hosts + phones if l not in standby})
         standby_sites = sorted({core._site_of(l) for l in hosts + phones if l in standby} - set(sites))
+        # the sites at home here whose remote host's rendezvous order starts with another node: each moves there
+        # once idle (host/remote_host.py _rebalance, docs/cluster.md "A site moves to its first node")
+        nodes = sorted(core.router.nodes.items())
+        away = sorted({core._site_of(l) for l in hosts if l not in standby and nodes
+                       and cluster.ranked(cluster.identity("host", l.name), nodes)[0][0] != self.node.node_id})
         return {"id": self.node.node_id, "listen": "%s:%d" % self.daemon.address[:2], "address": "%s:%d" % self.address,
                 "pid": os.getpid(),
                 "started_ms": self.started_ms, "remote_hosts": len(hosts), "phones": len(phones),
-                "calls": len(core.switch.calls), "sites": sites, "standby_sites": standby_sites,
+                "calls": len(core.switch.calls), "sites": sites, "standby_sites": standby_sites, "away_sites": away,
                 "standby": len([l for l in hosts + phones if l in standby]),
                 # datagrams sent on to other nodes and taken from them (host/cluster/route.py)
                 "forwarded_out": sum(core.router.forwarded_out.values()),

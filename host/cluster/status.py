@@ -2,7 +2,9 @@
 
 Read from the engines, not from a node: the live nodes and what each says of its load
 (remote hosts, phones, calls, datagrams forwarded to and from other nodes, the sites whose home
-session is at it, `sites`, and those it only keeps a standby session of, `standby_sites`) and the address clients reach it at, from etcd, and the
+session is at it, `sites`, those it only keeps a standby session of, `standby_sites`, and the sites at home there
+whose first node is another, which move there once idle, `away_sites`) and the address clients reach it at, from
+etcd, and the
 calls each relays from their Redis keys. A node that was killed drops out of the list
 once its lease expires (`lease_s`).
 """
@@ -68,9 +70,9 @@ def run(args):
         return 0
     rows = [(n["name"], n["id"], n.get("address", n["listen"]), n["remote_hosts"], n["phones"], n["calls"],
              "%s/%s" % (n.get("forwarded_out", "-"), n.get("forwarded_in", "-")), ", ".join(n["sites"]),
-             ", ".join(n.get("standby_sites", ())))
+             ", ".join(n.get("standby_sites", ())), ", ".join(n.get("away_sites", ())))
             for n in state["nodes"]]
     print("\n".join(table("nodes", ("node", "id", "address", "remote hosts", "phones", "calls", "forwarded out/in",
-                                     "sites", "standby for"), rows)))
+                                     "sites", "standby for", "moving away"), rows)))
     print("calls in Redis: %d live, %d ended (kept until they expire)" % (state["calls"], state["ended"]))
     return 0
