@@ -431,8 +431,10 @@ class RemoteHost(HostCore):
             self.log.info("move-planned", to="%s:%d" % first, main="%s:%d" % self.main_address[:2],
                           in_ms=self.move_at - now)
             return
-        # idle: no call at all, and no call record or voicemail on its way to the node (acknowledged on the session)
-        busy = self.switch.calls or self.pending_local or self.uploading or self.voicemail_upload.in_flight
+        # idle: no call at all, and nothing on its way to the node whose answer comes on the session (a call record,
+        # a voicemail, a mailbox change): the old session's answers are ignored once it is the standby
+        busy = (self.switch.calls or self.pending_local or self.uploading or self.voicemail_upload.in_flight
+                or self.mailbox_cache.change_in_flight)
         if self.moving is None:
             if now >= self.move_at and not busy:
                 self.moving = now + MOVE_LOGIN_MS
@@ -466,12 +468,7 @@ class RemoteHost(HostCore):
         self.move_put_offs = 0
         self.stats.count("moves to the first node")
         self.log.info("main-moved", main="%s:%d" % self.main_address[:2], was="%s:%d" % old_address[:2])
-        # what went on the old session and waits for its answer there (a voicemail's upload, the mailboxes' sync)
-        # starts again on the new one, as after any login: the old session's answers are ignored from now on
-        self.uploading.clear()
-        self.voicemail_upload.stop()
-        self.mailbox_cache.stop()
-        self._main_up(now)
+        self._main_up(now)   # nothing waits for an answer on the old session (_rebalance's idle)
         old.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)   # a standby's, as _new_login's
         old.send(wire.NODES, {wire.IE_STANDBY: 1}, now)
         self.leaving = now + MOVE_LEAVE_MS

@@ -190,7 +190,7 @@ class Call:
             return self.record_uid
         if self.recorded_as is not None and self.linked is None and self.a is not None and self.a.link.kind == "node":
             return self.recorded_as
-        return self.call_id.hex()
+        return self.uid
 
     def punched_path(self):
         """B2: "direct" once both remote hosts reported a direct path, "relay" once both reported
