@@ -500,7 +500,13 @@ class MainHost(HostCore):
             else:
                 self.stats.drop("firmware state of another site's extension")
         elif msg_type == wire.NODES and link.kind == "node":
-            pass   # a lost node's successor naming our held leg: claimed already (host/cluster/trunk.py claim)
+            # a lost node's successor naming our held leg: claimed already (host/cluster/trunk.py claim); or a node
+            # that took one of our calls over while we live (a one-sided switch, IE_CALL_ID): our copy goes
+            if wire.IE_CALL_ID in ies:
+                self._taken_over_elsewhere(link, ies[wire.IE_CALL_ID], now)
+        elif (msg_type == wire.NODES and self.router is not None and ies.get(wire.IE_STANDBY) == 1
+              and ies.get(wire.IE_PEER_CALL_NO) and link in self.standby_links):
+            self._moved_here(link, ies[wire.IE_PEER_CALL_NO], now)
         elif msg_type == wire.NODES and self.router is not None and wire.IE_STANDBY in ies:
             # what this session is to its client: its standby (kept to switch to) or its home (docs/cluster.md)
             (self.standby_links.add if ies[wire.IE_STANDBY] else self.standby_links.discard)(link)
@@ -1350,6 +1356,37 @@ class MainHost(HostCore):
             else:
                 due.append(call)
         return due
+
+    def _moved_here(self, link, call_no, now):
+        """A remote host moved its leg of a call we took over onto its standby session here (host/cluster/calls.py
+        Takeover.adopt names it; host/remote_host.py _moved_to_standby): the site stays at its home node, alive
+        for it, which still has its copy of the call. Every other node is told the call is ours now; the one
+        that has it forgets it (_taken_over_elsewhere)."""
+        leg = self.switch.leg(link, call_no)
+        if leg is None or self.xnode is None:
+            self.stats.drop("moved: no such call")
+            return
+        call = leg.call
+        for node in self.xnode.live():
+            self.xnode.up(node).send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_CALL_ID: call.call_id}, now)
+        self.stats.count("calls moved to a standby session")
+        self.log.info("call-moved-here", call=call.uid, site=link.name)
+
+    def _taken_over_elsewhere(self, link, call_id, now):
+        """A node took this call of ours over (a one-sided switch: one of its sites switched to that node, the
+        other moved its leg there on that node's word, _moved_here): our copy ends here unheard (no RELEASE:
+        both sites' legs are that node's now) and unrecorded (that node records it, under the same uid).
+        Only a call between our own clients: one with a leg on a node trunk is not moved so."""
+        call = self.switch.calls.get(bytes(call_id))
+        if call is None:
+            return
+        legs = [leg for leg in (call.a, call.b) if leg is not None]
+        if call.conference is not None or len(legs) != 2 or any(leg.link.kind not in ("host", "phone") for leg in legs):
+            self.stats.drop("taken over elsewhere: not a call between our clients")
+            return
+        self.end_call(call, wire.CAUSE_NORMAL, now, record=False)
+        self.stats.count("calls taken over by another node")
+        self.log.warning("call-taken-over-elsewhere", call=call.uid, by=link.name)
 
     def _link_down(self, link, now, reason):
         self.gone[(link.kind, link.name)] = {"address": "%s:%d" % link.address[:2],

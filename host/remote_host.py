@@ -27,7 +27,7 @@ from upbx.host.site_cache import SiteCache
 from upbx.host.sip import trunk as trunklib
 from upbx.host.sip.calls import SipCalls
 from upbx.host.sip.edge import SIP_REALM, SipEdge
-from upbx.host.switch import Link, Switch
+from upbx.host.switch import Link, Switch, send_on_leg
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 from upbx.host.voicemail import mailbox_of as voicemail_mailbox
 from upbx.host import voicemail_sync, voicemail_upload
@@ -111,6 +111,7 @@ class RemoteHost(HostCore):
         self.standby = None
         self.standby_link = Link("standby", "main", address=None)
         self.standby_link.up = False
+        self.standby_again = False   # the standby node was to change while the session carried a call
         self.unconfirmed = {}        # leg -> (deadline, its highest timestamp): relayed calls moved to the standby node
         self.rebalance_ms = int(config.rebalance_s * 1000)
         self.move_at = None          # when this site moves to the first node of its order once idle (_rebalance)
@@ -216,6 +217,10 @@ class RemoteHost(HostCore):
             elif index == self.login.local_index and self.login.state == UP:
                 if self.switch.trunk_in(data, self.main_link, now):
                     self.login.heard(now)
+            elif self.standby is not None and index == self.standby.local_index and self.standby.state == UP:
+                # a call the standby node took over from our home node while we stayed there (_moved_to_standby)
+                if self.switch.trunk_in(data, self.standby_link, now):
+                    self.standby.heard(now)
             else:
                 self.stats.drop("unknown session")
             return
@@ -301,6 +306,10 @@ class RemoteHost(HostCore):
         `[remote] standby`. While the site moves to its first node (_rebalance): that node."""
         if self.leaving is not None:
             return   # the old home's session, the standby for now, has yet to say so (_rebalance)
+        if self.standby_link.legs:
+            self.standby_again = True   # it carries a call (_moved_to_standby): chosen again when that ends (on_tick)
+            return
+        self.standby_again = False
         here = tuple(self.main_address[:2])
         home = [node for node, a in self.cluster_nodes if tuple(a[:2]) == here]
         if self.moving is not None and self.cluster_nodes:
@@ -345,8 +354,33 @@ class RemoteHost(HostCore):
             if msg_type == wire.SETUP:
                 self.stats.count("standby setups refused")
                 self.refuse_setup(self.standby_link, ies, wire.CAUSE_UNREACHABLE, now)
+            elif msg_type == wire.NODES and ies.get(wire.IE_STANDBY) == 0 and wire.IE_PEER_CALL_NO in ies:
+                self._moved_to_standby(ies, now)
+            elif self.standby_link.legs and msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
+                self.call_message(self.standby_link, msg_type, ies, now)
+            elif self.standby_link.legs and msg_type == wire.HOLD:
+                self.hold_message(self.standby_link, ies, now)
+            elif self.standby_link.legs and msg_type == wire.PARTY:
+                lines.party(self, self.standby_link, ies, now)
             elif msg_type not in (wire.PING, wire.ACK):
                 self.stats.count("standby messages ignored")
+
+    def _moved_to_standby(self, ies, now):
+        """The standby node took one of our calls over from our home node, which is alive for us (docs/cluster.md,
+        "A one-sided switch"): the call's other site switched to that node when our home fell silent towards it
+        only. The node names our leg (NODES standby 0, as a site that switches names its call); its leg moves to
+        the standby session, which carries its frames and messages from now on, while the site's other calls stay
+        at home; we say so to the node (NODES standby 1 naming it), which then tells our home node to forget its
+        copy of the call."""
+        leg = self.switch.leg(self.main_link, ies[wire.IE_PEER_CALL_NO])
+        if leg is None or leg.peer_call_no != ies.get(wire.IE_CALL_NO):
+            self.stats.drop("standby: no such call to move")
+            return
+        self.switch.move(leg, self.standby_link)
+        self.unconfirmed.pop(leg, None)
+        send_on_leg(leg, wire.NODES, {wire.IE_STANDBY: 1}, now)
+        self.stats.count("calls moved to the standby node")
+        self.log.warning("call-moved-to-standby", call=leg.call.uid, node="%s:%d" % self.standby_link.address[:2])
 
     def _standby_events(self, now):
         for event in self.standby.take_events():
@@ -357,11 +391,15 @@ class RemoteHost(HostCore):
                     self.standby.send(wire.NODES, {wire.IE_STANDBY: 1}, now)
             else:
                 self.log.warning("standby-down", node="%s:%d" % self.standby_link.address, reason=event.reason)
+                if self.standby_link.legs:   # calls the standby node took over (_moved_to_standby): gone with it
+                    self.release_calls(self.standby_link, wire.CAUSE_MAIN_LOST, now)
 
     def _swap_sessions(self, old_up):
         """The standby session becomes the main host's and the main host's the standby (up: old_up);
         returns (the old main session, its address)."""
         old, old_address = self.login, self.main_address
+        for leg in [leg for leg in self.switch.legs.values() if leg.link is self.standby_link]:
+            self.switch.move(leg, self.main_link)   # at the new home already (_moved_to_standby)
         self.login = self.main_link.login = self.standby
         self.main_address = self.main_link.address = self.standby_link.address
         self.standby = self.standby_link.login = old
@@ -373,6 +411,7 @@ class RemoteHost(HostCore):
         """The standby session becomes the main host's, as it is (no handshake): the calls through the
         main host go on on it (the node takes them over from Redis at their first frame, host/cluster/
         calls.py); the old session is the standby now, logging in again to its node."""
+        there = {leg for leg in self.switch.legs.values() if leg.link is self.standby_link}   # heard there already
         old, old_address = self._swap_sessions(False)
         self.moving = self.leaving = self.move_at = None
         # the call messages the old node never acknowledged (an ANSWER sent as it died) are said again on the
@@ -385,7 +424,7 @@ class RemoteHost(HostCore):
         # would stay up in silence: its media must come back within the grace period (3 s without one)
         wait = self.grace_ms or SILENT_MS
         for leg in self.switch.legs.values():
-            if leg.link is self.main_link and leg.direct is None and leg.call.state == "answered":
+            if leg.link is self.main_link and leg.direct is None and leg.call.state == "answered" and leg not in there:
                 self.unconfirmed[leg] = (now + wait, leg.media.replay.highest)
         self.stats.count("standby switches")
         self.log.warning("main-switched", main="%s:%d" % self.main_address, was="%s:%d" % old_address,
@@ -1184,15 +1223,25 @@ class RemoteHost(HostCore):
             if (call.noanswer is not None and call.path == "local" and call.b is not None
                     and call.state in ("setup", "alerting") and now - call.offered_ms >= call.noanswer[1]):
                 self._forward_no_answer(call, now)
-        if any(c.path not in ON_SITE for c in self.switch.calls.values()) and self.standby_link.up:
+        # calls through the main host (a call the standby node took over is not: _moved_to_standby)
+        through = (self.main_link.legs > 0 if self.standby_link.legs
+                   else any(c.path not in ON_SITE for c in self.switch.calls.values()))
+        if through and self.standby_link.up:
             self.login.set_keepalive(STANDBY_CALL_KEEPALIVE_MS, STANDBY_CALL_DEAD_MS + self.grace_ms, now)
-        elif any(c.path not in ON_SITE for c in self.switch.calls.values()):
+        elif through:
             self.login.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS + self.grace_ms, now)
         elif self.standby_link.up:
             self.login.set_keepalive(min(self.config.keepalive_s * 1000, STANDBY_IDLE_KEEPALIVE_MS),
                                      STANDBY_IDLE_DEAD_MS, now)
         else:
             self.login.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
+        if self.standby is not None and self.leaving is None:
+            if self.standby_link.legs:   # a call the standby node took over: watched as a call's session is
+                self.standby.set_keepalive(CALL_KEEPALIVE_MS, CALL_DEAD_MS, now)
+            else:
+                self.standby.set_keepalive(self.config.keepalive_s * 1000, IDLE_DEAD_MS, now)
+                if self.standby_again and self.login.state == UP:
+                    self._choose_standby(now)
         self.pairs.tick(now)
         self.firmware.tick(now, self.main_link.up)
         for pair in self.pairs.values():
@@ -1264,7 +1313,7 @@ class RemoteHost(HostCore):
                      "grace_ms": self.grace_ms, "address": "%s:%d" % self.main_address[:2],
                      "standby": None if self.standby is None else {
                          "address": "%s:%d" % self.standby_link.address[:2], "state": self.standby.state,
-                         "logins": self.standby.logins}},
+                         "logins": self.standby.logins, "calls": self.standby_link.legs}},
             "sip": dict(self.sip.status(self.now), trunks=self.sip_calls.trunk_status()),
             "phones": [{"extension": l.name, "address": "%s:%d" % l.address[:2]} for l in self.phone_links.values()],
             "calls": [{"call": c.uid, "caller": c.caller, "callee": c.callee, "state": c.state, "path": c.path,

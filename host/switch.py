@@ -483,9 +483,10 @@ class Switch:
 
     def move(self, leg, link):
         """leg (ours, on a trunk to a lost node) onto link, the trunk of the node that took the lost node's half
-        over (NodeTrunks.claim); False, and nothing moved, when link has a leg with its number."""
+        over (NodeTrunks.claim), or a remote host's leg onto its standby session (host/remote_host.py
+        _moved_to_standby); False, and nothing moved, when link has another leg with its number."""
         key = self.key(link, leg.call_no)
-        if key in self.legs:
+        if self.legs.get(key, leg) is not leg:
             return False
         del self.legs[self.key(leg.link, leg.call_no)]
         self.legs[key] = leg

@@ -37,6 +37,9 @@ class CallKeys:
         if mirror is None:
             mirror = self.mirrors[node_name] = CallMirror(node_name, self.cluster_key, 30, 10)
         for key, value, _ttl in mirror.changes(core.switch.calls, now, core.wall_ms(now)):
+            had = self.keys.get(key)
+            if '"ended": true' in value and had is not None and json.loads(had)["node"] != node_name:
+                continue   # ended only if still ours (host/cluster/node.py ENDED_IF_OURS): another node took it over
             self.keys[key] = value
         takeover = getattr(core, "takeover", None)
         if takeover is None or not takeover.want:

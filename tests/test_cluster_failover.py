@@ -176,3 +176,57 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
     finally:
         lab.close()
         r.close()
+
+
+def test_in_the_network_lab_a_site_cut_off_from_its_node_alone_keeps_its_call():
+    """A one-sided switch (docs/cluster.md "A one-sided switch"): sites a and b at n1, standby sessions at n2, a
+    call 101 -> 201 relayed by n1; then site a's router loses its path to n1 alone (nftables drops what it
+    forwards to or from n1), both ways, while n1 runs on and site b still hears it. Site a switches to n2, which
+    takes the call over; site b moves its leg onto its standby session at n2 (its home stays n1) and n1 forgets
+    its copy: the audio comes back both ways, n1 keeps no call, the call ends "normal clearing" at both phones
+    and is recorded once. Before session 17 site b's phone heard nothing from 101 after the cut, and n1 ended
+    the call when site a's session logged in there again."""
+    import redis
+    from tests.clusterkit import sql
+    backoff = {"login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
+    with netlab_cluster("upx1", dict(nat="cone", sites=("a", "b"), remote_sites=("a", "b"), phones=1),
+                        nodes=NODES, direct_media=False, keepalive_s=2, remote_settings=backoff) as (lab, engines, ex):
+        ex.provision(sites=("a", "b"), remote_sites=("a", "b"), phones={"a": ["101"], "b": ["201"]})
+        ex.start()
+        succ = survivor(ex)
+        n1, n2 = ("%s:%d" % ex.node_addresses[n] for n in ("n1", succ))
+        ex.wait_for(lambda: all((ex.status("site-" + s)["main"]["standby"] or {}).get("address") == n2 and ex.status(
+            "site-" + s)["main"]["standby"]["state"] == "up" for s in "ab"), "standby sessions at n2 up", timeout=60)
+        with lab.inside("main"):
+            r = redis.Redis.from_url(engines.redis_url)
+            r.ping()
+        with r:
+            call = start_call(ex, "101", "201", tag="cut")
+            ex.wait_for(lambda: live_call(r, "101") is not None, "the answered call's key in Redis", timeout=60)
+            uid = live_call(r, "101")["uid"]
+            assert live_call(r, "101")["node"] == "n1"
+            wait_audio_flows(ex, call, "audio both ways before the cut", frames_more=25)
+            lab.cut("a", ex.node_addresses["n1"][0])
+            try:
+                ex.wait_for(lambda: ex.status("site-a")["main"]["address"] == n2, "site a switched to n2", timeout=30)
+                ex.wait_for(lambda: [c["callee"] for c in ex.status(succ)["calls"]] == ["201"]
+                            and ex.status("n1")["calls"] == [] and ex.status("site-b")["main"]["standby"]["calls"] == 1,
+                            "n2 has the call, site b's leg on its standby session, n1 none", timeout=30)
+                main_b = ex.status("site-b")["main"]
+                assert main_b["address"] == n1 and main_b["state"] == "up", main_b
+                wait_audio_flows(ex, call, "relayed audio through n2 after the cut")
+            finally:
+                lab.heal("a")
+            ex.wait_for(lambda: (ex.status("site-a")["main"]["standby"] or {}).get("address") == n1 and ex.status(
+                "site-a")["main"]["standby"]["state"] == "up", "site a's standby session at n1 again", timeout=60)
+            wait_audio_flows(ex, call, "relayed audio after the path came back")
+            assert ex.status("n1")["calls"] == []
+            gaps = hang_up_and_compare(ex, call)    # no call dropped, each side's audio at the other
+            with lab.inside("main"):
+                ex.wait_for(lambda: sql(engines, "SELECT count(*) FROM call_records WHERE uid = %s", uid) == [(1,)],
+                            "the call recorded", timeout=30)
+                time.sleep(1)
+                rows = sql(engines, "SELECT caller, callee, cause FROM call_records WHERE uid = %s", uid)
+            assert rows == [("101", "201", "normal clearing")], rows
+            print("network lab, site a cut off from n1 alone: relayed audio gap at 101: %d ms, at 201: %d ms"
+                  % (gaps["101"], gaps["201"]))

@@ -56,8 +56,9 @@ class Locations:
 class TwoNodes(World):
     """World's main host is node 2 (site a, phones 3xx); node 1 (self.n1) serves site b."""
 
-    def __init__(self, tmp_path, main_settings="", remote_settings=None, site_b_settings=None):
-        """remote_settings: more [remote] keys of site a's remote host; site_b_settings: of site b's."""
+    def __init__(self, tmp_path, main_settings="", remote_settings=None, site_b_settings=None, site_b_at=None):
+        """remote_settings: more [remote] keys of site a's remote host; site_b_settings: of site b's; site_b_at:
+        the node site b logs in to (NODE1 unless MAIN is given: then both sites are at node 2)."""
         World.__init__(self, tmp_path, site_b=True, main_settings="direct_media = false\n" + main_settings,
                        remote_settings=remote_settings)
         self.n1 = None
@@ -75,7 +76,7 @@ class TwoNodes(World):
             host.set_cluster_nodes({1: NODE1, 2: MAIN}, self.net.now)
             flush_host(self.net, host)
         # site b's remote host logs in to node 1
-        config = (self.tmp / "site-b.toml").read_text().replace("%s:%d" % MAIN, "%s:%d" % NODE1)
+        config = (self.tmp / "site-b.toml").read_text().replace("%s:%d" % MAIN, "%s:%d" % (site_b_at or NODE1))
         for key, value in (site_b_settings or {}).items():
             config = "\n".join(line for line in config.split("\n") if not line.startswith(key + " ="))
             config += "%s = %s\n" % (key, json.dumps(value))

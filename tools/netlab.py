@@ -519,6 +519,18 @@ class Lab:
             "table inet %s {\n chain wan_out {\n  type filter hook postrouting priority 0;\n%s }\n}\n"
             % (table, rules)))
 
+    def cut(self, site, address, table="upbx_cut"):
+        """The path between site's router and one Internet address is lost, both ways (what the router forwards
+        to or from it is dropped; everything else passes) until heal(site, table). An nftables table of that
+        name in the router, gone with the lab."""
+        self.exec("site-%s/router" % site, ["nft", "-f", "-"], check=True, text=True, input=(
+            "table inet %s {\n chain cut {\n  type filter hook forward priority -10;\n  ip daddr %s drop\n"
+            "  ip saddr %s drop\n }\n}\n" % (table, address, address)))
+
+    def heal(self, site, table="upbx_cut"):
+        """cut's path back."""
+        self.exec("site-%s/router" % site, ["nft", "delete", "table", "inet", table], check=True)
+
     def counted(self, site, table):
         """{name: packets} of count_leaving's counters so far."""
         out = self.exec("site-%s/router" % site, ["nft", "-j", "list", "table", "inet", table],

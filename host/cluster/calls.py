@@ -357,6 +357,15 @@ class Takeover:
             # (a direct one: its pair offer above names it): named at once (since session 15)
             if cl.link.kind == "node" and cl.peer_call_no and core.speaks(cl.link.node, "claim"):
                 send_on_leg(cl, wire.NODES, {wire.IE_STANDBY: 0}, now)
+        standby = getattr(core, "standby_links", ())
+        for cl in (call.a, call.b):
+            # a remote host whose leg is on its standby session here: its site stays at its home node (a one-sided
+            # switch: that node fell silent towards the other site only), so it sends the call there. Named (NODES
+            # standby 0, as a site that switched names its call): its remote host moves the leg to this session and
+            # says so (NODES standby 1 naming it, MainHost._moved_here), and its home node then forgets its copy
+            if cl.link.kind == "host" and cl.link in standby and cl.peer_call_no:
+                send_on_leg(cl, wire.NODES, {wire.IE_STANDBY: 0}, now)
+                core.stats.count("takeover: legs named to a standby session")
         for side, leg in legs.items():
             entry = self.want.pop((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]), None)
             for link, msg_type, ies in (entry[1] if entry else ()):

@@ -1,0 +1,152 @@
+"""A one-sided switch: a node alive, but silent towards one site of a call only (issue 16: "no call dropped";
+docs/cluster.md, "A one-sided switch").
+
+tests/test_cluster_xgroup.py's two nodes on the real host cores in one process, here with both sites' remote
+hosts at node 2 (site a: 101, site b: 201), each keeping its standby session at node 1 (node 2's successor), and
+tests/test_cluster_direct_loss.py's `CallKeys` standing for Redis's call keys (each node's CallMirror writes them,
+node 1's Takeover reads them). Then the path between site a and node 2 alone is cut, both ways: node 2 runs on
+and still hears site b. Site a switches to node 1, which takes the call over; until session 17 site b went on
+sending to node 2, which ended the call (RELEASE to 201) when site a's session logged in there again, and 201
+never heard 101 after the cut. What is asserted: what the phones hear (every voice frame names its sender),
+where each node and remote host keeps the call, and the call record.
+"""
+import pytest
+
+from upbx.common import wire
+from tests.inprocess import MAIN, SITE_A
+from tests.test_cluster_direct_loss import KEY, CallKeys
+from upbx.host.cluster.calls import Takeover
+from tests.test_cluster_forward import NODE1
+from tests.test_cluster_xgroup import TwoNodes, _in_order, _listen
+
+
+class OneSided(TwoNodes):
+    def __init__(self, tmp_path):
+        self.calls = None
+        self.cut = False
+        TwoNodes.__init__(self, tmp_path, site_b_at=MAIN)
+        send = self.net.send
+
+        def filtered(data, source, destination):
+            ends = {tuple(source[:2]), tuple(destination[:2])}
+            if self.cut and ends in ({SITE_A, MAIN}, {self.net.nat[SITE_A], MAIN}):
+                return   # the path between site a and node 2 is lost, both ways; everything else goes
+            send(data, source, destination)
+        self.net.send = filtered
+        self.calls = CallKeys()
+        self.n1.takeover = Takeover(self.n1, self.calls.cluster_key)
+        self.n1.switch.reserved = self.n1.takeover.asked
+
+    def tick(self, until=None):
+        done = TwoNodes.tick(self, until)
+        if self.calls is not None:
+            for name, core in (("n2", self.main), ("n1", self.n1)):
+                if core is not None:   # node 2 may be lost (stop_main)
+                    self.calls.serve(name, core, self.net.now)
+            self.settle()
+        return done
+
+
+@pytest.fixture
+def world(tmp_path):
+    world = OneSided(tmp_path)
+    try:
+        for i, number in enumerate(("101", "201"), 1):
+            world.add_phone(number, i, dead_ms=2000)
+        world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 5000, "registered")
+        world.run_until(lambda: all(h.standby_link.up and tuple(h.standby_link.address[:2]) == NODE1
+                                    for h in (world.a, world.b)), 5000, "standby sessions at node 1")
+        yield world
+    finally:
+        world.close()
+
+
+def _call_at(core):
+    """(caller, callee, the two legs' link names) of each call core switches."""
+    return sorted((c.caller, c.callee, tuple(sorted(leg.link.name for leg in (c.a, c.b))))
+                  for c in core.switch.calls.values())
+
+
+def test_a_site_cut_off_from_its_node_alone_keeps_its_call_with_a_site_that_still_hears_that_node(world):
+    a, b, p = world.a, world.b, world.phones
+    world.call("101", "201")
+    assert _call_at(world.main) == [("101", "201", ("site-a", "site-b"))] and not world.n1.switch.calls
+    world.run(400)                          # the call's key written (the 200 ms writer)
+    uid = next(iter(world.main.switch.calls.values())).uid
+    assert KEY % uid in world.calls.keys
+
+    world.cut = True
+    cut = world.net.now
+    world.run_until(lambda: tuple(a.main_address[:2]) == NODE1, 4000, "site a switched to node 1")
+    # node 1 took the call over; site b, still at home at node 2, moved its leg to its standby session at node 1
+    # on node 1's word, and node 2 forgot its copy: nothing said to either phone, nothing recorded there
+    world.run_until(lambda: not world.main.switch.calls and b.standby_link.legs == 1, 1000, "the call moved")
+    assert world.net.now - cut <= 3000
+    assert _call_at(world.n1) == [("101", "201", ("site-a", "site-b"))]
+    assert tuple(b.main_address[:2]) == MAIN and b.main_link.up and b.main_link.legs == 0
+    assert b.stats.counters["calls moved to the standby node"] == 1
+    assert world.n1.stats.counters["calls moved to a standby session"] == 1
+    assert world.main.stats.counters["calls taken over by another node"] == 1
+    assert p["101"].connected and p["201"].connected and p["101"].causes() == [] == p["201"].causes()
+
+    # audio both ways, through node 1, in order, for longer than it took node 2 to end the call before
+    _listen(world, 1200)
+    _in_order(p["201"], p["101"], 50)
+    _in_order(p["101"], p["201"], 50)
+    # the path comes back: site a's old session logs in again at node 2, as its standby; the call is untouched
+    world.cut = False
+    world.run_until(lambda: a.standby_link.up and tuple(a.standby_link.address[:2]) == MAIN, 15000,
+                    "site a's standby session at node 2")
+    _listen(world, 1200)
+    _in_order(p["201"], p["101"], 50)
+    _in_order(p["101"], p["201"], 50)
+    assert p["101"].causes() == [] == p["201"].causes() and not world.main.switch.calls
+    # site b's home is still node 2, site a's node 1 now (its rendezvous order moves it back once idle)
+    assert world.locations.keys[("host", "site-b")] == 2 and world.locations.keys[("host", "site-a")] == 1
+
+    # a forged or stale naming of a call the standby node does not have moves nothing
+    standby = world.n1.links_by_name[("host", "site-b")]
+    assert standby in world.n1.standby_links
+    standby.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_CALL_NO: 77, wire.IE_PEER_CALL_NO: 999},
+                        world.net.now)
+    world.run(100)
+    assert b.stats.drops["standby: no such call to move"] == 1 and b.standby_link.legs == 1
+
+    world.hangup("201")
+    world.run_until(lambda: p["101"].idle and p["201"].idle, 2000, "hung up")
+    assert p["101"].causes() == [wire.CAUSE_NORMAL] == p["201"].causes()
+    # recorded once (the nodes here share one database, as they share PostgreSQL), under the call's uid: node 1's
+    # record; node 2 forgot its copy unrecorded
+    assert [(r.uid, r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
+        (uid, "101", "201", "normal clearing")]
+    assert b.standby_link.legs == 0 and not world.n1.switch.calls and not world.main.switch.calls
+    world.run(200)
+    assert '"ended": true' in world.calls.keys[KEY % uid]
+    # site b calls through its home node as before
+    world.call("201", "101")
+    assert [c.callee for c in world.main.switch.calls.values()] == ["101"]
+    assert not world.net.errors
+
+
+def test_a_call_moved_to_the_standby_session_goes_on_when_the_home_node_is_then_lost(world):
+    """After the one-sided switch, site b's home (node 2) dies too: site b switches to node 1, where its moved
+    leg already is; the leg goes back to the site's main session with it, and the call goes on."""
+    a, b, p = world.a, world.b, world.phones
+    world.call("101", "201")
+    world.run(400)
+    world.cut = True
+    world.run_until(lambda: not world.main.switch.calls and b.standby_link.legs == 1, 5000, "the call moved")
+    world.stop_main()                        # node 2 killed -9: site b hears nothing more from it
+    world.run_until(lambda: tuple(b.main_address[:2]) == NODE1, 6000, "site b switched to node 1")
+    assert b.main_link.legs == 1 and b.standby_link.legs == 0 and not b.unconfirmed
+    assert p["101"].causes() == [] == p["201"].causes()
+    _listen(world, 1200)
+    _in_order(p["201"], p["101"], 50)
+    _in_order(p["101"], p["201"], 50)
+    world.hangup("101")
+    world.run_until(lambda: p["101"].idle and p["201"].idle, 2000, "hung up")
+    assert p["101"].causes() == [wire.CAUSE_NORMAL] == p["201"].causes()
+    assert [(r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
+        ("101", "201", "normal clearing")]
+    assert not world.net.errors
+
