@@ -1374,14 +1374,18 @@ class MainHost(HostCore):
 
     def _taken_over_elsewhere(self, link, call_id, now):
         """A node took this call of ours over (a one-sided switch: one of its sites switched to that node, the
-        other moved its leg there on that node's word, _moved_here): our copy ends here unheard (no RELEASE:
-        both sites' legs are that node's now) and unrecorded (that node records it, under the same uid).
-        Only a call between our own clients: one with a leg on a node trunk is not moved so."""
+        other moved its leg there on that node's word, _moved_here; or our half of a call between us and that
+        node, its client here having switched there, spliced to its own half, host/cluster/calls.py _splice):
+        our copy ends here unheard (no RELEASE: its legs are that node's now) and unrecorded (that node records
+        it, under the same uid). Not a call with a leg on a trunk to a third node, nor a conference."""
         call = self.switch.calls.get(bytes(call_id))
         if call is None:
             return
         legs = [leg for leg in (call.a, call.b) if leg is not None]
-        if call.conference is not None or len(legs) != 2 or any(leg.link.kind not in ("host", "phone") for leg in legs):
+        # our clients' legs, and a leg on a trunk to the node that says so (it spliced our half to its own)
+        if call.conference is not None or len(legs) != 2 or any(
+                leg.link.kind not in ("host", "phone") and (leg.link.kind != "node" or leg.link.node != link.node)
+                for leg in legs):
             self.stats.drop("taken over elsewhere: not a call between our clients")
             return
         self.end_call(call, wire.CAUSE_NORMAL, now, record=False)

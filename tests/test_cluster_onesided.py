@@ -13,8 +13,8 @@ where each node and remote host keeps the call, and the call record.
 import pytest
 
 from upbx.common import wire
-from tests.inprocess import MAIN, SITE_A
-from tests.test_cluster_direct_loss import KEY, CallKeys
+from tests.inprocess import MAIN, SITE_A, SITE_B
+from tests.test_cluster_direct_loss import KEY, CallKeys, LosableSites
 from upbx.host.cluster.calls import Takeover
 from tests.test_cluster_forward import NODE1
 from tests.test_cluster_xgroup import TwoNodes, _in_order, _listen
@@ -150,3 +150,54 @@ def test_a_call_moved_to_the_standby_session_goes_on_when_the_home_node_is_then_
         ("101", "201", "normal clearing")]
     assert not world.net.errors
 
+
+@pytest.fixture
+def apart(tmp_path):
+    """Site a at node 2 and site b at node 1, each with its standby session at the other node
+    (tests/test_cluster_direct_loss.py's world), no datagram between the two sites (the call is relayed)."""
+    world = LosableSites(tmp_path)
+    try:
+        world.blocked |= {(SITE_A, SITE_B), (SITE_B, SITE_A)}
+        world.run_until(lambda: world.a.standby_link.up and world.b.standby_link.up, 5000, "standby sessions up")
+        yield world
+    finally:
+        world.close()
+
+
+def test_a_cross_node_call_goes_on_when_its_callers_node_falls_silent_towards_the_caller_alone(apart):
+    """101 (site a, node 2) calls 201 (site b, node 1): a call between the nodes, a half at each. The path between
+    site a and node 2 alone is then cut, both ways: node 2 runs on, its trunk to node 1 up. Site a switches to node
+    1, which splices node 2's half to its own (as when node 2 is lost, but its leg towards node 2 not held: node 2
+    lives) and tells node 2, which forgets its half unheard. Before, node 1 found no held leg and never took the
+    half over: 201 heard nothing from 101 until a phone hung up."""
+    world, p = apart, apart.phones
+    world.call("101", "201")
+    theirs = world.node_call(world.main).uid       # node 2's half: the caller's node records the call
+    world.run(400)
+    world.blocked |= {(SITE_A, MAIN), (MAIN, SITE_A)}
+    cut = world.net.now
+    world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 4000, "site a switched to node 1")
+    world.run_until(lambda: not world.main.switch.calls and len(world.n1.switch.calls) == 1, 1000,
+                    "node 1 has the whole call, node 2 none")
+    assert world.net.now - cut <= 3000
+    call = world.node_call(world.n1)
+    assert (call.a.link.name, call.b.link.name) == ("site-a", "site-b") and not world.n1.xnode.held
+    assert world.main.stats.counters["calls taken over by another node"] == 1
+    assert world.main.xnode.up(1) is not None and world.n1.xnode.up(2) is not None   # the trunk never went down
+    assert p["101"].causes() == [] == p["201"].causes()
+    _listen(world, 1200)
+    _in_order(p["201"], p["101"], 50)
+    _in_order(p["101"], p["201"], 50)
+    world.blocked -= {(SITE_A, MAIN), (MAIN, SITE_A)}
+    world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == MAIN, 15000,
+                    "site a's standby session at node 2 again")
+    _listen(world, 1200)
+    _in_order(p["201"], p["101"], 50)
+    assert not world.main.switch.calls
+    world.hangup("201")
+    world.run_until(lambda: p["101"].idle and p["201"].idle, 2000, "hung up")
+    assert p["101"].causes() == [wire.CAUSE_NORMAL] == p["201"].causes()
+    # recorded once, under node 2's uid (it was the caller's node), by node 1; node 2 recorded nothing
+    assert [(r.uid, r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
+        (theirs, "101", "201", "normal clearing")]
+    assert not world.net.errors

@@ -238,9 +238,14 @@ class Takeover:
         ours_side = next(side for side, link in links.items() if link == "self")
         theirs_side = "b" if ours_side == "a" else "a"
         own = core.xnode.held_leg(legs[ours_side]["peer_call_no"])
+        alive = own is None   # not held: that node lives, fallen silent towards its client alone (a one-sided switch)
+        if alive:
+            own = core.xnode.live_leg(legs[ours_side]["peer_call_no"], legs[ours_side]["call_no"])
         if own is None:
             return "no held leg %s here" % legs[ours_side]["peer_call_no"]
         call = own.call
+        if alive:   # that node forgets its half, unheard and unrecorded (MainHost._taken_over_elsewhere)
+            own.link.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_CALL_ID: bytes.fromhex(value["uid"])}, now)
         new = self._leg_from(legs[theirs_side], keys[theirs_side], links[theirs_side], value, wall_ms)
         new.call = call
         said = own.state   # what we said towards the lost node (before _forget_leg releases the leg)

@@ -365,6 +365,17 @@ class NodeTrunks:
         entry = self.held.get(call_no)
         return entry[2] if entry is not None else None
 
+    def live_leg(self, call_no, their_no):
+        """Our leg call_no on a trunk whose session is up, the other node's number for it their_no, else None: a
+        half of a call between us and a node that lives, taken over from it (host/cluster/calls.py _splice)."""
+        links = [link for link in self.links.values() if link.login is not None and link.login.state == UP]
+        links += [link for link in self.core.links_by_name.values() if link.kind == "node" and link.up]
+        for link in links:
+            leg = self.core.switch.leg(link, call_no)
+            if leg is not None and leg.peer_call_no == their_no and leg.call_no not in self.held:
+                return leg
+        return None
+
     def other_session(self, link):
         """The other trunk session between us and link's node (ours to it, or its login to us), else None:
         a call from that node runs on its login, a call to it on ours."""
