@@ -652,6 +652,14 @@ class MainHost(HostCore):
         target, cause = self._target_link(called, local=True)
         if target is not None and (target.kind == "node" or getattr(target, "sip", False)):
             target, cause = None, wire.CAUSE_UNREACHABLE
+        if (target is None and cause == wire.CAUSE_UNREACHABLE) or target in self.standby_links:
+            # its client is not at home here (only its standby session, or none): the caller's node had where it
+            # was from its cache, behind a move. Refused saying so (IE standby 1): that node asks Redis again and
+            # sends the call on to where the client is now (_relocate)
+            self.stats.count("setups from a node for a client not at home here")
+            link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies.get(wire.IE_CALL_NO, 0) or 1,
+                                            wire.IE_CAUSE: wire.CAUSE_UNREACHABLE, wire.IE_STANDBY: 1}, now)
+            return self.log.info("call-refused", caller=caller, called=called, cause="not at home here")
         if target is not None and target.kind == "phone" and self._phone_busy(called):
             target, cause = None, wire.CAUSE_BUSY
         answer = ies.get(wire.IE_ANSWER)
@@ -967,6 +975,9 @@ class MainHost(HostCore):
                 and (link, ies.get(wire.IE_CALL_NO)) in self.star_codes_waiting):
             return self._withdraw_star_code((link, ies.get(wire.IE_CALL_NO)), "hung up")
         call = leg.call if leg is not None else None
+        if (call is not None and leg is call.b and leg.link.kind == "node" and ies.get(wire.IE_STANDBY) == 1
+                and call.state == "setup" and not call.relocated and self.xnode is not None):
+            return self._relocate(call, leg, ies, now)
         if call is not None and leg is call.b and call.pickup_at and call.state == "setup":
             target = self._next_pickup_node(call)   # a node found nothing for a *8: the next one is asked
             if target is not None:
@@ -985,6 +996,21 @@ class MainHost(HostCore):
                 self.switch.drop_callee(call, cause, now)
                 return self._forward(call, number, wire.CAUSE_TEXT[cause], now)
         HostCore.call_message(self, link, msg_type, ies, now)
+
+    def _relocate(self, call, leg, ies, now):
+        """The node we sent a call to says its callee is not at home there (_setup_from_node: our cache of where
+        the callee is was behind a move, host/cluster/trunk.py CACHE_MS). Once per call: what we cached is
+        forgotten, Redis is asked again, and the call goes to where it names (the caller hears nothing of it;
+        nowhere: unreachable, or the callee's voicemail, as for a first try)."""
+        ext = self.directory.extension(call.callee)
+        host = self.directory.remote_host_of_site(ext.site) if ext is not None else None
+        self.xnode.cache.pop(("host", host.name) if host is not None else ("phone", call.callee), None)
+        call.relocated = True
+        leg.apply(RELEASE_RECEIVED)
+        self.switch.drop_callee(call, ies.get(wire.IE_CAUSE, wire.CAUSE_UNREACHABLE), now)
+        self.stats.count("location: calls sent on after a move")
+        self.forwards_waiting[call] = (call.callee, "moved", now + FORWARD_LOCATE_MS)
+        return self._forward(call, call.callee, "moved", now)
 
     def forward_call(self, call, number, now):
         """The auto-attendant routes its call on (host/voicemail.py, Endpoint.route_on)."""

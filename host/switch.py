@@ -165,6 +165,7 @@ class Call:
         self.mixed_at_main = False  # a site's call whose conference the main host mixes (host/conference.py)
         self.group = None           # host.groups.GroupCall while a group call rings (a page: while it lasts)
         self.fanout = None          # a page: the paged phones' legs, each sent the pager's voice (one way)
+        self.relocated = False      # a cluster node's call sent on once after the callee's node said it moved
         self.serial = 0             # grows with each call the switch makes (Switch.new_call; host/call_rounds.py)
 
     @property
