@@ -195,6 +195,21 @@ class Takeover:
         phone's mini frames name no session, so they cannot say whose they are)."""
         self._ask(link, call_no, now)
 
+    def joined(self, kind, name, call_no, now):
+        """Our leg towards a lost node is held (host/cluster/trunk.py _lost): the lost node's call that has it is
+        looked for under the lost node's name for our trunk (kind, name) and its call number. A call the lost node
+        joined between two other nodes' clients (a transfer: both its legs on trunks) has no client of the lost
+        node that would switch and name it: adopt() splices it here when we are the lower of the two nodes, and
+        leaves every other call to its client's switch."""
+        key = (kind, name, call_no)
+        if key in self.want:
+            return
+        if len(self.want) >= MAX_WANT:
+            self.core.stats.drop("takeover: too many asked for")
+            return
+        self.want[key] = (now, [])
+        self.core.stats.count("takeover: legs towards a lost node asked for")
+
     def defer(self, link, msg_type, ies, now):
         """True when a call message names a call number of ours we do not have: kept for after the
         call is adopted (or dropped with the want)."""
@@ -266,6 +281,9 @@ class Takeover:
             send_on_leg(new, wire.ALERTING, {}, now)
         if new.state == RINGING and said == CONNECTED and new.apply(ANSWER_SENT) is not None:
             send_on_leg(new, wire.ANSWER, {}, now)
+        if new.link.kind == "node" and new.peer_call_no and core.speaks(new.link.node, "claim"):
+            # the lost node's joined call: its leg to a third node, whose held leg moves to our trunk when named
+            send_on_leg(new, wire.NODES, {wire.IE_STANDBY: 0}, now)
         core.xnode.carried += 1
         core.stats.count("calls taken over")
         core.stats.count("node trunk: calls carried on")
@@ -313,6 +331,13 @@ class Takeover:
             return "ended" if value.get("ended") else "not two legs"
         if call_id in switch.calls:
             return "have it"
+        named = [(leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) for leg in legs.values()]
+        if (any(key in self.want for key in named if key[0] == "node")
+                and not any(key in self.want for key in named if key[0] != "node")
+                and any(key[0] != "node" for key in named)):
+            for key in named:   # asked for by a held leg only (joined): a client's call, its client's switch says
+                self.want.pop(key, None)
+            return "a client's call: taken over where its client switches"
         links = {}
         xnode = getattr(core, "xnode", None)
         for side, leg in legs.items():
@@ -326,6 +351,16 @@ class Takeover:
             links[side] = link
         keys = {side: unseal(self.cluster_key, leg["media_key"], ("%s/%s" % (uid, side)).encode())
                 for side, leg in legs.items()}
+        if all(key[0] == "node" for key in named):
+            # a call the lost node joined between two other nodes' clients: the lower of the two nodes splices it
+            # (joined), the other's held leg moves to its trunk when it is named there
+            other = next((link for link in links.values() if link != "self"), None)
+            if other is None or "self" not in links.values():
+                return "not a half of ours"
+            if other.node is not None and other.node < xnode.node_id:
+                for key in named:
+                    self.want.pop(key, None)
+                return "node %d takes it over" % other.node
         if "self" in links.values():
             return self._splice(value, legs, links, keys, now, wall_ms)
         call = switch.new_call(value["caller"], value["callee"], now, call_id)

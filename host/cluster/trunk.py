@@ -268,6 +268,12 @@ class NodeTrunks:
                 if call.conference is None and leg is not None and leg.link is each and leg.call_no not in self.held:
                     self.held[leg.call_no] = (now + HOLD_MS, node, leg, since)
                     held += 1
+                    takeover = getattr(core, "takeover", None)
+                    if takeover is not None and leg.peer_call_no:
+                        # the lost node's call with this leg, by its name for this trunk: a call it joined between
+                        # us and a third node is carried on by one of us (host/cluster/calls.py Takeover.joined)
+                        theirs = PREFIX + str(self.node_id) if each is link else "node %d" % self.node_id
+                        takeover.joined("node", theirs, leg.peer_call_no, now)
                 elif leg is None or leg.call_no not in self.held:
                     gone.append(call)
             core.log.info("node-lost", node=node, reason=reason, calls=len(calls), held=held)
