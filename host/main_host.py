@@ -504,6 +504,10 @@ class MainHost(HostCore):
             # that took one of our calls over while we live (a one-sided switch, IE_CALL_ID): our copy goes
             if wire.IE_CALL_ID in ies:
                 self._taken_over_elsewhere(link, ies[wire.IE_CALL_ID], now)
+            elif ies.get(wire.IE_STANDBY) == 0 and ies.get(wire.IE_PEER_CALL_NO) and self.xnode is not None:
+                self.xnode.claim_live(link, ies[wire.IE_PEER_CALL_NO], ies.get(wire.IE_CALL_NO), now)
+            elif ies.get(wire.IE_STANDBY) == 1 and ies.get(wire.IE_PEER_CALL_NO):
+                self._leg_moved_away(link, ies[wire.IE_PEER_CALL_NO], now)
         elif (msg_type == wire.NODES and self.router is not None and ies.get(wire.IE_STANDBY) == 1
               and ies.get(wire.IE_PEER_CALL_NO) and link in self.standby_links):
             self._moved_here(link, ies[wire.IE_PEER_CALL_NO], now)
@@ -1413,6 +1417,22 @@ class MainHost(HostCore):
                 leg.link.kind not in ("host", "phone") and (leg.link.kind != "node" or leg.link.node != link.node)
                 for leg in legs):
             self.stats.drop("taken over elsewhere: not a call between our clients")
+            return
+        self.end_call(call, wire.CAUSE_NORMAL, now, record=False)
+        self.stats.count("calls taken over by another node")
+        self.log.warning("call-taken-over-elsewhere", call=call.uid, by=link.name)
+
+    def _leg_moved_away(self, link, call_no, now):
+        """The node at the far end of our trunk leg call_no moved its leg to a node that took our half over (a
+        one-sided switch whose standby node is a third node: NodeTrunks.claim_live): our half ends here unheard
+        and unrecorded, if its other leg is our client's (who switched to that node)."""
+        leg = self.switch.leg(link, call_no)
+        if leg is None:
+            return
+        call = leg.call
+        other = call.b if leg is call.a else call.a
+        if call.conference is not None or other is None or other.link.kind not in ("host", "phone"):
+            self.stats.drop("moved away: not a half with our client")
             return
         self.end_call(call, wire.CAUSE_NORMAL, now, record=False)
         self.stats.count("calls taken over by another node")

@@ -12,11 +12,12 @@ where each node and remote host keeps the call, and the call record.
 """
 import pytest
 
-from upbx.common import wire
+from upbx.common import cluster, wire
 from tests.inprocess import MAIN, SITE_A, SITE_B
 from tests.test_cluster_direct_loss import KEY, CallKeys, LosableSites
 from upbx.host.cluster.calls import Takeover
 from tests.test_cluster_forward import NODE1
+from tests.test_cluster_relocate import NODE3
 from tests.test_cluster_xgroup import TwoNodes, _in_order, _listen
 
 
@@ -201,3 +202,58 @@ def test_a_cross_node_call_goes_on_when_its_callers_node_falls_silent_towards_th
     assert [(r.uid, r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
         (theirs, "101", "201", "normal clearing")]
     assert not world.net.errors
+
+
+def test_a_cross_node_call_goes_on_when_the_silent_nodes_site_switches_to_a_third_node(tmp_path):
+    """Three nodes: 101 (site a, node 2) calls 201 (site b, node 1); site a's standby is node 2's successor, node
+    3. The path between site a and node 2 alone is cut: site a switches to node 3, which takes node 2's half over
+    from its key, with a leg on its trunk to node 1 (node 2's numbers and keys), and names it there; node 1's leg
+    towards node 2, not held (node 2 lives), moves to node 3's trunk (`claim_live`), and node 2, told so on its
+    trunk, forgets its half unheard. Before, node 1 ignored the naming and 201 heard nothing from 101."""
+    from tests.test_cluster_xtransfer_third import LosableThree
+    world = LosableThree(tmp_path)
+    try:
+        assert cluster.successor(2, [1, 2, 3]) == 3
+        cut = set()
+        send = world.net.send
+
+        def filtered(data, source, destination):
+            if frozenset((tuple(source[:2]), tuple(destination[:2]))) in cut:
+                return
+            send(data, source, destination)
+        world.net.send = filtered
+        p = world.phones
+        world.add_phone("101", 1, dead_ms=2000)
+        world.add_phone("201", 2, dead_ms=2000)
+        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
+        world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE3, 5000,
+                        "site a's standby at node 3")
+        world.call("101", "201")
+        theirs = next(iter(world.main.switch.calls.values())).uid   # node 2's half: the caller's node's
+        world.run(400)
+        cut.add(frozenset((SITE_A, MAIN)))   # the path between site a and node 2, both ways
+        started = world.net.now
+        world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE3, 4000, "site a switched to node 3")
+        world.run_until(lambda: not world.main.switch.calls and len(world.n3.switch.calls) == 1, 1000,
+                        "node 3 has node 2's half, node 2 none")
+        assert world.net.now - started <= 3000
+        call = next(iter(world.n3.switch.calls.values()))
+        assert call.uid == theirs and {call.a.link.name, call.b.link.kind} == {"site-a", "node"}
+        legs = [leg for c in world.n1.switch.calls.values() for leg in (c.a, c.b) if leg.link.kind == "node"]
+        assert [leg.link.node for leg in legs] == [3]
+        assert world.n1.stats.counters["node trunk: calls moved to another node"] == 1
+        assert world.main.stats.counters["calls taken over by another node"] == 1
+        assert p["101"].causes() == [] == p["201"].causes()
+        _listen(world, 1200)
+        _in_order(p["201"], p["101"], 50)
+        _in_order(p["101"], p["201"], 50)
+        world.hangup("201")
+        world.run_until(lambda: p["101"].idle and p["201"].idle, 2000, "hung up")
+        assert p["101"].causes() == [wire.CAUSE_NORMAL] == p["201"].causes()
+        # one record, under node 2's uid (the caller's node): node 3 adopted it under that uid, node 1's half is
+        # recorded as the caller's node's (recorded_as), node 2 forgot its own unrecorded
+        assert [(r.uid, r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
+            (theirs, "101", "201", "normal clearing")]
+        assert not world.net.errors
+    finally:
+        world.close()

@@ -327,6 +327,36 @@ class NodeTrunks:
             self.core.stats.count("node trunk: calls carried on")
             self.core.log.info("call-carried-on", call=leg.call.uid, via=link.name)
 
+    def claim_live(self, link, call_no, their_no, now):
+        """A node's trunk session (link) names our leg call_no, its number their_no, which is not held: it took over
+        the half of a node that lives but fell silent towards its client alone (a one-sided switch, docs/cluster.md),
+        from that node's key, with that node's numbers. Our leg, on our trunk with that node, moves to link; that
+        node is told on the old trunk (NODES standby 1 naming its leg) and forgets its half
+        (MainHost._leg_moved_away)."""
+        if call_no in self.held:
+            return
+        switch = self.core.switch
+        leg = next((l for l in (switch.leg(t, call_no) for t in self._trunks() if t is not link)
+                    if l is not None and l.peer_call_no == their_no), None)
+        if leg is None:
+            return
+        old = leg.link
+        send_on_leg(leg, wire.NODES, {wire.IE_STANDBY: 1}, now)
+        if not switch.move(leg, link):
+            self.core.stats.drop("node trunk: claimed number in use on that trunk")
+            return
+        pair = leg.call.xpair
+        if pair is not None and pair.trunk is old:
+            pair.trunk = link
+        self.carried += 1
+        self.core.stats.count("node trunk: calls moved to another node")
+        self.core.log.info("call-moved", call=leg.call.uid, via=link.name, was=old.name)
+
+    def _trunks(self):
+        """Every trunk link whose session is up: our logins and the other nodes' logins to us."""
+        links = [link for link in self.links.values() if link.login is not None and link.login.state == UP]
+        return links + [link for link in self.core.links_by_name.values() if link.kind == "node" and link.up]
+
     def _say_again(self, leg, since, now):
         """A ringing call's ALERTING or ANSWER we sent on leg (it had our SETUP's answer to give: leg a) after
         the lost node was last heard went nowhere, or to a node that died with it: said again on the trunk
@@ -374,9 +404,7 @@ class NodeTrunks:
     def live_leg(self, call_no, their_no):
         """Our leg call_no on a trunk whose session is up, the other node's number for it their_no, else None: a
         half of a call between us and a node that lives, taken over from it (host/cluster/calls.py _splice)."""
-        links = [link for link in self.links.values() if link.login is not None and link.login.state == UP]
-        links += [link for link in self.core.links_by_name.values() if link.kind == "node" and link.up]
-        for link in links:
+        for link in self._trunks():
             leg = self.core.switch.leg(link, call_no)
             if leg is not None and leg.peer_call_no == their_no and leg.call_no not in self.held:
                 return leg
