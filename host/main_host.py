@@ -1418,9 +1418,7 @@ class MainHost(HostCore):
                 for leg in legs):
             self.stats.drop("taken over elsewhere: not a call between our clients")
             return
-        self.end_call(call, wire.CAUSE_NORMAL, now, record=False)
-        self.stats.count("calls taken over by another node")
-        self.log.warning("call-taken-over-elsewhere", call=call.uid, by=link.name)
+        self._forget_copy(call, link, now)
 
     def _leg_moved_away(self, link, call_no, now):
         """The node at the far end of our trunk leg call_no moved its leg to a node that took our half over (a
@@ -1434,6 +1432,10 @@ class MainHost(HostCore):
         if call.conference is not None or other is None or other.link.kind not in ("host", "phone"):
             self.stats.drop("moved away: not a half with our client")
             return
+        self._forget_copy(call, link, now)
+
+    def _forget_copy(self, call, link, now):
+        """Our copy of a call another node carries now ends, with no message to its legs and no record."""
         self.end_call(call, wire.CAUSE_NORMAL, now, record=False)
         self.stats.count("calls taken over by another node")
         self.log.warning("call-taken-over-elsewhere", call=call.uid, by=link.name)

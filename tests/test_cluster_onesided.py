@@ -68,6 +68,17 @@ def _call_at(core):
                   for c in core.switch.calls.values())
 
 
+def _talk_and_hang_up(world, hangs_up, other):
+    """hangs_up and other hear each other in order for 1.2 s; hangs_up hangs up: both idle, "normal clearing"."""
+    p = world.phones
+    _listen(world, 1200)
+    _in_order(p[other], p[hangs_up], 50)
+    _in_order(p[hangs_up], p[other], 50)
+    world.hangup(hangs_up)
+    world.run_until(lambda: p[hangs_up].idle and p[other].idle, 2000, "hung up")
+    assert p[hangs_up].causes()[-1] == wire.CAUSE_NORMAL == p[other].causes()[-1]
+
+
 def test_a_site_cut_off_from_its_node_alone_keeps_its_call_with_a_site_that_still_hears_that_node(world):
     a, b, p = world.a, world.b, world.phones
     world.call("101", "201")
@@ -141,12 +152,7 @@ def test_a_call_moved_to_the_standby_session_goes_on_when_the_home_node_is_then_
     world.run_until(lambda: tuple(b.main_address[:2]) == NODE1, 6000, "site b switched to node 1")
     assert b.main_link.legs == 1 and b.standby_link.legs == 0 and not b.unconfirmed
     assert p["101"].causes() == [] == p["201"].causes()
-    _listen(world, 1200)
-    _in_order(p["201"], p["101"], 50)
-    _in_order(p["101"], p["201"], 50)
-    world.hangup("101")
-    world.run_until(lambda: p["101"].idle and p["201"].idle, 2000, "hung up")
-    assert p["101"].causes() == [wire.CAUSE_NORMAL] == p["201"].causes()
+    _talk_and_hang_up(world, "101", "201")
     assert [(r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
         ("101", "201", "normal clearing")]
     assert not world.net.errors
@@ -244,12 +250,7 @@ def test_a_cross_node_call_goes_on_when_the_silent_nodes_site_switches_to_a_thir
         assert world.n1.stats.counters["node trunk: calls moved to another node"] == 1
         assert world.main.stats.counters["calls taken over by another node"] == 1
         assert p["101"].causes() == [] == p["201"].causes()
-        _listen(world, 1200)
-        _in_order(p["201"], p["101"], 50)
-        _in_order(p["101"], p["201"], 50)
-        world.hangup("201")
-        world.run_until(lambda: p["101"].idle and p["201"].idle, 2000, "hung up")
-        assert p["101"].causes() == [wire.CAUSE_NORMAL] == p["201"].causes()
+        _talk_and_hang_up(world, "201", "101")
         # one record, under node 2's uid (the caller's node): node 3 adopted it under that uid, node 1's half is
         # recorded as the caller's node's (recorded_as), node 2 forgot its own unrecorded
         assert [(r.uid, r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
