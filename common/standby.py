@@ -90,8 +90,10 @@ def switch(phone, now):
 def run(phone, now, datagram=None):
     """The standby session's datagram (one with its index), or its timers (datagram None), from
     common/phone.py: kept alive; a SETUP on it is refused (the phone's calls go through its home
-    node), anything else but PING and ACK is dropped."""
+    node); the standby node naming our call (NODES standby 0) makes the phone switch to it; anything
+    else but PING and ACK is dropped."""
     standby = phone.standby
+    named = False
     if datagram is None:
         standby.handle_timer(now)
     else:
@@ -99,11 +101,18 @@ def run(phone, now, datagram=None):
             if msg_type == _SETUP:
                 standby.send(_RELEASE, {_IE_PEER_CALL_NO: ies.get(_IE_CALL_NO, 1), _IE_CAUSE: _CAUSE_UNREACHABLE},
                              now)
+            elif msg_type == _NODES and ies.get(_IE_STANDBY) == 0:
+                # the standby node took our call over while our home node lives (a one-sided switch: the
+                # call's other party switched there): the phone switches there now (docs/cluster.md)
+                call = phone.call
+                named = call is not None and ies.get(_IE_PEER_CALL_NO) == call.call_no
             elif msg_type != 0x07 and msg_type != 0x06:   # PING, ACK
                 phone.dropped += 1
     for event in standby.take_events():
         if type(event) is LoginUp:
             standby.send(_NODES, {_IE_STANDBY: 1}, now)   # the node lists it as this phone's standby
+    if named and standby.state == "up":
+        switch(phone, now)
 
 
 def tick(phone, now):

@@ -513,6 +513,7 @@ class MainHost(HostCore):
             self._moved_here(link, ies[wire.IE_PEER_CALL_NO], now)
         elif msg_type == wire.NODES and self.router is not None and wire.IE_STANDBY in ies:
             # what this session is to its client: its standby (kept to switch to) or its home (docs/cluster.md)
+            was_standby = link in self.standby_links
             (self.standby_links.add if ies[wire.IE_STANDBY] else self.standby_links.discard)(link)
             if self.xnode is not None and link.kind in ("host", "phone"):
                 # its location key names this node (home) or never does (a standby: host/cluster/trunk.py)
@@ -520,6 +521,9 @@ class MainHost(HostCore):
             call_no = ies.get(wire.IE_PEER_CALL_NO)
             if not ies[wire.IE_STANDBY] and call_no and self.takeover is not None:
                 self.takeover.moved(link, call_no, now)   # a phone that switched here names its call
+                leg = self.switch.leg(link, call_no) if was_standby and link.kind == "phone" else None
+                if leg is not None:   # ours already: a call we took over and named to it (a one-sided switch)
+                    self._carried_here(leg.call, link, now)
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)
@@ -1396,11 +1400,17 @@ class MainHost(HostCore):
         if leg is None or self.xnode is None:
             self.stats.drop("moved: no such call")
             return
-        call = leg.call
+        self._carried_here(leg.call, link, now)
+
+    def _carried_here(self, call, link, now):
+        """A call we took over whose client (link) stays at, or was at, a home node that lives: every other node
+        is told the call is ours now; the one that has it forgets it (_taken_over_elsewhere)."""
+        if self.xnode is None:
+            return
         for node in self.xnode.live():
             self.xnode.up(node).send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_CALL_ID: call.call_id}, now)
         self.stats.count("calls moved to a standby session")
-        self.log.info("call-moved-here", call=call.uid, site=link.name)
+        self.log.info("call-moved-here", call=call.uid, client=link.name)
 
     def _taken_over_elsewhere(self, link, call_id, now):
         """A node took this call of ours over (a one-sided switch: one of its sites switched to that node, the

@@ -230,3 +230,52 @@ def test_in_the_network_lab_a_site_cut_off_from_its_node_alone_keeps_its_call():
             assert rows == [("101", "201", "normal clearing")], rows
             print("network lab, site a cut off from n1 alone: relayed audio gap at 101: %d ms, at 201: %d ms"
                   % (gaps["101"], gaps["201"]))
+
+
+def test_in_the_network_lab_a_site_cut_off_from_its_node_keeps_its_call_with_a_phone_at_that_node():
+    """A one-sided switch with a phone straight at the node (docs/cluster.md "A one-sided switch"): site a's remote
+    host and phone 301 of site c (no remote host, behind its own NAT router) at n1, each with its standby session at
+    n2; a call 101 -> 301 relayed by n1. Site a's router loses its path to n1 alone: site a switches to n2, which
+    takes the call over and names 301's leg on 301's standby session; the firmware switches to that session there
+    (no handshake), and n1, told so, forgets its copy. Audio both ways, "normal clearing", recorded once."""
+    import redis
+    from tests.clusterkit import sql
+    backoff = {"login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
+    with netlab_cluster("upx3", dict(nat="cone", sites=("a", "c"), remote_sites=("a",), phones=1),
+                        nodes=NODES, direct_media=False, keepalive_s=2, remote_settings=backoff) as (lab, engines, ex):
+        ex.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101"], "c": ["301"]})
+        ex.start()
+        succ = survivor(ex)
+        n2 = "%s:%d" % ex.node_addresses[succ]
+        ex.wait_for(lambda: (ex.status("site-a")["main"]["standby"] or {}).get("address") == n2
+                    and ex.status("site-a")["main"]["standby"]["state"] == "up", "site a's standby at n2 up", timeout=60)
+        with lab.inside("main"):
+            r = redis.Redis.from_url(engines.redis_url)
+            r.ping()
+        with r:
+            call = start_call(ex, "101", "301", tag="cutphone")   # the firmware phones start here
+            ex.wait_for(lambda: [p["extension"] for p in ex.status(succ)["phones"] if p.get("standby")] == ["301"],
+                        "301's standby session at n2", timeout=60)
+            ex.wait_for(lambda: live_call(r, "101") is not None, "the answered call's key in Redis", timeout=60)
+            uid = live_call(r, "101")["uid"]
+            assert live_call(r, "101")["node"] == "n1"
+            wait_audio_flows(ex, call, "audio both ways before the cut", frames_more=25)
+            lab.cut("a", ex.node_addresses["n1"][0])
+            try:
+                ex.wait_for(lambda: ex.status("site-a")["main"]["address"] == n2, "site a switched to n2", timeout=30)
+                ex.wait_for(lambda: [c["callee"] for c in ex.status(succ)["calls"]] == ["301"]
+                            and ex.status("n1")["calls"] == []
+                            and [p.get("standby") for p in ex.status(succ)["phones"]] == [None],
+                            "n2 has the call, 301 at home there, n1 no call", timeout=30)
+                wait_audio_flows(ex, call, "relayed audio through n2 after the cut")
+            finally:
+                lab.heal("a")
+            gaps = hang_up_and_compare(ex, call)
+            with lab.inside("main"):
+                ex.wait_for(lambda: sql(engines, "SELECT count(*) FROM call_records WHERE uid = %s", uid) == [(1,)],
+                            "the call recorded", timeout=30)
+                time.sleep(1)
+                rows = sql(engines, "SELECT caller, callee, cause FROM call_records WHERE uid = %s", uid)
+            assert rows == [("101", "301", "normal clearing")], rows
+            print("network lab, site a cut off from n1 in a call with a phone at n1: relayed audio gap at 101: %d ms, "
+                  "at 301: %d ms" % (gaps["101"], gaps["301"]))

@@ -402,8 +402,9 @@ class Takeover:
             # a remote host whose leg is on its standby session here: its site stays at its home node (a one-sided
             # switch: that node fell silent towards the other site only), so it sends the call there. Named (NODES
             # standby 0, as a site that switched names its call): its remote host moves the leg to this session and
-            # says so (NODES standby 1 naming it, MainHost._moved_here), and its home node then forgets its copy
-            if cl.link.kind == "host" and cl.link in standby and cl.peer_call_no:
+            # says so (NODES standby 1 naming it, MainHost._moved_here), and its home node then forgets its copy.
+            # A phone straight at a node switches to this session (common/standby.py run) and names its call there
+            if cl.link.kind in ("host", "phone") and cl.link in standby and cl.peer_call_no:
                 send_on_leg(cl, wire.NODES, {wire.IE_STANDBY: 0}, now)
                 core.stats.count("takeover: legs named to a standby session")
         for side, leg in legs.items():
