@@ -42,7 +42,7 @@ class CallKeys:
                 continue   # ended only if still ours (host/cluster/node.py ENDED_IF_OURS): another node took it over
             self.keys[key] = value
         takeover = getattr(core, "takeover", None)
-        if takeover is None or not takeover.want:
+        if takeover is None or not (takeover.want or takeover.held_want):
             return
         wanted = takeover.wanted(now)
         uids = {self.keys[LEG_KEY % w] for w in wanted if LEG_KEY % w in self.keys}

@@ -100,3 +100,19 @@ def test_a_call_joined_at_a_lost_node_between_two_other_nodes_goes_on_through_th
     assert [(r.caller, r.callee, r.cause, r.linked) for r in n1.directory.call_records()
             if r.uid not in records_before] == [("201", "303", "normal clearing", first)]
     assert not world.net.errors
+
+
+def test_held_legs_looked_for_never_crowd_out_the_call_numbers_switched_clients_ask_for(world):
+    """A node holding thousands of legs towards a lost node looks each one's call up (Takeover.joined) in a list of
+    its own, bounded: the call numbers a switched remote host's frames ask for still get their place."""
+    from upbx.host.cluster.calls import MAX_WANT
+    takeover, now = world.n1.takeover, world.net.now
+    for number in range(1, MAX_WANT + 6):
+        takeover.joined("node", "@1", number, now)
+    assert len(takeover.held_want) == MAX_WANT
+    assert world.n1.stats.drops["takeover: too many held legs asked for"] == 5
+    site_b = world.n1.links_by_name[("host", "site-b")]
+    takeover.moved(site_b, 77, now)
+    assert takeover.asked(site_b, 77) and len(takeover.wanted(now)) == MAX_WANT + 1
+    # looked for WANT_MS at most, then given up
+    assert takeover.wanted(now + 10001) == set() and not takeover.held_want

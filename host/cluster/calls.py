@@ -159,6 +159,8 @@ class Takeover:
         self.core = core
         self.cluster_key = cluster_key
         self.want = {}           # (link kind, link name, call no) -> (first asked ms, [(link, msg_type, ies)])
+        self.held_want = {}      # (the lost node's link kind, name, call no) of our held legs -> first asked ms
+                                 # (joined): apart, so that they never crowd out what switched clients ask for
 
     def _ask(self, link, call_no, now):
         switch = self.core.switch
@@ -202,12 +204,12 @@ class Takeover:
         node that would switch and name it: adopt() splices it here when we are the lower of the two nodes, and
         leaves every other call to its client's switch."""
         key = (kind, name, call_no)
-        if key in self.want:
+        if key in self.held_want:
             return
-        if len(self.want) >= MAX_WANT:
-            self.core.stats.drop("takeover: too many asked for")
+        if len(self.held_want) >= MAX_WANT:
+            self.core.stats.drop("takeover: too many held legs asked for")
             return
-        self.want[key] = (now, [])
+        self.held_want[key] = now
         self.core.stats.count("takeover: legs towards a lost node asked for")
 
     def defer(self, link, msg_type, ies, now):
@@ -230,7 +232,9 @@ class Takeover:
         for key in [k for k, (first, _m) in self.want.items() if now - first > WANT_MS]:
             del self.want[key]
             self.core.stats.count("takeover: not found")
-        return set(self.want)
+        for key in [k for k, first in self.held_want.items() if now - first > WANT_MS]:
+            del self.held_want[key]
+        return set(self.want) | set(self.held_want)
 
     def _leg_from(self, leg, key, link, value, wall_ms):
         cl = CallLeg(leg["call_no"], key, leg["role"] or 0)
@@ -332,11 +336,11 @@ class Takeover:
         if call_id in switch.calls:
             return "have it"
         named = [(leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) for leg in legs.values()]
-        if (any(key in self.want for key in named if key[0] == "node")
-                and not any(key in self.want for key in named if key[0] != "node")
+        if (any(key in self.held_want for key in named)
+                and not any(key in self.want for key in named)
                 and any(key[0] != "node" for key in named)):
             for key in named:   # asked for by a held leg only (joined): a client's call, its client's switch says
-                self.want.pop(key, None)
+                self.held_want.pop(key, None)
             return "a client's call: taken over where its client switches"
         links = {}
         xnode = getattr(core, "xnode", None)
@@ -359,10 +363,14 @@ class Takeover:
                 return "not a half of ours"
             if other.node is not None and other.node < xnode.node_id:
                 for key in named:
-                    self.want.pop(key, None)
+                    self.held_want.pop(key, None)
                 return "node %d takes it over" % other.node
         if "self" in links.values():
-            return self._splice(value, legs, links, keys, now, wall_ms)
+            problem = self._splice(value, legs, links, keys, now, wall_ms)
+            if problem is None:
+                for key in named:
+                    self.held_want.pop(key, None)
+            return problem
         call = switch.new_call(value["caller"], value["callee"], now, call_id)
         call.path = value.get("path", "relay")
         for side, leg in legs.items():
@@ -411,4 +419,6 @@ class Takeover:
             entry = self.want.pop((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]), None)
             for link, msg_type, ies in (entry[1] if entry else ()):
                 core._message(link, msg_type, ies, now)
+        for key in named:
+            self.held_want.pop(key, None)
         return None

@@ -431,7 +431,7 @@ class ClusterService:
         while True:
             try:
                 await asyncio.sleep(TAKEOVER_PERIOD_S)
-                if self.redis is None or not takeover.want:
+                if self.redis is None or not (takeover.want or takeover.held_want):
                     continue
                 wanted = takeover.wanted(now_ms())
                 if not wanted:
