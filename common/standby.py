@@ -71,8 +71,9 @@ def choose(phone, now):
 
 def switch(phone, now):
     """The standby session becomes the phone's session, with its keys, no handshake; the node hears
-    it is home now and the call number of the call going on (it takes the call over from Redis,
-    host/cluster/calls.py); a new standby goes to the new node's successor."""
+    it is home now and the call numbers of its calls going on, the current one and the second line's
+    (it takes them over from Redis, host/cluster/calls.py); a new standby goes to the new node's
+    successor."""
     old, new = phone.login, phone.standby
     phone.login, phone.standby = new, None
     _out(phone, ("host", phone.standby_to))
@@ -82,6 +83,9 @@ def switch(phone, now):
     if call is not None and call.peer_call_no:
         ies[_IE_PEER_CALL_NO] = call.peer_call_no
     new.send(_NODES, ies, now)
+    call = phone.other   # the second line (waiting, or held by us): named too, in a NODES of its own
+    if call is not None and call.peer_call_no:
+        new.send(_NODES, {_IE_STANDBY: 0, _IE_PEER_CALL_NO: call.peer_call_no}, now)
     phone.standby_to = None
     choose(phone, now)
     old.take_events()
@@ -104,8 +108,8 @@ def run(phone, now, datagram=None):
             elif msg_type == _NODES and ies.get(_IE_STANDBY) == 0:
                 # the standby node took our call over while our home node lives (a one-sided switch: the
                 # call's other party switched there): the phone switches there now (docs/cluster.md)
-                call = phone.call
-                named = call is not None and ies.get(_IE_PEER_CALL_NO) == call.call_no
+                mine = ies.get(_IE_PEER_CALL_NO)
+                named = mine is not None and any(c is not None and c.call_no == mine for c in (phone.call, phone.other))
             elif msg_type != 0x07 and msg_type != 0x06:   # PING, ACK
                 phone.dropped += 1
     for event in standby.take_events():

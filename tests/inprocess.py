@@ -108,6 +108,7 @@ class PhoneEnd:
         self.received = []          # payloads received in the current call
         self.log = []               # events the test has looked at
         self.deaf_until = 0         # until then, what reaches this phone is lost (counted in dropped_in)
+        self.standby = False        # a phone at a node keeps a standby session as a handset does (_flush_standby)
         self.dropped_in = 0
         net.endpoints[address] = self._receive
 
@@ -123,6 +124,26 @@ class PhoneEnd:
     def flush(self):
         for datagram in self.phone.datagrams_to_send(self.net.now):
             self.net.send(datagram, self.address, self.host)
+        if self.standby:
+            self._flush_standby()
+
+    def _flush_standby(self):
+        """A phone at a cluster's node with `standby` set: what firmware/standby.py does on a handset (its standby
+        session's datagrams to the standby node, a switch's new host, a given-up standby's BYE). Off by default:
+        the in-memory worlds' phones at a node kept no standby session before session 17."""
+        phone, now = self.phone, self.net.now
+        todo, phone.cluster_out = phone.cluster_out, ([] if phone.cluster_out is not None else None)
+        for item in todo or ():
+            if item[0] == "host":
+                self.host = tuple(item[1])
+            elif item[0] == "bye":
+                for datagram in item[2]:
+                    self.net.send(datagram, self.address, tuple(item[1]))
+        if phone.standby is not None:
+            from upbx.common import standby
+            standby.tick(phone, now)
+            for datagram in phone.standby.datagrams_to_send(now):
+                self.net.send(datagram, self.address, tuple(phone.standby_to))
 
     def tick(self):
         now = self.net.now
