@@ -9,8 +9,9 @@ IE peer_call_no) and takes it over from Redis (host/cluster/calls.py). common/cl
 module only for a phone at a node with room for it; common/phone.py calls `run` for the standby's
 datagrams and timers; firmware/standby.py sends the standby's datagrams and what `cluster_out` asks.
 """
+from .call import CONNECTED, RELEASE_SENT
 from .cluster import decode_nodes, index_node, successor
-from .compat import const
+from .compat import const, ticks_add, ticks_diff
 from .login import Login, LoginUp
 
 # message and IE numbers as wire_names has them (a handset does not load wire_names for them)
@@ -27,6 +28,9 @@ _STANDBY_INDEX = const(0x10000)   # the standby login's index: the session's, th
 _CALL_KEEPALIVE_MS = const(500)   # in a call with a standby up: PING every 0.5 s, 1.5 s silence and it switches
 _CALL_DEAD_MS = const(1000)
 _IDLE_DEAD_MS = const(2000)       # idle with a standby up: the node's keepalive (WELCOME) + 2 s
+_UNCONFIRMED_MS = const(3000)     # after a switch, the call's media comes back within this, else it ends
+_CAUSE_MAIN_LOST = const(0x12)
+_watch = {}                       # phone -> (call, due, its highest timestamp) after a switch: taken over?
 
 
 def _out(phone, item):
@@ -89,6 +93,13 @@ def switch(phone, now):
     phone.standby_to = None
     choose(phone, now)
     old.take_events()
+    # a call the node does not take over (its key missing, its other party not reachable from there) would stay
+    # up in silence: its media must come back within _UNCONFIRMED_MS (tick), as a remote host's (unconfirmed).
+    # Not while we hold it (the held party's voice stops at the host)
+    call = phone.call
+    _watch.pop(phone, None)
+    if call is not None and call.state == CONNECTED and not phone.holding:
+        _watch[phone] = (call, ticks_add(now, _UNCONFIRMED_MS), call.media.replay.highest)
 
 
 def run(phone, now, datagram=None):
@@ -121,7 +132,19 @@ def run(phone, now, datagram=None):
 
 def tick(phone, now):
     """Before the phone's datagrams go out (firmware/standby.py): with the standby up, the session's
-    silence is noticed within 1.5 s in a call (PING every 0.5 s), the node's keepalive + 2 s idle."""
+    silence is noticed within 1.5 s in a call (PING every 0.5 s), the node's keepalive + 2 s idle.
+    A call switched to the standby node whose media does not come back within 3 s ends "main host
+    lost" (switch)."""
+    watch = _watch.get(phone)
+    if watch is not None:
+        call, due, highest = watch
+        if phone.call is not call or call.media.replay.highest != highest or phone.holding:
+            del _watch[phone]   # it ended, or its media came back (the node took it over), or we hold it
+        elif ticks_diff(now, due) >= 0:
+            del _watch[phone]
+            if call.apply(RELEASE_SENT) is not None:
+                phone._send(_RELEASE, {_IE_CAUSE: _CAUSE_MAIN_LOST}, now, call)
+            phone._end(_CAUSE_MAIN_LOST)
     login, standby = phone.login, phone.standby
     if standby.state == "up" and phone.call is not None:
         login.set_keepalive(_CALL_KEEPALIVE_MS, _CALL_DEAD_MS, now)

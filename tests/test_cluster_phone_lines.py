@@ -90,3 +90,22 @@ def test_a_phone_at_a_lost_node_keeps_its_held_call_as_well_as_its_current_one(w
     world.run_until(lambda: p["303"].idle, 2000, "303's call ended")
     assert p["303"].causes() == [wire.CAUSE_NORMAL]
     assert MAIN not in world.net.endpoints and not world.net.errors
+
+
+def test_a_switched_phones_call_that_nobody_takes_over_ends_main_host_lost(world):
+    """301 and 302 (both at node 2, standby at node 1) talk; node 1 cannot take their call over (Redis lost its key:
+    the test empties `CallKeys`). Node 2 is lost: both phones switch, and their call's media never comes back.
+    Until session 17 each stayed in that silent call until its user hung up; now each ends it "main host lost"
+    3 s after its switch, as a remote host ends such a call (its `unconfirmed` check)."""
+    p = world.phones
+    world.call("301", "302")
+    world.run(400)
+    world.calls.keys.clear()
+    world.calls.serve = lambda *args: None          # and nothing more reaches Redis
+    world.stop_main()
+    world.run_until(lambda: tuple(p["301"].host) == NODE1 and tuple(p["302"].host) == NODE1, 4000, "switched")
+    switched = world.net.now
+    world.run_until(lambda: p["301"].idle and p["302"].idle, 5000, "both calls ended")
+    assert 2500 <= world.net.now - switched <= 3500, world.net.now - switched
+    assert p["301"].causes() == [wire.CAUSE_MAIN_LOST] == p["302"].causes()
+    assert not world.n1.switch.calls and not world.net.errors
