@@ -28,7 +28,8 @@ _STANDBY_INDEX = const(0x10000)   # the standby login's index: the session's, th
 _CALL_KEEPALIVE_MS = const(500)   # in a call with a standby up: PING every 0.5 s, 1.5 s silence and it switches
 _CALL_DEAD_MS = const(1000)
 _IDLE_DEAD_MS = const(2000)       # idle with a standby up: the node's keepalive (WELCOME) + 2 s
-_UNCONFIRMED_MS = const(3000)     # after a switch, the call's media comes back within this, else it ends
+_UNCONFIRMED_MS = const(10000)    # after a switch, the call's media comes back within this, else it ends (a
+                                  # remote host's main_grace_s, 10 s: a busy survivor is not cut short)
 _CAUSE_MAIN_LOST = const(0x12)
 _watch = {}                       # phone -> (call, due, its highest timestamp) after a switch: taken over?
 
@@ -133,7 +134,7 @@ def run(phone, now, datagram=None):
 def tick(phone, now):
     """Before the phone's datagrams go out (firmware/standby.py): with the standby up, the session's
     silence is noticed within 1.5 s in a call (PING every 0.5 s), the node's keepalive + 2 s idle.
-    A call switched to the standby node whose media does not come back within 3 s ends "main host
+    A call switched to the standby node whose media does not come back within 10 s ends "main host
     lost" (switch)."""
     watch = _watch.get(phone)
     if watch is not None:
