@@ -32,6 +32,18 @@ class CallKeys:
         self.keys = {}
         self.mirrors = {}
 
+    def take_over_at(self, cores):
+        """Each of cores reads the keys as its Takeover does (host/cluster/node.py: a node of a cluster)."""
+        for core in cores:
+            core.takeover = Takeover(core, self.cluster_key)
+            core.switch.reserved = core.takeover.asked
+
+    def serve_all(self, named, now):
+        """serve() each (node name, core) of a world's tick; a lost node's core is None."""
+        for name, core in named:
+            if core is not None:
+                self.serve(name, core, now)
+
     def serve(self, node_name, core, now):
         mirror = self.mirrors.get(node_name)
         if mirror is None:

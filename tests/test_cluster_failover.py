@@ -178,6 +178,27 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
         r.close()
 
 
+def _relayed_by_n1_until_the_cut(ex, lab, r, call):
+    """The answered call's key names n1 (its uid returned), its audio flows both ways; then site a's router loses
+    its path to n1 alone, both ways (lab.heal("a") brings it back)."""
+    ex.wait_for(lambda: live_call(r, call.caller) is not None, "the answered call's key in Redis", timeout=60)
+    uid = live_call(r, call.caller)["uid"]
+    assert live_call(r, call.caller)["node"] == "n1"
+    wait_audio_flows(ex, call, "audio both ways before the cut", frames_more=25)
+    lab.cut("a", ex.node_addresses["n1"][0])
+    return uid
+
+
+def _recorded_once(ex, lab, engines, uid):
+    """The rows PostgreSQL holds for the call uid once one is there (a second would come within the second after)."""
+    from tests.clusterkit import sql
+    with lab.inside("main"):
+        ex.wait_for(lambda: sql(engines, "SELECT count(*) FROM call_records WHERE uid = %s", uid) == [(1,)],
+                    "the call recorded", timeout=30)
+        time.sleep(1)
+        return sql(engines, "SELECT caller, callee, cause FROM call_records WHERE uid = %s", uid)
+
+
 def test_in_the_network_lab_a_site_cut_off_from_its_node_alone_keeps_its_call():
     """A one-sided switch (docs/cluster.md "A one-sided switch"): sites a and b at n1, standby sessions at n2, a
     call 101 -> 201 relayed by n1; then site a's router loses its path to n1 alone (nftables drops what it
@@ -187,7 +208,6 @@ def test_in_the_network_lab_a_site_cut_off_from_its_node_alone_keeps_its_call():
     and is recorded once. Before session 17 site b's phone heard nothing from 101 after the cut, and n1 ended
     the call when site a's session logged in there again."""
     import redis
-    from tests.clusterkit import sql
     backoff = {"login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
     with netlab_cluster("upx1", dict(nat="cone", sites=("a", "b"), remote_sites=("a", "b"), phones=1),
                         nodes=NODES, direct_media=False, keepalive_s=2, remote_settings=backoff) as (lab, engines, ex):
@@ -202,11 +222,7 @@ def test_in_the_network_lab_a_site_cut_off_from_its_node_alone_keeps_its_call():
             r.ping()
         with r:
             call = start_call(ex, "101", "201", tag="cut")
-            ex.wait_for(lambda: live_call(r, "101") is not None, "the answered call's key in Redis", timeout=60)
-            uid = live_call(r, "101")["uid"]
-            assert live_call(r, "101")["node"] == "n1"
-            wait_audio_flows(ex, call, "audio both ways before the cut", frames_more=25)
-            lab.cut("a", ex.node_addresses["n1"][0])
+            uid = _relayed_by_n1_until_the_cut(ex, lab, r, call)
             try:
                 ex.wait_for(lambda: ex.status("site-a")["main"]["address"] == n2, "site a switched to n2", timeout=30)
                 ex.wait_for(lambda: [c["callee"] for c in ex.status(succ)["calls"]] == ["201"]
@@ -222,11 +238,7 @@ def test_in_the_network_lab_a_site_cut_off_from_its_node_alone_keeps_its_call():
             wait_audio_flows(ex, call, "relayed audio after the path came back")
             assert ex.status("n1")["calls"] == []
             gaps = hang_up_and_compare(ex, call)    # no call dropped, each side's audio at the other
-            with lab.inside("main"):
-                ex.wait_for(lambda: sql(engines, "SELECT count(*) FROM call_records WHERE uid = %s", uid) == [(1,)],
-                            "the call recorded", timeout=30)
-                time.sleep(1)
-                rows = sql(engines, "SELECT caller, callee, cause FROM call_records WHERE uid = %s", uid)
+            rows = _recorded_once(ex, lab, engines, uid)
             assert rows == [("101", "201", "normal clearing")], rows
             print("network lab, site a cut off from n1 alone: relayed audio gap at 101: %d ms, at 201: %d ms"
                   % (gaps["101"], gaps["201"]))
@@ -239,7 +251,6 @@ def test_in_the_network_lab_a_site_cut_off_from_its_node_keeps_its_call_with_a_p
     takes the call over and names 301's leg on 301's standby session; the firmware switches to that session there
     (no handshake), and n1, told so, forgets its copy. Audio both ways, "normal clearing", recorded once."""
     import redis
-    from tests.clusterkit import sql
     backoff = {"login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
     with netlab_cluster("upx3", dict(nat="cone", sites=("a", "c"), remote_sites=("a",), phones=1),
                         nodes=NODES, direct_media=False, keepalive_s=2, remote_settings=backoff) as (lab, engines, ex):
@@ -256,11 +267,7 @@ def test_in_the_network_lab_a_site_cut_off_from_its_node_keeps_its_call_with_a_p
             call = start_call(ex, "101", "301", tag="cutphone")   # the firmware phones start here
             ex.wait_for(lambda: [p["extension"] for p in ex.status(succ)["phones"] if p.get("standby")] == ["301"],
                         "301's standby session at n2", timeout=60)
-            ex.wait_for(lambda: live_call(r, "101") is not None, "the answered call's key in Redis", timeout=60)
-            uid = live_call(r, "101")["uid"]
-            assert live_call(r, "101")["node"] == "n1"
-            wait_audio_flows(ex, call, "audio both ways before the cut", frames_more=25)
-            lab.cut("a", ex.node_addresses["n1"][0])
+            uid = _relayed_by_n1_until_the_cut(ex, lab, r, call)
             try:
                 ex.wait_for(lambda: ex.status("site-a")["main"]["address"] == n2, "site a switched to n2", timeout=30)
                 ex.wait_for(lambda: [c["callee"] for c in ex.status(succ)["calls"]] == ["301"]
@@ -271,11 +278,7 @@ def test_in_the_network_lab_a_site_cut_off_from_its_node_keeps_its_call_with_a_p
             finally:
                 lab.heal("a")
             gaps = hang_up_and_compare(ex, call)
-            with lab.inside("main"):
-                ex.wait_for(lambda: sql(engines, "SELECT count(*) FROM call_records WHERE uid = %s", uid) == [(1,)],
-                            "the call recorded", timeout=30)
-                time.sleep(1)
-                rows = sql(engines, "SELECT caller, callee, cause FROM call_records WHERE uid = %s", uid)
+            rows = _recorded_once(ex, lab, engines, uid)
             assert rows == [("101", "301", "normal clearing")], rows
             print("network lab, site a cut off from n1 in a call with a phone at n1: relayed audio gap at 101: %d ms, "
                   "at 301: %d ms" % (gaps["101"], gaps["301"]))

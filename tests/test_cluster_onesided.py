@@ -15,7 +15,6 @@ import pytest
 from upbx.common import cluster, wire
 from tests.inprocess import MAIN, SITE_A, SITE_B
 from tests.test_cluster_direct_loss import KEY, CallKeys, LosableSites
-from upbx.host.cluster.calls import Takeover
 from tests.test_cluster_forward import NODE1
 from tests.test_cluster_relocate import NODE3
 from tests.test_cluster_xgroup import TwoNodes, _in_order, _listen
@@ -35,15 +34,12 @@ class OneSided(TwoNodes):
             send(data, source, destination)
         self.net.send = filtered
         self.calls = CallKeys()
-        self.n1.takeover = Takeover(self.n1, self.calls.cluster_key)
-        self.n1.switch.reserved = self.n1.takeover.asked
+        self.calls.take_over_at([self.n1])
 
     def tick(self, until=None):
         done = TwoNodes.tick(self, until)
         if self.calls is not None:
-            for name, core in (("n2", self.main), ("n1", self.n1)):
-                if core is not None:   # node 2 may be lost (stop_main)
-                    self.calls.serve(name, core, self.net.now)
+            self.calls.serve_all((("n2", self.main), ("n1", self.n1)), self.net.now)   # node 2 may be lost
             self.settle()
         return done
 

@@ -13,7 +13,6 @@ import pytest
 
 from upbx.common import lines, wire
 from upbx.host.cluster import trunk
-from upbx.host.cluster.calls import Takeover
 from tests.inprocess import MAIN
 from tests.test_cluster_direct_loss import CallKeys
 from tests.test_cluster_forward import NODE1
@@ -25,16 +24,12 @@ class Keys(TwoNodes):
         self.calls = None
         TwoNodes.__init__(self, tmp_path)
         self.calls = CallKeys()
-        for node in (self.main, self.n1):
-            node.takeover = Takeover(node, self.calls.cluster_key)
-            node.switch.reserved = node.takeover.asked
+        self.calls.take_over_at([self.main, self.n1])
 
     def tick(self, until=None):
         done = TwoNodes.tick(self, until)
         if self.calls is not None:
-            for name, core in (("n2", self.main), ("n1", self.n1)):
-                if core is not None:
-                    self.calls.serve(name, core, self.net.now)
+            self.calls.serve_all((("n2", self.main), ("n1", self.n1)), self.net.now)
             self.settle()
         return done
 

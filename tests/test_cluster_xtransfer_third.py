@@ -16,7 +16,6 @@ import pytest
 
 from upbx.common import lines, wire
 from upbx.host.cluster import trunk
-from upbx.host.cluster.calls import Takeover
 from tests.test_cluster_direct_loss import CallKeys
 from tests.test_cluster_relocate import ThreeNodes
 from tests.test_cluster_xgroup import _act, _answer, _in_order, _listen
@@ -27,15 +26,12 @@ class LosableThree(ThreeNodes):
         self.calls = None
         ThreeNodes.__init__(self, tmp_path)
         self.calls = CallKeys()
-        for node in self.nodes.values():
-            node.takeover = Takeover(node, self.calls.cluster_key)
-            node.switch.reserved = node.takeover.asked
+        self.calls.take_over_at(self.nodes.values())
 
     def tick(self, until=None):
         done = ThreeNodes.tick(self, until)
         if self.calls is not None:
-            for i, node in self.nodes.items():
-                self.calls.serve("n%d" % i, node, self.net.now)
+            self.calls.serve_all((("n%d" % i, node) for i, node in self.nodes.items()), self.net.now)
             self.settle()
         return done
 
