@@ -136,7 +136,7 @@ def tick(phone, now):
     silence is noticed within 1.5 s in a call (PING every 0.5 s), the node's keepalive + 2 s idle.
     A call switched to the standby node whose media does not come back within 10 s ends "main host
     lost" (switch)."""
-    watch = _watch.get(phone)
+    watch = _watch.get(phone) if _watch else None   # empty but for the seconds after a switch
     if watch is not None:
         call, due, highest = watch
         if phone.call is not call or call.media.replay.highest != highest or phone.holding:

@@ -256,12 +256,14 @@ class HostCore:
     def count_message(self, msg_type):
         self.stats.count("msg " + wire.MESSAGE_NAMES.get(msg_type, "0x%02x" % msg_type))
 
-    def refuse_setup(self, link, ies, cause, now, caller=None):
-        """RELEASE for a SETUP that made no call (no leg, no call number): the phone shows the cause."""
-        link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies.get(wire.IE_CALL_NO, 0) or 1,
-                                        wire.IE_CAUSE: cause}, now)
+    def refuse_setup(self, link, ies, cause, now, caller=None, extra=None, why=None):
+        """RELEASE for a SETUP that made no call (no leg, no call number): the phone shows the cause. extra: more
+        IEs for the RELEASE; why: what the log says instead of the cause's text."""
+        release = {wire.IE_PEER_CALL_NO: ies.get(wire.IE_CALL_NO, 0) or 1, wire.IE_CAUSE: cause}
+        release.update(extra or ())
+        link.send_signal(wire.RELEASE, release, now)
         self.log.info("call-refused", caller=caller or ies.get(wire.IE_CALLING, link.name),
-                      called=ies.get(wire.IE_CALLED), cause=wire.CAUSE_TEXT[cause])
+                      called=ies.get(wire.IE_CALLED), cause=why or wire.CAUSE_TEXT[cause])
 
     def call_message(self, link, msg_type, ies, now):
         """ALERTING, ANSWER, RELEASE or DTMF on one of link's legs: applied to the leg and its call,

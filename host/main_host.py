@@ -605,8 +605,7 @@ class MainHost(HostCore):
             called = routed
         target, cause = self._target_link(called, wait=self.xnode is not None)
         if cause == PENDING:      # another node's client, maybe: routed again once Redis answers
-            host = self.directory.remote_host_of_site(self.directory.extension(called).site)
-            return self.xnode.park(("host", host.name) if host is not None else ("phone", called), link, ies, now)
+            return self.xnode.park(self._client_of(called), link, ies, now)
         group = self.directory.group(called) if cause == wire.CAUSE_UNKNOWN_EXTENSION else None
         if group is not None:     # a group (host/groups.py), dialled or forwarded to
             return self._group_call(link, ies, caller, group, tried, now)
@@ -665,9 +664,8 @@ class MainHost(HostCore):
             # was from its cache, behind a move. Refused saying so (IE standby 1): that node asks Redis again and
             # sends the call on to where the client is now (_relocate)
             self.stats.count("setups from a node for a client not at home here")
-            link.send_signal(wire.RELEASE, {wire.IE_PEER_CALL_NO: ies.get(wire.IE_CALL_NO, 0) or 1,
-                                            wire.IE_CAUSE: wire.CAUSE_UNREACHABLE, wire.IE_STANDBY: 1}, now)
-            return self.log.info("call-refused", caller=caller, called=called, cause="not at home here")
+            return self.refuse_setup(link, ies, wire.CAUSE_UNREACHABLE, now, caller=caller, extra={wire.IE_STANDBY: 1},
+                                     why="not at home here")
         if target is not None and target.kind == "phone" and self._phone_busy(called):
             target, cause = None, wire.CAUSE_BUSY
         answer = ies.get(wire.IE_ANSWER)
@@ -1010,15 +1008,19 @@ class MainHost(HostCore):
         the callee is was behind a move, host/cluster/trunk.py CACHE_MS). Once per call: what we cached is
         forgotten, Redis is asked again, and the call goes to where it names (the caller hears nothing of it;
         nowhere: unreachable, or the callee's voicemail, as for a first try)."""
-        ext = self.directory.extension(call.callee)
-        host = self.directory.remote_host_of_site(ext.site) if ext is not None else None
-        self.xnode.cache.pop(("host", host.name) if host is not None else ("phone", call.callee), None)
+        self.xnode.cache.pop(self._client_of(call.callee), None)
         call.relocated = True
         leg.apply(RELEASE_RECEIVED)
         self.switch.drop_callee(call, ies.get(wire.IE_CAUSE, wire.CAUSE_UNREACHABLE), now)
         self.stats.count("location: calls sent on after a move")
         self.forwards_waiting[call] = (call.callee, "moved", now + FORWARD_LOCATE_MS)
         return self._forward(call, call.callee, "moved", now)
+
+    def _client_of(self, number):
+        """The client a cluster locates number by (host/cluster/trunk.py): its site's remote host, else its phone."""
+        ext = self.directory.extension(number)
+        host = self.directory.remote_host_of_site(ext.site) if ext is not None else None
+        return ("host", host.name) if host is not None else ("phone", number)
 
     def forward_call(self, call, number, now):
         """The auto-attendant routes its call on (host/voicemail.py, Endpoint.route_on)."""
@@ -1397,7 +1399,7 @@ class MainHost(HostCore):
         for it, which still has its copy of the call. Every other node is told the call is ours now; the one
         that has it forgets it (_taken_over_elsewhere)."""
         leg = self.switch.leg(link, call_no)
-        if leg is None or self.xnode is None:
+        if leg is None:
             self.stats.drop("moved: no such call")
             return
         self._carried_here(leg.call, link, now)

@@ -356,14 +356,23 @@ class RemoteHost(HostCore):
                 self.refuse_setup(self.standby_link, ies, wire.CAUSE_UNREACHABLE, now)
             elif msg_type == wire.NODES and ies.get(wire.IE_STANDBY) == 0 and wire.IE_PEER_CALL_NO in ies:
                 self._moved_to_standby(ies, now)
-            elif self.standby_link.legs and msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
-                self.call_message(self.standby_link, msg_type, ies, now)
-            elif self.standby_link.legs and msg_type == wire.HOLD:
-                self.hold_message(self.standby_link, ies, now)
-            elif self.standby_link.legs and msg_type == wire.PARTY:
-                lines.party(self, self.standby_link, ies, now)
+            elif self.standby_link.legs and self._leg_message(self.standby_link, msg_type, ies, now):
+                pass   # a call the standby node took over (_moved_to_standby)
             elif msg_type not in (wire.PING, wire.ACK):
                 self.stats.count("standby messages ignored")
+
+    def _leg_message(self, link, msg_type, ies, now):
+        """A call message from a node for one of link's legs (the main session's, or the standby's after
+        _moved_to_standby), handled; False for any other message."""
+        if msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
+            self.call_message(link, msg_type, ies, now)
+        elif msg_type == wire.HOLD:
+            self.hold_message(link, ies, now)
+        elif msg_type == wire.PARTY:
+            lines.party(self, link, ies, now)
+        else:
+            return False
+        return True
 
     def _moved_to_standby(self, ies, now):
         """The standby node took one of our calls over from our home node, which is alive for us (docs/cluster.md,
@@ -638,12 +647,8 @@ class RemoteHost(HostCore):
             self.records.mark_uploaded([uid])
             self.uploading.discard(uid)
             self.stats.count("records uploaded")
-        elif msg_type in (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF):
-            self.call_message(self.main_link, msg_type, ies, now)
-        elif msg_type == wire.HOLD:
-            self.hold_message(self.main_link, ies, now)
-        elif msg_type == wire.PARTY:
-            lines.party(self, self.main_link, ies, now)
+        elif self._leg_message(self.main_link, msg_type, ies, now):
+            pass
         elif msg_type == wire.CONFERENCE:
             self.conferences.answer_from_main(ies, now)
         elif msg_type == wire.MUSIC:

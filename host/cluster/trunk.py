@@ -333,18 +333,15 @@ class NodeTrunks:
         from that node's key, with that node's numbers. Our leg, on our trunk with that node, moves to link; that
         node is told on the old trunk (NODES standby 1 naming its leg) and forgets its half
         (MainHost._leg_moved_away)."""
-        if call_no in self.held:
-            return
-        switch = self.core.switch
-        leg = next((l for l in (switch.leg(t, call_no) for t in self._trunks() if t is not link)
-                    if l is not None and l.peer_call_no == their_no), None)
+        leg = self.live_leg(call_no, their_no, besides=link)
         if leg is None:
             return
         old = leg.link
-        send_on_leg(leg, wire.NODES, {wire.IE_STANDBY: 1}, now)
-        if not switch.move(leg, link):
+        if not self.core.switch.move(leg, link):
             self.core.stats.drop("node trunk: claimed number in use on that trunk")
-            return
+            return   # the silent node is told nothing: its half and our leg stay as they were
+        old.send_signal(wire.NODES, {wire.IE_STANDBY: 1, wire.IE_CALL_NO: leg.call_no,
+                                     wire.IE_PEER_CALL_NO: leg.peer_call_no}, now)
         pair = leg.call.xpair
         if pair is not None and pair.trunk is old:
             pair.trunk = link
@@ -401,10 +398,13 @@ class NodeTrunks:
         entry = self.held.get(call_no)
         return entry[2] if entry is not None else None
 
-    def live_leg(self, call_no, their_no):
-        """Our leg call_no on a trunk whose session is up, the other node's number for it their_no, else None: a
-        half of a call between us and a node that lives, taken over from it (host/cluster/calls.py _splice)."""
+    def live_leg(self, call_no, their_no, besides=None):
+        """Our leg call_no, not held, on a trunk whose session is up (but besides), the other node's number for it
+        their_no, else None: a half of a call between us and a node that lives, taken over from it
+        (host/cluster/calls.py _splice, claim_live)."""
         for link in self._trunks():
+            if link is besides:
+                continue
             leg = self.core.switch.leg(link, call_no)
             if leg is not None and leg.peer_call_no == their_no and leg.call_no not in self.held:
                 return leg
