@@ -254,3 +254,21 @@ def test_a_cross_node_call_goes_on_when_the_silent_nodes_site_switches_to_a_thir
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_a_call_moved_to_the_standby_session_ends_main_host_lost_when_that_node_is_lost(world):
+    """After the one-sided switch, node 1 (which carries the call, site b's leg on its standby session there) dies:
+    site b's standby session goes down and the call it carried ends "main host lost" at 201; site b stays at home
+    at node 2, its session there up."""
+    b, p = world.b, world.phones
+    world.call("101", "201")
+    world.run(400)
+    world.cut = True
+    world.run_until(lambda: not world.main.switch.calls and b.standby_link.legs == 1, 5000, "the call moved")
+    del world.net.endpoints[NODE1]          # node 1 killed -9: nothing more reaches it, it sends nothing
+    world.n1.directory.close()
+    world.n1 = None
+    world.run_until(lambda: p["201"].idle, 5000, "201's call ended")
+    assert p["201"].causes() == [wire.CAUSE_MAIN_LOST]
+    assert b.standby_link.legs == 0 and not b.switch.calls and tuple(b.main_address[:2]) == MAIN and b.main_link.up
+    assert not world.net.errors

@@ -115,7 +115,8 @@ class TwoNodes(World):
         return end
 
     def close(self):
-        self.n1.directory.close()
+        if self.n1 is not None:   # a test may have lost it
+            self.n1.directory.close()
         World.close(self)
 
 
