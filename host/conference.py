@@ -27,6 +27,13 @@ own legs); the site's leg of the held call is released (cause 16, passed on to t
 phone's one call left carries the main host's mix: one stream each way over the site's uplink,
 whatever the number of parties. The site's call is marked `mixed_at_main`: the phone's HOLD is
 passed on to the main host (which leaves the party out of the mix) without music from the site.
+
+A cluster's node that mixes a conference and is lost: each of the conference's calls is in Redis
+with the conference's uid, its parties' legs and which of them hold (host/cluster/calls.py); the
+node that takes a call over (Takeover.adopt) hands it to `rebuild`, which puts its legs back into
+the conference of that uid, made again at the first of its calls (docs/cluster.md, "A conference
+through the mixing node's loss"). A party whose call is never taken over is not waited for: a
+rebuilt conference still alone after REBUILD_MS ends its last party's call "main host lost".
 """
 import collections
 import os
@@ -41,6 +48,7 @@ from upbx.host.switch import other_leg, send_on_leg
 MAX_QUEUE = 3          # frames a party's playout queue keeps (60 ms); more: the oldest goes
 SILENCE = bytes(wire.VOICE_BYTES * 2)
 HOLD_FROM = ("phone", "host", "main", "node")   # links a party's HOLD comes on (a SIP or voicemail leg: none)
+REBUILD_MS = 10000     # a conference rebuilt after its node's loss waits this long for a second party
 
 
 def mix(frames):
@@ -89,13 +97,17 @@ class Party:
 class Conference:
     """The parties of one conference at this host and the mixing of one tick."""
 
-    def __init__(self, number, holder):
+    def __init__(self, number, holder, uid=None, holder_name=None):
         self.id = number                   # this host's count of conferences, for the logs and status
-        self.holder = holder               # the phone link that joined it (a remote host's: it handed it over)
-        self.holder_name = holder.name     # the phone's number (the party's, when a remote host handed it over)
+        self.uid = uid or os.urandom(8).hex()   # the cluster's name of it, in its calls' keys (rebuild)
+        self.holder = holder               # the phone link that joined it (a remote host's: it handed it over;
+                                           # None when rebuilt after its node's loss)
+        self.holder_name = holder.name if holder is not None else holder_name
+                                           # the phone's number (the party's, when a remote host handed it over)
         self.parties = []
         self.calls = set()                 # the switch's calls one of whose legs is a party
         self.ticks = 0
+        self.rebuilt_ms = None             # rebuilt here after its node's loss: when (rebuild), until REBUILD_MS on
 
     def party(self, leg):
         for p in self.parties:
@@ -147,7 +159,7 @@ class Conference:
         stats.count("conference frames mixed", len(self.parties))
 
     def as_dict(self):
-        return {"id": self.id, "holder": self.holder_name, "parties": [p.name for p in self.parties],
+        return {"id": self.id, "uid": self.uid, "holder": self.holder_name, "parties": [p.name for p in self.parties],
                 "held": [p.name for p in self.parties if p.held], "ticks": self.ticks}
 
 
@@ -268,8 +280,40 @@ class Conferences:
 
     def tick(self, now):
         stats = self.core.stats
-        for conf in self.active:
+        for conf in list(self.active):
+            if conf.rebuilt_ms is not None and now - conf.rebuilt_ms >= REBUILD_MS:
+                conf.rebuilt_ms = None
+                if len(conf.parties) == 1:   # nobody else came back: the party alone is not kept in silence
+                    self.core.stats.count("conferences rebuilt alone")
+                    self.leave(conf.parties[0].leg, wire.CAUSE_MAIN_LOST, now)
+                    continue
             conf.tick(self.switch, now, stats)
+
+    def rebuild(self, call, stored, sides, now):
+        """call, of a conference a lost node mixed, is taken over here (host/cluster/calls.py Takeover.adopt):
+        its legs of sides ("a", "b") are parties again, of the conference stored names (its uid), made again
+        here at the first of its calls to come; a party that held the conference (stored "held") still holds it."""
+        uid = stored.get("uid")
+        conf = next((c for c in self.active if c.uid == uid), None)
+        if conf is None:
+            self.made += 1
+            conf = Conference(self.made, None, uid=uid, holder_name=stored.get("holder"))
+            conf.rebuilt_ms = now
+            self.active.append(conf)
+            self.core.stats.count("conferences rebuilt")
+        held = stored.get("held") or ()
+        for side in sides:
+            leg = getattr(call, side)
+            if leg is None or conf.party(leg) is not None:
+                continue
+            party = Party(leg)
+            party.held = side in held
+            conf.parties.append(party)
+        call.conference = conf
+        call.noanswer = None
+        conf.calls.add(call)
+        self.core.log.info("conference-rebuilt", id=conf.id, uid=uid, parties=[p.name for p in conf.parties])
+        return conf
 
     def hold(self, leg, flag, now):
         """HOLD on a conference leg: that party is neither heard nor sent the mix (the phone that

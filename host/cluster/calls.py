@@ -55,11 +55,27 @@ def _pair(call):
     return (pair.host, pair.peer, bytes(pair.key), tuple(pair.address))
 
 
+def _stored_legs(call):
+    """(side, leg) of call's legs the key holds: both; a conference's call, only those that are its parties (the
+    holder's leg of the held call was released when it joined, host/conference.py)."""
+    conf = call.conference
+    return [(side, leg) for side, leg in (("a", call.a), ("b", call.b))
+            if leg is not None and (conf is None or conf.party(leg) is not None)]
+
+
+def _conference(call, legs):
+    """What the key says of the conference call is in: its uid, its holder's number, the sides that hold it."""
+    conf = call.conference
+    if conf is None:
+        return None
+    return (conf.uid, conf.holder_name, tuple(side for side, leg in legs if conf.party(leg).held))
+
+
 def fingerprint(call):
     """What of a call the key holds, as a tuple: the key is written again when it changes."""
+    legs = _stored_legs(call)
     return (call.caller, call.callee, call.state, call.path, call.held_by is not None,
-            _leg(call.a) if call.a is not None else None, _leg(call.b) if call.b is not None else None,
-            _pair(call))
+            tuple((side, _leg(leg)) for side, leg in legs), _pair(call), _conference(call, legs))
 
 
 def seal_pair(cluster_key, uid, pair):
@@ -81,12 +97,12 @@ def call_value(call, node, cluster_key, now_wall_ms, ended=False):
     """The JSON text stored for a call."""
     uid = call.uid
     legs = {}
-    for side, leg in (("a", call.a), ("b", call.b)):
-        if leg is None:
-            continue
+    stored = _stored_legs(call)
+    for side, leg in stored:
         kind, name, call_no, peer_call_no, role, media_key, state = _leg(leg)
         legs[side] = {"link": {"kind": kind, "name": name}, "call_no": call_no, "peer_call_no": peer_call_no,
                       "role": role, "state": state, "ts": leg.media.replay.highest,
+                      "ts_out": call.ts_out[0 if side == "a" else 1],
                       "media_key": seal(cluster_key, media_key, ("%s/%s" % (uid, side)).encode())}
     value = {"uid": uid, "node": node, "caller": call.caller, "callee": call.callee,
              "state": "released" if ended else call.state, "path": call.path,
@@ -94,6 +110,9 @@ def call_value(call, node, cluster_key, now_wall_ms, ended=False):
     pair = _pair(call)
     if pair is not None and not ended:
         value["xpair"] = seal_pair(cluster_key, uid, pair)
+    conf = _conference(call, stored)
+    if conf is not None and not ended:
+        value["conference"] = {"uid": conf[0], "holder": conf[1], "held": list(conf[2])}
     return json.dumps(value, sort_keys=True)
 
 
@@ -248,6 +267,16 @@ class Takeover:
             cl.media.replay.highest = max(0, highest + max(0, wall_ms - value.get("written_ms", wall_ms)) - TS_SLACK_MS)
         return cl
 
+    def _conference(self, call, value, legs, sides, now, wall_ms):
+        """call was in a conference the lost node mixed: its legs of sides are parties again here
+        (host/conference.py rebuild), and the mix goes on towards them on the timeline it was on (the stored
+        timestamp sent plus the time since: a phone's replay window would drop a timeline started again)."""
+        since = max(0, wall_ms - value.get("written_ms", wall_ms))
+        for side in sides:
+            i = 0 if side == "a" else 1
+            call.ts_out[i] = max(call.ts_out[i], (legs[side].get("ts_out") or 0) + since)
+        self.core.conferences.rebuild(call, value["conference"], sides, now)
+
     def _splice(self, value, legs, links, keys, now, wall_ms):
         """A lost node's half of a call between it and this node (host/cluster/trunk.py), its client now here:
         our leg towards the lost node (held) is replaced by the lost node's leg to that client, and the call
@@ -293,6 +322,10 @@ class Takeover:
         core.stats.count("node trunk: calls carried on")
         core.log.info("call-taken-over", call=call.uid, node=value.get("node"), spliced=value["uid"],
                       caller=call.caller, callee=call.callee)
+        if value.get("conference") and call.conference is None:
+            # the lost node mixed it, our client its party: our half's two legs are parties here (the sides of
+            # our half are the lost node's: the caller's leg is "a" at both)
+            self._conference(call, value, legs, ("a", "b"), now, wall_ms)
         leg = legs[theirs_side]
         entry = self.want.pop((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]), None)
         for link, msg_type, ies in (entry[1] if entry else ()):
@@ -331,8 +364,10 @@ class Takeover:
         uid = value["uid"]
         call_id = bytes.fromhex(uid)
         legs = value.get("legs") or {}
-        if value.get("ended") or sorted(legs) != ["a", "b"]:
-            return "ended" if value.get("ended") else "not two legs"
+        if value.get("ended"):
+            return "ended"
+        if sorted(legs) != ["a", "b"] and not (value.get("conference") and legs):
+            return "not two legs"   # a conference's call keeps only its parties' legs: one may be left
         if call_id in switch.calls:
             return "have it"
         named = [(leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) for leg in legs.values()]
@@ -353,6 +388,8 @@ class Takeover:
             if link != "self" and switch.key(link, leg["call_no"]) in switch.legs:
                 return "call number %d in use here" % leg["call_no"]
             links[side] = link
+        if len(legs) == 1 and any(link == "self" or link.kind == "node" for link in links.values()):
+            return "a conference's party at another node: not carried on"
         keys = {side: unseal(self.cluster_key, leg["media_key"], ("%s/%s" % (uid, side)).encode())
                 for side, leg in legs.items()}
         if all(key[0] == "node" for key in named):
@@ -374,19 +411,11 @@ class Takeover:
         call = switch.new_call(value["caller"], value["callee"], now, call_id)
         call.path = value.get("path", "relay")
         for side, leg in legs.items():
-            cl = CallLeg(leg["call_no"], keys[side], leg["role"] or 0)
-            cl.learn_peer(leg["peer_call_no"])
-            cl.state = leg["state"]
-            cl.link, cl.call = links[side], call
-            # timestamps carry on from where they were: the stored one plus the time since (a 16-bit
-            # timestamp on the wire is extended from the window's highest, within 32 s of it)
-            highest = leg.get("ts", -1)
-            if highest is not None and highest >= 0:
-                cl.media.replay.highest = max(0, highest + max(0, wall_ms - value.get("written_ms", wall_ms))
-                                              - TS_SLACK_MS)
+            cl = self._leg_from(leg, keys[side], links[side], value, wall_ms)
+            cl.call = call
             switch.place(cl)
             setattr(call, side, cl)
-        call.b2 = all(link.kind == "host" for link in links.values())
+        call.b2 = len(links) == 2 and all(link.kind == "host" for link in links.values()) and not value.get("conference")
         if call.path == "direct":
             call.peered = True
             call.punch = {link.name: wire.PATH_DIRECT for link in links.values()}
@@ -397,16 +426,19 @@ class Takeover:
         core.stats.count("calls taken over")
         core.log.info("call-taken-over", call=uid, node=value.get("node"), caller=call.caller, callee=call.callee,
                       path=call.path)
+        if value.get("conference"):
+            self._conference(call, value, legs, sorted(legs), now, wall_ms)
         if value.get("xpair") is not None:
             self._restore_pair(call, value, now)
-        for cl in (call.a, call.b) if value.get("xpair") is None else ():
+        placed = [cl for cl in (call.a, call.b) if cl is not None]   # a conference's call may have one
+        for cl in placed if value.get("xpair") is None else ():
             # a half of a call between the lost node and another: that node holds its leg towards the lost one
             # (host/cluster/trunk.py) until a message on our trunk names it. A call still ringing sends none
             # (a direct one: its pair offer above names it): named at once (since session 15)
             if cl.link.kind == "node" and cl.peer_call_no and core.speaks(cl.link.node, "claim"):
                 send_on_leg(cl, wire.NODES, {wire.IE_STANDBY: 0}, now)
         standby = getattr(core, "standby_links", ())
-        for cl in (call.a, call.b):
+        for cl in placed:
             # a remote host whose leg is on its standby session here: its site stays at its home node (a one-sided
             # switch: that node fell silent towards the other site only), so it sends the call there. Named (NODES
             # standby 0, as a site that switched names its call): its remote host moves the leg to this session and

@@ -1,0 +1,123 @@
+"""A conference mixed by a node that is lost goes on at its successor (issue 16: "no call dropped"; docs/cluster.md,
+"A conference through the mixing node's loss").
+
+tests/test_cluster_phone_lines.py's two nodes on the real host cores in one process, Redis's call keys played by
+tests/test_cluster_direct_loss.py's `CallKeys` (each node's CallMirror writes them, each node's Takeover reads them):
+site a (101) at node 2 with its standby session at node 1, phones 301 and 302 straight at node 2 keeping their
+standby sessions at node 1 as a handset does, 303 straight at node 1. 301 calls 101, holds, calls a third party
+(302 at node 2, or 303 at node 1: a half at each node) and joins the two calls: node 2 mixes. Node 2 is lost as a
+node killed -9 is. Until session 18 a conference was not taken over: node 1 carried its calls on as plain calls,
+the one left with a single party (101's: 301's leg of it was released when it joined) was not adopted at all, and
+101 heard nobody until its site ended the call "main host lost". Now node 1 makes the conference again from its
+calls' keys. Each phone sends its own tone (tests/test_conference.py): Goertzel on what each receives says whom it
+hears, every party the others and never itself.
+"""
+import pytest
+
+from upbx.common import wire
+from upbx.host import conference
+from upbx.host.cluster import trunk
+from tests.inprocess import MAIN, SITE_A, PhoneEnd
+from tests.test_cluster_forward import NODE1
+from tests.test_cluster_phone_lines import Keys
+from tests.test_cluster_xconf import TONES, _everyone_hears_the_others, _hears, _parties, _three_way
+from tests.test_conference import ToneEnd, _tone_frames
+
+
+class Tone(ToneEnd):
+    def __init__(self, net, number, secret, address, host, dead_ms=None):
+        PhoneEnd.__init__(self, net, number, secret, address, host, dead_ms)
+        self.frames = _tone_frames(TONES[number])
+
+
+class ToneKeys(Keys):
+    """Keys' two nodes, its phones sending their tones."""
+
+    def add_tone(self, number, index, host, dead_ms=2000):
+        end = Tone(self.net, number, self.secrets[number], ("198.18.2.%d" % index, 40000), host, dead_ms)
+        self.phones[number] = end
+        end.phone.start(self.net.now)
+        end.flush()
+        return end
+
+
+@pytest.fixture
+def world(tmp_path):
+    world = ToneKeys(tmp_path)
+    try:
+        p = world.phones
+        world.add_tone("101", 1, SITE_A)
+        for i, number in enumerate(("301", "302"), 2):
+            world.add_tone(number, i, MAIN).standby = True
+        world.add_tone("303", 7, NODE1, dead_ms=None)
+        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
+        world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE1
+                        and all(p[n].phone.standby is not None and p[n].phone.standby.state == "up"
+                                and tuple(p[n].phone.standby_to) == NODE1 for n in ("301", "302")), 5000,
+                        "site a's, 301's and 302's standby sessions at node 1")
+        yield world
+    finally:
+        world.close()
+
+
+def _records(world):
+    return sorted((r.caller, r.callee, r.cause) for r in world.n1.directory.call_records())
+
+
+@pytest.mark.parametrize("holder, first, third", [("301", "101", "302"), ("301", "101", "303"), ("101", "301", "302")])
+def test_a_conference_whose_mixing_node_is_lost_is_mixed_again_at_its_successor(world, holder, first, third):
+    """holder 301 (a phone at node 2) with 101 (site a) and 302 (node 2) or 303 (node 1: node 1 splices that call's
+    half and makes it a party's); or holder 101, whose site hands the conference to node 2 (both its calls go
+    through node 2: the site's leg of 101's one call left is the holder's party there)."""
+    p, n1 = world.phones, world.n1
+    _three_way(world, holder, first, third)        # node 2 mixes the conference of holder with first and third
+    assert _parties(world.main) == [sorted((first, holder, third))] and _parties(n1) == []
+    _everyone_hears_the_others(world, (first, holder, third))
+    uid = getattr(world.main.conferences.active[0], "uid", None)   # (None before session 18: the failure shows below)
+    world.run(400)                                  # the calls' keys written (the 200 ms writer)
+
+    world.stop_main()
+    lost = world.net.now
+    world.run_until(lambda: _parties(n1) == [sorted((first, holder, third))], 5000, "node 1 mixes the conference")
+    conf = n1.conferences.active[0]
+    assert conf.uid == uid and conf.holder_name == holder
+    assert n1.stats.counters["conferences rebuilt"] == 1
+    assert sorted((c.caller, c.callee) for c in n1.switch.calls.values()) == [(holder, first), (holder, third)]
+    assert not n1.xnode.held                        # the half towards node 2 (303's) is node 1's alone now
+    _everyone_hears_the_others(world, (first, holder, third))
+    # past the hold and the site's grace period: nothing ended
+    world.run_until(lambda: world.net.now - lost >= trunk.HOLD_MS + 1000, trunk.HOLD_MS + 2000, "past the hold")
+    assert p[holder].causes() == [wire.CAUSE_CONFERENCE] and p[first].causes() == [] == p[third].causes()
+    # the conference goes on as one that was never moved: a party leaves, the other two talk, then one is left
+    world.hangup(third)
+    world.run(200)
+    _hears(world, first, {holder})
+    _hears(world, holder, {first})
+    world.hangup(first)
+    world.run_until(lambda: p[holder].idle, 1000, "the holder's call ends")
+    assert p[holder].causes() == [wire.CAUSE_CONFERENCE, wire.CAUSE_NORMAL]
+    assert p[first].causes() == [wire.CAUSE_NORMAL] == p[third].causes()
+    world.run(1500)                                 # (site a's own records reach node 1)
+    assert not n1.switch.calls and not n1.switch.legs and _parties(n1) == []
+    assert _records(world) == [(holder, first, "normal clearing"), (holder, third, "normal clearing")]
+    assert MAIN not in world.net.endpoints and not world.net.errors
+
+
+def test_a_rebuilt_conference_whose_other_parties_never_come_back_ends_main_host_lost(world):
+    """Only 101's call of the conference is in Redis when node 2 is lost (the test drops the other's key): node 1
+    makes the conference again with 101 alone, and after conference.REBUILD_MS ends 101's call "main host lost"
+    rather than leave it in silence."""
+    p, n1 = world.phones, world.n1
+    _three_way(world, "301", "101", "302")
+    world.run(400)
+    for key in [k for k, v in world.calls.keys.items() if k.startswith("upbx:call:") and '"302"' in v]:
+        del world.calls.keys[key]                   # the call 301 -> 302: Redis lost its key
+    world.stop_main()
+    world.run_until(lambda: _parties(n1) == [["101"]], 5000, "node 1 has 101's party")
+    made = world.net.now
+    world.run_until(lambda: p["101"].idle, conference.REBUILD_MS + 1000, "101's call ends")
+    assert conference.REBUILD_MS <= world.net.now - made <= conference.REBUILD_MS + 200
+    assert p["101"].causes() == [wire.CAUSE_MAIN_LOST]
+    assert n1.stats.counters["conferences rebuilt alone"] == 1 and _parties(n1) == []
+    world.run_until(lambda: p["301"].idle and p["302"].idle, 12000, "301's and 302's call ends (nobody took it)")
+    assert not n1.switch.calls and not world.net.errors
