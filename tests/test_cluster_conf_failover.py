@@ -14,12 +14,14 @@ hears, every party the others and never itself.
 """
 import pytest
 
-from upbx.common import wire
+from upbx.common import cluster, wire
 from upbx.host import conference
 from upbx.host.cluster import trunk
 from tests.inprocess import MAIN, SITE_A, PhoneEnd
 from tests.test_cluster_forward import NODE1
 from tests.test_cluster_phone_lines import Keys
+from tests.test_cluster_relocate import ADDRESSES
+from tests.test_cluster_xtransfer_third import LosableThree
 from tests.test_cluster_xconf import TONES, _everyone_hears_the_others, _hears, _parties, _three_way
 from tests.test_conference import ToneEnd, _tone_frames
 
@@ -121,3 +123,52 @@ def test_a_rebuilt_conference_whose_other_parties_never_come_back_ends_main_host
     assert n1.stats.counters["conferences rebuilt alone"] == 1 and _parties(n1) == []
     world.run_until(lambda: p["301"].idle and p["302"].idle, 12000, "301's and 302's call ends (nobody took it)")
     assert not n1.switch.calls and not world.net.errors
+
+
+class ToneThree(LosableThree):
+    """tests/test_cluster_xtransfer_third.py's three nodes with Redis's call keys, its phones sending their tones."""
+
+    add_tone = ToneKeys.add_tone
+
+
+def test_a_conference_with_a_party_at_a_third_node_is_mixed_again_at_the_successor(tmp_path):
+    """301 (node 2) conferences 101 (site a, node 2) and 303, straight at the node that is not node 2's successor.
+    Node 2 lost: its successor makes the conference again, 303's party a leg on its trunk to 303's node, whose
+    held leg towards node 2 moves to that trunk when the successor names it (as for any third node's takeover)."""
+    world = ToneThree(tmp_path)
+    try:
+        p = world.phones
+        successor = cluster.successor(2, [1, 2, 3])
+        other = ({1, 3} - {successor}).pop()
+        world.add_tone("101", 1, SITE_A)
+        world.add_tone("301", 2, MAIN).standby = True
+        world.add_tone("303", 7, ADDRESSES[other], dead_ms=None)
+        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
+        world.run_until(lambda: world.a.standby_link.up and p["301"].phone.standby is not None
+                        and p["301"].phone.standby.state == "up", 5000, "site a's and 301's standby sessions")
+        world.run_until(lambda: len(world.locations.keys) >= 3, 2000, "location keys")
+        _three_way(world, "301", "101", "303")
+        assert _parties(world.main) == [["101", "301", "303"]]
+        _everyone_hears_the_others(world, ("101", "301", "303"))
+        world.run(400)
+
+        world.stop_main()
+        s, y = world.nodes[successor], world.nodes[other]
+        world.run_until(lambda: _parties(s) == [["101", "301", "303"]] and not y.xnode.held, 5000,
+                        "the successor mixes the conference, 303's node's leg on its trunk")
+        assert y.stats.counters["node trunk: calls moved to another node"] == 1
+        conf = s.conferences.active[0]
+        assert sorted(q.leg.link.kind for q in conf.parties) == ["host", "node", "phone"]
+        assert next(q.leg.link.node for q in conf.parties if q.leg.link.kind == "node") == other
+        _everyone_hears_the_others(world, ("101", "301", "303"))
+        world.run(trunk.HOLD_MS + 1000)             # past the hold: nothing ended
+        assert p["301"].causes() == [wire.CAUSE_CONFERENCE] and p["101"].causes() == [] == p["303"].causes()
+        world.hangup("303")
+        world.run(200)
+        _hears(world, "101", {"301"})
+        world.hangup("301")
+        world.run_until(lambda: p["101"].idle and p["303"].idle, 1000, "the conference ends")
+        assert p["101"].causes() == [wire.CAUSE_NORMAL] == p["303"].causes()
+        assert not world.net.errors
+    finally:
+        world.close()

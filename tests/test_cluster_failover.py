@@ -282,3 +282,83 @@ def test_in_the_network_lab_a_site_cut_off_from_its_node_keeps_its_call_with_a_p
             assert rows == [("101", "301", "normal clearing")], rows
             print("network lab, site a cut off from n1 in a call with a phone at n1: relayed audio gap at 101: %d ms, "
                   "at 301: %d ms" % (gaps["101"], gaps["301"]))
+
+
+def test_in_the_network_lab_a_conference_mixed_by_a_node_killed_goes_on_at_its_successor():
+    """A conference through the loss of the node that mixes it (docs/cluster.md "A conference through the mixing
+    node's loss"): site a's remote host (101) and phones 301 and 302 of site c (no remote host, behind its own NAT
+    router) at n1, each with its standby session at n1's successor. 301 calls 101, holds, calls 302 and joins the
+    two calls: n1 mixes. kill -9 of n1: the successor takes both calls over from Redis and mixes the conference
+    again. Each phone plays its own tone; each speaker plays the other two together, never its own tone, before
+    and after the kill; then 101 leaves, 301 and 302 still hear each other, and the conference ends "normal
+    clearing". Before session 18 the successor carried on the call 301 -> 302 as a plain call and never took 101's
+    over (only 101's leg was left of it): 101 heard nobody after the kill."""
+    from upbx.tools.demo_conference import tone_sets
+    from upbx.tools.demo_features import ConsolePhone
+    backoff = {"login_backoff_initial_s": 0.5, "login_backoff_max_s": 2}
+    tones = {"101": 1000, "301": 1400, "302": 1800}
+    with netlab_cluster("upxk", dict(nat="cone", sites=("a", "c"), remote_sites=("a",), phones=2),
+                        nodes=NODES, direct_media=False, keepalive_s=2, remote_settings=backoff) as (lab, engines, ex):
+        ex.provision(sites=("a", "c"), remote_sites=("a",), phones={"a": ["101"], "c": ["301", "302"]})
+        ex.start()
+        succ = survivor(ex)
+        n2 = "%s:%d" % ex.node_addresses[succ]
+        ex.wait_for(lambda: (ex.status("site-a")["main"]["standby"] or {}).get("address") == n2
+                    and ex.status("site-a")["main"]["standby"]["state"] == "up", "site a's standby at n2 up", timeout=60)
+        phones = {}
+        try:
+            for number, hz in tones.items():
+                phones[number] = ConsolePhone(ex, number, "kc-" + number, "--send", "tone:%d" % hz)
+            ex.wait_for(lambda: sorted(p["extension"] for p in ex.status(succ)["phones"] if p.get("standby"))
+                        == ["301", "302"], "301's and 302's standby sessions at n2", timeout=60)
+            holder, first, second = phones["301"], phones["101"], phones["302"]
+
+            def mixed(block):
+                from upbx.tools.demo_conference import tone_set_label
+                return tone_set_label(block, tones)[0]
+
+            def everyone_hears_the_others(what, ms):
+                marks = {n: p.mark() for n, p in phones.items()}
+                for number, phone in phones.items():
+                    others = "+".join(sorted(set(tones) - {number}))
+                    assert phone.wait_heard(mixed, others, ms, marks[number]) is not None, (what, number, others)
+
+            holder.command("!call 101")
+            assert first.wait_line("incoming call")
+            first.command("!answer")
+            assert holder.wait_line("connected")
+            holder.command("!hold")
+            assert holder.wait_line("call held")
+            holder.command("!call 302")
+            assert second.wait_line("incoming call")
+            second.command("!answer")
+            assert holder.wait_count("connected (relay)", 2)   # the first call's line is the first
+            holder.command("!conference")
+            assert holder.wait_line("other line ended: joined conference"), holder.log()[-1500:]
+            ex.wait_for(lambda: [sorted(c["parties"]) for c in ex.status("n1")["conferences"]] == [sorted(tones)],
+                        "n1 mixes the conference", timeout=30)
+            everyone_hears_the_others("before the kill", 1000)
+            time.sleep(0.5)                          # the calls' keys written (the 200 ms writer)
+            killed = time.time()
+            ex.kill("n1")
+            ex.wait_for(lambda: [sorted(c["parties"]) for c in ex.status(succ)["conferences"]] == [sorted(tones)],
+                        "n2 mixes the conference", timeout=30)
+            taken = time.time() - killed
+            everyone_hears_the_others("after the kill", 2000)
+            heard_again = time.time() - killed
+            marks = {n: p.mark() for n, p in phones.items()}
+            first.command("!hangup")
+            assert first.wait_line("call ended: normal clearing")
+            assert holder.wait_heard(mixed, "302", 1000, marks["301"]) is not None
+            assert second.wait_heard(mixed, "301", 1000, marks["302"]) is not None
+            holder.command("!hangup")
+            assert second.wait_line("call ended: normal clearing")
+            assert "main host lost" not in holder.log() + first.log() + second.log()
+        finally:
+            for phone in phones.values():
+                phone.quit()
+        for number, phone in phones.items():   # never its own tone
+            _runs, peak = tone_sets(phone.wav, tones)
+            assert peak[number] < 0.01, (number, peak)
+        print("network lab, kill -9 of the node mixing a conference: n2 mixed it again after %.1f s, every party "
+              "heard both others for 2 s by %.1f s after the kill" % (taken, heard_again))
