@@ -292,7 +292,8 @@ def test_the_mixing_nodes_loss_ends_its_parties_calls_at_the_other_node_after_th
         world.lose_node_2()
         world.run_until(lambda: len(world.n1.xnode.held) == 2, trunk.KEEPALIVE_MS + trunk.DEAD_MS + 1000,
                         "node 1 holds both halves")
-        # nothing to carry the conference on: node 1 has two plain calls with node 2, held for a successor
+        # this world keeps no call keys (no Redis: nothing is taken over; with them node 1 mixes the conference
+        # again, tests/test_cluster_conf_failover.py): node 1 has two plain calls with node 2, held for a successor
         for number in ("201", "303"):
             p[number].received = []
         world.run_until(lambda: p["201"].idle and p["303"].idle, trunk.HOLD_MS + 1000, "201 and 303 released")
