@@ -85,6 +85,11 @@ class Phone:
     # the firmware is to do for it (firmware/standby.py: a list, while there is a standby or work for
     # it); set on the instance by common/standby.py, loaded only at a node (a handset's heap)
     standby = cluster_out = None
+    # a phone at a node whose rendezvous order starts with another node (one joined, or its first came back) moves
+    # there once idle, at a random moment between half this and this after it noticed (common/standby.py); 0: only
+    # at its next login. Set on the instance by the firmware's config `rebalance_s` (firmware/app.py)
+    rebalance_ms = 300000
+
     def __init__(self, extension, secret, random_bytes, keepalive_ms=20000, dead_ms=None, backoff_max_ms=10000):
         self.extension = extension
         self.random_bytes = random_bytes

@@ -8,13 +8,22 @@ keys, no handshake; the call goes on, and the node hears which call it is (NODES
 IE peer_call_no) and takes it over from Redis (host/cluster/calls.py). common/cluster.py loads this
 module only for a phone at a node with room for it; common/phone.py calls `run` for the standby's
 datagrams and timers; firmware/standby.py sends the standby's datagrams and what `cluster_out` asks.
+
+A phone whose rendezvous order starts with a node other than its home (a node joined ahead of it, or
+its first node came back after a failover) moves there once idle, make before break, as a remote host
+does (docs/cluster.md "A phone moves to its first node"): at a random moment between half
+`Phone.rebalance_ms` and all of it, its standby session goes to that node (kept when it is there
+already), and once it is up the phone switches to it as in a failover (no handshake) and logs its old
+session out (BYE). A call starting meanwhile, or the login there not up within 10 s, puts the move off
+(the standby back at the home's successor, the wait doubled, up to an hour).
 """
 from .call import CONNECTED, RELEASE_SENT
-from .cluster import decode_nodes, index_node, successor
+from .cluster import decode_nodes, identity, index_node, ranked, successor
 from .compat import const, ticks_add, ticks_diff
 from .login import Login, LoginUp
 
 # message and IE numbers as wire_names has them (a handset does not load wire_names for them)
+_PING = const(0x07)
 _BYE = const(0x08)
 _SETUP = const(0x10)
 _RELEASE = const(0x14)
@@ -31,7 +40,10 @@ _IDLE_DEAD_MS = const(2000)       # idle with a standby up: the node's keepalive
 _UNCONFIRMED_MS = const(10000)    # after a switch, the call's media comes back within this, else it ends (a
                                   # remote host's main_grace_s, 10 s: a busy survivor is not cut short)
 _CAUSE_MAIN_LOST = const(0x12)
+_MOVE_LOGIN_MS = const(10000)     # a move's standby login at the first node up within this, else put off
+_MOVE_MAX_MS = const(3600000)     # a move put off again and again waits at most an hour
 _watch = {}                       # phone -> (call, due, its highest timestamp) after a switch: taken over?
+_move = {}                        # phone -> [due, the first node's address, moves put off, login deadline or None]
 
 
 def _out(phone, item):
@@ -41,19 +53,35 @@ def _out(phone, item):
     phone.cluster_out.append(item)
 
 
-def choose(phone, now):
-    """The standby login: to the successor of the node the session is at (after a login); a standby
-    given up (the successor changed) is logged out (BYE, sent by the firmware at once)."""
+def _wait(phone, now, tries):
+    """When a move falls due: at random between half rebalance_ms and all of it, doubled per move put off."""
+    span = phone.rebalance_ms << tries if tries < 8 else _MOVE_MAX_MS
+    span = span if span < _MOVE_MAX_MS else _MOVE_MAX_MS
+    return ticks_add(now, span // 2 + (span >> 9) * phone.random_bytes(1)[0])   # (no long ints on a handset)
+
+
+def choose(phone, now, to=None):
+    """The standby login: to the successor of the node the session is at (after a login), or to `to` (the
+    first node of a move); a standby given up (the successor changed) is logged out (BYE, sent by the
+    firmware at once). A move is due when the phone's rendezvous order starts with another node."""
     if phone.standby_keepalive_ms is None:
         phone.standby_keepalive_ms = phone.login.keepalive_ms      # the node's (WELCOME)
     try:
         nodes = decode_nodes(phone.cluster_nodes)
     except ValueError:
         nodes = []
-    after = successor(phone._node_up, [n for n, _a in nodes]) if phone._node_up else None
-    want = None
+    home = phone._node_up
+    first = ranked(identity("phone", phone.extension), nodes)[0] if nodes and home else None
+    if first is not None and first[0] != home and phone.rebalance_ms:
+        entry = _move.get(phone)
+        if entry is None or entry[1] != first[1]:
+            _move[phone] = [_wait(phone, now, 0), first[1], 0, None]
+    else:
+        _move.pop(phone, None)
+    after = successor(home, [n for n, _a in nodes]) if home else None
+    want = to
     for node, address in nodes:
-        if node == after:
+        if node == after and to is None:
             want = address
     old = phone.standby
     if old is not None and want == phone.standby_to:
@@ -103,6 +131,50 @@ def switch(phone, now):
         _watch[phone] = (call, ticks_add(now, _UNCONFIRMED_MS), call.media.replay.highest)
 
 
+def _moving(phone, now):
+    """A move to the first node that is due (choose): made once the phone is idle (tick)."""
+    entry = _move[phone]
+    if ticks_diff(now, entry[0]) < 0:
+        return
+    if phone.call is not None or phone.other is not None:
+        if entry[3] is not None:
+            _put_off(phone, entry, now)   # a call started while the standby logged in there: it stays home
+        return
+    standby = phone.standby
+    if entry[3] is None:
+        entry[3] = ticks_add(now, _MOVE_LOGIN_MS)
+        if phone.standby_to != entry[1]:
+            choose(phone, now, entry[1])  # make: the standby logs in at the first node
+        elif standby is not None:
+            standby.send(_PING, {}, now)  # there already: it must answer now, not only have answered before
+    elif (standby is not None and phone.standby_to == entry[1] and standby.state == "up"
+          and ticks_diff(standby.last_heard_ms, ticks_add(entry[3], -_MOVE_LOGIN_MS)) >= 0):
+        del _move[phone]
+        old, home = phone.login, _address(phone, phone._node_up)
+        switch(phone, now)                # break: no handshake, the first node is home (NODES standby 0)
+        if home is not None and old.send(_BYE, {}, now):
+            _out(phone, ("bye", home, old.datagrams_to_send(now)))
+    elif ticks_diff(now, entry[3]) >= 0:
+        _put_off(phone, entry, now)
+
+
+def _put_off(phone, entry, now):
+    entry[2] += 1
+    entry[0], entry[3] = _wait(phone, now, entry[2]), None
+    if phone.standby_to == entry[1]:
+        choose(phone, now)                # back to the home's successor (it may be that node: kept)
+
+
+def _address(phone, node_id):
+    try:
+        for node, address in decode_nodes(phone.cluster_nodes):
+            if node == node_id:
+                return address
+    except ValueError:
+        pass
+    return None
+
+
 def run(phone, now, datagram=None):
     """The standby session's datagram (one with its index), or its timers (datagram None), from
     common/phone.py: kept alive; a SETUP on it is refused (the phone's calls go through its home
@@ -122,7 +194,7 @@ def run(phone, now, datagram=None):
                 # call's other party switched there): the phone switches there now (docs/cluster.md)
                 mine = ies.get(_IE_PEER_CALL_NO)
                 named = mine is not None and any(c is not None and c.call_no == mine for c in (phone.call, phone.other))
-            elif msg_type != 0x07 and msg_type != 0x06:   # PING, ACK
+            elif msg_type != _PING and msg_type != 0x06:   # ACK
                 phone.dropped += 1
     for event in standby.take_events():
         if type(event) is LoginUp:
@@ -146,7 +218,11 @@ def tick(phone, now):
             if call.apply(RELEASE_SENT) is not None:
                 phone._send(_RELEASE, {_IE_CAUSE: _CAUSE_MAIN_LOST}, now, call)
             phone._end(_CAUSE_MAIN_LOST)
+    if _move and phone in _move:
+        _moving(phone, now)
     login, standby = phone.login, phone.standby
+    if standby is None:
+        return
     if standby.state == "up" and phone.call is not None:
         login.set_keepalive(_CALL_KEEPALIVE_MS, _CALL_DEAD_MS, now)
     else:

@@ -109,6 +109,7 @@ class PhoneEnd:
         self.log = []               # events the test has looked at
         self.deaf_until = 0         # until then, what reaches this phone is lost (counted in dropped_in)
         self.standby = False        # a phone at a node keeps a standby session as a handset does (_flush_standby)
+        self.phone.rebalance_ms = 0   # and stays at the node the test puts it at (a move's test sets this)
         self.dropped_in = 0
         net.endpoints[address] = self._receive
 

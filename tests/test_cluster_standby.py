@@ -421,3 +421,61 @@ def test_an_idle_site_moves_to_a_node_that_joined_ahead_of_its_home_once_its_cal
     finally:
         lab.close()
         r.close()
+
+
+def test_an_idle_phone_at_a_node_moves_to_the_first_node_of_its_order(own_engines, unix32_frozen):
+    """Issue 16, "adding a node moves at most 1/N of the sites", for a phone straight at a node (docs/cluster.md,
+    "A phone moves to its first node"): two nodes; a firmware phone (the 32-bit frozen image at 64K, as a handset
+    without PSRAM runs) whose rendezvous order starts with n2 logs in at n1, the configured node, keeps its standby
+    at n2 and, with `--rebalance 3`, moves there once idle: its standby session becomes its session (no new login at
+    n2, `switched to the standby session` in its log), n1 logs the old one out (BYE) and keeps its new standby,
+    Redis names n2; a call from a phone at n1 then reaches it through n2, each hearing the other's tone."""
+    import redis
+    from upbx.common.cluster import identity, rendezvous
+    from upbx.tools.demo_features import ConsolePhone
+    from tests.support import micropython_binary
+    micropython_binary()
+    frozen = ("--micropython", unix32_frozen, "--heapsize", "64K")
+    lab = cluster_lab.ClusterExchange(own_engines, nodes=("n1", "n2"), direct_media=False)
+    r = redis.Redis.from_url(own_engines.redis_url)
+    phones = {}
+    try:
+        assert rendezvous(identity("phone", "301"), [1, 2]) == [1, 2]
+        assert rendezvous(identity("phone", "305"), [1, 2]) == [2, 1]
+        lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "305"]})
+        lab.start()
+        ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}   # which is 1 is etcd's to say
+        mover, other = ("305", "301") if ids["n1"] == 1 else ("301", "305")   # the mover's first node is n2
+        tones = {mover: (1400,), other: (1800,)}
+        phones[other] = ConsolePhone(lab, other, "pm-" + other, "--send", "tone:1800")
+        phones[mover] = ConsolePhone(lab, mover, "pm-" + mover, "--send", "tone:1400", "--rebalance", "3", *frozen)
+        n2 = "127.0.0.1:%d" % lab.node_ports["n2"]
+        lab.wait_for(lambda: _lines(lab, "phone-pm-" + mover, "switched to the standby session at " + n2),
+                     "%s moved to n2" % mover, timeout=60)
+        lab.wait_for(lambda: [bool(p.get("standby")) for p in lab.status("n2")["phones"] if p["extension"] == mover]
+                     == [False]
+                     and [bool(p.get("standby")) for p in lab.status("n1")["phones"] if p["extension"] == mover]
+                     == [True], "n2 its home, n1 its standby", timeout=30)
+        assert r.get("upbx:loc:phone:" + mover) == str(ids["n2"]).encode()
+        assert len(_lines(lab, "n2", " login ", "name=%s " % mover)) == 1          # its standby's: no new handshake
+        # n1: the old session logged out by its BYE, then the new standby's login (the first login is the phone's own)
+        assert [line.split(" INFO  ")[1].split(" address=")[0] for line in _lines(lab, "n1", "name=%s " % mover)
+                if " login " in line or " logout " in line] == [
+            "login kind=phone name=%s" % mover, "logout kind=phone name=%s reason=logged out" % mover,
+            "login kind=phone name=%s" % mover]
+        assert not _lines(lab, "phone-pm-" + mover, "MemoryError")
+        marks = {n: p.mark() for n, p in phones.items()}
+        phones[other].command("!call " + mover)
+        assert phones[mover].wait_line("incoming call")
+        phones[mover].command("!answer")
+        assert phones[other].wait_line("connected")
+        assert phones[mover].wait_heard(tones, other, 1000, marks[mover]) is not None
+        assert phones[other].wait_heard(tones, mover, 1000, marks[other]) is not None
+        assert [c["callee"] for c in lab.status("n2")["calls"]] == [mover]          # its half at its new node
+        phones[other].command("!hangup")
+        assert phones[mover].wait_line("call ended: normal clearing")
+    finally:
+        for phone in phones.values():
+            phone.quit()
+        lab.close()
+        r.close()

@@ -471,6 +471,12 @@ class ReplicatedEngines(Engines):
 STAY = {"rebalance_s": 0}
 
 
+def _staying(args):
+    """A phone's arguments: it stays at the node the test puts it at (a test of a phone's move to its first
+    node, docs/cluster.md, gives --rebalance itself)."""
+    return args if "--rebalance" in args else ("--rebalance", "0") + tuple(args)
+
+
 class ClusterExchange(LoopbackExchange):
     """Main host nodes (processes) on one set of Engines, with LoopbackExchange's phones and helpers:
     `upbx admin` goes to the cluster's PostgreSQL through the first node's main.toml."""
@@ -495,6 +501,9 @@ class ClusterExchange(LoopbackExchange):
         self.main_port = self.node_ports[self.home]   # phones of sites without a remote host: the home node
         for node in self.nodes:
             self._write_config(node)
+
+    def phone(self, number, *args, tag=None):
+        return LoopbackExchange.phone(self, number, *_staying(args), tag=tag)
 
     def _write_config(self, node):
         with open(self.path(node + ".toml"), "w") as f:
@@ -610,6 +619,9 @@ class ClusterNetlabExchange(NetlabExchange):
         self.nodes = list(nodes)
         self.node_addresses = {node: ("198.18.0.%d" % (11 + i), NETLAB_MAIN_PORT) for i, node in enumerate(self.nodes)}
         self.main_ip = self.node_addresses[self.nodes[0]][0]   # phones of sites without a remote host
+
+    def phone(self, number, *args, tag=None):
+        return NetlabExchange.phone(self, number, *_staying(args), tag=tag)
 
     def provision(self, sites=("a", "b", "c"), remote_sites=("a", "b"), phones=None):
         with self.lab.inside("main"):

@@ -160,6 +160,10 @@ def add_arguments(parser):
     parser.add_argument("--tone-timeout", type=float, help="busy and reorder stop by themselves after this many "
                                                             "seconds (default 30)")
     parser.add_argument("--no-plc", action="store_true", help="turn packet loss concealment off")
+    parser.add_argument("--rebalance", type=float, metavar="SECONDS",
+                        help="at a cluster's node: an idle phone whose rendezvous order starts with another node moves "
+                             "there between half this and this after it noticed (default 300; 0: only at its next "
+                             "login; docs/cluster.md)")
     parser.add_argument("--codec", choices=("ulaw", "alaw"),
                         help="G.711 law of the handset (default ulaw); an A-law phone's host converts (docs/features.md)")
     parser.add_argument("--vad", action="store_true",
@@ -228,6 +232,8 @@ def device_config(args):
         values["ticks_start"] = args.ticks_start
     if args.tone_timeout is not None:
         values["tone_timeout_ms"] = int(args.tone_timeout * 1000)
+    if getattr(args, "rebalance", None) is not None:
+        values["rebalance_s"] = args.rebalance
     if args.fault:
         values["faults"] = list(args.fault)
     script = {}

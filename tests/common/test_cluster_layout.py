@@ -232,3 +232,46 @@ def test_a_phone_alone_at_a_node_takes_a_standby_when_a_second_node_joins():
     never = Phone("202", bytes(16), os.urandom)
     never._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(two)}, 100)
     assert never.cluster_nodes is not None and never.standby is None and never.standby_keepalive_ms is None
+
+
+def test_an_idle_phone_at_a_node_moves_to_its_first_node_make_before_break():
+    # phone 201's order among 1..4 is 1, 4, 3, 2 (test_rendezvous_vectors); at node 2 its standby is node 2's
+    # successor, 4. Its first node is 1: a move falls due between half rebalance_ms and all of it; while a call
+    # lasts nothing happens; idle, its standby goes to node 1 (make: the old standby gets its BYE); a call starting
+    # before that login is up puts the move off (the standby back at node 4, the wait doubled)
+    import os
+    from common import standby
+    from common.login import LoginUp
+    from common.phone import Phone
+    four = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    phone = Phone("201", bytes(16), os.urandom)
+    phone.rebalance_ms = 4000
+    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster.encode_nodes(four)}))
+    phone._login_events(0)
+    assert phone.standby_to == ("198.18.0.4", 4569)
+    entry = standby._move[phone]
+    assert 2000 <= entry[0] < 4000 and entry[1] == ("198.18.0.1", 4569) and entry[2] == 0 and entry[3] is None
+    phone.call = object()                       # in a call when it falls due: it waits
+    standby.tick(phone, 4000)
+    assert phone.standby_to == ("198.18.0.4", 4569) and entry[3] is None
+    phone.call = None
+    phone.cluster_out = []
+    standby.tick(phone, 4100)                   # idle: the standby logs in at node 1
+    assert phone.standby_to == ("198.18.0.1", 4569) and entry[3] == 14100
+    assert phone.standby.datagrams_to_send(4100)   # its HELLO
+    phone.call = object()                       # a call before it is up: put off, back to node 4
+    standby.tick(phone, 4200)
+    assert phone.standby_to == ("198.18.0.4", 4569) and entry[2] == 1 and entry[3] is None
+    assert 4200 + 4000 <= entry[0] < 4200 + 8000   # twice the wait
+    phone.call = None
+    # a phone at its first node has nothing to do; one with rebalance_ms 0 never moves
+    phone._node_up = 1
+    standby.choose(phone, 5000)
+    assert phone not in standby._move
+    still = Phone("201", bytes(16), os.urandom)
+    still.rebalance_ms = 0
+    still.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster.encode_nodes(four)}))
+    still._login_events(0)
+    assert still not in standby._move and still.standby_to == ("198.18.0.4", 4569)
