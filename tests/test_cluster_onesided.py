@@ -272,3 +272,30 @@ def test_a_call_moved_to_the_standby_session_ends_main_host_lost_when_that_node_
     assert p["201"].causes() == [wire.CAUSE_MAIN_LOST]
     assert b.standby_link.legs == 0 and not b.switch.calls and tuple(b.main_address[:2]) == MAIN and b.main_link.up
     assert not world.net.errors
+
+
+def test_a_standby_change_waits_while_the_standby_session_carries_a_call(world):
+    """After the one-sided switch site b's standby session at node 1 carries the call. Site b's home node then
+    sends a node list in which its successor is node 3 (a node joined: successor(2, [1, 2, 3]) is 3): site b keeps
+    the session that carries the call (`standby_again`) and the audio goes on; once the call ends its standby goes
+    to node 3, and node 1 logs the old one out (its BYE). Giving it up at once would have cut the call."""
+    a, b, p = world.a, world.b, world.phones
+    assert cluster.successor(2, [1, 2, 3]) == 3
+    world.call("101", "201")
+    world.run(400)
+    world.cut = True
+    world.run_until(lambda: not world.main.switch.calls and b.standby_link.legs == 1, 5000, "the call moved")
+    world.main.set_cluster_nodes({1: NODE1, 2: MAIN, 3: NODE3}, world.net.now)
+    world.run_until(lambda: b.standby_again, 2000, "site b puts its standby's change off")
+    _listen(world, 1200)
+    _in_order(p["201"], p["101"], 50)
+    _in_order(p["101"], p["201"], 50)
+    assert tuple(b.standby_link.address[:2]) == NODE1 and b.standby_link.up and b.standby_link.legs == 1
+    assert world.n1.links_by_name[("host", "site-b")] in world.n1.standby_links
+    world.hangup("201")
+    world.run_until(lambda: p["101"].idle and p["201"].idle, 2000, "hung up")
+    assert p["101"].causes() == [wire.CAUSE_NORMAL] == p["201"].causes()
+    world.run_until(lambda: tuple(b.standby_link.address[:2]) == NODE3, 2000, "site b's standby at node 3")
+    assert not b.standby_again
+    world.run_until(lambda: ("host", "site-b") not in world.n1.links_by_name, 2000, "node 1 logged it out")
+    assert not world.net.errors
