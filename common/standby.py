@@ -42,7 +42,9 @@ _UNCONFIRMED_MS = const(10000)    # after a switch, the call's media comes back 
 _CAUSE_MAIN_LOST = const(0x12)
 _MOVE_LOGIN_MS = const(10000)     # a move's standby login at the first node up within this, else put off
 _MOVE_MAX_MS = const(3600000)     # a move put off again and again waits at most an hour
+_LATER_MS = const(3000)           # after a switch with calls, the new standby waits this long (see switch)
 _watch = {}                       # phone -> (call, due, its highest timestamp) after a switch: taken over?
+_later = {}                       # phone -> when it takes its new standby after a switch with calls
 _move = {}                        # phone -> [due, the first node's address, moves put off, login deadline or None]
 
 
@@ -64,6 +66,8 @@ def choose(phone, now, to=None):
     """The standby login: to the successor of the node the session is at (after a login), or to `to` (the
     first node of a move); a standby given up (the successor changed) is logged out (BYE, sent by the
     firmware at once). A move is due when the phone's rendezvous order starts with another node."""
+    if _later and phone in _later:
+        return                                                      # after a switch: tick chooses (switch)
     if phone.standby_keepalive_ms is None:
         phone.standby_keepalive_ms = phone.login.keepalive_ms      # the node's (WELCOME)
     try:
@@ -120,7 +124,13 @@ def switch(phone, now):
     if call is not None and call.peer_call_no:
         new.send(_NODES, {_IE_STANDBY: 0, _IE_PEER_CALL_NO: call.peer_call_no}, now)
     phone.standby_to = None
-    choose(phone, now)
+    if phone.call is not None or phone.other is not None:
+        # the new standby goes to the new home's successor, which may be the node we left, alive (a one-sided
+        # switch): a login there would end our calls it still has (any login again does) before the node we
+        # switched to has taken them over. So with calls it waits a little (tick)
+        _later[phone] = ticks_add(now, _LATER_MS)
+    else:
+        choose(phone, now)
     old.take_events()
     # a call the node does not take over (its key missing, its other party not reachable from there) would stay
     # up in silence: its media must come back within _UNCONFIRMED_MS (tick), as a remote host's (unconfirmed).
@@ -203,11 +213,19 @@ def run(phone, now, datagram=None):
         switch(phone, now)
 
 
+def waiting(phone):
+    """True while the phone has no standby yet after a switch (switch): firmware/standby.py ticks on."""
+    return phone in _later
+
+
 def tick(phone, now):
     """Before the phone's datagrams go out (firmware/standby.py): with the standby up, the session's
     silence is noticed within 1.5 s in a call (PING every 0.5 s), the node's keepalive + 2 s idle.
     A call switched to the standby node whose media does not come back within 10 s ends "main host
     lost" (switch)."""
+    if _later and phone in _later and ticks_diff(now, _later[phone]) >= 0:
+        del _later[phone]
+        choose(phone, now)
     watch = _watch.get(phone) if _watch else None   # empty but for the seconds after a switch
     if watch is not None:
         call, due, highest = watch

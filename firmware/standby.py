@@ -8,6 +8,8 @@ gets its BYE, a standby not taken (no room on the heap) is logged. App.flush imp
 phone whose cluster_out is a list (a standby, or something to do for one), and it lets itself go once the phone has no
 standby: a handset at a standalone main host never loads it.
 """
+from sys import modules
+
 from common.compat import const, forget
 
 _TOS_CS3 = const(24 << 2)   # signalling, as firmware/app.py marks it
@@ -42,6 +44,10 @@ def flush(app, now):
                     app.sendto(datagram, addr, _TOS_CS3)
     standby = phone.standby
     if standby is None:
+        module = modules.get("common.standby")   # (not imported here: a phone without room for it has none)
+        if module is not None and module.waiting(phone):   # a switch's new standby, chosen in a moment
+            module.tick(phone, now)
+            return
         phone.cluster_out = None
         forget("firmware.standby")   # nothing more to do: this module leaves the heap until it has
         return

@@ -443,12 +443,13 @@ class RemoteHost(HostCore):
             self.main_link.send_signal(msg_type, wire.decode_ies(payload), now)
         if unsaid:
             self.stats.count("call messages said again after a switch", len(unsaid))
-        # a call whose media goes straight to its peer (B2), and one still ringing, send the new node nothing
-        # that names it: each is named (NODES standby 0 with its call number, as a phone that switched names
-        # its call), and the node takes it over from Redis as it does a relayed call at its first frame
-        # (docs/cluster.md; a ringing call since session 15)
+        # a call whose media goes straight to its peer (B2), one still ringing, and one held by the far party (our
+        # phone's voice stops here) send the new node nothing that names it: each is named (NODES standby 0 with its
+        # call number, as a phone that switched names its call), and the node takes it over from Redis as it does a
+        # relayed call at its first frame (docs/cluster.md; a ringing call since session 15, a held one since 18)
         for leg in list(self.switch.legs.values()):
-            if leg.link is self.main_link and (leg.direct is not None or leg.call.state != "answered") \
+            if leg.link is self.main_link and (leg.direct is not None or leg.call.state != "answered"
+                                               or leg.call.held_by is not None) \
                     and leg.peer_call_no and self.cluster_nodes:
                 self.main_link.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_PEER_CALL_NO: leg.peer_call_no},
                                            now)

@@ -140,9 +140,10 @@ class PhoneEnd:
             elif item[0] == "bye":
                 for datagram in item[2]:
                     self.net.send(datagram, self.address, tuple(item[1]))
-        if phone.standby is not None:
-            from upbx.common import standby
+        from upbx.common import standby
+        if phone.standby is not None or standby.waiting(phone):
             standby.tick(phone, now)
+        if phone.standby is not None:
             for datagram in phone.standby.datagrams_to_send(now):
                 self.net.send(datagram, self.address, tuple(phone.standby_to))
 

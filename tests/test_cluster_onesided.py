@@ -299,3 +299,41 @@ def test_a_standby_change_waits_while_the_standby_session_carries_a_call(world):
     assert not b.standby_again
     world.run_until(lambda: ("host", "site-b") not in world.n1.links_by_name, 2000, "node 1 logged it out")
     assert not world.net.errors
+
+
+def test_a_phone_at_the_node_named_by_the_standby_node_takes_its_held_call_along(world):
+    """A phone straight at node 2 (301, with its standby session at node 1) talks to 101 (site a), holds it and calls
+    302 (node 2, its standby at node 1 too). The path between site a and node 2 alone is then cut: site a switches to
+    node 1, which takes the held call over and names 301's leg on 301's standby session. 301 switches to node 1 as a
+    whole and names both its calls there, the consultation with 302 too; node 1 takes that one over as well (302,
+    named on its own standby session, follows). Node 2 keeps neither call; 301 swaps back to 101 and they talk."""
+    from upbx.common import lines
+    from tests.test_cluster_xgroup import _act, _answer
+    p = world.phones
+    for i, number in enumerate(("301", "302"), 3):
+        world.add_phone(number, i, dead_ms=2000).standby = True
+    world.run_until(lambda: all(p[n].phone.registered and p[n].phone.standby is not None
+                                and p[n].phone.standby.state == "up" for n in ("301", "302")), 5000,
+                    "301 and 302 with their standby sessions at node 1")
+    world.call("301", "101")
+    _act(world, "301", lambda ph, now: lines.consult(ph, "302", now))   # 101 held, 302 called
+    _answer(world, "302")
+    world.run_until(lambda: p["301"].connected and p["302"].connected, 2000, "301 and 302 talk")
+    world.run(400)                                  # both calls' keys written
+    world.cut = True
+    world.run_until(lambda: tuple(p["301"].host) == NODE1, 5000, "301 switched to node 1")
+    world.run_until(lambda: len(world.n1.switch.calls) == 2 and not world.main.switch.calls, 5000,
+                    "node 1 has both calls, node 2 none")
+    assert sorted(sorted(leg.link.name for leg in (c.a, c.b)) for c in world.n1.switch.calls.values()) == [
+        ["301", "302"], ["301", "site-a"]]
+    _listen(world, 600)
+    _in_order(p["302"], p["301"], 20)
+    _in_order(p["301"], p["302"], 20)
+    _act(world, "301", lambda ph, now: lines.swap(ph, now))
+    _listen(world, 600)
+    _in_order(p["101"], p["301"], 20)
+    _in_order(p["301"], p["101"], 20)
+    assert all(p[n].causes() == [] for n in ("101", "302"))
+    world.hangup("301")
+    world.run_until(lambda: p["101"].idle, 2000, "101's call ended")
+    assert p["101"].causes() == [wire.CAUSE_NORMAL] and not world.net.errors

@@ -107,6 +107,8 @@ def call_value(call, node, cluster_key, now_wall_ms, ended=False):
     value = {"uid": uid, "node": node, "caller": call.caller, "callee": call.callee,
              "state": "released" if ended else call.state, "path": call.path,
              "held": call.held_by is not None, "legs": legs, "ended": ended, "written_ms": now_wall_ms}
+    if call.held_by is not None:   # the side whose party holds the call (its host plays the music)
+        value["held_by"] = "a" if call.held_by is call.a else "b"
     pair = _pair(call)
     if pair is not None and not ended:
         value["xpair"] = seal_pair(cluster_key, uid, pair)
@@ -267,6 +269,16 @@ class Takeover:
             cl.media.replay.highest = max(0, highest + max(0, wall_ms - value.get("written_ms", wall_ms)) - TS_SLACK_MS)
         return cl
 
+    def _hold(self, call, leg):
+        """call, taken over, is held by leg's party: as hold_message (host/core.py) would have left it."""
+        core = self.core
+        call.held_by = leg
+        if leg.link.kind == "phone" or getattr(leg.link, "sip", False):
+            core.held.add(call)
+            call.moh_pos = 0
+        if core.calls_changed is not None:
+            core.calls_changed.add(call)
+
     def _conference(self, call, value, legs, sides, now, wall_ms):
         """call was in a conference the lost node mixed: its legs of sides are parties again here
         (host/conference.py rebuild), and the mix goes on towards them on the timeline it was on (the stored
@@ -300,6 +312,8 @@ class Takeover:
         core.xnode.held.pop(own.call_no, None)
         switch._forget_leg(own, now)
         switch.place(new)
+        if call.held_by is own:   # held by the lost node's client, now ours: we play it the music
+            self._hold(call, new)
         if call.a is own:
             call.a = new
             # the lost node was the caller's: it recorded the call, under its uid. Recorded here under that uid, so
@@ -416,6 +430,8 @@ class Takeover:
             switch.place(cl)
             setattr(call, side, cl)
         call.b2 = len(links) == 2 and all(link.kind == "host" for link in links.values()) and not value.get("conference")
+        if value.get("held_by") in legs:   # held: the holder's resume (HOLD 0) is passed on, its host plays music
+            self._hold(call, getattr(call, value["held_by"]))
         if call.path == "direct":
             call.peered = True
             call.punch = {link.name: wire.PATH_DIRECT for link in links.values()}
