@@ -65,6 +65,9 @@ def _no_pump():
     """core.pump without relay tables: nothing to relay."""
 
 
+RECORD_WAIT_MS = 10000   # a call record waits at most this long for its call's ended key (records_settled)
+
+
 class MainHost(HostCore):
     def __init__(self, config, log):
         HostCore.__init__(self, "main", log)
@@ -76,6 +79,9 @@ class MainHost(HostCore):
         self.cluster_members = []   # names of the live nodes (etcd's leases), kept by the ClusterService
         self.node_speaks = None  # {node id: what it speaks (NODE_SPEAKS)} from etcd; None: all speak ours
         self.takeover = None     # host.cluster.calls.Takeover on a node: calls of a silent node carried on here
+        # a node whose call keys are written (ClusterService's CallMirror): the record of a call that ends waits for
+        # its ended key's write, which says whether the call is still ours (records_settled); None: written at once
+        self.records_waiting = None   # call uid -> (record, when it ended)
         self.standby_links = set()   # links whose client keeps them as its standby session (NODES standby 1)
         # call -> (number, reason, give-up ms): a forward (no answer, busy, a group's overflow) to a number whose
         # node Redis is asked for; _forward again each tick (docs/cluster.md)
@@ -1105,7 +1111,31 @@ class MainHost(HostCore):
             # had joined it by a transfer into a call from another node, which records it: host/lines.py)
             return
         # under Call.record_as: a lost node's call under that node's uid, so that a copy it writes after all is one
-        self.directory.add_call_record(call_record(call, MAIN_ORIGIN, cause, now, self.wall_ms(now)))
+        record = call_record(call, MAIN_ORIGIN, cause, now, self.wall_ms(now))
+        if self.records_waiting is None:
+            self.directory.add_call_record(record)
+        else:   # until its ended key is written: another node may carry the call now (records_settled)
+            self.records_waiting[call.uid] = (record, now)
+
+    def records_settled(self, ended, keyed, now):
+        """The call keys' writer wrote the ended keys of `ended` ({call uid: still ours}; host/cluster/node.py
+        ENDED_IF_OURS) and has keys for the live calls `keyed` (uids). A call ended here whose key another node
+        had made its own (it took the call over while this node was stopped or cut off, and this node ended its
+        copy only when it ran again) is recorded by that node: its record here, with this node's cause and end
+        (a client's session logged in again: "unreachable"), is dropped, where PostgreSQL would have kept the
+        first one written. A call that never had a key, or whose key is ours, is recorded now; a record that
+        waited RECORD_WAIT_MS (Redis down) is written anyway."""
+        waiting = self.records_waiting
+        for uid, (record, when) in list(waiting.items()):
+            ours = ended.get(uid)
+            if ours is None and uid in keyed and now - when < RECORD_WAIT_MS:
+                continue   # its ended key not written yet
+            del waiting[uid]
+            if ours is False:
+                self.stats.count("call records of calls another node carries dropped")
+                self.log.info("call-record-dropped", call=uid, why="the call is another node's")
+            else:
+                self.directory.add_call_record(record)
 
     # B2: hole punching between remote hosts
 
@@ -1294,6 +1324,8 @@ class MainHost(HostCore):
 
     def on_tick(self, now):
         pump = self.pump or _no_pump   # the relay table relays what waits between the steps (core.pump)
+        if self.records_waiting:   # Redis down: a record waits at most RECORD_WAIT_MS for its key
+            self.records_settled({}, set(self.records_waiting), now)
         if self.xnode is not None:
             self.xnode.tick(now)
         for call, (number, reason, _until) in list(self.forwards_waiting.items()):

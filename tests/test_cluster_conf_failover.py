@@ -172,3 +172,32 @@ def test_a_conference_with_a_party_at_a_third_node_is_mixed_again_at_the_success
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_a_mixing_node_that_was_only_stopped_leaves_the_conference_to_its_successor(world):
+    """Node 2 stopped (SIGSTOP) rather than killed: node 1 mixes the conference again; node 2 then runs on, its copy
+    of the conference still there. The clients' sessions at node 2 log in again as their standbys, which ends node 2's
+    copies without a word to the phones, and its ended keys do not overwrite node 1's (ENDED_IF_OURS). The
+    conference goes on at node 1, and each call is recorded once, with its real end: node 2's records of its copies
+    (the call with 101 "unreachable", as its site's session logged in again) wait for the ended keys and are dropped
+    (MainHost.records_settled); before, PostgreSQL kept node 2's, the first written."""
+    p, n1 = world.phones, world.n1
+    _three_way(world, "301", "101", "302")
+    _everyone_hears_the_others(world, ("101", "301", "302"))
+    world.run(400)
+    world.pause_main()
+    world.run_until(lambda: _parties(n1) == [["101", "301", "302"]], 5000, "node 1 mixes the conference")
+    world.run(2000)
+    node2 = world.paused
+    world.resume_main()
+    world.run_until(lambda: not node2.switch.calls and node2.status()["conferences"] == [], 15000,
+                    "node 2 let its copies go")
+    assert _parties(n1) == [["101", "301", "302"]]
+    _everyone_hears_the_others(world, ("101", "301", "302"))
+    assert p["301"].causes() == [wire.CAUSE_CONFERENCE] and p["101"].causes() == [] == p["302"].causes()
+    world.hangup("302")
+    world.hangup("101")
+    world.run_until(lambda: p["301"].idle, 2000, "the conference ended")
+    world.run(2000)
+    assert _records(world) == [("301", "101", "normal clearing"), ("301", "302", "normal clearing")]
+    assert not world.net.errors

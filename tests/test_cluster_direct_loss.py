@@ -48,11 +48,18 @@ class CallKeys:
         mirror = self.mirrors.get(node_name)
         if mirror is None:
             mirror = self.mirrors[node_name] = CallMirror(node_name, self.cluster_key, 30, 10)
+        if core.records_waiting is None:
+            core.records_waiting = {}   # as ClusterService: a record waits for its call's ended key
+        ended = {}
         for key, value, _ttl in mirror.changes(core.switch.calls, now, core.wall_ms(now)):
             had = self.keys.get(key)
-            if '"ended": true' in value and had is not None and json.loads(had)["node"] != node_name:
-                continue   # ended only if still ours (host/cluster/node.py ENDED_IF_OURS): another node took it over
+            if '"ended": true' in value:
+                ours = ended[key[len(KEY % ""):]] = had is None or json.loads(had)["node"] == node_name
+                if not ours:
+                    continue   # ended only if still ours (host/cluster/node.py ENDED_IF_OURS): another node took it over
             self.keys[key] = value
+        if core.records_waiting:
+            core.records_settled(ended, mirror.uids(), now)
         takeover = getattr(core, "takeover", None)
         if takeover is None or not (takeover.want or takeover.held_want):
             return
@@ -210,6 +217,7 @@ def test_a_direct_call_between_sites_at_two_nodes_goes_on_through_the_loss_of_on
     world.hangup("101")
     world.run_until(lambda: caller.idle and callee.idle, 2000, "hung up")
     assert caller.causes() == [wire.CAUSE_NORMAL] == callee.causes()
+    world.run(100)                            # a record follows its call's ended key (MainHost.records_settled)
     records = world.n1.directory.call_records()
     assert [(r.caller, r.callee, r.cause, r.path) for r in records] == [("101", "201", "normal clearing", "direct")]
     assert not world.n1.switch.calls and not world.net.errors
@@ -264,6 +272,7 @@ def _talk_and_hang_up(world, caller, callee):
     world.hangup(caller)
     world.run_until(lambda: a.idle and b.idle, 2000, "hung up")
     assert a.causes() == [wire.CAUSE_NORMAL] == b.causes()
+    world.run(100)                            # a record follows its call's ended key (MainHost.records_settled)
     records = world.n1.directory.call_records()
     assert [(r.caller, r.callee, r.cause) for r in records] == [(caller, callee, "normal clearing")]
     assert not world.n1.switch.calls and not world.n1.xnode.held and not world.net.errors
@@ -344,6 +353,7 @@ def test_a_call_taken_over_from_a_lost_node_and_then_transferred_is_recorded_at_
     check(p["101"].received, p["201"].sent, missing=2)
     world.hangup("101")
     world.run_until(lambda: p["101"].idle and p["201"].idle and not world.n1.switch.calls, 2000, "hung up")
+    world.run(100)                            # a record follows its call's ended key (MainHost.records_settled)
     records = {(r.caller, r.callee): r for r in world.n1.directory.call_records()}
     assert sorted((k, r.cause) for k, r in records.items()) == [
         (("101", "201"), "normal clearing"), (("101", "303"), "transferred"), (("303", "201"), "transferred")]

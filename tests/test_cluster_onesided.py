@@ -125,6 +125,7 @@ def test_a_site_cut_off_from_its_node_alone_keeps_its_call_with_a_site_that_stil
     assert p["101"].causes() == [wire.CAUSE_NORMAL] == p["201"].causes()
     # recorded once (the nodes here share one database, as they share PostgreSQL), under the call's uid: node 1's
     # record; node 2 forgot its copy unrecorded
+    world.run(100)                          # the record follows the call's ended key (records_settled)
     assert [(r.uid, r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
         (uid, "101", "201", "normal clearing")]
     assert b.standby_link.legs == 0 and not world.n1.switch.calls and not world.main.switch.calls
@@ -149,6 +150,7 @@ def test_a_call_moved_to_the_standby_session_goes_on_when_the_home_node_is_then_
     assert b.main_link.legs == 1 and b.standby_link.legs == 0 and not b.unconfirmed
     assert p["101"].causes() == [] == p["201"].causes()
     _talk_and_hang_up(world, "101", "201")
+    world.run(100)                          # the record follows the call's ended key (records_settled)
     assert [(r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
         ("101", "201", "normal clearing")]
     assert not world.net.errors
@@ -201,6 +203,7 @@ def test_a_cross_node_call_goes_on_when_its_callers_node_falls_silent_towards_th
     world.run_until(lambda: p["101"].idle and p["201"].idle, 2000, "hung up")
     assert p["101"].causes() == [wire.CAUSE_NORMAL] == p["201"].causes()
     # recorded once, under node 2's uid (it was the caller's node), by node 1; node 2 recorded nothing
+    world.run(100)                          # the record follows the call's ended key (records_settled)
     assert [(r.uid, r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
         (theirs, "101", "201", "normal clearing")]
     assert not world.net.errors
@@ -249,6 +252,7 @@ def test_a_cross_node_call_goes_on_when_the_silent_nodes_site_switches_to_a_thir
         _talk_and_hang_up(world, "201", "101")
         # one record, under node 2's uid (the caller's node): node 3 adopted it under that uid, node 1's half is
         # recorded as the caller's node's (recorded_as), node 2 forgot its own unrecorded
+        world.run(100)                          # the record follows the call's ended key (records_settled)
         assert [(r.uid, r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
             (theirs, "101", "201", "normal clearing")]
         assert not world.net.errors
@@ -337,3 +341,46 @@ def test_a_phone_at_the_node_named_by_the_standby_node_takes_its_held_call_along
     world.hangup("301")
     world.run_until(lambda: p["101"].idle, 2000, "101's call ended")
     assert p["101"].causes() == [wire.CAUSE_NORMAL] and not world.net.errors
+
+
+def test_a_node_stopped_and_run_again_does_not_record_the_calls_another_node_carried_on(world):
+    """Node 2 stopped (SIGSTOP) during a call between its two sites: both switch to node 1, which takes the call
+    over. Node 2 runs again with its copy; the sites' old sessions log in there again as their standbys, which ends
+    the copy, cause "unreachable". Its record waits for the call's ended key, which Redis refuses (the key is node
+    1's now): dropped. The call is recorded once, by node 1, when 101 hangs up: "normal clearing". Before, node 2's
+    record was written first, and PostgreSQL (first one wins) kept "unreachable" with node 2's end."""
+    p, n1 = world.phones, world.n1
+    world.call("101", "201")
+    world.run(400)
+    world.pause_main()
+    world.run_until(lambda: len(n1.switch.calls) == 1, 5000, "node 1 took the call over")
+    world.run(2000)
+    node2 = world.paused
+    world.resume_main()
+    world.run_until(lambda: not node2.switch.calls, 15000, "node 2 ended its copy")
+    world.run(1000)
+    assert node2.stats.counters["call records of calls another node carries dropped"] == 1
+    assert not n1.directory.call_records() and not node2.records_waiting
+    _talk_and_hang_up(world, "101", "201")
+    world.run(1000)
+    assert [(r.caller, r.callee, r.cause) for r in n1.directory.call_records()] == [("101", "201", "normal clearing")]
+    assert not world.net.errors
+
+
+def test_a_record_waits_for_its_calls_ended_key_at_most_ten_seconds(world):
+    """Redis does not answer (the test stops serving the call keys): a call's record, which waits for its ended
+    key's write, is written all the same RECORD_WAIT_MS after the call ended (PostgreSQL keeps one per uid)."""
+    from upbx.host.main_host import RECORD_WAIT_MS
+    p = world.phones
+    world.call("101", "201")
+    world.run(400)
+    world.calls.serve = lambda *args: None
+    world.hangup("201")
+    world.run_until(lambda: p["101"].idle and p["201"].idle, 2000, "hung up")
+    ended = world.net.now
+    world.run(RECORD_WAIT_MS - 500)
+    assert not world.main.directory.call_records() and len(world.main.records_waiting) == 1
+    world.run_until(lambda: world.main.directory.call_records(), 1000, "the record written")
+    assert RECORD_WAIT_MS <= world.net.now - ended <= RECORD_WAIT_MS + 100
+    assert [(r.caller, r.callee, r.cause) for r in world.main.directory.call_records()] == [
+        ("101", "201", "normal clearing")]

@@ -92,6 +92,7 @@ def test_a_call_joined_at_a_lost_node_between_two_other_nodes_goes_on_through_th
     assert p["201"].causes() == [wire.CAUSE_NORMAL]
     # the joined call recorded once (the nodes share one database here, as they share PostgreSQL), linked to the
     # call it continues, as node 2 would have
+    world.run(100)                                  # a record follows its call's ended key (MainHost.records_settled)
     first = next(r.uid for r in n1.directory.call_records() if (r.caller, r.callee) == ("201", "301"))
     assert [(r.caller, r.callee, r.cause, r.linked) for r in n1.directory.call_records()
             if r.uid not in records_before] == [("201", "303", "normal clearing", first)]

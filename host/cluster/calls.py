@@ -147,6 +147,10 @@ class CallMirror:
                         self.ended_ttl_s))
         return out
 
+    def uids(self):
+        """The uids of the live calls whose keys are written (MainHost.records_settled)."""
+        return {had[2].uid for had in self.written.values()}
+
     def rewrite_all(self):
         """Every live call's keys written again at the next changes() (a Redis failover: a replica promoted
         may lack the last writes its primary acknowledged)."""

@@ -155,6 +155,7 @@ class ClusterService:
         self.mirror = CallMirror(self.node.name, self.node.cluster_key, self.config.cluster_call_ttl_s,
                                  self.config.cluster_ended_ttl_s)
         self.core.takeover = Takeover(self.core, self.node.cluster_key)
+        self.core.records_waiting = {}   # a call's record waits for its ended key (MainHost.records_settled)
         self.core.switch.reserved = self.core.takeover.asked   # a remote host's numbers a lost node's calls have
         # PostgreSQL's writes (a star code's feature change, a call record) on a thread of their own
         from upbx.host.daemon import now_ms
@@ -167,6 +168,10 @@ class ClusterService:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        from upbx.host.daemon import now_ms
+        if self.core.records_waiting:
+            self.core.records_settled({}, set(), now_ms())   # the records that waited for their keys: written
+        self.core.records_waiting = None                     # from now on written at once
         if self.membership is not None:
             try:
                 await asyncio.wait_for(self.membership.leave(), 2)   # gone at once, not lease_s later
@@ -386,6 +391,7 @@ class ClusterService:
                         checked = time.monotonic()
                     now = now_ms()
                     writes = self.mirror.changes(self.core.switch.calls, now, self.core.wall_ms(now))
+                    ended = {}
                     if writes:
                         try:
                             async with self.redis.pipeline(transaction=False) as pipe:
@@ -394,10 +400,14 @@ class ClusterService:
                                         pipe.eval(ENDED_IF_OURS, 1, key, value, self.node.name, ttl)
                                     else:
                                         pipe.set(key, value, ex=ttl)
-                                await pipe.execute()
+                                results = await pipe.execute()
                         except BaseException:
                             self.mirror.forget(writes)
                             raise
+                        ended = {key[len(KEY % ""):]: bool(result) for (key, value, _t), result in zip(writes, results)
+                                 if '"ended": true' in value}
+                    if self.core.records_waiting:
+                        self.core.records_settled(ended, self.mirror.uids(), now_ms())
                     await asyncio.sleep(CALLS_PERIOD_S)
             except asyncio.CancelledError:
                 raise
