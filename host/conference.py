@@ -364,6 +364,17 @@ class Conferences:
             conf.calls.clear()
             self.core.log.info("conference-ended", id=conf.id)
 
+    def forget(self, call):
+        """call is another node's now (a one-sided switch: host/main_host.py _taken_over_elsewhere): its parties
+        leave unheard, no RELEASE (their legs are that node's); a conference left with no party goes."""
+        conf = call.conference
+        conf.parties = [p for p in conf.parties if p.leg.call is not call]
+        conf.calls.discard(call)
+        call.conference = None
+        if not conf.parties and conf in self.active:
+            self.active.remove(conf)
+            self.core.log.info("conference-ended", id=conf.id, why="taken over by another node")
+
     def trunked_parties(self):
         """Parties whose mixed stream goes to another host (B5: each costs the uplink a call)."""
         return sum(1 for conf in self.active for p in conf.parties if p.leg.link.trunked)

@@ -1451,17 +1451,22 @@ class MainHost(HostCore):
         other moved its leg there on that node's word, _moved_here; or our half of a call between us and that
         node, its client here having switched there, spliced to its own half, host/cluster/calls.py _splice):
         our copy ends here unheard (no RELEASE: its legs are that node's now) and unrecorded (that node records
-        it, under the same uid). Not a call with a leg on a trunk to a third node, nor a conference."""
+        it, under the same uid). A call of a conference we mix leaves it unheard, its parties' legs that node's
+        (it took the conference's calls over, host/cluster/calls.py); the rest of the conference stays until its
+        calls are told so too. Not a call with a leg on a trunk to a third node."""
         call = self.switch.calls.get(bytes(call_id))
         if call is None:
             return
-        legs = [leg for leg in (call.a, call.b) if leg is not None]
+        legs = [leg for leg in (call.a, call.b) if leg is not None and (
+            call.conference is None or call.conference.party(leg) is not None)]
         # our clients' legs, and a leg on a trunk to the node that says so (it spliced our half to its own)
-        if call.conference is not None or len(legs) != 2 or any(
+        if not legs or (call.conference is None and len(legs) != 2) or any(
                 leg.link.kind not in ("host", "phone") and (leg.link.kind != "node" or leg.link.node != link.node)
                 for leg in legs):
             self.stats.drop("taken over elsewhere: not a call between our clients")
             return
+        if call.conference is not None:
+            self.conferences.forget(call)
         self._forget_copy(call, link, now)
 
     def _leg_moved_away(self, link, call_no, now):

@@ -61,17 +61,18 @@ class CallKeys:
         if core.records_waiting:
             core.records_settled(ended, mirror.uids(), now)
         takeover = getattr(core, "takeover", None)
-        if takeover is None or not (takeover.want or takeover.held_want):
+        if takeover is None or not (takeover.want or takeover.held_want or getattr(takeover, "uid_want", None)):
             return
         wanted = takeover.wanted(now)
-        uids = {self.keys[LEG_KEY % w] for w in wanted if LEG_KEY % w in self.keys}
+        by_uid = set(getattr(takeover, "uid_want", ()))   # (none before session 18)
+        uids = {self.keys[LEG_KEY % w] for w in wanted if LEG_KEY % w in self.keys} | by_uid
         for uid in sorted(uids):
             raw = self.keys.get(KEY % uid)
             if raw is None:
                 continue
             value = json.loads(raw)
-            if any((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) in wanted
-                   for leg in (value.get("legs") or {}).values()):
+            if uid in by_uid or any((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) in wanted
+                                    for leg in (value.get("legs") or {}).values()):
                 takeover.adopt(value, now, core.wall_ms(now))
 
 

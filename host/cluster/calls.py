@@ -64,11 +64,13 @@ def _stored_legs(call):
 
 
 def _conference(call, legs):
-    """What the key says of the conference call is in: its uid, its holder's number, the sides that hold it."""
+    """What the key says of the conference call is in: its uid, its holder's number, the sides that hold it, the
+    uids of all its calls (a node that takes one over asks for the others: a one-sided switch)."""
     conf = call.conference
     if conf is None:
         return None
-    return (conf.uid, conf.holder_name, tuple(side for side, leg in legs if conf.party(leg).held))
+    return (conf.uid, conf.holder_name, tuple(side for side, leg in legs if conf.party(leg).held),
+            tuple(sorted(c.uid for c in conf.calls)))
 
 
 def fingerprint(call):
@@ -114,7 +116,7 @@ def call_value(call, node, cluster_key, now_wall_ms, ended=False):
         value["xpair"] = seal_pair(cluster_key, uid, pair)
     conf = _conference(call, stored)
     if conf is not None and not ended:
-        value["conference"] = {"uid": conf[0], "holder": conf[1], "held": list(conf[2])}
+        value["conference"] = {"uid": conf[0], "holder": conf[1], "held": list(conf[2]), "calls": list(conf[3])}
     return json.dumps(value, sort_keys=True)
 
 
@@ -186,6 +188,7 @@ class Takeover:
         self.want = {}           # (link kind, link name, call no) -> (first asked ms, [(link, msg_type, ies)])
         self.held_want = {}      # (the lost node's link kind, name, call no) of our held legs -> first asked ms
                                  # (joined): apart, so that they never crowd out what switched clients ask for
+        self.uid_want = {}       # call uid -> first asked ms: the other calls of a conference taken over here
 
     def _ask(self, link, call_no, now):
         switch = self.core.switch
@@ -259,6 +262,8 @@ class Takeover:
             self.core.stats.count("takeover: not found")
         for key in [k for k, first in self.held_want.items() if now - first > WANT_MS]:
             del self.held_want[key]
+        for uid in [u for u, first in self.uid_want.items() if now - first > WANT_MS]:
+            del self.uid_want[uid]
         return set(self.want) | set(self.held_want)
 
     def _leg_from(self, leg, key, link, value, wall_ms):
@@ -292,6 +297,14 @@ class Takeover:
             i = 0 if side == "a" else 1
             call.ts_out[i] = max(call.ts_out[i], (legs[side].get("ts_out") or 0) + since)
         self.core.conferences.rebuild(call, value["conference"], sides, now)
+        # its other calls: taken over here too when their keys say so (their clients' legs on their standby
+        # sessions here, named to them: a one-sided switch; after a node's loss their clients name them anyway)
+        for uid in value["conference"].get("calls") or ():
+            if bytes.fromhex(uid) not in self.core.switch.calls and uid not in self.uid_want:
+                if len(self.uid_want) >= MAX_WANT:
+                    self.core.stats.drop("takeover: too many asked for")
+                    break
+                self.uid_want[uid] = now
 
     def _splice(self, value, legs, links, keys, now, wall_ms):
         """A lost node's half of a call between it and this node (host/cluster/trunk.py), its client now here:
@@ -387,6 +400,7 @@ class Takeover:
         if sorted(legs) != ["a", "b"] and not (value.get("conference") and legs):
             return "not two legs"   # a conference's call keeps only its parties' legs: one may be left
         if call_id in switch.calls:
+            self.uid_want.pop(uid, None)
             return "have it"
         named = [(leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) for leg in legs.values()]
         if (any(key in self.held_want for key in named)
@@ -423,6 +437,7 @@ class Takeover:
         if "self" in links.values():
             problem = self._splice(value, legs, links, keys, now, wall_ms)
             if problem is None:
+                self.uid_want.pop(uid, None)
                 for key in named:
                     self.held_want.pop(key, None)
             return problem
@@ -473,4 +488,5 @@ class Takeover:
                 core._message(link, msg_type, ies, now)
         for key in named:
             self.held_want.pop(key, None)
+        self.uid_want.pop(uid, None)
         return None

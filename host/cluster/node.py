@@ -441,13 +441,14 @@ class ClusterService:
         while True:
             try:
                 await asyncio.sleep(TAKEOVER_PERIOD_S)
-                if self.redis is None or not (takeover.want or takeover.held_want):
+                if self.redis is None or not (takeover.want or takeover.held_want or takeover.uid_want):
                     continue
                 wanted = takeover.wanted(now_ms())
-                if not wanted:
+                by_uid = set(takeover.uid_want)   # a conference's other calls, asked for by their uids
+                if not wanted and not by_uid:
                     continue
                 asked = sorted(wanted)
-                uids = set()
+                uids = set(by_uid)
                 for at in range(0, len(asked), 500):
                     uids.update(u.decode() for u in await self.redis.mget([LEG_KEY % w for w in asked[at:at + 500]])
                                 if u is not None)
@@ -458,8 +459,8 @@ class ClusterService:
                             continue
                         value = json.loads(raw)
                         legs = (value.get("legs") or {}).values()
-                        if not any((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) in wanted
-                                   for leg in legs):
+                        if value.get("uid") not in by_uid and not any(
+                                (leg["link"]["kind"], leg["link"]["name"], leg["call_no"]) in wanted for leg in legs):
                             continue   # the leg key named a call that has this number no longer
                         now = now_ms()
                         problem = takeover.adopt(value, now, self.core.wall_ms(now))
