@@ -418,7 +418,11 @@ def _killed_ringing(engines, nodes=("n1", "n2"), homes=None, answer_after=10):
         _audio_both_ways(lab, calls, "101", "201")
         status = lab.status(x)
         assert status["calls"] == [] and status["cluster"]["calls_lost_with_a_node"] == 0
-        assert status["stats"]["counters"].get("node trunk: calls carried on") == 1
+        # X's leg moved to Z's trunk: held first (X noticed Y's loss before Z named it: `claim`) or still live (Z
+        # named it first: `claim_live`), as the machine's load orders the two (a loaded run saw the second)
+        counters = status["stats"]["counters"]
+        assert counters.get("node trunk: calls carried on", 0) + counters.get("node trunk: calls moved to another node",
+                                                                              0) == 1, counters
         lab.wait_for(lambda: _records(engines), "the call's record", timeout=30)
         assert [row[:2] for row in _records(engines)] == [("101", "201")]   # recorded once, by the caller's node
 
