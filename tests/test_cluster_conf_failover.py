@@ -203,14 +203,17 @@ def test_a_mixing_node_that_was_only_stopped_leaves_the_conference_to_its_succes
     assert not world.net.errors
 
 
-def test_a_conference_goes_on_at_the_standby_node_when_its_node_falls_silent_towards_one_party(tmp_path):
+@pytest.mark.parametrize("third", ["201", "303"])
+def test_a_conference_goes_on_at_the_standby_node_when_its_node_falls_silent_towards_one_party(tmp_path, third):
     """A one-sided switch with a conference (docs/cluster.md, "A conference in a one-sided switch"): 301 (a phone at
     node 2) conferences 101 (site a) and 201 (site b), both sites at node 2 too, every client's standby at node 1.
     Site a's path to node 2 alone is cut: site a switches to node 1, which takes 101's call over, makes the
     conference again, and asks Redis for its other call by its uid (the key lists the conference's calls): 301's
     and 201's legs of it are on their standby sessions at node 1, named there; 301 switches to node 1, site b moves
     its leg there, and node 2, told so, lets that call go unheard. Everyone hears the other two through node 1; when
-    the path is back, node 2's copy of 101's call ends with site a's standby login there, unheard and unrecorded."""
+    the path is back, node 2's copy of 101's call ends with site a's standby login there, unheard and unrecorded.
+    Or the third party is 303, straight at node 1: node 1 splices node 2's half of that call to its own and names
+    301's leg on 301's standby session there."""
     from tests.test_cluster_onesided import OneSided
 
     class ToneOneSided(OneSided):
@@ -220,35 +223,37 @@ def test_a_conference_goes_on_at_the_standby_node_when_its_node_falls_silent_tow
     try:
         p, n1, n2 = world.phones, world.n1, world.main
         world.add_tone("101", 1, SITE_A)
-        world.add_tone("201", 2, SITE_B)
+        world.add_tone(third, 2, SITE_B if third == "201" else NODE1)
         world.add_tone("301", 3, MAIN).standby = True
         world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
         world.run_until(lambda: all(h.standby_link.up and tuple(h.standby_link.address[:2]) == NODE1
                                     for h in (world.a, world.b))
                         and p["301"].phone.standby is not None and p["301"].phone.standby.state == "up", 5000,
                         "every client's standby session at node 1")
-        _three_way(world, "301", "101", "201")
-        assert _parties(n2) == [["101", "201", "301"]]
-        _everyone_hears_the_others(world, ("101", "201", "301"))
+        everyone = sorted(("101", third, "301"))
+        _three_way(world, "301", "101", third)
+        assert _parties(n2) == [everyone]
+        _everyone_hears_the_others(world, everyone)
         world.run(400)
         world.cut = True
-        world.run_until(lambda: _parties(n1) == [["101", "201", "301"]]
-                        and not any("201" in (c.caller, c.callee) for c in n2.switch.calls.values()), 5000,
-                        "node 1 mixes the conference, node 2 let the call with 201 go")
-        assert tuple(p["301"].host) == NODE1 and world.b.standby_link.legs == 1 and tuple(world.b.main_address[:2]) == MAIN
+        world.run_until(lambda: _parties(n1) == [everyone]
+                        and not any(third in (c.caller, c.callee) for c in n2.switch.calls.values()), 5000,
+                        "node 1 mixes the conference, node 2 let the call with %s go" % third)
+        assert tuple(p["301"].host) == NODE1 and tuple(world.b.main_address[:2]) == MAIN
+        assert world.b.standby_link.legs == (1 if third == "201" else 0)
         assert n2.stats.counters["calls taken over by another node"] == 1
-        _everyone_hears_the_others(world, ("101", "201", "301"))
+        _everyone_hears_the_others(world, everyone)
         world.cut = False
         world.run_until(lambda: not n2.switch.calls and n2.status()["conferences"] == [], 15000,
                         "node 2's copy of 101's call ended when site a's standby logged in there")
-        _everyone_hears_the_others(world, ("101", "201", "301"))
+        _everyone_hears_the_others(world, everyone)
         assert all(p[n].causes() == ([wire.CAUSE_CONFERENCE] if n == "301" else []) for n in p), {
             n: p[n].causes() for n in p}
         world.hangup("101")
-        world.hangup("201")
+        world.hangup(third)
         world.run_until(lambda: p["301"].idle, 2000, "the conference ended")
         world.run(500)
-        assert _records(world) == [("301", "101", "normal clearing"), ("301", "201", "normal clearing")]
+        assert _records(world) == [("301", "101", "normal clearing"), ("301", third, "normal clearing")]
         assert not world.net.errors
     finally:
         world.close()

@@ -348,6 +348,11 @@ class Takeover:
         if new.link.kind == "node" and new.peer_call_no and core.speaks(new.link.node, "claim"):
             # the lost node's joined call: its leg to a third node, whose held leg moves to our trunk when named
             send_on_leg(new, wire.NODES, {wire.IE_STANDBY: 0}, now)
+        if new.link.kind in ("host", "phone") and new.link in getattr(core, "standby_links", ()) and new.peer_call_no:
+            # a client still at home at the node that lives (a one-sided switch: another party's site brought us here,
+            # a conference's other call asked for by its uid): named on its standby session, it follows (adopt)
+            send_on_leg(new, wire.NODES, {wire.IE_STANDBY: 0}, now)
+            core.stats.count("takeover: legs named to a standby session")
         core.xnode.carried += 1
         core.stats.count("calls taken over")
         core.stats.count("node trunk: calls carried on")
