@@ -173,6 +173,17 @@ def test_node_stopped_and_run_again_leaves_the_taken_over_call_to_the_survivor(e
         hang_up_and_compare(lab, call)
         lab.wait_for(lambda: json.loads(r.get(key) or b"{}").get("ended"), "the key marked ended by n2", timeout=30)
         assert json.loads(r.get(key))["node"] == succ
+        # recorded once, by n2, at the call's real end: n1's record of its copy ("unreachable", when the sites'
+        # sessions logged in again) waited for its ended key, which Redis refused (n2's), and was dropped; before
+        # session 18 it was written first and PostgreSQL kept it (docs/cluster.md, Failover 3)
+        from tests.clusterkit import sql
+        uid = key[len("upbx:call:"):]
+        lab.wait_for(lambda: sql(engines, "SELECT count(*) FROM call_records WHERE uid = %s", uid) == [(1,)],
+                     "the call's record", timeout=30)
+        time.sleep(1)
+        assert sql(engines, "SELECT caller, callee, cause FROM call_records WHERE uid = %s", uid) == [
+            ("402", "502", "normal clearing")]
+        assert lab.status("n1")["stats"]["counters"].get("call records of calls another node carries dropped") == 1
     finally:
         lab.close()
         r.close()
