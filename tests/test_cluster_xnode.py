@@ -551,7 +551,11 @@ def test_node_killed_during_a_cross_node_call_a_third_node_carries_its_half_on(e
     micropython_binary()
     with _callee_node_killed(("n1", "n2", "n3"), _successor_plan) as (lab, _own, call, lost, back):
         x, z = lab.plan["a"], lab.plan["successor"]
-        assert lab.status(x)["stats"]["counters"].get("node trunk: calls carried on") == 1
+        # X's leg moved to Z's trunk: held first (`claim`) or, when Z's first frame came before X noticed Y's loss,
+        # still live (`claim_live`), as the machine's load orders the two (a loaded CI run saw the second)
+        counters = lab.status(x)["stats"]["counters"]
+        assert counters.get("node trunk: calls carried on", 0) + counters.get("node trunk: calls moved to another node",
+                                                                              0) == 1, counters
         assert lab.status(z)["stats"]["counters"].get("calls taken over") == 1
         assert [c["callee"] for c in lab.status(z)["calls"]] == ["201"]
         gaps = hang_up_and_compare(lab, call)
