@@ -70,23 +70,16 @@ def choose(phone, now, to=None):
         return                                                      # after a switch: tick chooses (switch)
     if phone.standby_keepalive_ms is None:
         phone.standby_keepalive_ms = phone.login.keepalive_ms      # the node's (WELCOME)
-    try:
-        nodes = decode_nodes(phone.cluster_nodes)
-    except ValueError:
-        nodes = []
+    nodes = _nodes(phone)
     home = phone._node_up
-    first = ranked(identity("phone", phone.extension), nodes)[0] if nodes and home else None
+    first = ranked(identity("phone", phone.extension), list(nodes.items()))[0] if nodes and home else None
     if first is not None and first[0] != home and phone.rebalance_ms:
         entry = _move.get(phone)
         if entry is None or entry[1] != first[1]:
             _move[phone] = [_wait(phone, now, 0), first[1], 0, None]
     else:
         _move.pop(phone, None)
-    after = successor(home, [n for n, _a in nodes]) if home else None
-    want = to
-    for node, address in nodes:
-        if node == after and to is None:
-            want = address
+    want = to or (nodes.get(successor(home, list(nodes))) if home else None)
     old = phone.standby
     if old is not None and want == phone.standby_to:
         return
@@ -160,7 +153,7 @@ def _moving(phone, now):
     elif (standby is not None and phone.standby_to == entry[1] and standby.state == "up"
           and ticks_diff(standby.last_heard_ms, ticks_add(entry[3], -_MOVE_LOGIN_MS)) >= 0):
         del _move[phone]
-        old, home = phone.login, _address(phone, phone._node_up)
+        old, home = phone.login, _nodes(phone).get(phone._node_up)
         switch(phone, now)                # break: no handshake, the first node is home (NODES standby 0)
         if home is not None and old.send(_BYE, {}, now):
             _out(phone, ("bye", home, old.datagrams_to_send(now)))
@@ -175,14 +168,12 @@ def _put_off(phone, entry, now):
         choose(phone, now)                # back to the home's successor (it may be that node: kept)
 
 
-def _address(phone, node_id):
+def _nodes(phone):
+    """{node id: address} of the nodes the phone's host last listed."""
     try:
-        for node, address in decode_nodes(phone.cluster_nodes):
-            if node == node_id:
-                return address
+        return dict(decode_nodes(phone.cluster_nodes))
     except ValueError:
-        pass
-    return None
+        return {}
 
 
 def run(phone, now, datagram=None):

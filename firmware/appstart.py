@@ -41,7 +41,7 @@ def init(app, config, hal):
     if config.get("codec") == "alaw":   # named in its SETUPs and ALERTINGs: its host converts (docs/features.md)
         app.phone.codec = 8             # wire CODEC_ALAW
     if "rebalance_s" in config:   # at a cluster's node: when an idle phone moves to its first node (0: never)
-        app.phone.rebalance_ms = int(float(config["rebalance_s"]) * 1000)
+        app.phone.rebalance_ms = max(0, int(float(config["rebalance_s"]) * 1000))
     # firmware.audio.vad is imported only where it is used: silence suppression configured, or
     # the first comfort-noise frame from the far end (docs/handset.md, Memory)
     app.vad = None

@@ -306,18 +306,24 @@ class HostCore:
                 call.held_by is not None if flag else call.held_by is not leg):
             self.stats.drop("message out of turn")   # held already (by either side), or not held from here
             return
-        call.held_by = leg if flag else None
-        if self.calls_changed is not None:   # the relay tables look at it at the next tick, not in a scan
-            self.calls_changed.add(call)
-        if (link.kind == "phone" or getattr(link, "sip", False)) and flag and not call.mixed_at_main:   # this host plays the music (a conference at the main host: none)
-            self.held.add(call)
-            call.moh_pos = 0
-        else:
-            self.held.discard(call)
+        self.set_held(call, leg if flag else None)
         other = other_leg(leg)
         if other is not None and other.link.kind != "phone":
             send_on_leg(other, wire.HOLD, {wire.IE_STATE: flag}, now)
         self.log.info("call-held" if flag else "call-resumed", call=call.uid, by=link.name)
+
+    def set_held(self, call, leg):
+        """call is held by leg's party (None: resumed); this host plays the music when that party is its own
+        phone (or SIP), unless the call is a conference's at the main host (hold_message; a held call taken over
+        after a node's loss, host/cluster/calls.py)."""
+        call.held_by = leg
+        if self.calls_changed is not None:   # the relay tables look at it at the next tick, not in a scan
+            self.calls_changed.add(call)
+        if leg is not None and (leg.link.kind == "phone" or getattr(leg.link, "sip", False)) and not call.mixed_at_main:
+            self.held.add(call)
+            call.moh_pos = 0
+        else:
+            self.held.discard(call)
 
     def conference_message(self, link, ies, now):
         """CONFERENCE from a phone of this host: its two calls become one conference (host/conference.py)."""

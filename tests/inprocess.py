@@ -128,6 +128,11 @@ class PhoneEnd:
         if self.standby:
             self._flush_standby()
 
+    def standby_up(self, at=None):
+        """This phone keeps a standby session that is up (at the address `at`, when given)."""
+        standby = self.phone.standby
+        return standby is not None and standby.state == "up" and (at is None or tuple(self.phone.standby_to) == at)
+
     def _flush_standby(self):
         """A phone at a cluster's node with `standby` set: what firmware/standby.py does on a handset (its standby
         session's datagrams to the standby node, a switch's new host, a given-up standby's BYE). Off by default:

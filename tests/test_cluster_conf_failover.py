@@ -54,8 +54,7 @@ def world(tmp_path):
         world.add_tone("303", 7, NODE1, dead_ms=None)
         world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
         world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE1
-                        and all(p[n].phone.standby is not None and p[n].phone.standby.state == "up"
-                                and tuple(p[n].phone.standby_to) == NODE1 for n in ("301", "302")), 5000,
+                        and p["301"].standby_up(NODE1) and p["302"].standby_up(NODE1), 5000,
                         "site a's, 301's and 302's standby sessions at node 1")
         yield world
     finally:
@@ -144,8 +143,8 @@ def test_a_conference_with_a_party_at_a_third_node_is_mixed_again_at_the_success
         world.add_tone("301", 2, MAIN).standby = True
         world.add_tone("303", 7, ADDRESSES[other], dead_ms=None)
         world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
-        world.run_until(lambda: world.a.standby_link.up and p["301"].phone.standby is not None
-                        and p["301"].phone.standby.state == "up", 5000, "site a's and 301's standby sessions")
+        world.run_until(lambda: world.a.standby_link.up and p["301"].standby_up(), 5000,
+                        "site a's and 301's standby sessions")
         world.run_until(lambda: len(world.locations.keys) >= 3, 2000, "location keys")
         _three_way(world, "301", "101", "303")
         assert _parties(world.main) == [["101", "301", "303"]]
@@ -228,7 +227,7 @@ def test_a_conference_goes_on_at_the_standby_node_when_its_node_falls_silent_tow
         world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
         world.run_until(lambda: all(h.standby_link.up and tuple(h.standby_link.address[:2]) == NODE1
                                     for h in (world.a, world.b))
-                        and p["301"].phone.standby is not None and p["301"].phone.standby.state == "up", 5000,
+                        and p["301"].standby_up(NODE1), 5000,
                         "every client's standby session at node 1")
         everyone = sorted(("101", third, "301"))
         _three_way(world, "301", "101", third)

@@ -316,8 +316,7 @@ def test_a_phone_at_the_node_named_by_the_standby_node_takes_its_held_call_along
     p = world.phones
     for i, number in enumerate(("301", "302"), 3):
         world.add_phone(number, i, dead_ms=2000).standby = True
-    world.run_until(lambda: all(p[n].phone.registered and p[n].phone.standby is not None
-                                and p[n].phone.standby.state == "up" for n in ("301", "302")), 5000,
+    world.run_until(lambda: all(p[n].phone.registered and p[n].standby_up(NODE1) for n in ("301", "302")), 5000,
                     "301 and 302 with their standby sessions at node 1")
     world.call("301", "101")
     _act(world, "301", lambda ph, now: lines.consult(ph, "302", now))   # 101 held, 302 called

@@ -43,8 +43,7 @@ def world(tmp_path):
         world.add_phone_at("303", 7, 1)
         p = world.phones
         world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
-        world.run_until(lambda: all(p[n].phone.standby is not None and p[n].phone.standby.state == "up"
-                                    and tuple(p[n].phone.standby_to) == NODE1 for n in ("301", "302")), 5000,
+        world.run_until(lambda: all(p[n].standby_up(NODE1) for n in ("301", "302")), 5000,
                         "301's and 302's standby sessions at node 1")
         yield world
     finally:

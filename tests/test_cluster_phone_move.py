@@ -31,7 +31,7 @@ def world(tmp_path):
         world.add_phone_at("303", 7, world.first)
         p = world.phones
         world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
-        world.run_until(lambda: p["301"].phone.standby is not None and p["301"].phone.standby.state == "up", 3000,
+        world.run_until(lambda: p["301"].standby_up(), 3000,
                         "301's standby session up")
         yield world
     finally:
@@ -66,7 +66,7 @@ def test_an_idle_phone_moves_to_the_first_node_of_its_order_with_no_new_handshak
     assert mover.login is standby_session                  # the same session, its keys: no handshake
     assert mover._node_up == world.first and tuple(mover.standby_to) == ADDRESS[world.other]
     world.run_until(lambda: world.locations.keys.get(("phone", "301")) == world.first
-                    and mover.standby is not None and mover.standby.state == "up", 3000,
+                    and p["301"].standby_up(ADDRESS[world.other]), 3000,
                     "Redis names its first node, its new standby at the old node up")
     old = _node(world, world.other)
     assert [ph["extension"] for ph in old.status()["phones"] if ph["extension"] == "301" and not ph.get("standby")] == []
@@ -105,3 +105,20 @@ def test_a_move_whose_first_node_does_not_answer_is_put_off_and_the_phone_stays_
     _talk(world, "301", "302")
     world.hangup("301")
     world.run_until(lambda: p["302"].idle, 1000, "hung up")
+
+
+def test_the_rebalance_flag_refuses_what_is_not_seconds_and_reaches_the_handsets_config():
+    """`upbx phone --rebalance`: a negative or non-numeric value is refused naming the flag; a good one is the
+    firmware config's `rebalance_s` (firmware/appstart.py sets Phone.rebalance_ms from it)."""
+    import argparse
+    from upbx.tools.phone import add_arguments, device_config
+    parser = argparse.ArgumentParser(prog="upbx phone")
+    parser.exit = lambda status=0, message=None: (_ for _ in ()).throw(SystemExit(message))
+    add_arguments(parser)
+    base = ["--extension", "301", "--secret", "00" * 16, "--host", "127.0.0.1:4569"]
+    for bad, why in (("-3", "must be 0 or more seconds: '-3'"), ("abc", "not a number of seconds: 'abc'")):
+        with pytest.raises(SystemExit) as failed:
+            parser.parse_args(base + ["--rebalance", bad])
+        assert "argument --rebalance: " + why in str(failed.value)
+    assert device_config(parser.parse_args(base + ["--rebalance", "2.5"]))["rebalance_s"] == 2.5
+    assert "rebalance_s" not in device_config(parser.parse_args(base))

@@ -8,6 +8,7 @@ UDP (127.0.0.1) from its loop; a phone that stops feeding for --watchdog-ms is k
 hardware watchdog resets a CPU, and with --restart it boots again with the same flash
 directory, as it does after a crash (exit status 1) or `!reset` (3) (docs/handset.md).
 """
+import argparse
 import json
 import os
 import platform
@@ -160,7 +161,7 @@ def add_arguments(parser):
     parser.add_argument("--tone-timeout", type=float, help="busy and reorder stop by themselves after this many "
                                                             "seconds (default 30)")
     parser.add_argument("--no-plc", action="store_true", help="turn packet loss concealment off")
-    parser.add_argument("--rebalance", type=float, metavar="SECONDS",
+    parser.add_argument("--rebalance", type=_seconds, metavar="SECONDS",
                         help="at a cluster's node: an idle phone whose rendezvous order starts with another node moves "
                              "there between half this and this after it noticed (default 300; 0: only at its next "
                              "login; docs/cluster.md)")
@@ -197,6 +198,17 @@ def add_arguments(parser):
     parser.add_argument("--fault", action="append", default=[], metavar="FAULT",
                         help='inject a fault from boot, e.g. "getaddrinfo EHOSTUNREACH 3", "sendto EAGAIN 20", '
                              '"hang", "raise" (repeatable; the console line "!fault ..." does it later)')
+
+
+def _seconds(text):
+    """A number of seconds, 0 or more (argparse names the flag and the value it refuses)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number of seconds: %r" % text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more seconds: %r" % text)
+    return value
 
 
 def device_config(args):

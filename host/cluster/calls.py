@@ -278,15 +278,24 @@ class Takeover:
             cl.media.replay.highest = max(0, highest + max(0, wall_ms - value.get("written_ms", wall_ms)) - TS_SLACK_MS)
         return cl
 
-    def _hold(self, call, leg):
-        """call, taken over, is held by leg's party: as hold_message (host/core.py) would have left it."""
+    def _name(self, cl, now, trunk=True):
+        """A leg placed here that nothing else would name where it is, named there (NODES standby 0 with its numbers):
+        - on a trunk (trunk True) to a node that holds its leg towards the lost one (host/cluster/trunk.py) until a
+          message on our trunk names it: a ringing call sends none (since session 15), nor a call the lost node
+          joined; that node moves the leg to our trunk (`claim`);
+        - on a client's standby session here: the client stays at its home node, which lives (a one-sided switch,
+          or a conference's other call asked for by its uid), and sends the call there. Its remote host moves the leg
+          to this session and says so (NODES standby 1, MainHost._moved_here), and its home node then forgets its
+          copy; a phone straight at a node switches to this session (common/standby.py run) and names its call."""
         core = self.core
-        call.held_by = leg
-        if leg.link.kind == "phone" or getattr(leg.link, "sip", False):
-            core.held.add(call)
-            call.moh_pos = 0
-        if core.calls_changed is not None:
-            core.calls_changed.add(call)
+        if not cl.peer_call_no:
+            return
+        if cl.link.kind == "node":
+            if trunk and core.speaks(cl.link.node, "claim"):
+                send_on_leg(cl, wire.NODES, {wire.IE_STANDBY: 0}, now)
+        elif cl.link in getattr(core, "standby_links", ()):
+            send_on_leg(cl, wire.NODES, {wire.IE_STANDBY: 0}, now)
+            core.stats.count("takeover: legs named to a standby session")
 
     def _conference(self, call, value, legs, sides, now, wall_ms):
         """call was in a conference the lost node mixed: its legs of sides are parties again here
@@ -330,7 +339,7 @@ class Takeover:
         switch._forget_leg(own, now)
         switch.place(new)
         if call.held_by is own:   # held by the lost node's client, now ours: we play it the music
-            self._hold(call, new)
+            core.set_held(call, new)
         if call.a is own:
             call.a = new
             # the lost node was the caller's: it recorded the call, under its uid. Recorded here under that uid, so
@@ -345,14 +354,7 @@ class Takeover:
             send_on_leg(new, wire.ALERTING, {}, now)
         if new.state == RINGING and said == CONNECTED and new.apply(ANSWER_SENT) is not None:
             send_on_leg(new, wire.ANSWER, {}, now)
-        if new.link.kind == "node" and new.peer_call_no and core.speaks(new.link.node, "claim"):
-            # the lost node's joined call: its leg to a third node, whose held leg moves to our trunk when named
-            send_on_leg(new, wire.NODES, {wire.IE_STANDBY: 0}, now)
-        if new.link.kind in ("host", "phone") and new.link in getattr(core, "standby_links", ()) and new.peer_call_no:
-            # a client still at home at the node that lives (a one-sided switch: another party's site brought us here,
-            # a conference's other call asked for by its uid): named on its standby session, it follows (adopt)
-            send_on_leg(new, wire.NODES, {wire.IE_STANDBY: 0}, now)
-            core.stats.count("takeover: legs named to a standby session")
+        self._name(new, now)   # the lost node's joined call's leg to a third node, or a client's standby session
         core.xnode.carried += 1
         core.stats.count("calls taken over")
         core.stats.count("node trunk: calls carried on")
@@ -455,7 +457,7 @@ class Takeover:
             setattr(call, side, cl)
         call.b2 = len(links) == 2 and all(link.kind == "host" for link in links.values()) and not value.get("conference")
         if value.get("held_by") in legs:   # held: the holder's resume (HOLD 0) is passed on, its host plays music
-            self._hold(call, getattr(call, value["held_by"]))
+            core.set_held(call, getattr(call, value["held_by"]))
         if call.path == "direct":
             call.peered = True
             call.punch = {link.name: wire.PATH_DIRECT for link in links.values()}
@@ -470,23 +472,9 @@ class Takeover:
             self._conference(call, value, legs, sorted(legs), now, wall_ms)
         if value.get("xpair") is not None:
             self._restore_pair(call, value, now)
-        placed = [cl for cl in (call.a, call.b) if cl is not None]   # a conference's call may have one
-        for cl in placed if value.get("xpair") is None else ():
-            # a half of a call between the lost node and another: that node holds its leg towards the lost one
-            # (host/cluster/trunk.py) until a message on our trunk names it. A call still ringing sends none
-            # (a direct one: its pair offer above names it): named at once (since session 15)
-            if cl.link.kind == "node" and cl.peer_call_no and core.speaks(cl.link.node, "claim"):
-                send_on_leg(cl, wire.NODES, {wire.IE_STANDBY: 0}, now)
-        standby = getattr(core, "standby_links", ())
-        for cl in placed:
-            # a remote host whose leg is on its standby session here: its site stays at its home node (a one-sided
-            # switch: that node fell silent towards the other site only), so it sends the call there. Named (NODES
-            # standby 0, as a site that switched names its call): its remote host moves the leg to this session and
-            # says so (NODES standby 1 naming it, MainHost._moved_here), and its home node then forgets its copy.
-            # A phone straight at a node switches to this session (common/standby.py run) and names its call there
-            if cl.link.kind in ("host", "phone") and cl.link in standby and cl.peer_call_no:
-                send_on_leg(cl, wire.NODES, {wire.IE_STANDBY: 0}, now)
-                core.stats.count("takeover: legs named to a standby session")
+        for cl in (call.a, call.b):   # (a conference's call may have one leg)
+            if cl is not None:   # a direct call's trunk leg: its pair offer above names it
+                self._name(cl, now, trunk=value.get("xpair") is None)
         for side, leg in legs.items():
             entry = self.want.pop((leg["link"]["kind"], leg["link"]["name"], leg["call_no"]), None)
             for link, msg_type, ies in (entry[1] if entry else ()):
