@@ -10,7 +10,7 @@ What a client and every node agree on, with no table to look up:
   connection id), behind version bits, so the layout can change while sessions made with the
   old one live on;
 - where the nodes are: IE cluster_nodes in WELCOME and the system information,
-  `encode_nodes` / `decode_nodes`.
+  `decode_nodes` (a node makes them: common/cluster_make.py).
 
 Layout version 1 (the only one today; etcd's /upbx/layout says which one a cluster gives out):
 
@@ -69,13 +69,6 @@ def index_worker(index):
     return index & WORKER_MASK
 
 
-def make_index(node, worker, local):
-    """The session index of node's worker's local number (0..8191), in layout LAYOUT."""
-    if not 1 <= node <= MAX_NODE or not 0 <= worker < MAX_WORKERS or not 0 <= local < LOCAL_SESSIONS:
-        raise ValueError("node %d, worker %d, local %d outside layout %d" % (node, worker, local, LAYOUT))
-    return (LAYOUT << VERSION_SHIFT) | (node << NODE_SHIFT) | (local << LOCAL_SHIFT) | worker
-
-
 def index_local(index):
     """The node's own part of a session index (its 13 local bits)."""
     return (index >> LOCAL_SHIFT) & LOCAL_MASK
@@ -85,13 +78,6 @@ def call_no_node(call_no):
     """The node id in a call number (layout LAYOUT), or None (node 0: nobody's)."""
     node = (call_no >> CALL_NODE_SHIFT) & NODE_MASK
     return node or None
-
-
-def make_call_no(node, local):
-    """The call number of node's local number (0..2047), in layout LAYOUT."""
-    if not 1 <= node <= MAX_NODE or not 0 <= local < LOCAL_CALLS:
-        raise ValueError("node %d, call %d outside layout %d" % (node, local, LAYOUT))
-    return (node << CALL_NODE_SHIFT) | local
 
 
 def identity(kind, name):
@@ -135,25 +121,6 @@ def successor(home, node_ids):
     return None
 
 
-def encode_nodes(nodes):
-    """IE cluster_nodes of [(node_id, (ipv4, port))]: the layout version (1 byte), then per node its
-    id (1 byte), IPv4 address (4) and UDP port (2), in the order given."""
-    out = bytearray((LAYOUT,))
-    for node, address in nodes:
-        host, port = address
-        parts = host.split(".")
-        if not 1 <= node <= MAX_NODE or len(parts) != 4 or not 0 < port < 65536:
-            raise ValueError("cluster node %r at %r" % (node, address))
-        out.append(node)
-        for part in parts:
-            out.append(int(part))
-        out.append(port >> 8)
-        out.append(port & 0xFF)
-    if len(out) > 255:
-        raise ValueError("%d cluster nodes do not fit in one IE" % len(nodes))
-    return bytes(out)
-
-
 def decode_nodes(data):
     """[(node_id, (ipv4, port))] of IE cluster_nodes; ValueError names what is wrong (a layout this
     code does not know, a cut entry, a node id outside 1..15 or twice, port 0)."""
@@ -189,10 +156,12 @@ def phone_event(phone, event, now=0):
     from the WELCOME, and a standby session to the home node's successor (common/standby.py, loaded
     only when there is room for it). On the session's loss with the standby up: the standby becomes
     the session as it is, no handshake, the call goes on (True: the phone carries on as if nothing
-    happened). Else phone.host_next is where the next login goes: the first node in the phone's
-    rendezvous order, or the second if the first was the one lost; after HELLOs that nobody
-    answered, the node after that one. Here, not in common/phone.py: a handset at a standalone main
-    host never loads it."""
+    happened). With no standby up but a call: the grace period (below), the calls kept while the
+    phone logs in at the lost node's successor and names them there (True: the LoginDown is passed
+    on, its calls are not ended). Else phone.host_next is where the next login goes: the first node in
+    the phone's rendezvous order, or the second if the first was the one lost; after HELLOs that
+    nobody answered, the node after that one. Here, not in common/phone.py: a handset at a standalone
+    main host never loads it."""
     from .login import LoginUp
     if type(event) is LoginUp:
         phone.cluster_nodes = event.welcome.get(0x31, phone.cluster_nodes)   # IE cluster_nodes
@@ -202,6 +171,10 @@ def phone_event(phone, event, now=0):
             standby.choose(phone, now)
         else:
             phone.cluster_out = [("log", "no standby session: too little free heap")]
+            phone.login.set_keepalive(2000, 2000, now)   # its loss noticed within 4 s (common/grace.py)
+        if getattr(phone, "grace", 0):
+            from .grace import name   # calls kept through the loss: named to this node (common/grace.py)
+            name(phone, now)
         _let_go(phone)
         return False
     if phone.standby is not None and phone.standby.state == "up":
@@ -214,6 +187,10 @@ def phone_event(phone, event, now=0):
     except ValueError:
         return False
     ids = [n for n, _a in order]
+    if phone.call is not None:
+        from .grace import lost   # a call at the loss: the grace period, or its end (common/grace.py)
+        if lost(phone, event, order, ids, successor):
+            return True
     if phone._node_up is not None:
         at = ids.index(phone._node_up) if phone._node_up in ids else -1
         pick = 0 if at != 0 else 1

@@ -232,7 +232,7 @@ def tick(phone, now):
     login, standby = phone.login, phone.standby
     if standby is None:
         return
-    if standby.state == "up" and phone.call is not None:
+    if phone.call is not None:   # (its standby not up: the grace period's login must meet the call, cluster.py)
         login.set_keepalive(_CALL_KEEPALIVE_MS, _CALL_DEAD_MS, now)
     else:
         login.set_keepalive(phone.standby_keepalive_ms, _IDLE_DEAD_MS if standby.state == "up" else login.dead_ms, now)

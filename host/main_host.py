@@ -530,6 +530,10 @@ class MainHost(HostCore):
                 leg = self.switch.leg(link, call_no) if was_standby and link.kind == "phone" else None
                 if leg is not None:   # ours already: a call we took over and named to it (a one-sided switch)
                     self._carried_here(leg.call, link, now)
+            elif not ies[wire.IE_STANDBY] and call_no and link.kind == "phone" and self.switch.leg(link, call_no) is None:
+                # a node that cannot look calls up (no Redis): a phone's call named here ends at once, "main host
+                # lost", rather than staying up in silence (common/cluster.py: the grace period's login names it)
+                link.send_signal(wire.RELEASE, {wire.IE_CALL_NO: call_no, wire.IE_CAUSE: wire.CAUSE_MAIN_LOST}, now)
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)

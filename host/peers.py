@@ -15,7 +15,7 @@ import os
 import secrets
 import sys
 
-from upbx.common import cluster, wire
+from upbx.common import cluster, cluster_make, wire
 from upbx.common.reliable import Channel
 from upbx.common.session import (COOKIE_BUCKET_MS, handshake_key, identity_of, make_cookie,
                             parse_handshake, seal_handshake, session_keys, verify_handshake)
@@ -137,7 +137,7 @@ class PeerTable:
         room = cluster.LOCAL_SESSIONS * workers
         for _ in range(room):
             self._next_index = (self._next_index + 1) % room
-            index = cluster.make_index(self.node_id, self._next_index % workers, self._next_index // workers)
+            index = cluster_make.make_index(self.node_id, self._next_index % workers, self._next_index // workers)
             if index not in self.peers and index not in self._reserved:
                 return index
         return None

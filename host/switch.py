@@ -15,7 +15,7 @@ import collections
 import itertools
 import os
 
-from upbx.common import cluster, wire
+from upbx.common import cluster, cluster_make, wire
 from upbx.common.call import (ALERTING_RECEIVED, ALERTING_SENT, ANSWER_RECEIVED, ANSWER_SENT, CONNECTED, DTMF_RECEIVED,
                          DTMF_SENT, IDLE, RELEASE_RECEIVED, RELEASE_SENT, RINGBACK, SETUP_RECEIVED, SETUP_SENT, TIMEOUT,
                          CallLeg)
@@ -286,7 +286,7 @@ class Switch:
         if self.node_id is not None:
             for _ in range(cluster.LOCAL_CALLS):
                 self._next = (self._next + 1) % cluster.LOCAL_CALLS
-                call_no = cluster.make_call_no(self.node_id, self._next)
+                call_no = cluster_make.make_call_no(self.node_id, self._next)
                 if call_no not in self.legs:
                     return call_no
             return None
@@ -304,7 +304,7 @@ class Switch:
         shared = None
         for _ in range(cluster.LOCAL_CALLS):
             self._next_phone = (self._next_phone + 1) % cluster.LOCAL_CALLS
-            call_no = cluster.make_call_no(self.node_id, self._next_phone)
+            call_no = cluster_make.make_call_no(self.node_id, self._next_phone)
             if (link, call_no) in legs or (reserved is not None and reserved(link, call_no)):
                 continue
             if not prefer or call_no not in minis:
@@ -322,7 +322,7 @@ class Switch:
         own, legs = self.trunk_own, self.legs
         for _ in range(cluster.LOCAL_CALLS):
             self._next_trunk = (self._next_trunk + 1) % cluster.LOCAL_CALLS
-            call_no = cluster.make_call_no(bits, self._next_trunk)
+            call_no = cluster_make.make_call_no(bits, self._next_trunk)
             if call_no not in own and (link, call_no) not in legs:
                 return call_no
         return None

@@ -111,6 +111,7 @@ class PhoneEnd:
         self.standby = False        # a phone at a node keeps a standby session as a handset does (_flush_standby)
         self.phone.rebalance_ms = 0   # and stays at the node the test puts it at (a move's test sets this)
         self.dropped_in = 0
+        self._next = None           # the phone's host_next this end last followed (flush)
         net.endpoints[address] = self._receive
 
     def _receive(self, data, source):
@@ -123,6 +124,11 @@ class PhoneEnd:
         self.flush()
 
     def flush(self):
+        # a phone at a cluster's node whose session was lost logs in next where it says (host_next, set at the
+        # LoginDown: firmware/events.py sends the next login there)
+        nxt = self.phone.host_next
+        if nxt is not None and nxt is not self._next:
+            self._next, self.host = nxt, tuple(nxt)
         for datagram in self.phone.datagrams_to_send(self.net.now):
             self.net.send(datagram, self.address, self.host)
         if self.standby:

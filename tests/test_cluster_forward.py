@@ -7,7 +7,7 @@ then 301's datagrams go to node 1 instead, which reads node 2's id in their call
 index and sends them on. What is asserted is the audio that arrives, the envelopes on the wire and
 the nodes' counts. And a standalone main host's WELCOME is what it was.
 """
-from upbx.common import cluster, wire
+from upbx.common import cluster, cluster_make, wire
 from upbx.common.login import LoginUp
 from upbx.host.cluster import route
 from upbx.host.cluster.route import ENVELOPE, Router
@@ -135,7 +135,7 @@ def test_a_node_forwards_a_flood_of_forged_frames_only_within_its_buckets(tmp_pa
     world = TwoNodes(tmp_path)
     try:
         net, n2 = world.net, world.main
-        forged = _forged_trunk(cluster.make_index(1, 0, 77))     # node 1's index, nobody's session
+        forged = _forged_trunk(cluster_make.make_index(1, 0, 77))     # node 1's index, nobody's session
         out = []
         real_send = net.send
 
@@ -187,15 +187,15 @@ def test_a_node_forwards_nothing_from_a_node_address_or_cut_short(tmp_path):
         net.send = watch
         # a frame "from" node 1 naming node 1's index: sent back to node 1 it would come from its own
         # address (answered to itself, a loop); nodes send each other client frames only in FORWARDED
-        net.send(_forged_trunk(cluster.make_index(1, 0, 5)), NODE1, MAIN)
+        net.send(_forged_trunk(cluster_make.make_index(1, 0, 5)), NODE1, MAIN)
         # a frame too short for the owner to take
-        net.send(_forged_trunk(cluster.make_index(1, 0, 5), wire.TRUNK_HEADER + 2), ("198.18.66.2", 4000), MAIN)
+        net.send(_forged_trunk(cluster_make.make_index(1, 0, 5), wire.TRUNK_HEADER + 2), ("198.18.66.2", 4000), MAIN)
         world.settle()
         assert not out
         assert n2.stats.drops["cluster: forward from a node's address"] == 1
         assert n2.stats.drops["cluster: forward of a frame cut short"] == 1
         # and a well-formed one from a client's address is still sent on
-        net.send(_forged_trunk(cluster.make_index(1, 0, 5)), ("198.18.66.2", 4000), MAIN)
+        net.send(_forged_trunk(cluster_make.make_index(1, 0, 5)), ("198.18.66.2", 4000), MAIN)
         world.settle()
         assert len(out) == 1
     finally:

@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from upbx.common import cluster, wire
+from upbx.common import cluster, cluster_make, wire
 from upbx.common.call import CONNECTED, CallLeg
 from upbx.common.media import MediaLeg
 from upbx.common.phone import Dtmf
@@ -388,7 +388,7 @@ def test_a_lost_nodes_call_between_two_phones_that_had_the_same_number_there_goe
         world.run(200)
         value = json.loads(call_value(call, "n9", cluster_key, main.wall_ms(world.net.now)))
         # as node 9 gave them out: both phones' legs the same number, which each phone names its call by
-        number = cluster.make_call_no(9, 77)
+        number = cluster_make.make_call_no(9, 77)
         for side, phone in (("a", "301"), ("b", "302")):
             value["legs"][side]["call_no"] = number
             p[phone].phone.call.media.peer_call_no = number

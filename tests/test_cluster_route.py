@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from upbx.common import cluster, wire
+from upbx.common import cluster, cluster_make, wire
 from upbx.common.login import LoginUp
 from upbx.host.cluster.route import Router, forward_key
 from tests.intruder import Intruder, now_ms
@@ -144,7 +144,7 @@ def test_a_forged_or_looping_envelope_is_dropped_and_creates_nothing(lab):
 def test_an_index_of_a_node_that_is_not_alive_is_not_forwarded(lab):
     # node id 9 is nobody's: a trunk frame naming it is dropped where it lands, and counted
     frame = bytearray(wire.TRUNK_HEADER + wire.TRUNK_ENTRY_HEADER + wire.CN_BYTES + wire.MEDIA_TAG)
-    wire.pack_trunk_header(frame, cluster.make_index(9, 0, 1))
+    wire.pack_trunk_header(frame, cluster_make.make_index(9, 0, 1))
     before = drops(lab, "n2").get("cluster: node 9 not alive", 0)
     out = sum(lab.status("n2")["cluster"]["forwarded_out"].values())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -158,7 +158,7 @@ def test_cluster_status_shows_each_nodes_address_load_and_forwarding(lab):
     from upbx.tools.lab import ROOT, upbx
     ids = {n: node_id(lab, n) for n in NODES}
     frame = bytearray(wire.TRUNK_HEADER + wire.TRUNK_ENTRY_HEADER + wire.CN_BYTES + wire.MEDIA_TAG)
-    wire.pack_trunk_header(frame, cluster.make_index(ids["n1"], 0, 4321))   # n1's, nobody's: n3 sends it on
+    wire.pack_trunk_header(frame, cluster_make.make_index(ids["n1"], 0, 4321))   # n1's, nobody's: n3 sends it on
     before = lab.cluster_status()
     was = {n["name"]: n.get("forwarded_out", 0) for n in before["nodes"]}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

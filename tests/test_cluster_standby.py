@@ -320,6 +320,78 @@ def test_a_100k_mpy_phone_at_a_node_calls_and_logs_in_again_at_the_next_node_whe
         lab.close()
 
 
+def test_a_100k_mpy_phone_at_a_node_keeps_its_call_through_the_nodes_kill_without_a_standby(own_engines, unix32_plain):
+    """The grace period of a phone without a standby (docs/cluster.md "Failover" 2b): two 100K .mpy handsets (no room
+    for a standby) talk through n1, which is killed with -9. Each keeps its call, logs in at n1's successor n2 with a
+    plain handshake and names the call there; n2 takes it over from Redis and they talk on: 3 s more audio both ways,
+    every frame one the other phone sent, one call each ending "normal clearing". Before, each phone's call ended
+    "unreachable" 22 s after the kill (the node's 20 s keepalive), when it noticed."""
+    from upbx.tools.lab import read_g711_record, wav_frames_g711, write_noise_wav
+    from tests.support import micropython_binary
+    micropython_binary()
+    lab = cluster_lab.ClusterExchange(own_engines, nodes=("n1", "n2"), direct_media=False,
+                                      phone_args=("--micropython", unix32_plain, "--heapsize", "100K", "--mpy"))
+    try:
+        lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "308"]})
+        lab.start(one_by_one=True)
+        procs = {}
+        for number in ("308", "301"):
+            wav = lab.path(number + ".wav")
+            write_noise_wav(wav, 60, int(number))
+            args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after", "400"]
+            args += ["--answer"] if number == "308" else []
+            procs[number] = lab.phone(number, *args, tag="mpy-" + number)
+            lab.wait_registered(number, timeout=60)
+        lab.wait_for(lambda: sorted(p["extension"] for p in lab.status("n1")["phones"]) == ["301", "308"],
+                     "both phones at n1", timeout=60)
+        for number in ("301", "308"):
+            lab.wait_for(lambda: _lines(lab, "phone-mpy-" + number, "no standby session: too little free heap"),
+                         "%s says it keeps no standby" % number, timeout=30)
+        procs["301"].stdin.write(b"!call 308\n")
+        procs["301"].stdin.flush()
+        lab.wait_for(lambda: [c["callee"] for c in lab.status("n1")["calls"]] == ["308"], "the call at n1", timeout=60)
+
+        def audio(where):
+            before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("301", "308")}
+            try:
+                lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 150 for n in ("301", "308")),
+                             "3 s of audio both ways " + where, timeout=60)
+            except TimeoutError as exc:
+                heard = {n: _frames(lab.path(n + ".rx.g711")) - before[n] for n in ("301", "308")}
+                raise AssertionError("%s: frames heard %s\n%s\n%s" % (
+                    exc, heard, lab._log_tail("phone-mpy-301", 25), lab._log_tail("phone-mpy-308", 25)))
+
+        audio("through n1")
+        lab.kill("n1")
+        try:
+            lab.wait_for(lambda: [c["callee"] for c in lab.status("n2")["calls"]] == ["308"], "n2 took the call over",
+                         timeout=30)
+        except TimeoutError as exc:
+            raise AssertionError("%s\n%s\n%s\n%s" % (exc, lab._log_tail("phone-mpy-301", 30),
+                                                      lab._log_tail("phone-mpy-308", 30), lab._log_tail("n2", 40)))
+        for number in ("301", "308"):
+            assert len(_lines(lab, "n2", " login ", "name=%s " % number)) == 1   # a plain handshake
+            assert _lines(lab, "phone-mpy-" + number, "next login at")
+        audio("through n2, after n1's kill")
+        procs["301"].stdin.write(b"!hangup\n")
+        procs["301"].stdin.flush()
+        lab.wait_for(lambda: not lab.status("n2")["calls"], "the call ended at n2", timeout=30)
+        for number in ("301", "308"):
+            assert not _lines(lab, "phone-mpy-" + number, "MemoryError"), lab._log_tail("phone-mpy-" + number, 30)
+        for proc in procs.values():
+            proc.stdin.write(b"!quit\n")
+            proc.stdin.flush()
+            proc.wait(30)
+        for sender, receiver in (("301", "308"), ("308", "301")):
+            summary = lab.summary("mpy-" + sender)
+            assert [c["cause"] for c in summary["calls"]] == ["normal clearing"], summary["calls"]
+            frames = {payload for payload in wav_frames_g711(lab.path(sender + ".wav"))}
+            heard = [payload for _ts, payload in read_g711_record(lab.path(receiver + ".rx.g711"))]
+            assert len(heard) >= 300 and all(p in frames for p in heard), (sender, len(heard))
+    finally:
+        lab.close()
+
+
 def test_in_the_network_lab_phones_behind_nat_straight_at_a_node_fail_over_to_its_successor():
     """The network lab (root): nodes n1..n3 on their own Internet addresses, the engines beside them;
     site c without a remote host, its firmware phones 301 and 302 behind the site's cone NAT router

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from upbx.common import cluster, wire
+from upbx.common import cluster, cluster_make, wire
 from upbx.common.login import UP
 from tests.clusterkit import engines  # noqa: F401 (a fixture)
 from tests.intruder import Intruder, Tap, now_ms
@@ -104,7 +104,7 @@ def test_a_phone_logs_in_at_the_node_it_greeted_and_each_node_names_itself_in_it
 def test_a_flood_of_forged_frames_naming_another_node_is_forwarded_only_within_its_bucket(lab):
     from upbx.host.cluster import route
     ids = {n: lab.status(n)["cluster"]["node_id"] for n in NODES}
-    index = cluster.make_index(ids["n1"], 0, cluster.LOCAL_SESSIONS - 2)     # n1's, nobody's session
+    index = cluster_make.make_index(ids["n1"], 0, cluster.LOCAL_SESSIONS - 2)     # n1's, nobody's session
     frame = bytearray(wire.TRUNK_HEADER + wire.TRUNK_ENTRY_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG)
     wire.pack_trunk_header(frame, index)
 

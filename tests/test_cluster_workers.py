@@ -8,7 +8,7 @@ import select
 import socket
 import time
 
-from upbx.common import cluster, wire
+from upbx.common import cluster, cluster_make, wire
 from upbx.host.peers import PeerTable
 from upbx.host.relay_workers import attach_steering
 from upbx.host.core import Stats
@@ -73,12 +73,12 @@ def test_the_kernel_steers_a_nodes_trunk_frames_to_the_worker_its_index_names():
         sent = {0: [], 1: [], 2: []}
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
             for node, worker, local in ((1, 0, 0), (1, 1, 0), (1, 2, 0), (2, 1, 77), (15, 2, 8191), (3, 0, 5)):
-                index = cluster.make_index(node, worker, local)
+                index = cluster_make.make_index(node, worker, local)
                 frame = bytes([0xC0 | (index >> 16), (index >> 8) & 0xFF, index & 0xFF]) + bytes(20)
                 sent[worker].append(frame)
                 tx.sendto(frame, address)
             # another node's index with a worker this node has not (5 of 3): the field mod 3
-            index = cluster.make_index(2, 5, 1)
+            index = cluster_make.make_index(2, 5, 1)
             frame = bytes([0xC0 | (index >> 16), (index >> 8) & 0xFF, index & 0xFF]) + bytes(20)
             sent[5 % 3].append(frame)
             tx.sendto(frame, address)

@@ -14,6 +14,7 @@ import pytest
 from upbx.common import lines, wire
 from upbx.host.cluster import trunk
 from tests.inprocess import MAIN
+from tests.test_cluster_forward import NODE1
 from tests.test_cluster_xgroup import (TwoNodes, _act, _answer, _dial, _group, _in_order, _listen, _parties, _ringing,
                                        with_phones)
 
@@ -90,7 +91,9 @@ def test_a_call_from_node_1_transferred_at_node_2_back_to_node_1_goes_on_when_no
 def test_a_call_from_node_1_transferred_at_node_2_to_a_phone_there_ends_at_both_when_node_2_is_lost(world):
     """The simpler case: the joined call has one leg on the trunk (201's, from node 1) and one to a phone at node 2
     (302) without a standby session. Node 1 holds its half for node 2's successor; 302's session is gone with its
-    node: its call ends "unreachable" at its own liveness limit, 201's "main host lost" after the hold."""
+    node: it notices at its session's liveness limit, logs in at node 1 (node 2's successor) keeping its call (the
+    grace period of a phone without a standby up) and names it there; node 1, which cannot look calls up in this
+    world (no Redis), ends it "main host lost" at once. 201's ends "main host lost" after the hold."""
     p = world.phones
     world.call("201", "301")                       # site b (node 1) calls 301 (node 2)
     _act(world, "301", lambda ph, now: lines.consult(ph, "302", now, True))   # blind to 302, at node 2 too
@@ -113,11 +116,13 @@ def test_a_call_from_node_1_transferred_at_node_2_to_a_phone_there_ends_at_both_
     took = world.run_until(lambda: p["201"].idle, trunk.HOLD_MS, "201's call ends")
     assert world.net.now - lost >= trunk.HOLD_MS and took <= trunk.HOLD_MS
     assert p["201"].causes()[-1] == wire.CAUSE_MAIN_LOST and not p["302"].idle
-    # 302 has no standby session: it notices its node's silence at its session's liveness limit (the node's
-    # keepalive, 20 s, and 2 s) and its call ends "unreachable" then, as any call of a phone at a lost node
+    # 302 has no standby session up: it notices its node's silence at its session's liveness limit (here the node's
+    # keepalive, 20 s, and 2 s: this world's phones keep the standby's timers unrun), logs in at node 1 with its call
+    # kept and names it; node 1 has no Redis to look it up in and ends it "main host lost" (before: "unreachable")
     login = p["302"].phone.login
-    world.run_until(lambda: p["302"].idle, login.keepalive_ms + login.dead_ms + 1000, "302's call ends")
-    assert world.net.now - lost >= login.keepalive_ms and p["302"].causes()[-1] == wire.CAUSE_UNREACHABLE
+    world.run_until(lambda: p["302"].idle, login.keepalive_ms + login.dead_ms + 3000, "302's call ends")
+    assert world.net.now - lost >= login.keepalive_ms and p["302"].causes()[-1] == wire.CAUSE_MAIN_LOST
+    assert p["302"].phone.registered and tuple(p["302"].host) == NODE1
     assert not p["201"].received and not p["302"].received
     assert _node_1_empty(world) and world.n1.stats.counters["node trunk: calls lost"] == 1
     # node 1 records its call with 201 once, linked to the first (node 2's record of the joined call would

@@ -127,14 +127,14 @@ def test_standby_node_is_the_next_in_the_sites_rendezvous_order_from_cluster_nod
     keeps a standby session to its home node's successor (the same for every client of that node)
     (logging in there: a HELLO goes to that address); a cluster_nodes it cannot read is counted and
     leaves it with the list it heard before."""
-    from upbx.common import cluster
+    from upbx.common import cluster, cluster_make
     from tests.inprocess import MAIN, flush_host
     world = World(tmp_path)
     try:
         world.start_remote()
         nodes = [(1, MAIN), (2, ("198.18.0.12", 4569)), (3, ("198.18.0.13", 4569)), (4, ("198.18.0.14", 4569))]
         want = dict(nodes)[cluster.successor(1, [n for n, _a in nodes])]   # MAIN is node 1, its home
-        world.a._learn_nodes(cluster.encode_nodes(nodes))   # as a WELCOME, SYSINFO or NODES brings them
+        world.a._learn_nodes(cluster_make.encode_nodes(nodes))   # as a WELCOME, SYSINFO or NODES brings them
         world.a._choose_standby(world.net.now)
         assert world.a.status()["main"]["standby"]["address"] == "%s:%d" % want
         world.net.queue.clear()

@@ -22,7 +22,7 @@ polling (every 50 ms) and from the phones' recorded audio. Measured figures, not
 import os
 import time
 
-from upbx.common import cluster, wire
+from upbx.common import cluster, cluster_make, wire
 from upbx.tools import bench_net
 
 NODES = ("n1", "n2", "n3")
@@ -488,7 +488,7 @@ def _hop(lab, nodes, ids, address, pids, count):
     if len(nodes) < 2:
         return {}
     owner, via = nodes[0], nodes[1]
-    index = cluster.make_index(ids[owner], 0, cluster.LOCAL_SESSIONS - 1)
+    index = cluster_make.make_index(ids[owner], 0, cluster.LOCAL_SESSIONS - 1)
     frame = bytearray(wire.TRUNK_HEADER + wire.TRUNK_ENTRY_HEADER + wire.VOICE_BYTES + wire.MEDIA_TAG)
     wire.pack_trunk_header(frame, index)
     frame = bytes(frame)

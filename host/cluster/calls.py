@@ -189,6 +189,7 @@ class Takeover:
         self.held_want = {}      # (the lost node's link kind, name, call no) of our held legs -> first asked ms
                                  # (joined): apart, so that they never crowd out what switched clients ask for
         self.uid_want = {}       # call uid -> first asked ms: the other calls of a conference taken over here
+        self.namers = {}         # a want's key -> the phone's link that named it (moved): told when it is given up
 
     def _ask(self, link, call_no, now):
         switch = self.core.switch
@@ -222,8 +223,10 @@ class Takeover:
     def moved(self, link, call_no, now):
         """A client that switched its session to this node (NODES, IE standby 0: a phone straight at a
         node, common/cluster.py) names its call going on: looked for as a trunk frame's would be (a
-        phone's mini frames name no session, so they cannot say whose they are)."""
-        self._ask(link, call_no, now)
+        phone's mini frames name no session, so they cannot say whose they are). A phone's call given up
+        (wanted) is ended at the phone, "main host lost": it would stay up in silence."""
+        if self._ask(link, call_no, now) is not None and link.kind == "phone":
+            self.namers[(link.kind, link.name, call_no)] = link
 
     def joined(self, kind, name, call_no, now):
         """Our leg towards a lost node is held (host/cluster/trunk.py _lost): the lost node's call that has it is
@@ -260,11 +263,23 @@ class Takeover:
         for key in [k for k, (first, _m) in self.want.items() if now - first > WANT_MS]:
             del self.want[key]
             self.core.stats.count("takeover: not found")
+            self._give_up(key, now)
+        for key in [k for k in self.namers if k not in self.want]:
+            del self.namers[key]   # taken over
         for key in [k for k, first in self.held_want.items() if now - first > WANT_MS]:
             del self.held_want[key]
         for uid in [u for u, first in self.uid_want.items() if now - first > WANT_MS]:
             del self.uid_want[uid]
         return set(self.want) | set(self.held_want)
+
+    def _give_up(self, key, now):
+        """A phone's call it named to us (moved) that we did not take over: ended at the phone, "main host lost"
+        (RELEASE with our number for it, which the phone knows its call by), as a remote host ends a call whose
+        media does not come back after its switch. The phone is still logged in on the link that named it."""
+        link = self.namers.pop(key, None)
+        if link is not None and self.core.links_by_name.get((link.kind, link.name)) is link:
+            link.send_signal(wire.RELEASE, {wire.IE_CALL_NO: key[2], wire.IE_CAUSE: wire.CAUSE_MAIN_LOST}, now)
+            self.core.stats.count("takeover: phone's call ended, not found")
 
     def _leg_from(self, leg, key, link, value, wall_ms):
         cl = CallLeg(leg["call_no"], key, leg["role"] or 0)

@@ -8,7 +8,7 @@ another node's frame on in, with the client's source address and a tag only node
 """
 import hmac
 
-from upbx.common import cluster, wire
+from upbx.common import cluster, cluster_make, wire
 from upbx.common.crypto import hkdf
 from upbx.host.limits import TokenBuckets
 
@@ -76,7 +76,7 @@ class Router:
         self.addresses = set(nodes.values())
         if self.address is not None:
             order = [self.node_id] + sorted(n for n in nodes if n != self.node_id)
-            self.encoded = cluster.encode_nodes([(n, nodes[n]) for n in order])
+            self.encoded = cluster_make.encode_nodes([(n, nodes[n]) for n in order])
         return True
 
     # whose is a datagram

@@ -4,7 +4,7 @@ The vectors are written out literally, worked out from the layout in docs/cluste
 rendezvous weights, SHA-256 of the bytes shown): a node, a remote host and a handset that disagree
 with them would send datagrams to the wrong node.
 """
-from common import cluster, wire
+from common import cluster, cluster_make, wire
 
 
 def raises(exc, fn, *args):
@@ -17,9 +17,9 @@ def raises(exc, fn, *args):
 
 def test_index_layout_vectors():
     # vv nnnn lllllllllllll www: version 1 in bits 21-20, node in 19-16, local in 15-3, worker in 2-0
-    assert cluster.make_index(1, 0, 0) == 0x110000
-    assert cluster.make_index(2, 1, 5) == 0x120029
-    assert cluster.make_index(15, 7, 8191) == 0x1FFFFF
+    assert cluster_make.make_index(1, 0, 0) == 0x110000
+    assert cluster_make.make_index(2, 1, 5) == 0x120029
+    assert cluster_make.make_index(15, 7, 8191) == 0x1FFFFF
     for index, node, worker, local in ((0x110000, 1, 0, 0), (0x120029, 2, 1, 5), (0x1FFFFF, 15, 7, 8191)):
         assert cluster.index_version(index) == 1
         assert cluster.index_node(index) == node
@@ -38,35 +38,35 @@ def test_index_of_another_layout_names_no_node():
 
 def test_call_number_layout_vectors():
     # nnnn ccccccccccc: node in bits 14-11, local in 10-0 (no version bits: docs/protocol.md section 14)
-    assert cluster.make_call_no(1, 0) == 0x0800
-    assert cluster.make_call_no(3, 7) == 0x1807
-    assert cluster.make_call_no(15, 2047) == 0x7FFF == wire.MAX_CALL_NO
+    assert cluster_make.make_call_no(1, 0) == 0x0800
+    assert cluster_make.make_call_no(3, 7) == 0x1807
+    assert cluster_make.make_call_no(15, 2047) == 0x7FFF == wire.MAX_CALL_NO
     assert cluster.call_no_node(0x1807) == 3
     assert cluster.call_no_node(0x0800) == 1
     # node 0: nobody's
     assert cluster.call_no_node(0x0007) is None and cluster.call_no_node(0x07FF) is None
     # a call number is never 0 (reserved in mini frames), whatever the local part
-    assert all(cluster.make_call_no(n, 0) > 0 for n in range(1, 16))
+    assert all(cluster_make.make_call_no(n, 0) > 0 for n in range(1, 16))
 
 
 def test_layout_refuses_what_does_not_fit():
-    assert "outside layout 1" in raises(ValueError, cluster.make_index, 16, 0, 0)
-    raises(ValueError, cluster.make_index, 0, 0, 0)
-    raises(ValueError, cluster.make_index, 1, 8, 0)
-    raises(ValueError, cluster.make_index, 1, 0, 8192)
-    raises(ValueError, cluster.make_call_no, 1, 2048)
-    raises(ValueError, cluster.make_call_no, 16, 0)
+    assert "outside layout 1" in raises(ValueError, cluster_make.make_index, 16, 0, 0)
+    raises(ValueError, cluster_make.make_index, 0, 0, 0)
+    raises(ValueError, cluster_make.make_index, 1, 8, 0)
+    raises(ValueError, cluster_make.make_index, 1, 0, 8192)
+    raises(ValueError, cluster_make.make_call_no, 1, 2048)
+    raises(ValueError, cluster_make.make_call_no, 16, 0)
 
 
 def test_every_field_round_trips():
     for node in (1, 7, 15):
         for worker in range(8):
             for local in (0, 1, 4095, 8191):
-                index = cluster.make_index(node, worker, local)
+                index = cluster_make.make_index(node, worker, local)
                 assert (cluster.index_node(index), cluster.index_worker(index), cluster.index_local(index)) \
                     == (node, worker, local)
         for local in (0, 1023, 2047):
-            assert cluster.call_no_node(cluster.make_call_no(node, local)) == node
+            assert cluster.call_no_node(cluster_make.make_call_no(node, local)) == node
 
 
 def test_rendezvous_vectors():
@@ -116,29 +116,29 @@ def test_a_nodes_clients_share_one_standby_its_successor():
 
 def test_node_list_vector_and_round_trip():
     nodes = [(1, ("127.0.0.1", 4569)), (2, ("198.18.0.2", 40000))]
-    data = cluster.encode_nodes(nodes)
+    data = cluster_make.encode_nodes(nodes)
     assert data == bytes.fromhex("01" "01" "7f000001" "11d9" "02" "c6120002" "9c40")
     assert cluster.decode_nodes(data) == nodes
-    assert cluster.decode_nodes(cluster.encode_nodes([])) == []
+    assert cluster.decode_nodes(cluster_make.encode_nodes([])) == []
     # carried as IE cluster_nodes (0x31)
     assert wire.IE_CLUSTER_NODES == 0x31
     ies = wire.encode_ies({wire.IE_CLUSTER_NODES: data})
     assert ies[:2] == b"\x31\x0f" and wire.decode_ies(ies) == {0x31: data}
     fifteen = [(n, ("10.0.0.%d" % n, 4569)) for n in range(1, 16)]
-    assert cluster.decode_nodes(cluster.encode_nodes(fifteen)) == fifteen
+    assert cluster.decode_nodes(cluster_make.encode_nodes(fifteen)) == fifteen
 
 
 def test_bad_node_lists_are_refused_with_the_reason():
-    good = cluster.encode_nodes([(1, ("127.0.0.1", 4569))])
+    good = cluster_make.encode_nodes([(1, ("127.0.0.1", 4569))])
     assert "layout 2" in raises(ValueError, cluster.decode_nodes, b"\x02" + good[1:])
     assert "whole entries" in raises(ValueError, cluster.decode_nodes, good[:-1])
     assert "empty" in raises(ValueError, cluster.decode_nodes, b"")
     assert "node id 0" in raises(ValueError, cluster.decode_nodes, b"\x01\x00" + good[2:])
     assert "node id 1" in raises(ValueError, cluster.decode_nodes, good + good[1:])
     assert "port 0" in raises(ValueError, cluster.decode_nodes, good[:-2] + b"\x00\x00")
-    raises(ValueError, cluster.encode_nodes, [(16, ("127.0.0.1", 1))])
-    raises(ValueError, cluster.encode_nodes, [(1, ("::1", 1))])
-    raises(ValueError, cluster.encode_nodes, [(1, ("127.0.0.1", 0))])
+    raises(ValueError, cluster_make.encode_nodes, [(16, ("127.0.0.1", 1))])
+    raises(ValueError, cluster_make.encode_nodes, [(1, ("::1", 1))])
+    raises(ValueError, cluster_make.encode_nodes, [(1, ("127.0.0.1", 0))])
 
 
 def test_a_phone_at_a_node_logs_in_next_by_its_rendezvous_order():
@@ -146,7 +146,7 @@ def test_a_phone_at_a_node_logs_in_next_by_its_rendezvous_order():
     from common.login import LoginDown, LoginUp
     from common.phone import Phone
     nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
-    data = cluster.encode_nodes(nodes)
+    data = cluster_make.encode_nodes(nodes)
     order = cluster.rendezvous(b"phone/201", [1, 2, 3, 4])      # 1, 4, 3, 2 (test_rendezvous_vectors)
     phone = Phone("201", bytes(16), os.urandom)
     assert phone.cluster_nodes is None and phone.host_next is None
@@ -157,7 +157,7 @@ def test_a_phone_at_a_node_logs_in_next_by_its_rendezvous_order():
         phone.take_events()
 
     # up at node 3 (its WELCOME's index says so), then lost: the next login goes to its first node, 1
-    event(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(3, 0, 9), wire.IE_CLUSTER_NODES: data}))
+    event(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(3, 0, 9), wire.IE_CLUSTER_NODES: data}))
     assert phone.cluster_nodes == data and phone.host_next is None
     event(LoginDown("dead"))
     assert phone.host_next == ("198.18.0.%d" % order[0], 4569)
@@ -166,11 +166,11 @@ def test_a_phone_at_a_node_logs_in_next_by_its_rendezvous_order():
         event(LoginDown("no answer"))
         assert phone.host_next == ("198.18.0.%d" % expected, 4569)
     # up at its first node and lost there: the second
-    event(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(order[0], 0, 1)}))
+    event(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(order[0], 0, 1)}))
     event(LoginDown("dead"))
     assert phone.host_next == ("198.18.0.%d" % order[1], 4569)
     # a node joined: NODES (and SYSINFO's first chunk) bring the new list
-    more = cluster.encode_nodes(nodes + [(5, ("198.18.0.5", 4569))])
+    more = cluster_make.encode_nodes(nodes + [(5, ("198.18.0.5", 4569))])
     phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: more}, 0)
     assert phone.cluster_nodes == more
     # a standalone main host's phone never gets any of it
@@ -182,6 +182,47 @@ def test_a_phone_at_a_node_logs_in_next_by_its_rendezvous_order():
     assert alone.cluster_nodes is None and alone.host_next is None
 
 
+def test_a_phone_without_a_standby_up_keeps_its_call_and_names_it_at_the_lost_nodes_successor():
+    # the grace period (docs/cluster.md "Failover" 2b): a phone at node 2 of 1..4 in a call, its standby not up (or
+    # none: too little heap), loses its session. Its call stays, the LoginDown is passed on (the firmware sends the
+    # next login to host_next), and the next login goes to node 2's successor (4), not the phone's own next node:
+    # where its call's other party's standby is. Up there, it names its call (NODES standby 0, the node's number).
+    import os
+    from common.call import CONNECTED
+    from common.login import LoginDown, LoginUp
+    from common.phone import Ended, Phone
+    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    phone = Phone("201", bytes(16), os.urandom)
+    sent = []
+    phone.login.send = lambda msg_type, ies, now: sent.append((msg_type, ies))
+
+    def event(e):
+        phone.login._events.append(e)
+        phone._login_events(0)
+        return [type(x).__name__ for x in phone.take_events()]
+
+    event(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9), wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(nodes)}))
+    call = phone.call = phone._new_call(bytes(16), 0, 0)
+    call.state = CONNECTED
+    call.learn_peer(cluster_make.make_call_no(2, 7))
+    assert event(LoginDown("dead")) == ["LoginDown"] and phone.call is call and phone.grace
+    assert phone.host_next == ("198.18.0.4", 4569)
+    del sent[:]
+    assert event(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(4, 0, 3)})) == ["LoginUp"]
+    assert [(t, ies) for t, ies in sent if t == 0x73] == [(0x73, {0x38: 0, wire.IE_PEER_CALL_NO: call.peer_call_no})]
+    assert phone.call is call and not phone.grace
+    # lost again, and the grace's login at node 4's successor is not answered: the call ends "main host lost"
+    assert event(LoginDown("dead")) == ["LoginDown"] and phone.call is call
+    phone.login._events.append(LoginDown("no answer to login"))
+    phone._login_events(0)
+    ended = [e for e in phone.take_events() if type(e) is Ended]
+    assert phone.call is None and not phone.grace and [e.cause for e in ended] == [0x12]
+    # a call the host has not answered yet (no number of its): nothing to name, it ends as before
+    event(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(3, 0, 3)}))
+    phone.call = phone._new_call(bytes(16), 0, 0)
+    assert event(LoginDown("dead")) == ["Ended", "LoginDown"] and phone.call is None and not phone.grace
+
+
 def test_a_phone_at_a_node_moves_its_standby_to_its_nodes_new_successor():
     # node 2's successor is 3 among 1..3 and 4 among 1..4 (test_a_nodes_clients_share_one_standby_its_successor):
     # a phone at node 2 keeps its standby at node 3, and moves it to node 4 when NODES says node 4 joined,
@@ -191,22 +232,22 @@ def test_a_phone_at_a_node_moves_its_standby_to_its_nodes_new_successor():
     from common.phone import Phone
     three = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3)]
     phone = Phone("201", bytes(16), os.urandom)
-    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(2, 0, 9),
-                                        wire.IE_CLUSTER_NODES: cluster.encode_nodes(three)}))
+    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(three)}))
     phone._login_events(0)
     assert phone.standby_to == ("198.18.0.3", 4569)
     first = phone.standby
     assert first.datagrams_to_send(0)   # its HELLO
     # node 1 leaves: node 2's successor is still 3, the standby stays as it is
-    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(three[1:])}, 100)
+    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(three[1:])}, 100)
     assert phone.standby is first and phone.standby_to == ("198.18.0.3", 4569)
     # node 4 joins: the standby goes to node 4, a new login with the same index
     four = three + [(4, ("198.18.0.4", 4569))]
-    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(four)}, 200)
+    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(four)}, 200)
     assert phone.standby is not first and phone.standby_to == ("198.18.0.4", 4569)
     assert phone.standby.local_index == first.local_index and phone.standby.datagrams_to_send(200)
     # node 4 leaves again: back to node 3
-    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(three)}, 300)
+    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(three)}, 300)
     assert phone.standby_to == ("198.18.0.3", 4569)
 
 
@@ -220,17 +261,17 @@ def test_a_phone_alone_at_a_node_takes_a_standby_when_a_second_node_joins():
     one = [(2, ("198.18.0.2", 4569))]
     phone = Phone("201", bytes(16), os.urandom)
     assert phone.standby_keepalive_ms is None and phone.standby_to is None
-    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(2, 0, 9),
-                                        wire.IE_CLUSTER_NODES: cluster.encode_nodes(one)}))
+    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(one)}))
     phone._login_events(0)
     assert phone.standby is None and phone.standby_to is None
     assert phone.standby_keepalive_ms == phone.login.keepalive_ms
     two = one + [(3, ("198.18.0.3", 4569))]
-    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(two)}, 100)
+    phone._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(two)}, 100)
     assert phone.standby_to == ("198.18.0.3", 4569) and phone.standby.datagrams_to_send(100)   # its HELLO
     assert phone.standby.keepalive_ms == phone.login.keepalive_ms
     never = Phone("202", bytes(16), os.urandom)
-    never._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster.encode_nodes(two)}, 100)
+    never._message(wire.NODES, {wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(two)}, 100)
     assert never.cluster_nodes is not None and never.standby is None and never.standby_keepalive_ms is None
 
 
@@ -246,8 +287,8 @@ def test_an_idle_phone_at_a_node_moves_to_its_first_node_make_before_break():
     four = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
     phone = Phone("201", bytes(16), os.urandom)
     phone.rebalance_ms = 4000
-    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(2, 0, 9),
-                                        wire.IE_CLUSTER_NODES: cluster.encode_nodes(four)}))
+    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(four)}))
     phone._login_events(0)
     assert phone.standby_to == ("198.18.0.4", 4569)
     entry = standby._move[phone]
@@ -271,7 +312,7 @@ def test_an_idle_phone_at_a_node_moves_to_its_first_node_make_before_break():
     assert phone not in standby._move
     still = Phone("201", bytes(16), os.urandom)
     still.rebalance_ms = 0
-    still.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster.make_index(2, 0, 9),
-                                        wire.IE_CLUSTER_NODES: cluster.encode_nodes(four)}))
+    still.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(four)}))
     still._login_events(0)
     assert still not in standby._move and still.standby_to == ("198.18.0.4", 4569)

@@ -1,0 +1,62 @@
+"""The grace period of a phone straight at a cluster's node with no standby session up (docs/cluster.md "Failover"
+2b, "The grace period of a phone without a standby").
+
+A phone with a standby up switches to it when its node falls silent (common/standby.py). One without (too little
+heap for one: the 100K `.mpy` build; or its standby not up yet) keeps its calls when its session is lost: its next
+login goes to the lost node's successor, where its calls' other parties switch (every client of a node fails over to
+the same survivor), and once up there it names them (NODES standby 0 with the node's number for each, as a switch
+does). That node takes them over from Redis, or ends them "main host lost" if it cannot within 10 s
+(host/cluster/calls.py). That login not answered either (4 HELLOs), the calls end "main host lost".
+
+The node waits for a call's parties 10 s after the first named it, so the loss must be noticed within a few
+seconds, not the node's keepalive (20 s) later: a phone at a node without room for a standby keeps its session
+alive every 2 s, not at the node's 20 s, and counts 2 s of silence after that as its loss (common/cluster.py), as a
+phone behind a remote host does on its LAN. A phone with a standby keeps it alive every 0.5 s in a call, up or not
+(common/standby.py).
+
+Loaded only then, by common/cluster.py at a login event with a call (`lost`, `name`), and let go at once: a phone
+without room for a standby has a few kilobytes to spare.
+"""
+from .compat import const, forget
+
+_NODES = const(0x73)
+_IE_STANDBY = const(0x38)
+_IE_PEER_CALL_NO = const(0x11)
+_CAUSE_MAIN_LOST = const(0x12)
+
+
+def lost(phone, event, order, ids, successor):
+    """The phone's session at a node is lost with a call (common/cluster.py phone_event; order: the nodes in its
+    rendezvous order, ids their ids). True: the grace period begins, the calls stay and the LoginDown is passed on
+    (the firmware sends the next login to host_next, the lost node's successor). False: the grace period's login
+    was not answered either, and its calls have ended "main host lost"; or there is none (a node alone, a call
+    without a number of the node's to name it by), and common/phone.py ends the calls as without a cluster. The
+    next login then goes as it would (common/cluster.py)."""
+    forget("common.grace")
+    home = phone._node_up
+    call, other = phone.call, phone.other
+    if getattr(phone, "grace", 0):
+        from .call import TIMEOUT
+        phone.grace = False
+        while phone.call is not None:
+            phone.call.apply(TIMEOUT)
+            phone._end(_CAUSE_MAIN_LOST)
+        return False
+    if home is None or len(ids) < 2 or not call.peer_call_no or (other is not None and not other.peer_call_no):
+        return False   # common/phone.py ends them "unreachable", as without a cluster
+    phone.grace = True
+    phone._events.append(event)
+    nxt = successor(home, ids)
+    phone._node_up = None
+    phone._node_tried = nxt
+    phone.host_next = order[ids.index(nxt)][1]
+    return True
+
+
+def name(phone, now):
+    """The grace period's login is up: the calls kept are named to this node (common/cluster.py phone_event)."""
+    forget("common.grace")
+    phone.grace = False
+    for call in (phone.call, phone.other):
+        if call is not None and call.peer_call_no:
+            phone.login.send(_NODES, {_IE_STANDBY: 0, _IE_PEER_CALL_NO: call.peer_call_no}, now)

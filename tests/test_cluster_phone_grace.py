@@ -1,0 +1,152 @@
+"""A phone straight at a node with no standby session up keeps its call through the node's loss (issue 16 item 3;
+docs/cluster.md "Failover", 2b, "The grace period of a phone without a standby").
+
+A handset with too little heap for a standby session (the 100K .mpy build, docs/handset.md) or whose standby is
+not up had its call end "unreachable" the moment its session was lost. Now it keeps the call, logs in at the lost
+node's successor (where its call's other party's standby is: all of a node's clients fail over to the same
+survivor), names the call there (NODES standby 0 with its number, as a switch does) and the node takes it over
+from Redis. tests/test_cluster_phone_lines.py's world: two real node cores in one process, tests/inprocess.py's
+PhoneEnd for the phones (following the phone's `host_next` as firmware/events.py does), `CallKeys` for Redis's call
+keys. Phones 301 and 302 are at node 2, 303 at node 1; a phone keeps a standby session only where a test says so.
+What is asserted: the voice frames that arrive, in order, both ways, the causes the phones see, the nodes' calls.
+"""
+import pytest
+
+from upbx.common import wire
+from tests.inprocess import MAIN
+from tests.test_cluster_forward import NODE1
+from tests.test_cluster_phone_lines import Keys
+from tests.test_cluster_xgroup import _in_order, _listen
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    # the phones take no standby at login, as a handset with too little free heap for one (common/cluster.py _room);
+    # _standby gives one to a phone that a test says keeps one
+    from upbx.common import cluster
+    monkeypatch.setattr(cluster, "_room", lambda: False)
+    world = Keys(tmp_path)
+    try:
+        for i, number in enumerate(("301", "302"), 1):
+            world.add_phone(number, i, dead_ms=2000)        # the firmware's keepalive and dead_ms (2 s each)
+        world.add_phone_at("303", 7, 1)
+        p = world.phones
+        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
+        yield world
+    finally:
+        world.close()
+
+
+def _standby(world, number):
+    end = world.phones[number]
+    end.standby = True
+    end.phone.standby_keepalive_ms = None
+    from upbx.common import standby
+    standby.choose(end.phone, world.net.now)
+    end.flush()
+    world.run_until(lambda: end.standby_up(NODE1), 5000, "%s's standby session at node 1" % number)
+
+
+def _talk_again(world, a, b):
+    p = world.phones
+    _listen(world, 600)
+    _in_order(p[b], p[a], 20)
+    _in_order(p[a], p[b], 20)
+
+
+def test_a_phone_without_a_standby_keeps_its_call_through_its_nodes_loss(world):
+    """301 (no standby) talks to 302 (standby at node 1), both at node 2. Node 2 is lost: 302 switches to node 1 at
+    once; 301 notices it within 4 s (a phone at a node without a standby keeps its session alive every 2 s, and 2 s
+    of silence after that is its loss), logs in at node 1 (node 2's successor) after its login's first backoff (at
+    most 1 s), names the call, and node 1 takes it over: they talk again. Before, 301 noticed the loss 22 s later
+    (the node's 20 s keepalive) and its call then ended "unreachable"; 302's ended "main host lost" 10 s after its
+    switch."""
+    p, n1 = world.phones, world.n1
+    _standby(world, "302")
+    assert p["301"].phone.standby is None
+    world.call("301", "302")
+    world.run(400)                                             # the call's key written (the 200 ms writer)
+    world.stop_main()
+    lost = world.net.now
+    world.run_until(lambda: tuple(p["301"].host) == NODE1 and p["301"].phone.registered, 8000,
+                    "301 logged in at node 1")
+    relogged = world.net.now - lost
+    assert p["301"].phone.call is not None and p["301"].causes() == []
+    world.run_until(lambda: len(n1.switch.calls) == 1 and {
+        leg.link.name for c in n1.switch.calls.values() for leg in (c.a, c.b)} == {"301", "302"}, 2000,
+        "node 1 has the call")
+    _talk_again(world, "301", "302")
+    assert 2000 <= relogged <= 5000, relogged   # (virtual time) 2 s keepalive + 2 s, the first backoff
+    assert n1.stats.counters.get("calls taken over") == 1
+    world.hangup("301")
+    world.run_until(lambda: p["302"].idle, 2000, "302's call ended")
+    assert p["302"].causes() == [wire.CAUSE_NORMAL] and p["301"].causes() == [wire.CAUSE_NORMAL]
+    assert MAIN not in world.net.endpoints and not world.net.errors
+
+
+def test_two_phones_without_a_standby_both_log_in_at_the_successor_and_talk_on(world):
+    """Neither phone keeps a standby: both keep the call, both log in at node 1 (the lost node's successor, not each
+    its own rendezvous order's next node: a call's two parties must meet at one survivor), and node 1 adopts it
+    once both named it."""
+    p, n1 = world.phones, world.n1
+    world.call("301", "302")
+    world.run(400)
+    world.stop_main()
+    world.run_until(lambda: len(n1.switch.calls) == 1, 9000, "node 1 has the call")
+    assert all(tuple(p[n].host) == NODE1 and p[n].phone.registered for n in ("301", "302"))
+    _talk_again(world, "301", "302")
+    world.hangup("302")
+    world.run_until(lambda: p["301"].idle, 2000, "301's call ended")
+    assert p["301"].causes() == [wire.CAUSE_NORMAL]
+
+
+def test_a_phone_without_a_standby_in_a_call_to_another_node_logs_in_there_and_talks_on(world):
+    """301 (node 2, no standby) talks to 303 (node 1): a half at each node. Node 2 is lost; 301 logs in at node 1,
+    names the call, and node 1 splices node 2's half to its own: 301 and 303 talk again, node 1 alone."""
+    p, n1 = world.phones, world.n1
+    world.call("301", "303")
+    world.run(400)
+    world.stop_main()
+    world.run_until(lambda: len(n1.switch.calls) == 1 and not n1.xnode.held and all(
+        leg.link.kind == "phone" for c in n1.switch.calls.values() for leg in (c.a, c.b)), 9000,
+        "node 1 has the call, spliced")
+    _talk_again(world, "301", "303")
+    assert p["301"].causes() == [] == p["303"].causes()
+
+
+def test_a_phone_whose_grace_login_is_not_answered_ends_its_call_main_host_lost(world):
+    """Both nodes are lost: 301's login at node 1 is not answered (4 HELLOs), and its call ends "main host lost", not
+    "unreachable" at once; its next login goes to the node after node 1 in its order."""
+    p = world.phones
+    world.call("301", "302")
+    world.run(400)
+    world.stop_main()
+    del world.net.endpoints[NODE1]                             # node 1 gone too: nothing reaches it
+    lost = world.net.now
+    world.run_until(lambda: tuple(p["301"].host) == NODE1, 6000, "301's login goes to node 1")
+    assert p["301"].phone.call is not None and p["301"].causes() == []
+    world.run_until(lambda: p["301"].idle, 9000, "301's call ended")
+    assert p["301"].causes() == [wire.CAUSE_MAIN_LOST]
+    assert 7000 <= world.net.now - lost <= 10000, world.net.now - lost   # 4 s, the backoff, 4 HELLOs a second apart
+    assert tuple(p["301"].host) == MAIN                       # the node after node 1 in a two-node cluster
+
+
+def test_a_call_a_phone_names_that_the_node_cannot_take_over_ends_main_host_lost(world):
+    """Redis lost the call's key: 301 (no standby) logs in at node 1 and names its call, which node 1 cannot find.
+    10 s later node 1 ends it at the phone "main host lost" (a RELEASE with its own number for it): before, the
+    call stayed up in silence until the user hung up."""
+    p, n1 = world.phones, world.n1
+    world.call("301", "302")
+    world.run(400)
+    world.calls.keys.clear()
+    writes = world.calls.serve
+    world.calls.serve = lambda name, core, now: writes(name, core, now) if core is n1 else None   # node 2's writes lost
+    world.stop_main()
+    world.run_until(lambda: tuple(p["301"].host) == NODE1 and p["301"].phone.registered, 8000,
+                    "301 logged in at node 1")
+    named = world.net.now
+    world.run_until(lambda: p["301"].idle, 12000, "301's call ended")
+    assert 9500 <= world.net.now - named <= 10700, world.net.now - named
+    assert p["301"].causes() == [wire.CAUSE_MAIN_LOST]
+    assert n1.stats.counters.get("takeover: phone's call ended, not found") >= 1
+    assert not n1.switch.calls and not world.net.errors
