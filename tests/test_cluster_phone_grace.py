@@ -150,3 +150,44 @@ def test_a_call_a_phone_names_that_the_node_cannot_take_over_ends_main_host_lost
     assert p["301"].causes() == [wire.CAUSE_MAIN_LOST]
     assert n1.stats.counters.get("takeover: phone's call ended, not found") >= 1
     assert not n1.switch.calls and not world.net.errors
+
+
+def test_a_conference_party_without_a_standby_comes_back_to_the_conference_mixed_again(tmp_path, monkeypatch):
+    """tests/test_cluster_conf_failover.py's conference through its mixing node's loss, one party without a standby:
+    301 (node 2, standby at node 1) conferences 101 (site a, node 2, standby at node 1) and 302 (node 2, no standby).
+    Node 2 is lost: 301 and site a switch at once and node 1 mixes the conference again from the calls' keys; 302
+    notices within 4 s, logs in at node 1 and names its call, which node 1 puts back into the conference. Everyone
+    hears the other two (each phone sends its own tone, Goertzel on what each receives), never itself."""
+    from upbx.common import cluster
+    from tests.inprocess import SITE_A
+    from tests.test_cluster_conf_failover import ToneKeys
+    from tests.test_cluster_xconf import _everyone_hears_the_others, _parties, _three_way
+    monkeypatch.setattr(cluster, "_room", lambda: False)
+    world = ToneKeys(tmp_path)
+    try:
+        p, n1 = world.phones, world.n1
+        world.add_tone("101", 1, SITE_A)
+        world.add_tone("301", 2, MAIN)
+        world.add_tone("302", 3, MAIN)
+        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
+        _standby(world, "301")
+        world.run_until(lambda: world.a.standby_link.up, 5000, "site a's standby session at node 1")
+        assert p["302"].phone.standby is None
+        everyone = ["101", "301", "302"]
+        _three_way(world, "301", "101", "302")
+        assert _parties(world.main) == [everyone]
+        _everyone_hears_the_others(world, everyone)
+        world.run(400)
+        world.stop_main()
+        lost = world.net.now
+        world.run_until(lambda: _parties(n1) == [everyone] and p["302"].phone.registered, 9000,
+                        "node 1 mixes the conference again, 302 among its parties")
+        assert world.net.now - lost <= 6000 and tuple(p["302"].host) == NODE1
+        _everyone_hears_the_others(world, everyone)
+        assert p["301"].causes() == [wire.CAUSE_CONFERENCE] and p["101"].causes() == [] == p["302"].causes()
+        world.hangup("302")
+        world.hangup("101")
+        world.run_until(lambda: p["301"].idle, 2000, "the conference ended")
+        assert not world.net.errors
+    finally:
+        world.close()
