@@ -159,6 +159,9 @@ class Call:
         self.pickup_at = None       # a *8 sent on to other nodes: the node ids still to ask (host/main_host.py)
         self.record_uid = None      # the uid this call is recorded under when not its own: a lost node's half
                                     # spliced into ours, that node having been the caller's (host/cluster/calls.py)
+        self.spliced = None         # (uid, node id) of a lost (or stopped) node's half spliced into ours: its key in
+                                    # Redis is ours from then on (host/cluster/calls.py CallMirror); node id None when
+                                    # that node was told at once (it lived), else it is told when its trunk is up again
         self.picked_up_as = None    # such a pickup, picked up there: (the uid that node records it under, the
                                     # number that rang), to record it here if that node is lost (host/lines.py)
         self.recall = None          # a blind transfer ringing: (link to ring back, its number, new party, due, period)

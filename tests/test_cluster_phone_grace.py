@@ -191,3 +191,46 @@ def test_a_conference_party_without_a_standby_comes_back_to_the_conference_mixed
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_a_caller_node_stopped_and_run_again_leaves_the_record_of_its_spliced_half_to_the_other_node(world):
+    """301 (node 2, no standby) calls 303 (node 1): a half at each node, node 2 the caller's, which records the call.
+    Node 2 is stopped (SIGSTOP): node 1 sees its trunk fall silent within 2 s and holds its half; 301 notices within
+    4 s, logs in at node 1 and names the call, and node 1 splices node 2's half into its own (recording the call under
+    node 2's uid from then on), and makes node 2's key of the call its own (`spliced_into`). Node 2 runs again with its
+    copy: once node 1's trunk login to it is up again, node 1 tells it the call is carried on elsewhere, and node 2
+    forgets its copy, unheard and unrecorded. One record of the call, node 1's, "normal clearing" when 303 hangs up.
+    Before (docs/cluster.md, "Not covered" until session 19), node 2's copy stayed (90 s and more: its phone's
+    session had not timed out), and the key was still node 2's, so its record, whenever its copy ended, would have
+    been written first, "unreachable": PostgreSQL keeps the first of a uid. (A phone that switches within 1.5 s,
+    before node 1 sees the trunk's silence, names the call while node 2 still looks alive: node 1 then tells node 2
+    at once, a message node 2 reads first when it runs again.)"""
+    import json
+    from upbx.host.cluster.calls import KEY
+    p, n1 = world.phones, world.n1
+    world.call("301", "303")
+    world.run(400)
+    [theirs] = world.main.switch.calls.values()
+    world.pause_main()
+    world.run_until(lambda: len(n1.switch.calls) == 1 and not n1.xnode.held and all(
+        leg.link.kind == "phone" for c in n1.switch.calls.values() for leg in (c.a, c.b)), 9000,
+        "node 1 spliced node 2's half")
+    assert n1.stats.counters.get("calls taken over") == 1
+    world.run(1000)
+    assert json.loads(world.calls.keys[KEY % theirs.uid])["node"] == "n1"
+    node2 = world.paused
+    world.resume_main()
+    world.run_until(lambda: not node2.switch.calls, 90000, "node 2 ended its copy")
+    world.run(1000)
+    assert not node2.records_waiting and not node2.directory.call_records() and not n1.directory.call_records()
+    assert n1.stats.counters.get("node trunk: spliced calls told to their node") == 1
+    assert node2.stats.counters.get("calls taken over by another node") == 1
+    _talk_again(world, "301", "303")
+    world.hangup("303")
+    world.run_until(lambda: p["301"].idle, 2000, "301's call ended")
+    world.run(1000)
+    assert p["301"].causes() == [wire.CAUSE_NORMAL]
+    # (both nodes' directories are the one database, as PostgreSQL is a real cluster's)
+    assert [(r.caller, r.callee, r.cause, r.uid) for r in n1.directory.call_records()] == [
+        ("301", "303", "normal clearing", theirs.uid)]
+    assert not world.net.errors

@@ -120,6 +120,17 @@ def call_value(call, node, cluster_key, now_wall_ms, ended=False):
     return json.dumps(value, sort_keys=True)
 
 
+def spliced_value(call, node, now_wall_ms, ended=False):
+    """The key of the half that call spliced in (Call.spliced), as this node writes it: the node is ours, the call
+    it went into named, no legs (nothing to take over: the legs are in our call's key). A node that was only stopped
+    and runs again with its copy of that half then finds its key another node's: its ended write is refused
+    (host/cluster/node.py ENDED_IF_OURS) and its record of the copy dropped (MainHost.records_settled), where
+    PostgreSQL would have kept its record, written first, "unreachable"."""
+    return json.dumps({"uid": call.spliced[0], "node": node, "spliced_into": call.uid, "caller": call.caller,
+                       "callee": call.callee, "state": "released" if ended else call.state, "legs": {},
+                       "ended": ended, "written_ms": now_wall_ms}, sort_keys=True)
+
+
 class CallMirror:
     """Which calls' keys are stale: `changes(calls, now)` gives the writes that bring Redis up to date."""
 
@@ -139,6 +150,8 @@ class CallMirror:
             had = self.written.get(call_id)
             if had is None or had[0] != print_ or had[1] <= due:
                 out.append((KEY % call.uid, call_value(call, self.node, self.cluster_key, wall_ms), self.call_ttl_s))
+                if call.spliced is not None:
+                    out.append((KEY % call.spliced[0], spliced_value(call, self.node, wall_ms), self.call_ttl_s))
                 for leg in (call.a, call.b):   # how a survivor finds the call from a frame's call number
                     if leg is not None:
                         out.append((LEG_KEY % (leg.link.kind, leg.link.name, leg.call_no), call.uid, self.call_ttl_s))
@@ -147,6 +160,8 @@ class CallMirror:
             call = self.written.pop(call_id)[2]
             out.append((KEY % call.uid, call_value(call, self.node, self.cluster_key, wall_ms, ended=True),
                         self.ended_ttl_s))
+            if call.spliced is not None:
+                out.append((KEY % call.spliced[0], spliced_value(call, self.node, wall_ms, ended=True), self.ended_ttl_s))
         return out
 
     def uids(self):
@@ -345,10 +360,14 @@ class Takeover:
         if own is None:
             return "no held leg %s here" % legs[ours_side]["peer_call_no"]
         call = own.call
+        lost_node = None if alive else core.xnode.held[own.call_no][1]
         if alive:   # that node forgets its half, unheard and unrecorded (MainHost._taken_over_elsewhere)
             own.link.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_CALL_ID: bytes.fromhex(value["uid"])}, now)
         new = self._leg_from(legs[theirs_side], keys[theirs_side], links[theirs_side], value, wall_ms)
         new.call = call
+        # that half's key is ours from now on (CallMirror), and a node only stopped or cut off is told when its trunk is
+        # up again (NodeTrunks._events): it forgets its copy unheard and unrecorded, as if told at once (alive, above)
+        call.spliced = (value["uid"], lost_node)
         said = own.state   # what we said towards the lost node (before _forget_leg releases the leg)
         core.xnode.held.pop(own.call_no, None)
         switch._forget_leg(own, now)

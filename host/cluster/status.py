@@ -43,6 +43,8 @@ async def gather(config):
             if call["ended"]:
                 ended += 1
                 continue
+            if call.get("spliced_into"):
+                continue   # a half spliced into another node's call (host/cluster/calls.py): that call is counted
             live += 1
             by_node[call["node"]] = by_node.get(call["node"], 0) + 1
     finally:

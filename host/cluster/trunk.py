@@ -237,6 +237,14 @@ class NodeTrunks:
             if isinstance(event, LoginUp):
                 link.up = True
                 self.core.log.info("node-trunk", node=node, state="up")
+                # halves of that node's calls spliced here while it was silent (host/cluster/calls.py _splice): if it
+                # was only stopped or cut off, it forgets its copies, unheard and unrecorded
+                # (MainHost._taken_over_elsewhere), rather than ending them later and recording them "unreachable"
+                for call in self.core.switch.calls.values():
+                    if call.spliced is not None and call.spliced[1] == node:
+                        link.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_CALL_ID: bytes.fromhex(call.spliced[0])},
+                                         now)
+                        self.core.stats.count("node trunk: spliced calls told to their node")
             elif isinstance(event, LoginDown):
                 self.core.log.warning("node-trunk", node=node, state="down", reason=event.reason)
                 self._lost(node, link, event.reason, now)
