@@ -101,3 +101,62 @@ def test_a_call_to_a_client_no_node_names_for_park_ms_is_refused_unreachable(tmp
         assert SITE_B not in xnode.cache
     finally:
         world.close()
+
+
+def test_a_call_to_a_client_redis_names_at_a_lost_node_waits_for_its_new_location(tmp_path):
+    """Redis still names node 3 for site b (a node lost a moment ago, no trunk to it up here: the site is logging in
+    again elsewhere, its new node's write on its way). The SETUP waits and Redis is asked again, as for a client no
+    node names yet; once it names this node (site b logged in here), 201 rings. Before (session 19), "node trunk not
+    up" refused the call "unreachable" at once: two phones without a standby that log in again after their node's
+    kill within the same second (tests/test_cluster_standby.py's 100K .mpy phones) lost a call placed at once."""
+    world, phone = _node(tmp_path)
+    xnode = world.main.xnode
+    try:
+        assert phone.phone.dial("201", world.net.now)
+        phone.flush()
+        world.settle()
+        assert SITE_B in xnode.asked
+        xnode.asked.discard(SITE_B)
+        xnode.answered({SITE_B: 3}, world.net.now)      # node 3: lost, no trunk to it
+        assert xnode.parked[SITE_B] and SITE_B not in xnode.cache and phone.causes() == [] and not phone.idle
+        world.b.start(world.net.now)
+        flush_host(world.net, world.b)
+        world.settle()
+        callee = world.add_phone("201", 2)
+        world.run_until(lambda: callee.phone.registered, 1000, "201 registered")
+        world.run_until(lambda: SITE_B in xnode.asked, trunk.ABSENT_ASK_MS + 3 * TICK_MS, "asked again")
+        xnode.asked.discard(SITE_B)
+        xnode.answered({SITE_B: 2}, world.net.now)
+        world.settle()
+        world.run_until(lambda: callee.phone.call is not None, 1000, "201 rings")
+        assert phone.causes() == [] and not xnode.parked
+        assert world.main.stats.counters.get("location: none found", 0) == 0
+    finally:
+        world.close()
+
+
+def test_a_cached_location_at_a_node_without_a_trunk_up_is_asked_again(tmp_path):
+    """A location cached a moment ago names a node whose trunk is down now: the SETUP does not take it for an answer
+    ("unreachable" at once) but waits while Redis is asked again; Redis saying no node for PARK_MS, it is then
+    routed as a client no node names (refused "unreachable" here)."""
+    world, phone = _node(tmp_path)
+    xnode = world.main.xnode
+    try:
+        xnode.cache[SITE_B] = (3, world.net.now + 10000)
+        assert phone.phone.dial("201", world.net.now)
+        phone.flush()
+        world.settle()
+        assert xnode.parked[SITE_B] and SITE_B in xnode.asked and SITE_B not in xnode.cache
+        assert world.main.stats.counters["location: node trunk not up"] == 1
+
+        def ask_redis():
+            if SITE_B in xnode.asked:
+                xnode.asked.discard(SITE_B)
+                xnode.answered({SITE_B: 3}, world.net.now)   # still the lost node
+            return phone.idle
+
+        took = world.run_until(ask_redis, trunk.PARK_MS + 10 * TICK_MS, "the call refused")
+        assert took >= trunk.PARK_MS and phone.causes() == [wire.CAUSE_UNREACHABLE]
+        assert not world.main.switch.legs and not xnode.parked and not xnode.absent
+    finally:
+        world.close()

@@ -16,7 +16,7 @@ from upbx.common import wire
 from tests.inprocess import MAIN
 from tests.test_cluster_forward import NODE1
 from tests.test_cluster_phone_lines import Keys
-from tests.test_cluster_xgroup import _in_order, _listen
+from tests.test_cluster_phone_move import _talk
 
 
 @pytest.fixture
@@ -47,13 +47,6 @@ def _standby(world, number):
     world.run_until(lambda: end.standby_up(NODE1), 5000, "%s's standby session at node 1" % number)
 
 
-def _talk_again(world, a, b):
-    p = world.phones
-    _listen(world, 600)
-    _in_order(p[b], p[a], 20)
-    _in_order(p[a], p[b], 20)
-
-
 def test_a_phone_without_a_standby_keeps_its_call_through_its_nodes_loss(world):
     """301 (no standby) talks to 302 (standby at node 1), both at node 2. Node 2 is lost: 302 switches to node 1 at
     once; 301 notices it within 4 s (a phone at a node without a standby keeps its session alive every 2 s, and 2 s
@@ -75,7 +68,7 @@ def test_a_phone_without_a_standby_keeps_its_call_through_its_nodes_loss(world):
     world.run_until(lambda: len(n1.switch.calls) == 1 and {
         leg.link.name for c in n1.switch.calls.values() for leg in (c.a, c.b)} == {"301", "302"}, 2000,
         "node 1 has the call")
-    _talk_again(world, "301", "302")
+    _talk(world, "301", "302")
     assert 2000 <= relogged <= 5000, relogged   # (virtual time) 2 s keepalive + 2 s, the first backoff
     assert n1.stats.counters.get("calls taken over") == 1
     world.hangup("301")
@@ -94,7 +87,7 @@ def test_two_phones_without_a_standby_both_log_in_at_the_successor_and_talk_on(w
     world.stop_main()
     world.run_until(lambda: len(n1.switch.calls) == 1, 9000, "node 1 has the call")
     assert all(tuple(p[n].host) == NODE1 and p[n].phone.registered for n in ("301", "302"))
-    _talk_again(world, "301", "302")
+    _talk(world, "301", "302")
     world.hangup("302")
     world.run_until(lambda: p["301"].idle, 2000, "301's call ended")
     assert p["301"].causes() == [wire.CAUSE_NORMAL]
@@ -110,7 +103,7 @@ def test_a_phone_without_a_standby_in_a_call_to_another_node_logs_in_there_and_t
     world.run_until(lambda: len(n1.switch.calls) == 1 and not n1.xnode.held and all(
         leg.link.kind == "phone" for c in n1.switch.calls.values() for leg in (c.a, c.b)), 9000,
         "node 1 has the call, spliced")
-    _talk_again(world, "301", "303")
+    _talk(world, "301", "303")
     assert p["301"].causes() == [] == p["303"].causes()
 
 
@@ -225,7 +218,7 @@ def test_a_caller_node_stopped_and_run_again_leaves_the_record_of_its_spliced_ha
     assert not node2.records_waiting and not node2.directory.call_records() and not n1.directory.call_records()
     assert n1.stats.counters.get("node trunk: spliced calls told to their node") == 1
     assert node2.stats.counters.get("calls taken over by another node") == 1
-    _talk_again(world, "301", "303")
+    _talk(world, "301", "303")
     world.hangup("303")
     world.run_until(lambda: p["301"].idle, 2000, "301's call ended")
     world.run(1000)

@@ -235,6 +235,37 @@ def test_a_100k_mpy_phone_at_a_node_keeps_no_standby(own_engines, unix32_plain):
         lab.close()
 
 
+def _mpy_pair(lab):
+    """Phones 308 (answering) and 301 of site c as 100K .mpy handsets, each sending its noise WAV and recording what
+    it hears; both registered, both saying they keep no standby (too little heap for one)."""
+    from upbx.tools.lab import write_noise_wav
+    procs = {}
+    for number in ("308", "301"):
+        wav = lab.path(number + ".wav")
+        write_noise_wav(wav, 60, int(number))
+        args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after", "400"]
+        args += ["--answer"] if number == "308" else []
+        procs[number] = lab.phone(number, *args, tag="mpy-" + number)
+        lab.wait_registered(number, timeout=60)
+    for number in ("301", "308"):
+        lab.wait_for(lambda: _lines(lab, "phone-mpy-" + number, "no standby session: too little free heap"),
+                     "%s says it keeps no standby" % number, timeout=30)
+    return procs
+
+
+def _audio_both_ways(lab, where):
+    """3 s more of audio both ways between 301 and 308 (their recordings grow by 150 frames each), else a failure
+    naming the frames each heard and the phones' last log lines."""
+    before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("301", "308")}
+    try:
+        lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 150 for n in ("301", "308")),
+                     "3 s of audio both ways " + where, timeout=60)
+    except TimeoutError as exc:
+        heard = {n: _frames(lab.path(n + ".rx.g711")) - before[n] for n in ("301", "308")}
+        raise AssertionError("%s: frames heard %s\n%s\n%s" % (
+            exc, heard, lab._log_tail("phone-mpy-301", 25), lab._log_tail("phone-mpy-308", 25)))
+
+
 # a known defect until session 9 (docs/cluster.md, 2b): the second call's SETUP refused "unreachable" before
 # the callee's new node had written its location key, and the caller's connected event held behind its
 # registration's (no audio); both fixed, 4 runs of 4 passed after
@@ -245,7 +276,7 @@ def test_a_100k_mpy_phone_at_a_node_calls_and_logs_in_again_at_the_next_node_whe
     handshake at the next node of its rendezvous order (301 at n3, 308 at n2), whose location key then
     names it at once (not the dead n1 until the key expires), and a second call between them goes
     through both nodes."""
-    from upbx.tools.lab import read_g711_record, wav_frames_g711, write_noise_wav
+    from upbx.tools.lab import read_g711_record, wav_frames_g711
     from tests.support import micropython_binary
     micropython_binary()
     lab = cluster_lab.ClusterExchange(own_engines, nodes=("n1", "n2", "n3"), direct_media=False,
@@ -255,33 +286,19 @@ def test_a_100k_mpy_phone_at_a_node_calls_and_logs_in_again_at_the_next_node_whe
         lab.start(one_by_one=True)   # node ids 1, 2, 3: 301's next node after n1 is n3, 308's n2
         ids = {n: lab.status(n)["cluster"]["node_id"] for n in lab.nodes}
         by_id = {v: k for k, v in ids.items()}
-        procs = {}
-        for number in ("308", "301"):
-            wav = lab.path(number + ".wav")
-            write_noise_wav(wav, 60, int(number))
-            args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after", "400"]
-            args += ["--answer"] if number == "308" else []
-            procs[number] = lab.phone(number, *args, tag="mpy-" + number)
-            lab.wait_registered(number, timeout=60)
-        for number in ("301", "308"):
-            lab.wait_for(lambda: _lines(lab, "phone-mpy-" + number, "no standby session: too little free heap"),
-                         "%s says it keeps no standby" % number, timeout=30)
+        procs = _mpy_pair(lab)
 
         def call(at):
             """A call 301 -> 308 through node `at`: 3 s of audio both ways, then 301 hangs up."""
             procs["301"].stdin.write(b"!call 308\n")
             procs["301"].stdin.flush()
-            lab.wait_for(lambda: [c["callee"] for c in lab.status(at)["calls"]] == ["308"], "the call at " + at,
-                         timeout=60)
-            before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("301", "308")}
             try:
-                lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 150 for n in ("301", "308")),
-                             "3 s of audio both ways through " + at, timeout=60)
-            except TimeoutError as exc:   # which way, and what each phone and node said
-                heard = {n: _frames(lab.path(n + ".rx.g711")) - before[n] for n in ("301", "308")}
-                raise AssertionError("%s: frames heard %s\n%s\n%s\n%s" % (
-                    exc, heard, lab._log_tail("phone-mpy-301", 25), lab._log_tail("phone-mpy-308", 25),
-                    json.dumps(lab.status(at)["calls"])))
+                lab.wait_for(lambda: [c["callee"] for c in lab.status(at)["calls"]] == ["308"], "the call at " + at,
+                             timeout=60)
+            except TimeoutError as exc:
+                raise AssertionError("%s\n%s\n%s\n%s" % (exc, lab._log_tail("phone-mpy-301", 12),
+                                                          lab._log_tail(at, 30), lab._log_tail("phone-mpy-308", 12)))
+            _audio_both_ways(lab, "through " + at)
             procs["301"].stdin.write(b"!hangup\n")
             procs["301"].stdin.flush()
             lab.wait_for(lambda: not lab.status(at)["calls"], "the call ended at " + at, timeout=30)
@@ -302,6 +319,9 @@ def test_a_100k_mpy_phone_at_a_node_calls_and_logs_in_again_at_the_next_node_whe
             except TimeoutError as exc:
                 raise AssertionError("%s: %s" % (exc, lab._log_tail("phone-mpy-" + number, 30)))
             assert len(_lines(lab, nxt[number], " login ", "name=%s " % number)) == 1   # a plain handshake
+        # (since session 19 a phone without a standby notices its node's loss within 4 s, so the two log in again at
+        # about the same time: the call below may find 308's key still naming n1, its new node's write on its way.
+        # It waits for it (host/cluster/trunk.py route); before, it was refused "unreachable" at once, 1 run in 5)
         call(nxt["301"])
         for number in ("301", "308"):
             assert not _lines(lab, "phone-mpy-" + number, "MemoryError"), lab._log_tail("phone-mpy-" + number, 30)
@@ -326,7 +346,7 @@ def test_a_100k_mpy_phone_at_a_node_keeps_its_call_through_the_nodes_kill_withou
     plain handshake and names the call there; n2 takes it over from Redis and they talk on: 3 s more audio both ways,
     every frame one the other phone sent, one call each ending "normal clearing". Before, each phone's call ended
     "unreachable" 22 s after the kill (the node's 20 s keepalive), when it noticed."""
-    from upbx.tools.lab import read_g711_record, wav_frames_g711, write_noise_wav
+    from upbx.tools.lab import read_g711_record, wav_frames_g711
     from tests.support import micropython_binary
     micropython_binary()
     lab = cluster_lab.ClusterExchange(own_engines, nodes=("n1", "n2"), direct_media=False,
@@ -334,34 +354,14 @@ def test_a_100k_mpy_phone_at_a_node_keeps_its_call_through_the_nodes_kill_withou
     try:
         lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "308"]})
         lab.start(one_by_one=True)
-        procs = {}
-        for number in ("308", "301"):
-            wav = lab.path(number + ".wav")
-            write_noise_wav(wav, 60, int(number))
-            args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after", "400"]
-            args += ["--answer"] if number == "308" else []
-            procs[number] = lab.phone(number, *args, tag="mpy-" + number)
-            lab.wait_registered(number, timeout=60)
+        procs = _mpy_pair(lab)
         lab.wait_for(lambda: sorted(p["extension"] for p in lab.status("n1")["phones"]) == ["301", "308"],
                      "both phones at n1", timeout=60)
-        for number in ("301", "308"):
-            lab.wait_for(lambda: _lines(lab, "phone-mpy-" + number, "no standby session: too little free heap"),
-                         "%s says it keeps no standby" % number, timeout=30)
         procs["301"].stdin.write(b"!call 308\n")
         procs["301"].stdin.flush()
         lab.wait_for(lambda: [c["callee"] for c in lab.status("n1")["calls"]] == ["308"], "the call at n1", timeout=60)
 
-        def audio(where):
-            before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("301", "308")}
-            try:
-                lab.wait_for(lambda: all(_frames(lab.path(n + ".rx.g711")) >= before[n] + 150 for n in ("301", "308")),
-                             "3 s of audio both ways " + where, timeout=60)
-            except TimeoutError as exc:
-                heard = {n: _frames(lab.path(n + ".rx.g711")) - before[n] for n in ("301", "308")}
-                raise AssertionError("%s: frames heard %s\n%s\n%s" % (
-                    exc, heard, lab._log_tail("phone-mpy-301", 25), lab._log_tail("phone-mpy-308", 25)))
-
-        audio("through n1")
+        _audio_both_ways(lab, "through n1")
         lab.kill("n1")
         try:
             lab.wait_for(lambda: [c["callee"] for c in lab.status("n2")["calls"]] == ["308"], "n2 took the call over",
@@ -372,7 +372,7 @@ def test_a_100k_mpy_phone_at_a_node_keeps_its_call_through_the_nodes_kill_withou
         for number in ("301", "308"):
             assert len(_lines(lab, "n2", " login ", "name=%s " % number)) == 1   # a plain handshake
             assert _lines(lab, "phone-mpy-" + number, "next login at")
-        audio("through n2, after n1's kill")
+        _audio_both_ways(lab, "through n2, after n1's kill")
         procs["301"].stdin.write(b"!hangup\n")
         procs["301"].stdin.flush()
         lab.wait_for(lambda: not lab.status("n2")["calls"], "the call ended at n2", timeout=30)

@@ -543,10 +543,14 @@ class NodeTrunks:
             if node is None or node == self.node_id:
                 return (here, None) if here is not None else (None, wire.CAUSE_UNREACHABLE)
             link = self.up(node)
-            if link is None:
-                self.core.stats.count("location: node trunk not up")
+            if link is not None:
+                return link, None
+            self.core.stats.count("location: node trunk not up")
+            if not wait:
                 return None, wire.CAUSE_UNREACHABLE
-            return link, None
+            # that node is lost (or not reached yet): its client may be logging in at another node this moment, whose
+            # write is on its way. Asked again, the SETUP waits, as for a client no node names yet (answered)
+            del self.cache[identity]
         if identity not in self.asked:   # asked once: a group call asks again each tick until Redis answers
             self.asked.add(identity)
             self._wake()
@@ -566,10 +570,11 @@ class NodeTrunks:
         to a client no node names wait on (_parked_tick)."""
         for identity, node in answers.items():
             self.asked.discard(identity)
-            if node is None and self.parked.get(identity):
-                # no node names it yet: the SETUPs wait on (a client that just logged in at another node,
-                # whose write is on its way), asked again (_parked_tick); nothing cached, so that another
-                # SETUP to it waits with them
+            if self.parked.get(identity) and (node is None or (node != self.node_id and self.up(node) is None)):
+                # no node names it yet, or one we have no trunk up to (lost: its client may be logging in at another
+                # node, session 19): the SETUPs wait on (a client that just logged in at another node, whose write
+                # is on its way), asked again (_parked_tick); nothing cached, so that another SETUP to it waits
+                # with them
                 self.absent[identity] = now + ABSENT_ASK_MS
                 continue
             self.cache[identity] = (node, now + CACHE_MS)
