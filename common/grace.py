@@ -23,6 +23,9 @@ _NODES = const(0x73)
 _IE_STANDBY = const(0x38)
 _IE_PEER_CALL_NO = const(0x11)
 _CAUSE_MAIN_LOST = const(0x12)
+_RELEASE = const(0x14)
+_IE_CALL_NO = const(0x10)
+_IE_CAUSE = const(0x15)
 
 
 def lost(phone, event, order, ids, successor):
@@ -44,7 +47,7 @@ def lost(phone, event, order, ids, successor):
         return False
     if home is None or len(ids) < 2 or not call.peer_call_no or (other is not None and not other.peer_call_no):
         return False   # common/phone.py ends them "unreachable", as without a cluster
-    phone.grace = True
+    phone.grace = [(c.call_no, c.peer_call_no) for c in (call, other) if c is not None]   # (ours, the node's)
     phone._events.append(event)
     nxt = successor(home, ids)
     phone._node_up = None
@@ -54,9 +57,14 @@ def lost(phone, event, order, ids, successor):
 
 
 def name(phone, now):
-    """The grace period's login is up: the calls kept are named to this node (common/cluster.py phone_event)."""
+    """The grace period's login is up: the calls kept are named to this node (common/cluster.py phone_event). One
+    its user hung up meanwhile is named too, then released: its RELEASE had no session to go on, and the node,
+    taking the call over, passes it on to the other party (host/cluster/calls.py Takeover.defer), who would
+    otherwise hear silence until its own watch ended the call "main host lost"."""
     forget("common.grace")
-    phone.grace = False
-    for call in (phone.call, phone.other):
-        if call is not None and call.peer_call_no:
-            phone.login.send(_NODES, {_IE_STANDBY: 0, _IE_PEER_CALL_NO: call.peer_call_no}, now)
+    kept, phone.grace = phone.grace, False
+    live = [c.call_no for c in (phone.call, phone.other) if c is not None]
+    for ours, theirs in kept:
+        phone.login.send(_NODES, {_IE_STANDBY: 0, _IE_PEER_CALL_NO: theirs}, now)
+        if ours not in live:
+            phone.login.send(_RELEASE, {_IE_CALL_NO: ours, _IE_PEER_CALL_NO: theirs, _IE_CAUSE: 0}, now)   # normal

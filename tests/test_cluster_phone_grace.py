@@ -227,3 +227,28 @@ def test_a_caller_node_stopped_and_run_again_leaves_the_record_of_its_spliced_ha
     assert [(r.caller, r.callee, r.cause, r.uid) for r in n1.directory.call_records()] == [
         ("301", "303", "normal clearing", theirs.uid)]
     assert not world.net.errors
+
+
+def test_a_call_hung_up_during_the_grace_period_ends_at_the_other_party_once_the_phone_logs_in(world):
+    """301 (no standby) talks to 302 (standby at node 1), both at node 2. Node 2 is lost; 302 switches at once. 301's
+    user hangs up after 301 noticed the loss and before its login at node 1 is up: its RELEASE has no session to go
+    on. Once up at node 1, 301 names the call and then releases it: node 1 takes the call over (302 named it too)
+    and passes the RELEASE on, and 302's call ends "normal clearing" at once. Before, 302 heard silence until its
+    switch's watch ended the call "main host lost" 10 s after the switch."""
+    p, n1 = world.phones, world.n1
+    _standby(world, "302")
+    world.call("301", "302")
+    world.run(400)
+    world.stop_main()
+    world.run_until(lambda: tuple(p["301"].host) == NODE1 and not p["301"].phone.registered, 8000,
+                    "301 lost its session, its next login at node 1")
+    assert p["301"].phone.call is not None and p["302"].phone.call is not None
+    world.hangup("301")
+    assert p["301"].causes() == [wire.CAUSE_NORMAL]
+    world.run_until(lambda: p["301"].phone.registered, 3000, "301 logged in at node 1")
+    up = world.net.now
+    world.run_until(lambda: p["302"].idle, 2000, "302's call ended")
+    assert world.net.now - up <= 500, world.net.now - up
+    assert p["302"].causes() == [wire.CAUSE_NORMAL]
+    assert n1.stats.counters.get("calls taken over") == 1 and not n1.switch.calls
+    assert not world.net.errors

@@ -260,9 +260,10 @@ class Takeover:
 
     def defer(self, link, msg_type, ies, now):
         """True when a call message names a call number of ours we do not have: kept for after the
-        call is adopted (or dropped with the want)."""
+        call is adopted (or dropped with the want). A remote host's that switched here, or a phone's that logged
+        in here in its grace period (common/grace.py: the RELEASE of a call its user hung up meanwhile)."""
         call_no = ies.get(wire.IE_PEER_CALL_NO)
-        if link.kind != "host" or not call_no:
+        if link.kind not in ("host", "phone") or not call_no:
             return False
         entry = self._ask(link, call_no, now)
         if entry is None:
