@@ -248,6 +248,12 @@ def test_bench_cluster_quick_puts_each_phone_at_its_rendezvous_node():
     assert len(pairs) == 3 and all(p["frames_relayed"] > 0 for p in pairs.values())
     assert all({"kernel_drops_at_nodes", "kernel_drops_at_generator", "late_frames", "node_drops"} <= set(p)
                for p in pairs.values())
+    # a phone without a standby through its node's kill (the grace period, docs/cluster.md "Failover" 2b)
+    g = r["phone_without_standby"]
+    if "skipped" not in g or os.environ.get("CI"):
+        assert g["calls_ended"] == {"301": "normal clearing", "308": "normal clearing"}, g
+        assert g["call_taken_over_s"] > 0 and set(g["audio_gap_ms_by_phone"]) == {"301", "308"}
+        assert g["audio_back_ms"] == max(g["audio_gap_ms_by_phone"].values()) > 0
     # the failover times (docs/cluster.md "Engine failover"): measured, each call carried to its normal end
     f = r["failover"]
     if "skipped" in f and not os.environ.get("CI"):

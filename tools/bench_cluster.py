@@ -310,6 +310,7 @@ def bench_cluster(quick=False, phones=None, nodes=NODES):
                 "relayed_calls": _relay(lab, nodes, pids, relay_calls,
                                         QUICK_RELAY_SECONDS if quick else RELAY_SECONDS),
                 "failover": _failover(QUICK_KILLS if quick else KILLS),
+                "phone_without_standby": _grace(),
                 "provision_s": round(provision_s, 1), "seconds": round(elapsed, 2),
                 "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
             }
@@ -367,6 +368,81 @@ def _kill_relaying_node(lab, frames, flowing):
     lab.wait_for(lambda: lab.status(home)["cluster"]["engines"]["etcd"] == "up", "node %s back" % home, timeout=60)
     return {"killed": home, "successor": succ, "call_taken_over_s": taken, "relayed_audio_back_ms": max(gaps.values()),
             "relayed_audio_gap_ms_by_phone": gaps, "idle_rehomed_s": rehomed}
+
+
+def _text(path):
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+def _grace():
+    """The grace period of a phone without a standby (docs/cluster.md "Failover" 2b): two 32-bit `.mpy` handsets at
+    100K (no room for a standby) straight at a node, in a call through it; the node killed with -9: the seconds until
+    its successor lists the call, and each phone's longest gap in the audio it received. Own engines (PostgreSQL,
+    Redis, etcd; no failover of theirs), two nodes. {"skipped": why} without the 32-bit build (`make images`)."""
+    from upbx.tools import cluster_lab
+    from upbx.tools.lab import read_g711_record, write_noise_wav
+    binary = os.path.join(bench_net.ROOT, "build", "unix32-plain", "micropython")
+    problem = cluster_lab.missing() or (None if os.path.exists(binary) else "no 32-bit MicroPython build (make images)")
+    if problem:
+        return {"skipped": problem}
+    with cluster_lab.Engines() as engines:
+        lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2"), direct_media=False, log_level="warning",
+                                          phone_args=("--micropython", binary, "--heapsize", "100K", "--mpy"))
+        try:
+            lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "308"]})
+            lab.start(one_by_one=True)
+            records, procs = {}, {}
+            for number in ("308", "301"):
+                wav = lab.path(number + ".wav")
+                write_noise_wav(wav, 60, int(number))
+                records[number] = lab.path(number + ".rx.g711")
+                args = ["--send", wav, "--record-g711", records[number], "--exit-after", "120"]
+                args += ["--answer"] if number == "308" else ["--call", "308", "--call-after", "1"]
+                procs[number] = lab.phone(number, *args, tag="grace-" + number)
+                lab.wait_registered(number, timeout=60)
+
+            def frames():
+                return {n: read_g711_record(p) if os.path.exists(p) else [] for n, p in records.items()}
+
+            def flowing(before, more):
+                return lambda: all(len(f) >= len(before[n]) + more for n, f in frames().items())
+            lab.wait_for(lambda: [c["callee"] for c in lab.status("n1")["calls"]] == ["308"], "the call at n1", timeout=60)
+            lab.wait_for(flowing({n: [] for n in records}, 100), "the call's audio", timeout=60)
+            before = frames()
+            t0 = time.monotonic()
+            lab.kill("n1")
+            taken = _since(t0, lab, lambda: [c["callee"] for c in lab.status("n2")["calls"]] == ["308"],
+                           "n2 took the call over", timeout=60)
+            try:
+                lab.wait_for(flowing(before, 100), "audio after n1's kill", timeout=60)
+            except TimeoutError as exc:   # what each phone and n2 said
+                heard = {n: len(f) - len(before[n]) for n, f in frames().items()}
+                raise RuntimeError("%s: frames heard since %s\n%s\n%s\n%s" % (
+                    exc, heard, lab._log_tail("phone-grace-301", 15), lab._log_tail("phone-grace-308", 15),
+                    lab._log_tail("n2", 15)))
+            after = frames()
+            gaps = {n: _gap_ms(after[n][max(0, len(before[n]) - 1):]) for n in after}
+            procs["301"].stdin.write(b"!hangup\n")
+            procs["301"].stdin.flush()
+            lab.wait_for(lambda: not lab.status("n2")["calls"], "the call ended at n2", timeout=30)
+            ended = {}
+            for number, proc in procs.items():
+                lab.wait_for(lambda: "call ended" in _text(lab.path("phone-grace-%s.log" % number)),
+                             "%s's call ended" % number, timeout=30)
+                proc.stdin.write(b"!quit\n")
+                proc.stdin.flush()
+                proc.wait(60)
+                try:
+                    ended[number] = lab.summary("grace-" + number)["calls"][0]["cause"]
+                except (OSError, LookupError, ValueError) as exc:   # what the phone said instead
+                    raise RuntimeError("phone %s left no summary (%s): %s" % (
+                        number, exc, lab._log_tail("phone-grace-" + number, 20)))
+            return {"handsets": "32-bit .mpy at 100K (no standby), straight at a node", "nodes": 2,
+                    "call_taken_over_s": taken, "audio_gap_ms_by_phone": gaps, "audio_back_ms": max(gaps.values()),
+                    "calls_ended": ended}
+        finally:
+            lab.close()
 
 
 def _failover(kills=1):
@@ -580,5 +656,13 @@ def table_cluster(r):
                              k["runs"], k["relayed_audio_back_ms_p50"], k["relayed_audio_back_ms_p99"],
                              "met" if k["target_3s_p99_met"] else "NOT met", k["call_taken_over_s_max"],
                              k["idle_rehomed_s_max"]))
+    g = r.get("phone_without_standby") or {}
+    if "skipped" in g:
+        lines.append("  a phone without a standby through its node's kill: not measured (%s)" % g["skipped"])
+    elif g:
+        lines.append("  a phone without a standby (%s) through its node's kill -9: call taken over after %s s, audio "
+                     "back after %d ms (longest gap); the call ended %s" % (
+                         g["handsets"], g["call_taken_over_s"], g["audio_back_ms"],
+                         ", ".join(sorted(set(g["calls_ended"].values())))))
     lines.append("  load average: %s" % r["load_average"])
     return "\n".join(lines)
