@@ -41,6 +41,22 @@ def _dial_site_b(world, phone):
     xnode.answered({SITE_B: None}, world.net.now)
 
 
+def _site_b_logs_in_here(world):
+    """Site b's remote host and 201 log in at this node; when the node next asks Redis, its key names this node.
+    Returns 201's PhoneEnd."""
+    xnode = world.main.xnode
+    world.b.start(world.net.now)
+    flush_host(world.net, world.b)
+    world.settle()
+    callee = world.add_phone("201", 2)
+    world.run_until(lambda: callee.phone.registered, 1000, "201 registered")
+    world.run_until(lambda: SITE_B in xnode.asked, trunk.ABSENT_ASK_MS + 3 * TICK_MS, "asked again")
+    xnode.asked.discard(SITE_B)
+    xnode.answered({SITE_B: 2}, world.net.now)
+    world.settle()
+    return callee
+
+
 def test_a_call_waits_for_a_location_redis_names_a_moment_later(tmp_path):
     world, phone = _node(tmp_path)
     xnode = world.main.xnode
@@ -52,15 +68,7 @@ def test_a_call_waits_for_a_location_redis_names_a_moment_later(tmp_path):
         xnode.asked.discard(SITE_B)
         xnode.answered({SITE_B: None}, world.net.now)    # still none
         # site b logs in here meanwhile, with 201; its key (this node) is what Redis answers next
-        world.b.start(world.net.now)
-        flush_host(world.net, world.b)
-        world.settle()
-        callee = world.add_phone("201", 2)
-        world.run_until(lambda: callee.phone.registered, 1000, "201 registered")
-        world.run_until(lambda: SITE_B in xnode.asked, trunk.ABSENT_ASK_MS + 3 * TICK_MS, "asked again")
-        xnode.asked.discard(SITE_B)
-        xnode.answered({SITE_B: 2}, world.net.now)
-        world.settle()
+        callee = _site_b_logs_in_here(world)
         assert not xnode.parked and not xnode.absent
         world.run_until(lambda: callee.phone.call is not None,
                         1000, "201 rings")
@@ -119,15 +127,7 @@ def test_a_call_to_a_client_redis_names_at_a_lost_node_waits_for_its_new_locatio
         xnode.asked.discard(SITE_B)
         xnode.answered({SITE_B: 3}, world.net.now)      # node 3: lost, no trunk to it
         assert xnode.parked[SITE_B] and SITE_B not in xnode.cache and phone.causes() == [] and not phone.idle
-        world.b.start(world.net.now)
-        flush_host(world.net, world.b)
-        world.settle()
-        callee = world.add_phone("201", 2)
-        world.run_until(lambda: callee.phone.registered, 1000, "201 registered")
-        world.run_until(lambda: SITE_B in xnode.asked, trunk.ABSENT_ASK_MS + 3 * TICK_MS, "asked again")
-        xnode.asked.discard(SITE_B)
-        xnode.answered({SITE_B: 2}, world.net.now)
-        world.settle()
+        callee = _site_b_logs_in_here(world)
         world.run_until(lambda: callee.phone.call is not None, 1000, "201 rings")
         assert phone.causes() == [] and not xnode.parked
         assert world.main.stats.counters.get("location: none found", 0) == 0

@@ -253,6 +253,24 @@ def _mpy_pair(lab):
     return procs
 
 
+def _mpy_pair_ends(lab, procs, calls):
+    """_mpy_pair's phones quit: neither crashed for want of heap, each had `calls` calls ending "normal clearing",
+    and every frame each heard (300 at least: 3 s a call) is one the other sent (its WAV): nothing foreign."""
+    from upbx.tools.lab import read_g711_record, wav_frames_g711
+    for number in ("301", "308"):
+        assert not _lines(lab, "phone-mpy-" + number, "MemoryError"), lab._log_tail("phone-mpy-" + number, 30)
+    for proc in procs.values():
+        proc.stdin.write(b"!quit\n")
+        proc.stdin.flush()
+        proc.wait(30)
+    for sender, receiver in (("301", "308"), ("308", "301")):
+        summary = lab.summary("mpy-" + sender)
+        assert [c["cause"] for c in summary["calls"]] == ["normal clearing"] * calls, summary["calls"]
+        frames = {payload for payload in wav_frames_g711(lab.path(sender + ".wav"))}
+        heard = [payload for _ts, payload in read_g711_record(lab.path(receiver + ".rx.g711"))]
+        assert len(heard) >= 300 and all(p in frames for p in heard), (sender, len(heard))
+
+
 def _audio_both_ways(lab, where):
     """3 s more of audio both ways between 301 and 308 (their recordings grow by 150 frames each), else a failure
     naming the frames each heard and the phones' last log lines."""
@@ -276,7 +294,6 @@ def test_a_100k_mpy_phone_at_a_node_calls_and_logs_in_again_at_the_next_node_whe
     handshake at the next node of its rendezvous order (301 at n3, 308 at n2), whose location key then
     names it at once (not the dead n1 until the key expires), and a second call between them goes
     through both nodes."""
-    from upbx.tools.lab import read_g711_record, wav_frames_g711
     from tests.support import micropython_binary
     micropython_binary()
     lab = cluster_lab.ClusterExchange(own_engines, nodes=("n1", "n2", "n3"), direct_media=False,
@@ -323,19 +340,7 @@ def test_a_100k_mpy_phone_at_a_node_calls_and_logs_in_again_at_the_next_node_whe
         # about the same time: the call below may find 308's key still naming n1, its new node's write on its way.
         # It waits for it (host/cluster/trunk.py route); before, it was refused "unreachable" at once, 1 run in 5)
         call(nxt["301"])
-        for number in ("301", "308"):
-            assert not _lines(lab, "phone-mpy-" + number, "MemoryError"), lab._log_tail("phone-mpy-" + number, 30)
-        for proc in procs.values():
-            proc.stdin.write(b"!quit\n")
-            proc.stdin.flush()
-            proc.wait(30)
-        for sender, receiver in (("301", "308"), ("308", "301")):
-            summary = lab.summary("mpy-" + sender)
-            assert [c["cause"] for c in summary["calls"]] == ["normal clearing"] * 2, summary["calls"]
-            # each frame heard is one the other phone sent (its WAV), nothing foreign, 3 s a call at least
-            frames = {payload for payload in wav_frames_g711(lab.path(sender + ".wav"))}
-            heard = [payload for _ts, payload in read_g711_record(lab.path(receiver + ".rx.g711"))]
-            assert len(heard) >= 300 and all(p in frames for p in heard), (sender, len(heard))
+        _mpy_pair_ends(lab, procs, 2)
     finally:
         lab.close()
 
@@ -346,7 +351,6 @@ def test_a_100k_mpy_phone_at_a_node_keeps_its_call_through_the_nodes_kill_withou
     plain handshake and names the call there; n2 takes it over from Redis and they talk on: 3 s more audio both ways,
     every frame one the other phone sent, one call each ending "normal clearing". Before, each phone's call ended
     "unreachable" 22 s after the kill (the node's 20 s keepalive), when it noticed."""
-    from upbx.tools.lab import read_g711_record, wav_frames_g711
     from tests.support import micropython_binary
     micropython_binary()
     lab = cluster_lab.ClusterExchange(own_engines, nodes=("n1", "n2"), direct_media=False,
@@ -376,18 +380,7 @@ def test_a_100k_mpy_phone_at_a_node_keeps_its_call_through_the_nodes_kill_withou
         procs["301"].stdin.write(b"!hangup\n")
         procs["301"].stdin.flush()
         lab.wait_for(lambda: not lab.status("n2")["calls"], "the call ended at n2", timeout=30)
-        for number in ("301", "308"):
-            assert not _lines(lab, "phone-mpy-" + number, "MemoryError"), lab._log_tail("phone-mpy-" + number, 30)
-        for proc in procs.values():
-            proc.stdin.write(b"!quit\n")
-            proc.stdin.flush()
-            proc.wait(30)
-        for sender, receiver in (("301", "308"), ("308", "301")):
-            summary = lab.summary("mpy-" + sender)
-            assert [c["cause"] for c in summary["calls"]] == ["normal clearing"], summary["calls"]
-            frames = {payload for payload in wav_frames_g711(lab.path(sender + ".wav"))}
-            heard = [payload for _ts, payload in read_g711_record(lab.path(receiver + ".rx.g711"))]
-            assert len(heard) >= 300 and all(p in frames for p in heard), (sender, len(heard))
+        _mpy_pair_ends(lab, procs, 1)
     finally:
         lab.close()
 
