@@ -17,13 +17,11 @@ def make_index(node, worker, local):
     return (LAYOUT << VERSION_SHIFT) | (node << NODE_SHIFT) | (local << LOCAL_SHIFT) | worker
 
 
-
 def make_call_no(node, local):
     """The call number of node's local number (0..2047), in layout LAYOUT."""
     if not 1 <= node <= MAX_NODE or not 0 <= local < LOCAL_CALLS:
         raise ValueError("node %d, call %d outside layout %d" % (node, local, LAYOUT))
     return (node << CALL_NODE_SHIFT) | local
-
 
 
 def encode_nodes(nodes):
