@@ -149,6 +149,10 @@ def decode_nodes(data):
 # 2.2 KB of code as .mpy, and the session's 3.9 KB) and still have room for a call (docs/handset.md);
 # with less (the 100K .mpy build at a node) it keeps none and logs so
 _STANDBY_ROOM = const(16384)
+# a phone at a node without room for a standby: PING every 2 s, 2 s of silence after that its session's loss (not the
+# node's 20 s keepalive): a node's death is noticed within 4 s, in time for the grace period (common/grace.py)
+_NO_STANDBY_KEEPALIVE_MS = const(2000)
+_NO_STANDBY_DEAD_MS = const(2000)
 
 
 def phone_event(phone, event, now=0):
@@ -171,7 +175,7 @@ def phone_event(phone, event, now=0):
             standby.choose(phone, now)
         else:
             phone.cluster_out = [("log", "no standby session: too little free heap")]
-            phone.login.set_keepalive(2000, 2000, now)   # its loss noticed within 4 s (common/grace.py)
+            phone.login.set_keepalive(_NO_STANDBY_KEEPALIVE_MS, _NO_STANDBY_DEAD_MS, now)   # (common/grace.py)
         if getattr(phone, "grace", 0):
             from .grace import name   # calls kept through the loss: named to this node (common/grace.py)
             name(phone, now)

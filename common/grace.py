@@ -26,6 +26,7 @@ _CAUSE_MAIN_LOST = const(0x12)
 _RELEASE = const(0x14)
 _IE_CALL_NO = const(0x10)
 _IE_CAUSE = const(0x15)
+_CAUSE_NORMAL = const(0)
 
 
 def lost(phone, event, order, ids, successor):
@@ -67,4 +68,4 @@ def name(phone, now):
     for ours, theirs in kept:
         phone.login.send(_NODES, {_IE_STANDBY: 0, _IE_PEER_CALL_NO: theirs}, now)
         if ours not in live:
-            phone.login.send(_RELEASE, {_IE_CALL_NO: ours, _IE_PEER_CALL_NO: theirs, _IE_CAUSE: 0}, now)   # normal
+            phone.login.send(_RELEASE, {_IE_CALL_NO: ours, _IE_PEER_CALL_NO: theirs, _IE_CAUSE: _CAUSE_NORMAL}, now)
