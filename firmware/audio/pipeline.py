@@ -76,7 +76,8 @@ class AudioPipeline:
         return out
 
     def reset(self):
-        """Start a new call: empty jitter buffer, fresh concealment history."""
+        """Start a new call: empty jitter buffer, fresh concealment history (none once App.finish let it go)."""
         self.jitter.reset()
-        self.concealer.reset()
+        if self.concealer is not None:
+            self.concealer.reset()
         self.tone.stop()
