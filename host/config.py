@@ -177,6 +177,9 @@ SECTIONS = {
             "it (killed, cut off) is gone from the cluster this long after", min=2, max=60),
         Key("call_ttl_s", "int", 3600, "a live call's Redis key expires this long after its last change unless "
             "written again (the node rewrites it at half this)", min=10, max=86400),
+        Key("calls_period_ms", "int", 200, "how often the node brings its calls' Redis keys up to date (a hold, a "
+            "transfer's new party); a call set up, answered or ended is written within 20 ms whatever this is",
+            min=20, max=600000),
         Key("ended_ttl_s", "int", 10, "an ended call's Redis key is kept this long (a survivor taking over sees "
             "it ended)", min=1, max=3600),
         Key("etcd_return_s", "int", 30, "how often a node talking to another etcd member than the first in its "

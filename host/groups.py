@@ -326,6 +326,7 @@ class GroupCalls:
         call.b = leg
         call.callee = leg.number or call.callee
         call.answered_ms = now
+        self.switch.moves += 1   # its key written at once (host/switch.py)
         if call.alerted_ms is None:
             call.alerted_ms = now
         if call.a.apply(ANSWER_SENT) is not None:
@@ -401,6 +402,7 @@ class GroupCalls:
         call.callee = picker.number
         call.noanswer = None                # no forward on no answer any more
         call.answered_ms = now
+        switch.moves += 1
         if call.alerted_ms is None:
             call.alerted_ms = now
         if call.a.apply(ANSWER_SENT) is not None:
@@ -417,6 +419,7 @@ class GroupCalls:
             g.answered = True
             call.b = leg
             call.answered_ms = call.alerted_ms = now
+            self.switch.moves += 1
             if call.a.apply(ANSWER_SENT) is not None:
                 send_on_leg(call.a, wire.ANSWER, {}, now)
         self.host.log.info("page-joined", call=call.uid, group=g.number, phone=leg.number)

@@ -288,6 +288,7 @@ def _relabel(host, call, leg, number, now):
         while call.call_id in calls or call.call_id == before.call_id:
             call.call_id = os.urandom(8)
         calls[call.call_id] = call
+        host.switch.moves += 1   # a new key for it, written at once (host/switch.py)
     call.linked = before.linked or before.record_as
     call.record_uid = None
     call.started_ms = now

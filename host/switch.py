@@ -215,6 +215,9 @@ class Switch:
         self.legs = {}
         self.calls = {}
         self._serials = itertools.count()
+        # calls set up, answered and ended so far: a cluster's node writes the call keys when it moves, not only
+        # every calls_period_ms (host/cluster/node.py), so that a call set up just before the node's loss is in Redis
+        self.moves = 0
         self._next = int.from_bytes(os.urandom(2), "big") % wire.MAX_CALL_NO
         self.node_id = None           # a cluster's node: set_node
         self.capacity = wire.MAX_CALL_NO   # legs numbered switch-wide at once (a cluster's node: 2,048)
@@ -425,6 +428,7 @@ class Switch:
         call = Call(call_id, caller, callee, now)
         call.serial = next(self._serials)   # host/call_rounds.py: the calls made since it last looked
         self.calls[call.call_id] = call
+        self.moves += 1
         return call
 
     def end_call(self, call, cause, now):
@@ -433,6 +437,7 @@ class Switch:
         call.released = True
         call.cause = cause
         call.ended_ms = now
+        self.moves += 1
         self._forget_ended(now)
         for leg in (call.a, call.b):
             if leg is not None:
@@ -551,6 +556,7 @@ class Switch:
             call.alerted_ms = now
         elif msg_type == wire.ANSWER:
             call.answered_ms = now
+            self.moves += 1
         if not joined:
             send_on_leg(other, msg_type, {wire.IE_DIGIT: ies[wire.IE_DIGIT]} if msg_type == wire.DTMF else {}, now)
         return msg_type

@@ -172,6 +172,43 @@ def test_phones_straight_at_a_node_keep_a_standby_and_their_call_survives_a_kill
         r.close()
 
 
+def test_a_call_is_in_redis_once_set_up_and_answered_and_carried_on_through_its_nodes_kill(own_engines):
+    """calls_period_ms = 600000: the call keys' periodic write does not come in this test, so what Redis has was
+    written because a call was set up, answered or ended (host/cluster/node.py `_calls_due`, host/switch.py `moves`).
+    Two firmware phones with a standby at n1 call; the answered call's key is in Redis; n1 killed with -9: n2 takes
+    the call over, audio both ways in order, "normal clearing", the ended key written by n2. Before, a call set up
+    less than the period (200 ms) before its node's loss had no key and was lost; here it never had one."""
+    from tests.clusterkit import hang_up_and_compare, live_call, start_call, wait_audio_flows
+    from tests.support import micropython_binary
+    import redis
+    micropython_binary()
+    r = redis.Redis.from_url(own_engines.redis_url)
+    lab = cluster_lab.ClusterExchange(own_engines, nodes=("n1", "n2"), direct_media=False,
+                                      cluster_settings={"calls_period_ms": 600000})
+    try:
+        lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "302"]})
+        lab.start(one_by_one=True)   # node ids 1 and 2: both phones rank n1 first, so n2 is their standby
+        home, succ = "n1", "n2"
+        call = start_call(lab, "301", "302", tag="moved")
+        lab.wait_for(lambda: live_call(r, "301") is not None, "the answered call's key in Redis", timeout=60,
+                     watch=("phone-moved-301", "phone-moved-302"))
+        assert live_call(r, "301")["node"] == home
+        lab.wait_for(lambda: sorted(p["extension"] for p in lab.status(succ)["phones"] if p.get("standby"))
+                     == ["301", "302"], "both phones' standby sessions at %s" % succ, timeout=60)
+        wait_audio_flows(lab, call, "relayed audio through " + home)
+        lab.kill(home)
+        lab.wait_for(lambda: [c["callee"] for c in lab.status(succ)["calls"]] == ["302"],
+                     "%s took the call over" % succ, timeout=30)
+        wait_audio_flows(lab, call, "relayed audio after the failover")
+        key = "upbx:call:" + live_call(r, "301")["uid"]
+        hang_up_and_compare(lab, call)
+        lab.wait_for(lambda: json.loads(r.get(key) or b"{}").get("ended"), "the call's key marked ended", timeout=30)
+        assert json.loads(r.get(key))["node"] == succ
+    finally:
+        lab.close()
+        r.close()
+
+
 STANDALONE = """
 import os, sys
 from common.login import LoginDown, LoginUp

@@ -25,7 +25,7 @@ from upbx.common.cluster import MAX_NODE
 from upbx.host.cluster.route import parse_address
 from upbx.host.main_host import NODE_SPEAKS
 
-CALLS_PERIOD_S = 0.2     # how often the call keys are brought up to date
+CALLS_MOVED_S = 0.02     # how often the call writer looks whether a call was set up, answered or ended (host/switch.py moves)
 TAKEOVER_PERIOD_S = 0.05  # how often call numbers asked for are looked up in Redis (failover)
 REDIS_CHECK_S = 1.0      # how often the node asks which Redis server it writes to (a failover rewrites the keys)
 LOAD_PERIOD_S = 1.0      # how often the node's load in etcd is rewritten (when it changed)
@@ -408,7 +408,7 @@ class ClusterService:
                                  if '"ended": true' in value}
                     if self.core.records_waiting:
                         self.core.records_settled(ended, self.mirror.uids(), now_ms())
-                    await asyncio.sleep(CALLS_PERIOD_S)
+                    await self._calls_due()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -418,6 +418,21 @@ class ClusterService:
                     self.redis = None
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _calls_due(self):
+        """Until the next write of the call keys: calls_period_ms after this one (whatever changed: a hold, a
+        transfer's new party, a rewrite before the key expires), or within CALLS_MOVED_S once a call was set up,
+        answered or ended (host/switch.py `moves`). A call set up just before the node's loss is then in Redis and
+        carried on by its successor; with the period alone one set up less than a period before was lost, and a
+        call's record waited up to a period for its ended key (MainHost.records_waiting)."""
+        switch = self.core.switch
+        seen = switch.moves
+        end = time.monotonic() + self.config.cluster_calls_period_ms / 1000
+        while switch.moves == seen:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(CALLS_MOVED_S, left))
 
     async def _redis_same_server(self):
         """Rewrite every live call's key when Redis is another server than last time (its run_id): a replica
