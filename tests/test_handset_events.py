@@ -13,9 +13,30 @@ when idle).
 from tests.test_handset_receive import PRELUDE, run_app_script
 from upbx.tools.phone import binary_march, compiled_tree
 
-SCRIPT = PRELUDE + r'''
-import firmware.events as events
+FULL = r'''
 from firmware.hal.faults import _fill
+def on_full_heap(action, done, failed="raised"):
+    """action() with the heap filled to 600 bytes free (room for app.py's and events.py's own code, none for a
+    module they load), then let go again: `done`, or `failed` on a MemoryError out of it. Its locals need no heap."""
+    gc.collect()
+    ballast = _fill(600)
+    try:
+        action()
+        outcome = done
+    except MemoryError:
+        outcome = failed
+    ballast = None
+    gc.collect()
+    return outcome
+'''
+
+def _on_100k_mpy(path, script, unix32_plain):
+    """The script on the 32-bit build with `.mpy` files, as a handset holds them (code loads, not compiles), at 100K."""
+    return run_app_script(path, script, unix32_plain, tree=compiled_tree(binary_march(unix32_plain)), heap="100K")
+
+
+SCRIPT = PRELUDE + FULL + r'''
+import firmware.events as events
 from common.login import LoginUp
 from common.phone import Connected, Ringback
 import firmware.hal
@@ -28,16 +49,7 @@ events.rarely = watched
 app.current = {"from": "101", "to": "301", "dialed_ms": 0, "setup_ms": None, "path": None, "cause": None,
                "frames_sent": 0, "frames_received": 0}
 queue = [LoginUp({}), Ringback(), Connected("relay")]
-outcome = ballast = None   # bound now: storing a new global may need the heap
-gc.collect()
-ballast = _fill(600)   # what events.py's functions need, not what firmware/ota.py's do
-try:
-    events.handle(app, queue, 1000)
-    outcome = "handled"
-except MemoryError:
-    outcome = "held"
-ballast = None
-gc.collect()
+outcome = on_full_heap(lambda: events.handle(app, queue, 1000), "handled", "held")   # no room for firmware/ota.py
 print("RESULT outcome", outcome)
 print("RESULT left", len(queue))
 print("RESULT connected_at", app.connected_at)
@@ -53,8 +65,7 @@ print("RESULT after", app.deferred, loaded)
 
 def test_a_registration_without_room_for_its_firmware_report_puts_it_off_and_holds_no_call_event(tmp_path,
                                                                                                   unix32_plain):
-    tree = compiled_tree(binary_march(unix32_plain))   # .mpy files, as a handset holds them: code loads, not compiles
-    found, out = run_app_script(tmp_path / "events.py", SCRIPT, unix32_plain, tree=tree, heap="100K")
+    found, out = _on_100k_mpy(tmp_path / "events.py", SCRIPT, unix32_plain)
     assert found["outcome"] == "handled", out   # no MemoryError out of handle(): nothing held
     assert found["left"] == "0", out            # the registration, the ring-back and the connected event
     assert found["connected_at"] == "1000", out   # the connected event ran: the microphone started, the call's timers
@@ -64,8 +75,7 @@ def test_a_registration_without_room_for_its_firmware_report_puts_it_off_and_hol
     assert "I phone work put off for want of heap: done" in out, out
 
 
-KEY_SCRIPT = PRELUDE + r'''
-from firmware.hal.faults import _fill
+KEY_SCRIPT = PRELUDE + FULL + r'''
 import firmware.app
 loaded = []
 real_rarely = firmware.app.rarely
@@ -74,16 +84,7 @@ def watched(name):
     return real_rarely(name)
 firmware.app.rarely = watched
 app.digits = "C"          # a transfer being keyed: every key goes to firmware/lines.py
-outcome = ballast = None   # bound now: storing a new global may need the heap
-gc.collect()
-ballast = _fill(600)       # room for app.py's own code, none for firmware/lines.py's
-try:
-    app.key("5", 1000)
-    outcome = "lost"
-except MemoryError:
-    outcome = "raised"
-ballast = None
-gc.collect()
+outcome = on_full_heap(lambda: app.key("5", 1000), "lost")   # no room for firmware/lines.py
 print("RESULT outcome", outcome)
 print("RESULT keys_lost", app.summary["keys_lost"])
 print("RESULT digits", app.digits)
@@ -95,8 +96,7 @@ print("RESULT after", app.digits, loaded)
 def test_a_key_that_finds_no_room_for_its_module_is_lost_and_counted_not_a_reset(tmp_path, unix32_plain):
     """With a transfer being keyed (or two lines in use) every key needs firmware/lines.py; on a full
     heap its import raised MemoryError out of the loop, which resets the handset and drops the call."""
-    tree = compiled_tree(binary_march(unix32_plain))
-    found, out = run_app_script(tmp_path / "key.py", KEY_SCRIPT, unix32_plain, tree=tree, heap="100K")
+    found, out = _on_100k_mpy(tmp_path / "key.py", KEY_SCRIPT, unix32_plain)
     assert found["outcome"] == "lost", out      # no MemoryError out of App.key
     assert found["keys_lost"] == "1", out
     assert found["digits"] == "C", out          # the lost key changed nothing
@@ -141,31 +141,20 @@ def test_a_handset_that_stops_on_a_full_heap_still_writes_its_summary(tmp_path, 
     crash handler, which reset the handset with no summary written (a clean-clone CI run's test_survival,
     "full-101 wrote no summary"). The run being over, the concealer's history (~3.5 KB on this build, more
     than that code) goes first, then the code loads."""
-    tree = compiled_tree(binary_march(unix32_plain))
-    found, out = run_app_script(tmp_path / "finish.py", FINISH_SCRIPT, unix32_plain, tree=tree, heap="100K")
+    found, out = _on_100k_mpy(tmp_path / "finish.py", FINISH_SCRIPT, unix32_plain)
     assert found["outcome"] == "finished", out
     assert found["loaded"] == "['firmware.commands', 'firmware.commands']", out   # no room, then room
     assert found["concealer"] == "None", out
     assert found["summary"] == "101 0 ['bad_size', 'concealed']", out   # the jitter's counters too
 
 
-FLUSH_SCRIPT = PRELUDE + r'''
+FLUSH_SCRIPT = PRELUDE + FULL + r'''
 import select
-from firmware.hal.faults import _fill
 app.phone.cluster_out = [("log", "no standby session: too little free heap")]   # common/cluster.py at a login
 app.host_addr = to          # the handset's own socket: what flush sends is read back below
 frame = bytes(b"\xc0" + bytes(40))
 app.phone.login._out = [frame]   # a datagram the protocol has for the host (a login's RESPONSE, say)
-outcome = ballast = None   # bound now: storing a new global may need the heap
-gc.collect()
-ballast = _fill(600)       # room for app.py's own code, none for firmware/standby.py's
-try:
-    app.flush(1000)
-    outcome = "flushed"
-except MemoryError:
-    outcome = "raised"
-ballast = None
-gc.collect()
+outcome = on_full_heap(lambda: app.flush(1000), "flushed")   # no room for firmware/standby.py
 print("RESULT outcome", outcome)
 print("RESULT sends_dropped", app.summary["sends_dropped"])
 print("RESULT waiting", app.phone.cluster_out, app.phone.login._out == [frame])
@@ -185,8 +174,7 @@ def test_a_flush_without_room_for_the_standby_code_sends_the_datagrams_and_keeps
     handset carries on, that work and the datagram wait, and the next pass with room does both. (Since session 20 a
     phone with no room for a standby says so at its registration, firmware/events.py, and does not load that module
     at all: this is the guard for what still needs it.)"""
-    tree = compiled_tree(binary_march(unix32_plain))
-    found, out = run_app_script(tmp_path / "flush.py", FLUSH_SCRIPT, unix32_plain, tree=tree, heap="100K")
+    found, out = _on_100k_mpy(tmp_path / "flush.py", FLUSH_SCRIPT, unix32_plain)
     assert found["outcome"] == "flushed", out
     assert found["sends_dropped"] == "1", out
     assert found["waiting"] == "[('log', 'no standby session: too little free heap')] True", out
@@ -211,8 +199,7 @@ def test_a_call_ending_after_a_finish_on_a_full_heap_is_handled_without_the_conc
     """finish on a full heap lets the concealer go; a call's end handled after that (the crash handler's finish,
     once firmware/commands.py loaded) reset the pipeline and met `AttributeError: 'NoneType' object has no attribute
     'reset'` (a clean-clone CI run: `E phone while finishing: AttributeError(...)`, the handset's own summary lost)."""
-    tree = compiled_tree(binary_march(unix32_plain))
-    found, out = run_app_script(tmp_path / "finish.py", FINISH_IN_CALL_SCRIPT, unix32_plain, tree=tree, heap="100K")
+    found, out = _on_100k_mpy(tmp_path / "finish.py", FINISH_IN_CALL_SCRIPT, unix32_plain)
     assert found["outcome"] == "finished", out
     assert found["concealer"] == "None", out
     assert found["held"] == "1", out
@@ -236,8 +223,7 @@ def test_a_registration_without_room_for_a_standby_says_so_without_the_standby_c
     """The registration of a phone at a node with no room for a standby logs that (firmware/events.py) and leaves
     App.flush nothing to load firmware/standby.py for: before, every such login loaded that module for the one
     line, on the heap's fullest moment (a grace period's login, its calls named at once)."""
-    tree = compiled_tree(binary_march(unix32_plain))
-    found, out = run_app_script(tmp_path / "login.py", LOGIN_SCRIPT, unix32_plain, tree=tree, heap="100K")
+    found, out = _on_100k_mpy(tmp_path / "login.py", LOGIN_SCRIPT, unix32_plain)
     assert found["after"] == "None 0", out
     assert found["standby"] == "False", out
     assert out.count("W phone no standby session: too little free heap") == 1, out
