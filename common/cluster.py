@@ -174,7 +174,7 @@ def phone_event(phone, event, now=0):
             from . import standby
             standby.choose(phone, now)
         else:
-            phone.cluster_out = [("log", "no standby session: too little free heap")]
+            phone.no_standby = True   # said with the registration (firmware/ota.py): App.flush has nothing to do for it
             phone.login.set_keepalive(_NO_STANDBY_KEEPALIVE_MS, _NO_STANDBY_DEAD_MS, now)   # (common/grace.py)
         if getattr(phone, "grace", 0):
             from .grace import name   # calls kept through the loss: named to this node (common/grace.py)

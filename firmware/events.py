@@ -43,10 +43,6 @@ def handle(app, events, now):
             app.summary["registered"] = True
             app.log("I", "registered as %s" % app.config["extension"])
             app.hal.display("idle", None)
-            out = app.phone.cluster_out
-            if out and out[0][0] == "log":   # no room for a standby (common/cluster.py): said here, not by App.flush
-                app.phone.cluster_out = None   # with firmware/standby.py, which a full heap then loaded for this alone
-                app.log("W", out[0][1])
             # which firmware runs, to the host; after an over-the-air update: keep it, or report its roll-back.
             # Its code is the largest an event needs: with no room for it, it is put off (put_off), never
             # held, so that a call's events behind it (ring-back, connected) are not held with it

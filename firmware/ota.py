@@ -79,7 +79,10 @@ def idle(app, now):
 
 
 def registered(app, now):
-    """The phone registered: a firmware on trial is kept (the switch made final), a roll-back reported."""
+    """The phone registered: a firmware on trial is kept (the switch made final), a roll-back reported; at a
+    cluster's node with no room for a standby session (common/cluster.py), that is said."""
+    if getattr(app.phone, "no_standby", 0) and app.phone.standby is None:
+        app.log("W", "no standby session: too little free heap")
     state = app.firmware
     if state.get("trial") and state.get("kind", "files") == "files" and not state.get("boots"):
         # firmware/otaboot.py did not run: a main.py from before over-the-air updates booted the old firmware

@@ -4,7 +4,7 @@ common/standby.py keeps the standby Login (to the home node's successor) beside 
 switches to it, with its keys and no handshake, when the session falls silent; this module is the
 firmware's side: the standby's datagrams go to the standby node, and what common/standby.py leaves
 in `phone.cluster_out` is done: after a switch everything goes to the new node, a standby given up
-gets its BYE, a standby not taken (no room on the heap) is logged. App.flush imports it only for a
+gets its BYE (a standby not taken for want of heap is said with the registration: firmware/ota.py). App.flush imports it only for a
 phone whose cluster_out is a list (a standby, or something to do for one), and it lets itself go once the phone has no
 standby: a handset at a standalone main host never loads it.
 """
@@ -30,9 +30,6 @@ def flush(app, now):
     if todo:
         phone.cluster_out = []
         for item in todo:
-            if item[0] == "log":
-                app.log("W", item[1])
-                continue
             addr = _resolve(app, item[1])
             if addr is None:
                 continue
