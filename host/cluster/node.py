@@ -25,7 +25,7 @@ from upbx.common.cluster import MAX_NODE
 from upbx.host.cluster.route import parse_address
 from upbx.host.main_host import NODE_SPEAKS
 
-CALLS_MOVED_S = 0.02     # how often the call writer looks whether a call was set up, answered or ended (host/switch.py moves)
+CALLS_MOVED_S = 0.02     # how often the call writer looks whether a call was set up, answered or ended (Switch.moves)
 TAKEOVER_PERIOD_S = 0.05  # how often call numbers asked for are looked up in Redis (failover)
 REDIS_CHECK_S = 1.0      # how often the node asks which Redis server it writes to (a failover rewrites the keys)
 LOAD_PERIOD_S = 1.0      # how often the node's load in etcd is rewritten (when it changed)
