@@ -5,8 +5,9 @@ switches to it, with its keys and no handshake, when the session falls silent; t
 firmware's side: the standby's datagrams go to the standby node, and what common/standby.py leaves
 in `phone.cluster_out` is done: after a switch everything goes to the new node, a standby given up
 gets its BYE (a standby not taken for want of heap is said with the registration: firmware/ota.py).
-App.flush imports it only for a phone whose cluster_out is a list (a standby, or something to do for one), and it lets itself go once the phone has no
-standby: a handset at a standalone main host never loads it.
+App.flush imports it only for a phone whose cluster_out is a list (a standby, or something to do for
+one), and it lets itself go once the phone has no standby: a handset at a standalone main host never
+loads it.
 """
 from sys import modules
 
