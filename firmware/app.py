@@ -342,19 +342,11 @@ class App:
                 return None
 
     def flush(self, now):
-        """The protocol's datagrams, and at a cluster's node the standby session's work (firmware/standby.py).
-        With no room for that module's code (the collector has tried), its work and the datagrams wait for a
-        later pass (a timer's: the housekeeping's at least once a second); with none to seal a datagram, it is
-        lost as on the wire and the protocol sends it again. Before, the MemoryError reset the handset
-        (docs/handset.md, Running out of memory)."""
-        try:
-            if self.phone.cluster_out is not None:
-                from firmware import standby
-                standby.flush(self, now)
-            for datagram in self.phone.datagrams_to_send(now):
-                self.sendto(datagram, self.host_addr, _TOS_CS3)
-        except MemoryError:
-            self.summary["sends_dropped"] += 1
+        if self.phone.cluster_out is not None:   # a cluster's node: the standby session (firmware/standby.py)
+            from firmware import standby
+            standby.flush(self, now)
+        for datagram in self.phone.datagrams_to_send(now):
+            self.sendto(datagram, self.host_addr, _TOS_CS3)
 
     @micropython.native
     def sendto(self, data, addr, tos):

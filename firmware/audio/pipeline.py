@@ -76,8 +76,7 @@ class AudioPipeline:
         return out
 
     def reset(self):
-        """Start a new call: empty jitter buffer, fresh concealment history (none once App.finish let it go)."""
+        """Start a new call: empty jitter buffer, fresh concealment history."""
         self.jitter.reset()
-        if self.concealer is not None:
-            self.concealer.reset()
+        self.concealer.reset()
         self.tone.stop()
