@@ -78,7 +78,10 @@ def assert_both_ways(row, a, b, seconds, max_gap_ms=0):
         else:   # an address change: the frames lost to it, wherever they fell, add up to at most the bound
             assert leg["received"] and not leg["foreign"] and leg["in_order"], "%s %r" % (direction, leg)
             assert (leg["missing_head"] + leg["missing_inside"]) * 20 <= max_gap_ms, "%s %r" % (direction, leg)
-            assert direction == "%s->%s" % (b, a) or leg["missing_tail"] == 0, "%s %r" % (direction, leg)
+            # after the change the call carried on to its end: the caller's last frame or two may still race
+            # its own hang-up (as above, at most 2); a path that never recovered misses every frame after the
+            # change at the tail (50 a second)
+            assert direction == "%s->%s" % (b, a) or leg["missing_tail"] <= 2, "%s %r" % (direction, leg)
         assert leg["gap_ms"] <= max_gap_ms, (direction, leg)
     assert row["call"]["cause"] == "normal clearing", row["call"]
 
