@@ -17,7 +17,7 @@ already), and once it is up the phone switches to it as in a failover (no handsh
 session out (BYE). A call starting meanwhile, or the login there not up within 10 s, puts the move off
 (the standby back at the home's successor, the wait doubled, up to an hour).
 """
-from .call import CONNECTED, RELEASE_SENT
+from .call import CALLING, CONNECTED, RELEASE_SENT
 from .cluster import decode_nodes, identity, index_node, ranked, successor
 from .compat import const, ticks_add, ticks_diff
 from .login import Login, LoginUp
@@ -46,6 +46,7 @@ _LATER_MS = const(3000)           # after a switch with calls, the new standby w
 _watch = {}                       # phone -> (call, due, its highest timestamp) after a switch: taken over?
 _later = {}                       # phone -> when it takes its new standby after a switch with calls
 _move = {}                        # phone -> [due, the first node's address, moves put off, login deadline or None]
+_dialled = {}                     # phone -> its call's SETUP (encoded IEs) while its node has not acknowledged it
 
 
 def _out(phone, item):
@@ -113,6 +114,18 @@ def switch(phone, now):
     if call is not None and call.peer_call_no:
         ies[_IE_PEER_CALL_NO] = call.peer_call_no
     new.send(_NODES, ies, now)
+    if call is not None and call.state == CALLING and not call.peer_call_no:
+        # dialled as the node died (docs/cluster.md "A call dialled as its node dies"): a SETUP it never
+        # acknowledged is said again here, a new call; one it acknowledged and never named (no number of its own
+        # for the call yet) nobody can carry on: it ends "main host lost" now, not at the set-up timer
+        # (the old session let its channel go as it fell silent: tick kept what it had not acknowledged)
+        setup = _dialled.get(phone)
+        if setup is not None:
+            new.channel.send_encoded(_SETUP, setup, now)
+        else:
+            call.apply(RELEASE_SENT)
+            phone._end(_CAUSE_MAIN_LOST)
+    _dialled.pop(phone, None)
     call = phone.other   # the second line (waiting, or held by us): named too, in a NODES of its own
     if call is not None and call.peer_call_no:
         new.send(_NODES, {_IE_STANDBY: 0, _IE_PEER_CALL_NO: call.peer_call_no}, now)
@@ -204,6 +217,14 @@ def run(phone, now, datagram=None):
         switch(phone, now)
 
 
+def _setup_in(entries):
+    """The encoded IEs of the SETUP among a channel's (type, payload, ...) entries, or None."""
+    for e in entries:
+        if e[0] == _SETUP:
+            return e[1]
+    return None
+
+
 def waiting(phone):
     """True while the phone has no standby yet after a switch (switch): firmware/standby.py ticks on."""
     return phone in _later
@@ -232,6 +253,12 @@ def tick(phone, now):
     login, standby = phone.login, phone.standby
     if standby is None:
         return
+    call, ch = phone.call, login.channel
+    if call is not None and call.state == CALLING and not call.peer_call_no and ch is not None:
+        # a call being dialled: its SETUP while the node has not acknowledged it, for a switch (switch)
+        _dialled[phone] = _setup_in(ch._unacked.values()) or _setup_in(ch._queue)
+    elif _dialled:
+        _dialled.pop(phone, None)
     if phone.call is not None:   # (its standby not up: the grace period's login must meet the call, cluster.py)
         login.set_keepalive(_CALL_KEEPALIVE_MS, _CALL_DEAD_MS, now)
     else:

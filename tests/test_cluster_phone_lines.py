@@ -28,6 +28,8 @@ class Keys(TwoNodes):
 
     def tick(self, until=None):
         done = TwoNodes.tick(self, until)
+        if done:
+            return done   # until() holds: the rest stays in flight (the keys are written at the next tick)
         if self.calls is not None:
             self.calls.serve_all((("n2", self.main), ("n1", self.n1)), self.net.now)
             self.settle()

@@ -282,6 +282,7 @@ def test_an_idle_phone_at_a_node_moves_to_its_first_node_make_before_break():
     # before that login is up puts the move off (the standby back at node 4, the wait doubled)
     import os
     from common import standby
+    from common.call import CallLeg
     from common.login import LoginUp
     from common.phone import Phone
     four = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
@@ -293,7 +294,7 @@ def test_an_idle_phone_at_a_node_moves_to_its_first_node_make_before_break():
     assert phone.standby_to == ("198.18.0.4", 4569)
     entry = standby._move[phone]
     assert 2000 <= entry[0] < 4000 and entry[1] == ("198.18.0.1", 4569) and entry[2] == 0 and entry[3] is None
-    phone.call = object()                       # in a call when it falls due: it waits
+    phone.call = CallLeg(1, bytes(16), 0)       # in a call when it falls due: it waits
     standby.tick(phone, 4000)
     assert phone.standby_to == ("198.18.0.4", 4569) and entry[3] is None
     phone.call = None
@@ -301,7 +302,7 @@ def test_an_idle_phone_at_a_node_moves_to_its_first_node_make_before_break():
     standby.tick(phone, 4100)                   # idle: the standby logs in at node 1
     assert phone.standby_to == ("198.18.0.1", 4569) and entry[3] == 14100
     assert phone.standby.datagrams_to_send(4100)   # its HELLO
-    phone.call = object()                       # a call before it is up: put off, back to node 4
+    phone.call = CallLeg(2, bytes(16), 0)       # a call before it is up: put off, back to node 4
     standby.tick(phone, 4200)
     assert phone.standby_to == ("198.18.0.4", 4569) and entry[2] == 1 and entry[3] is None
     assert 4200 + 4000 <= entry[0] < 4200 + 8000   # twice the wait
@@ -316,3 +317,49 @@ def test_an_idle_phone_at_a_node_moves_to_its_first_node_make_before_break():
                                         wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(four)}))
     still._login_events(0)
     assert still not in standby._move and still.standby_to == ("198.18.0.4", 4569)
+
+
+def _up(login, seed):
+    """A login made up as a session that is up (no handshake): its channel keyed from seed."""
+    from common.reliable import Channel
+    from common.session import SessionCrypto, session_keys
+    login.state = "up"
+    login.channel = Channel(SessionCrypto(*session_keys(bytes(16), bytes([seed]) * 16, bytes(16), True)), 0)
+
+
+def test_a_phone_that_switches_while_it_dials_sets_the_call_up_again_or_ends_it():
+    # docs/cluster.md "A call dialled as its node dies": a phone at node 2 with its standby up at node 4 dials; its
+    # session falls silent and it switches. A SETUP node 2 never acknowledged is said again on the new session, the
+    # same bytes; one node 2 acknowledged, with no number of node 2's for the call yet, ends "main host lost"
+    import os
+    from common import standby
+    from common.call import CALLING
+    from common.login import LoginDown, LoginUp
+    from common.phone import Ended, Phone
+    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    for acknowledged in (False, True):
+        phone = Phone("201", bytes(16), os.urandom)
+        _up(phone.login, 1)
+        phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
+                                            wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(nodes)}))
+        phone._login_events(0)
+        assert phone.standby_to == ("198.18.0.4", 4569)
+        _up(phone.standby, 2)
+        old, new = phone.login, phone.standby
+        assert phone.dial("301", 100) and phone.call.state == CALLING
+        (seq, entry), = old.channel._unacked.items()
+        assert entry[0] == wire.SETUP
+        if acknowledged:
+            old.channel._acknowledged(seq + 1, 120)   # (the next expected)
+        standby.tick(phone, 140)
+        old._down("nothing heard", 2000)   # silent: its channel let go
+        phone._login_events(2000)
+        assert phone.login is new and phone.standby is None
+        said = sorted(new.channel._unacked.values()) + list(new.channel._queue)
+        setups = [e[1] for e in said if e[0] == wire.SETUP]
+        ended = [e.cause for e in phone.take_events() if type(e) is Ended]
+        if acknowledged:
+            assert setups == [] and phone.call is None and ended == [0x12]   # main host lost
+        else:
+            assert setups == [entry[1]] and phone.call.state == CALLING and ended == []
+        assert phone not in standby._dialled

@@ -1,0 +1,193 @@
+"""A call dialled as its node dies (issue 16; docs/cluster.md "A call dialled as its node dies").
+
+tests/test_cluster_direct_loss.py's world: site a's remote host at node 2 with its standby session at node 1, site
+b's at node 1; node 2 is lost as a node killed -9 is (nothing more reaches it, it sends nothing). 101 (site a)
+dials 201 (site b) at three moments of node 2's death:
+
+- after it: the SETUP goes to the dead node and is never acknowledged;
+- as node 2 reads the SETUP: node 2 has the call, but nothing it sent (the acknowledgement, the SETUP to node 1)
+  leaves it;
+- after node 2 acknowledged the SETUP and before any answer came back: node 2 had the call and said nothing that
+  names it (no number of its own for it).
+
+Until session 21 each of these waited for the phone's own 20 s set-up timer and ended "unreachable". Now the
+remote host says again on the session it switches to every SETUP the old node never acknowledged (a new call
+there), and ends at once, "main host lost", a call the old node acknowledged but never named: nothing can carry
+it on.
+"""
+from collections import deque
+
+import pytest
+
+from upbx.common import wire
+from upbx.common.call import RINGBACK, RINGING
+from upbx.host.cluster import trunk
+from upbx.host.remote_host import unacknowledged
+from tests.inprocess import MAIN
+from tests.test_cluster_direct_loss import world, NODE1, _answer, _talk_and_hang_up  # noqa: F401
+from tests.test_cluster_phone_lines import Keys
+from tests.test_cluster_xgroup import _answer as _xanswer, _in_order as _xin_order, _listen
+
+_SETUP_SAID = wire.SETUP
+
+
+def _dial(world, caller, callee):
+    a = world.phones[caller]
+    assert a.phone.dial(callee, world.net.now)
+    a.flush()
+
+
+def _switched(world):
+    world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE1, 5000, "site a at node 1")
+
+
+def _set_up_at_node_1(world):
+    """Site a switches to node 1 and says the SETUP again there: 201 rings, 101 hears it; they talk, 101 hangs
+    up, node 1 records the call once."""
+    _switched(world)
+    a, b = world.phones["101"], world.phones["201"]
+    world.run_until(lambda: b.phone.state == RINGING and a.phone.state == RINGBACK, 3000, "201 rings")
+    assert world.a.stats.counters.get("calls set up again after a switch") == 1
+    assert world.a.stats.counters.get("call messages said again after a switch") is None
+    _answer(world, "201")
+    _talk_and_hang_up(world, "101", "201")
+
+
+def test_a_call_dialled_after_its_node_died_is_set_up_at_the_successor(world):
+    world.lose_node_2()
+    world.run(300)
+    _dial(world, "101", "201")
+    world.run(100)
+    assert wire.SETUP in [t for t, _ies in unacknowledged(world.a.login.channel)]   # towards the dead node
+    _set_up_at_node_1(world)
+
+
+def test_a_setup_node_2_read_as_it_died_is_set_up_at_the_successor(world):
+    _dial(world, "101", "201")
+    # node 2 reads it, and dies before it says anything back: what it sent for it never leaves
+    assert any(world.tick(until=lambda: world.main.stats.counters.get("msg SETUP")) for _ in range(10))
+    world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)
+    world.lose_node_2()
+    assert wire.SETUP in [t for t, _ies in unacknowledged(world.a.login.channel)]
+    _set_up_at_node_1(world)
+
+
+@pytest.mark.parametrize("rings", [False, True], ids=["before-node-1-heard-of-it", "ringing-at-node-1"])
+def test_a_call_the_lost_node_acknowledged_and_never_named_ends_main_host_lost_at_the_switch(world, rings):
+    """Node 2 acknowledged the SETUP; it dies before it names the call to site a (its ALERTING): as it asks where
+    201 is (rings False), or once its SETUP reached node 1 and 201 rings there (rings True). 101's call ends "main
+    host lost" as site a switches; a 201 that rings goes on ringing for nobody until node 1's hold of its half
+    ends, "main host lost". Then 101 calls 201 again, through node 1."""
+    _dial(world, "101", "201")
+    if rings:
+        assert any(world.tick(until=lambda: bool(world.n1.switch.calls)) for _ in range(20))
+    else:   # up to the moment site a hears node 2's acknowledgement of its SETUP
+        assert any(world.tick(until=lambda: not unacknowledged(world.a.login.channel)) for _ in range(10))
+    world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)   # what node 2 said last never leaves
+    world.lose_node_2()
+    a, b = world.phones["101"], world.phones["201"]
+    leg = next(leg for leg in world.a.switch.legs.values() if leg.link is world.a.main_link)
+    assert not leg.peer_call_no and not unacknowledged(world.a.login.channel)   # acknowledged, not named
+    _switched(world)
+    world.run_until(lambda: a.idle, 100, "101's call ended at the switch")
+    assert a.causes() == [wire.CAUSE_MAIN_LOST]
+    assert not world.a.switch.calls and world.a.stats.counters.get("calls set up again after a switch") is None
+    assert world.a.stats.counters.get("calls being set up lost with the node") == 1
+    assert (b.phone.state == RINGING) is rings
+    world.run(trunk.HOLD_MS + 1000)
+    assert b.idle and b.causes() == ([wire.CAUSE_MAIN_LOST] if rings else [])
+    assert not world.n1.switch.calls and not world.b.switch.calls and not world.net.errors
+    assert world.n1.stats.counters.pop("node trunk: calls lost", 0) == (1 if rings else 0)   # its half
+    # the caller's node records a call: node 2, lost with it; node 1 records the half it ended
+    lost = [("101", "201", "main host lost")] if rings else []
+    assert [(r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == lost
+    # 101 calls again, now at node 1: it goes through
+    a.take()
+    b.take()
+    a.log, b.log = [], []   # the first call's events: asserted above
+    _dial(world, "101", "201")
+    world.run_until(lambda: b.phone.state == RINGING, 3000, "201 rings")
+    _answer(world, "201")
+    _talk_and_hang_up(world, "101", "201", earlier=lost)
+
+
+# a phone straight at a node with a standby session (common/standby.py `switch`): the same three moments
+
+@pytest.fixture
+def phones(tmp_path):
+    """tests/test_cluster_phone_lines.py's world: 301 straight at node 2 with its standby session at node 1,
+    303 straight at node 1."""
+    world = Keys(tmp_path)
+    try:
+        world.add_phone("301", 1, dead_ms=2000).standby = True
+        world.add_phone_at("303", 7, 1)
+        p = world.phones
+        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
+        world.run_until(lambda: p["301"].standby_up(NODE1), 5000, "301's standby session at node 1")
+        yield world
+    finally:
+        world.close()
+
+
+def _phone_switched(world):
+    world.run_until(lambda: tuple(world.phones["301"].host) == NODE1, 4000, "301 switched to node 1")
+
+
+def _phone_talks(world):
+    """301's SETUP said again at node 1: 303 rings, they talk, 301 hangs up; node 1 records the call once."""
+    a, b = world.phones["301"], world.phones["303"]
+    _xanswer(world, "303")
+    world.run_until(lambda: a.connected and b.connected, 2000, "301 and 303 talk")
+    _listen(world, 600)
+    _xin_order(b, a, 20)
+    _xin_order(a, b, 20)
+    world.hangup("301")
+    world.run_until(lambda: a.idle and b.idle, 2000, "hung up")
+    assert a.causes() == [wire.CAUSE_NORMAL] == b.causes()
+    world.run(100)
+    assert [(r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
+        ("301", "303", "normal clearing")]
+    assert not world.n1.switch.calls and not world.net.errors
+
+
+def _node_2_dies_silently(world):
+    world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)   # what node 2 said last never leaves
+    world.stop_main()
+
+
+def test_a_phone_at_a_node_that_died_sets_its_call_up_at_its_standby_node(phones):
+    world = phones
+    world.stop_main()
+    world.run(300)
+    _dial(world, "301", "303")
+    world.run(100)
+    assert _SETUP_SAID in [t for t, _ies in unacknowledged(world.phones["301"].phone.login.channel)]
+    _phone_switched(world)
+    _phone_talks(world)
+
+
+def test_a_phone_whose_setup_its_node_read_as_it_died_sets_it_up_at_its_standby_node(phones):
+    world = phones
+    _dial(world, "301", "303")
+    assert any(world.tick(until=lambda: world.main.stats.counters.get("msg SETUP")) for _ in range(10))
+    _node_2_dies_silently(world)
+    _phone_switched(world)
+    _phone_talks(world)
+
+
+def test_a_phones_call_its_node_acknowledged_and_never_named_ends_main_host_lost_at_the_switch(phones):
+    world = phones
+    a = world.phones["301"]
+    _dial(world, "301", "303")
+    assert any(world.tick(until=lambda: not unacknowledged(a.phone.login.channel)) for _ in range(10))
+    _node_2_dies_silently(world)
+    call = a.phone.call
+    assert call is not None and not call.peer_call_no
+    _phone_switched(world)
+    assert a.idle and a.causes() == [wire.CAUSE_MAIN_LOST]
+    world.run(trunk.HOLD_MS + 1000)
+    assert world.phones["303"].idle and not world.n1.switch.calls and not world.net.errors
+    a.take()
+    a.log = []   # the first call's events: asserted above
+    _dial(world, "301", "303")
+    _phone_talks(world)
