@@ -325,8 +325,7 @@ class GroupCalls:
         self._finish(call)
         call.b = leg
         call.callee = leg.number or call.callee
-        call.answered_ms = now
-        self.switch.moves += 1   # its key written at once (host/switch.py)
+        self.switch.answered(call, now)
         if call.alerted_ms is None:
             call.alerted_ms = now
         if call.a.apply(ANSWER_SENT) is not None:
@@ -401,8 +400,7 @@ class GroupCalls:
         call.b = picker
         call.callee = picker.number
         call.noanswer = None                # no forward on no answer any more
-        call.answered_ms = now
-        switch.moves += 1
+        switch.answered(call, now)
         if call.alerted_ms is None:
             call.alerted_ms = now
         if call.a.apply(ANSWER_SENT) is not None:
@@ -418,8 +416,8 @@ class GroupCalls:
         if not g.answered:     # the first paged phone: the pager is connected and may speak
             g.answered = True
             call.b = leg
-            call.answered_ms = call.alerted_ms = now
-            self.switch.moves += 1
+            call.alerted_ms = now
+            self.switch.answered(call, now)
             if call.a.apply(ANSWER_SENT) is not None:
                 send_on_leg(call.a, wire.ANSWER, {}, now)
         self.host.log.info("page-joined", call=call.uid, group=g.number, phone=leg.number)

@@ -282,13 +282,7 @@ def _relabel(host, call, leg, number, now):
     (cause "transferred"), and it goes on under a new uid linked to the first, with the new party."""
     before = copy.copy(call)
     host.on_call_ended(before, wire.CAUSE_TRANSFERRED, now)
-    calls = host.switch.calls
-    if calls.get(call.call_id) is call:
-        del calls[call.call_id]
-        while call.call_id in calls or call.call_id == before.call_id:
-            call.call_id = os.urandom(8)
-        calls[call.call_id] = call
-        host.switch.moves += 1   # a new key for it, written at once (host/switch.py)
+    host.switch.renumber(call, before.call_id)
     call.linked = before.linked or before.record_as
     call.record_uid = None
     call.started_ms = now

@@ -431,6 +431,22 @@ class Switch:
         self.moves += 1
         return call
 
+    def answered(self, call, now):
+        """call is answered now (by a phone, a group's member, a pickup, a page's first phone): its key is written
+        at once (moves)."""
+        call.answered_ms = now
+        self.moves += 1
+
+    def renumber(self, call, not_this):
+        """call goes on under a fresh call_id, neither one in use nor not_this (a transfer joined it further on,
+        host/lines.py): a new key for it, written at once (moves)."""
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
+            while call.call_id in self.calls or call.call_id == not_this:
+                call.call_id = os.urandom(8)
+            self.calls[call.call_id] = call
+            self.moves += 1
+
     def end_call(self, call, cause, now):
         if call.released:
             return False
@@ -555,8 +571,7 @@ class Switch:
         if msg_type == wire.ALERTING:
             call.alerted_ms = now
         elif msg_type == wire.ANSWER:
-            call.answered_ms = now
-            self.moves += 1
+            self.answered(call, now)
         if not joined:
             send_on_leg(other, msg_type, {wire.IE_DIGIT: ies[wire.IE_DIGIT]} if msg_type == wire.DTMF else {}, now)
         return msg_type

@@ -497,3 +497,41 @@ def test_a_member_in_a_call_with_call_waiting_on_is_offered_the_group_call_as_a_
         assert _no_legs(world) and not world.net.errors
     finally:
         world.close()
+
+
+def test_an_answer_by_a_member_a_pickup_and_a_page_count_as_the_calls_move(tmp_path):
+    """host/switch.py `moves` counts each call set up, answered or ended: a cluster's node writes the call's key
+    within 20 ms of it (host/cluster/node.py `_calls_due`), so that a node's successor finds the call as it is.
+    An answer by a group's member, a pickup and a page's first phone answer the call as a phone's ANSWER does
+    (`Switch.answered`): each counts once, at the main host here."""
+    world = _group_world(tmp_path)
+    try:
+        p, switch = world.phones, world.main.switch
+        _groups(world, {"number": "600", "strategy": "ring-all", "members": ["101", "302"]},
+                {"number": "700", "strategy": "page", "members": [], "site": "c"})
+        for caller, number, answer in (("303", "600", lambda: p["302"].phone.answer(world.net.now)),
+                                       ("303", "302", lambda: _dial(world, "301", "*8") or True),
+                                       ("303", "700", None)):
+            before = switch.moves
+            _dial(world, caller, number)
+            world.run_until(lambda: _ringing(world) or p[caller].connected, 2000, "%s rings, or is paged" % number)
+            world.settle()
+            set_up = switch.moves
+            call, = switch.calls.values()
+            # set up (and a page answered by its first phone at once: two)
+            assert set_up == before + (1 if answer else 2), (number, set_up, before)
+            assert (call.answered_ms is None) is (answer is not None), number
+            if answer is not None:
+                assert answer()
+                for e in p.values():
+                    e.flush()
+                world.run_until(lambda: call.answered_ms is not None, 2000, "%s answered" % number)
+                world.settle()
+                assert switch.moves == set_up + 1, number
+            answered = switch.moves
+            world.hangup(caller)
+            assert not switch.calls and switch.moves == answered + 1, number
+            world.run(200)
+        assert not world.net.errors
+    finally:
+        world.close()
