@@ -533,7 +533,7 @@ class MainHost(HostCore):
             elif not ies[wire.IE_STANDBY] and call_no and link.kind == "phone" and self.switch.leg(link, call_no) is None:
                 # a node that cannot look calls up (no Redis): a phone's call named here ends at once, "main host
                 # lost", rather than staying up in silence (common/cluster.py: the grace period's login names it)
-                link.send_signal(wire.RELEASE, {wire.IE_CALL_NO: call_no, wire.IE_CAUSE: wire.CAUSE_MAIN_LOST}, now)
+                self.end_named_call(link, call_no, now)
         elif msg_type == wire.BYE:
             self._link_down(link, now, "logged out")
             self.peers.remove(link.session)
@@ -541,6 +541,11 @@ class MainHost(HostCore):
             self.call_message(link, msg_type, ies, now)
         else:
             self.stats.drop("unexpected message")
+
+    def end_named_call(self, link, call_no, now):
+        """A phone's call it named to us (NODES standby 0 with our number for it) that nobody here carries on:
+        ended at the phone, "main host lost" (a RELEASE with our number, which the phone knows its call by)."""
+        link.send_signal(wire.RELEASE, {wire.IE_CALL_NO: call_no, wire.IE_CAUSE: wire.CAUSE_MAIN_LOST}, now)
 
     def _target_link(self, number, wait=False, local=False):
         """(link, None) of where number is served, else (None, cause); on a cluster's node a client at

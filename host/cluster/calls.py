@@ -294,7 +294,7 @@ class Takeover:
         media does not come back after its switch. The phone is still logged in on the link that named it."""
         link = self.namers.pop(key, None)
         if link is not None and self.core.links_by_name.get((link.kind, link.name)) is link:
-            link.send_signal(wire.RELEASE, {wire.IE_CALL_NO: key[2], wire.IE_CAUSE: wire.CAUSE_MAIN_LOST}, now)
+            self.core.end_named_call(link, key[2], now)
             self.core.stats.count("takeover: phone's call ended, not found")
 
     def _leg_from(self, leg, key, link, value, wall_ms):
