@@ -1113,9 +1113,11 @@ class MainHost(HostCore):
                           dialled=rang if rang != call.caller else None)
             self.directory.add_call_record(record)
             return
-        if call.recorded_elsewhere and call.a is not None and call.a.link.kind == "phone":
+        if call.record_here:
+            pass   # a lost node's call that it joined between two other nodes, spliced here: ours to record now
+        elif call.recorded_elsewhere and call.a is not None and call.a.link.kind == "phone":
             return   # a phone's pickup (**N) of a call ringing at another node: recorded there (_pickup_at_node)
-        if call.a is not None and call.a.link.kind == "node" and (call.a.link.up or call.recorded_elsewhere):
+        elif call.a is not None and call.a.link.kind == "node" and (call.a.link.up or call.recorded_elsewhere):
             # another node's call: recorded there, once (here only when that node was lost, unless that node
             # had joined it by a transfer into a call from another node, which records it: host/lines.py)
             return

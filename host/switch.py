@@ -159,6 +159,9 @@ class Call:
         self.pickup_at = None       # a *8 sent on to other nodes: the node ids still to ask (host/main_host.py)
         self.record_uid = None      # the uid this call is recorded under when not its own: a lost node's half
                                     # spliced into ours, that node having been the caller's (host/cluster/calls.py)
+        self.record_here = False    # a call a lost node joined between two other nodes' clients (a transfer), spliced
+                                    # here by the lower of the two: recorded here as that node would have
+                                    # (host/cluster/calls.py _splice), whatever its legs' links
         self.spliced = None         # (uid, node id) of a lost (or stopped) node's half spliced into ours: its key in
                                     # Redis is ours from then on (host/cluster/calls.py CallMirror); node id None when
                                     # that node was told at once (it lived), else it is told when its trunk is up again

@@ -563,6 +563,72 @@ def test_node_killed_during_a_cross_node_call_a_third_node_carries_its_half_on(e
               "the kill; gap at 101 %d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
 
 
+def test_a_call_joined_at_a_node_that_is_killed_goes_on_between_the_two_other_nodes(engines):
+    """Three nodes: phone 301 straight at X, site a at Y, site b at Z. 301 calls 101 and transfers it blind to 201:
+    X joins the call, its media Y -> X -> Z, and no client of X is left in it. X is killed with -9: Y and Z each
+    hold their leg towards X, find X's call by it in Redis, and the lower of the two splices its half to a leg on
+    the trunk Y-Z (docs/cluster.md "A call joined by a transfer at a node that is lost"; until now tested in
+    memory only). 101 and 201 hear each other again, in order, with one gap; the call ends "normal clearing" and is
+    recorded once, linked to the call it continues."""
+    from upbx.tools.lab import read_g711_record, wav_frames_g711
+    micropython_binary()
+    homes = {"301": "n1", "a": "n2", "b": "n3"}
+    with contextlib.closing(_lab(engines, homes, ("n1", "n2", "n3"))) as lab:
+        lab.start()
+        before = len(_records(engines))
+        procs, records, sent = {}, {}, {}
+        for number, args in (("201", ["--answer"]), ("101", ["--answer"]),
+                             ("301", ["--call", "101", "--call-after", "0.5"])):
+            procs[number], records[number], sent[number] = _noisy_phone(lab, number, "jk", *args)
+        lab.wait_for(lambda: frames(records["101"]) >= 50, "301 and 101 talk", timeout=60)
+        procs["301"].stdin.write(b"!transfer 201\n")
+        procs["301"].stdin.flush()
+        procs["301"].wait(60)
+        assert [c["cause"] for c in lab.summary("jk-301")["calls"]][:1] == ["transferred"], lab.summary("jk-301")
+        talkers = ("101", "201")
+        call = Call("101", "201", "jk", {n: procs[n] for n in talkers}, {n: records[n] for n in talkers}, sent)
+        wait_audio_flows(lab, call, "101 and 201 talk, joined at n1", timeout=60)
+        assert [c["callee"] for c in lab.status("n1")["calls"]] == ["201"], lab.status("n1")["calls"]
+        time.sleep(1)   # the joined call's key written (within 20 ms of the join, docs/cluster.md)
+        killed = time.time()
+        lab.kill("n1")
+        wait_audio_flows(lab, call, "101 and 201 talk again after n1's kill", timeout=40)
+        back = time.time() - killed
+        procs["101"].stdin.write(b"!hangup\n")
+        procs["101"].stdin.flush()
+        for number in talkers:
+            procs[number].wait(60)
+            assert lab.summary("jk-" + number)["calls"][0]["cause"] == "normal clearing", lab.summary("jk-" + number)
+        noise = {n: {frame: i for i, frame in enumerate(wav_frames_g711(lab.path(n + ".wav")))}
+                 for n in ("101", "201", "301")}
+        # 201 heard 101 alone, in order, with one gap (the kill), to 101's hang-up
+        at_201 = [noise["101"].get(p) for _ts, p in read_g711_record(records["201"])]
+        assert at_201 and None not in at_201 and at_201 == sorted(set(at_201)), at_201[:5]
+        # 101 heard 301, then 201 alone, in order
+        at_101 = [p for _ts, p in read_g711_record(records["101"])]
+        first_201 = next(i for i, p in enumerate(at_101) if p in noise["201"])
+        after = [noise["201"].get(p) for p in at_101[first_201:]]
+        assert None not in after and after == sorted(set(after)), after[:5]
+        for heard, sender in ((at_201, "101"), (after, "201")):
+            sent_ = [noise[sender][p] for _ts, p in read_g711_record(sent[sender])]
+            lost = len(sent_) - sent_.index(heard[0]) - len(heard)
+            gap = max(b - a for a, b in zip(heard, heard[1:]))
+            print("n1 killed under a joined call: %s's audio at the other again %.1f s after the kill, gap %d ms, "
+                  "%d frames not heard" % (sender, back, gap * 20, lost))
+            assert lost <= gap + TAIL_FRAMES, (sender, lost, gap)   # the gap, and the tail after 101 hung up
+        counters = {n: lab.status(n)["stats"]["counters"] for n in ("n2", "n3")}
+        assert sum(c.get("calls taken over", 0) for c in counters.values()) == 1, counters   # by the lower node
+        for node in ("n2", "n3"):
+            assert lab.status(node)["calls"] == [], lab.status(node)["calls"]
+        lab.wait_for(lambda: any(r[3] == "normal clearing" for r in _linked_records(engines)[before:]),
+                     "the joined call's record", timeout=30)
+        time.sleep(1)
+        rows = _linked_records(engines)[before:]
+        first = next(uid for uid, caller, callee, _c, _l in rows if (caller, callee) == ("301", "101"))
+        ended = [r for r in rows if r[3] == "normal clearing"]
+        assert len(ended) == 1 and ended[0][4] == first and set(ended[0][1:3]) == {"101", "201"}, rows
+
+
 def test_a_held_call_whose_node_is_lost_drops_its_media_to_the_lost_trunk_and_ends_after_the_hold(engines):
     """The callee's node and the callee's remote host killed -9 together: nobody takes the lost half over.
     The caller's node holds the call (HOLD_MS, 10 s) while 101 goes on talking; its voice for the trunk to

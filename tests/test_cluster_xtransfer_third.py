@@ -54,10 +54,13 @@ def _links(core):
     return sorted(tuple(sorted(leg.link.name for leg in (c.a, c.b))) for c in core.switch.calls.values())
 
 
-def test_a_call_joined_at_a_lost_node_between_two_other_nodes_goes_on_through_the_lower_one(world):
+@pytest.mark.parametrize("first", [("201", "301"), ("301", "201")], ids=["node-1-called", "node-2-called"])
+def test_a_call_joined_at_a_lost_node_between_two_other_nodes_goes_on_through_the_lower_one(world, first):
+    """first: who called whom before the transfer. When 301 (node 2) called, node 1's half has node 2 on its
+    caller's side, and until session 21 nobody recorded the joined call: node 1 took it for node 2's to record."""
     p = world.phones
     n1, n3 = world.n1, world.n3
-    world.call("201", "301")                        # site b (node 1) calls 301 (node 2)
+    world.call(*first)                              # site b (node 1) and 301 (node 2)
     _act(world, "301", lambda ph, now: lines.consult(ph, "303", now, True))   # blind, to 303 at node 3
     _answer(world, "303")
     world.run_until(lambda: p["201"].connected and p["303"].connected and p["301"].idle, 2000, "201 and 303 talk")
@@ -93,9 +96,9 @@ def test_a_call_joined_at_a_lost_node_between_two_other_nodes_goes_on_through_th
     # the joined call recorded once (the nodes share one database here, as they share PostgreSQL), linked to the
     # call it continues, as node 2 would have
     world.run(100)                                  # a record follows its call's ended key (MainHost.records_settled)
-    first = next(r.uid for r in n1.directory.call_records() if (r.caller, r.callee) == ("201", "301"))
+    continued = next(r.uid for r in n1.directory.call_records() if (r.caller, r.callee) == first)
     assert [(r.caller, r.callee, r.cause, r.linked) for r in n1.directory.call_records()
-            if r.uid not in records_before] == [("201", "303", "normal clearing", first)]
+            if r.uid not in records_before] == [("201", "303", "normal clearing", continued)]
     assert not world.net.errors
 
 

@@ -117,6 +117,8 @@ def call_value(call, node, cluster_key, now_wall_ms, ended=False):
     conf = _conference(call, stored)
     if conf is not None and not ended:
         value["conference"] = {"uid": conf[0], "holder": conf[1], "held": list(conf[2]), "calls": list(conf[3])}
+    if call.linked is not None:   # a call a transfer joined: the uid of the call it continues (its record's link)
+        value["linked"] = call.linked
     return json.dumps(value, sort_keys=True)
 
 
@@ -369,6 +371,14 @@ class Takeover:
         # that half's key is ours from now on (CallMirror), and a node only stopped or cut off is told when its trunk is
         # up again (NodeTrunks._events): it forgets its copy unheard and unrecorded, as if told at once (alive, above)
         call.spliced = (value["uid"], lost_node)
+        if all(leg["link"]["kind"] == "node" for leg in legs.values()):
+            # a call the lost node joined between two other nodes' clients (a transfer), which that node recorded:
+            # recorded here now as it would have (its uid, its parties, the call it continues), whichever side our
+            # half had it on (our caller's leg may be a trunk's: MainHost.on_call_ended)
+            call.record_here = True
+            call.record_uid = value["uid"]
+            call.linked = value.get("linked", call.linked)
+            call.caller, call.callee = value["caller"], value["callee"]
         said = own.state   # what we said towards the lost node (before _forget_leg releases the leg)
         core.xnode.held.pop(own.call_no, None)
         switch._forget_leg(own, now)
