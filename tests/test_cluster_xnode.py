@@ -427,6 +427,36 @@ def _killed_ringing(engines, nodes=("n1", "n2"), homes=None, answer_after=10):
         assert [row[:2] for row in _records(engines)] == [("101", "201")]   # recorded once, by the caller's node
 
 
+def test_a_call_dialled_just_after_its_node_is_killed_is_set_up_at_the_successor(engines):
+    """Site a at n1 (its standby session at n2), site b at n2. n1 is killed with -9, and 101 dials 201 at once: its
+    remote host, which notices the silence only within 4 s, sends the SETUP to the dead n1. When it switches to its
+    standby session it says that unacknowledged SETUP again there (docs/cluster.md "A call dialled as its node
+    dies"; until session 21 the call waited for the phone's 20 s set-up timer and ended "unreachable"): 201 rings
+    through n2 and answers, they talk, "normal clearing", one record."""
+    micropython_binary()
+    with contextlib.closing(_lab(engines, {"a": "n1", "b": "n2", "301": "n2"})) as lab:
+        lab.start()
+        lab.wait_for(lambda: (lab.status("site-a")["main"]["standby"] or {}).get("state") == "up",
+                     "site a's standby up at n2", timeout=60)
+        before = len(_records(engines))
+        procs, records, sent = {}, {}, {}
+        for number, args in (("201", ["--answer"]), ("101", [])):
+            procs[number], records[number], sent[number] = _noisy_phone(lab, number, "sd", *args)
+        lab.kill("n1")
+        procs["101"].stdin.write(b"!call 201\n")   # within the seconds before site a notices: to the dead node
+        procs["101"].stdin.flush()
+        call = Call("101", "201", "sd", procs, records, sent)
+        wait_audio_flows(lab, call, "101 and 201 talk through n2", timeout=60)
+        site = lab.status("site-a")
+        assert site["main"]["address"] == "127.0.0.1:%d" % lab.node_ports["n2"], site["main"]
+        # the dial reached the remote host before it switched: its SETUP went to n1 and was said again at n2
+        assert site["stats"]["counters"].get("calls set up again after a switch") == 1, site["stats"]["counters"]
+        hang_up_and_compare(lab, call)
+        lab.wait_for(lambda: len(_records(engines)) > before, "the call's record", timeout=30)
+        time.sleep(1)
+        assert [row[:3] for row in _records(engines)[before:]] == [("101", "201", "normal clearing")]
+
+
 def _successor_plan(lab):
     """Homes for three nodes such that site b's node has a successor that is neither site a's node nor
     its own: site a at X, site b at Y, succ(Y) = Z (the lost node's half goes to a third node)."""
