@@ -85,8 +85,8 @@ def lab(engines):
         lab.close()
 
 
-def _lab(engines, homes, nodes=("n1", "n2")):
-    lab = TwoHomes(engines, homes, nodes=nodes, direct_media=False, remote_settings=SETTINGS)
+def _lab(engines, homes, nodes=("n1", "n2"), **kwargs):
+    lab = TwoHomes(engines, homes, nodes=nodes, direct_media=False, remote_settings=SETTINGS, **kwargs)
     lab.provision(sites=("a", "b", "c"), remote_sites=("a", "b"),
                   phones={"a": ["101", "102"], "b": ["201", "202"], "c": ["301"]})
     return lab
@@ -455,6 +455,44 @@ def test_a_call_dialled_just_after_its_node_is_killed_is_set_up_at_the_successor
         lab.wait_for(lambda: len(_records(engines)) > before, "the call's record", timeout=30)
         time.sleep(1)
         assert [row[:3] for row in _records(engines)[before:]] == [("101", "201", "normal clearing")]
+
+
+def test_a_phone_at_a_node_that_dials_just_after_its_node_is_killed_sets_the_call_up_at_its_standby_node(
+        engines, unix32_frozen):
+    """301 straight at n1, the 32-bit build with upbx frozen in at 64K (room for a standby: its standby session at
+    n2); 201 of site b at n2. n1 is killed with -9 and 301 dials 201 at once: the SETUP goes to the dead n1, and the
+    call's tighter keepalive finds n1 silent within 1.5 s. The phone switches to its standby session and says the
+    unacknowledged SETUP again there (common/standby.py, docs/cluster.md "A call dialled as its node dies"): 201
+    answers, they talk, "normal clearing"."""
+    micropython_binary()
+    homes = {"a": "n2", "b": "n2", "301": "n1"}
+    with contextlib.closing(_lab(engines, homes, phone_args=("--micropython", unix32_frozen, "--heapsize",
+                                                             "64K"))) as lab:
+        lab.start()
+        before = len(_records(engines))
+        procs, records, sent = {}, {}, {}
+        for number, args in (("201", ["--answer"]), ("301", [])):
+            procs[number], records[number], sent[number] = _noisy_phone(lab, number, "sp", *args)
+        lab.wait_for(lambda: [p["extension"] for p in lab.status("n2")["phones"] if p.get("standby")] == ["301"],
+                     "301's standby session at n2", timeout=60)
+        lab.kill("n1")
+        procs["301"].stdin.write(b"!call 201\n")   # before it notices: to the dead node
+        procs["301"].stdin.flush()
+        call = Call("301", "201", "sp", procs, records, sent)
+        wait_audio_flows(lab, call, "301 and 201 talk through n2", timeout=60)
+        assert _lines_of(lab, "phone-sp-301", "switched to the standby session")
+        hang_up_and_compare(lab, call)
+        heap = lab.summary("sp-301")["heap"]
+        print("a 64K frozen phone's call dialled as its node died: set up at its standby node; peak live %s" %
+              heap.get("peak_live"))
+        lab.wait_for(lambda: len(_records(engines)) > before, "the call's record", timeout=30)
+        time.sleep(1)
+        assert [row[:3] for row in _records(engines)[before:]] == [("301", "201", "normal clearing")]
+
+
+def _lines_of(lab, name, words):
+    with open(lab.path(name + ".log"), "rb") as f:
+        return [line for line in f.read().decode("utf-8", "replace").splitlines() if words in line]
 
 
 def _successor_plan(lab):
