@@ -26,6 +26,7 @@ from .login import Login, LoginUp
 _PING = const(0x07)
 _BYE = const(0x08)
 _SETUP = const(0x10)
+_SAID_AGAIN = (0x10, 0x12, 0x13, 0x14, 0x16, 0x18)   # SETUP, ALERTING, ANSWER, RELEASE, DTMF, HOLD (switch)
 _RELEASE = const(0x14)
 _NODES = const(0x73)
 _IE_CALL_NO = const(0x10)
@@ -46,7 +47,7 @@ _LATER_MS = const(3000)           # after a switch with calls, the new standby w
 _watch = {}                       # phone -> (call, due, its highest timestamp) after a switch: taken over?
 _later = {}                       # phone -> when it takes its new standby after a switch with calls
 _move = {}                        # phone -> [due, the first node's address, moves put off, login deadline or None]
-_dialled = {}                     # phone -> its call's SETUP (encoded IEs) while its node has not acknowledged it
+_channel = {}                     # phone -> its session's channel as of the last tick (switch: what it never had acked)
 
 
 def _out(phone, item):
@@ -114,18 +115,22 @@ def switch(phone, now):
     if call is not None and call.peer_call_no:
         ies[_IE_PEER_CALL_NO] = call.peer_call_no
     new.send(_NODES, ies, now)
-    if call is not None and call.state == CALLING and not call.peer_call_no:
-        # dialled as the node died (docs/cluster.md "A call dialled as its node dies"): a SETUP it never
-        # acknowledged is said again here, a new call; one it acknowledged and never named (no number of its own
-        # for the call yet) nobody can carry on: it ends "main host lost" now, not at the set-up timer
-        # (the old session let its channel go as it fell silent: tick kept what it had not acknowledged)
-        setup = _dialled.get(phone)
-        if setup is not None:
-            new.channel.send_encoded(_SETUP, setup, now)
-        else:
-            call.apply(RELEASE_SENT)
-            phone._end(_CAUSE_MAIN_LOST)
-    _dialled.pop(phone, None)
+    # what the old node never acknowledged of our calls is said again here, in order (the old session let its
+    # channel go as it fell silent: tick kept it): an ANSWER, a RELEASE, a DTMF or a HOLD the node keeps for the call
+    # it takes over (host/cluster/calls.py defer), and a SETUP, a new call (docs/cluster.md "A call dialled as its
+    # node dies")
+    ch = _channel.pop(phone, None)
+    setup = False
+    if ch is not None:
+        for seq in sorted(ch._unacked):
+            setup = _say_again(new, ch._unacked[seq], now) or setup
+        for entry in ch._queue:
+            setup = _say_again(new, entry, now) or setup
+    if call is not None and call.state == CALLING and not call.peer_call_no and not setup:
+        # dialled, and the old node acknowledged the SETUP but never named the call (no number of its own for it
+        # yet): nobody can carry it on; it ends "main host lost" now, not at the set-up timer
+        call.apply(RELEASE_SENT)
+        phone._end(_CAUSE_MAIN_LOST)
     call = phone.other   # the second line (waiting, or held by us): named too, in a NODES of its own
     if call is not None and call.peer_call_no:
         new.send(_NODES, {_IE_STANDBY: 0, _IE_PEER_CALL_NO: call.peer_call_no}, now)
@@ -217,12 +222,21 @@ def run(phone, now, datagram=None):
         switch(phone, now)
 
 
-def _setup_in(entries):
-    """The encoded IEs of the SETUP among a channel's (type, payload, ...) entries, or None."""
-    for e in entries:
-        if e[0] == _SETUP:
-            return e[1]
-    return None
+def _say_again(login, entry, now):
+    """A call's message (type, encoded IEs, ...) the old session never had acknowledged, said on login; True for
+    a SETUP."""
+    t = entry[0]
+    if t in _SAID_AGAIN:
+        login.channel.send_encoded(t, entry[1], now)
+    return t == _SETUP
+
+
+def _releasing(ch):
+    """True while the channel has a RELEASE it has not had acknowledged."""
+    for e in ch._unacked.values():
+        if e[0] == _RELEASE:
+            return True
+    return False
 
 
 def waiting(phone):
@@ -253,13 +267,13 @@ def tick(phone, now):
     login, standby = phone.login, phone.standby
     if standby is None:
         return
-    call, ch = phone.call, login.channel
-    if call is not None and call.state == CALLING and not call.peer_call_no and ch is not None:
-        # a call being dialled: its SETUP while the node has not acknowledged it, for a switch (switch)
-        _dialled[phone] = _setup_in(ch._unacked.values()) or _setup_in(ch._queue)
-    elif _dialled:
-        _dialled.pop(phone, None)
-    if phone.call is not None:   # (its standby not up: the grace period's login must meet the call, cluster.py)
+    ch = login.channel
+    if ch is not None:
+        _channel[phone] = ch   # what it has not acknowledged, for a switch (switch)
+    # in a call, or a call's end not yet acknowledged (its RELEASE is said again at a switch, which must come
+    # before the other party's node gives the call up): (its standby not up: the grace period's login must meet
+    # the call, cluster.py)
+    if phone.call is not None or (ch is not None and _releasing(ch)):
         login.set_keepalive(_CALL_KEEPALIVE_MS, _CALL_DEAD_MS, now)
     else:
         login.set_keepalive(phone.standby_keepalive_ms, _IDLE_DEAD_MS if standby.state == "up" else login.dead_ms, now)

@@ -52,7 +52,7 @@ STANDBY_IDLE_DEAD_MS = 2000
 # ... and in calls through the main host, silent for 2 s (not 3 s): the relayed audio is back on the
 # standby node within the issue's 3 s
 # a call's messages the old node never acknowledged, said again on the standby session a remote host switches to
-RESAID = (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF)   # those a node keeps for a call it takes over
+RESAID = (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD)   # a node keeps them for a call it takes over
 # ... and a SETUP: a call dialled as the old node died is set up at the new one (docs/cluster.md, "A call dialled
 # as its node dies")
 RESET_UP = (wire.SETUP,)

@@ -191,3 +191,74 @@ def test_a_phones_call_its_node_acknowledged_and_never_named_ends_main_host_lost
     a.log = []   # the first call's events: asserted above
     _dial(world, "301", "303")
     _phone_talks(world)
+
+
+# a call's messages in flight as the node dies: said again at the switch, kept by the node for the call it takes over
+
+def test_a_phone_that_answers_as_its_node_dies_is_connected_at_its_standby_node(phones):
+    """303 (node 1) calls 301 (node 2); 301 rings; node 2 dies and 301 answers at once: its ANSWER goes to the dead
+    node. At its switch 301 says it again; node 1, taking node 2's half over from Redis, keeps it for the call and
+    passes it on: 303 is connected and they talk (before, 301 talked to nobody while 303 heard it ring)."""
+    world = phones
+    a, b = world.phones["303"], world.phones["301"]
+    _dial(world, "303", "301")
+    world.run_until(lambda: b.phone.state == RINGING and a.phone.state == RINGBACK, 3000, "301 rings")
+    world.run(400)                                  # the keys written
+    _node_2_dies_silently(world)
+    assert b.phone.answer(world.net.now)
+    b.flush()
+    _phone_switched(world)
+    world.run_until(lambda: a.connected and b.connected, 3000, "303 connected")
+    _listen(world, 600)
+    _xin_order(b, a, 20)
+    _xin_order(a, b, 20)
+    assert world.n1.stats.counters.get("calls taken over") == 1
+    world.hangup("303")
+    world.run_until(lambda: a.idle and b.idle, 2000, "hung up")
+    assert a.causes() == [wire.CAUSE_NORMAL] == b.causes() and not world.net.errors
+
+
+def test_a_phone_that_hangs_up_as_its_node_dies_ends_the_call_at_its_standby_node(phones):
+    """301 (node 2) talks to 303 (node 1); node 2 dies and 301 hangs up at once: its RELEASE goes to the dead node.
+    At its switch 301 says it again; node 1 takes the call over and ends it: 303 hears "normal clearing" at once,
+    not "main host lost" when node 1's hold of its half ends (10 s); one record."""
+    world = phones
+    a, b = world.phones["301"], world.phones["303"]
+    _dial(world, "301", "303")
+    _xanswer(world, "303")
+    world.run_until(lambda: a.connected and b.connected, 2000, "301 and 303 talk")
+    world.run(400)
+    _node_2_dies_silently(world)
+    world.hangup("301")
+    assert a.idle and b.connected
+    world.run_until(lambda: b.idle, 4000, "303's call ended")
+    assert b.causes() == [wire.CAUSE_NORMAL] and world.net.now < 100000
+    assert tuple(a.host) == NODE1                   # 301 switched (idle: it named no call, it said the RELEASE)
+    world.run(100)
+    assert [(r.caller, r.callee, r.cause) for r in world.n1.directory.call_records()] == [
+        ("301", "303", "normal clearing")]
+    assert not world.n1.switch.calls and not world.n1.xnode.held and not world.net.errors
+
+
+def test_a_hold_said_as_its_node_dies_holds_the_call_at_the_successor(world):
+    """101 (site a, node 2) talks to 201 (site b, node 1); node 2 dies and 101 holds the call at once: the HOLD goes
+    to the dead node. Site a's remote host says it again on the session it switches to; node 1 keeps it for the
+    call it takes over and applies it: the call is held there (201 hears site a's music), and 101 resumes it."""
+    a, b = world.phones["101"], world.phones["201"]
+    _dial(world, "101", "201")
+    world.run_until(lambda: b.phone.state == RINGING, 3000, "201 rings")
+    _answer(world, "201")
+    world.run_until(lambda: a.connected and b.connected, 3000, "101 and 201 talk")
+    world.run(400)
+    world.lose_node_2()
+    assert a.phone.hold(world.net.now)
+    a.flush()
+    _switched(world)
+    world.run_until(lambda: world.n1.switch.calls and all(c.held_by is not None
+                                                          for c in world.n1.switch.calls.values()), 3000,
+                    "node 1's call held")
+    assert world.a.stats.counters.get("call messages said again after a switch") == 1
+    assert a.phone.resume(world.net.now)
+    a.flush()
+    world.run_until(lambda: all(c.held_by is None for c in world.n1.switch.calls.values()), 2000, "resumed")
+    _talk_and_hang_up(world, "101", "201")

@@ -270,7 +270,7 @@ class Takeover:
         entry = self._ask(link, call_no, now)
         if entry is None:
             return False
-        if len(entry[1]) >= 16:   # a call's few messages (ANSWER, DTMF, RELEASE): more is not a call's
+        if len(entry[1]) >= 16:   # a call's few messages (ANSWER, DTMF, HOLD, RELEASE): more is not a call's
             self.core.stats.drop("takeover: too many messages waiting")
             return True
         entry[1].append((link, msg_type, dict(ies)))

@@ -362,4 +362,41 @@ def test_a_phone_that_switches_while_it_dials_sets_the_call_up_again_or_ends_it(
             assert setups == [] and phone.call is None and ended == [0x12]   # main host lost
         else:
             assert setups == [entry[1]] and phone.call.state == CALLING and ended == []
-        assert phone not in standby._dialled
+        assert phone not in standby._channel
+
+
+def test_a_phone_that_hangs_up_as_its_node_dies_keeps_watching_and_says_the_release_again():
+    # a RELEASE the node has not acknowledged keeps the call's tight keepalive (its silence noticed within 1.5 s, not
+    # the idle node keepalive + 2 s), and at the switch it is said again on the new session, the same bytes, for the
+    # node that takes the call over (host/cluster/calls.py defer)
+    import os
+    from common import standby
+    from common.call import CONNECTED
+    from common.login import LoginUp
+    from common.phone import Phone
+    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    phone = Phone("201", bytes(16), os.urandom)
+    _up(phone.login, 1)
+    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(nodes)}))
+    phone._login_events(0)
+    _up(phone.standby, 2)
+    phone.standby_keepalive_ms = 20000
+    old, new = phone.login, phone.standby
+    call = phone.call = phone._new_call(bytes(16), 0, 0)
+    call.state = CONNECTED
+    call.learn_peer(cluster_make.make_call_no(2, 7))
+    standby.tick(phone, 100)
+    assert old.keepalive_ms == 500
+    assert phone.hangup(200) and phone.call is None
+    (entry,) = old.channel._unacked.values()
+    assert entry[0] == wire.RELEASE
+    standby.tick(phone, 220)
+    assert old.keepalive_ms == 500            # idle, but its RELEASE not acknowledged: still watched closely
+    old._down("nothing heard", 1800)
+    phone._login_events(1800)
+    assert phone.login is new
+    said = [e[:2] for e in sorted(new.channel._unacked.values()) if e[0] != 0x73]   # (its NODES first)
+    assert said == [[wire.RELEASE, entry[1]]]
+    standby.tick(phone, 1900)
+    assert phone not in standby._channel or standby._channel[phone] is new.channel
