@@ -427,7 +427,8 @@ def _killed_ringing(engines, nodes=("n1", "n2"), homes=None, answer_after=10):
         assert [row[:2] for row in _records(engines)] == [("101", "201")]   # recorded once, by the caller's node
 
 
-def test_a_call_dialled_just_after_its_node_is_killed_is_set_up_at_the_successor(engines):
+def test_a_call_dialled_just_after_its_node_is_killed_is_set_up_at_the_successor(own_engines):
+    engines = own_engines   # a node is killed, and the module lab provisioned these sites: not its engines
     """Site a at n1 (its standby session at n2), site b at n2. n1 is killed with -9, and 101 dials 201 at once: its
     remote host, which notices the silence only within 4 s, sends the SETUP to the dead n1. When it switches to its
     standby session it says that unacknowledged SETUP again there (docs/cluster.md "A call dialled as its node
@@ -458,12 +459,13 @@ def test_a_call_dialled_just_after_its_node_is_killed_is_set_up_at_the_successor
 
 
 def test_a_phone_at_a_node_that_dials_just_after_its_node_is_killed_sets_the_call_up_at_its_standby_node(
-        engines, unix32_frozen):
+        own_engines, unix32_frozen):
     """301 straight at n1, the 32-bit build with upbx frozen in at 64K (room for a standby: its standby session at
     n2); 201 of site b at n2. n1 is killed with -9 and 301 dials 201 at once: the SETUP goes to the dead n1, and the
     call's tighter keepalive finds n1 silent within 1.5 s. The phone switches to its standby session and says the
     unacknowledged SETUP again there (common/standby.py, docs/cluster.md "A call dialled as its node dies"): 201
     answers, they talk, "normal clearing"."""
+    engines = own_engines   # (as above)
     micropython_binary()
     homes = {"a": "n2", "b": "n2", "301": "n1"}
     with contextlib.closing(_lab(engines, homes, phone_args=("--micropython", unix32_frozen, "--heapsize",
@@ -631,7 +633,8 @@ def test_node_killed_during_a_cross_node_call_a_third_node_carries_its_half_on(e
               "the kill; gap at 101 %d ms, at 201 %d ms" % (back, gaps["101"], gaps["201"]))
 
 
-def test_a_call_joined_at_a_node_that_is_killed_goes_on_between_the_two_other_nodes(engines):
+def test_a_call_joined_at_a_node_that_is_killed_goes_on_between_the_two_other_nodes(own_engines):
+    engines = own_engines   # a node is killed, and the module lab provisioned these sites: not its engines
     """Three nodes: phone 301 straight at X, site a at Y, site b at Z. 301 calls 101 and transfers it blind to 201:
     X joins the call, its media Y -> X -> Z, and no client of X is left in it. X is killed with -9: Y and Z each
     hold their leg towards X, find X's call by it in Redis, and the lower of the two splices its half to a leg on
