@@ -483,8 +483,9 @@ class MainHost(HostCore):
         elif msg_type == wire.FEATURES:
             self._features(link, ies, now)
         elif msg_type == wire.HOLD:
+            # (deferred: a call another node switched, said again after a switch)
             if self.takeover is None or not self.takeover.defer(link, msg_type, ies, now):
-                self.hold_message(link, ies, now)   # (deferred: a call another node switched, said again after a switch)
+                self.hold_message(link, ies, now)
         elif msg_type == wire.CONFERENCE:   # from a phone, or a remote host handing its phone's over
             self.conference_message(link, ies, now)
         elif msg_type == wire.TRANSFER:

@@ -260,18 +260,9 @@ def test_a_blind_transfer_to_a_site_at_another_node_is_routed_there_and_both_tal
     from upbx.tools.lab import read_g711_record, wav_frames_g711
     before = len(_records(engines))
     n2_before = lab.status("n2")["stats"]
-    procs, records, sent = {}, {}, {}
-    for number, args in (("201", ["--answer"]), ("101", ["--answer"]),
-                         ("301", ["--call", "101", "--call-after", "0.5"])):
-        procs[number], records[number], sent[number] = _noisy_phone(lab, number, "bt", *args)
     # 301 (straight at n1) calls 101 (site a, at n1); 101 transfers it blind to 201 (site b, at n2)
-    lab.wait_for(lambda: frames(records["101"]) >= 50, "301 and 101 talk", timeout=60)
-    procs["101"].stdin.write(b"!transfer 201\n")
-    procs["101"].stdin.flush()
-    procs["101"].wait(60)
-    assert [c["cause"] for c in lab.summary("bt-101")["calls"]][:1] == ["transferred"], lab.summary("bt-101")
-    talkers = ("301", "201")
-    call = Call("301", "201", "bt", {n: procs[n] for n in talkers}, {n: records[n] for n in talkers}, sent)
+    call, records, sent = _blind_transfer(lab, "bt", "101")
+    procs = call.procs
     wait_audio_flows(lab, call, "301 and 201 talk across the nodes")
     procs["301"].stdin.write(b"!hangup\n")
     procs["301"].stdin.flush()
@@ -309,6 +300,25 @@ def test_a_blind_transfer_to_a_site_at_another_node_is_routed_there_and_both_tal
     assert sorted(r[1:] for r in rows) == sorted([("301", "101", "transferred", None),
                                                   ("101", "201", "transferred", first),
                                                   ("301", "201", "normal clearing", first)]), rows
+
+
+def _blind_transfer(lab, tag, by):
+    """201 and 101 answer, 301 calls 101 and they talk; `by` (101 or 301) transfers the other one blind to 201 and
+    leaves the call ("transferred"). Returns the Call between the one that stays (its caller) and 201, and each
+    phone's records of what it heard and what it sent (tests/clusterkit.py)."""
+    procs, records, sent = {}, {}, {}
+    for number, args in (("201", ["--answer"]), ("101", ["--answer"]),
+                         ("301", ["--call", "101", "--call-after", "0.5"])):
+        procs[number], records[number], sent[number] = _noisy_phone(lab, number, tag, *args)
+    lab.wait_for(lambda: frames(records["101"]) >= 50, "301 and 101 talk", timeout=60)
+    procs[by].stdin.write(b"!transfer 201\n")
+    procs[by].stdin.flush()
+    procs[by].wait(60)
+    summary = lab.summary("%s-%s" % (tag, by))
+    assert [c["cause"] for c in summary["calls"]][:1] == ["transferred"], summary
+    stays = "301" if by == "101" else "101"
+    talkers = (stays, "201")
+    return Call(stays, "201", tag, {n: procs[n] for n in talkers}, {n: records[n] for n in talkers}, sent), records, sent
 
 
 def _linked_records(engines):
@@ -647,17 +657,8 @@ def test_a_call_joined_at_a_node_that_is_killed_goes_on_between_the_two_other_no
     with contextlib.closing(_lab(engines, homes, ("n1", "n2", "n3"))) as lab:
         lab.start()
         before = len(_records(engines))
-        procs, records, sent = {}, {}, {}
-        for number, args in (("201", ["--answer"]), ("101", ["--answer"]),
-                             ("301", ["--call", "101", "--call-after", "0.5"])):
-            procs[number], records[number], sent[number] = _noisy_phone(lab, number, "jk", *args)
-        lab.wait_for(lambda: frames(records["101"]) >= 50, "301 and 101 talk", timeout=60)
-        procs["301"].stdin.write(b"!transfer 201\n")
-        procs["301"].stdin.flush()
-        procs["301"].wait(60)
-        assert [c["cause"] for c in lab.summary("jk-301")["calls"]][:1] == ["transferred"], lab.summary("jk-301")
-        talkers = ("101", "201")
-        call = Call("101", "201", "jk", {n: procs[n] for n in talkers}, {n: records[n] for n in talkers}, sent)
+        call, records, sent = _blind_transfer(lab, "jk", "301")
+        procs, talkers = call.procs, ("101", "201")
         wait_audio_flows(lab, call, "101 and 201 talk, joined at n1", timeout=60)
         assert [c["callee"] for c in lab.status("n1")["calls"]] == ["201"], lab.status("n1")["calls"]
         time.sleep(1)   # the joined call's key written (within 20 ms of the join, docs/cluster.md)
