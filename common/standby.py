@@ -47,7 +47,7 @@ _LATER_MS = const(3000)           # after a switch with calls, the new standby w
 _watch = {}                       # phone -> (call, due, its highest timestamp) after a switch: taken over?
 _later = {}                       # phone -> when it takes its new standby after a switch with calls
 _move = {}                        # phone -> [due, the first node's address, moves put off, login deadline or None]
-_channel = {}                     # phone -> its session's channel as of the last tick (switch: what it never had acked)
+_channel = {}                     # phone -> its session's channel, kept by tick (switch: what it never had acked)
 
 
 def _out(phone, item):
