@@ -52,10 +52,9 @@ STANDBY_IDLE_DEAD_MS = 2000
 # ... and in calls through the main host, silent for 2 s (not 3 s): the relayed audio is back on the
 # standby node within the issue's 3 s
 # a call's messages the old node never acknowledged, said again on the standby session a remote host switches to
+# (and a SETUP: a call dialled as the old node died is set up at the new one, docs/cluster.md "A call dialled as its
+# node dies")
 RESAID = (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD)   # a node keeps them for a call it takes over
-# ... and a SETUP: a call dialled as the old node died is set up at the new one (docs/cluster.md, "A call dialled
-# as its node dies")
-RESET_UP = (wire.SETUP,)
 STANDBY_CALL_KEEPALIVE_MS = 500
 STANDBY_CALL_DEAD_MS = 1500
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory
@@ -429,7 +428,7 @@ class RemoteHost(HostCore):
         self.moving = self.leaving = self.move_at = None
         # the call messages the old node never acknowledged (an ANSWER sent as it died) are said again on the
         # new session: the node takes their calls over and handles them then (host/cluster/calls.py defer)
-        unsaid = [(t, payload) for t, payload in unacknowledged(old.channel) if t in RESAID or t in RESET_UP]
+        unsaid = [(t, payload) for t, payload in unacknowledged(old.channel) if t in RESAID or t == wire.SETUP]
         old.take_events()
         old.start(now)
         self.main_silent_ms = None
@@ -445,15 +444,14 @@ class RemoteHost(HostCore):
         self._main_up(now)
         for msg_type, payload in unsaid:
             self.main_link.send_signal(msg_type, wire.decode_ies(payload), now)
-        setups = sum(1 for t, _payload in unsaid if t in RESET_UP)
-        if setups:
-            self.stats.count("calls set up again after a switch", setups)
-        if len(unsaid) > setups:
-            self.stats.count("call messages said again after a switch", len(unsaid) - setups)
+        resent = {wire.decode_ies(payload).get(wire.IE_CALL_NO) for t, payload in unsaid if t == wire.SETUP}
+        if resent:
+            self.stats.count("calls set up again after a switch", len(resent))
+        if len(unsaid) > len(resent):
+            self.stats.count("call messages said again after a switch", len(unsaid) - len(resent))
         # a call the old node acknowledged but had not named yet (no number of its own for it: no answer had come
         # back) cannot be named to the new node, and nobody carries it on: its caller hears "main host lost" now,
         # not its own set-up timer's "unreachable" 20 s later
-        resent = {wire.decode_ies(payload).get(wire.IE_CALL_NO) for t, payload in unsaid if t in RESET_UP}
         for leg in [leg for leg in self.switch.legs.values() if leg.link is self.main_link and leg.state == CALLING
                     and not leg.peer_call_no and leg.call_no not in resent]:
             self.stats.count("calls being set up lost with the node")
