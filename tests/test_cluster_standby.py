@@ -272,9 +272,10 @@ def test_a_100k_mpy_phone_at_a_node_keeps_no_standby(own_engines, unix32_plain):
         lab.close()
 
 
-def _mpy_pair(lab):
-    """Phones 308 (answering) and 301 of site c as 100K .mpy handsets, each sending its noise WAV and recording what
-    it hears; both registered, both saying they keep no standby (too little heap for one)."""
+def _mpy_pair(lab, tag="mpy-"):
+    """Phones 308 (answering) and 301 of site c as handsets without room for a standby (the lab's phone_args: the
+    100K .mpy build, or the frozen one at 48K), each sending its noise WAV and recording what it hears; both
+    registered, both saying they keep no standby (too little heap for one). Their logs are phone-<tag><number>."""
     from upbx.tools.lab import write_noise_wav
     procs = {}
     for number in ("308", "301"):
@@ -282,33 +283,36 @@ def _mpy_pair(lab):
         write_noise_wav(wav, 60, int(number))
         args = ["--send", wav, "--record-g711", lab.path(number + ".rx.g711"), "--exit-after", "400"]
         args += ["--answer"] if number == "308" else []
-        procs[number] = lab.phone(number, *args, tag="mpy-" + number)
+        procs[number] = lab.phone(number, *args, tag=tag + number)
         lab.wait_registered(number, timeout=60)
     for number in ("301", "308"):
-        lab.wait_for(lambda: _lines(lab, "phone-mpy-" + number, "no standby session: too little free heap"),
+        lab.wait_for(lambda: _lines(lab, "phone-" + tag + number, "no standby session: too little free heap"),
                      "%s says it keeps no standby" % number, timeout=30)
     return procs
 
 
-def _mpy_pair_ends(lab, procs, calls):
-    """_mpy_pair's phones quit: neither crashed for want of heap, each had `calls` calls ending "normal clearing",
-    and every frame each heard (300 at least: 3 s a call) is one the other sent (its WAV): nothing foreign."""
+def _mpy_pair_ends(lab, procs, calls, tag="mpy-"):
+    """_mpy_pair's phones quit once each has logged its last call's end: neither crashed for want of heap, each had
+    `calls` calls ending "normal clearing", and every frame each heard (300 at least: 3 s a call) is one the other
+    sent (its WAV): nothing foreign."""
     from upbx.tools.lab import read_g711_record, wav_frames_g711
     for number in ("301", "308"):
-        assert not _lines(lab, "phone-mpy-" + number, "MemoryError"), lab._log_tail("phone-mpy-" + number, 30)
+        lab.wait_for(lambda: len(_lines(lab, "phone-" + tag + number, "call ended")) == calls,
+                     "%s logged the end of its call %d" % (number, calls), timeout=30)
+        assert not _lines(lab, "phone-" + tag + number, "MemoryError"), lab._log_tail("phone-" + tag + number, 30)
     for proc in procs.values():
         proc.stdin.write(b"!quit\n")
         proc.stdin.flush()
         proc.wait(30)
     for sender, receiver in (("301", "308"), ("308", "301")):
-        summary = lab.summary("mpy-" + sender)
+        summary = lab.summary(tag + sender)
         assert [c["cause"] for c in summary["calls"]] == ["normal clearing"] * calls, summary["calls"]
         frames = {payload for payload in wav_frames_g711(lab.path(sender + ".wav"))}
         heard = [payload for _ts, payload in read_g711_record(lab.path(receiver + ".rx.g711"))]
         assert len(heard) >= 300 and all(p in frames for p in heard), (sender, len(heard))
 
 
-def _audio_both_ways(lab, where):
+def _audio_both_ways(lab, where, tag="mpy-"):
     """3 s more of audio both ways between 301 and 308 (their recordings grow by 150 frames each), else a failure
     naming the frames each heard and the phones' last log lines."""
     before = {n: _frames(lab.path(n + ".rx.g711")) for n in ("301", "308")}
@@ -318,7 +322,7 @@ def _audio_both_ways(lab, where):
     except TimeoutError as exc:
         heard = {n: _frames(lab.path(n + ".rx.g711")) - before[n] for n in ("301", "308")}
         raise AssertionError("%s: frames heard %s\n%s\n%s" % (
-            exc, heard, lab._log_tail("phone-mpy-301", 25), lab._log_tail("phone-mpy-308", 25)))
+            exc, heard, lab._log_tail("phone-" + tag + "301", 25), lab._log_tail("phone-" + tag + "308", 25)))
 
 
 # a known defect until session 9 (docs/cluster.md, 2b): the second call's SETUP refused "unreachable" before
@@ -382,42 +386,54 @@ def test_a_100k_mpy_phone_at_a_node_calls_and_logs_in_again_at_the_next_node_whe
         lab.close()
 
 
-def test_a_100k_mpy_phone_at_a_node_keeps_its_call_through_the_nodes_kill_without_a_standby(own_engines, unix32_plain):
-    """The grace period of a phone without a standby (docs/cluster.md "Failover" 2b): two 100K .mpy handsets (no room
-    for a standby) talk through n1, which is killed with -9. Each keeps its call, logs in at n1's successor n2 with a
-    plain handshake and names the call there; n2 takes it over from Redis and they talk on: 3 s more audio both ways,
+# the handsets without room for a standby: the frozen image at 48K (what a handset without PSRAM runs, docs/boards.md;
+# about 12 KB free once registered, 10 KB at the call's peak), and the 100K .mpy build, whose calls at a node are a
+# known defect (docs/handset.md, "Not solved": in CI41 its callee, logged in again at n2 in the call, held its events
+# for want of heap and crashed loading the console's code at !quit, its call "in progress")
+NO_STANDBY_BUILDS = [pytest.param(("frozen", "48K"), id="frozen-48K"),
+                     pytest.param(("mpy", "100K"), id="mpy-100K", marks=pytest.mark.known_defect)]
+
+
+@pytest.mark.parametrize("build", NO_STANDBY_BUILDS)
+def test_a_phone_without_a_standby_at_a_node_keeps_its_call_through_the_nodes_kill(own_engines, build):
+    """The grace period of a phone without a standby (docs/cluster.md "Failover" 2b): two handsets with no room for a
+    standby talk through n1, which is killed with -9. Each keeps its call, logs in at n1's successor n2 with a plain
+    handshake and names the call there; n2 takes it over from Redis and they talk on: 3 s more audio both ways,
     every frame one the other phone sent, one call each ending "normal clearing". Before, each phone's call ended
     "unreachable" 22 s after the kill (the node's 20 s keepalive), when it noticed."""
-    from tests.support import micropython_binary
+    from tests.support import micropython_binary, unix32_binary
     micropython_binary()
-    lab = cluster_lab.ClusterExchange(own_engines, nodes=("n1", "n2"), direct_media=False,
-                                      phone_args=("--micropython", unix32_plain, "--heapsize", "100K", "--mpy"))
+    kind, heap = build
+    phone_args = ("--micropython", unix32_binary(frozen=kind == "frozen"), "--heapsize", heap)
+    phone_args += ("--mpy",) if kind == "mpy" else ()
+    tag = "%s%s-" % (kind, heap)
+    lab = cluster_lab.ClusterExchange(own_engines, nodes=("n1", "n2"), direct_media=False, phone_args=phone_args)
     try:
         lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "308"]})
         lab.start(one_by_one=True)
-        procs = _mpy_pair(lab)
+        procs = _mpy_pair(lab, tag)
         lab.wait_for(lambda: sorted(p["extension"] for p in lab.status("n1")["phones"]) == ["301", "308"],
                      "both phones at n1", timeout=60)
         procs["301"].stdin.write(b"!call 308\n")
         procs["301"].stdin.flush()
         lab.wait_for(lambda: [c["callee"] for c in lab.status("n1")["calls"]] == ["308"], "the call at n1", timeout=60)
 
-        _audio_both_ways(lab, "through n1")
+        _audio_both_ways(lab, "through n1", tag)
         lab.kill("n1")
         try:
             lab.wait_for(lambda: [c["callee"] for c in lab.status("n2")["calls"]] == ["308"], "n2 took the call over",
                          timeout=30)
         except TimeoutError as exc:
-            raise AssertionError("%s\n%s\n%s\n%s" % (exc, lab._log_tail("phone-mpy-301", 30),
-                                                      lab._log_tail("phone-mpy-308", 30), lab._log_tail("n2", 40)))
+            raise AssertionError("%s\n%s\n%s\n%s" % (exc, lab._log_tail("phone-%s301" % tag, 30),
+                                                      lab._log_tail("phone-%s308" % tag, 30), lab._log_tail("n2", 40)))
         for number in ("301", "308"):
             assert len(_lines(lab, "n2", " login ", "name=%s " % number)) == 1   # a plain handshake
-            assert _lines(lab, "phone-mpy-" + number, "next login at")
-        _audio_both_ways(lab, "through n2, after n1's kill")
+            assert _lines(lab, "phone-" + tag + number, "next login at")
+        _audio_both_ways(lab, "through n2, after n1's kill", tag)
         procs["301"].stdin.write(b"!hangup\n")
         procs["301"].stdin.flush()
         lab.wait_for(lambda: not lab.status("n2")["calls"], "the call ended at n2", timeout=30)
-        _mpy_pair_ends(lab, procs, 1)
+        _mpy_pair_ends(lab, procs, 1, tag)
     finally:
         lab.close()
 

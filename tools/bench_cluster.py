@@ -38,6 +38,9 @@ RELAY_CALLS = 200          # per node
 QUICK_RELAY_CALLS = 10
 RELAY_SECONDS = 6
 QUICK_RELAY_SECONDS = 1
+# the heap of the grace period's handsets (_grace): the frozen image with too little free heap for a standby session
+# (common/cluster.py _STANDBY_ROOM), what a handset without PSRAM runs (docs/boards.md)
+GRACE_HEAP = "48K"
 
 
 def _lab_class(cluster_lab):
@@ -376,19 +379,24 @@ def _text(path):
 
 
 def _grace():
-    """The grace period of a phone without a standby (docs/cluster.md "Failover" 2b): two 32-bit `.mpy` handsets at
-    100K (no room for a standby) straight at a node, in a call through it; the node killed with -9: the seconds until
-    its successor lists the call, and each phone's longest gap in the audio it received. Own engines (PostgreSQL,
-    Redis, etcd; no failover of theirs), two nodes. {"skipped": why} without the 32-bit build (`make images`)."""
+    """The grace period of a phone without a standby (docs/cluster.md "Failover" 2b): two handsets of the 32-bit build
+    with upbx frozen in, at 48K (no room for a standby: what a handset without PSRAM runs), straight at a node, in a
+    call through it; the node killed with -9: the seconds until its successor lists the call, and each phone's longest
+    gap in the audio it received. Own engines (PostgreSQL, Redis, etcd; no failover of theirs), two nodes.
+    {"skipped": why} without engines or the 32-bit build."""
     from upbx.tools import cluster_lab
+    from upbx.tools.images import ImageError, unix32_image
     from upbx.tools.lab import read_g711_record, write_noise_wav
-    binary = os.path.join(bench_net.ROOT, "build", "unix32-plain", "micropython")
-    problem = cluster_lab.missing() or (None if os.path.exists(binary) else "no 32-bit MicroPython build (make images)")
+    problem = cluster_lab.missing()
     if problem:
         return {"skipped": problem}
+    try:
+        binary = str(unix32_image(frozen=True, log=lambda *a: None))
+    except ImageError as exc:
+        return {"skipped": "no 32-bit MicroPython build: %s" % exc}
     with cluster_lab.Engines() as engines:
         lab = cluster_lab.ClusterExchange(engines, nodes=("n1", "n2"), direct_media=False, log_level="warning",
-                                          phone_args=("--micropython", binary, "--heapsize", "100K", "--mpy"))
+                                          phone_args=("--micropython", binary, "--heapsize", GRACE_HEAP))
         try:
             lab.provision(sites=("c",), remote_sites=(), phones={"c": ["301", "308"]})
             lab.start(one_by_one=True)
@@ -438,7 +446,7 @@ def _grace():
                 except (OSError, LookupError, ValueError) as exc:   # what the phone said instead
                     raise RuntimeError("phone %s left no summary (%s): %s" % (
                         number, exc, lab._log_tail("phone-grace-" + number, 20)))
-            return {"handsets": "32-bit .mpy at 100K (no standby), straight at a node", "nodes": 2,
+            return {"handsets": "32-bit, frozen, at %s (no standby), straight at a node" % GRACE_HEAP, "nodes": 2,
                     "call_taken_over_s": taken, "audio_gap_ms_by_phone": gaps, "audio_back_ms": max(gaps.values()),
                     "calls_ended": ended}
         finally:
