@@ -92,25 +92,24 @@ class Login:
         self._hs_key = handshake_key(self.secret)
         self._nonce = self.random_bytes(16)
         self._cookie = None
-        self.channel = None
+        self.channel = self.lost = None
         self.state = HELLO_SENT
         self._tries = 0
-        self._send_hello(now)
+        self._send_handshake(now)
 
     def _identity_ies(self):
         return {self.identity_ie: self.identity, wire.IE_SESSION_INDEX: self.local_index,
                 wire.IE_NONCE: self._nonce}
 
-    def _send_hello(self, now):
-        self._tries += 1
-        self._out.append(seal_handshake(self._hs_key, 0, wire.HELLO, self._identity_ies()))
-        self._timer = ticks_add(now, _HANDSHAKE_RETRY_MS)
-
-    def _send_response(self, now):
+    def _send_handshake(self, now):
+        """The HELLO, or once challenged the RESPONSE with its cookie (one function: a handset's heap)."""
         self._tries += 1
         ies = self._identity_ies()
-        ies[wire.IE_COOKIE] = self._cookie
-        self._out.append(seal_handshake(self._hs_key, 0, wire.RESPONSE, ies))
+        msg_type = wire.HELLO
+        if self.state == RESPONSE_SENT:
+            ies[wire.IE_COOKIE] = self._cookie
+            msg_type = wire.RESPONSE
+        self._out.append(seal_handshake(self._hs_key, 0, msg_type, ies))
         self._timer = ticks_add(now, _HANDSHAKE_RETRY_MS)
 
     def send(self, msg_type, ies, now):
@@ -147,7 +146,9 @@ class Login:
         """Wait, then log in again; `since` (the last HELLO) keeps HELLOs at most one backoff apart."""
         self._events.append(LoginDown(reason))
         self.state = BACKOFF
-        self.channel = None
+        # the channel of the session just lost, kept as `lost` until the next login starts: what it never had
+        # acknowledged is said again on the next session (a cluster's phone: common/standby.py, common/grace.py)
+        self.lost, self.channel = self.channel, None
         at = ticks_add(now if since is None else since, self.backoff_wait_ms())
         self._timer = at if ticks_diff(at, now) > 0 else now
         self._backoff_ms = min(self._backoff_ms * 2, self.backoff_max_ms)
@@ -174,7 +175,7 @@ class Login:
             self.channel = Channel(SessionCrypto(*keys), 0)
             self.state = RESPONSE_SENT
             self._tries = 0
-            self._send_response(now)
+            self._send_handshake(now)
             return []
         if self.channel is None or msg_type in wire.HANDSHAKE_TYPES:
             return []
@@ -221,10 +222,8 @@ class Login:
         if self.state in (HELLO_SENT, RESPONSE_SENT) and self._timer is not None and ticks_diff(now, self._timer) >= 0:
             if self._tries >= _HANDSHAKE_TRIES:
                 self._down("no answer to login", now, ticks_add(self._timer, -_HANDSHAKE_RETRY_MS))
-            elif self.state == HELLO_SENT:
-                self._send_hello(now)
             else:
-                self._send_response(now)
+                self._send_handshake(now)
         elif self.state == BACKOFF and ticks_diff(now, self._timer) >= 0:
             self.start(now)
         elif self.state == UP:

@@ -51,7 +51,6 @@ _LATER_MS = const(3000)           # after a switch with calls, the new standby w
 _watch = {}                       # phone -> (call, due, its highest timestamp) after a switch: taken over?
 _later = {}                       # phone -> when it takes its new standby after a switch with calls
 _move = {}                        # phone -> [due, the first node's address, moves put off, login deadline or None]
-_channel = {}                     # phone -> its session's channel, kept by tick (switch: what it never had acked)
 
 
 def _out(phone, item):
@@ -119,11 +118,11 @@ def switch(phone, now):
     if call is not None and call.peer_call_no:
         ies[_IE_PEER_CALL_NO] = call.peer_call_no
     new.send(_NODES, ies, now)
-    # what the old node never acknowledged of our calls is said again here, in order (the old session let its
-    # channel go as it fell silent: tick kept it): an ANSWER, a RELEASE, a DTMF or a HOLD the node keeps for the call
-    # it takes over (host/cluster/calls.py defer), and a SETUP, a new call (docs/cluster.md "A call dialled as its
+    # what the old node never acknowledged of our calls is said again here, in order (the old session's channel, or
+    # the one it lost as it fell silent: Login.lost): an ANSWER, a RELEASE, a DTMF or a HOLD the node keeps for the
+    # call it takes over (host/cluster/calls.py defer), and a SETUP, a new call (docs/cluster.md "A call dialled as its
     # node dies")
-    ch = _channel.pop(phone, None)
+    ch = old.channel or old.lost
     setup = False
     if ch is not None:
         for seq in sorted(ch._unacked):
@@ -272,8 +271,6 @@ def tick(phone, now):
     if standby is None:
         return
     ch = login.channel
-    if ch is not None:
-        _channel[phone] = ch   # what it has not acknowledged, for a switch (switch)
     # in a call, or a call's end not yet acknowledged (its RELEASE is said again at a switch, which must come
     # before the other party's node gives the call up): (its standby not up: the grace period's login must meet
     # the call, cluster.py)

@@ -12,7 +12,8 @@ What is asserted: the voice frames that arrive, in order, both ways, the causes 
 """
 import pytest
 
-from upbx.common import wire
+from upbx.common import call as wire_call, wire
+from upbx.host.cluster import trunk
 from tests.inprocess import MAIN
 from tests.test_cluster_forward import NODE1
 from tests.test_cluster_phone_lines import Keys
@@ -252,3 +253,108 @@ def test_a_call_hung_up_during_the_grace_period_ends_at_the_other_party_once_the
     assert p["302"].causes() == [wire.CAUSE_NORMAL]
     assert n1.stats.counters.get("calls taken over") == 1 and not n1.switch.calls
     assert not world.net.errors
+
+
+# a call being dialled, or answered, as the node dies (docs/cluster.md "A call dialled as its node dies"): a phone
+# without a standby says again at the successor what the lost session never had acknowledged, as a switch does
+
+def _dial(world, caller, callee):
+    end = world.phones[caller]
+    assert end.phone.dial(callee, world.net.now)
+    end.flush()
+
+
+def _dies_silently(world):
+    """Node 2 is lost as a node killed -9 is: what it said last never leaves it."""
+    from collections import deque
+    world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)
+    world.stop_main()
+
+
+def _set_up_at_node_1(world, lost):
+    """301 (no standby) logged in at node 1, its SETUP said again there: 303 rings, answers, they talk, 301 hangs
+    up; node 1 records the call once. 303 rang 2-6 s after the loss (virtual time; lost None: not checked)."""
+    from tests.test_cluster_xgroup import _answer, _in_order, _listen
+    p, n1 = world.phones, world.n1
+    a, b = p["301"], p["303"]
+    world.run_until(lambda: b.phone.state == wire_call.RINGING and tuple(a.host) == NODE1, 8000, "303 rings")
+    if lost is not None:
+        assert 2000 <= world.net.now - lost <= 6000, world.net.now - lost
+    assert a.phone.state == wire_call.RINGBACK and a.causes() == []
+    _answer(world, "303")
+    world.run_until(lambda: a.connected and b.connected, 2000, "301 and 303 talk")
+    _listen(world, 600)
+    _in_order(b, a, 20)
+    _in_order(a, b, 20)
+    world.hangup("301")
+    world.run_until(lambda: a.idle and b.idle, 2000, "hung up")
+    assert a.causes() == [wire.CAUSE_NORMAL] == b.causes()
+    world.run(100)
+    assert [(r.caller, r.callee, r.cause) for r in n1.directory.call_records()] == [("301", "303", "normal clearing")]
+    assert not n1.switch.calls and not world.net.errors
+
+
+def test_a_phone_without_a_standby_that_dials_after_its_node_died_sets_the_call_up_at_the_successor(world):
+    """301 (node 2, no standby) dials 303 (node 1) after node 2 died: its SETUP is never acknowledged. 301 notices
+    the loss within 4 s, keeps the call, logs in at node 1 and says the SETUP again there: 303 rings, they talk.
+    Before, 301's call ended "unreachable" the moment its session was lost."""
+    world.stop_main()
+    lost = world.net.now
+    world.run(300)
+    _dial(world, "301", "303")
+    _set_up_at_node_1(world, lost)
+
+
+def test_a_phone_without_a_standby_whose_setup_its_node_read_as_it_died_sets_it_up_at_the_successor(world):
+    """Node 2 reads 301's SETUP and dies before anything it said leaves it: the same, the SETUP said again."""
+    _dial(world, "301", "303")
+    assert any(world.tick(until=lambda: world.main.stats.counters.get("msg SETUP")) for _ in range(10))
+    _dies_silently(world)
+    _set_up_at_node_1(world, world.net.now)
+
+
+def test_a_phone_without_a_standby_whose_call_its_node_acknowledged_and_never_named_ends_main_host_lost(world):
+    """Node 2 acknowledged 301's SETUP and dies before it named the call (no number of its for it): nothing can carry
+    the call on. 301 ends it "main host lost" as it notices the loss (before: "unreachable"), logs in at node 1 as
+    it would idle, and its next call goes through."""
+    from upbx.host.remote_host import unacknowledged
+    a = world.phones["301"]
+    _dial(world, "301", "303")
+    assert any(world.tick(until=lambda: not unacknowledged(a.phone.login.channel)) for _ in range(10))
+    _dies_silently(world)
+    assert a.phone.call is not None and not a.phone.call.peer_call_no
+    lost = world.net.now
+    world.run_until(lambda: a.idle, 5000, "301's call ended")
+    assert a.causes() == [wire.CAUSE_MAIN_LOST] and world.net.now - lost <= 4500
+    world.run_until(lambda: tuple(a.host) == NODE1 and a.phone.registered, 4000, "301 logged in at node 1")
+    world.run(trunk.HOLD_MS + 1000)   # 303, rung by node 2 or not, is idle again once node 1's hold ends
+    assert world.phones["303"].idle
+    a.take()
+    a.log = []
+    _dial(world, "301", "303")
+    _set_up_at_node_1(world, None)
+
+
+def test_a_phone_without_a_standby_that_answers_as_its_node_dies_is_connected_at_the_successor(world):
+    """303 (node 1) calls 301 (node 2, no standby); 301 rings; node 2 dies and 301 answers at once: its ANSWER goes
+    to the dead node. 301 keeps the call, logs in at node 1, names it and says the ANSWER again; node 1, taking node
+    2's half over, passes it on: 303 is connected and they talk. Before, 301 talked to nobody while 303 heard it ring
+    until node 1's hold of its half ended (10 s)."""
+    from tests.test_cluster_xgroup import _in_order, _listen
+    p, n1 = world.phones, world.n1
+    a, b = p["303"], p["301"]
+    _dial(world, "303", "301")
+    world.run_until(lambda: b.phone.state == wire_call.RINGING and a.phone.state == wire_call.RINGBACK, 3000,
+                    "301 rings")
+    world.run(400)                                  # the keys written
+    _dies_silently(world)
+    assert b.phone.answer(world.net.now)
+    b.flush()
+    world.run_until(lambda: a.connected and b.connected and tuple(b.host) == NODE1, 8000, "303 connected")
+    _listen(world, 600)
+    _in_order(b, a, 20)
+    _in_order(a, b, 20)
+    assert n1.stats.counters.get("calls taken over") == 1
+    world.hangup("303")
+    world.run_until(lambda: a.idle and b.idle, 2000, "hung up")
+    assert a.causes() == [wire.CAUSE_NORMAL] == b.causes() and not world.net.errors

@@ -352,7 +352,9 @@ def test_a_phone_that_switches_while_it_dials_sets_the_call_up_again_or_ends_it(
         if acknowledged:
             old.channel._acknowledged(seq + 1, 120)   # (the next expected)
         standby.tick(phone, 140)
-        old._down("nothing heard", 2000)   # silent: its channel let go
+        lost = old.channel
+        old._down("nothing heard", 2000)   # silent: its channel let go, kept as the lost one
+        assert old.channel is None and old.lost is lost
         phone._login_events(2000)
         assert phone.login is new and phone.standby is None
         said = sorted(new.channel._unacked.values()) + list(new.channel._queue)
@@ -362,7 +364,47 @@ def test_a_phone_that_switches_while_it_dials_sets_the_call_up_again_or_ends_it(
             assert setups == [] and phone.call is None and ended == [0x12]   # main host lost
         else:
             assert setups == [entry[1]] and phone.call.state == CALLING and ended == []
-        assert phone not in standby._channel
+
+
+def test_a_phone_without_a_standby_up_says_its_setup_again_at_the_successor_or_ends_the_call():
+    # the grace period (common/grace.py; docs/cluster.md "A call dialled as its node dies"): a phone at node 2 whose
+    # standby is not up (or that has none) dials; its session is lost. A SETUP node 2 never acknowledged keeps the
+    # call: the lost session's channel is read and let go, the next login goes to node 2's successor (4), and once
+    # up there the SETUP is said again, the same bytes. One node 2 acknowledged (no number of its for the call yet)
+    # ends "main host lost" at the loss, and the next login goes as it would
+    import os
+    from common.call import CALLING
+    from common.login import LoginUp
+    from common.phone import Ended, Phone
+    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    for acknowledged in (False, True):
+        phone = Phone("201", bytes(16), os.urandom)
+        _up(phone.login, 1)
+        phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
+                                            wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(nodes)}))
+        phone._login_events(0)
+        login = phone.login
+        assert phone.standby is None or phone.standby.state != "up"
+        assert phone.dial("301", 100) and phone.call.state == CALLING
+        (seq, entry), = login.channel._unacked.items()
+        assert entry[0] == wire.SETUP
+        if acknowledged:
+            login.channel._acknowledged(seq + 1, 120)
+        login._down("nothing heard", 2000)
+        phone._login_events(2000)
+        assert login.lost is None   # read and let go
+        ended = [e.cause for e in phone.take_events() if type(e) is Ended]
+        if acknowledged:
+            assert phone.call is None and not getattr(phone, "grace", 0) and ended == [0x12]   # main host lost
+            continue
+        assert phone.call.state == CALLING and phone.grace and ended == []
+        assert phone.host_next == ("198.18.0.4", 4569)
+        _up(login, 3)   # the grace period's login at node 4
+        login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(4, 0, 3)}))
+        phone._login_events(2500)
+        said = sorted(login.channel._unacked.values()) + list(login.channel._queue)
+        assert [e[1] for e in said if e[0] == wire.SETUP] == [entry[1]]
+        assert phone.call.state == CALLING and not phone.grace
 
 
 def test_a_phone_that_hangs_up_as_its_node_dies_keeps_watching_and_says_the_release_again():
@@ -398,5 +440,3 @@ def test_a_phone_that_hangs_up_as_its_node_dies_keeps_watching_and_says_the_rele
     assert phone.login is new
     said = [e[:2] for e in sorted(new.channel._unacked.values()) if e[0] != 0x73]   # (its NODES first)
     assert said == [[wire.RELEASE, entry[1]]]
-    standby.tick(phone, 1900)
-    assert phone not in standby._channel or standby._channel[phone] is new.channel
