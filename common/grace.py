@@ -29,7 +29,8 @@ _IE_CALL_NO = const(0x10)
 _IE_CAUSE = const(0x15)
 _CAUSE_NORMAL = const(0)
 _SETUP = const(0x10)
-_SAID_AGAIN = (_SETUP, 0x12, 0x13, _RELEASE, 0x16, 0x18)   # SETUP ALERTING ANSWER RELEASE DTMF HOLD (common/standby.py)
+# SETUP ALERTING ANSWER RELEASE DTMF HOLD TRANSFER CONFERENCE (as common/standby.py)
+_SAID_AGAIN = (_SETUP, 0x12, 0x13, _RELEASE, 0x16, 0x18, 0x19, 0x1C)
 
 
 def lost(phone, event, order, ids, successor):

@@ -32,6 +32,9 @@ PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say 
 # ttl 10 s: every node on the new primary within about 12 s, docs/cluster.md), then is refused "network busy";
 # below the phone's own 20 s set-up timer (common/phone.py _SETUP_TIMEOUT_MS), so the phone hears the cause
 STAR_CODE_WAIT_MS = 15000
+# the IEs holding our call numbers of the two calls a TRANSFER or a CONFERENCE names (the one it goes on, the other)
+TWO_CALLS = {wire.TRANSFER: (wire.IE_PEER_CALL_NO, wire.IE_JOIN_CALL_NO),
+             wire.CONFERENCE: (wire.IE_PEER_CALL_NO, wire.IE_CONF_CALL_NO)}
 # a remote host's feature change (FEATURES) waits longer: nobody listens for its answer, and one not
 # acknowledged is sent again only at the remote host's next login
 FEATURES_WAIT_MS = 600000
@@ -486,12 +489,17 @@ class MainHost(HostCore):
             # (deferred: a call another node switched, said again after a switch)
             if self.takeover is None or not self.takeover.defer(link, msg_type, ies, now):
                 self.hold_message(link, ies, now)
+        elif msg_type in (wire.CONFERENCE, wire.TRANSFER) and self.takeover is not None and self.takeover.defer(
+                link, msg_type, ies, now, TWO_CALLS[msg_type]):
+            pass   # said again after a switch: handled once both its calls are taken over (host/cluster/calls.py)
         elif msg_type == wire.CONFERENCE:   # from a phone, or a remote host handing its phone's over
             self.conference_message(link, ies, now)
         elif msg_type == wire.TRANSFER:
             lines.transfer(self, link, ies, now)
         elif msg_type == wire.PARTY:
-            lines.party(self, link, ies, now)
+            # (deferred: said again after a remote host's switch, for a call the node takes over)
+            if self.takeover is None or not self.takeover.defer(link, msg_type, ies, now):
+                lines.party(self, link, ies, now)
         elif msg_type == wire.VOICEMAIL:
             self.voicemail_uploads.receive(link, ies, now)
         elif msg_type == wire.MAILBOX_CHANGE:

@@ -54,7 +54,9 @@ STANDBY_IDLE_DEAD_MS = 2000
 # a call's messages the old node never acknowledged, said again on the standby session a remote host switches to
 # (and a SETUP: a call dialled as the old node died is set up at the new one, docs/cluster.md "A call dialled as its
 # node dies")
-RESAID = (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD)   # a node keeps them for a call it takes over
+# a node keeps them for a call it takes over (a TRANSFER and a CONFERENCE until it has both their calls)
+RESAID = (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PARTY, wire.TRANSFER,
+          wire.CONFERENCE)
 STANDBY_CALL_KEEPALIVE_MS = 500
 STANDBY_CALL_DEAD_MS = 1500
 LOCAL_REQUEST_TIMEOUT_MS = 1500   # no LOCAL_GRANT by then: decide from the cached directory

@@ -256,3 +256,32 @@ def test_a_conference_goes_on_at_the_standby_node_when_its_node_falls_silent_tow
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_a_conference_asked_for_as_its_node_dies_is_mixed_at_the_standby_node(world):
+    """301 (node 2, standby at node 1) talks to 303 (node 1), holds it and calls 101 (site a, node 2); node 2 dies
+    and 301 asks for the conference at once: its CONFERENCE goes to the dead node. At its switch 301 names both
+    calls and says the CONFERENCE again; node 1 takes both over and keeps it until it has both (host/cluster/calls.py
+    defer), then mixes the three: 301's held line ends "joined conference" and each hears the other two. Before,
+    the CONFERENCE was lost with the node: 301 kept talking to 101 with 303 held."""
+    from collections import deque
+    from upbx.common import conference as phone_conference
+    from tests.test_conference import _call_on_the_second_line
+    p, n1 = world.phones, world.n1
+    world.call("301", "303")
+    world.run(200)
+    assert p["301"].phone.hold(world.net.now)
+    p["301"].flush()
+    world.run(100)
+    _call_on_the_second_line(world, "301", "101")
+    world.run(400)                                  # the calls' keys written (the 200 ms writer)
+    world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)   # what node 2 said last never leaves
+    world.stop_main()
+    assert phone_conference.conference(p["301"].phone, world.net.now)
+    p["301"].flush()
+    world.run_until(lambda: _parties(n1) == [["101", "301", "303"]] and p["301"].phone.other is None, 5000,
+                    "node 1 mixes the conference, 301's held line let go")
+    assert tuple(p["301"].host) == NODE1
+    assert p["301"].causes() == [wire.CAUSE_CONFERENCE] and p["303"].causes() == [] == p["101"].causes()
+    _everyone_hears_the_others(world, ("101", "301", "303"))
+    assert not world.net.errors

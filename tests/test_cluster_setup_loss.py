@@ -262,3 +262,89 @@ def test_a_hold_said_as_its_node_dies_holds_the_call_at_the_successor(world):
     a.flush()
     world.run_until(lambda: all(c.held_by is None for c in world.n1.switch.calls.values()), 2000, "resumed")
     _talk_and_hang_up(world, "101", "201")
+
+
+def _two_lines_at_node_2(world, blind=False):
+    """301 (node 2, standby at node 1) talks to 303 (node 1), holds it and calls 302 (node 1), who answers (blind:
+    who rings); the calls' keys written. Returns (301, 303, 302)."""
+    from upbx.common import lines
+    p = world.phones
+    world.add_phone_at("302", 8, 1)
+    world.run_until(lambda: p["302"].phone.registered, 5000, "302 registered")
+    a, b, c = p["301"], p["303"], p["302"]
+    _dial(world, "301", "303")
+    _xanswer(world, "303")
+    world.run_until(lambda: a.connected and b.connected, 2000, "301 and 303 talk")
+    assert lines.consult(a.phone, "302", world.net.now)
+    a.flush()
+    _xanswer(world, "302")
+    world.run_until(lambda: a.connected and c.connected, 2000, "301 and 302 talk, 303 held")
+    world.run(400)                                  # the keys written
+    return a, b, c
+
+
+def test_a_transfer_said_as_its_node_dies_joins_the_calls_at_the_standby_node(phones):
+    """301 (node 2) has 303 held and talks to 302, both at node 1; node 2 dies and 301 transfers at once: its TRANSFER
+    goes to the dead node. At its switch 301 names both calls and says the TRANSFER again; node 1 takes both over
+    and keeps the TRANSFER until it has both (host/cluster/calls.py defer): 303 and 302 talk, 301's two calls end
+    "transferred", one record each. Before, the TRANSFER was lost with the node: 301 kept both calls."""
+    from upbx.common import lines
+    world = phones
+    a, b, c = _two_lines_at_node_2(world)
+    _node_2_dies_silently(world)
+    assert lines.transfer(a.phone, world.net.now)
+    a.flush()
+    _phone_switched(world)
+    world.run_until(lambda: a.idle and a.phone.other is None, 4000, "301's calls ended")
+    assert a.causes() == [wire.CAUSE_TRANSFERRED, wire.CAUSE_TRANSFERRED]
+    assert b.connected and c.connected and b.causes() == [] == c.causes()
+    _listen(world, 600)
+    _xin_order(b, c, 20)
+    _xin_order(c, b, 20)
+    world.hangup("303")
+    world.run_until(lambda: b.idle and c.idle, 2000, "hung up")
+    assert c.causes() == [wire.CAUSE_NORMAL]
+    assert not world.n1.switch.calls and not world.net.errors
+
+
+
+def test_a_transfer_a_site_joins_as_its_node_dies_names_the_new_parties_at_the_successor(world):
+    """Site a's 101 (node 2) has 201 (site b, node 1) held and talks to 202 (site b); node 2 dies and 101 transfers
+    at once. Site a joins the two calls itself (both far ends relayed through it now) and tells node 2, dead, of
+    each call's new party (PARTY). At its switch site a says both again; node 1 takes the calls over and keeps them
+    for the calls (host/cluster/calls.py defer), then passes them on: 201 is told it talks to 202 and 202 to 201,
+    and they talk. Before, the PARTY messages were lost with the node: 201 and 202 still showed 101."""
+    from upbx.common import lines
+    from tests.test_cluster_direct_loss import check
+    from tests.test_cluster_xgroup import _parties
+    p = world.phones
+    world.add_phone("202", 3)
+    world.run_until(lambda: p["202"].phone.registered, 5000, "202 registered")
+    a, b, c = p["101"], p["201"], p["202"]
+    _dial(world, "101", "201")
+    world.run_until(lambda: b.phone.state == RINGING, 3000, "201 rings")
+    _answer(world, "201")
+    world.run_until(lambda: a.connected and b.connected, 3000, "101 and 201 talk")
+    assert lines.consult(a.phone, "202", world.net.now)
+    a.flush()
+    world.run_until(lambda: c.phone.state == RINGING, 3000, "202 rings")
+    _answer(world, "202")
+    world.run_until(lambda: a.connected and c.connected, 3000, "101 and 202 talk, 201 held")
+    world.run(400)                                  # the keys written
+    world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)
+    world.lose_node_2()
+    assert lines.transfer(a.phone, world.net.now)
+    a.flush()
+    world.run_until(lambda: a.idle and a.phone.other is None, 1000, "101's calls ended")
+    assert a.causes() == [wire.CAUSE_TRANSFERRED, wire.CAUSE_TRANSFERRED]
+    assert [t for t, _ies in unacknowledged(world.a.login.channel)].count(wire.PARTY) == 2   # towards the dead node
+    _switched(world)
+    world.run_until(lambda: _parties(b) == ["202"] and _parties(c) == ["201"], 3000, "201 and 202 told")
+    assert world.a.stats.counters.get("call messages said again after a switch", 0) >= 2
+    assert b.connected and c.connected
+    b.sent, b.received, c.sent, c.received = [], [], [], []
+    world.run(1000)
+    for heard, said in ((b.received, c.sent), (c.received, b.sent)):
+        check(heard, said, missing=2)
+        assert len(heard) >= 40
+    assert b.causes() == [] == c.causes() and not world.net.errors

@@ -260,21 +260,25 @@ class Takeover:
         self.held_want[key] = now
         self.core.stats.count("takeover: legs towards a lost node asked for")
 
-    def defer(self, link, msg_type, ies, now):
+    def defer(self, link, msg_type, ies, now, names=(wire.IE_PEER_CALL_NO,)):
         """True when a call message names a call number of ours we do not have: kept for after the
         call is adopted (or dropped with the want). A remote host's that switched here, or a phone's that logged
-        in here in its grace period (common/grace.py: the RELEASE of a call its user hung up meanwhile)."""
-        call_no = ies.get(wire.IE_PEER_CALL_NO)
-        if link.kind not in ("host", "phone") or not call_no:
+        in here in its grace period (common/grace.py: the RELEASE of a call its user hung up meanwhile).
+        names: the IEs that hold our call numbers (a TRANSFER's and a CONFERENCE's name two calls): the message
+        waits for the first we do not have, and handled then, for the next (it comes back here)."""
+        if link.kind not in ("host", "phone"):
             return False
-        entry = self._ask(link, call_no, now)
-        if entry is None:
-            return False
-        if len(entry[1]) >= 16:   # a call's few messages (ANSWER, DTMF, HOLD, RELEASE): more is not a call's
-            self.core.stats.drop("takeover: too many messages waiting")
+        for name in names:
+            call_no = ies.get(name)
+            entry = self._ask(link, call_no, now) if call_no else None
+            if entry is None:
+                continue
+            if len(entry[1]) >= 16:   # a call's few messages (ANSWER, DTMF, HOLD, RELEASE): more is not a call's
+                self.core.stats.drop("takeover: too many messages waiting")
+                return True
+            entry[1].append((link, msg_type, dict(ies)))
             return True
-        entry[1].append((link, msg_type, dict(ies)))
-        return True
+        return False
 
     def wanted(self, now):
         """The (kind, name, call no) asked for, after dropping those asked for too long ago."""
