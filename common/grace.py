@@ -17,7 +17,7 @@ phone behind a remote host does on its LAN. A phone with a standby keeps it aliv
 Loaded only then, by common/cluster.py at a login event with a call (`lost`, `name`), and let go at once: a phone
 without room for a standby has a few kilobytes to spare.
 """
-from .call import CALLING, RELEASE_SENT
+from .call import CALLING, CONNECTED, RELEASE_SENT
 from .compat import const, forget
 
 _NODES = const(0x73)
@@ -29,6 +29,7 @@ _IE_CALL_NO = const(0x10)
 _IE_CAUSE = const(0x15)
 _CAUSE_NORMAL = const(0)
 _SETUP = const(0x10)
+_ANSWER = const(0x13)
 # SETUP ALERTING ANSWER RELEASE DTMF HOLD TRANSFER CONFERENCE (as common/standby.py)
 _SAID_AGAIN = (_SETUP, 0x12, 0x13, _RELEASE, 0x16, 0x18, 0x19, 0x1C)
 
@@ -106,3 +107,6 @@ def name(phone, now):
     for t, payload in said:
         if t != _SETUP or _call_no(payload) in live:   # (a call dialled then given up meanwhile: not set up)
             login.channel.send_encoded(t, payload, now)
+    for call in (phone.call, phone.other):   # a call we answered: its ANSWER again (common/standby.py _answers)
+        if call is not None and call.state == CONNECTED and call.media.role and call.peer_call_no:
+            phone._send(_ANSWER, {}, now, call)

@@ -139,6 +139,7 @@ def switch(phone, now):
     call = phone.other   # the second line (waiting, or held by us): named too, in a NODES of its own
     if call is not None and call.peer_call_no:
         new.send(_NODES, {_IE_STANDBY: 0, _IE_PEER_CALL_NO: call.peer_call_no}, now)
+    _answers(phone, now)
     phone.standby_to = None
     if phone.call is not None or phone.other is not None:
         # the new standby goes to the new home's successor, which may be the node we left, alive (a one-sided
@@ -234,6 +235,15 @@ def _say_again(login, entry, now):
     if t in _SAID_AGAIN:
         login.channel.send_encoded(t, entry[1], now)
     return t == _SETUP
+
+
+def _answers(phone, now):
+    """Each call we answered says its ANSWER again, acknowledged or not: the old node may have died before its call's
+    key said so (written every 20 ms), and the node taking the call over would have it ringing; one that has it
+    answered drops it quietly (host/main_host.py call_message). Also common/grace.py `name`."""
+    for call in (phone.call, phone.other):
+        if call is not None and call.state == CONNECTED and call.media.role and call.peer_call_no:
+            phone._send(_ANSWER, {}, now, call)
 
 
 def _releasing(ch):

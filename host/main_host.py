@@ -1001,6 +1001,13 @@ class MainHost(HostCore):
         busy happens here, the caller keeps its call; everything else as every host does."""
         if self.takeover is not None and self.takeover.defer(link, msg_type, ies, now):
             return   # a call another node switched: handled once it is taken over from Redis
+        if msg_type == wire.ANSWER and self.takeover is not None:
+            leg = self.switch.leg_for(ies, link)
+            if leg is not None and leg is leg.call.b and leg.state == CONNECTED:
+                # a client that switched says again the ANSWER of each call it answered (its node may have died
+                # before the call's key said so: common/standby.py _answers): this one was answered here already
+                self.stats.count("answers said again, the call answered already")
+                return None
         leg = self.switch.leg_for(ies, link) if msg_type == wire.RELEASE else None
         if (leg is None and msg_type == wire.RELEASE and wire.IE_PEER_CALL_NO not in ies
                 and (link, ies.get(wire.IE_CALL_NO)) in self.star_codes_waiting):

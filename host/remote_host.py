@@ -468,6 +468,15 @@ class RemoteHost(HostCore):
                     and leg.peer_call_no and self.cluster_nodes:
                 self.main_link.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_PEER_CALL_NO: leg.peer_call_no},
                                            now)
+        # a call our phone answered says its ANSWER again, acknowledged or not: the old node may have died before
+        # the call's key said so (written every 20 ms), and the new node would take it over as ringing (one that
+        # has it answered drops it quietly, host/main_host.py call_message)
+        answers = {wire.decode_ies(payload).get(wire.IE_PEER_CALL_NO) for t, payload in unsaid if t == wire.ANSWER}
+        for leg in list(self.switch.legs.values()):
+            if (leg.link is self.main_link and leg is leg.call.a and leg.call.state == "answered"
+                    and leg.peer_call_no and leg.peer_call_no not in answers and self.cluster_nodes):
+                send_on_leg(leg, wire.ANSWER, {}, now)
+                self.stats.count("answers said again after a switch")
 
     def _rebalance(self, now):
         """A site moves to the first node of its rendezvous order when it is not logged in there (a node

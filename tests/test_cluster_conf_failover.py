@@ -12,9 +12,12 @@ the one left with a single party (101's: 301's leg of it was released when it jo
 calls' keys. Each phone sends its own tone (tests/test_conference.py): Goertzel on what each receives says whom it
 hears, every party the others and never itself.
 """
+from collections import deque
+
 import pytest
 
 from upbx.common import cluster, wire
+from upbx.common.call import RINGING
 from upbx.host import conference
 from upbx.host.cluster import trunk
 from tests.inprocess import MAIN, SITE_A, SITE_B, PhoneEnd
@@ -285,3 +288,46 @@ def test_a_conference_asked_for_as_its_node_dies_is_mixed_at_the_standby_node(wo
     assert p["301"].causes() == [wire.CAUSE_CONFERENCE] and p["303"].causes() == [] == p["101"].causes()
     _everyone_hears_the_others(world, ("101", "301", "303"))
     assert not world.net.errors
+
+
+def _answered_as_node_2_dies(world, caller, callee):
+    """caller calls callee, who answers once node 2's calls' keys stop reaching Redis (the key still says the call
+    rings: the writer had not looked since, as in the last 20 ms before a kill); node 2 then dies before it says
+    anything more. Both were connected by node 2."""
+    p, n1 = world.phones, world.n1
+    a, b = p[caller], p[callee]
+    assert a.phone.dial(callee, world.net.now)
+    a.flush()
+    world.run_until(lambda: b.phone.state == RINGING, 3000, "%s rings" % callee)
+    world.run(400)                                  # the ringing call's keys written
+    writes = world.calls.serve
+    world.calls.serve = lambda name, core, now: writes(name, core, now) if core is n1 else None
+    assert b.phone.answer(world.net.now)
+    b.flush()
+    world.run_until(lambda: a.connected and b.connected, 2000, "connected by node 2")
+    world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)
+    world.stop_main()
+    world.calls.serve = writes
+
+
+@pytest.mark.parametrize("callee", ["302", "101"])
+def test_a_call_answered_just_before_its_node_dies_stays_answered_at_the_successor(world, callee):
+    """301 (node 2) calls 302 (node 2) or site a's 101 (node 2), which answers just before node 2 dies, its key still
+    saying the call rings. The callee's client says its ANSWER again at its switch (a phone: common/standby.py; a
+    remote host: `_switch_to_standby`), and node 1, having taken the call over as ringing, answers it: the call
+    stays up past the ring timeout, the two hear each other, "normal clearing", one record. Before, node 1 kept
+    it ringing and ended it "no answer" at the ring timeout (30 s), while the two were talking."""
+    p, n1 = world.phones, world.n1
+    _answered_as_node_2_dies(world, "301", callee)
+    world.run_until(lambda: [c.state for c in n1.switch.calls.values()] == ["answered"], 5000,
+                    "node 1 has the call, answered")
+    world.run(31000)                                # past the ring timeout
+    assert p["301"].connected and p[callee].connected and [c.state for c in n1.switch.calls.values()] == ["answered"]
+    _hears(world, "301", {callee})
+    _hears(world, callee, {"301"})
+    world.hangup("301")
+    world.run_until(lambda: p[callee].idle, 2000, "hung up")
+    assert p["301"].causes() == [wire.CAUSE_NORMAL] == p[callee].causes()
+    world.run(1500)
+    assert _records(world) == [("301", callee, "normal clearing")]
+    assert not n1.switch.calls and not world.net.errors

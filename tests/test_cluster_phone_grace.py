@@ -358,3 +358,21 @@ def test_a_phone_without_a_standby_that_answers_as_its_node_dies_is_connected_at
     world.hangup("303")
     world.run_until(lambda: a.idle and b.idle, 2000, "hung up")
     assert a.causes() == [wire.CAUSE_NORMAL] == b.causes() and not world.net.errors
+
+
+def test_a_call_answered_just_before_the_node_dies_stays_answered_when_neither_phone_has_a_standby(world):
+    """tests/test_cluster_conf_failover.py's call answered as node 2 dies, its key still ringing, between two phones
+    without a standby: both log in at node 1, name the call, and 302, which answered it, says its ANSWER again
+    (common/grace.py `name`): node 1 answers the call it took over as ringing, and it stays up past the ring
+    timeout (30 s). Before, node 1 ended it "no answer" then."""
+    from tests.test_cluster_conf_failover import _answered_as_node_2_dies
+    p, n1 = world.phones, world.n1
+    _answered_as_node_2_dies(world, "301", "302")
+    world.run_until(lambda: [c.state for c in n1.switch.calls.values()] == ["answered"], 9000,
+                    "node 1 has the call, answered")
+    world.run(31000)
+    assert p["301"].connected and p["302"].connected and [c.state for c in n1.switch.calls.values()] == ["answered"]
+    _talk(world, "301", "302")
+    world.hangup("301")
+    world.run_until(lambda: p["302"].idle, 2000, "hung up")
+    assert p["301"].causes() == [wire.CAUSE_NORMAL] == p["302"].causes() and not world.net.errors

@@ -407,6 +407,37 @@ def test_a_phone_without_a_standby_up_says_its_setup_again_at_the_successor_or_e
         assert phone.call.state == CALLING and not phone.grace
 
 
+def test_a_phone_that_switches_says_again_the_answer_of_each_call_it_answered():
+    # a call answered just before its node died may be ringing in its key (written every 20 ms): at the switch the
+    # phone says the ANSWER of each call it answered (role 1) again, acknowledged or not; not of one it placed
+    import os
+    from common import standby
+    from common.call import CONNECTED
+    from common.login import LoginUp
+    from common.phone import Phone
+    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    phone = Phone("201", bytes(16), os.urandom)
+    _up(phone.login, 1)
+    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(nodes)}))
+    phone._login_events(0)
+    _up(phone.standby, 2)
+    old, new = phone.login, phone.standby
+    answered = phone.call = phone._new_call(bytes(16), 1, 0)       # called: we answered it
+    placed = phone.other = phone._new_call(bytes(16), 0, 0)        # ours, held
+    for call, n in ((answered, 7), (placed, 8)):
+        call.state = CONNECTED
+        call.learn_peer(cluster_make.make_call_no(2, n))
+    standby.tick(phone, 100)
+    old._down("nothing heard", 1800)
+    phone._login_events(1800)
+    assert phone.login is new
+    said = [wire.decode_ies(e[1]) for e in sorted(new.channel._unacked.values()) + list(new.channel._queue)
+            if e[0] == wire.ANSWER]
+    assert [(ies[wire.IE_CALL_NO], ies[wire.IE_PEER_CALL_NO]) for ies in said] == [
+        (answered.call_no, answered.peer_call_no)]
+
+
 def test_a_phone_that_hangs_up_as_its_node_dies_keeps_watching_and_says_the_release_again():
     # a RELEASE the node has not acknowledged keeps the call's tight keepalive (its silence noticed within 1.5 s, not
     # the idle node keepalive + 2 s), and at the switch it is said again on the new session, the same bytes, for the
