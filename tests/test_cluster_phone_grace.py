@@ -274,24 +274,13 @@ def _dies_silently(world):
 def _set_up_at_node_1(world, lost):
     """301 (no standby) logged in at node 1, its SETUP said again there: 303 rings, answers, they talk, 301 hangs
     up; node 1 records the call once. 303 rang 2-6 s after the loss (virtual time; lost None: not checked)."""
-    from tests.test_cluster_xgroup import _answer, _in_order, _listen
-    p, n1 = world.phones, world.n1
-    a, b = p["301"], p["303"]
+    from tests.test_cluster_setup_loss import _phone_talks
+    a, b = world.phones["301"], world.phones["303"]
     world.run_until(lambda: b.phone.state == wire_call.RINGING and tuple(a.host) == NODE1, 8000, "303 rings")
     if lost is not None:
         assert 2000 <= world.net.now - lost <= 6000, world.net.now - lost
     assert a.phone.state == wire_call.RINGBACK and a.causes() == []
-    _answer(world, "303")
-    world.run_until(lambda: a.connected and b.connected, 2000, "301 and 303 talk")
-    _listen(world, 600)
-    _in_order(b, a, 20)
-    _in_order(a, b, 20)
-    world.hangup("301")
-    world.run_until(lambda: a.idle and b.idle, 2000, "hung up")
-    assert a.causes() == [wire.CAUSE_NORMAL] == b.causes()
-    world.run(100)
-    assert [(r.caller, r.callee, r.cause) for r in n1.directory.call_records()] == [("301", "303", "normal clearing")]
-    assert not n1.switch.calls and not world.net.errors
+    _phone_talks(world)
 
 
 def test_a_phone_without_a_standby_that_dials_after_its_node_died_sets_the_call_up_at_the_successor(world):

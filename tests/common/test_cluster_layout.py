@@ -327,22 +327,30 @@ def _up(login, seed):
     login.channel = Channel(SessionCrypto(*session_keys(bytes(16), bytes([seed]) * 16, bytes(16), True)), 0)
 
 
+def _phone_at_node_2():
+    """A phone logged in at node 2 of nodes 1..4 (its session made up by _up), its standby chosen (node 4) and not
+    up yet."""
+    import os
+    from common.login import LoginUp
+    from common.phone import Phone
+    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    phone = Phone("201", bytes(16), os.urandom)
+    _up(phone.login, 1)
+    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
+                                        wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(nodes)}))
+    phone._login_events(0)
+    return phone
+
+
 def test_a_phone_that_switches_while_it_dials_sets_the_call_up_again_or_ends_it():
     # docs/cluster.md "A call dialled as its node dies": a phone at node 2 with its standby up at node 4 dials; its
     # session falls silent and it switches. A SETUP node 2 never acknowledged is said again on the new session, the
     # same bytes; one node 2 acknowledged, with no number of node 2's for the call yet, ends "main host lost"
-    import os
     from common import standby
     from common.call import CALLING
-    from common.login import LoginDown, LoginUp
-    from common.phone import Ended, Phone
-    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    from common.phone import Ended
     for acknowledged in (False, True):
-        phone = Phone("201", bytes(16), os.urandom)
-        _up(phone.login, 1)
-        phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
-                                            wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(nodes)}))
-        phone._login_events(0)
+        phone = _phone_at_node_2()
         assert phone.standby_to == ("198.18.0.4", 4569)
         _up(phone.standby, 2)
         old, new = phone.login, phone.standby
@@ -372,17 +380,11 @@ def test_a_phone_without_a_standby_up_says_its_setup_again_at_the_successor_or_e
     # call: the lost session's channel is read and let go, the next login goes to node 2's successor (4), and once
     # up there the SETUP is said again, the same bytes. One node 2 acknowledged (no number of its for the call yet)
     # ends "main host lost" at the loss, and the next login goes as it would
-    import os
     from common.call import CALLING
     from common.login import LoginUp
-    from common.phone import Ended, Phone
-    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
+    from common.phone import Ended
     for acknowledged in (False, True):
-        phone = Phone("201", bytes(16), os.urandom)
-        _up(phone.login, 1)
-        phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
-                                            wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(nodes)}))
-        phone._login_events(0)
+        phone = _phone_at_node_2()
         login = phone.login
         assert phone.standby is None or phone.standby.state != "up"
         assert phone.dial("301", 100) and phone.call.state == CALLING
@@ -410,17 +412,9 @@ def test_a_phone_without_a_standby_up_says_its_setup_again_at_the_successor_or_e
 def test_a_phone_that_switches_says_again_the_answer_of_each_call_it_answered():
     # a call answered just before its node died may be ringing in its key (written every 20 ms): at the switch the
     # phone says the ANSWER of each call it answered (role 1) again, acknowledged or not; not of one it placed
-    import os
     from common import standby
     from common.call import CONNECTED
-    from common.login import LoginUp
-    from common.phone import Phone
-    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
-    phone = Phone("201", bytes(16), os.urandom)
-    _up(phone.login, 1)
-    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
-                                        wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(nodes)}))
-    phone._login_events(0)
+    phone = _phone_at_node_2()
     _up(phone.standby, 2)
     old, new = phone.login, phone.standby
     answered = phone.call = phone._new_call(bytes(16), 1, 0)       # called: we answered it
@@ -442,17 +436,9 @@ def test_a_phone_that_hangs_up_as_its_node_dies_keeps_watching_and_says_the_rele
     # a RELEASE the node has not acknowledged keeps the call's tight keepalive (its silence noticed within 1.5 s, not
     # the idle node keepalive + 2 s), and at the switch it is said again on the new session, the same bytes, for the
     # node that takes the call over (host/cluster/calls.py defer)
-    import os
     from common import standby
     from common.call import CONNECTED
-    from common.login import LoginUp
-    from common.phone import Phone
-    nodes = [(n, ("198.18.0.%d" % n, 4569)) for n in (1, 2, 3, 4)]
-    phone = Phone("201", bytes(16), os.urandom)
-    _up(phone.login, 1)
-    phone.login._events.append(LoginUp({wire.IE_SESSION_INDEX: cluster_make.make_index(2, 0, 9),
-                                        wire.IE_CLUSTER_NODES: cluster_make.encode_nodes(nodes)}))
-    phone._login_events(0)
+    phone = _phone_at_node_2()
     _up(phone.standby, 2)
     phone.standby_keepalive_ms = 20000
     old, new = phone.login, phone.standby
