@@ -30,6 +30,8 @@ _IE_CAUSE = const(0x15)
 _CAUSE_NORMAL = const(0)
 _SETUP = const(0x10)
 _ANSWER = const(0x13)
+_HOLD = const(0x18)
+_IE_STATE = const(0x25)
 # SETUP ALERTING ANSWER RELEASE DTMF HOLD TRANSFER CONFERENCE (as common/standby.py)
 _SAID_AGAIN = (_SETUP, 0x12, 0x13, _RELEASE, 0x16, 0x18, 0x19, 0x1C)
 
@@ -107,6 +109,8 @@ def name(phone, now):
     for t, payload in said:
         if t != _SETUP or _call_no(payload) in live:   # (a call dialled then given up meanwhile: not set up)
             login.channel.send_encoded(t, payload, now)
-    for call in (phone.call, phone.other):   # a call we answered: its ANSWER again (common/standby.py _answers)
-        if call is not None and call.state == CONNECTED and call.media.role and call.peer_call_no:
-            phone._send(_ANSWER, {}, now, call)
+    for call in (phone.call, phone.other):   # its ANSWER and HOLD again (common/standby.py _answers)
+        if call is not None and call.state == CONNECTED and call.peer_call_no:
+            if call.media.role:
+                phone._send(_ANSWER, {}, now, call)
+            phone._send(_HOLD, {_IE_STATE: 1 if call is phone.other or phone.holding else 0}, now, call)

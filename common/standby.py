@@ -39,6 +39,7 @@ _IE_CALL_NO = const(0x10)
 _IE_PEER_CALL_NO = const(0x11)
 _IE_CAUSE = const(0x15)
 _IE_STANDBY = const(0x38)
+_IE_STATE = const(0x25)
 _CAUSE_UNREACHABLE = const(3)
 _STANDBY_INDEX = const(0x10000)   # the standby login's index: the session's, this bit flipped
 _CALL_KEEPALIVE_MS = const(500)   # in a call with a standby up: PING every 0.5 s, 1.5 s silence and it switches
@@ -238,12 +239,15 @@ def _say_again(login, entry, now):
 
 
 def _answers(phone, now):
-    """Each call we answered says its ANSWER again, acknowledged or not: the old node may have died before its call's
-    key said so (written every 20 ms), and the node taking the call over would have it ringing; one that has it
-    answered drops it quietly (host/main_host.py call_message). Also common/grace.py `name`."""
+    """Each call we answered says its ANSWER again, and each answered call whether we hold it (HOLD), acknowledged
+    or not: the old node may have died before the call's key said so (written every 20 ms), and the node taking the
+    call over would have it ringing, or held as it was before. One that has it so already drops it quietly
+    (host/main_host.py call_message, host/core.py hold_message). Also common/grace.py `name`."""
     for call in (phone.call, phone.other):
-        if call is not None and call.state == CONNECTED and call.media.role and call.peer_call_no:
-            phone._send(_ANSWER, {}, now, call)
+        if call is not None and call.state == CONNECTED and call.peer_call_no:
+            if call.media.role:
+                phone._send(_ANSWER, {}, now, call)
+            phone._send(_HOLD, {_IE_STATE: 1 if call is phone.other or phone.holding else 0}, now, call)
 
 
 def _releasing(ch):

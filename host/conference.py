@@ -322,7 +322,10 @@ class Conferences:
         own host plays its music towards the mixer, which is dropped here, not mixed in)."""
         conf = leg.call.conference
         p = conf.party(leg)
-        if p is None or flag not in (0, 1) or p.held == bool(flag) or leg.link.kind not in HOLD_FROM:
+        if p is not None and flag in (0, 1) and p.held == bool(flag) and leg.link.kind in HOLD_FROM:
+            self.core.stats.count("hold states said again")   # as it was: a client that switched says so
+            return
+        if p is None or flag not in (0, 1) or leg.link.kind not in HOLD_FROM:
             self.core.stats.drop("message out of turn")
             return
         p.held = bool(flag)

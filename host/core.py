@@ -302,6 +302,11 @@ class HostCore:
         call = leg.call
         if call.conference is not None:
             return self.conferences.hold(leg, flag, now)
+        if call.state == "answered" and (call.held_by is leg if flag == 1 else flag == 0 and call.held_by is None):
+            # held (or not) already as it says: a client that switched says so of each of its calls (its node may
+            # have died before the call's key said so: common/standby.py _answers)
+            self.stats.count("hold states said again")
+            return
         if call.state != "answered" or flag not in (0, 1) or (
                 call.held_by is not None if flag else call.held_by is not leg):
             self.stats.drop("message out of turn")   # held already (by either side), or not held from here

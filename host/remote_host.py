@@ -468,15 +468,20 @@ class RemoteHost(HostCore):
                     and leg.peer_call_no and self.cluster_nodes:
                 self.main_link.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_PEER_CALL_NO: leg.peer_call_no},
                                            now)
-        # a call our phone answered says its ANSWER again, acknowledged or not: the old node may have died before
-        # the call's key said so (written every 20 ms), and the new node would take it over as ringing (one that
-        # has it answered drops it quietly, host/main_host.py call_message)
+        # each answered call says again, acknowledged or not, its ANSWER when our phone answered it, and whether our
+        # phone holds it: the old node may have died before the call's key said so (written every 20 ms), and the
+        # new node would take it over as ringing, or held as it was before (one that has it so drops it quietly:
+        # host/main_host.py call_message, host/core.py hold_message). A call the far party holds: its client says so
         answers = {wire.decode_ies(payload).get(wire.IE_PEER_CALL_NO) for t, payload in unsaid if t == wire.ANSWER}
         for leg in list(self.switch.legs.values()):
-            if (leg.link is self.main_link and leg is leg.call.a and leg.call.state == "answered"
-                    and leg.peer_call_no and leg.peer_call_no not in answers and self.cluster_nodes):
+            call = leg.call
+            if leg.link is not self.main_link or call.state != "answered" or not leg.peer_call_no or not self.cluster_nodes:
+                continue
+            if leg is call.a and leg.peer_call_no not in answers:
                 send_on_leg(leg, wire.ANSWER, {}, now)
                 self.stats.count("answers said again after a switch")
+            if call.held_by is not leg:
+                send_on_leg(leg, wire.HOLD, {wire.IE_STATE: 0 if call.held_by is None else 1}, now)
 
     def _rebalance(self, now):
         """A site moves to the first node of its rendezvous order when it is not logged in there (a node

@@ -331,3 +331,42 @@ def test_a_call_answered_just_before_its_node_dies_stays_answered_at_the_success
     world.run(1500)
     assert _records(world) == [("301", callee, "normal clearing")]
     assert not n1.switch.calls and not world.net.errors
+
+
+@pytest.mark.parametrize("holder", ["301", "101"])
+@pytest.mark.parametrize("resume", [False, True], ids=["held", "resumed"])
+def test_a_call_held_or_resumed_just_before_its_node_dies_is_so_at_the_successor(world, holder, resume):
+    """holder (301, a phone at node 2; or site a's 101) talks to 302 (node 2) and holds the call (or resumes it) once
+    node 2's keys stop reaching Redis, its HOLD acknowledged; node 2 then dies. Each client that switches says again
+    whether it holds each of its answered calls (common/standby.py `_answers`, host/remote_host.py
+    `_switch_to_standby`): node 1 has the call held by holder (302 hears the music, not holder's voice) or not held
+    (the two hear each other). Before, node 1 had it as the key said: resumed while held, held while resumed (302 heard the
+    music while holder talked)."""
+    p, n1 = world.phones, world.n1
+    world.call(holder, "302")
+    world.run(400)
+    if resume:
+        assert p[holder].phone.hold(world.net.now)
+        p[holder].flush()
+        world.run(400)                              # the held call's keys written
+    writes = world.calls.serve
+    world.calls.serve = lambda name, core, now: writes(name, core, now) if core is n1 else None
+    assert (p[holder].phone.resume if resume else p[holder].phone.hold)(world.net.now)
+    p[holder].flush()
+    world.run(300)                                  # node 2 holds (or resumes) it, and says so
+    assert all((c.held_by is None) is resume for c in world.main.switch.calls.values())
+    world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)
+    world.stop_main()
+    world.calls.serve = writes
+    world.run_until(lambda: [c.state for c in n1.switch.calls.values()] == ["answered"] and all(
+        (c.held_by is None) is resume for c in n1.switch.calls.values()), 5000,
+        "node 1 has the call, %s" % ("resumed" if resume else "held"))
+    world.run(1000)
+    if resume:
+        _hears(world, holder, {"302"})
+        _hears(world, "302", {holder})
+    else:   # 302 hears the music (node 1's for 301, site a's for 101), none of the holder's voice frames
+        p["302"].received = []
+        world.run(1000)
+        assert len(p["302"].received) >= 40 and not set(p["302"].received) & set(p[holder].frames)
+    assert not world.net.errors

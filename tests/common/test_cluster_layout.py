@@ -409,9 +409,10 @@ def test_a_phone_without_a_standby_up_says_its_setup_again_at_the_successor_or_e
         assert phone.call.state == CALLING and not phone.grace
 
 
-def test_a_phone_that_switches_says_again_the_answer_of_each_call_it_answered():
-    # a call answered just before its node died may be ringing in its key (written every 20 ms): at the switch the
-    # phone says the ANSWER of each call it answered (role 1) again, acknowledged or not; not of one it placed
+def test_a_phone_that_switches_says_again_the_answer_and_the_hold_state_of_its_calls():
+    # a call answered, held or resumed just before its node died may be otherwise in its key (written every 20 ms): at
+    # the switch the phone says the ANSWER of each call it answered (role 1) again, acknowledged or not (not of one it
+    # placed), and of each answered call whether it holds it (HOLD state 1: the other line; 0: the current one)
     from common import standby
     from common.call import CONNECTED
     phone = _phone_at_node_2()
@@ -430,6 +431,10 @@ def test_a_phone_that_switches_says_again_the_answer_of_each_call_it_answered():
             if e[0] == wire.ANSWER]
     assert [(ies[wire.IE_CALL_NO], ies[wire.IE_PEER_CALL_NO]) for ies in said] == [
         (answered.call_no, answered.peer_call_no)]
+    holds = [wire.decode_ies(e[1]) for e in sorted(new.channel._unacked.values()) + list(new.channel._queue)
+             if e[0] == wire.HOLD]
+    assert sorted((ies[wire.IE_CALL_NO], ies[wire.IE_STATE]) for ies in holds) == sorted(
+        [(answered.call_no, 0), (placed.call_no, 1)])
 
 
 def test_a_phone_that_hangs_up_as_its_node_dies_keeps_watching_and_says_the_release_again():
