@@ -32,8 +32,8 @@ _SETUP = const(0x10)
 _ANSWER = const(0x13)
 _HOLD = const(0x18)
 _IE_STATE = const(0x25)
-# SETUP ALERTING ANSWER RELEASE DTMF HOLD TRANSFER CONFERENCE (as common/standby.py)
-_SAID_AGAIN = (_SETUP, 0x12, 0x13, _RELEASE, 0x16, 0x18, 0x19, 0x1C)
+# SETUP ALERTING ANSWER RELEASE DTMF HOLD TRANSFER CONFERENCE: said again at the next login (as common/standby.py)
+_SAID_AGAIN = (_SETUP, 0x12, _ANSWER, _RELEASE, 0x16, _HOLD, 0x19, 0x1C)
 
 
 def lost(phone, event, order, ids, successor):
