@@ -553,8 +553,8 @@ class MainHost(HostCore):
             self.stats.drop("unexpected message")
 
     def end_named_call(self, link, call_no, now):
-        """A phone's call it named to us (NODES standby 0 with our number for it) that nobody here carries on:
-        ended at the phone, "main host lost" (a RELEASE with our number, which the phone knows its call by)."""
+        """A client's call it named to us (NODES standby 0 with our number for it) that nobody here carries on:
+        ended at the client, "main host lost" (a RELEASE with our number, which the client knows its call by)."""
         link.send_signal(wire.RELEASE, {wire.IE_CALL_NO: call_no, wire.IE_CAUSE: wire.CAUSE_MAIN_LOST}, now)
 
     def _target_link(self, number, wait=False, local=False):

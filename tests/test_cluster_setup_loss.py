@@ -348,3 +348,28 @@ def test_a_transfer_a_site_joins_as_its_node_dies_names_the_new_parties_at_the_s
         check(heard, said, missing=2)
         assert len(heard) >= 40
     assert b.causes() == [] == c.causes() and not world.net.errors
+
+
+def test_a_sites_ringing_call_whose_key_never_reached_redis_ends_main_host_lost_at_the_successor(world):
+    """101 (site a, node 2) calls 201 (site b, node 1), which rings; node 2's keys never reach Redis (as for a call
+    set up in the last 20 ms before a kill), and node 2 dies. Site a switches and names the ringing call; node 1
+    cannot find it, and 10 s after the naming ends it at site a, "main host lost" (host/cluster/calls.py _give_up, as
+    for a phone's): 101 hears the cause; 201's half, held at node 1, ends "main host lost" too. Before, 101 heard
+    ringback for good (nothing ends a ringing call at a remote host)."""
+    p, n1 = world.phones, world.n1
+    a, b = p["101"], p["201"]
+    writes = world.calls.serve
+    world.calls.serve = lambda name, core, now: writes(name, core, now) if core is n1 else None
+    _dial(world, "101", "201")
+    world.run_until(lambda: b.phone.state == RINGING and a.phone.state == RINGBACK, 3000, "201 rings")
+    world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)
+    world.lose_node_2()
+    world.calls.serve = writes
+    _switched(world)
+    named = world.net.now
+    world.run_until(lambda: a.idle, 15000, "101's call ended")
+    assert a.causes() == [wire.CAUSE_MAIN_LOST] and world.net.now - named <= 12000
+    assert n1.stats.counters.get("takeover: site's call ended, not found") == 1
+    world.run_until(lambda: b.idle, 5000, "201's call ended")
+    assert b.causes() == [wire.CAUSE_MAIN_LOST]
+    assert not world.a.switch.calls and not n1.switch.calls and not world.net.errors

@@ -206,7 +206,7 @@ class Takeover:
         self.held_want = {}      # (the lost node's link kind, name, call no) of our held legs -> first asked ms
                                  # (joined): apart, so that they never crowd out what switched clients ask for
         self.uid_want = {}       # call uid -> first asked ms: the other calls of a conference taken over here
-        self.namers = {}         # a want's key -> the phone's link that named it (moved): told when it is given up
+        self.namers = {}         # a want's key -> the client's link that named it (moved): told when it is given up
 
     def _ask(self, link, call_no, now):
         switch = self.core.switch
@@ -239,10 +239,12 @@ class Takeover:
 
     def moved(self, link, call_no, now):
         """A client that switched its session to this node (NODES, IE standby 0: a phone straight at a
-        node, common/cluster.py) names its call going on: looked for as a trunk frame's would be (a
-        phone's mini frames name no session, so they cannot say whose they are). A phone's call given up
-        (wanted) is ended at the phone, "main host lost": it would stay up in silence."""
-        if self._ask(link, call_no, now) is not None and link.kind == "phone":
+        node, common/cluster.py; a remote host, for a call that sends no frame that would name it: a ringing,
+        held or direct one) names its call going on: looked for as a trunk frame's would be (a phone's mini
+        frames name no session, so they cannot say whose they are). A call given up (wanted) is ended at the
+        client, "main host lost": a phone's would stay up in silence, a site's ringing one would ring on for its
+        caller for good (its key never written: the lost node died within 20 ms of the SETUP)."""
+        if self._ask(link, call_no, now) is not None and link.kind in ("phone", "host"):
             self.namers[(link.kind, link.name, call_no)] = link
 
     def joined(self, kind, name, call_no, now):
@@ -295,13 +297,14 @@ class Takeover:
         return set(self.want) | set(self.held_want)
 
     def _give_up(self, key, now):
-        """A phone's call it named to us (moved) that we did not take over: ended at the phone, "main host lost"
-        (RELEASE with our number for it, which the phone knows its call by), as a remote host ends a call whose
-        media does not come back after its switch. The phone is still logged in on the link that named it."""
+        """A client's call it named to us (moved) that we did not take over: ended at the client, "main host lost"
+        (RELEASE with our number for it, which the client knows its call by), as a remote host ends a call whose
+        media does not come back after its switch. The client is still logged in on the link that named it."""
         link = self.namers.pop(key, None)
         if link is not None and self.core.links_by_name.get((link.kind, link.name)) is link:
             self.core.end_named_call(link, key[2], now)
-            self.core.stats.count("takeover: phone's call ended, not found")
+            self.core.stats.count("takeover: phone's call ended, not found" if link.kind == "phone" else
+                                  "takeover: site's call ended, not found")
 
     def _leg_from(self, leg, key, link, value, wall_ms):
         cl = CallLeg(leg["call_no"], key, leg["role"] or 0)
