@@ -383,3 +383,58 @@ def test_a_record_waits_for_its_calls_ended_key_at_most_ten_seconds(world):
     assert RECORD_WAIT_MS <= world.net.now - ended <= RECORD_WAIT_MS + 100
     assert [(r.caller, r.callee, r.cause) for r in world.main.directory.call_records()] == [
         ("101", "201", "normal clearing")]
+
+
+def test_a_claim_whose_number_is_in_use_on_the_new_trunk_moves_nothing_and_is_counted(tmp_path):
+    """The same one-sided switch, with node 1's leg's number already in use on its trunks to node 3 (another call's:
+    a clash of numbers classed by another pair of nodes; docs/cluster.md "Call legs per link"): node 1 cannot move
+    its leg there (`Switch.move`), so it moves nothing and tells node 2 nothing, counted `node trunk: claimed number
+    in use on that trunk`; its leg stays on its trunk to node 2, the other call's leg is untouched, and nothing
+    fails. (Untested until session 22.)"""
+    from upbx.common.call import CallLeg
+    from upbx.host.switch import Call
+    from tests.test_cluster_xtransfer_third import LosableThree
+    world = LosableThree(tmp_path)
+    try:
+        cut = set()
+        send = world.net.send
+
+        def filtered(data, source, destination):
+            if frozenset((tuple(source[:2]), tuple(destination[:2]))) in cut:
+                return
+            send(data, source, destination)
+        world.net.send = filtered
+        p = world.phones
+        world.add_phone("101", 1, dead_ms=2000)
+        world.add_phone("201", 2, dead_ms=2000)
+        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
+        world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE3, 5000,
+                        "site a's standby at node 3")
+        world.call("101", "201")
+        world.run(400)
+        n1 = world.n1
+        [ours] = [leg for c in n1.switch.calls.values() for leg in (c.a, c.b) if leg.link.kind == "node"]
+        assert ours.link.node == 2
+        others = {}
+        for link in n1.xnode._trunks():   # another call's leg with that number on each trunk session to node 3
+            if link.node == 3:
+                other = CallLeg(ours.call_no, bytes(16), 0)
+                other.link = link
+                other.call = Call(bytes(8), "302", "202", world.net.now)   # (not in the switch's calls)
+                other.call.a = other
+                others[n1.switch.key(link, ours.call_no)] = other
+        assert others
+        n1.switch.legs.update(others)
+        cut.add(frozenset((SITE_A, MAIN)))
+        world.run_until(lambda: n1.stats.drops.get("node trunk: claimed number in use on that trunk"), 5000,
+                        "node 3's claim refused at node 1")
+        world.run(500)
+        assert ours.link.node == 2 and n1.switch.legs[n1.switch.key(ours.link, ours.call_no)] is ours
+        assert all(n1.switch.legs[key] is leg for key, leg in others.items())
+        assert "node trunk: calls moved to another node" not in n1.stats.counters
+        assert "calls taken over by another node" not in world.main.stats.counters   # node 2 was told nothing
+        for key in others:
+            del n1.switch.legs[key]
+        assert not world.net.errors
+    finally:
+        world.close()
