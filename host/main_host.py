@@ -7,7 +7,7 @@ import os
 import sys
 
 from upbx.common import wire
-from upbx.common.call import CONNECTED, RELEASE_RECEIVED
+from upbx.common.call import ALERTING_SENT, ANSWER_SENT, CONNECTED, RELEASE_RECEIVED
 from upbx.common.chunks import chunk_ies
 from upbx.host import codec, features, firmware, groups, lines
 from upbx.host.call_rounds import CallRounds
@@ -22,7 +22,7 @@ from upbx.host.records import call_record, decode_upload
 from upbx.host.sip import trunk
 from upbx.host.sip.calls import SipCalls
 from upbx.host.sip.edge import SIP_REALM, SipEdge
-from upbx.host.switch import Link, Switch
+from upbx.host.switch import Link, Switch, send_on_leg
 from upbx.host import voicemail, voicemail_sync, voicemail_upload
 from upbx.host.voicemail import Endpoint, VoicemailStore, divert
 
@@ -32,6 +32,9 @@ PENDING = "pending"   # host/cluster/trunk.py's: a SETUP waits for Redis to say 
 # ttl 10 s: every node on the new primary within about 12 s, docs/cluster.md), then is refused "network busy";
 # below the phone's own 20 s set-up timer (common/phone.py _SETUP_TIMEOUT_MS), so the phone hears the cause
 STAR_CODE_WAIT_MS = 15000
+# a SETUP from a client that switched here this recently may be said again for a call the node it left had passed on
+# to us (MainHost._half_from_a_lost_node): longer than the node takes to notice a trunk's silence (trunk.DEAD_MS)
+SWITCHED_MS = 5000
 # the IEs holding our call numbers of the two calls a TRANSFER or a CONFERENCE names (the one it goes on, the other)
 TWO_CALLS = {wire.TRANSFER: (wire.IE_PEER_CALL_NO, wire.IE_JOIN_CALL_NO),
              wire.CONFERENCE: (wire.IE_PEER_CALL_NO, wire.IE_CONF_CALL_NO)}
@@ -69,6 +72,12 @@ def _no_pump():
 
 
 RECORD_WAIT_MS = 10000   # a call record waits at most this long for its call's ended key (records_settled)
+
+
+def _switched_lately(link, now):
+    """link's client switched its home here in the last SWITCHED_MS (NODES standby 0 from a standby session)."""
+    at = getattr(link, "switched_ms", None)
+    return at is not None and now - at < SWITCHED_MS
 
 
 class MainHost(HostCore):
@@ -535,6 +544,8 @@ class MainHost(HostCore):
                 # its location key names this node (home) or never does (a standby: host/cluster/trunk.py)
                 (self.xnode.standby if ies[wire.IE_STANDBY] else self.xnode.home)((link.kind, link.name))
             call_no = ies.get(wire.IE_PEER_CALL_NO)
+            if was_standby and not ies[wire.IE_STANDBY]:
+                link.switched_ms = now   # a client that switched here: a SETUP it says again may be a call of ours
             if not ies[wire.IE_STANDBY] and call_no and self.takeover is not None:
                 self.takeover.moved(link, call_no, now)   # a phone that switched here names its call
                 leg = self.switch.leg(link, call_no) if was_standby and link.kind == "phone" else None
@@ -611,6 +622,10 @@ class MainHost(HostCore):
                 self.stats.drop("caller not of the host's site")
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         called = ies[wire.IE_CALLED]
+        if self.xnode is not None and (self.xnode.held or _switched_lately(link, now)):
+            call = self._half_from_a_lost_node(link, caller, called, now)
+            if call is not None:   # said again after a switch: the lost node had passed it on to us already
+                return self._setup_again(call, link, ies, now)
         if called.startswith("*") and not self.voicemail.handles(called):
             if called == groups.PICKUP_CODE or groups.intercom_target(called) or groups.directed_pickup_target(called):
                 return self._group_code(link, ies, caller, called, now)
@@ -663,6 +678,49 @@ class MainHost(HostCore):
             self._offer_pair(link, target, now)
         self.log.info("call-setup", call=call.uid, caller=caller, called=called,
                       via="%s->%s" % (link.name, target.name))
+
+    def _half_from_a_lost_node(self, link, caller, called, now):
+        """Our half of a call from caller to called whose caller's node is lost, not a conference's: the call a SETUP
+        said again after the caller's client switched here is (its client never heard that the lost node had it:
+        the acknowledgement was lost with the node). Our leg towards that node is held (host/cluster/trunk.py), or,
+        for a client that switched here in the last SWITCHED_MS (before we notice the node's silence: a client
+        in a call notices within 1.5 s), not held yet."""
+        halves = [leg for _until, _node, leg, _since in self.xnode.held.values()]
+        if _switched_lately(link, now):
+            halves += [c.a for c in self.switch.calls.values() if c.a is not None and c.a.link.kind == "node"]
+        for leg in halves:
+            call = leg.call
+            if (call.a is leg and call.caller == caller and call.callee == called and call.conference is None
+                    and call.state in ("setup", "alerting", "answered")):
+                return call
+        return None
+
+    def _setup_again(self, call, link, ies, now):
+        """A SETUP said again (common/standby.py, common/grace.py, host/remote_host.py) for our half of a call whose
+        caller's node was lost after it passed the call on (_half_from_a_lost_node): the client's new leg takes
+        the place of our held leg towards the lost node, and the callee rings on (or talks: it answered
+        meanwhile). Before, the SETUP was a second call to the callee: busy, or a waiting call, while the first
+        rang for nobody until the hold ended (docs/cluster.md "A call dialled as its node dies")."""
+        cause = self.switch.admit(link)
+        if cause is not None:
+            return self.refuse_setup(link, ies, cause, now)
+        own = call.a
+        if self.xnode.held.pop(own.call_no, None) is None and call.recorded_as is not None:
+            # that node may live, fallen silent towards its client alone: it forgets its half, unheard and
+            # unrecorded, as for a call taken over from it (MainHost._taken_over_elsewhere)
+            own.link.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_CALL_ID: bytes.fromhex(call.recorded_as)}, now)
+        self.switch._forget_leg(own, now)
+        self.switch.incoming(call, link, ies)
+        new = call.a
+        if call.recorded_as is not None:   # the lost node recorded the call under its uid: so do we now
+            call.record_uid = call.recorded_as
+        if call.state in ("alerting", "answered") and new.apply(ALERTING_SENT) is not None:
+            send_on_leg(new, wire.ALERTING, {}, now)
+        if call.state == "answered" and new.apply(ANSWER_SENT) is not None:
+            send_on_leg(new, wire.ANSWER, {}, now)
+        self.switch.moves += 1   # its key written again (CallMirror)
+        self.stats.count("calls set up again: their half from a lost node")
+        self.log.info("call-setup-again", call=call.uid, caller=call.caller, called=call.callee, via=link.name)
 
     def _setup_from_node(self, link, ies, now):
         """A SETUP from another node (host/cluster/trunk.py): its caller's node checked the caller and

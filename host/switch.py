@@ -34,7 +34,7 @@ class Link:
 
     # one per registered phone at a main host (10,000): no per-instance dict (subclasses have one)
     __slots__ = ("_serial", "name", "kind", "session", "login", "_address", "trunk_auth", "trunk_recv_auth",
-                 "peer_index", "up", "legs", "codec", "site", "node")
+                 "peer_index", "up", "legs", "codec", "site", "node", "switched_ms")
 
     def __init__(self, name, kind, session=None, login=None, address=None):
         self._serial = None
@@ -50,6 +50,7 @@ class Link:
         self.legs = 0               # live legs on this link (Switch.new_leg / end_call)
         self.codec = wire.CODEC_ULAW  # a phone's G.711 law, as its SETUP / ALERTING said (host/codec.py)
         self.node = None            # a node trunk's: the other node's id (host/cluster/trunk.py)
+        self.switched_ms = None     # a cluster client's: when it switched its home here (host/main_host.py)
 
     @property
     def serial(self):

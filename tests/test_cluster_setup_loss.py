@@ -23,7 +23,7 @@ from upbx.common import wire
 from upbx.common.call import RINGBACK, RINGING
 from upbx.host.cluster import trunk
 from upbx.host.remote_host import unacknowledged
-from tests.inprocess import MAIN
+from tests.inprocess import MAIN, SITE_A
 from tests.test_cluster_direct_loss import world, NODE1, _answer, _talk_and_hang_up  # noqa: F401
 from tests.test_cluster_phone_lines import Keys
 from tests.test_cluster_xgroup import _answer as _xanswer, _in_order as _xin_order, _listen
@@ -373,3 +373,83 @@ def test_a_sites_ringing_call_whose_key_never_reached_redis_ends_main_host_lost_
     world.run_until(lambda: b.idle, 5000, "201's call ended")
     assert b.causes() == [wire.CAUSE_MAIN_LOST]
     assert not world.a.switch.calls and not n1.switch.calls and not world.net.errors
+
+
+# an acknowledgement lost with the node: the node had passed the call on, the client says its SETUP again
+
+def _ack_lost_as_node_2_dies(world, answered):
+    """101 (site a, node 2) dials 201 (site b, node 1). Nothing node 2 says to site a arrives (its acknowledgement of
+    the SETUP neither); node 2 passes the call on to node 1, where 201 rings (answered: and answers once node 2 is
+    dead, before site a switches); node 2 dies. Site a still has the SETUP unacknowledged."""
+    p, n1 = world.phones, world.n1
+    public_a = world.net.nat[SITE_A]
+    send = world.net.send
+
+    def filtered(data, source, destination):
+        if tuple(source[:2]) == MAIN and tuple(destination[:2]) in (SITE_A, tuple(public_a[:2])):
+            return
+        send(data, source, destination)
+    world.net.send = filtered
+    _dial(world, "101", "201")
+    world.run_until(lambda: p["201"].phone.state == RINGING, 3000, "201 rings through node 1")
+    assert wire.SETUP in [t for t, _ies in unacknowledged(world.a.login.channel)]
+    world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)
+    world.lose_node_2()
+    world.net.send = send
+    [theirs] = [c.recorded_as for c in n1.switch.calls.values()]   # node 2's uid of the call (the caller's node)
+    if answered:
+        world.run(300)
+        _answer(world, "201")
+    return theirs
+
+
+@pytest.mark.parametrize("answered", [False, True], ids=["ringing", "answered-meanwhile"])
+def test_a_setup_said_again_whose_call_the_lost_node_had_passed_on_goes_on_as_that_call(world, answered):
+    """The acknowledgement of 101's SETUP was lost with node 2, which had passed the call on: site a switches to node
+    1 and says the SETUP again there. Node 1 has its half of that call, held towards node 2: the SETUP takes the
+    place of its held leg (host/main_host.py _setup_again), and 201 rings on (or, having answered meanwhile, talks):
+    one call, 201 rung once, recorded once under node 2's uid. Before, the SETUP was a second call to 201, ringing:
+    refused busy, so 101 heard "busy" while 201 rang for nobody until node 1's hold ended."""
+    p, n1 = world.phones, world.n1
+    a, b = p["101"], p["201"]
+    theirs = _ack_lost_as_node_2_dies(world, answered)
+    _switched(world)
+    if answered:
+        world.run_until(lambda: a.connected, 3000, "101 connected")
+    else:
+        world.run_until(lambda: a.phone.state == RINGBACK, 3000, "101 hears 201 ring")
+        world.run(trunk.HOLD_MS + 1000)                 # past node 1's hold: the call goes on
+        assert a.phone.state == RINGBACK and b.phone.state == RINGING
+        _answer(world, "201")
+    assert n1.stats.counters.get("calls set up again: their half from a lost node") == 1
+    assert len(n1.switch.calls) == 1 and not n1.xnode.held
+    b.take()
+    assert [type(e).__name__ for e in b.log].count("Incoming") == 1   # rung once
+    record = _talk_and_hang_up(world, "101", "201")
+    assert record.uid == theirs
+
+
+def test_a_phones_setup_said_again_whose_call_the_lost_node_had_passed_on_goes_on_as_that_call(phones):
+    """The same for 301 straight at node 2 (its standby at node 1) calling 303 at node 1: the acknowledgement lost,
+    node 2 dead, 301 switches and says the SETUP again; node 1's half goes on with 301's new leg: 303 rung once, they
+    talk, one record."""
+    world = phones
+    p, n1 = world.phones, world.n1
+    a, b = p["301"], p["303"]
+    send = world.net.send
+
+    def filtered(data, source, destination):
+        if tuple(source[:2]) == MAIN and tuple(destination[:2]) == tuple(a.address[:2]):
+            return
+        send(data, source, destination)
+    world.net.send = filtered
+    _dial(world, "301", "303")
+    world.run_until(lambda: b.phone.state == RINGING, 3000, "303 rings through node 1")
+    _node_2_dies_silently(world)
+    world.net.send = send
+    _phone_switched(world)
+    world.run_until(lambda: a.phone.state == RINGBACK, 3000, "301 hears 303 ring")
+    assert n1.stats.counters.get("calls set up again: their half from a lost node") == 1
+    b.take()
+    assert [type(e).__name__ for e in b.log].count("Incoming") == 1
+    _phone_talks(world)
