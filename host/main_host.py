@@ -712,7 +712,9 @@ class MainHost(HostCore):
         self.switch._forget_leg(own, now)
         self.switch.incoming(call, link, ies)
         new = call.a
-        if call.recorded_as is not None:   # the lost node recorded the call under its uid: so do we now
+        if link.kind == "node":   # the third node is the caller's now, and records the call under its uid
+            call.recorded_as = bytes(ies[wire.IE_CALL_ID]).hex() if wire.IE_CALL_ID in ies else None
+        elif call.recorded_as is not None:   # the lost node recorded the call under its uid: so do we now
             call.record_uid = call.recorded_as
         if call.state in ("alerting", "answered") and new.apply(ALERTING_SENT) is not None:
             send_on_leg(new, wire.ALERTING, {}, now)
@@ -731,6 +733,12 @@ class MainHost(HostCore):
         if caller is None:
             self.stats.drop("setup missing IEs")
             return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
+        if self.xnode.held:
+            call = self._half_from_a_lost_node(link, caller, called, now)
+            if call is not None and call.a.link is not link:
+                # said again by the caller's client at a third node it switched to (not ours): our half goes on
+                # with that node's leg in place of ours towards the lost node
+                return self._setup_again(call, link, ies, now)
         number = groups.directed_pickup_target(called)
         if number is not None or called == groups.PICKUP_CODE:
             # **N or *8 from a phone at the caller's node, which checked that it may (_group_code): what rings

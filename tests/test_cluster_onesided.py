@@ -438,3 +438,58 @@ def test_a_claim_whose_number_is_in_use_on_the_new_trunk_moves_nothing_and_is_co
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_a_setup_said_again_at_a_third_node_goes_on_as_the_call_the_lost_node_had_passed_on(tmp_path):
+    """Three nodes: 101 (site a, node 2, standby at node 3) dials 201 (site b, node 1). Nothing node 2 says to site a
+    arrives (its acknowledgement of the SETUP neither); node 2 passes the call on to node 1, where 201 rings, and
+    dies. Site a switches to node 3 and says the SETUP again; node 3 sends it on to node 1, which has its half of
+    that call held towards node 2: node 3's leg takes the place of the held one (host/main_host.py _setup_again),
+    201 rings on, rung once; they talk; one record, node 3's (the caller's node now). Before, node 3's SETUP was a
+    second call at node 1: 101 heard "busy" while 201 rang for nobody until the hold ended."""
+    from collections import deque
+    from upbx.common.call import RINGBACK, RINGING
+    from upbx.host.cluster import trunk
+    from upbx.host.remote_host import unacknowledged
+    from tests.test_cluster_xtransfer_third import LosableThree
+    world = LosableThree(tmp_path)
+    try:
+        p = world.phones
+        world.add_phone("101", 1, dead_ms=2000)
+        world.add_phone("201", 2, dead_ms=2000)
+        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
+        world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE3, 5000,
+                        "site a's standby at node 3")
+        a, b, n1 = p["101"], p["201"], world.n1
+        send = world.net.send
+
+        to_site_a = {SITE_A, tuple(world.net.nat.get(SITE_A, SITE_A)[:2])}
+
+        def filtered(data, source, destination):
+            if tuple(source[:2]) == MAIN and tuple(destination[:2]) in to_site_a:
+                return
+            send(data, source, destination)
+        world.net.send = filtered
+        assert a.phone.dial("201", world.net.now)
+        a.flush()
+        world.run_until(lambda: b.phone.state == RINGING, 3000, "201 rings through node 1")
+        assert wire.SETUP in [t for t, _ies in unacknowledged(world.a.login.channel)]
+        world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)
+        world.stop_main()
+        world.net.send = send
+        world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE3, 6000, "site a switched to node 3")
+        world.run_until(lambda: a.phone.state == RINGBACK, 3000, "101 hears 201 ring")
+        assert n1.stats.counters.get("calls set up again: their half from a lost node") == 1
+        world.run(trunk.HOLD_MS + 1000)
+        assert a.phone.state == RINGBACK and b.phone.state == RINGING and not n1.xnode.held
+        b.take()
+        assert [type(e).__name__ for e in b.log].count("Incoming") == 1
+        assert b.phone.answer(world.net.now)
+        b.flush()
+        _talk_and_hang_up(world, "201", "101")
+        world.run(100)
+        records = [(r.caller, r.callee, r.cause) for r in n1.directory.call_records()]
+        assert records == [("101", "201", "normal clearing")]
+        assert not world.net.errors
+    finally:
+        world.close()
