@@ -209,6 +209,28 @@ def test_a_cross_node_call_goes_on_when_its_callers_node_falls_silent_towards_th
     assert not world.net.errors
 
 
+def _cuttable(world):
+    """A set of address pairs (frozensets) between which nothing passes, either way, while in it."""
+    cut = set()
+    send = world.net.send
+
+    def filtered(data, source, destination):
+        if frozenset((tuple(source[:2]), tuple(destination[:2]))) in cut:
+            return
+        send(data, source, destination)
+    world.net.send = filtered
+    return cut
+
+
+def _sites_at_three_nodes(world):
+    """LosableThree's 101 (site a, node 2) and 201 (site b, node 1) registered, site a's standby up at node 3."""
+    world.add_phone("101", 1, dead_ms=2000)
+    world.add_phone("201", 2, dead_ms=2000)
+    world.run_until(lambda: all(e.phone.registered for e in world.phones.values()), 5000, "registered")
+    world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE3, 5000,
+                    "site a's standby at node 3")
+
+
 def test_a_cross_node_call_goes_on_when_the_silent_nodes_site_switches_to_a_third_node(tmp_path):
     """Three nodes: 101 (site a, node 2) calls 201 (site b, node 1); site a's standby is node 2's successor, node
     3. The path between site a and node 2 alone is cut: site a switches to node 3, which takes node 2's half over
@@ -219,20 +241,9 @@ def test_a_cross_node_call_goes_on_when_the_silent_nodes_site_switches_to_a_thir
     world = LosableThree(tmp_path)
     try:
         assert cluster.successor(2, [1, 2, 3]) == 3
-        cut = set()
-        send = world.net.send
-
-        def filtered(data, source, destination):
-            if frozenset((tuple(source[:2]), tuple(destination[:2]))) in cut:
-                return
-            send(data, source, destination)
-        world.net.send = filtered
+        cut = _cuttable(world)
         p = world.phones
-        world.add_phone("101", 1, dead_ms=2000)
-        world.add_phone("201", 2, dead_ms=2000)
-        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
-        world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE3, 5000,
-                        "site a's standby at node 3")
+        _sites_at_three_nodes(world)
         world.call("101", "201")
         theirs = next(iter(world.main.switch.calls.values())).uid   # node 2's half: the caller's node's
         world.run(400)
@@ -396,20 +407,9 @@ def test_a_claim_whose_number_is_in_use_on_the_new_trunk_moves_nothing_and_is_co
     from tests.test_cluster_xtransfer_third import LosableThree
     world = LosableThree(tmp_path)
     try:
-        cut = set()
-        send = world.net.send
-
-        def filtered(data, source, destination):
-            if frozenset((tuple(source[:2]), tuple(destination[:2]))) in cut:
-                return
-            send(data, source, destination)
-        world.net.send = filtered
+        cut = _cuttable(world)
         p = world.phones
-        world.add_phone("101", 1, dead_ms=2000)
-        world.add_phone("201", 2, dead_ms=2000)
-        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
-        world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE3, 5000,
-                        "site a's standby at node 3")
+        _sites_at_three_nodes(world)
         world.call("101", "201")
         world.run(400)
         n1 = world.n1
@@ -455,11 +455,7 @@ def test_a_setup_said_again_at_a_third_node_goes_on_as_the_call_the_lost_node_ha
     world = LosableThree(tmp_path)
     try:
         p = world.phones
-        world.add_phone("101", 1, dead_ms=2000)
-        world.add_phone("201", 2, dead_ms=2000)
-        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
-        world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE3, 5000,
-                        "site a's standby at node 3")
+        _sites_at_three_nodes(world)
         a, b, n1 = p["101"], p["201"], world.n1
         send = world.net.send
 
