@@ -361,6 +361,10 @@ class RemoteHost(HostCore):
                 self.refuse_setup(self.standby_link, ies, wire.CAUSE_UNREACHABLE, now)
             elif msg_type == wire.NODES and ies.get(wire.IE_STANDBY) == 0 and wire.IE_PEER_CALL_NO in ies:
                 self._moved_to_standby(ies, now)
+            elif msg_type in (wire.NODES, wire.SYSINFO) and wire.IE_CLUSTER_NODES in ies:
+                # the cluster's nodes, as every node says them: kept (its home's node, lost, may never say it), and
+                # acted on at the next switch (_switch_to_standby) or when the home says it too
+                self._learn_nodes(ies[wire.IE_CLUSTER_NODES])
             elif self.standby_link.legs and self._leg_message(self.standby_link, msg_type, ies, now):
                 pass   # a call the standby node took over (_moved_to_standby)
             elif msg_type not in (wire.PING, wire.ACK):
@@ -482,6 +486,10 @@ class RemoteHost(HostCore):
                 self.stats.count("answers said again after a switch")
             if call.held_by is not leg:
                 send_on_leg(leg, wire.HOLD, {wire.IE_STATE: 0 if call.held_by is None else 1}, now)
+        # the old node left the cluster already (its list came on the standby session while the home, lost, said
+        # nothing): no standby there, where nothing answers, but at the new home's successor
+        if self.cluster_nodes and tuple(old_address[:2]) not in [tuple(a[:2]) for _n, a in self.cluster_nodes]:
+            self._choose_standby(now)
 
     def _rebalance(self, now):
         """A site moves to the first node of its rendezvous order when it is not logged in there (a node

@@ -489,3 +489,29 @@ def test_a_setup_said_again_at_a_third_node_goes_on_as_the_call_the_lost_node_ha
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_a_site_that_switches_after_its_node_left_the_list_keeps_its_standby_at_a_live_node(tmp_path):
+    """Site a (node 2, standby at node 3) is idle; node 2 dies, and the other nodes drop it from the cluster's list
+    (etcd) before site a notices the silence (4 s idle): the new list reaches site a on its standby session only.
+    Site a keeps it, and once it switches to node 3 its standby goes to node 3's successor among the live nodes
+    (node 1). Before, it ignored the list there, and its old session, the standby after the switch, went on logging
+    in at dead node 2 for good (a clean-clone CI run's failover test saw it: "standby-down ... no answer to
+    login" every 5 s)."""
+    from tests.test_cluster_xtransfer_third import LosableThree
+    world = LosableThree(tmp_path)
+    try:
+        _sites_at_three_nodes(world)
+        assert cluster.successor(3, [1, 3]) == 1
+        world.stop_main()
+        now = world.net.now
+        for core in (world.n1, world.n3):   # etcd's list without node 2
+            core.set_cluster_nodes({1: NODE1, 3: NODE3}, now)
+        world.run_until(lambda: sorted(n for n, _a in world.a.cluster_nodes) == [1, 3], 2000,
+                        "site a heard the list on its standby session")
+        world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE3, 6000, "site a switched to node 3")
+        world.run_until(lambda: world.a.standby is not None and tuple(world.a.standby_link.address[:2]) == NODE1
+                        and world.a.standby_link.up, 3000, "site a's standby at node 1")
+        assert not world.net.errors
+    finally:
+        world.close()
