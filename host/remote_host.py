@@ -51,10 +51,10 @@ STANDBY_IDLE_KEEPALIVE_MS = 2000
 STANDBY_IDLE_DEAD_MS = 2000
 # ... and in calls through the main host, silent for 2 s (not 3 s): the relayed audio is back on the
 # standby node within the issue's 3 s
-# a call's messages the old node never acknowledged, said again on the standby session a remote host switches to
-# (and a SETUP: a call dialled as the old node died is set up at the new one, docs/cluster.md "A call dialled as its
-# node dies")
-# a node keeps them for a call it takes over (a TRANSFER and a CONFERENCE until it has both their calls)
+# a call's messages the old node never acknowledged, said again on the standby session a remote host switches to;
+# the node keeps them for a call it takes over, a TRANSFER and a CONFERENCE until it has both their calls (and a
+# SETUP, said again too: a call dialled as the old node died is set up at the new one, docs/cluster.md "A call
+# dialled as its node dies")
 RESAID = (wire.ALERTING, wire.ANSWER, wire.RELEASE, wire.DTMF, wire.HOLD, wire.PARTY, wire.TRANSFER,
           wire.CONFERENCE)
 STANDBY_CALL_KEEPALIVE_MS = 500
