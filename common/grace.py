@@ -14,8 +14,9 @@ alive every 2 s, not at the node's 20 s, and counts 2 s of silence after that as
 phone behind a remote host does on its LAN. A phone with a standby keeps it alive every 0.5 s in a call, up or not
 (common/standby.py).
 
-Loaded only then, by common/cluster.py at a login event with a call (`lost`, `name`), and let go at once: a phone
-without room for a standby has a few kilobytes to spare.
+Loaded only then, by common/cluster.py at a login event with a call (`lost`, `name`), and at a standby's switch
+(common/standby.py: `unacked`, `restate`), and let go at once: a phone without room for a standby has a few
+kilobytes to spare.
 """
 from .call import CALLING, CONNECTED, RELEASE_SENT
 from .compat import const, forget
@@ -32,7 +33,7 @@ _SETUP = const(0x10)
 _ANSWER = const(0x13)
 _HOLD = const(0x18)
 _IE_STATE = const(0x25)
-# SETUP ALERTING ANSWER RELEASE DTMF HOLD TRANSFER CONFERENCE: said again at the next login (as common/standby.py)
+# SETUP ALERTING ANSWER RELEASE DTMF HOLD TRANSFER CONFERENCE: said again at the next node (unacked)
 _SAID_AGAIN = (_SETUP, 0x12, _ANSWER, _RELEASE, 0x16, _HOLD, 0x19, 0x1C)
 
 
@@ -62,12 +63,7 @@ def lost(phone, event, order, ids, successor):
         return False
     if home is None or len(ids) < 2:
         return False   # common/phone.py ends them "unreachable", as without a cluster
-    said = []   # (type, encoded IEs) the lost session never had acknowledged, in order
-    if ch is not None:
-        for seq in sorted(ch._unacked):
-            said.append(ch._unacked[seq][:2])
-        said.extend(ch._queue)
-    said = [e for e in said if e[0] in _SAID_AGAIN]
+    said = unacked(ch)
     setups = [_call_no(e[1]) for e in said if e[0] == _SETUP]
     call = phone.call
     if call is not None and call.state == CALLING and not call.peer_call_no and call.call_no not in setups:
@@ -83,6 +79,31 @@ def lost(phone, event, order, ids, successor):
     phone._node_tried = nxt
     phone.host_next = order[ids.index(nxt)][1]
     return True
+
+
+def unacked(ch):
+    """[(type, encoded IEs)] of the call messages channel ch (None: none) never had acknowledged, in order: said
+    again at the next node (here, and at a standby's switch: common/standby.py)."""
+    forget("common.grace")
+    said = []
+    if ch is not None:
+        for seq in sorted(ch._unacked):
+            said.append(ch._unacked[seq][:2])
+        said.extend(ch._queue)
+    return [e for e in said if e[0] in _SAID_AGAIN]
+
+
+def restate(phone, now):
+    """Each call we answered says its ANSWER again, and each answered call whether we hold it (HOLD), acknowledged
+    or not: the lost node may have died before the call's key said so (written every 20 ms), and the node taking
+    the call over would have it ringing, or held as it was before. One that has it so already drops it quietly
+    (host/main_host.py call_message, host/core.py hold_message). After `name`, and at a standby's switch."""
+    forget("common.grace")
+    for call in (phone.call, phone.other):
+        if call is not None and call.state == CONNECTED and call.peer_call_no:
+            if call.media.role:
+                phone._send(_ANSWER, {}, now, call)
+            phone._send(_HOLD, {_IE_STATE: 1 if call is phone.other or phone.holding else 0}, now, call)
 
 
 def _call_no(payload):
@@ -109,8 +130,4 @@ def name(phone, now):
     for t, payload in said:
         if t != _SETUP or _call_no(payload) in live:   # (a call dialled then given up meanwhile: not set up)
             login.channel.send_encoded(t, payload, now)
-    for call in (phone.call, phone.other):   # its ANSWER and HOLD again (common/standby.py _answers)
-        if call is not None and call.state == CONNECTED and call.peer_call_no:
-            if call.media.role:
-                phone._send(_ANSWER, {}, now, call)
-            phone._send(_HOLD, {_IE_STATE: 1 if call is phone.other or phone.holding else 0}, now, call)
+    restate(phone, now)

@@ -26,20 +26,12 @@ from .login import Login, LoginUp
 _PING = const(0x07)
 _BYE = const(0x08)
 _SETUP = const(0x10)
-_ALERTING = const(0x12)
-_ANSWER = const(0x13)
 _RELEASE = const(0x14)
-_DTMF = const(0x16)
-_HOLD = const(0x18)
-_TRANSFER = const(0x19)
-_CONFERENCE = const(0x1C)
-_SAID_AGAIN = (_SETUP, _ALERTING, _ANSWER, _RELEASE, _DTMF, _HOLD, _TRANSFER, _CONFERENCE)   # said again at a switch
 _NODES = const(0x73)
 _IE_CALL_NO = const(0x10)
 _IE_PEER_CALL_NO = const(0x11)
 _IE_CAUSE = const(0x15)
 _IE_STANDBY = const(0x38)
-_IE_STATE = const(0x25)
 _CAUSE_UNREACHABLE = const(3)
 _STANDBY_INDEX = const(0x10000)   # the standby login's index: the session's, this bit flipped
 _CALL_KEEPALIVE_MS = const(500)   # in a call with a standby up: PING every 0.5 s, 1.5 s silence and it switches
@@ -125,13 +117,11 @@ def switch(phone, now):
     # the one it lost as it fell silent: Login.lost): an ANSWER, a RELEASE, a DTMF or a HOLD the node keeps for the
     # call it takes over (host/cluster/calls.py defer), and a SETUP, a new call (docs/cluster.md "A call dialled as its
     # node dies")
-    ch = old.channel or old.lost
+    from .grace import restate, unacked   # (let go again: common/grace.py)
     setup = False
-    if ch is not None:
-        for seq in sorted(ch._unacked):
-            setup = _say_again(new, ch._unacked[seq], now) or setup
-        for entry in ch._queue:
-            setup = _say_again(new, entry, now) or setup
+    for t, payload in unacked(old.channel or old.lost):
+        new.channel.send_encoded(t, payload, now)
+        setup = setup or t == _SETUP
     if call is not None and call.state == CALLING and not call.peer_call_no and not setup:
         # dialled, and the old node acknowledged the SETUP but never named the call (no number of its own for it
         # yet): nobody can carry it on; it ends "main host lost" now, not at the set-up timer
@@ -140,7 +130,7 @@ def switch(phone, now):
     call = phone.other   # the second line (waiting, or held by us): named too, in a NODES of its own
     if call is not None and call.peer_call_no:
         new.send(_NODES, {_IE_STANDBY: 0, _IE_PEER_CALL_NO: call.peer_call_no}, now)
-    _answers(phone, now)
+    restate(phone, now)   # each answered call's ANSWER and HOLD (common/grace.py)
     phone.standby_to = None
     if phone.call is not None or phone.other is not None:
         # the new standby goes to the new home's successor, which may be the node we left, alive (a one-sided
@@ -227,27 +217,6 @@ def run(phone, now, datagram=None):
             standby.send(_NODES, {_IE_STANDBY: 1}, now)   # the node lists it as this phone's standby
     if named and standby.state == "up":
         switch(phone, now)
-
-
-def _say_again(login, entry, now):
-    """A call's message (type, encoded IEs, ...) the old session never had acknowledged, said on login; True for
-    a SETUP."""
-    t = entry[0]
-    if t in _SAID_AGAIN:
-        login.channel.send_encoded(t, entry[1], now)
-    return t == _SETUP
-
-
-def _answers(phone, now):
-    """Each call we answered says its ANSWER again, and each answered call whether we hold it (HOLD), acknowledged
-    or not: the old node may have died before the call's key said so (written every 20 ms), and the node taking the
-    call over would have it ringing, or held as it was before. One that has it so already drops it quietly
-    (host/main_host.py call_message, host/core.py hold_message). Also common/grace.py `name`."""
-    for call in (phone.call, phone.other):
-        if call is not None and call.state == CONNECTED and call.peer_call_no:
-            if call.media.role:
-                phone._send(_ANSWER, {}, now, call)
-            phone._send(_HOLD, {_IE_STATE: 1 if call is phone.other or phone.holding else 0}, now, call)
 
 
 def _releasing(ch):
