@@ -622,8 +622,9 @@ class MainHost(HostCore):
                 self.stats.drop("caller not of the host's site")
                 return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
         called = ies[wire.IE_CALLED]
-        if self.xnode is not None and (self.xnode.held or _switched_lately(link, now)):
-            call = self._half_from_a_lost_node(link, caller, called, now)
+        switched = self.xnode is not None and _switched_lately(link, now)
+        if switched or (self.xnode is not None and self.xnode.held):
+            call = self._half_from_a_lost_node(link, caller, called, switched)
             if call is not None:   # said again after a switch: the lost node had passed it on to us already
                 return self._setup_again(call, link, ies, now)
         if called.startswith("*") and not self.voicemail.handles(called):
@@ -672,6 +673,11 @@ class MainHost(HostCore):
             call.path = "trunk"
         self.switch.incoming(call, link, ies)
         extra, call.xpair = self.xdirect.setup_ies(link, target, called)   # a site at another node: B2 there
+        if switched and target.kind == "node":
+            # its client switched here lately: the callee's node may have this call from the node it left, not yet
+            # known lost there (_setup_from_node)
+            extra = dict(extra or {})
+            extra[wire.IE_STANDBY] = 0
         self.switch.offer(call, target, now, name, extra=extra)
         call.b2 = link.kind == "host" and target.kind == "host"
         if call.b2 and self.config.direct_media:
@@ -679,18 +685,19 @@ class MainHost(HostCore):
         self.log.info("call-setup", call=call.uid, caller=caller, called=called,
                       via="%s->%s" % (link.name, target.name))
 
-    def _half_from_a_lost_node(self, link, caller, called, now):
+    def _half_from_a_lost_node(self, link, caller, called, switched):
         """Our half of a call from caller to called whose caller's node is lost, not a conference's: the call a SETUP
-        said again after the caller's client switched here is (its client never heard that the lost node had it:
-        the acknowledgement was lost with the node). Our leg towards that node is held (host/cluster/trunk.py), or,
-        for a client that switched here in the last SWITCHED_MS (before we notice the node's silence: a client
-        in a call notices within 1.5 s), not held yet."""
+        said again after the caller's client switched (to us, or to the node link is the trunk of) is (its client
+        never heard that the lost node had it: the acknowledgement was lost with the node). Our leg towards that
+        node is held (host/cluster/trunk.py), or, when switched (the client switched in the last SWITCHED_MS: before
+        we notice the node's silence, a client in a call notices within 1.5 s; or its node alive, silent towards
+        that client alone), not held yet."""
         halves = [leg for _until, _node, leg, _since in self.xnode.held.values()]
-        if _switched_lately(link, now):
+        if switched:
             halves += [c.a for c in self.switch.calls.values() if c.a is not None and c.a.link.kind == "node"]
         for leg in halves:
             call = leg.call
-            if (call.a is leg and call.caller == caller and call.callee == called and call.conference is None
+            if (call.a is leg and leg.link is not link and call.caller == caller and call.callee == called and call.conference is None
                     and call.state in ("setup", "alerting", "answered")):
                 return call
         return None
@@ -733,9 +740,10 @@ class MainHost(HostCore):
         if caller is None:
             self.stats.drop("setup missing IEs")
             return self.refuse_setup(link, ies, wire.CAUSE_NOT_PERMITTED, now)
-        if self.xnode.held:
-            call = self._half_from_a_lost_node(link, caller, called, now)
-            if call is not None and call.a.link is not link:
+        switched = ies.get(wire.IE_STANDBY) == 0   # its client switched to that node lately (_setup)
+        if switched or self.xnode.held:
+            call = self._half_from_a_lost_node(link, caller, called, switched)
+            if call is not None:
                 # said again by the caller's client at a third node it switched to (not ours): our half goes on
                 # with that node's leg in place of ours towards the lost node
                 return self._setup_again(call, link, ies, now)

@@ -515,3 +515,65 @@ def test_a_site_that_switches_after_its_node_left_the_list_keeps_its_standby_at_
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_a_setup_said_again_at_a_third_node_before_its_node_is_known_lost_goes_on_as_that_call(tmp_path):
+    """As above, but node 2 stays alive for the other nodes: only the path between it and site a is lost, both ways.
+    Node 1 never holds its leg towards node 2 (it does when a node's trunk falls silent, 2 s), so the SETUP said
+    again must say that its client has just switched (node 3 sends it with IE standby 0): node 1 takes it for its
+    half from node 2 all the same, puts node 3's leg in its place and tells node 2 (NODES with the call's id), which
+    forgets its half unheard and unrecorded. Before, node 3's SETUP was a second call at node 1 whenever it came
+    before node 1 held its leg: 101 heard "busy" while 201 rang for nobody (until session 23 docs/cluster.md listed
+    it as not done)."""
+    from upbx.common.call import RINGBACK, RINGING
+    from upbx.host.cluster import trunk
+    from upbx.host.remote_host import unacknowledged
+    from tests.test_cluster_xtransfer_third import LosableThree
+    world = LosableThree(tmp_path)
+    try:
+        p = world.phones
+        world.add_phone("101", 1, dead_ms=2000)
+        world.add_phone("201", 2, dead_ms=2000)
+        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
+        world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE3, 5000,
+                        "site a's standby at node 3")
+        a, b, n1, n2 = p["101"], p["201"], world.n1, world.main
+        send = world.net.send
+        site_a = {SITE_A, tuple(world.net.nat.get(SITE_A, SITE_A)[:2])}
+        cut = {"to site a": True, "from site a": False}
+
+        def filtered(data, source, destination):
+            if MAIN == tuple(source[:2]) and tuple(destination[:2]) in site_a and cut["to site a"]:
+                return
+            if MAIN == tuple(destination[:2]) and tuple(source[:2]) in site_a and cut["from site a"]:
+                return
+            send(data, source, destination)
+        world.net.send = filtered
+        assert a.phone.dial("201", world.net.now)
+        a.flush()
+        world.run_until(lambda: b.phone.state == RINGING, 3000, "201 rings through node 1")
+        assert wire.SETUP in [t for t, _ies in unacknowledged(world.a.login.channel)]
+        cut["from site a"] = True           # nothing more between site a and node 2; node 2 runs on
+        world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE3, 6000, "site a switched to node 3")
+        world.run_until(lambda: a.phone.state == RINGBACK, 3000, "101 hears 201 ring")
+        assert n1.stats.counters.get("calls set up again: their half from a lost node") == 1
+        assert not n1.xnode.held and n1.xnode.up(2) is not None
+        world.run_until(lambda: not n2.switch.calls, 1000, "node 2 forgot its half")
+        assert n2.stats.counters["calls taken over by another node"] == 1
+        world.run(trunk.HOLD_MS + 1000)
+        assert a.phone.state == RINGBACK and b.phone.state == RINGING
+        b.take()
+        assert [type(e).__name__ for e in b.log].count("Incoming") == 1
+        assert b.phone.answer(world.net.now)
+        b.flush()
+        _talk_and_hang_up(world, "201", "101")
+        # the path comes back: site a's old session logs in at node 2 again, as its standby; nothing rings
+        cut["to site a"] = cut["from site a"] = False
+        world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == MAIN, 15000,
+                        "site a's standby session at node 2")
+        assert a.idle and b.idle and not n2.switch.calls and not n1.switch.calls
+        records = [(r.caller, r.callee, r.cause) for r in n1.directory.call_records()]
+        assert records == [("101", "201", "normal clearing")]
+        assert not world.net.errors
+    finally:
+        world.close()
