@@ -149,6 +149,8 @@ class Call:
         self.moh_pos = 0            # the next frame of music on hold
         self.ts_out = [0, 0]        # the last timestamp sent towards leg a, leg b
         self.ts_shift = [0, 0]      # added to what is forwarded towards leg a, b after music on hold
+        self.ts_guess = None        # a call taken over from its key: {leg: (its window's start, the timestamp
+                                    # guessed, wall ms)} until its first frame (host/cluster/calls.py _leg_from)
         self.moh_last = [None, None]  # the last music-on-hold timestamp towards a, b, until voice follows
         self.conference = None      # host.conference.Conference this call's legs are parties of, else None
         self.linked = None          # a call joined by a transfer: the uid of the call it continues (host/lines.py)

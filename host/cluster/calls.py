@@ -100,10 +100,15 @@ def call_value(call, node, cluster_key, now_wall_ms, ended=False):
     uid = call.uid
     legs = {}
     stored = _stored_legs(call)
+    guesses = call.ts_guess or {}
     for side, leg in stored:
         kind, name, call_no, peer_call_no, role, media_key, state = _leg(leg)
+        ts = leg.media.replay.highest
+        guess = guesses.get(leg)
+        if guess is not None and ts == guess[0]:   # taken over, no frame from it since: the guess, carried on
+            ts = guess[1] + max(0, now_wall_ms - guess[2])
         legs[side] = {"link": {"kind": kind, "name": name}, "call_no": call_no, "peer_call_no": peer_call_no,
-                      "role": role, "state": state, "ts": leg.media.replay.highest,
+                      "role": role, "state": state, "ts": ts,
                       "ts_out": call.ts_out[0 if side == "a" else 1],
                       "media_key": seal(cluster_key, media_key, ("%s/%s" % (uid, side)).encode())}
     value = {"uid": uid, "node": node, "caller": call.caller, "callee": call.callee,
@@ -306,16 +311,24 @@ class Takeover:
             self.core.stats.count("takeover: phone's call ended, not found" if link.kind == "phone" else
                                   "takeover: site's call ended, not found")
 
-    def _leg_from(self, leg, key, link, value, wall_ms):
+    def _leg_from(self, leg, key, link, value, wall_ms, call):
         cl = CallLeg(leg["call_no"], key, leg["role"] or 0)
         cl.learn_peer(leg["peer_call_no"])
         cl.state = leg["state"]
         cl.link = link
+        cl.call = call
         # timestamps carry on from where they were: the stored one plus the time since (a 16-bit
         # timestamp on the wire is extended from the window's highest, within 32 s of it)
         highest = leg.get("ts", -1)
         if highest is not None and highest >= 0:
-            cl.media.replay.highest = max(0, highest + max(0, wall_ms - value.get("written_ms", wall_ms)) - TS_SLACK_MS)
+            guess = highest + max(0, wall_ms - value.get("written_ms", wall_ms))
+            cl.media.replay.highest = start = max(0, guess - TS_SLACK_MS)
+            # the key we write before its first frame says the guess, not the window's start: each takeover
+            # of a call would otherwise put its timestamp TS_SLACK_MS further behind, until (after about 16)
+            # its frames fell outside the 32 s and were all rejected (call_value)
+            if call.ts_guess is None:
+                call.ts_guess = {}
+            call.ts_guess[cl] = (start, guess, wall_ms)
         return cl
 
     def _name(self, cl, now, trunk=True):
@@ -373,8 +386,7 @@ class Takeover:
         lost_node = None if alive else core.xnode.held[own.call_no][1]
         if alive:   # that node forgets its half, unheard and unrecorded (MainHost._taken_over_elsewhere)
             own.link.send_signal(wire.NODES, {wire.IE_STANDBY: 0, wire.IE_CALL_ID: bytes.fromhex(value["uid"])}, now)
-        new = self._leg_from(legs[theirs_side], keys[theirs_side], links[theirs_side], value, wall_ms)
-        new.call = call
+        new = self._leg_from(legs[theirs_side], keys[theirs_side], links[theirs_side], value, wall_ms, call)
         # that half's key is ours from now on (CallMirror), and a node only stopped or cut off is told when its trunk is
         # up again (NodeTrunks._events): it forgets its copy unheard and unrecorded, as if told at once (alive, above)
         call.spliced = (value["uid"], lost_node)
@@ -503,8 +515,7 @@ class Takeover:
         call = switch.new_call(value["caller"], value["callee"], now, call_id)
         call.path = value.get("path", "relay")
         for side, leg in legs.items():
-            cl = self._leg_from(leg, keys[side], links[side], value, wall_ms)
-            cl.call = call
+            cl = self._leg_from(leg, keys[side], links[side], value, wall_ms, call)
             switch.place(cl)
             setattr(call, side, cl)
         call.b2 = len(links) == 2 and all(link.kind == "host" for link in links.values()) and not value.get("conference")
