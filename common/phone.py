@@ -232,8 +232,8 @@ class Phone:
         """The mini frame (a view of a buffer reused per frame) carrying one frame of our call, or None;
         `frame_to` is then where it goes (None: the host). Allocates nothing: the handset's media path."""
         call = self.call
-        if call is None or call.state != CONNECTED or self.holding or self.muted:
-            return None
+        if call is None or call.state != CONNECTED or self.muted or self.holding and len(payload) > 1:
+            return None   # holding: comfort noise alone (firmware/app.py capture)
         direct = call.direct
         if direct is not None:
             self.frame_to = direct[1]
@@ -255,17 +255,17 @@ class Phone:
             if other is None or call_no != other.call_no:   # a held line's late frames: not counted
                 self.dropped += 1
             return None
-        if self.holding:           # the held party's voice is not for us while we hold
-            return None
         direct = call.direct
+        ts = None
         if direct is not None:   # B3: the other phone straight, or the host relaying
             ts = direct[0].open_mini(frame)
-            if ts is not None:
-                return ts
-        ts = call.media.open_mini(frame)
         if ts is None:
-            self.dropped += 1
-        return ts
+            ts = call.media.open_mini(frame)
+            if ts is None:
+                self.dropped += 1
+        # while we hold, what the host (or the held phone, B3) sends is opened, its replay window moving on with
+        # the sender's timestamps, and not played: the held party's voice is not for us
+        return None if self.holding else ts
 
     # signalling in
 

@@ -404,7 +404,11 @@ class App:
                 return
             self.pipeline.encode(self.pcm)
             payload = self.pipeline.tx_payload
-            if self.vad is not None and not self.vad.update(self.pcm):
+            if self.phone.holding:
+                # nothing said, but a comfort-noise frame each second keeps the far end's replay window within
+                # reach of our timestamps (docs/protocol.md section 5: a leg never silent for 32 s)
+                payload = None if self.call_ts % 1000 else self._cn
+            elif self.vad is not None and not self.vad.update(self.pcm):
                 payload = None  # silence: nothing, or a comfort-noise frame with the level
                 if self.vad.cn_due():
                     self._cn[0] = self.vad.level

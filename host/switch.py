@@ -27,6 +27,10 @@ from upbx.host import codec, fastpath
 _SERIALS = itertools.count(1)
 ENDED_KEEP_MS = 2000   # how long frames of an ended call may still arrive (and authenticate a trunk)
 ENDED_MAX = 4096
+# a held call's direction towards its holder carries a comfort-noise frame this often (Switch.forward): under the
+# 1,024 ms a replay window takes in one step (common/crypto.py ReplayWindow.jump_ok), far under its 32 s reach
+KEEP_MS = 1000
+KEEP_CN = bytes(wire.CN_BYTES)   # comfort noise at level 0: silence
 
 
 class Link:
@@ -738,11 +742,19 @@ class Switch:
         if out.peer_call_no is None:
             return None
         held = call.held_by
-        if held is not None and (out is held or (leg is held and held.link.kind == "phone")):
-            self.stats.count("media held")   # the held party's voice stops here; the holder's is music
-            return None
         i = 0 if out is call.a else 1
         ts += call.ts_shift[i]
+        if held is not None and (out is held or (leg is held and held.link.kind == "phone")):
+            self.stats.count("media held")   # the held party's voice stops here; the holder's is music
+            if out is held and ts - call.ts_out[i] >= KEEP_MS:
+                # towards the holder, comfort noise (level 0) each second of the held party's timeline instead: the
+                # legs on the way keep their replay windows within reach of it (docs/protocol.md section 5: a
+                # 16-bit timestamp; a hold over 32 s made every frame after it fail, and with it the trunk frames
+                # that carried it, other calls' too)
+                call.ts_out[i] = ts
+                self.stats.count("hold keepalives")
+                return self.send_media(out, ts, KEEP_CN)
+            return None
         last = call.moh_last[i]
         if last is not None:       # the first voice after music on hold: it carries on after the music
             if ts <= last:

@@ -104,6 +104,8 @@ class PhoneEnd:
         self.host = host
         self.phone = Phone(number, secret, os.urandom, keepalive_ms=2000, dead_ms=dead_ms)
         self.ts = 0
+        self._ts_call = None        # the call self.ts counts for
+        self.cn_received = 0        # comfort-noise frames (a holder's each second, B3)
         self.sent = []              # payloads sent in the current call
         self.received = []          # payloads received in the current call
         self.log = []               # events the test has looked at
@@ -120,7 +122,11 @@ class PhoneEnd:
             return
         frame = bytearray(data)
         if self.phone.receive(frame, self.net.now) is not None:   # media, opened in place
-            self.received.append(bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG]))
+            payload = bytes(frame[wire.MINI_HEADER:len(frame) - wire.MEDIA_TAG])
+            if len(payload) == wire.CN_BYTES:   # comfort noise, as firmware/app.py: its level kept, nothing played
+                self.cn_received += 1
+            else:
+                self.received.append(payload)
         self.flush()
 
     def flush(self):
@@ -164,10 +170,17 @@ class PhoneEnd:
         if timer is not None and timer <= now:
             self.phone.handle_timer(now)
         if self.phone.state == CONNECTED:
+            if self.phone.call is not self._ts_call:   # as firmware/events.py: a call's timestamps start at 0, a
+                self._ts_call = self.phone.call        # consultation's carry on the held call's
+                if self.phone.other is None:
+                    self.ts = 0
             payload = ("%s %d" % (self.number, self.ts)).encode().ljust(wire.VOICE_BYTES, b".")
-            frame = self.phone.seal_frame(self.ts, payload)
+            if self.phone.holding:   # as firmware/app.py capture: comfort noise (level 0) each second
+                payload = None if self.ts % 1000 else bytes(wire.CN_BYTES)
+            frame = self.phone.seal_frame(self.ts, payload) if payload is not None else None
             if frame is not None:
-                self.sent.append(payload)
+                if len(payload) > wire.CN_BYTES:
+                    self.sent.append(payload)
                 self.net.send(frame, self.address, self.phone.frame_to or self.host)
             self.ts += TICK_MS
         self.flush()

@@ -147,3 +147,37 @@ def test_without_the_main_host_a_sites_phones_keep_dnd_and_forwarding_and_the_ma
         lab.wait_for(lambda: json.loads(lab.admin("ext", "features", "102", "--json"))["always"] == "103",
                      "the main host has 102's forward", timeout=30)
         assert json.loads(lab.admin("ext", "features", "102", "--json"))["dnd"] is False
+
+
+def test_firmware_phones_hear_each_other_after_a_hold_longer_than_a_timestamps_reach(lab):
+    """docs/protocol.md section 5: a frame carries 16 bits of its timestamp, so a leg silent for more than 32.8 s
+    cannot be followed. Until session 23 a hold that long (once the call was past its first 32.8 s) left the call
+    silent both ways after the resume. 101 (site a, 1000 Hz) calls 301 (main host, 1400 Hz); at 34 s of the call
+    101 holds for 34 s (its speaker's clock), sending a comfort-noise frame each second (firmware/app.py capture),
+    while the hosts send one towards it each second; after the resume each hears the other again."""
+    from upbx.tools.demo_features import HOLD_LABELS as labels
+    held = ConsolePhone(lab, "301", "longhold-301", "--send", "tone:1400")
+    holder = ConsolePhone(lab, "101", "longhold-101", "--send", "tone:1000")
+    try:
+        holder.command("!call 301")
+        assert held.wait_line("incoming call")
+        held.command("!answer")
+        assert holder.wait_line("connected")
+        assert held.wait_heard(labels, "holder", 1000) is not None and holder.wait_heard(labels, "held party", 1000)
+        start = holder.played_ms()
+        assert holder.wait_played(34000, start, timeout=240)
+        marks = held.mark(), holder.mark()
+        holder.command("!hold")
+        assert holder.wait_line("call held") and held.wait_heard(labels, "music", 1500, marks[0]) is not None
+        assert holder.wait_played(34000, timeout=240)
+        marks = held.mark(), holder.mark()
+        holder.command("!resume")
+        assert holder.wait_line("call resumed")
+        assert held.wait_heard(labels, "holder", 1000, marks[0]) is not None
+        assert holder.wait_heard(labels, "held party", 1000, marks[1]) is not None
+        holder.command("!hangup")
+        assert held.wait_line("call ended: normal clearing")
+    finally:
+        holder.quit()
+        held.quit()
+    assert lab.status("main")["stats"]["counters"].get("hold keepalives", 0) >= 30

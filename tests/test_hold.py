@@ -100,6 +100,55 @@ def test_hold_out_of_turn_is_refused_and_a_held_call_ends_cleanly(tmp_path):
         world.close()
 
 
+def _long_hold(world, holder, held, others):
+    """holder holds for 40 s and resumes: both calls' phones then hear each other, every frame, in order."""
+    p = world.phones
+    assert p[holder].phone.hold(world.net.now)
+    p[holder].flush()
+    world.run(40000)
+    assert p[holder].phone.resume(world.net.now)
+    p[holder].flush()
+    world.run(200)
+    ends = [p[n] for n in (holder, held) + others]
+    for end in ends:
+        end.sent, end.received = [], []
+    world.run(600)
+    assert _flowing(p[holder], p[held]), (len(p[holder].received), len(p[held].received), world.a.stats.drops)
+    for a, b in zip(others[::2], others[1::2]):
+        assert _flowing(p[a], p[b]), (a, b, len(p[a].received), len(p[b].received))
+
+
+def test_a_hold_longer_than_a_timestamps_reach_leaves_every_call_flowing_after_it(tmp_path):
+    """A frame carries 16 bits of its millisecond timestamp, extended against the last one the receiver took
+    (docs/protocol.md section 5): a leg silent for more than 32.8 s could not be followed. A held call's holder
+    sends nothing and hears nothing, so until session 23 a hold of more than 32.8 s (once the call's timestamps
+    were past the first 32.8 s, where extension happens to come out right) left the call silent both ways after
+    the resume, for good; and a trunk frame carrying its frames failed as a whole, so every call the main host
+    sent site a went silent with it. Now the holder's phone sends a comfort-noise frame each second (firmware/app.py
+    capture), each host sends one towards the holder each second in place of the held party's voice
+    (Switch.forward), and the holder's phone opens what reaches it without playing it. Each way round: 101 at site
+    a holds 301 (site a's remote host plays the music), 301 at the main host holds 101, and 102 holds 101 on the
+    LAN (B3); another call between site a and the main host goes on meanwhile."""
+    world = _world(tmp_path, ("101", "102", "301", "302"))
+    try:
+        p = world.phones
+        world.call("101", "301")
+        world.call("102", "302")
+        world.run(40000)          # past the first 32.8 s of the calls' timestamps
+        _long_hold(world, "101", "301", ("102", "302"))
+        _long_hold(world, "301", "101", ("102", "302"))
+        assert world.main.stats.counters["hold keepalives"] >= 70 and world.a.stats.counters["hold keepalives"] >= 30
+        assert not world.main.stats.drops.get("trunk rejected") and not world.a.stats.drops.get("trunk rejected")
+        world.hangup("102")
+        world.hangup("101")
+        world.call("102", "101")  # B3: the phones send each other their media
+        world.run(40000)
+        _long_hold(world, "102", "101", ())
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
 def test_b5_a_held_call_keeps_its_place_in_the_uplink_budget(tmp_path):
     assert call_kbps(2) <= 150 < call_kbps(3)
     world = _world(tmp_path, ("101", "102", "103", "301", "302", "303"), remote_settings={"uplink_kbps": 150})
