@@ -247,6 +247,14 @@ def _node_world(tmp_path):
     return world, phones
 
 
+def _takeover_at(main):
+    """A Takeover on main's core, as ClusterService makes one (host/cluster/node.py): its cluster key."""
+    cluster_key = os.urandom(32)
+    main.takeover = Takeover(main, cluster_key)
+    main.switch.reserved = main.takeover.asked
+    return cluster_key
+
+
 def _mark(listener, talker):
     return len(listener.received), len(talker.sent)
 
@@ -320,9 +328,7 @@ def test_a_lost_nodes_call_is_taken_over_onto_sessions_that_number_their_own_leg
         main = world.main
         switch = main.switch
         site_a, site_b = main.links_by_name[("host", "site-a")], main.links_by_name[("host", "site-b")]
-        cluster_key = os.urandom(32)
-        main.takeover = Takeover(main, cluster_key)
-        switch.reserved = main.takeover.asked          # as ClusterService does (host/cluster/node.py)
+        cluster_key = _takeover_at(main)
         switch._next_own = 40
         world.call("101", "201")
         call = next(iter(switch.calls.values()))
@@ -377,9 +383,7 @@ def test_a_lost_nodes_call_between_two_phones_that_had_the_same_number_there_goe
     try:
         main = world.main
         switch = main.switch
-        cluster_key = os.urandom(32)
-        main.takeover = Takeover(main, cluster_key)
-        switch.reserved = main.takeover.asked
+        cluster_key = _takeover_at(main)
         world.call("301", "302")
         call = next(iter(switch.calls.values()))
         links = (call.a.link, call.b.link)
@@ -535,9 +539,7 @@ def test_a_call_taken_over_twenty_times_keeps_its_timestamps_within_reach(tmp_pa
     try:
         main = world.main
         switch = main.switch
-        cluster_key = os.urandom(32)
-        main.takeover = Takeover(main, cluster_key)
-        switch.reserved = main.takeover.asked
+        cluster_key = _takeover_at(main)
         world.call("101", "201")
         world.run(600)
         call = next(iter(switch.calls.values()))

@@ -231,6 +231,31 @@ def _sites_at_three_nodes(world):
                     "site a's standby at node 3")
 
 
+def _dial_with_node_2_cut_from_site_a(world, cut):
+    """_sites_at_three_nodes; from now on what node 2 sends site a is lost while cut["to site a"], and what site a
+    sends node 2 while cut["from site a"]. 101 dials 201: node 2 passes the call on and 201 rings through node 1,
+    while site a never hears its SETUP acknowledged. (101's end, 201's end)"""
+    from upbx.common.call import RINGING
+    from upbx.host.remote_host import unacknowledged
+    _sites_at_three_nodes(world)
+    p = world.phones
+    send = world.net.send
+    site_a = {SITE_A, tuple(world.net.nat.get(SITE_A, SITE_A)[:2])}
+
+    def filtered(data, source, destination):
+        if MAIN == tuple(source[:2]) and tuple(destination[:2]) in site_a and cut["to site a"]:
+            return
+        if MAIN == tuple(destination[:2]) and tuple(source[:2]) in site_a and cut["from site a"]:
+            return
+        send(data, source, destination)
+    world.net.send = filtered
+    assert p["101"].phone.dial("201", world.net.now)
+    p["101"].flush()
+    world.run_until(lambda: p["201"].phone.state == RINGING, 3000, "201 rings through node 1")
+    assert wire.SETUP in [t for t, _ies in unacknowledged(world.a.login.channel)]
+    return p["101"], p["201"]
+
+
 def test_a_cross_node_call_goes_on_when_the_silent_nodes_site_switches_to_a_third_node(tmp_path):
     """Three nodes: 101 (site a, node 2) calls 201 (site b, node 1); site a's standby is node 2's successor, node
     3. The path between site a and node 2 alone is cut: site a switches to node 3, which takes node 2's half over
@@ -450,29 +475,15 @@ def test_a_setup_said_again_at_a_third_node_goes_on_as_the_call_the_lost_node_ha
     from collections import deque
     from upbx.common.call import RINGBACK, RINGING
     from upbx.host.cluster import trunk
-    from upbx.host.remote_host import unacknowledged
     from tests.test_cluster_xtransfer_third import LosableThree
     world = LosableThree(tmp_path)
     try:
-        p = world.phones
-        _sites_at_three_nodes(world)
-        a, b, n1 = p["101"], p["201"], world.n1
-        send = world.net.send
-
-        to_site_a = {SITE_A, tuple(world.net.nat.get(SITE_A, SITE_A)[:2])}
-
-        def filtered(data, source, destination):
-            if tuple(source[:2]) == MAIN and tuple(destination[:2]) in to_site_a:
-                return
-            send(data, source, destination)
-        world.net.send = filtered
-        assert a.phone.dial("201", world.net.now)
-        a.flush()
-        world.run_until(lambda: b.phone.state == RINGING, 3000, "201 rings through node 1")
-        assert wire.SETUP in [t for t, _ies in unacknowledged(world.a.login.channel)]
+        n1 = world.n1
+        cut = {"to site a": True, "from site a": False}
+        a, b = _dial_with_node_2_cut_from_site_a(world, cut)
         world.net.queue = deque(d for d in world.net.queue if d[1] != MAIN)
         world.stop_main()
-        world.net.send = send
+        cut["to site a"] = False
         world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE3, 6000, "site a switched to node 3")
         world.run_until(lambda: a.phone.state == RINGBACK, 3000, "101 hears 201 ring")
         assert n1.stats.counters.get("calls set up again: their half from a lost node") == 1
@@ -527,32 +538,12 @@ def test_a_setup_said_again_at_a_third_node_before_its_node_is_known_lost_goes_o
     it as not done)."""
     from upbx.common.call import RINGBACK, RINGING
     from upbx.host.cluster import trunk
-    from upbx.host.remote_host import unacknowledged
     from tests.test_cluster_xtransfer_third import LosableThree
     world = LosableThree(tmp_path)
     try:
-        p = world.phones
-        world.add_phone("101", 1, dead_ms=2000)
-        world.add_phone("201", 2, dead_ms=2000)
-        world.run_until(lambda: all(e.phone.registered for e in p.values()), 5000, "registered")
-        world.run_until(lambda: world.a.standby_link.up and tuple(world.a.standby_link.address[:2]) == NODE3, 5000,
-                        "site a's standby at node 3")
-        a, b, n1, n2 = p["101"], p["201"], world.n1, world.main
-        send = world.net.send
-        site_a = {SITE_A, tuple(world.net.nat.get(SITE_A, SITE_A)[:2])}
+        n1, n2 = world.n1, world.main
         cut = {"to site a": True, "from site a": False}
-
-        def filtered(data, source, destination):
-            if MAIN == tuple(source[:2]) and tuple(destination[:2]) in site_a and cut["to site a"]:
-                return
-            if MAIN == tuple(destination[:2]) and tuple(source[:2]) in site_a and cut["from site a"]:
-                return
-            send(data, source, destination)
-        world.net.send = filtered
-        assert a.phone.dial("201", world.net.now)
-        a.flush()
-        world.run_until(lambda: b.phone.state == RINGING, 3000, "201 rings through node 1")
-        assert wire.SETUP in [t for t, _ies in unacknowledged(world.a.login.channel)]
+        a, b = _dial_with_node_2_cut_from_site_a(world, cut)
         cut["from site a"] = True           # nothing more between site a and node 2; node 2 runs on
         world.run_until(lambda: tuple(world.a.main_address[:2]) == NODE3, 6000, "site a switched to node 3")
         world.run_until(lambda: a.phone.state == RINGBACK, 3000, "101 hears 201 ring")
