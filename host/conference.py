@@ -43,7 +43,7 @@ from operator import sub
 from upbx.common import wire
 from upbx.common.g711 import ulaw_decode, ulaw_encode
 from upbx.common.media import MediaLeg
-from upbx.host.switch import other_leg, send_on_leg
+from upbx.host.switch import KEEP_CN, KEEP_MS, other_leg, send_on_leg
 
 MAX_QUEUE = 3          # frames a party's playout queue keeps (60 ms); more: the oldest goes
 SILENCE = bytes(wire.VOICE_BYTES * 2)
@@ -146,14 +146,17 @@ class Conference:
             frames.append(None if p.held else frame)
         mixed = mix(frames)
         for p, payload in zip(self.parties, mixed):
-            if p.held:
-                continue
             leg = p.leg
             if not leg.peer_call_no:
                 continue
             call = leg.call
             i = 0 if leg is call.a else 1
             ts = max(call.ts_out[i] + 20, (now - (call.answered_ms or now)) // 20 * 20)
+            if p.held:   # it hears nothing but comfort noise each second, which keeps its replay window within reach
+                if ts - call.ts_out[i] < KEEP_MS:   # of the mix after the resume (Switch.forward, docs/features.md)
+                    continue
+                payload = KEEP_CN
+                stats.count("hold keepalives")
             call.ts_out[i] = ts
             switch.send_media(leg, ts, payload)
         stats.count("conference frames mixed", len(self.parties))

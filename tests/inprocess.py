@@ -174,7 +174,7 @@ class PhoneEnd:
                 self._ts_call = self.phone.call        # consultation's carry on the held call's
                 if self.phone.other is None:
                     self.ts = 0
-            payload = ("%s %d" % (self.number, self.ts)).encode().ljust(wire.VOICE_BYTES, b".")
+            payload = self.voice()
             if self.phone.holding:   # as firmware/app.py capture: comfort noise (level 0) each second
                 payload = None if self.ts % 1000 else bytes(wire.CN_BYTES)
             frame = self.phone.seal_frame(self.ts, payload) if payload is not None else None
@@ -184,6 +184,10 @@ class PhoneEnd:
                 self.net.send(frame, self.address, self.phone.frame_to or self.host)
             self.ts += TICK_MS
         self.flush()
+
+    def voice(self):
+        """The frame this phone says now: its number and timestamp, which tell whose it is and where it belongs."""
+        return ("%s %d" % (self.number, self.ts)).encode().ljust(wire.VOICE_BYTES, b".")
 
     def take(self):
         """The phone's events since the last look (Phone.take_events), also kept in self.log."""

@@ -35,19 +35,8 @@ class ToneEnd(PhoneEnd):
         PhoneEnd.__init__(self, net, number, secret, address, host)
         self.frames = _tone_frames(TONES[number])
 
-    def tick(self):
-        now = self.net.now
-        timer = self.phone.next_timer()
-        if timer is not None and timer <= now:
-            self.phone.handle_timer(now)
-        if self.connected:
-            payload = self.frames[self.ts // TICK_MS % len(self.frames)]
-            frame = self.phone.seal_frame(self.ts, payload)
-            if frame is not None:
-                self.sent.append(payload)
-                self.net.send(frame, self.address, self.phone.frame_to or self.host)
-            self.ts += TICK_MS
-        self.flush()
+    def voice(self):
+        return self.frames[self.ts // TICK_MS % len(self.frames)]
 
 
 def _world(tmp_path, numbers, **kwargs):
@@ -238,6 +227,31 @@ def test_up_to_the_configured_size_and_more_parties_join_by_holding_the_conferen
         assert len(world.a.status()["conferences"][0]["parties"]) == 4
         world.hangup("104")
         _hears(world, "101", {"102", "103"})
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
+def test_a_party_that_holds_the_conference_longer_than_a_timestamps_reach_hears_the_mix_after(tmp_path):
+    """A party holding a conference heard nothing from the mixer, whose frames to it then carried on the call's
+    time since its answer: after a hold of more than 32.8 s they were past the reach of its replay window
+    (docs/protocol.md section 5) and it heard nothing more, for good. The mixer now sends it comfort noise each
+    second while it holds (docs/features.md "A hold of any length"). Site a's remote host mixes 101, 102 and 103;
+    40 s in, 101 holds the conference for 40 s, the others talking on; after the resume everyone hears the others."""
+    world = _world(tmp_path, ("101", "102", "103"))
+    try:
+        p = world.phones
+        _three_way(world, "101", "102", "103")
+        world.run(40000)
+        assert p["101"].phone.hold(world.net.now)
+        p["101"].flush()
+        world.run(40000)
+        _hears(world, "102", {"103"})
+        assert p["101"].phone.resume(world.net.now)
+        p["101"].flush()
+        world.run(200)
+        _everyone_hears_the_others(world, ("101", "102", "103"))
+        assert world.a.stats.counters["hold keepalives"] >= 35
         assert not world.net.errors
     finally:
         world.close()

@@ -11,7 +11,7 @@ import time
 import wave
 
 from upbx.common import wire
-from upbx.common.call import CONNECTED, RINGING
+from upbx.common.call import RINGING
 from upbx.common.g711 import ulaw_decode, ulaw_encode
 from upbx.common.login import UP
 from upbx.host import prompts, voicemail
@@ -27,20 +27,9 @@ TONES = {"101": 620.0, "102": 740.0, "301": 880.0, "302": 980.0}
 class TonePhone(PhoneEnd):
     """A phone whose microphone hears its own tone (TONES), so a recording says who spoke."""
 
-    def tick(self):
-        if self.phone.state == CONNECTED:
-            hz = TONES[self.number]
-            n = self.ts // TICK_MS
-            payload = _TONE_FRAMES[hz][n % len(_TONE_FRAMES[hz])]
-            frame = self.phone.seal_frame(self.ts, payload)
-            if frame is not None:
-                self.sent.append(payload)
-                self.net.send(frame, self.address, self.phone.frame_to or self.host)
-            self.ts += TICK_MS
-        timer = self.phone.next_timer()
-        if timer is not None and timer <= self.net.now:
-            self.phone.handle_timer(self.net.now)
-        self.flush()
+    def voice(self):
+        frames = _TONE_FRAMES[TONES[self.number]]
+        return frames[self.ts // TICK_MS % len(frames)]
 
 
 _TONE_FRAMES = {hz: prompts.tone(hz, 1000) for hz in TONES.values()}
