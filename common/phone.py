@@ -228,12 +228,13 @@ class Phone:
     # media
 
     @micropython.native
-    def seal_frame(self, ts, payload):
-        """The mini frame (a view of a buffer reused per frame) carrying one frame of our call, or None;
-        `frame_to` is then where it goes (None: the host). Allocates nothing: the handset's media path."""
-        call = self.call
-        if call is None or call.state != CONNECTED or self.muted or self.holding and len(payload) > 1:
-            return None   # holding: comfort noise alone (firmware/app.py capture)
+    def seal_frame(self, ts, payload, line=0):
+        """The mini frame (a view of a buffer reused per frame) carrying one frame of our call (line 1: of the
+        held line), or None; `frame_to` is then where it goes (None: the host). A held call carries comfort
+        noise alone (firmware/app.py capture). Allocates nothing: the handset's media path."""
+        call = self.other if line else self.call
+        if call is None or call.state != CONNECTED or self.muted or (line or self.holding) and len(payload) > 1:
+            return None
         direct = call.direct
         if direct is not None:
             self.frame_to = direct[1]
@@ -250,11 +251,13 @@ class Phone:
         frame. Allocates nothing: the handset's media path."""
         call = self.call
         call_no = wire.check_mini(frame)
+        held = self.holding
         if call is None or call_no != call.call_no:
-            other = self.other
-            if other is None or call_no != other.call_no:   # a held line's late frames: not counted
+            call = self.other
+            if call is None or call_no != call.call_no:
                 self.dropped += 1
-            return None
+                return None
+            held = True
         direct = call.direct
         ts = None
         if direct is not None:   # B3: the other phone straight, or the host relaying
@@ -263,9 +266,9 @@ class Phone:
             ts = call.media.open_mini(frame)
             if ts is None:
                 self.dropped += 1
-        # while we hold, what the host (or the held phone, B3) sends is opened, its replay window moving on with
-        # the sender's timestamps, and not played: the held party's voice is not for us
-        return None if self.holding else ts
+        # a call we hold (the current one, or the held line) has what its host (or its phone, B3) sends opened, its
+        # replay window moving on with the sender's timestamps, and not played: the held party's voice is not for us
+        return None if held else ts
 
     # signalling in
 

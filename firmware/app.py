@@ -422,24 +422,36 @@ class App:
                 if frame is not None and self.record_sent is not None and payload is not self._cn:
                     self.record_sent.write(struct.pack(">I", self.call_ts & 0xFFFFFFFF))
                     self.record_sent.write(payload)
-            self.call_ts += _FRAME_MS
-            if frame is not None:
-                addr = self.phone.frame_to
-                if addr is not None:
-                    if self._peer_key != addr:  # resolve the LAN peer's address once per call
-                        try:
-                            self._peer_addr = self.hal.getaddrinfo(addr[0], addr[1])
-                        except OSError as exc:
-                            self.count_error("getaddrinfo", exc)  # this frame is lost; the next tries again
-                            continue
-                        self._peer_key = addr
-                    addr = self._peer_addr
-                self.sendto(frame, addr if addr is not None else self.host_addr, _TOS_EF)
+            if frame is not None and self._send_frame(frame):
                 if payload is self._cn:
                     self.cn_sent += 1
                 else:
                     self.frames_sent += 1
                     self._call_sent += 1
+            if not self.call_ts % 1000 and self.phone.other is not None:
+                # the held line: comfort noise each second keeps its replay windows within reach of our timestamps,
+                # which go on in the other call (docs/features.md "A hold of any length")
+                frame = self.phone.seal_frame(self.call_ts, self._cn, 1)
+                if frame is not None and self._send_frame(frame):
+                    self.cn_sent += 1
+            self.call_ts += _FRAME_MS
+
+    def _send_frame(self, frame):
+        """Send a sealed media frame where the phone says (frame_to: a LAN peer, B3; None: the host); False when
+        the peer's address could not be had (the frame is lost). Bytecode, not native: out of capture, the native
+        code it would add costs more heap (a `.mpy` build) than the call costs time."""
+        addr = self.phone.frame_to
+        if addr is not None:
+            if self._peer_key != addr:  # resolve the LAN peer's address once per call
+                try:
+                    self._peer_addr = self.hal.getaddrinfo(addr[0], addr[1])
+                except OSError as exc:
+                    self.count_error("getaddrinfo", exc)  # this frame is lost; the next tries again
+                    return False
+                self._peer_key = addr
+            addr = self._peer_addr
+        self.sendto(frame, addr if addr is not None else self.host_addr, _TOS_EF)
+        return True
 
     @micropython.native
     def audio_tick(self, now):

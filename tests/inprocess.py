@@ -104,7 +104,7 @@ class PhoneEnd:
         self.host = host
         self.phone = Phone(number, secret, os.urandom, keepalive_ms=2000, dead_ms=dead_ms)
         self.ts = 0
-        self._ts_call = None        # the call self.ts counts for
+        self._ts_call = self._ts_other = None   # the call self.ts counts for, and the other line then
         self.cn_received = 0        # comfort-noise frames (a holder's each second, B3)
         self.sent = []              # payloads sent in the current call
         self.received = []          # payloads received in the current call
@@ -170,10 +170,13 @@ class PhoneEnd:
         if timer is not None and timer <= now:
             self.phone.handle_timer(now)
         if self.phone.state == CONNECTED:
-            if self.phone.call is not self._ts_call:   # as firmware/events.py: a call's timestamps start at 0, a
-                self._ts_call = self.phone.call        # consultation's carry on the held call's
-                if self.phone.other is None:
-                    self.ts = 0
+            call = self.phone.call
+            if call is not self._ts_call:   # as firmware/events.py at a call's connection: its timestamps start at 0,
+                if call is not self._ts_other and self.phone.other is None:   # a consultation's carry on the held
+                    self.ts = 0             # call's, and so do the held line's when it becomes the current one
+                self._ts_call = call
+            other = self.phone.other
+            self._ts_other = other if other is not None and other.state == CONNECTED else None
             payload = self.voice()
             if self.phone.holding:   # as firmware/app.py capture: comfort noise (level 0) each second
                 payload = None if self.ts % 1000 else bytes(wire.CN_BYTES)
@@ -182,6 +185,10 @@ class PhoneEnd:
                 if len(payload) > wire.CN_BYTES:
                     self.sent.append(payload)
                 self.net.send(frame, self.address, self.phone.frame_to or self.host)
+            if not self.ts % 1000 and self.phone.other is not None:   # the held line's comfort noise, as the firmware
+                frame = self.phone.seal_frame(self.ts, bytes(wire.CN_BYTES), 1)
+                if frame is not None:
+                    self.net.send(frame, self.address, self.phone.frame_to or self.host)
             self.ts += TICK_MS
         self.flush()
 

@@ -303,3 +303,43 @@ def test_blind_transfer_handed_to_the_main_host_while_the_direct_path_offer_to_t
         assert not world.net.errors
     finally:
         world.close()
+
+
+def test_a_call_held_on_the_other_line_longer_than_a_timestamps_reach_is_heard_again_after_the_swap(tmp_path):
+    """A phone's timestamps go on in the call it talks on, so those of its held line jumped by as long as it was
+    held; nothing went either way on that line meanwhile. Until session 23, after more than 32.8 s on the other
+    line (a consultation, a waiting call answered) the swap back found both ends of the held call's hops unable
+    to follow (docs/protocol.md section 5): silence both ways, for good. Now the phone sends comfort noise each
+    second on its held line and opens what reaches it there (common/phone.py seal_frame, open_media; firmware/
+    app.py capture), and its host sends it comfort noise there (docs/features.md "A hold of any length").
+    Relayed (101 at site a: 301 and 302 at the main host) and on the LAN (101 and 102, B3)."""
+    world = _world(tmp_path, ("101", "102", "103", "301", "302"))
+    try:
+        p = world.phones
+        world.call("101", "301")
+        world.run(40000)
+        _waiting(world, "302", "101")
+        _act(world, "101", lambda ph, now: lines.swap(ph, now))           # answer: 301 is held
+        world.run(40000)
+        _act(world, "101", lambda ph, now: lines.swap(ph, now))           # back to 301 after 40 s; 302 held
+        _listen(world)
+        assert _heard(p["101"]) == (["301"], False) and _heard(p["301"]) == (["101"], False)
+        assert _heard(p["302"]) == ([], True)
+        world.run(40000)
+        _act(world, "101", lambda ph, now: lines.swap(ph, now))           # back to 302 after 40 s
+        _listen(world)
+        assert _heard(p["101"]) == (["302"], False) and _heard(p["302"]) == (["101"], False)
+        world.hangup("302")
+        world.hangup("101")
+        world.call("101", "102")                                          # B3: phone to phone
+        world.run(40000)
+        _waiting(world, "301", "101")
+        _act(world, "101", lambda ph, now: lines.swap(ph, now))           # 102 held on the LAN
+        world.run(40000)
+        _act(world, "101", lambda ph, now: lines.swap(ph, now))
+        _listen(world)
+        assert _heard(p["101"]) == (["102"], False) and _heard(p["102"]) == (["101"], False)
+        assert not world.main.stats.drops.get("trunk rejected") and not world.a.stats.drops.get("trunk rejected")
+        assert not world.net.errors
+    finally:
+        world.close()

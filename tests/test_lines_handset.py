@@ -253,3 +253,37 @@ def test_two_lines_fit_a_64k_heap_with_the_frozen_image(lab, unix32_frozen):
     heaps = [heap, lab.summary("at64-101")["heap"]]
     print("64K frozen, live heap peaks: call waiting %d, attended transfer %d" % tuple(h["peak_live"] for h in heaps))
     assert all(h["total"] <= 64 * 1024 and h["peak_live"] <= FROZEN_LIVE_LIMIT for h in heaps), heaps
+
+
+def test_firmware_phones_hear_each_other_after_the_held_line_waited_longer_than_a_timestamps_reach(lab):
+    """docs/features.md "A hold of any length": a phone's timestamps go on in the call it talks on, so its held
+    line's jumped by as long as it was held, and nothing went either way there. 101 (1000 Hz) calls 301 (1400
+    Hz); 34 s in, 201 (1800 Hz) calls and 101 answers it (301 held) for 34 s, then swaps back: 101 and 301 hear
+    each other again (until session 23 neither did, for good). The firmware sends comfort noise on its held line
+    each second (firmware/app.py capture)."""
+    from upbx.host.moh import NOTES_HZ
+    labels = {"101": (1000,), "301": (1400,), "201": (1800,), "music": NOTES_HZ}
+    a = ConsolePhone(lab, "101", "longswap-101", "--send", "tone:1000")
+    b = ConsolePhone(lab, "301", "longswap-301", "--send", "tone:1400")
+    c = ConsolePhone(lab, "201", "longswap-201", "--send", "tone:1800")
+    try:
+        a.command("!call 301")
+        assert b.wait_line("incoming call from 101")
+        b.command("!answer")
+        assert a.wait_line("connected") and b.wait_heard(labels, "101", 1000) is not None
+        assert a.wait_played(34000, timeout=240)
+        c.command("!call 101")
+        assert a.wait_line("call waiting from 201")
+        a.command("A")                                   # answered: 301 held
+        assert a.wait_line("connected to 201 (301 held)") and c.wait_heard(labels, "101", 1000) is not None
+        assert a.wait_played(34000, timeout=240)
+        marks = a.mark(), b.mark()
+        a.command("B")                                   # back to 301 after 34 s
+        assert a.wait_line("connected to 301 (201 held)")
+        assert a.wait_heard(labels, "301", 1000, marks[0]) is not None
+        assert b.wait_heard(labels, "101", 1000, marks[1]) is not None
+        a.command("!hangup")
+        assert b.wait_line("call ended: normal clearing")
+    finally:
+        for phone in (a, b, c):
+            phone.quit()
