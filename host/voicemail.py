@@ -23,7 +23,7 @@ from upbx.common.call import CALLING, RINGBACK
 from upbx.common.g711 import ulaw_decode, ulaw_encode
 from upbx.host import prompts
 from upbx.host.files import private_database
-from upbx.host.switch import Link
+from upbx.host.switch import KEEP_CN, KEEP_MS, Link
 
 RETRIEVE = "*97"
 DEPOSIT = "*98"
@@ -554,6 +554,11 @@ class Endpoint:
                 self.stats.count("voicemail frames out")
                 if not session.queue:
                     session.on_played(now)
+            elif not session.ts % KEEP_MS:
+                # nothing to play (a caller at the menu, a message being left): comfort noise each second keeps the
+                # caller's replay window within reach of what comes next (docs/features.md "A hold of any length")
+                self.host.switch.forward(session.leg, session.ts, KEEP_CN, now)
+                self.stats.count("voicemail keepalives")
             session.ts += 20
             session.on_tick(now)
             if session.hangup and not session.queue and session.leg.call_no in self._by_leg:

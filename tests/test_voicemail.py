@@ -166,6 +166,37 @@ def test_retrieval_plays_the_callers_tone_and_the_menu_saves_and_deletes(tmp_pat
         world.close()
 
 
+def test_a_caller_who_waits_longer_than_a_timestamps_reach_at_the_menu_hears_what_comes_next(tmp_path):
+    """The endpoint sent nothing while it had nothing to play, its timestamps going on: after more than 32.8 s of
+    silence (a caller thinking at the menu, a long message left) its next prompt was past the reach of the caller's
+    replay window (docs/protocol.md section 5) and the caller heard nothing more of the call. It now sends comfort
+    noise each second while silent (docs/features.md "A hold of any length"). 302 leaves 301 and 101 a message
+    each; 301 at the main host and 101 at site a (through both hosts) wait 48 s after the menu (the second time, 82 s in), press
+    1 and hear it."""
+    world = _world_with(tmp_path, ("301", "302", "101"), voicemail_on=("301", "101"))
+    try:
+        for number in ("301", "101"):
+            settings = world.main.directory.features(number)
+            settings["dnd"] = True
+            world.main.directory.set_features(number, settings, announce=True)
+        world.run(1500)
+        _leave_message(world, "302", "301")
+        _leave_message(world, "302", "101")
+        for number in ("301", "101"):
+            _reach_voicemail(world, number, "*97")
+            _wait_for_prompts(world)
+            world.run(70000)                  # the count and the menu (about 12 s), a silence, 70 s in all;
+            _menu(world, number, voicemail.HELP, 12000)   # the menu again, past the first 65.5 s of the
+            world.run(48000)                  # timestamps (where the extension happens to come out right); 48 s
+            tones = _menu(world, number, voicemail.PLAY, 2600)
+            assert tones.count(TONES["302"]) >= 90, (number, tones[:5])
+            world.hangup(number)
+        assert world.main.stats.counters.get("voicemail keepalives", 0) >= 150
+        assert not world.net.errors
+    finally:
+        world.close()
+
+
 def test_unanswered_and_busy_calls_reach_the_mailbox_on_every_path_and_off_keeps_busy(tmp_path):
     world = _world_with(tmp_path, ("101", "102", "301", "302"), voicemail_on=("102", "301"), noanswer_s=5)
     try:
