@@ -311,8 +311,8 @@ class App:
             return
         if ts is None:
             return
-        if n == _CN_FRAME:  # comfort noise: the far end is silent at this level
-            self.cn_level = self._rx[wire.MINI_HEADER]
+        if n == _CN_FRAME:  # comfort noise: the far end is silent at this level (0, a host's keepalive: silence,
+            self.cn_level = self._rx[wire.MINI_HEADER] or None   # no generator made for it)
             self.cn_received += 1
             return
         self.cn_level = None
