@@ -697,8 +697,8 @@ class MainHost(HostCore):
             halves += [c.a for c in self.switch.calls.values() if c.a is not None and c.a.link.kind == "node"]
         for leg in halves:
             call = leg.call
-            if (call.a is leg and leg.link is not link and call.caller == caller and call.callee == called and call.conference is None
-                    and call.state in ("setup", "alerting", "answered")):
+            if (call.a is leg and leg.link is not link and call.caller == caller and call.callee == called
+                    and call.conference is None and call.state in ("setup", "alerting", "answered")):
                 return call
         return None
 

@@ -171,8 +171,8 @@ def test_a_caller_who_waits_longer_than_a_timestamps_reach_at_the_menu_hears_wha
     silence (a caller thinking at the menu, a long message left) its next prompt was past the reach of the caller's
     replay window (docs/protocol.md section 5) and the caller heard nothing more of the call. It now sends comfort
     noise each second while silent (docs/features.md "A hold of any length"). 302 leaves 301 and 101 a message
-    each; 301 at the main host and 101 at site a (through both hosts) wait 48 s after the menu (the second time, 82 s in), press
-    1 and hear it."""
+    each; 301 at the main host and 101 at site a (through both hosts) wait 48 s after the menu (the second time,
+    82 s into the call), press 1 and hear it."""
     world = _world_with(tmp_path, ("301", "302", "101"), voicemail_on=("301", "101"))
     try:
         for number in ("301", "101"):
